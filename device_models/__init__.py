@@ -1,0 +1,1 @@
+"""Device model schema and validation, twin documents (pure: no I/O)."""

@@ -1,0 +1,65 @@
+"""The agent's own API on loopback: /healthz, /readyz, /metrics and /status."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import prometheus_client
+import psutil
+from aiohttp import web
+
+from edge_agent import __version__
+
+REGISTRY_KEY = web.AppKey("registry", prometheus_client.CollectorRegistry)
+STARTED_KEY = web.AppKey("started", float)
+READY_KEY = web.AppKey("ready", dict[str, bool])
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    waiting = sorted(name for name, ok in request.app[READY_KEY].items() if not ok)
+    if waiting:
+        return web.json_response({"status": "starting", "waiting_for": waiting}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def status(request: web.Request) -> web.Response:
+    """What an operator on the box wants first: version, uptime, and the machine's load."""
+    memory = psutil.virtual_memory()
+    return web.json_response(
+        {
+            "version": __version__,
+            "hostname": platform.node(),
+            "agent_uptime_seconds": round(time.monotonic() - request.app[STARTED_KEY], 1),
+            "boot_time": psutil.boot_time(),
+            "cpu_count": psutil.cpu_count(),
+            "load_average": list(psutil.getloadavg()),
+            "memory": {"total_bytes": memory.total, "available_bytes": memory.available},
+            "ready": request.app[READY_KEY],
+        }
+    )
+
+
+def create_app() -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.Info("edge_agent_build", "Build of this agent", registry=registry).info(
+        {"version": __version__}
+    )
+    app[REGISTRY_KEY] = registry
+    app[STARTED_KEY] = time.monotonic()
+    app[READY_KEY] = {"local_api": True}
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app

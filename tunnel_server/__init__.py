@@ -1,0 +1,9 @@
+"""EdgeFleet cloud side: tunnel endpoint, CA, kube proxy, fleet services and console."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("edgefleet")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"
+__all__ = ["__version__"]
