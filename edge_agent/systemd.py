@@ -7,7 +7,7 @@ import socket
 
 
 def notify(state: str) -> bool:
-    """Send ``state`` (for example ``READY=1``) to ``$NOTIFY_SOCKET``; False when not under systemd."""
+    """Send ``state`` (such as ``READY=1``) to ``$NOTIFY_SOCKET``; False outside systemd."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False

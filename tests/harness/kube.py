@@ -1,0 +1,233 @@
+"""Real Kubernetes control planes for tests: kine (SQLite) + kube-apiserver on loopback.
+
+Binaries come from ``scripts/kube-build`` (kube-apiserver and kubectl built from the
+Kubernetes Go modules, kine from ``go install``); set ``EDGEFLEET_KUBE_BIN`` to their folder.
+Each control plane gets its own free ports, its own certificates, an admin token in
+``system:masters`` and RBAC on, so it behaves like a real cluster to any client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.harness.certs import TestCA, signing_key
+from tests.harness.procs import ManagedProcess, ServiceError, free_port, wait_port
+
+KUBE_VERSION = "v1.36.3"
+DEFAULT_BIN = Path.home() / ".cache" / "edgefleet" / "kube" / KUBE_VERSION
+READY_TIMEOUT = 120.0  # seconds; a cold kube-apiserver on two busy cores takes 10-40 s
+
+
+def kube_bin_dir() -> Path:
+    """The folder with kube-apiserver, kubectl and kine, or a loud error saying how to get it."""
+    folder = Path(os.environ.get("EDGEFLEET_KUBE_BIN", DEFAULT_BIN))
+    missing = [b for b in ("kube-apiserver", "kubectl", "kine") if not (folder / b).is_file()]
+    if missing:
+        raise ServiceError(
+            f"{', '.join(missing)} not found in {folder}: run scripts/kube-build "
+            "(or scripts/test, which runs it) and set EDGEFLEET_KUBE_BIN to the folder it prints"
+        )
+    return folder
+
+
+@dataclass(kw_only=True)
+class ControlPlane:
+    """One running kine + kube-apiserver pair and the files a client needs to reach it."""
+
+    name: str
+    workdir: Path
+    port: int
+    token: str
+    ca_path: Path
+    kubeconfig: Path
+    kine_port: int
+    extra_tokens: dict[str, str] = field(default_factory=dict)
+    """Token -> user name of users without any group, for authorization tests."""
+    _kine: ManagedProcess | None = None
+    _apiserver: ManagedProcess | None = None
+    _argv: list[str] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in (self._kine, self._apiserver) if p is not None]
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def get(self, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
+        """Plain GET with the admin token; for readiness and quick checks."""
+        request = urllib.request.Request(  # noqa: S310 - always our own https URL
+            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - always our own https URL
+                request, timeout=timeout, context=self.ssl_context()
+            ) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    # -- lifecycle of the API server alone (the tests of edge autonomy stop and start it)
+
+    def start_apiserver(self) -> None:
+        if self._apiserver is not None and self._apiserver.popen.poll() is None:
+            return
+        self._apiserver = ManagedProcess(
+            f"kube-apiserver[{self.name}]", self._argv, log_path=self.workdir / "kube-apiserver.log"
+        )
+
+    def stop_apiserver(self, *, kill: bool = False) -> None:
+        if self._apiserver is None:
+            return
+        if kill:
+            self._apiserver.kill()
+        self._apiserver.stop()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for proc in (self._kine, self._apiserver):
+                if proc is not None:
+                    proc.check_running()
+            with contextlib.suppress(OSError):
+                status, body = self.get("/readyz", timeout=2.0)
+                if status == 200:
+                    return
+                last = f"HTTP {status}: {body[-300:].decode(errors='replace')}"
+            time.sleep(0.25)
+        tail = self._apiserver.tail() if self._apiserver else ""
+        raise ServiceError(
+            f"kube-apiserver {self.name} not ready after {timeout} s ({last}); log:\n{tail}"
+        )
+
+    def stop(self) -> None:
+        for proc in (self._apiserver, self._kine):
+            if proc is not None:
+                proc.stop()
+
+
+def _write_kubeconfig(plane: ControlPlane) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": plane.name,
+                "cluster": {"server": plane.url, "certificate-authority": str(plane.ca_path)},
+            }
+        ],
+        "users": [{"name": "admin", "user": {"token": plane.token}}],
+        "contexts": [{"name": plane.name, "context": {"cluster": plane.name, "user": "admin"}}],
+        "current-context": plane.name,
+    }
+    plane.kubeconfig.write_text(yaml.safe_dump(config))
+    plane.kubeconfig.chmod(0o600)
+
+
+def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = None) -> ControlPlane:
+    """Start kine and kube-apiserver without waiting for readiness (see ``wait_ready``).
+
+    ``extra_tokens`` maps a token to a user name (no groups) for tests of authorization.
+    """
+    bins = kube_bin_dir()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = TestCA(workdir / "pki", name=f"{name}-ca")
+    serving = ca.issue("kube-apiserver", server=True, hosts=("127.0.0.1", "localhost", "::1"))
+    sa_key = signing_key(workdir / "pki" / "service-account.key")
+    token = secrets.token_urlsafe(24)
+    lines = [f'{token},admin,admin-uid,"system:masters"']
+    lines += [f"{t},{user},{user}-uid" for t, user in (extra_tokens or {}).items()]
+    tokens = workdir / "tokens.csv"
+    tokens.write_text("\n".join(lines) + "\n")
+    tokens.chmod(0o600)
+
+    plane = ControlPlane(
+        name=name,
+        workdir=workdir,
+        port=free_port(),
+        token=token,
+        ca_path=ca.cert_path,
+        kubeconfig=workdir / "kubeconfig",
+        kine_port=free_port(),
+        extra_tokens=dict(extra_tokens or {}),
+    )
+    plane._kine = ManagedProcess(
+        f"kine[{name}]",
+        [
+            str(bins / "kine"),
+            f"--endpoint=sqlite://{workdir}/kine.db?_journal=WAL&cache=shared&_busy_timeout=30000",
+            f"--listen-address=127.0.0.1:{plane.kine_port}",
+            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+        ],
+        log_path=workdir / "kine.log",
+    )
+    plane._argv = [
+        str(bins / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{plane.kine_port}",
+        f"--secure-port={plane.port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        "--endpoint-reconciler-type=none",  # a loopback endpoint is invalid in Endpoints objects
+        f"--tls-cert-file={serving.cert_path}",
+        f"--tls-private-key-file={serving.key_path}",
+        f"--client-ca-file={ca.cert_path}",
+        f"--token-auth-file={tokens}",
+        "--authorization-mode=RBAC",
+        "--anonymous-auth=false",
+        "--service-cluster-ip-range=10.96.0.0/24",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-account-key-file={sa_key}",
+        f"--service-account-signing-key-file={sa_key}",
+        # No controller-manager runs, so nothing creates default service accounts.
+        "--disable-admission-plugins=ServiceAccount",
+        "--allow-privileged=true",
+        "--profiling=false",
+        f"--cert-dir={workdir / 'pki'}",
+        "--v=1",
+    ]
+    wait_port("127.0.0.1", plane.kine_port, timeout=30.0, proc=plane._kine)
+    plane.start_apiserver()
+    _write_kubeconfig(plane)
+    return plane
+
+
+def start(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = None) -> ControlPlane:
+    plane = launch(name, workdir, extra_tokens=extra_tokens)
+    try:
+        plane.wait_ready()
+    except BaseException:
+        plane.stop()
+        raise
+    return plane
+
+
+@contextlib.contextmanager
+def control_planes(count: int, base: Path) -> Iterator[list[ControlPlane]]:
+    """Start ``count`` independent control planes at once and stop them all afterwards."""
+    planes: list[ControlPlane] = []
+    try:
+        for index in range(count):
+            # One at a time so the planes that did start are in the list for the cleanup below.
+            planes.append(launch(f"cluster{index}", base / f"cluster{index}"))  # noqa: PERF401
+        for plane in planes:
+            plane.wait_ready()
+        yield planes
+    finally:
+        for plane in planes:
+            plane.stop()
