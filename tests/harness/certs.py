@@ -30,10 +30,9 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 
 def _builder(
-    subject: str, issuer: x509.Name | None, public_key: ec.EllipticCurvePublicKey
+    name: x509.Name, issuer: x509.Name | None, public_key: ec.EllipticCurvePublicKey
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -55,7 +54,7 @@ class TestCA:
         self.folder = folder
         self._key = ec.generate_private_key(ec.SECP256R1())
         self.cert = (
-            _builder(name, None, self._key.public_key())
+            _builder(_name(name), None, self._key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -82,9 +81,7 @@ class TestCA:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
         subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
-        builder = _builder(name, self.cert.subject, key.public_key()).subject_name(
-            x509.Name(subject)
-        )
+        builder = _builder(x509.Name(subject), self.cert.subject, key.public_key())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if hosts:
@@ -98,6 +95,10 @@ class TestCA:
         return pair
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
 def _sans(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -108,7 +109,21 @@ def _sans(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
     return names
 
 
-def signing_key(path: Path) -> Path:
-    """An EC private key in PEM, as kube-apiserver wants for service-account tokens."""
-    _write_key(ec.generate_private_key(ec.SECP256R1()), path)
-    return path
+def signing_key(path: Path) -> tuple[Path, Path]:
+    """An EC key pair for service-account tokens: (private key file, public key file).
+
+    kube-apiserver reads the private key as SEC1 ("EC PRIVATE KEY") and the verification key
+    as SubjectPublicKeyInfo ("PUBLIC KEY"); it rejects a PKCS#8 file as a public key file.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(
+        key.private_bytes(
+            _PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+    public = path.with_suffix(".pub")
+    public.write_bytes(
+        key.public_key().public_bytes(_PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return path, public

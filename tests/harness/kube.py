@@ -149,7 +149,7 @@ def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = No
     workdir.mkdir(parents=True, exist_ok=True)
     ca = TestCA(workdir / "pki", name=f"{name}-ca")
     serving = ca.issue("kube-apiserver", server=True, hosts=("127.0.0.1", "localhost", "::1"))
-    sa_key = signing_key(workdir / "pki" / "service-account.key")
+    sa_key, sa_pub = signing_key(workdir / "pki" / "service-account.key")
     token = secrets.token_urlsafe(24)
     lines = [f'{token},admin,admin-uid,"system:masters"']
     lines += [f"{t},{user},{user}-uid" for t, user in (extra_tokens or {}).items()]
@@ -173,7 +173,7 @@ def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = No
             str(bins / "kine"),
             f"--endpoint=sqlite://{workdir}/kine.db?_journal=WAL&cache=shared&_busy_timeout=30000",
             f"--listen-address=127.0.0.1:{plane.kine_port}",
-            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            "--metrics-bind-address=0",  # off: the default :8080 would clash between planes
         ],
         log_path=workdir / "kine.log",
     )
@@ -192,7 +192,7 @@ def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = No
         "--anonymous-auth=false",
         "--service-cluster-ip-range=10.96.0.0/24",
         "--service-account-issuer=https://kubernetes.default.svc",
-        f"--service-account-key-file={sa_key}",
+        f"--service-account-key-file={sa_pub}",
         f"--service-account-signing-key-file={sa_key}",
         # No controller-manager runs, so nothing creates default service accounts.
         "--disable-admission-plugins=ServiceAccount",
