@@ -1,0 +1,488 @@
+"""Tunnel frames: the binary layout of every frame type, encoding and strict decoding.
+
+One frame travels in exactly one WebSocket binary message. Every frame starts with a fixed
+12-byte header, big-endian::
+
+    0        1        2                 4                                 8               12
+    +--------+--------+--------+--------+--------+--------+--------+--------+------ ... ----+
+    |version |  type  |      flags      |            stream id              | payload length|
+    +--------+--------+--------+--------+--------+--------+--------+--------+------ ... ----+
+
+followed by ``payload length`` bytes of payload. Because the WebSocket message already frames
+the bytes, the length field must match the message size exactly; a mismatch is an error, not a
+hint to buffer. ``docs/tunnel-protocol.md`` is the full specification; this module is its
+executable form and the two must agree.
+
+Frame objects validate their fields when built, raising ``LocalProtocolError``; the decoder
+turns that into ``RemoteProtocolError`` because there the values came from the peer.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from tunnel_protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "FLAG_FINAL",
+    "HEADER_SIZE",
+    "MAX_FRAME_PAYLOAD_HARD_CAP",
+    "MAX_STREAM_ID",
+    "MAX_TARGET_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "MAX_VERSIONS",
+    "MAX_WINDOW",
+    "MIN_FRAME_PAYLOAD",
+    "PING_PAYLOAD_SIZE",
+    "UNNEGOTIATED_VERSION",
+    "Accept",
+    "Data",
+    "Fin",
+    "Frame",
+    "FrameType",
+    "GoAway",
+    "Hello",
+    "Open",
+    "Ping",
+    "Pong",
+    "Reject",
+    "Reset",
+    "WindowUpdate",
+    "decode_frame",
+    "encode_frame",
+    "truncate_text",
+]
+
+_HEADER = struct.Struct("!BBHII")
+HEADER_SIZE = _HEADER.size
+
+MAX_FRAME_PAYLOAD_HARD_CAP = 1 << 20
+"""No frame of any type may carry more than 1 MiB, whatever the peer advertises."""
+MIN_FRAME_PAYLOAD = 1024
+"""Smallest max-frame-payload a peer may advertise; smaller only multiplies per-frame cost."""
+MAX_TARGET_LENGTH = 255
+MAX_TEXT_LENGTH = 1024
+"""Bytes of UTF-8 in the human text of REJECT, RESET and GO_AWAY."""
+MAX_VERSIONS = 32
+MAX_HELLO_PAYLOAD = 1024
+"""HELLO may carry extension bytes after its fields (ignored by version 1), up to this size."""
+MAX_WINDOW = (1 << 31) - 1
+MAX_STREAM_ID = (1 << 32) - 1
+PING_PAYLOAD_SIZE = 8
+UNNEGOTIATED_VERSION = 0
+"""Header version byte of HELLO, and of GO_AWAY sent before a version was agreed."""
+
+FLAG_FINAL = 0x0001
+"""GO_AWAY only: the sender has already torn the session down (not a drain)."""
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U32_U16 = struct.Struct("!IH")
+_HELLO_SETTINGS = struct.Struct("!III")
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0x01
+    OPEN = 0x02
+    ACCEPT = 0x03
+    REJECT = 0x04
+    DATA = 0x05
+    WINDOW_UPDATE = 0x06
+    FIN = 0x07
+    RESET = 0x08
+    PING = 0x09
+    PONG = 0x0A
+    GO_AWAY = 0x0B
+
+
+def truncate_text(text: str) -> str:
+    """Cut ``text`` to at most MAX_TEXT_LENGTH bytes of UTF-8 without splitting a character."""
+    raw = text.encode()
+    if len(raw) <= MAX_TEXT_LENGTH:
+        return text
+    return raw[:MAX_TEXT_LENGTH].decode(errors="ignore")
+
+
+def _check(condition: bool, message: str, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:  # noqa: FBT001 -- an assertion helper reads best with the condition first
+    if not condition:
+        raise LocalProtocolError(message, code=code)
+
+
+def _check_stream_id(stream_id: int) -> None:
+    _check(0 < stream_id <= MAX_STREAM_ID, f"stream id {stream_id} out of range 1..2**32-1")
+
+
+def _check_text(text: str) -> None:
+    _check(
+        len(text.encode()) <= MAX_TEXT_LENGTH,
+        f"text longer than {MAX_TEXT_LENGTH} bytes",
+        ErrorCode.FRAME_SIZE_ERROR,
+    )
+
+
+def _is_safe_target(target: str) -> bool:
+    return 0 < len(target) <= MAX_TARGET_LENGTH and all("!" <= ch <= "~" for ch in target)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame each side sends: the versions it speaks and its receive limits."""
+
+    versions: tuple[int, ...]
+    max_frame_payload: int
+    initial_window: int
+    max_concurrent_streams: int
+
+    frame_type: ClassVar[FrameType] = FrameType.HELLO
+    stream_id: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _check(0 < len(self.versions) <= MAX_VERSIONS, f"HELLO needs 1..{MAX_VERSIONS} versions")
+        _check(all(0 < v <= 0xFFFF for v in self.versions), "HELLO versions must be 1..65535")
+        _check(len(set(self.versions)) == len(self.versions), "HELLO versions must be distinct")
+        _check(
+            MIN_FRAME_PAYLOAD <= self.max_frame_payload <= MAX_FRAME_PAYLOAD_HARD_CAP,
+            f"max frame payload must be {MIN_FRAME_PAYLOAD}..{MAX_FRAME_PAYLOAD_HARD_CAP}",
+        )
+        _check(0 < self.initial_window <= MAX_WINDOW, "initial window must be 1..2**31-1")
+        _check(
+            0 <= self.max_concurrent_streams <= MAX_WINDOW,
+            "max concurrent streams must be 0..2**31-1",
+        )
+
+    def payload(self) -> bytes:
+        versions = struct.pack(f"!B{len(self.versions)}H", len(self.versions), *self.versions)
+        limits = (self.max_frame_payload, self.initial_window, self.max_concurrent_streams)
+        return versions + _HELLO_SETTINGS.pack(*limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """Ask the peer to open a stream to ``target``.
+
+    The target is a name the receiver checks against its own allow-list and resolves itself.
+    """
+
+    stream_id: int
+    target: str
+
+    frame_type: ClassVar[FrameType] = FrameType.OPEN
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        _check(
+            _is_safe_target(self.target),
+            f"target must be 1..{MAX_TARGET_LENGTH} printable ASCII characters without spaces",
+        )
+
+    def payload(self) -> bytes:
+        return self.target.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    stream_id: int
+
+    frame_type: ClassVar[FrameType] = FrameType.ACCEPT
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+
+    def payload(self) -> bytes:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    stream_id: int
+    code: ErrorCode
+    text: str
+
+    frame_type: ClassVar[FrameType] = FrameType.REJECT
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        _check_text(self.text)
+
+    def payload(self) -> bytes:
+        return _U16.pack(self.code) + self.text.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    stream_id: int
+    data: bytes
+
+    frame_type: ClassVar[FrameType] = FrameType.DATA
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        # Empty DATA frames carry nothing but cost work: a known flood vector (CVE-2019-9518).
+        _check(len(self.data) > 0, "DATA must not be empty", ErrorCode.FRAME_SIZE_ERROR)
+        _check(
+            len(self.data) <= MAX_FRAME_PAYLOAD_HARD_CAP,
+            "DATA larger than the hard cap",
+            ErrorCode.FRAME_SIZE_ERROR,
+        )
+
+    def payload(self) -> bytes:
+        return self.data
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdate:
+    stream_id: int
+    increment: int
+
+    frame_type: ClassVar[FrameType] = FrameType.WINDOW_UPDATE
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        _check(0 < self.increment <= MAX_WINDOW, "WINDOW_UPDATE increment must be 1..2**31-1")
+
+    def payload(self) -> bytes:
+        return _U32.pack(self.increment)
+
+
+@dataclass(frozen=True, slots=True)
+class Fin:
+    stream_id: int
+
+    frame_type: ClassVar[FrameType] = FrameType.FIN
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+
+    def payload(self) -> bytes:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    stream_id: int
+    code: ErrorCode
+    text: str
+
+    frame_type: ClassVar[FrameType] = FrameType.RESET
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        _check_text(self.text)
+
+    def payload(self) -> bytes:
+        return _U16.pack(self.code) + self.text.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    opaque: bytes
+
+    frame_type: ClassVar[FrameType] = FrameType.PING
+    stream_id: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.opaque) == PING_PAYLOAD_SIZE,
+            "PING payload must be 8 bytes",
+            ErrorCode.FRAME_SIZE_ERROR,
+        )
+
+    def payload(self) -> bytes:
+        return self.opaque
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    opaque: bytes
+
+    frame_type: ClassVar[FrameType] = FrameType.PONG
+    stream_id: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.opaque) == PING_PAYLOAD_SIZE,
+            "PONG payload must be 8 bytes",
+            ErrorCode.FRAME_SIZE_ERROR,
+        )
+
+    def payload(self) -> bytes:
+        return self.opaque
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    """No new streams; ``final`` means the sender already tore the session down."""
+
+    last_stream_id: int
+    code: ErrorCode
+    text: str
+    final: bool = False
+
+    frame_type: ClassVar[FrameType] = FrameType.GO_AWAY
+    stream_id: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.last_stream_id <= MAX_STREAM_ID, "last stream id out of range")
+        _check_text(self.text)
+
+    def payload(self) -> bytes:
+        return _U32_U16.pack(self.last_stream_id, self.code) + self.text.encode()
+
+
+Frame = Hello | Open | Accept | Reject | Data | WindowUpdate | Fin | Reset | Ping | Pong | GoAway
+
+
+def encode_frame(frame: Frame, *, version: int) -> bytes:
+    """Return the WebSocket message for ``frame``, stamped with header ``version``."""
+    payload = frame.payload()
+    flags = FLAG_FINAL if isinstance(frame, GoAway) and frame.final else 0
+    return _HEADER.pack(version, frame.frame_type, flags, frame.stream_id, len(payload)) + payload
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _parse_hello(_stream_id: int, payload: bytes) -> Hello:
+    _check(0 < len(payload) <= MAX_HELLO_PAYLOAD, "HELLO size", ErrorCode.FRAME_SIZE_ERROR)
+    count = payload[0]
+    end = 1 + 2 * count + _HELLO_SETTINGS.size
+    _check(count > 0 and len(payload) >= end, "HELLO truncated", ErrorCode.FRAME_SIZE_ERROR)
+    versions = struct.unpack_from(f"!{count}H", payload, 1)
+    limits = _HELLO_SETTINGS.unpack_from(payload, 1 + 2 * count)
+    # Bytes after ``end`` are extensions of later versions; version 1 ignores them.
+    return Hello(tuple(versions), *limits)
+
+
+def _parse_open(stream_id: int, payload: bytes) -> Open:
+    try:
+        target = payload.decode("ascii")
+    except UnicodeDecodeError:
+        raise LocalProtocolError("OPEN target is not ASCII") from None
+    return Open(stream_id, target)
+
+
+def _parse_empty(payload: bytes, name: str) -> None:
+    _check(not payload, f"{name} carries no payload", ErrorCode.FRAME_SIZE_ERROR)
+
+
+def _parse_accept(stream_id: int, payload: bytes) -> Accept:
+    _parse_empty(payload, "ACCEPT")
+    return Accept(stream_id)
+
+
+def _parse_fin(stream_id: int, payload: bytes) -> Fin:
+    _parse_empty(payload, "FIN")
+    return Fin(stream_id)
+
+
+def _decode_text(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise LocalProtocolError("text is not valid UTF-8") from None
+
+
+def _parse_code_text(payload: bytes, name: str) -> tuple[ErrorCode, str]:
+    _check(len(payload) >= _U16.size, f"{name} truncated", ErrorCode.FRAME_SIZE_ERROR)
+    (code,) = _U16.unpack_from(payload)
+    return ErrorCode.from_wire(code), _decode_text(payload[_U16.size :])
+
+
+def _parse_reject(stream_id: int, payload: bytes) -> Reject:
+    return Reject(stream_id, *_parse_code_text(payload, "REJECT"))
+
+
+def _parse_reset(stream_id: int, payload: bytes) -> Reset:
+    return Reset(stream_id, *_parse_code_text(payload, "RESET"))
+
+
+def _parse_data(stream_id: int, payload: bytes) -> Data:
+    return Data(stream_id, payload)
+
+
+def _parse_window_update(stream_id: int, payload: bytes) -> WindowUpdate:
+    _check(len(payload) == _U32.size, "WINDOW_UPDATE size", ErrorCode.FRAME_SIZE_ERROR)
+    (increment,) = _U32.unpack(payload)
+    return WindowUpdate(stream_id, increment)
+
+
+def _parse_ping(_stream_id: int, payload: bytes) -> Ping:
+    return Ping(payload)
+
+
+def _parse_pong(_stream_id: int, payload: bytes) -> Pong:
+    return Pong(payload)
+
+
+def _parse_go_away(_stream_id: int, payload: bytes, *, final: bool) -> GoAway:
+    _check(len(payload) >= _U32_U16.size, "GO_AWAY truncated", ErrorCode.FRAME_SIZE_ERROR)
+    last_stream_id, code = _U32_U16.unpack_from(payload)
+    text = _decode_text(payload[_U32_U16.size :])
+    return GoAway(last_stream_id, ErrorCode.from_wire(code), text, final=final)
+
+
+_CONNECTION_TYPES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GO_AWAY})
+
+_PARSERS: dict[FrameType, Callable[[int, bytes], Frame]] = {
+    FrameType.HELLO: _parse_hello,
+    FrameType.OPEN: _parse_open,
+    FrameType.ACCEPT: _parse_accept,
+    FrameType.REJECT: _parse_reject,
+    FrameType.DATA: _parse_data,
+    FrameType.WINDOW_UPDATE: _parse_window_update,
+    FrameType.FIN: _parse_fin,
+    FrameType.RESET: _parse_reset,
+    FrameType.PING: _parse_ping,
+    FrameType.PONG: _parse_pong,
+}
+
+
+def _check_header(frame_type: FrameType, flags: int, stream_id: int) -> None:
+    allowed_flags = FLAG_FINAL if frame_type is FrameType.GO_AWAY else 0
+    _check(flags & ~allowed_flags == 0, f"unknown flags {flags:#06x} on {frame_type.name}")
+    if frame_type in _CONNECTION_TYPES:
+        _check(stream_id == 0, f"{frame_type.name} must use stream id 0")
+    else:
+        _check(stream_id != 0, f"{frame_type.name} needs a stream id")
+
+
+def _decode(message: bytes, max_data_payload: int) -> tuple[int, Frame]:
+    _check(len(message) >= HEADER_SIZE, "message shorter than a header", ErrorCode.FRAME_SIZE_ERROR)
+    version, raw_type, flags, stream_id, length = _HEADER.unpack_from(message)
+    _check(
+        length == len(message) - HEADER_SIZE,
+        f"length field {length} does not match the message ({len(message) - HEADER_SIZE})",
+        ErrorCode.FRAME_SIZE_ERROR,
+    )
+    try:
+        frame_type = FrameType(raw_type)
+    except ValueError:
+        raise LocalProtocolError(f"unknown frame type {raw_type:#04x}") from None
+    limit = max_data_payload if frame_type is FrameType.DATA else MAX_FRAME_PAYLOAD_HARD_CAP
+    _check(length <= limit, f"{frame_type.name} payload too large", ErrorCode.FRAME_SIZE_ERROR)
+    _check_header(frame_type, flags, stream_id)
+    payload = message[HEADER_SIZE:]
+    if frame_type is FrameType.GO_AWAY:
+        return version, _parse_go_away(0, payload, final=bool(flags & FLAG_FINAL))
+    return version, _PARSERS[frame_type](stream_id, payload)
+
+
+def decode_frame(
+    message: bytes, *, max_data_payload: int = MAX_FRAME_PAYLOAD_HARD_CAP
+) -> tuple[int, Frame]:
+    """Decode one WebSocket message into ``(header version, frame)``.
+
+    Raises ``RemoteProtocolError`` (and nothing else) for any malformed input; its ``code`` is
+    FRAME_SIZE_ERROR for a size problem and PROTOCOL_ERROR otherwise. ``max_data_payload`` is
+    the largest DATA payload this receiver advertised.
+    """
+    try:
+        return _decode(message, max_data_payload)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(str(exc), code=exc.code) from None

@@ -1,0 +1,158 @@
+"""The life of one stream: every state, every frame, every transition. Rules live only here.
+
+Theory of operation
+-------------------
+A stream is a pair of byte pipes (one each way) between the two ends of a session, opened by
+either end. This machine tracks one stream *from this end's point of view*; it does not know
+whether it runs in the agent or the cloud, or what the bytes mean. Each direction closes on its
+own (FIN), which gives real half-close: after we send FIN we keep receiving DATA until the
+peer's FIN, and the reverse. RESET closes both directions at once, from any live state.
+
+Inputs are the frames we send (``SEND_*``, caused by an API call) and the frames we receive
+(``RECV_*``). The table below is the whole protocol of a stream; a pair missing from it is a
+violation. A missing ``SEND_*`` pair is the caller's mistake (``LocalProtocolError``, nothing
+sent, nothing changed). A missing ``RECV_*`` pair is the peer's (``RemoteProtocolError``), and
+the session answers it by resetting *just that stream*; connection-level rules (ids, parity,
+frame sizes) are checked by the session before a frame reaches this machine.
+
+=====================  ==================================================================
+state                  input → next state
+=====================  ==================================================================
+IDLE                   SEND_OPEN → OPENING_LOCAL;  RECV_OPEN → OPENING_REMOTE
+OPENING_LOCAL          RECV_ACCEPT → OPEN;  RECV_REJECT → CLOSED;  *_RESET → CLOSED
+  (we sent OPEN)       (no DATA, FIN or WINDOW_UPDATE either way before ACCEPT)
+OPENING_REMOTE         SEND_ACCEPT → OPEN;  SEND_REJECT → CLOSED;  *_RESET → CLOSED
+  (peer sent OPEN)
+OPEN                   *_DATA, *_WINDOW_UPDATE → OPEN;  SEND_FIN → HALF_CLOSED_LOCAL;
+                       RECV_FIN → HALF_CLOSED_REMOTE;  *_RESET → CLOSED
+HALF_CLOSED_LOCAL      RECV_DATA, *_WINDOW_UPDATE → HALF_CLOSED_LOCAL;  RECV_FIN → CLOSED;
+  (we sent FIN)        *_RESET → CLOSED.  We may not send DATA or FIN again.
+HALF_CLOSED_REMOTE     SEND_DATA, RECV_WINDOW_UPDATE → HALF_CLOSED_REMOTE;  SEND_FIN → CLOSED;
+  (peer sent FIN)      *_RESET → CLOSED.  Peer DATA or FIN now is STREAM_CLOSED.
+CLOSED                 nothing: the session forgets the stream, so late frames never get here
+=====================  ==================================================================
+
+``*_X`` means both ``SEND_X`` and ``RECV_X``. WINDOW_UPDATE stays legal towards a half-closed
+direction because one may be in flight when the FIN is sent; it is simply useless there.
+Flow control (how much DATA) is the session's concern; this machine only says whether DATA is
+allowed at all.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from tunnel_protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+__all__ = ["StreamInput", "StreamState", "StreamStateMachine"]
+
+
+class StreamState(enum.Enum):
+    IDLE = "IDLE"
+    OPENING_LOCAL = "OPENING_LOCAL"
+    OPENING_REMOTE = "OPENING_REMOTE"
+    OPEN = "OPEN"
+    HALF_CLOSED_LOCAL = "HALF_CLOSED_LOCAL"
+    HALF_CLOSED_REMOTE = "HALF_CLOSED_REMOTE"
+    CLOSED = "CLOSED"
+
+
+class StreamInput(enum.Enum):
+    SEND_OPEN = "SEND_OPEN"
+    RECV_OPEN = "RECV_OPEN"
+    SEND_ACCEPT = "SEND_ACCEPT"
+    RECV_ACCEPT = "RECV_ACCEPT"
+    SEND_REJECT = "SEND_REJECT"
+    RECV_REJECT = "RECV_REJECT"
+    SEND_DATA = "SEND_DATA"
+    RECV_DATA = "RECV_DATA"
+    SEND_WINDOW_UPDATE = "SEND_WINDOW_UPDATE"
+    RECV_WINDOW_UPDATE = "RECV_WINDOW_UPDATE"
+    SEND_FIN = "SEND_FIN"
+    RECV_FIN = "RECV_FIN"
+    SEND_RESET = "SEND_RESET"
+    RECV_RESET = "RECV_RESET"
+
+    @property
+    def is_remote(self) -> bool:
+        return self.name.startswith("RECV_")
+
+
+S = StreamState
+I = StreamInput  # noqa: E741 -- one-letter alias keeps the table below readable
+
+_RESETS = {I.SEND_RESET: S.CLOSED, I.RECV_RESET: S.CLOSED}
+
+TRANSITIONS: dict[StreamState, dict[StreamInput, StreamState]] = {
+    S.IDLE: {I.SEND_OPEN: S.OPENING_LOCAL, I.RECV_OPEN: S.OPENING_REMOTE},
+    S.OPENING_LOCAL: {I.RECV_ACCEPT: S.OPEN, I.RECV_REJECT: S.CLOSED, **_RESETS},
+    S.OPENING_REMOTE: {I.SEND_ACCEPT: S.OPEN, I.SEND_REJECT: S.CLOSED, **_RESETS},
+    S.OPEN: {
+        I.SEND_DATA: S.OPEN,
+        I.RECV_DATA: S.OPEN,
+        I.SEND_WINDOW_UPDATE: S.OPEN,
+        I.RECV_WINDOW_UPDATE: S.OPEN,
+        I.SEND_FIN: S.HALF_CLOSED_LOCAL,
+        I.RECV_FIN: S.HALF_CLOSED_REMOTE,
+        **_RESETS,
+    },
+    S.HALF_CLOSED_LOCAL: {
+        I.RECV_DATA: S.HALF_CLOSED_LOCAL,
+        I.SEND_WINDOW_UPDATE: S.HALF_CLOSED_LOCAL,
+        I.RECV_WINDOW_UPDATE: S.HALF_CLOSED_LOCAL,
+        I.RECV_FIN: S.CLOSED,
+        **_RESETS,
+    },
+    S.HALF_CLOSED_REMOTE: {
+        I.SEND_DATA: S.HALF_CLOSED_REMOTE,
+        I.RECV_WINDOW_UPDATE: S.HALF_CLOSED_REMOTE,
+        I.SEND_FIN: S.CLOSED,
+        **_RESETS,
+    },
+    S.CLOSED: {},
+}
+"""The table of the module docstring, as data."""
+
+_CAN_SEND = frozenset({S.OPEN, S.HALF_CLOSED_REMOTE})
+_CAN_RECEIVE = frozenset({S.OPEN, S.HALF_CLOSED_LOCAL})
+_PEER_DIRECTION_CLOSED = frozenset({S.HALF_CLOSED_REMOTE, S.CLOSED})
+
+
+class StreamStateMachine:
+    """Current state of one stream; ``process`` applies an input or raises without changing."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = StreamState.IDLE
+
+    @property
+    def can_send(self) -> bool:
+        """Whether we may send DATA (the stream is accepted and our direction is open)."""
+        return self.state in _CAN_SEND
+
+    @property
+    def can_receive(self) -> bool:
+        """Whether the peer may still send DATA to us."""
+        return self.state in _CAN_RECEIVE
+
+    def process(self, event: StreamInput) -> StreamState:
+        """Apply ``event`` and return the new state.
+
+        Raises ``LocalProtocolError`` for a ``SEND_*`` input and ``RemoteProtocolError`` for a
+        ``RECV_*`` input that the table does not allow; the state is then unchanged.
+        """
+        new_state = TRANSITIONS[self.state].get(event)
+        if new_state is None:
+            raise self._violation(event)
+        self.state = new_state
+        return new_state
+
+    def _violation(self, event: StreamInput) -> LocalProtocolError | RemoteProtocolError:
+        message = f"{event.name} is not allowed in state {self.state.name}"
+        if not event.is_remote:
+            return LocalProtocolError(message)
+        data_or_fin = event in {I.RECV_DATA, I.RECV_FIN}
+        if data_or_fin and self.state in _PEER_DIRECTION_CLOSED:
+            return RemoteProtocolError(message, code=ErrorCode.STREAM_CLOSED)
+        return RemoteProtocolError(message, code=ErrorCode.PROTOCOL_ERROR)
