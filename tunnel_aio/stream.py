@@ -1,0 +1,177 @@
+"""One tunnel stream as the application sees it: ``read``, ``write``, ``end``, ``reset``.
+
+Credit goes back to the peer only when the application *reads* bytes, so a slow consumer
+slows its own stream and nothing else, and the bytes held here never exceed the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from tunnel_protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from tunnel_aio.connection import TunnelConnection
+
+
+class StreamError(ConnectionError):
+    """A stream failed; ``code`` is the protocol's error code."""
+
+    def __init__(self, message: str, *, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StreamRejectedError(StreamError):
+    """The peer refused to open the stream (target not allowed, dial failed, draining...)."""
+
+
+class StreamResetError(StreamError):
+    """The stream was reset by the peer or by us; no more data flows either way."""
+
+
+class TunnelClosedError(StreamError):
+    """The whole tunnel session is gone."""
+
+
+class TunnelStream:
+    """A bidirectional byte stream inside a tunnel session, with real half-close."""
+
+    def __init__(self, connection: TunnelConnection, stream_id: int, target: str) -> None:
+        self._connection = connection
+        self.stream_id = stream_id
+        self.target = target
+        self._chunks: deque[bytes] = deque()
+        self._eof = False
+        self._error: StreamError | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed = asyncio.Event()
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.stream_id} to {self.target!r}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # ------------------------------------------------------------------ application side
+
+    async def read(self, max_bytes: int = 256 * 1024) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b""`` once the peer has ended its side."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        if len(chunk) > max_bytes:
+            self._chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        self.bytes_read += len(chunk)
+        self._connection.acknowledge(self.stream_id, len(chunk))
+        return chunk
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``, waiting for the peer's credit as needed."""
+        view = memoryview(data)
+        while view:
+            if self._error is not None:
+                raise self._error
+            taken = self._connection.send_data(self, view)
+            self.bytes_written += taken
+            view = view[taken:]
+            if view:
+                self._writable.clear()
+                if self._connection.send_capacity(self.stream_id) == 0:
+                    await self._writable.wait()
+
+    def end(self) -> None:
+        """Half-close: we send nothing more, but keep reading until the peer ends too."""
+        if self._error is None and not self.closed:
+            self._connection.end_stream(self.stream_id)
+
+    def reset(self, code: ErrorCode = ErrorCode.CANCEL, text: str = "") -> None:
+        """Abort both directions at once; idempotent."""
+        if not self.closed:
+            self._connection.reset_stream(self.stream_id, code, text)
+
+    def accept(self) -> None:
+        """Answer a peer's OPEN: the stream is ours to use."""
+        self._connection.accept_stream(self.stream_id)
+        if not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def reject(self, code: ErrorCode, text: str) -> None:
+        """Answer a peer's OPEN with a refusal the peer can show a person."""
+        self._connection.reject_stream(self.stream_id, code, text)
+
+    async def wait_accepted(self) -> None:
+        await self._accepted
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # ------------------------------------------------------------------ connection side
+
+    def _on_accepted(self) -> None:
+        if not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def _on_rejected(self, code: ErrorCode, text: str) -> None:
+        error = StreamRejectedError(f"{self.target}: {text or code.name}", code=code)
+        self._fail(error)
+
+    def _on_data(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+
+    def _on_end(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def _on_reset(self, code: ErrorCode, text: str, *, by_peer: bool) -> None:
+        who = "peer" if by_peer else "local"
+        cls = TunnelClosedError if code in _SESSION_CODES else StreamResetError
+        self._fail(cls(f"stream to {self.target} reset ({who}): {text or code.name}", code=code))
+
+    def _on_capacity(self) -> None:
+        self._writable.set()
+
+    def _on_closed(self) -> None:
+        self._closed.set()
+        self._eof = True
+        self._readable.set()
+        self._writable.set()
+        if not self._accepted.done():
+            self._fail(TunnelClosedError(f"stream to {self.target} closed", code=ErrorCode.CANCEL))
+
+    def _fail(self, error: StreamError) -> None:
+        if self._error is None:
+            self._error = error
+        self._chunks.clear()
+        self._readable.set()
+        self._writable.set()
+        if not self._accepted.done():
+            self._accepted.set_exception(error)
+            self._accepted.exception()  # retrieved: nobody may be waiting for an accept
+
+
+_SESSION_CODES = frozenset(
+    {ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.VERSION_MISMATCH}
+)
+
+__all__ = [
+    "StreamError",
+    "StreamRejectedError",
+    "StreamResetError",
+    "TunnelClosedError",
+    "TunnelStream",
+]
