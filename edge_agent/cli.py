@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from edge_agent import __version__, logs, systemd
+from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
 from edge_agent.local_api import create_app
 from edge_agent.settings import AgentSettings, LocalApiSettings
 
@@ -24,6 +26,13 @@ in a registered cluster. It keeps one outbound tunnel to the cloud, caches Kuber
 so the node keeps working offline, manages device twins over MQTT and reports node status.
 
 Its own health, metrics and status are served on http://127.0.0.1:10267.
+"""
+
+JOIN_DESCRIPTION = """\
+Join a tunnel server: pin its CA by hash (never the system trust store), make a private
+key that never leaves this machine, send a CSR with the bootstrap token, and store the
+signed client certificate in the data dir. If the token requires approval, wait (showing
+progress) until an operator runs `tunnel-server nodes approve NAME`.
 """
 
 
@@ -56,7 +65,77 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.local_api.port,
         help="loopback port of the agent's own API (default: %(default)s)",
     )
+    _add_join_command(sub, defaults)
     return parser
+
+
+def _add_join_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], defaults: AgentSettings
+) -> None:
+    command = sub.add_parser(
+        "join",
+        help="join a tunnel server with a bootstrap token",
+        description=JOIN_DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("--server", required=True, help="server URL, e.g. https://cloud:8443")
+    command.add_argument(
+        "--token", required=True, help="bootstrap token from `tunnel-server token create`"
+    )
+    command.add_argument(
+        "--ca-hash",
+        required=True,
+        metavar="sha256:HEX",
+        help="the server CA's hash from `tunnel-server ca-hash`",
+    )
+    command.add_argument(
+        "--name",
+        default=socket.gethostname().lower(),
+        help="node name the token was created for (default: this host's name, %(default)s)",
+    )
+    command.add_argument(
+        "--data-dir",
+        type=Path,
+        default=defaults.data_dir,
+        help="where the key and certificate are stored (default: %(default)s)",
+    )
+    command.add_argument(
+        "--wait-approval",
+        type=float,
+        default=defaults.join.wait_approval,
+        metavar="SECONDS",
+        help="how long to wait if the token requires approval (default: %(default)gs)",
+    )
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    options = JoinOptions(
+        server=args.server,
+        token=args.token,
+        ca_hash=args.ca_hash,
+        name=args.name,
+        data_dir=args.data_dir,
+        wait_approval=args.wait_approval,
+    )
+
+    def progress(message: str) -> None:
+        print(f"edge-agent: {message}", file=sys.stderr, flush=True)  # noqa: T201 - progress
+
+    try:
+        identity = asyncio.run(join(options, settings=AgentSettings().join, progress=progress))
+    except JoinError as exc:
+        print(f"edge-agent: join failed: {exc}", file=sys.stderr)  # noqa: T201 - the answer
+        return exc.exit_code
+    except PermissionError as exc:
+        print(f"edge-agent: join failed: {exc} (run as root?)", file=sys.stderr)  # noqa: T201
+        return 1
+    print(  # noqa: T201 - the command's answer
+        f"joined {identity.server} as {identity.kind} {identity.name};"
+        f" certificate valid until {identity.not_after.isoformat(timespec='seconds')},"
+        f" stored in {identity.data_dir}"
+    )
+    return 0
 
 
 async def run(settings: AgentSettings) -> None:
@@ -90,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run(settings))
         return 0
+    if args.command == "join":
+        return cmd_join(args)
     return 2
 
 

@@ -16,9 +16,36 @@ class LocalApiSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JoinSettings:
+    connect_timeout: float = 10.0
+    """Seconds to open the TCP+TLS connection to the server; a site link may be slow, not dead."""
+
+    request_timeout: float = 30.0
+    """Seconds for one whole join, poll or renew request, including the answer."""
+
+    wait_approval: float = 600.0
+    """Seconds ``join`` waits for an operator's approval before it gives up (it can resume)."""
+
+    min_poll_interval: float = 0.5
+    """Floor in seconds on the server's ``retry_after``, so a broken server cannot make us spin."""
+
+    max_poll_interval: float = 30.0
+    """Ceiling in seconds on ``retry_after``, so approval is noticed soon after it happens."""
+
+    max_response_bytes: int = 256 * 1024
+    """Largest answer read from the server, in bytes; a certificate and the CA fit in 8 KB."""
+
+    renew_fraction: float = 2 / 3
+    """Share of a certificate's lifetime after which it is renewed (kubelet uses 70-90 %)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentSettings:
     data_dir: Path = field(default_factory=lambda: Path("/var/lib/edge-agent"))
     """Folder for the private key, certificate, object cache and outbox; survives restarts."""
 
     local_api: LocalApiSettings = field(default_factory=LocalApiSettings)
     """The agent's own health, metrics and status endpoint."""
+
+    join: JoinSettings = field(default_factory=JoinSettings)
+    """Talking to the server's join and renew endpoints."""

@@ -1,23 +1,69 @@
-"""The one aiohttp application of the cloud side: health, readiness and metrics endpoints.
+"""The one aiohttp application of the cloud side: health, readiness, metrics and the join API.
 
 Later parts (tunnel endpoint, REST API, kube proxy, console) mount their routes here.
+``bootstrap()`` prepares the data dir (CA, serving certificate, store, admin token) before
+the application is built; ``store_changes()`` is what a session watcher polls to cut off a
+node revoked by the CLI in another process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import prometheus_client
 from aiohttp import web
 
-from tunnel_server import __version__
+from tunnel_server import __version__, join_api, tokens
+from tunnel_server.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
+from tunnel_server.store import SqliteStore, Store
+from tunnel_server.tls import AUTHORITY_KEY, STORE_KEY
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 log = logging.getLogger("tunnel_server.app")
 
 SETTINGS_KEY = web.AppKey("settings", ServerSettings)
 REGISTRY_KEY = web.AppKey("registry", prometheus_client.CollectorRegistry)
 READY_KEY = web.AppKey("ready", dict[str, bool])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerIdentity:
+    """The CA and the store of one data dir, ready to serve."""
+
+    authority: CertificateAuthority
+    store: Store
+
+
+def bootstrap(settings: ServerSettings) -> ServerIdentity:
+    """First start creates the CA, store and admin token; every start refreshes the serving cert."""
+    authority = CertificateAuthority.load_or_create(settings.data_dir, settings=settings.pki)
+    authority.ensure_serving_certificate(public_name=settings.public_name)
+    store = SqliteStore.open(settings.data_dir)
+    tokens.ensure_admin_token(store, settings.data_dir, now=time.time())
+    store.set_meta("public_url", f"https://{_host_for_url(settings.public_name)}:{settings.port}")
+    return ServerIdentity(authority=authority, store=store)
+
+
+def _host_for_url(name: str) -> str:
+    return f"[{name}]" if ":" in name else name
+
+
+async def store_changes(store: Store, *, interval: float) -> AsyncIterator[int]:
+    """Yield the store's revision each time it moves (checked every ``interval`` seconds)."""
+    seen = store.revision()
+    while True:
+        await asyncio.sleep(interval)
+        current = store.revision()
+        if current != seen:
+            seen = current
+            yield current
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -40,7 +86,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
-def create_app(settings: ServerSettings) -> web.Application:
+def create_app(
+    settings: ServerSettings, *, identity: ServerIdentity | None = None
+) -> web.Application:
+    """The application; with ``identity`` it also serves the CA and the join API."""
     app = web.Application(client_max_size=1024 * 1024)
     registry = prometheus_client.CollectorRegistry()
     info = prometheus_client.Info("tunnel_server_build", "Build of this server", registry=registry)
@@ -51,4 +100,8 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if identity is not None:
+        app[STORE_KEY] = identity.store
+        app[AUTHORITY_KEY] = identity.authority
+        join_api.add_routes(app, settings=settings.join, registry=registry)
     return app

@@ -1,20 +1,33 @@
-"""``tunnel-server``: the cloud side of EdgeFleet."""
+"""``tunnel-server``: the cloud side of EdgeFleet.
+
+Every command but ``run`` works on the data dir directly, whether the server runs or not: the
+store is SQLite in WAL mode and the running server notices changes within a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import signal
+import sqlite3
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from tunnel_server import __version__, logs, systemd
-from tunnel_server.app import create_app
+from tunnel_server import __version__, logs, systemd, tokens
+from tunnel_server.pki import CertificateAuthority, MissingCAError
 from tunnel_server.settings import ServerSettings
+from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
+
+if TYPE_CHECKING:
+    from tunnel_server.app import ServerIdentity
+    from tunnel_server.store import NodeRecord, NodeState
 
 log = logging.getLogger("tunnel_server.cli")
 
@@ -23,7 +36,17 @@ EdgeFleet tunnel server: the cloud control point that edge agents dial into.
 
 It serves the tunnel endpoint for agents, the REST API, the kube proxy into registered
 clusters and nodes, the web console, and /healthz, /readyz and /metrics.
+
+Joining a node:
+  tunnel-server token create --kind node --name edge-1     # prints the token
+  edge-agent join --server https://HOST:8443 --token T --ca-hash $(tunnel-server ca-hash)
 """
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CliError(Exception):
+    """A command failed in a way the operator can fix; the message says how."""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -32,6 +55,25 @@ def parse_listen(value: str) -> tuple[str, int]:
         msg = f"expected HOST:PORT such as 0.0.0.0:8443, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host means all
+
+
+def parse_duration(value: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h`` or ``2d`` as seconds."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or float(match[1]) <= 0:
+        msg = f"expected a duration such as 90s, 15m, 1h or 2d, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a nested sub-command must not reset a --data-dir given before it.
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"the server's data folder (default: {ServerSettings().data_dir})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    defaults = ServerSettings()
     run = sub.add_parser(
         "run",
         help="serve the tunnel endpoint, API and console",
-        description="Run the server in the foreground until SIGTERM or SIGINT.",
+        description="Run the server in the foreground until SIGTERM or SIGINT. The first start"
+        " creates the CA, the store and the admin token (written to DATA_DIR/admin-token).",
     )
-    defaults = ServerSettings()
     run.add_argument(
         "--listen",
         type=parse_listen,
@@ -58,32 +101,209 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"address to listen on (default: {defaults.host}:{defaults.port})",
     )
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        default=defaults.data_dir,
-        help="folder for the CA, tokens and the store (default: %(default)s)",
+    init = sub.add_parser(
+        "init",
+        help="create the CA, store and admin token without serving",
+        description="Prepare the data dir and print the CA hash; `run` would do the same first.",
     )
-    run.add_argument(
-        "--public-name",
-        default=defaults.public_name,
-        help="DNS name or IP agents use to reach this server (default: %(default)s)",
+    for command in (run, init):
+        _data_dir_option(command)
+        command.add_argument(
+            "--public-name",
+            default=defaults.public_name,
+            help="DNS name or IP agents use to reach this server (default: %(default)s)",
+        )
+    _data_dir_option(
+        sub.add_parser(
+            "ca-hash",
+            help="print the CA hash agents pin (sha256:<hex>)",
+            description="Print sha256:<hex> of the CA's public key, for `edge-agent join`.",
+        )
     )
+    _add_token_commands(sub)
+    _add_node_commands(sub)
     return parser
 
 
-async def serve(settings: ServerSettings) -> None:
-    app = create_app(settings)
+def _add_token_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = sub.add_parser("token", help="bootstrap tokens for joining nodes and clusters")
+    _data_dir_option(token)
+    token_sub = token.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    create = token_sub.add_parser(
+        "create",
+        help="create a single-use bootstrap token",
+        description="Print a single-use bootstrap token bound to one node or cluster name; the"
+        " matching `edge-agent join` line goes to stderr.",
+    )
+    _data_dir_option(create)
+    create.add_argument("--kind", choices=["node", "cluster"], default="node")
+    create.add_argument("--name", required=True, help="the node or cluster name it may join as")
+    create.add_argument(
+        "--ttl", type=parse_duration, default="1h", help="lifetime, e.g. 15m, 1h, 2d (default 1h)"
+    )
+    create.add_argument(
+        "--require-approval",
+        action="store_true",
+        help="the joiner waits until `tunnel-server nodes approve NAME`",
+    )
+    create.add_argument("--server", help="URL agents use, for the printed join line")
+    _data_dir_option(token_sub.add_parser("list", help="list tokens (never their secrets)"))
+
+
+def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    nodes = sub.add_parser(
+        "nodes",
+        help="list, approve or revoke nodes and clusters",
+        description="Without a sub-command: list nodes with state, last seen and certificate"
+        " expiry.",
+    )
+    _data_dir_option(nodes)
+    nodes.add_argument("--json", action="store_true", help="machine-readable output")
+    nodes_sub = nodes.add_subparsers(dest="nodes_command", metavar="COMMAND")
+    for verb, text in (
+        ("approve", "let a pending node or cluster fetch its certificate"),
+        ("revoke", "cut a node off at once; it must join again with a new token"),
+    ):
+        command = nodes_sub.add_parser(verb, help=text, description=text)
+        command.add_argument("name")
+        _data_dir_option(command)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _open(data_dir: Path) -> tuple[CertificateAuthority, SqliteStore]:
+    authority = CertificateAuthority.load(data_dir)  # raises MissingCAError with the fix
+    if not (data_dir / STORE_FILE).exists():
+        raise CliError(f"data dir {data_dir} has a CA but no store: run `tunnel-server run` once")
+    try:
+        return authority, SqliteStore.open(data_dir)
+    except sqlite3.OperationalError as exc:
+        raise CliError(
+            f"cannot open {data_dir / STORE_FILE} ({exc}): run as the server's user"
+        ) from None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
+    settings = ServerSettings().join
+    if args.ttl > settings.max_token_ttl:
+        raise CliError(f"--ttl over {settings.max_token_ttl / 86400:g} days is not allowed")
+    authority, store = _open(data_dir)
+    with contextlib.closing(store):
+        spec = tokens.TokenSpec(
+            kind=args.kind, name=args.name, ttl=args.ttl, require_approval=args.require_approval
+        )
+        token = tokens.create_token(store, spec, now=time.time())
+        server = args.server or store.get_meta("public_url") or "https://SERVER:8443"
+    print(token)  # noqa: T201 - the command's output
+    print(  # noqa: T201 - the operator's next step, kept off stdout so scripts get the token only
+        f"# on {args.name}, within {args.ttl:g}s:\n"
+        f"edge-agent join --server {server} --token {token}"
+        f" --ca-hash {authority.ca_hash()} --name {args.name}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_token_list(data_dir: Path) -> int:
+    _, store = _open(data_dir)
+    now = time.time()
+    with contextlib.closing(store):
+        rows = [
+            [
+                t.id,
+                t.kind,
+                t.name,
+                "used" if t.used_at else ("expired" if t.expires_at <= now else "valid"),
+                _iso(t.expires_at) or "-",
+                "yes" if t.require_approval else "no",
+            ]
+            for t in store.list_tokens()
+        ]
+    _table(["ID", "KIND", "NAME", "STATUS", "EXPIRES", "APPROVAL"], rows)
+    return 0
+
+
+def _node_json(node: NodeRecord) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "kind": node.kind,
+        "state": node.state,
+        "created_at": _iso(node.created_at),
+        "last_seen": _iso(node.last_seen),
+        "cert_serial": node.cert_serial,
+        "cert_expires": _iso(node.cert_not_after),
+        "agent_version": node.agent_version,
+    }
+
+
+def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
+    _, store = _open(data_dir)
+    with contextlib.closing(store):
+        if args.nodes_command in ("approve", "revoke"):
+            return _set_state(store, args.name, args.nodes_command)
+        nodes = [_node_json(n) for n in store.list_nodes()]
+    if args.json:
+        print(json.dumps(nodes, indent=2))  # noqa: T201 - the command's output
+        return 0
+    columns = ["name", "kind", "state", "last_seen", "cert_expires"]
+    _table(
+        ["NAME", "KIND", "STATE", "LAST SEEN", "CERT EXPIRES"],
+        [[n[c] or "-" for c in columns] for n in nodes],
+    )
+    return 0
+
+
+def _set_state(store: SqliteStore, name: str, verb: str) -> int:
+    state: NodeState = "approved" if verb == "approve" else "revoked"
+    node = store.get_node(name)
+    if node is None:
+        raise CliError(f"no node named {name!r}: see `tunnel-server nodes`")
+    if verb == "approve" and node.state == "revoked":
+        raise CliError(f"{name!r} is revoked: it must join again with a new token")
+    try:
+        store.set_node_state(name, state)
+    except NotFoundError as exc:
+        raise CliError(str(exc)) from None
+    log.info("node %s", state, extra={"kv": {"name": name, "was": node.state}})
+    print(f"{node.kind} {name} {state}")  # noqa: T201 - the command's output
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        line = "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(line.rstrip())  # noqa: T201 - the command's output
+
+
+async def serve(settings: ServerSettings, identity: ServerIdentity) -> None:
+    # Imported here, not at the top: aiohttp and prometheus take half a second to import, and
+    # only `run` needs them; `token create` and `nodes` stay quick for operators and scripts.
+    from aiohttp import web  # noqa: PLC0415 - see above
+
+    from tunnel_server.app import create_app  # noqa: PLC0415 - see above
+    from tunnel_server.tls import server_ssl_context  # noqa: PLC0415 - see above
+
+    app = create_app(settings, identity=identity)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    ssl_context = server_ssl_context(identity.authority)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for address in runner.addresses:
-        log.info("listening", extra={"kv": {"address": f"{address[0]}:{address[1]}"}})
+        log.info("listening", extra={"kv": {"address": f"https://{address[0]}:{address[1]}"}})
+    log.info("agents pin the CA with", extra={"kv": {"ca_hash": identity.authority.ca_hash()}})
     systemd.notify("READY=1")
     try:
         await stop.wait()
@@ -93,18 +313,43 @@ async def serve(settings: ServerSettings) -> None:
         await runner.cleanup()
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
+    if args.command in ("run", "init"):
+        host, port = getattr(args, "listen", (ServerSettings().host, ServerSettings().port))
+        settings = ServerSettings(
+            host=host, port=port, data_dir=data_dir, public_name=args.public_name
+        )
+        from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
+
+        identity = bootstrap(settings)
+        try:
+            if args.command == "run":
+                with contextlib.suppress(KeyboardInterrupt):
+                    asyncio.run(serve(settings, identity))
+            else:
+                print(identity.authority.ca_hash())  # noqa: T201 - the command's output
+        finally:
+            identity.store.close()
+        return 0
+    if args.command == "ca-hash":
+        print(CertificateAuthority.load(data_dir).ca_hash())  # noqa: T201 - the output
+        return 0
+    if args.command == "token":
+        if args.subcommand == "create":
+            return cmd_token_create(args, data_dir)
+        return cmd_token_list(data_dir)
+    return cmd_nodes(args, data_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
-    if args.command == "run":
-        host, port = args.listen
-        settings = ServerSettings(
-            host=host, port=port, data_dir=args.data_dir, public_name=args.public_name
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings))
-        return 0
-    return 2  # argparse rejects unknown commands before this
+    try:
+        return _dispatch(args)
+    except (CliError, MissingCAError, StoreError, ValueError, PermissionError) as exc:
+        print(f"tunnel-server: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        return 1
 
 
 if __name__ == "__main__":

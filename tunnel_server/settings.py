@@ -5,6 +5,48 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DAY = 86400.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PkiSettings:
+    ca_lifetime: float = 10 * 365 * DAY
+    """Seconds the CA certificate is valid. 10 years: agents pin its hash; it must outlive them."""
+
+    serving_lifetime: float = 365 * DAY
+    """Seconds the HTTPS serving certificate is valid. One year, re-issued at start."""
+
+    serving_renew_before: float = 30 * DAY
+    """Seconds before expiry at which ``run`` re-issues the serving certificate on start."""
+
+    client_lifetime: float = 30 * DAY
+    """Seconds an agent's client certificate is valid. Short, so rotation runs every few weeks
+    and a stolen certificate ages out even if nobody revokes it."""
+
+    clock_skew: float = 300.0
+    """Seconds certificates are back-dated, so an edge clock a few minutes behind still accepts."""
+
+    max_csr_bytes: int = 16 * 1024
+    """Largest CSR PEM accepted, in bytes. An RSA-4096 CSR is ~1.7 KB; anything bigger is abuse."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinSettings:
+    token_ttl: float = 3600.0
+    """Default lifetime of a bootstrap token, in seconds. One hour, like a kubeadm join window."""
+
+    max_token_ttl: float = 30 * DAY
+    """Longest ``token create --ttl``, in seconds: a bootstrap token is no long-term credential."""
+
+    max_body_bytes: int = 64 * 1024
+    """Largest join/renew request body, in bytes. A CSR plus a token fits in 4 KB."""
+
+    pending_ttl: float = 7 * DAY
+    """Seconds a join waiting for approval is kept; afterwards the joiner must start again."""
+
+    poll_interval: float = 2.0
+    """Seconds a pending joiner is told to wait between polls (``retry_after`` of the 202)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
@@ -22,3 +64,13 @@ class ServerSettings:
 
     shutdown_grace: float = 10.0
     """Seconds given to open connections to drain on SIGTERM before they are cut."""
+
+    store_poll_interval: float = 0.5
+    """Seconds between checks of the store's revision, so a revocation made by the CLI in
+    another process is noticed within about a second."""
+
+    pki: PkiSettings = field(default_factory=PkiSettings)
+    """Lifetimes and limits of the certificate authority."""
+
+    join: JoinSettings = field(default_factory=JoinSettings)
+    """Bootstrap tokens and the join endpoint."""

@@ -1,0 +1,478 @@
+"""Persistent state of the cloud side: bootstrap tokens, nodes, certificates, join requests.
+
+``Store`` is the interface; ``SqliteStore`` the default backend (one file, zero setup). A
+Kubernetes custom-resource backend can follow by implementing the same Protocol: every method
+that must be atomic (``redeem_token``, ``issue_pending``) says so, and none leaks SQL.
+
+Security-relevant writes (node state, certificates, tokens) bump ``revision()``. A running server
+polls it (a single-row read) to notice a revocation made by the CLI in another process.
+Secrets are never stored: tokens and the admin token are kept as SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+log = logging.getLogger("tunnel_server.store")
+
+NodeKind = Literal["node", "cluster"]
+NodeState = Literal["pending", "approved", "revoked"]
+KINDS: tuple[NodeKind, ...] = ("node", "cluster")
+STORE_FILE = "store.db"
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """The named node, token or request does not exist."""
+
+
+class TokenUsedError(StoreError):
+    """The bootstrap token was redeemed already (single use)."""
+
+
+class NameTakenError(StoreError):
+    """A pending or approved node already holds the name."""
+
+    def __init__(self, name: str, state: NodeState) -> None:
+        super().__init__(f"node {name!r} exists and is {state}")
+        self.name = name
+        self.state = state
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenRecord:
+    id: str
+    secret_hash: str
+    kind: NodeKind
+    name: str
+    created_at: float
+    expires_at: float
+    require_approval: bool
+    used_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeRecord:
+    name: str
+    kind: NodeKind
+    state: NodeState
+    created_at: float
+    cert_serial: str | None = None
+    cert_not_after: float | None = None
+    last_seen: float | None = None
+    agent_version: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateRecord:
+    serial: str
+    """Hex serial number (serials are up to 159 bits: too wide for an SQLite integer)."""
+    name: str
+    not_after: float
+    issued_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinRequest:
+    id: str
+    name: str
+    kind: NodeKind
+    csr_pem: str
+    poll_hash: str
+    created_at: float
+    expires_at: float
+    certificate_pem: str | None = None
+
+
+class Store(Protocol):
+    """What the server needs from persistence. Times are UNIX seconds, supplied by the caller."""
+
+    def revision(self) -> int:
+        """Counter bumped by every change to tokens, nodes or certificates; cheap to poll."""
+        ...
+
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def add_token(self, token: TokenRecord) -> None: ...
+    def get_token(self, token_id: str) -> TokenRecord | None: ...
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    def add_api_token(self, *, token_id: str, secret_hash: str, role: str, now: float) -> None: ...
+    def get_api_token_hash(self, token_id: str) -> str | None: ...
+
+    def get_node(self, name: str) -> NodeRecord | None: ...
+    def list_nodes(self) -> list[NodeRecord]: ...
+    def set_node_state(self, name: str, state: NodeState) -> NodeRecord: ...
+    def touch_node(self, name: str, *, now: float, agent_version: str | None = None) -> None: ...
+
+    def redeem_token(
+        self,
+        token_id: str,
+        *,
+        now: float,
+        node: NodeRecord,
+        certificate: CertificateRecord | None = None,
+        request: JoinRequest | None = None,
+    ) -> None:
+        """Redeem a token and create its node, atomically.
+
+        Marks the token used, creates or replaces the node, records its certificate or its
+        pending join request. Raises TokenUsedError or NameTakenError and changes nothing then.
+        A revoked node of the same name is replaced and its old certificates forgotten.
+        """
+        ...
+
+    def record_certificate(self, certificate: CertificateRecord) -> None:
+        """Add a certificate of an existing node and make it the node's current one."""
+        ...
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None: ...
+
+    def get_join_request(self, request_id: str) -> JoinRequest | None: ...
+
+    def issue_pending(
+        self, request_id: str, *, certificate: CertificateRecord, certificate_pem: str
+    ) -> None:
+        """Atomically record the certificate issued for an approved join request."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO revision (id, value) VALUES (1, 0);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('node', 'cluster')),
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    require_approval INTEGER NOT NULL,
+    used_at REAL
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('node', 'cluster')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'revoked')),
+    cert_serial TEXT,
+    cert_not_after REAL,
+    created_at REAL NOT NULL,
+    last_seen REAL,
+    agent_version TEXT
+);
+CREATE TABLE certificates (
+    serial TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES nodes (name) ON DELETE CASCADE,
+    not_after REAL NOT NULL,
+    issued_at REAL NOT NULL
+);
+CREATE INDEX certificates_by_name ON certificates (name);
+CREATE TABLE join_requests (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES nodes (name) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    csr_pem TEXT NOT NULL,
+    poll_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    certificate_pem TEXT
+);
+"""
+# Migrations from version N to N+1 go here, indexed by N.
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA}
+
+
+class SqliteStore:
+    """``Store`` on one SQLite file in WAL mode, shared safely by the server and the CLI."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoint
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    @classmethod
+    def open(cls, data_dir: Path) -> SqliteStore:
+        path = data_dir / STORE_FILE
+        # Create the file 0600 before SQLite does (it copies the mode to the -wal/-shm files).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        return cls(path)
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this server "
+                    f"({SCHEMA_VERSION}): upgrade tunnel-server"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                version += 1
+                db.execute(f"PRAGMA user_version = {version}")
+                log.info("store schema migrated", extra={"kv": {"version": version}})
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between processes.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
+
+    def revision(self) -> int:
+        return int(self._db.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # ------------------------------------------------------------------ tokens
+
+    def add_token(self, token: TokenRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO tokens (id, secret_hash, kind, name, created_at, expires_at,"
+                " require_approval, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.secret_hash,
+                    token.kind,
+                    token.name,
+                    token.created_at,
+                    token.expires_at,
+                    int(token.require_approval),
+                    token.used_at,
+                ),
+            )
+            self._bump(db)
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        row = self._db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return None if row is None else _token(row)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
+        return [_token(row) for row in rows]
+
+    def add_api_token(self, *, token_id: str, secret_hash: str, role: str, now: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO api_tokens (id, secret_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                (token_id, secret_hash, role, now),
+            )
+
+    def get_api_token_hash(self, token_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT secret_hash FROM api_tokens WHERE id = ?", (token_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------ nodes
+
+    def get_node(self, name: str) -> NodeRecord | None:
+        row = self._db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _node(row)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        return [_node(row) for row in self._db.execute("SELECT * FROM nodes ORDER BY name")]
+
+    def set_node_state(self, name: str, state: NodeState) -> NodeRecord:
+        with self._transaction() as db:
+            updated = db.execute("UPDATE nodes SET state = ? WHERE name = ?", (state, name))
+            if updated.rowcount != 1:
+                raise NotFoundError(f"no node named {name!r}")
+            self._bump(db)
+            return _node(db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
+
+    def touch_node(self, name: str, *, now: float, agent_version: str | None = None) -> None:
+        # Not a security-relevant change: no revision bump, so heartbeats do not wake watchers.
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE nodes SET last_seen = ?, agent_version = COALESCE(?, agent_version)"
+                " WHERE name = ?",
+                (now, agent_version, name),
+            )
+
+    def redeem_token(
+        self,
+        token_id: str,
+        *,
+        now: float,
+        node: NodeRecord,
+        certificate: CertificateRecord | None = None,
+        request: JoinRequest | None = None,
+    ) -> None:
+        with self._transaction() as db:
+            used = db.execute(
+                "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL", (now, token_id)
+            )
+            if used.rowcount != 1:
+                raise TokenUsedError(token_id)
+            existing = db.execute("SELECT state FROM nodes WHERE name = ?", (node.name,)).fetchone()
+            if existing is not None and existing["state"] != "revoked":
+                raise NameTakenError(node.name, cast("NodeState", existing["state"]))
+            # A revoked node is replaced: its old certificates and requests go with it (cascade).
+            db.execute("DELETE FROM nodes WHERE name = ?", (node.name,))
+            db.execute(
+                "INSERT INTO nodes (name, kind, state, created_at, agent_version)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (node.name, node.kind, node.state, node.created_at, node.agent_version),
+            )
+            if certificate is not None:
+                _insert_certificate(db, certificate)
+            if request is not None:
+                db.execute(
+                    "INSERT INTO join_requests (id, name, kind, csr_pem, poll_hash, created_at,"
+                    " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request.id,
+                        request.name,
+                        request.kind,
+                        request.csr_pem,
+                        request.poll_hash,
+                        request.created_at,
+                        request.expires_at,
+                    ),
+                )
+            self._bump(db)
+
+    # ------------------------------------------------------------------ certificates
+
+    def record_certificate(self, certificate: CertificateRecord) -> None:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM nodes WHERE name = ?", (certificate.name,)).fetchone():
+                _insert_certificate(db, certificate)
+            else:
+                raise NotFoundError(f"no node named {certificate.name!r}")
+            # Expired certificates can never authenticate again: forget them.
+            db.execute(
+                "DELETE FROM certificates WHERE name = ? AND not_after < ?",
+                (certificate.name, certificate.issued_at),
+            )
+            self._bump(db)
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None:
+        row = self._db.execute("SELECT * FROM certificates WHERE serial = ?", (serial,)).fetchone()
+        if row is None:
+            return None
+        return CertificateRecord(
+            serial=row["serial"],
+            name=row["name"],
+            not_after=row["not_after"],
+            issued_at=row["issued_at"],
+        )
+
+    # ------------------------------------------------------------------ join requests
+
+    def get_join_request(self, request_id: str) -> JoinRequest | None:
+        row = self._db.execute("SELECT * FROM join_requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        return JoinRequest(
+            id=row["id"],
+            name=row["name"],
+            kind=row["kind"],
+            csr_pem=row["csr_pem"],
+            poll_hash=row["poll_hash"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            certificate_pem=row["certificate_pem"],
+        )
+
+    def issue_pending(
+        self, request_id: str, *, certificate: CertificateRecord, certificate_pem: str
+    ) -> None:
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE join_requests SET certificate_pem = ?"
+                " WHERE id = ? AND certificate_pem IS NULL",
+                (certificate_pem, request_id),
+            )
+            if updated.rowcount != 1:
+                raise NotFoundError(f"no unissued join request {request_id!r}")
+            _insert_certificate(db, certificate)
+            self._bump(db)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _insert_certificate(db: sqlite3.Connection, certificate: CertificateRecord) -> None:
+    db.execute(
+        "INSERT INTO certificates (serial, name, not_after, issued_at) VALUES (?, ?, ?, ?)",
+        (certificate.serial, certificate.name, certificate.not_after, certificate.issued_at),
+    )
+    db.execute(
+        "UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE name = ?",
+        (certificate.serial, certificate.not_after, certificate.name),
+    )
+
+
+def _token(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        id=row["id"],
+        secret_hash=row["secret_hash"],
+        kind=row["kind"],
+        name=row["name"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        require_approval=bool(row["require_approval"]),
+        used_at=row["used_at"],
+    )
+
+
+def _node(row: sqlite3.Row) -> NodeRecord:
+    return NodeRecord(
+        name=row["name"],
+        kind=row["kind"],
+        state=row["state"],
+        created_at=row["created_at"],
+        cert_serial=row["cert_serial"],
+        cert_not_after=row["cert_not_after"],
+        last_seen=row["last_seen"],
+        agent_version=row["agent_version"],
+    )
