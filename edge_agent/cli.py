@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
 import sys
 from pathlib import Path
 
+import prometheus_client
 from aiohttp import web
 
-from edge_agent import __version__, logs, systemd
+from edge_agent import __version__, config, logs, systemd
 from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
 from edge_agent.local_api import create_app
 from edge_agent.settings import AgentSettings, LocalApiSettings
+from edge_agent.tunnel_client import TunnelClient
 
 log = logging.getLogger("edge_agent.cli")
 
@@ -54,16 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the agent until SIGTERM or SIGINT; tells systemd when it is ready.",
     )
     run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file; see docs/agent-config.md (default: built-in defaults)",
+    )
+    run.add_argument(
         "--data-dir",
         type=Path,
-        default=defaults.data_dir,
-        help="folder for keys, certificate, cache and outbox (default: %(default)s)",
+        help=f"folder for keys, certificate, cache and outbox (default: {defaults.data_dir})",
     )
     run.add_argument(
         "--local-api-port",
         type=int,
-        default=defaults.local_api.port,
-        help="loopback port of the agent's own API (default: %(default)s)",
+        help=f"loopback port of the agent's own API (default: {defaults.local_api.port})",
     )
     _add_join_command(sub, defaults)
     return parser
@@ -139,36 +145,58 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 async def run(settings: AgentSettings) -> None:
-    runner = web.AppRunner(create_app(), handle_signals=False)
+    registry = prometheus_client.CollectorRegistry()
+    client = TunnelClient(
+        data_dir=settings.data_dir,
+        settings=settings.tunnel,
+        join_settings=settings.join,
+        registry=registry,
+    )
+    runner = web.AppRunner(
+        create_app(registry=registry, sources={"tunnel": client.status}), handle_signals=False
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.local_api.host, settings.local_api.port).start()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, client.stop)
     log.info(
         "local API listening",
         extra={"kv": {"address": f"{settings.local_api.host}:{settings.local_api.port}"}},
     )
     systemd.notify("READY=1")
     try:
-        await stop.wait()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(client.run(), name="agent.tunnel")
     finally:
         systemd.notify("STOPPING=1")
-        log.info("stopping")
+        log.info("stopped")
         await runner.cleanup()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    try:
+        settings = config.load(args.config, overrides=overrides)
+    except config.ConfigError as error:
+        print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        return 2
+    if args.local_api_port is not None:
+        settings = dataclasses.replace(
+            settings, local_api=LocalApiSettings(port=args.local_api_port)
+        )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(settings))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
     if args.command == "run":
-        settings = AgentSettings(
-            data_dir=args.data_dir, local_api=LocalApiSettings(port=args.local_api_port)
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run(settings))
-        return 0
+        return cmd_run(args)
     if args.command == "join":
         return cmd_join(args)
     return 2

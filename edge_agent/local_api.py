@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 
 import prometheus_client
 import psutil
@@ -11,7 +12,10 @@ from aiohttp import web
 
 from edge_agent import __version__
 
+StatusSource = Callable[[], dict[str, object]]
+
 REGISTRY_KEY = web.AppKey("registry", prometheus_client.CollectorRegistry)
+SOURCES_KEY = web.AppKey("status_sources", dict[str, StatusSource])
 STARTED_KEY = web.AppKey("started", float)
 READY_KEY = web.AppKey("ready", dict[str, bool])
 
@@ -45,17 +49,24 @@ async def status(request: web.Request) -> web.Response:
             "load_average": list(psutil.getloadavg()),
             "memory": {"total_bytes": memory.total, "available_bytes": memory.available},
             "ready": request.app[READY_KEY],
+            **{name: source() for name, source in request.app[SOURCES_KEY].items()},
         }
     )
 
 
-def create_app() -> web.Application:
+def create_app(
+    *,
+    registry: prometheus_client.CollectorRegistry | None = None,
+    sources: dict[str, StatusSource] | None = None,
+) -> web.Application:
+    """The local API; ``sources`` add sections to /status (for example ``tunnel``)."""
     app = web.Application(client_max_size=64 * 1024)
-    registry = prometheus_client.CollectorRegistry()
+    registry = registry or prometheus_client.CollectorRegistry()
     prometheus_client.Info("edge_agent_build", "Build of this agent", registry=registry).info(
         {"version": __version__}
     )
     app[REGISTRY_KEY] = registry
+    app[SOURCES_KEY] = dict(sources or {})
     app[STARTED_KEY] = time.monotonic()
     app[READY_KEY] = {"local_api": True}
     app.router.add_get("/healthz", healthz)

@@ -40,6 +40,35 @@ class JoinSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TunnelClientSettings:
+    targets: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Allow-list of what the cloud may reach through this node: target name -> (host, port).
+    Empty by default: nothing is reachable until the operator names it in the config file."""
+
+    backoff_base: float = 1.0
+    """Seconds: first reconnect delay ceiling; doubles per failed attempt (full jitter)."""
+
+    backoff_cap: float = 60.0
+    """Seconds: the most a reconnect waits. With 10,000 agents and full jitter, a server
+    restart sees about 170 reconnects a second at worst, which one process absorbs."""
+
+    healthy_after: float = 30.0
+    """Seconds a session must last before the backoff starts again from ``backoff_base``."""
+
+    connect_timeout: float = 15.0
+    """Seconds for TCP + TLS + WebSocket upgrade; a satellite uplink takes a few seconds."""
+
+    dial_timeout: float = 5.0
+    """Seconds to connect to an allow-listed target before refusing the cloud's stream."""
+
+    drain_grace: float = 10.0
+    """Seconds SIGTERM waits for open streams (a kubectl exec, a log follow) to finish."""
+
+    renew_check_interval: float = 3600.0
+    """Seconds between checks whether the client certificate is due for renewal."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentSettings:
     data_dir: Path = field(default_factory=lambda: Path("/var/lib/edge-agent"))
     """Folder for the private key, certificate, object cache and outbox; survives restarts."""
@@ -49,3 +78,6 @@ class AgentSettings:
 
     join: JoinSettings = field(default_factory=JoinSettings)
     """Talking to the server's join and renew endpoints."""
+
+    tunnel: TunnelClientSettings = field(default_factory=TunnelClientSettings)
+    """The one outbound tunnel session to the cloud."""

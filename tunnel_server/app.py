@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import prometheus_client
 from aiohttp import web
 
-from tunnel_server import __version__, join_api, tokens
+from tunnel_server import __version__, join_api, node_proxy, tokens, tunnel_endpoint
+from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SETTINGS_KEY
 from tunnel_server.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import SqliteStore, Store
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 log = logging.getLogger("tunnel_server.app")
-
-SETTINGS_KEY = web.AppKey("settings", ServerSettings)
-REGISTRY_KEY = web.AppKey("registry", prometheus_client.CollectorRegistry)
-READY_KEY = web.AppKey("ready", dict[str, bool])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +86,7 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(
     settings: ServerSettings, *, identity: ServerIdentity | None = None
 ) -> web.Application:
-    """The application; with ``identity`` it also serves the CA and the join API."""
+    """The application; with ``identity`` it also serves the CA, join API, tunnel and proxy."""
     app = web.Application(client_max_size=1024 * 1024)
     registry = prometheus_client.CollectorRegistry()
     info = prometheus_client.Info("tunnel_server_build", "Build of this server", registry=registry)
@@ -104,4 +101,6 @@ def create_app(
         app[STORE_KEY] = identity.store
         app[AUTHORITY_KEY] = identity.authority
         join_api.add_routes(app, settings=settings.join, registry=registry)
+        tunnel_endpoint.setup(app, tunnel_settings=settings.tunnel)
+        node_proxy.setup(app, settings=settings.node_proxy)
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunnel_protocol import TunnelSettings
+
 DAY = 86400.0
 
 
@@ -49,6 +51,13 @@ class JoinSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeProxySettings:
+    open_timeout: float = 10.0
+    """Seconds to wait for the agent to dial the target and accept the stream: a dial on a
+    healthy LAN takes milliseconds; ten seconds covers a slow uplink and a cold target."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     host: str = "0.0.0.0"  # noqa: S104 - agents connect from anywhere; the API is authenticated
     """Address to listen on. All interfaces by default: agents dial in from remote sites."""
@@ -74,3 +83,9 @@ class ServerSettings:
 
     join: JoinSettings = field(default_factory=JoinSettings)
     """Bootstrap tokens and the join endpoint."""
+
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    """Frame size, stream windows, stream cap and keepalive of agent sessions."""
+
+    node_proxy: NodeProxySettings = field(default_factory=NodeProxySettings)
+    """The proxy to services on edge nodes."""

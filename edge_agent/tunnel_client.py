@@ -1,0 +1,236 @@
+"""The agent's one outbound tunnel: connect, serve the cloud's streams, reconnect, renew.
+
+Rules:
+
+* One WebSocket over TLS to ``<server>/tunnel``, presenting this node's certificate and
+  trusting only the CA pinned at join. Never the system trust store.
+* The cloud opens streams by *target name*. We dial only names in our own allow-list
+  (``[tunnel.targets]``); anything else is refused with TARGET_NOT_ALLOWED, so the cloud can
+  never make this node connect anywhere the operator did not name.
+* Reconnects back off exponentially with full jitter (a random delay in [0, ceiling]) so a
+  fleet that lost the server does not return in one wave. A session that lived for
+  ``healthy_after`` seconds resets the ceiling.
+* The certificate is renewed once two thirds of its life has passed; the live session keeps
+  running on the old one (still valid) and the next connection uses the new one.
+* SIGTERM drains: GO_AWAY, wait for open streams up to ``drain_grace``, then close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+import prometheus_client
+
+from edge_agent import __version__
+from edge_agent.identity import Identity, NotJoinedError
+from edge_agent.join import JoinError, renew
+from tunnel_aio import TunnelConnection, TunnelStream, pipe_socket
+from tunnel_protocol import ErrorCode, Role, TunnelSettings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edge_agent.settings import JoinSettings, TunnelClientSettings
+
+log = logging.getLogger("edge_agent.tunnel")
+
+AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
+
+
+class TunnelMetrics:
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.connected = prometheus_client.Gauge(
+            "edge_agent_tunnel_connected", "1 while the tunnel session is up", registry=registry
+        )
+        self.reconnects = prometheus_client.Counter(
+            "edge_agent_tunnel_connects", "Tunnel sessions established", registry=registry
+        )
+        self.failures = prometheus_client.Counter(
+            "edge_agent_tunnel_connect_failures",
+            "Failed connection attempts",
+            ["reason"],
+            registry=registry,
+        )
+        self.streams = prometheus_client.Counter(
+            "edge_agent_tunnel_streams", "Streams the cloud opened", ["result"], registry=registry
+        )
+        self.rtt = prometheus_client.Gauge(
+            "edge_agent_tunnel_rtt_seconds", "Last keepalive round-trip time", registry=registry
+        )
+
+
+class TunnelClient:
+    """Keeps the session up for as long as ``run()`` runs."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        settings: TunnelClientSettings,
+        join_settings: JoinSettings,
+        registry: prometheus_client.CollectorRegistry,
+        protocol: TunnelSettings | None = None,
+    ) -> None:
+        self._data_dir = data_dir
+        self._settings = settings
+        self._join_settings = join_settings
+        self._protocol = protocol or TunnelSettings()
+        self.metrics = TunnelMetrics(registry)
+        self.connection: TunnelConnection | None = None
+        self.connected_since: float | None = None
+        self.last_error: str | None = None
+        self.attempts = 0
+        self._stopping = asyncio.Event()
+
+    # ------------------------------------------------------------------ public
+
+    def status(self) -> dict[str, object]:
+        """For the local API's /status."""
+        connection = self.connection
+        up = connection is not None and not connection.terminated
+        return {
+            "connected": up,
+            "connected_since": self.connected_since if up else None,
+            "rtt_seconds": connection.rtt if connection else None,
+            "open_streams": connection.open_streams if connection else 0,
+            "failed_attempts": self.attempts,
+            "last_error": self.last_error,
+            "targets": sorted(self._settings.targets),
+        }
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect, until ``stop()``; then drain the live session."""
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                await self._session_once()
+            except NotJoinedError as error:
+                self._fail("not_joined", str(error))
+            except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
+                self._fail("connect", f"{type(error).__name__}: {error}")
+            if time.monotonic() - started >= self._settings.healthy_after:
+                self.attempts = 0
+            if self._stopping.is_set():
+                break
+            await self._backoff()
+
+    # ------------------------------------------------------------------ internals
+
+    def _fail(self, reason: str, message: str) -> None:
+        self.metrics.failures.labels(reason).inc()
+        self.last_error = message
+        log.warning("tunnel unavailable", extra={"kv": {"reason": reason, "error": message}})
+
+    async def _backoff(self) -> None:
+        ceiling = min(self._settings.backoff_cap, self._settings.backoff_base * 2**self.attempts)
+        self.attempts = min(self.attempts + 1, 32)
+        delay = random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+        log.info("reconnecting", extra={"kv": {"in_seconds": round(delay, 2)}})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+
+    async def _session_once(self) -> None:
+        identity = Identity.load(self._data_dir)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._settings.connect_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            ws = await asyncio.wait_for(
+                http.ws_connect(
+                    identity.server + "/tunnel",
+                    ssl=identity.client_ssl_context(),
+                    headers={AGENT_VERSION_HEADER: __version__},
+                    max_msg_size=self._protocol.max_frame_payload + 4096,
+                    autoping=False,
+                    heartbeat=None,
+                    compress=0,
+                ),
+                timeout=self._settings.connect_timeout,
+            )
+            async with ws:
+                await self._serve(ws, identity)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse, identity: Identity) -> None:
+        connection = TunnelConnection(
+            ws,
+            role=Role.CLIENT,
+            name=identity.name,
+            on_stream=self._on_stream,
+            settings=self._protocol,
+            logger=logging.getLogger("edge_agent.tunnel.session"),
+        )
+        self.connection = connection
+        async with asyncio.TaskGroup() as group:
+            run = group.create_task(connection.run(), name="tunnel.session")
+            await connection.wait_ready()
+            self.connected_since = time.time()
+            self.metrics.connected.set(1)
+            self.metrics.reconnects.inc()
+            self.last_error = None
+            log.info("tunnel up", extra={"kv": {"server": identity.server, "node": identity.name}})
+            helpers = [
+                group.create_task(self._renewer(identity), name="tunnel.renewer"),
+                group.create_task(self._watch_stop(connection), name="tunnel.stop-watch"),
+                group.create_task(self._rtt(connection), name="tunnel.rtt"),
+            ]
+            await run
+            for helper in helpers:
+                helper.cancel()
+        self.metrics.connected.set(0)
+        ended = connection.termination
+        log.info("tunnel down", extra={"kv": {"reason": ended.text if ended else "?"}})
+
+    async def _watch_stop(self, connection: TunnelConnection) -> None:
+        await self._stopping.wait()
+        await connection.drain(self._settings.drain_grace)
+
+    async def _rtt(self, connection: TunnelConnection) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            if connection.rtt is not None:
+                self.metrics.rtt.set(connection.rtt)
+
+    async def _renewer(self, identity: Identity) -> None:
+        fraction = self._join_settings.renew_fraction
+        while True:
+            if identity.needs_renewal(fraction=fraction):
+                try:
+                    identity = await renew(identity, settings=self._join_settings)
+                except (JoinError, aiohttp.ClientError, OSError, TimeoutError) as error:
+                    log.warning(
+                        "certificate renewal failed; retrying", extra={"kv": {"error": str(error)}}
+                    )
+                else:
+                    log.info("certificate renewed", extra={"kv": {"expires": identity.not_after}})
+            await asyncio.sleep(self._settings.renew_check_interval)
+
+    async def _on_stream(self, stream: TunnelStream) -> None:
+        address = self._settings.targets.get(stream.target)
+        if address is None:
+            self.metrics.streams.labels("not_allowed").inc()
+            stream.reject(
+                ErrorCode.TARGET_NOT_ALLOWED,
+                f"target {stream.target!r} is not in this node's allow-list ([tunnel.targets])",
+            )
+            return
+        host, port = address
+        try:
+            async with asyncio.timeout(self._settings.dial_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as error:
+            self.metrics.streams.labels("unreachable").inc()
+            reason = str(error) or type(error).__name__
+            stream.reject(ErrorCode.TARGET_UNREACHABLE, f"{stream.target}: {reason}")
+            return
+        self.metrics.streams.labels("accepted").inc()
+        stream.accept()
+        await pipe_socket(stream, reader, writer)

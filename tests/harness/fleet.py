@@ -1,0 +1,222 @@
+"""Our own commands as real processes: a tunnel server, joined agents, their config files.
+
+Used by the end-to-end tests and the benchmarks. Everything runs on loopback, each process
+in its own group and dying with the test process (see ``procs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.harness.procs import ManagedProcess, ServiceError, free_port
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 30.0
+
+
+def command(program: str, *args: str | Path, timeout: float = 60.0) -> str:
+    """Run one of our CLIs to completion; its stdout, or a loud error with its stderr."""
+    done = subprocess.run(
+        [str(BIN / program), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServiceError(
+            f"{program} {' '.join(map(str, args))} failed ({done.returncode}): {done.stderr}"
+        )
+    return done.stdout
+
+
+@dataclass(kw_only=True)
+class Server:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "server"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self.data_dir / "ca.crt").read_bytes()
+
+    @property
+    def ca_hash(self) -> str:
+        certificate = x509.load_pem_x509_certificate(self.ca_pem)
+        der = certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return "sha256:" + hashlib.sha256(der).hexdigest()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=self.ca_pem.decode())
+        return context
+
+    def start(self) -> None:
+        self.process = ManagedProcess(
+            "tunnel-server",
+            [
+                str(BIN / "tunnel-server"),
+                "run",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+                "--public-name",
+                "127.0.0.1",
+            ],
+            log_path=self.workdir / "tunnel-server.log",
+        )
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            self.process.check_running()
+            if (self.data_dir / "ca.crt").exists():
+                with contextlib.suppress(OSError):
+                    status, _ = self.get("/readyz")
+                    if status == 200:
+                        return
+            time.sleep(0.05)
+        raise ServiceError(f"tunnel-server not ready in {START_TIMEOUT} s")
+
+    def get(self, path: str, *, token: str | None = None) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.url + path, headers=headers)  # noqa: S310 - ours
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self.ssl_context()) as answer:  # noqa: S310 - ours
+                return int(answer.status), answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from /metrics."""
+        _, body = self.get("/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def cli(self, *args: str | Path) -> str:
+        return command("tunnel-server", *args, "--data-dir", self.data_dir)
+
+    def nodes(self) -> dict[str, dict[str, object]]:
+        return {n["name"]: n for n in json.loads(self.cli("nodes", "--json"))}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@dataclass(kw_only=True)
+class Agent:
+    name: str
+    workdir: Path
+    server: Server
+    targets: dict[str, str] = field(default_factory=dict)
+    local_api_port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / f"agent-{self.name}"
+
+    def join(self) -> None:
+        token = self.server.cli("token", "create", "--kind", "node", "--name", self.name).strip()
+        command(
+            "edge-agent",
+            "join",
+            "--server",
+            self.server.url,
+            "--token",
+            token,
+            "--ca-hash",
+            self.server.ca_hash,
+            "--name",
+            self.name,
+            "--data-dir",
+            self.data_dir,
+        )
+
+    def write_config(self) -> Path:
+        lines = [
+            "[tunnel]",
+            "backoff_base = 0.2",  # tests restart servers; come back quickly
+            "backoff_cap = 2.0",
+            "",
+            "[tunnel.targets]",
+            *[f'{name} = "{address}"' for name, address in self.targets.items()],
+        ]
+        path = self.workdir / f"agent-{self.name}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> None:
+        self.process = ManagedProcess(
+            f"edge-agent[{self.name}]",
+            [
+                str(BIN / "edge-agent"),
+                "run",
+                "--config",
+                str(self.write_config()),
+                "--data-dir",
+                str(self.data_dir),
+                "--local-api-port",
+                str(self.local_api_port),
+            ],
+            log_path=self.workdir / f"agent-{self.name}.log",
+        )
+
+    def status(self) -> dict[str, object]:
+        url = f"http://127.0.0.1:{self.local_api_port}/status"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            status: dict[str, object] = json.loads(answer.read())
+            return status
+
+    def wait_connected(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            self.process.check_running()
+            with contextlib.suppress(OSError, ValueError):
+                tunnel = self.status().get("tunnel")
+                last = tunnel
+                if isinstance(tunnel, dict) and tunnel.get("connected"):
+                    return
+            time.sleep(0.05)
+        assert self.process is not None
+        raise ServiceError(
+            f"agent {self.name} not connected after {timeout} s: {last}\n{self.process.tail()}"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()

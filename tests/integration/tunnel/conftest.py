@@ -1,0 +1,135 @@
+"""A real tunnel server, two real joined agents, and an aiohttp target behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from tests.harness.fleet import Agent, Server
+from tests.harness.procs import free_port
+
+STREAM_GATE = web.AppKey("stream_gate", asyncio.Event)
+
+
+async def hello(_request: web.Request) -> web.Response:
+    return web.Response(text="hello from the target")
+
+
+async def echo_request(request: web.Request) -> web.Response:
+    """What the target saw: proves which headers crossed the proxy."""
+    return web.json_response(
+        {
+            "path": request.path_qs,
+            "authorization": request.headers.get("Authorization"),
+            "host": request.headers.get("Host"),
+        }
+    )
+
+
+async def sha256(request: web.Request) -> web.Response:
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"sha256": digest.hexdigest(), "bytes": size})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """First chunk, then wait until the test saw it: only a streaming proxy gets past this."""
+    gate = request.app[STREAM_GATE]
+    reply = web.StreamResponse()
+    await reply.prepare(request)
+    await reply.write(b"first\n")
+    await gate.wait()
+    await reply.write(b"second\n")
+    await reply.write_eof()
+    return reply
+
+
+async def bulk(request: web.Request) -> web.StreamResponse:
+    size = int(request.query.get("bytes", "0"))
+    reply = web.StreamResponse()
+    reply.content_length = size
+    await reply.prepare(request)
+    chunk = b"z" * (1024 * 1024)
+    while size > 0:
+        await reply.write(chunk[: min(size, len(chunk))])
+        size -= len(chunk)
+    await reply.write_eof()
+    return reply
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(f"echo: {message.data}")
+    return ws
+
+
+@dataclass
+class Target:
+    port: int
+    gate: asyncio.Event
+
+
+@pytest_asyncio.fixture
+async def target() -> AsyncIterator[Target]:
+    app = web.Application(client_max_size=2 * 1024**3)
+    gate = asyncio.Event()
+    app[STREAM_GATE] = gate
+    app.router.add_get("/hello", hello)
+    app.router.add_route("*", "/echo-request", echo_request)
+    app.router.add_post("/sha256", sha256)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/bulk", bulk)
+    app.router.add_get("/ws", websocket)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", TARGET_PORT).start()
+    yield Target(port=TARGET_PORT, gate=gate)
+    gate.set()
+    await runner.cleanup()
+
+
+@dataclass
+class Fleet:
+    server: Server
+    agents: dict[str, Agent]
+
+
+TARGET_PORT = free_port()
+"""Fixed for the module so the agents' allow-lists (written at start) point at the target."""
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    workdir = tmp_path_factory.mktemp("fleet")
+    server = Server(workdir=workdir)
+    server.start()
+    agents: dict[str, Agent] = {}
+    try:
+        for name in ("edge-a", "edge-b"):
+            agent = Agent(
+                name=name,
+                workdir=workdir,
+                server=server,
+                targets={"web": f"127.0.0.1:{TARGET_PORT}", "closed": f"127.0.0.1:{free_port()}"},
+            )
+            agent.join()
+            agent.start()
+            agents[name] = agent
+        for agent in agents.values():
+            agent.wait_connected()
+        yield Fleet(server=server, agents=agents)
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        server.stop()

@@ -1,0 +1,151 @@
+"""Through the node proxy to a service on an edge node: real server, agents and target."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import aiohttp
+import pytest
+
+from tests.integration.tunnel.conftest import Fleet, Target
+
+
+def proxy_url(fleet: Fleet, node: str, target: str, path: str) -> str:
+    return f"{fleet.server.url}/api/v1/nodes/{node}/proxy/{target}/{path}"
+
+
+def client(fleet: Fleet) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {fleet.server.admin_token}"},
+        connector=aiohttp.TCPConnector(ssl=fleet.server.ssl_context()),
+    )
+
+
+async def test_plain_request_on_each_node(fleet: Fleet, target: Target) -> None:
+    async with client(fleet) as http:
+        for node in fleet.agents:
+            async with http.get(proxy_url(fleet, node, "web", "hello")) as answer:
+                assert answer.status == 200
+                assert await answer.text() == "hello from the target"
+    assert target.port
+
+
+async def test_caller_credentials_do_not_reach_the_target(fleet: Fleet, target: Target) -> None:
+    async with (
+        client(fleet) as http,
+        http.get(proxy_url(fleet, "edge-a", "web", "echo-request?x=1&y=2")) as answer,
+    ):
+        seen = await answer.json()
+    assert seen == {"path": "/echo-request?x=1&y=2", "authorization": None, "host": "web"}
+    assert target.port
+
+
+async def test_streaming_response_streams(fleet: Fleet, target: Target) -> None:
+    async with (
+        client(fleet) as http,
+        http.get(proxy_url(fleet, "edge-b", "web", "stream")) as answer,
+    ):
+        first = await answer.content.readline()
+        assert first == b"first\n", "the first chunk arrives before the target finishes"
+        target.gate.set()
+        assert await answer.content.read() == b"second\n"
+
+
+async def test_100_mb_upload_with_checksum(fleet: Fleet, target: Target) -> None:
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    expected = hashlib.sha256()
+    for _ in range(100):
+        expected.update(chunk)
+
+    async def body() -> object:
+        for _ in range(100):
+            yield chunk
+
+    async with (
+        client(fleet) as http,
+        http.post(proxy_url(fleet, "edge-a", "web", "sha256"), data=body()) as answer,
+    ):
+        assert answer.status == 200
+        result = await answer.json()
+    assert result == {"sha256": expected.hexdigest(), "bytes": 100 * len(chunk)}
+    assert target.port
+
+
+async def test_100_mb_download(fleet: Fleet, target: Target) -> None:
+    size = 100 * 1024 * 1024
+    received = 0
+    async with (
+        client(fleet) as http,
+        http.get(proxy_url(fleet, "edge-b", "web", f"bulk?bytes={size}")) as answer,
+    ):
+        assert answer.status == 200
+        async for data in answer.content.iter_any():
+            received += len(data)
+    assert received == size
+    assert target.port
+
+
+async def test_websocket_passes_through(fleet: Fleet, target: Target) -> None:
+    async with (
+        client(fleet) as http,
+        http.ws_connect(proxy_url(fleet, "edge-a", "web", "ws")) as ws,
+    ):
+        for text in ("one", "two", "three"):
+            await ws.send_str(text)
+            message = await ws.receive(timeout=10)
+            assert message.data == f"echo: {text}"
+    assert target.port
+
+
+async def test_slow_reader_does_not_stall_another_stream(fleet: Fleet, target: Target) -> None:
+    """One client stops reading a large download; a second request on the same node works."""
+    async with client(fleet) as http:
+        stalled = await http.get(proxy_url(fleet, "edge-a", "web", "bulk?bytes=67108864"))
+        await stalled.content.readexactly(1024)  # then never read again
+        for _ in range(5):
+            async with http.get(proxy_url(fleet, "edge-a", "web", "bulk?bytes=4194304")) as answer:
+                assert len(await answer.read()) == 4194304
+        stalled.close()
+    await wait_no_streams(fleet)
+    assert target.port
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "status", "code"),
+    [
+        ("/api/v1/nodes/edge-a/proxy/web/hello", "wrong.token", 401, "unauthenticated"),
+        ("/api/v1/nodes/nobody/proxy/web/hello", None, 404, "node_not_found"),
+        ("/api/v1/nodes/edge-a/proxy/elsewhere/hello", None, 403, "target_not_allowed"),
+        ("/api/v1/nodes/edge-a/proxy/closed/hello", None, 502, "target_unreachable"),
+    ],
+)
+async def test_refusals_are_clear(
+    fleet: Fleet, path: str, token: str | None, status: int, code: str
+) -> None:
+    headers = {"Authorization": f"Bearer {token or fleet.server.admin_token}"}
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=fleet.server.ssl_context())
+        ) as http,
+        http.get(fleet.server.url + path, headers=headers) as answer,
+    ):
+        body = json.loads(await answer.read())
+    assert answer.status == status
+    assert body["error"] == code
+    assert body["message"]
+
+
+async def wait_no_streams(fleet: Fleet) -> None:
+    """Stream teardown crosses three processes; give it a moment, then insist."""
+    for _ in range(100):
+        if fleet.server.metric("tunnel_streams") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert fleet.server.metric("tunnel_streams") == 0
+
+
+async def test_no_stream_leaks_after_all_that(fleet: Fleet) -> None:
+    await wait_no_streams(fleet)
+    assert fleet.server.metric("tunnel_sessions") == 2

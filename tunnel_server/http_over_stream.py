@@ -1,0 +1,237 @@
+"""Forward one aiohttp request over a tunnel stream as HTTP/1.1, and stream the answer back.
+
+h11 writes the request and parses the response (no hand-written HTTP parser). Bodies stream
+both ways with backpressure: a request body is read from the client only as the stream's
+credit allows, and response bytes are acknowledged to the agent only after the client took
+them. An ``Upgrade`` (WebSocket, SPDY) answered with 101 turns the exchange into a raw
+two-way byte pipe, untouched, so ``kubectl exec``, ``attach``, ``port-forward`` work through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+import h11
+from aiohttp import web
+
+from tunnel_aio import StreamError, TunnelStream
+from tunnel_protocol import ErrorCode
+
+log = logging.getLogger("tunnel_server.http_over_stream")
+
+# RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+MAX_RESPONSE_HEAD = 64 * 1024
+"""Bytes: the largest response head we parse from a target; more is a 502, not a crash."""
+UPGRADE_BUFFER = 256 * 1024
+"""Bytes of client data held after an upgrade before we stop reading the client socket."""
+
+
+class UpstreamError(Exception):
+    """The target's answer was not valid HTTP/1.1; shown to the caller as a 502."""
+
+
+def request_head(
+    request: web.Request, *, path: str, host: str, drop: frozenset[str] = frozenset()
+) -> tuple[h11.Request, bool]:
+    """The request to send to the target, and whether it asks for a protocol upgrade."""
+    upgrade = "upgrade" in request.headers.get("Connection", "").lower() and (
+        "Upgrade" in request.headers
+    )
+    headers: list[tuple[str, str]] = [("Host", host)]
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower == "host" or lower in drop:
+            continue
+        headers.append((name, value))
+    if upgrade:
+        headers += [("Connection", "Upgrade"), ("Upgrade", request.headers["Upgrade"])]
+    else:
+        headers.append(("Connection", "close"))  # one exchange per stream
+        if request.body_exists and request.content_length is None:
+            headers.append(("Transfer-Encoding", "chunked"))
+    if request.remote:
+        headers.append(("X-Forwarded-For", request.remote))
+    return h11.Request(method=request.method, target=path, headers=headers), upgrade
+
+
+async def forward(
+    request: web.Request, stream: TunnelStream, head: h11.Request, *, upgrade: bool
+) -> web.StreamResponse:
+    """Send ``head`` and the body over ``stream``; relay the target's response to the client."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+    await stream.write(conn.send(head))
+    if upgrade:
+        conn.send(h11.EndOfMessage())  # an upgrade request has no body in practice
+    async with asyncio.TaskGroup() as group:
+        body = None
+        if not upgrade:
+            body = group.create_task(_send_body(request, stream, conn), name="proxy.request-body")
+        try:
+            response = await _next_response(conn, stream)
+            if response.status_code == 101 and upgrade:
+                return await _switch(request, stream, conn, response)
+            return await _relay(request, stream, conn, response)
+        finally:
+            # The exchange is over: a body the target never read (an early error answer)
+            # is not sent any further.
+            if body is not None and not body.done():
+                body.cancel()
+
+
+async def _send_body(request: web.Request, stream: TunnelStream, conn: h11.Connection) -> None:
+    try:
+        if request.body_exists:
+            async for chunk in request.content.iter_any():
+                await stream.write(conn.send(h11.Data(data=chunk)))
+        await stream.write(conn.send(h11.EndOfMessage()))
+    except StreamError:
+        return  # the target side failed; the response path reports it
+    except ConnectionError:
+        stream.reset(ErrorCode.CANCEL, "the client went away while sending the body")
+
+
+async def _next_event(conn: h11.Connection, stream: TunnelStream) -> h11.Event | type[h11.PAUSED]:
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as error:
+            raise UpstreamError(f"the target sent invalid HTTP: {error}") from error
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        conn.receive_data(await stream.read())
+
+
+Head = h11.Response | h11.InformationalResponse
+
+
+async def _next_response(conn: h11.Connection, stream: TunnelStream) -> Head:
+    while True:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Response):
+            return event
+        if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            raise UpstreamError("the target closed the connection without answering")
+        # other 1xx (100 Continue, 103 Early Hints): not relayed, wait for the real answer
+
+
+def _response_headers(response: Head, *, keep_upgrade: bool) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for raw_name, raw_value in response.headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        lower = name.lower()
+        if lower in HOP_BY_HOP and not (keep_upgrade and lower in ("upgrade", "connection")):
+            continue
+        out.append((name, value))
+    return out
+
+
+async def _relay(
+    request: web.Request, stream: TunnelStream, conn: h11.Connection, response: Head
+) -> web.StreamResponse:
+    reply = web.StreamResponse(status=response.status_code, reason=response.reason.decode() or None)
+    for name, value in _response_headers(response, keep_upgrade=False):
+        reply.headers.add(name, value)
+    await reply.prepare(request)
+    while True:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Data):
+            await reply.write(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            break
+    await reply.write_eof()
+    return reply
+
+
+class _UpgradedClient:
+    """Stands in for aiohttp's payload parser after a 101: raw client bytes into a queue."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._ready = asyncio.Event()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._chunks.append(bytes(data))
+        self._size += len(data)
+        self._ready.set()
+        if self._size > UPGRADE_BUFFER:
+            self._transport.pause_reading()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._ready.set()
+
+    async def read(self) -> bytes:
+        while not self._chunks:
+            if self._eof:
+                return b""
+            self._ready.clear()
+            await self._ready.wait()
+        chunk = self._chunks.popleft()
+        self._size -= len(chunk)
+        if self._size <= UPGRADE_BUFFER // 2 and not self._transport.is_closing():
+            self._transport.resume_reading()
+        return chunk
+
+
+async def _switch(
+    request: web.Request, stream: TunnelStream, conn: h11.Connection, response: Head
+) -> web.StreamResponse:
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client went away before the upgrade")
+    reply = web.StreamResponse(status=101, reason="Switching Protocols")
+    for name, value in _response_headers(response, keep_upgrade=True):
+        reply.headers.add(name, value)
+    reply.force_close()
+    await reply.prepare(request)
+    client = _UpgradedClient(transport)
+    request.protocol.set_parser(client)  # type: ignore[arg-type]
+    leftover, _closed = conn.trailing_data
+    if leftover:
+        await reply.write(bytes(leftover))
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_client_to_stream(client, stream), name="proxy.upgrade-up")
+        group.create_task(_stream_to_client(stream, reply), name="proxy.upgrade-down")
+    return reply
+
+
+async def _client_to_stream(client: _UpgradedClient, stream: TunnelStream) -> None:
+    with contextlib.suppress(StreamError):
+        while data := await client.read():
+            await stream.write(data)
+        stream.end()
+
+
+async def _stream_to_client(stream: TunnelStream, reply: web.StreamResponse) -> None:
+    try:
+        while data := await stream.read():
+            await reply.write(data)
+    except (StreamError, ConnectionError):
+        stream.reset(ErrorCode.CANCEL, "client gone")
+    with contextlib.suppress(ConnectionError):
+        await reply.write_eof()
+
+
+__all__ = ["HOP_BY_HOP", "UpstreamError", "forward", "request_head"]

@@ -1,0 +1,123 @@
+"""``/api/v1/nodes/{name}/proxy/{target}/{path}``: reach a service on an edge node.
+
+The caller authenticates with the admin bearer token. The request goes through the node's
+tunnel session to ``target``, which the *agent* resolves in its own allow-list: the cloud
+names a target, it never gives the agent an address to dial. The caller's credentials are
+not forwarded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
+from tunnel_protocol import ErrorCode
+from tunnel_server import tls, tokens
+from tunnel_server.app_keys import METRICS_KEY, SESSIONS_KEY
+from tunnel_server.http_over_stream import UpstreamError, forward, request_head
+from tunnel_server.sessions import AgentSession
+from tunnel_server.settings import NodeProxySettings
+
+log = logging.getLogger("tunnel_server.node_proxy")
+
+
+SETTINGS = web.AppKey("node_proxy_settings", NodeProxySettings)
+
+
+class ProxyError(Exception):
+    """An answer for the caller: HTTP status, a stable code, and what to do about it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.code, "message": str(self)}, status=self.status)
+
+
+def _bearer(request: web.Request) -> str:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token if scheme.lower() == "bearer" else ""
+
+
+def _authenticate(request: web.Request) -> None:
+    if not tokens.verify_admin_token(request.app[tls.STORE_KEY], _bearer(request)):
+        raise ProxyError(
+            401,
+            "unauthenticated",
+            "send 'Authorization: Bearer <token>' with the admin token from the server's "
+            "data dir (admin-token)",
+        )
+
+
+def _session(request: web.Request, name: str) -> AgentSession:
+    session = request.app[SESSIONS_KEY].get(name)
+    if session is not None:
+        return session
+    node = request.app[tls.STORE_KEY].get_node(name)
+    if node is None:
+        raise ProxyError(
+            404, "node_not_found", f"no node named {name!r}: see `tunnel-server nodes`"
+        )
+    raise ProxyError(
+        503,
+        "node_offline",
+        f"node {name!r} has no tunnel session now (state {node.state}); it reconnects by "
+        "itself when it can reach this server",
+    )
+
+
+async def _open(request: web.Request, session: AgentSession, target: str) -> TunnelStream:
+    metrics = request.app[METRICS_KEY]
+    name = session.name
+    try:
+        stream = await session.connection.open_stream(
+            target, timeout=request.app[SETTINGS].open_timeout
+        )
+    except StreamRejectedError as rejected:
+        metrics.streams_opened.labels("rejected").inc()
+        if rejected.code is ErrorCode.TARGET_NOT_ALLOWED:
+            raise ProxyError(
+                403, "target_not_allowed", f"node {name!r} refused: {rejected}"
+            ) from None
+        raise ProxyError(
+            502, "target_unreachable", f"node {name!r} could not reach it: {rejected}"
+        ) from None
+    except StreamError as failed:
+        metrics.streams_opened.labels("failed").inc()
+        raise ProxyError(
+            502, "tunnel_failed", f"tunnel to node {name!r} failed: {failed}"
+        ) from None
+    metrics.streams_opened.labels("accepted").inc()
+    return stream
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    name, target = request.match_info["name"], request.match_info["target"]
+    try:
+        _authenticate(request)
+        stream = await _open(request, _session(request, name), target)
+    except ProxyError as refused:
+        return refused.response()
+    path = "/" + request.match_info.get("path", "")
+    if request.query_string:
+        path += "?" + request.query_string
+    head, upgrade = request_head(request, path=path, host=target, drop=frozenset({"authorization"}))
+    try:
+        return await forward(request, stream, head, upgrade=upgrade)
+    except UpstreamError as bad:
+        return ProxyError(502, "bad_upstream", f"{target} on node {name!r}: {bad}").response()
+    except StreamError as failed:
+        return ProxyError(502, "stream_failed", f"{target} on node {name!r}: {failed}").response()
+    finally:
+        stream.reset(ErrorCode.CANCEL, "exchange over")  # a no-op once both ends closed
+
+
+def setup(app: web.Application, *, settings: NodeProxySettings) -> None:
+    app[SETTINGS] = settings
+    app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}/{path:.*}", proxy)
+    app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}", proxy)

@@ -1,0 +1,111 @@
+"""Which agent holds a live tunnel session, keyed by its certificate's subject.
+
+One session per name: a new session with the same verified identity replaces the old one
+(the agent reconnected; the old socket may not have noticed yet). The name always comes from
+the client certificate, never from anything the agent says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import prometheus_client
+
+from tunnel_protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from tunnel_aio import TunnelConnection
+    from tunnel_server.tls import PeerIdentity
+
+log = logging.getLogger("tunnel_server.sessions")
+
+
+@dataclass(kw_only=True, eq=False)
+class AgentSession:
+    identity: PeerIdentity
+    connection: TunnelConnection
+    remote: str
+    connected_at: float = field(default_factory=time.time)
+    agent_version: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+
+class SessionMetrics:
+    """Prometheus series of the tunnel endpoint."""
+
+    def __init__(
+        self, registry: prometheus_client.CollectorRegistry, sessions: SessionRegistry
+    ) -> None:
+        self.sessions = prometheus_client.Gauge(
+            "tunnel_sessions", "Live agent tunnel sessions", registry=registry
+        )
+        self.sessions.set_function(lambda: len(sessions))
+        self.streams = prometheus_client.Gauge(
+            "tunnel_streams", "Open streams over all sessions", registry=registry
+        )
+        self.streams.set_function(sessions.open_streams)
+        self.connects = prometheus_client.Counter(
+            "tunnel_session_connects",
+            "Sessions opened (first connects and reconnects)",
+            registry=registry,
+        )
+        self.reconnects = prometheus_client.Counter(
+            "tunnel_session_reconnects",
+            "Sessions opened by a name seen before in this process",
+            registry=registry,
+        )
+        self.refused = prometheus_client.Counter(
+            "tunnel_session_refused", "Tunnel connections refused", ["reason"], registry=registry
+        )
+        self.bytes = prometheus_client.Counter(
+            "tunnel_bytes", "WebSocket bytes of ended sessions", ["direction"], registry=registry
+        )
+        self.frame_errors = prometheus_client.Counter(
+            "tunnel_frame_errors",
+            "Sessions ended by a protocol violation of the peer",
+            registry=registry,
+        )
+        self.streams_opened = prometheus_client.Counter(
+            "tunnel_streams_opened", "Streams opened towards agents", ["result"], registry=registry
+        )
+
+
+class SessionRegistry:
+    """Live sessions by node name."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, AgentSession] = {}
+        self._seen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def get(self, name: str) -> AgentSession | None:
+        return self._by_name.get(name)
+
+    def all(self) -> list[AgentSession]:
+        return list(self._by_name.values())
+
+    def open_streams(self) -> int:
+        return sum(s.connection.open_streams for s in self._by_name.values())
+
+    def add(self, session: AgentSession) -> bool:
+        """Register; close a session this one replaces. True if the name was seen before."""
+        old = self._by_name.get(session.name)
+        if old is not None:
+            log.info("session replaced", extra={"kv": {"node": session.name, "old": old.remote}})
+            old.connection.close(ErrorCode.NO_ERROR, "replaced by a newer session of this node")
+        self._by_name[session.name] = session
+        seen = session.name in self._seen
+        self._seen.add(session.name)
+        return seen
+
+    def remove(self, session: AgentSession) -> None:
+        if self._by_name.get(session.name) is session:
+            del self._by_name[session.name]

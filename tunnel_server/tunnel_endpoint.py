@@ -1,0 +1,153 @@
+"""``GET /tunnel``: where agents hold their one WebSocket session, authenticated by mTLS.
+
+The session's identity is the verified client certificate's subject. Every time the store
+changes (a revocation by the CLI, a re-join) each live session's certificate is checked
+again, and a session that is no longer current is closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from tunnel_aio import TunnelConnection
+from tunnel_protocol import ErrorCode, Role, TunnelSettings
+from tunnel_server import tls
+from tunnel_server.app_keys import (
+    METRICS_KEY,
+    REGISTRY_KEY,
+    SESSIONS_KEY,
+    SETTINGS_KEY,
+    TUNNEL_SETTINGS_KEY,
+)
+from tunnel_server.sessions import AgentSession, SessionMetrics, SessionRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tunnel_server.store import Store
+
+log = logging.getLogger("tunnel_server.tunnel")
+
+AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
+"""Informational only (shown in `nodes`); identity never comes from a header."""
+
+
+def _refuse(request: web.Request, status: int, reason: str, message: str) -> web.Response:
+    request.app[METRICS_KEY].refused.labels(reason).inc()
+    log.info("tunnel refused", extra={"kv": {"reason": reason, "remote": request.remote}})
+    return web.json_response({"error": reason, "message": message}, status=status)
+
+
+async def tunnel(request: web.Request) -> web.StreamResponse:
+    identity = tls.peer_identity(request)
+    if identity is None:
+        return _refuse(
+            request,
+            401,
+            "unauthenticated",
+            "the tunnel needs a current client certificate from this server's CA: run "
+            "`edge-agent join` (a revoked or replaced node must join again)",
+        )
+    settings = request.app[TUNNEL_SETTINGS_KEY]
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_frame_payload + 4096, heartbeat=None, compress=False
+    )
+    await ws.prepare(request)
+    connection = TunnelConnection(
+        ws,
+        role=Role.SERVER,
+        name=identity.name,
+        settings=settings,
+        logger=logging.getLogger("tunnel_server.tunnel.session"),
+    )
+    version = request.headers.get(AGENT_VERSION_HEADER, "")[:64] or None
+    session = AgentSession(
+        identity=identity,
+        connection=connection,
+        remote=request.remote or "?",
+        agent_version=version,
+    )
+    registry, metrics, store = (
+        request.app[SESSIONS_KEY],
+        request.app[METRICS_KEY],
+        request.app[tls.STORE_KEY],
+    )
+    if registry.add(session):
+        metrics.reconnects.inc()
+    metrics.connects.inc()
+    store.touch_node(identity.name, now=time.time(), agent_version=version)
+    log.info("agent connected", extra={"kv": {"node": identity.name, "remote": session.remote}})
+    try:
+        await connection.run()
+    finally:
+        registry.remove(session)
+        store.touch_node(identity.name, now=time.time())
+        metrics.bytes.labels("in").inc(connection.bytes_received)
+        metrics.bytes.labels("out").inc(connection.bytes_sent)
+        ended = connection.termination
+        if connection.session.error is not None:
+            metrics.frame_errors.inc()
+        log.info(
+            "agent disconnected",
+            extra={"kv": {"node": identity.name, "reason": ended.text if ended else "?"}},
+        )
+    return ws
+
+
+async def _watch_revocations(app: web.Application) -> None:
+    store: Store = app[tls.STORE_KEY]
+    interval = app[SETTINGS_KEY].store_poll_interval
+    seen = store.revision()
+    while True:
+        await asyncio.sleep(interval)
+        current = store.revision()
+        if current == seen:
+            continue
+        seen = current
+        for session in app[SESSIONS_KEY].all():
+            if not tls.is_current(store, session.identity):
+                log.warning("cutting off node", extra={"kv": {"node": session.name}})
+                session.connection.close(ErrorCode.CANCEL, "this node's certificate was revoked")
+
+
+LAST_SEEN_INTERVAL = 30.0
+"""Seconds between ``last_seen`` refreshes of connected nodes: fine for a fleet view, and
+cheap for SQLite even with thousands of sessions."""
+
+
+async def _last_seen(app: web.Application) -> None:
+    """Connected nodes count as seen: refresh ``last_seen`` while their session lives."""
+    store: Store = app[tls.STORE_KEY]
+    while True:
+        await asyncio.sleep(LAST_SEEN_INTERVAL)
+        now = time.time()
+        for session in app[SESSIONS_KEY].all():
+            store.touch_node(session.name, now=now)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(_watch_revocations(app), name="tunnel.revocation-watcher"),
+            group.create_task(_last_seen(app), name="tunnel.last-seen"),
+        ]
+        yield
+        for session in app[SESSIONS_KEY].all():
+            session.connection.close(ErrorCode.NO_ERROR, "server shutting down")
+        for task in tasks:
+            task.cancel()
+
+
+def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None) -> None:
+    """Mount ``/tunnel``; needs the store, authority, settings and registry keys set."""
+    registry = SessionRegistry()
+    app[SESSIONS_KEY] = registry
+    app[TUNNEL_SETTINGS_KEY] = tunnel_settings or TunnelSettings()
+    app[METRICS_KEY] = SessionMetrics(app[REGISTRY_KEY], registry)
+    app.router.add_get("/tunnel", tunnel)
+    app.cleanup_ctx.append(_background)
