@@ -116,6 +116,16 @@ class TunnelClient:
                 await self._session_once()
             except NotJoinedError as error:
                 self._fail("not_joined", str(error))
+            except aiohttp.WSServerHandshakeError as error:
+                if error.status in (401, 403):
+                    self._fail(
+                        "refused",
+                        f"the server refused this node's certificate (HTTP {error.status}): it "
+                        "was revoked, replaced by a re-join, or expired; join again with a new "
+                        "token (`edge-agent join`)",
+                    )
+                else:
+                    self._fail("handshake", f"tunnel upgrade failed: HTTP {error.status}")
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
                 self._fail("connect", f"{type(error).__name__}: {error}")
             if time.monotonic() - started >= self._settings.healthy_after:
@@ -229,7 +239,7 @@ class TunnelClient:
         except (OSError, TimeoutError) as error:
             self.metrics.streams.labels("unreachable").inc()
             reason = str(error) or type(error).__name__
-            stream.reject(ErrorCode.TARGET_UNREACHABLE, f"{stream.target}: {reason}")
+            stream.reject(ErrorCode.TARGET_UNREACHABLE, reason)
             return
         self.metrics.streams.labels("accepted").inc()
         stream.accept()

@@ -77,7 +77,8 @@ class ManagedProcess:
         return self.popen.pid
 
     def tail(self, lines: int = 40) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
@@ -107,6 +108,8 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
+        self._log.close()
+        _LIVE.discard(self)
 
 
 def stop_all() -> None:
