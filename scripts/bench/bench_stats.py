@@ -1,0 +1,282 @@
+"""Pure helpers of the benchmarks: parse tool output, summarise runs, render the markdown table.
+
+No I/O here, so tests/unit/bench can check it line by line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MB = 1_000_000
+GIB = 1 << 30
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h)\s*$")
+_PERCENTILE_LINE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)%\s+(\S+)\s*$")
+
+
+class ParseError(ValueError):
+    """A tool printed something this module does not understand."""
+
+
+def duration_ms(text: str) -> float:
+    """Convert one of wrk's durations (``123.00us``, ``4.70ms``, ``1.02s``, ``2.00m``) to ms."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ParseError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    percentiles_ms: Mapping[float, float]
+    requests: int
+    seconds: float
+    requests_per_s: float
+    socket_errors: int
+    non_2xx: int
+
+    def p(self, percent: float) -> float:
+        return self.percentiles_ms[percent]
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse the output of ``wrk --latency``."""
+    percentiles: dict[float, float] = {}
+    in_distribution = False
+    for line in text.splitlines():
+        if line.strip() == "Latency Distribution":
+            in_distribution = True
+            continue
+        if in_distribution:
+            match = _PERCENTILE_LINE.match(line)
+            if match is None:
+                in_distribution = False
+            else:
+                percentiles[float(match.group(1))] = duration_ms(match.group(2))
+    if not percentiles:
+        raise ParseError("no 'Latency Distribution' in wrk's output (was --latency given?)")
+    done = re.search(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m)", text, re.MULTILINE)
+    rate = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.MULTILINE)
+    if done is None or rate is None:
+        raise ParseError("no request count or Requests/sec in wrk's output")
+    errors = 0
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if socket_errors is not None:
+        errors = sum(int(n) for n in socket_errors.groups())
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    return WrkResult(
+        percentiles_ms=percentiles,
+        requests=int(done.group(1)),
+        seconds=duration_ms(done.group(2) + done.group(3)) / 1000.0,
+        requests_per_s=float(rate.group(1)),
+        socket_errors=errors,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CurlResult:
+    size: int
+    seconds: float
+
+
+def parse_curl(text: str) -> CurlResult:
+    """Parse ``curl -w '%{size_download} %{time_total}'``."""
+    fields = text.split()
+    if len(fields) != 2:
+        raise ParseError(f"expected '<size> <seconds>' from curl, got {text!r}")
+    try:
+        size, seconds = int(fields[0]), float(fields[1])
+    except ValueError:
+        raise ParseError(f"expected '<size> <seconds>' from curl, got {text!r}") from None
+    if seconds <= 0:
+        raise ParseError(f"curl reported a non-positive time: {text!r}")
+    return CurlResult(size=size, seconds=seconds)
+
+
+def mb_per_s(size: int, seconds: float) -> float:
+    return size / seconds / MB
+
+
+def percentile(values: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile (the value at or above ``percent`` of the sorted values)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= percent <= 100:
+        raise ValueError("percent must be within 0..100")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# ---------------------------------------------------------------- markdown
+
+START = "<!-- bench:tunnel:start -->"
+END = "<!-- bench:tunnel:end -->"
+DOC_HEAD = """# Benchmarks
+
+Figures measured on one machine, each next to its baseline in the same run (DESIGN.md
+section 8). Each section is rewritten by its script between its marker comments; text outside
+the markers is kept.
+"""
+
+
+def replace_section(document: str, section: str, start: str = START, end: str = END) -> str:
+    """Put ``section`` between the markers of ``document``, or append it when they are missing."""
+    block = f"{start}\n{section.strip()}\n{end}\n"
+    if not document.strip():
+        return f"{DOC_HEAD}\n{block}"
+    begin = document.find(start)
+    if begin < 0:
+        return f"{document.rstrip()}\n\n{block}"
+    finish = document.find(end, begin)
+    if finish < 0:
+        raise ValueError(f"{start} has no matching {end}; fix the file by hand")
+    tail = document[finish + len(end) :].lstrip("\n")
+    return document[:begin] + block + ("\n" + tail if tail else "")
+
+
+def fmt(value: object, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _latency_row(name: str, figures: Mapping[str, Any]) -> str:
+    cells = [name]
+    for conc in ("c1", "c100"):
+        lat = figures.get(conc) or {}
+        cells += [
+            fmt(lat.get("p50_ms"), 3),
+            fmt(lat.get("p99_ms"), 3),
+            fmt(figures.get(f"added_{conc}_p50_ms"), 3),
+            fmt(lat.get("rps"), 0),
+        ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_markdown(report: Mapping[str, Any], how_measured: str) -> str:
+    """The tunnel section of docs/benchmarks.md from the JSON report."""
+    machine = report["machine"]
+    versions = report["versions"]
+    paths: Mapping[str, Mapping[str, Any]] = report["paths"]
+    lines = [
+        "## Tunnel: direct vs our tunnel vs `ssh -R` vs chisel",
+        "",
+        f"Run {report['date']} with `{report['command']}` ({report['mode']} mode, "
+        f"{report['seconds']:.0f} s). Machine: {machine['nproc']} CPUs, {machine['cpu_model']}, "
+        f"{machine['mem_gib']:.1f} GiB RAM, Linux {machine['kernel']}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
+        "",
+        (
+            f"Other processes on the machine used {report.get('background_cpu_share', 0):.0%} "
+            "of its CPU during the run (they compete with the paths; figures from a busy "
+            "machine are lower and noisier)."
+        ),
+        "",
+        "### Throughput of bulk downloads (MB/s, 1 MB = 10^6 bytes; higher is better)",
+        "",
+        (
+            "| Path | 1 stream | 16 streams | 1 stream vs direct | 16 streams vs direct "
+            "| path CPU s/GiB (1 stream) |"
+        ),
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    direct = paths.get("direct", {})
+    for name, figures in paths.items():
+        if figures.get("status") != "measured":
+            continue
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    _label(name, report),
+                    fmt(figures.get("bulk_1_MBps"), 0),
+                    fmt(figures.get("bulk_16_MBps"), 0),
+                    fmt(ratio(figures.get("bulk_1_MBps"), direct.get("bulk_1_MBps")), 2),
+                    fmt(ratio(figures.get("bulk_16_MBps"), direct.get("bulk_16_MBps")), 2),
+                    fmt(figures.get("cpu_s_per_GiB_1"), 2),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "### Latency of small requests (ms; lower is better)",
+        "",
+        "Added = path p50 - direct p50 at the same concurrency.",
+        "",
+        (
+            "| Path | c=1 p50 | c=1 p99 | c=1 added p50 | c=1 req/s "
+            "| c=100 p50 | c=100 p99 | c=100 added p50 | c=100 req/s |"
+        ),
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    lines += [
+        _latency_row(_label(name, report), figures)
+        for name, figures in paths.items()
+        if figures.get("status") == "measured"
+    ]
+    details = [
+        f"- {_label(name, report)}: "
+        + "; ".join(f"{key} {value}" for key, value in figures["info"].items())
+        for name, figures in paths.items()
+        if figures.get("info")
+    ]
+    if details:
+        lines += ["", *details]
+    not_measured = [
+        f"- **{name}**: {figures.get('status')} — {figures.get('reason', '')}"
+        for name, figures in paths.items()
+        if figures.get("status") != "measured"
+    ]
+    if not_measured:
+        lines += ["", "Not measured in this run:", "", *not_measured]
+    if report.get("ratios"):
+        lines += ["", "### Our tunnel against the baselines (ours / baseline)", ""]
+        lines += ["| Figure | " + " | ".join(report["ratios"]) + " |"]
+        lines += ["|---|" + "--:|" * len(report["ratios"])]
+        figures_names = list(dict.fromkeys(k for r in report["ratios"].values() for k in r))
+        lines += [
+            f"| {figure} | "
+            + " | ".join(fmt(r.get(figure), 2) for r in report["ratios"].values())
+            + " |"
+            for figure in figures_names
+        ]
+    if report.get("goals"):
+        lines += ["", "Goals of issue 3:", ""]
+        lines += [
+            f"- {goal}: {'met' if met else 'NOT met'}" for goal, met in report["goals"].items()
+        ]
+    lines += ["", "### How measured", "", how_measured.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def _label(name: str, report: Mapping[str, Any]) -> str:
+    labels: Mapping[str, str] = report.get("labels", {})
+    return labels.get(name, name)
