@@ -248,7 +248,7 @@ def _raise_for(status: int, data: dict[str, Any]) -> None:
     raise JoinError(f"server answered {status}: {code or 'error'}: {message}")
 
 
-def _check_issued(
+def check_issued(
     data: dict[str, Any], key: ec.EllipticCurvePrivateKey, name: str, ca: x509.Certificate
 ) -> bytes:
     """The issued certificate, after checking it is ours: our key, our name, the pinned CA."""
@@ -324,7 +324,7 @@ async def join(
             key = generate_key()
             data = await _start(client, key, options, progress)
         kind = str(data.get("kind", "node"))
-        certificate_pem = _check_issued(data, key, name, ca)
+        certificate_pem = check_issued(data, key, name, ca)
     identity = save_identity(
         options.data_dir,
         server=server,
@@ -423,7 +423,7 @@ async def renew(identity: Identity, *, settings: JoinSettings) -> Identity:
         )
         if status != 200:
             _raise_for(status, data)
-        certificate_pem = _check_issued(data, key, identity.name, ca)
+        certificate_pem = check_issued(data, key, identity.name, ca)
     renewed = save_identity(
         identity.data_dir,
         server=identity.server,

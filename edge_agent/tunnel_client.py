@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import ssl
@@ -27,11 +28,12 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import prometheus_client
+from cryptography import x509
 
 from edge_agent import __version__
-from edge_agent.identity import Identity, NotJoinedError
-from edge_agent.join import JoinError, renew
-from tunnel_aio import TunnelConnection, TunnelStream, pipe_socket
+from edge_agent.identity import Identity, NotJoinedError, generate_key, make_csr, save_identity
+from edge_agent.join import JoinError, check_issued, renew
+from tunnel_aio import StreamError, TunnelConnection, TunnelStream, pipe_socket
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
 
 if TYPE_CHECKING:
@@ -188,7 +190,7 @@ class TunnelClient:
             self.last_error = None
             log.info("tunnel up", extra={"kv": {"server": identity.server, "node": identity.name}})
             helpers = [
-                group.create_task(self._renewer(identity), name="tunnel.renewer"),
+                group.create_task(self._renewer(identity, connection), name="tunnel.renewer"),
                 group.create_task(self._watch_stop(connection), name="tunnel.stop-watch"),
                 group.create_task(self._rtt(connection), name="tunnel.rtt"),
             ]
@@ -209,21 +211,24 @@ class TunnelClient:
             if connection.rtt is not None:
                 self.metrics.rtt.set(connection.rtt)
 
-    async def _renewer(self, identity: Identity) -> None:
+    async def _renewer(self, identity: Identity, connection: TunnelConnection) -> None:
         fraction = self._join_settings.renew_fraction
         while True:
             if identity.needs_renewal(fraction=fraction):
                 try:
-                    identity = await renew(identity, settings=self._join_settings)
-                except (JoinError, aiohttp.ClientError, OSError, TimeoutError) as error:
-                    log.warning(
-                        "certificate renewal failed; retrying", extra={"kv": {"error": str(error)}}
-                    )
-                else:
-                    log.info("certificate renewed", extra={"kv": {"expires": identity.not_after}})
+                    identity = await renew_over_tunnel(identity, connection)
+                except (JoinError, StreamError, ValueError) as error:
+                    log.warning("renewal over the tunnel failed, trying HTTPS: %s", error)
+                    try:
+                        identity = await renew(identity, settings=self._join_settings)
+                    except (JoinError, aiohttp.ClientError, OSError, TimeoutError) as failed:
+                        log.warning("certificate renewal failed; will retry: %s", failed)
+                        identity = Identity.load(self._data_dir)
+                log.info("certificate valid until %s", identity.not_after.isoformat())
             await asyncio.sleep(self._settings.renew_check_interval)
 
     async def _on_stream(self, stream: TunnelStream) -> None:
+        """The cloud asks for a stream to one of our targets."""
         address = self._settings.targets.get(stream.target)
         if address is None:
             self.metrics.streams.labels("not_allowed").inc()
@@ -244,3 +249,40 @@ class TunnelClient:
         self.metrics.streams.labels("accepted").inc()
         stream.accept()
         await pipe_socket(stream, reader, writer)
+
+
+RENEW_TARGET = "renew"
+MAX_RENEW_ANSWER = 64 * 1024
+"""Bytes: a certificate and the CA fit in 8 KB; a larger answer is refused."""
+
+
+async def renew_over_tunnel(identity: Identity, connection: TunnelConnection) -> Identity:
+    """New key, CSR over the live session, certificate checked against the pinned CA."""
+    key = generate_key()
+    stream = await connection.open_stream(RENEW_TARGET)
+    await stream.write(json.dumps({"csr": make_csr(key, identity.name).decode()}).encode())
+    stream.end()
+    raw = bytearray()
+    while chunk := await stream.read():
+        raw += chunk
+        if len(raw) > MAX_RENEW_ANSWER:
+            stream.reset(ErrorCode.CANCEL, "answer too large")
+            raise JoinError(f"renew answer larger than {MAX_RENEW_ANSWER} bytes")
+    answer = json.loads(raw)
+    if answer.get("status") != "issued":
+        raise JoinError(f"renewal refused: {answer.get('message', answer)}")
+    ca_pem = identity.ca_pem()
+    certificate_pem = check_issued(
+        answer, key, identity.name, x509.load_pem_x509_certificate(ca_pem)
+    )
+    renewed = save_identity(
+        identity.data_dir,
+        server=identity.server,
+        kind=identity.kind,
+        ca_hash=identity.ca_hash,
+        key=key,
+        certificate_pem=certificate_pem,
+        ca_pem=ca_pem,
+    )
+    log.info("certificate renewed over the tunnel, valid until %s", renewed.not_after.isoformat())
+    return renewed

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunnel_server import __version__, logs, systemd, tokens
 from tunnel_server.pki import CertificateAuthority, MissingCAError
-from tunnel_server.settings import ServerSettings
+from tunnel_server.settings import PkiSettings, ServerSettings
 from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
 
 if TYPE_CHECKING:
@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=(defaults.host, defaults.port),
         metavar="HOST:PORT",
         help=f"address to listen on (default: {defaults.host}:{defaults.port})",
+    )
+    run.add_argument(
+        "--client-cert-lifetime",
+        type=parse_duration,
+        default=defaults.pki.client_lifetime,
+        metavar="DURATION",
+        help="lifetime of certificates issued to agents; they renew after 2/3 of it over "
+        "their tunnel session (default: 30d)",
     )
     init = sub.add_parser(
         "init",
@@ -317,8 +325,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
     if args.command in ("run", "init"):
         host, port = getattr(args, "listen", (ServerSettings().host, ServerSettings().port))
+        lifetime = getattr(args, "client_cert_lifetime", ServerSettings().pki.client_lifetime)
         settings = ServerSettings(
-            host=host, port=port, data_dir=data_dir, public_name=args.public_name
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            public_name=args.public_name,
+            pki=PkiSettings(client_lifetime=lifetime),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 

@@ -276,8 +276,11 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, subject_name),
             ]
         )
+        # Backdate for clocks behind ours, but by at most a tenth of the lifetime: agents renew
+        # at two thirds of (not_after - not_before), which a large backdate would distort.
+        skew = min(self.settings.clock_skew, lifetime / 10)
         certificate = (
-            self._builder(public_key, now=now, lifetime=lifetime, skew=self.settings.clock_skew)
+            self._builder(public_key, now=now, lifetime=lifetime, skew=skew)
             .subject_name(subject)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self._key, hashes.SHA256())

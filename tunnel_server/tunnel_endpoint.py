@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tunnel_aio import TunnelConnection
+from tunnel_aio import TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
-from tunnel_server import tls
+from tunnel_server import agent_services, tls
 from tunnel_server.app_keys import (
     METRICS_KEY,
     REGISTRY_KEY,
@@ -58,11 +59,18 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.max_frame_payload + 4096, heartbeat=None, compress=False
     )
     await ws.prepare(request)
+    store, authority = request.app[tls.STORE_KEY], request.app[tls.AUTHORITY_KEY]
+    holder: list[AgentSession] = []
+
+    async def on_stream(stream: TunnelStream) -> None:
+        await agent_services.serve(stream, session=holder[0], store=store, authority=authority)
+
     connection = TunnelConnection(
         ws,
         role=Role.SERVER,
         name=identity.name,
         settings=settings,
+        on_stream=on_stream,
         logger=logging.getLogger("tunnel_server.tunnel.session"),
     )
     version = request.headers.get(AGENT_VERSION_HEADER, "")[:64] or None
@@ -72,11 +80,8 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
         remote=request.remote or "?",
         agent_version=version,
     )
-    registry, metrics, store = (
-        request.app[SESSIONS_KEY],
-        request.app[METRICS_KEY],
-        request.app[tls.STORE_KEY],
-    )
+    holder.append(session)
+    registry, metrics = request.app[SESSIONS_KEY], request.app[METRICS_KEY]
     if registry.add(session):
         metrics.reconnects.inc()
     metrics.connects.inc()
@@ -100,19 +105,27 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
 
 
 async def _watch_revocations(app: web.Application) -> None:
+    """Cut off sessions whose certificate stopped being current: revoked, replaced, expired.
+
+    The full check (a store lookup per session) runs when the store's revision moves; the
+    expiry check is a comparison per session and runs every poll.
+    """
     store: Store = app[tls.STORE_KEY]
     interval = app[SETTINGS_KEY].store_poll_interval
     seen = store.revision()
     while True:
         await asyncio.sleep(interval)
         current = store.revision()
-        if current == seen:
-            continue
-        seen = current
+        changed, seen = current != seen, current
+        now = datetime.now(UTC)
         for session in app[SESSIONS_KEY].all():
-            if not tls.is_current(store, session.identity):
-                log.warning("cutting off node", extra={"kv": {"node": session.name}})
-                session.connection.close(ErrorCode.CANCEL, "this node's certificate was revoked")
+            expired = session.identity.not_after <= now
+            if expired or (changed and not tls.is_current(store, session.identity)):
+                reason = "expired" if expired else "revoked or replaced"
+                log.warning("cutting off node", extra={"kv": {"node": session.name, "why": reason}})
+                session.connection.close(
+                    ErrorCode.CANCEL, f"this node's certificate is no longer valid ({reason})"
+                )
 
 
 LAST_SEEN_INTERVAL = 30.0

@@ -46,6 +46,7 @@ def command(program: str, *args: str | Path, timeout: float = 60.0) -> str:
 class Server:
     workdir: Path
     port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
     process: ManagedProcess | None = None
 
     @property
@@ -89,6 +90,7 @@ class Server:
                 str(self.data_dir),
                 "--public-name",
                 "127.0.0.1",
+                *self.extra_args,
             ],
             log_path=self.workdir / "tunnel-server.log",
         )
@@ -141,6 +143,7 @@ class Agent:
     workdir: Path
     server: Server
     targets: dict[str, str] = field(default_factory=dict)
+    tunnel_options: dict[str, float] = field(default_factory=dict)
     local_api_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
 
@@ -170,6 +173,7 @@ class Agent:
             "[tunnel]",
             "backoff_base = 0.2",  # tests restart servers; come back quickly
             "backoff_cap = 2.0",
+            *[f"{key} = {value}" for key, value in self.tunnel_options.items()],
             "",
             "[tunnel.targets]",
             *[f'{name} = "{address}"' for name, address in self.targets.items()],

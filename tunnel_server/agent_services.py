@@ -1,0 +1,98 @@
+"""Services the cloud offers to agents *inside* their tunnel session (agent-opened streams).
+
+``renew``: the agent sends ``{"csr": PEM}`` and half-closes; we answer with a certificate
+for the session's own identity (the name comes from the session's verified certificate, not
+from the request) and end. So a certificate rotates over the live session, with no second
+connection and no new trust decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from tunnel_aio import StreamError, TunnelStream
+from tunnel_protocol import ErrorCode
+from tunnel_server import tls
+from tunnel_server.pki import CertificateAuthority, CSRError
+
+if TYPE_CHECKING:
+    from tunnel_server.sessions import AgentSession
+    from tunnel_server.store import Store
+
+log = logging.getLogger("tunnel_server.agent_services")
+
+RENEW_TARGET = "renew"
+MAX_REQUEST_BYTES = 32 * 1024
+"""A CSR is under 1 KB; anything past 32 KB is not a renewal request."""
+
+
+async def _read_bounded(stream: TunnelStream, limit: int) -> bytes | None:
+    data = bytearray()
+    while chunk := await stream.read():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
+async def _answer(stream: TunnelStream, body: dict[str, str]) -> None:
+    await stream.write(json.dumps(body).encode())
+    stream.end()
+
+
+async def serve(
+    stream: TunnelStream, *, session: AgentSession, store: Store, authority: CertificateAuthority
+) -> None:
+    """Handle one stream an agent opened towards the cloud."""
+    if stream.target != RENEW_TARGET:
+        stream.reject(ErrorCode.TARGET_NOT_ALLOWED, f"the cloud offers no {stream.target!r}")
+        return
+    stream.accept()
+    try:
+        raw = await _read_bounded(stream, MAX_REQUEST_BYTES)
+        if raw is None:
+            stream.reset(ErrorCode.PROTOCOL_ERROR, f"renew request over {MAX_REQUEST_BYTES} bytes")
+            return
+        await _answer(stream, _renew(raw, session=session, store=store, authority=authority))
+    except StreamError as error:
+        log.info("renew stream failed", extra={"kv": {"node": session.name, "error": str(error)}})
+
+
+def _renew(
+    raw: bytes, *, session: AgentSession, store: Store, authority: CertificateAuthority
+) -> dict[str, str]:
+    identity = session.identity
+    if not tls.is_current(store, identity):
+        return {"error": "certificate_not_valid", "message": "revoked or replaced: join again"}
+    try:
+        request = json.loads(raw)
+        csr = request["csr"]
+        if not isinstance(csr, str):
+            raise TypeError("csr must be a string")  # noqa: TRY301 - folded into one answer below
+    except (ValueError, KeyError, TypeError) as error:
+        return {"error": "bad_request", "message": f'expected {{"csr": PEM}}: {error}'}
+    try:
+        issued = authority.sign_csr(csr.encode(), subject_name=identity.name, kind=identity.kind)
+    except CSRError as error:
+        return {"error": "bad_csr", "message": str(error)}
+    store.record_certificate(issued.record())
+    store.touch_node(identity.name, now=time.time())
+    # From now on this session stands on the new certificate: the old one may expire while
+    # the session lives on, and a later renewal over this session must still be allowed.
+    session.identity = tls.PeerIdentity(
+        name=identity.name, kind=identity.kind, serial=issued.serial, not_after=issued.not_after
+    )
+    log.info(
+        "renewed certificate over the tunnel",
+        extra={"kv": {"node": identity.name, "old": identity.serial, "new": issued.serial}},
+    )
+    return {
+        "status": "issued",
+        "certificate": issued.pem,
+        "ca": authority.ca_pem().decode(),
+        "serial": issued.serial,
+        "expires": issued.not_after.isoformat(),
+    }
