@@ -1,0 +1,413 @@
+# Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
+"""WATCH through the proxy: one client stream that survives the upstream going away.
+
+A client watch is a loop of phases on one HTTP response:
+
+* upstream phase (online): watch upstream from the last resourceVersion, with bookmarks
+  requested. Each event is applied to the cache (ordered by resourceVersion) and its line is
+  forwarded byte for byte; bookmarks reach the client only if it asked for them. An upstream
+  that ends normally is re-watched from the last resourceVersion. A 410 Gone (HTTP or ERROR
+  event) re-lists upstream, replaces the cached set and sends the client the difference as
+  ADDED / MODIFIED / DELETED, then watches on from the list's resourceVersion.
+* local phase (offline): serve the cache. A watch that *starts* offline first gets the cached
+  objects (ADDED for ``resourceVersion`` unset or 0, else MODIFIED for those newer than it);
+  then every local change (heartbeats answered locally) and a BOOKMARK every
+  ``bookmark_interval``. When the health checker says online, the upstream phase resumes
+  from the last resourceVersion, so changes made in the cloud during the outage arrive.
+
+The first upstream answer that is not 200 is relayed as is (403, 400...), before the client
+response starts. The client's ``timeoutSeconds`` bounds the whole stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from edge_agent.kubecache.health import State
+from edge_agent.kubecache.selectors import SelectorError
+from edge_agent.kubecache.store import Change, Coverage, Scope, meta_of, rv_newer, rv_of
+from edge_agent.kubecache.wire import (
+    LineSplitter,
+    LineTooLongError,
+    Representation,
+    offline_status,
+    status_object,
+)
+
+if TYPE_CHECKING:
+    from edge_agent.kubecache.proxy import Call, KubeProxy
+
+log = logging.getLogger("edge_agent.kubecache.watch")
+
+_INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+_POLL = 1.0
+"""Seconds between checks of the health state and the client's connection while waiting."""
+
+
+class GoneError(Exception):
+    """The upstream no longer has the resourceVersion we resume from."""
+
+
+class UpstreamLostError(Exception):
+    """The upstream watch broke (connection, inactivity, the health checker said offline)."""
+
+
+class ClientGoneError(Exception):
+    """The client closed its side."""
+
+
+def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+async def serve(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+    cacheable = call.cacheable or (
+        call.cached_agent
+        and call.info.is_resource
+        and call.representation is Representation.PREFERS_TRANSFORMED
+        and not proxy.health.online
+    )
+    if not cacheable:
+        return await _passthrough(proxy, call)
+    try:
+        scope = proxy.scope_of(call)
+    except SelectorError as exc:
+        return web.json_response(status_object(400, "BadRequest", str(exc)), status=400)
+    session = WatchSession(proxy, call, scope)
+    proxy.metrics.watches.labels(mode="cached").inc()
+    try:
+        return await session.run()
+    finally:
+        proxy.metrics.watches.labels(mode="cached").dec()
+
+
+async def _passthrough(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+    """Uncached watch (protobuf-only client, or a component not cached): bytes as they come."""
+    if not proxy.health.online:
+        body = offline_status("this watch cannot be served from the cache", retry_after=10)
+        return web.json_response(body, status=503)
+    proxy.metrics.watches.labels(mode="passthrough").inc()
+    try:
+        async with proxy.upstream.session.get(
+            proxy.upstream_url(call.request.path_qs),
+            headers=proxy.upstream_headers(call, accept=None),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=proxy.settings.connect_timeout),
+        ) as upstream:
+            return await proxy.stream_back(call.request, upstream)
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        await proxy.health.report_failure(f"{type(exc).__name__}: {exc}")
+        body = offline_status("this watch could not be opened upstream", retry_after=10)
+        return web.json_response(body, status=503)
+    finally:
+        proxy.metrics.watches.labels(mode="passthrough").dec()
+
+
+def _check_resumed(status: int) -> None:
+    if status == 410:
+        raise GoneError
+    if status != 200:
+        raise UpstreamLostError(f"HTTP {status} on resume")
+
+
+class WatchSession:
+    def __init__(self, proxy: KubeProxy, call: Call, scope: Scope) -> None:
+        self.proxy = proxy
+        self.call = call
+        self.scope = scope
+        query = call.request.query
+        self.rv = query.get("resourceVersion", "")
+        self.bookmarks = query.get("allowWatchBookmarks", "").lower() in {"1", "true"}
+        self.send_initial = query.get("sendInitialEvents", "").lower() == "true"
+        timeout = query.get("timeoutSeconds", "")
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + int(timeout) if timeout.isdigit() and int(timeout) else None
+        self.response: web.StreamResponse | None = None
+        self.kind = ""
+        self.api_version = call.resource.api_version
+        self.first = True
+        self.initial_names: set[tuple[str, str]] | None = set() if self.send_initial else None
+
+    # ------------------------------------------------------------ loop
+
+    async def run(self) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                while True:
+                    if self.proxy.health.online:
+                        early = await self._upstream_phase()
+                        if early is not None:
+                            return early
+                    else:
+                        early = await self._local_phase()
+                        if early is not None:
+                            return early
+        except TimeoutError:
+            pass  # the client's timeoutSeconds elapsed: end the stream as the API server does
+        except ClientGoneError:
+            log.debug("watch client of %s went away", self.scope.resource.key)
+        if self.response is None:
+            self.response = await self._prepare()
+        return self.response
+
+    async def _prepare(self) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(self.call.request)
+        return response
+
+    async def _send(self, line: bytes) -> None:
+        if self.response is None:
+            self.response = await self._prepare()
+        try:
+            await self.response.write(line)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGoneError from exc
+
+    def _client_gone(self) -> bool:
+        transport = self.call.request.transport
+        return transport is None or transport.is_closing()
+
+    # ------------------------------------------------------------ upstream phase
+
+    def _upstream_params(self) -> dict[str, str]:
+        params = dict(self.call.request.query)
+        params["watch"] = "true"
+        params["allowWatchBookmarks"] = "true"
+        if self.rv:
+            params["resourceVersion"] = self.rv
+        else:
+            params.pop("resourceVersion", None)
+        if not self.first:
+            params.pop("sendInitialEvents", None)
+            params.pop("resourceVersionMatch", None)
+        if self.deadline is not None:
+            remaining = self.deadline - asyncio.get_running_loop().time()
+            params["timeoutSeconds"] = str(max(1, int(remaining)))
+        return params
+
+    async def _upstream_phase(self) -> web.StreamResponse | None:
+        proxy = self.proxy
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=proxy.settings.connect_timeout,
+            sock_read=proxy.settings.watch_inactivity_timeout,
+        )
+        try:
+            async with proxy.upstream.session.get(
+                proxy.upstream_url(self.call.request.path),
+                params=self._upstream_params(),
+                headers=proxy.upstream_headers(self.call, accept="application/json"),
+                timeout=timeout,
+            ) as upstream:
+                if upstream.status != 200 and self.response is None:
+                    body = await upstream.read()
+                    return web.Response(
+                        body=body, status=upstream.status, content_type="application/json"
+                    )
+                _check_resumed(upstream.status)
+                if self.response is None:
+                    self.response = await self._prepare()
+                proxy.metrics.requests.labels(verb="watch", source="upstream").inc()
+                await self._pump(upstream)
+        except GoneError:
+            await self._relist()
+        except (UpstreamLostError, aiohttp.ClientError, TimeoutError, LineTooLongError) as exc:
+            if isinstance(exc, TimeoutError) and self._past_deadline():
+                raise
+            await proxy.health.report_failure(f"watch: {type(exc).__name__}: {exc}")
+            if proxy.health.online:
+                await asyncio.sleep(min(_POLL, proxy.settings.health.interval))
+        self.first = False
+        return None
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
+
+    async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
+        splitter = LineSplitter.create(self.proxy.settings.max_watch_event_bytes)
+        while True:
+            try:
+                async with asyncio.timeout(_POLL):
+                    chunk = await upstream.content.readany()
+            except TimeoutError:
+                if self._past_deadline():
+                    raise
+                if not self.proxy.health.online:
+                    raise UpstreamLostError("health checker says offline") from None
+                if self._client_gone():
+                    raise ClientGoneError from None
+                continue
+            if not chunk:
+                return  # the upstream ended the watch (its timeout): resume from self.rv
+            for line in splitter.feed(chunk):
+                await self._on_line(line)
+
+    async def _on_line(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+            kind = str(event["type"])
+            obj = event["object"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("skipping a watch line that is not an event (%s bytes)", len(line))
+            return
+        if not isinstance(obj, dict):
+            return
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise GoneError
+            await self._send(line)
+            raise UpstreamLostError(f"ERROR event: {obj.get('message')}")
+        await self._apply(kind, obj)
+        if kind != "BOOKMARK" or self.bookmarks:
+            await self._send(line)
+
+    async def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+        proxy, scope = self.proxy, self.scope
+        rv = rv_of(obj)
+        self.kind = self.kind or str(obj.get("kind", ""))
+        meta = meta_of(obj)
+        pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if kind in {"ADDED", "MODIFIED"}:
+            await proxy.store.run("put", lambda s: s.put(scope.component, scope.resource, obj))
+            if self.initial_names is not None:
+                self.initial_names.add(pair)
+        elif kind == "DELETED":
+            await proxy.store.run(
+                "delete", lambda s: s.delete(scope.component, scope.resource, *pair, rv=rv)
+            )
+        elif kind == "BOOKMARK":
+            annotations = meta.get("annotations") or {}
+            if self.initial_names is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
+                await self._finish_initial_events(rv)
+        if rv and (not self.rv or rv_newer(rv, self.rv)):
+            self.rv = rv
+            await proxy.store.run("advance", lambda s: s.advance(scope, rv))
+
+    async def _finish_initial_events(self, rv: str) -> None:
+        """A streamed initial list (``sendInitialEvents``) is complete: it is a LIST."""
+        names, self.initial_names = frozenset(self.initial_names or ()), None
+        coverage = Coverage(
+            scope_key=self.scope.key,
+            namespace=self.scope.namespace,
+            labels=str(self.scope.labels),
+            fields=str(self.scope.fields),
+            rv=rv,
+            list_kind=f"{self.kind}List" if self.kind else "List",
+            api_version=self.api_version,
+            items_have_kind=False,
+        )
+        scope = self.scope
+        await self.proxy.store.run(
+            "replace", lambda s: s.replace(scope, [], coverage, seen_before=names)
+        )
+
+    async def _relist(self) -> None:
+        """After 410 Gone: list upstream, replace the cached set, send the difference."""
+        proxy, scope = self.proxy, self.scope
+        proxy.metrics.relists.inc()
+        params = {
+            k: v
+            for k, v in self.call.request.query.items()
+            if k in {"labelSelector", "fieldSelector"}
+        }
+        url = proxy.upstream_url(scope.resource.path(scope.namespace))
+        timeout = aiohttp.ClientTimeout(total=proxy.settings.request_timeout)
+        async with proxy.upstream.session.get(
+            url, params=params, headers={"Accept": "application/json"}, timeout=timeout
+        ) as response:
+            response.raise_for_status()
+            body = await response.json()
+        list_kind = str(body.get("kind", ""))
+        api_version = str(body.get("apiVersion", scope.resource.api_version))
+        kind = list_kind.removesuffix("List")
+        items = [{"kind": kind, "apiVersion": api_version, **i} for i in body.get("items", [])]
+        rv = str(body.get("metadata", {}).get("resourceVersion", ""))
+        coverage = Coverage(
+            scope_key=scope.key,
+            namespace=scope.namespace,
+            labels=str(scope.labels),
+            fields=str(scope.fields),
+            rv=rv,
+            list_kind=list_kind,
+            api_version=api_version,
+            items_have_kind=bool(body.get("items")) and "kind" in body["items"][0],
+        )
+        changes = (
+            await proxy.store.run("replace", lambda s: s.replace(scope, items, coverage)) or []
+        )
+        log.info("re-listed %s after 410 Gone: %s changes", scope.resource.key, len(changes))
+        for change in changes:
+            await self._send(_event_line(change.type, change.obj))
+        self.rv = rv
+
+    # ------------------------------------------------------------ local phase
+
+    async def _local_phase(self) -> web.StreamResponse | None:
+        proxy, scope = self.proxy, self.scope
+        if self.response is None:
+            coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
+            if coverage is None:
+                body = offline_status(
+                    "no complete list covering this watch is cached", retry_after=10
+                )
+                proxy.metrics.requests.labels(verb="watch", source="offline_rejected").inc()
+                return web.json_response(body, status=503, headers={"Retry-After": "10"})
+            self.kind = self.kind or coverage.list_kind.removesuffix("List")
+            self.api_version = coverage.api_version
+            await self._replay(coverage)
+        proxy.metrics.requests.labels(verb="watch", source="cache").inc()
+        queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=1024)
+
+        def on_change(component: str, resource_key: str, change: Change) -> None:
+            mine = component == scope.component and resource_key == scope.resource.key
+            if mine and scope.contains(change.obj) and not queue.full():
+                queue.put_nowait(change)
+
+        loop = asyncio.get_running_loop()
+        next_bookmark = loop.time() + proxy.settings.bookmark_interval
+        with proxy.store.subscribe(on_change):
+            while proxy.health.state.state is not State.ONLINE:
+                try:
+                    async with asyncio.timeout(_POLL):
+                        change = await queue.get()
+                    await self._send(_event_line(change.type, change.obj))
+                except TimeoutError:
+                    if self._past_deadline():
+                        raise
+                    if self._client_gone():
+                        raise ClientGoneError from None
+                if self.bookmarks and loop.time() >= next_bookmark:
+                    next_bookmark = loop.time() + proxy.settings.bookmark_interval
+                    await self._send(self._bookmark())
+        return None
+
+    def _bookmark(self, *, initial_end: bool = False) -> bytes:
+        meta: dict[str, Any] = {"resourceVersion": self.rv}
+        if initial_end:
+            meta["annotations"] = {_INITIAL_EVENTS_END: "true"}
+        return _event_line(
+            "BOOKMARK", {"kind": self.kind, "apiVersion": self.api_version, "metadata": meta}
+        )
+
+    async def _replay(self, coverage: Coverage) -> None:
+        """A watch starting offline: what the client would have got from the API server."""
+        scope = self.scope
+        objects = await self.proxy.store.run("objects", lambda s: s.objects(scope)) or []
+        from_start = self.rv in {"", "0"}
+        self.response = await self._prepare()
+        for obj in objects:
+            if from_start:
+                await self._send(_event_line("ADDED", obj))
+            elif rv_newer(rv_of(obj), self.rv):
+                await self._send(_event_line("MODIFIED", obj))
+        if from_start or rv_newer(coverage.rv, self.rv):
+            self.rv = coverage.rv
+        if self.send_initial:
+            await self._send(self._bookmark(initial_end=True))
+        self.initial_names = None
