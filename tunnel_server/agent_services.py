@@ -1,5 +1,9 @@
 """Services the cloud offers to agents *inside* their tunnel session (agent-opened streams).
 
+Each service is a named target; parts of the server register theirs in
+``app[AGENT_SERVICES_KEY]`` (target name -> handler) from their own ``setup()``. An agent
+opening any other target is refused with TARGET_NOT_ALLOWED.
+
 ``renew``: the agent sends ``{"csr": PEM}`` and half-closes; we answer with a certificate
 for the session's own identity (the name comes from the session's verified certificate, not
 from the request) and end. So a certificate rotates over the live session, with no second
@@ -11,7 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
@@ -43,13 +50,37 @@ async def _answer(stream: TunnelStream, body: dict[str, str]) -> None:
     stream.end()
 
 
-async def serve(
-    stream: TunnelStream, *, session: AgentSession, store: Store, authority: CertificateAuthority
-) -> None:
-    """Handle one stream an agent opened towards the cloud."""
-    if stream.target != RENEW_TARGET:
+AgentService = Callable[[TunnelStream, "AgentSession", web.Application], Awaitable[None]]
+"""A handler gets the stream (answer it with accept/reject), the verified session, the app."""
+
+AGENT_SERVICES_KEY = web.AppKey("agent_services", dict[str, AgentService])
+
+
+async def serve(stream: TunnelStream, *, session: AgentSession, app: web.Application) -> None:
+    """Handle one stream an agent opened towards the cloud: route it by target name."""
+    handler = app[AGENT_SERVICES_KEY].get(stream.target)
+    if handler is None:
         stream.reject(ErrorCode.TARGET_NOT_ALLOWED, f"the cloud offers no {stream.target!r}")
         return
+    await handler(stream, session, app)
+
+
+async def _serve_renew(stream: TunnelStream, session: AgentSession, app: web.Application) -> None:
+    await serve_renew(
+        stream, session=session, store=app[tls.STORE_KEY], authority=app[tls.AUTHORITY_KEY]
+    )
+
+
+def setup(app: web.Application) -> None:
+    """Create the service table with the built-in ``renew``; other parts add theirs."""
+    services: dict[str, AgentService] = {RENEW_TARGET: _serve_renew}
+    app[AGENT_SERVICES_KEY] = services
+
+
+async def serve_renew(
+    stream: TunnelStream, *, session: AgentSession, store: Store, authority: CertificateAuthority
+) -> None:
+    """Rotate the session's certificate: CSR in, certificate out."""
     stream.accept()
     try:
         raw = await _read_bounded(stream, MAX_REQUEST_BYTES)

@@ -59,11 +59,11 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.max_frame_payload + 4096, heartbeat=None, compress=False
     )
     await ws.prepare(request)
-    store, authority = request.app[tls.STORE_KEY], request.app[tls.AUTHORITY_KEY]
+    store = request.app[tls.STORE_KEY]
     holder: list[AgentSession] = []
 
     async def on_stream(stream: TunnelStream) -> None:
-        await agent_services.serve(stream, session=holder[0], store=store, authority=authority)
+        await agent_services.serve(stream, session=holder[0], app=request.app)
 
     connection = TunnelConnection(
         ws,
@@ -162,5 +162,6 @@ def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None
     app[SESSIONS_KEY] = registry
     app[TUNNEL_SETTINGS_KEY] = tunnel_settings or TunnelSettings()
     app[METRICS_KEY] = SessionMetrics(app[REGISTRY_KEY], registry)
+    agent_services.setup(app)
     app.router.add_get("/tunnel", tunnel)
     app.cleanup_ctx.append(_background)
