@@ -1,0 +1,276 @@
+"""Onboarding: a device with the shared claim credential asks for its own credential.
+
+Flow (docs/mqtt.md §2):
+
+1. The device connects with the claim credential. The broker lets that credential publish on
+   ``edgefleet/provision/request`` and read ``edgefleet/provision/response/+``, nothing else.
+2. It publishes ``{"rid", "deviceId", "model", "claimSecret"?, "responseKey"}``.
+3. The agent checks the model (built-in or from the models folder), the claim (a device
+   registered in advance must present its secret; unregistered devices are refused when
+   `require_registration` is set) and its registry (an active id is a duplicate).
+4. It records the device as ``provisioning``, creates a broker client ``device:<id>`` bound to
+   client id ``<id>`` with a random password and a role limited to ``edgefleet/devices/<id>/``,
+   then records it ``active`` together with a ``device`` record for the cloud, and answers on
+   ``edgefleet/provision/response/<rid>``.
+
+Why the password is encrypted: mosquitto 2.0 cannot restrict who reads which response topic
+(no ``%c`` in ACLs), so every claim-credential holder can read every answer. The device sends a
+fresh 256-bit ``responseKey`` in its request, which only the agent can read, and the password
+comes back sealed with AES-256-GCM under that key (the device id is the associated data).
+
+A crash between steps leaves the device ``provisioning``: its next claim starts over and
+replaces the half-made credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from device_models import JsonObject
+from edge_agent.twins import topics
+from edge_agent.twins.dynsec import DynsecClient, DynsecError, device_username
+from edge_agent.twins.outbox import Metrics, Outbox
+from edge_agent.twins.payloads import (
+    Code,
+    RequestError,
+    decode_object,
+    encode,
+    only_fields,
+    optional_rid,
+)
+from edge_agent.twins.twin_service import TwinService
+from edge_agent.twins.twin_store import DeviceRecord, DeviceState, TwinStore
+
+__all__ = ["ClaimAnswer", "Onboarding", "open_credential", "seal_credential"]
+
+log = logging.getLogger("edge_agent.twins.onboarding")
+
+_FIELDS = frozenset({"rid", "deviceId", "model", "claimSecret", "responseKey"})
+KEY_BYTES = 32
+MAX_SECRET_LENGTH = 256
+PASSWORD_BYTES = 24  # 192 bits of randomness, 32 characters of base64url
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimAnswer:
+    topic: str
+    payload: bytes
+
+
+def b64decode(text: str) -> bytes:
+    """base64url with or without padding (standard base64 characters are accepted too)."""
+    padded = text + "=" * (-len(text) % 4)
+    return base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_"))
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def seal_credential(key: bytes, device_id: str, password: str) -> JsonObject:
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, password.encode(), device_id.encode())
+    return {"alg": "A256GCM", "nonce": b64encode(nonce), "ciphertext": b64encode(sealed)}
+
+
+def open_credential(key: bytes, device_id: str, credential: JsonObject) -> str:
+    """The device side of `seal_credential` (used by the simulator)."""
+    nonce, sealed = credential.get("nonce"), credential.get("ciphertext")
+    if (
+        credential.get("alg") != "A256GCM"
+        or not isinstance(nonce, str)
+        or not isinstance(sealed, str)
+    ):
+        raise ValueError("credential must be {alg: A256GCM, nonce, ciphertext}")
+    return AESGCM(key).decrypt(b64decode(nonce), b64decode(sealed), device_id.encode()).decode()
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Claim:
+    rid: str
+    device_id: str
+    model: str
+    secret: str | None
+    key: bytes
+
+
+class Onboarding:
+    def __init__(
+        self,
+        *,
+        twins: TwinService,
+        store: TwinStore,
+        outbox: Outbox,
+        dynsec: DynsecClient,
+        metrics: Metrics,
+        require_registration: bool,
+        max_devices: int,
+        max_request_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._twins = twins
+        self._store = store
+        self._outbox = outbox
+        self._dynsec = dynsec
+        self._metrics = metrics
+        self._require_registration = require_registration
+        self._max_devices = max_devices
+        self._max_request = max_request_bytes
+        self._clock = clock
+
+    def register_claim(self, device_id: str, model: str, claim_secret: str) -> None:
+        """Expect `device_id` of `model`, which must present `claim_secret` when it claims."""
+        if not topics.DEVICE_ID.fullmatch(device_id):
+            raise ValueError(f"invalid device id {device_id!r}")
+        if self._twins.models.get(model) is None:
+            raise ValueError(f"unknown model {model!r}")
+        self._store.register_claim(device_id, model, secret_digest(claim_secret))
+
+    async def handle(self, payload: bytes) -> ClaimAnswer | None:
+        """Answer one claim request; None when it has no usable rid (nowhere to answer)."""
+        rid: str | None = None
+        try:
+            data = decode_object(payload, max_bytes=self._max_request)
+            rid = optional_rid(data)
+            claim = _parse(rid, data)
+            body = await self._onboard(claim)
+        except RequestError as error:
+            self._metrics.claims_rejected += 1
+            log.info("claim %s refused: %s %s", rid, error.code, error.message)
+            body = error.to_json()
+        except DynsecError as error:
+            self._metrics.claims_rejected += 1
+            log.error("claim %s: the broker did not create the credential: %s", rid, error)  # noqa: TRY400 - expected outage, no traceback
+            body = RequestError(Code.UNAVAILABLE, "the broker is unavailable; retry").to_json()
+        except Exception:
+            log.exception("claim %s: internal error", rid)
+            body = RequestError(Code.INTERNAL, "internal error").to_json()
+        if rid is None:
+            return None
+        return ClaimAnswer(topics.provision_response(rid), encode({"rid": rid, **body}))
+
+    def busy_answer(self, payload: bytes) -> ClaimAnswer | None:
+        """The answer to a claim that finds the queue full (``unavailable``: retry later)."""
+        try:
+            rid = optional_rid(decode_object(payload, max_bytes=self._max_request))
+        except RequestError:
+            return None
+        if rid is None:
+            return None
+        self._metrics.claims_rejected += 1
+        error = RequestError(Code.UNAVAILABLE, "too many claims at once; retry").to_json()
+        return ClaimAnswer(topics.provision_response(rid), encode({"rid": rid, **error}))
+
+    async def _onboard(self, claim: _Claim) -> JsonObject:
+        model = self._twins.models.get(claim.model)
+        if model is None:
+            known = ", ".join(self._twins.models.names())
+            raise RequestError(Code.UNKNOWN_MODEL, f"unknown model {claim.model} (known: {known})")
+        self._check_claim(claim)
+        existing = self._twins.device(claim.device_id)
+        if existing is not None and existing.state is DeviceState.ACTIVE:
+            raise RequestError(Code.DUPLICATE_ID, f"device {claim.device_id} is already onboarded")
+        if existing is None and len(self._twins.device_ids()) >= self._max_devices:
+            raise RequestError(
+                Code.UNAVAILABLE, f"this agent serves {self._max_devices} devices at most"
+            )
+        self._outbox.check_room(1)
+        now = self._clock()
+        record = DeviceRecord(
+            device_id=claim.device_id,
+            model=model.name,
+            state=DeviceState.PROVISIONING,
+            created=now,
+            replica=self._store.new_replica(),
+        )
+        await self._twins.commit_device(record, outbox=[])
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        await self._dynsec.create_device(claim.device_id, password)
+        active = DeviceRecord(
+            device_id=record.device_id,
+            model=record.model,
+            state=DeviceState.ACTIVE,
+            created=now,
+            replica=record.replica,
+        )
+        announce: JsonObject = {
+            "kind": "device",
+            "origin": self._store.origin,
+            "device": claim.device_id,
+            "model": model.name,
+            "modelVersion": model.version,
+            "at": now,
+        }
+        await self._twins.commit_device(active, outbox=[announce])
+        self._metrics.devices_onboarded += 1
+        log.info("onboarded device %s (model %s)", claim.device_id, model.name)
+        return {
+            "code": 200,
+            "deviceId": claim.device_id,
+            "username": device_username(claim.device_id),
+            "clientId": claim.device_id,
+            "topicPrefix": topics.device_prefix(claim.device_id),
+            "credential": seal_credential(claim.key, claim.device_id, password),
+        }
+
+    def _check_claim(self, claim: _Claim) -> None:
+        registered = self._store.claim(claim.device_id)
+        if registered is None:
+            if self._require_registration:
+                raise RequestError(
+                    Code.BAD_CLAIM, f"device {claim.device_id} is not registered for claiming"
+                )
+            return
+        model, digest = registered
+        if model != claim.model:
+            raise RequestError(
+                Code.BAD_CLAIM, f"device {claim.device_id} is registered as model {model}"
+            )
+        offered = secret_digest(claim.secret or "")
+        if claim.secret is None or not hmac.compare_digest(offered, digest):
+            raise RequestError(Code.BAD_CLAIM, "wrong claim secret")
+
+
+def _parse(rid: str | None, data: JsonObject) -> _Claim:
+    if rid is None:
+        raise RequestError(Code.BAD_REQUEST, "rid is required")
+    only_fields(data, _FIELDS)
+    device_id, model = data.get("deviceId"), data.get("model")
+    secret, key_text = data.get("claimSecret"), data.get("responseKey")
+    if not isinstance(device_id, str) or not topics.DEVICE_ID.fullmatch(device_id):
+        raise RequestError(
+            Code.BAD_REQUEST,
+            "deviceId must be 1 to 64 of letters, digits and ._- starting with a letter or digit",
+        )
+    if not isinstance(model, str) or not 0 < len(model) <= 63:
+        raise RequestError(Code.BAD_REQUEST, "model must be a model name")
+    if secret is not None and (not isinstance(secret, str) or len(secret) > MAX_SECRET_LENGTH):
+        raise RequestError(
+            Code.BAD_REQUEST, f"claimSecret must be a string of at most {MAX_SECRET_LENGTH}"
+        )
+    key = b""
+    if isinstance(key_text, str) and len(key_text) <= 64:
+        try:
+            key = b64decode(key_text)
+        except (binascii.Error, ValueError):
+            key = b""
+    if len(key) != KEY_BYTES:
+        raise RequestError(
+            Code.BAD_REQUEST, f"responseKey must be {KEY_BYTES} random bytes in base64url"
+        )
+    return _Claim(rid=rid, device_id=device_id, model=model, secret=secret, key=key)

@@ -1,0 +1,158 @@
+"""Bounded decoding of MQTT payloads and the error codes answered on result topics.
+
+Every payload is checked before it is parsed: its size against a cap, then its nesting depth by
+a linear scan (so ``json.loads`` never recurses deeply on hostile input), then parsed with
+NaN/Infinity refused. Anything wrong becomes a `RequestError` with a stable code, which the
+caller turns into an answer on the result topic: bad input never crashes the agent.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from device_models import MAX_DEPTH, DeviceModelsError, JsonObject, JsonValue, Problem
+from edge_agent.twins.topics import RID
+
+__all__ = [
+    "ENVELOPE_DEPTH",
+    "Code",
+    "RequestError",
+    "decode_object",
+    "encode",
+    "error_from_model",
+    "optional_rid",
+]
+
+# A request envelope adds one level around a twin section, which may nest MAX_DEPTH levels.
+ENVELOPE_DEPTH = MAX_DEPTH + 1
+
+
+class Code(StrEnum):
+    """Stable error names; each has an HTTP-like status (`STATUS`)."""
+
+    OK = "ok"
+    BAD_REQUEST = "bad-request"
+    BAD_CLAIM = "bad-claim"
+    UNKNOWN_DEVICE = "unknown-device"
+    UNKNOWN_MODEL = "unknown-model"
+    DUPLICATE_ID = "duplicate-id"
+    VERSION_CONFLICT = "version-conflict"
+    OUT_OF_ORDER = "out-of-order"
+    TOO_LARGE = "too-large"
+    INVALID_VALUE = "invalid-value"
+    OUTBOX_FULL = "outbox-full"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+STATUS: dict[Code, int] = {
+    Code.OK: 200,
+    Code.BAD_REQUEST: 400,
+    Code.BAD_CLAIM: 403,
+    Code.UNKNOWN_DEVICE: 404,
+    Code.UNKNOWN_MODEL: 404,
+    Code.DUPLICATE_ID: 409,
+    Code.VERSION_CONFLICT: 409,
+    Code.OUT_OF_ORDER: 409,
+    Code.TOO_LARGE: 413,
+    Code.INVALID_VALUE: 422,
+    Code.OUTBOX_FULL: 503,
+    Code.UNAVAILABLE: 503,
+    Code.INTERNAL: 500,
+}
+
+
+class RequestError(Exception):
+    """A request that gets an error answer; `problems` name the path and reason."""
+
+    def __init__(self, code: Code, message: str, problems: tuple[Problem, ...] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problems = problems
+
+    def to_json(self) -> JsonObject:
+        body: JsonObject = {
+            "code": STATUS[self.code],
+            "error": str(self.code),
+            "message": self.message,
+        }
+        if self.problems:
+            body["problems"] = [{"path": p.path, "reason": p.reason} for p in self.problems]
+        return body
+
+
+def error_from_model(error: DeviceModelsError, code: Code) -> RequestError:
+    return RequestError(code, error.summary, error.problems)
+
+
+def nesting_depth(text: str, limit: int) -> int:
+    """Deepest bracket nesting outside strings, scanning at most until `limit` is passed."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_constants(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook signature
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_object(payload: bytes, *, max_bytes: int, max_depth: int = ENVELOPE_DEPTH) -> JsonObject:
+    """Decode a JSON object payload under the size and depth caps, or raise RequestError."""
+    if len(payload) > max_bytes:
+        raise RequestError(Code.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(Code.BAD_REQUEST, f"payload is not UTF-8: {exc.reason}") from None
+    if nesting_depth(text, max_depth) > max_depth:
+        raise RequestError(Code.TOO_LARGE, f"payload nests deeper than {max_depth} levels")
+    try:
+        data: JsonValue = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(Code.BAD_REQUEST, f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(Code.BAD_REQUEST, "payload must be a JSON object")
+    return data
+
+
+def optional_rid(data: JsonObject) -> str | None:
+    """The request id of a request, validated; None when the request has none."""
+    rid = data.get("rid")
+    if rid is None:
+        return None
+    if not isinstance(rid, str) or not RID.fullmatch(rid):
+        raise RequestError(Code.BAD_REQUEST, "rid must be 1 to 64 of letters, digits and ._-")
+    return rid
+
+
+def only_fields(data: JsonObject, allowed: frozenset[str]) -> None:
+    unknown = sorted(key[:64] for key in data if key not in allowed)
+    if unknown:
+        expected = ", ".join(sorted(allowed))
+        raise RequestError(
+            Code.BAD_REQUEST, f"unknown field(s) {', '.join(unknown)} (expected {expected})"
+        )
+
+
+def encode(body: JsonObject) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,327 @@
+"""`TwinsService`: the device-twin part of the edge agent, run as one task of the daemon.
+
+It owns three long-running tasks in one TaskGroup:
+
+- ``twins.mqtt``: the agent's own broker session (persistent, QoS 1, manual acknowledgement:
+  a device message is acknowledged to the broker only after its effect is committed), which
+  feeds device messages to `TwinService` in batches and claim requests to the onboarding queue;
+- ``twins.onboarding``: answers claim requests one at a time (each needs broker admin calls);
+- ``twins.outbox``: delivers outbox records to the cloud through the injected `Sender`.
+
+Before those start it sets up, idempotently, the broker accounts it relies on (``$CONTROL``
+dynamic security, as the admin): the claim role and client, and the agent's own role and client
+with a fresh random password each start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiomqtt
+
+from edge_agent.twins import dynsec, topics
+from edge_agent.twins.models import ModelRegistry
+from edge_agent.twins.onboarding import Onboarding
+from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
+from edge_agent.twins.topics import DeviceTopic
+from edge_agent.twins.twin_service import CloudChangeResult, TwinService
+from edge_agent.twins.twin_store import Durability, TwinStore
+
+__all__ = ["TwinsService", "TwinsSettings"]
+
+log = logging.getLogger("edge_agent.twins.service")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TwinsSettings:
+    data_dir: Path
+    """Folder of ``twins.sqlite3`` (twins, device registry, outbox); must survive restarts."""
+
+    node_name: str
+    """This node's name; with the database's boot id it forms the sync origin of its twins."""
+
+    admin_password: str
+    """Password of the broker's dynamic-security admin (``mosquitto_ctrl dynsec init``)."""
+
+    claim_password: str
+    """Password of the shared claim credential that devices are shipped with."""
+
+    broker_host: str = "127.0.0.1"
+    """The local mosquitto; devices and agent share it (loopback or the site network)."""
+
+    broker_port: int = 1883
+    """MQTT port of the broker (TCP; put TLS in front for devices off the machine)."""
+
+    admin_username: str = "admin"
+    """Dynamic-security admin user; used only for ``$CONTROL`` commands, never for data."""
+
+    claim_username: str = "edgefleet-claim"
+    """Username of the shared claim credential; allowed only on the provisioning topics."""
+
+    agent_username: str = "edgefleet-agent"
+    """The agent's own broker user (created at start with a fresh random password)."""
+
+    agent_client_id: str = "edgefleet-agent"
+    """Fixed client id so that the broker keeps the agent's session (and queues QoS 1 device
+    messages, up to mosquitto's ``max_queued_messages``) while the agent restarts."""
+
+    models_dir: Path | None = None
+    """Folder of extra device models (``*.yaml``); the built-in models are always there."""
+
+    require_registration: bool = False
+    """True: only devices registered in advance (`register_claim`) may claim. False: any
+    holder of the claim credential may onboard a new id (fleet provisioning by claim)."""
+
+    durability: Durability = Durability.FULL
+    """``full`` fsyncs every commit (survives power loss); ``normal`` survives kill -9 only."""
+
+    max_devices: int = 10_000
+    """Devices one agent serves at most; every twin is kept in memory (a few KB each)."""
+
+    max_payload_bytes: int = 64 * 1024
+    """Largest device message, in bytes: a 32 KB section plus envelope and escaping."""
+
+    max_claim_bytes: int = 4 * 1024
+    """Largest claim request, in bytes; a real one is about 200."""
+
+    max_cloud_change_bytes: int = 512 * 1024
+    """Largest cloud change given as text, in bytes: 32 KB of values plus their metadata."""
+
+    max_batch: int = 256
+    """Device messages committed together at most; one fsync per batch keeps thousands of
+    durable reports per second possible."""
+
+    max_queued_messages: int = 10_000
+    """Device messages buffered in the agent at most (QoS 1 ones are also limited by the
+    broker's in-flight window, since the agent acknowledges after committing)."""
+
+    claim_queue: int = 64
+    """Claim requests waiting at most; beyond, claims are answered ``unavailable``."""
+
+    keepalive: int = 30
+    """MQTT keepalive of the agent's session in seconds; the broker notices a dead agent
+    within 1.5 times this."""
+
+    admin_timeout: float = 10.0
+    """Seconds one dynamic-security round trip may take."""
+
+    reconnect_initial: float = 0.5
+    """Seconds before the first reconnect to the broker; doubled per failure."""
+
+    reconnect_max: float = 15.0
+    """Ceiling in seconds of the reconnect delay."""
+
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    """Capacity and retry policy of the durable outbox."""
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "twins.sqlite3"
+
+
+class _Publisher:
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        await self._client.publish(topic, payload, qos=1, retain=retain)
+
+
+class TwinsService:
+    """Construct, then ``await run()`` inside the daemon's TaskGroup; cancel to stop."""
+
+    def __init__(
+        self, *, settings: TwinsSettings, sender: Sender, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.ready = asyncio.Event()
+        """Set while the agent's broker session is subscribed (cleared when it drops)."""
+        self._store = TwinStore(
+            settings.database, node=settings.node_name, durability=settings.durability
+        )
+        self.outbox = Outbox(
+            store=self._store,
+            sender=sender,
+            settings=settings.outbox,
+            metrics=self.metrics,
+            on_room=self._on_room,
+        )
+        self.twins = TwinService(
+            store=self._store,
+            outbox=self.outbox,
+            models=ModelRegistry.load(settings.models_dir),
+            metrics=self.metrics,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_cloud_change_bytes=settings.max_cloud_change_bytes,
+            clock=clock,
+        )
+        self._dynsec = dynsec.DynsecClient(
+            host=settings.broker_host,
+            port=settings.broker_port,
+            username=settings.admin_username,
+            password=settings.admin_password,
+            timeout=settings.admin_timeout,
+        )
+        self.onboarding = Onboarding(
+            twins=self.twins,
+            store=self._store,
+            outbox=self.outbox,
+            dynsec=self._dynsec,
+            metrics=self.metrics,
+            require_registration=settings.require_registration,
+            max_devices=settings.max_devices,
+            max_request_bytes=settings.max_claim_bytes,
+            clock=clock,
+        )
+        self._claims: asyncio.Queue[bytes] = asyncio.Queue(settings.claim_queue)
+        self._agent_password = secrets.token_urlsafe(24)
+        self._client: aiomqtt.Client | None = None
+
+    @property
+    def origin(self) -> str:
+        """The sync origin of this agent's twin changes (node name and database boot id)."""
+        return self._store.origin
+
+    # ------------------------------------------------------------------ API for the daemon
+
+    async def apply_cloud_change(
+        self, change: Mapping[str, object] | str | bytes
+    ) -> CloudChangeResult:
+        """A change from the cloud: ``{"device": id, "change": TwinChange JSON}`` (idempotent)."""
+        return await self.twins.apply_cloud_change(change)
+
+    def register_claim(self, device_id: str, model: str, claim_secret: str) -> None:
+        """Register a device in advance; it must present `claim_secret` when it claims."""
+        self.onboarding.register_claim(device_id, model, claim_secret)
+
+    async def remove_device(self, device_id: str) -> None:
+        """Revoke a device's broker credential (it is disconnected) and forget its twin."""
+        await self._dynsec.delete_device(device_id)
+        await self.twins.remove_device(device_id)
+
+    async def run(self) -> None:
+        """Set up broker accounts, then serve until cancelled. Closes the store on exit."""
+        try:
+            await self._bootstrap()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.outbox.run(), name="twins.outbox")
+                group.create_task(self._onboarding_loop(), name="twins.onboarding")
+                group.create_task(self._mqtt_loop(), name="twins.mqtt")
+        finally:
+            self._store.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _on_room(self) -> None:
+        self.twins.queue_unsent_availability()
+
+    async def _bootstrap(self) -> None:
+        delay = self.settings.reconnect_initial
+        while True:
+            try:
+                await self._dynsec.ensure_role(dynsec.CLAIM_ROLE, dynsec.claim_acls())
+                await self._dynsec.ensure_client(
+                    self.settings.claim_username, self.settings.claim_password, dynsec.CLAIM_ROLE
+                )
+                await self._dynsec.ensure_role(dynsec.AGENT_ROLE, dynsec.agent_acls())
+                await self._dynsec.ensure_client(
+                    self.settings.agent_username, self._agent_password, dynsec.AGENT_ROLE
+                )
+            except dynsec.DynsecError as exc:
+                log.warning("broker accounts not set up yet (%s); retry in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max)
+            else:
+                log.info("broker accounts ready (claim user %s)", self.settings.claim_username)
+                return
+
+    async def _mqtt_loop(self) -> None:
+        delay = self.settings.reconnect_initial
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("broker session lost: %s; reconnecting in %.1f s", exc, delay)
+            finally:
+                self.ready.clear()
+                self.twins.attach(None)
+                self._client = None
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+    def _new_client(self) -> aiomqtt.Client:
+        settings = self.settings
+        client = aiomqtt.Client(
+            settings.broker_host,
+            settings.broker_port,
+            username=settings.agent_username,
+            password=self._agent_password,
+            identifier=settings.agent_client_id,
+            clean_session=False,
+            keepalive=settings.keepalive,
+            max_queued_incoming_messages=settings.max_queued_messages,
+            will=aiomqtt.Will(topics.AGENT_AVAILABILITY, b"offline", qos=1, retain=True),
+        )
+        # aiomqtt 2.x has no option for it: acknowledge QoS 1 messages only once committed.
+        client._client.manual_ack_set(on=True)  # noqa: SLF001 - paho option aiomqtt does not expose
+        return client
+
+    async def _session(self) -> None:
+        async with self._new_client() as client:
+            self._client = client
+            await client.subscribe([(f, 1) for f in topics.agent_subscriptions()])
+            await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
+            self.twins.attach(_Publisher(client))
+            await self.twins.republish()
+            self.ready.set()
+            log.info("twins: serving %s devices on the broker", len(self.twins.device_ids()))
+            await self._consume(client)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        messages = client.messages
+        while True:
+            batch = [await anext(messages)]
+            while len(messages) and len(batch) < self.settings.max_batch:
+                batch.append(await anext(messages))
+            device_messages: list[tuple[DeviceTopic, bytes]] = []
+            for message in batch:
+                payload = message.payload  # aiomqtt gives bytes for received messages
+                topic = str(message.topic)
+                if topic == topics.PROVISION_REQUEST:
+                    await self._queue_claim(client, payload)
+                elif (where := topics.parse_device_topic(topic)) is not None:
+                    device_messages.append((where, payload))
+            if device_messages:
+                await self.twins.handle_batch(device_messages)
+            for message in batch:
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)  # noqa: SLF001 - see _new_client
+
+    async def _queue_claim(self, client: aiomqtt.Client, payload: bytes) -> None:
+        try:
+            self._claims.put_nowait(payload)
+        except asyncio.QueueFull:
+            log.warning("claim queue full (%s); answering unavailable", self._claims.qsize())
+            answer = self.onboarding.busy_answer(payload)
+            if answer is not None:
+                await client.publish(answer.topic, answer.payload, qos=1)
+
+    async def _onboarding_loop(self) -> None:
+        while True:
+            payload = await self._claims.get()
+            answer = await self.onboarding.handle(payload)
+            client = self._client
+            if answer is None or client is None:
+                continue
+            try:
+                await client.publish(answer.topic, answer.payload, qos=1)
+            except aiomqtt.MqttError as exc:
+                log.warning("claim answer not sent (%s); the device will retry", exc)

@@ -1,0 +1,424 @@
+"""Simulated devices: claim a credential through the real broker, then report valid values.
+
+``main(argv)`` is ``edge-agent simulate``; `claim_device` and `SimulatedDevice` are the same
+device side for tests and the benchmark. A simulated device does what docs/mqtt.md asks of a
+real one: it claims with the shared claim credential, connects with its own credential and a
+retained ``offline`` last will, announces ``online``, and applies desired values it is sent
+(echoing them in its next report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import json
+import logging
+import os
+import random
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from device_models import (
+    DeviceModel,
+    JsonObject,
+    JsonValue,
+    PropertySpec,
+    PropertyType,
+    builtin_model,
+    builtin_models,
+)
+from edge_agent.twins import topics
+from edge_agent.twins.onboarding import open_credential
+from edge_agent.twins.payloads import RequestError, decode_object, encode
+from edge_agent.twins.topics import Op
+
+__all__ = [
+    "ClaimRejectedError",
+    "DeviceCredential",
+    "SimulatedDevice",
+    "claim_device",
+    "main",
+    "random_patch",
+]
+
+log = logging.getLogger("edge_agent.twins.simulator")
+
+Answer = dict[str, Any]  # a decoded JSON object from the agent (loosely typed for callers)
+
+MAX_ANSWER_BYTES = 256 * 1024
+
+
+class ClaimRejectedError(Exception):
+    """The agent refused a claim; `error` is the stable code (docs/mqtt.md)."""
+
+    def __init__(self, answer: JsonObject) -> None:
+        self.answer = answer
+        self.error = str(answer.get("error"))
+        super().__init__(f"claim refused: {self.error}: {answer.get('message')}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceCredential:
+    device_id: str
+    model: str
+    username: str
+    password: str
+    client_id: str
+
+
+async def claim_device(
+    *,
+    host: str,
+    port: int,
+    claim_username: str,
+    claim_password: str,
+    device_id: str,
+    model: str,
+    claim_secret: str | None = None,
+    answer_timeout: float = 15.0,
+) -> DeviceCredential:
+    """Onboard one device; raises ClaimRejectedError with the agent's reason."""
+    rid = secrets.token_urlsafe(16)
+    key = os.urandom(32)
+    request: JsonObject = {
+        "rid": rid,
+        "deviceId": device_id,
+        "model": model,
+        "responseKey": base64.urlsafe_b64encode(key).rstrip(b"=").decode(),
+    }
+    if claim_secret is not None:
+        request["claimSecret"] = claim_secret
+    async with aiomqtt.Client(
+        host,
+        port,
+        username=claim_username,
+        password=claim_password,
+        identifier=f"claim-{secrets.token_hex(6)}",
+        timeout=answer_timeout,
+    ) as client:
+        await client.subscribe(topics.provision_response(rid), qos=1)
+        await client.publish(topics.PROVISION_REQUEST, encode(request), qos=1)
+        async with asyncio.timeout(answer_timeout):
+            message = await anext(aiter(client.messages))
+    answer = decode_object(_payload(message), max_bytes=MAX_ANSWER_BYTES)
+    credential = answer.get("credential")
+    if answer.get("code") != 200 or not isinstance(credential, dict):
+        raise ClaimRejectedError(answer)
+    return DeviceCredential(
+        device_id=device_id,
+        model=model,
+        username=str(answer["username"]),
+        password=open_credential(key, device_id, credential),
+        client_id=str(answer["clientId"]),
+    )
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    return message.payload
+
+
+class SimulatedDevice:
+    """One device's broker session. Use ``async with``; messages are read on demand."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        credential: DeviceCredential,
+        clean_session: bool = True,
+        timeout: float = 15.0,
+    ) -> None:
+        self.credential = credential
+        self.device_id = credential.device_id
+        self.timeout = timeout
+        self._client = aiomqtt.Client(
+            host,
+            port,
+            username=credential.username,
+            password=credential.password,
+            identifier=credential.client_id,
+            clean_session=clean_session,
+            timeout=timeout,
+            will=aiomqtt.Will(self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True),
+        )
+        self._inbox: dict[Op, collections.deque[Answer]] = collections.defaultdict(
+            collections.deque
+        )
+
+    @property
+    def client(self) -> aiomqtt.Client:
+        return self._client
+
+    def topic(self, op: Op) -> str:
+        return topics.device_topic(self.device_id, op)
+
+    async def __aenter__(self) -> Self:
+        await self._client.__aenter__()
+        await self._client.subscribe(
+            [(self.topic(op), 1) for op in (Op.RESULT, Op.DESIRED, Op.DELTA)]
+        )
+        await self._client.publish(self.topic(Op.AVAILABILITY), b"online", qos=1, retain=True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self._client.publish(self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True)
+        await self._client.__aexit__(exc_type, exc, tb)
+
+    async def request(self, op: Op, body: JsonObject) -> Answer:
+        """Publish a request with a fresh rid and wait for its answer."""
+        rid = str(body.get("rid") or secrets.token_urlsafe(12))
+        await self._client.publish(self.topic(op), encode({**body, "rid": rid}), qos=1)
+        return await self.wait_for(Op.RESULT, lambda answer: answer.get("rid") == rid)
+
+    async def report(self, patch: JsonObject, **extra: JsonValue) -> Answer:
+        return await self.request(Op.REPORTED, {"patch": patch, **extra})
+
+    async def get(self) -> Answer:
+        return await self.request(Op.GET, {})
+
+    async def wait_for(
+        self, op: Op, predicate: Callable[[Answer], bool] = lambda _: True
+    ) -> Answer:
+        """The next message on ``twin/<op>`` that matches (earlier non-matching ones are kept)."""
+        async with asyncio.timeout(self.timeout):
+            while True:
+                found = self.take(op, predicate)
+                if found is not None:
+                    return found
+                await self._read_one()
+
+    def take(self, op: Op, predicate: Callable[[Answer], bool] = lambda _: True) -> Answer | None:
+        """A message already received on ``twin/<op>`` that matches, or None."""
+        queue = self._inbox[op]
+        for index, item in enumerate(queue):
+            if predicate(item):
+                del queue[index]
+                return item
+        return None
+
+    async def drain(self) -> None:
+        """Read whatever the broker already delivered (without waiting for more)."""
+        while len(self._client.messages):
+            await self._read_one()
+
+    async def _read_one(self) -> None:
+        message = await anext(aiter(self._client.messages))
+        suffix = str(message.topic).removeprefix(topics.device_prefix(self.device_id) + "/")
+        try:
+            op = Op(suffix)
+            body = decode_object(_payload(message), max_bytes=MAX_ANSWER_BYTES)
+        except (ValueError, RequestError):
+            log.warning("%s: unexpected message on %s", self.device_id, message.topic)
+            return
+        self._inbox[op].append(body)
+
+
+# ---------------------------------------------------------------------- values
+
+
+def random_value(spec: PropertySpec, rng: random.Random) -> JsonValue:
+    """A value that fits `spec` (ranges, enum members, lengths, nested objects)."""
+    if spec.type is PropertyType.BOOL:
+        return rng.random() < 0.5
+    if spec.type is PropertyType.ENUM:
+        return rng.choice(spec.values)
+    if spec.type is PropertyType.STRING:
+        return f"v{rng.randrange(10**6)}"[: spec.max_length or 4096]
+    if spec.type is PropertyType.OBJECT:
+        return {member.name: random_value(member, rng) for member in spec.properties}
+    low = spec.minimum if spec.minimum is not None else 0
+    high = spec.maximum if spec.maximum is not None else low + 1000
+    if spec.type is PropertyType.INT:
+        return rng.randint(int(low), int(high))
+    return round(rng.uniform(float(low), float(high)), 2)
+
+
+def random_patch(model: DeviceModel, rng: random.Random) -> JsonObject:
+    """Telemetry properties each time, plus one random state property now and then."""
+    telemetry = [spec for spec in model.properties if spec.kind == "telemetry"]
+    state = [spec for spec in model.properties if spec.kind != "telemetry"]
+    chosen = list(telemetry)
+    if state and (not telemetry or rng.random() < 0.2):
+        chosen.append(rng.choice(state))
+    return {spec.name: random_value(spec, rng) for spec in chosen}
+
+
+# ---------------------------------------------------------------------- command line
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Options:
+    host: str
+    port: int
+    model: str
+    count: int
+    prefix: str
+    interval: float
+    reports: int
+    claim_username: str
+    claim_password: str
+    credentials: Path | None
+    seed: int | None
+
+
+@dataclass(kw_only=True)
+class _Totals:
+    onboarded: int = 0
+    reports: int = 0
+    rejected: int = 0
+    errors: int = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent simulate",
+        description="Onboard N simulated devices through the broker and report values.",
+    )
+    parser.add_argument(
+        "--model", default="temperature-sensor", help=f"one of {', '.join(builtin_models())}"
+    )
+    parser.add_argument("--count", type=int, default=1, help="devices (default: %(default)s)")
+    parser.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of mosquitto")
+    parser.add_argument("--prefix", default="sim", help="device ids are PREFIX-0, PREFIX-1, ...")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between reports per device"
+    )
+    parser.add_argument(
+        "--reports", type=int, default=0, help="reports per device, 0: until interrupted"
+    )
+    parser.add_argument("--claim-username", default="edgefleet-claim")
+    parser.add_argument(
+        "--claim-password",
+        default=os.environ.get("EDGEFLEET_CLAIM_PASSWORD"),
+        help="the shared claim password (default: $EDGEFLEET_CLAIM_PASSWORD)",
+    )
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        help="JSON file keeping device credentials, so a second run reuses them",
+    )
+    parser.add_argument("--seed", type=int, help="seed for reproducible values")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``edge-agent simulate``; prints one JSON summary line. Exit 0, or 1 on any error."""
+    args = build_parser().parse_args(argv)
+    host, _, port = str(args.broker).rpartition(":")
+    if not host or not port.isdigit() or not args.claim_password:
+        sys.stderr.write("need --broker HOST:PORT and --claim-password (or its variable)\n")
+        return 2
+    options = _Options(
+        host=host,
+        port=int(port),
+        model=args.model,
+        count=args.count,
+        prefix=args.prefix,
+        interval=args.interval,
+        reports=args.reports,
+        claim_username=args.claim_username,
+        claim_password=args.claim_password,
+        credentials=args.credentials,
+        seed=args.seed,
+    )
+    started = time.monotonic()
+    totals = asyncio.run(run_devices(options))
+    summary = {**asdict(totals), "seconds": round(time.monotonic() - started, 3)}
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 1 if totals.errors else 0
+
+
+async def run_devices(options: _Options) -> _Totals:
+    model = builtin_model(options.model)
+    known = _load_credentials(options.credentials)
+    totals = _Totals()
+    credentials: list[DeviceCredential] = []
+    for index in range(options.count):
+        device_id = f"{options.prefix}-{index}"
+        credential = known.get(device_id)
+        if credential is None:
+            try:
+                credential = await claim_device(
+                    host=options.host,
+                    port=options.port,
+                    claim_username=options.claim_username,
+                    claim_password=options.claim_password,
+                    device_id=device_id,
+                    model=options.model,
+                )
+            except (ClaimRejectedError, aiomqtt.MqttError, TimeoutError) as exc:
+                log.error("%s: %s", device_id, exc)  # noqa: TRY400 - the reason is the message
+                totals.errors += 1
+                continue
+            totals.onboarded += 1
+        credentials.append(credential)
+    _save_credentials(options.credentials, {**known, **{c.device_id: c for c in credentials}})
+    async with asyncio.TaskGroup() as group:
+        for index, credential in enumerate(credentials):
+            rng = random.Random(None if options.seed is None else options.seed + index)  # noqa: S311 - simulated values
+            group.create_task(
+                _drive(options, credential, model, rng, totals), name=f"simulate.{index}"
+            )
+    return totals
+
+
+async def _drive(
+    options: _Options,
+    credential: DeviceCredential,
+    model: DeviceModel,
+    rng: random.Random,
+    totals: _Totals,
+) -> None:
+    try:
+        async with SimulatedDevice(
+            host=options.host, port=options.port, credential=credential
+        ) as device:
+            sent = 0
+            while options.reports == 0 or sent < options.reports:
+                await device.drain()
+                patch = random_patch(model, rng)
+                while (delta := device.take(Op.DELTA)) is not None:
+                    wanted = delta.get("delta")
+                    if isinstance(wanted, dict):
+                        patch.update(wanted)  # apply desired values and report them
+                answer = await device.report(patch)
+                sent += 1
+                totals.reports += 1
+                if answer.get("code") != 200:
+                    totals.rejected += 1
+                    log.warning("%s: report refused: %s", device.device_id, answer)
+                await asyncio.sleep(options.interval)
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        log.error("%s: %s", credential.device_id, exc)  # noqa: TRY400 - the reason is the message
+        totals.errors += 1
+
+
+def _load_credentials(path: Path | None) -> dict[str, DeviceCredential]:
+    if path is None or not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {item["device_id"]: DeviceCredential(**item) for item in data}
+
+
+def _save_credentials(path: Path | None, credentials: dict[str, DeviceCredential]) -> None:
+    if path is None:
+        return
+    path.write_text(json.dumps([asdict(c) for c in credentials.values()], indent=1))
+    path.chmod(0o600)

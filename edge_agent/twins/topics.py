@@ -1,0 +1,88 @@
+"""The MQTT topic scheme of device twins (docs/mqtt.md is the reference for device authors).
+
+Everything lives under ``edgefleet/``. Provisioning topics are shared by all claiming devices;
+device topics carry the device id as their third level, and the broker's per-device role
+limits a device to its own subtree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "AGENT_AVAILABILITY",
+    "DEVICE_ID",
+    "PROVISION_REQUEST",
+    "PROVISION_RESPONSE_FILTER",
+    "RID",
+    "DeviceTopic",
+    "Op",
+    "agent_subscriptions",
+    "device_topic",
+    "parse_device_topic",
+    "provision_response",
+]
+
+ROOT = "edgefleet"
+PROVISION_REQUEST = f"{ROOT}/provision/request"
+PROVISION_RESPONSE_FILTER = f"{ROOT}/provision/response/+"
+AGENT_AVAILABILITY = f"{ROOT}/agent/availability"
+
+# Device ids are topic levels and broker usernames: ASCII, no MQTT wildcards or separators.
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Request ids are echoed back and, for provisioning, are a topic level: same safe alphabet.
+RID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class Op(StrEnum):
+    """What a message on a device topic is; the value is the topic suffix."""
+
+    GET = "twin/get"  # device -> agent: {"rid"}
+    REPORTED = "twin/reported"  # device -> agent: {"rid", "patch", "version"?}
+    TELEMETRY = "telemetry"  # device -> agent: {"patch"}; answered only on error
+    AVAILABILITY = "availability"  # device -> broker (retained, last will): online | offline
+    RESULT = "twin/result"  # agent -> device: the answer to get / reported / telemetry
+    DESIRED = "twin/desired"  # agent -> device: {"version", "patch"} in order
+    DELTA = "twin/delta"  # agent -> device (retained): {"version", "delta"}
+
+
+# What a device may publish; everything else under its subtree is written by the agent only.
+DEVICE_PUBLISHES = (Op.GET, Op.REPORTED, Op.TELEMETRY, Op.AVAILABILITY)
+_BY_SUFFIX = {op.value: op for op in DEVICE_PUBLISHES}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    device_id: str
+    op: Op
+
+
+def device_prefix(device_id: str) -> str:
+    return f"{ROOT}/devices/{device_id}"
+
+
+def device_topic(device_id: str, op: Op) -> str:
+    return f"{device_prefix(device_id)}/{op.value}"
+
+
+def provision_response(rid: str) -> str:
+    return f"{ROOT}/provision/response/{rid}"
+
+
+def parse_device_topic(topic: str) -> DeviceTopic | None:
+    """The device and operation of a topic a device publishes on, or None if it is not one."""
+    parts = topic.split("/", 3)
+    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "devices":
+        return None
+    if not DEVICE_ID.fullmatch(parts[2]):
+        return None
+    op = _BY_SUFFIX.get(parts[3])
+    return None if op is None else DeviceTopic(parts[2], op)
+
+
+def agent_subscriptions() -> list[str]:
+    """The filters the agent subscribes to (QoS 1)."""
+    devices = f"{ROOT}/devices/+"
+    return [PROVISION_REQUEST, *(f"{devices}/{op.value}" for op in DEVICE_PUBLISHES)]

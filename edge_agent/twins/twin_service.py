@@ -1,0 +1,572 @@
+"""The edge replica of every device twin: device requests in, cloud changes in, answers out.
+
+Rules (docs/mqtt.md has the wire format):
+
+1. A device's reported patch is checked against its model before anything changes; a bad one
+   gets an error with the path and reason on ``twin/result`` and the twin is untouched.
+2. An accepted patch goes through `device_models.write_change` on the device's edge `Replica`,
+   and the new replica plus the `TwinChange` for the cloud are committed in one SQLite
+   transaction before the device gets its answer (twin_store.py, outbox.py).
+3. Messages are handled in batches (everything already received, up to a cap): one commit per
+   batch, then the answers. A commit failure answers every request of the batch with
+   ``unavailable`` and changes nothing in memory.
+4. A request id (``rid``) makes a request idempotent: the answers to a device's last
+   `MAX_RECENT` request ids are stored with its twin, and a redelivered request gets the stored
+   answer without being applied again.
+5. Cloud changes (`apply_cloud_change`) go through `device_models.apply_change`: exactly once
+   per ``(origin, seq)``, in order, desired won by the cloud and reported by the edge. What
+   actually changed in desired is sent to the device on ``twin/desired`` in order; the
+   retained ``twin/delta`` always holds what the device still has to do, so a device that was
+   away gets it on subscribe.
+6. One lock orders every write and every publish, so retained deltas never go back in time and
+   desired patches reach the broker in the order they were applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+import aiomqtt
+
+from device_models import (
+    MAX_DEPTH,
+    DeviceModel,
+    DeviceModelsError,
+    JsonObject,
+    JsonValue,
+    LimitExceededError,
+    Problem,
+    Section,
+    SequenceGapError,
+    TwinChange,
+    ValidationError,
+    VersionConflictError,
+    apply_change,
+    json_equal,
+    write_change,
+)
+from edge_agent.twins import topics
+from edge_agent.twins.models import ModelRegistry
+from edge_agent.twins.outbox import Metrics, Outbox
+from edge_agent.twins.payloads import (
+    Code,
+    RequestError,
+    decode_object,
+    encode,
+    error_from_model,
+    only_fields,
+    optional_rid,
+)
+from edge_agent.twins.topics import DeviceTopic, Op
+from edge_agent.twins.twin_store import DeviceRecord, DeviceState, StoreWrite, TwinStore
+
+__all__ = [
+    "MAX_RECENT",
+    "CloudChangeError",
+    "CloudChangeResult",
+    "Publisher",
+    "TwinService",
+]
+
+log = logging.getLogger("edge_agent.twins.twin_service")
+
+MAX_RECENT = 16
+_REPORT_FIELDS = frozenset({"rid", "patch", "version"})
+_GET_FIELDS = frozenset({"rid"})
+_AVAILABILITY = (b"online", b"offline")
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None: ...
+
+
+class CloudChangeError(RequestError):
+    """A cloud change that was not applied; `code` says whether to resend (out-of-order)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudChangeResult:
+    device_id: str
+    applied: bool
+    """False: a redelivery (or our own change echoed back); nothing changed."""
+
+    rejected: bool = False
+    """True: the change does not fit the model or the limits here. It was consumed (its
+    sequence number used, its values not applied) and a ``change-rejected`` record went to
+    the outbox; do not resend it."""
+
+    version: int = 0
+    """The section's ``$version`` on the edge afterwards."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(kw_only=True)
+class _Batch:
+    records: dict[str, DeviceRecord] = field(default_factory=dict)
+    write: StoreWrite = field(default_factory=StoreWrite)
+    outgoing: list[_Outgoing] = field(default_factory=list)
+    answered: list[tuple[str, Op, str | None]] = field(default_factory=list)
+    dirty_delta: set[str] = field(default_factory=set)
+    accepted: int = 0
+
+
+class TwinService:
+    def __init__(
+        self,
+        *,
+        store: TwinStore,
+        outbox: Outbox,
+        models: ModelRegistry,
+        metrics: Metrics,
+        max_payload_bytes: int,
+        max_cloud_change_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._models = models
+        self._metrics = metrics
+        self._max_payload = max_payload_bytes
+        self._max_cloud_change = max_cloud_change_bytes
+        self._clock = clock
+        self._devices = {record.device_id: record for record in store.devices()}
+        self._published_delta: dict[str, JsonObject] = {}
+        self._publisher: Publisher | None = None
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, publisher: Publisher | None) -> None:
+        """Use `publisher` for answers (None while the broker connection is down)."""
+        self._publisher = publisher
+        if publisher is None:
+            self._published_delta.clear()
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        return self._devices.get(device_id)
+
+    def device_ids(self) -> list[str]:
+        return sorted(self._devices)
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self._models
+
+    async def republish(self) -> None:
+        """After (re)connecting: put every device's current delta on its retained topic."""
+        async with self._lock:
+            batch = _Batch(dirty_delta=set(self._devices))
+            self._queue_deltas(batch)
+            await self._send(batch.outgoing)
+
+    # ------------------------------------------------------------------ devices
+
+    async def commit_device(self, record: DeviceRecord, *, outbox: list[JsonObject]) -> None:
+        """Write a device row (onboarding) with its outbox records."""
+        async with self._lock:
+            self._store.commit(StoreWrite(devices={record.device_id: record}, outbox=outbox))
+            self._devices[record.device_id] = record
+            self._outbox.notify()
+
+    async def remove_device(self, device_id: str) -> None:
+        """Forget a device and clear its retained topics (its credential is removed elsewhere)."""
+        async with self._lock:
+            record: JsonObject = {
+                "kind": "device-removed",
+                "device": device_id,
+                "at": self._clock(),
+            }
+            self._store.commit(StoreWrite(outbox=[record]))
+            self._store.delete_device(device_id)
+            self._devices.pop(device_id, None)
+            self._published_delta.pop(device_id, None)
+            self._outbox.notify()
+            clear = [
+                _Outgoing(topics.device_topic(device_id, op), b"", retain=True)
+                for op in (Op.DELTA, Op.AVAILABILITY)
+            ]
+            await self._send(clear)
+
+    def queue_unsent_availability(self) -> None:
+        """Outbox has room again: queue availability changes that did not fit before."""
+        for stale in self._store.unsent_availability():
+            record = self._devices.get(stale.device_id, stale)
+            try:
+                self._outbox.check_room(1, availability=True)
+            except RequestError:
+                return
+            updated = dataclasses.replace(record, availability_unsent=False)
+            write = StoreWrite(
+                devices={record.device_id: updated},
+                outbox=[self._availability_record(record.device_id, record.availability)],
+            )
+            self._store.commit(write)
+            self._devices[record.device_id] = updated
+            self._outbox.notify()
+
+    # ------------------------------------------------------------------ device messages
+
+    async def handle_batch(self, messages: list[tuple[DeviceTopic, bytes]]) -> None:
+        """Handle device messages in arrival order with one commit; answer them."""
+        async with self._lock:
+            batch = _Batch()
+            for where, payload in messages:
+                self._handle_one(batch, where, payload)
+            self._queue_deltas(batch)
+            try:
+                self._store.commit(batch.write)
+            except Exception:
+                log.exception(
+                    "twin store commit failed; %s requests answered unavailable", len(messages)
+                )
+                self._answer_storage_failure(batch)
+                await self._send(batch.outgoing)
+                return
+            self._devices.update(batch.records)
+            self._metrics.reports_accepted += batch.accepted
+            if batch.write.outbox:
+                self._outbox.notify()
+            await self._send(batch.outgoing)
+
+    def _handle_one(self, batch: _Batch, where: DeviceTopic, payload: bytes) -> None:
+        rid: str | None = None
+        try:
+            if where.op is Op.AVAILABILITY:
+                self._availability(batch, where.device_id, payload)
+                return
+            record = self._active(batch, where.device_id)
+            data = decode_object(payload, max_bytes=self._max_payload)
+            rid = optional_rid(data)
+            if where.op is Op.GET:
+                only_fields(data, _GET_FIELDS)
+                self._answer(batch, where.device_id, Op.GET, rid, self._twin_answer(record))
+            else:
+                self._report(batch, record, where.op, rid, data)
+        except RequestError as error:
+            self._metrics.reports_rejected += where.op is not Op.GET
+            log.info("%s from %s refused: %s", where.op, where.device_id, error.message)
+            self._answer(batch, where.device_id, where.op, rid, error.to_json(), remember=False)
+        except Exception:
+            log.exception("internal error on %s from %s", where.op, where.device_id)
+            internal = RequestError(Code.INTERNAL, "internal error; the twin is unchanged")
+            self._answer(batch, where.device_id, where.op, rid, internal.to_json(), remember=False)
+
+    def _active(self, batch: _Batch, device_id: str) -> DeviceRecord:
+        record = batch.records.get(device_id) or self._devices.get(device_id)
+        if record is None or record.state is not DeviceState.ACTIVE:
+            raise RequestError(Code.UNKNOWN_DEVICE, f"device {device_id} is not onboarded")
+        return record
+
+    def _model(self, record: DeviceRecord) -> DeviceModel:
+        model = self._models.get(record.model)
+        if model is None:
+            raise RequestError(Code.UNKNOWN_MODEL, f"model {record.model} is not loaded here")
+        return model
+
+    def _report(
+        self, batch: _Batch, record: DeviceRecord, op: Op, rid: str | None, data: JsonObject
+    ) -> None:
+        only_fields(data, _REPORT_FIELDS)
+        if rid is not None and (stored := _recent(record, rid)) is not None:
+            log.debug("redelivered %s %s from %s", op, rid, record.device_id)
+            self._answer(batch, record.device_id, op, rid, stored, remember=False)
+            return
+        patch = data.get("patch")
+        if not isinstance(patch, dict):
+            raise RequestError(Code.BAD_REQUEST, "patch must be a JSON object (a merge patch)")
+        expected = data.get("version")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise RequestError(Code.BAD_REQUEST, "version must be an integer")
+        model = self._model(record)
+        try:
+            checked = model.validate_reported(patch)
+        except ValidationError as error:
+            raise error_from_model(error, Code.INVALID_VALUE) from None
+        except LimitExceededError as error:
+            raise error_from_model(error, Code.TOO_LARGE) from None
+        except DeviceModelsError as error:
+            raise error_from_model(error, Code.BAD_REQUEST) from None
+        replica = record.replica
+        if checked:
+            self._outbox.check_room(len(batch.write.outbox) + 1)
+            try:
+                replica, change = write_change(
+                    replica, Section.REPORTED, checked, now=self._clock(), expected_version=expected
+                )
+            except VersionConflictError as error:
+                raise error_from_model(error, Code.VERSION_CONFLICT) from None
+            except LimitExceededError as error:
+                raise error_from_model(error, Code.TOO_LARGE) from None
+            batch.write.outbox.append(self._change_record(record, change))
+            batch.dirty_delta.add(record.device_id)
+            batch.accepted += 1
+        version = replica.twin.reported.version
+        updated = dataclasses.replace(record, replica=replica)
+        self._stage(batch, updated)
+        answer: JsonObject = {"code": 200, "version": version}
+        self._answer(batch, record.device_id, op, rid, answer, quiet=op is Op.TELEMETRY)
+
+    def _availability(self, batch: _Batch, device_id: str, payload: bytes) -> None:
+        status = payload.strip()
+        if not status:
+            return  # a cleared retained message
+        if status not in _AVAILABILITY:
+            raise RequestError(Code.BAD_REQUEST, "availability must be online or offline")
+        record = self._active(batch, device_id)
+        text = status.decode()
+        if record.availability == text:
+            return  # the retained message replayed when the agent subscribes
+        try:
+            self._outbox.check_room(len(batch.write.outbox) + 1, availability=True)
+        except RequestError:
+            self._metrics.availability_deferred += 1
+            log.error("outbox full: availability %s of %s kept for later", text, device_id)  # noqa: TRY400 - the refusal is expected, a traceback would only add noise
+            self._stage(
+                batch, dataclasses.replace(record, availability=text, availability_unsent=True)
+            )
+            return
+        batch.write.outbox.append(self._availability_record(device_id, text))
+        self._stage(
+            batch, dataclasses.replace(record, availability=text, availability_unsent=False)
+        )
+
+    def _stage(self, batch: _Batch, record: DeviceRecord) -> None:
+        batch.records[record.device_id] = record
+        batch.write.devices[record.device_id] = record
+
+    def _answer(
+        self,
+        batch: _Batch,
+        device_id: str,
+        op: Op,
+        rid: str | None,
+        body: JsonObject,
+        *,
+        remember: bool = True,
+        quiet: bool = False,
+    ) -> None:
+        answer: JsonObject = {"rid": rid, "op": _op_name(op), **body}
+        if rid is None:
+            del answer["rid"]
+        if remember and rid is not None and op is not Op.GET:
+            record = batch.records[device_id]
+            recent = (*record.recent, (rid, answer))[-MAX_RECENT:]
+            self._stage(batch, dataclasses.replace(record, recent=recent))
+        batch.answered.append((device_id, op, rid))
+        if not quiet:
+            topic = topics.device_topic(device_id, Op.RESULT)
+            batch.outgoing.append(_Outgoing(topic, encode(answer)))
+
+    def _answer_storage_failure(self, batch: _Batch) -> None:
+        error = RequestError(Code.UNAVAILABLE, "the agent could not store the change; retry")
+        batch.outgoing = [
+            _Outgoing(
+                topics.device_topic(device_id, Op.RESULT),
+                encode({"rid": rid, "op": _op_name(op), **error.to_json()}),
+            )
+            for device_id, op, rid in batch.answered
+            if rid is not None and op is not Op.AVAILABILITY
+        ]
+
+    def _twin_answer(self, record: DeviceRecord) -> JsonObject:
+        twin = record.replica.twin
+        return {
+            "code": 200,
+            "desired": {**twin.desired.values, "$version": twin.desired.version},
+            "reported": {**twin.reported.values, "$version": twin.reported.version},
+        }
+
+    def _queue_deltas(self, batch: _Batch) -> None:
+        for device_id in sorted(batch.dirty_delta):
+            record = batch.records.get(device_id) or self._devices.get(device_id)
+            if record is None or record.state is not DeviceState.ACTIVE:
+                continue
+            twin = record.replica.twin
+            body: JsonObject = {"version": twin.desired.version, "delta": twin.delta()}
+            if json_equal(self._published_delta.get(device_id), body):
+                continue
+            self._published_delta[device_id] = body
+            topic = topics.device_topic(device_id, Op.DELTA)
+            batch.outgoing.append(_Outgoing(topic, encode(body), retain=True))
+
+    async def _send(self, outgoing: list[_Outgoing]) -> None:
+        publisher = self._publisher
+        if publisher is None or not outgoing:
+            return
+        try:
+            # Tasks start in creation order and each hands its message to the client at once,
+            # so the broker gets them in this order while their acknowledgements overlap.
+            async with asyncio.TaskGroup() as group:
+                for index, message in enumerate(outgoing):
+                    group.create_task(
+                        publisher.publish(message.topic, message.payload, retain=message.retain),
+                        name=f"twins.publish[{index}]",
+                    )
+        except* aiomqtt.MqttError as errors:
+            # The connection loop reconnects and republishes the retained deltas; devices
+            # retry requests whose answer they did not get (their rid makes that safe).
+            log.warning("publishing %s answers failed: %s", len(outgoing), errors.exceptions[0])
+            self._published_delta.clear()
+
+    # ------------------------------------------------------------------ outbox records
+
+    def _change_record(self, record: DeviceRecord, change: TwinChange) -> JsonObject:
+        return {
+            "kind": "twin-change",
+            "device": record.device_id,
+            "model": record.model,
+            "change": change.to_json(),
+        }
+
+    def _availability_record(self, device_id: str, status: str | None) -> JsonObject:
+        return {
+            "kind": "availability",
+            "origin": self._store.origin,
+            "device": device_id,
+            "status": status,
+            "at": self._clock(),
+        }
+
+    # ------------------------------------------------------------------ cloud changes
+
+    async def apply_cloud_change(
+        self, message: Mapping[str, object] | str | bytes
+    ) -> CloudChangeResult:
+        """Apply one change from the cloud: ``{"device": id, "change": TwinChange JSON}``.
+
+        Idempotent: a redelivered change returns ``applied=False`` and changes nothing.
+        Raises CloudChangeError: ``bad-request`` (malformed: drop it), ``unknown-device``
+        (resend after the device is known), ``out-of-order`` (resend the missing ones first).
+        """
+        device_id, change = self._parse_cloud_change(message)
+        async with self._lock:
+            record = self._devices.get(device_id)
+            if record is None or record.state is not DeviceState.ACTIVE:
+                raise CloudChangeError(Code.UNKNOWN_DEVICE, f"device {device_id} is not onboarded")
+            replica = record.replica
+            high_water = replica.applied.get(change.origin, 0)
+            if change.origin == replica.origin or change.seq <= high_water:
+                version = replica.twin.section(change.section).version
+                return CloudChangeResult(device_id=device_id, applied=False, version=version)
+            if change.seq != high_water + 1:
+                error = SequenceGapError(
+                    origin=change.origin, expected=high_water + 1, got=change.seq
+                )
+                raise CloudChangeError(Code.OUT_OF_ORDER, error.summary, error.problems)
+            write = StoreWrite()
+            rejected = False
+            try:
+                _check_values(self._model_of(record), change)
+                result = apply_change(replica, change)
+            except (ValidationError, LimitExceededError) as error:
+                # Dead-letter: use up its sequence number without its values, and tell the
+                # cloud, so that later changes from the same origin are not blocked forever.
+                log.warning(
+                    "cloud change %s#%s for %s rejected: %s",
+                    change.origin,
+                    change.seq,
+                    device_id,
+                    error,
+                )
+                empty = dataclasses.replace(
+                    change, values=MappingProxyType({}), metadata=MappingProxyType({})
+                )
+                result = apply_change(replica, empty)
+                write.outbox.append(_rejected_record(device_id, change, error))
+                rejected = True
+            section = result.replica.twin.section(change.section)
+            if not result.applied:
+                return CloudChangeResult(
+                    device_id=device_id, applied=False, version=section.version
+                )
+            updated = dataclasses.replace(record, replica=result.replica)
+            write.devices[device_id] = updated
+            self._store.commit(write)
+            self._devices[device_id] = updated
+            if write.outbox:
+                self._outbox.notify()
+            batch = _Batch(records={device_id: updated}, dirty_delta={device_id})
+            if change.section is Section.DESIRED and result.patch:
+                body: JsonObject = {"version": section.version, "patch": result.patch}
+                topic = topics.device_topic(device_id, Op.DESIRED)
+                batch.outgoing.append(_Outgoing(topic, encode(body)))
+                self._metrics.desired_delivered += 1
+            self._queue_deltas(batch)
+            await self._send(batch.outgoing)
+            return CloudChangeResult(
+                device_id=device_id, applied=True, rejected=rejected, version=section.version
+            )
+
+    def _parse_cloud_change(
+        self, message: Mapping[str, object] | str | bytes
+    ) -> tuple[str, TwinChange]:
+        if isinstance(message, str | bytes):
+            raw = message.encode() if isinstance(message, str) else message
+            try:
+                data: Mapping[str, object] = decode_object(
+                    raw, max_bytes=self._max_cloud_change, max_depth=MAX_DEPTH + 3
+                )
+            except RequestError as error:
+                raise CloudChangeError(error.code, error.message) from None
+        else:
+            data = message
+        unknown = set(data) - {"device", "change"}
+        device_id = data.get("device")
+        if unknown or not isinstance(device_id, str) or not topics.DEVICE_ID.fullmatch(device_id):
+            raise CloudChangeError(
+                Code.BAD_REQUEST, 'a cloud change is {"device": <device id>, "change": {...}}'
+            )
+        try:
+            change = TwinChange.from_json(data.get("change"))
+        except DeviceModelsError as error:
+            raise CloudChangeError(Code.BAD_REQUEST, error.summary, error.problems) from None
+        return device_id, change
+
+    def _model_of(self, record: DeviceRecord) -> DeviceModel:
+        model = self._models.get(record.model)
+        if model is None:
+            problem = f"model {record.model} is not loaded on this agent"
+            raise ValidationError("unknown model", (Problem(path="model", reason=problem),))
+        return model
+
+
+def _check_values(model: DeviceModel, change: TwinChange) -> None:
+    values = dict(change.values)
+    if change.section is Section.DESIRED:
+        model.validate_desired(values)
+    else:
+        model.validate_reported(values)
+
+
+def _rejected_record(device_id: str, change: TwinChange, error: DeviceModelsError) -> JsonObject:
+    code = Code.TOO_LARGE if isinstance(error, LimitExceededError) else Code.INVALID_VALUE
+    problems: list[JsonValue] = [{"path": p.path, "reason": p.reason} for p in error.problems]
+    return {
+        "kind": "change-rejected",
+        "device": device_id,
+        "origin": change.origin,
+        "seq": change.seq,
+        "section": str(change.section),
+        "error": {"error": str(code), "message": error.summary, "problems": problems},
+    }
+
+
+def _recent(record: DeviceRecord, rid: str) -> JsonObject | None:
+    return next((answer for seen, answer in record.recent if seen == rid), None)
+
+
+def _op_name(op: Op) -> str:
+    return {Op.GET: "get", Op.REPORTED: "reported", Op.TELEMETRY: "telemetry"}.get(op, str(op))

@@ -1,0 +1,147 @@
+"""Onboarding through the real broker: claim credential, per-device credential and ACLs."""
+
+from __future__ import annotations
+
+import aiomqtt
+import pytest
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.twins import topics
+from edge_agent.twins.simulator import ClaimRejectedError
+from edge_agent.twins.topics import Op
+from tests.integration.twins.conftest import TwinsEnv, running, unique
+
+pytestmark = pytest.mark.mqtt
+
+
+def refused(granted: object) -> bool:
+    assert isinstance(granted, list)
+    return all(isinstance(g, ReasonCode) and g.value >= 0x80 for g in granted)
+
+
+async def test_claim_then_report_with_own_credential(twins_env: TwinsEnv) -> None:
+    device_id = unique("sensor")
+    async with running(twins_env.service()) as service:
+        credential = await twins_env.claim(device_id, "temperature-sensor")
+        assert credential.username == f"device:{device_id}"
+        assert credential.client_id == device_id
+        async with twins_env.device(credential) as device:
+            answer = await device.report({"temperature": 21.5, "battery": 80})
+            twin = await device.get()
+        cloud = twins_env.cloud
+        await cloud.wait_until(lambda: len(cloud.applied_changes) == 1)
+    assert answer == {"rid": answer["rid"], "op": "reported", "code": 200, "version": 1}
+    assert twin["reported"] == {"temperature": 21.5, "battery": 80, "$version": 1}
+    assert service.metrics.devices_onboarded == 1
+    [announced] = cloud.kinds("device")
+    assert announced["device"] == device_id
+    assert announced["model"] == "temperature-sensor"
+    assert cloud.replicas[device_id].twin.reported.values == {"temperature": 21.5, "battery": 80}
+
+
+async def test_claim_rejections_name_the_reason(twins_env: TwinsEnv) -> None:
+    taken, registered = unique("taken"), unique("registered")
+    async with running(twins_env.service()) as service:
+        service.register_claim(registered, "relay-switch", "s3cret-printed-on-the-box")
+        await twins_env.claim(taken, "relay-switch")
+        outcomes = {}
+        for name, device_id, model, secret in [
+            ("unknown model", unique("x"), "toaster", None),
+            ("duplicate", taken, "relay-switch", None),
+            ("wrong secret", registered, "relay-switch", "guess"),
+            ("no secret", registered, "relay-switch", None),
+            ("wrong model", registered, "thermostat", "s3cret-printed-on-the-box"),
+        ]:
+            with pytest.raises(ClaimRejectedError) as caught:
+                await twins_env.claim(device_id, model, claim_secret=secret)
+            outcomes[name] = (caught.value.answer["code"], caught.value.error)
+        accepted = await twins_env.claim(
+            registered, "relay-switch", claim_secret="s3cret-printed-on-the-box"
+        )
+    assert outcomes == {
+        "unknown model": (404, "unknown-model"),
+        "duplicate": (409, "duplicate-id"),
+        "wrong secret": (403, "bad-claim"),
+        "no secret": (403, "bad-claim"),
+        "wrong model": (403, "bad-claim"),
+    }
+    assert accepted.device_id == registered
+
+
+async def test_registration_can_be_required(twins_env: TwinsEnv) -> None:
+    async with running(twins_env.service(require_registration=True)):
+        with pytest.raises(ClaimRejectedError) as caught:
+            await twins_env.claim(unique("stranger"), "relay-switch")
+    assert caught.value.error == "bad-claim"
+    assert "not registered" in str(caught.value.answer["message"])
+
+
+async def test_malformed_claim_gets_bad_request(twins_env: TwinsEnv) -> None:
+    settings = twins_env.settings
+    async with (
+        running(twins_env.service()),
+        aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+        ) as client,
+    ):
+        await client.subscribe(topics.provision_response("bad-1"), qos=1)
+        await client.publish(
+            topics.PROVISION_REQUEST, b'{"rid": "bad-1", "deviceId": "a/b", "model": 7}', qos=1
+        )
+        message = await anext(aiter(client.messages))
+    assert b'"error":"bad-request"' in message.payload
+    assert b"deviceId" in message.payload
+
+
+async def test_claim_credential_is_limited_to_provisioning(twins_env: TwinsEnv) -> None:
+    settings = twins_env.settings
+    device_id = unique("victim")
+    async with running(twins_env.service()):
+        credential = await twins_env.claim(device_id, "temperature-sensor")
+        async with aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as intruder:
+            twin_topics = await intruder.subscribe(f"{topics.device_prefix(device_id)}/#", qos=1)
+            everything = await intruder.subscribe("#", qos=1)
+            provisioning = await intruder.subscribe(topics.PROVISION_RESPONSE_FILTER, qos=1)
+            # Refused by the broker: the agent never sees it, so the twin stays empty.
+            await intruder.publish(
+                topics.device_topic(device_id, Op.REPORTED),
+                b'{"rid": "forged", "patch": {"battery": 1}}',
+                qos=1,
+            )
+        async with twins_env.device(credential) as device:
+            twin = await device.get()
+    assert refused(twin_topics)
+    assert refused(everything)
+    assert not refused(provisioning)
+    assert twin["reported"] == {"$version": 0}
+
+
+async def test_device_cannot_use_another_devices_topics(twins_env: TwinsEnv) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    async with running(twins_env.service()):
+        alice_credential = await twins_env.claim(alice, "relay-switch")
+        bob_credential = await twins_env.claim(bob, "relay-switch")
+        async with twins_env.device(alice_credential) as device:
+            snoop = await device.client.subscribe(f"{topics.device_prefix(bob)}/#", qos=1)
+            # Same client, same broker: if the forged report had passed, the agent would have
+            # handled it before this one, which we wait for.
+            await device.client.publish(
+                topics.device_topic(bob, Op.REPORTED),
+                b'{"rid": "forged", "patch": {"on": true}}',
+                qos=1,
+            )
+            own = await device.report({"on": False})
+        async with twins_env.device(bob_credential) as device:
+            bob_twin = await device.get()
+    assert refused(snoop)
+    assert own["code"] == 200
+    assert bob_twin["reported"] == {"$version": 0}

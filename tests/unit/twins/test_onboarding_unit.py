@@ -1,0 +1,58 @@
+"""Claim request parsing and the sealed credential, without a broker."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from edge_agent.twins.onboarding import _parse, b64decode, open_credential, seal_credential
+from edge_agent.twins.payloads import RequestError
+
+KEY = os.urandom(32)
+KEY_TEXT = base64.urlsafe_b64encode(KEY).decode()
+
+
+def test_credential_round_trip_and_binding_to_the_device() -> None:
+    sealed = seal_credential(KEY, "dev-1", "pa55word")
+    assert "pa55word" not in str(sealed)
+    assert open_credential(KEY, "dev-1", sealed) == "pa55word"
+    with pytest.raises(InvalidTag):
+        open_credential(KEY, "dev-2", sealed)
+    with pytest.raises(InvalidTag):
+        open_credential(os.urandom(32), "dev-1", sealed)
+
+
+def test_base64_with_or_without_padding() -> None:
+    assert b64decode(KEY_TEXT) == KEY
+    assert b64decode(KEY_TEXT.rstrip("=")) == KEY
+
+
+def test_parses_a_claim() -> None:
+    claim = _parse("r1", {"rid": "r1", "deviceId": "d-1", "model": "m", "responseKey": KEY_TEXT})
+    assert (claim.device_id, claim.model, claim.secret, claim.key) == ("d-1", "m", None, KEY)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"deviceId": "a/b"}, "deviceId"),
+        ({"deviceId": "#"}, "deviceId"),
+        ({"model": ""}, "model"),
+        ({"responseKey": "c2hvcnQ"}, "responseKey"),
+        ({"responseKey": "!!!"}, "responseKey"),
+        ({"claimSecret": 5}, "claimSecret"),
+        ({"extra": 1}, "unknown field"),
+    ],
+)
+def test_refuses_bad_claims(changes: dict[str, object], needle: str) -> None:
+    data: dict[str, object] = {"rid": "r1", "deviceId": "d", "model": "m", "responseKey": KEY_TEXT}
+    with pytest.raises(RequestError, match=needle):
+        _parse("r1", {**data, **changes})  # type: ignore[dict-item]
+
+
+def test_rid_is_required() -> None:
+    with pytest.raises(RequestError, match="rid"):
+        _parse(None, {})
