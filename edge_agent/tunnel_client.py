@@ -24,6 +24,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.tunnel")
 
 AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
+
+SessionTask = Callable[[TunnelConnection], Awaitable[None]]
 
 
 class TunnelMetrics:
@@ -90,6 +93,10 @@ class TunnelClient:
         self.last_error: str | None = None
         self.attempts = 0
         self._stopping = asyncio.Event()
+        self.session_tasks: dict[str, SessionTask] = {}
+        """Work that needs the tunnel (twin sync, status reports): each runs, under its name,
+        for as long as a session lives, and starts again on the next session. A task that
+        fails is logged and does not end the session."""
 
     # ------------------------------------------------------------------ public
 
@@ -194,12 +201,24 @@ class TunnelClient:
                 group.create_task(self._watch_stop(connection), name="tunnel.stop-watch"),
                 group.create_task(self._rtt(connection), name="tunnel.rtt"),
             ]
+            helpers += [
+                group.create_task(self._guard(name, task, connection), name=f"tunnel.{name}")
+                for name, task in self.session_tasks.items()
+            ]
             await run
             for helper in helpers:
                 helper.cancel()
         self.metrics.connected.set(0)
         ended = connection.termination
         log.info("tunnel down", extra={"kv": {"reason": ended.text if ended else "?"}})
+
+    async def _guard(self, name: str, task: SessionTask, connection: TunnelConnection) -> None:
+        try:
+            await task(connection)
+        except (StreamError, ConnectionError, TimeoutError) as error:
+            log.info("session task %s ended with the session: %s", name, error)
+        except Exception:  # noqa: BLE001 - one part's bug must not drop the tunnel for all
+            log.exception("session task %s failed", name)
 
     async def _watch_stop(self, connection: TunnelConnection) -> None:
         await self._stopping.wait()
