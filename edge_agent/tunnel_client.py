@@ -217,7 +217,7 @@ class TunnelClient:
             await task(connection)
         except (StreamError, ConnectionError, TimeoutError) as error:
             log.info("session task %s ended with the session: %s", name, error)
-        except Exception:  # noqa: BLE001 - one part's bug must not drop the tunnel for all
+        except Exception:  # one part's bug must not drop the tunnel for all (logged)
             log.exception("session task %s failed", name)
 
     async def _watch_stop(self, connection: TunnelConnection) -> None:
