@@ -300,7 +300,12 @@ async def serve(settings: ServerSettings, identity: ServerIdentity) -> None:
     from tunnel_server.tls import server_ssl_context  # noqa: PLC0415 - see above
 
     app = create_app(settings, identity=identity)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_grace,
+        keepalive_timeout=settings.idle_timeout,
+    )
     await runner.setup()
     ssl_context = server_ssl_context(identity.authority)
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)

@@ -71,6 +71,11 @@ class ServerSettings:
     public_name: str = "localhost"
     """DNS name (or IP) agents use to reach this server; goes into the serving certificate."""
 
+    idle_timeout: float = 30.0
+    """Seconds an HTTP connection may sit without a request before it is closed, counted from
+    accept: aiohttp's own default is an hour, which lets idle or stalled clients (slowloris)
+    hold sockets. Upgraded connections (the tunnel, proxied WebSockets) are not affected."""
+
     shutdown_grace: float = 10.0
     """Seconds given to open connections to drain on SIGTERM before they are cut."""
 
