@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime of certificates issued to agents; they renew after 2/3 of it over "
         "their tunnel session (default: 30d)",
     )
+    run.add_argument(
+        "--idle-timeout",
+        type=parse_duration,
+        default=defaults.idle_timeout,
+        metavar="DURATION",
+        help="close HTTP connections that send no request for this long (default: 30s)",
+    )
     init = sub.add_parser(
         "init",
         help="create the CA, store and admin token without serving",
@@ -337,6 +344,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             public_name=args.public_name,
             pki=PkiSettings(client_lifetime=lifetime),
+            idle_timeout=getattr(args, "idle_timeout", ServerSettings().idle_timeout),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 

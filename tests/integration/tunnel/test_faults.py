@@ -6,12 +6,13 @@ import asyncio
 import json
 import shutil
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from edge_agent.identity import Identity
-from tests.harness.fleet import Agent
+from tests.harness.fleet import Agent, Server
 from tests.integration.tunnel.conftest import Fleet, Target
 
 
@@ -128,3 +129,21 @@ async def test_revoked_node_is_cut_off_at_once(fleet: Fleet, target: Target) -> 
     assert wanted in agent.process.tail()
     assert (await get_hello(fleet, "edge-a"))[0] == 200
     assert target.port
+
+
+async def test_a_client_that_never_finishes_its_request_is_dropped(tmp_path: Path) -> None:
+    server = Server(workdir=tmp_path, extra_args=("--idle-timeout", "1s"))
+    server.start()
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=server.ssl_context(), server_hostname="127.0.0.1"
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        await writer.drain()
+        async with asyncio.timeout(15):  # guard only: the server closes after about 1 s
+            assert await reader.read() == b""
+        writer.close()
+        status, _ = server.get("/healthz")
+        assert status == 200, "the server itself is fine"
+    finally:
+        server.stop()
