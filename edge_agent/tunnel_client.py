@@ -66,6 +66,12 @@ class TunnelMetrics:
         self.streams = prometheus_client.Counter(
             "edge_agent_tunnel_streams", "Streams the cloud opened", ["result"], registry=registry
         )
+        self.tasks = prometheus_client.Gauge(
+            "edge_agent_asyncio_tasks",
+            "Live asyncio tasks in the agent: a leak shows as growth at a steady load",
+            registry=registry,
+        )
+        self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.rtt = prometheus_client.Gauge(
             "edge_agent_tunnel_rtt_seconds", "Last keepalive round-trip time", registry=registry
         )

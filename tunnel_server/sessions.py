@@ -7,6 +7,7 @@ the client certificate, never from anything the agent says.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ class SessionMetrics:
             "tunnel_streams", "Open streams over all sessions", registry=registry
         )
         self.streams.set_function(sessions.open_streams)
+        self.tasks = prometheus_client.Gauge(
+            "tunnel_server_asyncio_tasks",
+            "Live asyncio tasks in this process: a leak shows as growth at a steady load",
+            registry=registry,
+        )
+        self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.connects = prometheus_client.Counter(
             "tunnel_session_connects",
             "Sessions opened (first connects and reconnects)",

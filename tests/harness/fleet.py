@@ -204,6 +204,15 @@ class Agent:
             status: dict[str, object] = json.loads(answer.read())
             return status
 
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from the agent's /metrics."""
+        url = f"http://127.0.0.1:{self.local_api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise KeyError(name)
+
     def wait_connected(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         last: object = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
@@ -103,6 +103,9 @@ async def target() -> AsyncIterator[Target]:
 class Fleet:
     server: Server
     agents: dict[str, Agent]
+    baseline_tasks: float = 0.0
+    """The server's asyncio task count right after the agents connected."""
+    agent_baseline_tasks: dict[str, float] = field(default_factory=dict)
 
 
 TARGET_PORT = free_port()
@@ -128,7 +131,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             agents[name] = agent
         for agent in agents.values():
             agent.wait_connected()
-        yield Fleet(server=server, agents=agents)
+        yield Fleet(
+            server=server,
+            agents=agents,
+            baseline_tasks=server.metric("tunnel_server_asyncio_tasks"),
+            agent_baseline_tasks={
+                name: agent.metric("edge_agent_asyncio_tasks") for name, agent in agents.items()
+            },
+        )
     finally:
         for agent in agents.values():
             agent.stop()
