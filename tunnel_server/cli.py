@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="close HTTP connections that send no request for this long (default: 30s)",
     )
+    run.add_argument(
+        "--kube-upstream",
+        type=Path,
+        metavar="KUBECONFIG",
+        help="let nodes reach this cluster's API server through their tunnels, impersonated as "
+        "system:node:NAME (the kubeconfig's user needs the `impersonate` verb)",
+    )
     init = sub.add_parser(
         "init",
         help="create the CA, store and admin token without serving",
@@ -298,7 +305,9 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
         print(line.rstrip())  # noqa: T201 - the command's output
 
 
-async def serve(settings: ServerSettings, identity: ServerIdentity) -> None:
+async def serve(
+    settings: ServerSettings, identity: ServerIdentity, *, kube_upstream: Path | None = None
+) -> None:
     # Imported here, not at the top: aiohttp and prometheus take half a second to import, and
     # only `run` needs them; `token create` and `nodes` stay quick for operators and scripts.
     from aiohttp import web  # noqa: PLC0415 - see above
@@ -307,6 +316,10 @@ async def serve(settings: ServerSettings, identity: ServerIdentity) -> None:
     from tunnel_server.tls import server_ssl_context  # noqa: PLC0415 - see above
 
     app = create_app(settings, identity=identity)
+    if kube_upstream is not None:
+        from tunnel_server import kube_service  # noqa: PLC0415 - see above
+
+        kube_service.setup(app, kubeconfig=kube_upstream)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -352,7 +365,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             if args.command == "run":
                 with contextlib.suppress(KeyboardInterrupt):
-                    asyncio.run(serve(settings, identity))
+                    asyncio.run(serve(settings, identity, kube_upstream=args.kube_upstream))
             else:
                 print(identity.authority.ca_hash())  # noqa: T201 - the command's output
         finally:

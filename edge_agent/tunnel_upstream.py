@@ -1,0 +1,67 @@
+"""An upstream for the kube proxy that is the cloud's API server, reached through the tunnel.
+
+A loopback listener turns each TCP connection of the kube proxy's HTTP client into one tunnel
+stream to the cloud's ``kube`` service, byte for byte. The cloud adds the credentials and
+impersonates this node's verified identity, so nothing secret is kept here. While the tunnel is
+down, connections are refused at once: the kube proxy's health checker sees an unreachable
+upstream and serves from its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from tunnel_aio import StreamError, pipe_socket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from edge_agent.tunnel_client import TunnelClient
+
+log = logging.getLogger("edge_agent.tunnel_upstream")
+
+KUBE_TARGET = "kube"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelUpstream:
+    base_url: str
+    session: aiohttp.ClientSession
+
+
+@contextlib.asynccontextmanager
+async def open_tunnel_upstream(
+    client: TunnelClient, *, open_timeout: float = 5.0
+) -> AsyncIterator[TunnelUpstream]:
+    """Yield an upstream (``base_url`` on loopback, plain HTTP) for ``serve_kube_proxy``."""
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = client.connection
+        if connection is None or connection.terminated:
+            writer.transport.abort()  # the tunnel is down: fail fast, the cache takes over
+            return
+        try:
+            stream = await connection.open_stream(KUBE_TARGET, timeout=open_timeout)
+        except StreamError as error:
+            log.info("kube upstream unavailable: %s", error)
+            writer.transport.abort()
+            return
+        await pipe_socket(stream, reader, writer)
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=open_timeout)
+    )
+    try:
+        yield TunnelUpstream(base_url=f"http://127.0.0.1:{port}", session=session)
+    finally:
+        await session.close()
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,161 @@
+"""A node's kube proxy reaches the cloud's API server through its tunnel, as itself.
+
+Real kube-apiserver, real tunnel-server process (``--kube-upstream``), the agent's tunnel
+client and kube proxy in this process, and the official Python client as the node component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import prometheus_client
+import pytest
+import pytest_asyncio
+from kubernetes import client, config
+
+from edge_agent.kubecache import KubeCacheSettings, serve_kube_proxy
+from edge_agent.kubecache.proxy import KubeProxy
+from edge_agent.settings import JoinSettings, TunnelClientSettings
+from edge_agent.tunnel_client import TunnelClient
+from edge_agent.tunnel_upstream import open_tunnel_upstream
+from tests.harness import kube
+from tests.harness.fleet import Agent, Server
+
+pytestmark = pytest.mark.kube
+
+NODE = "edge-k"
+
+
+@pytest.fixture(scope="module")
+def admin(kube_cluster: kube.ControlPlane) -> Iterator[client.ApiClient]:
+    with config.new_client_from_config(config_file=str(kube_cluster.kubeconfig)) as api:
+        rbac = client.RbacAuthorizationV1Api(api)
+        binding = client.V1ClusterRoleBinding(
+            metadata=client.V1ObjectMeta(name="edgefleet-test-nodes"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="system:node"
+            ),
+            subjects=[
+                client.RbacV1Subject(
+                    api_group="rbac.authorization.k8s.io", kind="Group", name="system:nodes"
+                )
+            ],
+        )
+        with contextlib.suppress(client.ApiException):
+            rbac.create_cluster_role_binding(binding)
+        yield api
+
+
+@dataclass
+class Setup:
+    server: Server
+    proxy: KubeProxy
+    client: TunnelClient
+
+
+@pytest_asyncio.fixture
+async def through_tunnel(
+    tmp_path: Path, kube_cluster: kube.ControlPlane, admin: client.ApiClient
+) -> AsyncIterator[Setup]:
+    assert admin.configuration.host
+    server = Server(workdir=tmp_path, extra_args=("--kube-upstream", str(kube_cluster.kubeconfig)))
+    server.start()
+    agent = Agent(name=NODE, workdir=tmp_path, server=server)
+    agent.join()
+    tunnel = TunnelClient(
+        data_dir=agent.data_dir,
+        settings=TunnelClientSettings(backoff_base=0.1, backoff_cap=0.5),
+        join_settings=JoinSettings(),
+        registry=prometheus_client.CollectorRegistry(),
+    )
+    settings = KubeCacheSettings(
+        cache_dir=tmp_path / "kubecache", port=0, cache_agents=frozenset({"*"})
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(tunnel.run(), name="test.tunnel")
+            await wait_for(lambda: bool(tunnel.status()["connected"]))
+            async with (
+                open_tunnel_upstream(tunnel) as upstream,
+                serve_kube_proxy(settings, upstream) as proxy,
+            ):
+                yield Setup(server=server, proxy=proxy, client=tunnel)
+                tunnel.stop()
+    finally:
+        server.stop()
+
+
+async def wait_for(condition: Callable[[], bool], *, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():  # polling another process's state: there is no event to wait on
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.05)
+
+
+async def who_am_i(proxy_url: str, headers: dict[str, str] | None = None) -> str:
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            proxy_url + "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            json=review,
+            headers=headers or {},
+        ) as answer,
+    ):
+        body = await answer.json()
+    assert answer.status == 201, body
+    return str(body["status"]["userInfo"]["username"])
+
+
+def node_client(proxy_url: str) -> client.CoreV1Api:
+    configuration = client.Configuration()
+    configuration.host = proxy_url
+    return client.CoreV1Api(client.ApiClient(configuration))
+
+
+async def test_node_acts_as_itself_and_cannot_pretend(through_tunnel: Setup) -> None:
+    url = through_tunnel.proxy.url
+    assert await who_am_i(url) == f"system:node:{NODE}"
+    forged = {"Impersonate-User": "admin", "Authorization": "Bearer stolen"}
+    assert await who_am_i(url, forged) == f"system:node:{NODE}"
+
+
+async def test_node_reads_through_the_tunnel_then_from_cache(
+    through_tunnel: Setup, admin: client.ApiClient
+) -> None:
+    core_admin = client.CoreV1Api(admin)
+    namespace = f"tunnel-{int(time.time() * 1000) % 10**8}"
+    core_admin.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="on-edge", labels={"app": "demo"}),
+        spec=client.V1PodSpec(
+            node_name=NODE, containers=[client.V1Container(name="c", image="example/demo:1")]
+        ),
+    )
+    core_admin.create_namespaced_pod(namespace, pod)
+    core = node_client(through_tunnel.proxy.url)
+    try:
+        online = await asyncio.to_thread(
+            core.list_namespaced_pod, namespace, label_selector="app=demo"
+        )
+        assert [p.metadata.name for p in online.items if p.metadata] == ["on-edge"]
+        through_tunnel.server.stop()  # the cloud is gone: the tunnel drops, the cache answers
+        await wait_for(lambda: not through_tunnel.proxy.health.online)
+        offline = await asyncio.to_thread(
+            core.list_namespaced_pod, namespace, label_selector="app=demo"
+        )
+        assert [p.metadata.name for p in offline.items if p.metadata] == ["on-edge"]
+        assert json.dumps(offline.to_dict(), default=str) == json.dumps(
+            online.to_dict(), default=str
+        )
+    finally:
+        core.api_client.close()
+        core_admin.delete_namespace(namespace)
