@@ -146,6 +146,8 @@ class Agent:
     tunnel_options: dict[str, float] = field(default_factory=dict)
     local_api_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
+    token: str | None = None
+    """The bootstrap token this agent joined with (tests check it never shows in a log)."""
 
     @property
     def data_dir(self) -> Path:
@@ -153,6 +155,7 @@ class Agent:
 
     def join(self) -> None:
         token = self.server.cli("token", "create", "--kind", "node", "--name", self.name).strip()
+        self.token = token
         command(
             "edge-agent",
             "join",

@@ -165,3 +165,17 @@ async def test_no_stream_or_task_leaks_after_all_that(fleet: Fleet) -> None:
             break
         await asyncio.sleep(0.1)
     assert all(now <= baseline for now, baseline in counts()), counts()
+
+
+def test_no_secret_reaches_a_log(fleet: Fleet) -> None:
+    secrets = [fleet.server.admin_token, fleet.server.admin_token.partition(".")[2]]
+    for agent in fleet.agents.values():
+        assert agent.token is not None
+        secrets += [agent.token, agent.token.partition(".")[2]]
+    logs = [fleet.server.workdir / "tunnel-server.log"]
+    logs += [fleet.server.workdir / f"agent-{name}.log" for name in fleet.agents]
+    for path in logs:
+        text = path.read_text()
+        leaked = [s[:4] + "..." for s in secrets if s and s in text]
+        assert not leaked, f"{path.name} contains secrets starting {leaked}"
+    assert all(len(s) >= 16 for s in secrets if s), "the check looks for real secrets"
