@@ -6,18 +6,31 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
+import yaml
 from aiohttp import web
 
 from edge_agent import __version__, config, logs, systemd
 from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
-from edge_agent.local_api import create_app
+from edge_agent.kubecache import (
+    KubeProxy,
+    cache_purge,
+    cache_stats,
+    cache_verify,
+    open_direct_upstream,
+    serve_kube_proxy,
+)
+from edge_agent.kubecache.upstream import KubeconfigError, load_kubeconfig
+from edge_agent.local_api import READY_KEY, create_app
 from edge_agent.settings import AgentSettings, LocalApiSettings
 from edge_agent.tunnel_client import TunnelClient
 
@@ -29,6 +42,18 @@ in a registered cluster. It keeps one outbound tunnel to the cloud, caches Kuber
 so the node keeps working offline, manages device twins over MQTT and reports node status.
 
 Its own health, metrics and status are served on http://127.0.0.1:10267.
+"""
+
+CACHE_DESCRIPTION = """\
+Inspect or clear the local kube proxy's object cache (default <data-dir>/kubecache).
+
+  stats   objects per component and resource, complete lists, pending heartbeats, bytes
+  verify  SQLite integrity, and every entry decodes under the key that names it
+          (exit 0 when sound, 1 when problems were found)
+  purge   delete one component's entries (--component), or the whole cache folder;
+          stop the agent before purging the whole cache
+
+stats and verify are safe while the agent runs (SQLite WAL).
 """
 
 JOIN_DESCRIPTION = """\
@@ -72,7 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"loopback port of the agent's own API (default: {defaults.local_api.port})",
     )
     _add_join_command(sub, defaults)
+    _add_cache_command(sub, defaults)
     return parser
+
+
+def _add_cache_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], defaults: AgentSettings
+) -> None:
+    command = sub.add_parser(
+        "cache",
+        help="inspect, verify or purge the kube object cache",
+        description=CACHE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("action", choices=("stats", "verify", "purge"))
+    command.add_argument(
+        "--config", type=Path, help="the agent's TOML config, if it sets [kube] cache_dir"
+    )
+    command.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"the agent's data dir; the cache is its kubecache folder (default: "
+        f"{defaults.data_dir})",
+    )
+    command.add_argument(
+        "--component",
+        help="only this component (User-Agent up to the first /, e.g. kubelet): stats, purge",
+    )
+    command.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_join_command(
@@ -144,6 +196,41 @@ def cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclasses.dataclass
+class _KubeSection:
+    """The ``kube`` section of /status, whether or not the proxy is serving yet."""
+
+    enabled: bool
+    proxy: KubeProxy | None = None
+
+    def status(self) -> dict[str, object]:
+        if self.proxy is None:
+            return {"enabled": self.enabled, "serving": False}
+        return {"enabled": True, "serving": True, **self.proxy.status()}
+
+
+@contextlib.asynccontextmanager
+async def _kube_proxy(
+    settings: AgentSettings, registry: prometheus_client.CollectorRegistry
+) -> AsyncIterator[KubeProxy | None]:
+    """The kube proxy of ``[kube]`` (None when disabled), until the block exits."""
+    kube = settings.kube
+    if not kube.enabled:
+        yield None
+        return
+    proxy_settings = kube.proxy_settings(settings.data_dir)
+    async with (
+        open_direct_upstream(
+            kube.kubeconfig,
+            context=kube.context or None,
+            server=kube.server or None,
+            connect_timeout=proxy_settings.connect_timeout,
+        ) as upstream,
+        serve_kube_proxy(proxy_settings, upstream, registry=registry) as proxy,
+    ):
+        yield proxy
+
+
 async def run(settings: AgentSettings) -> None:
     registry = prometheus_client.CollectorRegistry()
     client = TunnelClient(
@@ -152,9 +239,11 @@ async def run(settings: AgentSettings) -> None:
         join_settings=settings.join,
         registry=registry,
     )
-    runner = web.AppRunner(
-        create_app(registry=registry, sources={"tunnel": client.status}), handle_signals=False
-    )
+    kube = _KubeSection(enabled=settings.kube.enabled)
+    app = create_app(registry=registry, sources={"tunnel": client.status, "kube": kube.status})
+    if kube.enabled:
+        app[READY_KEY]["kube_proxy"] = False
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.local_api.host, settings.local_api.port).start()
     loop = asyncio.get_running_loop()
@@ -164,10 +253,14 @@ async def run(settings: AgentSettings) -> None:
         "local API listening",
         extra={"kv": {"address": f"{settings.local_api.host}:{settings.local_api.port}"}},
     )
-    systemd.notify("READY=1")
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(client.run(), name="agent.tunnel")
+        async with _kube_proxy(settings, registry) as proxy:
+            if proxy is not None:
+                kube.proxy = proxy
+                app[READY_KEY]["kube_proxy"] = True
+            systemd.notify("READY=1")
+            async with asyncio.TaskGroup() as group:
+                group.create_task(client.run(), name="agent.tunnel")
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopped")
@@ -187,9 +280,91 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(
             settings, local_api=LocalApiSettings(port=args.local_api_port)
         )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(settings))
+    if settings.kube.enabled:
+        try:
+            load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
+        except (KubeconfigError, OSError, yaml.YAMLError) as error:
+            print(  # noqa: T201 - the CLI's answer
+                f"edge-agent: [kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run(settings))
+    except OSError as error:  # a port in use, a data dir we may not write
+        print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        return 1
     return 0
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    settings = config.load(args.config, overrides=overrides)
+    return settings.kube.proxy_settings(settings.data_dir).cache_dir
+
+
+def _stats(directory: Path, component: str | None) -> tuple[dict[str, Any], str, int]:
+    answer = cache_stats(directory)
+    if component:
+        prefix = f"{component}/"
+        per = {k: v for k, v in answer["by_component_resource"].items() if k.startswith(prefix)}
+        answer["by_component_resource"] = per
+        answer["objects"] = sum(per.values())
+        answer["complete_lists"] = [
+            c for c in answer["complete_lists"] if c["key"].startswith(f"c/{prefix}")
+        ]
+    head = (
+        f"cache {directory}: {answer['objects']} objects, "
+        f"{len(answer['complete_lists'])} complete lists, "
+        f"{answer['pending_heartbeats']} pending heartbeats, {answer['bytes']} bytes"
+    )
+    rows = [f"  {name}: {count}" for name, count in answer["by_component_resource"].items()]
+    return answer, "\n".join([head, *rows]), 0
+
+
+def _verify(directory: Path) -> tuple[dict[str, Any], str, int]:
+    report = cache_verify(directory)
+    answer = {
+        "directory": str(directory),
+        "checked": report.checked,
+        "ok": report.ok,
+        "problems": report.problems,
+    }
+    verdict = "sound" if report.ok else f"{len(report.problems)} problem(s)"
+    lines = [f"cache {directory}: {report.checked} entries checked, {verdict}"]
+    lines += [f"  {problem}" for problem in report.problems]
+    return answer, "\n".join(lines), 0 if report.ok else 1
+
+
+def _purge(directory: Path, component: str | None) -> tuple[dict[str, Any], str, int]:
+    removed = cache_purge(directory, component=component)
+    answer = {"directory": str(directory), "component": component, "removed": removed}
+    if component:
+        return answer, f"removed {removed} entries of {component} from {directory}", 0
+    return answer, f"removed the cache folder {directory}", 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``edge-agent cache stats|verify|purge``: exit 0 done, 1 problems found, 2 unusable."""
+    try:
+        directory = _cache_dir(args)
+    except config.ConfigError as error:
+        print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        return 2
+    if args.action != "purge" and not directory.is_dir():
+        print(f"edge-agent: no cache at {directory}", file=sys.stderr)  # noqa: T201
+        return 2
+    if args.action == "stats":
+        answer, text, code = _stats(directory, args.component)
+    elif args.action == "verify":
+        answer, text, code = _verify(directory)
+    else:
+        answer, text, code = _purge(directory, args.component)
+    print(json.dumps(answer, sort_keys=True) if args.json else text)  # noqa: T201 - the answer
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "join":
         return cmd_join(args)
+    if args.command == "cache":
+        return cmd_cache(args)
     return 2
 
 

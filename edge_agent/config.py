@@ -14,6 +14,17 @@ Example, with the defaults spelled out::
     [tunnel.targets]          # what the cloud may reach through this node
     kubelet = "127.0.0.1:10250"
     web = "localhost:8080"
+
+    [kube]                    # the local kube proxy for node components
+    enabled = true
+    kubeconfig = "/etc/edge-agent/kube-upstream.conf"
+    port = 10261
+    cache_agents = ["kubelet", "kube-proxy", "flanneld", "coredns"]
+
+    [kube.health]
+    interval = 5.0            # seconds
+
+Every key and its default is in docs/agent-config.md.
 """
 
 from __future__ import annotations
@@ -23,11 +34,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edge_agent.settings import AgentSettings, LocalApiSettings, TunnelClientSettings
+from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
+from edge_agent.settings import AgentSettings, KubeSettings, LocalApiSettings, TunnelClientSettings
 
 MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
 MAX_TARGETS = 256
+MAX_CACHE_AGENTS = 256
+_NOT_IN_CONFIG = frozenset({"host", "cache_dir", "health", "min_file_size", "cache_agents"})
+"""KubeCacheSettings fields the ``[kube]`` table does not set generically: the listener stays
+on loopback, values must stay inside SQLite (atomic), and the rest have their own parsing."""
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -58,8 +74,10 @@ def _targets(raw: object, where: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _fields(cls: type[Any], raw: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name: f for f in dataclasses.fields(cls)}
+def _fields(
+    cls: type[Any], raw: dict[str, Any], where: str, *, skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ConfigError(
@@ -68,7 +86,12 @@ def _fields(cls: type[Any], raw: dict[str, Any], where: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, given in raw.items():
         default = getattr(cls(), name)
-        if isinstance(default, bool) or not isinstance(default, int | float | str | Path):
+        if isinstance(default, bool):
+            if not isinstance(given, bool):
+                raise ConfigError(f"{where}.{name}: expected true or false, got {given!r}")
+            values[name] = given
+            continue
+        if not isinstance(default, int | float | str | Path):
             raise ConfigError(f"{where}.{name}: not settable here")
         value = given
         if isinstance(default, float) and isinstance(given, int) and not isinstance(given, bool):
@@ -81,6 +104,62 @@ def _fields(cls: type[Any], raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}.{name}: must not be negative")
         values[name] = value
     return values
+
+
+def _cache_agents(raw: object, where: str) -> frozenset[str]:
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError(f'{where}: expected a list of component names, e.g. ["kubelet"]')
+    if len(raw) > MAX_CACHE_AGENTS:
+        raise ConfigError(f"{where}: at most {MAX_CACHE_AGENTS} components")
+    for agent in raw:
+        if agent != "*" and (not agent or len(agent) > 64 or not set(agent) <= _NAME_CHARS):
+            raise ConfigError(
+                f'{where}: {agent!r} is not a component name (User-Agent up to the first "/", '
+                'lower case, a-z 0-9 - _ .) nor "*"'
+            )
+    return frozenset(raw)
+
+
+def _check_range(where: str, name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{where}.{name}: must be between {low:g} and {high:g}, got {value:g}")
+
+
+def _kube(raw: dict[str, Any], where: str) -> KubeSettings:
+    """The ``[kube]`` table: the proxy's upstream, listener, cache and ``[kube.health]``."""
+    health_raw = raw.pop("health", {})
+    if not isinstance(health_raw, dict):
+        raise ConfigError(f"{where}.health: expected a table")
+    health_values = _fields(HealthSettings, dict(health_raw), f"{where}.health")
+    for name in ("interval", "timeout"):
+        if name in health_values:
+            _check_range(f"{where}.health", name, health_values[name], 0.01, 3600.0)
+    for name in ("failure_threshold", "success_threshold"):
+        if name in health_values:
+            _check_range(f"{where}.health", name, health_values[name], 1, 1000)
+    proxy_values: dict[str, Any] = {"health": HealthSettings(**health_values)}
+    if "cache_agents" in raw:
+        proxy_values["cache_agents"] = _cache_agents(
+            raw.pop("cache_agents"), f"{where}.cache_agents"
+        )
+    own = {f.name for f in dataclasses.fields(KubeSettings)} - {"proxy"}
+    own_raw = {k: raw.pop(k) for k in list(raw) if k in own}
+    cache_dir = own_raw.pop("cache_dir", None)
+    if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
+        raise ConfigError(f"{where}.cache_dir: expected a folder path")
+    own_values = _fields(KubeSettings, own_raw, where, skip=frozenset({"proxy", "cache_dir"}))
+    tuned = _fields(KubeCacheSettings, raw, where, skip=_NOT_IN_CONFIG)
+    if "port" in tuned:
+        _check_range(where, "port", tuned["port"], 0, 65535)
+    proxy_values.update(tuned)
+    server = str(own_values.get("server", ""))
+    if server and not server.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.server: expected an http(s):// URL, got {server!r}")
+    return KubeSettings(
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        proxy=KubeCacheSettings(**proxy_values),
+        **own_values,
+    )
 
 
 def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> AgentSettings:
@@ -106,6 +185,10 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
     local_api = LocalApiSettings(
         **_fields(LocalApiSettings, dict(raw.pop("local_api", {})), f"{where}: [local_api]")
     )
+    kube_raw = raw.pop("kube", {})
+    if not isinstance(kube_raw, dict):
+        raise ConfigError(f"{where}: [kube] must be a table")
+    kube = _kube(dict(kube_raw), f"{where}: [kube]")
     top = _fields(AgentSettings, raw, where)
     top.update(overrides or {})
-    return AgentSettings(tunnel=tunnel, local_api=local_api, **top)
+    return AgentSettings(tunnel=tunnel, local_api=local_api, kube=kube, **top)

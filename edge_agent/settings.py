@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from edge_agent.kubecache.settings import KubeCacheSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +71,35 @@ class TunnelClientSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class KubeSettings:
+    enabled: bool = False
+    """Off by default: the proxy needs an upstream the operator names (``kubeconfig``); a node
+    without Kubernetes components has nothing to cache."""
+
+    kubeconfig: Path = field(default_factory=lambda: Path("/etc/edge-agent/kube-upstream.conf"))
+    """Kubeconfig of the cloud API server the proxy forwards to (token, client certificate or
+    basic auth); its credentials replace whatever the node components send."""
+
+    context: str = ""
+    """Kubeconfig context to use; empty means its ``current-context``."""
+
+    server: str = ""
+    """Overrides the kubeconfig's server URL (a local relay, or a fault proxy in tests);
+    empty keeps the kubeconfig's."""
+
+    cache_dir: Path | None = None
+    """Folder of the object cache; None means ``<data_dir>/kubecache``, beside the agent's
+    other state, so one folder holds everything that must survive a restart."""
+
+    proxy: KubeCacheSettings = field(default_factory=KubeCacheSettings)
+    """Listener, cached components, bounds, timeouts and health thresholds of the proxy."""
+
+    def proxy_settings(self, data_dir: Path) -> KubeCacheSettings:
+        """The proxy's settings with the cache folder resolved against ``data_dir``."""
+        return replace(self.proxy, cache_dir=self.cache_dir or data_dir / "kubecache")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentSettings:
     data_dir: Path = field(default_factory=lambda: Path("/var/lib/edge-agent"))
     """Folder for the private key, certificate, object cache and outbox; survives restarts."""
@@ -81,3 +112,6 @@ class AgentSettings:
 
     tunnel: TunnelClientSettings = field(default_factory=TunnelClientSettings)
     """The one outbound tunnel session to the cloud."""
+
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    """The local kube proxy and object cache for node components (``127.0.0.1:10261``)."""

@@ -27,7 +27,15 @@ from aiohttp import web
 from edge_agent.kubecache.health import State
 from edge_agent.kubecache.keys import NO_NAMESPACE, Resource, Verb, sort_key
 from edge_agent.kubecache.selectors import SelectorError
-from edge_agent.kubecache.store import CacheStore, Change, Coverage, Scope, meta_of, rv_of
+from edge_agent.kubecache.store import (
+    CacheStore,
+    Change,
+    Coverage,
+    RawPage,
+    Scope,
+    meta_of,
+    rv_of,
+)
 from edge_agent.kubecache.wire import (
     PatchError,
     Representation,
@@ -74,6 +82,7 @@ def is_heartbeat(call: Call) -> bool:
 
 
 async def answer(proxy: KubeProxy, call: Call) -> web.StreamResponse:  # noqa: PLR0911 - one answer per case, flat reads best
+    await proxy.flush_writes()  # answers already sent upstream are in the cache first
     if not call.info.is_resource:
         return await _answer_raw(proxy, call)
     if call.info.verb in {Verb.GET, Verb.LIST}:
@@ -168,9 +177,52 @@ async def _list(proxy: KubeProxy, call: Call) -> web.StreamResponse:
     coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
     if coverage is None:
         return _reject(proxy, call, "no complete list covering this query is cached")
-    items = await proxy.store.run("objects", lambda s: s.objects(scope)) or []
+    page = await proxy.store.run(
+        "list", lambda s: s.list_raw(scope, start=start, limit=max(limit, 0))
+    )
+    if page is None:
+        return _reject(proxy, call, "the cache could not be read")
     proxy.metrics.requests.labels(verb="list", source="cache").inc()
-    return _json(render_list(scope, coverage, items, limit=limit, start=start))
+    return web.Response(body=render_raw_list(coverage, page), content_type="application/json")
+
+
+def render_raw_list(coverage: Coverage, page: RawPage) -> bytes:
+    """The LIST body the API server would give, spliced from the stored JSON texts.
+
+    Stored objects carry ``kind`` and ``apiVersion`` first; built-in lists leave them out of
+    their items, so that prefix is cut off the text (an object stored another way is decoded
+    and re-encoded instead).
+    """
+    metadata: dict[str, Any] = {"resourceVersion": coverage.rv}
+    if page.more:
+        metadata["continue"] = _encode_continue(coverage.rv, page.last_key)
+        if page.remaining > 0:
+            metadata["remainingItemCount"] = page.remaining
+    items = page.items
+    if not coverage.items_have_kind:
+        kind = coverage.list_kind.removesuffix("List")
+        head = (
+            json.dumps(
+                {"kind": kind, "apiVersion": coverage.api_version}, separators=(",", ":")
+            ).encode()[:-1]
+            + b","
+        )
+        items = [_without_kind(text, head) for text in items]
+    envelope = json.dumps(
+        {"kind": coverage.list_kind, "apiVersion": coverage.api_version, "metadata": metadata},
+        separators=(",", ":"),
+    ).encode()
+    return b"".join((envelope[:-1], b',"items":[', b",".join(items), b"]}"))
+
+
+def _without_kind(text: bytes, head: bytes) -> bytes:
+    if text.startswith(head):
+        return b"{" + text[len(head) :]
+    obj = json.loads(text)
+    if isinstance(obj, dict):
+        obj.pop("kind", None)
+        obj.pop("apiVersion", None)
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _locally_applied(

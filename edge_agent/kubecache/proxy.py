@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,9 @@ class KubeProxy:
         self.health = HealthChecker(upstream=upstream, settings=settings.health)
         self.store = AsyncStore(metrics=self.metrics)
         self._paging: OrderedDict[str, _Paging] = OrderedDict()
+        self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(
+            maxsize=settings.max_pending_writes
+        )
         self.url = ""
         self.health.on_change.append(self._on_health_change)
 
@@ -143,7 +146,25 @@ class KubeProxy:
 
     def status(self) -> dict[str, Any]:
         """For the local API's ``/status``: health, cache and where the proxy listens."""
-        return {"url": self.url, "upstream": self.health.snapshot(), "cache": self.store.status()}
+        cache = {**self.store.status(), "queued_writes": self._writes.qsize()}
+        return {"url": self.url, "upstream": self.health.snapshot(), "cache": cache}
+
+    # ------------------------------------------------------------ write-behind
+
+    async def write_loop(self) -> None:
+        """Apply queued write-throughs in order, after their answers went to the client."""
+        while True:
+            job = await self._writes.get()
+            try:
+                await job()
+            except Exception:  # one bad answer must not stop caching the rest
+                log.exception("write-through failed; the cache keeps its previous state")
+            finally:
+                self._writes.task_done()
+
+    async def flush_writes(self) -> None:
+        """Wait until every queued write-through is on disk (before answering from it)."""
+        await self._writes.join()
 
     # ------------------------------------------------------------ request entry
 
@@ -241,26 +262,48 @@ class KubeProxy:
             if not (write_through or caching_raw):
                 self.metrics.requests.labels(verb=call.info.verb.value, source="passthrough").inc()
                 return await self.stream_back(call.request, upstream)
-            data = await self._read_bounded(upstream)
-            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
-            response = web.Response(body=data, status=upstream.status, headers=headers)
+            response, data = await self._stream_and_keep(call.request, upstream)
         self.metrics.requests.labels(verb=call.info.verb.value, source="upstream").inc()
-        if write_through:
-            await self._write_through(call, upstream.status, data)
-        elif upstream.status == 200:
-            await offline.remember_raw(self, call, upstream.headers.get("Content-Type", ""), data)
+        status = upstream.status
+        if data is None:
+            log.info(
+                "%s %s: answer not cached (client left, or too big)",
+                call.request.method,
+                call.request.path,
+            )
+        elif write_through:
+            await self._writes.put(lambda: self._write_through(call, status, data))
+        elif status == 200:
+            content_type = upstream.headers.get("Content-Type", "")
+            await self._writes.put(lambda: offline.remember_raw(self, call, content_type, data))
         return response
 
-    async def _read_bounded(self, upstream: aiohttp.ClientResponse) -> bytes:
+    async def _stream_and_keep(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> tuple[web.StreamResponse, bytes | None]:
+        """Relay the answer as it arrives and keep a copy for the cache (None if too big).
+
+        Streaming, not read-then-send: the client gets a 5,000-pod LIST as fast as without
+        the proxy in between, and the cache write happens after, off the answer's path.
+        """
         limit = self.settings.max_response_bytes
-        chunks: list[bytes] = []
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        chunks: list[bytes] | None = []
         size = 0
-        async for chunk in upstream.content.iter_chunked(256 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise aiohttp.ClientPayloadError(f"upstream answer over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                if chunks is not None:
+                    size += len(chunk)
+                    chunks = chunks if size <= limit else None
+                    if chunks is not None:
+                        chunks.append(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return response, None  # the client left; a partial answer is not cached
+        return response, None if chunks is None else b"".join(chunks)
 
     async def stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse
@@ -288,7 +331,10 @@ class KubeProxy:
         if status not in {200, 201}:
             return
         try:
-            body = json.loads(data)
+            # Off the event loop: a LIST of 5,000 pods is megabytes of JSON.
+            body = (
+                await asyncio.to_thread(json.loads, data) if len(data) > 65536 else json.loads(data)
+            )
         except ValueError:
             return
         if not isinstance(body, dict):
@@ -411,6 +457,7 @@ async def serve_kube_proxy(
             tasks = [
                 group.create_task(proxy.health.run(), name="kubecache.health"),
                 group.create_task(offline.sync_loop(proxy), name="kubecache.sync"),
+                group.create_task(proxy.write_loop(), name="kubecache.write-behind"),
             ]
             try:
                 await proxy.health.wait_known()
@@ -423,6 +470,10 @@ async def serve_kube_proxy(
             except Exception as exc:  # noqa: BLE001 - re-raised below, outside the TaskGroup
                 body_error = exc
             finally:
+                # Answers already sent should reach the disk before we stop (bounded wait).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.request_timeout):
+                        await proxy.flush_writes()
                 for task in tasks:
                     task.cancel()
     finally:

@@ -84,6 +84,10 @@ class KubeCacheSettings:
     max_selector_length: int = 4096
     """Longest label or field selector accepted, in characters."""
 
+    max_pending_writes: int = 256
+    """Write-throughs queued behind answers already sent (the client never waits for the
+    disk); when this many are queued, new answers wait, so memory stays bounded."""
+
     max_paged_lists: int = 64
     """Paged LISTs whose pages are being gathered at once before the set is replaced."""
 

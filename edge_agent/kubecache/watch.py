@@ -263,9 +263,11 @@ class WatchSession:
                 raise GoneError
             await self._send(line)
             raise UpstreamLostError(f"ERROR event: {obj.get('message')}")
-        await self._apply(kind, obj)
+        # Forward first: the client should not wait for the disk. The cache write follows
+        # on this same coroutine, so no later event or offline answer can overtake it.
         if kind != "BOOKMARK" or self.bookmarks:
             await self._send(line)
+        await self._apply(kind, obj)
 
     async def _apply(self, kind: str, obj: dict[str, Any]) -> None:
         proxy, scope = self.proxy, self.scope
@@ -351,6 +353,7 @@ class WatchSession:
     async def _local_phase(self) -> web.StreamResponse | None:
         proxy, scope = self.proxy, self.scope
         if self.response is None:
+            await proxy.flush_writes()
             coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
             if coverage is None:
                 body = offline_status(
