@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING
 import prometheus_client
 from aiohttp import web
 
-from tunnel_server import __version__, join_api, node_proxy, tokens, tunnel_endpoint
+from tunnel_server import (
+    __version__,
+    api,
+    console,
+    join_api,
+    node_proxy,
+    status_service,
+    tokens,
+    tunnel_endpoint,
+)
 from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SETTINGS_KEY
 from tunnel_server.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -86,7 +95,7 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(
     settings: ServerSettings, *, identity: ServerIdentity | None = None
 ) -> web.Application:
-    """The application; with ``identity`` it also serves the CA, join API, tunnel and proxy."""
+    """The application; with ``identity`` also the CA, join API, tunnel, proxy, API, console."""
     app = web.Application(client_max_size=1024 * 1024)
     registry = prometheus_client.CollectorRegistry()
     info = prometheus_client.Info("tunnel_server_build", "Build of this server", registry=registry)
@@ -103,4 +112,7 @@ def create_app(
         join_api.add_routes(app, settings=settings.join, registry=registry)
         tunnel_endpoint.setup(app, tunnel_settings=settings.tunnel)
         node_proxy.setup(app, settings=settings.node_proxy)
+        status_service.setup(app)
+        api.setup(app)
+        console.setup(app)
     return app

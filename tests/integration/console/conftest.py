@@ -1,0 +1,138 @@
+"""A real tunnel server and real joined agents that report node status every second."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.fleet import Agent, Server
+from tests.harness.procs import ManagedProcess, ServiceError
+
+REPO = Path(__file__).resolve().parents[3]
+REPORT_INTERVAL = 1.0
+"""Seconds between the test agents' reports: the server's lease is then its 5 s floor."""
+
+
+@dataclass(kw_only=True)
+class ReportingAgent(Agent):
+    """A joined agent whose process also runs the node status reporter (see agent_proc)."""
+
+    interval: float = REPORT_INTERVAL
+
+    def start(self) -> None:
+        self.process = ManagedProcess(
+            f"edge-agent[{self.name}]",
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.console.agent_proc",
+                "--data-dir",
+                str(self.data_dir),
+                "--local-api-port",
+                str(self.local_api_port),
+                "--interval",
+                str(self.interval),
+            ],
+            log_path=self.workdir / f"agent-{self.name}.log",
+            env={"PYTHONPATH": str(REPO)},
+        )
+
+
+@dataclass(kw_only=True)
+class Api:
+    """A tiny JSON client for the server's REST API (stdlib only: no event loop needed)."""
+
+    server: Server
+    token: str = ""
+    context: ssl.SSLContext = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.context = self.server.ssl_context()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        bearer = self.token if token is None else token
+        if bearer:
+            sent["Authorization"] = f"Bearer {bearer}"
+        request = urllib.request.Request(  # noqa: S310 - our own server
+            self.server.url + path, data=body, method=method, headers=sent
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as answer:  # noqa: S310
+                return answer.status, json.loads(answer.read() or b"{}"), dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            return error.code, json.loads(raw) if raw else {}, dict(error.headers)
+
+    def get(self, path: str) -> dict[str, Any]:
+        status, body, _ = self.call("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.get(f"/api/v1/nodes/{name}")
+
+    def wait_status(self, name: str, status: str, *, within: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = self.node(name)
+            if last["status"] == status:
+                return last
+            time.sleep(0.1)
+        raise AssertionError(f"{name} not {status} within {within} s: {last}")
+
+
+@dataclass
+class ConsoleFleet:
+    server: Server
+    agents: dict[str, ReportingAgent]
+    api: Api
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
+    workdir = tmp_path_factory.mktemp("console")
+    server = Server(workdir=workdir)
+    server.start()
+    agents: dict[str, ReportingAgent] = {}
+    try:
+        for name in ("edge-a", "edge-b"):
+            agent = ReportingAgent(name=name, workdir=workdir, server=server)
+            agent.join()
+            agent.start()
+            agents[name] = agent
+        for agent in agents.values():
+            agent.wait_connected()
+        api = Api(server=server, token=server.admin_token)
+        for name in agents:
+            api.wait_status(name, "online")
+        yield ConsoleFleet(server=server, agents=agents, api=api, workdir=workdir)
+    except ServiceError:
+        for agent in agents.values():
+            if agent.process is not None:
+                print(agent.process.tail())  # noqa: T201 - the failing agent's log
+        raise
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        server.stop()

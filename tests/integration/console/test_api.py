@@ -1,0 +1,157 @@
+"""The REST API against a real server process: auth, errors, limits, nodes, tokens, events."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+from tests.harness.fleet import command
+from tests.integration.console.conftest import ConsoleFleet, ReportingAgent
+
+
+def test_every_call_needs_a_credential(console_fleet: ConsoleFleet) -> None:
+    api = console_fleet.api
+    for path in ("/api/v1/nodes", "/api/v1/overview", "/api/v1/tokens", "/api/v1/events"):
+        status, body, headers = api.call("GET", path, token="")
+        assert status == 401, path
+        assert body["error"] == "unauthenticated"
+        assert "admin-token" in body["message"]
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    status, body, _ = api.call(
+        "GET", "/api/v1/nodes", token="abcdef.wrongwrongwrongwrongwrongwrong12"
+    )
+    assert (status, body["error"]) == (401, "invalid_token")
+    status, body, _ = api.call(
+        "GET", "/api/v1/nodes", headers={"Authorization": "Basic x"}, token=""
+    )
+    assert (status, body["error"]) == (401, "unauthenticated")
+
+
+def test_sessions_expire_and_forgeries_fail(console_fleet: ConsoleFleet) -> None:
+    from tunnel_server.api.auth import SessionSigner  # noqa: PLC0415 - the server's own signer
+
+    api = console_fleet.api
+    status, body, _ = api.call("POST", "/api/v1/sessions")
+    assert status == 201
+    session = body["token"]
+    assert api.call("GET", "/api/v1/nodes", token=session)[0] == 200
+    status, body, _ = api.call("POST", "/api/v1/sessions", token=session)
+    assert (status, body["error"]) == (403, "admin_token_required")
+    forged = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
+    status, body, _ = api.call("GET", "/api/v1/nodes", token=forged)
+    assert (status, body["error"]) == (401, "invalid_session")
+    signer = SessionSigner.load_or_create(console_fleet.server.data_dir)
+    expired, _ = signer.issue(now=time.time() - 7200, ttl=60)
+    status, body, _ = api.call("GET", "/api/v1/nodes", token=expired)
+    assert (status, body["error"]) == (401, "session_expired")
+    assert "sign in again" in body["message"]
+
+
+def test_malformed_and_oversized_requests_get_clear_4xx(console_fleet: ConsoleFleet) -> None:
+    api = console_fleet.api
+    cases = [
+        ("POST", "/api/v1/tokens", b"{not json", 400, "bad_json"),
+        ("POST", "/api/v1/tokens", b"[1, 2]", 400, "bad_json"),
+        ("POST", "/api/v1/tokens", b"", 400, "bad_json"),
+        ("POST", "/api/v1/tokens", b'{"name": "Bad Name!"}', 400, "bad_name"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "ttl_seconds": 1}', 400, "bad_request"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "extra": 1}', 400, "bad_request"),
+        ("POST", "/api/v1/tokens", b'{"name": "' + b"x" * 40_000 + b'"}', 413, "body_too_large"),
+        ("GET", "/api/v1/nodes?limit=0", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/nodes?sort=bogus", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/nodes/NOT_A_NAME", None, 400, "bad_name"),
+        ("GET", "/api/v1/nodes/no-such-node", None, 404, "node_not_found"),
+        ("GET", "/api/v1/nodes/edge-a/history?window=5", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/no-such-thing", None, 404, "not_found"),
+        ("DELETE", "/api/v1/tokens", None, 405, "method_not_allowed"),
+    ]
+    for method, path, body, want, code in cases:
+        status, answer, headers = api.call(method, path, body=body)
+        assert (status, answer.get("error")) == (want, code), (method, path, answer)
+        assert answer["message"], "every error says what to do"
+        assert headers["Content-Type"].startswith("application/json")
+        if want == 405:
+            assert "POST" in headers["Allow"]
+
+
+def test_oversized_body_refused_before_it_is_read(console_fleet: ConsoleFleet) -> None:
+    """A client announcing 1 GB gets 413 at once, without the server reading the body."""
+    server = console_fleet.server
+    context = server.ssl_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(
+            b"POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + server.admin_token.encode() + b"\r\n"
+            b"Content-Length: 1000000000\r\n\r\n{"
+        )
+        head = tls.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+    assert b"body_too_large" in head or b"413" in head
+
+
+def test_nodes_list_detail_and_history(console_fleet: ConsoleFleet) -> None:
+    api = console_fleet.api
+    listing = api.get("/api/v1/nodes?sort=-name")
+    assert [n["name"] for n in listing["nodes"]][:2] == ["edge-b", "edge-a"]
+    assert api.get("/api/v1/nodes?q=edge-a")["total"] == 1
+    node = api.node("edge-a")
+    assert node["status"] == "online"
+    assert node["connected"] is True
+    assert node["lease_seconds"] == 5.0
+    for key in ("cpu.percent", "memory.total", "disk.percent", "load.1", "os.release", "boot.time"):
+        assert key in node["metrics"], key
+    assert node["metrics"]["agent.version"] == node["agent_version"]
+    assert node["cert_expires"] is not None
+    assert node["devices"] is None
+    history = api.get("/api/v1/nodes/edge-a/history?window=3600")
+    assert history["points"], "at least the current minute"
+    point = history["points"][-1]
+    assert point["n"] >= 1
+    assert point["cpu"] is not None
+    assert point["disk"] is not None
+
+
+def test_token_created_over_the_api_joins_a_node(console_fleet: ConsoleFleet) -> None:
+    api = console_fleet.api
+    body = json.dumps({"name": "edge-api", "ttl_seconds": 600}).encode()
+    status, created, _ = api.call("POST", "/api/v1/tokens", body=body)
+    assert status == 201, created
+    assert created["join_command"].startswith("edge-agent join --server ")
+    tokens = api.get("/api/v1/tokens")["tokens"]
+    assert tokens[0]["id"] == created["id"]
+    assert tokens[0]["status"] == "valid"
+    assert created["token"] not in json.dumps(tokens), "secrets are shown once only"
+    agent = ReportingAgent(
+        name="edge-api", workdir=console_fleet.workdir, server=console_fleet.server
+    )
+    command(
+        "edge-agent", "join", "--server", console_fleet.server.url, "--token", created["token"],
+        "--ca-hash", console_fleet.server.ca_hash, "--name", "edge-api",
+        "--data-dir", agent.data_dir,
+    )  # fmt: skip
+    assert api.node("edge-api")["status"] == "unknown", "joined, never reported"
+    assert api.get("/api/v1/tokens")["tokens"][0]["status"] == "used"
+
+
+def test_events_stream_starts_with_a_snapshot(console_fleet: ConsoleFleet) -> None:
+    server = console_fleet.server
+    context = server.ssl_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(
+            b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+            b"Authorization: Bearer " + server.admin_token.encode() + b"\r\n\r\n"
+        )
+        data = b""
+        deadline = time.monotonic() + 10
+        while b"event: nodes" not in data and time.monotonic() < deadline:
+            data += tls.recv(65536)
+    assert b"text/event-stream" in data
+    assert b"event: snapshot" in data
+    assert b"event: nodes" in data, "agents reporting every second produce batches"

@@ -1,0 +1,206 @@
+"""The console in headless Chromium (Debian's package, driven by Playwright).
+
+Against real processes: sign in, watch the node table, kill and restart an agent and see it
+go offline and come back without a reload, open a node page with charts, sign-in errors.
+
+Screenshots of every page go to ``<test_output_dir>/console/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.integration.console.conftest import ConsoleFleet
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def shots(test_output_dir: Path) -> Path:
+    folder = test_output_dir / "console"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser: Browser, console_fleet: ConsoleFleet) -> Iterator[Page]:
+    context = browser.new_context(
+        ignore_https_errors=True,  # the server's certificate is from its own CA
+        base_url=console_fleet.server.url,
+        viewport={"width": 1280, "height": 860},
+    )
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else None,
+    )
+    yield opened
+    context.close()
+    # A CSP violation or a script error shows up here: the console must run clean.
+    assert not [e for e in errors if "401" not in e], errors
+
+
+def sign_in(page: Page, token: str) -> None:
+    page.goto("/")
+    page.fill("#token", token)
+    page.click("#signin-button")
+
+
+def test_bad_token_is_refused_with_a_clear_message(page: Page, shots: Path) -> None:
+    sign_in(page, "abcdef.not-the-admin-token")
+    error = page.locator("#signin-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("That token was not accepted")
+    expect(error).to_contain_text("admin-token")
+    page.screenshot(path=shots / "signin-bad-token.png", full_page=True)
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_sign_in_and_see_the_fleet(page: Page, console_fleet: ConsoleFleet, shots: Path) -> None:
+    sign_in(page, console_fleet.server.admin_token)
+    for name in console_fleet.agents:
+        expect(page.locator(f'tr[data-node="{name}"] .badge')).to_have_text("online")
+    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator('[data-card="online"] .n')).to_have_text("2")
+    stored = page.evaluate("sessionStorage.getItem('edgefleet.session')")
+    assert console_fleet.server.admin_token not in stored, "only a session token is kept"
+    assert page.context.cookies() == []
+    page.screenshot(path=shots / "fleet.png", full_page=True)
+
+    # Filter and sort without a reload.
+    page.fill("#filter", "edge-b")
+    expect(page.locator("tbody tr[data-node]")).to_have_count(1)
+    page.fill("#filter", "")
+    page.click('th[data-field="name"] button')  # already by name: now descending
+    expect(page.locator("tbody tr[data-node]").first).to_have_attribute("data-node", "edge-b")
+    page.select_option("#status-filter", "offline")
+    expect(page.locator("td.empty")).to_contain_text("No node matches")
+    page.select_option("#status-filter", "")
+
+
+def test_node_goes_offline_and_comes_back_live(
+    page: Page, console_fleet: ConsoleFleet, shots: Path
+) -> None:
+    sign_in(page, console_fleet.server.admin_token)
+    badge = page.locator('tr[data-node="edge-b"] .badge')
+    expect(badge).to_have_text("online")
+    agent = console_fleet.agents["edge-b"]
+    assert agent.process is not None
+    page.evaluate("window.__marker = 'same page'")  # gone if the page reloads
+    killed = time.monotonic()
+    agent.process.kill()
+    expect(badge).to_have_text("offline", timeout=15_000)
+    seen_offline = time.monotonic() - killed
+    expect(page.locator('[data-card="offline"] .n')).to_have_text("1")
+    page.screenshot(path=shots / "fleet-node-offline.png", full_page=True)
+    agent.start()
+    agent.wait_connected()
+    expect(badge).to_have_text("online", timeout=15_000)
+    assert page.evaluate("window.__marker") == "same page", "updated live, without a reload"
+    page.screenshot(path=shots / "fleet-node-back.png", full_page=True)
+    assert seen_offline < 15
+
+
+def test_node_page_with_charts(page: Page, console_fleet: ConsoleFleet, shots: Path) -> None:
+    sign_in(page, console_fleet.server.admin_token)
+    page.click('tr[data-node="edge-a"] td.name a')
+    expect(page.locator("#node h1")).to_have_text("edge-a")
+    expect(page.locator("#node-status .badge")).to_have_text("online")
+    expect(page.locator('[data-fact="Kernel"] dd')).not_to_have_text(
+        "\u2013"
+    )  # the console's "no value" dash
+    for series in ("cpu", "memory", "disk"):
+        chart = page.locator(f'figure.chart[data-series="{series}"]')
+        expect(chart).to_be_visible()
+        expect(chart.locator("path.line")).to_have_count(1)
+    assert int(page.locator('figure.chart[data-series="cpu"]').get_attribute("data-points") or 0)
+    expect(page.locator("#devices")).to_be_empty()  # no device data on this server: no section
+    page.screenshot(path=shots / "node.png", full_page=True)
+    page.click('button[data-window="86400"]')
+    expect(page.locator('button[data-window="86400"]')).to_have_attribute("aria-pressed", "true")
+    expect(page.locator('figure.chart[data-series="disk"] path.line')).to_have_count(1)
+
+
+def test_phone_width(browser: Browser, console_fleet: ConsoleFleet, shots: Path) -> None:
+    context = browser.new_context(
+        ignore_https_errors=True,
+        base_url=console_fleet.server.url,
+        viewport={"width": 375, "height": 812},
+        is_mobile=True,
+        has_touch=True,
+    )
+    page = context.new_page()
+    try:
+        sign_in(page, console_fleet.server.admin_token)
+        row = page.locator('tr[data-node="edge-a"]')
+        expect(row.locator(".badge")).to_have_text("online")
+        # Nothing wider than the screen: no sideways scrolling on a phone.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        box = row.bounding_box()
+        assert box is not None
+        assert box["width"] <= 375
+        expect(page.locator("#sort-select")).to_be_visible()
+        page.screenshot(path=shots / "fleet-phone.png", full_page=True)
+        row.locator("td.name a").click()
+        expect(page.locator('figure.chart[data-series="cpu"]')).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.screenshot(path=shots / "node-phone.png", full_page=True)
+    finally:
+        context.close()
+
+
+def test_expired_session_returns_to_sign_in(
+    page: Page, console_fleet: ConsoleFleet, shots: Path
+) -> None:
+    from tunnel_server.api.auth import SessionSigner  # noqa: PLC0415 - the server's own signer
+
+    signer = SessionSigner.load_or_create(console_fleet.server.data_dir)
+    expired, _ = signer.issue(now=time.time() - 3600, ttl=60)
+    page.goto("/")
+    page.evaluate(
+        "token => sessionStorage.setItem('edgefleet.session', JSON.stringify({token}))", expired
+    )
+    page.goto("/#/nodes/edge-a")
+    error = page.locator("#signin-error")
+    expect(error).to_contain_text("Your session expired")
+    assert page.evaluate("sessionStorage.length") == 0
+    page.screenshot(path=shots / "signin-expired.png", full_page=True)
+
+
+def test_security_headers(page: Page) -> None:
+    answer = page.goto("/")
+    assert answer is not None
+    csp = answer.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert "set-cookie" not in answer.headers

@@ -1,0 +1,90 @@
+"""``NodeStatusReporter`` in the test's own event loop, against the real server process.
+
+With a real joined identity: the environment-free way to check what ``edge-agent run`` will do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import prometheus_client
+
+from edge_agent.node_status import NodeStatusReporter, NodeStatusSettings
+from edge_agent.settings import JoinSettings, TunnelClientSettings
+from edge_agent.tunnel_client import TunnelClient
+from tests.harness.fleet import Agent
+from tests.integration.console.conftest import ConsoleFleet
+
+
+async def wait_status(fleet: ConsoleFleet, name: str, status: str, within: float = 20) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + within
+    node: dict = {}  # type: ignore[type-arg]
+    while time.monotonic() < deadline:
+        node = await asyncio.to_thread(fleet.api.node, name)
+        if node["status"] == status:
+            return node
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not {status}: {node}")
+
+
+async def test_reports_then_lease_expiry_then_disconnect(console_fleet: ConsoleFleet) -> None:
+    hang = threading.Event()
+    release = threading.Event()
+
+    def twins() -> dict[str, object]:
+        if hang.is_set():
+            release.wait(30)  # a source that hangs (a stuck disk): reports stop, stream stays
+        return {"devices": 3, "nested": {"ok": True}}
+
+    agent = Agent(name="edge-inproc", workdir=console_fleet.workdir, server=console_fleet.server)
+    await asyncio.to_thread(agent.join)
+    client = TunnelClient(
+        data_dir=agent.data_dir,
+        settings=TunnelClientSettings(backoff_base=0.1, backoff_cap=0.5, drain_grace=2.0),
+        join_settings=JoinSettings(),
+        registry=prometheus_client.CollectorRegistry(),
+    )
+    reporter = NodeStatusReporter(
+        client=client,
+        settings=NodeStatusSettings(interval=0.5, full_every=2.0),
+        data_dir=agent.data_dir,
+        extra_sources={"twins": twins},
+    )
+    async with asyncio.TaskGroup() as group:
+        tunnel = group.create_task(client.run(), name="test.tunnel")
+        reporting = group.create_task(reporter.run(), name="test.reporter")
+        node = await wait_status(console_fleet, "edge-inproc", "online")
+        assert node["metrics"]["twins.devices"] == 3
+        assert node["metrics"]["twins.nested.ok"] is True
+        assert node["metrics"]["node.name"] == "edge-inproc"
+        await asyncio.sleep(2.5)  # past a second full report
+        assert reporter.reports_sent >= 4
+        assert reporter.streams_opened == 1
+        assert reporter.status()["last_error"] is None
+
+        # Reports stop but the stream and the tunnel stay: the lease (5 s floor) runs out.
+        hang.set()
+        stopped = time.monotonic()
+        node = await wait_status(console_fleet, "edge-inproc", "offline")
+        assert time.monotonic() - stopped >= 3.5
+        assert node["connected"] is True
+        assert "no report for" in node["offline_reason"]
+        hang.clear()
+        release.set()
+        await wait_status(console_fleet, "edge-inproc", "online")
+
+        # The reporter task is cancelled: its stream is reset, offline at once.
+        reporting.cancel()
+        node = await wait_status(console_fleet, "edge-inproc", "offline", within=3)
+        assert node["offline_reason"] == "status stream reset by the agent"
+        reporting = group.create_task(reporter.run(), name="test.reporter-again")
+        await wait_status(console_fleet, "edge-inproc", "online")
+        client.stop()  # drains: the reporter ends its stream, the drain does not wait 2 s
+        stop_started = time.monotonic()
+        await tunnel
+        assert time.monotonic() - stop_started < 1.9
+        node = await wait_status(console_fleet, "edge-inproc", "offline", within=5)
+        assert node["offline_reason"] == "status stream ended"
+        reporting.cancel()

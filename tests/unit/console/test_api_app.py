@@ -1,0 +1,127 @@
+"""The API and console in-process (plain HTTP test server): shapes, errors, document, events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from tunnel_server import tokens
+from tunnel_server.app import bootstrap, create_app
+from tunnel_server.settings import ServerSettings
+from tunnel_server.status_service import HISTORY_KEY
+from tunnel_server.store import NodeRecord
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest_asyncio.fixture
+async def client(tmp_path: Path) -> AsyncIterator[Client]:
+    settings = ServerSettings(data_dir=tmp_path, port=1)
+    identity = bootstrap(settings)
+    now = time.time()
+    for name in ("alpha", "beta"):
+        token = tokens.create_token(
+            identity.store, tokens.TokenSpec(kind="node", name=name, ttl=60), now=now
+        )
+        identity.store.redeem_token(
+            token.id,
+            now=now,
+            node=NodeRecord(name=name, kind="node", state="approved", created_at=now),
+        )
+    app = create_app(settings, identity=identity)
+    async with TestClient(TestServer(app)) as test_client:
+        test_client.app[HISTORY_KEY].report(
+            "alpha",
+            kind="full",
+            metrics={"cpu.percent": 12.5, "disk.percent": 95.0},
+            interval=10,
+            now=time.time(),
+        )
+        yield test_client
+    identity.store.close()
+
+
+def admin(tmp_path: Path) -> dict[str, str]:
+    return {"Authorization": "Bearer " + (tmp_path / "admin-token").read_text().strip()}
+
+
+async def test_nodes_and_overview(client: Client, tmp_path: Path) -> None:
+    answer = await client.get("/api/v1/nodes?sort=-cpu_percent", headers=admin(tmp_path))
+    body = await answer.json()
+    assert [n["name"] for n in body["nodes"]] == ["alpha", "beta"]
+    assert body["nodes"][0]["status"] == "online"
+    assert body["nodes"][1]["status"] == "unknown"
+    overview = await (await client.get("/api/v1/overview", headers=admin(tmp_path))).json()
+    assert overview["nodes"]["online"] == 1
+    assert [w["code"] for w in overview["warnings"]] == ["disk_full"]
+    history = await client.get("/api/v1/nodes/alpha/history", headers=admin(tmp_path))
+    points = (await history.json())["points"]
+    assert points[-1]["cpu"] == 12.5
+
+
+async def test_errors_are_json(client: Client, tmp_path: Path) -> None:
+    for path, status, code in (
+        ("/api/v1/nodes", 401, "unauthenticated"),
+        ("/api/v1/whatever", 404, "not_found"),
+    ):
+        answer = await client.get(path)
+        assert answer.status == status
+        assert (await answer.json())["error"] == code
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    answer = await client.put("/api/v1/tokens", headers=admin(tmp_path))
+    assert answer.status == 405
+    assert "GET" in answer.headers["Allow"]
+
+
+async def test_openapi_lists_every_api_route(client: Client) -> None:
+    document = await (await client.get("/api/openapi.json")).json()
+    assert document["openapi"].startswith("3.0")
+    documented = {
+        (method.upper(), path) for path, ops in document["paths"].items() for method in ops
+    }
+    served = {
+        (route.method, route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith("/api/v1/")
+        and route.method != "HEAD"
+        and not route.resource.canonical.startswith(("/api/v1/join", "/api/v1/renew", "/api/v1/ca"))
+        and "/proxy/" not in route.resource.canonical
+    }
+    assert served == documented
+
+
+async def test_console_and_its_headers(client: Client) -> None:
+    page = await client.get("/")
+    assert page.status == 200
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    text = await page.text()
+    assert '<script src="/console/app.js"' in text
+    assert "http://" not in text.replace("http://www.w3.org", "")
+    for name in ("app.js", "app.css", "icon.svg"):
+        asset = await client.get(f"/console/{name}")
+        assert asset.status == 200, name
+        assert "https://" not in await asset.text(), f"{name} must fetch nothing from outside"
+    assert (await client.get("/console/../store.db")).status == 404
+
+
+async def test_events_snapshot_then_changes(client: Client, tmp_path: Path) -> None:
+    answer = await client.get("/api/v1/events", headers=admin(tmp_path))
+    assert answer.headers["Content-Type"].startswith("text/event-stream")
+    seen = b""
+    async with asyncio.timeout(5):
+        while b"event: snapshot" not in seen:
+            seen += await answer.content.readany()
+        client.app[HISTORY_KEY].disconnected(
+            "alpha", now=time.time(), reason="tunnel session closed", source=None
+        )
+        while b'"status":"offline"' not in seen:
+            seen += await answer.content.readany()
+    assert b"event: nodes" in seen
+    answer.close()

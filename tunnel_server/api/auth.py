@@ -1,0 +1,140 @@
+"""Who may call the REST API: the admin token, or a console session made from it.
+
+``Authorization: Bearer <token>`` on every call (no cookies anywhere, so no CSRF surface).
+Two kinds of bearer value are accepted:
+
+* the admin token from the server's data dir (``admin-token``), for scripts and the CLI;
+* a console session token, ``s1.<expiry>.<nonce>.<mac>``, which ``POST /api/v1/sessions``
+  gives in exchange for the admin token. It expires (``ApiSettings.session_ttl``, 8 h), so a
+  browser tab left open does not hold the admin token forever; the console keeps it in
+  ``sessionStorage`` only. The MAC is HMAC-SHA256 under a key kept in the data dir
+  (``console-session-key``, 0600), so sessions survive a server restart and deleting the key
+  file signs every console out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from tunnel_server import tls, tokens
+from tunnel_server.api.errors import ApiError
+from tunnel_server.pki import write_atomic
+
+log = logging.getLogger("tunnel_server.api.auth")
+
+KEY_FILE = "console-session-key"
+_PREFIX = "s1"
+_BEARER_HELP = (
+    "send 'Authorization: Bearer <token>' with the admin token from the server's data dir "
+    "(admin-token) or a console session token from POST /api/v1/sessions"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    kind: str
+    """``admin`` (the admin token) or ``session`` (a console session)."""
+    expires_at: float | None = None
+
+
+class SessionSigner:
+    """Makes and checks console session tokens."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> SessionSigner:
+        path = data_dir / KEY_FILE
+        try:
+            key = bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError):
+            key = secrets.token_bytes(32)
+            write_atomic(path, key.hex().encode() + b"\n", mode=0o600)
+            log.info("created console session key", extra={"kv": {"file": path}})
+        return cls(key)
+
+    def _mac(self, payload: str) -> str:
+        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def issue(self, *, now: float, ttl: float) -> tuple[str, float]:
+        expires = int(now + ttl)
+        payload = f"{_PREFIX}.{expires}.{secrets.token_hex(8)}"
+        return f"{payload}.{self._mac(payload)}", float(expires)
+
+    def check(self, token: str, *, now: float) -> float | None:
+        """The expiry of a genuine token (maybe past); None if it is not one of ours."""
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != _PREFIX or not parts[1].isdigit():
+            return None
+        payload = ".".join(parts[:3])
+        if not hmac.compare_digest(self._mac(payload).encode(), parts[3].encode()):
+            return None
+        del now
+        return float(parts[1])
+
+
+SIGNER_KEY = web.AppKey("session_signer", SessionSigner)
+
+
+def bearer(request: web.Request) -> str:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def is_admin(request: web.Request) -> bool:
+    return tokens.verify_admin_token(request.app[tls.STORE_KEY], bearer(request))
+
+
+def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
+    """The caller, or ApiError 401 that says what to send instead."""
+    token = bearer(request)
+    if not token:
+        raise ApiError(
+            401, "unauthenticated", f"no credentials: {_BEARER_HELP}", headers=_CHALLENGE
+        )
+    if len(token) > 512:
+        raise ApiError(401, "unauthenticated", "bearer token too long", headers=_CHALLENGE)
+    now = time.time() if now is None else now
+    if token.startswith(_PREFIX + "."):
+        expires = request.app[SIGNER_KEY].check(token, now=now)
+        if expires is None:
+            raise ApiError(
+                401,
+                "invalid_session",
+                "this console session is not valid (the server's session key changed?): "
+                "sign in again with the admin token",
+                headers=_CHALLENGE,
+            )
+        if expires <= now:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires))
+            raise ApiError(
+                401,
+                "session_expired",
+                f"this console session expired at {stamp}: sign in again with the admin token",
+                headers=_CHALLENGE,
+            )
+        return Caller(kind="session", expires_at=expires)
+    if tokens.verify_admin_token(request.app[tls.STORE_KEY], token):
+        return Caller(kind="admin")
+    raise ApiError(
+        401,
+        "invalid_token",
+        "that token is not valid: use the admin token from the server's data dir "
+        "(admin-token), e.g. `sudo cat /var/lib/tunnel-server/admin-token`",
+        headers=_CHALLENGE,
+    )
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgefleet"'}

@@ -1,0 +1,431 @@
+"""The OpenAPI 3.0 document of the REST API, served at ``/api/openapi.json``.
+
+Written by hand next to the handlers (``routes.py``) and checked against the running server by
+schemathesis in the integration tests, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from tunnel_server import __version__
+from tunnel_server.api.views import SORT_FIELDS, STATUSES
+from tunnel_server.status_history import SERIES
+
+_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - schema values
+    return {"type": kind, "nullable": True, **extra}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_UNAUTHENTICATED = _error(
+    "No, a wrong or an expired credential (codes: unauthenticated, invalid_token, "
+    "invalid_session, session_expired)"
+)
+
+_TIME = _nullable("string", format="date-time")
+_WARNING = {
+    "type": "object",
+    "required": ["code", "severity", "message"],
+    "properties": {
+        "code": {"type": "string"},
+        "severity": {"type": "string", "enum": ["critical", "warning", "info"]},
+        "message": {"type": "string"},
+    },
+}
+_NODE_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "string"},
+    "kind": {"type": "string", "enum": ["node", "cluster"]},
+    "state": {"type": "string", "enum": ["pending", "approved", "revoked"]},
+    "status": {"type": "string", "enum": list(STATUSES)},
+    "connected": {"type": "boolean", "description": "a tunnel session is live now"},
+    "last_seen": _TIME,
+    "last_report": _TIME,
+    "status_since": _TIME,
+    "offline_reason": _nullable("string"),
+    "agent_version": _nullable("string"),
+    "cert_expires": _TIME,
+    "os": _nullable("string"),
+    "kernel": _nullable("string"),
+    "cpu_percent": _nullable("number"),
+    "memory_percent": _nullable("number"),
+    "disk_percent": _nullable("number"),
+    "load1": _nullable("number"),
+    "rtt_ms": _nullable("number"),
+    "uptime_seconds": _nullable("number"),
+    "warnings": {"type": "array", "items": _ref("Warning")},
+}
+_SCALAR = {
+    "nullable": True,
+    "oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}],
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "stable code for programs"},
+            "message": {"type": "string", "description": "what a person should do"},
+        },
+    },
+    "Warning": _WARNING,
+    "Node": {
+        "type": "object",
+        "required": list(_NODE_PROPERTIES),
+        "properties": _NODE_PROPERTIES,
+    },
+    "NodeDetail": {
+        "allOf": [
+            _ref("Node"),
+            {
+                "type": "object",
+                "required": ["metrics", "devices", "lease_seconds", "report_interval_seconds"],
+                "properties": {
+                    "created_at": _TIME,
+                    "cert_serial": _nullable("string"),
+                    "report_interval_seconds": _nullable("number"),
+                    "lease_seconds": _nullable("number"),
+                    "metrics": {
+                        "type": "object",
+                        "description": "latest reported metrics, 'group.key' -> scalar",
+                        "additionalProperties": _SCALAR,
+                    },
+                    "devices": {
+                        "type": "array",
+                        "nullable": True,
+                        "description": "null when this server runs no device twins",
+                        "items": {"type": "object"},
+                    },
+                },
+            },
+        ]
+    },
+    "NodeList": {
+        "type": "object",
+        "required": ["total", "offset", "nodes"],
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+            "nodes": {"type": "array", "items": _ref("Node")},
+        },
+    },
+    "Overview": {
+        "type": "object",
+        "required": ["generated_at", "nodes", "warnings"],
+        "properties": {
+            "generated_at": {"type": "string", "format": "date-time"},
+            "nodes": {
+                "type": "object",
+                "required": ["total", *STATUSES],
+                "properties": {
+                    name: {"type": "integer", "minimum": 0} for name in ("total", *STATUSES)
+                },
+            },
+            "warnings": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        _ref("Warning"),
+                        {
+                            "type": "object",
+                            "required": ["node"],
+                            "properties": {"node": {"type": "string"}},
+                        },
+                    ]
+                },
+            },
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["node", "window_seconds", "resolution_seconds", "series", "points"],
+        "properties": {
+            "node": {"type": "string"},
+            "window_seconds": {"type": "integer"},
+            "resolution_seconds": {"type": "integer", "enum": [60]},
+            "series": {"type": "array", "items": {"type": "string", "enum": list(SERIES)}},
+            "points": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["t", "n", *SERIES],
+                    "properties": {
+                        "t": {"type": "integer", "description": "UNIX seconds, minute start"},
+                        "n": {"type": "integer", "description": "samples in the minute"},
+                        **{name: _nullable("number") for name in SERIES},
+                    },
+                },
+            },
+        },
+    },
+    "Session": {
+        "type": "object",
+        "required": ["token", "expires_at", "ttl_seconds"],
+        "properties": {
+            "token": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "ttl_seconds": {"type": "number"},
+        },
+    },
+    "Token": {
+        "type": "object",
+        "required": [
+            "id",
+            "kind",
+            "name",
+            "status",
+            "created_at",
+            "expires_at",
+            "used_at",
+            "require_approval",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["node", "cluster"]},
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["valid", "used", "expired"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "used_at": _TIME,
+            "require_approval": {"type": "boolean"},
+        },
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 63},
+            "kind": {"type": "string", "enum": ["node", "cluster"], "default": "node"},
+            "ttl_seconds": {
+                "type": "number",
+                "minimum": 60,
+                "maximum": 30 * 86400,
+                "default": 3600,
+            },
+            "require_approval": {"type": "boolean", "default": False},
+        },
+    },
+    "CreatedToken": {
+        "type": "object",
+        "required": [
+            "id",
+            "token",
+            "kind",
+            "name",
+            "expires_at",
+            "require_approval",
+            "join_command",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "token": {"type": "string", "description": "shown once; only its hash is kept"},
+            "kind": {"type": "string", "enum": ["node", "cluster"]},
+            "name": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "require_approval": {"type": "boolean"},
+            "join_command": {"type": "string"},
+        },
+    },
+}
+
+_NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 63},
+}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    op_id: str,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    auth: bool = True,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
+    if auth:
+        responses["401"] = _UNAUTHENTICATED
+    else:
+        operation["security"] = []
+    if parameters:
+        operation["parameters"] = parameters
+    if body:
+        operation["requestBody"] = {"required": True, "content": {"application/json": body}}
+        responses["400"] = _error("Malformed body (codes: bad_json, bad_request, bad_name)")
+        responses["413"] = _error("Body larger than 16 KiB (code: body_too_large)")
+    return operation
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    query = [
+        {
+            "name": "q",
+            "in": "query",
+            "description": "substring of the node name",
+            "schema": {"type": "string", "maxLength": 100},
+        },
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+        {
+            "name": "sort",
+            "in": "query",
+            "description": "field to sort by; '-' in front for descending (empty values last)",
+            "schema": {
+                "type": "string",
+                "enum": [*SORT_FIELDS, *("-" + f for f in SORT_FIELDS)],
+            },
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000},
+        },
+        {
+            "name": "offset",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+        },
+    ]
+    bad_param = _error("A query parameter out of range (code: bad_parameter)")
+    bad_name = _error("Not a valid node name (code: bad_name) or parameter (bad_parameter)")
+    not_found = _error("No such node (code: node_not_found)")
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "EdgeFleet tunnel server API",
+            "version": __version__,
+            "description": "Nodes, their status and history, bootstrap tokens, and live "
+            "changes. Authenticate with 'Authorization: Bearer <admin token>' or a console "
+            "session token from POST /api/v1/sessions. Errors are JSON "
+            '{"error": code, "message": text}. See docs/api.md.',
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+        },
+        "paths": {
+            "/api/v1/sessions": {
+                "post": _op(
+                    "Exchange the admin token for a console session token",
+                    {
+                        "201": _json(_ref("Session"), "The session token and its expiry"),
+                        "403": _error("A session token cannot make a session"),
+                    },
+                    op_id="createSession",
+                )
+            },
+            "/api/v1/overview": {
+                "get": _op(
+                    "Fleet overview: nodes by status and every warning",
+                    {"200": _json(_ref("Overview"), "The overview")},
+                    op_id="getOverview",
+                )
+            },
+            "/api/v1/nodes": {
+                "get": _op(
+                    "List nodes with their latest status",
+                    {"200": _json(_ref("NodeList"), "One page of nodes"), "400": bad_param},
+                    op_id="listNodes",
+                    parameters=query,
+                )
+            },
+            "/api/v1/nodes/{name}": {
+                "get": _op(
+                    "One node with all its latest metrics",
+                    {
+                        "200": _json(_ref("NodeDetail"), "The node"),
+                        "400": bad_name,
+                        "404": not_found,
+                    },
+                    op_id="getNode",
+                    parameters=[_NAME_PARAM],
+                )
+            },
+            "/api/v1/nodes/{name}/history": {
+                "get": _op(
+                    "Per-minute CPU, memory, disk, load, network and RTT of one node",
+                    {
+                        "200": _json(_ref("History"), "Points, oldest first"),
+                        "400": bad_name,
+                        "404": not_found,
+                    },
+                    op_id="getNodeHistory",
+                    parameters=[
+                        _NAME_PARAM,
+                        {
+                            "name": "window",
+                            "in": "query",
+                            "description": "seconds back from now (at most the retention, 25 h)",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 60,
+                                "maximum": 90000,
+                                "default": 3600,
+                            },
+                        },
+                    ],
+                )
+            },
+            "/api/v1/tokens": {
+                "get": _op(
+                    "List bootstrap tokens (never their secrets), newest first",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["tokens"],
+                                "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
+                            },
+                            "The tokens",
+                        )
+                    },
+                    op_id="listTokens",
+                ),
+                "post": _op(
+                    "Create a single-use bootstrap token for one node name",
+                    {"201": _json(_ref("CreatedToken"), "The token, shown this once")},
+                    op_id="createToken",
+                    body={"schema": _ref("TokenRequest")},
+                ),
+            },
+            "/api/v1/events": {
+                "get": _op(
+                    "Live changes as server-sent events (snapshot, nodes, expired)",
+                    {
+                        "200": {
+                            "description": "An endless text/event-stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "503": _error("Too many live streams (code: too_many_streams)"),
+                    },
+                    op_id="streamEvents",
+                )
+            },
+        },
+    }
+
+
+async def serve(_request: web.Request) -> web.Response:
+    return web.json_response(document(), headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,274 @@
+"""Handlers of the REST API under ``/api/v1/`` (the OpenAPI document is ``openapi.py``)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from tunnel_server import tls, tokens
+from tunnel_server.api.auth import SIGNER_KEY, authenticate, is_admin
+from tunnel_server.api.errors import ApiError, read_json
+from tunnel_server.api.settings import ApiSettings
+from tunnel_server.api.table import NodeTable
+from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
+from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
+from tunnel_server.status_history import SERIES
+from tunnel_server.status_service import HISTORY_KEY
+
+log = logging.getLogger("tunnel_server.api.routes")
+
+API_SETTINGS_KEY = web.AppKey("api_settings", ApiSettings)
+DevicesSource = Callable[[str], list[dict[str, Any]]]
+DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
+"""Optional: the device-twin part registers ``name -> [device, ...]`` here; until then node
+pages say nothing about devices (``"devices": null``)."""
+
+_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
+_TOKEN_FIELDS = frozenset({"name", "kind", "ttl_seconds", "require_approval"})
+
+
+TABLE_KEY = web.AppKey("node_table", NodeTable)
+
+
+def rows(app: web.Application, now: float) -> list[dict[str, Any]]:
+    """Node table rows, ordered by name."""
+    return [row.data for row in app[TABLE_KEY].rows(now)]
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(
+            400, "bad_parameter", f"query parameter {name!r} must be an integer {low}..{high}"
+        )
+    return int(raw)
+
+
+def _choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and raw not in choices:
+        raise ApiError(
+            400, "bad_parameter", f"query parameter {name!r} must be one of {', '.join(choices)}"
+        )
+    return raw
+
+
+def _node_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not _NAME_RE.fullmatch(name):
+        raise ApiError(
+            400,
+            "bad_name",
+            "node names are 1-63 lower-case letters, digits, '-' or '.', starting and ending "
+            "with a letter or digit",
+        )
+    return name
+
+
+# ---------------------------------------------------------------- sessions
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """Exchange the admin token for a console session token."""
+    if not is_admin(request):
+        authenticate(request)  # says what is wrong with what was sent
+        raise ApiError(
+            403,
+            "admin_token_required",
+            "a session is made from the admin token, not from another session: sign in again",
+        )
+    settings = request.app[API_SETTINGS_KEY]
+    token, expires = request.app[SIGNER_KEY].issue(now=time.time(), ttl=settings.session_ttl)
+    log.info("console session created", extra={"kv": {"peer": request.remote}})
+    return web.json_response(
+        {"token": token, "expires_at": iso(expires), "ttl_seconds": settings.session_ttl},
+        status=201,
+    )
+
+
+# ---------------------------------------------------------------- nodes
+
+
+async def get_overview(request: web.Request) -> web.Response:
+    authenticate(request)
+    now = time.time()
+    return web.json_response(overview(rows(request.app, now), now=now))
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    authenticate(request)
+    settings = request.app[API_SETTINGS_KEY]
+    limit = _int_param(request, "limit", 1000, 1, settings.max_page)
+    offset = _int_param(request, "offset", 0, 0, 10**9)
+    status = _choice(request, "status", STATUSES)
+    sort = _choice(request, "sort", SORT_FIELDS + tuple("-" + f for f in SORT_FIELDS))
+    query = request.query.get("q", "")
+    if len(query) > 100:
+        raise ApiError(400, "bad_parameter", "query parameter 'q' is at most 100 characters")
+    now = time.time()
+    found = [
+        row
+        for row in request.app[TABLE_KEY].rows(now)
+        if (status is None or row.data["status"] == status) and query.lower() in row.data["name"]
+    ]
+    if sort:
+        field = sort.lstrip("-")
+        present = [r for r in found if r.data.get(field) is not None]
+        missing = [r for r in found if r.data.get(field) is None]
+        key = sort_key(field)
+        present.sort(key=lambda r: key(r.data), reverse=sort.startswith("-"))
+        found = present + missing
+    page = ",".join(row.text for row in found[offset : offset + limit])
+    body = f'{{"total":{len(found)},"offset":{offset},"nodes":[{page}]}}'
+    return web.Response(text=body, content_type="application/json")
+
+
+async def get_node(request: web.Request) -> web.Response:
+    authenticate(request)
+    name = _node_name(request)
+    node = request.app[tls.STORE_KEY].get_node(name)
+    if node is None:
+        raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
+    now = time.time()
+    live = request.app[HISTORY_KEY].live(name)
+    row = summary(
+        node,
+        live,
+        connected=request.app[SESSIONS_KEY].get(name) is not None,
+        now=now,
+        settings=request.app[API_SETTINGS_KEY],
+    )
+    devices = request.app.get(DEVICES_KEY)
+    lease = None
+    if live is not None and live.last_report is not None:
+        lease = request.app[HISTORY_KEY].lease_for(live.interval)
+    return web.json_response(
+        {
+            **row,
+            "created_at": iso(node.created_at),
+            "cert_serial": node.cert_serial,
+            "report_interval_seconds": live.interval if live is not None else None,
+            "lease_seconds": lease,
+            "metrics": dict(sorted(live.metrics.items())) if live is not None else {},
+            "devices": None if devices is None else devices(name),
+        }
+    )
+
+
+async def node_history(request: web.Request) -> web.Response:
+    authenticate(request)
+    name = _node_name(request)
+    history = request.app[HISTORY_KEY]
+    retention = int(history.settings.history_retention)
+    window = _int_param(request, "window", 3600, 60, retention)
+    if request.app[tls.STORE_KEY].get_node(name) is None:
+        raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
+    now = time.time()
+    points = history.history(name, since=now - window, until=now)
+    return web.json_response(
+        {
+            "node": name,
+            "window_seconds": window,
+            "resolution_seconds": 60,
+            "series": list(SERIES),
+            "points": [{"t": p.minute, "n": p.samples, **p.values} for p in points],
+        }
+    )
+
+
+# ---------------------------------------------------------------- bootstrap tokens
+
+
+def _token_row(record: Any, now: float) -> dict[str, Any]:  # noqa: ANN401 - a TokenRecord
+    state = "used" if record.used_at else ("expired" if record.expires_at <= now else "valid")
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "name": record.name,
+        "status": state,
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "used_at": iso(record.used_at),
+        "require_approval": record.require_approval,
+    }
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    authenticate(request)
+    now = time.time()
+    records = request.app[tls.STORE_KEY].list_tokens()
+    return web.json_response({"tokens": [_token_row(r, now) for r in reversed(records)]})
+
+
+def _token_spec(data: dict[str, Any], max_ttl: float) -> tokens.TokenSpec:
+    unknown = sorted(set(data) - _TOKEN_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"unknown field(s) {', '.join(unknown)}; known: {sorted(_TOKEN_FIELDS)}",
+        )
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ApiError(
+            400,
+            "bad_name",
+            "'name' must be the node's name: 1-63 lower-case letters, digits, '-' or '.', "
+            "starting and ending with a letter or digit",
+        )
+    kind = data.get("kind", "node")
+    if kind not in ("node", "cluster"):
+        raise ApiError(400, "bad_request", "'kind' must be 'node' or 'cluster'")
+    ttl = data.get("ttl_seconds", 3600)
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 60 <= ttl <= max_ttl:
+        raise ApiError(
+            400, "bad_request", f"'ttl_seconds' must be a number of seconds in 60..{max_ttl:.0f}"
+        )
+    approval = data.get("require_approval", False)
+    if not isinstance(approval, bool):
+        raise ApiError(400, "bad_request", "'require_approval' must be true or false")
+    return tokens.TokenSpec(kind=kind, name=name, ttl=float(ttl), require_approval=approval)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    authenticate(request)
+    settings = request.app[SETTINGS_KEY]
+    data = await read_json(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
+    spec = _token_spec(data, settings.join.max_token_ttl)
+    store = request.app[tls.STORE_KEY]
+    now = time.time()
+    token = tokens.create_token(store, spec, now=now)
+    ca_hash = request.app[tls.AUTHORITY_KEY].ca_hash()
+    server = store.get_meta("public_url") or f"https://{settings.public_name}:{settings.port}"
+    return web.json_response(
+        {
+            "id": token.id,
+            "token": str(token),
+            "kind": spec.kind,
+            "name": spec.name,
+            "expires_at": iso(now + spec.ttl),
+            "require_approval": spec.require_approval,
+            "join_command": (
+                f"edge-agent join --server {server} --token {token} --ca-hash {ca_hash}"
+                f" --name {spec.name}"
+            ),
+        },
+        status=201,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/sessions", create_session)
+    app.router.add_get("/api/v1/overview", get_overview)
+    app.router.add_get("/api/v1/nodes", list_nodes)
+    app.router.add_get("/api/v1/nodes/{name}", get_node)
+    app.router.add_get("/api/v1/nodes/{name}/history", node_history)
+    app.router.add_get("/api/v1/tokens", list_tokens)
+    app.router.add_post("/api/v1/tokens", create_token)

@@ -1,0 +1,96 @@
+"""The node table, kept ready: rows are rebuilt only for nodes that changed.
+
+Building a row costs ~50-100 µs (dates, warnings) and reading 1,000 nodes from SQLite ~20 ms,
+so doing both per request made ``GET /api/v1/nodes`` cost ~100 ms at 1,000 nodes. Here:
+
+* node records are re-read when the store's revision moves or every ``record_ttl`` seconds
+  (``last_seen`` and ``agent_version`` change without a revision bump);
+* a row is rebuilt when its node reported, went offline, connected or disconnected, or its
+  record changed; and every row is rebuilt every ``full_refresh`` seconds, so the times in it
+  (uptime, "not seen for") are never older than that;
+* each row keeps its JSON text, so a list response is a join of ready strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunnel_server.api.settings import ApiSettings
+from tunnel_server.api.views import summary
+from tunnel_server.status_history import StatusHistory
+from tunnel_server.store import NodeRecord, Store
+
+
+@dataclass
+class Row:
+    data: dict[str, Any]
+    text: str
+
+
+class NodeTable:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        history: StatusHistory,
+        connected: Callable[[], set[str]],
+        settings: ApiSettings,
+        record_ttl: float = 2.0,
+        full_refresh: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._history = history
+        self._connected_now = connected
+        self._settings = settings
+        self._record_ttl = record_ttl
+        self._full_refresh = full_refresh
+        self._records: dict[str, NodeRecord] = {}
+        self._records_at = -1e18
+        self._revision = -1
+        self._connected: set[str] = set()
+        self._rows: dict[str, Row] = {}
+        self._built_at = -1e18
+        self._dirty: set[str] = set()
+        history.add_listener(self.mark)
+
+    def mark(self, name: str) -> None:
+        self._dirty.add(name)
+
+    def refresh(self, now: float) -> set[str]:
+        """Bring the rows up to date; the names whose row was rebuilt."""
+        revision = self._store.revision()
+        if revision != self._revision or now - self._records_at >= self._record_ttl:
+            records = {node.name: node for node in self._store.list_nodes()}
+            self._dirty |= {n for n, r in records.items() if self._records.get(n) != r}
+            for gone in set(self._records) - set(records):
+                self._rows.pop(gone, None)
+                self._dirty.add(gone)
+            self._records, self._records_at, self._revision = records, now, revision
+        connected = self._connected_now()
+        self._dirty |= connected ^ self._connected
+        self._connected = connected
+        if now - self._built_at >= self._full_refresh:
+            self._dirty |= set(self._records)
+            self._built_at = now
+        changed, self._dirty = self._dirty, set()
+        for name in changed:
+            record = self._records.get(name)
+            if record is None:
+                continue
+            data = summary(
+                record,
+                self._history.live(name),
+                connected=name in connected,
+                now=now,
+                settings=self._settings,
+            )
+            self._rows[name] = Row(data=data, text=json.dumps(data, separators=(",", ":")))
+        return changed
+
+    def rows(self, now: float) -> list[Row]:
+        """Every row, ordered by node name."""
+        self.refresh(now)
+        return [self._rows[name] for name in sorted(self._rows)]

@@ -1,0 +1,563 @@
+// EdgeFleet console. Plain JavaScript, no build step, no third-party code.
+// Every text from the server goes into the page with textContent, never as HTML.
+'use strict';
+
+const SESSION_KEY = 'edgefleet.session';
+const COLUMNS = [
+  { field: 'name', label: 'Node' },
+  { field: 'status', label: 'Status' },
+  { field: 'cpu_percent', label: 'CPU', num: true },
+  { field: 'memory_percent', label: 'Memory', num: true },
+  { field: 'disk_percent', label: 'Disk', num: true },
+  { field: 'agent_version', label: 'Agent' },
+  { field: 'cert_expires', label: 'Cert expires' },
+  { field: 'last_seen', label: 'Last seen' },
+];
+const WINDOWS = [[3600, '1 h'], [6 * 3600, '6 h'], [24 * 3600, '24 h']];
+const CHARTS = [
+  { key: 'cpu', title: 'CPU', unit: '%', max: 100 },
+  { key: 'memory', title: 'Memory', unit: '%', max: 100 },
+  { key: 'disk', title: 'Disk', unit: '%', max: 100 },
+  { key: 'load1', title: 'Load (1 min)', unit: '', max: null },
+];
+
+const state = {
+  nodes: new Map(),
+  overview: null,
+  sort: { field: 'name', dir: 1 },
+  filter: '',
+  status: '',
+  stream: null,
+  retry: 0,
+  window: 3600,
+  historyTimer: null,
+};
+
+// ------------------------------------------------------------------ helpers
+
+function h(tag, attrs, ...children) {
+  const svg = ['svg', 'path', 'line', 'text', 'rect', 'g', 'title'].includes(tag);
+  const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function session() {
+  try {
+    const s = JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
+    return s && typeof s.token === 'string' ? s : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, options = {}, token = null) {
+  const s = session();
+  const bearer = token || (s && s.token);
+  const headers = Object.assign({ Accept: 'application/json' }, options.headers || {});
+  if (bearer) headers.Authorization = 'Bearer ' + bearer;
+  let answer;
+  try {
+    answer = await fetch(path, Object.assign({}, options, { headers, credentials: 'omit', cache: 'no-store' }));
+  } catch (err) {
+    throw new ApiError(0, 'network', 'The server cannot be reached: ' + err.message);
+  }
+  let body = null;
+  try { body = await answer.json(); } catch (_) { body = null; }
+  if (!answer.ok) {
+    const code = (body && body.error) || 'http_' + answer.status;
+    const message = (body && body.message) || answer.statusText || 'request failed';
+    if (answer.status === 401 && !token) signOut(expiredText(code, message));
+    throw new ApiError(answer.status, code, message);
+  }
+  return body;
+}
+
+function expiredText(code, message) {
+  if (code === 'session_expired') return 'Your session expired. Sign in again with the admin token.';
+  return 'You were signed out: ' + message;
+}
+
+const fmt = {
+  pct: (v) => (v === null || v === undefined ? '–' : v.toFixed(v < 10 ? 1 : 0) + '%'),
+  num: (v, d = 2) => (v === null || v === undefined ? '–' : Number(v).toFixed(d)),
+  bytes(v) {
+    if (v === null || v === undefined) return '–';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return v.toFixed(v < 10 && i ? 1 : 0) + ' ' + units[i];
+  },
+  duration(s) {
+    if (s === null || s === undefined) return '–';
+    if (s < 90) return Math.round(s) + ' s';
+    if (s < 5400) return Math.round(s / 60) + ' min';
+    if (s < 172800) return Math.round(s / 3600) + ' h';
+    return Math.round(s / 86400) + ' days';
+  },
+  ago(iso) {
+    if (!iso) return 'never';
+    const s = (Date.now() - Date.parse(iso)) / 1000;
+    return s < 5 ? 'just now' : fmt.duration(s) + ' ago';
+  },
+  until(iso) {
+    if (!iso) return '–';
+    const s = (Date.parse(iso) - Date.now()) / 1000;
+    return s <= 0 ? 'expired' : 'in ' + fmt.duration(s);
+  },
+  time: (iso) => (iso ? new Date(iso).toLocaleString() : '–'),
+};
+
+function badge(status) {
+  return h('span', { class: 'badge ' + status, 'data-status': status }, status);
+}
+
+function meter(value) {
+  if (value === null || value === undefined) return h('span', {}, '–');
+  const width = Math.max(0, Math.min(100, value));
+  const color = value >= 90 ? '#cf222e' : value >= 75 ? '#bf8700' : '#1a7f37';
+  const bar = h('svg', { viewBox: '0 0 100 10', preserveAspectRatio: 'none', 'aria-hidden': 'true' },
+    h('rect', { x: 0, y: 0, width, height: 10, fill: color }));
+  return h('span', {}, h('span', { class: 'meter' }, bar), fmt.pct(value));
+}
+
+function setLive(text, cls) {
+  const el = document.getElementById('live');
+  el.textContent = text;
+  el.className = 'live ' + (cls || '');
+}
+
+// ------------------------------------------------------------------ sign-in
+
+function renderSignIn(message) {
+  stopStream();
+  document.getElementById('nav').hidden = true;
+  const error = h('div', { class: 'error', id: 'signin-error', role: 'alert', hidden: !message }, message || '');
+  const input = h('input', {
+    id: 'token', name: 'token', type: 'password', autocomplete: 'off', spellcheck: 'false',
+    required: true, maxlength: 256, placeholder: 'abc123.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx',
+  });
+  const button = h('button', { class: 'btn', type: 'submit', id: 'signin-button' }, 'Sign in');
+  const form = h('form', { id: 'signin-form', class: 'panel', novalidate: true },
+    h('label', { for: 'token' }, 'Admin token'), input,
+    h('p', { class: 'hint' }, 'The token is in the server\'s data folder: ',
+      h('code', {}, 'cat /var/lib/tunnel-server/admin-token'),
+      '. This tab keeps only a session that expires; closing the tab signs you out.'),
+    error, button);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    if (!token) { showError(error, 'Paste the admin token first.'); return; }
+    button.disabled = true;
+    try {
+      const created = await api('/api/v1/sessions', { method: 'POST' }, token);
+      sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token: created.token, expires_at: created.expires_at }));
+      input.value = '';
+      if (!location.hash || location.hash === '#/signin') location.hash = '#/';
+      route();
+    } catch (err) {
+      const text = err.status === 401 || err.status === 403
+        ? 'That token was not accepted: ' + err.message
+        : err.message;
+      showError(error, text);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  mount(h('section', { class: 'signin' }, h('h1', {}, 'Sign in to EdgeFleet'), form));
+  input.focus();
+}
+
+function showError(el, text) {
+  el.textContent = text;
+  el.hidden = false;
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(SESSION_KEY);
+  state.nodes.clear();
+  state.overview = null;
+  renderSignIn(message || '');
+}
+
+// ------------------------------------------------------------------ live stream
+
+function stopStream() {
+  if (state.stream) state.stream.abort();
+  state.stream = null;
+}
+
+function startStream() {
+  if (state.stream || !session()) return;
+  const controller = new AbortController();
+  state.stream = controller;
+  setLive('connecting…', '');
+  readStream(controller).catch(() => {}).finally(() => {
+    if (state.stream !== controller) return;
+    state.stream = null;
+    if (!session()) return;
+    setLive('reconnecting…', 'off');
+    state.retry = Math.min(state.retry + 1, 5);
+    setTimeout(startStream, 500 * state.retry);
+  });
+}
+
+async function readStream(controller) {
+  const s = session();
+  const answer = await fetch('/api/v1/events', {
+    headers: { Authorization: 'Bearer ' + s.token, Accept: 'text/event-stream' },
+    credentials: 'omit', cache: 'no-store', signal: controller.signal,
+  });
+  if (answer.status === 401) {
+    let body = {};
+    try { body = await answer.json(); } catch (_) { body = {}; }
+    signOut(expiredText(body.error, body.message || 'sign in again'));
+    return;
+  }
+  if (!answer.ok || !answer.body) throw new Error('stream refused: ' + answer.status);
+  const reader = answer.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = 'message';
+      const data = [];
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) name = line.slice(6).trim();
+        else if (line.startsWith('data:')) data.push(line.slice(5).trim());
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join('\n')));
+    }
+  }
+}
+
+function onEvent(name, data) {
+  if (name === 'expired') { signOut(expiredText('session_expired', data.message)); return; }
+  if (name === 'snapshot') state.nodes.clear();
+  if (name === 'snapshot' || name === 'nodes') {
+    for (const row of data.nodes) state.nodes.set(row.name, row);
+    state.overview = data.overview;
+    state.retry = 0;
+    setLive('live', 'on');
+    refresh(new Set(data.nodes.map((r) => r.name)));
+  }
+}
+
+// ------------------------------------------------------------------ fleet page
+
+function renderFleet() {
+  const filter = h('input', {
+    id: 'filter', type: 'search', placeholder: 'Filter by name, OS or version', value: state.filter,
+    'aria-label': 'Filter nodes',
+    oninput: (e) => { state.filter = e.target.value; renderRows(); },
+  });
+  const status = h('select', {
+    id: 'status-filter', 'aria-label': 'Status',
+    onchange: (e) => { state.status = e.target.value; renderRows(); },
+  }, [['', 'All statuses'], ['online', 'Online'], ['offline', 'Offline'], ['unknown', 'Never reported'],
+    ['pending', 'Pending'], ['revoked', 'Revoked']].map(([v, t]) => h('option', { value: v, selected: v === state.status }, t)));
+  const sortSelect = h('select', {
+    id: 'sort-select', 'aria-label': 'Sort by',
+    onchange: (e) => { const [f, d] = e.target.value.split(':'); state.sort = { field: f, dir: Number(d) }; renderRows(); },
+  }, COLUMNS.flatMap((c) => [[c.field + ':1', c.label + ' ↑'], [c.field + ':-1', c.label + ' ↓']])
+    .map(([v, t]) => h('option', { value: v, selected: v === state.sort.field + ':' + state.sort.dir }, t)));
+  const head = h('tr', {}, COLUMNS.map((c) => h('th', { scope: 'col', 'data-field': c.field },
+    h('button', { type: 'button', onclick: () => sortBy(c.field) }, c.label))));
+  mount(h('section', { id: 'fleet' },
+    h('h1', {}, 'Fleet'),
+    h('div', { id: 'overview' }),
+    h('h2', {}, 'Nodes'),
+    h('div', { class: 'toolbar' }, filter, status, h('span', { class: 'sortbar' }, sortSelect),
+      h('span', { class: 'count', id: 'count' })),
+    h('table', { id: 'nodes' }, h('thead', {}, head), h('tbody', {}))));
+  renderOverview();
+  renderRows();
+}
+
+function sortBy(field) {
+  state.sort = state.sort.field === field ? { field, dir: -state.sort.dir } : { field, dir: 1 };
+  renderRows();
+}
+
+function renderOverview() {
+  const box = document.getElementById('overview');
+  if (!box) return;
+  const o = state.overview;
+  if (!o) { box.replaceChildren(h('p', { class: 'notice' }, 'Loading the fleet…')); return; }
+  const n = o.nodes;
+  const cards = h('div', { class: 'cards' },
+    card('Nodes', n.total, ''),
+    card('Online', n.online, 'ok', 'online'),
+    card('Offline', n.offline, n.offline ? 'bad' : '', 'offline'),
+    card('Never reported', n.unknown, '', 'unknown'),
+    card('Pending approval', n.pending, n.pending ? 'warn' : '', 'pending'),
+    card('Warnings', o.warnings.length, o.warnings.length ? 'warn' : ''));
+  const list = o.warnings.length
+    ? h('ul', { class: 'warnings', id: 'warnings' }, o.warnings.slice(0, 50).map((w) => h('li', { class: w.severity },
+      h('a', { href: '#/nodes/' + encodeURIComponent(w.node) }, w.node), ': ', w.message)))
+    : h('p', { class: 'count', id: 'warnings' }, 'No warnings.');
+  const more = o.warnings.length > 50 ? h('p', { class: 'count' }, '… and ' + (o.warnings.length - 50) + ' more') : null;
+  box.replaceChildren(cards, h('h2', {}, 'Warnings'), list, more || '');
+}
+
+function card(label, value, cls, status) {
+  const el = h('div', { class: 'card ' + cls, 'data-card': label.toLowerCase().replace(/ /g, '-') },
+    h('div', { class: 'n' }, value), h('div', { class: 'l' }, label));
+  if (status) {
+    el.addEventListener('click', () => {
+      state.status = state.status === status ? '' : status;
+      const select = document.getElementById('status-filter');
+      if (select) select.value = state.status;
+      renderRows();
+    });
+  }
+  return el;
+}
+
+function visibleRows() {
+  const q = state.filter.trim().toLowerCase();
+  const rows = [...state.nodes.values()].filter((r) => {
+    if (state.status && r.status !== state.status) return false;
+    if (!q) return true;
+    return [r.name, r.os, r.kernel, r.agent_version, r.status].some((v) => v && v.toLowerCase().includes(q));
+  });
+  const { field, dir } = state.sort;
+  rows.sort((a, b) => {
+    const x = a[field]; const y = b[field];
+    if (x === y) return a.name.localeCompare(b.name);
+    if (x === null || x === undefined) return 1;
+    if (y === null || y === undefined) return -1;
+    return (typeof x === 'number' ? x - y : String(x).localeCompare(String(y))) * dir;
+  });
+  return rows;
+}
+
+function renderRows() {
+  const table = document.getElementById('nodes');
+  if (!table) return;
+  for (const th of table.querySelectorAll('th')) {
+    const sorted = th.dataset.field === state.sort.field;
+    if (sorted) th.setAttribute('aria-sort', state.sort.dir > 0 ? 'ascending' : 'descending');
+    else th.removeAttribute('aria-sort');
+  }
+  const rows = visibleRows();
+  const body = table.querySelector('tbody');
+  document.getElementById('count').textContent = rows.length + ' of ' + state.nodes.size + ' nodes';
+  if (!rows.length) {
+    const text = state.nodes.size
+      ? 'No node matches the filter.'
+      : 'No nodes yet. Create a bootstrap token (POST /api/v1/tokens or `tunnel-server token create`) and run `edge-agent join` on a machine.';
+    body.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: COLUMNS.length }, text)));
+    return;
+  }
+  body.replaceChildren(...rows.map(row));
+}
+
+function row(r) {
+  const worst = r.warnings.length ? r.warnings[0] : null;
+  const warn = worst ? h('span', { class: 'w-dot ' + worst.severity, title: r.warnings.map((w) => w.message).join('\n') }, ' ⚠') : '';
+  const seen = r.connected ? 'now' : fmt.ago(r.last_seen);
+  return h('tr', { 'data-node': r.name, 'data-status': r.status },
+    h('td', { class: 'name', 'data-label': 'Node' }, h('a', { href: '#/nodes/' + encodeURIComponent(r.name) }, r.name), warn),
+    h('td', { class: 'status', 'data-label': 'Status' }, badge(r.status)),
+    h('td', { class: 'num', 'data-label': 'CPU' }, meter(r.cpu_percent)),
+    h('td', { class: 'num', 'data-label': 'Memory' }, meter(r.memory_percent)),
+    h('td', { class: 'num', 'data-label': 'Disk' }, meter(r.disk_percent)),
+    h('td', { 'data-label': 'Agent' }, r.agent_version || '–'),
+    h('td', { 'data-label': 'Cert expires', title: fmt.time(r.cert_expires) }, fmt.until(r.cert_expires)),
+    h('td', { 'data-label': 'Last seen', title: fmt.time(r.last_seen) }, seen));
+}
+
+// ------------------------------------------------------------------ node page
+
+async function renderNode(name) {
+  mount(h('section', { id: 'node', 'data-node': name },
+    h('div', { class: 'crumbs' }, h('a', { href: '#/' }, '← Fleet')),
+    h('div', { class: 'head' }, h('h1', {}, name), h('span', { id: 'node-status' })),
+    h('div', { id: 'node-warnings' }),
+    h('h2', {}, 'Details'), h('div', { class: 'panel' }, h('dl', { class: 'facts', id: 'facts' }, h('div', {}, h('dt', {}, 'Loading…')))),
+    h('h2', {}, 'Usage over time ', h('span', { class: 'windows', role: 'group', 'aria-label': 'Time window' },
+      WINDOWS.map(([seconds, label]) => h('button', {
+        type: 'button', 'data-window': seconds, 'aria-pressed': String(seconds === state.window),
+        onclick: () => { state.window = seconds; renderNode(name); },
+      }, label)))),
+    h('div', { class: 'charts', id: 'charts' }),
+    h('div', { id: 'devices' }),
+    h('details', { class: 'raw' }, h('summary', {}, 'All reported metrics'), h('pre', { id: 'raw' }))));
+  try {
+    const detail = await api('/api/v1/nodes/' + encodeURIComponent(name));
+    if (currentNode() !== name) return;
+    renderDetail(detail);
+    await loadHistory(name);
+  } catch (err) {
+    if (err.status === 401) return;
+    const view = document.getElementById('node');
+    if (view) view.append(h('div', { class: 'error', role: 'alert' }, err.message));
+  }
+  clearInterval(state.historyTimer);
+  state.historyTimer = setInterval(() => {
+    if (currentNode() === name) loadHistory(name).catch(() => {}); else clearInterval(state.historyTimer);
+  }, 30000);
+}
+
+function currentNode() {
+  const m = location.hash.match(/^#\/nodes\/(.+)$/);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function renderDetail(d) {
+  const status = document.getElementById('node-status');
+  if (!status) return;
+  status.replaceChildren(badge(d.status), d.offline_reason && d.status === 'offline'
+    ? h('span', { class: 'count' }, ' ' + d.offline_reason + ' (' + fmt.ago(d.status_since) + ')') : '');
+  const m = d.metrics || {};
+  const facts = [
+    ['Status', d.status + (d.connected ? ' (tunnel up)' : ' (no tunnel)')],
+    ['Last report', fmt.ago(d.last_report)],
+    ['OS', d.os || m['os.system'] || '–'],
+    ['Kernel', d.kernel || '–'],
+    ['Architecture', m['host.arch'] || '–'],
+    ['Agent version', d.agent_version || '–'],
+    ['Certificate expires', d.cert_expires ? fmt.time(d.cert_expires) + ' (' + fmt.until(d.cert_expires) + ')' : '–'],
+    ['Uptime', fmt.duration(d.uptime_seconds)],
+    ['CPU', fmt.pct(d.cpu_percent) + (m['cpu.count'] ? ' of ' + m['cpu.count'] + ' cores' : '')],
+    ['Load (1/5/15 min)', [m['load.1'], m['load.5'], m['load.15']].map((v) => fmt.num(v)).join(' / ')],
+    ['Memory', fmt.pct(d.memory_percent) + (m['memory.total'] ? ' of ' + fmt.bytes(m['memory.total']) : '')],
+    ['Disk ' + (m['disk.path'] || ''), fmt.pct(d.disk_percent) + (m['disk.total'] ? ' of ' + fmt.bytes(m['disk.total']) : '')],
+    ['Network in / out', fmt.bytes(m['net.rx_bps']) + '/s / ' + fmt.bytes(m['net.tx_bps']) + '/s'],
+    ['Tunnel RTT', d.rtt_ms === null || d.rtt_ms === undefined ? '–' : fmt.num(d.rtt_ms, 1) + ' ms'],
+    ['Reports every', d.report_interval_seconds ? d.report_interval_seconds + ' s (offline after ' + d.lease_seconds + ' s silence)' : '–'],
+    ['Joined', fmt.time(d.created_at)],
+  ];
+  document.getElementById('facts').replaceChildren(...facts.map(([k, v]) =>
+    h('div', { 'data-fact': k }, h('dt', {}, k), h('dd', {}, v))));
+  const warnings = document.getElementById('node-warnings');
+  warnings.replaceChildren(d.warnings.length ? h('ul', { class: 'warnings' },
+    d.warnings.map((w) => h('li', { class: w.severity }, w.message))) : '');
+  document.getElementById('raw').textContent = JSON.stringify(m, null, 2);
+  renderDevices(d.devices, m);
+}
+
+function renderDevices(devices, metrics) {
+  const box = document.getElementById('devices');
+  const twinKeys = Object.keys(metrics).filter((k) => k.startsWith('twins.'));
+  if (devices === null && !twinKeys.length) { box.replaceChildren(); return; }
+  const list = devices || [];
+  const content = list.length
+    ? h('table', { id: 'device-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'Device'), h('th', {}, 'Model'), h('th', {}, 'Status'))),
+      h('tbody', {}, list.map((dev) => h('tr', {},
+        h('td', { 'data-label': 'Device' }, String(dev.name || dev.id || '?')),
+        h('td', { 'data-label': 'Model' }, String(dev.model || '–')),
+        h('td', { 'data-label': 'Status' }, String(dev.status || dev.availability || '–'))))))
+    : h('div', { class: 'empty-state', id: 'devices-empty' },
+      h('strong', {}, 'No devices on this node yet.'), h('br'),
+      'Devices appear here once they onboard through the node\'s MQTT broker with a claim credential.');
+  const stats = twinKeys.length
+    ? h('p', { class: 'count' }, twinKeys.map((k) => k.slice(6) + ': ' + metrics[k]).join(' · ')) : '';
+  box.replaceChildren(h('h2', {}, 'Devices'), stats, content);
+}
+
+async function loadHistory(name) {
+  const data = await api('/api/v1/nodes/' + encodeURIComponent(name) + '/history?window=' + state.window);
+  const box = document.getElementById('charts');
+  if (!box || currentNode() !== name) return;
+  const now = Math.ceil(Date.now() / 60000) * 60;  // the end of the current minute
+  box.replaceChildren(...CHARTS.map((c) => chart(c, data.points, now - state.window, now)));
+}
+
+function chart(spec, points, from, to) {
+  const W = 600; const H = 140;
+  const values = points.filter((p) => p[spec.key] !== null && p[spec.key] !== undefined);
+  const last = values.length ? values[values.length - 1][spec.key] : null;
+  const top = spec.max || Math.max(1, ...values.map((p) => p[spec.key])) * 1.2;
+  const x = (t) => ((t - from) / (to - from)) * W;
+  const y = (v) => H - (Math.min(v, top) / top) * (H - 4) - 2;
+  const svg = h('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img',
+    'aria-label': spec.title + ' over the last ' + fmt.duration(to - from) });
+  for (const f of [0.25, 0.5, 0.75]) svg.append(h('line', { class: 'grid', x1: 0, x2: W, y1: H * f, y2: H * f }));
+  if (!values.length) {
+    svg.append(h('text', { class: 'nodata', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'no data in this window'));
+  } else {
+    // A step per minute (each point is that minute's mean); a gap (node offline) breaks it.
+    let d = ''; let area = ''; let prev = null; let runStart = 0;
+    const close = () => { if (prev !== null) area += `L${x(prev.t + 60).toFixed(1)},${H}L${x(runStart).toFixed(1)},${H}Z`; };
+    for (const p of values) {
+      const x0 = x(p.t).toFixed(1); const x1 = x(p.t + 60).toFixed(1); const py = y(p[spec.key]).toFixed(1);
+      if (prev === null || p.t - prev.t > 120) {
+        close();
+        runStart = p.t;
+        d += `M${x0},${py}`; area += `M${x0},${H}L${x0},${py}`;
+      } else {
+        d += `L${x0},${py}`; area += `L${x0},${py}`;
+      }
+      d += `L${x1},${py}`; area += `L${x1},${py}`;
+      prev = p;
+    }
+    close();
+    svg.append(h('path', { class: 'area s-' + spec.key, d: area }), h('path', { class: 'line s-' + spec.key, d }));
+  }
+  const latest = last === null ? 'no data' : (spec.unit === '%' ? fmt.pct(last) : fmt.num(last));
+  const scale = spec.max ? spec.max + spec.unit : 'max ' + fmt.num(top);
+  return h('figure', { class: 'chart', 'data-series': spec.key, 'data-points': values.length },
+    h('figcaption', {}, spec.title, h('span', {}, latest)), svg,
+    h('div', { class: 'axis' }, h('span', {}, fmt.duration(to - from) + ' ago'), h('span', {}, '0–' + scale), h('span', {}, 'now')));
+}
+
+// ------------------------------------------------------------------ routing
+
+function mount(el) {
+  document.getElementById('view').replaceChildren(el);
+}
+
+let detailPending = false;
+
+function refresh(changed) {
+  if (document.getElementById('fleet')) { renderOverview(); renderRows(); return; }
+  const name = currentNode();
+  if (!name || !changed.has(name) || detailPending || !document.getElementById('node-status')) return;
+  // The node changed: fetch its full detail (all metrics), at most once per second.
+  detailPending = true;
+  api('/api/v1/nodes/' + encodeURIComponent(name))
+    .then((d) => { if (currentNode() === name) renderDetail(d); })
+    .catch(() => {})
+    .finally(() => setTimeout(() => { detailPending = false; }, 1000));
+}
+
+function route() {
+  if (!session()) { renderSignIn(''); return; }
+  document.getElementById('nav').hidden = false;
+  startStream();
+  const name = currentNode();
+  if (name) renderNode(name); else renderFleet();
+  document.getElementById('view').focus({ preventScroll: true });
+}
+
+window.addEventListener('hashchange', route);
+document.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('signout').addEventListener('click', () => { stopStream(); signOut('Signed out.'); });
+  route();
+});
+// Re-draw relative times ("12 s ago") without waiting for a change.
+setInterval(() => { if (document.getElementById('fleet')) renderRows(); }, 10000);
