@@ -29,10 +29,12 @@ from edge_agent.kubecache import (
     open_direct_upstream,
     serve_kube_proxy,
 )
-from edge_agent.kubecache.upstream import KubeconfigError, load_kubeconfig
+from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
 from edge_agent.local_api import READY_KEY, create_app
+from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings, LocalApiSettings
 from edge_agent.tunnel_client import TunnelClient
+from edge_agent.tunnel_upstream import open_tunnel_upstream
 
 log = logging.getLogger("edge_agent.cli")
 
@@ -90,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         help=f"folder for keys, certificate, cache and outbox (default: {defaults.data_dir})",
+    )
+    run.add_argument(
+        "--status-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between node status reports to the cloud "
+        f"(default: {defaults.node_status.interval:g}; [node_status] interval in the config)",
     )
     run.add_argument(
         "--local-api-port",
@@ -211,7 +220,7 @@ class _KubeSection:
 
 @contextlib.asynccontextmanager
 async def _kube_proxy(
-    settings: AgentSettings, registry: prometheus_client.CollectorRegistry
+    settings: AgentSettings, registry: prometheus_client.CollectorRegistry, client: TunnelClient
 ) -> AsyncIterator[KubeProxy | None]:
     """The kube proxy of ``[kube]`` (None when disabled), until the block exits."""
     kube = settings.kube
@@ -219,14 +228,19 @@ async def _kube_proxy(
         yield None
         return
     proxy_settings = kube.proxy_settings(settings.data_dir)
-    async with (
-        open_direct_upstream(
+    upstream: contextlib.AbstractAsyncContextManager[Upstream]
+    if kube.upstream == "tunnel":
+        upstream = open_tunnel_upstream(client, open_timeout=proxy_settings.connect_timeout)
+    else:
+        upstream = open_direct_upstream(
             kube.kubeconfig,
             context=kube.context or None,
             server=kube.server or None,
             connect_timeout=proxy_settings.connect_timeout,
-        ) as upstream,
-        serve_kube_proxy(proxy_settings, upstream, registry=registry) as proxy,
+        )
+    async with (
+        upstream as reached,
+        serve_kube_proxy(proxy_settings, reached, registry=registry) as proxy,
     ):
         yield proxy
 
@@ -240,7 +254,14 @@ async def run(settings: AgentSettings) -> None:
         registry=registry,
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
-    app = create_app(registry=registry, sources={"tunnel": client.status, "kube": kube.status})
+    reporter = NodeStatusReporter(
+        client=client,
+        settings=settings.node_status,
+        data_dir=settings.data_dir,
+        extra_sources={"cache": kube.status} if kube.enabled else None,
+    )
+    sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
+    app = create_app(registry=registry, sources=sources)
     if kube.enabled:
         app[READY_KEY]["kube_proxy"] = False
     runner = web.AppRunner(app, handle_signals=False)
@@ -254,13 +275,16 @@ async def run(settings: AgentSettings) -> None:
         extra={"kv": {"address": f"{settings.local_api.host}:{settings.local_api.port}"}},
     )
     try:
-        async with _kube_proxy(settings, registry) as proxy:
+        async with _kube_proxy(settings, registry, client) as proxy:
             if proxy is not None:
                 kube.proxy = proxy
                 app[READY_KEY]["kube_proxy"] = True
             systemd.notify("READY=1")
             async with asyncio.TaskGroup() as group:
-                group.create_task(client.run(), name="agent.tunnel")
+                tunnel = group.create_task(client.run(), name="agent.tunnel")
+                status = group.create_task(reporter.run(), name="agent.node-status")
+                await tunnel  # ends on SIGTERM, after draining
+                status.cancel()  # the reporter runs until told otherwise
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopped")
@@ -280,7 +304,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(
             settings, local_api=LocalApiSettings(port=args.local_api_port)
         )
-    if settings.kube.enabled:
+    if args.status_interval is not None:
+        settings = dataclasses.replace(
+            settings,
+            node_status=dataclasses.replace(settings.node_status, interval=args.status_interval),
+        )
+    if settings.kube.enabled and settings.kube.upstream == "kubeconfig":
         try:
             load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
         except (KubeconfigError, OSError, yaml.YAMLError) as error:

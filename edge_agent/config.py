@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
+from edge_agent.node_status import NodeStatusSettings
 from edge_agent.settings import AgentSettings, KubeSettings, LocalApiSettings, TunnelClientSettings
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -125,19 +126,24 @@ def _check_range(where: str, name: str, value: float, low: float, high: float) -
         raise ConfigError(f"{where}.{name}: must be between {low:g} and {high:g}, got {value:g}")
 
 
+def _kube_health(raw: object, where: str) -> HealthSettings:
+    """The ``[kube.health]`` table: probe timing and thresholds."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    values = _fields(HealthSettings, dict(raw), where)
+    for name in ("interval", "timeout"):
+        if name in values:
+            _check_range(where, name, values[name], 0.01, 3600.0)
+    for name in ("failure_threshold", "success_threshold"):
+        if name in values:
+            _check_range(where, name, values[name], 1, 1000)
+    return HealthSettings(**values)
+
+
 def _kube(raw: dict[str, Any], where: str) -> KubeSettings:
     """The ``[kube]`` table: the proxy's upstream, listener, cache and ``[kube.health]``."""
-    health_raw = raw.pop("health", {})
-    if not isinstance(health_raw, dict):
-        raise ConfigError(f"{where}.health: expected a table")
-    health_values = _fields(HealthSettings, dict(health_raw), f"{where}.health")
-    for name in ("interval", "timeout"):
-        if name in health_values:
-            _check_range(f"{where}.health", name, health_values[name], 0.01, 3600.0)
-    for name in ("failure_threshold", "success_threshold"):
-        if name in health_values:
-            _check_range(f"{where}.health", name, health_values[name], 1, 1000)
-    proxy_values: dict[str, Any] = {"health": HealthSettings(**health_values)}
+    health = _kube_health(raw.pop("health", {}), f"{where}.health")
+    proxy_values: dict[str, Any] = {"health": health}
     if "cache_agents" in raw:
         proxy_values["cache_agents"] = _cache_agents(
             raw.pop("cache_agents"), f"{where}.cache_agents"
@@ -152,6 +158,10 @@ def _kube(raw: dict[str, Any], where: str) -> KubeSettings:
     if "port" in tuned:
         _check_range(where, "port", tuned["port"], 0, 65535)
     proxy_values.update(tuned)
+    if own_values.get("upstream", "kubeconfig") not in ("kubeconfig", "tunnel"):
+        raise ConfigError(
+            f'{where}.upstream: "kubeconfig" or "tunnel", got {own_values["upstream"]!r}'
+        )
     server = str(own_values.get("server", ""))
     if server and not server.startswith(("https://", "http://")):
         raise ConfigError(f"{where}.server: expected an http(s):// URL, got {server!r}")
@@ -189,6 +199,16 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
     if not isinstance(kube_raw, dict):
         raise ConfigError(f"{where}: [kube] must be a table")
     kube = _kube(dict(kube_raw), f"{where}: [kube]")
+    status_raw = raw.pop("node_status", {})
+    if not isinstance(status_raw, dict):
+        raise ConfigError(f"{where}: [node_status] must be a table")
+    status_values = _fields(NodeStatusSettings, dict(status_raw), f"{where}: [node_status]")
+    for name in ("interval", "full_every"):
+        if name in status_values:
+            _check_range(f"{where}: [node_status]", name, status_values[name], 1.0, 86400.0)
+    node_status = NodeStatusSettings(**status_values)
     top = _fields(AgentSettings, raw, where)
     top.update(overrides or {})
-    return AgentSettings(tunnel=tunnel, local_api=local_api, kube=kube, **top)
+    return AgentSettings(
+        tunnel=tunnel, local_api=local_api, kube=kube, node_status=node_status, **top
+    )

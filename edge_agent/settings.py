@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge_agent.kubecache.settings import KubeCacheSettings
+from edge_agent.node_status import NodeStatusSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +77,11 @@ class KubeSettings:
     """Off by default: the proxy needs an upstream the operator names (``kubeconfig``); a node
     without Kubernetes components has nothing to cache."""
 
+    upstream: str = "kubeconfig"
+    """Where requests go when online: ``kubeconfig`` (an API server this node reaches
+    directly, named in ``kubeconfig``) or ``tunnel`` (the cloud's API server through the
+    agent's tunnel; no credential on the node, the cloud acts as ``system:node:<name>``)."""
+
     kubeconfig: Path = field(default_factory=lambda: Path("/etc/edge-agent/kube-upstream.conf"))
     """Kubeconfig of the cloud API server the proxy forwards to (token, client certificate or
     basic auth); its credentials replace whatever the node components send."""
@@ -112,6 +118,9 @@ class AgentSettings:
 
     tunnel: TunnelClientSettings = field(default_factory=TunnelClientSettings)
     """The one outbound tunnel session to the cloud."""
+
+    node_status: NodeStatusSettings = field(default_factory=NodeStatusSettings)
+    """Node status reports to the cloud (CPU, memory, disk, ...), over the tunnel."""
 
     kube: KubeSettings = field(default_factory=KubeSettings)
     """The local kube proxy and object cache for node components (``127.0.0.1:10261``)."""

@@ -144,6 +144,10 @@ class Agent:
     server: Server
     targets: dict[str, str] = field(default_factory=dict)
     tunnel_options: dict[str, float] = field(default_factory=dict)
+    run_args: tuple[str, ...] = ()
+    """More arguments for ``edge-agent run``."""
+    extra_config: str = ""
+    """More TOML appended to the config file (other tables, such as ``[kube]``)."""
     local_api_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
     token: str | None = None
@@ -180,6 +184,8 @@ class Agent:
             "",
             "[tunnel.targets]",
             *[f'{name} = "{address}"' for name, address in self.targets.items()],
+            "",
+            self.extra_config,
         ]
         path = self.workdir / f"agent-{self.name}.toml"
         path.write_text("\n".join(lines) + "\n")
@@ -197,6 +203,7 @@ class Agent:
                 str(self.data_dir),
                 "--local-api-port",
                 str(self.local_api_port),
+                *self.run_args,
             ],
             log_path=self.workdir / f"agent-{self.name}.log",
         )

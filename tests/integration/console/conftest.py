@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.harness.fleet import Agent, Server
-from tests.harness.procs import ManagedProcess, ServiceError
+from tests.harness.procs import ServiceError
 
 REPO = Path(__file__).resolve().parents[3]
 REPORT_INTERVAL = 1.0
@@ -25,27 +24,12 @@ REPORT_INTERVAL = 1.0
 
 @dataclass(kw_only=True)
 class ReportingAgent(Agent):
-    """A joined agent whose process also runs the node status reporter (see agent_proc)."""
+    """A joined ``edge-agent run`` that reports node status every ``interval`` seconds."""
 
     interval: float = REPORT_INTERVAL
 
-    def start(self) -> None:
-        self.process = ManagedProcess(
-            f"edge-agent[{self.name}]",
-            [
-                sys.executable,
-                "-m",
-                "tests.integration.console.agent_proc",
-                "--data-dir",
-                str(self.data_dir),
-                "--local-api-port",
-                str(self.local_api_port),
-                "--interval",
-                str(self.interval),
-            ],
-            log_path=self.workdir / f"agent-{self.name}.log",
-            env={"PYTHONPATH": str(REPO)},
-        )
+    def __post_init__(self) -> None:
+        self.run_args = ("--status-interval", str(self.interval))
 
 
 @dataclass(kw_only=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
 from tests.harness import kube
 from tests.harness.fleet import Agent, Server
+from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.kube
 
@@ -158,4 +160,58 @@ async def test_node_reads_through_the_tunnel_then_from_cache(
         )
     finally:
         core.api_client.close()
+        core_admin.delete_namespace(namespace)
+
+
+def kubectl(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kube.kube_bin_dir() / "kubectl"), "--server", f"http://127.0.0.1:{port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_real_agent_in_tunnel_mode_serves_kubectl_online_and_offline(
+    tmp_path: Path, kube_cluster: kube.ControlPlane, admin: client.ApiClient
+) -> None:
+    namespace = f"agent-{int(time.time() * 1000) % 10**8}"
+    core_admin = client.CoreV1Api(admin)
+    core_admin.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="web-1", labels={"app": "web"}),
+        spec=client.V1PodSpec(
+            node_name=NODE, containers=[client.V1Container(name="c", image="example/web:1")]
+        ),
+    )
+    core_admin.create_namespaced_pod(namespace, pod)
+    server = Server(workdir=tmp_path, extra_args=("--kube-upstream", str(kube_cluster.kubeconfig)))
+    server.start()
+    port = free_port()
+    agent = Agent(
+        name=NODE,
+        workdir=tmp_path,
+        server=server,
+        extra_config=f'[kube]\nenabled = true\nupstream = "tunnel"\nport = {port}\n'
+        'cache_agents = ["*"]\n',
+    )
+    try:
+        agent.join()
+        agent.start()
+        agent.wait_connected()
+        online = kubectl(port, "get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
+        assert online.returncode == 0, online.stderr
+        assert online.stdout.strip() == "pod/web-1"
+        server.stop()
+        await wait_for(lambda: agent.status()["kube"]["upstream"]["state"] == "offline")  # type: ignore[index]
+        offline = kubectl(port, "get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
+        assert offline.returncode == 0, offline.stderr
+        assert offline.stdout == online.stdout
+        refused = kubectl(port, "create", "configmap", "x", "-n", namespace)
+        assert refused.returncode != 0
+        assert "offline" in refused.stderr
+    finally:
+        agent.stop()
+        server.stop()
         core_admin.delete_namespace(namespace)
