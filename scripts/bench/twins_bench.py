@@ -1,0 +1,579 @@
+"""Twin benchmark: raw mosquitto vs reported updates through the agent to the cloud.
+
+Side by side in one run: raw mosquitto publish->subscribe throughput, reported updates through
+the agent to the cloud (throughput, latency), and desired PATCH -> device latency.
+
+Run it through ``scripts/bench/twins``. Everything is real and on 127.0.0.1: mosquitto with
+dynamic security, a tunnel server with the twins part, a joined agent with twins and the
+sync, simulated devices with their own credentials. Progress goes to stderr; stdout gets a
+short summary whose last line is one JSON object with every figure.
+
+Figures:
+
+- ``raw``: D publishers (QoS 1, a window of W messages in flight each) -> one subscriber on
+  the same broker: messages/s from the first publish to the last delivery. The limit.
+- ``durable``: D devices report (QoS 1, window W, each report answered by the agent only after
+  its SQLite commit): reports/s until the last answer. Durable in the agent's outbox.
+- ``cloud``: the same reports until the cloud applied them all (long-poll on the cloud API).
+- ``latency``: one device reports at a steady pace; device publish -> applied in the cloud
+  (the cloud API's long-poll returns), p50/p99 in ms.
+- ``desired``: PATCH via the REST API -> the device receives ``twin/desired``, p50/p99 in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import secrets
+import shutil
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import bench_stats as st
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.twins.simulator import (  # noqa: E402 - after the path set-up above
+    DeviceCredential,
+    SimulatedDevice,
+    claim_device,
+)
+from edge_agent.twins.topics import Op  # noqa: E402
+from tests.harness import mqtt  # noqa: E402
+from tests.harness.fleet import command  # noqa: E402
+from tests.harness.procs import ManagedProcess, free_port  # noqa: E402
+from tests.integration.twins_e2e.reporter import Reporter  # noqa: E402
+
+NODE = "bench-node"
+START = "<!-- bench:twins:start -->"
+END = "<!-- bench:twins:end -->"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    mode: str
+    devices: int
+    window: int
+    raw_messages: int
+    reports: int
+    latency_samples: int
+    latency_interval_s: float
+    desired_samples: int
+    time_budget_s: int
+
+
+def make_plan(*, quick: bool) -> Plan:
+    if quick:
+        return Plan(
+            mode="quick", devices=20, window=8, raw_messages=10_000, reports=6_000,
+            latency_samples=100, latency_interval_s=0.02, desired_samples=50, time_budget_s=55,
+        )  # fmt: skip
+    return Plan(
+        mode="full", devices=100, window=8, raw_messages=50_000, reports=30_000,
+        latency_samples=1000, latency_interval_s=0.02, desired_samples=300, time_budget_s=600,
+    )  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the system under test
+
+
+@dataclass(kw_only=True)
+class System:
+    broker: mqtt.Broker
+    server_url: str
+    token: str
+    http: aiohttp.ClientSession
+    claim_username: str
+    claim_password: str
+    agent_pid: int
+
+    async def claim(self, device: str, model: str) -> DeviceCredential:
+        return await claim_device(
+            host=self.broker.host,
+            port=self.broker.port,
+            claim_username=self.claim_username,
+            claim_password=self.claim_password,
+            device_id=device,
+            model=model,
+        )
+
+    def device(self, credential: DeviceCredential) -> SimulatedDevice:
+        return SimulatedDevice(
+            host=self.broker.host, port=self.broker.port, credential=credential, timeout=60.0
+        )
+
+    async def api(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self.http.request(
+            method, self.server_url + path, json=body, headers=headers
+        ) as answer:
+            data: dict[str, Any] = await answer.json()
+            if answer.status != 200:
+                raise RuntimeError(f"{method} {path}: {answer.status} {data}")
+            return data
+
+    async def wait_reported(self, device: str, version: int, *, wait: float = 25.0) -> None:
+        path = f"/api/v1/devices/{NODE}:{device}/twin?wait={wait}&reportedVersion={version}"
+        while (await self.api("GET", path))["reported"]["$version"] < version:
+            pass
+
+    async def wait_device(self, device: str) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        url = f"{self.server_url}/api/v1/devices/{NODE}:{device}"
+        async with asyncio.timeout(30):
+            while True:
+                async with self.http.get(url, headers=headers) as answer:
+                    if answer.status == 200:
+                        return
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def system(workdir: Path) -> AsyncIterator[System]:
+    env = {"PYTHONPATH": str(ROOT)}
+    broker = mqtt.start(workdir / "mosquitto", dynsec=True)
+    server_dir, port = workdir / "server", free_port()
+    procs: list[ManagedProcess] = []
+    try:
+        procs.append(
+            ManagedProcess(
+                "tunnel-server",
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.integration.twins_e2e.server_proc",
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--data-dir",
+                    str(server_dir),
+                ],
+                log_path=workdir / "tunnel-server.log",
+                env=env,
+            )
+        )
+        url = f"https://127.0.0.1:{port}"
+        await _wait_https(url, server_dir, procs[0])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=str(server_dir / "ca.crt"))
+        ca_hash = command("tunnel-server", "ca-hash", "--data-dir", server_dir).strip()
+        token = command(
+            "tunnel-server", "token", "create", "--kind", "node", "--name", NODE,
+            "--data-dir", server_dir,
+        ).strip()  # fmt: skip
+        agent_dir = workdir / "agent"
+        command(
+            "edge-agent", "join", "--server", url, "--token", token, "--ca-hash", ca_hash,
+            "--name", NODE, "--data-dir", agent_dir,
+        )  # fmt: skip
+        suffix = secrets.token_hex(4)
+        claim_password = secrets.token_urlsafe(12)
+        control_port = free_port()
+        config = {
+            "data_dir": str(agent_dir),
+            "control_port": control_port,
+            "tunnel": {"backoff_base": 0.1, "backoff_cap": 1.0},
+            "twins": {
+                "node_name": NODE,
+                "broker_host": broker.host,
+                "broker_port": broker.port,
+                "admin_password": broker.admin_password,
+                "claim_username": f"claim-{suffix}",
+                "claim_password": claim_password,
+                "agent_username": f"agent-{suffix}",
+                "agent_client_id": f"agent-{suffix}",
+                "durability": "full",
+            },
+        }
+        agent = ManagedProcess(
+            "edge-agent",
+            [sys.executable, "-m", "tests.integration.twins_e2e.agent_proc", json.dumps(config)],
+            log_path=workdir / "agent.log",
+            env=env,
+        )
+        procs.append(agent)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+            await _wait_agent(http, control_port, agent)
+            yield System(
+                broker=broker,
+                server_url=url,
+                token=(server_dir / "admin-token").read_text().strip(),
+                http=http,
+                claim_username=f"claim-{suffix}",
+                claim_password=claim_password,
+                agent_pid=agent.pid,
+            )
+    finally:
+        for proc in reversed(procs):
+            proc.stop(grace=3.0)
+        broker.stop()
+
+
+async def _wait_https(url: str, data_dir: Path, proc: ManagedProcess) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            proc.check_running()
+            if (data_dir / "ca.crt").exists():
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.load_verify_locations(cafile=str(data_dir / "ca.crt"))
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with (
+                        aiohttp.ClientSession() as http,
+                        http.get(url + "/readyz", ssl=context) as answer,
+                    ):
+                        if answer.status == 200:
+                            return
+            await asyncio.sleep(0.1)
+
+
+async def _wait_agent(http: aiohttp.ClientSession, port: int, proc: ManagedProcess) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            proc.check_running()
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with http.get(f"http://127.0.0.1:{port}/status") as answer:
+                    status = await answer.json()
+                    if status["ready"] and status["sync"]["connected"]:
+                        return
+            await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+async def raw_broker(broker: mqtt.Broker, plan: Plan) -> dict[str, Any]:
+    """D publishers -> one subscriber, QoS 1, W messages per publisher in flight end to end.
+
+    In flight means published and not yet delivered, as a device waits for its answers.
+    """
+    per = plan.raw_messages // plan.devices
+    total = per * plan.devices
+    payload = json.dumps({"rid": "r000000", "patch": {"switchCount": 123456}}).encode()
+    run = secrets.token_hex(4)
+    windows = [asyncio.Semaphore(plan.window) for _ in range(plan.devices)]
+    received = 0
+    done = asyncio.Event()
+    password = await _bench_account(broker, run)
+
+    def client(name: str) -> aiomqtt.Client:
+        return broker.client(identifier=name, username=f"bench-{run}", password=password)
+
+    async def subscriber(sub: aiomqtt.Client) -> None:
+        nonlocal received
+        async for message in sub.messages:
+            windows[int(str(message.topic).rsplit("/", 1)[1])].release()
+            received += 1
+            if received >= total:
+                done.set()
+
+    async def publisher(index: int) -> None:
+        async with client(f"raw-{run}-{index}") as publishing, asyncio.TaskGroup() as group:
+            topic = f"bench/{run}/{index}"
+            for number in range(per):
+                await windows[index].acquire()
+                group.create_task(
+                    publishing.publish(topic, payload, qos=1), name=f"raw.pub[{index}.{number}]"
+                )
+
+    async with client(f"raw-sub-{run}") as sub:
+        await sub.subscribe(f"bench/{run}/#", qos=1)
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(subscriber(sub), name="raw.subscriber")
+            started = time.monotonic()
+            for index in range(plan.devices):
+                group.create_task(publisher(index), name=f"raw.publisher[{index}]")
+            async with asyncio.timeout(60):
+                await done.wait()
+            seconds = time.monotonic() - started
+            reader.cancel()
+    return {"messages": total, "seconds": round(seconds, 3), "per_s": round(total / seconds, 1)}
+
+
+async def _bench_account(broker: mqtt.Broker, run: str) -> str:
+    """A broker user allowed on ``bench/<run>/#`` only (dynamic security denies by default)."""
+    password = secrets.token_urlsafe(16)
+    role = f"bench-{run}"
+    acls = [
+        {"acltype": kind, "topic": f"bench/{run}/#", "priority": 0, "allow": True}
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
+    ]
+    for command_body in (
+        {"command": "createRole", "rolename": role, "acls": acls},
+        {
+            "command": "createClient",
+            "username": role,
+            "password": password,
+            "roles": [{"rolename": role}],
+        },
+    ):
+        answer = await broker.dynsec_command(command_body)
+        if answer.get("error"):
+            raise RuntimeError(f"dynamic security refused {command_body['command']}: {answer}")
+    return password
+
+
+async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
+    per = plan.reports // plan.devices
+    total = per * plan.devices
+    credentials = [await sut.claim(f"meter-{i}", "relay-switch") for i in range(plan.devices)]
+    for credential in credentials:
+        await sut.wait_device(credential.device_id)
+    devices = [sut.device(c) for c in credentials]
+    for device in devices:
+        await device.__aenter__()
+    try:
+        reporters = [
+            Reporter(device=d, count=per, window=plan.window, patch=lambda n: {"switchCount": n})
+            for d in devices
+        ]
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as group:
+            for index, reporter in enumerate(reporters):
+                group.create_task(reporter.run(), name=f"twin.report[{index}]")
+        durable_s = time.monotonic() - started
+        async with asyncio.TaskGroup() as group:
+            for index, c in enumerate(credentials):
+                group.create_task(sut.wait_reported(c.device_id, per), name=f"twin.cloud[{index}]")
+        cloud_s = time.monotonic() - started
+    finally:
+        for device in devices:
+            await device.__aexit__(None, None, None)
+    answer_ms = [(r.answered_at[n] - r.sent_at[n]) * 1000 for r in reporters for n in r.answered_at]
+    return {
+        "reports": total,
+        "durable_s": round(durable_s, 3),
+        "durable_per_s": round(total / durable_s, 1),
+        "cloud_s": round(cloud_s, 3),
+        "cloud_per_s": round(total / cloud_s, 1),
+        "answer_p50_ms": round(st.percentile(answer_ms, 50), 2),
+        "answer_p99_ms": round(st.percentile(answer_ms, 99), 2),
+        "resends": sum(r.resends for r in reporters),
+    }
+
+
+async def device_to_cloud_latency(sut: System, plan: Plan) -> dict[str, Any]:
+    credential = await sut.claim("latency-1", "thermostat")
+    await sut.wait_device(credential.device_id)
+    samples: list[float] = []
+    async with sut.device(credential) as device:
+        for number in range(1, plan.latency_samples + 1):
+            async with asyncio.TaskGroup() as group:
+                waiter = group.create_task(
+                    sut.wait_reported("latency-1", number, wait=10.0), name="latency.poll"
+                )
+                await asyncio.sleep(0.002)  # let the long-poll reach the server first
+                started = time.monotonic()
+                body = {"rid": f"l{number}", "patch": {"temperature": float(number % 50)}}
+                await device.client.publish(device.topic(Op.REPORTED), json.dumps(body), qos=1)
+                await waiter
+                samples.append((time.monotonic() - started) * 1000)
+            await asyncio.sleep(plan.latency_interval_s)
+    return _latency(samples)
+
+
+async def desired_latency(sut: System, plan: Plan) -> dict[str, Any]:
+    credential = await sut.claim("desired-1", "thermostat")
+    await sut.wait_device(credential.device_id)
+    samples: list[float] = []
+    async with sut.device(credential) as device:
+        for number in range(plan.desired_samples):
+            setpoint = 5.0 + number % 25
+            started = time.monotonic()
+            await sut.api(
+                "PATCH",
+                f"/api/v1/devices/{NODE}:desired-1/twin",
+                {"desired": {"setpoint": setpoint, "mode": ["heat", "cool"][number % 2]}},
+            )
+            await device.wait_for(Op.DESIRED, functools.partial(_is_version, number + 1))
+            samples.append((time.monotonic() - started) * 1000)
+            await asyncio.sleep(plan.latency_interval_s)
+    return _latency(samples)
+
+
+def _is_version(version: int, message: dict[str, Any]) -> bool:
+    return bool(message.get("version") == version)
+
+
+def _latency(samples: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(samples),
+        "p50_ms": round(st.percentile(samples, 50), 2),
+        "p99_ms": round(st.percentile(samples, 99), 2),
+        "max_ms": round(max(samples), 2),
+    }
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        import psutil  # noqa: PLC0415 - only for this figure
+
+        return round(sum(p.memory_info().rss for p in [psutil.Process(pid)]) / 1e6, 1)
+    except (ImportError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------- report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    raw, twin = report["raw"], report["twin"]
+    lat, desired = report["latency"], report["desired"]
+    plan = report["plan"]
+    rows = [
+        "## Device twins: raw broker vs the twin path",
+        "",
+        (
+            f"Run: {report['date']}, `{report['command']}`, {report['machine']}. "
+            f"{plan['devices']} devices, QoS 1, {plan['window']} messages in flight per device."
+        ),
+        "",
+        "| figure | value | vs raw broker |",
+        "|---|---|---|",
+        f"| raw mosquitto publish -> subscriber | {raw['per_s']:,.0f} msg/s | 1.00 |",
+        (
+            f"| reported, durable in the agent's outbox (answered) | {twin['durable_per_s']:,.0f} "
+            f"/s | {report['ratios']['durable_vs_raw']:.2f} |"
+        ),
+        (
+            f"| reported, applied in the cloud | {twin['cloud_per_s']:,.0f} /s | "
+            f"{report['ratios']['cloud_vs_raw']:.2f} |"
+        ),
+        (
+            f"| device answer latency under load (p50 / p99) | {twin['answer_p50_ms']} / "
+            f"{twin['answer_p99_ms']} ms | |"
+        ),
+        (
+            f"| device -> cloud latency, one device (p50 / p99) | {lat['p50_ms']} / "
+            f"{lat['p99_ms']} ms | |"
+        ),
+        f"| desired PATCH -> device (p50 / p99) | {desired['p50_ms']} / {desired['p99_ms']} ms | |",
+        f"| agent RSS after the run | {report['agent_rss_mb']} MB | |",
+        "",
+        (
+            "How measured: everything on 127.0.0.1 (mosquitto with dynamic security, tunnel-server "
+            "with the twins part, a joined edge agent, the sync over its tunnel). The raw figure "
+            "is "
+            "D publishers -> one subscriber with the same window; the twin figures use onboarded "
+            "devices with their own credentials, each report answered by the agent after its "
+            "SQLite commit (fsync), and the cloud figure waits until the cloud API shows every "
+            "report applied. Latencies are measured from the device's publish (or the PATCH) to "
+            "the cloud API's long-poll answer (or the device's `twin/desired` message). Goals "
+            "(issue 5): >= 5,000 durable reports/s per agent, >= half the raw broker rate, "
+            "device -> cloud p99 < 200 ms."
+        ),
+        "",
+        f"Goals met: {', '.join(f'{k}={v}' for k, v in report['goals'].items())}.",
+    ]
+    return "\n".join(rows)
+
+
+def write_section(out: Path, section: str) -> None:
+    old = out.read_text() if out.exists() else ""
+    out.write_text(st.replace_section(old, section, START, END))
+    log(f"wrote the twins section of {out}")
+
+
+async def bench(plan: Plan, workdir: Path) -> dict[str, Any]:
+    async with system(workdir) as sut:
+        log("raw broker throughput")
+        raw = await raw_broker(sut.broker, plan)
+        log(f"raw: {raw['per_s']} msg/s; reported updates through the agent to the cloud")
+        twin = await twin_path(sut, plan)
+        log(f"twin: {twin['durable_per_s']} durable/s, {twin['cloud_per_s']} in the cloud/s")
+        latency = await device_to_cloud_latency(sut, plan)
+        log(f"device -> cloud p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
+        desired = await desired_latency(sut, plan)
+        log(f"PATCH -> device p50 {desired['p50_ms']} ms, p99 {desired['p99_ms']} ms")
+        rss = rss_mb(sut.agent_pid)
+    ratios = {
+        "durable_vs_raw": round(twin["durable_per_s"] / raw["per_s"], 3),
+        "cloud_vs_raw": round(twin["cloud_per_s"] / raw["per_s"], 3),
+    }
+    return {
+        "raw": raw,
+        "twin": twin,
+        "latency": latency,
+        "desired": desired,
+        "agent_rss_mb": rss,
+        "ratios": ratios,
+        "goals": {
+            "durable_5000_per_s": twin["durable_per_s"] >= 5000,
+            "half_raw": ratios["cloud_vs_raw"] >= 0.5,
+            "p99_under_200ms": latency["p99_ms"] < 200,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench/twins", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="finish in under a minute")
+    parser.add_argument("--out", type=Path, help="write the twins section of this markdown file")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    args = parser.parse_args(argv)
+    plan = make_plan(quick=args.quick)
+    workdir = Path(tempfile.mkdtemp(prefix="edgefleet-twins-bench-"))
+    started = time.monotonic()
+    keep = args.keep_workdir
+
+    async def run() -> dict[str, Any]:
+        async with asyncio.timeout(plan.time_budget_s):
+            return await bench(plan, workdir)
+
+    try:
+        figures = asyncio.run(run())
+    except TimeoutError:
+        log(f"error: over the budget of {plan.time_budget_s} s; logs in {workdir}")
+        keep = True
+        print(json.dumps({"error": "time budget exceeded", "workdir": str(workdir)}))
+        return 1
+    except Exception as error:  # noqa: BLE001 - report any failure as the last JSON line
+        log(f"error: {type(error).__name__}: {error}; logs in {workdir}")
+        keep = True
+        print(json.dumps({"error": f"{type(error).__name__}: {error}", "workdir": str(workdir)}))
+        return 1
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["scripts/bench/twins", *(argv or sys.argv[1:])]),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        ),
+        "mode": plan.mode,
+        "plan": asdict(plan),
+        "seconds": round(time.monotonic() - started, 1),
+        **figures,
+    }
+    if args.out is not None:
+        write_section(args.out, render_markdown(report))
+    print(
+        f"raw {report['raw']['per_s']:.0f} msg/s | durable {report['twin']['durable_per_s']:.0f}/s"
+        f" | cloud {report['twin']['cloud_per_s']:.0f}/s | d->c p50/p99 "
+        f"{report['latency']['p50_ms']}/{report['latency']['p99_ms']} ms | PATCH->device "
+        f"p50/p99 {report['desired']['p50_ms']}/{report['desired']['p99_ms']} ms"
+    )
+    print(json.dumps(report, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The cloud's twin API end to end: device -> broker -> agent -> tunnel -> cloud, and back."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.twins.topics import Op
+from tests.integration.twins_e2e.conftest import NODE, Fleet
+
+pytestmark = pytest.mark.mqtt
+
+
+async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(fleet: Fleet) -> None:
+    credential = await fleet.claim("th-1", "thermostat")
+    device = await fleet.wait_device("th-1")
+    assert device["id"] == f"{NODE}:th-1"
+    assert device["model"] == "thermostat"
+    assert device["state"] == "active"
+    async with fleet.device(credential) as sim:
+        answer = await sim.report({"temperature": 21.5, "heating": True})
+        assert answer["code"] == 200
+        twin = await fleet.cloud_twin("th-1", reported=answer["version"])
+        status, one = await fleet.api("GET", "/api/v1/devices/th-1")  # a bare id, unique
+    assert status == 200
+    assert one["availability"] == "online"  # it came before the report, in order
+    assert twin["reported"]["temperature"] == 21.5
+    assert twin["reported"]["heating"] is True
+    assert twin["reported"]["$version"] == 1
+    assert set(twin["reported"]["$metadata"]) >= {"temperature", "heating"}
+    status, page = await fleet.api("GET", f"/api/v1/devices?node={NODE}")
+    assert status == 200
+    assert [item["id"] for item in page["items"]] == [f"{NODE}:th-1"]
+    assert page["next"] is None
+
+
+async def test_desired_patches_reach_the_device_in_order(fleet: Fleet) -> None:
+    credential = await fleet.claim("th-2", "thermostat")
+    await fleet.wait_device("th-2")
+    async with fleet.device(credential) as sim:
+        setpoints = [float(value) for value in range(5, 31)]
+        for setpoint in setpoints:
+            status, body = await fleet.patch("th-2", {"setpoint": setpoint})
+            assert status == 200, body
+        seen: list[tuple[int, float]] = []
+        while len(seen) < len(setpoints):
+            message = await sim.wait_for(Op.DESIRED)
+            seen.append((message["version"], message["patch"]["setpoint"]))
+    assert [setpoint for _, setpoint in seen] == setpoints
+    assert [version for version, _ in seen] == list(range(1, len(setpoints) + 1))
+    status, device = await fleet.api("GET", f"/api/v1/devices/{NODE}:th-2")
+    assert status == 200
+    assert device["desiredVersion"] == len(setpoints)
+
+
+async def test_conditional_and_invalid_patches_are_refused(fleet: Fleet) -> None:
+    await fleet.claim("th-3", "thermostat")
+    await fleet.wait_device("th-3")
+    status, twin = await fleet.patch("th-3", {"setpoint": 20, "$version": 0})
+    assert status == 200, twin
+    assert twin["desired"]["$version"] == 1
+    status, body = await fleet.patch("th-3", {"setpoint": 21, "$version": 0})  # stale
+    assert status == 409
+    assert body["error"] == "version_conflict"
+    assert body["currentVersion"] == 1
+    status, body = await fleet.patch("th-3", {"setpoint": 31})  # max is 30
+    assert status == 400
+    assert body["error"] == "invalid_value"
+    assert body["problems"] == [{"path": "setpoint", "reason": "must be <= 30 (got 31)"}]
+    status, body = await fleet.patch("th-3", {"temperature": 20})  # read-only
+    assert status == 400
+    assert body["problems"][0]["path"] == "temperature"
+    status, body = await fleet.api(
+        "PATCH", f"/api/v1/devices/{NODE}:th-3/twin", {"reported": {"temperature": 1}}
+    )
+    assert (status, body["error"]) == (400, "read_only_section")
+    status, body = await fleet.api("GET", f"/api/v1/devices/{NODE}:nope")
+    assert (status, body["error"]) == (404, "device_not_found")
+    status, body = await fleet.api("GET", "/api/v1/devices", token="abcdef." + "x" * 32)
+    assert (status, body["error"]) == (401, "unauthenticated")
+    twin = await fleet.cloud_twin("th-3")
+    assert twin["desired"]["setpoint"] == 20
+    assert twin["desired"]["$version"] == 1  # refused writes changed nothing

@@ -1,0 +1,79 @@
+"""Both sides edit both sections during an outage, and they converge by the rule.
+
+Desired: the cloud wins; reported: the edge wins. Keys only one side wrote survive, and the
+device is told the desired value that won.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edge_agent.twins.topics import Op
+from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, Fleet
+
+pytestmark = pytest.mark.mqtt
+
+
+def values(section: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in section.items() if not k.startswith("$")}
+
+
+def key_metadata(section: dict[str, object]) -> dict[str, object]:
+    metadata = section["$metadata"]
+    assert isinstance(metadata, dict)
+    return {k: v for k, v in metadata.items() if not k.startswith("$")}
+
+
+async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(fleet: Fleet) -> None:
+    credential = await fleet.claim("th-c", "thermostat")
+    await fleet.wait_device("th-c")
+    async with fleet.device(credential) as device:
+        assert (await device.report({"temperature": 20.0, "firmware": "1.0"}))["code"] == 200
+        await fleet.cloud_twin("th-c", reported=1)
+
+        fleet.proxy.cut()  # the outage
+        await fleet.wait_edge(lambda s: not s["sync"]["connected"])
+        # cloud: desired through the API, and a reported edit (as an operator tool might)
+        status, body = await fleet.patch("th-c", {"setpoint": 19.0, "mode": "cool"})
+        assert status == 200, body
+        await fleet.cloud_write("th-c", "reported", {"firmware": "cloud", "heating": True})
+        # edge: a desired edit made locally, and the device's own reports
+        await fleet.control(
+            "POST", "/write/th-c/desired", {"setpoint": 25.0, "schedule": {"enabled": True}}
+        )
+        answer = await device.report({"firmware": "edge", "temperature": 21.0})
+        assert answer["code"] == 200
+        await asyncio.sleep(0.5)
+        fleet.proxy.restore()
+
+        async with asyncio.timeout(READY_TIMEOUT):
+            while True:
+                await fleet.wait_synced()
+                status, info = await fleet.api("GET", f"/api/v1/devices/{NODE}:th-c")
+                cloud = await fleet.cloud_twin("th-c")
+                edge = await fleet.control("GET", "/twin/th-c")
+                if info["pendingDesired"] == 0 and all(
+                    values(cloud[s]) == values(edge[s]) for s in ("desired", "reported")
+                ):
+                    break
+                await asyncio.sleep(0.1)
+
+        # desired: the cloud wins the key both wrote; the edge's other key survives
+        assert values(cloud["desired"]) == {
+            "setpoint": 19.0,
+            "mode": "cool",
+            "schedule": {"enabled": True},
+        }
+        # reported: the edge wins the key both wrote; the cloud's other key survives
+        assert values(cloud["reported"]) == {
+            "firmware": "edge",
+            "temperature": 21.0,
+            "heating": True,
+        }
+        for section in ("desired", "reported"):
+            assert key_metadata(cloud[section]) == key_metadata(edge[section])
+        # the device was sent the cloud's setpoint and sees no setpoint left to do
+        delta = await device.wait_for(Op.DELTA, lambda m: m["delta"].get("setpoint") == 19.0)
+        assert delta["delta"]["mode"] == "cool"

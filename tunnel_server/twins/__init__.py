@@ -1,0 +1,112 @@
+"""Device twins in the cloud: the twin store, the agents' ``twins`` sync stream, the REST API.
+
+``setup(app)`` (after ``tunnel_endpoint.setup``) opens the store, registers the ``twins``
+agent service and the routes under ``/api/v1/devices``, and exports counters on /metrics.
+``OPENAPI_PATHS`` describes the routes for the server's OpenAPI document.
+
+docs/twins.md describes the API and the sync stream's protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tunnel_aio import TunnelStream
+from tunnel_server.agent_services import AGENT_SERVICES_KEY
+from tunnel_server.app_keys import REGISTRY_KEY, SETTINGS_KEY
+from tunnel_server.sessions import AgentSession
+from tunnel_server.twins.api import TWINS_KEY, add_routes
+from tunnel_server.twins.models import ModelRegistry
+from tunnel_server.twins.openapi import OPENAPI_PATHS
+from tunnel_server.twins.service import TwinsCloud
+from tunnel_server.twins.settings import CloudTwinsSettings, Durability
+from tunnel_server.twins.store import TwinStore
+from tunnel_server.twins.sync import SyncHub
+
+__all__ = [
+    "OPENAPI_PATHS",
+    "SYNC_TARGET",
+    "TWINS_KEY",
+    "TWINS_SYNC_KEY",
+    "CloudTwinsSettings",
+    "Durability",
+    "TwinsCloud",
+    "setup",
+]
+
+SYNC_TARGET = "twins"
+"""The agent-service target name of the sync stream."""
+
+TWINS_SYNC_KEY = web.AppKey("twins_sync", SyncHub)
+
+
+async def _serve_sync(stream: TunnelStream, session: AgentSession, app: web.Application) -> None:
+    await app[TWINS_SYNC_KEY].serve(stream, session)
+
+
+class _Metrics(Collector):
+    def __init__(self, cloud: TwinsCloud) -> None:
+        self._cloud = cloud
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counters = self._cloud.counters
+        records = CounterMetricFamily(
+            "tunnel_twins_records", "Outbox records from agents", labels=["result"]
+        )
+        records.add_metric(["applied"], counters.records_applied)
+        records.add_metric(["duplicate"], counters.records_duplicate)
+        records.add_metric(["rejected"], counters.records_rejected)
+        yield records
+        yield CounterMetricFamily(
+            "tunnel_twins_batches", "Outbox batches committed", value=counters.batches
+        )
+        changes = CounterMetricFamily(
+            "tunnel_twins_edge_changes", "Twin changes from agents", labels=["result"]
+        )
+        changes.add_metric(["applied"], counters.changes_applied)
+        changes.add_metric(["duplicate"], counters.changes_duplicate)
+        yield changes
+        downlink = CounterMetricFamily(
+            "tunnel_twins_cloud_changes", "Twin changes for agents", labels=["state"]
+        )
+        downlink.add_metric(["queued"], counters.downlink_queued)
+        downlink.add_metric(["acknowledged"], counters.downlink_acked)
+        downlink.add_metric(["failed"], counters.downlink_failed)
+        yield downlink
+
+
+def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -> None:
+    """Open the twin store and mount the routes and the ``twins`` agent service.
+
+    Call after ``tunnel_endpoint.setup`` (which creates the agent-service table) with the
+    server's settings, store and registry keys set, as ``create_app`` does.
+    """
+    if AGENT_SERVICES_KEY not in app:
+        raise RuntimeError("twins.setup(app) must come after tunnel_endpoint.setup(app)")
+    settings = settings or CloudTwinsSettings()
+    data_dir = app[SETTINGS_KEY].data_dir
+    store = TwinStore(
+        settings.database or data_dir / "twins.sqlite3",
+        durability=settings.durability,
+        cache_devices=settings.cache_devices,
+        max_dead_letters=settings.max_dead_letters,
+    )
+    cloud = TwinsCloud(
+        store=store,
+        models=ModelRegistry.load(settings.models_dir or data_dir / "models"),
+        settings=settings,
+    )
+    app[TWINS_KEY] = cloud
+    app[TWINS_SYNC_KEY] = SyncHub(cloud)
+    app[AGENT_SERVICES_KEY][SYNC_TARGET] = _serve_sync
+    add_routes(app)
+    app[REGISTRY_KEY].register(_Metrics(cloud))
+
+    async def close(_app: web.Application) -> None:
+        store.close()
+
+    app.on_cleanup.append(close)

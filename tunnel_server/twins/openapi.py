@@ -1,0 +1,222 @@
+"""The OpenAPI 3.1 paths of the twins routes, for the server's document to merge in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPENAPI_PATHS"]
+
+_ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "stable code, e.g. invalid_value"},
+        "message": {"type": "string", "description": "what happened and what to do"},
+        "problems": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["path", "reason"],
+                "properties": {"path": {"type": "string"}, "reason": {"type": "string"}},
+            },
+        },
+        "currentVersion": {"type": "integer"},
+        "candidates": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_SECTION: dict[str, Any] = {
+    "type": "object",
+    "description": "property values plus $version (grows by one per change) and $metadata "
+    "($lastUpdated per key, epoch seconds)",
+    "required": ["$version", "$metadata"],
+    "properties": {"$version": {"type": "integer"}, "$metadata": {"type": "object"}},
+    "additionalProperties": True,
+}
+_DEVICE: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "node", "device", "model", "state"],
+    "properties": {
+        "id": {"type": "string", "description": "<node>:<device>"},
+        "node": {"type": "string"},
+        "device": {"type": "string"},
+        "model": {"type": "string"},
+        "modelVersion": {"type": "string"},
+        "state": {"type": "string", "enum": ["active", "removed"]},
+        "createdAt": {"type": "number"},
+        "updatedAt": {"type": "number"},
+        "availability": {"type": ["string", "null"], "enum": ["online", "offline", None]},
+        "availabilityAt": {"type": ["number", "null"]},
+        "desiredVersion": {"type": "integer"},
+        "reportedVersion": {"type": "integer"},
+        "pendingDesired": {
+            "type": "integer",
+            "description": "desired changes not yet acknowledged by the node",
+        },
+        "edgeOrigin": {"type": ["string", "null"]},
+        "lastRejected": {"type": ["object", "null"]},
+        "syncError": {"type": ["string", "null"]},
+    },
+}
+_TWIN: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "desired", "reported", "delta"],
+    "properties": {
+        "id": {"type": "string"},
+        "desired": _SECTION,
+        "reported": _SECTION,
+        "delta": {"type": "object", "description": "desired values reported does not match"},
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    texts = {
+        400: "invalid request or value (problems name the path and reason)",
+        401: "missing or wrong bearer token",
+        404: "no such device",
+        409: "version conflict, removed device, or an id that names several devices",
+        413: "body or twin section too large",
+        415: "not JSON",
+        422: "the device's model is not loaded in the cloud",
+        503: "too many changes queued for an offline node; retry later",
+    }
+    return {
+        str(status): {
+            "description": texts[status],
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+        for status in statuses
+    }
+
+
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "<node>:<device>, or a device id that exists on one node only",
+    "schema": {"type": "string", "maxLength": 200},
+}
+_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v1/devices": {
+        "get": {
+            "summary": "List devices (all nodes, or one)",
+            "operationId": "listDevices",
+            "tags": ["twins"],
+            "security": _SECURITY,
+            "parameters": [
+                {"name": "node", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "the 'next' id of the previous page",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "a page of devices",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["items", "next"],
+                                "properties": {
+                                    "items": {"type": "array", "items": _DEVICE},
+                                    "next": {"type": ["string", "null"]},
+                                },
+                            }
+                        }
+                    },
+                },
+                **_errors(400, 401),
+            },
+        }
+    },
+    "/api/v1/devices/{id}": {
+        "get": {
+            "summary": "One device: model, state, availability, versions, sync state",
+            "operationId": "getDevice",
+            "tags": ["twins"],
+            "security": _SECURITY,
+            "parameters": [_ID],
+            "responses": {
+                "200": {
+                    "description": "the device",
+                    "content": {"application/json": {"schema": _DEVICE}},
+                },
+                **_errors(400, 401, 404, 409),
+            },
+        }
+    },
+    "/api/v1/devices/{id}/twin": {
+        "get": {
+            "summary": "The device's twin (desired, reported, delta)",
+            "description": "With wait=<seconds> and desiredVersion or reportedVersion, the "
+            "answer waits until that section reaches the version (or the time is up).",
+            "operationId": "getTwin",
+            "tags": ["twins"],
+            "security": _SECURITY,
+            "parameters": [
+                _ID,
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                },
+                {"name": "desiredVersion", "in": "query", "schema": {"type": "integer"}},
+                {"name": "reportedVersion", "in": "query", "schema": {"type": "integer"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "the twin",
+                    "content": {"application/json": {"schema": _TWIN}},
+                },
+                **_errors(400, 401, 404, 409, 503),
+            },
+        },
+        "patch": {
+            "summary": "Change desired properties (a JSON merge patch; null deletes)",
+            "description": "Validated against the device's model. A $version inside desired "
+            "makes the write conditional: 409 when desired is not at that version. The "
+            "change reaches the device in order, also after the node was offline.",
+            "operationId": "patchTwin",
+            "tags": ["twins"],
+            "security": _SECURITY,
+            "parameters": [_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    media: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["desired"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "desired": {
+                                    "type": "object",
+                                    "properties": {"$version": {"type": "integer", "minimum": 0}},
+                                }
+                            },
+                        },
+                        "example": {"desired": {"setpoint": 21.5, "$version": 3}},
+                    }
+                    for media in ("application/json", "application/merge-patch+json")
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "the twin after the change",
+                    "content": {"application/json": {"schema": _TWIN}},
+                },
+                **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+            },
+        },
+    },
+}

@@ -1,0 +1,524 @@
+"""The cloud replica of every device twin: edge batches in, API writes in, changes out.
+
+Rules (docs/twins.md has the long form):
+
+1. Devices are keyed by (node, device id). A node's batches can only ever touch its own
+   devices: the node is the session's verified certificate name, and every record's edge
+   origin must be ``<node>.<boot id>``, the origin the agent announced in its hello.
+2. A batch from the edge is applied in one transaction with the origin's ``outboxId`` mark:
+   records at or below the mark are redeliveries and are skipped, so every record of the
+   outbox takes effect once. Twin changes are also applied with `device_models.apply_change`
+   (once per (origin, seq); reported won by the edge, desired by the cloud).
+3. A record that cannot be applied (malformed, a value the model refuses, a gap) is consumed
+   into ``dead_letters`` with its reason and shown on the device (``syncError``): one bad
+   record must not block a node's outbox for ever. Only a store failure refuses a batch, and
+   the agent then retries it.
+4. An API write goes through `device_models.write_change` on the cloud replica; the new
+   replica and the change for the edge (``downlink``) commit together, and the node's sync
+   stream is woken to send it.
+5. A ``device`` record means the edge onboarded the device with a fresh replica. The cloud
+   starts a fresh replica too (so both number from 1 again), drops changes still queued for
+   the old one, and re-sends its desired values as a new change: intent survives a device
+   being re-onboarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from device_models import (
+    DeviceModel,
+    DeviceModelsError,
+    JsonObject,
+    LimitExceededError,
+    Problem,
+    Replica,
+    Role,
+    Section,
+    SequenceGapError,
+    TwinChange,
+    ValidationError,
+    apply_change,
+    write_change,
+)
+from tunnel_server.twins.models import ModelRegistry
+from tunnel_server.twins.settings import CloudTwinsSettings
+from tunnel_server.twins.store import DeviceKey, DeviceRow, DeviceState, Transaction, TwinStore
+
+__all__ = [
+    "DEVICE_ID",
+    "BatchError",
+    "BatchResult",
+    "DeviceRemovedError",
+    "ModelUnknownError",
+    "QueueFullError",
+    "TwinsCloud",
+    "UnknownDeviceError",
+]
+
+log = logging.getLogger("tunnel_server.twins")
+
+# The edge's device id alphabet (edge_agent.twins.topics.DEVICE_ID): a topic level.
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MODEL_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_BOOT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_REJECTED_BYTES = 8 * 1024
+"""A ``change-rejected`` record's error is kept on the device up to this size."""
+
+
+class BatchError(Exception):
+    """The batch breaks the protocol (ids not increasing, not a list...): refuse it whole."""
+
+
+class UnknownDeviceError(LookupError):
+    pass
+
+
+class DeviceRemovedError(Exception):
+    pass
+
+
+class ModelUnknownError(Exception):
+    """The device's model is not loaded in the cloud, so a write cannot be validated."""
+
+
+class QueueFullError(Exception):
+    """Too many changes wait for an offline node already."""
+
+
+class _RejectedError(Exception):
+    def __init__(self, reason: str, *, device: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.device = device
+
+
+@dataclass(kw_only=True)
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+    def to_json(self) -> JsonObject:
+        return {"applied": self.applied, "duplicates": self.duplicates, "rejected": self.rejected}
+
+
+@dataclass(kw_only=True)
+class Counters:
+    """Totals since start, for /metrics."""
+
+    batches: int = 0
+    records_applied: int = 0
+    records_duplicate: int = 0
+    records_rejected: int = 0
+    changes_applied: int = 0
+    changes_duplicate: int = 0
+    downlink_queued: int = 0
+    downlink_acked: int = 0
+    downlink_failed: int = 0
+
+
+class TwinsCloud:
+    """The twin store plus the rules above; one per server process."""
+
+    def __init__(
+        self,
+        *,
+        store: TwinStore,
+        models: ModelRegistry,
+        settings: CloudTwinsSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.models = models
+        self.settings = settings
+        self.counters = Counters()
+        self._clock = clock
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        self._waiters = 0
+
+    @property
+    def origin(self) -> str:
+        return self.store.origin
+
+    # ------------------------------------------------------------------ lookups
+
+    def device(self, key: DeviceKey) -> DeviceRow | None:
+        return self.store.device(key)
+
+    def resolve(self, device_id: str) -> list[DeviceKey]:
+        """API id -> keys: ``node:device`` names one; a bare device id may match several."""
+        node, sep, device = device_id.rpartition(":")
+        if sep:
+            return [(node, device)] if self.store.device((node, device)) is not None else []
+        return self.store.find(device_id)
+
+    # ------------------------------------------------------------------ sync stream hooks
+
+    def waker(self, node: str) -> asyncio.Event:
+        """A new event for the node's newest sync stream, set when changes are queued."""
+        event = self._wakers[node] = asyncio.Event()
+        return event
+
+    def release_waker(self, node: str, event: asyncio.Event) -> None:
+        if self._wakers.get(node) is event:
+            del self._wakers[node]
+
+    def _wake(self, node: str) -> None:
+        event = self._wakers.get(node)
+        if event is not None:
+            event.set()
+
+    def notify_soon(self) -> None:
+        """Wake long-polls (call after a commit): swap in a fresh event, set the old one."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_version(
+        self, key: DeviceKey, section: Section, version: int, *, within: float
+    ) -> DeviceRow | None:
+        """The device once ``section.$version >= version``, or as it is after `within` seconds."""
+        if self._waiters >= self.settings.max_waiters:
+            raise QueueFullError(f"{self._waiters} long-polls wait already")
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(within):
+                while not _version_reached(self.store.device(key), section, version):
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters -= 1
+        return self.store.device(key)
+
+    # ------------------------------------------------------------------ edge -> cloud
+
+    def hello(self, node: str, origin: str) -> None:
+        """Check an agent's announced origin; ValueError if it is not ``<node>.<boot id>``."""
+        boot = origin.removeprefix(f"{node}.")
+        if boot == origin or not _BOOT.fullmatch(boot):
+            raise ValueError(f"origin {origin[:160]!r} is not {node!r} plus '.' and a boot id")
+        self.store.forget_origins(node, keep=origin)
+
+    def apply_batch(self, *, node: str, origin: str, records: list[Any]) -> BatchResult:
+        """Apply an outbox batch exactly once per record; raises BatchError or a store error."""
+        now = self._clock()
+        txn = self.store.begin()
+        mark = self.store.uplink_mark(origin)
+        last = mark
+        result = BatchResult()
+        for record in records:
+            if not isinstance(record, dict):
+                raise BatchError("every record is a JSON object")
+            outbox_id = record.get("outboxId")
+            if isinstance(outbox_id, bool) or not isinstance(outbox_id, int) or outbox_id < 1:
+                raise BatchError("every record needs an integer outboxId >= 1")
+            if outbox_id <= last:
+                if outbox_id <= mark:
+                    result.duplicates += 1
+                    continue
+                raise BatchError(f"outboxId {outbox_id} after {last}: ids must increase")
+            last = outbox_id
+            try:
+                self._apply_record(txn, node=node, origin=origin, record=record, now=now)
+            except _RejectedError as rejected:
+                log.warning(
+                    "twins: record %s of %s dead-lettered: %s", outbox_id, node, rejected.reason
+                )
+                txn.dead_letter(node, rejected.device, rejected.reason, record)
+                result.rejected += 1
+            else:
+                result.applied += 1
+        txn.marks[origin] = (node, last)
+        added = self.store.commit(txn)
+        counters = self.counters
+        counters.batches += 1
+        counters.records_applied += result.applied
+        counters.records_duplicate += result.duplicates
+        counters.records_rejected += result.rejected
+        counters.downlink_queued += len(added)
+        if added:
+            self._wake(node)
+        self.notify_soon()
+        return result
+
+    def _apply_record(
+        self, txn: Transaction, *, node: str, origin: str, record: dict[str, Any], now: float
+    ) -> None:
+        kind = record.get("kind")
+        device = record.get("device")
+        if not isinstance(device, str) or not DEVICE_ID.fullmatch(device):
+            raise _RejectedError("device must be a device id ([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
+        key = (node, device)
+        if kind == "device":
+            self._onboarded(txn, key, origin=origin, record=record, now=now)
+        elif kind == "twin-change":
+            self._twin_change(txn, key, origin=origin, record=record, now=now)
+        elif kind == "availability":
+            self._availability(txn, key, origin=origin, record=record)
+        elif kind == "change-rejected":
+            self._change_rejected(txn, key, record=record, now=now)
+        elif kind == "device-removed":
+            row = _existing(txn, key)
+            txn.purge(key)
+            txn.put(dataclasses.replace(row, state=DeviceState.REMOVED, updated=now))
+        else:
+            raise _RejectedError(f"unknown record kind {str(kind)[:64]!r}", device=device)
+
+    def _onboarded(
+        self, txn: Transaction, key: DeviceKey, *, origin: str, record: dict[str, Any], now: float
+    ) -> None:
+        _same_origin(record.get("origin"), origin, key[1])
+        model = record.get("model")
+        version = record.get("modelVersion", "")
+        if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+            raise _RejectedError("model must be a model name", device=key[1])
+        if not isinstance(version, str) or len(version) > 64:
+            raise _RejectedError("modelVersion must be a string of at most 64", device=key[1])
+        old = txn.get(key)
+        if old is None and self.store.count_devices(key[0]) >= self.settings.max_devices_per_node:
+            limit = self.settings.max_devices_per_node
+            raise _RejectedError(f"node has {limit} devices already (the cap)", device=key[1])
+        replica = self.store.new_replica()
+        txn.purge(key)
+        if old is not None and old.replica.twin.desired.values:
+            replica = self._carry_desired(
+                txn, key=key, replica=replica, old=old, model_name=model, now=now
+            )
+        txn.put(
+            DeviceRow(
+                node=key[0],
+                device=key[1],
+                model=model,
+                model_version=version,
+                state=DeviceState.ACTIVE,
+                created=old.created if old is not None else now,
+                updated=now,
+                replica=replica,
+                edge_origin=origin,
+            )
+        )
+
+    def _carry_desired(
+        self,
+        txn: Transaction,
+        *,
+        key: DeviceKey,
+        replica: Replica,
+        old: DeviceRow,
+        model_name: str,
+        now: float,
+    ) -> Replica:
+        values = dict(old.replica.twin.desired.values)
+        model = self.models.get(model_name)
+        try:
+            if model is not None:
+                values = model.validate_desired(values)
+            replica, change = write_change(replica, Section.DESIRED, values, now=now)
+        except DeviceModelsError as error:
+            log.warning("twins: desired of %s not carried to its new twin: %s", key, error)
+            return replica
+        txn.queue(key, {"device": key[1], "change": change.to_json()})
+        return replica
+
+    def _twin_change(
+        self, txn: Transaction, key: DeviceKey, *, origin: str, record: dict[str, Any], now: float
+    ) -> None:
+        device = key[1]
+        try:
+            change = TwinChange.from_json(record.get("change"))
+        except DeviceModelsError as error:
+            raise _RejectedError(f"malformed change: {error.summary}", device=device) from None
+        if change.origin != origin or change.role is not Role.EDGE:
+            raise _RejectedError("a change must come from the session's edge origin", device=device)
+        row = txn.get(key) or self._implicit_row(key, origin=origin, record=record, now=now)
+        if row.state is DeviceState.REMOVED:
+            raise _RejectedError("change for a removed device", device=device)
+        problem: str | None = None
+        # A change the model or the limits refuse uses up its seq without its values, so
+        # that later changes from the same origin still apply (the edge does the same).
+        empty = dataclasses.replace(change, values={}, metadata={})
+        try:
+            _check_values(self.models.get(row.model), change)
+        except ValidationError as error:
+            problem = f"change {change.origin}#{change.seq} not applied: {_describe(error)}"
+            change = empty
+        try:
+            try:
+                result = apply_change(row.replica, change)
+            except LimitExceededError as error:
+                problem = f"change {change.origin}#{change.seq} not applied: {_describe(error)}"
+                result = apply_change(row.replica, empty)
+        except SequenceGapError as error:
+            txn.put(dataclasses.replace(row, sync_error=str(error.problems[0])))
+            raise _RejectedError(str(error.problems[0]), device=device) from None
+        if result.applied:
+            self.counters.changes_applied += 1
+        else:
+            self.counters.changes_duplicate += 1
+        txn.put(
+            dataclasses.replace(
+                row, replica=result.replica, updated=now, sync_error=problem or row.sync_error
+            )
+        )
+        if problem is not None:
+            raise _RejectedError(problem, device=device)
+
+    def _implicit_row(
+        self, key: DeviceKey, *, origin: str, record: dict[str, Any], now: float
+    ) -> DeviceRow:
+        """A row for a change whose device the cloud does not know (a restored store)."""
+        model = record.get("model")
+        if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+            raise _RejectedError("unknown device and no model name", device=key[1])
+        return DeviceRow(
+            node=key[0],
+            device=key[1],
+            model=model,
+            model_version="",
+            state=DeviceState.ACTIVE,
+            created=now,
+            updated=now,
+            replica=self.store.new_replica(),
+            edge_origin=origin,
+        )
+
+    def _availability(
+        self, txn: Transaction, key: DeviceKey, *, origin: str, record: dict[str, Any]
+    ) -> None:
+        _same_origin(record.get("origin"), origin, key[1])
+        status = record.get("status")
+        at = record.get("at")
+        if status not in ("online", "offline", None):
+            raise _RejectedError("status must be online, offline or null", device=key[1])
+        if isinstance(at, bool) or not isinstance(at, int | float) or not at >= 0:
+            raise _RejectedError("at must be epoch seconds", device=key[1])
+        row = _existing(txn, key)
+        if row.availability_at is None or float(at) >= row.availability_at:
+            txn.put(dataclasses.replace(row, availability=status, availability_at=float(at)))
+
+    def _change_rejected(
+        self, txn: Transaction, key: DeviceKey, *, record: dict[str, Any], now: float
+    ) -> None:
+        row = _existing(txn, key)
+        rejected: JsonObject = {
+            "origin": str(record.get("origin"))[:160],
+            "seq": record.get("seq") if isinstance(record.get("seq"), int) else None,
+            "section": str(record.get("section"))[:16],
+            "error": record.get("error") if isinstance(record.get("error"), dict) else None,
+            "at": now,
+        }
+        if len(repr(rejected)) > MAX_REJECTED_BYTES:
+            rejected["error"] = {"message": "(too large to keep)"}
+        log.warning("twins: the edge refused change %s of %s", rejected.get("seq"), key)
+        txn.put(dataclasses.replace(row, last_rejected=rejected, updated=now))
+
+    # ------------------------------------------------------------------ API -> edge
+
+    def write(
+        self,
+        key: DeviceKey,
+        section: Section,
+        patch: object,
+        *,
+        expected_version: int | None = None,
+    ) -> DeviceRow:
+        """A local write (the REST API writes desired); the change is queued for the edge.
+
+        Raises the errors of `device_models` (ValidationError, VersionConflictError,
+        LimitExceededError...) or UnknownDeviceError, DeviceRemovedError, ModelUnknownError,
+        QueueFullError.
+        """
+        row = self.store.device(key)
+        if row is None:
+            raise UnknownDeviceError(f"{key[0]}:{key[1]}")
+        if row.state is DeviceState.REMOVED:
+            raise DeviceRemovedError(f"{row.id} was removed from its node")
+        model = self.models.get(row.model)
+        if model is None:
+            raise ModelUnknownError(row.model)
+        if not isinstance(patch, dict) or not patch:
+            problem = Problem(path=str(section), reason="must be a non-empty JSON object")
+            raise ValidationError("invalid patch", (problem,))
+        checked = (
+            model.validate_desired(patch)
+            if section is Section.DESIRED
+            else model.validate_reported(patch)
+        )
+        queued = self.store.downlink_count(key[0])
+        if queued >= self.settings.max_downlink_per_node:
+            raise QueueFullError(f"{queued} changes wait for node {key[0]} already")
+        now = self._clock()
+        replica, change = write_change(
+            row.replica, section, checked, now=now, expected_version=expected_version
+        )
+        updated = dataclasses.replace(row, replica=replica, updated=now)
+        txn = self.store.begin()
+        txn.put(updated)
+        txn.queue(key, {"device": key[1], "change": change.to_json()})
+        self.store.commit(txn)
+        self.counters.downlink_queued += 1
+        self._wake(key[0])
+        self.notify_soon()
+        return updated
+
+    def downlink_done(self, ids: list[int]) -> None:
+        """The edge applied (or already had, or dead-lettered itself) these changes."""
+        self.store.remove_downlink(ids)
+        self.counters.downlink_acked += len(ids)
+
+    def downlink_failed(self, node: str, row_id: int, reason: str) -> None:
+        """The edge cannot ever apply this change: keep it as a dead letter, drop it."""
+        row = self.store.downlink_row(row_id)
+        if row is None or row.node != node:
+            return
+        self.counters.downlink_failed += 1
+        log.warning("twins: change %s for %s:%s dropped: %s", row_id, node, row.device, reason)
+        txn = self.store.begin()
+        txn.removed_downlink.append(row_id)
+        txn.dead_letter(node, row.device, f"edge refused: {reason}", row.body)
+        device = self.store.device((node, row.device))
+        if device is not None:
+            txn.put(dataclasses.replace(device, sync_error=f"edge refused a change: {reason}"))
+        self.store.commit(txn)
+        self.notify_soon()
+
+
+def _describe(error: DeviceModelsError) -> str:
+    """One line: the summary and the first few problems (path: reason)."""
+    problems = "; ".join(str(problem) for problem in error.problems[:3])
+    return f"{error.summary} ({problems})" if problems else error.summary
+
+
+def _version_reached(row: DeviceRow | None, section: Section, version: int) -> bool:
+    return row is not None and row.replica.twin.section(section).version >= version
+
+
+def _existing(txn: Transaction, key: DeviceKey) -> DeviceRow:
+    row = txn.get(key)
+    if row is None:
+        raise _RejectedError("unknown device", device=key[1])
+    return row
+
+
+def _same_origin(value: object, origin: str, device: str) -> None:
+    if value != origin:
+        raise _RejectedError("origin must be the session's edge origin", device=device)
+
+
+def _check_values(model: DeviceModel | None, change: TwinChange) -> None:
+    if model is None:  # a model only the edge knows: the edge validated it
+        return
+    values = dict(change.values)
+    if change.section is Section.DESIRED:
+        model.validate_desired(values)
+    else:
+        model.validate_reported(values)
