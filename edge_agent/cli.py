@@ -275,16 +275,17 @@ async def run(settings: AgentSettings) -> None:
         extra={"kv": {"address": f"{settings.local_api.host}:{settings.local_api.port}"}},
     )
     try:
-        async with _kube_proxy(settings, registry, client) as proxy:
-            if proxy is not None:
-                kube.proxy = proxy
-                app[READY_KEY]["kube_proxy"] = True
-            systemd.notify("READY=1")
-            async with asyncio.TaskGroup() as group:
-                tunnel = group.create_task(client.run(), name="agent.tunnel")
-                status = group.create_task(reporter.run(), name="agent.node-status")
+        async with asyncio.TaskGroup() as group:
+            tunnel = group.create_task(client.run(), name="agent.tunnel")
+            status = group.create_task(reporter.run(), name="agent.node-status")
+            # Inside the group: in tunnel mode the kube proxy waits for the first session.
+            async with _kube_proxy(settings, registry, client) as proxy:
+                if proxy is not None:
+                    kube.proxy = proxy
+                    app[READY_KEY]["kube_proxy"] = True
+                systemd.notify("READY=1")
                 await tunnel  # ends on SIGTERM, after draining
-                status.cancel()  # the reporter runs until told otherwise
+            status.cancel()  # the reporter runs until told otherwise
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopped")

@@ -99,6 +99,8 @@ class TunnelClient:
         self.last_error: str | None = None
         self.attempts = 0
         self._stopping = asyncio.Event()
+        self.up = asyncio.Event()
+        """Set while a session is established; parts that need the cloud can wait on it."""
         self.session_tasks: dict[str, SessionTask] = {}
         """Work that needs the tunnel (twin sync, status reports): each runs, under its name,
         for as long as a session lives, and starts again on the next session. A task that
@@ -198,6 +200,7 @@ class TunnelClient:
             run = group.create_task(connection.run(), name="tunnel.session")
             await connection.wait_ready()
             self.connected_since = time.time()
+            self.up.set()
             self.metrics.connected.set(1)
             self.metrics.reconnects.inc()
             self.last_error = None
@@ -214,6 +217,7 @@ class TunnelClient:
             await run
             for helper in helpers:
                 helper.cancel()
+        self.up.clear()
         self.metrics.connected.set(0)
         ended = connection.termination
         log.info("tunnel down", extra={"kv": {"reason": ended.text if ended else "?"}})

@@ -37,9 +37,18 @@ class TunnelUpstream:
 
 @contextlib.asynccontextmanager
 async def open_tunnel_upstream(
-    client: TunnelClient, *, open_timeout: float = 5.0
+    client: TunnelClient, *, open_timeout: float = 5.0, first_session_wait: float = 10.0
 ) -> AsyncIterator[TunnelUpstream]:
-    """Yield an upstream (``base_url`` on loopback, plain HTTP) for ``serve_kube_proxy``."""
+    """Yield an upstream (``base_url`` on loopback, plain HTTP) for ``serve_kube_proxy``.
+
+    Waits up to ``first_session_wait`` seconds for the tunnel's first session, so a node that
+    starts with a working link begins online instead of being judged offline by the kube
+    proxy's first probe; a node that starts without one serves from its cache after the wait.
+    ``client.run()`` must already be running.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(first_session_wait):
+            await client.up.wait()
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = client.connection

@@ -50,17 +50,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.kubecache.offline")
 
 RETRY_AFTER = 10
-"""Seconds a client is told to wait before retrying an offline-rejected write."""
+"""Seconds suggested in the Status body (``details.retryAfterSeconds``) for a retry.
+
+Deliberately no ``Retry-After`` *header*: client-go retries a 503 that carries one up to ten
+times, so `kubectl create` on an offline node would hang for over a minute before saying why.
+Without the header it fails at once with the Status message, and controllers retry on their
+own backoff anyway."""
 _MAX_SYNC_ATTEMPTS = 3
 
 
 def _json(obj: object, *, status: int = 200) -> web.Response:
-    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
     return web.Response(
         body=json.dumps(obj, separators=(",", ":")).encode(),
         status=status,
         content_type="application/json",
-        headers=headers,
     )
 
 

@@ -360,7 +360,7 @@ class WatchSession:
                     "no complete list covering this watch is cached", retry_after=10
                 )
                 proxy.metrics.requests.labels(verb="watch", source="offline_rejected").inc()
-                return web.json_response(body, status=503, headers={"Retry-After": "10"})
+                return web.json_response(body, status=503)  # no Retry-After: see offline.py
             self.kind = self.kind or coverage.list_kind.removesuffix("List")
             self.api_version = coverage.api_version
             await self._replay(coverage)

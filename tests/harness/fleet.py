@@ -223,6 +223,19 @@ class Agent:
                     return float(line.split()[1])
         raise KeyError(name)
 
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Until the agent's /readyz says every part it runs is ready."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.local_api_port}/readyz"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            self.process.check_running()
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.05)
+        raise ServiceError(f"agent {self.name} not ready after {timeout} s")
+
     def wait_connected(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         last: object = None

@@ -200,6 +200,7 @@ async def test_real_agent_in_tunnel_mode_serves_kubectl_online_and_offline(
         agent.join()
         agent.start()
         agent.wait_connected()
+        agent.wait_ready()
         online = kubectl(port, "get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
         assert online.returncode == 0, online.stderr
         assert online.stdout.strip() == "pod/web-1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -131,6 +132,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             agents[name] = agent
         for agent in agents.values():
             agent.wait_connected()
+        # Steady state: each agent holds its node status stream (and its server-side task).
+        deadline = time.monotonic() + 30
+        while server.metric("tunnel_streams") < len(agents) and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield Fleet(
             server=server,
             agents=agents,
