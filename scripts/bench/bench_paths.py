@@ -17,8 +17,9 @@ import ipaddress
 import os
 import shutil
 import ssl
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,29 +326,109 @@ def chisel_path(*, tls: bool) -> PathFactory:
 # ---------------------------------------------------------------- ours (extension point)
 
 
-def ours(target: Address, workdir: Path) -> AbstractAsyncContextManager[Endpoint]:
-    """EXTENSION POINT: our tunnel (tunnel-server + edge-agent + node proxy) as a path.
+def tunnel_bin(program: str) -> str:
+    """One of our own console scripts, from the virtualenv the bench runs in."""
+    path = Path(sys.executable).parent / program
+    if not path.is_file():
+        raise BenchError(f"{path} is missing: run scripts/setup (installs the project)")
+    return str(path)
 
-    Replace this function with an ``@contextlib.asynccontextmanager`` async generator of the
-    same signature that, using ``bench_procs.running`` for every process it starts:
 
-    1. starts ``tunnel-server run --listen 127.0.0.1:<free_port()> --data-dir workdir/server``
-       and waits for ``/readyz``;
-    2. creates a node token and an admin API token with the ``tunnel-server`` CLI, and
-       ``edge-agent join`` s into ``workdir/agent`` (``--ca-hash`` from ``tunnel-server ca-hash``);
-    3. starts ``edge-agent run`` with ``[tunnel.targets] bench = "<target>"``;
-    4. yields ``Endpoint(base_url="https://127.0.0.1:<port>/api/v1/nodes/<name>/proxy/bench",
-       headers={"Authorization": "Bearer <admin token>"}, ca_file=<server CA PEM>,
-       cpu_pids=(server.pid, agent.pid))`` after ``await wait_until_served(endpoint, ...)``.
+async def _cli(argv: Sequence[str], what: str) -> str:
+    status, out, err = await run(argv, 60)
+    if status != 0:
+        raise BenchError(f"{what} failed (status {status}): {err.strip()}")
+    return out.strip()
 
-    Everything it starts must be stopped when the context exits (``running`` does that).
-    Until then it raises NotMeasuredError and the report says "not measured".
-    """
-    del target, workdir
-    raise NotMeasuredError(
-        "our tunnel is not wired into the bench yet (extension point: "
-        "scripts/bench/bench_paths.py, function ours)"
+
+def server_argv(data_dir: Path, port: int) -> list[str]:
+    return [
+        tunnel_bin("tunnel-server"), "run", "--listen", f"127.0.0.1:{port}",
+        "--data-dir", str(data_dir), "--public-name", "127.0.0.1",
+    ]  # fmt: skip
+
+
+async def wait_server_ready(port: int, ca_file: Path, within_s: float, proc: Proc) -> None:
+    """Until ``GET /readyz`` answers 200 over TLS verified by the server's own CA."""
+    deadline = time.monotonic() + within_s
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            context = ssl.create_default_context(cafile=str(ca_file))
+        except OSError:  # the server has not written its CA yet
+            context = None
+        if context is not None:
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http,
+                    http.get(f"https://127.0.0.1:{port}/readyz", ssl=context) as response,
+                ):
+                    if response.status == 200:
+                        return
+                    last = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+        await asyncio.sleep(0.05)
+    raise BenchError(
+        f"tunnel-server on port {port} not ready after {within_s:.0f} s (last: {last}); "
+        f"its log ({proc.log}) ends with:\n{proc.log_tail()}"
     )
+
+
+@contextlib.asynccontextmanager
+async def ours(target: Address, workdir: Path) -> AsyncIterator[Endpoint]:
+    """Our tunnel: ``tunnel-server run`` + one joined ``edge-agent run`` + the node proxy.
+
+    Clients speak HTTPS to the server (verified against its CA, like chisel's ``--tls-ca``);
+    the server carries each request as one stream over the agent's WSS + mTLS session; the
+    agent dials ``bench = "<target>"`` from its allow-list. TLS is on for both hops that have
+    a peer: client -> server and agent -> server.
+    """
+    folder = workdir / "ours"
+    folder.mkdir(mode=0o700)
+    data_dir = folder / "server"
+    port = free_port()
+    async with running("ours-server", server_argv(data_dir, port), workdir) as server:
+        ca_file = data_dir / "ca.crt"
+        await wait_server_ready(port, ca_file, READY_TIMEOUT_S, server)
+        admin = (data_dir / "admin-token").read_text().strip()
+        node = "bench-node"
+        server_cli = tunnel_bin("tunnel-server")
+        token = await _cli(
+            [server_cli, "token", "create", "--kind", "node", "--name", node,
+             "--data-dir", str(data_dir)],
+            "tunnel-server token create",
+        )  # fmt: skip
+        ca_hash = await _cli(
+            [server_cli, "ca-hash", "--data-dir", str(data_dir)], "tunnel-server ca-hash"
+        )
+        agent_dir = folder / "agent"
+        agent_cli = tunnel_bin("edge-agent")
+        await _cli(
+            [agent_cli, "join", "--server", f"https://127.0.0.1:{port}", "--token", token,
+             "--ca-hash", ca_hash, "--name", node, "--data-dir", str(agent_dir)],
+            "edge-agent join",
+        )  # fmt: skip
+        config = folder / "agent.toml"
+        config.write_text(f'[tunnel]\nbackoff_cap = 2.0\n\n[tunnel.targets]\nbench = "{target}"\n')
+        agent_argv = [
+            agent_cli, "run", "--config", str(config), "--data-dir", str(agent_dir),
+            "--local-api-port", str(free_port()),
+        ]  # fmt: skip
+        async with running("ours-agent", agent_argv, workdir) as agent:
+            endpoint = Endpoint(
+                base_url=f"https://127.0.0.1:{port}/api/v1/nodes/{node}/proxy/bench",
+                headers={"Authorization": f"Bearer {admin}"},
+                ca_file=ca_file,
+                cpu_pids=(server.pid, agent.pid),
+                info={
+                    "transport": "client -> server HTTPS (verified CA); agent -> server WSS "
+                    "with mTLS; one tunnel stream per request"
+                },
+            )
+            await wait_until_served(endpoint, READY_TIMEOUT_S, server, agent)
+            yield endpoint
 
 
 def paths(ssh_cipher: str | None = None) -> dict[str, PathFactory]:

@@ -101,17 +101,19 @@ async def running(
     *,
     env: Mapping[str, str] | None = None,
     stdout_pipe: bool = False,
+    stdin_pipe: bool = False,
 ) -> AsyncIterator[Proc]:
     """Run ``argv`` for the duration of the ``async with`` block, logging to ``log_dir/name.log``.
 
-    With ``stdout_pipe`` stdout is a pipe the caller reads (stderr still goes to the log).
+    With ``stdout_pipe`` stdout is a pipe the caller reads (stderr still goes to the log); with
+    ``stdin_pipe`` stdin is a pipe the caller writes (otherwise /dev/null).
     """
     log = log_dir / f"{name}.log"
     with log.open("ab") as sink:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if stdout_pipe else sink,
                 stderr=sink,
                 env={**os.environ, **env} if env is not None else None,

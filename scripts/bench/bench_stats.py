@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,6 +268,7 @@ def render_markdown(report: Mapping[str, Any], how_measured: str) -> str:
             + " |"
             for figure in figures_names
         ]
+    lines += agents_markdown(report.get("agents", []), report.get("agents_plan"))
     if report.get("goals"):
         lines += ["", "Goals of issue 3:", ""]
         lines += [
@@ -280,3 +281,113 @@ def render_markdown(report: Mapping[str, Any], how_measured: str) -> str:
 def _label(name: str, report: Mapping[str, Any]) -> str:
     labels: Mapping[str, str] = report.get("labels", {})
     return labels.get(name, name)
+
+
+# ---------------------------------------------------------------- idle agents
+
+_AGENT_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("sessions held by the server (its `tunnel_sessions` gauge)", "sessions_held", 0),
+    ("server RSS before the sessions (MiB)", "server_rss_before_MiB", 1),
+    ("server RSS with every session up (MiB)", "server_rss_after_MiB", 1),
+    ("**server RSS per agent (KiB)**", "rss_per_agent_KB", 1),
+    ("server CPU while idle (% of one core)", "server_idle_cpu_pct", 1),
+    ("load process RSS (MiB) / per agent (KiB)", "load_rss", 1),
+    ("load process CPU while idle (% of one core)", "load_idle_cpu_pct", 1),
+    ("tokens created / joins done (s)", "join", 2),
+    ("first connect of all, paced (s)", "connect_s", 2),
+    ("server restart: SIGKILL -> `/readyz` again (s)", "restart_ready_s", 2),
+    ("**all reconnected, from the kill (s)**", "reconnect_s", 2),
+    ("all reconnected, from `/readyz` (s)", "reconnect_after_ready_s", 2),
+    ("reconnected within the time limit", "reconnected", 0),
+    ("CPU during the reconnect: server / load process (s)", "reconnect_cpu", 1),
+    ("failed connection attempts during the reconnect", "failures", 0),
+    ("SYNs dropped by full listen queues meanwhile (whole machine)", "listen_queue_drops", 0),
+)
+
+
+def _failures(figures: Mapping[str, Any]) -> str:
+    failures: Mapping[str, int] = figures.get("connect_failures") or {}
+    return ", ".join(f"{n:,} {kind}" for kind, n in failures.items()) or "0"
+
+
+_COMBINED: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "load_rss": lambda f: f"{fmt(f.get('load_rss_MiB'))} / {fmt(f.get('load_rss_per_agent_KB'))}",
+    "join": lambda f: f"{fmt(f.get('tokens_s'))} / {fmt(f.get('join_s'))}",
+    "reconnect_cpu": lambda f: (
+        f"{fmt(f.get('reconnect_server_cpu_s'))} / {fmt(f.get('reconnect_load_cpu_s'))}"
+    ),
+    "failures": _failures,
+    "reconnected": lambda f: f"{fmt(f.get('reconnected'))} of {fmt(f.get('agents'))}",
+}
+
+
+def _agent_cell(figures: Mapping[str, Any], key: str, digits: int) -> str:
+    if figures.get("status") != "measured":
+        return str(figures.get("status", "-")) if key == "sessions_held" else "-"
+    if key in _COMBINED:
+        return _COMBINED[key](figures)
+    value = figures.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return fmt(float(value) if isinstance(value, int | float) else value, digits)
+
+
+def agents_markdown(
+    rounds: Sequence[Mapping[str, Any]], plan: Mapping[str, Any] | None
+) -> list[str]:
+    """The idle-agent table: one column per agent count."""
+    if not rounds:
+        return []
+    lines = [
+        "",
+        "### Idle agents on one server process",
+        "",
+        "| Figure | " + " | ".join(f"{int(r['agents']):,} agents" for r in rounds) + " |",
+        "|---|" + "--:|" * len(rounds),
+    ]
+    lines += [
+        f"| {label} | " + " | ".join(_agent_cell(r, key, d) for r in rounds) + " |"
+        for label, key, d in _AGENT_ROWS
+    ]
+    failed = [
+        f"- {int(r['agents']):,} agents: {r.get('status')} — {r.get('reason', '')}"
+        for r in rounds
+        if r.get("status") != "measured"
+    ]
+    if failed:
+        lines += ["", *failed]
+    if plan:
+        lines += [
+            "",
+            (
+                "How: a fresh `tunnel-server run` per column; a separate Python process "
+                "(`scripts/bench/agents_load.py`) creates the tokens with the server's Python "
+                "API, joins every node with its own P-256 key through `POST /api/v1/join`, then "
+                "holds one WSS + mTLS session per node with `tunnel_aio.TunnelConnection`. "
+                "RSS per agent = (server RSS with all sessions up - before) / agents, after "
+                f"{plan.get('settle_s')} s of settling; idle CPU over {plan.get('idle_s')} s. "
+                "Restart = SIGKILL of the server and a new `tunnel-server run` on the same port "
+                "and data dir; every node then reconnects on its own like `edge-agent run` "
+                f"(full jitter, base {plan.get('backoff_base')} s, cap "
+                f"{plan.get('backoff_cap')} s), unpaced. The load process keeps asyncio's "
+                "per-TLS-connection buffer at 32 KiB (the server runs as shipped). The "
+                "baselines have no equivalent in this script."
+            ),
+        ]
+    return lines
+
+
+def agents_summary(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Short stdout lines for the idle-agent rounds."""
+    out: list[str] = []
+    for r in rounds:
+        if r.get("status") != "measured":
+            out.append(f"agents {r.get('agents')}: {r.get('status')}: {r.get('reason', '')}")
+            continue
+        out.append(
+            f"agents {int(r['agents']):,}: held {r.get('sessions_held')}, "
+            f"{fmt(r.get('rss_per_agent_KB'), 1)} KiB RSS/agent, "
+            f"idle CPU {fmt(r.get('server_idle_cpu_pct'), 1)}%, "
+            f"reconnected {r.get('reconnected')} in {fmt(r.get('reconnect_s'), 1)} s after kill"
+        )
+    return out

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import bench_stats as st
 import psutil
+from bench_agents import agent_goals, make_agents_plan, measure_agents
 from bench_paths import LABELS, Address, Endpoint, NotMeasuredError, paths
 from bench_procs import BenchError, run, running, tree_cpu_seconds
 
@@ -66,7 +67,7 @@ def make_plan(*, quick: bool) -> Plan:
         mode="full", warmup_bytes=64 * MIB, bulk_1_bytes=1024 * MIB, bulk_1_runs=3,
         streams=16, bulk_16_bytes_each=64 * MIB, bulk_16_runs=3, latency_s=5,
         latency_runs=3, latency_warmup_s=2, concurrency=(1, 100), wrk_threads=threads,
-        time_budget_s=1500,
+        time_budget_s=2700,
     )  # fmt: skip
 
 
@@ -91,8 +92,9 @@ def _transfer_timeout(size: int) -> float:
     return 10.0 + size / (5 * st.MB)
 
 
-async def curl_get(endpoint: Endpoint, size: int) -> st.CurlResult:
-    timeout = _transfer_timeout(size)
+async def curl_get(endpoint: Endpoint, size: int, *, sharing: int = 1) -> st.CurlResult:
+    """Download ``size`` bytes; ``sharing`` transfers run at once (the time limit scales)."""
+    timeout = _transfer_timeout(size * sharing)
     argv = [
         "curl", "-sS", "--fail", "--noproxy", "*", "-o", "/dev/null",
         "--max-time", f"{timeout:.0f}", "-w", "%{size_download} %{time_total}",
@@ -119,9 +121,12 @@ async def bulk_single(endpoint: Endpoint, size: int) -> tuple[float, float | Non
 async def bulk_parallel(endpoint: Endpoint, streams: int, size_each: int) -> float:
     """``streams`` concurrent downloads: aggregate MB/s over the wall time of the slowest."""
     started = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        for i in range(streams):
-            group.create_task(curl_get(endpoint, size_each), name=f"curl-{i}")
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i in range(streams):
+                group.create_task(curl_get(endpoint, size_each, sharing=streams), name=f"curl-{i}")
+    except* BenchError as errors:
+        raise errors.exceptions[0] from None
     return st.mb_per_s(streams * size_each, time.perf_counter() - started)
 
 
@@ -435,8 +440,12 @@ def how_measured(plan: Plan) -> str:
     `chisel client https://... R:127.0.0.1:P:<target>`; clients connect to P. chisel also runs
     SSH inside its WebSocket, so it encrypts twice; `--paths chisel-plain` measures it without
     TLS.
-  - **ours**: tunnel-server + edge-agent and the node proxy, once `ours` in
-    `scripts/bench/bench_paths.py` is filled in.
+  - **ours**: `tunnel-server run` and one joined `edge-agent run` whose allow-list is
+    `bench = "<target>"`; clients send `GET https://SERVER/api/v1/nodes/bench-node/proxy/bench/...`
+    with the admin bearer token and verify the server against its CA (`curl --cacert`; wrk does
+    not verify, as for every https path). TLS is on for both hops: client -> server (HTTPS) and
+    agent -> server (WSS with mTLS). Each request is one tunnel stream; the agent dials the target
+    per stream. Both processes log at their default level (INFO), as shipped.
 - Figures are taken one path after another, figure by figure, with every path's processes
   idling in between, so all paths see the same machine state.
 - **Throughput, 1 stream**: `curl -o /dev/null` of {plan.bulk_1_bytes // mib} MiB; the median of
@@ -461,6 +470,7 @@ def build_report(
     runs: Sequence[PathRun],
     plan: Plan,
     info: Mapping[str, Any],
+    rounds: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     direct = next((r for r in runs if r.name == "direct" and r.status == "measured"), None)
     figures = {r.name: path_figures(r, direct) for r in runs}
@@ -477,7 +487,8 @@ def build_report(
         "labels": {r.name: LABELS.get(r.name, r.name) for r in runs},
         "paths": figures,
         "ratios": ratios,
-        "goals": goals(figures),
+        "agents": list(rounds),
+        "goals": goals(figures) | agent_goals(list(rounds)),
     }
 
 
@@ -514,6 +525,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             f"{name:<14}" + "".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
         )
     lines.append("(MB/s, 1 MB = 10^6 bytes; latency in ms)")
+    lines += st.agents_summary(report.get("agents", []))
     return lines
 
 
@@ -534,6 +546,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="write the tunnel section of this markdown file")
     parser.add_argument("--ssh-cipher", help="force an ssh cipher (default: OpenSSH's choice)")
+    parser.add_argument(
+        "--agents",
+        help="idle-agent rounds, comma-separated agent counts; 0 skips them "
+        "(default: 500 with --quick, else 5000,10000)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep keys, configs, logs")
     parser.add_argument(
         "--from-json",
@@ -546,6 +563,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     unknown = [p for p in args.selected if p not in known]
     if unknown or not args.selected:
         parser.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    args.agent_counts = None
+    if args.agents is not None:
+        try:
+            counts = tuple(int(c) for c in args.agents.split(",") if c.strip())
+        except ValueError:
+            parser.error("--agents takes comma-separated integers, e.g. 5000,10000")
+        if any(not 0 <= c <= 50_000 for c in counts):
+            parser.error("--agents counts must be within 0..50000")
+        args.agent_counts = tuple(c for c in counts if c > 0)
     return args
 
 
@@ -576,24 +602,30 @@ async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
         }
         try:
             cpu_start = CpuSample.now()
+            agents_plan = make_agents_plan(quick=args.quick, counts=args.agent_counts)
             async with asyncio.timeout(plan.time_budget_s):
                 runs = await bench(args.selected, plan, workdir, args.ssh_cipher)
+                rounds = await measure_agents(agents_plan, workdir) if agents_plan.counts else []
             info["background_cpu_share"] = round(background_cpu(cpu_start, CpuSample.now()), 3)
         except TimeoutError:
             keep = True
             log(f"error: the run exceeded its budget of {plan.time_budget_s} s; logs in {workdir}")
             return 1
         info["seconds"] = round(time.monotonic() - started, 1)
-        report = build_report(runs, plan, info)
-        if any(r.status == "failed" for r in runs):
+        info["agents_plan"] = asdict(agents_plan)
+        report = build_report(runs, plan, info, rounds)
+        failed = any(r.status == "failed" for r in runs) or any(
+            r.get("status") == "failed" for r in rounds
+        )
+        if failed:
             keep = True
-            log(f"some paths failed; their logs are in {workdir}")
+            log(f"some paths or agent rounds failed; their logs are in {workdir}")
         if args.out is not None:
             write_section(args.out, st.render_markdown(report, how_measured(plan)))
         for line in summary_lines(report):
             print(line)
         print(json.dumps(report, separators=(",", ":"), sort_keys=False), flush=True)
-        return 1 if any(r.status == "failed" for r in runs) else 0
+        return 1 if failed else 0
     finally:
         if keep:
             log(f"kept the work folder {workdir}")
