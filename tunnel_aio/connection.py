@@ -104,6 +104,8 @@ class TunnelConnection:
 
     async def wait_ready(self) -> None:
         """Until the HELLOs are exchanged; raises if the session ended first."""
+        if self._ready.is_set() and not self._terminated.is_set():
+            return  # the common case on every open_stream: no futures, no waiting
         ready = asyncio.ensure_future(self._ready.wait())  # noqa: TID251 - awaited right here
         over = asyncio.ensure_future(self._terminated.wait())  # noqa: TID251 - awaited right here
         try:

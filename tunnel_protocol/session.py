@@ -248,7 +248,16 @@ class TunnelSession:
             silence = now - self._last_received
             self._terminate(ErrorCode.KEEPALIVE_TIMEOUT, f"peer silent for {silence:.1f} s")
         elif now >= self._last_ping_sent + self._settings.ping_interval:
-            self._send_ping(now)
+            if (
+                self._role is Role.SERVER
+                and now < self._last_received + self._settings.ping_interval
+            ):
+                # The agent pings on its own schedule (it wants the RTT and keeps its NAT
+                # mapping alive); having heard from it recently, the server need not add a
+                # ping of its own. With thousands of idle agents this halves keepalive work.
+                self._last_ping_sent = now
+            else:
+                self._send_ping(now)
 
     def receive_message(self, data: bytes, *, now: float | None = None) -> None:
         """Process one WebSocket binary message from the peer. Never raises.

@@ -27,6 +27,7 @@ from tunnel_server import (
     tokens,
     tunnel_endpoint,
 )
+from tunnel_server import twins as twins_part
 from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SETTINGS_KEY
 from tunnel_server.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -111,8 +112,9 @@ def create_app(
         app[AUTHORITY_KEY] = identity.authority
         join_api.add_routes(app, settings=settings.join, registry=registry)
         tunnel_endpoint.setup(app, tunnel_settings=settings.tunnel)
+        twins_part.setup(app)
         node_proxy.setup(app, settings=settings.node_proxy)
         status_service.setup(app)
-        api.setup(app)
+        api.setup(app, openapi_paths=twins_part.OPENAPI_PATHS)
         console.setup(app)
     return app

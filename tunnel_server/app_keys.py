@@ -15,3 +15,5 @@ READY_KEY = web.AppKey("ready", dict[str, bool])
 SESSIONS_KEY = web.AppKey("sessions", SessionRegistry)
 METRICS_KEY = web.AppKey("tunnel_metrics", SessionMetrics)
 TUNNEL_SETTINGS_KEY = web.AppKey("tunnel_settings", TunnelSettings)
+VERIFIED_ADMIN_KEY = web.AppKey("verified_admin", set[str])
+"""Admin bearer values verified since the store last changed (cleared on every change)."""

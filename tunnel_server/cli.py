@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let nodes reach this cluster's API server through their tunnels, impersonated as "
         "system:node:NAME (the kubeconfig's user needs the `impersonate` verb)",
     )
+    run.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request (off by default: at scale it costs about 8%% of CPU; "
+        "tunnel sessions, joins, renewals and refusals are always logged)",
+    )
     init = sub.add_parser(
         "init",
         help="create the CA, store and admin token without serving",
@@ -306,7 +312,11 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
 
 
 async def serve(
-    settings: ServerSettings, identity: ServerIdentity, *, kube_upstream: Path | None = None
+    settings: ServerSettings,
+    identity: ServerIdentity,
+    *,
+    kube_upstream: Path | None = None,
+    access_log: bool = False,
 ) -> None:
     # Imported here, not at the top: aiohttp and prometheus take half a second to import, and
     # only `run` needs them; `token create` and `nodes` stay quick for operators and scripts.
@@ -325,10 +335,21 @@ async def serve(
         handle_signals=False,
         shutdown_timeout=settings.shutdown_grace,
         keepalive_timeout=settings.idle_timeout,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
     )
     await runner.setup()
     ssl_context = server_ssl_context(identity.authority)
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+    # asyncio gives every TLS connection a 256 KiB read buffer; with thousands of idle agent
+    # sessions that is most of the memory. One TLS record is at most 16 KiB, so 64 KiB loses
+    # nothing in bulk transfers (see docs/benchmarks.md).
+    asyncio.sslproto.SSLProtocol.max_size = settings.tls_read_buffer  # type: ignore[attr-defined]
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        ssl_context=ssl_context,
+        backlog=settings.listen_backlog,
+    )
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -365,7 +386,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             if args.command == "run":
                 with contextlib.suppress(KeyboardInterrupt):
-                    asyncio.run(serve(settings, identity, kube_upstream=args.kube_upstream))
+                    asyncio.run(
+                        serve(
+                            settings,
+                            identity,
+                            kube_upstream=args.kube_upstream,
+                            access_log=args.access_log,
+                        )
+                    )
             else:
                 print(identity.authority.ca_hash())  # noqa: T201 - the command's output
         finally:

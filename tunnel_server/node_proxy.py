@@ -15,7 +15,7 @@ from aiohttp import web
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server import tls, tokens
-from tunnel_server.app_keys import METRICS_KEY, SESSIONS_KEY
+from tunnel_server.app_keys import METRICS_KEY, SESSIONS_KEY, VERIFIED_ADMIN_KEY
 from tunnel_server.http_over_stream import UpstreamError, forward, request_head
 from tunnel_server.sessions import AgentSession
 from tunnel_server.settings import NodeProxySettings
@@ -45,13 +45,22 @@ def _bearer(request: web.Request) -> str:
 
 
 def _authenticate(request: web.Request) -> None:
-    if not tokens.verify_admin_token(request.app[tls.STORE_KEY], _bearer(request)):
-        raise ProxyError(
-            401,
-            "unauthenticated",
-            "send 'Authorization: Bearer <token>' with the admin token from the server's "
-            "data dir (admin-token)",
-        )
+    # A verified admin token is remembered until the store changes (the revocation watcher
+    # clears the set): checking costs a SQLite read and a hash, on every proxied request.
+    bearer = _bearer(request)
+    verified = request.app[VERIFIED_ADMIN_KEY]
+    if bearer and bearer in verified:
+        return
+    if tokens.verify_admin_token(request.app[tls.STORE_KEY], bearer):
+        verified.clear()  # one admin token: keep one entry
+        verified.add(bearer)
+        return
+    raise ProxyError(
+        401,
+        "unauthenticated",
+        "send 'Authorization: Bearer <token>' with the admin token from the server's "
+        "data dir (admin-token)",
+    )
 
 
 def _session(request: web.Request, name: str) -> AgentSession:
@@ -119,5 +128,6 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application, *, settings: NodeProxySettings) -> None:
     app[SETTINGS] = settings
+    app[VERIFIED_ADMIN_KEY] = set()
     app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}/{path:.*}", proxy)
     app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}", proxy)

@@ -76,6 +76,15 @@ class ServerSettings:
     accept: aiohttp's own default is an hour, which lets idle or stalled clients (slowloris)
     hold sockets. Upgraded connections (the tunnel, proxied WebSockets) are not affected."""
 
+    listen_backlog: int = 4096
+    """Pending TCP connections the kernel queues for us. aiohttp's default of 128 drops SYNs
+    when thousands of agents reconnect at once after a restart, and each drop costs that agent
+    a 1-3-7 s SYN retry; 4096 absorbs a 10,000-agent storm (net.core.somaxconn caps it)."""
+
+    tls_read_buffer: int = 64 * 1024
+    """Bytes of asyncio's per-connection TLS read buffer (its default: 256 KiB). A TLS record
+    holds at most 16 KiB; idle agent sessions otherwise cost ~300 KiB of RSS each."""
+
     shutdown_grace: float = 10.0
     """Seconds given to open connections to drain on SIGTERM before they are cut."""
 

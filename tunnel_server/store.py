@@ -118,6 +118,9 @@ class Store(Protocol):
     def list_nodes(self) -> list[NodeRecord]: ...
     def set_node_state(self, name: str, state: NodeState) -> NodeRecord: ...
     def touch_node(self, name: str, *, now: float, agent_version: str | None = None) -> None: ...
+    def touch_nodes(self, names: list[str], *, now: float) -> None:
+        """``touch_node`` for many at once, in one transaction."""
+        ...
 
     def redeem_token(
         self,
@@ -327,6 +330,12 @@ class SqliteStore:
                 raise NotFoundError(f"no node named {name!r}")
             self._bump(db)
             return _node(db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
+
+    def touch_nodes(self, names: list[str], *, now: float) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE nodes SET last_seen = ? WHERE name = ?", [(now, n) for n in names]
+            )
 
     def touch_node(self, name: str, *, now: float, agent_version: str | None = None) -> None:
         # Not a security-relevant change: no revision bump, so heartbeats do not wake watchers.

@@ -24,6 +24,7 @@ from tunnel_server.app_keys import (
     SESSIONS_KEY,
     SETTINGS_KEY,
     TUNNEL_SETTINGS_KEY,
+    VERIFIED_ADMIN_KEY,
 )
 from tunnel_server.sessions import AgentSession, SessionMetrics, SessionRegistry
 
@@ -54,6 +55,9 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
             "the tunnel needs a current client certificate from this server's CA: run "
             "`edge-agent join` (a revoked or replaced node must join again)",
         )
+    if request.transport is None or request.transport.is_closing():
+        # The agent gave up while its upgrade waited (a reconnect storm): do no more work.
+        return web.Response(status=499)
     settings = request.app[TUNNEL_SETTINGS_KEY]
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_frame_payload + 4096, heartbeat=None, compress=False
@@ -117,6 +121,8 @@ async def _watch_revocations(app: web.Application) -> None:
         await asyncio.sleep(interval)
         current = store.revision()
         changed, seen = current != seen, current
+        if changed and VERIFIED_ADMIN_KEY in app:
+            app[VERIFIED_ADMIN_KEY].clear()
         now = datetime.now(UTC)
         for session in app[SESSIONS_KEY].all():
             expired = session.identity.not_after <= now
@@ -138,9 +144,9 @@ async def _last_seen(app: web.Application) -> None:
     store: Store = app[tls.STORE_KEY]
     while True:
         await asyncio.sleep(LAST_SEEN_INTERVAL)
-        now = time.time()
-        for session in app[SESSIONS_KEY].all():
-            store.touch_node(session.name, now=now)
+        names = [session.name for session in app[SESSIONS_KEY].all()]
+        if names:
+            store.touch_nodes(names, now=time.time())  # one transaction for all of them
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -156,6 +162,15 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
 
 
+async def _go_away(app: web.Application) -> None:
+    """On shutdown, end every session first.
+
+    Their handlers then return, so aiohttp need not wait its whole grace period for them.
+    """
+    for session in app[SESSIONS_KEY].all():
+        session.connection.close(ErrorCode.NO_ERROR, "server shutting down")
+
+
 def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None) -> None:
     """Mount ``/tunnel``; needs the store, authority, settings and registry keys set."""
     registry = SessionRegistry()
@@ -165,3 +180,4 @@ def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None
     agent_services.setup(app)
     app.router.add_get("/tunnel", tunnel)
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_go_away)

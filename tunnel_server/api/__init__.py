@@ -6,6 +6,8 @@ service (history) set up first. See docs/api.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from tunnel_server import tls
@@ -20,8 +22,15 @@ from tunnel_server.status_service import HISTORY_KEY
 __all__ = ["ApiSettings", "setup"]
 
 
-def setup(app: web.Application, *, settings: ApiSettings | None = None) -> None:
+def setup(
+    app: web.Application,
+    *,
+    settings: ApiSettings | None = None,
+    openapi_paths: dict[str, Any] | None = None,
+) -> None:
+    """Mount the API; ``openapi_paths`` are other parts' routes for the OpenAPI document."""
     settings = settings or ApiSettings()
+    app[openapi.OPENAPI_EXTRA_KEY] = dict(openapi_paths or {})
     app[routes.API_SETTINGS_KEY] = settings
     app[SIGNER_KEY] = SessionSigner.load_or_create(app[SETTINGS_KEY].data_dir)
     app.middlewares.append(api_errors)

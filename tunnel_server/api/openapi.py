@@ -276,8 +276,12 @@ def _op(
     return operation
 
 
-def document() -> dict[str, Any]:
-    """The whole OpenAPI document."""
+OPENAPI_EXTRA_KEY = web.AppKey("openapi_extra_paths", dict[str, Any])
+"""Paths other parts add to the document (the device-twin part's ``OPENAPI_PATHS``)."""
+
+
+def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document, with ``extra_paths`` merged into its paths."""
     query = [
         {
             "name": "q",
@@ -309,6 +313,11 @@ def document() -> dict[str, Any]:
     bad_param = _error("A query parameter out of range (code: bad_parameter)")
     bad_name = _error("Not a valid node name (code: bad_name) or parameter (bad_parameter)")
     not_found = _error("No such node (code: node_not_found)")
+    paths = _paths(query, bad_param, bad_name, not_found)
+    for path, operations in (extra_paths or {}).items():
+        if path in paths:
+            raise ValueError(f"OpenAPI path {path} is described twice")
+        paths[path] = operations
     return {
         "openapi": "3.0.3",
         "info": {
@@ -325,107 +334,117 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": SCHEMAS,
         },
-        "paths": {
-            "/api/v1/sessions": {
-                "post": _op(
-                    "Exchange the admin token for a console session token",
+        "paths": paths,
+    }
+
+
+def _paths(
+    query: list[dict[str, Any]],
+    bad_param: dict[str, Any],
+    bad_name: dict[str, Any],
+    not_found: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "/api/v1/sessions": {
+            "post": _op(
+                "Exchange the admin token for a console session token",
+                {
+                    "201": _json(_ref("Session"), "The session token and its expiry"),
+                    "403": _error("A session token cannot make a session"),
+                },
+                op_id="createSession",
+            )
+        },
+        "/api/v1/overview": {
+            "get": _op(
+                "Fleet overview: nodes by status and every warning",
+                {"200": _json(_ref("Overview"), "The overview")},
+                op_id="getOverview",
+            )
+        },
+        "/api/v1/nodes": {
+            "get": _op(
+                "List nodes with their latest status",
+                {"200": _json(_ref("NodeList"), "One page of nodes"), "400": bad_param},
+                op_id="listNodes",
+                parameters=query,
+            )
+        },
+        "/api/v1/nodes/{name}": {
+            "get": _op(
+                "One node with all its latest metrics",
+                {
+                    "200": _json(_ref("NodeDetail"), "The node"),
+                    "400": bad_name,
+                    "404": not_found,
+                },
+                op_id="getNode",
+                parameters=[_NAME_PARAM],
+            )
+        },
+        "/api/v1/nodes/{name}/history": {
+            "get": _op(
+                "Per-minute CPU, memory, disk, load, network and RTT of one node",
+                {
+                    "200": _json(_ref("History"), "Points, oldest first"),
+                    "400": bad_name,
+                    "404": not_found,
+                },
+                op_id="getNodeHistory",
+                parameters=[
+                    _NAME_PARAM,
                     {
-                        "201": _json(_ref("Session"), "The session token and its expiry"),
-                        "403": _error("A session token cannot make a session"),
+                        "name": "window",
+                        "in": "query",
+                        "description": "seconds back from now (at most the retention, 25 h)",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 60,
+                            "maximum": 90000,
+                            "default": 3600,
+                        },
                     },
-                    op_id="createSession",
-                )
-            },
-            "/api/v1/overview": {
-                "get": _op(
-                    "Fleet overview: nodes by status and every warning",
-                    {"200": _json(_ref("Overview"), "The overview")},
-                    op_id="getOverview",
-                )
-            },
-            "/api/v1/nodes": {
-                "get": _op(
-                    "List nodes with their latest status",
-                    {"200": _json(_ref("NodeList"), "One page of nodes"), "400": bad_param},
-                    op_id="listNodes",
-                    parameters=query,
-                )
-            },
-            "/api/v1/nodes/{name}": {
-                "get": _op(
-                    "One node with all its latest metrics",
-                    {
-                        "200": _json(_ref("NodeDetail"), "The node"),
-                        "400": bad_name,
-                        "404": not_found,
-                    },
-                    op_id="getNode",
-                    parameters=[_NAME_PARAM],
-                )
-            },
-            "/api/v1/nodes/{name}/history": {
-                "get": _op(
-                    "Per-minute CPU, memory, disk, load, network and RTT of one node",
-                    {
-                        "200": _json(_ref("History"), "Points, oldest first"),
-                        "400": bad_name,
-                        "404": not_found,
-                    },
-                    op_id="getNodeHistory",
-                    parameters=[
-                        _NAME_PARAM,
+                ],
+            )
+        },
+        "/api/v1/tokens": {
+            "get": _op(
+                "List bootstrap tokens (never their secrets), newest first",
+                {
+                    "200": _json(
                         {
-                            "name": "window",
-                            "in": "query",
-                            "description": "seconds back from now (at most the retention, 25 h)",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 60,
-                                "maximum": 90000,
-                                "default": 3600,
-                            },
+                            "type": "object",
+                            "required": ["tokens"],
+                            "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
                         },
-                    ],
-                )
-            },
-            "/api/v1/tokens": {
-                "get": _op(
-                    "List bootstrap tokens (never their secrets), newest first",
-                    {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["tokens"],
-                                "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
-                            },
-                            "The tokens",
-                        )
+                        "The tokens",
+                    )
+                },
+                op_id="listTokens",
+            ),
+            "post": _op(
+                "Create a single-use bootstrap token for one node name",
+                {"201": _json(_ref("CreatedToken"), "The token, shown this once")},
+                op_id="createToken",
+                body={"schema": _ref("TokenRequest")},
+            ),
+        },
+        "/api/v1/events": {
+            "get": _op(
+                "Live changes as server-sent events (snapshot, nodes, expired)",
+                {
+                    "200": {
+                        "description": "An endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
-                    op_id="listTokens",
-                ),
-                "post": _op(
-                    "Create a single-use bootstrap token for one node name",
-                    {"201": _json(_ref("CreatedToken"), "The token, shown this once")},
-                    op_id="createToken",
-                    body={"schema": _ref("TokenRequest")},
-                ),
-            },
-            "/api/v1/events": {
-                "get": _op(
-                    "Live changes as server-sent events (snapshot, nodes, expired)",
-                    {
-                        "200": {
-                            "description": "An endless text/event-stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        },
-                        "503": _error("Too many live streams (code: too_many_streams)"),
-                    },
-                    op_id="streamEvents",
-                )
-            },
+                    "503": _error("Too many live streams (code: too_many_streams)"),
+                },
+                op_id="streamEvents",
+            )
         },
     }
 
 
-async def serve(_request: web.Request) -> web.Response:
-    return web.json_response(document(), headers={"Cache-Control": "no-cache"})
+async def serve(request: web.Request) -> web.Response:
+    extra = request.app.get(OPENAPI_EXTRA_KEY)
+    return web.json_response(document(extra), headers={"Cache-Control": "no-cache"})

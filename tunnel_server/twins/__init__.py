@@ -10,6 +10,7 @@ docs/twins.md describes the API and the sync stream's protocol.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -17,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from tunnel_aio import TunnelStream
 from tunnel_server.agent_services import AGENT_SERVICES_KEY
+from tunnel_server.api.routes import DEVICES_KEY
 from tunnel_server.app_keys import REGISTRY_KEY, SETTINGS_KEY
 from tunnel_server.sessions import AgentSession
 from tunnel_server.twins.api import TWINS_KEY, add_routes
@@ -105,6 +107,13 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
     app[AGENT_SERVICES_KEY][SYNC_TARGET] = _serve_sync
     add_routes(app)
     app[REGISTRY_KEY].register(_Metrics(cloud))
+
+    def node_devices(node: str) -> list[dict[str, Any]]:
+        """The node page's device table: the first ``page_limit`` devices of ``node``."""
+        rows = store.list_devices(node=node, after=None, limit=settings.page_limit)
+        return [{"id": f"{row['node']}:{row['device']}", **row} for row in rows]
+
+    app[DEVICES_KEY] = node_devices
 
     async def close(_app: web.Application) -> None:
         store.close()

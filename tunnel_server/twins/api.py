@@ -1,6 +1,7 @@
 """REST routes of device twins: list and show devices, read and patch twins.
 
-- Every call needs ``Authorization: Bearer <admin token>``.
+- Every call needs ``Authorization: Bearer <token>``: the admin token or a console session
+  token, checked by the REST API's own ``authenticate`` (tunnel_server/api/auth.py).
 - A device's id is ``<node>:<device>``: device ids are unique per node, not across the fleet,
   and a node can only ever write its own devices. A bare device id is accepted when exactly
   one node has it.
@@ -27,7 +28,8 @@ from device_models import (
     ValidationError,
     VersionConflictError,
 )
-from tunnel_server import tls, tokens
+from tunnel_server.api.auth import authenticate
+from tunnel_server.api.errors import ApiError
 from tunnel_server.twins import wire
 from tunnel_server.twins.service import (
     DEVICE_ID,
@@ -80,21 +82,6 @@ class _ApiError(Exception):
 
 def _ok(body: dict[str, Any]) -> web.Response:
     return web.json_response(body, headers=_SECURITY_HEADERS)
-
-
-def _authorize(request: web.Request) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not tokens.verify_admin_token(
-        request.app[tls.STORE_KEY], token
-    ):
-        raise _ApiError(
-            401,
-            "unauthenticated",
-            "send 'Authorization: Bearer <token>' with the admin token from the server's"
-            " data dir (admin-token)",
-            headers={"WWW-Authenticate": 'Bearer realm="edgefleet"'},
-        )
 
 
 def _cloud(request: web.Request) -> TwinsCloud:
@@ -175,9 +162,9 @@ def twin_json(row: DeviceRow) -> JsonObject:
 
 async def _guarded(request: web.Request, handler: Any) -> web.StreamResponse:  # noqa: ANN401 - any handler
     try:
-        _authorize(request)
+        authenticate(request)  # the admin token or a console session, as everywhere in /api
         response: web.StreamResponse = await handler(request)
-    except _ApiError as error:
+    except (_ApiError, ApiError) as error:
         return error.response()
     return response
 

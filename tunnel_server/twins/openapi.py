@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 paths of the twins routes, for the server's document to merge in."""
+"""The OpenAPI 3.0 paths of the twins routes, merged into the server's ``/api/openapi.json``."""
 
 from __future__ import annotations
 
@@ -44,17 +44,17 @@ _DEVICE: dict[str, Any] = {
         "state": {"type": "string", "enum": ["active", "removed"]},
         "createdAt": {"type": "number"},
         "updatedAt": {"type": "number"},
-        "availability": {"type": ["string", "null"], "enum": ["online", "offline", None]},
-        "availabilityAt": {"type": ["number", "null"]},
+        "availability": {"type": "string", "nullable": True, "enum": ["online", "offline", None]},
+        "availabilityAt": {"type": "number", "nullable": True},
         "desiredVersion": {"type": "integer"},
         "reportedVersion": {"type": "integer"},
         "pendingDesired": {
             "type": "integer",
             "description": "desired changes not yet acknowledged by the node",
         },
-        "edgeOrigin": {"type": ["string", "null"]},
-        "lastRejected": {"type": ["object", "null"]},
-        "syncError": {"type": ["string", "null"]},
+        "edgeOrigin": {"type": "string", "nullable": True},
+        "lastRejected": {"type": "object", "nullable": True},
+        "syncError": {"type": "string", "nullable": True},
     },
 }
 _TWIN: dict[str, Any] = {
@@ -89,14 +89,19 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+_ID_PATTERN = r"^([a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""``<node>:<device>`` or a bare device id (``DEVICE_ID`` in service.py)."""
+_AFTER_PATTERN = r"^[^:]*:.*$"
+_NODE_QUERY = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+
 _ID = {
     "name": "id",
     "in": "path",
     "required": True,
     "description": "<node>:<device>, or a device id that exists on one node only",
-    "schema": {"type": "string", "maxLength": 200},
+    "schema": {"type": "string", "maxLength": 200, "pattern": _ID_PATTERN},
 }
-_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/devices": {
@@ -106,7 +111,11 @@ OPENAPI_PATHS: dict[str, Any] = {
             "tags": ["twins"],
             "security": _SECURITY,
             "parameters": [
-                {"name": "node", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "node",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": _NODE_QUERY, "maxLength": 63},
+                },
                 {
                     "name": "limit",
                     "in": "query",
@@ -116,7 +125,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "name": "after",
                     "in": "query",
                     "description": "the 'next' id of the previous page",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": _AFTER_PATTERN, "maxLength": 200},
                 },
             ],
             "responses": {
@@ -129,7 +138,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                                 "required": ["items", "next"],
                                 "properties": {
                                     "items": {"type": "array", "items": _DEVICE},
-                                    "next": {"type": ["string", "null"]},
+                                    "next": {"type": "string", "nullable": True},
                                 },
                             }
                         }

@@ -602,3 +602,25 @@ def test_outstanding_pings_are_bounded_and_unknown_pongs_ignored() -> None:
         pair.client.ping(float(i))
     assert len(pair.client._pings) == 8
     assert pair.inject(pair.client, Pong(b"\xff" * 8)) == []
+
+
+def test_server_skips_its_ping_while_the_agent_keeps_pinging() -> None:
+    pair = SessionPair(now=0.0)
+    server_pings = 0
+    for now in (15.0, 30.0, 45.0, 60.0):
+        pair.now = now
+        pair.client.handle_timeout(now)  # the agent pings on schedule
+        pair.to_server()
+        pair.server.handle_timeout(now + 0.5)  # the server's own ping is due
+        server_pings += sum(
+            isinstance(f, Ping) for f in frames_of(list(pair.in_flight(pair.server)))
+        )
+        pair.to_client()
+    assert server_pings == 0, "the server answered pongs but sent no pings of its own"
+    assert pair.server.state is SessionState.OPEN
+
+
+def test_server_pings_a_quiet_agent() -> None:
+    pair = SessionPair(now=0.0)
+    pair.server.handle_timeout(15.0)
+    assert any(isinstance(f, Ping) for f in frames_of(list(pair.in_flight(pair.server))))
