@@ -26,6 +26,7 @@ import aiohttp
 
 from tunnel_aio.stream import StreamRejectedError, TunnelClosedError, TunnelStream
 from tunnel_protocol import (
+    HEADER_SIZE,
     DataReceived,
     ErrorCode,
     GoAwayReceived,
@@ -230,7 +231,7 @@ class TunnelConnection:
             await self._wake_writer.wait()
             self._wake_writer.clear()
             try:
-                for message in self.session.messages_to_send():
+                for message in self._coalesce(self.session.messages_to_send()):
                     await self._ws.send_bytes(message)
                     self.bytes_sent += len(message)
                     self.messages_sent += 1
@@ -244,6 +245,29 @@ class TunnelConnection:
                 break
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._ws.close()
+
+    def _coalesce(self, messages: list[bytes]) -> list[bytes]:
+        """Pack consecutive frames into WebSocket messages of at most one full DATA frame.
+
+        A small request costs several frames each way (OPEN, ACCEPT, DATA, WINDOW_UPDATE,
+        FIN...); sent one by one, each is its own WebSocket frame, TLS record and system call.
+        The peer's advertised frame size bounds a message, so it always fits its reader.
+        """
+        peer = self.session.peer_settings
+        if peer is None or len(messages) < 2:
+            return messages
+        limit = peer.max_frame_payload + HEADER_SIZE
+        packed: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for message in messages:
+            if batch and size + len(message) > limit:
+                packed.append(batch[0] if len(batch) == 1 else b"".join(batch))
+                batch, size = [], 0
+            batch.append(message)
+            size += len(message)
+        packed.append(batch[0] if len(batch) == 1 else b"".join(batch))
+        return packed
 
     async def _timer(self) -> None:
         while not self.terminated:

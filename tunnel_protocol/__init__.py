@@ -46,6 +46,7 @@ from tunnel_protocol.frames import (
     WindowUpdate,
     decode_frame,
     encode_frame,
+    split_frames,
 )
 from tunnel_protocol.session import Role, SessionState, TunnelSession
 from tunnel_protocol.settings import SUPPORTED_VERSIONS, TunnelSettings
@@ -96,4 +97,5 @@ __all__ = [
     "WindowUpdate",
     "decode_frame",
     "encode_frame",
+    "split_frames",
 ]

@@ -1,17 +1,18 @@
 """Tunnel frames: the binary layout of every frame type, encoding and strict decoding.
 
-One frame travels in exactly one WebSocket binary message. Every frame starts with a fixed
-12-byte header, big-endian::
+A WebSocket binary message carries one or more whole frames, back to back (senders coalesce
+small frames to save a TLS record and a system call each; ``split_frames`` cuts a message
+apart). Every frame starts with a fixed 12-byte header, big-endian::
 
     0        1        2                 4                                 8               12
     +--------+--------+--------+--------+--------+--------+--------+--------+------ ... ----+
     |version |  type  |      flags      |            stream id              | payload length|
     +--------+--------+--------+--------+--------+--------+--------+--------+------ ... ----+
 
-followed by ``payload length`` bytes of payload. Because the WebSocket message already frames
-the bytes, the length field must match the message size exactly; a mismatch is an error, not a
-hint to buffer. ``docs/tunnel-protocol.md`` is the full specification; this module is its
-executable form and the two must agree.
+followed by ``payload length`` bytes of payload. A frame never spans two messages: the last
+frame must end exactly where the message ends; anything else is an error, not a hint to
+buffer. ``docs/tunnel-protocol.md`` is the full specification; this module is its executable
+form and the two must agree.
 
 Frame objects validate their fields when built, raising ``LocalProtocolError``; the decoder
 turns that into ``RemoteProtocolError`` because there the values came from the peer.
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 _HEADER = struct.Struct("!BBHII")
+_LENGTH = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
 
 MAX_FRAME_PAYLOAD_HARD_CAP = 1 << 20
@@ -473,10 +475,49 @@ def _decode(message: bytes, max_data_payload: int) -> tuple[int, Frame]:
     return version, _PARSERS[frame_type](stream_id, payload)
 
 
+MAX_FRAMES_PER_MESSAGE = 4096
+"""Frames one message may carry; a message of thousands of empty-ish frames is an attack."""
+
+
+def split_frames(message: bytes) -> list[bytes]:
+    """Cut one WebSocket message into its frames (each still to be ``decode_frame``d).
+
+    Raises ``RemoteProtocolError`` (FRAME_SIZE_ERROR) if a frame would run past the end of the
+    message or the message holds more than ``MAX_FRAMES_PER_MESSAGE`` frames.
+    """
+    size = len(message)
+    if size >= HEADER_SIZE and _LENGTH.unpack_from(message, 8)[0] == size - HEADER_SIZE:
+        return [message]  # the common case: one frame, no copy
+    frames: list[bytes] = []
+    offset = 0
+    while offset < size:
+        if size - offset < HEADER_SIZE:
+            raise RemoteProtocolError(
+                "message ends inside a frame header", code=ErrorCode.FRAME_SIZE_ERROR
+            )
+        (length,) = _LENGTH.unpack_from(message, offset + 8)
+        end = offset + HEADER_SIZE + length
+        if end > size:
+            raise RemoteProtocolError(
+                f"frame length {length} runs past the end of the message",
+                code=ErrorCode.FRAME_SIZE_ERROR,
+            )
+        if len(frames) >= MAX_FRAMES_PER_MESSAGE:
+            raise RemoteProtocolError(
+                f"more than {MAX_FRAMES_PER_MESSAGE} frames in one message",
+                code=ErrorCode.FRAME_SIZE_ERROR,
+            )
+        frames.append(message[offset:end])
+        offset = end
+    if not frames:
+        raise RemoteProtocolError("empty message", code=ErrorCode.FRAME_SIZE_ERROR)
+    return frames
+
+
 def decode_frame(
     message: bytes, *, max_data_payload: int = MAX_FRAME_PAYLOAD_HARD_CAP
 ) -> tuple[int, Frame]:
-    """Decode one WebSocket message into ``(header version, frame)``.
+    """Decode one frame (a piece from ``split_frames``) into ``(header version, frame)``.
 
     Raises ``RemoteProtocolError`` (and nothing else) for any malformed input; its ``code`` is
     FRAME_SIZE_ERROR for a size problem and PROTOCOL_ERROR otherwise. ``max_data_payload`` is

@@ -67,6 +67,7 @@ from tunnel_protocol.frames import (
     WindowUpdate,
     decode_frame,
     encode_frame,
+    split_frames,
     truncate_text,
 )
 from tunnel_protocol.settings import TunnelSettings
@@ -273,9 +274,14 @@ class TunnelSession:
             self._tick(now)
             self._last_received = self._clock
         try:
-            version, frame = decode_frame(data, max_data_payload=self._settings.max_frame_payload)
-            self._check_version(version, frame)
-            self._dispatch(frame)
+            for piece in split_frames(data):
+                version, frame = decode_frame(
+                    piece, max_data_payload=self._settings.max_frame_payload
+                )
+                self._check_version(version, frame)
+                self._dispatch(frame)
+                if self.state is SessionState.TERMINATED:
+                    break  # a GO_AWAY FINAL (or a violation) ends the session mid-message
         except RemoteProtocolError as exc:
             self._error = exc
             self._terminate(exc.code, str(exc))

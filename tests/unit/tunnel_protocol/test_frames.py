@@ -35,7 +35,13 @@ from tunnel_protocol import (
     decode_frame,
     encode_frame,
 )
-from tunnel_protocol.frames import MAX_STREAM_ID, MAX_WINDOW, truncate_text
+from tunnel_protocol.frames import (
+    MAX_FRAMES_PER_MESSAGE,
+    MAX_STREAM_ID,
+    MAX_WINDOW,
+    split_frames,
+    truncate_text,
+)
 
 raw = raw_message
 
@@ -195,3 +201,23 @@ def test_decoder_with_plausible_headers_raises_only_remote_protocol_error(messag
     # Whatever was accepted is a valid frame again (unknown codes and HELLO extensions are
     # normalised away, so compare frames, not bytes).
     assert decode_frame(encode_frame(frame, version=version)) == (version, frame)
+
+
+def test_several_frames_in_one_message_are_split_back() -> None:
+    frames: list[Frame] = [Ping(b"12345678"), Data(3, b"hello"), Fin(3), WindowUpdate(3, 99)]
+    message = b"".join(encode_frame(f, version=1) for f in frames)
+    assert [decode_frame(piece)[1] for piece in split_frames(message)] == frames
+
+
+@pytest.mark.parametrize("cut", [1, 11, 13, 20])
+def test_a_frame_running_past_the_message_is_refused(cut: int) -> None:
+    message = encode_frame(Data(3, b"x" * 8), version=1) + encode_frame(Fin(3), version=1)
+    with pytest.raises(RemoteProtocolError) as caught:
+        split_frames(message[:-cut] if cut < 12 else message[: len(message) - 12 + (cut - 12)])
+    assert caught.value.code is ErrorCode.FRAME_SIZE_ERROR
+
+
+def test_frames_per_message_are_bounded() -> None:
+    message = encode_frame(Fin(3), version=1) * (MAX_FRAMES_PER_MESSAGE + 1)
+    with pytest.raises(RemoteProtocolError, match="more than"):
+        split_frames(message)
