@@ -43,6 +43,10 @@ class TokenUsedError(StoreError):
     """The bootstrap token was redeemed already (single use)."""
 
 
+class DuplicateIdError(StoreError):
+    """An id that must be unique is taken (a random token id collided): pick another."""
+
+
 class NameTakenError(StoreError):
     """A pending or approved node already holds the name."""
 
@@ -107,7 +111,10 @@ class Store(Protocol):
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
 
-    def add_token(self, token: TokenRecord) -> None: ...
+    def add_token(self, token: TokenRecord) -> None:
+        """Store a new token; raises DuplicateIdError if its id is taken."""
+        ...
+
     def get_token(self, token_id: str) -> TokenRecord | None: ...
     def list_tokens(self) -> list[TokenRecord]: ...
 
@@ -276,6 +283,12 @@ class SqliteStore:
     # ------------------------------------------------------------------ tokens
 
     def add_token(self, token: TokenRecord) -> None:
+        try:
+            self._insert_token(token)
+        except sqlite3.IntegrityError as error:
+            raise DuplicateIdError(f"token id {token.id} exists") from error
+
+    def _insert_token(self, token: TokenRecord) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO tokens (id, secret_hash, kind, name, created_at, expires_at,"

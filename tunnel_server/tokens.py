@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tunnel_server.pki import write_atomic
-from tunnel_server.store import NodeKind, Store, TokenRecord
+from tunnel_server.store import DuplicateIdError, NodeKind, Store, StoreError, TokenRecord
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -111,14 +111,17 @@ class TokenSpec:
     require_approval: bool = False
 
 
+_ID_ATTEMPTS = 8
+
+
 def create_token(store: Store, spec: TokenSpec, *, now: float) -> BootstrapToken:
     """Make a token, store its hash, and return it: the only time the secret is seen."""
     validate_name(spec.name)
     if spec.ttl <= 0:
         raise ValueError("a token's TTL must be positive")
-    token = BootstrapToken(id=_random(6), secret=_random(16))
-    store.add_token(
-        TokenRecord(
+    for _ in range(_ID_ATTEMPTS):
+        token = BootstrapToken(id=_random(6), secret=_random(16))
+        record = TokenRecord(
             id=token.id,
             secret_hash=hash_secret(token.secret),
             kind=spec.kind,
@@ -127,7 +130,13 @@ def create_token(store: Store, spec: TokenSpec, *, now: float) -> BootstrapToken
             expires_at=now + spec.ttl,
             require_approval=spec.require_approval,
         )
-    )
+        try:
+            store.add_token(record)
+            break
+        except DuplicateIdError:
+            continue  # 36^6 ids: at 5,000 live tokens a collision is a 1-in-200 event
+    else:
+        raise StoreError(f"no free token id after {_ID_ATTEMPTS} tries")
     log.info(
         "created bootstrap token",
         extra={"kv": {"token_id": token.id, "kind": spec.kind, "name": spec.name, "ttl": spec.ttl}},

@@ -107,3 +107,17 @@ def test_admin_token(store: SqliteStore, tmp_path: Path) -> None:
     assert tokens.verify_admin_token(store, secret)
     assert not tokens.verify_admin_token(store, secret[:-1] + ("a" if secret[-1] != "a" else "b"))
     assert not tokens.verify_admin_token(store, "garbage")
+
+
+def test_a_colliding_token_id_is_drawn_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore.open(tmp_path)
+    spec = tokens.TokenSpec(kind="node", name="edge-1", ttl=60.0)
+    first = tokens.create_token(store, spec, now=1000.0)
+    draws = iter([first.id, "s" * 16, "fresh1", "t" * 16])
+    monkeypatch.setattr(tokens, "_random", lambda _length: next(draws))
+    second = tokens.create_token(store, spec, now=1000.0)
+    assert second.id == "fresh1"
+    assert {t.id for t in store.list_tokens()} == {first.id, "fresh1"}
+    store.close()
