@@ -9,6 +9,9 @@
 * Heartbeats (Lease updates; node status update/patch) are applied to the cached object,
   answered 200 and kept as *pending*; ``sync_loop`` sends them upstream after reconnect.
   They keep the upstream resourceVersion: a made-up one could collide with a real one later.
+  A Lease PUT with a protobuf body (kubelet's default) is decoded by ``protowire`` and
+  answered in JSON; a client that accepts only protobuf gets the 503.
+* TokenRequests seen online are answered with the kept token until it expires (``tokens``).
 * Every other write gets a 503 Status saying the node is offline. Never a fake success.
 """
 
@@ -24,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from edge_agent.kubecache import tokens
 from edge_agent.kubecache.health import State
 from edge_agent.kubecache.keys import NO_NAMESPACE, Resource, Verb, sort_key
+from edge_agent.kubecache.protowire import decode_lease
 from edge_agent.kubecache.selectors import SelectorError
 from edge_agent.kubecache.store import (
     CacheStore,
@@ -37,6 +42,7 @@ from edge_agent.kubecache.store import (
     rv_of,
 )
 from edge_agent.kubecache.wire import (
+    PROTOBUF,
     PatchError,
     Representation,
     apply_patch,
@@ -98,6 +104,8 @@ async def answer(proxy: KubeProxy, call: Call) -> web.StreamResponse:  # noqa: P
         return await _list(proxy, call)
     if is_heartbeat(call) and call.cached_agent:
         return await _heartbeat(proxy, call)
+    if tokens.is_token_request(call) and call.cached_agent:
+        return await _token(proxy, call)
     return _reject(proxy, call, f"this {call.info.verb.value} was not sent")
 
 
@@ -238,6 +246,35 @@ def _locally_applied(
     raise PatchError(f"body type {content_type!r} is not applied offline")
 
 
+def _lease_from_protobuf(call: Call, current: dict[str, Any]) -> dict[str, Any]:
+    """The Lease a protobuf PUT asks for, as JSON: the cached object with the body's spec.
+
+    Only what a renewal changes is taken from the body (``spec``, and ``resourceVersion`` for
+    the conflict check); the sync after reconnect sends only ``spec`` too. A body that also
+    changes labels or annotations, or names another object, is refused (nothing is changed).
+    """
+    resource = call.resource
+    if not (
+        resource.group == "coordination.k8s.io"
+        and resource.resource == "leases"
+        and call.info.verb is Verb.UPDATE
+    ):
+        raise PatchError("protobuf bodies are applied offline only to Lease updates")
+    body = decode_lease(call.body)
+    meta = meta_of(current)
+    if body.name not in {"", call.info.name} or body.namespace not in {"", call.info.namespace}:
+        raise PatchError(f"the body names {body.namespace}/{body.name}")
+    if body.labels != (meta.get("labels") or {}) or body.annotations != (
+        meta.get("annotations") or {}
+    ):
+        raise PatchError("labels or annotations changed, which is not applied offline")
+    return {
+        **current,
+        "metadata": {**meta, "resourceVersion": body.resource_version},
+        "spec": body.spec,
+    }
+
+
 def _pending_key(call: Call) -> str:
     namespace = call.info.namespace or NO_NAMESPACE
     sub = call.info.subresource or "_"
@@ -251,11 +288,17 @@ async def _heartbeat(proxy: KubeProxy, call: Call) -> web.StreamResponse:
     )
     if not isinstance(current, dict):
         return _reject(proxy, call, f"{info.name!r} is not cached, so this heartbeat was not kept")
+    if call.representation is Representation.OPAQUE:
+        return _reject(proxy, call, "the client accepts only protobuf, which is not made offline")
     content_type = call.request.headers.get("Content-Type", "application/json")
     try:
-        sent = json.loads(call.body)
-        updated = _locally_applied(info.verb, current, sent, content_type)
-    except (ValueError, PatchError) as exc:
+        if content_type.split(";", 1)[0].strip().lower() == PROTOBUF:
+            updated = _lease_from_protobuf(call, current)
+            sent: object = updated
+        else:
+            sent = json.loads(call.body)
+            updated = _locally_applied(info.verb, current, sent, content_type)
+    except (ValueError, PatchError) as exc:  # ProtoError is a ValueError
         return _reject(proxy, call, f"the body could not be applied locally ({exc})")
     wanted_rv = (
         rv_of(updated)
@@ -293,6 +336,18 @@ async def _heartbeat(proxy: KubeProxy, call: Call) -> web.StreamResponse:
     proxy.store.publish(call.component, call.resource.key, Change(type="MODIFIED", obj=result))
     proxy.metrics.requests.labels(verb=info.verb.value, source="local_heartbeat").inc()
     return _json(result)
+
+
+async def _token(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+    """A TokenRequest seen online, answered with the API server's token until it expires."""
+    if call.representation is not Representation.JSON:
+        return _reject(proxy, call, "the client accepts only protobuf, which is not made offline")
+    key = tokens.request_key(call)
+    answer = None if key is None else await tokens.cached_answer(proxy, key)
+    if answer is None:
+        return _reject(proxy, call, "no unexpired token for this request is cached")
+    proxy.metrics.requests.labels(verb=call.info.verb.value, source="cache").inc()
+    return _json(answer, status=201)
 
 
 # ---------------------------------------------------------------- raw (discovery) answers

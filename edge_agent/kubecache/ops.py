@@ -41,6 +41,7 @@ def cache_stats(directory: Path) -> dict[str, Any]:
                 for c in store.coverage_summary()
             ],
             "pending_heartbeats": store.pending_count(),
+            "service_account_tokens": store.token_count(),
             "bytes": store.volume(),
         }
     finally:
@@ -72,6 +73,8 @@ def _verify_entry(key: str, value: object) -> str | None:
             Coverage.from_json(key, value if isinstance(value, dict) else {})
         except (KeyError, TypeError, ValueError):
             return f"{key}: malformed list record"
+    elif kind == "t" and not (isinstance(value, dict) and isinstance(value.get("object"), dict)):
+        return f"{key}: malformed service-account token"
     elif kind == "p" and not (isinstance(value, dict) and isinstance(value.get("object"), dict)):
         return f"{key}: malformed pending heartbeat"
     return None
@@ -116,7 +119,7 @@ def cache_purge(directory: Path, *, component: str | None = None) -> int:
     removed = 0
     try:
         for key in list(store.keys()):
-            if key.split("/")[1:2] == [component] and key[0] in "ocp":
+            if key.split("/")[1:2] == [component] and key[0] in "ocpt":
                 store.raw_delete(key)
                 removed += 1
     finally:

@@ -29,7 +29,7 @@ import aiohttp
 import prometheus_client
 from aiohttp import web
 
-from edge_agent.kubecache import offline, watch
+from edge_agent.kubecache import offline, tokens, watch
 from edge_agent.kubecache.cache import AsyncStore
 from edge_agent.kubecache.health import HealthChecker, State
 from edge_agent.kubecache.keys import RequestInfo, Resource, Verb, component_of, parse_request
@@ -245,12 +245,19 @@ class KubeProxy:
             and call.representation is not Representation.OPAQUE
             and call.request.path.startswith(("/api", "/version", "/openapi/v3"))
         )
+        token_key = (
+            tokens.request_key(call)
+            if tokens.is_token_request(call)
+            and call.cached_agent
+            and call.representation is Representation.JSON
+            else None
+        )
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         async with self.upstream.session.request(
             call.request.method,
             self.upstream_url(call.request.path_qs),
             headers=self.upstream_headers(
-                call, accept="application/json" if write_through else None
+                call, accept="application/json" if write_through or token_key else None
             ),
             data=call.body or None,
             timeout=timeout,
@@ -259,7 +266,7 @@ class KubeProxy:
             # application/octet-stream instead (the official Python client sends none).
             skip_auto_headers=("Content-Type", "User-Agent"),
         ) as upstream:
-            if not (write_through or caching_raw):
+            if not (write_through or caching_raw or token_key):
                 self.metrics.requests.labels(verb=call.info.verb.value, source="passthrough").inc()
                 return await self.stream_back(call.request, upstream)
             response, data = await self._stream_and_keep(call.request, upstream)
@@ -273,6 +280,9 @@ class KubeProxy:
             )
         elif write_through:
             await self._writes.put(lambda: self._write_through(call, status, data))
+        elif token_key:
+            key = token_key
+            await self._writes.put(lambda: tokens.remember(self, call, key, status, data))
         elif status == 200:
             content_type = upstream.headers.get("Content-Type", "")
             await self._writes.put(lambda: offline.remember_raw(self, call, content_type, data))

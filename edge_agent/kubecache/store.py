@@ -223,7 +223,13 @@ class CacheStore:
             statistics=False,
         )
         try:
+            # The folder (0700) already keeps other users out; the files are 0600 as well, as
+            # they hold secrets and tokens. SQLite gives -wal and -shm the database's mode.
+            for path in directory.iterdir():
+                if path.is_file() and path.name.startswith("cache.db"):
+                    path.chmod(0o600)
             self._check_format()
+            self._tokens: dict[str, float] = {}
             self._names: dict[tuple[str, str], set[tuple[str, str]]] = {}
             self._coverage: dict[tuple[str, str], dict[str, Coverage]] = {}
             self._pending: dict[str, dict[str, Any]] = {}
@@ -259,6 +265,10 @@ class CacheStore:
                 record = self._cache.get(key)
                 if isinstance(record, dict):
                     self._pending[str(key)] = record
+            elif kind == "t":
+                record = self._cache.get(key)
+                expires = record.get("expires") if isinstance(record, dict) else None
+                self._tokens[str(key)] = float(expires) if isinstance(expires, int | float) else 0
 
     # ------------------------------------------------------------ objects
 
@@ -538,6 +548,24 @@ class CacheStore:
             if self._cache.get(key) == record:
                 self._cache.delete(key)
                 self._pending.pop(key, None)
+
+    # ------------------------------------------------------------ service-account tokens
+
+    def put_token(self, key: str, record: dict[str, Any], *, now: float) -> None:
+        """Keep a TokenRequest answer; tokens expired by ``now`` are deleted meanwhile."""
+        expires = record.get("expires")
+        with self._cache.transact():
+            for old in [k for k, until in self._tokens.items() if until <= now and k != key]:
+                self._cache.delete(old)
+                del self._tokens[old]
+            self._cache.set(key, record)
+        self._tokens[key] = float(expires) if isinstance(expires, int | float) else 0
+
+    def get_token(self, key: str) -> object:
+        return self._cache.get(key)
+
+    def token_count(self) -> int:
+        return len(self._tokens)
 
     # ------------------------------------------------------------ raw answers
 
