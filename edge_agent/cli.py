@@ -11,7 +11,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 
 from edge_agent import __version__, config, logs, systemd
+from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
 from edge_agent.kubecache import (
     KubeProxy,
@@ -35,6 +36,8 @@ from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings, LocalApiSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
+from edge_agent.twin_sync import TwinSync
+from edge_agent.twins import Durability, TwinsService, TwinsSettings, simulator
 
 log = logging.getLogger("edge_agent.cli")
 
@@ -107,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_join_command(sub, defaults)
     _add_cache_command(sub, defaults)
+    sub.add_parser(
+        "simulate",
+        help="onboard simulated devices through the broker and report values",
+        description="Everything after 'simulate' goes to the device simulator: "
+        "see `edge-agent simulate --help`.",
+        add_help=False,
+    )
     return parser
 
 
@@ -218,6 +228,83 @@ class _KubeSection:
         return {"enabled": True, "serving": True, **self.proxy.status()}
 
 
+@dataclasses.dataclass
+class _TwinsPart:
+    """Device twins (``[twins]``): the service on the broker and its sync over the tunnel."""
+
+    service: TwinsService
+    sync: TwinSync
+
+    @classmethod
+    def start(cls, settings: AgentSettings, client: TunnelClient) -> _TwinsPart:
+        """Wire the service and its sync; the sync runs as the tunnel's ``twins`` task."""
+        config = settings.twins
+        admin_password, claim_password = config.secrets()
+        service_settings = TwinsSettings(
+            data_dir=settings.data_dir / "twins",
+            node_name=Identity.load(settings.data_dir).name,
+            admin_password=admin_password,
+            claim_password=claim_password,
+            broker_host=config.broker_host,
+            broker_port=config.broker_port,
+            admin_username=config.admin_username,
+            claim_username=config.claim_username,
+            agent_username=config.agent_username,
+            agent_client_id=config.agent_client_id,
+            models_dir=config.models_dir,
+            require_registration=config.require_registration,
+            durability=Durability(config.durability),
+            max_devices=config.max_devices,
+            keepalive=config.keepalive,
+            reconnect_max=config.reconnect_max,
+        )
+        service_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sync = TwinSync()
+        service = TwinsService(settings=service_settings, sender=sync)
+        sync.attach(service)
+        client.session_tasks["twins"] = sync.run_session
+        return cls(service=service, sync=sync)
+
+    def status(self) -> dict[str, object]:
+        """The ``twins`` section of /status."""
+        return {
+            "enabled": True,
+            "ready": self.service.ready.is_set(),
+            "origin": self.service.origin,
+            "devices": len(self.service.twins.device_ids()),
+            "outbox": self.service.outbox.size,
+            "sync": self.sync.status(),
+        }
+
+    def report(self) -> dict[str, object]:
+        """``twins.*`` in node status reports (a few numbers that change rarely)."""
+        return {
+            "devices": len(self.service.twins.device_ids()),
+            "outbox": self.service.outbox.size,
+            "synced": self.sync.connected,
+        }
+
+    def device_ids(self) -> list[str]:
+        return self.service.twins.device_ids()
+
+    def twin(self, device_id: str) -> dict[str, object] | None:
+        """The edge replica of one twin and its delta, for the local API."""
+        record = self.service.twins.device(device_id)
+        if record is None:
+            return None
+        twin = record.replica.twin
+        return {"device": device_id, **twin.to_json(), "delta": twin.delta()}
+
+    async def mark_ready(self, ready: dict[str, bool]) -> None:
+        await self.service.ready.wait()
+        ready["twins"] = True
+
+
+LocalApiHook = Callable[[web.Application, TwinsService | None], None]
+"""Adds routes to the local API before it starts (test launchers only; nothing in the daemon
+itself uses it)."""
+
+
 @contextlib.asynccontextmanager
 async def _kube_proxy(
     settings: AgentSettings, registry: prometheus_client.CollectorRegistry, client: TunnelClient
@@ -245,7 +332,25 @@ async def _kube_proxy(
         yield proxy
 
 
-async def run(settings: AgentSettings) -> None:
+def _local_api(
+    registry: prometheus_client.CollectorRegistry,
+    client: TunnelClient,
+    kube: _KubeSection,
+    reporter: NodeStatusReporter,
+    twins: _TwinsPart | None,
+) -> web.Application:
+    sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
+    if twins is not None:
+        sources["twins"] = twins.status
+    app = create_app(registry=registry, sources=sources, twins=twins)
+    if kube.enabled:
+        app[READY_KEY]["kube_proxy"] = False
+    if twins is not None:
+        app[READY_KEY]["twins"] = False
+    return app
+
+
+async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = None) -> None:
     registry = prometheus_client.CollectorRegistry()
     client = TunnelClient(
         data_dir=settings.data_dir,
@@ -254,16 +359,21 @@ async def run(settings: AgentSettings) -> None:
         registry=registry,
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
+    twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
+    extra_sources: dict[str, Callable[[], dict[str, object]]] = {}
+    if kube.enabled:
+        extra_sources["cache"] = kube.status
+    if twins is not None:
+        extra_sources["twins"] = twins.report
     reporter = NodeStatusReporter(
         client=client,
         settings=settings.node_status,
         data_dir=settings.data_dir,
-        extra_sources={"cache": kube.status} if kube.enabled else None,
+        extra_sources=extra_sources or None,
     )
-    sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
-    app = create_app(registry=registry, sources=sources)
-    if kube.enabled:
-        app[READY_KEY]["kube_proxy"] = False
+    app = _local_api(registry, client, kube, reporter, twins)
+    if local_api_hook is not None:
+        local_api_hook(app, twins.service if twins is not None else None)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.local_api.host, settings.local_api.port).start()
@@ -278,6 +388,12 @@ async def run(settings: AgentSettings) -> None:
         async with asyncio.TaskGroup() as group:
             tunnel = group.create_task(client.run(), name="agent.tunnel")
             status = group.create_task(reporter.run(), name="agent.node-status")
+            helpers = [status]
+            if twins is not None:
+                helpers += [
+                    group.create_task(twins.service.run(), name="agent.twins"),
+                    group.create_task(twins.mark_ready(app[READY_KEY]), name="agent.twins-ready"),
+                ]
             # Inside the group: in tunnel mode the kube proxy waits for the first session.
             async with _kube_proxy(settings, registry, client) as proxy:
                 if proxy is not None:
@@ -285,14 +401,28 @@ async def run(settings: AgentSettings) -> None:
                     app[READY_KEY]["kube_proxy"] = True
                 systemd.notify("READY=1")
                 await tunnel  # ends on SIGTERM, after draining
-            status.cancel()  # the reporter runs until told otherwise
+            for helper in helpers:
+                helper.cancel()  # the reporter and the twins run until told otherwise
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopped")
         await runner.cleanup()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _check_twins(settings: AgentSettings) -> str | None:
+    """Why ``[twins]`` cannot start (unreadable password files, not joined), or None."""
+    if not settings.twins.enabled:
+        return None
+    try:
+        settings.twins.secrets()
+        Identity.load(settings.data_dir)
+    except (OSError, ValueError, NotJoinedError) as error:
+        return f"[twins] cannot start: {error}"
+    return None
+
+
+def cmd_run(args: argparse.Namespace, *, local_api_hook: LocalApiHook | None = None) -> int:
+    """``edge-agent run``; ``local_api_hook`` is for test launchers only."""
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
@@ -319,9 +449,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    if (problem := _check_twins(settings)) is not None:
+        print(f"edge-agent: {problem}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run(settings))
+            asyncio.run(run(settings, local_api_hook=local_api_hook))
     except OSError as error:  # a port in use, a data dir we may not write
         print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
         return 1
@@ -398,8 +531,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
     logs.setup(args.log_level)
+    if args.command == "simulate":
+        return simulator.main(rest)
+    if rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "run":
         return cmd_run(args)
     if args.command == "join":

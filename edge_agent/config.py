@@ -24,6 +24,11 @@ Example, with the defaults spelled out::
     [kube.health]
     interval = 5.0            # seconds
 
+    [twins]                   # device twins over the local mosquitto
+    enabled = true
+    admin_password_file = "/etc/edge-agent/mqtt-admin-password"
+    claim_password_file = "/etc/edge-agent/mqtt-claim-password"
+
 Every key and its default is in docs/agent-config.md.
 """
 
@@ -36,7 +41,13 @@ from typing import Any
 
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
 from edge_agent.node_status import NodeStatusSettings
-from edge_agent.settings import AgentSettings, KubeSettings, LocalApiSettings, TunnelClientSettings
+from edge_agent.settings import (
+    AgentSettings,
+    KubeSettings,
+    LocalApiSettings,
+    TunnelClientSettings,
+    TwinsConfig,
+)
 
 MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
@@ -172,6 +183,46 @@ def _kube(raw: dict[str, Any], where: str) -> KubeSettings:
     )
 
 
+_TWINS_PATHS = ("admin_password_file", "claim_password_file", "models_dir")
+"""``[twins]`` keys whose default is None (unset) and whose value is a path."""
+
+
+def _twins(raw: object, where: str) -> TwinsConfig:
+    """The ``[twins]`` table: broker, credentials (files preferred), models, limits."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    raw = dict(raw)
+    paths: dict[str, Any] = {}
+    for name in _TWINS_PATHS:
+        if name in raw:
+            value = raw.pop(name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}.{name}: expected a path")
+            paths[name] = Path(value)
+    values = _fields(TwinsConfig, raw, where, skip=frozenset(_TWINS_PATHS))
+    if "broker_port" in values:
+        _check_range(where, "broker_port", values["broker_port"], 1, 65535)
+    if values.get("durability", "full") not in ("full", "normal"):
+        raise ConfigError(f'{where}.durability: "full" or "normal", got {values["durability"]!r}')
+    for name in ("max_devices", "keepalive"):
+        if name in values:
+            _check_range(where, name, values[name], 1, 1_000_000)
+    twins = TwinsConfig(**values, **paths)
+    _check_twins_secrets(twins, where)
+    return twins
+
+
+def _check_twins_secrets(twins: TwinsConfig, where: str) -> None:
+    if not twins.enabled:
+        return
+    for secret in ("admin_password", "claim_password"):
+        if getattr(twins, f"{secret}_file") is None and not getattr(twins, secret):
+            raise ConfigError(
+                f"{where}: enabled twins need {secret}_file (a file with the password; "
+                f"or {secret} inline)"
+            )
+
+
 def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> AgentSettings:
     """Settings from ``path`` (or defaults), then command-line ``overrides`` on top."""
     raw: dict[str, Any] = {}
@@ -207,8 +258,9 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
         if name in status_values:
             _check_range(f"{where}: [node_status]", name, status_values[name], 1.0, 86400.0)
     node_status = NodeStatusSettings(**status_values)
+    twins = _twins(raw.pop("twins", {}), f"{where}: [twins]")
     top = _fields(AgentSettings, raw, where)
     top.update(overrides or {})
     return AgentSettings(
-        tunnel=tunnel, local_api=local_api, kube=kube, node_status=node_status, **top
+        tunnel=tunnel, local_api=local_api, kube=kube, node_status=node_status, twins=twins, **top
     )

@@ -106,6 +106,91 @@ class KubeSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TwinsConfig:
+    """The ``[twins]`` table: device twins over the local mosquitto (docs/mqtt.md)."""
+
+    enabled: bool = False
+    """Off by default: twins need a mosquitto with the dynamic-security plugin and its admin
+    password, which only the operator can provide."""
+
+    broker_host: str = "127.0.0.1"
+    """The local mosquitto that devices and the agent share."""
+
+    broker_port: int = 1883
+    """MQTT port of that broker (plain TCP; put TLS in front for devices off the machine)."""
+
+    admin_username: str = "admin"
+    """Dynamic-security admin user (``mosquitto_ctrl dynsec init``); used for ``$CONTROL``
+    commands only, never for device data."""
+
+    admin_password_file: Path | None = None
+    """File holding the admin's password (first line); keep it 0600. Required when enabled
+    unless ``admin_password`` is given."""
+
+    admin_password: str = ""
+    """The admin's password inline; prefer ``admin_password_file`` (a config file is often
+    world-readable and copied around)."""
+
+    claim_username: str = "edgefleet-claim"
+    """Username of the shared claim credential devices ship with (provisioning topics only)."""
+
+    claim_password_file: Path | None = None
+    """File holding the claim password (first line). Required when enabled unless
+    ``claim_password`` is given."""
+
+    claim_password: str = ""
+    """The claim password inline; prefer ``claim_password_file``."""
+
+    agent_username: str = "edgefleet-agent"
+    """The agent's own broker user, created at start with a fresh random password."""
+
+    agent_client_id: str = "edgefleet-agent"
+    """Fixed client id, so the broker keeps the agent's session across agent restarts."""
+
+    models_dir: Path | None = None
+    """Folder of extra device models (``*.yaml``) besides the built-in ones; None: only those."""
+
+    require_registration: bool = False
+    """True: only devices registered in advance may claim; False: any holder of the claim
+    credential may onboard a new device id."""
+
+    durability: str = "full"
+    """``full`` fsyncs every commit (survives power loss); ``normal`` survives kill -9 only."""
+
+    max_devices: int = 10_000
+    """Devices this agent serves at most; every twin is kept in memory (a few KB each)."""
+
+    keepalive: int = 30
+    """MQTT keepalive of the agent's broker session, in seconds."""
+
+    reconnect_max: float = 15.0
+    """Ceiling in seconds of the delay between broker reconnects."""
+
+    def secrets(self) -> tuple[str, str]:
+        """The admin and claim passwords, read from their files when those are set.
+
+        Raises:
+            OSError: a password file cannot be read.
+            ValueError: a password is missing or empty.
+        """
+        admin = _secret(self.admin_password_file, self.admin_password, "admin_password")
+        claim = _secret(self.claim_password_file, self.claim_password, "claim_password")
+        return admin, claim
+
+
+def _secret(path: Path | None, inline: str, name: str) -> str:
+    if path is None:
+        if not inline:
+            raise ValueError(f"[twins] needs {name}_file (or {name})")
+        return inline
+    lines = path.read_text().splitlines()
+    value = lines[0].strip() if lines else ""
+    if not value:
+        raise ValueError(f"[twins] {name}_file {path} is empty")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentSettings:
     data_dir: Path = field(default_factory=lambda: Path("/var/lib/edge-agent"))
     """Folder for the private key, certificate, object cache and outbox; survives restarts."""
@@ -124,3 +209,6 @@ class AgentSettings:
 
     kube: KubeSettings = field(default_factory=KubeSettings)
     """The local kube proxy and object cache for node components (``127.0.0.1:10261``)."""
+
+    twins: TwinsConfig = field(default_factory=TwinsConfig)
+    """Device twins over MQTT (``[twins]``); off unless enabled."""

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from edge_agent.twins import CloudChangeError, CloudChangeResult, Code
 from edge_agent.twins.payloads import RequestError, decode_object
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream
-from tunnel_protocol import ErrorCode
+from tunnel_protocol import ErrorCode, SessionState
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -425,15 +425,34 @@ class TwinSync:
         if twins is None:
             raise RuntimeError("TwinSync.attach(twins) was not called")
         delay = self.settings.reopen_initial
-        while not connection.terminated:
+        while _usable(connection):
             stream = await connection.open_stream(SYNC_TARGET, timeout=self.settings.open_timeout)
-            if await self._serve_stream(stream, twins):
+            if await self._serve_until_draining(stream, twins, connection):
                 delay = self.settings.reopen_initial
-            if connection.terminated:
+            if not _usable(connection):
                 return
             log.info("twins stream closed; opening it again in %.1f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reopen_max)
+
+    async def _serve_until_draining(
+        self, stream: TunnelStream, twins: TwinsEndpoint, connection: TunnelConnection
+    ) -> bool:
+        """Serve the stream; close it once the session drains (SIGTERM) so the drain is quick.
+
+        Ending the stream mid-batch is safe: the outbox retries and the cloud skips what it
+        already applied; a cloud change applied but not acknowledged is sent again and
+        answered ``duplicate``.
+        """
+        async with asyncio.TaskGroup() as group:
+            serving = group.create_task(self._serve_stream(stream, twins), name="twins.stream")
+            watch = group.create_task(_until_not_usable(connection), name="twins.drain-watch")
+            await asyncio.wait({serving, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done():
+                log.info("twins stream closing: the tunnel session is draining")
+                serving.cancel()
+            watch.cancel()
+        return not serving.cancelled() and serving.result()
 
     async def _serve_stream(self, stream: TunnelStream, twins: TwinsEndpoint) -> bool:
         """Serve one stream until it ends; True if it got as far as the welcome."""
@@ -464,3 +483,18 @@ class TwinSync:
             with contextlib.suppress(StreamError):
                 stream.reset(ErrorCode.CANCEL, "twins stream closed")
         return welcomed
+
+
+_DRAIN_CHECK = 0.25
+"""Seconds between checks that the session is still open (it has no "draining" event)."""
+
+
+def _usable(connection: TunnelConnection) -> bool:
+    return not connection.terminated and connection.session.state is SessionState.OPEN
+
+
+async def _until_not_usable(connection: TunnelConnection) -> None:
+    while True:
+        await asyncio.sleep(_DRAIN_CHECK)
+        if not _usable(connection):
+            return

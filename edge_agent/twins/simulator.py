@@ -29,6 +29,7 @@ from typing import Any, Self
 import aiomqtt
 
 from device_models import (
+    Access,
     DeviceModel,
     JsonObject,
     JsonValue,
@@ -251,9 +252,17 @@ def random_value(spec: PropertySpec, rng: random.Random) -> JsonValue:
 
 
 def random_patch(model: DeviceModel, rng: random.Random) -> JsonObject:
-    """Telemetry properties each time, plus one random state property now and then."""
+    """Telemetry properties each time, plus one random read-only state property now and then.
+
+    Read-write properties are left alone: a real device reports those when desired changes
+    them (the simulator reports the delta it receives), so the console's delta stays honest.
+    """
     telemetry = [spec for spec in model.properties if spec.kind == "telemetry"]
-    state = [spec for spec in model.properties if spec.kind != "telemetry"]
+    state = [
+        spec
+        for spec in model.properties
+        if spec.kind != "telemetry" and spec.access != Access.READ_WRITE
+    ]
     chosen = list(telemetry)
     if state and (not telemetry or rng.random() < 0.2):
         chosen.append(rng.choice(state))

@@ -18,6 +18,8 @@ Figures:
 - ``latency``: one device reports at a steady pace; device publish -> applied in the cloud
   (the cloud API's long-poll returns), p50/p99 in ms.
 - ``desired``: PATCH via the REST API -> the device receives ``twin/desired``, p50/p99 in ms.
+
+The processes are the real ``tunnel-server run`` and ``edge-agent run`` (``[twins]`` enabled).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from edge_agent.twins.simulator import (  # noqa: E402 - after the path set-up a
 )
 from edge_agent.twins.topics import Op  # noqa: E402
 from tests.harness import mqtt  # noqa: E402
-from tests.harness.fleet import command  # noqa: E402
+from tests.harness.fleet import BIN, command  # noqa: E402
 from tests.harness.procs import ManagedProcess, free_port  # noqa: E402
 from tests.integration.twins_e2e.reporter import Reporter  # noqa: E402
 
@@ -158,13 +160,14 @@ async def system(workdir: Path) -> AsyncIterator[System]:
             ManagedProcess(
                 "tunnel-server",
                 [
-                    sys.executable,
-                    "-m",
-                    "tests.integration.twins_e2e.server_proc",
+                    str(BIN / "tunnel-server"),
+                    "run",
                     "--listen",
                     f"127.0.0.1:{port}",
                     "--data-dir",
                     str(server_dir),
+                    "--public-name",
+                    "127.0.0.1",
                 ],
                 log_path=workdir / "tunnel-server.log",
                 env=env,
@@ -186,32 +189,39 @@ async def system(workdir: Path) -> AsyncIterator[System]:
         )  # fmt: skip
         suffix = secrets.token_hex(4)
         claim_password = secrets.token_urlsafe(12)
-        control_port = free_port()
-        config = {
-            "data_dir": str(agent_dir),
-            "control_port": control_port,
-            "tunnel": {"backoff_base": 0.1, "backoff_cap": 1.0},
-            "twins": {
-                "node_name": NODE,
-                "broker_host": broker.host,
-                "broker_port": broker.port,
-                "admin_password": broker.admin_password,
-                "claim_username": f"claim-{suffix}",
-                "claim_password": claim_password,
-                "agent_username": f"agent-{suffix}",
-                "agent_client_id": f"agent-{suffix}",
-                "durability": "full",
-            },
-        }
+        local_api_port = free_port()
+        secrets_dir = workdir / "secrets"
+        secrets_dir.mkdir(mode=0o700)
+        (secrets_dir / "admin").write_text(f"{broker.admin_password}\n")
+        (secrets_dir / "claim").write_text(f"{claim_password}\n")
+        config = workdir / "agent.toml"
+        config.write_text(
+            "[tunnel]\nbackoff_base = 0.1\nbackoff_cap = 1.0\n\n[twins]\nenabled = true\n"
+            f'broker_host = "{broker.host}"\nbroker_port = {broker.port}\n'
+            f'admin_password_file = "{secrets_dir / "admin"}"\n'
+            f'claim_username = "claim-{suffix}"\n'
+            f'claim_password_file = "{secrets_dir / "claim"}"\n'
+            f'agent_username = "agent-{suffix}"\nagent_client_id = "agent-{suffix}"\n'
+            'durability = "full"\n'
+        )
         agent = ManagedProcess(
             "edge-agent",
-            [sys.executable, "-m", "tests.integration.twins_e2e.agent_proc", json.dumps(config)],
+            [
+                str(BIN / "edge-agent"),
+                "run",
+                "--config",
+                str(config),
+                "--data-dir",
+                str(agent_dir),
+                "--local-api-port",
+                str(local_api_port),
+            ],
             log_path=workdir / "agent.log",
             env=env,
         )
         procs.append(agent)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
-            await _wait_agent(http, control_port, agent)
+            await _wait_agent(http, local_api_port, agent)
             yield System(
                 broker=broker,
                 server_url=url,
@@ -251,7 +261,8 @@ async def _wait_agent(http: aiohttp.ClientSession, port: int, proc: ManagedProce
             with contextlib.suppress(aiohttp.ClientError, OSError):
                 async with http.get(f"http://127.0.0.1:{port}/status") as answer:
                     status = await answer.json()
-                    if status["ready"] and status["sync"]["connected"]:
+                    twins = status["twins"]
+                    if twins["ready"] and twins["sync"]["connected"]:
                         return
             await asyncio.sleep(0.1)
 

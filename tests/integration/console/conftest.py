@@ -13,11 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.harness.fleet import Agent, Server
 from tests.harness.procs import ServiceError
 
 REPO = Path(__file__).resolve().parents[3]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 REPORT_INTERVAL = 1.0
 """Seconds between the test agents' reports: the server's lease is then its 5 s floor."""
 
@@ -120,3 +131,19 @@ def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleF
         for agent in agents.values():
             agent.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium driven by Playwright (never a downloaded browser)."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def shots(test_output_dir: Path) -> Path:
+    folder = test_output_dir / "console"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

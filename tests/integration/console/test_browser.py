@@ -13,39 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.integration.console.conftest import ConsoleFleet
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.integration.console.conftest import CHROMIUM, ConsoleFleet
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium"
 )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
-def shots(test_output_dir: Path) -> Path:
-    folder = test_output_dir / "console"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture
@@ -142,7 +116,7 @@ def test_node_page_with_charts(page: Page, console_fleet: ConsoleFleet, shots: P
         expect(chart).to_be_visible()
         expect(chart.locator("path.line")).to_have_count(1)
     assert int(page.locator('figure.chart[data-series="cpu"]').get_attribute("data-points") or 0)
-    expect(page.locator("#devices")).to_be_empty()  # no device data on this server: no section
+    expect(page.locator("#devices")).to_be_empty()  # no [twins], no device: no section
     page.screenshot(path=shots / "node.png", full_page=True)
     page.click('button[data-window="86400"]')
     expect(page.locator('button[data-window="86400"]')).to_have_attribute("aria-pressed", "true")

@@ -1,67 +1,29 @@
-"""An edge agent with device twins synced over its tunnel (until cli.py wires twins).
+"""``edge-agent run`` plus one test-only route, for the offline conflict test.
 
-Usage: ``python -m tests.integration.twins_e2e.agent_proc CONFIG_JSON``. It runs what the
-daemon will run, wired as docs/twins.md says: `TunnelClient` (identity from ``edge-agent
-join``), `TwinsService` on the broker, and `TwinSync` as the outbox's sender and as the
-tunnel's ``twins`` session task. Prints ``READY`` once the twins service serves the broker.
+Usage: ``python -m tests.integration.twins_e2e.agent_proc [edge-agent run options]``. It runs
+the daemon exactly as ``edge-agent run`` does (``edge_agent.cli.cmd_run``) and adds to its
+local API:
 
-Test-only extras, on a loopback control port (``control_port``):
-
-- ``GET /status``: the tunnel's and the sync's status, the outbox size;
-- ``GET /twin/{device}``: the edge replica's twin (values, versions, metadata);
-- ``POST /write/{device}/{section}``: a local edge write of a merge patch, as the agent would
-  make for a device (used to make the edge edit ``desired`` for the conflict test, which no
-  MQTT message can do).
+- ``POST /test/write/{device}/{section}``: a local edge write of a merge patch through the
+  same store and outbox the agent uses, so a test can make the edge edit ``desired`` during
+  an outage (no MQTT message can: devices only report). The product has no such route.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
-import prometheus_client
 from aiohttp import web
 
 from device_models import DeviceModelsError, Section, write_change
-from edge_agent import logs
-from edge_agent.settings import JoinSettings, TunnelClientSettings
-from edge_agent.tunnel_client import TunnelClient
-from edge_agent.twin_sync import TwinSync, TwinSyncSettings
-from edge_agent.twins import Durability, TwinsService, TwinsSettings
+from edge_agent import cli, logs
+from edge_agent.twins import TwinsService
 from edge_agent.twins.twin_store import StoreWrite
 
-log = logging.getLogger("tests.twins_e2e.agent")
-
-SERVICE = web.AppKey("service", TwinsService)
-SYNC = web.AppKey("sync", TwinSync)
-CLIENT = web.AppKey("client", TunnelClient)
-
-
-async def status(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    return web.json_response(
-        {
-            "ready": service.ready.is_set(),
-            "tunnel": request.app[CLIENT].status(),
-            "sync": request.app[SYNC].status(),
-            "outbox": service.outbox.size,
-            "origin": service.origin,
-            "devices": service.twins.device_ids(),
-        }
-    )
-
-
-async def twin(request: web.Request) -> web.Response:
-    record = request.app[SERVICE].twins.device(request.match_info["device"])
-    if record is None:
-        return web.json_response({"error": "unknown device"}, status=404)
-    return web.json_response(record.replica.twin.to_json())
+SERVICE = web.AppKey("test_twins_service", TwinsService)
 
 
 async def local_write(request: web.Request) -> web.Response:
@@ -85,44 +47,18 @@ async def local_write(request: web.Request) -> web.Response:
     return web.json_response(replica.twin.to_json())
 
 
-async def serve(config: dict[str, Any]) -> None:
-    data_dir = Path(config["data_dir"])
-    settings = TwinsSettings(
-        **{
-            **config["twins"],
-            "data_dir": data_dir / "twins",
-            "durability": Durability(config["twins"].get("durability", "full")),
-        }
-    )
-    client = TunnelClient(
-        data_dir=data_dir,
-        settings=TunnelClientSettings(**config.get("tunnel", {})),
-        join_settings=JoinSettings(),
-        registry=prometheus_client.CollectorRegistry(),
-    )
-    sync = TwinSync(settings=TwinSyncSettings())
-    service = TwinsService(settings=settings, sender=sync)
-    sync.attach(service)
-    client.session_tasks["twins"] = sync.run_session
-    control = web.Application()
-    control[SERVICE], control[SYNC], control[CLIENT] = service, sync, client
-    control.router.add_get("/status", status)
-    control.router.add_get("/twin/{device}", twin)
-    control.router.add_post("/write/{device}/{section}", local_write)
-    runner = web.AppRunner(control, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", int(config["control_port"])).start()
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(client.run(), name="agent.tunnel")
-            group.create_task(service.run(), name="agent.twins")
-            await service.ready.wait()
-            sys.stdout.write("READY\n")
-            sys.stdout.flush()
-    finally:
-        await runner.cleanup()
+def add_test_routes(app: web.Application, service: TwinsService | None) -> None:
+    if service is None:
+        raise SystemExit("agent_proc needs [twins] enabled in the config")
+    app[SERVICE] = service
+    app.router.add_post("/test/write/{device}/{section}", local_write)
+
+
+def main() -> int:
+    args = cli.build_parser().parse_args(["run", *sys.argv[1:]])
+    logs.setup(args.log_level)
+    return cli.cmd_run(args, local_api_hook=add_test_routes)
 
 
 if __name__ == "__main__":
-    logs.setup("INFO")
-    asyncio.run(serve(json.loads(sys.argv[1])))
+    sys.exit(main())

@@ -1,17 +1,19 @@
 """A real tunnel server, a real joined agent with twins, real mosquitto, a fault proxy.
 
-The agent runs with device twins on mosquitto with dynamic security; a TCP fault proxy on
-its link to the cloud is the one fake.
+The server is ``tunnel-server run`` and the agent ``edge-agent run`` with ``[twins]`` enabled
+on mosquitto with dynamic security; a TCP fault proxy on its link to the cloud is the one fake.
+The edge's twins are read through the agent's local API (``GET /twins/{device}``).
 
-Until the lead wires twins into ``tunnel-server run`` and ``edge-agent run``, the processes
-are the test launchers ``server_proc`` and ``agent_proc`` beside this file (the same parts,
-wired as docs/twins.md says). Switch: set ``USE_REAL_COMMANDS = True``.
+One test, the offline conflict test, also needs each side to write the section only the other
+side may write through the product (the cloud editing ``reported``, the edge editing
+``desired``). For that test only, the processes are the launchers beside this file
+(``server_proc``, ``agent_proc``): the same ``create_app`` and ``edge-agent run`` code plus one
+test-only route each. Those routes never exist in the product.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import sys
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
@@ -30,8 +33,6 @@ from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.integration.kubecache.faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[3]
-USE_REAL_COMMANDS = False
-"""True once tunnel_server/app.py calls twins.setup (the server launcher is then not needed)."""
 
 NODE = "edge1"
 READY_TIMEOUT = 30.0  # a guard against hangs, not a measurement
@@ -39,8 +40,12 @@ READY_TIMEOUT = 30.0  # a guard against hangs, not a measurement
 
 @dataclass(kw_only=True)
 class TwinsServer(Server):
+    """``tunnel-server run``; with ``test_writes``, the launcher that adds a cloud write route."""
+
+    test_writes: bool = False
+
     def start(self) -> None:
-        if USE_REAL_COMMANDS:
+        if not self.test_writes:
             super().start()
             return
         self.process = ManagedProcess(
@@ -64,11 +69,13 @@ class TwinsServer(Server):
 
 @dataclass(kw_only=True)
 class AgentProcess:
-    """The agent with twins (test launcher), started and killed at will."""
+    """``edge-agent run`` with ``[twins]``, started and killed at will."""
 
     workdir: Path
     broker: mqtt.Broker
-    control_port: int = field(default_factory=free_port)
+    test_writes: bool = False
+    """Run the launcher that adds an edge write route (the conflict test only)."""
+    local_api_port: int = field(default_factory=free_port)
     suffix: str = field(default_factory=lambda: secrets.token_hex(4))
     claim_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     process: ManagedProcess | None = None
@@ -82,33 +89,54 @@ class AgentProcess:
     def claim_username(self) -> str:
         return f"claim-{self.suffix}"
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "data_dir": str(self.data_dir),
-            "control_port": self.control_port,
-            "tunnel": {"backoff_base": 0.1, "backoff_cap": 1.0},
-            "twins": {
-                "node_name": NODE,
-                "broker_host": self.broker.host,
-                "broker_port": self.broker.port,
-                "admin_password": self.broker.admin_password,
-                "claim_username": self.claim_username,
-                "claim_password": self.claim_password,
-                "agent_username": f"agent-{self.suffix}",
-                "agent_client_id": f"agent-{self.suffix}",
-                "durability": "full",
-            },
-        }
+    def write_config(self) -> Path:
+        secrets_dir = self.workdir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        admin_file = secrets_dir / "mqtt-admin-password"
+        claim_file = secrets_dir / "mqtt-claim-password"
+        admin_file.write_text(f"{self.broker.admin_password}\n")
+        claim_file.write_text(f"{self.claim_password}\n")
+        path = self.workdir / f"agent-{NODE}.toml"
+        path.write_text(
+            "\n".join(
+                [
+                    "[tunnel]",
+                    "backoff_base = 0.1",
+                    "backoff_cap = 1.0",
+                    "",
+                    "[twins]",
+                    "enabled = true",
+                    f'broker_host = "{self.broker.host}"',
+                    f"broker_port = {self.broker.port}",
+                    f'admin_password_file = "{admin_file}"',
+                    f'claim_username = "{self.claim_username}"',
+                    f'claim_password_file = "{claim_file}"',
+                    f'agent_username = "agent-{self.suffix}"',
+                    f'agent_client_id = "agent-{self.suffix}"',
+                    'durability = "full"',
+                    "",
+                ]
+            )
+        )
+        return path
 
     def start(self) -> None:
         self.starts += 1
+        program = (
+            [sys.executable, "-m", "tests.integration.twins_e2e.agent_proc"]
+            if self.test_writes
+            else [str(BIN / "edge-agent"), "run"]
+        )
         self.process = ManagedProcess(
             f"edge-agent[{NODE}]#{self.starts}",
             [
-                sys.executable,
-                "-m",
-                "tests.integration.twins_e2e.agent_proc",
-                json.dumps(self.config()),
+                *program,
+                "--config",
+                str(self.write_config()),
+                "--data-dir",
+                str(self.data_dir),
+                "--local-api-port",
+                str(self.local_api_port),
             ],
             log_path=self.workdir / f"agent-{NODE}.log",
             env={"PYTHONPATH": str(REPO)},
@@ -137,7 +165,8 @@ class Fleet:
     async def api(
         self, method: str, path: str, body: object = None, *, token: str | None = None
     ) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {token or self.server.admin_token}"}
+        bearer = self.server.admin_token if token is None else token
+        headers = {"Authorization": f"Bearer {bearer}"}
         async with self.http.request(
             method, self.server.url + path, json=body, headers=headers
         ) as answer:
@@ -157,6 +186,7 @@ class Fleet:
         )
 
     async def cloud_write(self, device: str, section: str, patch: dict[str, Any]) -> None:
+        """A cloud-side write of any section (test launcher only: ``test_writes``)."""
         headers = {"Authorization": f"Bearer {self.server.admin_token}"}
         url = f"{self.server.url}/test/twins/{NODE}:{device}/{section}"
         async with self.http.post(url, json=patch, headers=headers) as answer:
@@ -172,15 +202,26 @@ class Fleet:
 
     # ------------------------------------------------------------------ the edge
 
-    async def control(self, method: str, path: str, body: object = None) -> Any:
-        url = f"http://127.0.0.1:{self.agent.control_port}{path}"
+    async def local_api(self, method: str, path: str, body: object = None) -> Any:
+        url = f"http://127.0.0.1:{self.agent.local_api_port}{path}"
         async with self.http.request(method, url, json=body) as answer:
             assert answer.status == 200, await answer.text()
             return await answer.json()
 
+    async def edge_twin(self, device: str) -> dict[str, Any]:
+        """The edge's replica, from the agent's local API."""
+        twin: dict[str, Any] = await self.local_api("GET", f"/twins/{device}")
+        return twin
+
+    async def edge_write(self, device: str, section: str, patch: dict[str, Any]) -> None:
+        """An edge-side write of any section (test launcher only: ``test_writes``)."""
+        await self.local_api("POST", f"/test/write/{device}/{section}", patch)
+
     async def edge_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = await self.control("GET", "/status")
-        return status
+        """The ``twins`` section of the agent's /status, and its readiness."""
+        status: dict[str, Any] = await self.local_api("GET", "/status")
+        twins: dict[str, Any] = status["twins"]
+        return {**twins, "ready": twins["ready"] and all(status["ready"].values())}
 
     async def wait_edge(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         async with asyncio.timeout(READY_TIMEOUT):
@@ -189,7 +230,7 @@ class Fleet:
                 self.agent.process.check_running()
                 try:
                     status = await self.edge_status()
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, AssertionError):
                     status = None
                 if status is not None and predicate(status):
                     return status
@@ -243,12 +284,16 @@ async def join_through(server: Server, url: str, data_dir: Path) -> None:
 
 
 @pytest_asyncio.fixture
-async def fleet(mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path) -> AsyncIterator[Fleet]:
-    server = TwinsServer(workdir=tmp_path)
+async def fleet(
+    mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Fleet]:
+    """The fleet; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
+    test_writes = bool(getattr(request.module, "TEST_WRITES", False))
+    server = TwinsServer(workdir=tmp_path, test_writes=test_writes)
     server.start()
     proxy = FaultProxy("127.0.0.1", server.port)
     await proxy.start()
-    agent = AgentProcess(workdir=tmp_path, broker=mqtt_dynsec_broker)
+    agent = AgentProcess(workdir=tmp_path, broker=mqtt_dynsec_broker, test_writes=test_writes)
     connector = aiohttp.TCPConnector(ssl=server.ssl_context())
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -259,6 +304,10 @@ async def fleet(mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path) -> AsyncIterato
             await fleet.start_agent()
             await fleet.wait_edge(lambda s: bool(s["sync"]["connected"]))
             yield fleet
+    except ServiceError:
+        if agent.process is not None:
+            sys.stderr.write(agent.process.tail())
+        raise
     finally:
         agent.stop()
         await proxy.stop()

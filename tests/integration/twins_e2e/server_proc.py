@@ -1,14 +1,13 @@
-"""A real tunnel server with the twins part mounted: ``tunnel-server run`` until app.py does it.
+"""``tunnel-server run`` plus one test-only route, for the offline conflict test.
 
 Usage: ``python -m tests.integration.twins_e2e.server_proc --listen HOST:PORT --data-dir DIR
 --public-name NAME``. It builds the application exactly as ``tunnel-server run`` does
-(``bootstrap`` + ``create_app``), adds ``tunnel_server.twins.setup(app)`` unless
-``create_app`` already did, and serves it over TLS. Once tunnel_server/app.py calls
-``twins.setup``, the tests can start ``tunnel-server run`` instead (see conftest.py).
+(``bootstrap`` + ``create_app``, which mounts the twins part) and serves it over TLS.
 
 Test-only extra: ``POST /test/twins/{node}:{device}/{section}`` with a merge patch writes a
 section in the cloud as a local write, so a test can make the cloud edit ``reported``
-(the REST API only lets operators edit desired) to check the conflict rule.
+(the REST API only lets operators edit desired) to check the conflict rule. The product has
+no such route.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from aiohttp import web
 
 from device_models import DeviceModelsError, Section
 from tunnel_server import logs
-from tunnel_server import twins as twins_part
 from tunnel_server.app import bootstrap, create_app
 from tunnel_server.cli import parse_listen
 from tunnel_server.settings import ServerSettings
@@ -49,8 +47,6 @@ async def local_write(request: web.Request) -> web.Response:
 async def serve(settings: ServerSettings) -> None:
     identity = bootstrap(settings)
     app = create_app(settings, identity=identity)
-    if TWINS_KEY not in app:
-        twins_part.setup(app)
     app.router.add_post("/test/twins/{id}/{section}", local_write)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()

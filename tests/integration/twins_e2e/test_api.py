@@ -76,7 +76,13 @@ async def test_conditional_and_invalid_patches_are_refused(fleet: Fleet) -> None
     status, body = await fleet.api("GET", f"/api/v1/devices/{NODE}:nope")
     assert (status, body["error"]) == (404, "device_not_found")
     status, body = await fleet.api("GET", "/api/v1/devices", token="abcdef." + "x" * 32)
+    assert (status, body["error"]) == (401, "invalid_token")
+    status, body = await fleet.api("GET", "/api/v1/devices", token="")
     assert (status, body["error"]) == (401, "unauthenticated")
+    status, session = await fleet.api("POST", "/api/v1/sessions")  # a console session works too
+    assert status == 201, session
+    status, page = await fleet.api("GET", "/api/v1/devices", token=session["token"])
+    assert status == 200, page
     twin = await fleet.cloud_twin("th-3")
     assert twin["desired"]["setpoint"] == 20
     assert twin["desired"]["$version"] == 1  # refused writes changed nothing

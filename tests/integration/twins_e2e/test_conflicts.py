@@ -14,6 +14,9 @@ from edge_agent.twins.topics import Op
 from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, Fleet
 
 pytestmark = pytest.mark.mqtt
+TEST_WRITES = True
+"""Each side writes the section only the other side may write through the product: the test
+launchers' write routes (conftest.py), which exist in no product process."""
 
 
 def values(section: dict[str, object]) -> dict[str, object]:
@@ -40,9 +43,7 @@ async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(fleet: 
         assert status == 200, body
         await fleet.cloud_write("th-c", "reported", {"firmware": "cloud", "heating": True})
         # edge: a desired edit made locally, and the device's own reports
-        await fleet.control(
-            "POST", "/write/th-c/desired", {"setpoint": 25.0, "schedule": {"enabled": True}}
-        )
+        await fleet.edge_write("th-c", "desired", {"setpoint": 25.0, "schedule": {"enabled": True}})
         answer = await device.report({"firmware": "edge", "temperature": 21.0})
         assert answer["code"] == 200
         await asyncio.sleep(0.5)
@@ -53,7 +54,7 @@ async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(fleet: 
                 await fleet.wait_synced()
                 status, info = await fleet.api("GET", f"/api/v1/devices/{NODE}:th-c")
                 cloud = await fleet.cloud_twin("th-c")
-                edge = await fleet.control("GET", "/twin/th-c")
+                edge = await fleet.edge_twin("th-c")
                 if info["pendingDesired"] == 0 and all(
                     values(cloud[s]) == values(edge[s]) for s in ("desired", "reported")
                 ):

@@ -98,7 +98,7 @@ async def test_every_update_reaches_the_cloud_exactly_once(fleet: Fleet) -> None
     for reporter in reporters:
         device_id = reporter.device.device_id
         cloud = await fleet.cloud_twin(device_id, reported=REPORTS)
-        edge = await fleet.control("GET", f"/twin/{device_id}")
+        edge = await fleet.edge_twin(device_id)
         assert cloud["reported"]["$version"] == REPORTS  # no change lost, none applied twice
         assert edge["reported"]["$version"] == REPORTS
         assert _values(cloud["reported"]) == _values(edge["reported"])

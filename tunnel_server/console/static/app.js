@@ -31,6 +31,8 @@ const state = {
   retry: 0,
   window: 3600,
   historyTimer: null,
+  twinTimer: null,
+  form: null,  // the desired form of the device page: { id, version, values }
 };
 
 // ------------------------------------------------------------------ helpers
@@ -60,10 +62,12 @@ function session() {
 }
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, body) {
     super(message);
     this.status = status;
     this.code = code;
+    this.problems = (body && Array.isArray(body.problems)) ? body.problems : [];
+    this.body = body;
   }
 }
 
@@ -84,7 +88,7 @@ async function api(path, options = {}, token = null) {
     const code = (body && body.error) || 'http_' + answer.status;
     const message = (body && body.message) || answer.statusText || 'request failed';
     if (answer.status === 401 && !token) signOut(expiredText(code, message));
-    throw new ApiError(answer.status, code, message);
+    throw new ApiError(answer.status, code, message, body);
   }
   return body;
 }
@@ -463,20 +467,228 @@ function renderDetail(d) {
 function renderDevices(devices, metrics) {
   const box = document.getElementById('devices');
   const twinKeys = Object.keys(metrics).filter((k) => k.startsWith('twins.'));
-  if (devices === null && !twinKeys.length) { box.replaceChildren(); return; }
+  // Only nodes that run twins (they report twins.*) or have devices get the section.
+  if (!(devices && devices.length) && !twinKeys.length) { box.replaceChildren(); return; }
   const list = devices || [];
   const content = list.length
-    ? h('table', { id: 'device-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'Device'), h('th', {}, 'Model'), h('th', {}, 'Status'))),
-      h('tbody', {}, list.map((dev) => h('tr', {},
-        h('td', { 'data-label': 'Device' }, String(dev.name || dev.id || '?')),
-        h('td', { 'data-label': 'Model' }, String(dev.model || '–')),
-        h('td', { 'data-label': 'Status' }, String(dev.status || dev.availability || '–'))))))
+    ? deviceTable(list, false)
     : h('div', { class: 'empty-state', id: 'devices-empty' },
       h('strong', {}, 'No devices on this node yet.'), h('br'),
       'Devices appear here once they onboard through the node\'s MQTT broker with a claim credential.');
   const stats = twinKeys.length
     ? h('p', { class: 'count' }, twinKeys.map((k) => k.slice(6) + ': ' + metrics[k]).join(' · ')) : '';
   box.replaceChildren(h('h2', {}, 'Devices'), stats, content);
+}
+
+function deviceTable(list, withNode) {
+  const heads = ['Device', withNode ? 'Node' : null, 'Model', 'Availability', 'Desired', 'Reported', 'Updated']
+    .filter((x) => x !== null);
+  return h('table', { class: 'device-table', id: withNode ? 'all-devices' : 'device-table' },
+    h('thead', {}, h('tr', {}, heads.map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, list.map((dev) => {
+      const id = dev.id || dev.node + ':' + dev.device;
+      const avail = dev.state === 'removed' ? 'removed' : (dev.availability || 'unknown');
+      return h('tr', { 'data-device': id },
+        h('td', { class: 'name', 'data-label': 'Device' },
+          h('a', { href: '#/devices/' + encodeURIComponent(id) }, String(dev.device || id))),
+        withNode ? h('td', { 'data-label': 'Node' }, h('a', { href: '#/nodes/' + encodeURIComponent(dev.node) }, String(dev.node))) : null,
+        h('td', { 'data-label': 'Model' }, String(dev.model || '–')),
+        h('td', { 'data-label': 'Availability' }, badge(avail === 'online' ? 'online' : avail === 'offline' || avail === 'removed' ? 'offline' : 'unknown')),
+        h('td', { class: 'num', 'data-label': 'Desired' }, 'v' + (dev.desiredVersion ?? 0)),
+        h('td', { class: 'num', 'data-label': 'Reported' }, 'v' + (dev.reportedVersion ?? 0)),
+        h('td', { 'data-label': 'Updated' }, dev.updatedAt ? fmt.ago(new Date(dev.updatedAt * 1000).toISOString()) : '–'));
+    })));
+}
+
+// ------------------------------------------------------------------ devices
+
+async function renderDeviceList() {
+  mount(h('section', { id: 'devices-page' },
+    h('h1', {}, 'Devices'),
+    h('p', { class: 'count' }, 'Every device twin in the fleet, by node. Open one to see its desired and reported state and change desired values.'),
+    h('div', { id: 'device-list' }, h('p', { class: 'count' }, 'Loading…'))));
+  const box = document.getElementById('device-list');
+  try {
+    const items = [];
+    let next = null;
+    do {
+      const page = await api('/api/v1/devices?limit=1000' + (next ? '&after=' + encodeURIComponent(next) : ''));
+      items.push(...page.items);
+      next = page.next;
+    } while (next && items.length < 10000);
+    if (!document.getElementById('devices-page')) return;
+    if (!items.length) {
+      box.replaceChildren(h('div', { class: 'empty-state', id: 'devices-empty' },
+        h('strong', {}, 'No devices yet.'), h('br'),
+        'Devices appear here once they onboard through a node\'s MQTT broker with a claim credential (edge-agent [twins]).'));
+      return;
+    }
+    const byNode = new Map();
+    for (const dev of items) {
+      if (!byNode.has(dev.node)) byNode.set(dev.node, []);
+      byNode.get(dev.node).push(dev);
+    }
+    box.replaceChildren(...[...byNode.entries()].flatMap(([node, list]) => [
+      h('h2', { 'data-node': node }, h('a', { href: '#/nodes/' + encodeURIComponent(node) }, node),
+        h('span', { class: 'count' }, ' ' + list.length + (list.length === 1 ? ' device' : ' devices'))),
+      deviceTable(list, false),
+    ]));
+  } catch (err) {
+    if (err.status === 401) return;
+    const text = err.status === 404 && err.code === 'not_found'
+      ? 'This server runs no device twins.' : err.message;
+    box.replaceChildren(h('div', { class: 'error', role: 'alert' }, text));
+  }
+}
+
+function currentDevice() {
+  const m = location.hash.match(/^#\/devices\/(.+)$/);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function values(section) {
+  const out = {};
+  for (const [k, v] of Object.entries(section || {})) if (!k.startsWith('$')) out[k] = v;
+  return out;
+}
+
+function jsonBlock(id, value) {
+  return h('pre', { class: 'json', id }, JSON.stringify(value, null, 2));
+}
+
+async function renderDevice(id) {
+  state.form = null;
+  mount(h('section', { id: 'device', 'data-device': id },
+    h('div', { class: 'crumbs' }, h('a', { href: '#/devices' }, '← Devices')),
+    h('div', { class: 'head' }, h('h1', {}, id), h('span', { id: 'device-status' })),
+    h('div', { class: 'panel' }, h('dl', { class: 'facts', id: 'device-facts' }, h('div', {}, h('dt', {}, 'Loading…')))),
+    h('div', { class: 'twin' },
+      h('div', { class: 'twin-col' }, h('h2', {}, 'Desired ', h('span', { class: 'count', id: 'desired-version' })), jsonBlock('desired', {})),
+      h('div', { class: 'twin-col' }, h('h2', {}, 'Reported ', h('span', { class: 'count', id: 'reported-version' })), jsonBlock('reported', {})),
+      h('div', { class: 'twin-col' }, h('h2', {}, 'Delta ', h('span', { class: 'count' }, 'desired values not reported yet')), jsonBlock('delta', {}))),
+    h('h2', {}, 'Change desired values'),
+    h('form', { id: 'desired-form', class: 'panel', onsubmit: (e) => { e.preventDefault(); submitDesired(id); } },
+      h('label', { for: 'desired-input' }, 'Desired values (JSON). Changed keys are sent as a merge patch; a removed key is deleted.'),
+      h('textarea', { id: 'desired-input', rows: 8, spellcheck: 'false', 'aria-describedby': 'desired-base' }),
+      h('p', { class: 'count', id: 'desired-base' }),
+      h('div', { id: 'desired-result', role: 'status', 'aria-live': 'polite' }),
+      h('div', { class: 'form-buttons' },
+        h('button', { type: 'submit', class: 'btn', id: 'desired-submit' }, 'Apply'),
+        h('button', { type: 'button', class: 'btn secondary', id: 'desired-reload', onclick: () => loadDevice(id, true) }, 'Reload')))));
+  await loadDevice(id, true);
+  clearInterval(state.twinTimer);
+  state.twinTimer = setInterval(() => {
+    if (currentDevice() === id) loadDevice(id, false).catch(() => {}); else clearInterval(state.twinTimer);
+  }, 2000);
+}
+
+async function loadDevice(id, resetForm) {
+  const path = '/api/v1/devices/' + encodeURIComponent(id);
+  let info; let twin;
+  try {
+    [info, twin] = await Promise.all([api(path), api(path + '/twin')]);
+  } catch (err) {
+    if (err.status === 401 || currentDevice() !== id) return;
+    const view = document.getElementById('device');
+    if (view && resetForm) view.append(h('div', { class: 'error', role: 'alert' }, err.message));
+    return;
+  }
+  if (currentDevice() !== id || !document.getElementById('device')) return;
+  const avail = info.state === 'removed' ? 'removed' : (info.availability || 'unknown');
+  document.getElementById('device-status').replaceChildren(badge(avail === 'online' ? 'online' : avail === 'unknown' ? 'unknown' : 'offline'),
+    h('span', { class: 'count' }, ' ' + avail));
+  const facts = [
+    ['Node', h('a', { href: '#/nodes/' + encodeURIComponent(info.node) }, info.node)],
+    ['Model', info.model + (info.modelVersion ? ' ' + info.modelVersion : '')],
+    ['State', info.state],
+    ['Availability', avail + (info.availabilityAt ? ' (' + fmt.ago(new Date(info.availabilityAt * 1000).toISOString()) + ')' : '')],
+    ['Desired changes not yet on the node', String(info.pendingDesired)],
+    ['Last change refused by the node', info.lastRejected ? JSON.stringify(info.lastRejected) : '–'],
+    ['Sync error', info.syncError || '–'],
+  ];
+  document.getElementById('device-facts').replaceChildren(...facts.map(([k, v]) =>
+    h('div', { 'data-fact': k }, h('dt', {}, k), h('dd', {}, v))));
+  document.getElementById('desired').textContent = JSON.stringify(values(twin.desired), null, 2);
+  document.getElementById('reported').textContent = JSON.stringify(values(twin.reported), null, 2);
+  document.getElementById('delta').textContent = JSON.stringify(twin.delta, null, 2);
+  document.getElementById('desired-version').textContent = 'v' + twin.desired.$version;
+  document.getElementById('reported-version').textContent = 'v' + twin.reported.$version;
+  if (resetForm || !state.form || state.form.id !== id) {
+    state.form = { id, version: twin.desired.$version, values: values(twin.desired) };
+    document.getElementById('desired-input').value = JSON.stringify(state.form.values, null, 2);
+    document.getElementById('desired-result').replaceChildren();
+  }
+  const base = document.getElementById('desired-base');
+  base.textContent = 'Editing desired $version ' + state.form.version + '.';
+  if (twin.desired.$version !== state.form.version) {
+    base.append(h('strong', { class: 'stale' }, ' Desired has changed since (now $version ' + twin.desired.$version + '): applying will be refused as a conflict; reload first.'));
+  }
+}
+
+function mergePatch(before, after) {
+  const patch = {};
+  for (const [k, v] of Object.entries(after)) {
+    if (JSON.stringify(before[k]) !== JSON.stringify(v)) patch[k] = v;
+  }
+  for (const k of Object.keys(before)) if (!(k in after)) patch[k] = null;
+  return patch;
+}
+
+async function submitDesired(id) {
+  const result = document.getElementById('desired-result');
+  const form = state.form;
+  if (!form || form.id !== id) return;
+  let edited;
+  try {
+    edited = JSON.parse(document.getElementById('desired-input').value);
+  } catch (err) {
+    result.replaceChildren(h('div', { class: 'error', role: 'alert', id: 'desired-error' }, 'Not valid JSON: ' + err.message));
+    return;
+  }
+  if (edited === null || typeof edited !== 'object' || Array.isArray(edited)) {
+    result.replaceChildren(h('div', { class: 'error', role: 'alert', id: 'desired-error' }, 'Desired values are a JSON object, e.g. {"setpoint": 21.5}.'));
+    return;
+  }
+  const patch = mergePatch(form.values, edited);
+  if (!Object.keys(patch).length) {
+    result.replaceChildren(h('p', { class: 'notice' }, 'Nothing changed.'));
+    return;
+  }
+  const button = document.getElementById('desired-submit');
+  button.disabled = true;
+  try {
+    const twin = await api('/api/v1/devices/' + encodeURIComponent(id) + '/twin', {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/merge-patch+json' },
+      body: JSON.stringify({ desired: Object.assign({}, patch, { $version: form.version }) }),
+    });
+    result.replaceChildren(h('p', { class: 'notice ok', id: 'desired-ok' },
+      'Applied: desired is now at $version ' + twin.desired.$version + '. The node passes it on to the device.'));
+    await loadDevice(id, false);
+    state.form = { id, version: twin.desired.$version, values: values(twin.desired) };
+    document.getElementById('desired-input').value = JSON.stringify(state.form.values, null, 2);
+    document.getElementById('desired-base').textContent = 'Editing desired $version ' + state.form.version + '.';
+  } catch (err) {
+    result.replaceChildren(patchError(err, id));
+    if (err.status === 409) loadDevice(id, false).catch(() => {});  // show what is there now
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function patchError(err, id) {
+  if (err.status === 409 && err.code === 'version_conflict') {
+    return h('div', { class: 'error conflict', role: 'alert', id: 'desired-conflict' },
+      h('strong', {}, 'Version conflict: '),
+      'desired was changed by someone else after you opened this form (you edited $version ' + state.form.version +
+      '). Nothing was written. ', err.message, ' ',
+      h('button', { type: 'button', class: 'link', id: 'conflict-reload', onclick: () => loadDevice(id, true) },
+        'Reload the current values'), ' and apply your change again.');
+  }
+  const list = (err.problems || []).map((p) => h('li', { 'data-path': p.path }, h('code', {}, p.path), ': ', p.reason));
+  return h('div', { class: 'error', role: 'alert', id: 'desired-error' },
+    h('strong', {}, 'Refused (' + err.status + ' ' + err.code + '): '), err.message,
+    list.length ? h('ul', { class: 'problems' }, list) : '');
 }
 
 async function loadHistory(name) {
@@ -550,7 +762,11 @@ function route() {
   document.getElementById('nav').hidden = false;
   startStream();
   const name = currentNode();
-  if (name) renderNode(name); else renderFleet();
+  const device = currentDevice();
+  if (name) renderNode(name);
+  else if (device) renderDevice(device);
+  else if (location.hash === '#/devices') renderDeviceList();
+  else renderFleet();
   document.getElementById('view').focus({ preventScroll: true });
 }
 
