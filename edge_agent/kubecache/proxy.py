@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -437,6 +438,16 @@ class KubeProxy:
 PROXY_KEY = web.AppKey("kube_proxy", KubeProxy)
 
 
+def _serving_tls(settings: KubeCacheSettings) -> ssl.SSLContext | None:
+    """The listener's TLS context when a certificate is configured (TLS >= 1.2)."""
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+    return context
+
+
 @contextlib.asynccontextmanager
 async def serve_kube_proxy(
     settings: KubeCacheSettings,
@@ -471,10 +482,11 @@ async def serve_kube_proxy(
             ]
             try:
                 await proxy.health.wait_known()
-                site = web.TCPSite(runner, settings.host, settings.port)
+                tls = _serving_tls(settings)
+                site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
                 await site.start()
                 port = runner.addresses[0][1] if runner.addresses else settings.port
-                proxy.url = f"http://{settings.host}:{port}"
+                proxy.url = f"{'https' if tls else 'http'}://{settings.host}:{port}"
                 log.info("kube proxy serving on %s, upstream %s", proxy.url, upstream.base_url)
                 yield proxy
             except Exception as exc:  # noqa: BLE001 - re-raised below, outside the TaskGroup

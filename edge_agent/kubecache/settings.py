@@ -47,6 +47,13 @@ class KubeCacheSettings:
     port: int = 10261
     """The port node components use as their API server (YurtHub's, so manifests carry over)."""
 
+    tls_cert_file: str = ""
+    """Serving certificate (PEM) for the listener; empty serves plain HTTP. Loopback traffic
+    needs no encryption, but some components insist on an https:// server URL."""
+
+    tls_key_file: str = ""
+    """Private key (PEM) of ``tls_cert_file``."""
+
     cache_dir: Path = field(default_factory=lambda: Path("/var/lib/edge-agent/kubecache"))
     """Folder of the diskcache database (mode 0700: it holds secrets and tokens)."""
 
