@@ -55,6 +55,13 @@ class TunnelClientSettings:
     """Seconds: the most a reconnect waits. With 10,000 agents and full jitter, a server
     restart sees about 170 reconnects a second at worst, which one process absorbs."""
 
+    reconnect_spread: float = 15.0
+    """Seconds over which reconnects spread after a session that lived ``healthy_after``
+    drops: the first retry waits a random time up to the next power-of-two multiple of
+    ``backoff_base`` (16 s by default). A restarted server otherwise sees its whole fleet within
+    one second and wastes TLS handshakes on clients that time out while queued (measured: see
+    docs/benchmarks.md). 0 turns it off."""
+
     healthy_after: float = 30.0
     """Seconds a session must last before the backoff starts again from ``backoff_base``."""
 

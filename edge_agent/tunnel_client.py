@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import ssl
 import time
@@ -75,6 +76,13 @@ class TunnelMetrics:
         self.rtt = prometheus_client.Gauge(
             "edge_agent_tunnel_rtt_seconds", "Last keepalive round-trip time", registry=registry
         )
+
+
+def spread_attempts(settings: TunnelClientSettings) -> int:
+    """The backoff step whose ceiling first reaches ``reconnect_spread``."""
+    if settings.reconnect_spread <= settings.backoff_base:
+        return 0
+    return math.ceil(math.log2(settings.reconnect_spread / settings.backoff_base))
 
 
 class TunnelClient:
@@ -146,7 +154,9 @@ class TunnelClient:
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
                 self._fail("connect", f"{type(error).__name__}: {error}")
             if time.monotonic() - started >= self._settings.healthy_after:
-                self.attempts = 0
+                # A session that lived dropped: the server likely restarted and its whole fleet
+                # noticed at once. Start the backoff at the spread, not at one second.
+                self.attempts = spread_attempts(self._settings)
             if self._stopping.is_set():
                 break
             await self._backoff()

@@ -49,6 +49,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edge_agent.identity import generate_key, key_pem, make_csr
+from edge_agent.settings import TunnelClientSettings
+from edge_agent.tunnel_client import spread_attempts
 from tunnel_aio import TunnelConnection
 from tunnel_protocol import Role, TunnelSettings
 from tunnel_server.store import SqliteStore
@@ -95,6 +97,8 @@ class Fleet:
     base: float
     cap: float
     connect_concurrency: int
+    spread_attempts: int = 0
+    """Backoff step to start from after a session that lived drops (the agent's own rule)."""
     connected: int = 0
     ever_all: bool = False
     lost_since: float | None = None
@@ -181,7 +185,7 @@ async def _agent(fleet: Fleet, http: aiohttp.ClientSession, node: Node, seed: in
         if fleet.stopping.is_set():
             return
         if time.monotonic() - started >= HEALTHY_AFTER_S:
-            attempts = 0
+            attempts = fleet.spread_attempts
         delay = backoff_delay(attempts, fleet.base, fleet.cap, rng)
         attempts = min(attempts + 1, 32)
         with contextlib.suppress(TimeoutError):
@@ -304,6 +308,9 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
         cap=args.backoff_cap,
         connect_concurrency=args.connect_concurrency,
         first_round=asyncio.Semaphore(args.connect_concurrency),
+        spread_attempts=spread_attempts(
+            TunnelClientSettings(backoff_base=args.backoff_base, reconnect_spread=args.spread)
+        ),
     )
     loop.add_signal_handler(signal.SIGTERM, fleet.stopping.set)
     connect = asyncio.Event()
@@ -339,6 +346,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--backoff-base", type=float, default=1.0)
     parser.add_argument("--backoff-cap", type=float, default=60.0)
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=TunnelClientSettings().reconnect_spread,
+        help="the agent's reconnect_spread (seconds; 0 turns it off)",
+    )
     parser.add_argument("--join-concurrency", type=int, default=16)
     parser.add_argument("--connect-concurrency", type=int, default=128)
     args = parser.parse_args(argv)
