@@ -101,16 +101,21 @@ async def test_a_node_cannot_take_another_nodes_name(fleet: Fleet, target: Targe
     meta = json.loads(meta_path.read_text())
     meta["name"] = "edge-b"
     meta_path.write_text(json.dumps(meta))
+    # Two processes with one certificate would keep replacing each other's session; let the
+    # impostor be the only holder of edge-a's certificate while we look.
+    real.stop()
     impostor.start()
     try:
         impostor.wait_connected()
         # edge-b's session is still the real edge-b, which serves the target
         assert (await get_hello(fleet, "edge-b"))[0] == 200
-        # the impostor took edge-a's session (same certificate), and it serves no targets
+        # the impostor holds edge-a's session (its certificate says edge-a); it serves no targets
         status, _ = await get_hello(fleet, "edge-a")
         assert status == 403
     finally:
         impostor.stop()
+        real.start()
+    real.wait_connected()
     assert await eventually(fleet, "edge-a", 200) == "hello from the target"
     assert target.port
 
