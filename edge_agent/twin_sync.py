@@ -25,7 +25,7 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    keeps at most ``window`` in flight; more is a protocol violation.
 5. Frames are a 4-byte big-endian length and a JSON object; the length is checked against
    the cap before anything is buffered, the depth before parsing. A bad frame resets the
-   stream. The tunnel server has the same framing in tunnel_server/twins/wire.py.
+   stream. The framing is device_models.sync_wire, shared with the tunnel server.
 """
 
 from __future__ import annotations
@@ -34,35 +34,28 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from device_models.sync_wire import PROTOCOL_VERSION, Decoder, WireError, encode, encode_frame
 from edge_agent.twins import CloudChangeError, CloudChangeResult, Code
-from edge_agent.twins.payloads import RequestError, decode_object
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, SessionState
 
 __all__ = [
-    "PROTOCOL_VERSION",
     "SYNC_TARGET",
-    "FrameDecoder",
     "ProtocolViolationError",
     "SyncCounters",
     "TwinSync",
     "TwinSyncSettings",
     "TwinsEndpoint",
-    "WireError",
-    "encode_frame",
 ]
 
 log = logging.getLogger("edge_agent.twin_sync")
 
 SYNC_TARGET = "twins"
-PROTOCOL_VERSION = 1
-_HEADER = struct.Struct(">I")
 _FAILED = frozenset({Code.BAD_REQUEST, Code.UNKNOWN_DEVICE, Code.OUT_OF_ORDER})
 
 
@@ -112,10 +105,6 @@ class TwinsEndpoint(Protocol):
     ) -> CloudChangeResult: ...
 
 
-class WireError(ValueError):
-    """The peer broke the framing or sent a message that is not a bounded JSON object."""
-
-
 class ProtocolViolationError(Exception):
     """The cloud broke the sync protocol; the stream is reset."""
 
@@ -136,57 +125,6 @@ class SyncCounters:
 
 
 # ---------------------------------------------------------------------- framing, sans-IO
-
-
-def encode_frame(body: bytes, *, max_bytes: int) -> bytes:
-    if len(body) > max_bytes:
-        raise WireError(f"message of {len(body)} bytes exceeds the cap of {max_bytes}")
-    return _HEADER.pack(len(body)) + body
-
-
-def _encode(message: dict[str, Any], *, max_bytes: int) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return encode_frame(body.encode("utf-8"), max_bytes=max_bytes)
-
-
-class FrameDecoder:
-    """Feed bytes as they come; take whole messages out (WireError on a broken one)."""
-
-    def __init__(self, *, max_bytes: int, max_depth: int) -> None:
-        self._max_bytes = max_bytes
-        self._max_depth = max_depth
-        self._buffer = bytearray()
-        self._need: int | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
-        messages: list[dict[str, Any]] = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < _HEADER.size:
-                    return messages
-                (length,) = _HEADER.unpack_from(self._buffer)
-                if length == 0 or length > self._max_bytes:
-                    self._buffer.clear()  # a broken stream: keep nothing of it
-                    raise WireError(f"message length {length} is not within 1..{self._max_bytes}")
-                del self._buffer[: _HEADER.size]
-                self._need = length
-            if len(self._buffer) < self._need:
-                return messages
-            body = bytes(self._buffer[: self._need])
-            del self._buffer[: self._need]
-            self._need = None
-            try:
-                message = decode_object(body, max_bytes=self._max_bytes, max_depth=self._max_depth)
-            except RequestError as error:
-                raise WireError(error.message) from None
-            if not isinstance(message.get("type"), str):
-                raise WireError('a message is a JSON object with a string "type"')
-            messages.append(message)
 
 
 def batch_frames(records: list[dict[str, Any]], *, first_id: int, max_bytes: int) -> list[bytes]:
@@ -231,9 +169,7 @@ class _Link:
     def __init__(self, stream: TunnelStream, settings: TwinSyncSettings) -> None:
         self.stream = stream
         self._settings = settings
-        self._decoder = FrameDecoder(
-            max_bytes=settings.max_message_bytes, max_depth=settings.max_depth
-        )
+        self._decoder = Decoder(max_bytes=settings.max_message_bytes, max_depth=settings.max_depth)
         self._ready: deque[dict[str, Any]] = deque()
         self._write_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -245,7 +181,7 @@ class _Link:
             await self.stream.write(data)
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self.write(_encode(message, max_bytes=self._settings.max_message_bytes))
+        await self.write(encode(message, max_bytes=self._settings.max_message_bytes))
 
     async def next_message(self) -> dict[str, Any] | None:
         while not self._ready:

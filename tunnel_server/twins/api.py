@@ -28,9 +28,9 @@ from device_models import (
     ValidationError,
     VersionConflictError,
 )
+from device_models import sync_wire as wire
 from tunnel_server.api.auth import authenticate
 from tunnel_server.api.errors import ApiError
-from tunnel_server.twins import wire
 from tunnel_server.twins.service import (
     DEVICE_ID,
     DeviceRemovedError,

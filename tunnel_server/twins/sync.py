@@ -26,9 +26,9 @@ import sqlite3
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from device_models import sync_wire as wire
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.twins import wire
 from tunnel_server.twins.service import BatchError, TwinsCloud
 
 if TYPE_CHECKING:

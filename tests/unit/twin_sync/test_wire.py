@@ -1,4 +1,4 @@
-"""The sync stream's framing: both ends' codecs agree, caps hold, bad input fails cleanly."""
+"""The sync stream's framing, one codec for both ends: round trips, caps, bad input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from device_models import sync_wire as wire
 from edge_agent import twin_sync
-from tunnel_server.twins import wire
 
 CAP = 4096
 FUZZ = settings(max_examples=200, deadline=None)
@@ -20,8 +20,8 @@ def cloud_decoder() -> wire.Decoder:
     return wire.Decoder(max_bytes=CAP, max_depth=8)
 
 
-def edge_decoder() -> twin_sync.FrameDecoder:
-    return twin_sync.FrameDecoder(max_bytes=CAP, max_depth=8)
+def edge_decoder() -> wire.Decoder:
+    return wire.Decoder(max_bytes=CAP, max_depth=8)
 
 
 def test_messages_cross_both_ways_byte_by_byte() -> None:
@@ -30,7 +30,7 @@ def test_messages_cross_both_ways_byte_by_byte() -> None:
     decoder = edge_decoder()
     got = [m for byte in data for m in decoder.feed(bytes([byte]))]
     assert got == messages
-    back = b"".join(twin_sync._encode(m, max_bytes=CAP) for m in messages)
+    back = b"".join(wire.encode(m, max_bytes=CAP) for m in messages)
     assert back == data
     assert cloud_decoder().feed(back) == messages
 
@@ -64,8 +64,8 @@ def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
 def test_encoding_refuses_a_message_over_the_cap() -> None:
     with pytest.raises(wire.WireError):
         wire.encode({"type": "x", "pad": "y" * CAP}, max_bytes=CAP)
-    with pytest.raises(twin_sync.WireError):
-        twin_sync._encode({"type": "x", "pad": "y" * CAP}, max_bytes=CAP)
+    with pytest.raises(wire.WireError):
+        wire.encode({"type": "x", "pad": "y" * CAP}, max_bytes=CAP)
 
 
 def test_big_batches_are_split_under_the_cap_and_keep_their_order() -> None:
@@ -80,7 +80,7 @@ def test_big_batches_are_split_under_the_cap_and_keep_their_order() -> None:
 
 
 def test_a_record_larger_than_a_message_is_refused() -> None:
-    with pytest.raises(twin_sync.WireError):
+    with pytest.raises(wire.WireError):
         twin_sync.batch_frames([{"pad": "z" * CAP}], first_id=1, max_bytes=CAP)
 
 
@@ -92,7 +92,7 @@ def test_any_bytes_in_any_chunks_fail_only_with_a_wire_error(data: bytes, step: 
             for start in range(0, len(data), step):
                 for message in decoder.feed(data[start : start + step]):
                     assert isinstance(message["type"], str)
-        except (wire.WireError, twin_sync.WireError):
+        except wire.WireError:
             pass  # the only failure allowed; anything else propagates and fails the test
 
 
@@ -112,7 +112,7 @@ def test_any_json_value_round_trips_or_is_refused(value: object) -> None:
         return
     depth = _depth(message)
     if depth > 8:
-        with pytest.raises(twin_sync.WireError, match="deeper"):
+        with pytest.raises(wire.WireError, match="deeper"):
             edge_decoder().feed(frame)
         return
     assert edge_decoder().feed(frame) == [json.loads(json.dumps(message))]

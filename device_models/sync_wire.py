@@ -5,8 +5,9 @@ with a string ``type``. The length is checked against the cap before any byte of
 buffered, the nesting depth is checked by a linear scan before ``json.loads`` runs, and NaN or
 Infinity are refused: hostile input costs bounded memory and time and ends in `WireError`.
 
-The edge agent has its own copy of these few lines (edge_agent/twin_sync.py): the two
-packages never import each other. docs/twins.md is the protocol's reference.
+Both ends use this one module: the edge agent (edge_agent/twin_sync.py) and the tunnel server
+(tunnel_server/twins/), which never import each other. docs/twins.md is the protocol's
+reference.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import json
 import struct
 from typing import Any
 
-__all__ = ["HEADER", "PROTOCOL_VERSION", "Decoder", "WireError", "decode_object", "encode"]
+__all__ = [
+    "HEADER",
+    "PROTOCOL_VERSION",
+    "Decoder",
+    "WireError",
+    "decode_object",
+    "encode",
+    "encode_frame",
+]
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -25,13 +34,17 @@ class WireError(ValueError):
     """The peer broke the framing or sent a message that is not a bounded JSON object."""
 
 
+def encode_frame(body: bytes, *, max_bytes: int) -> bytes:
+    """Frame an already serialised body; WireError if it exceeds `max_bytes`."""
+    if len(body) > max_bytes:
+        raise WireError(f"message of {len(body)} bytes exceeds the cap of {max_bytes}")
+    return HEADER.pack(len(body)) + body
+
+
 def encode(message: dict[str, Any], *, max_bytes: int) -> bytes:
     """One framed message; WireError if its body would exceed `max_bytes`."""
     body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    data = body.encode("utf-8")
-    if len(data) > max_bytes:
-        raise WireError(f"message of {len(data)} bytes exceeds the cap of {max_bytes}")
-    return HEADER.pack(len(data)) + data
+    return encode_frame(body.encode("utf-8"), max_bytes=max_bytes)
 
 
 def _depth_exceeds(text: str, limit: int) -> bool:
