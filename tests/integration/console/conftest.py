@@ -136,6 +136,11 @@ def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleF
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's chromium driven by Playwright (never a downloaded browser)."""
+    if not CHROMIUM.exists():  # fail loudly: the harness provides it, tests never skip
+        raise ServiceError(
+            f"{CHROMIUM} not found: install Debian's chromium package "
+            "(scripts/test does: apt-get install chromium)"
+        )
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched

@@ -25,14 +25,9 @@ from playwright.sync_api import Browser, Page, expect
 from tests.harness import mqtt
 from tests.harness.fleet import BIN, Agent, Server
 from tests.harness.procs import ManagedProcess, ServiceError
-from tests.integration.console.conftest import CHROMIUM, Api
+from tests.integration.console.conftest import Api
 
-pytestmark = [
-    pytest.mark.mqtt,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium"
-    ),
-]
+pytestmark = pytest.mark.mqtt
 
 NODE = "edge-dev"
 DEVICE = f"{NODE}:th-0"
