@@ -11,11 +11,45 @@ from dataclasses import dataclass, field
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from tests.harness.fleet import Agent, Server
 from tests.harness.procs import free_port
 
 STREAM_GATE = web.AppKey("stream_gate", asyncio.Event)
+
+
+@dataclass
+class InFlight:
+    """Requests the target is still handling: a stream torn down upstream must end here too."""
+
+    count: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request is in flight; False if that did not happen within timeout s."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.count:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
+@web.middleware
+async def count_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.count += 1
+    try:
+        return await handler(request)
+    finally:
+        in_flight.count -= 1
+        in_flight.changed.set()
 
 
 async def hello(_request: web.Request) -> web.Response:
@@ -79,13 +113,16 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 class Target:
     port: int
     gate: asyncio.Event
+    in_flight: InFlight
 
 
 @pytest_asyncio.fixture
 async def target() -> AsyncIterator[Target]:
-    app = web.Application(client_max_size=2 * 1024**3)
+    app = web.Application(client_max_size=2 * 1024**3, middlewares=[count_in_flight])
     gate = asyncio.Event()
     app[STREAM_GATE] = gate
+    in_flight = InFlight()
+    app[IN_FLIGHT] = in_flight
     app.router.add_get("/hello", hello)
     app.router.add_route("*", "/echo-request", echo_request)
     app.router.add_post("/sha256", sha256)
@@ -95,9 +132,13 @@ async def target() -> AsyncIterator[Target]:
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", TARGET_PORT).start()
-    yield Target(port=TARGET_PORT, gate=gate)
+    yield Target(port=TARGET_PORT, gate=gate, in_flight=in_flight)
     gate.set()
+    # A reset that reaches the target after its loop closed leaves a transport whose
+    # connection_lost never ran (an unraisable ResourceWarning): let teardown finish first.
+    await in_flight.wait_idle(timeout=10.0)
     await runner.cleanup()
+    await asyncio.sleep(0.1)
 
 
 @dataclass

@@ -109,7 +109,8 @@ async def test_slow_reader_does_not_stall_another_stream(fleet: Fleet, target: T
                 assert len(await answer.read()) == 4194304
         stalled.close()
     await wait_no_streams(fleet)
-    assert target.port
+    # The stalled download's reset crossed server and agent and ended the handler at the target.
+    assert await target.in_flight.wait_idle(timeout=10.0)
 
 
 @pytest.mark.parametrize(
