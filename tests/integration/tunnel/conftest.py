@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,16 +27,11 @@ class InFlight:
     count: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True once no request is in flight; False if that did not happen within timeout s."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self.count:
-                    self.changed.clear()
-                    await self.changed.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def idle(self) -> None:
+        """Return once no request is in flight (callers bound the wait with asyncio.timeout)."""
+        while self.count:
+            self.changed.clear()
+            await self.changed.wait()
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
@@ -136,7 +132,9 @@ async def target() -> AsyncIterator[Target]:
     gate.set()
     # A reset that reaches the target after its loop closed leaves a transport whose
     # connection_lost never ran (an unraisable ResourceWarning): let teardown finish first.
-    await in_flight.wait_idle(timeout=10.0)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10.0):
+            await in_flight.idle()
     await runner.cleanup()
     await asyncio.sleep(0.1)
 
