@@ -87,7 +87,8 @@ async function api(path, options = {}, token = null) {
   if (!answer.ok) {
     const code = (body && body.error) || 'http_' + answer.status;
     const message = (body && body.message) || answer.statusText || 'request failed';
-    if (answer.status === 401 && !token) signOut(expiredText(code, message));
+    // Parallel requests share one session: only the first 401 signs out, so its reason stays shown.
+    if (answer.status === 401 && !token && session()) signOut(expiredText(code, message));
     throw new ApiError(answer.status, code, message, body);
   }
   return body;
@@ -231,6 +232,8 @@ async function readStream(controller) {
   if (answer.status === 401) {
     let body = {};
     try { body = await answer.json(); } catch (_) { body = {}; }
+    // Another request may have signed out first (and aborted this read): keep its reason.
+    if (controller.signal.aborted || !session()) return;
     signOut(expiredText(body.error, body.message || 'sign in again'));
     return;
   }
