@@ -2,6 +2,8 @@
 
 - `DeviceModel.from_yaml` / `from_dict` parse a device model; `validate_reported` and
   `validate_desired` check twin patches against it. `builtin_model(name)` gives the built-ins.
+- `ModelRegistry` holds the models by name: the built-ins plus models parsed from YAML files
+  that the caller has read (`ModelRegistry.from_yaml_files`).
 - `Twin` is the twin document: desired and reported sections with `$version` and `$metadata`,
   RFC 7386 merge patches, `delta()`, limits of 32 KB and 10 levels per section.
 - `Replica`, `TwinChange`, `write_change` and `apply_change` keep the edge's and the cloud's
@@ -45,6 +47,7 @@ from device_models._model import (
     PropertySpec,
     PropertyType,
 )
+from device_models._registry import ModelRegistry
 from device_models._sync import (
     AUTHORITY,
     MAX_ORIGINS,
@@ -81,6 +84,7 @@ __all__ = [
     "Kind",
     "LimitExceededError",
     "ModelError",
+    "ModelRegistry",
     "Problem",
     "PropertySpec",
     "PropertyType",

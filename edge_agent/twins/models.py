@@ -1,55 +1,36 @@
-"""The model registry: the built-in device models plus the models found in a folder."""
+"""The agent's device models: the built-ins plus the ``*.yaml`` files found in a folder."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
-from device_models import MAX_MODEL_YAML_BYTES, DeviceModel, DeviceModelsError, builtin_models
+from device_models import MAX_MODEL_YAML_BYTES, ModelRegistry
 
-__all__ = ["ModelRegistry"]
+__all__ = ["load_models"]
 
 log = logging.getLogger("edge_agent.twins.models")
 
 
-class ModelRegistry:
-    """Models by name. A folder model may not replace a built-in one (names are global)."""
+def load_models(folder: Path | None) -> ModelRegistry:
+    """Built-ins plus ``folder/*.yaml``; a bad file is logged and skipped, never fatal."""
+    return ModelRegistry.from_yaml_files(_read_folder(folder), log=log)
 
-    def __init__(self, models: dict[str, DeviceModel]) -> None:
-        self._models = dict(models)
 
-    @classmethod
-    def load(cls, folder: Path | None) -> ModelRegistry:
-        """Built-ins plus ``folder/*.yaml``; a bad file is logged and skipped, never fatal."""
-        models = builtin_models()
-        if folder is None or not folder.is_dir():
-            return cls(models)
-        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-            model = _read(path)
-            if model is None:
+def _read_folder(folder: Path | None) -> Iterator[tuple[str, bytes]]:
+    """Each model file's name and contents, lazily, so the log stays in file order."""
+    if folder is None or not folder.is_dir():
+        return
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            if path.stat().st_size > MAX_MODEL_YAML_BYTES:
+                log.error(
+                    "model file %s is larger than %s bytes; skipped", path, MAX_MODEL_YAML_BYTES
+                )
                 continue
-            if model.name in models:
-                log.error("model %s in %s: the name is already taken; skipped", model.name, path)
-                continue
-            models[model.name] = model
-            log.info("loaded device model %s %s from %s", model.name, model.version, path)
-        return cls(models)
-
-    def get(self, name: str) -> DeviceModel | None:
-        return self._models.get(name)
-
-    def names(self) -> list[str]:
-        return sorted(self._models)
-
-
-def _read(path: Path) -> DeviceModel | None:
-    try:
-        if path.stat().st_size > MAX_MODEL_YAML_BYTES:
-            log.error("model file %s is larger than %s bytes; skipped", path, MAX_MODEL_YAML_BYTES)
-            return None
-        return DeviceModel.from_yaml(path.read_bytes())
-    except OSError as exc:
-        log.error("cannot read model file %s: %s", path, exc)  # noqa: TRY400 - no traceback needed
-    except DeviceModelsError as exc:
-        log.error("invalid model file %s: %s", path, exc)  # noqa: TRY400 - the message says it all
-    return None
+            text = path.read_bytes()
+        except OSError as exc:
+            log.error("cannot read model file %s: %s", path, exc)  # noqa: TRY400 - no traceback needed
+            continue
+        yield str(path), text

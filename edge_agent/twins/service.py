@@ -27,7 +27,7 @@ from pathlib import Path
 import aiomqtt
 
 from edge_agent.twins import dynsec, topics
-from edge_agent.twins.models import ModelRegistry
+from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
 from edge_agent.twins.topics import DeviceTopic
@@ -157,7 +157,7 @@ class TwinsService:
         self.twins = TwinService(
             store=self._store,
             outbox=self.outbox,
-            models=ModelRegistry.load(settings.models_dir),
+            models=load_models(settings.models_dir),
             metrics=self.metrics,
             max_payload_bytes=settings.max_payload_bytes,
             max_cloud_change_bytes=settings.max_cloud_change_bytes,

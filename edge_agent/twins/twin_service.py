@@ -42,6 +42,7 @@ from device_models import (
     JsonObject,
     JsonValue,
     LimitExceededError,
+    ModelRegistry,
     Problem,
     Section,
     SequenceGapError,
@@ -53,7 +54,6 @@ from device_models import (
     write_change,
 )
 from edge_agent.twins import topics
-from edge_agent.twins.models import ModelRegistry
 from edge_agent.twins.outbox import Metrics, Outbox
 from edge_agent.twins.payloads import (
     Code,

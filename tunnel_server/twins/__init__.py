@@ -22,7 +22,7 @@ from tunnel_server.api.routes import DEVICES_KEY
 from tunnel_server.app_keys import REGISTRY_KEY, SETTINGS_KEY
 from tunnel_server.sessions import AgentSession
 from tunnel_server.twins.api import TWINS_KEY, add_routes
-from tunnel_server.twins.models import ModelRegistry
+from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS
 from tunnel_server.twins.service import TwinsCloud
 from tunnel_server.twins.settings import CloudTwinsSettings, Durability
@@ -99,7 +99,7 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
     )
     cloud = TwinsCloud(
         store=store,
-        models=ModelRegistry.load(settings.models_dir or data_dir / "models"),
+        models=load_models(settings.models_dir or data_dir / "models"),
         settings=settings,
     )
     app[TWINS_KEY] = cloud

@@ -38,6 +38,7 @@ from device_models import (
     DeviceModelsError,
     JsonObject,
     LimitExceededError,
+    ModelRegistry,
     Problem,
     Replica,
     Role,
@@ -48,7 +49,6 @@ from device_models import (
     apply_change,
     write_change,
 )
-from tunnel_server.twins.models import ModelRegistry
 from tunnel_server.twins.settings import CloudTwinsSettings
 from tunnel_server.twins.store import DeviceKey, DeviceRow, DeviceState, Transaction, TwinStore
 

@@ -24,7 +24,7 @@ from device_models import (
 )
 from edge_agent.twins import CloudChangeError, CloudChangeResult, Code
 from tunnel_server.twins import CloudTwinsSettings, Durability, TwinsCloud
-from tunnel_server.twins.models import ModelRegistry
+from tunnel_server.twins.models import load_models
 from tunnel_server.twins.store import TwinStore
 
 NODE = "node1"
@@ -38,7 +38,7 @@ def make_cloud(folder: Path, **changes: Any) -> TwinsCloud:
         cache_devices=settings.cache_devices,
         max_dead_letters=settings.max_dead_letters,
     )
-    return TwinsCloud(store=store, models=ModelRegistry.load(None), settings=settings)
+    return TwinsCloud(store=store, models=load_models(None), settings=settings)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from device_models import Replica, Role, Section, write_change
-from edge_agent.twins.models import ModelRegistry
+from edge_agent.twins.models import load_models
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings
 from edge_agent.twins.topics import DeviceTopic, Op
 from edge_agent.twins.twin_service import CloudChangeError, TwinService
@@ -28,7 +28,7 @@ def service(path: Path) -> tuple[TwinService, TwinStore]:
     twins = TwinService(
         store=store,
         outbox=outbox,
-        models=ModelRegistry.load(None),
+        models=load_models(None),
         metrics=metrics,
         max_payload_bytes=64 * 1024,
         max_cloud_change_bytes=512 * 1024,
