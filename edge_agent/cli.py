@@ -19,7 +19,8 @@ import prometheus_client
 import yaml
 from aiohttp import web
 
-from edge_agent import __version__, config, logs, systemd
+from daemon_support import logs, systemd
+from edge_agent import __version__, config
 from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
 from edge_agent.kubecache import (

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from daemon_support.files import write_atomic
 from edge_agent import __version__
 from edge_agent.identity import (
     Identity,
@@ -40,7 +41,6 @@ from edge_agent.identity import (
     spki_hash,
     validate_ca_hash,
     validate_name,
-    write_atomic,
 )
 from edge_agent.settings import JoinSettings
 

@@ -21,7 +21,7 @@ import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tunnel_server.pki import write_atomic
+from daemon_support.files import write_atomic
 from tunnel_server.store import DuplicateIdError, NodeKind, Store, StoreError, TokenRecord
 
 if TYPE_CHECKING:

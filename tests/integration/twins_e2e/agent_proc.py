@@ -18,8 +18,9 @@ import time
 
 from aiohttp import web
 
+from daemon_support import logs
 from device_models import DeviceModelsError, Section, write_change
-from edge_agent import cli, logs
+from edge_agent import cli
 from edge_agent.twins import TwinsService
 from edge_agent.twins.twin_store import StoreWrite
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from daemon_support import logs
 from device_models import DeviceModelsError, Section
-from tunnel_server import logs
 from tunnel_server.app import bootstrap, create_app
 from tunnel_server.cli import parse_listen
 from tunnel_server.settings import ServerSettings
