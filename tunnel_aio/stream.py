@@ -165,7 +165,12 @@ class TunnelStream:
 
 
 _SESSION_CODES = frozenset(
-    {ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.VERSION_MISMATCH}
+    {
+        ErrorCode.KEEPALIVE_TIMEOUT,
+        ErrorCode.HANDSHAKE_TIMEOUT,
+        ErrorCode.VERSION_MISMATCH,
+        ErrorCode.ENHANCE_YOUR_CALM,
+    }
 )
 
 __all__ = [

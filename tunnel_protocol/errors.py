@@ -53,6 +53,9 @@ class ErrorCode(enum.IntEnum):
     """REJECT: the target is not in the receiver's allow-list."""
     TARGET_UNREACHABLE = 12
     """REJECT: the receiver could not connect to the target."""
+    ENHANCE_YOUR_CALM = 13
+    """GO_AWAY: the peer opened more streams that ended unproductively (reset or refused before
+    any data) than its budget allows: the rapid-reset defence. Named after HTTP/2's code."""
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:

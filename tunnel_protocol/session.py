@@ -19,6 +19,10 @@ that stream (RESET to the peer, ``StreamReset`` + ``StreamClosed`` here). Bad by
 error is kept in ``session.error``. API misuse raises ``LocalProtocolError`` and changes
 nothing. Streams are forgotten when they close, and late frames for forgotten streams are
 dropped, so memory depends on the number of live streams, never on the session's age.
+
+Work is bounded too: the stream cap bounds the streams the peer holds at once, and the budget
+of ``stream_budget.py`` bounds the streams it may open for nothing (OPEN then RESET, or opens
+we refuse): an OPEN while that budget is overdrawn is a connection error, ENHANCE_YOUR_CALM.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from tunnel_protocol.frames import (
     truncate_text,
 )
 from tunnel_protocol.settings import TunnelSettings
+from tunnel_protocol.stream_budget import StreamBudget
 from tunnel_protocol.stream_state import StreamInput, StreamState, StreamStateMachine
 
 if TYPE_CHECKING:
@@ -107,13 +112,15 @@ class SessionState(enum.Enum):
 
 
 class _Stream:
-    __slots__ = ("credit", "machine", "stream_id", "window")
+    __slots__ = ("credit", "machine", "productive", "stream_id", "window")
 
     def __init__(self, stream_id: int, send_credit: int, receive_window: int) -> None:
         self.stream_id = stream_id
         self.machine = StreamStateMachine()
         self.credit = SendCredit(send_credit)
         self.window = ReceiveWindow(receive_window)
+        self.productive = False
+        """DATA crossed the stream either way, or both ends closed it with FIN."""
 
 
 class TunnelSession:
@@ -142,6 +149,11 @@ class TunnelSession:
         self._last_ping_sent = now
         self._pings: dict[bytes, float] = {}
         self._ping_counter = 0
+        self._budget = StreamBudget(
+            burst=self._settings.unproductive_stream_burst,
+            rate=self._settings.unproductive_stream_rate,
+            now=now,
+        )
         self._send(self._hello())
 
     # ------------------------------------------------------------------ properties
@@ -334,6 +346,8 @@ class TunnelSession:
         view = memoryview(data)
         taken = min(len(view), stream.credit.available)
         stream.credit.consume(taken)
+        if taken:
+            stream.productive = True
         for chunk in self._chunks(view[:taken]):
             self._send(Data(stream_id, chunk))
         return taken
@@ -357,6 +371,7 @@ class TunnelSession:
         new_state = stream.machine.process(StreamInput.SEND_FIN)
         self._send(Fin(stream_id))
         if new_state is StreamState.CLOSED:
+            stream.productive = True  # both ends finished: a stream that did its job
             self._forget(stream)
 
     def reset_stream(
@@ -482,17 +497,31 @@ class TunnelSession:
             raise RemoteProtocolError(f"OPEN of stream {stream_id}: wrong parity for the peer")
         if stream_id <= self._highest_peer_id:
             raise RemoteProtocolError(f"OPEN of stream {stream_id}: ids must increase")
+        self._check_budget()  # before the id counts as processed: the GO_AWAY excludes it
         self._highest_peer_id = stream_id
         if self._state is SessionState.DRAINING:
             self._send(Reject(stream_id, ErrorCode.REFUSED_STREAM, "session is draining"))
             return
         peer_count = len(self._streams) - self._local_count
         if peer_count >= self._settings.max_concurrent_streams:
+            self._budget.charge(self._clock)  # a correct peer checks the cap before opening
             self._send(Reject(stream_id, ErrorCode.REFUSED_STREAM, "too many concurrent streams"))
             return
         stream = self._new_stream(stream_id)
         stream.machine.process(StreamInput.RECV_OPEN)
         self._events.append(StreamOpened(stream_id, frame.target))
+
+    def _check_budget(self) -> None:
+        """The rapid-reset rule: no new stream for a peer that overdrew its budget."""
+        budget = self._budget
+        if budget.overdrawn(self._clock):
+            elapsed = self._clock - self._started_at
+            raise RemoteProtocolError(
+                f"stream flood: the peer opened {budget.spent} streams that were reset or"
+                f" refused before carrying data in {elapsed:.1f} s (allowed: {budget.burst}"
+                f" at once, {budget.rate:g} per second, plus one per stream that carried data)",
+                code=ErrorCode.ENHANCE_YOUR_CALM,
+            )
 
     def _on_stream_frame(self, frame: Accept | Reject | Data | WindowUpdate | Fin | Reset) -> None:
         stream = self._streams.get(frame.stream_id)
@@ -504,7 +533,7 @@ class TunnelSession:
         try:
             self._apply(stream, frame)
         except RemoteProtocolError as exc:  # a stream-level violation costs only the stream
-            self._reset_by_us(stream, exc.code, str(exc))
+            self._reset_by_us(stream, exc.code, str(exc))  # ... and counts as unproductive
 
     def _apply(
         self, stream: _Stream, frame: Accept | Reject | Data | WindowUpdate | Fin | Reset
@@ -525,6 +554,7 @@ class TunnelSession:
                 new_state = stream.machine.process(StreamInput.RECV_FIN)
                 self._events.append(StreamEnded(stream.stream_id))
                 if new_state is StreamState.CLOSED:
+                    stream.productive = True
                     self._forget(stream)
             case Reset():
                 stream.machine.process(StreamInput.RECV_RESET)
@@ -535,6 +565,7 @@ class TunnelSession:
     def _on_data(self, stream: _Stream, frame: Data) -> None:
         stream.machine.process(StreamInput.RECV_DATA)
         stream.window.receive(len(frame.data))
+        stream.productive = True
         self._events.append(DataReceived(stream.stream_id, frame.data))
 
     def _on_window_update(self, stream: _Stream, frame: WindowUpdate) -> None:
@@ -615,15 +646,21 @@ class TunnelSession:
             raise LocalProtocolError("the session is terminated")
 
     def _reset_by_us(self, stream: _Stream, code: ErrorCode, text: str) -> None:
+        """Reset a stream whose peer broke a stream rule (unproductive whatever it carried)."""
         stream.machine.process(StreamInput.SEND_RESET)
         self._send(Reset(stream.stream_id, code, truncate_text(text)))
         self._events.append(StreamReset(stream.stream_id, code, text, by_peer=False))
+        stream.productive = False
         self._forget(stream)
 
     def _forget(self, stream: _Stream, *, check_drained: bool = True) -> None:
         del self._streams[stream.stream_id]
         if self._is_local_id(stream.stream_id):
             self._local_count -= 1
+        elif stream.productive:  # the peer's streams feed the budget of stream_budget.py
+            self._budget.refund(self._clock)
+        else:
+            self._budget.charge(self._clock)
         self._events.append(StreamClosed(stream.stream_id))
         if check_drained:
             self._maybe_drained()

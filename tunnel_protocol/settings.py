@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tunnel_protocol.frames import (
@@ -50,6 +51,21 @@ class TunnelSettings:
     """Seconds to wait for the peer's HELLO; a peer that connects but never speaks should not
     hold a session slot."""
 
+    unproductive_stream_burst: int = 2048
+    """Streams: how many streams the peer opened may end unproductively (REJECT or RESET
+    before any DATA, or a stream error of the peer's) in a burst before its next OPEN ends the
+    session with ENHANCE_YOUR_CALM: the rapid-reset defence (rules in ``stream_budget.py``).
+    Twice the default stream cap, so every stream the peer may hold open can fail at once (a
+    target that went down under full load, opens timing out together), and their retries too,
+    before any refill. Keep it at least ``max_concurrent_streams`` if you raise that."""
+
+    unproductive_stream_rate: float = 100.0
+    """Streams per second given back to that budget (each productive stream also gives one
+    back). Legitimate clients end streams without a byte only when something fails, and back
+    off when it does; 100/s is three times what nghttp2 allows for *every* received reset
+    (33/s after a burst of 1000), yet thousands of times below a flood, which packs 2048
+    OPEN+RESET pairs into each WebSocket message."""
+
     def __post_init__(self) -> None:
         versions = self.supported_versions
         if not 0 < len(versions) <= MAX_VERSIONS or len(set(versions)) != len(versions):
@@ -68,3 +84,7 @@ class TunnelSettings:
             raise ValueError("need 0 < ping_interval < ping_timeout")
         if self.handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
+        if self.unproductive_stream_burst < 1:
+            raise ValueError("unproductive_stream_burst must be at least 1")
+        if not 0 <= self.unproductive_stream_rate < math.inf:
+            raise ValueError("unproductive_stream_rate must be finite and not negative")

@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 from tests.unit.tunnel_protocol.helpers import SessionPair, assert_no_leaks
 from tests.unit.tunnel_protocol.strategies import messages
 from tunnel_protocol import (
+    Data,
     DataReceived,
     ErrorCode,
     Event,
     Role,
     SessionState,
+    SessionTerminated,
     StreamClosed,
     StreamOpened,
     StreamReset,
@@ -238,3 +240,79 @@ def test_close_at_any_point_leaves_nothing_behind(steps: list[tuple[str, Role, i
         assert session.state is SessionState.TERMINATED
     driver.check_conservation()
     driver.check_every_stream_closed_once()
+
+
+# ---------------------------------------------------------------------------- stream floods
+
+STREAM_ENDINGS = st.sampled_from(
+    ["reset", "reject", "accept_reset", "violate", "data_reset", "complete"]
+)
+"""How a peer-opened stream ends: the first four are unproductive, the last two productive."""
+PACES = st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.5, 2.0])
+
+
+def play_stream(pair: SessionPair, ending: str) -> list[Event]:
+    """The client opens one stream and it ends as ``ending`` says; returns the server's events."""
+    client, server = pair.client, pair.server
+    sid = client.open_stream("kubelet")
+    events = pair.to_server()
+    if server.state is SessionState.TERMINATED:
+        return events
+    if ending == "reset":
+        client.reset_stream(sid)
+    elif ending == "reject":
+        server.reject(sid, ErrorCode.TARGET_UNREACHABLE, "connection refused")
+    elif ending == "violate":
+        events += pair.inject(server, Data(sid, b"before ACCEPT"))
+    else:
+        server.accept(sid)
+        pair.to_client()
+        if ending == "accept_reset":
+            client.reset_stream(sid)
+        elif ending == "data_reset":
+            client.send_data(sid, b"GET / HTTP/1.1\r\n\r\n")
+            client.reset_stream(sid)
+        else:
+            client.end_stream(sid)
+            server.end_stream(sid)
+    return events + pair.exchange()[1]
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    burst=st.integers(1, 6),
+    rate=st.sampled_from([0.0, 0.5, 2.0]),
+    plays=st.lists(st.tuples(STREAM_ENDINGS, PACES), max_size=40),
+)
+def test_the_stream_budget_never_cuts_a_burst_and_always_cuts_a_flood(
+    burst: int, rate: float, plays: list[tuple[str, float]]
+) -> None:
+    """The budget's two promises, for any mix and pace of stream endings.
+
+    A peer that wasted at most ``burst`` streams is never cut off; one that wasted more than
+    the burst plus everything time and productive streams gave back is cut off at its next
+    OPEN, with ENHANCE_YOUR_CALM, before the application hears of it, leaving nothing behind.
+    """
+    budget = TunnelSettings(unproductive_stream_burst=burst, unproductive_stream_rate=rate)
+    pair = SessionPair(server_settings=budget)
+    wasted = productive = 0
+    for ending, pace in plays:
+        pair.now += pace
+        events = play_stream(pair, ending)
+        calmed = pair.server.state is SessionState.TERMINATED
+        if wasted <= burst:
+            assert not calmed, "a burst within the budget was cut off"
+        if wasted > burst + productive + rate * pair.now + 1e-9:
+            assert calmed, "a flood beyond the budget was let through"
+        if calmed:
+            last = events[-1]
+            assert isinstance(last, SessionTerminated)
+            assert last.code is ErrorCode.ENHANCE_YOUR_CALM
+            assert not any(isinstance(event, StreamOpened) for event in events)
+            assert_no_leaks(pair.server)
+            return
+        if ending in {"data_reset", "complete"}:
+            productive += 1
+        else:
+            wasted += 1
+    assert_no_leaks(pair.server)
