@@ -1,4 +1,4 @@
-"""Persistent state of the cloud side: bootstrap tokens, nodes, certificates, join requests.
+"""Persistent state of the cloud side: tokens, nodes, certificates, joins, signed-out sessions.
 
 ``Store`` is the interface; ``SqliteStore`` the default backend (one file, zero setup). A
 Kubernetes custom-resource backend can follow by implementing the same Protocol: every method
@@ -28,7 +28,7 @@ NodeKind = Literal["node", "cluster"]
 NodeState = Literal["pending", "approved", "revoked"]
 KINDS: tuple[NodeKind, ...] = ("node", "cluster")
 STORE_FILE = "store.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):
@@ -160,6 +160,16 @@ class Store(Protocol):
         """Atomically record the certificate issued for an approved join request."""
         ...
 
+    def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        """Remember a signed-out console session until it would have expired anyway.
+
+        Idempotent. Forgets the sessions already past their expiry in the same transaction,
+        so the table holds at most the sessions signed out within one session lifetime.
+        """
+        ...
+
+    def session_revoked(self, session_id: str) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -211,8 +221,12 @@ CREATE TABLE join_requests (
     certificate_pem TEXT
 );
 """
+_REVOKED_SESSIONS = """
+CREATE TABLE revoked_sessions (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE INDEX revoked_sessions_by_expiry ON revoked_sessions (expires_at);
+"""
 # Migrations from version N to N+1 go here, indexed by N.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA, 1: _REVOKED_SESSIONS}
 
 
 class SqliteStore:
@@ -458,6 +472,25 @@ class SqliteStore:
                 raise NotFoundError(f"no unissued join request {request_id!r}")
             _insert_certificate(db, certificate)
             self._bump(db)
+
+    # ------------------------------------------------------------------ console sessions
+
+    def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        # Not a revision bump: sessions are checked on every API call, nothing polls for them.
+        with self._transaction() as db:
+            db.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (now,))
+            if expires_at > now:
+                db.execute(
+                    "INSERT INTO revoked_sessions (id, expires_at) VALUES (?, ?)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (session_id, expires_at),
+                )
+
+    def session_revoked(self, session_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM revoked_sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        return row is not None
 
     def close(self) -> None:
         self._db.close()

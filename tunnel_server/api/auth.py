@@ -9,7 +9,9 @@ Two kinds of bearer value are accepted:
   browser tab left open does not hold the admin token forever; the console keeps it in
   ``sessionStorage`` only. The MAC is HMAC-SHA256 under a key kept in the data dir
   (``console-session-key``, 0600), so sessions survive a server restart and deleting the key
-  file signs every console out.
+  file signs every console out. ``DELETE /api/v1/sessions/current`` signs one session out for
+  good: its id (the nonce) is kept in the store until the session would have expired, and
+  ``authenticate`` refuses it from then on (``session_revoked``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Caller:
     kind: str
     """``admin`` (the admin token) or ``session`` (a console session)."""
     expires_at: float | None = None
+    session_id: str | None = None
+    """A console session's id (its nonce): what signing out revokes."""
 
 
 class SessionSigner:
@@ -83,6 +87,11 @@ class SessionSigner:
         del now
         return float(parts[1])
 
+    @staticmethod
+    def session_id(token: str) -> str:
+        """The id of a token ``check`` accepted: its nonce, unique per session."""
+        return token.split(".")[2]
+
 
 SIGNER_KEY = web.AppKey("session_signer", SessionSigner)
 
@@ -97,6 +106,12 @@ def is_admin(request: web.Request) -> bool:
     return tokens.verify_admin_token(request.app[tls.STORE_KEY], bearer(request))
 
 
+def session_token(request: web.Request) -> str | None:
+    """The bearer value if it looks like a console session token (genuine or not)."""
+    token = bearer(request)
+    return token if token.startswith(_PREFIX + ".") and len(token) <= _MAX_TOKEN else None
+
+
 def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
     """The caller, or ApiError 401 that says what to send instead."""
     token = bearer(request)
@@ -104,11 +119,12 @@ def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
         raise ApiError(
             401, "unauthenticated", f"no credentials: {_BEARER_HELP}", headers=_CHALLENGE
         )
-    if len(token) > 512:
+    if len(token) > _MAX_TOKEN:
         raise ApiError(401, "unauthenticated", "bearer token too long", headers=_CHALLENGE)
     now = time.time() if now is None else now
     if token.startswith(_PREFIX + "."):
-        expires = request.app[SIGNER_KEY].check(token, now=now)
+        signer = request.app[SIGNER_KEY]
+        expires = signer.check(token, now=now)
         if expires is None:
             raise ApiError(
                 401,
@@ -125,7 +141,10 @@ def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
                 f"this console session expired at {stamp}: sign in again with the admin token",
                 headers=_CHALLENGE,
             )
-        return Caller(kind="session", expires_at=expires)
+        session_id = signer.session_id(token)
+        if request.app[tls.STORE_KEY].session_revoked(session_id):
+            raise ApiError(401, "session_revoked", REVOKED_MESSAGE, headers=_CHALLENGE)
+        return Caller(kind="session", expires_at=expires, session_id=session_id)
     if tokens.verify_admin_token(request.app[tls.STORE_KEY], token):
         return Caller(kind="admin")
     raise ApiError(
@@ -138,3 +157,5 @@ def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgefleet"'}
+_MAX_TOKEN = 512
+REVOKED_MESSAGE = "this console session was signed out: sign in again with the admin token"

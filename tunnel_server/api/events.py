@@ -8,6 +8,10 @@ first gets a ``snapshot`` with every row. Events::
     event: snapshot   data: {"nodes": [row, ...], "overview": {...}}
     event: nodes      data: {"nodes": [changed rows], "overview": {...}}
     event: expired    data: {"error": "session_expired", "message": ...}   (then the stream ends)
+    event: revoked    data: {"error": "session_revoked", "message": ...}   (then the stream ends)
+
+A session's streams end with ``revoked`` as soon as it signs out (``DELETE
+/api/v1/sessions/current`` calls ``EventHub.end_session``).
 
 A subscriber whose queue is full (a stalled browser) is dropped; the console reconnects and
 gets a new snapshot. Browsers' ``EventSource`` cannot send an Authorization header, so the
@@ -25,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnel_server.api.auth import authenticate
+from tunnel_server.api.auth import REVOKED_MESSAGE, authenticate
 from tunnel_server.api.errors import SECURITY_HEADERS, ApiError
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.table import NodeTable
@@ -40,14 +44,15 @@ class EventHub:
     def __init__(self, *, settings: ApiSettings, table: NodeTable) -> None:
         self.settings = settings
         self._table = table
-        self._subscribers: set[asyncio.Queue[str | None]] = set()
+        self._subscribers: dict[asyncio.Queue[str | None], str | None] = {}
+        """Each live stream's queue and the console session it belongs to (None: admin)."""
         self.batches = 0
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self) -> asyncio.Queue[str | None]:
+    def subscribe(self, *, session_id: str | None = None) -> asyncio.Queue[str | None]:
         if len(self._subscribers) >= self.settings.max_subscribers:
             raise ApiError(
                 503,
@@ -56,11 +61,23 @@ class EventHub:
                 headers={"Retry-After": "5"},
             )
         queue: asyncio.Queue[str | None] = asyncio.Queue(self.settings.subscriber_queue)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = session_id
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.pop(queue, None)
+
+    def end_session(self, session_id: str) -> int:
+        """End the live streams of a signed-out session with a ``revoked`` event; how many."""
+        event = _event("revoked", {"error": "session_revoked", "message": REVOKED_MESSAGE})
+        ended = [q for q, owner in self._subscribers.items() if owner == session_id]
+        for queue in ended:
+            del self._subscribers[queue]
+            while not queue.empty():  # batches it has not sent yet no longer matter
+                queue.get_nowait()
+            queue.put_nowait(event)
+            queue.put_nowait(None)
+        return len(ended)
 
     def close_all(self) -> None:
         """End every live stream (server shutting down): they would hold the drain otherwise."""
@@ -88,7 +105,7 @@ class EventHub:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 log.info("dropping a live stream that fell behind")
-                self._subscribers.discard(queue)
+                self._subscribers.pop(queue, None)
                 queue.get_nowait()
                 queue.put_nowait(None)  # tells the handler to end the stream
 
@@ -114,7 +131,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events``: the live stream."""
     caller = authenticate(request)
     hub = request.app[HUB_KEY]
-    queue = hub.subscribe()
+    queue = hub.subscribe(session_id=caller.session_id)
     try:
         response = web.StreamResponse(
             headers={

@@ -34,8 +34,8 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _UNAUTHENTICATED = _error(
-    "No, a wrong or an expired credential (codes: unauthenticated, invalid_token, "
-    "invalid_session, session_expired)"
+    "No, a wrong, an expired or a signed-out credential (codes: unauthenticated, "
+    "invalid_token, invalid_session, session_expired, session_revoked)"
 )
 
 _TIME = _nullable("string", format="date-time")
@@ -355,6 +355,21 @@ def _paths(
                 op_id="createSession",
             )
         },
+        "/api/v1/sessions/current": {
+            "delete": _op(
+                "Sign out: revoke the console session that sends this, at once and for good",
+                {
+                    "204": {
+                        "description": "Signed out (also when it was already signed out or "
+                        "expired); its token and live streams stop working now"
+                    },
+                    "403": _error(
+                        "The admin token is not a session (code: session_token_required)"
+                    ),
+                },
+                op_id="deleteSession",
+            )
+        },
         "/api/v1/overview": {
             "get": _op(
                 "Fleet overview: nodes by status and every warning",
@@ -431,7 +446,7 @@ def _paths(
         },
         "/api/v1/events": {
             "get": _op(
-                "Live changes as server-sent events (snapshot, nodes, expired)",
+                "Live changes as server-sent events (snapshot, nodes, expired, revoked)",
                 {
                     "200": {
                         "description": "An endless text/event-stream",

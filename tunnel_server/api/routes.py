@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from tunnel_server import tls, tokens
-from tunnel_server.api.auth import SIGNER_KEY, authenticate, is_admin
+from tunnel_server.api.auth import SIGNER_KEY, authenticate, is_admin, session_token
 from tunnel_server.api.errors import ApiError, read_json
+from tunnel_server.api.events import HUB_KEY
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.table import NodeTable
 from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
@@ -91,6 +92,33 @@ async def create_session(request: web.Request) -> web.Response:
         {"token": token, "expires_at": iso(expires), "ttl_seconds": settings.session_ttl},
         status=201,
     )
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """Sign the calling console session out for good: its token stops working at once.
+
+    Idempotent: a session signed out already (or expired) gets 204 again, so a console that
+    retries, or two tabs sharing a session, never see an error for it.
+    """
+    signer = request.app[SIGNER_KEY]
+    token = session_token(request)
+    now = time.time()
+    expires = None if token is None else signer.check(token, now=now)
+    if token is None or expires is None:
+        authenticate(request)  # says what is wrong with what was sent
+        raise ApiError(
+            403,
+            "session_token_required",
+            "only a console session signs out; the admin token is not a session (it stays "
+            "valid until the server's data dir is reset)",
+        )
+    session_id = signer.session_id(token)
+    request.app[tls.STORE_KEY].revoke_session(session_id, expires_at=expires, now=now)
+    streams = request.app[HUB_KEY].end_session(session_id)
+    log.info(
+        "console session signed out", extra={"kv": {"peer": request.remote, "streams": streams}}
+    )
+    return web.Response(status=204)
 
 
 # ---------------------------------------------------------------- nodes
@@ -266,6 +294,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/sessions", create_session)
+    app.router.add_delete("/api/v1/sessions/current", delete_session)
     app.router.add_get("/api/v1/overview", get_overview)
     app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_get("/api/v1/nodes/{name}", get_node)

@@ -246,9 +246,10 @@ async def _patch_twin(request: web.Request) -> web.Response:
         )
     patch = dict(body["desired"])
     expected = patch.pop("$version", None)
-    if expected is not None and (
+    if "$version" in body["desired"] and (
         isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
     ):
+        # null too: a client that sent a version meant a conditional write, never "any".
         raise _ApiError(400, "bad_request", "desired.$version must be an integer >= 0")
     try:
         row = cloud.write(key, Section.DESIRED, patch, expected_version=expected)

@@ -102,6 +102,8 @@ _ID = {
     "schema": {"type": "string", "maxLength": 200, "pattern": _ID_PATTERN},
 }
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+_VERSION = {"type": "integer", "minimum": 0, "maximum": 2**62}
+"""A section's ``$version`` to wait for (the server takes 0..2**62)."""
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/devices": {
@@ -179,8 +181,8 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "in": "query",
                     "schema": {"type": "number", "minimum": 0, "maximum": 30},
                 },
-                {"name": "desiredVersion", "in": "query", "schema": {"type": "integer"}},
-                {"name": "reportedVersion", "in": "query", "schema": {"type": "integer"}},
+                {"name": "desiredVersion", "in": "query", "schema": _VERSION},
+                {"name": "reportedVersion", "in": "query", "schema": _VERSION},
             ],
             "responses": {
                 "200": {

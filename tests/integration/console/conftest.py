@@ -1,8 +1,13 @@
-"""A real tunnel server and real joined agents that report node status every second."""
+"""Real tunnel servers with real joined agents that report node status every second.
+
+``console_fleet``: two agents. ``device_fleet``: one agent with device twins on a real
+mosquitto (dynamic security) and ``edge-agent simulate`` onboarding a thermostat through it.
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
 import ssl
 import time
 import urllib.error
@@ -15,8 +20,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.harness.fleet import Agent, Server
-from tests.harness.procs import ServiceError
+from tests.harness import mqtt
+from tests.harness.fleet import BIN, Agent, Server
+from tests.harness.procs import ManagedProcess, ServiceError
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -152,3 +158,116 @@ def shots(test_output_dir: Path) -> Path:
     folder = test_output_dir / "console"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+DEVICE_NODE = "edge-dev"
+DEVICE = f"{DEVICE_NODE}:th-0"
+"""The simulated thermostat of ``device_fleet``, onboarded through the broker."""
+WAIT = 30.0  # a guard against hangs, not a measurement
+
+
+@dataclass
+class DeviceFleet:
+    """A server, an agent with ``[twins]`` on a real broker, and one simulated thermostat."""
+
+    server: Server
+    agent: Agent
+    api: Api
+
+
+def twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> str:
+    folder = workdir / "secrets"
+    folder.mkdir(mode=0o700)
+    (folder / "admin").write_text(f"{broker.admin_password}\n")
+    (folder / "claim").write_text(f"{claim_password}\n")
+    suffix = secrets.token_hex(4)
+    return "\n".join(
+        [
+            "[twins]",
+            "enabled = true",
+            f'broker_host = "{broker.host}"',
+            f"broker_port = {broker.port}",
+            f'admin_password_file = "{folder / "admin"}"',
+            f'claim_username = "claim-{suffix}"',
+            f'claim_password_file = "{folder / "claim"}"',
+            f'agent_username = "agent-{suffix}"',
+            f'agent_client_id = "agent-{suffix}"',
+            "",
+        ]
+    )
+
+
+def wait_for(api: Api, path: str, predicate: object, what: str) -> dict[str, object]:
+    deadline = time.monotonic() + WAIT
+    last: object = None
+    while time.monotonic() < deadline:
+        status, body, _ = api.call("GET", path)
+        last = (status, body)
+        if status == 200 and callable(predicate) and predicate(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not seen within {WAIT} s: {last}")
+
+
+@pytest.fixture(scope="module")
+def device_fleet(
+    tmp_path_factory: pytest.TempPathFactory, mqtt_dynsec_broker: mqtt.Broker
+) -> Iterator[DeviceFleet]:
+    workdir = tmp_path_factory.mktemp("console-devices")
+    claim_password = secrets.token_urlsafe(12)
+    config = twins_config(workdir, mqtt_dynsec_broker, claim_password)
+    server = Server(workdir=workdir)
+    server.start()
+    agent = Agent(
+        name=DEVICE_NODE,
+        workdir=workdir,
+        server=server,
+        extra_config=config,
+        run_args=("--status-interval", "1"),
+    )
+    simulator: ManagedProcess | None = None
+    try:
+        agent.join()
+        agent.start()
+        agent.wait_ready()
+        claim_username = config.split('claim_username = "')[1].split('"')[0]
+        simulator = ManagedProcess(
+            "edge-agent simulate",
+            [
+                str(BIN / "edge-agent"),
+                "simulate",
+                "--model",
+                "thermostat",
+                "--count",
+                "1",
+                "--prefix",
+                "th",
+                "--interval",
+                "0.3",
+                "--broker",
+                f"{mqtt_dynsec_broker.host}:{mqtt_dynsec_broker.port}",
+                "--claim-username",
+                claim_username,
+                "--credentials",
+                str(workdir / "simulated-devices.json"),
+            ],
+            log_path=workdir / "simulate.log",
+            env={"EDGEFLEET_CLAIM_PASSWORD": claim_password},
+        )
+        api = Api(server=server, token=server.admin_token)
+        wait_for(
+            api,
+            f"/api/v1/devices/{DEVICE}/twin",
+            lambda twin: twin["reported"]["$version"] >= 1,
+            "the simulated thermostat's first report in the cloud",
+        )
+        yield DeviceFleet(server=server, agent=agent, api=api)
+    except ServiceError:
+        if agent.process is not None:
+            print(agent.process.tail())  # noqa: T201 - the failing agent's log
+        raise
+    finally:
+        if simulator is not None:
+            simulator.stop()
+        agent.stop()
+        server.stop()

@@ -1,13 +1,17 @@
-"""The REST API against a real server process: auth, errors, limits, nodes, tokens, events."""
+"""The REST API against a real server process: auth, sign-out, errors, limits, nodes, events."""
 
 from __future__ import annotations
 
 import json
 import socket
+import sqlite3
+import ssl
 import time
 
-from tests.harness.fleet import command
-from tests.integration.console.conftest import ConsoleFleet, ReportingAgent
+from tests.harness.fleet import Server, command
+from tests.integration.console.conftest import Api, ConsoleFleet, ReportingAgent
+
+SIGN_OUT = "/api/v1/sessions/current"
 
 
 def test_every_call_needs_a_credential(console_fleet: ConsoleFleet) -> None:
@@ -155,3 +159,120 @@ def test_events_stream_starts_with_a_snapshot(console_fleet: ConsoleFleet) -> No
     assert b"text/event-stream" in data
     assert b"event: snapshot" in data
     assert b"event: nodes" in data, "agents reporting every second produce batches"
+
+
+def _new_session(api: Api) -> str:
+    status, body, _ = api.call("POST", "/api/v1/sessions")
+    assert status == 201, body
+    token: str = body["token"]
+    return token
+
+
+def _revoked_ids(server: Server) -> set[str]:
+    """The signed-out session ids in the server's store (read-only, beside the server)."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'store.db'}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM revoked_sessions")}
+    finally:
+        db.close()
+
+
+def test_sign_out_revokes_only_that_session_at_once(console_fleet: ConsoleFleet) -> None:
+    api = console_fleet.api
+    leaving, staying = _new_session(api), _new_session(api)
+    assert api.call("GET", "/api/v1/nodes", token=leaving)[0] == 200
+    status, body, _ = api.call("DELETE", SIGN_OUT, token=leaving)
+    assert (status, body) == (204, {})
+    for path in ("/api/v1/nodes", "/api/v1/overview", "/api/v1/devices", "/api/v1/events"):
+        status, body, headers = api.call("GET", path, token=leaving)
+        assert (status, body["error"]) == (401, "session_revoked"), path
+        assert body["message"] == (
+            "this console session was signed out: sign in again with the admin token"
+        )
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    status, body, _ = api.call("POST", "/api/v1/sessions", token=leaving)
+    assert (status, body["error"]) == (401, "session_revoked"), "no new session from it either"
+    assert api.call("GET", "/api/v1/nodes", token=staying)[0] == 200, "other sessions work"
+    assert api.call("GET", "/api/v1/nodes")[0] == 200, "the admin token works"
+    # Signing out twice (a retry, a second tab) is not an error.
+    assert api.call("DELETE", SIGN_OUT, token=leaving)[0] == 204
+    assert api.call("GET", "/api/v1/nodes", token=staying)[0] == 200
+
+
+def test_sign_out_needs_a_genuine_session(console_fleet: ConsoleFleet) -> None:
+    api = console_fleet.api
+    status, body, _ = api.call("DELETE", SIGN_OUT)  # the admin token
+    assert (status, body["error"]) == (403, "session_token_required")
+    assert api.call("GET", "/api/v1/nodes")[0] == 200, "the admin token is not revoked"
+    status, body, _ = api.call("DELETE", SIGN_OUT, token="")
+    assert (status, body["error"]) == (401, "unauthenticated")
+    session = _new_session(api)
+    forged = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
+    status, body, _ = api.call("DELETE", SIGN_OUT, token=forged)
+    assert (status, body["error"]) == (401, "invalid_session")
+    assert api.call("GET", "/api/v1/nodes", token=session)[0] == 200
+
+
+def _open_stream(server: Server, token: str) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    tls = server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.sendall(
+        b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+        b"Connection: close\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+    return tls
+
+
+def _read_until(tls: ssl.SSLSocket, marker: bytes, *, within: float = 10.0) -> bytes:
+    """What the stream sends until ``marker`` (b"" waits for the server to close it)."""
+    data = b""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        chunk = tls.recv(65536)
+        data += chunk
+        if (marker and marker in data) or not chunk:
+            return data
+    raise AssertionError(f"{marker!r} not seen within {within} s: {data[-300:]!r}")
+
+
+def test_a_signed_out_sessions_live_stream_ends(console_fleet: ConsoleFleet) -> None:
+    api, server = console_fleet.api, console_fleet.server
+    leaving, staying = _new_session(api), _new_session(api)
+    with _open_stream(server, leaving) as gone, _open_stream(server, staying) as kept:
+        assert b"event: snapshot" in _read_until(gone, b"event: snapshot")
+        assert b"event: snapshot" in _read_until(kept, b"event: snapshot")
+        signed_out = time.monotonic()
+        assert api.call("DELETE", SIGN_OUT, token=leaving)[0] == 204
+        tail = _read_until(gone, b"")  # the server ends the stream and closes
+        took = time.monotonic() - signed_out
+        event = tail[tail.index(b"event: revoked") :]
+        assert b'"error":"session_revoked"' in event
+        assert b"sign in again" in event
+        assert took < 5, f"the stream ended {took:.1f} s after the sign-out, not at once"
+        # The other session's stream goes on: the agents' next reports still reach it.
+        assert b"event: nodes" in _read_until(kept, b"event: nodes")
+
+
+def test_signed_out_sessions_are_forgotten_once_expired(console_fleet: ConsoleFleet) -> None:
+    """The store keeps a signed-out session only until it would have expired anyway."""
+    from tunnel_server.api.auth import SessionSigner  # noqa: PLC0415 - the server's own signer
+
+    api, server = console_fleet.api, console_fleet.server
+    signer = SessionSigner.load_or_create(server.data_dir)
+    short = [signer.issue(now=time.time(), ttl=2) for _ in range(5)]
+    for token, _ in short:
+        assert api.call("DELETE", SIGN_OUT, token=token)[0] == 204
+    short_ids = {signer.session_id(token) for token, _ in short}
+    assert short_ids <= _revoked_ids(server)
+    expired, _ = signer.issue(now=time.time() - 7200, ttl=60)
+    assert api.call("DELETE", SIGN_OUT, token=expired)[0] == 204, "an expired one: nothing to do"
+    assert signer.session_id(expired) not in _revoked_ids(server)
+    time.sleep(max(expires for _, expires in short) - time.time() + 0.2)
+    fresh = _new_session(api)
+    assert api.call("DELETE", SIGN_OUT, token=fresh)[0] == 204  # prunes the expired entries
+    left = _revoked_ids(server)
+    assert signer.session_id(fresh) in left
+    assert not short_ids & left, "entries past their expiry are pruned"
+    for token, _ in short:  # and the tokens are refused as expired, not let back in
+        status, body, _ = api.call("GET", "/api/v1/nodes", token=token)
+        assert (status, body["error"]) == (401, "session_expired")

@@ -167,6 +167,61 @@ def test_expired_session_returns_to_sign_in(
     page.screenshot(path=shots / "signin-expired.png", full_page=True)
 
 
+def test_sign_out_revokes_the_session_on_the_server(
+    page: Page, console_fleet: ConsoleFleet, shots: Path
+) -> None:
+    sign_in(page, console_fleet.server.admin_token)
+    expect(page.locator("#live")).to_have_text("live")
+    token = page.evaluate("JSON.parse(sessionStorage.getItem('edgefleet.session')).token")
+    # A second tab holding the same session (a duplicated tab copies sessionStorage).
+    twin = page.context.new_page()
+    twin.goto("/")
+    twin.evaluate(
+        "token => sessionStorage.setItem('edgefleet.session', JSON.stringify({token}))", token
+    )
+    twin.goto("/#/")
+    expect(twin.locator("#live")).to_have_text("live")
+
+    page.click("#signout")
+    error = page.locator("#signin-error")
+    expect(error).to_have_text(
+        "Signed out. The session no longer works anywhere, not even a copy of its token."
+    )
+    expect(page.locator("#signin-form")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+    assert page.evaluate("sessionStorage.length") == 0
+    page.screenshot(path=shots / "signin-signed-out.png", full_page=True)
+    status, body, _ = console_fleet.api.call("GET", "/api/v1/nodes", token=token)
+    assert (status, body["error"]) == (401, "session_revoked"), "the token is dead on the server"
+    # The other tab's live stream ends with 'revoked': it is back at sign-in without a click.
+    expect(twin.locator("#signin-error")).to_contain_text("This session was signed out")
+    assert twin.evaluate("sessionStorage.length") == 0
+    twin.close()
+
+
+def test_sign_out_when_the_server_cannot_be_told(
+    browser: Browser, console_fleet: ConsoleFleet, shots: Path
+) -> None:
+    """Best effort: the tab signs out anyway and says the token still works elsewhere."""
+    context = browser.new_context(ignore_https_errors=True, base_url=console_fleet.server.url)
+    page = context.new_page()  # its failed DELETE is logged as an error on purpose: no check
+    try:
+        sign_in(page, console_fleet.server.admin_token)
+        expect(page.locator("#live")).to_have_text("live")
+        token = page.evaluate("JSON.parse(sessionStorage.getItem('edgefleet.session')).token")
+        page.route("**/api/v1/sessions/current", lambda route: route.abort("connectionrefused"))
+        page.click("#signout")
+        error = page.locator("#signin-error")
+        expect(error).to_contain_text("Signed out of this tab only")
+        expect(error).to_contain_text("a copy of the session token keeps working until")
+        assert page.evaluate("sessionStorage.length") == 0
+        page.screenshot(path=shots / "signin-signed-out-offline.png", full_page=True)
+        assert console_fleet.api.call("GET", "/api/v1/nodes", token=token)[0] == 200
+        assert console_fleet.api.call("DELETE", "/api/v1/sessions/current", token=token)[0] == 204
+    finally:
+        context.close()
+
+
 def test_security_headers(page: Page) -> None:
     answer = page.goto("/")
     assert answer is not None

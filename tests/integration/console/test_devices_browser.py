@@ -13,130 +13,15 @@ Screenshots go to ``<test_output_dir>/console/``.
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.harness import mqtt
-from tests.harness.fleet import BIN, Agent, Server
-from tests.harness.procs import ManagedProcess, ServiceError
-from tests.integration.console.conftest import Api
+from tests.integration.console.conftest import DEVICE, DEVICE_NODE, WAIT, DeviceFleet
 
 pytestmark = pytest.mark.mqtt
-
-NODE = "edge-dev"
-DEVICE = f"{NODE}:th-0"
-WAIT = 30.0  # a guard against hangs, not a measurement
-
-
-@dataclass
-class DeviceFleet:
-    server: Server
-    agent: Agent
-    api: Api
-
-
-def _twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> str:
-    folder = workdir / "secrets"
-    folder.mkdir(mode=0o700)
-    (folder / "admin").write_text(f"{broker.admin_password}\n")
-    (folder / "claim").write_text(f"{claim_password}\n")
-    suffix = secrets.token_hex(4)
-    return "\n".join(
-        [
-            "[twins]",
-            "enabled = true",
-            f'broker_host = "{broker.host}"',
-            f"broker_port = {broker.port}",
-            f'admin_password_file = "{folder / "admin"}"',
-            f'claim_username = "claim-{suffix}"',
-            f'claim_password_file = "{folder / "claim"}"',
-            f'agent_username = "agent-{suffix}"',
-            f'agent_client_id = "agent-{suffix}"',
-            "",
-        ]
-    )
-
-
-def _wait(api: Api, path: str, predicate: object, what: str) -> dict[str, object]:
-    deadline = time.monotonic() + WAIT
-    last: object = None
-    while time.monotonic() < deadline:
-        status, body, _ = api.call("GET", path)
-        last = (status, body)
-        if status == 200 and callable(predicate) and predicate(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not seen within {WAIT} s: {last}")
-
-
-@pytest.fixture(scope="module")
-def device_fleet(
-    tmp_path_factory: pytest.TempPathFactory, mqtt_dynsec_broker: mqtt.Broker
-) -> Iterator[DeviceFleet]:
-    workdir = tmp_path_factory.mktemp("console-devices")
-    claim_password = secrets.token_urlsafe(12)
-    config = _twins_config(workdir, mqtt_dynsec_broker, claim_password)
-    server = Server(workdir=workdir)
-    server.start()
-    agent = Agent(
-        name=NODE,
-        workdir=workdir,
-        server=server,
-        extra_config=config,
-        run_args=("--status-interval", "1"),
-    )
-    simulator: ManagedProcess | None = None
-    try:
-        agent.join()
-        agent.start()
-        agent.wait_ready()
-        claim_username = config.split('claim_username = "')[1].split('"')[0]
-        simulator = ManagedProcess(
-            "edge-agent simulate",
-            [
-                str(BIN / "edge-agent"),
-                "simulate",
-                "--model",
-                "thermostat",
-                "--count",
-                "1",
-                "--prefix",
-                "th",
-                "--interval",
-                "0.3",
-                "--broker",
-                f"{mqtt_dynsec_broker.host}:{mqtt_dynsec_broker.port}",
-                "--claim-username",
-                claim_username,
-                "--credentials",
-                str(workdir / "simulated-devices.json"),
-            ],
-            log_path=workdir / "simulate.log",
-            env={"EDGEFLEET_CLAIM_PASSWORD": claim_password},
-        )
-        api = Api(server=server, token=server.admin_token)
-        _wait(
-            api,
-            f"/api/v1/devices/{DEVICE}/twin",
-            lambda twin: twin["reported"]["$version"] >= 1,
-            "the simulated thermostat's first report in the cloud",
-        )
-        yield DeviceFleet(server=server, agent=agent, api=api)
-    except ServiceError:
-        if agent.process is not None:
-            print(agent.process.tail())  # noqa: T201 - the failing agent's log
-        raise
-    finally:
-        if simulator is not None:
-            simulator.stop()
-        agent.stop()
-        server.stop()
 
 
 @pytest.fixture
@@ -178,12 +63,12 @@ def test_devices_are_listed_per_node_and_on_the_node_page(
     page.click("nav >> text=Devices")
     row = page.locator(f'#device-list tr[data-device="{DEVICE}"]')
     expect(row).to_be_visible()
-    expect(page.locator(f'#device-list h2[data-node="{NODE}"]')).to_contain_text("1 device")
+    expect(page.locator(f'#device-list h2[data-node="{DEVICE_NODE}"]')).to_contain_text("1 device")
     expect(row).to_contain_text("thermostat")
     expect(row).to_contain_text("online")
     page.screenshot(path=shots / "devices.png", full_page=True)
 
-    page.goto(f"/#/nodes/{NODE}")
+    page.goto(f"/#/nodes/{DEVICE_NODE}")
     node_row = page.locator(f'#device-table tr[data-device="{DEVICE}"]')
     expect(node_row).to_be_visible()
     expect(page.locator("#devices")).to_contain_text("devices: 1")  # the node's twins.* report

@@ -96,6 +96,10 @@ async function api(path, options = {}, token = null) {
 
 function expiredText(code, message) {
   if (code === 'session_expired') return 'Your session expired. Sign in again with the admin token.';
+  if (code === 'session_revoked') {
+    return 'This session was signed out (in another tab with the same session, or by a copy of its token). '
+      + 'Sign in again with the admin token.';
+  }
   return 'You were signed out: ' + message;
 }
 
@@ -189,7 +193,8 @@ function renderSignIn(message) {
   input.focus();
 }
 
-function showError(el, text) {
+function showError(el, text, cls = 'error') {
+  el.className = cls;
   el.textContent = text;
   el.hidden = false;
 }
@@ -199,6 +204,43 @@ function signOut(message) {
   state.nodes.clear();
   state.overview = null;
   renderSignIn(message || '');
+}
+
+const SIGN_OUT_TIMEOUT = 5000;  // ms to wait for the server before settling for a local sign-out
+
+// The Sign out button: the server revokes the session, so a copy of its token stops working
+// too. Best effort: the tab is signed out at once, and says so if the server could not be told.
+async function signOutEverywhere() {
+  const s = session();
+  stopStream();
+  // Signed out locally first: a request still in flight that now gets 401 session_revoked
+  // finds no session and leaves this page's text alone.
+  signOut('');
+  if (!s) return;
+  signOutNotice('Signing out…', 'notice');
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), SIGN_OUT_TIMEOUT);
+  try {
+    await api('/api/v1/sessions/current', { method: 'DELETE', signal: controller.signal }, s.token);
+    signOutNotice('Signed out. The session no longer works anywhere, not even a copy of its token.', 'notice ok');
+  } catch (err) {
+    const until = s.expires_at ? ' until ' + fmt.time(s.expires_at) : ' until it expires';
+    if (err.status === 401) {
+      signOutNotice('Signed out. (The session was no longer valid anyway: ' + err.message + ')', 'notice ok');
+    } else {
+      signOutNotice('Signed out of this tab only: the server did not confirm it (' + err.message + '), '
+        + 'so a copy of the session token keeps working' + until + '.', 'error warn');
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// The sign-in page's message box, unless someone signed in again meanwhile.
+function signOutNotice(text, cls) {
+  const el = document.getElementById('signin-error');
+  if (!el || session()) return;
+  showError(el, text, cls);
 }
 
 // ------------------------------------------------------------------ live stream
@@ -261,7 +303,10 @@ async function readStream(controller) {
 }
 
 function onEvent(name, data) {
-  if (name === 'expired') { signOut(expiredText('session_expired', data.message)); return; }
+  if (name === 'expired' || name === 'revoked') {
+    signOut(expiredText(data.error || 'session_expired', data.message));
+    return;
+  }
   if (name === 'snapshot') state.nodes.clear();
   if (name === 'snapshot' || name === 'nodes') {
     for (const row of data.nodes) state.nodes.set(row.name, row);
@@ -775,7 +820,7 @@ function route() {
 
 window.addEventListener('hashchange', route);
 document.addEventListener('DOMContentLoaded', () => {
-  document.getElementById('signout').addEventListener('click', () => { stopStream(); signOut('Signed out.'); });
+  document.getElementById('signout').addEventListener('click', () => { signOutEverywhere(); });
   route();
 });
 // Re-draw relative times ("12 s ago") without waiting for a change.
