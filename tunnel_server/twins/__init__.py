@@ -2,6 +2,7 @@
 
 ``setup(app)`` (after ``tunnel_endpoint.setup``) opens the store, registers the ``twins``
 agent service and the routes under ``/api/v1/devices``, and exports counters on /metrics.
+When the server stops, waiting long-polls are answered at once (``TwinsCloud.end_waits``).
 ``OPENAPI_PATHS`` describes the routes for the server's OpenAPI document.
 
 docs/twins.md describes the API and the sync stream's protocol.
@@ -79,6 +80,9 @@ class _Metrics(Collector):
         downlink.add_metric(["acknowledged"], counters.downlink_acked)
         downlink.add_metric(["failed"], counters.downlink_failed)
         yield downlink
+        yield GaugeMetricFamily(
+            "tunnel_twins_long_polls", "Twin long-polls waiting now", value=self._cloud.waiters
+        )
 
 
 def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -> None:
@@ -114,6 +118,13 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
         return [{"id": f"{row['node']}:{row['device']}", **row} for row in rows]
 
     app[DEVICES_KEY] = node_devices
+
+    async def end_long_polls(_app: web.Application) -> None:
+        # on_shutdown runs before aiohttp drains the open requests: a long-poll waiting 30 s
+        # would hold the drain (and SIGTERM) otherwise. Like the live events' end_streams.
+        cloud.end_waits()
+
+    app.on_shutdown.append(end_long_polls)
 
     async def close(_app: web.Application) -> None:
         store.close()

@@ -222,7 +222,11 @@ async def _get_twin(request: web.Request) -> web.Response:
             await cloud.wait_version(key, section, version, within=wait)
         except QueueFullError as error:
             raise _ApiError(503, "busy", str(error), headers={"Retry-After": "1"}) from None
-    return _ok(twin_json(_row(request, key)))
+    response = _ok(twin_json(_row(request, key)))
+    if cloud.stopping:
+        # Ended early by the shutdown: the twin as it is, and no next request on this link.
+        response.force_close()
+    return response
 
 
 async def patch_twin(request: web.Request) -> web.StreamResponse:

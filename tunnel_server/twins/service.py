@@ -144,6 +144,7 @@ class TwinsCloud:
         self._wakers: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
         self._waiters = 0
+        self._stopping = False
 
     @property
     def origin(self) -> str:
@@ -182,16 +183,42 @@ class TwinsCloud:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    @property
+    def waiters(self) -> int:
+        """Long-polls waiting now (for /metrics)."""
+        return self._waiters
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``end_waits`` ran: the server is shutting down."""
+        return self._stopping
+
+    def end_waits(self) -> None:
+        """Answer every waiting long-poll now, and any later one at once: the server stops.
+
+        A long-poll may wait ``max_wait`` (30 s), longer than the server's drain on SIGTERM
+        (``shutdown_grace``, 10 s). aiohttp's drain waits the grace for a handler, then cancels
+        only its request body and waits the grace again before cancelling the task: without
+        this, one long-poll held ``tunnel-server run`` for ~22 s after SIGTERM.
+        """
+        self._stopping = True
+        self.notify_soon()
+
     async def wait_version(
         self, key: DeviceKey, section: Section, version: int, *, within: float
     ) -> DeviceRow | None:
-        """The device once ``section.$version >= version``, or as it is after `within` seconds."""
+        """The device once ``section.$version >= version``, or as it is after `within` seconds.
+
+        Also as it is, at once, when the server stops (``end_waits``).
+        """
         if self._waiters >= self.settings.max_waiters:
             raise QueueFullError(f"{self._waiters} long-polls wait already")
         self._waiters += 1
         try:
             async with asyncio.timeout(within):
-                while not _version_reached(self.store.device(key), section, version):
+                while not self._stopping and not _version_reached(
+                    self.store.device(key), section, version
+                ):
                     await self._changed.wait()
         except TimeoutError:
             pass
