@@ -27,9 +27,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from daemon_support.files import write_atomic
 from tunnel_server import tls, tokens
 from tunnel_server.api.errors import ApiError
-from tunnel_server.pki import write_atomic
 
 log = logging.getLogger("tunnel_server.api.auth")
 
