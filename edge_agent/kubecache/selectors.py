@@ -165,7 +165,12 @@ def _tokens(text: str) -> list[str]:
 
 
 def _is_identifier(token: str | None) -> bool:
-    return token is not None and token not in {"in", "notin"} and token[0] not in _SPECIAL
+    """A key or a value; ``in`` and ``notin`` are words like any other here.
+
+    They are operators only where an operator is expected, as in apimachinery's parser (which
+    reads keys and values in its Values context): ``in=notin`` and ``tier in (in)`` are valid.
+    """
+    return token is not None and token[0] not in _SPECIAL
 
 
 def validate_label_key(key: str) -> None:
