@@ -10,6 +10,9 @@ Rules:
 * Reconnects back off exponentially with full jitter (a random delay in [0, ceiling]) so a
   fleet that lost the server does not return in one wave. A session that lived for
   ``healthy_after`` seconds resets the ceiling.
+* A server setting up too many sessions at once answers 503 with ``Retry-After``: the next
+  try waits that long plus jitter (at least ``backoff_base``, at most ``backoff_cap``), since
+  the server spaces the times it hands out at the rate it can take agents in.
 * The certificate is renewed once two thirds of its life has passed; the live session keeps
   running on the old one (still valid) and the next connection uses the new one.
 * SIGTERM drains: GO_AWAY, wait for open streams up to ``drain_grace``, then close.
@@ -19,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import logging
 import math
 import random
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -78,6 +84,46 @@ class TunnelMetrics:
         )
 
 
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+"""Answers whose ``Retry-After`` the agent follows (RFC 9110 section 10.2.3)."""
+
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+
+
+def parse_retry_after(value: str | None, *, limit: float, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value, at most ``limit``.
+
+    Either delay-seconds (``120``) or an HTTP-date (``Fri, 27 Nov 2026 08:00:00 GMT``; a date in
+    the past means 0). None when absent or not understood: the usual backoff applies then.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        return limit if len(text) > 9 else min(float(text), limit)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # asctime form or "-0000": HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    now = time.time() if now is None else now
+    return min(max(when.timestamp() - now, 0.0), limit)
+
+
+def retry_after_delay(
+    seconds: float, settings: TunnelClientSettings, rng: random.Random | None = None
+) -> float:
+    """The wait before the next try when the server asked for ``seconds``.
+
+    Plus jitter up to one second and a fifth of it (Retry-After comes in whole seconds; agents
+    told the same second must not return together); at least ``backoff_base``, so a broken
+    proxy answering ``0`` cannot make us spin, and at most ``backoff_cap``.
+    """
+    jitter = (rng or random).uniform(0.0, 1.0 + seconds / 5)
+    return min(settings.backoff_cap, max(settings.backoff_base, seconds + jitter))
+
+
 def spread_attempts(settings: TunnelClientSettings) -> int:
     """The backoff step whose ceiling first reaches ``reconnect_spread``."""
     if settings.reconnect_spread <= settings.backoff_base:
@@ -106,6 +152,7 @@ class TunnelClient:
         self.connected_since: float | None = None
         self.last_error: str | None = None
         self.attempts = 0
+        self._ssl: tuple[int, ssl.SSLContext] | None = None
         self._stopping = asyncio.Event()
         self.up = asyncio.Event()
         """Set while a session is established; parts that need the cloud can wait on it."""
@@ -135,10 +182,20 @@ class TunnelClient:
 
     async def run(self) -> None:
         """Connect, serve, reconnect, until ``stop()``; then drain the live session."""
+        # One HTTP client for every attempt: after a 503 the server keeps the TLS connection
+        # open, and the next try (same certificate, same SSL context) reuses it instead of
+        # paying for another handshake on both ends. Kept idle a little longer than we may wait.
+        connector = aiohttp.TCPConnector(keepalive_timeout=self._settings.backoff_cap + 5.0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._settings.connect_timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            await self._run(http)
+
+    async def _run(self, http: aiohttp.ClientSession) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
+            asked: float | None = None
             try:
-                await self._session_once()
+                await self._session_once(http)
             except NotJoinedError as error:
                 self._fail("not_joined", str(error))
             except aiohttp.WSServerHandshakeError as error:
@@ -149,7 +206,7 @@ class TunnelClient:
                         "was revoked, replaced by a re-join, or expired; join again with a new "
                         "token (`edge-agent join`)",
                     )
-                else:
+                elif (asked := self._retry_after(error)) is None:
                     self._fail("handshake", f"tunnel upgrade failed: HTTP {error.status}")
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
                 self._fail("connect", f"{type(error).__name__}: {error}")
@@ -159,7 +216,7 @@ class TunnelClient:
                 self.attempts = spread_attempts(self._settings)
             if self._stopping.is_set():
                 break
-            await self._backoff()
+            await self._backoff(asked)
 
     # ------------------------------------------------------------------ internals
 
@@ -168,33 +225,68 @@ class TunnelClient:
         self.last_error = message
         log.warning("tunnel unavailable", extra={"kv": {"reason": reason, "error": message}})
 
-    async def _backoff(self) -> None:
+    def _retry_after(self, error: aiohttp.WSServerHandshakeError) -> float | None:
+        """The wait the server asked for with a 503 (or 429) and ``Retry-After``, jittered."""
+        if error.status not in RETRY_AFTER_STATUSES or error.headers is None:
+            return None
+        seconds = parse_retry_after(
+            error.headers.get("Retry-After"), limit=self._settings.backoff_cap
+        )
+        if seconds is None:
+            return None
+        delay = retry_after_delay(seconds, self._settings)
+        self.metrics.failures.labels("busy").inc()
+        self.last_error = (
+            f"server busy (HTTP {error.status}): it asked us to retry in {seconds:g} s"
+        )
+        log.info(
+            "server busy, retrying when it asked",
+            extra={
+                "kv": {
+                    "status": error.status,
+                    "retry_after": seconds,
+                    "in_seconds": round(delay, 2),
+                }
+            },
+        )
+        return delay
+
+    async def _backoff(self, asked: float | None = None) -> None:
+        """Wait before the next try: ``asked`` (the server's Retry-After), else the backoff."""
         ceiling = min(self._settings.backoff_cap, self._settings.backoff_base * 2**self.attempts)
         self.attempts = min(self.attempts + 1, 32)
-        delay = random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
-        log.info("reconnecting", extra={"kv": {"in_seconds": round(delay, 2)}})
+        if asked is None:
+            delay = random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+            log.info("reconnecting", extra={"kv": {"in_seconds": round(delay, 2)}})
+        else:
+            delay = asked  # logged with the reason already
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._stopping.wait()
 
-    async def _session_once(self) -> None:
+    async def _session_once(self, http: aiohttp.ClientSession) -> None:
         identity = Identity.load(self._data_dir)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._settings.connect_timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            ws = await asyncio.wait_for(
-                http.ws_connect(
-                    identity.server + "/tunnel",
-                    ssl=identity.client_ssl_context(),
-                    headers={AGENT_VERSION_HEADER: __version__},
-                    max_msg_size=self._protocol.max_frame_payload + 4096,
-                    autoping=False,
-                    heartbeat=None,
-                    compress=0,
-                ),
-                timeout=self._settings.connect_timeout,
-            )
-            async with ws:
-                await self._serve(ws, identity)
+        ws = await asyncio.wait_for(
+            http.ws_connect(
+                identity.server + "/tunnel",
+                ssl=self._ssl_context(identity),
+                headers={AGENT_VERSION_HEADER: __version__},
+                max_msg_size=self._protocol.max_frame_payload + 4096,
+                autoping=False,
+                heartbeat=None,
+                compress=0,
+            ),
+            timeout=self._settings.connect_timeout,
+        )
+        async with ws:
+            await self._serve(ws, identity)
+
+    def _ssl_context(self, identity: Identity) -> ssl.SSLContext:
+        """The same context while the certificate is the same: pooled connections key on it."""
+        serial = identity.certificate.serial_number
+        if self._ssl is None or self._ssl[0] != serial:
+            self._ssl = (serial, identity.client_ssl_context())
+        return self._ssl[1]
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, identity: Identity) -> None:
         connection = TunnelConnection(

@@ -66,6 +66,14 @@ def parse_duration(value: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+def _count(value: str) -> int:
+    """A whole number >= 0 (0 turns a limit off)."""
+    if not value.isdigit() or int(value) > 1_000_000:
+        msg = f"expected a whole number from 0 to 1000000, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return int(value)
+
+
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a nested sub-command must not reset a --data-dir given before it.
     parser.add_argument(
@@ -115,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.idle_timeout,
         metavar="DURATION",
         help="close HTTP connections that send no request for this long (default: 30s)",
+    )
+    run.add_argument(
+        "--max-tls-handshakes",
+        type=_count,
+        default=defaults.max_tls_handshakes,
+        metavar="N",
+        help="TLS handshakes in progress at once; more connections wait in the listen queue "
+        "(0: no limit; default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-session-setups",
+        type=_count,
+        default=defaults.max_session_setups,
+        metavar="N",
+        help="agent sessions being set up at once; more get 503 with a Retry-After "
+        "(0: no limit; default: %(default)s)",
     )
     run.add_argument(
         "--kube-upstream",
@@ -323,7 +347,8 @@ async def serve(
     from aiohttp import web  # noqa: PLC0415 - see above
 
     from tunnel_server.app import create_app  # noqa: PLC0415 - see above
-    from tunnel_server.tls import server_ssl_context  # noqa: PLC0415 - see above
+    from tunnel_server.app_keys import REGISTRY_KEY  # noqa: PLC0415 - see above
+    from tunnel_server.tls import HandshakeGate, server_ssl_context  # noqa: PLC0415 - see above
 
     app = create_app(settings, identity=identity)
     if kube_upstream is not None:
@@ -343,24 +368,42 @@ async def serve(
     # sessions that is most of the memory. One TLS record is at most 16 KiB, so 64 KiB loses
     # nothing in bulk transfers (see docs/benchmarks.md).
     asyncio.sslproto.SSLProtocol.max_size = settings.tls_read_buffer  # type: ignore[attr-defined]
-    site = web.TCPSite(
-        runner,
-        settings.host,
-        settings.port,
-        ssl_context=ssl_context,
-        backlog=settings.listen_backlog,
-    )
-    await site.start()
+    gate: HandshakeGate | None = None
+    if settings.max_tls_handshakes and runner.server is not None:
+        gate = HandshakeGate(
+            protocol_factory=runner.server,
+            ssl_context=ssl_context,
+            limit=settings.max_tls_handshakes,
+            timeout=settings.tls_handshake_timeout,
+            registry=app[REGISTRY_KEY],
+        )
+        gate.bind(settings.host, settings.port, backlog=settings.listen_backlog)
+        addresses = gate.addresses
+    else:  # no handshake limit: asyncio's own listener
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            ssl_context=ssl_context,
+            backlog=settings.listen_backlog,
+        )
+        await site.start()
+        addresses = runner.addresses
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for address in runner.addresses:
+    for address in addresses:
         log.info("listening", extra={"kv": {"address": f"https://{address[0]}:{address[1]}"}})
     log.info("agents pin the CA with", extra={"kv": {"ca_hash": identity.authority.ca_hash()}})
-    systemd.notify("READY=1")
     try:
-        await stop.wait()
+        async with asyncio.TaskGroup() as group:
+            if gate is not None:
+                group.create_task(gate.serve(), name="tls.listener")
+            systemd.notify("READY=1")
+            await stop.wait()
+            if gate is not None:
+                gate.close()
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopping")
@@ -379,6 +422,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             public_name=args.public_name,
             pki=PkiSettings(client_lifetime=lifetime),
             idle_timeout=getattr(args, "idle_timeout", ServerSettings().idle_timeout),
+            max_tls_handshakes=getattr(
+                args, "max_tls_handshakes", ServerSettings().max_tls_handshakes
+            ),
+            max_session_setups=getattr(
+                args, "max_session_setups", ServerSettings().max_session_setups
+            ),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 

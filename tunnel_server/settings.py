@@ -86,6 +86,34 @@ class ServerSettings:
     """Bytes of asyncio's per-connection TLS read buffer (its default: 256 KiB). A TLS record
     holds at most 16 KiB; idle agent sessions otherwise cost ~300 KiB of RSS each."""
 
+    max_tls_handshakes: int = 1024
+    """TLS handshakes in progress at once; 0 turns the limit off (asyncio's own listener).
+    A handshake with a client certificate costs this process ~2.5 ms of CPU, more than the
+    rest of a session's set-up (~1.7 ms; docs/benchmarks.md). asyncio starts one for every
+    accepted connection at once: in a big reconnect storm thousands interleave, each finishes
+    after the agents' 15 s connect timeout, and the work is lost. Further connections wait in
+    the listen queue, which costs nothing. 1,024 is about 2.5 s of CPU, and just above what a
+    5,000-agent reconnect reached on the 2-CPU bench machine (~1,000: a slow client holds its
+    slot too); a limit of 64 throttled that reconnect from 22-24 s to 62 s."""
+
+    tls_handshake_timeout: float = 10.0
+    """Seconds from accept until the TLS handshake is done (asyncio's default: 60). A slow
+    uplink needs a few round trips; a connection that sends nothing is closed instead of
+    holding a socket for a minute."""
+
+    max_session_setups: int = 1024
+    """Agent sessions being set up at once, from the ``/tunnel`` request until both HELLOs are
+    exchanged; 0 turns the limit off. Beyond it the upgrade is answered at once with 503 and a
+    ``Retry-After`` (before any certificate check or store access) spaced at the rate the
+    server manages; the agent keeps its TLS connection and asks again over it, so a refusal
+    costs no handshake. The time counts the agents' side too, so the limit sits above what a
+    5,000-agent reconnect reached on the bench machine (~650); 128 slowed it from 24 to 62 s."""
+
+    retry_after_max: float = 20.0
+    """Seconds: the longest ``Retry-After`` a refused agent is given. With the agent's jitter
+    (up to a fifth plus 1 s) it stays below ``idle_timeout`` (30 s), so the connection the agent
+    keeps is still open when it comes back, and below the agents' backoff cap (60 s)."""
+
     shutdown_grace: float = 10.0
     """Seconds given to open connections to drain on SIGTERM before they are cut."""
 

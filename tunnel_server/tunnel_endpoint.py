@@ -3,19 +3,27 @@
 The session's identity is the verified client certificate's subject. Every time the store
 changes (a revocation by the CLI, a re-join) each live session's certificate is checked
 again, and a session that is no longer current is closed at once.
+
+Admission: at most ``max_session_setups`` sessions are set up at once (request received,
+HELLOs not yet exchanged). Beyond that the upgrade is answered 503 with a ``Retry-After``
+before any certificate check, store access or WebSocket work, and each refused agent is given
+its own time to come back, spaced at the rate the server has lately managed (``Admission``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import prometheus_client
 from aiohttp import web
 
-from tunnel_aio import TunnelConnection, TunnelStream
+from tunnel_aio import TunnelClosedError, TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
 from tunnel_server import agent_services, tls
 from tunnel_server.app_keys import (
@@ -39,13 +47,151 @@ AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
 """Informational only (shown in `nodes`); identity never comes from a header."""
 
 
+RATE_WINDOW = 5.0
+"""Seconds over which the rate of completed set-ups is measured for ``Retry-After``."""
+
+PEAK_DECAY = 0.9
+"""Per window, how much of the peak rate is kept: it fades over about a minute."""
+
+MIN_RATE = 10.0
+"""Set-ups per second assumed at least, so a stalled measurement cannot promise minutes."""
+
+
+class Admission:
+    """How many sessions are being set up, and when a refused agent should come back.
+
+    Each refused agent gets a reservation: the next free moment on a clock that advances by
+    1/rate per refusal, the rate being the recent peak of set-ups completed per second. So
+    2,000 agents refused at once by a server that sets up 200 a second are told 1 to 11 s
+    (whole seconds; the agent adds its own jitter), 200 per second, not all the same second.
+    Reservations past ``retry_after_max`` are spread at random over its second half.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        retry_after_max: float,
+        registry: prometheus_client.CollectorRegistry,
+    ) -> None:
+        self.limit = limit
+        self.retry_after_max = retry_after_max
+        self.in_progress = 0
+        self.refusing = 0
+        """Refusals since the last admitted set-up (logged once per burst)."""
+        self._window_start = time.monotonic()
+        self._window_done = 0
+        self._rate = 0.0
+        self._next_free = 0.0
+        self.gauge = prometheus_client.Gauge(
+            "tunnel_session_setups_in_progress",
+            "Tunnel sessions being set up (request received, HELLOs not yet exchanged)",
+            registry=registry,
+        )
+        self.gauge.set_function(lambda: self.in_progress)
+
+    def try_enter(self) -> bool:
+        """Take a set-up slot; False when all ``limit`` are taken (0 means no limit)."""
+        if self.limit and self.in_progress >= self.limit:
+            self.refusing += 1
+            return False
+        self.in_progress += 1
+        return True
+
+    def leave(self, *, completed: bool) -> None:
+        self.in_progress -= 1
+        if completed:
+            self._roll(time.monotonic())
+            self._window_done += 1
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self._window_start
+        if elapsed >= RATE_WINDOW:
+            self._rate = max(self._window_done / elapsed, self._rate * PEAK_DECAY)
+            self._window_start, self._window_done = now, 0
+
+    def rate(self, now: float) -> float:
+        """What the server manages: its recent peak of set-ups completed per second.
+
+        The peak, not the last window: while agents wait as told fewer set-ups complete, and a
+        rate measured then would tell the next ones to wait even longer.
+        """
+        self._roll(now)
+        current = self._window_done / max(now - self._window_start, 1.0)
+        return max(self._rate, current, MIN_RATE)
+
+    def retry_after(self, now: float | None = None) -> int:
+        """Whole seconds this refused agent should wait: its reservation on the clock."""
+        now = time.monotonic() if now is None else now
+        at = max(self._next_free, now + 1.0)
+        self._next_free = at + 1.0 / self.rate(now)
+        wait = at - now
+        if wait >= self.retry_after_max:
+            self._next_free = now + self.retry_after_max
+            wait = random.uniform(self.retry_after_max / 2, self.retry_after_max)  # noqa: S311 - jitter
+        return math.ceil(wait)
+
+
+ADMISSION_KEY = web.AppKey("tunnel_admission", Admission)
+
+
 def _refuse(request: web.Request, status: int, reason: str, message: str) -> web.Response:
     request.app[METRICS_KEY].refused.labels(reason).inc()
     log.info("tunnel refused", extra={"kv": {"reason": reason, "remote": request.remote}})
     return web.json_response({"error": reason, "message": message}, status=status)
 
 
+def _busy(request: web.Request, admission: Admission) -> web.Response:
+    """503 at once, without touching the certificate, the store or the WebSocket."""
+    request.app[METRICS_KEY].refused.labels("busy").inc()
+    if admission.refusing == 1:
+        log.warning(
+            "too many sessions being set up, answering 503 with Retry-After",
+            extra={"kv": {"in_progress": admission.in_progress, "limit": admission.limit}},
+        )
+    seconds = admission.retry_after()
+    return web.json_response(
+        {"error": "busy", "message": f"too many agents are connecting; retry in {seconds} s"},
+        status=503,
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 async def tunnel(request: web.Request) -> web.StreamResponse:
+    admission = request.app[ADMISSION_KEY]
+    if not admission.try_enter():
+        return _busy(request, admission)
+    if admission.refusing:
+        log.info("admitting sessions again", extra={"kv": {"refused": admission.refusing}})
+        admission.refusing = 0
+    setup = _SetUp(admission)
+    try:
+        return await _session(request, setup)
+    finally:
+        setup.done(completed=False)  # refused, or ended before its HELLO: no-op otherwise
+
+
+class _SetUp:
+    """One admission slot, given back once: when the HELLOs are exchanged or the attempt ends."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def done(self, *, completed: bool) -> None:
+        if self._admission is not None:
+            self._admission.leave(completed=completed)
+            self._admission = None
+
+    async def watch(self, connection: TunnelConnection) -> None:
+        try:
+            await connection.wait_ready()
+        except TunnelClosedError:
+            self.done(completed=False)
+        else:
+            self.done(completed=True)
+
+
+async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
     identity = tls.peer_identity(request)
     if identity is None:
         return _refuse(
@@ -92,7 +238,9 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
     store.touch_node(identity.name, now=time.time(), agent_version=version)
     log.info("agent connected", extra={"kv": {"node": identity.name, "remote": session.remote}})
     try:
-        await connection.run()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(setup.watch(connection), name=f"tunnel[{identity.name}].setup")
+            await connection.run()
     finally:
         registry.remove(session)
         store.touch_node(identity.name, now=time.time())
@@ -177,6 +325,12 @@ def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None
     app[SESSIONS_KEY] = registry
     app[TUNNEL_SETTINGS_KEY] = tunnel_settings or TunnelSettings()
     app[METRICS_KEY] = SessionMetrics(app[REGISTRY_KEY], registry)
+    server_settings = app[SETTINGS_KEY]
+    app[ADMISSION_KEY] = Admission(
+        limit=server_settings.max_session_setups,
+        retry_after_max=server_settings.retry_after_max,
+        registry=app[REGISTRY_KEY],
+    )
     agent_services.setup(app)
     app.router.add_get("/tunnel", tunnel)
     app.cleanup_ctx.append(_background)

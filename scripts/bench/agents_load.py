@@ -16,7 +16,9 @@ server. What it does, in order:
    ``--connect-concurrency`` handshakes in flight) since bring-up is not a measured figure;
 5. from then on every node behaves like ``edge-agent run``: when its session ends it reconnects
    after a full-jitter backoff (uniform in [0, min(cap, base * 2**attempts)], attempts reset
-   after a session that lived ``healthy_after`` seconds), without pacing.
+   after a session that lived ``healthy_after`` seconds), without pacing; a 503 with
+   ``Retry-After`` is followed the way the agent follows it
+   (``edge_agent.tunnel_client.retry_after_delay``).
 
 Stdout gets one JSON object per line: ``joined``, ``connected`` (all N up), ``all_connected``
 (N up again after a loss; ``t`` is ``time.monotonic()``, the system-wide CLOCK_MONOTONIC, so
@@ -50,7 +52,12 @@ import aiohttp
 
 from edge_agent.identity import generate_key, key_pem, make_csr
 from edge_agent.settings import TunnelClientSettings
-from edge_agent.tunnel_client import spread_attempts
+from edge_agent.tunnel_client import (
+    RETRY_AFTER_STATUSES,
+    parse_retry_after,
+    retry_after_delay,
+    spread_attempts,
+)
 from tunnel_aio import TunnelConnection
 from tunnel_protocol import Role, TunnelSettings
 from tunnel_server.store import SqliteStore
@@ -171,14 +178,18 @@ async def _session(
 async def _agent(fleet: Fleet, http: aiohttp.ClientSession, node: Node, seed: int) -> None:
     """``edge-agent run``'s loop for one node, until the fleet stops."""
     rng = random.Random(seed)  # noqa: S311 - jitter, not cryptography
+    settings = TunnelClientSettings(backoff_base=fleet.base, backoff_cap=fleet.cap)
     attempts = 0
     gate = fleet.first_round  # only the very first connect is paced
     while not fleet.stopping.is_set():
         started = time.monotonic()
+        asked: float | None = None
         try:
             await _session(fleet, http, node, gate)
         except aiohttp.WSServerHandshakeError as error:
             fleet.failures[f"HTTP {error.status}"] += 1
+            if error.status in RETRY_AFTER_STATUSES and error.headers is not None:
+                asked = parse_retry_after(error.headers.get("Retry-After"), limit=fleet.cap)
         except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
             fleet.failures[type(error).__name__] += 1
         gate = None
@@ -186,7 +197,10 @@ async def _agent(fleet: Fleet, http: aiohttp.ClientSession, node: Node, seed: in
             return
         if time.monotonic() - started >= HEALTHY_AFTER_S:
             attempts = fleet.spread_attempts
-        delay = backoff_delay(attempts, fleet.base, fleet.cap, rng)
+        if asked is None:
+            delay = backoff_delay(attempts, fleet.base, fleet.cap, rng)
+        else:
+            delay = retry_after_delay(asked, settings, rng)
         attempts = min(attempts + 1, 32)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
@@ -314,7 +328,10 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
     )
     loop.add_signal_handler(signal.SIGTERM, fleet.stopping.set)
     connect = asyncio.Event()
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    # Like the agent: pooled connections (kept after a 503) live as long as a node may wait.
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, keepalive_timeout=args.backoff_cap + 5.0
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
     async with (
         aiohttp.ClientSession(connector=connector, timeout=timeout) as http,

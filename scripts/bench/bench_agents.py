@@ -11,7 +11,14 @@ One round per agent count, each with a fresh ``tunnel-server run`` (own data dir
 4. idle window: the server's and the load process's CPU share while nothing but keepalives
    (and the server's periodic ``last_seen`` writes) happen;
 5. SIGKILL the server and start it again on the same port and data dir; the time until the
-   load process has all N sessions up again, counted from the kill (and from ``/readyz``).
+   load process has all N sessions up again, counted from the kill (and from ``/readyz``),
+   with the restarted server's admission counters (503s, connections dropped before TLS) and
+   how busy the rest of the machine was meanwhile.
+
+``AgentsPlan.admission`` restarts the same fleet once per mode of the server's admission
+control: as shipped (``on``), switched off (``off``), or only one of its two limits
+(``setups``: the 503 cap, ``handshakes``: the TLS handshake cap); see ``ADMISSION``. Steps 2-4
+run once per agent count, step 5 once per mode, ``idle_s`` apart.
 
 Every process is stopped at the end of the round, also on error (``bench_procs.running``).
 """
@@ -41,6 +48,21 @@ KIB = 1024
 MIB = 1 << 20
 
 
+ADMISSION: dict[str, tuple[str, ...]] = {
+    "on": (),
+    "off": ("--max-tls-handshakes", "0", "--max-session-setups", "0"),
+    "setups": ("--max-tls-handshakes", "0"),
+    "handshakes": ("--max-session-setups", "0"),
+}
+"""``tunnel-server run`` arguments per admission mode: ``on`` is the server as shipped."""
+
+ADMISSION_COUNTERS = (
+    "tunnel_session_refused_total",
+    "tunnel_server_tls_dropped_total",
+    "tunnel_server_tls_handshakes_total",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentsPlan:
     counts: tuple[int, ...]
@@ -51,18 +73,22 @@ class AgentsPlan:
     backoff_cap: float
     join_timeout_s: float
     bringup_timeout_s: float = 900.0
+    admission: tuple[str, ...] = ("on",)
 
 
-def make_agents_plan(*, quick: bool, counts: tuple[int, ...] | None = None) -> AgentsPlan:
+def make_agents_plan(
+    *, quick: bool, counts: tuple[int, ...] | None = None, admission: tuple[str, ...] = ("on",)
+) -> AgentsPlan:
     if quick:
         return AgentsPlan(
             counts=counts if counts is not None else (500,), settle_s=1.0, idle_s=3.0,
             reconnect_timeout_s=30.0, backoff_base=1.0, backoff_cap=10.0, join_timeout_s=60.0,
-            bringup_timeout_s=60.0,
+            bringup_timeout_s=60.0, admission=admission,
         )  # fmt: skip
     return AgentsPlan(
         counts=counts if counts is not None else (5000, 10000), settle_s=5.0, idle_s=35.0,
         reconnect_timeout_s=180.0, backoff_base=1.0, backoff_cap=60.0, join_timeout_s=600.0,
+        admission=admission,
     )  # fmt: skip
 
 
@@ -101,6 +127,9 @@ class LoadProcess:
         self.proc = proc
         self.last_status: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
+        self.mark: float | None = None
+        """A monotonic time: ``status_at_mark`` keeps the last status from before it."""
+        self.status_at_mark: dict[str, Any] = {}
 
     async def next_event(self, names: set[str], within_s: float) -> dict[str, Any]:
         """The next line whose ``event`` is in ``names`` (status lines are kept, not returned)."""
@@ -126,6 +155,8 @@ class LoadProcess:
                 continue
             if event.get("event") == "status":
                 self.last_status = event
+                if self.mark is not None and float(event.get("t", 0.0)) <= self.mark:
+                    self.status_at_mark = event
             if event.get("event") in names:
                 self.events.append(event)
                 return event
@@ -139,8 +170,8 @@ class LoadProcess:
             await stdin.drain()
 
 
-async def server_sessions(port: int, ca_file: Path) -> int | None:
-    """The server's own ``tunnel_sessions`` gauge from ``/metrics``."""
+async def server_metrics(port: int, ca_file: Path, names: tuple[str, ...]) -> dict[str, float]:
+    """Samples of the server's ``/metrics`` whose name is in ``names``, keyed by name{labels}."""
     context = ssl.create_default_context(cafile=str(ca_file))
     try:
         async with (
@@ -149,11 +180,31 @@ async def server_sessions(port: int, ca_file: Path) -> int | None:
         ):
             text = await response.text()
     except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
+        return {}
+    samples: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("tunnel_sessions "):
-            return int(float(line.split()[1]))
-    return None
+        if line.startswith("# TYPE "):  # a family this server has, even with no sample yet
+            family = line.split()[2]
+            for name in (family, family + "_total"):
+                if name in names:
+                    samples.setdefault(name, 0.0)
+            continue
+        key, _, value = line.rpartition(" ")
+        if key.split("{", 1)[0] in names:
+            samples[key] = float(value)
+    return samples
+
+
+async def server_sessions(port: int, ca_file: Path) -> int | None:
+    """The server's own ``tunnel_sessions`` gauge from ``/metrics``."""
+    value = (await server_metrics(port, ca_file, ("tunnel_sessions",))).get("tunnel_sessions")
+    return None if value is None else int(value)
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def listen_drops() -> int | None:
@@ -250,22 +301,36 @@ async def _restart(
     count: int,
     argv: list[str],
     workdir: Path,
+    tag: str = "",
 ) -> dict[str, Any]:
-    """SIGKILL the server, start it again, time until every session is back."""
+    """SIGKILL the server, start it again with ``argv``, time until every session is back.
+
+    The new server process is under ``_server`` in the answer (the caller takes it out).
+    """
     port = int(argv[argv.index("--listen") + 1].rsplit(":", 1)[1])
     ca_file = Path(argv[argv.index("--data-dir") + 1]) / "ca.crt"
     _log(f"agents {count}: restarting the server (SIGKILL)")
     drops_before = listen_drops()
+    load_avg_before = os.getloadavg()
+    machine0, load_all0 = machine_busy_s(), cpu_seconds(load.proc.pid)
     killed = time.monotonic()
+    load.mark, load.status_at_mark = killed, load.last_status
     await _kill(server)
     again = await stack.enter_async_context(
-        running(f"agents-{count}-server-restarted", argv, workdir)
+        running(f"agents-{count}-server-{tag or 'restarted'}", argv, workdir)
     )
     # Every node is knocking while it starts: allow more than a quiet start needs.
     await wait_server_ready(port, ca_file, max(READY_TIMEOUT_S, 60.0), again)
     ready = time.monotonic()
     load_cpu0, server_cpu0 = cpu_seconds(load.proc.pid), cpu_seconds(again.pid)
     all_at, reached = await _wait_all(load, count, plan.reconnect_timeout_s, after=killed)
+    # Whatever the server and the load process did not use of the machine's CPU meanwhile was
+    # other work (this script's own share is negligible): it competes with both.
+    window = time.monotonic() - killed
+    ours = (cpu_seconds(again.pid) - server_cpu0) + (cpu_seconds(load.proc.pid) - load_all0)
+    others = max(0.0, machine_busy_s() - machine0 - ours)
+    counters = await server_metrics(port, ca_file, ADMISSION_COUNTERS)
+    failures_before: dict[str, int] = load.status_at_mark.get("failures", {})
     if all_at is None:
         _log(f"agents {count}: only {reached} reconnected in {plan.reconnect_timeout_s:.0f} s")
     else:
@@ -279,26 +344,43 @@ async def _restart(
         "reconnect_server_cpu_s": round(cpu_seconds(again.pid) - server_cpu0, 1),
         "reconnect_load_cpu_s": round(cpu_seconds(load.proc.pid) - load_cpu0, 1),
         "server_rss_after_reconnect_MiB": round(rss(again.pid) / MIB, 1),
-        "connect_failures": load.last_status.get("failures", {}),
+        "connect_failures": {  # during the reconnect only, not the first bring-up
+            kind: n - failures_before.get(kind, 0)
+            for kind, n in load.last_status.get("failures", {}).items()
+            if n > failures_before.get(kind, 0)
+        },
         "listen_queue_drops": (
             None if drops_before is None else (listen_drops() or drops_before) - drops_before
         ),
+        "server_counters": counters,
+        "other_cpu_pct": round(100 * others / (window * (os.cpu_count() or 1)), 1),
+        "load_avg": [round(load_avg_before[0], 2), round(os.getloadavg()[0], 2)],
+        "_server": again,
     }
 
 
-async def agents_round(count: int, plan: AgentsPlan, workdir: Path) -> dict[str, Any]:
-    """One round with ``count`` agents; the figures of the JSON report."""
+async def agents_round(count: int, plan: AgentsPlan, workdir: Path) -> list[dict[str, Any]]:
+    """One joined fleet of ``count`` agents, restarted once per admission mode of ``plan``.
+
+    The fleet comes up against a server started in the first mode; each restart starts the
+    server in the next mode, after at least ``idle_s`` of quiet so every session has lived
+    past the agents' ``healthy_after`` (their spread applies, as after a real restart). So the
+    modes are compared on the same fleet, minutes apart, not across separate runs.
+    """
     folder = workdir / f"agents-{count}"
     folder.mkdir(mode=0o700)
     data_dir = folder / "server"
     port = free_port()
-    argv = server_argv(data_dir, port)
-    figures: dict[str, Any] = {
+    base = server_argv(data_dir, port)
+    shared: dict[str, Any] = {
         "agents": count,
         "restart": "SIGKILL, then tunnel-server run again on the same port and data dir",
         "backoff": {"base_s": plan.backoff_base, "cap_s": plan.backoff_cap, "jitter": "full"},
+        "bring_up_admission": plan.admission[0],
     }
+    rounds: list[dict[str, Any]] = []
     async with contextlib.AsyncExitStack() as stack:
+        argv = [*base, *ADMISSION[plan.admission[0]]]
         server = await stack.enter_async_context(running(f"agents-{count}-server", argv, workdir))
         await wait_server_ready(port, data_dir / "ca.crt", READY_TIMEOUT_S, server)
         load_argv = [
@@ -310,19 +392,32 @@ async def agents_round(count: int, plan: AgentsPlan, workdir: Path) -> dict[str,
             running(f"agents-{count}-load", load_argv, workdir, stdout_pipe=True, stdin_pipe=True)
         )
         load = LoadProcess(proc)
-        figures |= await _bring_up(
+        shared |= await _bring_up(
             load, server, plan, count=count, port=port, ca_file=data_dir / "ca.crt"
         )
-        _log(f"agents {count}: {figures['sessions_held']} sessions held; idle {plan.idle_s:.0f} s")
-        figures |= await _idle(load, server, plan)
-        figures |= await _restart(
-            stack, load, server, plan, count=count, argv=argv, workdir=workdir
-        )
+        _log(f"agents {count}: {shared['sessions_held']} sessions held; idle {plan.idle_s:.0f} s")
+        shared |= await _idle(load, server, plan)
+        for i, admission in enumerate(plan.admission):
+            if i:
+                await asyncio.sleep(plan.idle_s)
+            argv = [*base, *ADMISSION[admission]]
+            figures = shared | {"admission": admission, "server_args": list(ADMISSION[admission])}
+            _log(f"agents {count}: restart with admission control {admission}")
+            figures |= await _restart(
+                stack, load, server, plan, count=count, argv=argv, workdir=workdir, tag=admission
+            )
+            figures["status"] = "measured"
+            rounds.append(figures)
+            server = figures.pop("_server")
+            if figures["reconnect_s"] is None and i + 1 < len(plan.admission):
+                # The next mode must start from a whole fleet: wait for the stragglers.
+                back, _ = await _wait_all(load, count, plan.reconnect_timeout_s, after=0.0)
+                if back is None:
+                    break
         await load.send("stop")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.process.wait(), 10)
-    figures["status"] = "measured"
-    return figures
+    return rounds
 
 
 async def measure_agents(plan: AgentsPlan, workdir: Path) -> list[dict[str, Any]]:
@@ -340,7 +435,7 @@ async def measure_agents(plan: AgentsPlan, workdir: Path) -> list[dict[str, Any]
             )
             continue
         try:
-            results.append(await agents_round(count, plan, workdir))
+            results += await agents_round(count, plan, workdir)
         except (BenchError, OSError) as exc:
             _log(f"agents {count} failed: {exc}")
             results.append({"agents": count, "status": "failed", "reason": str(exc)})
@@ -349,7 +444,9 @@ async def measure_agents(plan: AgentsPlan, workdir: Path) -> list[dict[str, Any]
 
 def agent_goals(rounds: list[dict[str, Any]]) -> dict[str, bool]:
     """Issue 3's idle-agent goals, judged at the largest measured round."""
-    measured = [r for r in rounds if r.get("status") == "measured"]
+    measured = [
+        r for r in rounds if r.get("status") == "measured" and r.get("admission", "on") == "on"
+    ]  # the goals are about the server as shipped
     if not measured:
         return {}
     top = max(measured, key=lambda r: int(r["agents"]))

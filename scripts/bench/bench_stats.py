@@ -302,7 +302,30 @@ _AGENT_ROWS: tuple[tuple[str, str, int], ...] = (
     ("CPU during the reconnect: server / load process (s)", "reconnect_cpu", 1),
     ("failed connection attempts during the reconnect", "failures", 0),
     ("SYNs dropped by full listen queues meanwhile (whole machine)", "listen_queue_drops", 0),
+    ("server: 503 + Retry-After / closed before TLS / failed handshakes", "admission", 0),
+    ("other processes' CPU during the reconnect (% of the machine)", "other_cpu_pct", 1),
+    ("load average (1 min): at the kill / all back", "load_avg", 2),
 )
+
+
+def _counter_sum(figures: Mapping[str, Any], prefix: str) -> str:
+    """Sum of the server's counter samples whose key starts with ``prefix`` (``-`` if none)."""
+    counters: Mapping[str, float] = figures.get("server_counters") or {}
+    values = [v for k, v in counters.items() if k.startswith(prefix)]
+    return f"{int(sum(values)):,}" if values else "-"
+
+
+def _admission(figures: Mapping[str, Any]) -> str:
+    if "server_counters" not in figures:
+        return "-"
+    return " / ".join(
+        _counter_sum(figures, prefix)
+        for prefix in (
+            'tunnel_session_refused_total{reason="busy"}',
+            "tunnel_server_tls_dropped_total",
+            'tunnel_server_tls_handshakes_total{result="failed"}',
+        )
+    )
 
 
 def _failures(figures: Mapping[str, Any]) -> str:
@@ -318,6 +341,8 @@ _COMBINED: dict[str, Callable[[Mapping[str, Any]], str]] = {
     ),
     "failures": _failures,
     "reconnected": lambda f: f"{fmt(f.get('reconnected'))} of {fmt(f.get('agents'))}",
+    "admission": _admission,
+    "load_avg": lambda f: " / ".join(fmt(v, 2) for v in f.get("load_avg") or []) or "-",
 }
 
 
@@ -332,6 +357,11 @@ def _agent_cell(figures: Mapping[str, Any], key: str, digits: int) -> str:
     return fmt(float(value) if isinstance(value, int | float) else value, digits)
 
 
+def _agent_header(figures: Mapping[str, Any]) -> str:
+    mode = figures.get("admission")
+    return f"{int(figures['agents']):,} agents" + (f", admission {mode}" if mode else "")
+
+
 def agents_markdown(
     rounds: Sequence[Mapping[str, Any]], plan: Mapping[str, Any] | None
 ) -> list[str]:
@@ -342,7 +372,7 @@ def agents_markdown(
         "",
         "### Idle agents on one server process",
         "",
-        "| Figure | " + " | ".join(f"{int(r['agents']):,} agents" for r in rounds) + " |",
+        "| Figure | " + " | ".join(_agent_header(r) for r in rounds) + " |",
         "|---|" + "--:|" * len(rounds),
     ]
     lines += [
@@ -350,7 +380,7 @@ def agents_markdown(
         for label, key, d in _AGENT_ROWS
     ]
     failed = [
-        f"- {int(r['agents']):,} agents: {r.get('status')} — {r.get('reason', '')}"
+        f"- {_agent_header(r)}: {r.get('status')} — {r.get('reason', '')}"
         for r in rounds
         if r.get("status") != "measured"
     ]
@@ -360,7 +390,10 @@ def agents_markdown(
         lines += [
             "",
             (
-                "How: a fresh `tunnel-server run` per column; a separate Python process "
+                "How: a fresh `tunnel-server run` per agent count (columns of one count "
+                "share its fleet: the bring-up and idle figures, and one restart per admission "
+                "mode, each after the sessions lived past the agents' `healthy_after`); a "
+                "separate Python process "
                 "(`scripts/bench/agents_load.py`) creates the tokens with the server's Python "
                 "API, joins every node with its own P-256 key through `POST /api/v1/join`, then "
                 "holds one WSS + mTLS session per node with `tunnel_aio.TunnelConnection`. "
@@ -369,7 +402,8 @@ def agents_markdown(
                 "Restart = SIGKILL of the server and a new `tunnel-server run` on the same port "
                 "and data dir; every node then reconnects on its own like `edge-agent run` "
                 f"(full jitter, base {plan.get('backoff_base')} s, cap "
-                f"{plan.get('backoff_cap')} s), unpaced. The load process keeps asyncio's "
+                f"{plan.get('backoff_cap')} s), unpaced, and follows a 503's `Retry-After` "
+                "like the agent, over the connection it keeps. The load process keeps asyncio's "
                 "per-TLS-connection buffer at 32 KiB (the server runs as shipped). The "
                 "baselines have no equivalent in this script."
             ),
@@ -385,9 +419,12 @@ def agents_summary(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
             out.append(f"agents {r.get('agents')}: {r.get('status')}: {r.get('reason', '')}")
             continue
         out.append(
-            f"agents {int(r['agents']):,}: held {r.get('sessions_held')}, "
+            f"agents {int(r['agents']):,}"
+            + (f" (admission {r['admission']})" if r.get("admission") else "")
+            + f": held {r.get('sessions_held')}, "
             f"{fmt(r.get('rss_per_agent_KB'), 1)} KiB RSS/agent, "
             f"idle CPU {fmt(r.get('server_idle_cpu_pct'), 1)}%, "
-            f"reconnected {r.get('reconnected')} in {fmt(r.get('reconnect_s'), 1)} s after kill"
+            f"reconnected {r.get('reconnected')} in {fmt(r.get('reconnect_s'), 1)} s after kill, "
+            f"failures {_failures(r)}"
         )
     return out

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import bench_stats as st
 import psutil
-from bench_agents import agent_goals, make_agents_plan, measure_agents
+from bench_agents import ADMISSION, agent_goals, make_agents_plan, measure_agents
 from bench_paths import LABELS, Address, Endpoint, NotMeasuredError, paths
 from bench_procs import BenchError, run, running, tree_cpu_seconds
 
@@ -551,6 +551,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="idle-agent rounds, comma-separated agent counts; 0 skips them "
         "(default: 500 with --quick, else 5000,10000)",
     )
+    parser.add_argument(
+        "--admission",
+        default="on",
+        help="idle-agent rounds: the server's admission control per round, comma-separated: "
+        f"{', '.join(ADMISSION)} (default: %(default)s; 'off,on' measures both side by side)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep keys, configs, logs")
     parser.add_argument(
         "--from-json",
@@ -572,6 +578,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if any(not 0 <= c <= 50_000 for c in counts):
             parser.error("--agents counts must be within 0..50000")
         args.agent_counts = tuple(c for c in counts if c > 0)
+    args.admission_modes = tuple(m.strip() for m in args.admission.split(",") if m.strip())
+    if not args.admission_modes or any(m not in ADMISSION for m in args.admission_modes):
+        parser.error(f"--admission takes modes from: {', '.join(ADMISSION)}")
     return args
 
 
@@ -602,7 +611,9 @@ async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
         }
         try:
             cpu_start = CpuSample.now()
-            agents_plan = make_agents_plan(quick=args.quick, counts=args.agent_counts)
+            agents_plan = make_agents_plan(
+                quick=args.quick, counts=args.agent_counts, admission=args.admission_modes
+            )
             async with asyncio.timeout(plan.time_budget_s):
                 runs = await bench(args.selected, plan, workdir, args.ssh_cipher)
                 rounds = await measure_agents(agents_plan, workdir) if agents_plan.counts else []
