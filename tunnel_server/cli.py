@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunnel_server import __version__, logs, systemd, tokens
+from daemon_support import logs, systemd
+from tunnel_server import __version__, tokens
 from tunnel_server.pki import CertificateAuthority, MissingCAError
 from tunnel_server.settings import PkiSettings, ServerSettings
 from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
