@@ -80,6 +80,8 @@ class TunnelConnection:
         self._on_stream = on_stream
         self._log = logger or logging.getLogger("tunnel_aio")
         self._streams: dict[int, TunnelStream] = {}
+        self._handlers: dict[int, asyncio.Task[None]] = {}
+        """The running handler task of each stream the peer opened."""
         self._wake_writer = asyncio.Event()
         self._ready = asyncio.Event()
         self._terminated = asyncio.Event()
@@ -306,6 +308,12 @@ class TunnelConnection:
                     stream._on_rejected(code, text)  # noqa: SLF001
             case StreamReset(stream_id=sid, code=code, text=text, by_peer=by_peer):
                 if (stream := self._streams.get(sid)) is not None:
+                    # The peer gave up on a stream we had not answered yet: stop our handler's
+                    # work for it (a dial, say) at once, so an open-then-reset loop cannot
+                    # keep work running after the stream is gone (rapid reset).
+                    handler = self._handlers.get(sid)
+                    if by_peer and handler is not None and not stream.accepted:
+                        handler.cancel()
                     stream._on_reset(code, text, by_peer=by_peer)  # noqa: SLF001
             case StreamClosed(stream_id=sid):
                 if (stream := self._streams.pop(sid, None)) is not None:
@@ -331,9 +339,11 @@ class TunnelConnection:
             return
         stream = TunnelStream(self, stream_id, target)
         self._streams[stream_id] = stream
-        self._group.create_task(
+        handler = self._group.create_task(
             self._serve_stream(stream), name=f"tunnel[{self.name}].stream-{stream_id}"
         )
+        self._handlers[stream_id] = handler
+        handler.add_done_callback(lambda _: self._handlers.pop(stream_id, None))
 
     async def _serve_stream(self, stream: TunnelStream) -> None:
         assert self._on_stream is not None  # noqa: S101 - checked before the task was made

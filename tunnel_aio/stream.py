@@ -113,6 +113,12 @@ class TunnelStream:
         """Answer a peer's OPEN with a refusal the peer can show a person."""
         self._connection.reject_stream(self.stream_id, code, text)
 
+    @property
+    def accepted(self) -> bool:
+        """True once the OPEN was answered with ACCEPT (by either end)."""
+        done = self._accepted.done() and not self._accepted.cancelled()
+        return done and self._accepted.exception() is None
+
     async def wait_accepted(self) -> None:
         await self._accepted
 

@@ -181,6 +181,45 @@ async def test_reset_reaches_the_peer() -> None:
         assert "changed my mind" in str(error)
 
 
+async def test_a_reset_before_accept_cancels_the_handler() -> None:
+    """The opener gives up while our handler still dials: the dial stops (rapid-reset work)."""
+    started = asyncio.Event()
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def slow_dial(stream: TunnelStream) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)  # a target that takes its time to answer
+        except asyncio.CancelledError:
+            outcome.set_result("cancelled")
+            raise
+        outcome.set_result("ran to the end")
+        stream.accept()
+
+    async def accepted_then_reset(stream: TunnelStream) -> None:
+        stream.accept()
+        with contextlib.suppress(ConnectionError):
+            await stream.read()
+        outcome.set_result("ended normally")
+
+    async with tunnel_pair(server_handler=slow_dial) as pair:
+        with pytest.raises(StreamRejectedError, match="no answer"):
+            await pair.client.open_stream("slow", timeout=0.2)  # then resets the stream
+        assert started.is_set()
+        async with asyncio.timeout(5):
+            assert await outcome == "cancelled"
+        assert not pair.client.terminated  # only the stream ended, not the session
+        assert not pair.server.terminated
+
+    # Once accepted, the handler owns the stream's end: a reset is an error it reads.
+    outcome = asyncio.get_running_loop().create_future()
+    async with tunnel_pair(server_handler=accepted_then_reset) as pair:
+        stream = await pair.client.open_stream("any")
+        stream.reset(ErrorCode.CANCEL, "bye")
+        async with asyncio.timeout(5):
+            assert await outcome == "ended normally"
+
+
 async def test_peer_going_away_fails_open_streams() -> None:
     async with tunnel_pair() as pair:
         stream = await pair.server.open_stream("echo")
