@@ -35,6 +35,8 @@ from device_models._json import (
     diff,
     json_equal,
     merge_patch,
+    nesting_depth,
+    reject_constant,
 )
 from device_models._model import (
     API_VERSION,
@@ -104,5 +106,7 @@ __all__ = [
     "diff",
     "json_equal",
     "merge_patch",
+    "nesting_depth",
+    "reject_constant",
     "write_change",
 ]

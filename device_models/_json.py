@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from device_models._errors import Problems
 
@@ -39,6 +39,8 @@ __all__ = [
     "key_problem",
     "merge_object",
     "merge_patch",
+    "nesting_depth",
+    "reject_constant",
     "type_name",
 ]
 
@@ -213,6 +215,39 @@ def compact_size(value: JsonValue | Mapping[str, JsonValue]) -> int:
     """Size in bytes of `value` as compact UTF-8 JSON: the measure of the section limit."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return len(text.encode("utf-8"))
+
+
+def nesting_depth(text: str, limit: int) -> int:
+    """Deepest bracket nesting of JSON text outside strings, scanning until `limit` is passed.
+
+    Checked on the raw text before parsing, so a hostile document cannot make the parser
+    recurse (or build) anything deeper than the limit.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def reject_constant(name: str) -> NoReturn:
+    """``json.loads(parse_constant=...)`` hook: NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def depth_of(value: JsonValue | Mapping[str, JsonValue]) -> int:

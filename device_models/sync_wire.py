@@ -16,6 +16,8 @@ import json
 import struct
 from typing import Any
 
+from device_models._json import nesting_depth, reject_constant
+
 __all__ = [
     "HEADER",
     "PROTOCOL_VERSION",
@@ -47,42 +49,16 @@ def encode(message: dict[str, Any], *, max_bytes: int) -> bytes:
     return encode_frame(body.encode("utf-8"), max_bytes=max_bytes)
 
 
-def _depth_exceeds(text: str, limit: int) -> bool:
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
-def _no_constants(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook signature
-    raise ValueError(f"{name} is not JSON")
-
-
 def decode_object(data: bytes, *, max_depth: int) -> dict[str, Any]:
     """A JSON object from `data` with its depth checked first; WireError otherwise."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise WireError(f"not UTF-8: {error.reason}") from None
-    if _depth_exceeds(text, max_depth):
+    if nesting_depth(text, max_depth) > max_depth:
         raise WireError(f"JSON nests deeper than {max_depth} levels")
     try:
-        value = json.loads(text, parse_constant=_no_constants)
+        value = json.loads(text, parse_constant=reject_constant)
     except (ValueError, RecursionError) as error:
         raise WireError(f"not JSON: {error}") from None
     if not isinstance(value, dict):

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any
 
-from device_models import MAX_DEPTH, DeviceModelsError, JsonObject, JsonValue, Problem
+from device_models import (
+    MAX_DEPTH,
+    DeviceModelsError,
+    JsonObject,
+    JsonValue,
+    Problem,
+    nesting_depth,
+    reject_constant,
+)
 from edge_agent.twins.topics import RID
 
 __all__ = [
@@ -88,34 +95,6 @@ def error_from_model(error: DeviceModelsError, code: Code) -> RequestError:
     return RequestError(code, error.summary, error.problems)
 
 
-def nesting_depth(text: str, limit: int) -> int:
-    """Deepest bracket nesting outside strings, scanning at most until `limit` is passed."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-def _no_constants(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook signature
-    raise ValueError(f"{name} is not JSON")
-
-
 def decode_object(payload: bytes, *, max_bytes: int, max_depth: int = ENVELOPE_DEPTH) -> JsonObject:
     """Decode a JSON object payload under the size and depth caps, or raise RequestError."""
     if len(payload) > max_bytes:
@@ -127,7 +106,7 @@ def decode_object(payload: bytes, *, max_bytes: int, max_depth: int = ENVELOPE_D
     if nesting_depth(text, max_depth) > max_depth:
         raise RequestError(Code.TOO_LARGE, f"payload nests deeper than {max_depth} levels")
     try:
-        data: JsonValue = json.loads(text, parse_constant=_no_constants)
+        data: JsonValue = json.loads(text, parse_constant=reject_constant)
     except (ValueError, RecursionError) as exc:
         raise RequestError(Code.BAD_REQUEST, f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from device_models import nesting_depth
 from edge_agent.twins import topics
 from edge_agent.twins.payloads import (
     Code,
     RequestError,
     decode_object,
-    nesting_depth,
     only_fields,
     optional_rid,
 )
