@@ -6,19 +6,20 @@ mosquitto (dynamic security) and ``edge-agent simulate`` onboarding a thermostat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.harness import mqtt
 from tests.harness.fleet import BIN, Agent, Server
@@ -151,6 +152,31 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@contextlib.contextmanager
+def console_page(
+    browser: Browser, *, base_url: str, height: int, ignored: Callable[[str], bool]
+) -> Iterator[Page]:
+    """A fresh page on ``base_url``; on exit, any script or console error not ``ignored`` fails.
+
+    A CSP violation or a script error shows up that way: the console must run clean.
+    """
+    context = browser.new_context(
+        ignore_https_errors=True,  # the server's certificate is from its own CA
+        base_url=base_url,
+        viewport={"width": 1280, "height": height},
+    )
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else None,
+    )
+    yield opened
+    context.close()
+    assert not [e for e in errors if not ignored(e)], errors
 
 
 @pytest.fixture(scope="module")

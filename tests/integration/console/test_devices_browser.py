@@ -19,29 +19,27 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.integration.console.conftest import DEVICE, DEVICE_NODE, WAIT, DeviceFleet
+from tests.integration.console.conftest import (
+    DEVICE,
+    DEVICE_NODE,
+    WAIT,
+    DeviceFleet,
+    console_page,
+)
 
 pytestmark = pytest.mark.mqtt
 
 
 @pytest.fixture
 def page(browser: Browser, device_fleet: DeviceFleet) -> Iterator[Page]:
-    context = browser.new_context(
-        ignore_https_errors=True,
-        base_url=device_fleet.server.url,
-        viewport={"width": 1280, "height": 900},
-    )
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on(
-        "console",
-        lambda message: errors.append(message.text) if message.type == "error" else None,
-    )
-    yield opened
-    context.close()
     # Refused PATCHes (400, 409) are logged by the browser as failed loads; nothing else may be.
-    assert not [e for e in errors if not any(f"status of {s}" in e for s in (400, 409))], errors
+    with console_page(
+        browser,
+        base_url=device_fleet.server.url,
+        height=900,
+        ignored=lambda e: any(f"status of {s}" in e for s in (400, 409)),
+    ) as opened:
+        yield opened
 
 
 def sign_in(page: Page, token: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import prometheus_client
 import pytest
 import yaml
@@ -28,6 +29,9 @@ from tests.harness import kube
 from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
+
+KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/test"}
+"""Headers of a request as the kubelet sends it: the component the cache keys by."""
 
 FAST_HEALTH = HealthSettings(interval=0.2, timeout=1.0, failure_threshold=2, success_threshold=2)
 """Probe often in tests so a cut is noticed at once; thresholds keep their meaning."""
@@ -134,3 +138,14 @@ async def edge(kube_cluster: kube.ControlPlane, tmp_path: Path) -> AsyncIterator
             yield Edge(
                 proxy=proxy, link=link, plane=kube_cluster, registry=registry, workdir=tmp_path
             )
+
+
+@pytest.fixture
+async def cloud(edge: Edge) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session straight to the real API server (admin token, its CA)."""
+    connector = aiohttp.TCPConnector(ssl=edge.plane.ssl_context())
+    headers = {"Authorization": f"Bearer {edge.plane.token}"}
+    async with aiohttp.ClientSession(
+        base_url=edge.plane.url, connector=connector, headers=headers
+    ) as session:
+        yield session

@@ -20,11 +20,10 @@ from kubernetes import client
 
 from tests.harness import kube
 from tests.integration.kubecache.agentproc import KubeAgent
+from tests.integration.kubecache.conftest import KUBELET
 from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
-
-KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/test"}
 
 
 def queries(namespace: str) -> dict[str, tuple[str, dict[str, str]]]:

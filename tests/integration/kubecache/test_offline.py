@@ -15,12 +15,11 @@ import pytest
 from kubernetes import client
 
 from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy
+from edge_agent.kubecache.wire import PROTOBUF
 from tests.harness import kube
 from tests.integration.kubecache.conftest import Edge, edge_settings
 
 pytestmark = pytest.mark.kube
-
-PROTOBUF = "application/vnd.kubernetes.protobuf"
 
 
 def configmap(name: str, **data: str) -> client.V1ConfigMap:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,24 +12,12 @@ import pytest
 
 from edge_agent.kubecache import protowire as pw
 from edge_agent.kubecache.protowire import decode_lease, lease_with_spec
-from tests.integration.kubecache.conftest import Edge
+from edge_agent.kubecache.wire import PROTOBUF
+from tests.integration.kubecache.conftest import KUBELET, Edge
 
 pytestmark = pytest.mark.kube
 
-PROTOBUF = "application/vnd.kubernetes.protobuf"
-KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/test"}
 KUBELET_PUT = {**KUBELET, "Content-Type": PROTOBUF, "Accept": f"{PROTOBUF},application/json"}
-
-
-@pytest.fixture
-async def cloud(edge: Edge) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session straight to the real API server (admin token, its CA)."""
-    connector = aiohttp.TCPConnector(ssl=edge.plane.ssl_context())
-    headers = {"Authorization": f"Bearer {edge.plane.token}"}
-    async with aiohttp.ClientSession(
-        base_url=edge.plane.url, connector=connector, headers=headers
-    ) as session:
-        yield session
 
 
 def lease_path(namespace: str, name: str = "") -> str:

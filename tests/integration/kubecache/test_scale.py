@@ -18,13 +18,12 @@ import pytest
 from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy
 from tests.harness import kube
 from tests.integration.kubecache.bulk import NODES, create_pods
-from tests.integration.kubecache.conftest import Edge, edge_settings
+from tests.integration.kubecache.conftest import KUBELET, Edge, edge_settings
 from tests.integration.kubecache.faultproxy import fault_proxy
 
 pytestmark = pytest.mark.kube
 
 COUNT = 5000
-KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/test"}
 
 QUERIES: dict[str, dict[str, str]] = {
     "all": {},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import stat
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,25 +13,14 @@ import pytest
 from edge_agent.kubecache import tokens
 from edge_agent.kubecache.protowire import encode_bytes_field, encode_envelope, encode_varint_field
 from edge_agent.kubecache.store import CacheStore
-from tests.integration.kubecache.conftest import Edge
+from edge_agent.kubecache.wire import PROTOBUF
+from tests.integration.kubecache.conftest import KUBELET, Edge
 
 pytestmark = pytest.mark.kube
 
-PROTOBUF = "application/vnd.kubernetes.protobuf"
 API_AUDIENCE = "https://kubernetes.default.svc"
 """The harness's --service-account-issuer, so the API server accepts the token itself."""
-KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/test"}
 KUBELET_PROTOBUF = {**KUBELET, "Content-Type": PROTOBUF, "Accept": f"{PROTOBUF},application/json"}
-
-
-@pytest.fixture
-async def cloud(edge: Edge) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(ssl=edge.plane.ssl_context())
-    headers = {"Authorization": f"Bearer {edge.plane.token}"}
-    async with aiohttp.ClientSession(
-        base_url=edge.plane.url, connector=connector, headers=headers
-    ) as session:
-        yield session
 
 
 async def created(cloud: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> dict[str, Any]:
