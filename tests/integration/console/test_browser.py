@@ -65,6 +65,30 @@ def test_sign_in_and_see_the_fleet(page: Page, console_fleet: ConsoleFleet, shot
     page.select_option("#status-filter", "")
 
 
+def test_live_update_keeps_the_focused_link(page: Page, console_fleet: ConsoleFleet) -> None:
+    # A tap, a click or keyboard focus on a node's link must survive a live update of
+    # its row: the row is patched, not rebuilt (a rebuilt row lost taps between
+    # mousedown and mouseup on phones).
+    sign_in(page, console_fleet.server.admin_token)
+    expect(page.locator('tr[data-node="edge-a"] .badge')).to_have_text("online")
+    page.focus('tr[data-node="edge-a"] td.name a')
+    changed = page.evaluate(
+        """() => {
+            const link = document.querySelector('tr[data-node="edge-a"] td.name a');
+            const node = state.nodes.get('edge-a');
+            node.cpu_percent = 77.5;
+            renderRows();
+            const cpu = document.querySelector('tr[data-node="edge-a"] td[data-label="CPU"]');
+            return {
+                same: link.isConnected && document.activeElement === link,
+                cpu: cpu.textContent,
+            };
+        }"""
+    )
+    assert changed["same"], "the focused link was replaced by the update"
+    assert changed["cpu"] == "78%", changed  # the row did update
+
+
 def test_node_goes_offline_and_comes_back_live(
     page: Page, console_fleet: ConsoleFleet, shots: Path
 ) -> None:

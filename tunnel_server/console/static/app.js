@@ -52,6 +52,32 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Live updates patch the page instead of rebuilding it: a node that is already
+// equal stays the same node, so a tap or click that lands between two updates,
+// keyboard focus and a text selection all survive the update.
+function morph(parent, fresh) {
+  const next = fresh.filter((c) => c !== null && c !== undefined && c !== false && c !== '')
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c))));
+  next.forEach((node, i) => {
+    const cur = parent.childNodes[i];
+    if (!cur) { parent.appendChild(node); return; }
+    if (cur.isEqualNode(node)) return;
+    if (sameElement(cur, node)) {
+      for (const { name } of [...cur.attributes]) if (!node.hasAttribute(name)) cur.removeAttribute(name);
+      for (const { name, value } of [...node.attributes]) if (cur.getAttribute(name) !== value) cur.setAttribute(name, value);
+      morph(cur, [...node.childNodes]);
+      return;
+    }
+    parent.replaceChild(node, cur);
+  });
+  while (parent.childNodes.length > next.length) parent.lastChild.remove();
+}
+
+function sameElement(a, b) {
+  if (a.nodeType !== Node.ELEMENT_NODE || a.tagName !== b.tagName) return false;
+  return ['id', 'data-node', 'data-device', 'data-card', 'data-fact'].every((k) => a.getAttribute(k) === b.getAttribute(k));
+}
+
 function session() {
   try {
     const s = JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
@@ -371,7 +397,7 @@ function renderOverview() {
       h('a', { href: '#/nodes/' + encodeURIComponent(w.node) }, w.node), ': ', w.message)))
     : h('p', { class: 'count', id: 'warnings' }, 'No warnings.');
   const more = o.warnings.length > 50 ? h('p', { class: 'count' }, '… and ' + (o.warnings.length - 50) + ' more') : null;
-  box.replaceChildren(cards, h('h2', {}, 'Warnings'), list, more || '');
+  morph(box, [cards, h('h2', {}, 'Warnings'), list, more]);
 }
 
 function card(label, value, cls, status) {
@@ -421,10 +447,10 @@ function renderRows() {
     const text = state.nodes.size
       ? 'No node matches the filter.'
       : 'No nodes yet. Create a bootstrap token (POST /api/v1/tokens or `tunnel-server token create`) and run `edge-agent join` on a machine.';
-    body.replaceChildren(h('tr', {}, h('td', { class: 'empty', colspan: COLUMNS.length }, text)));
+    morph(body, [h('tr', {}, h('td', { class: 'empty', colspan: COLUMNS.length }, text))]);
     return;
   }
-  body.replaceChildren(...rows.map(row));
+  morph(body, rows.map(row));
 }
 
 function row(r) {
@@ -482,8 +508,8 @@ function currentNode() {
 function renderDetail(d) {
   const status = document.getElementById('node-status');
   if (!status) return;
-  status.replaceChildren(badge(d.status), d.offline_reason && d.status === 'offline'
-    ? h('span', { class: 'count' }, ' ' + d.offline_reason + ' (' + fmt.ago(d.status_since) + ')') : '');
+  morph(status, [badge(d.status), d.offline_reason && d.status === 'offline'
+    ? h('span', { class: 'count' }, ' ' + d.offline_reason + ' (' + fmt.ago(d.status_since) + ')') : '']);
   const m = d.metrics || {};
   const facts = [
     ['Status', d.status + (d.connected ? ' (tunnel up)' : ' (no tunnel)')],
@@ -503,11 +529,11 @@ function renderDetail(d) {
     ['Reports every', d.report_interval_seconds ? d.report_interval_seconds + ' s (offline after ' + d.lease_seconds + ' s silence)' : '–'],
     ['Joined', fmt.time(d.created_at)],
   ];
-  document.getElementById('facts').replaceChildren(...facts.map(([k, v]) =>
+  morph(document.getElementById('facts'), facts.map(([k, v]) =>
     h('div', { 'data-fact': k }, h('dt', {}, k), h('dd', {}, v))));
   const warnings = document.getElementById('node-warnings');
-  warnings.replaceChildren(d.warnings.length ? h('ul', { class: 'warnings' },
-    d.warnings.map((w) => h('li', { class: w.severity }, w.message))) : '');
+  morph(warnings, [d.warnings.length ? h('ul', { class: 'warnings' },
+    d.warnings.map((w) => h('li', { class: w.severity }, w.message))) : '']);
   document.getElementById('raw').textContent = JSON.stringify(m, null, 2);
   renderDevices(d.devices, m);
 }
@@ -525,7 +551,7 @@ function renderDevices(devices, metrics) {
       'Devices appear here once they onboard through the node\'s MQTT broker with a claim credential.');
   const stats = twinKeys.length
     ? h('p', { class: 'count' }, twinKeys.map((k) => k.slice(6) + ': ' + metrics[k]).join(' · ')) : '';
-  box.replaceChildren(h('h2', {}, 'Devices'), stats, content);
+  morph(box, [h('h2', {}, 'Devices'), stats, content]);
 }
 
 function deviceTable(list, withNode) {
