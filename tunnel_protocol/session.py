@@ -23,6 +23,9 @@ dropped, so memory depends on the number of live streams, never on the session's
 Work is bounded too: the stream cap bounds the streams the peer holds at once, and the budget
 of ``stream_budget.py`` bounds the streams it may open for nothing (OPEN then RESET, or opens
 we refuse): an OPEN while that budget is overdrawn is a connection error, ENHANCE_YOUR_CALM.
+Frames we owe the peer as answers (PONG for its PING, REJECT for an OPEN while we drain) are
+bounded by ``MAX_QUEUED_REPLIES``: more of them waiting for the glue to take them means the peer
+sends faster than it reads (the HTTP/2 "ping flood", CVE-2019-9512), and is ENHANCE_YOUR_CALM.
 """
 
 from __future__ import annotations
@@ -81,10 +84,17 @@ from tunnel_protocol.stream_state import StreamInput, StreamState, StreamStateMa
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["MAX_OUTSTANDING_PINGS", "Role", "SessionState", "TunnelSession"]
+__all__ = ["MAX_OUTSTANDING_PINGS", "MAX_QUEUED_REPLIES", "Role", "SessionState", "TunnelSession"]
 
 MAX_OUTSTANDING_PINGS = 8
 """Unanswered PINGs we remember; older ones are forgotten so a silent peer costs no memory."""
+
+MAX_QUEUED_REPLIES = 10_000
+"""Answers (PONG, REJECT while draining) queued since the glue last took the messages to send.
+The glue takes them whenever its writer is free, so only a peer that keeps sending while it
+does not read our answers (the writer is stuck behind a full socket) piles them up; without a
+cap each of its 17-byte PINGs would cost us memory for ever. 10,000 is Go's HTTP/2 limit on
+queued control frames: far above any legitimate burst, ~170 KiB of answers at most."""
 
 
 class Role(enum.Enum):
@@ -141,6 +151,7 @@ class TunnelSession:
         self._go_away_received = False
         self._drain_code = ErrorCode.NO_ERROR
         self._outbox: list[bytes] = []
+        self._queued_replies = 0
         self._events: list[Event] = []
         self._clock = now
         self._started_at = now
@@ -236,6 +247,7 @@ class TunnelSession:
     def messages_to_send(self) -> list[bytes]:
         """Take the queued WebSocket binary messages, in the order they must be sent."""
         messages, self._outbox = self._outbox, []
+        self._queued_replies = 0
         return messages
 
     def next_deadline(self) -> float | None:
@@ -430,7 +442,7 @@ class TunnelSession:
             case Hello():
                 self._on_hello(frame)
             case Ping():
-                self._send(Pong(frame.opaque))
+                self._reply(Pong(frame.opaque))
             case Pong():
                 self._on_pong(frame)
             case GoAway():
@@ -500,7 +512,7 @@ class TunnelSession:
         self._check_budget()  # before the id counts as processed: the GO_AWAY excludes it
         self._highest_peer_id = stream_id
         if self._state is SessionState.DRAINING:
-            self._send(Reject(stream_id, ErrorCode.REFUSED_STREAM, "session is draining"))
+            self._reply(Reject(stream_id, ErrorCode.REFUSED_STREAM, "session is draining"))
             return
         peer_count = len(self._streams) - self._local_count
         if peer_count >= self._settings.max_concurrent_streams:
@@ -590,6 +602,17 @@ class TunnelSession:
         if isinstance(frame, Hello):
             version = UNNEGOTIATED_VERSION
         self._outbox.append(encode_frame(frame, version=version))
+
+    def _reply(self, frame: Pong | Reject) -> None:
+        """Queue an answer the peer's frame asked for, within ``MAX_QUEUED_REPLIES``."""
+        if self._queued_replies >= MAX_QUEUED_REPLIES:
+            raise RemoteProtocolError(
+                f"reply flood: the peer asked for more than {MAX_QUEUED_REPLIES} answers"
+                f" ({frame.frame_type.name}) without reading the ones we queued",
+                code=ErrorCode.ENHANCE_YOUR_CALM,
+            )
+        self._queued_replies += 1
+        self._send(frame)
 
     def _chunks(self, view: memoryview) -> Iterator[bytes]:
         size = self._peer.max_frame_payload if self._peer is not None else len(view)
