@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from daemon_support.twin_database import Durability, boot_id, open_twin_database
 from device_models import JsonObject, JsonValue, Replica, Role
 
 __all__ = ["DeviceRecord", "DeviceState", "Durability", "StoreWrite", "TwinStore"]
@@ -59,13 +59,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     body TEXT NOT NULL
 );
 """
-
-
-class Durability(StrEnum):
-    """How hard a commit pushes to disk (SQLite ``synchronous``)."""
-
-    FULL = "full"  # fsync at every commit: survives power loss
-    NORMAL = "normal"  # WAL without fsync per commit: survives kill -9, not power loss
 
 
 class DeviceState(StrEnum):
@@ -100,25 +93,14 @@ class TwinStore:
     """The SQLite file; one instance per agent process."""
 
     def __init__(self, path: Path, *, node: str, durability: Durability) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is explicit.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={durability.value.upper()}")
-        self._db.executescript(_SCHEMA)
-        self.origin = f"{node}.{self._boot_id()}"
+        self._db = open_twin_database(path, durability=durability, schema=_SCHEMA)
+        boot, new = boot_id(self._db)
+        if new:
+            log.info("new twin database: sync origin boot id %s", boot)
+        self.origin = f"{node}.{boot}"
 
     def close(self) -> None:
         self._db.close()
-
-    def _boot_id(self) -> str:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
-        if row is not None:
-            return str(row[0])
-        boot = secrets.token_hex(4)
-        self._db.execute("INSERT INTO meta (key, value) VALUES ('boot', ?)", (boot,))
-        log.info("new twin database: sync origin boot id %s", boot)
-        return boot
 
     def new_replica(self) -> Replica:
         return Replica(origin=self.origin, role=Role.EDGE)

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
-
-class Durability(StrEnum):
-    """How hard a commit pushes to disk (SQLite ``synchronous``)."""
-
-    FULL = "full"  # fsync at every commit: an acknowledged batch survives power loss
-    NORMAL = "normal"  # WAL without fsync per commit: survives a crash of the process only
+from daemon_support.twin_database import Durability
 
 
 @dataclass(frozen=True, kw_only=True)

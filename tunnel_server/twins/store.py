@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,8 +31,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from daemon_support.twin_database import Durability, boot_id, open_twin_database
 from device_models import JsonObject, Replica, Role
-from tunnel_server.twins.settings import Durability
 
 __all__ = ["DeviceKey", "DeviceRow", "DeviceState", "DownlinkRow", "Transaction", "TwinStore"]
 
@@ -178,28 +176,17 @@ class TwinStore:
     def __init__(
         self, path: Path, *, durability: Durability, cache_devices: int, max_dead_letters: int
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is explicit.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={durability.value.upper()}")
-        self._db.executescript(_SCHEMA)
+        self._db = open_twin_database(path, durability=durability, schema=_SCHEMA)
         self._cache: OrderedDict[DeviceKey, DeviceRow] = OrderedDict()
         self._cache_size = max(1, cache_devices)
         self._max_dead = max_dead_letters
-        self.origin = f"cloud.{self._boot_id()}"
+        boot, new = boot_id(self._db)
+        if new:
+            log.info("new twin database: cloud sync origin boot id %s", boot)
+        self.origin = f"cloud.{boot}"
 
     def close(self) -> None:
         self._db.close()
-
-    def _boot_id(self) -> str:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
-        if row is not None:
-            return str(row[0])
-        boot = secrets.token_hex(4)
-        self._db.execute("INSERT INTO meta (key, value) VALUES ('boot', ?)", (boot,))
-        log.info("new twin database: cloud sync origin boot id %s", boot)
-        return boot
 
     def new_replica(self) -> Replica:
         return Replica(origin=self.origin, role=Role.CLOUD)
