@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from daemon_support.twin_database import Durability
 from tunnel_aio import TunnelStream
 from tunnel_server.agent_services import AGENT_SERVICES_KEY
 from tunnel_server.api.routes import DEVICES_KEY
@@ -26,7 +27,7 @@ from tunnel_server.twins.api import TWINS_KEY, add_routes
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS
 from tunnel_server.twins.service import TwinsCloud
-from tunnel_server.twins.settings import CloudTwinsSettings, Durability
+from tunnel_server.twins.settings import CloudTwinsSettings
 from tunnel_server.twins.store import TwinStore
 from tunnel_server.twins.sync import SyncHub
 
