@@ -1,0 +1,133 @@
+"""The elastic TLS read buffer over a real TLS connection on loopback (our CA, asyncio's TLS).
+
+The server side is built by asyncio itself, as in ``tunnel-server run``; the module attribute
+``install`` swaps is set for the test only (``monkeypatch``), so the rest of the test process
+keeps asyncio's own class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import ssl
+from pathlib import Path
+
+import pytest
+
+from tunnel_server import tls_buffer
+from tunnel_server.pki import CertificateAuthority
+from tunnel_server.settings import PkiSettings
+from tunnel_server.tls import server_ssl_context
+from tunnel_server.tls_buffer import QUIET_READS_BEFORE_SHRINK, ElasticTLSProtocol
+
+SMALL = 16 * 1024
+LARGE = 64 * 1024
+
+
+class Sink(asyncio.Protocol):
+    """The application protocol: counts the plaintext it got."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.transport: asyncio.Transport | None = None
+        self.arrived = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.arrived.set()
+
+    async def until(self, total: int) -> None:
+        async with asyncio.timeout(10):
+            while self.received < total:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+def tls_of(sink: Sink) -> ElasticTLSProtocol:
+    assert sink.transport is not None
+    protocol = sink.transport._ssl_protocol  # type: ignore[attr-defined]  # asyncio's own
+    assert isinstance(protocol, ElasticTLSProtocol)
+    return protocol
+
+
+def buffer_size(protocol: ElasticTLSProtocol) -> int:
+    return len(protocol._ssl_buffer)
+
+
+@pytest.fixture
+def contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    authority = CertificateAuthority.load_or_create(tmp_path, settings=PkiSettings())
+    authority.ensure_serving_certificate(public_name="127.0.0.1")
+    client = ssl.create_default_context(cafile=str(authority.cert_path))
+    return server_ssl_context(authority), client
+
+
+@pytest.fixture
+def elastic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ElasticTLSProtocol, "small", SMALL)
+    monkeypatch.setattr(ElasticTLSProtocol, "large", LARGE)
+    monkeypatch.setattr(ElasticTLSProtocol, "max_size", SMALL)
+    monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", ElasticTLSProtocol)
+
+
+@pytest.mark.usefixtures("elastic")
+async def test_idle_small_bulk_large_then_small_again(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = contexts
+    sinks: list[Sink] = []
+
+    def factory() -> Sink:
+        sinks.append(Sink())
+        return sinks[-1]
+
+    server = await asyncio.get_running_loop().create_server(
+        factory, "127.0.0.1", 0, ssl=server_context
+    )
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+    try:
+        writer.write(b"ping")
+        await writer.drain()
+        (sink,) = sinks
+        await sink.until(4)
+        protocol = tls_of(sink)
+        assert buffer_size(protocol) == SMALL, "a new connection starts small"
+
+        sent = 4
+        for _ in range(8):  # bulk: reads fill the small buffer, so it grows
+            writer.write(b"x" * (1024 * 1024))
+            sent += 1024 * 1024
+        await writer.drain()
+        await sink.until(sent)
+        assert protocol.max_size == LARGE
+        assert buffer_size(protocol) == LARGE
+
+        for _ in range(QUIET_READS_BEFORE_SHRINK + 1):  # one small message per read
+            writer.write(b"keepalive")
+            sent += 9
+            await writer.drain()
+            await sink.until(sent)
+        assert buffer_size(protocol) == SMALL, "quiet again: the large buffer is given back"
+        assert protocol.max_size == SMALL
+        assert sink.received == sent, "no byte lost across the buffer changes"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+def test_install_swaps_the_class_and_checks_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", asyncio.sslproto.SSLProtocol)
+    for name in ("small", "large", "max_size"):
+        monkeypatch.setattr(ElasticTLSProtocol, name, getattr(ElasticTLSProtocol, name))
+    with pytest.raises(ValueError, match="0 < small <= large"):
+        tls_buffer.install(small=64 * 1024, large=16 * 1024)
+    assert tls_buffer.install(small=8 * 1024, large=32 * 1024)
+    assert asyncio.sslproto.SSLProtocol is ElasticTLSProtocol
+    assert (ElasticTLSProtocol.small, ElasticTLSProtocol.large) == (8 * 1024, 32 * 1024)
