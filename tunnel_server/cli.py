@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon_support import logs, systemd
-from tunnel_server import __version__, tokens
+from tunnel_server import __version__, tls_buffer, tokens
 from tunnel_server.pki import CertificateAuthority, MissingCAError
 from tunnel_server.settings import PkiSettings, ServerSettings
 from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
@@ -365,10 +365,9 @@ async def serve(
     )
     await runner.setup()
     ssl_context = server_ssl_context(identity.authority)
-    # asyncio gives every TLS connection a 256 KiB read buffer; with thousands of idle agent
-    # sessions that is most of the memory. One TLS record is at most 16 KiB, so 64 KiB loses
-    # nothing in bulk transfers (see docs/benchmarks.md).
-    asyncio.sslproto.SSLProtocol.max_size = settings.tls_read_buffer  # type: ignore[attr-defined]
+    # asyncio gives every TLS connection a fixed 256 KiB read buffer; with thousands of idle
+    # agent sessions that is most of the memory (see tls_buffer.py and docs/benchmarks.md).
+    tls_buffer.install(small=settings.tls_idle_read_buffer, large=settings.tls_read_buffer)
     gate: HandshakeGate | None = None
     if settings.max_tls_handshakes and runner.server is not None:
         gate = HandshakeGate(

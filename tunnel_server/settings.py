@@ -83,8 +83,14 @@ class ServerSettings:
     out; a short one drops SYNs, and the kernel's SYN retry is the back-pressure we want."""
 
     tls_read_buffer: int = 64 * 1024
-    """Bytes of asyncio's per-connection TLS read buffer (its default: 256 KiB). A TLS record
-    holds at most 16 KiB; idle agent sessions otherwise cost ~300 KiB of RSS each."""
+    """Bytes of a TLS connection's read buffer while it moves bulk data (asyncio's fixed
+    default: 256 KiB, which made idle agent sessions cost ~300 KiB of RSS each). 64 KiB reads
+    four full TLS records per system call; bulk throughput did not move against 256 KiB."""
+
+    tls_idle_read_buffer: int = 16 * 1024
+    """Bytes of a TLS connection's read buffer until a read fills it, and again after a quiet
+    spell (``tls_buffer.py``). An idle agent session only receives keepalives; 16 KiB instead
+    of 64 KiB saves ~46 KiB of RSS per agent (docs/benchmarks.md)."""
 
     max_tls_handshakes: int = 1024
     """TLS handshakes in progress at once; 0 turns the limit off (asyncio's own listener).
