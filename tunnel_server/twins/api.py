@@ -215,11 +215,10 @@ async def _get_twin(request: web.Request) -> web.Response:
         (section, _int_query(request, f"{section}Version", default=-1, low=0, high=2**62))
         for section in (Section.DESIRED, Section.REPORTED)
     ]
-    wanted = [(section, version) for section, version in waits if version >= 0]
+    wanted = {section: version for section, version in waits if version >= 0}
     if wait > 0 and wanted:
-        section, version = wanted[0]
         try:
-            await cloud.wait_version(key, section, version, within=wait)
+            await cloud.wait_version(key, wanted, within=wait)
         except QueueFullError as error:
             raise _ApiError(503, "busy", str(error), headers={"Retry-After": "1"}) from None
     response = _ok(twin_json(_row(request, key)))

@@ -169,8 +169,9 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/devices/{id}/twin": {
         "get": {
             "summary": "The device's twin (desired, reported, delta)",
-            "description": "With wait=<seconds> and desiredVersion or reportedVersion, the "
-            "answer waits until that section reaches the version (or the time is up).",
+            "description": "With wait=<seconds> and desiredVersion and/or reportedVersion, "
+            "the answer waits until a section named reaches its version (the first of the two "
+            "that does), or the time is up.",
             "operationId": "getTwin",
             "tags": ["twins"],
             "security": _SECURITY,

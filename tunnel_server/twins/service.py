@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,19 +205,22 @@ class TwinsCloud:
         self.notify_soon()
 
     async def wait_version(
-        self, key: DeviceKey, section: Section, version: int, *, within: float
+        self, key: DeviceKey, wanted: Mapping[Section, int], *, within: float
     ) -> DeviceRow | None:
-        """The device once ``section.$version >= version``, or as it is after `within` seconds.
+        """The device once a ``section.$version >= version`` of ``wanted`` holds, or later.
 
-        Also as it is, at once, when the server stops (``end_waits``).
+        As it is after ``within`` seconds when none did, and at once when the server stops
+        (``end_waits``). Waiting on both sections is what a page showing a twin needs:
+        whichever side changes first ends the wait.
         """
         if self._waiters >= self.settings.max_waiters:
             raise QueueFullError(f"{self._waiters} long-polls wait already")
         self._waiters += 1
         try:
             async with asyncio.timeout(within):
-                while not self._stopping and not _version_reached(
-                    self.store.device(key), section, version
+                while not self._stopping and not any(
+                    _version_reached(self.store.device(key), section, version)
+                    for section, version in wanted.items()
                 ):
                     await self._changed.wait()
         except TimeoutError:

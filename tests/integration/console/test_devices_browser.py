@@ -98,6 +98,32 @@ def test_change_a_desired_value_and_see_it_reach_the_device(
     page.screenshot(path=shots / "device-applied.png", full_page=True)
 
 
+def test_the_device_page_follows_changes_made_elsewhere(
+    page: Page, device_fleet: DeviceFleet
+) -> None:
+    # The page long-polls its twin (desired and reported at once) instead of re-reading it
+    # on a timer: a change made through the API shows without a reload.
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/twin?wait=" in r.url else None)
+    sign_in(page, device_fleet.server.admin_token)
+    page.goto(f"/#/devices/{DEVICE}")
+    expect(page.locator("#desired-base")).to_contain_text("Editing desired $version")
+    twin = device_fleet.api.get(f"/api/v1/devices/{DEVICE}/twin")
+    version = twin["desired"]["$version"]
+    mode = "cool" if twin["desired"].get("mode") != "cool" else "heat"
+    status, body, _ = device_fleet.api.call(
+        "PATCH",
+        f"/api/v1/devices/{DEVICE}/twin",
+        body=json.dumps({"desired": {"mode": mode, "$version": version}}).encode(),
+    )
+    assert status == 200, body
+    expect(page.locator("#desired-version")).to_have_text(f"v{version + 1}", timeout=WAIT * 1000)
+    assert shown_json(page, "#desired")["mode"] == mode
+    expect(page.locator("#desired-base .stale")).to_contain_text("Desired has changed since")
+    # The simulator reports every 0.3 s, so which reported version a poll named varies.
+    assert any(f"desiredVersion={version + 1}&reportedVersion=" in url for url in polls), polls
+
+
 def test_a_version_conflict_is_shown_and_reload_recovers(
     page: Page, device_fleet: DeviceFleet, shots: Path
 ) -> None:

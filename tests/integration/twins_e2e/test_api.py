@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from edge_agent.twins.topics import Op
@@ -31,6 +33,28 @@ async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(fleet: Fl
     assert status == 200
     assert [item["id"] for item in page["items"]] == [f"{NODE}:th-1"]
     assert page["next"] is None
+
+
+async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(fleet: Fleet) -> None:
+    """The console's device page waits on desired and reported at once: a report ends it."""
+    credential = await fleet.claim("th-9", "thermostat")
+    await fleet.wait_device("th-9")
+    async with fleet.device(credential) as sim:
+        first = await sim.report({"temperature": 20.0})
+        twin = await fleet.cloud_twin("th-9", reported=first["version"])
+        desired, reported = twin["desired"]["$version"], twin["reported"]["$version"]
+        async with asyncio.timeout(10), asyncio.TaskGroup() as group:  # the poll's own: 20 s
+            poll = group.create_task(
+                fleet.cloud_twin("th-9", desired=desired + 1, reported=reported + 1),
+                name="twin-long-poll",
+            )
+            await asyncio.sleep(0.5)  # the poll is waiting (nothing has moved yet)
+            assert not poll.done()
+            await sim.report({"temperature": 20.5})  # only reported moves
+        answer = poll.result()
+    assert answer["reported"]["$version"] == reported + 1
+    assert answer["reported"]["temperature"] == 20.5
+    assert answer["desired"]["$version"] == desired
 
 
 async def test_desired_patches_reach_the_device_in_order(fleet: Fleet) -> None:

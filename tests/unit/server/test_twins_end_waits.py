@@ -43,7 +43,7 @@ async def test_waiting_long_polls_end_with_the_twin_as_it_is(cloud: TwinsCloud) 
     async with asyncio.timeout(GUARD), asyncio.TaskGroup() as group:
         polls = [
             group.create_task(
-                cloud.wait_version(KEY, Section.DESIRED, 5, within=LONG), name=f"poll-{i}"
+                cloud.wait_version(KEY, {Section.DESIRED: 5}, within=LONG), name=f"poll-{i}"
             )
             for i in range(3)
         ]
@@ -62,6 +62,6 @@ async def test_waiting_long_polls_end_with_the_twin_as_it_is(cloud: TwinsCloud) 
 async def test_a_long_poll_after_the_stop_does_not_wait(cloud: TwinsCloud) -> None:
     cloud.end_waits()
     async with asyncio.timeout(GUARD):
-        row = await cloud.wait_version(KEY, Section.REPORTED, 5, within=LONG)
+        row = await cloud.wait_version(KEY, {Section.REPORTED: 5}, within=LONG)
     assert row is not None
     assert cloud.waiters == 0

@@ -31,7 +31,8 @@ const state = {
   retry: 0,
   window: 3600,
   historyTimer: null,
-  twinTimer: null,
+  twinFollow: null,  // AbortController of the device page's long-poll loop
+  twinSeen: null,  // { id, desired, reported }: the twin versions the device page shows
   form: null,  // the desired form of the device page: { id, version, values }
 };
 
@@ -650,10 +651,49 @@ async function renderDevice(id) {
         h('button', { type: 'submit', class: 'btn', id: 'desired-submit' }, 'Apply'),
         h('button', { type: 'button', class: 'btn secondary', id: 'desired-reload', onclick: () => loadDevice(id, true) }, 'Reload')))));
   await loadDevice(id, true);
-  clearInterval(state.twinTimer);
-  state.twinTimer = setInterval(() => {
-    if (currentDevice() === id) loadDevice(id, false).catch(() => {}); else clearInterval(state.twinTimer);
-  }, 2000);
+  followDevice(id);
+}
+
+// The device page follows its twin by long-poll: the server answers as soon as desired or
+// reported moves past what the page shows, or after TWIN_WAIT seconds, and each answer
+// re-reads the device (availability and pending changes carry no twin version). A device
+// reporting many times a second redraws the page at most once per TWIN_MIN_GAP.
+const TWIN_WAIT = 10;
+const TWIN_MIN_GAP = 1000;
+
+async function followDevice(id) {
+  if (state.twinFollow) state.twinFollow.abort();
+  const follow = new AbortController();
+  state.twinFollow = follow;
+  const path = '/api/v1/devices/' + encodeURIComponent(id) + '/twin';
+  let failures = 0;
+  while (!follow.signal.aborted && currentDevice() === id) {
+    const seen = state.twinSeen;
+    const started = Date.now();
+    try {
+      if (seen && seen.id === id) {
+        await api(path + '?wait=' + TWIN_WAIT + '&desiredVersion=' + (seen.desired + 1)
+          + '&reportedVersion=' + (seen.reported + 1), { signal: follow.signal });
+      } else {
+        await pause(2000, follow.signal);  // the first load failed: try again soon
+      }
+      if (follow.signal.aborted || currentDevice() !== id) return;
+      await loadDevice(id, false);
+      failures = 0;
+      await pause(TWIN_MIN_GAP - (Date.now() - started), follow.signal);
+    } catch (err) {
+      if (follow.signal.aborted || err.status === 401) return;
+      failures += 1;  // server restarting or busy (503): back off, up to 30 s
+      await pause(Math.min(30000, 1000 * 2 ** failures), follow.signal);
+    }
+  }
+}
+
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
 }
 
 async function loadDevice(id, resetForm) {
@@ -669,8 +709,8 @@ async function loadDevice(id, resetForm) {
   }
   if (currentDevice() !== id || !document.getElementById('device')) return;
   const avail = info.state === 'removed' ? 'removed' : (info.availability || 'unknown');
-  document.getElementById('device-status').replaceChildren(badge(avail === 'online' ? 'online' : avail === 'unknown' ? 'unknown' : 'offline'),
-    h('span', { class: 'count' }, ' ' + avail));
+  morph(document.getElementById('device-status'), [badge(avail === 'online' ? 'online' : avail === 'unknown' ? 'unknown' : 'offline'),
+    h('span', { class: 'count' }, ' ' + avail)]);
   const facts = [
     ['Node', h('a', { href: '#/nodes/' + encodeURIComponent(info.node) }, info.node)],
     ['Model', info.model + (info.modelVersion ? ' ' + info.modelVersion : '')],
@@ -680,13 +720,14 @@ async function loadDevice(id, resetForm) {
     ['Last change refused by the node', info.lastRejected ? JSON.stringify(info.lastRejected) : '–'],
     ['Sync error', info.syncError || '–'],
   ];
-  document.getElementById('device-facts').replaceChildren(...facts.map(([k, v]) =>
+  morph(document.getElementById('device-facts'), facts.map(([k, v]) =>
     h('div', { 'data-fact': k }, h('dt', {}, k), h('dd', {}, v))));
   document.getElementById('desired').textContent = JSON.stringify(values(twin.desired), null, 2);
   document.getElementById('reported').textContent = JSON.stringify(values(twin.reported), null, 2);
   document.getElementById('delta').textContent = JSON.stringify(twin.delta, null, 2);
   document.getElementById('desired-version').textContent = 'v' + twin.desired.$version;
   document.getElementById('reported-version').textContent = 'v' + twin.reported.$version;
+  state.twinSeen = { id, desired: twin.desired.$version, reported: twin.reported.$version };
   if (resetForm || !state.form || state.form.id !== id) {
     state.form = { id, version: twin.desired.$version, values: values(twin.desired) };
     document.getElementById('desired-input').value = JSON.stringify(state.form.values, null, 2);
@@ -837,6 +878,7 @@ function route() {
   startStream();
   const name = currentNode();
   const device = currentDevice();
+  if (state.twinFollow && !device) { state.twinFollow.abort(); state.twinFollow = null; }
   if (name) renderNode(name);
   else if (device) renderDevice(device);
   else if (location.hash === '#/devices') renderDeviceList();
