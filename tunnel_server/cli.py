@@ -367,7 +367,8 @@ async def serve(
     ssl_context = server_ssl_context(identity.authority)
     # asyncio gives every TLS connection a fixed 256 KiB read buffer; with thousands of idle
     # agent sessions that is most of the memory (see tls_buffer.py and docs/benchmarks.md).
-    tls_buffer.install(small=settings.tls_idle_read_buffer, large=settings.tls_read_buffer)
+    if tls_buffer.install(small=settings.tls_idle_read_buffer, large=settings.tls_read_buffer):
+        tls_buffer.register_metrics(app[REGISTRY_KEY])
     gate: HandshakeGate | None = None
     if settings.max_tls_handshakes and runner.server is not None:
         gate = HandshakeGate(

@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio.sslproto
 import logging
 
-__all__ = ["QUIET_READS_BEFORE_SHRINK", "ElasticTLSProtocol", "install"]
+import prometheus_client
+
+__all__ = ["QUIET_READS_BEFORE_SHRINK", "ElasticTLSProtocol", "install", "register_metrics"]
 
 log = logging.getLogger("tunnel_server.tls")
 
@@ -42,6 +44,24 @@ class ElasticTLSProtocol(_BaseProtocol):
     large = 64 * 1024
     max_size = small  # what the base class allocates in __init__ and reads at most per call
     _quiet_reads = 0
+    _counted = False
+    live = 0
+    """Connections of this process that are made and not yet lost (for the metrics)."""
+    grown = 0
+    """Of those, how many asked for the large buffer (it is allocated on their next read)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ElasticTLSProtocol.live += 1
+        self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._counted = False
+            ElasticTLSProtocol.live -= 1
+            if self.max_size > self.small:
+                ElasticTLSProtocol.grown -= 1
+        super().connection_lost(exc)
 
     def buffer_updated(self, nbytes: int) -> None:
         size = len(self._ssl_buffer)
@@ -49,6 +69,8 @@ class ElasticTLSProtocol(_BaseProtocol):
         if nbytes >= size and size < self.large:
             # The read filled the buffer: the base class's get_buffer() allocates max_size
             # on the next read.
+            if self._counted and self.max_size == self.small:
+                ElasticTLSProtocol.grown += 1
             self.max_size = self.large  # type: ignore[misc]
             self._quiet_reads = 0
         elif size > self.small:
@@ -57,6 +79,8 @@ class ElasticTLSProtocol(_BaseProtocol):
                 self._shrink()
 
     def _shrink(self) -> None:
+        if self._counted:
+            ElasticTLSProtocol.grown -= 1
         self.max_size = self.small  # type: ignore[misc]
         self._quiet_reads = 0
         buffer = bytearray(self.small)
@@ -85,3 +109,19 @@ def install(*, small: int, large: int) -> bool:
     ElasticTLSProtocol.max_size = small
     asyncio.sslproto.SSLProtocol = ElasticTLSProtocol  # type: ignore[misc]
     return True
+
+
+def register_metrics(registry: prometheus_client.CollectorRegistry) -> None:
+    """Gauges of the TLS connections and of those holding the large read buffer."""
+    connections = prometheus_client.Gauge(
+        "tunnel_server_tls_connections",
+        "TLS connections open now (agents, API and console clients, node proxy callers)",
+        registry=registry,
+    )
+    connections.set_function(lambda: ElasticTLSProtocol.live)
+    grown = prometheus_client.Gauge(
+        "tunnel_server_tls_large_read_buffers",
+        "TLS connections holding the large read buffer (a bulk transfer now or lately)",
+        registry=registry,
+    )
+    grown.set_function(lambda: ElasticTLSProtocol.grown)

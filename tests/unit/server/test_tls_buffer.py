@@ -31,10 +31,16 @@ class Sink(asyncio.Protocol):
         self.received = 0
         self.transport: asyncio.Transport | None = None
         self.arrived = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.lost_with: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_with = exc
+        self.closed.set()
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -89,6 +95,7 @@ async def test_idle_small_bulk_large_then_small_again(
         factory, "127.0.0.1", 0, ssl=server_context
     )
     port = server.sockets[0].getsockname()[1]
+    live, grown = ElasticTLSProtocol.live, ElasticTLSProtocol.grown
     _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
     try:
         writer.write(b"ping")
@@ -106,6 +113,8 @@ async def test_idle_small_bulk_large_then_small_again(
         await sink.until(sent)
         assert protocol.max_size == LARGE
         assert buffer_size(protocol) == LARGE
+        assert ElasticTLSProtocol.live == live + 2  # both ends of the loopback connection
+        assert ElasticTLSProtocol.grown == grown + 1  # only the receiving end grew
 
         for _ in range(QUIET_READS_BEFORE_SHRINK + 1):  # one small message per read
             writer.write(b"keepalive")
@@ -114,12 +123,17 @@ async def test_idle_small_bulk_large_then_small_again(
             await sink.until(sent)
         assert buffer_size(protocol) == SMALL, "quiet again: the large buffer is given back"
         assert protocol.max_size == SMALL
+        assert ElasticTLSProtocol.grown == grown
         assert sink.received == sent, "no byte lost across the buffer changes"
     finally:
         writer.close()
         await writer.wait_closed()
         server.close()
         await server.wait_closed()
+    async with asyncio.timeout(5):
+        await sinks[0].closed.wait()  # the server end hears of the close last
+    assert sinks[0].lost_with is None
+    assert ElasticTLSProtocol.live == live
 
 
 def test_install_swaps_the_class_and_checks_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
