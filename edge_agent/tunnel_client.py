@@ -156,6 +156,10 @@ class TunnelClient:
         self._stopping = asyncio.Event()
         self.up = asyncio.Event()
         """Set while a session is established; parts that need the cloud can wait on it."""
+        self.settled = asyncio.Event()
+        """Set once the first connection attempt had an outcome: a session, or a failure
+        saying the cloud cannot be reached now (not a 503 "busy", which says it can). Parts
+        that would rather start online wait on this instead of a fixed time."""
         self.session_tasks: dict[str, SessionTask] = {}
         """Work that needs the tunnel (twin sync, status reports): each runs, under its name,
         for as long as a session lives, and starts again on the next session. A task that
@@ -223,6 +227,7 @@ class TunnelClient:
     def _fail(self, reason: str, message: str) -> None:
         self.metrics.failures.labels(reason).inc()
         self.last_error = message
+        self.settled.set()
         log.warning("tunnel unavailable", extra={"kv": {"reason": reason, "error": message}})
 
     def _retry_after(self, error: aiohttp.WSServerHandshakeError) -> float | None:
@@ -303,6 +308,7 @@ class TunnelClient:
             await connection.wait_ready()
             self.connected_since = time.time()
             self.up.set()
+            self.settled.set()
             self.metrics.connected.set(1)
             self.metrics.reconnects.inc()
             self.last_error = None

@@ -41,14 +41,16 @@ async def open_tunnel_upstream(
 ) -> AsyncIterator[TunnelUpstream]:
     """Yield an upstream (``base_url`` on loopback, plain HTTP) for ``serve_kube_proxy``.
 
-    Waits up to ``first_session_wait`` seconds for the tunnel's first session, so a node that
-    starts with a working link begins online instead of being judged offline by the kube
-    proxy's first probe; a node that starts without one serves from its cache after the wait.
-    ``client.run()`` must already be running.
+    Waits for the outcome of the tunnel's first connection attempt, at most
+    ``first_session_wait`` seconds: a node that starts with a working link begins online
+    instead of being judged offline by the kube proxy's first probe, and a node that boots
+    while the cloud is unreachable serves its kubelet from the cache as soon as that attempt
+    failed, not after the whole wait (its kubelet would be refused meanwhile). Only an attempt
+    that hangs (packets dropped) uses the whole wait. ``client.run()`` must already be running.
     """
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(first_session_wait):
-            await client.up.wait()
+            await client.settled.wait()
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = client.connection

@@ -212,7 +212,41 @@ async def test_real_agent_in_tunnel_mode_serves_kubectl_online_and_offline(
         refused = kubectl(port, "create", "configmap", "x", "-n", namespace)
         assert refused.returncode != 0
         assert "offline" in refused.stderr
+        # The node reboots while its cloud is still away: the kubelet is served from the cache.
+        agent.stop()
+        agent.start()
+        agent.wait_ready()
+        rebooted = kubectl(port, "get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
+        assert rebooted.returncode == 0, rebooted.stderr
+        assert rebooted.stdout == online.stdout
+        assert agent.status()["tunnel"]["connected"] is False  # type: ignore[index]
     finally:
         agent.stop()
         server.stop()
         core_admin.delete_namespace(namespace)
+
+
+async def test_a_refused_first_attempt_ends_the_wait_for_the_tunnel(tmp_path: Path) -> None:
+    # Booting without the cloud: the kube proxy's upstream is ready once the first attempt
+    # failed, not after ``first_session_wait`` (the kubelet would be refused meanwhile).
+    server = Server(workdir=tmp_path)
+    server.start()
+    agent = Agent(name=NODE, workdir=tmp_path, server=server)
+    try:
+        agent.join()
+    finally:
+        server.stop()  # the port is closed now: every attempt is refused at once
+    tunnel = TunnelClient(
+        data_dir=agent.data_dir,
+        settings=TunnelClientSettings(),
+        join_settings=JoinSettings(),
+        registry=prometheus_client.CollectorRegistry(),
+    )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(tunnel.run(), name="test.tunnel")
+        # Far below the wait it would otherwise take, far above a refused connect.
+        async with asyncio.timeout(20), open_tunnel_upstream(tunnel, first_session_wait=120):
+            assert tunnel.settled.is_set()
+            assert not tunnel.up.is_set()
+            assert tunnel.status()["last_error"]
+        tunnel.stop()
