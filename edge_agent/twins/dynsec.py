@@ -197,8 +197,11 @@ class DynsecClient:
             )
         await self.execute(commands)
 
-    async def create_device(self, device_id: str, password: str) -> None:
-        """Replace any half-made credential of this device with a fresh one, in one batch."""
+    async def create_device(self, device_id: str, password: str, *, client_id: str) -> None:
+        """Replace any half-made credential of this device with a fresh one, in one batch.
+
+        The credential only works with ``client_id``, which the device learns sealed.
+        """
         username, rolename = device_username(device_id), device_role(device_id)
         await self.execute(
             [
@@ -210,7 +213,7 @@ class DynsecClient:
                     "command": "createClient",
                     "username": username,
                     "password": password,
-                    "clientid": device_id,
+                    "clientid": client_id,
                     "roles": [{"rolename": rolename}],
                 },
             ],

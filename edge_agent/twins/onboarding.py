@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -52,7 +53,7 @@ from edge_agent.twins.payloads import (
 from edge_agent.twins.twin_service import TwinService
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState, TwinStore
 
-__all__ = ["ClaimAnswer", "Onboarding", "open_credential", "seal_credential"]
+__all__ = ["ClaimAnswer", "Onboarding", "SealedSecrets", "open_credential", "seal_credential"]
 
 log = logging.getLogger("edge_agent.twins.onboarding")
 
@@ -60,6 +61,10 @@ _FIELDS = frozenset({"rid", "deviceId", "model", "claimSecret", "responseKey"})
 KEY_BYTES = 32
 MAX_SECRET_LENGTH = 256
 PASSWORD_BYTES = 24  # 192 bits of randomness, 32 characters of base64url
+CLIENT_ID_SUFFIX_BYTES = 8
+"""Random bytes (16 hex digits) after ``<device id>-`` in a device's MQTT client id. Secret
+like the password: a holder of the shared claim credential who knew a device's client id could
+connect with it, and the broker would disconnect the device (a client-id takeover)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +83,22 @@ def b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def seal_credential(key: bytes, device_id: str, password: str) -> JsonObject:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SealedSecrets:
+    """What only the device may read of its onboarding answer (docs/mqtt.md section 2)."""
+
+    password: str
+    client_id: str
+
+
+def seal_credential(key: bytes, device_id: str, sealed: SealedSecrets) -> JsonObject:
+    plain = json.dumps({"password": sealed.password, "clientId": sealed.client_id})
     nonce = os.urandom(12)
-    sealed = AESGCM(key).encrypt(nonce, password.encode(), device_id.encode())
-    return {"alg": "A256GCM", "nonce": b64encode(nonce), "ciphertext": b64encode(sealed)}
+    ciphertext = AESGCM(key).encrypt(nonce, plain.encode(), device_id.encode())
+    return {"alg": "A256GCM", "nonce": b64encode(nonce), "ciphertext": b64encode(ciphertext)}
 
 
-def open_credential(key: bytes, device_id: str, credential: JsonObject) -> str:
+def open_credential(key: bytes, device_id: str, credential: JsonObject) -> SealedSecrets:
     """The device side of `seal_credential` (used by the simulator)."""
     nonce, sealed = credential.get("nonce"), credential.get("ciphertext")
     if (
@@ -93,7 +107,13 @@ def open_credential(key: bytes, device_id: str, credential: JsonObject) -> str:
         or not isinstance(sealed, str)
     ):
         raise ValueError("credential must be {alg: A256GCM, nonce, ciphertext}")
-    return AESGCM(key).decrypt(b64decode(nonce), b64decode(sealed), device_id.encode()).decode()
+    plain = AESGCM(key).decrypt(b64decode(nonce), b64decode(sealed), device_id.encode())
+    opened = json.loads(plain)
+    if not isinstance(opened, dict) or not all(
+        isinstance(opened.get(k), str) for k in ("password", "clientId")
+    ):
+        raise ValueError("sealed credential must be {password, clientId}")
+    return SealedSecrets(password=opened["password"], client_id=opened["clientId"])
 
 
 def secret_digest(secret: str) -> str:
@@ -199,8 +219,13 @@ class Onboarding:
             replica=self._store.new_replica(),
         )
         await self._twins.commit_device(record, outbox=[])
-        password = secrets.token_urlsafe(PASSWORD_BYTES)
-        await self._dynsec.create_device(claim.device_id, password)
+        sealed = SealedSecrets(
+            password=secrets.token_urlsafe(PASSWORD_BYTES),
+            client_id=f"{claim.device_id}-{secrets.token_hex(CLIENT_ID_SUFFIX_BYTES)}",
+        )
+        await self._dynsec.create_device(
+            claim.device_id, sealed.password, client_id=sealed.client_id
+        )
         active = DeviceRecord(
             device_id=record.device_id,
             model=record.model,
@@ -223,9 +248,8 @@ class Onboarding:
             "code": 200,
             "deviceId": claim.device_id,
             "username": device_username(claim.device_id),
-            "clientId": claim.device_id,
             "topicPrefix": topics.device_prefix(claim.device_id),
-            "credential": seal_credential(claim.key, claim.device_id, password),
+            "credential": seal_credential(claim.key, claim.device_id, sealed),
         }
 
     def _check_claim(self, claim: _Claim) -> None:

@@ -115,12 +115,13 @@ async def claim_device(
     credential = answer.get("credential")
     if answer.get("code") != 200 or not isinstance(credential, dict):
         raise ClaimRejectedError(answer)
+    sealed = open_credential(key, device_id, credential)
     return DeviceCredential(
         device_id=device_id,
         model=model,
         username=str(answer["username"]),
-        password=open_credential(key, device_id, credential),
-        client_id=str(answer["clientId"]),
+        password=sealed.password,
+        client_id=sealed.client_id,
     )
 
 

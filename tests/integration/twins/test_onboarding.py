@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
@@ -24,7 +26,8 @@ async def test_claim_then_report_with_own_credential(twins_env: TwinsEnv) -> Non
     async with running(twins_env.service()) as service:
         credential = await twins_env.claim(device_id, "temperature-sensor")
         assert credential.username == f"device:{device_id}"
-        assert credential.client_id == device_id
+        assert credential.client_id.startswith(f"{device_id}-")  # plus a secret suffix
+        assert len(credential.client_id) == len(device_id) + 17
         async with twins_env.device(credential) as device:
             answer = await device.report({"temperature": 21.5, "battery": 80})
             twin = await device.get()
@@ -123,6 +126,41 @@ async def test_claim_credential_is_limited_to_provisioning(twins_env: TwinsEnv) 
     assert refused(everything)
     assert not refused(provisioning)
     assert twin["reported"] == {"$version": 0}
+
+
+async def test_a_claim_holder_cannot_take_over_a_devices_session(twins_env: TwinsEnv) -> None:
+    # Every device ships with the claim credential. One that watches all onboarding answers
+    # and connects with a device's id as its client id must not push the device off the
+    # broker (MQTT lets a new connection with a taken client id end the old one).
+    settings = twins_env.settings
+    device_id = unique("target")
+    async with running(twins_env.service()):
+        async with aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+        ) as watcher:
+            await watcher.subscribe(topics.PROVISION_RESPONSE_FILTER, qos=1)
+            credential = await twins_env.claim(device_id, "temperature-sensor")
+            async with asyncio.timeout(10):
+                seen = await anext(aiter(watcher.messages))
+        assert isinstance(seen.payload, bytes)
+        assert credential.client_id.encode() not in seen.payload  # sealed, like the password
+        async with twins_env.device(credential) as device:
+            first = await device.report({"temperature": 20.0})
+            for guess in (device_id, f"{device_id}-0000000000000000"):
+                async with aiomqtt.Client(
+                    twins_env.broker.host,
+                    twins_env.broker.port,
+                    username=settings.claim_username,
+                    password=settings.claim_password,
+                    identifier=guess,
+                ) as intruder:
+                    await intruder.publish(topics.PROVISION_REQUEST, b"{}", qos=1)
+            second = await device.report({"temperature": 20.5})  # still connected
+    assert (first["code"], second["code"]) == (200, 200)
+    assert second["version"] == first["version"] + 1
 
 
 async def test_device_cannot_use_another_devices_topics(twins_env: TwinsEnv) -> None:

@@ -8,7 +8,13 @@ import os
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from edge_agent.twins.onboarding import _parse, b64decode, open_credential, seal_credential
+from edge_agent.twins.onboarding import (
+    SealedSecrets,
+    _parse,
+    b64decode,
+    open_credential,
+    seal_credential,
+)
 from edge_agent.twins.payloads import RequestError
 
 KEY = os.urandom(32)
@@ -16,9 +22,11 @@ KEY_TEXT = base64.urlsafe_b64encode(KEY).decode()
 
 
 def test_credential_round_trip_and_binding_to_the_device() -> None:
-    sealed = seal_credential(KEY, "dev-1", "pa55word")
+    secrets_ = SealedSecrets(password="pa55word", client_id="dev-1-0123456789abcdef")
+    sealed = seal_credential(KEY, "dev-1", secrets_)
     assert "pa55word" not in str(sealed)
-    assert open_credential(KEY, "dev-1", sealed) == "pa55word"
+    assert "0123456789abcdef" not in str(sealed)  # the client id is as secret as the password
+    assert open_credential(KEY, "dev-1", sealed) == secrets_
     with pytest.raises(InvalidTag):
         open_credential(KEY, "dev-2", sealed)
     with pytest.raises(InvalidTag):
