@@ -218,10 +218,7 @@ class TwinsCloud:
         self._waiters += 1
         try:
             async with asyncio.timeout(within):
-                while not self._stopping and not any(
-                    _version_reached(self.store.device(key), section, version)
-                    for section, version in wanted.items()
-                ):
+                while not self._stopping and not _version_reached(self.store.device(key), wanted):
                     await self._changed.wait()
         except TimeoutError:
             pass
@@ -528,8 +525,11 @@ def _describe(error: DeviceModelsError) -> str:
     return f"{error.summary} ({problems})" if problems else error.summary
 
 
-def _version_reached(row: DeviceRow | None, section: Section, version: int) -> bool:
-    return row is not None and row.replica.twin.section(section).version >= version
+def _version_reached(row: DeviceRow | None, wanted: Mapping[Section, int]) -> bool:
+    """Whether a section of ``wanted`` reached its version (one read of the row for all)."""
+    return row is not None and any(
+        row.replica.twin.section(section).version >= version for section, version in wanted.items()
+    )
 
 
 def _existing(txn: Transaction, key: DeviceKey) -> DeviceRow:

@@ -671,14 +671,15 @@ async function followDevice(id) {
     const seen = state.twinSeen;
     const started = Date.now();
     try {
+      let twin = null;
       if (seen && seen.id === id) {
-        await api(path + '?wait=' + TWIN_WAIT + '&desiredVersion=' + (seen.desired + 1)
+        twin = await api(path + '?wait=' + TWIN_WAIT + '&desiredVersion=' + (seen.desired + 1)
           + '&reportedVersion=' + (seen.reported + 1), { signal: follow.signal });
       } else {
         await pause(2000, follow.signal);  // the first load failed: try again soon
       }
       if (follow.signal.aborted || currentDevice() !== id) return;
-      await loadDevice(id, false);
+      await loadDevice(id, false, twin);
       failures = 0;
       await pause(TWIN_MIN_GAP - (Date.now() - started), follow.signal);
     } catch (err) {
@@ -696,11 +697,12 @@ function pause(ms, signal) {
   });
 }
 
-async function loadDevice(id, resetForm) {
+// `known`: the twin a long-poll just answered with, so only the device facts are read again.
+async function loadDevice(id, resetForm, known = null) {
   const path = '/api/v1/devices/' + encodeURIComponent(id);
   let info; let twin;
   try {
-    [info, twin] = await Promise.all([api(path), api(path + '/twin')]);
+    [info, twin] = await Promise.all([api(path), known || api(path + '/twin')]);
   } catch (err) {
     if (err.status === 401 || currentDevice() !== id) return;
     const view = document.getElementById('device');
