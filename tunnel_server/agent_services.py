@@ -24,6 +24,7 @@ from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server import tls
 from tunnel_server.pki import CertificateAuthority, CSRError
+from tunnel_server.request_body import BodyError, decode_json_object
 
 if TYPE_CHECKING:
     from tunnel_server.sessions import AgentSession
@@ -99,12 +100,11 @@ def _renew(
     if not tls.is_current(store, identity):
         return {"error": "certificate_not_valid", "message": "revoked or replaced: join again"}
     try:
-        request = json.loads(raw)
-        csr = request["csr"]
-        if not isinstance(csr, str):
-            raise TypeError("csr must be a string")  # noqa: TRY301 - folded into one answer below
-    except (ValueError, KeyError, TypeError) as error:
+        csr = decode_json_object(raw).get("csr")
+    except BodyError as error:
         return {"error": "bad_request", "message": f'expected {{"csr": PEM}}: {error}'}
+    if not isinstance(csr, str):
+        return {"error": "bad_request", "message": 'expected {"csr": PEM}: csr must be a string'}
     try:
         issued = authority.sign_csr(csr.encode(), subject_name=identity.name, kind=identity.kind)
     except CSRError as error:

@@ -14,7 +14,6 @@ refused.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from cryptography import x509
 
 from tunnel_server import tokens
 from tunnel_server.pki import CSRError, IssuedCertificate, check_csr
+from tunnel_server.request_body import BodyError, read_json_object
 from tunnel_server.settings import JoinSettings
 from tunnel_server.store import (
     JoinRequest,
@@ -71,7 +71,7 @@ def _endpoint(name: str, handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except ApiError as exc:
+        except (ApiError, BodyError) as exc:
             request.app[METRIC_KEY].labels(endpoint=name, result=exc.code).inc()
             log.info(
                 "refused %s",
@@ -83,25 +83,6 @@ def _endpoint(name: str, handler: Handler) -> Handler:
         return response
 
     return wrapped
-
-
-async def read_json(request: web.Request, *, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, refusing more than ``limit`` bytes before reading it."""
-    too_large = ApiError(413, "body_too_large", f"request body over {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
-    return data
 
 
 def _required(data: dict[str, Any], key: str) -> str:
@@ -153,7 +134,7 @@ async def join(request: web.Request) -> web.Response:
     store, authority = request.app[STORE_KEY], request.app[AUTHORITY_KEY]
     settings = request.app[JOIN_SETTINGS_KEY]
     now = time.time()
-    data = await read_json(request, limit=settings.max_body_bytes)
+    data = await read_json_object(request, limit=settings.max_body_bytes)
     token_text, csr = _required(data, "token"), _required(data, "csr")
     wanted, agent_version = _optional(data, "name"), _optional(data, "agent_version")
     record = _check_token(request, token_text, now)
@@ -282,7 +263,7 @@ async def renew(request: web.Request) -> web.Response:
             "certificate_not_valid",
             "this certificate is revoked, expired or replaced: join again with a new token",
         )
-    data = await read_json(request, limit=request.app[JOIN_SETTINGS_KEY].max_body_bytes)
+    data = await read_json_object(request, limit=request.app[JOIN_SETTINGS_KEY].max_body_bytes)
     csr, wanted = _required(data, "csr"), _optional(data, "name")
     if wanted is not None and wanted != identity.name:
         raise ApiError(

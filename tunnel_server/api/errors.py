@@ -6,12 +6,12 @@ Handlers raise ``ApiError``; the middleware turns it, and aiohttp's own 404/405/
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
+
+from tunnel_server.request_body import BodyError, close_if_unread
 
 log = logging.getLogger("tunnel_server.api")
 
@@ -64,9 +64,10 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     try:
         response = await handler(request)
-    except ApiError as error:
+    except (ApiError, BodyError) as error:
         log.debug("api error %s %s: %s", request.method, request.path, error.code)
-        return error.response()
+        answer = error_response(error.status, error.code, error.message, headers=_headers(error))
+        return close_if_unread(error, answer) if isinstance(error, BodyError) else answer
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -79,24 +80,5 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
-async def read_json(request: web.Request, *, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; refuses more than ``limit`` bytes before reading them."""
-    too_large = ApiError(
-        413, "body_too_large", f"request body over {limit} bytes: this endpoint takes small JSON"
-    )
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    if not body.strip():
-        raise ApiError(400, "bad_json", "request body is empty: send a JSON object")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
-    return data
+def _headers(error: ApiError | BodyError) -> dict[str, str] | None:
+    return error.headers if isinstance(error, ApiError) else None

@@ -12,12 +12,13 @@ from aiohttp import web
 
 from tunnel_server import tls, tokens
 from tunnel_server.api.auth import SIGNER_KEY, authenticate, is_admin, session_token
-from tunnel_server.api.errors import ApiError, read_json
+from tunnel_server.api.errors import ApiError
 from tunnel_server.api.events import HUB_KEY
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.table import NodeTable
 from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
 from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
+from tunnel_server.request_body import read_json_object, refuse_large_body
 from tunnel_server.status_history import SERIES
 from tunnel_server.status_service import HISTORY_KEY
 
@@ -78,6 +79,8 @@ def _node_name(request: web.Request) -> str:
 
 async def create_session(request: web.Request) -> web.Response:
     """Exchange the admin token for a console session token."""
+    # It takes no body: one is bounded like every other (a 10 MB upload gets 413, not 201).
+    await refuse_large_body(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
     if not is_admin(request):
         authenticate(request)  # says what is wrong with what was sent
         raise ApiError(
@@ -268,7 +271,7 @@ def _token_spec(data: dict[str, Any], max_ttl: float) -> tokens.TokenSpec:
 async def create_token(request: web.Request) -> web.Response:
     authenticate(request)
     settings = request.app[SETTINGS_KEY]
-    data = await read_json(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
+    data = await read_json_object(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
     spec = _token_spec(data, settings.join.max_token_ttl)
     store = request.app[tls.STORE_KEY]
     now = time.time()
