@@ -23,6 +23,7 @@ from tunnel_server import (
     console,
     join_api,
     node_proxy,
+    peer_log,
     status_service,
     tokens,
     tunnel_endpoint,
@@ -30,6 +31,7 @@ from tunnel_server import (
 from tunnel_server import twins as twins_part
 from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SETTINGS_KEY
 from tunnel_server.pki import CertificateAuthority
+from tunnel_server.request_body import bounded_bodies
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import SqliteStore, Store
 from tunnel_server.tls import AUTHORITY_KEY, STORE_KEY
@@ -97,7 +99,11 @@ def create_app(
     settings: ServerSettings, *, identity: ServerIdentity | None = None
 ) -> web.Application:
     """The application; with ``identity`` also the CA, join API, tunnel, proxy, API, console."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(
+        client_max_size=1024 * 1024,
+        middlewares=[bounded_bodies],
+        handler_args={"logger": peer_log.ServerLog()},
+    )
     registry = prometheus_client.CollectorRegistry()
     info = prometheus_client.Info("tunnel_server_build", "Build of this server", registry=registry)
     info.info({"version": __version__})
