@@ -24,7 +24,13 @@ from typing import Protocol
 
 import aiohttp
 
-from tunnel_aio.stream import StreamRejectedError, TunnelClosedError, TunnelStream
+from tunnel_aio.stream import (
+    StreamError,
+    StreamRejectedError,
+    StreamResetError,
+    TunnelClosedError,
+    TunnelStream,
+)
 from tunnel_protocol import (
     HEADER_SIZE,
     DataReceived,
@@ -202,11 +208,17 @@ class TunnelConnection:
         self._process()
 
     def accept_stream(self, stream_id: int) -> None:
-        self.session.accept(stream_id)
+        try:
+            self.session.accept(stream_id)
+        except LocalProtocolError as error:
+            # The stream died before its handler answered (the peer reset it or broke the
+            # protocol on it, or the session ended): the peer's doing, not a bug of the handler.
+            raise self._gone_error(stream_id, error) from error
         self._process()
 
     def reject_stream(self, stream_id: int, code: ErrorCode, text: str) -> None:
-        self.session.reject(stream_id, code, text)
+        with contextlib.suppress(LocalProtocolError):  # already gone: nothing left to refuse
+            self.session.reject(stream_id, code, text)
         self._process()
 
     # ------------------------------------------------------------------ tasks
@@ -308,11 +320,18 @@ class TunnelConnection:
                     stream._on_rejected(code, text)  # noqa: SLF001
             case StreamReset(stream_id=sid, code=code, text=text, by_peer=by_peer):
                 if (stream := self._streams.get(sid)) is not None:
-                    # The peer gave up on a stream we had not answered yet: stop our handler's
-                    # work for it (a dial, say) at once, so an open-then-reset loop cannot
-                    # keep work running after the stream is gone (rapid reset).
+                    # A stream we had not answered yet is gone (the peer reset it, broke the
+                    # protocol on it, or the session ended): stop our handler's work for it
+                    # (a dial, say) at once, so an open-then-reset loop cannot keep work
+                    # running after the stream is gone (rapid reset), and a handler never
+                    # starts for a stream that no longer exists. A handler resetting its own
+                    # stream is not cancelled under its feet.
                     handler = self._handlers.get(sid)
-                    if by_peer and handler is not None and not stream.accepted:
+                    if (
+                        handler is not None
+                        and not stream.accepted
+                        and handler is not asyncio.current_task()
+                    ):
                         handler.cancel()
                     stream._on_reset(code, text, by_peer=by_peer)  # noqa: SLF001
             case StreamClosed(stream_id=sid):
@@ -358,6 +377,13 @@ class TunnelConnection:
             state = self.session.stream_state(stream.stream_id)
             if not stream.closed and state is StreamState.OPENING_REMOTE:
                 stream.reject(ErrorCode.INTERNAL_ERROR, "the handler did not answer")
+
+    def _gone_error(self, stream_id: int, error: LocalProtocolError) -> StreamError:
+        if self.terminated:
+            return self._closed_error()
+        stream = self._streams.get(stream_id)
+        target = stream.target if stream is not None else "?"
+        return StreamResetError(f"stream to {target} is gone: {error}", code=ErrorCode.CANCEL)
 
     def _closed_error(self) -> TunnelClosedError:
         event = self.termination
