@@ -46,6 +46,7 @@ from tunnel_protocol.frames import (
     WindowUpdate,
     decode_frame,
     encode_frame,
+    is_valid_target,
     split_frames,
 )
 from tunnel_protocol.session import Role, SessionState, TunnelSession
@@ -97,5 +98,6 @@ __all__ = [
     "WindowUpdate",
     "decode_frame",
     "encode_frame",
+    "is_valid_target",
     "split_frames",
 ]

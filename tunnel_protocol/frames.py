@@ -57,6 +57,7 @@ __all__ = [
     "WindowUpdate",
     "decode_frame",
     "encode_frame",
+    "is_valid_target",
     "truncate_text",
 ]
 
@@ -128,7 +129,8 @@ def _check_text(text: str) -> None:
     )
 
 
-def _is_safe_target(target: str) -> bool:
+def is_valid_target(target: str) -> bool:
+    """Whether ``target`` can name a stream: 1..255 printable ASCII characters, no spaces."""
     return 0 < len(target) <= MAX_TARGET_LENGTH and all("!" <= ch <= "~" for ch in target)
 
 
@@ -179,7 +181,7 @@ class Open:
     def __post_init__(self) -> None:
         _check_stream_id(self.stream_id)
         _check(
-            _is_safe_target(self.target),
+            is_valid_target(self.target),
             f"target must be 1..{MAX_TARGET_LENGTH} printable ASCII characters without spaces",
         )
 

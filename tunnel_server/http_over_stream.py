@@ -16,6 +16,7 @@ from collections import deque
 
 import h11
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
@@ -46,6 +47,10 @@ class UpstreamError(Exception):
     """The target's answer was not valid HTTP/1.1; shown to the caller as a 502."""
 
 
+class UnsendableRequestError(Exception):
+    """The caller's request cannot be written as HTTP/1.1 (h11 refuses it); a 400."""
+
+
 def request_head(
     request: web.Request, *, path: str, host: str, drop: frozenset[str] = frozenset()
 ) -> tuple[h11.Request, bool]:
@@ -67,17 +72,27 @@ def request_head(
             headers.append(("Transfer-Encoding", "chunked"))
     if request.remote:
         headers.append(("X-Forwarded-For", request.remote))
-    return h11.Request(method=request.method, target=path, headers=headers), upgrade
+    try:
+        return h11.Request(method=request.method, target=path, headers=headers), upgrade
+    except h11.LocalProtocolError as error:
+        raise UnsendableRequestError(f"this request cannot be sent on: {error}") from None
 
 
 async def forward(
     request: web.Request, stream: TunnelStream, head: h11.Request, *, upgrade: bool
 ) -> web.StreamResponse:
-    """Send ``head`` and the body over ``stream``; relay the target's response to the client."""
+    """Send ``head`` and the body over ``stream``; relay the target's response to the client.
+
+    Raises UpstreamError or StreamError only while nothing was answered yet (the caller then
+    answers 502). Later the answer is already on its way: a failure then cuts the client's
+    connection (it sees a truncated answer), and a client that went away resets the stream.
+    """
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     await stream.write(conn.send(head))
     if upgrade:
         conn.send(h11.EndOfMessage())  # an upgrade request has no body in practice
+    failed: UpstreamError | StreamError | None = None
+    # The group's own body must not raise: Python 3.11 would wrap it in an ExceptionGroup.
     async with asyncio.TaskGroup() as group:
         body = None
         if not upgrade:
@@ -87,11 +102,14 @@ async def forward(
             if response.status_code == 101 and upgrade:
                 return await _switch(request, stream, conn, response)
             return await _relay(request, stream, conn, response)
+        except (UpstreamError, StreamError) as error:
+            failed = error
         finally:
             # The exchange is over: a body the target never read (an early error answer)
             # is not sent any further.
             if body is not None and not body.done():
                 body.cancel()
+    raise failed
 
 
 async def _send_body(request: web.Request, stream: TunnelStream, conn: h11.Connection) -> None:
@@ -104,6 +122,8 @@ async def _send_body(request: web.Request, stream: TunnelStream, conn: h11.Conne
         return  # the target side failed; the response path reports it
     except ConnectionError:
         stream.reset(ErrorCode.CANCEL, "the client went away while sending the body")
+    except HttpProcessingError as error:  # a broken chunked encoding, a short body
+        stream.reset(ErrorCode.CANCEL, f"the client's body is malformed: {error.message}")
 
 
 async def _next_event(conn: h11.Connection, stream: TunnelStream) -> h11.Event | type[h11.PAUSED]:
@@ -149,14 +169,37 @@ async def _relay(
     reply = web.StreamResponse(status=response.status_code, reason=response.reason.decode() or None)
     for name, value in _response_headers(response, keep_upgrade=False):
         reply.headers.add(name, value)
-    await reply.prepare(request)
-    while True:
-        event = await _next_event(conn, stream)
-        if isinstance(event, h11.Data):
-            await reply.write(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            break
-    await reply.write_eof()
+    try:
+        await reply.prepare(request)
+    except ConnectionError:
+        return _client_gone(stream, reply)
+    try:
+        while True:
+            event = await _next_event(conn, stream)
+            if isinstance(event, h11.Data):
+                try:
+                    await reply.write(bytes(event.data))
+                except ConnectionError:
+                    return _client_gone(stream, reply)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+    except (UpstreamError, StreamError) as error:
+        # The head is sent, so no 502 can follow: cut the connection, so that the client
+        # sees an incomplete answer instead of one that merely looks short.
+        log.debug("answer from %s cut short: %s", stream.target, error)
+        reply.force_close()
+        if request.transport is not None:
+            request.transport.close()
+        return reply
+    with contextlib.suppress(ConnectionError):
+        await reply.write_eof()
+    return reply
+
+
+def _client_gone(stream: TunnelStream, reply: web.StreamResponse) -> web.StreamResponse:
+    """The caller hung up mid-answer: nobody wants the rest, so the target stops sending it."""
+    log.debug("client of %s went away during the answer", stream.target)
+    stream.reset(ErrorCode.CANCEL, "the client went away")
     return reply
 
 
@@ -205,7 +248,10 @@ async def _switch(
     for name, value in _response_headers(response, keep_upgrade=True):
         reply.headers.add(name, value)
     reply.force_close()
-    await reply.prepare(request)
+    try:
+        await reply.prepare(request)
+    except ConnectionError:
+        return _client_gone(stream, reply)
     client = _UpgradedClient(transport)
     request.protocol.set_parser(client)  # type: ignore[arg-type]
     leftover, _closed = conn.trailing_data
@@ -234,4 +280,4 @@ async def _stream_to_client(stream: TunnelStream, reply: web.StreamResponse) -> 
         await reply.write_eof()
 
 
-__all__ = ["HOP_BY_HOP", "UpstreamError", "forward", "request_head"]
+__all__ = ["HOP_BY_HOP", "UnsendableRequestError", "UpstreamError", "forward", "request_head"]

@@ -9,14 +9,22 @@ not forwarded.
 from __future__ import annotations
 
 import logging
+import re
+from urllib.parse import unquote
 
 from aiohttp import web
+from yarl import URL
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
-from tunnel_protocol import ErrorCode
+from tunnel_protocol import MAX_TARGET_LENGTH, ErrorCode, is_valid_target
 from tunnel_server import tls, tokens
 from tunnel_server.app_keys import METRICS_KEY, SESSIONS_KEY, VERIFIED_ADMIN_KEY
-from tunnel_server.http_over_stream import UpstreamError, forward, request_head
+from tunnel_server.http_over_stream import (
+    UnsendableRequestError,
+    UpstreamError,
+    forward,
+    request_head,
+)
 from tunnel_server.sessions import AgentSession
 from tunnel_server.settings import NodeProxySettings
 
@@ -105,17 +113,68 @@ async def _open(request: web.Request, session: AgentSession, target: str) -> Tun
     return stream
 
 
+_UNSENDABLE = re.compile(r"[^\x21-\x7e]|%0[0adAD]")
+"""What we refuse to send on in a path or query: anything but printable ASCII (h11 and HTTP/1.1
+allow no more in a request target) and an encoded NUL, LF or CR, which a target that decodes
+them could be tricked into splitting a line or a header on."""
+
+
+def _forwarded_target(request: web.Request, name: str, target: str) -> str:
+    """The path and query the caller sent after ``/api/v1/nodes/{name}/proxy/{target}``, raw.
+
+    Taken from the request line itself, not from the decoded path: ``a%2Fb``, ``a%3Fb``,
+    ``%2e%2e`` and ``a%23b`` reach the target exactly as the caller wrote them.
+    """
+    raw = request.raw_path
+    if not raw.startswith("/"):  # absolute-form ("GET https://host/api/... HTTP/1.1")
+        url = URL(raw, encoded=True)
+        raw = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
+    path, mark, query = raw.partition("?")
+    # "", "api", "v1", "nodes", name, "proxy", target, and the rest: what we send on.
+    parts = path.split("/", 7)
+    if len(parts) < 7 or unquote(parts[4]) != name or unquote(parts[6]) != target:
+        raise ProxyError(
+            400,
+            "bad_path",
+            "the node and target must be plain path segments (no dot segments or encoded "
+            "slashes before the part that is sent on)",
+        )
+    forwarded = "/" + (parts[7] if len(parts) > 7 else "") + mark + query
+    bad = _UNSENDABLE.search(forwarded)
+    if bad is not None:
+        raise ProxyError(
+            400,
+            "bad_path",
+            f"the path or query holds {bad.group()!r}, which is not sent on to a node: "
+            "percent-encode non-ASCII bytes and spaces; NUL, CR and LF are refused even encoded",
+        )
+    return forwarded
+
+
+def _check_target(target: str) -> None:
+    if not is_valid_target(target):
+        raise ProxyError(
+            400,
+            "bad_target",
+            f"target {target!r} is not a valid target name: 1..{MAX_TARGET_LENGTH} printable "
+            "ASCII characters without spaces, as in the node's [tunnel.targets]",
+        )
+
+
 async def proxy(request: web.Request) -> web.StreamResponse:
     name, target = request.match_info["name"], request.match_info["target"]
     try:
         _authenticate(request)
+        path = _forwarded_target(request, name, target)
+        _check_target(target)
+        head, upgrade = request_head(
+            request, path=path, host=target, drop=frozenset({"authorization"})
+        )
         stream = await _open(request, _session(request, name), target)
     except ProxyError as refused:
         return refused.response()
-    path = "/" + request.match_info.get("path", "")
-    if request.query_string:
-        path += "?" + request.query_string
-    head, upgrade = request_head(request, path=path, host=target, drop=frozenset({"authorization"}))
+    except UnsendableRequestError as bad:
+        return ProxyError(400, "bad_request", str(bad)).response()
     try:
         return await forward(request, stream, head, upgrade=upgrade)
     except UpstreamError as bad:
