@@ -25,7 +25,19 @@ import pytest
 from edge_agent.identity import Identity
 from tests.harness.fleet import Agent, Server
 from tests.harness.procs import free_port
-from tunnel_protocol import SUPPORTED_VERSIONS, Data, FrameType, Hello, Open, encode_frame
+from tunnel_protocol import (
+    SUPPORTED_VERSIONS,
+    Accept,
+    Data,
+    Fin,
+    FrameType,
+    Hello,
+    Open,
+    Reset,
+    decode_frame,
+    encode_frame,
+    split_frames,
+)
 from tunnel_protocol.frames import UNNEGOTIATED_VERSION
 
 NODE = "edge-h"
@@ -494,3 +506,34 @@ async def test_join_and_renew_nested_20000_deep_get_400(edge: Edge, path: str) -
     status, answer = await post(edge, path, nested(20_000), ssl_context=context)
     assert (status, answer["error"]) == (400, "bad_json"), answer
     log.assert_quiet(max_lines=1)
+
+
+async def test_renew_stream_with_deep_json_answers_bad_request(edge: Edge) -> None:
+    """The renew service reads JSON from a tunnel stream: the same bounded decoding."""
+    log = edge.log()
+    answer = b""
+    async with raw_tunnel(edge) as ws:
+        await ws.send_bytes(encode_frame(Open(stream_id=1, target="renew"), version=1))
+        accepted = False
+        while not accepted:
+            message = await ws.receive(timeout=10)
+            assert message.type is aiohttp.WSMsgType.BINARY, message
+            frames = [decode_frame(piece)[1] for piece in split_frames(message.data)]
+            accepted = any(isinstance(f, Accept) and f.stream_id == 1 for f in frames)
+        await ws.send_bytes(
+            encode_frame(Data(stream_id=1, data=b"[" * 16_000 + b"]" * 16_000), version=1)
+            + encode_frame(Fin(stream_id=1), version=1)
+        )
+        ended = False
+        while not ended:
+            message = await ws.receive(timeout=10)
+            assert message.type is aiohttp.WSMsgType.BINARY, message
+            for piece in split_frames(message.data):
+                _, frame = decode_frame(piece)
+                assert not isinstance(frame, Reset), frame
+                if isinstance(frame, Data) and frame.stream_id == 1:
+                    answer += frame.data
+                ended = ended or (isinstance(frame, Fin) and frame.stream_id == 1)
+    assert json.loads(answer)["error"] == "bad_request", answer
+    await log.wait_for(f"agent disconnected node={RAW_CLIENT}")
+    log.assert_quiet(max_lines=5)
