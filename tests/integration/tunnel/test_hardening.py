@@ -86,6 +86,12 @@ class RecordingTarget:
             if line.split(b" ")[1].startswith(b"/slow"):
                 self._slow(conn)
                 return
+            if line.split(b" ")[1].startswith(b"/broken"):  # a bad chunk after the first
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"6\r\nfirst\n\r\nnot a chunk size\r\n"
+                )
+                return
             body = json.dumps({"line": line.decode("latin-1")}).encode()
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -398,6 +404,24 @@ async def test_client_gone_mid_response_logs_no_traceback(edge: Edge) -> None:
             break
         await asyncio.sleep(0.05)
     assert edge.server.metric("tunnel_streams") <= edge.streams_idle
+    log.assert_quiet(max_lines=1)
+
+
+async def test_target_breaking_mid_answer_cuts_the_client_off(edge: Edge) -> None:
+    """After the head no 502 can follow: the client sees a truncated answer.
+
+    Not one that looks complete, nor a second response glued onto the first.
+    """
+    log = edge.log()
+    async with tls_connection(edge) as (reader, writer):
+        writer.write(request(edge, "GET", f"{PROXY}/raw/broken".encode()))
+        await writer.drain()
+        async with asyncio.timeout(30):
+            data = await reader.read()
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    assert b"first\n" in data
+    assert not data.endswith(b"0\r\n\r\n"), "the chunked answer must not look complete"
+    assert data.count(b"HTTP/1.1") == 1, data
     log.assert_quiet(max_lines=1)
 
 
