@@ -1,6 +1,7 @@
 """JSON errors for the REST API: ``{"error": <stable code>, "message": <what to do>}``.
 
-Handlers raise ``ApiError``; the middleware turns it, and aiohttp's own 404/405/413 under
+Handlers raise ``ApiError`` (or ``request_body.BodyError`` from the bounded body reader); the
+middleware turns it, and aiohttp's own 404/405/413 under
 ``/api/``, into that shape, so an API client never has to parse an HTML error page.
 """
 
