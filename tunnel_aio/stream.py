@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tunnel_protocol import ErrorCode
 
-if TYPE_CHECKING:
-    from tunnel_aio.connection import TunnelConnection
+
+class StreamOwner(Protocol):
+    """What a stream asks of the connection that carries it (``TunnelConnection``).
+
+    A protocol rather than an import, so that the connection module can build streams without
+    the two modules importing each other.
+    """
+
+    def acknowledge(self, stream_id: int, n: int) -> None: ...
+    def send_data(self, stream: TunnelStream, data: memoryview) -> int: ...
+    def send_capacity(self, stream_id: int) -> int: ...
+    def end_stream(self, stream_id: int) -> None: ...
+    def reset_stream(self, stream_id: int, code: ErrorCode, text: str) -> None: ...
+    def accept_stream(self, stream_id: int) -> None: ...
+    def reject_stream(self, stream_id: int, code: ErrorCode, text: str) -> None: ...
 
 
 class StreamError(ConnectionError):
@@ -39,7 +52,7 @@ class TunnelClosedError(StreamError):
 class TunnelStream:
     """A bidirectional byte stream inside a tunnel session, with real half-close."""
 
-    def __init__(self, connection: TunnelConnection, stream_id: int, target: str) -> None:
+    def __init__(self, connection: StreamOwner, stream_id: int, target: str) -> None:
         self._connection = connection
         self.stream_id = stream_id
         self.target = target
