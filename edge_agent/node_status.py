@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import psutil
 
@@ -40,10 +40,19 @@ from edge_agent.identity import Identity, NotJoinedError
 from tunnel_aio import StreamError, TunnelConnection
 from tunnel_protocol import SessionState
 
-if TYPE_CHECKING:
-    from edge_agent.tunnel_client import TunnelClient
-
 log = logging.getLogger("edge_agent.node_status")
+
+
+class SessionHolder(Protocol):
+    """What the reporter needs of the agent's tunnel client: its current session, if any.
+
+    A protocol rather than an import of ``TunnelClient``, which imports the join code whose
+    settings import this module's settings: no import cycle.
+    """
+
+    @property
+    def connection(self) -> TunnelConnection | None: ...
+
 
 STATUS_TARGET = "status"
 PROTOCOL_VERSION = 1
@@ -268,7 +277,7 @@ class NodeStatusReporter:
     def __init__(
         self,
         *,
-        client: TunnelClient,
+        client: SessionHolder,
         settings: NodeStatusSettings,
         data_dir: Path,
         extra_sources: Mapping[str, ExtraSource] | None = None,
