@@ -170,19 +170,23 @@ class DynsecClient:
         commands += [acl.command(rolename) for acl in acls]
         await self.execute(commands, tolerate=_ALREADY)
 
-    async def ensure_client(self, username: str, password: str, rolename: str) -> None:
-        """Create the client, or reset its password and make sure it has the role."""
-        [created] = await self.execute(
-            [
-                {
-                    "command": "createClient",
-                    "username": username,
-                    "password": password,
-                    "roles": [{"rolename": rolename}],
-                }
-            ],
-            tolerate=("already exists",),
-        )
+    async def ensure_client(
+        self, username: str, password: str, rolename: str, *, client_id: str | None = None
+    ) -> None:
+        """Create the client, or reset its password and make sure it has the role.
+
+        With `client_id`, the credential works only with that client id (set again on an
+        existing client); without, with any.
+        """
+        create: dict[str, Any] = {
+            "command": "createClient",
+            "username": username,
+            "password": password,
+            "roles": [{"rolename": rolename}],
+        }
+        if client_id is not None:
+            create["clientid"] = client_id
+        [created] = await self.execute([create], tolerate=("already exists",))
         if "error" not in created:
             return
         [current] = await self.execute([{"command": "getClient", "username": username}])
@@ -190,6 +194,8 @@ class DynsecClient:
         commands: list[dict[str, Any]] = [
             {"command": "setClientPassword", "username": username, "password": password}
         ]
+        if client_id is not None:
+            commands.append({"command": "setClientId", "username": username, "clientid": client_id})
         if rolename not in [role.get("rolename") for role in roles]:
             # mosquitto 2.0 answers "Internal error" when the role is already there: ask first.
             commands.append(

@@ -86,6 +86,8 @@ class Metrics:
     desired_delivered: int = 0
     devices_onboarded: int = 0
     claims_rejected: int = 0
+    broker_sessions: int = 0
+    """Sessions of the agent on the broker since start: more than one means it was cut off."""
 
 
 class Outbox:

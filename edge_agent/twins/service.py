@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from daemon_support.files import write_atomic
 from edge_agent.twins import dynsec, topics
 from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
@@ -69,8 +70,12 @@ class TwinsSettings:
     """The agent's own broker user (created at start with a fresh random password)."""
 
     agent_client_id: str = "edgefleet-agent"
-    """Fixed client id so that the broker keeps the agent's session (and queues QoS 1 device
-    messages, up to mosquitto's ``max_queued_messages``) while the agent restarts."""
+    """Prefix of the agent's MQTT client id. The id is ``<prefix>-<16 random hex digits>``,
+    made once and kept in ``<data_dir>/agent-client-id`` (0600), so the broker keeps the
+    agent's session (and queues QoS 1 device messages, up to ``max_queued_messages``) while
+    the agent restarts. Secret because the broker ends a session when another connection
+    uses its client id: every device holds the claim credential, so a public id would let any
+    of them push the agent off the broker. The agent's broker user is bound to it."""
 
     models_dir: Path | None = None
     """Folder of extra device models (``*.yaml``); the built-in models are always there."""
@@ -124,6 +129,35 @@ class TwinsSettings:
     @property
     def database(self) -> Path:
         return self.data_dir / "twins.sqlite3"
+
+    @property
+    def client_id_file(self) -> Path:
+        return self.data_dir / "agent-client-id"
+
+
+CLIENT_ID_SUFFIX_BYTES = 8
+"""Random bytes (16 hex digits) after the configured prefix of the agent's client id."""
+
+
+def agent_client_id(settings: TwinsSettings) -> str:
+    """The agent's secret client id: read from its file, or made once and written (0600).
+
+    A file whose id does not start with the configured prefix (the setting changed) is
+    replaced: the old id's broker session then simply expires.
+    """
+    path = settings.client_id_file
+    prefix = f"{settings.agent_client_id}-"
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    if kept.startswith(prefix) and len(kept) == len(prefix) + 2 * CLIENT_ID_SUFFIX_BYTES:
+        return kept
+    made = prefix + secrets.token_hex(CLIENT_ID_SUFFIX_BYTES)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, f"{made}\n".encode(), mode=0o600)
+    log.info("made the agent's broker client id (kept in %s)", path)
+    return made
 
 
 class _Publisher:
@@ -183,6 +217,7 @@ class TwinsService:
         )
         self._claims: asyncio.Queue[bytes] = asyncio.Queue(settings.claim_queue)
         self._agent_password = secrets.token_urlsafe(24)
+        self._agent_client_id = agent_client_id(settings)
         self._client: aiomqtt.Client | None = None
 
     @property
@@ -233,7 +268,10 @@ class TwinsService:
                 )
                 await self._dynsec.ensure_role(dynsec.AGENT_ROLE, dynsec.agent_acls())
                 await self._dynsec.ensure_client(
-                    self.settings.agent_username, self._agent_password, dynsec.AGENT_ROLE
+                    self.settings.agent_username,
+                    self._agent_password,
+                    dynsec.AGENT_ROLE,
+                    client_id=self._agent_client_id,
                 )
             except dynsec.DynsecError as exc:
                 log.warning("broker accounts not set up yet (%s); retry in %.1f s", exc, delay)
@@ -264,7 +302,7 @@ class TwinsService:
             settings.broker_port,
             username=settings.agent_username,
             password=self._agent_password,
-            identifier=settings.agent_client_id,
+            identifier=self._agent_client_id,
             clean_session=False,
             keepalive=settings.keepalive,
             max_queued_incoming_messages=settings.max_queued_messages,
@@ -277,6 +315,7 @@ class TwinsService:
     async def _session(self) -> None:
         async with self._new_client() as client:
             self._client = client
+            self.metrics.broker_sessions += 1
             await client.subscribe([(f, 1) for f in topics.agent_subscriptions()])
             await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
             self.twins.attach(_Publisher(client))

@@ -183,3 +183,30 @@ async def test_device_cannot_use_another_devices_topics(twins_env: TwinsEnv) -> 
     assert refused(snoop)
     assert own["code"] == 200
     assert bob_twin["reported"] == {"$version": 0}
+
+
+async def test_a_claim_holder_cannot_knock_the_agent_off_the_broker(twins_env: TwinsEnv) -> None:
+    # The agent's client id used to be the configured one (public: `edgefleet-agent` by
+    # default). A claim holder connecting with it made mosquitto end the agent's session.
+    settings = twins_env.settings
+    async with running(twins_env.service()) as service:
+        await twins_env.claim(unique("before"), "temperature-sensor")
+        assert service.metrics.broker_sessions == 1
+        answered = []
+        for guess in (settings.agent_client_id, "edgefleet-agent"):
+            async with aiomqtt.Client(
+                twins_env.broker.host,
+                twins_env.broker.port,
+                username=settings.claim_username,
+                password=settings.claim_password,
+                identifier=guess,
+            ) as intruder:
+                await intruder.publish(topics.PROVISION_REQUEST, b"{}", qos=1)  # connected
+                credential = await twins_env.claim(unique("during"), "temperature-sensor")
+                answered.append(credential.device_id)
+                await intruder.publish(topics.PROVISION_REQUEST, b"{}", qos=1)  # still connected
+        assert len(answered) == 2
+        assert service.metrics.broker_sessions == 1  # never pushed off, never reconnected
+    client_id_file = settings.data_dir / "agent-client-id"
+    assert client_id_file.stat().st_mode & 0o777 == 0o600
+    assert client_id_file.read_text().startswith(f"{settings.agent_client_id}-")
