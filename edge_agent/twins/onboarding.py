@@ -31,6 +31,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -165,6 +166,8 @@ class Onboarding:
         """Answer one claim request; None when it has no usable rid (nowhere to answer)."""
         rid: str | None = None
         try:
+            if len(payload) > self._max_request:
+                rid = oversized_rid(payload)
             data = decode_object(payload, max_bytes=self._max_request)
             rid = optional_rid(data)
             claim = _parse(rid, data)
@@ -268,6 +271,27 @@ class Onboarding:
         offered = secret_digest(claim.secret or "")
         if claim.secret is None or not hmac.compare_digest(offered, digest):
             raise RequestError(Code.BAD_CLAIM, "wrong claim secret")
+
+
+OVERSIZED_SCAN_BYTES = 64 * 1024
+"""How far into an oversized claim the agent looks for its ``rid``: a claim is refused
+because it is too large, so it is never parsed, and the scan stays linear and bounded."""
+
+_RID_FIELD = re.compile(rb'"rid"\s*:\s*"([A-Za-z0-9._-]{1,64})"')
+
+
+def oversized_rid(payload: bytes) -> str | None:
+    """The ``rid`` of a claim too large to parse, to address its ``too-large`` answer.
+
+    Found only when the payload is a JSON object whose first 64 KiB hold exactly one
+    ``"rid": "<rid>"``; with none or several (a nested one could name another device's
+    answer topic) there is no safe address, and the claim gets no answer.
+    """
+    head = payload[:OVERSIZED_SCAN_BYTES]
+    if not head.lstrip().startswith(b"{"):
+        return None
+    found = _RID_FIELD.findall(head)
+    return found[0].decode() if len(found) == 1 else None
 
 
 def _parse(rid: str | None, data: JsonObject) -> _Claim:

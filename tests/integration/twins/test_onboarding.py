@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiomqtt
 import pytest
@@ -210,3 +211,26 @@ async def test_a_claim_holder_cannot_knock_the_agent_off_the_broker(twins_env: T
     client_id_file = settings.data_dir / "agent-client-id"
     assert client_id_file.stat().st_mode & 0o777 == 0o600
     assert client_id_file.read_text().startswith(f"{settings.agent_client_id}-")
+
+
+async def test_oversized_claim_gets_a_clear_refusal(twins_env: TwinsEnv) -> None:
+    settings = twins_env.settings
+    padding = "x" * 5 * 1024  # over the 4 KiB claim limit
+    async with (
+        running(twins_env.service()),
+        aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+        ) as client,
+    ):
+        await client.subscribe(topics.provision_response("big-1"), qos=1)
+        request = {"deviceId": "big", "model": "thermostat", "claimSecret": padding, "rid": "big-1"}
+        await client.publish(topics.PROVISION_REQUEST, json.dumps(request).encode(), qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(client.messages))
+    assert isinstance(message.payload, bytes)
+    answer = json.loads(message.payload)
+    assert (answer["rid"], answer["code"], answer["error"]) == ("big-1", 413, "too-large")
+    assert "4096" in answer["message"]
