@@ -5,13 +5,17 @@ Flow (docs/mqtt.md §2):
 1. The device connects with the claim credential. The broker lets that credential publish on
    ``edgefleet/provision/request`` and read ``edgefleet/provision/response/+``, nothing else.
 2. It publishes ``{"rid", "deviceId", "model", "claimSecret"?, "responseKey"}``.
-3. The agent checks the model (built-in or from the models folder), the claim (a device
+3. Every agent on the broker receives it. An agent that has the id active answers
+   ``duplicate-id``. Otherwise each reserves the broker user ``device:<id>`` for its node
+   (``createClient`` is atomic in the broker): exactly one succeeds and owns the device, the
+   others stay silent (docs/mqtt.md §2, "Several agents on one broker").
+4. The owner checks the model (built-in or from the models folder) and the claim (a device
    registered in advance must present its secret; unregistered devices are refused when
-   `require_registration` is set) and its registry (an active id is a duplicate).
-4. It records the device as ``provisioning``, creates a broker client ``device:<id>`` bound to
-   client id ``<id>`` with a random password and a role limited to ``edgefleet/devices/<id>/``,
-   then records it ``active`` together with a ``device`` record for the cloud, and answers on
-   ``edgefleet/provision/response/<rid>``.
+   `require_registration` is set); a refusal frees the reservation.
+5. It records the device as ``provisioning``, fills in the broker user (bound to client id
+   ``<id>-<16 random hex>``, a random password, a role limited to
+   ``edgefleet/devices/<id>/``, its node as owner), then records it ``active`` together with
+   a ``device`` record for the cloud, and answers on ``edgefleet/provision/response/<rid>``.
 
 Why the password is encrypted: mosquitto 2.0 cannot restrict who reads which response topic
 (no ``%c`` in ACLs), so every claim-credential holder can read every answer. The device sends a
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device_models import JsonObject
+from device_models import DeviceModel, JsonObject
 from edge_agent.twins import topics
 from edge_agent.twins.dynsec import DynsecClient, DynsecError, device_username
 from edge_agent.twins.outbox import Metrics, Outbox
@@ -54,7 +58,14 @@ from edge_agent.twins.payloads import (
 from edge_agent.twins.twin_service import TwinService
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState, TwinStore
 
-__all__ = ["ClaimAnswer", "Onboarding", "SealedSecrets", "open_credential", "seal_credential"]
+__all__ = [
+    "ClaimAnswer",
+    "NotOwnerError",
+    "Onboarding",
+    "SealedSecrets",
+    "open_credential",
+    "seal_credential",
+]
 
 log = logging.getLogger("edge_agent.twins.onboarding")
 
@@ -66,6 +77,15 @@ CLIENT_ID_SUFFIX_BYTES = 8
 """Random bytes (16 hex digits) after ``<device id>-`` in a device's MQTT client id. Secret
 like the password: a holder of the shared claim credential who knew a device's client id could
 connect with it, and the broker would disconnect the device (a client-id takeover)."""
+
+
+class NotOwnerError(Exception):
+    """Another node owns the device on this broker: it answers the claim, not us."""
+
+    def __init__(self, device_id: str, owner: str) -> None:
+        who = f"node {owner}" if owner else "a node that did not record its name"
+        super().__init__(f"device {device_id} belongs to {who} on this broker; left to it")
+        self.owner = owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +159,7 @@ class Onboarding:
         outbox: Outbox,
         dynsec: DynsecClient,
         metrics: Metrics,
+        node: str,
         require_registration: bool,
         max_devices: int,
         max_request_bytes: int,
@@ -149,6 +170,7 @@ class Onboarding:
         self._outbox = outbox
         self._dynsec = dynsec
         self._metrics = metrics
+        self._node = node
         self._require_registration = require_registration
         self._max_devices = max_devices
         self._max_request = max_request_bytes
@@ -172,6 +194,9 @@ class Onboarding:
             rid = optional_rid(data)
             claim = _parse(rid, data)
             body = await self._onboard(claim)
+        except NotOwnerError as other:
+            log.info("claim %s: %s", rid, other)
+            return None
         except RequestError as error:
             self._metrics.claims_rejected += 1
             log.info("claim %s refused: %s %s", rid, error.code, error.message)
@@ -200,19 +225,20 @@ class Onboarding:
         return ClaimAnswer(topics.provision_response(rid), encode({"rid": rid, **error}))
 
     async def _onboard(self, claim: _Claim) -> JsonObject:
-        model = self._twins.models.get(claim.model)
-        if model is None:
-            known = ", ".join(self._twins.models.names())
-            raise RequestError(Code.UNKNOWN_MODEL, f"unknown model {claim.model} (known: {known})")
-        self._check_claim(claim)
         existing = self._twins.device(claim.device_id)
         if existing is not None and existing.state is DeviceState.ACTIVE:
-            raise RequestError(Code.DUPLICATE_ID, f"device {claim.device_id} is already onboarded")
-        if existing is None and len(self._twins.device_ids()) >= self._max_devices:
             raise RequestError(
-                Code.UNAVAILABLE, f"this agent serves {self._max_devices} devices at most"
+                Code.DUPLICATE_ID,
+                f"device {claim.device_id} is already onboarded on node {self._node}: connect "
+                "with its credential (an operator moves it to another node with "
+                f"POST /api/v1/devices/{self._node}:{claim.device_id}/move)",
             )
-        self._outbox.check_room(1)
+        await self._reserve(claim.device_id, ours=existing is not None)
+        try:
+            model = self._check(claim, existing)
+        except RequestError:
+            await self._dynsec.delete_device(claim.device_id)  # free the reservation
+            raise
         now = self._clock()
         record = DeviceRecord(
             device_id=claim.device_id,
@@ -227,7 +253,7 @@ class Onboarding:
             client_id=f"{claim.device_id}-{secrets.token_hex(CLIENT_ID_SUFFIX_BYTES)}",
         )
         await self._dynsec.create_device(
-            claim.device_id, sealed.password, client_id=sealed.client_id
+            claim.device_id, sealed.password, client_id=sealed.client_id, node=self._node
         )
         active = DeviceRecord(
             device_id=record.device_id,
@@ -254,6 +280,33 @@ class Onboarding:
             "topicPrefix": topics.device_prefix(claim.device_id),
             "credential": seal_credential(claim.key, claim.device_id, sealed),
         }
+
+    async def _reserve(self, device_id: str, *, ours: bool) -> None:
+        """Make this node the device's owner on the broker, or raise NotOwnerError.
+
+        Every agent on a shared broker receives every claim; the broker's atomic
+        ``createClient`` picks exactly one of them (dynsec.reserve_device). The others stay
+        silent, so the device gets one answer. A user already owned by this node is a
+        half-made onboarding (a crash, or a lost database) and is taken over; one made before
+        owners were recorded is ours only if we have the device's row.
+        """
+        owner = await self._dynsec.reserve_device(device_id, node=self._node)
+        if owner is None or owner == self._node or (owner == "" and ours):
+            return
+        raise NotOwnerError(device_id, owner)
+
+    def _check(self, claim: _Claim, existing: DeviceRecord | None) -> DeviceModel:
+        model = self._twins.models.get(claim.model)
+        if model is None:
+            known = ", ".join(self._twins.models.names())
+            raise RequestError(Code.UNKNOWN_MODEL, f"unknown model {claim.model} (known: {known})")
+        self._check_claim(claim)
+        if existing is None and len(self._twins.device_ids()) >= self._max_devices:
+            raise RequestError(
+                Code.UNAVAILABLE, f"this agent serves {self._max_devices} devices at most"
+            )
+        self._outbox.check_room(1)
+        return model
 
     def _check_claim(self, claim: _Claim) -> None:
         registered = self._store.claim(claim.device_id)

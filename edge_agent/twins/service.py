@@ -28,11 +28,13 @@ import aiomqtt
 
 from daemon_support.files import write_atomic
 from edge_agent.twins import dynsec, topics
+from edge_agent.twins.handover import Handover, MoveError
 from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
+from edge_agent.twins.payloads import Code
 from edge_agent.twins.topics import DeviceTopic
-from edge_agent.twins.twin_service import CloudChangeResult, TwinService
+from edge_agent.twins.twin_service import CloudChangeError, CloudChangeResult, TwinService
 from edge_agent.twins.twin_store import Durability, TwinStore
 
 __all__ = ["TwinsService", "TwinsSettings"]
@@ -210,12 +212,23 @@ class TwinsService:
             outbox=self.outbox,
             dynsec=self._dynsec,
             metrics=self.metrics,
+            node=settings.node_name,
             require_registration=settings.require_registration,
             max_devices=settings.max_devices,
             max_request_bytes=settings.max_claim_bytes,
             clock=clock,
         )
-        self._claims: asyncio.Queue[bytes] = asyncio.Queue(settings.claim_queue)
+        self.handover = Handover(
+            node=settings.node_name,
+            twins=self.twins,
+            store=self._store,
+            dynsec=self._dynsec,
+            clock=clock,
+        )
+        # Claims and adopt messages, (topic, payload), answered one at a time: each needs
+        # broker admin calls, and one at a time they never race on a device's broker user.
+        self._claims: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.claim_queue)
+        self._admin_lock = asyncio.Lock()
         self._agent_password = secrets.token_urlsafe(24)
         self._agent_client_id = agent_client_id(settings)
         self._client: aiomqtt.Client | None = None
@@ -232,6 +245,36 @@ class TwinsService:
     ) -> CloudChangeResult:
         """A change from the cloud: ``{"device": id, "change": TwinChange JSON}`` (idempotent)."""
         return await self.twins.apply_cloud_change(change)
+
+    async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult:
+        """A command from the cloud: ``{"device", "command": {"op": "move", "to": node}}``.
+
+        Idempotent: a redelivered move of a device no longer here raises ``unknown-device``
+        (the cloud then drops it). Raises CloudChangeError like `apply_cloud_change`.
+        """
+        device_id, command = message.get("device"), message.get("command")
+        if (
+            not isinstance(device_id, str)
+            or not topics.DEVICE_ID.fullmatch(device_id)
+            or not isinstance(command, dict)
+            or set(command) != {"op", "to"}
+            or command.get("op") != "move"
+            or not isinstance(command.get("to"), str)
+            or not topics.NODE_NAME.fullmatch(str(command.get("to")))
+        ):
+            raise CloudChangeError(
+                Code.BAD_REQUEST,
+                'a command is {"device": <id>, "command": {"op": "move", "to": <node>}}',
+            )
+        publisher = None if self._client is None else _Publisher(self._client)
+        async with self._admin_lock:
+            try:
+                moved = await self.handover.move(device_id, str(command["to"]), publisher)
+            except MoveError as error:
+                raise CloudChangeError(error.code, error.message) from None
+            except aiomqtt.MqttError as error:
+                raise CloudChangeError(Code.UNAVAILABLE, f"broker: {error}") from None
+        return CloudChangeResult(device_id=device_id, applied=moved)
 
     def register_claim(self, device_id: str, model: str, claim_secret: str) -> None:
         """Register a device in advance; it must present `claim_secret` when it claims."""
@@ -273,6 +316,7 @@ class TwinsService:
                     dynsec.AGENT_ROLE,
                     client_id=self._agent_client_id,
                 )
+                await self._dynsec.announce_node(self.settings.node_name)
             except dynsec.DynsecError as exc:
                 log.warning("broker accounts not set up yet (%s); retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -316,7 +360,8 @@ class TwinsService:
         async with self._new_client() as client:
             self._client = client
             self.metrics.broker_sessions += 1
-            await client.subscribe([(f, 1) for f in topics.agent_subscriptions()])
+            node = self.settings.node_name
+            await client.subscribe([(f, 1) for f in topics.agent_subscriptions(node)])
             await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
             self.twins.attach(_Publisher(client))
             await self.twins.republish()
@@ -336,6 +381,8 @@ class TwinsService:
                 topic = str(message.topic)
                 if topic == topics.PROVISION_REQUEST:
                     await self._queue_claim(client, payload)
+                elif topics.is_adopt_topic(self.settings.node_name, topic):
+                    await self._claims.put((topic, payload))  # rare: an operator's move
                 elif (where := topics.parse_device_topic(topic)) is not None:
                     device_messages.append((where, payload))
             if device_messages:
@@ -346,7 +393,7 @@ class TwinsService:
 
     async def _queue_claim(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
-            self._claims.put_nowait(payload)
+            self._claims.put_nowait((topics.PROVISION_REQUEST, payload))
         except asyncio.QueueFull:
             log.warning("claim queue full (%s); answering unavailable", self._claims.qsize())
             answer = self.onboarding.busy_answer(payload)
@@ -355,8 +402,18 @@ class TwinsService:
 
     async def _onboarding_loop(self) -> None:
         while True:
-            payload = await self._claims.get()
-            answer = await self.onboarding.handle(payload)
+            topic, payload = await self._claims.get()
+            client = self._client
+            if topic != topics.PROVISION_REQUEST:
+                publisher = None if client is None else _Publisher(client)
+                async with self._admin_lock:
+                    try:
+                        await self.handover.adopt(topic, payload, publisher)
+                    except aiomqtt.MqttError as exc:
+                        log.warning("adopt message not cleared (%s); done again later", exc)
+                continue
+            async with self._admin_lock:
+                answer = await self.onboarding.handle(payload)
             client = self._client
             if answer is None or client is None:
                 continue

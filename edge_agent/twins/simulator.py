@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -180,7 +181,12 @@ class SimulatedDevice:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
-            await self._client.publish(self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True)
+            # The broker may have ended the session already (its user changed hands when the
+            # device moved to another node): the last will said "offline" then.
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.publish(
+                    self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True
+                )
         await self._client.__aexit__(exc_type, exc, tb)
 
     async def request(self, op: Op, body: JsonObject) -> Answer:
