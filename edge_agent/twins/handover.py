@@ -68,6 +68,8 @@ class Handover:
         """Hand `device_id` over to node `to`; False if it is there already (a redelivery)."""
         record = self._twins.device(device_id)
         if record is None or record.state is not DeviceState.ACTIVE:
+            if await self._owner(device_id) == to:
+                return False  # handed over already: the command came again after a crash
             raise MoveError(Code.UNKNOWN_DEVICE, f"device {device_id} is not onboarded here")
         if to == self._node:
             return False
@@ -93,6 +95,12 @@ class Handover:
         await self._twins.release_device(device_id, to=to)
         log.info("device %s handed over to node %s", device_id, to)
         return True
+
+    async def _owner(self, device_id: str) -> str | None:
+        try:
+            return await self._dynsec.device_owner(device_id)
+        except DynsecError as error:
+            raise MoveError(Code.UNAVAILABLE, f"the broker is unavailable: {error}") from None
 
     async def adopt(self, topic: str, payload: bytes, publisher: Publisher | None) -> None:
         """Take over a device another node handed to us (an ``adopt`` message)."""

@@ -37,6 +37,7 @@ from tunnel_server.twins.service import (
     DEVICE_ID,
     DeviceRemovedError,
     ModelUnknownError,
+    MovePendingError,
     QueueFullError,
     SameNodeError,
     TwinsCloud,
@@ -290,6 +291,8 @@ async def _move_device(request: web.Request) -> web.Response:
         cloud.move(key, target)
     except SameNodeError as error:
         raise _ApiError(409, "same_node", str(error)) from None
+    except MovePendingError as error:
+        raise _ApiError(409, "move_pending", str(error)) from None
     except (UnknownDeviceError, DeviceRemovedError, QueueFullError) as error:
         raise _write_error(error, key) from None
     row = _row(request, key)

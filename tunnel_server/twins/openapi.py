@@ -256,7 +256,12 @@ OPENAPI_PATHS: dict[str, Any] = {
                             "type": "object",
                             "required": ["node"],
                             "additionalProperties": False,
-                            "properties": {"node": {"type": "string", "maxLength": 63}},
+                            "properties": {
+                                "node": {
+                                    "type": "string",
+                                    "pattern": "^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$",
+                                }
+                            },
                         },
                         "example": {"node": "edge-2"},
                     }

@@ -61,6 +61,7 @@ __all__ = [
     "BatchResult",
     "DeviceRemovedError",
     "ModelUnknownError",
+    "MovePendingError",
     "QueueFullError",
     "SameNodeError",
     "TwinsCloud",
@@ -95,6 +96,10 @@ class ModelUnknownError(Exception):
 
 class SameNodeError(ValueError):
     """A move to the node the device is on already."""
+
+
+class MovePendingError(ValueError):
+    """A move of a device that is being moved already (one at a time)."""
 
 
 class QueueFullError(Exception):
@@ -168,7 +173,13 @@ class TwinsCloud:
         node, sep, device = device_id.rpartition(":")
         if sep:
             return [(node, device)] if self.store.device((node, device)) is not None else []
-        return self.store.find(device_id)
+        keys = self.store.find(device_id)
+        if len(keys) > 1:
+            # A moved device leaves a removed row behind on its old node: the live one wins.
+            active = [key for key in keys if _active(self.store.device(key))]
+            if len(active) == 1:
+                return active
+        return keys
 
     # ------------------------------------------------------------------ sync stream hooks
 
@@ -518,7 +529,7 @@ class TwinsCloud:
         """Ask the device's node to hand it over to `target` (docs/twins.md, "Moving").
 
         Returns the pending target. Raises UnknownDeviceError, DeviceRemovedError,
-        SameNodeError or QueueFullError. A second request while one is pending replaces it.
+        SameNodeError, MovePendingError or QueueFullError.
         """
         row = self.store.device(key)
         if row is None:
@@ -527,6 +538,9 @@ class TwinsCloud:
             raise DeviceRemovedError(f"{row.id} was removed from its node")
         if target == key[0]:
             raise SameNodeError(f"{row.id} is on node {target} already")
+        pending = self.store.pending_move(key)
+        if pending is not None:
+            raise MovePendingError(f"{row.id} is being moved to node {pending} already")
         queued = self.store.downlink_count(key[0])
         if queued >= self.settings.max_downlink_per_node:
             raise QueueFullError(f"{queued} changes wait for node {key[0]} already")
@@ -578,6 +592,10 @@ def _version_reached(row: DeviceRow | None, wanted: Mapping[Section, int]) -> bo
     return row is not None and any(
         row.replica.twin.section(section).version >= version for section, version in wanted.items()
     )
+
+
+def _active(row: DeviceRow | None) -> bool:
+    return row is not None and row.state is DeviceState.ACTIVE
 
 
 def _existing(txn: Transaction, key: DeviceKey) -> DeviceRow:
