@@ -69,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger("edge_agent.twins.onboarding")
 
-_FIELDS = frozenset({"rid", "deviceId", "model", "claimSecret", "responseKey"})
+_FIELDS = frozenset({"rid", "deviceId", "model", "claimSecret", "responseKey", "node"})
 KEY_BYTES = 32
 MAX_SECRET_LENGTH = 256
 PASSWORD_BYTES = 24  # 192 bits of randomness, 32 characters of base64url
@@ -82,9 +82,13 @@ connect with it, and the broker would disconnect the device (a client-id takeove
 class NotOwnerError(Exception):
     """Another node owns the device on this broker: it answers the claim, not us."""
 
-    def __init__(self, device_id: str, owner: str) -> None:
+    def __init__(self, device_id: str, owner: str, *, addressed: bool = False) -> None:
         who = f"node {owner}" if owner else "a node that did not record its name"
-        super().__init__(f"device {device_id} belongs to {who} on this broker; left to it")
+        if addressed:
+            text = f"the claim of {device_id} is addressed to node {owner}; left to it"
+        else:
+            text = f"device {device_id} belongs to {who} on this broker; left to it"
+        super().__init__(text)
         self.owner = owner
 
 
@@ -148,6 +152,8 @@ class _Claim:
     model: str
     secret: str | None
     key: bytes
+    node: str | None = None
+    """The node the device asks to be onboarded by (optional routing on a shared broker)."""
 
 
 class Onboarding:
@@ -233,6 +239,8 @@ class Onboarding:
                 "with its credential (an operator moves it to another node with "
                 f"POST /api/v1/devices/{self._node}:{claim.device_id}/move)",
             )
+        if claim.node is not None and claim.node != self._node:
+            raise NotOwnerError(claim.device_id, claim.node, addressed=True)
         await self._reserve(claim.device_id, ours=existing is not None)
         try:
             model = self._check(claim, existing)
@@ -374,4 +382,7 @@ def _parse(rid: str | None, data: JsonObject) -> _Claim:
         raise RequestError(
             Code.BAD_REQUEST, f"responseKey must be {KEY_BYTES} random bytes in base64url"
         )
-    return _Claim(rid=rid, device_id=device_id, model=model, secret=secret, key=key)
+    node = data.get("node")
+    if node is not None and (not isinstance(node, str) or not topics.NODE_NAME.fullmatch(node)):
+        raise RequestError(Code.BAD_REQUEST, "node must be a node name")
+    return _Claim(rid=rid, device_id=device_id, model=model, secret=secret, key=key, node=node)

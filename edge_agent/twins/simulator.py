@@ -87,6 +87,7 @@ async def claim_device(
     device_id: str,
     model: str,
     claim_secret: str | None = None,
+    node: str | None = None,
     answer_timeout: float = 15.0,
 ) -> DeviceCredential:
     """Onboard one device; raises ClaimRejectedError with the agent's reason."""
@@ -100,6 +101,8 @@ async def claim_device(
     }
     if claim_secret is not None:
         request["claimSecret"] = claim_secret
+    if node is not None:
+        request["node"] = node
     async with aiomqtt.Client(
         host,
         port,
@@ -292,6 +295,7 @@ class _Options:
     claim_password: str
     credentials: Path | None
     seed: int | None
+    node: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -331,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file keeping device credentials, so a second run reuses them",
     )
     parser.add_argument("--seed", type=int, help="seed for reproducible values")
+    parser.add_argument(
+        "--node", help="the node whose agent should onboard the devices (a shared broker)"
+    )
     return parser
 
 
@@ -353,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         claim_password=args.claim_password,
         credentials=args.credentials,
         seed=args.seed,
+        node=args.node,
     )
     started = time.monotonic()
     totals = asyncio.run(run_devices(options))
@@ -378,6 +386,7 @@ async def run_devices(options: _Options) -> _Totals:
                     claim_password=options.claim_password,
                     device_id=device_id,
                     model=options.model,
+                    node=options.node,
                 )
             except (ClaimRejectedError, aiomqtt.MqttError, TimeoutError) as exc:
                 log.error("%s: %s", device_id, exc)  # noqa: TRY400 - the reason is the message

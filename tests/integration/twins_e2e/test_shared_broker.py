@@ -77,7 +77,7 @@ class Site:
         assert status == 200, body
         return [item for item in body["items"] if item["device"] == device]
 
-    async def claim(self, device: str) -> DeviceCredential:
+    async def claim(self, device: str, node: str | None = None) -> DeviceCredential:
         return await claim_device(
             host=self.broker.host,
             port=self.broker.port,
@@ -85,6 +85,7 @@ class Site:
             claim_password=self.claim_password,
             device_id=device,
             model="thermostat",
+            node=node,
         )
 
     def device(self, credential: DeviceCredential) -> SimulatedDevice:
@@ -244,3 +245,10 @@ async def test_a_device_belongs_to_one_node_and_moves_on_request(site: Site) -> 
 
 async def _const(value: int) -> int:
     return value
+
+
+async def test_a_claim_can_be_addressed_to_one_node(site: Site) -> None:
+    for node in (*NODES, *NODES):
+        device = f"th-{secrets.token_hex(4)}"
+        await site.claim(device, node=node)
+        assert [n for n in NODES if await site.edge_has(n, device)] == [node]
