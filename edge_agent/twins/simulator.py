@@ -404,6 +404,12 @@ async def run_devices(options: _Options) -> _Totals:
     return totals
 
 
+RECONNECTS = 5
+"""Sessions in a row a simulated device may lose without a report answered in between
+before it gives up (the broker ends a session, for example, when the device is moved to
+another node: it connects again with the same credential)."""
+
+
 async def _drive(
     options: _Options,
     credential: DeviceCredential,
@@ -411,28 +417,51 @@ async def _drive(
     rng: random.Random,
     totals: _Totals,
 ) -> None:
-    try:
-        async with SimulatedDevice(
-            host=options.host, port=options.port, credential=credential
-        ) as device:
-            sent = 0
-            while options.reports == 0 or sent < options.reports:
-                await device.drain()
-                patch = random_patch(model, rng)
-                while (delta := device.take(Op.DELTA)) is not None:
-                    wanted = delta.get("delta")
-                    if isinstance(wanted, dict):
-                        patch.update(wanted)  # apply desired values and report them
-                answer = await device.report(patch)
-                sent += 1
-                totals.reports += 1
-                if answer.get("code") != 200:
-                    totals.rejected += 1
-                    log.warning("%s: report refused: %s", device.device_id, answer)
-                await asyncio.sleep(options.interval)
-    except (aiomqtt.MqttError, TimeoutError) as exc:
-        log.error("%s: %s", credential.device_id, exc)  # noqa: TRY400 - the reason is the message
-        totals.errors += 1
+    sent = [0]
+    failures = 0
+    while True:
+        before = sent[0]
+        try:
+            await _session(options, credential, model=model, rng=rng, totals=totals, sent=sent)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            failures = 1 if sent[0] > before else failures + 1
+            if failures > RECONNECTS:
+                log.error("%s: %s", credential.device_id, exc)  # noqa: TRY400 - the reason is the message
+                totals.errors += 1
+                return
+            log.warning("%s: %s; connecting again", credential.device_id, exc)
+            await asyncio.sleep(0.5 * failures)
+        else:
+            return
+
+
+async def _session(
+    options: _Options,
+    credential: DeviceCredential,
+    *,
+    model: DeviceModel,
+    rng: random.Random,
+    totals: _Totals,
+    sent: list[int],
+) -> None:
+    """One broker session of a simulated device: report until done (`sent` counts across)."""
+    async with SimulatedDevice(
+        host=options.host, port=options.port, credential=credential
+    ) as device:
+        while options.reports == 0 or sent[0] < options.reports:
+            await device.drain()
+            patch = random_patch(model, rng)
+            while (delta := device.take(Op.DELTA)) is not None:
+                wanted = delta.get("delta")
+                if isinstance(wanted, dict):
+                    patch.update(wanted)  # apply desired values and report them
+            answer = await device.report(patch)
+            sent[0] += 1
+            totals.reports += 1
+            if answer.get("code") != 200:
+                totals.rejected += 1
+                log.warning("%s: report refused: %s", device.device_id, answer)
+            await asyncio.sleep(options.interval)
 
 
 def _load_credentials(path: Path | None) -> dict[str, DeviceCredential]:

@@ -10,6 +10,7 @@ moves a device with ``POST /api/v1/devices/{id}/move``.
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,10 +22,14 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from device_models import builtin_model
 from edge_agent.twins.simulator import (
     ClaimRejectedError,
     DeviceCredential,
     SimulatedDevice,
+    _drive,
+    _Options,
+    _Totals,
     claim_device,
 )
 from edge_agent.twins.topics import Op
@@ -252,3 +257,49 @@ async def test_a_claim_can_be_addressed_to_one_node(site: Site) -> None:
         device = f"th-{secrets.token_hex(4)}"
         await site.claim(device, node=node)
         assert [n for n in NODES if await site.edge_has(n, device)] == [node]
+
+
+async def test_a_simulated_device_follows_its_move(site: Site) -> None:
+    # `edge-agent simulate` devices connect again when the broker ends their session, as it
+    # does when their user changes hands, so a demo device keeps reporting through a move.
+    device = f"sim-{secrets.token_hex(4)}"
+    credential = await site.claim(device, node="edge-a")
+    options = _Options(
+        host=site.broker.host,
+        port=site.broker.port,
+        model="thermostat",
+        count=1,
+        prefix="sim",
+        interval=0.05,
+        reports=0,
+        claim_username=site.claim_username,
+        claim_password=site.claim_password,
+        credentials=None,
+        seed=1,
+    )
+    totals = _Totals()
+    model = builtin_model("thermostat")
+    async with asyncio.TaskGroup() as group:
+        driving = group.create_task(
+            _drive(options, credential, model, random.Random(1), totals),  # noqa: S311 - values
+            name="test.drive",
+        )
+        for node in NODES:
+            await site.until(lambda: site.listed(device), _active_on(node))
+            path = f"/api/v1/devices/{node}:{device}/twin?wait=20&reportedVersion=3"
+            status, twin = await site.api("GET", path)
+            assert twin["reported"]["$version"] >= 3, (node, status, twin)
+            if node == "edge-a":
+                status, body = await site.api(
+                    "POST", f"/api/v1/devices/edge-a:{device}/move", {"node": "edge-b"}
+                )
+                assert status == 202, body
+        driving.cancel()
+    assert (totals.errors, totals.rejected) == (0, 0)
+
+
+def _active_on(node: str) -> Callable[[list[dict[str, Any]]], bool]:
+    def check(rows: list[dict[str, Any]]) -> bool:
+        return (node, "active") in {(row["node"], row["state"]) for row in rows}
+
+    return check
