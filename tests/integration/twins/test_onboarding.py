@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
+import os
+from collections.abc import Callable
 
 import aiomqtt
 import pytest
@@ -12,7 +16,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.twins import topics
 from edge_agent.twins.simulator import ClaimRejectedError
 from edge_agent.twins.topics import Op
-from tests.integration.twins.conftest import TwinsEnv, running, unique
+from tests.integration.twins.conftest import READY_TIMEOUT, TwinsEnv, running, unique
 
 pytestmark = pytest.mark.mqtt
 
@@ -234,3 +238,92 @@ async def test_oversized_claim_gets_a_clear_refusal(twins_env: TwinsEnv) -> None
     answer = json.loads(message.payload)
     assert (answer["rid"], answer["code"], answer["error"]) == ("big-1", 413, "too-large")
     assert "4096" in answer["message"]
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(READY_TIMEOUT):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_claim_of_another_nodes_device_is_left_to_it(
+    twins_env: TwinsEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On a shared broker the owner (named on the device's broker user) answers; we stay
+    # silent, so the device gets exactly one answer.
+    device_id = unique("foreign")
+    await twins_env.broker.dynsec_command(
+        {
+            "command": "createClient",
+            "username": f"device:{device_id}",
+            "password": "known-to-nobody",
+            "textname": "edgefleet-node:other-node",
+        }
+    )
+    caplog.set_level(logging.INFO, logger="edge_agent.twins.onboarding")
+    settings = twins_env.settings
+    async with (
+        running(twins_env.service()) as service,
+        aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+        ) as watcher,
+    ):
+        await watcher.subscribe(topics.PROVISION_RESPONSE_FILTER, qos=1)
+        request = {
+            "rid": "foreign-claim-1",
+            "deviceId": device_id,
+            "model": "thermostat",
+            "responseKey": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        }
+        await watcher.publish(topics.PROVISION_REQUEST, json.dumps(request), qos=1)
+        left = f"device {device_id} belongs to node other-node on this broker; left to it"
+        await _until(lambda: left in caplog.text)
+        # Claims are answered in order: the first answer the watcher sees is the next claim's.
+        ours = await twins_env.claim(unique("own"), "thermostat")
+        async with asyncio.timeout(READY_TIMEOUT):
+            seen = await anext(aiter(watcher.messages))
+    assert json.loads(_bytes(seen.payload))["deviceId"] == ours.device_id
+    assert service.twins.device(device_id) is None
+    owner = await twins_env.broker.dynsec_command(
+        {"command": "getClient", "username": f"device:{device_id}"}
+    )
+    assert owner["data"]["client"]["textname"] == "edgefleet-node:other-node"
+
+
+async def test_a_refused_claim_frees_the_device_for_another_node(twins_env: TwinsEnv) -> None:
+    device_id = unique("refused")
+    async with running(twins_env.service()):
+        with pytest.raises(ClaimRejectedError) as caught:
+            await twins_env.claim(device_id, "toaster")
+    assert caught.value.error == "unknown-model"
+    answer = await twins_env.broker.dynsec_command(
+        {"command": "getClient", "username": f"device:{device_id}"}
+    )
+    assert answer.get("error") == "Client not found"
+
+
+async def test_a_half_made_onboarding_of_this_node_is_taken_over(twins_env: TwinsEnv) -> None:
+    device_id = unique("half")
+    await twins_env.broker.dynsec_command(
+        {
+            "command": "createClient",
+            "username": f"device:{device_id}",
+            "password": "from-a-crashed-attempt",
+            "textname": f"edgefleet-node:{twins_env.settings.node_name}",
+        }
+    )
+    async with running(twins_env.service()):
+        credential = await twins_env.claim(device_id, "thermostat")
+        async with twins_env.device(credential) as device:
+            answer = await device.report({"temperature": 19.0})
+    assert answer["code"] == 200
+
+
+def _bytes(payload: object) -> bytes:
+    assert isinstance(payload, bytes)
+    return payload
