@@ -221,11 +221,12 @@ class Onboarding:
     def busy_answer(self, payload: bytes) -> ClaimAnswer | None:
         """The answer to a claim that finds the queue full (``unavailable``: retry later)."""
         try:
-            rid = optional_rid(decode_object(payload, max_bytes=self._max_request))
+            data = decode_object(payload, max_bytes=self._max_request)
+            rid = optional_rid(data)
         except RequestError:
             return None
-        if rid is None:
-            return None
+        if rid is None or data.get("node") not in (None, self._node):
+            return None  # addressed to another node: its agent answers
         self._metrics.claims_rejected += 1
         error = RequestError(Code.UNAVAILABLE, "too many claims at once; retry").to_json()
         return ClaimAnswer(topics.provision_response(rid), encode({"rid": rid, **error}))
