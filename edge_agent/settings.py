@@ -152,7 +152,8 @@ class TwinsConfig:
     """The agent's own broker user, created at start with a fresh random password."""
 
     agent_client_id: str = "edgefleet-agent"
-    """Fixed client id, so the broker keeps the agent's session across agent restarts."""
+    """Prefix of the agent's secret MQTT client id (``<prefix>-<16 random hex>``, kept in
+    ``twins/agent-client-id``), so the broker keeps the agent's session across restarts."""
 
     models_dir: Path | None = None
     """Folder of extra device models (``*.yaml``) besides the built-in ones; None: only those."""

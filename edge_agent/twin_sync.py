@@ -22,7 +22,9 @@ Rules (docs/twins.md, "The sync stream", has the message table):
 4. ``change`` messages (the cloud's changes, desired mostly) are applied one at a time, in
    arrival order, through `TwinsService.apply_cloud_change` (exactly once per (origin, seq);
    the device gets what changed, in order), and each is answered with an ``ack``. The cloud
-   keeps at most ``window`` in flight; more is a protocol violation.
+   keeps at most ``window`` in flight; more is a protocol violation. ``command`` messages
+   (move a device to another node) take the same queue and the same ``ack``, through
+   `TwinsService.apply_cloud_command`.
 5. Frames are a 4-byte big-endian length and a JSON object; the length is checked against
    the cap before anything is buffered, the depth before parsing. A bad frame resets the
    stream. The framing is device_models.sync_wire, shared with the tunnel server.
@@ -56,7 +58,7 @@ __all__ = [
 log = logging.getLogger("edge_agent.twin_sync")
 
 SYNC_TARGET = "twins"
-_FAILED = frozenset({Code.BAD_REQUEST, Code.UNKNOWN_DEVICE, Code.OUT_OF_ORDER})
+_FAILED = frozenset({Code.BAD_REQUEST, Code.UNKNOWN_DEVICE, Code.OUT_OF_ORDER, Code.MOVE_REFUSED})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +105,8 @@ class TwinsEndpoint(Protocol):
     async def apply_cloud_change(
         self, change: Mapping[str, object] | str | bytes
     ) -> CloudChangeResult: ...
+
+    async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult: ...
 
 
 class ProtocolViolationError(Exception):
@@ -252,10 +256,12 @@ class _Link:
                 future = self._pending.get(batch_id) if isinstance(batch_id, int) else None
                 if future is not None and not future.done():
                     future.set_result(message)
-            elif kind == "change":
+            elif kind in ("change", "command"):
+                # Commands (a device's move) share the changes' queue: they are applied in
+                # the order the cloud queued them, after the changes before them.
                 row_id = message.get("id")
                 if isinstance(row_id, bool) or not isinstance(row_id, int):
-                    raise ProtocolViolationError("a change needs an integer id")
+                    raise ProtocolViolationError(f"a {kind} needs an integer id")
                 try:
                     self._changes.put_nowait(message)
                 except asyncio.QueueFull:
@@ -275,9 +281,13 @@ class _Link:
 async def _apply_one(
     twins: TwinsEndpoint, message: dict[str, Any], counters: SyncCounters
 ) -> dict[str, Any]:
-    body = {"device": message.get("device"), "change": message.get("change")}
     try:
-        result = await twins.apply_cloud_change(body)
+        if message["type"] == "command":
+            command = {"device": message.get("device"), "command": message.get("command")}
+            result = await twins.apply_cloud_command(command)
+        else:
+            body = {"device": message.get("device"), "change": message.get("change")}
+            result = await twins.apply_cloud_change(body)
     except CloudChangeError as error:
         if error.code in _FAILED:
             counters.changes_failed += 1

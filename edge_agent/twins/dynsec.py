@@ -1,8 +1,9 @@
 """A small admin client for mosquitto's dynamic-security plugin (``$CONTROL/dynamic-security/v1``).
 
 Each call opens a short admin connection, sends one batch of commands and waits for the batch
-of answers (the plugin answers a batch in order on ``.../response``). Onboarding is rare, so a
-connection per call is simpler than a long-lived one and cannot go stale.
+of answers (the plugin answers a batch in order on ``.../response``, to every admin
+connection: each command's ``correlationData`` marks which answers are ours). Onboarding is
+rare, so a connection per call is simpler than a long-lived one and cannot go stale.
 
 Only features of mosquitto 2.0 are used: in 2.0 the plugin does not substitute ``%c`` / ``%u`` in
 ACL topics, so every device gets a role with its own literal topics.
@@ -30,6 +31,8 @@ __all__ = [
     "device_acls",
     "device_role",
     "device_username",
+    "node_role",
+    "owner_tag",
 ]
 
 log = logging.getLogger("edge_agent.twins.dynsec")
@@ -66,6 +69,19 @@ class Acl:
 def device_username(device_id: str) -> str:
     """A device's broker username; the prefix keeps device ids out of the admin's namespace."""
     return f"device:{device_id}"
+
+
+OWNER_PREFIX = "edgefleet-node:"
+"""A device user's ``textname`` is this plus the name of the node that owns the device."""
+
+
+def owner_tag(node: str) -> str:
+    return f"{OWNER_PREFIX}{node}"
+
+
+def node_role(node: str) -> str:
+    """An empty role whose existence says that `node`'s agent uses this broker."""
+    return f"{OWNER_PREFIX}{node}"
 
 
 def device_role(device_id: str) -> str:
@@ -131,7 +147,14 @@ class DynsecClient:
         return answers
 
     async def _round_trip(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        identifier = f"edgefleet-dynsec-{secrets.token_hex(4)}"
+        # Every admin connection receives every answer on the response topic (other agents
+        # sharing the broker administer it too): correlation data tells ours apart.
+        batch = secrets.token_hex(8)
+        commands = [
+            {**command, "correlationData": f"{batch}.{index}"}
+            for index, command in enumerate(commands)
+        ]
+        identifier = f"edgefleet-dynsec-{secrets.token_hex(8)}"
         try:
             async with aiomqtt.Client(
                 self._host,
@@ -152,14 +175,14 @@ class DynsecClient:
     async def _answers(
         self, client: aiomqtt.Client, commands: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        names = [command["command"] for command in commands]
+        wanted = [command["correlationData"] for command in commands]
         async with asyncio.timeout(self._timeout):
             async for message in client.messages:
                 payload = message.payload
                 if not isinstance(payload, bytes | bytearray):
                     continue
                 responses = json.loads(payload).get("responses", [])
-                if [response.get("command") for response in responses] == names:
+                if [response.get("correlationData") for response in responses] == wanted:
                     return list(responses)
                 log.debug("ignoring a dynamic-security answer to another batch")
         raise DynsecError("the broker closed the admin connection before answering")
@@ -170,19 +193,23 @@ class DynsecClient:
         commands += [acl.command(rolename) for acl in acls]
         await self.execute(commands, tolerate=_ALREADY)
 
-    async def ensure_client(self, username: str, password: str, rolename: str) -> None:
-        """Create the client, or reset its password and make sure it has the role."""
-        [created] = await self.execute(
-            [
-                {
-                    "command": "createClient",
-                    "username": username,
-                    "password": password,
-                    "roles": [{"rolename": rolename}],
-                }
-            ],
-            tolerate=("already exists",),
-        )
+    async def ensure_client(
+        self, username: str, password: str, rolename: str, *, client_id: str | None = None
+    ) -> None:
+        """Create the client, or reset its password and make sure it has the role.
+
+        With `client_id`, the credential works only with that client id (set again on an
+        existing client); without, with any.
+        """
+        create: dict[str, Any] = {
+            "command": "createClient",
+            "username": username,
+            "password": password,
+            "roles": [{"rolename": rolename}],
+        }
+        if client_id is not None:
+            create["clientid"] = client_id
+        [created] = await self.execute([create], tolerate=("already exists",))
         if "error" not in created:
             return
         [current] = await self.execute([{"command": "getClient", "username": username}])
@@ -190,6 +217,8 @@ class DynsecClient:
         commands: list[dict[str, Any]] = [
             {"command": "setClientPassword", "username": username, "password": password}
         ]
+        if client_id is not None:
+            commands.append({"command": "setClientId", "username": username, "clientid": client_id})
         if rolename not in [role.get("rolename") for role in roles]:
             # mosquitto 2.0 answers "Internal error" when the role is already there: ask first.
             commands.append(
@@ -197,10 +226,73 @@ class DynsecClient:
             )
         await self.execute(commands)
 
-    async def create_device(self, device_id: str, password: str, *, client_id: str) -> None:
+    async def reserve_device(self, device_id: str, *, node: str) -> str | None:
+        """Reserve the device's broker user for `node`; None if done, else its owner now.
+
+        ``createClient`` is atomic in the broker, so when several agents share it and all
+        receive one claim, exactly one creates the user and owns the device. The reservation
+        has a random password nobody knows and no role until `create_device` fills it in.
+        The owner is the node named in the user's ``textname`` (``""`` for a user made
+        before owners were recorded).
+        """
+        [created] = await self.execute(
+            [
+                {
+                    "command": "createClient",
+                    "username": device_username(device_id),
+                    "password": secrets.token_urlsafe(24),
+                    "textname": owner_tag(node),
+                }
+            ],
+            tolerate=("already exists",),
+        )
+        if "error" not in created:
+            return None
+        owner = await self.device_owner(device_id)
+        return "" if owner is None else owner
+
+    async def device_owner(self, device_id: str) -> str | None:
+        """The node that owns the device's broker user (``""``: unrecorded), None if none."""
+        [answer] = await self.execute(
+            [{"command": "getClient", "username": device_username(device_id)}],
+            tolerate=("not found",),
+        )
+        if "error" in answer:
+            return None
+        text = str(answer.get("data", {}).get("client", {}).get("textname") or "")
+        return text.removeprefix(OWNER_PREFIX) if text.startswith(OWNER_PREFIX) else ""
+
+    async def hand_over(self, device_id: str, *, node: str) -> None:
+        """Make `node` the owner of the device's broker user; its credential is unchanged."""
+        await self.execute(
+            [
+                {
+                    "command": "modifyClient",
+                    "username": device_username(device_id),
+                    "textname": owner_tag(node),
+                }
+            ]
+        )
+
+    async def announce_node(self, node: str) -> None:
+        """Record that `node` serves this broker (what a move to it checks first)."""
+        await self.execute(
+            [{"command": "createRole", "rolename": node_role(node)}], tolerate=_ALREADY
+        )
+
+    async def node_present(self, node: str) -> bool:
+        [answer] = await self.execute(
+            [{"command": "getRole", "rolename": node_role(node)}], tolerate=("not found",)
+        )
+        return "error" not in answer
+
+    async def create_device(
+        self, device_id: str, password: str, *, client_id: str, node: str
+    ) -> None:
         """Replace any half-made credential of this device with a fresh one, in one batch.
 
-        The credential only works with ``client_id``, which the device learns sealed.
+        The credential only works with ``client_id``, which the device learns sealed; the
+        user records `node` as its owner.
         """
         username, rolename = device_username(device_id), device_role(device_id)
         await self.execute(
@@ -214,6 +306,7 @@ class DynsecClient:
                     "username": username,
                     "password": password,
                     "clientid": client_id,
+                    "textname": owner_tag(node),
                     "roles": [{"rolename": rolename}],
                 },
             ],

@@ -5,13 +5,17 @@ Flow (docs/mqtt.md §2):
 1. The device connects with the claim credential. The broker lets that credential publish on
    ``edgefleet/provision/request`` and read ``edgefleet/provision/response/+``, nothing else.
 2. It publishes ``{"rid", "deviceId", "model", "claimSecret"?, "responseKey"}``.
-3. The agent checks the model (built-in or from the models folder), the claim (a device
+3. Every agent on the broker receives it. An agent that has the id active answers
+   ``duplicate-id``. Otherwise each reserves the broker user ``device:<id>`` for its node
+   (``createClient`` is atomic in the broker): exactly one succeeds and owns the device, the
+   others stay silent (docs/mqtt.md §2, "Several agents on one broker").
+4. The owner checks the model (built-in or from the models folder) and the claim (a device
    registered in advance must present its secret; unregistered devices are refused when
-   `require_registration` is set) and its registry (an active id is a duplicate).
-4. It records the device as ``provisioning``, creates a broker client ``device:<id>`` bound to
-   client id ``<id>`` with a random password and a role limited to ``edgefleet/devices/<id>/``,
-   then records it ``active`` together with a ``device`` record for the cloud, and answers on
-   ``edgefleet/provision/response/<rid>``.
+   `require_registration` is set); a refusal frees the reservation.
+5. It records the device as ``provisioning``, fills in the broker user (bound to client id
+   ``<id>-<16 random hex>``, a random password, a role limited to
+   ``edgefleet/devices/<id>/``, its node as owner), then records it ``active`` together with
+   a ``device`` record for the cloud, and answers on ``edgefleet/provision/response/<rid>``.
 
 Why the password is encrypted: mosquitto 2.0 cannot restrict who reads which response topic
 (no ``%c`` in ACLs), so every claim-credential holder can read every answer. The device sends a
@@ -31,6 +35,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device_models import JsonObject
+from device_models import DeviceModel, JsonObject
 from edge_agent.twins import topics
 from edge_agent.twins.dynsec import DynsecClient, DynsecError, device_username
 from edge_agent.twins.outbox import Metrics, Outbox
@@ -53,11 +58,18 @@ from edge_agent.twins.payloads import (
 from edge_agent.twins.twin_service import TwinService
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState, TwinStore
 
-__all__ = ["ClaimAnswer", "Onboarding", "SealedSecrets", "open_credential", "seal_credential"]
+__all__ = [
+    "ClaimAnswer",
+    "NotOwnerError",
+    "Onboarding",
+    "SealedSecrets",
+    "open_credential",
+    "seal_credential",
+]
 
 log = logging.getLogger("edge_agent.twins.onboarding")
 
-_FIELDS = frozenset({"rid", "deviceId", "model", "claimSecret", "responseKey"})
+_FIELDS = frozenset({"rid", "deviceId", "model", "claimSecret", "responseKey", "node"})
 KEY_BYTES = 32
 MAX_SECRET_LENGTH = 256
 PASSWORD_BYTES = 24  # 192 bits of randomness, 32 characters of base64url
@@ -65,6 +77,19 @@ CLIENT_ID_SUFFIX_BYTES = 8
 """Random bytes (16 hex digits) after ``<device id>-`` in a device's MQTT client id. Secret
 like the password: a holder of the shared claim credential who knew a device's client id could
 connect with it, and the broker would disconnect the device (a client-id takeover)."""
+
+
+class NotOwnerError(Exception):
+    """Another node owns the device on this broker: it answers the claim, not us."""
+
+    def __init__(self, device_id: str, owner: str, *, addressed: bool = False) -> None:
+        who = f"node {owner}" if owner else "a node that did not record its name"
+        if addressed:
+            text = f"the claim of {device_id} is addressed to node {owner}; left to it"
+        else:
+            text = f"device {device_id} belongs to {who} on this broker; left to it"
+        super().__init__(text)
+        self.owner = owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +152,8 @@ class _Claim:
     model: str
     secret: str | None
     key: bytes
+    node: str | None = None
+    """The node the device asks to be onboarded by (optional routing on a shared broker)."""
 
 
 class Onboarding:
@@ -138,6 +165,7 @@ class Onboarding:
         outbox: Outbox,
         dynsec: DynsecClient,
         metrics: Metrics,
+        node: str,
         require_registration: bool,
         max_devices: int,
         max_request_bytes: int,
@@ -148,6 +176,7 @@ class Onboarding:
         self._outbox = outbox
         self._dynsec = dynsec
         self._metrics = metrics
+        self._node = node
         self._require_registration = require_registration
         self._max_devices = max_devices
         self._max_request = max_request_bytes
@@ -165,10 +194,15 @@ class Onboarding:
         """Answer one claim request; None when it has no usable rid (nowhere to answer)."""
         rid: str | None = None
         try:
+            if len(payload) > self._max_request:
+                rid = oversized_rid(payload)
             data = decode_object(payload, max_bytes=self._max_request)
             rid = optional_rid(data)
             claim = _parse(rid, data)
             body = await self._onboard(claim)
+        except NotOwnerError as other:
+            log.info("claim %s: %s", rid, other)
+            return None
         except RequestError as error:
             self._metrics.claims_rejected += 1
             log.info("claim %s refused: %s %s", rid, error.code, error.message)
@@ -187,29 +221,33 @@ class Onboarding:
     def busy_answer(self, payload: bytes) -> ClaimAnswer | None:
         """The answer to a claim that finds the queue full (``unavailable``: retry later)."""
         try:
-            rid = optional_rid(decode_object(payload, max_bytes=self._max_request))
+            data = decode_object(payload, max_bytes=self._max_request)
+            rid = optional_rid(data)
         except RequestError:
             return None
-        if rid is None:
-            return None
+        if rid is None or data.get("node") not in (None, self._node):
+            return None  # addressed to another node: its agent answers
         self._metrics.claims_rejected += 1
         error = RequestError(Code.UNAVAILABLE, "too many claims at once; retry").to_json()
         return ClaimAnswer(topics.provision_response(rid), encode({"rid": rid, **error}))
 
     async def _onboard(self, claim: _Claim) -> JsonObject:
-        model = self._twins.models.get(claim.model)
-        if model is None:
-            known = ", ".join(self._twins.models.names())
-            raise RequestError(Code.UNKNOWN_MODEL, f"unknown model {claim.model} (known: {known})")
-        self._check_claim(claim)
         existing = self._twins.device(claim.device_id)
         if existing is not None and existing.state is DeviceState.ACTIVE:
-            raise RequestError(Code.DUPLICATE_ID, f"device {claim.device_id} is already onboarded")
-        if existing is None and len(self._twins.device_ids()) >= self._max_devices:
             raise RequestError(
-                Code.UNAVAILABLE, f"this agent serves {self._max_devices} devices at most"
+                Code.DUPLICATE_ID,
+                f"device {claim.device_id} is already onboarded on node {self._node}: connect "
+                "with its credential (an operator moves it to another node with "
+                f"POST /api/v1/devices/{self._node}:{claim.device_id}/move)",
             )
-        self._outbox.check_room(1)
+        if claim.node is not None and claim.node != self._node:
+            raise NotOwnerError(claim.device_id, claim.node, addressed=True)
+        await self._reserve(claim.device_id, ours=existing is not None)
+        try:
+            model = self._check(claim, existing)
+        except RequestError:
+            await self._dynsec.delete_device(claim.device_id)  # free the reservation
+            raise
         now = self._clock()
         record = DeviceRecord(
             device_id=claim.device_id,
@@ -224,7 +262,7 @@ class Onboarding:
             client_id=f"{claim.device_id}-{secrets.token_hex(CLIENT_ID_SUFFIX_BYTES)}",
         )
         await self._dynsec.create_device(
-            claim.device_id, sealed.password, client_id=sealed.client_id
+            claim.device_id, sealed.password, client_id=sealed.client_id, node=self._node
         )
         active = DeviceRecord(
             device_id=record.device_id,
@@ -252,6 +290,33 @@ class Onboarding:
             "credential": seal_credential(claim.key, claim.device_id, sealed),
         }
 
+    async def _reserve(self, device_id: str, *, ours: bool) -> None:
+        """Make this node the device's owner on the broker, or raise NotOwnerError.
+
+        Every agent on a shared broker receives every claim; the broker's atomic
+        ``createClient`` picks exactly one of them (dynsec.reserve_device). The others stay
+        silent, so the device gets one answer. A user already owned by this node is a
+        half-made onboarding (a crash, or a lost database) and is taken over; one made before
+        owners were recorded is ours only if we have the device's row.
+        """
+        owner = await self._dynsec.reserve_device(device_id, node=self._node)
+        if owner is None or owner == self._node or (owner == "" and ours):
+            return
+        raise NotOwnerError(device_id, owner)
+
+    def _check(self, claim: _Claim, existing: DeviceRecord | None) -> DeviceModel:
+        model = self._twins.models.get(claim.model)
+        if model is None:
+            known = ", ".join(self._twins.models.names())
+            raise RequestError(Code.UNKNOWN_MODEL, f"unknown model {claim.model} (known: {known})")
+        self._check_claim(claim)
+        if existing is None and len(self._twins.device_ids()) >= self._max_devices:
+            raise RequestError(
+                Code.UNAVAILABLE, f"this agent serves {self._max_devices} devices at most"
+            )
+        self._outbox.check_room(1)
+        return model
+
     def _check_claim(self, claim: _Claim) -> None:
         registered = self._store.claim(claim.device_id)
         if registered is None:
@@ -268,6 +333,27 @@ class Onboarding:
         offered = secret_digest(claim.secret or "")
         if claim.secret is None or not hmac.compare_digest(offered, digest):
             raise RequestError(Code.BAD_CLAIM, "wrong claim secret")
+
+
+OVERSIZED_SCAN_BYTES = 64 * 1024
+"""How far into an oversized claim the agent looks for its ``rid``: a claim is refused
+because it is too large, so it is never parsed, and the scan stays linear and bounded."""
+
+_RID_FIELD = re.compile(rb'"rid"\s*:\s*"([A-Za-z0-9._-]{1,64})"')
+
+
+def oversized_rid(payload: bytes) -> str | None:
+    """The ``rid`` of a claim too large to parse, to address its ``too-large`` answer.
+
+    Found only when the payload is a JSON object whose first 64 KiB hold exactly one
+    ``"rid": "<rid>"``; with none or several (a nested one could name another device's
+    answer topic) there is no safe address, and the claim gets no answer.
+    """
+    head = payload[:OVERSIZED_SCAN_BYTES]
+    if not head.lstrip().startswith(b"{"):
+        return None
+    found = _RID_FIELD.findall(head)
+    return found[0].decode() if len(found) == 1 else None
 
 
 def _parse(rid: str | None, data: JsonObject) -> _Claim:
@@ -297,4 +383,7 @@ def _parse(rid: str | None, data: JsonObject) -> _Claim:
         raise RequestError(
             Code.BAD_REQUEST, f"responseKey must be {KEY_BYTES} random bytes in base64url"
         )
-    return _Claim(rid=rid, device_id=device_id, model=model, secret=secret, key=key)
+    node = data.get("node")
+    if node is not None and (not isinstance(node, str) or not topics.NODE_NAME.fullmatch(node)):
+        raise RequestError(Code.BAD_REQUEST, "node must be a node name")
+    return _Claim(rid=rid, device_id=device_id, model=model, secret=secret, key=key, node=node)

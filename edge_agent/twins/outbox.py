@@ -86,6 +86,10 @@ class Metrics:
     desired_delivered: int = 0
     devices_onboarded: int = 0
     claims_rejected: int = 0
+    foreign_messages: int = 0
+    """Device messages ignored because another node owns the device (a shared broker)."""
+    broker_sessions: int = 0
+    """Sessions of the agent on the broker since start: more than one means it was cut off."""
 
 
 class Outbox:

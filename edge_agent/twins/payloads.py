@@ -45,6 +45,7 @@ class Code(StrEnum):
     UNKNOWN_DEVICE = "unknown-device"
     UNKNOWN_MODEL = "unknown-model"
     DUPLICATE_ID = "duplicate-id"
+    MOVE_REFUSED = "move-refused"
     VERSION_CONFLICT = "version-conflict"
     OUT_OF_ORDER = "out-of-order"
     TOO_LARGE = "too-large"
@@ -61,6 +62,7 @@ STATUS: dict[Code, int] = {
     Code.UNKNOWN_DEVICE: 404,
     Code.UNKNOWN_MODEL: 404,
     Code.DUPLICATE_ID: 409,
+    Code.MOVE_REFUSED: 409,
     Code.VERSION_CONFLICT: 409,
     Code.OUT_OF_ORDER: 409,
     Code.TOO_LARGE: 413,

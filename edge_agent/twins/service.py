@@ -26,12 +26,15 @@ from pathlib import Path
 
 import aiomqtt
 
+from daemon_support.files import write_atomic
 from edge_agent.twins import dynsec, topics
+from edge_agent.twins.handover import Handover, MoveError
 from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
+from edge_agent.twins.payloads import Code
 from edge_agent.twins.topics import DeviceTopic
-from edge_agent.twins.twin_service import CloudChangeResult, TwinService
+from edge_agent.twins.twin_service import CloudChangeError, CloudChangeResult, TwinService
 from edge_agent.twins.twin_store import Durability, TwinStore
 
 __all__ = ["TwinsService", "TwinsSettings"]
@@ -69,8 +72,12 @@ class TwinsSettings:
     """The agent's own broker user (created at start with a fresh random password)."""
 
     agent_client_id: str = "edgefleet-agent"
-    """Fixed client id so that the broker keeps the agent's session (and queues QoS 1 device
-    messages, up to mosquitto's ``max_queued_messages``) while the agent restarts."""
+    """Prefix of the agent's MQTT client id. The id is ``<prefix>-<16 random hex digits>``,
+    made once and kept in ``<data_dir>/agent-client-id`` (0600), so the broker keeps the
+    agent's session (and queues QoS 1 device messages, up to ``max_queued_messages``) while
+    the agent restarts. Secret because the broker ends a session when another connection
+    uses its client id: every device holds the claim credential, so a public id would let any
+    of them push the agent off the broker. The agent's broker user is bound to it."""
 
     models_dir: Path | None = None
     """Folder of extra device models (``*.yaml``); the built-in models are always there."""
@@ -125,6 +132,35 @@ class TwinsSettings:
     def database(self) -> Path:
         return self.data_dir / "twins.sqlite3"
 
+    @property
+    def client_id_file(self) -> Path:
+        return self.data_dir / "agent-client-id"
+
+
+CLIENT_ID_SUFFIX_BYTES = 8
+"""Random bytes (16 hex digits) after the configured prefix of the agent's client id."""
+
+
+def agent_client_id(settings: TwinsSettings) -> str:
+    """The agent's secret client id: read from its file, or made once and written (0600).
+
+    A file whose id does not start with the configured prefix (the setting changed) is
+    replaced: the old id's broker session then simply expires.
+    """
+    path = settings.client_id_file
+    prefix = f"{settings.agent_client_id}-"
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    if kept.startswith(prefix) and len(kept) == len(prefix) + 2 * CLIENT_ID_SUFFIX_BYTES:
+        return kept
+    made = prefix + secrets.token_hex(CLIENT_ID_SUFFIX_BYTES)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, f"{made}\n".encode(), mode=0o600)
+    log.info("made the agent's broker client id (kept in %s)", path)
+    return made
+
 
 class _Publisher:
     def __init__(self, client: aiomqtt.Client) -> None:
@@ -176,13 +212,25 @@ class TwinsService:
             outbox=self.outbox,
             dynsec=self._dynsec,
             metrics=self.metrics,
+            node=settings.node_name,
             require_registration=settings.require_registration,
             max_devices=settings.max_devices,
             max_request_bytes=settings.max_claim_bytes,
             clock=clock,
         )
-        self._claims: asyncio.Queue[bytes] = asyncio.Queue(settings.claim_queue)
+        self.handover = Handover(
+            node=settings.node_name,
+            twins=self.twins,
+            store=self._store,
+            dynsec=self._dynsec,
+            clock=clock,
+        )
+        # Claims and adopt messages, (topic, payload), answered one at a time: each needs
+        # broker admin calls, and one at a time they never race on a device's broker user.
+        self._claims: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.claim_queue)
+        self._admin_lock = asyncio.Lock()
         self._agent_password = secrets.token_urlsafe(24)
+        self._agent_client_id = agent_client_id(settings)
         self._client: aiomqtt.Client | None = None
 
     @property
@@ -197,6 +245,36 @@ class TwinsService:
     ) -> CloudChangeResult:
         """A change from the cloud: ``{"device": id, "change": TwinChange JSON}`` (idempotent)."""
         return await self.twins.apply_cloud_change(change)
+
+    async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult:
+        """A command from the cloud: ``{"device", "command": {"op": "move", "to": node}}``.
+
+        Idempotent: a redelivered move of a device no longer here raises ``unknown-device``
+        (the cloud then drops it). Raises CloudChangeError like `apply_cloud_change`.
+        """
+        device_id, command = message.get("device"), message.get("command")
+        if (
+            not isinstance(device_id, str)
+            or not topics.DEVICE_ID.fullmatch(device_id)
+            or not isinstance(command, dict)
+            or set(command) != {"op", "to"}
+            or command.get("op") != "move"
+            or not isinstance(command.get("to"), str)
+            or not topics.NODE_NAME.fullmatch(str(command.get("to")))
+        ):
+            raise CloudChangeError(
+                Code.BAD_REQUEST,
+                'a command is {"device": <id>, "command": {"op": "move", "to": <node>}}',
+            )
+        publisher = None if self._client is None else _Publisher(self._client)
+        async with self._admin_lock:
+            try:
+                moved = await self.handover.move(device_id, str(command["to"]), publisher)
+            except MoveError as error:
+                raise CloudChangeError(error.code, error.message) from None
+            except aiomqtt.MqttError as error:
+                raise CloudChangeError(Code.UNAVAILABLE, f"broker: {error}") from None
+        return CloudChangeResult(device_id=device_id, applied=moved)
 
     def register_claim(self, device_id: str, model: str, claim_secret: str) -> None:
         """Register a device in advance; it must present `claim_secret` when it claims."""
@@ -233,8 +311,12 @@ class TwinsService:
                 )
                 await self._dynsec.ensure_role(dynsec.AGENT_ROLE, dynsec.agent_acls())
                 await self._dynsec.ensure_client(
-                    self.settings.agent_username, self._agent_password, dynsec.AGENT_ROLE
+                    self.settings.agent_username,
+                    self._agent_password,
+                    dynsec.AGENT_ROLE,
+                    client_id=self._agent_client_id,
                 )
+                await self._dynsec.announce_node(self.settings.node_name)
             except dynsec.DynsecError as exc:
                 log.warning("broker accounts not set up yet (%s); retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -264,7 +346,7 @@ class TwinsService:
             settings.broker_port,
             username=settings.agent_username,
             password=self._agent_password,
-            identifier=settings.agent_client_id,
+            identifier=self._agent_client_id,
             clean_session=False,
             keepalive=settings.keepalive,
             max_queued_incoming_messages=settings.max_queued_messages,
@@ -277,7 +359,9 @@ class TwinsService:
     async def _session(self) -> None:
         async with self._new_client() as client:
             self._client = client
-            await client.subscribe([(f, 1) for f in topics.agent_subscriptions()])
+            self.metrics.broker_sessions += 1
+            node = self.settings.node_name
+            await client.subscribe([(f, 1) for f in topics.agent_subscriptions(node)])
             await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
             self.twins.attach(_Publisher(client))
             await self.twins.republish()
@@ -297,6 +381,8 @@ class TwinsService:
                 topic = str(message.topic)
                 if topic == topics.PROVISION_REQUEST:
                     await self._queue_claim(client, payload)
+                elif topics.is_adopt_topic(self.settings.node_name, topic):
+                    await self._claims.put((topic, payload))  # rare: an operator's move
                 elif (where := topics.parse_device_topic(topic)) is not None:
                     device_messages.append((where, payload))
             if device_messages:
@@ -307,7 +393,7 @@ class TwinsService:
 
     async def _queue_claim(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
-            self._claims.put_nowait(payload)
+            self._claims.put_nowait((topics.PROVISION_REQUEST, payload))
         except asyncio.QueueFull:
             log.warning("claim queue full (%s); answering unavailable", self._claims.qsize())
             answer = self.onboarding.busy_answer(payload)
@@ -316,8 +402,18 @@ class TwinsService:
 
     async def _onboarding_loop(self) -> None:
         while True:
-            payload = await self._claims.get()
-            answer = await self.onboarding.handle(payload)
+            topic, payload = await self._claims.get()
+            client = self._client
+            if topic != topics.PROVISION_REQUEST:
+                publisher = None if client is None else _Publisher(client)
+                async with self._admin_lock:
+                    try:
+                        await self.handover.adopt(topic, payload, publisher)
+                    except aiomqtt.MqttError as exc:
+                        log.warning("adopt message not cleared (%s); done again later", exc)
+                continue
+            async with self._admin_lock:
+                answer = await self.onboarding.handle(payload)
             client = self._client
             if answer is None or client is None:
                 continue

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -86,6 +87,7 @@ async def claim_device(
     device_id: str,
     model: str,
     claim_secret: str | None = None,
+    node: str | None = None,
     answer_timeout: float = 15.0,
 ) -> DeviceCredential:
     """Onboard one device; raises ClaimRejectedError with the agent's reason."""
@@ -99,6 +101,8 @@ async def claim_device(
     }
     if claim_secret is not None:
         request["claimSecret"] = claim_secret
+    if node is not None:
+        request["node"] = node
     async with aiomqtt.Client(
         host,
         port,
@@ -180,7 +184,12 @@ class SimulatedDevice:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
-            await self._client.publish(self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True)
+            # The broker may have ended the session already (its user changed hands when the
+            # device moved to another node): the last will said "offline" then.
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.publish(
+                    self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True
+                )
         await self._client.__aexit__(exc_type, exc, tb)
 
     async def request(self, op: Op, body: JsonObject) -> Answer:
@@ -286,6 +295,7 @@ class _Options:
     claim_password: str
     credentials: Path | None
     seed: int | None
+    node: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -325,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file keeping device credentials, so a second run reuses them",
     )
     parser.add_argument("--seed", type=int, help="seed for reproducible values")
+    parser.add_argument(
+        "--node", help="the node whose agent should onboard the devices (a shared broker)"
+    )
     return parser
 
 
@@ -347,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         claim_password=args.claim_password,
         credentials=args.credentials,
         seed=args.seed,
+        node=args.node,
     )
     started = time.monotonic()
     totals = asyncio.run(run_devices(options))
@@ -372,6 +386,7 @@ async def run_devices(options: _Options) -> _Totals:
                     claim_password=options.claim_password,
                     device_id=device_id,
                     model=options.model,
+                    node=options.node,
                 )
             except (ClaimRejectedError, aiomqtt.MqttError, TimeoutError) as exc:
                 log.error("%s: %s", device_id, exc)  # noqa: TRY400 - the reason is the message
@@ -389,6 +404,12 @@ async def run_devices(options: _Options) -> _Totals:
     return totals
 
 
+RECONNECTS = 5
+"""Sessions in a row a simulated device may lose without a report answered in between
+before it gives up (the broker ends a session, for example, when the device is moved to
+another node: it connects again with the same credential)."""
+
+
 async def _drive(
     options: _Options,
     credential: DeviceCredential,
@@ -396,28 +417,51 @@ async def _drive(
     rng: random.Random,
     totals: _Totals,
 ) -> None:
-    try:
-        async with SimulatedDevice(
-            host=options.host, port=options.port, credential=credential
-        ) as device:
-            sent = 0
-            while options.reports == 0 or sent < options.reports:
-                await device.drain()
-                patch = random_patch(model, rng)
-                while (delta := device.take(Op.DELTA)) is not None:
-                    wanted = delta.get("delta")
-                    if isinstance(wanted, dict):
-                        patch.update(wanted)  # apply desired values and report them
-                answer = await device.report(patch)
-                sent += 1
-                totals.reports += 1
-                if answer.get("code") != 200:
-                    totals.rejected += 1
-                    log.warning("%s: report refused: %s", device.device_id, answer)
-                await asyncio.sleep(options.interval)
-    except (aiomqtt.MqttError, TimeoutError) as exc:
-        log.error("%s: %s", credential.device_id, exc)  # noqa: TRY400 - the reason is the message
-        totals.errors += 1
+    sent = [0]
+    failures = 0
+    while True:
+        before = sent[0]
+        try:
+            await _session(options, credential, model=model, rng=rng, totals=totals, sent=sent)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            failures = 1 if sent[0] > before else failures + 1
+            if failures > RECONNECTS:
+                log.error("%s: %s", credential.device_id, exc)  # noqa: TRY400 - the reason is the message
+                totals.errors += 1
+                return
+            log.warning("%s: %s; connecting again", credential.device_id, exc)
+            await asyncio.sleep(0.5 * failures)
+        else:
+            return
+
+
+async def _session(
+    options: _Options,
+    credential: DeviceCredential,
+    *,
+    model: DeviceModel,
+    rng: random.Random,
+    totals: _Totals,
+    sent: list[int],
+) -> None:
+    """One broker session of a simulated device: report until done (`sent` counts across)."""
+    async with SimulatedDevice(
+        host=options.host, port=options.port, credential=credential
+    ) as device:
+        while options.reports == 0 or sent[0] < options.reports:
+            await device.drain()
+            patch = random_patch(model, rng)
+            while (delta := device.take(Op.DELTA)) is not None:
+                wanted = delta.get("delta")
+                if isinstance(wanted, dict):
+                    patch.update(wanted)  # apply desired values and report them
+            answer = await device.report(patch)
+            sent[0] += 1
+            totals.reports += 1
+            if answer.get("code") != 200:
+                totals.rejected += 1
+                log.warning("%s: report refused: %s", device.device_id, answer)
+            await asyncio.sleep(options.interval)
 
 
 def _load_credentials(path: Path | None) -> dict[str, DeviceCredential]:

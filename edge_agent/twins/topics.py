@@ -14,13 +14,16 @@ from enum import StrEnum
 __all__ = [
     "AGENT_AVAILABILITY",
     "DEVICE_ID",
+    "NODE_NAME",
     "PROVISION_REQUEST",
     "PROVISION_RESPONSE_FILTER",
     "RID",
     "DeviceTopic",
     "Op",
+    "adopt_topic",
     "agent_subscriptions",
     "device_topic",
+    "is_adopt_topic",
     "parse_device_topic",
     "provision_response",
 ]
@@ -29,6 +32,8 @@ ROOT = "edgefleet"
 PROVISION_REQUEST = f"{ROOT}/provision/request"
 PROVISION_RESPONSE_FILTER = f"{ROOT}/provision/response/+"
 AGENT_AVAILABILITY = f"{ROOT}/agent/availability"
+# Node names (certificate names) are DNS-like: safe as a topic level.
+NODE_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 
 # Device ids are topic levels and broker usernames: ASCII, no MQTT wildcards or separators.
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -82,7 +87,20 @@ def parse_device_topic(topic: str) -> DeviceTopic | None:
     return None if op is None else DeviceTopic(parts[2], op)
 
 
-def agent_subscriptions() -> list[str]:
-    """The filters the agent subscribes to (QoS 1)."""
+def adopt_topic(node: str, device_id: str) -> str:
+    """Where a node hands a device over to `node` (retained; agents only, handover.py)."""
+    return f"{ROOT}/agents/{node}/adopt/{device_id}"
+
+
+def is_adopt_topic(node: str, topic: str) -> bool:
+    return topic.startswith(f"{ROOT}/agents/{node}/adopt/")
+
+
+def agent_subscriptions(node: str) -> list[str]:
+    """The filters the agent of `node` subscribes to (QoS 1)."""
     devices = f"{ROOT}/devices/+"
-    return [PROVISION_REQUEST, *(f"{devices}/{op.value}" for op in DEVICE_PUBLISHES)]
+    return [
+        PROVISION_REQUEST,
+        *(f"{devices}/{op.value}" for op in DEVICE_PUBLISHES),
+        adopt_topic(node, "+"),
+    ]

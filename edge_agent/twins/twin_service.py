@@ -200,6 +200,33 @@ class TwinService:
             ]
             await self._send(clear)
 
+    async def release_device(self, device_id: str, *, to: str) -> None:
+        """Stop serving a device that moved to node `to` (its broker user now belongs to it).
+
+        Unlike `remove_device` its retained topics stay: the availability is the device's
+        own, and the new owner publishes its delta when it adopts the device.
+        """
+        async with self._lock:
+            record: JsonObject = {
+                "kind": "device-moved",
+                "device": device_id,
+                "to": to,
+                "at": self._clock(),
+            }
+            self._store.commit(StoreWrite(outbox=[record]))
+            self._store.delete_device(device_id)
+            self._devices.pop(device_id, None)
+            self._published_delta.pop(device_id, None)
+            self._outbox.notify()
+
+    async def adopt_device(self, record: DeviceRecord, *, announce: list[JsonObject]) -> None:
+        """Serve a device another node handed over: its row, its records, its delta."""
+        await self.commit_device(record, outbox=announce)
+        async with self._lock:
+            batch = _Batch(records={record.device_id: record}, dirty_delta={record.device_id})
+            self._queue_deltas(batch)
+            await self._send(batch.outgoing)
+
     def queue_unsent_availability(self) -> None:
         """Outbox has room again: queue availability changes that did not fit before."""
         for stale in self._store.unsent_availability():
@@ -243,6 +270,11 @@ class TwinService:
 
     def _handle_one(self, batch: _Batch, where: DeviceTopic, payload: bytes) -> None:
         rid: str | None = None
+        if where.device_id not in batch.records and where.device_id not in self._devices:
+            # Another node's device: on a broker shared by several agents every agent
+            # receives every device's messages, and only the owner answers (docs/mqtt.md §2).
+            self._metrics.foreign_messages += 1
+            return
         try:
             if where.op is Op.AVAILABILITY:
                 self._availability(batch, where.device_id, payload)

@@ -8,6 +8,8 @@
 - ``PATCH .../twin`` takes ``{"desired": <merge patch>}``; a ``$version`` inside ``desired``
   makes the write conditional (409 when it is not the current version). Reported is the
   edge's and cannot be written here.
+- ``POST .../move`` takes ``{"node": <target>}`` and moves the device to another node on its
+  broker (202; the handover happens on the site, docs/twins.md "Moving a device").
 - Errors are ``{"error": <stable code>, "message": ..., "problems": [{"path", "reason"}]}``.
 """
 
@@ -35,7 +37,9 @@ from tunnel_server.twins.service import (
     DEVICE_ID,
     DeviceRemovedError,
     ModelUnknownError,
+    MovePendingError,
     QueueFullError,
+    SameNodeError,
     TwinsCloud,
     UnknownDeviceError,
 )
@@ -124,7 +128,7 @@ def _row(request: web.Request, key: DeviceKey) -> DeviceRow:
     return row
 
 
-def device_json(row: DeviceRow, *, pending: int) -> JsonObject:
+def device_json(row: DeviceRow, *, pending: int, move_to: str | None = None) -> JsonObject:
     twin = row.replica.twin
     return {
         "id": row.id,
@@ -143,6 +147,7 @@ def device_json(row: DeviceRow, *, pending: int) -> JsonObject:
         "edgeOrigin": row.edge_origin,
         "lastRejected": row.last_rejected,
         "syncError": row.sync_error,
+        "moveTo": move_to,
     }
 
 
@@ -199,8 +204,9 @@ async def get_device(request: web.Request) -> web.StreamResponse:
 async def _get_device(request: web.Request) -> web.Response:
     key = _key(request)
     row = _row(request, key)
-    pending = _cloud(request).store.downlink_count(key[0], key[1])
-    return _ok(device_json(row, pending=pending))
+    store = _cloud(request).store
+    pending = store.downlink_count(key[0], key[1])
+    return _ok(device_json(row, pending=pending, move_to=store.pending_move(key)))
 
 
 async def get_twin(request: web.Request) -> web.StreamResponse:
@@ -268,6 +274,31 @@ async def _patch_twin(request: web.Request) -> web.Response:
         "twins: desired of %s patched to $version %s", row.id, row.replica.twin.desired.version
     )
     return _ok(twin_json(row))
+
+
+async def move_device(request: web.Request) -> web.StreamResponse:
+    return await _guarded(request, _move_device)
+
+
+async def _move_device(request: web.Request) -> web.Response:
+    cloud = _cloud(request)
+    key = _key(request)
+    body = await _read_body(request, cloud.settings.max_body_bytes)
+    target = body.get("node")
+    if set(body) != {"node"} or not isinstance(target, str) or not _NODE.fullmatch(target):
+        raise _ApiError(400, "bad_request", 'the body is {"node": <the node to move it to>}')
+    try:
+        cloud.move(key, target)
+    except SameNodeError as error:
+        raise _ApiError(409, "same_node", str(error)) from None
+    except MovePendingError as error:
+        raise _ApiError(409, "move_pending", str(error)) from None
+    except (UnknownDeviceError, DeviceRemovedError, QueueFullError) as error:
+        raise _write_error(error, key) from None
+    row = _row(request, key)
+    pending = cloud.store.downlink_count(key[0], key[1])
+    answer = device_json(row, pending=pending, move_to=target)
+    return web.json_response(answer, status=202, headers=_SECURITY_HEADERS)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -350,3 +381,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/devices/{id}", get_device)
     app.router.add_get("/api/v1/devices/{id}/twin", get_twin)
     app.router.add_patch("/api/v1/devices/{id}/twin", patch_twin)
+    app.router.add_post("/api/v1/devices/{id}/move", move_device)

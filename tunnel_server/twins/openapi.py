@@ -55,6 +55,11 @@ _DEVICE: dict[str, Any] = {
         "edgeOrigin": {"type": "string", "nullable": True},
         "lastRejected": {"type": "object", "nullable": True},
         "syncError": {"type": "string", "nullable": True},
+        "moveTo": {
+            "type": "string",
+            "nullable": True,
+            "description": "the node a requested move takes the device to, until it is there",
+        },
     },
 }
 _TWIN: dict[str, Any] = {
@@ -230,5 +235,45 @@ OPENAPI_PATHS: dict[str, Any] = {
                 **_errors(400, 401, 404, 409, 413, 415, 422, 503),
             },
         },
+    },
+    "/api/v1/devices/{id}/move": {
+        "post": {
+            "summary": "Move the device to another node on the same broker",
+            "description": "A device belongs to one node. Its node hands it over to the "
+            "target on their shared broker (the device keeps its credential) and the target "
+            "onboards it with a fresh twin that keeps the desired values. Accepted (202) when "
+            "queued; it happens once the device's node is connected. A node on another broker "
+            "refuses it: syncError then says why.",
+            "operationId": "moveDevice",
+            "tags": ["twins"],
+            "security": _SECURITY,
+            "parameters": [_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["node"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "node": {
+                                    "type": "string",
+                                    "pattern": "^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$",
+                                }
+                            },
+                        },
+                        "example": {"node": "edge-2"},
+                    }
+                },
+            },
+            "responses": {
+                "202": {
+                    "description": "the move is queued for the device's node",
+                    "content": {"application/json": {"schema": _DEVICE}},
+                },
+                **_errors(400, 401, 404, 409, 413, 415, 503),
+            },
+        }
     },
 }

@@ -19,7 +19,10 @@ Rules (docs/twins.md has the long form):
 5. A ``device`` record means the edge onboarded the device with a fresh replica. The cloud
    starts a fresh replica too (so both number from 1 again), drops changes still queued for
    the old one, and re-sends its desired values as a new change: intent survives a device
-   being re-onboarded.
+   being re-onboarded, and moved (from the node it came from, per the ``moves`` table).
+6. A device belongs to one node; `move` queues a ``move`` command for its node, which hands
+   it over on the site's broker; its ``device-moved`` record ends it there and the target's
+   ``device`` record starts it there (docs/twins.md, "Moving a device").
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ __all__ = [
     "BatchResult",
     "DeviceRemovedError",
     "ModelUnknownError",
+    "MovePendingError",
     "QueueFullError",
+    "SameNodeError",
     "TwinsCloud",
     "UnknownDeviceError",
 ]
@@ -87,6 +92,14 @@ class DeviceRemovedError(Exception):
 
 class ModelUnknownError(Exception):
     """The device's model is not loaded in the cloud, so a write cannot be validated."""
+
+
+class SameNodeError(ValueError):
+    """A move to the node the device is on already."""
+
+
+class MovePendingError(ValueError):
+    """A move of a device that is being moved already (one at a time)."""
 
 
 class QueueFullError(Exception):
@@ -160,7 +173,13 @@ class TwinsCloud:
         node, sep, device = device_id.rpartition(":")
         if sep:
             return [(node, device)] if self.store.device((node, device)) is not None else []
-        return self.store.find(device_id)
+        keys = self.store.find(device_id)
+        if len(keys) > 1:
+            # A moved device leaves a removed row behind on its old node: the live one wins.
+            active = [key for key in keys if _active(self.store.device(key))]
+            if len(active) == 1:
+                return active
+        return keys
 
     # ------------------------------------------------------------------ sync stream hooks
 
@@ -293,7 +312,9 @@ class TwinsCloud:
             self._availability(txn, key, origin=origin, record=record)
         elif kind == "change-rejected":
             self._change_rejected(txn, key, record=record, now=now)
-        elif kind == "device-removed":
+        elif kind in ("device-removed", "device-moved"):
+            # A moved device now belongs to the node it went to (which onboards it with a
+            # ``device`` record of its own); here it ends like a removed one.
             row = _existing(txn, key)
             txn.purge(key)
             txn.put(dataclasses.replace(row, state=DeviceState.REMOVED, updated=now))
@@ -316,9 +337,16 @@ class TwinsCloud:
             raise _RejectedError(f"node has {limit} devices already (the cap)", device=key[1])
         replica = self.store.new_replica()
         txn.purge(key)
-        if old is not None and old.replica.twin.desired.values:
+        source = self.store.moved_from(key)
+        if source is not None:
+            # Moved here from another node: its desired values come along.
+            txn.moves.append(((source, key[1]), None, now))
+            old_twin = txn.get((source, key[1])) or old
+        else:
+            old_twin = old
+        if old_twin is not None and old_twin.replica.twin.desired.values:
             replica = self._carry_desired(
-                txn, key=key, replica=replica, old=old, model_name=model, now=now
+                txn, key=key, replica=replica, old=old_twin, model_name=model, now=now
             )
         txn.put(
             DeviceRow(
@@ -497,6 +525,36 @@ class TwinsCloud:
         self.notify_soon()
         return updated
 
+    def move(self, key: DeviceKey, target: str) -> str:
+        """Ask the device's node to hand it over to `target` (docs/twins.md, "Moving").
+
+        Returns the pending target. Raises UnknownDeviceError, DeviceRemovedError,
+        SameNodeError, MovePendingError or QueueFullError.
+        """
+        row = self.store.device(key)
+        if row is None:
+            raise UnknownDeviceError(f"{key[0]}:{key[1]}")
+        if row.state is DeviceState.REMOVED:
+            raise DeviceRemovedError(f"{row.id} was removed from its node")
+        if target == key[0]:
+            raise SameNodeError(f"{row.id} is on node {target} already")
+        pending = self.store.pending_move(key)
+        if pending is not None:
+            raise MovePendingError(f"{row.id} is being moved to node {pending} already")
+        queued = self.store.downlink_count(key[0])
+        if queued >= self.settings.max_downlink_per_node:
+            raise QueueFullError(f"{queued} changes wait for node {key[0]} already")
+        now = self._clock()
+        txn = self.store.begin()
+        txn.queue(key, {"device": key[1], "command": {"op": "move", "to": target}})
+        txn.moves.append((key, target, now))
+        self.store.commit(txn)
+        self.counters.downlink_queued += 1
+        log.info("twins: moving %s to node %s", row.id, target)
+        self._wake(key[0])
+        self.notify_soon()
+        return target
+
     def downlink_done(self, ids: list[int]) -> None:
         """The edge applied (or already had, or dead-lettered itself) these changes."""
         self.store.remove_downlink(ids)
@@ -512,9 +570,13 @@ class TwinsCloud:
         txn = self.store.begin()
         txn.removed_downlink.append(row_id)
         txn.dead_letter(node, row.device, f"edge refused: {reason}", row.body)
+        what = "a change"
+        if '"command"' in row.body:
+            txn.moves.append(((node, row.device), None, self._clock()))  # the move is off
+            what = "the move"
         device = self.store.device((node, row.device))
         if device is not None:
-            txn.put(dataclasses.replace(device, sync_error=f"edge refused a change: {reason}"))
+            txn.put(dataclasses.replace(device, sync_error=f"edge refused {what}: {reason}"))
         self.store.commit(txn)
         self.notify_soon()
 
@@ -530,6 +592,10 @@ def _version_reached(row: DeviceRow | None, wanted: Mapping[Section, int]) -> bo
     return row is not None and any(
         row.replica.twin.section(section).version >= version for section, version in wanted.items()
     )
+
+
+def _active(row: DeviceRow | None) -> bool:
+    return row is not None and row.state is DeviceState.ACTIVE
 
 
 def _existing(txn: Transaction, key: DeviceKey) -> DeviceRow:

@@ -13,6 +13,8 @@ Tables:
   edge's outbox is applied exactly once, record by record.
 - ``downlink``: cloud changes waiting for the edge's acknowledgement, in commit order. A
   change and the replica that produced it commit together, so none is lost or orphaned.
+- ``moves``: devices an operator moves to another node, until the target onboards them (so
+  their desired values go with them) or the owner refuses the move.
 - ``dead_letters``: records and changes that could not be applied, for an operator (bounded).
 
 Writes go through a `Transaction` (staged in memory, committed all or nothing). Reads of
@@ -74,6 +76,13 @@ CREATE TABLE IF NOT EXISTS downlink (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS downlink_by_node ON downlink (node, id);
+CREATE TABLE IF NOT EXISTS moves (
+    node TEXT NOT NULL,
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    requested REAL NOT NULL,
+    PRIMARY KEY (node, device)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL,
@@ -145,6 +154,8 @@ class Transaction:
     marks: dict[str, tuple[str, int]] = field(default_factory=dict)  # origin -> (node, last id)
     dead: list[tuple[str, str | None, str, str]] = field(default_factory=list)
     removed_downlink: list[int] = field(default_factory=list)
+    moves: list[tuple[DeviceKey, str | None, float]] = field(default_factory=list)
+    """In order: (key, target, requested) records a move of `key`; target None ends it."""
 
     def get(self, key: DeviceKey) -> DeviceRow | None:
         staged = self.rows.get(key)
@@ -249,6 +260,21 @@ class TwinStore:
         )
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    def pending_move(self, key: DeviceKey) -> str | None:
+        """The node `key` is being moved to, or None."""
+        row = self._db.execute(
+            "SELECT target FROM moves WHERE node = ? AND device = ?", key
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def moved_from(self, key: DeviceKey) -> str | None:
+        """The node a pending move brings `key`'s device from (key = (target, device))."""
+        row = self._db.execute(
+            "SELECT node FROM moves WHERE target = ? AND device = ? ORDER BY requested DESC",
+            key,
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def count_devices(self, node: str) -> int:
         (count,) = self._db.execute(
             "SELECT COUNT(*) FROM devices WHERE node = ?", (node,)
@@ -348,6 +374,18 @@ class TwinStore:
                     " last_id = MAX(last_id, excluded.last_id), updated = excluded.updated",
                     (origin, node, last_id),
                 )
+            for (node, device), target, requested in txn.moves:
+                if target is None:
+                    self._db.execute(
+                        "DELETE FROM moves WHERE node = ? AND device = ?", (node, device)
+                    )
+                else:
+                    self._db.execute(
+                        "INSERT INTO moves (node, device, target, requested) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (node, device) DO UPDATE SET target = excluded.target,"
+                        " requested = excluded.requested",
+                        (node, device, target, requested),
+                    )
             if txn.dead:
                 self._db.executemany(
                     "INSERT INTO dead_letters (node, device, at, reason, record)"

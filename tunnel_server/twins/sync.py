@@ -10,7 +10,8 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    ``batch-ack`` is written only after the commit, so the agent deletes only what is durable
    here. A store failure answers ``batch-error`` (retryable); a batch that breaks the protocol
    resets the stream.
-4. ``change``: cloud changes for the node's devices, oldest first, at most ``window`` in flight.
+4. ``change``: cloud changes for the node's devices, oldest first, at most ``window`` in flight
+   (``command``, a device's move, is queued and acknowledged the same way).
    Each ``ack`` removes its change; ``failed`` (the edge can never apply it) dead-letters it;
    ``retry`` (the edge could not store it now) ends the stream so that everything still
    queued is sent again, in order, on the next one.
@@ -203,7 +204,8 @@ class _Link:
                 body = json.loads(row.body)
                 self._in_flight.add(row.id)
                 last_sent = row.id
-                await self.send({"type": "change", "id": row.id, **body})
+                kind = "command" if "command" in body else "change"
+                await self.send({"type": kind, "id": row.id, **body})
             if not rows:
                 await self._wake.wait()
 

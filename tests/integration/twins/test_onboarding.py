@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
+import os
+from collections.abc import Callable
 
 import aiomqtt
 import pytest
@@ -11,7 +16,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.twins import topics
 from edge_agent.twins.simulator import ClaimRejectedError
 from edge_agent.twins.topics import Op
-from tests.integration.twins.conftest import TwinsEnv, running, unique
+from tests.integration.twins.conftest import READY_TIMEOUT, TwinsEnv, running, unique
 
 pytestmark = pytest.mark.mqtt
 
@@ -183,3 +188,142 @@ async def test_device_cannot_use_another_devices_topics(twins_env: TwinsEnv) -> 
     assert refused(snoop)
     assert own["code"] == 200
     assert bob_twin["reported"] == {"$version": 0}
+
+
+async def test_a_claim_holder_cannot_knock_the_agent_off_the_broker(twins_env: TwinsEnv) -> None:
+    # The agent's client id used to be the configured one (public: `edgefleet-agent` by
+    # default). A claim holder connecting with it made mosquitto end the agent's session.
+    settings = twins_env.settings
+    async with running(twins_env.service()) as service:
+        await twins_env.claim(unique("before"), "temperature-sensor")
+        assert service.metrics.broker_sessions == 1
+        answered = []
+        for guess in (settings.agent_client_id, "edgefleet-agent"):
+            async with aiomqtt.Client(
+                twins_env.broker.host,
+                twins_env.broker.port,
+                username=settings.claim_username,
+                password=settings.claim_password,
+                identifier=guess,
+            ) as intruder:
+                await intruder.publish(topics.PROVISION_REQUEST, b"{}", qos=1)  # connected
+                credential = await twins_env.claim(unique("during"), "temperature-sensor")
+                answered.append(credential.device_id)
+                await intruder.publish(topics.PROVISION_REQUEST, b"{}", qos=1)  # still connected
+        assert len(answered) == 2
+        assert service.metrics.broker_sessions == 1  # never pushed off, never reconnected
+    client_id_file = settings.data_dir / "agent-client-id"
+    assert client_id_file.stat().st_mode & 0o777 == 0o600
+    assert client_id_file.read_text().startswith(f"{settings.agent_client_id}-")
+
+
+async def test_oversized_claim_gets_a_clear_refusal(twins_env: TwinsEnv) -> None:
+    settings = twins_env.settings
+    padding = "x" * 5 * 1024  # over the 4 KiB claim limit
+    async with (
+        running(twins_env.service()),
+        aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+        ) as client,
+    ):
+        await client.subscribe(topics.provision_response("big-1"), qos=1)
+        request = {"deviceId": "big", "model": "thermostat", "claimSecret": padding, "rid": "big-1"}
+        await client.publish(topics.PROVISION_REQUEST, json.dumps(request).encode(), qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(client.messages))
+    assert isinstance(message.payload, bytes)
+    answer = json.loads(message.payload)
+    assert (answer["rid"], answer["code"], answer["error"]) == ("big-1", 413, "too-large")
+    assert "4096" in answer["message"]
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(READY_TIMEOUT):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_claim_of_another_nodes_device_is_left_to_it(
+    twins_env: TwinsEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On a shared broker the owner (named on the device's broker user) answers; we stay
+    # silent, so the device gets exactly one answer.
+    device_id = unique("foreign")
+    await twins_env.broker.dynsec_command(
+        {
+            "command": "createClient",
+            "username": f"device:{device_id}",
+            "password": "known-to-nobody",
+            "textname": "edgefleet-node:other-node",
+        }
+    )
+    caplog.set_level(logging.INFO, logger="edge_agent.twins.onboarding")
+    settings = twins_env.settings
+    async with (
+        running(twins_env.service()) as service,
+        aiomqtt.Client(
+            twins_env.broker.host,
+            twins_env.broker.port,
+            username=settings.claim_username,
+            password=settings.claim_password,
+        ) as watcher,
+    ):
+        await watcher.subscribe(topics.PROVISION_RESPONSE_FILTER, qos=1)
+        request = {
+            "rid": "foreign-claim-1",
+            "deviceId": device_id,
+            "model": "thermostat",
+            "responseKey": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        }
+        await watcher.publish(topics.PROVISION_REQUEST, json.dumps(request), qos=1)
+        left = f"device {device_id} belongs to node other-node on this broker; left to it"
+        await _until(lambda: left in caplog.text)
+        # Claims are answered in order: the first answer the watcher sees is the next claim's.
+        ours = await twins_env.claim(unique("own"), "thermostat")
+        async with asyncio.timeout(READY_TIMEOUT):
+            seen = await anext(aiter(watcher.messages))
+    assert json.loads(_bytes(seen.payload))["deviceId"] == ours.device_id
+    assert service.twins.device(device_id) is None
+    owner = await twins_env.broker.dynsec_command(
+        {"command": "getClient", "username": f"device:{device_id}"}
+    )
+    assert owner["data"]["client"]["textname"] == "edgefleet-node:other-node"
+
+
+async def test_a_refused_claim_frees_the_device_for_another_node(twins_env: TwinsEnv) -> None:
+    device_id = unique("refused")
+    async with running(twins_env.service()):
+        with pytest.raises(ClaimRejectedError) as caught:
+            await twins_env.claim(device_id, "toaster")
+    assert caught.value.error == "unknown-model"
+    answer = await twins_env.broker.dynsec_command(
+        {"command": "getClient", "username": f"device:{device_id}"}
+    )
+    assert answer.get("error") == "Client not found"
+
+
+async def test_a_half_made_onboarding_of_this_node_is_taken_over(twins_env: TwinsEnv) -> None:
+    device_id = unique("half")
+    await twins_env.broker.dynsec_command(
+        {
+            "command": "createClient",
+            "username": f"device:{device_id}",
+            "password": "from-a-crashed-attempt",
+            "textname": f"edgefleet-node:{twins_env.settings.node_name}",
+        }
+    )
+    async with running(twins_env.service()):
+        credential = await twins_env.claim(device_id, "thermostat")
+        async with twins_env.device(credential) as device:
+            answer = await device.report({"temperature": 19.0})
+    assert answer["code"] == 200
+
+
+def _bytes(payload: object) -> bytes:
+    assert isinstance(payload, bytes)
+    return payload

@@ -75,6 +75,9 @@ class AgentProcess:
     broker: mqtt.Broker
     test_writes: bool = False
     """Run the launcher that adds an edge write route (the conflict test only)."""
+    node: str = NODE
+    shared_claim_username: str | None = None
+    """The claim username of every agent on the broker (default: one of this agent's own)."""
     local_api_port: int = field(default_factory=free_port)
     suffix: str = field(default_factory=lambda: secrets.token_hex(4))
     claim_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
@@ -83,20 +86,20 @@ class AgentProcess:
 
     @property
     def data_dir(self) -> Path:
-        return self.workdir / f"agent-{NODE}"
+        return self.workdir / f"agent-{self.node}"
 
     @property
     def claim_username(self) -> str:
-        return f"claim-{self.suffix}"
+        return self.shared_claim_username or f"claim-{self.suffix}"
 
     def write_config(self) -> Path:
-        secrets_dir = self.workdir / "secrets"
+        secrets_dir = self.workdir / f"secrets-{self.node}"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         admin_file = secrets_dir / "mqtt-admin-password"
         claim_file = secrets_dir / "mqtt-claim-password"
         admin_file.write_text(f"{self.broker.admin_password}\n")
         claim_file.write_text(f"{self.claim_password}\n")
-        path = self.workdir / f"agent-{NODE}.toml"
+        path = self.workdir / f"agent-{self.node}.toml"
         path.write_text(
             "\n".join(
                 [
@@ -128,7 +131,7 @@ class AgentProcess:
             else [str(BIN / "edge-agent"), "run"]
         )
         self.process = ManagedProcess(
-            f"edge-agent[{NODE}]#{self.starts}",
+            f"edge-agent[{self.node}]#{self.starts}",
             [
                 *program,
                 "--config",
@@ -138,7 +141,7 @@ class AgentProcess:
                 "--local-api-port",
                 str(self.local_api_port),
             ],
-            log_path=self.workdir / f"agent-{NODE}.log",
+            log_path=self.workdir / f"agent-{self.node}.log",
             env={"PYTHONPATH": str(REPO)},
         )
 
@@ -259,9 +262,9 @@ class Fleet:
         )
 
 
-async def join_through(server: Server, url: str, data_dir: Path) -> None:
+async def join_through(server: Server, url: str, data_dir: Path, node: str = NODE) -> None:
     """``edge-agent join`` against `url` (the fault proxy), without blocking the event loop."""
-    token = server.cli("token", "create", "--kind", "node", "--name", NODE).strip()
+    token = server.cli("token", "create", "--kind", "node", "--name", node).strip()
     process = await asyncio.create_subprocess_exec(
         str(BIN / "edge-agent"),
         "join",
@@ -272,7 +275,7 @@ async def join_through(server: Server, url: str, data_dir: Path) -> None:
         "--ca-hash",
         server.ca_hash,
         "--name",
-        NODE,
+        node,
         "--data-dir",
         str(data_dir),
         stdout=asyncio.subprocess.PIPE,

@@ -57,6 +57,7 @@ class EdgeSim:
     replicas: dict[str, Replica] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)
     next_id: int = 1
     received: list[tuple[str, TwinChange]] = field(default_factory=list)
     desired_patches: list[tuple[str, JsonObject]] = field(default_factory=list)
@@ -127,6 +128,17 @@ class EdgeSim:
     def take(self) -> list[dict[str, Any]]:
         records, self.outbox = self.outbox, []
         return records
+
+    async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult:
+        """A move: the device leaves this edge with a ``device-moved`` record (no broker)."""
+        device = str(message["device"])
+        command = message["command"]
+        assert isinstance(command, Mapping)
+        if self.replicas.pop(device, None) is None:
+            raise CloudChangeError(Code.UNKNOWN_DEVICE, f"device {device} is not onboarded")
+        self.moved.append((device, str(command["to"])))
+        self._append({"kind": "device-moved", "device": device, "to": command["to"], "at": 1.0})
+        return CloudChangeResult(device_id=device, applied=True)
 
     # The TwinsEndpoint side: what TwinsService.apply_cloud_change does, minus MQTT.
     async def apply_cloud_change(

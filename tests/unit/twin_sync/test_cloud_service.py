@@ -16,7 +16,13 @@ from device_models import (
     apply_change,
 )
 from tests.unit.twin_sync.edge_sim import NODE, EdgeSim, make_cloud, same_values
-from tunnel_server.twins.service import BatchError, DeviceRemovedError, TwinsCloud
+from tunnel_server.twins.service import (
+    BatchError,
+    DeviceRemovedError,
+    MovePendingError,
+    SameNodeError,
+    TwinsCloud,
+)
 from tunnel_server.twins.store import DeviceState
 
 
@@ -213,3 +219,50 @@ def test_the_store_survives_a_restart(tmp_path: Path) -> None:
     records = edge.take()
     assert apply(again, edge, records)["applied"] == 1
     assert apply(again, edge, records)["duplicates"] == 1
+
+
+def test_a_move_is_one_command_and_carries_desired_to_the_target(cloud: TwinsCloud) -> None:
+    source, target = EdgeSim(node="edge-a"), EdgeSim(node="edge-b")
+    source.onboard("m1", "thermostat")
+    apply(cloud, source, source.take())
+    cloud.write(("edge-a", "m1"), Section.DESIRED, {"setpoint": 19.0})
+    assert cloud.move(("edge-a", "m1"), "edge-b") == "edge-b"
+    assert cloud.store.pending_move(("edge-a", "m1")) == "edge-b"
+    with pytest.raises(MovePendingError):
+        cloud.move(("edge-a", "m1"), "edge-c")  # one move at a time
+    with pytest.raises(SameNodeError):
+        cloud.move(("edge-a", "m1"), "edge-a")
+    queued = [json.loads(row.body) for row in cloud.store.downlink_after("edge-a", 0, 10)]
+    assert queued[-1] == {"device": "m1", "command": {"op": "move", "to": "edge-b"}}
+
+    # The target's device record may come before the source's device-moved record.
+    target.onboard("m1", "thermostat")
+    apply(cloud, target, target.take())
+    source.replicas.pop("m1")
+    source._append({"kind": "device-moved", "device": "m1", "to": "edge-b", "at": 2.0})
+    apply(cloud, source, source.take())
+
+    moved, old = cloud.device(("edge-b", "m1")), cloud.device(("edge-a", "m1"))
+    assert moved is not None
+    assert old is not None
+    assert (moved.state, old.state) == (DeviceState.ACTIVE, DeviceState.REMOVED)
+    assert moved.replica.twin.desired.values == {"setpoint": 19.0}
+    assert cloud.store.pending_move(("edge-a", "m1")) is None
+    assert cloud.store.downlink_count("edge-a") == 0  # nothing left for the old node
+    assert cloud.resolve("m1") == [("edge-b", "m1")]  # the bare id names the live one
+
+
+def test_a_refused_move_ends_and_says_why(cloud: TwinsCloud) -> None:
+    edge = EdgeSim(node="edge-a")
+    edge.onboard("m2", "thermostat")
+    apply(cloud, edge, edge.take())
+    cloud.move(("edge-a", "m2"), "edge-z")
+    [row] = cloud.store.downlink_after("edge-a", 0, 10)
+    cloud.downlink_failed("edge-a", row.id, "move-refused: node edge-z does not use the broker")
+    device = cloud.device(("edge-a", "m2"))
+    assert device is not None
+    assert device.state is DeviceState.ACTIVE
+    assert device.sync_error is not None
+    assert device.sync_error.startswith("edge refused the move: move-refused")
+    assert cloud.store.pending_move(("edge-a", "m2")) is None
+    cloud.move(("edge-a", "m2"), "edge-b")  # a new move may be asked for

@@ -53,6 +53,9 @@ class Endpoint:
     async def apply_cloud_change(self, change: Any) -> Any:
         return await self.sim.apply_cloud_change(change)
 
+    async def apply_cloud_command(self, message: Any) -> Any:
+        return await self.sim.apply_cloud_command(message)
+
 
 @dataclass
 class Rig:

@@ -13,6 +13,7 @@ from edge_agent.twins.onboarding import (
     _parse,
     b64decode,
     open_credential,
+    oversized_rid,
     seal_credential,
 )
 from edge_agent.twins.payloads import RequestError
@@ -64,3 +65,21 @@ def test_refuses_bad_claims(changes: dict[str, object], needle: str) -> None:
 def test_rid_is_required() -> None:
     with pytest.raises(RequestError, match="rid"):
         _parse(None, {})
+
+
+@pytest.mark.parametrize(
+    ("payload", "rid"),
+    [
+        (b'{"rid": "r-1", "deviceId": "d", "claimSecret": "' + b"x" * 6000 + b'"}', "r-1"),
+        (b'{"claimSecret": "' + b"x" * 6000 + b'", "rid":"late.rid_2"}', "late.rid_2"),
+        (b'{"claimSecret": "' + b"x" * 6000 + b'"}', None),  # no rid: nowhere to answer
+        (b'{"rid": "a", "x": {"rid": "victim"}, "p": "' + b"x" * 6000 + b'"}', None),  # two
+        (b'["rid", {"rid": "r-1"}, "' + b"x" * 6000 + b'"]', None),  # not an object
+        (b'{"rid": "a/b", "p": "' + b"x" * 6000 + b'"}', None),  # not a topic-safe rid
+        (b'{"p": "' + b"x" * 70_000 + b'", "rid": "too-far"}', None),  # beyond the scan
+    ],
+)
+def test_oversized_claim_rid_is_found_only_when_unambiguous(
+    payload: bytes, rid: str | None
+) -> None:
+    assert oversized_rid(payload) == rid

@@ -123,10 +123,11 @@ def test_device_topics(topic: str, expected: DeviceTopic | None) -> None:
 
 
 def test_agent_subscribes_to_what_devices_publish() -> None:
-    assert topics.agent_subscriptions() == [
+    assert topics.agent_subscriptions("edge-1") == [
         "edgefleet/provision/request",
         "edgefleet/devices/+/twin/get",
         "edgefleet/devices/+/twin/reported",
         "edgefleet/devices/+/telemetry",
         "edgefleet/devices/+/availability",
+        "edgefleet/agents/edge-1/adopt/+",
     ]
