@@ -35,6 +35,7 @@ Every key and its default is in docs/agent-config.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,17 @@ def _fields(
             value = Path(given)
         if type(value) is not type(default):
             raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
-        if isinstance(value, int | float) and value < 0:
-            raise ConfigError(f"{where}.{name}: must not be negative")
+        if isinstance(value, int | float):
+            _check_number(where, name, value)
         values[name] = value
     return values
+
+
+def _check_number(where: str, name: str, value: float) -> None:
+    if not math.isfinite(value):  # TOML has nan and inf
+        raise ConfigError(f"{where}.{name}: must be a finite number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{where}.{name}: must not be negative")
 
 
 def _cache_agents(raw: object, where: str) -> frozenset[str]:
@@ -243,9 +251,12 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
     tunnel = TunnelClientSettings(
         targets=targets, **_fields(TunnelClientSettings, tunnel_raw, f"{where}: [tunnel]")
     )
-    local_api = LocalApiSettings(
-        **_fields(LocalApiSettings, dict(raw.pop("local_api", {})), f"{where}: [local_api]")
+    local_api_values = _fields(
+        LocalApiSettings, dict(raw.pop("local_api", {})), f"{where}: [local_api]"
     )
+    if "port" in local_api_values:
+        _check_range(f"{where}: [local_api]", "port", local_api_values["port"], 1, 65535)
+    local_api = LocalApiSettings(**local_api_values)
     kube_raw = raw.pop("kube", {})
     if not isinstance(kube_raw, dict):
         raise ConfigError(f"{where}: [kube] must be a table")

@@ -16,6 +16,8 @@ import asyncio
 import hmac
 import json
 import logging
+import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass, replace
@@ -131,6 +133,35 @@ def normalize_server(url: str) -> str:
     return f"https://{parts.netloc}"
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for an HTTP client failure: aiohttp's own text shows the SSLContext's repr."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to {error.host}:{error.port}: {_os_reason(error.os_error)}"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, OSError):
+        return _os_reason(error)
+    return str(error) or type(error).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed: {error.reason or error}"
+    if isinstance(error, socket.gaierror):  # its errno is not an errno: -2 and the like
+        return f"cannot resolve the host name: {error.strerror}"
+    if error.errno:
+        where = f" ({error.filename})" if error.filename else ""
+        return os.strerror(error.errno).lower() + where
+    return str(error) or type(error).__name__
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse, before anything is sent, a data dir that cannot hold the key and certificate."""
+    existing = next((p for p in (data_dir, *data_dir.parents) if p.exists()), data_dir)
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"--data-dir {data_dir} is not a folder: {existing} is a file")
+
+
 def _timeout(settings: JoinSettings) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
         total=settings.request_timeout, sock_connect=settings.connect_timeout
@@ -159,7 +190,7 @@ async def fetch_ca(server: str, *, settings: JoinSettings) -> bytes:
             body = await _read_limited(response, settings.max_response_bytes)
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UnreachableError(f"cannot reach {server}: {str(exc) or type(exc).__name__}") from None
+        raise UnreachableError(f"cannot reach {server}: {describe_error(exc)}") from None
     if status != 200:
         raise JoinError(f"{server} answered {status} for its CA: is it tunnel-server?")
     return body
@@ -223,9 +254,7 @@ class _Client:
                 f" host name ({exc.certificate_error}). Nothing was sent."
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UnreachableError(
-                f"cannot reach {self.server}: {str(exc) or type(exc).__name__}"
-            ) from None
+            raise UnreachableError(f"cannot reach {self.server}: {describe_error(exc)}") from None
         try:
             data = json.loads(raw)
         except ValueError:
@@ -308,6 +337,7 @@ async def join(
         name = validate_name(options.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_data_dir(options.data_dir)
     progress(f"fetching the CA of {server} to check it against --ca-hash")
     ca_pem = await fetch_ca(server, settings=settings)
     ca = verify_ca(ca_pem, ca_hash)
