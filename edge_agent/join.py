@@ -99,7 +99,7 @@ EXIT_CODES = """\
 exit codes:
   0  joined: key, certificate and pinned CA stored in the data dir
   1  unexpected error
-  2  bad arguments (URL, hash format, name)
+  2  bad arguments (URL, hash format, name, a --data-dir that is not a folder)
   3  the server is not the pinned one: wrong --ca-hash or certificate not from that CA
   4  token rejected: unknown, expired or already used
   5  name conflict: the name is taken, or the token is for another name

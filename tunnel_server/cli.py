@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -86,6 +89,21 @@ _token_ttl = arguments.duration(low=1.0, high=JoinSettings().max_token_ttl)
 
 _count = arguments.whole(low=0, high=1_000_000)
 """A whole number >= 0 (0 turns a limit off)."""
+
+
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def _public_name(value: str) -> str:
+    """A DNS name or an IP address: it goes into the serving certificate agents verify."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(value.strip("[]")))
+    if _DNS_NAME.fullmatch(value.lower()):
+        return value.lower()
+    msg = f"expected a DNS name such as cloud.example.com or an IP address, got {value!r}"
+    raise argparse.ArgumentTypeError(msg)
 
 
 def _name(value: str) -> str:
@@ -183,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         _data_dir_option(command)
         command.add_argument(
             "--public-name",
+            type=_public_name,
             default=defaults.public_name,
             help="DNS name or IP agents use to reach this server (default: %(default)s)",
         )
@@ -213,7 +232,12 @@ def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> No
         " matching `edge-agent join` line goes to stderr.",
     )
     _data_dir_option(create)
-    create.add_argument("--kind", choices=["node", "cluster"], default="node")
+    create.add_argument(
+        "--kind",
+        choices=["node", "cluster"],
+        default="node",
+        help="a node (one machine) or a cluster (its in-cluster agent) (default: node)",
+    )
     create.add_argument(
         "--name",
         required=True,
@@ -480,8 +504,10 @@ def _listen_errors(settings: ServerSettings) -> Iterator[None]:
         yield
     except OSError as exc:
         hint = _LISTEN_HINTS.get(exc.errno or 0, "check --listen")
-        # asyncio's own message repeats the address; the errno's text is enough.
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        if isinstance(exc, socket.gaierror):  # its errno is no errno (-2 and the like)
+            reason = f"cannot resolve the host name ({exc.strerror})"
+        else:  # asyncio's own message repeats the address; the errno's text is enough
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise CliError(
             f"cannot listen on {settings.host}:{settings.port}: {reason}; {hint}"
         ) from None

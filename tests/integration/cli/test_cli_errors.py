@@ -115,6 +115,7 @@ def test_server_kube_upstream_unusable(tmp_path: Path) -> None:
         (("--idle-timeout=-5s",), "--idle-timeout: must be from 1s to 1d, got '-5s'"),
         (("--client-cert-lifetime", "400d"), "--client-cert-lifetime: must be from 1s to 365d"),
         (("--max-tls-handshakes", "-1"), "--max-tls-handshakes: expected a whole number from 0"),
+        (("--public-name", "bad/name"), "--public-name: expected a DNS name"),
     ],
 )
 def test_server_run_value_out_of_range(args: tuple[str, ...], expected: str) -> None:
