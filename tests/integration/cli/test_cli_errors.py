@@ -144,6 +144,21 @@ def test_agent_run_local_api_port_out_of_range(tmp_path: Path) -> None:
     assert "port: must be between 1 and 65535, got 70000" in line
 
 
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("local_api = 5", "[local_api] must be a table, got 5"),
+        ('tunnel = "x"', "[tunnel] must be a table, got 'x'"),
+        ('data_dir = ""', "data_dir: expected a path, got ''"),
+    ],
+)
+def test_agent_run_config_of_the_wrong_shape(tmp_path: Path, toml: str, expected: str) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(toml + "\n")
+    line = one_error(cli("edge-agent", "run", "--config", config), 2)
+    assert expected in line
+
+
 def test_agent_run_local_api_port_in_use(tmp_path: Path, listening_port: socket.socket) -> None:
     with listening_port:
         port = listening_port.getsockname()[1]
