@@ -23,7 +23,7 @@ from aiohttp import web
 from daemon_support import arguments, logs, systemd
 from edge_agent import __version__, config
 from edge_agent.identity import Identity, NotJoinedError
-from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
+from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
 from edge_agent.kubecache import (
     KubeProxy,
     cache_purge,
@@ -222,6 +222,13 @@ def cmd_join(args: argparse.Namespace) -> int:
     except JoinError as exc:
         print(f"edge-agent: join failed: {exc}", file=sys.stderr)  # noqa: T201 - the answer
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(  # noqa: T201 - the answer
+            "edge-agent: join interrupted; a join that waits for approval resumes when the same"
+            " command runs again",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     except PermissionError as exc:
         print(f"edge-agent: join failed: {exc} (run as root?)", file=sys.stderr)  # noqa: T201
         return 1
@@ -582,7 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(arguments.join_negative_values(parser, given))
     logs.setup(args.log_level)
     if args.command == "simulate":
-        return simulator.main(arguments.join_negative_values(simulator.build_parser(), rest))
+        try:
+            return simulator.main(arguments.join_negative_values(simulator.build_parser(), rest))
+        except KeyboardInterrupt:  # the way to stop `--reports 0`
+            print("edge-agent simulate: interrupted", file=sys.stderr)  # noqa: T201 - the answer
+            return INTERRUPTED
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "run":

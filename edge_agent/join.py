@@ -106,7 +106,10 @@ exit codes:
   6  server unreachable
   7  still waiting for approval: approve it, then run the same command again to resume
   8  the join was rejected (node revoked) or expired while pending
+130  interrupted (Ctrl-C); a join that waits for approval resumes when run again
 """
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (SIGINT): 128 + the signal's number, as shells report it."""
 
 
 @dataclass(frozen=True, kw_only=True)
