@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -572,12 +573,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action != "purge" and not directory.is_dir():
         print(f"edge-agent: no cache at {directory}", file=sys.stderr)  # noqa: T201
         return 2
-    if args.action == "stats":
-        answer, text, code = _stats(directory, args.component)
-    elif args.action == "verify":
-        answer, text, code = _verify(directory)
-    else:
-        answer, text, code = _purge(directory, args.component)
+    try:
+        if args.action == "stats":
+            answer, text, code = _stats(directory, args.component)
+        elif args.action == "verify":
+            answer, text, code = _verify(directory)
+        else:
+            answer, text, code = _purge(directory, args.component)
+    except (sqlite3.Error, OSError) as error:  # verify reports this itself, as a problem
+        print(  # noqa: T201 - the CLI's answer
+            f"edge-agent: cannot open the cache at {directory}: {error}; stop the agent and"
+            " purge the whole cache (`edge-agent cache purge` without --component)",
+            file=sys.stderr,
+        )
+        return 2
     print(json.dumps(answer, sort_keys=True) if args.json else text)  # noqa: T201 - the answer
     return code
 
