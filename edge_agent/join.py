@@ -128,9 +128,14 @@ def normalize_server(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "https://" + url
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise UsageError(f"--server must be an https:// URL such as https://cloud:8443, got {url}")
+    example = "https://cloud:8443"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise UsageError(f"--server must be an https:// URL such as {example}, got {url}") from None
+    if parts.scheme != "https" or not parts.hostname or parts.username is not None:
+        raise UsageError(f"--server must be an https:// URL such as {example}, got {url}")
     if parts.path or parts.query or parts.fragment:
         raise UsageError(f"--server takes no path: https://{parts.netloc}")
     return f"https://{parts.netloc}"
