@@ -23,6 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import yaml
 from kubernetes.config import ConfigException
@@ -77,7 +78,7 @@ class UsageError(CliError):
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        msg = f"expected HOST:PORT such as {_LISTEN_EXAMPLE}, got {value!r}"
+        msg = f"expected HOST:PORT (port 1-65535) such as {_LISTEN_EXAMPLE}, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host means all
 
@@ -104,6 +105,19 @@ def _public_name(value: str) -> str:
         return value.lower()
     msg = f"expected a DNS name such as cloud.example.com or an IP address, got {value!r}"
     raise argparse.ArgumentTypeError(msg)
+
+
+def _server_url(value: str) -> str:
+    """``https://HOST[:PORT]``, as agents dial it; only printed, but a typo would be copied."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):
+        msg = f"expected https://HOST[:PORT] such as https://cloud.example.com:8443, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return f"https://{parts.netloc}"
 
 
 def _name(value: str) -> str:
@@ -263,7 +277,13 @@ def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> No
         action="store_true",
         help="the joiner waits until `tunnel-server nodes approve NAME`",
     )
-    create.add_argument("--server", metavar="URL", help="URL agents use, for the printed join line")
+    create.add_argument(
+        "--server",
+        type=_server_url,
+        metavar="URL",
+        help="https://HOST[:PORT] agents use, for the printed join line (default: the URL"
+        " `run` derived from --public-name and --listen)",
+    )
     _data_dir_option(
         token_sub.add_parser(
             "list",
