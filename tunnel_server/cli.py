@@ -316,7 +316,7 @@ def _add_node_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> Non
 
 
 def _open(data_dir: Path) -> tuple[CertificateAuthority, SqliteStore]:
-    authority = CertificateAuthority.load(data_dir)  # raises MissingCAError with the fix
+    authority = _load_ca(data_dir)
     if not (data_dir / STORE_FILE).exists():
         raise CliError(f"data dir {data_dir} has a CA but no store: run `tunnel-server run` once")
     try:
@@ -324,6 +324,17 @@ def _open(data_dir: Path) -> tuple[CertificateAuthority, SqliteStore]:
     except sqlite3.OperationalError as exc:
         raise CliError(
             f"cannot open {data_dir / STORE_FILE} ({exc}): run as the server's user"
+        ) from None
+
+
+def _load_ca(data_dir: Path) -> CertificateAuthority:
+    """The CA of the data dir; MissingCAError says how to make one, a broken one says so."""
+    try:
+        return CertificateAuthority.load(data_dir)
+    except ValueError as exc:
+        raise CliError(
+            f"the CA in {data_dir} (ca.crt, ca.key) cannot be read ({exc}): restore it from a"
+            " backup"
         ) from None
 
 
@@ -586,7 +597,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 
-        identity = bootstrap(settings)
+        try:
+            identity = bootstrap(settings)
+        except ValueError as exc:  # a PEM file that does not parse
+            raise CliError(
+                f"a certificate or key in {data_dir} cannot be read ({exc}): restore ca.crt and"
+                " ca.key from a backup; a broken server.crt or server.key may be deleted, `run`"
+                " makes new ones"
+            ) from None
         try:
             if args.command == "run":
                 with contextlib.suppress(KeyboardInterrupt):
@@ -604,7 +622,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             identity.store.close()
         return 0
     if args.command == "ca-hash":
-        print(CertificateAuthority.load(data_dir).ca_hash())  # noqa: T201 - the output
+        print(_load_ca(data_dir).ca_hash())  # noqa: T201 - the output
         return 0
     if args.command == "token":
         if args.subcommand == "create":

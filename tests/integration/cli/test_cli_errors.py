@@ -265,3 +265,14 @@ def test_cache_that_is_not_a_database(tmp_path: Path, action: str) -> None:
     line = one_error(result, 2)
     assert "cannot open the cache" in line
     assert "without --component" in line
+
+
+def test_server_ca_that_does_not_parse(tmp_path: Path) -> None:
+    data_dir = tmp_path / "server"
+    assert cli("tunnel-server", "init", "--data-dir", data_dir).returncode == 0
+    (data_dir / "ca.crt").write_text("not a certificate\n")
+    for command in ("ca-hash", "init"):
+        line = one_error(cli("tunnel-server", command, "--data-dir", data_dir), 1)
+        assert f"in {data_dir}" in line
+        assert "cannot be read" in line
+        assert "restore" in line
