@@ -71,11 +71,11 @@ def duration(*, low: float, high: float) -> Callable[[str], float]:
         if match is None:
             msg = f"expected a duration such as 90s, 15m, 1h or 2d, got {value!r}"
             raise argparse.ArgumentTypeError(msg)
-        seconds = float(match[1]) * _UNITS[match[2]]
-        if not low <= seconds <= high:
+        total = float(match[1]) * _UNITS[match[2]]
+        if not low <= total <= high:
             msg = f"must be from {_fmt(low)} to {_fmt(high)}, got {value!r}"
             raise argparse.ArgumentTypeError(msg)
-        return seconds
+        return total
 
     return parse
 

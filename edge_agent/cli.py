@@ -75,6 +75,9 @@ Inspect or clear the local kube proxy's object cache (default <data-dir>/kubecac
           stop the agent before purging the whole cache
 
 stats and verify are safe while the agent runs (SQLite WAL).
+
+exit codes: 0 done (purge without a cache: nothing to do); 1 verify found problems;
+2 no cache (stats, verify), a cache that cannot be opened, or an unusable config
 """
 
 JOIN_DESCRIPTION = """\

@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import yaml
-from kubernetes.config import ConfigException
-
 from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__, tls_buffer, tokens
 from tunnel_server.pki import CertificateAuthority, MissingCAError
@@ -556,7 +553,10 @@ def _check_data_dir(data_dir: Path) -> None:
 
 def _check_kube_upstream(kubeconfig: Path) -> None:
     """Read the kubeconfig as ``run`` will, so a bad one stops us before anything starts."""
-    from tunnel_server import kube_service  # noqa: PLC0415 - see serve()
+    import yaml  # noqa: PLC0415 - see serve(): only `run --kube-upstream` needs these
+    from kubernetes.config import ConfigException  # noqa: PLC0415 - see above
+
+    from tunnel_server import kube_service  # noqa: PLC0415 - see above
 
     try:
         kube_service.load_upstream(kubeconfig)
