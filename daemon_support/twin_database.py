@@ -9,8 +9,11 @@ with the new one's.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import sqlite3
+import stat
 from enum import StrEnum
 from pathlib import Path
 
@@ -24,9 +27,33 @@ class Durability(StrEnum):
     NORMAL = "normal"  # WAL without fsync per commit: survives kill -9, not power loss
 
 
+_SECRET_MODE = 0o600
+"""Twins hold device state and the outbox: readable by the daemon's user only, like its keys."""
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def _owner_only(path: Path) -> None:
+    """Create ``path`` as 0600 if missing, and make it and its WAL files 0600 if older.
+
+    SQLite creates ``-wal`` and ``-shm`` with the main file's permissions, so creating the main
+    file 0600 first (instead of letting the umask decide, usually 0644) covers them too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _SECRET_MODE)
+    os.close(fd)
+    for suffix in _COMPANIONS:
+        companion = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(companion.stat().st_mode) != _SECRET_MODE:
+                companion.chmod(_SECRET_MODE)
+
+
 def open_twin_database(path: Path, *, durability: Durability, schema: str) -> sqlite3.Connection:
-    """Open a twin database, creating folder and tables; ``schema`` has a ``meta`` table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open a twin database, creating folder and tables; ``schema`` has a ``meta`` table.
+
+    The folder is made 0700 and the files 0600, like every other secret file of the daemons.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _owner_only(path)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is explicit.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")

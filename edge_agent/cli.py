@@ -8,8 +8,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,10 +21,10 @@ import prometheus_client
 import yaml
 from aiohttp import web
 
-from daemon_support import logs, systemd
+from daemon_support import arguments, logs, systemd
 from edge_agent import __version__, config
 from edge_agent.identity import Identity, NotJoinedError
-from edge_agent.join import EXIT_CODES, JoinError, JoinOptions, join
+from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
 from edge_agent.kubecache import (
     KubeProxy,
     cache_purge,
@@ -50,6 +52,19 @@ so the node keeps working offline, manages device twins over MQTT and reports no
 Its own health, metrics and status are served on http://127.0.0.1:10267.
 """
 
+RUN_EXIT_CODES = """\
+exit codes:
+  0  stopped by SIGTERM or SIGINT
+  1  could not run: the local API port in use, a data dir it may not write
+  2  configuration error: a bad flag or config key, a --data-dir that is not a folder,
+     an unusable [kube] kubeconfig or [twins] password file
+"""
+
+EXIT_CODES_ALL = """\
+exit codes: 0 done; 1 the command failed (the message says why); 2 usage or configuration
+error (a bad flag or value). `edge-agent join --help` lists the join's own codes.
+"""
+
 CACHE_DESCRIPTION = """\
 Inspect or clear the local kube proxy's object cache (default <data-dir>/kubecache).
 
@@ -60,6 +75,9 @@ Inspect or clear the local kube proxy's object cache (default <data-dir>/kubecac
           stop the agent before purging the whole cache
 
 stats and verify are safe while the agent runs (SQLite WAL).
+
+exit codes: 0 done (purge without a cache: nothing to do); 1 verify found problems;
+2 no cache (stats, verify), a cache that cannot be opened, or an unusable config
 """
 
 JOIN_DESCRIPTION = """\
@@ -71,21 +89,22 @@ progress) until an operator runs `tunnel-server nodes approve NAME`.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = arguments.Parser(
         prog="edge-agent",
         description=DESCRIPTION,
+        epilog=EXIT_CODES_ALL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
-    )
+    arguments.add_log_level(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     defaults = AgentSettings()
     run = sub.add_parser(
         "run",
         help="run the agent in the foreground",
         description="Run the agent until SIGTERM or SIGINT; tells systemd when it is ready.",
+        epilog=RUN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
         "--config",
@@ -99,15 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--status-interval",
-        type=float,
+        type=arguments.seconds(low=1.0, high=86400.0),
         metavar="SECONDS",
-        help="seconds between node status reports to the cloud "
+        help="seconds between node status reports to the cloud, 1 to 86400 "
         f"(default: {defaults.node_status.interval:g}; [node_status] interval in the config)",
     )
     run.add_argument(
         "--local-api-port",
-        type=int,
-        help=f"loopback port of the agent's own API (default: {defaults.local_api.port})",
+        type=arguments.port,
+        metavar="PORT",
+        help="loopback port of the agent's own API, 1 to 65535 "
+        f"(default: {defaults.local_api.port}; [local_api] port in the config)",
     )
     _add_join_command(sub, defaults)
     _add_cache_command(sub, defaults)
@@ -122,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_cache_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], defaults: AgentSettings
+    sub: argparse._SubParsersAction[arguments.Parser], defaults: AgentSettings
 ) -> None:
     command = sub.add_parser(
         "cache",
@@ -148,7 +169,7 @@ def _add_cache_command(
 
 
 def _add_join_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], defaults: AgentSettings
+    sub: argparse._SubParsersAction[arguments.Parser], defaults: AgentSettings
 ) -> None:
     command = sub.add_parser(
         "join",
@@ -180,10 +201,10 @@ def _add_join_command(
     )
     command.add_argument(
         "--wait-approval",
-        type=float,
+        type=arguments.seconds(low=0.0, high=7 * 86400.0),
         default=defaults.join.wait_approval,
         metavar="SECONDS",
-        help="how long to wait if the token requires approval (default: %(default)gs)",
+        help="how long to wait if the token requires approval, 0 to 604800 (default: %(default)gs)",
     )
 
 
@@ -205,8 +226,18 @@ def cmd_join(args: argparse.Namespace) -> int:
     except JoinError as exc:
         print(f"edge-agent: join failed: {exc}", file=sys.stderr)  # noqa: T201 - the answer
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(  # noqa: T201 - the answer
+            "edge-agent: join interrupted; a join that waits for approval resumes when the same"
+            " command runs again",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     except PermissionError as exc:
         print(f"edge-agent: join failed: {exc} (run as root?)", file=sys.stderr)  # noqa: T201
+        return 1
+    except OSError as exc:  # a full or read-only disk under the data dir
+        print(f"edge-agent: join failed: {exc}", file=sys.stderr)  # noqa: T201 - the answer
         return 1
     print(  # noqa: T201 - the command's answer
         f"joined {identity.server} as {identity.kind} {identity.name};"
@@ -301,6 +332,10 @@ class _TwinsPart:
         ready["twins"] = True
 
 
+class StartError(Exception):
+    """The agent cannot start (exit 1); the message says why and what to do."""
+
+
 LocalApiHook = Callable[[web.Application, TwinsService | None], None]
 """Adds routes to the local API before it starts (test launchers only; nothing in the daemon
 itself uses it)."""
@@ -377,14 +412,20 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
         local_api_hook(app, twins.service if twins is not None else None)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.local_api.host, settings.local_api.port).start()
+    address = f"{settings.local_api.host}:{settings.local_api.port}"
+    try:
+        await web.TCPSite(runner, settings.local_api.host, settings.local_api.port).start()
+    except OSError as error:
+        await runner.cleanup()
+        reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        raise StartError(
+            f"cannot serve the local API on {address}: {reason}; is another edge-agent"
+            " running? Stop it, or choose another --local-api-port ([local_api] port)"
+        ) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, client.stop)
-    log.info(
-        "local API listening",
-        extra={"kv": {"address": f"{settings.local_api.host}:{settings.local_api.port}"}},
-    )
+    log.info("local API listening", extra={"kv": {"address": address}})
     try:
         async with asyncio.TaskGroup() as group:
             tunnel = group.create_task(client.run(), name="agent.tunnel")
@@ -422,16 +463,17 @@ def _check_twins(settings: AgentSettings) -> str | None:
     return None
 
 
-def cmd_run(args: argparse.Namespace, *, local_api_hook: LocalApiHook | None = None) -> int:
-    """``edge-agent run``; ``local_api_hook`` is for test launchers only."""
+def _run_settings(args: argparse.Namespace) -> AgentSettings:
+    """The config file with the flags on top, checked; ConfigError says what is unusable."""
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    try:
-        settings = config.load(args.config, overrides=overrides)
-    except config.ConfigError as error:
-        print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
-        return 2
+    settings = config.load(args.config, overrides=overrides)
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise config.ConfigError(
+            f"the data dir {settings.data_dir} is not a folder: give the agent's data folder"
+            " (--data-dir, or data_dir in the config)"
+        )
     if args.local_api_port is not None:
         settings = dataclasses.replace(
             settings, local_api=LocalApiSettings(port=args.local_api_port)
@@ -445,18 +487,25 @@ def cmd_run(args: argparse.Namespace, *, local_api_hook: LocalApiHook | None = N
         try:
             load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
         except (KubeconfigError, OSError, yaml.YAMLError) as error:
-            print(  # noqa: T201 - the CLI's answer
-                f"edge-agent: [kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}",
-                file=sys.stderr,
-            )
-            return 2
+            raise config.ConfigError(
+                f"[kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}"
+            ) from None
     if (problem := _check_twins(settings)) is not None:
-        print(f"edge-agent: {problem}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        raise config.ConfigError(problem)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace, *, local_api_hook: LocalApiHook | None = None) -> int:
+    """``edge-agent run``; ``local_api_hook`` is for test launchers only. See RUN_EXIT_CODES."""
+    try:
+        settings = _run_settings(args)
+    except config.ConfigError as error:
+        print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run(settings, local_api_hook=local_api_hook))
-    except OSError as error:  # a port in use, a data dir we may not write
+    except (StartError, OSError) as error:  # a port in use, a data dir we may not write
         print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
         return 1
     return 0
@@ -504,10 +553,16 @@ def _verify(directory: Path) -> tuple[dict[str, Any], str, int]:
 
 
 def _purge(directory: Path, component: str | None) -> tuple[dict[str, Any], str, int]:
+    """Purge; ``removed`` counts entries, null when the whole folder went (never opened)."""
+    answer: dict[str, Any] = {"directory": str(directory), "component": component}
+    if not directory.is_dir():  # nothing to do, and a component purge must not create one
+        answer["removed"] = 0
+        return answer, f"no cache at {directory}: nothing to purge", 0
     removed = cache_purge(directory, component=component)
-    answer = {"directory": str(directory), "component": component, "removed": removed}
     if component:
+        answer["removed"] = removed
         return answer, f"removed {removed} entries of {component} from {directory}", 0
+    answer["removed"] = None
     return answer, f"removed the cache folder {directory}", 0
 
 
@@ -521,23 +576,38 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action != "purge" and not directory.is_dir():
         print(f"edge-agent: no cache at {directory}", file=sys.stderr)  # noqa: T201
         return 2
-    if args.action == "stats":
-        answer, text, code = _stats(directory, args.component)
-    elif args.action == "verify":
-        answer, text, code = _verify(directory)
-    else:
-        answer, text, code = _purge(directory, args.component)
+    try:
+        if args.action == "stats":
+            answer, text, code = _stats(directory, args.component)
+        elif args.action == "verify":
+            answer, text, code = _verify(directory)
+        else:
+            answer, text, code = _purge(directory, args.component)
+    except (sqlite3.Error, OSError) as error:  # verify reports this itself, as a problem
+        print(  # noqa: T201 - the CLI's answer
+            f"edge-agent: cannot open the cache at {directory}: {error}; stop the agent and"
+            " purge the whole cache (`edge-agent cache purge` without --component)",
+            file=sys.stderr,
+        )
+        return 2
     print(json.dumps(answer, sort_keys=True) if args.json else text)  # noqa: T201 - the answer
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, rest = build_parser().parse_known_args(argv)
+    """The command line; exit codes in each command's ``--help`` (and docs/agent-config.md)."""
+    parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
+    args, rest = parser.parse_known_args(arguments.join_negative_values(parser, given))
     logs.setup(args.log_level)
     if args.command == "simulate":
-        return simulator.main(rest)
+        try:
+            return simulator.main(arguments.join_negative_values(simulator.build_parser(), rest))
+        except KeyboardInterrupt:  # the way to stop `--reports 0`
+            print("edge-agent simulate: interrupted", file=sys.stderr)  # noqa: T201 - the answer
+            return INTERRUPTED
     if rest:
-        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "run":
         return cmd_run(args)
     if args.command == "join":

@@ -35,6 +35,7 @@ Every key and its default is in docs/agent-config.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -95,27 +96,39 @@ def _fields(
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
-    values: dict[str, Any] = {}
-    for name, given in raw.items():
-        default = getattr(cls(), name)
-        if isinstance(default, bool):
-            if not isinstance(given, bool):
-                raise ConfigError(f"{where}.{name}: expected true or false, got {given!r}")
-            values[name] = given
-            continue
-        if not isinstance(default, int | float | str | Path):
-            raise ConfigError(f"{where}.{name}: not settable here")
-        value = given
-        if isinstance(default, float) and isinstance(given, int) and not isinstance(given, bool):
-            value = float(given)
-        if isinstance(default, Path) and isinstance(given, str):
-            value = Path(given)
-        if type(value) is not type(default):
-            raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
-        if isinstance(value, int | float) and value < 0:
-            raise ConfigError(f"{where}.{name}: must not be negative")
-        values[name] = value
-    return values
+    defaults = cls()
+    return {
+        name: _value(where, name, getattr(defaults, name), given) for name, given in raw.items()
+    }
+
+
+def _value(where: str, name: str, default: object, given: object) -> object:
+    """``given`` checked against the type of the field's ``default`` (and converted)."""
+    if isinstance(default, bool):
+        if not isinstance(given, bool):
+            raise ConfigError(f"{where}.{name}: expected true or false, got {given!r}")
+        return given
+    if not isinstance(default, int | float | str | Path):
+        raise ConfigError(f"{where}.{name}: not settable here")
+    value = given
+    if isinstance(default, float) and isinstance(given, int) and not isinstance(given, bool):
+        value = float(given)
+    if isinstance(default, Path):
+        if not isinstance(given, str) or not given:
+            raise ConfigError(f"{where}.{name}: expected a path, got {given!r}")
+        value = Path(given)
+    if type(value) is not type(default):
+        raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
+    if isinstance(value, int | float):
+        _check_number(where, name, value)
+    return value
+
+
+def _check_number(where: str, name: str, value: float) -> None:
+    if not math.isfinite(value):  # TOML has nan and inf
+        raise ConfigError(f"{where}.{name}: must be a finite number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{where}.{name}: must not be negative")
 
 
 def _cache_agents(raw: object, where: str) -> frozenset[str]:
@@ -223,6 +236,14 @@ def _check_twins_secrets(twins: TwinsConfig, where: str) -> None:
             )
 
 
+def _table(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    """Take the ``[name]`` table out of ``raw`` (empty if absent); refuse a plain value."""
+    value = raw.pop(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table, got {value!r}")
+    return dict(value)
+
+
 def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> AgentSettings:
     """Settings from ``path`` (or defaults), then command-line ``overrides`` on top."""
     raw: dict[str, Any] = {}
@@ -238,22 +259,20 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from error
     where = str(path or "config")
-    tunnel_raw = dict(raw.pop("tunnel", {}))
+    tunnel_raw = _table(raw, "tunnel", where)
     targets = _targets(tunnel_raw.pop("targets", {}), f"{where}: tunnel.targets")
     tunnel = TunnelClientSettings(
         targets=targets, **_fields(TunnelClientSettings, tunnel_raw, f"{where}: [tunnel]")
     )
-    local_api = LocalApiSettings(
-        **_fields(LocalApiSettings, dict(raw.pop("local_api", {})), f"{where}: [local_api]")
+    local_api_values = _fields(
+        LocalApiSettings, _table(raw, "local_api", where), f"{where}: [local_api]"
     )
-    kube_raw = raw.pop("kube", {})
-    if not isinstance(kube_raw, dict):
-        raise ConfigError(f"{where}: [kube] must be a table")
-    kube = _kube(dict(kube_raw), f"{where}: [kube]")
-    status_raw = raw.pop("node_status", {})
-    if not isinstance(status_raw, dict):
-        raise ConfigError(f"{where}: [node_status] must be a table")
-    status_values = _fields(NodeStatusSettings, dict(status_raw), f"{where}: [node_status]")
+    if "port" in local_api_values:
+        _check_range(f"{where}: [local_api]", "port", local_api_values["port"], 1, 65535)
+    local_api = LocalApiSettings(**local_api_values)
+    kube = _kube(_table(raw, "kube", where), f"{where}: [kube]")
+    status_raw = _table(raw, "node_status", where)
+    status_values = _fields(NodeStatusSettings, status_raw, f"{where}: [node_status]")
     for name in ("interval", "full_every"):
         if name in status_values:
             _check_range(f"{where}: [node_status]", name, status_values[name], 1.0, 86400.0)

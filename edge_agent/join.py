@@ -16,6 +16,8 @@ import asyncio
 import hmac
 import json
 import logging
+import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass, replace
@@ -97,14 +99,17 @@ EXIT_CODES = """\
 exit codes:
   0  joined: key, certificate and pinned CA stored in the data dir
   1  unexpected error
-  2  bad arguments (URL, hash format, name)
+  2  bad arguments (URL, hash format, name, a --data-dir that is not a folder)
   3  the server is not the pinned one: wrong --ca-hash or certificate not from that CA
   4  token rejected: unknown, expired or already used
   5  name conflict: the name is taken, or the token is for another name
   6  server unreachable
   7  still waiting for approval: approve it, then run the same command again to resume
   8  the join was rejected (node revoked) or expired while pending
+130  interrupted (Ctrl-C); a join that waits for approval resumes when run again
 """
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (SIGINT): 128 + the signal's number, as shells report it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,12 +128,46 @@ def normalize_server(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "https://" + url
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise UsageError(f"--server must be an https:// URL such as https://cloud:8443, got {url}")
+    example = "https://cloud:8443"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise UsageError(f"--server must be an https:// URL such as {example}, got {url}") from None
+    if parts.scheme != "https" or not parts.hostname or parts.username is not None:
+        raise UsageError(f"--server must be an https:// URL such as {example}, got {url}")
     if parts.path or parts.query or parts.fragment:
         raise UsageError(f"--server takes no path: https://{parts.netloc}")
     return f"https://{parts.netloc}"
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an HTTP client failure: aiohttp's own text shows the SSLContext's repr."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to {error.host}:{error.port}: {_os_reason(error.os_error)}"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, OSError):
+        return _os_reason(error)
+    return str(error) or type(error).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed: {error.reason or error}"
+    if isinstance(error, socket.gaierror):  # its errno is not an errno: -2 and the like
+        return f"cannot resolve the host name: {error.strerror}"
+    if error.errno:
+        where = f" ({error.filename})" if error.filename else ""
+        return os.strerror(error.errno).lower() + where
+    return str(error) or type(error).__name__
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse, before anything is sent, a data dir that cannot hold the key and certificate."""
+    existing = next((p for p in (data_dir, *data_dir.parents) if p.exists()), data_dir)
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"--data-dir {data_dir} is not a folder: {existing} is a file")
 
 
 def _timeout(settings: JoinSettings) -> aiohttp.ClientTimeout:
@@ -159,7 +198,7 @@ async def fetch_ca(server: str, *, settings: JoinSettings) -> bytes:
             body = await _read_limited(response, settings.max_response_bytes)
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UnreachableError(f"cannot reach {server}: {str(exc) or type(exc).__name__}") from None
+        raise UnreachableError(f"cannot reach {server}: {describe_error(exc)}") from None
     if status != 200:
         raise JoinError(f"{server} answered {status} for its CA: is it tunnel-server?")
     return body
@@ -223,9 +262,7 @@ class _Client:
                 f" host name ({exc.certificate_error}). Nothing was sent."
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UnreachableError(
-                f"cannot reach {self.server}: {str(exc) or type(exc).__name__}"
-            ) from None
+            raise UnreachableError(f"cannot reach {self.server}: {describe_error(exc)}") from None
         try:
             data = json.loads(raw)
         except ValueError:
@@ -308,6 +345,7 @@ async def join(
         name = validate_name(options.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_data_dir(options.data_dir)
     progress(f"fetching the CA of {server} to check it against --ca-hash")
     ca_pem = await fetch_ca(server, settings=settings)
     ca = verify_ca(ca_pem, ca_hash)

@@ -40,7 +40,7 @@ from cryptography import x509
 
 from edge_agent import __version__
 from edge_agent.identity import Identity, NotJoinedError, generate_key, make_csr, save_identity
-from edge_agent.join import JoinError, check_issued, renew
+from edge_agent.join import JoinError, check_issued, describe_error, renew
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream, pipe_socket
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
 
@@ -213,7 +213,7 @@ class TunnelClient:
                 elif (asked := self._retry_after(error)) is None:
                     self._fail("handshake", f"tunnel upgrade failed: HTTP {error.status}")
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
-                self._fail("connect", f"{type(error).__name__}: {error}")
+                self._fail("connect", describe_error(error))
             if time.monotonic() - started >= self._settings.healthy_after:
                 # A session that lived dropped: the server likely restarted and its whole fleet
                 # noticed at once. Start the backoff at the spread, not at one second.

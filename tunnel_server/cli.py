@@ -9,24 +9,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import logging
+import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from daemon_support import logs, systemd
+from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__, tls_buffer, tokens
 from tunnel_server.pki import CertificateAuthority, MissingCAError
-from tunnel_server.settings import PkiSettings, ServerSettings
+from tunnel_server.settings import DAY, JoinSettings, PkiSettings, ServerSettings
 from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tunnel_server.app import ServerIdentity
     from tunnel_server.store import NodeRecord, NodeState
 
@@ -42,37 +49,79 @@ Joining a node:
   tunnel-server token create --kind node --name edge-1     # prints the token
   edge-agent join --server https://HOST:8443 --token T --ca-hash $(tunnel-server ca-hash)
 """
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  the command failed; its one-line message says why and what to do (no CA or store in
+     the data dir, the listen address in use, a name already joined, no such node, ...)
+  2  usage or configuration error: a bad flag or value, a --data-dir that is not a folder,
+     an unusable --kube-upstream kubeconfig
+"""
+_LISTEN_EXAMPLE = "0.0.0.0:8443"
 
 
 class CliError(Exception):
-    """A command failed in a way the operator can fix; the message says how."""
+    """A command failed in a way the operator can fix; the message says how. Exit 1."""
+
+    exit_code = 1
+
+
+class UsageError(CliError):
+    """A flag's value or the data dir given cannot work at all. Exit 2, like argparse."""
+
+    exit_code = arguments.USAGE_EXIT
 
 
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        msg = f"expected HOST:PORT such as 0.0.0.0:8443, got {value!r}"
+        msg = f"expected HOST:PORT (port 1-65535) such as {_LISTEN_EXAMPLE}, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host means all
 
 
-def parse_duration(value: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h`` or ``2d`` as seconds."""
-    match = _DURATION.fullmatch(value.strip())
-    if match is None or float(match[1]) <= 0:
-        msg = f"expected a duration such as 90s, 15m, 1h or 2d, got {value!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return float(match[1]) * _UNITS[match[2]]
+parse_duration = arguments.duration(low=1.0, high=365 * DAY)
+"""``90``, ``90s``, ``15m``, ``1h`` or ``2d`` as seconds, from 1 s to a year."""
+_idle_timeout = arguments.duration(low=1.0, high=DAY)
+_token_ttl = arguments.duration(low=1.0, high=JoinSettings().max_token_ttl)
+
+_count = arguments.whole(low=0, high=1_000_000)
+"""A whole number >= 0 (0 turns a limit off)."""
 
 
-def _count(value: str) -> int:
-    """A whole number >= 0 (0 turns a limit off)."""
-    if not value.isdigit() or int(value) > 1_000_000:
-        msg = f"expected a whole number from 0 to 1000000, got {value!r}"
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def _public_name(value: str) -> str:
+    """A DNS name or an IP address: it goes into the serving certificate agents verify."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(value.strip("[]")))
+    if _DNS_NAME.fullmatch(value.lower()):
+        return value.lower()
+    msg = f"expected a DNS name such as cloud.example.com or an IP address, got {value!r}"
+    raise argparse.ArgumentTypeError(msg)
+
+
+def _server_url(value: str) -> str:
+    """``https://HOST[:PORT]``, as agents dial it; only printed, but a typo would be copied."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):
+        msg = f"expected https://HOST[:PORT] such as https://cloud.example.com:8443, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
-    return int(value)
+    return f"https://{parts.netloc}"
+
+
+def _name(value: str) -> str:
+    try:
+        return tokens.validate_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -86,15 +135,14 @@ def _data_dir_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = arguments.Parser(
         prog="tunnel-server",
         description=DESCRIPTION,
+        epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnel-server {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
-    )
+    arguments.add_log_level(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     defaults = ServerSettings()
     run = sub.add_parser(
@@ -115,15 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_duration,
         default=defaults.pki.client_lifetime,
         metavar="DURATION",
-        help="lifetime of certificates issued to agents; they renew after 2/3 of it over "
-        "their tunnel session (default: 30d)",
+        help="lifetime of certificates issued to agents, 1s to 365d; they renew after 2/3 of it "
+        "over their tunnel session (default: 30d)",
     )
     run.add_argument(
         "--idle-timeout",
-        type=parse_duration,
+        type=_idle_timeout,
         default=defaults.idle_timeout,
         metavar="DURATION",
-        help="close HTTP connections that send no request for this long (default: 30s)",
+        help="close HTTP connections that send no request for this long, 1s to 1d (default: 30s)",
     )
     run.add_argument(
         "--max-tls-handshakes",
@@ -146,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="KUBECONFIG",
         help="let nodes reach this cluster's API server through their tunnels, impersonated as "
-        "system:node:NAME (the kubeconfig's user needs the `impersonate` verb)",
+        "system:node:NAME (the kubeconfig's user needs the `impersonate` verb); checked before "
+        "start (exit 2 if unusable)",
     )
     run.add_argument(
         "--access-log",
@@ -163,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         _data_dir_option(command)
         command.add_argument(
             "--public-name",
+            type=_public_name,
             default=defaults.public_name,
             help="DNS name or IP agents use to reach this server (default: %(default)s)",
         )
@@ -178,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_token_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    token = sub.add_parser("token", help="bootstrap tokens for joining nodes and clusters")
+def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
+    token = sub.add_parser(
+        "token",
+        help="bootstrap tokens for joining nodes and clusters",
+        description="Create or list the single-use bootstrap tokens `edge-agent join` needs.",
+    )
     _data_dir_option(token)
     token_sub = token.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     create = token_sub.add_parser(
@@ -189,21 +243,54 @@ def _add_token_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         " matching `edge-agent join` line goes to stderr.",
     )
     _data_dir_option(create)
-    create.add_argument("--kind", choices=["node", "cluster"], default="node")
-    create.add_argument("--name", required=True, help="the node or cluster name it may join as")
     create.add_argument(
-        "--ttl", type=parse_duration, default="1h", help="lifetime, e.g. 15m, 1h, 2d (default 1h)"
+        "--kind",
+        choices=["node", "cluster"],
+        default="node",
+        help="a node (one machine) or a cluster (its in-cluster agent) (default: node)",
+    )
+    create.add_argument(
+        "--name",
+        required=True,
+        type=_name,
+        help="the node or cluster name it may join as (1-63 of a-z 0-9 - .); refused while a"
+        " node of that name is joined or waits for approval, unless --replace",
+    )
+    create.add_argument(
+        "--replace",
+        action="store_true",
+        help="re-join a reinstalled or replaced machine: revoke the existing node of that name"
+        " now (its session is cut off), then create the token",
+    )
+    create.add_argument(
+        "--ttl",
+        type=_token_ttl,
+        default="1h",
+        metavar="DURATION",
+        help="lifetime, e.g. 15m, 1h, 2d; at most 30d (default: 1h)",
     )
     create.add_argument(
         "--require-approval",
         action="store_true",
         help="the joiner waits until `tunnel-server nodes approve NAME`",
     )
-    create.add_argument("--server", help="URL agents use, for the printed join line")
-    _data_dir_option(token_sub.add_parser("list", help="list tokens (never their secrets)"))
+    create.add_argument(
+        "--server",
+        type=_server_url,
+        metavar="URL",
+        help="https://HOST[:PORT] agents use, for the printed join line (default: the URL"
+        " `run` derived from --public-name and --listen)",
+    )
+    _data_dir_option(
+        token_sub.add_parser(
+            "list",
+            help="list tokens (never their secrets)",
+            description="List bootstrap tokens: id, kind, name, status, expiry, approval.",
+        )
+    )
 
 
-def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_node_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
     nodes = sub.add_parser(
         "nodes",
         help="list, approve or revoke nodes and clusters",
@@ -226,7 +313,7 @@ def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _open(data_dir: Path) -> tuple[CertificateAuthority, SqliteStore]:
-    authority = CertificateAuthority.load(data_dir)  # raises MissingCAError with the fix
+    authority = _load_ca(data_dir)
     if not (data_dir / STORE_FILE).exists():
         raise CliError(f"data dir {data_dir} has a CA but no store: run `tunnel-server run` once")
     try:
@@ -237,6 +324,17 @@ def _open(data_dir: Path) -> tuple[CertificateAuthority, SqliteStore]:
         ) from None
 
 
+def _load_ca(data_dir: Path) -> CertificateAuthority:
+    """The CA of the data dir; MissingCAError says how to make one, a broken one says so."""
+    try:
+        return CertificateAuthority.load(data_dir)
+    except ValueError as exc:
+        raise CliError(
+            f"the CA in {data_dir} (ca.crt, ca.key) cannot be read ({exc}): restore it from a"
+            " backup"
+        ) from None
+
+
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
@@ -244,11 +342,17 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
-    settings = ServerSettings().join
-    if args.ttl > settings.max_token_ttl:
-        raise CliError(f"--ttl over {settings.max_token_ttl / 86400:g} days is not allowed")
     authority, store = _open(data_dir)
     with contextlib.closing(store):
+        try:
+            replaced = tokens.free_name(store, args.name, replace=args.replace)
+        except tokens.NameInUseError as exc:
+            raise CliError(str(exc)) from None
+        if replaced is not None:
+            print(  # noqa: T201 - what --replace did, off stdout (the token only goes there)
+                f"# revoked {replaced.kind} {args.name}: its session is cut off",
+                file=sys.stderr,
+            )
         spec = tokens.TokenSpec(
             kind=args.kind, name=args.name, ttl=args.ttl, require_approval=args.require_approval
         )
@@ -378,7 +482,8 @@ async def serve(
             timeout=settings.tls_handshake_timeout,
             registry=app[REGISTRY_KEY],
         )
-        gate.bind(settings.host, settings.port, backlog=settings.listen_backlog)
+        with _listen_errors(settings):
+            gate.bind(settings.host, settings.port, backlog=settings.listen_backlog)
         addresses = gate.addresses
     else:  # no handshake limit: asyncio's own listener
         site = web.TCPSite(
@@ -388,7 +493,8 @@ async def serve(
             ssl_context=ssl_context,
             backlog=settings.listen_backlog,
         )
-        await site.start()
+        with _listen_errors(settings):
+            await site.start()
         addresses = runner.addresses
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -411,8 +517,67 @@ async def serve(
         await runner.cleanup()
 
 
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another process listens there (another tunnel-server?): stop it or"
+    " choose another --listen",
+    errno.EACCES: "ports below 1024 need privileges: choose another --listen",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: check --listen",
+}
+
+
+@contextlib.contextmanager
+def _listen_errors(settings: ServerSettings) -> Iterator[None]:
+    """A listen address we cannot bind as one line with the likely fix, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        hint = _LISTEN_HINTS.get(exc.errno or 0, "check --listen")
+        if isinstance(exc, socket.gaierror):  # its errno is no errno (-2 and the like)
+            reason = f"cannot resolve the host name ({exc.strerror})"
+        else:  # asyncio's own message repeats the address; the errno's text is enough
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise CliError(
+            f"cannot listen on {settings.host}:{settings.port}: {reason}; {hint}"
+        ) from None
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    # The nearest part of the path that exists must be a folder, or mkdir fails later.
+    existing = next((p for p in (data_dir, *data_dir.parents) if p.exists()), data_dir)
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(
+            f"--data-dir {data_dir} is not a folder: give the server's data folder"
+            f" (default: {ServerSettings().data_dir})"
+        )
+
+
+def _check_kube_upstream(kubeconfig: Path) -> None:
+    """Read the kubeconfig as ``run`` will, so a bad one stops us before anything starts."""
+    import yaml  # noqa: PLC0415 - see serve(): only `run --kube-upstream` needs these
+    from kubernetes.config import ConfigException  # noqa: PLC0415 - see above
+
+    from tunnel_server import kube_service  # noqa: PLC0415 - see above
+
+    try:
+        kube_service.load_upstream(kubeconfig)
+    except (
+        ConfigException,  # missing file, empty, no current-context, missing CA file
+        yaml.YAMLError,  # not YAML
+        OSError,  # unreadable, a folder, a CA or key file OpenSSL refuses
+        ValueError,  # not UTF-8
+        TypeError,  # YAML, but not a mapping
+        KeyError,
+        AttributeError,
+    ) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"--kube-upstream {kubeconfig} is unusable: {reason}") from None
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
+    _check_data_dir(data_dir)
+    if getattr(args, "kube_upstream", None) is not None:
+        _check_kube_upstream(args.kube_upstream)
     if args.command in ("run", "init"):
         host, port = getattr(args, "listen", (ServerSettings().host, ServerSettings().port))
         lifetime = getattr(args, "client_cert_lifetime", ServerSettings().pki.client_lifetime)
@@ -432,7 +597,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 
-        identity = bootstrap(settings)
+        try:
+            identity = bootstrap(settings)
+        except ValueError as exc:  # a PEM file that does not parse
+            raise CliError(
+                f"a certificate or key in {data_dir} cannot be read ({exc}): restore ca.crt and"
+                " ca.key from a backup; a broken server.crt or server.key may be deleted, `run`"
+                " makes new ones"
+            ) from None
         try:
             if args.command == "run":
                 with contextlib.suppress(KeyboardInterrupt):
@@ -450,7 +622,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             identity.store.close()
         return 0
     if args.command == "ca-hash":
-        print(CertificateAuthority.load(data_dir).ca_hash())  # noqa: T201 - the output
+        print(_load_ca(data_dir).ca_hash())  # noqa: T201 - the output
         return 0
     if args.command == "token":
         if args.subcommand == "create":
@@ -459,14 +631,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     return cmd_nodes(args, data_dir)
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"tunnel-server: error: {message}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; exit codes as in ``EXIT_CODES`` (and docs/tunnel.md)."""
+    parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(arguments.join_negative_values(parser, given))
     logs.setup(args.log_level)
     try:
         return _dispatch(args)
-    except (CliError, MissingCAError, StoreError, ValueError, PermissionError) as exc:
-        print(f"tunnel-server: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's answer
-        return 1
+    except CliError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except (MissingCAError, StoreError, ValueError) as exc:
+        return _fail(str(exc), 1)
+    except sqlite3.DatabaseError as exc:
+        return _fail(f"the store in {args.data_dir} is unusable ({exc}): restore a backup", 1)
+    except OSError as exc:  # a file we may not read or write, a full or read-only disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}: run as the server's user, check the disk", 1)
 
 
 if __name__ == "__main__":

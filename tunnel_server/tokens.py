@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from daemon_support.files import write_atomic
-from tunnel_server.store import DuplicateIdError, NodeKind, Store, StoreError, TokenRecord
+from tunnel_server.store import (
+    DuplicateIdError,
+    NodeKind,
+    NodeRecord,
+    Store,
+    StoreError,
+    TokenRecord,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,6 +119,41 @@ class TokenSpec:
 
 
 _ID_ATTEMPTS = 8
+
+
+class NameInUseError(Exception):
+    """A node of the name is joined or waits for approval, so a new token could not be used."""
+
+    def __init__(self, node: NodeRecord) -> None:
+        if node.state == "pending":
+            now = f"waits for approval: approve it (`tunnel-server nodes approve {node.name}`)"
+        else:
+            now = "is joined, so a join with a new token would be refused"
+        super().__init__(
+            f"{node.kind} {node.name!r} {now}. To re-join a reinstalled or replaced machine as"
+            f" {node.name!r}, add --replace (revokes the old one at once); to join another"
+            " machine, give it another --name"
+        )
+        self.node = node
+
+
+def free_name(store: Store, name: str, *, replace: bool) -> NodeRecord | None:
+    """Make sure a token for ``name`` can be redeemed; return the node revoked, if any.
+
+    A join under a name that a pending or approved node holds is refused, so the token is
+    refused now; with ``replace`` that node is revoked instead (its session is cut off).
+    """
+    existing = store.get_node(name)
+    if existing is None or existing.state == "revoked":
+        return None
+    if not replace:
+        raise NameInUseError(existing)
+    revoked = store.set_node_state(name, "revoked")
+    log.info(
+        "revoked to be replaced",
+        extra={"kv": {"name": name, "kind": existing.kind, "was": existing.state}},
+    )
+    return revoked
 
 
 def create_token(store: Store, spec: TokenSpec, *, now: float) -> BootstrapToken:

@@ -29,6 +29,7 @@ from typing import Any, Self
 
 import aiomqtt
 
+from daemon_support import arguments
 from device_models import (
     Access,
     DeviceModel,
@@ -307,21 +308,36 @@ class _Totals:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = arguments.Parser(
         prog="edge-agent simulate",
         description="Onboard N simulated devices through the broker and report values.",
+        epilog="exit codes: 0 every device ran; 1 a device failed (logged); 2 bad arguments",
     )
     parser.add_argument(
-        "--model", default="temperature-sensor", help=f"one of {', '.join(builtin_models())}"
+        "--model",
+        default="temperature-sensor",
+        choices=sorted(builtin_models()),
+        metavar="MODEL",
+        help=f"one of {', '.join(builtin_models())}",
     )
-    parser.add_argument("--count", type=int, default=1, help="devices (default: %(default)s)")
-    parser.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of mosquitto")
+    parser.add_argument(
+        "--count", type=arguments.whole(low=1, high=100_000), default=1, help="devices, 1 or more"
+    )
+    parser.add_argument(
+        "--broker", type=arguments.host_port, default="127.0.0.1:1883", help="HOST:PORT"
+    )
     parser.add_argument("--prefix", default="sim", help="device ids are PREFIX-0, PREFIX-1, ...")
     parser.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between reports per device"
+        "--interval",
+        type=arguments.seconds(low=0.0, high=86400.0),
+        default=1.0,
+        help="seconds between reports per device",
     )
     parser.add_argument(
-        "--reports", type=int, default=0, help="reports per device, 0: until interrupted"
+        "--reports",
+        type=arguments.whole(low=0, high=10**9),
+        default=0,
+        help="reports per device, 0: until interrupted",
     )
     parser.add_argument("--claim-username", default="edgefleet-claim")
     parser.add_argument(
@@ -344,13 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``edge-agent simulate``; prints one JSON summary line. Exit 0, or 1 on any error."""
     args = build_parser().parse_args(argv)
-    host, _, port = str(args.broker).rpartition(":")
-    if not host or not port.isdigit() or not args.claim_password:
-        sys.stderr.write("need --broker HOST:PORT and --claim-password (or its variable)\n")
+    host, port = args.broker
+    if not args.claim_password:
+        sys.stderr.write("edge-agent simulate: error: need --claim-password (or its variable)\n")
         return 2
     options = _Options(
         host=host,
-        port=int(port),
+        port=port,
         model=args.model,
         count=args.count,
         prefix=args.prefix,

@@ -117,9 +117,10 @@ async def test_unknown_token(server: RunningServer, tmp_path: Path, name: str) -
 
 
 async def test_name_taken(server: RunningServer, tmp_path: Path, name: str) -> None:
+    # Both tokens made before the first join: `token create` refuses a joined name itself.
     first = await server.token(name)
-    assert (await server.join(token=first, name=name, data_dir=tmp_path / "a")).rc == 0
     second = await server.token(name)
+    assert (await server.join(token=first, name=name, data_dir=tmp_path / "a")).rc == 0
     result = await server.join(token=second, name=name, data_dir=tmp_path / "b")
     assert result.rc == 5
     assert "already approved" in result.stderr

@@ -49,6 +49,15 @@ def test_normalize_server() -> None:
         normalize_server("https://cloud:8443/api")
 
 
+@pytest.mark.parametrize(
+    "url", ["https://cloud:99999", "https://cloud:abc", "https://[::1", "https://user@cloud:8443"]
+)
+def test_normalize_server_refuses_what_cannot_be_dialled(url: str) -> None:
+    """A bad port or IPv6 literal was a ValueError traceback or 'unreachable' (exit 6)."""
+    with pytest.raises(UsageError, match="must be an https:// URL"):
+        normalize_server(url)
+
+
 def test_verify_ca_pins_by_hash() -> None:
     certificate = _certificate(ca=True)
     pem = certificate.public_bytes(serialization.Encoding.PEM)
