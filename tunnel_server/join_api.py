@@ -125,8 +125,8 @@ def _name_taken(name: str, state: str) -> ApiError:
     return ApiError(
         409,
         "name_taken",
-        f"node {name!r} is already {state}. If this machine was reinstalled, revoke the old"
-        f" node first (`tunnel-server nodes revoke {name}`), then create a new token",
+        f"node {name!r} is already {state}. If this machine was reinstalled, create a new token"
+        f" with `tunnel-server token create --name {name} --replace` (revokes the old node)",
     )
 
 

@@ -220,6 +220,11 @@ SCHEMAS: dict[str, Any] = {
                 "default": 3600,
             },
             "require_approval": {"type": "boolean", "default": False},
+            "replace": {
+                "type": "boolean",
+                "default": False,
+                "description": "revoke a joined or pending node of this name at once",
+            },
         },
     },
     "CreatedToken": {
@@ -439,7 +444,10 @@ def _paths(
             ),
             "post": _op(
                 "Create a single-use bootstrap token for one node name",
-                {"201": _json(_ref("CreatedToken"), "The token, shown this once")},
+                {
+                    "201": _json(_ref("CreatedToken"), "The token, shown this once"),
+                    "409": _error("The name is joined or pending (code: name_taken)"),
+                },
                 op_id="createToken",
                 body={"schema": _ref("TokenRequest")},
             ),

@@ -21,6 +21,7 @@ from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
 from tunnel_server.request_body import read_json_object, refuse_large_body
 from tunnel_server.status_history import SERIES
 from tunnel_server.status_service import HISTORY_KEY
+from tunnel_server.store import Store
 
 log = logging.getLogger("tunnel_server.api.routes")
 
@@ -31,7 +32,7 @@ DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
 pages say nothing about devices (``"devices": null``)."""
 
 _NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
-_TOKEN_FIELDS = frozenset({"name", "kind", "ttl_seconds", "require_approval"})
+_TOKEN_FIELDS = frozenset({"name", "kind", "ttl_seconds", "require_approval", "replace"})
 
 
 TABLE_KEY = web.AppKey("node_table", NodeTable)
@@ -265,7 +266,24 @@ def _token_spec(data: dict[str, Any], max_ttl: float) -> tokens.TokenSpec:
     approval = data.get("require_approval", False)
     if not isinstance(approval, bool):
         raise ApiError(400, "bad_request", "'require_approval' must be true or false")
+    if not isinstance(data.get("replace", False), bool):
+        raise ApiError(400, "bad_request", "'replace' must be true or false")
     return tokens.TokenSpec(kind=kind, name=name, ttl=float(ttl), require_approval=approval)
+
+
+def _free_name(store: Store, name: str, *, replace: bool) -> None:
+    """Refuse a token its join would be refused for, as ``tunnel-server token create`` does."""
+    try:
+        tokens.free_name(store, name, replace=replace)
+    except tokens.NameInUseError as exc:
+        state = "waits for approval" if exc.node.state == "pending" else "is joined"
+        raise ApiError(
+            409,
+            "name_taken",
+            f"{exc.node.kind} {name!r} {state}, so a join with a new token would be refused."
+            ' To re-join a reinstalled or replaced machine under this name, send "replace":'
+            " true (revokes the old one at once); to join another machine, use another name",
+        ) from None
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -274,6 +292,7 @@ async def create_token(request: web.Request) -> web.Response:
     data = await read_json_object(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
     spec = _token_spec(data, settings.join.max_token_ttl)
     store = request.app[tls.STORE_KEY]
+    _free_name(store, spec.name, replace=data.get("replace") is True)
     now = time.time()
     token = tokens.create_token(store, spec, now=now)
     ca_hash = request.app[tls.AUTHORITY_KEY].ca_hash()

@@ -140,6 +140,20 @@ def test_token_created_over_the_api_joins_a_node(console_fleet: ConsoleFleet) ->
     assert api.node("edge-api")["status"] == "unknown", "joined, never reported"
     assert api.get("/api/v1/tokens")["tokens"][0]["status"] == "used"
 
+    # A second token for the joined name would only fail at its join: refused now, unless the
+    # caller asks to replace the node, which revokes it at once.
+    status, refused, _ = api.call("POST", "/api/v1/tokens", body=body)
+    assert (status, refused["error"]) == (409, "name_taken"), refused
+    assert '"replace": true' in refused["message"]
+    replace = json.dumps({"name": "edge-api", "replace": True}).encode()
+    status, created, _ = api.call("POST", "/api/v1/tokens", body=replace)
+    assert status == 201, created
+    assert api.node("edge-api")["status"] == "revoked"
+    status, refused, _ = api.call(
+        "POST", "/api/v1/tokens", body=json.dumps({"name": "x", "replace": 1}).encode()
+    )
+    assert (status, refused["error"]) == (400, "bad_request"), refused
+
 
 def test_events_stream_starts_with_a_snapshot(console_fleet: ConsoleFleet) -> None:
     server = console_fleet.server

@@ -124,7 +124,7 @@ async def test_name_taken(server: RunningServer, tmp_path: Path, name: str) -> N
     result = await server.join(token=second, name=name, data_dir=tmp_path / "b")
     assert result.rc == 5
     assert "already approved" in result.stderr
-    assert f"nodes revoke {name}" in result.stderr
+    assert f"token create --name {name} --replace" in result.stderr
 
 
 async def test_token_is_bound_to_its_name(server: RunningServer, tmp_path: Path, name: str) -> None:
