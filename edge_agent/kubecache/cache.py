@@ -54,7 +54,8 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         try:
             self.store = await loop.run_in_executor(
-                self._executor, lambda: CacheStore(directory, min_file_size=min_file_size)
+                self._executor,
+                lambda: CacheStore(directory, min_file_size=min_file_size, maintain=True),
             )
         except _FAULTS as exc:
             self._degrade("open", exc)

@@ -38,6 +38,7 @@ from edge_agent.kubecache.store import (
     Coverage,
     RawPage,
     Scope,
+    SnapshotExpiredError,
     meta_of,
     rv_of,
 )
@@ -110,42 +111,51 @@ async def answer(proxy: KubeProxy, call: Call) -> web.StreamResponse:  # noqa: P
 
 
 async def _get(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+    """The object as the newest view holding its name recorded it; 404 if that view lacks it."""
     info = call.info
-    obj = await proxy.store.run(
-        "get", lambda s: s.get(call.component, call.resource, info.namespace, info.name)
+    found = await proxy.store.run(
+        "get", lambda s: s.lookup(call.component, call.resource, info.namespace, info.name)
     )
-    if isinstance(obj, dict):
-        proxy.metrics.requests.labels(verb="get", source="cache").inc()
-        return _json(obj)
-    whole = Scope(component=call.component, resource=call.resource, namespace=info.namespace)
-    coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(whole))
-    if coverage is None:
+    known, obj = found if found is not None else (False, None)
+    if not known:
         return _reject(proxy, call, f"{info.name!r} is not in the cache to answer from")
     proxy.metrics.requests.labels(verb="get", source="cache").inc()
+    if obj is not None:
+        return _json(obj)
     message = f'{call.resource.resource} "{info.name}" not found'
     details = {"name": info.name, "group": call.resource.group, "kind": call.resource.resource}
     return _json(status_object(404, "NotFound", message, details=details), status=404)
 
 
-def _decode_continue(token: str) -> str:
-    """The key after which a page starts, from our token or the API server's (same format)."""
+def _decode_continue(token: str) -> tuple[str, str]:
+    """(the key after which a page starts, the snapshot's rv) from a continue token.
+
+    Ours and the API server's share its format (k8s.io/apiserver ``storage.DecodeContinue``):
+    unpadded URL-safe base64 of ``{"v":"meta.k8s.io/v1","rv":N,"start":K}``. Since v1.36 the
+    server's start key begins with ``/`` (``"/pod-014\u0000"``); it is taken either way.
+    """
     try:
         data = json.loads(base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_"))
     except (ValueError, binascii.Error) as exc:
         raise SelectorError(f"invalid continue token: {exc}") from None
     start = data.get("start") if isinstance(data, dict) else None
-    if not isinstance(start, str):
+    if not isinstance(start, str) or not start:
         raise SelectorError("invalid continue token: no start key")
-    return start
+    if not isinstance(data, dict) or data.get("v") != "meta.k8s.io/v1":
+        raise SelectorError("invalid continue token: unknown version")
+    rv = data.get("rv")
+    return start.removeprefix("/"), str(rv) if isinstance(rv, int | str) else ""
 
 
 def _encode_continue(rv: str, last_key: str) -> str:
+    """A token the API server takes as its own (no ``=`` padding: it rejects that with 400)."""
     body = {
         "v": "meta.k8s.io/v1",
         "rv": int(rv) if rv.isdigit() else rv,
-        "start": last_key + "\x00",
+        "start": "/" + last_key + "\x00",
     }
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+    text = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
 
 
 def _relative_key(scope: Scope, obj: dict[str, Any]) -> str:
@@ -178,21 +188,34 @@ def render_list(
 
 
 async def _list(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+    """One page of the newest view covering the query, read as one snapshot.
+
+    A continued LIST (ours or the API server's token) is served only from a view whose
+    snapshot equals the token's; otherwise 410 Expired, as the API server answers for a
+    compacted token, and clients re-list. Never a page of another snapshot (duplicates).
+    """
     query = call.request.query
     try:
         scope = proxy.scope_of(call)
-        start = _decode_continue(query["continue"]) if query.get("continue") else ""
+        start, at = _decode_continue(query["continue"]) if query.get("continue") else ("", "")
         limit = int(query.get("limit", "0") or "0")
     except (SelectorError, ValueError) as exc:
         return _json(status_object(400, "BadRequest", str(exc)), status=400)
-    coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
-    if coverage is None:
+    try:
+        found = await proxy.store.run(
+            "list",
+            lambda s: s.snapshot(scope, start=start, limit=max(limit, 0), at=at or ""),
+        )
+    except SnapshotExpiredError:
+        proxy.metrics.requests.labels(verb="list", source="cache").inc()
+        message = (
+            "The provided continue parameter is too old to display a consistent list result "
+            "from the edge cache. You can start a new list without the continue parameter."
+        )
+        return _json(status_object(410, "Expired", message), status=410)
+    if found is None:
         return _reject(proxy, call, "no complete list covering this query is cached")
-    page = await proxy.store.run(
-        "list", lambda s: s.list_raw(scope, start=start, limit=max(limit, 0))
-    )
-    if page is None:
-        return _reject(proxy, call, "the cache could not be read")
+    coverage, page = found
     proxy.metrics.requests.labels(verb="list", source="cache").inc()
     return web.Response(body=render_raw_list(coverage, page), content_type="application/json")
 

@@ -4,16 +4,19 @@
 A client watch is a loop of phases on one HTTP response:
 
 * upstream phase (online): watch upstream from the last resourceVersion, with bookmarks
-  requested. Each event is applied to the cache (ordered by resourceVersion) and its line is
-  forwarded byte for byte; bookmarks reach the client only if it asked for them. An upstream
-  that ends normally is re-watched from the last resourceVersion. A 410 Gone (HTTP or ERROR
-  event) re-lists upstream, replaces the cached set and sends the client the difference as
-  ADDED / MODIFIED / DELETED, then watches on from the list's resourceVersion.
-* local phase (offline): serve the cache. A watch that *starts* offline first gets the cached
-  objects (ADDED for ``resourceVersion`` unset or 0, else MODIFIED for those newer than it);
-  then every local change (heartbeats answered locally) and a BOOKMARK every
-  ``bookmark_interval``. When the health checker says online, the upstream phase resumes
-  from the last resourceVersion, so changes made in the cloud during the outage arrive.
+  requested. Each line is forwarded byte for byte, then recorded in the watch's *view*
+  (``views.py``) if its stream is continuous from the view's resourceVersion (a watch from
+  the past, or from after a gap, records nothing); bookmarks reach the client only if it
+  asked for them. An upstream that ends normally is re-watched from the last
+  resourceVersion. A 410 Gone (HTTP or ERROR event) re-lists upstream into the view and
+  sends this client what the view recorded since *its* resourceVersion; if the view cannot
+  replay from there, the client gets the 410 and re-lists, as with the API server.
+* local phase (offline): serve the cache. A watch that *starts* offline replays the newest
+  view covering it (ADDED for ``resourceVersion`` unset or 0; else what changed since, and a
+  410 Expired ERROR event if that was not recorded, e.g. after a restart); then every local
+  change (heartbeats answered locally) and a BOOKMARK every ``bookmark_interval``. When the
+  health checker says online, the upstream phase resumes from the last resourceVersion, so
+  changes made in the cloud during the outage arrive.
 
 The first upstream answer that is not 200 is relayed as is (403, 400...), before the client
 response starts. The client's ``timeoutSeconds`` bounds the whole stream.
@@ -31,7 +34,15 @@ from aiohttp import web
 
 from edge_agent.kubecache.health import State
 from edge_agent.kubecache.selectors import SelectorError
-from edge_agent.kubecache.store import Change, Coverage, Scope, meta_of, rv_newer, rv_of
+from edge_agent.kubecache.store import (
+    CacheStore,
+    Change,
+    Coverage,
+    Scope,
+    meta_of,
+    rv_newer,
+    rv_of,
+)
 from edge_agent.kubecache.wire import (
     LineSplitter,
     LineTooLongError,
@@ -60,6 +71,16 @@ class UpstreamLostError(Exception):
 
 class ClientGoneError(Exception):
     """The client closed its side."""
+
+
+class ClientMustRelistError(Exception):
+    """The client was sent 410 Expired: its resourceVersion cannot be replayed."""
+
+
+def _gone_line(rv: str) -> bytes:
+    """The ERROR event the API server sends for a watch from a version it cannot replay."""
+    status = status_object(410, "Expired", f"too old resource version: {rv}")
+    return json.dumps({"type": "ERROR", "object": status}, separators=(",", ":")).encode() + b"\n"
 
 
 def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
@@ -131,7 +152,8 @@ class WatchSession:
         self.kind = ""
         self.api_version = call.resource.api_version
         self.first = True
-        self.initial_names: set[tuple[str, str]] | None = set() if self.send_initial else None
+        self.initial: dict[tuple[str, str], str] | None = {} if self.send_initial else None
+        """Members of a streamed initial list (``sendInitialEvents``) until its bookmark."""
 
     # ------------------------------------------------------------ loop
 
@@ -151,6 +173,8 @@ class WatchSession:
             pass  # the client's timeoutSeconds elapsed: end the stream as the API server does
         except ClientGoneError:
             log.debug("watch client of %s went away", self.scope.resource.key)
+        except ClientMustRelistError:
+            pass  # the 410 went out as an ERROR event: the stream ends, as upstream's would
         if self.response is None:
             self.response = await self._prepare()
         return self.response
@@ -270,47 +294,60 @@ class WatchSession:
         await self._apply(kind, obj)
 
     async def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+        """Record the event in this watch's view, if its stream feeds it (views.py rule 1)."""
         proxy, scope = self.proxy, self.scope
         rv = rv_of(obj)
+        prev = self.rv
         self.kind = self.kind or str(obj.get("kind", ""))
         meta = meta_of(obj)
         pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        if kind in {"ADDED", "MODIFIED"}:
-            await proxy.store.run("put", lambda s: s.put(scope.component, scope.resource, obj))
-            if self.initial_names is not None:
-                self.initial_names.add(pair)
-        elif kind == "DELETED":
+        if self.initial is not None and kind in {"ADDED", "MODIFIED"}:
+            # Part of a streamed initial list: kept now, recorded by the view at its end.
             await proxy.store.run(
-                "delete", lambda s: s.delete(scope.component, scope.resource, *pair, rv=rv)
+                "put_many", lambda s: s.put_many(scope.component, scope.resource, [obj])
             )
+            self.initial[pair] = rv
+        elif kind in {"ADDED", "MODIFIED", "DELETED"}:
+            await proxy.store.run("event", lambda s: s.apply_event(scope, kind, obj, prev=prev))
         elif kind == "BOOKMARK":
             annotations = meta.get("annotations") or {}
-            if self.initial_names is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
+            if self.initial is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
                 await self._finish_initial_events(rv)
+            else:
+                await proxy.store.run("advance", lambda s: s.advance(scope, rv, prev=prev))
         if rv and (not self.rv or rv_newer(rv, self.rv)):
             self.rv = rv
-            await proxy.store.run("advance", lambda s: s.advance(scope, rv))
+
+    def _coverage(self, rv: str, list_kind: str, api_version: str, *, have_kind: bool) -> Coverage:
+        scope = self.scope
+        return Coverage(
+            scope_key=scope.key,
+            namespace=scope.namespace,
+            labels=str(scope.labels),
+            fields=str(scope.fields),
+            rv=rv,
+            list_kind=list_kind,
+            api_version=api_version,
+            items_have_kind=have_kind,
+        )
 
     async def _finish_initial_events(self, rv: str) -> None:
         """A streamed initial list (``sendInitialEvents``) is complete: it is a LIST."""
-        names, self.initial_names = frozenset(self.initial_names or ()), None
-        coverage = Coverage(
-            scope_key=self.scope.key,
-            namespace=self.scope.namespace,
-            labels=str(self.scope.labels),
-            fields=str(self.scope.fields),
-            rv=rv,
-            list_kind=f"{self.kind}List" if self.kind else "List",
-            api_version=self.api_version,
-            items_have_kind=False,
-        )
+        members, self.initial = dict(self.initial or {}), None
+        list_kind = f"{self.kind}List" if self.kind else "List"
+        coverage = self._coverage(rv, list_kind, self.api_version, have_kind=False)
         scope = self.scope
         await self.proxy.store.run(
-            "replace", lambda s: s.replace(scope, [], coverage, seen_before=names)
+            "replace", lambda s: s.replace(scope, [], coverage, seen_before=members)
         )
 
     async def _relist(self) -> None:
-        """After 410 Gone: list upstream, replace the cached set, send the difference."""
+        """After 410 Gone: list upstream into the view, send what changed since the client's rv.
+
+        The difference is what the view recorded since *this* client's resourceVersion, not
+        against the cache (another watcher's re-list may already have updated the view). If
+        the view cannot replay from there, the client gets the 410 and re-lists.
+        """
         proxy, scope = self.proxy, self.scope
         proxy.metrics.relists.inc()
         params = {
@@ -330,23 +367,25 @@ class WatchSession:
         kind = list_kind.removesuffix("List")
         items = [{"kind": kind, "apiVersion": api_version, **i} for i in body.get("items", [])]
         rv = str(body.get("metadata", {}).get("resourceVersion", ""))
-        coverage = Coverage(
-            scope_key=scope.key,
-            namespace=scope.namespace,
-            labels=str(scope.labels),
-            fields=str(scope.fields),
-            rv=rv,
-            list_kind=list_kind,
-            api_version=api_version,
-            items_have_kind=bool(body.get("items")) and "kind" in body["items"][0],
-        )
-        changes = (
-            await proxy.store.run("replace", lambda s: s.replace(scope, items, coverage)) or []
-        )
+        have_kind = bool(body.get("items")) and "kind" in body["items"][0]
+        coverage = self._coverage(rv, list_kind, api_version, have_kind=have_kind)
+        since = self.rv
+
+        def relisted(store: CacheStore) -> tuple[list[Change] | None, str]:
+            store.replace(scope, items, coverage)
+            view = store.coverage_for(scope)
+            return store.replay(scope, scope.key, since), view.rv if view else rv
+
+        result = await proxy.store.run("replace", relisted)
+        changes, view_rv = result if result is not None else (None, rv)
+        if changes is None:
+            log.info("re-listed %s after 410 Gone: the client must re-list", scope.resource.key)
+            await self._send(_gone_line(since))
+            raise ClientMustRelistError
         log.info("re-listed %s after 410 Gone: %s changes", scope.resource.key, len(changes))
         for change in changes:
             await self._send(_event_line(change.type, change.obj))
-        self.rv = rv
+        self.rv = view_rv
 
     # ------------------------------------------------------------ local phase
 
@@ -399,18 +438,23 @@ class WatchSession:
         )
 
     async def _replay(self, coverage: Coverage) -> None:
-        """A watch starting offline: what the client would have got from the API server."""
-        scope = self.scope
-        objects = await self.proxy.store.run("objects", lambda s: s.objects(scope)) or []
-        from_start = self.rv in {"", "0"}
+        """A watch starting offline: what the API server would send, from one view.
+
+        Only what the view recorded is replayed (views.py rule 3); a resourceVersion older
+        than that gets the API server's 410 Expired, after which clients re-list.
+        """
+        scope, since = self.scope, self.rv
+        changes = await self.proxy.store.run(
+            "replay", lambda s: s.replay(scope, coverage.scope_key, since)
+        )
         self.response = await self._prepare()
-        for obj in objects:
-            if from_start:
-                await self._send(_event_line("ADDED", obj))
-            elif rv_newer(rv_of(obj), self.rv):
-                await self._send(_event_line("MODIFIED", obj))
-        if from_start or rv_newer(coverage.rv, self.rv):
+        if changes is None:
+            await self._send(_gone_line(since))
+            raise ClientMustRelistError
+        for change in changes:
+            await self._send(_event_line(change.type, change.obj))
+        if since in {"", "0"} or rv_newer(coverage.rv, since):
             self.rv = coverage.rv
         if self.send_initial:
             await self._send(self._bookmark(initial_end=True))
-        self.initial_names = None
+        self.initial = None

@@ -1,8 +1,9 @@
 # Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
 """Writing answers forwarded online into the cache (after they went to the client).
 
-GET / create / update / patch answers store the object; a GET's 404 and a DELETE's Status
-remove it; a LIST replaces its scope, and a paged LIST does so once its last page arrived.
+GET / create / update / patch answers record the object in its single-object view; a GET's
+404 and a DELETE's Status empty that view; a LIST sets its view's membership, and a paged
+LIST does so once its last page arrived (``store.py``, ``views.py``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from edge_agent.kubecache.selectors import (
     parse_label_selector,
 )
 from edge_agent.kubecache.settings import KubeCacheSettings
-from edge_agent.kubecache.store import Coverage, Scope, meta_of
+from edge_agent.kubecache.store import Coverage, Scope, meta_of, rv_of
 
 
 @dataclass(slots=True)
 class _Paging:
     scope: Scope
-    seen: set[tuple[str, str]] = field(default_factory=set)
+    seen: dict[tuple[str, str], str] = field(default_factory=dict)
+    """``(namespace, name) -> resourceVersion`` of the earlier pages' items."""
 
 
 def scope_of(call: Call, *, max_selector_length: int) -> Scope:
@@ -122,8 +124,9 @@ class WriteThrough:
                 "put_many", lambda s: s.put_many(call.component, call.resource, objects)
             )
             paging.seen.update(
-                (str(meta_of(o).get("namespace", "")), str(meta_of(o).get("name", "")))
+                ((str(meta_of(o).get("namespace", "")), str(meta_of(o).get("name", ""))), rv_of(o))
                 for o in objects
+                if meta_of(o).get("name")
             )
             self._paging[token] = paging
             while len(self._paging) > self.settings.max_paged_lists:
@@ -139,7 +142,7 @@ class WriteThrough:
             api_version=api_version,
             items_have_kind=have_kind,
         )
-        seen = frozenset(paging.seen)
+        seen = dict(paging.seen)
         await self.store.run(
             "replace", lambda s: s.replace(scope, objects, coverage, seen_before=seen)
         )

@@ -58,7 +58,7 @@ def test_pages_count_what_is_left_and_continue_where_they_stopped(store: CacheSt
     assert (names(first.items), first.more, first.remaining) == (["p10", "p2", "p0"], True, 1)
     body = json.loads(render_raw_list(coverage(scope, 20), first))
     assert body["metadata"]["remainingItemCount"] == 1
-    start = _decode_continue(body["metadata"]["continue"])
+    start, _ = _decode_continue(body["metadata"]["continue"])
     rest = store.list_raw(scope, start=start, limit=3)
     assert (names(rest.items), rest.more) == (["p1"], False)
 
