@@ -7,9 +7,11 @@ Routing only. Per request: parse it (``keys.parse_request``), find the component
 * online: ``forward.py`` sends it upstream with the proxy's credentials and relays the answer.
   Answers to GET / LIST / create / update / patch / delete of a cached component are kept
   (bounded) and written to the cache after they went out (``writethrough.py``); discovery and
-  TokenRequest answers likewise (``offline.remember_raw``, ``tokens.remember``). An upstream
+  TokenRequest answers likewise (``discovery.remember``, ``tokens.remember``). An upstream
   that cannot be reached counts as a health failure and the call is answered locally.
-* offline: ``offline.py`` answers from the cache; WATCH is ``watch.py`` in both states.
+* offline: ``offline.py`` answers from the cache (``heartbeats``, ``tokens``, ``discovery``
+  for their kinds); WATCH is ``watch.py`` in both states. They get the shared state as one
+  :class:`~edge_agent.kubecache.shared.Shared` and never import this module.
 
 Entry point: :func:`serve_kube_proxy`.
 """
@@ -24,11 +26,10 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import prometheus_client
 from aiohttp import web
 
-from edge_agent.kubecache import offline, tokens, watch
+from edge_agent.kubecache import discovery, heartbeats, offline, tokens, watch
 from edge_agent.kubecache.cache import AsyncStore
 from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.forward import UNREACHABLE, Forwarder
@@ -36,10 +37,10 @@ from edge_agent.kubecache.health import HealthChecker, State
 from edge_agent.kubecache.keys import Verb, component_of, parse_request
 from edge_agent.kubecache.metrics import KubeCacheMetrics
 from edge_agent.kubecache.settings import KubeCacheSettings
-from edge_agent.kubecache.store import Scope
+from edge_agent.kubecache.shared import Shared
 from edge_agent.kubecache.upstream import Upstream
 from edge_agent.kubecache.wire import Representation, negotiate, status_object
-from edge_agent.kubecache.writethrough import WriteThrough, scope_of
+from edge_agent.kubecache.writethrough import WriteThrough
 
 __all__ = ["Call", "KubeProxy", "serve_kube_proxy"]
 
@@ -80,6 +81,15 @@ class KubeProxy:
         self.write_through = WriteThrough(store=self.store, settings=settings)
         self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(
             maxsize=settings.max_pending_writes
+        )
+        self.shared = Shared(
+            settings=settings,
+            upstream=upstream,
+            forwarder=self.forwarder,
+            health=self.health,
+            store=self.store,
+            metrics=self.metrics,
+            flush_writes=self.flush_writes,
         )
         self.url = ""
         self.health.on_change.append(self._on_health_change)
@@ -135,7 +145,7 @@ class KubeProxy:
             body=body,
         )
         if info.verb is Verb.WATCH:
-            return await watch.serve(self, call)
+            return await watch.serve(self.shared, call)
         if self.health.online or self.health.state.state is State.UNKNOWN:
             try:
                 return await self._forward(call)
@@ -146,7 +156,7 @@ class KubeProxy:
                     request.method,
                     request.path,
                 )
-        return await offline.answer(self, call)
+        return await offline.answer(self.shared, call)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_request_body_bytes
@@ -164,21 +174,6 @@ class KubeProxy:
         return b"".join(chunks)
 
     # ------------------------------------------------------------ online
-
-    def upstream_headers(self, call: Call, *, accept: str | None) -> dict[str, str]:
-        return self.forwarder.headers(call, accept=accept)
-
-    def upstream_url(self, path_qs: str) -> str:
-        return self.forwarder.url(path_qs)
-
-    async def stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        return await self.forwarder.stream_back(request, upstream)
-
-    def scope_of(self, call: Call) -> Scope:
-        """The scope a LIST or WATCH asks for; raises SelectorError on a bad selector."""
-        return scope_of(call, max_selector_length=self.settings.max_selector_length)
 
     async def _forward(self, call: Call) -> web.StreamResponse:
         """Forward upstream; queue what the answer teaches the cache, after it went out."""
@@ -224,10 +219,12 @@ class KubeProxy:
             await self._writes.put(lambda: self.write_through.apply(call, status, data))
         elif token_key:
             key = token_key
-            await self._writes.put(lambda: tokens.remember(self, call, key, status, data))
+            await self._writes.put(lambda: tokens.remember(self.shared, call, key, status, data))
         elif status == 200:
             content_type = answer.content_type
-            await self._writes.put(lambda: offline.remember_raw(self, call, content_type, data))
+            await self._writes.put(
+                lambda: discovery.remember(self.shared, call, content_type, data)
+            )
         return answer.response
 
 
@@ -273,7 +270,7 @@ async def serve_kube_proxy(
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(proxy.health.run(), name="kubecache.health"),
-                group.create_task(offline.sync_loop(proxy), name="kubecache.sync"),
+                group.create_task(heartbeats.sync_loop(proxy.shared), name="kubecache.sync"),
                 group.create_task(proxy.write_loop(), name="kubecache.write-behind"),
             ]
             try:

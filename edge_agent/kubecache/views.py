@@ -106,6 +106,9 @@ class View:
     """Replay is exact for a watch from any resourceVersion not older than this."""
     departed: dict[Pair, str] = field(default_factory=dict)
     """Objects that left the view since ``log_start``, with the rv it was learned at."""
+    holes: list[tuple[str, str]] = field(default_factory=list)
+    """``(from, to)``: a re-list moved the view from one rv to the other. A client between
+    them may know objects that came and went unseen by the view: it cannot be replayed."""
     seq: int = 0
     """When it last changed, in operations of the book: of two views at one rv, the later
     one knows more (a 404 or a DELETE answer has no resourceVersion of its own)."""
@@ -200,7 +203,9 @@ class ViewBook:
             return [
                 Event(type="ADDED", pair=pair, rv=rv) for pair, rv in sorted(view.members.items())
             ]
-        if rv_newer(view.log_start, since):
+        if rv_newer(view.log_start, since) or any(
+            rv_newer(since, low) and rv_newer(high, since) for low, high in view.holes
+        ):
             return None
         events = [
             Event(type="MODIFIED", pair=pair, rv=rv)
@@ -243,6 +248,8 @@ class ViewBook:
             view.log_start = at
         else:
             view.spec = spec
+            if rv_newer(at, view.rv):
+                view.holes.append((view.rv, at))
         effects = Effects(applied=True)
         for pair, old_rv in list(view.members.items()):
             if pair not in items:
@@ -355,6 +362,11 @@ class ViewBook:
         return count
 
     def _bound_departed(self, view: View) -> None:
+        """Keep the replay log bounded: the oldest departures and holes go, log_start moves."""
+        while len(view.holes) > self.max_departed:
+            _, high = view.holes.pop(0)
+            if rv_newer(high, view.log_start):
+                view.log_start = high
         if len(view.departed) <= self.max_departed:
             return
         ordered = sorted(view.departed.items(), key=lambda item: _rv_order(item[1]))

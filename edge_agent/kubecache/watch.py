@@ -27,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.health import State
 from edge_agent.kubecache.selectors import SelectorError
+from edge_agent.kubecache.shared import Shared
 from edge_agent.kubecache.store import (
     CacheStore,
     Change,
@@ -50,9 +52,6 @@ from edge_agent.kubecache.wire import (
     offline_status,
     status_object,
 )
-
-if TYPE_CHECKING:
-    from edge_agent.kubecache.proxy import Call, KubeProxy
 
 log = logging.getLogger("edge_agent.kubecache.watch")
 
@@ -87,46 +86,46 @@ def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
-async def serve(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+async def serve(shared: Shared, call: Call) -> web.StreamResponse:
     cacheable = call.cacheable or (
         call.cached_agent
         and call.info.is_resource
         and call.representation is Representation.PREFERS_TRANSFORMED
-        and not proxy.health.online
+        and not shared.health.online
     )
     if not cacheable:
-        return await _passthrough(proxy, call)
+        return await _passthrough(shared, call)
     try:
-        scope = proxy.scope_of(call)
+        scope = shared.scope_of(call)
     except SelectorError as exc:
         return web.json_response(status_object(400, "BadRequest", str(exc)), status=400)
-    session = WatchSession(proxy, call, scope)
-    proxy.metrics.watches.labels(mode="cached").inc()
+    session = WatchSession(shared, call, scope)
+    shared.metrics.watches.labels(mode="cached").inc()
     try:
         return await session.run()
     finally:
-        proxy.metrics.watches.labels(mode="cached").dec()
+        shared.metrics.watches.labels(mode="cached").dec()
 
 
-async def _passthrough(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+async def _passthrough(shared: Shared, call: Call) -> web.StreamResponse:
     """Uncached watch (protobuf-only client, or a component not cached): bytes as they come."""
-    if not proxy.health.online:
+    if not shared.health.online:
         body = offline_status("this watch cannot be served from the cache", retry_after=10)
         return web.json_response(body, status=503)
-    proxy.metrics.watches.labels(mode="passthrough").inc()
+    shared.metrics.watches.labels(mode="passthrough").inc()
     try:
-        async with proxy.upstream.session.get(
-            proxy.upstream_url(call.request.path_qs),
-            headers=proxy.upstream_headers(call, accept=None),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=proxy.settings.connect_timeout),
+        async with shared.upstream.session.get(
+            shared.upstream_url(call.request.path_qs),
+            headers=shared.upstream_headers(call, accept=None),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=shared.settings.connect_timeout),
         ) as upstream:
-            return await proxy.stream_back(call.request, upstream)
+            return await shared.stream_back(call.request, upstream)
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        await proxy.health.report_failure(f"{type(exc).__name__}: {exc}")
+        await shared.health.report_failure(f"{type(exc).__name__}: {exc}")
         body = offline_status("this watch could not be opened upstream", retry_after=10)
         return web.json_response(body, status=503)
     finally:
-        proxy.metrics.watches.labels(mode="passthrough").dec()
+        shared.metrics.watches.labels(mode="passthrough").dec()
 
 
 def _check_resumed(status: int) -> None:
@@ -137,8 +136,8 @@ def _check_resumed(status: int) -> None:
 
 
 class WatchSession:
-    def __init__(self, proxy: KubeProxy, call: Call, scope: Scope) -> None:
-        self.proxy = proxy
+    def __init__(self, shared: Shared, call: Call, scope: Scope) -> None:
+        self.shared = shared
         self.call = call
         self.scope = scope
         query = call.request.query
@@ -161,7 +160,7 @@ class WatchSession:
         try:
             async with asyncio.timeout_at(self.deadline):
                 while True:
-                    if self.proxy.health.online:
+                    if self.shared.health.online:
                         early = await self._upstream_phase()
                         if early is not None:
                             return early
@@ -216,17 +215,17 @@ class WatchSession:
         return params
 
     async def _upstream_phase(self) -> web.StreamResponse | None:
-        proxy = self.proxy
+        shared = self.shared
         timeout = aiohttp.ClientTimeout(
             total=None,
-            sock_connect=proxy.settings.connect_timeout,
-            sock_read=proxy.settings.watch_inactivity_timeout,
+            sock_connect=shared.settings.connect_timeout,
+            sock_read=shared.settings.watch_inactivity_timeout,
         )
         try:
-            async with proxy.upstream.session.get(
-                proxy.upstream_url(self.call.request.path),
+            async with shared.upstream.session.get(
+                shared.upstream_url(self.call.request.path),
                 params=self._upstream_params(),
-                headers=proxy.upstream_headers(self.call, accept="application/json"),
+                headers=shared.upstream_headers(self.call, accept="application/json"),
                 timeout=timeout,
             ) as upstream:
                 if upstream.status != 200 and self.response is None:
@@ -237,16 +236,16 @@ class WatchSession:
                 _check_resumed(upstream.status)
                 if self.response is None:
                     self.response = await self._prepare()
-                proxy.metrics.requests.labels(verb="watch", source="upstream").inc()
+                shared.metrics.requests.labels(verb="watch", source="upstream").inc()
                 await self._pump(upstream)
         except GoneError:
             await self._relist()
         except (UpstreamLostError, aiohttp.ClientError, TimeoutError, LineTooLongError) as exc:
             if isinstance(exc, TimeoutError) and self._past_deadline():
                 raise
-            await proxy.health.report_failure(f"watch: {type(exc).__name__}: {exc}")
-            if proxy.health.online:
-                await asyncio.sleep(min(_POLL, proxy.settings.health.interval))
+            await shared.health.report_failure(f"watch: {type(exc).__name__}: {exc}")
+            if shared.health.online:
+                await asyncio.sleep(min(_POLL, shared.settings.health.interval))
         self.first = False
         return None
 
@@ -254,7 +253,7 @@ class WatchSession:
         return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
 
     async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
-        splitter = LineSplitter.create(self.proxy.settings.max_watch_event_bytes)
+        splitter = LineSplitter.create(self.shared.settings.max_watch_event_bytes)
         while True:
             try:
                 async with asyncio.timeout(_POLL):
@@ -262,7 +261,7 @@ class WatchSession:
             except TimeoutError:
                 if self._past_deadline():
                     raise
-                if not self.proxy.health.online:
+                if not self.shared.health.online:
                     raise UpstreamLostError("health checker says offline") from None
                 if self._client_gone():
                     raise ClientGoneError from None
@@ -295,7 +294,7 @@ class WatchSession:
 
     async def _apply(self, kind: str, obj: dict[str, Any]) -> None:
         """Record the event in this watch's view, if its stream feeds it (views.py rule 1)."""
-        proxy, scope = self.proxy, self.scope
+        shared, scope = self.shared, self.scope
         rv = rv_of(obj)
         prev = self.rv
         self.kind = self.kind or str(obj.get("kind", ""))
@@ -303,18 +302,18 @@ class WatchSession:
         pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         if self.initial is not None and kind in {"ADDED", "MODIFIED"}:
             # Part of a streamed initial list: kept now, recorded by the view at its end.
-            await proxy.store.run(
+            await shared.store.run(
                 "put_many", lambda s: s.put_many(scope.component, scope.resource, [obj])
             )
             self.initial[pair] = rv
         elif kind in {"ADDED", "MODIFIED", "DELETED"}:
-            await proxy.store.run("event", lambda s: s.apply_event(scope, kind, obj, prev=prev))
+            await shared.store.run("event", lambda s: s.apply_event(scope, kind, obj, prev=prev))
         elif kind == "BOOKMARK":
             annotations = meta.get("annotations") or {}
             if self.initial is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
                 await self._finish_initial_events(rv)
             else:
-                await proxy.store.run("advance", lambda s: s.advance(scope, rv, prev=prev))
+                await shared.store.run("advance", lambda s: s.advance(scope, rv, prev=prev))
         if rv and (not self.rv or rv_newer(rv, self.rv)):
             self.rv = rv
 
@@ -337,7 +336,7 @@ class WatchSession:
         list_kind = f"{self.kind}List" if self.kind else "List"
         coverage = self._coverage(rv, list_kind, self.api_version, have_kind=False)
         scope = self.scope
-        await self.proxy.store.run(
+        await self.shared.store.run(
             "replace", lambda s: s.replace(scope, [], coverage, seen_before=members)
         )
 
@@ -348,16 +347,16 @@ class WatchSession:
         against the cache (another watcher's re-list may already have updated the view). If
         the view cannot replay from there, the client gets the 410 and re-lists.
         """
-        proxy, scope = self.proxy, self.scope
-        proxy.metrics.relists.inc()
+        shared, scope = self.shared, self.scope
+        shared.metrics.relists.inc()
         params = {
             k: v
             for k, v in self.call.request.query.items()
             if k in {"labelSelector", "fieldSelector"}
         }
-        url = proxy.upstream_url(scope.resource.path(scope.namespace))
-        timeout = aiohttp.ClientTimeout(total=proxy.settings.request_timeout)
-        async with proxy.upstream.session.get(
+        url = shared.upstream_url(scope.resource.path(scope.namespace))
+        timeout = aiohttp.ClientTimeout(total=shared.settings.request_timeout)
+        async with shared.upstream.session.get(
             url, params=params, headers={"Accept": "application/json"}, timeout=timeout
         ) as response:
             response.raise_for_status()
@@ -376,7 +375,7 @@ class WatchSession:
             view = store.coverage_for(scope)
             return store.replay(scope, scope.key, since), view.rv if view else rv
 
-        result = await proxy.store.run("replace", relisted)
+        result = await shared.store.run("replace", relisted)
         changes, view_rv = result if result is not None else (None, rv)
         if changes is None:
             log.info("re-listed %s after 410 Gone: the client must re-list", scope.resource.key)
@@ -390,20 +389,20 @@ class WatchSession:
     # ------------------------------------------------------------ local phase
 
     async def _local_phase(self) -> web.StreamResponse | None:
-        proxy, scope = self.proxy, self.scope
+        shared, scope = self.shared, self.scope
         if self.response is None:
-            await proxy.flush_writes()
-            coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
+            await shared.flush_writes()
+            coverage = await shared.store.run("coverage", lambda s: s.coverage_for(scope))
             if coverage is None:
                 body = offline_status(
                     "no complete list covering this watch is cached", retry_after=10
                 )
-                proxy.metrics.requests.labels(verb="watch", source="offline_rejected").inc()
+                shared.metrics.requests.labels(verb="watch", source="offline_rejected").inc()
                 return web.json_response(body, status=503)  # no Retry-After: see offline.py
             self.kind = self.kind or coverage.list_kind.removesuffix("List")
             self.api_version = coverage.api_version
             await self._replay(coverage)
-        proxy.metrics.requests.labels(verb="watch", source="cache").inc()
+        shared.metrics.requests.labels(verb="watch", source="cache").inc()
         queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=1024)
 
         def on_change(component: str, resource_key: str, change: Change) -> None:
@@ -412,9 +411,9 @@ class WatchSession:
                 queue.put_nowait(change)
 
         loop = asyncio.get_running_loop()
-        next_bookmark = loop.time() + proxy.settings.bookmark_interval
-        with proxy.store.subscribe(on_change):
-            while proxy.health.state.state is not State.ONLINE:
+        next_bookmark = loop.time() + shared.settings.bookmark_interval
+        with shared.store.subscribe(on_change):
+            while shared.health.state.state is not State.ONLINE:
                 try:
                     async with asyncio.timeout(_POLL):
                         change = await queue.get()
@@ -425,7 +424,7 @@ class WatchSession:
                     if self._client_gone():
                         raise ClientGoneError from None
                 if self.bookmarks and loop.time() >= next_bookmark:
-                    next_bookmark = loop.time() + proxy.settings.bookmark_interval
+                    next_bookmark = loop.time() + shared.settings.bookmark_interval
                     await self._send(self._bookmark())
         return None
 
@@ -444,7 +443,7 @@ class WatchSession:
         than that gets the API server's 410 Expired, after which clients re-list.
         """
         scope, since = self.scope, self.rv
-        changes = await self.proxy.store.run(
+        changes = await self.shared.store.run(
             "replay", lambda s: s.replay(scope, coverage.scope_key, since)
         )
         self.response = await self._prepare()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edge_agent.kubecache.keys import Resource
-from edge_agent.kubecache.offline import _decode_continue, render_list
+from edge_agent.kubecache.listing import decode_continue, render_list
 from edge_agent.kubecache.ops import cache_purge, cache_stats, cache_verify
 from edge_agent.kubecache.selectors import parse_field_selector, parse_label_selector
 from edge_agent.kubecache.store import CacheStore, Coverage, Scope
@@ -130,7 +130,7 @@ def test_paging_renders_api_server_order_and_tokens(store: CacheStore) -> None:
     first = render_list(scope, coverage(scope, 3), objects, limit=2, start="")
     assert first["metadata"]["remainingItemCount"] == 1
     assert "kind" not in first["items"][0]
-    start, _ = _decode_continue(first["metadata"]["continue"])
+    start, _ = decode_continue(first["metadata"]["continue"])
     rest = render_list(scope, coverage(scope, 3), objects, limit=2, start=start)
     assert [o["metadata"]["name"] for o in rest["items"]] == ["x"]
     assert "continue" not in rest["metadata"]
