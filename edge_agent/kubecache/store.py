@@ -701,8 +701,11 @@ class CacheStore:
             effects = self._book.list_done(scope.key, spec, members, rv=coverage.rv)
             if not effects.applied:
                 return []
-            for obj in named.values():
-                self._write_version(family, scope.resource, obj)
+            # Only versions this view did not record yet: a re-list that changed nothing
+            # writes nothing (the same 5,000 pods every minute cost no disk work).
+            for pair, _rv in effects.recorded:
+                if pair in named:
+                    self._write_version(family, scope.resource, named[pair])
             changes = [self._change(scope, event, before) for event in effects.changes]
             self._persist(scope.key, family, scope.resource, effects)
         return [c for c in changes if c is not None]
