@@ -112,6 +112,16 @@ class AsyncStore:
         self.metrics.pending.set(self._pending)
         return result
 
+    def peek(self, operation: Callable[[CacheStore], bool]) -> bool:
+        """Ask the store's in-memory state on the event loop, without the disk thread.
+
+        For checks that may be stale but never wrong (``CacheStore.would_record``): a watch
+        that records nothing (a watch from the past, one of a hundred on one view) then costs
+        no trip to the disk thread per event. False when degraded.
+        """
+        store = self.store
+        return store is not None and operation(store)
+
     # ------------------------------------------------------------ change feed
 
     @contextlib.contextmanager

@@ -717,6 +717,10 @@ class CacheStore:
             obj = _stub(self._book.get(scope.key), scope, event.pair, event.rv)
         return Change(type=event.type, obj=obj)
 
+    def would_record(self, scope: Scope, rv: str, *, prev: str) -> bool:
+        """In memory only (any thread): would a watch line at ``rv`` change view ``scope``?"""
+        return self._book.would_record(scope.key, rv, prev=prev)
+
     def apply_event(self, scope: Scope, kind: str, obj: dict[str, Any], *, prev: str) -> bool:
         """A watch event of view ``scope`` whose stream delivered ``prev`` before it."""
         meta = meta_of(obj)

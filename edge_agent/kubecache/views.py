@@ -189,6 +189,16 @@ class ViewBook:
                 best = view
         return best
 
+    def would_record(self, key: str, rv: str, *, prev: str) -> bool:
+        """Whether a watch event or bookmark at ``rv`` after ``prev`` would change view ``key``.
+
+        Safe to ask from another thread: the view only moves forward, so a stale answer can
+        only be "no" where "yes" was due, and then rule 1 stops that stream feeding the view
+        (its next ``prev`` is past the view); it never records anything wrong.
+        """
+        view = self.views.get(key)
+        return view is not None and self._continuous(view, rv, prev=prev)
+
     def replay(self, key: str, since: str) -> list[Event] | None:
         """The changes of view ``key`` after ``since``; None if they were not all recorded.
 

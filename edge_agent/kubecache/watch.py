@@ -307,12 +307,15 @@ class WatchSession:
             )
             self.initial[pair] = rv
         elif kind in {"ADDED", "MODIFIED", "DELETED"}:
-            await shared.store.run("event", lambda s: s.apply_event(scope, kind, obj, prev=prev))
+            if shared.store.peek(lambda s: s.would_record(scope, rv, prev=prev)):
+                await shared.store.run(
+                    "event", lambda s: s.apply_event(scope, kind, obj, prev=prev)
+                )
         elif kind == "BOOKMARK":
             annotations = meta.get("annotations") or {}
             if self.initial is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
                 await self._finish_initial_events(rv)
-            else:
+            elif shared.store.peek(lambda s: s.would_record(scope, rv, prev=prev)):
                 await shared.store.run("advance", lambda s: s.advance(scope, rv, prev=prev))
         if rv and (not self.rv or rv_newer(rv, self.rv)):
             self.rv = rv
