@@ -544,6 +544,11 @@ class CacheStore:
             fields=scope.fields,
         )
 
+    def view_rv(self, scope: Scope) -> str | None:
+        """The resourceVersion of ``scope``'s own view (not a covering one), if it exists."""
+        view = self._book.get(scope.key)
+        return None if view is None else view.rv
+
     def coverage_for(self, scope: Scope) -> Coverage | None:
         """The newest view whose list holds every object ``scope`` selects, if any."""
         view = self.view_for(scope)

@@ -142,6 +142,10 @@ class WatchSession:
         self.scope = scope
         query = call.request.query
         self.rv = query.get("resourceVersion", "")
+        self.continuous = self.rv not in {"", "0"}
+        """The stream holds every change after ``self.rv``. Not so for a watch from "any" (unset
+        or 0): it starts with the state at some later version as ADDED events, without the
+        deletions in between, so it may feed its view only after a (streamed) list."""
         self.bookmarks = query.get("allowWatchBookmarks", "").lower() in {"1", "true"}
         self.send_initial = query.get("sendInitialEvents", "").lower() == "true"
         timeout = query.get("timeoutSeconds", "")
@@ -157,6 +161,9 @@ class WatchSession:
     # ------------------------------------------------------------ loop
 
     async def run(self) -> web.StreamResponse:
+        # The client's LIST (answered just before) must be in the cache first: a view that
+        # does not exist yet cannot record this watch's events, and would never catch up.
+        await self.shared.flush_writes()
         try:
             async with asyncio.timeout_at(self.deadline):
                 while True:
@@ -296,7 +303,7 @@ class WatchSession:
         """Record the event in this watch's view, if its stream feeds it (views.py rule 1)."""
         shared, scope = self.shared, self.scope
         rv = rv_of(obj)
-        prev = self.rv
+        prev = self.rv if self.continuous else ""  # "": nothing is recorded (views rule 1)
         self.kind = self.kind or str(obj.get("kind", ""))
         meta = meta_of(obj)
         pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
@@ -336,6 +343,7 @@ class WatchSession:
     async def _finish_initial_events(self, rv: str) -> None:
         """A streamed initial list (``sendInitialEvents``) is complete: it is a LIST."""
         members, self.initial = dict(self.initial or {}), None
+        self.continuous = True
         list_kind = f"{self.kind}List" if self.kind else "List"
         coverage = self._coverage(rv, list_kind, self.api_version, have_kind=False)
         scope = self.scope
@@ -375,8 +383,7 @@ class WatchSession:
 
         def relisted(store: CacheStore) -> tuple[list[Change] | None, str]:
             store.replace(scope, items, coverage)
-            view = store.coverage_for(scope)
-            return store.replay(scope, scope.key, since), view.rv if view else rv
+            return store.replay(scope, scope.key, since), store.view_rv(scope) or rv
 
         result = await shared.store.run("replace", relisted)
         changes, view_rv = result if result is not None else (None, rv)
@@ -388,6 +395,7 @@ class WatchSession:
         for change in changes:
             await self._send(_event_line(change.type, change.obj))
         self.rv = view_rv
+        self.continuous = True
 
     # ------------------------------------------------------------ local phase
 
@@ -457,6 +465,7 @@ class WatchSession:
             await self._send(_event_line(change.type, change.obj))
         if since in {"", "0"} or rv_newer(coverage.rv, since):
             self.rv = coverage.rv
+        self.continuous = True
         if self.send_initial:
             await self._send(self._bookmark(initial_end=True))
         self.initial = None

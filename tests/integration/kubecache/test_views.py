@@ -409,3 +409,37 @@ async def test_a_watch_from_before_an_offline_restart_gets_410_not_ghosts(
     assert {
         i["metadata"]["name"]: i["metadata"]["resourceVersion"] for i in relisted["items"]
     } == want
+
+
+async def test_a_watch_from_any_version_never_moves_a_view_past_unseen_deletes(
+    edge: Edge, direct: client.ApiClient, namespace: str
+) -> None:
+    """A watch from "any" version must not carry a view past deletions it never saw.
+
+    Without a resourceVersion the stream starts with the current state as ADDED events, not
+    with the deletions since the view's LIST.
+    """
+    core = client.CoreV1Api(direct)
+    for name in ("keep", "gone"):
+        await asyncio.to_thread(core.create_namespaced_config_map, namespace, configmap(name))
+    url = f"{edge.url}/api/v1/namespaces/{namespace}/configmaps"
+    async with aiohttp.ClientSession(headers=KUBELET) as http:
+        whole = await listed(http, url)
+        await asyncio.to_thread(core.delete_namespaced_config_map, "gone", namespace)
+        async with http.get(url, params={"watch": "true"}) as stream:
+            await asyncio.to_thread(
+                core.create_namespaced_config_map, namespace, configmap("later")
+            )
+            while True:
+                event = json.loads(await stream.content.readline())
+                if event["object"]["metadata"]["name"] == "later":
+                    break
+            await edge.proxy.flush_writes()
+            await edge.go_offline()
+        offline_whole = await listed(http, url)
+    # The view may still be the LIST's snapshot (with "gone", at its resourceVersion), but
+    # never a later version that still holds "gone".
+    if offline_whole["metadata"]["resourceVersion"] != whole["metadata"]["resourceVersion"]:
+        assert "gone" not in names(offline_whole)
+    else:
+        assert offline_whole["items"] == whole["items"]
