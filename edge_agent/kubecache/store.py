@@ -402,7 +402,7 @@ class CacheStore:
     def _persist(self, view_key: str, family: Family, resource: Resource, effects: Effects) -> None:
         """Write what one view operation changed: its record, members, released versions."""
         view = self._book.get(view_key)
-        if view is not None:
+        if view is not None and effects.moved:
             self._cache.set(view_key, _coverage_of(view).to_json())
         for pair, rv in effects.recorded:
             self._cache.set(member_key(view_key, pair), rv, tag=rv or None)
@@ -460,7 +460,8 @@ class CacheStore:
             effects = self._book.list_done(view_key, spec, {(namespace, name): rv}, rv=rv)
             if not effects.applied:
                 return False
-            self._write_version(family, resource, obj)
+            if effects.recorded:  # the same version read again writes nothing
+                self._write_version(family, resource, obj)
             self._persist(view_key, family, resource, effects)
         return bool(effects.changes)
 

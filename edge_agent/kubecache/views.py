@@ -129,6 +129,8 @@ class Effects:
     """What one operation did to a view, for the store to persist."""
 
     applied: bool = False
+    moved: bool = False
+    """The view's record (resourceVersion, selectors, list kind) changed: persist it."""
     recorded: list[tuple[Pair, str]] = field(default_factory=list)
     """Members set (or moved to another version) in this view."""
     dropped: list[Pair] = field(default_factory=list)
@@ -253,6 +255,7 @@ class ViewBook:
         if view is not None and rv_newer(view.rv, at):
             return Effects()  # rule 1: an older snapshot never replaces a newer one
         fresh = view is None
+        moved = view is None or view.spec != spec or view.rv != at
         if view is None:
             view = self._new_view(key, spec)
             view.log_start = at
@@ -260,7 +263,7 @@ class ViewBook:
             view.spec = spec
             if rv_newer(at, view.rv):
                 view.holes.append((view.rv, at))
-        effects = Effects(applied=True)
+        effects = Effects(applied=True, moved=moved)
         for pair, old_rv in list(view.members.items()):
             if pair not in items:
                 self._drop(view, pair, old_rv, effects)
@@ -289,7 +292,7 @@ class ViewBook:
         view = self.views.get(key)
         if view is None or not self._continuous(view, rv, prev=prev):
             return Effects()
-        effects = Effects(applied=True)
+        effects = Effects(applied=True, moved=True)
         old_rv = view.members.get(pair)
         if kind in {"ADDED", "MODIFIED"}:
             self._record(view, pair, rv, effects)
