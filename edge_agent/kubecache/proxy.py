@@ -31,14 +31,21 @@ from aiohttp import web
 from edge_agent.kubecache import offline, tokens, watch
 from edge_agent.kubecache.cache import AsyncStore
 from edge_agent.kubecache.call import Call
-from edge_agent.kubecache.forward import UNREACHABLE, Forwarder
+from edge_agent.kubecache.fieldlabels import unsupported_label
+from edge_agent.kubecache.forward import Forwarder, UpstreamFailure
 from edge_agent.kubecache.health import HealthChecker, State
 from edge_agent.kubecache.keys import Verb, component_of, parse_request
 from edge_agent.kubecache.metrics import KubeCacheMetrics
+from edge_agent.kubecache.selectors import SelectorError, parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
 from edge_agent.kubecache.store import Scope
 from edge_agent.kubecache.upstream import Upstream
-from edge_agent.kubecache.wire import Representation, negotiate, status_object
+from edge_agent.kubecache.wire import (
+    Representation,
+    negotiate,
+    outcome_unknown_status,
+    status_object,
+)
 from edge_agent.kubecache.writethrough import WriteThrough, scope_of
 
 __all__ = ["Call", "KubeProxy", "serve_kube_proxy"]
@@ -76,7 +83,9 @@ class KubeProxy:
         self.metrics = KubeCacheMetrics(registry)
         self.health = HealthChecker(upstream=upstream, settings=settings.health)
         self.store = AsyncStore(metrics=self.metrics)
-        self.forwarder = Forwarder(upstream=upstream, settings=settings)
+        self.forwarder = Forwarder(
+            upstream=upstream, settings=settings, health=self.health, metrics=self.metrics
+        )
         self.write_through = WriteThrough(store=self.store, settings=settings)
         self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(
             maxsize=settings.max_pending_writes
@@ -134,19 +143,53 @@ class KubeProxy:
             representation=negotiate(request.headers.get("Accept")),
             body=body,
         )
-        if info.verb is Verb.WATCH:
+        return await self._route(call)
+
+    async def _route(self, call: Call) -> web.StreamResponse:
+        """Upstream while it may be reachable, else (or once it failed) locally."""
+        if call.info.verb is Verb.WATCH:
+            if not self.health.online and (refused := self._refused_field_label(call)):
+                return refused
             return await watch.serve(self, call)
         if self.health.online or self.health.state.state is State.UNKNOWN:
             try:
                 return await self._forward(call)
-            except UNREACHABLE as exc:
-                await self.health.report_failure(f"{type(exc).__name__}: {exc}")
+            except UpstreamFailure as failure:
+                if failure.maybe_sent and not _safe_to_answer_locally(call):
+                    return self._outcome_unknown(call, failure.reason)
                 log.info(
-                    "upstream unreachable for %s %s: answering locally",
-                    request.method,
-                    request.path,
+                    "upstream unreachable for %s %s (%s): answering locally",
+                    call.request.method,
+                    call.request.path,
+                    failure.reason,
                 )
+        if refused := self._refused_field_label(call):
+            return refused
         return await offline.answer(self, call)
+
+    def _outcome_unknown(self, call: Call, reason: str) -> web.Response:
+        log.warning(
+            "%s %s: the answer was lost after the request may have left (%s)",
+            call.request.method,
+            call.request.path,
+            reason,
+        )
+        self.metrics.requests.labels(verb=call.info.verb.value, source="unknown").inc()
+        return json_response(outcome_unknown_status(call.info.verb.value, reason), status=504)
+
+    def _refused_field_label(self, call: Call) -> web.Response | None:
+        """The API server's 400 for a field label it does not support, given locally."""
+        if call.info.verb not in {Verb.LIST, Verb.WATCH} or call.info.resource is None:
+            return None
+        text = call.request.query.get("fieldSelector", "")
+        try:
+            selector = parse_field_selector(text, max_length=self.settings.max_selector_length)
+        except SelectorError:
+            return None  # the local answer reports a malformed selector itself
+        message = unsupported_label(call.resource, selector)
+        if message is None:
+            return None
+        return json_response(status_object(400, "BadRequest", message), status=400)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_request_body_bytes
@@ -208,10 +251,11 @@ class KubeProxy:
             call,
             accept="application/json" if write_through or token_key else None,
             keep=keep,
+            deadline=self.settings.heartbeat_timeout if offline.is_heartbeat(call) else None,
         )
         source = "upstream" if keep else "passthrough"
         self.metrics.requests.labels(verb=call.info.verb.value, source=source).inc()
-        if not keep:
+        if not keep or answer.broken:
             return answer.response
         status, data = answer.status, answer.body
         if data is None:
@@ -229,6 +273,18 @@ class KubeProxy:
             content_type = answer.content_type
             await self._writes.put(lambda: offline.remember_raw(self, call, content_type, data))
         return answer.response
+
+
+def _safe_to_answer_locally(call: Call) -> bool:
+    """After an answer was lost, may the call still be answered locally?
+
+    Reads may. Of the writes, only those the offline path keeps and replays (heartbeats) or
+    answers without a change (TokenRequests) may; any other write may have been applied, so
+    its outcome is unknown, and "not sent" would be a lie.
+    """
+    if call.request.method in {"GET", "HEAD", "OPTIONS"}:
+        return True
+    return call.cached_agent and (offline.is_heartbeat(call) or tokens.is_token_request(call))
 
 
 PROXY_KEY = web.AppKey("kube_proxy", KubeProxy)
