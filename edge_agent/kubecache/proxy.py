@@ -38,7 +38,7 @@ from edge_agent.kubecache.keys import Verb, component_of, parse_request
 from edge_agent.kubecache.metrics import KubeCacheMetrics
 from edge_agent.kubecache.selectors import SelectorError, parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
-from edge_agent.kubecache.store import Scope
+from edge_agent.kubecache.store import CacheStore, Scope
 from edge_agent.kubecache.upstream import Upstream
 from edge_agent.kubecache.wire import (
     Representation,
@@ -167,6 +167,38 @@ class KubeProxy:
             return refused
         return await offline.answer(self, call)
 
+    async def _forget_superseded_heartbeat(self, call: Call) -> None:
+        """A heartbeat reached the upstream: one answered locally before it is obsolete.
+
+        A heartbeat is answered locally while the upstream is still judged online when the
+        link is only slow (``heartbeat_timeout``); no offline-to-online transition follows to
+        sync it, and a later sync would set the Lease's renewTime (or the node's status) back
+        to that older copy.
+        """
+        if not self.store.status()["pending_heartbeats"]:
+            return
+        wanted = (
+            call.component,
+            call.resource.key,
+            call.info.namespace,
+            call.info.name,
+            call.info.subresource,
+        )
+        pending = await self.store.run("pending", lambda s: s.pending()) or {}
+        fields = ("component", "resource", "namespace", "name", "subresource")
+        stale = [
+            (key, record)
+            for key, record in pending.items()
+            if tuple(record.get(f) for f in fields) == wanted
+        ]
+
+        def clear(store: CacheStore) -> None:
+            for key, record in stale:
+                store.clear_pending(key, record)
+
+        if stale:
+            await self.store.run("clear_pending", clear)
+
     def _outcome_unknown(self, call: Call, reason: str) -> web.Response:
         log.warning(
             "%s %s: the answer was lost after the request may have left (%s)",
@@ -255,6 +287,8 @@ class KubeProxy:
         )
         source = "upstream" if keep else "passthrough"
         self.metrics.requests.labels(verb=call.info.verb.value, source=source).inc()
+        if answer.status == 200 and not answer.broken and offline.is_heartbeat(call):
+            await self._writes.put(lambda: self._forget_superseded_heartbeat(call))
         if not keep or answer.broken:
             return answer.response
         status, data = answer.status, answer.body

@@ -269,9 +269,24 @@ async def test_a_heartbeat_is_answered_before_the_kubelet_gives_up(
             status, answered = await fetch(
                 http, "PUT", link.url(f"{lease_path}/node-a"), json=renewal
             )
-    assert status == 200
-    assert answered["spec"]["renewTime"] == "2026-01-01T00:00:10.000001Z"
-    assert link.counted("edge_kubecache_requests_total", verb="update", source="local_heartbeat")
+        assert status == 200
+        assert answered["spec"]["renewTime"] == "2026-01-01T00:00:10.000001Z"
+        assert link.counted(
+            "edge_kubecache_requests_total", verb="update", source="local_heartbeat"
+        )
+        assert link.proxy.status()["cache"]["pending_heartbeats"] == 1
+
+        # The link was only slow: the next renewal goes up, and the one kept locally is now
+        # obsolete (a later sync would set renewTime back to it).
+        link.relay.restore()
+        later = {
+            **answered,
+            "spec": {**answered["spec"], "renewTime": "2026-01-01T00:00:20.000001Z"},
+        }
+        status, _ = await fetch(http, "PUT", link.url(f"{lease_path}/node-a"), json=later)
+        assert status == 200
+        await link.proxy.flush_writes()
+        assert link.proxy.status()["cache"]["pending_heartbeats"] == 0
 
 
 # ---------------------------------------------------------------- bug 8: an answer lost
