@@ -32,14 +32,22 @@ from aiohttp import web
 from edge_agent.kubecache import discovery, heartbeats, offline, tokens, watch
 from edge_agent.kubecache.cache import AsyncStore
 from edge_agent.kubecache.call import Call
-from edge_agent.kubecache.forward import UNREACHABLE, Forwarder
+from edge_agent.kubecache.fieldlabels import unsupported_label
+from edge_agent.kubecache.forward import Forwarder, UpstreamFailure
 from edge_agent.kubecache.health import HealthChecker, State
 from edge_agent.kubecache.keys import Verb, component_of, parse_request
 from edge_agent.kubecache.metrics import KubeCacheMetrics
+from edge_agent.kubecache.selectors import SelectorError, parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
 from edge_agent.kubecache.shared import Shared
+from edge_agent.kubecache.store import CacheStore
 from edge_agent.kubecache.upstream import Upstream
-from edge_agent.kubecache.wire import Representation, negotiate, status_object
+from edge_agent.kubecache.wire import (
+    Representation,
+    negotiate,
+    outcome_unknown_status,
+    status_object,
+)
 from edge_agent.kubecache.writethrough import WriteThrough
 
 __all__ = ["Call", "KubeProxy", "serve_kube_proxy"]
@@ -77,7 +85,9 @@ class KubeProxy:
         self.metrics = KubeCacheMetrics(registry)
         self.health = HealthChecker(upstream=upstream, settings=settings.health)
         self.store = AsyncStore(metrics=self.metrics)
-        self.forwarder = Forwarder(upstream=upstream, settings=settings)
+        self.forwarder = Forwarder(
+            upstream=upstream, settings=settings, health=self.health, metrics=self.metrics
+        )
         self.write_through = WriteThrough(store=self.store, settings=settings)
         self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(
             maxsize=settings.max_pending_writes
@@ -144,19 +154,85 @@ class KubeProxy:
             representation=negotiate(request.headers.get("Accept")),
             body=body,
         )
-        if info.verb is Verb.WATCH:
+        return await self._route(call)
+
+    async def _route(self, call: Call) -> web.StreamResponse:
+        """Upstream while it may be reachable, else (or once it failed) locally."""
+        if call.info.verb is Verb.WATCH:
+            if not self.health.online and (refused := self._refused_field_label(call)):
+                return refused
             return await watch.serve(self.shared, call)
         if self.health.online or self.health.state.state is State.UNKNOWN:
             try:
                 return await self._forward(call)
-            except UNREACHABLE as exc:
-                await self.health.report_failure(f"{type(exc).__name__}: {exc}")
+            except UpstreamFailure as failure:
+                if failure.maybe_sent and not _safe_to_answer_locally(call):
+                    return self._outcome_unknown(call, failure.reason)
                 log.info(
-                    "upstream unreachable for %s %s: answering locally",
-                    request.method,
-                    request.path,
+                    "upstream unreachable for %s %s (%s): answering locally",
+                    call.request.method,
+                    call.request.path,
+                    failure.reason,
                 )
+        if refused := self._refused_field_label(call):
+            return refused
         return await offline.answer(self.shared, call)
+
+    async def _forget_superseded_heartbeat(self, call: Call) -> None:
+        """A heartbeat reached the upstream: one answered locally before it is obsolete.
+
+        A heartbeat is answered locally while the upstream is still judged online when the
+        link is only slow (``heartbeat_timeout``); no offline-to-online transition follows to
+        sync it, and a later sync would set the Lease's renewTime (or the node's status) back
+        to that older copy.
+        """
+        if not self.store.status()["pending_heartbeats"]:
+            return
+        wanted = (
+            call.component,
+            call.resource.key,
+            call.info.namespace,
+            call.info.name,
+            call.info.subresource,
+        )
+        pending = await self.store.run("pending", lambda s: s.pending()) or {}
+        fields = ("component", "resource", "namespace", "name", "subresource")
+        stale = [
+            (key, record)
+            for key, record in pending.items()
+            if tuple(record.get(f) for f in fields) == wanted
+        ]
+
+        def clear(store: CacheStore) -> None:
+            for key, record in stale:
+                store.clear_pending(key, record)
+
+        if stale:
+            await self.store.run("clear_pending", clear)
+
+    def _outcome_unknown(self, call: Call, reason: str) -> web.Response:
+        log.warning(
+            "%s %s: the answer was lost after the request may have left (%s)",
+            call.request.method,
+            call.request.path,
+            reason,
+        )
+        self.metrics.requests.labels(verb=call.info.verb.value, source="unknown").inc()
+        return json_response(outcome_unknown_status(call.info.verb.value, reason), status=504)
+
+    def _refused_field_label(self, call: Call) -> web.Response | None:
+        """The API server's 400 for a field label it does not support, given locally."""
+        if call.info.verb not in {Verb.LIST, Verb.WATCH} or call.info.resource is None:
+            return None
+        text = call.request.query.get("fieldSelector", "")
+        try:
+            selector = parse_field_selector(text, max_length=self.settings.max_selector_length)
+        except SelectorError:
+            return None  # the local answer reports a malformed selector itself
+        message = unsupported_label(call.resource, selector)
+        if message is None:
+            return None
+        return json_response(status_object(400, "BadRequest", message), status=400)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_request_body_bytes
@@ -203,10 +279,13 @@ class KubeProxy:
             call,
             accept="application/json" if write_through or token_key else None,
             keep=keep,
+            deadline=self.settings.heartbeat_timeout if heartbeats.is_heartbeat(call) else None,
         )
         source = "upstream" if keep else "passthrough"
         self.metrics.requests.labels(verb=call.info.verb.value, source=source).inc()
-        if not keep:
+        if answer.status == 200 and not answer.broken and heartbeats.is_heartbeat(call):
+            await self._writes.put(lambda: self._forget_superseded_heartbeat(call))
+        if not keep or answer.broken:
             return answer.response
         status, data = answer.status, answer.body
         if data is None:
@@ -226,6 +305,18 @@ class KubeProxy:
                 lambda: discovery.remember(self.shared, call, content_type, data)
             )
         return answer.response
+
+
+def _safe_to_answer_locally(call: Call) -> bool:
+    """After an answer was lost, may the call still be answered locally?
+
+    Reads may. Of the writes, only those the offline path keeps and replays (heartbeats) or
+    answers without a change (TokenRequests) may; any other write may have been applied, so
+    its outcome is unknown, and "not sent" would be a lie.
+    """
+    if call.request.method in {"GET", "HEAD", "OPTIONS"}:
+        return True
+    return call.cached_agent and (heartbeats.is_heartbeat(call) or tokens.is_token_request(call))
 
 
 PROXY_KEY = web.AppKey("kube_proxy", KubeProxy)

@@ -723,6 +723,10 @@ class CacheStore:
             obj = _stub(self._book.get(scope.key), scope, event.pair, event.rv)
         return Change(type=event.type, obj=obj)
 
+    def has_view(self, scope: Scope) -> bool:
+        """In memory only (any thread): has ``scope`` been listed (is it a view)?"""
+        return self._book.get(scope.key) is not None
+
     def would_record(self, scope: Scope, rv: str, *, prev: str) -> bool:
         """In memory only (any thread): would a watch line at ``rv`` change view ``scope``?"""
         return self._book.would_record(scope.key, rv, prev=prev)

@@ -297,7 +297,9 @@ class WatchSession:
         # on this same coroutine, so no later event or offline answer can overtake it.
         if kind != "BOOKMARK" or self.bookmarks:
             await self._send(line)
-        await self._apply(kind, obj)
+        # Shielded: a client that leaves right after this line (aiohttp then cancels the
+        # handler) must not leave the event forwarded but unrecorded in the view.
+        await asyncio.shield(self._apply(kind, obj))
 
     async def _apply(self, kind: str, obj: dict[str, Any]) -> None:
         """Record the event in this watch's view, if its stream feeds it (views.py rule 1)."""
@@ -314,7 +316,7 @@ class WatchSession:
             )
             self.initial[pair] = rv
         elif kind in {"ADDED", "MODIFIED", "DELETED"}:
-            if shared.store.peek(lambda s: s.would_record(scope, rv, prev=prev)):
+            if await self._may_record(rv, prev):
                 await shared.store.run(
                     "event", lambda s: s.apply_event(scope, kind, obj, prev=prev)
                 )
@@ -322,10 +324,25 @@ class WatchSession:
             annotations = meta.get("annotations") or {}
             if self.initial is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
                 await self._finish_initial_events(rv)
-            elif shared.store.peek(lambda s: s.would_record(scope, rv, prev=prev)):
+            elif await self._may_record(rv, prev):
                 await shared.store.run("advance", lambda s: s.advance(scope, rv, prev=prev))
         if rv and (not self.rv or rv_newer(rv, self.rv)):
             self.rv = rv
+
+    async def _may_record(self, rv: str, prev: str) -> bool:
+        """Whether this line can change the watch's view, asked without the disk thread.
+
+        If the view does not exist yet, the client's LIST may still be queued behind its
+        answer (the WATCH can arrive before that LIST's write-through was queued): wait for
+        the queue once, or this watch would never feed the view.
+        """
+        store, scope = self.shared.store, self.scope
+        if store.peek(lambda s: s.would_record(scope, rv, prev=prev)):
+            return True
+        if prev and not store.peek(lambda s: s.has_view(scope)):
+            await self.shared.flush_writes()
+            return store.peek(lambda s: s.would_record(scope, rv, prev=prev))
+        return False
 
     def _coverage(self, rv: str, list_kind: str, api_version: str, *, have_kind: bool) -> Coverage:
         scope = self.scope

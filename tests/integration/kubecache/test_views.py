@@ -22,12 +22,15 @@ from kubernetes import client
 
 from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.health import State
+from edge_agent.kubecache.keys import Resource
+from edge_agent.kubecache.store import Scope
 from tests.harness import kube
 from tests.integration.kubecache.conftest import KUBELET, Edge, edge_settings
 from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
 
+CONFIGMAPS = Resource(group="", version="v1", resource="configmaps")
 CONVERGE_TIMEOUT = 90.0
 """Seconds a watcher may take to catch up after the link returns (an API server restart and
 the watchers' re-lists included); a watcher that never converges fails the test here."""
@@ -349,6 +352,16 @@ async def test_every_watcher_converges_after_a_410_during_the_cut(
             task.cancel()
 
 
+async def recorded(proxy: KubeProxy, namespace: str, rv: str) -> None:
+    """Wait until the namespace's configmaps view of the kubelet is at ``rv`` or later."""
+    scope = Scope(component="kubelet", resource=CONFIGMAPS, namespace=namespace)
+    while True:
+        coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
+        if coverage is not None and int(coverage.rv) >= int(rv):
+            return
+        await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def running_proxy(
     upstream_link: FaultProxy, plane: kube.ControlPlane, workdir: Path
@@ -393,7 +406,8 @@ async def test_a_watch_from_before_an_offline_restart_gets_410_not_ghosts(
                         event = json.loads(await other.content.readline())
                         if event["object"]["metadata"]["name"] == "last":
                             break
-            await proxy.flush_writes()
+                # The watch forwards a line before recording it: wait until it is recorded.
+                await recorded(proxy, namespace, event["object"]["metadata"]["resourceVersion"])
         link.cut()
         async with running_proxy(link, kube_cluster, tmp_path) as proxy:
             assert not proxy.health.online
