@@ -11,16 +11,83 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
+from tests.harness import e2e, kube
+from tests.integration.kubecache.agentproc import KubeAgent
 from tests.integration.kubecache.conftest import Edge
 
 pytestmark = pytest.mark.kube
 
+SPECS = [
+    # Watchers: every spec of the group. The concurrent one holds 100 watches open at once.
+    "[sig-api-machinery] Watchers should observe add, update, and delete watch notifications",
+    "[sig-api-machinery] Watchers should be able to start watching from a specific resource",
+    "[sig-api-machinery] Watchers should be able to restart watching from the last resource",
+    "[sig-api-machinery] Watchers should observe an object deletion if it stops meeting",
+    "[sig-api-machinery] Watchers should receive events on concurrent watches in same order",
+    # Plain object lifecycles, CRDs and discovery: reads and writes a node's cache sees.
+    "[sig-node] ConfigMap should run through a ConfigMap lifecycle",
+    "[sig-node] ConfigMap should update ConfigMap successfully",
+    "[sig-node] Secrets should patch a secret",
+    "Simple CustomResourceDefinition creating/deleting custom resource definition objects works",
+    "Simple CustomResourceDefinition listing custom resource definition objects works",
+    "[sig-api-machinery] Discovery should validate PreferredVersion for each APIGroup",
+    "[sig-api-machinery] Servers with support for Table transformation should return a 406",
+]
+"""Substrings of the specs' full text; each selects exactly one [Conformance] spec."""
+
 E2E_AGENT = "e2e.test"
 """The User-Agent component of Kubernetes' e2e client (cached: ``cache_agents = ["*"]``)."""
+
+AGENT_HEALTH = {"interval": 5.0, "timeout": 2.0, "failure_threshold": 3, "success_threshold": 2}
+"""The agent's default health settings: the e2e run loads the machine, and the test is about
+what a client sees through a proxy that stays online, not about fast failover."""
+
+
+def proxy_kubeconfig(url: str, folder: Path) -> Path:
+    """A kubeconfig with the proxy as the server and no credentials (the proxy adds its own)."""
+    path = folder / "proxy-kubeconfig"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "edge", "cluster": {"server": url}}],
+        "users": [{"name": "node", "user": {}}],
+        "contexts": [{"name": "edge", "context": {"cluster": "edge", "user": "node"}}],
+        "current-context": "edge",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.timeout(e2e.RUN_TIMEOUT + 120)
+def test_conformance_specs_pass_through_the_proxy(
+    kube_cluster: kube.ControlPlane, tmp_path: Path, test_output_dir: Path
+) -> None:
+    binary = e2e.e2e_binary()  # fail loudly before starting anything if it is missing
+    agent = KubeAgent(
+        workdir=tmp_path / "agent", kubeconfig=kube_cluster.kubeconfig, health=AGENT_HEALTH
+    )
+    agent.start()
+    try:
+        agent.wait_state("online")
+        result = e2e.run_specs(
+            kubeconfig=proxy_kubeconfig(agent.url, tmp_path),
+            specs=SPECS,
+            workdir=test_output_dir / f"e2e-{uuid.uuid4().hex[:8]}",
+        )
+        offline = agent.metric('edge_kubecache_health_transitions_total{to="offline"}')
+    finally:
+        agent.stop()
+    assert binary.is_file()
+    assert not result.failed(), result.summary()
+    assert len(result.ran()) == len(SPECS), result.summary()
+    assert not offline, f"the proxy went offline {offline} times with the API server up"
 
 
 async def test_more_concurrent_watches_than_upstream_connections(
