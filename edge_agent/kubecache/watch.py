@@ -62,6 +62,10 @@ class ClientGoneError(Exception):
     """The client closed its side."""
 
 
+class ResumeRefusedError(Exception):
+    """The upstream refused the resume with a client error other than 410 or 429 (e.g. 404)."""
+
+
 def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
@@ -111,6 +115,8 @@ async def _passthrough(proxy: KubeProxy, call: Call) -> web.StreamResponse:
 def _check_resumed(status: int) -> None:
     if status == 410:
         raise GoneError
+    if 400 <= status < 500 and status != 429:
+        raise ResumeRefusedError(f"HTTP {status} on resume")
     if status != 200:
         raise UpstreamLostError(f"HTTP {status} on resume")
 
@@ -217,6 +223,12 @@ class WatchSession:
                 await self._pump(upstream)
         except GoneError:
             await self._relist()
+        except ResumeRefusedError as exc:
+            # The API server answered, so it is reachable: not a health failure. It will not
+            # resume this watch (its CRD was deleted: 404). End the stream as the API server
+            # ends it; the client's next request gets the answer itself.
+            log.info("watch of %s not resumed: %s", self.scope.resource.key, exc)
+            return self.response
         except (UpstreamLostError, aiohttp.ClientError, TimeoutError, LineTooLongError) as exc:
             if isinstance(exc, TimeoutError) and self._past_deadline():
                 raise
