@@ -16,7 +16,9 @@ A client watch is a loop of phases on one HTTP response:
   from the last resourceVersion, so changes made in the cloud during the outage arrive.
 
 The first upstream answer that is not 200 is relayed as is (403, 400...), before the client
-response starts. The client's ``timeoutSeconds`` bounds the whole stream.
+response starts. A resume refused later with a client error other than 410 and 429 (404: the
+CRD was deleted) ends the client's stream, as the API server ends it; it is no health failure.
+The client's ``timeoutSeconds`` bounds the whole stream.
 """
 
 from __future__ import annotations
