@@ -19,7 +19,9 @@ A client watch is a loop of phases on one HTTP response:
   changes made in the cloud during the outage arrive.
 
 The first upstream answer that is not 200 is relayed as is (403, 400...), before the client
-response starts. The client's ``timeoutSeconds`` bounds the whole stream.
+response starts. A resume refused later with a client error other than 410 and 429 (404: the
+CRD was deleted) ends the client's stream, as the API server ends it; it is no health failure.
+The client's ``timeoutSeconds`` bounds the whole stream.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def _gone_line(rv: str) -> bytes:
     return json.dumps({"type": "ERROR", "object": status}, separators=(",", ":")).encode() + b"\n"
 
 
+class ResumeRefusedError(Exception):
+    """The upstream refused the resume with a client error other than 410 or 429 (e.g. 404)."""
+
+
 def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
@@ -131,6 +137,8 @@ async def _passthrough(shared: Shared, call: Call) -> web.StreamResponse:
 def _check_resumed(status: int) -> None:
     if status == 410:
         raise GoneError
+    if 400 <= status < 500 and status != 429:
+        raise ResumeRefusedError(f"HTTP {status} on resume")
     if status != 200:
         raise UpstreamLostError(f"HTTP {status} on resume")
 
@@ -247,6 +255,12 @@ class WatchSession:
                 await self._pump(upstream)
         except GoneError:
             await self._relist()
+        except ResumeRefusedError as exc:
+            # The API server answered, so it is reachable: not a health failure. It will not
+            # resume this watch (its CRD was deleted: 404). End the stream as the API server
+            # ends it; the client's next request gets the answer itself.
+            log.info("watch of %s not resumed: %s", self.scope.resource.key, exc)
+            return self.response
         except (UpstreamLostError, aiohttp.ClientError, TimeoutError, LineTooLongError) as exc:
             if isinstance(exc, TimeoutError) and self._past_deadline():
                 raise
