@@ -49,7 +49,7 @@ from edge_agent.settings import (
     TunnelClientSettings,
     TwinsConfig,
 )
-from edge_agent.twins import Durability, TwinsSettings
+from edge_agent.twins import Durability, TwinMqttSettings
 
 MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
@@ -237,7 +237,7 @@ def _check_twins_secrets(twins: TwinsConfig, where: str) -> None:
             )
 
 
-def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> TwinsSettings:
+def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> TwinMqttSettings:
     """The twins service's settings from ``[twins]``.
 
     Passwords are read from their files, the database lives under ``<data_dir>/twins``, and
@@ -248,7 +248,7 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         ValueError: a password is missing or empty.
     """
     admin_password, claim_password = twins.secrets()
-    return TwinsSettings(
+    return TwinMqttSettings(
         data_dir=data_dir / "twins",
         node_name=node_name,
         admin_password=admin_password,

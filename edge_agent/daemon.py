@@ -8,8 +8,8 @@ The parts and who owns them:
 * the node status reporter (``node_status``): vitals over the tunnel, plus each part's numbers;
 * the kube proxy (``kubecache``, ``[kube]``): started inside the task group, since in tunnel
   mode it waits for the first session;
-* device twins (``twins``, ``twin_sync``, ``[twins]``): the service on the broker and its sync
-  over the tunnel.
+* device twins (``twins``, ``twin_link``, ``[twins]``): the MQTT service on the broker and its
+  sync link to the cloud over the tunnel.
 
 All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
@@ -40,8 +40,8 @@ from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
-from edge_agent.twin_sync import TwinSync
-from edge_agent.twins import TwinsService
+from edge_agent.twin_link import CloudTwinLink
+from edge_agent.twins import TwinMqttService
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -50,7 +50,7 @@ class StartError(Exception):
     """The agent cannot start (exit 1); the message says why and what to do."""
 
 
-LocalApiHook = Callable[[web.Application, TwinsService | None], None]
+LocalApiHook = Callable[[web.Application, TwinMqttService | None], None]
 """Adds routes to the local API before it starts (test launchers only; nothing in the daemon
 itself uses it)."""
 
@@ -98,8 +98,8 @@ class _KubeSection:
 class _TwinsPart:
     """Device twins (``[twins]``): the service on the broker and its sync over the tunnel."""
 
-    service: TwinsService
-    sync: TwinSync
+    service: TwinMqttService
+    sync: CloudTwinLink
 
     @classmethod
     def start(cls, settings: AgentSettings, client: TunnelClient) -> _TwinsPart:
@@ -110,8 +110,8 @@ class _TwinsPart:
             node_name=Identity.load(settings.data_dir).name,
         )
         service_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sync = TwinSync()
-        service = TwinsService(settings=service_settings, sender=sync)
+        sync = CloudTwinLink()
+        service = TwinMqttService(settings=service_settings, sender=sync)
         sync.attach(service)
         client.session_tasks["twins"] = sync.run_session
         return cls(service=service, sync=sync)

@@ -6,7 +6,7 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    origin and its downlink window. The origin must be ``<session node>.<boot id>``; anything
    else resets the stream. The cloud answers ``welcome``.
 2. One live stream per node: a newer one (the agent reconnected) resets the older.
-3. ``batch``: records from the agent's outbox, applied in one transaction (TwinsCloud); the
+3. ``batch``: records from the agent's outbox, applied in one transaction (CloudTwinReplica); the
    ``batch-ack`` is written only after the commit, so the agent deletes only what is durable
    here. A store failure answers ``batch-error`` (retryable); a batch that breaks the protocol
    resets the stream.
@@ -46,12 +46,12 @@ from device_models.sync_session import (
 from device_models.sync_session import BatchError as BatchFailed
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.twins.service import BatchError, TwinsCloud
+from tunnel_server.twins.service import BatchError, CloudTwinReplica
 
 if TYPE_CHECKING:
     from tunnel_server.sessions import AgentSession
 
-__all__ = ["SyncHub"]
+__all__ = ["EdgeTwinLinks"]
 
 log = logging.getLogger("tunnel_server.twins.sync")
 
@@ -61,7 +61,7 @@ _DONE = frozenset({"applied", "duplicate", "rejected"})
 class _Link:
     """One agent's live sync stream: the sans-IO session driven over a tunnel stream."""
 
-    def __init__(self, *, stream: TunnelStream, node: str, cloud: TwinsCloud) -> None:
+    def __init__(self, *, stream: TunnelStream, node: str, cloud: CloudTwinReplica) -> None:
         self.stream = stream
         self.node = node
         self.cloud = cloud
@@ -169,10 +169,10 @@ class _Link:
         self.cloud.release_waker(self.node, self._wake)
 
 
-class SyncHub:
-    """The live sync streams of this server, one per node."""
+class EdgeTwinLinks:
+    """The sync links of this server to the edges: one live stream per node."""
 
-    def __init__(self, cloud: TwinsCloud) -> None:
+    def __init__(self, cloud: CloudTwinReplica) -> None:
         self.cloud = cloud
         self._links: dict[str, _Link] = {}
 

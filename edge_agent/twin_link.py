@@ -1,9 +1,12 @@
-"""Twin sync over the tunnel: the outbox's `Sender` and the cloud's changes, on one stream.
+"""`CloudTwinLink`: the edge's sync link to the cloud over the tunnel.
+
+The outbox's `Sender` and the cloud's changes, on one stream; the cloud's end is
+tunnel_server/twins/sync.py's `EdgeTwinLinks`.
 
 Wiring (the daemon)::
 
-    sync = TwinSync(settings=TwinSyncSettings())
-    twins = TwinsService(settings=..., sender=sync)
+    sync = CloudTwinLink(settings=CloudTwinLinkSettings())
+    twins = TwinMqttService(settings=..., sender=sync)
     sync.attach(twins)
     client.session_tasks["twins"] = sync.run_session
 
@@ -20,11 +23,11 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    later. The cloud skips records it already applied (by ``outboxId``), so a retry after a
    lost acknowledgement applies nothing twice.
 4. ``change`` messages (the cloud's changes, desired mostly) are applied one at a time, in
-   arrival order, through `TwinsService.apply_cloud_change` (exactly once per (origin, seq);
+   arrival order, through `TwinMqttService.apply_cloud_change` (exactly once per (origin, seq);
    the device gets what changed, in order), and each is answered with an ``ack``. The cloud
    keeps at most ``window`` in flight; more is a protocol violation. ``command`` messages
    (move a device to another node) take the same queue and the same ``ack``, through
-   `TwinsService.apply_cloud_command`.
+   `TwinMqttService.apply_cloud_command`.
 5. The protocol itself (who may send what when, ids, the window, the checks of every
    message) is device_models.sync_session, the sans-IO session shared with the tunnel
    server; this file only drives it. Anything it refuses resets the stream.
@@ -60,20 +63,20 @@ from tunnel_protocol import ErrorCode, SessionState
 
 __all__ = [
     "SYNC_TARGET",
+    "CloudTwinLink",
+    "CloudTwinLinkSettings",
     "SyncCounters",
-    "TwinSync",
-    "TwinSyncSettings",
     "TwinsEndpoint",
 ]
 
-log = logging.getLogger("edge_agent.twin_sync")
+log = logging.getLogger("edge_agent.twin_link")
 
 SYNC_TARGET = "twins"
 _FAILED = frozenset({Code.BAD_REQUEST, Code.UNKNOWN_DEVICE, Code.OUT_OF_ORDER, Code.MOVE_REFUSED})
 
 
 @dataclass(frozen=True, kw_only=True)
-class TwinSyncSettings:
+class CloudTwinLinkSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest sync message either way, in bytes: the outbox's batches are at most 1 MiB plus
     one record, and a batch bigger than this is split over several messages."""
@@ -105,7 +108,7 @@ class Kickable(Protocol):
 
 
 class TwinsEndpoint(Protocol):
-    """What the sync needs of `edge_agent.twins.TwinsService`."""
+    """What the sync needs of `edge_agent.twins.TwinMqttService`."""
 
     @property
     def origin(self) -> str: ...
@@ -141,7 +144,7 @@ class SyncCounters:
 class _Link:
     """One live ``twins`` stream: the sans-IO session driven over a tunnel stream."""
 
-    def __init__(self, stream: TunnelStream, settings: TwinSyncSettings) -> None:
+    def __init__(self, stream: TunnelStream, settings: CloudTwinLinkSettings) -> None:
         self.stream = stream
         self._settings = settings
         self._session = SyncSession(
@@ -156,7 +159,7 @@ class _Link:
         self._changes: asyncio.Queue[Change | Command] = asyncio.Queue()
 
     async def send(self, event: Event) -> None:
-        async with self._write_lock:  # the session's order is the stream's order
+        async with self._write_lock:  # one writer at a time: messages never interleave
             await self.stream.write(self._session.send(event))
 
     async def next_event(self) -> Event:
@@ -268,11 +271,14 @@ class _State:
     counters: SyncCounters = field(default_factory=SyncCounters)
 
 
-class TwinSync:
-    """The outbox's sender and the downlink; one per agent, living across sessions."""
+class CloudTwinLink:
+    """The sync link to the cloud: the outbox's sender and the downlink.
 
-    def __init__(self, *, settings: TwinSyncSettings | None = None) -> None:
-        self.settings = settings or TwinSyncSettings()
+    One per agent, living across sessions.
+    """
+
+    def __init__(self, *, settings: CloudTwinLinkSettings | None = None) -> None:
+        self.settings = settings or CloudTwinLinkSettings()
         self._twins: TwinsEndpoint | None = None
         self._state = _State()
         self._deliver_lock = asyncio.Lock()
@@ -317,7 +323,7 @@ class TwinSync:
         """Session task: keep one ``twins`` stream open for as long as `connection` lives."""
         twins = self._twins
         if twins is None:
-            raise RuntimeError("TwinSync.attach(twins) was not called")
+            raise RuntimeError("CloudTwinLink.attach(twins) was not called")
         delay = self.settings.reopen_initial
         while _usable(connection):
             stream = await connection.open_stream(SYNC_TARGET, timeout=self.settings.open_timeout)
