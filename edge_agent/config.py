@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
-from edge_agent.node_status import NodeStatusSettings
 from edge_agent.settings import (
     AgentSettings,
     KubeSettings,
     LocalApiSettings,
+    NodeStatusSettings,
     TunnelClientSettings,
     TwinsConfig,
 )
