@@ -353,7 +353,9 @@ class TunnelClient:
             if identity.needs_renewal(fraction=fraction):
                 try:
                     identity = await renew_over_tunnel(identity, connection)
-                except (JoinError, StreamError, ValueError) as error:
+                except (JoinError, StreamError, ValueError, OSError) as error:
+                    # OSError: the pinned CA could not be read. Any of these must leave the
+                    # session running; HTTPS is the fallback, a later check the retry.
                     log.warning("renewal over the tunnel failed, trying HTTPS: %s", error)
                     try:
                         identity = await renew(identity, settings=self._join_settings)
@@ -405,7 +407,9 @@ async def renew_over_tunnel(identity: Identity, connection: TunnelConnection) ->
             if len(raw) > MAX_RENEW_ANSWER:
                 stream.reset(ErrorCode.CANCEL, "answer too large")
                 raise JoinError(f"renew answer larger than {MAX_RENEW_ANSWER} bytes")
-        answer: dict[str, Any] = json.loads(raw)
+        answer = json.loads(raw)
+        if not isinstance(answer, dict):
+            raise JoinError(f"renew answer is not a JSON object: {bytes(raw[:80])!r}")
         if answer.get("status") != "issued":
             raise JoinError(f"renewal refused: {answer.get('message', answer)}")
         return answer

@@ -8,7 +8,7 @@ tests/integration/join/test_renew.py and tests/integration/tunnel/test_rotation.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from cryptography import x509
@@ -18,9 +18,12 @@ from cryptography.x509.oid import NameOID
 
 from edge_agent.identity import Identity, generate_key, make_csr, save_identity, spki_hash
 from edge_agent.join import JoinError, renew_certificate
+from edge_agent.tunnel_client import renew_over_tunnel
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from tunnel_aio import TunnelConnection
 
 NOW = datetime.now(UTC)
 
@@ -136,3 +139,43 @@ async def test_an_unreadable_ca_stops_the_renewal_before_anything_is_sent(
     with pytest.raises(FileNotFoundError):
         await renew_certificate(identity, send_csr, via="in a test")
     assert sent == []
+
+
+class _AnsweringStream:
+    """A renew stream whose peer answers ``answer`` (a fault: the real server sends objects)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._chunks = [answer, b""]
+
+    async def write(self, data: bytes) -> None:
+        del data
+
+    def end(self) -> None:
+        pass
+
+    def reset(self, code: object, text: str) -> None:
+        del code, text
+
+    async def read(self) -> bytes:
+        return self._chunks.pop(0)
+
+
+class _Connection:
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def open_stream(self, target: str) -> _AnsweringStream:
+        assert target == "renew"
+        return _AnsweringStream(self.answer)
+
+
+@pytest.mark.parametrize("answer", [b"[]", b'"issued"', b"7", b"null"])
+async def test_a_tunnel_answer_that_is_not_an_object_is_a_join_error(
+    tmp_path: Path, answer: bytes
+) -> None:
+    # Anything but a JoinError (or ValueError) would escape the renewer and end the session.
+    before = _joined(tmp_path, _Authority())
+    connection = cast("TunnelConnection", _Connection(answer))
+    with pytest.raises(JoinError, match="not a JSON object"):
+        await renew_over_tunnel(before, connection)
+    assert Identity.load(tmp_path) == before
