@@ -21,7 +21,7 @@ from daemon_support import arguments, logs
 from edge_agent import __version__, config, daemon
 from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
 from edge_agent.kubecache import cache_purge, cache_stats, cache_verify
-from edge_agent.settings import AgentSettings, LocalApiSettings
+from edge_agent.settings import AgentSettings
 from edge_agent.twins import simulator
 
 DESCRIPTION = """\
@@ -234,9 +234,9 @@ def _run_settings(args: argparse.Namespace) -> AgentSettings:
         overrides["data_dir"] = args.data_dir
     settings = config.load(args.config, overrides=overrides)
     if args.local_api_port is not None:
-        settings = dataclasses.replace(
-            settings, local_api=LocalApiSettings(port=args.local_api_port)
-        )
+        # Only the port: a [local_api] host (or any other key) in the config stays.
+        local_api = dataclasses.replace(settings.local_api, port=args.local_api_port)
+        settings = dataclasses.replace(settings, local_api=local_api)
     if args.status_interval is not None:
         settings = dataclasses.replace(
             settings,

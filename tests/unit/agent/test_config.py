@@ -53,3 +53,15 @@ def test_every_twins_key_reaches_the_service_settings(tmp_path: Path) -> None:
         if name == "durability":
             expected = Durability(expected)
         assert getattr(built, name) == expected, name
+
+
+def test_the_local_api_port_flag_keeps_the_configured_host(tmp_path: Path) -> None:
+    from edge_agent import cli  # noqa: PLC0415 - the flag handling under test
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[local_api]\nhost = "127.0.0.2"\n')
+    args = cli.build_parser().parse_args(
+        ["run", "--config", str(path), "--local-api-port", "12345"]
+    )
+    settings = cli._run_settings(args)
+    assert (settings.local_api.host, settings.local_api.port) == ("127.0.0.2", 12345)
