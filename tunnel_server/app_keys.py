@@ -6,8 +6,8 @@ import prometheus_client
 from aiohttp import web
 
 from tunnel_protocol import TunnelSettings
-from tunnel_server.sessions import SessionMetrics, SessionRegistry
 from tunnel_server.settings import ServerSettings
+from tunnel_server.tunnel.sessions import SessionMetrics, SessionRegistry
 
 SETTINGS_KEY = web.AppKey("settings", ServerSettings)
 REGISTRY_KEY = web.AppKey("registry", prometheus_client.CollectorRegistry)

@@ -10,14 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnel_server import tls
 from tunnel_server.api import events, openapi, routes
 from tunnel_server.api.auth import SIGNER_KEY, SessionSigner
-from tunnel_server.api.errors import api_errors
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.table import NodeTable
 from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
-from tunnel_server.status_service import HISTORY_KEY
+from tunnel_server.identity import tls
+from tunnel_server.status.service import HISTORY_KEY
+from tunnel_server.web.errors import api_errors
 
 __all__ = ["ApiSettings", "setup"]
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from aiohttp import web
 
 from daemon_support.files import write_atomic
-from tunnel_server import tls, tokens
-from tunnel_server.api.errors import ApiError
+from tunnel_server.identity import tls, tokens
+from tunnel_server.web.errors import ApiError
 
 log = logging.getLogger("tunnel_server.api.auth")
 

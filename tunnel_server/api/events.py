@@ -30,10 +30,10 @@ from typing import Any
 from aiohttp import web
 
 from tunnel_server.api.auth import REVOKED_MESSAGE, authenticate
-from tunnel_server.api.errors import SECURITY_HEADERS, ApiError
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.table import NodeTable
 from tunnel_server.api.views import overview
+from tunnel_server.web.errors import SECURITY_HEADERS, ApiError
 
 log = logging.getLogger("tunnel_server.api.events")
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tunnel_server import __version__
 from tunnel_server.api.views import SORT_FIELDS, STATUSES
-from tunnel_server.status_history import SERIES
+from tunnel_server.status.history import SERIES
 
 _NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 

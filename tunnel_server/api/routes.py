@@ -10,18 +10,18 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnel_server import tls, tokens
 from tunnel_server.api.auth import SIGNER_KEY, authenticate, is_admin, session_token
-from tunnel_server.api.errors import ApiError
 from tunnel_server.api.events import HUB_KEY
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.table import NodeTable
 from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
 from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
-from tunnel_server.request_body import read_json_object, refuse_large_body
-from tunnel_server.status_history import SERIES
-from tunnel_server.status_service import HISTORY_KEY
+from tunnel_server.identity import tls, tokens
+from tunnel_server.status.history import SERIES
+from tunnel_server.status.service import HISTORY_KEY
 from tunnel_server.store import Store
+from tunnel_server.web.bodies import read_json_object, refuse_large_body
+from tunnel_server.web.errors import ApiError
 
 log = logging.getLogger("tunnel_server.api.routes")
 

@@ -19,10 +19,10 @@ from prometheus_client.registry import Collector
 
 from daemon_support.twin_database import Durability
 from tunnel_aio import TunnelStream
-from tunnel_server.agent_services import AGENT_SERVICES_KEY
 from tunnel_server.api.routes import DEVICES_KEY
 from tunnel_server.app_keys import REGISTRY_KEY, SETTINGS_KEY
-from tunnel_server.sessions import AgentSession
+from tunnel_server.tunnel.agent_services import AGENT_SERVICES_KEY
+from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.twins.api import TWINS_KEY, add_routes
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS

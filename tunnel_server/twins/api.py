@@ -32,7 +32,6 @@ from device_models import (
 )
 from device_models import sync_wire as wire
 from tunnel_server.api.auth import authenticate
-from tunnel_server.api.errors import ApiError
 from tunnel_server.twins.service import (
     DEVICE_ID,
     DeviceRemovedError,
@@ -44,6 +43,7 @@ from tunnel_server.twins.service import (
     UnknownDeviceError,
 )
 from tunnel_server.twins.store import DeviceKey, DeviceRow
+from tunnel_server.web.errors import ApiError
 
 __all__ = ["TWINS_KEY", "add_routes", "device_json", "twin_json"]
 

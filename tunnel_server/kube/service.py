@@ -24,13 +24,13 @@ from kubernetes import config as kube_config
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.agent_services import AGENT_SERVICES_KEY
-from tunnel_server.http_over_stream import HOP_BY_HOP
+from tunnel_server.tunnel.agent_services import AGENT_SERVICES_KEY
+from tunnel_server.tunnel.http_over_stream import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tunnel_server.sessions import AgentSession
+    from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.kube_service")
 

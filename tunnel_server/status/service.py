@@ -34,10 +34,10 @@ from aiohttp import web
 
 from tunnel_aio import StreamError, TunnelClosedError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.agent_services import AGENT_SERVICES_KEY
 from tunnel_server.app_keys import SETTINGS_KEY
-from tunnel_server.sessions import AgentSession
-from tunnel_server.status_history import Metrics, StatusHistory, StatusSettings
+from tunnel_server.status.history import Metrics, StatusHistory, StatusSettings
+from tunnel_server.tunnel.agent_services import AGENT_SERVICES_KEY
+from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.status_service")
 

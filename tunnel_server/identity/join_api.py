@@ -23,9 +23,10 @@ import prometheus_client
 from aiohttp import web
 from cryptography import x509
 
-from tunnel_server import tokens
-from tunnel_server.pki import CSRError, IssuedCertificate, check_csr
-from tunnel_server.request_body import BodyError, read_json_object
+from tunnel_server.app_keys import REGISTRY_KEY
+from tunnel_server.identity import tokens
+from tunnel_server.identity.pki import CSRError, IssuedCertificate, check_csr
+from tunnel_server.identity.tls import AUTHORITY_KEY, STORE_KEY, peer_certificate, peer_identity
 from tunnel_server.settings import JoinSettings
 from tunnel_server.store import (
     JoinRequest,
@@ -35,7 +36,7 @@ from tunnel_server.store import (
     TokenRecord,
     TokenUsedError,
 )
-from tunnel_server.tls import AUTHORITY_KEY, STORE_KEY, peer_certificate, peer_identity
+from tunnel_server.web.bodies import BodyError, read_json_object
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -284,19 +285,14 @@ async def renew(request: web.Request) -> web.Response:
     return web.json_response(_certificate_body(issued, authority.ca_pem()))
 
 
-def add_routes(
-    app: web.Application,
-    *,
-    settings: JoinSettings,
-    registry: prometheus_client.CollectorRegistry,
-) -> None:
-    """Mount the join API; ``app`` must already hold ``STORE_KEY`` and ``AUTHORITY_KEY``."""
+def setup(app: web.Application, *, settings: JoinSettings) -> None:
+    """Mount the join API; ``app`` must already hold the store, authority and registry keys."""
     app[JOIN_SETTINGS_KEY] = settings
     app[METRIC_KEY] = prometheus_client.Counter(
         "tunnel_server_join_requests",
         "Join, poll and renew requests by endpoint and result",
         ["endpoint", "result"],
-        registry=registry,
+        registry=app[REGISTRY_KEY],
     )
     app.router.add_get("/api/v1/ca", get_ca)
     app.router.add_post("/api/v1/join", _endpoint("join", join))

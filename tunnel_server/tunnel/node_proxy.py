@@ -17,16 +17,16 @@ from yarl import URL
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import MAX_TARGET_LENGTH, ErrorCode, is_valid_target
-from tunnel_server import tls, tokens
 from tunnel_server.app_keys import METRICS_KEY, SESSIONS_KEY, VERIFIED_ADMIN_KEY
-from tunnel_server.http_over_stream import (
+from tunnel_server.identity import tls, tokens
+from tunnel_server.settings import NodeProxySettings
+from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
     UpstreamError,
     forward,
     request_head,
 )
-from tunnel_server.sessions import AgentSession
-from tunnel_server.settings import NodeProxySettings
+from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.node_proxy")
 

@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel_server.pki import ORGANIZATIONS, CertificateAuthority, serial_hex
+from tunnel_server.identity.pki import ORGANIZATIONS, CertificateAuthority, serial_hex
 from tunnel_server.store import NodeKind, Store
 
 if TYPE_CHECKING:

@@ -22,13 +22,13 @@ from aiohttp import web
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server import tls
-from tunnel_server.pki import CertificateAuthority, CSRError
-from tunnel_server.request_body import BodyError, decode_json_object
+from tunnel_server.identity import tls
+from tunnel_server.identity.pki import CertificateAuthority, CSRError
+from tunnel_server.web.bodies import BodyError, decode_json_object
 
 if TYPE_CHECKING:
-    from tunnel_server.sessions import AgentSession
     from tunnel_server.store import Store
+    from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.agent_services")
 

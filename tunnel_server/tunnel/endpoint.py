@@ -25,7 +25,6 @@ from aiohttp import web
 
 from tunnel_aio import TunnelClosedError, TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
-from tunnel_server import agent_services, tls
 from tunnel_server.app_keys import (
     METRICS_KEY,
     REGISTRY_KEY,
@@ -34,7 +33,9 @@ from tunnel_server.app_keys import (
     TUNNEL_SETTINGS_KEY,
     VERIFIED_ADMIN_KEY,
 )
-from tunnel_server.sessions import AgentSession, SessionMetrics, SessionRegistry
+from tunnel_server.identity import tls
+from tunnel_server.tunnel import agent_services
+from tunnel_server.tunnel.sessions import AgentSession, SessionMetrics, SessionRegistry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

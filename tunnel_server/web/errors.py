@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from tunnel_server.request_body import BodyError, close_if_unread
+from tunnel_server.web.bodies import BodyError, close_if_unread
 
 log = logging.getLogger("tunnel_server.api")
 
