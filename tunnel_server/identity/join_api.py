@@ -36,7 +36,8 @@ from tunnel_server.store import (
     TokenRecord,
     TokenUsedError,
 )
-from tunnel_server.web.bodies import BodyError, read_json_object
+from tunnel_server.web.bodies import read_json_object
+from tunnel_server.web.errors import ApiError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,24 +56,13 @@ _TOKEN_STATUS: dict[str, int] = {
 Handler: TypeAlias = "Callable[[web.Request], Awaitable[web.StreamResponse]]"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def response(self) -> web.Response:
-        return web.json_response({"error": self.code, "message": self.message}, status=self.status)
-
-
 def _endpoint(name: str, handler: Handler) -> Handler:
     """Turn ``ApiError`` into its JSON answer and count every outcome."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except (ApiError, BodyError) as exc:
+        except ApiError as exc:  # BodyError too
             request.app[METRIC_KEY].labels(endpoint=name, result=exc.code).inc()
             log.info(
                 "refused %s",
