@@ -20,10 +20,9 @@ from aiohttp import web
 from tunnel_server import __version__, api, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
-from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SETTINGS_KEY
+from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
-from tunnel_server.identity.tls import AUTHORITY_KEY, STORE_KEY
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import SqliteStore, Store
 from tunnel_server.web import peer_log

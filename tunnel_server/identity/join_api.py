@@ -23,10 +23,16 @@ import prometheus_client
 from aiohttp import web
 from cryptography import x509
 
-from tunnel_server.app_keys import REGISTRY_KEY
+from tunnel_server.app_keys import (
+    AUTHORITY_KEY,
+    JOIN_METRIC_KEY,
+    JOIN_SETTINGS_KEY,
+    REGISTRY_KEY,
+    STORE_KEY,
+)
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CSRError, IssuedCertificate, check_csr
-from tunnel_server.identity.tls import AUTHORITY_KEY, STORE_KEY, peer_certificate, peer_identity
+from tunnel_server.identity.tls import peer_certificate, peer_identity
 from tunnel_server.settings import JoinSettings
 from tunnel_server.store import (
     JoinRequest,
@@ -44,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunnel_server.join_api")
 
-JOIN_SETTINGS_KEY = web.AppKey("join_settings", JoinSettings)
-METRIC_KEY = web.AppKey("join_requests", prometheus_client.Counter)
 _MAX_FIELD = 64 * 1024
 _TOKEN_STATUS: dict[str, int] = {
     "invalid_token": 401,
@@ -63,14 +67,14 @@ def _endpoint(name: str, handler: Handler) -> Handler:
         try:
             response = await handler(request)
         except ApiError as exc:  # BodyError too
-            request.app[METRIC_KEY].labels(endpoint=name, result=exc.code).inc()
+            request.app[JOIN_METRIC_KEY].labels(endpoint=name, result=exc.code).inc()
             log.info(
                 "refused %s",
                 name,
                 extra={"kv": {"error": exc.code, "status": exc.status, "peer": request.remote}},
             )
             return exc.response()
-        request.app[METRIC_KEY].labels(endpoint=name, result=str(response.status)).inc()
+        request.app[JOIN_METRIC_KEY].labels(endpoint=name, result=str(response.status)).inc()
         return response
 
     return wrapped
@@ -278,7 +282,7 @@ async def renew(request: web.Request) -> web.Response:
 def setup(app: web.Application, *, settings: JoinSettings) -> None:
     """Mount the join API; ``app`` must already hold the store, authority and registry keys."""
     app[JOIN_SETTINGS_KEY] = settings
-    app[METRIC_KEY] = prometheus_client.Counter(
+    app[JOIN_METRIC_KEY] = prometheus_client.Counter(
         "tunnel_server_join_requests",
         "Join, poll and renew requests by endpoint and result",
         ["endpoint", "result"],

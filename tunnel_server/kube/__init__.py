@@ -6,6 +6,7 @@ tunnel set up.
 
 from __future__ import annotations
 
-from tunnel_server.kube.service import load_upstream, setup
+from tunnel_server.kube.service import setup
+from tunnel_server.kube.upstream import load_upstream
 
 __all__ = ["load_upstream", "setup"]

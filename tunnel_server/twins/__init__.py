@@ -19,11 +19,16 @@ from prometheus_client.registry import Collector
 
 from daemon_support.twin_database import Durability
 from tunnel_aio import TunnelStream
-from tunnel_server.api.routes import DEVICES_KEY
-from tunnel_server.app_keys import REGISTRY_KEY, SETTINGS_KEY
-from tunnel_server.tunnel.agent_services import AGENT_SERVICES_KEY
+from tunnel_server.app_keys import (
+    AGENT_SERVICES_KEY,
+    DEVICES_KEY,
+    REGISTRY_KEY,
+    SETTINGS_KEY,
+    TWINS_KEY,
+    TWINS_SYNC_KEY,
+)
 from tunnel_server.tunnel.sessions import AgentSession
-from tunnel_server.twins.api import TWINS_KEY, add_routes
+from tunnel_server.twins.api import add_routes
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS
 from tunnel_server.twins.service import TwinsCloud
@@ -44,8 +49,6 @@ __all__ = [
 
 SYNC_TARGET = "twins"
 """The agent-service target name of the sync stream."""
-
-TWINS_SYNC_KEY = web.AppKey("twins_sync", SyncHub)
 
 
 async def _serve_sync(stream: TunnelStream, session: AgentSession, app: web.Application) -> None:

@@ -30,6 +30,7 @@ from device_models import (
     VersionConflictError,
 )
 from tunnel_server.api.auth import authenticate
+from tunnel_server.app_keys import TWINS_KEY
 from tunnel_server.twins.service import (
     DEVICE_ID,
     DeviceRemovedError,
@@ -48,7 +49,6 @@ __all__ = ["TWINS_KEY", "add_routes", "device_json", "twin_json"]
 
 log = logging.getLogger("tunnel_server.twins.api")
 
-TWINS_KEY = web.AppKey("twins", TwinsCloud)
 _NODE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 _PATCH_TYPES = frozenset({"application/json", "application/merge-patch+json"})

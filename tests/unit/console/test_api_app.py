@@ -12,9 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tunnel_server.app import bootstrap, create_app
+from tunnel_server.app_keys import HISTORY_KEY
 from tunnel_server.identity import tokens
 from tunnel_server.settings import ServerSettings
-from tunnel_server.status.service import HISTORY_KEY
 from tunnel_server.store import NodeRecord
 
 Client = TestClient[web.Request, web.Application]
