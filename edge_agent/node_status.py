@@ -9,7 +9,7 @@ Rules:
 * Uptime is sent as the boot time (``boot.time``), which does not change: the server derives
   uptime. Unchanging facts (OS, kernel, totals) are sent once per full report only.
 * One stream to the cloud target ``status`` per tunnel session (see the server's
-  ``tunnel_server/status_service.py`` for the wire format): a full report first, then every
+  ``tunnel_server/status/service.py`` for the wire format): a full report first, then every
   ``interval`` seconds a delta with only the keys that changed (and the keys that went away),
   and a full report again every ``full_every`` seconds so the cloud never drifts.
 * No tunnel, no reports: the reporter waits for the session and starts again with a full

@@ -17,24 +17,16 @@ from typing import TYPE_CHECKING
 import prometheus_client
 from aiohttp import web
 
-from tunnel_server import (
-    __version__,
-    api,
-    console,
-    join_api,
-    node_proxy,
-    peer_log,
-    status_service,
-    tokens,
-    tunnel_endpoint,
-)
+from tunnel_server import __version__, api, console, status, tunnel
+from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
-from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SETTINGS_KEY
-from tunnel_server.pki import CertificateAuthority
-from tunnel_server.request_body import bounded_bodies
+from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
+from tunnel_server.identity import tokens
+from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import SqliteStore, Store
-from tunnel_server.tls import AUTHORITY_KEY, STORE_KEY
+from tunnel_server.web import peer_log
+from tunnel_server.web.bodies import bounded_bodies
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -116,11 +108,10 @@ def create_app(
     if identity is not None:
         app[STORE_KEY] = identity.store
         app[AUTHORITY_KEY] = identity.authority
-        join_api.add_routes(app, settings=settings.join, registry=registry)
-        tunnel_endpoint.setup(app, tunnel_settings=settings.tunnel)
+        identity_part.setup(app, settings=settings.join)
+        tunnel.setup(app, tunnel_settings=settings.tunnel, node_proxy=settings.node_proxy)
         twins_part.setup(app)
-        node_proxy.setup(app, settings=settings.node_proxy)
-        status_service.setup(app)
+        status.setup(app)
         api.setup(app, openapi_paths=twins_part.OPENAPI_PATHS)
         console.setup(app)
     return app

@@ -1,19 +1,81 @@
-"""Typed keys of the application's shared state, in one place so modules need not import app."""
+"""Typed keys of the application's shared state: every part's, in this one place.
+
+A part sets its keys in its ``setup(app)`` and any part may read them, without importing the
+part that fills them: the value types are imported here only for the type checker, so at run
+time this module imports none of the parts (and is no import path between them).
+"""
 
 from __future__ import annotations
 
-import prometheus_client
+from typing import TYPE_CHECKING, Any, TypeAlias
+
 from aiohttp import web
 
-from tunnel_protocol import TunnelSettings
-from tunnel_server.sessions import SessionMetrics, SessionRegistry
-from tunnel_server.settings import ServerSettings
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
-SETTINGS_KEY = web.AppKey("settings", ServerSettings)
-REGISTRY_KEY = web.AppKey("registry", prometheus_client.CollectorRegistry)
-READY_KEY = web.AppKey("ready", dict[str, bool])
-SESSIONS_KEY = web.AppKey("sessions", SessionRegistry)
-METRICS_KEY = web.AppKey("tunnel_metrics", SessionMetrics)
-TUNNEL_SETTINGS_KEY = web.AppKey("tunnel_settings", TunnelSettings)
-VERIFIED_ADMIN_KEY = web.AppKey("verified_admin", set[str])
+    import prometheus_client
+
+    from tunnel_aio import TunnelStream
+    from tunnel_protocol import TunnelSettings
+    from tunnel_server.api.hub import EventHub
+    from tunnel_server.api.settings import ApiSettings
+    from tunnel_server.api.signer import SessionSigner
+    from tunnel_server.api.table import NodeTable
+    from tunnel_server.identity.pki import CertificateAuthority
+    from tunnel_server.kube.upstream import KubeUpstream
+    from tunnel_server.settings import JoinSettings, NodeProxySettings, ServerSettings
+    from tunnel_server.status.history import StatusHistory
+    from tunnel_server.store import Store
+    from tunnel_server.tunnel.admission import Admission
+    from tunnel_server.tunnel.sessions import AgentSession, SessionMetrics, SessionRegistry
+    from tunnel_server.twins.service import CloudTwinReplica
+    from tunnel_server.twins.sync import EdgeTwinLinks
+
+AgentService: TypeAlias = "Callable[[TunnelStream, AgentSession, web.Application], Awaitable[None]]"
+"""A handler gets the stream (answer it with accept/reject), the verified session, the app."""
+
+DevicesSource: TypeAlias = "Callable[[str], list[dict[str, Any]]]"
+"""A node's devices for its page (set by the twins part)."""
+
+# The application (app.py)
+SETTINGS_KEY: web.AppKey[ServerSettings] = web.AppKey("settings")
+REGISTRY_KEY: web.AppKey[prometheus_client.CollectorRegistry] = web.AppKey("registry")
+READY_KEY: web.AppKey[dict[str, bool]] = web.AppKey("ready")
+STORE_KEY: web.AppKey[Store] = web.AppKey("store")
+AUTHORITY_KEY: web.AppKey[CertificateAuthority] = web.AppKey("authority")
+
+# identity/
+JOIN_SETTINGS_KEY: web.AppKey[JoinSettings] = web.AppKey("join_settings")
+JOIN_METRIC_KEY: web.AppKey[prometheus_client.Counter] = web.AppKey("join_requests")
+
+# tunnel/
+SESSIONS_KEY: web.AppKey[SessionRegistry] = web.AppKey("sessions")
+METRICS_KEY: web.AppKey[SessionMetrics] = web.AppKey("tunnel_metrics")
+TUNNEL_SETTINGS_KEY: web.AppKey[TunnelSettings] = web.AppKey("tunnel_settings")
+ADMISSION_KEY: web.AppKey[Admission] = web.AppKey("tunnel_admission")
+AGENT_SERVICES_KEY: web.AppKey[dict[str, AgentService]] = web.AppKey("agent_services")
+NODE_PROXY_SETTINGS_KEY: web.AppKey[NodeProxySettings] = web.AppKey("node_proxy_settings")
+VERIFIED_ADMIN_KEY: web.AppKey[set[str]] = web.AppKey("verified_admin")
 """Admin bearer values verified since the store last changed (cleared on every change)."""
+
+# status/
+HISTORY_KEY: web.AppKey[StatusHistory] = web.AppKey("status_history")
+
+# kube/
+UPSTREAM_KEY: web.AppKey[KubeUpstream] = web.AppKey("kube_upstream")
+
+# twins/
+TWINS_KEY: web.AppKey[CloudTwinReplica] = web.AppKey("twins")
+TWINS_SYNC_KEY: web.AppKey[EdgeTwinLinks] = web.AppKey("twins_sync")
+
+# api/
+API_SETTINGS_KEY: web.AppKey[ApiSettings] = web.AppKey("api_settings")
+SIGNER_KEY: web.AppKey[SessionSigner] = web.AppKey("session_signer")
+TABLE_KEY: web.AppKey[NodeTable] = web.AppKey("node_table")
+HUB_KEY: web.AppKey[EventHub] = web.AppKey("event_hub")
+OPENAPI_EXTRA_KEY: web.AppKey[dict[str, Any]] = web.AppKey("openapi_extra_paths")
+DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
+
+# console/
+FILES_KEY: web.AppKey[dict[str, bytes]] = web.AppKey("console_files")

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from daemon_support import arguments, logs, systemd
-from tunnel_server import __version__, tls_buffer, tokens
-from tunnel_server.pki import CertificateAuthority, MissingCAError
+from tunnel_server import __version__
+from tunnel_server.identity import tokens
+from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.settings import DAY, JoinSettings, PkiSettings, ServerSettings
 from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
+from tunnel_server.tunnel import tls_buffer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -453,13 +455,13 @@ async def serve(
 
     from tunnel_server.app import create_app  # noqa: PLC0415 - see above
     from tunnel_server.app_keys import REGISTRY_KEY  # noqa: PLC0415 - see above
-    from tunnel_server.tls import HandshakeGate, server_ssl_context  # noqa: PLC0415 - see above
+    from tunnel_server.identity.tls import HandshakeGate, server_ssl_context  # noqa: PLC0415 - see above
 
     app = create_app(settings, identity=identity)
     if kube_upstream is not None:
-        from tunnel_server import kube_service  # noqa: PLC0415 - see above
+        from tunnel_server import kube  # noqa: PLC0415 - see above
 
-        kube_service.setup(app, kubeconfig=kube_upstream)
+        kube.setup(app, kubeconfig=kube_upstream)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -556,10 +558,10 @@ def _check_kube_upstream(kubeconfig: Path) -> None:
     import yaml  # noqa: PLC0415 - see serve(): only `run --kube-upstream` needs these
     from kubernetes.config import ConfigException  # noqa: PLC0415 - see above
 
-    from tunnel_server import kube_service  # noqa: PLC0415 - see above
+    from tunnel_server import kube  # noqa: PLC0415 - see above
 
     try:
-        kube_service.load_upstream(kubeconfig)
+        kube.load_upstream(kubeconfig)
     except (
         ConfigException,  # missing file, empty, no current-context, missing CA file
         yaml.YAMLError,  # not YAML

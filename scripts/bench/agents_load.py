@@ -7,7 +7,8 @@ Started by ``bench_agents.py`` (the tunnel benchmark), one process on the same m
 server. What it does, in order:
 
 1. creates N single-use bootstrap tokens with the server's Python API on its data dir
-   (``tunnel_server.tokens.create_token`` on ``SqliteStore.open``), names ``load-00000``...;
+   (``tunnel_server.identity.tokens.create_token`` on ``SqliteStore.open``), names
+   ``load-00000``...;
 2. joins each one like ``edge-agent join``: a P-256 key made here, a CSR, ``POST /api/v1/join``
    over TLS that trusts only the server's CA; key + certificate go to one PEM per node;
 3. prints ``{"event": "joined", ...}`` and waits for ``connect`` on stdin;
@@ -60,8 +61,8 @@ from edge_agent.tunnel_client import (
 )
 from tunnel_aio import TunnelConnection
 from tunnel_protocol import Role, TunnelSettings
+from tunnel_server.identity.tokens import TokenSpec, create_token
 from tunnel_server.store import SqliteStore
-from tunnel_server.tokens import TokenSpec, create_token
 
 LOAD_SSL_BUFFER = 32 * 1024
 HEALTHY_AFTER_S = 30.0

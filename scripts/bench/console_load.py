@@ -30,8 +30,8 @@ from edge_agent.identity import generate_key, key_pem, make_csr  # noqa: E402
 from edge_agent.node_status import ReportEncoder  # noqa: E402
 from tunnel_aio import StreamError, TunnelConnection  # noqa: E402
 from tunnel_protocol import Role  # noqa: E402
-from tunnel_server import tokens  # noqa: E402
-from tunnel_server.pki import CertificateAuthority  # noqa: E402
+from tunnel_server.identity import tokens  # noqa: E402
+from tunnel_server.identity.pki import CertificateAuthority  # noqa: E402
 from tunnel_server.store import NodeRecord, SqliteStore  # noqa: E402
 
 

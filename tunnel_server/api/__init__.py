@@ -10,14 +10,22 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnel_server import tls
 from tunnel_server.api import events, openapi, routes
-from tunnel_server.api.auth import SIGNER_KEY, SessionSigner
-from tunnel_server.api.errors import api_errors
+from tunnel_server.api.hub import EventHub
 from tunnel_server.api.settings import ApiSettings
+from tunnel_server.api.signer import SessionSigner
 from tunnel_server.api.table import NodeTable
-from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
-from tunnel_server.status_service import HISTORY_KEY
+from tunnel_server.app_keys import (
+    API_SETTINGS_KEY,
+    HISTORY_KEY,
+    OPENAPI_EXTRA_KEY,
+    SESSIONS_KEY,
+    SETTINGS_KEY,
+    SIGNER_KEY,
+    STORE_KEY,
+    TABLE_KEY,
+)
+from tunnel_server.web.errors import api_errors
 
 __all__ = ["ApiSettings", "setup"]
 
@@ -30,17 +38,17 @@ def setup(
 ) -> None:
     """Mount the API; ``openapi_paths`` are other parts' routes for the OpenAPI document."""
     settings = settings or ApiSettings()
-    app[openapi.OPENAPI_EXTRA_KEY] = dict(openapi_paths or {})
-    app[routes.API_SETTINGS_KEY] = settings
+    app[OPENAPI_EXTRA_KEY] = dict(openapi_paths or {})
+    app[API_SETTINGS_KEY] = settings
     app[SIGNER_KEY] = SessionSigner.load_or_create(app[SETTINGS_KEY].data_dir)
     app.middlewares.append(api_errors)
     routes.add_routes(app)
     app.router.add_get("/api/openapi.json", openapi.serve)
     table = NodeTable(
-        store=app[tls.STORE_KEY],
+        store=app[STORE_KEY],
         history=app[HISTORY_KEY],
         connected=lambda: {session.name for session in app[SESSIONS_KEY].all()},
         settings=settings,
     )
-    app[routes.TABLE_KEY] = table
-    events.setup(app, events.EventHub(settings=settings, table=table))
+    app[TABLE_KEY] = table
+    events.setup(app, EventHub(settings=settings, table=table))

@@ -16,25 +16,19 @@ Two kinds of bearer value are accepted:
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
-from daemon_support.files import write_atomic
-from tunnel_server import tls, tokens
-from tunnel_server.api.errors import ApiError
+from tunnel_server.api.signer import REVOKED_MESSAGE, SESSION_PREFIX
+from tunnel_server.app_keys import SIGNER_KEY, STORE_KEY
+from tunnel_server.identity import tokens
+from tunnel_server.web.errors import ApiError
 
 log = logging.getLogger("tunnel_server.api.auth")
 
-KEY_FILE = "console-session-key"
-_PREFIX = "s1"
 _BEARER_HELP = (
     "send 'Authorization: Bearer <token>' with the admin token from the server's data dir "
     "(admin-token) or a console session token from POST /api/v1/sessions"
@@ -50,52 +44,6 @@ class Caller:
     """A console session's id (its nonce): what signing out revokes."""
 
 
-class SessionSigner:
-    """Makes and checks console session tokens."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    @classmethod
-    def load_or_create(cls, data_dir: Path) -> SessionSigner:
-        path = data_dir / KEY_FILE
-        try:
-            key = bytes.fromhex(path.read_text().strip())
-        except (OSError, ValueError):
-            key = secrets.token_bytes(32)
-            write_atomic(path, key.hex().encode() + b"\n", mode=0o600)
-            log.info("created console session key", extra={"kv": {"file": path}})
-        return cls(key)
-
-    def _mac(self, payload: str) -> str:
-        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-    def issue(self, *, now: float, ttl: float) -> tuple[str, float]:
-        expires = int(now + ttl)
-        payload = f"{_PREFIX}.{expires}.{secrets.token_hex(8)}"
-        return f"{payload}.{self._mac(payload)}", float(expires)
-
-    def check(self, token: str, *, now: float) -> float | None:
-        """The expiry of a genuine token (maybe past); None if it is not one of ours."""
-        parts = token.split(".")
-        if len(parts) != 4 or parts[0] != _PREFIX or not parts[1].isdigit():
-            return None
-        payload = ".".join(parts[:3])
-        if not hmac.compare_digest(self._mac(payload).encode(), parts[3].encode()):
-            return None
-        del now
-        return float(parts[1])
-
-    @staticmethod
-    def session_id(token: str) -> str:
-        """The id of a token ``check`` accepted: its nonce, unique per session."""
-        return token.split(".")[2]
-
-
-SIGNER_KEY = web.AppKey("session_signer", SessionSigner)
-
-
 def bearer(request: web.Request) -> str:
     value = request.headers.get("Authorization", "")
     scheme, _, token = value.partition(" ")
@@ -103,13 +51,13 @@ def bearer(request: web.Request) -> str:
 
 
 def is_admin(request: web.Request) -> bool:
-    return tokens.verify_admin_token(request.app[tls.STORE_KEY], bearer(request))
+    return tokens.verify_admin_token(request.app[STORE_KEY], bearer(request))
 
 
 def session_token(request: web.Request) -> str | None:
     """The bearer value if it looks like a console session token (genuine or not)."""
     token = bearer(request)
-    return token if token.startswith(_PREFIX + ".") and len(token) <= _MAX_TOKEN else None
+    return token if token.startswith(SESSION_PREFIX + ".") and len(token) <= _MAX_TOKEN else None
 
 
 def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
@@ -122,7 +70,7 @@ def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
     if len(token) > _MAX_TOKEN:
         raise ApiError(401, "unauthenticated", "bearer token too long", headers=_CHALLENGE)
     now = time.time() if now is None else now
-    if token.startswith(_PREFIX + "."):
+    if token.startswith(SESSION_PREFIX + "."):
         signer = request.app[SIGNER_KEY]
         expires = signer.check(token, now=now)
         if expires is None:
@@ -142,10 +90,10 @@ def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
                 headers=_CHALLENGE,
             )
         session_id = signer.session_id(token)
-        if request.app[tls.STORE_KEY].session_revoked(session_id):
+        if request.app[STORE_KEY].session_revoked(session_id):
             raise ApiError(401, "session_revoked", REVOKED_MESSAGE, headers=_CHALLENGE)
         return Caller(kind="session", expires_at=expires, session_id=session_id)
-    if tokens.verify_admin_token(request.app[tls.STORE_KEY], token):
+    if tokens.verify_admin_token(request.app[STORE_KEY], token):
         return Caller(kind="admin")
     raise ApiError(
         401,
@@ -158,4 +106,3 @@ def authenticate(request: web.Request, *, now: float | None = None) -> Caller:
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgefleet"'}
 _MAX_TOKEN = 512
-REVOKED_MESSAGE = "this console session was signed out: sign in again with the admin token"

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from tunnel_server import __version__
 from tunnel_server.api.views import SORT_FIELDS, STATUSES
-from tunnel_server.status_history import SERIES
+from tunnel_server.app_keys import OPENAPI_EXTRA_KEY
+from tunnel_server.status.history import SERIES
 
 _NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 
@@ -281,7 +282,6 @@ def _op(
     return operation
 
 
-OPENAPI_EXTRA_KEY = web.AppKey("openapi_extra_paths", dict[str, Any])
 """Paths other parts add to the document (the device-twin part's ``OPENAPI_PATHS``)."""
 
 

@@ -5,37 +5,37 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from tunnel_server import tls, tokens
-from tunnel_server.api.auth import SIGNER_KEY, authenticate, is_admin, session_token
-from tunnel_server.api.errors import ApiError
-from tunnel_server.api.events import HUB_KEY
-from tunnel_server.api.settings import ApiSettings
-from tunnel_server.api.table import NodeTable
+from tunnel_server.api.auth import authenticate, is_admin, session_token
 from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
-from tunnel_server.app_keys import SESSIONS_KEY, SETTINGS_KEY
-from tunnel_server.request_body import read_json_object, refuse_large_body
-from tunnel_server.status_history import SERIES
-from tunnel_server.status_service import HISTORY_KEY
+from tunnel_server.app_keys import (
+    API_SETTINGS_KEY,
+    AUTHORITY_KEY,
+    DEVICES_KEY,
+    HISTORY_KEY,
+    HUB_KEY,
+    SESSIONS_KEY,
+    SETTINGS_KEY,
+    SIGNER_KEY,
+    STORE_KEY,
+    TABLE_KEY,
+)
+from tunnel_server.identity import tokens
+from tunnel_server.status.history import SERIES
 from tunnel_server.store import Store
+from tunnel_server.web.bodies import read_json_object, refuse_large_body
+from tunnel_server.web.errors import ApiError
 
 log = logging.getLogger("tunnel_server.api.routes")
 
-API_SETTINGS_KEY = web.AppKey("api_settings", ApiSettings)
-DevicesSource = Callable[[str], list[dict[str, Any]]]
-DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
 """Optional: the device-twin part registers ``name -> [device, ...]`` here; until then node
 pages say nothing about devices (``"devices": null``)."""
 
 _NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _TOKEN_FIELDS = frozenset({"name", "kind", "ttl_seconds", "require_approval", "replace"})
-
-
-TABLE_KEY = web.AppKey("node_table", NodeTable)
 
 
 def rows(app: web.Application, now: float) -> list[dict[str, Any]]:
@@ -117,7 +117,7 @@ async def delete_session(request: web.Request) -> web.Response:
             "valid until the server's data dir is reset)",
         )
     session_id = signer.session_id(token)
-    request.app[tls.STORE_KEY].revoke_session(session_id, expires_at=expires, now=now)
+    request.app[STORE_KEY].revoke_session(session_id, expires_at=expires, now=now)
     streams = request.app[HUB_KEY].end_session(session_id)
     log.info(
         "console session signed out", extra={"kv": {"peer": request.remote, "streams": streams}}
@@ -165,7 +165,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def get_node(request: web.Request) -> web.Response:
     authenticate(request)
     name = _node_name(request)
-    node = request.app[tls.STORE_KEY].get_node(name)
+    node = request.app[STORE_KEY].get_node(name)
     if node is None:
         raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
     now = time.time()
@@ -200,7 +200,7 @@ async def node_history(request: web.Request) -> web.Response:
     history = request.app[HISTORY_KEY]
     retention = int(history.settings.history_retention)
     window = _int_param(request, "window", 3600, 60, retention)
-    if request.app[tls.STORE_KEY].get_node(name) is None:
+    if request.app[STORE_KEY].get_node(name) is None:
         raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
     now = time.time()
     points = history.history(name, since=now - window, until=now)
@@ -235,7 +235,7 @@ def _token_row(record: Any, now: float) -> dict[str, Any]:  # noqa: ANN401 - a T
 async def list_tokens(request: web.Request) -> web.Response:
     authenticate(request)
     now = time.time()
-    records = request.app[tls.STORE_KEY].list_tokens()
+    records = request.app[STORE_KEY].list_tokens()
     return web.json_response({"tokens": [_token_row(r, now) for r in reversed(records)]})
 
 
@@ -291,11 +291,11 @@ async def create_token(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     data = await read_json_object(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
     spec = _token_spec(data, settings.join.max_token_ttl)
-    store = request.app[tls.STORE_KEY]
+    store = request.app[STORE_KEY]
     _free_name(store, spec.name, replace=data.get("replace") is True)
     now = time.time()
     token = tokens.create_token(store, spec, now=now)
-    ca_hash = request.app[tls.AUTHORITY_KEY].ca_hash()
+    ca_hash = request.app[AUTHORITY_KEY].ca_hash()
     server = store.get_meta("public_url") or f"https://{settings.public_name}:{settings.port}"
     return web.json_response(
         {

@@ -20,7 +20,7 @@ from typing import Any
 
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.views import summary
-from tunnel_server.status_history import StatusHistory
+from tunnel_server.status.history import StatusHistory
 from tunnel_server.store import NodeRecord, Store
 
 

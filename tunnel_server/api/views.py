@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tunnel_server.api.settings import ApiSettings
-from tunnel_server.status_history import NodeLive
+from tunnel_server.status.history import NodeLive
 from tunnel_server.store import NodeRecord
 
 STATUSES = ("online", "offline", "unknown", "pending", "revoked")

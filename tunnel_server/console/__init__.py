@@ -14,6 +14,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from tunnel_server.app_keys import FILES_KEY
+
 log = logging.getLogger("tunnel_server.console")
 
 CSP = (
@@ -40,9 +42,6 @@ ASSETS = ("app.js", "app.css", "icon.svg")
 def _load() -> dict[str, bytes]:
     folder = resources.files(__package__) / "static"
     return {name: (folder / name).read_bytes() for name in ("index.html", *ASSETS)}
-
-
-FILES_KEY = web.AppKey("console_files", dict[str, bytes])
 
 
 def _answer(request: web.Request, name: str) -> web.Response:

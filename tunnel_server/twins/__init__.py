@@ -1,6 +1,6 @@
 """Device twins in the cloud: the twin store, the agents' ``twins`` sync stream, the REST API.
 
-``setup(app)`` (after ``tunnel_endpoint.setup``) opens the store, registers the ``twins``
+``setup(app)`` (after ``tunnel.setup``) opens the store, registers the ``twins``
 agent service and the routes under ``/api/v1/devices``, and exports counters on /metrics.
 When the server stops, waiting long-polls are answered at once (``CloudTwinReplica.end_waits``).
 ``OPENAPI_PATHS`` describes the routes for the server's OpenAPI document.
@@ -19,11 +19,16 @@ from prometheus_client.registry import Collector
 
 from daemon_support.twin_database import Durability
 from tunnel_aio import TunnelStream
-from tunnel_server.agent_services import AGENT_SERVICES_KEY
-from tunnel_server.api.routes import DEVICES_KEY
-from tunnel_server.app_keys import REGISTRY_KEY, SETTINGS_KEY
-from tunnel_server.sessions import AgentSession
-from tunnel_server.twins.api import TWINS_KEY, add_routes
+from tunnel_server.app_keys import (
+    AGENT_SERVICES_KEY,
+    DEVICES_KEY,
+    REGISTRY_KEY,
+    SETTINGS_KEY,
+    TWINS_KEY,
+    TWINS_SYNC_KEY,
+)
+from tunnel_server.tunnel.sessions import AgentSession
+from tunnel_server.twins.api import add_routes
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS
 from tunnel_server.twins.service import CloudTwinReplica
@@ -44,8 +49,6 @@ __all__ = [
 
 SYNC_TARGET = "twins"
 """The agent-service target name of the sync stream."""
-
-TWINS_SYNC_KEY = web.AppKey("twins_sync", EdgeTwinLinks)
 
 
 async def _serve_sync(stream: TunnelStream, session: AgentSession, app: web.Application) -> None:
@@ -89,11 +92,11 @@ class _Metrics(Collector):
 def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -> None:
     """Open the twin store and mount the routes and the ``twins`` agent service.
 
-    Call after ``tunnel_endpoint.setup`` (which creates the agent-service table) with the
+    Call after ``tunnel.setup`` (which creates the agent-service table) with the
     server's settings, store and registry keys set, as ``create_app`` does.
     """
     if AGENT_SERVICES_KEY not in app:
-        raise RuntimeError("twins.setup(app) must come after tunnel_endpoint.setup(app)")
+        raise RuntimeError("twins.setup(app) must come after tunnel.setup(app)")
     settings = settings or CloudTwinsSettings()
     data_dir = app[SETTINGS_KEY].data_dir
     store = TwinStore(

@@ -25,14 +25,12 @@ from device_models import (
     DeviceModelsError,
     JsonObject,
     LimitExceededError,
-    Problem,
     Section,
     ValidationError,
     VersionConflictError,
 )
-from device_models import sync_wire as wire
 from tunnel_server.api.auth import authenticate
-from tunnel_server.api.errors import ApiError
+from tunnel_server.app_keys import TWINS_KEY
 from tunnel_server.twins.service import (
     DEVICE_ID,
     CloudTwinReplica,
@@ -44,44 +42,17 @@ from tunnel_server.twins.service import (
     UnknownDeviceError,
 )
 from tunnel_server.twins.store import DeviceKey, DeviceRow
+from tunnel_server.web.bodies import read_json_object
+from tunnel_server.web.errors import ApiError
 
 __all__ = ["TWINS_KEY", "add_routes", "device_json", "twin_json"]
 
 log = logging.getLogger("tunnel_server.twins.api")
 
-TWINS_KEY = web.AppKey("twins", CloudTwinReplica)
 _NODE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 _PATCH_TYPES = frozenset({"application/json", "application/merge-patch+json"})
 _BODY_DEPTH = 16
-
-
-class _ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        problems: tuple[Problem, ...] = (),
-        extra: JsonObject | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.problems = problems
-        self.extra = extra or {}
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        body: JsonObject = {"error": self.code, "message": self.message, **self.extra}
-        if self.problems:
-            body["problems"] = [{"path": p.path, "reason": p.reason} for p in self.problems]
-        return web.json_response(
-            body, status=self.status, headers={**_SECURITY_HEADERS, **self.headers}
-        )
 
 
 def _ok(body: dict[str, Any]) -> web.Response:
@@ -100,19 +71,17 @@ def _key(request: web.Request) -> DeviceKey:
         or not DEVICE_ID.fullmatch(device)
         or (sep and not _NODE.fullmatch(node))
     ):
-        raise _ApiError(
+        raise ApiError(
             400,
             "bad_device_id",
             "a device id is <node>:<device> (or a device id unique in the fleet)",
         )
     keys = _cloud(request).resolve(device_id)
     if not keys:
-        raise _ApiError(
-            404, "device_not_found", f"no device {device_id!r}: see GET /api/v1/devices"
-        )
+        raise ApiError(404, "device_not_found", f"no device {device_id!r}: see GET /api/v1/devices")
     if len(keys) > 1:
         candidates = [f"{node}:{device}" for node, device in keys]
-        raise _ApiError(
+        raise ApiError(
             409,
             "ambiguous_device",
             f"{device_id!r} exists on several nodes; name one as <node>:<device>",
@@ -124,7 +93,7 @@ def _key(request: web.Request) -> DeviceKey:
 def _row(request: web.Request, key: DeviceKey) -> DeviceRow:
     row = _cloud(request).device(key)
     if row is None:
-        raise _ApiError(404, "device_not_found", f"no device {key[0]}:{key[1]}")
+        raise ApiError(404, "device_not_found", f"no device {key[0]}:{key[1]}")
     return row
 
 
@@ -169,7 +138,7 @@ async def _guarded(request: web.Request, handler: Any) -> web.StreamResponse:  #
     try:
         authenticate(request)  # the admin token or a console session, as everywhere in /api
         response: web.StreamResponse = await handler(request)
-    except (_ApiError, ApiError) as error:
+    except ApiError as error:  # BodyError too
         return error.response()
     return response
 
@@ -182,13 +151,13 @@ async def _list_devices(request: web.Request) -> web.Response:
     cloud = _cloud(request)
     node = request.query.get("node")
     if node is not None and not _NODE.fullmatch(node):
-        raise _ApiError(400, "bad_query", "node must be a node name")
+        raise ApiError(400, "bad_query", "node must be a node name")
     limit = _int_query(request, "limit", default=100, low=1, high=cloud.settings.page_limit)
     after: DeviceKey | None = None
     if (text := request.query.get("after")) is not None:
         after_node, sep, after_device = text.rpartition(":")
         if not sep or len(text) > 200:
-            raise _ApiError(400, "bad_query", "after must be a <node>:<device> id from 'next'")
+            raise ApiError(400, "bad_query", "after must be a <node>:<device> id from 'next'")
         after = (after_node, after_device)
     rows = cloud.store.list_devices(node=node, after=after, limit=limit + 1)
     more = len(rows) > limit
@@ -226,7 +195,7 @@ async def _get_twin(request: web.Request) -> web.Response:
         try:
             await cloud.wait_version(key, wanted, within=wait)
         except QueueFullError as error:
-            raise _ApiError(503, "busy", str(error), headers={"Retry-After": "1"}) from None
+            raise ApiError(503, "busy", str(error), headers={"Retry-After": "1"}) from None
     response = _ok(twin_json(_row(request, key)))
     if cloud.stopping:
         # Ended early by the shutdown: the twin as it is, and no next request on this link.
@@ -244,11 +213,11 @@ async def _patch_twin(request: web.Request) -> web.Response:
     body = await _read_body(request, cloud.settings.max_body_bytes)
     unknown = sorted(name[:64] for name in body if name != "desired")
     if "reported" in body:
-        raise _ApiError(
+        raise ApiError(
             400, "read_only_section", "reported belongs to the device (the edge); patch desired"
         )
     if unknown or not isinstance(body.get("desired"), dict):
-        raise _ApiError(
+        raise ApiError(
             400,
             "bad_request",
             'the body is {"desired": <JSON merge patch>} with an optional "$version" inside',
@@ -259,7 +228,7 @@ async def _patch_twin(request: web.Request) -> web.Response:
         isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
     ):
         # null too: a client that sent a version meant a conditional write, never "any".
-        raise _ApiError(400, "bad_request", "desired.$version must be an integer >= 0")
+        raise ApiError(400, "bad_request", "desired.$version must be an integer >= 0")
     try:
         row = cloud.write(key, Section.DESIRED, patch, expected_version=expected)
     except (
@@ -286,13 +255,13 @@ async def _move_device(request: web.Request) -> web.Response:
     body = await _read_body(request, cloud.settings.max_body_bytes)
     target = body.get("node")
     if set(body) != {"node"} or not isinstance(target, str) or not _NODE.fullmatch(target):
-        raise _ApiError(400, "bad_request", 'the body is {"node": <the node to move it to>}')
+        raise ApiError(400, "bad_request", 'the body is {"node": <the node to move it to>}')
     try:
         cloud.move(key, target)
     except SameNodeError as error:
-        raise _ApiError(409, "same_node", str(error)) from None
+        raise ApiError(409, "same_node", str(error)) from None
     except MovePendingError as error:
-        raise _ApiError(409, "move_pending", str(error)) from None
+        raise ApiError(409, "move_pending", str(error)) from None
     except (UnknownDeviceError, DeviceRemovedError, QueueFullError) as error:
         raise _write_error(error, key) from None
     row = _row(request, key)
@@ -304,10 +273,10 @@ async def _move_device(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- helpers
 
 
-def _write_error(error: Exception, key: DeviceKey) -> _ApiError:  # noqa: PLR0911 - one flat table
+def _write_error(error: Exception, key: DeviceKey) -> ApiError:  # noqa: PLR0911 - one flat table
     """The answer for a refused write."""
     if isinstance(error, VersionConflictError):
-        return _ApiError(
+        return ApiError(
             409,
             "version_conflict",
             f"desired is at $version {error.actual}, not {error.expected}: read it and retry",
@@ -315,43 +284,32 @@ def _write_error(error: Exception, key: DeviceKey) -> _ApiError:  # noqa: PLR091
             extra={"currentVersion": error.actual},
         )
     if isinstance(error, ValidationError):
-        return _ApiError(400, "invalid_value", error.summary, problems=error.problems)
+        return ApiError(400, "invalid_value", error.summary, problems=error.problems)
     if isinstance(error, LimitExceededError):
-        return _ApiError(413, "too_large", error.summary, problems=error.problems)
+        return ApiError(413, "too_large", error.summary, problems=error.problems)
     if isinstance(error, DeviceModelsError):
-        return _ApiError(400, "bad_request", error.summary, problems=error.problems)
+        return ApiError(400, "bad_request", error.summary, problems=error.problems)
     if isinstance(error, UnknownDeviceError):
-        return _ApiError(404, "device_not_found", f"no device {key[0]}:{key[1]}")
+        return ApiError(404, "device_not_found", f"no device {key[0]}:{key[1]}")
     if isinstance(error, DeviceRemovedError):
-        return _ApiError(409, "device_removed", f"{error}: it must be onboarded again")
+        return ApiError(409, "device_removed", f"{error}: it must be onboarded again")
     if isinstance(error, ModelUnknownError):
-        return _ApiError(
+        return ApiError(
             422,
             "model_unknown",
             f"model {error} is not loaded in the cloud, so the patch cannot be validated: add"
             " its YAML to the server's models folder",
         )
-    return _ApiError(503, "queue_full", f"{error}; retry later", headers={"Retry-After": "30"})
+    return ApiError(503, "queue_full", f"{error}; retry later", headers={"Retry-After": "30"})
 
 
 async def _read_body(request: web.Request, limit: int) -> dict[str, Any]:
     content_type = request.content_type
     if request.headers.get("Content-Type") and content_type not in _PATCH_TYPES:
-        raise _ApiError(
+        raise ApiError(
             415, "unsupported_media_type", "send application/json or application/merge-patch+json"
         )
-    too_large = _ApiError(413, "body_too_large", f"request body over {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise too_large
-    try:
-        return wire.decode_object(bytes(data), max_depth=_BODY_DEPTH)
-    except wire.WireError as error:
-        raise _ApiError(400, "bad_json", f"request body: {error}") from None
+    return await read_json_object(request, limit=limit, max_depth=_BODY_DEPTH)
 
 
 def _int_query(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
@@ -359,7 +317,7 @@ def _int_query(request: web.Request, name: str, *, default: int, low: int, high:
     if text is None:
         return default
     if not text.isdigit() or not low <= int(text) <= high:
-        raise _ApiError(400, "bad_query", f"{name} must be an integer in {low}..{high}")
+        raise ApiError(400, "bad_query", f"{name} must be an integer in {low}..{high}")
     return int(text)
 
 
@@ -372,7 +330,7 @@ def _float_query(request: web.Request, name: str, *, high: float) -> float:
     except ValueError:
         value = -1.0
     if not 0.0 <= value <= high:
-        raise _ApiError(400, "bad_query", f"{name} must be seconds in 0..{high}")
+        raise ApiError(400, "bad_query", f"{name} must be seconds in 0..{high}")
     return value
 
 

@@ -49,7 +49,7 @@ from tunnel_protocol import ErrorCode
 from tunnel_server.twins.service import BatchError, CloudTwinReplica
 
 if TYPE_CHECKING:
-    from tunnel_server.sessions import AgentSession
+    from tunnel_server.tunnel.sessions import AgentSession
 
 __all__ = ["EdgeTwinLinks"]
 

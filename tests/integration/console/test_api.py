@@ -33,7 +33,7 @@ def test_every_call_needs_a_credential(console_fleet: ConsoleFleet) -> None:
 
 
 def test_sessions_expire_and_forgeries_fail(console_fleet: ConsoleFleet) -> None:
-    from tunnel_server.api.auth import SessionSigner  # noqa: PLC0415 - the server's own signer
+    from tunnel_server.api.signer import SessionSigner  # noqa: PLC0415 - the server's own signer
 
     api = console_fleet.api
     status, body, _ = api.call("POST", "/api/v1/sessions")
@@ -269,7 +269,7 @@ def test_a_signed_out_sessions_live_stream_ends(console_fleet: ConsoleFleet) -> 
 
 def test_signed_out_sessions_are_forgotten_once_expired(console_fleet: ConsoleFleet) -> None:
     """The store keeps a signed-out session only until it would have expired anyway."""
-    from tunnel_server.api.auth import SessionSigner  # noqa: PLC0415 - the server's own signer
+    from tunnel_server.api.signer import SessionSigner  # noqa: PLC0415 - the server's own signer
 
     api, server = console_fleet.api, console_fleet.server
     signer = SessionSigner.load_or_create(server.data_dir)

@@ -165,7 +165,7 @@ def test_phone_width(browser: Browser, console_fleet: ConsoleFleet, shots: Path)
 def test_expired_session_returns_to_sign_in(
     page: Page, console_fleet: ConsoleFleet, shots: Path
 ) -> None:
-    from tunnel_server.api.auth import SessionSigner  # noqa: PLC0415 - the server's own signer
+    from tunnel_server.api.signer import SessionSigner  # noqa: PLC0415 - the server's own signer
 
     signer = SessionSigner.load_or_create(console_fleet.server.data_dir)
     expired, _ = signer.issue(now=time.time() - 3600, ttl=60)

@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from edge_agent.identity import Identity
 from tests.harness.fleet import Agent, Server
-from tunnel_server.tunnel_endpoint import Admission
+from tunnel_server.tunnel.admission import Admission
 
 HOLD_BUDGET = 8.0
 """Seconds the test may rely on one held set-up slot: the server ends a session without HELLO

@@ -70,7 +70,7 @@ async def test_100_mb_upload_with_checksum(fleet: Fleet, target: Target) -> None
         assert answer.status == 200
         result = await answer.json()
         # The caller's connection filled the server's small TLS read buffer, so it holds the
-        # large one now (tunnel_server/tls_buffer.py); idle connections keep the small one.
+        # large one now (tunnel_server/tunnel/tls_buffer.py); idle connections keep the small one.
         assert fleet.server.metric("tunnel_server_tls_large_read_buffers") >= 1
         assert fleet.server.metric("tunnel_server_tls_connections") >= 3  # 2 agents + caller
     assert result == {"sha256": expected.hexdigest(), "bytes": 100 * len(chunk)}

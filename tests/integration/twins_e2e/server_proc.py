@@ -24,10 +24,10 @@ from aiohttp import web
 from daemon_support import logs
 from device_models import DeviceModelsError, Section
 from tunnel_server.app import bootstrap, create_app
+from tunnel_server.app_keys import TWINS_KEY
 from tunnel_server.cli import parse_listen
+from tunnel_server.identity.tls import server_ssl_context
 from tunnel_server.settings import ServerSettings
-from tunnel_server.tls import server_ssl_context
-from tunnel_server.twins import TWINS_KEY
 
 log = logging.getLogger("tests.twins_e2e.server")
 

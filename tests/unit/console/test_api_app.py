@@ -11,10 +11,10 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tunnel_server import tokens
 from tunnel_server.app import bootstrap, create_app
+from tunnel_server.app_keys import HISTORY_KEY
+from tunnel_server.identity import tokens
 from tunnel_server.settings import ServerSettings
-from tunnel_server.status_service import HISTORY_KEY
 from tunnel_server.store import NodeRecord
 
 Client = TestClient[web.Request, web.Application]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from tunnel_server.api.auth import KEY_FILE, SessionSigner
+from tunnel_server.api.signer import KEY_FILE, SessionSigner
 
 
 def test_issue_and_check(tmp_path: Path) -> None:

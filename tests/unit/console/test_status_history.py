@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnel_server.status_history import StatusHistory, StatusSettings
+from tunnel_server.status.history import StatusHistory, StatusSettings
 
 T0 = 1_800_000_000.0  # a minute boundary
 

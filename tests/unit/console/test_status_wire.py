@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.node_status import ReportEncoder, Scalar, diff
-from tunnel_server.status_history import StatusHistory, StatusSettings
-from tunnel_server.status_service import ReportError, parse_report
+from tunnel_server.status.history import StatusHistory, StatusSettings
+from tunnel_server.status.service import ReportError, parse_report
 
 keys = st.from_regex(r"[a-z0-9_.-]{1,20}", fullmatch=True)
 scalars = st.one_of(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.views import overview, status_of, summary, warnings_of
-from tunnel_server.status_history import NodeLive
+from tunnel_server.status.history import NodeLive
 from tunnel_server.store import NodeRecord
 
 NOW = 1_800_000_000.0

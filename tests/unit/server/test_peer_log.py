@@ -7,7 +7,7 @@ import logging
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from tunnel_server.peer_log import LineBudget, ServerLog, is_peer_fault, one_line
+from tunnel_server.web.peer_log import LineBudget, ServerLog, is_peer_fault, one_line
 
 
 class Clock:

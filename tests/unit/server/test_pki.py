@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel_server.pki import CertificateAuthority, CSRError, MissingCAError
+from tunnel_server.identity.pki import CertificateAuthority, CSRError, MissingCAError
 from tunnel_server.settings import PkiSettings
 
 if TYPE_CHECKING:

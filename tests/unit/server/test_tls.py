@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tunnel_server.pki import CertificateAuthority
+from tunnel_server.identity.pki import CertificateAuthority
+from tunnel_server.identity.tls import identity_from_certificate, is_current, server_ssl_context
 from tunnel_server.settings import PkiSettings
 from tunnel_server.store import NodeRecord, SqliteStore, TokenRecord
-from tunnel_server.tls import identity_from_certificate, is_current, server_ssl_context
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tunnel_server import tls_buffer
-from tunnel_server.pki import CertificateAuthority
+from tunnel_server.identity.pki import CertificateAuthority
+from tunnel_server.identity.tls import server_ssl_context
 from tunnel_server.settings import PkiSettings
-from tunnel_server.tls import server_ssl_context
-from tunnel_server.tls_buffer import QUIET_READS_BEFORE_SHRINK, ElasticTLSProtocol
+from tunnel_server.tunnel import tls_buffer
+from tunnel_server.tunnel.tls_buffer import QUIET_READS_BEFORE_SHRINK, ElasticTLSProtocol
 
 SMALL = 16 * 1024
 LARGE = 64 * 1024

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tunnel_server import tokens
+from tunnel_server.identity import tokens
 from tunnel_server.store import NodeRecord, SqliteStore, TokenUsedError
 
 if TYPE_CHECKING:

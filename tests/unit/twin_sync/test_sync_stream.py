@@ -24,7 +24,7 @@ from edge_agent.twin_link import CloudTwinLink, CloudTwinLinkSettings
 from tests.unit.twin_sync.edge_sim import NODE, EdgeSim, make_cloud, same_values
 from tunnel_aio import StreamResetError, TunnelConnection, TunnelStream
 from tunnel_protocol import Role
-from tunnel_server.sessions import AgentSession
+from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.twins.service import CloudTwinReplica
 from tunnel_server.twins.sync import EdgeTwinLinks
 

@@ -34,10 +34,9 @@ from aiohttp import web
 
 from tunnel_aio import StreamError, TunnelClosedError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.agent_services import AGENT_SERVICES_KEY
-from tunnel_server.app_keys import SETTINGS_KEY
-from tunnel_server.sessions import AgentSession
-from tunnel_server.status_history import Metrics, StatusHistory, StatusSettings
+from tunnel_server.app_keys import AGENT_SERVICES_KEY, HISTORY_KEY, SETTINGS_KEY
+from tunnel_server.status.history import Metrics, StatusHistory, StatusSettings
+from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.status_service")
 
@@ -48,8 +47,6 @@ MAX_LINE_BYTES = 64 * 1024
 MAX_KEYS = 512
 MAX_STRING = 256
 _KEY_RE = re.compile(r"[a-z0-9_.-]{1,128}")
-
-HISTORY_KEY = web.AppKey("status_history", StatusHistory)
 
 
 class ReportError(ValueError):

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from device_models import nesting_depth, reject_constant
+from tunnel_server.web.errors import ApiError
 
 MAX_JSON_DEPTH = 16
 """Deepest nesting of a JSON body: our bodies are flat objects (depth 1); 16 leaves room for
@@ -38,20 +39,14 @@ _PROXY_MARK = "/proxy/"
 """Node proxy paths (``/api/v1/nodes/{name}/proxy/...``) carry other services' bodies."""
 
 
-class BodyError(Exception):
+class BodyError(ApiError):
     """A refused body: HTTP status, a stable code, and what to do about it."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(status, code, message)
 
     def response(self) -> web.Response:
-        return close_if_unread(
-            self,
-            web.json_response({"error": self.code, "message": self.message}, status=self.status),
-        )
+        return close_if_unread(self, super().response())
 
 
 def close_if_unread(error: BodyError, response: web.Response) -> web.Response:

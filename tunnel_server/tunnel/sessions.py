@@ -19,7 +19,7 @@ from tunnel_protocol import ErrorCode
 
 if TYPE_CHECKING:
     from tunnel_aio import TunnelConnection
-    from tunnel_server.tls import PeerIdentity
+    from tunnel_server.identity.peer import PeerIdentity
 
 log = logging.getLogger("tunnel_server.sessions")
 

@@ -19,7 +19,6 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel_server.pki import ORGANIZATIONS, CertificateAuthority, serial_hex
+from tunnel_server.app_keys import AUTHORITY_KEY, STORE_KEY
+from tunnel_server.identity.peer import PeerIdentity
+from tunnel_server.identity.pki import ORGANIZATIONS, CertificateAuthority, serial_hex
 from tunnel_server.store import NodeKind, Store
 
 if TYPE_CHECKING:
@@ -39,19 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunnel_server.tls")
 
-STORE_KEY = web.AppKey("store", Store)
-AUTHORITY_KEY = web.AppKey("authority", CertificateAuthority)
 _KINDS_BY_ORG: dict[str, NodeKind] = {org: kind for kind, org in ORGANIZATIONS.items()}
-
-
-@dataclass(frozen=True, kw_only=True)
-class PeerIdentity:
-    """The verified identity of a client: the routing identity of its session."""
-
-    name: str
-    kind: NodeKind
-    serial: str
-    not_after: datetime
 
 
 def server_ssl_context(authority: CertificateAuthority) -> ssl.SSLContext:

@@ -7,7 +7,7 @@
 ``POST /api/v1/renew``              mTLS with the current certificate; {csr} -> 200 certificate
 
 Every error is JSON ``{"error": <stable code>, "message": <what to do>}``. Bodies are bounded
-(``JoinSettings.max_body_bytes``, and JSON nesting: ``request_body.read_json_object``). The
+(``JoinSettings.max_body_bytes``, and JSON nesting: ``web.bodies.read_json_object``). The
 certificate's subject is always the token's (join) or the verified client certificate's (renew)
 name: what the CSR or the body asks for is ignored or refused.
 """
@@ -23,9 +23,16 @@ import prometheus_client
 from aiohttp import web
 from cryptography import x509
 
-from tunnel_server import tokens
-from tunnel_server.pki import CSRError, IssuedCertificate, check_csr
-from tunnel_server.request_body import BodyError, read_json_object
+from tunnel_server.app_keys import (
+    AUTHORITY_KEY,
+    JOIN_METRIC_KEY,
+    JOIN_SETTINGS_KEY,
+    REGISTRY_KEY,
+    STORE_KEY,
+)
+from tunnel_server.identity import tokens
+from tunnel_server.identity.pki import CSRError, IssuedCertificate, check_csr
+from tunnel_server.identity.tls import peer_certificate, peer_identity
 from tunnel_server.settings import JoinSettings
 from tunnel_server.store import (
     JoinRequest,
@@ -35,15 +42,14 @@ from tunnel_server.store import (
     TokenRecord,
     TokenUsedError,
 )
-from tunnel_server.tls import AUTHORITY_KEY, STORE_KEY, peer_certificate, peer_identity
+from tunnel_server.web.bodies import read_json_object
+from tunnel_server.web.errors import ApiError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("tunnel_server.join_api")
 
-JOIN_SETTINGS_KEY = web.AppKey("join_settings", JoinSettings)
-METRIC_KEY = web.AppKey("join_requests", prometheus_client.Counter)
 _MAX_FIELD = 64 * 1024
 _TOKEN_STATUS: dict[str, int] = {
     "invalid_token": 401,
@@ -54,32 +60,21 @@ _TOKEN_STATUS: dict[str, int] = {
 Handler: TypeAlias = "Callable[[web.Request], Awaitable[web.StreamResponse]]"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def response(self) -> web.Response:
-        return web.json_response({"error": self.code, "message": self.message}, status=self.status)
-
-
 def _endpoint(name: str, handler: Handler) -> Handler:
     """Turn ``ApiError`` into its JSON answer and count every outcome."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except (ApiError, BodyError) as exc:
-            request.app[METRIC_KEY].labels(endpoint=name, result=exc.code).inc()
+        except ApiError as exc:  # BodyError too
+            request.app[JOIN_METRIC_KEY].labels(endpoint=name, result=exc.code).inc()
             log.info(
                 "refused %s",
                 name,
                 extra={"kv": {"error": exc.code, "status": exc.status, "peer": request.remote}},
             )
             return exc.response()
-        request.app[METRIC_KEY].labels(endpoint=name, result=str(response.status)).inc()
+        request.app[JOIN_METRIC_KEY].labels(endpoint=name, result=str(response.status)).inc()
         return response
 
     return wrapped
@@ -284,19 +279,14 @@ async def renew(request: web.Request) -> web.Response:
     return web.json_response(_certificate_body(issued, authority.ca_pem()))
 
 
-def add_routes(
-    app: web.Application,
-    *,
-    settings: JoinSettings,
-    registry: prometheus_client.CollectorRegistry,
-) -> None:
-    """Mount the join API; ``app`` must already hold ``STORE_KEY`` and ``AUTHORITY_KEY``."""
+def setup(app: web.Application, *, settings: JoinSettings) -> None:
+    """Mount the join API; ``app`` must already hold the store, authority and registry keys."""
     app[JOIN_SETTINGS_KEY] = settings
-    app[METRIC_KEY] = prometheus_client.Counter(
+    app[JOIN_METRIC_KEY] = prometheus_client.Counter(
         "tunnel_server_join_requests",
         "Join, poll and renew requests by endpoint and result",
         ["endpoint", "result"],
-        registry=registry,
+        registry=app[REGISTRY_KEY],
     )
     app.router.add_get("/api/v1/ca", get_ca)
     app.router.add_post("/api/v1/join", _endpoint("join", join))

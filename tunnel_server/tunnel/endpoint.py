@@ -14,27 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import random
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import prometheus_client
 from aiohttp import web
 
 from tunnel_aio import TunnelClosedError, TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
-from tunnel_server import agent_services, tls
 from tunnel_server.app_keys import (
+    ADMISSION_KEY,
     METRICS_KEY,
     REGISTRY_KEY,
     SESSIONS_KEY,
     SETTINGS_KEY,
+    STORE_KEY,
     TUNNEL_SETTINGS_KEY,
     VERIFIED_ADMIN_KEY,
 )
-from tunnel_server.sessions import AgentSession, SessionMetrics, SessionRegistry
+from tunnel_server.identity import tls
+from tunnel_server.tunnel import agent_services
+from tunnel_server.tunnel.admission import Admission
+from tunnel_server.tunnel.sessions import AgentSession, SessionMetrics, SessionRegistry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -45,94 +46,6 @@ log = logging.getLogger("tunnel_server.tunnel")
 
 AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
 """Informational only (shown in `nodes`); identity never comes from a header."""
-
-
-RATE_WINDOW = 5.0
-"""Seconds over which the rate of completed set-ups is measured for ``Retry-After``."""
-
-PEAK_DECAY = 0.9
-"""Per window, how much of the peak rate is kept: it fades over about a minute."""
-
-MIN_RATE = 10.0
-"""Set-ups per second assumed at least, so a stalled measurement cannot promise minutes."""
-
-
-class Admission:
-    """How many sessions are being set up, and when a refused agent should come back.
-
-    Each refused agent gets a reservation: the next free moment on a clock that advances by
-    1/rate per refusal, the rate being the recent peak of set-ups completed per second. So
-    2,000 agents refused at once by a server that sets up 200 a second are told 1 to 11 s
-    (whole seconds; the agent adds its own jitter), 200 per second, not all the same second.
-    Reservations past ``retry_after_max`` are spread at random over its second half.
-    """
-
-    def __init__(
-        self,
-        *,
-        limit: int,
-        retry_after_max: float,
-        registry: prometheus_client.CollectorRegistry,
-    ) -> None:
-        self.limit = limit
-        self.retry_after_max = retry_after_max
-        self.in_progress = 0
-        self.refusing = 0
-        """Refusals since the last admitted set-up (logged once per burst)."""
-        self._window_start = time.monotonic()
-        self._window_done = 0
-        self._rate = 0.0
-        self._next_free = 0.0
-        self.gauge = prometheus_client.Gauge(
-            "tunnel_session_setups_in_progress",
-            "Tunnel sessions being set up (request received, HELLOs not yet exchanged)",
-            registry=registry,
-        )
-        self.gauge.set_function(lambda: self.in_progress)
-
-    def try_enter(self) -> bool:
-        """Take a set-up slot; False when all ``limit`` are taken (0 means no limit)."""
-        if self.limit and self.in_progress >= self.limit:
-            self.refusing += 1
-            return False
-        self.in_progress += 1
-        return True
-
-    def leave(self, *, completed: bool) -> None:
-        self.in_progress -= 1
-        if completed:
-            self._roll(time.monotonic())
-            self._window_done += 1
-
-    def _roll(self, now: float) -> None:
-        elapsed = now - self._window_start
-        if elapsed >= RATE_WINDOW:
-            self._rate = max(self._window_done / elapsed, self._rate * PEAK_DECAY)
-            self._window_start, self._window_done = now, 0
-
-    def rate(self, now: float) -> float:
-        """What the server manages: its recent peak of set-ups completed per second.
-
-        The peak, not the last window: while agents wait as told fewer set-ups complete, and a
-        rate measured then would tell the next ones to wait even longer.
-        """
-        self._roll(now)
-        current = self._window_done / max(now - self._window_start, 1.0)
-        return max(self._rate, current, MIN_RATE)
-
-    def retry_after(self, now: float | None = None) -> int:
-        """Whole seconds this refused agent should wait: its reservation on the clock."""
-        now = time.monotonic() if now is None else now
-        at = max(self._next_free, now + 1.0)
-        self._next_free = at + 1.0 / self.rate(now)
-        wait = at - now
-        if wait >= self.retry_after_max:
-            self._next_free = now + self.retry_after_max
-            wait = random.uniform(self.retry_after_max / 2, self.retry_after_max)  # noqa: S311 - jitter
-        return math.ceil(wait)
-
-
-ADMISSION_KEY = web.AppKey("tunnel_admission", Admission)
 
 
 def _refuse(request: web.Request, status: int, reason: str, message: str) -> web.Response:
@@ -209,7 +122,7 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
         max_msg_size=settings.max_frame_payload + 4096, heartbeat=None, compress=False
     )
     await ws.prepare(request)
-    store = request.app[tls.STORE_KEY]
+    store = request.app[STORE_KEY]
     holder: list[AgentSession] = []
 
     async def on_stream(stream: TunnelStream) -> None:
@@ -262,7 +175,7 @@ async def _watch_revocations(app: web.Application) -> None:
     The full check (a store lookup per session) runs when the store's revision moves; the
     expiry check is a comparison per session and runs every poll.
     """
-    store: Store = app[tls.STORE_KEY]
+    store: Store = app[STORE_KEY]
     interval = app[SETTINGS_KEY].store_poll_interval
     seen = store.revision()
     while True:
@@ -289,7 +202,7 @@ cheap for SQLite even with thousands of sessions."""
 
 async def _last_seen(app: web.Application) -> None:
     """Connected nodes count as seen: refresh ``last_seen`` while their session lives."""
-    store: Store = app[tls.STORE_KEY]
+    store: Store = app[STORE_KEY]
     while True:
         await asyncio.sleep(LAST_SEEN_INTERVAL)
         names = [session.name for session in app[SESSIONS_KEY].all()]

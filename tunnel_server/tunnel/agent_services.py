@@ -15,20 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server import tls
-from tunnel_server.pki import CertificateAuthority, CSRError
-from tunnel_server.request_body import BodyError, decode_json_object
+from tunnel_server.app_keys import AGENT_SERVICES_KEY, AUTHORITY_KEY, STORE_KEY, AgentService
+from tunnel_server.identity import tls
+from tunnel_server.identity.peer import PeerIdentity
+from tunnel_server.identity.pki import CertificateAuthority, CSRError
+from tunnel_server.web.bodies import BodyError, decode_json_object
 
 if TYPE_CHECKING:
-    from tunnel_server.sessions import AgentSession
     from tunnel_server.store import Store
+    from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.agent_services")
 
@@ -51,12 +52,6 @@ async def _answer(stream: TunnelStream, body: dict[str, str]) -> None:
     stream.end()
 
 
-AgentService = Callable[[TunnelStream, "AgentSession", web.Application], Awaitable[None]]
-"""A handler gets the stream (answer it with accept/reject), the verified session, the app."""
-
-AGENT_SERVICES_KEY = web.AppKey("agent_services", dict[str, AgentService])
-
-
 async def serve(stream: TunnelStream, *, session: AgentSession, app: web.Application) -> None:
     """Handle one stream an agent opened towards the cloud: route it by target name."""
     handler = app[AGENT_SERVICES_KEY].get(stream.target)
@@ -67,9 +62,7 @@ async def serve(stream: TunnelStream, *, session: AgentSession, app: web.Applica
 
 
 async def _serve_renew(stream: TunnelStream, session: AgentSession, app: web.Application) -> None:
-    await serve_renew(
-        stream, session=session, store=app[tls.STORE_KEY], authority=app[tls.AUTHORITY_KEY]
-    )
+    await serve_renew(stream, session=session, store=app[STORE_KEY], authority=app[AUTHORITY_KEY])
 
 
 def setup(app: web.Application) -> None:
@@ -113,7 +106,7 @@ def _renew(
     store.touch_node(identity.name, now=time.time())
     # From now on this session stands on the new certificate: the old one may expire while
     # the session lives on, and a later renewal over this session must still be allowed.
-    session.identity = tls.PeerIdentity(
+    session.identity = PeerIdentity(
         name=identity.name, kind=identity.kind, serial=issued.serial, not_after=issued.not_after
     )
     log.info(

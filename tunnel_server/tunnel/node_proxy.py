@@ -17,21 +17,24 @@ from yarl import URL
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import MAX_TARGET_LENGTH, ErrorCode, is_valid_target
-from tunnel_server import tls, tokens
-from tunnel_server.app_keys import METRICS_KEY, SESSIONS_KEY, VERIFIED_ADMIN_KEY
-from tunnel_server.http_over_stream import (
+from tunnel_server.app_keys import (
+    METRICS_KEY,
+    NODE_PROXY_SETTINGS_KEY,
+    SESSIONS_KEY,
+    STORE_KEY,
+    VERIFIED_ADMIN_KEY,
+)
+from tunnel_server.identity import tokens
+from tunnel_server.settings import NodeProxySettings
+from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
     UpstreamError,
     forward,
     request_head,
 )
-from tunnel_server.sessions import AgentSession
-from tunnel_server.settings import NodeProxySettings
+from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.node_proxy")
-
-
-SETTINGS = web.AppKey("node_proxy_settings", NodeProxySettings)
 
 
 class ProxyError(Exception):
@@ -59,7 +62,7 @@ def _authenticate(request: web.Request) -> None:
     verified = request.app[VERIFIED_ADMIN_KEY]
     if bearer and bearer in verified:
         return
-    if tokens.verify_admin_token(request.app[tls.STORE_KEY], bearer):
+    if tokens.verify_admin_token(request.app[STORE_KEY], bearer):
         verified.clear()  # one admin token: keep one entry
         verified.add(bearer)
         return
@@ -75,7 +78,7 @@ def _session(request: web.Request, name: str) -> AgentSession:
     session = request.app[SESSIONS_KEY].get(name)
     if session is not None:
         return session
-    node = request.app[tls.STORE_KEY].get_node(name)
+    node = request.app[STORE_KEY].get_node(name)
     if node is None:
         raise ProxyError(
             404, "node_not_found", f"no node named {name!r}: see `tunnel-server nodes`"
@@ -93,7 +96,7 @@ async def _open(request: web.Request, session: AgentSession, target: str) -> Tun
     name = session.name
     try:
         stream = await session.connection.open_stream(
-            target, timeout=request.app[SETTINGS].open_timeout
+            target, timeout=request.app[NODE_PROXY_SETTINGS_KEY].open_timeout
         )
     except StreamRejectedError as rejected:
         metrics.streams_opened.labels("rejected").inc()
@@ -186,7 +189,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application, *, settings: NodeProxySettings) -> None:
-    app[SETTINGS] = settings
+    app[NODE_PROXY_SETTINGS_KEY] = settings
     app[VERIFIED_ADMIN_KEY] = set()
     app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}/{path:.*}", proxy)
     app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}", proxy)

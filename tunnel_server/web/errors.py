@@ -1,18 +1,22 @@
-"""JSON errors for the REST API: ``{"error": <stable code>, "message": <what to do>}``.
+"""JSON errors of every route of ours: ``{"error": <stable code>, "message": <what to do>}``.
 
-Handlers raise ``ApiError`` (or ``request_body.BodyError`` from the bounded body reader); the
-middleware turns it, and aiohttp's own 404/405/413 under
-``/api/``, into that shape, so an API client never has to parse an HTML error page.
+``ApiError`` is the one error a handler raises for its caller (the REST API, the join API, the
+twins API; ``bodies.BodyError`` from the bounded body reader is one too). It may add
+``problems`` (``[{"path", "reason"}]``, which part of a document is wrong) and other fields.
+The ``api_errors`` middleware turns it, and aiohttp's own 404/405/413 under ``/api/``, into
+that shape, so an API client never has to parse an HTML error page.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from tunnel_server.request_body import BodyError, close_if_unread
+if TYPE_CHECKING:
+    from device_models import Problem
 
 log = logging.getLogger("tunnel_server.api")
 
@@ -28,26 +32,47 @@ class ApiError(Exception):
     """An answer for the caller: HTTP status, a stable code, and a message a person can act on."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        problems: tuple[Problem, ...] = (),
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.problems = problems
+        self.extra = extra or {}
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, headers=self.headers)
+        return error_response(
+            self.status,
+            self.code,
+            self.message,
+            headers=self.headers,
+            problems=self.problems,
+            extra=self.extra,
+        )
 
 
 def error_response(
-    status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    problems: tuple[Problem, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    return web.json_response(
-        {"error": code, "message": message},
-        status=status,
-        headers={**SECURITY_HEADERS, **(headers or {})},
-    )
+    body: dict[str, Any] = {"error": code, "message": message, **(extra or {})}
+    if problems:
+        body["problems"] = [{"path": p.path, "reason": p.reason} for p in problems]
+    return web.json_response(body, status=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
 
 _HTTP_CODES = {
@@ -65,10 +90,9 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     try:
         response = await handler(request)
-    except (ApiError, BodyError) as error:
+    except ApiError as error:
         log.debug("api error %s %s: %s", request.method, request.path, error.code)
-        answer = error_response(error.status, error.code, error.message, headers=_headers(error))
-        return close_if_unread(error, answer) if isinstance(error, BodyError) else answer
+        return error.response()
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -79,7 +103,3 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
     return response
-
-
-def _headers(error: ApiError | BodyError) -> dict[str, str] | None:
-    return error.headers if isinstance(error, ApiError) else None

@@ -11,26 +11,23 @@ sessions of kind ``node`` get this service.
 from __future__ import annotations
 
 import logging
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 import h11
 from aiohttp import web
-from kubernetes import client as kube_client
-from kubernetes import config as kube_config
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.agent_services import AGENT_SERVICES_KEY
-from tunnel_server.http_over_stream import HOP_BY_HOP
+from tunnel_server.app_keys import AGENT_SERVICES_KEY, UPSTREAM_KEY
+from tunnel_server.kube.upstream import KubeUpstream, load_upstream
+from tunnel_server.tunnel.http_over_stream import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tunnel_server.sessions import AgentSession
+    from tunnel_server.tunnel.sessions import AgentSession
 
 log = logging.getLogger("tunnel_server.kube_service")
 
@@ -40,44 +37,6 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 3 * 1024 * 1024
 """Bytes of one request body: the API server's own limit for most objects (3 MiB)."""
 _DROPPED = frozenset({"authorization", "host"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class KubeUpstream:
-    base_url: str
-    session: aiohttp.ClientSession
-
-
-UPSTREAM_KEY = web.AppKey("kube_upstream", KubeUpstream)
-
-
-def _ssl_context(configuration: kube_client.Configuration) -> ssl.SSLContext | bool:
-    if not str(configuration.host).startswith("https://"):
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if configuration.cert_file and configuration.key_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def load_upstream(kubeconfig: Path) -> tuple[str, ssl.SSLContext | bool, dict[str, str]]:
-    """Server URL, TLS and auth header from a kubeconfig, read by the official client."""
-    configuration = kube_client.Configuration()
-    kube_config.load_kube_config(
-        config_file=str(kubeconfig), client_configuration=configuration, persist_config=False
-    )
-    headers: dict[str, str] = {}
-    keys = {k.lower(): v for k, v in (configuration.api_key or {}).items()}
-    # The official client files a kubeconfig token under "BearerToken" (older: "authorization").
-    token = keys.get("bearertoken") or keys.get("authorization")
-    if token:
-        headers["Authorization"] = (
-            token if token.lower().startswith("bearer ") else f"Bearer {token}"
-        )
-    return str(configuration.host).rstrip("/"), _ssl_context(configuration), headers
 
 
 def _forwarded_headers(request: h11.Request, node: str) -> list[tuple[str, str]]:
