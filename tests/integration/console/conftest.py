@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.harness import mqtt
-from tests.harness.fleet import BIN, Agent, Server
+from tests.harness.daemons import BIN, Agent, Server
 from tests.harness.procs import ManagedProcess, ServiceError
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,7 +8,7 @@ import sqlite3
 import ssl
 import time
 
-from tests.harness.fleet import Server, command
+from tests.harness.daemons import Server, command
 from tests.integration.console.conftest import Api, ConsoleFleet, ReportingAgent
 
 SIGN_OUT = "/api/v1/sessions/current"

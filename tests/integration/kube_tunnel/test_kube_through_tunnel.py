@@ -27,7 +27,7 @@ from edge_agent.settings import JoinSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
 from tests.harness import kube
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.kube

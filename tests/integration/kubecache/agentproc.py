@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.fleet import BIN
+from tests.harness.daemons import BIN
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
 
 START_TIMEOUT = 60.0

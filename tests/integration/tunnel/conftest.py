@@ -14,7 +14,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
 
 STREAM_GATE = web.AppKey("stream_gate", asyncio.Event)

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from edge_agent.identity import Identity
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tunnel_server.tunnel_endpoint import Admission
 
 HOLD_BUDGET = 8.0

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from edge_agent.identity import Identity
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.integration.tunnel.conftest import Fleet, Target
 
 

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from edge_agent.identity import Identity
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
 from tunnel_protocol import (
     SUPPORTED_VERSIONS,

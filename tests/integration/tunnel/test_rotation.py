@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.identity import Identity
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 
 
 @pytest.fixture

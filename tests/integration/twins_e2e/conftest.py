@@ -28,8 +28,9 @@ import pytest_asyncio
 
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
-from tests.harness.fleet import BIN, Server
+from tests.harness.daemons import BIN, Server
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
+from tests.harness.waiting import eventually_async
 from tests.integration.kubecache.faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[3]
@@ -196,12 +197,13 @@ class Fleet:
             assert answer.status == 200, await answer.text()
 
     async def wait_device(self, device: str) -> dict[str, Any]:
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                status, body = await self.api("GET", f"/api/v1/devices/{NODE}:{device}")
-                if status == 200:
-                    return body
-                await asyncio.sleep(0.05)
+        _, body = await eventually_async(
+            lambda: self.api("GET", f"/api/v1/devices/{NODE}:{device}"),
+            lambda answer: answer[0] == 200,
+            what=f"device {device} known to the cloud",
+            within=READY_TIMEOUT,
+        )
+        return body
 
     # ------------------------------------------------------------------ the edge
 
@@ -227,17 +229,18 @@ class Fleet:
         return {**twins, "ready": twins["ready"] and all(status["ready"].values())}
 
     async def wait_edge(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                assert self.agent.process is not None
-                self.agent.process.check_running()
-                try:
-                    status = await self.edge_status()
-                except (aiohttp.ClientError, AssertionError):
-                    status = None
-                if status is not None and predicate(status):
-                    return status
-                await asyncio.sleep(0.05)
+        async def edge_status() -> dict[str, Any]:
+            assert self.agent.process is not None
+            self.agent.process.check_running()  # a crashed agent ends the wait at once
+            return await self.edge_status()
+
+        return await eventually_async(
+            edge_status,
+            predicate,
+            what="the agent's twins status to match",
+            within=READY_TIMEOUT,
+            ignore=(aiohttp.ClientError, AssertionError),
+        )
 
     async def start_agent(self) -> None:
         self.agent.start()

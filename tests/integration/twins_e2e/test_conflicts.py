@@ -6,11 +6,12 @@ device is told the desired value that won.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import pytest
 
 from edge_agent.twins.topics import Op
+from tests.harness.waiting import eventually_async
 from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, Fleet
 
 pytestmark = pytest.mark.mqtt
@@ -46,20 +47,32 @@ async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(fleet: 
         await fleet.edge_write("th-c", "desired", {"setpoint": 25.0, "schedule": {"enabled": True}})
         answer = await device.report({"firmware": "edge", "temperature": 21.0})
         assert answer["code"] == 200
-        await asyncio.sleep(0.5)
+        # The edge holds both of its edits before the link comes back.
+        await eventually_async(
+            lambda: fleet.edge_twin("th-c"),
+            lambda twin: (
+                values(twin["desired"]).get("setpoint") == 25.0
+                and values(twin["reported"]).get("firmware") == "edge"
+            ),
+            what="the edge's own edits in its replica",
+        )
         fleet.proxy.restore()
 
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                await fleet.wait_synced()
-                status, info = await fleet.api("GET", f"/api/v1/devices/{NODE}:th-c")
-                cloud = await fleet.cloud_twin("th-c")
-                edge = await fleet.edge_twin("th-c")
-                if info["pendingDesired"] == 0 and all(
-                    values(cloud[s]) == values(edge[s]) for s in ("desired", "reported")
-                ):
-                    break
-                await asyncio.sleep(0.1)
+        async def both_sides() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            await fleet.wait_synced()
+            _, info = await fleet.api("GET", f"/api/v1/devices/{NODE}:th-c")
+            return info, await fleet.cloud_twin("th-c"), await fleet.edge_twin("th-c")
+
+        _, cloud, edge = await eventually_async(
+            both_sides,
+            lambda seen: (
+                seen[0]["pendingDesired"] == 0
+                and all(values(seen[1][s]) == values(seen[2][s]) for s in ("desired", "reported"))
+            ),
+            what="cloud and edge twins equal, nothing pending",
+            within=READY_TIMEOUT,
+            every=0.1,
+        )
 
         # desired: the cloud wins the key both wrote; the edge's other key survives
         assert values(cloud["desired"]) == {

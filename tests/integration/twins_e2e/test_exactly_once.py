@@ -22,8 +22,8 @@ import time
 
 import pytest
 
+from tests.harness.device_reporter import Reporter
 from tests.integration.twins_e2e.conftest import NODE, Fleet
-from tests.integration.twins_e2e.reporter import Reporter
 
 pytestmark = pytest.mark.mqtt
 

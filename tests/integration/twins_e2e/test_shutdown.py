@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.fleet import Server
+from tests.harness.daemons import Server
 from tests.harness.procs import ServiceError
 from tunnel_server.twins import CloudTwinsSettings, TwinsCloud
 from tunnel_server.twins.models import load_models

@@ -1,4 +1,4 @@
-"""Our own commands as real processes: a tunnel server, joined agents, their config files.
+"""Our own daemons as real processes: a tunnel server, joined agents, their config files.
 
 Used by the end-to-end tests and the benchmarks. Everything runs on loopback, each process
 in its own group and dying with the test process (see ``procs``).
@@ -6,13 +6,11 @@ in its own group and dying with the test process (see ``procs``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
+from tests.harness.waiting import NotSeen, eventually
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
@@ -97,17 +96,22 @@ class Server:
         self.wait_ready()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        def ready() -> int:
             assert self.process is not None
-            self.process.check_running()
-            if (self.data_dir / "ca.crt").exists():
-                with contextlib.suppress(OSError):
-                    status, _ = self.get("/readyz")
-                    if status == 200:
-                        return
-            time.sleep(0.05)
-        raise ServiceError(f"tunnel-server not ready in {START_TIMEOUT} s")
+            self.process.check_running()  # a crash ends the wait at once, with its log
+            status, _ = self.get("/readyz")
+            return status
+
+        try:
+            eventually(
+                ready,
+                lambda status: status == 200,
+                what="tunnel-server /readyz 200",
+                within=START_TIMEOUT,
+                ignore=(OSError,),  # not listening yet, or ca.crt not written yet
+            )
+        except NotSeen as error:
+            raise ServiceError(str(error)) from error
 
     def get(self, path: str, *, token: str | None = None) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -225,33 +229,42 @@ class Agent:
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until the agent's /readyz says every part it runs is ready."""
-        deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.local_api_port}/readyz"
-        while time.monotonic() < deadline:
+
+        def ready() -> int:
             assert self.process is not None
             self.process.check_running()
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-            time.sleep(0.05)
-        raise ServiceError(f"agent {self.name} not ready after {timeout} s")
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return int(answer.status)
+
+        try:
+            eventually(
+                ready,
+                lambda status: status == 200,
+                what=f"agent {self.name} /readyz 200",
+                within=timeout,
+                ignore=(OSError,),
+            )
+        except NotSeen as error:
+            raise ServiceError(str(error)) from error
 
     def wait_connected(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
+        def tunnel() -> object:
             assert self.process is not None
             self.process.check_running()
-            with contextlib.suppress(OSError, ValueError):
-                tunnel = self.status().get("tunnel")
-                last = tunnel
-                if isinstance(tunnel, dict) and tunnel.get("connected"):
-                    return
-            time.sleep(0.05)
-        assert self.process is not None
-        raise ServiceError(
-            f"agent {self.name} not connected after {timeout} s: {last}\n{self.process.tail()}"
-        )
+            return self.status().get("tunnel")
+
+        try:
+            eventually(
+                tunnel,
+                lambda tunnel: isinstance(tunnel, dict) and bool(tunnel.get("connected")),
+                what=f"agent {self.name} connected",
+                within=timeout,
+                ignore=(OSError, ValueError),
+            )
+        except NotSeen as error:
+            assert self.process is not None
+            raise ServiceError(f"{error}\n{self.process.tail()}") from error
 
     def stop(self) -> None:
         if self.process is not None:
