@@ -1,6 +1,6 @@
 """Real tunnel servers with real joined agents that report node status every second.
 
-``console_fleet``: two agents. ``device_fleet``: one agent with device twins on a real
+``console_system``: two agents. ``device_system``: one agent with device twins on a real
 mosquitto (dynamic security) and ``edge-agent simulate`` onboarding a thermostat through it.
 """
 
@@ -104,7 +104,7 @@ class Api:
 
 
 @dataclass
-class ConsoleFleet:
+class ConsoleSystem:
     server: Server
     agents: dict[str, ReportingAgent]
     api: Api
@@ -112,7 +112,7 @@ class ConsoleFleet:
 
 
 @pytest.fixture(scope="module")
-def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
+def console_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSystem]:
     workdir = tmp_path_factory.mktemp("console")
     server = Server(workdir=workdir)
     server.start()
@@ -128,7 +128,7 @@ def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleF
         api = Api(server=server, token=server.admin_token)
         for name in agents:
             api.wait_status(name, "online")
-        yield ConsoleFleet(server=server, agents=agents, api=api, workdir=workdir)
+        yield ConsoleSystem(server=server, agents=agents, api=api, workdir=workdir)
     except ServiceError:
         for agent in agents.values():
             if agent.process is not None:
@@ -188,12 +188,12 @@ def shots(test_output_dir: Path) -> Path:
 
 DEVICE_NODE = "edge-dev"
 DEVICE = f"{DEVICE_NODE}:th-0"
-"""The simulated thermostat of ``device_fleet``, onboarded through the broker."""
+"""The simulated thermostat of ``device_system``, onboarded through the broker."""
 WAIT = 30.0  # a guard against hangs, not a measurement
 
 
 @dataclass
-class DeviceFleet:
+class DeviceSystem:
     """A server, an agent with ``[twins]`` on a real broker, and one simulated thermostat."""
 
     server: Server
@@ -236,9 +236,9 @@ def wait_for(api: Api, path: str, predicate: object, what: str) -> dict[str, obj
 
 
 @pytest.fixture(scope="module")
-def device_fleet(
+def device_system(
     tmp_path_factory: pytest.TempPathFactory, mqtt_dynsec_broker: mqtt.Broker
-) -> Iterator[DeviceFleet]:
+) -> Iterator[DeviceSystem]:
     workdir = tmp_path_factory.mktemp("console-devices")
     claim_password = secrets.token_urlsafe(12)
     config = twins_config(workdir, mqtt_dynsec_broker, claim_password)
@@ -287,7 +287,7 @@ def device_fleet(
             lambda twin: twin["reported"]["$version"] >= 1,
             "the simulated thermostat's first report in the cloud",
         )
-        yield DeviceFleet(server=server, agent=agent, api=api)
+        yield DeviceSystem(server=server, agent=agent, api=api)
     except ServiceError:
         if agent.process is not None:
             print(agent.process.tail())  # noqa: T201 - the failing agent's log

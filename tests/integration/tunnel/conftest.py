@@ -140,7 +140,7 @@ async def target() -> AsyncIterator[Target]:
 
 
 @dataclass
-class Fleet:
+class System:
     server: Server
     agents: dict[str, Agent]
     baseline_tasks: float = 0.0
@@ -153,8 +153,8 @@ TARGET_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    workdir = tmp_path_factory.mktemp("fleet")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    workdir = tmp_path_factory.mktemp("system")
     server = Server(workdir=workdir)
     server.start()
     agents: dict[str, Agent] = {}
@@ -175,7 +175,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         deadline = time.monotonic() + 30
         while server.metric("tunnel_streams") < len(agents) and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield Fleet(
+        yield System(
             server=server,
             agents=agents,
             baseline_tasks=server.metric("tunnel_server_asyncio_tasks"),

@@ -157,7 +157,7 @@ class AgentProcess:
 
 
 @dataclass(kw_only=True)
-class Fleet:
+class System:
     server: TwinsServer
     proxy: FaultProxy
     broker: mqtt.Broker
@@ -290,10 +290,10 @@ async def join_through(server: Server, url: str, data_dir: Path, node: str = NOD
 
 
 @pytest_asyncio.fixture
-async def fleet(
+async def system(
     mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Fleet]:
-    """The fleet; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
+) -> AsyncIterator[System]:
+    """The system; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
     test_writes = bool(getattr(request.module, "TEST_WRITES", False))
     server = TwinsServer(workdir=tmp_path, test_writes=test_writes)
     server.start()
@@ -304,12 +304,12 @@ async def fleet(
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             await join_through(server, f"https://127.0.0.1:{proxy.port}", agent.data_dir)
-            fleet = Fleet(
+            system = System(
                 server=server, proxy=proxy, broker=mqtt_dynsec_broker, agent=agent, http=http
             )
-            await fleet.start_agent()
-            await fleet.wait_edge(lambda s: bool(s["sync"]["connected"]))
-            yield fleet
+            await system.start_agent()
+            await system.wait_edge(lambda s: bool(s["sync"]["connected"]))
+            yield system
     except ServiceError:
         if agent.process is not None:
             sys.stderr.write(agent.process.tail())
