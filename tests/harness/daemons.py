@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,62 @@ from tests.harness.waiting import NotSeen, eventually
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
+REPO = Path(__file__).resolve().parents[2]
+"""The tree under test: agents (and test launchers, ``python -m tests...``) import it."""
+
+TomlValue = str | int | float | bool | Path | list[str]
+
+
+def _toml(value: TomlValue) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def write_agent_config(path: Path, tables: Mapping[str, Mapping[str, TomlValue]]) -> Path:
+    """An ``edge-agent`` config file: one TOML table per key (``"tunnel"``, ``"twins"``...)."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines += [f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in values.items()), ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def launch_agent(
+    *,
+    label: str,
+    config: Path,
+    data_dir: Path,
+    local_api_port: int,
+    log_path: Path,
+    launcher: tuple[str, ...] = (),
+    run_args: tuple[str, ...] = (),
+) -> ManagedProcess:
+    """``edge-agent run`` as a managed process.
+
+    With ``launcher`` (a test module that runs the same daemon with test-only routes), that
+    module instead, with the same options and this tree on PYTHONPATH.
+    """
+    program = [sys.executable, "-m", *launcher] if launcher else [str(BIN / "edge-agent"), "run"]
+    return ManagedProcess(
+        label,
+        [
+            *program,
+            "--config",
+            str(config),
+            "--data-dir",
+            str(data_dir),
+            "--local-api-port",
+            str(local_api_port),
+            *run_args,
+        ],
+        log_path=log_path,
+        env={"PYTHONPATH": str(REPO)},  # the tree under test, whatever the venv points at
+    )
 
 
 def command(program: str, *args: str | Path, timeout: float = 60.0) -> str:
@@ -150,8 +207,8 @@ class Agent:
     tunnel_options: dict[str, float] = field(default_factory=dict)
     run_args: tuple[str, ...] = ()
     """More arguments for ``edge-agent run``."""
-    extra_config: str = ""
-    """More TOML appended to the config file (other tables, such as ``[kube]``)."""
+    tables: dict[str, dict[str, TomlValue]] = field(default_factory=dict)
+    """More tables of the config file (such as ``"kube"`` or ``"twins"``), key by key."""
     local_api_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
     token: str | None = None
@@ -180,36 +237,24 @@ class Agent:
         )
 
     def write_config(self) -> Path:
-        lines = [
-            "[tunnel]",
-            "backoff_base = 0.2",  # tests restart servers; come back quickly
-            "backoff_cap = 2.0",
-            *[f"{key} = {value}" for key, value in self.tunnel_options.items()],
-            "",
-            "[tunnel.targets]",
-            *[f'{name} = "{address}"' for name, address in self.targets.items()],
-            "",
-            self.extra_config,
-        ]
-        path = self.workdir / f"agent-{self.name}.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return write_agent_config(
+            self.workdir / f"agent-{self.name}.toml",
+            {
+                # Tests restart servers: come back quickly.
+                "tunnel": {"backoff_base": 0.2, "backoff_cap": 2.0, **self.tunnel_options},
+                "tunnel.targets": dict(self.targets),
+                **self.tables,
+            },
+        )
 
     def start(self) -> None:
-        self.process = ManagedProcess(
-            f"edge-agent[{self.name}]",
-            [
-                str(BIN / "edge-agent"),
-                "run",
-                "--config",
-                str(self.write_config()),
-                "--data-dir",
-                str(self.data_dir),
-                "--local-api-port",
-                str(self.local_api_port),
-                *self.run_args,
-            ],
+        self.process = launch_agent(
+            label=f"edge-agent[{self.name}]",
+            config=self.write_config(),
+            data_dir=self.data_dir,
+            local_api_port=self.local_api_port,
             log_path=self.workdir / f"agent-{self.name}.log",
+            run_args=self.run_args,
         )
 
     def status(self) -> dict[str, object]:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import secrets
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,8 +21,9 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.harness import mqtt
-from tests.harness.daemons import BIN, Agent, Server
+from tests.harness.daemons import BIN, Agent, Server, TomlValue
 from tests.harness.procs import ManagedProcess, ServiceError
+from tests.harness.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,14 +93,13 @@ class Api:
         return self.get(f"/api/v1/nodes/{name}")
 
     def wait_status(self, name: str, status: str, *, within: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + within
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            last = self.node(name)
-            if last["status"] == status:
-                return last
-            time.sleep(0.1)
-        raise AssertionError(f"{name} not {status} within {within} s: {last}")
+        return eventually(
+            lambda: self.node(name),
+            lambda node: node["status"] == status,
+            what=f"node {name} {status}",
+            within=within,
+            every=0.1,
+        )
 
 
 @dataclass
@@ -201,38 +200,34 @@ class DeviceSystem:
     api: Api
 
 
-def twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> str:
+def twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> dict[str, TomlValue]:
     folder = workdir / "secrets"
     folder.mkdir(mode=0o700)
     (folder / "admin").write_text(f"{broker.admin_password}\n")
     (folder / "claim").write_text(f"{claim_password}\n")
     suffix = secrets.token_hex(4)
-    return "\n".join(
-        [
-            "[twins]",
-            "enabled = true",
-            f'broker_host = "{broker.host}"',
-            f"broker_port = {broker.port}",
-            f'admin_password_file = "{folder / "admin"}"',
-            f'claim_username = "claim-{suffix}"',
-            f'claim_password_file = "{folder / "claim"}"',
-            f'agent_username = "agent-{suffix}"',
-            f'agent_client_id = "agent-{suffix}"',
-            "",
-        ]
-    )
+    return {
+        "enabled": True,
+        "broker_host": broker.host,
+        "broker_port": broker.port,
+        "admin_password_file": folder / "admin",
+        "claim_username": f"claim-{suffix}",
+        "claim_password_file": folder / "claim",
+        "agent_username": f"agent-{suffix}",
+        "agent_client_id": f"agent-{suffix}",
+    }
 
 
 def wait_for(api: Api, path: str, predicate: object, what: str) -> dict[str, object]:
-    deadline = time.monotonic() + WAIT
-    last: object = None
-    while time.monotonic() < deadline:
-        status, body, _ = api.call("GET", path)
-        last = (status, body)
-        if status == 200 and callable(predicate) and predicate(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not seen within {WAIT} s: {last}")
+    status_and_body = eventually(
+        lambda: api.call("GET", path)[:2],
+        lambda answer: answer[0] == 200 and callable(predicate) and bool(predicate(answer[1])),
+        what=what,
+        within=WAIT,
+        every=0.1,
+    )
+    body: dict[str, object] = status_and_body[1]
+    return body
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +243,7 @@ def device_system(
         name=DEVICE_NODE,
         workdir=workdir,
         server=server,
-        extra_config=config,
+        tables={"twins": config},
         run_args=("--status-interval", "1"),
     )
     simulator: ManagedProcess | None = None
@@ -256,7 +251,7 @@ def device_system(
         agent.join()
         agent.start()
         agent.wait_ready()
-        claim_username = config.split('claim_username = "')[1].split('"')[0]
+        claim_username = str(config["claim_username"])
         simulator = ManagedProcess(
             "edge-agent simulate",
             [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
+from tests.harness.waiting import eventually
 
 STREAM_GATE = web.AppKey("stream_gate", asyncio.Event)
 
@@ -172,9 +172,11 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         for agent in agents.values():
             agent.wait_connected()
         # Steady state: each agent holds its node status stream (and its server-side task).
-        deadline = time.monotonic() + 30
-        while server.metric("tunnel_streams") < len(agents) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(
+            lambda: server.metric("tunnel_streams"),
+            lambda streams: streams >= len(agents),
+            what="each agent's status stream open",
+        )
         yield System(
             server=server,
             agents=agents,

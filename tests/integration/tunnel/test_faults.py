@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.identity import Identity
 from tests.harness.daemons import Agent, Server
+from tests.harness.waiting import eventually_async
 from tests.integration.tunnel.conftest import System, Target
 
 
@@ -127,11 +128,13 @@ async def test_revoked_node_is_cut_off_at_once(system: System, target: Target) -
     agent = system.agents["edge-b"]
     assert agent.process is not None
     wanted = "refused this node's certificate (HTTP 401)"
-    for _ in range(100):  # the agent retries after its backoff (at most 2 s here)
-        if wanted in agent.process.tail():
-            break
-        await asyncio.sleep(0.1)
-    assert wanted in agent.process.tail()
+
+    async def tail() -> str:
+        assert agent.process is not None
+        return agent.process.tail()
+
+    # The agent retries after its backoff (at most 2 s here).
+    await eventually_async(tail, lambda text: wanted in text, what=f"{wanted!r} in the agent log")
     assert (await get_hello(system, "edge-a"))[0] == 200
     assert target.port
 

@@ -9,6 +9,7 @@ import json
 import aiohttp
 import pytest
 
+from tests.harness.waiting import eventually_async
 from tests.integration.tunnel.conftest import System, Target
 
 
@@ -144,13 +145,19 @@ async def test_refusals_are_clear(
 
 
 async def wait_no_streams(system: System) -> None:
-    """Stream teardown crosses three processes; give it a moment, then insist."""
-    for _ in range(100):
-        if system.server.metric("tunnel_streams") == len(system.agents):
-            break
-        await asyncio.sleep(0.1)
+    """Stream teardown crosses three processes: wait until it is done."""
+
+    async def streams() -> float:
+        return system.server.metric("tunnel_streams")
+
     # What stays open is each agent's long-lived node status stream, one per agent.
-    assert system.server.metric("tunnel_streams") == len(system.agents)
+    await eventually_async(
+        streams,
+        lambda open_: open_ == len(system.agents),
+        what="one stream per agent (its status stream)",
+        within=10,
+        every=0.1,
+    )
 
 
 async def test_no_stream_or_task_leaks_after_all_that(system: System) -> None:
@@ -167,11 +174,17 @@ async def test_no_stream_or_task_leaks_after_all_that(system: System) -> None:
         ]
         return server + agents
 
-    for _ in range(100):  # teardown crosses processes: pumps end a moment after the stream
-        if all(now <= baseline for now, baseline in counts()):
-            break
-        await asyncio.sleep(0.1)
-    assert all(now <= baseline for now, baseline in counts()), counts()
+    async def task_counts() -> list[tuple[float, float]]:
+        return counts()
+
+    # Teardown crosses processes: pumps end a moment after the stream.
+    await eventually_async(
+        task_counts,
+        lambda pairs: all(now <= baseline for now, baseline in pairs),
+        what="task counts (now, baseline) back to their baselines",
+        within=10,
+        every=0.1,
+    )
 
 
 def test_no_secret_reaches_a_log(system: System) -> None:

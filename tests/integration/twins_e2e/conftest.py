@@ -28,7 +28,7 @@ import pytest_asyncio
 
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
-from tests.harness.daemons import BIN, Server
+from tests.harness.daemons import BIN, Server, launch_agent, write_agent_config
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.harness.waiting import eventually_async
 from tests.integration.kubecache.faultproxy import FaultProxy
@@ -100,50 +100,33 @@ class AgentProcess:
         claim_file = secrets_dir / "mqtt-claim-password"
         admin_file.write_text(f"{self.broker.admin_password}\n")
         claim_file.write_text(f"{self.claim_password}\n")
-        path = self.workdir / f"agent-{self.node}.toml"
-        path.write_text(
-            "\n".join(
-                [
-                    "[tunnel]",
-                    "backoff_base = 0.1",
-                    "backoff_cap = 1.0",
-                    "",
-                    "[twins]",
-                    "enabled = true",
-                    f'broker_host = "{self.broker.host}"',
-                    f"broker_port = {self.broker.port}",
-                    f'admin_password_file = "{admin_file}"',
-                    f'claim_username = "{self.claim_username}"',
-                    f'claim_password_file = "{claim_file}"',
-                    f'agent_username = "agent-{self.suffix}"',
-                    f'agent_client_id = "agent-{self.suffix}"',
-                    'durability = "full"',
-                    "",
-                ]
-            )
+        return write_agent_config(
+            self.workdir / f"agent-{self.node}.toml",
+            {
+                "tunnel": {"backoff_base": 0.1, "backoff_cap": 1.0},
+                "twins": {
+                    "enabled": True,
+                    "broker_host": self.broker.host,
+                    "broker_port": self.broker.port,
+                    "admin_password_file": admin_file,
+                    "claim_username": self.claim_username,
+                    "claim_password_file": claim_file,
+                    "agent_username": f"agent-{self.suffix}",
+                    "agent_client_id": f"agent-{self.suffix}",
+                    "durability": "full",
+                },
+            },
         )
-        return path
 
     def start(self) -> None:
         self.starts += 1
-        program = (
-            [sys.executable, "-m", "tests.integration.twins_e2e.agent_proc"]
-            if self.test_writes
-            else [str(BIN / "edge-agent"), "run"]
-        )
-        self.process = ManagedProcess(
-            f"edge-agent[{self.node}]#{self.starts}",
-            [
-                *program,
-                "--config",
-                str(self.write_config()),
-                "--data-dir",
-                str(self.data_dir),
-                "--local-api-port",
-                str(self.local_api_port),
-            ],
+        self.process = launch_agent(
+            label=f"edge-agent[{self.node}]#{self.starts}",
+            config=self.write_config(),
+            data_dir=self.data_dir,
+            local_api_port=self.local_api_port,
             log_path=self.workdir / f"agent-{self.node}.log",
-            env={"PYTHONPATH": str(REPO)},
+            launcher=("tests.integration.twins_e2e.agent_proc",) if self.test_writes else (),
         )
 
     def kill(self) -> None:

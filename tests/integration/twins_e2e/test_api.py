@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from edge_agent.twins.topics import Op
+from tests.harness.waiting import eventually_async
 from tests.integration.twins_e2e.conftest import NODE, System
 
 pytestmark = pytest.mark.mqtt
@@ -48,8 +49,14 @@ async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(system: Sy
                 system.cloud_twin("th-9", desired=desired + 1, reported=reported + 1),
                 name="twin-long-poll",
             )
-            await asyncio.sleep(0.5)  # the poll is waiting (nothing has moved yet)
-            assert not poll.done()
+
+            async def long_polls() -> float:
+                return system.server.metric("tunnel_twins_long_polls")
+
+            await eventually_async(
+                long_polls, lambda waiting: waiting >= 1, what="the long-poll waiting at the server"
+            )
+            assert not poll.done(), "nothing has moved yet"
             await sim.report({"temperature": 20.5})  # only reported moves
         answer = poll.result()
     assert answer["reported"]["$version"] == reported + 1
