@@ -9,6 +9,7 @@ import ssl
 import time
 
 from tests.harness.daemons import Server, command
+from tests.harness.waiting import eventually
 from tests.integration.console.conftest import Api, ConsoleSystem, ReportingAgent
 
 SIGN_OUT = "/api/v1/sessions/current"
@@ -281,7 +282,18 @@ def test_signed_out_sessions_are_forgotten_once_expired(console_system: ConsoleS
     expired, _ = signer.issue(now=time.time() - 7200, ttl=60)
     assert api.call("DELETE", SIGN_OUT, token=expired)[0] == 204, "an expired one: nothing to do"
     assert signer.session_id(expired) not in _revoked_ids(server)
-    time.sleep(max(expires for _, expires in short) - time.time() + 0.2)
+
+    def refusals() -> list[tuple[int, object]]:
+        answers = [api.call("GET", "/api/v1/nodes", token=token) for token, _ in short]
+        return [(status, body.get("error")) for status, body, _ in answers]
+
+    # The server's clock says they expired (ttl 2 s): refused as expired, not as signed out.
+    eventually(
+        refusals,
+        lambda seen: seen == [(401, "session_expired")] * len(short),
+        what="the short sessions refused as expired",
+        every=0.2,
+    )
     fresh = _new_session(api)
     assert api.call("DELETE", SIGN_OUT, token=fresh)[0] == 204  # prunes the expired entries
     left = _revoked_ids(server)
