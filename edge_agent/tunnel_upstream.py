@@ -68,7 +68,10 @@ async def open_tunnel_upstream(
     server = await asyncio.start_server(relay, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=open_timeout)
+        # No pool limit (aiohttp's default is 100): each watch holds a connection for its
+        # whole life, and a full pool would starve the next watch, write and health probe.
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=open_timeout),
     )
     try:
         yield TunnelUpstream(base_url=f"http://127.0.0.1:{port}", session=session)

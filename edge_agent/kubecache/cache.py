@@ -54,7 +54,8 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         try:
             self.store = await loop.run_in_executor(
-                self._executor, lambda: CacheStore(directory, min_file_size=min_file_size)
+                self._executor,
+                lambda: CacheStore(directory, min_file_size=min_file_size, maintain=True),
             )
         except _FAULTS as exc:
             self._degrade("open", exc)
@@ -110,6 +111,16 @@ class AsyncStore:
         self.metrics.objects.set(self._objects)
         self.metrics.pending.set(self._pending)
         return result
+
+    def peek(self, operation: Callable[[CacheStore], bool]) -> bool:
+        """Ask the store's in-memory state on the event loop, without the disk thread.
+
+        For checks that may be stale but never wrong (``CacheStore.would_record``): a watch
+        that records nothing (a watch from the past, one of a hundred on one view) then costs
+        no trip to the disk thread per event. False when degraded.
+        """
+        store = self.store
+        return store is not None and operation(store)
 
     # ------------------------------------------------------------ change feed
 

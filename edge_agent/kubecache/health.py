@@ -10,6 +10,10 @@ Rules (the state machine is :class:`HealthState`, pure and synchronous):
   fails, or a proxied request that could not reach the upstream (passive, so a cut is
   noticed by the first request after it, not only by the next probe). Only probes count as
   successes: a lucky request through a flapping link does not bring every watch back up.
+* Probes run every ``interval``, but every ``retry_interval`` while the last result points
+  the other way (a failure while online, a success while offline), and at once after a
+  proxied request failed: a silent link (every probe waits out its ``timeout``) is then
+  declared offline in seconds, not after ``failure_threshold`` whole intervals.
 * Every transition is logged at WARNING and counted.
 
 :class:`HealthChecker` runs the probe loop; defaults are in ``HealthSettings``.
@@ -18,6 +22,7 @@ Rules (the state machine is :class:`HealthState`, pure and synchronous):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -70,6 +75,13 @@ class HealthState:
             return self._move(State.OFFLINE)
         return None
 
+    def next_probe_delay(self, *, interval: float, retry_interval: float) -> float:
+        """Seconds until the next probe: sooner while the last result points the other way."""
+        confirming = (self.state is State.ONLINE and self.failures > 0) or (
+            self.state is State.OFFLINE and self.successes > 0
+        )
+        return min(interval, retry_interval) if confirming else interval
+
     def _move(self, state: State) -> State:
         self.state = state
         self.changed_at = time.time()
@@ -88,6 +100,7 @@ class HealthChecker:
         )
         self.transitions = 0
         self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
         self.on_change: list[Any] = []
         """Callables ``f(state)`` run on every transition (metrics, sync on reconnect)."""
 
@@ -99,7 +112,13 @@ class HealthChecker:
         """Probe forever; cancelled when the proxy stops."""
         while True:
             await self.probe_once()
-            await asyncio.sleep(self.settings.interval)
+            delay = self.state.next_probe_delay(
+                interval=self.settings.interval, retry_interval=self.settings.retry_interval
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def probe_once(self) -> None:
         url = self.upstream.base_url.rstrip("/") + self.settings.probe_path
@@ -114,8 +133,10 @@ class HealthChecker:
         await self._record(ok=ok, probe=True, error=error)
 
     async def report_failure(self, error: str) -> None:
-        """A proxied request could not reach the upstream."""
+        """A proxied request could not reach the upstream: count it and probe at once."""
         await self._record(ok=False, probe=False, error=error)
+        if self.state.state is State.ONLINE:
+            self._wake.set()
 
     async def _record(self, *, ok: bool, probe: bool, error: str) -> None:
         previous = self.state.state

@@ -59,3 +59,11 @@ class KubeCacheMetrics:
             "Upstream re-lists after 410 Gone on a resumed watch",
             registry=registry,
         )
+        self.forward_failures = prom.Counter(
+            "edge_kubecache_forward_failures",
+            "Forwarded requests the upstream failed, by how far the answer got: not_sent "
+            "(connect failed), no_answer (may have been sent, nothing relayed yet; reads are "
+            "answered from the cache), mid_answer (the client's response was ended as broken)",
+            ["when"],
+            registry=registry,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,26 +59,45 @@ class VerifyReport:
         return not self.problems
 
 
+def _verify_object(key: str, value: object) -> str | None:
+    parsed = parse_object_key(key)
+    if parsed is None or not isinstance(value, dict):
+        return f"{key}: not an object entry"
+    _, _, namespace, name = parsed
+    meta = meta_of(value)
+    if meta.get("name") != name or str(meta.get("namespace", "")) != namespace:
+        return f"{key}: holds {meta.get('namespace')}/{meta.get('name')}"
+    return None
+
+
+def _verify_view(key: str, value: object) -> str | None:
+    try:
+        Coverage.from_json(key, value if isinstance(value, dict) else {})
+    except (KeyError, TypeError, ValueError):
+        return f"{key}: malformed list record"
+    return None
+
+
+def _has_object(value: object) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("object"), dict)
+
+
+_SHAPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "v": (lambda v: isinstance(v, str), "malformed view member"),
+    "h": (lambda v: isinstance(v, dict), "malformed kept version"),
+    "t": (_has_object, "malformed service-account token"),
+    "p": (_has_object, "malformed pending heartbeat"),
+}
+
+
 def _verify_entry(key: str, value: object) -> str | None:
     kind = key.split("/", 1)[0]
     if kind == "o":
-        parsed = parse_object_key(key)
-        if parsed is None or not isinstance(value, dict):
-            return f"{key}: not an object entry"
-        _, _, namespace, name = parsed
-        meta = meta_of(value)
-        if meta.get("name") != name or str(meta.get("namespace", "")) != namespace:
-            return f"{key}: holds {meta.get('namespace')}/{meta.get('name')}"
-    elif kind == "c":
-        try:
-            Coverage.from_json(key, value if isinstance(value, dict) else {})
-        except (KeyError, TypeError, ValueError):
-            return f"{key}: malformed list record"
-    elif kind == "t" and not (isinstance(value, dict) and isinstance(value.get("object"), dict)):
-        return f"{key}: malformed service-account token"
-    elif kind == "p" and not (isinstance(value, dict) and isinstance(value.get("object"), dict)):
-        return f"{key}: malformed pending heartbeat"
-    return None
+        return _verify_object(key, value)
+    if kind == "c":
+        return _verify_view(key, value)
+    check, problem = _SHAPES.get(kind, (lambda _v: True, ""))
+    return None if check(value) else f"{key}: {problem}"
 
 
 def cache_verify(directory: Path) -> VerifyReport:
@@ -119,7 +139,7 @@ def cache_purge(directory: Path, *, component: str | None = None) -> int:
     removed = 0
     try:
         for key in list(store.keys()):
-            if key.split("/")[1:2] == [component] and key[0] in "ocpt":
+            if key.split("/")[1:2] == [component] and key[0] in "ochvpt":
                 store.raw_delete(key)
                 removed += 1
     finally:

@@ -1,15 +1,17 @@
 # Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
 """The local kube proxy: an aiohttp app on 127.0.0.1:10261 in front of the upstream.
 
-Per request: parse it (``keys.parse_request``), find the component (User-Agent), negotiate
-the representation (``wire.negotiate``), then
+Routing only. Per request: parse it (``keys.parse_request``), find the component
+(User-Agent), negotiate the representation (``wire.negotiate``), then
 
-* online: forward upstream with the proxy's credentials (the caller's are dropped). Answers
-  to GET / LIST / create / update / patch / delete of a cached component are read whole
-  (bounded), written through to the cache, and returned byte for byte. Everything else is
-  streamed through untouched. An upstream that cannot be reached counts as a health failure
-  and GET / LIST fall back to the cache.
-* offline: ``offline.py`` answers from the cache; WATCH is ``watch.py`` in both states.
+* online: ``forward.py`` sends it upstream with the proxy's credentials and relays the answer.
+  Answers to GET / LIST / create / update / patch / delete of a cached component are kept
+  (bounded) and written to the cache after they went out (``writethrough.py``); discovery and
+  TokenRequest answers likewise (``discovery.remember``, ``tokens.remember``). An upstream
+  that cannot be reached counts as a health failure and the call is answered locally.
+* offline: ``offline.py`` answers from the cache (``heartbeats``, ``tokens``, ``discovery``
+  for their kinds); WATCH is ``watch.py`` in both states. They get the shared state as one
+  :class:`~edge_agent.kubecache.shared.Shared` and never import this module.
 
 Entry point: :func:`serve_kube_proxy`.
 """
@@ -21,91 +23,40 @@ import contextlib
 import json
 import logging
 import ssl
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import prometheus_client
 from aiohttp import web
 
-from edge_agent.kubecache import offline, tokens, watch
+from edge_agent.kubecache import discovery, heartbeats, offline, tokens, watch
 from edge_agent.kubecache.cache import AsyncStore
+from edge_agent.kubecache.call import Call
+from edge_agent.kubecache.fieldlabels import unsupported_label
+from edge_agent.kubecache.forward import Forwarder, UpstreamFailure
 from edge_agent.kubecache.health import HealthChecker, State
-from edge_agent.kubecache.keys import RequestInfo, Resource, Verb, component_of, parse_request
+from edge_agent.kubecache.keys import Verb, component_of, parse_request
 from edge_agent.kubecache.metrics import KubeCacheMetrics
-from edge_agent.kubecache.selectors import (
-    SelectorError,
-    parse_field_selector,
-    parse_label_selector,
-)
+from edge_agent.kubecache.selectors import SelectorError, parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
-from edge_agent.kubecache.store import Coverage, Scope, meta_of
+from edge_agent.kubecache.shared import Shared
+from edge_agent.kubecache.store import CacheStore
 from edge_agent.kubecache.upstream import Upstream
-from edge_agent.kubecache.wire import Representation, negotiate, status_object
+from edge_agent.kubecache.wire import (
+    Representation,
+    negotiate,
+    outcome_unknown_status,
+    status_object,
+)
+from edge_agent.kubecache.writethrough import WriteThrough
+
+__all__ = ["Call", "KubeProxy", "serve_kube_proxy"]
 
 log = logging.getLogger("edge_agent.kubecache.proxy")
-
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "content-encoding",
-        "accept-encoding",
-        "authorization",
-    }
-)
-_RESPONSE_DROP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
-)
-UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
-"""Errors that mean the upstream could not be reached (not an HTTP error answer)."""
 
 
 class BodyTooLargeError(ValueError):
     pass
-
-
-@dataclass(slots=True)
-class Call:
-    """One request to the proxy, parsed once."""
-
-    request: web.Request
-    info: RequestInfo
-    component: str
-    cached_agent: bool
-    representation: Representation
-    body: bytes
-
-    @property
-    def resource(self) -> Resource:
-        assert self.info.resource is not None  # noqa: S101 - only called for resource requests
-        return self.info.resource
-
-    @property
-    def cacheable(self) -> bool:
-        """The answer is plain JSON for a cached component about a whole object or list."""
-        return (
-            self.cached_agent
-            and self.info.is_resource
-            and self.representation is Representation.JSON
-            and self.info.subresource in {"", "status"}
-        )
-
-
-@dataclass(slots=True)
-class _Paging:
-    scope: Scope
-    seen: set[tuple[str, str]] = field(default_factory=set)
 
 
 def json_response(
@@ -134,9 +85,21 @@ class KubeProxy:
         self.metrics = KubeCacheMetrics(registry)
         self.health = HealthChecker(upstream=upstream, settings=settings.health)
         self.store = AsyncStore(metrics=self.metrics)
-        self._paging: OrderedDict[str, _Paging] = OrderedDict()
+        self.forwarder = Forwarder(
+            upstream=upstream, settings=settings, health=self.health, metrics=self.metrics
+        )
+        self.write_through = WriteThrough(store=self.store, settings=settings)
         self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(
             maxsize=settings.max_pending_writes
+        )
+        self.shared = Shared(
+            settings=settings,
+            upstream=upstream,
+            forwarder=self.forwarder,
+            health=self.health,
+            store=self.store,
+            metrics=self.metrics,
+            flush_writes=self.flush_writes,
         )
         self.url = ""
         self.health.on_change.append(self._on_health_change)
@@ -191,19 +154,85 @@ class KubeProxy:
             representation=negotiate(request.headers.get("Accept")),
             body=body,
         )
-        if info.verb is Verb.WATCH:
-            return await watch.serve(self, call)
+        return await self._route(call)
+
+    async def _route(self, call: Call) -> web.StreamResponse:
+        """Upstream while it may be reachable, else (or once it failed) locally."""
+        if call.info.verb is Verb.WATCH:
+            if not self.health.online and (refused := self._refused_field_label(call)):
+                return refused
+            return await watch.serve(self.shared, call)
         if self.health.online or self.health.state.state is State.UNKNOWN:
             try:
                 return await self._forward(call)
-            except UNREACHABLE as exc:
-                await self.health.report_failure(f"{type(exc).__name__}: {exc}")
+            except UpstreamFailure as failure:
+                if failure.maybe_sent and not _safe_to_answer_locally(call):
+                    return self._outcome_unknown(call, failure.reason)
                 log.info(
-                    "upstream unreachable for %s %s: answering locally",
-                    request.method,
-                    request.path,
+                    "upstream unreachable for %s %s (%s): answering locally",
+                    call.request.method,
+                    call.request.path,
+                    failure.reason,
                 )
-        return await offline.answer(self, call)
+        if refused := self._refused_field_label(call):
+            return refused
+        return await offline.answer(self.shared, call)
+
+    async def _forget_superseded_heartbeat(self, call: Call) -> None:
+        """A heartbeat reached the upstream: one answered locally before it is obsolete.
+
+        A heartbeat is answered locally while the upstream is still judged online when the
+        link is only slow (``heartbeat_timeout``); no offline-to-online transition follows to
+        sync it, and a later sync would set the Lease's renewTime (or the node's status) back
+        to that older copy.
+        """
+        if not self.store.status()["pending_heartbeats"]:
+            return
+        wanted = (
+            call.component,
+            call.resource.key,
+            call.info.namespace,
+            call.info.name,
+            call.info.subresource,
+        )
+        pending = await self.store.run("pending", lambda s: s.pending()) or {}
+        fields = ("component", "resource", "namespace", "name", "subresource")
+        stale = [
+            (key, record)
+            for key, record in pending.items()
+            if tuple(record.get(f) for f in fields) == wanted
+        ]
+
+        def clear(store: CacheStore) -> None:
+            for key, record in stale:
+                store.clear_pending(key, record)
+
+        if stale:
+            await self.store.run("clear_pending", clear)
+
+    def _outcome_unknown(self, call: Call, reason: str) -> web.Response:
+        log.warning(
+            "%s %s: the answer was lost after the request may have left (%s)",
+            call.request.method,
+            call.request.path,
+            reason,
+        )
+        self.metrics.requests.labels(verb=call.info.verb.value, source="unknown").inc()
+        return json_response(outcome_unknown_status(call.info.verb.value, reason), status=504)
+
+    def _refused_field_label(self, call: Call) -> web.Response | None:
+        """The API server's 400 for a field label it does not support, given locally."""
+        if call.info.verb not in {Verb.LIST, Verb.WATCH} or call.info.resource is None:
+            return None
+        text = call.request.query.get("fieldSelector", "")
+        try:
+            selector = parse_field_selector(text, max_length=self.settings.max_selector_length)
+        except SelectorError:
+            return None  # the local answer reports a malformed selector itself
+        message = unsupported_label(call.resource, selector)
+        if message is None:
+            return None
+        return json_response(status_object(400, "BadRequest", message), status=400)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_request_body_bytes
@@ -222,16 +251,8 @@ class KubeProxy:
 
     # ------------------------------------------------------------ online
 
-    def upstream_headers(self, call: Call, *, accept: str | None) -> dict[str, str]:
-        headers = {k: v for k, v in call.request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        if accept is not None:
-            headers["Accept"] = accept
-        return headers
-
-    def upstream_url(self, path_qs: str) -> str:
-        return self.upstream.base_url + path_qs
-
     async def _forward(self, call: Call) -> web.StreamResponse:
+        """Forward upstream; queue what the answer teaches the cache, after it went out."""
         write_through = call.cacheable and call.info.verb in {
             Verb.GET,
             Verb.LIST,
@@ -253,26 +274,20 @@ class KubeProxy:
             and call.representation is Representation.JSON
             else None
         )
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
-        async with self.upstream.session.request(
-            call.request.method,
-            self.upstream_url(call.request.path_qs),
-            headers=self.upstream_headers(
-                call, accept="application/json" if write_through or token_key else None
-            ),
-            data=call.body or None,
-            timeout=timeout,
-            allow_redirects=False,
-            # Kubernetes reads a body without Content-Type as JSON; aiohttp would send
-            # application/octet-stream instead (the official Python client sends none).
-            skip_auto_headers=("Content-Type", "User-Agent"),
-        ) as upstream:
-            if not (write_through or caching_raw or token_key):
-                self.metrics.requests.labels(verb=call.info.verb.value, source="passthrough").inc()
-                return await self.stream_back(call.request, upstream)
-            response, data = await self._stream_and_keep(call.request, upstream)
-        self.metrics.requests.labels(verb=call.info.verb.value, source="upstream").inc()
-        status = upstream.status
+        keep = bool(write_through or caching_raw or token_key)
+        answer = await self.forwarder.forward(
+            call,
+            accept="application/json" if write_through or token_key else None,
+            keep=keep,
+            deadline=self.settings.heartbeat_timeout if heartbeats.is_heartbeat(call) else None,
+        )
+        source = "upstream" if keep else "passthrough"
+        self.metrics.requests.labels(verb=call.info.verb.value, source=source).inc()
+        if answer.status == 200 and not answer.broken and heartbeats.is_heartbeat(call):
+            await self._writes.put(lambda: self._forget_superseded_heartbeat(call))
+        if not keep or answer.broken:
+            return answer.response
+        status, data = answer.status, answer.body
         if data is None:
             log.info(
                 "%s %s: answer not cached (client left, or too big)",
@@ -280,159 +295,28 @@ class KubeProxy:
                 call.request.path,
             )
         elif write_through:
-            await self._writes.put(lambda: self._write_through(call, status, data))
+            await self._writes.put(lambda: self.write_through.apply(call, status, data))
         elif token_key:
             key = token_key
-            await self._writes.put(lambda: tokens.remember(self, call, key, status, data))
+            await self._writes.put(lambda: tokens.remember(self.shared, call, key, status, data))
         elif status == 200:
-            content_type = upstream.headers.get("Content-Type", "")
-            await self._writes.put(lambda: offline.remember_raw(self, call, content_type, data))
-        return response
-
-    async def _stream_and_keep(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
-    ) -> tuple[web.StreamResponse, bytes | None]:
-        """Relay the answer as it arrives and keep a copy for the cache (None if too big).
-
-        Streaming, not read-then-send: the client gets a 5,000-pod LIST as fast as without
-        the proxy in between, and the cache write happens after, off the answer's path.
-        """
-        limit = self.settings.max_response_bytes
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
-        chunks: list[bytes] | None = []
-        size = 0
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-                if chunks is not None:
-                    size += len(chunk)
-                    chunks = chunks if size <= limit else None
-                    if chunks is not None:
-                        chunks.append(chunk)
-            await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            return response, None  # the client left; a partial answer is not cached
-        return response, None if chunks is None else b"".join(chunks)
-
-    async def stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        """Copy an upstream answer to the client as it arrives (watches, logs, protobuf)."""
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP}
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-        return response
-
-    async def _write_through(self, call: Call, status: int, data: bytes) -> None:
-        verb = call.info.verb
-        if verb is Verb.GET and status == 404 and not call.info.subresource:
-            await self.store.run(
-                "delete",
-                lambda s: s.delete(
-                    call.component, call.resource, call.info.namespace, call.info.name
-                ),
+            content_type = answer.content_type
+            await self._writes.put(
+                lambda: discovery.remember(self.shared, call, content_type, data)
             )
-            return
-        if status not in {200, 201}:
-            return
-        try:
-            # Off the event loop: a LIST of 5,000 pods is megabytes of JSON.
-            body = (
-                await asyncio.to_thread(json.loads, data) if len(data) > 65536 else json.loads(data)
-            )
-        except ValueError:
-            return
-        if not isinstance(body, dict):
-            return
-        if verb is Verb.LIST:
-            await self._cache_list(call, body)
-        elif verb is Verb.DELETE:
-            await self._cache_delete(call, body)
-        elif body.get("kind") != "Status":
-            await self.store.run("put", lambda s: s.put(call.component, call.resource, body))
+        return answer.response
 
-    async def _cache_delete(self, call: Call, body: dict[str, Any]) -> None:
-        if body.get("kind") != "Status" and meta_of(body).get("deletionTimestamp"):
-            await self.store.run("put", lambda s: s.put(call.component, call.resource, body))
-            return
-        await self.store.run(
-            "delete",
-            lambda s: s.delete(call.component, call.resource, call.info.namespace, call.info.name),
-        )
 
-    def scope_of(self, call: Call) -> Scope:
-        """The scope a LIST or WATCH asks for; raises SelectorError on a bad selector."""
-        bound = self.settings.max_selector_length
-        query = call.request.query
-        return Scope(
-            component=call.component,
-            resource=call.resource,
-            namespace=call.info.namespace,
-            labels=parse_label_selector(query.get("labelSelector", ""), max_length=bound),
-            fields=parse_field_selector(query.get("fieldSelector", ""), max_length=bound),
-        )
+def _safe_to_answer_locally(call: Call) -> bool:
+    """After an answer was lost, may the call still be answered locally?
 
-    async def _cache_list(self, call: Call, body: dict[str, Any]) -> None:
-        try:
-            scope = self.scope_of(call)
-        except SelectorError:
-            return
-        items = body.get("items")
-        if not isinstance(items, list):
-            return
-        list_kind = str(body.get("kind", ""))
-        api_version = str(body.get("apiVersion", call.resource.api_version))
-        have_kind = bool(items) and isinstance(items[0], dict) and "kind" in items[0]
-        if not items:
-            have_kind = "." in call.resource.group and not call.resource.group.endswith("k8s.io")
-        kind = list_kind.removesuffix("List")
-        objects = [
-            {"kind": kind, "apiVersion": api_version, **item}
-            for item in items
-            if isinstance(item, dict)
-        ]
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-        assert isinstance(meta, dict)  # noqa: S101 - narrowed just above
-        token = str(meta.get("continue") or "")
-        paging = self._paging.pop(call.request.query.get("continue", ""), None)
-        if call.request.query.get("continue") and (paging is None or paging.scope != scope):
-            await self.store.run(
-                "put_many", lambda s: s.put_many(call.component, call.resource, objects)
-            )
-            return  # a page of a LIST whose start we did not see: no claim of completeness
-        paging = paging or _Paging(scope=scope)
-        if token:
-            await self.store.run(
-                "put_many", lambda s: s.put_many(call.component, call.resource, objects)
-            )
-            paging.seen.update(
-                (str(meta_of(o).get("namespace", "")), str(meta_of(o).get("name", "")))
-                for o in objects
-            )
-            self._paging[token] = paging
-            while len(self._paging) > self.settings.max_paged_lists:
-                self._paging.popitem(last=False)
-            return
-        coverage = Coverage(
-            scope_key=scope.key,
-            namespace=scope.namespace,
-            labels=str(scope.labels),
-            fields=str(scope.fields),
-            rv=str(meta.get("resourceVersion", "")),
-            list_kind=list_kind,
-            api_version=api_version,
-            items_have_kind=have_kind,
-        )
-        seen = frozenset(paging.seen)
-        await self.store.run(
-            "replace", lambda s: s.replace(scope, objects, coverage, seen_before=seen)
-        )
+    Reads may. Of the writes, only those the offline path keeps and replays (heartbeats) or
+    answers without a change (TokenRequests) may; any other write may have been applied, so
+    its outcome is unknown, and "not sent" would be a lie.
+    """
+    if call.request.method in {"GET", "HEAD", "OPTIONS"}:
+        return True
+    return call.cached_agent and (heartbeats.is_heartbeat(call) or tokens.is_token_request(call))
 
 
 PROXY_KEY = web.AppKey("kube_proxy", KubeProxy)
@@ -477,7 +361,7 @@ async def serve_kube_proxy(
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(proxy.health.run(), name="kubecache.health"),
-                group.create_task(offline.sync_loop(proxy), name="kubecache.sync"),
+                group.create_task(heartbeats.sync_loop(proxy.shared), name="kubecache.sync"),
                 group.create_task(proxy.write_loop(), name="kubecache.write-behind"),
             ]
             try:

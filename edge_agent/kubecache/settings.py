@@ -31,6 +31,12 @@ class HealthSettings:
     timeout: float = 2.0
     """Seconds one probe may take; a loaded API server answers /readyz in milliseconds."""
 
+    retry_interval: float = 1.0
+    """Seconds before the next probe after a result that points the other way (a failure
+    while online, a success while offline). A silent link makes every probe wait out its
+    ``timeout``; at ``interval`` pace three failures took 19.5 s, at this pace the state turns
+    about ``failure_threshold`` x (``timeout`` + this) = 9 s after the first failed probe."""
+
     failure_threshold: int = 3
     """Consecutive failures (probes or proxied requests) before going offline (OpenYurt: 3)."""
 
@@ -66,6 +72,17 @@ class KubeCacheSettings:
 
     connect_timeout: float = 5.0
     """Seconds to open a connection upstream before the request fails over to the cache."""
+
+    read_timeout: float = 10.0
+    """Seconds without a byte from upstream on a forwarded non-watch request, before its answer
+    starts (first byte) and between chunks. A silent link is then given up on even before the
+    health checker turns offline; an API server starts its answer to a 5,000-pod LIST in
+    about a second."""
+
+    heartbeat_timeout: float = 4.0
+    """Seconds a heartbeat (Lease renewal, node status) may wait upstream before it is
+    answered from the cache instead: kubelet gives up on a lease renewal after 10 s (its
+    renew interval), so the local answer must come well before that."""
 
     request_timeout: float = 60.0
     """Seconds for one whole non-watch request upstream (kubectl's default is none; 60 s is

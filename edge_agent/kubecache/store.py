@@ -1,29 +1,36 @@
 # Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
-"""The object cache on disk: diskcache (SQLite) with JSON values and plain string keys.
+"""The object cache on disk, the driver of the view core: diskcache (SQLite), JSON values.
 
-Layout (all keys are ``str``, stored as SQLite TEXT; values are zlib-compressed JSON):
+What is true is decided by :mod:`edge_agent.kubecache.views` (pure); this module persists
+it and reads snapshots. Layout (all keys are ``str``; values are zlib-compressed JSON):
 
-* ``o/<component>/<resource>.<version>.<group>/<ns or _>/<name>``: one object, as the API
-  server returned it (always with ``kind`` and ``apiVersion``). Writes are ordered by
-  resourceVersion: an older or equal version never overwrites a newer one.
-* ``c/<component>/<gvr>/<ns or _>/<selector hash>``: a *coverage* record. It says a LIST
-  (or a watch's initial events) with this namespace and these selectors was complete at
-  ``rv``, so the cache can answer any query that asks for a subset of it. This is how a
-  second LIST with a different selector is answered offline (OpenYurt refuses it, #1963).
+* ``o/<component>/<resource>.<version>.<group>/<ns or _>/<name>``: the newest stored version
+  of one object (always with ``kind`` and ``apiVersion``; its resourceVersion in the row's
+  tag). Stored once per component, however many views hold it.
+* ``h/<object key without o/>/<rv>``: an older version that some view still records (a
+  view's snapshot shows what that view saw, not a newer copy another view brought).
+* ``c/<component>/<gvr>/<ns or _>/<selector hash>``: a *view*: a LIST (or a watch's initial
+  events, or one object read or written: ``metadata.name=<name>``) with this namespace and
+  these selectors, complete at ``rv``. Any query asking for a subset of a view is answered
+  from it offline (OpenYurt refuses this, #1963).
+* ``v/<view key without c/>/<ns or _>/<name>``: one member of a view (tag: the rv it holds).
 * ``p/<component>/<gvr>/<ns or _>/<name>/<subresource>``: a heartbeat written locally while
   offline, to be sent upstream on reconnect.
 * ``r/<sha256>``: a raw non-resource answer (discovery, ``/version``) for offline clients.
+* ``t/...``: TokenRequest answers (``tokens.py``).
 
-A LIST replaces its set in one SQLite transaction: objects in the scope that are not in the
-new answer are deleted, so deleted objects never linger. Every value lives inside SQLite
-(``disk_min_file_size`` is far above any object), so a kill -9 leaves either the old or the
-new state, never a torn one: SQLite's WAL journal rolls back an unfinished transaction.
-Nothing is ever evicted (``eviction_policy='none'``).
+A LIST sets its view's membership in one SQLite transaction; an object missing from it left
+*this* view and is deleted only when no view records it any more. Every value lives inside
+SQLite (``disk_min_file_size`` is far above any object), so a kill -9 leaves either the old
+or the new state: SQLite's WAL journal rolls back an unfinished transaction. Nothing is
+evicted (``eviction_policy='none'``). At the agent's open, versions no view records (a
+paged LIST abandoned halfway) are swept.
 
-The object index (which names exist per component and resource) is kept in memory and
-rebuilt at open by one pass over the keys, because diskcache has no prefix scan.
+The views and their members are loaded into memory at open (one query over ``v/``), and so
+is the index of names per component and resource.
 
-All methods here block; :class:`edge_agent.kubecache.proxy` calls them on one worker thread.
+All methods here block; :class:`edge_agent.kubecache.cache.AsyncStore` runs them on one
+worker thread.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import logging
 import os
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +62,26 @@ from edge_agent.kubecache.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from edge_agent.kubecache.views import (
+    Effects,
+    Event,
+    Family,
+    Pair,
+    View,
+    ViewBook,
+    ViewSpec,
+    rv_newer,
+    single_object_spec,
+)
+
+__all__ = ["rv_newer"]  # re-exported: callers compare versions through the store
 
 log = logging.getLogger("edge_agent.kubecache.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: views record their members (``v/``) and older versions they hold (``h/``). A format 1
+cache is migrated at open by dropping its objects and list records (a LIST online fills it
+again); pending heartbeats, tokens and discovery answers are kept."""
 _FORMAT_KEY = "m/format"
 
 
@@ -99,18 +122,6 @@ class RawPage:
     """Another item matches after this page."""
     remaining: int
     """Items after this page, counted only for queries without selectors (else -1)."""
-
-
-def rv_newer(candidate: str, current: str) -> bool:
-    """True if ``candidate`` is a later resourceVersion than ``current``.
-
-    resourceVersions are opaque by contract but are etcd (or kine) revisions in practice; when
-    both are integers they are compared, otherwise a different version counts as newer.
-    """
-    try:
-        return int(candidate) > int(current)
-    except ValueError:
-        return candidate != current
 
 
 def meta_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +220,19 @@ class StoreFormatError(RuntimeError):
 class CacheStore:
     """Objects, coverage records and pending heartbeats in one diskcache database."""
 
-    def __init__(self, directory: Path, *, min_file_size: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        min_file_size: int = 8 * 1024 * 1024,
+        maintain: bool = False,
+    ) -> None:
+        """Open (or create) the cache in ``directory``.
+
+        ``maintain``: the agent's own open; migrates an older format and sweeps object
+        versions no view records (a paged LIST abandoned halfway). Operators' read-only
+        opens (stats, verify) leave both alone, as the agent may be running.
+        """
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)  # noqa: PTH101 - the same call for a str or Path
         self.directory = directory
@@ -228,12 +251,12 @@ class CacheStore:
             for path in directory.iterdir():
                 if path.is_file() and path.name.startswith("cache.db"):
                     path.chmod(0o600)
-            self._check_format()
+            self._check_format(migrate=maintain)
             self._tokens: dict[str, float] = {}
-            self._names: dict[tuple[str, str], set[tuple[str, str]]] = {}
-            self._coverage: dict[tuple[str, str], dict[str, Coverage]] = {}
+            self._names: dict[Family, set[Pair]] = {}
+            self._book = ViewBook()
             self._pending: dict[str, dict[str, Any]] = {}
-            self._load_index()
+            self._load_index(sweep=maintain)
         except BaseException:
             self._cache.close()
             raise
@@ -241,56 +264,82 @@ class CacheStore:
     def close(self) -> None:
         self._cache.close()
 
-    def _check_format(self) -> None:
+    def _check_format(self, *, migrate: bool) -> None:
         found = self._cache.get(_FORMAT_KEY)
         if found is None:
             self._cache.set(_FORMAT_KEY, {"version": FORMAT_VERSION})
+        elif found == {"version": 1} and migrate:
+            log.warning("cache format 1: dropping cached objects and lists (kept: heartbeats)")
+            with self._cache.transact():
+                for key in [k for k in self._cache.iterkeys() if str(k)[:2] in {"o/", "c/"}]:
+                    self._cache.delete(key)
+                self._cache.set(_FORMAT_KEY, {"version": FORMAT_VERSION})
         elif found != {"version": FORMAT_VERSION}:
             raise StoreFormatError(f"cache format {found!r}, expected {FORMAT_VERSION}")
 
-    def _load_index(self) -> None:
-        for key in self._cache.iterkeys():
-            kind, _, rest = str(key).partition("/")
-            if kind == "o":
-                component, resource, namespace, name = rest.split("/")
-                ns = "" if namespace == NO_NAMESPACE else namespace
-                self._names.setdefault((component, resource), set()).add((ns, name))
-            elif kind == "c":
-                component, resource, _ = rest.split("/", 2)
-                record = self._cache.get(key)
-                if isinstance(record, dict):
-                    coverage = Coverage.from_json(str(key), record)
-                    self._coverage.setdefault((component, resource), {})[str(key)] = coverage
-            elif kind == "p":
-                record = self._cache.get(key)
-                if isinstance(record, dict):
-                    self._pending[str(key)] = record
-            elif kind == "t":
-                record = self._cache.get(key)
-                expires = record.get("expires") if isinstance(record, dict) else None
-                self._tokens[str(key)] = float(expires) if isinstance(expires, int | float) else 0
+    def _load_index(self, *, sweep: bool) -> None:
+        views: dict[str, Coverage] = {}
+        objects: list[str] = []
+        history: list[str] = []
+        for raw_key in self._cache.iterkeys():
+            key = str(raw_key)
+            kind = key.partition("/")[0]
+            if kind in {"o", "h"}:
+                (objects if kind == "o" else history).append(key)
+            elif kind in {"c", "p", "t"}:
+                self._load_record(kind, key, views)
+        members = self._load_members()
+        for view_key, coverage in views.items():
+            component, resource = view_key.split("/")[1:3]
+            spec = _spec_of((component, resource), coverage)
+            self._book.load(view_key, spec, rv=coverage.rv, members=members.get(view_key, {}))
+        self._load_objects(objects, history, sweep=sweep)
 
-    # ------------------------------------------------------------ objects
+    def _load_record(self, kind: str, key: str, views: dict[str, Coverage]) -> None:
+        record = self._cache.get(key)
+        if not isinstance(record, dict):
+            return
+        if kind == "c":
+            views[key] = Coverage.from_json(key, record)
+        elif kind == "p":
+            self._pending[key] = record
+        else:
+            expires = record.get("expires")
+            self._tokens[key] = float(expires) if isinstance(expires, int | float) else 0
 
-    def get(self, component: str, resource: Resource, namespace: str, name: str) -> object:
-        return self._cache.get(object_key(component, resource, namespace, name))
+    def _load_members(self) -> dict[str, dict[Pair, str]]:
+        members: dict[str, dict[Pair, str]] = {}
+        for key, tag in self._cache._sql(  # noqa: SLF001 - keys and tags in one query
+            "SELECT key, tag FROM Cache WHERE key >= 'v/' AND key < 'v0' AND raw = 1"
+        ).fetchall():
+            parsed = parse_member_key(str(key))
+            if parsed is not None:
+                members.setdefault(parsed[0], {})[parsed[1]] = str(tag or "")
+        return members
 
-    def put(
-        self, component: str, resource: Resource, obj: dict[str, Any], *, force: bool = False
-    ) -> bool:
-        """Store one object unless the cache already holds the same or a newer version."""
-        meta = meta_of(obj)
-        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        if not name:
-            return False
-        key = object_key(component, resource, namespace, name)
-        with self._cache.transact():
-            current = self._current_rv(key)
-            if not force and current is not None and not rv_newer(rv_of(obj), current):
-                return False
-            self._cache.set(key, obj, tag=rv_of(obj) or None)
-        self._names.setdefault((component, resource.key), set()).add((namespace, name))
-        return True
+    def _load_objects(self, objects: list[str], history: list[str], *, sweep: bool) -> None:
+        """Index the stored objects; with ``sweep``, drop versions no view records."""
+        for key in objects:
+            parsed = parse_object_key(key)
+            if parsed is None:
+                continue
+            family, pair = (parsed[0], parsed[1]), (parsed[2], parsed[3])
+            if sweep and not self._book.recorded_versions(family, pair):
+                self._cache.delete(key)
+                continue
+            self._names.setdefault(family, set()).add(pair)
+        for key in history if sweep else []:
+            base, _, rv = key.rpartition("/")
+            parsed = parse_object_key("o/" + base[2:])
+            if parsed is None or rv not in self._book.recorded_versions(
+                (parsed[0], parsed[1]), (parsed[2], parsed[3])
+            ):
+                self._cache.delete(key)
+
+    # ------------------------------------------------------------ object versions (driver)
+
+    def _family(self, component: str, resource: Resource) -> Family:
+        return (component, resource.key)
 
     def _current_rv(self, key: str) -> str | None:
         """The resourceVersion held under ``key`` (None: nothing held), from its tag column.
@@ -309,6 +358,169 @@ class CacheStore:
         current = self._cache.get(key)
         return rv_of(current) if isinstance(current, dict) else ""
 
+    def _raw_text(self, key: str) -> bytes | None:
+        rows = self._cache._sql(  # noqa: SLF001 - the stored JSON text without decoding it
+            "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)
+        ).fetchall()
+        if not rows:
+            return None
+        mode, filename, value = rows[0]
+        return raw_json(self._cache.disk, mode, filename, value)
+
+    def _set_latest(self, family: Family, pair: Pair, key: str, obj: dict[str, Any]) -> None:
+        self._cache.set(key, obj, tag=rv_of(obj) or None)
+        self._names.setdefault(family, set()).add(pair)
+
+    def _write_version(
+        self, family: Family, resource: Resource, obj: dict[str, Any], *, force: bool = False
+    ) -> None:
+        """Store one object version that a view records (called after the views changed).
+
+        ``o/`` holds the newest version; an older one that some view still records lives
+        under ``h/.../<rv>`` (a snapshot must show what its view recorded, rule 4).
+        """
+        meta = meta_of(obj)
+        pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        key = object_key(family[0], resource, *pair)
+        rv = rv_of(obj)
+        current = self._current_rv(key)
+        if current is None or (current == rv and force):
+            self._set_latest(family, pair, key, obj)
+            return
+        if current == rv:
+            return
+        recorded = self._book.recorded_versions(family, pair)
+        if rv_newer(rv, current):
+            if current in recorded:
+                old = self._cache.get(key)
+                if isinstance(old, dict):
+                    self._cache.set(history_key(key, current), old, tag=current or None)
+            self._set_latest(family, pair, key, obj)
+        elif rv in recorded and (force or self._current_rv(history_key(key, rv)) is None):
+            self._cache.set(history_key(key, rv), obj, tag=rv or None)
+
+    def _persist(self, view_key: str, family: Family, resource: Resource, effects: Effects) -> None:
+        """Write what one view operation changed: its record, members, released versions."""
+        view = self._book.get(view_key)
+        if view is not None and effects.moved:
+            self._cache.set(view_key, _coverage_of(view).to_json())
+        for pair, rv in effects.recorded:
+            self._cache.set(member_key(view_key, pair), rv, tag=rv or None)
+        for pair in effects.dropped:
+            self._cache.delete(member_key(view_key, pair))
+        for pair, rv in effects.released:
+            self._collect(family, resource, pair, rv)
+
+    def _collect(self, family: Family, resource: Resource, pair: Pair, rv: str) -> None:
+        """Delete a stored version no view records; the object when no version is left."""
+        key = object_key(family[0], resource, *pair)
+        recorded = self._book.recorded_versions(family, pair)
+        if not recorded:
+            self._cache.delete(key)
+            low = history_key(key, "")
+            for (old,) in self._cache._sql(  # noqa: SLF001 - a prefix scan
+                "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
+                (low, low[:-1] + "0"),
+            ).fetchall():
+                self._cache.delete(old)
+            self._names.get(family, set()).discard(pair)
+        elif rv != self._current_rv(key):
+            self._cache.delete(history_key(key, rv))
+
+    # ------------------------------------------------------------ single objects
+
+    def _single(self, component: str, resource: Resource, namespace: str, name: str) -> str:
+        return Scope(
+            component=component,
+            resource=resource,
+            namespace=namespace,
+            fields=_parse_fields(f"metadata.name={name}"),
+        ).key
+
+    def put(
+        self, component: str, resource: Resource, obj: dict[str, Any], *, force: bool = False
+    ) -> bool:
+        """Record one object read or written (its single-object view); False if older.
+
+        ``force`` rewrites the stored text of the same version (a heartbeat answered
+        locally keeps the upstream resourceVersion).
+        """
+        meta = meta_of(obj)
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        if not name:
+            return False
+        family = self._family(component, resource)
+        with self._cache.transact():
+            if force:
+                self._write_version(family, resource, obj, force=True)
+                return True
+            view_key = self._single(component, resource, namespace, name)
+            spec = single_object_spec(family, namespace, name)
+            rv = rv_of(obj)
+            effects = self._book.list_done(view_key, spec, {(namespace, name): rv}, rv=rv)
+            if not effects.applied:
+                return False
+            if effects.recorded:  # the same version read again writes nothing
+                self._write_version(family, resource, obj)
+            self._persist(view_key, family, resource, effects)
+        return bool(effects.changes)
+
+    def delete(
+        self, component: str, resource: Resource, namespace: str, name: str, *, rv: str = ""
+    ) -> bool:
+        """The object is gone (a GET's 404, a DELETE's answer): its single view is empty.
+
+        Views that listed it keep it until their own LIST or watch says it left.
+        """
+        family = self._family(component, resource)
+        view_key = self._single(component, resource, namespace, name)
+        spec = single_object_spec(family, namespace, name)
+        with self._cache.transact():
+            effects = self._book.list_done(view_key, spec, {}, rv=rv or None)
+            if not effects.applied:
+                return False
+            self._persist(view_key, family, resource, effects)
+        return bool(effects.changes)
+
+    def lookup(
+        self, component: str, resource: Resource, namespace: str, name: str
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """(known, object) from the newest view that holds this name.
+
+        known False: no view covers it (we cannot say); object None: it is not there.
+        """
+        family = self._family(component, resource)
+        view = self._book.covering(
+            family, namespace=namespace, fields=_parse_fields(f"metadata.name={name}")
+        )
+        if view is None:
+            return False, None
+        rv = view.members.get((namespace, name))
+        if rv is None:
+            return True, None
+        return True, self._version(family, resource, (namespace, name), rv)
+
+    def get(self, component: str, resource: Resource, namespace: str, name: str) -> object:
+        return self.lookup(component, resource, namespace, name)[1]
+
+    def _version(
+        self, family: Family, resource: Resource, pair: Pair, rv: str
+    ) -> dict[str, Any] | None:
+        key = object_key(family[0], resource, *pair)
+        current = self._current_rv(key)
+        obj = self._cache.get(key if current == rv else history_key(key, rv))
+        if obj is None:
+            obj = self._cache.get(key)  # never lose an object a view holds
+        return obj if isinstance(obj, dict) else None
+
+    def names(self, component: str, resource: Resource, namespace: str = "") -> list[str]:
+        """``(namespace, name)`` pairs held, in the order the API server lists them."""
+        pairs = self._names.get((component, resource.key), set())
+        chosen = [p for p in pairs if not namespace or p[0] == namespace]
+        return [f"{ns}/{name}" for ns, name in sorted(chosen, key=lambda p: sort_key(*p))]
+
+    # ------------------------------------------------------------ views
+
     @staticmethod
     def _range(scope_component: str, resource: Resource, namespace: str) -> tuple[str, str]:
         """The key range ``[low, high)`` of one component's objects of a resource (and ns)."""
@@ -325,44 +537,74 @@ class CacheStore:
         ).fetchall()
         return rows
 
-    def delete(
-        self, component: str, resource: Resource, namespace: str, name: str, *, rv: str = ""
-    ) -> bool:
-        """Remove one object unless the cache holds a version newer than ``rv``."""
-        key = object_key(component, resource, namespace, name)
-        with self._cache.transact():
-            current = self._cache.get(key)
-            if current is None:
-                return False
-            if rv and isinstance(current, dict) and rv_newer(rv_of(current), rv):
-                return False
-            self._cache.delete(key)
-        self._names.get((component, resource.key), set()).discard((namespace, name))
-        return True
+    def view_for(self, scope: Scope) -> View | None:
+        return self._book.covering(
+            self._family(scope.component, scope.resource),
+            namespace=scope.namespace,
+            labels=scope.labels,
+            fields=scope.fields,
+        )
 
-    def names(self, component: str, resource: Resource, namespace: str = "") -> list[str]:
-        """``(namespace, name)`` pairs held, in the order the API server lists them."""
-        pairs = self._names.get((component, resource.key), set())
-        chosen = [p for p in pairs if not namespace or p[0] == namespace]
-        return [f"{ns}/{name}" for ns, name in sorted(chosen, key=lambda p: sort_key(*p))]
+    def view_rv(self, scope: Scope) -> str | None:
+        """The resourceVersion of ``scope``'s own view (not a covering one), if it exists."""
+        view = self._book.get(scope.key)
+        return None if view is None else view.rv
 
-    def objects(self, scope: Scope) -> list[dict[str, Any]]:
-        """Every cached object inside ``scope``, in API server order, read in one query.
+    def coverage_for(self, scope: Scope) -> Coverage | None:
+        """The newest view whose list holds every object ``scope`` selects, if any."""
+        view = self.view_for(scope)
+        return None if view is None else _coverage_of(view)
 
-        The object keys of one component and resource (and namespace) form one key range,
-        and SQLite's key order (bytes) is the API server's ``<ns>/<name>`` order, so a single
-        indexed range scan returns the set sorted: no per-object lookups.
+    def objects(self, scope: Scope, *, view_key: str = "") -> list[dict[str, Any]]:
+        """The objects of ``scope`` in one view's snapshot, in API server order.
+
+        The covering view by default; each object at the version that view recorded.
         """
-        disk = self._cache.disk
+        view = self._book.get(view_key) if view_key else self.view_for(scope)
+        if view is None:
+            return []
+        family = self._family(scope.component, scope.resource)
         out: list[dict[str, Any]] = []
-        for mode, filename, value in self._rows(scope, "mode, filename, value"):
-            obj = disk.fetch(mode, filename, value, False)  # noqa: FBT003 - diskcache's signature
-            if isinstance(obj, dict) and scope.contains(obj):
+        for pair, rv in sorted(view.members.items(), key=lambda item: sort_key(*item[0])):
+            if scope.namespace and pair[0] != scope.namespace:
+                continue
+            obj = self._version(family, scope.resource, pair, rv)
+            if obj is not None and scope.contains(obj):
                 out.append(obj)
         return out
 
+    def object_at(self, scope: Scope, pair: Pair, rv: str) -> dict[str, Any] | None:
+        return self._version(
+            self._family(scope.component, scope.resource), scope.resource, pair, rv
+        )
+
     def list_raw(self, scope: Scope, *, start: str = "", limit: int = 0) -> RawPage:
-        """One page of the objects inside ``scope`` as stored JSON texts, in one query.
+        """One page of the covering view's snapshot of ``scope`` (empty if none)."""
+        view = self.view_for(scope)
+        if view is None:
+            return RawPage(items=[], last_key="", more=False, remaining=0)
+        return self._page(scope, view, start=start, limit=limit)
+
+    def snapshot(
+        self, scope: Scope, *, start: str = "", limit: int = 0, at: str = ""
+    ) -> tuple[Coverage, RawPage] | None:
+        """The covering view and one page of it, read together (one consistent snapshot).
+
+        ``at``: the resourceVersion a continued LIST started at; the page is served only if
+        the view's snapshot is the same as at ``at`` (nothing recorded changed since), else
+        :class:`SnapshotExpiredError`.
+        """
+        view = self.view_for(scope)
+        if view is None:
+            return None
+        if at and at != view.rv:
+            changed = self._book.replay(view.key, at)
+            if changed is None or changed or rv_newer(at, view.rv):
+                raise SnapshotExpiredError(at)
+        return _coverage_of(view), self._page(scope, view, start=start, limit=limit)
+
+    def _page(self, scope: Scope, view: View, *, start: str, limit: int) -> RawPage:
+        """One page of ``view``'s members inside ``scope``, as stored JSON texts.
 
         Nothing is decoded when the query has no selectors; with selectors, an object is
         decoded only if its text contains every value the selectors require (a necessary
@@ -372,24 +614,29 @@ class CacheStore:
         selective = bool(scope.labels.requirements or scope.fields.requirements)
         needles = _needles(scope) if selective else []
         disk = self._cache.disk
+        members = view.members
         items: list[bytes] = []
         last_key = ""
-        rows = self._rows(scope, "key, mode, filename, value")
-        for index, (key, mode, filename, value) in enumerate(rows):
-            relative = str(key)[len(low) :]
-            relative = relative.removeprefix(f"{NO_NAMESPACE}/")
+        rows = self._rows(scope, "key, tag, mode, filename, value")
+        for index, (key, tag, mode, filename, value) in enumerate(rows):
+            parsed = parse_object_key(str(key))
+            if parsed is None:
+                continue
+            pair = (parsed[2], parsed[3])
+            member_rv = members.get(pair)
+            if member_rv is None:
+                continue
+            relative = str(key)[len(low) :].removeprefix(f"{NO_NAMESPACE}/")
             if relative < start:
                 continue
             if limit and len(items) >= limit and not selective:
-                return RawPage(
-                    items=items, last_key=last_key, more=True, remaining=len(rows) - index
-                )
+                remaining = _members_in(rows[index:], members)
+                return RawPage(items=items, last_key=last_key, more=True, remaining=remaining)
             text = raw_json(disk, mode, filename, value)
+            if member_rv != tag:  # the view holds an older version than the newest
+                text = self._raw_text(history_key(str(key), member_rv)) or text
             if selective:
-                if not all(any(n in text for n in group) for group in needles):
-                    continue
-                obj = json.loads(text)
-                if not (isinstance(obj, dict) and scope.contains(obj)):
+                if not _selected(scope, needles, text):
                     continue
                 if limit and len(items) >= limit:
                     return RawPage(items=items, last_key=last_key, more=True, remaining=-1)
@@ -399,28 +646,36 @@ class CacheStore:
             items=items, last_key=last_key, more=False, remaining=0 if not selective else -1
         )
 
-    # ------------------------------------------------------------ lists
-
-    def _put_locked(self, component: str, resource: Resource, obj: dict[str, Any]) -> str:
-        """Write ``obj`` unless a newer version is held; ADDED, MODIFIED or '' (kept)."""
-        meta = meta_of(obj)
-        key = object_key(component, resource, str(meta.get("namespace", "")), str(meta["name"]))
-        current = self._current_rv(key)
-        if current is not None and not rv_newer(rv_of(obj), current):
-            return ""
-        self._cache.set(key, obj, tag=rv_of(obj) or None)
-        return "ADDED" if current is None else "MODIFIED"
-
     def put_many(self, component: str, resource: Resource, items: list[dict[str, Any]]) -> None:
-        """Store one page of a paged LIST (ordered by resourceVersion, one transaction)."""
+        """Store one page of a paged LIST; its view records it when the last page arrives.
+
+        Until then the versions are held by no view (a LIST abandoned halfway leaves them
+        for the sweep at the next start).
+        """
+        family = self._family(component, resource)
         with self._cache.transact():
-            written = [obj for obj in items if meta_of(obj).get("name")]
-            for obj in written:
-                self._put_locked(component, resource, obj)
-        names = self._names.setdefault((component, resource.key), set())
-        for obj in written:
-            meta = meta_of(obj)
-            names.add((str(meta.get("namespace", "")), str(meta["name"])))
+            for obj in items:
+                if meta_of(obj).get("name"):
+                    self._write_loose(family, resource, obj)
+
+    def _write_loose(self, family: Family, resource: Resource, obj: dict[str, Any]) -> None:
+        """Keep a version no view records yet: as the newest, or under ``h/`` if older."""
+        meta = meta_of(obj)
+        pair = (str(meta.get("namespace", "")), str(meta["name"]))
+        key = object_key(family[0], resource, *pair)
+        current = self._current_rv(key)
+        rv = rv_of(obj)
+        if current is None:
+            self._set_latest(family, pair, key, obj)
+        elif current != rv:
+            if rv_newer(rv, current):
+                if current in self._book.recorded_versions(family, pair):
+                    old = self._cache.get(key)
+                    if isinstance(old, dict):
+                        self._cache.set(history_key(key, current), old, tag=current or None)
+                self._set_latest(family, pair, key, obj)
+            else:
+                self._cache.set(history_key(key, rv), obj, tag=rv or None)
 
     def replace(
         self,
@@ -428,110 +683,97 @@ class CacheStore:
         items: list[dict[str, Any]],
         coverage: Coverage,
         *,
-        seen_before: frozenset[tuple[str, str]] = frozenset(),
+        seen_before: Mapping[Pair, str] | None = None,
     ) -> list[Change]:
-        """Make the scope hold exactly ``items`` and record its coverage, in one transaction.
+        """A complete LIST of view ``scope`` at ``coverage.rv``, in one transaction.
 
-        ``seen_before`` names the items of earlier pages. Returns what changed, as watch events.
+        Its membership becomes ``items`` plus ``seen_before`` (earlier pages' pair -> rv).
 
-        Ordered by resourceVersion both ways: an item older than the cached copy does not
-        overwrite it, and a cached object newer than the list (a watch wrote it meanwhile) is
-        not deleted for missing from the list.
+        Returns the view's changes as watch events (empty if the list was older than the
+        view). Objects that left this view stay stored while another view records them.
         """
-        seen: set[tuple[str, str]] = set(seen_before)
+        family = self._family(scope.component, scope.resource)
+        spec = _spec_of(family, coverage)
+        named = {
+            (str(meta_of(o).get("namespace", "")), str(meta_of(o)["name"])): o
+            for o in items
+            if meta_of(o).get("name")
+        }
+        members = dict(seen_before or {})
+        members.update({pair: rv_of(obj) for pair, obj in named.items()})
         with self._cache.transact():
-            held = {str(key): tag for key, tag in self._rows(scope, "key, tag")}
-            changes = self._write_items(scope, items, held, seen)
-            changes += self._delete_missing(scope, held, seen, coverage)
-            self._cache.set(coverage.scope_key, coverage.to_json())
-        names = self._names.setdefault((scope.component, scope.resource.key), set())
-        for change in changes:
-            meta = meta_of(change.obj)
-            pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-            if change.type == "DELETED":
-                names.discard(pair)
-            else:
-                names.add(pair)
-        per_resource = self._coverage.setdefault((scope.component, scope.resource.key), {})
-        per_resource[coverage.scope_key] = coverage
-        return changes
+            old = self._book.get(scope.key)
+            before = dict(old.members) if old is not None else {}
+            effects = self._book.list_done(scope.key, spec, members, rv=coverage.rv)
+            if not effects.applied:
+                return []
+            # Only versions this view did not record yet: a re-list that changed nothing
+            # writes nothing (the same 5,000 pods every minute cost no disk work).
+            for pair, _rv in effects.recorded:
+                if pair in named:
+                    self._write_version(family, scope.resource, named[pair])
+            changes = [self._change(scope, event, before) for event in effects.changes]
+            self._persist(scope.key, family, scope.resource, effects)
+        return [c for c in changes if c is not None]
 
-    def _write_items(
-        self,
-        scope: Scope,
-        items: list[dict[str, Any]],
-        held: dict[str, object],
-        seen: set[tuple[str, str]],
-    ) -> list[Change]:
-        """Write the items newer than what is ``held`` (key -> rv tag); note them in ``seen``."""
-        changes: list[Change] = []
-        for obj in items:
-            meta = meta_of(obj)
-            if not meta.get("name"):
-                continue
-            pair = (str(meta.get("namespace", "")), str(meta["name"]))
-            seen.add(pair)
-            key = object_key(scope.component, scope.resource, *pair)
-            if key in held:
-                current = held[key]
-                if not (isinstance(current, str) and current):
-                    current = self._current_rv(key)
-                if not rv_newer(rv_of(obj), str(current)):
-                    continue
-            self._cache.set(key, obj, tag=rv_of(obj) or None)
-            changes.append(Change(type="MODIFIED" if key in held else "ADDED", obj=obj))
-        return changes
+    def _change(self, scope: Scope, event: Event, before: Mapping[Pair, str]) -> Change | None:
+        rv = before.get(event.pair, "") if event.type == "DELETED" else event.rv
+        obj = self.object_at(scope, event.pair, rv) if rv else None
+        if obj is None:
+            obj = _stub(self._book.get(scope.key), scope, event.pair, event.rv)
+        return Change(type=event.type, obj=obj)
 
-    def _delete_missing(
-        self,
-        scope: Scope,
-        held: dict[str, object],
-        seen: set[tuple[str, str]],
-        coverage: Coverage,
-    ) -> list[Change]:
-        """Delete what ``scope`` holds that the list did not name, unless newer than it."""
-        selective = bool(scope.labels.requirements or scope.fields.requirements)
-        changes: list[Change] = []
-        for key, tag in held.items():
-            parsed = parse_object_key(key)
-            if parsed is None or (parsed[2], parsed[3]) in seen:
-                continue
-            if coverage.rv and isinstance(tag, str) and tag and rv_newer(tag, coverage.rv):
-                continue
-            old = self._cache.get(key)
-            if not isinstance(old, dict) or (selective and not scope.contains(old)):
-                continue
-            if coverage.rv and rv_newer(rv_of(old), coverage.rv):
-                continue
-            self._cache.delete(key)
-            changes.append(Change(type="DELETED", obj=old))
-        return changes
+    def has_view(self, scope: Scope) -> bool:
+        """In memory only (any thread): has ``scope`` been listed (is it a view)?"""
+        return self._book.get(scope.key) is not None
 
-    def coverage_for(self, scope: Scope) -> Coverage | None:
-        """The coverage whose list holds every object ``scope`` selects, if any."""
-        best: Coverage | None = None
-        candidates = self._coverage.get((scope.component, scope.resource.key), {})
-        for coverage in candidates.values():
-            covering = Scope(
-                component=scope.component,
-                resource=scope.resource,
-                namespace=coverage.namespace,
-                labels=_parse_labels(coverage.labels),
-                fields=_parse_fields(coverage.fields),
-            )
-            if covering.covers(scope) and (best is None or rv_newer(coverage.rv, best.rv)):
-                best = coverage
-        return best
+    def would_record(self, scope: Scope, rv: str, *, prev: str) -> bool:
+        """In memory only (any thread): would a watch line at ``rv`` change view ``scope``?"""
+        return self._book.would_record(scope.key, rv, prev=prev)
 
-    def advance(self, scope: Scope, rv: str) -> None:
-        """Move a coverage's resourceVersion forward after its watch delivered ``rv``."""
-        per_resource = self._coverage.get((scope.component, scope.resource.key), {})
-        coverage = per_resource.get(scope.key)
-        if coverage is None or not rv_newer(rv, coverage.rv):
-            return
-        updated = Coverage.from_json(scope.key, {**coverage.to_json(), "rv": rv})
-        self._cache.set(scope.key, updated.to_json())
-        per_resource[scope.key] = updated
+    def apply_event(self, scope: Scope, kind: str, obj: dict[str, Any], *, prev: str) -> bool:
+        """A watch event of view ``scope`` whose stream delivered ``prev`` before it."""
+        meta = meta_of(obj)
+        pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if not pair[1]:
+            return False
+        family = self._family(scope.component, scope.resource)
+        with self._cache.transact():
+            effects = self._book.event(scope.key, kind, pair, rv_of(obj), prev=prev)
+            if not effects.applied:
+                return False
+            if kind != "DELETED":
+                self._write_version(family, scope.resource, obj)
+            self._persist(scope.key, family, scope.resource, effects)
+        return True
+
+    def advance(self, scope: Scope, rv: str, *, prev: str) -> None:
+        """A BOOKMARK of view ``scope``'s watch: the view is complete at ``rv``."""
+        if self._book.bookmark(scope.key, rv, prev=prev):
+            view = self._book.get(scope.key)
+            assert view is not None  # noqa: S101 - the book just moved it
+            self._cache.set(scope.key, _coverage_of(view).to_json())
+
+    def replay(self, scope: Scope, view_key: str, since: str) -> list[Change] | None:
+        """The changes of view ``view_key`` after ``since`` inside ``scope``; None: 410 Gone.
+
+        An object that changed but is no longer inside ``scope`` (a narrower query than the
+        view) is sent as DELETED: it left the watcher's view.
+        """
+        events = self._book.replay(view_key, since)
+        if events is None:
+            return None
+        out: list[Change] = []
+        for event in events:
+            obj = None if event.type == "DELETED" else self.object_at(scope, event.pair, event.rv)
+            if obj is None:
+                stub = _stub(self._book.get(view_key), scope, event.pair, event.rv)
+                out.append(Change(type="DELETED", obj=stub))
+            elif scope.contains(obj):
+                out.append(Change(type=event.type, obj=obj))
+            elif event.type != "ADDED":
+                out.append(Change(type="DELETED", obj=obj))
+        return out
 
     # ------------------------------------------------------------ pending heartbeats
 
@@ -607,7 +849,7 @@ class CacheStore:
         return {f"{c}/{r}": len(n) for (c, r), n in sorted(self._names.items()) if n}
 
     def coverage_summary(self) -> list[Coverage]:
-        return [c for per in self._coverage.values() for c in per.values()]
+        return [_coverage_of(view) for view in self._book.views.values()]
 
 
 def _needles(scope: Scope) -> list[tuple[bytes, ...]]:
@@ -637,3 +879,79 @@ def _parse_labels(text: str) -> LabelSelector:
 
 def _parse_fields(text: str) -> FieldSelector:
     return parse_field_selector(text, max_length=len(text) + 1)
+
+
+class SnapshotExpiredError(Exception):
+    """A continued LIST's snapshot is no longer the cache's (answer 410 Expired)."""
+
+
+def history_key(object_key_: str, rv: str) -> str:
+    """``h/<component>/<gvr>/<ns>/<name>/<rv>``: an older version some view records."""
+    return f"h/{object_key_[2:]}/{rv}"
+
+
+def member_key(view_key: str, pair: Pair) -> str:
+    """``v/<view key without c/>/<ns or _>/<name>``: one member of a view (tag: its rv)."""
+    return f"v/{view_key[2:]}/{pair[0] or NO_NAMESPACE}/{pair[1]}"
+
+
+def parse_member_key(key: str) -> tuple[str, Pair] | None:
+    parts = key.split("/")
+    if len(parts) != 7 or parts[0] != "v":
+        return None
+    view_key = "c/" + "/".join(parts[1:5])
+    namespace = "" if parts[5] == NO_NAMESPACE else parts[5]
+    return view_key, (namespace, parts[6])
+
+
+def _spec_of(family: Family, coverage: Coverage) -> ViewSpec:
+    return ViewSpec(
+        family=family,
+        namespace=coverage.namespace,
+        labels=coverage.labels,
+        fields=coverage.fields,
+        list_kind=coverage.list_kind,
+        api_version=coverage.api_version,
+        items_have_kind=coverage.items_have_kind,
+    )
+
+
+def _coverage_of(view: View) -> Coverage:
+    spec = view.spec
+    return Coverage(
+        scope_key=view.key,
+        namespace=spec.namespace,
+        labels=spec.labels,
+        fields=spec.fields,
+        rv=view.rv,
+        list_kind=spec.list_kind,
+        api_version=spec.api_version,
+        items_have_kind=spec.items_have_kind,
+    )
+
+
+def _stub(view: View | None, scope: Scope, pair: Pair, rv: str) -> dict[str, Any]:
+    """What a DELETED event carries when the object's last state is no longer stored."""
+    meta: dict[str, Any] = {"name": pair[1], "resourceVersion": rv}
+    if pair[0]:
+        meta["namespace"] = pair[0]
+    list_kind = view.spec.list_kind if view is not None else ""
+    api_version = (view.spec.api_version if view is not None else "") or scope.resource.api_version
+    return {"apiVersion": api_version, "kind": list_kind.removesuffix("List"), "metadata": meta}
+
+
+def _members_in(rows: list[tuple[Any, ...]], members: Mapping[Pair, str]) -> int:
+    """How many of these object rows (key first) are members of a view."""
+    count = 0
+    for row in rows:
+        parsed = parse_object_key(str(row[0]))
+        count += parsed is not None and (parsed[2], parsed[3]) in members
+    return count
+
+
+def _selected(scope: Scope, needles: list[tuple[bytes, ...]], text: bytes) -> bool:
+    """The stored object ``text`` is inside ``scope`` (decoded only if the needles are in it)."""
+    if not all(any(n in text for n in group) for group in needles):
+        return False
+    obj = json.loads(text)
+    return isinstance(obj, dict) and scope.contains(obj)

@@ -23,14 +23,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aiohttp import web
+
+from edge_agent.kubecache.answers import json_answer, reject
+from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.keys import Verb
 from edge_agent.kubecache.protowire import decode_token_request_spec
-from edge_agent.kubecache.wire import PROTOBUF
-
-if TYPE_CHECKING:
-    from edge_agent.kubecache.proxy import Call, KubeProxy
+from edge_agent.kubecache.shared import Shared
+from edge_agent.kubecache.wire import PROTOBUF, Representation
 
 KEY_PREFIX = "t/"
 _BOUND_KEYS = ("kind", "apiVersion", "name", "uid")
@@ -95,7 +97,7 @@ def expiry_of(answer: object) -> float | None:
     return when.timestamp() if when.tzinfo is not None else None
 
 
-async def remember(proxy: KubeProxy, call: Call, key: str, status: int, data: bytes) -> None:
+async def remember(shared: Shared, call: Call, key: str, status: int, data: bytes) -> None:
     """Keep an upstream TokenRequest answer (a 201 with a token and an expiry)."""
     if status not in {200, 201}:
         return
@@ -108,12 +110,12 @@ async def remember(proxy: KubeProxy, call: Call, key: str, status: int, data: by
         return
     record = {"component": call.component, "expires": expires, "object": answer}
     now = dt.datetime.now(dt.UTC).timestamp()
-    await proxy.store.run("put_token", lambda s: s.put_token(key, record, now=now))
+    await shared.store.run("put_token", lambda s: s.put_token(key, record, now=now))
 
 
-async def cached_answer(proxy: KubeProxy, key: str) -> dict[str, Any] | None:
+async def cached_answer(shared: Shared, key: str) -> dict[str, Any] | None:
     """The kept answer for ``key`` if its token has not expired yet."""
-    record = await proxy.store.run("get_token", lambda s: s.get_token(key))
+    record = await shared.store.run("get_token", lambda s: s.get_token(key))
     if not isinstance(record, dict) or not isinstance(record.get("object"), dict):
         return None
     expires = record.get("expires")
@@ -121,3 +123,15 @@ async def cached_answer(proxy: KubeProxy, key: str) -> dict[str, Any] | None:
         return None
     answer: dict[str, Any] = record["object"]
     return answer
+
+
+async def answer(shared: Shared, call: Call) -> web.StreamResponse:
+    """A TokenRequest seen online, answered with the API server's token until it expires."""
+    if call.representation is not Representation.JSON:
+        return reject(shared, call, "the client accepts only protobuf, which is not made offline")
+    key = request_key(call)
+    answer = None if key is None else await cached_answer(shared, key)
+    if answer is None:
+        return reject(shared, call, "no unexpired token for this request is cached")
+    shared.metrics.requests.labels(verb=call.info.verb.value, source="cache").inc()
+    return json_answer(answer, status=201)

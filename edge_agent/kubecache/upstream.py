@@ -143,9 +143,16 @@ async def open_direct_upstream(
     context: str | None = None,
     server: str | None = None,
     connect_timeout: float = 5.0,
-    max_connections: int = 64,
+    max_connections: int = 0,
 ) -> AsyncIterator[DirectUpstream]:
-    """An upstream from a kubeconfig; ``server`` overrides its URL (e.g. a fault proxy)."""
+    """An upstream from a kubeconfig; ``server`` overrides its URL (e.g. a fault proxy).
+
+    ``max_connections`` 0 (the default) puts no limit on the session's connection pool: every
+    watch holds one connection for its whole life, so with a limit the next watch, write or
+    health probe waits for a free connection that never comes (and the probe's timeout then
+    takes the node offline with the API server up). Each upstream connection serves one
+    request of a local client, so the clients in flight bound them.
+    """
     credentials = load_kubeconfig(kubeconfig, context=context)
     connector = aiohttp.TCPConnector(ssl=credentials.ssl_context, limit=max_connections)
     session = aiohttp.ClientSession(

@@ -4,19 +4,24 @@
 A client watch is a loop of phases on one HTTP response:
 
 * upstream phase (online): watch upstream from the last resourceVersion, with bookmarks
-  requested. Each event is applied to the cache (ordered by resourceVersion) and its line is
-  forwarded byte for byte; bookmarks reach the client only if it asked for them. An upstream
-  that ends normally is re-watched from the last resourceVersion. A 410 Gone (HTTP or ERROR
-  event) re-lists upstream, replaces the cached set and sends the client the difference as
-  ADDED / MODIFIED / DELETED, then watches on from the list's resourceVersion.
-* local phase (offline): serve the cache. A watch that *starts* offline first gets the cached
-  objects (ADDED for ``resourceVersion`` unset or 0, else MODIFIED for those newer than it);
-  then every local change (heartbeats answered locally) and a BOOKMARK every
-  ``bookmark_interval``. When the health checker says online, the upstream phase resumes
-  from the last resourceVersion, so changes made in the cloud during the outage arrive.
+  requested. Each line is forwarded byte for byte, then recorded in the watch's *view*
+  (``views.py``) if its stream is continuous from the view's resourceVersion (a watch from
+  the past, or from after a gap, records nothing); bookmarks reach the client only if it
+  asked for them. An upstream that ends normally is re-watched from the last
+  resourceVersion. A 410 Gone (HTTP or ERROR event) re-lists upstream into the view and
+  sends this client what the view recorded since *its* resourceVersion; if the view cannot
+  replay from there, the client gets the 410 and re-lists, as with the API server.
+* local phase (offline): serve the cache. A watch that *starts* offline replays the newest
+  view covering it (ADDED for ``resourceVersion`` unset or 0; else what changed since, and a
+  410 Expired ERROR event if that was not recorded, e.g. after a restart); then every local
+  change (heartbeats answered locally) and a BOOKMARK every ``bookmark_interval``. When the
+  health checker says online, the upstream phase resumes from the last resourceVersion, so
+  changes made in the cloud during the outage arrive.
 
 The first upstream answer that is not 200 is relayed as is (403, 400...), before the client
-response starts. The client's ``timeoutSeconds`` bounds the whole stream.
+response starts. A resume refused later with a client error other than 410 and 429 (404: the
+CRD was deleted) ends the client's stream, as the API server ends it; it is no health failure.
+The client's ``timeoutSeconds`` bounds the whole stream.
 """
 
 from __future__ import annotations
@@ -24,14 +29,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.health import State
 from edge_agent.kubecache.selectors import SelectorError
-from edge_agent.kubecache.store import Change, Coverage, Scope, meta_of, rv_newer, rv_of
+from edge_agent.kubecache.shared import Shared
+from edge_agent.kubecache.store import (
+    CacheStore,
+    Change,
+    Coverage,
+    Scope,
+    meta_of,
+    rv_newer,
+    rv_of,
+)
 from edge_agent.kubecache.wire import (
     LineSplitter,
     LineTooLongError,
@@ -39,9 +54,6 @@ from edge_agent.kubecache.wire import (
     offline_status,
     status_object,
 )
-
-if TYPE_CHECKING:
-    from edge_agent.kubecache.proxy import Call, KubeProxy
 
 log = logging.getLogger("edge_agent.kubecache.watch")
 
@@ -62,66 +74,86 @@ class ClientGoneError(Exception):
     """The client closed its side."""
 
 
+class ClientMustRelistError(Exception):
+    """The client was sent 410 Expired: its resourceVersion cannot be replayed."""
+
+
+def _gone_line(rv: str) -> bytes:
+    """The ERROR event the API server sends for a watch from a version it cannot replay."""
+    status = status_object(410, "Expired", f"too old resource version: {rv}")
+    return json.dumps({"type": "ERROR", "object": status}, separators=(",", ":")).encode() + b"\n"
+
+
+class ResumeRefusedError(Exception):
+    """The upstream refused the resume with a client error other than 410 or 429 (e.g. 404)."""
+
+
 def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
-async def serve(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+async def serve(shared: Shared, call: Call) -> web.StreamResponse:
     cacheable = call.cacheable or (
         call.cached_agent
         and call.info.is_resource
         and call.representation is Representation.PREFERS_TRANSFORMED
-        and not proxy.health.online
+        and not shared.health.online
     )
     if not cacheable:
-        return await _passthrough(proxy, call)
+        return await _passthrough(shared, call)
     try:
-        scope = proxy.scope_of(call)
+        scope = shared.scope_of(call)
     except SelectorError as exc:
         return web.json_response(status_object(400, "BadRequest", str(exc)), status=400)
-    session = WatchSession(proxy, call, scope)
-    proxy.metrics.watches.labels(mode="cached").inc()
+    session = WatchSession(shared, call, scope)
+    shared.metrics.watches.labels(mode="cached").inc()
     try:
         return await session.run()
     finally:
-        proxy.metrics.watches.labels(mode="cached").dec()
+        shared.metrics.watches.labels(mode="cached").dec()
 
 
-async def _passthrough(proxy: KubeProxy, call: Call) -> web.StreamResponse:
+async def _passthrough(shared: Shared, call: Call) -> web.StreamResponse:
     """Uncached watch (protobuf-only client, or a component not cached): bytes as they come."""
-    if not proxy.health.online:
+    if not shared.health.online:
         body = offline_status("this watch cannot be served from the cache", retry_after=10)
         return web.json_response(body, status=503)
-    proxy.metrics.watches.labels(mode="passthrough").inc()
+    shared.metrics.watches.labels(mode="passthrough").inc()
     try:
-        async with proxy.upstream.session.get(
-            proxy.upstream_url(call.request.path_qs),
-            headers=proxy.upstream_headers(call, accept=None),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=proxy.settings.connect_timeout),
+        async with shared.upstream.session.get(
+            shared.upstream_url(call.request.path_qs),
+            headers=shared.upstream_headers(call, accept=None),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=shared.settings.connect_timeout),
         ) as upstream:
-            return await proxy.stream_back(call.request, upstream)
+            return await shared.stream_back(call.request, upstream)
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        await proxy.health.report_failure(f"{type(exc).__name__}: {exc}")
+        await shared.health.report_failure(f"{type(exc).__name__}: {exc}")
         body = offline_status("this watch could not be opened upstream", retry_after=10)
         return web.json_response(body, status=503)
     finally:
-        proxy.metrics.watches.labels(mode="passthrough").dec()
+        shared.metrics.watches.labels(mode="passthrough").dec()
 
 
 def _check_resumed(status: int) -> None:
     if status == 410:
         raise GoneError
+    if 400 <= status < 500 and status != 429:
+        raise ResumeRefusedError(f"HTTP {status} on resume")
     if status != 200:
         raise UpstreamLostError(f"HTTP {status} on resume")
 
 
 class WatchSession:
-    def __init__(self, proxy: KubeProxy, call: Call, scope: Scope) -> None:
-        self.proxy = proxy
+    def __init__(self, shared: Shared, call: Call, scope: Scope) -> None:
+        self.shared = shared
         self.call = call
         self.scope = scope
         query = call.request.query
         self.rv = query.get("resourceVersion", "")
+        self.continuous = self.rv not in {"", "0"}
+        """The stream holds every change after ``self.rv``. Not so for a watch from "any" (unset
+        or 0): it starts with the state at some later version as ADDED events, without the
+        deletions in between, so it may feed its view only after a (streamed) list."""
         self.bookmarks = query.get("allowWatchBookmarks", "").lower() in {"1", "true"}
         self.send_initial = query.get("sendInitialEvents", "").lower() == "true"
         timeout = query.get("timeoutSeconds", "")
@@ -131,15 +163,19 @@ class WatchSession:
         self.kind = ""
         self.api_version = call.resource.api_version
         self.first = True
-        self.initial_names: set[tuple[str, str]] | None = set() if self.send_initial else None
+        self.initial: dict[tuple[str, str], str] | None = {} if self.send_initial else None
+        """Members of a streamed initial list (``sendInitialEvents``) until its bookmark."""
 
     # ------------------------------------------------------------ loop
 
     async def run(self) -> web.StreamResponse:
+        # The client's LIST (answered just before) must be in the cache first: a view that
+        # does not exist yet cannot record this watch's events, and would never catch up.
+        await self.shared.flush_writes()
         try:
             async with asyncio.timeout_at(self.deadline):
                 while True:
-                    if self.proxy.health.online:
+                    if self.shared.health.online:
                         early = await self._upstream_phase()
                         if early is not None:
                             return early
@@ -151,6 +187,8 @@ class WatchSession:
             pass  # the client's timeoutSeconds elapsed: end the stream as the API server does
         except ClientGoneError:
             log.debug("watch client of %s went away", self.scope.resource.key)
+        except ClientMustRelistError:
+            pass  # the 410 went out as an ERROR event: the stream ends, as upstream's would
         if self.response is None:
             self.response = await self._prepare()
         return self.response
@@ -192,17 +230,17 @@ class WatchSession:
         return params
 
     async def _upstream_phase(self) -> web.StreamResponse | None:
-        proxy = self.proxy
+        shared = self.shared
         timeout = aiohttp.ClientTimeout(
             total=None,
-            sock_connect=proxy.settings.connect_timeout,
-            sock_read=proxy.settings.watch_inactivity_timeout,
+            sock_connect=shared.settings.connect_timeout,
+            sock_read=shared.settings.watch_inactivity_timeout,
         )
         try:
-            async with proxy.upstream.session.get(
-                proxy.upstream_url(self.call.request.path),
+            async with shared.upstream.session.get(
+                shared.upstream_url(self.call.request.path),
                 params=self._upstream_params(),
-                headers=proxy.upstream_headers(self.call, accept="application/json"),
+                headers=shared.upstream_headers(self.call, accept="application/json"),
                 timeout=timeout,
             ) as upstream:
                 if upstream.status != 200 and self.response is None:
@@ -213,16 +251,22 @@ class WatchSession:
                 _check_resumed(upstream.status)
                 if self.response is None:
                     self.response = await self._prepare()
-                proxy.metrics.requests.labels(verb="watch", source="upstream").inc()
+                shared.metrics.requests.labels(verb="watch", source="upstream").inc()
                 await self._pump(upstream)
         except GoneError:
             await self._relist()
+        except ResumeRefusedError as exc:
+            # The API server answered, so it is reachable: not a health failure. It will not
+            # resume this watch (its CRD was deleted: 404). End the stream as the API server
+            # ends it; the client's next request gets the answer itself.
+            log.info("watch of %s not resumed: %s", self.scope.resource.key, exc)
+            return self.response
         except (UpstreamLostError, aiohttp.ClientError, TimeoutError, LineTooLongError) as exc:
             if isinstance(exc, TimeoutError) and self._past_deadline():
                 raise
-            await proxy.health.report_failure(f"watch: {type(exc).__name__}: {exc}")
-            if proxy.health.online:
-                await asyncio.sleep(min(_POLL, proxy.settings.health.interval))
+            await shared.health.report_failure(f"watch: {type(exc).__name__}: {exc}")
+            if shared.health.online:
+                await asyncio.sleep(min(_POLL, shared.settings.health.interval))
         self.first = False
         return None
 
@@ -230,7 +274,7 @@ class WatchSession:
         return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
 
     async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
-        splitter = LineSplitter.create(self.proxy.settings.max_watch_event_bytes)
+        splitter = LineSplitter.create(self.shared.settings.max_watch_event_bytes)
         while True:
             try:
                 async with asyncio.timeout(_POLL):
@@ -238,7 +282,7 @@ class WatchSession:
             except TimeoutError:
                 if self._past_deadline():
                     raise
-                if not self.proxy.health.online:
+                if not self.shared.health.online:
                     raise UpstreamLostError("health checker says offline") from None
                 if self._client_gone():
                     raise ClientGoneError from None
@@ -267,60 +311,94 @@ class WatchSession:
         # on this same coroutine, so no later event or offline answer can overtake it.
         if kind != "BOOKMARK" or self.bookmarks:
             await self._send(line)
-        await self._apply(kind, obj)
+        # Shielded: a client that leaves right after this line (aiohttp then cancels the
+        # handler) must not leave the event forwarded but unrecorded in the view.
+        await asyncio.shield(self._apply(kind, obj))
 
     async def _apply(self, kind: str, obj: dict[str, Any]) -> None:
-        proxy, scope = self.proxy, self.scope
+        """Record the event in this watch's view, if its stream feeds it (views.py rule 1)."""
+        shared, scope = self.shared, self.scope
         rv = rv_of(obj)
+        prev = self.rv if self.continuous else ""  # "": nothing is recorded (views rule 1)
         self.kind = self.kind or str(obj.get("kind", ""))
         meta = meta_of(obj)
         pair = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        if kind in {"ADDED", "MODIFIED"}:
-            await proxy.store.run("put", lambda s: s.put(scope.component, scope.resource, obj))
-            if self.initial_names is not None:
-                self.initial_names.add(pair)
-        elif kind == "DELETED":
-            await proxy.store.run(
-                "delete", lambda s: s.delete(scope.component, scope.resource, *pair, rv=rv)
+        if self.initial is not None and kind in {"ADDED", "MODIFIED"}:
+            # Part of a streamed initial list: kept now, recorded by the view at its end.
+            await shared.store.run(
+                "put_many", lambda s: s.put_many(scope.component, scope.resource, [obj])
             )
+            self.initial[pair] = rv
+        elif kind in {"ADDED", "MODIFIED", "DELETED"}:
+            if await self._may_record(rv, prev):
+                await shared.store.run(
+                    "event", lambda s: s.apply_event(scope, kind, obj, prev=prev)
+                )
         elif kind == "BOOKMARK":
             annotations = meta.get("annotations") or {}
-            if self.initial_names is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
+            if self.initial is not None and annotations.get(_INITIAL_EVENTS_END) == "true":
                 await self._finish_initial_events(rv)
+            elif await self._may_record(rv, prev):
+                await shared.store.run("advance", lambda s: s.advance(scope, rv, prev=prev))
         if rv and (not self.rv or rv_newer(rv, self.rv)):
             self.rv = rv
-            await proxy.store.run("advance", lambda s: s.advance(scope, rv))
+
+    async def _may_record(self, rv: str, prev: str) -> bool:
+        """Whether this line can change the watch's view, asked without the disk thread.
+
+        If the view does not exist yet, the client's LIST may still be queued behind its
+        answer (the WATCH can arrive before that LIST's write-through was queued): wait for
+        the queue once, or this watch would never feed the view.
+        """
+        store, scope = self.shared.store, self.scope
+        if store.peek(lambda s: s.would_record(scope, rv, prev=prev)):
+            return True
+        if prev and not store.peek(lambda s: s.has_view(scope)):
+            await self.shared.flush_writes()
+            return store.peek(lambda s: s.would_record(scope, rv, prev=prev))
+        return False
+
+    def _coverage(self, rv: str, list_kind: str, api_version: str, *, have_kind: bool) -> Coverage:
+        scope = self.scope
+        return Coverage(
+            scope_key=scope.key,
+            namespace=scope.namespace,
+            labels=str(scope.labels),
+            fields=str(scope.fields),
+            rv=rv,
+            list_kind=list_kind,
+            api_version=api_version,
+            items_have_kind=have_kind,
+        )
 
     async def _finish_initial_events(self, rv: str) -> None:
         """A streamed initial list (``sendInitialEvents``) is complete: it is a LIST."""
-        names, self.initial_names = frozenset(self.initial_names or ()), None
-        coverage = Coverage(
-            scope_key=self.scope.key,
-            namespace=self.scope.namespace,
-            labels=str(self.scope.labels),
-            fields=str(self.scope.fields),
-            rv=rv,
-            list_kind=f"{self.kind}List" if self.kind else "List",
-            api_version=self.api_version,
-            items_have_kind=False,
-        )
+        members, self.initial = dict(self.initial or {}), None
+        self.continuous = True
+        list_kind = f"{self.kind}List" if self.kind else "List"
+        coverage = self._coverage(rv, list_kind, self.api_version, have_kind=False)
         scope = self.scope
-        await self.proxy.store.run(
-            "replace", lambda s: s.replace(scope, [], coverage, seen_before=names)
+        await self.shared.store.run(
+            "replace", lambda s: s.replace(scope, [], coverage, seen_before=members)
         )
 
     async def _relist(self) -> None:
-        """After 410 Gone: list upstream, replace the cached set, send the difference."""
-        proxy, scope = self.proxy, self.scope
-        proxy.metrics.relists.inc()
+        """After 410 Gone: list upstream into the view, send what changed since the client's rv.
+
+        The difference is what the view recorded since *this* client's resourceVersion, not
+        against the cache (another watcher's re-list may already have updated the view). If
+        the view cannot replay from there, the client gets the 410 and re-lists.
+        """
+        shared, scope = self.shared, self.scope
+        shared.metrics.relists.inc()
         params = {
             k: v
             for k, v in self.call.request.query.items()
             if k in {"labelSelector", "fieldSelector"}
         }
-        url = proxy.upstream_url(scope.resource.path(scope.namespace))
-        timeout = aiohttp.ClientTimeout(total=proxy.settings.request_timeout)
-        async with proxy.upstream.session.get(
+        url = shared.upstream_url(scope.resource.path(scope.namespace))
+        timeout = aiohttp.ClientTimeout(total=shared.settings.request_timeout)
+        async with shared.upstream.session.get(
             url, params=params, headers={"Accept": "application/json"}, timeout=timeout
         ) as response:
             response.raise_for_status()
@@ -330,41 +408,43 @@ class WatchSession:
         kind = list_kind.removesuffix("List")
         items = [{"kind": kind, "apiVersion": api_version, **i} for i in body.get("items", [])]
         rv = str(body.get("metadata", {}).get("resourceVersion", ""))
-        coverage = Coverage(
-            scope_key=scope.key,
-            namespace=scope.namespace,
-            labels=str(scope.labels),
-            fields=str(scope.fields),
-            rv=rv,
-            list_kind=list_kind,
-            api_version=api_version,
-            items_have_kind=bool(body.get("items")) and "kind" in body["items"][0],
-        )
-        changes = (
-            await proxy.store.run("replace", lambda s: s.replace(scope, items, coverage)) or []
-        )
+        have_kind = bool(body.get("items")) and "kind" in body["items"][0]
+        coverage = self._coverage(rv, list_kind, api_version, have_kind=have_kind)
+        since = self.rv
+
+        def relisted(store: CacheStore) -> tuple[list[Change] | None, str]:
+            store.replace(scope, items, coverage)
+            return store.replay(scope, scope.key, since), store.view_rv(scope) or rv
+
+        result = await shared.store.run("replace", relisted)
+        changes, view_rv = result if result is not None else (None, rv)
+        if changes is None:
+            log.info("re-listed %s after 410 Gone: the client must re-list", scope.resource.key)
+            await self._send(_gone_line(since))
+            raise ClientMustRelistError
         log.info("re-listed %s after 410 Gone: %s changes", scope.resource.key, len(changes))
         for change in changes:
             await self._send(_event_line(change.type, change.obj))
-        self.rv = rv
+        self.rv = view_rv
+        self.continuous = True
 
     # ------------------------------------------------------------ local phase
 
     async def _local_phase(self) -> web.StreamResponse | None:
-        proxy, scope = self.proxy, self.scope
+        shared, scope = self.shared, self.scope
         if self.response is None:
-            await proxy.flush_writes()
-            coverage = await proxy.store.run("coverage", lambda s: s.coverage_for(scope))
+            await shared.flush_writes()
+            coverage = await shared.store.run("coverage", lambda s: s.coverage_for(scope))
             if coverage is None:
                 body = offline_status(
                     "no complete list covering this watch is cached", retry_after=10
                 )
-                proxy.metrics.requests.labels(verb="watch", source="offline_rejected").inc()
+                shared.metrics.requests.labels(verb="watch", source="offline_rejected").inc()
                 return web.json_response(body, status=503)  # no Retry-After: see offline.py
             self.kind = self.kind or coverage.list_kind.removesuffix("List")
             self.api_version = coverage.api_version
             await self._replay(coverage)
-        proxy.metrics.requests.labels(verb="watch", source="cache").inc()
+        shared.metrics.requests.labels(verb="watch", source="cache").inc()
         queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=1024)
 
         def on_change(component: str, resource_key: str, change: Change) -> None:
@@ -373,9 +453,9 @@ class WatchSession:
                 queue.put_nowait(change)
 
         loop = asyncio.get_running_loop()
-        next_bookmark = loop.time() + proxy.settings.bookmark_interval
-        with proxy.store.subscribe(on_change):
-            while proxy.health.state.state is not State.ONLINE:
+        next_bookmark = loop.time() + shared.settings.bookmark_interval
+        with shared.store.subscribe(on_change):
+            while shared.health.state.state is not State.ONLINE:
                 try:
                     async with asyncio.timeout(_POLL):
                         change = await queue.get()
@@ -386,7 +466,7 @@ class WatchSession:
                     if self._client_gone():
                         raise ClientGoneError from None
                 if self.bookmarks and loop.time() >= next_bookmark:
-                    next_bookmark = loop.time() + proxy.settings.bookmark_interval
+                    next_bookmark = loop.time() + shared.settings.bookmark_interval
                     await self._send(self._bookmark())
         return None
 
@@ -399,18 +479,24 @@ class WatchSession:
         )
 
     async def _replay(self, coverage: Coverage) -> None:
-        """A watch starting offline: what the client would have got from the API server."""
-        scope = self.scope
-        objects = await self.proxy.store.run("objects", lambda s: s.objects(scope)) or []
-        from_start = self.rv in {"", "0"}
+        """A watch starting offline: what the API server would send, from one view.
+
+        Only what the view recorded is replayed (views.py rule 3); a resourceVersion older
+        than that gets the API server's 410 Expired, after which clients re-list.
+        """
+        scope, since = self.scope, self.rv
+        changes = await self.shared.store.run(
+            "replay", lambda s: s.replay(scope, coverage.scope_key, since)
+        )
         self.response = await self._prepare()
-        for obj in objects:
-            if from_start:
-                await self._send(_event_line("ADDED", obj))
-            elif rv_newer(rv_of(obj), self.rv):
-                await self._send(_event_line("MODIFIED", obj))
-        if from_start or rv_newer(coverage.rv, self.rv):
+        if changes is None:
+            await self._send(_gone_line(since))
+            raise ClientMustRelistError
+        for change in changes:
+            await self._send(_event_line(change.type, change.obj))
+        if since in {"", "0"} or rv_newer(coverage.rv, since):
             self.rv = coverage.rv
+        self.continuous = True
         if self.send_initial:
             await self._send(self._bookmark(initial_end=True))
-        self.initial_names = None
+        self.initial = None

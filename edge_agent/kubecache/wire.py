@@ -99,6 +99,21 @@ def offline_status(what: str, *, retry_after: int) -> dict[str, Any]:
     )
 
 
+def outcome_unknown_status(what: str, reason: str) -> dict[str, Any]:
+    """A write that may have reached the API server, whose answer never came back.
+
+    504 with reason ``Timeout``: client-go reports it as a server timeout and does not retry
+    on its own (no ``Retry-After``), so the caller decides, after reading the object.
+    """
+    return status_object(
+        504,
+        "Timeout",
+        f"the link to the cloud API server broke after this {what} was sent ({reason}); "
+        "it may or may not have been applied. Read the object before retrying.",
+        details={"causes": [{"reason": "OutcomeUnknown", "message": "answer lost on the link"}]},
+    )
+
+
 class LineTooLongError(ValueError):
     """A watch event is larger than the configured bound."""
 

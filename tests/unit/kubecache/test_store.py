@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edge_agent.kubecache.keys import Resource
-from edge_agent.kubecache.offline import _decode_continue, render_list
+from edge_agent.kubecache.listing import decode_continue, render_list
 from edge_agent.kubecache.ops import cache_purge, cache_stats, cache_verify
 from edge_agent.kubecache.selectors import parse_field_selector, parse_label_selector
 from edge_agent.kubecache.store import CacheStore, Coverage, Scope
@@ -130,7 +130,7 @@ def test_paging_renders_api_server_order_and_tokens(store: CacheStore) -> None:
     first = render_list(scope, coverage(scope, 3), objects, limit=2, start="")
     assert first["metadata"]["remainingItemCount"] == 1
     assert "kind" not in first["items"][0]
-    start = _decode_continue(first["metadata"]["continue"])
+    start, _ = decode_continue(first["metadata"]["continue"])
     rest = render_list(scope, coverage(scope, 3), objects, limit=2, start=start)
     assert [o["metadata"]["name"] for o in rest["items"]] == ["x"]
     assert "continue" not in rest["metadata"]
@@ -150,7 +150,8 @@ def test_ops_stats_verify_purge(tmp_path: Path) -> None:
         "kubelet/pods.v1.core": 1,
     }
     assert cache_verify(directory).ok
-    assert cache_purge(directory, component="kube-proxy") == 1
+    # The object, the view that recorded it (a single-object view) and its member entry.
+    assert cache_purge(directory, component="kube-proxy") == 3
     assert cache_stats(directory)["objects"] == 1
     cache_purge(directory)
     assert not directory.exists()

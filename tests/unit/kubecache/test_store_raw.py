@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge_agent.kubecache.keys import Resource
-from edge_agent.kubecache.offline import _decode_continue, render_raw_list
+from edge_agent.kubecache.listing import decode_continue, render_raw_list
 from edge_agent.kubecache.selectors import parse_field_selector, parse_label_selector
 from edge_agent.kubecache.store import CacheStore, Scope
 from tests.unit.kubecache.test_store import PODS, coverage, pod
@@ -58,7 +58,7 @@ def test_pages_count_what_is_left_and_continue_where_they_stopped(store: CacheSt
     assert (names(first.items), first.more, first.remaining) == (["p10", "p2", "p0"], True, 1)
     body = json.loads(render_raw_list(coverage(scope, 20), first))
     assert body["metadata"]["remainingItemCount"] == 1
-    start = _decode_continue(body["metadata"]["continue"])
+    start, _ = decode_continue(body["metadata"]["continue"])
     rest = store.list_raw(scope, start=start, limit=3)
     assert (names(rest.items), rest.more) == (["p1"], False)
 
