@@ -5,9 +5,9 @@ here, so they can be tested as synchronous scripts and fuzzed like ``device_mode
 ``tunnel_protocol``:
 
 * cluster records: a registered cluster's name, labels, claims, conditions and lease;
-* label selectors: parsed and matched the way the API server does (to be promoted here from
-  ``edge_agent/kubecache/selectors.py`` once the kube cache's current rework has landed, and
-  then imported from here by the kube cache; never copied);
+* label selectors (``labels``): parsed and matched the way the API server does; promoted here
+  from the kube cache, which imports them from here (its field selectors stay in
+  ``edge_agent/kubecache/selectors.py``);
 * placement: which clusters a placement selects, spread and weighted;
 * pool sizing: how many nodes an elastic pool wants, from demand and bounds.
 
