@@ -25,8 +25,8 @@ from edge_agent.kubecache.health import State
 from edge_agent.kubecache.keys import Resource
 from edge_agent.kubecache.store import Scope
 from tests.harness import kube
+from tests.harness.faultproxy import FaultProxy, fault_proxy
 from tests.integration.kubecache.conftest import KUBELET, Edge, edge_settings
-from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
 

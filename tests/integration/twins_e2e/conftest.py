@@ -29,9 +29,9 @@ import pytest_asyncio
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
 from tests.harness.daemons import BIN, Server, launch_agent, write_agent_config
+from tests.harness.faultproxy import FaultProxy
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.harness.waiting import eventually_async
-from tests.integration.kubecache.faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[3]
 
