@@ -5,7 +5,7 @@ with a string ``type``. The length is checked against the cap before any byte of
 buffered, the nesting depth is checked by a linear scan before ``json.loads`` runs, and NaN or
 Infinity are refused: hostile input costs bounded memory and time and ends in `WireError`.
 
-Both ends use this one module: the edge agent (edge_agent/twin_sync.py) and the tunnel server
+Both ends use this one module: the edge agent (edge_agent/twin_link.py) and the tunnel server
 (tunnel_server/twins/), which never import each other. docs/twins.md is the protocol's
 reference.
 """

@@ -1,4 +1,8 @@
-"""``edge-agent``: the EdgeFleet daemon for edge machines."""
+"""``edge-agent``: the command line of the EdgeFleet daemon for edge machines.
+
+The parser and one function per command; ``run`` builds the settings (config file, then the
+flags on top) and hands them to :mod:`edge_agent.daemon`, which wires the parts together.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,18 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
-import os
-import signal
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
-import yaml
-from aiohttp import web
-
-from daemon_support import arguments, logs, systemd
-from edge_agent import __version__, config
-from edge_agent.identity import Identity, NotJoinedError
+from daemon_support import arguments, logs
+from edge_agent import __version__, config, daemon
 from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
-from edge_agent.kubecache import (
-    KubeProxy,
-    cache_purge,
-    cache_stats,
-    cache_verify,
-    open_direct_upstream,
-    serve_kube_proxy,
-)
-from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
-from edge_agent.local_api import READY_KEY, create_app
-from edge_agent.node_status import NodeStatusReporter
-from edge_agent.settings import AgentSettings, LocalApiSettings
-from edge_agent.tunnel_client import TunnelClient
-from edge_agent.tunnel_upstream import open_tunnel_upstream
-from edge_agent.twin_sync import TwinSync
-from edge_agent.twins import Durability, TwinsService, TwinsSettings, simulator
-
-log = logging.getLogger("edge_agent.cli")
+from edge_agent.kubecache import cache_purge, cache_stats, cache_verify
+from edge_agent.settings import AgentSettings
+from edge_agent.twins import simulator
 
 DESCRIPTION = """\
 EdgeFleet edge agent: runs on an edge machine (systemd unit edge-agent) or as a Deployment
@@ -247,255 +227,26 @@ def cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclasses.dataclass
-class _KubeSection:
-    """The ``kube`` section of /status, whether or not the proxy is serving yet."""
-
-    enabled: bool
-    proxy: KubeProxy | None = None
-
-    def status(self) -> dict[str, object]:
-        if self.proxy is None:
-            return {"enabled": self.enabled, "serving": False}
-        return {"enabled": True, "serving": True, **self.proxy.status()}
-
-
-@dataclasses.dataclass
-class _TwinsPart:
-    """Device twins (``[twins]``): the service on the broker and its sync over the tunnel."""
-
-    service: TwinsService
-    sync: TwinSync
-
-    @classmethod
-    def start(cls, settings: AgentSettings, client: TunnelClient) -> _TwinsPart:
-        """Wire the service and its sync; the sync runs as the tunnel's ``twins`` task."""
-        config = settings.twins
-        admin_password, claim_password = config.secrets()
-        service_settings = TwinsSettings(
-            data_dir=settings.data_dir / "twins",
-            node_name=Identity.load(settings.data_dir).name,
-            admin_password=admin_password,
-            claim_password=claim_password,
-            broker_host=config.broker_host,
-            broker_port=config.broker_port,
-            admin_username=config.admin_username,
-            claim_username=config.claim_username,
-            agent_username=config.agent_username,
-            agent_client_id=config.agent_client_id,
-            models_dir=config.models_dir,
-            require_registration=config.require_registration,
-            durability=Durability(config.durability),
-            max_devices=config.max_devices,
-            keepalive=config.keepalive,
-            reconnect_max=config.reconnect_max,
-        )
-        service_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sync = TwinSync()
-        service = TwinsService(settings=service_settings, sender=sync)
-        sync.attach(service)
-        client.session_tasks["twins"] = sync.run_session
-        return cls(service=service, sync=sync)
-
-    def status(self) -> dict[str, object]:
-        """The ``twins`` section of /status."""
-        return {
-            "enabled": True,
-            "ready": self.service.ready.is_set(),
-            "origin": self.service.origin,
-            "devices": len(self.service.twins.device_ids()),
-            "outbox": self.service.outbox.size,
-            "sync": self.sync.status(),
-        }
-
-    def report(self) -> dict[str, object]:
-        """``twins.*`` in node status reports (a few numbers that change rarely)."""
-        return {
-            "devices": len(self.service.twins.device_ids()),
-            "outbox": self.service.outbox.size,
-            "synced": self.sync.connected,
-        }
-
-    def device_ids(self) -> list[str]:
-        return self.service.twins.device_ids()
-
-    def twin(self, device_id: str) -> dict[str, object] | None:
-        """The edge replica of one twin and its delta, for the local API."""
-        record = self.service.twins.device(device_id)
-        if record is None:
-            return None
-        twin = record.replica.twin
-        return {"device": device_id, **twin.to_json(), "delta": twin.delta()}
-
-    async def mark_ready(self, ready: dict[str, bool]) -> None:
-        await self.service.ready.wait()
-        ready["twins"] = True
-
-
-class StartError(Exception):
-    """The agent cannot start (exit 1); the message says why and what to do."""
-
-
-LocalApiHook = Callable[[web.Application, TwinsService | None], None]
-"""Adds routes to the local API before it starts (test launchers only; nothing in the daemon
-itself uses it)."""
-
-
-@contextlib.asynccontextmanager
-async def _kube_proxy(
-    settings: AgentSettings, registry: prometheus_client.CollectorRegistry, client: TunnelClient
-) -> AsyncIterator[KubeProxy | None]:
-    """The kube proxy of ``[kube]`` (None when disabled), until the block exits."""
-    kube = settings.kube
-    if not kube.enabled:
-        yield None
-        return
-    proxy_settings = kube.proxy_settings(settings.data_dir)
-    upstream: contextlib.AbstractAsyncContextManager[Upstream]
-    if kube.upstream == "tunnel":
-        upstream = open_tunnel_upstream(client, open_timeout=proxy_settings.connect_timeout)
-    else:
-        upstream = open_direct_upstream(
-            kube.kubeconfig,
-            context=kube.context or None,
-            server=kube.server or None,
-            connect_timeout=proxy_settings.connect_timeout,
-        )
-    async with (
-        upstream as reached,
-        serve_kube_proxy(proxy_settings, reached, registry=registry) as proxy,
-    ):
-        yield proxy
-
-
-def _local_api(
-    registry: prometheus_client.CollectorRegistry,
-    client: TunnelClient,
-    kube: _KubeSection,
-    reporter: NodeStatusReporter,
-    twins: _TwinsPart | None,
-) -> web.Application:
-    sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
-    if twins is not None:
-        sources["twins"] = twins.status
-    app = create_app(registry=registry, sources=sources, twins=twins)
-    if kube.enabled:
-        app[READY_KEY]["kube_proxy"] = False
-    if twins is not None:
-        app[READY_KEY]["twins"] = False
-    return app
-
-
-async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = None) -> None:
-    registry = prometheus_client.CollectorRegistry()
-    client = TunnelClient(
-        data_dir=settings.data_dir,
-        settings=settings.tunnel,
-        join_settings=settings.join,
-        registry=registry,
-    )
-    kube = _KubeSection(enabled=settings.kube.enabled)
-    twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
-    extra_sources: dict[str, Callable[[], dict[str, object]]] = {}
-    if kube.enabled:
-        extra_sources["cache"] = kube.status
-    if twins is not None:
-        extra_sources["twins"] = twins.report
-    reporter = NodeStatusReporter(
-        client=client,
-        settings=settings.node_status,
-        data_dir=settings.data_dir,
-        extra_sources=extra_sources or None,
-    )
-    app = _local_api(registry, client, kube, reporter, twins)
-    if local_api_hook is not None:
-        local_api_hook(app, twins.service if twins is not None else None)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    address = f"{settings.local_api.host}:{settings.local_api.port}"
-    try:
-        await web.TCPSite(runner, settings.local_api.host, settings.local_api.port).start()
-    except OSError as error:
-        await runner.cleanup()
-        reason = os.strerror(error.errno).lower() if error.errno else str(error)
-        raise StartError(
-            f"cannot serve the local API on {address}: {reason}; is another edge-agent"
-            " running? Stop it, or choose another --local-api-port ([local_api] port)"
-        ) from None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, client.stop)
-    log.info("local API listening", extra={"kv": {"address": address}})
-    try:
-        async with asyncio.TaskGroup() as group:
-            tunnel = group.create_task(client.run(), name="agent.tunnel")
-            status = group.create_task(reporter.run(), name="agent.node-status")
-            helpers = [status]
-            if twins is not None:
-                helpers += [
-                    group.create_task(twins.service.run(), name="agent.twins"),
-                    group.create_task(twins.mark_ready(app[READY_KEY]), name="agent.twins-ready"),
-                ]
-            # Inside the group: in tunnel mode the kube proxy waits for the first session.
-            async with _kube_proxy(settings, registry, client) as proxy:
-                if proxy is not None:
-                    kube.proxy = proxy
-                    app[READY_KEY]["kube_proxy"] = True
-                systemd.notify("READY=1")
-                await tunnel  # ends on SIGTERM, after draining
-            for helper in helpers:
-                helper.cancel()  # the reporter and the twins run until told otherwise
-    finally:
-        systemd.notify("STOPPING=1")
-        log.info("stopped")
-        await runner.cleanup()
-
-
-def _check_twins(settings: AgentSettings) -> str | None:
-    """Why ``[twins]`` cannot start (unreadable password files, not joined), or None."""
-    if not settings.twins.enabled:
-        return None
-    try:
-        settings.twins.secrets()
-        Identity.load(settings.data_dir)
-    except (OSError, ValueError, NotJoinedError) as error:
-        return f"[twins] cannot start: {error}"
-    return None
-
-
 def _run_settings(args: argparse.Namespace) -> AgentSettings:
     """The config file with the flags on top, checked; ConfigError says what is unusable."""
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     settings = config.load(args.config, overrides=overrides)
-    if settings.data_dir.exists() and not settings.data_dir.is_dir():
-        raise config.ConfigError(
-            f"the data dir {settings.data_dir} is not a folder: give the agent's data folder"
-            " (--data-dir, or data_dir in the config)"
-        )
     if args.local_api_port is not None:
-        settings = dataclasses.replace(
-            settings, local_api=LocalApiSettings(port=args.local_api_port)
-        )
+        # Only the port: a [local_api] host (or any other key) in the config stays.
+        local_api = dataclasses.replace(settings.local_api, port=args.local_api_port)
+        settings = dataclasses.replace(settings, local_api=local_api)
     if args.status_interval is not None:
         settings = dataclasses.replace(
             settings,
             node_status=dataclasses.replace(settings.node_status, interval=args.status_interval),
         )
-    if settings.kube.enabled and settings.kube.upstream == "kubeconfig":
-        try:
-            load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
-        except (KubeconfigError, OSError, yaml.YAMLError) as error:
-            raise config.ConfigError(
-                f"[kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}"
-            ) from None
-    if (problem := _check_twins(settings)) is not None:
-        raise config.ConfigError(problem)
+    daemon.check_startable(settings)
     return settings
 
 
-def cmd_run(args: argparse.Namespace, *, local_api_hook: LocalApiHook | None = None) -> int:
+def cmd_run(args: argparse.Namespace, *, local_api_hook: daemon.LocalApiHook | None = None) -> int:
     """``edge-agent run``; ``local_api_hook`` is for test launchers only. See RUN_EXIT_CODES."""
     try:
         settings = _run_settings(args)
@@ -504,8 +255,8 @@ def cmd_run(args: argparse.Namespace, *, local_api_hook: LocalApiHook | None = N
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run(settings, local_api_hook=local_api_hook))
-    except (StartError, OSError) as error:  # a port in use, a data dir we may not write
+            asyncio.run(daemon.run(settings, local_api_hook=local_api_hook))
+    except (daemon.StartError, OSError) as error:  # a port in use, a data dir we may not write
         print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
         return 1
     return 0

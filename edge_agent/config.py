@@ -41,14 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
-from edge_agent.node_status import NodeStatusSettings
 from edge_agent.settings import (
     AgentSettings,
     KubeSettings,
     LocalApiSettings,
+    NodeStatusSettings,
     TunnelClientSettings,
     TwinsConfig,
 )
+from edge_agent.twins import Durability, TwinMqttSettings
 
 MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
@@ -234,6 +235,37 @@ def _check_twins_secrets(twins: TwinsConfig, where: str) -> None:
                 f"{where}: enabled twins need {secret}_file (a file with the password; "
                 f"or {secret} inline)"
             )
+
+
+def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> TwinMqttSettings:
+    """The twins service's settings from ``[twins]``.
+
+    Passwords are read from their files, the database lives under ``<data_dir>/twins``, and
+    the node is named as in its certificate (from the join).
+
+    Raises:
+        OSError: a password file cannot be read.
+        ValueError: a password is missing or empty.
+    """
+    admin_password, claim_password = twins.secrets()
+    return TwinMqttSettings(
+        data_dir=data_dir / "twins",
+        node_name=node_name,
+        admin_password=admin_password,
+        claim_password=claim_password,
+        broker_host=twins.broker_host,
+        broker_port=twins.broker_port,
+        admin_username=twins.admin_username,
+        claim_username=twins.claim_username,
+        agent_username=twins.agent_username,
+        agent_client_id=twins.agent_client_id,
+        models_dir=twins.models_dir,
+        require_registration=twins.require_registration,
+        durability=Durability(twins.durability),
+        max_devices=twins.max_devices,
+        keepalive=twins.keepalive,
+        reconnect_max=twins.reconnect_max,
+    )
 
 
 def _table(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -47,7 +48,6 @@ from edge_agent.identity import (
 from edge_agent.settings import JoinSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -449,19 +449,24 @@ async def _wait_for_approval(
         await asyncio.sleep(min(retry, max(deadline - time.monotonic(), 0.0)))
 
 
-async def renew(identity: Identity, *, settings: JoinSettings) -> Identity:
-    """Get a certificate for a new key over mTLS with the current one; same name, new files."""
+RenewTransport = Callable[[bytes], Awaitable[dict[str, Any]]]
+"""Carries a CSR (PEM) to the server and returns its answer: a JSON object holding the issued
+``certificate``. Raises JoinError (or its own transport's errors) when the server refuses."""
+
+
+async def renew_certificate(identity: Identity, send_csr: RenewTransport, *, via: str) -> Identity:
+    """The one renewal path, whatever carries it (``via`` names the transport in the log).
+
+    A new key (never the old one again), its CSR handed to ``send_csr``, the issued
+    certificate checked as at join (our key, our name, the pinned CA), then saved as the
+    current identity. The pinned CA is read before anything is sent: a data dir whose CA
+    cannot be read must not make the server issue a certificate that is then thrown away.
+    """
     key = generate_key()
     ca_pem = identity.ca_pem()
     ca = x509.load_pem_x509_certificate(ca_pem)
-    async with aiohttp.ClientSession(timeout=_timeout(settings)) as session:
-        client = _Client(session, identity.server, identity.client_ssl_context(), settings)
-        status, data = await client.request(
-            "POST", "/api/v1/renew", body={"csr": make_csr(key, identity.name).decode()}
-        )
-        if status != 200:
-            _raise_for(status, data)
-        certificate_pem = check_issued(data, key, identity.name, ca)
+    answer = await send_csr(make_csr(key, identity.name))
+    certificate_pem = check_issued(answer, key, identity.name, ca)
     renewed = save_identity(
         identity.data_dir,
         server=identity.server,
@@ -471,8 +476,19 @@ async def renew(identity: Identity, *, settings: JoinSettings) -> Identity:
         certificate_pem=certificate_pem,
         ca_pem=ca_pem,
     )
-    log.info(
-        "renewed certificate",
-        extra={"kv": {"name": renewed.name, "expires": renewed.not_after}},
-    )
+    log.info("certificate renewed %s, valid until %s", via, renewed.not_after.isoformat())
     return renewed
+
+
+async def renew(identity: Identity, *, settings: JoinSettings) -> Identity:
+    """Renew over HTTPS: ``POST /api/v1/renew`` over mTLS with the current certificate."""
+    async with aiohttp.ClientSession(timeout=_timeout(settings)) as session:
+        client = _Client(session, identity.server, identity.client_ssl_context(), settings)
+
+        async def post_csr(csr: bytes) -> dict[str, Any]:
+            status, data = await client.request("POST", "/api/v1/renew", body={"csr": csr.decode()})
+            if status != 200:
+                _raise_for(status, data)
+            return data
+
+        return await renew_certificate(identity, post_csr, via="over HTTPS")

@@ -29,7 +29,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -37,17 +36,34 @@ import psutil
 
 from edge_agent import __version__
 from edge_agent.identity import Identity, NotJoinedError
+from edge_agent.settings import NodeStatusSettings
 from tunnel_aio import StreamError, TunnelConnection
 from tunnel_protocol import SessionState
 
 log = logging.getLogger("edge_agent.node_status")
 
+__all__ = [
+    "MAX_EXTRA_KEYS",
+    "MAX_STRING",
+    "PROTOCOL_VERSION",
+    "STATUS_TARGET",
+    "ExtraSource",
+    "Metrics",
+    "NodeStatusCollector",
+    "NodeStatusReporter",
+    "NodeStatusSettings",  # lives in edge_agent.settings with every agent setting
+    "ReportEncoder",
+    "Scalar",
+    "SessionHolder",
+    "diff",
+]
+
 
 class SessionHolder(Protocol):
     """What the reporter needs of the agent's tunnel client: its current session, if any.
 
-    A protocol rather than an import of ``TunnelClient``, which imports the join code whose
-    settings import this module's settings: no import cycle.
+    A protocol rather than ``TunnelClient`` itself: the reporter needs only the session, and
+    the reporter's tests and tools can hand it any holder of one.
     """
 
     @property
@@ -63,31 +79,6 @@ MAX_EXTRA_KEYS = 64
 """Keys taken from one extra source; the cloud refuses reports over 512 keys."""
 MAX_STRING = 256
 _MIB = 1024 * 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class NodeStatusSettings:
-    """How often and what the node reports."""
-
-    interval: float = 10.0
-    """Seconds between reports. The cloud marks the node offline after 3 missed intervals
-    (30 s); 10 s costs ~100 bytes a report and 1,000 nodes cost the cloud ~100 reports/s."""
-
-    full_every: float = 300.0
-    """Seconds between full reports (the rest are deltas): a bound on how long a cloud that
-    lost a delta can be wrong about a value that then stopped changing."""
-
-    disk_path: Path = field(default_factory=lambda: Path("/"))
-    """The filesystem whose use is reported: the root, where logs and images fill up."""
-
-    open_timeout: float = 10.0
-    """Seconds to wait for the cloud to accept the status stream."""
-
-    retry_delay: float = 5.0
-    """Seconds before a new status stream after one failed while the tunnel stayed up."""
-
-    idle_poll: float = 0.5
-    """Seconds between checks for a tunnel session while there is none."""
 
 
 def _round(value: float, digits: int = 1) -> float:

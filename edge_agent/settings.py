@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge_agent.kubecache.settings import KubeCacheSettings
-from edge_agent.node_status import NodeStatusSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +195,31 @@ def _secret(path: Path | None, inline: str, name: str) -> str:
     if not value:
         raise ValueError(f"[twins] {name}_file {path} is empty")
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeStatusSettings:
+    """How often and what the node reports."""
+
+    interval: float = 10.0
+    """Seconds between reports. The cloud marks the node offline after 3 missed intervals
+    (30 s); 10 s costs ~100 bytes a report and 1,000 nodes cost the cloud ~100 reports/s."""
+
+    full_every: float = 300.0
+    """Seconds between full reports (the rest are deltas): a bound on how long a cloud that
+    lost a delta can be wrong about a value that then stopped changing."""
+
+    disk_path: Path = field(default_factory=lambda: Path("/"))
+    """The filesystem whose use is reported: the root, where logs and images fill up."""
+
+    open_timeout: float = 10.0
+    """Seconds to wait for the cloud to accept the status stream."""
+
+    retry_delay: float = 5.0
+    """Seconds before a new status stream after one failed while the tunnel stayed up."""
+
+    idle_poll: float = 0.5
+    """Seconds between checks for a tunnel session while there is none."""
 
 
 @dataclass(frozen=True, kw_only=True)

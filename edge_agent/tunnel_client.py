@@ -32,15 +32,14 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import prometheus_client
-from cryptography import x509
 
 from edge_agent import __version__
-from edge_agent.identity import Identity, NotJoinedError, generate_key, make_csr, save_identity
-from edge_agent.join import JoinError, check_issued, describe_error, renew
+from edge_agent.identity import Identity, NotJoinedError
+from edge_agent.join import JoinError, describe_error, renew, renew_certificate
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream, pipe_socket
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
 
@@ -354,7 +353,9 @@ class TunnelClient:
             if identity.needs_renewal(fraction=fraction):
                 try:
                     identity = await renew_over_tunnel(identity, connection)
-                except (JoinError, StreamError, ValueError) as error:
+                except (JoinError, StreamError, ValueError, OSError) as error:
+                    # OSError: the pinned CA could not be read. Any of these must leave the
+                    # session running; HTTPS is the fallback, a later check the retry.
                     log.warning("renewal over the tunnel failed, trying HTTPS: %s", error)
                     try:
                         identity = await renew(identity, settings=self._join_settings)
@@ -394,32 +395,23 @@ MAX_RENEW_ANSWER = 64 * 1024
 
 
 async def renew_over_tunnel(identity: Identity, connection: TunnelConnection) -> Identity:
-    """New key, CSR over the live session, certificate checked against the pinned CA."""
-    key = generate_key()
-    stream = await connection.open_stream(RENEW_TARGET)
-    await stream.write(json.dumps({"csr": make_csr(key, identity.name).decode()}).encode())
-    stream.end()
-    raw = bytearray()
-    while chunk := await stream.read():
-        raw += chunk
-        if len(raw) > MAX_RENEW_ANSWER:
-            stream.reset(ErrorCode.CANCEL, "answer too large")
-            raise JoinError(f"renew answer larger than {MAX_RENEW_ANSWER} bytes")
-    answer = json.loads(raw)
-    if answer.get("status") != "issued":
-        raise JoinError(f"renewal refused: {answer.get('message', answer)}")
-    ca_pem = identity.ca_pem()
-    certificate_pem = check_issued(
-        answer, key, identity.name, x509.load_pem_x509_certificate(ca_pem)
-    )
-    renewed = save_identity(
-        identity.data_dir,
-        server=identity.server,
-        kind=identity.kind,
-        ca_hash=identity.ca_hash,
-        key=key,
-        certificate_pem=certificate_pem,
-        ca_pem=ca_pem,
-    )
-    log.info("certificate renewed over the tunnel, valid until %s", renewed.not_after.isoformat())
-    return renewed
+    """Renew over the live session: the CSR on a stream to the cloud's ``renew`` service."""
+
+    async def send_csr(csr: bytes) -> dict[str, Any]:
+        stream = await connection.open_stream(RENEW_TARGET)
+        await stream.write(json.dumps({"csr": csr.decode()}).encode())
+        stream.end()
+        raw = bytearray()
+        while chunk := await stream.read():
+            raw += chunk
+            if len(raw) > MAX_RENEW_ANSWER:
+                stream.reset(ErrorCode.CANCEL, "answer too large")
+                raise JoinError(f"renew answer larger than {MAX_RENEW_ANSWER} bytes")
+        answer = json.loads(raw)
+        if not isinstance(answer, dict):
+            raise JoinError(f"renew answer is not a JSON object: {bytes(raw[:80])!r}")
+        if answer.get("status") != "issued":
+            raise JoinError(f"renewal refused: {answer.get('message', answer)}")
+        return answer
+
+    return await renew_certificate(identity, send_csr, via="over the tunnel")

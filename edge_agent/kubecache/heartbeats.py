@@ -198,7 +198,7 @@ async def _sync_one(shared: Shared, record: dict[str, Any]) -> bool:
     local = record["object"]
     url = shared.upstream_url(resource.path(namespace, name))
     session = shared.upstream.session
-    timeout = aiohttp.ClientTimeout(total=shared.settings.request_timeout)
+    timeout = shared.request_timeout()
     for _ in range(_MAX_SYNC_ATTEMPTS):
         async with session.get(url, timeout=timeout) as response:
             if response.status == 404:

@@ -38,6 +38,19 @@ class Shared:
     flush_writes: Callable[[], Awaitable[None]]
     """Wait until every queued write-through is on disk (before answering from the cache)."""
 
+    def request_timeout(self) -> aiohttp.ClientTimeout:
+        """Timeouts of one upstream request of the proxy's own (re-list, heartbeat sync).
+
+        All three: a total alone would replace the session's connect timeout, so a silent
+        link would hold the request for the whole total (issue 10, bug 3).
+        """
+        settings = self.settings
+        return aiohttp.ClientTimeout(
+            total=settings.request_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
+        )
+
     def upstream_url(self, path_qs: str) -> str:
         return self.forwarder.url(path_qs)
 

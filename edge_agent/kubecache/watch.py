@@ -397,7 +397,7 @@ class WatchSession:
             if k in {"labelSelector", "fieldSelector"}
         }
         url = shared.upstream_url(scope.resource.path(scope.namespace))
-        timeout = aiohttp.ClientTimeout(total=shared.settings.request_timeout)
+        timeout = shared.request_timeout()
         async with shared.upstream.session.get(
             url, params=params, headers={"Accept": "application/json"}, timeout=timeout
         ) as response:

@@ -1,18 +1,23 @@
 """Device twins at the edge: onboarding over MQTT, the edge replica of every twin, the outbox.
 
-- `TwinsService` (service.py) is what the daemon runs: construct it with `TwinsSettings` and a
-  `Sender`, then ``await run()``. It also takes changes from the cloud
-  (`TwinsService.apply_cloud_change`).
+Names say what each part is (docs/twins.md §1):
+
+- `TwinMqttService` (mqtt_service.py), the MQTT device service, is what the daemon runs:
+  construct it with `TwinMqttSettings` and a `Sender`, then ``await run()``. It owns the
+  broker session, onboarding and the outbox, and takes changes from the cloud
+  (`TwinMqttService.apply_cloud_change`).
+- `EdgeTwinReplica` (replica.py) is the edge replica of every device twin: it applies device
+  requests and cloud changes and commits them with the outbox records.
 - `Sender` (outbox.py) is the one interface the tunnel implements: ``deliver(batch)``.
 - simulator.py onboards and drives simulated devices (``edge-agent simulate``).
 
 docs/mqtt.md describes the topics and payloads devices use.
 """
 
+from edge_agent.twins.mqtt_service import TwinMqttService, TwinMqttSettings
 from edge_agent.twins.outbox import Metrics, OutboxSettings, Sender
 from edge_agent.twins.payloads import Code
-from edge_agent.twins.service import TwinsService, TwinsSettings
-from edge_agent.twins.twin_service import CloudChangeError, CloudChangeResult
+from edge_agent.twins.replica import CloudChangeError, CloudChangeResult
 from edge_agent.twins.twin_store import Durability
 
 __all__ = [
@@ -23,6 +28,6 @@ __all__ = [
     "Metrics",
     "OutboxSettings",
     "Sender",
-    "TwinsService",
-    "TwinsSettings",
+    "TwinMqttService",
+    "TwinMqttSettings",
 ]

@@ -31,7 +31,7 @@ from device_models import JsonObject
 from edge_agent.twins import topics
 from edge_agent.twins.dynsec import DynsecClient, DynsecError
 from edge_agent.twins.payloads import Code, RequestError, decode_object, encode, only_fields
-from edge_agent.twins.twin_service import Publisher, TwinService
+from edge_agent.twins.replica import EdgeTwinReplica, Publisher
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState, TwinStore
 
 __all__ = ["MAX_ADOPT_BYTES", "Handover", "MoveError"]
@@ -53,7 +53,7 @@ class Handover:
         self,
         *,
         node: str,
-        twins: TwinService,
+        twins: EdgeTwinReplica,
         store: TwinStore,
         dynsec: DynsecClient,
         clock: Callable[[], float] = time.time,

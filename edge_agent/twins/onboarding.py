@@ -55,7 +55,7 @@ from edge_agent.twins.payloads import (
     only_fields,
     optional_rid,
 )
-from edge_agent.twins.twin_service import TwinService
+from edge_agent.twins.replica import EdgeTwinReplica
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState, TwinStore
 
 __all__ = [
@@ -160,7 +160,7 @@ class Onboarding:
     def __init__(
         self,
         *,
-        twins: TwinService,
+        twins: EdgeTwinReplica,
         store: TwinStore,
         outbox: Outbox,
         dynsec: DynsecClient,

@@ -2,7 +2,7 @@
 
 ``setup(app)`` (after ``tunnel_endpoint.setup``) opens the store, registers the ``twins``
 agent service and the routes under ``/api/v1/devices``, and exports counters on /metrics.
-When the server stops, waiting long-polls are answered at once (``TwinsCloud.end_waits``).
+When the server stops, waiting long-polls are answered at once (``CloudTwinReplica.end_waits``).
 ``OPENAPI_PATHS`` describes the routes for the server's OpenAPI document.
 
 docs/twins.md describes the API and the sync stream's protocol.
@@ -26,26 +26,26 @@ from tunnel_server.sessions import AgentSession
 from tunnel_server.twins.api import TWINS_KEY, add_routes
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS
-from tunnel_server.twins.service import TwinsCloud
+from tunnel_server.twins.service import CloudTwinReplica
 from tunnel_server.twins.settings import CloudTwinsSettings
 from tunnel_server.twins.store import TwinStore
-from tunnel_server.twins.sync import SyncHub
+from tunnel_server.twins.sync import EdgeTwinLinks
 
 __all__ = [
     "OPENAPI_PATHS",
     "SYNC_TARGET",
     "TWINS_KEY",
     "TWINS_SYNC_KEY",
+    "CloudTwinReplica",
     "CloudTwinsSettings",
     "Durability",
-    "TwinsCloud",
     "setup",
 ]
 
 SYNC_TARGET = "twins"
 """The agent-service target name of the sync stream."""
 
-TWINS_SYNC_KEY = web.AppKey("twins_sync", SyncHub)
+TWINS_SYNC_KEY = web.AppKey("twins_sync", EdgeTwinLinks)
 
 
 async def _serve_sync(stream: TunnelStream, session: AgentSession, app: web.Application) -> None:
@@ -53,7 +53,7 @@ async def _serve_sync(stream: TunnelStream, session: AgentSession, app: web.Appl
 
 
 class _Metrics(Collector):
-    def __init__(self, cloud: TwinsCloud) -> None:
+    def __init__(self, cloud: CloudTwinReplica) -> None:
         self._cloud = cloud
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -102,13 +102,13 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
         cache_devices=settings.cache_devices,
         max_dead_letters=settings.max_dead_letters,
     )
-    cloud = TwinsCloud(
+    cloud = CloudTwinReplica(
         store=store,
         models=load_models(settings.models_dir or data_dir / "models"),
         settings=settings,
     )
     app[TWINS_KEY] = cloud
-    app[TWINS_SYNC_KEY] = SyncHub(cloud)
+    app[TWINS_SYNC_KEY] = EdgeTwinLinks(cloud)
     app[AGENT_SERVICES_KEY][SYNC_TARGET] = _serve_sync
     add_routes(app)
     app[REGISTRY_KEY].register(_Metrics(cloud))

@@ -35,12 +35,12 @@ from tunnel_server.api.auth import authenticate
 from tunnel_server.api.errors import ApiError
 from tunnel_server.twins.service import (
     DEVICE_ID,
+    CloudTwinReplica,
     DeviceRemovedError,
     ModelUnknownError,
     MovePendingError,
     QueueFullError,
     SameNodeError,
-    TwinsCloud,
     UnknownDeviceError,
 )
 from tunnel_server.twins.store import DeviceKey, DeviceRow
@@ -49,7 +49,7 @@ __all__ = ["TWINS_KEY", "add_routes", "device_json", "twin_json"]
 
 log = logging.getLogger("tunnel_server.twins.api")
 
-TWINS_KEY = web.AppKey("twins", TwinsCloud)
+TWINS_KEY = web.AppKey("twins", CloudTwinReplica)
 _NODE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 _PATCH_TYPES = frozenset({"application/json", "application/merge-patch+json"})
@@ -88,7 +88,7 @@ def _ok(body: dict[str, Any]) -> web.Response:
     return web.json_response(body, headers=_SECURITY_HEADERS)
 
 
-def _cloud(request: web.Request) -> TwinsCloud:
+def _cloud(request: web.Request) -> CloudTwinReplica:
     return request.app[TWINS_KEY]
 
 

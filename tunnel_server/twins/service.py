@@ -59,12 +59,12 @@ __all__ = [
     "DEVICE_ID",
     "BatchError",
     "BatchResult",
+    "CloudTwinReplica",
     "DeviceRemovedError",
     "ModelUnknownError",
     "MovePendingError",
     "QueueFullError",
     "SameNodeError",
-    "TwinsCloud",
     "UnknownDeviceError",
 ]
 
@@ -138,8 +138,11 @@ class Counters:
     downlink_failed: int = 0
 
 
-class TwinsCloud:
-    """The twin store plus the rules above; one per server process."""
+class CloudTwinReplica:
+    """The cloud replica of every device twin: the twin store plus the rules above.
+
+    One per server process.
+    """
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    origin and its downlink window. The origin must be ``<session node>.<boot id>``; anything
    else resets the stream. The cloud answers ``welcome``.
 2. One live stream per node: a newer one (the agent reconnected) resets the older.
-3. ``batch``: records from the agent's outbox, applied in one transaction (TwinsCloud); the
+3. ``batch``: records from the agent's outbox, applied in one transaction (CloudTwinReplica); the
    ``batch-ack`` is written only after the commit, so the agent deletes only what is durable
    here. A store failure answers ``batch-error`` (retryable); a batch that breaks the protocol
    resets the stream.
@@ -15,7 +15,9 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    Each ``ack`` removes its change; ``failed`` (the edge can never apply it) dead-letters it;
    ``retry`` (the edge could not store it now) ends the stream so that everything still
    queued is sent again, in order, on the next one.
-5. Every message is framed and bounded (wire.py); anything malformed resets the stream.
+5. The protocol itself (message order, ids, the window, the checks of every message) is
+   device_models.sync_session, the sans-IO session shared with the agent; this file only
+   drives it. Anything it refuses resets the stream.
 """
 
 from __future__ import annotations
@@ -25,100 +27,78 @@ import json
 import logging
 import sqlite3
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from device_models import sync_wire as wire
+from device_models import Role
+from device_models.sync_session import (
+    Ack,
+    Batch,
+    BatchAck,
+    Change,
+    Command,
+    Event,
+    RemoteProtocolError,
+    StreamEnded,
+    SyncProtocolError,
+    SyncSession,
+    Welcome,
+)
+from device_models.sync_session import BatchError as BatchFailed
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.twins.service import BatchError, TwinsCloud
+from tunnel_server.twins.service import BatchError, CloudTwinReplica
 
 if TYPE_CHECKING:
     from tunnel_server.sessions import AgentSession
 
-__all__ = ["ProtocolViolationError", "SyncHub"]
+__all__ = ["EdgeTwinLinks"]
 
 log = logging.getLogger("tunnel_server.twins.sync")
 
-MAX_WINDOW = 1024
 _DONE = frozenset({"applied", "duplicate", "rejected"})
 
 
-class ProtocolViolationError(Exception):
-    """The agent broke the sync protocol; the stream is reset with this text."""
-
-
-class _Reader:
-    def __init__(self, stream: TunnelStream, decoder: wire.Decoder) -> None:
-        self._stream = stream
-        self._decoder = decoder
-        self._ready: deque[dict[str, Any]] = deque()
-
-    @property
-    def queued(self) -> int:
-        return len(self._ready)
-
-    async def next(self) -> dict[str, Any] | None:
-        """The next message; None at a clean end of the stream."""
-        while not self._ready:
-            chunk = await self._stream.read()
-            if not chunk:
-                if self._decoder.buffered:
-                    raise wire.WireError("the stream ended inside a message")
-                return None
-            self._ready.extend(self._decoder.feed(chunk))
-        return self._ready.popleft()
-
-
 class _Link:
-    """One agent's live sync stream."""
+    """One agent's live sync stream: the sans-IO session driven over a tunnel stream."""
 
-    def __init__(self, *, stream: TunnelStream, node: str, cloud: TwinsCloud) -> None:
+    def __init__(self, *, stream: TunnelStream, node: str, cloud: CloudTwinReplica) -> None:
         self.stream = stream
         self.node = node
         self.cloud = cloud
         settings = cloud.settings
-        self._max_bytes = settings.max_message_bytes
-        self._reader = _Reader(
-            stream,
-            wire.Decoder(max_bytes=settings.max_message_bytes, max_depth=settings.max_depth),
+        self._session = SyncSession(
+            Role.CLOUD,
+            max_message_bytes=settings.max_message_bytes,
+            max_depth=settings.max_depth,
+            window=settings.downlink_window,
+            max_batch_records=settings.max_batch_records,
         )
+        self._ready: deque[Event] = deque()
         self._write_lock = asyncio.Lock()
         self._wake = cloud.waker(node)
-        self._in_flight: set[int] = set()
         self._acked: list[int] = []
-        self._window = settings.downlink_window
-        self.origin = ""
 
-    async def send(self, message: dict[str, Any]) -> None:
-        data = wire.encode(message, max_bytes=self._max_bytes)
-        async with self._write_lock:
-            await self.stream.write(data)
+    @property
+    def origin(self) -> str:
+        return self._session.peer_origin
+
+    async def send(self, event: Event) -> None:
+        async with self._write_lock:  # the session's order is the stream's order
+            await self.stream.write(self._session.send(event))
+
+    async def next_event(self) -> Event:
+        while not self._ready:
+            self._ready.extend(self._session.receive_data(await self.stream.read()))
+        return self._ready.popleft()
 
     async def handshake(self) -> None:
         async with asyncio.timeout(self.cloud.settings.hello_timeout):
-            hello = await self._reader.next()
-        if hello is None or hello.get("type") != "hello":
-            raise ProtocolViolationError("the first message must be a hello")
-        version = hello.get("version")
-        if version != wire.PROTOCOL_VERSION:
-            raise ProtocolViolationError(
-                f"protocol version {str(version)[:16]} is not supported (this cloud speaks "
-                f"{wire.PROTOCOL_VERSION})"
-            )
-        origin, window = hello.get("origin"), hello.get("window")
-        if not isinstance(origin, str):
-            raise ProtocolViolationError("hello needs the agent's origin")
-        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
-            raise ProtocolViolationError(f"window must be an integer in 1..{MAX_WINDOW}")
+            await self.next_event()  # the session lets only a valid hello through
         try:
-            self.cloud.hello(self.node, origin)
+            self.cloud.hello(self.node, self._session.peer_origin)
         except ValueError as error:
-            raise ProtocolViolationError(str(error)) from None
-        self.origin = origin
-        self._window = min(window, self.cloud.settings.downlink_window)
-        await self.send(
-            {"type": "welcome", "version": wire.PROTOCOL_VERSION, "origin": self.cloud.origin}
-        )
+            raise RemoteProtocolError(str(error)) from None
+        await self.send(Welcome(origin=self.cloud.origin))
 
     async def serve(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -128,65 +108,42 @@ class _Link:
 
     async def _receive(self) -> None:
         while True:
-            message = await self._reader.next()
-            if message is None:
+            event = await self.next_event()
+            if isinstance(event, StreamEnded):
                 self.stream.end()
                 return
-            kind = message["type"]
-            if kind == "batch":
-                await self._batch(message)
-            elif kind == "ack":
-                self._ack(message)
-            else:
-                raise ProtocolViolationError(f"unexpected message type {kind[:32]!r}")
-            if not self._reader.queued:
+            if isinstance(event, Batch):
+                await self._batch(event)
+            elif isinstance(event, Ack):
+                self._ack(event)
+            if not self._ready:
                 self._flush_acks()
 
-    async def _batch(self, message: dict[str, Any]) -> None:
-        batch_id, records = message.get("id"), message.get("records")
-        if isinstance(batch_id, bool) or not isinstance(batch_id, int):
-            raise ProtocolViolationError("a batch needs an integer id")
-        if not isinstance(records, list) or not records:
-            raise ProtocolViolationError("a batch needs a non-empty list of records")
-        if len(records) > self.cloud.settings.max_batch_records:
-            limit = self.cloud.settings.max_batch_records
-            raise ProtocolViolationError(f"a batch holds at most {limit} records")
+    async def _batch(self, batch: Batch) -> None:
         try:
-            result = self.cloud.apply_batch(node=self.node, origin=self.origin, records=records)
+            result = self.cloud.apply_batch(
+                node=self.node, origin=self.origin, records=batch.records
+            )
         except BatchError as error:
-            raise ProtocolViolationError(f"batch {batch_id}: {error}") from None
+            raise RemoteProtocolError(f"batch {batch.id}: {error}") from None
         except sqlite3.Error as error:
-            log.exception("twins: storing batch %s of %s failed", batch_id, self.node)
-            await self.send(
-                {
-                    "type": "batch-error",
-                    "id": batch_id,
-                    "error": "unavailable",
-                    "message": str(error),
-                }
-            )
+            log.exception("twins: storing batch %s of %s failed", batch.id, self.node)
+            await self.send(BatchFailed(id=batch.id, error="unavailable", message=str(error)))
             return
-        await self.send({"type": "batch-ack", "id": batch_id, **result.to_json()})
+        await self.send(BatchAck(id=batch.id, body=result.to_json()))
 
-    def _ack(self, message: dict[str, Any]) -> None:
-        row_id, result = message.get("id"), message.get("result")
-        if isinstance(row_id, bool) or not isinstance(row_id, int) or row_id not in self._in_flight:
-            raise ProtocolViolationError("an ack must name a change in flight")
-        self._in_flight.discard(row_id)
+    def _ack(self, ack: Ack) -> None:
         self._wake.set()
-        if result in _DONE:
-            self._acked.append(row_id)
-        elif result == "failed":
+        if ack.result in _DONE:
+            self._acked.append(ack.id)
+        elif ack.result == "failed":
             self._flush_acks()
-            reason = f"{str(message.get('error'))[:64]}: {str(message.get('message'))[:512]}"
-            self.cloud.downlink_failed(self.node, row_id, reason)
-        elif result == "retry":
-            raise ProtocolViolationError(
-                f"the agent could not store change {row_id} now; it is sent again next stream"
-            )
-        else:
-            raise ProtocolViolationError(
-                "ack result must be applied, duplicate, rejected, failed or retry"
+            error, text = ack.body.get("error"), ack.body.get("message")
+            reason = f"{str(error)[:64]}: {str(text)[:512]}"
+            self.cloud.downlink_failed(self.node, ack.id, reason)
+        else:  # "retry"
+            raise RemoteProtocolError(
+                f"the agent could not store change {ack.id} now; it is sent again next stream"
             )
 
     def _flush_acks(self) -> None:
@@ -198,14 +155,13 @@ class _Link:
         last_sent = 0
         while True:
             self._wake.clear()
-            room = self._window - len(self._in_flight)
+            room = self._session.room
             rows = self.cloud.store.downlink_after(self.node, last_sent, room) if room > 0 else []
             for row in rows:
                 body = json.loads(row.body)
-                self._in_flight.add(row.id)
                 last_sent = row.id
-                kind = "command" if "command" in body else "change"
-                await self.send({"type": kind, "id": row.id, **body})
+                kind = Command if "command" in body else Change
+                await self.send(kind(id=row.id, body=body))
             if not rows:
                 await self._wake.wait()
 
@@ -213,10 +169,10 @@ class _Link:
         self.cloud.release_waker(self.node, self._wake)
 
 
-class SyncHub:
-    """The live sync streams of this server, one per node."""
+class EdgeTwinLinks:
+    """The sync links of this server to the edges: one live stream per node."""
 
-    def __init__(self, cloud: TwinsCloud) -> None:
+    def __init__(self, cloud: CloudTwinReplica) -> None:
         self.cloud = cloud
         self._links: dict[str, _Link] = {}
 
@@ -236,11 +192,7 @@ class SyncHub:
             self._links[node] = link
             log.info("twins: %s syncing (origin %s)", node, link.origin)
             await link.serve()
-        except* ProtocolViolationError as group:
-            text = str(group.exceptions[0])
-            log.warning("twins: stream of %s reset: %s", node, text)
-            stream.reset(ErrorCode.PROTOCOL_ERROR, text[:512])
-        except* wire.WireError as group:
+        except* SyncProtocolError as group:
             text = str(group.exceptions[0])
             log.warning("twins: stream of %s reset: %s", node, text)
             stream.reset(ErrorCode.PROTOCOL_ERROR, text[:512])

@@ -1,4 +1,4 @@
-"""A TwinsService in its own process, so that a test can kill it with SIGKILL.
+"""A TwinMqttService in its own process, so that a test can kill it with SIGKILL.
 
 Usage: ``python -m tests.integration.twins.agent_proc CONFIG_JSON``. Its cloud is a file: each
 delivered batch is appended as one JSON line (one ``write``), and deliveries fail at random
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.twins import TwinsService, TwinsSettings
+from edge_agent.twins import TwinMqttService, TwinMqttSettings
 
 
 class InjectedFaultError(ConnectionError):
@@ -45,14 +45,14 @@ class FileCloud:
 
 
 async def serve(config: dict[str, Any]) -> None:
-    settings = TwinsSettings(**{**config["settings"], "data_dir": Path(config["data_dir"])})
+    settings = TwinMqttSettings(**{**config["settings"], "data_dir": Path(config["data_dir"])})
     cloud = FileCloud(
         path=Path(config["cloud"]),
         fail_before=config["fail_before"],
         fail_after=config["fail_after"],
         rng=random.Random(),  # noqa: S311 - fault injection
     )
-    service = TwinsService(settings=settings, sender=cloud)
+    service = TwinMqttService(settings=settings, sender=cloud)
     async with asyncio.TaskGroup() as group:
         group.create_task(service.run(), name="agent-proc.twins")
         await service.ready.wait()

@@ -1,4 +1,4 @@
-"""A real TwinsService on a real mosquitto with dynamic security, and a cloud that records.
+"""A real TwinMqttService on a real mosquitto with dynamic security, and a cloud that records.
 
 `CloudRecorder` is the cloud end of the outbox: it applies every delivered twin change to a
 cloud-side `Replica` with `device_models.apply_change`, exactly as the cloud will, so a test can
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from device_models import Replica, Role, TwinChange, apply_change
-from edge_agent.twins import Durability, TwinsService, TwinsSettings
+from edge_agent.twins import Durability, TwinMqttService, TwinMqttSettings
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
 
@@ -79,11 +79,11 @@ class CloudRecorder:
 @dataclass(kw_only=True)
 class TwinsEnv:
     broker: mqtt.Broker
-    settings: TwinsSettings
+    settings: TwinMqttSettings
     cloud: CloudRecorder
 
-    def service(self, **changes: Any) -> TwinsService:
-        return TwinsService(settings=replace(self.settings, **changes), sender=self.cloud)
+    def service(self, **changes: Any) -> TwinMqttService:
+        return TwinMqttService(settings=replace(self.settings, **changes), sender=self.cloud)
 
     async def claim(self, device_id: str, model: str, **kwargs: Any) -> DeviceCredential:
         return await claim_device(
@@ -107,7 +107,7 @@ def twins_env(mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path) -> TwinsEnv:
     """Settings unique to this test (agent and claim users, data dir) on the shared broker."""
     suffix = secrets.token_hex(4)
     assert mqtt_dynsec_broker.admin_password is not None
-    settings = TwinsSettings(
+    settings = TwinMqttSettings(
         data_dir=tmp_path / "twins",
         node_name="node1",
         broker_host=mqtt_dynsec_broker.host,
@@ -123,7 +123,7 @@ def twins_env(mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path) -> TwinsEnv:
 
 
 @contextlib.asynccontextmanager
-async def running(service: TwinsService) -> AsyncIterator[TwinsService]:
+async def running(service: TwinMqttService) -> AsyncIterator[TwinMqttService]:
     """Run the service in a TaskGroup until the block ends (then cancel it)."""
     async with asyncio.TaskGroup() as group:
         task = group.create_task(service.run(), name="test.twins-service")

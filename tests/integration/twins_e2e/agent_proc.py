@@ -21,10 +21,10 @@ from aiohttp import web
 from daemon_support import logs
 from device_models import DeviceModelsError, Section, write_change
 from edge_agent import cli
-from edge_agent.twins import TwinsService
+from edge_agent.twins import TwinMqttService
 from edge_agent.twins.twin_store import StoreWrite
 
-SERVICE = web.AppKey("test_twins_service", TwinsService)
+SERVICE = web.AppKey("test_twins_service", TwinMqttService)
 
 
 async def local_write(request: web.Request) -> web.Response:
@@ -48,7 +48,7 @@ async def local_write(request: web.Request) -> web.Response:
     return web.json_response(replica.twin.to_json())
 
 
-def add_test_routes(app: web.Application, service: TwinsService | None) -> None:
+def add_test_routes(app: web.Application, service: TwinMqttService | None) -> None:
     if service is None:
         raise SystemExit("agent_proc needs [twins] enabled in the config")
     app[SERVICE] = service

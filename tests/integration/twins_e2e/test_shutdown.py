@@ -26,7 +26,7 @@ import pytest
 
 from tests.harness.daemons import Server
 from tests.harness.waiting import eventually
-from tunnel_server.twins import CloudTwinsSettings, TwinsCloud
+from tunnel_server.twins import CloudTwinReplica, CloudTwinsSettings
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.store import TwinStore
 
@@ -46,7 +46,7 @@ def onboard_earlier(data_dir: Path, node: str, device: str) -> None:
         max_dead_letters=settings.max_dead_letters,
     )
     try:
-        cloud = TwinsCloud(store=store, models=load_models(None), settings=settings)
+        cloud = CloudTwinReplica(store=store, models=load_models(None), settings=settings)
         origin = f"{node}.boot1"
         record = {"outboxId": 1, "kind": "device", "device": device, "origin": origin}
         record |= {"model": "thermostat", "modelVersion": "1.0.0"}

@@ -1,4 +1,4 @@
-"""TwinsCloud.end_waits: a stopping server answers its twin long-polls at once.
+"""CloudTwinReplica.end_waits: a stopping server answers its twin long-polls at once.
 
 The process-level check (SIGTERM, exit time) is tests/integration/twins_e2e/test_shutdown.py.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from device_models import Section
-from tunnel_server.twins import CloudTwinsSettings, TwinsCloud
+from tunnel_server.twins import CloudTwinReplica, CloudTwinsSettings
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.store import TwinStore
 
@@ -22,7 +22,7 @@ GUARD = 2.0  # a guard against hangs, not a measurement
 
 
 @pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[TwinsCloud]:
+def cloud(tmp_path: Path) -> Iterator[CloudTwinReplica]:
     settings = CloudTwinsSettings()
     store = TwinStore(
         tmp_path / "twins.sqlite3",
@@ -30,7 +30,7 @@ def cloud(tmp_path: Path) -> Iterator[TwinsCloud]:
         cache_devices=100,
         max_dead_letters=100,
     )
-    cloud = TwinsCloud(store=store, models=load_models(None), settings=settings)
+    cloud = CloudTwinReplica(store=store, models=load_models(None), settings=settings)
     origin = f"{KEY[0]}.boot1"
     record = {"outboxId": 1, "kind": "device", "device": KEY[1], "origin": origin}
     record |= {"model": "thermostat", "modelVersion": "1.0.0"}
@@ -39,7 +39,7 @@ def cloud(tmp_path: Path) -> Iterator[TwinsCloud]:
     store.close()
 
 
-async def test_waiting_long_polls_end_with_the_twin_as_it_is(cloud: TwinsCloud) -> None:
+async def test_waiting_long_polls_end_with_the_twin_as_it_is(cloud: CloudTwinReplica) -> None:
     async with asyncio.timeout(GUARD), asyncio.TaskGroup() as group:
         polls = [
             group.create_task(
@@ -59,7 +59,7 @@ async def test_waiting_long_polls_end_with_the_twin_as_it_is(cloud: TwinsCloud) 
         assert row.replica.twin.desired.version == 0
 
 
-async def test_a_long_poll_after_the_stop_does_not_wait(cloud: TwinsCloud) -> None:
+async def test_a_long_poll_after_the_stop_does_not_wait(cloud: CloudTwinReplica) -> None:
     cloud.end_waits()
     async with asyncio.timeout(GUARD):
         row = await cloud.wait_version(KEY, {Section.REPORTED: 5}, within=LONG)

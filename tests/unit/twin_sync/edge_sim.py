@@ -23,14 +23,14 @@ from device_models import (
     write_change,
 )
 from edge_agent.twins import CloudChangeError, CloudChangeResult, Code
-from tunnel_server.twins import CloudTwinsSettings, Durability, TwinsCloud
+from tunnel_server.twins import CloudTwinReplica, CloudTwinsSettings, Durability
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.store import TwinStore
 
 NODE = "node1"
 
 
-def make_cloud(folder: Path, **changes: Any) -> TwinsCloud:
+def make_cloud(folder: Path, **changes: Any) -> CloudTwinReplica:
     settings = dataclasses.replace(CloudTwinsSettings(durability=Durability.NORMAL), **changes)
     store = TwinStore(
         folder / "twins.sqlite3",
@@ -38,7 +38,7 @@ def make_cloud(folder: Path, **changes: Any) -> TwinsCloud:
         cache_devices=settings.cache_devices,
         max_dead_letters=settings.max_dead_letters,
     )
-    return TwinsCloud(store=store, models=load_models(None), settings=settings)
+    return CloudTwinReplica(store=store, models=load_models(None), settings=settings)
 
 
 @dataclass
@@ -140,7 +140,7 @@ class EdgeSim:
         self._append({"kind": "device-moved", "device": device, "to": command["to"], "at": 1.0})
         return CloudChangeResult(device_id=device, applied=True)
 
-    # The TwinsEndpoint side: what TwinsService.apply_cloud_change does, minus MQTT.
+    # The TwinsEndpoint side: what TwinMqttService.apply_cloud_change does, minus MQTT.
     async def apply_cloud_change(
         self, message: Mapping[str, object] | str | bytes
     ) -> CloudChangeResult:

@@ -18,25 +18,27 @@ from device_models import (
 from tests.unit.twin_sync.edge_sim import NODE, EdgeSim, make_cloud, same_values
 from tunnel_server.twins.service import (
     BatchError,
+    CloudTwinReplica,
     DeviceRemovedError,
     MovePendingError,
     SameNodeError,
-    TwinsCloud,
 )
 from tunnel_server.twins.store import DeviceState
 
 
 @pytest.fixture
-def cloud(tmp_path: Path) -> TwinsCloud:
+def cloud(tmp_path: Path) -> CloudTwinReplica:
     return make_cloud(tmp_path)
 
 
-def apply(cloud: TwinsCloud, edge: EdgeSim, records: list[dict[str, object]]) -> dict[str, int]:
+def apply(
+    cloud: CloudTwinReplica, edge: EdgeSim, records: list[dict[str, object]]
+) -> dict[str, int]:
     result = cloud.apply_batch(node=edge.node, origin=edge.origin, records=records)
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
 
 
-def test_onboarding_and_reports_reach_the_cloud_replica(cloud: TwinsCloud) -> None:
+def test_onboarding_and_reports_reach_the_cloud_replica(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     edge.onboard("t1", "thermostat")
     edge.report("t1", {"temperature": 21.5, "heating": True})
@@ -50,7 +52,7 @@ def test_onboarding_and_reports_reach_the_cloud_replica(cloud: TwinsCloud) -> No
     assert same_values(edge.replicas["t1"], row.replica)
 
 
-def test_redelivered_records_apply_once_whatever_the_overlap(cloud: TwinsCloud) -> None:
+def test_redelivered_records_apply_once_whatever_the_overlap(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     edge.onboard("r1", "relay-switch")
     records = [edge.onboard("r1", "relay-switch")]  # a second onboarding: fresh replicas
@@ -75,7 +77,7 @@ def test_redelivered_records_apply_once_whatever_the_overlap(cloud: TwinsCloud) 
     assert cloud.store.dead_letter_count() == 0
 
 
-def test_a_record_from_another_origin_or_node_is_dead_lettered(cloud: TwinsCloud) -> None:
+def test_a_record_from_another_origin_or_node_is_dead_lettered(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     apply(cloud, edge, [edge.onboard("d1", "relay-switch")])
     intruder = EdgeSim(node="node2")
@@ -91,14 +93,14 @@ def test_a_record_from_another_origin_or_node_is_dead_lettered(cloud: TwinsCloud
     assert cloud.device(("node2", "d1")) is None  # a node never writes another's devices
 
 
-def test_a_hello_must_carry_the_sessions_node_name(cloud: TwinsCloud) -> None:
+def test_a_hello_must_carry_the_sessions_node_name(cloud: CloudTwinReplica) -> None:
     cloud.hello(NODE, "node1.abc123")
     for bad in ("node2.abc", "node1", "node1.", "node1.a.b", "xnode1.abc"):
         with pytest.raises(ValueError, match="boot id"):
             cloud.hello(NODE, bad)
 
 
-def test_batches_that_break_the_protocol_are_refused_whole(cloud: TwinsCloud) -> None:
+def test_batches_that_break_the_protocol_are_refused_whole(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     first, second = edge.onboard("a", "relay-switch"), edge.onboard("b", "relay-switch")
     with pytest.raises(BatchError, match="increase"):
@@ -109,7 +111,7 @@ def test_batches_that_break_the_protocol_are_refused_whole(cloud: TwinsCloud) ->
 
 
 def test_a_value_the_cloud_model_refuses_uses_up_its_seq_and_is_reported(
-    cloud: TwinsCloud,
+    cloud: CloudTwinReplica,
 ) -> None:
     edge = EdgeSim()
     edge.onboard("t", "thermostat")
@@ -126,7 +128,7 @@ def test_a_value_the_cloud_model_refuses_uses_up_its_seq_and_is_reported(
     assert "setpoint" in row.sync_error
 
 
-def test_api_writes_queue_changes_the_edge_applies_in_order(cloud: TwinsCloud) -> None:
+def test_api_writes_queue_changes_the_edge_applies_in_order(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     apply(cloud, edge, [edge.onboard("t", "thermostat")])
     for setpoint in (18, 19, 20):
@@ -143,7 +145,7 @@ def test_api_writes_queue_changes_the_edge_applies_in_order(cloud: TwinsCloud) -
     assert cloud.store.downlink_count(NODE) == 0
 
 
-def test_api_writes_are_validated_and_conditional(cloud: TwinsCloud) -> None:
+def test_api_writes_are_validated_and_conditional(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     apply(cloud, edge, [edge.onboard("t", "thermostat")])
     key = (NODE, "t")
@@ -161,7 +163,7 @@ def test_api_writes_are_validated_and_conditional(cloud: TwinsCloud) -> None:
     assert cloud.store.downlink_count(NODE) == 1  # refused writes queue nothing
 
 
-def test_reonboarding_starts_fresh_replicas_and_carries_desired(cloud: TwinsCloud) -> None:
+def test_reonboarding_starts_fresh_replicas_and_carries_desired(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     apply(cloud, edge, [edge.onboard("t", "thermostat")])
     cloud.write((NODE, "t"), Section.DESIRED, {"setpoint": 22, "mode": "heat"})
@@ -187,7 +189,7 @@ def test_reonboarding_starts_fresh_replicas_and_carries_desired(cloud: TwinsClou
     assert result.replica.twin.desired.values == {"setpoint": 22, "mode": "heat"}
 
 
-def test_availability_keeps_the_newest_status(cloud: TwinsCloud) -> None:
+def test_availability_keeps_the_newest_status(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim()
     edge.onboard("d", "relay-switch")
     late = edge.availability("d", "offline")
@@ -221,7 +223,7 @@ def test_the_store_survives_a_restart(tmp_path: Path) -> None:
     assert apply(again, edge, records)["duplicates"] == 1
 
 
-def test_a_move_is_one_command_and_carries_desired_to_the_target(cloud: TwinsCloud) -> None:
+def test_a_move_is_one_command_and_carries_desired_to_the_target(cloud: CloudTwinReplica) -> None:
     source, target = EdgeSim(node="edge-a"), EdgeSim(node="edge-b")
     source.onboard("m1", "thermostat")
     apply(cloud, source, source.take())
@@ -252,7 +254,7 @@ def test_a_move_is_one_command_and_carries_desired_to_the_target(cloud: TwinsClo
     assert cloud.resolve("m1") == [("edge-b", "m1")]  # the bare id names the live one
 
 
-def test_a_refused_move_ends_and_says_why(cloud: TwinsCloud) -> None:
+def test_a_refused_move_ends_and_says_why(cloud: CloudTwinReplica) -> None:
     edge = EdgeSim(node="edge-a")
     edge.onboard("m2", "thermostat")
     apply(cloud, edge, edge.take())

@@ -1,7 +1,7 @@
 """Both ends of the ``twins`` stream over a real tunnel session on loopback WebSockets.
 
-The edge end is `edge_agent.twin_sync.TwinSync` with an `EdgeSim` in place of the MQTT side;
-the cloud end is `tunnel_server.twins.sync.SyncHub` on a real twin store.
+The edge end is `edge_agent.twin_link.CloudTwinLink` with an `EdgeSim` in place of the MQTT side;
+the cloud end is `tunnel_server.twins.sync.EdgeTwinLinks` on a real twin store.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from aiohttp import web
 
 from device_models import Section
 from device_models import sync_wire as wire
-from edge_agent.twin_sync import TwinSync, TwinSyncSettings
+from edge_agent.twin_link import CloudTwinLink, CloudTwinLinkSettings
 from tests.harness.waiting import eventually_async
 from tests.unit.twin_sync.edge_sim import NODE, EdgeSim, make_cloud, same_values
 from tunnel_aio import StreamResetError, TunnelConnection, TunnelStream
 from tunnel_protocol import Role
 from tunnel_server.sessions import AgentSession
-from tunnel_server.twins.service import TwinsCloud
-from tunnel_server.twins.sync import SyncHub
+from tunnel_server.twins.service import CloudTwinReplica
+from tunnel_server.twins.sync import EdgeTwinLinks
 
 TIMEOUT = 20.0
 
@@ -60,9 +60,9 @@ class Endpoint:
 
 @dataclass
 class Rig:
-    cloud: TwinsCloud
-    hub: SyncHub
-    sync: TwinSync
+    cloud: CloudTwinReplica
+    hub: EdgeTwinLinks
+    sync: CloudTwinLink
     sim: EdgeSim
     connection: TunnelConnection
     session_task: asyncio.Task[None]
@@ -94,7 +94,7 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, *, window: int = 64) -> AsyncIterator[Rig]:
     cloud = make_cloud(tmp_path)
-    hub = SyncHub(cloud)
+    hub = EdgeTwinLinks(cloud)
 
     async def on_stream(stream: TunnelStream) -> None:
         await hub.serve(stream, cast("AgentSession", FakeSession(NODE)))
@@ -114,7 +114,7 @@ async def rig(tmp_path: Path, *, window: int = 64) -> AsyncIterator[Rig]:
     await site.start()
     port = runner.addresses[0][1]
     sim = EdgeSim()
-    sync = TwinSync(settings=TwinSyncSettings(window=window, reopen_initial=0.05))
+    sync = CloudTwinLink(settings=CloudTwinLinkSettings(window=window, reopen_initial=0.05))
     sync.attach(Endpoint(sim))
     try:
         async with aiohttp.ClientSession() as http:
@@ -184,7 +184,7 @@ async def test_a_reset_stream_is_reopened_and_nothing_is_lost_or_doubled(tmp_pat
 
 
 async def test_deliver_without_a_stream_fails_at_once(tmp_path: Path) -> None:
-    sync = TwinSync()
+    sync = CloudTwinLink()
     with pytest.raises(ConnectionError, match="tunnel is down"):
         await sync.deliver([{"kind": "device", "outboxId": 1}])
     del tmp_path

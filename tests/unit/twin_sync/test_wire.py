@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from device_models import sync_session
 from device_models import sync_wire as wire
-from edge_agent import twin_sync
 
 CAP = 4096
 FUZZ = settings(max_examples=200, deadline=None)
@@ -70,7 +70,7 @@ def test_encoding_refuses_a_message_over_the_cap() -> None:
 
 def test_big_batches_are_split_under_the_cap_and_keep_their_order() -> None:
     records = [{"kind": "twin-change", "outboxId": i, "pad": "z" * 300} for i in range(1, 60)]
-    frames = twin_sync.batch_frames(records, first_id=7, max_bytes=CAP)
+    frames = [f for _, f in sync_session.batch_messages(records, first_id=7, max_bytes=CAP)]
     assert len(frames) > 1
     decoder = cloud_decoder()
     messages = [m for frame in frames for m in decoder.feed(frame)]
@@ -80,8 +80,8 @@ def test_big_batches_are_split_under_the_cap_and_keep_their_order() -> None:
 
 
 def test_a_record_larger_than_a_message_is_refused() -> None:
-    with pytest.raises(wire.WireError):
-        twin_sync.batch_frames([{"pad": "z" * CAP}], first_id=1, max_bytes=CAP)
+    with pytest.raises(sync_session.LocalProtocolError, match="exceeds the message cap"):
+        sync_session.batch_messages([{"pad": "z" * CAP}], first_id=1, max_bytes=CAP)
 
 
 @FUZZ

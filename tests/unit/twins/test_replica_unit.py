@@ -1,4 +1,4 @@
-"""TwinService without a broker: what it commits for device messages and cloud changes."""
+"""EdgeTwinReplica without a broker: what it commits for device messages and cloud changes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from device_models import Replica, Role, Section, write_change
 from edge_agent.twins.models import load_models
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings
+from edge_agent.twins.replica import CloudChangeError, EdgeTwinReplica
 from edge_agent.twins.topics import DeviceTopic, Op
-from edge_agent.twins.twin_service import CloudChangeError, TwinService
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState, Durability, TwinStore
 
 
@@ -21,11 +21,11 @@ class NeverSender:
         raise ConnectionError(f"offline ({len(batch)})")
 
 
-def service(path: Path) -> tuple[TwinService, TwinStore]:
+def service(path: Path) -> tuple[EdgeTwinReplica, TwinStore]:
     store = TwinStore(path / "t.sqlite3", node="n1", durability=Durability.NORMAL)
     metrics = Metrics()
     outbox = Outbox(store=store, sender=NeverSender(), settings=OutboxSettings(), metrics=metrics)
-    twins = TwinService(
+    twins = EdgeTwinReplica(
         store=store,
         outbox=outbox,
         models=load_models(None),
@@ -37,7 +37,7 @@ def service(path: Path) -> tuple[TwinService, TwinStore]:
     return twins, store
 
 
-async def onboarded(twins: TwinService, store: TwinStore, device_id: str) -> None:
+async def onboarded(twins: EdgeTwinReplica, store: TwinStore, device_id: str) -> None:
     record = DeviceRecord(
         device_id=device_id,
         model="thermostat",

@@ -71,11 +71,11 @@ __all__ = [
     "MAX_RECENT",
     "CloudChangeError",
     "CloudChangeResult",
+    "EdgeTwinReplica",
     "Publisher",
-    "TwinService",
 ]
 
-log = logging.getLogger("edge_agent.twins.twin_service")
+log = logging.getLogger("edge_agent.twins.replica")
 
 MAX_RECENT = 16
 _REPORT_FIELDS = frozenset({"rid", "patch", "version"})
@@ -123,7 +123,9 @@ class _Batch:
     accepted: int = 0
 
 
-class TwinService:
+class EdgeTwinReplica:
+    """The edge replica of every device twin; the rules above."""
+
     def __init__(
         self,
         *,

@@ -1,10 +1,10 @@
-"""`TwinsService`: the device-twin part of the edge agent, run as one task of the daemon.
+"""`TwinMqttService`: the MQTT device service of the edge's twins, run as one task of the daemon.
 
 It owns three long-running tasks in one TaskGroup:
 
 - ``twins.mqtt``: the agent's own broker session (persistent, QoS 1, manual acknowledgement:
   a device message is acknowledged to the broker only after its effect is committed), which
-  feeds device messages to `TwinService` in batches and claim requests to the onboarding queue;
+  feeds device messages to `EdgeTwinReplica` in batches and claim requests to the onboarding queue;
 - ``twins.onboarding``: answers claim requests one at a time (each needs broker admin calls);
 - ``twins.outbox``: delivers outbox records to the cloud through the injected `Sender`.
 
@@ -33,17 +33,17 @@ from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
 from edge_agent.twins.payloads import Code
+from edge_agent.twins.replica import CloudChangeError, CloudChangeResult, EdgeTwinReplica
 from edge_agent.twins.topics import DeviceTopic
-from edge_agent.twins.twin_service import CloudChangeError, CloudChangeResult, TwinService
 from edge_agent.twins.twin_store import Durability, TwinStore
 
-__all__ = ["TwinsService", "TwinsSettings"]
+__all__ = ["TwinMqttService", "TwinMqttSettings"]
 
-log = logging.getLogger("edge_agent.twins.service")
+log = logging.getLogger("edge_agent.twins.mqtt_service")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TwinsSettings:
+class TwinMqttSettings:
     data_dir: Path
     """Folder of ``twins.sqlite3`` (twins, device registry, outbox); must survive restarts."""
 
@@ -141,7 +141,7 @@ CLIENT_ID_SUFFIX_BYTES = 8
 """Random bytes (16 hex digits) after the configured prefix of the agent's client id."""
 
 
-def agent_client_id(settings: TwinsSettings) -> str:
+def agent_client_id(settings: TwinMqttSettings) -> str:
     """The agent's secret client id: read from its file, or made once and written (0600).
 
     A file whose id does not start with the configured prefix (the setting changed) is
@@ -170,11 +170,14 @@ class _Publisher:
         await self._client.publish(topic, payload, qos=1, retain=retain)
 
 
-class TwinsService:
-    """Construct, then ``await run()`` inside the daemon's TaskGroup; cancel to stop."""
+class TwinMqttService:
+    """The MQTT device service of the edge's twins.
+
+    Construct, then ``await run()`` inside the daemon's TaskGroup; cancel to stop.
+    """
 
     def __init__(
-        self, *, settings: TwinsSettings, sender: Sender, clock: Callable[[], float] = time.time
+        self, *, settings: TwinMqttSettings, sender: Sender, clock: Callable[[], float] = time.time
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -190,7 +193,7 @@ class TwinsService:
             metrics=self.metrics,
             on_room=self._on_room,
         )
-        self.twins = TwinService(
+        self.twins = EdgeTwinReplica(
             store=self._store,
             outbox=self.outbox,
             models=load_models(settings.models_dir),

@@ -1,9 +1,12 @@
-"""Twin sync over the tunnel: the outbox's `Sender` and the cloud's changes, on one stream.
+"""`CloudTwinLink`: the edge's sync link to the cloud over the tunnel.
+
+The outbox's `Sender` and the cloud's changes, on one stream; the cloud's end is
+tunnel_server/twins/sync.py's `EdgeTwinLinks`.
 
 Wiring (the daemon)::
 
-    sync = TwinSync(settings=TwinSyncSettings())
-    twins = TwinsService(settings=..., sender=sync)
+    sync = CloudTwinLink(settings=CloudTwinLinkSettings())
+    twins = TwinMqttService(settings=..., sender=sync)
     sync.attach(twins)
     client.session_tasks["twins"] = sync.run_session
 
@@ -20,49 +23,60 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    later. The cloud skips records it already applied (by ``outboxId``), so a retry after a
    lost acknowledgement applies nothing twice.
 4. ``change`` messages (the cloud's changes, desired mostly) are applied one at a time, in
-   arrival order, through `TwinsService.apply_cloud_change` (exactly once per (origin, seq);
+   arrival order, through `TwinMqttService.apply_cloud_change` (exactly once per (origin, seq);
    the device gets what changed, in order), and each is answered with an ``ack``. The cloud
    keeps at most ``window`` in flight; more is a protocol violation. ``command`` messages
    (move a device to another node) take the same queue and the same ``ack``, through
-   `TwinsService.apply_cloud_command`.
-5. Frames are a 4-byte big-endian length and a JSON object; the length is checked against
-   the cap before anything is buffered, the depth before parsing. A bad frame resets the
-   stream. The framing is device_models.sync_wire, shared with the tunnel server.
+   `TwinMqttService.apply_cloud_command`.
+5. The protocol itself (who may send what when, ids, the window, the checks of every
+   message) is device_models.sync_session, the sans-IO session shared with the tunnel
+   server; this file only drives it. Anything it refuses resets the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from device_models.sync_wire import PROTOCOL_VERSION, Decoder, WireError, encode, encode_frame
+from device_models import Role
+from device_models.sync_session import (
+    Ack,
+    BatchAck,
+    BatchError,
+    Change,
+    Command,
+    Event,
+    Hello,
+    LocalProtocolError,
+    StreamEnded,
+    SyncProtocolError,
+    SyncSession,
+)
 from edge_agent.twins import CloudChangeError, CloudChangeResult, Code
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, SessionState
 
 __all__ = [
     "SYNC_TARGET",
-    "ProtocolViolationError",
+    "CloudTwinLink",
+    "CloudTwinLinkSettings",
     "SyncCounters",
-    "TwinSync",
-    "TwinSyncSettings",
     "TwinsEndpoint",
 ]
 
-log = logging.getLogger("edge_agent.twin_sync")
+log = logging.getLogger("edge_agent.twin_link")
 
 SYNC_TARGET = "twins"
 _FAILED = frozenset({Code.BAD_REQUEST, Code.UNKNOWN_DEVICE, Code.OUT_OF_ORDER, Code.MOVE_REFUSED})
 
 
 @dataclass(frozen=True, kw_only=True)
-class TwinSyncSettings:
+class CloudTwinLinkSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest sync message either way, in bytes: the outbox's batches are at most 1 MiB plus
     one record, and a batch bigger than this is split over several messages."""
@@ -94,7 +108,7 @@ class Kickable(Protocol):
 
 
 class TwinsEndpoint(Protocol):
-    """What the sync needs of `edge_agent.twins.TwinsService`."""
+    """What the sync needs of `edge_agent.twins.TwinMqttService`."""
 
     @property
     def origin(self) -> str: ...
@@ -107,10 +121,6 @@ class TwinsEndpoint(Protocol):
     ) -> CloudChangeResult: ...
 
     async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult: ...
-
-
-class ProtocolViolationError(Exception):
-    """The cloud broke the sync protocol; the stream is reset."""
 
 
 @dataclass(kw_only=True)
@@ -128,112 +138,62 @@ class SyncCounters:
     changes_retry: int = 0
 
 
-# ---------------------------------------------------------------------- framing, sans-IO
-
-
-def batch_frames(records: list[dict[str, Any]], *, first_id: int, max_bytes: int) -> list[bytes]:
-    """`records` as framed ``batch`` messages of at most `max_bytes` each, ids from `first_id`.
-
-    A record too large for a message on its own raises WireError (the twin limits keep every
-    record far below the default cap).
-    """
-    encoded = [
-        json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-        for record in records
-    ]
-    frames: list[bytes] = []
-    group: list[bytes] = []
-    size = 0
-    overhead = 64  # the envelope around the records, with room for the id
-
-    def flush() -> None:
-        batch_id = first_id + len(frames)
-        body = b'{"type":"batch","id":%d,"records":[%s]}' % (batch_id, b",".join(group))
-        frames.append(encode_frame(body, max_bytes=max_bytes))
-
-    for data in encoded:
-        if len(data) + overhead > max_bytes:
-            raise WireError(f"an outbox record of {len(data)} bytes exceeds the message cap")
-        if group and size + len(data) + 1 + overhead > max_bytes:
-            flush()
-            group, size = [], 0
-        group.append(data)
-        size += len(data) + 1
-    if group:
-        flush()
-    return frames
-
-
 # ---------------------------------------------------------------------- one stream
 
 
 class _Link:
-    """One live ``twins`` stream: requests (batches) out, changes in."""
+    """One live ``twins`` stream: the sans-IO session driven over a tunnel stream."""
 
-    def __init__(self, stream: TunnelStream, settings: TwinSyncSettings) -> None:
+    def __init__(self, stream: TunnelStream, settings: CloudTwinLinkSettings) -> None:
         self.stream = stream
         self._settings = settings
-        self._decoder = Decoder(max_bytes=settings.max_message_bytes, max_depth=settings.max_depth)
-        self._ready: deque[dict[str, Any]] = deque()
+        self._session = SyncSession(
+            Role.EDGE,
+            max_message_bytes=settings.max_message_bytes,
+            max_depth=settings.max_depth,
+            window=settings.window,
+        )
+        self._ready: deque[Event] = deque()
         self._write_lock = asyncio.Lock()
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._next_id = 1
-        self._changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.window)
+        self._pending: dict[int, asyncio.Future[BatchAck | BatchError]] = {}
+        self._changes: asyncio.Queue[Change | Command] = asyncio.Queue()
 
-    async def write(self, data: bytes) -> None:
-        async with self._write_lock:
-            await self.stream.write(data)
+    async def send(self, event: Event) -> None:
+        async with self._write_lock:  # one writer at a time: messages never interleave
+            await self.stream.write(self._session.send(event))
 
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.write(encode(message, max_bytes=self._settings.max_message_bytes))
-
-    async def next_message(self) -> dict[str, Any] | None:
+    async def next_event(self) -> Event:
         while not self._ready:
-            chunk = await self.stream.read()
-            if not chunk:
-                if self._decoder.buffered:
-                    raise WireError("the stream ended inside a message")
-                return None
-            self._ready.extend(self._decoder.feed(chunk))
+            self._ready.extend(self._session.receive_data(await self.stream.read()))
         return self._ready.popleft()
 
     async def handshake(self, origin: str) -> str:
         """Hello / welcome; the cloud's origin."""
-        await self.send(
-            {
-                "type": "hello",
-                "version": PROTOCOL_VERSION,
-                "origin": origin,
-                "window": self._settings.window,
-            }
-        )
+        await self.send(Hello(origin=origin, window=self._settings.window))
         async with asyncio.timeout(self._settings.open_timeout):
-            welcome = await self.next_message()
-        if welcome is None or welcome.get("type") != "welcome":
-            raise ProtocolViolationError("the cloud did not answer the hello with a welcome")
-        if welcome.get("version") != PROTOCOL_VERSION:
-            raise ProtocolViolationError(f"the cloud speaks version {welcome.get('version')}")
-        return str(welcome.get("origin", ""))[:160]
+            await self.next_event()  # the session lets only a welcome through
+        return self._session.peer_origin
 
     async def deliver(self, records: list[dict[str, Any]]) -> None:
-        frames = batch_frames(
-            records, first_id=self._next_id, max_bytes=self._settings.max_message_bytes
-        )
         loop = asyncio.get_running_loop()
-        for frame in frames:
-            batch_id = self._next_id
-            self._next_id += 1
-            future: asyncio.Future[dict[str, Any]] = loop.create_future()
-            self._pending[batch_id] = future
-            try:
-                await self.write(frame)
-                async with asyncio.timeout(self._settings.ack_timeout):
-                    answer = await future
-            finally:
-                self._pending.pop(batch_id, None)
-            if answer["type"] != "batch-ack":
-                message = str(answer.get("message", ""))[:256]
-                raise ConnectionError(f"the cloud could not store the batch: {message}")
+        frames = self._session.send_batches(records)
+        try:
+            for batch_id, frame in frames:
+                future: asyncio.Future[BatchAck | BatchError] = loop.create_future()
+                self._pending[batch_id] = future
+                try:
+                    async with self._write_lock:
+                        await self.stream.write(frame)
+                    async with asyncio.timeout(self._settings.ack_timeout):
+                        answer = await future
+                finally:
+                    self._pending.pop(batch_id, None)
+                if isinstance(answer, BatchError):
+                    message = answer.message[:256]
+                    raise ConnectionError(f"the cloud could not store the batch: {message}")
+        finally:
+            # Batches given up on (a timeout, an error): a late answer is a stray now.
+            self._session.abandon_batches(batch_id for batch_id, _ in frames)
 
     def fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():
@@ -249,40 +209,31 @@ class _Link:
             raise ConnectionError("the cloud ended the twins stream")
 
     async def _receive(self) -> None:
-        while (message := await self.next_message()) is not None:
-            kind = message["type"]
-            if kind in ("batch-ack", "batch-error"):
-                batch_id = message.get("id")
-                future = self._pending.get(batch_id) if isinstance(batch_id, int) else None
+        while not isinstance(event := await self.next_event(), StreamEnded):
+            if isinstance(event, BatchAck | BatchError):
+                future = self._pending.get(event.id)
                 if future is not None and not future.done():
-                    future.set_result(message)
-            elif kind in ("change", "command"):
+                    future.set_result(event)
+            elif isinstance(event, Change | Command):
                 # Commands (a device's move) share the changes' queue: they are applied in
-                # the order the cloud queued them, after the changes before them.
-                row_id = message.get("id")
-                if isinstance(row_id, bool) or not isinstance(row_id, int):
-                    raise ProtocolViolationError(f"a {kind} needs an integer id")
-                try:
-                    self._changes.put_nowait(message)
-                except asyncio.QueueFull:
-                    raise ProtocolViolationError(
-                        f"the cloud sent more than {self._settings.window} changes in flight"
-                    ) from None
-            else:
-                raise ProtocolViolationError(f"unexpected message type {kind[:32]!r}")
+                # the order the cloud queued them, after the changes before them. The
+                # session bounds the queue to the window.
+                self._changes.put_nowait(event)
 
     async def _apply_changes(self, twins: TwinsEndpoint, counters: SyncCounters) -> None:
         while True:
-            message = await self._changes.get()
-            answer = await _apply_one(twins, message, counters)
-            await self.send({"type": "ack", "id": message["id"], **answer})
+            event = await self._changes.get()
+            answer = await _apply_one(twins, event, counters)
+            result = answer.pop("result")
+            await self.send(Ack(id=event.id, result=result, body=answer))
 
 
 async def _apply_one(
-    twins: TwinsEndpoint, message: dict[str, Any], counters: SyncCounters
+    twins: TwinsEndpoint, event: Change | Command, counters: SyncCounters
 ) -> dict[str, Any]:
+    message = event.body
     try:
-        if message["type"] == "command":
+        if isinstance(event, Command):
             command = {"device": message.get("device"), "command": message.get("command")}
             result = await twins.apply_cloud_command(command)
         else:
@@ -291,12 +242,12 @@ async def _apply_one(
     except CloudChangeError as error:
         if error.code in _FAILED:
             counters.changes_failed += 1
-            log.warning("cloud change %s refused for good: %s", message["id"], error.message)
+            log.warning("cloud change %s refused for good: %s", event.id, error.message)
             return {"result": "failed", "error": str(error.code), "message": error.message[:512]}
         counters.changes_retry += 1
         return {"result": "retry", "error": str(error.code), "message": error.message[:512]}
     except Exception:  # a store failure here must not kill the stream's other half: retry later
-        log.exception("applying cloud change %s failed", message["id"])
+        log.exception("applying cloud change %s failed", event.id)
         counters.changes_retry += 1
         return {"result": "retry", "error": "internal", "message": "the agent failed to apply it"}
     if result.rejected:
@@ -320,11 +271,14 @@ class _State:
     counters: SyncCounters = field(default_factory=SyncCounters)
 
 
-class TwinSync:
-    """The outbox's sender and the downlink; one per agent, living across sessions."""
+class CloudTwinLink:
+    """The sync link to the cloud: the outbox's sender and the downlink.
 
-    def __init__(self, *, settings: TwinSyncSettings | None = None) -> None:
-        self.settings = settings or TwinSyncSettings()
+    One per agent, living across sessions.
+    """
+
+    def __init__(self, *, settings: CloudTwinLinkSettings | None = None) -> None:
+        self.settings = settings or CloudTwinLinkSettings()
         self._twins: TwinsEndpoint | None = None
         self._state = _State()
         self._deliver_lock = asyncio.Lock()
@@ -359,7 +313,7 @@ class TwinSync:
                 raise ConnectionError("no twins stream to the cloud (the tunnel is down)")
             try:
                 await link.deliver(batch)
-            except (ConnectionError, TimeoutError, WireError):
+            except (ConnectionError, TimeoutError, LocalProtocolError):
                 self.counters.batch_failures += 1
                 raise
             self.counters.batches += 1
@@ -369,7 +323,7 @@ class TwinSync:
         """Session task: keep one ``twins`` stream open for as long as `connection` lives."""
         twins = self._twins
         if twins is None:
-            raise RuntimeError("TwinSync.attach(twins) was not called")
+            raise RuntimeError("CloudTwinLink.attach(twins) was not called")
         delay = self.settings.reopen_initial
         while _usable(connection):
             stream = await connection.open_stream(SYNC_TARGET, timeout=self.settings.open_timeout)
@@ -414,7 +368,7 @@ class TwinSync:
             log.info("twins syncing with the cloud (origin %s)", state.cloud_origin)
             twins.outbox.kick()
             await link.serve(twins, state.counters)
-        except* (ProtocolViolationError, WireError) as group:
+        except* SyncProtocolError as group:
             text = str(group.exceptions[0])
             state.last_error = text
             log.warning("twins stream reset: %s", text)

@@ -1,0 +1,268 @@
+"""``edge-agent run``: the agent's parts wired together, from settings to a running daemon.
+
+The parts and who owns them:
+
+* the tunnel client (``tunnel_client``): the one outbound session, and the ``session_tasks``
+  the other parts hang on it;
+* the local API (``local_api``): health, metrics and ``/status``, with one section per part;
+* the node status reporter (``node_status``): vitals over the tunnel, plus each part's numbers;
+* the kube proxy (``kubecache``, ``[kube]``): started inside the task group, since in tunnel
+  mode it waits for the first session;
+* device twins (``twins``, ``twin_link``, ``[twins]``): the MQTT service on the broker and its
+  sync link to the cloud over the tunnel.
+
+All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
+which drains its session first. :func:`check_startable` refuses, before anything starts,
+settings that cannot run (exit 2); :class:`StartError` is a daemon that could not start (exit 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import prometheus_client
+import yaml
+from aiohttp import web
+
+from daemon_support import systemd
+from edge_agent import config
+from edge_agent.identity import Identity, NotJoinedError
+from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
+from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
+from edge_agent.local_api import READY_KEY, create_app
+from edge_agent.node_status import NodeStatusReporter
+from edge_agent.settings import AgentSettings
+from edge_agent.tunnel_client import TunnelClient
+from edge_agent.tunnel_upstream import open_tunnel_upstream
+from edge_agent.twin_link import CloudTwinLink
+from edge_agent.twins import TwinMqttService
+
+log = logging.getLogger("edge_agent.daemon")
+
+
+class StartError(Exception):
+    """The agent cannot start (exit 1); the message says why and what to do."""
+
+
+LocalApiHook = Callable[[web.Application, TwinMqttService | None], None]
+"""Adds routes to the local API before it starts (test launchers only; nothing in the daemon
+itself uses it)."""
+
+
+def check_startable(settings: AgentSettings) -> None:
+    """Refuse settings the daemon cannot run with; ConfigError says what is unusable.
+
+    Checked before anything starts, so a bad data dir, kubeconfig or ``[twins]`` password
+    file is one line and exit 2, not a daemon that fails later.
+    """
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise config.ConfigError(
+            f"the data dir {settings.data_dir} is not a folder: give the agent's data folder"
+            " (--data-dir, or data_dir in the config)"
+        )
+    if settings.kube.enabled and settings.kube.upstream == "kubeconfig":
+        try:
+            load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
+        except (KubeconfigError, OSError, yaml.YAMLError) as error:
+            raise config.ConfigError(
+                f"[kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}"
+            ) from None
+    if settings.twins.enabled:
+        try:
+            settings.twins.secrets()
+            Identity.load(settings.data_dir)
+        except (OSError, ValueError, NotJoinedError) as error:
+            raise config.ConfigError(f"[twins] cannot start: {error}") from None
+
+
+@dataclasses.dataclass
+class _KubeSection:
+    """The ``kube`` section of /status, whether or not the proxy is serving yet."""
+
+    enabled: bool
+    proxy: KubeProxy | None = None
+
+    def status(self) -> dict[str, object]:
+        if self.proxy is None:
+            return {"enabled": self.enabled, "serving": False}
+        return {"enabled": True, "serving": True, **self.proxy.status()}
+
+
+@dataclasses.dataclass
+class _TwinsPart:
+    """Device twins (``[twins]``): the service on the broker and its sync over the tunnel."""
+
+    service: TwinMqttService
+    sync: CloudTwinLink
+
+    @classmethod
+    def start(cls, settings: AgentSettings, client: TunnelClient) -> _TwinsPart:
+        """Wire the service and its sync; the sync runs as the tunnel's ``twins`` task."""
+        service_settings = config.twins_settings(
+            settings.twins,
+            data_dir=settings.data_dir,
+            node_name=Identity.load(settings.data_dir).name,
+        )
+        service_settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sync = CloudTwinLink()
+        service = TwinMqttService(settings=service_settings, sender=sync)
+        sync.attach(service)
+        client.session_tasks["twins"] = sync.run_session
+        return cls(service=service, sync=sync)
+
+    def status(self) -> dict[str, object]:
+        """The ``twins`` section of /status."""
+        return {
+            "enabled": True,
+            "ready": self.service.ready.is_set(),
+            "origin": self.service.origin,
+            "devices": len(self.service.twins.device_ids()),
+            "outbox": self.service.outbox.size,
+            "sync": self.sync.status(),
+        }
+
+    def report(self) -> dict[str, object]:
+        """``twins.*`` in node status reports (a few numbers that change rarely)."""
+        return {
+            "devices": len(self.service.twins.device_ids()),
+            "outbox": self.service.outbox.size,
+            "synced": self.sync.connected,
+        }
+
+    def device_ids(self) -> list[str]:
+        return self.service.twins.device_ids()
+
+    def twin(self, device_id: str) -> dict[str, object] | None:
+        """The edge replica of one twin and its delta, for the local API."""
+        record = self.service.twins.device(device_id)
+        if record is None:
+            return None
+        twin = record.replica.twin
+        return {"device": device_id, **twin.to_json(), "delta": twin.delta()}
+
+    async def mark_ready(self, ready: dict[str, bool]) -> None:
+        await self.service.ready.wait()
+        ready["twins"] = True
+
+
+@contextlib.asynccontextmanager
+async def _kube_proxy(
+    settings: AgentSettings, registry: prometheus_client.CollectorRegistry, client: TunnelClient
+) -> AsyncIterator[KubeProxy | None]:
+    """The kube proxy of ``[kube]`` (None when disabled), until the block exits."""
+    kube = settings.kube
+    if not kube.enabled:
+        yield None
+        return
+    proxy_settings = kube.proxy_settings(settings.data_dir)
+    upstream: contextlib.AbstractAsyncContextManager[Upstream]
+    if kube.upstream == "tunnel":
+        upstream = open_tunnel_upstream(client, open_timeout=proxy_settings.connect_timeout)
+    else:
+        upstream = open_direct_upstream(
+            kube.kubeconfig,
+            context=kube.context or None,
+            server=kube.server or None,
+            connect_timeout=proxy_settings.connect_timeout,
+        )
+    async with (
+        upstream as reached,
+        serve_kube_proxy(proxy_settings, reached, registry=registry) as proxy,
+    ):
+        yield proxy
+
+
+def _local_api(
+    registry: prometheus_client.CollectorRegistry,
+    client: TunnelClient,
+    kube: _KubeSection,
+    reporter: NodeStatusReporter,
+    twins: _TwinsPart | None,
+) -> web.Application:
+    sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
+    if twins is not None:
+        sources["twins"] = twins.status
+    app = create_app(registry=registry, sources=sources, twins=twins)
+    if kube.enabled:
+        app[READY_KEY]["kube_proxy"] = False
+    if twins is not None:
+        app[READY_KEY]["twins"] = False
+    return app
+
+
+async def _serve_local_api(app: web.Application, settings: AgentSettings) -> web.AppRunner:
+    """Start the local API; StartError when its port is taken (another agent, most likely)."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    host, port = settings.local_api.host, settings.local_api.port
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        raise StartError(
+            f"cannot serve the local API on {host}:{port}: {reason}; is another edge-agent"
+            " running? Stop it, or choose another --local-api-port ([local_api] port)"
+        ) from None
+    log.info("local API listening", extra={"kv": {"address": f"{host}:{port}"}})
+    return runner
+
+
+async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = None) -> None:
+    """Run the agent until SIGTERM or SIGINT; tells systemd when it is ready and stopping."""
+    registry = prometheus_client.CollectorRegistry()
+    client = TunnelClient(
+        data_dir=settings.data_dir,
+        settings=settings.tunnel,
+        join_settings=settings.join,
+        registry=registry,
+    )
+    kube = _KubeSection(enabled=settings.kube.enabled)
+    twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
+    extra_sources: dict[str, Callable[[], dict[str, object]]] = {}
+    if kube.enabled:
+        extra_sources["cache"] = kube.status
+    if twins is not None:
+        extra_sources["twins"] = twins.report
+    reporter = NodeStatusReporter(
+        client=client,
+        settings=settings.node_status,
+        data_dir=settings.data_dir,
+        extra_sources=extra_sources or None,
+    )
+    app = _local_api(registry, client, kube, reporter, twins)
+    if local_api_hook is not None:
+        local_api_hook(app, twins.service if twins is not None else None)
+    runner = await _serve_local_api(app, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, client.stop)
+    try:
+        async with asyncio.TaskGroup() as group:
+            tunnel = group.create_task(client.run(), name="agent.tunnel")
+            status = group.create_task(reporter.run(), name="agent.node-status")
+            helpers = [status]
+            if twins is not None:
+                helpers += [
+                    group.create_task(twins.service.run(), name="agent.twins"),
+                    group.create_task(twins.mark_ready(app[READY_KEY]), name="agent.twins-ready"),
+                ]
+            # Inside the group: in tunnel mode the kube proxy waits for the first session.
+            async with _kube_proxy(settings, registry, client) as proxy:
+                if proxy is not None:
+                    kube.proxy = proxy
+                    app[READY_KEY]["kube_proxy"] = True
+                systemd.notify("READY=1")
+                await tunnel  # ends on SIGTERM, after draining
+            for helper in helpers:
+                helper.cancel()  # the reporter and the twins run until told otherwise
+    finally:
+        systemd.notify("STOPPING=1")
+        log.info("stopped")
+        await runner.cleanup()

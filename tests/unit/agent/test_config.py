@@ -1,0 +1,67 @@
+"""Settings built from the config file: every ``[twins]`` key reaches the twins service."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from edge_agent import config
+from edge_agent.settings import TwinsConfig
+from edge_agent.twins import Durability
+
+_SECRETS = {"admin_password", "admin_password_file", "claim_password", "claim_password_file"}
+"""Keys that reach the service as the password they name, not as themselves."""
+
+
+def test_every_twins_key_reaches_the_service_settings(tmp_path: Path) -> None:
+    (tmp_path / "admin").write_text("s3cret\n")
+    twins = TwinsConfig(
+        enabled=True,
+        broker_host="192.0.2.7",
+        broker_port=18830,
+        admin_username="dynsec-admin",
+        admin_password_file=tmp_path / "admin",
+        claim_username="claimer",
+        claim_password="claim-pw",
+        agent_username="the-agent",
+        agent_client_id="agent-id",
+        models_dir=tmp_path / "models",
+        require_registration=True,
+        durability="normal",
+        max_devices=12,
+        keepalive=7,
+        reconnect_max=3.5,
+    )
+    defaults = TwinsConfig()
+    changed = {
+        f.name
+        for f in dataclasses.fields(TwinsConfig)
+        if getattr(twins, f.name) != getattr(defaults, f.name)
+    }
+    assert changed == {f.name for f in dataclasses.fields(TwinsConfig)} - {
+        "admin_password",
+        "claim_password_file",
+    }, "give every key a value that is not its default, so a dropped key shows"
+
+    built = config.twins_settings(twins, data_dir=tmp_path, node_name="edge-1")
+
+    assert (built.data_dir, built.node_name) == (tmp_path / "twins", "edge-1")
+    assert (built.admin_password, built.claim_password) == ("s3cret", "claim-pw")
+    assert built.durability is Durability.NORMAL
+    for name in {f.name for f in dataclasses.fields(TwinsConfig)} - _SECRETS - {"enabled"}:
+        expected = getattr(twins, name)
+        if name == "durability":
+            expected = Durability(expected)
+        assert getattr(built, name) == expected, name
+
+
+def test_the_local_api_port_flag_keeps_the_configured_host(tmp_path: Path) -> None:
+    from edge_agent import cli  # noqa: PLC0415 - the flag handling under test
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[local_api]\nhost = "127.0.0.2"\n')
+    args = cli.build_parser().parse_args(
+        ["run", "--config", str(path), "--local-api-port", "12345"]
+    )
+    settings = cli._run_settings(args)
+    assert (settings.local_api.host, settings.local_api.port) == ("127.0.0.2", 12345)
