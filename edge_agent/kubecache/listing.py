@@ -13,8 +13,8 @@ import json
 from typing import Any
 
 from edge_agent.kubecache.keys import sort_key
-from edge_agent.kubecache.selectors import SelectorError
 from edge_agent.kubecache.store import Coverage, RawPage, Scope, meta_of
+from fleet_model.labels import SelectorError
 
 
 def decode_continue(token: str) -> tuple[str, str]:

@@ -26,10 +26,10 @@ from edge_agent.kubecache.answers import json_answer, reject
 from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.keys import Verb
 from edge_agent.kubecache.listing import decode_continue, render_raw_list
-from edge_agent.kubecache.selectors import SelectorError
 from edge_agent.kubecache.shared import Shared
 from edge_agent.kubecache.store import SnapshotExpiredError
 from edge_agent.kubecache.wire import Representation, status_object
+from fleet_model.labels import SelectorError
 
 log = logging.getLogger("edge_agent.kubecache.offline")
 

@@ -37,7 +37,7 @@ from edge_agent.kubecache.forward import Forwarder, UpstreamFailure
 from edge_agent.kubecache.health import HealthChecker, State
 from edge_agent.kubecache.keys import Verb, component_of, parse_request
 from edge_agent.kubecache.metrics import KubeCacheMetrics
-from edge_agent.kubecache.selectors import SelectorError, parse_field_selector
+from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
 from edge_agent.kubecache.shared import Shared
 from edge_agent.kubecache.store import CacheStore
@@ -49,6 +49,7 @@ from edge_agent.kubecache.wire import (
     status_object,
 )
 from edge_agent.kubecache.writethrough import WriteThrough
+from fleet_model.labels import SelectorError
 
 __all__ = ["Call", "KubeProxy", "serve_kube_proxy"]
 

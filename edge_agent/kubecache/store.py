@@ -55,13 +55,7 @@ from edge_agent.kubecache.keys import (
     parse_object_key,
     sort_key,
 )
-from edge_agent.kubecache.selectors import (
-    FieldSelector,
-    LabelSelector,
-    Op,
-    parse_field_selector,
-    parse_label_selector,
-)
+from edge_agent.kubecache.selectors import FieldSelector, parse_field_selector
 from edge_agent.kubecache.views import (
     Effects,
     Event,
@@ -73,6 +67,7 @@ from edge_agent.kubecache.views import (
     rv_newer,
     single_object_spec,
 )
+from fleet_model.labels import LabelSelector, Op, parse_label_selector
 
 __all__ = ["rv_newer"]  # re-exported: callers compare versions through the store
 

@@ -36,12 +36,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from edge_agent.kubecache.selectors import (
-    FieldSelector,
-    LabelSelector,
-    parse_field_selector,
-    parse_label_selector,
-)
+from edge_agent.kubecache.selectors import FieldSelector, parse_field_selector
+from fleet_model.labels import LabelSelector, parse_label_selector
 
 Pair = tuple[str, str]
 """``(namespace, name)`` of an object; namespace is empty for cluster-scoped objects."""

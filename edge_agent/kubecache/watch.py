@@ -36,7 +36,6 @@ from aiohttp import web
 
 from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.health import State
-from edge_agent.kubecache.selectors import SelectorError
 from edge_agent.kubecache.shared import Shared
 from edge_agent.kubecache.store import (
     CacheStore,
@@ -54,6 +53,7 @@ from edge_agent.kubecache.wire import (
     offline_status,
     status_object,
 )
+from fleet_model.labels import SelectorError
 
 log = logging.getLogger("edge_agent.kubecache.watch")
 

@@ -17,13 +17,10 @@ from typing import Any
 from edge_agent.kubecache.cache import AsyncStore
 from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.keys import Verb
-from edge_agent.kubecache.selectors import (
-    SelectorError,
-    parse_field_selector,
-    parse_label_selector,
-)
+from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
 from edge_agent.kubecache.store import Coverage, Scope, meta_of, rv_of
+from fleet_model.labels import SelectorError, parse_label_selector
 
 
 @dataclass(slots=True)

@@ -98,7 +98,7 @@ class Node:
 
 
 @dataclass(slots=True)
-class Fleet:
+class Swarm:
     url: str
     ca_pem: str
     nodes: list[Node]
@@ -144,7 +144,7 @@ class Fleet:
 
 
 async def _session(
-    fleet: Fleet, http: aiohttp.ClientSession, node: Node, gate: asyncio.Semaphore | None
+    swarm: Swarm, http: aiohttp.ClientSession, node: Node, gate: asyncio.Semaphore | None
 ) -> None:
     """One session of ``node``: connect (through ``gate`` if given), hold until it ends."""
     settings = TunnelSettings()
@@ -153,8 +153,8 @@ async def _session(
             await stack.enter_async_context(gate)
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             ws = await http.ws_connect(
-                fleet.url + "/tunnel",
-                ssl=fleet.context(node),
+                swarm.url + "/tunnel",
+                ssl=swarm.context(node),
                 max_msg_size=settings.max_frame_payload + 4096,
                 autoping=False,
                 heartbeat=None,
@@ -165,47 +165,47 @@ async def _session(
         async with asyncio.TaskGroup() as group:
             run = group.create_task(connection.run(), name=f"load[{node.name}]")
             await connection.wait_ready()
-            fleet.up()
+            swarm.up()
             try:
-                stop = group.create_task(fleet.stopping.wait())
+                stop = group.create_task(swarm.stopping.wait())
                 await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if not run.done():
                     connection.close()
                 stop.cancel()
             finally:
-                fleet.down()
+                swarm.down()
 
 
-async def _agent(fleet: Fleet, http: aiohttp.ClientSession, node: Node, seed: int) -> None:
-    """``edge-agent run``'s loop for one node, until the fleet stops."""
+async def _agent(swarm: Swarm, http: aiohttp.ClientSession, node: Node, seed: int) -> None:
+    """``edge-agent run``'s loop for one node, until the swarm stops."""
     rng = random.Random(seed)  # noqa: S311 - jitter, not cryptography
-    settings = TunnelClientSettings(backoff_base=fleet.base, backoff_cap=fleet.cap)
+    settings = TunnelClientSettings(backoff_base=swarm.base, backoff_cap=swarm.cap)
     attempts = 0
-    gate = fleet.first_round  # only the very first connect is paced
-    while not fleet.stopping.is_set():
+    gate = swarm.first_round  # only the very first connect is paced
+    while not swarm.stopping.is_set():
         started = time.monotonic()
         asked: float | None = None
         try:
-            await _session(fleet, http, node, gate)
+            await _session(swarm, http, node, gate)
         except aiohttp.WSServerHandshakeError as error:
-            fleet.failures[f"HTTP {error.status}"] += 1
+            swarm.failures[f"HTTP {error.status}"] += 1
             if error.status in RETRY_AFTER_STATUSES and error.headers is not None:
-                asked = parse_retry_after(error.headers.get("Retry-After"), limit=fleet.cap)
+                asked = parse_retry_after(error.headers.get("Retry-After"), limit=swarm.cap)
         except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as error:
-            fleet.failures[type(error).__name__] += 1
+            swarm.failures[type(error).__name__] += 1
         gate = None
-        if fleet.stopping.is_set():
+        if swarm.stopping.is_set():
             return
         if time.monotonic() - started >= HEALTHY_AFTER_S:
-            attempts = fleet.spread_attempts
+            attempts = swarm.spread_attempts
         if asked is None:
-            delay = backoff_delay(attempts, fleet.base, fleet.cap, rng)
+            delay = backoff_delay(attempts, swarm.base, swarm.cap, rng)
         else:
             delay = retry_after_delay(asked, settings, rng)
         attempts = min(attempts + 1, 32)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
-                await fleet.stopping.wait()
+                await swarm.stopping.wait()
 
 
 # ---------------------------------------------------------------- join
@@ -266,7 +266,7 @@ async def join_all(
 # ---------------------------------------------------------------- main
 
 
-async def _stdin_commands(fleet: Fleet, connect: asyncio.Event) -> None:
+async def _stdin_commands(swarm: Swarm, connect: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -276,22 +276,22 @@ async def _stdin_commands(fleet: Fleet, connect: asyncio.Event) -> None:
             connect.set()
         elif command == "stop":
             break
-    fleet.stopping.set()
+    swarm.stopping.set()
     connect.set()
 
 
-async def _status(fleet: Fleet) -> None:
-    while not fleet.stopping.is_set():
+async def _status(swarm: Swarm) -> None:
+    while not swarm.stopping.is_set():
         emit(
             "status",
-            connected=fleet.connected,
+            connected=swarm.connected,
             t=time.monotonic(),
-            sessions_opened=fleet.sessions_opened,
-            failures=dict(fleet.failures),
+            sessions_opened=swarm.sessions_opened,
+            failures=dict(swarm.failures),
         )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
-                await fleet.stopping.wait()
+                await swarm.stopping.wait()
 
 
 async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int:
@@ -315,7 +315,7 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
         join_s=round(time.monotonic() - started - tokens_s, 2),
         fd_limit=raise_fd_limit(args.count + 256),
     )
-    fleet = Fleet(
+    swarm = Swarm(
         url=args.server,
         ca_pem=ca_pem,
         nodes=nodes,
@@ -327,7 +327,7 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
             TunnelClientSettings(backoff_base=args.backoff_base, reconnect_spread=args.spread)
         ),
     )
-    loop.add_signal_handler(signal.SIGTERM, fleet.stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, swarm.stopping.set)
     connect = asyncio.Event()
     # Like the agent: pooled connections (kept after a 503) live as long as a node may wait.
     connector = aiohttp.TCPConnector(
@@ -338,21 +338,21 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
         aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
         asyncio.TaskGroup() as group,
     ):
-        commands = group.create_task(_stdin_commands(fleet, connect), name="load.stdin")
+        commands = group.create_task(_stdin_commands(swarm, connect), name="load.stdin")
         await connect.wait()
         agents = [
-            group.create_task(_agent(fleet, http, node, seed=i), name=f"agent[{node.name}]")
+            group.create_task(_agent(swarm, http, node, seed=i), name=f"agent[{node.name}]")
             for i, node in enumerate(nodes)
-            if not fleet.stopping.is_set()
+            if not swarm.stopping.is_set()
         ]
-        group.create_task(_status(fleet), name="load.status")
-        await fleet.stopping.wait()
+        group.create_task(_status(swarm), name="load.status")
+        await swarm.stopping.wait()
         commands.cancel()
         if agents:
             _done, pending = await asyncio.wait(agents, timeout=STOP_GRACE_S)
             for task in pending:
                 task.cancel()
-    emit("stopped", sessions_opened=fleet.sessions_opened, failures=dict(fleet.failures))
+    emit("stopped", sessions_opened=swarm.sessions_opened, failures=dict(swarm.failures))
     return 0
 
 

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import kube  # noqa: E402 - after the repository root is on the path
-from tests.integration.kubecache.agentproc import KubeAgent  # noqa: E402
-from tests.integration.kubecache.bulk import create_pods  # noqa: E402
+from tests.harness.kube_agent import KubeAgent  # noqa: E402
+from tests.harness.kube_bulk import create_pods  # noqa: E402
 
 MIB = 1 << 20
 KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/bench"}

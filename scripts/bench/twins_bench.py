@@ -57,9 +57,9 @@ from edge_agent.twins.simulator import (  # noqa: E402 - after the path set-up a
 )
 from edge_agent.twins.topics import Op  # noqa: E402
 from tests.harness import mqtt  # noqa: E402
-from tests.harness.fleet import BIN, command  # noqa: E402
+from tests.harness.daemons import BIN, command  # noqa: E402
+from tests.harness.device_reporter import Reporter  # noqa: E402
 from tests.harness.procs import ManagedProcess, free_port  # noqa: E402
-from tests.integration.twins_e2e.reporter import Reporter  # noqa: E402
 
 NODE = "bench-node"
 START = "<!-- bench:twins:start -->"

@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import yaml
 
 from tests.harness.certs import TestCA, signing_key
 from tests.harness.procs import ManagedProcess, ServiceError, free_port, wait_port
+from tests.harness.waiting import NotSeen, eventually
 
 KUBE_VERSION = "v1.36.3"
 DEFAULT_BIN = Path.home() / ".cache" / "edgefleet" / "kube" / KUBE_VERSION
@@ -99,22 +99,25 @@ class ControlPlane:
         self._apiserver.stop()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
+        def readyz() -> tuple[int, str]:
             for proc in (self._kine, self._apiserver):
                 if proc is not None:
                     proc.check_running()
-            with contextlib.suppress(OSError):
-                status, body = self.get("/readyz", timeout=2.0)
-                if status == 200:
-                    return
-                last = f"HTTP {status}: {body[-300:].decode(errors='replace')}"
-            time.sleep(0.25)
-        tail = self._apiserver.tail() if self._apiserver else ""
-        raise ServiceError(
-            f"kube-apiserver {self.name} not ready after {timeout} s ({last}); log:\n{tail}"
-        )
+            status, body = self.get("/readyz", timeout=2.0)
+            return status, body[-300:].decode(errors="replace")
+
+        try:
+            eventually(
+                readyz,
+                lambda answer: answer[0] == 200,
+                what=f"kube-apiserver {self.name} /readyz 200",
+                within=timeout,
+                every=0.25,
+                ignore=(OSError,),
+            )
+        except NotSeen as error:
+            tail = self._apiserver.tail() if self._apiserver else ""
+            raise ServiceError(f"{error}; log:\n{tail}") from error
 
     def stop(self) -> None:
         for proc in (self._apiserver, self._kine):

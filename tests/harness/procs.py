@@ -9,10 +9,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import weakref
 from pathlib import Path
 from typing import IO
+
+from tests.harness.waiting import NotSeen, eventually
 
 log = logging.getLogger("tests.harness.procs")
 
@@ -40,14 +41,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_port(host: str, port: int, *, timeout: float, proc: ManagedProcess | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def connect() -> bool:
         if proc is not None:
             proc.check_running()
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise ServiceError(f"nothing listened on {host}:{port} within {timeout} s")
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+
+    try:
+        eventually(connect, what=f"a listener on {host}:{port}", within=timeout, ignore=(OSError,))
+    except NotSeen as error:
+        raise ServiceError(str(error)) from error
 
 
 class ManagedProcess:

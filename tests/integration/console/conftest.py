@@ -1,6 +1,6 @@
 """Real tunnel servers with real joined agents that report node status every second.
 
-``console_fleet``: two agents. ``device_fleet``: one agent with device twins on a real
+``console_system``: two agents. ``device_system``: one agent with device twins on a real
 mosquitto (dynamic security) and ``edge-agent simulate`` onboarding a thermostat through it.
 """
 
@@ -10,7 +10,6 @@ import contextlib
 import json
 import secrets
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,8 +21,9 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.harness import mqtt
-from tests.harness.fleet import BIN, Agent, Server
+from tests.harness.daemons import BIN, Agent, Server, TomlValue
 from tests.harness.procs import ManagedProcess, ServiceError
+from tests.harness.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,18 +93,17 @@ class Api:
         return self.get(f"/api/v1/nodes/{name}")
 
     def wait_status(self, name: str, status: str, *, within: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + within
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            last = self.node(name)
-            if last["status"] == status:
-                return last
-            time.sleep(0.1)
-        raise AssertionError(f"{name} not {status} within {within} s: {last}")
+        return eventually(
+            lambda: self.node(name),
+            lambda node: node["status"] == status,
+            what=f"node {name} {status}",
+            within=within,
+            every=0.1,
+        )
 
 
 @dataclass
-class ConsoleFleet:
+class ConsoleSystem:
     server: Server
     agents: dict[str, ReportingAgent]
     api: Api
@@ -112,7 +111,7 @@ class ConsoleFleet:
 
 
 @pytest.fixture(scope="module")
-def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
+def console_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSystem]:
     workdir = tmp_path_factory.mktemp("console")
     server = Server(workdir=workdir)
     server.start()
@@ -128,7 +127,7 @@ def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleF
         api = Api(server=server, token=server.admin_token)
         for name in agents:
             api.wait_status(name, "online")
-        yield ConsoleFleet(server=server, agents=agents, api=api, workdir=workdir)
+        yield ConsoleSystem(server=server, agents=agents, api=api, workdir=workdir)
     except ServiceError:
         for agent in agents.values():
             if agent.process is not None:
@@ -188,12 +187,12 @@ def shots(test_output_dir: Path) -> Path:
 
 DEVICE_NODE = "edge-dev"
 DEVICE = f"{DEVICE_NODE}:th-0"
-"""The simulated thermostat of ``device_fleet``, onboarded through the broker."""
+"""The simulated thermostat of ``device_system``, onboarded through the broker."""
 WAIT = 30.0  # a guard against hangs, not a measurement
 
 
 @dataclass
-class DeviceFleet:
+class DeviceSystem:
     """A server, an agent with ``[twins]`` on a real broker, and one simulated thermostat."""
 
     server: Server
@@ -201,44 +200,40 @@ class DeviceFleet:
     api: Api
 
 
-def twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> str:
+def twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> dict[str, TomlValue]:
     folder = workdir / "secrets"
     folder.mkdir(mode=0o700)
     (folder / "admin").write_text(f"{broker.admin_password}\n")
     (folder / "claim").write_text(f"{claim_password}\n")
     suffix = secrets.token_hex(4)
-    return "\n".join(
-        [
-            "[twins]",
-            "enabled = true",
-            f'broker_host = "{broker.host}"',
-            f"broker_port = {broker.port}",
-            f'admin_password_file = "{folder / "admin"}"',
-            f'claim_username = "claim-{suffix}"',
-            f'claim_password_file = "{folder / "claim"}"',
-            f'agent_username = "agent-{suffix}"',
-            f'agent_client_id = "agent-{suffix}"',
-            "",
-        ]
-    )
+    return {
+        "enabled": True,
+        "broker_host": broker.host,
+        "broker_port": broker.port,
+        "admin_password_file": folder / "admin",
+        "claim_username": f"claim-{suffix}",
+        "claim_password_file": folder / "claim",
+        "agent_username": f"agent-{suffix}",
+        "agent_client_id": f"agent-{suffix}",
+    }
 
 
 def wait_for(api: Api, path: str, predicate: object, what: str) -> dict[str, object]:
-    deadline = time.monotonic() + WAIT
-    last: object = None
-    while time.monotonic() < deadline:
-        status, body, _ = api.call("GET", path)
-        last = (status, body)
-        if status == 200 and callable(predicate) and predicate(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not seen within {WAIT} s: {last}")
+    status_and_body = eventually(
+        lambda: api.call("GET", path)[:2],
+        lambda answer: answer[0] == 200 and callable(predicate) and bool(predicate(answer[1])),
+        what=what,
+        within=WAIT,
+        every=0.1,
+    )
+    body: dict[str, object] = status_and_body[1]
+    return body
 
 
 @pytest.fixture(scope="module")
-def device_fleet(
+def device_system(
     tmp_path_factory: pytest.TempPathFactory, mqtt_dynsec_broker: mqtt.Broker
-) -> Iterator[DeviceFleet]:
+) -> Iterator[DeviceSystem]:
     workdir = tmp_path_factory.mktemp("console-devices")
     claim_password = secrets.token_urlsafe(12)
     config = twins_config(workdir, mqtt_dynsec_broker, claim_password)
@@ -248,7 +243,7 @@ def device_fleet(
         name=DEVICE_NODE,
         workdir=workdir,
         server=server,
-        extra_config=config,
+        tables={"twins": config},
         run_args=("--status-interval", "1"),
     )
     simulator: ManagedProcess | None = None
@@ -256,7 +251,7 @@ def device_fleet(
         agent.join()
         agent.start()
         agent.wait_ready()
-        claim_username = config.split('claim_username = "')[1].split('"')[0]
+        claim_username = str(config["claim_username"])
         simulator = ManagedProcess(
             "edge-agent simulate",
             [
@@ -287,7 +282,7 @@ def device_fleet(
             lambda twin: twin["reported"]["$version"] >= 1,
             "the simulated thermostat's first report in the cloud",
         )
-        yield DeviceFleet(server=server, agent=agent, api=api)
+        yield DeviceSystem(server=server, agent=agent, api=api)
     except ServiceError:
         if agent.process is not None:
             print(agent.process.tail())  # noqa: T201 - the failing agent's log

@@ -8,14 +8,15 @@ import sqlite3
 import ssl
 import time
 
-from tests.harness.fleet import Server, command
-from tests.integration.console.conftest import Api, ConsoleFleet, ReportingAgent
+from tests.harness.daemons import Server, command
+from tests.harness.waiting import eventually
+from tests.integration.console.conftest import Api, ConsoleSystem, ReportingAgent
 
 SIGN_OUT = "/api/v1/sessions/current"
 
 
-def test_every_call_needs_a_credential(console_fleet: ConsoleFleet) -> None:
-    api = console_fleet.api
+def test_every_call_needs_a_credential(console_system: ConsoleSystem) -> None:
+    api = console_system.api
     for path in ("/api/v1/nodes", "/api/v1/overview", "/api/v1/tokens", "/api/v1/events"):
         status, body, headers = api.call("GET", path, token="")
         assert status == 401, path
@@ -32,10 +33,10 @@ def test_every_call_needs_a_credential(console_fleet: ConsoleFleet) -> None:
     assert (status, body["error"]) == (401, "unauthenticated")
 
 
-def test_sessions_expire_and_forgeries_fail(console_fleet: ConsoleFleet) -> None:
+def test_sessions_expire_and_forgeries_fail(console_system: ConsoleSystem) -> None:
     from tunnel_server.api.signer import SessionSigner  # noqa: PLC0415 - the server's own signer
 
-    api = console_fleet.api
+    api = console_system.api
     status, body, _ = api.call("POST", "/api/v1/sessions")
     assert status == 201
     session = body["token"]
@@ -45,15 +46,15 @@ def test_sessions_expire_and_forgeries_fail(console_fleet: ConsoleFleet) -> None
     forged = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
     status, body, _ = api.call("GET", "/api/v1/nodes", token=forged)
     assert (status, body["error"]) == (401, "invalid_session")
-    signer = SessionSigner.load_or_create(console_fleet.server.data_dir)
+    signer = SessionSigner.load_or_create(console_system.server.data_dir)
     expired, _ = signer.issue(now=time.time() - 7200, ttl=60)
     status, body, _ = api.call("GET", "/api/v1/nodes", token=expired)
     assert (status, body["error"]) == (401, "session_expired")
     assert "sign in again" in body["message"]
 
 
-def test_malformed_and_oversized_requests_get_clear_4xx(console_fleet: ConsoleFleet) -> None:
-    api = console_fleet.api
+def test_malformed_and_oversized_requests_get_clear_4xx(console_system: ConsoleSystem) -> None:
+    api = console_system.api
     cases = [
         ("POST", "/api/v1/tokens", b"{not json", 400, "bad_json"),
         ("POST", "/api/v1/tokens", b"[1, 2]", 400, "bad_json"),
@@ -79,9 +80,9 @@ def test_malformed_and_oversized_requests_get_clear_4xx(console_fleet: ConsoleFl
             assert "POST" in headers["Allow"]
 
 
-def test_oversized_body_refused_before_it_is_read(console_fleet: ConsoleFleet) -> None:
+def test_oversized_body_refused_before_it_is_read(console_system: ConsoleSystem) -> None:
     """A client announcing 1 GB gets 413 at once, without the server reading the body."""
-    server = console_fleet.server
+    server = console_system.server
     context = server.ssl_context()
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
@@ -97,8 +98,8 @@ def test_oversized_body_refused_before_it_is_read(console_fleet: ConsoleFleet) -
     assert b"body_too_large" in head or b"413" in head
 
 
-def test_nodes_list_detail_and_history(console_fleet: ConsoleFleet) -> None:
-    api = console_fleet.api
+def test_nodes_list_detail_and_history(console_system: ConsoleSystem) -> None:
+    api = console_system.api
     listing = api.get("/api/v1/nodes?sort=-name")
     assert [n["name"] for n in listing["nodes"]][:2] == ["edge-b", "edge-a"]
     assert api.get("/api/v1/nodes?q=edge-a")["total"] == 1
@@ -119,8 +120,8 @@ def test_nodes_list_detail_and_history(console_fleet: ConsoleFleet) -> None:
     assert point["disk"] is not None
 
 
-def test_token_created_over_the_api_joins_a_node(console_fleet: ConsoleFleet) -> None:
-    api = console_fleet.api
+def test_token_created_over_the_api_joins_a_node(console_system: ConsoleSystem) -> None:
+    api = console_system.api
     body = json.dumps({"name": "edge-api", "ttl_seconds": 600}).encode()
     status, created, _ = api.call("POST", "/api/v1/tokens", body=body)
     assert status == 201, created
@@ -130,11 +131,11 @@ def test_token_created_over_the_api_joins_a_node(console_fleet: ConsoleFleet) ->
     assert tokens[0]["status"] == "valid"
     assert created["token"] not in json.dumps(tokens), "secrets are shown once only"
     agent = ReportingAgent(
-        name="edge-api", workdir=console_fleet.workdir, server=console_fleet.server
+        name="edge-api", workdir=console_system.workdir, server=console_system.server
     )
     command(
-        "edge-agent", "join", "--server", console_fleet.server.url, "--token", created["token"],
-        "--ca-hash", console_fleet.server.ca_hash, "--name", "edge-api",
+        "edge-agent", "join", "--server", console_system.server.url, "--token", created["token"],
+        "--ca-hash", console_system.server.ca_hash, "--name", "edge-api",
         "--data-dir", agent.data_dir,
     )  # fmt: skip
     assert api.node("edge-api")["status"] == "unknown", "joined, never reported"
@@ -155,8 +156,8 @@ def test_token_created_over_the_api_joins_a_node(console_fleet: ConsoleFleet) ->
     assert (status, refused["error"]) == (400, "bad_request"), refused
 
 
-def test_events_stream_starts_with_a_snapshot(console_fleet: ConsoleFleet) -> None:
-    server = console_fleet.server
+def test_events_stream_starts_with_a_snapshot(console_system: ConsoleSystem) -> None:
+    server = console_system.server
     context = server.ssl_context()
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
@@ -191,8 +192,8 @@ def _revoked_ids(server: Server) -> set[str]:
         db.close()
 
 
-def test_sign_out_revokes_only_that_session_at_once(console_fleet: ConsoleFleet) -> None:
-    api = console_fleet.api
+def test_sign_out_revokes_only_that_session_at_once(console_system: ConsoleSystem) -> None:
+    api = console_system.api
     leaving, staying = _new_session(api), _new_session(api)
     assert api.call("GET", "/api/v1/nodes", token=leaving)[0] == 200
     status, body, _ = api.call("DELETE", SIGN_OUT, token=leaving)
@@ -213,8 +214,8 @@ def test_sign_out_revokes_only_that_session_at_once(console_fleet: ConsoleFleet)
     assert api.call("GET", "/api/v1/nodes", token=staying)[0] == 200
 
 
-def test_sign_out_needs_a_genuine_session(console_fleet: ConsoleFleet) -> None:
-    api = console_fleet.api
+def test_sign_out_needs_a_genuine_session(console_system: ConsoleSystem) -> None:
+    api = console_system.api
     status, body, _ = api.call("DELETE", SIGN_OUT)  # the admin token
     assert (status, body["error"]) == (403, "session_token_required")
     assert api.call("GET", "/api/v1/nodes")[0] == 200, "the admin token is not revoked"
@@ -249,8 +250,8 @@ def _read_until(tls: ssl.SSLSocket, marker: bytes, *, within: float = 10.0) -> b
     raise AssertionError(f"{marker!r} not seen within {within} s: {data[-300:]!r}")
 
 
-def test_a_signed_out_sessions_live_stream_ends(console_fleet: ConsoleFleet) -> None:
-    api, server = console_fleet.api, console_fleet.server
+def test_a_signed_out_sessions_live_stream_ends(console_system: ConsoleSystem) -> None:
+    api, server = console_system.api, console_system.server
     leaving, staying = _new_session(api), _new_session(api)
     with _open_stream(server, leaving) as gone, _open_stream(server, staying) as kept:
         assert b"event: snapshot" in _read_until(gone, b"event: snapshot")
@@ -267,11 +268,11 @@ def test_a_signed_out_sessions_live_stream_ends(console_fleet: ConsoleFleet) -> 
         assert b"event: nodes" in _read_until(kept, b"event: nodes")
 
 
-def test_signed_out_sessions_are_forgotten_once_expired(console_fleet: ConsoleFleet) -> None:
+def test_signed_out_sessions_are_forgotten_once_expired(console_system: ConsoleSystem) -> None:
     """The store keeps a signed-out session only until it would have expired anyway."""
     from tunnel_server.api.signer import SessionSigner  # noqa: PLC0415 - the server's own signer
 
-    api, server = console_fleet.api, console_fleet.server
+    api, server = console_system.api, console_system.server
     signer = SessionSigner.load_or_create(server.data_dir)
     short = [signer.issue(now=time.time(), ttl=2) for _ in range(5)]
     for token, _ in short:
@@ -281,7 +282,18 @@ def test_signed_out_sessions_are_forgotten_once_expired(console_fleet: ConsoleFl
     expired, _ = signer.issue(now=time.time() - 7200, ttl=60)
     assert api.call("DELETE", SIGN_OUT, token=expired)[0] == 204, "an expired one: nothing to do"
     assert signer.session_id(expired) not in _revoked_ids(server)
-    time.sleep(max(expires for _, expires in short) - time.time() + 0.2)
+
+    def refusals() -> list[tuple[int, object]]:
+        answers = [api.call("GET", "/api/v1/nodes", token=token) for token, _ in short]
+        return [(status, body.get("error")) for status, body, _ in answers]
+
+    # The server's clock says they expired (ttl 2 s): refused as expired, not as signed out.
+    eventually(
+        refusals,
+        lambda seen: seen == [(401, "session_expired")] * len(short),
+        what="the short sessions refused as expired",
+        every=0.2,
+    )
     fresh = _new_session(api)
     assert api.call("DELETE", SIGN_OUT, token=fresh)[0] == 204  # prunes the expired entries
     left = _revoked_ids(server)

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.integration.console.conftest import ConsoleFleet, console_page
+from tests.integration.console.conftest import ConsoleSystem, console_page
 
 
 @pytest.fixture
-def page(browser: Browser, console_fleet: ConsoleFleet) -> Iterator[Page]:
+def page(browser: Browser, console_system: ConsoleSystem) -> Iterator[Page]:
     # A refused token (401) is logged by the browser as a failed load; nothing else may be.
     with console_page(
-        browser, base_url=console_fleet.server.url, height=860, ignored=lambda e: "401" in e
+        browser, base_url=console_system.server.url, height=860, ignored=lambda e: "401" in e
     ) as opened:
         yield opened
 
@@ -43,16 +43,19 @@ def test_bad_token_is_refused_with_a_clear_message(page: Page, shots: Path) -> N
     assert page.evaluate("sessionStorage.length") == 0
 
 
-def test_sign_in_and_see_the_fleet(page: Page, console_fleet: ConsoleFleet, shots: Path) -> None:
-    sign_in(page, console_fleet.server.admin_token)
-    for name in console_fleet.agents:
+def test_sign_in_and_see_the_nodes(page: Page, console_system: ConsoleSystem, shots: Path) -> None:
+    sign_in(page, console_system.server.admin_token)
+    # The page of nodes says so ("fleet" is the word for clusters, see docs/architecture.md).
+    expect(page.locator("#node-list h1")).to_have_text("Nodes")
+    expect(page.locator('#nav a[href="#/"]')).to_have_text("Nodes")
+    for name in console_system.agents:
         expect(page.locator(f'tr[data-node="{name}"] .badge')).to_have_text("online")
     expect(page.locator("#live")).to_have_text("live")
     expect(page.locator('[data-card="online"] .n')).to_have_text("2")
     stored = page.evaluate("sessionStorage.getItem('edgefleet.session')")
-    assert console_fleet.server.admin_token not in stored, "only a session token is kept"
+    assert console_system.server.admin_token not in stored, "only a session token is kept"
     assert page.context.cookies() == []
-    page.screenshot(path=shots / "fleet.png", full_page=True)
+    page.screenshot(path=shots / "nodes.png", full_page=True)
 
     # Filter and sort without a reload.
     page.fill("#filter", "edge-b")
@@ -65,11 +68,11 @@ def test_sign_in_and_see_the_fleet(page: Page, console_fleet: ConsoleFleet, shot
     page.select_option("#status-filter", "")
 
 
-def test_live_update_keeps_the_focused_link(page: Page, console_fleet: ConsoleFleet) -> None:
+def test_live_update_keeps_the_focused_link(page: Page, console_system: ConsoleSystem) -> None:
     # A tap, a click or keyboard focus on a node's link must survive a live update of
     # its row: the row is patched, not rebuilt (a rebuilt row lost taps between
     # mousedown and mouseup on phones).
-    sign_in(page, console_fleet.server.admin_token)
+    sign_in(page, console_system.server.admin_token)
     expect(page.locator('tr[data-node="edge-a"] .badge')).to_have_text("online")
     page.focus('tr[data-node="edge-a"] td.name a')
     changed = page.evaluate(
@@ -90,12 +93,12 @@ def test_live_update_keeps_the_focused_link(page: Page, console_fleet: ConsoleFl
 
 
 def test_node_goes_offline_and_comes_back_live(
-    page: Page, console_fleet: ConsoleFleet, shots: Path
+    page: Page, console_system: ConsoleSystem, shots: Path
 ) -> None:
-    sign_in(page, console_fleet.server.admin_token)
+    sign_in(page, console_system.server.admin_token)
     badge = page.locator('tr[data-node="edge-b"] .badge')
     expect(badge).to_have_text("online")
-    agent = console_fleet.agents["edge-b"]
+    agent = console_system.agents["edge-b"]
     assert agent.process is not None
     page.evaluate("window.__marker = 'same page'")  # gone if the page reloads
     killed = time.monotonic()
@@ -103,17 +106,17 @@ def test_node_goes_offline_and_comes_back_live(
     expect(badge).to_have_text("offline", timeout=15_000)
     seen_offline = time.monotonic() - killed
     expect(page.locator('[data-card="offline"] .n')).to_have_text("1")
-    page.screenshot(path=shots / "fleet-node-offline.png", full_page=True)
+    page.screenshot(path=shots / "nodes-node-offline.png", full_page=True)
     agent.start()
     agent.wait_connected()
     expect(badge).to_have_text("online", timeout=15_000)
     assert page.evaluate("window.__marker") == "same page", "updated live, without a reload"
-    page.screenshot(path=shots / "fleet-node-back.png", full_page=True)
+    page.screenshot(path=shots / "nodes-node-back.png", full_page=True)
     assert seen_offline < 15
 
 
-def test_node_page_with_charts(page: Page, console_fleet: ConsoleFleet, shots: Path) -> None:
-    sign_in(page, console_fleet.server.admin_token)
+def test_node_page_with_charts(page: Page, console_system: ConsoleSystem, shots: Path) -> None:
+    sign_in(page, console_system.server.admin_token)
     page.click('tr[data-node="edge-a"] td.name a')
     expect(page.locator("#node h1")).to_have_text("edge-a")
     expect(page.locator("#node-status .badge")).to_have_text("online")
@@ -132,17 +135,17 @@ def test_node_page_with_charts(page: Page, console_fleet: ConsoleFleet, shots: P
     expect(page.locator('figure.chart[data-series="disk"] path.line')).to_have_count(1)
 
 
-def test_phone_width(browser: Browser, console_fleet: ConsoleFleet, shots: Path) -> None:
+def test_phone_width(browser: Browser, console_system: ConsoleSystem, shots: Path) -> None:
     context = browser.new_context(
         ignore_https_errors=True,
-        base_url=console_fleet.server.url,
+        base_url=console_system.server.url,
         viewport={"width": 375, "height": 812},
         is_mobile=True,
         has_touch=True,
     )
     page = context.new_page()
     try:
-        sign_in(page, console_fleet.server.admin_token)
+        sign_in(page, console_system.server.admin_token)
         row = page.locator('tr[data-node="edge-a"]')
         expect(row.locator(".badge")).to_have_text("online")
         # Nothing wider than the screen: no sideways scrolling on a phone.
@@ -153,7 +156,7 @@ def test_phone_width(browser: Browser, console_fleet: ConsoleFleet, shots: Path)
         )
         assert 0 < width <= 375
         expect(page.locator("#sort-select")).to_be_visible()
-        page.screenshot(path=shots / "fleet-phone.png", full_page=True)
+        page.screenshot(path=shots / "nodes-phone.png", full_page=True)
         row.locator("td.name a").click()
         expect(page.locator('figure.chart[data-series="cpu"]')).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
@@ -163,11 +166,11 @@ def test_phone_width(browser: Browser, console_fleet: ConsoleFleet, shots: Path)
 
 
 def test_expired_session_returns_to_sign_in(
-    page: Page, console_fleet: ConsoleFleet, shots: Path
+    page: Page, console_system: ConsoleSystem, shots: Path
 ) -> None:
     from tunnel_server.api.signer import SessionSigner  # noqa: PLC0415 - the server's own signer
 
-    signer = SessionSigner.load_or_create(console_fleet.server.data_dir)
+    signer = SessionSigner.load_or_create(console_system.server.data_dir)
     expired, _ = signer.issue(now=time.time() - 3600, ttl=60)
     page.goto("/")
     page.evaluate(
@@ -181,9 +184,9 @@ def test_expired_session_returns_to_sign_in(
 
 
 def test_sign_out_revokes_the_session_on_the_server(
-    page: Page, console_fleet: ConsoleFleet, shots: Path
+    page: Page, console_system: ConsoleSystem, shots: Path
 ) -> None:
-    sign_in(page, console_fleet.server.admin_token)
+    sign_in(page, console_system.server.admin_token)
     expect(page.locator("#live")).to_have_text("live")
     token = page.evaluate("JSON.parse(sessionStorage.getItem('edgefleet.session')).token")
     # A second tab holding the same session (a duplicated tab copies sessionStorage).
@@ -204,7 +207,7 @@ def test_sign_out_revokes_the_session_on_the_server(
     expect(page.locator("#nav")).to_be_hidden()
     assert page.evaluate("sessionStorage.length") == 0
     page.screenshot(path=shots / "signin-signed-out.png", full_page=True)
-    status, body, _ = console_fleet.api.call("GET", "/api/v1/nodes", token=token)
+    status, body, _ = console_system.api.call("GET", "/api/v1/nodes", token=token)
     assert (status, body["error"]) == (401, "session_revoked"), "the token is dead on the server"
     # The other tab's live stream ends with 'revoked': it is back at sign-in without a click.
     expect(twin.locator("#signin-error")).to_contain_text("This session was signed out")
@@ -213,13 +216,13 @@ def test_sign_out_revokes_the_session_on_the_server(
 
 
 def test_sign_out_when_the_server_cannot_be_told(
-    browser: Browser, console_fleet: ConsoleFleet, shots: Path
+    browser: Browser, console_system: ConsoleSystem, shots: Path
 ) -> None:
     """Best effort: the tab signs out anyway and says the token still works elsewhere."""
-    context = browser.new_context(ignore_https_errors=True, base_url=console_fleet.server.url)
+    context = browser.new_context(ignore_https_errors=True, base_url=console_system.server.url)
     page = context.new_page()  # its failed DELETE is logged as an error on purpose: no check
     try:
-        sign_in(page, console_fleet.server.admin_token)
+        sign_in(page, console_system.server.admin_token)
         expect(page.locator("#live")).to_have_text("live")
         token = page.evaluate("JSON.parse(sessionStorage.getItem('edgefleet.session')).token")
         page.route("**/api/v1/sessions/current", lambda route: route.abort("connectionrefused"))
@@ -229,8 +232,8 @@ def test_sign_out_when_the_server_cannot_be_told(
         expect(error).to_contain_text("a copy of the session token keeps working until")
         assert page.evaluate("sessionStorage.length") == 0
         page.screenshot(path=shots / "signin-signed-out-offline.png", full_page=True)
-        assert console_fleet.api.call("GET", "/api/v1/nodes", token=token)[0] == 200
-        assert console_fleet.api.call("DELETE", "/api/v1/sessions/current", token=token)[0] == 204
+        assert console_system.api.call("GET", "/api/v1/nodes", token=token)[0] == 200
+        assert console_system.api.call("DELETE", "/api/v1/sessions/current", token=token)[0] == 204
     finally:
         context.close()
 

@@ -23,7 +23,7 @@ from tests.integration.console.conftest import (
     DEVICE,
     DEVICE_NODE,
     WAIT,
-    DeviceFleet,
+    DeviceSystem,
     console_page,
 )
 
@@ -31,11 +31,11 @@ pytestmark = pytest.mark.mqtt
 
 
 @pytest.fixture
-def page(browser: Browser, device_fleet: DeviceFleet) -> Iterator[Page]:
+def page(browser: Browser, device_system: DeviceSystem) -> Iterator[Page]:
     # Refused PATCHes (400, 409) are logged by the browser as failed loads; nothing else may be.
     with console_page(
         browser,
-        base_url=device_fleet.server.url,
+        base_url=device_system.server.url,
         height=900,
         ignored=lambda e: any(f"status of {s}" in e for s in (400, 409)),
     ) as opened:
@@ -55,9 +55,9 @@ def shown_json(page: Page, selector: str) -> dict[str, object]:
 
 
 def test_devices_are_listed_per_node_and_on_the_node_page(
-    page: Page, device_fleet: DeviceFleet, shots: Path
+    page: Page, device_system: DeviceSystem, shots: Path
 ) -> None:
-    sign_in(page, device_fleet.server.admin_token)
+    sign_in(page, device_system.server.admin_token)
     page.click("nav >> text=Devices")
     row = page.locator(f'#device-list tr[data-device="{DEVICE}"]')
     expect(row).to_be_visible()
@@ -76,12 +76,12 @@ def test_devices_are_listed_per_node_and_on_the_node_page(
 
 
 def test_change_a_desired_value_and_see_it_reach_the_device(
-    page: Page, device_fleet: DeviceFleet, shots: Path
+    page: Page, device_system: DeviceSystem, shots: Path
 ) -> None:
-    sign_in(page, device_fleet.server.admin_token)
+    sign_in(page, device_system.server.admin_token)
     page.goto(f"/#/devices/{DEVICE}")
     expect(page.locator("#desired-base")).to_contain_text("Editing desired $version")
-    twin = device_fleet.api.get(f"/api/v1/devices/{DEVICE}/twin")
+    twin = device_system.api.get(f"/api/v1/devices/{DEVICE}/twin")
     setpoint = 17.5 if twin["desired"].get("setpoint") != 17.5 else 18.5
     edited = {**{k: v for k, v in twin["desired"].items() if not k.startswith("$")}}
     edited["setpoint"] = setpoint
@@ -99,19 +99,19 @@ def test_change_a_desired_value_and_see_it_reach_the_device(
 
 
 def test_the_device_page_follows_changes_made_elsewhere(
-    page: Page, device_fleet: DeviceFleet
+    page: Page, device_system: DeviceSystem
 ) -> None:
     # The page long-polls its twin (desired and reported at once) instead of re-reading it
     # on a timer: a change made through the API shows without a reload.
     polls: list[str] = []
     page.on("request", lambda r: polls.append(r.url) if "/twin?wait=" in r.url else None)
-    sign_in(page, device_fleet.server.admin_token)
+    sign_in(page, device_system.server.admin_token)
     page.goto(f"/#/devices/{DEVICE}")
     expect(page.locator("#desired-base")).to_contain_text("Editing desired $version")
-    twin = device_fleet.api.get(f"/api/v1/devices/{DEVICE}/twin")
+    twin = device_system.api.get(f"/api/v1/devices/{DEVICE}/twin")
     version = twin["desired"]["$version"]
     mode = "cool" if twin["desired"].get("mode") != "cool" else "heat"
-    status, body, _ = device_fleet.api.call(
+    status, body, _ = device_system.api.call(
         "PATCH",
         f"/api/v1/devices/{DEVICE}/twin",
         body=json.dumps({"desired": {"mode": mode, "$version": version}}).encode(),
@@ -125,23 +125,23 @@ def test_the_device_page_follows_changes_made_elsewhere(
 
 
 def test_a_version_conflict_is_shown_and_reload_recovers(
-    page: Page, device_fleet: DeviceFleet, shots: Path
+    page: Page, device_system: DeviceSystem, shots: Path
 ) -> None:
-    sign_in(page, device_fleet.server.admin_token)
+    sign_in(page, device_system.server.admin_token)
     page.goto(f"/#/devices/{DEVICE}")
     expect(page.locator("#desired-base")).to_contain_text("Editing desired $version")
-    before = device_fleet.api.get(f"/api/v1/devices/{DEVICE}/twin")
+    before = device_system.api.get(f"/api/v1/devices/{DEVICE}/twin")
     version = before["desired"]["$version"]
     expect(page.locator("#desired-base")).to_contain_text(f"$version {version}.")
     # Someone else changes desired through the API while the form is open...
-    status, body, _ = device_fleet.api.call(
+    status, body, _ = device_system.api.call(
         "PATCH",
         f"/api/v1/devices/{DEVICE}/twin",
         body=json.dumps({"desired": {"mode": "heat", "$version": version}}).encode(),
     )
     assert status == 200, body
     # ...and an API client with the same stale version is refused, as the form will be.
-    status, body, _ = device_fleet.api.call(
+    status, body, _ = device_system.api.call(
         "PATCH",
         f"/api/v1/devices/{DEVICE}/twin",
         body=json.dumps({"desired": {"mode": "cool", "$version": version}}).encode(),
@@ -155,7 +155,7 @@ def test_a_version_conflict_is_shown_and_reload_recovers(
     expect(conflict).to_contain_text(f"you edited $version {version}")
     expect(conflict).to_contain_text(f"desired is at $version {version + 1}")
     page.screenshot(path=shots / "device-conflict.png", full_page=True)
-    twin = device_fleet.api.get(f"/api/v1/devices/{DEVICE}/twin")
+    twin = device_system.api.get(f"/api/v1/devices/{DEVICE}/twin")
     assert twin["desired"]["mode"] == "heat"  # the refused form wrote nothing
     page.click("#conflict-reload")
     expect(page.locator("#desired-base")).to_have_text(f"Editing desired $version {version + 1}.")
@@ -163,9 +163,9 @@ def test_a_version_conflict_is_shown_and_reload_recovers(
 
 
 def test_a_value_the_model_refuses_is_explained(
-    page: Page, device_fleet: DeviceFleet, shots: Path
+    page: Page, device_system: DeviceSystem, shots: Path
 ) -> None:
-    sign_in(page, device_fleet.server.admin_token)
+    sign_in(page, device_system.server.admin_token)
     page.goto(f"/#/devices/{DEVICE}")
     expect(page.locator("#desired-base")).to_contain_text("Editing desired $version")
     page.fill("#desired-input", json.dumps({"setpoint": 31, "mode": "warm"}))

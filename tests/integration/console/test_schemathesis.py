@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.integration.console.conftest import DEVICE, DEVICE_NODE, DeviceFleet
+from tests.integration.console.conftest import DEVICE, DEVICE_NODE, DeviceSystem
 
 pytestmark = pytest.mark.mqtt
 
@@ -78,8 +78,8 @@ def _answers(har: Path) -> Counter[tuple[str, str, int]]:
 
 
 @pytest.mark.timeout(300)
-def test_api_matches_its_openapi_document(device_fleet: DeviceFleet, tmp_path: Path) -> None:
-    server, api = device_fleet.server, device_fleet.api
+def test_api_matches_its_openapi_document(device_system: DeviceSystem, tmp_path: Path) -> None:
+    server, api = device_system.server, device_system.api
     ca = tmp_path / "ca.crt"
     ca.write_bytes(server.ca_pem)
     status, created, _ = api.call("POST", "/api/v1/sessions")

@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.harness.waiting import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -128,22 +129,22 @@ class RunningServer:
 
 
 def _wait_healthy(url: str, port: int, data_dir: Path, process: subprocess.Popen[bytes]) -> bytes:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    def healthz() -> bytes | None:
         if process.poll() is not None:
             pytest.fail(f"tunnel-server exited with {process.returncode} while starting")
-        ca_path = data_dir / "ca.crt"
-        if ca_path.exists():
-            ca_pem = ca_path.read_bytes()
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.load_verify_locations(cadata=ca_pem.decode())
-            connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
-            with contextlib.suppress(OSError), contextlib.closing(connection):
-                connection.request("GET", "/healthz")
-                if connection.getresponse().status == 200:
-                    return ca_pem
-        time.sleep(0.05)
-    pytest.fail(f"tunnel-server did not answer {url}/healthz within {START_TIMEOUT}s")
+        ca_pem = (data_dir / "ca.crt").read_bytes()  # OSError until the server wrote it
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=ca_pem.decode())
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+        with contextlib.closing(connection):
+            connection.request("GET", "/healthz")
+            return ca_pem if connection.getresponse().status == 200 else None
+
+    ca_pem = eventually(
+        healthz, what=f"tunnel-server {url}/healthz 200", within=START_TIMEOUT, ignore=(OSError,)
+    )
+    assert ca_pem is not None
+    return ca_pem
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import pytest
 
 from edge_agent.identity import Identity
+from tests.harness.waiting import eventually_async
 from tests.integration.join.conftest import BIN
 
 if TYPE_CHECKING:
@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 
 
 async def _wait_for_state(server: RunningServer, name: str, state: str) -> None:
-    for _ in range(200):
-        if (await server.nodes()).get(name, {}).get("state") == state:
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"{name} never became {state}")
+    async def node() -> dict[str, Any]:
+        found: dict[str, Any] = (await server.nodes()).get(name, {})
+        return found
+
+    await eventually_async(
+        node, lambda node: node.get("state") == state, what=f"{name} {state}", within=20, every=0.1
+    )
 
 
 async def test_pending_until_approved(server: RunningServer, tmp_path: Path, name: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import stat
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.identity import Identity
+from tests.harness.waiting import eventually_async
 from tests.integration.join.conftest import free_port, run
 
 if TYPE_CHECKING:
@@ -95,7 +95,18 @@ async def test_malformed_ca_hash_is_a_usage_error(
 
 async def test_expired_token(server: RunningServer, tmp_path: Path, name: str) -> None:
     token = await server.token(name, "--ttl", "1s")
-    await asyncio.sleep(1.1)
+
+    async def token_rows() -> list[list[str]]:
+        listing = await server.cli("token", "list")
+        return [line.split() for line in listing.stdout.splitlines() if name in line.split()]
+
+    # Until the server's own listing says so: joining earlier would use the token up.
+    await eventually_async(
+        token_rows,
+        lambda rows: len(rows) == 1 and "expired" in rows[0],
+        what=f"the token of {name} listed as expired",
+        every=0.1,
+    )
     result = await server.join(token=token, name=name, data_dir=tmp_path)
     assert result.rc == 4
     assert "expired" in result.stderr

@@ -27,8 +27,9 @@ from edge_agent.settings import JoinSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
 from tests.harness import kube
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
+from tests.harness.waiting import eventually_async
 
 pytestmark = pytest.mark.kube
 
@@ -95,11 +96,11 @@ async def through_tunnel(
 
 
 async def wait_for(condition: Callable[[], bool], *, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():  # polling another process's state: there is no event to wait on
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.05)
+    # Polling another process's state: there is no event to wait on.
+    async def met() -> bool:
+        return condition()
+
+    await eventually_async(met, what=getattr(condition, "__name__", "condition"), within=within)
 
 
 async def who_am_i(proxy_url: str, headers: dict[str, str] | None = None) -> str:
@@ -193,8 +194,9 @@ async def test_real_agent_in_tunnel_mode_serves_kubectl_online_and_offline(
         name=NODE,
         workdir=tmp_path,
         server=server,
-        extra_config=f'[kube]\nenabled = true\nupstream = "tunnel"\nport = {port}\n'
-        'cache_agents = ["*"]\n',
+        tables={
+            "kube": {"enabled": True, "upstream": "tunnel", "port": port, "cache_agents": ["*"]}
+        },
     )
     try:
         agent.join()

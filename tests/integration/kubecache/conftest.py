@@ -26,7 +26,7 @@ from edge_agent.kubecache import (
 )
 from edge_agent.kubecache.health import State
 from tests.harness import kube
-from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
+from tests.harness.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
 

@@ -19,9 +19,9 @@ import pytest
 from kubernetes import client
 
 from tests.harness import kube
-from tests.integration.kubecache.agentproc import KubeAgent
+from tests.harness.faultproxy import FaultProxy, fault_proxy
+from tests.harness.kube_agent import KubeAgent
 from tests.integration.kubecache.conftest import KUBELET
-from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
 

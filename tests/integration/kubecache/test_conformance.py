@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client
 
 from tests.harness import e2e, kube
-from tests.integration.kubecache.agentproc import KubeAgent
+from tests.harness.kube_agent import KubeAgent
 from tests.integration.kubecache.conftest import Edge
 from tests.integration.kubecache.test_custom_resources import GROUP, VERSION, established
 

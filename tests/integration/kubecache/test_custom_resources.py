@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.harness.waiting import eventually
 from tests.integration.kubecache.conftest import Edge
 
 pytestmark = pytest.mark.kube
@@ -69,14 +70,17 @@ def crd(direct: client.ApiClient) -> Iterator[str]:
 def established(direct: client.ApiClient, plural: str, namespace: str) -> None:
     """Wait until the API server serves the new resource (it takes a moment after create)."""
     objects = client.CustomObjectsApi(direct)
-    while True:
+
+    def served() -> bool:
         try:
             objects.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
         except client.ApiException as error:
             if error.status != 404:
                 raise
-        else:
-            return
+            return False
+        return True
+
+    eventually(served, what=f"the API server serving {plural}")
 
 
 def create_widgets(direct: client.ApiClient, plural: str, namespace: str, kind: str) -> None:

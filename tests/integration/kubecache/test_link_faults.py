@@ -30,6 +30,7 @@ from edge_agent.kubecache.fieldlabels import SUPPORTED
 from edge_agent.kubecache.health import State
 from edge_agent.kubecache.keys import Resource
 from tests.harness import kube
+from tests.harness.waiting import eventually_async
 from tests.integration.kubecache.conftest import KUBELET, edge_settings
 from tests.integration.kubecache.linkrelay import LinkRelay, link_relay
 
@@ -313,13 +314,16 @@ async def test_a_write_whose_answer_was_lost_is_reported_as_unknown_not_as_unsen
         link.relay.drop_answers()
         create = await link.kubectl("create", "-f", str(manifest), "--validate=false")
         async with asyncio.timeout(HANG_GUARD):
-            while True:  # until the create reached the API server; its answer is dropped
-                found = await asyncio.to_thread(
+            # Until the create reached the API server; its answer is dropped.
+            await eventually_async(
+                lambda: asyncio.to_thread(
                     core.list_namespaced_pod, namespace, field_selector="metadata.name=maybe"
-                )
-                if found.items:
-                    break
-                await asyncio.sleep(0.1)
+                ),
+                lambda found: bool(found.items),
+                what="the pod created upstream",
+                within=HANG_GUARD,
+                every=0.1,
+            )
             link.relay.reset()
             stdout, stderr = await create.communicate()
     said = stderr.decode()
@@ -343,10 +347,12 @@ async def test_kubectl_watching_a_table_is_told_when_the_link_breaks(
         async with asyncio.timeout(HANG_GUARD):
             while b"seen" not in await watcher.stdout.readline():
                 pass
-            while True:  # kubectl printed its LIST; wait until its watch is open too
-                if link.counted("edge_kubecache_watches", mode="passthrough"):
-                    break
-                await asyncio.sleep(0.05)
+
+            async def watches() -> float:
+                return link.counted("edge_kubecache_watches", mode="passthrough")
+
+            # kubectl printed its LIST; wait until its watch is open too.
+            await eventually_async(watches, what="kubectl's watch open", within=HANG_GUARD)
             link.relay.reset()
             stdout, _ = await watcher.communicate()
     # kubectl prints the ERROR event's Status as a row of its table (and exits 0: its choice).

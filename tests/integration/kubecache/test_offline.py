@@ -17,6 +17,7 @@ from kubernetes import client
 from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.wire import PROTOBUF
 from tests.harness import kube
+from tests.harness.waiting import eventually_async
 from tests.integration.kubecache.conftest import Edge, edge_settings
 
 pytestmark = pytest.mark.kube
@@ -81,11 +82,12 @@ async def test_heartbeats_succeed_offline_and_reach_the_cloud_after(
         while_offline = await asyncio.to_thread(cloud.read_namespaced_lease, "node-a", namespace)
         assert renewed_at(while_offline) == start
         await edge.go_online()
-        while True:
-            synced = await asyncio.to_thread(cloud.read_namespaced_lease, "node-a", namespace)
-            if renewed_at(synced) == last:
-                break
-            await asyncio.sleep(0.1)
+        await eventually_async(
+            lambda: asyncio.to_thread(cloud.read_namespaced_lease, "node-a", namespace),
+            lambda synced: renewed_at(synced) == last,
+            what="the offline renewal synced upstream",
+            every=0.1,
+        )
         # Online again, renewals go straight up with the synced resourceVersion.
         later = await asyncio.to_thread(renew, via, namespace, last + dt.timedelta(seconds=10))
     assert renewed_at(later) == last + dt.timedelta(seconds=10)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from edge_agent.kubecache import protowire as pw
 from edge_agent.kubecache.protowire import decode_lease, lease_with_spec
 from edge_agent.kubecache.wire import PROTOBUF
+from tests.harness.waiting import eventually_async
 from tests.integration.kubecache.conftest import KUBELET, Edge
 
 pytestmark = pytest.mark.kube
@@ -96,11 +96,12 @@ async def test_protobuf_lease_renewals_succeed_offline_and_reach_the_cloud(
 
         assert (await cloud_lease(cloud, path))["spec"]["renewTime"] == at(1)
         await edge.go_online()
-        async with asyncio.timeout(30):
-            while True:
-                if (await cloud_lease(cloud, path))["spec"]["renewTime"] == at(30):
-                    break
-                await asyncio.sleep(0.1)
+        await eventually_async(
+            lambda: cloud_lease(cloud, path),
+            lambda lease: lease["spec"]["renewTime"] == at(30),
+            what="the offline renewal synced upstream",
+            every=0.1,
+        )
     synced = edge.registry.get_sample_value(
         "edge_kubecache_heartbeats_synced_total", {"result": "ok"}
     )

@@ -17,9 +17,9 @@ import pytest
 
 from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy
 from tests.harness import kube
-from tests.integration.kubecache.bulk import NODES, create_pods
+from tests.harness.faultproxy import fault_proxy
+from tests.harness.kube_bulk import NODES, create_pods
 from tests.integration.kubecache.conftest import KUBELET, Edge, edge_settings
-from tests.integration.kubecache.faultproxy import fault_proxy
 
 pytestmark = pytest.mark.kube
 

@@ -25,8 +25,9 @@ from edge_agent.kubecache.health import State
 from edge_agent.kubecache.keys import Resource
 from edge_agent.kubecache.store import Scope
 from tests.harness import kube
+from tests.harness.faultproxy import FaultProxy, fault_proxy
+from tests.harness.waiting import eventually_async
 from tests.integration.kubecache.conftest import KUBELET, Edge, edge_settings
-from tests.integration.kubecache.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.kube
 
@@ -285,20 +286,25 @@ async def server_state(direct: client.ApiClient, namespace: str) -> dict[str, st
 
 
 async def converged(informers: list[Informer], direct: client.ApiClient, namespace: str) -> None:
-    want = await server_state(direct, namespace)
-    try:
-        async with asyncio.timeout(CONVERGE_TIMEOUT):
-            while any(i.state != want for i in informers):
-                await asyncio.sleep(0.2)
-                want = await server_state(direct, namespace)
-    except TimeoutError:
+    async def differences() -> list[str]:
+        """What each watcher still has wrong against the API server (nothing once converged)."""
+        want = await server_state(direct, namespace)
         report = []
         for index, informer in enumerate(informers):
             missing = sorted(set(want) - set(informer.state))
             ghosts = sorted(set(informer.state) - set(want))
             stale = sorted(n for n in want if n in informer.state and informer.state[n] != want[n])
-            report.append(f"watcher {index}: missing {missing}, ghosts {ghosts}, stale {stale}")
-        raise AssertionError("a watcher never converged: " + "; ".join(report)) from None
+            if missing or ghosts or stale:
+                report.append(f"watcher {index}: missing {missing}, ghosts {ghosts}, stale {stale}")
+        return report
+
+    await eventually_async(
+        differences,
+        lambda report: not report,
+        what="every watcher converged",
+        within=CONVERGE_TIMEOUT,
+        every=0.2,
+    )
 
 
 async def churn(core: client.CoreV1Api, namespace: str, *, start: int) -> None:

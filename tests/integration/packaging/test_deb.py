@@ -125,7 +125,7 @@ def _digest(root: DebianRoot, folder: str) -> dict[str, str]:
     }
 
 
-class Fleet:
+class PackagedSystem:
     """The packaged server and agent in the root, on free loopback ports."""
 
     def __init__(self, root: DebianRoot, logs: Path) -> None:
@@ -231,8 +231,8 @@ def test_install_join_upgrade_remove_purge(
 
     # The agent joins the packaged server: the join once as root, then its files are handed
     # to the service user, which runs the agent with the shipped config.
-    fleet = Fleet(root, tmp_path)
-    with fleet.server():
+    system = PackagedSystem(root, tmp_path)
+    with system.server():
         token = root.run(
             *("tunnel-server", "token", "create", "--kind", "node", "--name", "pkg-node"),
             *("--data-dir", "/var/lib/tunnel-server"),
@@ -246,12 +246,12 @@ def test_install_join_upgrade_remove_purge(
             user="tunnel-server",
         ).strip()
         root.run(
-            *("edge-agent", "join", "--server", f"https://127.0.0.1:{fleet.port}"),
+            *("edge-agent", "join", "--server", f"https://127.0.0.1:{system.port}"),
             *("--token", token, "--ca-hash", ca_hash, "--name", "pkg-node"),
         )
         root.run("chown", "-R", "edge-agent:edge-agent", "/var/lib/edge-agent")
-        with fleet.agent():
-            assert fleet.node("pkg-node")["agent_version"] == UPSTREAM
+        with system.agent():
+            assert system.node("pkg-node")["agent_version"] == UPSTREAM
     agent_state = _digest(root, "/var/lib/edge-agent")
     server_ca = _digest(root, "/var/lib/tunnel-server")
     assert "ca.crt" in server_ca, server_ca
@@ -276,8 +276,8 @@ def test_install_join_upgrade_remove_purge(
     for name in ("ca.crt", "ca.key"):
         if name in server_ca:
             assert _digest(root, "/var/lib/tunnel-server")[name] == server_ca[name]
-    with fleet.server(), fleet.agent():
-        assert fleet.node("pkg-node")["name"] == "pkg-node"
+    with system.server(), system.agent():
+        assert system.node("pkg-node")["name"] == "pkg-node"
 
     # Reinstalling the same version is fine too.
     _install(root, debs[NEW])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -14,8 +13,9 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
+from tests.harness.waiting import eventually
 
 STREAM_GATE = web.AppKey("stream_gate", asyncio.Event)
 
@@ -140,7 +140,7 @@ async def target() -> AsyncIterator[Target]:
 
 
 @dataclass
-class Fleet:
+class System:
     server: Server
     agents: dict[str, Agent]
     baseline_tasks: float = 0.0
@@ -153,8 +153,8 @@ TARGET_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    workdir = tmp_path_factory.mktemp("fleet")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    workdir = tmp_path_factory.mktemp("system")
     server = Server(workdir=workdir)
     server.start()
     agents: dict[str, Agent] = {}
@@ -172,10 +172,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for agent in agents.values():
             agent.wait_connected()
         # Steady state: each agent holds its node status stream (and its server-side task).
-        deadline = time.monotonic() + 30
-        while server.metric("tunnel_streams") < len(agents) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        yield Fleet(
+        eventually(
+            lambda: server.metric("tunnel_streams"),
+            lambda streams: streams >= len(agents),
+            what="each agent's status stream open",
+        )
+        yield System(
             server=server,
             agents=agents,
             baseline_tasks=server.metric("tunnel_server_asyncio_tasks"),

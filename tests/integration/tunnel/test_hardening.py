@@ -23,8 +23,9 @@ import aiohttp
 import pytest
 
 from edge_agent.identity import Identity
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.harness.procs import free_port
+from tests.harness.waiting import eventually, eventually_async
 from tunnel_protocol import (
     SUPPORTED_VERSIONS,
     Accept,
@@ -132,11 +133,13 @@ class ServerLog:
 
     async def wait_for(self, needle: str) -> str:
         """The log text once ``needle`` is in it (30 s at most: the server logs at once)."""
-        for _ in range(600):
-            if needle in (text := self.text()):
-                return text
-            await asyncio.sleep(0.05)
-        pytest.fail(f"{needle!r} never reached the server log:\n{self.text()}")
+
+        async def text() -> str:
+            return self.text()
+
+        return await eventually_async(
+            text, lambda text: needle in text, what=f"{needle!r} in the server log"
+        )
 
     def assert_quiet(self, *, max_lines: int) -> None:
         text = self.text()
@@ -176,9 +179,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         raw.join()
         agent.start()
         agent.wait_connected()
-        deadline = time.monotonic() + 30
-        while server.metric("tunnel_streams") < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the agent's status stream: the steady state
+        # The agent's status stream: the steady state.
+        eventually(
+            lambda: server.metric("tunnel_streams"),
+            lambda streams: streams >= 1,
+            what="the agent's status stream open",
+        )
         yield Edge(
             server=server,
             agent=agent,
@@ -399,11 +405,13 @@ async def test_client_gone_mid_response_logs_no_traceback(edge: Edge) -> None:
         writer.transport.abort()
     # The reset crossed server, tunnel and agent: the target saw its connection end.
     await asyncio.to_thread(edge.target.wait, lambda: edge.target.gone > gone)
-    for _ in range(200):
-        if edge.server.metric("tunnel_streams") <= edge.streams_idle:
-            break
-        await asyncio.sleep(0.05)
-    assert edge.server.metric("tunnel_streams") <= edge.streams_idle
+
+    async def streams() -> float:
+        return edge.server.metric("tunnel_streams")
+
+    await eventually_async(
+        streams, lambda open_: open_ <= edge.streams_idle, what="the reset stream closed", within=10
+    )
     log.assert_quiet(max_lines=1)
 
 

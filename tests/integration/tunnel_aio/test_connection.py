@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.harness.waiting import eventually_async
 from tunnel_aio import StreamRejectedError, TunnelClosedError, TunnelConnection, TunnelStream
 from tunnel_protocol import ErrorCode, Role
 
@@ -141,7 +142,13 @@ async def test_slow_reader_does_not_stall_other_streams() -> None:
         # Fill the stalled stream's windows both ways: the echo handler blocks writing back
         # because we never read, so its credit towards us runs out.
         writer = asyncio.ensure_future(stalled.write(b"x" * (4 * 1024 * 1024)))  # noqa: TID251 - cancelled below
-        await asyncio.sleep(0.2)
+
+        async def credit() -> int:
+            return pair.server.session.send_capacity(stalled.stream_id)
+
+        await eventually_async(
+            credit, lambda left: left == 0, what="the stalled stream's credit used up", every=0.01
+        )
         assert not writer.done(), "the stalled stream must be blocked by flow control"
         other = await pair.server.open_stream("echo")
 

@@ -15,6 +15,7 @@ import pytest
 from device_models import Replica, Role, TwinChange, apply_change
 from edge_agent.twins.simulator import SimulatedDevice
 from edge_agent.twins.topics import Op
+from tests.harness.waiting import eventually_async
 from tests.integration.twins.conftest import READY_TIMEOUT, TwinsEnv, unique
 
 pytestmark = pytest.mark.mqtt
@@ -124,10 +125,18 @@ async def test_exactly_once_through_kill9_and_a_flaky_cloud(
                     await agent.start()
                 answers.append(await report_until_answered(device, count))
             twin = await device.get()
-        async with asyncio.timeout(READY_TIMEOUT):
-            while len(cloud.applied) < REPORTS:
-                cloud.catch_up()
-                await asyncio.sleep(0.1)
+
+        async def applied() -> int:
+            cloud.catch_up()
+            return len(cloud.applied)
+
+        await eventually_async(
+            applied,
+            lambda count: count >= REPORTS,
+            what=f"{REPORTS} reports applied in the cloud",
+            within=READY_TIMEOUT,
+            every=0.1,
+        )
     finally:
         await agent.kill()
     assert [a["code"] for a in answers] == [200] * REPORTS

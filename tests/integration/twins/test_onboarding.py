@@ -16,6 +16,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.twins import topics
 from edge_agent.twins.simulator import ClaimRejectedError
 from edge_agent.twins.topics import Op
+from tests.harness.waiting import eventually_async
 from tests.integration.twins.conftest import READY_TIMEOUT, TwinsEnv, running, unique
 
 pytestmark = pytest.mark.mqtt
@@ -241,11 +242,12 @@ async def test_oversized_claim_gets_a_clear_refusal(twins_env: TwinsEnv) -> None
 
 
 async def _until(check: Callable[[], bool]) -> None:
-    async with asyncio.timeout(READY_TIMEOUT):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.02)
+    async def checked() -> bool:
+        return check()
+
+    await eventually_async(
+        checked, what=getattr(check, "__name__", "the check"), within=READY_TIMEOUT, every=0.02
+    )
 
 
 async def test_a_claim_of_another_nodes_device_is_left_to_it(

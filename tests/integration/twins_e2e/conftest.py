@@ -28,9 +28,10 @@ import pytest_asyncio
 
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
-from tests.harness.fleet import BIN, Server
+from tests.harness.daemons import BIN, Server, launch_agent, write_agent_config
+from tests.harness.faultproxy import FaultProxy
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
-from tests.integration.kubecache.faultproxy import FaultProxy
+from tests.harness.waiting import eventually_async
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -99,50 +100,33 @@ class AgentProcess:
         claim_file = secrets_dir / "mqtt-claim-password"
         admin_file.write_text(f"{self.broker.admin_password}\n")
         claim_file.write_text(f"{self.claim_password}\n")
-        path = self.workdir / f"agent-{self.node}.toml"
-        path.write_text(
-            "\n".join(
-                [
-                    "[tunnel]",
-                    "backoff_base = 0.1",
-                    "backoff_cap = 1.0",
-                    "",
-                    "[twins]",
-                    "enabled = true",
-                    f'broker_host = "{self.broker.host}"',
-                    f"broker_port = {self.broker.port}",
-                    f'admin_password_file = "{admin_file}"',
-                    f'claim_username = "{self.claim_username}"',
-                    f'claim_password_file = "{claim_file}"',
-                    f'agent_username = "agent-{self.suffix}"',
-                    f'agent_client_id = "agent-{self.suffix}"',
-                    'durability = "full"',
-                    "",
-                ]
-            )
+        return write_agent_config(
+            self.workdir / f"agent-{self.node}.toml",
+            {
+                "tunnel": {"backoff_base": 0.1, "backoff_cap": 1.0},
+                "twins": {
+                    "enabled": True,
+                    "broker_host": self.broker.host,
+                    "broker_port": self.broker.port,
+                    "admin_password_file": admin_file,
+                    "claim_username": self.claim_username,
+                    "claim_password_file": claim_file,
+                    "agent_username": f"agent-{self.suffix}",
+                    "agent_client_id": f"agent-{self.suffix}",
+                    "durability": "full",
+                },
+            },
         )
-        return path
 
     def start(self) -> None:
         self.starts += 1
-        program = (
-            [sys.executable, "-m", "tests.integration.twins_e2e.agent_proc"]
-            if self.test_writes
-            else [str(BIN / "edge-agent"), "run"]
-        )
-        self.process = ManagedProcess(
-            f"edge-agent[{self.node}]#{self.starts}",
-            [
-                *program,
-                "--config",
-                str(self.write_config()),
-                "--data-dir",
-                str(self.data_dir),
-                "--local-api-port",
-                str(self.local_api_port),
-            ],
+        self.process = launch_agent(
+            label=f"edge-agent[{self.node}]#{self.starts}",
+            config=self.write_config(),
+            data_dir=self.data_dir,
+            local_api_port=self.local_api_port,
             log_path=self.workdir / f"agent-{self.node}.log",
-            env={"PYTHONPATH": str(REPO)},
+            launcher=("tests.integration.twins_e2e.agent_proc",) if self.test_writes else (),
         )
 
     def kill(self) -> None:
@@ -156,7 +140,7 @@ class AgentProcess:
 
 
 @dataclass(kw_only=True)
-class Fleet:
+class System:
     server: TwinsServer
     proxy: FaultProxy
     broker: mqtt.Broker
@@ -196,12 +180,13 @@ class Fleet:
             assert answer.status == 200, await answer.text()
 
     async def wait_device(self, device: str) -> dict[str, Any]:
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                status, body = await self.api("GET", f"/api/v1/devices/{NODE}:{device}")
-                if status == 200:
-                    return body
-                await asyncio.sleep(0.05)
+        _, body = await eventually_async(
+            lambda: self.api("GET", f"/api/v1/devices/{NODE}:{device}"),
+            lambda answer: answer[0] == 200,
+            what=f"device {device} known to the cloud",
+            within=READY_TIMEOUT,
+        )
+        return body
 
     # ------------------------------------------------------------------ the edge
 
@@ -227,17 +212,18 @@ class Fleet:
         return {**twins, "ready": twins["ready"] and all(status["ready"].values())}
 
     async def wait_edge(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                assert self.agent.process is not None
-                self.agent.process.check_running()
-                try:
-                    status = await self.edge_status()
-                except (aiohttp.ClientError, AssertionError):
-                    status = None
-                if status is not None and predicate(status):
-                    return status
-                await asyncio.sleep(0.05)
+        async def edge_status() -> dict[str, Any]:
+            assert self.agent.process is not None
+            self.agent.process.check_running()  # a crashed agent ends the wait at once
+            return await self.edge_status()
+
+        return await eventually_async(
+            edge_status,
+            predicate,
+            what="the agent's twins status to match",
+            within=READY_TIMEOUT,
+            ignore=(aiohttp.ClientError, AssertionError),
+        )
 
     async def start_agent(self) -> None:
         self.agent.start()
@@ -287,10 +273,10 @@ async def join_through(server: Server, url: str, data_dir: Path, node: str = NOD
 
 
 @pytest_asyncio.fixture
-async def fleet(
+async def system(
     mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Fleet]:
-    """The fleet; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
+) -> AsyncIterator[System]:
+    """The system; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
     test_writes = bool(getattr(request.module, "TEST_WRITES", False))
     server = TwinsServer(workdir=tmp_path, test_writes=test_writes)
     server.start()
@@ -301,12 +287,12 @@ async def fleet(
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             await join_through(server, f"https://127.0.0.1:{proxy.port}", agent.data_dir)
-            fleet = Fleet(
+            system = System(
                 server=server, proxy=proxy, broker=mqtt_dynsec_broker, agent=agent, http=http
             )
-            await fleet.start_agent()
-            await fleet.wait_edge(lambda s: bool(s["sync"]["connected"]))
-            yield fleet
+            await system.start_agent()
+            await system.wait_edge(lambda s: bool(s["sync"]["connected"]))
+            yield system
     except ServiceError:
         if agent.process is not None:
             sys.stderr.write(agent.process.tail())

@@ -6,12 +6,13 @@ device is told the desired value that won.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import pytest
 
 from edge_agent.twins.topics import Op
-from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, Fleet
+from tests.harness.waiting import eventually_async
+from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, System
 
 pytestmark = pytest.mark.mqtt
 TEST_WRITES = True
@@ -29,37 +30,51 @@ def key_metadata(section: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in metadata.items() if not k.startswith("$")}
 
 
-async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(fleet: Fleet) -> None:
-    credential = await fleet.claim("th-c", "thermostat")
-    await fleet.wait_device("th-c")
-    async with fleet.device(credential) as device:
+async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(system: System) -> None:
+    credential = await system.claim("th-c", "thermostat")
+    await system.wait_device("th-c")
+    async with system.device(credential) as device:
         assert (await device.report({"temperature": 20.0, "firmware": "1.0"}))["code"] == 200
-        await fleet.cloud_twin("th-c", reported=1)
+        await system.cloud_twin("th-c", reported=1)
 
-        fleet.proxy.cut()  # the outage
-        await fleet.wait_edge(lambda s: not s["sync"]["connected"])
+        system.proxy.cut()  # the outage
+        await system.wait_edge(lambda s: not s["sync"]["connected"])
         # cloud: desired through the API, and a reported edit (as an operator tool might)
-        status, body = await fleet.patch("th-c", {"setpoint": 19.0, "mode": "cool"})
+        status, body = await system.patch("th-c", {"setpoint": 19.0, "mode": "cool"})
         assert status == 200, body
-        await fleet.cloud_write("th-c", "reported", {"firmware": "cloud", "heating": True})
+        await system.cloud_write("th-c", "reported", {"firmware": "cloud", "heating": True})
         # edge: a desired edit made locally, and the device's own reports
-        await fleet.edge_write("th-c", "desired", {"setpoint": 25.0, "schedule": {"enabled": True}})
+        await system.edge_write(
+            "th-c", "desired", {"setpoint": 25.0, "schedule": {"enabled": True}}
+        )
         answer = await device.report({"firmware": "edge", "temperature": 21.0})
         assert answer["code"] == 200
-        await asyncio.sleep(0.5)
-        fleet.proxy.restore()
+        # The edge holds both of its edits before the link comes back.
+        await eventually_async(
+            lambda: system.edge_twin("th-c"),
+            lambda twin: (
+                values(twin["desired"]).get("setpoint") == 25.0
+                and values(twin["reported"]).get("firmware") == "edge"
+            ),
+            what="the edge's own edits in its replica",
+        )
+        system.proxy.restore()
 
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                await fleet.wait_synced()
-                status, info = await fleet.api("GET", f"/api/v1/devices/{NODE}:th-c")
-                cloud = await fleet.cloud_twin("th-c")
-                edge = await fleet.edge_twin("th-c")
-                if info["pendingDesired"] == 0 and all(
-                    values(cloud[s]) == values(edge[s]) for s in ("desired", "reported")
-                ):
-                    break
-                await asyncio.sleep(0.1)
+        async def both_sides() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            await system.wait_synced()
+            _, info = await system.api("GET", f"/api/v1/devices/{NODE}:th-c")
+            return info, await system.cloud_twin("th-c"), await system.edge_twin("th-c")
+
+        _, cloud, edge = await eventually_async(
+            both_sides,
+            lambda seen: (
+                seen[0]["pendingDesired"] == 0
+                and all(values(seen[1][s]) == values(seen[2][s]) for s in ("desired", "reported"))
+            ),
+            what="cloud and edge twins equal, nothing pending",
+            within=READY_TIMEOUT,
+            every=0.1,
+        )
 
         # desired: the cloud wins the key both wrote; the edge's other key survives
         assert values(cloud["desired"]) == {

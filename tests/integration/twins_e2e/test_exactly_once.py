@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from tests.integration.twins_e2e.conftest import NODE, Fleet
-from tests.integration.twins_e2e.reporter import Reporter
+from tests.harness.device_reporter import Reporter
+from tests.integration.twins_e2e.conftest import NODE, System
 
 pytestmark = pytest.mark.mqtt
 
@@ -32,7 +32,7 @@ REPORTS = 500  # per device: 10,000 in all
 KILLS_AT = (0.3, 0.65)  # share of all answers when the agent is killed
 
 
-async def chaos(fleet: Fleet, reporters: list[Reporter], stop: asyncio.Event) -> dict[str, int]:
+async def chaos(system: System, reporters: list[Reporter], stop: asyncio.Event) -> dict[str, int]:
     """Cut and restore the link at random; kill -9 the agent at the planned points."""
     rng = random.Random(11)  # noqa: S311 - fault schedule, not cryptography
     total = DEVICES * REPORTS
@@ -42,26 +42,26 @@ async def chaos(fleet: Fleet, reporters: list[Reporter], stop: asyncio.Event) ->
         done = sum(r.done for r in reporters) / total
         if kills and done >= kills[0]:
             kills.pop(0)
-            fleet.agent.kill()
+            system.agent.kill()
             counts["kills"] += 1
             await asyncio.sleep(rng.uniform(0.1, 0.5))
-            await fleet.start_agent()
+            await system.start_agent()
             continue
         await asyncio.sleep(rng.uniform(0.3, 1.2))
-        fleet.proxy.cut()
+        system.proxy.cut()
         counts["cuts"] += 1
         await asyncio.sleep(rng.uniform(0.1, 1.0))
-        fleet.proxy.restore()
+        system.proxy.restore()
     return counts
 
 
 @pytest.mark.timeout(170)
-async def test_every_update_reaches_the_cloud_exactly_once(fleet: Fleet) -> None:
+async def test_every_update_reaches_the_cloud_exactly_once(system: System) -> None:
     started = time.monotonic()
-    credentials = [await fleet.claim(f"relay-{i}", "relay-switch") for i in range(DEVICES)]
+    credentials = [await system.claim(f"relay-{i}", "relay-switch") for i in range(DEVICES)]
     for credential in credentials:
-        await fleet.wait_device(credential.device_id)
-    devices = [fleet.device(credential, timeout=30.0) for credential in credentials]
+        await system.wait_device(credential.device_id)
+    devices = [system.device(credential, timeout=30.0) for credential in credentials]
     for device in devices:
         await device.__aenter__()
     reporters = [
@@ -71,7 +71,7 @@ async def test_every_update_reaches_the_cloud_exactly_once(fleet: Fleet) -> None
     stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as group:
-            faults = group.create_task(chaos(fleet, reporters, stop), name="test.chaos")
+            faults = group.create_task(chaos(system, reporters, stop), name="test.chaos")
             runs = [
                 group.create_task(r.run(), name=f"test.report[{i}]")
                 for i, r in enumerate(reporters)
@@ -82,7 +82,7 @@ async def test_every_update_reaches_the_cloud_exactly_once(fleet: Fleet) -> None
     finally:
         for device in devices:
             await device.__aexit__(None, None, None)
-    fleet.proxy.restore()
+    system.proxy.restore()
     reported = time.monotonic() - started
     assert counts["kills"] == 2
     assert counts["cuts"] >= 3
@@ -94,20 +94,20 @@ async def test_every_update_reaches_the_cloud_exactly_once(fleet: Fleet) -> None
         # Each accepted once: the versions handed out are exactly 1..REPORTS.
         assert sorted(a["version"] for a in answers.values()) == list(range(1, REPORTS + 1))
 
-    await fleet.wait_synced()
+    await system.wait_synced()
     for reporter in reporters:
         device_id = reporter.device.device_id
-        cloud = await fleet.cloud_twin(device_id, reported=REPORTS)
-        edge = await fleet.edge_twin(device_id)
+        cloud = await system.cloud_twin(device_id, reported=REPORTS)
+        edge = await system.edge_twin(device_id)
         assert cloud["reported"]["$version"] == REPORTS  # no change lost, none applied twice
         assert edge["reported"]["$version"] == REPORTS
         assert _values(cloud["reported"]) == _values(edge["reported"])
         assert _key_metadata(cloud["reported"]) == _key_metadata(edge["reported"])
-    status, page = await fleet.api("GET", f"/api/v1/devices?node={NODE}&limit=100")
+    status, page = await system.api("GET", f"/api/v1/devices?node={NODE}&limit=100")
     assert status == 200
     assert len(page["items"]) == DEVICES
     assert {item["reportedVersion"] for item in page["items"]} == {REPORTS}
-    assert fleet.server.metric('tunnel_twins_records_total{result="rejected"}') == 0
+    assert system.server.metric('tunnel_twins_records_total{result="rejected"}') == 0
     sys.stderr.write(f"10,000 reports with faults in {reported:.1f} s: {counts}\n")
 
 

@@ -35,6 +35,7 @@ from edge_agent.twins.simulator import (
 from edge_agent.twins.topics import Op
 from tests.harness import mqtt
 from tests.harness.procs import ServiceError
+from tests.harness.waiting import eventually_async
 from tests.integration.twins_e2e.conftest import (
     READY_TIMEOUT,
     AgentProcess,
@@ -64,12 +65,9 @@ class Site:
             return answer.status, await answer.json()
 
     async def until(self, probe: Callable[[], Any], check: Callable[[Any], bool]) -> Any:
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                value = await probe()
-                if check(value):
-                    return value
-                await asyncio.sleep(0.05)
+        return await eventually_async(
+            probe, check, what="the shared-broker site to settle", within=READY_TIMEOUT
+        )
 
     async def edge_has(self, node: str, device: str) -> bool:
         url = f"http://127.0.0.1:{self.agents[node].local_api_port}/twins/{device}"
@@ -133,18 +131,22 @@ async def site(mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path) -> AsyncIterator
                 await join_through(server, server.url, agent.data_dir, node)
                 agent.start()
             for agent in agents.values():
-                async with asyncio.timeout(READY_TIMEOUT):
-                    while True:
-                        assert agent.process is not None
-                        agent.process.check_running()
-                        status = await _status(http, agent)
-                        if (
-                            status is not None
-                            and all(status["ready"].values())
-                            and status["twins"]["sync"]["connected"]
-                        ):
-                            break
-                        await asyncio.sleep(0.05)
+
+                async def status(agent: AgentProcess = agent) -> dict[str, Any] | None:
+                    assert agent.process is not None
+                    agent.process.check_running()
+                    return await _status(http, agent)
+
+                await eventually_async(
+                    status,
+                    lambda status: (
+                        status is not None
+                        and all(status["ready"].values())
+                        and bool(status["twins"]["sync"]["connected"])
+                    ),
+                    what=f"agent {agent.node} ready and syncing",
+                    within=READY_TIMEOUT,
+                )
             yield Site(
                 server=server,
                 broker=mqtt_dynsec_broker,

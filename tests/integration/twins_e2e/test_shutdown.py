@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.fleet import Server
-from tests.harness.procs import ServiceError
+from tests.harness.daemons import Server
+from tests.harness.waiting import eventually
 from tunnel_server.twins import CloudTwinReplica, CloudTwinsSettings
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.store import TwinStore
@@ -77,12 +77,12 @@ def long_poll(server: Server, path: str) -> tuple[int, dict[str, Any], dict[str,
 
 
 def wait_long_polls(server: Server, count: int, *, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if server.metric("tunnel_twins_long_polls") == count:
-            return
-        time.sleep(0.05)
-    raise ServiceError(f"not {count} long-polls waiting within {within} s")
+    eventually(
+        lambda: server.metric("tunnel_twins_long_polls"),
+        lambda waiting: waiting == count,
+        what=f"{count} long-polls waiting",
+        within=within,
+    )
 
 
 def test_sigterm_answers_a_waiting_long_poll_and_exits_promptly(server: Server) -> None:

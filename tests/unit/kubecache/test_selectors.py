@@ -9,13 +9,15 @@ from hypothesis import strategies as st
 
 from edge_agent.kubecache.selectors import (
     FieldRequirement,
+    escape_field_value,
+    field_value,
+    parse_field_selector,
+)
+from fleet_model.labels import (
     LabelRequirement,
     LabelSelector,
     Op,
     SelectorError,
-    escape_field_value,
-    field_value,
-    parse_field_selector,
     parse_label_selector,
 )
 

@@ -13,8 +13,9 @@ import pytest
 from edge_agent.kubecache.keys import Resource
 from edge_agent.kubecache.listing import decode_continue, render_list
 from edge_agent.kubecache.ops import cache_purge, cache_stats, cache_verify
-from edge_agent.kubecache.selectors import parse_field_selector, parse_label_selector
+from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.store import CacheStore, Coverage, Scope
+from fleet_model.labels import parse_label_selector
 
 PODS = Resource(group="", version="v1", resource="pods")
 

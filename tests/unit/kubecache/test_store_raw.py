@@ -13,8 +13,9 @@ import pytest
 
 from edge_agent.kubecache.keys import Resource
 from edge_agent.kubecache.listing import decode_continue, render_raw_list
-from edge_agent.kubecache.selectors import parse_field_selector, parse_label_selector
+from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.store import CacheStore, Scope
+from fleet_model.labels import parse_label_selector
 from tests.unit.kubecache.test_store import PODS, coverage, pod
 
 NODES = Resource(group="", version="v1", resource="nodes")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.kubecache.selectors import parse_field_selector, parse_label_selector
+from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.views import (
     Event,
     Pair,
@@ -25,6 +25,7 @@ from edge_agent.kubecache.views import (
     rv_newer,
     single_object_spec,
 )
+from fleet_model.labels import parse_label_selector
 
 FAMILY = ("kubelet", "pods.v1.core")
 NS = "ns"

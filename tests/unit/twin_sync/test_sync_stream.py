@@ -21,6 +21,7 @@ from aiohttp import web
 from device_models import Section
 from device_models import sync_wire as wire
 from edge_agent.twin_link import CloudTwinLink, CloudTwinLinkSettings
+from tests.harness.waiting import eventually_async
 from tests.unit.twin_sync.edge_sim import NODE, EdgeSim, make_cloud, same_values
 from tunnel_aio import StreamResetError, TunnelConnection, TunnelStream
 from tunnel_protocol import Role
@@ -67,9 +68,13 @@ class Rig:
     session_task: asyncio.Task[None]
 
     async def wait(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while not predicate():  # noqa: ASYNC110 - polls state of two sides, no one event
-                await asyncio.sleep(0.01)
+        # Polls the state of two sides: there is no one event to wait on.
+        async def holds() -> bool:
+            return predicate()
+
+        await eventually_async(
+            holds, what=getattr(predicate, "__name__", "predicate"), within=TIMEOUT, every=0.01
+        )
 
     async def deliver_all(self) -> None:
         await self.deliver(self.sim.take())

@@ -344,9 +344,9 @@ function onEvent(name, data) {
   }
 }
 
-// ------------------------------------------------------------------ fleet page
+// ------------------------------------------------------------------ node list page
 
-function renderFleet() {
+function renderNodeList() {
   const filter = h('input', {
     id: 'filter', type: 'search', placeholder: 'Filter by name, OS or version', value: state.filter,
     'aria-label': 'Filter nodes',
@@ -364,10 +364,10 @@ function renderFleet() {
     .map(([v, t]) => h('option', { value: v, selected: v === state.sort.field + ':' + state.sort.dir }, t)));
   const head = h('tr', {}, COLUMNS.map((c) => h('th', { scope: 'col', 'data-field': c.field },
     h('button', { type: 'button', onclick: () => sortBy(c.field) }, c.label))));
-  mount(h('section', { id: 'fleet' },
-    h('h1', {}, 'Fleet'),
+  mount(h('section', { id: 'node-list' },
+    h('h1', {}, 'Nodes'),
     h('div', { id: 'overview' }),
-    h('h2', {}, 'Nodes'),
+    h('h2', {}, 'All nodes'),
     h('div', { class: 'toolbar' }, filter, status, h('span', { class: 'sortbar' }, sortSelect),
       h('span', { class: 'count', id: 'count' })),
     h('table', { id: 'nodes' }, h('thead', {}, head), h('tbody', {}))));
@@ -384,7 +384,7 @@ function renderOverview() {
   const box = document.getElementById('overview');
   if (!box) return;
   const o = state.overview;
-  if (!o) { box.replaceChildren(h('p', { class: 'notice' }, 'Loading the fleet…')); return; }
+  if (!o) { box.replaceChildren(h('p', { class: 'notice' }, 'Loading the overview…')); return; }
   const n = o.nodes;
   const cards = h('div', { class: 'cards' },
     card('Nodes', n.total, ''),
@@ -473,7 +473,7 @@ function row(r) {
 
 async function renderNode(name) {
   mount(h('section', { id: 'node', 'data-node': name },
-    h('div', { class: 'crumbs' }, h('a', { href: '#/' }, '← Fleet')),
+    h('div', { class: 'crumbs' }, h('a', { href: '#/' }, '← Nodes')),
     h('div', { class: 'head' }, h('h1', {}, name), h('span', { id: 'node-status' })),
     h('div', { id: 'node-warnings' }),
     h('h2', {}, 'Details'), h('div', { class: 'panel' }, h('dl', { class: 'facts', id: 'facts' }, h('div', {}, h('dt', {}, 'Loading…')))),
@@ -580,7 +580,7 @@ function deviceTable(list, withNode) {
 async function renderDeviceList() {
   mount(h('section', { id: 'devices-page' },
     h('h1', {}, 'Devices'),
-    h('p', { class: 'count' }, 'Every device twin in the fleet, by node. Open one to see its desired and reported state and change desired values.'),
+    h('p', { class: 'count' }, 'Every device twin, by node. Open one to see its desired and reported state and change desired values.'),
     h('div', { id: 'device-list' }, h('p', { class: 'count' }, 'Loading…'))));
   const box = document.getElementById('device-list');
   try {
@@ -863,7 +863,7 @@ function mount(el) {
 let detailPending = false;
 
 function refresh(changed) {
-  if (document.getElementById('fleet')) { renderOverview(); renderRows(); return; }
+  if (document.getElementById('node-list')) { renderOverview(); renderRows(); return; }
   const name = currentNode();
   if (!name || !changed.has(name) || detailPending || !document.getElementById('node-status')) return;
   // The node changed: fetch its full detail (all metrics), at most once per second.
@@ -884,7 +884,7 @@ function route() {
   if (name) renderNode(name);
   else if (device) renderDevice(device);
   else if (location.hash === '#/devices') renderDeviceList();
-  else renderFleet();
+  else renderNodeList();
   document.getElementById('view').focus({ preventScroll: true });
 }
 
@@ -894,4 +894,4 @@ document.addEventListener('DOMContentLoaded', () => {
   route();
 });
 // Re-draw relative times ("12 s ago") without waiting for a change.
-setInterval(() => { if (document.getElementById('fleet')) renderRows(); }, 10000);
+setInterval(() => { if (document.getElementById('node-list')) renderRows(); }, 10000);

@@ -1,23 +1,23 @@
 # Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
 """A real ``edge-agent run`` process serving the kube proxy, as systemd would run it.
 
-Used by the kill -9 tests and by ``scripts/bench/kubecache``. The agent is not joined to a
-tunnel server (its tunnel retries in the background); only ``[kube]`` matters here.
+Used by the kube cache's kill -9 and conformance tests and by ``scripts/bench/kubecache``.
+The agent is not joined to a tunnel server (its tunnel retries in the background); only
+``[kube]`` matters here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.fleet import BIN
+from tests.harness.daemons import BIN, TomlValue, launch_agent, write_agent_config
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
+from tests.harness.waiting import NotSeen, eventually
 
 START_TIMEOUT = 60.0
 """Seconds an agent may take to serve; generous because CI machines are busy."""
@@ -61,38 +61,26 @@ class KubeAgent:
         return self.process.pid
 
     def write_config(self) -> Path:
-        agents = ", ".join(f'"{a}"' for a in self.cache_agents)
-        lines = [
-            "[kube]",
-            "enabled = true",
-            f'kubeconfig = "{self.kubeconfig}"',
-            f"port = {self.kube_port}",
-            f"cache_agents = [{agents}]",
-            "bookmark_interval = 0.5",
-            *([f'server = "{self.server}"'] if self.server else []),
-            "",
-            "[kube.health]",
-            *[f"{key} = {value}" for key, value in self.health.items()],
-        ]
-        path = self.workdir / "agent.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        kube: dict[str, TomlValue] = {
+            "enabled": True,
+            "kubeconfig": self.kubeconfig,
+            "port": self.kube_port,
+            "cache_agents": list(self.cache_agents),
+            "bookmark_interval": 0.5,
+        }
+        if self.server:
+            kube["server"] = self.server
+        return write_agent_config(
+            self.workdir / "agent.toml", {"kube": kube, "kube.health": self.health}
+        )
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = ManagedProcess(
-            "edge-agent[kube]",
-            [
-                str(BIN / "edge-agent"),
-                "--log-level=INFO",
-                "run",
-                "--config",
-                str(self.write_config()),
-                "--data-dir",
-                str(self.data_dir),
-                "--local-api-port",
-                str(self.local_api_port),
-            ],
+        self.process = launch_agent(
+            label="edge-agent[kube]",
+            config=self.write_config(),
+            data_dir=self.data_dir,
+            local_api_port=self.local_api_port,
             log_path=self.workdir / "agent.log",
         )
 
@@ -108,21 +96,24 @@ class KubeAgent:
 
     def wait_state(self, state: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
         """Block until the proxy serves and its upstream is in ``state`` (online/offline)."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
+
+        def kube() -> dict[str, Any]:
             assert self.process is not None
             self.process.check_running()
-            with contextlib.suppress(OSError, ValueError):
-                kube = self.kube_status()
-                last = kube
-                if kube.get("serving") and kube["upstream"]["state"] == state:
-                    return kube
-            time.sleep(0.02)
-        assert self.process is not None
-        raise ServiceError(
-            f"kube proxy not {state} after {timeout} s: {last}\n{self.process.tail()}"
-        )
+            return self.kube_status()
+
+        try:
+            return eventually(
+                kube,
+                lambda kube: bool(kube.get("serving")) and kube["upstream"]["state"] == state,
+                what=f"kube proxy serving, upstream {state}",
+                within=timeout,
+                every=0.02,
+                ignore=(OSError, ValueError),
+            )
+        except NotSeen as error:
+            assert self.process is not None
+            raise ServiceError(f"{error}\n{self.process.tail()}") from error
 
     def metric(self, name: str) -> float | None:
         url = f"http://127.0.0.1:{self.local_api_port}/metrics"

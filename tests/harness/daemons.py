@@ -1,4 +1,4 @@
-"""Our own commands as real processes: a tunnel server, joined agents, their config files.
+"""Our own daemons as real processes: a tunnel server, joined agents, their config files.
 
 Used by the end-to-end tests and the benchmarks. Everything runs on loopback, each process
 in its own group and dying with the test process (see ``procs``).
@@ -6,14 +6,13 @@ in its own group and dying with the test process (see ``procs``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +20,66 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
+from tests.harness.waiting import NotSeen, eventually
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
+REPO = Path(__file__).resolve().parents[2]
+"""The tree under test: agents (and test launchers, ``python -m tests...``) import it."""
+
+TomlValue = str | int | float | bool | Path | list[str]
+
+
+def _toml(value: TomlValue) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def write_agent_config(path: Path, tables: Mapping[str, Mapping[str, TomlValue]]) -> Path:
+    """An ``edge-agent`` config file: one TOML table per key (``"tunnel"``, ``"twins"``...)."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines += [f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in values.items()), ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def launch_agent(
+    *,
+    label: str,
+    config: Path,
+    data_dir: Path,
+    local_api_port: int,
+    log_path: Path,
+    launcher: tuple[str, ...] = (),
+    run_args: tuple[str, ...] = (),
+) -> ManagedProcess:
+    """``edge-agent run`` as a managed process.
+
+    With ``launcher`` (a test module that runs the same daemon with test-only routes), that
+    module instead, with the same options and this tree on PYTHONPATH.
+    """
+    program = [sys.executable, "-m", *launcher] if launcher else [str(BIN / "edge-agent"), "run"]
+    return ManagedProcess(
+        label,
+        [
+            *program,
+            "--config",
+            str(config),
+            "--data-dir",
+            str(data_dir),
+            "--local-api-port",
+            str(local_api_port),
+            *run_args,
+        ],
+        log_path=log_path,
+        env={"PYTHONPATH": str(REPO)},  # the tree under test, whatever the venv points at
+    )
 
 
 def command(program: str, *args: str | Path, timeout: float = 60.0) -> str:
@@ -97,17 +153,22 @@ class Server:
         self.wait_ready()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        def ready() -> int:
             assert self.process is not None
-            self.process.check_running()
-            if (self.data_dir / "ca.crt").exists():
-                with contextlib.suppress(OSError):
-                    status, _ = self.get("/readyz")
-                    if status == 200:
-                        return
-            time.sleep(0.05)
-        raise ServiceError(f"tunnel-server not ready in {START_TIMEOUT} s")
+            self.process.check_running()  # a crash ends the wait at once, with its log
+            status, _ = self.get("/readyz")
+            return status
+
+        try:
+            eventually(
+                ready,
+                lambda status: status == 200,
+                what="tunnel-server /readyz 200",
+                within=START_TIMEOUT,
+                ignore=(OSError,),  # not listening yet, or ca.crt not written yet
+            )
+        except NotSeen as error:
+            raise ServiceError(str(error)) from error
 
     def get(self, path: str, *, token: str | None = None) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -146,8 +207,8 @@ class Agent:
     tunnel_options: dict[str, float] = field(default_factory=dict)
     run_args: tuple[str, ...] = ()
     """More arguments for ``edge-agent run``."""
-    extra_config: str = ""
-    """More TOML appended to the config file (other tables, such as ``[kube]``)."""
+    tables: dict[str, dict[str, TomlValue]] = field(default_factory=dict)
+    """More tables of the config file (such as ``"kube"`` or ``"twins"``), key by key."""
     local_api_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
     token: str | None = None
@@ -176,36 +237,24 @@ class Agent:
         )
 
     def write_config(self) -> Path:
-        lines = [
-            "[tunnel]",
-            "backoff_base = 0.2",  # tests restart servers; come back quickly
-            "backoff_cap = 2.0",
-            *[f"{key} = {value}" for key, value in self.tunnel_options.items()],
-            "",
-            "[tunnel.targets]",
-            *[f'{name} = "{address}"' for name, address in self.targets.items()],
-            "",
-            self.extra_config,
-        ]
-        path = self.workdir / f"agent-{self.name}.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return write_agent_config(
+            self.workdir / f"agent-{self.name}.toml",
+            {
+                # Tests restart servers: come back quickly.
+                "tunnel": {"backoff_base": 0.2, "backoff_cap": 2.0, **self.tunnel_options},
+                "tunnel.targets": dict(self.targets),
+                **self.tables,
+            },
+        )
 
     def start(self) -> None:
-        self.process = ManagedProcess(
-            f"edge-agent[{self.name}]",
-            [
-                str(BIN / "edge-agent"),
-                "run",
-                "--config",
-                str(self.write_config()),
-                "--data-dir",
-                str(self.data_dir),
-                "--local-api-port",
-                str(self.local_api_port),
-                *self.run_args,
-            ],
+        self.process = launch_agent(
+            label=f"edge-agent[{self.name}]",
+            config=self.write_config(),
+            data_dir=self.data_dir,
+            local_api_port=self.local_api_port,
             log_path=self.workdir / f"agent-{self.name}.log",
+            run_args=self.run_args,
         )
 
     def status(self) -> dict[str, object]:
@@ -225,33 +274,42 @@ class Agent:
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until the agent's /readyz says every part it runs is ready."""
-        deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.local_api_port}/readyz"
-        while time.monotonic() < deadline:
+
+        def ready() -> int:
             assert self.process is not None
             self.process.check_running()
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-            time.sleep(0.05)
-        raise ServiceError(f"agent {self.name} not ready after {timeout} s")
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return int(answer.status)
+
+        try:
+            eventually(
+                ready,
+                lambda status: status == 200,
+                what=f"agent {self.name} /readyz 200",
+                within=timeout,
+                ignore=(OSError,),
+            )
+        except NotSeen as error:
+            raise ServiceError(str(error)) from error
 
     def wait_connected(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
+        def tunnel() -> object:
             assert self.process is not None
             self.process.check_running()
-            with contextlib.suppress(OSError, ValueError):
-                tunnel = self.status().get("tunnel")
-                last = tunnel
-                if isinstance(tunnel, dict) and tunnel.get("connected"):
-                    return
-            time.sleep(0.05)
-        assert self.process is not None
-        raise ServiceError(
-            f"agent {self.name} not connected after {timeout} s: {last}\n{self.process.tail()}"
-        )
+            return self.status().get("tunnel")
+
+        try:
+            eventually(
+                tunnel,
+                lambda tunnel: isinstance(tunnel, dict) and bool(tunnel.get("connected")),
+                what=f"agent {self.name} connected",
+                within=timeout,
+                ignore=(OSError, ValueError),
+            )
+        except NotSeen as error:
+            assert self.process is not None
+            raise ServiceError(f"{error}\n{self.process.tail()}") from error
 
     def stop(self) -> None:
         if self.process is not None:
