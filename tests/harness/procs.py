@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,12 +33,38 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _port_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range, which outgoing connections never take."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return 10000, max(10001, low - 1)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the kernel just handed out; racy in theory, fine on a test machine."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port free now, for a service this process starts next.
+
+    Taken from below the ephemeral range and never handed out twice in one run: a port the
+    kernel handed out for bind(0) could be taken by any outgoing connection between our check
+    and the service's bind (seen: "address already in use" on an agent's local API port).
+    """
+    low, high = _port_range()
+    for _ in range(1000):
+        port = secrets.randbelow(high - low + 1) + low
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise ServiceError(f"no free TCP port on {host} in {low}-{high}")
 
 
 def wait_port(host: str, port: int, *, timeout: float, proc: ManagedProcess | None = None) -> None:

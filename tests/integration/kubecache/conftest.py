@@ -33,7 +33,9 @@ pytestmark = pytest.mark.kube
 KUBELET = {"User-Agent": "kubelet/v1.36.3 (linux/amd64) kubernetes/test"}
 """Headers of a request as the kubelet sends it: the component the cache keys by."""
 
-FAST_HEALTH = HealthSettings(interval=0.2, timeout=1.0, failure_threshold=2, success_threshold=2)
+# A cut resets connections, so going offline never waits for the probe timeout; 5 s keeps a
+# probe slowed by a busy machine from counting as a failure.
+FAST_HEALTH = HealthSettings(interval=0.2, timeout=5.0, failure_threshold=2, success_threshold=2)
 """Probe often in tests so a cut is noticed at once; thresholds keep their meaning."""
 
 
@@ -135,6 +137,8 @@ async def edge(kube_cluster: kube.ControlPlane, tmp_path: Path) -> AsyncIterator
     ):
         registry = prometheus_client.CollectorRegistry()
         async with serve_kube_proxy(edge_settings(tmp_path), upstream, registry=registry) as proxy:
+            async with asyncio.timeout(60):  # a slow first probe would start it offline
+                await proxy.health.wait_for(State.ONLINE)
             yield Edge(
                 proxy=proxy, link=link, plane=kube_cluster, registry=registry, workdir=tmp_path
             )

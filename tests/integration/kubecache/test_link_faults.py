@@ -40,7 +40,9 @@ HANG_GUARD = 60.0
 """Seconds after which a request counts as hung: far below the 600 s request_timeout the
 tests configure, far above any answer that does not wait out a timeout."""
 
-DEAF_HEALTH = HealthSettings(interval=3600, timeout=1.0, failure_threshold=1000)
+# The only probe these tests get is the first one (interval 3600 s): give it time on busy cores,
+# since a slow first probe would start the proxy offline for the whole test.
+DEAF_HEALTH = HealthSettings(interval=3600, timeout=30.0, failure_threshold=1000)
 """A health checker that never turns offline during a test, so only the forwarded request's
 own timeouts can end its wait."""
 
@@ -96,6 +98,8 @@ async def edge_over_relay(
         registry = prometheus_client.CollectorRegistry()
         settings = edge_settings(workdir, **values)
         async with serve_kube_proxy(settings, up, registry=registry) as proxy:
+            async with asyncio.timeout(60):  # every test here starts with the link up
+                await proxy.health.wait_for(State.ONLINE)
             yield Link(proxy=proxy, relay=relay, plane=plane, registry=registry, workdir=workdir)
 
 
@@ -219,7 +223,13 @@ async def test_read_and_connect_timeouts_apply_to_forwarded_requests(
         ) as link,
         aiohttp.ClientSession() as http,
     ):
-        assert (await fetch(http, "GET", link.url(path)))[0] == 200
+        # Online first; with 1 s timeouts a busy machine may need a second try.
+        await eventually_async(
+            lambda: fetch(http, "GET", link.url(path)),
+            lambda answer: answer[0] == 200,
+            what="the list answered online",
+            within=HANG_GUARD,
+        )
         await link.proxy.flush_writes()
 
         # Open connections go silent: the read (first byte) timeout ends the wait.

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.procs import free_port
 from tests.integration.packaging.debian_root import REPO, DebianRoot, cached_tarball, fresh_root
 
 pytestmark = [
@@ -82,13 +82,6 @@ def root(tmp_path: Path) -> Iterator[DebianRoot]:
         yield made
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait(
     what: str, check: Callable[[], bool], process: subprocess.Popen[bytes], log: Path
 ) -> None:
@@ -131,8 +124,8 @@ class PackagedSystem:
     def __init__(self, root: DebianRoot, logs: Path) -> None:
         self.root = root
         self.logs = logs
-        self.port = _free_port()
-        self.api_port = _free_port()
+        self.port = free_port()
+        self.api_port = free_port()
 
     @contextlib.contextmanager
     def server(self) -> Iterator[subprocess.Popen[bytes]]:

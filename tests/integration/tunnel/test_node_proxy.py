@@ -155,7 +155,6 @@ async def wait_no_streams(system: System) -> None:
         streams,
         lambda open_: open_ == len(system.agents),
         what="one stream per agent (its status stream)",
-        within=10,
         every=0.1,
     )
 
@@ -182,7 +181,6 @@ async def test_no_stream_or_task_leaks_after_all_that(system: System) -> None:
         task_counts,
         lambda pairs: all(now <= baseline for now, baseline in pairs),
         what="task counts (now, baseline) back to their baselines",
-        within=10,
         every=0.1,
     )
 

@@ -44,7 +44,7 @@ async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(system: Sy
         first = await sim.report({"temperature": 20.0})
         twin = await system.cloud_twin("th-9", reported=first["version"])
         desired, reported = twin["desired"]["$version"], twin["reported"]["$version"]
-        async with asyncio.timeout(10), asyncio.TaskGroup() as group:  # the poll's own: 20 s
+        async with asyncio.timeout(19), asyncio.TaskGroup() as group:  # the poll's own: 20 s
             poll = group.create_task(
                 system.cloud_twin("th-9", desired=desired + 1, reported=reported + 1),
                 name="twin-long-poll",
