@@ -4,19 +4,25 @@ A loopback listener turns each TCP connection of the kube proxy's HTTP client in
 stream to the cloud's ``kube`` service, byte for byte. The cloud adds the credentials and
 impersonates this node's verified identity, so nothing secret is kept here. While the tunnel is
 down, connections are refused at once: the kube proxy's health checker sees an unreachable
-upstream and serves from its cache.
+upstream and serves from its cache. A *write* refused so is answered with a 503 that carries
+``NOT_FORWARDED_HEADER`` (its request was read here and provably went nowhere), so the kube
+proxy can tell its client "not sent" rather than "outcome unknown"; reads and watches are
+reset as before (they fall back to the cache either way, and a watch must not take a 503 for
+the API server's answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from edge_agent.kubecache.upstream import NOT_FORWARDED_HEADER
 from tunnel_aio import StreamError, pipe_socket
 
 if TYPE_CHECKING:
@@ -27,6 +33,69 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.tunnel_upstream")
 
 KUBE_TARGET = "kube"
+_REFUSAL_READ_TIMEOUT = 2.0
+"""Seconds to read a refused write's request off the socket before answering it; the kube
+proxy writes it at once over loopback."""
+_MAX_REFUSED_BODY = 4 * 1024 * 1024
+"""Largest request body read (and dropped) to answer a refused write cleanly; above the kube
+proxy's own 3 MiB bound. Closing with unread bytes would reset the answer away."""
+_READS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+        if name.strip().lower() == b"transfer-encoding":
+            raise ValueError("chunked request body")
+    return 0
+
+
+def _write_body_length(head: bytes) -> int:
+    """The body length of a write's request; ValueError for a read or a body not drained."""
+    if head.split(b" ", 1)[0] in _READS:
+        raise ValueError("a read: reset it")
+    length = _content_length(head)
+    if not 0 <= length <= _MAX_REFUSED_BODY:
+        raise ValueError("request body out of bounds")
+    return length
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str) -> None:
+    """Refuse one connection's request without forwarding it (see the module docstring)."""
+    try:
+        async with asyncio.timeout(_REFUSAL_READ_TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(_write_body_length(head))
+    except (
+        TimeoutError,
+        ValueError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        OSError,
+    ):
+        writer.transport.abort()  # a read, or a request we cannot read whole: reset it
+        return
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"not forwarded to the cloud API server: {why}",
+        "reason": "ServiceUnavailable",
+        "code": 503,
+    }
+    body = json.dumps(status, separators=(",", ":")).encode()
+    writer.write(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        + f"{NOT_FORWARDED_HEADER}: 1\r\nConnection: close\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with contextlib.suppress(OSError):
+        await writer.drain()
+    writer.close()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,13 +124,13 @@ async def open_tunnel_upstream(
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = client.connection
         if connection is None or connection.terminated:
-            writer.transport.abort()  # the tunnel is down: fail fast, the cache takes over
+            await _refuse(reader, writer, "the tunnel is down")  # fail fast: the cache takes over
             return
         try:
             stream = await connection.open_stream(KUBE_TARGET, timeout=open_timeout)
         except StreamError as error:
             log.info("kube upstream unavailable: %s", error)
-            writer.transport.abort()
+            await _refuse(reader, writer, f"no tunnel stream ({error})")
             return
         await pipe_socket(stream, reader, writer)
 

@@ -11,7 +11,9 @@ What a broken link does to a forwarded call depends on how far the answer got:
 * **Before the first byte to the client** (connect failed, no answer, the answer broke before
   its first body chunk): :class:`UpstreamFailure` is raised and the caller may still answer,
   from the cache or with a Status. ``maybe_sent`` says whether the request may have reached the
-  API server: only a failed connect proves it did not.
+  API server: only a failed connect, or an upstream that answers with
+  ``NOT_FORWARDED_HEADER`` instead of forwarding it (the tunnel while it is down), proves it
+  did not.
 * **After the first byte** the only honest move is to end that response as broken: the client
   connection is aborted mid-body (a truncated chunked body, which every HTTP client reports
   as an error and retries), or, for a JSON watch cut between two events, an ``ERROR`` event
@@ -40,7 +42,7 @@ from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.health import HealthChecker, State
 from edge_agent.kubecache.metrics import KubeCacheMetrics
 from edge_agent.kubecache.settings import KubeCacheSettings
-from edge_agent.kubecache.upstream import Upstream
+from edge_agent.kubecache.upstream import NOT_FORWARDED_HEADER, Upstream
 from edge_agent.kubecache.wire import JSON, status_object
 
 log = logging.getLogger("edge_agent.kubecache.forward")
@@ -289,6 +291,11 @@ class Forwarder:
                     skip_auto_headers=("Content-Type", "User-Agent"),
                 ) as upstream,
             ):
+                if upstream.headers.get(NOT_FORWARDED_HEADER):
+                    reason = f"the upstream did not forward it (HTTP {upstream.status})"
+                    await self.health.report_failure(reason)
+                    self.metrics.forward_failures.labels(when="not_sent").inc()
+                    raise UpstreamFailure(reason, maybe_sent=False)
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")
                 await relay.run(upstream, early=not keep)

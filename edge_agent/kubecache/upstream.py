@@ -28,6 +28,11 @@ from typing import Any, Protocol
 import aiohttp
 import yaml
 
+NOT_FORWARDED_HEADER = "Edgefleet-Not-Forwarded"
+"""Header of an answer an upstream gives *instead of* forwarding a request (e.g. the tunnel
+upstream while the tunnel is down): the request provably never left, so the proxy may say
+"not sent" to a write's client rather than "outcome unknown"."""
+
 
 class Upstream(Protocol):
     """What the proxy needs from an upstream API server."""
