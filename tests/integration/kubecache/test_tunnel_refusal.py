@@ -22,7 +22,7 @@ from edge_agent.settings import JoinSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
 from tests.harness import kube
-from tests.harness.fleet import Agent, Server
+from tests.harness.daemons import Agent, Server
 from tests.integration.kube_tunnel.test_kube_through_tunnel import NODE, wait_for
 from tests.integration.kubecache.test_link_faults import DEAF_HEALTH
 
