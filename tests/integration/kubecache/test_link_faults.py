@@ -183,9 +183,10 @@ async def test_requests_in_flight_fail_over_when_the_link_is_declared_offline(
     core = client.CoreV1Api(direct)
     await asyncio.to_thread(core.create_namespaced_config_map, namespace, configmap("a", k="1"))
     list_path = f"/api/v1/namespaces/{namespace}/configmaps"
-    # Only the health checker can end the wait: no read timeout, a 600 s request timeout.
+    # Only the health checker can end the wait: no read or connect timeout (the second request
+    # opens a new connection, whose handshake hangs), a 600 s request timeout.
     async with (
-        edge_over_relay(kube_cluster, tmp_path, read_timeout=600.0) as link,
+        edge_over_relay(kube_cluster, tmp_path, read_timeout=600.0, connect_timeout=600.0) as link,
         aiohttp.ClientSession() as http,
     ):
         assert (await fetch(http, "GET", link.url(list_path)))[0] == 200
