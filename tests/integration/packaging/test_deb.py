@@ -17,7 +17,6 @@ import os
 import re
 import ssl
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.procs import free_port
+from tests.harness.waiting import NotSeen, eventually
 from tests.integration.packaging.debian_root import REPO, DebianRoot, cached_tarball, fresh_root
 
 pytestmark = [
@@ -85,13 +85,14 @@ def root(tmp_path: Path) -> Iterator[DebianRoot]:
 def _wait(
     what: str, check: Callable[[], bool], process: subprocess.Popen[bytes], log: Path
 ) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
+    def probe() -> bool:
         assert process.poll() is None, f"{what}: exited {process.returncode}\n{log.read_text()}"
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {WAIT} s\n{log.read_text()[-4000:]}")
+        return check()
+
+    try:
+        eventually(probe, what=what, within=WAIT, every=0.1)
+    except NotSeen as missing:
+        raise AssertionError(f"{missing}\n{log.read_text()[-4000:]}") from None
 
 
 def _dpkg(root: DebianRoot, *args: str) -> None:
