@@ -109,7 +109,7 @@ def create_app(
         app[STORE_KEY] = identity.store
         app[AUTHORITY_KEY] = identity.authority
         identity_part.setup(app, settings=settings.join)
-        tunnel.setup(app, tunnel_settings=settings.tunnel, node_proxy=settings.node_proxy)
+        tunnel.setup(app, tunnel_settings=settings.tunnel)
         twins_part.setup(app)
         status.setup(app)
         api.setup(app, openapi_paths=twins_part.OPENAPI_PATHS)
