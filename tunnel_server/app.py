@@ -21,6 +21,7 @@ from tunnel_server import __version__, api, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
+from tunnel_server.fleet import cluster_proxy
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -113,5 +114,6 @@ def create_app(
         twins_part.setup(app)
         status.setup(app)
         api.setup(app, openapi_paths=twins_part.OPENAPI_PATHS)
+        cluster_proxy.setup(app, settings=settings.cluster_proxy)
         console.setup(app)
     return app

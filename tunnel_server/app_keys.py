@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from tunnel_server.api.table import NodeTable
     from tunnel_server.identity.pki import CertificateAuthority
     from tunnel_server.kube.upstream import KubeUpstream
-    from tunnel_server.settings import JoinSettings, NodeProxySettings, ServerSettings
+    from tunnel_server.settings import (
+        ClusterProxySettings,
+        JoinSettings,
+        NodeProxySettings,
+        ServerSettings,
+    )
     from tunnel_server.status.history import StatusHistory
     from tunnel_server.store import Store
     from tunnel_server.tunnel.admission import Admission
@@ -83,6 +88,12 @@ EVENT_STREAMS_KEY: web.AppKey[dict[asyncio.Queue[str | None], str]] = web.AppKey
 """Each live event stream's queue and the bearer value it was opened with (rechecked when the
 store changes)."""
 DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
+
+# fleet/
+CLUSTER_PROXY_SETTINGS_KEY: web.AppKey[ClusterProxySettings] = web.AppKey("cluster_proxy")
+CLUSTER_PROXY_REQUESTS_KEY: web.AppKey[prometheus_client.Counter] = web.AppKey(
+    "cluster_proxy_requests"
+)
 
 # console/
 FILES_KEY: web.AppKey[dict[str, bytes]] = web.AppKey("console_files")
