@@ -18,6 +18,23 @@ import yaml
 from edge_agent.cluster.status import GetJson
 from tests.harness import kube
 
+NS = "status-test"
+EXPECTED = {
+    "nodes.total": 3,
+    "nodes.ready": 2,
+    "cpu.allocatable_cores": 9.5,
+    "memory.allocatable_bytes": 14 * 2**30,
+    "pods.running": 4,
+    "pods.pending": 4,
+    "pods.succeeded": 1,
+    "pods.failed": 1,
+    "pods.unknown": 0,
+    # Not terminated: web-0,1,2 (running), web-5..8 (pending) = 7 x 100m, plus mixed 1050m.
+    "cpu.requested_cores": 1.75,
+    "memory.requested_bytes": (7 * 64 + 144) * 2**20,
+}
+"""What ``populated`` makes the member report."""
+
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube.ControlPlane]:
@@ -26,6 +43,36 @@ def member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube.ControlPla
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="module")
+def populated(member: kube.ControlPlane) -> kube.ControlPlane:
+    kubectl(member, "create", "namespace", NS)
+    apply(
+        member,
+        [
+            fake_node("n1", ready=True, cpu="4", memory="8Gi"),
+            fake_node("n2", ready=True, cpu="3500m", memory="4Gi"),
+            fake_node("n3", ready=False, cpu="2", memory="2048Mi"),
+        ],
+    )
+    pods = [fake_pod(f"web-{i}", NS, requests={"cpu": "100m", "memory": "64Mi"}) for i in range(9)]
+    # Effective requests: max(app 200m + sidecar 50m, init 1 + sidecar 50m) = 1050m;
+    # memory max(128Mi + 16Mi, 32Mi + 16Mi) = 144Mi.
+    pods.append(
+        fake_pod(
+            "mixed",
+            NS,
+            requests={"cpu": "200m", "memory": "128Mi"},
+            init={"cpu": "1", "memory": "32Mi"},
+            sidecar={"cpu": "50m", "memory": "16Mi"},
+        )
+    )
+    apply(member, pods)
+    set_phase(member, NS, ["web-0", "web-1", "web-2", "mixed"], "Running")
+    set_phase(member, NS, ["web-3"], "Succeeded")
+    set_phase(member, NS, ["web-4"], "Failed")
+    return member
 
 
 @pytest.fixture
