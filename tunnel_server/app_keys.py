@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from aiohttp import web
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Awaitable, Callable
 
     import prometheus_client
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from tunnel_server.api.settings import ApiSettings
     from tunnel_server.api.signer import SessionSigner
     from tunnel_server.api.table import NodeTable
+    from tunnel_server.fleet.cloud_nodes import CloudNodes
     from tunnel_server.identity.pki import CertificateAuthority
     from tunnel_server.kube.upstream import KubeUpstream
     from tunnel_server.settings import JoinSettings, NodeProxySettings, ServerSettings
@@ -79,3 +81,9 @@ DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
 
 # console/
 FILES_KEY: web.AppKey[dict[str, bytes]] = web.AppKey("console_files")
+
+# fleet/: the egress selector and autonomy share the cloud cluster's Nodes
+CLOUD_NODES_KEY: web.AppKey[CloudNodes] = web.AppKey("cloud_nodes")
+"""The cloud cluster's Nodes (addresses, kubelet port, labels), followed by a watch."""
+NODES_SYNCED_KEY: web.AppKey[asyncio.Event] = web.AppKey("cloud_nodes_synced")
+"""Set once the first list of the cloud's Nodes arrived (never without ``--kube-upstream``)."""
