@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tunnel_server.api.settings import ApiSettings
     from tunnel_server.api.signer import SessionSigner
     from tunnel_server.api.table import NodeTable
+    from tunnel_server.fleet.cloud_nodes import CloudNodes
     from tunnel_server.identity.pki import CertificateAuthority
     from tunnel_server.kube.upstream import KubeUpstream
     from tunnel_server.settings import (
@@ -97,3 +98,9 @@ CLUSTER_PROXY_REQUESTS_KEY: web.AppKey[prometheus_client.Counter] = web.AppKey(
 
 # console/
 FILES_KEY: web.AppKey[dict[str, bytes]] = web.AppKey("console_files")
+
+# fleet/: the egress selector and autonomy share the cloud cluster's Nodes
+CLOUD_NODES_KEY: web.AppKey[CloudNodes] = web.AppKey("cloud_nodes")
+"""The cloud cluster's Nodes (addresses, kubelet port, labels), followed by a watch."""
+NODES_SYNCED_KEY: web.AppKey[asyncio.Event] = web.AppKey("cloud_nodes_synced")
+"""Set once the first list of the cloud's Nodes arrived (never without ``--kube-upstream``)."""
