@@ -21,8 +21,8 @@ from tunnel_server import __version__, api, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
-from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
 from tunnel_server.fleet import autonomy as autonomy_part
+from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
 from tunnel_server.fleet import egress as egress_part
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
