@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import http.client
 import logging
@@ -566,7 +567,7 @@ class MemberCluster:
         self.label_node(name, {MANAGED_LABEL: None})
 
     def make_reachable(self, name: str) -> None:
-        """Let kwok manage the node again (it renews the lease once the old one expired)."""
+        """Let kwok manage the node again; it renews the node's lease at once (same holder)."""
         self._require_label_management()
         self.label_node(name, {MANAGED_LABEL: MANAGED_VALUE})
 
@@ -688,6 +689,10 @@ class MemberCluster:
             proc.kill()
         proc.stop()
 
+    def argv(self, which: str) -> list[str]:
+        """The command line of "kube-controller-manager", "kube-scheduler" or "kwok" (a copy)."""
+        return list(self._argv[which])
+
     def start_process(self, which: str, extra_args: Sequence[str] = ()) -> None:
         """(Re)start one of the member's processes, with its flags merged with ``extra_args``.
 
@@ -707,8 +712,10 @@ class MemberCluster:
             env=self._env.get(which),
         )
 
-    def wait_ready(self, *, within: float = READY_TIMEOUT) -> None:
-        """Wait until the control plane, the controllers, kwok and every node are ready."""
+    def wait_ready(
+        self, *, within: float = READY_TIMEOUT, nodes: Sequence[str] | None = None
+    ) -> None:
+        """Wait until the control plane, the controllers, kwok and ``nodes`` (all) are ready."""
         try:
             self.plane.wait_ready(within)
             for which, port in (
@@ -724,7 +731,7 @@ class MemberCluster:
                 every=0.25,
                 ignore=(OSError, http.client.HTTPException),
             )
-            self.wait_nodes_ready(within=within)
+            self.wait_nodes_ready(nodes, within=within)
             # The serviceaccount controller must have made "default" before a pod can be
             # admitted (the ServiceAccount admission plugin is on in member clusters).
             eventually(
@@ -837,66 +844,77 @@ def _port_forward_probe(port: int, namespace: str, pod: str, marker: str) -> str
     return seen.decode(errors="replace")
 
 
-def launch_member(
-    name: str,
-    workdir: Path,
-    *,
-    nodes: int = 3,
-    node_labels: Mapping[str, str] | None = None,
-    node_capacity: Mapping[str, str] = DEFAULT_CAPACITY,
-    apiserver_args: Sequence[str] = (),
-    controller_manager_args: Sequence[str] = (),
-    scheduler_args: Sequence[str] = (),
-    kwok_args: Sequence[str] = (),
-    kwok_manage: Literal["label", "all"] = "label",
-    node_lease_seconds: int = NODE_LEASE_SECONDS,
-    extra_tokens: dict[str, str] | None = None,
-) -> MemberCluster:
-    """Start a member cluster's processes without waiting for them (see ``wait_ready``).
+@dataclass(frozen=True, kw_only=True)
+class MemberSpec:
+    """How to build a member cluster; every function below also takes these as keywords."""
 
-    Waits only for kube-apiserver, because the CRDs and Node objects must exist before kwok
-    starts. ``*_args`` are extra flags (``--name=value``) that replace our defaults of the same
-    name (``kube.merge_flags``).
-    """
-    bins = member_bin_dir()
+    nodes: int = 3
+    """Fake nodes, named ``<cluster>-node-<i>``."""
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on every node (``label_node`` changes one node later)."""
+    node_capacity: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPACITY))
+    """Capacity = allocatable of every node (Kubernetes quantities)."""
+    apiserver_args: Sequence[str] = ()
+    """Extra kube-apiserver flags, ``--name=value``; each replaces our flag of that name."""
+    controller_manager_args: Sequence[str] = ()
+    """Extra kube-controller-manager flags (e.g. FAST_EVICTION_CONTROLLER_MANAGER_ARGS)."""
+    scheduler_args: Sequence[str] = ()
+    kwok_args: Sequence[str] = ()
+    kwok_manage: Literal["label", "all"] = "label"
+    """"label": kwok manages nodes labelled MANAGED_LABEL (so ``make_unreachable`` works);
+    "all": every node, including ones a test creates itself."""
+    node_lease_seconds: int = NODE_LEASE_SECONDS
+    """Node lease duration; kwok renews every quarter of it. Keep it well below the
+    controller manager's --node-monitor-grace-period (50 s by default)."""
+    extra_tokens: Mapping[str, str] = field(default_factory=dict)
+    """Token -> user name (no groups) in kube-apiserver's token file, as in kube.launch."""
+
+
+def _spec(spec: MemberSpec | None, options: Mapping[str, Any]) -> MemberSpec:
+    # replace() refuses unknown names, so a misspelt keyword fails loudly.
+    return dataclasses.replace(spec or MemberSpec(), **options)
+
+
+_APISERVER_DEFAULTS = (
+    # Nodes' Hostname addresses (the node names) resolve nowhere; kwok listens on the
+    # InternalIP. Egress-selector tests override this to get one CONNECT target per node.
+    "--kubelet-preferred-address-types=InternalIP,Hostname",
+    # kube.py turns the ServiceAccount admission plugin off (no controller makes default
+    # service accounts there); a member runs that controller, so pods get tokens as usual.
+    "--disable-admission-plugins=",
+)
+
+
+def _launch_plane(name: str, workdir: Path, spec: MemberSpec) -> kube.ControlPlane:
+    member_bin_dir()  # fail before starting anything if a binary is missing
     workdir.mkdir(parents=True, exist_ok=True)
-    apiserver_defaults = [
-        # Nodes' Hostname addresses (the node names) resolve nowhere; kwok listens on the
-        # InternalIP. Egress-selector tests override this to get per-node CONNECT targets.
-        "--kubelet-preferred-address-types=InternalIP,Hostname",
-        # kube.py turns the ServiceAccount admission plugin off (no controller makes default
-        # service accounts there); a member runs that controller, so pods get tokens.
-        "--disable-admission-plugins=",
-    ]
-    plane = kube.start(
+    return kube.launch(
         name,
         workdir / "plane",
-        extra_tokens=extra_tokens,
-        apiserver_args=kube.merge_flags(apiserver_defaults, apiserver_args),
+        extra_tokens=dict(spec.extra_tokens),
+        apiserver_args=kube.merge_flags(_APISERVER_DEFAULTS, spec.apiserver_args),
     )
+
+
+def _launch_on(plane: kube.ControlPlane, workdir: Path, spec: MemberSpec) -> MemberCluster:
+    """Wait for the plane, add CRDs and nodes (kwok needs them first), start the rest."""
     member = MemberCluster(
-        name=name,
+        name=plane.name,
         workdir=workdir,
         plane=plane,
-        nodes=[f"{name}-node-{index}" for index in range(nodes)],
+        nodes=[f"{plane.name}-node-{index}" for index in range(spec.nodes)],
         kubelet_port=free_port(),
         controller_manager_port=free_port(),
         scheduler_port=free_port(),
-        node_lease_seconds=node_lease_seconds,
+        node_lease_seconds=spec.node_lease_seconds,
         exec_workdir=workdir / "exec",
     )
     try:
+        plane.wait_ready(READY_TIMEOUT)
         _install_debug_crds(member)
         for node_name in member.nodes:
-            _create_node(member, node_name, node_labels or {}, node_capacity)
-        _prepare_argv(
-            member,
-            bins,
-            controller_manager_args=controller_manager_args,
-            scheduler_args=scheduler_args,
-            kwok_args=kwok_args,
-            kwok_manage=kwok_manage,
-        )
+            _create_node(member, node_name, spec.node_labels, spec.node_capacity)
+        _prepare_argv(member, member_bin_dir(), spec)
         for which in ("kube-controller-manager", "kube-scheduler", "kwok"):
             member.start_process(which)
     except BaseException:
@@ -905,12 +923,24 @@ def launch_member(
     return member
 
 
-def start_member(name: str, workdir: Path, **options: Any) -> MemberCluster:
-    """``launch_member`` and wait until everything is ready; stops it all on failure.
+def launch_member(
+    name: str, workdir: Path, spec: MemberSpec | None = None, **options: Any
+) -> MemberCluster:
+    """Start a member cluster without waiting for it to be ready (then ``wait_ready``).
 
-    Options are those of ``launch_member``.
+    ``options`` are ``MemberSpec`` fields overriding ``spec``. Waits for kube-apiserver only:
+    the CRDs and Node objects must exist before kwok starts.
     """
-    member = launch_member(name, workdir, **options)
+    chosen = _spec(spec, options)
+    plane = _launch_plane(name, workdir, chosen)
+    return _launch_on(plane, workdir, chosen)
+
+
+def start_member(
+    name: str, workdir: Path, spec: MemberSpec | None = None, **options: Any
+) -> MemberCluster:
+    """``launch_member`` and wait until everything is ready; stops it all on failure."""
+    member = launch_member(name, workdir, spec, **options)
     try:
         member.wait_ready()
     except BaseException:
@@ -920,9 +950,11 @@ def start_member(name: str, workdir: Path, **options: Any) -> MemberCluster:
 
 
 @contextlib.contextmanager
-def running_member(name: str, workdir: Path, **options: Any) -> Iterator[MemberCluster]:
+def running_member(
+    name: str, workdir: Path, spec: MemberSpec | None = None, **options: Any
+) -> Iterator[MemberCluster]:
     """A started member cluster for the ``with`` block; stopped afterwards."""
-    member = start_member(name, workdir, **options)
+    member = start_member(name, workdir, spec, **options)
     try:
         yield member
     finally:
@@ -930,16 +962,28 @@ def running_member(name: str, workdir: Path, **options: Any) -> Iterator[MemberC
 
 
 @contextlib.contextmanager
-def member_clusters(count: int, base: Path, **options: Any) -> Iterator[list[MemberCluster]]:
-    """``count`` member clusters (member0, member1, ...) started side by side."""
+def member_clusters(
+    count: int, base: Path, spec: MemberSpec | None = None, **options: Any
+) -> Iterator[list[MemberCluster]]:
+    """``count`` member clusters ``member0``, ``member1``, ... (folders under ``base``).
+
+    Their kube-apiservers start side by side (the slowest part), then the rest of each.
+    """
+    chosen = _spec(spec, options)
+    planes: list[kube.ControlPlane] = []
     members: list[MemberCluster] = []
     try:
         for index in range(count):
-            members.append(launch_member(f"member{index}", base / f"member{index}", **options))  # noqa: PERF401
+            planes.append(_launch_plane(f"member{index}", base / f"member{index}", chosen))  # noqa: PERF401
+        while planes:
+            plane = planes.pop(0)
+            members.append(_launch_on(plane, base / plane.name, chosen))
         for member in members:
             member.wait_ready()
         yield members
     finally:
+        for plane in planes:
+            plane.stop()
         for member in members:
             member.stop()
 
@@ -1011,15 +1055,7 @@ def _create_node(
     member.api("POST", "/api/v1/nodes", body)
 
 
-def _prepare_argv(
-    member: MemberCluster,
-    bins: Path,
-    *,
-    controller_manager_args: Sequence[str],
-    scheduler_args: Sequence[str],
-    kwok_args: Sequence[str],
-    kwok_manage: Literal["label", "all"],
-) -> None:
+def _prepare_argv(member: MemberCluster, bins: Path, spec: MemberSpec) -> None:
     plane = member.plane
     kubeconfig = str(plane.kubeconfig)
     assert plane.service_account_key is not None  # kube.launch always makes one
@@ -1054,7 +1090,7 @@ def _prepare_argv(
     )
     manage = (
         f"--manage-nodes-with-label-selector={MANAGED_LABEL}={MANAGED_VALUE}"
-        if kwok_manage == "label"
+        if spec.kwok_manage == "label"
         else "--manage-all-nodes=true"
     )
     kwok = [
@@ -1072,13 +1108,13 @@ def _prepare_argv(
     member._argv = {
         "kube-controller-manager": [
             str(bins / "kube-controller-manager"),
-            *kube.merge_flags(controller_manager, controller_manager_args),
+            *kube.merge_flags(controller_manager, spec.controller_manager_args),
         ],
         "kube-scheduler": [
             str(bins / "kube-scheduler"),
-            *kube.merge_flags(scheduler, scheduler_args),
+            *kube.merge_flags(scheduler, spec.scheduler_args),
         ],
-        "kwok": [str(bins / "kwok"), *kube.merge_flags(kwok, kwok_args)],
+        "kwok": [str(bins / "kwok"), *kube.merge_flags(kwok, spec.kwok_args)],
     }
     # kwok also reads ~/.kwok/kwok.yaml; a private HOME keeps a developer's file out.
     member._env = {"kwok": {"HOME": str(member.workdir)}}
@@ -1088,15 +1124,15 @@ def _prepare_argv(
 def member_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., MemberCluster]]:
-    """``make(name, **options)`` starts a member cluster (options of ``launch_member``).
+    """``make(name, spec=None, **options)`` starts a member cluster (see ``start_member``).
 
     All are stopped when the test ends. Use it from a conftest with
     ``from tests.harness.member import member_factory`` (and list it in ``__all__``).
     """
     started: list[MemberCluster] = []
 
-    def make(name: str, **options: Any) -> MemberCluster:
-        member = start_member(name, tmp_path_factory.mktemp(f"member-{name}"), **options)
+    def make(name: str, spec: MemberSpec | None = None, **options: Any) -> MemberCluster:
+        member = start_member(name, tmp_path_factory.mktemp(f"member-{name}"), spec, **options)
         started.append(member)
         return member
 

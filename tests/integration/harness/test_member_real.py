@@ -217,8 +217,12 @@ class Sink:
                         connection.sendall(digest.hexdigest().encode())
 
     def close(self) -> None:
+        # shutdown() wakes the accept() blocked in the thread (close() alone does not).
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
         self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
 
 
 @pytest.mark.timeout(START_TIMEOUT)
@@ -310,6 +314,20 @@ def test_service_account_tokens_from_the_controller_manager_authenticate(
     assert root_ca["data"]["ca.crt"] == cluster.plane.ca_path.read_text()
 
 
+@pytest.mark.timeout(START_TIMEOUT)
+def test_a_controller_restarts_with_changed_flags(
+    cluster: member.MemberCluster, namespace: str
+) -> None:
+    before = set(cluster.pids)
+    cluster.stop_process("kube-controller-manager")
+    cluster.start_process("kube-controller-manager", ["--concurrent-deployment-syncs=3"])
+    cluster.wait_ready()
+    assert "--concurrent-deployment-syncs=3" in cluster.argv("kube-controller-manager")
+    assert set(cluster.pids) != before
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("after", 2))
+    running_pods(cluster, namespace, "after", 2)
+
+
 def test_extra_flags_replace_defaults_of_the_same_name() -> None:
     base = ["--a=1", "--disable-admission-plugins=ServiceAccount", "--b"]
     merged = kube.merge_flags(base, ["--disable-admission-plugins=", "--c=3"])
@@ -372,3 +390,30 @@ def test_an_unreachable_node_loses_its_pods(
 
     cluster.make_reachable(victim)
     cluster.wait_nodes_ready([victim], within=180.0)
+
+
+@pytest.mark.timeout(START_TIMEOUT)
+def test_member_clusters_start_side_by_side_and_are_independent(tmp_path: Path) -> None:
+    spec = member.MemberSpec(nodes=1, node_labels={"edgefleet.test/zone": "z1"})
+    with member.member_clusters(2, tmp_path, spec) as (first, second):
+        assert first.nodes == ["member0-node-0"]
+        assert second.nodes == ["member1-node-0"]
+        assert (
+            len({first.kubelet_port, second.kubelet_port, first.plane.port, second.plane.port}) == 4
+        )
+        first.kubectl("create", "configmap", "only-in-first")
+        assert second.kubectl("get", "configmap", "only-in-first", check=False).returncode != 0
+        node = get_json(second, "node", "member1-node-0")
+        assert node["metadata"]["labels"]["edgefleet.test/zone"] == "z1"
+        pids = first.pids + second.pids
+        assert len(pids) == 10  # kine, kube-apiserver, controller manager, scheduler, kwok each
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers signal 0 until reaped; ManagedProcess.stop waits, so none remain.
+    return True
