@@ -87,11 +87,20 @@ class Quickstart:
 
 @pytest.fixture
 def quickstart(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Quickstart]:
-    """The script with its own ports and data; ``clusters`` (indirect parameter) default 1."""
+    """The script with its own ports and data.
+
+    Indirect parameter: ``{"clusters": N}`` (default 1), ``"apt": "missing"`` to make Debian's
+    package tools say mosquitto is not installed (see the test that uses it).
+    """
     port = free_port()
-    clusters = getattr(request, "param", 1)
+    options: dict[str, object] = {"clusters": 1, **getattr(request, "param", {})}
+    clusters = options["clusters"]
+    path = os.environ["PATH"]
+    if options.get("apt") == "missing":
+        path = f"{_apt_shims(tmp_path)}:{path}"
     env = {
         **os.environ,
+        "PATH": path,
         "PYTHONPATH": str(REPO),
         "EDGEFLEET_SKIP_SETUP": "1",
         "EDGEFLEET_QUICKSTART_DIR": str(tmp_path / "qs"),
@@ -122,7 +131,7 @@ def _devices(quickstart: Quickstart) -> list[str]:
         return [item["id"] for item in json.loads(answer.read())["items"]]
 
 
-@pytest.mark.parametrize("quickstart", [0], indirect=True)
+@pytest.mark.parametrize("quickstart", [{"clusters": 0}], indirect=True)
 def test_quickstart_shows_devices_by_default(quickstart: Quickstart) -> None:
     """Without any setting, a simulated device reaches the cloud through mosquitto."""
     out = quickstart.wait_started()
@@ -138,6 +147,42 @@ def test_quickstart_shows_devices_by_default(quickstart: Quickstart) -> None:
         ignore=(OSError,),
     )
     assert devices[0].startswith("edge-1:")
+    assert quickstart.interrupt() in (0, 130)
+    _wait_gone(family)
+
+
+def _apt_shims(tmp_path: Path) -> Path:
+    """``dpkg-query`` saying nothing is installed, ``apt-get`` writing its arguments down."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name, body in (
+        ("dpkg-query", "exit 1"),
+        ("apt-get", f'echo "$*" >>{tmp_path / "apt-calls"}'),
+    ):
+        (shims / name).write_text(f"#!/bin/sh\n{body}\n")
+        (shims / name).chmod(0o755)
+    return shims
+
+
+@pytest.mark.parametrize("quickstart", [{"clusters": 0, "apt": "missing"}], indirect=True)
+def test_quickstart_installs_mosquitto_where_it_is_missing(
+    quickstart: Quickstart, tmp_path: Path
+) -> None:
+    """As on a fresh machine: Debian says mosquitto is not installed, so quickstart installs it.
+
+    Fault injection: ``dpkg-query`` and ``apt-get`` are stand-ins (this machine has mosquitto,
+    and a test must not change its packages); apt-get's records what it was asked. The broker
+    that then starts is the real one.
+    """
+    out = quickstart.wait_started()
+    assert "installing Debian packages: mosquitto mosquitto-clients" in out, out
+    calls = (tmp_path / "apt-calls").read_text().splitlines()
+    assert calls == [
+        "update -qq",
+        "install -y -qq --no-install-recommends mosquitto mosquitto-clients",
+    ]
+    assert "mosquitto with dynamic security" in out, out
+    family = _family(quickstart.process.pid)
     assert quickstart.interrupt() in (0, 130)
     _wait_gone(family)
 
