@@ -485,7 +485,23 @@ def _print_manifest(args: argparse.Namespace, *, token: str, server: str, ca_has
         f" then `tunnel-server nodes` shows {args.name} once its agent joined",
         file=sys.stderr,
     )
+    if _is_loopback(urlsplit(server).hostname or ""):
+        print(  # noqa: T201 - a warning, off stdout
+            f"# warning: the agent will dial {server}, a loopback address: a pod reaches that"
+            " only if the cluster runs on this machine; give --server with the URL the"
+            " cluster's pods reach this server at",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_token_list(data_dir: Path) -> int:

@@ -321,7 +321,15 @@ def test_the_deployment_runs_restricted_and_probes_the_local_api(applied: str) -
 
 
 def test_image_option_and_refusals(server_dir: Path) -> None:
-    text = manifest(server_dir, "member-2", "--image", "registry.example.com/edgefleet:0.1.0")
+    done = tunnel_server(
+        server_dir,
+        *("token", "create", "--kind", "cluster", "--name", "member-2", "--manifest"),
+        *("--image", "registry.example.com/edgefleet:0.1.0"),
+    )
+    assert done.returncode == 0, done.stderr
+    # The server's recorded URL is a loopback one here: said, as pods would not reach it.
+    assert "a loopback address" in done.stderr
+    text = done.stdout
     pod = documents(text)["Deployment", "cluster-agent"]["spec"]["template"]["spec"]
     assert {c["image"] for c in [*pod["containers"], *pod["initContainers"]]} == {
         "registry.example.com/edgefleet:0.1.0"
