@@ -11,6 +11,7 @@ import json
 import ssl
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +31,9 @@ from tests.integration.clusters.members import (
     run_kubectl,
     whoami,
 )
+from tunnel_server.api.access import Role
+from tunnel_server.identity.users import create_user
+from tunnel_server.store import SqliteStore
 
 pytestmark = pytest.mark.kube
 
@@ -363,3 +367,54 @@ def test_watch_across_an_agent_restart(
             if ("ADDED", "after") in seen:
                 watcher.stop()
     assert seen[:2] == [("ADDED", "during"), ("ADDED", "after")]
+
+
+def _user(fleet: Fleet, name: str, role: Role, clusters: tuple[str, ...] | None) -> str:
+    """A cloud user made in the server's store; its bearer token."""
+    store = SqliteStore.open(fleet.server.data_dir)
+    try:
+        _, token = create_user(
+            store,
+            name,
+            role=role,
+            clusters=clusters,
+            ttl=3600.0,
+            now=time.time(),
+        )
+    finally:
+        store.close()
+    return token
+
+
+def test_a_cloud_viewer_is_refused_a_delete_by_the_member(fleet: Fleet, tmp_path: Path) -> None:
+    a = fleet.a
+    namespace = _namespace(a, "viewer")
+    a.kubectl("create", "configmap", "keep", "-n", namespace)
+    token = _user(fleet, "vera", "viewer", None)
+    kubeconfig = proxy_kubeconfig(tmp_path / "vera", fleet.server, a.name, token=token)
+    user = whoami(a, kubeconfig)
+    assert user["username"] == "edgefleet:viewer"
+    assert user["extra"] == {"user.edgefleet.io": ["vera"]}
+    refused = run_kubectl(kubeconfig, "delete", "configmap", "keep", "-n", namespace, check=False)
+    assert refused.returncode != 0
+    assert 'User "edgefleet:viewer" cannot delete resource "configmaps"' in refused.stderr
+    a.direct("get", "configmap", "keep", "-n", namespace)
+
+
+def test_an_operator_scoped_to_a_gets_403_on_b_before_the_tunnel(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    token = _user(fleet, "otto", "operator", (fleet.a.name,))
+    on_a = proxy_kubeconfig(tmp_path / "otto-a", fleet.server, fleet.a.name, token=token)
+    assert whoami(fleet.a, on_a)["username"] == "edgefleet:operator"
+    exchanges = dict(fleet.b.agent.status()["cluster"]["exchanges"])  # type: ignore[index]
+    status, answer = _raw(fleet, f"/clusters/{fleet.b.name}/version", bearer=token)
+    assert status == 403
+    assert _is_status(answer, 403)
+    assert f"may not reach cluster '{fleet.b.name}'" in str(answer["message"])
+    on_b = proxy_kubeconfig(tmp_path / "otto-b", fleet.server, fleet.b.name, token=token)
+    refused = run_kubectl(on_b, "get", "--raw", "/api/v1/namespaces", check=False)
+    assert refused.returncode != 0
+    assert f"may not reach cluster '{fleet.b.name}'" in refused.stderr
+    # Nothing left the cloud for B: its agent served no exchange meanwhile.
+    assert fleet.b.agent.status()["cluster"]["exchanges"] == exchanges  # type: ignore[index]
