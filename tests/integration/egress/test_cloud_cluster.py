@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client, config
@@ -169,7 +169,7 @@ def test_addresses_of_no_edge_node_are_refused(cloud: Cloud, authority: str, exp
     )
 
 
-def pod_body(name: str, node: str, *, owner: str | None = None) -> dict[str, Any]:
+def pod_body(name: str, node: str, *, owner: str | None = None) -> client.V1Pod:
     metadata: dict[str, Any] = {"name": name}
     if owner:
         metadata["ownerReferences"] = [
@@ -180,28 +180,28 @@ def pod_body(name: str, node: str, *, owner: str | None = None) -> dict[str, Any
                 "uid": "0d4c3c1e-0000-4000-8000-000000000001",
             }
         ]
-    return {
+    body = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": metadata,
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     }
+    # The client sends a dict as it is; typed as the model its signature names.
+    return cast("client.V1Pod", body)
 
 
 def tolerations(cloud: Cloud, name: str) -> dict[str, int | None]:
-    pod = cloud.core.read_namespaced_pod(name, NAMESPACE)
-    return {
-        t.key: t.toleration_seconds
-        for t in pod.spec.tolerations or []
-        if t.key in (UNREACHABLE, NOT_READY) and t.effect == "NoExecute"
-    }
+    return seconds_of(cloud.core.read_namespaced_pod(name, NAMESPACE))
 
 
-def annotations(cloud: Cloud, name: str) -> dict[str, str]:
-    pod = cloud.core.read_namespaced_pod(name, NAMESPACE)
-    return {
-        k: v for k, v in (pod.metadata.annotations or {}).items() if k.startswith("edgefleet.io/")
-    }
+def ours(cloud: Cloud, name: str) -> dict[str, str]:
+    return our_annotations(cloud.core.read_namespaced_pod(name, NAMESPACE))
+
+
+def our_annotations(pod: client.V1Pod) -> dict[str, str]:
+    assert pod.metadata is not None
+    found = pod.metadata.annotations or {}
+    return {k: v for k, v in found.items() if k.startswith("edgefleet.io/")}
 
 
 def label(cloud: Cloud, node: str, value: str | None, *, duration: str | None = None) -> None:
@@ -212,6 +212,7 @@ def label(cloud: Cloud, node: str, value: str | None, *, duration: str | None = 
 
 
 def seconds_of(pod: client.V1Pod) -> dict[str, int | None]:
+    assert pod.spec is not None
     return {
         t.key: t.toleration_seconds
         for t in pod.spec.tolerations or []
@@ -235,7 +236,7 @@ def test_the_webhook_gives_pods_created_on_an_autonomous_node_the_duration(cloud
         lambda pod: seconds_of(pod) == {UNREACHABLE: 7200, NOT_READY: 7200},
         what="a pod created with 2h tolerations",
     )
-    assert {k: v for k, v in pod.metadata.annotations.items() if k.startswith("edgefleet.io/")} == {
+    assert our_annotations(pod) == {
         "edgefleet.io/original-unreachable-toleration-seconds": "300",
         "edgefleet.io/original-not-ready-toleration-seconds": "300",
     }
@@ -255,16 +256,18 @@ def test_the_controller_patches_live_pods_and_restores_them(cloud: Cloud) -> Non
         lambda t: t == {UNREACHABLE: None, NOT_READY: None},
         what="live pod tolerates forever",
     )
-    assert annotations(cloud, "live") == {
+    assert ours(cloud, "live") == {
         "edgefleet.io/original-unreachable-toleration-seconds": "300",
         "edgefleet.io/original-not-ready-toleration-seconds": "300",
     }
     label(cloud, "plain-1", None)
     eventually(
-        lambda: (tolerations(cloud, "live"), annotations(cloud, "live")),
+        lambda: (tolerations(cloud, "live"), ours(cloud, "live")),
         lambda seen: seen == ({UNREACHABLE: 300, NOT_READY: 300}, {}),
         what="live pod restored",
     )
     # The DaemonSet pod was never patched (DaemonSet pods tolerate forever already).
     after = cloud.core.read_namespaced_pod("daemon", NAMESPACE)
+    assert after.metadata is not None
+    assert daemon.metadata is not None
     assert after.metadata.resource_version == daemon.metadata.resource_version
