@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from tunnel_aio import TunnelStream
     from tunnel_protocol import TunnelSettings
+    from tunnel_server.api.caller import Caller
     from tunnel_server.api.hub import EventHub
     from tunnel_server.api.settings import ApiSettings
     from tunnel_server.api.signer import SessionSigner
@@ -26,7 +27,12 @@ if TYPE_CHECKING:
     from tunnel_server.fleet.cloud_nodes import CloudNodes
     from tunnel_server.identity.pki import CertificateAuthority
     from tunnel_server.kube.upstream import KubeUpstream
-    from tunnel_server.settings import JoinSettings, NodeProxySettings, ServerSettings
+    from tunnel_server.settings import (
+        ClusterProxySettings,
+        JoinSettings,
+        NodeProxySettings,
+        ServerSettings,
+    )
     from tunnel_server.status.history import StatusHistory
     from tunnel_server.store import Store
     from tunnel_server.tunnel.admission import Admission
@@ -58,8 +64,9 @@ TUNNEL_SETTINGS_KEY: web.AppKey[TunnelSettings] = web.AppKey("tunnel_settings")
 ADMISSION_KEY: web.AppKey[Admission] = web.AppKey("tunnel_admission")
 AGENT_SERVICES_KEY: web.AppKey[dict[str, AgentService]] = web.AppKey("agent_services")
 NODE_PROXY_SETTINGS_KEY: web.AppKey[NodeProxySettings] = web.AppKey("node_proxy_settings")
-VERIFIED_ADMIN_KEY: web.AppKey[set[str]] = web.AppKey("verified_admin")
-"""Admin bearer values verified since the store last changed (cleared on every change)."""
+VERIFIED_ADMIN_KEY: web.AppKey[dict[str, Caller]] = web.AppKey("verified_admin")
+"""Bearer values (admin and user tokens) verified since the store last changed, and whom they
+stand for (cleared on every change); set by ``api.access``, used by the node proxy."""
 
 # status/
 HISTORY_KEY: web.AppKey[StatusHistory] = web.AppKey("status_history")
@@ -77,7 +84,17 @@ SIGNER_KEY: web.AppKey[SessionSigner] = web.AppKey("session_signer")
 TABLE_KEY: web.AppKey[NodeTable] = web.AppKey("node_table")
 HUB_KEY: web.AppKey[EventHub] = web.AppKey("event_hub")
 OPENAPI_EXTRA_KEY: web.AppKey[dict[str, Any]] = web.AppKey("openapi_extra_paths")
+AUTH_FAILURES_KEY: web.AppKey[prometheus_client.Counter] = web.AppKey("auth_failures")
+EVENT_STREAMS_KEY: web.AppKey[dict[asyncio.Queue[str | None], str]] = web.AppKey("event_streams")
+"""Each live event stream's queue and the bearer value it was opened with (rechecked when the
+store changes)."""
 DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
+
+# fleet/
+CLUSTER_PROXY_SETTINGS_KEY: web.AppKey[ClusterProxySettings] = web.AppKey("cluster_proxy")
+CLUSTER_PROXY_REQUESTS_KEY: web.AppKey[prometheus_client.Counter] = web.AppKey(
+    "cluster_proxy_requests"
+)
 
 # console/
 FILES_KEY: web.AppKey[dict[str, bytes]] = web.AppKey("console_files")

@@ -336,6 +336,19 @@ def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> No
         help="https://HOST[:PORT] agents use, for the printed join line (default: the URL"
         " `run` derived from --public-name and --listen)",
     )
+    create.add_argument(
+        "--manifest",
+        action="store_true",
+        help="--kind cluster only: print the cluster agent's install manifest (namespace, RBAC,"
+        " the join Secret, the Deployment) with the token, server URL and CA hash filled in,"
+        " for `kubectl apply -f -` in the member cluster, instead of the bare token",
+    )
+    create.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="with --manifest: the EdgeFleet image as the member cluster pulls it (default:"
+        " localhost/edgefleet:VERSION, what packaging/image/build tags)",
+    )
     _data_dir_option(
         token_sub.add_parser(
             "list",
@@ -397,8 +410,16 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
+    if args.manifest and args.kind != "cluster":
+        raise UsageError("--manifest installs a cluster agent: give --kind cluster")
+    if args.image is not None and not args.manifest:
+        raise UsageError("--image goes with --manifest")
     authority, store = _open(data_dir)
     with contextlib.closing(store):
+        server = args.server or store.get_meta("public_url")
+        if args.manifest:
+            _check_manifest(args, server=server, ca_hash=authority.ca_hash())
+        server = server or "https://SERVER:8443"
         try:
             replaced = tokens.free_name(store, args.name, replace=args.replace)
         except tokens.NameInUseError as exc:
@@ -412,12 +433,56 @@ def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
             kind=args.kind, name=args.name, ttl=args.ttl, require_approval=args.require_approval
         )
         token = tokens.create_token(store, spec, now=time.time())
-        server = args.server or store.get_meta("public_url") or "https://SERVER:8443"
+    if args.manifest:
+        return _print_manifest(args, token=str(token), server=server, ca_hash=authority.ca_hash())
     print(token)  # noqa: T201 - the command's output
     print(  # noqa: T201 - the operator's next step, kept off stdout so scripts get the token only
         f"# on {args.name}, within {args.ttl:g}s:\n"
         f"edge-agent join --server {server} --token {token}"
         f" --ca-hash {authority.ca_hash()} --name {args.name}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check_manifest(args: argparse.Namespace, *, server: str | None, ca_hash: str) -> None:
+    """Refuse what cannot make a working manifest before a token is made or a node revoked."""
+    from tunnel_server.fleet import manifest  # noqa: PLC0415 - only --manifest needs it
+
+    if not server:
+        raise UsageError(
+            "the server's URL is not known yet (`tunnel-server run` records it): give --server"
+            " https://HOST[:PORT] as the member cluster reaches this server"
+        )
+    try:
+        manifest.check(server=server, ca_hash=ca_hash, image=args.image or manifest.DEFAULT_IMAGE)
+    except manifest.ManifestError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _print_manifest(args: argparse.Namespace, *, token: str, server: str, ca_hash: str) -> int:
+    from tunnel_server.fleet import manifest  # noqa: PLC0415 - only --manifest needs YAML
+
+    join = manifest.ClusterJoin(
+        name=args.name,
+        server=server,
+        ca_hash=ca_hash,
+        token=token,
+        image=args.image or manifest.DEFAULT_IMAGE,
+    )
+    try:
+        text = manifest.render(join)
+    except manifest.ManifestError as exc:
+        raise CliError(f"{exc} (the token made is unused and expires in {args.ttl:g}s)") from None
+    print(  # noqa: T201 - the command's output: a YAML stream that names what it is for
+        f"# EdgeFleet cluster agent for cluster {args.name}, joining {server}.\n"
+        f"# Holds a single-use join token valid for {args.ttl:g}s: apply it in that cluster"
+        " now, with\n#   kubectl apply -f -\n# and keep it secret until then.\n" + text,
+        end="",
+    )
+    print(  # noqa: T201 - the operator's next step, off stdout (stdout is the manifest)
+        f"# in cluster {args.name}, within {args.ttl:g}s: pipe this into `kubectl apply -f -`;"
+        f" then `tunnel-server nodes` shows {args.name} once its agent joined",
         file=sys.stderr,
     )
     return 0

@@ -58,6 +58,21 @@ class NodeProxySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterProxySettings:
+    open_timeout: float = 10.0
+    """Seconds to wait for a cluster agent to accept a stream to its API server (it accepts at
+    once and connects afterwards, so this is the tunnel's round trip plus a busy agent)."""
+
+    max_header_bytes: int = 64 * 1024
+    """Bytes of all request headers together (names, values, separators). kubectl sends ~1 KB;
+    64 KiB leaves room for big bearer tokens and cookies and bounds what the cloud relays. A
+    single header line is also bounded by aiohttp (8,190 bytes). More is answered 431."""
+
+    max_headers: int = 128
+    """Request headers at most (kubectl sends about ten); more is answered 431."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class EgressSettings:
     """kube-apiserver's egress selector (HTTP CONNECT) to edge nodes' kubelets (docs/egress.md)."""
 
@@ -225,6 +240,9 @@ class ServerSettings:
 
     node_proxy: NodeProxySettings = field(default_factory=NodeProxySettings)
     """The proxy to services on edge nodes."""
+
+    cluster_proxy: ClusterProxySettings = field(default_factory=ClusterProxySettings)
+    """The Kubernetes API proxy to registered clusters (``/clusters/{name}/...``)."""
 
     egress: EgressSettings = field(default_factory=EgressSettings)
     """kube-apiserver's egress selector to edge kubelets; off unless a socket or port is set."""

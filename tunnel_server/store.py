@@ -1,4 +1,6 @@
-"""Persistent state of the cloud side: tokens, nodes, certificates, joins, signed-out sessions.
+"""Persistent state of the cloud side: tokens, nodes, certificates, joins, sessions, users.
+
+Signed-out console sessions, and cloud users with their API tokens, are kept here too.
 
 ``Store`` is the interface; ``SqliteStore`` the default backend (one file, zero setup). A
 Kubernetes custom-resource backend can follow by implementing the same Protocol: every method
@@ -6,11 +8,12 @@ that must be atomic (``redeem_token``, ``issue_pending``) says so, and none leak
 
 Security-relevant writes (node state, certificates, tokens) bump ``revision()``. A running server
 polls it (a single-row read) to notice a revocation made by the CLI in another process.
-Secrets are never stored: tokens and the admin token are kept as SHA-256 hashes.
+Secrets are never stored: tokens, user tokens and the admin token are kept as SHA-256 hashes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -28,7 +31,7 @@ NodeKind = Literal["node", "cluster"]
 NodeState = Literal["pending", "approved", "revoked"]
 KINDS: tuple[NodeKind, ...] = ("node", "cluster")
 STORE_FILE = "store.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
@@ -45,6 +48,14 @@ class TokenUsedError(StoreError):
 
 class DuplicateIdError(StoreError):
     """An id that must be unique is taken (a random token id collided): pick another."""
+
+
+class UserExistsError(StoreError):
+    """A user of that name exists and is not revoked."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"user {name!r} exists")
+        self.name = name
 
 
 class NameTakenError(StoreError):
@@ -99,6 +110,33 @@ class JoinRequest:
     created_at: float
     expires_at: float
     certificate_pem: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserRecord:
+    """A cloud user: a role, an optional cluster scope, a lifetime; its tokens are apart."""
+
+    id: str
+    """Random, never reused: console sessions name the user by it, so a user revoked and made
+    again under the same name does not bring the old one's sessions back."""
+    name: str
+    role: str
+    clusters: tuple[str, ...] | None
+    """The clusters it may reach; None = every cluster."""
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    tokens: int = 0
+    """How many unexpired tokens it holds (filled by ``get_user``/``list_users``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserTokenRecord:
+    id: str
+    user_id: str
+    secret_hash: str
+    created_at: float
+    expires_at: float
 
 
 class Store(Protocol):
@@ -170,6 +208,39 @@ class Store(Protocol):
 
     def session_revoked(self, session_id: str) -> bool: ...
 
+    def add_user(self, user: UserRecord) -> None:
+        """Create a user; a revoked one of the same name is replaced (its tokens go with it).
+
+        Raises UserExistsError if an unrevoked user holds the name. Bumps the revision.
+        """
+        ...
+
+    def get_user(self, name: str, *, now: float) -> UserRecord | None:
+        """The user, with the count of its tokens unexpired at ``now``."""
+        ...
+
+    def get_user_by_id(self, user_id: str) -> UserRecord | None: ...
+    def list_users(self, *, now: float) -> list[UserRecord]: ...
+
+    def add_user_token(self, token: UserTokenRecord, *, now: float, max_tokens: int) -> None:
+        """Store a user's new token, forgetting its expired ones in the same transaction.
+
+        Raises NotFoundError (no such user, or revoked), DuplicateIdError (the id is taken) or
+        StoreError (the user holds ``max_tokens`` unexpired tokens already).
+        """
+        ...
+
+    def get_user_token(self, token_id: str) -> tuple[UserTokenRecord, UserRecord] | None:
+        """A token and its user, in one indexed read."""
+        ...
+
+    def revoke_user(self, name: str, *, now: float) -> UserRecord:
+        """Mark a user revoked (its tokens stop working with it); bumps the revision.
+
+        Raises NotFoundError if there is no such user. Idempotent for a revoked one.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -225,8 +296,27 @@ _REVOKED_SESSIONS = """
 CREATE TABLE revoked_sessions (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 CREATE INDEX revoked_sessions_by_expiry ON revoked_sessions (expires_at);
 """
+_USERS = """
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    clusters TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE user_tokens (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    secret_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX user_tokens_by_user ON user_tokens (user_id);
+"""
 # Migrations from version N to N+1 go here, indexed by N.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA, 1: _REVOKED_SESSIONS}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA, 1: _REVOKED_SESSIONS, 2: _USERS}
 
 
 class SqliteStore:
@@ -492,8 +582,135 @@ class SqliteStore:
         ).fetchone()
         return row is not None
 
+    # ------------------------------------------------------------------ users
+
+    def add_user(self, user: UserRecord) -> None:
+        with self._transaction() as db:
+            old = db.execute("SELECT revoked_at FROM users WHERE name = ?", (user.name,)).fetchone()
+            if old is not None and old["revoked_at"] is None:
+                raise UserExistsError(user.name)
+            db.execute("DELETE FROM users WHERE name = ?", (user.name,))  # tokens cascade
+            try:
+                db.execute(
+                    "INSERT INTO users (name, id, role, clusters, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        user.name,
+                        user.id,
+                        user.role,
+                        None if user.clusters is None else json.dumps(list(user.clusters)),
+                        user.created_at,
+                        user.expires_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as error:
+                raise DuplicateIdError(f"user id {user.id} exists") from error
+            self._bump(db)
+
+    _USER_COLUMNS = (
+        "SELECT users.*, (SELECT COUNT(*) FROM user_tokens t WHERE t.user_id = users.id"
+        " AND t.expires_at > ? AND users.revoked_at IS NULL) AS live_tokens FROM users"
+    )
+
+    def get_user(self, name: str, *, now: float) -> UserRecord | None:
+        row = self._db.execute(
+            f"{self._USER_COLUMNS} WHERE name = ?",
+            (now, name),
+        ).fetchone()
+        return None if row is None else _user(row)
+
+    def get_user_by_id(self, user_id: str) -> UserRecord | None:
+        row = self._db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        return None if row is None else _user(row)
+
+    def list_users(self, *, now: float) -> list[UserRecord]:
+        rows = self._db.execute(
+            f"{self._USER_COLUMNS} ORDER BY name",
+            (now,),
+        )
+        return [_user(row) for row in rows]
+
+    def add_user_token(self, token: UserTokenRecord, *, now: float, max_tokens: int) -> None:
+        with self._transaction() as db:
+            user = db.execute(
+                "SELECT revoked_at FROM users WHERE id = ?", (token.user_id,)
+            ).fetchone()
+            if user is None or user["revoked_at"] is not None:
+                raise NotFoundError(f"no active user with id {token.user_id!r}")
+            db.execute(
+                "DELETE FROM user_tokens WHERE user_id = ? AND expires_at <= ?",
+                (token.user_id, now),
+            )
+            held = db.execute(
+                "SELECT COUNT(*) FROM user_tokens WHERE user_id = ?", (token.user_id,)
+            ).fetchone()[0]
+            if held >= max_tokens:
+                raise StoreError(
+                    f"the user holds {held} unexpired tokens, the most allowed: revoke it and"
+                    " create it again to start afresh"
+                )
+            try:
+                db.execute(
+                    "INSERT INTO user_tokens (id, user_id, secret_hash, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        token.id,
+                        token.user_id,
+                        token.secret_hash,
+                        token.created_at,
+                        token.expires_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as error:
+                raise DuplicateIdError(f"user token id {token.id} exists") from error
+
+    def get_user_token(self, token_id: str) -> tuple[UserTokenRecord, UserRecord] | None:
+        row = self._db.execute(
+            "SELECT t.id AS token_id, t.secret_hash, t.created_at AS token_created_at,"
+            " t.expires_at AS token_expires_at, users.* FROM user_tokens t"
+            " JOIN users ON users.id = t.user_id WHERE t.id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        token = UserTokenRecord(
+            id=row["token_id"],
+            user_id=row["id"],
+            secret_hash=row["secret_hash"],
+            created_at=row["token_created_at"],
+            expires_at=row["token_expires_at"],
+        )
+        return token, _user(row)
+
+    def revoke_user(self, name: str, *, now: float) -> UserRecord:
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no user named {name!r}")
+            # Its tokens stay (bounded per user) so that one presented later is refused as the
+            # token of a revoked user, not as an unknown one; `add_user` of the name drops them.
+            if row["revoked_at"] is None:
+                db.execute("UPDATE users SET revoked_at = ? WHERE name = ?", (now, name))
+            self._bump(db)
+            return _user(db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+
     def close(self) -> None:
         self._db.close()
+
+
+def _user(row: sqlite3.Row) -> UserRecord:
+    clusters = row["clusters"]
+    keys = row.keys()
+    return UserRecord(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        clusters=None if clusters is None else tuple(json.loads(clusters)),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        tokens=int(row["live_tokens"]) if "live_tokens" in keys else 0,
+    )
 
 
 def _insert_certificate(db: sqlite3.Connection, certificate: CertificateRecord) -> None:

@@ -1,4 +1,6 @@
-"""The REST API under ``/api/v1/``, its OpenAPI document and the live event stream.
+"""The REST API under ``/api/v1/``: handlers, OpenAPI document, live events, node proxy.
+
+``access`` says who may call them.
 
 ``setup(app)`` mounts it; it needs the store, the tunnel endpoint (sessions) and the status
 service (history) set up first. See docs/api.md.
@@ -10,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnel_server.api import events, openapi, routes
+from tunnel_server.api import access, events, node_proxy, openapi, routes
 from tunnel_server.api.hub import EventHub
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.signer import SessionSigner
@@ -42,7 +44,9 @@ def setup(
     app[API_SETTINGS_KEY] = settings
     app[SIGNER_KEY] = SessionSigner.load_or_create(app[SETTINGS_KEY].data_dir)
     app.middlewares.append(api_errors)
+    access.setup(app)
     routes.add_routes(app)
+    node_proxy.setup(app, settings=app[SETTINGS_KEY].node_proxy)
     app.router.add_get("/api/openapi.json", openapi.serve)
     table = NodeTable(
         store=app[STORE_KEY],

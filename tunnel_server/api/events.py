@@ -11,7 +11,10 @@ first gets a ``snapshot`` with every row. Events::
     event: revoked    data: {"error": "session_revoked", "message": ...}   (then the stream ends)
 
 A session's streams end with ``revoked`` as soon as it signs out (``DELETE
-/api/v1/sessions/current`` calls ``EventHub.end_session``).
+/api/v1/sessions/current`` calls ``EventHub.end_session``). Any stream whose credential stops
+working ends with ``revoked`` too (its ``error`` says why: ``user_revoked``, ...): when the store's
+revision moves (a user revoked by ``tunnel-server users revoke`` in another process), every
+live stream's credential is checked again. Every role may read the stream.
 
 A subscriber whose queue is full (a stalled browser) is dropped; the console reconnects and
 gets a new snapshot. Browsers' ``EventSource`` cannot send an Authorization header, so the
@@ -27,19 +30,21 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from tunnel_server.api.auth import authenticate
+from tunnel_server.api import access, auth
 from tunnel_server.api.hub import EventHub, sse_event
-from tunnel_server.app_keys import HUB_KEY
-from tunnel_server.web.errors import SECURITY_HEADERS
+from tunnel_server.app_keys import EVENT_STREAMS_KEY, HUB_KEY, SETTINGS_KEY, STORE_KEY
+from tunnel_server.web.errors import SECURITY_HEADERS, ApiError
 
 log = logging.getLogger("tunnel_server.api.events")
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events``: the live stream."""
-    caller = authenticate(request)
+    caller = access.require(request, "read")
     hub = request.app[HUB_KEY]
     queue = hub.subscribe(session_id=caller.session_id)
+    streams = request.app[EVENT_STREAMS_KEY]
+    streams[queue] = auth.bearer(request)
     try:
         response = web.StreamResponse(
             headers={
@@ -57,6 +62,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         hub.unsubscribe(queue)
+        streams.pop(queue, None)
     return response
 
 
@@ -85,15 +91,48 @@ async def _stream(
         yield item
 
 
+async def _recheck_credentials(app: web.Application) -> None:
+    """End the streams whose credential stopped working, each time the store's revision moves."""
+    store = app[STORE_KEY]
+    hub = app[HUB_KEY]
+    streams = app[EVENT_STREAMS_KEY]
+    interval = app[SETTINGS_KEY].store_poll_interval
+    seen = store.revision()
+    while True:
+        await asyncio.sleep(interval)
+        current = store.revision()
+        if current == seen:
+            continue
+        seen = current
+        now = time.time()
+        for queue, token in list(streams.items()):
+            try:
+                auth.identify(app, token, now=now)
+            except ApiError as refused:
+                log.info("ending a live stream: %s", refused.code)
+                hub.unsubscribe(queue)
+                del streams[queue]
+                while not queue.empty():  # batches it has not sent yet no longer matter
+                    queue.get_nowait()
+                body = {"error": refused.code, "message": refused.message}
+                queue.put_nowait(sse_event("revoked", body))
+                queue.put_nowait(None)
+
+
 def setup(app: web.Application, hub: EventHub) -> None:
     app[HUB_KEY] = hub
+    app[EVENT_STREAMS_KEY] = {}
     app.router.add_get("/api/v1/events", events)
 
     async def background(_app: web.Application) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as group:
-            task = group.create_task(hub.run(), name="api.event-hub")
+            tasks = [
+                group.create_task(hub.run(), name="api.event-hub"),
+                group.create_task(_recheck_credentials(app), name="api.event-credentials"),
+            ]
             yield
-            task.cancel()
+            for task in tasks:
+                task.cancel()
 
     app.cleanup_ctx.append(background)
 

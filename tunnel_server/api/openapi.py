@@ -36,7 +36,12 @@ def _error(description: str) -> dict[str, Any]:
 
 _UNAUTHENTICATED = _error(
     "No, a wrong, an expired or a signed-out credential (codes: unauthenticated, "
-    "invalid_token, invalid_session, session_expired, session_revoked)"
+    "invalid_token, token_expired, user_revoked, user_expired, user_unknown, invalid_session, "
+    "session_expired, session_revoked)"
+)
+_FORBIDDEN = _error(
+    "The caller's role may not do this, or the cluster is outside its scope (codes: "
+    "forbidden, cluster_out_of_scope); docs/security.md has the table"
 )
 
 _TIME = _nullable("string", format="date-time")
@@ -177,11 +182,29 @@ SCHEMAS: dict[str, Any] = {
     },
     "Session": {
         "type": "object",
-        "required": ["token", "expires_at", "ttl_seconds"],
+        "required": ["token", "expires_at", "ttl_seconds", "user", "role", "clusters"],
         "properties": {
             "token": {"type": "string"},
             "expires_at": {"type": "string", "format": "date-time"},
             "ttl_seconds": {"type": "number"},
+            "user": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "operator", "viewer"]},
+            "clusters": {
+                "type": "array",
+                "nullable": True,
+                "items": {"type": "string"},
+                "description": "the clusters the user may reach; null: every cluster",
+            },
+        },
+    },
+    "Me": {
+        "type": "object",
+        "required": ["user", "role", "clusters", "expires_at"],
+        "properties": {
+            "user": {"type": "string", "description": "'admin' for the bootstrap admin token"},
+            "role": {"type": "string", "enum": ["admin", "operator", "viewer"]},
+            "clusters": {"type": "array", "nullable": True, "items": {"type": "string"}},
+            "expires_at": _TIME,
         },
     },
     "Token": {
@@ -271,6 +294,7 @@ def _op(
     operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
     if auth:
         responses["401"] = _UNAUTHENTICATED
+        responses.setdefault("403", _FORBIDDEN)
     else:
         operation["security"] = []
     if parameters:
@@ -329,9 +353,10 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "title": "EdgeFleet tunnel server API",
             "version": __version__,
             "description": "Nodes, their status and history, bootstrap tokens, and live "
-            "changes. Authenticate with 'Authorization: Bearer <admin token>' or a console "
-            "session token from POST /api/v1/sessions. Errors are JSON "
-            '{"error": code, "message": text}. See docs/api.md.',
+            "changes. Authenticate with 'Authorization: Bearer <token>': the admin token, a "
+            "user token (tunnel-server users create) or a console session token from POST "
+            "/api/v1/sessions. Roles admin, operator and viewer; docs/security.md has who may "
+            'call what. Errors are JSON {"error": code, "message": text}. See docs/api.md.',
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -352,12 +377,22 @@ def _paths(
     return {
         "/api/v1/sessions": {
             "post": _op(
-                "Exchange the admin token for a console session token",
+                "Exchange the admin token or a user token for a console session token that "
+                "acts as that caller (same role and scope; it never outlives that token)",
                 {
-                    "201": _json(_ref("Session"), "The session token and its expiry"),
-                    "403": _error("A session token cannot make a session"),
+                    "201": _json(_ref("Session"), "The session token, its expiry and its user"),
+                    "403": _error(
+                        "A session token cannot make a session (code: admin_token_required)"
+                    ),
                 },
                 op_id="createSession",
+            )
+        },
+        "/api/v1/me": {
+            "get": _op(
+                "Who the credential sent is: user, role, cluster scope, expiry",
+                {"200": _json(_ref("Me"), "The caller")},
+                op_id="getMe",
             )
         },
         "/api/v1/sessions/current": {

@@ -9,7 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnel_server.api.auth import authenticate, is_admin, session_token
+from tunnel_server.api import access
+from tunnel_server.api.auth import session_token
+from tunnel_server.api.signer import ADMIN_PRINCIPAL
 from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
 from tunnel_server.app_keys import (
     API_SETTINGS_KEY,
@@ -79,23 +81,53 @@ def _node_name(request: web.Request) -> str:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    """Exchange the admin token for a console session token."""
+    """Exchange the admin token or a user token for a console session token of that caller."""
     # It takes no body: one is bounded like every other (a 10 MB upload gets 413, not 201).
     await refuse_large_body(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
-    if not is_admin(request):
-        authenticate(request)  # says what is wrong with what was sent
+    caller = access.authenticate(request)
+    if caller.session_id is not None:
+        access.count_failure(request.app, "admin_token_required")
         raise ApiError(
             403,
             "admin_token_required",
-            "a session is made from the admin token, not from another session: sign in again",
+            "a session is made from the admin token or a user token, not from another session: "
+            "sign in again",
         )
     settings = request.app[API_SETTINGS_KEY]
-    token, expires = request.app[SIGNER_KEY].issue(now=time.time(), ttl=settings.session_ttl)
-    log.info("console session created", extra={"kv": {"peer": request.remote}})
+    now = time.time()
+    # A session never outlives the token that made it.
+    ttl = settings.session_ttl
+    if caller.expires_at is not None:
+        ttl = min(ttl, caller.expires_at - now)
+    principal = caller.user_id or ADMIN_PRINCIPAL
+    token, expires = request.app[SIGNER_KEY].issue(now=now, ttl=ttl, principal=principal)
+    log.info(
+        "console session created",
+        extra={"kv": {"peer": request.remote, "user": caller.name, "role": caller.role}},
+    )
     return web.json_response(
-        {"token": token, "expires_at": iso(expires), "ttl_seconds": settings.session_ttl},
+        {
+            "token": token,
+            "expires_at": iso(expires),
+            "ttl_seconds": expires - now,
+            **_whoami(caller),
+        },
         status=201,
     )
+
+
+def _whoami(caller: access.Caller) -> dict[str, Any]:
+    return {
+        "user": caller.name,
+        "role": caller.role,
+        "clusters": None if caller.clusters is None else sorted(caller.clusters),
+    }
+
+
+async def get_me(request: web.Request) -> web.Response:
+    """Who the credential sent is: name, role, cluster scope and expiry (for the console)."""
+    caller = access.require(request, "read")
+    return web.json_response({**_whoami(caller), "expires_at": iso(caller.expires_at)})
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -107,17 +139,17 @@ async def delete_session(request: web.Request) -> web.Response:
     signer = request.app[SIGNER_KEY]
     token = session_token(request)
     now = time.time()
-    expires = None if token is None else signer.check(token, now=now)
-    if token is None or expires is None:
-        authenticate(request)  # says what is wrong with what was sent
+    claim = None if token is None else signer.check(token, now=now)
+    if token is None or claim is None:
+        access.authenticate(request)  # says what is wrong with what was sent
         raise ApiError(
             403,
             "session_token_required",
             "only a console session signs out; the admin token is not a session (it stays "
             "valid until the server's data dir is reset)",
         )
-    session_id = signer.session_id(token)
-    request.app[STORE_KEY].revoke_session(session_id, expires_at=expires, now=now)
+    session_id = claim.session_id
+    request.app[STORE_KEY].revoke_session(session_id, expires_at=claim.expires_at, now=now)
     streams = request.app[HUB_KEY].end_session(session_id)
     log.info(
         "console session signed out", extra={"kv": {"peer": request.remote, "streams": streams}}
@@ -129,13 +161,13 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def get_overview(request: web.Request) -> web.Response:
-    authenticate(request)
+    access.require(request, "read")
     now = time.time()
     return web.json_response(overview(rows(request.app, now), now=now))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    authenticate(request)
+    access.require(request, "read")
     settings = request.app[API_SETTINGS_KEY]
     limit = _int_param(request, "limit", 1000, 1, settings.max_page)
     offset = _int_param(request, "offset", 0, 0, 10**9)
@@ -163,7 +195,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    authenticate(request)
+    access.require(request, "read")
     name = _node_name(request)
     node = request.app[STORE_KEY].get_node(name)
     if node is None:
@@ -195,7 +227,7 @@ async def get_node(request: web.Request) -> web.Response:
 
 
 async def node_history(request: web.Request) -> web.Response:
-    authenticate(request)
+    access.require(request, "read")
     name = _node_name(request)
     history = request.app[HISTORY_KEY]
     retention = int(history.settings.history_retention)
@@ -233,7 +265,7 @@ def _token_row(record: Any, now: float) -> dict[str, Any]:  # noqa: ANN401 - a T
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    authenticate(request)
+    access.require(request, "admin")
     now = time.time()
     records = request.app[STORE_KEY].list_tokens()
     return web.json_response({"tokens": [_token_row(r, now) for r in reversed(records)]})
@@ -287,7 +319,7 @@ def _free_name(store: Store, name: str, *, replace: bool) -> None:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    authenticate(request)
+    access.require(request, "admin")
     settings = request.app[SETTINGS_KEY]
     data = await read_json_object(request, limit=request.app[API_SETTINGS_KEY].max_body_bytes)
     spec = _token_spec(data, settings.join.max_token_ttl)
@@ -317,6 +349,7 @@ async def create_token(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/sessions", create_session)
     app.router.add_delete("/api/v1/sessions/current", delete_session)
+    app.router.add_get("/api/v1/me", get_me)
     app.router.add_get("/api/v1/overview", get_overview)
     app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_get("/api/v1/nodes/{name}", get_node)

@@ -3,10 +3,11 @@
 - ``endpoint``: ``GET /tunnel``, admission, and the live ``sessions``;
 - ``agent_services``: the streams an agent opens towards the cloud (``renew``; the status,
   kube and twins parts add theirs);
-- ``node_proxy`` and ``http_over_stream``: an operator's HTTP request to a service on a node;
+- ``http_over_stream``: one HTTP exchange over a stream (the API's node proxy,
+  ``tunnel_server.api.node_proxy``, uses it to reach a service on a node);
 - ``tls_buffer``: the elastic TLS read buffer of the server's connections.
 
-``setup(app)`` mounts the endpoint and the node proxy; it needs the settings, registry, store
+``setup(app)`` mounts the endpoint; it needs the settings, registry, store
 and authority keys set (see ``tunnel_server.app``).
 """
 
@@ -18,19 +19,14 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from tunnel_protocol import TunnelSettings
-    from tunnel_server.settings import NodeProxySettings
 
 __all__ = ["setup"]
 
 
-def setup(
-    app: web.Application, *, tunnel_settings: TunnelSettings, node_proxy: NodeProxySettings
-) -> None:
-    """Mount ``/tunnel`` (with the agent services table) and the node proxy."""
+def setup(app: web.Application, *, tunnel_settings: TunnelSettings) -> None:
+    """Mount ``/tunnel`` (with the agent services table)."""
     # Imported here: the CLI's token and nodes commands import tls_buffer from this package
     # and must not pay for aiohttp.
     from tunnel_server.tunnel import endpoint  # noqa: PLC0415 - see above
-    from tunnel_server.tunnel import node_proxy as proxy  # noqa: PLC0415 - see above
 
     endpoint.setup(app, tunnel_settings=tunnel_settings)
-    proxy.setup(app, settings=node_proxy)

@@ -1,7 +1,8 @@
 """REST routes of device twins: list and show devices, read and patch twins.
 
-- Every call needs ``Authorization: Bearer <token>``: the admin token or a console session
-  token, checked by the REST API's own ``authenticate`` (tunnel_server/api/auth.py).
+- Every call needs ``Authorization: Bearer <token>`` (the admin token, a user token or a console
+  session), checked by the REST API's ``access.require``: reads need any role, writes (PATCH
+  of desired, move) operator or admin (docs/security.md). Devices are node-level: no scope.
 - A device's id is ``<node>:<device>``: device ids are unique per node, not across the fleet,
   and a node can only ever write its own devices. A bare device id is accepted when exactly
   one node has it.
@@ -29,7 +30,7 @@ from device_models import (
     ValidationError,
     VersionConflictError,
 )
-from tunnel_server.api.auth import authenticate
+from tunnel_server.api import access
 from tunnel_server.app_keys import TWINS_KEY
 from tunnel_server.twins.service import (
     DEVICE_ID,
@@ -134,9 +135,13 @@ def twin_json(row: DeviceRow) -> JsonObject:
 # ---------------------------------------------------------------------- handlers
 
 
-async def _guarded(request: web.Request, handler: Any) -> web.StreamResponse:  # noqa: ANN401 - any handler
+async def _guarded(
+    request: web.Request,
+    handler: Any,  # noqa: ANN401 - any handler
+    verb: access.Verb = "read",
+) -> web.StreamResponse:
     try:
-        authenticate(request)  # the admin token or a console session, as everywhere in /api
+        access.require(request, verb)  # as everywhere in /api
         response: web.StreamResponse = await handler(request)
     except ApiError as error:  # BodyError too
         return error.response()
@@ -204,7 +209,7 @@ async def _get_twin(request: web.Request) -> web.Response:
 
 
 async def patch_twin(request: web.Request) -> web.StreamResponse:
-    return await _guarded(request, _patch_twin)
+    return await _guarded(request, _patch_twin, "write")
 
 
 async def _patch_twin(request: web.Request) -> web.Response:
@@ -246,7 +251,7 @@ async def _patch_twin(request: web.Request) -> web.Response:
 
 
 async def move_device(request: web.Request) -> web.StreamResponse:
-    return await _guarded(request, _move_device)
+    return await _guarded(request, _move_device, "write")
 
 
 async def _move_device(request: web.Request) -> web.Response:

@@ -122,7 +122,7 @@ async def test_slow_reader_does_not_stall_another_stream(system: System, target:
 @pytest.mark.parametrize(
     ("path", "token", "status", "code"),
     [
-        ("/api/v1/nodes/edge-a/proxy/web/hello", "wrong.token", 401, "unauthenticated"),
+        ("/api/v1/nodes/edge-a/proxy/web/hello", "wrong.token", 401, "invalid_token"),
         ("/api/v1/nodes/nobody/proxy/web/hello", None, 404, "node_not_found"),
         ("/api/v1/nodes/edge-a/proxy/elsewhere/hello", None, 403, "target_not_allowed"),
         ("/api/v1/nodes/edge-a/proxy/closed/hello", None, 502, "target_unreachable"),

@@ -199,7 +199,7 @@ def test_a_version_1_store_migrates_with_its_data_intact(tmp_path: Path) -> None
     store = SqliteStore.open(tmp_path)
     try:
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -268,7 +268,7 @@ def test_a_migrated_store_opens_again_without_migrating(
     with caplog.at_level("INFO", logger="tunnel_server.store"):
         SqliteStore.open(tmp_path).close()
         assert [r.kv for r in caplog.records if r.message == "store schema migrated"] == [  # type: ignore[attr-defined]
-            {"version": 2}
+            {"version": version} for version in range(2, SCHEMA_VERSION + 1)
         ]
         caplog.clear()
         store = SqliteStore.open(tmp_path)  # the server, then the CLI: the second has no work

@@ -1,9 +1,12 @@
 """``/api/v1/nodes/{name}/proxy/{target}/{path}``: reach a service on an edge node.
 
-The caller authenticates with the admin bearer token. The request goes through the node's
+The caller needs role operator or admin (``access.require(..., "write")``), whatever the
+method: a GET through here reaches into a machine (a local admin page, a metrics endpoint
+with secrets in it), not into data the cloud holds. The request goes through the node's
 tunnel session to ``target``, which the *agent* resolves in its own allow-list: the cloud
-names a target, it never gives the agent an address to dial. The caller's credentials are
-not forwarded.
+names a target, it never gives the agent an address to dial. Only sessions of kind ``node``
+are reached: a registered cluster's agent is answered as not a node (its API server is
+``/clusters/{name}/``). The caller's credentials are not forwarded.
 """
 
 from __future__ import annotations
@@ -17,14 +20,8 @@ from yarl import URL
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import MAX_TARGET_LENGTH, ErrorCode, is_valid_target
-from tunnel_server.app_keys import (
-    METRICS_KEY,
-    NODE_PROXY_SETTINGS_KEY,
-    SESSIONS_KEY,
-    STORE_KEY,
-    VERIFIED_ADMIN_KEY,
-)
-from tunnel_server.identity import tokens
+from tunnel_server.api import access
+from tunnel_server.app_keys import METRICS_KEY, NODE_PROXY_SETTINGS_KEY, SESSIONS_KEY, STORE_KEY
 from tunnel_server.settings import NodeProxySettings
 from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
@@ -33,6 +30,7 @@ from tunnel_server.tunnel.http_over_stream import (
     request_head,
 )
 from tunnel_server.tunnel.sessions import AgentSession
+from tunnel_server.web.errors import ApiError
 
 log = logging.getLogger("tunnel_server.node_proxy")
 
@@ -49,33 +47,10 @@ class ProxyError(Exception):
         return web.json_response({"error": self.code, "message": str(self)}, status=self.status)
 
 
-def _bearer(request: web.Request) -> str:
-    value = request.headers.get("Authorization", "")
-    scheme, _, token = value.partition(" ")
-    return token if scheme.lower() == "bearer" else ""
-
-
-def _authenticate(request: web.Request) -> None:
-    # A verified admin token is remembered until the store changes (the revocation watcher
-    # clears the set): checking costs a SQLite read and a hash, on every proxied request.
-    bearer = _bearer(request)
-    verified = request.app[VERIFIED_ADMIN_KEY]
-    if bearer and bearer in verified:
-        return
-    if tokens.verify_admin_token(request.app[STORE_KEY], bearer):
-        verified.clear()  # one admin token: keep one entry
-        verified.add(bearer)
-        return
-    raise ProxyError(
-        401,
-        "unauthenticated",
-        "send 'Authorization: Bearer <token>' with the admin token from the server's "
-        "data dir (admin-token)",
-    )
-
-
 def _session(request: web.Request, name: str) -> AgentSession:
     session = request.app[SESSIONS_KEY].get(name)
+    if session is not None and session.identity.kind != "node":
+        raise _not_a_node(name)
     if session is not None:
         return session
     node = request.app[STORE_KEY].get_node(name)
@@ -83,11 +58,22 @@ def _session(request: web.Request, name: str) -> AgentSession:
         raise ProxyError(
             404, "node_not_found", f"no node named {name!r}: see `tunnel-server nodes`"
         )
+    if node.kind != "node":
+        raise _not_a_node(name)
     raise ProxyError(
         503,
         "node_offline",
         f"node {name!r} has no tunnel session now (state {node.state}); it reconnects by "
         "itself when it can reach this server",
+    )
+
+
+def _not_a_node(name: str) -> ProxyError:
+    return ProxyError(
+        404,
+        "not_a_node",
+        f"{name!r} is a registered cluster, not a node: the node proxy reaches services on "
+        f"edge machines; reach the cluster's API server at /clusters/{name}/",
     )
 
 
@@ -167,7 +153,10 @@ def _check_target(target: str) -> None:
 async def proxy(request: web.Request) -> web.StreamResponse:
     name, target = request.match_info["name"], request.match_info["target"]
     try:
-        _authenticate(request)
+        access.require(request, "write", cached=True)
+    except ApiError as refused:
+        return refused.response()
+    try:
         path = _forwarded_target(request, name, target)
         _check_target(target)
         head, upgrade = request_head(
@@ -190,6 +179,5 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application, *, settings: NodeProxySettings) -> None:
     app[NODE_PROXY_SETTINGS_KEY] = settings
-    app[VERIFIED_ADMIN_KEY] = set()
     app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}/{path:.*}", proxy)
     app.router.add_route("*", "/api/v1/nodes/{name}/proxy/{target}", proxy)
