@@ -9,6 +9,7 @@ it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from tests.harness import kube
 from tests.harness.procs import free_port
@@ -63,11 +65,9 @@ class Quickstart:
     def wait_started(self) -> str:
         def started() -> str:
             if self.process.poll() is not None:
-                logs = "\n".join(
-                    f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                    for p in sorted((self.data / "logs").glob("*.log"))
+                pytest.fail(
+                    f"quickstart exited {self.process.returncode}:\n{self.output()}\n{self.logs()}"
                 )
-                pytest.fail(f"quickstart exited {self.process.returncode}:\n{self.output()}{logs}")
             return self.output()
 
         return eventually(started, lambda out: STARTED in out, what="quickstart", within=600.0)
@@ -80,9 +80,28 @@ class Quickstart:
         assert self.process.stderr is not None
         self.process.stderr.close()
 
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted((self.data / "logs").glob("*.log"))
+        )
+
     def interrupt(self) -> int:
+        """Ctrl-C as a terminal sends it (to the whole group); the script's exit status."""
+        family = _family(self.process.pid)
         os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout=120)
+        try:
+            return self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            alive = []
+            for proc in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    alive.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:200]}")
+            pytest.fail(
+                "quickstart still runs 120 s after Ctrl-C; alive:\n"
+                + "\n".join(alive)
+                + f"\n{self.output()}\n{self.logs()}"
+            )
 
 
 @pytest.fixture
@@ -231,6 +250,10 @@ def test_quickstart_with_a_cluster(quickstart: Quickstart) -> None:
     match = re.search(r"KUBECONFIG=(\S+) (\S+) get pods -A", out)
     assert match, out
     kubeconfig, kubectl = match[1], match[2]
+    # A cloud user's kubeconfig (`tunnel-server kubeconfig --user`), not the admin token.
+    users = yaml.safe_load(Path(kubeconfig).read_text())["users"]
+    admin = (quickstart.data / "server" / "admin-token").read_text().strip()
+    assert [u["user"]["token"] != admin for u in users] == [True]
     family = _family(quickstart.process.pid)
     names = {p.name() for p in family}
     assert {"kube-apiserver", "kine", "kwok", "mosquitto"} <= names, names
