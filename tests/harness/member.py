@@ -511,6 +511,67 @@ class MemberCluster:
             raise ServiceError(f"{method} {path} on member {self.name}: {status} {answer}")
         return answer
 
+    def in_cluster_env(self) -> dict[str, str]:
+        """The environment Kubernetes gives a pod to find its API server.
+
+        client-go's in-cluster config reads these plus the files of
+        ``write_service_account_files``.
+        """
+        return {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.plane.port),
+        }
+
+    def write_service_account_files(
+        self, folder: Path, *, namespace: str = "default", name: str = "default"
+    ) -> Path:
+        """Write a service account's ``token``, ``ca.crt`` and ``namespace`` into ``folder``.
+
+        The same files the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount.
+        Creates the service account if missing and a long-lived token Secret that the
+        controller manager's token controller fills (so the token survives restarts of the
+        API server). Returns ``folder``.
+        """
+        if (
+            self.plane.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")[0]
+            == 404
+        ):
+            self.api(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+            )
+        secret = f"{name}-token-{secrets.token_hex(4)}"
+        self.api(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/service-account-token",
+                "metadata": {
+                    "name": secret,
+                    "annotations": {"kubernetes.io/service-account.name": name},
+                },
+            },
+        )
+        data = eventually(
+            lambda: (
+                self.api("GET", f"/api/v1/namespaces/{namespace}/secrets/{secret}").get("data")
+                or {}
+            ),
+            lambda found: "token" in found and "ca.crt" in found,
+            what=f"the token controller filling Secret {namespace}/{secret} in member {self.name}",
+            within=60.0,
+            every=0.2,
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in ("token", "ca.crt", "namespace"):
+            path = folder / key
+            path.write_bytes(base64.b64decode(data[key]))
+            path.chmod(0o600)
+        return folder
+
     # -- nodes
 
     def node(self, name: str) -> dict[str, Any]:

@@ -7,8 +7,8 @@ through kube-apiserver and kwok's kubelet API, as they would a real kubelet.
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -274,58 +274,31 @@ def test_service_account_tokens_from_the_controller_manager_authenticate(
     cluster: member.MemberCluster, namespace: str
 ) -> None:
     """The token controller signs with the API server's key; the CA is published."""
-    cluster.kubectl("create", "serviceaccount", "agent", "-n", namespace)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/service-account-token",
-        "metadata": {
-            "name": "agent-token",
-            "annotations": {"kubernetes.io/service-account.name": "agent"},
-        },
-    }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(secret))
-    data = eventually(
-        lambda: get_json(cluster, "secret", "agent-token", "-n", namespace).get("data") or {},
-        lambda found: "token" in found and "ca.crt" in found,
-        what="the token controller fills the service-account token Secret",
-        within=60.0,
-        every=0.5,
+    folder = cluster.write_service_account_files(
+        cluster.workdir / "sa-agent", namespace=namespace, name="agent"
     )
-    assert base64.b64decode(data["ca.crt"]) == cluster.plane.ca_path.read_bytes()
-    token = base64.b64decode(data["token"]).decode()
-    plane = kube.ControlPlane(
-        name=cluster.name,
-        workdir=cluster.plane.workdir,
-        port=cluster.plane.port,
-        token=token,
-        ca_path=cluster.plane.ca_path,
-        kubeconfig=cluster.plane.kubeconfig,
-        kine_port=cluster.plane.kine_port,
-    )
-    status, review = plane.request(
+    assert (folder / "namespace").read_text() == namespace
+    assert (folder / "ca.crt").read_bytes() == cluster.plane.ca_path.read_bytes()
+    as_agent = dataclasses.replace(cluster.plane, token=(folder / "token").read_text())
+    status, review = as_agent.request(
         "POST",
         "/apis/authentication.k8s.io/v1/selfsubjectreviews",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
     )
     assert status == 201, review
     assert review["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:agent"
+    assert as_agent.request("GET", "/api/v1/nodes")[0] == 403  # RBAC applies to it
     root_ca = get_json(cluster, "configmap", "kube-root-ca.crt", "-n", namespace)
     assert root_ca["data"]["ca.crt"] == cluster.plane.ca_path.read_text()
+    env = cluster.in_cluster_env()
+    assert (
+        f"https://{env['KUBERNETES_SERVICE_HOST']}:{env['KUBERNETES_SERVICE_PORT']}" == cluster.url
+    )
 
 
-@pytest.mark.timeout(START_TIMEOUT)
-def test_a_controller_restarts_with_changed_flags(
-    cluster: member.MemberCluster, namespace: str
-) -> None:
-    before = set(cluster.pids)
-    cluster.stop_process("kube-controller-manager")
-    cluster.start_process("kube-controller-manager", ["--concurrent-deployment-syncs=3"])
-    cluster.wait_ready()
-    assert "--concurrent-deployment-syncs=3" in cluster.argv("kube-controller-manager")
-    assert set(cluster.pids) != before
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("after", 2))
-    running_pods(cluster, namespace, "after", 2)
+def test_kubectl_failures_say_why(cluster: member.MemberCluster) -> None:
+    with pytest.raises(kube.KubectlError, match=r"not found"):
+        cluster.kubectl("get", "configmap", "no-such-thing", "-n", "default")
 
 
 def test_extra_flags_replace_defaults_of_the_same_name() -> None:
