@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
 import yaml
 
 from tests.harness import kube
@@ -1181,22 +1180,27 @@ def _prepare_argv(member: MemberCluster, bins: Path, spec: MemberSpec) -> None:
     member._env = {"kwok": {"HOME": str(member.workdir)}}
 
 
-@pytest.fixture
-def member_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., MemberCluster]]:
-    """``make(name, spec=None, **options)`` starts a member cluster (see ``start_member``).
+@contextlib.contextmanager
+def factory(folder_for: Callable[[str], Path]) -> Iterator[Callable[..., MemberCluster]]:
+    """``make(name, spec=None, **options)`` starts member clusters, all stopped at the end.
 
-    All are stopped when the test ends. Use it from a conftest with
-    ``from tests.harness.member import member_factory`` (and list it in ``__all__``).
+    ``folder_for(name)`` gives each its folder. The body of a pytest fixture (this module does
+    not import pytest: scripts/quickstart uses it without the test extras)::
+
+        @pytest.fixture
+        def member_factory(tmp_path_factory):
+            with member.factory(lambda n: tmp_path_factory.mktemp(f"member-{n}")) as make:
+                yield make
     """
     started: list[MemberCluster] = []
 
     def make(name: str, spec: MemberSpec | None = None, **options: Any) -> MemberCluster:
-        member = start_member(name, tmp_path_factory.mktemp(f"member-{name}"), spec, **options)
-        started.append(member)
-        return member
+        cluster = start_member(name, folder_for(name), spec, **options)
+        started.append(cluster)
+        return cluster
 
-    yield make
-    for member in started:
-        member.stop()
+    try:
+        yield make
+    finally:
+        for cluster in started:
+            cluster.stop()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.harness import kube, member
@@ -294,6 +295,18 @@ def test_service_account_tokens_from_the_controller_manager_authenticate(
     assert (
         f"https://{env['KUBERNETES_SERVICE_HOST']}:{env['KUBERNETES_SERVICE_PORT']}" == cluster.url
     )
+
+
+def test_every_process_listens_on_loopback_only(cluster: member.MemberCluster) -> None:
+    """The kubelet API kwok serves runs any command it is asked to: never on the network."""
+    listening = [
+        (psutil.Process(pid).name(), c.laddr.ip)
+        for pid in cluster.pids
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert len({name for name, _ in listening}) == 5, listening
+    assert {ip for _, ip in listening} == {"127.0.0.1"}, listening
 
 
 def test_kubectl_failures_say_why(cluster: member.MemberCluster) -> None:
