@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from tests.harness import kube, member
-from tests.harness.procs import ManagedProcess, free_port
+from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.kube
@@ -381,7 +381,7 @@ def test_an_unreachable_node_loses_its_pods(
 @pytest.mark.timeout(START_TIMEOUT)
 def test_member_clusters_start_side_by_side_and_are_independent(tmp_path: Path) -> None:
     spec = member.MemberSpec(nodes=1, node_labels={"edgefleet.test/zone": "z1"})
-    with member.member_clusters(2, tmp_path, spec) as (first, second):
+    with member.member_clusters(2, tmp_path, spec, kwok_manage="all") as (first, second):
         assert first.nodes == ["member0-node-0"]
         assert second.nodes == ["member1-node-0"]
         assert (
@@ -391,6 +391,11 @@ def test_member_clusters_start_side_by_side_and_are_independent(tmp_path: Path) 
         assert second.kubectl("get", "configmap", "only-in-first", check=False).returncode != 0
         node = get_json(second, "node", "member1-node-0")
         assert node["metadata"]["labels"]["edgefleet.test/zone"] == "z1"
+        # kwok_manage="all": a node the test adds, without the harness's label, turns Ready.
+        second.api("POST", "/api/v1/nodes", {"metadata": {"name": "added-later"}})
+        second.wait_nodes_ready(["added-later"], within=120.0)
+        with pytest.raises(ServiceError, match="kwok_manage='all'"):
+            second.make_unreachable("added-later")
         pids = first.pids + second.pids
         assert len(pids) == 10  # kine, kube-apiserver, controller manager, scheduler, kwok each
     assert not [pid for pid in pids if alive(pid)]
