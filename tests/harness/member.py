@@ -478,6 +478,8 @@ class MemberCluster:
     node_lease_seconds: int
     exec_workdir: Path
     """Where ``kubectl exec`` commands run (the local ClusterExec rule's workDir)."""
+    node_capacity: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPACITY))
+    """Capacity of the nodes the harness creates (``MemberSpec.node_capacity``)."""
     _procs: dict[str, ManagedProcess] = field(default_factory=dict)
     _argv: dict[str, list[str]] = field(default_factory=dict)
     _env: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -611,6 +613,22 @@ class MemberCluster:
             every=0.5,
             ignore=(OSError, ServiceError),
         )
+
+    def add_node(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        capacity: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create one more node like the others (kwok makes it Ready; see wait_nodes_ready)."""
+        _create_node(self, name, labels or {}, capacity or self.node_capacity)
+        self.nodes.append(name)
+
+    def remove_node(self, name: str) -> None:
+        """Delete a node object (its pods are garbage-collected by the controller manager)."""
+        self.api("DELETE", f"/api/v1/nodes/{name}")
+        self.nodes.remove(name)
 
     def label_node(self, name: str, labels: Mapping[str, str | None]) -> None:
         """Merge-patch a node's labels; a None value removes that label."""
@@ -968,6 +986,7 @@ def _launch_on(plane: kube.ControlPlane, workdir: Path, spec: MemberSpec) -> Mem
         scheduler_port=free_port(),
         node_lease_seconds=spec.node_lease_seconds,
         exec_workdir=workdir / "exec",
+        node_capacity=dict(spec.node_capacity),
     )
     try:
         plane.wait_ready(READY_TIMEOUT)

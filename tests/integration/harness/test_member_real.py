@@ -26,9 +26,8 @@ from tests.harness import kube, member
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.harness.waiting import eventually
 
-pytestmark = pytest.mark.kube
-
 START_TIMEOUT = 360  # seconds per test: a member cluster starts in 10 s idle, far more when busy
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(START_TIMEOUT)]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,6 @@ def one_pod(cluster: member.MemberCluster, namespace: str) -> str:
     return str(pod["metadata"]["name"])
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_nodes_are_ready_with_their_own_addresses(cluster: member.MemberCluster) -> None:
     nodes = get_json(cluster, "nodes")["items"]
     assert sorted(n["metadata"]["name"] for n in nodes) == sorted(cluster.nodes)
@@ -114,7 +112,6 @@ def test_nodes_are_ready_with_their_own_addresses(cluster: member.MemberCluster)
     assert {lease["metadata"]["name"] for lease in leases} >= set(cluster.nodes)
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_a_deployment_runs_on_the_fake_nodes(cluster: member.MemberCluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("web", 4))
     pods = running_pods(cluster, namespace, "web", 4)
@@ -129,7 +126,6 @@ def test_a_deployment_runs_on_the_fake_nodes(cluster: member.MemberCluster, name
     running_pods(cluster, namespace, "web", 1)
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_exec_runs_a_local_process_with_stdin(
     cluster: member.MemberCluster, namespace: str
 ) -> None:
@@ -150,7 +146,6 @@ def test_exec_runs_a_local_process_with_stdin(
     assert "exit status 3" in where.stderr
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_logs_read_a_file_and_follow_it(
     cluster: member.MemberCluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -226,7 +221,6 @@ class Sink:
         assert not self.thread.is_alive()
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_port_forward_moves_megabytes_to_a_local_server(
     cluster: member.MemberCluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -270,7 +264,6 @@ def test_port_forward_moves_megabytes_to_a_local_server(
         sink.close()
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_service_account_tokens_from_the_controller_manager_authenticate(
     cluster: member.MemberCluster, namespace: str
 ) -> None:
@@ -307,6 +300,19 @@ def test_every_process_listens_on_loopback_only(cluster: member.MemberCluster) -
     ]
     assert len({name for name, _ in listening}) == 5, listening
     assert {ip for _, ip in listening} == {"127.0.0.1"}, listening
+
+
+def test_nodes_come_and_go(cluster: member.MemberCluster) -> None:
+    cluster.add_node("alpha-extra", labels={"edgefleet.test/pool": "burst"}, capacity={"cpu": "2"})
+    cluster.wait_nodes_ready(["alpha-extra"], within=120.0)
+    node = cluster.node("alpha-extra")
+    assert node["metadata"]["labels"]["edgefleet.test/pool"] == "burst"
+    assert node["status"]["allocatable"]["cpu"] == "2"
+    assert "alpha-extra" in cluster.nodes
+    cluster.remove_node("alpha-extra")
+    assert "alpha-extra" not in cluster.nodes
+    names = {n["metadata"]["name"] for n in get_json(cluster, "nodes")["items"]}
+    assert names == set(cluster.nodes)
 
 
 def test_kubectl_failures_say_why(cluster: member.MemberCluster) -> None:
@@ -378,7 +384,6 @@ def test_an_unreachable_node_loses_its_pods(
     cluster.wait_nodes_ready([victim], within=180.0)
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_member_clusters_start_side_by_side_and_are_independent(tmp_path: Path) -> None:
     spec = member.MemberSpec(nodes=1, node_labels={"edgefleet.test/zone": "z1"})
     with member.member_clusters(2, tmp_path, spec, kwok_manage="all") as (first, second):
