@@ -774,12 +774,14 @@ class MemberCluster:
     def start_process(self, which: str, extra_args: Sequence[str] = ()) -> None:
         """(Re)start one of the member's processes, with its flags merged with ``extra_args``.
 
-        A restarted kwok has a new identity: it takes over each node lease only once the old
-        holder's lease has expired (``node_lease_seconds``), so nodes stay Ready only if the
-        controller manager's grace period is longer than that.
+        Before kwok starts, the node leases go: a restarted kwok has a new identity and would
+        otherwise wait for the old holder's leases to expire, long enough (up to the lease
+        duration plus a renewal interval) for the controller manager to call its nodes Unknown.
         """
         if which in self._procs and self._procs[which].popen.poll() is None:
             return
+        if which == "kwok":
+            self.api("DELETE", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
         if extra_args:
             argv = self._argv[which]
             self._argv[which] = [argv[0], *kube.merge_flags(argv[1:], extra_args)]

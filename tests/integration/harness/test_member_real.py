@@ -302,6 +302,33 @@ def test_every_process_listens_on_loopback_only(cluster: member.MemberCluster) -
     assert {ip for _, ip in listening} == {"127.0.0.1"}, listening
 
 
+def test_kwok_restarts_and_takes_the_node_leases_over(cluster: member.MemberCluster) -> None:
+    """A new kwok gets fresh leases rather than waiting for the old holder's to expire."""
+
+    def leases() -> dict[str, tuple[str, str]]:
+        items = get_json(cluster, "leases", "-n", "kube-node-lease")["items"]
+        return {
+            x["metadata"]["name"]: (x["metadata"]["uid"], x["spec"].get("holderIdentity", ""))
+            for x in items
+        }
+
+    before = leases()
+    cluster.stop_process("kwok")
+    cluster.start_process("kwok")
+    cluster.wait_ready()
+    after = eventually(
+        leases,
+        lambda now: all(n in now for n in cluster.nodes),
+        what="the restarted kwok holds every node lease",
+        within=120.0,
+        every=0.5,
+    )
+    for node in cluster.nodes:
+        assert after[node][0] != before[node][0], "the lease was recreated"
+        assert after[node][1] != before[node][1], "by a new holder"
+    assert all(cluster.node_condition(n) == "True" for n in cluster.nodes)
+
+
 def test_nodes_come_and_go(cluster: member.MemberCluster) -> None:
     cluster.add_node("alpha-extra", labels={"edgefleet.test/pool": "burst"}, capacity={"cpu": "2"})
     cluster.wait_nodes_ready(["alpha-extra"], within=120.0)
