@@ -440,3 +440,16 @@ def alive(pid: int) -> bool:
         return False
     # A zombie still answers signal 0 until reaped; ManagedProcess.stop waits, so none remain.
     return True
+
+
+def test_a_missing_binary_is_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partial = tmp_path / "bin"
+    partial.mkdir()
+    for name in ("kube-apiserver", "kubectl", "kine", "kube-scheduler"):
+        (partial / name).symlink_to(kube.kube_bin_dir() / name)
+    monkeypatch.setenv("EDGEFLEET_KUBE_BIN", str(partial))
+    with pytest.raises(ServiceError, match=r"kube-controller-manager, kwok not found.*kube-build"):
+        member.start_member("incomplete", tmp_path / "member")
+    assert not (tmp_path / "member" / "plane").exists()
