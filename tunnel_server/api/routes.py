@@ -109,7 +109,7 @@ async def create_session(request: web.Request) -> web.Response:
         {
             "token": token,
             "expires_at": iso(expires),
-            "ttl_seconds": expires - now,
+            "ttl_seconds": round(expires - now),
             **_whoami(caller),
         },
         status=201,
