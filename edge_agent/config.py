@@ -29,6 +29,12 @@ Example, with the defaults spelled out::
     admin_password_file = "/etc/edge-agent/mqtt-admin-password"
     claim_password_file = "/etc/edge-agent/mqtt-claim-password"
 
+Cluster mode (an agent that serves a whole member cluster; no ``[kube]`` proxy then)::
+
+    [cluster]
+    in_cluster = true         # or: kubeconfig = "/path/to/kubeconfig" (+ context = "name")
+    interval = 10.0           # seconds between cluster status reports
+
 Every key and its default is in docs/agent-config.md.
 """
 
@@ -40,6 +46,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
 from edge_agent.settings import (
     AgentSettings,
@@ -268,6 +275,67 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
     )
 
 
+CLUSTER_TARGET = "kube-apiserver"
+"""The tunnel target a cluster-mode agent serves itself (never in ``[tunnel.targets]``)."""
+_CLUSTER_PATHS = ("kubeconfig", "service_account_dir")
+_CLUSTER_RANGES = {
+    "interval": (1.0, 86400.0),
+    "token_reload": (1.0, 3600.0),
+    "connect_timeout": (0.1, 600.0),
+    "head_timeout": (0.1, 3600.0),
+    "request_timeout": (0.1, 3600.0),
+    "max_head_bytes": (1024, 1024 * 1024),
+    "max_json_bytes": (1024, 1024 * 1024 * 1024),
+}
+
+
+def _cluster(raw: object, where: str) -> ClusterSettings:
+    """The ``[cluster]`` table: how to reach the member API server, and the report interval."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    raw = dict(raw)
+    paths: dict[str, Any] = {}
+    for name in _CLUSTER_PATHS:
+        if name in raw:
+            value = raw.pop(name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}.{name}: expected a path, got {value!r}")
+            paths[name] = Path(value)
+    values = _fields(ClusterSettings, raw, where, skip=frozenset(_CLUSTER_PATHS))
+    for name, (low, high) in _CLUSTER_RANGES.items():
+        if name in values:
+            _check_range(where, name, values[name], low, high)
+    in_cluster = bool(values.get("in_cluster", False))
+    kubeconfig = paths.get("kubeconfig")
+    if in_cluster == (kubeconfig is not None):
+        raise ConfigError(
+            f"{where}: say how the agent reaches the member API server: either in_cluster = "
+            'true (its pod\'s service account) or kubeconfig = "/path/to/kubeconfig", not '
+            + ("both" if in_cluster else "neither")
+        )
+    if values.get("context") and kubeconfig is None:
+        raise ConfigError(f"{where}.context: only with kubeconfig (in_cluster has no contexts)")
+    return ClusterSettings(**values, **paths)
+
+
+def _check_cluster_mode(
+    cluster: ClusterSettings | None, kube: KubeSettings, tunnel: TunnelClientSettings, where: str
+) -> None:
+    """Cluster mode excludes what only a node runs, and owns the ``kube-apiserver`` target."""
+    if cluster is None:
+        return
+    if kube.enabled:
+        raise ConfigError(
+            f"{where}: [cluster] and [kube] enabled = true exclude each other: a cluster agent "
+            "serves its member API server to the cloud and runs no kube cache; remove one"
+        )
+    if CLUSTER_TARGET in tunnel.targets:
+        raise ConfigError(
+            f"{where}: tunnel.targets.{CLUSTER_TARGET}: in cluster mode the agent serves this "
+            "target itself (from [cluster]); remove it from [tunnel.targets]"
+        )
+
+
 def _table(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     """Take the ``[name]`` table out of ``raw`` (empty if absent); refuse a plain value."""
     value = raw.pop(name, {})
@@ -310,8 +378,16 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
             _check_range(f"{where}: [node_status]", name, status_values[name], 1.0, 86400.0)
     node_status = NodeStatusSettings(**status_values)
     twins = _twins(raw.pop("twins", {}), f"{where}: [twins]")
+    cluster = _cluster(raw.pop("cluster"), f"{where}: [cluster]") if "cluster" in raw else None
+    _check_cluster_mode(cluster, kube, tunnel, where)
     top = _fields(AgentSettings, raw, where)
     top.update(overrides or {})
     return AgentSettings(
-        tunnel=tunnel, local_api=local_api, kube=kube, node_status=node_status, twins=twins, **top
+        tunnel=tunnel,
+        local_api=local_api,
+        kube=kube,
+        node_status=node_status,
+        twins=twins,
+        cluster=cluster,
+        **top,
     )

@@ -9,7 +9,10 @@ The parts and who owns them:
 * the kube proxy (``kubecache``, ``[kube]``): started inside the task group, since in tunnel
   mode it waits for the first session;
 * device twins (``twins``, ``twin_link``, ``[twins]``): the MQTT service on the broker and its
-  sync link to the cloud over the tunnel.
+  sync link to the cloud over the tunnel;
+* cluster mode (``cluster``, ``[cluster]``): the built-in tunnel target ``kube-apiserver``,
+  the agent's own reads of the member API server (``GetJson``) and, when
+  ``edge_agent.cluster.status`` is there, the ``cluster.*`` status source.
 
 All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
@@ -21,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import prometheus_client
 import yaml
@@ -32,12 +37,23 @@ from aiohttp import web
 
 from daemon_support import systemd
 from edge_agent import config
+from edge_agent.cluster import (
+    TARGET,
+    ApiServerMetrics,
+    ApiServerTarget,
+    CredentialsError,
+    GetJson,
+    MemberApi,
+    MemberApiError,
+)
+from edge_agent.cluster import credentials as cluster_credentials
+from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
 from edge_agent.local_api import READY_KEY, create_app
 from edge_agent.node_status import NodeStatusReporter
-from edge_agent.settings import AgentSettings
+from edge_agent.settings import AgentSettings, NodeStatusSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
 from edge_agent.twin_link import CloudTwinLink
@@ -79,6 +95,45 @@ def check_startable(settings: AgentSettings) -> None:
             Identity.load(settings.data_dir)
         except (OSError, ValueError, NotJoinedError) as error:
             raise config.ConfigError(f"[twins] cannot start: {error}") from None
+    if settings.cluster is not None:
+        _check_cluster_startable(settings.cluster, settings)
+
+
+def _check_cluster_startable(cluster: ClusterSettings, settings: AgentSettings) -> None:
+    try:
+        cluster_credentials.load(cluster)
+    except CredentialsError as error:
+        raise config.ConfigError(f"[cluster] cannot start: {error}") from None
+    try:
+        identity = Identity.load(settings.data_dir)
+    except (NotJoinedError, OSError, ValueError):
+        return  # not joined yet: the tunnel client says so and waits for a join
+    if identity.kind != "cluster":
+        raise config.ConfigError(
+            f"[cluster] cannot start: this agent joined as {identity.kind} {identity.name!r}; "
+            "a cluster agent joins with a token made by `tunnel-server token create --kind "
+            "cluster --name NAME` (or remove [cluster] to run as a node)"
+        )
+
+
+class ClusterStatusSource(Protocol):
+    """The cluster status collector's interface (``edge_agent.cluster.status``)."""
+
+    async def run(self) -> None: ...
+
+    def metrics(self) -> dict[str, object]: ...
+
+
+def cluster_status_source(get_json: GetJson, interval: float) -> ClusterStatusSource | None:
+    """``edge_agent.cluster.status.ClusterStatusSource``, or None while that module is absent."""
+    try:
+        module = importlib.import_module("edge_agent.cluster.status")
+    except ModuleNotFoundError as error:
+        if error.name != "edge_agent.cluster.status":
+            raise
+        return None
+    source: ClusterStatusSource = module.ClusterStatusSource(get_json=get_json, interval=interval)
+    return source
 
 
 @dataclasses.dataclass
@@ -151,6 +206,68 @@ class _TwinsPart:
         ready["twins"] = True
 
 
+@dataclasses.dataclass
+class _ClusterPart:
+    """Cluster mode (``[cluster]``): the ``kube-apiserver`` target, ``GetJson``, the status."""
+
+    target: ApiServerTarget
+    api: MemberApi
+    source: ClusterStatusSource | None
+    version: str | None = None
+
+    @classmethod
+    def start(
+        cls,
+        settings: ClusterSettings,
+        client: TunnelClient,
+        registry: prometheus_client.CollectorRegistry,
+    ) -> _ClusterPart:
+        """Wire the target into the tunnel client; the API client opens in ``run``."""
+        credentials = cluster_credentials.load(settings)
+        target = ApiServerTarget(
+            settings=settings, credentials=credentials, metrics=ApiServerMetrics(registry)
+        )
+        client.builtin_targets[TARGET] = target.serve
+        api = MemberApi(credentials=credentials, settings=settings)
+        source = cluster_status_source(api.get_json, settings.interval)
+        if source is None:
+            log.warning("no cluster status collector in this build: not reporting cluster.*")
+        return cls(target=target, api=api, source=source)
+
+    def status(self) -> dict[str, object]:
+        """The ``cluster`` section of /status."""
+        return {
+            **self.target.status(),
+            "version": self.version,
+            "reporting": self.source is not None,
+        }
+
+    def start_tasks(
+        self, group: asyncio.TaskGroup, ready: dict[str, bool], status: NodeStatusSettings
+    ) -> list[asyncio.Task[None]]:
+        """The readiness probe and the status collector, as named tasks of ``group``."""
+        probe = self.mark_ready(ready, retry=status.retry_delay)
+        tasks = [group.create_task(probe, name="agent.cluster-ready")]
+        if self.source is not None:
+            tasks.append(group.create_task(self.source.run(), name="agent.cluster-status"))
+        return tasks
+
+    async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
+        """Ready once the member API server answered ``/version`` with our credentials."""
+        while True:
+            try:
+                answer = await self.api.get_json("/version")
+            except MemberApiError as error:
+                log.warning("member API server not usable yet: %s", error)
+                await asyncio.sleep(retry)
+                continue
+            if isinstance(answer, dict):
+                self.version = str(answer.get("gitVersion", ""))[:64] or None
+            log.info("member API server %s reached (%s)", self.api.server, self.version)
+            ready["cluster"] = True
+            return
+
+
 @contextlib.asynccontextmanager
 async def _kube_proxy(
     settings: AgentSettings, registry: prometheus_client.CollectorRegistry, client: TunnelClient
@@ -178,21 +295,41 @@ async def _kube_proxy(
         yield proxy
 
 
+def _extra_sources(
+    kube: _KubeSection, twins: _TwinsPart | None, cluster: _ClusterPart | None
+) -> dict[str, Callable[[], dict[str, object]]]:
+    """What each part adds to the node status reports (``cache.*``, ``twins.*``...)."""
+    sources: dict[str, Callable[[], dict[str, object]]] = {}
+    if kube.enabled:
+        sources["cache"] = kube.status
+    if twins is not None:
+        sources["twins"] = twins.report
+    if cluster is not None and cluster.source is not None:
+        sources["cluster"] = cluster.source.metrics
+    return sources
+
+
 def _local_api(
     registry: prometheus_client.CollectorRegistry,
+    *,
     client: TunnelClient,
     kube: _KubeSection,
     reporter: NodeStatusReporter,
     twins: _TwinsPart | None,
+    cluster: _ClusterPart | None,
 ) -> web.Application:
     sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
     if twins is not None:
         sources["twins"] = twins.status
+    if cluster is not None:
+        sources["cluster"] = cluster.status
     app = create_app(registry=registry, sources=sources, twins=twins)
     if kube.enabled:
         app[READY_KEY]["kube_proxy"] = False
     if twins is not None:
         app[READY_KEY]["twins"] = False
+    if cluster is not None:
+        app[READY_KEY]["cluster"] = False
     return app
 
 
@@ -225,21 +362,26 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
     twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
-    extra_sources: dict[str, Callable[[], dict[str, object]]] = {}
-    if kube.enabled:
-        extra_sources["cache"] = kube.status
-    if twins is not None:
-        extra_sources["twins"] = twins.report
+    cluster = (
+        _ClusterPart.start(settings.cluster, client, registry)
+        if settings.cluster is not None
+        else None
+    )
+    extra_sources = _extra_sources(kube, twins, cluster)
     reporter = NodeStatusReporter(
         client=client,
         settings=settings.node_status,
         data_dir=settings.data_dir,
         extra_sources=extra_sources or None,
     )
-    app = _local_api(registry, client, kube, reporter, twins)
+    app = _local_api(
+        registry, client=client, kube=kube, reporter=reporter, twins=twins, cluster=cluster
+    )
     if local_api_hook is not None:
         local_api_hook(app, twins.service if twins is not None else None)
     runner = await _serve_local_api(app, settings)
+    if cluster is not None:
+        await cluster.api.open()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, client.stop)
@@ -253,6 +395,8 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
                     group.create_task(twins.service.run(), name="agent.twins"),
                     group.create_task(twins.mark_ready(app[READY_KEY]), name="agent.twins-ready"),
                 ]
+            if cluster is not None:
+                helpers += cluster.start_tasks(group, app[READY_KEY], settings.node_status)
             # Inside the group: in tunnel mode the kube proxy waits for the first session.
             async with _kube_proxy(settings, registry, client) as proxy:
                 if proxy is not None:
@@ -265,4 +409,6 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopped")
+        if cluster is not None:
+            await cluster.api.close()
         await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.kubecache.settings import KubeCacheSettings
 
 
@@ -244,3 +245,7 @@ class AgentSettings:
 
     twins: TwinsConfig = field(default_factory=TwinsConfig)
     """Device twins over MQTT (``[twins]``); off unless enabled."""
+
+    cluster: ClusterSettings | None = None
+    """Cluster mode (``[cluster]``): None is node mode; set, the agent serves the member
+    cluster's API server as the tunnel target ``kube-apiserver`` and reports its status."""

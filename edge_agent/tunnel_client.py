@@ -6,7 +6,9 @@ Rules:
   trusting only the CA pinned at join. Never the system trust store.
 * The cloud opens streams by *target name*. We dial only names in our own allow-list
   (``[tunnel.targets]``); anything else is refused with TARGET_NOT_ALLOWED, so the cloud can
-  never make this node connect anywhere the operator did not name.
+  never make this node connect anywhere the operator did not name. Parts of the agent may
+  serve a target themselves (``builtin_targets``, e.g. cluster mode's ``kube-apiserver``):
+  their handler gets the stream and answers it.
 * Reconnects back off exponentially with full jitter (a random delay in [0, ceiling]) so a
   fleet that lost the server does not return in one wave. A session that lived for
   ``healthy_after`` seconds resets the ceiling.
@@ -53,6 +55,9 @@ log = logging.getLogger("edge_agent.tunnel")
 AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
 
 SessionTask = Callable[[TunnelConnection], Awaitable[None]]
+BuiltinTarget = Callable[[TunnelStream], Awaitable[None]]
+"""Serves a stream the cloud opened to a target the agent implements itself: it must accept
+(or reject) the stream, and returns when the exchange is over."""
 
 
 class TunnelMetrics:
@@ -163,6 +168,9 @@ class TunnelClient:
         """Work that needs the tunnel (twin sync, status reports): each runs, under its name,
         for as long as a session lives, and starts again on the next session. A task that
         fails is logged and does not end the session."""
+        self.builtin_targets: dict[str, BuiltinTarget] = {}
+        """Targets a part of the agent serves itself (name -> handler), before the
+        allow-list of dialled targets is consulted; set before ``run()``."""
 
     # ------------------------------------------------------------------ public
 
@@ -177,7 +185,7 @@ class TunnelClient:
             "open_streams": connection.open_streams if connection else 0,
             "failed_attempts": self.attempts,
             "last_error": self.last_error,
-            "targets": sorted(self._settings.targets),
+            "targets": sorted({*self._settings.targets, *self.builtin_targets}),
         }
 
     def stop(self) -> None:
@@ -367,6 +375,11 @@ class TunnelClient:
 
     async def _on_stream(self, stream: TunnelStream) -> None:
         """The cloud asks for a stream to one of our targets."""
+        builtin = self.builtin_targets.get(stream.target)
+        if builtin is not None:
+            self.metrics.streams.labels("builtin").inc()
+            await builtin(stream)
+            return
         address = self._settings.targets.get(stream.target)
         if address is None:
             self.metrics.streams.labels("not_allowed").inc()

@@ -21,6 +21,9 @@ from tunnel_server import __version__, api, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
+from tunnel_server.fleet import autonomy as autonomy_part
+from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
+from tunnel_server.fleet import egress as egress_part
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -112,6 +115,12 @@ def create_app(
         tunnel.setup(app, tunnel_settings=settings.tunnel)
         twins_part.setup(app)
         status.setup(app)
-        api.setup(app, openapi_paths=twins_part.OPENAPI_PATHS)
+        api.setup(app, openapi_paths={**twins_part.OPENAPI_PATHS, **clusters_openapi.OPENAPI_PATHS})
+        cluster_proxy.setup(app, settings=settings.cluster_proxy)
+        clusters_api.setup(app)
         console.setup(app)
+        if settings.egress.uds_path is not None or settings.egress.listen is not None:
+            egress_part.setup(app, settings=settings.egress)
+        if settings.autonomy.enabled:
+            autonomy_part.setup(app, settings=settings.autonomy)
     return app

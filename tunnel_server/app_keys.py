@@ -24,9 +24,15 @@ if TYPE_CHECKING:
     from tunnel_server.api.settings import ApiSettings
     from tunnel_server.api.signer import SessionSigner
     from tunnel_server.api.table import NodeTable
+    from tunnel_server.fleet.cloud_nodes import CloudNodes
     from tunnel_server.identity.pki import CertificateAuthority
     from tunnel_server.kube.upstream import KubeUpstream
-    from tunnel_server.settings import JoinSettings, NodeProxySettings, ServerSettings
+    from tunnel_server.settings import (
+        ClusterProxySettings,
+        JoinSettings,
+        NodeProxySettings,
+        ServerSettings,
+    )
     from tunnel_server.status.history import StatusHistory
     from tunnel_server.store import Store
     from tunnel_server.tunnel.admission import Admission
@@ -84,5 +90,17 @@ EVENT_STREAMS_KEY: web.AppKey[dict[asyncio.Queue[str | None], str]] = web.AppKey
 store changes)."""
 DEVICES_KEY: web.AppKey[DevicesSource] = web.AppKey("devices_source")
 
+# fleet/
+CLUSTER_PROXY_SETTINGS_KEY: web.AppKey[ClusterProxySettings] = web.AppKey("cluster_proxy")
+CLUSTER_PROXY_REQUESTS_KEY: web.AppKey[prometheus_client.Counter] = web.AppKey(
+    "cluster_proxy_requests"
+)
+
 # console/
 FILES_KEY: web.AppKey[dict[str, bytes]] = web.AppKey("console_files")
+
+# fleet/: the egress selector and autonomy share the cloud cluster's Nodes
+CLOUD_NODES_KEY: web.AppKey[CloudNodes] = web.AppKey("cloud_nodes")
+"""The cloud cluster's Nodes (addresses, kubelet port, labels), followed by a watch."""
+NODES_SYNCED_KEY: web.AppKey[asyncio.Event] = web.AppKey("cloud_nodes_synced")
+"""Set once the first list of the cloud's Nodes arrived (never without ``--kube-upstream``)."""

@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
 import time
 from datetime import UTC, datetime
@@ -29,7 +30,14 @@ from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__
 from tunnel_server.identity import tokens, users
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
-from tunnel_server.settings import DAY, JoinSettings, PkiSettings, ServerSettings
+from tunnel_server.settings import (
+    DAY,
+    AutonomySettings,
+    EgressSettings,
+    JoinSettings,
+    PkiSettings,
+    ServerSettings,
+)
 from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
 from tunnel_server.tunnel import tls_buffer
 
@@ -204,6 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
         "start (exit 2 if unusable)",
     )
     run.add_argument(
+        "--egress-uds",
+        type=Path,
+        metavar="PATH",
+        help="serve kube-apiserver's egress selector (HTTP CONNECT to edge nodes' kubelets) on "
+        "this Unix socket, mode 0600 (docs/egress.md)",
+    )
+    run.add_argument(
+        "--egress-listen",
+        type=parse_listen,
+        metavar="HOST:PORT",
+        help="serve the egress selector over TCP with mutual TLS too; needs --egress-client-ca",
+    )
+    run.add_argument(
+        "--egress-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA file: --egress-listen requires a client certificate signed by it",
+    )
+    run.add_argument(
+        "--autonomy",
+        action="store_true",
+        help="keep pods of nodes labelled edgefleet.io/autonomy=true through their outage: "
+        "serve the webhook /webhooks/autonomy and patch live pods (needs --kube-upstream; "
+        "see `tunnel-server autonomy-webhook`)",
+    )
+    run.add_argument(
         "--access-log",
         action="store_true",
         help="log every HTTP request (off by default: at scale it costs about 8%% of CPU; "
@@ -231,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_token_commands(sub)
     _add_node_commands(sub)
+    _add_autonomy_command(sub)
     _add_user_commands(sub)
     _add_kubeconfig_command(sub)
     return parser
@@ -342,6 +377,24 @@ def _add_kubeconfig_command(sub: argparse._SubParsersAction[arguments.Parser]) -
     )
 
 
+def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
+    webhook = sub.add_parser(
+        "autonomy-webhook",
+        help="print the MutatingWebhookConfiguration of `run --autonomy`",
+        description="Print YAML for `kubectl apply -f -` in the cloud cluster: pod creations go"
+        " to this server's /webhooks/autonomy, verified with its CA (failurePolicy Ignore).",
+    )
+    _data_dir_option(webhook)
+    webhook.add_argument(
+        "--server",
+        type=_server_url,
+        metavar="URL",
+        help="https://HOST[:PORT] kube-apiserver reaches this server at (default: the URL `run`"
+        " derived from --public-name and --listen); the host must be in the serving"
+        " certificate",
+    )
+
+
 def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
     token = sub.add_parser(
         "token",
@@ -394,6 +447,19 @@ def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> No
         metavar="URL",
         help="https://HOST[:PORT] agents use, for the printed join line (default: the URL"
         " `run` derived from --public-name and --listen)",
+    )
+    create.add_argument(
+        "--manifest",
+        action="store_true",
+        help="--kind cluster only: print the cluster agent's install manifest (namespace, RBAC,"
+        " the join Secret, the Deployment) with the token, server URL and CA hash filled in,"
+        " for `kubectl apply -f -` in the member cluster, instead of the bare token",
+    )
+    create.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="with --manifest: the EdgeFleet image as the member cluster pulls it (default:"
+        " localhost/edgefleet:VERSION, what packaging/image/build tags)",
     )
     _data_dir_option(
         token_sub.add_parser(
@@ -456,8 +522,16 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
+    if args.manifest and args.kind != "cluster":
+        raise UsageError("--manifest installs a cluster agent: give --kind cluster")
+    if args.image is not None and not args.manifest:
+        raise UsageError("--image goes with --manifest")
     authority, store = _open(data_dir)
     with contextlib.closing(store):
+        server = args.server or store.get_meta("public_url")
+        if args.manifest:
+            _check_manifest(args, server=server, ca_hash=authority.ca_hash())
+        server = server or "https://SERVER:8443"
         try:
             replaced = tokens.free_name(store, args.name, replace=args.replace)
         except tokens.NameInUseError as exc:
@@ -471,12 +545,56 @@ def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
             kind=args.kind, name=args.name, ttl=args.ttl, require_approval=args.require_approval
         )
         token = tokens.create_token(store, spec, now=time.time())
-        server = args.server or store.get_meta("public_url") or "https://SERVER:8443"
+    if args.manifest:
+        return _print_manifest(args, token=str(token), server=server, ca_hash=authority.ca_hash())
     print(token)  # noqa: T201 - the command's output
     print(  # noqa: T201 - the operator's next step, kept off stdout so scripts get the token only
         f"# on {args.name}, within {args.ttl:g}s:\n"
         f"edge-agent join --server {server} --token {token}"
         f" --ca-hash {authority.ca_hash()} --name {args.name}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check_manifest(args: argparse.Namespace, *, server: str | None, ca_hash: str) -> None:
+    """Refuse what cannot make a working manifest before a token is made or a node revoked."""
+    from tunnel_server.fleet import manifest  # noqa: PLC0415 - only --manifest needs it
+
+    if not server:
+        raise UsageError(
+            "the server's URL is not known yet (`tunnel-server run` records it): give --server"
+            " https://HOST[:PORT] as the member cluster reaches this server"
+        )
+    try:
+        manifest.check(server=server, ca_hash=ca_hash, image=args.image or manifest.DEFAULT_IMAGE)
+    except manifest.ManifestError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _print_manifest(args: argparse.Namespace, *, token: str, server: str, ca_hash: str) -> int:
+    from tunnel_server.fleet import manifest  # noqa: PLC0415 - only --manifest needs YAML
+
+    join = manifest.ClusterJoin(
+        name=args.name,
+        server=server,
+        ca_hash=ca_hash,
+        token=token,
+        image=args.image or manifest.DEFAULT_IMAGE,
+    )
+    try:
+        text = manifest.render(join)
+    except manifest.ManifestError as exc:
+        raise CliError(f"{exc} (the token made is unused and expires in {args.ttl:g}s)") from None
+    print(  # noqa: T201 - the command's output: a YAML stream that names what it is for
+        f"# EdgeFleet cluster agent for cluster {args.name}, joining {server}.\n"
+        f"# Holds a single-use join token valid for {args.ttl:g}s: apply it in that cluster"
+        " now, with\n#   kubectl apply -f -\n# and keep it secret until then.\n" + text,
+        end="",
+    )
+    print(  # noqa: T201 - the operator's next step, off stdout (stdout is the manifest)
+        f"# in cluster {args.name}, within {args.ttl:g}s: pipe this into `kubectl apply -f -`;"
+        f" then `tunnel-server nodes` shows {args.name} once its agent joined",
         file=sys.stderr,
     )
     return 0
@@ -828,7 +946,50 @@ def _check_kube_upstream(kubeconfig: Path) -> None:
         raise UsageError(f"--kube-upstream {kubeconfig} is unusable: {reason}") from None
 
 
-_COMMANDS = {"users": cmd_users, "kubeconfig": cmd_kubeconfig}
+def _check_fleet_flags(args: argparse.Namespace) -> None:
+    """Flags of the egress selector and autonomy that cannot work, before anything starts."""
+    if args.egress_listen is not None and args.egress_client_ca is None:
+        raise UsageError(
+            "--egress-listen needs --egress-client-ca (the CA of kube-apiserver's"
+            " client certificate)"
+        )
+    if args.egress_client_ca is not None:
+        try:
+            ssl.create_default_context(cafile=str(args.egress_client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"--egress-client-ca {args.egress_client_ca} is unusable: {exc}"
+            ) from None
+    if args.egress_uds is not None and not args.egress_uds.parent.is_dir():
+        raise UsageError(f"--egress-uds {args.egress_uds}: {args.egress_uds.parent} is no folder")
+    if args.autonomy and args.kube_upstream is None:
+        raise UsageError("--autonomy needs --kube-upstream (the cloud cluster's kubeconfig)")
+
+
+def cmd_autonomy_webhook(args: argparse.Namespace, data_dir: Path) -> int:
+    import yaml  # noqa: PLC0415 - see serve()
+
+    from tunnel_server.fleet import autonomy_rules  # noqa: PLC0415 - see serve()
+
+    authority, store = _open(data_dir)
+    with contextlib.closing(store):
+        server = args.server or store.get_meta("public_url")
+    if not server:
+        raise CliError("no server URL known: give --server https://HOST:PORT")
+    document = autonomy_rules.webhook_configuration(
+        url=server + autonomy_rules.WEBHOOK_PATH,
+        ca_pem=authority.ca_pem(),
+        timeout_seconds=AutonomySettings().webhook_timeout,
+    )
+    print(yaml.safe_dump(document, sort_keys=False), end="")  # noqa: T201 - the output
+    return 0
+
+
+_COMMANDS = {
+    "users": cmd_users,
+    "kubeconfig": cmd_kubeconfig,
+    "autonomy-webhook": cmd_autonomy_webhook,
+}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -836,6 +997,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     _check_data_dir(data_dir)
     if getattr(args, "kube_upstream", None) is not None:
         _check_kube_upstream(args.kube_upstream)
+    if args.command == "run":
+        _check_fleet_flags(args)
     if args.command in ("run", "init"):
         host, port = getattr(args, "listen", (ServerSettings().host, ServerSettings().port))
         lifetime = getattr(args, "client_cert_lifetime", ServerSettings().pki.client_lifetime)
@@ -852,6 +1015,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             max_session_setups=getattr(
                 args, "max_session_setups", ServerSettings().max_session_setups
             ),
+            egress=EgressSettings(
+                uds_path=getattr(args, "egress_uds", None),
+                listen=getattr(args, "egress_listen", None),
+                client_ca=getattr(args, "egress_client_ca", None),
+            ),
+            autonomy=AutonomySettings(enabled=getattr(args, "autonomy", False)),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 

@@ -58,6 +58,109 @@ class NodeProxySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterProxySettings:
+    open_timeout: float = 10.0
+    """Seconds to wait for a cluster agent to accept a stream to its API server (it accepts at
+    once and connects afterwards, so this is the tunnel's round trip plus a busy agent)."""
+
+    max_header_bytes: int = 64 * 1024
+    """Bytes of all request headers together (names, values, separators). kubectl sends ~1 KB;
+    64 KiB leaves room for big bearer tokens and cookies and bounds what the cloud relays. A
+    single header line is also bounded by aiohttp (8,190 bytes). More is answered 431."""
+
+    max_headers: int = 100
+    """Request headers at most (kubectl sends about ten); more is answered 431. Below
+    aiohttp's own parser limit (128), past which its parser answers a plain 400 itself."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EgressSettings:
+    """kube-apiserver's egress selector (HTTP CONNECT) to edge nodes' kubelets (docs/egress.md)."""
+
+    uds_path: Path | None = None
+    """Unix socket kube-apiserver dials (``--egress-uds``), mode 0600; None: not served."""
+
+    listen: tuple[str, int] | None = None
+    """TCP address of the mTLS listener (``--egress-listen``); None: not served."""
+
+    client_ca: Path | None = None
+    """CA file that signs the client certificates the TCP listener requires."""
+
+    kubelet_target: str = "kubelet"
+    """The agent's ``[tunnel.targets]`` name dialled for a CONNECT: the agent resolves it in its
+    own allow-list, so the cloud never hands an edge node an address to dial."""
+
+    kubelet_port: int = 10250
+    """The kubelet port expected for a node whose Node object does not say its own
+    (``status.daemonEndpoints.kubeletEndpoint.Port``): kube-apiserver's ``--kubelet-port``."""
+
+    max_head_bytes: int = 8 * 1024
+    """Bytes of a CONNECT head; kube-apiserver sends about 60. Beyond: 400 and close."""
+
+    head_timeout: float = 10.0
+    """Seconds from accept until the whole head has arrived; a silent client is closed."""
+
+    open_timeout: float = 10.0
+    """Seconds for the agent to dial its kubelet and accept the stream: milliseconds on the
+    node's loopback, plus a slow uplink's round trips."""
+
+    idle_timeout: float = 4 * 3600.0
+    """Seconds a relayed connection may carry no byte either way before it is closed; 0: never.
+    Four hours, the kubelet's own ``--streaming-connection-idle-timeout``, so an idle
+    ``kubectl exec`` is never cut here before the kubelet would cut it."""
+
+    max_per_node: int = 128
+    """CONNECTs relayed at once to one node; more get 429. Every ``logs -f``, ``exec`` and
+    ``port-forward`` holds one, and kube-apiserver opens one per request."""
+
+    tls_handshake_timeout: float = 10.0
+    """Seconds for the TLS handshake of the mTLS listener."""
+
+    shutdown_grace: float = 5.0
+    """Seconds relayed connections get to finish when the server stops."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudWatchSettings:
+    """List+watch of the cloud cluster's Nodes and Pods (egress address map, autonomy)."""
+
+    watch_timeout: int = 300
+    """Seconds the API server keeps one watch open (``timeoutSeconds``) before we renew it
+    from the last resourceVersion; five minutes, like client-go's reflector (5-10 min)."""
+
+    retry_base: float = 0.5
+    """Seconds before the first retry after a failed list or watch; doubles each time."""
+
+    retry_cap: float = 30.0
+    """Longest wait between retries, in seconds."""
+
+    max_event_bytes: int = 16 * 1024 * 1024
+    """Bytes of one watch event line; a Node with many images is ~100 KB, the API server's
+    own object limit is 1.5 MiB (etcd); beyond it the watch restarts."""
+
+    request_timeout: float = 10.0
+    """Seconds for one GET or PATCH (a list of thousands of pods fits)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutonomySettings:
+    """Pods of nodes labelled ``edgefleet.io/autonomy=true`` survive their node's outage."""
+
+    enabled: bool = False
+    """Run the controller and serve the webhook (``--autonomy``; needs ``--kube-upstream``)."""
+
+    webhook_timeout: int = 5
+    """``timeoutSeconds`` of the printed MutatingWebhookConfiguration; with
+    ``failurePolicy: Ignore`` a slow or absent server delays pod creation by at most this."""
+
+    node_lookup_timeout: float = 2.0
+    """Seconds the webhook waits for a Node it has not seen in its watch (a GET)."""
+
+    patch_concurrency: int = 8
+    """Pod patches in flight at once, so a node with thousands of pods does not flood the API."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     host: str = "0.0.0.0"  # noqa: S104 - agents connect from anywhere; the API is authenticated
     """Address to listen on. All interfaces by default: agents dial in from remote sites."""
@@ -138,3 +241,15 @@ class ServerSettings:
 
     node_proxy: NodeProxySettings = field(default_factory=NodeProxySettings)
     """The proxy to services on edge nodes."""
+
+    cluster_proxy: ClusterProxySettings = field(default_factory=ClusterProxySettings)
+    """The Kubernetes API proxy to registered clusters (``/clusters/{name}/...``)."""
+
+    egress: EgressSettings = field(default_factory=EgressSettings)
+    """kube-apiserver's egress selector to edge kubelets; off unless a socket or port is set."""
+
+    cloud_watch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
+    """How the fleet parts follow Nodes and Pods of the cloud cluster (``--kube-upstream``)."""
+
+    autonomy: AutonomySettings = field(default_factory=AutonomySettings)
+    """Eviction protection of autonomous edge nodes' pods; off unless ``--autonomy``."""

@@ -5,5 +5,26 @@ serves the member API server as the tunnel target ``kube-apiserver`` (adding its
 account's credentials to requests the cloud sends with impersonation headers) and reports the
 cluster's status (version, nodes, pods, CPU/memory, API server health) every ``interval``.
 
+* ``credentials``: address, TLS trust and the agent's own credential, from ``[cluster]``;
+* ``impersonation``: the impersonation the agent lets through (pure);
+* ``apiserver``: the ``kube-apiserver`` tunnel target (one stream = one HTTP exchange);
+* ``member_api``: ``GetJson``, the agent's own reads (for the cluster status collector).
+
 Kept apart from ``edge_agent.kubecache`` and ``edge_agent.twins`` (import-linter contract).
 """
+
+from edge_agent.cluster.apiserver import TARGET, ApiServerMetrics, ApiServerTarget
+from edge_agent.cluster.credentials import CredentialsError, MemberCredentials
+from edge_agent.cluster.member_api import GetJson, MemberApi, MemberApiError, open_member_api
+
+__all__ = [
+    "TARGET",
+    "ApiServerMetrics",
+    "ApiServerTarget",
+    "CredentialsError",
+    "GetJson",
+    "MemberApi",
+    "MemberApiError",
+    "MemberCredentials",
+    "open_member_api",
+]

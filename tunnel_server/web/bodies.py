@@ -8,8 +8,9 @@ text before ``json.loads`` runs, so a hostile body cannot make the parser recurs
 
 ``bounded_bodies`` is a middleware for the routes that take no body (GET, HEAD, DELETE,
 OPTIONS): a body there is ignored up to ``MAX_IGNORED_BODY`` bytes and refused with 413 past
-it, so such a route never answers 200 to a 10 MB upload. The node proxy is left alone: it
-streams bodies through to the node, with backpressure.
+it, so such a route never answers 200 to a 10 MB upload. The node proxy and the cluster proxy
+are left alone: they stream bodies through (a Kubernetes DELETE carries DeleteOptions), with
+backpressure.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 _READ_CHUNK = 16 * 1024
 _PROXY_MARK = "/proxy/"
 """Node proxy paths (``/api/v1/nodes/{name}/proxy/...``) carry other services' bodies."""
+_CLUSTER_PROXY_PREFIX = "/clusters/"
+"""The cluster proxy forwards every method's body to the member API server."""
 
 
 class BodyError(ApiError):
@@ -114,7 +117,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bodies sent to routes that take none are bounded too (see the module docstring)."""
-    if request.method in BODYLESS_METHODS and _PROXY_MARK not in request.path:
+    proxied = _PROXY_MARK in request.path or request.path.startswith(_CLUSTER_PROXY_PREFIX)
+    if request.method in BODYLESS_METHODS and not proxied:
         try:
             await refuse_large_body(request)
         except BodyError as refused:

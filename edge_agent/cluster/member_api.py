@@ -1,0 +1,123 @@
+"""``GetJson``: the agent's own reads of its member API server (for cluster status).
+
+``GetJson = Callable[[str], Awaitable[Any]]``: a coroutine function that GETs a path (with its
+query) on the member API server with the agent's own credentials and returns the decoded JSON.
+Non-2xx raises ``MemberApiError`` (with the status and the ``Status`` message when there is
+one); a connection failure or timeout raises ``MemberApiError`` too, so a caller handles one
+exception type. Answers are bounded (``max_json_bytes``) and the whole request is bounded in
+time (``request_timeout``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from edge_agent.cluster.credentials import CredentialsError, MemberCredentials
+from edge_agent.cluster.settings import ClusterSettings
+
+GetJson = Callable[[str], Awaitable[Any]]
+_CHUNK = 64 * 1024
+
+
+class MemberApiError(Exception):
+    """A GET of the agent's own failed; ``status`` is the HTTP status, or None (no answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _status_message(raw: bytes) -> str:
+    with contextlib.suppress(ValueError):
+        decoded = json.loads(raw)
+        if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
+            return str(decoded["message"])[:500]
+    return raw[:200].decode("utf-8", errors="replace")
+
+
+class MemberApi:
+    """One pooled HTTP client to the member API server; ``get_json`` is the ``GetJson``."""
+
+    def __init__(self, *, credentials: MemberCredentials, settings: ClusterSettings) -> None:
+        self._credentials = credentials
+        self._settings = settings
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def server(self) -> str:
+        return self._credentials.server
+
+    async def get_json(self, path: str) -> Any:  # noqa: ANN401 - decoded JSON (GetJson)
+        """GET ``path`` (``/version``, ``/api/v1/pods?limit=500``) and decode the JSON."""
+        if not path.startswith("/"):
+            raise ValueError(f"a path on the API server starts with '/': {path!r}")
+        if self._http is None:
+            raise MemberApiError("the member API client is closed")
+        try:
+            authorization = self._credentials.authorization()
+        except CredentialsError as error:
+            raise MemberApiError(str(error)) from None
+        headers = {"Accept": "application/json"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        url = self._credentials.server + path
+        try:
+            async with self._http.get(url, headers=headers, allow_redirects=False) as answer:
+                raw = await self._read(answer, path)
+                status = answer.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            raise MemberApiError(f"GET {path} on {self.server} failed: {reason}") from None
+        if not 200 <= status < 300:
+            raise MemberApiError(
+                f"GET {path} on {self.server}: HTTP {status}: {_status_message(raw)}",
+                status=status,
+            )
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise MemberApiError(f"GET {path} on {self.server}: the answer is not JSON") from None
+
+    async def _read(self, answer: aiohttp.ClientResponse, path: str) -> bytes:
+        limit = self._settings.max_json_bytes
+        if answer.content_length is not None and answer.content_length > limit:
+            raise MemberApiError(f"GET {path}: the answer is larger than {limit} bytes")
+        body = bytearray()
+        async for chunk in answer.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise MemberApiError(f"GET {path}: the answer is larger than {limit} bytes")
+        return bytes(body)
+
+    async def open(self) -> None:
+        settings = self._settings
+        connector = aiohttp.TCPConnector(ssl=self._credentials.ssl_context, limit=8)
+        self._http = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=settings.request_timeout, sock_connect=settings.connect_timeout
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+@contextlib.asynccontextmanager
+async def open_member_api(
+    *, credentials: MemberCredentials, settings: ClusterSettings
+) -> AsyncIterator[MemberApi]:
+    """A ``MemberApi`` for as long as the block runs."""
+    api = MemberApi(credentials=credentials, settings=settings)
+    await api.open()
+    try:
+        yield api
+    finally:
+        await api.close()
