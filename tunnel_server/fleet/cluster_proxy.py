@@ -146,9 +146,7 @@ def _session(request: web.Request, name: str) -> AgentSession:
     """The cluster's live session; 404 for no such cluster (or a node), 503 when offline."""
     record = request.app[STORE_KEY].get_node(name)
     if record is None:
-        raise ClusterProxyError(
-            404, f"no cluster named {name!r}: see `tunnel-server nodes` (kind cluster)"
-        )
+        raise ClusterProxyError(404, f"no cluster named {name!r}: see GET /api/v1/clusters")
     if record.kind != "cluster":
         raise ClusterProxyError(
             404,

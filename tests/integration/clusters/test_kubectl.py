@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config, watch
 
+from tests.harness import kube
 from tests.harness.daemons import Agent
 from tests.harness.waiting import eventually
 from tests.integration.clusters.conftest import Fleet
@@ -418,3 +419,26 @@ def test_an_operator_scoped_to_a_gets_403_on_b_before_the_tunnel(
     assert f"may not reach cluster '{fleet.b.name}'" in refused.stderr
     # Nothing left the cloud for B: its agent served no exchange meanwhile.
     assert fleet.b.agent.status()["cluster"]["exchanges"] == exchanges  # type: ignore[index]
+
+
+def test_the_agent_process_reports_cluster_status(fleet: Fleet) -> None:
+    """The real cluster-mode agent's GetJson feeds the status collector; the cloud shows it."""
+
+    def row() -> dict[str, object]:
+        status, body = fleet.server.get(
+            f"/api/v1/clusters/{fleet.a.name}", token=fleet.server.admin_token
+        )
+        assert status == 200, body
+        answer: dict[str, object] = json.loads(body)
+        return answer
+
+    found = eventually(
+        row,
+        lambda r: r["version"] == kube.KUBE_VERSION and r["apiserver_healthy"] is True,
+        what="cluster.* of the agent in /api/v1/clusters",
+        within=60.0,
+        every=0.5,
+    )
+    assert found["status"] == "online"
+    assert found["nodes_total"] == 0  # a bare control plane: no nodes
+    assert fleet.a.agent.status()["cluster"]["version"] == kube.KUBE_VERSION  # type: ignore[index]
