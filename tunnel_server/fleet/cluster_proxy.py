@@ -212,7 +212,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     requests = request.app[CLUSTER_PROXY_REQUESTS_KEY]
     try:
-        caller = access.require(request, "read", cluster=name)
+        caller = access.require(request, "read", cluster=name, cached=True)
         _check_header_size(request, request.app[CLUSTER_PROXY_SETTINGS_KEY])
         path = _forwarded_target(request, name)
         head, upgrade = _head(request, path, caller)
