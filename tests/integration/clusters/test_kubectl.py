@@ -8,6 +8,7 @@ with a kubeconfig whose server is the cloud's cluster proxy.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import threading
@@ -21,7 +22,7 @@ import pytest
 from kubernetes import client, config, watch
 
 from tests.harness import kube
-from tests.harness.daemons import Agent
+from tests.harness.daemons import BIN, REPO, Agent
 from tests.harness.waiting import eventually
 from tests.integration.clusters.conftest import Fleet
 from tests.integration.clusters.members import (
@@ -442,3 +443,48 @@ def test_the_agent_process_reports_cluster_status(fleet: Fleet) -> None:
     assert found["status"] == "online"
     assert found["nodes_total"] == 0  # a bare control plane: no nodes
     assert fleet.a.agent.status()["cluster"]["version"] == kube.KUBE_VERSION  # type: ignore[index]
+
+
+def test_a_cluster_agent_without_its_cluster_table_is_a_503(fleet: Fleet, tmp_path: Path) -> None:
+    plain = ClusterAgent(
+        name="cluster-plain", workdir=tmp_path, server=fleet.server, serve_cluster=False
+    )
+    plain.join()
+    plain.start()
+    try:
+        plain.wait_connected()
+        status, answer = _raw(fleet, "/clusters/cluster-plain/version")
+        assert status == 503
+        assert _is_status(answer, 503)
+        assert "does not serve its API server: run it with a [cluster] section" in str(
+            answer["message"]
+        )
+    finally:
+        plain.stop()
+
+
+def test_a_node_identity_with_a_cluster_table_refuses_to_start(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    node = Agent(name="edge-node-2", workdir=tmp_path, server=fleet.server)
+    node.join()
+    node.tables["cluster"] = {"kubeconfig": str(fleet.a.agent.member_kubeconfig())}
+    done = subprocess.run(
+        [
+            str(BIN / "edge-agent"),
+            "run",
+            "--config",
+            str(node.write_config()),
+            "--data-dir",
+            str(node.data_dir),
+            "--local-api-port",
+            str(node.local_api_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "this agent joined as node 'edge-node-2'" in done.stderr
