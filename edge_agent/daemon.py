@@ -11,8 +11,8 @@ The parts and who owns them:
 * device twins (``twins``, ``twin_link``, ``[twins]``): the MQTT service on the broker and its
   sync link to the cloud over the tunnel;
 * cluster mode (``cluster``, ``[cluster]``): the built-in tunnel target ``kube-apiserver``,
-  the agent's own reads of the member API server (``GetJson``) and, when
-  ``edge_agent.cluster.status`` is there, the ``cluster.*`` status source.
+  the agent's own reads of the member API server (``GetJson``) and the ``cluster.*`` status
+  source that uses them.
 
 All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
@@ -24,12 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
 
 import prometheus_client
 import yaml
@@ -42,12 +40,12 @@ from edge_agent.cluster import (
     ApiServerMetrics,
     ApiServerTarget,
     CredentialsError,
-    GetJson,
     MemberApi,
     MemberApiError,
 )
 from edge_agent.cluster import credentials as cluster_credentials
 from edge_agent.cluster.settings import ClusterSettings
+from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
 from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
@@ -114,26 +112,6 @@ def _check_cluster_startable(cluster: ClusterSettings, settings: AgentSettings) 
             "a cluster agent joins with a token made by `tunnel-server token create --kind "
             "cluster --name NAME` (or remove [cluster] to run as a node)"
         )
-
-
-class ClusterStatusSource(Protocol):
-    """The cluster status collector's interface (``edge_agent.cluster.status``)."""
-
-    async def run(self) -> None: ...
-
-    def metrics(self) -> dict[str, object]: ...
-
-
-def cluster_status_source(get_json: GetJson, interval: float) -> ClusterStatusSource | None:
-    """``edge_agent.cluster.status.ClusterStatusSource``, or None while that module is absent."""
-    try:
-        module = importlib.import_module("edge_agent.cluster.status")
-    except ModuleNotFoundError as error:
-        if error.name != "edge_agent.cluster.status":
-            raise
-        return None
-    source: ClusterStatusSource = module.ClusterStatusSource(get_json=get_json, interval=interval)
-    return source
 
 
 @dataclasses.dataclass
@@ -212,7 +190,7 @@ class _ClusterPart:
 
     target: ApiServerTarget
     api: MemberApi
-    source: ClusterStatusSource | None
+    source: ClusterStatusSource
     version: str | None = None
 
     @classmethod
@@ -229,9 +207,7 @@ class _ClusterPart:
         )
         client.builtin_targets[TARGET] = target.serve
         api = MemberApi(credentials=credentials, settings=settings)
-        source = cluster_status_source(api.get_json, settings.interval)
-        if source is None:
-            log.warning("no cluster status collector in this build: not reporting cluster.*")
+        source = ClusterStatusSource(get_json=api.get_json, interval=settings.interval)
         return cls(target=target, api=api, source=source)
 
     def status(self) -> dict[str, object]:
@@ -239,7 +215,6 @@ class _ClusterPart:
         return {
             **self.target.status(),
             "version": self.version,
-            "reporting": self.source is not None,
         }
 
     def start_tasks(
@@ -247,10 +222,10 @@ class _ClusterPart:
     ) -> list[asyncio.Task[None]]:
         """The readiness probe and the status collector, as named tasks of ``group``."""
         probe = self.mark_ready(ready, retry=status.retry_delay)
-        tasks = [group.create_task(probe, name="agent.cluster-ready")]
-        if self.source is not None:
-            tasks.append(group.create_task(self.source.run(), name="agent.cluster-status"))
-        return tasks
+        return [
+            group.create_task(probe, name="agent.cluster-ready"),
+            group.create_task(self.source.run(), name="agent.cluster-status"),
+        ]
 
     async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
         """Ready once the member API server answered ``/version`` with our credentials."""
@@ -304,8 +279,8 @@ def _extra_sources(
         sources["cache"] = kube.status
     if twins is not None:
         sources["twins"] = twins.report
-    if cluster is not None and cluster.source is not None:
-        sources["cluster"] = cluster.source.metrics
+    if cluster is not None:
+        sources[SOURCE_NAME] = cluster.source.metrics
     return sources
 
 

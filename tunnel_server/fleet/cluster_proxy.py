@@ -146,9 +146,7 @@ def _session(request: web.Request, name: str) -> AgentSession:
     """The cluster's live session; 404 for no such cluster (or a node), 503 when offline."""
     record = request.app[STORE_KEY].get_node(name)
     if record is None:
-        raise ClusterProxyError(
-            404, f"no cluster named {name!r}: see `tunnel-server nodes` (kind cluster)"
-        )
+        raise ClusterProxyError(404, f"no cluster named {name!r}: see GET /api/v1/clusters")
     if record.kind != "cluster":
         raise ClusterProxyError(
             404,
@@ -214,7 +212,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     requests = request.app[CLUSTER_PROXY_REQUESTS_KEY]
     try:
-        caller = access.require(request, "read", cluster=name)
+        caller = access.require(request, "read", cluster=name, cached=True)
         _check_header_size(request, request.app[CLUSTER_PROXY_SETTINGS_KEY])
         path = _forwarded_target(request, name)
         head, upgrade = _head(request, path, caller)

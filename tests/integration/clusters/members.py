@@ -138,6 +138,8 @@ class ClusterAgent(Agent):
     agent_token: str = ""
     interval: float = 2.0
     cluster_table: dict[str, TomlValue] = field(default_factory=dict)
+    serve_cluster: bool = True
+    """False: run without ``[cluster]`` (a cluster identity that serves no API server)."""
 
     def join(self) -> None:
         token = self.server.cli("token", "create", "--kind", "cluster", "--name", self.name).strip()
@@ -167,6 +169,8 @@ class ClusterAgent(Agent):
         )
 
     def write_config(self) -> Path:
+        if not self.serve_cluster:
+            return super().write_config()
         self.tables["cluster"] = {
             "kubeconfig": str(self.member_kubeconfig()),
             "interval": self.interval,

@@ -8,6 +8,7 @@ with a kubeconfig whose server is the cloud's cluster proxy.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import threading
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config, watch
 
-from tests.harness.daemons import Agent
+from tests.harness import kube
+from tests.harness.daemons import BIN, REPO, Agent
 from tests.harness.waiting import eventually
 from tests.integration.clusters.conftest import Fleet
 from tests.integration.clusters.members import (
@@ -418,3 +420,71 @@ def test_an_operator_scoped_to_a_gets_403_on_b_before_the_tunnel(
     assert f"may not reach cluster '{fleet.b.name}'" in refused.stderr
     # Nothing left the cloud for B: its agent served no exchange meanwhile.
     assert fleet.b.agent.status()["cluster"]["exchanges"] == exchanges  # type: ignore[index]
+
+
+def test_the_agent_process_reports_cluster_status(fleet: Fleet) -> None:
+    """The real cluster-mode agent's GetJson feeds the status collector; the cloud shows it."""
+
+    def row() -> dict[str, object]:
+        status, body = fleet.server.get(
+            f"/api/v1/clusters/{fleet.a.name}", token=fleet.server.admin_token
+        )
+        assert status == 200, body
+        answer: dict[str, object] = json.loads(body)
+        return answer
+
+    found = eventually(
+        row,
+        lambda r: r["version"] == kube.KUBE_VERSION and r["apiserver_healthy"] is True,
+        what="cluster.* of the agent in /api/v1/clusters",
+        within=60.0,
+        every=0.5,
+    )
+    assert found["status"] == "online"
+    assert found["nodes_total"] == 0  # a bare control plane: no nodes
+    assert fleet.a.agent.status()["cluster"]["version"] == kube.KUBE_VERSION  # type: ignore[index]
+
+
+def test_a_cluster_agent_without_its_cluster_table_is_a_503(fleet: Fleet, tmp_path: Path) -> None:
+    plain = ClusterAgent(
+        name="cluster-plain", workdir=tmp_path, server=fleet.server, serve_cluster=False
+    )
+    plain.join()
+    plain.start()
+    try:
+        plain.wait_connected()
+        status, answer = _raw(fleet, "/clusters/cluster-plain/version")
+        assert status == 503
+        assert _is_status(answer, 503)
+        assert "does not serve its API server: run it with a [cluster] section" in str(
+            answer["message"]
+        )
+    finally:
+        plain.stop()
+
+
+def test_a_node_identity_with_a_cluster_table_refuses_to_start(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    node = Agent(name="edge-node-2", workdir=tmp_path, server=fleet.server)
+    node.join()
+    node.tables["cluster"] = {"kubeconfig": str(fleet.a.agent.member_kubeconfig())}
+    done = subprocess.run(
+        [
+            str(BIN / "edge-agent"),
+            "run",
+            "--config",
+            str(node.write_config()),
+            "--data-dir",
+            str(node.data_dir),
+            "--local-api-port",
+            str(node.local_api_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "this agent joined as node 'edge-node-2'" in done.stderr
