@@ -707,8 +707,21 @@ def _check_fleet_flags(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--egress-client-ca {args.egress_client_ca} is unusable: {exc}"
             ) from None
-    if args.egress_uds is not None and not args.egress_uds.parent.is_dir():
-        raise UsageError(f"--egress-uds {args.egress_uds}: {args.egress_uds.parent} is no folder")
+    if args.egress_uds is not None:
+        from tunnel_server.fleet import egress  # noqa: PLC0415 - see serve()
+
+        if not args.egress_uds.parent.is_dir():
+            raise UsageError(
+                f"--egress-uds {args.egress_uds}: {args.egress_uds.parent} is no folder"
+            )
+        if len(os.fsencode(args.egress_uds)) > egress.MAX_SOCKET_PATH:
+            raise UsageError(
+                f"--egress-uds {args.egress_uds} is longer than a Unix socket path may be"
+                f" ({egress.MAX_SOCKET_PATH} bytes): choose a shorter path"
+            )
+        problem = egress.socket_path_problem(args.egress_uds)
+        if problem is not None:
+            raise UsageError(problem)
     if args.autonomy and args.kube_upstream is None:
         raise UsageError("--autonomy needs --kube-upstream (the cloud cluster's kubeconfig)")
 
