@@ -30,6 +30,7 @@ from tunnel_server.fleet import autonomy_rules as rules
 from tunnel_server.fleet import nodes_watch
 from tunnel_server.fleet.cloud_nodes import CloudNode, CloudNodes, node_from_json
 from tunnel_server.fleet.kube_watch import ListWatch
+from tunnel_server.web.bodies import BodyError, read_json_object
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -270,10 +271,16 @@ async def _node(app: web.Application, name: str) -> CloudNode | None:
 
 async def webhook(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
+    settings = request.app[SETTINGS_KEY].autonomy
     try:
-        review = await request.json()
+        review = await read_json_object(
+            request, limit=settings.max_review_bytes, max_depth=settings.max_review_depth
+        )
         admission = _request_of(review)
-    except (ValueError, ReviewError) as bad:
+    except BodyError as bad:
+        metrics.webhook.labels("bad_request").inc()
+        return bad.response()
+    except ReviewError as bad:
         metrics.webhook.labels("bad_request").inc()
         return web.json_response({"error": "bad_request", "message": str(bad)}, status=400)
     uid = admission["uid"]
