@@ -227,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM CA file: --egress-listen requires a client certificate signed by it",
     )
     run.add_argument(
+        "--egress-max-per-node",
+        type=arguments.whole(low=1, high=100_000),
+        default=defaults.egress.max_per_node,
+        metavar="N",
+        help="CONNECTs relayed at once to one edge node; more get 429 (default: %(default)s)",
+    )
+    run.add_argument(
+        "--egress-idle-timeout",
+        type=arguments.duration(low=0.0, high=7 * DAY),
+        default=defaults.egress.idle_timeout,
+        metavar="DURATION",
+        help="close a relayed connection after this long without a byte either way; 0: never"
+        " (default: 4h, the kubelet's own streaming idle timeout)",
+    )
+    run.add_argument(
         "--autonomy",
         action="store_true",
         help="keep pods of nodes labelled edgefleet.io/autonomy=true through their outage: "
@@ -772,6 +787,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 uds_path=getattr(args, "egress_uds", None),
                 listen=getattr(args, "egress_listen", None),
                 client_ca=getattr(args, "egress_client_ca", None),
+                max_per_node=getattr(args, "egress_max_per_node", EgressSettings().max_per_node),
+                idle_timeout=getattr(args, "egress_idle_timeout", EgressSettings().idle_timeout),
             ),
             autonomy=AutonomySettings(enabled=getattr(args, "autonomy", False)),
         )
