@@ -35,9 +35,11 @@ from tunnel_aio import StreamError, StreamRejectedError, TunnelClosedError, Tunn
 from tunnel_protocol import ErrorCode
 from tunnel_server.app_keys import (
     AUTHORITY_KEY,
+    NODES_SYNCED_KEY,
     REGISTRY_KEY,
     SESSIONS_KEY,
     STORE_KEY,
+    UPSTREAM_KEY,
 )
 from tunnel_server.fleet import nodes_watch
 from tunnel_server.fleet.connect_head import (
@@ -139,11 +141,14 @@ class Router:
         store: Store,
         nodes: CloudNodes,
         settings: EgressSettings,
+        nodes_listed: asyncio.Event | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._nodes = nodes
         self._settings = settings
+        self._nodes_listed = nodes_listed
+        """Set once the cloud's Nodes were listed; None without ``--kube-upstream``."""
 
     def route(self, target: ConnectTarget) -> Route:
         name = self._node_name(target.host)
@@ -202,6 +207,13 @@ class Router:
             )
         if self._store.get_node(host) is not None:
             return host  # a joined name without a session: answered "offline" by route()
+        if self._nodes_listed is not None and not self._nodes_listed.is_set():
+            raise Refusal(
+                503,
+                "starting",
+                f"{host} is not a node name, and the cloud cluster's Nodes (their addresses)"
+                " have not been listed yet: try again in a moment",
+            )
         raise Refusal(
             404,
             "unknown_host",
@@ -521,7 +533,11 @@ def setup(app: web.Application, *, settings: EgressSettings) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         router = Router(
-            sessions=app[SESSIONS_KEY], store=app[STORE_KEY], nodes=nodes, settings=settings
+            sessions=app[SESSIONS_KEY],
+            store=app[STORE_KEY],
+            nodes=nodes,
+            settings=settings,
+            nodes_listed=app[NODES_SYNCED_KEY] if UPSTREAM_KEY in app else None,
         )
         server = EgressServer(router=router, settings=settings, metrics=metrics)
         try:
