@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__
-from tunnel_server.identity import tokens
+from tunnel_server.identity import tokens, users
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.settings import (
     DAY,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from tunnel_server.app import ServerIdentity
-    from tunnel_server.store import NodeRecord, NodeState
+    from tunnel_server.store import NodeRecord, NodeState, UserRecord
 
 log = logging.getLogger("tunnel_server.cli")
 
@@ -58,6 +58,10 @@ clusters and nodes, the web console, and /healthz, /readyz and /metrics.
 Joining a node:
   tunnel-server token create --kind node --name edge-1     # prints the token
   edge-agent join --server https://HOST:8443 --token T --ca-hash $(tunnel-server ca-hash)
+
+Cloud users (roles admin, operator, viewer) and kubectl:
+  tunnel-server users create alice --role operator --clusters prod-1   # prints a token
+  tunnel-server kubeconfig --user alice > alice.kubeconfig
 """
 EXIT_CODES = """\
 exit codes:
@@ -277,7 +281,115 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token_commands(sub)
     _add_node_commands(sub)
     _add_autonomy_command(sub)
+    _add_user_commands(sub)
+    _add_kubeconfig_command(sub)
     return parser
+
+
+def _user_name(value: str) -> str:
+    try:
+        return users.validate_user_name(value)
+    except users.UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _clusters(value: str) -> tuple[str, ...]:
+    try:
+        return users.parse_clusters(value)
+    except users.UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lifetime(value: str) -> float:
+    try:
+        return users.parse_ttl(value)
+    except users.UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_user_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
+    group = sub.add_parser(
+        "users",
+        help="cloud users of the API, the console and kubectl: create, list, revoke",
+        description="Users have a role (admin: everything, including users and tokens;"
+        " operator: read and write within its clusters; viewer: read only) and bearer tokens"
+        " (stored hashed). docs/security.md has the table of who may do what.",
+    )
+    _data_dir_option(group)
+    users_sub = group.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
+    create = users_sub.add_parser(
+        "create",
+        help="create a user and print its first token (shown once)",
+        description="Create a user and print a bearer token for it on stdout, once: only its"
+        " hash is kept. `tunnel-server kubeconfig --user NAME` makes more tokens of it.",
+    )
+    _data_dir_option(create)
+    create.add_argument("name", type=_user_name, help="1-63 of a-z 0-9 - . (not 'admin')")
+    create.add_argument("--role", required=True, choices=users.ROLES, help="what it may do")
+    create.add_argument(
+        "--clusters",
+        type=_clusters,
+        metavar="C1,C2",
+        help="the registered clusters it may reach (default: every cluster); operator and"
+        " viewer only",
+    )
+    create.add_argument(
+        "--ttl",
+        type=_lifetime,
+        default=users.DEFAULT_USER_TTL,
+        metavar="DURATION",
+        help="lifetime of the user and its tokens: 90d, 12h, 30m or seconds; 1 minute to"
+        " 730 days (default: 90d)",
+    )
+    listing = users_sub.add_parser(
+        "list",
+        help="list users (never their tokens)",
+        description="List users: name, role, clusters, created, expires, live token count.",
+    )
+    _data_dir_option(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    revoke = users_sub.add_parser(
+        "revoke",
+        help="revoke a user: its tokens and console sessions stop working at once",
+        description="Revoke a user; a running server refuses its tokens and sessions at once"
+        " and ends its live streams. `users create NAME` makes a new user of that name.",
+    )
+    _data_dir_option(revoke)
+    revoke.add_argument("name", help="the user's name")
+
+
+def _add_kubeconfig_command(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
+    command = sub.add_parser(
+        "kubeconfig",
+        help="print a kubeconfig for a user: one context per registered cluster",
+        description="Issue a new token for the user and print a kubeconfig (the server's CA"
+        " embedded) with one cluster and context per registered cluster in the user's scope,"
+        " each at SERVER/clusters/NAME. The token is in the output: keep the file private.",
+    )
+    _data_dir_option(command)
+    command.add_argument("--user", required=True, type=_user_name, help="the user's name")
+    which = command.add_mutually_exclusive_group()
+    which.add_argument("--cluster", type=_name, metavar="NAME", help="only this cluster")
+    which.add_argument(
+        "--all-clusters",
+        action="store_true",
+        help="every registered cluster in the user's scope (the default)",
+    )
+    command.add_argument(
+        "--server",
+        type=_server_url,
+        metavar="URL",
+        help="https://HOST[:PORT] kubectl reaches this server at (default: the URL `run`"
+        " derived from --public-name and --listen)",
+    )
+    command.add_argument(
+        "--ttl",
+        type=_lifetime,
+        default=30 * users.DAY,
+        metavar="DURATION",
+        help="lifetime of the token in it: 30d, 12h, 30m or seconds; never past the user's"
+        " expiry (default: 30d)",
+    )
 
 
 def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
@@ -568,6 +680,147 @@ def _set_state(store: SqliteStore, name: str, verb: str) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace, data_dir: Path) -> int:
+    _, store = _open(data_dir)
+    now = time.time()
+    with contextlib.closing(store):
+        try:
+            if args.users_command == "create":
+                user, token = users.create_user(
+                    store,
+                    args.name,
+                    role=args.role,
+                    clusters=args.clusters,
+                    ttl=args.ttl,
+                    now=now,
+                )
+                print(token)  # noqa: T201 - the command's output, shown this once
+                print(  # noqa: T201 - the next step, off stdout so scripts get the token only
+                    f"# {user.role} {user.name}, clusters:"
+                    f" {','.join(user.clusters) if user.clusters else 'all'}, expires"
+                    f" {_iso(user.expires_at)}. Send it as 'Authorization: Bearer <token>', sign"
+                    f" in to the console with it, or `tunnel-server kubeconfig --user {user.name}`",
+                    file=sys.stderr,
+                )
+                return 0
+            if args.users_command == "revoke":
+                user = users.revoke_user(store, args.name, now=now)
+                print(f"user {user.name} revoked")  # noqa: T201 - the command's output
+                return 0
+        except users.UserError as exc:
+            raise CliError(str(exc)) from None
+        rows = [_user_json(u, now) for u in store.list_users(now=now)]
+    if args.json:
+        print(json.dumps(rows, indent=2))  # noqa: T201 - the command's output
+        return 0
+    _table(
+        ["NAME", "ROLE", "CLUSTERS", "CREATED", "EXPIRES", "STATE", "TOKENS"],
+        [
+            [
+                r["name"],
+                r["role"],
+                ",".join(r["clusters"]) if r["clusters"] is not None else "*",
+                r["created_at"],
+                r["expires_at"],
+                r["state"],
+                str(r["tokens"]),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _user_json(user: UserRecord, now: float) -> dict[str, Any]:
+    state = "revoked" if user.revoked_at else ("expired" if user.expires_at <= now else "active")
+    return {
+        "name": user.name,
+        "role": user.role,
+        "clusters": None if user.clusters is None else list(user.clusters),
+        "created_at": _iso(user.created_at),
+        "expires_at": _iso(user.expires_at),
+        "revoked_at": _iso(user.revoked_at),
+        "state": state,
+        "tokens": user.tokens,
+    }
+
+
+def cmd_kubeconfig(args: argparse.Namespace, data_dir: Path) -> int:
+    import base64  # noqa: PLC0415 - only this command needs them
+
+    import yaml  # noqa: PLC0415 - see above
+
+    authority, store = _open(data_dir)
+    now = time.time()
+    with contextlib.closing(store):
+        try:
+            user = users.active_user(store, args.user, now=now)
+        except users.UserError as exc:
+            raise CliError(str(exc)) from None
+        registered = [
+            n.name for n in store.list_nodes() if n.kind == "cluster" and n.state != "revoked"
+        ]
+        scope = [n for n in registered if user.clusters is None or n in user.clusters]
+        if args.cluster is not None:
+            if user.clusters is not None and args.cluster not in user.clusters:
+                raise CliError(
+                    f"cluster {args.cluster!r} is outside user {user.name!r}'s scope"
+                    f" ({', '.join(user.clusters)}): make a user whose --clusters name it"
+                )
+            if args.cluster not in registered:
+                raise CliError(
+                    f"no registered cluster named {args.cluster!r}: see `tunnel-server nodes`"
+                    f" (join it with `tunnel-server token create --kind cluster --name"
+                    f" {args.cluster}`)"
+                )
+            scope = [args.cluster]
+        if not scope:
+            raise CliError(
+                f"no registered cluster is in user {user.name!r}'s scope yet: join one with"
+                " `tunnel-server token create --kind cluster --name NAME`"
+            )
+        server = args.server or store.get_meta("public_url") or "https://SERVER:8443"
+        try:
+            token = users.issue_user_token(store, user.name, ttl=args.ttl, now=now)
+        except users.UserError as exc:
+            raise CliError(str(exc)) from None
+    ca_data = base64.b64encode(authority.ca_pem()).decode()
+    document = _kubeconfig(user.name, token, scope, server, ca_data)
+    print(yaml.safe_dump(document, sort_keys=False), end="")  # noqa: T201 - the command's output
+    print(  # noqa: T201 - what it holds, off stdout
+        f"# kubeconfig of {user.role} {user.name}: {len(scope)} context(s); it holds a new"
+        f" token (expires {_iso(min(now + args.ttl, user.expires_at))}): keep the file private",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _kubeconfig(
+    user: str, token: str, clusters: list[str], server: str, ca_data: str
+) -> dict[str, Any]:
+    entry = f"edgefleet-{user}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": f"{server}/clusters/{name}",
+                    "certificate-authority-data": ca_data,
+                },
+            }
+            for name in clusters
+        ],
+        "users": [{"name": entry, "user": {"token": token}}],
+        "contexts": [
+            {"name": name, "context": {"cluster": name, "user": entry}} for name in clusters
+        ],
+        "current-context": clusters[0],
+    }
+
+
 def _table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -760,6 +1013,13 @@ def cmd_autonomy_webhook(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
+_COMMANDS = {
+    "users": cmd_users,
+    "kubeconfig": cmd_kubeconfig,
+    "autonomy-webhook": cmd_autonomy_webhook,
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
     _check_data_dir(data_dir)
@@ -821,12 +1081,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "ca-hash":
         print(_load_ca(data_dir).ca_hash())  # noqa: T201 - the output
         return 0
-    if args.command == "autonomy-webhook":
-        return cmd_autonomy_webhook(args, data_dir)
     if args.command == "token":
         if args.subcommand == "create":
             return cmd_token_create(args, data_dir)
         return cmd_token_list(data_dir)
+    if args.command in _COMMANDS:
+        return _COMMANDS[args.command](args, data_dir)
     return cmd_nodes(args, data_dir)
 
 

@@ -24,6 +24,8 @@ Rules:
 * A sample is all or nothing: if any GET fails (or the sample outlasts ``timeout``), the last
   good values stay and ``apiserver.healthy`` turns false; ``updated_at`` then says how old
   they are. One log line when the API server goes bad and one when it is back.
+* ``get_json`` is the agent's ``GetJson`` (``member_api``): JSON only, so ``/readyz``'s plain
+  ``ok`` comes back as an error that says the 2xx answer was not JSON, which counts as ready.
 * Quantities ("100m", "1.5Gi", "2e3", "1E") are parsed exactly (``Decimal``) by
   ``parse_quantity``; a value Kubernetes itself would refuse is skipped with a log line, never
   a failed sample (the API server validates quantities, so this is defence only).
@@ -36,11 +38,13 @@ import decimal
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
+
+from edge_agent.cluster.member_api import GetJson, MemberApiError
 
 log = logging.getLogger("edge_agent.cluster.status")
 
@@ -53,14 +57,6 @@ __all__ = [
     "parse_quantity",
     "pod_requests",
 ]
-
-GetJson = Callable[[str], Awaitable[Any]]
-"""GET a path on the member API server with the agent's own credentials; the decoded JSON.
-
-Raises on a non-2xx answer. (The contract of ISSUE12.md; ``edge_agent.cluster`` had no alias
-yet, so it lives here.) A 2xx body that is not JSON (``/readyz`` answers ``ok``) may come back
-as text or raise ``ValueError``: both count as "answered" here.
-"""
 
 SOURCE_NAME = "cluster"
 """The name to register ``metrics`` under in ``NodeStatusReporter(extra_sources=...)``."""
@@ -272,12 +268,19 @@ class ListError(RuntimeError):
     """A list answer that is not a Kubernetes list."""
 
 
+_NOT_JSON = "the answer is not JSON"
+"""The end of ``member_api.MemberApiError``'s message for a 2xx answer that is not JSON."""
+
+
 def _answered(error: Exception) -> bool:
     """Whether ``error`` means "2xx, but not JSON" (``/readyz`` says ``ok`` in plain text)."""
     if isinstance(error, ValueError):  # json.JSONDecodeError and friends: the body was 2xx
         return True
     status = getattr(error, "status", None)  # aiohttp.ContentTypeError carries the 2xx status
-    return isinstance(status, int) and 200 <= status < 300
+    if isinstance(status, int):
+        return 200 <= status < 300
+    # The agent's MemberApi raises this one without a status (ISSUE12's GetJson is JSON only).
+    return isinstance(error, MemberApiError) and str(error).endswith(_NOT_JSON)
 
 
 class ClusterStatusSource:

@@ -9,14 +9,17 @@ Each control plane gets its own free ports, its own certificates, an admin token
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -54,6 +57,12 @@ class ControlPlane:
     kine_port: int
     extra_tokens: dict[str, str] = field(default_factory=dict)
     """Token -> user name of users without any group, for authorization tests."""
+    service_account_key: Path | None = None
+    """The private key kube-apiserver signs service-account tokens with (SEC1 PEM); give it to
+    kube-controller-manager as ``--service-account-private-key-file`` so the tokens its token
+    controller writes verify here too."""
+    service_account_public_key: Path | None = None
+    """The matching public key (``--service-account-key-file``)."""
     _kine: ManagedProcess | None = None
     _apiserver: ManagedProcess | None = None
     _argv: list[str] = field(default_factory=list)
@@ -66,8 +75,59 @@ class ControlPlane:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def argv(self) -> list[str]:
+        """The kube-apiserver command line (a copy), for tests that check a flag took effect."""
+        return list(self._argv)
+
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def request(
+        self, method: str, path: str, body: object = None, *, timeout: float = 30.0
+    ) -> tuple[int, Any]:
+        """One JSON request with the admin token: (status, decoded body or None).
+
+        ``body`` is sent as JSON; a PATCH is a merge patch. Errors come back as their status and
+        the decoded ``Status`` object rather than as exceptions, so callers can wait on them.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        request = urllib.request.Request(  # noqa: S310 - always our own https URL
+            self.url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": content_type,
+                "Accept": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - always our own https URL
+                request, timeout=timeout, context=self.ssl_context()
+            ) as response:
+                status, raw = int(response.status), response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, timeout: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this control plane as the admin; text in and out."""
+        return subprocess.run(
+            [str(kube_bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir)},
+        )
 
     def get(self, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
         """Plain GET with the admin token; for readiness and quick checks."""
@@ -143,10 +203,36 @@ def _write_kubeconfig(plane: ControlPlane) -> None:
     plane.kubeconfig.chmod(0o600)
 
 
-def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = None) -> ControlPlane:
+def _flag_name(arg: str) -> str:
+    if not arg.startswith("--"):
+        raise ValueError(f"extra flags must be --name=value (or a bare --name), got {arg!r}")
+    return arg.split("=", 1)[0]
+
+
+def merge_flags(base: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``base`` with every flag named in ``extra`` replaced by ``extra``'s occurrences.
+
+    Replacing rather than appending matters: repeating a list flag such as
+    ``--disable-admission-plugins`` makes the Kubernetes binaries append to the first value,
+    so a caller could never turn our default off. ``extra`` flags must be ``--name=value``.
+    """
+    names = {_flag_name(arg) for arg in extra}
+    return [arg for arg in base if _flag_name(arg) not in names] + list(extra)
+
+
+def launch(
+    name: str,
+    workdir: Path,
+    *,
+    extra_tokens: dict[str, str] | None = None,
+    apiserver_args: Sequence[str] = (),
+) -> ControlPlane:
     """Start kine and kube-apiserver without waiting for readiness (see ``wait_ready``).
 
     ``extra_tokens`` maps a token to a user name (no groups) for tests of authorization.
+    ``apiserver_args`` are extra kube-apiserver flags (``--name=value``); a flag named there
+    replaces our default of the same name (see ``merge_flags``), e.g.
+    ``--egress-selector-config-file=...`` or ``--default-unreachable-toleration-seconds=5``.
     """
     bins = kube_bin_dir()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +255,8 @@ def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = No
         kubeconfig=workdir / "kubeconfig",
         kine_port=free_port(),
         extra_tokens=dict(extra_tokens or {}),
+        service_account_key=sa_key,
+        service_account_public_key=sa_pub,
     )
     plane._kine = ManagedProcess(
         f"kine[{name}]",
@@ -180,8 +268,7 @@ def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = No
         ],
         log_path=workdir / "kine.log",
     )
-    plane._argv = [
-        str(bins / "kube-apiserver"),
+    base_args = [
         f"--etcd-servers=http://127.0.0.1:{plane.kine_port}",
         f"--secure-port={plane.port}",
         "--bind-address=127.0.0.1",
@@ -204,14 +291,22 @@ def launch(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = No
         f"--cert-dir={workdir / 'pki'}",
         "--v=1",
     ]
+    plane._argv = [str(bins / "kube-apiserver"), *merge_flags(base_args, apiserver_args)]
     wait_port("127.0.0.1", plane.kine_port, timeout=30.0, proc=plane._kine)
     plane.start_apiserver()
     _write_kubeconfig(plane)
     return plane
 
 
-def start(name: str, workdir: Path, *, extra_tokens: dict[str, str] | None = None) -> ControlPlane:
-    plane = launch(name, workdir, extra_tokens=extra_tokens)
+def start(
+    name: str,
+    workdir: Path,
+    *,
+    extra_tokens: dict[str, str] | None = None,
+    apiserver_args: Sequence[str] = (),
+) -> ControlPlane:
+    """``launch`` and wait until /readyz answers 200; stops what it started on failure."""
+    plane = launch(name, workdir, extra_tokens=extra_tokens, apiserver_args=apiserver_args)
     try:
         plane.wait_ready()
     except BaseException:

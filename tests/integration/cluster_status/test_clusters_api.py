@@ -10,9 +10,13 @@ a real kube-apiserver. The same with the ``edge-agent run`` process in cluster m
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import prometheus_client
 import pytest
@@ -60,6 +64,69 @@ def join_cluster(server: Server, name: str, data_dir: Path) -> None:
     )
 
 
+_SCHEMATHESIS_CONFIG = """
+[dictionaries.clusters]
+values = ["{cluster}"]
+
+[parameters]
+"path.name" = {{ dictionary = "clusters", probability = 0.7 }}
+"""
+
+
+def schemathesis(server: Server, workdir: Path) -> None:
+    """Run schemathesis on the two cluster operations; the real cluster answers 200 mostly."""
+    ca = workdir / "ca.crt"
+    ca.write_bytes(server.ca_pem)
+    config = workdir / "schemathesis.toml"
+    config.write_text(_SCHEMATHESIS_CONFIG.format(cluster=CLUSTER))
+    har = workdir / "run.har"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "--config-file",
+            str(config),
+            "run",
+            f"{server.url}/api/openapi.json",
+            "--header",
+            f"Authorization: Bearer {server.admin_token}",
+            "--tls-verify",
+            str(ca),
+            "--checks",
+            "all",
+            "--include-operation-id",
+            "listClusters",
+            "--include-operation-id",
+            "getCluster",
+            "--max-examples",
+            "50",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+            "--seed",
+            "1",
+            "--continue-on-failure",
+            "--report",
+            "har",
+            "--report-har-path",
+            str(har),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=workdir,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    answers = [
+        (urlsplit(e["request"]["url"]).path, e["response"]["status"])
+        for e in json.loads(har.read_text())["log"]["entries"]
+    ]
+    assert (f"/api/v1/clusters/{CLUSTER}", 200) in answers, answers[:40]
+
+
 def expected_row() -> dict[str, Any]:
     """EXPECTED (the ``cluster.*`` keys) as the API's row names them."""
     return {key.replace(".", "_"): value for key, value in EXPECTED.items()}
@@ -104,6 +171,8 @@ async def test_a_cluster_reports_and_goes_offline(
         assert row["metrics"]["cluster.version"] == kube.KUBE_VERSION
         listed = await asyncio.to_thread(api.get, "/api/v1/clusters")
         assert [c["name"] for c in listed["clusters"]] == [CLUSTER]
+        # The answers, the real cluster's included, match the OpenAPI document.
+        await asyncio.to_thread(schemathesis, server, tmp_path)
 
         # The member API server goes away: the agent says so, the counts stay.
         populated.stop_apiserver()

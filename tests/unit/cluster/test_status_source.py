@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.cluster.member_api import MemberApiError
 from edge_agent.cluster.status import ClusterStatusSource
 
 
@@ -33,6 +34,8 @@ class FakeApi:
     def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
         self.objects = {"/api/v1/nodes": nodes, "/api/v1/pods": pods}
         self.fail: Exception | None = None
+        self.readyz: Exception = json.JSONDecodeError("Expecting value", "ok", 0)
+        """What GET /readyz raises: by default a 200 "ok" that is not JSON."""
         self.hang = False
         self.paths: list[str] = []
 
@@ -43,7 +46,7 @@ class FakeApi:
         if self.fail is not None:
             raise self.fail
         if path == "/readyz":
-            raise json.JSONDecodeError("Expecting value", "ok", 0)  # 200 "ok", not JSON
+            raise self.readyz
         if path == "/version":
             return {"gitVersion": "v1.36.3"}
         base, _, query = path.partition("?")
@@ -155,3 +158,22 @@ async def test_run_samples_every_interval(api: FakeApi) -> None:
         task = group.create_task(source.run(), name="test.cluster-status")
         await three.wait()
         task.cancel()
+
+
+@pytest.mark.parametrize(
+    ("error", "ready"),
+    [
+        # The agent's MemberApi: 200 "ok" is "not JSON"; a 500 and no answer are not ready.
+        (MemberApiError("GET /readyz on https://x: the answer is not JSON"), True),
+        (MemberApiError("GET /readyz on https://x: the answer is not JSON", status=200), True),
+        (MemberApiError("GET /readyz on https://x: HTTP 500: [-]etcd failed", status=500), False),
+        (MemberApiError("GET /readyz on https://x failed: Connection refused"), False),
+        (json.JSONDecodeError("Expecting value", "ok", 0), True),
+        (ConnectionResetError("reset"), False),
+    ],
+)
+async def test_readyz_answers(api: FakeApi, error: Exception, *, ready: bool) -> None:
+    api.readyz = error
+    source = ClusterStatusSource(get_json=api.get_json, interval=10)
+    assert await source.sample() is ready
+    assert source.metrics()["apiserver.healthy"] is ready

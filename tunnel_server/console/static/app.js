@@ -34,6 +34,11 @@ const state = {
   twinFollow: null,  // AbortController of the device page's long-poll loop
   twinSeen: null,  // { id, desired, reported }: the twin versions the device page shows
   form: null,  // the desired form of the device page: { id, version, values }
+  clusters: new Map(),  // the clusters page's rows (GET /api/v1/clusters), by name
+  clusterSort: { field: 'name', dir: 1 },
+  clusterPoll: null,  // timer of the clusters pages' fallback poll
+  clusterPending: false,  // a clusters fetch is on its way (live updates fetch once a second)
+  clusterAgain: false,  // something changed meanwhile: fetch once more afterwards
 };
 
 // ------------------------------------------------------------------ helpers
@@ -76,7 +81,7 @@ function morph(parent, fresh) {
 
 function sameElement(a, b) {
   if (a.nodeType !== Node.ELEMENT_NODE || a.tagName !== b.tagName) return false;
-  return ['id', 'data-node', 'data-device', 'data-card', 'data-fact'].every((k) => a.getAttribute(k) === b.getAttribute(k));
+  return ['id', 'data-node', 'data-cluster', 'data-device', 'data-card', 'data-fact'].every((k) => a.getAttribute(k) === b.getAttribute(k));
 }
 
 function session() {
@@ -341,6 +346,7 @@ function onEvent(name, data) {
     state.retry = 0;
     setLive('live', 'on');
     refresh(new Set(data.nodes.map((r) => r.name)));
+    if (data.nodes.some((r) => r.kind === 'cluster')) clustersChanged();
   }
 }
 
@@ -415,9 +421,14 @@ function card(label, value, cls, status) {
   return el;
 }
 
+// The event stream's rows include registered clusters (kind "cluster"): they have their own page.
+function nodeRows() {
+  return [...state.nodes.values()].filter((r) => r.kind !== 'cluster');
+}
+
 function visibleRows() {
   const q = state.filter.trim().toLowerCase();
-  const rows = [...state.nodes.values()].filter((r) => {
+  const rows = nodeRows().filter((r) => {
     if (state.status && r.status !== state.status) return false;
     if (!q) return true;
     return [r.name, r.os, r.kernel, r.agent_version, r.status].some((v) => v && v.toLowerCase().includes(q));
@@ -443,9 +454,10 @@ function renderRows() {
   }
   const rows = visibleRows();
   const body = table.querySelector('tbody');
-  document.getElementById('count').textContent = rows.length + ' of ' + state.nodes.size + ' nodes';
+  const total = nodeRows().length;
+  document.getElementById('count').textContent = rows.length + ' of ' + total + ' nodes';
   if (!rows.length) {
-    const text = state.nodes.size
+    const text = total
       ? 'No node matches the filter.'
       : 'No nodes yet. Create a bootstrap token (POST /api/v1/tokens or `tunnel-server token create`) and run `edge-agent join` on a machine.';
     morph(body, [h('tr', {}, h('td', { class: 'empty', colspan: COLUMNS.length }, text))]);
@@ -854,6 +866,203 @@ function chart(spec, points, from, to) {
     h('div', { class: 'axis' }, h('span', {}, fmt.duration(to - from) + ' ago'), h('span', {}, '0–' + scale), h('span', {}, 'now')));
 }
 
+// ------------------------------------------------------------------ clusters
+
+// Registered clusters: GET /api/v1/clusters (and /{name}). The event stream carries each
+// cluster agent's row (kind "cluster": liveness only, not the counts), so a cluster that
+// reports or goes offline makes an open clusters page fetch again, at most once per
+// CLUSTER_GAP; a slow poll covers whatever the stream does not say.
+const CLUSTER_COLUMNS = [
+  { field: 'name', label: 'Cluster' },
+  { field: 'status', label: 'Status' },
+  { field: 'version', label: 'Version' },
+  { field: 'nodes_ready', label: 'Nodes ready' },
+  { field: 'pods_running', label: 'Pods running' },
+  { field: 'cpu_requested_cores', label: 'CPU requested' },
+  { field: 'memory_requested_bytes', label: 'Memory requested' },
+  { field: 'apiserver_healthy', label: 'API server' },
+  { field: 'last_seen', label: 'Last seen' },
+];
+const PHASES = ['pending', 'running', 'succeeded', 'failed', 'unknown'];
+const CLUSTER_GAP = 1000;  // ms: live updates fetch at most once a second
+const CLUSTER_POLL = 5000;  // ms: the fallback poll while a clusters page is open
+
+function currentCluster() {
+  const m = location.hash.match(/^#\/clusters\/(.+)$/);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function followClusters(on) {
+  clearInterval(state.clusterPoll);
+  state.clusterPoll = on ? setInterval(clustersChanged, CLUSTER_POLL) : null;
+}
+
+function clustersChanged() {
+  if (!document.getElementById('cluster-list') && !document.getElementById('cluster')) return;
+  if (state.clusterPending) { state.clusterAgain = true; return; }
+  state.clusterPending = true;
+  loadClusters().catch(() => {}).finally(() => setTimeout(() => {
+    state.clusterPending = false;
+    if (state.clusterAgain) { state.clusterAgain = false; clustersChanged(); }
+  }, CLUSTER_GAP));
+}
+
+async function loadClusters() {
+  const name = currentCluster();
+  if (name) {
+    const detail = await api('/api/v1/clusters/' + encodeURIComponent(name));
+    if (currentCluster() === name) renderClusterDetail(detail);
+    return;
+  }
+  const page = await api('/api/v1/clusters?limit=5000');
+  if (!document.getElementById('cluster-list')) return;
+  state.clusters = new Map(page.clusters.map((c) => [c.name, c]));
+  document.getElementById('cluster-error').replaceChildren();
+  renderClusterRows();
+}
+
+const cores = (v) => (v === null || v === undefined ? '–' : String(Math.round(v * 100) / 100));
+
+function ratio(part, whole) {
+  return part === null || part === undefined || whole === null || whole === undefined ? '–' : part + ' / ' + whole;
+}
+
+// "1.75 / 9.5 cores" with a bar of the share; the share itself in the tooltip.
+function usage(used, total, show, unit) {
+  if (used === null || used === undefined || !total) return h('span', {}, '–');
+  const share = (100 * used) / total;
+  const bar = meter(share).firstChild;  // meter()'s bar without its percentage
+  return h('span', { title: fmt.pct(share) + ' requested' }, bar, show(used) + ' / ' + show(total) + unit);
+}
+
+function health(c) {
+  if (c.apiserver_healthy === true) return h('span', { class: 'badge online', 'data-health': 'healthy' }, 'healthy');
+  if (c.apiserver_healthy === false) return h('span', { class: 'badge offline', 'data-health': 'unhealthy' }, 'unhealthy');
+  return h('span', { class: 'badge', 'data-health': 'unknown' }, c.status === 'online' ? 'not reported' : 'unknown');
+}
+
+function renderClusterList() {
+  const head = h('tr', {}, CLUSTER_COLUMNS.map((c) => h('th', { scope: 'col', 'data-field': c.field },
+    h('button', { type: 'button', onclick: () => sortClustersBy(c.field) }, c.label))));
+  mount(h('section', { id: 'cluster-list' },
+    h('h1', {}, 'Clusters'),
+    h('div', { id: 'cluster-cards' }),
+    h('div', { id: 'cluster-error' }),
+    h('h2', {}, 'All clusters'),
+    h('div', { class: 'toolbar' }, h('span', { class: 'count', id: 'cluster-count' }, 'Loading…')),
+    h('table', { id: 'clusters' }, h('thead', {}, head), h('tbody', {}))));
+  renderClusterRows();
+  loadClusters().catch((err) => {
+    const box = document.getElementById('cluster-error');
+    if (err.status !== 401 && box) box.replaceChildren(h('div', { class: 'error', role: 'alert' }, err.message));
+  });
+}
+
+function sortClustersBy(field) {
+  const s = state.clusterSort;
+  state.clusterSort = s.field === field ? { field, dir: -s.dir } : { field, dir: 1 };
+  renderClusterRows();
+}
+
+function renderClusterRows() {
+  const table = document.getElementById('clusters');
+  if (!table) return;
+  const { field, dir } = state.clusterSort;
+  for (const th of table.querySelectorAll('th')) {
+    if (th.dataset.field === field) th.setAttribute('aria-sort', dir > 0 ? 'ascending' : 'descending');
+    else th.removeAttribute('aria-sort');
+  }
+  const rows = [...state.clusters.values()].sort((a, b) => {
+    const x = a[field]; const y = b[field];
+    if (x === y) return a.name.localeCompare(b.name);
+    if (x === null || x === undefined) return 1;
+    if (y === null || y === undefined) return -1;
+    return (typeof x === 'string' ? x.localeCompare(y) : Number(x) - Number(y)) * dir;
+  });
+  const sum = (key) => rows.reduce((n, c) => n + (c[key] || 0), 0);
+  const count = (status) => rows.filter((c) => c.status === status).length;
+  const unhealthy = rows.filter((c) => c.apiserver_healthy === false).length;
+  morph(document.getElementById('cluster-cards'), [h('div', { class: 'cards' },
+    card('Clusters', rows.length, ''),
+    card('Online', count('online'), 'ok'),
+    card('Offline', count('offline'), count('offline') ? 'bad' : ''),
+    card('API server unhealthy', unhealthy, unhealthy ? 'bad' : ''),
+    card('Nodes ready', sum('nodes_ready') + ' / ' + sum('nodes_total'), ''),
+    card('Pods running', sum('pods_running') + ' / ' + sum('pods_total'), ''))]);
+  document.getElementById('cluster-count').textContent = rows.length + (rows.length === 1 ? ' cluster' : ' clusters');
+  const body = table.querySelector('tbody');
+  if (!rows.length) {
+    morph(body, [h('tr', {}, h('td', { class: 'empty', colspan: CLUSTER_COLUMNS.length },
+      'No clusters yet. Register one: `tunnel-server token create --kind cluster --name NAME`, '
+      + 'then run the agent in cluster mode inside that cluster (see docs/clusters.md).'))]);
+    return;
+  }
+  morph(body, rows.map(clusterRow));
+}
+
+function clusterRow(c) {
+  const worst = c.warnings.length ? c.warnings[0] : null;
+  const warn = worst ? h('span', { class: 'w-dot ' + worst.severity, title: c.warnings.map((w) => w.message).join('\n') }, ' ⚠') : '';
+  return h('tr', { 'data-cluster': c.name, 'data-status': c.status },
+    h('td', { class: 'name', 'data-label': 'Cluster' }, h('a', { href: '#/clusters/' + encodeURIComponent(c.name) }, c.name), warn),
+    h('td', { class: 'status', 'data-label': 'Status' }, badge(c.status)),
+    h('td', { 'data-label': 'Version' }, c.version || '–'),
+    h('td', { class: 'num', 'data-label': 'Nodes ready' }, ratio(c.nodes_ready, c.nodes_total)),
+    h('td', { class: 'num', 'data-label': 'Pods running' }, ratio(c.pods_running, c.pods_total)),
+    h('td', { class: 'num', 'data-label': 'CPU requested' }, usage(c.cpu_requested_cores, c.cpu_allocatable_cores, cores, ' cores')),
+    h('td', { class: 'num', 'data-label': 'Memory requested' }, usage(c.memory_requested_bytes, c.memory_allocatable_bytes, fmt.bytes, '')),
+    h('td', { 'data-label': 'API server' }, health(c)),
+    h('td', { 'data-label': 'Last seen', title: fmt.time(c.last_seen) }, c.connected ? 'now' : fmt.ago(c.last_seen)));
+}
+
+async function renderCluster(name) {
+  mount(h('section', { id: 'cluster', 'data-cluster': name },
+    h('div', { class: 'crumbs' }, h('a', { href: '#/clusters' }, '← Clusters')),
+    h('div', { class: 'head' }, h('h1', {}, name), h('span', { id: 'cluster-status' })),
+    h('div', { id: 'cluster-warnings' }),
+    h('h2', {}, 'Details'), h('div', { class: 'panel' }, h('dl', { class: 'facts', id: 'cluster-facts' }, h('div', {}, h('dt', {}, 'Loading…')))),
+    h('h2', {}, 'Pods by phase'), h('div', { id: 'cluster-pods' }),
+    h('details', { class: 'raw' }, h('summary', {}, 'All reported metrics'), h('pre', { id: 'cluster-raw' }))));
+  try {
+    const detail = await api('/api/v1/clusters/' + encodeURIComponent(name));
+    if (currentCluster() === name) renderClusterDetail(detail);
+  } catch (err) {
+    if (err.status === 401) return;
+    const view = document.getElementById('cluster');
+    if (view) view.append(h('div', { class: 'error', role: 'alert', id: 'cluster-error' }, err.message));
+  }
+}
+
+function renderClusterDetail(d) {
+  const status = document.getElementById('cluster-status');
+  if (!status) return;
+  morph(status, [badge(d.status), d.offline_reason && d.status === 'offline'
+    ? h('span', { class: 'count' }, ' ' + d.offline_reason + ' (' + fmt.ago(d.status_since) + ')') : '']);
+  const latency = d.apiserver_latency_ms === null || d.apiserver_latency_ms === undefined ? '' : ' (' + fmt.num(d.apiserver_latency_ms, 1) + ' ms)';
+  const facts = [
+    ['Status', d.status + (d.connected ? ' (tunnel up)' : ' (no tunnel)')],
+    ['API server', h('span', {}, health(d), latency)],
+    ['Kubernetes version', d.version || '–'],
+    ['Nodes ready', ratio(d.nodes_ready, d.nodes_total)],
+    ['Pods running', ratio(d.pods_running, d.pods_total)],
+    ['CPU requested', usage(d.cpu_requested_cores, d.cpu_allocatable_cores, cores, ' cores')],
+    ['Memory requested', usage(d.memory_requested_bytes, d.memory_allocatable_bytes, fmt.bytes, '')],
+    ['Counts sampled', d.sampled_at ? fmt.ago(d.sampled_at) : '–'],
+    ['Last report', fmt.ago(d.last_report)],
+    ['Agent version', d.agent_version || '–'],
+    ['Certificate expires', d.cert_expires ? fmt.time(d.cert_expires) + ' (' + fmt.until(d.cert_expires) + ')' : '–'],
+    ['Reports every', d.report_interval_seconds ? d.report_interval_seconds + ' s (offline after ' + d.lease_seconds + ' s silence)' : '–'],
+    ['Joined', fmt.time(d.created_at)],
+  ];
+  morph(document.getElementById('cluster-facts'), facts.map(([k, v]) =>
+    h('div', { 'data-fact': k }, h('dt', {}, k), h('dd', {}, v))));
+  morph(document.getElementById('cluster-pods'), [h('div', { class: 'cards' },
+    PHASES.map((p) => card(p[0].toUpperCase() + p.slice(1), d['pods_' + p] ?? '–', p === 'failed' && d.pods_failed ? 'bad' : '')))]);
+  morph(document.getElementById('cluster-warnings'), [d.warnings.length ? h('ul', { class: 'warnings' },
+    d.warnings.map((w) => h('li', { class: w.severity, 'data-code': w.code }, w.message))) : '']);
+  document.getElementById('cluster-raw').textContent = JSON.stringify(d.metrics || {}, null, 2);
+}
+
 // ------------------------------------------------------------------ routing
 
 function mount(el) {
@@ -880,11 +1089,15 @@ function route() {
   startStream();
   const name = currentNode();
   const device = currentDevice();
+  const cluster = currentCluster();
   if (state.twinFollow && !device) { state.twinFollow.abort(); state.twinFollow = null; }
   if (name) renderNode(name);
   else if (device) renderDevice(device);
   else if (location.hash === '#/devices') renderDeviceList();
+  else if (cluster) renderCluster(cluster);
+  else if (location.hash === '#/clusters') renderClusterList();
   else renderNodeList();
+  followClusters(Boolean(cluster) || location.hash === '#/clusters');
   document.getElementById('view').focus({ preventScroll: true });
 }
 
@@ -894,4 +1107,7 @@ document.addEventListener('DOMContentLoaded', () => {
   route();
 });
 // Re-draw relative times ("12 s ago") without waiting for a change.
-setInterval(() => { if (document.getElementById('node-list')) renderRows(); }, 10000);
+setInterval(() => {
+  if (document.getElementById('node-list')) renderRows();
+  if (document.getElementById('cluster-list')) renderClusterRows();
+}, 10000);
