@@ -1,4 +1,4 @@
-"""``kubectl logs`` and ``exec`` for a pod on an edge node, through a real kube-apiserver's egress.
+"""kubectl logs, exec and port-forward for pods on an edge node, through kube-apiserver's egress.
 
 The cloud cluster is a member cluster of the harness (kube-apiserver, controller manager,
 scheduler, kwok playing every kubelet). kube-apiserver runs with an EgressSelectorConfiguration
@@ -10,9 +10,14 @@ kube-apiserver -> tunnel-server -> the agent's tunnel -> kwok, and the second's 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import member
+from tests.harness import kube, member
 from tests.harness.daemons import Agent, Server
+from tests.harness.procs import ManagedProcess, free_port
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.kube
@@ -214,3 +220,86 @@ def test_an_offline_edge_node_is_refused_and_kubectl_says_so(edge: Edge) -> None
     finally:
         edge.agent.start()
         edge.agent.wait_connected()
+
+
+def output_of(proc: ManagedProcess) -> str:
+    proc.check_running()  # a kubectl that exited ends the wait with its output
+    return proc.tail()
+
+
+class Sink:
+    """A TCP server that reads ``size`` bytes per connection and answers their sha256."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, name="sink", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listening socket closed: the test is over
+            while True:
+                connection, _ = self.server.accept()
+                with connection:
+                    digest = hashlib.sha256()
+                    received = 0
+                    while received < self.size:
+                        chunk = connection.recv(1 << 16)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        received += len(chunk)
+                    if received == self.size:
+                        connection.sendall(digest.hexdigest().encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread
+        self.server.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.timeout(START_TIMEOUT)
+def test_kubectl_port_forward_to_a_pod_on_an_edge_node(edge: Edge) -> None:
+    running_pod(edge, "forwarded", edge.edge_node)
+    payload = os.urandom(4 * 1024 * 1024)
+    sink = Sink(len(payload))
+    edge.cluster.add_port_forward(
+        "edge-forward", sink.port, namespaces=[NAMESPACE], pods=["forwarded"]
+    )
+    local = free_port()
+    before = connects(edge, "ok")
+    forwarder = ManagedProcess(
+        "kubectl port-forward",
+        [
+            str(kube.kube_bin_dir() / "kubectl"),
+            f"--kubeconfig={edge.cluster.kubeconfig}",
+            "port-forward",
+            "-n",
+            NAMESPACE,
+            "pod/forwarded",
+            f"{local}:8080",
+        ],
+        log_path=edge.workdir / "port-forward.out",
+    )
+    try:
+        eventually(
+            lambda: output_of(forwarder),
+            lambda text: f"Forwarding from 127.0.0.1:{local}" in text,
+            what="kubectl port-forward listening",
+            within=60.0,
+        )
+        with socket.create_connection(("127.0.0.1", local), timeout=60.0) as connection:
+            connection.sendall(payload)
+            answer = b""
+            while len(answer) < 64:
+                chunk = connection.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.decode() == hashlib.sha256(payload).hexdigest()
+        assert connects(edge, "ok") > before
+    finally:
+        forwarder.stop()
+        sink.close()
