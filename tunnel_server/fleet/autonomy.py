@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from tunnel_server.settings import AutonomySettings, CloudWatchSettings
 
 log = logging.getLogger("tunnel_server.fleet.autonomy")
+
+_NODE_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+"""A Node name: an RFC 1123 DNS subdomain, as the API server validates it."""
 
 PodKey = tuple[str, str]
 """(namespace, name)"""
@@ -254,6 +260,8 @@ async def _node(app: web.Application, name: str) -> CloudNode | None:
     known = app[WEBHOOK_NODES_KEY].by_name.get(name)
     if known is not None or UPSTREAM_KEY not in app:
         return known
+    if not _NODE_NAME.fullmatch(name):
+        return None  # no Node can have it; and it must never shape the URL we GET
     upstream = app[UPSTREAM_KEY]
     settings = app[SETTINGS_KEY].autonomy
     timeout = aiohttp.ClientTimeout(total=settings.node_lookup_timeout)

@@ -319,3 +319,22 @@ def test_the_webhook_allows_other_kinds_unchanged(cloud: Cloud) -> None:
     status, answer = post_review(cloud, json.dumps(review).encode())
     assert status == 200
     assert answer["response"] == {"uid": "u-1", "allowed": True}
+
+
+@pytest.mark.parametrize("node", ["../../api/v1/namespaces", "edge-m?watch=1", "no-such-node"])
+def test_the_webhook_allows_pods_of_unknown_or_impossible_nodes_unchanged(
+    cloud: Cloud, node: str
+) -> None:
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-2",
+            "kind": {"kind": "Pod"},
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "p"}, "spec": {"nodeName": node, "containers": []}},
+        },
+    }
+    status, answer = post_review(cloud, json.dumps(review).encode())
+    assert status == 200
+    assert answer["response"] == {"uid": "u-2", "allowed": True}
