@@ -389,9 +389,15 @@ function sortBy(field) {
 function renderOverview() {
   const box = document.getElementById('overview');
   if (!box) return;
-  const o = state.overview;
+  let o = state.overview;
   if (!o) { box.replaceChildren(h('p', { class: 'notice' }, 'Loading the overview…')); return; }
-  const n = o.nodes;
+  // Counted here from the rows, not taken from o.nodes: the server's overview counts the
+  // registered clusters' agents too, and they have their own page.
+  const rows = nodeRows();
+  const n = { total: rows.length };
+  for (const key of ['online', 'offline', 'unknown', 'pending']) n[key] = rows.filter((r) => r.status === key).length;
+  const clusters = new Set([...state.nodes.values()].filter((r) => r.kind === 'cluster').map((r) => r.name));
+  o = Object.assign({}, o, { warnings: o.warnings.filter((w) => !clusters.has(w.node)) });
   const cards = h('div', { class: 'cards' },
     card('Nodes', n.total, ''),
     card('Online', n.online, 'ok', 'online'),
