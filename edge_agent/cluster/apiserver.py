@@ -29,7 +29,7 @@ from http import HTTPStatus
 import h11
 import prometheus_client
 
-from edge_agent.cluster import impersonation
+from edge_agent.cluster import impersonation, member_pool
 from edge_agent.cluster.credentials import CredentialsError, MemberCredentials
 from edge_agent.cluster.settings import ClusterSettings
 from tunnel_aio import StreamError, TunnelStream, pipe_socket
@@ -126,6 +126,7 @@ class ApiServerMetrics:
             ["result"],
             registry=registry,
         )
+        self.pool = member_pool.PoolMetrics(registry)
 
 
 @dataclass(kw_only=True)
@@ -138,6 +139,10 @@ class ApiServerTarget:
     counts: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_error_at: float | None = None
+    pool: member_pool.MemberPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = member_pool.MemberPool(connect=self._connect, metrics=self.metrics.pool)
 
     def status(self) -> dict[str, object]:
         """The ``cluster`` section of the local API's /status (without the report part)."""
@@ -157,7 +162,18 @@ class ApiServerTarget:
         """One exchange: the handler the tunnel client calls for a stream to ``TARGET``."""
         stream.accept()
         try:
-            head, rest, reader, writer = await self._open(stream)
+            request, rest, authorization = await self._admit(stream)
+            host = self.credentials.host_header
+            if not member_pool.is_upgrade(request):  # on a kept-alive connection
+                outgoing = member_pool.member_request(
+                    request, host=host, authorization=authorization
+                )
+                taken = await self.pool.take()
+                self._count("relayed")
+                await self.pool.exchange(stream, taken, request, rest, outgoing=outgoing)
+                return
+            head = encode_head(request, host=host, authorization=authorization)
+            reader, writer = await self._connect()
         except RefusedError as refused:
             self._count(f"refused_{refused.code}")
             await _answer(stream, refused.code, str(refused))
@@ -166,9 +182,7 @@ class ApiServerTarget:
         writer.write(head + rest)
         await pipe_socket(stream, reader, writer)
 
-    async def _open(
-        self, stream: TunnelStream
-    ) -> tuple[bytes, bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _admit(self, stream: TunnelStream) -> tuple[h11.Request, bytes, str | None]:
         settings = self.settings
         try:
             async with asyncio.timeout(settings.head_timeout):
@@ -186,9 +200,7 @@ class ApiServerTarget:
             raise RefusedError(
                 503, f"the cluster agent has no usable credential: {error}"
             ) from None
-        head = encode_head(request, host=self.credentials.host_header, authorization=authorization)
-        reader, writer = await self._connect()
-        return head, rest, reader, writer
+        return request, rest, authorization
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         creds = self.credentials
