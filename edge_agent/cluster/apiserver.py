@@ -8,10 +8,10 @@ Rules:
 * It drops any ``Authorization`` and ``Proxy-Authorization``, sets ``Host`` and adds its own
   credential (a bearer token; a client certificate rides in the TLS handshake), opens TLS to
   the member API server (verified against the member's CA) and sends the head.
-* From then on bytes are relayed raw both ways until either side ends, so request bodies,
-  chunked watch answers and 101 upgrades (WebSocket ``v5.channel.k8s.io``, SPDY/3.1) pass
-  untouched. The cloud sends ``Connection: close`` (or an upgrade), so the member ends the
-  exchange; the cloud resetting the stream (its caller went away) aborts the connection.
+* An upgrade (WebSocket ``v5.channel.k8s.io``, SPDY/3.1) gets its own connection, and bytes
+  are relayed raw both ways until either side ends; the cloud resetting the stream (its
+  caller went away) aborts the connection. Any other exchange goes out on a kept-alive
+  connection of ``member_pool`` (its rules there), which ends the stream at the answer's end.
 * Whatever the agent refuses is answered in the stream as a Kubernetes ``Status`` (403
   impersonation, 400/431 bad head, 408 no head, 503 member unreachable), so kubectl prints it.
 """
