@@ -7,7 +7,7 @@ kube-apiserver + kube-controller-manager + kube-scheduler + kwok with fake nodes
 scripts/kube-build's cache), gives each a small demo Deployment so ``kubectl get pods -A`` shows
 running pods, writes ``DIR/clusters.json`` (name, API server URL, CA file and admin kubeconfig
 of each) once all are ready, and runs until SIGTERM or SIGINT, then stops them all. Each start
-is fresh (the clusters are scratch; DIR/<name> is wiped first). Exits 1 with one line saying
+is fresh (the clusters are scratch; DIR/member* is wiped first). Exits 1 with one line saying
 why if they cannot start.
 """
 
@@ -50,33 +50,27 @@ def serve(count: int, base: Path, stop: threading.Event, serving: threading.Even
 
     ready = base / "clusters.json"
     ready.unlink(missing_ok=True)
-    names = [f"cluster-{index}" for index in range(1, count + 1)]
-    for name in names:
-        shutil.rmtree(base / name, ignore_errors=True)
-    started: list[member.MemberCluster] = []
+    for old in base.glob("member*"):
+        shutil.rmtree(old, ignore_errors=True)
     try:
-        # Launch all first, then wait: their slow starts overlap.
-        for name in names:
-            started.append(member.launch_member(name, base / name, nodes=NODES))  # noqa: PERF401
-        for cluster in started:
-            cluster.wait_ready()
-            cluster.api("POST", "/apis/apps/v1/namespaces/default/deployments", DEMO)
-        listing = [
-            {
-                "name": c.name,
-                "url": c.url,
-                "ca": str(c.plane.ca_path),
-                "kubeconfig": str(c.kubeconfig),
-            }
-            for c in started
-        ]
-        ready.write_text(json.dumps(listing, indent=2) + "\n")
-        serving.set()
-        stop.wait()
+        # Named member0.. inside (their nodes: member0-node-0, ...); registered as cluster-1..
+        with member.member_clusters(count, base, nodes=NODES) as started:
+            for cluster in started:
+                cluster.api("POST", "/apis/apps/v1/namespaces/default/deployments", DEMO)
+            listing = [
+                {
+                    "name": f"cluster-{index}",
+                    "url": c.url,
+                    "ca": str(c.plane.ca_path),
+                    "kubeconfig": str(c.kubeconfig),
+                }
+                for index, c in enumerate(started, start=1)
+            ]
+            ready.write_text(json.dumps(listing, indent=2) + "\n")
+            serving.set()
+            stop.wait()
     finally:
         ready.unlink(missing_ok=True)
-        for cluster in started:
-            cluster.stop()
 
 
 def main() -> int:

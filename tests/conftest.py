@@ -79,7 +79,17 @@ def mqtt_dynsec_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mqt
     broker.stop()
 
 
-SERVICE_NAMES = frozenset({"kube-apiserver", "kine", "mosquitto"})
+SERVICE_NAMES = frozenset(
+    {
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-controller",  # the kernel's 15-character comm, should psutil fall back to it
+        "kube-scheduler",
+        "kwok",
+        "kine",
+        "mosquitto",
+    }
+)
 
 
 def leftover_services() -> list[str]:

@@ -231,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM CA file: --egress-listen requires a client certificate signed by it",
     )
     run.add_argument(
+        "--egress-max-per-node",
+        type=arguments.whole(low=1, high=100_000),
+        default=defaults.egress.max_per_node,
+        metavar="N",
+        help="CONNECTs relayed at once to one edge node; more get 429 (default: %(default)s)",
+    )
+    run.add_argument(
+        "--egress-idle-timeout",
+        type=arguments.duration(low=0.0, high=7 * DAY),
+        default=defaults.egress.idle_timeout,
+        metavar="DURATION",
+        help="close a relayed connection after this long without a byte either way; 0: never"
+        " (default: 4h, the kubelet's own streaming idle timeout)",
+    )
+    run.add_argument(
         "--autonomy",
         action="store_true",
         help="keep pods of nodes labelled edgefleet.io/autonomy=true through their outage: "
@@ -597,7 +612,23 @@ def _print_manifest(args: argparse.Namespace, *, token: str, server: str, ca_has
         f" then `tunnel-server nodes` shows {args.name} once its agent joined",
         file=sys.stderr,
     )
+    if _is_loopback(urlsplit(server).hostname or ""):
+        print(  # noqa: T201 - a warning, off stdout
+            f"# warning: the agent will dial {server}, a loopback address: a pod reaches that"
+            " only if the cluster runs on this machine; give --server with the URL the"
+            " cluster's pods reach this server at",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_token_list(data_dir: Path) -> int:
@@ -960,8 +991,21 @@ def _check_fleet_flags(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--egress-client-ca {args.egress_client_ca} is unusable: {exc}"
             ) from None
-    if args.egress_uds is not None and not args.egress_uds.parent.is_dir():
-        raise UsageError(f"--egress-uds {args.egress_uds}: {args.egress_uds.parent} is no folder")
+    if args.egress_uds is not None:
+        from tunnel_server.fleet import egress  # noqa: PLC0415 - see serve()
+
+        if not args.egress_uds.parent.is_dir():
+            raise UsageError(
+                f"--egress-uds {args.egress_uds}: {args.egress_uds.parent} is no folder"
+            )
+        if len(os.fsencode(args.egress_uds)) > egress.MAX_SOCKET_PATH:
+            raise UsageError(
+                f"--egress-uds {args.egress_uds} is longer than a Unix socket path may be"
+                f" ({egress.MAX_SOCKET_PATH} bytes): choose a shorter path"
+            )
+        problem = egress.socket_path_problem(args.egress_uds)
+        if problem is not None:
+            raise UsageError(problem)
     if args.autonomy and args.kube_upstream is None:
         raise UsageError("--autonomy needs --kube-upstream (the cloud cluster's kubeconfig)")
 
@@ -1019,6 +1063,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 uds_path=getattr(args, "egress_uds", None),
                 listen=getattr(args, "egress_listen", None),
                 client_ca=getattr(args, "egress_client_ca", None),
+                max_per_node=getattr(args, "egress_max_per_node", EgressSettings().max_per_node),
+                idle_timeout=getattr(args, "egress_idle_timeout", EgressSettings().idle_timeout),
             ),
             autonomy=AutonomySettings(enabled=getattr(args, "autonomy", False)),
         )

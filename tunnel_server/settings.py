@@ -156,6 +156,13 @@ class AutonomySettings:
     node_lookup_timeout: float = 2.0
     """Seconds the webhook waits for a Node it has not seen in its watch (a GET)."""
 
+    max_review_bytes: int = 3 * 1024 * 1024
+    """Bytes of one AdmissionReview: one pod, which the API server itself limits to 3 MiB."""
+
+    max_review_depth: int = 64
+    """JSON nesting of an AdmissionReview: a pod's managedFields mirror its deepest fields
+    (~20 levels); 64 is ample and keeps the parser far from Python's recursion limit."""
+
     patch_concurrency: int = 8
     """Pod patches in flight at once, so a node with thousands of pods does not flood the API."""
 

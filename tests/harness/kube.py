@@ -44,6 +44,13 @@ def kube_bin_dir() -> Path:
     return folder
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl exited non-zero; the message ends with what it wrote to stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; stderr: {str(self.stderr).strip()[-2000:]}"
+
+
 @dataclass(kw_only=True)
 class ControlPlane:
     """One running kine + kube-apiserver pair and the files a client needs to reach it."""
@@ -118,16 +125,24 @@ class ControlPlane:
     def kubectl(
         self, *args: str, stdin: str | None = None, timeout: float = 120.0, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real kubectl against this control plane as the admin; text in and out."""
-        return subprocess.run(
-            [str(kube_bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+        """Run the real kubectl against this control plane as the admin; text in and out.
+
+        With ``check`` a non-zero exit raises ``KubectlError``, whose message has kubectl's
+        stderr (a bare CalledProcessError would hide why it failed).
+        """
+        argv = [str(kube_bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        done = subprocess.run(
+            argv,
             input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
-            check=check,
+            check=False,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir)},
         )
+        if check and done.returncode != 0:
+            raise KubectlError(done.returncode, argv, done.stdout, done.stderr)
+        return done
 
     def get(self, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
         """Plain GET with the admin token; for readiness and quick checks."""

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
 import yaml
 
 from tests.harness import kube
@@ -479,6 +478,8 @@ class MemberCluster:
     node_lease_seconds: int
     exec_workdir: Path
     """Where ``kubectl exec`` commands run (the local ClusterExec rule's workDir)."""
+    node_capacity: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPACITY))
+    """Capacity of the nodes the harness creates (``MemberSpec.node_capacity``)."""
     _procs: dict[str, ManagedProcess] = field(default_factory=dict)
     _argv: dict[str, list[str]] = field(default_factory=dict)
     _env: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -510,6 +511,67 @@ class MemberCluster:
         if not 200 <= status < 300:
             raise ServiceError(f"{method} {path} on member {self.name}: {status} {answer}")
         return answer
+
+    def in_cluster_env(self) -> dict[str, str]:
+        """The environment Kubernetes gives a pod to find its API server.
+
+        client-go's in-cluster config reads these plus the files of
+        ``write_service_account_files``.
+        """
+        return {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.plane.port),
+        }
+
+    def write_service_account_files(
+        self, folder: Path, *, namespace: str = "default", name: str = "default"
+    ) -> Path:
+        """Write a service account's ``token``, ``ca.crt`` and ``namespace`` into ``folder``.
+
+        The same files the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount.
+        Creates the service account if missing and a long-lived token Secret that the
+        controller manager's token controller fills (so the token survives restarts of the
+        API server). Returns ``folder``.
+        """
+        if (
+            self.plane.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")[0]
+            == 404
+        ):
+            self.api(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+            )
+        secret = f"{name}-token-{secrets.token_hex(4)}"
+        self.api(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/service-account-token",
+                "metadata": {
+                    "name": secret,
+                    "annotations": {"kubernetes.io/service-account.name": name},
+                },
+            },
+        )
+        data = eventually(
+            lambda: (
+                self.api("GET", f"/api/v1/namespaces/{namespace}/secrets/{secret}").get("data")
+                or {}
+            ),
+            lambda found: "token" in found and "ca.crt" in found,
+            what=f"the token controller filling Secret {namespace}/{secret} in member {self.name}",
+            within=60.0,
+            every=0.2,
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in ("token", "ca.crt", "namespace"):
+            path = folder / key
+            path.write_bytes(base64.b64decode(data[key]))
+            path.chmod(0o600)
+        return folder
 
     # -- nodes
 
@@ -551,6 +613,22 @@ class MemberCluster:
             every=0.5,
             ignore=(OSError, ServiceError),
         )
+
+    def add_node(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        capacity: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create one more node like the others (kwok makes it Ready; see wait_nodes_ready)."""
+        _create_node(self, name, labels or {}, capacity or self.node_capacity)
+        self.nodes.append(name)
+
+    def remove_node(self, name: str) -> None:
+        """Delete a node object (its pods are garbage-collected by the controller manager)."""
+        self.api("DELETE", f"/api/v1/nodes/{name}")
+        self.nodes.remove(name)
 
     def label_node(self, name: str, labels: Mapping[str, str | None]) -> None:
         """Merge-patch a node's labels; a None value removes that label."""
@@ -696,12 +774,14 @@ class MemberCluster:
     def start_process(self, which: str, extra_args: Sequence[str] = ()) -> None:
         """(Re)start one of the member's processes, with its flags merged with ``extra_args``.
 
-        A restarted kwok has a new identity: it takes over each node lease only once the old
-        holder's lease has expired (``node_lease_seconds``), so nodes stay Ready only if the
-        controller manager's grace period is longer than that.
+        Before kwok starts, the node leases go: a restarted kwok has a new identity and would
+        otherwise wait for the old holder's leases to expire, long enough (up to the lease
+        duration plus a renewal interval) for the controller manager to call its nodes Unknown.
         """
         if which in self._procs and self._procs[which].popen.poll() is None:
             return
+        if which == "kwok":
+            self.api("DELETE", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
         if extra_args:
             argv = self._argv[which]
             self._argv[which] = [argv[0], *kube.merge_flags(argv[1:], extra_args)]
@@ -908,6 +988,7 @@ def _launch_on(plane: kube.ControlPlane, workdir: Path, spec: MemberSpec) -> Mem
         scheduler_port=free_port(),
         node_lease_seconds=spec.node_lease_seconds,
         exec_workdir=workdir / "exec",
+        node_capacity=dict(spec.node_capacity),
     )
     try:
         plane.wait_ready(READY_TIMEOUT)
@@ -1120,22 +1201,27 @@ def _prepare_argv(member: MemberCluster, bins: Path, spec: MemberSpec) -> None:
     member._env = {"kwok": {"HOME": str(member.workdir)}}
 
 
-@pytest.fixture
-def member_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., MemberCluster]]:
-    """``make(name, spec=None, **options)`` starts a member cluster (see ``start_member``).
+@contextlib.contextmanager
+def factory(folder_for: Callable[[str], Path]) -> Iterator[Callable[..., MemberCluster]]:
+    """``make(name, spec=None, **options)`` starts member clusters, all stopped at the end.
 
-    All are stopped when the test ends. Use it from a conftest with
-    ``from tests.harness.member import member_factory`` (and list it in ``__all__``).
+    ``folder_for(name)`` gives each its folder. The body of a pytest fixture (this module does
+    not import pytest: scripts/quickstart uses it without the test extras)::
+
+        @pytest.fixture
+        def member_factory(tmp_path_factory):
+            with member.factory(lambda n: tmp_path_factory.mktemp(f"member-{n}")) as make:
+                yield make
     """
     started: list[MemberCluster] = []
 
     def make(name: str, spec: MemberSpec | None = None, **options: Any) -> MemberCluster:
-        member = start_member(name, tmp_path_factory.mktemp(f"member-{name}"), spec, **options)
-        started.append(member)
-        return member
+        cluster = start_member(name, folder_for(name), spec, **options)
+        started.append(cluster)
+        return cluster
 
-    yield make
-    for member in started:
-        member.stop()
+    try:
+        yield make
+    finally:
+        for cluster in started:
+            cluster.stop()

@@ -19,7 +19,7 @@ tokens, console sessions). Refusals are counted by reason in
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import prometheus_client
 from aiohttp import web
@@ -29,7 +29,18 @@ from tunnel_server.api.caller import ROLES, Caller, Role
 from tunnel_server.app_keys import AUTH_FAILURES_KEY, REGISTRY_KEY, VERIFIED_ADMIN_KEY
 from tunnel_server.web.errors import ApiError
 
-__all__ = ["ROLES", "Caller", "Role", "Verb", "allows", "authenticate", "require", "visible"]
+__all__ = [
+    "ROLES",
+    "Caller",
+    "Role",
+    "Verb",
+    "allows",
+    "authenticate",
+    "check_scope",
+    "require",
+    "sees_row",
+    "visible",
+]
 
 Verb = Literal["read", "write", "admin"]
 
@@ -98,16 +109,36 @@ def require(
             f"user {caller.name!r} has role {caller.role!r}, which may not {verb} here: this "
             f"needs role {_NEEDS[verb]}; ask an admin for a user with one",
         )
-    if cluster is not None and not caller.in_scope(cluster):
-        count_failure(request.app, "cluster_out_of_scope")
-        raise ApiError(
-            403,
-            "cluster_out_of_scope",
-            f"user {caller.name!r} may not reach cluster {cluster!r} (its scope is "
-            f"{', '.join(sorted(caller.clusters or ())) or 'empty'}); ask an admin for a user "
-            "whose --clusters name it",
-        )
+    if cluster is not None:
+        check_scope(request, caller, cluster)
     return caller
+
+
+def check_scope(request: web.Request, caller: Caller, cluster: str) -> None:
+    """ApiError 403 ``cluster_out_of_scope`` unless ``caller`` may reach ``cluster``.
+
+    For routes that learn only after reading that a name is a cluster's (a node route asked
+    for a cluster record).
+    """
+    if caller.in_scope(cluster):
+        return
+    count_failure(request.app, "cluster_out_of_scope")
+    raise ApiError(
+        403,
+        "cluster_out_of_scope",
+        f"user {caller.name!r} may not reach cluster {cluster!r} (its scope is "
+        f"{', '.join(sorted(caller.clusters or ())) or 'empty'}); ask an admin for a user "
+        "whose --clusters name it",
+    )
+
+
+def sees_row(caller: Caller, row: dict[str, Any]) -> bool:
+    """Whether a node-table row is for ``caller``'s eyes: nodes always, clusters in scope.
+
+    Node routes are not cluster-scoped, but the store keeps registered clusters in the same
+    table as nodes: a scoped caller must not learn other clusters' names and state there.
+    """
+    return row.get("kind") != "cluster" or caller.in_scope(str(row.get("name")))
 
 
 def _cached(request: web.Request) -> Caller:

@@ -24,6 +24,7 @@ console reads this stream with ``fetch``; the token never goes into a URL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -31,8 +32,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from tunnel_server.api import access, auth
+from tunnel_server.api.caller import Caller
 from tunnel_server.api.hub import EventHub, sse_event
-from tunnel_server.app_keys import EVENT_STREAMS_KEY, HUB_KEY, SETTINGS_KEY, STORE_KEY
+from tunnel_server.api.table import NodeTable
+from tunnel_server.api.views import overview
+from tunnel_server.app_keys import EVENT_STREAMS_KEY, HUB_KEY, SETTINGS_KEY, STORE_KEY, TABLE_KEY
 from tunnel_server.web.errors import SECURITY_HEADERS, ApiError
 
 log = logging.getLogger("tunnel_server.api.events")
@@ -54,9 +58,11 @@ async def events(request: web.Request) -> web.StreamResponse:
             }
         )
         await response.prepare(request)
-        await response.write(b"retry: 2000\n\n" + hub.snapshot(time.time()).encode())
+        table = request.app[TABLE_KEY]
+        snapshot = _for_caller(hub.snapshot(time.time()), caller, table)
+        await response.write(b"retry: 2000\n\n" + snapshot.encode())
         async for chunk in _stream(queue, hub.settings.keepalive, caller.expires_at):
-            await response.write(chunk.encode())
+            await response.write(_for_caller(chunk, caller, table).encode())
     except (ConnectionResetError, asyncio.CancelledError):
         log.debug("live stream closed by the client")
         raise
@@ -64,6 +70,23 @@ async def events(request: web.Request) -> web.StreamResponse:
         hub.unsubscribe(queue)
         streams.pop(queue, None)
     return response
+
+
+def _for_caller(chunk: str, caller: Caller, table: NodeTable) -> str:
+    """A batch as a scoped caller may see it: without the rows of clusters outside its scope.
+
+    Batches are built once for every subscriber; only a scoped caller's copy is parsed and
+    rebuilt (its overview from the rows it may see), so unscoped streams cost nothing more.
+    """
+    if caller.clusters is None or not chunk.startswith(("event: snapshot\n", "event: nodes\n")):
+        return chunk
+    head, _, data = chunk.partition("\ndata: ")
+    batch = json.loads(data)
+    now = time.time()
+    rows = [row for row in batch["nodes"] if access.sees_row(caller, row)]
+    every = [row.data for row in table.rows(now) if access.sees_row(caller, row.data)]
+    body = {"nodes": rows, "overview": overview(every, now=now)}
+    return f"{head}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
 async def _stream(

@@ -109,7 +109,7 @@ async def create_session(request: web.Request) -> web.Response:
         {
             "token": token,
             "expires_at": iso(expires),
-            "ttl_seconds": expires - now,
+            "ttl_seconds": round(expires - now),
             **_whoami(caller),
         },
         status=201,
@@ -161,13 +161,14 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def get_overview(request: web.Request) -> web.Response:
-    access.require(request, "read")
+    caller = access.require(request, "read")
     now = time.time()
-    return web.json_response(overview(rows(request.app, now), now=now))
+    seen = [row for row in rows(request.app, now) if access.sees_row(caller, row)]
+    return web.json_response(overview(seen, now=now))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    access.require(request, "read")
+    caller = access.require(request, "read")
     settings = request.app[API_SETTINGS_KEY]
     limit = _int_param(request, "limit", 1000, 1, settings.max_page)
     offset = _int_param(request, "offset", 0, 0, 10**9)
@@ -180,7 +181,9 @@ async def list_nodes(request: web.Request) -> web.Response:
     found = [
         row
         for row in request.app[TABLE_KEY].rows(now)
-        if (status is None or row.data["status"] == status) and query.lower() in row.data["name"]
+        if (status is None or row.data["status"] == status)
+        and query.lower() in row.data["name"]
+        and access.sees_row(caller, row.data)
     ]
     if sort:
         field = sort.lstrip("-")
@@ -195,11 +198,13 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    access.require(request, "read")
+    caller = access.require(request, "read")
     name = _node_name(request)
     node = request.app[STORE_KEY].get_node(name)
     if node is None:
         raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
+    if node.kind == "cluster":
+        access.check_scope(request, caller, name)
     now = time.time()
     live = request.app[HISTORY_KEY].live(name)
     row = summary(
@@ -227,13 +232,16 @@ async def get_node(request: web.Request) -> web.Response:
 
 
 async def node_history(request: web.Request) -> web.Response:
-    access.require(request, "read")
+    caller = access.require(request, "read")
     name = _node_name(request)
     history = request.app[HISTORY_KEY]
     retention = int(history.settings.history_retention)
     window = _int_param(request, "window", 3600, 60, retention)
-    if request.app[STORE_KEY].get_node(name) is None:
+    node = request.app[STORE_KEY].get_node(name)
+    if node is None:
         raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
+    if node.kind == "cluster":
+        access.check_scope(request, caller, name)
     now = time.time()
     points = history.history(name, since=now - window, until=now)
     return web.json_response(

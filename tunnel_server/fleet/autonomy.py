@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from tunnel_server.fleet import autonomy_rules as rules
 from tunnel_server.fleet import nodes_watch
 from tunnel_server.fleet.cloud_nodes import CloudNode, CloudNodes, node_from_json
 from tunnel_server.fleet.kube_watch import ListWatch
+from tunnel_server.web.bodies import BodyError, read_json_object
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
     from tunnel_server.settings import AutonomySettings, CloudWatchSettings
 
 log = logging.getLogger("tunnel_server.fleet.autonomy")
+
+_NODE_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+"""A Node name: an RFC 1123 DNS subdomain, as the API server validates it."""
 
 PodKey = tuple[str, str]
 """(namespace, name)"""
@@ -253,6 +260,8 @@ async def _node(app: web.Application, name: str) -> CloudNode | None:
     known = app[WEBHOOK_NODES_KEY].by_name.get(name)
     if known is not None or UPSTREAM_KEY not in app:
         return known
+    if not _NODE_NAME.fullmatch(name):
+        return None  # no Node can have it; and it must never shape the URL we GET
     upstream = app[UPSTREAM_KEY]
     settings = app[SETTINGS_KEY].autonomy
     timeout = aiohttp.ClientTimeout(total=settings.node_lookup_timeout)
@@ -270,10 +279,16 @@ async def _node(app: web.Application, name: str) -> CloudNode | None:
 
 async def webhook(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
+    settings = request.app[SETTINGS_KEY].autonomy
     try:
-        review = await request.json()
+        review = await read_json_object(
+            request, limit=settings.max_review_bytes, max_depth=settings.max_review_depth
+        )
         admission = _request_of(review)
-    except (ValueError, ReviewError) as bad:
+    except BodyError as bad:
+        metrics.webhook.labels("bad_request").inc()
+        return bad.response()
+    except ReviewError as bad:
         metrics.webhook.labels("bad_request").inc()
         return web.json_response({"error": "bad_request", "message": str(bad)}, status=400)
     uid = admission["uid"]

@@ -35,9 +35,11 @@ from tunnel_aio import StreamError, StreamRejectedError, TunnelClosedError, Tunn
 from tunnel_protocol import ErrorCode
 from tunnel_server.app_keys import (
     AUTHORITY_KEY,
+    NODES_SYNCED_KEY,
     REGISTRY_KEY,
     SESSIONS_KEY,
     STORE_KEY,
+    UPSTREAM_KEY,
 )
 from tunnel_server.fleet import nodes_watch
 from tunnel_server.fleet.connect_head import (
@@ -62,6 +64,8 @@ log = logging.getLogger("tunnel_server.fleet.egress")
 
 CHUNK = 64 * 1024
 """Bytes per socket read: one DATA frame at the default frame size."""
+MAX_SOCKET_PATH = 107
+"""Bytes of a Unix socket path on Linux (``sun_path`` holds 108 with the NUL)."""
 MAX_REASON = 300
 """Characters of a refusal's reason phrase (kube-apiserver reads at most 1 MB of head)."""
 
@@ -137,11 +141,14 @@ class Router:
         store: Store,
         nodes: CloudNodes,
         settings: EgressSettings,
+        nodes_listed: asyncio.Event | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._nodes = nodes
         self._settings = settings
+        self._nodes_listed = nodes_listed
+        """Set once the cloud's Nodes were listed; None without ``--kube-upstream``."""
 
     def route(self, target: ConnectTarget) -> Route:
         name = self._node_name(target.host)
@@ -200,6 +207,13 @@ class Router:
             )
         if self._store.get_node(host) is not None:
             return host  # a joined name without a session: answered "offline" by route()
+        if self._nodes_listed is not None and not self._nodes_listed.is_set():
+            raise Refusal(
+                503,
+                "starting",
+                f"{host} is not a node name, and the cloud cluster's Nodes (their addresses)"
+                " have not been listed yet: try again in a moment",
+            )
         raise Refusal(
             404,
             "unknown_host",
@@ -442,25 +456,37 @@ class _Relay:
             await asyncio.sleep(left)
 
 
-def _remove_stale_socket(path: Path) -> None:
-    """A socket left by a previous run is replaced; any other file is an operator's mistake."""
+class EgressStartError(ValueError):
+    """A listener of the egress selector cannot start; the message says why, in one line."""
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be our socket, or None (absent, or a socket nobody listens on)."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
-        return
+        return None
+    except OSError as error:
+        return f"--egress-uds {path}: {error.strerror}"
     if not stat.S_ISSOCK(mode):
-        raise FileExistsError(
-            f"--egress-uds {path} exists and is not a socket: choose another path"
-        )
+        return f"--egress-uds {path} exists and is not a socket: choose another path"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
-        path.unlink()  # nobody listens: a leftover
-    else:
-        raise FileExistsError(f"--egress-uds {path}: another process listens there")
+        return None  # a leftover of an earlier run: replaced at start
     finally:
         probe.close()
+    return f"--egress-uds {path}: another process listens there (another tunnel-server?)"
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket left by a previous run is replaced; anything else stops the start."""
+    problem = socket_path_problem(path)
+    if problem is not None:
+        raise EgressStartError(problem)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def client_ssl_context(app: web.Application, client_ca: Path) -> ssl.SSLContext:
@@ -474,6 +500,32 @@ def client_ssl_context(app: web.Application, client_ca: Path) -> ssl.SSLContext:
     return context
 
 
+async def _start(app: web.Application, server: EgressServer, settings: EgressSettings) -> None:
+    if settings.uds_path is not None:
+        try:
+            await server.start_unix(settings.uds_path)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise EgressStartError(
+                f"cannot serve --egress-uds {settings.uds_path}: {reason}"
+            ) from None
+    if settings.listen is not None:
+        if settings.client_ca is None:
+            raise EgressStartError("--egress-listen needs --egress-client-ca")
+        host, port = settings.listen
+        try:
+            context = client_ssl_context(app, settings.client_ca)
+            await server.start_tcp(host, port, context)
+        except ssl.SSLError as error:
+            raise EgressStartError(f"cannot serve --egress-listen {host}:{port}: {error}") from None
+        except OSError as error:
+            # asyncio's message repeats the address; the errno's text is enough.
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
+            raise EgressStartError(
+                f"cannot serve --egress-listen {host}:{port}: {reason}"
+            ) from None
+
+
 def setup(app: web.Application, *, settings: EgressSettings) -> None:
     """Serve the egress selector while ``app`` runs (needs the tunnel set up)."""
     nodes = nodes_watch.shared_nodes(app)
@@ -481,17 +533,15 @@ def setup(app: web.Application, *, settings: EgressSettings) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         router = Router(
-            sessions=app[SESSIONS_KEY], store=app[STORE_KEY], nodes=nodes, settings=settings
+            sessions=app[SESSIONS_KEY],
+            store=app[STORE_KEY],
+            nodes=nodes,
+            settings=settings,
+            nodes_listed=app[NODES_SYNCED_KEY] if UPSTREAM_KEY in app else None,
         )
         server = EgressServer(router=router, settings=settings, metrics=metrics)
         try:
-            if settings.uds_path is not None:
-                await server.start_unix(settings.uds_path)
-            if settings.listen is not None:
-                if settings.client_ca is None:
-                    raise ValueError("--egress-listen needs --egress-client-ca")
-                context = client_ssl_context(app, settings.client_ca)
-                await server.start_tcp(*settings.listen, context)
+            await _start(app, server, settings)
             yield
         finally:
             await server.close()

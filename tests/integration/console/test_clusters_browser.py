@@ -200,6 +200,8 @@ def test_clusters_list_live(page: Page, cluster_system: ClusterSystem, shots: Pa
     sign_in(page, cluster_system.server.admin_token)
     # The nodes page lists nodes only: the cluster agent's row has its own page.
     expect(page.locator("#count")).to_have_text("0 of 0 nodes")
+    expect(page.locator('[data-card="nodes"] .n')).to_have_text("0")
+    expect(page.locator('[data-card="online"] .n')).to_have_text("0")
     expect(page.locator(f'tr[data-node="{CLUSTER}"]')).to_have_count(0)
     page.click('#nav a[href="#/clusters"]')
     expect(page.locator("#cluster-list h1")).to_have_text("Clusters")

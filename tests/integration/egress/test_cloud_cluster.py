@@ -10,10 +10,13 @@ listens and never answers (a 200 proves the CONNECT reached the node).
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,3 +274,67 @@ def test_the_controller_patches_live_pods_and_restores_them(cloud: Cloud) -> Non
     assert after.metadata is not None
     assert daemon.metadata is not None
     assert after.metadata.resource_version == daemon.metadata.resource_version
+
+
+def post_review(cloud: Cloud, body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - our own https URL
+        cloud.server.url + "/webhooks/autonomy",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - our own https URL
+            request, timeout=30, context=cloud.server.ssl_context()
+        ) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"not json", 400),
+        (b'{"kind": "ConfigMap"}', 400),
+        (b'{"kind": "AdmissionReview", "request": {}}', 400),
+        (b"[" * 100 + b"]" * 100, 400),
+        (b'{"kind": "AdmissionReview", "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}', 413),
+    ],
+)
+def test_the_webhook_refuses_what_is_no_admission_review(
+    cloud: Cloud, body: bytes, status: int
+) -> None:
+    answered, error = post_review(cloud, body)
+    assert answered == status
+    assert error.get("message")
+
+
+def test_the_webhook_allows_other_kinds_unchanged(cloud: Cloud) -> None:
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {"uid": "u-1", "kind": {"kind": "ConfigMap"}, "operation": "CREATE"},
+    }
+    status, answer = post_review(cloud, json.dumps(review).encode())
+    assert status == 200
+    assert answer["response"] == {"uid": "u-1", "allowed": True}
+
+
+@pytest.mark.parametrize("node", ["../../api/v1/namespaces", "edge-m?watch=1", "no-such-node"])
+def test_the_webhook_allows_pods_of_unknown_or_impossible_nodes_unchanged(
+    cloud: Cloud, node: str
+) -> None:
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-2",
+            "kind": {"kind": "Pod"},
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "p"}, "spec": {"nodeName": node, "containers": []}},
+        },
+    }
+    status, answer = post_review(cloud, json.dumps(review).encode())
+    assert status == 200
+    assert answer["response"] == {"uid": "u-2", "allowed": True}

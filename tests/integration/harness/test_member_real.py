@@ -7,8 +7,8 @@ through kube-apiserver and kwok's kubelet API, as they would a real kubelet.
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,15 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.harness import kube, member
-from tests.harness.procs import ManagedProcess, free_port
+from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.harness.waiting import eventually
 
-pytestmark = pytest.mark.kube
-
 START_TIMEOUT = 360  # seconds per test: a member cluster starts in 10 s idle, far more when busy
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(START_TIMEOUT)]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,6 @@ def one_pod(cluster: member.MemberCluster, namespace: str) -> str:
     return str(pod["metadata"]["name"])
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_nodes_are_ready_with_their_own_addresses(cluster: member.MemberCluster) -> None:
     nodes = get_json(cluster, "nodes")["items"]
     assert sorted(n["metadata"]["name"] for n in nodes) == sorted(cluster.nodes)
@@ -113,7 +112,6 @@ def test_nodes_are_ready_with_their_own_addresses(cluster: member.MemberCluster)
     assert {lease["metadata"]["name"] for lease in leases} >= set(cluster.nodes)
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_a_deployment_runs_on_the_fake_nodes(cluster: member.MemberCluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("web", 4))
     pods = running_pods(cluster, namespace, "web", 4)
@@ -128,7 +126,6 @@ def test_a_deployment_runs_on_the_fake_nodes(cluster: member.MemberCluster, name
     running_pods(cluster, namespace, "web", 1)
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_exec_runs_a_local_process_with_stdin(
     cluster: member.MemberCluster, namespace: str
 ) -> None:
@@ -149,7 +146,6 @@ def test_exec_runs_a_local_process_with_stdin(
     assert "exit status 3" in where.stderr
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_logs_read_a_file_and_follow_it(
     cluster: member.MemberCluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -225,7 +221,6 @@ class Sink:
         assert not self.thread.is_alive()
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_port_forward_moves_megabytes_to_a_local_server(
     cluster: member.MemberCluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -269,63 +264,87 @@ def test_port_forward_moves_megabytes_to_a_local_server(
         sink.close()
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_service_account_tokens_from_the_controller_manager_authenticate(
     cluster: member.MemberCluster, namespace: str
 ) -> None:
     """The token controller signs with the API server's key; the CA is published."""
-    cluster.kubectl("create", "serviceaccount", "agent", "-n", namespace)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/service-account-token",
-        "metadata": {
-            "name": "agent-token",
-            "annotations": {"kubernetes.io/service-account.name": "agent"},
-        },
-    }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(secret))
-    data = eventually(
-        lambda: get_json(cluster, "secret", "agent-token", "-n", namespace).get("data") or {},
-        lambda found: "token" in found and "ca.crt" in found,
-        what="the token controller fills the service-account token Secret",
-        within=60.0,
-        every=0.5,
+    folder = cluster.write_service_account_files(
+        cluster.workdir / "sa-agent", namespace=namespace, name="agent"
     )
-    assert base64.b64decode(data["ca.crt"]) == cluster.plane.ca_path.read_bytes()
-    token = base64.b64decode(data["token"]).decode()
-    plane = kube.ControlPlane(
-        name=cluster.name,
-        workdir=cluster.plane.workdir,
-        port=cluster.plane.port,
-        token=token,
-        ca_path=cluster.plane.ca_path,
-        kubeconfig=cluster.plane.kubeconfig,
-        kine_port=cluster.plane.kine_port,
-    )
-    status, review = plane.request(
+    assert (folder / "namespace").read_text() == namespace
+    assert (folder / "ca.crt").read_bytes() == cluster.plane.ca_path.read_bytes()
+    as_agent = dataclasses.replace(cluster.plane, token=(folder / "token").read_text())
+    status, review = as_agent.request(
         "POST",
         "/apis/authentication.k8s.io/v1/selfsubjectreviews",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
     )
     assert status == 201, review
     assert review["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:agent"
+    assert as_agent.request("GET", "/api/v1/nodes")[0] == 403  # RBAC applies to it
     root_ca = get_json(cluster, "configmap", "kube-root-ca.crt", "-n", namespace)
     assert root_ca["data"]["ca.crt"] == cluster.plane.ca_path.read_text()
+    env = cluster.in_cluster_env()
+    assert (
+        f"https://{env['KUBERNETES_SERVICE_HOST']}:{env['KUBERNETES_SERVICE_PORT']}" == cluster.url
+    )
 
 
-@pytest.mark.timeout(START_TIMEOUT)
-def test_a_controller_restarts_with_changed_flags(
-    cluster: member.MemberCluster, namespace: str
-) -> None:
-    before = set(cluster.pids)
-    cluster.stop_process("kube-controller-manager")
-    cluster.start_process("kube-controller-manager", ["--concurrent-deployment-syncs=3"])
+def test_every_process_listens_on_loopback_only(cluster: member.MemberCluster) -> None:
+    """The kubelet API kwok serves runs any command it is asked to: never on the network."""
+    listening = [
+        (psutil.Process(pid).name(), c.laddr.ip)
+        for pid in cluster.pids
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert len({name for name, _ in listening}) == 5, listening
+    assert {ip for _, ip in listening} == {"127.0.0.1"}, listening
+
+
+def test_kwok_restarts_and_takes_the_node_leases_over(cluster: member.MemberCluster) -> None:
+    """A new kwok gets fresh leases rather than waiting for the old holder's to expire."""
+
+    def leases() -> dict[str, tuple[str, str]]:
+        items = get_json(cluster, "leases", "-n", "kube-node-lease")["items"]
+        return {
+            x["metadata"]["name"]: (x["metadata"]["uid"], x["spec"].get("holderIdentity", ""))
+            for x in items
+        }
+
+    before = leases()
+    cluster.stop_process("kwok")
+    cluster.start_process("kwok")
     cluster.wait_ready()
-    assert "--concurrent-deployment-syncs=3" in cluster.argv("kube-controller-manager")
-    assert set(cluster.pids) != before
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=deployment("after", 2))
-    running_pods(cluster, namespace, "after", 2)
+    after = eventually(
+        leases,
+        lambda now: all(n in now for n in cluster.nodes),
+        what="the restarted kwok holds every node lease",
+        within=120.0,
+        every=0.5,
+    )
+    for node in cluster.nodes:
+        assert after[node][0] != before[node][0], "the lease was recreated"
+        assert after[node][1] != before[node][1], "by a new holder"
+    assert all(cluster.node_condition(n) == "True" for n in cluster.nodes)
+
+
+def test_nodes_come_and_go(cluster: member.MemberCluster) -> None:
+    cluster.add_node("alpha-extra", labels={"edgefleet.test/pool": "burst"}, capacity={"cpu": "2"})
+    cluster.wait_nodes_ready(["alpha-extra"], within=120.0)
+    node = cluster.node("alpha-extra")
+    assert node["metadata"]["labels"]["edgefleet.test/pool"] == "burst"
+    assert node["status"]["allocatable"]["cpu"] == "2"
+    assert "alpha-extra" in cluster.nodes
+    cluster.remove_node("alpha-extra")
+    assert "alpha-extra" not in cluster.nodes
+    names = {n["metadata"]["name"] for n in get_json(cluster, "nodes")["items"]}
+    assert names == set(cluster.nodes)
+
+
+def test_kubectl_failures_say_why(cluster: member.MemberCluster) -> None:
+    with pytest.raises(kube.KubectlError, match=r"not found"):
+        cluster.kubectl("get", "configmap", "no-such-thing", "-n", "default")
 
 
 def test_extra_flags_replace_defaults_of_the_same_name() -> None:
@@ -392,10 +411,9 @@ def test_an_unreachable_node_loses_its_pods(
     cluster.wait_nodes_ready([victim], within=180.0)
 
 
-@pytest.mark.timeout(START_TIMEOUT)
 def test_member_clusters_start_side_by_side_and_are_independent(tmp_path: Path) -> None:
     spec = member.MemberSpec(nodes=1, node_labels={"edgefleet.test/zone": "z1"})
-    with member.member_clusters(2, tmp_path, spec) as (first, second):
+    with member.member_clusters(2, tmp_path, spec, kwok_manage="all") as (first, second):
         assert first.nodes == ["member0-node-0"]
         assert second.nodes == ["member1-node-0"]
         assert (
@@ -405,6 +423,11 @@ def test_member_clusters_start_side_by_side_and_are_independent(tmp_path: Path) 
         assert second.kubectl("get", "configmap", "only-in-first", check=False).returncode != 0
         node = get_json(second, "node", "member1-node-0")
         assert node["metadata"]["labels"]["edgefleet.test/zone"] == "z1"
+        # kwok_manage="all": a node the test adds, without the harness's label, turns Ready.
+        second.api("POST", "/api/v1/nodes", {"metadata": {"name": "added-later"}})
+        second.wait_nodes_ready(["added-later"], within=120.0)
+        with pytest.raises(ServiceError, match="kwok_manage='all'"):
+            second.make_unreachable("added-later")
         pids = first.pids + second.pids
         assert len(pids) == 10  # kine, kube-apiserver, controller manager, scheduler, kwok each
     assert not [pid for pid in pids if alive(pid)]
@@ -417,3 +440,16 @@ def alive(pid: int) -> bool:
         return False
     # A zombie still answers signal 0 until reaped; ManagedProcess.stop waits, so none remain.
     return True
+
+
+def test_a_missing_binary_is_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partial = tmp_path / "bin"
+    partial.mkdir()
+    for name in ("kube-apiserver", "kubectl", "kine", "kube-scheduler"):
+        (partial / name).symlink_to(kube.kube_bin_dir() / name)
+    monkeypatch.setenv("EDGEFLEET_KUBE_BIN", str(partial))
+    with pytest.raises(ServiceError, match=r"kube-controller-manager, kwok not found.*kube-build"):
+        member.start_member("incomplete", tmp_path / "member")
+    assert not (tmp_path / "member" / "plane").exists()

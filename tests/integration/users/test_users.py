@@ -354,3 +354,54 @@ def test_a_revoked_operator_loses_the_node_proxy_too(
         every=0.05,
     )
     assert (answer.status, answer.body["error"]) == (401, "user_revoked")
+
+
+def test_a_scoped_caller_sees_no_other_cluster_among_the_nodes(
+    users_system: UsersSystem, proxied: dict[str, Agent]
+) -> None:
+    """Clusters share the node table: node routes show a scoped caller its own clusters only."""
+    server, tokens = users_system.server, users_system.tokens
+    token = server.cli("token", "create", "--kind", "cluster", "--name", "c-in").strip()
+    command(
+        "edge-agent",
+        "join",
+        "--server",
+        server.url,
+        "--token",
+        token,
+        "--ca-hash",
+        server.ca_hash,
+        "--name",
+        "c-in",
+        "--data-dir",
+        users_system.workdir / "cluster-c-in",
+    )
+    assert proxied["cluster"].process is not None
+    everything = {
+        n["name"]
+        for n in call(server, "GET", "/api/v1/nodes", token=tokens["viewer"]).body["nodes"]
+    }
+    assert {"edge-p", "clu-p", "c-in"} <= everything
+    scoped = call(server, "GET", "/api/v1/nodes", token=tokens["operator"]).body
+    names = {n["name"] for n in scoped["nodes"]}
+    assert "clu-p" not in names
+    assert {"edge-p", "c-in"} <= names
+    assert scoped["total"] == len(everything) - 1
+    overview = call(server, "GET", "/api/v1/overview", token=tokens["operator"]).body
+    assert overview["nodes"]["total"] == len(everything) - 1
+    assert "clu-p" not in str(overview["warnings"])
+    for path in ("/api/v1/nodes/clu-p", "/api/v1/nodes/clu-p/history"):
+        refused = call(server, "GET", path, token=tokens["operator"])
+        assert (refused.status, refused.body["error"]) == (403, "cluster_out_of_scope"), path
+        assert call(server, "GET", path, token=tokens["viewer"]).status == 200
+    assert call(server, "GET", "/api/v1/nodes/c-in", token=tokens["operator"]).status == 200
+    stream = _open_stream(users_system, tokens["operator"])
+    try:
+        snapshot = _read_until(stream, b"event: snapshot")
+        while b"\n\n" not in snapshot.split(b"event: snapshot", 1)[1]:
+            snapshot += _read_until(stream, b"\n")
+    finally:
+        stream.close()
+    assert b'"name":"c-in"' in snapshot
+    assert b'"name":"edge-p"' in snapshot
+    assert b"clu-p" not in snapshot

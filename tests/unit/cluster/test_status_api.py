@@ -1,9 +1,8 @@
 """``/api/v1/clusters`` in-process: store records of kind cluster joined with their reports.
 
 The reports go into the real ``StatusHistory`` as the status service would put them (the
-whole way from a real agent is tests/integration/cluster_status). Scoped callers are injected
-at ``access.authenticate``, the one place a bearer token becomes a ``Caller``, until user
-tokens exist.
+whole way from a real agent is tests/integration/cluster_status); a scoped caller is a real
+user token (``tunnel-server users create ... --clusters``).
 """
 
 from __future__ import annotations
@@ -13,15 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tunnel_server.api import access
 from tunnel_server.app import bootstrap, create_app
-from tunnel_server.app_keys import HISTORY_KEY
-from tunnel_server.identity import tokens
+from tunnel_server.app_keys import HISTORY_KEY, STORE_KEY
+from tunnel_server.identity import tokens, users
 from tunnel_server.settings import ServerSettings
 from tunnel_server.status.history import Metrics
 from tunnel_server.store import NodeKind, NodeRecord
@@ -157,23 +154,25 @@ async def test_offline_by_lease_hides_health(client: Client, tmp_path: Path) -> 
     assert (body["status"], body["apiserver_healthy"]) == ("online", True)
 
 
-def scoped(monkeypatch: pytest.MonkeyPatch, clusters: frozenset[str]) -> None:
-    caller = access.Caller(name="ops", role="viewer", clusters=clusters)
-    monkeypatch.setattr(access, "authenticate", lambda _request: caller)
+async def test_a_scoped_user_sees_only_its_clusters(client: Client) -> None:
+    store = client.app[STORE_KEY]
+    _, token = users.create_user(
+        store, "ops", role="viewer", clusters=("west",), ttl=3600, now=time.time()
+    )
+    scoped = {"Authorization": f"Bearer {token}"}
 
+    async def get_as(path: str) -> tuple[int, Any]:
+        answer = await client.get(path, headers=scoped)
+        return answer.status, await answer.json()
 
-async def test_a_scoped_caller_sees_only_its_clusters(
-    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    scoped(monkeypatch, frozenset({"west"}))
-    _, body = await get(client, "/api/v1/clusters", tmp_path)
+    _, body = await get_as("/api/v1/clusters")
     assert (body["total"], [r["name"] for r in body["clusters"]]) == (1, ["west"])
-    status, body = await get(client, "/api/v1/clusters/east", tmp_path)
+    status, body = await get_as("/api/v1/clusters/east")
     assert (status, body["error"]) == (403, "cluster_out_of_scope")
     # Out of scope is 403 whether or not the cluster exists: nothing leaks about names.
-    status, body = await get(client, "/api/v1/clusters/nowhere", tmp_path)
+    status, body = await get_as("/api/v1/clusters/nowhere")
     assert (status, body["error"]) == (403, "cluster_out_of_scope")
-    status, _ = await get(client, "/api/v1/clusters/west", tmp_path)
+    status, _ = await get_as("/api/v1/clusters/west")
     assert status == 200
 
 
