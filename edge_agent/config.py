@@ -286,6 +286,8 @@ _CLUSTER_RANGES = {
     "request_timeout": (0.1, 3600.0),
     "max_head_bytes": (1024, 1024 * 1024),
     "max_json_bytes": (1024, 1024 * 1024 * 1024),
+    "max_idle_connections": (0, 1024),
+    "idle_timeout": (0.1, 3600.0),
 }
 
 

@@ -385,5 +385,6 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
         systemd.notify("STOPPING=1")
         log.info("stopped")
         if cluster is not None:
+            cluster.target.close()
             await cluster.api.close()
         await runner.cleanup()

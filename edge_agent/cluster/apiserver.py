@@ -8,10 +8,12 @@ Rules:
 * It drops any ``Authorization`` and ``Proxy-Authorization``, sets ``Host`` and adds its own
   credential (a bearer token; a client certificate rides in the TLS handshake), opens TLS to
   the member API server (verified against the member's CA) and sends the head.
-* An upgrade (WebSocket ``v5.channel.k8s.io``, SPDY/3.1) gets its own connection, and bytes
-  are relayed raw both ways until either side ends; the cloud resetting the stream (its
-  caller went away) aborts the connection. Any other exchange goes out on a kept-alive
-  connection of ``member_pool`` (its rules there), which ends the stream at the answer's end.
+* From then on bytes are relayed raw both ways until either side ends, so request bodies,
+  chunked watch answers and 101 upgrades (WebSocket ``v5.channel.k8s.io``, SPDY/3.1) pass
+  untouched. The cloud sends ``Connection: close`` (or an upgrade), so the member ends the
+  exchange; the cloud resetting the stream (its caller went away) aborts the connection.
+  Bodiless GETs and HEADs instead reuse kept-alive connections (``reuse``): same bytes, no
+  TLS handshake per request.
 * Whatever the agent refuses is answered in the stream as a Kubernetes ``Status`` (403
   impersonation, 400/431 bad head, 408 no head, 503 member unreachable), so kubectl prints it.
 """
@@ -29,8 +31,14 @@ from http import HTTPStatus
 import h11
 import prometheus_client
 
-from edge_agent.cluster import impersonation, member_pool
+from edge_agent.cluster import impersonation
 from edge_agent.cluster.credentials import CredentialsError, MemberCredentials
+from edge_agent.cluster.reuse import (
+    AnswerTracker,
+    ConnectionPool,
+    keep_alive_request,
+    poolable,
+)
 from edge_agent.cluster.settings import ClusterSettings
 from tunnel_aio import StreamError, TunnelStream, pipe_socket
 
@@ -39,6 +47,7 @@ log = logging.getLogger("edge_agent.cluster.apiserver")
 TARGET = "kube-apiserver"
 """The built-in tunnel target of a cluster-mode agent."""
 _DROPPED = frozenset({b"authorization", b"proxy-authorization", b"host"})
+_CHUNK = 64 * 1024
 
 REASONS = {
     400: "BadRequest",
@@ -118,6 +127,14 @@ def encode_head(head: h11.Request, *, host: str, authorization: str | None) -> b
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+class _StaleError(Exception):
+    """The member closed (or reset) a connection before any byte of the answer."""
+
+
+class _CloudGoneError(Exception):
+    """The cloud reset the stream: its caller went away."""
+
+
 class ApiServerMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.exchanges = prometheus_client.Counter(
@@ -126,7 +143,11 @@ class ApiServerMetrics:
             ["result"],
             registry=registry,
         )
-        self.pool = member_pool.PoolMetrics(registry)
+        self.connections_opened = prometheus_client.Counter(
+            "edge_agent_cluster_member_connections_opened",
+            "TCP+TLS connections opened to the member API server for the cloud's requests",
+            registry=registry,
+        )
 
 
 @dataclass(kw_only=True)
@@ -139,10 +160,17 @@ class ApiServerTarget:
     counts: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_error_at: float | None = None
-    pool: member_pool.MemberPool = field(init=False)
+    pool: ConnectionPool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pool = member_pool.MemberPool(connect=self._connect, metrics=self.metrics.pool)
+        self.pool = ConnectionPool(
+            max_idle=self.settings.max_idle_connections,
+            idle_timeout=self.settings.idle_timeout,
+        )
+
+    def close(self) -> None:
+        """Drop the kept connections (the agent is stopping)."""
+        self.pool.close()
 
     def status(self) -> dict[str, object]:
         """The ``cluster`` section of the local API's /status (without the report part)."""
@@ -150,6 +178,8 @@ class ApiServerTarget:
             "server": self.credentials.server,
             "in_cluster": self.settings.in_cluster,
             "exchanges": dict(self.counts),
+            "kept_connections": len(self.pool),
+            "reused_connections": self.pool.reused,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
         }
@@ -163,16 +193,12 @@ class ApiServerTarget:
         stream.accept()
         try:
             request, rest, authorization = await self._admit(stream)
-            host = self.credentials.host_header
-            if not member_pool.is_upgrade(request):  # on a kept-alive connection
-                outgoing = member_pool.member_request(
-                    request, host=host, authorization=authorization
-                )
-                taken = await self.pool.take()
-                self._count("relayed")
-                await self.pool.exchange(stream, taken, request, rest, outgoing=outgoing)
+            if poolable(request, rest):
+                await self._kept_exchange(stream, request, authorization)
                 return
-            head = encode_head(request, host=host, authorization=authorization)
+            head = encode_head(
+                request, host=self.credentials.host_header, authorization=authorization
+            )
             reader, writer = await self._connect()
         except RefusedError as refused:
             self._count(f"refused_{refused.code}")
@@ -183,6 +209,7 @@ class ApiServerTarget:
         await pipe_socket(stream, reader, writer)
 
     async def _admit(self, stream: TunnelStream) -> tuple[h11.Request, bytes, str | None]:
+        """The request head (checked), the bytes past it, and our ``Authorization``."""
         settings = self.settings
         try:
             async with asyncio.timeout(settings.head_timeout):
@@ -202,11 +229,41 @@ class ApiServerTarget:
             ) from None
         return request, rest, authorization
 
+    async def _kept_exchange(
+        self, stream: TunnelStream, request: h11.Request, authorization: str | None
+    ) -> None:
+        """A bodiless GET/HEAD over a kept connection (once more on a fresh one if stale)."""
+        kept = keep_alive_request(request)
+        head = encode_head(kept, host=self.credentials.host_header, authorization=authorization)
+        for attempt in range(2):
+            taken = self.pool.take() if attempt == 0 else None
+            reader, writer = taken if taken is not None else await self._connect()
+            tracker = AnswerTracker(kept)
+            writer.write(head)
+            outcome = await _relay_answer(stream, reader, tracker)
+            if outcome == "stale":
+                writer.transport.abort()
+                if taken is not None:
+                    continue  # the member closed it while idle: a fresh connection
+                raise RefusedError(
+                    503, "the member API server closed the connection without answering"
+                )
+            if outcome == "gone":
+                writer.transport.abort()
+                self._count("relayed_kept")
+                return
+            self._count("relayed_kept")
+            if tracker.reusable:
+                self.pool.give(reader, writer)
+            else:
+                writer.transport.abort()
+            return
+
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         creds = self.credentials
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                return await asyncio.open_connection(
+                opened = await asyncio.open_connection(
                     creds.host, creds.port, ssl=creds.ssl_context, server_hostname=creds.host
                 )
         except (OSError, TimeoutError, ssl.SSLError) as error:
@@ -215,11 +272,63 @@ class ApiServerTarget:
             raise RefusedError(
                 503, f"the cluster agent cannot reach its API server {creds.server}: {reason}"
             ) from None
+        self.metrics.connections_opened.inc()
+        return opened
 
     def _failed(self, message: str) -> None:
         self.last_error = message
         self.last_error_at = time.time()
         log.warning("%s", message)
+
+
+async def _copy_answer(
+    stream: TunnelStream, reader: asyncio.StreamReader, tracker: AnswerTracker
+) -> None:
+    got = 0
+    while True:
+        try:
+            data = await reader.read(_CHUNK)
+        except OSError:
+            if got == 0:
+                raise _StaleError from None
+            raise
+        if not data and got == 0:
+            raise _StaleError
+        tracker.feed(data)
+        if data:
+            got += len(data)
+            await stream.write(data)
+        if not data or tracker.complete:
+            stream.end()
+            return
+
+
+async def _relay_answer(
+    stream: TunnelStream, reader: asyncio.StreamReader, tracker: AnswerTracker
+) -> str:
+    """Copy the member's answer to the stream until it is complete (or the member's EOF).
+
+    ``"done"``; ``"stale"`` when the member ended or reset before any byte; ``"gone"`` when
+    the cloud reset the stream (a watch whose caller went away) or a side failed midway.
+    """
+
+    async def cloud_gone() -> None:
+        await stream.wait_closed()
+        raise _CloudGoneError
+
+    outcome = "done"
+    try:
+        async with asyncio.TaskGroup() as group:
+            watch = group.create_task(cloud_gone(), name=f"cluster.kept-{stream.stream_id}-cloud")
+            relay = group.create_task(
+                _copy_answer(stream, reader, tracker), name=f"cluster.kept-{stream.stream_id}-relay"
+            )
+            relay.add_done_callback(lambda _: watch.cancel())
+    except* _StaleError:
+        outcome = "stale"
+    except* (_CloudGoneError, OSError, StreamError):
+        outcome = "gone"
+    return outcome
 
 
 async def _answer(stream: TunnelStream, code: int, message: str) -> None:

@@ -51,6 +51,14 @@ class ClusterSettings:
     """Bytes of the request head from the cloud (request line and headers): the cloud bounds
     a caller's headers at 64 KiB and adds a few of its own; more is answered 431."""
 
+    max_idle_connections: int = 16
+    """Kept-alive connections to the member API server held for the next GET (each costs the
+    API server a goroutine and a socket); GETs in flight beyond it open their own."""
+
+    idle_timeout: float = 30.0
+    """Seconds a kept connection may wait for the next GET before it is closed: well below
+    the idle timeouts of API servers and load balancers in front of them (60-90 s)."""
+
     request_timeout: float = 30.0
     """Seconds for one whole GET of the agent's own (``GetJson``, for cluster status)."""
 

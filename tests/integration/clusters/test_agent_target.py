@@ -155,3 +155,22 @@ async def test_a_silent_stream_is_a_408(member_kubeconfig: Path) -> None:
     status, answer = await _exchange(target, b"GET /version HTTP/1.1\r\n")  # never finished
     assert status == 408
     assert answer["reason"] == "Timeout"
+
+
+def _get(path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: kube-apiserver\r\nConnection: close\r\n"
+        "Impersonate-User: edgefleet:admin\r\nImpersonate-Group: edgefleet:admin\r\n\r\n"
+    ).encode()
+
+
+async def test_bodiless_gets_reuse_a_kept_connection(member_kubeconfig: Path) -> None:
+    target = _target(ClusterSettings(kubeconfig=member_kubeconfig))
+    for path in ("/version", "/api/v1/namespaces", "/version"):
+        status, answer = await _exchange(target, _get(path))
+        assert status == 200, answer
+    assert target.counts == {"relayed_kept": 3}
+    assert target.pool.reused == 2
+    assert len(target.pool) == 1
+    target.close()
+    assert len(target.pool) == 0

@@ -488,3 +488,27 @@ def test_a_node_identity_with_a_cluster_table_refuses_to_start(
     )
     assert done.returncode == 2, done.stderr
     assert "this agent joined as node 'edge-node-2'" in done.stderr
+
+
+def test_the_raw_path_and_query_reach_the_member(fleet: Fleet) -> None:
+    a = fleet.a
+    namespace = _namespace(a, "rawpath")
+    a.kubectl("create", "configmap", "x-1", "-n", namespace)
+    a.kubectl("create", "configmap", "x-2", "-n", namespace)
+    status, answer = _raw(
+        fleet,
+        f"/clusters/{a.name}/api/v1/namespaces/{namespace}/configmaps"
+        "?fieldSelector=metadata.name%3Dx-2&limit=5",
+    )
+    assert status == 200, answer
+    assert [i["metadata"]["name"] for i in answer["items"]] == ["x-2"]  # type: ignore[attr-defined]
+
+
+def test_paths_that_cannot_be_sent_on_are_a_400(fleet: Fleet) -> None:
+    status, answer = _raw(fleet, f"/clusters/{fleet.a.name}/api/v1/namespaces/%00/pods")
+    assert status == 400
+    assert _is_status(answer, 400)
+    assert "NUL, CR and LF are refused even encoded" in str(answer["message"])
+    status, answer = _raw(fleet, "/clusters/a%2Fb/version")  # a name with a slash: none such
+    assert status == 404
+    assert _is_status(answer, 404)

@@ -127,10 +127,10 @@ async function api(path, options = {}, token = null) {
 }
 
 function expiredText(code, message) {
-  if (code === 'session_expired') return 'Your session expired. Sign in again with the admin token.';
+  if (code === 'session_expired') return 'Your session expired. Sign in again with your token.';
   if (code === 'session_revoked') {
     return 'This session was signed out (in another tab with the same session, or by a copy of its token). '
-      + 'Sign in again with the admin token.';
+      + 'Sign in again with your token.';
   }
   return 'You were signed out: ' + message;
 }
@@ -196,15 +196,17 @@ function renderSignIn(message) {
   });
   const button = h('button', { class: 'btn', type: 'submit', id: 'signin-button' }, 'Sign in');
   const form = h('form', { id: 'signin-form', class: 'panel', novalidate: true },
-    h('label', { for: 'token' }, 'Admin token'), input,
-    h('p', { class: 'hint' }, 'The token is in the server\'s data folder: ',
+    h('label', { for: 'token' }, 'Token'), input,
+    h('p', { class: 'hint' }, 'A user token from ',
+      h('code', {}, 'tunnel-server users create'),
+      ', or the admin token in the server\'s data folder: ',
       h('code', {}, 'cat /var/lib/tunnel-server/admin-token'),
       '. This tab keeps only a session that expires; closing the tab signs you out.'),
     error, button);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const token = input.value.trim();
-    if (!token) { showError(error, 'Paste the admin token first.'); return; }
+    if (!token) { showError(error, 'Paste your token first.'); return; }
     button.disabled = true;
     try {
       const created = await api('/api/v1/sessions', { method: 'POST' }, token);
