@@ -55,7 +55,7 @@ async def chaos(system: System, reporters: list[Reporter], stop: asyncio.Event) 
     return counts
 
 
-@pytest.mark.timeout(170)
+@pytest.mark.timeout(400)  # 10,000 updates with chaos: ~60-120 s alone, far more on busy cores
 async def test_every_update_reaches_the_cloud_exactly_once(system: System) -> None:
     started = time.monotonic()
     credentials = [await system.claim(f"relay-{i}", "relay-switch") for i in range(DEVICES)]
