@@ -81,7 +81,9 @@ class MemberApi:
         try:
             return json.loads(raw)
         except ValueError:
-            raise MemberApiError(f"GET {path} on {self.server}: the answer is not JSON") from None
+            raise MemberApiError(
+                f"GET {path} on {self.server}: the answer is not JSON", status=status
+            ) from None
 
     async def _read(self, answer: aiohttp.ClientResponse, path: str) -> bytes:
         limit = self._settings.max_json_bytes

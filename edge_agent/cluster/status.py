@@ -25,7 +25,7 @@ Rules:
   good values stay and ``apiserver.healthy`` turns false; ``updated_at`` then says how old
   they are. One log line when the API server goes bad and one when it is back.
 * ``get_json`` is the agent's ``GetJson`` (``member_api``): JSON only, so ``/readyz``'s plain
-  ``ok`` comes back as an error that says the 2xx answer was not JSON, which counts as ready.
+  ``ok`` comes back as an error carrying its 2xx status (the answer was not JSON): ready.
 * Quantities ("100m", "1.5Gi", "2e3", "1E") are parsed exactly (``Decimal``) by
   ``parse_quantity``; a value Kubernetes itself would refuse is skipped with a log line, never
   a failed sample (the API server validates quantities, so this is defence only).
@@ -44,7 +44,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from edge_agent.cluster.member_api import GetJson, MemberApiError
+from edge_agent.cluster.member_api import GetJson
 
 log = logging.getLogger("edge_agent.cluster.status")
 
@@ -268,19 +268,13 @@ class ListError(RuntimeError):
     """A list answer that is not a Kubernetes list."""
 
 
-_NOT_JSON = "the answer is not JSON"
-"""The end of ``member_api.MemberApiError``'s message for a 2xx answer that is not JSON."""
-
-
 def _answered(error: Exception) -> bool:
     """Whether ``error`` means "2xx, but not JSON" (``/readyz`` says ``ok`` in plain text)."""
     if isinstance(error, ValueError):  # json.JSONDecodeError and friends: the body was 2xx
         return True
-    status = getattr(error, "status", None)  # aiohttp.ContentTypeError carries the 2xx status
-    if isinstance(status, int):
-        return 200 <= status < 300
-    # The agent's MemberApi raises this one without a status (ISSUE12's GetJson is JSON only).
-    return isinstance(error, MemberApiError) and str(error).endswith(_NOT_JSON)
+    # MemberApiError and aiohttp.ContentTypeError carry the HTTP status: 2xx means answered.
+    status = getattr(error, "status", None)
+    return isinstance(status, int) and 200 <= status < 300
 
 
 class ClusterStatusSource:

@@ -163,8 +163,9 @@ async def test_run_samples_every_interval(api: FakeApi) -> None:
 @pytest.mark.parametrize(
     ("error", "ready"),
     [
-        # The agent's MemberApi: 200 "ok" is "not JSON"; a 500 and no answer are not ready.
-        (MemberApiError("GET /readyz on https://x: the answer is not JSON"), True),
+        # The agent's MemberApi: 200 "ok" is "not JSON" (with its status); a 500 and no answer
+        # are not ready, nor is an error without a status, whatever its text says.
+        (MemberApiError("GET /readyz on https://x: the answer is not JSON"), False),
         (MemberApiError("GET /readyz on https://x: the answer is not JSON", status=200), True),
         (MemberApiError("GET /readyz on https://x: HTTP 500: [-]etcd failed", status=500), False),
         (MemberApiError("GET /readyz on https://x failed: Connection refused"), False),
