@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from tunnel_server.api import access
 from tunnel_server.api.auth import session_token
+from tunnel_server.api.params import int_param, is_name, list_params
 from tunnel_server.api.signer import ADMIN_PRINCIPAL
 from tunnel_server.api.views import SORT_FIELDS, STATUSES, iso, overview, sort_key, summary
 from tunnel_server.app_keys import (
@@ -36,7 +36,6 @@ log = logging.getLogger("tunnel_server.api.routes")
 """Optional: the device-twin part registers ``name -> [device, ...]`` here; until then node
 pages say nothing about devices (``"devices": null``)."""
 
-_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _TOKEN_FIELDS = frozenset({"name", "kind", "ttl_seconds", "require_approval", "replace"})
 
 
@@ -45,29 +44,9 @@ def rows(app: web.Application, now: float) -> list[dict[str, Any]]:
     return [row.data for row in app[TABLE_KEY].rows(now)]
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(
-            400, "bad_parameter", f"query parameter {name!r} must be an integer {low}..{high}"
-        )
-    return int(raw)
-
-
-def _choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
-    raw = request.query.get(name)
-    if raw is not None and raw not in choices:
-        raise ApiError(
-            400, "bad_parameter", f"query parameter {name!r} must be one of {', '.join(choices)}"
-        )
-    return raw
-
-
 def _node_name(request: web.Request) -> str:
     name = request.match_info["name"]
-    if not _NAME_RE.fullmatch(name):
+    if not is_name(name):
         raise ApiError(
             400,
             "bad_name",
@@ -169,20 +148,19 @@ async def get_overview(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     caller = access.require(request, "read")
-    settings = request.app[API_SETTINGS_KEY]
-    limit = _int_param(request, "limit", 1000, 1, settings.max_page)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
-    status = _choice(request, "status", STATUSES)
-    sort = _choice(request, "sort", SORT_FIELDS + tuple("-" + f for f in SORT_FIELDS))
-    query = request.query.get("q", "")
-    if len(query) > 100:
-        raise ApiError(400, "bad_parameter", "query parameter 'q' is at most 100 characters")
+    params = list_params(
+        request,
+        max_page=request.app[API_SETTINGS_KEY].max_page,
+        statuses=STATUSES,
+        sort_fields=SORT_FIELDS,
+    )
+    status, sort = params.status, params.sort
     now = time.time()
     found = [
         row
         for row in request.app[TABLE_KEY].rows(now)
         if (status is None or row.data["status"] == status)
-        and query.lower() in row.data["name"]
+        and params.query in row.data["name"]
         and access.sees_row(caller, row.data)
     ]
     if sort:
@@ -192,8 +170,8 @@ async def list_nodes(request: web.Request) -> web.Response:
         key = sort_key(field)
         present.sort(key=lambda r: key(r.data), reverse=sort.startswith("-"))
         found = present + missing
-    page = ",".join(row.text for row in found[offset : offset + limit])
-    body = f'{{"total":{len(found)},"offset":{offset},"nodes":[{page}]}}'
+    page = ",".join(row.text for row in found[params.offset : params.offset + params.limit])
+    body = f'{{"total":{len(found)},"offset":{params.offset},"nodes":[{page}]}}'
     return web.Response(text=body, content_type="application/json")
 
 
@@ -236,7 +214,7 @@ async def node_history(request: web.Request) -> web.Response:
     name = _node_name(request)
     history = request.app[HISTORY_KEY]
     retention = int(history.settings.history_retention)
-    window = _int_param(request, "window", 3600, 60, retention)
+    window = int_param(request, "window", 3600, 60, retention)
     node = request.app[STORE_KEY].get_node(name)
     if node is None:
         raise ApiError(404, "node_not_found", f"no node named {name!r}: see GET /api/v1/nodes")
@@ -288,7 +266,7 @@ def _token_spec(data: dict[str, Any], max_ttl: float) -> tokens.TokenSpec:
             f"unknown field(s) {', '.join(unknown)}; known: {sorted(_TOKEN_FIELDS)}",
         )
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not is_name(name):
         raise ApiError(
             400,
             "bad_name",

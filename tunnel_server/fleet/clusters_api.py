@@ -20,7 +20,6 @@ Rules:
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from tunnel_server.api.access import Caller, require
+from tunnel_server.api.params import is_name, list_params
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.views import STATUSES, iso, summary, warnings_of
 from tunnel_server.app_keys import API_SETTINGS_KEY, HISTORY_KEY, SESSIONS_KEY, STORE_KEY
@@ -41,7 +41,6 @@ RECORD_TTL = 2.0
 """Seconds a read of the store's cluster records is reused while its revision stands still
 (``last_seen`` and ``agent_version`` move without a revision bump), as the node table does."""
 
-_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 SORT_FIELDS = (
     "name",
     "status",
@@ -192,26 +191,6 @@ def _row(app: web.Application, record: NodeRecord, now: float) -> dict[str, Any]
     )
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(
-            400, "bad_parameter", f"query parameter {name!r} must be an integer {low}..{high}"
-        )
-    return int(raw)
-
-
-def _choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
-    raw = request.query.get(name)
-    if raw is not None and raw not in choices:
-        raise ApiError(
-            400, "bad_parameter", f"query parameter {name!r} must be one of {', '.join(choices)}"
-        )
-    return raw
-
-
 def _sorted(rows: list[dict[str, Any]], sort: str | None) -> list[dict[str, Any]]:
     if not sort:
         return rows
@@ -226,30 +205,33 @@ def _sorted(rows: list[dict[str, Any]], sort: str | None) -> list[dict[str, Any]
 async def list_clusters(request: web.Request) -> web.Response:
     """``GET /api/v1/clusters``: the clusters in the caller's scope, with their status."""
     caller: Caller = require(request, "read")
-    limit = _int_param(request, "limit", 1000, 1, request.app[API_SETTINGS_KEY].max_page)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
-    status = _choice(request, "status", STATUSES)
-    sort = _choice(request, "sort", SORT_FIELDS + tuple("-" + f for f in SORT_FIELDS))
-    query = request.query.get("q", "")
-    if len(query) > 100:
-        raise ApiError(400, "bad_parameter", "query parameter 'q' is at most 100 characters")
+    params = list_params(
+        request,
+        max_page=request.app[API_SETTINGS_KEY].max_page,
+        statuses=STATUSES,
+        sort_fields=SORT_FIELDS,
+    )
     now = time.time()
     records = request.app[CLUSTERS_KEY].all(now)
     rows = [
         _row(request.app, record, now)
         for name, record in sorted(records.items())
-        if caller.in_scope(name) and query.lower() in name
+        if caller.in_scope(name) and params.query in name
     ]
-    rows = _sorted([r for r in rows if status is None or r["status"] == status], sort)
+    rows = _sorted([r for r in rows if params.status in (None, r["status"])], params.sort)
     return web.json_response(
-        {"total": len(rows), "offset": offset, "clusters": rows[offset : offset + limit]}
+        {
+            "total": len(rows),
+            "offset": params.offset,
+            "clusters": rows[params.offset : params.offset + params.limit],
+        }
     )
 
 
 async def get_cluster(request: web.Request) -> web.Response:
     """``GET /api/v1/clusters/{name}``: one cluster with every metric its agent reported."""
     name = request.match_info["name"]
-    if len(name) > 63 or not _NAME_RE.fullmatch(name):
+    if not is_name(name):
         raise ApiError(
             400,
             "bad_name",
