@@ -12,11 +12,9 @@ are reached: a registered cluster's agent is answered as not a node (its API ser
 from __future__ import annotations
 
 import logging
-import re
 from urllib.parse import unquote
 
 from aiohttp import web
-from yarl import URL
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import MAX_TARGET_LENGTH, ErrorCode, is_valid_target
@@ -27,7 +25,9 @@ from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
     UpstreamError,
     forward,
+    origin_form,
     request_head,
+    unsendable,
 )
 from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.web.errors import ApiError
@@ -102,23 +102,9 @@ async def _open(request: web.Request, session: AgentSession, target: str) -> Tun
     return stream
 
 
-_UNSENDABLE = re.compile(r"[^\x21-\x7e]|%0[0adAD]")
-"""What we refuse to send on in a path or query: anything but printable ASCII (h11 and HTTP/1.1
-allow no more in a request target) and an encoded NUL, LF or CR, which a target that decodes
-them could be tricked into splitting a line or a header on."""
-
-
 def _forwarded_target(request: web.Request, name: str, target: str) -> str:
-    """The path and query the caller sent after ``/api/v1/nodes/{name}/proxy/{target}``, raw.
-
-    Taken from the request line itself, not from the decoded path: ``a%2Fb``, ``a%3Fb``,
-    ``%2e%2e`` and ``a%23b`` reach the target exactly as the caller wrote them.
-    """
-    raw = request.raw_path
-    if not raw.startswith("/"):  # absolute-form ("GET https://host/api/... HTTP/1.1")
-        url = URL(raw, encoded=True)
-        raw = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
-    path, mark, query = raw.partition("?")
+    """The path and query the caller sent after ``/api/v1/nodes/{name}/proxy/{target}``, raw."""
+    path, mark, query = origin_form(request).partition("?")
     # "", "api", "v1", "nodes", name, "proxy", target, and the rest: what we send on.
     parts = path.split("/", 7)
     if len(parts) < 7 or unquote(parts[4]) != name or unquote(parts[6]) != target:
@@ -129,12 +115,12 @@ def _forwarded_target(request: web.Request, name: str, target: str) -> str:
             "slashes before the part that is sent on)",
         )
     forwarded = "/" + (parts[7] if len(parts) > 7 else "") + mark + query
-    bad = _UNSENDABLE.search(forwarded)
+    bad = unsendable(forwarded)
     if bad is not None:
         raise ProxyError(
             400,
             "bad_path",
-            f"the path or query holds {bad.group()!r}, which is not sent on to a node: "
+            f"the path or query holds {bad!r}, which is not sent on to a node: "
             "percent-encode non-ASCII bytes and spaces; NUL, CR and LF are refused even encoded",
         )
     return forwarded

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from urllib.parse import quote, unquote
 
 import h11
 import prometheus_client
 from aiohttp import web
-from yarl import URL
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import ErrorCode
@@ -46,7 +44,9 @@ from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
     UpstreamError,
     forward,
+    origin_form,
     request_head,
+    unsendable,
 )
 from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.web.errors import ApiError
@@ -66,10 +66,6 @@ REASONS = {
     502: "InternalError",
     503: "ServiceUnavailable",
 }
-_UNSENDABLE = re.compile(r"[^\x21-\x7e]|%0[0adAD]")
-"""Not sent on in a path or query: anything but printable ASCII (HTTP/1.1 allows no more in a
-request target), and an encoded NUL, LF or CR, which a server that decodes them could be
-tricked into splitting a line or a header on."""
 
 
 class ClusterProxyError(Exception):
@@ -104,22 +100,18 @@ def status_response(code: int, message: str) -> web.Response:
 
 def _forwarded_target(request: web.Request, name: str) -> str:
     """The path and query after ``/clusters/{name}``, exactly as the caller wrote them."""
-    raw = request.raw_path
-    if not raw.startswith("/"):  # absolute-form ("GET https://host/clusters/... HTTP/1.1")
-        url = URL(raw, encoded=True)
-        raw = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
-    path, mark, query = raw.partition("?")
+    path, mark, query = origin_form(request).partition("?")
     parts = path.split("/", 3)  # "", "clusters", name, and the rest: what we send on
     if len(parts) < 3 or unquote(parts[2]) != name:
         raise ClusterProxyError(
             400, "the cluster name must be a plain path segment (no encoded slashes)"
         )
     forwarded = "/" + (parts[3] if len(parts) > 3 else "") + mark + query
-    bad = _UNSENDABLE.search(forwarded)
+    bad = unsendable(forwarded)
     if bad is not None:
         raise ClusterProxyError(
             400,
-            f"the path or query holds {bad.group()!r}, which is not sent on: percent-encode "
+            f"the path or query holds {bad!r}, which is not sent on: percent-encode "
             "non-ASCII bytes and spaces; NUL, CR and LF are refused even encoded",
         )
     return forwarded

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 
 import h11
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
@@ -49,6 +51,32 @@ class UpstreamError(Exception):
 
 class UnsendableRequestError(Exception):
     """The caller's request cannot be written as HTTP/1.1 (h11 refuses it); a 400."""
+
+
+_UNSENDABLE = re.compile(r"[^\x21-\x7e]|%0[0adAD]")
+"""Not sent on in a path or query: anything but printable ASCII (h11 and HTTP/1.1 allow no more
+in a request target), and an encoded NUL, LF or CR, which a target that decodes them could be
+tricked into splitting a line or a header on."""
+
+
+def origin_form(request: web.Request) -> str:
+    """The caller's path and query exactly as written on the request line, in origin form.
+
+    Taken from the request line itself, not from the decoded path, so ``a%2Fb``, ``a%3Fb``,
+    ``%2e%2e`` and ``a%23b`` reach the target as the caller wrote them; an absolute-form
+    target (``GET https://host/... HTTP/1.1``) is cut down to its path and query.
+    """
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        url = URL(raw, encoded=True)
+        raw = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
+    return raw
+
+
+def unsendable(target: str) -> str | None:
+    """The first character or escape of ``target`` that is never sent on, or None."""
+    bad = _UNSENDABLE.search(target)
+    return None if bad is None else bad.group()
 
 
 def request_head(
