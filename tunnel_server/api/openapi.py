@@ -11,18 +11,19 @@ from typing import Any
 from aiohttp import web
 
 from tunnel_server import __version__
+from tunnel_server.api.params import MAX_QUERY
 from tunnel_server.api.views import SORT_FIELDS, STATUSES
 from tunnel_server.app_keys import OPENAPI_EXTRA_KEY
 from tunnel_server.status.history import SERIES
 
-_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _nullable(kind: str, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - schema values
+def nullable(kind: str, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - schema values
     return {"type": kind, "nullable": True, **extra}
 
 
@@ -30,21 +31,21 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+def error(description: str) -> dict[str, Any]:
+    return _json(ref("Error"), description)
 
 
-_UNAUTHENTICATED = _error(
+UNAUTHENTICATED = error(
     "No, a wrong, an expired or a signed-out credential (codes: unauthenticated, "
     "invalid_token, token_expired, user_revoked, user_expired, user_unknown, invalid_session, "
     "session_expired, session_revoked)"
 )
-_FORBIDDEN = _error(
+FORBIDDEN = error(
     "The caller's role may not do this, or the cluster is outside its scope (codes: "
     "forbidden, cluster_out_of_scope); docs/security.md has the table"
 )
 
-_TIME = _nullable("string", format="date-time")
+TIME = nullable("string", format="date-time")
 _WARNING = {
     "type": "object",
     "required": ["code", "severity", "message"],
@@ -60,21 +61,21 @@ _NODE_PROPERTIES: dict[str, Any] = {
     "state": {"type": "string", "enum": ["pending", "approved", "revoked"]},
     "status": {"type": "string", "enum": list(STATUSES)},
     "connected": {"type": "boolean", "description": "a tunnel session is live now"},
-    "last_seen": _TIME,
-    "last_report": _TIME,
-    "status_since": _TIME,
-    "offline_reason": _nullable("string"),
-    "agent_version": _nullable("string"),
-    "cert_expires": _TIME,
-    "os": _nullable("string"),
-    "kernel": _nullable("string"),
-    "cpu_percent": _nullable("number"),
-    "memory_percent": _nullable("number"),
-    "disk_percent": _nullable("number"),
-    "load1": _nullable("number"),
-    "rtt_ms": _nullable("number"),
-    "uptime_seconds": _nullable("number"),
-    "warnings": {"type": "array", "items": _ref("Warning")},
+    "last_seen": TIME,
+    "last_report": TIME,
+    "status_since": TIME,
+    "offline_reason": nullable("string"),
+    "agent_version": nullable("string"),
+    "cert_expires": TIME,
+    "os": nullable("string"),
+    "kernel": nullable("string"),
+    "cpu_percent": nullable("number"),
+    "memory_percent": nullable("number"),
+    "disk_percent": nullable("number"),
+    "load1": nullable("number"),
+    "rtt_ms": nullable("number"),
+    "uptime_seconds": nullable("number"),
+    "warnings": {"type": "array", "items": ref("Warning")},
 }
 _SCALAR = {
     "nullable": True,
@@ -98,15 +99,15 @@ SCHEMAS: dict[str, Any] = {
     },
     "NodeDetail": {
         "allOf": [
-            _ref("Node"),
+            ref("Node"),
             {
                 "type": "object",
                 "required": ["metrics", "devices", "lease_seconds", "report_interval_seconds"],
                 "properties": {
-                    "created_at": _TIME,
-                    "cert_serial": _nullable("string"),
-                    "report_interval_seconds": _nullable("number"),
-                    "lease_seconds": _nullable("number"),
+                    "created_at": TIME,
+                    "cert_serial": nullable("string"),
+                    "report_interval_seconds": nullable("number"),
+                    "lease_seconds": nullable("number"),
                     "metrics": {
                         "type": "object",
                         "description": "latest reported metrics, 'group.key' -> scalar",
@@ -128,7 +129,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "total": {"type": "integer", "minimum": 0},
             "offset": {"type": "integer", "minimum": 0},
-            "nodes": {"type": "array", "items": _ref("Node")},
+            "nodes": {"type": "array", "items": ref("Node")},
         },
     },
     "Overview": {
@@ -147,7 +148,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {
                     "allOf": [
-                        _ref("Warning"),
+                        ref("Warning"),
                         {
                             "type": "object",
                             "required": ["node"],
@@ -174,7 +175,7 @@ SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "t": {"type": "integer", "description": "UNIX seconds, minute start"},
                         "n": {"type": "integer", "description": "samples in the minute"},
-                        **{name: _nullable("number") for name in SERIES},
+                        **{name: nullable("number") for name in SERIES},
                     },
                 },
             },
@@ -204,7 +205,7 @@ SCHEMAS: dict[str, Any] = {
             "user": {"type": "string", "description": "'admin' for the bootstrap admin token"},
             "role": {"type": "string", "enum": ["admin", "operator", "viewer"]},
             "clusters": {"type": "array", "nullable": True, "items": {"type": "string"}},
-            "expires_at": _TIME,
+            "expires_at": TIME,
         },
     },
     "Token": {
@@ -226,7 +227,7 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["valid", "used", "expired"]},
             "created_at": {"type": "string", "format": "date-time"},
             "expires_at": {"type": "string", "format": "date-time"},
-            "used_at": _TIME,
+            "used_at": TIME,
             "require_approval": {"type": "boolean"},
         },
     },
@@ -235,7 +236,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name"],
         "additionalProperties": False,
         "properties": {
-            "name": {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 63},
+            "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
             "kind": {"type": "string", "enum": ["node", "cluster"], "default": "node"},
             "ttl_seconds": {
                 "type": "number",
@@ -278,7 +279,7 @@ _NAME_PARAM = {
     "name": "name",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 63},
+    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
 }
 
 
@@ -293,40 +294,36 @@ def _op(
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
     if auth:
-        responses["401"] = _UNAUTHENTICATED
-        responses.setdefault("403", _FORBIDDEN)
+        responses["401"] = UNAUTHENTICATED
+        responses.setdefault("403", FORBIDDEN)
     else:
         operation["security"] = []
     if parameters:
         operation["parameters"] = parameters
     if body:
         operation["requestBody"] = {"required": True, "content": {"application/json": body}}
-        responses["400"] = _error("Malformed body (codes: bad_json, bad_request, bad_name)")
-        responses["413"] = _error("Body larger than 16 KiB (code: body_too_large)")
+        responses["400"] = error("Malformed body (codes: bad_json, bad_request, bad_name)")
+        responses["413"] = error("Body larger than 16 KiB (code: body_too_large)")
     return operation
 
 
-"""Paths other parts add to the document (the device-twin part's ``OPENAPI_PATHS``)."""
-
-
-def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole OpenAPI document, with ``extra_paths`` merged into its paths."""
-    query = [
+def list_parameters(
+    noun: str, *, statuses: tuple[str, ...], sort_fields: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The query parameters every list route takes (``api.params.list_params`` reads them)."""
+    return [
         {
             "name": "q",
             "in": "query",
-            "description": "substring of the node name",
-            "schema": {"type": "string", "maxLength": 100},
+            "description": f"substring of the {noun} name",
+            "schema": {"type": "string", "maxLength": MAX_QUERY},
         },
-        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(statuses)}},
         {
             "name": "sort",
             "in": "query",
             "description": "field to sort by; '-' in front for descending (empty values last)",
-            "schema": {
-                "type": "string",
-                "enum": [*SORT_FIELDS, *("-" + f for f in SORT_FIELDS)],
-            },
+            "schema": {"type": "string", "enum": [*sort_fields, *("-" + f for f in sort_fields)]},
         },
         {
             "name": "limit",
@@ -339,9 +336,14 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
         },
     ]
-    bad_param = _error("A query parameter out of range (code: bad_parameter)")
-    bad_name = _error("Not a valid node name (code: bad_name) or parameter (bad_parameter)")
-    not_found = _error("No such node (code: node_not_found)")
+
+
+def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document, with ``extra_paths`` merged into its paths."""
+    query = list_parameters("node", statuses=STATUSES, sort_fields=SORT_FIELDS)
+    bad_param = error("A query parameter out of range (code: bad_parameter)")
+    bad_name = error("Not a valid node name (code: bad_name) or parameter (bad_parameter)")
+    not_found = error("No such node (code: node_not_found)")
     paths = _paths(query, bad_param, bad_name, not_found)
     for path, operations in (extra_paths or {}).items():
         if path in paths:
@@ -380,8 +382,8 @@ def _paths(
                 "Exchange the admin token or a user token for a console session token that "
                 "acts as that caller (same role and scope; it never outlives that token)",
                 {
-                    "201": _json(_ref("Session"), "The session token, its expiry and its user"),
-                    "403": _error(
+                    "201": _json(ref("Session"), "The session token, its expiry and its user"),
+                    "403": error(
                         "A session token cannot make a session (code: admin_token_required)"
                     ),
                 },
@@ -391,7 +393,7 @@ def _paths(
         "/api/v1/me": {
             "get": _op(
                 "Who the credential sent is: user, role, cluster scope, expiry",
-                {"200": _json(_ref("Me"), "The caller")},
+                {"200": _json(ref("Me"), "The caller")},
                 op_id="getMe",
             )
         },
@@ -403,9 +405,7 @@ def _paths(
                         "description": "Signed out (also when it was already signed out or "
                         "expired); its token and live streams stop working now"
                     },
-                    "403": _error(
-                        "The admin token is not a session (code: session_token_required)"
-                    ),
+                    "403": error("The admin token is not a session (code: session_token_required)"),
                 },
                 op_id="deleteSession",
             )
@@ -413,14 +413,14 @@ def _paths(
         "/api/v1/overview": {
             "get": _op(
                 "Fleet overview: nodes by status and every warning",
-                {"200": _json(_ref("Overview"), "The overview")},
+                {"200": _json(ref("Overview"), "The overview")},
                 op_id="getOverview",
             )
         },
         "/api/v1/nodes": {
             "get": _op(
                 "List nodes with their latest status",
-                {"200": _json(_ref("NodeList"), "One page of nodes"), "400": bad_param},
+                {"200": _json(ref("NodeList"), "One page of nodes"), "400": bad_param},
                 op_id="listNodes",
                 parameters=query,
             )
@@ -429,7 +429,7 @@ def _paths(
             "get": _op(
                 "One node with all its latest metrics",
                 {
-                    "200": _json(_ref("NodeDetail"), "The node"),
+                    "200": _json(ref("NodeDetail"), "The node"),
                     "400": bad_name,
                     "404": not_found,
                 },
@@ -441,7 +441,7 @@ def _paths(
             "get": _op(
                 "Per-minute CPU, memory, disk, load, network and RTT of one node",
                 {
-                    "200": _json(_ref("History"), "Points, oldest first"),
+                    "200": _json(ref("History"), "Points, oldest first"),
                     "400": bad_name,
                     "404": not_found,
                 },
@@ -470,7 +470,7 @@ def _paths(
                         {
                             "type": "object",
                             "required": ["tokens"],
-                            "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
+                            "properties": {"tokens": {"type": "array", "items": ref("Token")}},
                         },
                         "The tokens",
                     )
@@ -480,11 +480,11 @@ def _paths(
             "post": _op(
                 "Create a single-use bootstrap token for one node name",
                 {
-                    "201": _json(_ref("CreatedToken"), "The token, shown this once"),
-                    "409": _error("The name is joined or pending (code: name_taken)"),
+                    "201": _json(ref("CreatedToken"), "The token, shown this once"),
+                    "409": error("The name is joined or pending (code: name_taken)"),
                 },
                 op_id="createToken",
-                body={"schema": _ref("TokenRequest")},
+                body={"schema": ref("TokenRequest")},
             ),
         },
         "/api/v1/events": {
@@ -495,7 +495,7 @@ def _paths(
                         "description": "An endless text/event-stream",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
-                    "503": _error("Too many live streams (code: too_many_streams)"),
+                    "503": error("Too many live streams (code: too_many_streams)"),
                 },
                 op_id="streamEvents",
             )

@@ -8,28 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunnel_server.api.openapi import (
+    FORBIDDEN,
+    NAME_PATTERN,
+    TIME,
+    UNAUTHENTICATED,
+    error,
+    list_parameters,
+    nullable,
+    ref,
+)
 from tunnel_server.api.views import STATUSES
 from tunnel_server.fleet.clusters_api import PHASES, SORT_FIELDS
 
 __all__ = ["OPENAPI_PATHS"]
 
-_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - schema values
-    return {"type": kind, "nullable": True, **extra}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
-
-
-_TIME = _nullable("string", format="date-time")
-_COUNT = _nullable("integer", minimum=0)
+_COUNT = nullable("integer", minimum=0)
 _CLUSTER_PROPERTIES: dict[str, Any] = {
     "name": {"type": "string"},
     "state": {"type": "string", "enum": ["pending", "approved", "revoked"]},
@@ -39,27 +33,27 @@ _CLUSTER_PROPERTIES: dict[str, Any] = {
         "description": "online while the cluster agent's lease is fresh, as for nodes",
     },
     "connected": {"type": "boolean", "description": "a tunnel session is live now"},
-    "last_seen": _TIME,
-    "last_report": _TIME,
-    "status_since": _TIME,
-    "offline_reason": _nullable("string"),
-    "agent_version": _nullable("string"),
-    "cert_expires": _TIME,
-    "version": _nullable("string", description="the member's Kubernetes gitVersion"),
+    "last_seen": TIME,
+    "last_report": TIME,
+    "status_since": TIME,
+    "offline_reason": nullable("string"),
+    "agent_version": nullable("string"),
+    "cert_expires": TIME,
+    "version": nullable("string", description="the member's Kubernetes gitVersion"),
     "nodes_total": _COUNT,
     "nodes_ready": _COUNT,
     "pods_total": _COUNT,
     **{f"pods_{phase}": _COUNT for phase in PHASES},
-    "cpu_allocatable_cores": _nullable("number"),
-    "cpu_requested_cores": _nullable("number", description="non-terminated pods' requests"),
+    "cpu_allocatable_cores": nullable("number"),
+    "cpu_requested_cores": nullable("number", description="non-terminated pods' requests"),
     "memory_allocatable_bytes": _COUNT,
     "memory_requested_bytes": _COUNT,
-    "apiserver_healthy": _nullable(
+    "apiserver_healthy": nullable(
         "boolean", description="the member API server's /readyz; null unless online"
     ),
-    "apiserver_latency_ms": _nullable("number"),
-    "sampled_at": {**_TIME, "description": "when the agent took the sample shown"},
-    "warnings": {"type": "array", "items": _ref("Warning")},
+    "apiserver_latency_ms": nullable("number"),
+    "sampled_at": {**TIME, "description": "when the agent took the sample shown"},
+    "warnings": {"type": "array", "items": ref("Warning")},
 }
 _CLUSTER: dict[str, Any] = {
     "type": "object",
@@ -73,10 +67,10 @@ _CLUSTER_DETAIL: dict[str, Any] = {
             "type": "object",
             "required": ["created_at", "metrics", "lease_seconds", "report_interval_seconds"],
             "properties": {
-                "created_at": _TIME,
-                "cert_serial": _nullable("string"),
-                "report_interval_seconds": _nullable("number"),
-                "lease_seconds": _nullable("number"),
+                "created_at": TIME,
+                "cert_serial": nullable("string"),
+                "report_interval_seconds": nullable("number"),
+                "lease_seconds": nullable("number"),
                 "metrics": {
                     "type": "object",
                     "description": "every key the cluster agent reported, 'group.key' -> scalar",
@@ -89,38 +83,7 @@ _CLUSTER_DETAIL: dict[str, Any] = {
         },
     ]
 }
-_UNAUTHENTICATED = _error(
-    "No, a wrong, an expired or a signed-out credential (codes: unauthenticated, "
-    "invalid_token, invalid_session, session_expired, session_revoked)"
-)
-_FORBIDDEN = _error(
-    "The caller's role or cluster scope does not allow it (codes: forbidden, cluster_out_of_scope)"
-)
-_QUERY = [
-    {
-        "name": "q",
-        "in": "query",
-        "description": "substring of the cluster name",
-        "schema": {"type": "string", "maxLength": 100},
-    },
-    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
-    {
-        "name": "sort",
-        "in": "query",
-        "description": "field to sort by; '-' in front for descending (empty values last)",
-        "schema": {"type": "string", "enum": [*SORT_FIELDS, *("-" + f for f in SORT_FIELDS)]},
-    },
-    {
-        "name": "limit",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000},
-    },
-    {
-        "name": "offset",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
-    },
-]
+_QUERY = list_parameters("cluster", statuses=STATUSES, sort_fields=SORT_FIELDS)
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/clusters": {
@@ -145,9 +108,9 @@ OPENAPI_PATHS: dict[str, Any] = {
                         }
                     },
                 },
-                "400": _error("A query parameter out of range (code: bad_parameter)"),
-                "401": _UNAUTHENTICATED,
-                "403": _FORBIDDEN,
+                "400": error("A query parameter out of range (code: bad_parameter)"),
+                "401": UNAUTHENTICATED,
+                "403": FORBIDDEN,
             },
         }
     },
@@ -160,7 +123,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "name": "name",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 63},
+                    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
                 }
             ],
             "responses": {
@@ -168,10 +131,10 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "description": "The cluster",
                     "content": {"application/json": {"schema": _CLUSTER_DETAIL}},
                 },
-                "400": _error("Not a valid cluster name (code: bad_name)"),
-                "401": _UNAUTHENTICATED,
-                "403": _FORBIDDEN,
-                "404": _error("No such cluster, or the name is a node's (cluster_not_found)"),
+                "400": error("Not a valid cluster name (code: bad_name)"),
+                "401": UNAUTHENTICATED,
+                "403": FORBIDDEN,
+                "404": error("No such cluster, or the name is a node's (cluster_not_found)"),
             },
         }
     },
