@@ -198,6 +198,26 @@ class Server:
             self.process.stop()
 
 
+def join_agent(server: Server, name: str, data_dir: Path, *, kind: str = "node") -> str:
+    """Make a bootstrap token of ``kind`` for ``name`` and run ``edge-agent join`` with it."""
+    token = server.cli("token", "create", "--kind", kind, "--name", name).strip()
+    command(
+        "edge-agent",
+        "join",
+        "--server",
+        server.url,
+        "--token",
+        token,
+        "--ca-hash",
+        server.ca_hash,
+        "--name",
+        name,
+        "--data-dir",
+        data_dir,
+    )
+    return token
+
+
 @dataclass(kw_only=True)
 class Agent:
     name: str
@@ -213,28 +233,15 @@ class Agent:
     process: ManagedProcess | None = None
     token: str | None = None
     """The bootstrap token this agent joined with (tests check it never shows in a log)."""
+    kind: str = "node"
+    """The kind of its bootstrap token: ``node`` or ``cluster`` (a cluster-mode agent)."""
 
     @property
     def data_dir(self) -> Path:
         return self.workdir / f"agent-{self.name}"
 
     def join(self) -> None:
-        token = self.server.cli("token", "create", "--kind", "node", "--name", self.name).strip()
-        self.token = token
-        command(
-            "edge-agent",
-            "join",
-            "--server",
-            self.server.url,
-            "--token",
-            token,
-            "--ca-hash",
-            self.server.ca_hash,
-            "--name",
-            self.name,
-            "--data-dir",
-            self.data_dir,
-        )
+        self.token = join_agent(self.server, self.name, self.data_dir, kind=self.kind)
 
     def write_config(self) -> Path:
         return write_agent_config(

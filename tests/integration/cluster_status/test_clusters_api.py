@@ -26,7 +26,7 @@ from edge_agent.node_status import NodeStatusReporter, NodeStatusSettings
 from edge_agent.settings import JoinSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from tests.harness import kube
-from tests.harness.daemons import Server, command
+from tests.harness.daemons import Server, join_agent
 from tests.harness.waiting import eventually_async
 from tests.integration.cluster_status.conftest import EXPECTED
 from tests.integration.console.conftest import Api
@@ -47,21 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def join_cluster(server: Server, name: str, data_dir: Path) -> None:
-    token = server.cli("token", "create", "--kind", "cluster", "--name", name).strip()
-    command(
-        "edge-agent",
-        "join",
-        "--server",
-        server.url,
-        "--token",
-        token,
-        "--ca-hash",
-        server.ca_hash,
-        "--name",
-        name,
-        "--data-dir",
-        data_dir,
-    )
+    join_agent(server, name, data_dir, kind="cluster")
 
 
 _SCHEMATHESIS_CONFIG = """

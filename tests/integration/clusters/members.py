@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from tests.harness import kube
-from tests.harness.daemons import Agent, Server, TomlValue, command
+from tests.harness.daemons import Agent, Server, TomlValue
 
 NAMESPACE = "edgefleet-system"
 SERVICE_ACCOUNT = "edgefleet-agent"
@@ -134,30 +134,13 @@ def prepare_member(plane: kube.ControlPlane) -> str:
 class ClusterAgent(Agent):
     """An ``edge-agent`` in cluster mode, joined with a cluster token."""
 
+    kind: str = "cluster"
     plane: kube.ControlPlane | None = None
     agent_token: str = ""
     interval: float = 2.0
     cluster_table: dict[str, TomlValue] = field(default_factory=dict)
     serve_cluster: bool = True
     """False: run without ``[cluster]`` (a cluster identity that serves no API server)."""
-
-    def join(self) -> None:
-        token = self.server.cli("token", "create", "--kind", "cluster", "--name", self.name).strip()
-        self.token = token
-        command(
-            "edge-agent",
-            "join",
-            "--server",
-            self.server.url,
-            "--token",
-            token,
-            "--ca-hash",
-            self.server.ca_hash,
-            "--name",
-            self.name,
-            "--data-dir",
-            self.data_dir,
-        )
 
     def member_kubeconfig(self) -> Path:
         assert self.plane is not None

@@ -21,7 +21,13 @@ import pytest
 import pytest_asyncio
 
 from tests.harness.certs import KeyPair, TestCA
-from tests.harness.daemons import Agent, Server, command, launch_agent, write_agent_config
+from tests.harness.daemons import (
+    Agent,
+    Server,
+    join_agent,
+    launch_agent,
+    write_agent_config,
+)
 from tests.harness.procs import ManagedProcess, free_port
 from tests.harness.waiting import eventually
 
@@ -43,22 +49,8 @@ class System:
 
 def _join_cluster(server: Server, workdir: Path, name: str) -> ManagedProcess:
     """A cluster-kind agent session: a cluster identity that must never reach a kubelet."""
-    token = server.cli("token", "create", "--kind", "cluster", "--name", name).strip()
     data_dir = workdir / f"agent-{name}"
-    command(
-        "edge-agent",
-        "join",
-        "--server",
-        server.url,
-        "--token",
-        token,
-        "--ca-hash",
-        server.ca_hash,
-        "--name",
-        name,
-        "--data-dir",
-        data_dir,
-    )
+    join_agent(server, name, data_dir, kind="cluster")
     config = write_agent_config(
         workdir / f"agent-{name}.toml",
         {

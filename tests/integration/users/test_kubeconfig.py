@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import BIN, command
+from tests.harness.daemons import BIN, join_agent
 from tests.harness.kube import kube_bin_dir
 from tests.integration.users.conftest import UsersSystem, call
 
@@ -50,21 +50,7 @@ def _cli(system: UsersSystem, *args: str) -> subprocess.CompletedProcess[str]:
 def clusters(users_system: UsersSystem) -> tuple[str, ...]:
     server = users_system.server
     for name in CLUSTERS:
-        token = server.cli("token", "create", "--kind", "cluster", "--name", name).strip()
-        command(
-            "edge-agent",
-            "join",
-            "--server",
-            server.url,
-            "--token",
-            token,
-            "--ca-hash",
-            server.ca_hash,
-            "--name",
-            name,
-            "--data-dir",
-            users_system.workdir / f"cluster-{name}",
-        )
+        join_agent(server, name, users_system.workdir / f"cluster-{name}", kind="cluster")
     server.cli("nodes", "revoke", "k-gone")
     return CLUSTERS
 
