@@ -116,7 +116,8 @@ class ControlPlane:
             ) as response:
                 status, raw = int(response.status), response.read()
         except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
+            with error:  # an unread or unclosed error response keeps its socket open
+                status, raw = error.code, error.read()
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:
@@ -155,7 +156,8 @@ class ControlPlane:
             ) as response:
                 return int(response.status), response.read()
         except urllib.error.HTTPError as error:
-            return error.code, error.read()
+            with error:
+                return error.code, error.read()
 
     # -- lifecycle of the API server alone (the tests of edge autonomy stop and start it)
 

@@ -77,7 +77,8 @@ def _raw(
         with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310
             return int(answer.status), json.loads(answer.read())
     except urllib.error.HTTPError as error:
-        raw = error.read()
+        with error:
+            raw = error.read()
         try:
             return error.code, json.loads(raw)
         except ValueError:

@@ -289,7 +289,8 @@ def post_review(cloud: Cloud, body: bytes) -> tuple[int, dict[str, Any]]:
         ) as answer:
             return int(answer.status), json.loads(answer.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        with error:
+            return error.code, json.loads(error.read() or b"{}")
 
 
 @pytest.mark.parametrize(
