@@ -273,7 +273,8 @@ class _Client:
 
 
 def _raise_for(status: int, data: dict[str, Any]) -> None:
-    code, message = str(data.get("error", "")), str(data.get("message", ""))
+    # The server answers errors as RFC 9457 problem details (docs/api.md).
+    code, message = str(data.get("reason", "")), str(data.get("detail", ""))
     if code in _TOKEN_ERRORS:
         raise TokenRejectedError(message)
     if status == 409:

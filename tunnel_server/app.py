@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from aiohttp import web
@@ -90,6 +90,21 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
+def openapi_paths() -> dict[str, Any]:
+    """Every part's routes for ``/api/openapi.json`` besides the API's own (one entry per part)."""
+    parts: list[dict[str, Any]] = [
+        twins_part.OPENAPI_PATHS,
+        clusters_openapi.OPENAPI_PATHS,
+    ]
+    merged: dict[str, Any] = {}
+    for paths in parts:
+        for path, operations in paths.items():
+            if path in merged:
+                raise ValueError(f"OpenAPI path {path} is described twice")
+            merged[path] = operations
+    return merged
+
+
 def create_app(
     settings: ServerSettings, *, identity: ServerIdentity | None = None
 ) -> web.Application:
@@ -115,7 +130,7 @@ def create_app(
         tunnel.setup(app, tunnel_settings=settings.tunnel)
         twins_part.setup(app)
         status.setup(app)
-        api.setup(app, openapi_paths={**twins_part.OPENAPI_PATHS, **clusters_openapi.OPENAPI_PATHS})
+        api.setup(app, openapi_paths=openapi_paths())
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
         console.setup(app)

@@ -30,6 +30,7 @@ from tunnel_server.app_keys import AUTH_FAILURES_KEY, REGISTRY_KEY, VERIFIED_ADM
 from tunnel_server.web.errors import ApiError
 
 __all__ = [
+    "CALLER_KEY",
     "ROLES",
     "Caller",
     "Role",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 Verb = Literal["read", "write", "admin"]
+
+CALLER_KEY = web.RequestKey("caller", Caller)
+"""Who ``require`` let through, kept on the request for the audit log (``request.get``)."""
 
 _ALLOWED: dict[Role, frozenset[Verb]] = {
     "viewer": frozenset({"read"}),
@@ -101,6 +105,7 @@ def require(
     proxy); everything else reads the store each time and sees a revocation at once.
     """
     caller = _cached(request) if cached else authenticate(request)
+    request[CALLER_KEY] = caller
     if verb not in _ALLOWED[caller.role]:
         count_failure(request.app, "forbidden")
         raise ApiError(

@@ -32,7 +32,56 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def error(description: str) -> dict[str, Any]:
-    return _json(ref("Error"), description)
+    """An error answer: an RFC 9457 problem document (``web.errors.problem``)."""
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": ref("Problem")}},
+    }
+
+
+def list_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The one list shape (``api.paging``): ``{items: [item], metadata: {continue, ...}}``."""
+    return {
+        "type": "object",
+        "required": ["items", "metadata"],
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "metadata": ref("ListMeta"),
+        },
+    }
+
+
+PAGING_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "most items in one page (default 500)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    {
+        "name": "continue",
+        "in": "query",
+        "description": "metadata.continue of the previous page, sent with the same other "
+        "parameters",
+        "schema": {"type": "string", "maxLength": 2048},
+    },
+]
+"""What every list route takes (``api.paging.page_params`` reads them)."""
+LABEL_SELECTOR_PARAMETER: dict[str, Any] = {
+    "name": "labelSelector",
+    "in": "query",
+    "description": "Kubernetes label selector syntax (a=b,c!=d,e in (f,g),!h)",
+    "schema": {"type": "string", "maxLength": 4096},
+}
+IF_MATCH_PARAMETER: dict[str, Any] = {
+    "name": "If-Match",
+    "in": "header",
+    "description": "apply only while the object is at this ETag (412 precondition_failed else)",
+    "schema": {"type": "string", "maxLength": 1024},
+}
+ETAG_HEADER: dict[str, Any] = {
+    "ETag": {"description": "the object's version as a strong tag", "schema": {"type": "string"}}
+}
 
 
 UNAUTHENTICATED = error(
@@ -83,12 +132,37 @@ _SCALAR = {
 }
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {
+    "Problem": {
         "type": "object",
-        "required": ["error", "message"],
+        "description": "RFC 9457 problem details (docs/api.md, 'Errors')",
+        "required": ["type", "title", "status", "detail", "reason"],
         "properties": {
-            "error": {"type": "string", "description": "stable code for programs"},
-            "message": {"type": "string", "description": "what a person should do"},
+            "type": {"type": "string", "description": "tag:edgefleet.io,2026:problem/<reason>"},
+            "title": {"type": "string", "description": "the HTTP status phrase"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string", "description": "what a person should do"},
+            "reason": {"type": "string", "description": "stable word for programs"},
+            "problems": {
+                "type": "array",
+                "description": "which parts of the document sent are wrong",
+                "items": {
+                    "type": "object",
+                    "required": ["path", "reason"],
+                    "properties": {"path": {"type": "string"}, "reason": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "ListMeta": {
+        "type": "object",
+        "required": ["continue"],
+        "properties": {
+            "continue": {
+                "type": "string",
+                "nullable": True,
+                "description": "send back as ?continue= for the next page; null on the last",
+            },
+            "remainingItemCount": {"type": "integer", "minimum": 0},
         },
     },
     "Warning": _WARNING,

@@ -6,8 +6,9 @@
 ``GET  /api/v1/join/{request}``     ``Authorization: Bearer <poll secret>`` -> 202 / 200 / 403
 ``POST /api/v1/renew``              mTLS with the current certificate; {csr} -> 200 certificate
 
-Every error is JSON ``{"error": <stable code>, "message": <what to do>}``. Bodies are bounded
-(``JoinSettings.max_body_bytes``, and JSON nesting: ``web.bodies.read_json_object``). The
+Every error is an RFC 9457 problem document (``reason``: the stable word, ``detail``: what to
+do). Bodies are bounded (``JoinSettings.max_body_bytes``, and JSON nesting:
+``web.bodies.read_json_object``). The
 certificate's subject is always the token's (join) or the verified client certificate's (renew)
 name: what the CSR or the body asks for is ignored or refused.
 """

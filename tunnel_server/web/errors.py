@@ -1,4 +1,9 @@
-"""JSON errors of every route of ours: ``{"error": <stable code>, "message": <what to do>}``.
+"""Errors of every route of ours as RFC 9457 problem details (``application/problem+json``).
+
+``{"type", "title", "status", "detail", "reason", "problems"?, ...}``: ``reason`` is the stable
+machine word (the same words on MQTT answers and in docs/api.md), ``type`` the URI naming it
+(``tag:edgefleet.io,2026:problem/<reason>``: a name, not a page to fetch), ``title`` the HTTP
+status phrase and ``detail`` what a person should do.
 
 ``ApiError`` is the one error a handler raises for its caller (the REST API, the join API, the
 twins API; ``bodies.BodyError`` from the bounded body reader is one too). It may add
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,8 +34,16 @@ SECURITY_HEADERS = {
 }
 
 
+PROBLEM_TYPE = "tag:edgefleet.io,2026:problem/"
+"""Prefix of every problem ``type``; the reason word follows."""
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
 class ApiError(Exception):
-    """An answer for the caller: HTTP status, a stable code, and a message a person can act on."""
+    """An answer for the caller: HTTP status, a stable reason word, a detail a person can act on.
+
+    ``code`` is the reason word (``reason`` in the problem document).
+    """
 
     def __init__(
         self,
@@ -69,10 +83,38 @@ def error_response(
     problems: tuple[Problem, ...] = (),
     extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    body: dict[str, Any] = {"error": code, "message": message, **(extra or {})}
+    return web.json_response(
+        problem(status, code, message, problems=problems, extra=extra),
+        status=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers={**SECURITY_HEADERS, **(headers or {})},
+    )
+
+
+def problem(
+    status: int,
+    reason: str,
+    detail: str,
+    *,
+    problems: tuple[Problem, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The RFC 9457 problem document (also for places that answer with a body of their own)."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body: dict[str, Any] = {
+        **(extra or {}),
+        "type": PROBLEM_TYPE + reason,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "reason": reason,
+    }
     if problems:
         body["problems"] = [{"path": p.path, "reason": p.reason} for p in problems]
-    return web.json_response(body, status=status, headers={**SECURITY_HEADERS, **(headers or {})})
+    return body
 
 
 _HTTP_CODES = {

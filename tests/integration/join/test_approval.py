@@ -107,7 +107,7 @@ async def test_poll_needs_the_poll_secret(server: RunningServer, tmp_path: Path,
         for headers in ({}, {"Authorization": "Bearer not-the-secret"}):
             async with session.get(url, headers=headers, ssl=server.trusting_context()) as answer:
                 assert answer.status == 401
-                assert (await answer.json())["error"] == "bad_poll_secret"
+                assert (await answer.json())["reason"] == "bad_poll_secret"
         headers = {"Authorization": f"Bearer {pending['poll_secret']}"}
         async with session.get(url, headers=headers, ssl=server.trusting_context()) as answer:
             assert answer.status == 200

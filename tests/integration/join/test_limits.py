@@ -43,8 +43,8 @@ async def _post(server: RunningServer, data: bytes) -> tuple[int, dict[str, Any]
 )
 async def test_bad_bodies(server: RunningServer, body: bytes, status: int, error: str) -> None:
     got_status, got = await _post(server, body)
-    assert (got_status, got["error"]) == (status, error)
-    assert got["message"]
+    assert (got_status, got["reason"]) == (status, error)
+    assert got["detail"]
 
 
 async def test_chunked_oversized_body_is_refused(server: RunningServer) -> None:
@@ -66,7 +66,7 @@ async def test_bad_csr_does_not_consume_the_token(
 ) -> None:
     token = await server.token(name)
     status, body = await _post(server, json.dumps({"token": token, "csr": "garbage"}).encode())
-    assert (status, body["error"]) == (400, "bad_csr")
+    assert (status, body["reason"]) == (400, "bad_csr")
     assert name not in await server.nodes()
     assert (await server.join(token=token, name=name, data_dir=tmp_path)).rc == 0
 

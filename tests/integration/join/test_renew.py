@@ -84,13 +84,13 @@ async def test_node_a_cannot_renew_as_node_b(
         server, identity_a, {"csr": _csr(f"{name}-b"), "name": f"{name}-b"}
     )
     assert status == 403
-    assert body["error"] == "name_mismatch"
+    assert body["reason"] == "name_mismatch"
 
 
 async def test_renew_needs_a_client_certificate(server: RunningServer, name: str) -> None:
     status, body = await _post_renew(server, None, {"csr": _csr(name)})
     assert status == 401
-    assert body["error"] == "client_certificate_required"
+    assert body["reason"] == "client_certificate_required"
 
 
 async def test_revoked_node_is_cut_off(server: RunningServer, tmp_path: Path, name: str) -> None:
@@ -101,6 +101,6 @@ async def test_revoked_node_is_cut_off(server: RunningServer, tmp_path: Path, na
     assert nodes[name]["state"] == "revoked"
     status, body = await _post_renew(server, identity, {"csr": _csr(name)})
     assert status == 403
-    assert body["error"] == "certificate_not_valid"
+    assert body["reason"] == "certificate_not_valid"
     with pytest.raises(TrustError, match="revoked"):
         await renew(identity, settings=JoinSettings())

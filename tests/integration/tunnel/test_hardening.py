@@ -465,8 +465,8 @@ async def test_deep_json_gets_400_on_every_json_route(edge: Edge, path: str, bod
     status, answer = await post(
         edge, path, body, ssl_context=context, token=edge.server.admin_token
     )
-    assert (status, answer["error"]) == (400, "bad_json"), answer
-    assert answer["message"]
+    assert (status, answer["reason"]) == (400, "bad_json"), answer
+    assert answer["detail"]
     log.assert_quiet(max_lines=1)
 
 
@@ -497,7 +497,7 @@ async def test_ten_megabytes_to_a_route_that_takes_no_body_get_413(
     head = request(edge, method, path.encode(), headers=f"Content-Length: {TEN_MB}\r\n".encode())
     answer = await exchange(edge, head)
     assert answer.status == 413, answer
-    assert answer.json()["error"] == "body_too_large"
+    assert answer.json()["reason"] == "body_too_large"
 
 
 async def test_chunked_body_to_a_route_that_takes_no_body_gets_413(edge: Edge) -> None:
@@ -536,7 +536,7 @@ async def test_join_and_renew_nested_20000_deep_get_400(edge: Edge, path: str) -
     log = edge.log()
     context = edge.raw_identity.client_ssl_context()
     status, answer = await post(edge, path, nested(20_000), ssl_context=context)
-    assert (status, answer["error"]) == (400, "bad_json"), answer
+    assert (status, answer["reason"]) == (400, "bad_json"), answer
     log.assert_quiet(max_lines=1)
 
 

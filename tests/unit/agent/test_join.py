@@ -88,4 +88,4 @@ def test_verify_ca_needs_a_ca_certificate() -> None:
 )
 def test_errors_map_to_exit_codes(status: int, code: str, error: type[Exception]) -> None:
     with pytest.raises(error, match="what to do"):
-        _raise_for(status, {"error": code, "message": "what to do"})
+        _raise_for(status, {"reason": code, "detail": "what to do"})

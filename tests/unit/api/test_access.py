@@ -70,11 +70,11 @@ async def test_a_scoped_operator_reads_and_writes_its_clusters_only(client: Clie
     for verb in ("read", "write"):
         assert (await _get(client, f"/api/v1/test/{verb}/clusters/a", token))[0] == 200
     status, body = await _get(client, "/api/v1/test/read/clusters/c", token)
-    assert (status, body["error"]) == (403, "cluster_out_of_scope")
+    assert (status, body["reason"]) == (403, "cluster_out_of_scope")
     assert "'c'" in body["message"]
     assert "a, b" in body["message"]
     status, body = await _get(client, "/api/v1/test/admin/clusters/a", token)
-    assert (status, body["error"]) == (403, "forbidden")
+    assert (status, body["reason"]) == (403, "forbidden")
     assert "needs role admin" in body["message"]
     assert await _failures(client, "cluster_out_of_scope") == 1
     assert await _failures(client, "forbidden") == 1
@@ -115,7 +115,7 @@ async def test_the_cache_holds_a_caller_until_the_store_changes(client: Client) 
     # The tunnel's revocation watcher empties the cache when the revision moves.
     client.app[VERIFIED_ADMIN_KEY].clear()
     status, body = await _get(client, path, token)
-    assert (status, body["error"]) == (401, "user_revoked")
+    assert (status, body["reason"]) == (401, "user_revoked")
     # Sessions are never cached: signing one out bumps no revision.
     viewer = _user(client, "seer", "viewer", None)
     made = await client.post("/api/v1/sessions", headers={"Authorization": f"Bearer {viewer}"})
@@ -135,4 +135,4 @@ async def test_an_expired_cached_caller_is_checked_again(client: Client) -> None
     store = client.app[STORE_KEY]
     store.revoke_user("soon", now=time.time())  # what the store now says is what counts
     status, body = await _get(client, path, token)
-    assert (status, body["error"]) == (401, "user_revoked")
+    assert (status, body["reason"]) == (401, "user_revoked")
