@@ -104,3 +104,8 @@ CLOUD_NODES_KEY: web.AppKey[CloudNodes] = web.AppKey("cloud_nodes")
 """The cloud cluster's Nodes (addresses, kubelet port, labels), followed by a watch."""
 NODES_SYNCED_KEY: web.AppKey[asyncio.Event] = web.AppKey("cloud_nodes_synced")
 """Set once the first list of the cloud's Nodes arrived (never without ``--kube-upstream``)."""
+
+# Set by the fleet's clusters part: the cluster agent's install manifest for a new cluster token,
+# called as render(name=, token=, server=, ca_hash=, image=) -> YAML text. The API's
+# ``POST /api/v1/tokens`` with ``"manifest": true`` uses it (the API never imports the fleet).
+CLUSTER_MANIFEST_KEY: web.AppKey[Callable[..., str]] = web.AppKey("cluster_manifest")
