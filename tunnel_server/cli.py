@@ -1,7 +1,9 @@
 """``tunnel-server``: the cloud side of EdgeFleet.
 
-Every command but ``run`` works on the data dir directly, whether the server runs or not: the
-store is SQLite in WAL mode and the running server notices changes within a second.
+``run``, ``init``, ``ca-hash`` and ``autonomy-webhook`` work on the data dir. Every command
+that manages things (tokens, nodes, clusters, users, devices, models, the audit log) is a
+client of the running server's API (``tunnel_server.client``): with ``--server`` and a token,
+the login config, or ``--data-dir`` on the server machine (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -20,32 +21,28 @@ import socket
 import sqlite3
 import ssl
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__
-from tunnel_server.identity import tokens, users
+from tunnel_server.client import commands, device_commands, fleet_commands
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.settings import (
     DAY,
     AutonomySettings,
     EgressSettings,
-    JoinSettings,
     PkiSettings,
     ServerSettings,
 )
-from tunnel_server.store import STORE_FILE, NotFoundError, SqliteStore, StoreError
+from tunnel_server.store import STORE_FILE, SqliteStore, StoreError
 from tunnel_server.tunnel import tls_buffer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from tunnel_server.app import ServerIdentity
-    from tunnel_server.store import NodeRecord, NodeState, UserRecord
 
 log = logging.getLogger("tunnel_server.cli")
 
@@ -55,8 +52,14 @@ EdgeFleet tunnel server: the cloud control point that edge agents dial into.
 It serves the tunnel endpoint for agents, the REST API, the kube proxy into registered
 clusters and nodes, the web console, and /healthz, /readyz and /metrics.
 
-Joining a node:
+Managing it from anywhere (like kubectl; docs/cli.md):
+  tunnel-server login --server https://HOST:8443 --ca-hash sha256:... --token T
   tunnel-server token create --kind node --name edge-1     # prints the token
+  tunnel-server nodes list
+On the server machine, --data-dir DIR instead of a login takes the running server's URL, CA
+and admin token from its data folder.
+
+Joining a node:
   edge-agent join --server https://HOST:8443 --token T --ca-hash $(tunnel-server ca-hash)
 
 Cloud users (roles admin, operator, viewer) and kubectl:
@@ -67,9 +70,14 @@ EXIT_CODES = """\
 exit codes:
   0  done
   1  the command failed; its one-line message says why and what to do (no CA or store in
-     the data dir, the listen address in use, a name already joined, no such node, ...)
+     the data dir, the listen address in use, the server answered 5xx, ...)
   2  usage or configuration error: a bad flag or value, a --data-dir that is not a folder,
-     an unusable --kube-upstream kubeconfig
+     an unusable --kube-upstream kubeconfig, no server or token configured
+  3  not authenticated: the token is wrong, expired or revoked (401)
+  4  forbidden: the token's role or cluster scope does not allow it (403)
+  5  not found (404)
+  6  conflict: the object's state or version does not allow it (409, 412)
+  7  the server is unreachable, or is not the one pinned (TLS, CA hash)
 """
 _LISTEN_EXAMPLE = "0.0.0.0:8443"
 
@@ -97,7 +105,6 @@ def parse_listen(value: str) -> tuple[str, int]:
 parse_duration = arguments.duration(low=1.0, high=365 * DAY)
 """``90``, ``90s``, ``15m``, ``1h`` or ``2d`` as seconds, from 1 s to a year."""
 _idle_timeout = arguments.duration(low=1.0, high=DAY)
-_token_ttl = arguments.duration(low=1.0, high=JoinSettings().max_token_ttl)
 
 _count = arguments.whole(low=0, high=1_000_000)
 """A whole number >= 0 (0 turns a limit off)."""
@@ -129,13 +136,6 @@ def _server_url(value: str) -> str:
         msg = f"expected https://HOST[:PORT] such as https://cloud.example.com:8443, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return f"https://{parts.netloc}"
-
-
-def _name(value: str) -> str:
-    try:
-        return tokens.validate_name(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -278,118 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
             description="Print sha256:<hex> of the CA's public key, for `edge-agent join`.",
         )
     )
-    _add_token_commands(sub)
-    _add_node_commands(sub)
+    commands.add_session_commands(sub)
+    fleet_commands.add_token_commands(sub)
+    fleet_commands.add_node_commands(sub)
+    fleet_commands.add_user_commands(sub)
+    device_commands.add_device_commands(sub)
+    device_commands.add_twin_commands(sub)
+    device_commands.add_model_commands(sub)
+    device_commands.add_audit_commands(sub)
     _add_autonomy_command(sub)
-    _add_user_commands(sub)
-    _add_kubeconfig_command(sub)
     return parser
-
-
-def _user_name(value: str) -> str:
-    try:
-        return users.validate_user_name(value)
-    except users.UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _clusters(value: str) -> tuple[str, ...]:
-    try:
-        return users.parse_clusters(value)
-    except users.UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _lifetime(value: str) -> float:
-    try:
-        return users.parse_ttl(value)
-    except users.UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_user_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
-    group = sub.add_parser(
-        "users",
-        help="cloud users of the API, the console and kubectl: create, list, revoke",
-        description="Users have a role (admin: everything, including users and tokens;"
-        " operator: read and write within its clusters; viewer: read only) and bearer tokens"
-        " (stored hashed). docs/security.md has the table of who may do what.",
-    )
-    _data_dir_option(group)
-    users_sub = group.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
-    create = users_sub.add_parser(
-        "create",
-        help="create a user and print its first token (shown once)",
-        description="Create a user and print a bearer token for it on stdout, once: only its"
-        " hash is kept. `tunnel-server kubeconfig --user NAME` makes more tokens of it.",
-    )
-    _data_dir_option(create)
-    create.add_argument("name", type=_user_name, help="1-63 of a-z 0-9 - . (not 'admin')")
-    create.add_argument("--role", required=True, choices=users.ROLES, help="what it may do")
-    create.add_argument(
-        "--clusters",
-        type=_clusters,
-        metavar="C1,C2",
-        help="the registered clusters it may reach (default: every cluster); operator and"
-        " viewer only",
-    )
-    create.add_argument(
-        "--ttl",
-        type=_lifetime,
-        default=users.DEFAULT_USER_TTL,
-        metavar="DURATION",
-        help="lifetime of the user and its tokens: 90d, 12h, 30m or seconds; 1 minute to"
-        " 730 days (default: 90d)",
-    )
-    listing = users_sub.add_parser(
-        "list",
-        help="list users (never their tokens)",
-        description="List users: name, role, clusters, created, expires, live token count.",
-    )
-    _data_dir_option(listing)
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-    revoke = users_sub.add_parser(
-        "revoke",
-        help="revoke a user: its tokens and console sessions stop working at once",
-        description="Revoke a user; a running server refuses its tokens and sessions at once"
-        " and ends its live streams. `users create NAME` makes a new user of that name.",
-    )
-    _data_dir_option(revoke)
-    revoke.add_argument("name", help="the user's name")
-
-
-def _add_kubeconfig_command(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
-    command = sub.add_parser(
-        "kubeconfig",
-        help="print a kubeconfig for a user: one context per registered cluster",
-        description="Issue a new token for the user and print a kubeconfig (the server's CA"
-        " embedded) with one cluster and context per registered cluster in the user's scope,"
-        " each at SERVER/clusters/NAME. The token is in the output: keep the file private.",
-    )
-    _data_dir_option(command)
-    command.add_argument("--user", required=True, type=_user_name, help="the user's name")
-    which = command.add_mutually_exclusive_group()
-    which.add_argument("--cluster", type=_name, metavar="NAME", help="only this cluster")
-    which.add_argument(
-        "--all-clusters",
-        action="store_true",
-        help="every registered cluster in the user's scope (the default)",
-    )
-    command.add_argument(
-        "--server",
-        type=_server_url,
-        metavar="URL",
-        help="https://HOST[:PORT] kubectl reaches this server at (default: the URL `run`"
-        " derived from --public-name and --listen)",
-    )
-    command.add_argument(
-        "--ttl",
-        type=_lifetime,
-        default=30 * users.DAY,
-        metavar="DURATION",
-        help="lifetime of the token in it: 30d, 12h, 30m or seconds; never past the user's"
-        " expiry (default: 30d)",
-    )
 
 
 def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
@@ -408,100 +306,6 @@ def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> 
         " derived from --public-name and --listen); the host must be in the serving"
         " certificate",
     )
-
-
-def _add_token_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
-    token = sub.add_parser(
-        "token",
-        help="bootstrap tokens for joining nodes and clusters",
-        description="Create or list the single-use bootstrap tokens `edge-agent join` needs.",
-    )
-    _data_dir_option(token)
-    token_sub = token.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
-    create = token_sub.add_parser(
-        "create",
-        help="create a single-use bootstrap token",
-        description="Print a single-use bootstrap token bound to one node or cluster name; the"
-        " matching `edge-agent join` line goes to stderr.",
-    )
-    _data_dir_option(create)
-    create.add_argument(
-        "--kind",
-        choices=["node", "cluster"],
-        default="node",
-        help="a node (one machine) or a cluster (its in-cluster agent) (default: node)",
-    )
-    create.add_argument(
-        "--name",
-        required=True,
-        type=_name,
-        help="the node or cluster name it may join as (1-63 of a-z 0-9 - .); refused while a"
-        " node of that name is joined or waits for approval, unless --replace",
-    )
-    create.add_argument(
-        "--replace",
-        action="store_true",
-        help="re-join a reinstalled or replaced machine: revoke the existing node of that name"
-        " now (its session is cut off), then create the token",
-    )
-    create.add_argument(
-        "--ttl",
-        type=_token_ttl,
-        default="1h",
-        metavar="DURATION",
-        help="lifetime, e.g. 15m, 1h, 2d; at most 30d (default: 1h)",
-    )
-    create.add_argument(
-        "--require-approval",
-        action="store_true",
-        help="the joiner waits until `tunnel-server nodes approve NAME`",
-    )
-    create.add_argument(
-        "--server",
-        type=_server_url,
-        metavar="URL",
-        help="https://HOST[:PORT] agents use, for the printed join line (default: the URL"
-        " `run` derived from --public-name and --listen)",
-    )
-    create.add_argument(
-        "--manifest",
-        action="store_true",
-        help="--kind cluster only: print the cluster agent's install manifest (namespace, RBAC,"
-        " the join Secret, the Deployment) with the token, server URL and CA hash filled in,"
-        " for `kubectl apply -f -` in the member cluster, instead of the bare token",
-    )
-    create.add_argument(
-        "--image",
-        metavar="IMAGE",
-        help="with --manifest: the EdgeFleet image as the member cluster pulls it (default:"
-        " localhost/edgefleet:VERSION, what packaging/image/build tags)",
-    )
-    _data_dir_option(
-        token_sub.add_parser(
-            "list",
-            help="list tokens (never their secrets)",
-            description="List bootstrap tokens: id, kind, name, status, expiry, approval.",
-        )
-    )
-
-
-def _add_node_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
-    nodes = sub.add_parser(
-        "nodes",
-        help="list, approve or revoke nodes and clusters",
-        description="Without a sub-command: list nodes with state, last seen and certificate"
-        " expiry.",
-    )
-    _data_dir_option(nodes)
-    nodes.add_argument("--json", action="store_true", help="machine-readable output")
-    nodes_sub = nodes.add_subparsers(dest="nodes_command", metavar="COMMAND")
-    for verb, text in (
-        ("approve", "let a pending node or cluster fetch its certificate"),
-        ("revoke", "cut a node off at once; it must join again with a new token"),
-    ):
-        command = nodes_sub.add_parser(verb, help=text, description=text)
-        command.add_argument("name")
-        _data_dir_option(command)
 
 
 # ---------------------------------------------------------------- commands
@@ -528,320 +332,6 @@ def _load_ca(data_dir: Path) -> CertificateAuthority:
             f"the CA in {data_dir} (ca.crt, ca.key) cannot be read ({exc}): restore it from a"
             " backup"
         ) from None
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
-
-
-def cmd_token_create(args: argparse.Namespace, data_dir: Path) -> int:
-    if args.manifest and args.kind != "cluster":
-        raise UsageError("--manifest installs a cluster agent: give --kind cluster")
-    if args.image is not None and not args.manifest:
-        raise UsageError("--image goes with --manifest")
-    authority, store = _open(data_dir)
-    with contextlib.closing(store):
-        server = args.server or store.get_meta("public_url")
-        if args.manifest:
-            _check_manifest(args, server=server, ca_hash=authority.ca_hash())
-        server = server or "https://SERVER:8443"
-        try:
-            replaced = tokens.free_name(store, args.name, replace=args.replace)
-        except tokens.NameInUseError as exc:
-            raise CliError(str(exc)) from None
-        if replaced is not None:
-            print(  # noqa: T201 - what --replace did, off stdout (the token only goes there)
-                f"# revoked {replaced.kind} {args.name}: its session is cut off",
-                file=sys.stderr,
-            )
-        spec = tokens.TokenSpec(
-            kind=args.kind, name=args.name, ttl=args.ttl, require_approval=args.require_approval
-        )
-        token = tokens.create_token(store, spec, now=time.time())
-    if args.manifest:
-        return _print_manifest(args, token=str(token), server=server, ca_hash=authority.ca_hash())
-    print(token)  # noqa: T201 - the command's output
-    print(  # noqa: T201 - the operator's next step, kept off stdout so scripts get the token only
-        f"# on {args.name}, within {args.ttl:g}s:\n"
-        f"edge-agent join --server {server} --token {token}"
-        f" --ca-hash {authority.ca_hash()} --name {args.name}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _check_manifest(args: argparse.Namespace, *, server: str | None, ca_hash: str) -> None:
-    """Refuse what cannot make a working manifest before a token is made or a node revoked."""
-    from tunnel_server.fleet import manifest  # noqa: PLC0415 - only --manifest needs it
-
-    if not server:
-        raise UsageError(
-            "the server's URL is not known yet (`tunnel-server run` records it): give --server"
-            " https://HOST[:PORT] as the member cluster reaches this server"
-        )
-    try:
-        manifest.check(server=server, ca_hash=ca_hash, image=args.image or manifest.DEFAULT_IMAGE)
-    except manifest.ManifestError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _print_manifest(args: argparse.Namespace, *, token: str, server: str, ca_hash: str) -> int:
-    from tunnel_server.fleet import manifest  # noqa: PLC0415 - only --manifest needs YAML
-
-    join = manifest.ClusterJoin(
-        name=args.name,
-        server=server,
-        ca_hash=ca_hash,
-        token=token,
-        image=args.image or manifest.DEFAULT_IMAGE,
-    )
-    try:
-        text = manifest.render(join)
-    except manifest.ManifestError as exc:
-        raise CliError(f"{exc} (the token made is unused and expires in {args.ttl:g}s)") from None
-    print(  # noqa: T201 - the command's output: a YAML stream that names what it is for
-        f"# EdgeFleet cluster agent for cluster {args.name}, joining {server}.\n"
-        f"# Holds a single-use join token valid for {args.ttl:g}s: apply it in that cluster"
-        " now, with\n#   kubectl apply -f -\n# and keep it secret until then.\n" + text,
-        end="",
-    )
-    print(  # noqa: T201 - the operator's next step, off stdout (stdout is the manifest)
-        f"# in cluster {args.name}, within {args.ttl:g}s: pipe this into `kubectl apply -f -`;"
-        f" then `tunnel-server nodes` shows {args.name} once its agent joined",
-        file=sys.stderr,
-    )
-    if _is_loopback(urlsplit(server).hostname or ""):
-        print(  # noqa: T201 - a warning, off stdout
-            f"# warning: the agent will dial {server}, a loopback address: a pod reaches that"
-            " only if the cluster runs on this machine; give --server with the URL the"
-            " cluster's pods reach this server at",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def cmd_token_list(data_dir: Path) -> int:
-    _, store = _open(data_dir)
-    now = time.time()
-    with contextlib.closing(store):
-        rows = [
-            [
-                t.id,
-                t.kind,
-                t.name,
-                "used" if t.used_at else ("expired" if t.expires_at <= now else "valid"),
-                _iso(t.expires_at) or "-",
-                "yes" if t.require_approval else "no",
-            ]
-            for t in store.list_tokens()
-        ]
-    _table(["ID", "KIND", "NAME", "STATUS", "EXPIRES", "APPROVAL"], rows)
-    return 0
-
-
-def _node_json(node: NodeRecord) -> dict[str, Any]:
-    return {
-        "name": node.name,
-        "kind": node.kind,
-        "state": node.state,
-        "created_at": _iso(node.created_at),
-        "last_seen": _iso(node.last_seen),
-        "cert_serial": node.cert_serial,
-        "cert_expires": _iso(node.cert_not_after),
-        "agent_version": node.agent_version,
-    }
-
-
-def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
-    _, store = _open(data_dir)
-    with contextlib.closing(store):
-        if args.nodes_command in ("approve", "revoke"):
-            return _set_state(store, args.name, args.nodes_command)
-        nodes = [_node_json(n) for n in store.list_nodes()]
-    if args.json:
-        print(json.dumps(nodes, indent=2))  # noqa: T201 - the command's output
-        return 0
-    columns = ["name", "kind", "state", "last_seen", "cert_expires"]
-    _table(
-        ["NAME", "KIND", "STATE", "LAST SEEN", "CERT EXPIRES"],
-        [[n[c] or "-" for c in columns] for n in nodes],
-    )
-    return 0
-
-
-def _set_state(store: SqliteStore, name: str, verb: str) -> int:
-    state: NodeState = "approved" if verb == "approve" else "revoked"
-    node = store.get_node(name)
-    if node is None:
-        raise CliError(f"no node named {name!r}: see `tunnel-server nodes`")
-    if verb == "approve" and node.state == "revoked":
-        raise CliError(f"{name!r} is revoked: it must join again with a new token")
-    try:
-        store.set_node_state(name, state)
-    except NotFoundError as exc:
-        raise CliError(str(exc)) from None
-    log.info("node %s", state, extra={"kv": {"name": name, "was": node.state}})
-    print(f"{node.kind} {name} {state}")  # noqa: T201 - the command's output
-    return 0
-
-
-def cmd_users(args: argparse.Namespace, data_dir: Path) -> int:
-    _, store = _open(data_dir)
-    now = time.time()
-    with contextlib.closing(store):
-        try:
-            if args.users_command == "create":
-                user, token = users.create_user(
-                    store,
-                    args.name,
-                    role=args.role,
-                    clusters=args.clusters,
-                    ttl=args.ttl,
-                    now=now,
-                )
-                print(token)  # noqa: T201 - the command's output, shown this once
-                print(  # noqa: T201 - the next step, off stdout so scripts get the token only
-                    f"# {user.role} {user.name}, clusters:"
-                    f" {','.join(user.clusters) if user.clusters else 'all'}, expires"
-                    f" {_iso(user.expires_at)}. Send it as 'Authorization: Bearer <token>', sign"
-                    f" in to the console with it, or `tunnel-server kubeconfig --user {user.name}`",
-                    file=sys.stderr,
-                )
-                return 0
-            if args.users_command == "revoke":
-                user = users.revoke_user(store, args.name, now=now)
-                print(f"user {user.name} revoked")  # noqa: T201 - the command's output
-                return 0
-        except users.UserError as exc:
-            raise CliError(str(exc)) from None
-        rows = [_user_json(u, now) for u in store.list_users(now=now)]
-    if args.json:
-        print(json.dumps(rows, indent=2))  # noqa: T201 - the command's output
-        return 0
-    _table(
-        ["NAME", "ROLE", "CLUSTERS", "CREATED", "EXPIRES", "STATE", "TOKENS"],
-        [
-            [
-                r["name"],
-                r["role"],
-                ",".join(r["clusters"]) if r["clusters"] is not None else "*",
-                r["created_at"],
-                r["expires_at"],
-                r["state"],
-                str(r["tokens"]),
-            ]
-            for r in rows
-        ],
-    )
-    return 0
-
-
-def _user_json(user: UserRecord, now: float) -> dict[str, Any]:
-    state = "revoked" if user.revoked_at else ("expired" if user.expires_at <= now else "active")
-    return {
-        "name": user.name,
-        "role": user.role,
-        "clusters": None if user.clusters is None else list(user.clusters),
-        "created_at": _iso(user.created_at),
-        "expires_at": _iso(user.expires_at),
-        "revoked_at": _iso(user.revoked_at),
-        "state": state,
-        "tokens": user.tokens,
-    }
-
-
-def cmd_kubeconfig(args: argparse.Namespace, data_dir: Path) -> int:
-    import base64  # noqa: PLC0415 - only this command needs them
-
-    import yaml  # noqa: PLC0415 - see above
-
-    authority, store = _open(data_dir)
-    now = time.time()
-    with contextlib.closing(store):
-        try:
-            user = users.active_user(store, args.user, now=now)
-        except users.UserError as exc:
-            raise CliError(str(exc)) from None
-        registered = [
-            n.name for n in store.list_nodes() if n.kind == "cluster" and n.state != "revoked"
-        ]
-        scope = [n for n in registered if user.clusters is None or n in user.clusters]
-        if args.cluster is not None:
-            if user.clusters is not None and args.cluster not in user.clusters:
-                raise CliError(
-                    f"cluster {args.cluster!r} is outside user {user.name!r}'s scope"
-                    f" ({', '.join(user.clusters)}): make a user whose --clusters name it"
-                )
-            if args.cluster not in registered:
-                raise CliError(
-                    f"no registered cluster named {args.cluster!r}: see `tunnel-server nodes`"
-                    f" (join it with `tunnel-server token create --kind cluster --name"
-                    f" {args.cluster}`)"
-                )
-            scope = [args.cluster]
-        if not scope:
-            raise CliError(
-                f"no registered cluster is in user {user.name!r}'s scope yet: join one with"
-                " `tunnel-server token create --kind cluster --name NAME`"
-            )
-        server = args.server or store.get_meta("public_url") or "https://SERVER:8443"
-        try:
-            token = users.issue_user_token(store, user.name, ttl=args.ttl, now=now)
-        except users.UserError as exc:
-            raise CliError(str(exc)) from None
-    ca_data = base64.b64encode(authority.ca_pem()).decode()
-    document = _kubeconfig(user.name, token, scope, server, ca_data)
-    print(yaml.safe_dump(document, sort_keys=False), end="")  # noqa: T201 - the command's output
-    print(  # noqa: T201 - what it holds, off stdout
-        f"# kubeconfig of {user.role} {user.name}: {len(scope)} context(s); it holds a new"
-        f" token (expires {_iso(min(now + args.ttl, user.expires_at))}): keep the file private",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _kubeconfig(
-    user: str, token: str, clusters: list[str], server: str, ca_data: str
-) -> dict[str, Any]:
-    entry = f"edgefleet-{user}"
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "preferences": {},
-        "clusters": [
-            {
-                "name": name,
-                "cluster": {
-                    "server": f"{server}/clusters/{name}",
-                    "certificate-authority-data": ca_data,
-                },
-            }
-            for name in clusters
-        ],
-        "users": [{"name": entry, "user": {"token": token}}],
-        "contexts": [
-            {"name": name, "context": {"cluster": name, "user": entry}} for name in clusters
-        ],
-        "current-context": clusters[0],
-    }
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        line = "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-        print(line.rstrip())  # noqa: T201 - the command's output
 
 
 async def serve(
@@ -1029,14 +519,9 @@ def cmd_autonomy_webhook(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-_COMMANDS = {
-    "users": cmd_users,
-    "kubeconfig": cmd_kubeconfig,
-    "autonomy-webhook": cmd_autonomy_webhook,
-}
-
-
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "handler", None) is not None:  # a management command: over the API
+        return commands.run(args)
     data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
     _check_data_dir(data_dir)
     if getattr(args, "kube_upstream", None) is not None:
@@ -1097,13 +582,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "ca-hash":
         print(_load_ca(data_dir).ca_hash())  # noqa: T201 - the output
         return 0
-    if args.command == "token":
-        if args.subcommand == "create":
-            return cmd_token_create(args, data_dir)
-        return cmd_token_list(data_dir)
-    if args.command in _COMMANDS:
-        return _COMMANDS[args.command](args, data_dir)
-    return cmd_nodes(args, data_dir)
+    return cmd_autonomy_webhook(args, data_dir)
 
 
 def _fail(message: str, code: int) -> int:

@@ -127,7 +127,7 @@ def test_server_run_value_out_of_range(args: tuple[str, ...], expected: str) -> 
     ("args", "expected"),
     [
         (("--name", "Edge_1"), "argument --name: invalid name 'Edge_1'"),
-        (("--name", "edge-1", "--ttl", "40d"), "argument --ttl: must be from 1s to 30d"),
+        (("--name", "edge-1", "--ttl", "40d"), "argument --ttl: must be from 1m to 30d"),
         (("--name", "edge-1", "--server", "cloud:8443"), "argument --server: expected https://"),
     ],
 )
