@@ -187,11 +187,27 @@ class Server:
                 return float(line.split()[1])
         raise KeyError(name)
 
-    def cli(self, *args: str | Path) -> str:
-        return command("tunnel-server", *args, "--data-dir", self.data_dir)
+    def cli(self, *args: str | Path, token: str | None = None) -> str:
+        """The remote CLI (``tunnel-server token create ...``) against this running server.
+
+        It reaches the API as any operator would, by ``--server``, ``--token`` (the admin
+        token unless another is given) and ``--ca-file``; the server must be running.
+        """
+        return command(
+            "tunnel-server",
+            *args,
+            "--server",
+            self.url,
+            "--token",
+            token or self.admin_token,
+            "--ca-file",
+            self.data_dir / "ca.crt",
+        )
 
     def nodes(self) -> dict[str, dict[str, object]]:
-        return {n["name"]: n for n in json.loads(self.cli("nodes", "--json"))}
+        """Every node by name, as ``GET /api/v1/nodes`` lists it (every page)."""
+        listed = json.loads(self.cli("nodes", "list", "-o", "json"))
+        return {n["name"]: n for n in listed["items"]}
 
     def stop(self) -> None:
         if self.process is not None:

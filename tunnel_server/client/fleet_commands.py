@@ -18,6 +18,7 @@ from tunnel_server.client.commands import (
     show_json_items,
 )
 from tunnel_server.client.http import ApiClient
+from tunnel_server.client.options import server_url
 from tunnel_server.client.output import Column, say, show
 from tunnel_server.identity import tokens, users
 
@@ -336,7 +337,7 @@ def cmd_users_revoke(args: argparse.Namespace, _t: connection.Target, client: Ap
 
 
 def cmd_kubeconfig(args: argparse.Namespace, target: connection.Target, client: ApiClient) -> int:
-    body: dict[str, Any] = {"server": target.server}
+    body: dict[str, Any] = {"server": args.kube_server or target.server}
     if args.cluster is not None:
         body["clusters"] = [args.cluster]
     if args.ttl is not None:
@@ -407,7 +408,7 @@ def add_user_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
         "print a kubeconfig for a user: one context per registered cluster",
         description="Issue a new token for the user and print a kubeconfig (the server's CA"
         " embedded) with one cluster and context per registered cluster in the user's scope,"
-        " each at SERVER/clusters/NAME, SERVER being the URL this command reached the API at."
+        " each at SERVER/clusters/NAME (SERVER: --kube-server, or the API's URL)."
         " The token is in the output: keep the file private.",
     )
     command.add_argument("--user", required=True, type=_user_name, help="the user's name")
@@ -417,6 +418,13 @@ def add_user_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
         "--all-clusters",
         action="store_true",
         help="every registered cluster in the user's scope (the default)",
+    )
+    command.add_argument(
+        "--kube-server",
+        type=server_url,
+        metavar="URL",
+        help="https://HOST[:PORT] kubectl reaches the server at, written into the kubeconfig"
+        " (default: the URL this command reaches the API at)",
     )
     command.add_argument(
         "--ttl",
