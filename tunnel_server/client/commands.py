@@ -106,7 +106,7 @@ def cmd_login(args: argparse.Namespace, _t: connection.Target, _c: ApiClient) ->
         )
     token = getattr(args, "token", None) or os.environ.get(connection.TOKEN_ENV)
     if args.sso:
-        token = _sso_token(server, ca_pem)
+        token = _sso_token(server, ca_pem, open_browser=not args.no_browser)
     if not token:
         raise exits.ClientError(
             f"login needs --token T (or ${connection.TOKEN_ENV}), or --sso", exits.USAGE
@@ -122,7 +122,7 @@ def cmd_login(args: argparse.Namespace, _t: connection.Target, _c: ApiClient) ->
     return 0
 
 
-def _sso_token(server: str, ca_pem: str) -> str:
+def _sso_token(server: str, ca_pem: str, *, open_browser: bool) -> str:
     try:  # written in parallel by the SSO part; a build without it says so
         module = importlib.import_module("tunnel_server.client.sso_login")
     except ImportError:
@@ -131,7 +131,12 @@ def _sso_token(server: str, ca_pem: str) -> str:
             " log in with --token instead",
             exits.USAGE,
         ) from None
-    token = module.sso_login(server=server, ca_pem=ca_pem)
+    try:
+        token = module.sso_login(
+            server=server, ca_pem=ca_pem.encode(), open_browser=open_browser, tell=say
+        )
+    except module.SsoLoginError as exc:
+        raise exits.ClientError(f"SSO sign-in failed: {exc}", exits.UNAUTHENTICATED) from None
     return str(token)
 
 
@@ -200,6 +205,11 @@ def add_session_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
     )
     login.add_argument(
         "--sso", action="store_true", help="sign in through the server's identity provider"
+    )
+    login.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="with --sso: only print the sign-in URL (open it in a browser on this machine)",
     )
     login.set_defaults(no_target=True)
     leaf(sub, "logout", cmd_logout, "forget the saved login (and end an SSO session)").set_defaults(

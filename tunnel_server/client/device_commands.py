@@ -17,18 +17,22 @@ MAX_FILE_BYTES = 1024 * 1024
 
 DEVICES = [
     Column("ID", "id"),
-    Column("NODE", "node"),
     Column("MODEL", "model"),
-    Column("STATUS", lambda d: d.get("status") or d.get("state")),
-    Column("LAST SEEN", "lastSeenAt"),
-    Column("DEVICE", "device", wide=True),
-    Column("PENDING", "pending", wide=True),
+    Column("STATE", "state"),
+    Column("AVAILABILITY", "availability"),
+    Column("UPDATED", "updatedAt"),
+    Column("NODE", "node", wide=True),
+    Column("MODEL VERSION", "modelVersion", wide=True),
+    Column("DESIRED", "desiredVersion", wide=True),
+    Column("REPORTED", "reportedVersion", wide=True),
 ]
 MODELS = [
     Column("NAME", "name"),
     Column("VERSION", "version"),
-    Column("TITLE", "title"),
-    Column("UPLOADED", lambda m: m.get("uploadedAt") or m.get("createdAt")),
+    Column("SOURCE", "source"),
+    Column("PROPERTIES", "propertyCount"),
+    Column("CREATED", "createdAt"),
+    Column("CREATED BY", "createdBy", wide=True),
     Column("DESCRIPTION", "description", wide=True),
 ]
 AUDIT = [
@@ -37,8 +41,10 @@ AUDIT = [
     Column("ROLE", "role"),
     Column("ACTION", "action"),
     Column("TARGET", "target"),
-    Column("RESULT", "result"),
+    Column("STATUS", "status"),
+    Column("REASON", "reason"),
     Column("REQUEST", "requestId", wide=True),
+    Column("PEER", "peer", wide=True),
 ]
 
 
@@ -57,7 +63,11 @@ def _read(file: Path, what: str) -> bytes:
 
 
 def cmd_devices_list(args: argparse.Namespace, _t: connection.Target, client: ApiClient) -> int:
-    query = {"node": args.node} if args.node else None
+    query = {
+        key: value
+        for key, value in (("node", args.node), ("model", args.model), ("state", args.state))
+        if value
+    }
     show(client.list_all("/api/v1/devices", query), fmt(args), DEVICES)
     return 0
 
@@ -102,6 +112,10 @@ def add_device_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
     _, inner = group(sub, "devices", "devices and their twins: list, get, register, remove, revoke")
     listing = leaf(inner, "list", cmd_devices_list, "list devices")
     listing.add_argument("--node", metavar="NAME", help="only devices of this node")
+    listing.add_argument("--model", metavar="NAME", help="only devices of this model")
+    listing.add_argument(
+        "--state", choices=["active", "removed", "revoked"], help="only devices in this state"
+    )
     leaf(inner, "get", cmd_devices_get, "one device").add_argument(
         "id", help="<node>:<device>, or a device id unique in the fleet"
     )
@@ -240,12 +254,7 @@ def add_audit_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
         inner,
         "list",
         list_handler(
-            "audit",
-            AUDIT,
-            user="user",
-            action="action",
-            target_filter="target",
-            result="result",
+            "audit", AUDIT, user="user", action="action", target_filter="target", result="result"
         ),
         "list audit entries, newest first",
     )
@@ -254,4 +263,8 @@ def add_audit_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
     listing.add_argument(
         "--target", dest="target_filter", metavar="TARGET", help="only this target"
     )
-    listing.add_argument("--result", metavar="RESULT", help="only this result (e.g. 201, 403)")
+    listing.add_argument(
+        "--result",
+        metavar="RESULT",
+        help="only this result: a status (201), a class (4xx) or a reason (forbidden)",
+    )
