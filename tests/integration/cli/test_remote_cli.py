@@ -291,7 +291,7 @@ def test_token_create_list_revoke(logged_in: Client) -> None:
     assert table.splitlines()[0].split()[:3] == ["ID", "KIND", "NAME"]
     assert yaml.safe_load(logged_in.ok("token", "list", "-o", "yaml"))["items"]
     assert "revoked" in logged_in.ok("token", "revoke", ours["id"])
-    done = logged_in.run("token", "revoke", "nonexistent0")  # an id that never was
+    done = logged_in.run("token", "revoke", "zzzzzz")  # an id that never was
     assert done.rc == 5
 
 
@@ -451,12 +451,18 @@ def test_devices_of_a_node_that_is_not_connected(logged_in: Client, tmp_path: Pa
         ("devices", "get", device),
         ("twin", "get", device),
         ("twin", "patch", device, "--desired", '{"on": true}', "--if-match", "1"),
-        ("devices", "revoke", device, "--twin", "keep"),
-        ("devices", "remove", device, "--twin", "delete"),
     ):
         done = logged_in.run(*args)
         assert done.rc == 5, (args, done.stderr)
         assert "(device_not_found)" in done.error_line()
+    # Revoke and remove are the node agent's work: refused while it is offline.
+    for args in (
+        ("devices", "revoke", device, "--twin", "keep"),
+        ("devices", "remove", device, "--twin", "delete"),
+    ):
+        done = logged_in.run(*args)
+        assert done.rc == 6, (args, done.stderr)
+        assert "(node_offline)" in done.error_line()
     bad = logged_in.run("twin", "patch", device, "--desired", "[1]")
     assert bad.rc == 2
     assert "JSON object" in bad.error_line()
