@@ -187,8 +187,9 @@ def from_data_dir(data_dir: Path) -> Target:
     ca_file = data_dir / "ca.crt"
     if not ca_file.exists():
         raise exits.ClientError(
-            f"no server in {data_dir} (no ca.crt): give the data dir of `tunnel-server run`,"
-            " or talk to a server elsewhere with --server or `tunnel-server login`",
+            f"data dir {data_dir} has no CA: run `tunnel-server run --data-dir {data_dir}`"
+            " first (management commands talk to the running server), or reach a server"
+            " elsewhere with --server or `tunnel-server login`",
             exits.USAGE,
         )
     ca_pem = read_ca_file(ca_file)

@@ -75,8 +75,25 @@ def _token_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def _replaced(args: argparse.Namespace, client: ApiClient) -> dict[str, Any] | None:
+    """The node ``--replace`` will revoke, if any, to say so (the answer does not)."""
+    if not args.replace:
+        return None
+    try:
+        node = client.get(path("nodes", args.name))
+    except exits.ApiFailure as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return node if isinstance(node, dict) and node.get("state") != "revoked" else None
+
+
 def cmd_token_create(args: argparse.Namespace, _t: connection.Target, client: ApiClient) -> int:
-    answer = client.post("/api/v1/tokens", _token_body(args))
+    body = _token_body(args)
+    replaced = _replaced(args, client)
+    answer = client.post("/api/v1/tokens", body)
+    if replaced is not None:
+        say(f"# revoked {replaced.get('kind', 'node')} {args.name}: its session is cut off")
     if fmt(args) in ("json", "yaml"):
         show(answer, fmt(args), [])
         return 0

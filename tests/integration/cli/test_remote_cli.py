@@ -300,8 +300,10 @@ def test_token_create_of_a_taken_name_is_a_conflict(logged_in: Client, tmp_path:
     done = logged_in.run("token", "create", "--name", "cli-taken")
     assert done.rc == 6
     assert "(name_taken)" in done.error_line()
-    replaced = logged_in.ok("token", "create", "--name", "cli-taken", "--replace")
-    assert _BOOTSTRAP.fullmatch(replaced.strip())
+    replaced = logged_in.run("token", "create", "--name", "cli-taken", "--replace")
+    assert replaced.rc == 0, replaced.stderr
+    assert _BOOTSTRAP.fullmatch(replaced.stdout.strip())
+    assert "revoked node cli-taken" in replaced.stderr
 
 
 def test_token_create_json_is_the_answer(logged_in: Client) -> None:
@@ -456,12 +458,12 @@ def test_devices_of_a_node_that_is_not_connected(logged_in: Client, tmp_path: Pa
         assert done.rc == 5, (args, done.stderr)
         assert "(device_not_found)" in done.error_line()
     # Revoke and remove are the node agent's work: refused while it is offline.
-    for args in (
+    for work in (
         ("devices", "revoke", device, "--twin", "keep"),
         ("devices", "remove", device, "--twin", "delete"),
     ):
-        done = logged_in.run(*args)
-        assert done.rc == 6, (args, done.stderr)
+        done = logged_in.run(*work)
+        assert done.rc == 6, (work, done.stderr)
         assert "(node_offline)" in done.error_line()
     bad = logged_in.run("twin", "patch", device, "--desired", "[1]")
     assert bad.rc == 2
