@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 from aiohttp import web
 
-from tunnel_server import __version__, api, console, status, tunnel
+from tunnel_server import __version__, api, audit, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
@@ -95,6 +95,7 @@ def openapi_paths() -> dict[str, Any]:
     parts: list[dict[str, Any]] = [
         twins_part.OPENAPI_PATHS,
         clusters_openapi.OPENAPI_PATHS,
+        audit.OPENAPI_PATHS,
     ]
     merged: dict[str, Any] = {}
     for paths in parts:
@@ -131,6 +132,7 @@ def create_app(
         twins_part.setup(app)
         status.setup(app)
         api.setup(app, openapi_paths=openapi_paths())
+        audit.setup(app)
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
         console.setup(app)
