@@ -55,6 +55,7 @@ async def _follow_store(events: NodeEvents, *, interval: float) -> None:
     while True:
         now = time.time()
         events.sync(now=now)
+        events.flush()
         if now >= next_prune:
             try:
                 events.prune(now=now)

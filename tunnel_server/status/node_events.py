@@ -20,6 +20,10 @@ Where they come from:
 * **online / offline come from the tunnel endpoint** (``note``): a node is online while it
   holds a tunnel session; a session that replaces another is no new ``online``.
 
+Events are queued in memory and written once per poll interval in one transaction (``flush``;
+reads flush first), so a reconnect storm of thousands of agents costs one write a poll, not
+one per session.
+
 Bounds: at most ``max_per_node`` events per node (the oldest go first, so a flapping link
 cannot grow the file) and none older than ``max_age``. The data lives in its own SQLite file
 (``events.db`` beside ``store.db``), so these writes never take the store's lock.
@@ -143,6 +147,10 @@ class NodeEvents:
             )
         }
         self._revision: int | None = None
+        self._pending: list[tuple[str, float, str, str]] = []
+        """Events noted since the last flush, in order: (node, at, type, detail)."""
+        self._seen_dirty: dict[str, _Seen | None] = {}
+        """Seen rows changed since the last flush (None: the node is gone)."""
 
     @classmethod
     def open(cls, data_dir: Path, *, store: Store, settings: NodeEventSettings) -> NodeEvents:
@@ -156,36 +164,28 @@ class NodeEvents:
     def note(self, node: str, event: EventType, detail: str, *, now: float) -> None:
         """Record ``event`` of ``node`` now (after any store change not yet seen).
 
-        Never raises for a failing events file: the events are for people, and the tunnel
-        session or join that notes one must go on; the failure is logged.
+        Cheap enough for the tunnel endpoint in a reconnect storm: the event is queued in
+        memory and written by the next ``flush`` (every poll interval, in one transaction).
         """
-        try:
-            self._sync(now=now)
-            self._append([(node, now, event, detail)])
-        except sqlite3.Error as error:
-            log.warning("node event not stored", extra={"kv": {"node": node, "error": error}})
+        self.sync(now=now)
+        self._pending.append((node, now, event, detail[:MAX_DETAIL]))
+        log.debug("node event", extra={"kv": {"node": node, "event": event}})
 
     def sync(self, *, now: float) -> int:
-        """Note what changed in the store since last time; the events recorded (0 on failure)."""
-        try:
-            return self._sync(now=now)
-        except sqlite3.Error as error:
-            self._revision = None  # try again next time
-            log.warning("node events not stored", extra={"kv": {"error": error}})
-            return 0
-
-    def _sync(self, *, now: float) -> int:
+        """Queue the events of what changed in the store since last time; how many."""
         revision = self._store.revision()
         if revision == self._revision:
             return 0
         self._revision = revision
         current = {record.name: record for record in self._store.list_nodes()}
-        events: list[tuple[str, float, str, str]] = []
-        changed: dict[str, _Seen] = {}
+        queued = 0
         for name, record in current.items():
             before = self._seen.get(name)
             if not self._seeding:
-                events += [(name, now, kind, detail) for kind, detail in _changes(before, record)]
+                for kind, detail in _changes(before, record):
+                    self._pending.append((name, now, kind, detail))
+                    log.debug("node event", extra={"kv": {"node": name, "event": kind}})
+                    queued += 1
             after = _Seen(
                 state=record.state,
                 created_at=record.created_at,
@@ -193,47 +193,58 @@ class NodeEvents:
                 kind=record.kind,
             )
             if after != before:
-                changed[name] = after
-        gone = [name for name in self._seen if name not in current]
+                self._seen[name] = self._seen_dirty[name] = after
+        for name in [name for name in self._seen if name not in current]:
+            del self._seen[name]
+            self._seen_dirty[name] = None
         self._seeding = False
-        if not events and not changed and not gone:
+        return queued
+
+    def flush(self) -> int:
+        """Write the queued events and seen rows in one transaction; the events written.
+
+        On a failing file (a full disk) the queue is dropped with a warning, so memory stays
+        bounded; the events are for people and the store keeps the truth.
+        """
+        if not self._pending and not self._seen_dirty:
             return 0
-        self._db.execute("BEGIN IMMEDIATE")
+        events, self._pending = self._pending, []
+        seen, self._seen_dirty = self._seen_dirty, {}
         try:
-            self._db.executemany(
-                "INSERT INTO seen (node, state, created_at, cert_serial, kind)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET"
-                " state = excluded.state, created_at = excluded.created_at,"
-                " cert_serial = excluded.cert_serial, kind = excluded.kind",
-                [(n, s.state, s.created_at, s.cert_serial, s.kind) for n, s in changed.items()],
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._write(events, seen)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            log.warning(
+                "node events not stored", extra={"kv": {"events": len(events), "error": error}}
             )
-            self._db.executemany("DELETE FROM seen WHERE node = ?", [(n,) for n in gone])
-            self._insert(events)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        self._seen.update(changed)
-        for name in gone:
-            self._seen.pop(name, None)
+            return 0
         return len(events)
 
-    def _append(self, events: list[tuple[str, float, str, str]]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._insert(events)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def _insert(self, events: list[tuple[str, float, str, str]]) -> None:
-        for node, at, kind, detail in events:
-            self._db.execute(
-                "INSERT INTO events (node, at, type, detail) VALUES (?, ?, ?, ?)",
-                (node, at, kind, detail[:MAX_DETAIL]),
-            )
-            log.info("node event", extra={"kv": {"node": node, "event": kind}})
+    def _write(
+        self, events: list[tuple[str, float, str, str]], seen: dict[str, _Seen | None]
+    ) -> None:
+        self._db.executemany(
+            "INSERT INTO seen (node, state, created_at, cert_serial, kind)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET"
+            " state = excluded.state, created_at = excluded.created_at,"
+            " cert_serial = excluded.cert_serial, kind = excluded.kind",
+            [
+                (n, s.state, s.created_at, s.cert_serial, s.kind)
+                for n, s in seen.items()
+                if s is not None
+            ],
+        )
+        self._db.executemany(
+            "DELETE FROM seen WHERE node = ?", [(n,) for n, s in seen.items() if s is None]
+        )
+        self._db.executemany(
+            "INSERT INTO events (node, at, type, detail) VALUES (?, ?, ?, ?)", events
+        )
         for node in {event[0] for event in events}:
             # Keep the newest max_per_node of this node: one indexed range delete.
             self._db.execute(
@@ -255,6 +266,7 @@ class NodeEvents:
 
     def events(self, node: str) -> list[NodeEvent]:
         """The kept events of ``node``, oldest first (at most ``max_per_node``)."""
+        self.flush()
         return [
             NodeEvent(id=row[0], node=node, at=row[1], type=row[2], detail=row[3])
             for row in self._db.execute(
@@ -263,6 +275,7 @@ class NodeEvents:
         ]
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
 
