@@ -8,6 +8,7 @@ events of one node are few (``NodeEventSettings.max_per_node``) and page in memo
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from aiohttp import web
@@ -88,7 +89,9 @@ async def list_audit(request: web.Request) -> web.Response:
             raise ApiError(400, "bad_continue", "the 'continue' token is not one of this list")
         before = params.after[0]
     # One more than a page says whether another page follows.
-    records = request.app[AUDIT_LOG_KEY].list(query, before_id=before, limit=params.limit + 1)
+    records = await asyncio.to_thread(
+        request.app[AUDIT_LOG_KEY].list, query, before_id=before, limit=params.limit + 1
+    )
     chosen = records[: params.limit]
     token = None
     if len(records) > params.limit:
