@@ -13,6 +13,7 @@ server) is asked again only on the next session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ from tunnel_protocol import ErrorCode, SessionState
 __all__ = ["CloudModelLink", "ModelLinkSettings"]
 
 log = logging.getLogger("edge_agent.model_link")
+
+_DRAIN_CHECK = 0.2
+"""Seconds between looks at the session's state: a drain waits at most this for our stream."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,13 +69,29 @@ class CloudModelLink:
                     "the cloud offers no models stream (%s); device models stay as they are", error
                 )
                 return
-            if await self._serve(stream):
+            if await self._serve_until_draining(stream, connection):
                 delay = self.settings.reopen_initial
             if not _usable(connection):
                 return
             log.info("models stream closed; opening it again in %.1f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reopen_max)
+
+    async def _serve_until_draining(
+        self, stream: TunnelStream, connection: TunnelConnection
+    ) -> bool:
+        """Serve the stream; reset it once the session drains, so the drain never waits on it."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                serving = group.create_task(self._serve(stream), name="models.stream")
+                watch = group.create_task(_until_not_usable(connection), name="models.drain")
+                await asyncio.wait({serving, watch}, return_when=asyncio.FIRST_COMPLETED)
+                serving.cancel()
+                watch.cancel()
+        finally:
+            with contextlib.suppress(StreamError):
+                stream.reset(ErrorCode.CANCEL, "models stream closed")
+        return not serving.cancelled() and serving.result()
 
     async def _serve(self, stream: TunnelStream) -> bool:
         """Serve one stream until it ends; True if the cloud answered at all."""
@@ -118,3 +138,11 @@ class CloudModelLink:
 
 def _usable(connection: TunnelConnection) -> bool:
     return not connection.terminated and connection.session.state is SessionState.OPEN
+
+
+async def _until_not_usable(connection: TunnelConnection) -> None:
+    # The session offers no event for "draining": poll it, as the twins link does.
+    while True:
+        await asyncio.sleep(_DRAIN_CHECK)
+        if not _usable(connection):
+            return

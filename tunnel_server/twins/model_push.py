@@ -11,6 +11,7 @@ through its hello.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
@@ -78,12 +79,14 @@ class ModelPush:
             log.debug("models stream of %s ended: %s", node, error)
         finally:
             self._queues.pop(queue, None)
+            with contextlib.suppress(StreamError):
+                stream.end()  # the agent ended or reset it: close our side too
 
     def _newer(self, have: dict[str, str]) -> list[DeviceModel]:
         out = []
         for name in self._catalogue.names():
             latest = self._catalogue.latest(name)
-            if latest is None or (latest.source == "builtin" and name in have):
+            if latest is None:
                 continue
             try:
                 newer = is_newer(latest.version, have.get(name))
