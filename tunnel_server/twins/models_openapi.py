@@ -21,7 +21,7 @@ from tunnel_server.api.openapi import (
 )
 from tunnel_server.twins.models_api import MAX_BODY
 from tunnel_server.twins.telemetry import TelemetrySettings
-from tunnel_server.twins.telemetry_api import DEFAULT_WINDOW, MIN_WINDOW
+from tunnel_server.twins.telemetry_api import DEFAULT_WINDOW, MIN_WINDOW, PROPERTY_PATTERN
 
 __all__ = ["OPENAPI_PATHS"]
 
@@ -123,6 +123,9 @@ _TELEMETRY: dict[str, Any] = {
     "properties": _TELEMETRY_PROPERTIES,
 }
 _RETENTION = int(TelemetrySettings().retention)
+_ID_PATTERN = r"^([a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""``<node>:<device>`` or a bare device id, as the twins routes take it."""
+_PROPERTY_PATTERN = f"^{PROPERTY_PATTERN}$"
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/device-models": {
@@ -208,14 +211,15 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "name": "id",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "maxLength": 200},
+                    "description": "<node>:<device>, or a device id that exists on one node only",
+                    "schema": {"type": "string", "maxLength": 200, "pattern": _ID_PATTERN},
                 },
                 {
                     "name": "property",
                     "in": "query",
                     "required": True,
                     "description": "a numeric property; nested members dotted (schedule.comfort)",
-                    "schema": {"type": "string", "maxLength": 400},
+                    "schema": {"type": "string", "maxLength": 400, "pattern": _PROPERTY_PATTERN},
                 },
                 {
                     "name": "windowSeconds",

@@ -29,13 +29,15 @@ from tunnel_server.twins.telemetry import (
 )
 from tunnel_server.web.errors import ApiError
 
-__all__ = ["DEFAULT_WINDOW", "MIN_WINDOW", "TELEMETRY_KEY", "setup"]
+__all__ = ["DEFAULT_WINDOW", "MIN_WINDOW", "PROPERTY_PATTERN", "TELEMETRY_KEY", "setup"]
 
 TELEMETRY_KEY = web.AppKey("telemetry_history", TelemetryHistory)
 
 _HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 _NODE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
-_PROPERTY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,5}")
+PROPERTY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,5}"
+"""A property path: identifiers (as in models), dotted for nested members."""
+_PROPERTY = re.compile(PROPERTY_PATTERN)
 MIN_WINDOW = 60
 DEFAULT_WINDOW = 3600
 STEP = 60
