@@ -44,9 +44,10 @@ async def upload(
     *,
     content_type: str = "application/yaml",
     if_match: str | None = None,
+    token: str | None = None,
 ) -> tuple[int, dict[str, Any], Any]:
     headers = {
-        "Authorization": f"Bearer {system.server.admin_token}",
+        "Authorization": f"Bearer {token or system.server.admin_token}",
         "Content-Type": content_type,
     }
     if if_match is not None:
@@ -142,7 +143,15 @@ async def test_an_agent_stopped_during_an_upload_gets_the_model_after_restart(
 
 
 async def test_bad_uploads_get_problem_documents(system: System) -> None:
-    assert (await upload(system, pump_yaml("1.0.0", maximum=10)))[0] == 201
+    viewer = system.server.cli("users", "create", "watcher", "--role", "viewer").strip()
+    operator = system.server.cli("users", "create", "runner", "--role", "operator").strip()
+    status, problem, _ = await upload(system, pump_yaml("1.0.0", maximum=10), token=viewer)
+    assert (status, problem["reason"]) == (403, "forbidden")
+    status, body, _ = await upload(system, pump_yaml("1.0.0", maximum=10), token=operator)
+    assert (status, body["createdBy"]) == (201, "runner")
+    status, listing = await system.api("GET", "/api/v1/device-models", token=viewer)
+    assert status == 200
+    assert "pump" in [item["name"] for item in listing["items"]]
 
     status, problem, _ = await upload(
         system, pump_yaml("1.0.1", maximum=10).replace("min: 0", "min: 50")
