@@ -28,6 +28,7 @@ from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import SqliteStore, Store
+from tunnel_server.twins import models_api, models_openapi, telemetry_api
 from tunnel_server.web import peer_log
 from tunnel_server.web.bodies import bounded_bodies
 
@@ -96,6 +97,7 @@ def openapi_paths() -> dict[str, Any]:
         twins_part.OPENAPI_PATHS,
         clusters_openapi.OPENAPI_PATHS,
         audit.OPENAPI_PATHS,
+        models_openapi.OPENAPI_PATHS,
     ]
     merged: dict[str, Any] = {}
     for paths in parts:
@@ -130,6 +132,8 @@ def create_app(
         identity_part.setup(app, settings=settings.join)
         tunnel.setup(app, tunnel_settings=settings.tunnel)
         twins_part.setup(app)
+        models_api.setup(app)
+        telemetry_api.setup(app)
         status.setup(app)
         api.setup(app, openapi_paths=openapi_paths())
         audit.setup(app)

@@ -161,6 +161,8 @@ class CloudTwinReplica:
         self._changed = asyncio.Event()
         self._waiters = 0
         self._stopping = False
+        self.reported_observers: list[Callable[[DeviceKey, JsonObject, float], None]] = []
+        """Called with (device, what changed, the edge's time) when reported values change."""
 
     @property
     def origin(self) -> str:
@@ -420,6 +422,7 @@ class CloudTwinReplica:
             raise _RejectedError(str(error.problems[0]), device=device) from None
         if result.applied:
             self.counters.changes_applied += 1
+            self._observe_reported(key, change, result.patch)
         else:
             self.counters.changes_duplicate += 1
         txn.put(
@@ -429,6 +432,11 @@ class CloudTwinReplica:
         )
         if problem is not None:
             raise _RejectedError(problem, device=device)
+
+    def _observe_reported(self, key: DeviceKey, change: TwinChange, patch: JsonObject) -> None:
+        if change.section is Section.REPORTED and patch:
+            for observer in self.reported_observers:  # telemetry history (twins/telemetry.py)
+                observer(key, patch, change.at)
 
     def _implicit_row(
         self, key: DeviceKey, *, origin: str, record: dict[str, Any], now: float
