@@ -260,11 +260,11 @@ def test_a_refused_move_ends_and_says_why(cloud: CloudTwinReplica) -> None:
     apply(cloud, edge, edge.take())
     cloud.move(("edge-a", "m2"), "edge-z")
     [row] = cloud.store.downlink_after("edge-a", 0, 10)
-    cloud.downlink_failed("edge-a", row.id, "move-refused: node edge-z does not use the broker")
+    cloud.downlink_failed("edge-a", row.id, "move_refused", "node edge-z does not use the broker")
     device = cloud.device(("edge-a", "m2"))
     assert device is not None
     assert device.state is DeviceState.ACTIVE
     assert device.sync_error is not None
-    assert device.sync_error.startswith("edge refused the move: move-refused")
+    assert device.sync_error.startswith("edge refused the move: move_refused")
     assert cloud.store.pending_move(("edge-a", "m2")) is None
     cloud.move(("edge-a", "m2"), "edge-b")  # a new move may be asked for

@@ -98,8 +98,8 @@ def test_error_body_lists_problems() -> None:
     error = RequestError(Code.INVALID_VALUE, "nope", (Problem(path="t", reason="too hot"),))
     assert error.to_json() == {
         "code": 422,
-        "error": "invalid-value",
-        "message": "nope",
+        "reason": "invalid_value",
+        "detail": "nope",
         "problems": [{"path": "t", "reason": "too hot"}],
     }
 
