@@ -380,7 +380,8 @@ async def revoke_device(request: web.Request) -> web.Response:
     """``{twin: keep|delete}``: its credential goes at once and its id may not claim again."""
     access.require(request, "write")
     cloud = _cloud(request)
-    body = await _read_body(request, cloud.settings.max_body_bytes)
+    # No body at all means the default, {"twin": "keep"}.
+    body = await _read_body(request, cloud.settings.max_body_bytes) if request.body_exists else {}
     _only_fields(body, {"twin"})
     choice = body.get("twin", "keep")
     if choice not in _TWIN_CHOICES:

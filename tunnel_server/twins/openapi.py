@@ -274,14 +274,17 @@ OPENAPI_PATHS: dict[str, Any] = {
             "tags": _TAGS,
             "security": _SECURITY,
             "parameters": [_ID],
-            "requestBody": _body(
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"twin": {"type": "string", "enum": ["keep", "delete"]}},
-                },
-                {"twin": "keep"},
-            ),
+            "requestBody": {
+                **_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"twin": {"type": "string", "enum": ["keep", "delete"]}},
+                    },
+                    {"twin": "keep"},
+                ),
+                "required": False,
+            },
             "responses": {
                 "200": _json(_REVOKED, "revoked"),
                 **_errors(400, 404, 409, 413, 415, 503, 504, write=True),

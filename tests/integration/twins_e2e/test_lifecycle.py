@@ -159,6 +159,11 @@ async def test_revoke_with_twin_delete_forgets_the_twin(system: System) -> None:
     await system.wait_synced()
     status, body = await system.api("GET", f"/api/v1/devices/{NODE}:rv-2")
     assert status == 404
+    # Without a body a revoke keeps the twin.
+    await system.claim("rv-3", "thermostat")
+    await system.wait_device("rv-3")
+    status, body = await system.api("POST", f"/api/v1/devices/{NODE}:rv-3/revoke")
+    assert (status, body["twin"]) == (200, "kept"), body
 
 
 async def test_removing_a_device_keeps_or_deletes_its_twin(system: System) -> None:
