@@ -121,7 +121,7 @@ async def test_sort_filter_and_page(client: Client, tmp_path: Path) -> None:
     assert (body["total"], [r["name"] for r in body["clusters"]]) == (2, ["west"])
     for query in ("limit=0", "sort=cpu_percent", "status=gone", "q=" + "x" * 101):
         status, body = await get(client, "/api/v1/clusters?" + query, tmp_path)
-        assert (status, body["error"]) == (400, "bad_parameter"), query
+        assert (status, body["reason"]) == (400, "bad_parameter"), query
 
 
 async def test_one_cluster_with_its_metrics(client: Client, tmp_path: Path) -> None:
@@ -131,12 +131,12 @@ async def test_one_cluster_with_its_metrics(client: Client, tmp_path: Path) -> N
     assert body["lease_seconds"] == 30
     assert body["report_interval_seconds"] == 10
     status, body = await get(client, "/api/v1/clusters/edge-1", tmp_path)
-    assert (status, body["error"]) == (404, "cluster_not_found")
-    assert "is a node" in body["message"]
+    assert (status, body["reason"]) == (404, "cluster_not_found")
+    assert "is a node" in body["detail"]
     status, body = await get(client, "/api/v1/clusters/nowhere", tmp_path)
-    assert (status, body["error"]) == (404, "cluster_not_found")
+    assert (status, body["reason"]) == (404, "cluster_not_found")
     status, body = await get(client, "/api/v1/clusters/Not_A_Name", tmp_path)
-    assert (status, body["error"]) == (400, "bad_name")
+    assert (status, body["reason"]) == (400, "bad_name")
     answer = await client.get("/api/v1/clusters/east")
     assert answer.status == 401
 
@@ -168,10 +168,10 @@ async def test_a_scoped_user_sees_only_its_clusters(client: Client) -> None:
     _, body = await get_as("/api/v1/clusters")
     assert (body["total"], [r["name"] for r in body["clusters"]]) == (1, ["west"])
     status, body = await get_as("/api/v1/clusters/east")
-    assert (status, body["error"]) == (403, "cluster_out_of_scope")
+    assert (status, body["reason"]) == (403, "cluster_out_of_scope")
     # Out of scope is 403 whether or not the cluster exists: nothing leaks about names.
     status, body = await get_as("/api/v1/clusters/nowhere")
-    assert (status, body["error"]) == (403, "cluster_out_of_scope")
+    assert (status, body["reason"]) == (403, "cluster_out_of_scope")
     status, _ = await get_as("/api/v1/clusters/west")
     assert status == 200
 
