@@ -19,9 +19,9 @@ What a user is, how its tokens look and are checked: ``identity/users.py``. Rule
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -48,8 +48,10 @@ log = logging.getLogger("tunnel_server.api.users")
 _CREATE_FIELDS = frozenset({"name", "role", "clusters", "ttlSeconds"})
 _TOKEN_FIELDS = frozenset({"ttlSeconds"})
 _KUBECONFIG_FIELDS = frozenset({"clusters", "server", "ttlSeconds"})
-MAX_SERVER_URL = 2048
-"""Characters of a kubeconfig's ``server``: a URL, not a document."""
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9][0-9]|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+SERVER_PATTERN = rf"^https://([A-Za-z0-9]([A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{{2,45}}\])(:{_PORT})?/?$"
+"""A kubeconfig's ``server``: ``https://HOST[:PORT]`` (a DNS name, IPv4 or [IPv6]), nothing more."""
+SERVER_URL = re.compile(SERVER_PATTERN)
 
 
 def user_json(user: UserRecord, *, now: float) -> dict[str, Any]:
@@ -271,24 +273,9 @@ def _server(data: dict[str, Any], store: Store) -> str:
     value = data.get("server")
     if value is None:
         return store.get_meta("public_url") or "https://SERVER:8443"
-    parts = None
-    if isinstance(value, str) and len(value) <= MAX_SERVER_URL:
-        try:
-            parts = urlsplit(value.strip())
-            parts.port  # noqa: B018 - raises ValueError for a port out of 0-65535
-        except ValueError:
-            parts = None
-    if (
-        parts is None
-        or parts.scheme != "https"
-        or not parts.hostname
-        or parts.path.strip("/")
-        or parts.query
-        or parts.fragment
-        or parts.username
-    ):
+    if not isinstance(value, str) or not SERVER_URL.fullmatch(value):
         raise _bad("server", "must be https://HOST[:PORT], as kubectl reaches this server")
-    return f"https://{parts.netloc}"
+    return value.rstrip("/")
 
 
 async def create_kubeconfig(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from tunnel_server.api.openapi import (
     error,
     list_of,
 )
+from tunnel_server.api.users_api import SERVER_PATTERN
 from tunnel_server.identity import users
 
 __all__ = ["OPENAPI_PATHS"]
@@ -62,7 +63,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body(properties: dict[str, Any], *, required: list[str] | None = None) -> dict[str, Any]:
+def _body(
+    properties: dict[str, Any],
+    *,
+    required: list[str] | None = None,
+    any_of: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
@@ -70,6 +76,8 @@ def _body(properties: dict[str, Any], *, required: list[str] | None = None) -> d
     }
     if required:
         schema["required"] = required
+    if any_of:
+        schema["anyOf"] = any_of
     return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
 
 
@@ -93,12 +101,23 @@ OPENAPI_PATHS: dict[str, Any] = {
             "summary": "Create a user and its first token (shown once); admin only",
             "requestBody": _body(
                 {
-                    "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+                    "name": {
+                        "type": "string",
+                        "pattern": NAME_PATTERN,
+                        "maxLength": 63,
+                        "not": {"enum": [users.BOOTSTRAP_ADMIN]},
+                        "description": "not 'admin': the bootstrap admin token's name",
+                    },
                     "role": {"type": "string", "enum": list(users.ROLES)},
                     "clusters": _CLUSTERS,
                     "ttlSeconds": {**_TTL, "description": "the user's lifetime; default 90 days"},
                 },
                 required=["name", "role"],
+                # An admin has no scope: its clusters are null (absent).
+                any_of=[
+                    {"properties": {"role": {"enum": ["operator", "viewer"]}}},
+                    {"properties": {"role": {"enum": ["admin"]}, "clusters": {"maxItems": 0}}},
+                ],
             ),
             "responses": _answers(
                 {
@@ -189,7 +208,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     },
                     "server": {
                         "type": "string",
-                        "maxLength": 2048,
+                        "pattern": SERVER_PATTERN,
                         "description": "https://HOST[:PORT] kubectl reaches this server at; "
                         "default: the server's public URL",
                     },
