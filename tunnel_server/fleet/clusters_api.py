@@ -18,9 +18,9 @@ Rules:
 * ``apiserverHealthy`` is null unless the cluster is online: an agent that does not report
   cannot tell. The counts stay the last reported ones; ``sampledAt`` says when that was.
 * approve/deny only while pending (409 ``wrong_state`` else); deny and revoke leave the record
-  ``revoked``. Revoke closes the agent's tunnel session in this process at once (the store
-  watcher of every replica would within its poll interval, as for ``tunnel-server nodes
-  revoke`` from another process).
+  ``revoked`` (revoke is idempotent, as the nodes' is). Revoke closes the agent's tunnel
+  session in this process at once (the store watcher of every replica would within its poll
+  interval, as for ``tunnel-server nodes revoke`` from another process).
 * Records are re-read when the store's revision moves or every ``RECORD_TTL`` seconds, so a
   console polling the list does not read the whole nodes table each time.
 """
@@ -318,9 +318,10 @@ async def _no_body(request: web.Request) -> None:
 _ACTIONS: dict[str, tuple[tuple[NodeState, ...], NodeState]] = {
     "approve": (("pending",), "approved"),
     "deny": (("pending",), "revoked"),
-    "revoke": (("pending", "approved"), "revoked"),
+    "revoke": (("pending", "approved", "revoked"), "revoked"),
 }
-"""Each action: the states it may start from, and the state it leaves the cluster in."""
+"""Each action: the states it may start from, and the state it leaves the cluster in. revoke is
+idempotent, as the nodes' is: a retried or double-clicked revoke is no error."""
 
 
 def cut_off(app: web.Application, name: str) -> bool:

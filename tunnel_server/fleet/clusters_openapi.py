@@ -191,6 +191,6 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/clusters/{name}/revoke": _action(
         "revoke",
         "Revoke a cluster: its agent's session is cut off at once and its certificates stop "
-        "working (operator, in scope)",
+        "working (operator, in scope; idempotent)",
     ),
 }
