@@ -20,6 +20,7 @@ from aiohttp import web
 from tunnel_server import __version__, api, audit, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
+from tunnel_server.api import users_api, users_openapi
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from tunnel_server.fleet import autonomy as autonomy_part
 from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
@@ -98,6 +99,7 @@ def openapi_paths() -> dict[str, Any]:
         clusters_openapi.OPENAPI_PATHS,
         audit.OPENAPI_PATHS,
         models_openapi.OPENAPI_PATHS,
+        users_openapi.OPENAPI_PATHS,
     ]
     merged: dict[str, Any] = {}
     for paths in parts:
@@ -139,6 +141,7 @@ def create_app(
         audit.setup(app)
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
+        users_api.setup(app)
         console.setup(app)
         if settings.egress.uds_path is not None or settings.egress.listen is not None:
             egress_part.setup(app, settings=settings.egress)

@@ -318,3 +318,59 @@ def verify_user_token(store: Store, presented: str, *, now: float) -> tuple[User
 
 def _stamp(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+# ---------------------------------------------------------------- for the REST API (api/users_api)
+
+UserState = Literal["active", "expired", "revoked"]
+DEFAULT_TOKEN_TTL = 30 * DAY
+"""A token made for a kubeconfig or a script lives 30 days unless told otherwise (never past
+its user): a leaked kubeconfig stops working by itself within a month."""
+
+
+def user_state(user: UserRecord, *, now: float) -> UserState:
+    """``revoked``, ``expired`` or ``active``, in that order of precedence."""
+    if user.revoked_at is not None:
+        return "revoked"
+    return "expired" if user.expires_at <= now else "active"
+
+
+def kubeconfig_text(
+    *, user: str, token: str, clusters: list[str], server: str, ca_pem: bytes
+) -> str:
+    """A kubeconfig (YAML) with the CA embedded and one cluster and context per name.
+
+    Each cluster's server is ``SERVER/clusters/NAME`` (the cluster proxy); the first is the
+    current context. The token is in it: whoever holds the file acts as ``user``.
+    """
+    import base64  # noqa: PLC0415 - only kubeconfigs need them
+
+    import yaml  # noqa: PLC0415 - see above
+
+    ca_data = base64.b64encode(ca_pem).decode()
+    entry = f"edgefleet-{user}"
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": f"{server}/clusters/{name}",
+                    "certificate-authority-data": ca_data,
+                },
+            }
+            for name in clusters
+        ],
+        "users": [{"name": entry, "user": {"token": token}}],
+        "contexts": [
+            {"name": name, "context": {"cluster": name, "user": entry}} for name in clusters
+        ],
+        "current-context": clusters[0],
+    }
+    text: str = yaml.safe_dump(document, sort_keys=False)
+    return text
+
+
+# --- SSO ---
