@@ -229,6 +229,7 @@ def _login_app(admin: str) -> Any:
     app.router.add_post("/login", login_post)
     app.router.add_get("/consent", consent)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/favicon.ico", healthz)  # a browser asks; a 404 would be a page error
     return app
 
 

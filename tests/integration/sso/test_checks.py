@@ -154,7 +154,7 @@ async def test_a_wrong_id_token_is_refused(
 
 async def test_unsigned_or_foreign_tokens_are_refused(keys: _Keys, tmp_path: Path) -> None:
     provider = _provider(keys, tmp_path)
-    unsigned = jwt.encode(_claims(), key=None, algorithm="none")
+    unsigned = jwt.encode(_claims(), key="", algorithm="none")
     with pytest.raises(oidc.OidcError):
         await provider.check_id_token(unsigned, nonce="n1")
     forged = _Keys().sign(_claims())  # same kid, another key
