@@ -124,6 +124,9 @@ class Provider:
             )
         )
         self._wait(self.issuer + ".well-known/openid-configuration", self.processes[0])
+        # Hydra makes its other signing keys on the first JWKS request: make them now, not
+        # within the server's 10 s budget for a call to the provider.
+        self._wait(self.issuer + ".well-known/jwks.json", self.processes[0])
         self._wait(f"http://127.0.0.1:{self.login_port}/healthz", self.processes[1])
 
     def _wait(self, url: str, proc: ManagedProcess) -> None:

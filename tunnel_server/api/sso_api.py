@@ -296,14 +296,17 @@ def _issue_session(
 ) -> dict[str, Any]:
     settings = request.app[API_SETTINGS_KEY]
     name = users.sso_user_name(issuer=config.issuer, subject=str(claims["sub"]), hint=hint)
-    user = users.provision_sso_user(
-        request.app[STORE_KEY],
-        name,
-        role=grant.role,
-        clusters=grant.clusters,
-        now=now,
-        least=settings.session_ttl,
-    )
+    try:
+        user = users.provision_sso_user(
+            request.app[STORE_KEY],
+            name,
+            role=grant.role,
+            clusters=grant.clusters,
+            now=now,
+            least=settings.session_ttl,
+        )
+    except users.UserError as exc:  # a sign-in of the same person at the same moment
+        raise ApiError(409, "sso_conflict", f"{exc}") from None
     ttl = min(settings.session_ttl, user.expires_at - now)
     token, expires = request.app[SIGNER_KEY].issue(now=now, ttl=ttl, principal=user.id)
     log.info(
@@ -367,6 +370,11 @@ def setup(app: web.Application, *, config_path: Path | None) -> None:
     """Mount the SSO routes; with no ``config_path`` they answer that SSO is off."""
     config = None if config_path is None else sso_mapping.load(config_path)
     service = SsoService(config)
+    if config is not None:
+        log.info(
+            "sso sign-in enabled",
+            extra={"kv": {"issuer": config.issuer, "groups": len(config.rules)}},
+        )
     app[SSO_KEY] = service
 
     async def close_provider(_app: web.Application) -> AsyncIterator[None]:

@@ -108,6 +108,10 @@ OPENAPI_PATHS: dict[str, Any] = {
                 ),
                 "403": error("None of the person's groups is mapped (code: sso_group_unmapped)"),
                 "404": _NOT_CONFIGURED,
+                "409": error(
+                    "A sign-in of the same person at the same moment changed the user;"
+                    " sign in again (code: sso_conflict)"
+                ),
                 "413": error("A body was sent (code: body_too_large)"),
                 "502": _PROVIDER,
             },

@@ -98,7 +98,9 @@ class Provider:
                 body = await response.content.read(MAX_ANSWER + 1)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise OidcError("sso_provider_unreachable", f"cannot reach {url}: {exc}") from None
+            raise OidcError(
+                "sso_provider_unreachable", f"cannot reach {url}: {exc or type(exc).__name__}"
+            ) from None
         return _decode(url, status, body)
 
     async def endpoints(self) -> Endpoints:
@@ -156,7 +158,8 @@ class Provider:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise OidcError(
-                "sso_provider_unreachable", f"cannot reach {endpoints.token}: {exc}"
+                "sso_provider_unreachable",
+                f"cannot reach {endpoints.token}: {exc or type(exc).__name__}",
             ) from None
         if status != 200:
             log.warning("token endpoint refused the code: %s %s", status, body[:300])

@@ -161,3 +161,15 @@ def test_the_cli_gives_up_when_nobody_signs_in(sso: Sso) -> None:
             timeout=1,
             tell=lambda _text: None,
         )
+
+
+def test_a_revoked_sso_user_is_cut_off_and_made_again_at_the_next_sign_in(sso: Sso) -> None:
+    first = _sign_in(sso, "alice")
+    name = call(sso.server, "GET", "/api/v1/me", token=first).body["user"]
+    sso.server.cli("users", "revoke", str(name))
+    cut = call(sso.server, "GET", "/api/v1/me", token=first)
+    assert (cut.status, cut.body["reason"]) == (401, "user_revoked")
+    again = _sign_in(sso, "alice")
+    me = call(sso.server, "GET", "/api/v1/me", token=again)
+    assert (me.status, me.body["user"], me.body["role"]) == (200, name, "admin")
+    assert call(sso.server, "GET", "/api/v1/me", token=first).status == 401
