@@ -99,7 +99,7 @@ class Provider:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise OidcError(
-                "sso_provider_unreachable", f"cannot reach {url}: {exc or type(exc).__name__}"
+                "sso_provider_unreachable", f"cannot reach {url}: {_why(exc)}"
             ) from None
         return _decode(url, status, body)
 
@@ -159,7 +159,7 @@ class Provider:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise OidcError(
                 "sso_provider_unreachable",
-                f"cannot reach {endpoints.token}: {exc or type(exc).__name__}",
+                f"cannot reach {endpoints.token}: {_why(exc)}",
             ) from None
         if status != 200:
             log.warning("token endpoint refused the code: %s %s", status, body[:300])
@@ -218,6 +218,11 @@ class Provider:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         raise OidcError("sso_token_invalid", f"the ID token's key {kid!r} is not the issuer's")
+
+
+def _why(exc: BaseException) -> str:
+    """The error's text, or its type's name when it has none (a timeout)."""
+    return str(exc) or type(exc).__name__
 
 
 def _decode(url: str, status: int, body: bytes) -> dict[str, Any]:
