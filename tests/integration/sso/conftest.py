@@ -38,7 +38,6 @@ def write_config(path: Path, *, provider: idp.Provider, server_port: int) -> Pat
                 "clientId": provider.client_id,
                 "clientSecretFile": str(secret),
                 "redirectUrl": f"https://127.0.0.1:{server_port}/api/v1/sso/callback",
-                "providerName": "Test IdP",
                 "groups": [
                     {"group": "fleet-admins", "role": "admin"},
                     {"group": "fleet-site-a", "role": "viewer", "clusters": [CLUSTER]},

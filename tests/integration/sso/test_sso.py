@@ -32,7 +32,7 @@ def _sign_in(sso: Sso, user: str, browser: Browser | None = None) -> str:
 def test_sso_is_announced(sso: Sso) -> None:
     answer = call(sso.server, "GET", "/api/v1/sso")
     assert answer.status == 200
-    assert answer.body == {"enabled": True, "providerName": "Test IdP"}
+    assert answer.body == {"enabled": True, "providerName": "SSO"}  # the default name
 
 
 def test_admin_and_scoped_viewer_sign_in(sso: Sso) -> None:
