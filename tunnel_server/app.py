@@ -20,7 +20,7 @@ from aiohttp import web
 from tunnel_server import __version__, api, audit, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
-from tunnel_server.api import users_api, users_openapi
+from tunnel_server.api import sso_api, sso_openapi, users_api, users_openapi
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from tunnel_server.fleet import autonomy as autonomy_part
 from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
@@ -100,6 +100,7 @@ def openapi_paths() -> dict[str, Any]:
         audit.OPENAPI_PATHS,
         models_openapi.OPENAPI_PATHS,
         users_openapi.OPENAPI_PATHS,
+        sso_openapi.OPENAPI_PATHS,
     ]
     merged: dict[str, Any] = {}
     for paths in parts:
@@ -143,6 +144,7 @@ def create_app(
         clusters_api.setup(app)
         users_api.setup(app)
         console.setup(app)
+        sso_api.setup(app, config_path=settings.sso_config)
         if settings.egress.uds_path is not None or settings.egress.listen is not None:
             egress_part.setup(app, settings=settings.egress)
         if settings.autonomy.enabled:
