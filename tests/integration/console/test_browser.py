@@ -58,7 +58,7 @@ def test_sign_in_and_see_the_nodes(page: Page, console_system: ConsoleSystem, sh
     page.screenshot(path=shots / "nodes.png", full_page=True)
 
     # Filter and sort without a reload.
-    page.fill("#filter", "edge-b")
+    page.fill("#filter", "edge-b")  # the server filters (q=), sorts and pages the table
     expect(page.locator("tbody tr[data-node]")).to_have_count(1)
     page.fill("#filter", "")
     page.click('th[data-field="name"] button')  # already by name: now descending
@@ -79,7 +79,7 @@ def test_live_update_keeps_the_focused_link(page: Page, console_system: ConsoleS
         """() => {
             const link = document.querySelector('tr[data-node="edge-a"] td.name a');
             const node = state.nodes.get('edge-a');
-            node.cpu_percent = 77.5;
+            node.cpuPercent = 77.5;
             renderRows();
             const cpu = document.querySelector('tr[data-node="edge-a"] td[data-label="CPU"]');
             return {
@@ -208,7 +208,7 @@ def test_sign_out_revokes_the_session_on_the_server(
     assert page.evaluate("sessionStorage.length") == 0
     page.screenshot(path=shots / "signin-signed-out.png", full_page=True)
     status, body, _ = console_system.api.call("GET", "/api/v1/nodes", token=token)
-    assert (status, body["error"]) == (401, "session_revoked"), "the token is dead on the server"
+    assert (status, body["reason"]) == (401, "session_revoked"), "the token is dead on the server"
     # The other tab's live stream ends with 'revoked': it is back at sign-in without a click.
     expect(twin.locator("#signin-error")).to_contain_text("This session was signed out")
     assert twin.evaluate("sessionStorage.length") == 0
