@@ -705,6 +705,8 @@ function currentNode() {
 function renderDetail(d) {
   const status = document.getElementById('node-status');
   if (!status) return;
+  const failed = document.getElementById('node-error');  // an earlier read failed: this one did not
+  if (failed) failed.remove();
   morph(status, [badge(d.status), d.offlineReason && d.status === 'offline'
     ? h('span', { class: 'count' }, ' ' + d.offlineReason + ' (' + fmt.ago(d.statusChangedAt) + ')') : '']);
   renderNodeActions(d);
@@ -1762,6 +1764,7 @@ async function whoAmI() {
 }
 
 async function route() {
+  takeSessionFromFragment();
   if (!session()) { renderSignIn(''); return; }
   if (!(await whoAmI()) || !session()) return;
   document.getElementById('nav').hidden = false;
@@ -1786,7 +1789,7 @@ async function route() {
   document.getElementById('view').focus({ preventScroll: true });
 }
 
-takeSessionFromFragment();
+takeSessionFromFragment();  // at once, before anything else sees the address
 window.addEventListener('hashchange', route);
 document.addEventListener('DOMContentLoaded', () => {
   document.getElementById('signout').addEventListener('click', () => { signOutEverywhere(); });
