@@ -51,6 +51,7 @@ const state = {
   page: null,  // the node table's page: { items, tokens (continue per page), index, next }
   pageTimer: null,  // a reload of the node table's page is due
   telemetry: { property: '', window: 3600 },  // the device page's chart
+  flash: null,  // a message for the next page (a device removed with its twin)
 };
 
 // ------------------------------------------------------------------ helpers
@@ -866,9 +867,12 @@ function deviceTable(list, withNode) {
 // ------------------------------------------------------------------ devices
 
 async function renderDeviceList() {
+  const flash = state.flash;
+  state.flash = null;
   mount(h('section', { id: 'devices-page' },
     h('h1', {}, 'Devices'),
     h('p', { class: 'count' }, 'Every device twin, by node. Open one to see its desired and reported state and change desired values.'),
+    flash ? h('p', { class: 'notice ok', id: 'device-done', role: 'status' }, flash) : null,
     may('devices') ? registerForm() : null,
     h('div', { id: 'device-list' }, h('p', { class: 'count' }, 'Loading…'))));
   await loadDeviceList();
@@ -1043,11 +1047,16 @@ function deviceEnd(id, how) {
     try {
       if (how === 'revoke') await api(path + '/revoke', { method: 'POST', json: { twin } });
       else await api(path + query({ twin }), { method: 'DELETE' });
-      if (result) {
-        result.replaceChildren(h('p', { class: 'notice ok', id: 'device-done' },
-          (how === 'revoke' ? 'Revoked: the device\'s credential no longer works.' : 'Removed.')
-          + (twin === 'delete' ? ' Its twin is deleted.' : ' Its twin is kept.')));
+      const text = (how === 'revoke' ? 'Revoked ' + id + ': its credential no longer works.' : 'Removed ' + id + '.')
+        + (twin === 'delete' ? ' Its twin is deleted.' : ' Its twin is kept.');
+      if (twin === 'delete') {
+        // Nothing left to show here: the devices list says what happened.
+        if (state.twinFollow) { state.twinFollow.abort(); state.twinFollow = null; }
+        state.flash = text;
+        location.hash = '#/devices';
+        return;
       }
+      if (result) result.replaceChildren(h('p', { class: 'notice ok', id: 'device-done' }, text));
       loadDevice(id, false).catch(() => {});
     } catch (err) {
       if (err.status !== 401 && result) result.replaceChildren(problemBox(err, 'device-action-error'));
