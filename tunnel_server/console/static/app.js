@@ -1125,6 +1125,8 @@ async function loadDevice(id, resetForm, known = null) {
   const avail = info.state === 'removed' || info.state === 'revoked' ? info.state : (info.availability || 'unknown');
   morph(document.getElementById('device-status'), [badge(avail === 'online' ? 'online' : avail === 'unknown' ? 'unknown' : 'offline'),
     h('span', { class: 'count', id: 'device-availability' }, ' ' + avail)]);
+  const revoke = document.getElementById('device-revoke');
+  if (revoke) revoke.hidden = info.state === 'revoked';  // nothing left to revoke
   const facts = [
     ['Node', h('a', { href: '#/nodes/' + encodeURIComponent(info.node) }, info.node)],
     ['Model', info.model + (info.modelVersion ? ' ' + info.modelVersion : '')],
