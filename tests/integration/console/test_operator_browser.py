@@ -28,6 +28,7 @@ from tests.integration.console.conftest import (
     ConsoleSystem,
     ReportingAgent,
     console_page,
+    wait_for,
 )
 
 MS = WAIT * 1000
@@ -176,7 +177,12 @@ def test_approve_a_pending_node_then_revoke_it(
         text=True,
     )
     try:
-        operator_system.api.wait_status(name, "pending")
+        wait_for(
+            operator_system.api,
+            f"/api/v1/nodes/{name}",
+            lambda node: node["status"] == "pending",
+            f"{name} waiting for approval",
+        )
         sign_in(page, operator_system.server.admin_token)
         page.goto(f"/#/nodes/{name}")
         expect(page.locator("#node-status .badge")).to_have_text("pending", timeout=MS)
@@ -216,15 +222,15 @@ def test_approve_a_pending_node_then_revoke_it(
 
 
 def test_the_audit_page_lists_the_writes(page: Page, operator_system: ConsoleSystem) -> None:
-    status, _, _ = operator_system.api.call(
+    status, created, _ = operator_system.api.call(
         "POST", "/api/v1/tokens", body=json.dumps({"name": "edge-audited"}).encode()
     )
-    assert status == 201
+    assert status == 201, created
     sign_in(page, operator_system.server.admin_token)
     page.click('#nav a[href="#/audit"]')
     expect(page.locator("#audit-page h1")).to_have_text("Audit log")
     expect(page.locator('#audit tr[data-action="tokens.create"]').first).to_be_visible()
-    page.fill("#audit-target", "edge-audited")
+    page.fill("#audit-target", str(created["id"]))  # a created object's target: its id
     page.click("#audit-apply")
     rows = page.locator("#audit tbody tr[data-action]")
     expect(rows).to_have_count(1)
