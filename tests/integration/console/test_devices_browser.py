@@ -111,6 +111,23 @@ def test_change_a_desired_value_and_see_it_reach_the_device(
     page.screenshot(path=shots / "device-applied.png", full_page=True)
 
 
+def test_the_device_page_charts_its_telemetry(page: Page, device_system: DeviceSystem) -> None:
+    # The simulator reports a temperature every 0.3 s: the cloud keeps it as a time series.
+    sign_in(page, device_system.server.admin_token)
+    page.goto(f"/#/devices/{DEVICE}")
+    expect(page.locator('#telemetry-property option[value="temperature"]')).to_have_count(1)
+    page.select_option("#telemetry-property", "temperature")
+    chart = page.locator("#telemetry-chart")
+    expect(chart.locator("figcaption")).to_contain_text("temperature")
+    expect(chart.locator("path.line")).to_have_count(1)
+    assert int(chart.get_attribute("data-points") or 0) >= 1
+    page.click('button[data-telemetry-window="86400"]')
+    expect(page.locator('button[data-telemetry-window="86400"]')).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    expect(chart.locator("path.line")).to_have_count(1)
+
+
 def test_the_device_page_follows_changes_made_elsewhere(
     page: Page, device_system: DeviceSystem
 ) -> None:

@@ -50,7 +50,7 @@ const state = {
   me: null,  // GET /api/v1/me: { user, role, clusters, expiresAt }
   page: null,  // the node table's page: { items, tokens (continue per page), index, next }
   pageTimer: null,  // a reload of the node table's page is due
-  telemetry: { property: '', window: 3600 },  // the device page's chart
+  telemetry: { property: '', window: 3600, loadedAt: 0 },  // the device page's chart
   flash: null,  // a message for the next page (a device removed with its twin)
 };
 
@@ -1069,6 +1069,7 @@ function deviceEnd(id, how) {
 // re-reads the device (availability and pending changes carry no twin version). A device
 // reporting many times a second redraws the page at most once per TWIN_MIN_GAP.
 const TWIN_WAIT = 10;
+const TELEMETRY_EVERY = 15000;  // ms: the telemetry chart follows the device at most this often
 const TWIN_MIN_GAP = 1000;
 
 async function followDevice(id) {
@@ -1090,6 +1091,7 @@ async function followDevice(id) {
       }
       if (follow.signal.aborted || currentDevice() !== id) return;
       await loadDevice(id, false, twin);
+      if (Date.now() - state.telemetry.loadedAt >= TELEMETRY_EVERY) loadTelemetry(id);
       failures = 0;
       await pause(TWIN_MIN_GAP - (Date.now() - started), follow.signal);
     } catch (err) {
@@ -1252,6 +1254,7 @@ async function loadTelemetry(id) {
   if (!box) return;
   if (!property) { box.replaceChildren(h('p', { class: 'count', id: 'telemetry-empty' }, 'No numeric property reported yet.')); return; }
   const windowSeconds = state.telemetry.window;
+  state.telemetry.loadedAt = Date.now();
   let body;
   try {
     body = await api('/api/v1/devices/' + encodeURIComponent(id) + '/telemetry' + query({ property, windowSeconds }));
