@@ -68,6 +68,27 @@ def test_sign_in_and_see_the_nodes(page: Page, console_system: ConsoleSystem, sh
     page.select_option("#status-filter", "")
 
 
+def test_the_node_table_pages_through_the_server(page: Page, console_system: ConsoleSystem) -> None:
+    # One row per page (50 in use): the list's `continue` token brings the next page.
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/api/v1/nodes?" in r.url else None)
+    sign_in(page, console_system.server.admin_token)
+    expect(page.locator('tr[data-node="edge-a"] .badge')).to_have_text("online")
+    page.evaluate("state.pageSize = 1; firstPage()")
+    rows = page.locator("tbody tr[data-node]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-node", "edge-a")
+    expect(page.locator("#page-prev")).to_be_disabled()
+    page.click("#page-next")
+    expect(rows.first).to_have_attribute("data-node", "edge-b")
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    expect(page.locator("#page-next")).to_be_disabled()  # the last page: continue is null
+    assert any("continue=" in url and "limit=1" in url for url in requests), requests
+    page.click("#page-prev")
+    expect(rows.first).to_have_attribute("data-node", "edge-a")
+    expect(page.locator("#page-prev")).to_be_disabled()
+
+
 def test_live_update_keeps_the_focused_link(page: Page, console_system: ConsoleSystem) -> None:
     # A tap, a click or keyboard focus on a node's link must survive a live update of
     # its row: the row is patched, not rebuilt (a rebuilt row lost taps between

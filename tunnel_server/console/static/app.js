@@ -13,7 +13,6 @@ const COLUMNS = [  // field: the node row's field, also the list's sort key (`so
   { field: 'certExpiresAt', label: 'Cert expires' },
   { field: 'lastSeenAt', label: 'Last seen' },
 ];
-const PAGE_SIZE = 50;  // rows of the node table per page (GET /api/v1/nodes?limit=)
 // Which role may do what (docs/security.md): the console hides what the role may not do; the
 // server decides anyway.
 const MAY = {
@@ -52,6 +51,7 @@ const state = {
   pageTimer: null,  // a reload of the node table's page is due
   telemetry: { property: '', window: 3600, loadedAt: 0 },  // the device page's chart
   flash: null,  // a message for the next page (a device removed with its twin)
+  pageSize: 50,  // rows of the node table per page (GET /api/v1/nodes?limit=)
 };
 
 // ------------------------------------------------------------------ helpers
@@ -524,7 +524,7 @@ function nodeQuery() {
     q: state.filter.trim(),
     status: state.status,
     sort: (state.sort.dir < 0 ? '-' : '') + state.sort.field,
-    limit: PAGE_SIZE,
+    limit: state.pageSize,
   };
 }
 
