@@ -62,6 +62,7 @@ from device_models._sync import (
     write_change,
 )
 from device_models._twin import Section, Twin, TwinSection
+from device_models._versions import is_newer, version_key
 
 __all__ = [
     "API_VERSION",
@@ -104,9 +105,11 @@ __all__ = [
     "builtin_models",
     "compact_size",
     "diff",
+    "is_newer",
     "json_equal",
     "merge_patch",
     "nesting_depth",
     "reject_constant",
+    "version_key",
     "write_change",
 ]

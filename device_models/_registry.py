@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from device_models._builtin import builtin_models
 from device_models._errors import DeviceModelsError
 from device_models._model import DeviceModel
+from device_models._versions import is_newer
 
 __all__ = ["ModelRegistry"]
 
@@ -21,7 +22,10 @@ _log = logging.getLogger("device_models")
 
 
 class ModelRegistry:
-    """Models by name. A file model may not replace a built-in one (names are global)."""
+    """Models by name. A file model may not replace a built-in one (names are global).
+
+    ``offer`` lets a higher version of a name replace any model of it.
+    """
 
     def __init__(self, models: Mapping[str, DeviceModel]) -> None:
         self._models = dict(models)
@@ -47,6 +51,19 @@ class ModelRegistry:
             models[model.name] = model
             log.info("loaded device model %s %s from %s", model.name, model.version, name)
         return cls(models)
+
+    def offer(self, model: DeviceModel) -> bool:
+        """Take ``model`` if its name is new or its version is higher than the one held.
+
+        This is how a newer version reaches a running program (uploaded in the cloud, received
+        by an agent): a higher version replaces any model of the name, a built-in too; an equal
+        or lower one is ignored (False). Holders of this registry see the change at once.
+        """
+        held = self._models.get(model.name)
+        if held is not None and not is_newer(model.version, held.version):
+            return False
+        self._models[model.name] = model
+        return True
 
     def get(self, name: str) -> DeviceModel | None:
         return self._models.get(name)

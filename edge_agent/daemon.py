@@ -50,12 +50,14 @@ from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
 from edge_agent.local_api import READY_KEY, create_app
+from edge_agent.model_link import CloudModelLink
 from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings, NodeStatusSettings
 from edge_agent.tunnel_client import TunnelClient
 from edge_agent.tunnel_upstream import open_tunnel_upstream
 from edge_agent.twin_link import CloudTwinLink
 from edge_agent.twins import TwinMqttService
+from edge_agent.twins.models import ReceivedModels
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -147,6 +149,13 @@ class _TwinsPart:
         service = TwinMqttService(settings=service_settings, sender=sync)
         sync.attach(service)
         client.session_tasks["twins"] = sync.run_session
+        # Device models from the cloud (docs/device-models.md §5): loaded before the service
+        # runs, so onboarding after a restart knows them; updated live over the tunnel.
+        received = ReceivedModels(
+            folder=service_settings.data_dir / "models", registry=service.twins.models
+        )
+        received.load()
+        client.session_tasks["models"] = CloudModelLink(received).run_session
         return cls(service=service, sync=sync)
 
     def status(self) -> dict[str, object]:

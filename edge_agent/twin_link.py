@@ -72,7 +72,16 @@ __all__ = [
 log = logging.getLogger("edge_agent.twin_link")
 
 SYNC_TARGET = "twins"
-_FAILED = frozenset({Code.BAD_REQUEST, Code.UNKNOWN_DEVICE, Code.OUT_OF_ORDER, Code.MOVE_REFUSED})
+_FAILED = frozenset(
+    {
+        Code.BAD_REQUEST,
+        Code.UNKNOWN_DEVICE,
+        Code.OUT_OF_ORDER,
+        Code.MOVE_REFUSED,
+        Code.UNKNOWN_MODEL,
+        Code.DUPLICATE_ID,
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 from aiohttp import web
 
-from tunnel_server import __version__, api, console, status, tunnel
+from tunnel_server import __version__, api, audit, console, status, tunnel
 from tunnel_server import identity as identity_part
 from tunnel_server import twins as twins_part
+from tunnel_server.api import sso_api, sso_openapi, users_api, users_openapi
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from tunnel_server.fleet import autonomy as autonomy_part
 from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
@@ -28,6 +29,7 @@ from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import SqliteStore, Store
+from tunnel_server.twins import models_api, models_openapi, telemetry_api
 from tunnel_server.web import peer_log
 from tunnel_server.web.bodies import bounded_bodies
 
@@ -95,6 +97,10 @@ def openapi_paths() -> dict[str, Any]:
     parts: list[dict[str, Any]] = [
         twins_part.OPENAPI_PATHS,
         clusters_openapi.OPENAPI_PATHS,
+        audit.OPENAPI_PATHS,
+        models_openapi.OPENAPI_PATHS,
+        users_openapi.OPENAPI_PATHS,
+        sso_openapi.OPENAPI_PATHS,
     ]
     merged: dict[str, Any] = {}
     for paths in parts:
@@ -129,11 +135,16 @@ def create_app(
         identity_part.setup(app, settings=settings.join)
         tunnel.setup(app, tunnel_settings=settings.tunnel)
         twins_part.setup(app)
+        models_api.setup(app)
+        telemetry_api.setup(app)
         status.setup(app)
         api.setup(app, openapi_paths=openapi_paths())
+        audit.setup(app)
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
+        users_api.setup(app)
         console.setup(app)
+        sso_api.setup(app, config_path=settings.sso_config)
         if settings.egress.uds_path is not None or settings.egress.listen is not None:
             egress_part.setup(app, settings=settings.egress)
         if settings.autonomy.enabled:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         ServerSettings,
     )
     from tunnel_server.status.history import StatusHistory
+    from tunnel_server.status.node_events import NodeEvents
     from tunnel_server.store import Store
     from tunnel_server.tunnel.admission import Admission
     from tunnel_server.tunnel.sessions import AgentSession, SessionMetrics, SessionRegistry
@@ -109,3 +110,7 @@ NODES_SYNCED_KEY: web.AppKey[asyncio.Event] = web.AppKey("cloud_nodes_synced")
 # called as render(name=, token=, server=, ca_hash=, image=) -> YAML text. The API's
 # ``POST /api/v1/tokens`` with ``"manifest": true`` uses it (the API never imports the fleet).
 CLUSTER_MANIFEST_KEY: web.AppKey[Callable[..., str]] = web.AppKey("cluster_manifest")
+
+# Set by the audit part: what happened to each node. The tunnel endpoint notes online/offline
+# and the join API has it look at the store at once (``NodeEvents.note`` / ``sync``).
+NODE_EVENTS_KEY: web.AppKey[NodeEvents] = web.AppKey("node_events")

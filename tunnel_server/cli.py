@@ -29,6 +29,7 @@ from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__
 from tunnel_server.client import commands, device_commands, fleet_commands
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
+from tunnel_server.identity.sso_mapping import sso_config_file
 from tunnel_server.settings import (
     DAY,
     AutonomySettings,
@@ -244,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="close a relayed connection after this long without a byte either way; 0: never"
         " (default: 4h, the kubelet's own streaming idle timeout)",
+    )
+    run.add_argument(
+        "--sso-config",
+        type=sso_config_file,
+        metavar="FILE",
+        help="offer OpenID Connect sign-in (console and `login --sso`) as this YAML file says"
+        " (docs/sso.md); checked before start (exit 2 if unusable)",
     )
     run.add_argument(
         "--autonomy",
@@ -552,6 +560,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 idle_timeout=getattr(args, "egress_idle_timeout", EgressSettings().idle_timeout),
             ),
             autonomy=AutonomySettings(enabled=getattr(args, "autonomy", False)),
+            sso_config=getattr(args, "sso_config", None),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 

@@ -260,3 +260,6 @@ class ServerSettings:
 
     autonomy: AutonomySettings = field(default_factory=AutonomySettings)
     """Eviction protection of autonomous edge nodes' pods; off unless ``--autonomy``."""
+
+    sso_config: Path | None = None
+    """The SSO (OpenID Connect) configuration file (docs/sso.md); None: no SSO sign-in."""

@@ -7,7 +7,7 @@ command over its sync stream, and the rest happens on the site, through the brok
 
 1. The owner checks that the target node serves this broker (its presence role,
    `DynsecClient.announce_node`): a device's credential lives in one broker, so it can only
-   move between nodes sharing it. Otherwise the command fails with ``move-refused``.
+   move between nodes sharing it. Otherwise the command fails with ``move_refused``.
 2. It makes the target the owner of the device's broker user (the device keeps its
    credential and stays connected), publishes a retained ``adopt`` message on
    ``edgefleet/agents/<target>/adopt/<device>`` (the agent role alone may write there), and

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from edge_agent.twins.handover import Handover, MoveError
 from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
-from edge_agent.twins.payloads import Code
+from edge_agent.twins.payloads import Code, RequestError
 from edge_agent.twins.replica import CloudChangeError, CloudChangeResult, EdgeTwinReplica
 from edge_agent.twins.topics import DeviceTopic
 from edge_agent.twins.twin_store import Durability, TwinStore
@@ -162,6 +163,16 @@ def agent_client_id(settings: TwinMqttSettings) -> str:
     return made
 
 
+_COMMAND_FIELDS: dict[str, frozenset[str]] = {
+    "move": frozenset({"op", "to"}),
+    "register": frozenset({"op", "model", "secretSha256"}),
+    "remove": frozenset({"op"}),
+    "revoke": frozenset({"op"}),
+}
+"""The fields of each command the cloud sends (docs/twins.md, the sync stream)."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 class _Publisher:
     def __init__(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -250,34 +261,82 @@ class TwinMqttService:
         return await self.twins.apply_cloud_change(change)
 
     async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult:
-        """A command from the cloud: ``{"device", "command": {"op": "move", "to": node}}``.
+        """A command from the cloud: ``{"device", "command": {"op", ...}}`` (docs/twins.md).
 
-        Idempotent: a redelivered move of a device no longer here raises ``unknown-device``
-        (the cloud then drops it). Raises CloudChangeError like `apply_cloud_change`.
+        ``move`` (``"to": <node>``) hands the device over on the broker; ``register``
+        (``"model"``, ``"secretSha256"``) expects it for claiming; ``remove`` and ``revoke``
+        delete its broker credential (the broker disconnects it), its twin and its
+        registration, and ``revoke`` refuses its claims until it is registered again.
+        Idempotent: a redelivered move or removal of a device no longer here raises
+        ``device_not_found`` (the cloud then drops it). Raises CloudChangeError like
+        `apply_cloud_change`.
         """
         device_id, command = message.get("device"), message.get("command")
         if (
             not isinstance(device_id, str)
             or not topics.DEVICE_ID.fullmatch(device_id)
             or not isinstance(command, dict)
-            or set(command) != {"op", "to"}
-            or command.get("op") != "move"
-            or not isinstance(command.get("to"), str)
-            or not topics.NODE_NAME.fullmatch(str(command.get("to")))
+            or command.get("op") not in _COMMAND_FIELDS
+            or set(command) != _COMMAND_FIELDS[str(command.get("op"))]
         ):
             raise CloudChangeError(
                 Code.BAD_REQUEST,
-                'a command is {"device": <id>, "command": {"op": "move", "to": <node>}}',
+                'a command is {"device": <id>, "command": {"op": "move"|"register"|"remove"|'
+                '"revoke", ...}}',
             )
-        publisher = None if self._client is None else _Publisher(self._client)
+        op = str(command["op"])
         async with self._admin_lock:
             try:
-                moved = await self.handover.move(device_id, str(command["to"]), publisher)
-            except MoveError as error:
-                raise CloudChangeError(error.code, error.message) from None
+                if op == "move":
+                    return await self._move(device_id, command.get("to"))
+                if op == "register":
+                    return self._register(device_id, command)
+                return await self._remove(device_id, revoke=op == "revoke")
             except aiomqtt.MqttError as error:
                 raise CloudChangeError(Code.UNAVAILABLE, f"broker: {error}") from None
+            except dynsec.DynsecError as error:
+                raise CloudChangeError(Code.UNAVAILABLE, f"broker admin: {error}") from None
+
+    async def _move(self, device_id: str, target: object) -> CloudChangeResult:
+        if not isinstance(target, str) or not topics.NODE_NAME.fullmatch(target):
+            raise CloudChangeError(Code.BAD_REQUEST, "a move names the target node: to")
+        publisher = None if self._client is None else _Publisher(self._client)
+        try:
+            moved = await self.handover.move(device_id, target, publisher)
+        except MoveError as error:
+            raise CloudChangeError(error.code, error.message) from None
         return CloudChangeResult(device_id=device_id, applied=moved)
+
+    def _register(self, device_id: str, command: Mapping[str, object]) -> CloudChangeResult:
+        model, digest = command.get("model"), command.get("secretSha256")
+        if (
+            not isinstance(model, str)
+            or not isinstance(digest, str)
+            or not _SHA256.fullmatch(digest)
+        ):
+            raise CloudChangeError(
+                Code.BAD_REQUEST, "register needs model and secretSha256 (64 hex digits)"
+            )
+        try:
+            self.onboarding.register_digest(device_id, model, digest)
+        except RequestError as error:
+            raise CloudChangeError(error.code, error.message) from None
+        log.info("device %s (model %s) registered for claiming by the cloud", device_id, model)
+        return CloudChangeResult(device_id=device_id, applied=True)
+
+    async def _remove(self, device_id: str, *, revoke: bool) -> CloudChangeResult:
+        have = self.twins.device(device_id) is not None
+        if not have and not self.onboarding.has_claim(device_id):
+            raise CloudChangeError(
+                Code.UNKNOWN_DEVICE, f"node {self.settings.node_name} has no device {device_id}"
+            )
+        if have:
+            # Only the owner deletes the broker user: on a shared broker another node's
+            # device of the same id is not ours to cut off.
+            await self.remove_device(device_id)
+        self.onboarding.forget_claim(device_id, revoke=revoke)
+        log.info("device %s %s by the cloud", device_id, "revoked" if revoke else "removed")
+        return CloudChangeResult(device_id=device_id, applied=True)
 
     def register_claim(self, device_id: str, model: str, claim_secret: str) -> None:
         """Register a device in advance; it must present `claim_secret` when it claims."""

@@ -6,7 +6,7 @@ Flow (docs/mqtt.md §2):
    ``edgefleet/provision/request`` and read ``edgefleet/provision/response/+``, nothing else.
 2. It publishes ``{"rid", "deviceId", "model", "claimSecret"?, "responseKey"}``.
 3. Every agent on the broker receives it. An agent that has the id active answers
-   ``duplicate-id``. Otherwise each reserves the broker user ``device:<id>`` for its node
+   ``duplicate_id``. Otherwise each reserves the broker user ``device:<id>`` for its node
    (``createClient`` is atomic in the broker): exactly one succeeds and owns the device, the
    others stay silent (docs/mqtt.md §2, "Several agents on one broker").
 4. The owner checks the model (built-in or from the models folder) and the claim (a device
@@ -145,6 +145,11 @@ def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+REVOKED = "revoked"
+"""The ``claims`` row of a revoked device holds this instead of a secret's digest (no SHA-256
+hex digest equals it): claims of the id are refused until an operator registers it again."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Claim:
     rid: str
@@ -184,11 +189,35 @@ class Onboarding:
 
     def register_claim(self, device_id: str, model: str, claim_secret: str) -> None:
         """Expect `device_id` of `model`, which must present `claim_secret` when it claims."""
+        self.register_digest(device_id, model, secret_digest(claim_secret))
+
+    def register_digest(self, device_id: str, model: str, digest: str) -> None:
+        """`register_claim` with the secret's SHA-256 hex digest (the cloud keeps the secret)."""
         if not topics.DEVICE_ID.fullmatch(device_id):
-            raise ValueError(f"invalid device id {device_id!r}")
+            raise RequestError(Code.BAD_REQUEST, f"invalid device id {device_id!r}")
         if self._twins.models.get(model) is None:
-            raise ValueError(f"unknown model {model!r}")
-        self._store.register_claim(device_id, model, secret_digest(claim_secret))
+            known = ", ".join(self._twins.models.names())
+            raise RequestError(
+                Code.UNKNOWN_MODEL, f"model {model} is not known on node {self._node} ({known})"
+            )
+        existing = self._twins.device(device_id)
+        if existing is not None and existing.state is DeviceState.ACTIVE:
+            raise RequestError(
+                Code.DUPLICATE_ID,
+                f"device {device_id} is already onboarded on node {self._node}: remove it first",
+            )
+        self._store.register_claim(device_id, model, digest)
+
+    def forget_claim(self, device_id: str, *, revoke: bool) -> None:
+        """Drop the device's registration; `revoke`: refuse its claims until registered again."""
+        if revoke:
+            self._store.register_claim(device_id, "", REVOKED)
+        else:
+            self._store.delete_claim(device_id)
+
+    def has_claim(self, device_id: str) -> bool:
+        registered = self._store.claim(device_id)
+        return registered is not None and registered[1] != REVOKED
 
     async def handle(self, payload: bytes) -> ClaimAnswer | None:
         """Answer one claim request; None when it has no usable rid (nowhere to answer)."""
@@ -326,6 +355,12 @@ class Onboarding:
                 )
             return
         model, digest = registered
+        if digest == REVOKED:
+            raise RequestError(
+                Code.BAD_CLAIM,
+                f"device {claim.device_id} was revoked by an operator: it may claim again only"
+                " once registered again (POST /api/v1/devices)",
+            )
         if model != claim.model:
             raise RequestError(
                 Code.BAD_CLAIM, f"device {claim.device_id} is registered as model {model}"
@@ -343,7 +378,7 @@ _RID_FIELD = re.compile(rb'"rid"\s*:\s*"([A-Za-z0-9._-]{1,64})"')
 
 
 def oversized_rid(payload: bytes) -> str | None:
-    """The ``rid`` of a claim too large to parse, to address its ``too-large`` answer.
+    """The ``rid`` of a claim too large to parse, to address its ``too_large`` answer.
 
     Found only when the payload is a JSON object whose first 64 KiB hold exactly one
     ``"rid": "<rid>"``; with none or several (a nested one could name another device's

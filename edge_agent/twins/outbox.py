@@ -11,7 +11,7 @@ Rules:
    (device_models.apply_change), the other kinds are idempotent by content.
 3. A failed delivery is retried with capped exponential backoff and jitter; `kick()` (call it
    when the tunnel reconnects) retries at once.
-4. Bounded: at most `max_records`. When full, device reports are refused with ``outbox-full``
+4. Bounded: at most `max_records`. When full, device reports are refused with ``outbox_full``
    (503) so the device keeps its value and retries, and the agent logs an error once per
    episode and counts every refusal (`Metrics.refused_outbox_full`). Availability changes get
    `availability_headroom` records more; beyond that the device row keeps the latest state with
@@ -116,7 +116,7 @@ class Outbox:
         return self._store.outbox_size()
 
     def check_room(self, records: int, *, availability: bool = False) -> None:
-        """Raise RequestError(outbox-full) unless `records` more fit (call before writing)."""
+        """Raise RequestError(outbox_full) unless `records` more fit (call before writing)."""
         cap = self._settings.max_records
         if availability:
             cap += self._settings.availability_headroom
@@ -132,7 +132,7 @@ class Outbox:
             self._full = True
             log.error(
                 "outbox FULL: %s records wait for the cloud (cap %s); device reports are refused"
-                " with outbox-full until the cloud acknowledges",
+                " with outbox_full until the cloud acknowledges",
                 waiting,
                 cap,
             )

@@ -37,20 +37,25 @@ ENVELOPE_DEPTH = MAX_DEPTH + 1
 
 
 class Code(StrEnum):
-    """Stable error names; each has an HTTP-like status (`STATUS`)."""
+    """Stable reason words; each has an HTTP-like status (`STATUS`).
+
+    The same words as the REST API's problem documents for the same failure
+    (docs/api.md, docs/mqtt.md §5): ``invalid_value``, ``version_conflict``, ``too_large``...
+    """
 
     OK = "ok"
-    BAD_REQUEST = "bad-request"
-    BAD_CLAIM = "bad-claim"
-    UNKNOWN_DEVICE = "unknown-device"
-    UNKNOWN_MODEL = "unknown-model"
-    DUPLICATE_ID = "duplicate-id"
-    MOVE_REFUSED = "move-refused"
-    VERSION_CONFLICT = "version-conflict"
-    OUT_OF_ORDER = "out-of-order"
-    TOO_LARGE = "too-large"
-    INVALID_VALUE = "invalid-value"
-    OUTBOX_FULL = "outbox-full"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_FIELD = "unknown_field"
+    BAD_CLAIM = "bad_claim"
+    UNKNOWN_DEVICE = "device_not_found"
+    UNKNOWN_MODEL = "model_unknown"
+    DUPLICATE_ID = "duplicate_id"
+    MOVE_REFUSED = "move_refused"
+    VERSION_CONFLICT = "version_conflict"
+    OUT_OF_ORDER = "out_of_order"
+    TOO_LARGE = "too_large"
+    INVALID_VALUE = "invalid_value"
+    OUTBOX_FULL = "outbox_full"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -58,6 +63,7 @@ class Code(StrEnum):
 STATUS: dict[Code, int] = {
     Code.OK: 200,
     Code.BAD_REQUEST: 400,
+    Code.UNKNOWN_FIELD: 400,
     Code.BAD_CLAIM: 403,
     Code.UNKNOWN_DEVICE: 404,
     Code.UNKNOWN_MODEL: 404,
@@ -85,8 +91,8 @@ class RequestError(Exception):
     def to_json(self) -> JsonObject:
         body: JsonObject = {
             "code": STATUS[self.code],
-            "error": str(self.code),
-            "message": self.message,
+            "reason": str(self.code),
+            "detail": self.message,
         }
         if self.problems:
             body["problems"] = [{"path": p.path, "reason": p.reason} for p in self.problems]
@@ -131,7 +137,9 @@ def only_fields(data: JsonObject, allowed: frozenset[str]) -> None:
     if unknown:
         expected = ", ".join(sorted(allowed))
         raise RequestError(
-            Code.BAD_REQUEST, f"unknown field(s) {', '.join(unknown)} (expected {expected})"
+            Code.UNKNOWN_FIELD,
+            f"unknown field(s) {', '.join(unknown)} (expected {expected})",
+            tuple(Problem(path=name, reason="unknown field") for name in unknown),
         )
 
 

@@ -88,7 +88,7 @@ class Publisher(Protocol):
 
 
 class CloudChangeError(RequestError):
-    """A cloud change that was not applied; `code` says whether to resend (out-of-order)."""
+    """A cloud change that was not applied; `code` says whether to resend (out_of_order)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -482,8 +482,8 @@ class EdgeTwinReplica:
         """Apply one change from the cloud: ``{"device": id, "change": TwinChange JSON}``.
 
         Idempotent: a redelivered change returns ``applied=False`` and changes nothing.
-        Raises CloudChangeError: ``bad-request`` (malformed: drop it), ``unknown-device``
-        (resend after the device is known), ``out-of-order`` (resend the missing ones first).
+        Raises CloudChangeError: ``bad_request`` (malformed: drop it), ``device_not_found``
+        (resend after the device is known), ``out_of_order`` (resend the missing ones first).
         """
         device_id, change = self._parse_cloud_change(message)
         async with self._lock:
@@ -594,7 +594,7 @@ def _rejected_record(device_id: str, change: TwinChange, error: DeviceModelsErro
         "origin": change.origin,
         "seq": change.seq,
         "section": str(change.section),
-        "error": {"error": str(code), "message": error.summary, "problems": problems},
+        "error": {"reason": str(code), "detail": error.summary, "problems": problems},
     }
 
 

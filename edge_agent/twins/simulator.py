@@ -62,12 +62,12 @@ MAX_ANSWER_BYTES = 256 * 1024
 
 
 class ClaimRejectedError(Exception):
-    """The agent refused a claim; `error` is the stable code (docs/mqtt.md)."""
+    """The agent refused a claim; `reason` is the stable word (docs/mqtt.md)."""
 
     def __init__(self, answer: JsonObject) -> None:
         self.answer = answer
-        self.error = str(answer.get("error"))
-        super().__init__(f"claim refused: {self.error}: {answer.get('message')}")
+        self.reason = str(answer.get("reason"))
+        super().__init__(f"claim refused: {self.reason}: {answer.get('detail')}")
 
 
 @dataclass(frozen=True, kw_only=True)

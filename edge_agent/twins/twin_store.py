@@ -137,6 +137,10 @@ class TwinStore:
                 (device_id, model, secret_sha256),
             )
 
+    def delete_claim(self, device_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM claims WHERE id = ?", (device_id,))
+
     def claim(self, device_id: str) -> tuple[str, str] | None:
         """(model, secret SHA-256 hex) registered for `device_id`, or None."""
         row = self._db.execute(

@@ -1,7 +1,7 @@
 """The OpenAPI 3.0 paths of ``/api/v1/clusters``, merged into the server's ``/api/openapi.json``.
 
 Schemas are inline (a part's paths cannot add components); errors and warnings refer to the
-document's own ``Error`` and ``Warning``.
+document's own ``Problem`` and ``Warning``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from typing import Any
 from tunnel_server.api.openapi import (
     FORBIDDEN,
     NAME_PATTERN,
+    PAGING_PARAMETERS,
     TIME,
     UNAUTHENTICATED,
     error,
-    list_parameters,
+    list_of,
     nullable,
     ref,
 )
+from tunnel_server.api.params import MAX_QUERY
 from tunnel_server.api.views import STATUSES
 from tunnel_server.fleet.clusters_api import PHASES, SORT_FIELDS
 
@@ -33,26 +35,26 @@ _CLUSTER_PROPERTIES: dict[str, Any] = {
         "description": "online while the cluster agent's lease is fresh, as for nodes",
     },
     "connected": {"type": "boolean", "description": "a tunnel session is live now"},
-    "last_seen": TIME,
-    "last_report": TIME,
-    "status_since": TIME,
-    "offline_reason": nullable("string"),
-    "agent_version": nullable("string"),
-    "cert_expires": TIME,
+    "lastSeenAt": TIME,
+    "lastReportAt": TIME,
+    "statusChangedAt": TIME,
+    "offlineReason": nullable("string"),
+    "agentVersion": nullable("string"),
+    "certExpiresAt": TIME,
     "version": nullable("string", description="the member's Kubernetes gitVersion"),
-    "nodes_total": _COUNT,
-    "nodes_ready": _COUNT,
-    "pods_total": _COUNT,
-    **{f"pods_{phase}": _COUNT for phase in PHASES},
-    "cpu_allocatable_cores": nullable("number"),
-    "cpu_requested_cores": nullable("number", description="non-terminated pods' requests"),
-    "memory_allocatable_bytes": _COUNT,
-    "memory_requested_bytes": _COUNT,
-    "apiserver_healthy": nullable(
+    "nodesTotal": _COUNT,
+    "nodesReady": _COUNT,
+    "podsTotal": _COUNT,
+    **{f"pods{phase.title()}": _COUNT for phase in PHASES},
+    "cpuAllocatableCores": nullable("number"),
+    "cpuRequestedCores": nullable("number", description="non-terminated pods' requests"),
+    "memoryAllocatableBytes": _COUNT,
+    "memoryRequestedBytes": _COUNT,
+    "apiserverHealthy": nullable(
         "boolean", description="the member API server's /readyz; null unless online"
     ),
-    "apiserver_latency_ms": nullable("number"),
-    "sampled_at": {**TIME, "description": "when the agent took the sample shown"},
+    "apiserverLatencyMs": nullable("number"),
+    "sampledAt": {**TIME, "description": "when the agent took the sample shown"},
     "warnings": {"type": "array", "items": ref("Warning")},
 }
 _CLUSTER: dict[str, Any] = {
@@ -65,12 +67,12 @@ _CLUSTER_DETAIL: dict[str, Any] = {
         _CLUSTER,
         {
             "type": "object",
-            "required": ["created_at", "metrics", "lease_seconds", "report_interval_seconds"],
+            "required": ["createdAt", "metrics", "leaseSeconds", "reportIntervalSeconds"],
             "properties": {
-                "created_at": TIME,
-                "cert_serial": nullable("string"),
-                "report_interval_seconds": nullable("number"),
-                "lease_seconds": nullable("number"),
+                "createdAt": TIME,
+                "certSerial": nullable("string"),
+                "reportIntervalSeconds": nullable("number"),
+                "leaseSeconds": nullable("number"),
                 "metrics": {
                     "type": "object",
                     "description": "every key the cluster agent reported, 'group.key' -> scalar",
@@ -83,7 +85,68 @@ _CLUSTER_DETAIL: dict[str, Any] = {
         },
     ]
 }
-_QUERY = list_parameters("cluster", statuses=STATUSES, sort_fields=SORT_FIELDS)
+_QUERY: list[dict[str, Any]] = [
+    {
+        "name": "q",
+        "in": "query",
+        "description": "substring of the cluster name",
+        "schema": {"type": "string", "maxLength": MAX_QUERY},
+    },
+    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+    {
+        "name": "sort",
+        "in": "query",
+        "description": "field to sort by; '-' in front for descending (empty values last)",
+        "schema": {"type": "string", "enum": [*SORT_FIELDS, *("-" + f for f in SORT_FIELDS)]},
+    },
+    *PAGING_PARAMETERS,
+]
+_NAME: dict[str, Any] = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+}
+_DETAIL_ANSWER = {
+    "description": "The cluster",
+    "content": {"application/json": {"schema": _CLUSTER_DETAIL}},
+}
+_NOT_FOUND = error("No such cluster, or the name is a node's (cluster_not_found)")
+
+
+def _action(verb: str, summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": f"{verb}Cluster",
+            "summary": summary,
+            "parameters": [_NAME],
+            "requestBody": {
+                "required": False,
+                "description": "no fields: send no body or {}",
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "additionalProperties": False}
+                    }
+                },
+            },
+            "responses": {
+                "200": {**_DETAIL_ANSWER, "description": "The cluster after the change"},
+                "400": error(
+                    "Not a valid cluster name (bad_name), a body that is not a JSON object "
+                    "(bad_json) or has fields (unknown_field)"
+                ),
+                "401": UNAUTHENTICATED,
+                "403": FORBIDDEN,
+                "404": _NOT_FOUND,
+                "409": error(
+                    "The cluster is not in a state this action starts from (wrong_state; "
+                    "`state` says which it is in)"
+                ),
+                "413": error("Body larger than 16 KiB (code: body_too_large)"),
+            },
+        }
+    }
+
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/clusters": {
@@ -94,21 +157,12 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": {
                     "description": "One page of clusters",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["total", "offset", "clusters"],
-                                "properties": {
-                                    "total": {"type": "integer", "minimum": 0},
-                                    "offset": {"type": "integer", "minimum": 0},
-                                    "clusters": {"type": "array", "items": _CLUSTER},
-                                },
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": list_of(_CLUSTER)}},
                 },
-                "400": error("A query parameter out of range (code: bad_parameter)"),
+                "400": error(
+                    "A query parameter out of range (bad_parameter) or a continue token of "
+                    "another query (bad_continue)"
+                ),
                 "401": UNAUTHENTICATED,
                 "403": FORBIDDEN,
             },
@@ -118,24 +172,25 @@ OPENAPI_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "getCluster",
             "summary": "One registered cluster with every metric its agent reported",
-            "parameters": [
-                {
-                    "name": "name",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
-                }
-            ],
+            "parameters": [_NAME],
             "responses": {
-                "200": {
-                    "description": "The cluster",
-                    "content": {"application/json": {"schema": _CLUSTER_DETAIL}},
-                },
+                "200": _DETAIL_ANSWER,
                 "400": error("Not a valid cluster name (code: bad_name)"),
                 "401": UNAUTHENTICATED,
                 "403": FORBIDDEN,
-                "404": error("No such cluster, or the name is a node's (cluster_not_found)"),
+                "404": _NOT_FOUND,
             },
         }
     },
+    "/api/v1/clusters/{name}/approve": _action(
+        "approve", "Let a pending cluster's agent fetch its certificate (operator, in scope)"
+    ),
+    "/api/v1/clusters/{name}/deny": _action(
+        "deny", "Reject a pending cluster's join (operator, in scope)"
+    ),
+    "/api/v1/clusters/{name}/revoke": _action(
+        "revoke",
+        "Revoke a cluster: its agent's session is cut off at once and its certificates stop "
+        "working (operator, in scope; idempotent)",
+    ),
 }

@@ -28,6 +28,7 @@ from tunnel_server.app_keys import (
     AUTHORITY_KEY,
     JOIN_METRIC_KEY,
     JOIN_SETTINGS_KEY,
+    NODE_EVENTS_KEY,
     REGISTRY_KEY,
     STORE_KEY,
 )
@@ -59,6 +60,12 @@ _TOKEN_STATUS: dict[str, int] = {
 }
 
 Handler: TypeAlias = "Callable[[web.Request], Awaitable[web.StreamResponse]]"
+
+
+def _note_join(request: web.Request) -> None:
+    """Have the node events see the new row now, before an approval can follow it."""
+    if (events := request.app.get(NODE_EVENTS_KEY)) is not None:
+        events.sync(now=time.time())
 
 
 def _endpoint(name: str, handler: Handler) -> Handler:
@@ -164,6 +171,7 @@ async def join(request: web.Request) -> web.Response:
     except NameTakenError as exc:
         raise _name_taken(exc.name, exc.state) from None
     log.info("node joined", extra={"kv": {"name": record.name, "token_id": record.id}})
+    _note_join(request)
     return web.json_response(_certificate_body(issued, authority.ca_pem()))
 
 
@@ -183,6 +191,7 @@ def _join_pending(
         expires_at=now + settings.pending_ttl,
     )
     request.app[STORE_KEY].redeem_token(record.id, now=now, node=node, request=pending)
+    _note_join(request)
     log.info(
         "join waiting for approval",
         extra={"kv": {"name": record.name, "token_id": record.id, "request": pending.id}},

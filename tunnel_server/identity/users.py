@@ -14,6 +14,7 @@ revoked name makes a new user (a new ``id``), so nothing of the old one works ag
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -318,3 +319,134 @@ def verify_user_token(store: Store, presented: str, *, now: float) -> tuple[User
 
 def _stamp(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+# ---------------------------------------------------------------- for the REST API (api/users_api)
+
+UserState = Literal["active", "expired", "revoked"]
+DEFAULT_TOKEN_TTL = 30 * DAY
+"""A token made for a kubeconfig or a script lives 30 days unless told otherwise (never past
+its user): a leaked kubeconfig stops working by itself within a month."""
+
+
+def user_state(user: UserRecord, *, now: float) -> UserState:
+    """``revoked``, ``expired`` or ``active``, in that order of precedence."""
+    if user.revoked_at is not None:
+        return "revoked"
+    return "expired" if user.expires_at <= now else "active"
+
+
+def kubeconfig_text(
+    *, user: str, token: str, clusters: list[str], server: str, ca_pem: bytes
+) -> str:
+    """A kubeconfig (YAML) with the CA embedded and one cluster and context per name.
+
+    Each cluster's server is ``SERVER/clusters/NAME`` (the cluster proxy); the first is the
+    current context. The token is in it: whoever holds the file acts as ``user``.
+    """
+    import base64  # noqa: PLC0415 - only kubeconfigs need them
+
+    import yaml  # noqa: PLC0415 - see above
+
+    ca_data = base64.b64encode(ca_pem).decode()
+    entry = f"edgefleet-{user}"
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": f"{server}/clusters/{name}",
+                    "certificate-authority-data": ca_data,
+                },
+            }
+            for name in clusters
+        ],
+        "users": [{"name": entry, "user": {"token": token}}],
+        "contexts": [
+            {"name": name, "context": {"cluster": name, "user": entry}} for name in clusters
+        ],
+        "current-context": clusters[0],
+    }
+    text: str = yaml.safe_dump(document, sort_keys=False)
+    return text
+
+
+# --- SSO ---
+# Users signed in through OpenID Connect (``tunnel_server/identity/sso_mapping.py``). Each
+# person gets a user record named ``sso.<readable part>-<8 hex of sha256(issuer, sub)>``: the
+# hash keeps two people apart whose readable names map alike, and the prefix keeps SSO users
+# apart from users made with `tunnel-server users create`. The record holds no token of its
+# own; console sessions name it by its id as for every user.
+
+SSO_PREFIX = "sso."
+SSO_USER_TTL = 30 * DAY
+"""An SSO user record lives 30 days from its last sign-in; its sessions are bounded by it."""
+
+
+def sso_user_name(*, issuer: str, subject: str, hint: str) -> str:
+    """The user name of the person ``subject`` of ``issuer`` (``hint``: a readable claim)."""
+    digest = hashlib.sha256(f"{issuer}\n{subject}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9.-]+", "-", hint.lower().replace("@", ".")).strip(".-")[:40]
+    readable = readable.strip(".-") or "user"
+    return validate_user_name(f"{SSO_PREFIX}{readable}-{digest}")
+
+
+def provision_sso_user(
+    store: Store,
+    name: str,
+    *,
+    role: Role,
+    clusters: tuple[str, ...] | None,
+    now: float,
+    ttl: float = SSO_USER_TTL,
+    least: float = 0.0,
+) -> UserRecord:
+    """The active user ``name`` with ``role`` and ``clusters``, made (or made again) if needed.
+
+    A record with the same role and scope that lives at least ``least`` more seconds is kept,
+    so the person's other sessions go on. A record whose role or scope differs (the person
+    changed groups at the IdP, or the mapping changed), that expired or was revoked is revoked
+    and made again under a new id: every session of the old grant stops at once.
+    """
+    if not name.startswith(SSO_PREFIX):
+        raise UserError(f"{name!r} is not an SSO user name")
+    current = store.get_user(name, now=now)
+    if (
+        current is not None
+        and current.revoked_at is None
+        and current.expires_at > now + least
+        and current.role == role
+        and current.clusters == clusters
+    ):
+        return current
+    if current is not None and current.revoked_at is None:
+        store.revoke_user(name, now=now)
+    for _ in range(_ID_ATTEMPTS):
+        user = UserRecord(
+            id=_random(12),
+            name=name,
+            role=role,
+            clusters=clusters,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        try:
+            store.add_user(user)
+            break
+        except DuplicateIdError:
+            continue
+        except UserExistsError:  # a sign-in of the same person at the same moment made it
+            raced = store.get_user(name, now=now)
+            if raced is not None and raced.role == role and raced.clusters == clusters:
+                return raced
+            raise UserError(f"SSO user {name!r} changed while signing in: sign in again") from None
+    else:
+        raise StoreError(f"no free user id after {_ID_ATTEMPTS} tries")
+    log.info(
+        "provisioned SSO user",
+        extra={"kv": {"user": name, "role": role, "clusters": clusters}},
+    )
+    return user

@@ -25,6 +25,7 @@ from tunnel_protocol import ErrorCode, Role, TunnelSettings
 from tunnel_server.app_keys import (
     ADMISSION_KEY,
     METRICS_KEY,
+    NODE_EVENTS_KEY,
     REGISTRY_KEY,
     SESSIONS_KEY,
     SETTINGS_KEY,
@@ -145,6 +146,11 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
     )
     holder.append(session)
     registry, metrics = request.app[SESSIONS_KEY], request.app[METRICS_KEY]
+    events = request.app.get(NODE_EVENTS_KEY)
+    if events is not None and registry.get(identity.name) is None:  # not a replacing session
+        events.note(
+            identity.name, "online", f"tunnel session from {session.remote}", now=time.time()
+        )
     if registry.add(session):
         metrics.reconnects.inc()
     metrics.connects.inc()
@@ -166,6 +172,8 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
             "agent disconnected",
             extra={"kv": {"node": identity.name, "reason": ended.text if ended else "?"}},
         )
+        if events is not None and registry.get(identity.name) is None:  # no newer session
+            events.note(identity.name, "offline", ended.text if ended else "?", now=time.time())
     return ws
 
 

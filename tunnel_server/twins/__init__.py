@@ -28,7 +28,7 @@ from tunnel_server.app_keys import (
     TWINS_SYNC_KEY,
 )
 from tunnel_server.tunnel.sessions import AgentSession
-from tunnel_server.twins.api import add_routes
+from tunnel_server.twins.api import add_routes, device_summary
 from tunnel_server.twins.models import load_models
 from tunnel_server.twins.openapi import OPENAPI_PATHS
 from tunnel_server.twins.service import CloudTwinReplica
@@ -119,7 +119,7 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
     def node_devices(node: str) -> list[dict[str, Any]]:
         """The node page's device table: the first ``page_limit`` devices of ``node``."""
         rows = store.list_devices(node=node, after=None, limit=settings.page_limit)
-        return [{"id": f"{row['node']}:{row['device']}", **row} for row in rows]
+        return [device_summary(row) for row in rows]
 
     app[DEVICES_KEY] = node_devices
 

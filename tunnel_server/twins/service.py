@@ -60,6 +60,7 @@ __all__ = [
     "BatchError",
     "BatchResult",
     "CloudTwinReplica",
+    "CommandOutcome",
     "DeviceRemovedError",
     "ModelUnknownError",
     "MovePendingError",
@@ -104,6 +105,16 @@ class MovePendingError(ValueError):
 
 class QueueFullError(Exception):
     """Too many changes wait for an offline node already."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandOutcome:
+    """What the node's agent answered to a lifecycle command (register, remove, revoke)."""
+
+    ok: bool
+    error: str = ""
+    """The agent's reason word when not ok (``model_unknown``, ``duplicate_id``...)."""
+    message: str = ""
 
 
 class _RejectedError(Exception):
@@ -161,6 +172,10 @@ class CloudTwinReplica:
         self._changed = asyncio.Event()
         self._waiters = 0
         self._stopping = False
+        self.reported_observers: list[Callable[[DeviceKey, JsonObject, float], None]] = []
+        """Called with (device, what changed, the edge's time) when reported values change."""
+        self._commands: dict[int, asyncio.Future[CommandOutcome]] = {}
+        """Lifecycle commands an API request waits on, by downlink row id."""
 
     @property
     def origin(self) -> str:
@@ -317,10 +332,15 @@ class CloudTwinReplica:
             self._change_rejected(txn, key, record=record, now=now)
         elif kind in ("device-removed", "device-moved"):
             # A moved device now belongs to the node it went to (which onboards it with a
-            # ``device`` record of its own); here it ends like a removed one.
+            # ``device`` record of its own); here it ends like a removed one. An operator's
+            # removal may have deleted the row already (twin=delete) or marked it revoked.
+            row = txn.get(key)
+            if row is None and kind == "device-removed":
+                return
             row = _existing(txn, key)
             txn.purge(key)
-            txn.put(dataclasses.replace(row, state=DeviceState.REMOVED, updated=now))
+            state = DeviceState.REVOKED if row.state is DeviceState.REVOKED else DeviceState.REMOVED
+            txn.put(dataclasses.replace(row, state=state, updated=now))
         else:
             raise _RejectedError(f"unknown record kind {str(kind)[:64]!r}", device=device)
 
@@ -398,8 +418,8 @@ class CloudTwinReplica:
         if change.origin != origin or change.role is not Role.EDGE:
             raise _RejectedError("a change must come from the session's edge origin", device=device)
         row = txn.get(key) or self._implicit_row(key, origin=origin, record=record, now=now)
-        if row.state is DeviceState.REMOVED:
-            raise _RejectedError("change for a removed device", device=device)
+        if row.state is not DeviceState.ACTIVE:
+            raise _RejectedError(f"change for a {row.state} device", device=device)
         problem: str | None = None
         # A change the model or the limits refuse uses up its seq without its values, so
         # that later changes from the same origin still apply (the edge does the same).
@@ -420,6 +440,7 @@ class CloudTwinReplica:
             raise _RejectedError(str(error.problems[0]), device=device) from None
         if result.applied:
             self.counters.changes_applied += 1
+            self._observe_reported(key, change, result.patch)
         else:
             self.counters.changes_duplicate += 1
         txn.put(
@@ -429,6 +450,11 @@ class CloudTwinReplica:
         )
         if problem is not None:
             raise _RejectedError(problem, device=device)
+
+    def _observe_reported(self, key: DeviceKey, change: TwinChange, patch: JsonObject) -> None:
+        if change.section is Section.REPORTED and patch:
+            for observer in self.reported_observers:  # telemetry history (twins/telemetry.py)
+                observer(key, patch, change.at)
 
     def _implicit_row(
         self, key: DeviceKey, *, origin: str, record: dict[str, Any], now: float
@@ -498,8 +524,8 @@ class CloudTwinReplica:
         row = self.store.device(key)
         if row is None:
             raise UnknownDeviceError(f"{key[0]}:{key[1]}")
-        if row.state is DeviceState.REMOVED:
-            raise DeviceRemovedError(f"{row.id} was removed from its node")
+        if row.state is not DeviceState.ACTIVE:
+            raise DeviceRemovedError(f"{row.id} was {row.state} from its node")
         model = self.models.get(row.model)
         if model is None:
             raise ModelUnknownError(row.model)
@@ -537,8 +563,8 @@ class CloudTwinReplica:
         row = self.store.device(key)
         if row is None:
             raise UnknownDeviceError(f"{key[0]}:{key[1]}")
-        if row.state is DeviceState.REMOVED:
-            raise DeviceRemovedError(f"{row.id} was removed from its node")
+        if row.state is not DeviceState.ACTIVE:
+            raise DeviceRemovedError(f"{row.id} was {row.state} from its node")
         if target == key[0]:
             raise SameNodeError(f"{row.id} is on node {target} already")
         pending = self.store.pending_move(key)
@@ -558,15 +584,82 @@ class CloudTwinReplica:
         self.notify_soon()
         return target
 
+    # ------------------------------------------------------------------ lifecycle commands
+
+    def command(self, key: DeviceKey, command: JsonObject) -> int:
+        """Queue a lifecycle command for the device's node; its downlink row id.
+
+        ``{"op": "register", "model", "secretSha256"}``, ``{"op": "remove"}`` or
+        ``{"op": "revoke"}`` (docs/twins.md, "Device lifecycle"). `wait_command` waits for
+        the agent's answer. Raises QueueFullError.
+        """
+        queued = self.store.downlink_count(key[0])
+        if queued >= self.settings.max_downlink_per_node:
+            raise QueueFullError(f"{queued} changes wait for node {key[0]} already")
+        txn = self.store.begin()
+        txn.queue(key, {"device": key[1], "command": command})
+        [row_id] = self.store.commit(txn)
+        self.counters.downlink_queued += 1
+        self._commands[row_id] = asyncio.get_running_loop().create_future()
+        self._wake(key[0])
+        return row_id
+
+    async def wait_command(self, row_id: int, *, within: float) -> CommandOutcome | None:
+        """The agent's answer to command `row_id`; None (and the command dropped) on timeout.
+
+        A command not answered in time is taken off the queue, so a node that comes back
+        later does not act on a request whose caller was told it failed (one already in
+        flight may still be applied: the operator sees the outcome on the device).
+        """
+        future = self._commands.get(row_id)
+        if future is None:
+            return None
+        try:
+            async with asyncio.timeout(within):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            self.store.remove_downlink([row_id])
+            return None
+        finally:
+            self._commands.pop(row_id, None)
+
+    def finish_removal(self, key: DeviceKey, *, state: DeviceState, delete_twin: bool) -> None:
+        """The agent removed or revoked the device: keep its twin (marked) or delete it."""
+        row = self.store.device(key)
+        if row is None:
+            return
+        txn = self.store.begin()
+        if delete_twin:
+            txn.delete(key)
+        else:
+            txn.purge(key)
+            txn.put(dataclasses.replace(row, state=state, updated=self._clock()))
+        self.store.commit(txn)
+        self.notify_soon()
+
     def downlink_done(self, ids: list[int]) -> None:
         """The edge applied (or already had, or dead-lettered itself) these changes."""
         self.store.remove_downlink(ids)
         self.counters.downlink_acked += len(ids)
+        for row_id in ids:
+            future = self._commands.get(row_id)
+            if future is not None and not future.done():
+                future.set_result(CommandOutcome(ok=True))
 
-    def downlink_failed(self, node: str, row_id: int, reason: str) -> None:
-        """The edge cannot ever apply this change: keep it as a dead letter, drop it."""
+    def downlink_failed(self, node: str, row_id: int, error: str, message: str) -> None:
+        """The edge cannot ever apply this change: keep it as a dead letter, drop it.
+
+        A lifecycle command whose caller waits is answered instead: the caller gets the
+        agent's reason, nothing is dead-lettered.
+        """
+        reason = f"{error}: {message}"
         row = self.store.downlink_row(row_id)
         if row is None or row.node != node:
+            return
+        future = self._commands.get(row_id)
+        if future is not None and not future.done():
+            self.store.remove_downlink([row_id])
+            future.set_result(CommandOutcome(ok=False, error=error, message=message))
             return
         self.counters.downlink_failed += 1
         log.warning("twins: change %s for %s:%s dropped: %s", row_id, node, row.device, reason)

@@ -69,3 +69,7 @@ class CloudTwinsSettings:
 
     page_limit: int = 1000
     """Most devices one ``GET /api/v1/devices`` page returns."""
+
+    command_timeout: float = 15.0
+    """Seconds a register, remove or revoke waits for the node's agent to answer: its broker
+    admin round trip takes at most 10 s (the agent's ``admin_timeout``), plus the link."""

@@ -107,6 +107,9 @@ MAX_DEAD_LETTER_BYTES = 64 * 1024
 class DeviceState(StrEnum):
     ACTIVE = "active"
     REMOVED = "removed"
+    """Removed from its node (``DELETE .../devices/{id}?twin=keep``) or moved away."""
+    REVOKED = "revoked"
+    """Revoked by an operator with ``twin=keep``: its broker credential is gone."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -156,13 +159,25 @@ class Transaction:
     removed_downlink: list[int] = field(default_factory=list)
     moves: list[tuple[DeviceKey, str | None, float]] = field(default_factory=list)
     """In order: (key, target, requested) records a move of `key`; target None ends it."""
+    deleted: set[DeviceKey] = field(default_factory=set)
+    """Device rows to delete with their twins (an operator removed them with twin=delete)."""
 
     def get(self, key: DeviceKey) -> DeviceRow | None:
+        if key in self.deleted:
+            return None
         staged = self.rows.get(key)
         return staged if staged is not None else self.store.device(key)
 
     def put(self, row: DeviceRow) -> None:
+        self.deleted.discard(row.key)
         self.rows[row.key] = row
+
+    def delete(self, key: DeviceKey) -> None:
+        """Forget the device and its twin; its queued changes and a pending move go too."""
+        self.rows.pop(key, None)
+        self.deleted.add(key)
+        self.purge(key)
+        self.moves.append((key, None, 0.0))
 
     def queue(self, key: DeviceKey, body: JsonObject) -> None:
         self.downlink.append(("add", key, _dumps(body)))
@@ -227,18 +242,19 @@ class TwinStore:
         return [(str(node), str(name)) for node, name in rows]
 
     def list_devices(
-        self, *, node: str | None, after: DeviceKey | None, limit: int
+        self,
+        *,
+        node: str | None,
+        after: DeviceKey | None,
+        limit: int,
+        model: str | None = None,
+        state: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Summaries (no twins) in (node, device) order, after `after`, at most `limit`."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        if node is not None:
-            clauses.append("node = ?")
-            args.append(node)
-        if after is not None:
-            clauses.append("(node, device) > (?, ?)")
-            args.extend(after)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        """Summaries (no twins) in (node, device) order, after `after`, at most `limit`.
+
+        Times are epoch seconds here; the API renders them.
+        """
+        where, args = _list_filter(node=node, model=model, state=state, after=after)
         rows = self._db.execute(
             "SELECT node, device, model, model_version, state, created, updated, availability,"  # noqa: S608 - the clauses are constants
             f" availability_at, desired_version, reported_version FROM devices {where}"
@@ -259,6 +275,22 @@ class TwinStore:
             "reportedVersion",
         )
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def count_listed(
+        self,
+        *,
+        node: str | None,
+        after: DeviceKey | None,
+        model: str | None = None,
+        state: str | None = None,
+    ) -> int:
+        """How many devices `list_devices` with these filters has after `after`."""
+        where, args = _list_filter(node=node, model=model, state=state, after=after)
+        (count,) = self._db.execute(
+            f"SELECT COUNT(*) FROM devices {where}",  # noqa: S608 - the clauses are constants
+            args,
+        ).fetchone()
+        return int(count)
 
     def pending_move(self, key: DeviceKey) -> str | None:
         """The node `key` is being moved to, or None."""
@@ -352,6 +384,9 @@ class TwinStore:
                 " last_rejected = excluded.last_rejected, sync_error = excluded.sync_error",
                 [_device_params(row) for row in txn.rows.values()],
             )
+            self._db.executemany(
+                "DELETE FROM devices WHERE node = ? AND device = ?", list(txn.deleted)
+            )
             for op, (node, device), body in txn.downlink:
                 if op == "purge":
                     self._db.execute(
@@ -396,6 +431,8 @@ class TwinStore:
                     "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
                     (self._max_dead,),
                 )
+        for key in txn.deleted:
+            self._cache.pop(key, None)
         for row in txn.rows.values():
             self._remember(row)
         return added
@@ -432,6 +469,21 @@ class TwinStore:
         self._cache.move_to_end(row.key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+def _list_filter(
+    *, node: str | None, model: str | None, state: str | None, after: DeviceKey | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    for column, value in (("node", node), ("model", model), ("state", state)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if after is not None:
+        clauses.append("(node, device) > (?, ?)")
+        args.extend(after)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
 def _dumps(value: object) -> str:

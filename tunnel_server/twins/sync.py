@@ -139,8 +139,7 @@ class _Link:
         elif ack.result == "failed":
             self._flush_acks()
             error, text = ack.body.get("error"), ack.body.get("message")
-            reason = f"{str(error)[:64]}: {str(text)[:512]}"
-            self.cloud.downlink_failed(self.node, ack.id, reason)
+            self.cloud.downlink_failed(self.node, ack.id, str(error)[:64], str(text)[:512])
         else:  # "retry"
             raise RemoteProtocolError(
                 f"the agent could not store change {ack.id} now; it is sent again next stream"

@@ -36,6 +36,12 @@ EXPECTED = {
 """What ``populated`` makes the member report."""
 
 
+def camel(key: str) -> str:
+    """A ``cluster.*`` metric key as the API's cluster field: ``nodes.total`` -> ``nodesTotal``."""
+    first, *rest = key.replace(".", "_").split("_")
+    return first + "".join(part.title() for part in rest)
+
+
 @pytest.fixture(scope="module")
 def member(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube.ControlPlane]:
     plane = kube.start("member", tmp_path_factory.mktemp("member"))

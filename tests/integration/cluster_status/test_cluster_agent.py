@@ -17,7 +17,7 @@ import pytest
 from tests.harness import kube
 from tests.harness.daemons import Server
 from tests.harness.waiting import eventually
-from tests.integration.cluster_status.conftest import EXPECTED
+from tests.integration.cluster_status.conftest import EXPECTED, camel
 from tests.integration.clusters.members import ClusterAgent, prepare_member
 from tests.integration.console.conftest import Api
 
@@ -59,20 +59,20 @@ def test_cluster_mode_agent_reports_and_goes_offline(
 
         row = eventually(
             cluster,
-            lambda row: row["status"] == "online" and row["apiserver_healthy"] is not None,
+            lambda row: row["status"] == "online" and row["apiserverHealthy"] is not None,
             what=f"cluster {CLUSTER} online with its API server's health",
         )
-        assert row["apiserver_healthy"] is True, row["metrics"]
-        expected = {key.replace(".", "_"): value for key, value in EXPECTED.items()}
+        assert row["apiserverHealthy"] is True, row["metrics"]
+        expected = {camel(key): value for key, value in EXPECTED.items()}
         assert {key: row[key] for key in expected} == expected
         assert row["version"] == kube.KUBE_VERSION
-        assert row["pods_total"] == 10
-        assert row["agent_version"]
+        assert row["podsTotal"] == 10
+        assert row["agentVersion"]
         assert row["metrics"]["cluster.apiserver.latency_ms"] >= 0
     finally:
         agent.stop()
     row = eventually(
         cluster, lambda row: row["status"] == "offline", what="offline after the agent stops"
     )
-    assert row["apiserver_healthy"] is None
-    assert row["pods_running"] == EXPECTED["pods.running"], "the last counts stay"
+    assert row["apiserverHealthy"] is None
+    assert row["podsRunning"] == EXPECTED["pods.running"], "the last counts stay"

@@ -436,13 +436,13 @@ def test_the_agent_process_reports_cluster_status(fleet: Fleet) -> None:
 
     found = eventually(
         row,
-        lambda r: r["version"] == kube.KUBE_VERSION and r["apiserver_healthy"] is True,
+        lambda r: r["version"] == kube.KUBE_VERSION and r["apiserverHealthy"] is True,
         what="cluster.* of the agent in /api/v1/clusters",
         within=60.0,
         every=0.5,
     )
     assert found["status"] == "online"
-    assert found["nodes_total"] == 0  # a bare control plane: no nodes
+    assert found["nodesTotal"] == 0  # a bare control plane: no nodes
     assert fleet.a.agent.status()["cluster"]["version"] == kube.KUBE_VERSION  # type: ignore[index]
 
 

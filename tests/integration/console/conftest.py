@@ -198,6 +198,9 @@ class DeviceSystem:
     server: Server
     agent: Agent
     api: Api
+    broker: mqtt.Broker
+    claim_username: str
+    claim_password: str
 
 
 def twins_config(workdir: Path, broker: mqtt.Broker, claim_password: str) -> dict[str, TomlValue]:
@@ -282,7 +285,14 @@ def device_system(
             lambda twin: twin["reported"]["$version"] >= 1,
             "the simulated thermostat's first report in the cloud",
         )
-        yield DeviceSystem(server=server, agent=agent, api=api)
+        yield DeviceSystem(
+            server=server,
+            agent=agent,
+            api=api,
+            broker=mqtt_dynsec_broker,
+            claim_username=claim_username,
+            claim_password=claim_password,
+        )
     except ServiceError:
         if agent.process is not None:
             print(agent.process.tail())  # noqa: T201 - the failing agent's log

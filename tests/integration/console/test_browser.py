@@ -58,7 +58,7 @@ def test_sign_in_and_see_the_nodes(page: Page, console_system: ConsoleSystem, sh
     page.screenshot(path=shots / "nodes.png", full_page=True)
 
     # Filter and sort without a reload.
-    page.fill("#filter", "edge-b")
+    page.fill("#filter", "edge-b")  # the server filters (q=), sorts and pages the table
     expect(page.locator("tbody tr[data-node]")).to_have_count(1)
     page.fill("#filter", "")
     page.click('th[data-field="name"] button')  # already by name: now descending
@@ -66,6 +66,27 @@ def test_sign_in_and_see_the_nodes(page: Page, console_system: ConsoleSystem, sh
     page.select_option("#status-filter", "offline")
     expect(page.locator("td.empty")).to_contain_text("No node matches")
     page.select_option("#status-filter", "")
+
+
+def test_the_node_table_pages_through_the_server(page: Page, console_system: ConsoleSystem) -> None:
+    # One row per page (50 in use): the list's `continue` token brings the next page.
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/api/v1/nodes?" in r.url else None)
+    sign_in(page, console_system.server.admin_token)
+    expect(page.locator('tr[data-node="edge-a"] .badge')).to_have_text("online")
+    page.evaluate("state.pageSize = 1; firstPage()")
+    rows = page.locator("tbody tr[data-node]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-node", "edge-a")
+    expect(page.locator("#page-prev")).to_be_disabled()
+    page.click("#page-next")
+    expect(rows.first).to_have_attribute("data-node", "edge-b")
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    expect(page.locator("#page-next")).to_be_disabled()  # the last page: continue is null
+    assert any("continue=" in url and "limit=1" in url for url in requests), requests
+    page.click("#page-prev")
+    expect(rows.first).to_have_attribute("data-node", "edge-a")
+    expect(page.locator("#page-prev")).to_be_disabled()
 
 
 def test_live_update_keeps_the_focused_link(page: Page, console_system: ConsoleSystem) -> None:
@@ -79,7 +100,7 @@ def test_live_update_keeps_the_focused_link(page: Page, console_system: ConsoleS
         """() => {
             const link = document.querySelector('tr[data-node="edge-a"] td.name a');
             const node = state.nodes.get('edge-a');
-            node.cpu_percent = 77.5;
+            node.cpuPercent = 77.5;
             renderRows();
             const cpu = document.querySelector('tr[data-node="edge-a"] td[data-label="CPU"]');
             return {
@@ -208,7 +229,7 @@ def test_sign_out_revokes_the_session_on_the_server(
     assert page.evaluate("sessionStorage.length") == 0
     page.screenshot(path=shots / "signin-signed-out.png", full_page=True)
     status, body, _ = console_system.api.call("GET", "/api/v1/nodes", token=token)
-    assert (status, body["error"]) == (401, "session_revoked"), "the token is dead on the server"
+    assert (status, body["reason"]) == (401, "session_revoked"), "the token is dead on the server"
     # The other tab's live stream ends with 'revoked': it is back at sign-in without a click.
     expect(twin.locator("#signin-error")).to_contain_text("This session was signed out")
     assert twin.evaluate("sessionStorage.length") == 0

@@ -4,13 +4,16 @@ A real ``tunnel-server``, a real member kube-apiserver, and a cluster identity (
 --kind cluster`` + ``edge-agent join``) whose tunnel client, status reporter and
 ``ClusterStatusSource`` (what the agent's cluster mode runs) run in a thread of the test. The
 list and the cluster page show the member's counts, follow a change in the member and the agent
-going offline and back without a reload, and the nodes page does not list the cluster.
+going offline and back without a reload, and the nodes page does not list the cluster. A second
+cluster joined with an approval token is approved and then revoked on its page.
 Screenshots go to ``<test_output_dir>/console/``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -26,7 +29,7 @@ from edge_agent.node_status import NodeStatusReporter, NodeStatusSettings
 from edge_agent.settings import JoinSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from tests.harness import kube
-from tests.harness.daemons import Server, command
+from tests.harness.daemons import BIN, Server, command
 from tests.integration.cluster_status.conftest import (
     NS,
     apply,
@@ -35,7 +38,7 @@ from tests.integration.cluster_status.conftest import (
     kubectl,
     set_phase,
 )
-from tests.integration.console.conftest import Api, console_page
+from tests.integration.console.conftest import Api, console_page, wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -259,3 +262,64 @@ def test_unknown_cluster_says_so(page: Page, cluster_system: ClusterSystem) -> N
     sign_in(page, cluster_system.server.admin_token)
     page.goto("/#/clusters/nowhere")
     expect(page.locator("#cluster-error")).to_contain_text("no cluster named 'nowhere'")
+
+
+def test_approve_a_pending_cluster_then_revoke_it(
+    page: Page, cluster_system: ClusterSystem, shots: Path
+) -> None:
+    name = "west"
+    api = cluster_system.api
+    status, body, _ = api.call(
+        "POST",
+        "/api/v1/tokens",
+        body=json.dumps({"name": name, "kind": "cluster", "requireApproval": True}).encode(),
+    )
+    assert status == 201, body
+    joiner = subprocess.Popen(
+        [
+            str(BIN / "edge-agent"),
+            "join",
+            "--server",
+            cluster_system.server.url,
+            "--token",
+            str(body["token"]),
+            "--ca-hash",
+            cluster_system.server.ca_hash,
+            "--name",
+            name,
+            "--data-dir",
+            str(cluster_system.server.workdir / "agent-west"),
+            "--wait-approval",
+            "120",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            api,
+            f"/api/v1/clusters/{name}",
+            lambda cluster: cluster["state"] == "pending",
+            f"cluster {name} waiting for approval",
+        )
+        sign_in(page, cluster_system.server.admin_token)
+        page.goto(f"/#/clusters/{name}")
+        expect(page.locator("#cluster-status .badge")).to_have_text("pending")
+        page.click("#cluster-approve")
+        expect(page.locator("#cluster-done")).to_contain_text("Approved")
+        _, err = joiner.communicate(timeout=LIVE / 1000)
+        assert joiner.returncode == 0, err
+    finally:
+        if joiner.returncode is None:
+            joiner.kill()
+            joiner.communicate()
+    assert api.get(f"/api/v1/clusters/{name}")["state"] == "approved"
+    expect(page.locator("#cluster-revoke")).to_be_visible(timeout=LIVE)
+    page.click("#cluster-revoke")
+    expect(page.locator("dialog#confirm")).to_contain_text(f"Revoke {name}?")
+    page.click("#dialog-ok")
+    expect(page.locator("#cluster-done")).to_contain_text("Revoked")
+    assert api.get(f"/api/v1/clusters/{name}")["state"] == "revoked"
+    expect(page.locator("#cluster-status .badge")).to_have_text("revoked", timeout=LIVE)
+    page.screenshot(path=shots / "cluster-revoked.png", full_page=True)

@@ -497,7 +497,7 @@ def test_the_pod_joins_once_then_serves_its_cluster(
             what="the cluster's status report",
         )
         assert status["connected"] is True
-        assert status["apiserver_healthy"] is True
+        assert status["apiserverHealthy"] is True
     finally:
         if agent is not None:
             agent.stop()

@@ -63,16 +63,16 @@ async def test_claim_rejections_name_the_reason(twins_env: TwinsEnv) -> None:
         ]:
             with pytest.raises(ClaimRejectedError) as caught:
                 await twins_env.claim(device_id, model, claim_secret=secret)
-            outcomes[name] = (caught.value.answer["code"], caught.value.error)
+            outcomes[name] = (caught.value.answer["code"], caught.value.reason)
         accepted = await twins_env.claim(
             registered, "relay-switch", claim_secret="s3cret-printed-on-the-box"
         )
     assert outcomes == {
-        "unknown model": (404, "unknown-model"),
-        "duplicate": (409, "duplicate-id"),
-        "wrong secret": (403, "bad-claim"),
-        "no secret": (403, "bad-claim"),
-        "wrong model": (403, "bad-claim"),
+        "unknown model": (404, "model_unknown"),
+        "duplicate": (409, "duplicate_id"),
+        "wrong secret": (403, "bad_claim"),
+        "no secret": (403, "bad_claim"),
+        "wrong model": (403, "bad_claim"),
     }
     assert accepted.device_id == registered
 
@@ -81,8 +81,8 @@ async def test_registration_can_be_required(twins_env: TwinsEnv) -> None:
     async with running(twins_env.service(require_registration=True)):
         with pytest.raises(ClaimRejectedError) as caught:
             await twins_env.claim(unique("stranger"), "relay-switch")
-    assert caught.value.error == "bad-claim"
-    assert "not registered" in str(caught.value.answer["message"])
+    assert caught.value.reason == "bad_claim"
+    assert "not registered" in str(caught.value.answer["detail"])
 
 
 async def test_malformed_claim_gets_bad_request(twins_env: TwinsEnv) -> None:
@@ -101,7 +101,7 @@ async def test_malformed_claim_gets_bad_request(twins_env: TwinsEnv) -> None:
             topics.PROVISION_REQUEST, b'{"rid": "bad-1", "deviceId": "a/b", "model": 7}', qos=1
         )
         message = await anext(aiter(client.messages))
-    assert b'"error":"bad-request"' in message.payload
+    assert b'"reason":"bad_request"' in message.payload
     assert b"deviceId" in message.payload
 
 
@@ -237,8 +237,8 @@ async def test_oversized_claim_gets_a_clear_refusal(twins_env: TwinsEnv) -> None
             message = await anext(aiter(client.messages))
     assert isinstance(message.payload, bytes)
     answer = json.loads(message.payload)
-    assert (answer["rid"], answer["code"], answer["error"]) == ("big-1", 413, "too-large")
-    assert "4096" in answer["message"]
+    assert (answer["rid"], answer["code"], answer["reason"]) == ("big-1", 413, "too_large")
+    assert "4096" in answer["detail"]
 
 
 async def _until(check: Callable[[], bool]) -> None:
@@ -302,7 +302,7 @@ async def test_a_refused_claim_frees_the_device_for_another_node(twins_env: Twin
     async with running(twins_env.service()):
         with pytest.raises(ClaimRejectedError) as caught:
             await twins_env.claim(device_id, "toaster")
-    assert caught.value.error == "unknown-model"
+    assert caught.value.reason == "model_unknown"
     answer = await twins_env.broker.dynsec_command(
         {"command": "getClient", "username": f"device:{device_id}"}
     )

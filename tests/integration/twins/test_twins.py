@@ -53,15 +53,15 @@ async def test_bad_reports_are_refused_with_reason_and_change_nothing(twins_env:
             too_big = await device.wait_for(Op.RESULT, without_rid("telemetry"))
             twin = await device.get()
     assert accepted["code"] == 200
-    assert (too_hot["code"], too_hot["error"]) == (422, "invalid-value")
+    assert (too_hot["code"], too_hot["reason"]) == (422, "invalid_value")
     assert too_hot["problems"] == [{"path": "temperature", "reason": "must be <= 60 (got 99)"}]
     assert wrong_type["code"] == 422
     assert {p["path"] for p in wrong_type["problems"]} == {"temperature", "heating"}
     assert unknown["code"] == 422
-    assert (no_patch["code"], no_patch["error"]) == (400, "bad-request")
-    assert (not_json["code"], not_json["error"]) == (400, "bad-request")
-    assert (too_deep["code"], too_deep["error"]) == (413, "too-large")
-    assert (too_big["code"], too_big["error"]) == (413, "too-large")
+    assert (no_patch["code"], no_patch["reason"]) == (400, "bad_request")
+    assert (not_json["code"], not_json["reason"]) == (400, "bad_request")
+    assert (too_deep["code"], too_deep["reason"]) == (413, "too_large")
+    assert (too_big["code"], too_big["reason"]) == (413, "too_large")
     assert twin["reported"] == {"temperature": 20.5, "$version": 1}
     cloud = twins_env.cloud
     await cloud.wait_until(lambda: len(cloud.applied_changes) == 1)
@@ -153,10 +153,10 @@ async def test_cloud_changes_that_cannot_apply(twins_env: TwinsEnv) -> None:
         rejected = await service.apply_cloud_change(invalid)
         later = await service.apply_cloud_change(after)
     assert errors == {
-        "not json": "bad-request",
-        "unknown device": "unknown-device",
-        "out of order": "out-of-order",
-        "bad shape": "bad-request",
+        "not json": "bad_request",
+        "unknown device": "device_not_found",
+        "out of order": "out_of_order",
+        "bad shape": "bad_request",
     }
     assert applied.applied
     assert rejected.rejected
@@ -200,7 +200,7 @@ async def test_full_outbox_refuses_reports_then_recovers(twins_env: TwinsEnv) ->
             await cloud.wait_until(lambda: service.outbox.size == 0)
             retried = await device.report({"switchCount": 2})
     assert first["code"] == 200
-    assert (refused["code"], refused["error"]) == (503, "outbox-full")
+    assert (refused["code"], refused["reason"]) == (503, "outbox_full")
     assert twin["reported"] == {"switchCount": 1, "$version": 1}
     assert retried["code"] == 200
     assert service.metrics.refused_outbox_full == 1

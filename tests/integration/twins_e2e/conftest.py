@@ -17,7 +17,7 @@ import asyncio
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,12 +152,29 @@ class System:
     async def api(
         self, method: str, path: str, body: object = None, *, token: str | None = None
     ) -> tuple[int, dict[str, Any]]:
+        status, _, answer = await self.api_full(method, path, body, token=token)
+        return status, answer
+
+    async def api_full(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Mapping[str, str], dict[str, Any]]:
+        """Status, headers and JSON body (a problem document on errors; {} for 204)."""
         bearer = self.server.admin_token if token is None else token
-        headers = {"Authorization": f"Bearer {bearer}"}
+        sent = {"Authorization": f"Bearer {bearer}", **(headers or {})}
         async with self.http.request(
-            method, self.server.url + path, json=body, headers=headers
+            method, self.server.url + path, json=body, headers=sent
         ) as answer:
-            return answer.status, await answer.json()
+            if answer.status == 204:
+                return answer.status, answer.headers.copy(), {}
+            if answer.status >= 400:
+                assert answer.content_type == "application/problem+json", answer.content_type
+            return answer.status, answer.headers.copy(), await answer.json(content_type=None)
 
     async def cloud_twin(self, device: str, **wait: int) -> dict[str, Any]:
         """The cloud's twin; with reported=N / desired=N, long-polls until that version."""
@@ -232,7 +249,9 @@ class System:
     async def wait_synced(self) -> None:
         await self.wait_edge(lambda s: bool(s["sync"]["connected"]) and s["outbox"] == 0)
 
-    async def claim(self, device: str, model: str) -> DeviceCredential:
+    async def claim(
+        self, device: str, model: str, *, claim_secret: str | None = None
+    ) -> DeviceCredential:
         return await claim_device(
             host=self.broker.host,
             port=self.broker.port,
@@ -240,6 +259,7 @@ class System:
             claim_password=self.agent.claim_password,
             device_id=device,
             model=model,
+            claim_secret=claim_secret,
         )
 
     def device(self, credential: DeviceCredential, **kwargs: Any) -> SimulatedDevice:

@@ -33,7 +33,8 @@ async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(system: S
     status, page = await system.api("GET", f"/api/v1/devices?node={NODE}")
     assert status == 200
     assert [item["id"] for item in page["items"]] == [f"{NODE}:th-1"]
-    assert page["next"] is None
+    assert page["metadata"] == {"continue": None}
+    assert page["items"][0]["createdAt"].endswith("+00:00")  # RFC 3339
 
 
 async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(system: System) -> None:
@@ -91,11 +92,11 @@ async def test_conditional_and_invalid_patches_are_refused(system: System) -> No
     assert twin["desired"]["$version"] == 1
     status, body = await system.patch("th-3", {"setpoint": 21, "$version": 0})  # stale
     assert status == 409
-    assert body["error"] == "version_conflict"
+    assert body["reason"] == "version_conflict"
     assert body["currentVersion"] == 1
     status, body = await system.patch("th-3", {"setpoint": 31})  # max is 30
     assert status == 400
-    assert body["error"] == "invalid_value"
+    assert body["reason"] == "invalid_value"
     assert body["problems"] == [{"path": "setpoint", "reason": "must be <= 30 (got 31)"}]
     status, body = await system.patch("th-3", {"temperature": 20})  # read-only
     assert status == 400
@@ -103,13 +104,13 @@ async def test_conditional_and_invalid_patches_are_refused(system: System) -> No
     status, body = await system.api(
         "PATCH", f"/api/v1/devices/{NODE}:th-3/twin", {"reported": {"temperature": 1}}
     )
-    assert (status, body["error"]) == (400, "read_only_section")
+    assert (status, body["reason"]) == (400, "read_only_section")
     status, body = await system.api("GET", f"/api/v1/devices/{NODE}:nope")
-    assert (status, body["error"]) == (404, "device_not_found")
+    assert (status, body["reason"]) == (404, "device_not_found")
     status, body = await system.api("GET", "/api/v1/devices", token="abcdef." + "x" * 32)
-    assert (status, body["error"]) == (401, "invalid_token")
+    assert (status, body["reason"]) == (401, "invalid_token")
     status, body = await system.api("GET", "/api/v1/devices", token="")
-    assert (status, body["error"]) == (401, "unauthenticated")
+    assert (status, body["reason"]) == (401, "unauthenticated")
     status, session = await system.api("POST", "/api/v1/sessions")  # a console session works too
     assert status == 201, session
     status, page = await system.api("GET", "/api/v1/devices", token=session["token"])

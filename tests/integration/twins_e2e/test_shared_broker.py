@@ -62,7 +62,7 @@ class Site:
         async with self.http.request(
             method, self.server.url + path, json=body, headers=headers
         ) as answer:
-            return answer.status, await answer.json()
+            return answer.status, await answer.json(content_type=None)
 
     async def until(self, probe: Callable[[], Any], check: Callable[[Any], bool]) -> Any:
         return await eventually_async(
@@ -184,8 +184,8 @@ async def test_a_device_belongs_to_one_node_and_moves_on_request(site: Site) -> 
         # A second claim of the id is refused, naming the owner.
         with pytest.raises(ClaimRejectedError) as caught:
             await site.claim(device)
-        assert caught.value.error == "duplicate-id"
-        assert f"on node {owner}" in str(caught.value.answer["message"])
+        assert caught.value.reason == "duplicate_id"
+        assert f"on node {owner}" in str(caught.value.answer["detail"])
 
         # The other agent left both claims to the owner (one log line each, no answer).
         left = f"device {device} belongs to node {owner} on this broker"
@@ -213,7 +213,7 @@ async def test_a_device_belongs_to_one_node_and_moves_on_request(site: Site) -> 
             lambda: site.api("GET", f"/api/v1/devices/{owner}:{device}"),
             lambda answer: answer[1].get("syncError") is not None,
         )
-        assert "move-refused" in refused[1]["syncError"]
+        assert "move_refused" in refused[1]["syncError"]
         assert refused[1]["moveTo"] is None
         assert refused[1]["state"] == "active"
 
@@ -248,7 +248,7 @@ async def test_a_device_belongs_to_one_node_and_moves_on_request(site: Site) -> 
 
     with pytest.raises(ClaimRejectedError) as caught:
         await site.claim(device)
-    assert f"on node {other}" in str(caught.value.answer["message"])
+    assert f"on node {other}" in str(caught.value.answer["detail"])
 
 
 async def _const(value: int) -> int:

@@ -1,4 +1,4 @@
-"""A real tunnel server with users of each role, made by the real CLI, and a raw HTTPS client."""
+"""A real tunnel server with users of each role, made through its API, and a raw HTTPS client."""
 
 from __future__ import annotations
 
@@ -71,8 +71,29 @@ class UsersSystem:
         session: str = answer.body["token"]
         return session
 
-    def create_user(self, name: str, *args: str) -> str:
-        return self.server.cli("users", "create", name, *args).strip()
+    def create_user(
+        self,
+        name: str,
+        role: str,
+        *,
+        clusters: list[str] | None = None,
+        ttl: float | None = None,
+    ) -> str:
+        """``POST /api/v1/users`` as the admin token; the new user's first token."""
+        body: dict[str, Any] = {"name": name, "role": role}
+        if clusters is not None:
+            body["clusters"] = clusters
+        if ttl is not None:
+            body["ttlSeconds"] = ttl
+        answer = self.admin("POST", "/api/v1/users", body)
+        assert answer.status == 201, answer
+        token: str = answer.body["token"]
+        return token
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
+        """One call as the bootstrap admin token, with ``body`` as JSON."""
+        raw = None if body is None else json.dumps(body).encode()
+        return call(self.server, method, path, token=self.server.admin_token, body=raw)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +104,11 @@ def users_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UsersSyst
     try:
         system = UsersSystem(server=server, tokens={}, workdir=workdir)
         system.tokens["admin-token"] = server.admin_token
-        system.tokens["admin-user"] = system.create_user("root-user", "--role", "admin")
+        system.tokens["admin-user"] = system.create_user("root-user", "admin")
         system.tokens["operator"] = system.create_user(
-            "scoped-op", "--role", "operator", "--clusters", SCOPED_CLUSTER
+            "scoped-op", "operator", clusters=[SCOPED_CLUSTER]
         )
-        system.tokens["viewer"] = system.create_user("watcher", "--role", "viewer")
+        system.tokens["viewer"] = system.create_user("watcher", "viewer")
         yield system
     finally:
         server.stop()

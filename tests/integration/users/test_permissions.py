@@ -103,6 +103,9 @@ def test_the_table_parses_and_says_what_the_brief_says() -> None:
     assert table["PATCH", "/api/v1/devices/{id}/twin"].roles == {"operator", "admin"}
     assert table["GET", "/api/v1/nodes"].roles == set(ROLE_WORDS)
     assert table["GET", "/api/v1/clusters/{name}"].scope == "cluster"
+    assert table["POST", "/api/v1/clusters/{name}/revoke"].roles == {"operator", "admin"}
+    assert table["POST", "/api/v1/clusters/{name}/revoke"].scope == "cluster"
+    assert table["DELETE", "/api/v1/users/{name}"].roles == {"admin"}
     assert table["DELETE", "/api/v1/sessions/current"].session_only
     assert table["POST", "/api/v1/sessions"].token_only
 
@@ -152,10 +155,10 @@ def test_every_route_answers_every_caller_as_the_table_says(users_system: UsersS
                     if got != want:
                         wrong.append(
                             f"{method.upper()} {concrete} as {caller.label}: want {want}, got "
-                            f"{answer.status} {answer.body.get('error')}"
+                            f"{answer.status} {answer.body.get('reason')}"
                         )
                     elif got == "403" and caller.role not in rule.roles:
-                        assert "needs role" in answer.body["message"], answer.body
+                        assert "needs role" in answer.body["detail"], answer.body
     assert not missing, f"served routes with no row in docs/security.md: {missing}"
     assert not wrong, "\n".join(wrong)
     assert walked >= 15 * len(callers)

@@ -89,54 +89,67 @@ async def get(client: Client, path: str, tmp_path: Path) -> tuple[int, Any]:
 async def test_the_list_joins_records_and_reports(client: Client, tmp_path: Path) -> None:
     status, body = await get(client, "/api/v1/clusters", tmp_path)
     assert status == 200
-    assert body["total"] == 3, "clusters only, not the node"
-    rows = {row["name"]: row for row in body["clusters"]}
+    rows = {row["name"]: row for row in body["items"]}
+    assert len(rows) == 3, "clusters only, not the node"
     assert list(rows) == ["east", "quiet", "west"]
     east = rows["east"]
     assert east["status"] == "online"
     assert east["version"] == "v1.36.3"
-    assert (east["nodes_ready"], east["nodes_total"]) == (2, 3)
-    assert (east["pods_running"], east["pods_pending"], east["pods_total"]) == (5, 4, 10)
-    assert east["cpu_allocatable_cores"] == 9.5
-    assert east["cpu_requested_cores"] == 1.75
-    assert east["memory_allocatable_bytes"] == 14 * 2**30
-    assert east["memory_requested_bytes"] == 592 * 2**20
-    assert east["apiserver_healthy"] is True
-    assert east["sampled_at"] == "2026-09-21T14:13:20+00:00"
+    assert (east["nodesReady"], east["nodesTotal"]) == (2, 3)
+    assert (east["podsRunning"], east["podsPending"], east["podsTotal"]) == (5, 4, 10)
+    assert east["cpuAllocatableCores"] == 9.5
+    assert east["cpuRequestedCores"] == 1.75
+    assert east["memoryAllocatableBytes"] == 14 * 2**30
+    assert east["memoryRequestedBytes"] == 592 * 2**20
+    assert east["apiserverHealthy"] is True
+    assert east["sampledAt"] == "2026-09-21T14:13:20+00:00"
     codes = [w["code"] for w in east["warnings"]]
     assert codes == ["nodes_not_ready"], "no disk warning from the agent's own pod"
     assert rows["west"]["warnings"][0]["code"] == "apiserver_unhealthy"
     quiet = rows["quiet"]
     assert quiet["status"] == "unknown"
     assert quiet["version"] is None
-    assert quiet["pods_total"] is None
+    assert quiet["podsTotal"] is None
 
 
 async def test_sort_filter_and_page(client: Client, tmp_path: Path) -> None:
-    _, body = await get(client, "/api/v1/clusters?sort=-pods_running", tmp_path)
-    assert [r["name"] for r in body["clusters"]] == ["west", "east", "quiet"]  # empty last
+    _, body = await get(client, "/api/v1/clusters?sort=-podsRunning", tmp_path)
+    assert [r["name"] for r in body["items"]] == ["west", "east", "quiet"]  # empty last
+    _, body = await get(client, "/api/v1/clusters?sort=podsRunning", tmp_path)
+    assert [r["name"] for r in body["items"]] == ["east", "west", "quiet"]  # empty last
     _, body = await get(client, "/api/v1/clusters?status=unknown", tmp_path)
-    assert [r["name"] for r in body["clusters"]] == ["quiet"]
-    _, body = await get(client, "/api/v1/clusters?q=st&limit=1&offset=1", tmp_path)
-    assert (body["total"], [r["name"] for r in body["clusters"]]) == (2, ["west"])
-    for query in ("limit=0", "sort=cpu_percent", "status=gone", "q=" + "x" * 101):
+    assert [r["name"] for r in body["items"]] == ["quiet"]
+    _, body = await get(client, "/api/v1/clusters?q=st&limit=1", tmp_path)
+    assert [r["name"] for r in body["items"]] == ["east"]
+    assert body["metadata"]["remainingItemCount"] == 1
+    token = body["metadata"]["continue"]
+    _, body = await get(client, f"/api/v1/clusters?q=st&limit=1&continue={token}", tmp_path)
+    assert [r["name"] for r in body["items"]] == ["west"]
+    assert body["metadata"] == {"continue": None}
+    for query in (
+        "limit=0",
+        "sort=cpu_percent",
+        "sort=pods_running",
+        "status=gone",
+        "q=" + "x" * 101,
+    ):
         status, body = await get(client, "/api/v1/clusters?" + query, tmp_path)
-        assert (status, body["error"]) == (400, "bad_parameter"), query
+        assert (status, body["reason"]) == (400, "bad_parameter"), query
 
 
 async def test_one_cluster_with_its_metrics(client: Client, tmp_path: Path) -> None:
     status, body = await get(client, "/api/v1/clusters/east", tmp_path)
     assert status == 200
     assert body["metrics"]["cluster.pods.running"] == 5
-    assert body["lease_seconds"] == 30
-    assert body["report_interval_seconds"] == 10
+    assert body["leaseSeconds"] == 30
+    assert body["reportIntervalSeconds"] == 10
     status, body = await get(client, "/api/v1/clusters/edge-1", tmp_path)
-    assert (status, body["error"]) == (404, "cluster_not_found")
-    assert "is a node" in body["message"]
+    assert (status, body["reason"]) == (404, "cluster_not_found")
+    assert "is a node" in body["detail"]
     status, body = await get(client, "/api/v1/clusters/nowhere", tmp_path)
-    assert (status, body["error"]) == (404, "cluster_not_found")
+    assert (status, body["reason"]) == (404, "cluster_not_found")
     status, body = await get(client, "/api/v1/clusters/Not_A_Name", tmp_path)
-    assert (status, body["error"]) == (400, "bad_name")
+    assert (status, body["reason"]) == (400, "bad_name")
     answer = await client.get("/api/v1/clusters/east")
     assert answer.status == 401
 
@@ -146,12 +159,12 @@ async def test_offline_by_lease_hides_health(client: Client, tmp_path: Path) -> 
     history.disconnected("east", now=time.time(), reason="status stream ended", source=None)
     _, body = await get(client, "/api/v1/clusters/east", tmp_path)
     assert body["status"] == "offline"
-    assert body["offline_reason"] == "status stream ended"
-    assert body["apiserver_healthy"] is None, "an agent that does not report cannot tell"
-    assert body["pods_running"] == 5, "the last reported counts stay"
+    assert body["offlineReason"] == "status stream ended"
+    assert body["apiserverHealthy"] is None, "an agent that does not report cannot tell"
+    assert body["podsRunning"] == 5, "the last reported counts stay"
     history.report("east", kind="delta", metrics={}, interval=10, now=time.time())
     _, body = await get(client, "/api/v1/clusters/east", tmp_path)
-    assert (body["status"], body["apiserver_healthy"]) == ("online", True)
+    assert (body["status"], body["apiserverHealthy"]) == ("online", True)
 
 
 async def test_a_scoped_user_sees_only_its_clusters(client: Client) -> None:
@@ -166,12 +179,12 @@ async def test_a_scoped_user_sees_only_its_clusters(client: Client) -> None:
         return answer.status, await answer.json()
 
     _, body = await get_as("/api/v1/clusters")
-    assert (body["total"], [r["name"] for r in body["clusters"]]) == (1, ["west"])
+    assert [r["name"] for r in body["items"]] == ["west"]
     status, body = await get_as("/api/v1/clusters/east")
-    assert (status, body["error"]) == (403, "cluster_out_of_scope")
+    assert (status, body["reason"]) == (403, "cluster_out_of_scope")
     # Out of scope is 403 whether or not the cluster exists: nothing leaks about names.
     status, body = await get_as("/api/v1/clusters/nowhere")
-    assert (status, body["error"]) == (403, "cluster_out_of_scope")
+    assert (status, body["reason"]) == (403, "cluster_out_of_scope")
     status, _ = await get_as("/api/v1/clusters/west")
     assert status == 200
 

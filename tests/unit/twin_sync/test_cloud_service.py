@@ -19,6 +19,7 @@ from tests.unit.twin_sync.edge_sim import NODE, EdgeSim, make_cloud, same_values
 from tunnel_server.twins.service import (
     BatchError,
     CloudTwinReplica,
+    CommandOutcome,
     DeviceRemovedError,
     MovePendingError,
     SameNodeError,
@@ -260,11 +261,60 @@ def test_a_refused_move_ends_and_says_why(cloud: CloudTwinReplica) -> None:
     apply(cloud, edge, edge.take())
     cloud.move(("edge-a", "m2"), "edge-z")
     [row] = cloud.store.downlink_after("edge-a", 0, 10)
-    cloud.downlink_failed("edge-a", row.id, "move-refused: node edge-z does not use the broker")
+    cloud.downlink_failed("edge-a", row.id, "move_refused", "node edge-z does not use the broker")
     device = cloud.device(("edge-a", "m2"))
     assert device is not None
     assert device.state is DeviceState.ACTIVE
     assert device.sync_error is not None
-    assert device.sync_error.startswith("edge refused the move: move-refused")
+    assert device.sync_error.startswith("edge refused the move: move_refused")
     assert cloud.store.pending_move(("edge-a", "m2")) is None
     cloud.move(("edge-a", "m2"), "edge-b")  # a new move may be asked for
+
+
+async def test_a_lifecycle_command_is_answered_to_its_waiting_caller(
+    cloud: CloudTwinReplica,
+) -> None:
+    """Register/remove/revoke wait for the agent: its ack or its refusal, never a dead letter."""
+    done = cloud.command(("edge-a", "c1"), {"op": "remove"})
+    refused = cloud.command(("edge-a", "c2"), {"op": "register", "model": "x", "secretSha256": ""})
+    unanswered = cloud.command(("edge-a", "c3"), {"op": "revoke"})
+    cloud.downlink_done([done])
+    cloud.downlink_failed("edge-a", refused, "model_unknown", "no model x on edge-a")
+    assert await cloud.wait_command(done, within=5) == CommandOutcome(ok=True)
+    assert await cloud.wait_command(refused, within=5) == CommandOutcome(
+        ok=False, error="model_unknown", message="no model x on edge-a"
+    )
+    assert await cloud.wait_command(unanswered, within=0.01) is None
+    assert cloud.store.downlink_count("edge-a") == 0  # the unanswered one was taken back
+    assert cloud.store.dead_letter_count() == 0
+
+
+def test_a_removal_keeps_the_twin_marked_or_deletes_it(cloud: CloudTwinReplica) -> None:
+    edge = EdgeSim(node="edge-a")
+    for device in ("k1", "k2", "d1"):
+        edge.onboard(device, "thermostat")
+    apply(cloud, edge, edge.take())
+    cloud.write(("edge-a", "k1"), Section.DESIRED, {"setpoint": 22.0})
+    cloud.finish_removal(("edge-a", "k1"), state=DeviceState.REVOKED, delete_twin=False)
+    cloud.finish_removal(("edge-a", "k2"), state=DeviceState.REMOVED, delete_twin=False)
+    cloud.finish_removal(("edge-a", "d1"), state=DeviceState.REMOVED, delete_twin=True)
+    # The agent's device-removed records come after: revoked stays revoked, deleted stays gone.
+    for device in ("k1", "k2", "d1"):
+        edge.remove(device)
+    assert apply(cloud, edge, edge.take()) == {"applied": 3, "duplicates": 0, "rejected": 0}
+    kept, removed = cloud.device(("edge-a", "k1")), cloud.device(("edge-a", "k2"))
+    assert kept is not None
+    assert removed is not None
+    assert (kept.state, removed.state) == (DeviceState.REVOKED, DeviceState.REMOVED)
+    assert kept.replica.twin.desired.values == {"setpoint": 22.0}
+    assert cloud.device(("edge-a", "d1")) is None
+    assert cloud.store.downlink_count("edge-a") == 0  # k1's queued change went with it
+    with pytest.raises(DeviceRemovedError):
+        cloud.write(("edge-a", "k1"), Section.DESIRED, {"setpoint": 21.0})
+    # Registered and onboarded again, the kept twin's desired values come back.
+    edge.onboard("k1", "thermostat")
+    apply(cloud, edge, edge.take())
+    again = cloud.device(("edge-a", "k1"))
+    assert again is not None
+    assert again.state is DeviceState.ACTIVE
+    assert again.replica.twin.desired.values == {"setpoint": 22.0}

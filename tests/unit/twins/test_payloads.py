@@ -88,8 +88,27 @@ def test_rid_and_fields() -> None:
     for bad in ("", "a/b", "+", "x" * 65, 7):
         with pytest.raises(RequestError):
             optional_rid({"rid": bad})
-    with pytest.raises(RequestError, match="unknown field"):
+    with pytest.raises(RequestError, match="unknown field") as unknown:
         only_fields({"rid": "a", "pach": {}}, frozenset({"rid", "patch"}))
+    answer = unknown.value.to_json()  # the REST API's word for the same failure
+    assert (answer["code"], answer["reason"]) == (400, "unknown_field")
+    assert answer["problems"] == [{"path": "pach", "reason": "unknown field"}]
+
+
+def test_mqtt_reason_words_are_the_rest_apis() -> None:
+    """The same failure has the same word on MQTT and in the REST problem documents."""
+    shared = {
+        Code.BAD_REQUEST: "bad_request",
+        Code.UNKNOWN_FIELD: "unknown_field",
+        Code.INVALID_VALUE: "invalid_value",
+        Code.VERSION_CONFLICT: "version_conflict",
+        Code.TOO_LARGE: "too_large",
+        Code.UNKNOWN_DEVICE: "device_not_found",
+        Code.UNKNOWN_MODEL: "model_unknown",
+        Code.DUPLICATE_ID: "duplicate_id",
+    }
+    assert {code: str(code) for code in shared} == shared
+    assert all("-" not in str(code) for code in Code)  # REST words use underscores
 
 
 def test_error_body_lists_problems() -> None:
@@ -98,8 +117,8 @@ def test_error_body_lists_problems() -> None:
     error = RequestError(Code.INVALID_VALUE, "nope", (Problem(path="t", reason="too hot"),))
     assert error.to_json() == {
         "code": 422,
-        "error": "invalid-value",
-        "message": "nope",
+        "reason": "invalid_value",
+        "detail": "nope",
         "problems": [{"path": "t", "reason": "too hot"}],
     }
 

@@ -90,7 +90,7 @@ async def test_cloud_change_is_applied_once_and_in_order(tmp_path: Path) -> None
     cloud, second = write_change(cloud, Section.DESIRED, {"mode": "cool"}, now=2.0)
     with pytest.raises(CloudChangeError) as caught:
         await twins.apply_cloud_change({"device": "t1", "change": second.to_json()})
-    assert str(caught.value.code) == "out-of-order"
+    assert str(caught.value.code) == "out_of_order"
     one = await twins.apply_cloud_change({"device": "t1", "change": first.to_json()})
     again = await twins.apply_cloud_change({"device": "t1", "change": first.to_json()})
     two = await twins.apply_cloud_change(json.dumps({"device": "t1", "change": second.to_json()}))
