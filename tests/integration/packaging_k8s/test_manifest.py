@@ -72,11 +72,15 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube.ControlPlan
 
 
 @pytest.fixture(scope="module")
-def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tunnel server's data dir (CA, store); the commands under test need no running server."""
-    data = tmp_path_factory.mktemp("tunnel-server") / "server"
-    daemons.command("tunnel-server", "init", "--data-dir", data, "--public-name", "127.0.0.1")
-    return data
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A running tunnel server's data dir: the CLI's ``--data-dir`` shortcut reads the URL, CA
+    and admin token there and talks to the API (management commands need a running server)."""
+    server = daemons.Server(workdir=tmp_path_factory.mktemp("tunnel-server"))
+    server.start()
+    try:
+        yield server.data_dir
+    finally:
+        server.stop()
 
 
 def tunnel_server(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
