@@ -52,17 +52,26 @@ def admin(tmp_path: Path) -> dict[str, str]:
 
 
 async def test_nodes_and_overview(client: Client, tmp_path: Path) -> None:
-    answer = await client.get("/api/v1/nodes?sort=-cpu_percent", headers=admin(tmp_path))
+    answer = await client.get("/api/v1/nodes?sort=-cpuPercent", headers=admin(tmp_path))
     body = await answer.json()
-    assert [n["name"] for n in body["nodes"]] == ["alpha", "beta"]
-    assert body["nodes"][0]["status"] == "online"
-    assert body["nodes"][1]["status"] == "unknown"
+    assert [n["name"] for n in body["items"]] == ["alpha", "beta"]
+    assert body["items"][0]["status"] == "online"
+    assert body["items"][0]["cpuPercent"] == 12.5
+    assert body["items"][1]["status"] == "unknown"
+    assert body["metadata"] == {"continue": None}
+    # Ascending, the node without a value still comes last.
+    answer = await client.get("/api/v1/nodes?sort=cpuPercent", headers=admin(tmp_path))
+    assert [n["name"] for n in (await answer.json())["items"]] == ["alpha", "beta"]
     overview = await (await client.get("/api/v1/overview", headers=admin(tmp_path))).json()
     assert overview["nodes"]["online"] == 1
     assert [w["code"] for w in overview["warnings"]] == ["disk_full"]
     history = await client.get("/api/v1/nodes/alpha/history", headers=admin(tmp_path))
-    points = (await history.json())["points"]
+    body = await history.json()
+    assert body["series"] == ["cpu", "memory", "disk", "load1", "rxBps", "txBps", "rttMs"]
+    points = body["points"]
     assert points[-1]["cpu"] == 12.5
+    assert points[-1]["samples"] == 1
+    assert points[-1]["at"].endswith("+00:00")
 
 
 async def test_errors_are_json(client: Client, tmp_path: Path) -> None:
@@ -72,7 +81,8 @@ async def test_errors_are_json(client: Client, tmp_path: Path) -> None:
     ):
         answer = await client.get(path)
         assert answer.status == status
-        assert (await answer.json())["error"] == code
+        assert answer.headers["Content-Type"].startswith("application/problem+json")
+        assert (await answer.json())["reason"] == code
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
     answer = await client.put("/api/v1/tokens", headers=admin(tmp_path))
     assert answer.status == 405
