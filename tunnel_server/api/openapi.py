@@ -317,6 +317,20 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["name"],
         "additionalProperties": False,
+        "description": "manifest: true needs kind: cluster; image goes with manifest: true only",
+        "anyOf": [
+            {
+                "properties": {"manifest": {"type": "boolean", "enum": [False]}},
+                "not": {"required": ["image"]},
+            },
+            {
+                "required": ["kind", "manifest"],
+                "properties": {
+                    "kind": {"type": "string", "enum": ["cluster"]},
+                    "manifest": {"type": "boolean", "enum": [True]},
+                },
+            },
+        ],
         "properties": {
             "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
             "kind": {"type": "string", "enum": ["node", "cluster"], "default": "node"},

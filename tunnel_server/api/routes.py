@@ -468,7 +468,7 @@ def _token_spec(data: dict[str, Any], max_ttl: float) -> tokens.TokenSpec:
         if not isinstance(data.get(field, False), bool):
             raise ApiError(400, "bad_request", f"{field!r} must be true or false")
     image = data.get("image")
-    if image is not None and (
+    if "image" in data and (
         not isinstance(image, str) or not 0 < len(image) <= MAX_IMAGE or not image.isprintable()
     ):
         raise ApiError(
@@ -481,7 +481,7 @@ def _token_spec(data: dict[str, Any], max_ttl: float) -> tokens.TokenSpec:
             "'manifest' is the cluster agent's install manifest: send it with \"kind\": "
             '"cluster" (a node joins with the joinCommand instead)',
         )
-    if image is not None and data.get("manifest") is not True:
+    if "image" in data and data.get("manifest") is not True:
         raise ApiError(
             400, "bad_request", "'image' goes into the manifest: send \"manifest\": true"
         )
