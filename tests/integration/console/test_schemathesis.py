@@ -60,6 +60,13 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 include-operation-id-regex = "^(approve|deny|revoke)Node$"
 parameters = {{ "path.name" = {{ dictionary = "spare", probability = 1.0 }} }}
 
+[[operations]]
+include-operation-id = "createToken"
+# A cluster token's manifest is made by the clusters part, which checks the image reference
+# beyond what one pattern can say, and a server without that part answers 400
+# manifest_unavailable: a schema-valid body may get 400 (its detail says why).
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]
+
 [dictionaries.spare]
 values = ["{spare}"]
 
@@ -180,7 +187,9 @@ def _run(
         cwd=workdir,  # schemathesis keeps a .schemathesis/ folder in its working dir
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    (workdir / "schemathesis.out").write_text(done.stdout + done.stderr)
+    failures = done.stdout.partition("=== FAILURES ===")[2] or done.stdout
+    assert done.returncode == 0, failures[:20000] + done.stderr[-2000:]
     assert "passed" in done.stdout, done.stdout[-3000:]
     print(done.stdout[-1500:])  # noqa: T201 - the summary, shown with -s
     return _answers(har)
