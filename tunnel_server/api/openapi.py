@@ -66,7 +66,9 @@ PAGING_PARAMETERS: list[dict[str, Any]] = [
         "in": "query",
         "description": "metadata.continue of the previous page, sent with the same other "
         "parameters",
-        "schema": {"type": "string", "maxLength": 2048},
+        # Ours are base64url: the pattern keeps a request line under aiohttp's 8 KiB limit
+        # (2,048 multi-byte characters would be 24 KB percent-encoded).
+        "schema": {"type": "string", "maxLength": 2048, "pattern": "^[A-Za-z0-9_-]*$"},
     },
 ]
 """What every list route takes (``api.paging.page_params`` reads them)."""
@@ -74,7 +76,9 @@ LABEL_SELECTOR_PARAMETER: dict[str, Any] = {
     "name": "labelSelector",
     "in": "query",
     "description": "Kubernetes label selector syntax (a=b,c!=d,e in (f,g),!h)",
-    "schema": {"type": "string", "maxLength": 4096},
+    # Printable ASCII, as Kubernetes' syntax is; 2,048 keeps a request line under 8 KiB even
+    # percent-encoded.
+    "schema": {"type": "string", "maxLength": 2048, "pattern": "^[ -~]*$"},
 }
 IF_MATCH_PARAMETER: dict[str, Any] = {
     "name": "If-Match",
