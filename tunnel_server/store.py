@@ -31,7 +31,7 @@ NodeKind = Literal["node", "cluster"]
 NodeState = Literal["pending", "approved", "revoked"]
 KINDS: tuple[NodeKind, ...] = ("node", "cluster")
 STORE_FILE = "store.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreError(Exception):
@@ -48,6 +48,14 @@ class TokenUsedError(StoreError):
 
 class DuplicateIdError(StoreError):
     """An id that must be unique is taken (a random token id collided): pick another."""
+
+
+class WrongStateError(StoreError):
+    """The node is not in a state the change may start from (approve a node not pending)."""
+
+    def __init__(self, node: NodeRecord) -> None:
+        super().__init__(f"{node.kind} {node.name!r} is {node.state}")
+        self.node = node
 
 
 class UserExistsError(StoreError):
@@ -77,6 +85,8 @@ class TokenRecord:
     expires_at: float
     require_approval: bool
     used_at: float | None = None
+    revoked_at: float | None = None
+    """When an operator revoked it unused (``revoke_token``): it can never be redeemed then."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,12 +166,39 @@ class Store(Protocol):
     def get_token(self, token_id: str) -> TokenRecord | None: ...
     def list_tokens(self) -> list[TokenRecord]: ...
 
+    def revoke_token(self, token_id: str, *, now: float) -> TokenRecord:
+        """Make an unused token unredeemable, atomically; bumps the revision.
+
+        Idempotent for a revoked one. Raises NotFoundError (no such token) or TokenUsedError
+        (it was redeemed: revoke its node instead).
+        """
+        ...
+
     def add_api_token(self, *, token_id: str, secret_hash: str, role: str, now: float) -> None: ...
     def get_api_token_hash(self, token_id: str) -> str | None: ...
+
+    def rotate_admin_token(self, *, token_id: str, secret_hash: str, now: float) -> str | None:
+        """Replace the admin token atomically: the old one stops working; return its id.
+
+        Records the new id in meta ``admin_token_id`` and bumps the revision (watchers drop
+        what they cached of the old token).
+        """
+        ...
 
     def get_node(self, name: str) -> NodeRecord | None: ...
     def list_nodes(self) -> list[NodeRecord]: ...
     def set_node_state(self, name: str, state: NodeState) -> NodeRecord: ...
+    def change_node_state(
+        self, name: str, state: NodeState, *, only_from: tuple[NodeState, ...]
+    ) -> NodeRecord:
+        """``set_node_state`` only while the node is in one of ``only_from``, atomically.
+
+        Raises NotFoundError, or WrongStateError (with the node as it is) and changes nothing.
+        A node already in ``state`` (and allowed to be in ``only_from``) is returned unchanged,
+        without a revision bump: that makes a change idempotent.
+        """
+        ...
+
     def touch_node(self, name: str, *, now: float, agent_version: str | None = None) -> None: ...
     def touch_nodes(self, names: list[str], *, now: float) -> None:
         """``touch_node`` for many at once, in one transaction."""
@@ -315,8 +352,11 @@ CREATE TABLE user_tokens (
 );
 CREATE INDEX user_tokens_by_user ON user_tokens (user_id);
 """
+_REVOKED_TOKENS = """
+ALTER TABLE tokens ADD COLUMN revoked_at REAL;
+"""
 # Migrations from version N to N+1 go here, indexed by N.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA, 1: _REVOKED_SESSIONS, 2: _USERS}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA, 1: _REVOKED_SESSIONS, 2: _USERS, 3: _REVOKED_TOKENS}
 
 
 class SqliteStore:
@@ -418,6 +458,44 @@ class SqliteStore:
         rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
         return [_token(row) for row in rows]
 
+    def revoke_token(self, token_id: str, *, now: float) -> TokenRecord:
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no bootstrap token {token_id!r}")
+            if row["used_at"] is not None:
+                raise TokenUsedError(token_id)
+            if row["revoked_at"] is None:
+                db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now, token_id))
+                self._bump(db)
+            return _token(db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone())
+
+    def rotate_admin_token(self, *, token_id: str, secret_hash: str, now: float) -> str | None:
+        with self._transaction() as db:
+            old = db.execute("SELECT value FROM meta WHERE key = 'admin_token_id'").fetchone()
+            # Every admin API token goes: there is one, and an older one must never come back.
+            db.execute("DELETE FROM api_tokens WHERE role = 'admin'")
+            try:
+                db.execute(
+                    "INSERT INTO api_tokens (id, secret_hash, role, created_at)"
+                    " VALUES (?, ?, 'admin', ?)",
+                    (token_id, secret_hash, now),
+                )
+            except sqlite3.IntegrityError as error:
+                raise DuplicateIdError(f"api token id {token_id} exists") from error
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('admin_token_id', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (token_id,),
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('admin_token_rotated_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (repr(now),),
+            )
+            self._bump(db)
+            return None if old is None else str(old[0])
+
     def add_api_token(self, *, token_id: str, secret_hash: str, role: str, now: float) -> None:
         with self._transaction() as db:
             db.execute(
@@ -448,6 +526,22 @@ class SqliteStore:
             self._bump(db)
             return _node(db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
+    def change_node_state(
+        self, name: str, state: NodeState, *, only_from: tuple[NodeState, ...]
+    ) -> NodeRecord:
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no node named {name!r}")
+            node = _node(row)
+            if node.state not in only_from:
+                raise WrongStateError(node)
+            if node.state == state:
+                return node
+            db.execute("UPDATE nodes SET state = ? WHERE name = ?", (state, name))
+            self._bump(db)
+            return _node(db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
+
     def touch_nodes(self, names: list[str], *, now: float) -> None:
         with self._transaction() as db:
             db.executemany(
@@ -473,8 +567,11 @@ class SqliteStore:
         request: JoinRequest | None = None,
     ) -> None:
         with self._transaction() as db:
+            # A token revoked after the caller checked it is refused here, in the same write.
             used = db.execute(
-                "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL", (now, token_id)
+                "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL"
+                " AND revoked_at IS NULL",
+                (now, token_id),
             )
             if used.rowcount != 1:
                 raise TokenUsedError(token_id)
@@ -734,6 +831,7 @@ def _token(row: sqlite3.Row) -> TokenRecord:
         expires_at=row["expires_at"],
         require_approval=bool(row["require_approval"]),
         used_at=row["used_at"],
+        revoked_at=row["revoked_at"],
     )
 
 

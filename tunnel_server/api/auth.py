@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tunnel_server.api.signer import (
-    ADMIN_PRINCIPAL,
     REVOKED_MESSAGE,
     USER_REVOKED_MESSAGE,
     SessionClaim,
@@ -125,7 +124,7 @@ def identify(app: web.Application, token: str, *, now: float) -> Identity:
 
 
 def _session(app: web.Application, claim: SessionClaim, *, now: float) -> Identity:
-    admin_made = claim.principal == ADMIN_PRINCIPAL
+    admin_made = claim.admin_made
     whose = "the admin token" if admin_made else "your user token"
     if claim.expires_at <= now:
         raise _refused(
@@ -138,6 +137,12 @@ def _session(app: web.Application, claim: SessionClaim, *, now: float) -> Identi
         message = REVOKED_MESSAGE if admin_made else USER_REVOKED_MESSAGE
         raise _refused("session_revoked", message)
     if admin_made:
+        if not tokens.admin_session_valid(store, claim.admin_token_id):
+            raise _refused(
+                "session_revoked",
+                "the admin token that made this console session was rotated: sign in again "
+                "with the new admin token (the server's data dir, admin-token)",
+            )
         return Identity(
             name=ADMIN.name, role="admin", expires_at=claim.expires_at, session_id=claim.session_id
         )

@@ -7,14 +7,18 @@ first gets a ``snapshot`` with every row. Events::
 
     event: snapshot   data: {"nodes": [row, ...], "overview": {...}}
     event: nodes      data: {"nodes": [changed rows], "overview": {...}}
-    event: expired    data: {"error": "session_expired", "message": ...}   (then the stream ends)
-    event: revoked    data: {"error": "session_revoked", "message": ...}   (then the stream ends)
+    event: expired    data: problem document, reason session_expired   (then the stream ends)
+    event: revoked    data: problem document, reason session_revoked   (then the stream ends)
+
+Rows are ``views.node_row``s (camelCase, RFC 3339 times), as ``GET /api/v1/nodes`` lists them;
+the last two carry an RFC 9457 problem document (``web.errors.problem``), as a 401 would.
 
 A session's streams end with ``revoked`` as soon as it signs out (``DELETE
 /api/v1/sessions/current`` calls ``EventHub.end_session``). Any stream whose credential stops
-working ends with ``revoked`` too (its ``error`` says why: ``user_revoked``, ...): when the store's
+working ends with ``revoked`` too (its ``reason`` says why: ``user_revoked``, ...): when the store's
 revision moves (a user revoked by ``tunnel-server users revoke`` in another process), every
-live stream's credential is checked again. Every role may read the stream.
+live stream's credential is checked again (and at once when this process rotates the admin
+token). Every role may read the stream.
 
 A subscriber whose queue is full (a stalled browser) is dropped; the console reconnects and
 gets a new snapshot. Browsers' ``EventSource`` cannot send an Authorization header, so the
@@ -37,7 +41,7 @@ from tunnel_server.api.hub import EventHub, sse_event
 from tunnel_server.api.table import NodeTable
 from tunnel_server.api.views import overview
 from tunnel_server.app_keys import EVENT_STREAMS_KEY, HUB_KEY, SETTINGS_KEY, STORE_KEY, TABLE_KEY
-from tunnel_server.web.errors import SECURITY_HEADERS, ApiError
+from tunnel_server.web.errors import SECURITY_HEADERS, ApiError, problem
 
 log = logging.getLogger("tunnel_server.api.events")
 
@@ -101,10 +105,9 @@ async def _stream(
                 item = await queue.get()
         except TimeoutError:
             if expires_at is not None and time.time() >= expires_at:
-                body = {
-                    "error": "session_expired",
-                    "message": "this console session expired: sign in again",
-                }
+                body = problem(
+                    401, "session_expired", "this console session expired: sign in again"
+                )
                 yield sse_event("expired", body)
                 return
             yield ": keepalive\n\n"
@@ -114,11 +117,34 @@ async def _stream(
         yield item
 
 
+def recheck_streams(app: web.Application) -> int:
+    """End the live streams whose credential stopped working, with ``revoked``; how many.
+
+    Run when the store's revision moves (a user revoked in another process), and at once by
+    a route of this process that ends credentials (the admin token rotated).
+    """
+    hub = app[HUB_KEY]
+    streams = app[EVENT_STREAMS_KEY]
+    now = time.time()
+    ended = 0
+    for queue, token in list(streams.items()):
+        try:
+            auth.identify(app, token, now=now)
+        except ApiError as refused:
+            log.info("ending a live stream: %s", refused.code)
+            hub.unsubscribe(queue)
+            del streams[queue]
+            while not queue.empty():  # batches it has not sent yet no longer matter
+                queue.get_nowait()
+            queue.put_nowait(sse_event("revoked", problem(401, refused.code, refused.message)))
+            queue.put_nowait(None)
+            ended += 1
+    return ended
+
+
 async def _recheck_credentials(app: web.Application) -> None:
     """End the streams whose credential stopped working, each time the store's revision moves."""
     store = app[STORE_KEY]
-    hub = app[HUB_KEY]
-    streams = app[EVENT_STREAMS_KEY]
     interval = app[SETTINGS_KEY].store_poll_interval
     seen = store.revision()
     while True:
@@ -127,19 +153,7 @@ async def _recheck_credentials(app: web.Application) -> None:
         if current == seen:
             continue
         seen = current
-        now = time.time()
-        for queue, token in list(streams.items()):
-            try:
-                auth.identify(app, token, now=now)
-            except ApiError as refused:
-                log.info("ending a live stream: %s", refused.code)
-                hub.unsubscribe(queue)
-                del streams[queue]
-                while not queue.empty():  # batches it has not sent yet no longer matter
-                    queue.get_nowait()
-                body = {"error": refused.code, "message": refused.message}
-                queue.put_nowait(sse_event("revoked", body))
-                queue.put_nowait(None)
+        recheck_streams(app)
 
 
 def setup(app: web.Application, hub: EventHub) -> None:

@@ -15,7 +15,7 @@ from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.signer import REVOKED_MESSAGE
 from tunnel_server.api.table import NodeTable
 from tunnel_server.api.views import overview
-from tunnel_server.web.errors import ApiError
+from tunnel_server.web.errors import ApiError, problem
 
 log = logging.getLogger("tunnel_server.api.events")
 
@@ -51,7 +51,7 @@ class EventHub:
 
     def end_session(self, session_id: str) -> int:
         """End the live streams of a signed-out session with a ``revoked`` event; how many."""
-        event = sse_event("revoked", {"error": "session_revoked", "message": REVOKED_MESSAGE})
+        event = sse_event("revoked", problem(401, "session_revoked", REVOKED_MESSAGE))
         ended = [q for q, owner in self._subscribers.items() if owner == session_id]
         for queue in ended:
             del self._subscribers[queue]

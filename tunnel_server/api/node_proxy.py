@@ -30,7 +30,7 @@ from tunnel_server.tunnel.http_over_stream import (
     unsendable,
 )
 from tunnel_server.tunnel.sessions import AgentSession
-from tunnel_server.web.errors import ApiError
+from tunnel_server.web.errors import ApiError, error_response
 
 log = logging.getLogger("tunnel_server.node_proxy")
 
@@ -44,7 +44,8 @@ class ProxyError(Exception):
         self.code = code
 
     def response(self) -> web.Response:
-        return web.json_response({"error": self.code, "message": str(self)}, status=self.status)
+        """An RFC 9457 problem document, as every other error of the API."""
+        return error_response(self.status, self.code, str(self))
 
 
 def _session(request: web.Request, name: str) -> AgentSession:

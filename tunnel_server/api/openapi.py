@@ -16,6 +16,9 @@ from tunnel_server.api.views import SORT_FIELDS, STATUSES
 from tunnel_server.app_keys import OPENAPI_EXTRA_KEY
 from tunnel_server.status.history import SERIES
 
+_SERIES = [{"rx_bps": "rxBps", "tx_bps": "txBps", "rtt_ms": "rttMs"}.get(c, c) for c in SERIES]
+"""History columns as the API names them (``routes.SERIES_NAMES``)."""
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 
 
@@ -63,7 +66,9 @@ PAGING_PARAMETERS: list[dict[str, Any]] = [
         "in": "query",
         "description": "metadata.continue of the previous page, sent with the same other "
         "parameters",
-        "schema": {"type": "string", "maxLength": 2048},
+        # Ours are base64url: the pattern keeps a request line under aiohttp's 8 KiB limit
+        # (2,048 multi-byte characters would be 24 KB percent-encoded).
+        "schema": {"type": "string", "maxLength": 2048, "pattern": "^[A-Za-z0-9_-]*$"},
     },
 ]
 """What every list route takes (``api.paging.page_params`` reads them)."""
@@ -71,7 +76,9 @@ LABEL_SELECTOR_PARAMETER: dict[str, Any] = {
     "name": "labelSelector",
     "in": "query",
     "description": "Kubernetes label selector syntax (a=b,c!=d,e in (f,g),!h)",
-    "schema": {"type": "string", "maxLength": 4096},
+    # Printable ASCII, as Kubernetes' syntax is; 2,048 keeps a request line under 8 KiB even
+    # percent-encoded.
+    "schema": {"type": "string", "maxLength": 2048, "pattern": "^[ -~]*$"},
 }
 IF_MATCH_PARAMETER: dict[str, Any] = {
     "name": "If-Match",
@@ -110,20 +117,20 @@ _NODE_PROPERTIES: dict[str, Any] = {
     "state": {"type": "string", "enum": ["pending", "approved", "revoked"]},
     "status": {"type": "string", "enum": list(STATUSES)},
     "connected": {"type": "boolean", "description": "a tunnel session is live now"},
-    "last_seen": TIME,
-    "last_report": TIME,
-    "status_since": TIME,
-    "offline_reason": nullable("string"),
-    "agent_version": nullable("string"),
-    "cert_expires": TIME,
+    "lastSeenAt": TIME,
+    "lastReportAt": TIME,
+    "statusChangedAt": TIME,
+    "offlineReason": nullable("string"),
+    "agentVersion": nullable("string"),
+    "certExpiresAt": TIME,
     "os": nullable("string"),
     "kernel": nullable("string"),
-    "cpu_percent": nullable("number"),
-    "memory_percent": nullable("number"),
-    "disk_percent": nullable("number"),
+    "cpuPercent": nullable("number"),
+    "memoryPercent": nullable("number"),
+    "diskPercent": nullable("number"),
     "load1": nullable("number"),
-    "rtt_ms": nullable("number"),
-    "uptime_seconds": nullable("number"),
+    "rttMs": nullable("number"),
+    "uptimeSeconds": nullable("number"),
     "warnings": {"type": "array", "items": ref("Warning")},
 }
 _SCALAR = {
@@ -176,12 +183,19 @@ SCHEMAS: dict[str, Any] = {
             ref("Node"),
             {
                 "type": "object",
-                "required": ["metrics", "devices", "lease_seconds", "report_interval_seconds"],
+                "required": [
+                    "createdAt",
+                    "certSerial",
+                    "metrics",
+                    "devices",
+                    "leaseSeconds",
+                    "reportIntervalSeconds",
+                ],
                 "properties": {
-                    "created_at": TIME,
-                    "cert_serial": nullable("string"),
-                    "report_interval_seconds": nullable("number"),
-                    "lease_seconds": nullable("number"),
+                    "createdAt": TIME,
+                    "certSerial": nullable("string"),
+                    "reportIntervalSeconds": nullable("number"),
+                    "leaseSeconds": nullable("number"),
                     "metrics": {
                         "type": "object",
                         "description": "latest reported metrics, 'group.key' -> scalar",
@@ -197,20 +211,12 @@ SCHEMAS: dict[str, Any] = {
             },
         ]
     },
-    "NodeList": {
-        "type": "object",
-        "required": ["total", "offset", "nodes"],
-        "properties": {
-            "total": {"type": "integer", "minimum": 0},
-            "offset": {"type": "integer", "minimum": 0},
-            "nodes": {"type": "array", "items": ref("Node")},
-        },
-    },
+    "NodeList": list_of(ref("Node")),
     "Overview": {
         "type": "object",
-        "required": ["generated_at", "nodes", "warnings"],
+        "required": ["generatedAt", "nodes", "warnings"],
         "properties": {
-            "generated_at": {"type": "string", "format": "date-time"},
+            "generatedAt": {"type": "string", "format": "date-time"},
             "nodes": {
                 "type": "object",
                 "required": ["total", *STATUSES],
@@ -235,21 +241,25 @@ SCHEMAS: dict[str, Any] = {
     },
     "History": {
         "type": "object",
-        "required": ["node", "window_seconds", "resolution_seconds", "series", "points"],
+        "required": ["node", "windowSeconds", "resolutionSeconds", "series", "points"],
         "properties": {
             "node": {"type": "string"},
-            "window_seconds": {"type": "integer"},
-            "resolution_seconds": {"type": "integer", "enum": [60]},
-            "series": {"type": "array", "items": {"type": "string", "enum": list(SERIES)}},
+            "windowSeconds": {"type": "integer"},
+            "resolutionSeconds": {"type": "integer", "enum": [60]},
+            "series": {"type": "array", "items": {"type": "string", "enum": _SERIES}},
             "points": {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["t", "n", *SERIES],
+                    "required": ["at", "samples", *_SERIES],
                     "properties": {
-                        "t": {"type": "integer", "description": "UNIX seconds, minute start"},
-                        "n": {"type": "integer", "description": "samples in the minute"},
-                        **{name: nullable("number") for name in SERIES},
+                        "at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "description": "start of the minute",
+                        },
+                        "samples": {"type": "integer", "description": "reports averaged"},
+                        **{name: nullable("number") for name in _SERIES},
                     },
                 },
             },
@@ -257,11 +267,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Session": {
         "type": "object",
-        "required": ["token", "expires_at", "ttl_seconds", "user", "role", "clusters"],
+        "required": ["token", "expiresAt", "ttlSeconds", "user", "role", "clusters"],
         "properties": {
             "token": {"type": "string"},
-            "expires_at": {"type": "string", "format": "date-time"},
-            "ttl_seconds": {"type": "number"},
+            "expiresAt": {"type": "string", "format": "date-time"},
+            "ttlSeconds": {"type": "number"},
             "user": {"type": "string"},
             "role": {"type": "string", "enum": ["admin", "operator", "viewer"]},
             "clusters": {
@@ -274,12 +284,12 @@ SCHEMAS: dict[str, Any] = {
     },
     "Me": {
         "type": "object",
-        "required": ["user", "role", "clusters", "expires_at"],
+        "required": ["user", "role", "clusters", "expiresAt"],
         "properties": {
             "user": {"type": "string", "description": "'admin' for the bootstrap admin token"},
             "role": {"type": "string", "enum": ["admin", "operator", "viewer"]},
             "clusters": {"type": "array", "nullable": True, "items": {"type": "string"}},
-            "expires_at": TIME,
+            "expiresAt": TIME,
         },
     },
     "Token": {
@@ -289,40 +299,68 @@ SCHEMAS: dict[str, Any] = {
             "kind",
             "name",
             "status",
-            "created_at",
-            "expires_at",
-            "used_at",
-            "require_approval",
+            "createdAt",
+            "expiresAt",
+            "usedAt",
+            "revokedAt",
+            "requireApproval",
         ],
         "properties": {
             "id": {"type": "string"},
             "kind": {"type": "string", "enum": ["node", "cluster"]},
             "name": {"type": "string"},
-            "status": {"type": "string", "enum": ["valid", "used", "expired"]},
-            "created_at": {"type": "string", "format": "date-time"},
-            "expires_at": {"type": "string", "format": "date-time"},
-            "used_at": TIME,
-            "require_approval": {"type": "boolean"},
+            "status": {"type": "string", "enum": ["valid", "used", "expired", "revoked"]},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "expiresAt": {"type": "string", "format": "date-time"},
+            "usedAt": TIME,
+            "revokedAt": TIME,
+            "requireApproval": {"type": "boolean"},
         },
     },
     "TokenRequest": {
         "type": "object",
         "required": ["name"],
         "additionalProperties": False,
+        "description": "manifest: true needs kind: cluster; image goes with manifest: true only",
+        "anyOf": [
+            {
+                "properties": {"manifest": {"type": "boolean", "enum": [False]}},
+                "not": {"required": ["image"]},
+            },
+            {
+                "required": ["kind", "manifest"],
+                "properties": {
+                    "kind": {"type": "string", "enum": ["cluster"]},
+                    "manifest": {"type": "boolean", "enum": [True]},
+                },
+            },
+        ],
         "properties": {
             "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
             "kind": {"type": "string", "enum": ["node", "cluster"], "default": "node"},
-            "ttl_seconds": {
+            "ttlSeconds": {
                 "type": "number",
                 "minimum": 60,
                 "maximum": 30 * 86400,
                 "default": 3600,
             },
-            "require_approval": {"type": "boolean", "default": False},
+            "requireApproval": {"type": "boolean", "default": False},
             "replace": {
                 "type": "boolean",
                 "default": False,
                 "description": "revoke a joined or pending node of this name at once",
+            },
+            "manifest": {
+                "type": "boolean",
+                "default": False,
+                "description": "kind cluster only: answer the cluster agent's install manifest",
+            },
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 512,
+                "pattern": r"^[!-~]+$",
+                "description": "with manifest: the EdgeFleet image the member cluster pulls",
             },
         },
     },
@@ -333,22 +371,63 @@ SCHEMAS: dict[str, Any] = {
             "token",
             "kind",
             "name",
-            "expires_at",
-            "require_approval",
-            "join_command",
+            "expiresAt",
+            "requireApproval",
+            "joinCommand",
         ],
         "properties": {
             "id": {"type": "string"},
             "token": {"type": "string", "description": "shown once; only its hash is kept"},
             "kind": {"type": "string", "enum": ["node", "cluster"]},
             "name": {"type": "string"},
-            "expires_at": {"type": "string", "format": "date-time"},
-            "require_approval": {"type": "boolean"},
-            "join_command": {"type": "string"},
+            "expiresAt": {"type": "string", "format": "date-time"},
+            "requireApproval": {"type": "boolean"},
+            "joinCommand": {"type": "string"},
+            "manifest": {
+                "type": "string",
+                "description": "the cluster agent's install manifest (YAML), when asked for",
+            },
+        },
+    },
+    "AdminToken": {
+        "type": "object",
+        "required": ["token"],
+        "properties": {
+            "token": {
+                "type": "string",
+                "description": "the new admin token, also written to <data-dir>/admin-token",
+            }
         },
     },
 }
 
+_ROTATE = "/api/v1/admin-token/rotate"
+_NODE_ACTIONS = (
+    (
+        "approve",
+        "Approve a pending join: the node fetches its certificate",
+        "The node is not pending (code: wrong_state)",
+    ),
+    (
+        "deny",
+        "Refuse a pending join: the node becomes revoked, its agent's poll is rejected",
+        "The node is not pending (code: wrong_state)",
+    ),
+    (
+        "revoke",
+        (
+            "Revoke a node or a pending join: its certificates stop working and its tunnel "
+            "session ends at once (idempotent)"
+        ),
+        "Never (revoke is idempotent)",
+    ),
+)
+_TOKEN_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9]{6}$"},
+}
 _NAME_PARAM = {
     "name": "name",
     "in": "path",
@@ -376,7 +455,9 @@ def _op(
         operation["parameters"] = parameters
     if body:
         operation["requestBody"] = {"required": True, "content": {"application/json": body}}
-        responses["400"] = error("Malformed body (codes: bad_json, bad_request, bad_name)")
+        responses["400"] = error(
+            "Malformed body (codes: bad_json, bad_request, bad_name, unknown_field)"
+        )
         responses["413"] = error("Body larger than 16 KiB (code: body_too_large)")
     return operation
 
@@ -412,17 +493,48 @@ def list_parameters(
     ]
 
 
+def filter_parameters(
+    noun: str, *, statuses: tuple[str, ...], sort_fields: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """``q``, ``status``, ``sort`` and the paging parameters of a list of named things."""
+    return [
+        {
+            "name": "q",
+            "in": "query",
+            "description": f"substring of the {noun} name",
+            "schema": {"type": "string", "maxLength": MAX_QUERY},
+        },
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(statuses)}},
+        {
+            "name": "sort",
+            "in": "query",
+            "description": "field to sort by (default name); '-' in front for descending "
+            "(empty values last either way)",
+            "schema": {"type": "string", "enum": [*sort_fields, *("-" + f for f in sort_fields)]},
+        },
+        *PAGING_PARAMETERS,
+    ]
+
+
+_BODYLESS_ACTION = error(
+    "A body that is not empty or {} (codes: bad_json, unknown_field)",
+)
+_TOO_LARGE = error("Body larger than 16 KiB (code: body_too_large)")
+
+
 def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole OpenAPI document, with ``extra_paths`` merged into its paths."""
-    query = list_parameters("node", statuses=STATUSES, sort_fields=SORT_FIELDS)
-    bad_param = error("A query parameter out of range (code: bad_parameter)")
+    query = filter_parameters("node", statuses=STATUSES, sort_fields=SORT_FIELDS)
     bad_name = error("Not a valid node name (code: bad_name) or parameter (bad_parameter)")
     not_found = error("No such node (code: node_not_found)")
-    paths = _paths(query, bad_param, bad_name, not_found)
+    paths = _paths(query, bad_name, not_found)
     for path, operations in (extra_paths or {}).items():
         if path in paths:
             raise ValueError(f"OpenAPI path {path} is described twice")
         paths[path] = operations
+    # Last: a client that walks the document in order with the admin token (the permissions
+    # test, a script) rotates it only after every other call it makes with that token.
+    paths[_ROTATE] = paths.pop(_ROTATE)
     return {
         "openapi": "3.0.3",
         "info": {
@@ -432,7 +544,8 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "changes. Authenticate with 'Authorization: Bearer <token>': the admin token, a "
             "user token (tunnel-server users create) or a console session token from POST "
             "/api/v1/sessions. Roles admin, operator and viewer; docs/security.md has who may "
-            'call what. Errors are JSON {"error": code, "message": text}. See docs/api.md.',
+            "call what. Errors are RFC 9457 problem documents (application/problem+json) with a "
+            "stable 'reason'. See docs/api.md.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -446,7 +559,6 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
 
 def _paths(
     query: list[dict[str, Any]],
-    bad_param: dict[str, Any],
     bad_name: dict[str, Any],
     not_found: dict[str, Any],
 ) -> dict[str, Any]:
@@ -494,7 +606,12 @@ def _paths(
         "/api/v1/nodes": {
             "get": _op(
                 "List nodes with their latest status",
-                {"200": _json(ref("NodeList"), "One page of nodes"), "400": bad_param},
+                {
+                    "200": _json(ref("NodeList"), "One page of nodes"),
+                    "400": error(
+                        "A query parameter out of range (codes: bad_parameter, bad_continue)"
+                    ),
+                },
                 op_id="listNodes",
                 parameters=query,
             )
@@ -523,7 +640,7 @@ def _paths(
                 parameters=[
                     _NAME_PARAM,
                     {
-                        "name": "window",
+                        "name": "windowSeconds",
                         "in": "query",
                         "description": "seconds back from now (at most the retention, 25 h)",
                         "schema": {
@@ -536,30 +653,91 @@ def _paths(
                 ],
             )
         },
+        **{
+            f"/api/v1/nodes/{{name}}/{verb}": {
+                "post": _op(
+                    summary,
+                    {
+                        "200": _json(ref("Node"), "The node as it is now"),
+                        "400": error(
+                            "Not a valid node name (code: bad_name), or a body that is not "
+                            "empty or {} (bad_json, unknown_field)"
+                        ),
+                        "404": not_found,
+                        "409": error(conflict),
+                        "413": _TOO_LARGE,
+                    },
+                    op_id=f"{verb}Node",
+                    parameters=[_NAME_PARAM],
+                )
+            }
+            for verb, summary, conflict in _NODE_ACTIONS
+        },
         "/api/v1/tokens": {
             "get": _op(
                 "List bootstrap tokens (never their secrets), newest first",
                 {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["tokens"],
-                            "properties": {"tokens": {"type": "array", "items": ref("Token")}},
-                        },
-                        "The tokens",
-                    )
+                    "200": _json(list_of(ref("Token")), "One page of tokens"),
+                    "400": error(
+                        "A paging parameter is wrong (codes: bad_parameter, bad_continue)"
+                    ),
                 },
                 op_id="listTokens",
+                parameters=PAGING_PARAMETERS,
             ),
             "post": _op(
-                "Create a single-use bootstrap token for one node name",
+                "Create a single-use bootstrap token for one node or cluster name",
                 {
-                    "201": _json(ref("CreatedToken"), "The token, shown this once"),
+                    "201": {
+                        **_json(ref("CreatedToken"), "The token, shown this once"),
+                        "headers": {
+                            "Location": {
+                                "description": "/api/v1/tokens/{id}",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
                     "409": error("The name is joined or pending (code: name_taken)"),
                 },
                 op_id="createToken",
                 body={"schema": ref("TokenRequest")},
             ),
+        },
+        "/api/v1/tokens/{id}": {
+            "get": _op(
+                "One bootstrap token (never its secret)",
+                {
+                    "200": _json(ref("Token"), "The token"),
+                    "400": error("Not a token id (code: bad_name)"),
+                    "404": error("No such token (code: token_not_found)"),
+                },
+                op_id="getToken",
+                parameters=[_TOKEN_ID_PARAM],
+            ),
+            "delete": _op(
+                "Revoke an unused bootstrap token: a join with it is refused (401) from now on",
+                {
+                    "204": {"description": "Revoked (also when it was revoked already)"},
+                    "400": error("Not a token id (code: bad_name)"),
+                    "404": error("No such token (code: token_not_found)"),
+                    "409": error("The token was used: revoke its node instead (token_used)"),
+                },
+                op_id="deleteToken",
+                parameters=[_TOKEN_ID_PARAM],
+            ),
+        },
+        _ROTATE: {
+            "post": _op(
+                "Replace the admin token: the old one and the console sessions made from it "
+                "are refused (401) from this moment on; the new one is also written to "
+                "<data-dir>/admin-token",
+                {
+                    "200": _json(ref("AdminToken"), "The new admin token, shown this once"),
+                    "400": _BODYLESS_ACTION,
+                    "413": _TOO_LARGE,
+                },
+                op_id="rotateAdminToken",
+            )
         },
         "/api/v1/events": {
             "get": _op(

@@ -1,8 +1,8 @@
 """Query parameters and names of the REST API's list and item routes, checked one way.
 
-``list_params`` reads what every list route takes (``limit``, ``offset``, ``status``, ``sort``,
-``q``), ``is_name`` is the node and cluster name rule (``identity.tokens``' own): each bad
-value is a 400 ``bad_parameter`` that says what is allowed.
+``choice`` and ``name_query`` read the filters of list routes (``status``, ``sort``, ``q``;
+``api.paging`` reads ``limit`` and ``continue``), ``is_name`` is the node and cluster name rule
+(``identity.tokens``' own): each bad value is a 400 ``bad_parameter`` that says what is allowed.
 """
 
 from __future__ import annotations
@@ -39,8 +39,24 @@ def choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | N
     return raw
 
 
+def name_query(request: web.Request) -> str:
+    """``q``: the lower-cased part of a name a list is filtered by (empty: every name)."""
+    query = request.query.get("q", "")
+    if len(query) > MAX_QUERY:
+        raise ApiError(
+            400, "bad_parameter", f"query parameter 'q' is at most {MAX_QUERY} characters"
+        )
+    return query.lower()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ListParams:
+    """Old list parameters with ``offset``.
+
+    Only the clusters list reads them until it pages by ``continue`` (``api.paging``); then
+    this goes.
+    """
+
     limit: int
     offset: int
     status: str | None

@@ -16,7 +16,8 @@ class ApiSettings:
     """Largest request body of the API's own endpoints, in bytes: they take a few fields."""
 
     max_page: int = 5000
-    """Most nodes one list call returns; the default page is 1,000."""
+    """Most rows one page of the old offset lists returns (only the clusters list, until it
+    pages by ``continue``; the lists of ``api.paging`` take ``limit`` 1..1000)."""
 
     event_interval: float = 0.5
     """Seconds between live-update batches: changes within it go out as one event, so 1,000

@@ -1,7 +1,9 @@
 """Console session tokens: ``s2.<expiry>.<nonce>.<principal>.<mac>``, signed by a data-dir key.
 
-``principal`` is who the session acts for: ``admin`` (made from the bootstrap admin token) or
-the id of the cloud user whose token made it (``UserRecord.id``, random and never reused, so a
+``principal`` is who the session acts for: ``admin-<admin token id>`` (made from the bootstrap
+admin token; the id binds it to that token, so rotating the admin token ends its sessions; a
+bare ``admin`` is a session made before that, valid until the first rotation) or the id of the
+cloud user whose token made it (``UserRecord.id``, random and never reused, so a
 user revoked and made again under the same name does not bring the old one's sessions back).
 The MAC is HMAC-SHA256 over everything before it; see ``tunnel_server.api.auth`` for who may
 call the API with one. Sessions of the older form ``s1.<expiry>.<nonce>.<mac>`` were only ever
@@ -32,7 +34,7 @@ LEGACY_PREFIX = "s1"
 ADMIN_PRINCIPAL = "admin"
 REVOKED_MESSAGE = "this console session was signed out: sign in again with the admin token"
 USER_REVOKED_MESSAGE = "this console session was signed out: sign in again with your user token"
-_PRINCIPAL = re.compile(r"admin|[a-z0-9]{12}")
+_PRINCIPAL = re.compile(r"admin(-[a-z0-9]{6})?|[a-z0-9]{12}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +45,23 @@ class SessionClaim:
     session_id: str
     """Its nonce, unique per session: what signing out revokes."""
     principal: str
-    """``admin`` or a user id."""
+    """``admin``, ``admin-<admin token id>`` or a user id."""
+
+    @property
+    def admin_made(self) -> bool:
+        """Whether the admin token made this session (not a user's token)."""
+        return self.principal == ADMIN_PRINCIPAL or self.principal.startswith(ADMIN_PRINCIPAL + "-")
+
+    @property
+    def admin_token_id(self) -> str | None:
+        """The id of the admin token that made it; None if unknown (older) or a user's."""
+        head, _, token_id = self.principal.partition("-")
+        return token_id if head == ADMIN_PRINCIPAL and token_id else None
+
+
+def admin_principal(token_id: str) -> str:
+    """The principal of a session made from the admin token ``token_id``."""
+    return f"{ADMIN_PRINCIPAL}-{token_id}"
 
 
 def is_session_token(token: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunnel_server.api.settings import ApiSettings
-from tunnel_server.api.views import summary
+from tunnel_server.api.views import node_row
 from tunnel_server.status.history import StatusHistory
 from tunnel_server.store import NodeRecord, Store
 
@@ -80,7 +80,7 @@ class NodeTable:
             record = self._records.get(name)
             if record is None:
                 continue
-            data = summary(
+            data = node_row(
                 record,
                 self._history.live(name),
                 connected=name in connected,

@@ -1,10 +1,17 @@
-"""The JSON shapes of nodes, the fleet overview and warnings (pure functions over records)."""
+"""The JSON shapes of nodes, the fleet overview and warnings (pure functions over records).
+
+``summary`` gathers what is known of one node under internal snake_case names (the clusters
+part builds its rows from it too); ``node_row`` is that as the API shows it: camelCase, times
+RFC 3339 and named ``...At`` (docs/api.md, "The convention").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from tunnel_server.api.paging import Key
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.status.history import NodeLive
 from tunnel_server.store import NodeRecord
@@ -13,13 +20,38 @@ STATUSES = ("online", "offline", "unknown", "pending", "revoked")
 SORT_FIELDS = (
     "name",
     "status",
-    "cpu_percent",
-    "memory_percent",
-    "disk_percent",
-    "agent_version",
-    "cert_expires",
-    "last_seen",
+    "cpuPercent",
+    "memoryPercent",
+    "diskPercent",
+    "agentVersion",
+    "certExpiresAt",
+    "lastSeenAt",
 )
+"""Fields of a node row ``GET /api/v1/nodes?sort=`` orders by (``-`` in front: descending)."""
+
+ROW_NAMES = {
+    "name": "name",
+    "kind": "kind",
+    "state": "state",
+    "status": "status",
+    "connected": "connected",
+    "last_seen": "lastSeenAt",
+    "last_report": "lastReportAt",
+    "status_since": "statusChangedAt",
+    "offline_reason": "offlineReason",
+    "agent_version": "agentVersion",
+    "cert_expires": "certExpiresAt",
+    "os": "os",
+    "kernel": "kernel",
+    "cpu_percent": "cpuPercent",
+    "memory_percent": "memoryPercent",
+    "disk_percent": "diskPercent",
+    "load1": "load1",
+    "rtt_ms": "rttMs",
+    "uptime_seconds": "uptimeSeconds",
+    "warnings": "warnings",
+}
+"""``summary``'s names -> the API's names of a node row, in the order the row shows them."""
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -142,8 +174,21 @@ def summary(
     }
 
 
+def node_row(
+    node: NodeRecord,
+    live: NodeLive | None,
+    *,
+    connected: bool,
+    now: float,
+    settings: ApiSettings,
+) -> dict[str, Any]:
+    """One row of the node table as the API shows it (``GET /api/v1/nodes``, events)."""
+    facts = summary(node, live, connected=connected, now=now, settings=settings)
+    return {api: facts[internal] for internal, api in ROW_NAMES.items()}
+
+
 def overview(rows: list[dict[str, Any]], *, now: float) -> dict[str, Any]:
-    """Counts by status and every warning, most severe first."""
+    """Counts by status and every warning, most severe first (``rows``: ``node_row``s)."""
     counts = dict.fromkeys(STATUSES, 0)
     warnings: list[dict[str, str]] = []
     for row in rows:
@@ -152,15 +197,22 @@ def overview(rows: list[dict[str, Any]], *, now: float) -> dict[str, Any]:
     order = {"critical": 0, "warning": 1, "info": 2}
     warnings.sort(key=lambda w: (order[w["severity"]], w["node"]))
     return {
-        "generated_at": iso(now),
+        "generatedAt": iso(now),
         "nodes": {"total": len(rows), **counts},
         "warnings": warnings,
     }
 
 
-def sort_key(field: str) -> Any:  # noqa: ANN401 - a key function of mixed types
-    def key(row: dict[str, Any]) -> tuple[bool, Any, str]:
+def sort_key(field: str, *, descending: bool = False) -> Callable[[dict[str, Any]], Key]:
+    """The paging key of a node row sorted by ``field``: rows without a value come last.
+
+    Ascending, ``(missing, value, name)`` puts missing values after the rest; descending (the
+    order reversed), ``(present, value, name)`` does. The name makes every key unique.
+    """
+
+    def key(row: dict[str, Any]) -> Key:
         value = row.get(field)
-        return (value is None, value if value is not None else 0, row["name"])
+        marker = (value is not None) if descending else (value is None)
+        return (marker, value, row["name"])
 
     return key

@@ -200,6 +200,12 @@ def check_token(store: Store, text: str, *, now: float) -> TokenRecord:
             "unknown bootstrap token: check it was copied whole, or create a new one with"
             " `tunnel-server token create`"
         )
+    if record.revoked_at is not None:
+        # 401 like an unknown token: it will never work again, whatever is retried.
+        raise InvalidTokenError(
+            f"bootstrap token {token.id} was revoked by an operator: ask for a new one"
+            f" (`tunnel-server token create --name {record.name}`)"
+        )
     if record.used_at is not None:
         raise UsedTokenError(
             f"bootstrap token {token.id} was already used: tokens are single-use;"
@@ -228,6 +234,61 @@ def ensure_admin_token(store: Store, data_dir: Path, *, now: float) -> bool:
     store.set_meta("admin_token_id", token_id)
     log.info("created admin API token", extra={"kv": {"file": data_dir / ADMIN_FILE}})
     return True
+
+
+def rotate_admin_token(store: Store, data_dir: Path, *, now: float) -> str:
+    """Make a new admin token, write it to ``<data-dir>/admin-token`` (0600), return it.
+
+    The old one stops working the moment the store commits (it is deleted there), and so do
+    the console sessions made from it (``admin_session_valid``). The file is written first and
+    put back as it was if the store refuses, so the file and the store never disagree.
+    """
+    path = data_dir / ADMIN_FILE
+    try:
+        previous: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        previous = None
+    for _ in range(_ID_ATTEMPTS):
+        token_id, secret = _random(6), _random(32)
+        write_atomic(path, f"{token_id}.{secret}\n".encode(), mode=0o600)
+        try:
+            old = store.rotate_admin_token(
+                token_id=token_id, secret_hash=hash_secret(secret), now=now
+            )
+        except DuplicateIdError:
+            continue
+        except BaseException:
+            if previous is not None:
+                write_atomic(path, previous, mode=0o600)
+            raise
+        break
+    else:
+        if previous is not None:
+            write_atomic(path, previous, mode=0o600)
+        raise StoreError(f"no free admin token id after {_ID_ATTEMPTS} tries")
+    log.info(
+        "rotated admin API token",
+        extra={"kv": {"old_id": old, "new_id": token_id, "file": path}},
+    )
+    return f"{token_id}.{secret}"
+
+
+def admin_session_valid(store: Store, token_id: str | None) -> bool:
+    """Whether a console session made from the admin token ``token_id`` may still be used.
+
+    ``token_id`` None: a session from before sessions named their admin token; it stays valid
+    until the admin token is first rotated.
+    """
+    if token_id is None:
+        return store.get_meta("admin_token_rotated_at") is None
+    current = store.get_meta("admin_token_id")
+    return current is not None and same_hash(token_id, current)
+
+
+def admin_token_id(presented: str) -> str | None:
+    """The id part of an admin token (its first 6 characters), or None if it is not one."""
+    match = _ADMIN_RE.fullmatch(presented.strip())
+    return None if match is None else match[1]
 
 
 def verify_admin_token(store: Store, presented: str) -> bool:

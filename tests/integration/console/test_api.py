@@ -20,17 +20,17 @@ def test_every_call_needs_a_credential(console_system: ConsoleSystem) -> None:
     for path in ("/api/v1/nodes", "/api/v1/overview", "/api/v1/tokens", "/api/v1/events"):
         status, body, headers = api.call("GET", path, token="")
         assert status == 401, path
-        assert body["error"] == "unauthenticated"
-        assert "admin-token" in body["message"]
+        assert body["reason"] == "unauthenticated"
+        assert "admin-token" in body["detail"]
         assert headers["WWW-Authenticate"].startswith("Bearer")
     status, body, _ = api.call(
         "GET", "/api/v1/nodes", token="abcdef.wrongwrongwrongwrongwrongwrong12"
     )
-    assert (status, body["error"]) == (401, "invalid_token")
+    assert (status, body["reason"]) == (401, "invalid_token")
     status, body, _ = api.call(
         "GET", "/api/v1/nodes", headers={"Authorization": "Basic x"}, token=""
     )
-    assert (status, body["error"]) == (401, "unauthenticated")
+    assert (status, body["reason"]) == (401, "unauthenticated")
 
 
 def test_sessions_expire_and_forgeries_fail(console_system: ConsoleSystem) -> None:
@@ -42,15 +42,15 @@ def test_sessions_expire_and_forgeries_fail(console_system: ConsoleSystem) -> No
     session = body["token"]
     assert api.call("GET", "/api/v1/nodes", token=session)[0] == 200
     status, body, _ = api.call("POST", "/api/v1/sessions", token=session)
-    assert (status, body["error"]) == (403, "admin_token_required")
+    assert (status, body["reason"]) == (403, "admin_token_required")
     forged = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
     status, body, _ = api.call("GET", "/api/v1/nodes", token=forged)
-    assert (status, body["error"]) == (401, "invalid_session")
+    assert (status, body["reason"]) == (401, "invalid_session")
     signer = SessionSigner.load_or_create(console_system.server.data_dir)
     expired, _ = signer.issue(now=time.time() - 7200, ttl=60)
     status, body, _ = api.call("GET", "/api/v1/nodes", token=expired)
-    assert (status, body["error"]) == (401, "session_expired")
-    assert "sign in again" in body["message"]
+    assert (status, body["reason"]) == (401, "session_expired")
+    assert "sign in again" in body["detail"]
 
 
 def test_malformed_and_oversized_requests_get_clear_4xx(console_system: ConsoleSystem) -> None:
@@ -60,22 +60,46 @@ def test_malformed_and_oversized_requests_get_clear_4xx(console_system: ConsoleS
         ("POST", "/api/v1/tokens", b"[1, 2]", 400, "bad_json"),
         ("POST", "/api/v1/tokens", b"", 400, "bad_json"),
         ("POST", "/api/v1/tokens", b'{"name": "Bad Name!"}', 400, "bad_name"),
-        ("POST", "/api/v1/tokens", b'{"name": "ok", "ttl_seconds": 1}', 400, "bad_request"),
-        ("POST", "/api/v1/tokens", b'{"name": "ok", "extra": 1}', 400, "bad_request"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "ttlSeconds": 1}', 400, "bad_request"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "ttl_seconds": 60}', 400, "unknown_field"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "extra": 1}', 400, "unknown_field"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "manifest": true}', 400, "bad_request"),
+        ("POST", "/api/v1/tokens", b'{"name": "ok", "image": "x"}', 400, "bad_request"),
         ("POST", "/api/v1/tokens", b'{"name": "' + b"x" * 40_000 + b'"}', 413, "body_too_large"),
         ("GET", "/api/v1/nodes?limit=0", None, 400, "bad_parameter"),
         ("GET", "/api/v1/nodes?sort=bogus", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/nodes?sort=cpu_percent", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/nodes?continue=garbage", None, 400, "bad_continue"),
+        ("GET", "/api/v1/tokens?limit=1001", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/tokens/NOPE!!", None, 400, "bad_name"),
+        ("GET", "/api/v1/tokens/zzzzzz", None, 404, "token_not_found"),
+        ("DELETE", "/api/v1/tokens/zzzzzz", None, 404, "token_not_found"),
+        ("POST", "/api/v1/nodes/no-such-node/approve", None, 404, "node_not_found"),
+        ("POST", "/api/v1/nodes/edge-a/approve", b"{not json", 400, "bad_json"),
+        ("POST", "/api/v1/nodes/edge-a/deny", b'{"why": "x"}', 400, "unknown_field"),
+        ("POST", "/api/v1/nodes/edge-a/revoke", b"[]", 400, "bad_json"),
+        (
+            "POST",
+            "/api/v1/nodes/edge-a/revoke",
+            b'{"a": "' + b"x" * 40_000 + b'"}',
+            413,
+            "body_too_large",
+        ),
+        ("POST", "/api/v1/admin-token/rotate", b'{"x": 1}', 400, "unknown_field"),
+        ("POST", "/api/v1/admin-token/rotate", b"{" * 20_000, 413, "body_too_large"),
         ("GET", "/api/v1/nodes/NOT_A_NAME", None, 400, "bad_name"),
         ("GET", "/api/v1/nodes/no-such-node", None, 404, "node_not_found"),
-        ("GET", "/api/v1/nodes/edge-a/history?window=5", None, 400, "bad_parameter"),
+        ("GET", "/api/v1/nodes/edge-a/history?windowSeconds=5", None, 400, "bad_parameter"),
         ("GET", "/api/v1/no-such-thing", None, 404, "not_found"),
         ("DELETE", "/api/v1/tokens", None, 405, "method_not_allowed"),
     ]
     for method, path, body, want, code in cases:
         status, answer, headers = api.call(method, path, body=body)
-        assert (status, answer.get("error")) == (want, code), (method, path, answer)
-        assert answer["message"], "every error says what to do"
-        assert headers["Content-Type"].startswith("application/json")
+        assert (status, answer.get("reason")) == (want, code), (method, path, answer)
+        assert answer["detail"], "every error says what to do"
+        assert answer["status"] == want
+        assert answer["type"] == f"tag:edgefleet.io,2026:problem/{code}"
+        assert headers["Content-Type"].startswith("application/problem+json")
         if want == 405:
             assert "POST" in headers["Allow"]
 
@@ -100,33 +124,37 @@ def test_oversized_body_refused_before_it_is_read(console_system: ConsoleSystem)
 
 def test_nodes_list_detail_and_history(console_system: ConsoleSystem) -> None:
     api = console_system.api
-    listing = api.get("/api/v1/nodes?sort=-name")
-    assert [n["name"] for n in listing["nodes"]][:2] == ["edge-b", "edge-a"]
-    assert api.get("/api/v1/nodes?q=edge-a")["total"] == 1
+    listing = api.get("/api/v1/nodes?sort=-name&status=online")
+    assert [n["name"] for n in listing["items"]][:2] == ["edge-b", "edge-a"]
+    assert [n["name"] for n in api.get("/api/v1/nodes?q=edge-a")["items"]] == ["edge-a"]
     node = api.node("edge-a")
     assert node["status"] == "online"
     assert node["connected"] is True
-    assert node["lease_seconds"] == 5.0
+    assert node["leaseSeconds"] == 5.0
     for key in ("cpu.percent", "memory.total", "disk.percent", "load.1", "os.release", "boot.time"):
         assert key in node["metrics"], key
-    assert node["metrics"]["agent.version"] == node["agent_version"]
-    assert node["cert_expires"] is not None
+    assert node["metrics"]["agent.version"] == node["agentVersion"]
+    assert node["certExpiresAt"] is not None
+    assert node["lastSeenAt"].endswith("+00:00")
     assert node["devices"] == []  # the twin part is mounted; this node has no device
-    history = api.get("/api/v1/nodes/edge-a/history?window=3600")
+    history = api.get("/api/v1/nodes/edge-a/history?windowSeconds=3600")
+    assert history["windowSeconds"] == 3600
     assert history["points"], "at least the current minute"
     point = history["points"][-1]
-    assert point["n"] >= 1
+    assert point["samples"] >= 1
+    assert point["at"].endswith(":00+00:00"), "the start of a minute"
     assert point["cpu"] is not None
     assert point["disk"] is not None
 
 
 def test_token_created_over_the_api_joins_a_node(console_system: ConsoleSystem) -> None:
     api = console_system.api
-    body = json.dumps({"name": "edge-api", "ttl_seconds": 600}).encode()
-    status, created, _ = api.call("POST", "/api/v1/tokens", body=body)
+    body = json.dumps({"name": "edge-api", "ttlSeconds": 600}).encode()
+    status, created, headers = api.call("POST", "/api/v1/tokens", body=body)
     assert status == 201, created
-    assert created["join_command"].startswith("edge-agent join --server ")
-    tokens = api.get("/api/v1/tokens")["tokens"]
+    assert headers["Location"] == f"/api/v1/tokens/{created['id']}"
+    assert created["joinCommand"].startswith("edge-agent join --server ")
+    tokens = api.get("/api/v1/tokens")["items"]
     assert tokens[0]["id"] == created["id"]
     assert tokens[0]["status"] == "valid"
     assert created["token"] not in json.dumps(tokens), "secrets are shown once only"
@@ -139,13 +167,16 @@ def test_token_created_over_the_api_joins_a_node(console_system: ConsoleSystem) 
         "--data-dir", agent.data_dir,
     )  # fmt: skip
     assert api.node("edge-api")["status"] == "unknown", "joined, never reported"
-    assert api.get("/api/v1/tokens")["tokens"][0]["status"] == "used"
+    assert api.get("/api/v1/tokens")["items"][0]["status"] == "used"
+    assert api.get(f"/api/v1/tokens/{created['id']}")["usedAt"] is not None
+    status, refused, _ = api.call("DELETE", f"/api/v1/tokens/{created['id']}")
+    assert (status, refused["reason"]) == (409, "token_used"), refused
 
     # A second token for the joined name would only fail at its join: refused now, unless the
     # caller asks to replace the node, which revokes it at once.
     status, refused, _ = api.call("POST", "/api/v1/tokens", body=body)
-    assert (status, refused["error"]) == (409, "name_taken"), refused
-    assert '"replace": true' in refused["message"]
+    assert (status, refused["reason"]) == (409, "name_taken"), refused
+    assert '"replace": true' in refused["detail"]
     replace = json.dumps({"name": "edge-api", "replace": True}).encode()
     status, created, _ = api.call("POST", "/api/v1/tokens", body=replace)
     assert status == 201, created
@@ -153,7 +184,7 @@ def test_token_created_over_the_api_joins_a_node(console_system: ConsoleSystem) 
     status, refused, _ = api.call(
         "POST", "/api/v1/tokens", body=json.dumps({"name": "x", "replace": 1}).encode()
     )
-    assert (status, refused["error"]) == (400, "bad_request"), refused
+    assert (status, refused["reason"]) == (400, "bad_request"), refused
 
 
 def test_events_stream_starts_with_a_snapshot(console_system: ConsoleSystem) -> None:
@@ -200,13 +231,13 @@ def test_sign_out_revokes_only_that_session_at_once(console_system: ConsoleSyste
     assert (status, body) == (204, {})
     for path in ("/api/v1/nodes", "/api/v1/overview", "/api/v1/devices", "/api/v1/events"):
         status, body, headers = api.call("GET", path, token=leaving)
-        assert (status, body["error"]) == (401, "session_revoked"), path
-        assert body["message"] == (
+        assert (status, body["reason"]) == (401, "session_revoked"), path
+        assert body["detail"] == (
             "this console session was signed out: sign in again with the admin token"
         )
         assert headers["WWW-Authenticate"].startswith("Bearer")
     status, body, _ = api.call("POST", "/api/v1/sessions", token=leaving)
-    assert (status, body["error"]) == (401, "session_revoked"), "no new session from it either"
+    assert (status, body["reason"]) == (401, "session_revoked"), "no new session from it either"
     assert api.call("GET", "/api/v1/nodes", token=staying)[0] == 200, "other sessions work"
     assert api.call("GET", "/api/v1/nodes")[0] == 200, "the admin token works"
     # Signing out twice (a retry, a second tab) is not an error.
@@ -217,14 +248,14 @@ def test_sign_out_revokes_only_that_session_at_once(console_system: ConsoleSyste
 def test_sign_out_needs_a_genuine_session(console_system: ConsoleSystem) -> None:
     api = console_system.api
     status, body, _ = api.call("DELETE", SIGN_OUT)  # the admin token
-    assert (status, body["error"]) == (403, "session_token_required")
+    assert (status, body["reason"]) == (403, "session_token_required")
     assert api.call("GET", "/api/v1/nodes")[0] == 200, "the admin token is not revoked"
     status, body, _ = api.call("DELETE", SIGN_OUT, token="")
-    assert (status, body["error"]) == (401, "unauthenticated")
+    assert (status, body["reason"]) == (401, "unauthenticated")
     session = _new_session(api)
     forged = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
     status, body, _ = api.call("DELETE", SIGN_OUT, token=forged)
-    assert (status, body["error"]) == (401, "invalid_session")
+    assert (status, body["reason"]) == (401, "invalid_session")
     assert api.call("GET", "/api/v1/nodes", token=session)[0] == 200
 
 
@@ -261,7 +292,8 @@ def test_a_signed_out_sessions_live_stream_ends(console_system: ConsoleSystem) -
         tail = _read_until(gone, b"")  # the server ends the stream and closes
         took = time.monotonic() - signed_out
         event = tail[tail.index(b"event: revoked") :]
-        assert b'"error":"session_revoked"' in event
+        assert b'"reason":"session_revoked"' in event
+        assert b'"status":401' in event
         assert b"sign in again" in event
         assert took < 15, f"the stream ended {took:.1f} s after the sign-out, not at once"
         # The other session's stream goes on: the agents' next reports still reach it.
@@ -285,7 +317,7 @@ def test_signed_out_sessions_are_forgotten_once_expired(console_system: ConsoleS
 
     def refusals() -> list[tuple[int, object]]:
         answers = [api.call("GET", "/api/v1/nodes", token=token) for token, _ in short]
-        return [(status, body.get("error")) for status, body, _ in answers]
+        return [(status, body.get("reason")) for status, body, _ in answers]
 
     # The server's clock says they expired (ttl 2 s): refused as expired, not as signed out.
     eventually(
@@ -301,4 +333,4 @@ def test_signed_out_sessions_are_forgotten_once_expired(console_system: ConsoleS
     assert not short_ids & left, "entries past their expiry are pruned"
     for token, _ in short:  # and the tokens are refused as expired, not let back in
         status, body, _ = api.call("GET", "/api/v1/nodes", token=token)
-        assert (status, body["error"]) == (401, "session_expired")
+        assert (status, body["reason"]) == (401, "session_expired")

@@ -299,7 +299,7 @@ async def test_what_cannot_be_sent_on_gets_400(edge: Edge, sent: bytes) -> None:
     before = len(edge.target.lines)
     answer = await exchange(edge, request(edge, "GET", PROXY.encode() + b"/raw" + sent))
     assert answer.status == 400, answer
-    assert answer.json()["error"] == "bad_path"
+    assert answer.json()["reason"] == "bad_path"
     assert len(edge.target.lines) == before, "nothing reached the target"
     log.assert_quiet(max_lines=1)
 
@@ -309,7 +309,7 @@ async def test_bad_target_names_get_400(edge: Edge, target: str) -> None:
     log = edge.log()
     answer = await exchange(edge, request(edge, "GET", f"{PROXY}/{target}/hello".encode()))
     assert answer.status == 400, answer
-    assert answer.json()["error"] == "bad_target"
+    assert answer.json()["reason"] == "bad_target"
     log.assert_quiet(max_lines=1)
 
 

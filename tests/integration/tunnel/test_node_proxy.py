@@ -140,8 +140,9 @@ async def test_refusals_are_clear(
     ):
         body = json.loads(await answer.read())
     assert answer.status == status
-    assert body["error"] == code
-    assert body["message"]
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
+    assert body["reason"] == code
+    assert body["detail"]
 
 
 async def wait_no_streams(system: System) -> None:

@@ -71,11 +71,11 @@ async def test_a_scoped_operator_reads_and_writes_its_clusters_only(client: Clie
         assert (await _get(client, f"/api/v1/test/{verb}/clusters/a", token))[0] == 200
     status, body = await _get(client, "/api/v1/test/read/clusters/c", token)
     assert (status, body["reason"]) == (403, "cluster_out_of_scope")
-    assert "'c'" in body["message"]
-    assert "a, b" in body["message"]
+    assert "'c'" in body["detail"]
+    assert "a, b" in body["detail"]
     status, body = await _get(client, "/api/v1/test/admin/clusters/a", token)
     assert (status, body["reason"]) == (403, "forbidden")
-    assert "needs role admin" in body["message"]
+    assert "needs role admin" in body["detail"]
     assert await _failures(client, "cluster_out_of_scope") == 1
     assert await _failures(client, "forbidden") == 1
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest_asyncio
@@ -12,10 +13,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tunnel_server.app import bootstrap, create_app
-from tunnel_server.app_keys import HISTORY_KEY
+from tunnel_server.app_keys import CLUSTER_MANIFEST_KEY, HISTORY_KEY
 from tunnel_server.identity import tokens
 from tunnel_server.settings import ServerSettings
 from tunnel_server.store import NodeRecord
+from tunnel_server.web.errors import ApiError
 
 Client = TestClient[web.Request, web.Application]
 
@@ -52,17 +54,26 @@ def admin(tmp_path: Path) -> dict[str, str]:
 
 
 async def test_nodes_and_overview(client: Client, tmp_path: Path) -> None:
-    answer = await client.get("/api/v1/nodes?sort=-cpu_percent", headers=admin(tmp_path))
+    answer = await client.get("/api/v1/nodes?sort=-cpuPercent", headers=admin(tmp_path))
     body = await answer.json()
-    assert [n["name"] for n in body["nodes"]] == ["alpha", "beta"]
-    assert body["nodes"][0]["status"] == "online"
-    assert body["nodes"][1]["status"] == "unknown"
+    assert [n["name"] for n in body["items"]] == ["alpha", "beta"]
+    assert body["items"][0]["status"] == "online"
+    assert body["items"][0]["cpuPercent"] == 12.5
+    assert body["items"][1]["status"] == "unknown"
+    assert body["metadata"] == {"continue": None}
+    # Ascending, the node without a value still comes last.
+    answer = await client.get("/api/v1/nodes?sort=cpuPercent", headers=admin(tmp_path))
+    assert [n["name"] for n in (await answer.json())["items"]] == ["alpha", "beta"]
     overview = await (await client.get("/api/v1/overview", headers=admin(tmp_path))).json()
     assert overview["nodes"]["online"] == 1
     assert [w["code"] for w in overview["warnings"]] == ["disk_full"]
     history = await client.get("/api/v1/nodes/alpha/history", headers=admin(tmp_path))
-    points = (await history.json())["points"]
+    body = await history.json()
+    assert body["series"] == ["cpu", "memory", "disk", "load1", "rxBps", "txBps", "rttMs"]
+    points = body["points"]
     assert points[-1]["cpu"] == 12.5
+    assert points[-1]["samples"] == 1
+    assert points[-1]["at"].endswith("+00:00")
 
 
 async def test_errors_are_json(client: Client, tmp_path: Path) -> None:
@@ -72,7 +83,8 @@ async def test_errors_are_json(client: Client, tmp_path: Path) -> None:
     ):
         answer = await client.get(path)
         assert answer.status == status
-        assert (await answer.json())["error"] == code
+        assert answer.headers["Content-Type"].startswith("application/problem+json")
+        assert (await answer.json())["reason"] == code
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
     answer = await client.put("/api/v1/tokens", headers=admin(tmp_path))
     assert answer.status == 405
@@ -125,3 +137,63 @@ async def test_events_snapshot_then_changes(client: Client, tmp_path: Path) -> N
             seen += await answer.content.readany()
     assert b"event: nodes" in seen
     answer.close()
+
+
+@contextlib.asynccontextmanager
+async def _app_with(tmp_path: Path, render: Callable[..., str] | None) -> AsyncIterator[Client]:
+    """A server whose cluster manifest renderer is ``render`` (None: no clusters part)."""
+    settings = ServerSettings(data_dir=tmp_path, port=1)
+    identity = bootstrap(settings)
+    app = create_app(settings, identity=identity)
+    if render is None:
+        app.pop(CLUSTER_MANIFEST_KEY, None)
+    else:
+        app[CLUSTER_MANIFEST_KEY] = render
+    try:
+        async with TestClient(TestServer(app)) as test_client:
+            yield test_client
+    finally:
+        identity.store.close()
+
+
+async def test_a_cluster_token_with_its_install_manifest(tmp_path: Path) -> None:
+    asked: list[dict[str, object]] = []
+
+    def render(**fields: object) -> str:
+        asked.append(fields)
+        return f"kind: Secret # token {fields['token']}\n"
+
+    async with _app_with(tmp_path, render) as client:
+        body = {"name": "c-1", "kind": "cluster", "manifest": True, "image": "reg/ef:1"}
+        answer = await client.post("/api/v1/tokens", json=body, headers=admin(tmp_path))
+        created = await answer.json()
+        assert answer.status == 201, created
+        assert created["manifest"] == f"kind: Secret # token {created['token']}\n"
+        assert answer.headers["Location"] == f"/api/v1/tokens/{created['id']}"
+        assert asked[0]["image"] == "reg/ef:1"
+        assert asked[0]["name"] == "c-1"
+        assert str(asked[0]["ca_hash"]).startswith("sha256:")
+        plain = await client.post("/api/v1/tokens", json={"name": "c-2"}, headers=admin(tmp_path))
+        assert "manifest" not in await plain.json()
+
+
+async def test_no_manifest_without_the_clusters_part(tmp_path: Path) -> None:
+    async with _app_with(tmp_path, None) as client:
+        body = {"name": "c-1", "kind": "cluster", "manifest": True}
+        answer = await client.post("/api/v1/tokens", json=body, headers=admin(tmp_path))
+        assert answer.status == 400
+        assert (await answer.json())["reason"] == "manifest_unavailable"
+        listed = await (await client.get("/api/v1/tokens", headers=admin(tmp_path))).json()
+        assert listed["items"] == [], "no token is made for a manifest that cannot be"
+
+
+async def test_a_manifest_that_fails_leaves_no_usable_token(tmp_path: Path) -> None:
+    def render(**_: object) -> str:
+        raise ApiError(400, "bad_request", "cannot make the install manifest: bad image")
+
+    async with _app_with(tmp_path, render) as client:
+        body = {"name": "c-1", "kind": "cluster", "manifest": True, "image": "x"}
+        answer = await client.post("/api/v1/tokens", json=body, headers=admin(tmp_path))
+        assert (answer.status, (await answer.json())["reason"]) == (400, "bad_request")
+        listed = await (await client.get("/api/v1/tokens", headers=admin(tmp_path))).json()
+        assert [t["status"] for t in listed["items"]] == ["revoked"]

@@ -139,6 +139,7 @@ def test_a_version_2_store_gets_the_users_tables(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     db.execute("DROP TABLE user_tokens")
     db.execute("DROP TABLE users")
+    db.execute("ALTER TABLE tokens DROP COLUMN revoked_at")  # version 4's
     db.execute("PRAGMA user_version = 2")
     db.close()
     store = SqliteStore.open(tmp_path)
@@ -146,7 +147,7 @@ def test_a_version_2_store_gets_the_users_tables(tmp_path: Path) -> None:
         assert store.get_meta("public_url") == "https://x:1"
         users.create_user(store, "after", role="viewer", clusters=None, ttl=DAY, now=NOW)
         db = sqlite3.connect(tmp_path / "store.db")
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         db.close()
     finally:
         store.close()
