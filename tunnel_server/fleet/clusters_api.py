@@ -336,7 +336,7 @@ def cut_off(app: web.Application, name: str) -> bool:
 async def cluster_action(request: web.Request) -> web.Response:
     """``POST /api/v1/clusters/{name}/approve|deny|revoke``: double opt-in and cut-off."""
     name = _cluster_name(request)
-    verb = request.match_info["action"]
+    verb = request.path.rsplit("/", 1)[1]
     caller = require(request, "write", cluster=name)
     await _no_body(request)
     record = _record(request, name)
@@ -394,4 +394,5 @@ def setup(app: web.Application) -> None:
     app[CLUSTER_MANIFEST_KEY] = render_manifest
     app.router.add_get("/api/v1/clusters", list_clusters)
     app.router.add_get("/api/v1/clusters/{name}", get_cluster)
-    app.router.add_post("/api/v1/clusters/{name}/{action:approve|deny|revoke}", cluster_action)
+    for verb in _ACTIONS:  # one route each, as the OpenAPI document lists them
+        app.router.add_post(f"/api/v1/clusters/{{name}}/{verb}", cluster_action)

@@ -73,8 +73,11 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube.ControlPlan
 
 @pytest.fixture(scope="module")
 def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A running tunnel server's data dir: the CLI's ``--data-dir`` shortcut reads the URL, CA
-    and admin token there and talks to the API (management commands need a running server)."""
+    """A running tunnel server's data dir.
+
+    The CLI's ``--data-dir`` shortcut reads the URL, CA and admin token there and talks to the
+    API: management commands need a running server.
+    """
     server = daemons.Server(workdir=tmp_path_factory.mktemp("tunnel-server"))
     server.start()
     try:
