@@ -493,13 +493,23 @@ def _free_name(store: Store, name: str, *, replace: bool) -> NodeRecord | None:
     try:
         return tokens.free_name(store, name, replace=replace)
     except tokens.NameInUseError as exc:
-        state = "waits for approval" if exc.node.state == "pending" else "is joined"
+        pending = exc.node.state == "pending"
+        state = "waits for approval" if pending else "is joined"
+        kinds = "clusters" if exc.node.kind == "cluster" else "nodes"
+        waiting = (
+            f" Its join waits for you: `tunnel-server {kinds} approve {name}` (POST"
+            f" /api/v1/{kinds}/{name}/approve) or deny it."
+            if pending
+            else ""
+        )
         raise ApiError(
             409,
             "name_taken",
             f"{exc.node.kind} {name!r} {state}, so a join with a new token would be refused."
+            f"{waiting}"
             ' To re-join a reinstalled or replaced machine under this name, send "replace":'
-            " true (revokes the old one at once); to join another machine, use another name",
+            " true (`--replace`; revokes the old one at once); to join another machine, use"
+            " another name",
         ) from None
 
 

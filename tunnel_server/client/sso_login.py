@@ -88,6 +88,7 @@ def sso_login(
     ``browser`` (tests) is called with the sign-in URL instead of the system's web browser;
     ``tell`` shows the URL to the person, for a machine with no browser.
     """
+    _check_offered(server, ca_pem)
     verifier = secrets.token_urlsafe(32)
     catcher: type[_Catcher] = type("Catcher", (_Catcher,), {"code": None})
     listener = http.server.HTTPServer(("127.0.0.1", 0), catcher)
@@ -115,6 +116,26 @@ def sso_login(
     finally:
         listener.server_close()
     return _exchange(server, ca_pem, code=code, verifier=verifier)
+
+
+def _check_offered(server: str, ca_pem: bytes) -> None:
+    """Fail at once on a server without SSO, rather than after the sign-in timeout."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - the server's own https URL
+            f"{server.rstrip('/')}/api/v1/sso", timeout=30, context=context
+        ) as answer:
+            body = json.loads(answer.read(MAX_ANSWER))
+    except urllib.error.HTTPError as error:
+        error.close()
+        raise SsoLoginError(f"{server} answered {error.code} to GET /api/v1/sso") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise SsoLoginError(f"cannot reach {server}: {error}") from None
+    if not isinstance(body, dict) or body.get("enabled") is not True:
+        raise SsoLoginError(
+            f"{server} offers no SSO sign-in (its admin starts it with `run --sso-config`):"
+            " log in with --token instead"
+        )
 
 
 def _exchange(server: str, ca_pem: bytes, *, code: str, verifier: str) -> str:

@@ -8,7 +8,6 @@ flags, or by ``EDGEFLEET_TOKEN``. Exit codes are docs/cli.md's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -183,13 +182,12 @@ def test_without_login_nothing_is_configured(client: Client) -> None:
     assert "--server" in done.error_line()
 
 
-def test_login_sso_without_the_sso_part_says_so(client: Client) -> None:
-    if importlib.util.find_spec("tunnel_server.client.sso_login") is not None:
-        pytest.skip("the SSO part is there: tests/integration/sso covers `login --sso`")
-    done = client.run("login", "--sso", "--server", client.server.url, "--ca-hash",
-                      client.server.ca_hash)  # fmt: skip
-    assert done.rc == 2
-    assert "no SSO sign-in" in done.error_line()
+def test_login_sso_on_a_server_without_sso_says_so_at_once(client: Client) -> None:
+    done = client.run("login", "--sso", "--no-browser", "--server", client.server.url,
+                      "--ca-hash", client.server.ca_hash)  # fmt: skip
+    assert done.rc == 3, done
+    assert "offers no SSO sign-in" in done.error_line()
+    assert not client.config_file.exists()
 
 
 # ---------------------------------------------------------------- other ways to say where

@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.harness import kube
-from tests.harness.daemons import Agent, Server
+from tests.harness.daemons import Agent, Server, command
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.kube
@@ -100,7 +100,9 @@ def cloud(
         agent.join()
         agent.start()
         agent.wait_connected()
-        webhook = server.cli("autonomy-webhook")
+        # Local to the server machine (it prints, it calls no API): the data dir, not the CLI's
+        # --server (which here would mean the URL kube-apiserver dials).
+        webhook = command("tunnel-server", "autonomy-webhook", "--data-dir", server.data_dir)
         kubectl(kube_cluster, "apply", "-f", "-", stdin=webhook)
         yield Cloud(server=server, socket=short / "egress.sock", core=core)
     finally:

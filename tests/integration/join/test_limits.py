@@ -84,5 +84,5 @@ async def test_ca_endpoint_and_cli_agree(server: RunningServer) -> None:
 
 async def test_cli_without_a_data_dir_explains(tmp_path: Path) -> None:
     result = await run("tunnel-server", "nodes", "--data-dir", tmp_path / "nothing")
-    assert result.rc == 1
+    assert result.rc == 2  # usage or configuration
     assert "has no CA: run `tunnel-server run" in result.stderr

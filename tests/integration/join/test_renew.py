@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -59,8 +60,9 @@ async def test_renew_keeps_the_name(server: RunningServer, tmp_path: Path, name:
     assert after.key_path != before.key_path
     assert not before.key_path.exists()  # the old pair is gone, identity.json points at the new
     assert Identity.load(tmp_path / name).cert_path == after.cert_path
-    nodes = await server.nodes()
-    assert nodes[name]["cert_serial"] == format(after.certificate.serial_number, "x")
+    shown = await server.cli("nodes", "get", name, "-o", "json")
+    assert shown.rc == 0, shown.stderr
+    assert json.loads(shown.stdout)["certSerial"] == format(after.certificate.serial_number, "x")
     # The renewed certificate authenticates in turn.
     status, body = await _post_renew(server, after, {"csr": _csr(name)})
     assert status == 200, body

@@ -24,7 +24,7 @@ async def test_token_for_a_joined_name_is_refused(
     token = await server.token(name)
     assert (await server.join(token=token, name=name, data_dir=tmp_path)).rc == 0
     again = await server.cli("token", "create", "--name", name)
-    assert again.rc == 1, again.stderr
+    assert again.rc == 6, again.stderr  # 409: the documented conflict exit code
     assert again.stdout == ""
     assert "Traceback" not in again.stderr
     [line] = again.stderr.splitlines()[-1:]
@@ -41,7 +41,7 @@ async def test_token_for_a_pending_name_is_refused(
     extra = ("--wait-approval", "0.2")
     assert (await server.join(token=token, name=name, data_dir=tmp_path, extra=extra)).rc == 7
     again = await server.cli("token", "create", "--name", name)
-    assert again.rc == 1, again.stderr
+    assert again.rc == 6, again.stderr  # 409: the documented conflict exit code
     assert f"tunnel-server nodes approve {name}" in again.stderr.splitlines()[-1]
 
 
