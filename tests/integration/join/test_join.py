@@ -69,7 +69,7 @@ async def test_happy_path(server: RunningServer, tmp_path: Path, name: str) -> N
     assert nodes[name]["state"] == "approved"
     assert nodes[name]["kind"] == "node"
     assert nodes[name]["certExpiresAt"] is not None
-    assert nodes[name]["agent_version"]
+    assert nodes[name]["agentVersion"]
 
 
 async def test_wrong_ca_hash_sends_nothing(
