@@ -72,8 +72,8 @@ async def test_reports_then_lease_expiry_then_disconnect(console_system: Console
         hang.set()
         node = await wait_status(console_system, "edge-inproc", "offline")
         # Offline by the lease, not before: the server's own account of the silence.
-        silence = re.fullmatch(r"no report for (\d+) s \(lease (\d+) s\)", node["offline_reason"])
-        assert silence is not None, node["offline_reason"]
+        silence = re.fullmatch(r"no report for (\d+) s \(lease (\d+) s\)", node["offlineReason"])
+        assert silence is not None, node["offlineReason"]
         assert int(silence[1]) >= int(silence[2]) >= 5
         assert node["connected"] is True
         hang.clear()
@@ -84,7 +84,7 @@ async def test_reports_then_lease_expiry_then_disconnect(console_system: Console
         reporting.cancel()
         node = await wait_status(console_system, "edge-inproc", "offline", within=20)
         # The reason tells a reset from the lease running out.
-        assert node["offline_reason"] == "status stream reset by the agent"
+        assert node["offlineReason"] == "status stream reset by the agent"
         reporting = group.create_task(reporter.run(), name="test.reporter-again")
         await wait_status(console_system, "edge-inproc", "online")
         client.stop()  # drains: the reporter ends its stream, the drain does not wait its grace
@@ -93,5 +93,5 @@ async def test_reports_then_lease_expiry_then_disconnect(console_system: Console
         async with asyncio.timeout(30):
             await tunnel
         node = await wait_status(console_system, "edge-inproc", "offline", within=5)
-        assert node["offline_reason"] == "status stream ended"
+        assert node["offlineReason"] == "status stream ended"
         reporting.cancel()
