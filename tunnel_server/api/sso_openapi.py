@@ -9,6 +9,9 @@ from typing import Any
 
 from tunnel_server.api.openapi import error
 
+_URL_SAFE = {"type": "string", "maxLength": 1024, "pattern": "^[A-Za-z0-9._~-]*$"}
+"""What a provider sends back in the query (RFC 6749 state, code, error): bounded so three of
+them stay far below the server's 8 KiB request line."""
 _SESSION = {
     "type": "object",
     "required": ["token", "expiresAt", "ttlSeconds", "user", "role", "clusters"],
@@ -92,9 +95,9 @@ OPENAPI_PATHS: dict[str, Any] = {
             " /#session=<token> (or to the CLI's loopback with a one-time code)",
             "security": [],
             "parameters": [
-                {"name": "state", "in": "query", "schema": {"type": "string", "maxLength": 2048}},
-                {"name": "code", "in": "query", "schema": {"type": "string", "maxLength": 2048}},
-                {"name": "error", "in": "query", "schema": {"type": "string", "maxLength": 2048}},
+                {"name": "state", "in": "query", "schema": _URL_SAFE},
+                {"name": "code", "in": "query", "schema": _URL_SAFE},
+                {"name": "error", "in": "query", "schema": _URL_SAFE},
             ],
             "responses": {
                 "302": _REDIRECT,

@@ -32,6 +32,7 @@ from tunnel_server.fleet import nodes_watch
 from tunnel_server.fleet.cloud_nodes import CloudNode, CloudNodes, node_from_json
 from tunnel_server.fleet.kube_watch import ListWatch
 from tunnel_server.web.bodies import BodyError, read_json_object
+from tunnel_server.web.errors import error_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -290,7 +291,7 @@ async def webhook(request: web.Request) -> web.Response:
         return bad.response()
     except ReviewError as bad:
         metrics.webhook.labels("bad_request").inc()
-        return web.json_response({"error": "bad_request", "message": str(bad)}, status=400)
+        return error_response(400, "bad_request", str(bad))
     uid = admission["uid"]
     pod = admission.get("object")
     kind = (admission.get("kind") or {}).get("kind")

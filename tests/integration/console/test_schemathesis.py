@@ -69,6 +69,23 @@ include-operation-id = "createToken"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "409"]
 
 [[operations]]
+include-operation-id = "uploadDeviceModel"
+# Any JSON object or YAML text is schema-valid; whether it is a device model is for
+# device_models to say: 400 invalid_model with the path and reason of each problem.
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "409"]
+
+[[operations]]
+include-operation-id = "registerDevice"
+# A made-up node is offline (409 node_offline), a made-up model unknown to it (422).
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "409", "422"]
+
+[[operations]]
+include-operation-id-regex = "^(remove|revoke)Device$"
+# Never the real device: patchTwin above needs it (tests/integration/twins_e2e/test_lifecycle.py
+# removes and revokes real devices).
+parameters = {{ "path.id" = "edge-dev:gone-0" }}
+
+[[operations]]
 include-operation-id-regex = "^list"
 # An opaque `continue` token cannot be described by a schema: a made-up one is refused with 400
 # bad_continue (the lists' own tests page with real ones).

@@ -310,7 +310,8 @@ def test_the_webhook_refuses_what_is_no_admission_review(
 ) -> None:
     answered, error = post_review(cloud, body)
     assert answered == status
-    assert error.get("message")
+    assert error.get("reason")
+    assert error.get("detail")
 
 
 def test_the_webhook_allows_other_kinds_unchanged(cloud: Cloud) -> None:

@@ -62,6 +62,19 @@ def permission_table() -> dict[tuple[str, str], Rule]:
     return table
 
 
+def _authenticated(operations: dict[str, dict[str, object]]) -> list[str]:
+    """The operations of one path that need a credential.
+
+    The public SSO sign-in steps need none: docs/security.md says why, in prose.
+    """
+    return [
+        method
+        for method, operation in operations.items()
+        if method.lower() in ("get", "put", "post", "patch", "delete")
+        and operation.get("security") != []
+    ]
+
+
 def expected(rule: Rule, caller: Caller, cluster: str | None) -> str:
     if caller.role is None:
         return "401"
@@ -133,11 +146,7 @@ def test_every_route_answers_every_caller_as_the_table_says(users_system: UsersS
     wrong: list[str] = []
     walked = 0
     for path, operations in document["paths"].items():
-        for method in operations:
-            if method.lower() not in ("get", "put", "post", "patch", "delete"):
-                continue
-            if operations[method].get("security") == []:
-                continue  # public (the SSO sign-in steps): docs/security.md says why, in prose
+        for method in _authenticated(operations):
             rule = table.get((method.upper(), path))
             if rule is None:
                 missing.append(f"{method.upper()} {path}")
