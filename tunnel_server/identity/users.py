@@ -163,6 +163,12 @@ def create_user(
 ) -> tuple[UserRecord, str]:
     """Make a user and its first token; the token is returned once and stored hashed."""
     validate_user_name(name)
+    if name.startswith(SSO_PREFIX):
+        # Else a sign-in whose identity maps to this exact name would take the user over.
+        raise UserError(
+            f"user names starting with {SSO_PREFIX!r} are kept for people who sign in through"
+            " SSO (docs/sso.md): choose another name"
+        )
     parse_role(role)
     if role == "admin" and clusters is not None:
         raise UserError(

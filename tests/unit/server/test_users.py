@@ -101,6 +101,8 @@ def test_names_roles_scopes_and_lifetimes_are_checked(store: SqliteStore) -> Non
         users.create_user(store, "x", role="admin", clusters=("a",), ttl=DAY, now=NOW)
     with pytest.raises(users.UserError, match="lifetime"):
         users.create_user(store, "x", role="viewer", clusters=None, ttl=10, now=NOW)
+    with pytest.raises(users.UserError, match="kept for people who sign in through SSO"):
+        users.create_user(store, "sso.ann-0123abcd", role="viewer", clusters=None, ttl=DAY, now=NOW)
     users.create_user(store, "x", role="viewer", clusters=None, ttl=DAY, now=NOW)
     with pytest.raises(users.UserError, match="exists"):
         users.create_user(store, "x", role="viewer", clusters=None, ttl=DAY, now=NOW)
