@@ -250,12 +250,12 @@ def test_api_matches_its_openapi_document(device_system: DeviceSystem, tmp_path:
         assert _ok(seen, method, path), f"{method} {path} never succeeded: {sorted(seen)[:60]}"
     # Generated If-Match values are mostly malformed (400 bad_if_match), so a refused
     # conditional write is not left to chance: one stale tag of each kind, on the real device.
-    for headers, body, answer in (
+    for headers, patch, answer in (
         ({"If-Match": '"999999"'}, b'{"desired": {}}', (412, "precondition_failed")),
         ({}, b'{"desired": {"$version": 999999}}', (409, "version_conflict")),
     ):
         status, problem, _ = api.call(
-            "PATCH", f"/api/v1/devices/{DEVICE}/twin", body=body, headers=headers,
+            "PATCH", f"/api/v1/devices/{DEVICE}/twin", body=patch, headers=headers,
             token=users["admin"],
         )  # fmt: skip
         assert (status, problem["reason"]) == answer, problem
