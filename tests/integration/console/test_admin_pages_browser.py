@@ -201,3 +201,18 @@ def test_a_viewer_sees_no_users_and_no_upload(page: Page, admin_system: ConsoleS
     page.goto("/#/users")
     expect(page.locator("#not-allowed")).to_contain_text("needs an admin")
     expect(page.locator("#users-page")).to_have_count(0)
+
+
+def test_an_operator_uploads_but_has_no_users_page(page: Page, admin_system: ConsoleSystem) -> None:
+    status, body, _ = admin_system.api.call(
+        "POST", "/api/v1/users", body=json.dumps({"name": "otto", "role": "operator"}).encode()
+    )
+    assert status == 201, body
+    sign_in(page, str(body["token"]))
+    expect(page.locator("#whoami")).to_have_text("otto (operator)")
+    expect(page.locator('#nav a[href="#/users"]')).to_be_hidden()
+    page.click('#nav a[href="#/models"]')
+    page.fill("#model-yaml", PUMP.format(version="1.0.0").replace("pump-ui", "pump-otto"))
+    page.click("#model-upload")
+    row = page.locator('#models tr[data-name="pump-otto"]')
+    expect(row).to_contain_text("by otto")
