@@ -16,8 +16,8 @@ const COLUMNS = [  // field: the node row's field, also the list's sort key (`so
 // Which role may do what (docs/security.md): the console hides what the role may not do; the
 // server decides anyway.
 const MAY = {
-  tokens: 'admin', rotate: 'admin', audit: 'admin',
-  nodeActions: 'write', devices: 'write', twin: 'write',
+  tokens: 'admin', rotate: 'admin', audit: 'admin', users: 'admin',
+  nodeActions: 'write', devices: 'write', twin: 'write', modelUpload: 'write',
 };
 const ROLE_VERBS = { viewer: ['read'], operator: ['read', 'write'], admin: ['read', 'write', 'admin'] };
 const WINDOWS = [[3600, '1 h'], [6 * 3600, '6 h'], [24 * 3600, '24 h']];
@@ -1674,6 +1674,224 @@ async function rotateAdminToken() {
   startStream();
 }
 
+// ------------------------------------------------------------------ users (admin)
+
+const USER_ROLES = [['viewer', 'viewer (read only)'], ['operator', 'operator (read and write)'], ['admin', 'admin (everything, every cluster)']];
+const USER_TTLS = [[7776000, '90 days'], [30 * 86400, '30 days'], [7 * 86400, '7 days'], [86400, '1 day']];
+
+function renderUsers() {
+  const form = h('form', { id: 'user-form', class: 'panel grid-form' },
+    h('h2', {}, 'Create a user'),
+    h('label', { for: 'user-name' }, 'Name'),
+    h('input', { id: 'user-name', required: true, maxlength: 63, autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'user-name-hint' }),
+    h('span', { class: 'hint', id: 'user-name-hint' }, 'who signs in with the token, e.g. alice'),
+    h('label', { for: 'user-role' }, 'Role'),
+    h('select', { id: 'user-role' }, USER_ROLES.map(([v, t]) => h('option', { value: v }, t))),
+    h('span', { class: 'hint' }, ''),
+    h('label', { for: 'user-clusters' }, 'Clusters'),
+    h('input', { id: 'user-clusters', maxlength: 4096, autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'user-clusters-hint' }),
+    h('span', { class: 'hint', id: 'user-clusters-hint' }, 'names separated by commas; empty: every cluster (an admin has no scope)'),
+    h('label', { for: 'user-ttl' }, 'Valid for'),
+    h('select', { id: 'user-ttl' }, USER_TTLS.map(([v, t]) => h('option', { value: v }, t))),
+    h('span', { class: 'hint' }, 'the user and its tokens stop working then'),
+    h('span', {}),
+    h('button', { type: 'submit', class: 'btn', id: 'user-create' }, 'Create user'),
+    h('div', { id: 'user-result', role: 'status', 'aria-live': 'polite' }));
+  form.addEventListener('submit', (event) => { event.preventDefault(); createUser(form); });
+  mount(h('section', { id: 'users-page' },
+    h('h1', {}, 'Users'),
+    h('p', { class: 'count' }, 'A user signs in to the console and the API with its token. The token is shown only when the user is created.'),
+    form,
+    h('h2', {}, 'Users'),
+    h('div', { id: 'user-list' }, h('p', { class: 'count' }, 'Loading…'))));
+  loadUsers();
+}
+
+async function createUser(form) {
+  const result = form.querySelector('#user-result');
+  const button = form.querySelector('#user-create');
+  const clusters = form.querySelector('#user-clusters').value.split(',').map((c) => c.trim()).filter(Boolean);
+  const body = {
+    name: form.querySelector('#user-name').value.trim(),
+    role: form.querySelector('#user-role').value,
+    ttlSeconds: Number(form.querySelector('#user-ttl').value),
+  };
+  if (clusters.length) body.clusters = clusters;  // omitted: every cluster
+  button.disabled = true;
+  try {
+    const created = await api('/api/v1/users', { method: 'POST', json: body });
+    result.replaceChildren(h('div', { class: 'notice ok secret', id: 'user-created' },
+      h('p', {}, 'User ' + created.name + ' (' + created.role + '), valid until ' + fmt.time(created.expiresAt)
+        + '. Copy the token now: it is shown this once.'),
+      secretLine('Token', created.token, 'new-user-token')));
+    form.querySelector('#user-name').value = '';
+    form.querySelector('#user-clusters').value = '';
+    loadUsers();
+  } catch (err) {
+    if (err.status !== 401) result.replaceChildren(problemBox(err, 'user-error'));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadUsers() {
+  const box = document.getElementById('user-list');
+  if (!box) return;
+  let items;
+  try {
+    items = await listAll('/api/v1/users');
+  } catch (err) {
+    if (err.status !== 401) box.replaceChildren(h('div', { class: 'error', role: 'alert' }, err.message));
+    return;
+  }
+  if (!document.getElementById('users-page')) return;
+  if (!items.length) { box.replaceChildren(h('p', { class: 'count', id: 'users-empty' }, 'No users yet.')); return; }
+  box.replaceChildren(h('table', { id: 'users' },
+    h('thead', {}, h('tr', {}, ['Name', 'Role', 'Clusters', 'State', 'Created', 'Expires', 'Tokens', ''].map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, items.map((u) => h('tr', { 'data-name': u.name, 'data-state': u.state },
+      h('td', { class: 'name', 'data-label': 'Name' }, u.name),
+      h('td', { 'data-label': 'Role' }, u.role),
+      h('td', { 'data-label': 'Clusters' }, Array.isArray(u.clusters) ? (u.clusters.join(', ') || 'none') : 'all'),
+      h('td', { 'data-label': 'State' }, h('span', { class: 'badge ' + (u.state === 'active' ? 'online' : ''), 'data-state': u.state }, u.state)),
+      h('td', { 'data-label': 'Created', title: fmt.time(u.createdAt) }, fmt.ago(u.createdAt)),
+      h('td', { 'data-label': 'Expires', title: fmt.time(u.expiresAt) }, u.revokedAt ? 'revoked ' + fmt.ago(u.revokedAt) : fmt.until(u.expiresAt)),
+      h('td', { 'data-label': 'Tokens', class: 'num' }, String(u.tokenCount)),
+      h('td', { 'data-label': '' }, u.state === 'active' ? h('button', {
+        type: 'button', class: 'btn secondary small', 'aria-label': 'Revoke the user ' + u.name,
+        onclick: () => confirmThen('Revoke the user ' + u.name + '?',
+          'Every token and console session of ' + u.name + ' is refused from now on.', 'Revoke', () => revokeUser(u)),
+      }, 'Revoke') : ''))))));
+}
+
+async function revokeUser(u) {
+  try {
+    await api('/api/v1/users/' + encodeURIComponent(u.name), { method: 'DELETE' });
+  } catch (err) {
+    const box = document.getElementById('user-list');
+    if (err.status !== 401 && box) box.prepend(problemBox(err, 'user-revoke-error'));
+    return;
+  }
+  loadUsers();
+}
+
+// ------------------------------------------------------------------ device models
+
+const MODEL_EXAMPLE = 'apiVersion: edgefleet.io/v1\nkind: DeviceModel\nname: pump\nversion: "1.0.0"\n'
+  + 'description: Water pump.\nproperties:\n  - name: flow\n    type: float\n    unit: l/min\n    kind: telemetry\n';
+
+function currentModel() {
+  const m = location.hash.match(/^#\/models\/(.+)$/);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function renderModelList() {
+  mount(h('section', { id: 'models-page' },
+    h('h1', {}, 'Device models'),
+    h('p', { class: 'count' }, 'What each kind of device reports and what the cloud may set on it (docs/device-models.md).'),
+    h('div', { id: 'model-list' }, h('p', { class: 'count' }, 'Loading…')),
+    may('modelUpload') ? uploadForm() : null));
+  loadModels();
+}
+
+async function loadModels() {
+  const box = document.getElementById('model-list');
+  if (!box) return;
+  let items;
+  try {
+    items = await listAll('/api/v1/device-models');
+  } catch (err) {
+    if (err.status !== 401) box.replaceChildren(h('div', { class: 'error', role: 'alert' }, err.message));
+    return;
+  }
+  if (!document.getElementById('models-page')) return;
+  if (!items.length) { box.replaceChildren(h('p', { class: 'count', id: 'models-empty' }, 'No device models.')); return; }
+  box.replaceChildren(h('table', { id: 'models' },
+    h('thead', {}, h('tr', {}, ['Name', 'Version', 'Source', 'Properties', 'Description', 'Uploaded'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, items.map((m) => h('tr', { 'data-name': m.name, 'data-version': m.version, 'data-source': m.source },
+      h('td', { class: 'name', 'data-label': 'Name' }, h('a', { href: '#/models/' + encodeURIComponent(m.name) }, m.name)),
+      h('td', { 'data-label': 'Version' }, m.version),
+      h('td', { 'data-label': 'Source' }, m.source),
+      h('td', { 'data-label': 'Properties', class: 'num' }, String(m.propertyCount)),
+      h('td', { 'data-label': 'Description' }, m.description || '–'),
+      h('td', { 'data-label': 'Uploaded', title: m.createdAt ? fmt.time(m.createdAt) : null },
+        m.createdAt ? fmt.ago(m.createdAt) + (m.createdBy ? ' by ' + m.createdBy : '') : '–'))))));
+}
+
+function uploadForm() {
+  const result = h('div', { id: 'model-result', role: 'status', 'aria-live': 'polite' });
+  const form = h('form', { id: 'model-form', class: 'panel' },
+    h('h2', {}, 'Upload a model or a new version'),
+    h('label', { for: 'model-yaml' }, 'Model (YAML)'),
+    h('textarea', { id: 'model-yaml', required: true, rows: 14, maxlength: 65536, spellcheck: 'false', class: 'code', 'aria-describedby': 'model-yaml-hint' }, MODEL_EXAMPLE),
+    h('p', { class: 'hint', id: 'model-yaml-hint' }, 'A new name, or a known name with a higher version. At most 64 KiB.'),
+    h('button', { type: 'submit', class: 'btn', id: 'model-upload' }, 'Upload'), result);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const button = form.querySelector('#model-upload');
+    button.disabled = true;
+    try {
+      const created = await api('/api/v1/device-models', {
+        method: 'POST', headers: { 'Content-Type': 'application/yaml' }, body: form.querySelector('#model-yaml').value,
+      });
+      result.replaceChildren(h('div', { class: 'notice ok', id: 'model-uploaded' },
+        'Uploaded ', h('a', { href: '#/models/' + encodeURIComponent(created.name) }, created.name), ' version ' + created.version + '.'));
+      loadModels();
+    } catch (err) {
+      if (err.status !== 401) result.replaceChildren(problemBox(err, 'model-error'));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+async function renderModel(name) {
+  mount(h('section', { id: 'model-page' },
+    h('p', {}, h('a', { href: '#/models' }, '← Device models')),
+    h('h1', {}, name),
+    h('div', { id: 'model-detail' }, h('p', { class: 'count' }, 'Loading…'))));
+  let m;
+  try {
+    m = await api('/api/v1/device-models/' + encodeURIComponent(name));
+  } catch (err) {
+    const box = document.getElementById('model-detail');
+    if (err.status !== 401 && box && currentModel() === name) box.replaceChildren(h('div', { class: 'error', role: 'alert', id: 'model-missing' }, err.message));
+    return;
+  }
+  const box = document.getElementById('model-detail');
+  if (!box || currentModel() !== name) return;
+  const doc = m.model || {};
+  box.replaceChildren(
+    h('dl', { class: 'facts' },
+      [['Version', m.version], ['Source', m.source], ['Description', m.description || '–'],
+        ['Uploaded', m.createdAt ? fmt.time(m.createdAt) + (m.createdBy ? ' by ' + m.createdBy : '') : '–']]
+        .map(([k, v]) => h('div', { 'data-fact': k }, h('dt', {}, k), h('dd', {}, v)))),
+    h('h2', {}, 'Properties'),
+    h('table', { id: 'model-properties' },
+      h('thead', {}, h('tr', {}, ['Property', 'Type', 'Access', 'Kind', 'Unit', 'Range or values', 'Description'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, modelRows(doc.properties || [], ''))));
+}
+
+// The model document's properties, nested ones dotted (schedule.comfort), one row each.
+function modelRows(properties, prefix) {
+  return properties.flatMap((p) => {
+    const path = prefix + p.name;
+    const range = p.type === 'enum' ? (p.values || []).join(', ')
+      : p.type === 'string' && p.maxLength ? 'at most ' + p.maxLength + ' characters'
+        : (p.min !== undefined && p.min !== null) || (p.max !== undefined && p.max !== null)
+          ? (p.min ?? '…') + ' to ' + (p.max ?? '…') : '–';
+    const row = h('tr', { 'data-property': path },
+      h('td', { class: 'name', 'data-label': 'Property' }, path),
+      h('td', { 'data-label': 'Type' }, p.type),
+      h('td', { 'data-label': 'Access' }, p.access || 'read-only'),
+      h('td', { 'data-label': 'Kind' }, p.kind || 'state'),
+      h('td', { 'data-label': 'Unit' }, p.unit || '–'),
+      h('td', { 'data-label': 'Range or values' }, range),
+      h('td', { 'data-label': 'Description' }, p.description || '–'));
+    return [row, ...(Array.isArray(p.properties) ? modelRows(p.properties, path + '.') : [])];
+  });
+}
+
 // ------------------------------------------------------------------ audit (admin)
 
 const AUDIT_FILTERS = [['user', 'User'], ['action', 'Action'], ['target', 'Target'], ['result', 'Result']];
@@ -1795,7 +2013,10 @@ async function route() {
   else if (hash === '#/clusters') renderClusterList();
   else if (hash === '#/tokens' && may('tokens')) renderTokens();
   else if (hash === '#/audit' && may('audit')) renderAudit();
-  else if (hash === '#/tokens' || hash === '#/audit') {
+  else if (hash === '#/users' && may('users')) renderUsers();
+  else if (hash === '#/models') renderModelList();
+  else if (currentModel()) renderModel(currentModel());
+  else if (['#/tokens', '#/audit', '#/users'].includes(hash)) {
     mount(h('section', {}, h('div', { class: 'error', role: 'alert', id: 'not-allowed' },
       'Your role (' + state.me.role + ') may not open this page: it needs an admin.')));
   } else renderNodeList();
