@@ -252,7 +252,7 @@ def test_api_matches_its_openapi_document(device_system: DeviceSystem, tmp_path:
     # conditional write is not left to chance: one stale tag of each kind, on the real device.
     for headers, patch, answer in (
         ({"If-Match": '"999999"'}, b'{"desired": {}}', (412, "precondition_failed")),
-        ({}, b'{"desired": {"$version": 999999}}', (409, "version_conflict")),
+        ({}, b'{"desired": {"$version": 999999, "setpoint": 21}}', (409, "version_conflict")),
     ):
         status, problem, _ = api.call(
             "PATCH", f"/api/v1/devices/{DEVICE}/twin", body=patch, headers=headers,

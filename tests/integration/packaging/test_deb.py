@@ -245,7 +245,7 @@ def test_install_join_upgrade_remove_purge(
         )
         root.run("chown", "-R", "edge-agent:edge-agent", "/var/lib/edge-agent")
         with system.agent():
-            assert system.node("pkg-node")["agent_version"] == UPSTREAM
+            assert system.node("pkg-node")["agentVersion"] == UPSTREAM
     agent_state = _digest(root, "/var/lib/edge-agent")
     server_ca = _digest(root, "/var/lib/tunnel-server")
     assert "ca.crt" in server_ca, server_ca
