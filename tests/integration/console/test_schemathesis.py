@@ -31,6 +31,9 @@ from tests.integration.console.conftest import DEVICE, DEVICE_NODE, DeviceSystem
 pytestmark = pytest.mark.mqtt
 
 _CONFIG = """
+# Here, not on the command line: a command-line value would win over getTwin's own below.
+request-timeout = 10.0
+
 [dictionaries.nodes]
 values = ["{node}"]
 
@@ -195,8 +198,6 @@ def _run(
             "examples,coverage,fuzzing",
             "--workers",
             "1",
-            "--request-timeout",
-            "10",
             "--seed",
             "1",
             "--continue-on-failure",  # every failure of an operation in one run, not the first
