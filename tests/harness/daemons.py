@@ -177,7 +177,8 @@ class Server:
             with urllib.request.urlopen(request, timeout=10, context=self.ssl_context()) as answer:  # noqa: S310 - ours
                 return int(answer.status), answer.read()
         except urllib.error.HTTPError as error:
-            return error.code, error.read()
+            with error:  # an error response left open keeps its socket until a later GC
+                return error.code, error.read()
 
     def metric(self, name: str) -> float:
         """One unlabelled sample from /metrics."""

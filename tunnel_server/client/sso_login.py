@@ -150,10 +150,11 @@ def _exchange(server: str, ca_pem: bytes, *, code: str, verifier: str) -> str:
         with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310
             body = json.loads(answer.read(MAX_ANSWER))
     except urllib.error.HTTPError as error:
-        try:
-            detail = json.loads(error.read(MAX_ANSWER)).get("detail", "")
-        except ValueError:
-            detail = ""
+        with error:  # closes the connection now, not at some later garbage collection
+            try:
+                detail = json.loads(error.read(MAX_ANSWER)).get("detail", "")
+            except ValueError:
+                detail = ""
         raise SsoLoginError(f"the server refused the sign-in ({error.code}): {detail}") from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         raise SsoLoginError(f"cannot reach {server}: {error}") from None

@@ -81,7 +81,8 @@ class Api:
             with urllib.request.urlopen(request, timeout=10, context=self.context) as answer:  # noqa: S310
                 return answer.status, json.loads(answer.read() or b"{}"), dict(answer.headers)
         except urllib.error.HTTPError as error:
-            raw = error.read()
+            with error:  # an error response left open keeps its socket until a later GC
+                raw = error.read()
             return error.code, json.loads(raw) if raw else {}, dict(error.headers)
 
     def get(self, path: str) -> dict[str, Any]:
