@@ -26,6 +26,11 @@ Rules:
   they are. One log line when the API server goes bad and one when it is back.
 * ``get_json`` is the agent's ``GetJson`` (``member_api``): JSON only, so ``/readyz``'s plain
   ``ok`` comes back as an error carrying its 2xx status (the answer was not JSON): ready.
+* ``inventory()`` is the same sample as the fleet's cluster claims want it (issue 14): the
+  Kubernetes version, node count, allocatable and capacity CPU and memory summed over nodes,
+  the region and zone most nodes carry (well-known labels ``topology.kubernetes.io/region``
+  and ``zone``; ties go to the smaller value) and the platform (the scheme of most nodes'
+  ``spec.providerID``, e.g. ``aws``, ``gce``, ``kwok``; ``other`` when none has one).
 * Quantities ("100m", "1.5Gi", "2e3", "1E") are parsed exactly (``Decimal``) by
   ``parse_quantity``; a value Kubernetes itself would refuse is skipped with a log line, never
   a failed sample (the API server validates quantities, so this is defence only).
@@ -34,6 +39,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import decimal
 import logging
 import re
@@ -51,6 +57,7 @@ log = logging.getLogger("edge_agent.cluster.status")
 __all__ = [
     "PAGE_SIZE",
     "SOURCE_NAME",
+    "ClusterInventory",
     "ClusterStatusSource",
     "GetJson",
     "QuantityError",
@@ -222,11 +229,17 @@ class _Tally:
     pods: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
     requested: Resources = field(default_factory=dict)
     bad_quantities: list[str] = field(default_factory=list)
+    capacity: Resources = field(default_factory=dict)
+    regions: collections.Counter[str] = field(default_factory=collections.Counter)
+    zones: collections.Counter[str] = field(default_factory=collections.Counter)
+    platforms: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def add_node(self, node: Mapping[str, Any]) -> None:
         self.nodes_total += 1
+        self._place(node)
         status = node.get("status")
         status = status if isinstance(status, Mapping) else {}
+        _add(self.capacity, _requests({"requests": status.get("capacity")}, self.bad))
         conditions = status.get("conditions")
         if isinstance(conditions, list) and any(
             isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
@@ -234,6 +247,33 @@ class _Tally:
         ):
             self.nodes_ready += 1
         _add(self.allocatable, _requests({"requests": status.get("allocatable")}, self.bad))
+
+    def _place(self, node: Mapping[str, Any]) -> None:
+        metadata = node.get("metadata")
+        labels = metadata.get("labels") if isinstance(metadata, Mapping) else None
+        if isinstance(labels, Mapping):
+            for key, counter in ((REGION_LABEL, self.regions), (ZONE_LABEL, self.zones)):
+                value = labels.get(key)
+                if isinstance(value, str) and value:
+                    counter[value[:_MAX_LABEL]] += 1
+        spec = node.get("spec")
+        provider = spec.get("providerID") if isinstance(spec, Mapping) else None
+        if isinstance(provider, str) and "://" in provider:
+            self.platforms[provider.partition("://")[0][:_MAX_LABEL].lower()] += 1
+
+    def inventory(self, version: str) -> ClusterInventory:
+        zero = Decimal(0)
+        return ClusterInventory(
+            version=version,
+            nodes=self.nodes_total,
+            allocatable_cpu=self.allocatable.get("cpu", zero),
+            allocatable_memory=self.allocatable.get("memory", zero),
+            capacity_cpu=self.capacity.get("cpu", zero),
+            capacity_memory=self.capacity.get("memory", zero),
+            region=_most_common(self.regions),
+            zone=_most_common(self.zones),
+            platform=_most_common(self.platforms) or "other",
+        )
 
     def add_pod(self, pod: Mapping[str, Any]) -> None:
         status = pod.get("status")
@@ -262,6 +302,36 @@ class _Tally:
             "memory.allocatable_bytes": whole_bytes(self.allocatable.get("memory", zero)),
             "memory.requested_bytes": whole_bytes(self.requested.get("memory", zero)),
         }
+
+
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+_MAX_LABEL = 63
+"""Characters kept of a label value or provider scheme (a label value's own limit)."""
+
+
+def _most_common(counter: collections.Counter[str]) -> str | None:
+    """The value most nodes carry; ties go to the smaller value (deterministic)."""
+    if not counter:
+        return None
+    return min(counter.items(), key=lambda item: (-item[1], item[0]))[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterInventory:
+    """What the cluster is, from one sample: the fleet's claims and resources (issue 14)."""
+
+    version: str
+    nodes: int
+    allocatable_cpu: Decimal
+    """Cores, exact (summed ``status.allocatable.cpu`` of every node)."""
+    allocatable_memory: Decimal
+    """Bytes, exact."""
+    capacity_cpu: Decimal
+    capacity_memory: Decimal
+    region: str | None
+    zone: str | None
+    platform: str
 
 
 class ListError(RuntimeError):
@@ -303,6 +373,7 @@ class ClusterStatusSource:
         self._timeout = timeout if timeout is not None else max(30.0, 3 * interval)
         self._clock = clock
         self._values: dict[str, object] = {}
+        self._inventory: ClusterInventory | None = None
         self._healthy: bool | None = None
         self.samples = 0
         self.failures = 0
@@ -315,6 +386,15 @@ class ClusterStatusSource:
             out["apiserver.healthy"] = self._healthy
         return out
 
+    def inventory(self) -> ClusterInventory | None:
+        """The latest complete sample as claims and resources; None before the first one."""
+        return self._inventory
+
+    @property
+    def healthy(self) -> bool | None:
+        """Whether the last sample worked (``/readyz`` answered); None before the first."""
+        return self._healthy
+
     async def run(self) -> None:
         """Sample now and every ``interval`` seconds after the previous sample started."""
         while True:
@@ -326,11 +406,12 @@ class ClusterStatusSource:
         """Take one sample; whether it worked (it never raises but for cancellation)."""
         try:
             async with asyncio.timeout(self._timeout):
-                values = await self._collect()
+                values, inventory = await self._collect()
         except Exception as error:  # noqa: BLE001 - any failure means "keep the last values"
             self._failed(error)
             return False
         self._values = values
+        self._inventory = inventory
         self.samples += 1
         if self._healthy is False:
             log.info("member API server answers again")
@@ -350,7 +431,7 @@ class ClusterStatusSource:
         self._healthy = False
         self.last_error = text
 
-    async def _collect(self) -> dict[str, object]:
+    async def _collect(self) -> tuple[dict[str, object], ClusterInventory]:
         started = time.monotonic()
         try:
             await self._get("/readyz")
@@ -373,12 +454,13 @@ class ClusterStatusSource:
                 len(tally.bad_quantities),
                 tally.bad_quantities[0],
             )
-        return {
+        values: dict[str, object] = {
             "version": git_version[:64],
             **tally.metrics(),
             "apiserver.latency_ms": round(latency, 1),
             "updated_at": round(self._clock(), 3),
         }
+        return values, tally.inventory(git_version[:64])
 
     async def _list(self, path: str) -> AsyncIterator[Mapping[str, Any]]:
         """Every item of a list, page by page; only one page is held at a time."""
