@@ -216,9 +216,9 @@ class FleetLink:
             # A new stream: every work's latest status again (the hub writes only what changed),
             # also those the applier had on disk from before a restart.
             for name, version in self.applier.works().items():
-                status = self.applier.status(name)
-                if status is not None and name not in self._latest:
-                    self._latest[name] = (version, status)
+                kept = self.applier.status(name)
+                if kept is not None and name not in self._latest:
+                    self._latest[name] = (version, kept)
             self._dirty = set(self._latest)
             self._status_ready.set()
             async with asyncio.TaskGroup() as group:
@@ -228,13 +228,13 @@ class FleetLink:
                 await reader
                 lease.cancel()
                 status.cancel()
-        except* wire.WireError as group:
-            error = group.exceptions[0]
+        except* wire.WireError as errors:
+            error = errors.exceptions[0]
             log.error("the cloud broke the fleet protocol: %s", error)  # noqa: TRY400
             with contextlib.suppress(StreamError):
                 stream.reset(ErrorCode.PROTOCOL_ERROR, str(error)[:200])
-        except* (StreamError, EOFError) as group:
-            log.info("fleet stream ended: %s", group.exceptions[0])
+        except* (StreamError, EOFError) as errors:
+            log.info("fleet stream ended: %s", errors.exceptions[0])
         return answered.is_set()
 
     def _hello(self) -> wire.Hello:
