@@ -161,6 +161,9 @@ class FleetLink:
             "deletes": self.deletes,
             "statuses_sent": self.statuses_sent,
             "works": len(self.applier.works()),
+            "claims": dict(self._sent_claims[0]) if self._sent_claims else None,
+            "allocatable": dict(self._sent_claims[1]) if self._sent_claims else None,
+            "capacity": dict(self._sent_claims[2]) if self._sent_claims else None,
         }
 
     def _on_status(self, name: str, resource_version: int, status: dict[str, Any]) -> None:
