@@ -232,6 +232,14 @@ async def _fake_agent(name: str, base: Path, hub: Hub, *, kind: str, task: Any) 
         group.create_task(client.run(), name="fake-agent")
         async with asyncio.timeout(60):
             await asyncio.shield(done)
+    # The fake session is over for the server too (only the real agent's is left); waiting
+    # for it also lets the loop finish closing the fake's TLS transport before the test ends.
+    await eventually_async(
+        _metric_async(hub, "tunnel_sessions"),
+        lambda sessions: sessions == 1,
+        what="the fake agent's session gone",
+        within=30,
+    )
 
 
 async def test_bad_frames_reset_only_that_stream(hub: Hub, tmp_path: Path) -> None:
