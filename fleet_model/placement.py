@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -54,9 +55,7 @@ from fleet_model.cluster import (
     put_condition,
     with_builtin_sets,
 )
-from fleet_model.labels import (
-    LabelSelector,
-)
+from fleet_model.labels import LabelRequirement, LabelSelector, Op
 from fleet_model.prioritizers import (
     MAX_WEIGHT,
     MIN_WEIGHT,
@@ -532,6 +531,10 @@ class PlacementResult:
 # ---------------------------------------------------------------- the scheduler
 
 
+_by_name = operator.attrgetter("name")
+_by_cluster_name = operator.attrgetter("cluster_name")
+
+
 def _ordinal(number: int) -> str:
     if 10 <= number % 100 <= 20:
         suffix = "th"
@@ -540,16 +543,61 @@ def _ordinal(number: int) -> str:
     return f"{number}{suffix}"
 
 
-def _predicate_miss(predicates: Sequence[ClusterSelector], cluster: ClusterView) -> str | None:
-    """None when a predicate matches (or there are none), else why none does."""
-    if not predicates:
+_Test = Callable[[Mapping[str, str]], bool]
+
+
+def _test(requirement: LabelRequirement) -> _Test:
+    """``requirement.matches`` as a closure without the per-call dispatch on the operator.
+
+    The scheduler tests every cluster against every term; this is its inner loop.
+    """
+    key, values = requirement.key, frozenset(requirement.values)
+    if requirement.op in {Op.EQUALS, Op.IN}:
+        return lambda labels: labels.get(key) in values
+    if requirement.op in {Op.NOT_EQUALS, Op.NOT_IN}:
+        return lambda labels: labels.get(key) not in values
+    if requirement.op is Op.EXISTS:
+        return lambda labels: key in labels
+    if requirement.op is Op.NOT_EXISTS:
+        return lambda labels: key not in labels
+    return requirement.matches  # > and <: rare, the general path
+
+
+@dataclass(frozen=True, slots=True)
+class _Matcher:
+    """A ClusterSelector made ready to test many clusters: (on claims?, test, reason) terms."""
+
+    terms: tuple[tuple[bool, _Test, str], ...]
+
+    @classmethod
+    def of(cls, selector: ClusterSelector) -> _Matcher:
+        labels = [
+            (False, _test(r), f"label {r} not matched")
+            for r in selector.label_selector.requirements
+        ]
+        claims = [
+            (True, _test(r), f"claim {r} not matched") for r in selector.claim_selector.requirements
+        ]
+        return cls(tuple(labels + claims))
+
+    def miss(self, cluster: ClusterView) -> str | None:
+        labels, claims = cluster.labels, cluster.claims
+        for on_claims, test, reason in self.terms:
+            if not test(claims if on_claims else labels):
+                return reason
         return None
+
+
+def _predicate_miss(matchers: Sequence[_Matcher], cluster: ClusterView) -> str | None:
+    """None when a predicate matches (or there are none), else why none does."""
     misses: list[str] = []
-    for predicate in predicates:
-        miss = predicate.miss(cluster)
+    for matcher in matchers:
+        miss = matcher.miss(cluster)
         if miss is None:
             return None
         misses.append(miss)
+    if not misses:
+        return None
     if len(misses) == 1:
         return misses[0]
     return f"none of the {len(misses)} predicates matched: {'; '.join(misses)}"
@@ -621,7 +669,8 @@ def _groups(
             groups.append(DecisionGroup(index=len(groups), name=name, clusters=piece))
 
     for spec in strategy.groups:
-        taken = [c.name for c in left if spec.selector.miss(c) is None]
+        matcher = _Matcher.of(spec.selector)
+        taken = [c.name for c in left if matcher.miss(c) is None]
         taken_set = set(taken)
         left = [c for c in left if c.name not in taken_set]
         cut(spec.name, taken)
@@ -674,40 +723,40 @@ def schedule(
     The result depends only on the arguments, never on their order: ties go by name.
     Raises ValueError if two clusters share a name.
     """
-    known = sorted(clusters, key=lambda c: c.name)
+    known = sorted(clusters, key=_by_name)
     for before, after in itertools.pairwise(known):
         if before.name == after.name:
             raise ValueError(f"cluster {before.name!r} is given twice")
     chosen_before = frozenset(previous)
-    usable_sets = [
-        s
-        for s in with_builtin_sets(sets)
-        if not placement.cluster_sets or s.name in placement.cluster_sets
-    ]
+    restrict = bool(placement.cluster_sets)
+    usable_sets = [s for s in with_builtin_sets(sets) if s.name in placement.cluster_sets]
     not_in_sets = f"not in cluster sets [{', '.join(placement.cluster_sets)}]"
+    matchers = [_Matcher.of(p) for p in placement.predicates]
     not_selected: list[NotSelected] = []
     feasible: list[ClusterView] = []
     candidates = 0
     wake_at: float | None = None
     for cluster in known:
-        reason: str | None = None
-        if placement.cluster_sets and not any(s.contains(cluster) for s in usable_sets):
-            reason = not_in_sets
+        if restrict and not any(s.contains(cluster) for s in usable_sets):
+            not_selected.append(NotSelected(cluster_name=cluster.name, reason=not_in_sets))
+            continue
+        candidates += 1
+        if not cluster.accepted:
+            reason: str | None = "hubAcceptsClient is false"
         else:
-            candidates += 1
-            reason = _reason(placement, cluster)
-        if reason is None:
+            reason = _predicate_miss(matchers, cluster)
+        if reason is None and cluster.taints:
             reason, wake = _taint_verdict(
                 cluster,
                 placement.tolerations,
                 chosen_before=cluster.name in chosen_before,
                 now=now,
             )
-            if reason is None:
-                feasible.append(cluster)
-                if wake is not None:
-                    wake_at = wake if wake_at is None else min(wake_at, wake)
-        if reason is not None:
+            if wake is not None and reason is None:
+                wake_at = wake if wake_at is None else min(wake_at, wake)
+        if reason is None:
+            feasible.append(cluster)
+        else:
             not_selected.append(NotSelected(cluster_name=cluster.name, reason=reason))
     scores = _scores(feasible, placement.prioritizer_policy, chosen_before, decision_counts or {})
     ranked = sorted(feasible, key=lambda c: (-scores[c.name], c.name))
@@ -737,19 +786,12 @@ def schedule(
     return PlacementResult(
         decisions=decisions,
         groups=tuple(groups),
-        not_selected=tuple(sorted(not_selected, key=lambda n: n.cluster_name)),
+        not_selected=tuple(sorted(not_selected, key=_by_cluster_name)),
         satisfied=satisfied,
         reason=reason,
         message=message,
         wake_at=wake_at,
     )
-
-
-def _reason(placement: PlacementSpec, cluster: ClusterView) -> str | None:
-    """Why the rules before taints exclude ``cluster`` (None: they do not)."""
-    if not cluster.accepted:
-        return "hubAcceptsClient is false"
-    return _predicate_miss(placement.predicates, cluster)
 
 
 # ---------------------------------------------------------------- status documents

@@ -866,7 +866,7 @@ SETS = [
 ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(fleets(), placements(), st.data())
 def test_scheduling_is_deterministic_bounded_and_explains_every_cluster(
     clusters: list[ClusterView], spec_json: dict[str, Any], data: st.DataObject
