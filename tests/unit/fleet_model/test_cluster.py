@@ -485,3 +485,48 @@ def test_health_rules_hold_for_any_lease(
     )
     assert again.taints == result.taints
     assert again.available == result.available
+
+
+ANYTHING = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=16), c, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(ANYTHING)
+def test_any_cluster_spec_is_taken_or_refused_with_problems(value: object) -> None:
+    problems: list[tuple[str, str]] = []
+    try:
+        parse_spec(value)
+    except SpecError as error:
+        problems = error.problems
+        assert problems, "a refusal must say why"
+    assert all(path.startswith("/spec") for path, _ in problems)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "selectorType": st.sampled_from(["LabelSelector", "ExclusiveClusterSetLabel", "x"]),
+            "labelSelector": ANYTHING,
+        },
+    )
+    | ANYTHING
+)
+def test_any_set_spec_is_taken_or_refused_with_problems(selector: object) -> None:
+    problems: list[tuple[str, str]] = []
+    try:
+        parse_set_spec({"clusterSelector": selector})
+    except SpecError as error:
+        problems = error.problems
+        assert problems, "a refusal must say why"
+    assert all(path.startswith("/spec") for path, _ in problems)
+
+
+@given(ANYTHING)
+def test_a_view_is_made_of_any_stored_document_without_raising(value: object) -> None:
+    document = value if isinstance(value, dict) else {"spec": value, "status": value}
+    assert isinstance(cluster_view(document), ClusterView)
+    assert isinstance(cluster_set_view(document), ClusterSetView)
