@@ -139,13 +139,7 @@ class ClusterSelector:
 
     def miss(self, cluster: ClusterView) -> str | None:
         """Why ``cluster`` does not match (its first requirement not met), or None if it does."""
-        for requirement in self.label_selector.requirements:
-            if not requirement.matches(cluster.labels):
-                return f"label {requirement} not matched"
-        for requirement in self.claim_selector.requirements:
-            if not requirement.matches(cluster.claims):
-                return f"claim {requirement} not matched"
-        return None
+        return _Matcher.of(self).miss(cluster)
 
 
 class PolicyMode(StrEnum):
@@ -780,7 +774,7 @@ def schedule(
         )
         for c in chosen
     )
-    satisfied, reason, message = _satisfied(
+    satisfied, why, message = _satisfied(
         placement, candidates=candidates, feasible=len(feasible), chosen=len(chosen)
     )
     return PlacementResult(
@@ -788,7 +782,7 @@ def schedule(
         groups=tuple(groups),
         not_selected=tuple(sorted(not_selected, key=_by_cluster_name)),
         satisfied=satisfied,
-        reason=reason,
+        reason=why,
         message=message,
         wake_at=wake_at,
     )

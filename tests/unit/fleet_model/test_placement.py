@@ -934,3 +934,15 @@ def test_a_toleration_with_seconds_selects_until_its_expiry_which_is_wake_at(
         # At the wake-up time the same placement drops the cluster: the driver's next run.
     later = run(spec, clusters, now=expiry)
     assert later.selected == ()
+
+
+def test_a_cluster_selector_names_its_first_term_not_met() -> None:
+    selector = parse_spec(OCM_EXAMPLE).predicates[0]
+    good = cluster("a", labels={"env": "prod"}, claims={"region": "us"})
+    assert selector.miss(good) is None
+    assert selector.miss(cluster("b", labels={"env": "prod", "zone": "z9"})) == (
+        "label zone notin (z9) not matched"
+    )
+    assert selector.miss(cluster("c", labels={"env": "prod"})) == (
+        "claim region in (eu west,us) not matched"
+    )
