@@ -501,6 +501,18 @@ def test_the_longest_of_several_matching_tolerations_counts() -> None:
     assert run(spec, clusters).wake_at == NOW + 100
 
 
+def test_a_toleration_without_seconds_outlasts_one_that_ran_out() -> None:
+    clusters = [tainted("a", "k", TaintEffect.NO_SELECT, added=NOW - 100)]
+    spec = {
+        "tolerations": [
+            {"key": "k", "operator": "Exists", "tolerationSeconds": 10},
+            {"operator": "Exists"},
+        ]
+    }
+    result = run(spec, clusters)
+    assert (result.selected, result.wake_at) == (("a",), None)
+
+
 def test_a_taint_without_time_added_counts_from_the_epoch_as_ocm_counts_a_zero_time() -> None:
     clusters = [cluster("a", taints=(Taint(key="k", effect=TaintEffect.NO_SELECT),))]
     spec = {"tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 3600}]}
