@@ -49,6 +49,7 @@ from fleet_model.problems import SpecError, escape
 
 __all__ = [
     "BUILTIN_SETS",
+    "BUILTIN_TAINTS",
     "CLUSTERSET_LABEL",
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_SET",
@@ -79,6 +80,7 @@ __all__ = [
     "put_condition",
     "stamp_taints",
     "taint_json",
+    "taints_on_write",
     "with_builtin_sets",
 ]
 
@@ -526,6 +528,25 @@ def stamp_taints(
         else:
             out.append(taint)
     return tuple(out)
+
+
+BUILTIN_TAINTS = frozenset({TAINT_UNREACHABLE, TAINT_UNAVAILABLE})
+"""Taint keys only the hub's health rules set and remove."""
+
+
+def taints_on_write(
+    written: Sequence[Taint], *, stored: Sequence[Taint], now: float
+) -> tuple[Taint, ...]:
+    """The taints to store when an admin writes a ManagedCluster's spec.
+
+    The admin's taints, each with its ``timeAdded`` (kept from ``stored``, else now), and the
+    built-in ones exactly as stored, whatever the written spec says of them: an ``apply -f``
+    of an old file must neither drop an unreachable taint nor restart the tolerationSeconds
+    that count from it (the health rules alone add and remove those).
+    """
+    admin = [t for t in written if t.key not in BUILTIN_TAINTS]
+    builtin = [t for t in stored if t.key in BUILTIN_TAINTS]
+    return (*stamp_taints(admin, previous=stored, now=now), *builtin)
 
 
 # ---------------------------------------------------------------- ManagedClusterSet spec

@@ -23,6 +23,8 @@ Where ours differ from OCM's:
 * Balance counts the decisions the caller passes (``decision_counts``: other placements'
   decisions per cluster); OCM lists every PlacementDecision in the hub. Without counts, every
   cluster scores 100, which is OCM's answer when no other placement exists.
+* A cluster needs only ``allocatable`` to be scored on a resource (OCM also wants
+  ``capacity``).
 * Resources are compared as exact integers (millicores, bytes), not OCM's approximate float
   of a quantity; the rank is the same, the truncation may differ by one at a boundary.
 * AddOn scores (``AddOnPlacementScore``) are not supported: parse_spec refuses them.

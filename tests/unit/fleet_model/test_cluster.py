@@ -31,6 +31,7 @@ from fleet_model.cluster import (
     put_condition,
     stamp_taints,
     taint_json,
+    taints_on_write,
     with_builtin_sets,
 )
 from fleet_model.documents import API_VERSION, SpecError, validate_document
@@ -138,6 +139,22 @@ def test_stamping_keeps_the_old_time_of_a_taint_and_gives_new_ones_now() -> None
         now=T0 + 99.7,
     )
     assert [t.time_added for t in fresh] == [T0, T0 + 99]
+
+
+def test_an_admin_write_keeps_the_built_in_taints_as_stored() -> None:
+    unreachable = Taint(key=TAINT_UNREACHABLE, effect=TaintEffect.NO_SELECT, time_added=T0)
+    kept = Taint(key="a", effect=TaintEffect.NO_SELECT, time_added=T0 - 60)
+    written = [
+        Taint(key="a", effect=TaintEffect.NO_SELECT),
+        Taint(key="b", effect=TaintEffect.NO_SELECT_IF_NEW),
+        Taint(key=TAINT_UNAVAILABLE, effect=TaintEffect.NO_SELECT),
+    ]
+    assert taints_on_write(written, stored=[kept, unreachable], now=T0 + 30) == (
+        kept,
+        Taint(key="b", effect=TaintEffect.NO_SELECT_IF_NEW, time_added=T0 + 30),
+        unreachable,
+    )
+    assert taints_on_write([], stored=[kept, unreachable], now=T0) == (unreachable,)
 
 
 # ---------------------------------------------------------------- ManagedClusterSet spec
