@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleet_model.cluster import (
     ClusterSetView,
@@ -493,8 +493,13 @@ class DecisionGroup:
     clusters: tuple[str, ...]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NotSelected:
+class NotSelected(NamedTuple):
+    """A cluster not chosen, and why.
+
+    A named tuple, not a frozen dataclass: a fleet makes a thousand per placement, and a tuple
+    is made several times faster.
+    """
+
     cluster_name: str
     reason: str
     """One sentence: the first rule that excluded the cluster, or its rank."""
