@@ -19,13 +19,19 @@ Theory of operation (all of the rollout's rules live here):
      All succeeds as soon as Available). The soak counts from when it was written or from when
      it became Available, whichever is later.
    * Failed: the agent reports it Degraded.
-   * TimeOut: not Succeeded ``progressDeadline`` after it was written ("None": never).
+   * TimeOut: not Available ``progressDeadline`` after it was written ("None": never); one
+     that was TimeOut, or became Available only after its deadline, stays TimeOut through
+     its soak (it gave its slot up and does not take one back).
    * Removing: the cluster left every placement's decisions; see 4.
 
 2. Progressive, per placement: clusters go in decision-group order, then decision order.
    Progressing and Failed clusters hold a slot; at most ``maxConcurrency`` hold one. A free
    slot goes to the next ToApply cluster. A Failed cluster keeps its slot until its deadline
    turns it into TimeOut (OCM's rule: set a progressDeadline when failures are tolerated).
+   So while clusters only move forward, never more than maxConcurrency are in flight. One
+   that falls back after it Succeeded (its resources went away or degraded) is in flight
+   again without a new slot: the rollout waits for it, and starts nothing new until fewer
+   than maxConcurrency are in flight.
    When Failed + TimeOut > ``maxFailures`` the placement halts: nothing new starts (what is
    running stays as it is) until a failure heals or the spec changes, and the message says who
    failed and since when. All: every ToApply cluster gets its Work at once; it never halts.
@@ -522,7 +528,7 @@ def _kept(
     return old.since if old is not None and old.status == status else now
 
 
-def _judge(
+def _judge(  # noqa: PLR0911 - one return per status
     cluster: str,
     state: WorkState,
     strategy: RolloutStrategy,
@@ -541,6 +547,19 @@ def _judge(
         began = max(start, state.available_since if state.available_since is not None else start)
         if now >= began + soak:
             return _Verdict(status="Succeeded", since=began + soak)
+        old = previous.get(cluster)
+        late = old is not None and old.status == "TimeOut"
+        if deadline is not None and now >= deadline and (late or began >= deadline):
+            # Its slot went to another cluster when it timed out: it soaks without one.
+            return _Verdict(
+                status="TimeOut",
+                since=deadline,
+                message=(
+                    f"Available after its progressDeadline {strategy.deadline_text}; "
+                    f"soaking until {rfc3339(began + soak)}"
+                ),
+                wake_at=began + soak,
+            )
         return _Verdict(
             status="Progressing",
             since=start,
