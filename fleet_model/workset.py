@@ -66,6 +66,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
@@ -608,7 +609,7 @@ class _Placement:
 
 
 def _count(
-    clusters: Sequence[ClusterRollout], works: Mapping[str, WorkState], written: Sequence[str]
+    clusters: Sequence[ClusterRollout], works: Mapping[str, WorkState], written: AbstractSet[str]
 ) -> Summary:
     def fresh(name: str) -> WorkState | None:
         state = works.get(name, ABSENT)
@@ -676,14 +677,16 @@ def _roll(
             f"halted: {len(failed)} of {total} clusters failed "
             f"(maxFailures {strategy.max_failures}): {who}"
         )
+    started = set(apply)
     written = sum(
         1
         for d in order
-        if d.cluster in apply or (works.get(d.cluster, ABSENT).exists and works[d.cluster].current)
+        if d.cluster in started
+        or (works.get(d.cluster, ABSENT).exists and works[d.cluster].current)
     )
     rollout = PlacementRollout(
         name=ref.name,
-        summary=_count(clusters, works, apply),
+        summary=_count(clusters, works, started),
         groups=len(group_sizes),
         written=written,
         max_concurrency=concurrency,
