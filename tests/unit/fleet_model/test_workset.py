@@ -786,3 +786,69 @@ def test_the_plan_depends_on_the_input_only_not_its_order(
         assert plans[0] == plans[1]
         world.plan(*((d.cluster, d.group_index) for d in chosen))
         agents_report(world, rng)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+rollout_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["All", "Progressive", "x"]),
+        "progressive": st.fixed_dictionaries(
+            {},
+            optional={
+                "maxConcurrency": st.sampled_from([0, 1, -1, "0%", "50%", "101%", "2", True]),
+                "minSuccessTime": st.sampled_from(["0", "30s", "1h30m", "s", 5, "None"]),
+                "progressDeadline": st.sampled_from(["None", "10m", "", "1d", None]),
+                "maxFailures": st.sampled_from([0, 3, "100%", "x%", 1.5]),
+            },
+        )
+        | json_values,
+    },
+)
+workset_like: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
+    {},
+    optional={
+        "placementRefs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["web", "web", "Web", ""])},
+                optional={"rolloutStrategy": rollout_like},
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "manifestWorkTemplate": st.just({"workload": {"manifests": [DEPLOYMENT]}}) | json_values,
+        "overrides": st.lists(st.just({"mergePatch": {}}) | json_values, max_size=2),
+    },
+)
+
+
+@given(workset_like | json_values)
+def test_any_workset_spec_is_taken_or_refused_with_problems(value: object) -> None:
+    problems: list[tuple[str, str]] = []
+    try:
+        parsed = parse_spec(value)
+    except SpecError as error:
+        problems = error.problems
+        assert problems, "a refusal must say why"
+        assert all(path.startswith("/spec") for path, _ in problems)
+    else:
+        assert parsed.placement_refs
+        assert len({ref.name for ref in parsed.placement_refs}) == len(parsed.placement_refs)
+
+
+def test_a_percentage_of_failures_is_of_the_chosen_clusters_rounded_up() -> None:
+    world = World(progressive(maxConcurrency="100%", maxFailures="50%"))  # of 3: 1.5 -> 2
+    assert world.plan("a", "b", "c").apply == ("a", "b", "c")
+    world.report("a", available=False, degraded=True)
+    world.report("b", available=False, degraded=True)
+    assert world.plan("a", "b", "c").phase == "Progressing"
+    world.report("c", available=False, degraded=True)
+    halted = world.plan("a", "b", "c")
+    assert halted.phase == "Halted"
+    assert halted.message.startswith("halted: 3 of 3 clusters failed (maxFailures 50%): a: ")
