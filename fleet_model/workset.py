@@ -549,7 +549,7 @@ def _judge(  # noqa: PLR0911 - one return per status
         if now >= began + soak:
             return _Verdict(status="Succeeded", since=began + soak)
         old = previous.get(cluster)
-        late = old is not None and old.status == "TimeOut"
+        late = old is not None and old.status == "TimeOut" and old.since >= start  # this rendering
         if deadline is not None and now >= deadline and (late or began >= deadline):
             # Its slot went to another cluster when it timed out: it soaks without one.
             return _Verdict(
