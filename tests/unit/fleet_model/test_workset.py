@@ -689,7 +689,7 @@ def agents_report(world: World, rng: random.Random, *, regress: bool = False) ->
 
 
 @pytest.mark.parametrize("fall_back", [False, True], ids=["forward", "with-fall-backs"])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     strategies(),
     st.integers(0, 2**32),
@@ -726,7 +726,7 @@ def test_never_more_in_flight_than_max_concurrency(
         regressed |= agents_report(world, rng, regress=fall_back)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     strategies(),
     st.integers(0, 2**32),
@@ -752,7 +752,7 @@ def test_no_work_is_deleted_before_its_replacement_is_available(
         agents_report(world, rng)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     strategies(),
     st.integers(0, 2**32),
