@@ -137,6 +137,8 @@ class FleetLink:
         """Each work's latest status (resourceVersion, status): bounded by the works held."""
         self._dirty: set[str] = set()
         self._status_ready = asyncio.Event()
+        self._cluster: str | None = None
+        """This agent's cluster (its certificate's name), known once a session is up."""
         self._policies: dict[str, str] = {}
         """Each received work's deleteOption, for a ``delete`` that does not name one."""
         self._sent_claims: tuple[dict[str, str], dict[str, str], dict[str, str]] | None = None
@@ -176,6 +178,7 @@ class FleetLink:
     async def run_session(self, connection: TunnelConnection) -> None:
         """Session task: keep one ``fleet`` stream open while ``connection`` lives."""
         delay = self.settings.reopen_initial
+        self._cluster = connection.name  # this agent's certificate name: its cluster
         while _usable(connection):
             try:
                 stream = await connection.open_stream(
@@ -288,6 +291,12 @@ class FleetLink:
 
     async def _set_work(self, message: wire.WorkMessage) -> None:
         document = dict(message.document)
+        cluster = document["spec"]["clusterName"]  # checked by the wire
+        if cluster != self._cluster:
+            # The hub sends a cluster its own works only; anything else is a hub bug.
+            self.works_refused += 1
+            log.error("work %s is for cluster %s, not this one; ignored", message.name, cluster)
+            return
         try:
             await self.applier.set_work(document)
         except (ValueError, OSError) as error:
