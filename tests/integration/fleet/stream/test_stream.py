@@ -282,6 +282,92 @@ async def test_bad_frames_reset_only_that_stream(hub: Hub, tmp_path: Path) -> No
     assert not no_tracebacks(hub.server.workdir / "tunnel-server.log")
 
 
+class _Reader:
+    """The cloud's messages on one stream, one at a time."""
+
+    def __init__(self, stream: TunnelStream) -> None:
+        self.stream = stream
+        self.decoder = wire.Decoder(sender="cloud")
+        self.pending: list[object] = []
+
+    async def next(self) -> object:
+        while not self.pending:
+            chunk = await self.stream.read()
+            assert chunk, "the cloud ended the stream"
+            self.pending += self.decoder.feed(chunk)
+        return self.pending.pop(0)
+
+
+def _cluster_document(name: str, *, accepted: bool, lease: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "fleet.edgefleet.io/v1alpha1",
+        "kind": "ManagedCluster",
+        "metadata": {"name": name},
+        "spec": {"hubAcceptsClient": accepted, "leaseDurationSeconds": lease},
+    }
+
+
+async def test_a_cluster_not_accepted_renews_but_gets_works_only_once_accepted(
+    hub: Hub, tmp_path: Path
+) -> None:
+    name = "fake-pending"
+    path = f"/api/v1/fleet/managedclusters/{name}"
+
+    async def call(method: str, url: str, body: object = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(hub.request, method, url, body)
+
+    async def pending_cluster(connection: TunnelConnection) -> None:
+        renewals = await asyncio.to_thread(hub.metric, "fleet_lease_renewals_total")
+        stream = await connection.open_stream(wire.FLEET_TARGET, timeout=10)
+        await stream.write(wire.encode(wire.Hello(works={}, claims={"region": "x"})))
+        reader = _Reader(stream)
+        assert isinstance(await reader.next(), wire.Settings)
+        # Its hello counted as a lease renewal, accepted or not.
+        assert await asyncio.to_thread(hub.metric, "fleet_lease_renewals_total") > renewals
+        work = {
+            "apiVersion": "fleet.edgefleet.io/v1alpha1",
+            "kind": "Work",
+            "metadata": {"name": "for-pending"},
+            "spec": {"clusterName": name, "workload": {"manifests": [config_map("p")]}},
+        }
+        assert (await call("PUT", "/api/v1/fleet/works/for-pending", work))[0] in (200, 201)
+        # Two settings changes while not accepted: the stream follows its ManagedCluster, and
+        # the second settings comes next, so no work was sent in between (changes are sent in
+        # the order of the store's revisions).
+        for lease in (7, 8):
+            document = _cluster_document(name, accepted=False, lease=lease)
+            assert (await call("PUT", path, document))[0] in (200, 201)
+            message = await reader.next()
+            assert message == wire.Settings(lease_duration_seconds=lease), message
+        # A status it sends for that work is not written.
+        dropped = await asyncio.to_thread(
+            hub.metric, "fleet_status_updates_total", result="not_accepted"
+        )
+        await stream.write(
+            wire.encode(wire.Status(work="for-pending", resource_version=1, status={}))
+        )
+        # Accepted: the work comes at once.
+        assert (await call("PUT", path, _cluster_document(name, accepted=True, lease=8)))[0] == 200
+        message = await reader.next()
+        assert isinstance(message, wire.WorkMessage), message
+        assert message.name == "for-pending"
+        assert "status" not in message.document
+        await eventually_async(
+            _metric_async(hub, "fleet_status_updates_total", result="not_accepted"),
+            lambda count: count == dropped + 1,
+            what="the status of a cluster not accepted dropped",
+            within=10,
+        )
+        # Deleted: the delete comes, with the work's policy.
+        assert (await call("DELETE", "/api/v1/fleet/works/for-pending"))[0] == 200
+        assert await reader.next() == wire.Delete(
+            work="for-pending", propagation_policy="Foreground"
+        )
+        stream.reset()
+
+    await _fake_agent(name, tmp_path, hub, kind="cluster", task=pending_cluster)
+
+
 async def test_a_node_session_cannot_open_the_fleet_stream(hub: Hub, tmp_path: Path) -> None:
     async def try_fleet(connection: TunnelConnection) -> None:
         with pytest.raises(StreamRejectedError, match="cluster agents"):
@@ -295,9 +381,9 @@ async def _read_to_the_end(stream: TunnelStream) -> None:
         pass
 
 
-def _metric_async(hub: Hub, name: str) -> Any:
+def _metric_async(hub: Hub, name: str, **labels: str) -> Any:
     async def probe() -> float:
-        return await asyncio.to_thread(hub.metric, name)
+        return await asyncio.to_thread(hub.metric, name, **labels)
 
     return probe
 
