@@ -1,0 +1,46 @@
+"""Settings of the work applier (``[cluster.works]``): each field says its unit and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FIELD_MANAGER = "edgefleet-work"
+"""The server-side apply field manager of every work (a manifestConfig may name another)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkSettings:
+    """How the cluster agent applies the hub's works to its member cluster."""
+
+    resync_seconds: float = 10.0
+    """Seconds between re-applies of every held work: a hand edit in the member is put back
+    and statusFeedback scraped this often (OCM scrapes every 30 s, floor 5 s; our works are
+    few per cluster and server-side apply of an unchanged object writes nothing)."""
+
+    degraded_after_seconds: float = 60.0
+    """Seconds a Deployment/StatefulSet/DaemonSet/Job may stay short of its desired state
+    before the manifest is Degraded: a rollout of a few pods takes tens of seconds."""
+
+    max_manifests: int = 500
+    """Manifests per work: a 512 KiB work of small objects holds a few hundred."""
+
+    max_manifest_bytes: int = 512 * 1024
+    """Bytes of one manifest's JSON: a whole work is bounded at 512 KiB by the hub."""
+
+    max_work_bytes: int = 1024 * 1024
+    """Bytes of one work document the applier keeps (the hub's bound plus its status)."""
+
+    max_works: int = 1000
+    """Works held at once: one cluster rarely runs more than a few dozen."""
+
+    concurrency: int = 4
+    """Works applied at the same time (each manifest of a work is applied in order): bounds
+    the load on the member API server when many works change at once."""
+
+    crd_wait_seconds: float = 10.0
+    """Seconds to wait, within one apply, for a CustomResourceDefinition of the same work to
+    be served before its custom resources are reported UnknownKind (the next resync retries)."""
+
+    discovery_refresh_seconds: float = 1.0
+    """Least seconds between two discovery reads of one group version on a kind not found:
+    a CRD applied a moment ago shows up, without a read per unknown manifest."""

@@ -1,0 +1,341 @@
+"""The cluster agent's WorkApplier against a real member cluster (issue 14, "Work").
+
+Deployments become Available through the real controller manager's ReplicaSets and pods that
+kwok runs; the API server's own refusals, conflicts and field managers decide the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from edge_agent.cluster.works import WorkError
+from tests.harness import member
+from tests.integration.fleet.works.conftest import (
+    Agent,
+    cond,
+    config_map,
+    deployment,
+    exists,
+    feedback_of,
+    get,
+    is_true,
+    work,
+)
+
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(360)]
+
+
+async def test_a_deployment_becomes_available_with_feedback_and_a_hand_edit_is_put_back(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    configs = [
+        {
+            "resourceIdentifier": {
+                "group": "apps",
+                "resource": "deployments",
+                "namespace": namespace,
+                "name": "web",
+            },
+            "feedbackRules": [
+                {"type": "WellKnownStatus"},
+                {
+                    "type": "JSONPaths",
+                    "jsonPaths": [
+                        {
+                            "name": "available",
+                            "path": '.status.conditions[?(@.type=="Available")].status',
+                        }
+                    ],
+                },
+            ],
+        }
+    ]
+    document = work("web", [deployment("web", namespace, 2)], configs=configs)
+    await agent.applier.set_work(document)
+    assert agent.applier.works() == {"web": 1}
+    first = agent.reports[0][2]
+    assert is_true(first, "Applied")
+    status = await agent.until(
+        "web", lambda s: is_true(s, "Available"), what="the Deployment Available"
+    )
+    assert feedback_of(status, 0)["readyReplicas"] == {"type": "Integer", "integer": 2}
+    assert feedback_of(status, 0)["available"] == {"type": "String", "string": "True"}
+    assert cond(status, "Progressing")["status"] == "False"
+    assert cond(status, "Degraded")["status"] == "False"
+    assert status["resourceStatus"]["manifests"][0]["resourceMeta"] == {
+        "ordinal": 0,
+        "group": "apps",
+        "version": "v1",
+        "kind": "Deployment",
+        "resource": "deployments",
+        "namespace": namespace,
+        "name": "web",
+    }
+    # Nothing changes in the cluster: a resync reports nothing new.
+    reported = len(agent.reports)
+    await agent.applier.resync()
+    assert len(agent.reports) == reported
+    assert agent.reports[-1][:2] == ("web", 1)
+
+    cluster.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
+    await agent.until(
+        "web",
+        lambda s: "put back" in cond(s, "Applied", 0).get("message", ""),
+        what="the hand edit put back",
+    )
+    assert get(cluster, "deployment/web", "-n", namespace)["spec"]["replicas"] == 2
+    assert is_true(agent.applier.status("web") or {}, "Applied")
+
+
+async def test_a_refused_manifest_is_degraded_with_the_api_servers_message_others_applied(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    bad_service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "bad", "namespace": namespace},
+        "spec": {"ports": [{"port": 70000}]},
+    }
+    manifests = [
+        config_map("before", namespace, a="1"),
+        bad_service,
+        config_map("after", namespace),
+    ]
+    await agent.applier.set_work(work("refused", manifests))
+    status = agent.applier.status("refused") or {}
+    applied = cond(status, "Applied", 1)
+    assert (applied["status"], applied["reason"]) == ("False", "Refused")
+    assert "spec.ports[0].port: Invalid value: 70000" in applied["message"]
+    assert cond(status, "Degraded", 1)["message"] == applied["message"]
+    assert is_true(status, "Applied", 0)
+    assert is_true(status, "Applied", 2)
+    assert exists(cluster, "configmap/before", "-n", namespace)
+    assert exists(cluster, "configmap/after", "-n", namespace)
+    assert not exists(cluster, "service/bad", "-n", namespace)
+    assert cond(status, "Applied")["status"] == "False"
+    assert is_true(status, "Degraded")
+    assert "Service" in cond(status, "Degraded")["message"]
+    assert "Invalid value" in cond(status, "Degraded")["message"]
+
+
+async def test_a_conflict_with_another_applier_is_reported_and_forced(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    await agent.applier.set_work(work("shared", [config_map("shared", namespace, key="ours")]))
+    assert is_true(agent.applier.status("shared") or {}, "Applied")
+    # Another declarative owner (server-side apply by "gitops") takes the field.
+    theirs = config_map("shared", namespace, key="theirs")
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=gitops",
+        "-f",
+        "-",
+        stdin=json.dumps(theirs),
+    )
+    await agent.applier.resync()
+    status = agent.applier.status("shared") or {}
+    applied = cond(status, "Applied", 0)
+    assert (applied["status"], applied["reason"]) == ("False", "Conflict")
+    assert 'conflict with "gitops"' in applied["message"]
+    assert get(cluster, "configmap/shared", "-n", namespace)["data"] == {"key": "theirs"}
+
+    forced = [
+        {
+            "resourceIdentifier": {
+                "resource": "configmaps",
+                "namespace": namespace,
+                "name": "shared",
+            },
+            "updateStrategy": {"type": "ServerSideApply", "serverSideApply": {"force": True}},
+        }
+    ]
+    await agent.applier.set_work(
+        work("shared", [config_map("shared", namespace, key="ours")], version=2, configs=forced)
+    )
+    assert is_true(agent.applier.status("shared") or {}, "Applied")
+    assert get(cluster, "configmap/shared", "-n", namespace)["data"] == {"key": "ours"}
+
+
+def strategy(namespace: str, name: str, kind: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceIdentifier": {"resource": "configmaps", "namespace": namespace, "name": name},
+        "updateStrategy": {"type": kind},
+        **extra,
+    }
+
+
+async def test_update_create_only_and_read_only(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    cluster.kubectl("create", "configmap", "theirs", "-n", namespace, "--from-literal=x=42")
+    configs = [
+        strategy(namespace, "updated", "Update"),
+        strategy(namespace, "created", "CreateOnly"),
+        strategy(
+            namespace,
+            "theirs",
+            "ReadOnly",
+            feedbackRules=[{"type": "JSONPaths", "jsonPaths": [{"name": "x", "path": ".data.x"}]}],
+        ),
+        strategy(namespace, "absent", "ReadOnly"),
+    ]
+    manifests = [
+        config_map("updated", namespace, v="1"),
+        config_map("created", namespace, v="1"),
+        config_map("theirs", namespace, x="ignored"),
+        config_map("absent", namespace),
+    ]
+    await agent.applier.set_work(work("strategies", manifests, configs=configs))
+    status = agent.applier.status("strategies") or {}
+    assert [cond(status, "Applied", i)["reason"] for i in range(4)] == [
+        "AppliedManifestComplete",
+        "AppliedManifestComplete",
+        "ReadOnly",
+        "ReadOnly",
+    ]
+    assert feedback_of(status, 2) == {"x": {"type": "String", "string": "42"}}
+    assert cond(status, "Available", 3)["reason"] == "ResourceNotFound"
+    assert not exists(cluster, "configmap/absent", "-n", namespace)
+
+    for name in ("updated", "created", "theirs"):
+        cluster.kubectl(
+            "patch", f"configmap/{name}", "-n", namespace, "-p", '{"data":{"v":"hand"}}'
+        )
+    await agent.applier.resync()
+    # Update replaces the object as the work says; CreateOnly and ReadOnly leave it.
+    assert get(cluster, "configmap/updated", "-n", namespace)["data"] == {"v": "1"}
+    assert get(cluster, "configmap/created", "-n", namespace)["data"] == {"v": "hand"}
+    assert get(cluster, "configmap/theirs", "-n", namespace)["data"] == {"x": "42", "v": "hand"}
+
+    # A ReadOnly resource is never deleted with its work.
+    await agent.applier.delete_work("strategies", propagation="Foreground")
+    assert not exists(cluster, "configmap/updated", "-n", namespace)
+    assert not exists(cluster, "configmap/created", "-n", namespace)
+    assert exists(cluster, "configmap/theirs", "-n", namespace)
+
+
+async def test_delete_foreground_removes_orphan_keeps_and_dropped_manifests_go(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    await agent.applier.set_work(
+        work("fg", [config_map("fg-a", namespace), config_map("fg-b", namespace)])
+    )
+    await agent.applier.set_work(work("orphan", [config_map("or-a", namespace)], delete="Orphan"))
+    assert exists(cluster, "configmap/fg-b", "-n", namespace)
+
+    # A manifest dropped from a work is deleted with it (Foreground).
+    await agent.applier.set_work(work("fg", [config_map("fg-a", namespace)], version=2))
+    assert not exists(cluster, "configmap/fg-b", "-n", namespace)
+    assert exists(cluster, "configmap/fg-a", "-n", namespace)
+
+    await agent.applier.delete_work("fg", propagation="Foreground")
+    await agent.applier.delete_work("orphan", propagation="Orphan")
+    assert not exists(cluster, "configmap/fg-a", "-n", namespace)
+    assert exists(cluster, "configmap/or-a", "-n", namespace)
+    assert agent.applier.works() == {}
+    assert list(agent.state_dir.iterdir()) == []
+
+
+async def test_a_restarted_applier_keeps_its_works_without_recreating_them(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    await agent.applier.set_work(
+        work("kept", [config_map("kept", namespace, a="1"), deployment("kept", namespace, 1)])
+    )
+    before = get(cluster, "configmap/kept", "-n", namespace)["metadata"]
+    deploy = get(cluster, "deployment/kept", "-n", namespace)["metadata"]
+    reported = len(agent.reports)
+
+    agent.restart()
+    assert agent.applier.works() == {"kept": 1}
+    assert agent.applier.status("kept") == agent.reports[-1][2]
+    await agent.applier.resync()
+    after = get(cluster, "configmap/kept", "-n", namespace)["metadata"]
+    assert (after["uid"], after["resourceVersion"]) == (before["uid"], before["resourceVersion"])
+    assert get(cluster, "deployment/kept", "-n", namespace)["metadata"]["uid"] == deploy["uid"]
+
+    # Removed by hand while the agent was away: put back by the next resync.
+    cluster.kubectl("delete", "configmap/kept", "-n", namespace)
+    await agent.applier.resync()
+    assert get(cluster, "configmap/kept", "-n", namespace)["data"] == {"a": "1"}
+    assert len(agent.reports) >= reported
+
+
+async def test_a_crd_and_its_custom_resource_in_one_work(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    group = f"{namespace}.example.com"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gizmos.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "gizmos", "singular": "gizmo", "kind": "Gizmo"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    gizmo = {
+        "apiVersion": f"{group}/v1",
+        "kind": "Gizmo",
+        "metadata": {"name": "one", "namespace": namespace},
+        "spec": {"size": 3},
+    }
+    # The custom resource comes first in the work: the applier orders CRDs before it.
+    await agent.applier.set_work(work("crd", [gizmo, crd], delete="Foreground"))
+    status = agent.applier.status("crd") or {}
+    assert is_true(status, "Applied"), status["conditions"]
+    assert get(cluster, f"gizmos.{group}/one", "-n", namespace)["spec"] == {"size": 3}
+    await agent.applier.delete_work("crd", propagation="Foreground")
+    assert not exists(cluster, f"crd/gizmos.{group}")
+
+
+async def test_an_unknown_kind_gets_a_clear_condition_and_bad_works_are_refused(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    unknown = {
+        "apiVersion": "nothing.example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w", "namespace": namespace},
+    }
+    invalid = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}
+    manifests = [unknown, invalid, config_map("fine", namespace)]
+    await agent.applier.set_work(work("unknown", manifests))
+    status = agent.applier.status("unknown") or {}
+    first = cond(status, "Applied", 0)
+    assert (first["reason"], first["message"]) == (
+        "UnknownKind",
+        "the member API server serves no kind Widget in nothing.example.com/v1",
+    )
+    assert cond(status, "Applied", 1)["reason"] == "InvalidManifest"
+    assert is_true(status, "Applied", 2)
+    assert exists(cluster, "configmap/fine", "-n", namespace)
+
+    for bad in (
+        {},
+        {"metadata": {"name": "Bad_Name", "resourceVersion": "1"}},
+        {"metadata": {"name": "x"}},
+    ):
+        with pytest.raises(WorkError):
+            await agent.applier.set_work(bad)
+    with pytest.raises(WorkError, match="at most"):
+        await agent.applier.set_work(work("huge", [config_map("h", namespace, x="y" * 2_000_000)]))
+    assert sorted(agent.applier.works()) == ["unknown"]
