@@ -7,11 +7,13 @@ kwok runs; the API server's own refusals, conflicts and field managers decide th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.cluster.works import WorkError
+from edge_agent.cluster.member_api import MemberApi, MemberApiError
+from edge_agent.cluster.works import WorkApplier, WorkError, WorkSettings
 from tests.harness import member
 from tests.integration.fleet.works.conftest import (
     Agent,
@@ -339,3 +341,69 @@ async def test_an_unknown_kind_gets_a_clear_condition_and_bad_works_are_refused(
     with pytest.raises(WorkError, match="at most"):
         await agent.applier.set_work(work("huge", [config_map("h", namespace, x="y" * 2_000_000)]))
     assert sorted(agent.applier.works()) == ["unknown"]
+
+
+async def test_a_deployment_that_cannot_roll_out_becomes_degraded_after_the_delay(
+    namespace: str, agent: Agent
+) -> None:
+    agent.settings = WorkSettings(degraded_after_seconds=2.0)
+    agent.restart()
+    stuck = deployment("stuck", namespace, 1)
+    stuck["spec"]["template"]["spec"]["nodeSelector"] = {"no-such-node": "anywhere"}
+    await agent.applier.set_work(work("stuck", [stuck]))
+    first = agent.applier.status("stuck") or {}
+    assert cond(first, "Degraded")["status"] == "False"
+    assert is_true(first, "Applied")
+    status = await agent.until(
+        "stuck", lambda s: is_true(s, "Degraded"), what="the stuck Deployment Degraded"
+    )
+    degraded = cond(status, "Degraded", 0)
+    assert (degraded["reason"], degraded["message"]) == (
+        "ResourceNotReady",
+        "0/1 available, 1/1 updated",
+    )
+    assert cond(status, "Available")["status"] == "False"
+    assert is_true(status, "Progressing")
+
+
+class Unplugged:
+    """The member API client with a switch: while ``down`` no request gets an answer."""
+
+    def __init__(self, api: MemberApi) -> None:
+        self.api = api
+        self.down = False
+
+    async def request(
+        self, method: str, path: str, *, body: object = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        if self.down:
+            raise MemberApiError(f"{method} {path}: connection refused (test)")
+        return await self.api.request(method, path, body=body, content_type=content_type)
+
+
+async def test_an_unreachable_api_server_keeps_the_last_status_and_deletes_wait(
+    cluster: member.MemberCluster, namespace: str, api: MemberApi, tmp_path: Path
+) -> None:
+    plug = Unplugged(api)
+    reports: list[str] = []
+    applier = WorkApplier(api=plug, state_dir=tmp_path / "works", settings=WorkSettings())
+    applier.on_status(lambda name, _version, _status: reports.append(name))
+    await applier.set_work(work("gone", [config_map("gone", namespace)]))
+    held = applier.status("gone")
+    assert reports == ["gone"]
+
+    plug.down = True
+    await applier.resync()
+    assert applier.status("gone") == held
+    assert reports == ["gone"]
+    await applier.delete_work("gone", propagation="Foreground")
+    assert applier.works() == {}
+    assert exists(cluster, "configmap/gone", "-n", namespace)
+    assert (tmp_path / "works" / "gone.json").exists()  # the delete is still to do
+
+    # A restart in between keeps the pending delete too.
+    applier = WorkApplier(api=plug, state_dir=tmp_path / "works", settings=WorkSettings())
+    plug.down = False
+    await applier.resync()
+    assert not exists(cluster, "configmap/gone", "-n", namespace)
+    assert not (tmp_path / "works" / "gone.json").exists()
