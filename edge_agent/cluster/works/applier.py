@@ -139,8 +139,11 @@ class WorkApplier:
             record.document = document
             record.resource_version = parsed.resource_version
             record.deleting = None
+            try:
+                self._store.save(name, record)
+            except OSError as error:
+                raise WorkError(f"cannot keep work {name} on disk: {error}") from None
             self._records[name] = record
-            self._store.save(name, record)
             await self._pass(name, record)
 
     async def delete_work(self, name: str, *, propagation: str) -> None:
@@ -169,8 +172,12 @@ class WorkApplier:
         for name in sorted(self._records):
             async with self._lock(name):
                 record = self._records.get(name)
-                if record is not None:
+                if record is None:
+                    continue
+                try:
                     await self._pass(name, record)
+                except OSError as error:  # the state folder (disk full): next resync again
+                    log.warning("works: cannot keep the state of work %s: %s", name, error)
 
     # -- one pass
 
@@ -296,12 +303,25 @@ class WorkApplier:
         applied_at = previous.get("appliedAt")
         if previous.get("observedGeneration") != parsed.generation or applied_at is None:
             applied_at = rfc3339(now)
-        return {
+        status = {
             "conditions": conditions,
             "resourceStatus": {"manifests": manifests},
             "observedGeneration": parsed.generation,
             "appliedAt": applied_at,
         }
+        size = len(json.dumps(status, separators=(",", ":")))
+        if size > self._settings.max_status_bytes:
+            note = (
+                f"statusFeedback left out: the status would be {size} bytes, "
+                f"more than {self._settings.max_status_bytes}"
+            )
+            for entry in manifests:
+                if "statusFeedback" in entry:
+                    entry["statusFeedback"] = {"values": []}
+                    for item in entry["conditions"]:
+                        if item["type"] == "StatusFeedbackSynced":
+                            item.update(status="False", reason="StatusTooLarge", message=note)
+        return status
 
     def _report(self, name: str, resource_version: int, status: dict[str, Any]) -> None:
         for callback in self._callbacks:

@@ -30,6 +30,10 @@ class WorkSettings:
     max_work_bytes: int = 1024 * 1024
     """Bytes of one work document the applier keeps (the hub's bound plus its status)."""
 
+    max_status_bytes: int = 768 * 1024
+    """Bytes of one work's status JSON: it travels in one ``fleet`` stream message (1 MiB);
+    beyond it the statusFeedback values are left out (conditions stay) and said so."""
+
     max_works: int = 1000
     """Works held at once: one cluster rarely runs more than a few dozen."""
 
