@@ -14,6 +14,19 @@ Status feedback and health come from ``fleet_model.feedback`` (pure). See docs/f
 
 from edge_agent.cluster.works.applier import StatusCallback, WorkApplier
 from edge_agent.cluster.works.manifests import WorkError
-from edge_agent.cluster.works.settings import FIELD_MANAGER, WorkSettings
+from edge_agent.cluster.works.settings import (
+    FIELD_MANAGER,
+    WorkSettings,
+    WorkSettingsError,
+    work_settings,
+)
 
-__all__ = ["FIELD_MANAGER", "StatusCallback", "WorkApplier", "WorkError", "WorkSettings"]
+__all__ = [
+    "FIELD_MANAGER",
+    "StatusCallback",
+    "WorkApplier",
+    "WorkError",
+    "WorkSettings",
+    "WorkSettingsError",
+    "work_settings",
+]

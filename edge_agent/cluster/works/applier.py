@@ -124,9 +124,13 @@ class WorkApplier:
 
     async def set_work(self, document: dict[str, Any]) -> None:
         """Hold ``document`` (on disk first) and apply it now. WorkError when it cannot be held."""
+        if not isinstance(document, dict):
+            raise WorkError("a work is a JSON object")
         size = len(json.dumps(document, separators=(",", ":")))
         if size > self._settings.max_work_bytes:
             raise WorkError(f"a work of {size} bytes; at most {self._settings.max_work_bytes}")
+        if document.get("kind", "Work") != "Work":
+            raise WorkError(f"a work has kind Work, not {str(document.get('kind'))[:60]!r}")
         parsed = parse_work(document, settings=self._settings)
         name = parsed.name
         async with self._lock(name):
@@ -220,7 +224,8 @@ class WorkApplier:
     async def _delete(self, resources: list[AppliedResource]) -> list[AppliedResource]:
         """Delete ``resources``; those that could not be deleted (to retry)."""
         left: list[AppliedResource] = []
-        for applied in resources:
+        # Reverse apply order: custom resources before their CRDs, objects before namespaces.
+        for applied in reversed(resources):
             resource = Resource(
                 applied.group, applied.version, applied.kind, applied.resource, applied.namespaced
             )
@@ -247,7 +252,7 @@ class WorkApplier:
                     status,
                     answer.get("message") if isinstance(answer, dict) else "",
                 )
-                left.append(applied)
+                left.insert(0, applied)
         return left
 
     async def _apply(self, name: str, record: WorkRecord, document: dict[str, Any]) -> None:
@@ -414,9 +419,13 @@ class WorkApplier:
         self, manifest: Manifest, resource: Resource, strategy: Strategy
     ) -> Outcome:
         try:
-            return await apply_manifest(self._api, manifest, resource, strategy)
+            outcome = await apply_manifest(self._api, manifest, resource, strategy)
         except MemberApiError as error:
             raise _UnreachableError(str(error)) from None
+        if outcome.http_status == 404 and strategy.type != "ReadOnly":
+            # The resource itself is not served (a CRD removed): read discovery again.
+            self._discovery.forget(resource.group)
+        return outcome
 
     async def _resolve(self, manifest: Manifest, crd_groups: set[str]) -> Resource | None:
         """The manifest's resource; waits a little when a CRD of this work just made its group."""

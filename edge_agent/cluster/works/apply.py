@@ -43,6 +43,8 @@ class Outcome:
     reason: str
     message: str
     live: dict[str, Any] | None = None
+    http_status: int = 0
+    """The API server's status of a refusal (0 otherwise)."""
 
 
 def server_message(status: int, answer: object) -> str:
@@ -54,7 +56,9 @@ def server_message(status: int, answer: object) -> str:
 
 def _refused(status: int, answer: object) -> Outcome:
     reason = "Conflict" if status == 409 else "Refused"
-    return Outcome(ok=False, reason=reason, message=server_message(status, answer))
+    return Outcome(
+        ok=False, reason=reason, message=server_message(status, answer), http_status=status
+    )
 
 
 def _body(manifest: Manifest, resource: Resource, namespace: str) -> dict[str, Any]:

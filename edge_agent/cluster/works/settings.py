@@ -48,3 +48,43 @@ class WorkSettings:
     discovery_refresh_seconds: float = 1.0
     """Least seconds between two discovery reads of one group version on a kind not found:
     a CRD applied a moment ago shows up, without a read per unknown manifest."""
+
+
+class WorkSettingsError(ValueError):
+    """A ``[cluster.works]`` value out of range or unknown; the message names it."""
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "resync_seconds": (1.0, 3600.0),
+    "degraded_after_seconds": (0.0, 86400.0),
+    "max_manifests": (1, 10_000),
+    "max_manifest_bytes": (1024, 16 * 1024 * 1024),
+    "max_work_bytes": (1024, 64 * 1024 * 1024),
+    "max_status_bytes": (16 * 1024, 1024 * 1024),
+    "max_works": (1, 100_000),
+    "concurrency": (1, 64),
+    "crd_wait_seconds": (0.0, 600.0),
+    "discovery_refresh_seconds": (0.0, 3600.0),
+}
+
+
+def work_settings(raw: object, where: str = "[cluster.works]") -> WorkSettings:
+    """``WorkSettings`` from a config table; WorkSettingsError names a bad key and its range."""
+    if not isinstance(raw, dict):
+        raise WorkSettingsError(f"{where}: expected a table")
+    values: dict[str, float | int] = {}
+    for key, value in raw.items():
+        if key not in _RANGES:
+            raise WorkSettingsError(
+                f"{where}.{key}: unknown key (known: {', '.join(sorted(_RANGES))})"
+            )
+        low, high = _RANGES[key]
+        integral = isinstance(getattr(WorkSettings(), key), int)
+        allowed = (int,) if integral else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed) or not low <= value <= high:
+            kind = "an integer" if integral else "a number"
+            raise WorkSettingsError(
+                f"{where}.{key}: expected {kind} from {low:g} to {high:g}, got {value!r}"
+            )
+        values[key] = value if integral else float(value)
+    return WorkSettings(**values)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from edge_agent.cluster.works.conditions import work_conditions
 from edge_agent.cluster.works.kube import Resource, split_api_version
 from edge_agent.cluster.works.manifests import WorkError, apply_order, parse_work
-from edge_agent.cluster.works.settings import WorkSettings
+from edge_agent.cluster.works.settings import WorkSettings, WorkSettingsError, work_settings
 from edge_agent.cluster.works.state import AppliedResource, WorkRecord, WorkStore
 
 SETTINGS = WorkSettings(max_manifests=3, max_manifest_bytes=200)
@@ -163,3 +163,18 @@ def test_no_document_crashes_the_parser(document: object) -> None:
         parse_work(
             {"metadata": {"name": "w", "resourceVersion": "1"}, "spec": document}, settings=SETTINGS
         )
+
+
+def test_settings_from_a_config_table() -> None:
+    assert work_settings({"resync_seconds": 5, "concurrency": 2}) == WorkSettings(
+        resync_seconds=5.0, concurrency=2
+    )
+    for bad, message in (
+        ({"resync_seconds": 0.1}, r"\[cluster.works\].resync_seconds: expected a number from 1"),
+        ({"concurrency": 2.5}, "expected an integer"),
+        ({"concurrency": True}, "expected an integer"),
+        ({"resync": 5}, "unknown key"),
+        ([], "expected a table"),
+    ):
+        with pytest.raises(WorkSettingsError, match=message):
+            work_settings(bad)
