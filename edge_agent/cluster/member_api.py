@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -94,13 +94,14 @@ class MemberApi:
         *,
         body: object = None,
         content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Any request with a JSON body (or none): ``(status, decoded answer or None)``.
 
         For writes (the work applier's PATCH/PUT/POST/DELETE): a 4xx/5xx answer is returned,
         not raised, so the caller reads the API server's ``Status`` (reason, message, causes);
         only no answer at all (connection, timeout, an answer over ``max_json_bytes``) raises
-        MemberApiError.
+        MemberApiError. ``headers`` are added (``Impersonate-User`` for the work applier).
         """
         if not path.startswith("/"):
             raise ValueError(f"a path on the API server starts with '/': {path!r}")
@@ -110,17 +111,17 @@ class MemberApi:
             authorization = self._credentials.authorization()
         except CredentialsError as error:
             raise MemberApiError(str(error)) from None
-        headers = {"Accept": "application/json"}
+        sent = {**(headers or {}), "Accept": "application/json"}
         if authorization is not None:
-            headers["Authorization"] = authorization
+            sent["Authorization"] = authorization
         data = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
-            headers["Content-Type"] = content_type
+            sent["Content-Type"] = content_type
         url = self._credentials.server + path
         try:
             async with self._http.request(
-                method, url, headers=headers, data=data, allow_redirects=False
+                method, url, headers=sent, data=data, allow_redirects=False
             ) as answer:
                 raw = await self._read(answer, path)
                 status = answer.status

@@ -43,7 +43,13 @@ from typing import Any
 from edge_agent.cluster.member_api import MemberApiError
 from edge_agent.cluster.works.apply import Outcome, apply_manifest
 from edge_agent.cluster.works.conditions import condition, rfc3339, work_conditions
-from edge_agent.cluster.works.kube import Discovery, DiscoveryError, KubeRequests, Resource
+from edge_agent.cluster.works.kube import (
+    Discovery,
+    DiscoveryError,
+    Impersonating,
+    KubeRequests,
+    Resource,
+)
 from edge_agent.cluster.works.manifests import (
     Manifest,
     ParsedWork,
@@ -91,6 +97,8 @@ class WorkApplier:
         settings: WorkSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if settings.impersonate:
+            api = Impersonating(api, settings.impersonate)
         self._api = api
         self._settings = settings
         self._clock = clock

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-__all__ = ["Discovery", "DiscoveryError", "KubeRequests", "Resource", "split_api_version"]
+__all__ = [
+    "Discovery",
+    "DiscoveryError",
+    "Impersonating",
+    "KubeRequests",
+    "Resource",
+    "split_api_version",
+]
 
 MAX_RESOURCES = 2000
 """Resources one group version may list: the largest built-in (v1) has about 50."""
@@ -36,7 +43,37 @@ class KubeRequests(Protocol):
         *,
         body: object = None,
         content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]: ...
+
+
+class Impersonating:
+    """``api`` acting as ``user`` (and the group of the same name).
+
+    What works may do is then what the member's RBAC grants that identity, not everything the
+    agent itself may do.
+    """
+
+    def __init__(self, api: KubeRequests, user: str) -> None:
+        self._api = api
+        self._headers = {"Impersonate-User": user, "Impersonate-Group": user}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        return await self._api.request(
+            method,
+            path,
+            body=body,
+            content_type=content_type,
+            headers={**(headers or {}), **self._headers},
+        )
 
 
 class DiscoveryError(Exception):

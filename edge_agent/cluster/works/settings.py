@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 FIELD_MANAGER = "edgefleet-work"
@@ -11,6 +12,11 @@ FIELD_MANAGER = "edgefleet-work"
 @dataclass(frozen=True, kw_only=True)
 class WorkSettings:
     """How the cluster agent applies the hub's works to its member cluster."""
+
+    impersonate: str = ""
+    """Apply works as this user (and group of the same name), by impersonation, so the member's
+    RBAC bounds what a work may do (``edgefleet:work``, bound by the cluster's admin to the role
+    works should have; docs/fleet/agent-works.md). Empty: as the agent's own service account."""
 
     resync_seconds: float = 10.0
     """Seconds between re-applies of every held work: a hand edit in the member is put back
@@ -50,6 +56,9 @@ class WorkSettings:
     a CRD applied a moment ago shows up, without a read per unknown manifest."""
 
 
+_USER = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.:@]{0,127}$")
+
+
 class WorkSettingsError(ValueError):
     """A ``[cluster.works]`` value out of range or unknown; the message names it."""
 
@@ -72,12 +81,16 @@ def work_settings(raw: object, where: str = "[cluster.works]") -> WorkSettings:
     """``WorkSettings`` from a config table; WorkSettingsError names a bad key and its range."""
     if not isinstance(raw, dict):
         raise WorkSettingsError(f"{where}: expected a table")
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | str] = {}
     for key, value in raw.items():
+        if key == "impersonate":
+            if not isinstance(value, str) or not _USER.match(value):
+                raise WorkSettingsError(f"{where}.impersonate: expected a user name, got {value!r}")
+            values[key] = value
+            continue
         if key not in _RANGES:
-            raise WorkSettingsError(
-                f"{where}.{key}: unknown key (known: {', '.join(sorted(_RANGES))})"
-            )
+            known = ", ".join(sorted([*_RANGES, "impersonate"]))
+            raise WorkSettingsError(f"{where}.{key}: unknown key (known: {known})")
         low, high = _RANGES[key]
         integral = isinstance(getattr(WorkSettings(), key), int)
         allowed = (int,) if integral else (int, float)

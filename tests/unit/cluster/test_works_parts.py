@@ -166,14 +166,15 @@ def test_no_document_crashes_the_parser(document: object) -> None:
 
 
 def test_settings_from_a_config_table() -> None:
-    assert work_settings({"resync_seconds": 5, "concurrency": 2}) == WorkSettings(
-        resync_seconds=5.0, concurrency=2
-    )
+    assert work_settings(
+        {"resync_seconds": 5, "concurrency": 2, "impersonate": "edgefleet:work"}
+    ) == WorkSettings(resync_seconds=5.0, concurrency=2, impersonate="edgefleet:work")
     for bad, message in (
         ({"resync_seconds": 0.1}, r"\[cluster.works\].resync_seconds: expected a number from 1"),
         ({"concurrency": 2.5}, "expected an integer"),
         ({"concurrency": True}, "expected an integer"),
         ({"resync": 5}, "unknown key"),
+        ({"impersonate": "bad name"}, "expected a user name"),
         ([], "expected a table"),
     ):
         with pytest.raises(WorkSettingsError, match=message):

@@ -7,6 +7,7 @@ kwok runs; the API server's own refusals, conflicts and field managers decide th
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -374,11 +375,19 @@ class Unplugged:
         self.down = False
 
     async def request(
-        self, method: str, path: str, *, body: object = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         if self.down:
             raise MemberApiError(f"{method} {path}: connection refused (test)")
-        return await self.api.request(method, path, body=body, content_type=content_type)
+        return await self.api.request(
+            method, path, body=body, content_type=content_type, headers=headers
+        )
 
 
 async def test_an_unreachable_api_server_keeps_the_last_status_and_deletes_wait(
@@ -407,3 +416,30 @@ async def test_an_unreachable_api_server_keeps_the_last_status_and_deletes_wait(
     await applier.resync()
     assert not exists(cluster, "configmap/gone", "-n", namespace)
     assert not (tmp_path / "works" / "gone.json").exists()
+
+
+async def test_works_applied_by_impersonation_get_only_what_the_members_rbac_grants(
+    cluster: member.MemberCluster, namespace: str, api: MemberApi, tmp_path: Path
+) -> None:
+    settings = WorkSettings(impersonate="edgefleet:work")
+    applier = WorkApplier(api=api, state_dir=tmp_path / "works", settings=settings)
+    await applier.set_work(work("limited", [config_map("limited", namespace)]))
+    applied = cond(applier.status("limited") or {}, "Applied", 0)
+    assert (applied["status"], applied["reason"]) == ("False", "Refused")
+    assert 'User "edgefleet:work" cannot patch resource "configmaps"' in applied["message"]
+    assert not exists(cluster, "configmap/limited", "-n", namespace)
+
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "works",
+        "-n",
+        namespace,
+        "--clusterrole=edit",
+        "--user=edgefleet:work",
+    )
+    await applier.resync()
+    assert is_true(applier.status("limited") or {}, "Applied")
+    live = get(cluster, "configmap/limited", "-n", namespace, "--show-managed-fields")
+    managers = live["metadata"]["managedFields"]
+    assert [m["manager"] for m in managers] == ["edgefleet-work"]
