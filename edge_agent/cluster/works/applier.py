@@ -68,6 +68,8 @@ log = logging.getLogger("edge_agent.cluster.works")
 __all__ = ["StatusCallback", "WorkApplier"]
 
 StatusCallback = Callable[[str, int, dict[str, Any]], None]
+_Key = tuple[str, int, str, str, str]
+"""A manifest of a work: (work, ordinal, kind, namespace, name)."""
 _CRD_POLL = 0.5
 """Seconds between discovery reads while a CRD of the same work becomes served."""
 
@@ -108,7 +110,14 @@ class WorkApplier:
         self._callbacks: list[StatusCallback] = []
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._not_ready_since: dict[tuple[str, int], float] = {}
+        self._not_ready_since: dict[_Key, float] = {}
+        # The resourceVersion each work's status was last reported with: a new version of a
+        # work is reported even when its status came out the same.
+        self._reported = {
+            name: record.resource_version
+            for name, record in self._records.items()
+            if record.status is not None
+        }
         self._unreachable = False
 
     # -- the interface of the stream
@@ -293,10 +302,11 @@ class WorkApplier:
             carried += await self._delete(dropped)
         record.applied = applied + carried
         status = self._work_status(parsed, manifests, previous, now)
-        changed = status != record.status
+        changed = status != record.status or self._reported.get(name) != parsed.resource_version
         record.status = status
         self._store.save(name, record)
         if changed:
+            self._reported[name] = parsed.resource_version
             self._report(name, parsed.resource_version, status)
 
     def _work_status(
@@ -346,6 +356,7 @@ class WorkApplier:
     def _forget_timers(self, name: str) -> None:
         for key in [k for k in self._not_ready_since if k[0] == name]:
             del self._not_ready_since[key]
+        self._reported.pop(name, None)
 
     # -- one manifest
 
@@ -389,7 +400,7 @@ class WorkApplier:
                 if outcome.ok and manifest.kind == "CustomResourceDefinition":
                     crd_groups.add(str(manifest.body.get("spec", {}).get("group", "")))
         entry: dict[str, Any] = {"resourceMeta": meta}
-        key = (parsed.name, manifest.ordinal)
+        key = (parsed.name, manifest.ordinal, manifest.kind, manifest.namespace, manifest.name)
         entry["conditions"] = self._manifest_conditions(
             outcome, manifest.kind, key, previous=previous, now=now, generation=parsed.generation
         )
@@ -460,7 +471,7 @@ class WorkApplier:
         self,
         outcome: Outcome,
         kind: str,
-        key: tuple[str, int],
+        key: _Key,
         *,
         previous: list[Any],
         now: float,
@@ -481,7 +492,7 @@ class WorkApplier:
         ]
 
     def _condition_rows(
-        self, outcome: Outcome, kind: str, key: tuple[str, int], now: float
+        self, outcome: Outcome, kind: str, key: _Key, now: float
     ) -> list[tuple[str, bool, str, str]]:
         """(type, status, reason, message) of Applied, Available, Degraded, Progressing."""
         applied = ("Applied", outcome.ok, outcome.reason, outcome.message)

@@ -93,6 +93,7 @@ def work(
     version: int = 1,
     configs: list[dict[str, Any]] | None = None,
     delete: str | None = None,
+    generation: int | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"clusterName": "works", "workload": {"manifests": manifests}}
     if configs:
@@ -102,7 +103,11 @@ def work(
     return {
         "apiVersion": API_VERSION,
         "kind": "Work",
-        "metadata": {"name": name, "resourceVersion": str(version), "generation": version},
+        "metadata": {
+            "name": name,
+            "resourceVersion": str(version),
+            "generation": generation or version,
+        },
         "spec": spec,
     }
 

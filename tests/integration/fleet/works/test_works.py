@@ -16,6 +16,7 @@ import pytest
 from edge_agent.cluster.member_api import MemberApi, MemberApiError
 from edge_agent.cluster.works import WorkApplier, WorkError, WorkSettings
 from tests.harness import member
+from tests.harness.waiting import eventually
 from tests.integration.fleet.works.conftest import (
     Agent,
     cond,
@@ -268,6 +269,17 @@ async def test_a_restarted_applier_keeps_its_works_without_recreating_them(
     assert get(cluster, "configmap/kept", "-n", namespace)["data"] == {"a": "1"}
     assert len(agent.reports) >= reported
 
+    # A new version of the work with the same spec (labels changed at the hub) is reported
+    # with its new resourceVersion even though the status is the same.
+    again = work(
+        "kept",
+        [config_map("kept", namespace, a="1"), deployment("kept", namespace, 1)],
+        version=2,
+        generation=1,
+    )
+    await agent.applier.set_work(again)
+    assert agent.reports[-1][:2] == ("kept", 2)
+
 
 async def test_a_crd_and_its_custom_resource_in_one_work(
     cluster: member.MemberCluster, namespace: str, agent: Agent
@@ -308,7 +320,13 @@ async def test_a_crd_and_its_custom_resource_in_one_work(
     assert is_true(status, "Applied"), status["conditions"]
     assert get(cluster, f"gizmos.{group}/one", "-n", namespace)["spec"] == {"size": 3}
     await agent.applier.delete_work("crd", propagation="Foreground")
-    assert not exists(cluster, f"crd/gizmos.{group}")
+    # The CRD's own finalizer removes its custom resources first, then the CRD goes.
+    eventually(
+        lambda: not exists(cluster, f"crd/gizmos.{group}"),
+        what="the CRD deleted with its work",
+        within=60.0,
+        every=0.5,
+    )
 
 
 async def test_an_unknown_kind_gets_a_clear_condition_and_bad_works_are_refused(
