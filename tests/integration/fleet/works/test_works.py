@@ -6,6 +6,7 @@ kwok runs; the API server's own refusals, conflicts and field managers decide th
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from edge_agent.cluster.member_api import MemberApi, MemberApiError
 from edge_agent.cluster.works import WorkApplier, WorkError, WorkSettings
 from tests.harness import member
-from tests.harness.waiting import eventually
+from tests.harness.waiting import eventually, eventually_async
 from tests.integration.fleet.works.conftest import (
     Agent,
     cond,
@@ -461,3 +462,27 @@ async def test_works_applied_by_impersonation_get_only_what_the_members_rbac_gra
     live = get(cluster, "configmap/limited", "-n", namespace, "--show-managed-fields")
     managers = live["metadata"]["managedFields"]
     assert [m["manager"] for m in managers] == ["edgefleet-work"]
+
+
+async def test_the_resync_loop_puts_back_what_was_deleted_by_hand(
+    cluster: member.MemberCluster, namespace: str, api: MemberApi, tmp_path: Path
+) -> None:
+    settings = WorkSettings(resync_seconds=1.0)
+    applier = WorkApplier(api=api, state_dir=tmp_path / "works", settings=settings)
+    await applier.set_work(work("looped", [config_map("looped", namespace, a="1")]))
+    uid = get(cluster, "configmap/looped", "-n", namespace)["metadata"]["uid"]
+    async with asyncio.TaskGroup() as group:
+        loop = group.create_task(applier.run(), name="test.works-resync")
+        cluster.kubectl("delete", "configmap/looped", "-n", namespace)
+
+        async def recreated() -> str:
+            found = await api.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/looped")
+            return (
+                str((found[1] or {}).get("metadata", {}).get("uid", "")) if found[0] == 200 else ""
+            )
+
+        again = await eventually_async(
+            recreated, lambda new: new not in ("", uid), what="the ConfigMap put back", within=60.0
+        )
+        loop.cancel()
+    assert again != uid
