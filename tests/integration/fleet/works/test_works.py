@@ -486,3 +486,37 @@ async def test_the_resync_loop_puts_back_what_was_deleted_by_hand(
         )
         loop.cancel()
     assert again != uid
+
+
+async def test_a_job_is_available_once_complete_with_its_counts(
+    namespace: str, agent: Agent
+) -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "once", "namespace": namespace},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "example/job:1"}],
+                }
+            }
+        },
+    }
+    configs = [
+        {
+            "resourceIdentifier": {
+                "group": "batch",
+                "resource": "jobs",
+                "namespace": namespace,
+                "name": "once",
+            },
+            "feedbackRules": [{"type": "WellKnownStatus"}],
+        }
+    ]
+    await agent.applier.set_work(work("job", [job], configs=configs))
+    assert cond(agent.applier.status("job") or {}, "Available")["status"] == "False"
+    status = await agent.until("job", lambda s: is_true(s, "Available"), what="the Job complete")
+    assert feedback_of(status, 0)["succeeded"] == {"type": "Integer", "integer": 1}
+    assert cond(status, "Progressing")["status"] == "False"
