@@ -42,7 +42,12 @@ from typing import Any
 
 from edge_agent.cluster.member_api import MemberApiError
 from edge_agent.cluster.works.apply import Outcome, apply_manifest
-from edge_agent.cluster.works.conditions import condition, rfc3339, work_conditions
+from edge_agent.cluster.works.conditions import (
+    condition,
+    manifest_rows,
+    rfc3339,
+    work_conditions,
+)
 from edge_agent.cluster.works.kube import (
     Discovery,
     DiscoveryError,
@@ -494,54 +499,12 @@ class WorkApplier:
     def _condition_rows(
         self, outcome: Outcome, kind: str, key: _Key, now: float
     ) -> list[tuple[str, bool, str, str]]:
-        """(type, status, reason, message) of Applied, Available, Degraded, Progressing."""
-        applied = ("Applied", outcome.ok, outcome.reason, outcome.message)
-        if not outcome.ok:
-            self._not_ready_since.pop(key, None)
-            return [
-                applied,
-                ("Available", False, "NotApplied", outcome.message),
-                ("Degraded", True, outcome.reason, outcome.message),
-                ("Progressing", False, "NotApplied", outcome.message),
-            ]
-        if outcome.live is None:
-            self._not_ready_since.pop(key, None)
-            return [
-                applied,
-                ("Available", False, "ResourceNotFound", outcome.message),
-                ("Degraded", False, "AsExpected", ""),
-                ("Progressing", False, "ResourceNotFound", outcome.message),
-            ]
-        verdict = health(outcome.live, kind)
-        if verdict.state == "Progressing" and kind in WORKLOAD_KINDS:
+        """The manifest's rows (``conditions.manifest_rows``), timing its progress for Degraded."""
+        verdict = health(outcome.live, kind) if outcome.ok and outcome.live is not None else None
+        late = False
+        if verdict is not None and verdict.state == "Progressing" and kind in WORKLOAD_KINDS:
             since = self._not_ready_since.setdefault(key, now)
             late = now - since >= self._settings.degraded_after_seconds
         else:
             self._not_ready_since.pop(key, None)
-            late = False
-        ready = verdict.state == "Ready"
-        failed = verdict.state == "Failed"
-        progressing = verdict.state == "Progressing"
-        return [
-            applied,
-            (
-                "Available",
-                ready,
-                "ResourceAvailable" if ready else "ResourceNotReady",
-                verdict.message,
-            ),
-            (
-                "Degraded",
-                failed or late,
-                ("ResourceFailed" if failed else "ResourceNotReady")
-                if failed or late
-                else "AsExpected",
-                verdict.message if failed or late else "",
-            ),
-            (
-                "Progressing",
-                progressing,
-                "Progressing" if progressing else "AsExpected",
-                verdict.message if progressing else "",
-            ),
-        ]
+        return manifest_rows(outcome, verdict, late=late)

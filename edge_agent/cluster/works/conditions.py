@@ -27,7 +27,13 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["condition", "rfc3339", "work_conditions"]
+from edge_agent.cluster.works.apply import Outcome
+from fleet_model.feedback import Health
+
+__all__ = ["condition", "manifest_rows", "rfc3339", "work_conditions"]
+
+Row = tuple[str, bool, str, str]
+"""(type, status, reason, message) of one condition before its times are set."""
 
 
 def rfc3339(at: float) -> str:
@@ -59,6 +65,49 @@ def condition(
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
+
+
+def manifest_rows(outcome: Outcome, verdict: Health | None, *, late: bool) -> list[Row]:
+    """Applied, Available, Degraded, Progressing of one manifest.
+
+    ``verdict`` is the live object's health (None when it was not applied or is absent);
+    ``late``: it has been progressing for longer than ``degraded_after_seconds``.
+    """
+    applied = ("Applied", outcome.ok, outcome.reason, outcome.message)
+    if not outcome.ok:
+        return [
+            applied,
+            ("Available", False, "NotApplied", outcome.message),
+            ("Degraded", True, outcome.reason, outcome.message),
+            ("Progressing", False, "NotApplied", outcome.message),
+        ]
+    if verdict is None:
+        return [
+            applied,
+            ("Available", False, "ResourceNotFound", outcome.message),
+            ("Degraded", False, "AsExpected", ""),
+            ("Progressing", False, "ResourceNotFound", outcome.message),
+        ]
+    ready = verdict.state == "Ready"
+    progressing = verdict.state == "Progressing"
+    degraded = verdict.state == "Failed" or late
+    degraded_reason = "ResourceFailed" if verdict.state == "Failed" else "ResourceNotReady"
+    return [
+        applied,
+        ("Available", ready, "ResourceAvailable" if ready else "ResourceNotReady", verdict.message),
+        (
+            "Degraded",
+            degraded,
+            degraded_reason if degraded else "AsExpected",
+            verdict.message if degraded else "",
+        ),
+        (
+            "Progressing",
+            progressing,
+            "Progressing" if progressing else "AsExpected",
+            verdict.message if progressing else "",
+        ),
+    ]
 
 
 def _describe(meta: Mapping[str, Any]) -> str:
