@@ -520,3 +520,41 @@ async def test_a_job_is_available_once_complete_with_its_counts(
     status = await agent.until("job", lambda s: is_true(s, "Available"), what="the Job complete")
     assert feedback_of(status, 0)["succeeded"] == {"type": "Integer", "integer": 1}
     assert cond(status, "Progressing")["status"] == "False"
+
+
+async def test_many_works_at_once_are_all_applied_within_the_concurrency_bound(
+    cluster: member.MemberCluster, namespace: str, api: MemberApi, tmp_path: Path
+) -> None:
+    in_flight = 0
+    most = 0
+
+    class Counting:
+        async def request(
+            self,
+            method: str,
+            path: str,
+            *,
+            body: object = None,
+            content_type: str = "application/json",
+            headers: Mapping[str, str] | None = None,
+        ) -> tuple[int, Any]:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await api.request(
+                    method, path, body=body, content_type=content_type, headers=headers
+                )
+            finally:
+                in_flight -= 1
+
+    settings = WorkSettings(concurrency=2)
+    applier = WorkApplier(api=Counting(), state_dir=tmp_path / "works", settings=settings)
+    documents = [work(f"many-{i}", [config_map(f"many-{i}", namespace)]) for i in range(12)]
+    await asyncio.gather(*(applier.set_work(d) for d in documents))
+    await asyncio.gather(applier.resync(), applier.set_work(documents[0]))
+    assert sorted(applier.works()) == sorted(f"many-{i}" for i in range(12))
+    assert all(is_true(applier.status(f"many-{i}") or {}, "Applied") for i in range(12))
+    names = cluster.kubectl("get", "configmaps", "-n", namespace, "-o", "name").stdout.split()
+    assert sum(n.startswith("configmap/many-") for n in names) == 12
+    assert most == 2
