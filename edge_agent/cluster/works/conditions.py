@@ -17,27 +17,25 @@ Per manifest:
   than ``degraded_after_seconds``;
 * ``StatusFeedbackSynced`` (only when feedback rules are set): False lists bad paths/values.
 
-Per work: ``Applied``/``Available`` True when every manifest's is; ``Degraded``/``Progressing``
-True when any manifest's is; the message names the first manifest that decides it.
+Per work: ``fleet_model.work.aggregate_conditions``, the same rules the hub documents
+(``Applied``/``Available`` True when every manifest's is, ``Degraded`` when any is, the
+message of the first manifest that decides it; ``Progressing`` until Applied and Available).
+Condition times and message bounds are ``fleet_model.work.set_condition``'s.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge_agent.cluster.works.apply import Outcome
 from fleet_model.feedback import Health
+from fleet_model.work import aggregate_conditions, rfc3339, set_condition
 
 __all__ = ["condition", "manifest_rows", "rfc3339", "work_conditions"]
 
 Row = tuple[str, bool, str, str]
 """(type, status, reason, message) of one condition before its times are set."""
-
-
-def rfc3339(at: float) -> str:
-    return dt.datetime.fromtimestamp(int(at), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(
@@ -51,20 +49,15 @@ def condition(
     generation: int,
 ) -> dict[str, Any]:
     """One condition; its ``lastTransitionTime`` kept from ``previous`` when the status holds."""
-    value = "True" if status else "False"
-    since = rfc3339(now)
-    for old in previous:
-        if isinstance(old, dict) and old.get("type") == kind and old.get("status") == value:
-            since = str(old.get("lastTransitionTime") or since)
-            break
-    return {
-        "type": kind,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since,
-        "observedGeneration": generation,
-    }
+    return set_condition(
+        previous,
+        kind=kind,
+        status="True" if status else "False",
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+    )
 
 
 def manifest_rows(outcome: Outcome, verdict: Health | None, *, late: bool) -> list[Row]:
@@ -110,27 +103,6 @@ def manifest_rows(outcome: Outcome, verdict: Health | None, *, late: bool) -> li
     ]
 
 
-def _describe(meta: Mapping[str, Any]) -> str:
-    where = f"{meta.get('namespace')}/" if meta.get("namespace") else ""
-    return f"{meta.get('kind') or 'manifest'} {where}{meta.get('name') or meta.get('ordinal')}"
-
-
-def _find(conditions: object, kind: str) -> Mapping[str, Any] | None:
-    for item in conditions if isinstance(conditions, list) else []:
-        if isinstance(item, dict) and item.get("type") == kind:
-            return item
-    return None
-
-
-_RULES: tuple[tuple[str, bool, str, str], ...] = (
-    # (type, True when every manifest's is True (else: any), reason if True, reason if False)
-    ("Applied", True, "AppliedManifestWorkComplete", "AppliedManifestWorkFailed"),
-    ("Available", True, "ResourcesAvailable", "ResourcesNotAvailable"),
-    ("Degraded", False, "ResourcesDegraded", "AsExpected"),
-    ("Progressing", False, "ResourcesProgressing", "AsExpected"),
-)
-
-
 def work_conditions(
     manifests: Sequence[Mapping[str, Any]],
     problems: Sequence[str],
@@ -139,41 +111,28 @@ def work_conditions(
     now: float,
     generation: int,
 ) -> list[dict[str, Any]]:
-    """The work's four conditions from its manifests' (and the work's own ``problems``)."""
-    out: list[dict[str, Any]] = []
-    for kind, every, yes, no in _RULES:
-        deciding = [
-            m
-            for m in manifests
-            if (((_find(m.get("conditions"), kind) or {}).get("status") == "True") != every)
-        ]
-        value = not deciding if every else bool(deciding)
-        if kind == "Applied" and problems:
-            value = False
-        if kind == "Degraded" and problems:
-            value = True
-        reason = yes if value else no
-        if deciding:
-            first = deciding[0]
-            found = _find(first.get("conditions"), kind) or {}
-            message = f"{_describe(first.get('resourceMeta', {}))}: {found.get('message', '')}"
-            if len(deciding) > 1:
-                message += f" (and {len(deciding) - 1} more)"
-        elif problems and kind in ("Applied", "Degraded"):
-            message = "; ".join(problems)
-        else:
-            message = f"{len(manifests)} manifests"
-        if problems and kind in ("Applied", "Degraded") and deciding:
-            message = "; ".join(problems) + "; " + message
-        out.append(
-            condition(
+    """The work's four conditions from its manifests' (``manifests`` in ordinal order).
+
+    The work's own ``problems`` (too many manifests, a bad manifestConfig) make it not Applied
+    and Degraded.
+    """
+    out = aggregate_conditions(
+        [m.get("conditions", []) for m in manifests], generation, now, previous
+    )
+    if problems:
+        text = "; ".join(problems)
+        for kind, status, reason in (
+            ("Applied", False, "AppliedManifestWorkFailed"),
+            ("Degraded", True, "InvalidWork"),
+        ):
+            index = next(i for i, c in enumerate(out) if c["type"] == kind)
+            out[index] = condition(
                 kind,
-                status=value,
+                status=status,
                 reason=reason,
-                message=message[:2048],
+                message=text,
                 previous=previous,
                 now=now,
                 generation=generation,
             )
-        )
     return out

@@ -112,19 +112,27 @@ def manifest_status(name: str, **conditions: str) -> dict[str, Any]:
     }
 
 
-def test_work_conditions_name_the_manifest_that_decides() -> None:
+def test_work_conditions_are_the_hubs_aggregation_plus_work_problems() -> None:
     manifests = [
         manifest_status("a", Applied="True", Available="True", Degraded="False"),
         manifest_status("b", Applied="False", Available="False", Degraded="True"),
     ]
     got = {c["type"]: c for c in work_conditions(manifests, [], previous=[], now=0.0, generation=3)}
     assert got["Applied"]["status"] == "False"
-    assert got["Applied"]["message"] == "ConfigMap ns/b: Applied of b"
+    assert got["Applied"]["message"] == "manifest 1: Applied of b"
     assert got["Degraded"]["status"] == "True"
-    assert got["Progressing"]["status"] == "False"
     assert got["Applied"]["observedGeneration"] == 3
     later = work_conditions(manifests, [], previous=list(got.values()), now=999.0, generation=3)
-    assert [c["lastTransitionTime"] for c in later] == ["1970-01-01T00:00:00Z" for _ in later]
+    assert {c["lastTransitionTime"] for c in later} == {"1970-01-01T00:00:00Z"}
+
+    fine = [manifest_status("a", Applied="True", Available="True", Degraded="False")]
+    problems = ["5 manifests; at most 3 per work are applied"]
+    got = {
+        c["type"]: c for c in work_conditions(fine, problems, previous=[], now=0.0, generation=1)
+    }
+    assert (got["Applied"]["status"], got["Applied"]["message"]) == ("False", problems[0])
+    assert (got["Degraded"]["status"], got["Degraded"]["reason"]) == ("True", "InvalidWork")
+    assert got["Available"]["status"] == "True"
 
 
 def test_the_store_keeps_records_and_sets_bad_files_aside(tmp_path: Path) -> None:

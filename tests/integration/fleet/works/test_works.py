@@ -457,8 +457,15 @@ async def test_works_applied_by_impersonation_get_only_what_the_members_rbac_gra
         "--clusterrole=edit",
         "--user=edgefleet:work",
     )
-    await applier.resync()
-    assert is_true(applier.status("limited") or {}, "Applied")
+
+    # The API server's authorizer sees a new RoleBinding a moment later (its informer).
+    async def applied_now() -> dict[str, Any]:
+        await applier.resync()
+        return applier.status("limited") or {}
+
+    await eventually_async(
+        applied_now, lambda s: is_true(s, "Applied"), what="applied once bound", within=60.0
+    )
     live = get(cluster, "configmap/limited", "-n", namespace, "--show-managed-fields")
     managers = live["metadata"]["managedFields"]
     assert [m["manager"] for m in managers] == ["edgefleet-work"]
