@@ -34,7 +34,6 @@ STRATEGIES: tuple[StrategyType, ...] = ("ServerSideApply", "Update", "CreateOnly
 Propagation = Literal["Foreground", "Orphan"]
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_MANAGER = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.:/]{0,127}$")
 _FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}
 """Applied before the rest of a work: what other manifests may live in or be instances of."""
 
@@ -198,7 +197,8 @@ def _strategy(raw: object) -> Strategy:
     manager = ssa.get("fieldManager") or FIELD_MANAGER
     if not isinstance(force, bool):
         raise WorkError("updateStrategy.serverSideApply.force is a boolean")
-    if not isinstance(manager, str) or not _MANAGER.match(manager):
+    # The hub's rule (fleet_model.work): 1 to 128 printable characters, the API server's own.
+    if not isinstance(manager, str) or not 0 < len(manager) <= 128 or not manager.isprintable():
         raise WorkError("updateStrategy.serverSideApply.fieldManager is not a field manager name")
     return Strategy(type=kind, force=force, field_manager=manager)
 
