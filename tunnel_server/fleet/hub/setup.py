@@ -2,6 +2,8 @@
 
 Opens ``<data>/fleet.db``, puts the ``FleetHub`` at ``app[FLEET_HUB_KEY]`` (every part of the
 fleet hub writes through it), mounts ``/api/v1/fleet/...`` and closes the store on cleanup.
+The routes' OpenAPI paths are ``openapi.OPENAPI_PATHS``, listed with every part's in
+``tunnel_server.app.openapi_paths``.
 ``FleetSettings`` come from the caller, with ``EDGEFLEET_FLEET_*`` variables applied on top.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tunnel_server.app_keys import FLEET_HUB_KEY
+from tunnel_server.fleet.hub import api
 from tunnel_server.fleet.hub.hub import FleetHub, FleetSettings, from_environment
 from tunnel_server.fleet.hub.leases import Lease
 from tunnel_server.fleet.hub.store import FleetEvents
@@ -38,6 +41,7 @@ def setup(
     settings = from_environment(os.environ, settings)
     hub = open_hub(data_dir, settings)
     app[FLEET_HUB_KEY] = hub
+    api.add_routes(app, hub=hub)
     log.info(
         "fleet store open",
         extra={"kv": {"revision": hub.store.revision(), "changes_kept": settings.changes_kept}},

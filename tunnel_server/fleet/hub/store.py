@@ -100,11 +100,18 @@ class StoredObject:
 
 @dataclass(frozen=True)
 class Change:
-    """One write, as a watch replays it: the object after it (before it, for DELETED)."""
+    """One write, as a watch replays it: the object after it (before it, for DELETED).
+
+    ``labels_before`` and ``cluster_before`` are the object's labels and ``spec.clusterName``
+    before a MODIFIED write, so a filtered watch (a label selector, a caller's cluster scope)
+    can tell an object that left its filter (a DELETED for that watch) from one never in it.
+    """
 
     revision: int
     type: ChangeType
     object: StoredObject
+    labels_before: Mapping[str, str] | None = None
+    cluster_before: str | None = None
 
 
 class FleetStoreError(Exception):

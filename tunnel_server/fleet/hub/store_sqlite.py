@@ -67,7 +67,9 @@ CREATE TABLE changes (
     revision INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     type TEXT NOT NULL,
-    object TEXT NOT NULL
+    object TEXT NOT NULL,
+    labels_before TEXT,
+    cluster_before TEXT
 );
 """
 _MIGRATIONS: dict[int, str] = {0: _SCHEMA}
@@ -221,16 +223,26 @@ class SqliteFleetStore:
             raise ChangesExpiredError(revision, oldest=compacted)
         if kind is None:
             rows = self._db.execute(
-                "SELECT revision, type, object FROM changes WHERE revision > ? ORDER BY revision",
+                "SELECT * FROM changes WHERE revision > ? ORDER BY revision",
                 (revision,),
             )
         else:
             rows = self._db.execute(
-                "SELECT revision, type, object FROM changes WHERE revision > ? AND kind = ? "
-                "ORDER BY revision",
+                "SELECT * FROM changes WHERE revision > ? AND kind = ? ORDER BY revision",
                 (revision, kind),
             )
-        return [Change(int(r[0]), r[1], _object_from_json(r[2])) for r in rows]
+        return [
+            Change(
+                int(row["revision"]),
+                row["type"],
+                _object_from_json(row["object"]),
+                labels_before=None
+                if row["labels_before"] is None
+                else json.loads(row["labels_before"]),
+                cluster_before=row["cluster_before"],
+            )
+            for row in rows
+        ]
 
     # Writes ----------------------------------------------------------------------------------
 
@@ -238,11 +250,23 @@ class SqliteFleetStore:
         db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
         return int(db.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0])
 
-    def _log(self, db: sqlite3.Connection, change_type: ChangeType, obj: StoredObject) -> None:
+    def _log(
+        self,
+        db: sqlite3.Connection,
+        change_type: ChangeType,
+        obj: StoredObject,
+        before: StoredObject | None = None,
+    ) -> None:
         revision = obj.resource_version
+        labels_before = cluster_before = None
+        if before is not None:
+            labels_before = _canonical(before.labels)
+            cluster = before.spec.get("clusterName")
+            cluster_before = cluster if isinstance(cluster, str) else None
         db.execute(
-            "INSERT INTO changes (revision, kind, type, object) VALUES (?, ?, ?, ?)",
-            (revision, obj.kind, change_type, _object_json(obj)),
+            "INSERT INTO changes (revision, kind, type, object, labels_before, cluster_before) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (revision, obj.kind, change_type, _object_json(obj), labels_before, cluster_before),
         )
         floor = revision - self.changes_kept
         if floor > 0:
@@ -345,7 +369,7 @@ class SqliteFleetStore:
                     spec=new_spec,
                 )
             self._save(db, obj)
-            self._log(db, "ADDED" if current is None else "MODIFIED", obj)
+            self._log(db, "ADDED" if current is None else "MODIFIED", obj, current)
         self._commit_cache(obj)
         return obj, current is None
 
@@ -369,7 +393,7 @@ class SqliteFleetStore:
                 return current
             obj = replace(current, resource_version=self._next(db), status=new_status)
             self._save(db, obj)
-            self._log(db, "MODIFIED", obj)
+            self._log(db, "MODIFIED", obj, current)
         self._commit_cache(obj)
         return obj
 
