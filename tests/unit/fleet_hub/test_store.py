@@ -188,3 +188,15 @@ def test_settings_from_the_environment() -> None:
     assert isinstance(settings.changes_kept, int)
     with pytest.raises(ValueError, match="EDGEFLEET_FLEET_CHANGES_KEPT"):
         from_environment({"EDGEFLEET_FLEET_CHANGES_KEPT": "0"})
+
+
+def test_changes_remember_labels_and_cluster_before_a_modification(
+    store: SqliteFleetStore,
+) -> None:
+    store.put("Work", "w", labels={"a": "1"}, annotations={}, spec={"clusterName": "c1"}, now=1.0)
+    store.put("Work", "w", labels={"a": "2"}, annotations={}, spec={"clusterName": "c2"}, now=1.0)
+    store.set_status("Work", "w", {"ok": True})
+    added, moved, status = store.changes_since(0)
+    assert (added.labels_before, added.cluster_before) == (None, None)
+    assert (moved.labels_before, moved.cluster_before) == ({"a": "1"}, "c1")
+    assert (status.labels_before, status.cluster_before) == ({"a": "2"}, "c2")

@@ -63,7 +63,7 @@ from tunnel_server.fleet.hub.store import (
 from tunnel_server.web.bodies import decode_json_object, read_bounded
 from tunnel_server.web.errors import SECURITY_HEADERS, ApiError, problem
 
-__all__ = ["MAX_DEPTH", "WatchLimits", "add_routes", "merge_patch"]
+__all__ = ["MAX_DEPTH", "WatchLimits", "add_routes", "event_for", "merge_patch"]
 
 log = logging.getLogger("tunnel_server.fleet.hub.api")
 
@@ -708,7 +708,7 @@ async def _follow(
             return
         for change in changes:
             seen = change.revision
-            event = _event_for(change, visible)
+            event = event_for(change, visible)
             if event is not None:
                 yield event
         seen = max(seen, current)
@@ -720,7 +720,7 @@ async def _follow(
             yield b": keepalive\n\n"
 
 
-def _event_for(change: Change, visible: Callable[[StoredObject], bool]) -> bytes | None:
+def event_for(change: Change, visible: Callable[[StoredObject], bool]) -> bytes | None:
     """The event a filtered watch sends for ``change`` (None: nothing).
 
     An object entering the filter is ADDED for that watch, one leaving it (or deleted) DELETED,
