@@ -72,6 +72,8 @@ MAX_DEPTH = 64
 """JSON nesting of a fleet document: a Work carries whole Kubernetes manifests (a pod template's
 affinity rules alone are ~17 levels deep inside a Work); 64 keeps ``json.loads`` far from
 Python's recursion limit."""
+LONG_POLL_DEFAULT = 30.0
+"""Seconds a long poll waits without ``timeoutSeconds``: under common proxies' idle timeouts."""
 KEEPALIVE = 15.0
 """Seconds between comment lines on a quiet watch, so proxies keep the connection open."""
 _ADMIN_KINDS = frozenset({"ManagedCluster", "ManagedClusterSet", "GitSource"})
@@ -148,11 +150,12 @@ def _version_param(request: web.Request) -> int | None:
     return int(raw)
 
 
-def _timeout(request: web.Request, hub: FleetHub) -> float:
+def _timeout(request: web.Request, hub: FleetHub, *, default: float | None = None) -> float:
+    """``timeoutSeconds`` (1..300), at most ``watch_timeout_max``; ``default`` (or that) else."""
     raw = request.query.get("timeoutSeconds")
     limit = hub.settings.watch_timeout_max
     if raw is None:
-        return limit
+        return min(default, limit) if default is not None else limit
     if not raw.isdigit() or not 1 <= int(raw) <= 300:
         raise ApiError(
             400, "bad_parameter", "query parameter 'timeoutSeconds' must be an integer 1..300"
@@ -341,9 +344,11 @@ async def list_objects(request: web.Request) -> web.StreamResponse:
     caller = require(request, "read")
     kind = _kind(request)
     selector = _selector(request)
+    hub = _hub(request)
+    _version_param(request)  # checked even where unused: a wrong value is a mistake to report
+    _timeout(request, hub)
     if _flag(request, "watch"):
         return await _watch(request, caller, kind, selector)
-    hub = _hub(request)
     revision = hub.store.revision()
     visible = [obj for obj in hub.store.list(kind, selector=selector) if _sees(caller, obj)]
     body = page(
@@ -363,17 +368,17 @@ async def get_object(request: web.Request) -> web.Response:
     name = _name(request)
     if kind == "ManagedCluster":
         require(request, "read", cluster=name)
-    if not _flag(request, "waitForChange"):
-        return _answer(_read(request, caller, kind, name))
     hub = _hub(request)
     version = _version_param(request)
+    timeout = _timeout(request, hub, default=LONG_POLL_DEFAULT)
+    if not _flag(request, "waitForChange"):
+        return _answer(_read(request, caller, kind, name))
     if version is None:
         raise ApiError(
             400,
             "bad_parameter",
             "waitForChange=true needs resourceVersion: the version the caller has",
         )
-    timeout = _timeout(request, hub)
     async with _watch_slot(request, caller):
         deadline = time.monotonic() + timeout
         closing = request.app[_CLOSING_KEY]

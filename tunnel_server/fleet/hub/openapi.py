@@ -53,7 +53,7 @@ _RESOURCE_VERSION: dict[str, Any] = {
 _TIMEOUT: dict[str, Any] = {
     "name": "timeoutSeconds",
     "in": "query",
-    "description": "watch or long poll: end after this long (default and most: 300)",
+    "description": "end a watch (default and most: 300) or long poll (default 30) after this long",
     "schema": {"type": "integer", "minimum": 1, "maximum": 300},
 }
 
