@@ -76,6 +76,9 @@ LONG_POLL_DEFAULT = 30.0
 """Seconds a long poll waits without ``timeoutSeconds``: under common proxies' idle timeouts."""
 KEEPALIVE = 15.0
 """Seconds between comment lines on a quiet watch, so proxies keep the connection open."""
+GONE_CHECK = 1.0
+"""Seconds between looks at a quiet watch's connection: a client that left frees its slot
+(``watches_per_caller``) within this, not at the next keepalive write."""
 _ADMIN_KINDS = frozenset({"ManagedCluster", "ManagedClusterSet", "GitSource"})
 _SCOPED_KINDS = frozenset({"ManagedCluster", "Work"})
 """Kinds whose objects belong to one cluster: the ones a cluster-scoped caller may see."""
@@ -702,6 +705,7 @@ async def _follow(
     hub = _hub(request)
     closing = request.app[_CLOSING_KEY]
     deadline = time.monotonic() + seconds
+    quiet_since = time.monotonic()
     seen = start
     while not closing.is_set():
         current = hub.store.revision()  # every write up to it is in the log read next
@@ -716,12 +720,19 @@ async def _follow(
             event = event_for(change, visible)
             if event is not None:
                 yield event
+                quiet_since = time.monotonic()
         seen = max(seen, current)
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        moved = await hub.events.wait_past(seen, min(left, KEEPALIVE))
-        if moved <= seen and deadline - time.monotonic() > 0:
+        moved = await hub.events.wait_past(seen, min(left, GONE_CHECK))
+        if moved > seen:
+            continue
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return  # the client left: free its slot now, not at the next keepalive
+        if time.monotonic() - quiet_since >= KEEPALIVE and deadline - time.monotonic() > 0:
+            quiet_since = time.monotonic()
             yield b": keepalive\n\n"
 
 

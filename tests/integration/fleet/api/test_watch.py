@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.harness.waiting import eventually
 from tests.integration.fleet.api.conftest import CHANGES_KEPT, Fleet, document, events_of
 
 
@@ -90,3 +91,29 @@ def test_watch_parameters_are_checked(fleet: Fleet) -> None:
     for query in ("watch=maybe", "watch=true&resourceVersion=abc", "watch=true&timeoutSeconds=0"):
         status, events = fleet.watch(f"/api/v1/fleet/placements?{query}")
         assert (status, events[0].data["reason"]) == (400, "bad_parameter"), query
+
+
+def test_watches_are_bounded_per_user(fleet: Fleet) -> None:
+    """16 live watches of one user are fine; the 17th is 503, and a closed one frees its slot."""
+    path = "/api/v1/fleet/placements?watch=true&timeoutSeconds=120"
+    headers = {"Authorization": f"Bearer {fleet.tokens['scoped-viewer']}"}
+    open_streams = []
+    try:
+        for _ in range(16):
+            connection = fleet.connection()
+            open_streams.append(connection)
+            connection.request("GET", path, headers=headers)
+            assert connection.getresponse().status == 200
+        status, events = fleet.watch(path, as_="scoped-viewer")
+        assert (status, events[0].data["reason"]) == (503, "too_many_streams")
+        short = path.replace("120", "1")
+        assert fleet.watch(short, as_="viewer")[0] == 200  # other users are not limited by it
+        open_streams.pop().close()
+        eventually(
+            lambda: fleet.watch(short, as_="scoped-viewer")[0],
+            lambda status: status == 200,
+            what="a watch slot freed by a closed stream",
+        )
+    finally:
+        for connection in open_streams:
+            connection.close()
