@@ -740,24 +740,24 @@ def event_for(change: Change, visible: Callable[[StoredObject], bool]) -> bytes 
     """The event a filtered watch sends for ``change`` (None: nothing).
 
     An object entering the filter is ADDED for that watch, one leaving it (or deleted) DELETED,
-    one outside it before and after sends nothing.
+    one outside it before and after sends nothing. An object that left the filter is sent with
+    its labels and cluster from before the change: a scoped caller never sees the cluster
+    outside its scope that a Work moved to.
     """
     obj = change.object
     now = change.type != "DELETED" and visible(obj)
-    if change.type == "ADDED":
-        before = False
-    elif change.type == "DELETED" or change.labels_before is None:
-        before = visible(obj)
-    else:
+    was = obj
+    if change.type == "MODIFIED" and change.labels_before is not None:
         spec = dict(obj.spec)
         if change.cluster_before is None:
             spec.pop("clusterName", None)
         else:
             spec["clusterName"] = change.cluster_before
-        before = visible(replace(obj, labels=change.labels_before, spec=spec))
+        was = replace(obj, labels=change.labels_before, spec=spec)
+    before = change.type != "ADDED" and visible(was)
     if now:
         return _event("MODIFIED" if before else "ADDED", obj)
-    return _event("DELETED", obj) if before else None
+    return _event("DELETED", was) if before else None
 
 
 def add_routes(app: web.Application, *, hub: FleetHub) -> None:

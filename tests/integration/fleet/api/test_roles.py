@@ -82,3 +82,21 @@ def test_a_scoped_user_sees_and_writes_only_its_clusters(fleet: Fleet) -> None:
         fleet.call("DELETE", "/api/v1/fleet/works/scoped-c2", as_="scoped-operator").status == 404
     )
     assert fleet.call("GET", "/api/v1/fleet/works/scoped-c2").status == 200
+
+
+def test_a_scoped_watch_sees_a_work_leave_its_clusters(fleet: Fleet) -> None:
+    fleet.put(document("Work", "mover", spec={**SPECS["Work"], "clusterName": "c1"}))
+    listed = fleet.call("GET", "/api/v1/fleet/works?limit=1", as_="scoped-viewer")
+    start = listed.body["metadata"]["resourceVersion"]
+    fleet.put(document("Work", "mover", spec={**SPECS["Work"], "clusterName": "c2"}))
+    fleet.put(document("Work", "mover", spec={**SPECS["Work"], "clusterName": "c1"}))
+    fleet.put(document("Work", "elsewhere", spec={**SPECS["Work"], "clusterName": "c2"}))
+    status, events = fleet.watch(
+        f"/api/v1/fleet/works?watch=true&resourceVersion={start}&timeoutSeconds=1",
+        as_="scoped-viewer",
+    )
+    assert status == 200
+    assert [(e.type, e.data["spec"]["clusterName"]) for e in events] == [
+        ("DELETED", "c1"),  # it left the scope: gone for this caller, never showing c2
+        ("ADDED", "c1"),
+    ]
