@@ -102,6 +102,7 @@ class HubController:
     _wakes: dict[tuple[str, str], float] = field(default_factory=dict)
     _retry_at: float | None = None
     _full: bool = True
+    _full_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.mirror = Mirror(store=self.hub.store)
@@ -151,7 +152,6 @@ class HubController:
             if self.hub.store.revision() != self.mirror.revision or self._outside_changed():
                 return
             if now - waited_since >= self.settings.max_wait_seconds:
-                self._full = True
                 return
             timeout = self.settings.node_poll_seconds
             if deadline is not None:
@@ -176,7 +176,10 @@ class HubController:
         self._outside_changed()
         self.mirror.follow()
         dirty = self.mirror.take_dirty()
-        full, self._full = self._full or self.passes == 0, False
+        full = self._full or now - self._full_at >= self.settings.max_wait_seconds
+        self._full = False
+        if full:
+            self._full_at = now
         self._retry_at = None
         due = {key for key, at in self._wakes.items() if at <= now}
         for key in due:

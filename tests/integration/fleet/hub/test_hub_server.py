@@ -332,6 +332,44 @@ def test_toleration_seconds_run_out_and_the_placement_lets_the_cluster_go(hub: H
     assert "toleration" in reason or UNREACHABLE in reason
 
 
+def test_allocatable_set_by_the_admin_ranks_clusters_for_resource_prioritizers(hub: Hub) -> None:
+    _admin_cluster(hub, "cpu-small", rank="cpu")
+    _admin_cluster(hub, "cpu-big", rank="cpu")
+    hub.put_status("ManagedCluster", "cpu-small", {"allocatable": {"cpu": "2", "memory": "4Gi"}})
+    hub.put_status("ManagedCluster", "cpu-big", {"allocatable": {"cpu": "64", "memory": "4Gi"}})
+    hub.put(
+        "Placement",
+        "biggest",
+        {
+            "numberOfClusters": 1,
+            "predicates": [
+                {"requiredClusterSelector": {"labelSelector": {"matchLabels": {"rank": "cpu"}}}}
+            ],
+            "tolerations": TOLERATE_FOREVER,
+            "prioritizerPolicy": {
+                "mode": "Exact",
+                "configurations": [
+                    {
+                        "scoreCoordinate": {"type": "BuiltIn", "builtIn": "ResourceAllocatableCPU"},
+                        "weight": 1,
+                    }
+                ],
+            },
+        },
+    )
+    eventually(
+        lambda: _decisions(hub, "biggest"),
+        lambda names: names == ["cpu-big"],
+        what="the cluster with the most allocatable CPU chosen",
+        within=WAIT,
+    )
+    small = hub.get("ManagedCluster", "cpu-small")
+    assert small is not None
+    assert small["status"]["allocatable"] == {"cpu": "2", "memory": "4Gi"}, (
+        "without a lease the controller keeps what was set"
+    )
+
+
 # ---------------------------------------------------------------- worksets
 
 
