@@ -98,6 +98,8 @@ class HubController:
     _changed_leases: set[str] = field(default_factory=set)
     _known_clusters: set[str] = field(default_factory=set)
     _views: dict[str, ClusterView] = field(default_factory=dict)
+    _renewed: dict[str, float] = field(default_factory=dict)
+    """The last renewal seen per cluster (should a lease leave ``hub.leases``)."""
     _view_versions: dict[str, tuple[str, int]] = field(default_factory=dict)
     _wakes: dict[tuple[str, str], float] = field(default_factory=dict)
     _retry_at: float | None = None
@@ -283,6 +285,7 @@ class HubController:
         for name in set(self._views) - current:
             del self._views[name]
             self._view_versions.pop(name, None)
+            self._renewed.pop(name, None)
             changed = True
         for name in current:
             obj = self.mirror.objects["ManagedCluster"][name]
@@ -375,8 +378,14 @@ class HubController:
             record = self._approve(record)
         elif record is not None and decision.action == "revoke":
             record = self._revoke(record, why="hubAcceptsClient was set false")
+        lease = self.hub.leases.get(obj.name)
+        if lease is not None:
+            self._renewed[obj.name] = lease.renewed_at
         facts = health.lease_facts(
-            self.hub.leases.get(obj.name), status=status, started_at=self.started_at
+            lease,
+            status=status,
+            started_at=self.started_at,
+            last_renewed=self._renewed.get(obj.name),
         )
         verdict = evaluate_health(
             lease_renewed_at=facts.renewed_at,

@@ -85,9 +85,26 @@ def _resources(value: object) -> dict[str, str]:
     return {k: out[k] for k in sorted(out)[:MAX_RESOURCES]}
 
 
-def lease_facts(lease: Lease | None, *, status: Mapping[str, Any], started_at: float) -> LeaseFacts:
-    """What one cluster's lease (None: not in memory) says, with the restart grace."""
+def lease_facts(
+    lease: Lease | None,
+    *,
+    status: Mapping[str, Any],
+    started_at: float,
+    last_renewed: float | None = None,
+) -> LeaseFacts:
+    """What one cluster's lease says (None: not in memory), with the restart grace.
+
+    ``last_renewed``: the last renewal this controller saw, used if the lease left memory.
+    """
     if lease is None:
+        if last_renewed is not None:
+            return LeaseFacts(
+                renewed_at=last_renewed,
+                apiserver_healthy=None,
+                claims=None,
+                allocatable=None,
+                capacity=None,
+            )
         had = (
             isinstance(status.get("lease"), Mapping)
             and parse_time(status["lease"].get("renewTime")) is not None

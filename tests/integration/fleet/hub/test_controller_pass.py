@@ -357,6 +357,20 @@ def test_after_a_restart_a_cluster_that_had_renewed_gets_one_5n_of_grace(rig: Ri
     assert rig.condition("ManagedCluster", "c1", "Available")["status"] == "Unknown"
 
 
+def test_a_lease_that_leaves_memory_counts_from_its_last_renewal(rig: Rig) -> None:
+    rig.join("c1", approved=True)
+    rig.at(0)
+    rig.patch_spec("ManagedCluster", "c1", leaseDurationSeconds=2)
+    rig.clock(50)
+    rig.renew("c1")
+    rig.at(50)
+    del rig.hub.leases["c1"]
+    rig.at(59.9)
+    assert rig.condition("ManagedCluster", "c1", "Available")["status"] == "True"
+    rig.at(60)
+    assert rig.condition("ManagedCluster", "c1", "Available")["status"] == "Unknown"
+
+
 # ---------------------------------------------------------------- placement
 
 
