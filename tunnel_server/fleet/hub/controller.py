@@ -352,6 +352,17 @@ class HubController:
         self._records[record.name] = updated
         return updated
 
+    def _lease_facts(self, name: str, status: Mapping[str, Any]) -> health.LeaseFacts:
+        lease = self.hub.leases.get(name)
+        if lease is not None:
+            self._renewed[name] = lease.renewed_at
+        return health.lease_facts(
+            lease,
+            status=status,
+            started_at=self.started_at,
+            last_renewed=self._renewed.get(name),
+        )
+
     def _cluster(self, obj: StoredObject, now: float) -> None:
         try:
             spec = parse_cluster_spec(dict(obj.spec))
@@ -378,15 +389,7 @@ class HubController:
             record = self._approve(record)
         elif record is not None and decision.action == "revoke":
             record = self._revoke(record, why="hubAcceptsClient was set false")
-        lease = self.hub.leases.get(obj.name)
-        if lease is not None:
-            self._renewed[obj.name] = lease.renewed_at
-        facts = health.lease_facts(
-            lease,
-            status=status,
-            started_at=self.started_at,
-            last_renewed=self._renewed.get(obj.name),
-        )
+        facts = self._lease_facts(obj.name, status)
         verdict = evaluate_health(
             lease_renewed_at=facts.renewed_at,
             lease_seconds=spec.lease_duration_seconds,
