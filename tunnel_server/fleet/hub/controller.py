@@ -532,6 +532,7 @@ class HubController:
             clusters=self._views,
             max_work_bytes=self.hub.settings.max_work_bytes,
             now=now,
+            taken=lambda name: self.mirror.get("Work", name) is not None,
         )
         for write in plan.writes:
             self._put(

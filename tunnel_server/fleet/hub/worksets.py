@@ -18,7 +18,7 @@ stored objects and does what it returns (works to write, works to delete, the st
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +118,14 @@ def plan_workset(
     clusters: Mapping[str, ClusterView],
     max_work_bytes: int,
     now: float,
+    taken: Callable[[str], bool] = lambda _name: False,
 ) -> WorksetPlan:
-    """What to do now for ``workset`` (``works``: the Works labelled with its name)."""
+    """What to do now for ``workset`` (``works``: the Works labelled with its name).
+
+    ``taken``: whether a Work name is held by a Work that is not this WorkSet's (someone made
+    it by hand): that cluster gets no Work, and ``WorksRendered`` says why, rather than the
+    hand-made Work being overwritten.
+    """
     try:
         spec = parse_spec(dict(workset.spec))
     except SpecError as error:
@@ -136,6 +142,9 @@ def plan_workset(
     errors: dict[str, str] = {}
     for chosen in {d.cluster for ds in decisions.values() for d in ds}:
         rendered_spec, problem = _render(spec, chosen, clusters, workset.name, max_work_bytes)
+        name = work_name(workset.name, chosen)
+        if problem is None and chosen not in by_cluster and taken(name):
+            problem = f"a Work named {name!r} exists that this WorkSet did not make"
         if problem is not None:
             errors[chosen] = problem
         else:

@@ -521,6 +521,19 @@ def test_a_workset_makes_one_work_per_decision_with_its_overrides(rig: Rig) -> N
     assert rig.works() == {}, "deleting the WorkSet deletes its Works"
 
 
+def test_a_hand_made_work_of_the_same_name_is_not_overwritten(rig: Rig) -> None:
+    _clusters(rig, "a", env="prod")
+    hand_made = {"clusterName": "a", "workload": {"manifests": []}}
+    rig.put("Work", "shop.a", hand_made)
+    rig.put("Placement", "web", {})
+    rig.put("WorkSet", "shop", _workset())
+    rig.at(1)
+    assert rig.get("Work", "shop.a").spec == hand_made
+    rendered = rig.condition("WorkSet", "shop", "WorksRendered")
+    assert rendered["status"] == "False"
+    assert "did not make" in rendered["message"]
+
+
 def test_a_progressive_rollout_halts_when_a_work_is_degraded(rig: Rig) -> None:
     _clusters(rig, "a", "b", "c", env="prod")
     rig.put("Placement", "web", {})
