@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,9 @@ class ControllerSettings:
     """A renewal alone rewrites ``lease.renewTime`` at most every max(this, N) seconds."""
     retry_seconds: float = 1.0
     """After a failed or conflicting write, the pass is done again after this long."""
+    slice_seconds: float = 0.02
+    """A pass lets the event loop run at least this often (API requests, the tunnel), so a
+    long pass (a hub start over 1,000 clusters) never stalls the server."""
     max_wait_seconds: float = 300.0
     """A full pass at least this often, even with nothing seen to change (belt and braces
     against a lost notification; cheap, since an unchanged pass writes nothing)."""
@@ -165,7 +168,7 @@ class HubController:
             await self._wait()
             await asyncio.sleep(self.settings.coalesce_seconds)
             try:
-                self.pass_once()
+                await self._pass_breathing()
             except Exception:  # one bad pass must not end the hub's controller
                 log.exception("controller pass failed; retrying")
                 self._full = True
@@ -174,6 +177,23 @@ class HubController:
     # ------------------------------------------------------------------ one pass
 
     def pass_once(self) -> None:
+        """One whole pass at once (tests, benchmarks)."""
+        for _ in self._pass():
+            pass
+
+    async def _pass_breathing(self) -> None:
+        """One pass that lets the event loop run every ``slice_seconds``.
+
+        The API stays live while 1,000 clusters and 100 placements are worked through.
+        """
+        until = time.monotonic() + self.settings.slice_seconds
+        for _ in self._pass():
+            if time.monotonic() >= until:
+                await asyncio.sleep(0)
+                until = time.monotonic() + self.settings.slice_seconds
+
+    def _pass(self) -> Generator[None, None, None]:
+        """The pass's steps; it yields between units of work (a cluster, a placement...)."""
         now = self.clock()
         self._outside_changed()
         self.mirror.follow()
@@ -186,11 +206,13 @@ class HubController:
         due = {key for key, at in self._wakes.items() if at <= now}
         for key in due:
             del self._wakes[key]
-        views_changed = self._clusters(dirty, due, full=full, now=now)
-        changed_placements = self._placements(
+        views_changed = yield from self._clusters(dirty, due, full=full, now=now)
+        changed_placements = yield from self._placements(
             dirty, due, full=full or views_changed or bool(dirty["ManagedClusterSet"]), now=now
         )
-        self._worksets(dirty, due, changed_placements, full=full or views_changed, now=now)
+        yield from self._worksets(
+            dirty, due, changed_placements, full=full or views_changed, now=now
+        )
         self.passes += 1
 
     # ------------------------------------------------------------------ writes
@@ -253,7 +275,7 @@ class HubController:
 
     def _clusters(
         self, dirty: Mapping[str, set[str]], due: set[tuple[str, str]], *, full: bool, now: float
-    ) -> bool:
+    ) -> Generator[None, None, bool]:
         """Registration and health; True if any cluster's placement view changed."""
         names = set(self.mirror.objects["ManagedCluster"])
         gone = (self._known_clusters | dirty["ManagedCluster"]) - names
@@ -279,6 +301,7 @@ class HubController:
             obj = self.mirror.get("ManagedCluster", name)
             if obj is not None:
                 self._cluster(obj, now)
+                yield
         current = set(self.mirror.objects["ManagedCluster"])
         self._known_clusters = current
         changed = False
@@ -450,7 +473,7 @@ class HubController:
 
     def _placements(
         self, dirty: Mapping[str, set[str]], due: set[tuple[str, str]], *, full: bool, now: float
-    ) -> set[str]:
+    ) -> Generator[None, None, set[str]]:
         placements = self.mirror.objects["Placement"]
         for key in list(self._wakes):
             if key[0] == "Placement" and key[1] not in placements:
@@ -471,6 +494,7 @@ class HubController:
             if name not in todo:
                 counts.update(scheduling.decisions_of(obj.status))
                 continue
+            yield
             result = scheduling.schedule_placement(
                 obj, clusters=views, sets=sets, counts=counts, now=now
             )
@@ -498,7 +522,7 @@ class HubController:
         *,
         full: bool,
         now: float,
-    ) -> None:
+    ) -> Generator[None, None, None]:
         sets = self.mirror.objects["WorkSet"]
         works_by_set: dict[str, list[StoredObject]] = {}
         for work in self.mirror.all("Work"):
@@ -523,6 +547,7 @@ class HubController:
             obj = sets.get(name)
             if obj is not None:
                 self._workset(obj, works_by_set.get(name, []), now)
+                yield
 
     def _workset(self, obj: StoredObject, works: list[StoredObject], now: float) -> None:
         plan = worksets.plan_workset(
