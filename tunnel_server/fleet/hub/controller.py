@@ -62,6 +62,9 @@ __all__ = ["ControllerSettings", "HubController", "setup_controller"]
 
 log = logging.getLogger("tunnel_server.fleet.controller")
 
+MIN_WAKE_SECONDS = 0.1
+"""The soonest a deadline brings the controller back (a guard against a spin, not a delay)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ControllerSettings:
@@ -214,6 +217,13 @@ class HubController:
             dirty, due, changed_placements, full=full or views_changed, now=now
         )
         self.passes += 1
+
+    def _wake(self, key: tuple[str, str], at: float, now: float) -> None:
+        """Come back to ``key`` at ``at``, but never sooner than ``MIN_WAKE_SECONDS`` from now.
+
+        A deadline that a rule keeps giving in the past cannot make the controller spin.
+        """
+        self._wakes[key] = max(at, now + MIN_WAKE_SECONDS)
 
     # ------------------------------------------------------------------ writes
 
@@ -422,7 +432,7 @@ class HubController:
             taints=spec.taints,
         )
         if verdict.wake_at is not None:
-            self._wakes[("ManagedCluster", obj.name)] = verdict.wake_at
+            self._wake(("ManagedCluster", obj.name), verdict.wake_at, now)
         if verdict.taints_changed or decision.accepts != spec.hub_accepts_client:
             new_spec = {
                 **dict(obj.spec),
@@ -500,7 +510,7 @@ class HubController:
             )
             self._wakes.pop(("Placement", name), None)
             if result.wake_at is not None:
-                self._wakes[("Placement", name)] = result.wake_at
+                self._wake(("Placement", name), result.wake_at, now)
             counts.update(scheduling.decisions_of(result.status))
             if result.status != dict(obj.status):
                 before = scheduling.decisions_of(obj.status)
@@ -577,7 +587,7 @@ class HubController:
         if plan.status != dict(obj.status):
             self._set_status(obj, plan.status)
         if plan.wake_at is not None:
-            self._wakes[("WorkSet", obj.name)] = plan.wake_at
+            self._wake(("WorkSet", obj.name), plan.wake_at, now)
 
     def _delete_orphans(
         self, works_by_set: Mapping[str, list[StoredObject]], sets: Mapping[str, StoredObject]
