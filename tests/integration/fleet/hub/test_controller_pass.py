@@ -164,9 +164,10 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     nodes = SqliteStore.open(tmp_path)
-    hub = open_hub(tmp_path, FleetSettings())
+    kept = getattr(request, "param", 10_000)
+    hub = open_hub(tmp_path, FleetSettings(changes_kept=kept))
     now = [T0]
     cut: list[str] = []
 
@@ -260,6 +261,21 @@ def test_an_approval_by_the_clusters_api_makes_the_managed_cluster_accept(rig: R
     rig.at(1)
     assert rig.get("ManagedCluster", "c1").spec["hubAcceptsClient"] is True
     assert _state(rig, "c1") == "approved", "not mistaken for a deny"
+
+
+@pytest.mark.parametrize("rig", [3], indirect=True)
+def test_a_change_log_trimmed_under_the_controller_is_read_afresh(rig: Rig) -> None:
+    rig.join("c1", approved=True)
+    rig.join("c2", approved=True)
+    rig.at(0)
+    rig.hub.delete("ManagedCluster", "c1")  # then more writes than the log keeps
+    for index in range(5):
+        rig.put("Placement", f"p{index}", {})
+    rig.at(1)
+    assert _state(rig, "c1") == "revoked", "the delete is seen though its change was trimmed"
+    assert rig.cut == ["c1"]
+    assert sorted(p.name for p in rig.hub.store.list("Placement")) == [f"p{i}" for i in range(5)]
+    assert all("decisions" in p.status for p in rig.hub.store.list("Placement"))
 
 
 # ---------------------------------------------------------------- health
