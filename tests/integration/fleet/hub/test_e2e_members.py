@@ -87,8 +87,13 @@ def _ready_replicas(work: dict[str, Any]) -> int | None:
     return None
 
 
+STEADY = [{"key": UNREACHABLE, "operator": "Exists"}]
+"""Tolerate a late lease for good: on two busy cores a renewal may come late, and these tests
+are about placement by labels and rollouts, not failover."""
+
+
 def test_a_deployment_placed_on_two_of_three_by_labels_lives_and_goes(fleet: Fleet) -> None:
-    _prod_placement(fleet, "prod")
+    _prod_placement(fleet, "prod", tolerations=STEADY)
     fleet.put(
         "WorkSet",
         "web",
@@ -189,7 +194,8 @@ def test_a_progressive_rollout_halts_on_the_cluster_that_fails(fleet: Fleet) -> 
                         }
                     }
                 }
-            ]
+            ],
+            "tolerations": STEADY,
         },
     )
     fleet.put(
