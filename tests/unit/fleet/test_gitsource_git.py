@@ -129,3 +129,9 @@ async def test_the_root_folder_is_listed_whole(repo: Path, tmp_path: Path) -> No
     commit = await mirror.fetch(source(repo))
     paths = [f.path for f in await mirror.list_files(commit, "")]
     assert paths == ["README.md", "deploy/a.yaml", "deploy/link.yaml", "deploy/sub/b.yml"]
+
+
+async def test_a_server_without_git_says_so(tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "mirror", settings=GitSettings(git=str(tmp_path / "no-such-git")))
+    with pytest.raises(GitError, match="command is not installed on the server"):
+        await mirror.fetch(source(tmp_path))

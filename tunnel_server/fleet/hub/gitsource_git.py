@@ -47,8 +47,8 @@ class GitSettings:
     command_timeout: float = 30.0
     """Seconds for local commands (init, rev-parse, ls-tree, cat-file) on the mirror."""
     max_message_bytes: int = 2048
-    """Of git's error output kept for the status and the log (the last bytes: git ends with the
-    line that says why)."""
+    """Of git's error output kept for the status and the log (the last bytes; with ``--quiet``
+    git writes only its errors)."""
     max_listing_bytes: int = 8 * 1024 * 1024
     """Of ``ls-tree`` output: about 80,000 entries; a bigger folder is refused, not read."""
     max_files: int = 1000
@@ -101,7 +101,7 @@ async def _read_bounded(stream: asyncio.StreamReader, limit: int, *, keep_tail: 
 def _message(stderr: bytes, limit: int) -> str:
     text = stderr[-limit:].decode(errors="replace").strip()
     lines = [line for line in text.splitlines() if line.strip()]
-    return "; ".join(lines[-3:]) if lines else "git failed without a message"
+    return "; ".join(lines) if lines else "git failed without a message"
 
 
 class Mirror:
@@ -200,15 +200,20 @@ class Mirror:
         ]
         if cwd:
             command += ["-C", str(self.directory)]
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_environment(),
-            start_new_session=True,  # its own process group: ssh and helpers die with it
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=_environment(),
+                start_new_session=True,  # its own process group: ssh and helpers die with it
+            )
+        except FileNotFoundError:
+            raise GitError(
+                f"the {self.settings.git!r} command is not installed on the server"
+            ) from None
         try:
             async with asyncio.timeout(seconds or self.settings.command_timeout):
                 out, err = await self._communicate(process, stdin, limit)
