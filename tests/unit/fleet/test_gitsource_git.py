@@ -9,7 +9,13 @@ import pytest
 
 from fleet_model.gitsource import GitRef, GitSourceSpec, parse_spec
 from tests.harness.waiting import eventually
-from tunnel_server.fleet.hub.gitsource_git import GitError, GitSettings, Mirror
+from tunnel_server.fleet.hub.gitsource_git import (
+    GitError,
+    GitSettings,
+    Mirror,
+    NotAFolderError,
+    OutputTooLargeError,
+)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -71,9 +77,9 @@ async def test_a_missing_branch_or_folder_says_why(repo: Path, tmp_path: Path) -
     with pytest.raises(GitError, match="couldn't find remote ref refs/heads/nope"):
         await mirror.fetch(source(repo, ref={"branch": "nope"}))
     commit = await mirror.fetch(source(repo))
-    with pytest.raises(GitError, match="path 'nowhere' does not exist"):
+    with pytest.raises(NotAFolderError, match="path 'nowhere' does not exist"):
         await mirror.list_files(commit, "nowhere")
-    with pytest.raises(GitError, match="is a blob, not a folder"):
+    with pytest.raises(NotAFolderError, match="is a blob, not a folder"):
         await mirror.list_files(commit, "README.md")
 
 
@@ -95,7 +101,7 @@ async def test_remote_helpers_are_never_run(tmp_path: Path) -> None:
 async def test_output_beyond_its_bound_is_refused(repo: Path, tmp_path: Path) -> None:
     mirror = Mirror(tmp_path / "mirror", settings=GitSettings(max_listing_bytes=100))
     commit = await mirror.fetch(source(repo))
-    with pytest.raises(GitError, match="more than 100 bytes"):
+    with pytest.raises(OutputTooLargeError, match="more than 100 bytes"):
         await mirror.list_files(commit, "")
 
 

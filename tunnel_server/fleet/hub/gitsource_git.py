@@ -27,7 +27,14 @@ from pathlib import Path
 
 from fleet_model.gitsource import GitSourceSpec
 
-__all__ = ["GitError", "GitSettings", "Mirror", "TreeFile"]
+__all__ = [
+    "GitError",
+    "GitSettings",
+    "Mirror",
+    "NotAFolderError",
+    "OutputTooLargeError",
+    "TreeFile",
+]
 
 _TARGET_REF = "refs/edgefleet/target"
 """Where the mirror keeps the fetched branch or tag (one ref: nothing else is fetched)."""
@@ -64,6 +71,14 @@ class GitError(Exception):
     """A git command failed; the message is git's own (its last lines), or the timeout."""
 
 
+class NotAFolderError(GitError):
+    """The source's path is missing from the commit, or is a file."""
+
+
+class OutputTooLargeError(GitError):
+    """Git wrote more than the command's bound (a folder with too many entries)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TreeFile:
     path: str
@@ -93,7 +108,7 @@ async def _read_bounded(stream: asyncio.StreamReader, limit: int, *, keep_tail: 
         data += chunk
         if len(data) > limit:
             if not keep_tail:
-                raise GitError(f"git wrote more than {limit} bytes")
+                raise OutputTooLargeError(f"git wrote more than {limit} bytes")
             del data[: len(data) - limit]
     return bytes(data)
 
@@ -135,9 +150,12 @@ class Mirror:
     async def list_files(self, commit: str, folder: str) -> list[TreeFile]:
         """Every blob under ``folder`` of ``commit`` (recursive), by path; GitError if none."""
         tree = f"{commit}:{folder}" if folder else f"{commit}^{{tree}}"
-        found = (await self._git("cat-file", "-t", "--", tree)).decode().strip()
+        try:
+            found = (await self._git("cat-file", "-t", "--", tree)).decode().strip()
+        except GitError as error:  # the commit was just fetched: it is the path that is missing
+            raise NotAFolderError(str(error)) from None
         if found != "tree":
-            raise GitError(f"{folder!r} is a {found}, not a folder")
+            raise NotAFolderError(f"{folder!r} is a {found}, not a folder")
         out = await self._git(
             "ls-tree", "-r", "-l", "-z", "--", tree, limit=self.settings.max_listing_bytes
         )
@@ -252,7 +270,7 @@ class Mirror:
             found = failed.subgroup(GitError)
             if found is None:
                 raise
-            raise GitError(str(found.exceptions[0])) from None
+            raise found.exceptions[0] from None
         return out.result(), err.result()
 
 
