@@ -191,12 +191,18 @@ MAX_PROBLEMS = 1000
 
 
 def _problems(problem: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """``problems: [{path, message}]`` of a problem document, each made one short line."""
+    """``problems: [{path, reason}]`` of a problem document, each made one short line.
+
+    docs/api.md's problems say ``reason``; ``message`` is taken as well.
+    """
     listed = problem.get("problems")
     if not isinstance(listed, list):
         return ()
     return tuple(
-        (_one_line(str(item.get("path", "")), 300), _one_line(str(item.get("message", "")), 500))
+        (
+            _one_line(str(item.get("path", "")), 300),
+            _one_line(str(item.get("reason", item.get("message", ""))), 500),
+        )
         for item in listed[:MAX_PROBLEMS]
         if isinstance(item, dict)
     )
