@@ -14,8 +14,7 @@ const FLEET_TABS = [
 ];
 const fleet = {
   poll: null,  // timer of the fallback poll
-  watch: null,  // AbortController of the open watch
-  watchKey: null,  // what the open watch follows ("placements")
+  watches: new Map(),  // plural -> AbortController of its open watch
   pending: false,  // a fetch is on its way
   again: false,  // something changed meanwhile: fetch once more afterwards
 };
@@ -141,30 +140,18 @@ async function loadFleet() {
   if (!where) return;
   const base = '/api/v1/fleet/' + where.plural;
   let view;
-  let revision = null;
   if (where.name) {
     const doc = await api(base + '/' + encodeURIComponent(where.name));
     const extra = where.plural === 'worksets' ? await worksetWorks(where.name) : null;
-    revision = fMeta(doc).resourceVersion;
     view = FLEET_DETAIL[where.plural](doc, extra);
   } else {
-    const body = await api(base + query({ limit: 500 }));
-    let items = body.items || [];
-    let next = body.metadata && body.metadata.continue;
-    revision = body.metadata && body.metadata.resourceVersion;
-    while (next && items.length < 10000) {
-      const page = await listPage(base, { limit: 500 }, next);
-      items = items.concat(page.items);
-      next = page.next;
-    }
-    view = FLEET_LIST[where.plural](items);
+    view = FLEET_LIST[where.plural](await listAll(base));
   }
   const now = currentFleet();
   const body = document.getElementById('fleet-body');
   if (!body || !now || now.plural !== where.plural || now.name !== where.name) return;
   morph(body, [view]);
-  // A workset page also shows its works: follow every kind it draws from.
-  startFleetWatch(where.plural, revision);
+  followFleetKinds(where.plural === 'worksets' && where.name ? ['worksets', 'works'] : [where.plural]);
 }
 
 async function worksetWorks(name) {
@@ -178,29 +165,34 @@ async function worksetWorks(name) {
 
 // ------------------------------------------------------------------ the watch
 
-function stopFleetWatch() {
-  if (fleet.watch) fleet.watch.abort();
-  fleet.watch = null;
-  fleet.watchKey = null;
+// One watch per kind the open page draws from (a workset's page: worksets and works). Each
+// starts from the store's revision of the moment (a list of one item tells it), so it only
+// says what changes from now on; any event makes the page read its objects again.
+function followFleetKinds(plurals) {
+  for (const [plural, controller] of fleet.watches) {
+    if (!plurals.includes(plural)) { controller.abort(); fleet.watches.delete(plural); }
+  }
+  for (const plural of plurals) if (!fleet.watches.has(plural)) startFleetWatch(plural);
 }
 
-function startFleetWatch(plural, revision) {
-  if (fleet.watch && fleet.watchKey === plural) return;
-  stopFleetWatch();
-  if (revision === null || revision === undefined) return;
+function stopFleetWatch() {
+  followFleetKinds([]);
+}
+
+function startFleetWatch(plural) {
   const controller = new AbortController();
-  fleet.watch = controller;
-  fleet.watchKey = plural;
-  readFleetWatch(controller, plural, revision).catch(() => {}).finally(() => {
-    if (fleet.watch !== controller) return;
-    fleet.watch = null;  // the poll goes on; the next load starts a watch again
-    fleet.watchKey = null;
+  fleet.watches.set(plural, controller);
+  readFleetWatch(controller, plural).catch(() => {}).finally(() => {
+    // Ended (its timeout, a 410, the server going away): the next load starts it again.
+    if (fleet.watches.get(plural) === controller) fleet.watches.delete(plural);
   });
 }
 
-async function readFleetWatch(controller, plural, revision) {
+async function readFleetWatch(controller, plural) {
+  const first = await api('/api/v1/fleet/' + plural + query({ limit: 1 }));
+  const revision = first && first.metadata && first.metadata.resourceVersion;
   const s = session();
-  if (!s) return;
+  if (!revision || !s || controller.signal.aborted) return;
   const answer = await fetch('/api/v1/fleet/' + plural + query({ watch: 'true', resourceVersion: revision, timeoutSeconds: 290 }), {
     headers: { Authorization: 'Bearer ' + s.token, Accept: 'text/event-stream' },
     credentials: 'omit', cache: 'no-store', signal: controller.signal,
