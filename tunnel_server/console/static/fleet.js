@@ -252,7 +252,9 @@ function managedClusterDetail(c) {
   const resources = (section) => Object.entries(fStat(c)[section] || {}).map(([k, v]) => k + ' ' + v).join(', ') || '–';
   return h('div', { id: 'fleet-cluster', 'data-fleet-name': fMeta(c).name },
     h('div', { class: 'crumbs' }, h('a', { href: fleetHref('managedclusters') }, '← Managed clusters')),
-    h('div', { class: 'head' }, h('h2', {}, fMeta(c).name), flagBadge(fSpec(c).hubAcceptsClient === true, 'accepted', 'not accepted'), ' ', condBadge(c, 'Available')),
+    h('div', { class: 'head' }, h('h2', {}, fMeta(c).name), flagBadge(fSpec(c).hubAcceptsClient === true, 'accepted', 'not accepted'), ' ', condBadge(c, 'Available'),
+      acceptButton(c)),
+    h('div', { id: 'fleet-result', role: 'status', 'aria-live': 'polite' }),
     h('div', { class: 'panel' }, fFacts([
       ['Accepted', fSpec(c).hubAcceptsClient === true ? 'yes (hubAcceptsClient)' : 'no: `tunnel-server clusters accept ' + fMeta(c).name + '`'],
       ['Labels', labelChips(fMeta(c).labels)],
@@ -270,6 +272,34 @@ function managedClusterDetail(c) {
     h('h3', {}, 'Claims'),
     simpleTable('cluster-claims', ['Name', 'Value'], claims.map((k) => h('tr', { 'data-claim': k.name }, fTd('Name', k.name), fTd('Value', k.value))),
       'No claims reported yet.'));
+}
+
+// The double opt-in, as `tunnel-server clusters accept|deny NAME` (admins only): a merge patch
+// of spec.hubAcceptsClient; the hub approves the registration or cuts the cluster off.
+function acceptButton(c) {
+  if (!(state.me && state.me.role === 'admin')) return null;
+  const name = fMeta(c).name;
+  const accepted = fSpec(c).hubAcceptsClient === true;
+  return h('span', { class: 'actions' }, accepted
+    ? h('button', { type: 'button', class: 'btn danger', id: 'fleet-deny', onclick: () => confirmThen('Deny ' + name + '?',
+      'The hub cuts the cluster off at once and stops pushing it works (hubAcceptsClient=false).', 'Deny',
+      () => setAccepted(name, false)) }, 'Deny…')
+    : h('button', { type: 'button', class: 'btn', id: 'fleet-accept', onclick: () => setAccepted(name, true) }, 'Accept'));
+}
+
+async function setAccepted(name, accepted) {
+  const box = document.getElementById('fleet-result');
+  try {
+    await api('/api/v1/fleet/managedclusters/' + encodeURIComponent(name), {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/merge-patch+json' },
+      body: JSON.stringify({ spec: { hubAcceptsClient: accepted } }),
+    });
+    if (box) box.replaceChildren(h('div', { class: 'notice' }, accepted ? 'Accepted: the hub lets it in and pushes it works.' : 'Denied: the hub cuts it off.'));
+  } catch (err) {
+    if (box && err.status !== 401) box.replaceChildren(h('div', { class: 'error', role: 'alert' }, 'Refused: ' + err.message));
+  }
+  fleetChanged();
 }
 
 // ------------------------------------------------------------------ Placements

@@ -310,6 +310,15 @@ def test_managed_clusters(page: Page, api: Api, shots: Path) -> None:
     expect(detail.locator('[data-fact="Allocatable"]')).to_contain_text("cpu 12")
     page.screenshot(path=shots / "fleet-cluster-east.png", full_page=True)
 
+    # The double opt-in on the page, as `clusters accept` (an admin).
+    page.goto("/#/fleet/managedclusters/lab")
+    page.locator("#fleet-accept").click()
+    expect(page.locator("#fleet-result")).to_contain_text("Accepted", timeout=MS)
+    expect(page.locator("#fleet-deny")).to_be_visible(timeout=MS)
+    status, stored, _ = api.call("GET", "/api/v1/fleet/managedclusters/lab")
+    assert status == 200, stored
+    assert stored["spec"]["hubAcceptsClient"] is True
+
 
 def test_placement_decisions_and_reasons(page: Page, shots: Path) -> None:
     page.goto("/#/fleet/placements")
