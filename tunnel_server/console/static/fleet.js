@@ -205,9 +205,11 @@ async function readFleetWatch(controller, plural) {
     const { value, done } = await reader.read();
     if (done) return;
     buffer += decoder.decode(value, { stream: true });
-    if (buffer.includes('\n\n')) {
-      buffer = buffer.slice(buffer.lastIndexOf('\n\n') + 2);
-      fleetChanged();
+    const cut = buffer.lastIndexOf('\n\n');
+    if (cut >= 0) {
+      // An event has data; `retry:` and comments (keep-alives) are no change.
+      if (/(^|\n)data:/.test(buffer.slice(0, cut))) fleetChanged();
+      buffer = buffer.slice(cut + 2);
     }
     if (buffer.length > 4 * 1024 * 1024) return;  // one event is far smaller: not a watch
   }
