@@ -136,13 +136,14 @@ def test_placement_workset_work_columns() -> None:
 
 def test_columns_survive_any_shape() -> None:
     """A server's odd document never breaks the table (a '-' instead)."""
+    odd_shapes: list[dict[str, Any]] = [
+        {},
+        {"metadata": []},
+        {"spec": "x", "status": [1]},
+        {"status": {"conditions": 7}},
+    ]
     for kind, columns in COLUMNS.items():
-        for odd in (
-            {},
-            {"metadata": []},
-            {"spec": "x", "status": [1]},
-            {"status": {"conditions": 7}},
-        ):
+        for odd in odd_shapes:
             assert all(isinstance(c.value(odd), str) for c in columns), kind
 
 
