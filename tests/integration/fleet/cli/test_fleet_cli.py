@@ -174,6 +174,14 @@ def table_shows(cli: Cli, args: tuple[str, ...], expected: Callable[[], list[str
     eventually(both, lambda pair: pair[0] == pair[1], what=" ".join(args), within=30.0)
 
 
+CONFIG_MAP = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "settings", "namespace": "default"},
+    "data": {"mode": "fleet"},
+}
+
+
 def write(path: Path, documents: list[dict[str, Any]]) -> Path:
     path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     return path
@@ -464,7 +472,7 @@ def test_get_managed_clusters_worksets_and_works(cli: Cli, tmp_path: Path) -> No
         "metadata": {"name": "gws"},
         "spec": {
             "placementRefs": [{"name": "g-web"}],
-            "manifestWorkTemplate": {"workload": {"manifests": []}},
+            "manifestWorkTemplate": {"workload": {"manifests": [CONFIG_MAP]}},
         },
     }
     cli.ok("apply", "-f", "-", stdin=json.dumps(workset))
@@ -488,7 +496,7 @@ def test_get_managed_clusters_worksets_and_works(cli: Cli, tmp_path: Path) -> No
         "apiVersion": API,
         "kind": "Work",
         "metadata": {"name": "gwork"},
-        "spec": {"clusterName": "gc-east", "workload": {"manifests": []}},
+        "spec": {"clusterName": "gc-east", "workload": {"manifests": [CONFIG_MAP]}},
     }
     cli.ok("apply", "-f", "-", stdin=json.dumps(work))
     table = cli.ok("get", "works").splitlines()
