@@ -148,6 +148,11 @@ def read(inputs: Sequence[str], *, stdin: IO[bytes] | None = None, check: str = 
             del reading.documents[MAX_DOCUMENTS:]
             break
     _check(reading, full=check == "full")
+    # In the order of the input (a syntax error is found before the checks of earlier documents).
+    order = {
+        source: i for i, source in enumerate(dict.fromkeys(p.source for p in reading.problems))
+    }
+    reading.problems.sort(key=lambda p: (order[p.source], p.document or 0))
     return reading
 
 

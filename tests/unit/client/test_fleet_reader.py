@@ -221,3 +221,16 @@ def test_any_bytes_give_documents_or_problems_never_an_exception(data: bytes) ->
 def test_yaml_punctuation_never_raises(text: str) -> None:
     reading = read(["-"], stdin=io.BytesIO(text.encode()))
     assert all(isinstance(d.body, dict) for d in reading.documents)
+
+
+def test_problems_come_in_the_order_of_the_input(tmp_path: Path) -> None:
+    first = tmp_path / "a.yaml"
+    first.write_text(multi([placement("Bad_Name"), placement("ok")]) + "---\nkind: [broken\n")
+    second = tmp_path / "b.yaml"
+    second.write_text("kind: [broken\n")
+    problems = read([str(first), str(second)]).problems
+    assert [(p.source, p.document) for p in problems] == [
+        (str(first), 1),
+        (str(first), 3),
+        (str(second), 1),
+    ]
