@@ -25,6 +25,8 @@ from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTI
 from tunnel_server.fleet import autonomy as autonomy_part
 from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
 from tunnel_server.fleet import egress as egress_part
+from tunnel_server.fleet.hub import openapi as fleet_openapi
+from tunnel_server.fleet.hub import setup as fleet_hub
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -101,6 +103,7 @@ def openapi_paths() -> dict[str, Any]:
         models_openapi.OPENAPI_PATHS,
         users_openapi.OPENAPI_PATHS,
         sso_openapi.OPENAPI_PATHS,
+        fleet_openapi.OPENAPI_PATHS,
     ]
     merged: dict[str, Any] = {}
     for paths in parts:
@@ -142,6 +145,7 @@ def create_app(
         audit.setup(app)
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
+        fleet_hub.setup(app, data_dir=settings.data_dir)
         users_api.setup(app)
         console.setup(app)
         sso_api.setup(app, config_path=settings.sso_config)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tunnel_server.api.signer import SessionSigner
     from tunnel_server.api.table import NodeTable
     from tunnel_server.fleet.cloud_nodes import CloudNodes
+    from tunnel_server.fleet.hub.hub import FleetHub
     from tunnel_server.identity.pki import CertificateAuthority
     from tunnel_server.kube.upstream import KubeUpstream
     from tunnel_server.settings import (
@@ -114,3 +115,7 @@ CLUSTER_MANIFEST_KEY: web.AppKey[Callable[..., str]] = web.AppKey("cluster_manif
 # Set by the audit part: what happened to each node. The tunnel endpoint notes online/offline
 # and the join API has it look at the store at once (``NodeEvents.note`` / ``sync``).
 NODE_EVENTS_KEY: web.AppKey[NodeEvents] = web.AppKey("node_events")
+
+# fleet/hub/: the hub-managed fleet (issue 14). Every part of the hub writes fleet objects through
+# it (``put``, ``set_status``, ``delete`` wake watchers); ``leases`` holds agents' renewals.
+FLEET_HUB_KEY: web.AppKey[FleetHub] = web.AppKey("fleet_hub")

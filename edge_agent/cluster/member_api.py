@@ -4,7 +4,9 @@
 query) on the member API server with the agent's own credentials and returns the decoded JSON.
 Non-2xx raises ``MemberApiError`` (with the status and the ``Status`` message when there is
 one); a connection failure or timeout raises ``MemberApiError`` too, so a caller handles one
-exception type. Answers are bounded (``max_json_bytes``) and the whole request is bounded in
+exception type. ``MemberApi.request`` is the same client for writes (the work applier): it
+returns the status and the decoded answer, so the caller reads the API server's refusal.
+Answers are bounded (``max_json_bytes``) and the whole request is bounded in
 time (``request_timeout``).
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -84,6 +86,52 @@ class MemberApi:
             raise MemberApiError(
                 f"GET {path} on {self.server}: the answer is not JSON", status=status
             ) from None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Any request with a JSON body (or none): ``(status, decoded answer or None)``.
+
+        For writes (the work applier's PATCH/PUT/POST/DELETE): a 4xx/5xx answer is returned,
+        not raised, so the caller reads the API server's ``Status`` (reason, message, causes);
+        only no answer at all (connection, timeout, an answer over ``max_json_bytes``) raises
+        MemberApiError. ``headers`` are added (``Impersonate-User`` for the work applier).
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"a path on the API server starts with '/': {path!r}")
+        if self._http is None:
+            raise MemberApiError("the member API client is closed")
+        try:
+            authorization = self._credentials.authorization()
+        except CredentialsError as error:
+            raise MemberApiError(str(error)) from None
+        sent = {**(headers or {}), "Accept": "application/json"}
+        if authorization is not None:
+            sent["Authorization"] = authorization
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            sent["Content-Type"] = content_type
+        url = self._credentials.server + path
+        try:
+            async with self._http.request(
+                method, url, headers=sent, data=data, allow_redirects=False
+            ) as answer:
+                raw = await self._read(answer, path)
+                status = answer.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            raise MemberApiError(f"{method} {path} on {self.server} failed: {reason}") from None
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, None
 
     async def _read(self, answer: aiohttp.ClientResponse, path: str) -> bytes:
         limit = self._settings.max_json_bytes

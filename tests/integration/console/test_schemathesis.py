@@ -98,6 +98,23 @@ values = ["{spare}"]
 values = [0, 0.1]
 
 [[operations]]
+include-operation-id-regex = "^(list|get)FleetObjects?$"
+# A watch (watch=true) streams for up to timeoutSeconds and a long poll (waitForChange=true)
+# waits as long: the coverage phase's 300 s bounds would fail the 10 s response-time check.
+# tests/integration/fleet/api covers both (order, 410, timeouts, bad parameters).
+parameters = {{ "query.watch" = false, "query.waitForChange" = false }}
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404"]
+
+[[operations]]
+include-operation-id-regex = "^(put|patch|delete)FleetObject(Status)?$"
+# Each kind's spec is checked by fleet_model beyond what one schema for every kind says, the
+# kind in a body must be the URL's, and metadata.resourceVersion / If-Match are preconditions:
+# a schema-valid request may get 400 invalid_document or name_mismatch, 404, 409 or 412.
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "400", "401", "403", "404", "409", "412", "413",
+]
+
+[[operations]]
 include-operation-id = "getTwin"
 # wait=<up to 30 s> with a version not reached yet is a long poll: generated ones stay short
 # (the coverage phase still sends the bounds and out-of-range values).
