@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.cluster.settings import ClusterSettings
+from edge_agent.cluster.works.settings import WorkSettings, WorkSettingsError, work_settings
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
 from edge_agent.settings import (
     AgentSettings,
@@ -296,6 +297,7 @@ def _cluster(raw: object, where: str) -> ClusterSettings:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     raw = dict(raw)
+    raw.pop("works", None)  # [cluster.works]: read by _works
     paths: dict[str, Any] = {}
     for name in _CLUSTER_PATHS:
         if name in raw:
@@ -318,6 +320,16 @@ def _cluster(raw: object, where: str) -> ClusterSettings:
     if values.get("context") and kubeconfig is None:
         raise ConfigError(f"{where}.context: only with kubeconfig (in_cluster has no contexts)")
     return ClusterSettings(**values, **paths)
+
+
+def _works(cluster: object, where: str) -> WorkSettings:
+    """The ``[cluster.works]`` table (docs/fleet/agent-works.md); defaults when absent."""
+    if not isinstance(cluster, dict) or "works" not in cluster:
+        return WorkSettings()
+    try:
+        return work_settings(cluster["works"], where)
+    except WorkSettingsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_cluster_mode(
@@ -380,6 +392,7 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
             _check_range(f"{where}: [node_status]", name, status_values[name], 1.0, 86400.0)
     node_status = NodeStatusSettings(**status_values)
     twins = _twins(raw.pop("twins", {}), f"{where}: [twins]")
+    works = _works(raw.get("cluster"), f"{where}: [cluster.works]")
     cluster = _cluster(raw.pop("cluster"), f"{where}: [cluster]") if "cluster" in raw else None
     _check_cluster_mode(cluster, kube, tunnel, where)
     top = _fields(AgentSettings, raw, where)
@@ -391,5 +404,6 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
         node_status=node_status,
         twins=twins,
         cluster=cluster,
+        works=works,
         **top,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge_agent.cluster.settings import ClusterSettings
+from edge_agent.cluster.works.settings import WorkSettings
 from edge_agent.kubecache.settings import KubeCacheSettings
 
 
@@ -249,3 +250,7 @@ class AgentSettings:
     cluster: ClusterSettings | None = None
     """Cluster mode (``[cluster]``): None is node mode; set, the agent serves the member
     cluster's API server as the tunnel target ``kube-apiserver`` and reports its status."""
+
+    works: WorkSettings = field(default_factory=WorkSettings)
+    """How a cluster-mode agent applies the hub's works (``[cluster.works]``; unused in node
+    mode). docs/fleet/agent-works.md."""

@@ -27,6 +27,8 @@ from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
 from tunnel_server.fleet import egress as egress_part
 from tunnel_server.fleet.hub import openapi as fleet_openapi
 from tunnel_server.fleet.hub import setup as fleet_hub
+from tunnel_server.fleet.hub.controller import setup_controller
+from tunnel_server.fleet.hub.gitsource import setup_gitsource
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -146,6 +148,8 @@ def create_app(
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
         fleet_hub.setup(app, data_dir=settings.data_dir)
+        setup_gitsource(app)
+        setup_controller(app)
         users_api.setup(app)
         console.setup(app)
         sso_api.setup(app, config_path=settings.sso_config)

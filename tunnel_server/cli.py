@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from daemon_support import arguments, logs, systemd
 from tunnel_server import __version__
-from tunnel_server.client import commands, device_commands, fleet_commands
+from tunnel_server.client import commands, device_commands, fleet_commands, fleet_objects
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.identity.sso_mapping import sso_config_file
 from tunnel_server.settings import (
@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_commands.add_token_commands(sub)
     fleet_commands.add_node_commands(sub)
     fleet_commands.add_user_commands(sub)
+    fleet_objects.add_fleet_object_commands(sub)
     device_commands.add_device_commands(sub)
     device_commands.add_twin_commands(sub)
     device_commands.add_model_commands(sub)

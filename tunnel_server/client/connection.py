@@ -4,8 +4,9 @@ From flags, ``EDGEFLEET_TOKEN``, the login config, or ``--data-dir`` (the shortc
 server machine: its URL, CA and admin token).
 
 Precedence: ``--server``/``--token``/``--ca-file``/``--ca-hash`` flags, then
-``EDGEFLEET_TOKEN``, then ``--data-dir`` when given, then the login config (only for the
-server it was written for), then the default data dir when this is the server machine.
+``EDGEFLEET_SERVER`` (as ``--server``, unless ``--data-dir``) and ``EDGEFLEET_TOKEN``, then
+``--data-dir`` when given, then the login config (only for the server it was written for),
+then the default data dir when this is the server machine.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105 - the name of a variable, no secret
+SERVER_ENV = "EDGEFLEET_SERVER"
 _CA_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_CA_BYTES = 64 * 1024
 _STORE_FILE = "store.db"
@@ -75,11 +77,11 @@ def check_ca_hash(value: str) -> str:
 
 
 def resolve(args: Any, *, need_token: bool = True) -> Target:  # noqa: ANN401 - argparse's Namespace
-    server: str | None = getattr(args, "server", None)
     token: str | None = getattr(args, "token", None)
     ca_file: Path | None = getattr(args, "ca_file", None)
     ca_hash: str | None = getattr(args, "ca_hash", None)
     data_dir: Path | None = getattr(args, "data_dir", None)
+    server: str | None = getattr(args, "server", None) or _server_from_env(data_dir)
     base: Target | None = None
     if data_dir is not None:
         base = from_data_dir(data_dir)
@@ -113,6 +115,17 @@ def resolve(args: Any, *, need_token: bool = True) -> Target:  # noqa: ANN401 - 
             f"no token for {url}: give --token T, set {TOKEN_ENV}, or log in first", exits.USAGE
         )
     return Target(server=url, ca_pem=ca_pem, token=token, data_dir=base.data_dir if base else None)
+
+
+def _server_from_env(data_dir: Path | None) -> str | None:
+    """``$EDGEFLEET_SERVER`` as if given as ``--server``; flags (``--data-dir``) win."""
+    value = os.environ.get(SERVER_ENV, "").strip()
+    if not value or data_dir is not None:
+        return None
+    try:
+        return server_url(value)
+    except ValueError as exc:
+        raise exits.ClientError(f"${SERVER_ENV}: {exc}", exits.USAGE) from None
 
 
 def read_ca_file(file: Path) -> str:

@@ -37,8 +37,18 @@ class ClientError(Exception):
 class ApiFailure(ClientError):  # noqa: N818 - a failure the API answered, said as such
     """The API answered with an error (a problem document, or anything else)."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        *,
+        problems: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(f"{detail} ({reason})", for_status(status))
         self.status = status
         self.reason = reason
         self.detail = detail
+        self.problems = problems
+        """A problem document's ``problems`` as (JSON pointer, message), e.g. of a fleet
+        document the server refused (``invalid_document``)."""

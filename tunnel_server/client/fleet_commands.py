@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from daemon_support import arguments
-from tunnel_server.client import connection, exits
+from tunnel_server.client import connection, exits, fleet_objects
 from tunnel_server.client.commands import (
     SubParsers,
     fmt,
@@ -296,11 +296,17 @@ def add_node_commands(sub: SubParsers) -> None:  # type: ignore[type-arg]
         leaf(inner, verb, _action("nodes", verb), text.format("node")).add_argument("name")
     leaf(inner, "events", cmd_node_events, "a node's events, newest first").add_argument("name")
 
-    _, clusters = group(sub, "clusters", "registered clusters: list, get, approve, deny, revoke")
+    _, clusters = group(
+        sub, "clusters", "registered clusters: list, get, approve, deny, revoke; accept (the fleet)"
+    )
     leaf(clusters, "list", list_handler("clusters", CLUSTERS), "list registered clusters")
     leaf(clusters, "get", _get("clusters", CLUSTERS), "one cluster in full").add_argument("name")
     for verb, text in _VERBS.items():
-        leaf(clusters, verb, _action("clusters", verb), text.format("cluster")).add_argument("name")
+        if verb != "deny":  # deny is the fleet's (hubAcceptsClient=false), beside accept
+            leaf(clusters, verb, _action("clusters", verb), text.format("cluster")).add_argument(
+                "name"
+            )
+    fleet_objects.add_cluster_verbs(clusters)
 
 
 # ---------------------------------------------------------------- users and kubeconfig

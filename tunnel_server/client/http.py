@@ -177,10 +177,34 @@ def failure(answer: Answer) -> exits.ApiFailure:
         problem = None
     if isinstance(problem, dict) and isinstance(problem.get("detail"), str):
         reason = str(problem.get("reason") or problem.get("title") or answer.status)
-        return exits.ApiFailure(answer.status, reason, _one_line(problem["detail"]))
+        return exits.ApiFailure(
+            answer.status, reason, _one_line(problem["detail"]), problems=_problems(problem)
+        )
     phrase = http.client.responses.get(answer.status, "error")
     return exits.ApiFailure(
         answer.status, f"http_{answer.status}", f"the server answered {answer.status} {phrase}"
+    )
+
+
+MAX_PROBLEMS = 1000
+"""Problems of one answer kept: a document has far fewer fields wrong."""
+
+
+def _problems(problem: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``problems: [{path, reason}]`` of a problem document, each made one short line.
+
+    docs/api.md's problems say ``reason``; ``message`` is taken as well.
+    """
+    listed = problem.get("problems")
+    if not isinstance(listed, list):
+        return ()
+    return tuple(
+        (
+            _one_line(str(item.get("path", "")), 300),
+            _one_line(str(item.get("reason", item.get("message", ""))), 500),
+        )
+        for item in listed[:MAX_PROBLEMS]
+        if isinstance(item, dict)
     )
 
 

@@ -11,8 +11,8 @@ from tunnel_server.client.output import FORMATS
 
 CONNECTION_HELP = """\
 where and who (first that applies):
-  --server URL --token T        with --ca-file FILE or --ca-hash sha256:... (token also from
-                                $EDGEFLEET_TOKEN)
+  --server URL --token T        with --ca-file FILE or --ca-hash sha256:... (also from
+                                $EDGEFLEET_SERVER and $EDGEFLEET_TOKEN)
   --data-dir DIR                on the server machine: its URL, CA and admin token (the
                                 server must be running)
   the login config              written by `tunnel-server login`

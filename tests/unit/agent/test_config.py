@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from edge_agent import config
 from edge_agent.settings import TwinsConfig
 from edge_agent.twins import Durability
@@ -65,3 +67,21 @@ def test_the_local_api_port_flag_keeps_the_configured_host(tmp_path: Path) -> No
     )
     settings = cli._run_settings(args)
     assert (settings.local_api.host, settings.local_api.port) == ("127.0.0.2", 12345)
+
+
+def test_cluster_works_table_reaches_the_settings_and_bad_values_say_where(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[cluster]\nin_cluster = true\n'
+        '[cluster.works]\nresync_seconds = 5.0\nimpersonate = "edgefleet:work"\n'
+    )
+    loaded = config.load(path)
+    assert (loaded.works.resync_seconds, loaded.works.impersonate) == (5.0, "edgefleet:work")
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[cluster]\nin_cluster = true\n'
+        "[cluster.works]\nresync_seconds = -1\n"
+    )
+    with pytest.raises(config.ConfigError, match=r"\[cluster.works\]"):
+        config.load(path)

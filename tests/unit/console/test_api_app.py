@@ -115,8 +115,9 @@ async def test_console_and_its_headers(client: Client) -> None:
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     text = await page.text()
     assert '<script src="/console/app.js"' in text
+    assert '<script src="/console/fleet.js"' in text
     assert "http://" not in text.replace("http://www.w3.org", "")
-    for name in ("app.js", "app.css", "icon.svg"):
+    for name in ("app.js", "fleet.js", "app.css", "icon.svg"):
         asset = await client.get(f"/console/{name}")
         assert asset.status == 200, name
         assert "https://" not in await asset.text(), f"{name} must fetch nothing from outside"

@@ -2016,11 +2016,13 @@ async function route() {
   else if (hash === '#/users' && may('users')) renderUsers();
   else if (hash === '#/models') renderModelList();
   else if (currentModel()) renderModel(currentModel());
+  else if (currentFleet()) renderFleet();  // fleet.js
   else if (['#/tokens', '#/audit', '#/users'].includes(hash)) {
     mount(h('section', {}, h('div', { class: 'error', role: 'alert', id: 'not-allowed' },
       'Your role (' + state.me.role + ') may not open this page: it needs an admin.')));
   } else renderNodeList();
   followClusters(Boolean(cluster) || hash === '#/clusters');
+  followFleet(Boolean(currentFleet()));
   document.getElementById('view').focus({ preventScroll: true });
 }
 

@@ -1,0 +1,201 @@
+"""Hub-managed fleet benchmark: ``scripts/bench/fleet [--quick]`` (last stdout line: one JSON).
+
+Figures:
+
+* ``placement_1000_clusters_ms``: 100 placements scheduled over 1,000 clusters by the pure
+  scheduler (``scripts/bench/fleet_placement.py``). Goal: under 1,000 ms.
+* ``controller_first_pass_1000_clusters_ms``: the hub controller's first pass (what a hub
+  start does) over 1,000 ManagedClusters with leases and 100 placements, on the real stores
+  (SQLite files in a temporary folder): health of every cluster and every placement's status
+  written.
+* ``controller_full_pass_1000_clusters_ms``: a full pass again with nothing changed (every
+  cluster and placement re-evaluated, nothing written): the cost of the safety-net pass.
+* ``controller_label_pass_1000_clusters_ms``: the pass after one cluster's labels changed
+  (every placement scheduled again, the changed statuses written): the common case.
+* ``controller_lease_pass_ms``: the pass after 100 lease renewals (health only, no write).
+
+Not measured here yet (listed under ``not_measured`` with the reason): the rollout figures
+(``rollout_sim_*``, ``rollout_real_*``) and ``hub_rss_mib_per_1000_clusters``, which need the
+``fleet`` stream's simulated agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+
+import fleet_placement  # noqa: E402 - after the path is set
+
+from fleet_model.cluster import TAINT_UNREACHABLE  # noqa: E402
+from tunnel_server.fleet.hub.controller import ControllerSettings, HubController  # noqa: E402
+from tunnel_server.fleet.hub.setup import FleetSettings, Lease, open_hub  # noqa: E402
+from tunnel_server.store import NodeRecord, SqliteStore, TokenRecord  # noqa: E402
+
+NOW = fleet_placement.NOW
+PLACEMENT_SPECS = 100
+
+
+def _placement_documents(seed: int = fleet_placement.SEED) -> list[dict[str, Any]]:
+    """Placements like ``fleet_placement``'s (label predicates, tolerations, numbers)."""
+    rng = random.Random(seed + 1)  # noqa: S311 - repeatable, not a secret
+    out = []
+    for _ in range(PLACEMENT_SPECS):
+        spec: dict[str, Any] = {
+            "numberOfClusters": rng.choice([None, 1, 3, 10, 50, 200]),
+            "predicates": [
+                {
+                    "requiredClusterSelector": {
+                        "labelSelector": {"matchLabels": {"env": rng.choice(fleet_placement.ENVS)}}
+                    }
+                }
+                for _ in range(rng.randrange(0, 3))
+            ],
+            "tolerations": [
+                {
+                    "key": TAINT_UNREACHABLE,
+                    "operator": "Exists",
+                    "tolerationSeconds": 300,
+                }
+            ]
+            if rng.random() < 0.5
+            else [],
+        }
+        out.append({k: v for k, v in spec.items() if v is not None})
+    return out
+
+
+def _timed(action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def controller_figures(*, runs: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as folder:
+        data = Path(folder)
+        nodes = SqliteStore.open(data)
+        hub = open_hub(data, FleetSettings())
+        clock = [NOW]
+        documents = fleet_placement.cluster_documents()
+        for document in documents:
+            name = document["metadata"]["name"]
+            token = TokenRecord(
+                id="t-" + name,
+                secret_hash="bench",  # noqa: S106 - a fake hash of a token never used
+                kind="cluster",
+                name=name,
+                created_at=NOW,
+                expires_at=NOW + 3600,
+                require_approval=False,
+            )
+            nodes.add_token(token)
+            nodes.redeem_token(
+                token.id,
+                now=NOW,
+                node=NodeRecord(name=name, kind="cluster", state="approved", created_at=NOW),
+            )
+            hub.put(
+                "ManagedCluster",
+                name,
+                labels=document["metadata"]["labels"],
+                annotations={},
+                spec={"hubAcceptsClient": True, "leaseDurationSeconds": 10, "taints": []},
+                now=NOW,
+            )
+            hub.leases[name] = Lease(
+                renewed_at=NOW,
+                apiserver_healthy=True,
+                claims={c["name"]: c["value"] for c in document["status"]["clusterClaims"]},
+                allocatable=document["status"]["allocatable"],
+                capacity=document["status"]["allocatable"],
+            )
+        for index, spec in enumerate(_placement_documents()):
+            hub.put("Placement", f"p-{index:03d}", labels={}, annotations={}, spec=spec, now=NOW)
+        controller = HubController(
+            hub=hub,
+            node_store=nodes,
+            cut_off=lambda _name: False,
+            settings=ControllerSettings(),
+            clock=lambda: clock[0],
+        )
+        first = _timed(controller.pass_once)
+        full, label, lease = [], [], []
+        for run in range(runs):
+            clock[0] += 1
+            controller._full = True  # noqa: SLF001 - the safety-net pass: everything again
+            full.append(_timed(controller.pass_once))
+            clock[0] += 1
+            name = documents[run]["metadata"]["name"]
+            stored = hub.store.get("ManagedCluster", name)
+            if stored is None:
+                raise SystemExit(f"bench: {name} vanished")
+            flipped = "dev" if stored.labels.get("env") == "prod" else "prod"
+            hub.put(
+                "ManagedCluster",
+                name,
+                labels={**stored.labels, "env": flipped},
+                annotations={},
+                spec=stored.spec,
+                now=clock[0],
+            )
+            label.append(_timed(controller.pass_once))
+            clock[0] += 1
+            for document in documents[:100]:
+                old = hub.leases[document["metadata"]["name"]]
+                hub.leases[document["metadata"]["name"]] = Lease(
+                    renewed_at=clock[0],
+                    apiserver_healthy=True,
+                    claims=old.claims,
+                    allocatable=old.allocatable,
+                    capacity=old.capacity,
+                )
+            lease.append(_timed(controller.pass_once))
+        hub.store.close()
+        nodes.close()
+    return {
+        "controller_first_pass_1000_clusters_ms": round(first, 1),
+        "controller_full_pass_1000_clusters_ms": round(statistics.median(full), 1),
+        "controller_label_pass_1000_clusters_ms": round(statistics.median(label), 1),
+        "controller_lease_pass_ms": round(statistics.median(lease), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs")
+    args = parser.parse_args()
+    runs = 2 if args.quick else 5
+    figures: dict[str, Any] = {
+        "placement_1000_clusters_ms": fleet_placement.placement_1000_clusters_ms(runs=runs),
+        **controller_figures(runs=runs),
+        "not_measured": dict.fromkeys(
+            (
+                "rollout_sim_clusters",
+                "rollout_sim_s",
+                "rollout_real_clusters",
+                "rollout_real_s",
+                "hub_rss_mib_per_1000_clusters",
+            ),
+            "needs the fleet stream's simulated agents (not in this benchmark yet)",
+        ),
+    }
+    for key, value in figures.items():
+        if key != "not_measured":
+            print(f"{key:45s} {value}", file=sys.stderr)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
