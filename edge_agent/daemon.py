@@ -12,7 +12,8 @@ The parts and who owns them:
   sync link to the cloud over the tunnel;
 * cluster mode (``cluster``, ``[cluster]``): the built-in tunnel target ``kube-apiserver``,
   the agent's own reads of the member API server (``GetJson``) and the ``cluster.*`` status
-  source that uses them.
+  source that uses them; the hub's works (``cluster.works``, kept under
+  ``<data>/cluster/works``) and the ``fleet`` stream that brings them and renews the lease.
 
 All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
@@ -28,6 +29,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import prometheus_client
 import yaml
@@ -44,8 +46,10 @@ from edge_agent.cluster import (
     MemberApiError,
 )
 from edge_agent.cluster import credentials as cluster_credentials
+from edge_agent.cluster.fleet_link import FleetLink
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
+from edge_agent.cluster.works import WorkApplier, WorkSettings
 from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
@@ -200,6 +204,8 @@ class _ClusterPart:
     target: ApiServerTarget
     api: MemberApi
     source: ClusterStatusSource
+    applier: WorkApplier
+    fleet: FleetLink
     version: str | None = None
 
     @classmethod
@@ -208,8 +214,11 @@ class _ClusterPart:
         settings: ClusterSettings,
         client: TunnelClient,
         registry: prometheus_client.CollectorRegistry,
+        *,
+        data_dir: Path,
+        works: WorkSettings,
     ) -> _ClusterPart:
-        """Wire the target into the tunnel client; the API client opens in ``run``."""
+        """Wire the target and the ``fleet`` stream into the tunnel client (API client: ``run``)."""
         credentials = cluster_credentials.load(settings)
         target = ApiServerTarget(
             settings=settings, credentials=credentials, metrics=ApiServerMetrics(registry)
@@ -217,23 +226,30 @@ class _ClusterPart:
         client.builtin_targets[TARGET] = target.serve
         api = MemberApi(credentials=credentials, settings=settings)
         source = ClusterStatusSource(get_json=api.get_json, interval=settings.interval)
-        return cls(target=target, api=api, source=source)
+        # The works live on disk and are applied whether or not the cloud is reachable; the
+        # fleet stream only brings changes (and renews the lease) while a session lives.
+        applier = WorkApplier(api=api, state_dir=data_dir / "cluster" / "works", settings=works)
+        fleet = FleetLink(applier, inventory=source.inventory, healthy=lambda: source.healthy)
+        client.session_tasks["fleet"] = fleet.run_session
+        return cls(target=target, api=api, source=source, applier=applier, fleet=fleet)
 
     def status(self) -> dict[str, object]:
         """The ``cluster`` section of /status."""
         return {
             **self.target.status(),
             "version": self.version,
+            "fleet": self.fleet.status(),
         }
 
     def start_tasks(
         self, group: asyncio.TaskGroup, ready: dict[str, bool], status: NodeStatusSettings
     ) -> list[asyncio.Task[None]]:
-        """The readiness probe and the status collector, as named tasks of ``group``."""
+        """The readiness probe, the status collector and the work applier, as named tasks."""
         probe = self.mark_ready(ready, retry=status.retry_delay)
         return [
             group.create_task(probe, name="agent.cluster-ready"),
             group.create_task(self.source.run(), name="agent.cluster-status"),
+            group.create_task(self.applier.run(), name="agent.cluster-works"),
         ]
 
     async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
@@ -347,7 +363,9 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     kube = _KubeSection(enabled=settings.kube.enabled)
     twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
     cluster = (
-        _ClusterPart.start(settings.cluster, client, registry)
+        _ClusterPart.start(
+            settings.cluster, client, registry, data_dir=settings.data_dir, works=settings.works
+        )
         if settings.cluster is not None
         else None
     )

@@ -298,74 +298,78 @@ class _Reader:
         return self.pending.pop(0)
 
 
-def _cluster_document(name: str, *, accepted: bool, lease: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "fleet.edgefleet.io/v1alpha1",
-        "kind": "ManagedCluster",
-        "metadata": {"name": name},
-        "spec": {"hubAcceptsClient": accepted, "leaseDurationSeconds": lease},
-    }
-
-
-async def test_a_cluster_not_accepted_renews_but_gets_works_only_once_accepted(
+async def test_a_second_cluster_gets_its_own_works_and_writes_their_status(
     hub: Hub, tmp_path: Path
 ) -> None:
-    name = "fake-pending"
-    path = f"/api/v1/fleet/managedclusters/{name}"
+    """A fake cluster agent speaks the protocol by hand: what it gets, what it may write.
+
+    (A connected cluster is accepted here: the controller's registration accepts a cluster
+    that joined with a token needing no approval, and revokes one an admin denies.)
+    """
+    name = "fake-second"
 
     async def call(method: str, url: str, body: object = None) -> tuple[int, Any]:
         return await asyncio.to_thread(hub.request, method, url, body)
 
-    async def pending_cluster(connection: TunnelConnection) -> None:
+    async def second_cluster(connection: TunnelConnection) -> None:
         renewals = await asyncio.to_thread(hub.metric, "fleet_lease_renewals_total")
         stream = await connection.open_stream(wire.FLEET_TARGET, timeout=10)
         await stream.write(wire.encode(wire.Hello(works={}, claims={"region": "x"})))
         reader = _Reader(stream)
         assert isinstance(await reader.next(), wire.Settings)
-        # Its hello counted as a lease renewal, accepted or not.
+        # Its hello counted as a lease renewal.
         assert await asyncio.to_thread(hub.metric, "fleet_lease_renewals_total") > renewals
         work = {
             "apiVersion": "fleet.edgefleet.io/v1alpha1",
             "kind": "Work",
-            "metadata": {"name": "for-pending"},
-            "spec": {"clusterName": name, "workload": {"manifests": [config_map("p")]}},
+            "metadata": {"name": "for-second"},
+            "spec": {
+                "clusterName": name,
+                "workload": {"manifests": [config_map("p")]},
+                "deleteOption": {"propagationPolicy": "Orphan"},
+            },
         }
-        assert (await call("PUT", "/api/v1/fleet/works/for-pending", work))[0] in (200, 201)
-        # Two settings changes while not accepted: the stream follows its ManagedCluster, and
-        # the second settings comes next, so no work was sent in between (changes are sent in
-        # the order of the store's revisions).
-        for lease in (7, 8):
-            document = _cluster_document(name, accepted=False, lease=lease)
-            assert (await call("PUT", path, document))[0] in (200, 201)
-            message = await reader.next()
-            assert message == wire.Settings(lease_duration_seconds=lease), message
-        # A status it sends for that work is not written.
-        dropped = await asyncio.to_thread(
-            hub.metric, "fleet_status_updates_total", result="not_accepted"
-        )
-        await stream.write(
-            wire.encode(wire.Status(work="for-pending", resource_version=1, status={}))
-        )
-        # Accepted: the work comes at once.
-        assert (await call("PUT", path, _cluster_document(name, accepted=True, lease=8)))[0] == 200
+        assert (await call("PUT", "/api/v1/fleet/works/for-second", work))[0] in (200, 201)
         message = await reader.next()
+        while isinstance(message, wire.Settings):  # the controller may set the lease period
+            message = await reader.next()
         assert isinstance(message, wire.WorkMessage), message
-        assert message.name == "for-pending"
+        assert message.name == "for-second"
         assert "status" not in message.document
+        # Its status for the version it got is written; one for another version is not.
+        written = await asyncio.to_thread(
+            hub.metric, "fleet_status_updates_total", result="written"
+        )
+        stale = await asyncio.to_thread(hub.metric, "fleet_status_updates_total", result="stale")
+        condition_row = {"type": "Applied", "status": "True", "reason": "AppliedManifestWork"}
+        for version in (message.resource_version + 1000, message.resource_version):
+            status = {"conditions": [condition_row], "observedGeneration": 1, "evil": True}
+            await stream.write(
+                wire.encode(wire.Status(work="for-second", resource_version=version, status=status))
+            )
         await eventually_async(
-            _metric_async(hub, "fleet_status_updates_total", result="not_accepted"),
-            lambda count: count == dropped + 1,
-            what="the status of a cluster not accepted dropped",
+            _metric_async(hub, "fleet_status_updates_total", result="written"),
+            lambda count: count == written + 1,
+            what="the status of the version it got written",
             within=10,
         )
-        # Deleted: the delete comes, with the work's policy.
-        assert (await call("DELETE", "/api/v1/fleet/works/for-pending"))[0] == 200
-        assert await reader.next() == wire.Delete(
-            work="for-pending", propagation_policy="Foreground"
+        assert (
+            await asyncio.to_thread(hub.metric, "fleet_status_updates_total", result="stale")
+            == stale + 1
         )
+        stored = await asyncio.to_thread(hub.work, "for-second")
+        assert stored is not None
+        assert stored["status"]["conditions"][0]["type"] == "Applied"
+        assert "evil" not in stored["status"]
+        # Deleted: the delete comes, with the work's policy.
+        assert (await call("DELETE", "/api/v1/fleet/works/for-second"))[0] == 200
+        message = await reader.next()
+        while isinstance(message, wire.Settings):
+            message = await reader.next()
+        assert message == wire.Delete(work="for-second", propagation_policy="Orphan")
         stream.reset()
 
-    await _fake_agent(name, tmp_path, hub, kind="cluster", task=pending_cluster)
+    await _fake_agent(name, tmp_path, hub, kind="cluster", task=second_cluster)
 
 
 async def test_a_node_session_cannot_open_the_fleet_stream(hub: Hub, tmp_path: Path) -> None:
