@@ -29,6 +29,7 @@ from tunnel_server.fleet.hub import openapi as fleet_openapi
 from tunnel_server.fleet.hub import setup as fleet_hub
 from tunnel_server.fleet.hub.controller import setup_controller
 from tunnel_server.fleet.hub.gitsource import setup_gitsource
+from tunnel_server.fleet.hub.stream import setup_stream
 from tunnel_server.identity import tokens
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.settings import ServerSettings
@@ -148,6 +149,7 @@ def create_app(
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
         fleet_hub.setup(app, data_dir=settings.data_dir)
+        setup_stream(app)
         setup_gitsource(app)
         setup_controller(app)
         users_api.setup(app)
