@@ -259,6 +259,18 @@ def test_the_agent_reads_cluster_status_and_nothing_else(
         assert answer == "no", (verb, resource)
 
 
+def test_works_are_applied_as_edgefleet_work_which_may_do_what_its_binding_gives(
+    plane: kube.ControlPlane, applied: str
+) -> None:
+    """15-works-rbac.yaml: the agent may act as edgefleet:work, which is cluster-admin."""
+    assert applied
+    assert can_i(plane, f"--as={SA}", "impersonate", "users/edgefleet:work") == "yes"
+    assert can_i(plane, f"--as={SA}", "impersonate", "groups/edgefleet:work") == "yes"
+    assert can_i(plane, "--as=edgefleet:work", "create", "deployments.apps", "-A") == "yes"
+    # Its own service account still may not write: only the impersonated user may.
+    assert can_i(plane, f"--as={SA}", "create", "deployments.apps", "-A") == "no"
+
+
 @pytest.mark.parametrize(
     ("role", "allowed", "refused"),
     [

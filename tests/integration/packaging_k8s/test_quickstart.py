@@ -21,6 +21,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -299,6 +300,36 @@ def test_quickstart_with_a_cluster(quickstart: Quickstart) -> None:
     )
     kinds = {n["name"]: n["kind"] for n in json.loads(known.stdout)}
     assert kinds == {"edge-1": "node", "cluster-1": "cluster"}
+
+    # The fleet demo (docs/examples/fleet-demo.yaml): its WorkSet rolled out to the cluster and
+    # Available there, through the hub's placement, the agent's fleet stream and its applier.
+    def workset() -> dict[str, Any]:
+        done = subprocess.run(
+            [
+                str(REPO / ".venv" / "bin" / "tunnel-server"),
+                "get",
+                "workset",
+                "fleet-hello",
+                "-o",
+                "json",
+                "--data-dir",
+                str(quickstart.data / "server"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        return json.loads(done.stdout) if done.returncode == 0 else {}
+
+    rolled = eventually(
+        workset,
+        lambda found: found.get("status", {}).get("summary", {}).get("available") == 1,
+        what="the fleet demo's WorkSet Available on cluster-1",
+        within=120.0,
+    )
+    assert rolled["status"]["summary"]["total"] == 1, rolled
 
     # Ctrl-C stops everything it started.
     assert quickstart.interrupt() in (0, 130)
