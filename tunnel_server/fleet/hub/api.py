@@ -45,6 +45,8 @@ from typing import Any
 from aiohttp import web
 
 from device_models import Problem
+from fleet_model.cluster import Taint, taint_json, taints_on_write
+from fleet_model.cluster import parse_spec as parse_cluster_spec
 from fleet_model.documents import KINDS, PLURALS, validate_document
 from fleet_model.labels import LabelSelector, SelectorError, parse_label_selector
 from fleet_model.problems import SpecError, is_name
@@ -443,6 +445,9 @@ def _write(
     """Write with the If-Match pin (412) and the body's resourceVersion (409) as preconditions."""
     if pinned is not None and expected is not None and pinned != expected:
         raise _conflict(ConflictError(kind, name, expected=expected, current=pinned))
+    now = time.time()
+    if kind == "ManagedCluster":
+        spec = _admin_cluster_spec(hub, name, spec, now=now)
     try:
         obj, created = hub.put(
             kind,
@@ -451,6 +456,7 @@ def _write(
             annotations=annotations,
             spec=spec,
             expected_version=pinned if pinned is not None else expected,
+            now=now,
         )
     except ConflictError as error:
         if pinned is not None:
@@ -462,6 +468,30 @@ def _write(
         extra={"kv": {"kind": kind, "name": name, "resource_version": obj.resource_version}},
     )
     return _answer(obj, status=201 if created else 200)
+
+
+def _admin_cluster_spec(
+    hub: FleetHub, name: str, spec: Mapping[str, Any], *, now: float
+) -> Mapping[str, Any]:
+    """A ManagedCluster's spec as an admin's PUT or PATCH stores it (``taints_on_write``).
+
+    The built-in taints stay exactly as the hub's health rules left them (an ``apply -f`` of a
+    file without them must neither untaint an unreachable cluster nor restart the
+    tolerationSeconds counted from their ``timeAdded``), and the admin's taints get their
+    ``timeAdded``. No await between this read and the write: nothing else writes in between.
+    """
+    written = parse_cluster_spec(dict(spec)).taints  # validated already: it parses
+    current = hub.store.get("ManagedCluster", name)
+    stored: tuple[Taint, ...] = ()
+    if current is not None:
+        try:
+            stored = parse_cluster_spec(dict(current.spec)).taints
+        except SpecError:  # a stored spec that no longer parses keeps no taints
+            stored = ()
+    taints = taints_on_write(written, stored=stored, now=now)
+    if not taints and "taints" not in spec:
+        return spec
+    return {**spec, "taints": [taint_json(t) for t in taints]}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:  # noqa: ANN401 - JSON values

@@ -1,9 +1,30 @@
-"""Watches of fleet objects: ADDED, MODIFIED, DELETED in order, live, and 410 past the log."""
+"""Watches of fleet objects: ADDED, MODIFIED, DELETED in order, live, and 410 past the log.
+
+The hub controller and GitSource syncer run in the server and write statuses whenever they
+like, so the watches follow Works of a cluster nobody made (only the test writes them), and a
+watch of a whole kind keeps to the test's own objects by name.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.harness.waiting import eventually
-from tests.integration.fleet.api.conftest import CHANGES_KEPT, Fleet, document, events_of
+from tests.integration.fleet.api.conftest import (
+    CHANGES_KEPT,
+    SPECS,
+    Event,
+    Fleet,
+    document,
+    events_of,
+)
+
+NOWHERE = "no-such-cluster"
+"""Works of a cluster nobody made: only the test writes them (no agent reports their status)."""
+
+
+def _work(name: str, *, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return document("Work", name, labels=labels, spec={**SPECS["Work"], "clusterName": NOWHERE})
 
 
 def _revision(fleet: Fleet, plural: str) -> int:
@@ -11,17 +32,24 @@ def _revision(fleet: Fleet, plural: str) -> int:
     return int(listed.body["metadata"]["resourceVersion"])
 
 
+def _named(events: list[Event], names: set[str]) -> list[tuple[str, str]]:
+    """The events of the test's own objects: the hub writes other objects meanwhile."""
+    return [
+        (e.type, e.data["metadata"]["name"]) for e in events if e.data["metadata"]["name"] in names
+    ]
+
+
 def test_a_watch_replays_every_change_in_order(fleet: Fleet) -> None:
-    start = _revision(fleet, "worksets")
-    fleet.put(document("WorkSet", "watched"))
-    fleet.put(document("WorkSet", "watched", labels={"v": "2"}))
-    fleet.put(document("Placement", "not-a-workset"))  # another kind: not in this watch
-    fleet.call("DELETE", "/api/v1/fleet/worksets/watched")
+    start = _revision(fleet, "works")
+    fleet.put(_work("watched"))
+    fleet.put(_work("watched", labels={"v": "2"}))
+    fleet.put(document("Placement", "not-a-work"))  # another kind: not in this watch
+    fleet.call("DELETE", "/api/v1/fleet/works/watched")
     status, events = fleet.watch(
-        f"/api/v1/fleet/worksets?watch=true&resourceVersion={start}&timeoutSeconds=1"
+        f"/api/v1/fleet/works?watch=true&resourceVersion={start}&timeoutSeconds=1"
     )
     assert status == 200
-    assert [(e.type, e.data["metadata"]["name"]) for e in events] == [
+    assert _named(events, {"watched", "not-a-work"}) == [
         ("ADDED", "watched"),
         ("MODIFIED", "watched"),
         ("DELETED", "watched"),
@@ -29,22 +57,24 @@ def test_a_watch_replays_every_change_in_order(fleet: Fleet) -> None:
     ids = [e.id or 0 for e in events]
     assert ids == sorted(ids)
     assert [e.data["metadata"]["resourceVersion"] for e in events] == [str(i) for i in ids]
-    assert events[1].data["metadata"]["labels"] == {"v": "2"}
+    mine = [e for e in events if e.data["metadata"]["name"] == "watched"]
+    assert mine[1].data["metadata"]["labels"]["v"] == "2"
 
 
 def test_a_live_watch_sees_writes_as_they_happen(fleet: Fleet) -> None:
-    fleet.put(document("GitSource", "before", labels={"live": "yes"}))
+    fleet.put(_work("before", labels={"live": "yes"}))
     connection = fleet.connection()
     try:
         connection.request(
             "GET",
-            "/api/v1/fleet/gitsources?watch=true&labelSelector=live%3Dyes&timeoutSeconds=60",
+            "/api/v1/fleet/works?watch=true&labelSelector=live%3Dyes&timeoutSeconds=60",
             headers={"Authorization": f"Bearer {fleet.tokens['viewer']}"},
         )
         response = connection.getresponse()
         assert response.status == 200
-        fleet.put(document("GitSource", "during", labels={"live": "yes"}))
-        fleet.call("DELETE", "/api/v1/fleet/gitsources/before")
+        fleet.put(_work("during", labels={"live": "yes"}))
+        fleet.put(_work("unseen", labels={"live": "no"}))  # not selected: never shown
+        fleet.call("DELETE", "/api/v1/fleet/works/before")
 
         events = events_of(response, 3)
     finally:
@@ -58,12 +88,12 @@ def test_a_live_watch_sees_writes_as_they_happen(fleet: Fleet) -> None:
 
 
 def test_a_selector_watch_sees_objects_leave_it(fleet: Fleet) -> None:
-    fleet.put(document("Placement", "sel", labels={"watch": "me"}))
-    start = _revision(fleet, "placements")
-    fleet.put(document("Placement", "sel", labels={"watch": "not"}))
-    fleet.put(document("Placement", "other", labels={"watch": "not"}))
+    fleet.put(_work("sel", labels={"watch": "me"}))
+    start = _revision(fleet, "works")
+    fleet.put(_work("sel", labels={"watch": "not"}))
+    fleet.put(_work("other", labels={"watch": "not"}))
     status, events = fleet.watch(
-        f"/api/v1/fleet/placements?watch=true&labelSelector=watch%3Dme&resourceVersion={start}"
+        f"/api/v1/fleet/works?watch=true&labelSelector=watch%3Dme&resourceVersion={start}"
         "&timeoutSeconds=1"
     )
     assert status == 200
@@ -71,20 +101,20 @@ def test_a_selector_watch_sees_objects_leave_it(fleet: Fleet) -> None:
 
 
 def test_a_watch_from_before_the_kept_log_is_410(fleet: Fleet) -> None:
-    start = _revision(fleet, "placements")
+    start = _revision(fleet, "works")
+    churn = {f"churn-{n}" for n in range(3)}
     for n in range(CHANGES_KEPT + 5):
-        assert fleet.put(document("Placement", f"churn-{n % 3}", labels={"n": str(n)})).status in (
-            200,
-            201,
-        )
-    status, events = fleet.watch(f"/api/v1/fleet/placements?watch=true&resourceVersion={start}")
+        answer = fleet.put(_work(f"churn-{n % 3}", labels={"n": str(n)}))
+        assert answer.status in (200, 201), answer.body
+    status, events = fleet.watch(f"/api/v1/fleet/works?watch=true&resourceVersion={start}")
     assert status == 410
     assert events[0].data["reason"] == "expired"
-    recent = _revision(fleet, "placements")
+    recent = _revision(fleet, "works")
     status, events = fleet.watch(
-        f"/api/v1/fleet/placements?watch=true&resourceVersion={recent}&timeoutSeconds=1"
+        f"/api/v1/fleet/works?watch=true&resourceVersion={recent}&timeoutSeconds=1"
     )
-    assert (status, events) == (200, [])  # from a fresh list: nothing missed, nothing new
+    # From a fresh list: nothing missed, nothing new (of the works this test writes).
+    assert (status, _named(events, churn)) == (200, [])
 
 
 def test_watch_parameters_are_checked(fleet: Fleet) -> None:
