@@ -21,6 +21,11 @@ server. What it does, in order:
    ``Retry-After`` is followed the way the agent follows it
    (``edge_agent.tunnel_client.retry_after_delay``).
 
+With ``--kind cluster`` the tokens are cluster tokens (each node joins as a registered cluster);
+with ``--fleet`` as well, every session also runs a simulated cluster agent's ``fleet`` stream
+(``fleet_sim.FleetSim``: hello, leases, Applied+Available status for every Work), and the
+``status`` lines carry its counters under ``fleet``.
+
 Stdout gets one JSON object per line: ``joined``, ``connected`` (all N up), ``all_connected``
 (N up again after a loss; ``t`` is ``time.monotonic()``, the system-wide CLOCK_MONOTONIC, so
 the parent can compare it with its own clock), and ``status`` once a second. ``stop`` or EOF
@@ -50,6 +55,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+from fleet_sim import FleetCounters, FleetSim
 
 from edge_agent.identity import generate_key, key_pem, make_csr
 from edge_agent.settings import TunnelClientSettings
@@ -62,7 +68,7 @@ from edge_agent.tunnel_client import (
 from tunnel_aio import TunnelConnection
 from tunnel_protocol import Role, TunnelSettings
 from tunnel_server.identity.tokens import TokenSpec, create_token
-from tunnel_server.store import SqliteStore
+from tunnel_server.store import NodeKind, SqliteStore
 
 LOAD_SSL_BUFFER = 32 * 1024
 HEALTHY_AFTER_S = 30.0
@@ -95,6 +101,8 @@ class Node:
     name: str
     pem: Path
     context: ssl.SSLContext | None = None
+    sim: FleetSim | None = None
+    """Its simulated cluster agent's fleet stream (``--fleet``), kept across sessions."""
 
 
 @dataclass(slots=True)
@@ -114,6 +122,8 @@ class Swarm:
     sessions_opened: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     first_round: asyncio.Semaphore | None = None
+    fleet: FleetCounters | None = None
+    """Summed counters of the simulated fleet agents (``--fleet``), else None."""
 
     def up(self) -> None:
         self.connected += 1
@@ -166,6 +176,9 @@ async def _session(
             run = group.create_task(connection.run(), name=f"load[{node.name}]")
             await connection.wait_ready()
             swarm.up()
+            fleet = None
+            if node.sim is not None:
+                fleet = group.create_task(node.sim.run(connection), name=f"fleet[{node.name}]")
             try:
                 stop = group.create_task(swarm.stopping.wait())
                 await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -173,6 +186,8 @@ async def _session(
                     connection.close()
                 stop.cancel()
             finally:
+                if fleet is not None:
+                    fleet.cancel()
                 swarm.down()
 
 
@@ -211,12 +226,12 @@ async def _agent(swarm: Swarm, http: aiohttp.ClientSession, node: Node, seed: in
 # ---------------------------------------------------------------- join
 
 
-def make_tokens(server_data_dir: Path, names: list[str]) -> list[str]:
+def make_tokens(server_data_dir: Path, names: list[str], kind: NodeKind = "node") -> list[str]:
     store = SqliteStore.open(server_data_dir)
     try:
         now = time.time()
         return [
-            str(create_token(store, TokenSpec(kind="node", name=name, ttl=7200.0), now=now))
+            str(create_token(store, TokenSpec(kind=kind, name=name, ttl=7200.0), now=now))
             for name in names
         ]
     finally:
@@ -282,12 +297,14 @@ async def _stdin_commands(swarm: Swarm, connect: asyncio.Event) -> None:
 
 async def _status(swarm: Swarm) -> None:
     while not swarm.stopping.is_set():
+        fleet = {} if swarm.fleet is None else {"fleet": swarm.fleet.document()}
         emit(
             "status",
             connected=swarm.connected,
             t=time.monotonic(),
             sessions_opened=swarm.sessions_opened,
             failures=dict(swarm.failures),
+            **fleet,
         )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
@@ -298,7 +315,7 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
     loop = asyncio.get_running_loop()
     names = [f"load-{i:05d}" for i in range(args.count)]
     started = time.monotonic()
-    tokens = make_tokens(args.server_data_dir, names)
+    tokens = make_tokens(args.server_data_dir, names, args.kind)
     tokens_s = time.monotonic() - started
     nodes = await join_all(
         args.server,
@@ -327,6 +344,10 @@ async def main_async(args: argparse.Namespace, ca_pem: str, folder: Path) -> int
             TunnelClientSettings(backoff_base=args.backoff_base, reconnect_spread=args.spread)
         ),
     )
+    if args.fleet:
+        swarm.fleet = FleetCounters()
+        for node in nodes:
+            node.sim = FleetSim(name=node.name, counters=swarm.fleet)
     loop.add_signal_handler(signal.SIGTERM, swarm.stopping.set)
     connect = asyncio.Event()
     # Like the agent: pooled connections (kept after a 503) live as long as a node may wait.
@@ -371,10 +392,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the agent's reconnect_spread (seconds; 0 turns it off)",
     )
     parser.add_argument("--join-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--kind", choices=("node", "cluster"), default="node", help="the tokens' kind"
+    )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="run a simulated cluster agent's fleet stream in every session (needs --kind cluster)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=128)
     args = parser.parse_args(argv)
     if not 0 < args.count <= 100_000:
         parser.error("--count must be within 1..100000")
+    if args.fleet and args.kind != "cluster":
+        parser.error("--fleet needs --kind cluster (the fleet stream is for cluster agents)")
     return args
 
 

@@ -13,10 +13,17 @@ Figures:
 * ``controller_label_pass_1000_clusters_ms``: the pass after one cluster's labels changed
   (every placement scheduled again, the changed statuses written): the common case.
 * ``controller_lease_pass_ms``: the pass after 100 lease renewals (health only, no write).
+* ``rollout_sim_clusters``, ``rollout_sim_s``: one WorkSet (a small Deployment, rollout All)
+  to N simulated cluster agents (1,000; 100 with ``--quick``) on a real ``tunnel-server run``,
+  from the PUT until its summary says all N applied (``scripts/bench/fleet_rollout.py``).
+  Goal: under 30 s for 1,000.
+* ``hub_rss_mib_per_1000_clusters``: the server's RSS with the N clusters connected and the
+  works applied, minus its RSS before they joined, per 1,000 clusters. Goal: under 200 MiB.
+* ``rollout_real_clusters``, ``rollout_real_s``: one WorkSet to the three real member clusters
+  of ``tests/harness/fleet.py``, until all Available (skipped with ``--quick``).
 
-Not measured here yet (listed under ``not_measured`` with the reason): the rollout figures
-(``rollout_sim_*``, ``rollout_real_*``) and ``hub_rss_mib_per_1000_clusters``, which need the
-``fleet`` stream's simulated agents.
+A figure that could not be measured is listed under ``not_measured`` with the reason, and the
+exit status is then 1; no figure is ever made up.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
 import fleet_placement  # noqa: E402 - after the path is set
+import fleet_rollout  # noqa: E402
+from bench_procs import BenchError  # noqa: E402
 
 from fleet_model.cluster import TAINT_UNREACHABLE  # noqa: E402
 from tunnel_server.fleet.hub.controller import ControllerSettings, HubController  # noqa: E402
@@ -45,6 +54,15 @@ from tunnel_server.store import NodeRecord, SqliteStore, TokenRecord  # noqa: E4
 
 NOW = fleet_placement.NOW
 PLACEMENT_SPECS = 100
+SIM_CLUSTERS = 1000
+SIM_CLUSTERS_QUICK = 100
+SIM_KEYS = ("rollout_sim_clusters", "rollout_sim_s", "hub_rss_mib_per_1000_clusters")
+REAL_KEYS = ("rollout_real_clusters", "rollout_real_s")
+GOALS = {
+    "placement_1000_clusters_ms": ("<", 1000.0, "100 placements over 1,000 clusters < 1 s"),
+    "rollout_sim_s": ("<", 30.0, "rollout to 1,000 simulated clusters < 30 s"),
+    "hub_rss_mib_per_1000_clusters": ("<", 200.0, "hub memory < 200 MiB per 1,000 clusters"),
+}
 
 
 def _placement_documents(seed: int = fleet_placement.SEED) -> list[dict[str, Any]]:
@@ -172,29 +190,70 @@ def controller_figures(*, runs: int) -> dict[str, float]:
     }
 
 
+def goals_met(figures: dict[str, Any]) -> dict[str, bool]:
+    """Each goal of issue 14 whose figure was measured: met or not."""
+    met = {}
+    for key, (_op, limit, text) in GOALS.items():
+        value = figures.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            met[text] = value < limit
+    return met
+
+
+def _measured_or_reason(
+    figures: dict[str, Any],
+    not_measured: dict[str, str],
+    keys: tuple[str, ...],
+    measure: Callable[[], Mapping[str, Any]],
+) -> None:
+    """Run ``measure()``; its figures join ``figures``, or every key of ``keys`` gets why not."""
+    try:
+        figures |= measure()
+    except (BenchError, OSError) as error:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+        print(f"bench: not measured ({', '.join(keys)}): {error}", file=sys.stderr)
+        not_measured |= dict.fromkeys(keys, reason)
+        return
+    for key in keys:
+        if key not in figures:
+            not_measured[key] = "the measurement ended without this figure"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer runs")
+    parser.add_argument("--quick", action="store_true", help="fewer runs, 100 simulated clusters")
+    parser.add_argument(
+        "--sim-clusters",
+        type=int,
+        default=None,
+        help=f"simulated clusters (default {SIM_CLUSTERS}, {SIM_CLUSTERS_QUICK} with --quick)",
+    )
     args = parser.parse_args()
     runs = 2 if args.quick else 5
+    sim = args.sim_clusters or (SIM_CLUSTERS_QUICK if args.quick else SIM_CLUSTERS)
+    if not 1 <= sim <= 10_000:
+        parser.error("--sim-clusters must be within 1..10000")
+    started = time.monotonic()
     figures: dict[str, Any] = {
         "placement_1000_clusters_ms": fleet_placement.placement_1000_clusters_ms(runs=runs),
         **controller_figures(runs=runs),
-        "not_measured": dict.fromkeys(
-            (
-                "rollout_sim_clusters",
-                "rollout_sim_s",
-                "rollout_real_clusters",
-                "rollout_real_s",
-                "hub_rss_mib_per_1000_clusters",
-            ),
-            "needs the fleet stream's simulated agents (not in this benchmark yet)",
-        ),
     }
+    not_measured: dict[str, str] = {}
+    _measured_or_reason(figures, not_measured, SIM_KEYS, lambda: fleet_rollout.measure_sim(sim))
+    if args.quick:
+        not_measured |= dict.fromkeys(
+            REAL_KEYS, "skipped with --quick (three whole member clusters take minutes)"
+        )
+    else:
+        _measured_or_reason(figures, not_measured, REAL_KEYS, fleet_rollout.measure_real)
+    figures["goals_met"] = goals_met(figures)
+    figures["bench_s"] = round(time.monotonic() - started, 1)
+    figures["not_measured"] = not_measured
     for key, value in figures.items():
-        if key != "not_measured":
+        if key not in ("not_measured", "sim_load_status", "goals_met"):
             print(f"{key:45s} {value}", file=sys.stderr)
     print(json.dumps(figures))
+    sys.exit(1 if not_measured else 0)
 
 
 if __name__ == "__main__":
