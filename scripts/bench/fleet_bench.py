@@ -59,10 +59,13 @@ SIM_CLUSTERS_QUICK = 100
 SIM_KEYS = ("rollout_sim_clusters", "rollout_sim_s", "hub_rss_mib_per_1000_clusters")
 REAL_KEYS = ("rollout_real_clusters", "rollout_real_s")
 GOALS = {
-    "placement_1000_clusters_ms": ("<", 1000.0, "100 placements over 1,000 clusters < 1 s"),
-    "rollout_sim_s": ("<", 30.0, "rollout to 1,000 simulated clusters < 30 s"),
-    "hub_rss_mib_per_1000_clusters": ("<", 200.0, "hub memory < 200 MiB per 1,000 clusters"),
+    "placement_1000_clusters_ms": (1000.0, "100 placements over 1,000 clusters < 1 s"),
+    "rollout_sim_s": (30.0, "rollout to 1,000 simulated clusters < 30 s"),
+    "hub_rss_mib_per_1000_clusters": (200.0, "hub memory < 200 MiB per 1,000 clusters"),
 }
+"""figure -> (the limit it must stay under, the goal as issue 14 states it)."""
+AT_SCALE = ("rollout_sim_s", "hub_rss_mib_per_1000_clusters")
+"""Goals about 1,000 simulated clusters: judged only when that many were measured."""
 
 
 def _placement_documents(seed: int = fleet_placement.SEED) -> list[dict[str, Any]]:
@@ -190,13 +193,24 @@ def controller_figures(*, runs: int) -> dict[str, float]:
     }
 
 
-def goals_met(figures: dict[str, Any]) -> dict[str, bool]:
-    """Each goal of issue 14 whose figure was measured: met or not."""
-    met = {}
-    for key, (_op, limit, text) in GOALS.items():
+def goals_met(figures: Mapping[str, Any]) -> dict[str, bool]:
+    """Each goal of issue 14 whose figure was measured: met or not.
+
+    The rollout and memory goals are about 1,000 clusters: measured with fewer (``--quick``),
+    they are not judged, and "goal size reached" says False instead.
+    """
+    met: dict[str, bool] = {}
+    clusters = figures.get("rollout_sim_clusters")
+    at_scale = isinstance(clusters, int) and clusters >= SIM_CLUSTERS
+    for key, (limit, text) in GOALS.items():
         value = figures.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            met[text] = value < limit
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if key in AT_SCALE and not at_scale:
+            continue
+        met[text] = value < limit
+    if isinstance(clusters, int) and not at_scale:
+        met[f"goal size reached ({SIM_CLUSTERS:,} simulated clusters)"] = False
     return met
 
 

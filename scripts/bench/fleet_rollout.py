@@ -280,7 +280,7 @@ async def rollout_sim(plan: SimPlan, workdir: Path) -> dict[str, Any]:
                 token = (data_dir / "admin-token").read_text().strip()
                 async with aiohttp.ClientSession() as http:
                     hub = Hub(http, url, token, data_dir / "ca.crt")
-                    figures |= await _rollout(hub, plan, started)
+                    figures |= await _rollout(hub, plan, started, server.pid)
                 await asyncio.sleep(plan.settle_s)
                 after = rss(server.pid)
                 proc.check_alive()
@@ -300,8 +300,10 @@ async def rollout_sim(plan: SimPlan, workdir: Path) -> dict[str, Any]:
     return figures
 
 
-async def _rollout(hub: Hub, plan: SimPlan, connected_at: float) -> dict[str, Any]:
+async def _rollout(hub: Hub, plan: SimPlan, connected_at: float, pid: int) -> dict[str, Any]:
     n = plan.clusters
+    await asyncio.sleep(plan.settle_s)
+    connected_rss = rss(pid)
     _log(f"sim {n}: all connected; waiting for the placement to choose all {n}")
     await hub.put("Placement", PLACEMENT, placement_spec())
     await hub.until(
@@ -312,6 +314,8 @@ async def _rollout(hub: Hub, plan: SimPlan, connected_at: float) -> dict[str, An
         f"the placement choosing all {n} clusters",
     )
     placed_s = round(time.monotonic() - connected_at, 2)
+    await asyncio.sleep(plan.settle_s)
+    placed_rss = rss(pid)
     _log(f"sim {n}: placed ({placed_s} s after connecting); PUT the WorkSet")
     started = time.monotonic()
     await hub.put("WorkSet", WORKSET, workset_spec(PLACEMENT))
@@ -324,7 +328,13 @@ async def _rollout(hub: Hub, plan: SimPlan, connected_at: float) -> dict[str, An
     )
     elapsed = round(time.monotonic() - started, 2)
     _log(f"sim {n}: applied on all {n} in {elapsed} s")
-    return {"rollout_sim_clusters": n, "rollout_sim_s": elapsed, "sim_placed_s": placed_s}
+    return {
+        "rollout_sim_clusters": n,
+        "rollout_sim_s": elapsed,
+        "sim_placed_s": placed_s,
+        "hub_rss_connected_MiB": round(connected_rss / MIB, 1),
+        "hub_rss_placed_MiB": round(placed_rss / MIB, 1),
+    }
 
 
 def measure_sim(clusters: int) -> dict[str, Any]:
