@@ -29,7 +29,10 @@ exit status is then 1; no figure is ever made up.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+import platform
 import random
 import statistics
 import sys
@@ -44,8 +47,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
 import fleet_placement  # noqa: E402 - after the path is set
+import fleet_report  # noqa: E402
 import fleet_rollout  # noqa: E402
 from bench_procs import BenchError  # noqa: E402
+from bench_stats import replace_section  # noqa: E402
 
 from fleet_model.cluster import TAINT_UNREACHABLE  # noqa: E402
 from tunnel_server.fleet.hub.controller import ControllerSettings, HubController  # noqa: E402
@@ -242,7 +247,11 @@ def main() -> None:
         default=None,
         help=f"simulated clusters (default {SIM_CLUSTERS}, {SIM_CLUSTERS_QUICK} with --quick)",
     )
+    parser.add_argument(
+        "--out", type=Path, help="rewrite this file's fleet section (docs/benchmarks.md)"
+    )
     args = parser.parse_args()
+    load_before = round(os.getloadavg()[0], 2)
     runs = 2 if args.quick else 5
     sim = args.sim_clusters or (SIM_CLUSTERS_QUICK if args.quick else SIM_CLUSTERS)
     if not 1 <= sim <= 10_000:
@@ -266,6 +275,21 @@ def main() -> None:
     for key, value in figures.items():
         if key not in ("not_measured", "sim_load_status", "goals_met"):
             print(f"{key:45s} {value}", file=sys.stderr)
+    if args.out is not None:
+        meta = {
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "scripts/bench/fleet " + " ".join(sys.argv[1:]),
+            "elapsed_s": figures["bench_s"],
+            "cpus": os.cpu_count(),
+            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": round(os.getloadavg()[0], 2),
+        }
+        text = args.out.read_text() if args.out.exists() else ""
+        section = fleet_report.markdown(figures, meta)
+        args.out.write_text(replace_section(text, section, fleet_report.START, fleet_report.END))
     print(json.dumps(figures))
     sys.exit(1 if not_measured else 0)
 

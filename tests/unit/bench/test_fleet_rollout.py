@@ -18,9 +18,11 @@ if str(BENCH) not in sys.path:
 
 import agents_load  # noqa: E402
 import fleet_bench  # noqa: E402
+import fleet_report  # noqa: E402
 import fleet_rollout as fr  # noqa: E402
 import fleet_sim  # noqa: E402
 from bench_procs import BenchError  # noqa: E402
+from bench_stats import replace_section  # noqa: E402
 
 from fleet_model import wire  # noqa: E402
 from fleet_model.documents import validate_document  # noqa: E402
@@ -163,3 +165,50 @@ def test_the_load_process_takes_fleet_only_with_cluster_tokens() -> None:
     assert agents_load.parse_args(base).kind == "node"
     with pytest.raises(SystemExit):
         agents_load.parse_args([*base, "--fleet"])
+
+
+META = {"date": "2026-12-03 23:06 UTC", "command": "scripts/bench/fleet --out x",
+        "elapsed_s": 200.0, "cpus": 2, "ram_gib": 23.5, "kernel": "6.1", "python": "3.11.7",
+        "load_before": 0.8, "load_after": 1.9}  # fmt: skip
+
+
+def test_the_section_shows_each_figure_beside_its_goal_or_why_it_is_missing() -> None:
+    figures = {
+        "placement_1000_clusters_ms": 393.4,
+        "rollout_sim_clusters": 1000,
+        "rollout_sim_s": 12.345,
+        "hub_rss_mib_per_1000_clusters": 512.0,
+        "rollout_real_clusters": 3,
+        "hub_rss_before_MiB": 64.0,
+        "hub_rss_connected_MiB": 8.25,
+        "hub_rss_after_MiB": 576.0,
+        "goals_met": {"hub memory < 200 MiB per 1,000 clusters": False},
+        "not_measured": {"rollout_real_s": "kube-apiserver | missing"},
+    }
+    text = fleet_report.markdown(figures, META)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 1,000 | < 1,000 |" not in text
+    assert "| 393.4 | ms | < 1,000 |" in rows["| 100 placements scheduled over 1,000 clusters "
+                                            "(pure scheduler, median)"]  # fmt: skip
+    sim = rows["| one WorkSet to 1,000 simulated clusters, PUT to all Applied"]
+    assert "| 12.3 | s | < 30 for 1,000" in sim  # one decimal from 10 up, two below
+    real = rows["| one WorkSet to 3 real member clusters, PUT to all Available"]
+    assert "not measured: kube-apiserver / missing" in real  # a pipe would break the table
+    assert "hub memory < 200 MiB per 1,000 clusters: NOT met" in text
+    assert "works applied 576.0" in text
+    assert "all connected (leases, ManagedClusters) 8.25" in text
+    assert text.count("\n| ") == len(fleet_report.ROWS) + 1  # the header and one row each
+
+
+def test_the_section_replaces_only_its_own_markers() -> None:
+    document = (
+        "# Benchmarks\n\nintro\n\n<!-- bench:console:start -->\nold\n<!-- bench:console:end -->\n"
+    )
+    once = replace_section(
+        document, "## Hub-managed fleet\nA", fleet_report.START, fleet_report.END
+    )
+    twice = replace_section(once, "## Hub-managed fleet\nB", fleet_report.START, fleet_report.END)
+    assert "old" in twice
+    assert "\nA\n" not in twice
+    assert twice.count(fleet_report.START) == 1
+    assert "\nB\n" in twice
