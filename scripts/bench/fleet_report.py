@@ -116,6 +116,17 @@ def markdown(figures: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             + "; ".join(f"{text} {_cell(figures.get(key))}" for text, key in stages)
             + ".",
         ]
+    if "rollout_sim_hub_cpu_s" in figures:
+        hub_cpu = _cell(figures["rollout_sim_hub_cpu_s"])
+        load_cpu = _cell(figures.get("rollout_sim_load_cpu_s"))
+        idle = _cell(figures.get("hub_idle_cpu_pct"))
+        lines += [
+            "",
+            (
+                f"CPU during the simulated rollout: hub {hub_cpu} s, load process {load_cpu} s; "
+                f"hub while idle, every cluster renewing its lease (10 s): {idle} % of one core."
+            ),
+        ]
     met = figures.get("goals_met") or {}
     if met:
         lines += [

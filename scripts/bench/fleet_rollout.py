@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_agents import LoadProcess, raise_fd_limit, rss
+from bench_agents import LoadProcess, cpu_seconds, raise_fd_limit, rss
 from bench_paths import READY_TIMEOUT_S, server_argv, wait_server_ready
 from bench_procs import BenchError, free_port, running
 
@@ -63,6 +63,8 @@ class SimPlan:
     rollout_timeout_s: float
     settle_s: float
     """Quiet before each RSS sample (a pass or a flush in flight finishes)."""
+    idle_s: float = 10.0
+    """The idle window after the rollout (one default lease period: every cluster renews once)."""
 
 
 def make_sim_plan(*, clusters: int) -> SimPlan:
@@ -231,6 +233,13 @@ async def _drain(load: LoadProcess) -> None:
         await load.next_event({"stopped"}, 24 * 3600)
 
 
+async def _idle_cpu_pct(pid: int, window_s: float) -> float:
+    """The process's CPU (% of one core) over ``window_s`` of quiet: N clusters' upkeep."""
+    cpu, started = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(window_s)
+    return round(100 * (cpu_seconds(pid) - cpu) / (time.monotonic() - started), 1)
+
+
 async def rollout_sim(plan: SimPlan, workdir: Path) -> dict[str, Any]:
     n = plan.clusters
     limit = raise_fd_limit()
@@ -280,14 +289,15 @@ async def rollout_sim(plan: SimPlan, workdir: Path) -> dict[str, Any]:
                 token = (data_dir / "admin-token").read_text().strip()
                 async with aiohttp.ClientSession() as http:
                     hub = Hub(http, url, token, data_dir / "ca.crt")
-                    figures |= await _rollout(hub, plan, started, server.pid)
-                await asyncio.sleep(plan.settle_s)
+                    figures |= await _rollout(hub, plan, started, (server.pid, proc.pid))
+                idle_pct = await _idle_cpu_pct(server.pid, plan.idle_s)
                 after = rss(server.pid)
                 proc.check_alive()
                 figures |= {
                     "hub_rss_before_MiB": round(before / MIB, 1),
                     "hub_rss_after_MiB": round(after / MIB, 1),
                     "hub_rss_mib_per_1000_clusters": rss_per_1000_mib(before, after, n),
+                    "hub_idle_cpu_pct": idle_pct,
                     "sim_load_status": {
                         key: load.last_status.get(key) for key in ("connected", "failures", "fleet")
                     },
@@ -300,7 +310,11 @@ async def rollout_sim(plan: SimPlan, workdir: Path) -> dict[str, Any]:
     return figures
 
 
-async def _rollout(hub: Hub, plan: SimPlan, connected_at: float, pid: int) -> dict[str, Any]:
+async def _rollout(
+    hub: Hub, plan: SimPlan, connected_at: float, pids: tuple[int, int]
+) -> dict[str, Any]:
+    """Placement, then the timed WorkSet; ``pids``: the server's and the load process's."""
+    pid, load_pid = pids
     n = plan.clusters
     await asyncio.sleep(plan.settle_s)
     connected_rss = rss(pid)
@@ -317,6 +331,7 @@ async def _rollout(hub: Hub, plan: SimPlan, connected_at: float, pid: int) -> di
     await asyncio.sleep(plan.settle_s)
     placed_rss = rss(pid)
     _log(f"sim {n}: placed ({placed_s} s after connecting); PUT the WorkSet")
+    hub_cpu, load_cpu = cpu_seconds(pid), cpu_seconds(load_pid)
     started = time.monotonic()
     await hub.put("WorkSet", WORKSET, workset_spec(PLACEMENT))
     await hub.until(
@@ -327,6 +342,7 @@ async def _rollout(hub: Hub, plan: SimPlan, connected_at: float, pid: int) -> di
         f"the WorkSet applied on all {n} clusters",
     )
     elapsed = round(time.monotonic() - started, 2)
+    hub_cpu, load_cpu = cpu_seconds(pid) - hub_cpu, cpu_seconds(load_pid) - load_cpu
     _log(f"sim {n}: applied on all {n} in {elapsed} s")
     return {
         "rollout_sim_clusters": n,
@@ -334,6 +350,8 @@ async def _rollout(hub: Hub, plan: SimPlan, connected_at: float, pid: int) -> di
         "sim_placed_s": placed_s,
         "hub_rss_connected_MiB": round(connected_rss / MIB, 1),
         "hub_rss_placed_MiB": round(placed_rss / MIB, 1),
+        "rollout_sim_hub_cpu_s": round(hub_cpu, 2),
+        "rollout_sim_load_cpu_s": round(load_cpu, 2),
     }
 
 

@@ -179,6 +179,8 @@ def test_the_section_shows_each_figure_beside_its_goal_or_why_it_is_missing() ->
         "rollout_sim_s": 12.345,
         "hub_rss_mib_per_1000_clusters": 512.0,
         "rollout_real_clusters": 3,
+        "rollout_sim_hub_cpu_s": 20.5,
+        "hub_idle_cpu_pct": 35.0,
         "hub_rss_before_MiB": 64.0,
         "hub_rss_connected_MiB": 8.25,
         "hub_rss_after_MiB": 576.0,
@@ -197,6 +199,8 @@ def test_the_section_shows_each_figure_beside_its_goal_or_why_it_is_missing() ->
     assert "hub memory < 200 MiB per 1,000 clusters: NOT met" in text
     assert "works applied 576.0" in text
     assert "all connected (leases, ManagedClusters) 8.25" in text
+    assert "hub 20.5 s, load process - s" in text
+    assert "35.0 % of one core" in text
     assert text.count("\n| ") == len(fleet_report.ROWS) + 1  # the header and one row each
 
 
