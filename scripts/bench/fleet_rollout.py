@@ -75,8 +75,8 @@ def make_sim_plan(*, clusters: int) -> SimPlan:
         clusters=clusters,
         join_timeout_s=60.0 + clusters * 0.2,
         connect_timeout_s=60.0 + clusters * 0.1,
-        placed_timeout_s=60.0 + clusters * 0.1,
-        rollout_timeout_s=120.0 + clusters * 0.3,
+        placed_timeout_s=60.0 + clusters * 0.3,
+        rollout_timeout_s=120.0 + clusters * 0.5,
         settle_s=2.0,
     )
 
