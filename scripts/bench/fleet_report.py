@@ -35,6 +35,12 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("controller_lease_pass_ms", "pass after 100 lease renewals (median)", "ms", "-"),
     (
+        "sim_placement_s",
+        "a Placement over {rollout_sim_clusters} connected simulated clusters, PUT to all chosen",
+        "s",
+        "-",
+    ),
+    (
         "rollout_sim_s",
         "one WorkSet to {rollout_sim_clusters} simulated clusters, PUT to all Applied",
         "s",
