@@ -47,6 +47,22 @@ LIVE = 20_000
 """ms: a guard against hangs while waiting for a live change (reports come every 0.5 s)."""
 
 
+async def _transports_closed(loop: asyncio.AbstractEventLoop, *, within: float = 5.0) -> None:
+    """Let TLS transports that are still shutting down finish closing their sockets.
+
+    A closed aiohttp session or WebSocket leaves its TLS transport closing (close_notify sent,
+    the peer's awaited); closing the loop then would strand the socket, and a later garbage
+    collection would fail whatever test runs then with an unclosed-socket ResourceWarning.
+    ``_transports`` is the selector loop's private table of its transports (test code only).
+    """
+    table = getattr(loop, "_transports", {})
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if all(getattr(t, "_sock", None) is None for t in list(table.values())):
+            return
+        await asyncio.sleep(0.05)  # nothing signals a socket being closed: look again
+
+
 @dataclass(kw_only=True)
 class ClusterAgent:
     """What cluster mode runs, on its own event loop in a thread: tunnel, reports, sampling."""
@@ -71,6 +87,7 @@ class ClusterAgent:
             except BaseException as error:  # noqa: BLE001 - handed to the test thread
                 self._done.set_exception(error)
             finally:
+                loop.run_until_complete(_transports_closed(loop))
                 loop.close()
 
         self._thread = threading.Thread(target=main, name="cluster-agent", daemon=True)
