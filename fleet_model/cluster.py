@@ -32,7 +32,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
@@ -46,6 +45,7 @@ from fleet_model.labels import (
     validate_label_value,
 )
 from fleet_model.problems import SpecError, escape
+from fleet_model.times import format_time, parse_time
 
 __all__ = [
     "BUILTIN_SETS",
@@ -109,31 +109,9 @@ MAX_CLAIM_VALUE = 1024
 """Characters of one claim value (a version, a region, a count)."""
 MAX_QUANTITY_CHARS = 64
 """A Kubernetes quantity longer than this is garbage, not a size."""
-MAX_TIME_CHARS = 64
-
-_EPOCH_LIMIT = 253402300799.0  # 9999-12-31T23:59:59Z: RFC 3339 cannot say later
 
 
 # ---------------------------------------------------------------- time and conditions
-
-
-def format_time(seconds: float) -> str:
-    """``seconds`` since the epoch as RFC 3339 in UTC, to the second (Kubernetes' metav1.Time)."""
-    clamped = min(max(seconds, 0.0), _EPOCH_LIMIT)
-    return datetime.fromtimestamp(math.floor(clamped), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: object) -> float | None:
-    """An RFC 3339 timestamp with a zone as seconds since the epoch, or None if it is not one."""
-    if not isinstance(text, str) or not 0 < len(text) <= MAX_TIME_CHARS:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None or "T" not in text.upper():
-        return None
-    return moment.timestamp()
 
 
 def next_condition(

@@ -26,10 +26,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from fleet_model.problems import SpecError, escape, is_name
+from fleet_model.times import format_time as rfc3339
 
 __all__ = [
     "DEFAULT_FIELD_MANAGER",
@@ -572,11 +573,6 @@ def parse_template(spec: object, *, base: str = "/spec/manifestWorkTemplate") ->
 
 
 # ---------------------------------------------------------------- conditions
-
-
-def rfc3339(when: float) -> str:
-    """``when`` (seconds since the epoch) as Kubernetes writes times: whole seconds, UTC."""
-    return datetime.fromtimestamp(int(when), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(text: object) -> float | None:
