@@ -370,6 +370,13 @@ def measure_real(*, within_s: float = 300.0) -> dict[str, Any]:
     """One WorkSet to every member of the e2e harness fleet, until all Available."""
     sys.path.insert(0, str(ROOT))
     from tests.harness.fleet import MEMBERS, running_fleet  # noqa: PLC0415 - needs kube binaries
+    from tests.harness.waiting import NotSeen, eventually  # noqa: PLC0415 - beside the harness
+
+    def wait(check: Callable[[], bool], what: str) -> None:
+        try:
+            eventually(check, what=what, within=within_s, every=0.1)
+        except NotSeen as error:
+            raise BenchError(str(error)) from None
 
     with tempfile.TemporaryDirectory(prefix="fleet-bench-real-") as folder:
         started = time.monotonic()
@@ -378,27 +385,16 @@ def measure_real(*, within_s: float = 300.0) -> dict[str, Any]:
             n = len(MEMBERS)
             _log(f"real: {n} member clusters up in {up_s} s; placing")
             fleet.put("Placement", PLACEMENT, placement_spec())
-            _poll(
+            wait(
                 lambda: selected(fleet.get("Placement", PLACEMENT)) == n,
-                within_s,
                 f"the placement choosing all {n} members",
             )
             started = time.monotonic()
             fleet.put("WorkSet", WORKSET, workset_spec(PLACEMENT))
-            _poll(
+            wait(
                 lambda: summary_count(fleet.get("WorkSet", WORKSET), "available", n) == n,
-                within_s,
                 f"the WorkSet available on all {n} members",
             )
             elapsed = round(time.monotonic() - started, 2)
             _log(f"real: available on all {n} in {elapsed} s")
             return {"rollout_real_clusters": n, "rollout_real_s": elapsed, "real_fleet_up_s": up_s}
-
-
-def _poll(check: Callable[[], bool], within_s: float, what: str) -> None:
-    """Until ``check()`` (every 0.1 s: the harness client is synchronous)."""
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} not reached in {within_s:.0f} s")
-        time.sleep(0.1)
