@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import jsonpatch  # type: ignore[import-untyped]
+import jsonpatch
 import jsonpointer
 
 from fleet_model.labels import (
@@ -391,7 +391,7 @@ def apply_overrides(
                 TypeError,
                 ValueError,
             ) as error:
-                problems.append((where, f"{label}: {error or type(error).__name__}"))
+                problems.append((where, f"{label}: {str(error) or type(error).__name__}"))
                 break
             try:
                 patched = parse_manifest(body, manifest.ordinal, "")
