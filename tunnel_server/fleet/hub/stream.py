@@ -12,20 +12,23 @@ messages, docs/fleet/stream.md the protocol). Rules:
   its node record is approved. After the hello the cloud sends ``settings``, then every Work
   with ``spec.clusterName`` == the cluster that the agent lacks or holds at another
   resourceVersion, and ``delete`` for every Work the agent holds that is gone (or moved to
-  another cluster). Then it follows the fleet store's change log from the revision it read,
-  and pushes ``work``/``delete`` as they happen; a change log that expired under it
-  (``ChangesExpiredError``) means a full resend, as after a hello. A Work whose generation is
-  what the agent holds is not sent again (a status write changes the resourceVersion only).
+  another cluster). Then it takes the changes of its cluster's Works from the hub's one
+  reader of the change log (``stream_fanout.py``) past the revision it read, and pushes
+  ``work``/``delete`` as they happen; a change log that expired under the reader, or a stream
+  that fell ``max_pending`` changes behind, means a full resend, as after a hello. A Work whose
+  generation is what the agent holds is not sent again (a status write changes the
+  resourceVersion only).
 * Status: a ``status`` for Work W at resourceVersion R is written (``hub.set_status``) only
   when W exists, is for this cluster, and R is the version this stream gave the agent (or
   confirmed in its hello) *and* that version's generation is W's current generation. Anything
   else is stale (the agent applied an older spec; the newer one is on its way) and dropped:
   a status never describes a spec it was not made from. Only the status fields of a Work are
   kept (conditions, resourceStatus, observedGeneration, appliedAt).
-* Bounds: nothing queues per stream; the store's change log is the queue, and this end keeps
-  only what the agent holds (name -> version, at most ``MAX_WORKS``). A write the agent does
-  not take within ``send_timeout`` (it reads nothing) resets the stream; the agent opens it
-  again and catches up through its hello. Broken frames reset the stream, nothing else.
+* Bounds: at most ``max_pending`` changes wait per stream (shared objects, then a resend), and
+  this end keeps only what the agent holds (name -> version, at most ``MAX_WORKS``). A write
+  the agent does not take within ``send_timeout`` (it reads nothing) resets the stream; the
+  agent opens it again and catches up through its hello. Broken frames reset the stream,
+  nothing else.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +55,8 @@ from tunnel_server.app_keys import (
     STORE_KEY,
 )
 from tunnel_server.fleet.hub.leases import Lease
-from tunnel_server.fleet.hub.store import ChangesExpiredError, ConflictError, FleetStoreError
+from tunnel_server.fleet.hub.store import ConflictError, FleetStoreError
+from tunnel_server.fleet.hub.stream_fanout import ChangeFanout
 from tunnel_server.fleet.hub.stream_feed import ClusterFeed, status_fields
 
 if TYPE_CHECKING:
@@ -77,7 +81,12 @@ class StreamSettings:
     """Seconds one message may wait for the agent to read (flow control) before the stream
     is reset: an agent that reads nothing costs a window of bytes, never a growing queue."""
     follow_timeout: float = 30.0
-    """Seconds between looks at the change log when no write was notified (a safety net)."""
+    """Seconds between looks at the change log when no write was notified (a safety net), and
+    between each stream's looks at its cluster's acceptance (a node approval is not a fleet
+    write)."""
+    max_pending: int = 4096
+    """Changes one stream may have waiting (its agent reads slowly) before it drops them and
+    resends everything from the store instead: memory per stream stays bounded."""
 
 
 # ------------------------------------------------------------------ metrics
@@ -132,6 +141,12 @@ class FleetStreams:
         self.settings = settings or StreamSettings()
         self.metrics = StreamMetrics(registry)
         self._selector_text = CLUSTER_LABEL + "={}"
+        self.fanout = ChangeFanout(
+            hub.store,
+            hub.events,
+            follow_timeout=self.settings.follow_timeout,
+            max_pending=self.settings.max_pending,
+        )
 
     async def serve(
         self, stream: TunnelStream, session: AgentSession, _app: web.Application
@@ -314,43 +329,42 @@ class FleetStreams:
     async def _push(self, stream: TunnelStream, feed: ClusterFeed) -> None:
         """Settings, the catch-up, then every change of this cluster's works as it happens."""
         cluster = feed.cluster
-        store = self._hub.store
-        revision = store.revision()
-        record = self._cluster(cluster)
-        lease_seconds = self._lease_seconds(record)
-        accepted = self._accepted(cluster, record)
-        await self._send(stream, [wire.Settings(lease_duration_seconds=lease_seconds)])
-        if accepted:
-            await self._send(stream, feed.resync(list(self._works_of(cluster))))
-        else:
-            log.info("cluster %s is not accepted yet: leases only, no works", cluster)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await self._hub.events.wait_past(revision, self.settings.follow_timeout)
-            top = store.revision()
-            if top <= revision:
-                continue
-            try:
-                changes = store.changes_since(revision)
-            except ChangesExpiredError:
-                log.info("change log expired under cluster %s's stream: resending all", cluster)
-                changes = None
-            revision = max([top, *(change.revision for change in changes or ())])
+        subscription = self.fanout.subscribe(cluster)
+        try:
+            # No await between subscribing and reading the catch-up: the subscription gets
+            # exactly what is written after this read.
             record = self._cluster(cluster)
-            now_accepted = self._accepted(cluster, record)
-            seconds = self._lease_seconds(record)
-            out: list[wire.CloudMessage] = []
-            if seconds != lease_seconds:
-                lease_seconds = seconds
-                out.append(wire.Settings(lease_duration_seconds=seconds))
-            if now_accepted and (changes is None or not accepted):
-                out += feed.resync(list(self._works_of(cluster)))
-            elif now_accepted and changes is not None:
-                out += self._changes(feed, changes)
-            if accepted and not now_accepted:
-                log.info("cluster %s is no longer accepted: no more works sent", cluster)
-            accepted = now_accepted
-            await self._send(stream, out)
+            lease_seconds = self._lease_seconds(record)
+            accepted = self._accepted(cluster, record)
+            first: list[wire.CloudMessage] = [wire.Settings(lease_duration_seconds=lease_seconds)]
+            if accepted:
+                first += feed.resync(list(self._works_of(cluster)))
+            else:
+                log.info("cluster %s is not accepted yet: leases only, no works", cluster)
+            await self._send(stream, first)
+            while True:
+                await subscription.wait(self.settings.follow_timeout)
+                changes = subscription.take()
+                if changes is None:
+                    log.info("cluster %s's stream resends all its works", cluster)
+                record = self._cluster(cluster)
+                now_accepted = self._accepted(cluster, record)
+                seconds = self._lease_seconds(record)
+                out: list[wire.CloudMessage] = []
+                if seconds != lease_seconds:
+                    lease_seconds = seconds
+                    out.append(wire.Settings(lease_duration_seconds=seconds))
+                if now_accepted and (changes is None or not accepted):
+                    out += feed.resync(list(self._works_of(cluster)))
+                elif now_accepted and changes:
+                    out += self._changes(feed, changes)
+                if accepted and not now_accepted:
+                    log.info("cluster %s is no longer accepted: no more works sent", cluster)
+                accepted = now_accepted
+                if out:
+                    await self._send(stream, out)
+        finally:
+            self.fanout.unsubscribe(subscription)
 
     def _changes(self, feed: ClusterFeed, changes: list[Change]) -> list[wire.CloudMessage]:
         out: list[wire.CloudMessage] = []
@@ -401,3 +415,11 @@ def setup_stream(app: web.Application, *, settings: StreamSettings | None = None
     )
     app[STREAMS_KEY] = streams
     app[AGENT_SERVICES_KEY][wire.FLEET_TARGET] = streams.serve
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(streams.fanout.run(), name="fleet.stream-fanout")
+            yield
+            task.cancel()
+
+    app.cleanup_ctx.append(lifecycle)
