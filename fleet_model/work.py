@@ -26,11 +26,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Final
 
 from fleet_model.problems import SpecError, escape, is_name
 from fleet_model.times import format_time as rfc3339
+from fleet_model.times import parse_time
 
 __all__ = [
     "DEFAULT_FIELD_MANAGER",
@@ -48,7 +48,6 @@ __all__ = [
     "aggregate_conditions",
     "find_condition",
     "parse_manifest",
-    "parse_rfc3339",
     "parse_spec",
     "parse_template",
     "rfc3339",
@@ -575,19 +574,6 @@ def parse_template(spec: object, *, base: str = "/spec/manifestWorkTemplate") ->
 # ---------------------------------------------------------------- conditions
 
 
-def parse_rfc3339(text: object) -> float | None:
-    """A condition's time back to seconds since the epoch; None when absent or malformed."""
-    if not isinstance(text, str) or len(text) > 64:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.timestamp()
-
-
 def find_condition(conditions: object, kind: str) -> Mapping[str, Any] | None:
     """The condition of type ``kind`` in a status's list, if any (tolerates junk)."""
     if not isinstance(conditions, list):
@@ -613,7 +599,7 @@ def set_condition(
     since = rfc3339(now)
     if old is not None and old.get("status") == status:
         kept = old.get("lastTransitionTime")
-        if parse_rfc3339(kept) is not None:
+        if parse_time(kept) is not None:
             since = str(kept)
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1] + "…"

@@ -72,10 +72,10 @@ from typing import Any, Final, Literal
 
 from fleet_model.overrides import ClusterLike, Override, apply_overrides, parse_overrides
 from fleet_model.problems import SpecError, escape, is_name
+from fleet_model.times import parse_time
 from fleet_model.work import (
     WorkTemplate,
     find_condition,
-    parse_rfc3339,
     parse_template,
     rfc3339,
     set_condition,
@@ -382,7 +382,7 @@ class WorkState:
 
         def since(kind: str) -> float | None:
             found = find_condition(conditions, kind)
-            return parse_rfc3339(found.get("lastTransitionTime")) if found else None
+            return parse_time(found.get("lastTransitionTime")) if found else None
 
         applied = find_condition(conditions, "Applied")
         seen = applied.get("observedGeneration") if applied else status.get("observedGeneration")
@@ -504,7 +504,7 @@ def previous_rollout(status: object) -> dict[str, ClusterRollout]:
         if not isinstance(item, dict):
             continue
         cluster, state, since = item.get("cluster"), item.get("status"), item.get("since")
-        when = parse_rfc3339(since)
+        when = parse_time(since)
         if isinstance(cluster, str) and state in STATUSES and when is not None:
             out[cluster] = ClusterRollout(cluster=cluster, status=state, since=when)
     return out

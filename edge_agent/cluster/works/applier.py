@@ -33,10 +33,11 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,9 @@ class WorkApplier:
         self._records = self._store.load()
         self._discovery = Discovery(api, refresh_seconds=settings.discovery_refresh_seconds)
         self._callbacks: list[StatusCallback] = []
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        """Per work name: its lock and how many hold or wait for it (freed at zero, so works
+        that come and go over months leave nothing behind)."""
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._not_ready_since: dict[_Key, float] = {}
         # The resourceVersion each work's status was last reported with: a new version of a
@@ -207,8 +210,17 @@ class WorkApplier:
 
     # -- one pass
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[name]
 
     async def _pass(self, name: str, record: WorkRecord) -> None:
         async with self._slots:

@@ -40,8 +40,9 @@ class WorkSettings:
     """Bytes of one work's status JSON: it travels in one ``fleet`` stream message (1 MiB);
     beyond it the statusFeedback values are left out (conditions stay) and said so."""
 
-    max_works: int = 1000
-    """Works held at once: one cluster rarely runs more than a few dozen."""
+    max_works: int = 2048
+    """Works held at once: one cluster rarely runs more than a few dozen; the hub sends at
+    most 2,048 per cluster (the fleet stream's bound), so a lower setting refuses some."""
 
     concurrency: int = 4
     """Works applied at the same time (each manifest of a work is applied in order): bounds

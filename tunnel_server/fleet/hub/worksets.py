@@ -24,7 +24,8 @@ from typing import Any
 
 from fleet_model.cluster import ClusterView
 from fleet_model.problems import SpecError, is_name
-from fleet_model.work import parse_rfc3339, rfc3339, set_condition
+from fleet_model.times import parse_time
+from fleet_model.work import rfc3339, set_condition
 from fleet_model.workset import (
     Decision,
     WorkSetSpec,
@@ -159,7 +160,7 @@ def plan_workset(
             work.status,
             generation=work.generation,
             current=cluster in rendered and dict(work.spec) == rendered[cluster],
-            updated_at=parse_rfc3339(work.annotations.get(RENDERED_AT)),
+            updated_at=parse_time(work.annotations.get(RENDERED_AT)),
         )
         for cluster, work in by_cluster.items()
     }

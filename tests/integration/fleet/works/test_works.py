@@ -244,6 +244,7 @@ async def test_delete_foreground_removes_orphan_keeps_and_dropped_manifests_go(
     assert exists(cluster, "configmap/or-a", "-n", namespace)
     assert agent.applier.works() == {}
     assert list(agent.state_dir.iterdir()) == []
+    assert agent.applier._locks == {}  # works that came and went leave no lock behind
 
 
 async def test_a_restarted_applier_keeps_its_works_without_recreating_them(
