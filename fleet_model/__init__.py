@@ -7,9 +7,10 @@ here, so they can be tested as synchronous scripts and fuzzed like ``device_mode
 * cluster records: a registered cluster's name, labels, claims, conditions and lease;
 * label selectors (``labels``): parsed and matched the way the API server does; promoted here
   from the kube cache, which imports them from here (its field selectors stay in
-  ``edge_agent/kubecache/selectors.py``);
+  ``edge_agent/kubecache/selectors.py``); ``selectors``: the one parser of Kubernetes
+  ``LabelSelector`` objects (matchLabels + matchExpressions) every fleet object uses;
 * placement: which clusters a placement selects, spread and weighted;
-* pool sizing: how many nodes an elastic pool wants, from demand and bounds.
+* elastic (``elastic/``): ResourcePolicy units and NodePool sizing (issue 15).
 
 Rules (import-linter contracts in pyproject.toml enforce the first two):
 

@@ -31,14 +31,8 @@ from typing import Any, Final, Protocol
 import jsonpatch
 import jsonpointer
 
-from fleet_model.labels import (
-    LabelRequirement,
-    LabelSelector,
-    Op,
-    SelectorError,
-    validate_label_key,
-    validate_label_value,
-)
+from fleet_model import selectors
+from fleet_model.labels import LabelSelector
 from fleet_model.problems import SpecError, escape, is_name
 from fleet_model.work import Manifest, parse_manifest
 
@@ -140,84 +134,15 @@ def _depth(value: object, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def _requirement(value: object, path: str, problems: Problems) -> LabelRequirement | None:
-    if not isinstance(value, dict):
-        problems.append((path, "must be {key, operator, values}"))
-        return None
-    key, operator, values = value.get("key"), value.get("operator"), value.get("values")
-    ops = {"In": Op.IN, "NotIn": Op.NOT_IN, "Exists": Op.EXISTS, "DoesNotExist": Op.NOT_EXISTS}
-    if operator not in ops:
-        problems.append((f"{path}/operator", f"must be one of {', '.join(ops)}"))
-        return None
-    try:
-        if not isinstance(key, str):
-            raise SelectorError("key must be a label key")  # noqa: TRY301 - one report path
-        validate_label_key(key)
-        if operator in {"In", "NotIn"}:
-            if not isinstance(values, list) or not values or len(values) > MAX_EXPRESSIONS:
-                raise SelectorError(  # noqa: TRY301
-                    f"{operator} needs 1 to {MAX_EXPRESSIONS} values"
-                )
-            for item in values:
-                if not isinstance(item, str):
-                    raise SelectorError("values must be strings")  # noqa: TRY301
-                validate_label_value(item)
-            return LabelRequirement(key, ops[operator], tuple(sorted(set(values))))
-        if values:
-            raise SelectorError(f"{operator} takes no values")  # noqa: TRY301
-        return LabelRequirement(key, ops[operator])
-    except SelectorError as error:
-        problems.append((path, str(error)))
-        return None
-
-
-def _match_labels(value: object, path: str, problems: Problems) -> list[LabelRequirement]:
-    labels = value or {}
-    if not isinstance(labels, dict) or len(labels) > MAX_EXPRESSIONS:
-        problems.append((path, f"must map at most {MAX_EXPRESSIONS} keys"))
-        return []
-    out: list[LabelRequirement] = []
-    for key, item in labels.items():
-        try:
-            if not isinstance(item, str):
-                raise SelectorError("must be a string")  # noqa: TRY301
-            validate_label_key(key)
-            validate_label_value(item)
-        except SelectorError as error:
-            problems.append((f"{path}/{escape(str(key))}", str(error)))
-            continue
-        out.append(LabelRequirement(key, Op.EQUALS, (item,)))
-    return out
-
-
 def parse_label_selector_object(
     value: object, path: str, problems: Problems
 ) -> LabelSelector | None:
     """A Kubernetes LabelSelector ``{matchLabels, matchExpressions}``; None if absent/invalid."""
     if value is None:
         return None
-    if not isinstance(value, dict):
-        problems.append((path, "must be {matchLabels, matchExpressions}"))
-        return None
     before = len(problems)
-    requirements: list[LabelRequirement] = []
-    for key in value:
-        if key not in {"matchLabels", "matchExpressions"}:
-            problems.append((f"{path}/{escape(str(key))}", "unknown field"))
-    requirements.extend(_match_labels(value.get("matchLabels"), f"{path}/matchLabels", problems))
-    expressions = value.get("matchExpressions") or []
-    if not isinstance(expressions, list) or len(expressions) > MAX_EXPRESSIONS:
-        problems.append(
-            (f"{path}/matchExpressions", f"must be a list of at most {MAX_EXPRESSIONS}")
-        )
-        expressions = []
-    for index, item in enumerate(expressions):
-        requirement = _requirement(item, f"{path}/matchExpressions/{index}", problems)
-        if requirement is not None:
-            requirements.append(requirement)
-    if len(problems) > before:
-        return None
-    return LabelSelector(tuple(sorted(set(requirements))))
+    selector = selectors.parse_label_selector_object(value, path, problems)
+    return None if len(problems) > before else selector
 
 
 def _cluster_selector(value: object, path: str, problems: Problems) -> ClusterSelector:

@@ -24,13 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleet_model.cluster import (
-    MAX_CLAIM_VALUE,
-    MAX_CLAIMS,
-    MAX_QUANTITY_CHARS,
-    format_time,
-    parse_time,
-)
+from fleet_model.cluster import MAX_CLAIMS, MAX_QUANTITY_CHARS
+from fleet_model.selectors import MAX_CLAIM_VALUE
+from fleet_model.times import format_time, parse_time
 from tunnel_server.fleet.hub.leases import Lease
 
 __all__ = ["LeaseFacts", "agent_fields", "lease_facts", "renew_time"]
