@@ -50,6 +50,7 @@ from fleet_model.cluster import parse_spec as parse_cluster_spec
 from fleet_model.documents import KINDS, PLURALS, validate_document
 from fleet_model.labels import LabelSelector, SelectorError, parse_label_selector
 from fleet_model.problems import SpecError, is_name
+from tunnel_server.api import auth
 from tunnel_server.api.access import Caller, require
 from tunnel_server.api.paging import page
 from tunnel_server.api.preconditions import etag, if_match
@@ -79,6 +80,10 @@ LONG_POLL_DEFAULT = 30.0
 KEEPALIVE = 15.0
 """Seconds between comment lines on a quiet watch, so proxies keep the connection open."""
 GONE_CHECK = 1.0
+CREDENTIAL_CHECK = 2.0
+"""Seconds between rechecks of an idle watcher's credential (it is also checked before every
+batch of events): a revoked user, a rotated admin token or a deleted user token ends its open
+watches with a ``revoked`` event, and no event is sent after it."""
 """Seconds between looks at a quiet watch's connection: a client that left frees its slot
 (``watches_per_caller``) within this, not at the next keepalive write."""
 _ADMIN_KINDS = frozenset({"ManagedCluster", "ManagedClusterSet", "GitSource"})
@@ -706,7 +711,14 @@ async def _watch(
             await response.write(b"retry: 2000\n\n")
             for obj in snapshot:
                 await response.write(_event("ADDED", obj))
-            follow = _follow(request, kind=kind, start=start, seconds=timeout, visible=visible)
+            follow = _follow(
+                request,
+                kind=kind,
+                start=start,
+                seconds=timeout,
+                visible=visible,
+                credential=auth.bearer(request),
+            )
             async for chunk in follow:
                 await response.write(chunk)
         except (ConnectionResetError, asyncio.CancelledError):
@@ -730,20 +742,27 @@ async def _follow(
     start: int,
     seconds: float,
     visible: Callable[[StoredObject], bool],
+    credential: str,
 ) -> AsyncIterator[bytes]:
-    """The watch's events after ``start`` for ``seconds``, until the server stops, or 410."""
+    """The watch's events after ``start`` for ``seconds``, until the server stops, or 410.
+
+    Ends with a ``revoked`` event (a problem document, as the live event stream's) once
+    ``credential`` stops working: a watch must not outlive the right to read.
+    """
     hub = _hub(request)
     closing = request.app[_CLOSING_KEY]
     deadline = time.monotonic() + seconds
     quiet_since = time.monotonic()
+    credential_check = _CredentialCheck(request.app, credential)
     seen = start
     while not closing.is_set():
         current = hub.store.revision()  # every write up to it is in the log read next
-        try:
-            changes = hub.store.changes_since(seen, kind=kind)
-        except ChangesExpiredError as error:  # fell behind the kept log while writing
-            body = problem(410, "expired", str(_expired(error)))
-            yield f"event: ERROR\ndata: {json.dumps(body)}\n\n".encode()
+        changes = _changes_or_410(hub, seen, kind)
+        if not isinstance(changes, bytes):
+            # Before anything is sent (and now and then when idle): no event after a revocation.
+            changes = credential_check.refusal(due=bool(changes)) or changes
+        if isinstance(changes, bytes):
+            yield changes
             return
         for change in changes:
             seen = change.revision
@@ -764,6 +783,41 @@ async def _follow(
         if time.monotonic() - quiet_since >= KEEPALIVE and deadline - time.monotonic() > 0:
             quiet_since = time.monotonic()
             yield b": keepalive\n\n"
+
+
+def _changes_or_410(hub: FleetHub, seen: int, kind: str) -> list[Change] | bytes:
+    """The changes past ``seen``, or the ERROR event (410) when the log no longer has them."""
+    try:
+        return hub.store.changes_since(seen, kind=kind)
+    except ChangesExpiredError as error:  # fell behind the kept log while writing
+        body = problem(410, "expired", str(_expired(error)))
+        return f"event: ERROR\ndata: {json.dumps(body)}\n\n".encode()
+
+
+class _CredentialCheck:
+    """Rechecks a watcher's bearer value every ``CREDENTIAL_CHECK`` seconds."""
+
+    def __init__(self, app: web.Application, credential: str) -> None:
+        self._app = app
+        self._credential = credential
+        self._checked_at = time.monotonic()
+
+    def refusal(self, *, due: bool) -> bytes | None:
+        """The ``revoked`` event that ends the watch if its credential stopped working.
+
+        Checked when ``due`` (events are about to be sent) or ``CREDENTIAL_CHECK`` seconds
+        after the last check.
+        """
+        if not due and time.monotonic() - self._checked_at < CREDENTIAL_CHECK:
+            return None
+        self._checked_at = time.monotonic()
+        try:
+            auth.identify(self._app, self._credential, now=time.time())
+        except ApiError as refused:
+            log.info("ending a fleet watch: %s", refused.code)
+            body = problem(401, refused.code, refused.message)
+            return f"event: revoked\ndata: {json.dumps(body)}\n\n".encode()
+        return None
 
 
 def event_for(change: Change, visible: Callable[[StoredObject], bool]) -> bytes | None:

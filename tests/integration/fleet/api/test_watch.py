@@ -147,3 +147,30 @@ def test_watches_are_bounded_per_user(fleet: Fleet) -> None:
     finally:
         for connection in open_streams:
             connection.close()
+
+
+def test_revoking_the_watchers_user_ends_its_watch(fleet: Fleet) -> None:
+    made = fleet.call("POST", "/api/v1/users", {"name": "fleet-leaver", "role": "viewer"})
+    assert made.status == 201, made
+    fleet.tokens["leaver"] = made.body["token"]
+    connection = fleet.connection()
+    try:
+        connection.request(
+            "GET",
+            "/api/v1/fleet/works?watch=true&labelSelector=leaver%3Dyes&timeoutSeconds=120",
+            headers={"Authorization": f"Bearer {fleet.tokens['leaver']}"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        fleet.put(_work("leaver-sees", labels={"leaver": "yes"}))
+        assert [e.type for e in events_of(response, 1)] == ["ADDED"]
+        revoked = fleet.call("DELETE", "/api/v1/users/fleet-leaver")
+        assert revoked.status == 200, revoked
+        fleet.put(_work("leaver-never-sees", labels={"leaver": "yes"}))
+        # The next event is the end, not the Work written after the revocation (a watch of
+        # 120 s would otherwise go on for its whole timeout).
+        ended = events_of(response, 1)
+        assert [(e.type, e.data["reason"]) for e in ended] == [("revoked", "user_revoked")]
+        assert events_of(response, None) == []  # and the server closed the stream
+    finally:
+        connection.close()
