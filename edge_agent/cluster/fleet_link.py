@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -43,7 +43,6 @@ log = logging.getLogger("edge_agent.cluster.fleet_link")
 
 _DRAIN_CHECK = 0.2
 """Seconds between looks at the session's state: a drain waits at most this for our stream."""
-DEFAULT_PROPAGATION = "Foreground"
 
 
 class Applier(Protocol):
@@ -52,7 +51,7 @@ class Applier(Protocol):
     def works(self) -> dict[str, int]: ...
     def status(self, name: str) -> dict[str, Any] | None: ...
     async def set_work(self, document: dict[str, Any]) -> None: ...
-    async def delete_work(self, name: str, *, propagation: str) -> None: ...
+    async def delete_work(self, name: str, *, propagation: str | None = None) -> None: ...
     def on_status(self, callback: Callable[[str, int, dict[str, Any]], None]) -> None: ...
 
 
@@ -139,7 +138,6 @@ class FleetLink:
         self._status_ready = asyncio.Event()
         self._cluster: str | None = None
         """This agent's cluster (its certificate's name), known once a session is up."""
-        self._policies: dict[str, str] = {}
         """Each received work's deleteOption, for a ``delete`` that does not name one."""
         self._sent_claims: tuple[dict[str, str], dict[str, str], dict[str, str]] | None = None
         """Claims, allocatable and capacity as last sent on the current stream."""
@@ -278,16 +276,14 @@ class FleetLink:
         elif isinstance(message, wire.WorkMessage):
             await self._set_work(message)
         elif isinstance(message, wire.Delete):
-            policy = message.propagation_policy or self._policies.get(
-                message.work, DEFAULT_PROPAGATION
-            )
+            # No policy from the hub: the work's own, from the copy the applier holds.
+            policy = message.propagation_policy
             await self.applier.delete_work(message.work, propagation=policy)
             self.deletes += 1
-            self._policies.pop(message.work, None)
             self._latest.pop(message.work, None)
             self._dirty.discard(message.work)
             await writer.send(wire.Removed(work=message.work))
-            log.info("work %s removed (%s)", message.work, policy)
+            log.info("work %s removed (%s)", message.work, policy or "its own deleteOption")
 
     async def _set_work(self, message: wire.WorkMessage) -> None:
         document = dict(message.document)
@@ -305,12 +301,6 @@ class FleetLink:
             log.error("work %s refused: %s", message.name, str(error)[:300])  # noqa: TRY400
             return
         self.works_received += 1
-        spec = document.get("spec")
-        option = spec.get("deleteOption") if isinstance(spec, Mapping) else None
-        policy = option.get("propagationPolicy") if isinstance(option, Mapping) else None
-        self._policies[message.name] = (
-            policy if policy in wire.PROPAGATION_POLICIES else DEFAULT_PROPAGATION
-        )
         log.info("work %s received (resourceVersion %d)", message.name, message.resource_version)
 
     async def _renew(self, writer: _Writer) -> None:

@@ -6,7 +6,7 @@ The interface the ``fleet`` stream drives (ISSUE14 "Agent-side applier")::
     applier.on_status(lambda name, resource_version, status: ...)   # only on change
     applier.works()                      # {name: resourceVersion} held (for the hello)
     await applier.set_work(document)     # keep on disk, apply now (idempotent)
-    await applier.delete_work(name, propagation="Foreground" | "Orphan")
+    await applier.delete_work(name, propagation="Foreground" | "Orphan" | None)
     await applier.run()                  # resync loop: re-apply, scrape feedback, retry deletes
 
 Rules:
@@ -175,15 +175,21 @@ class WorkApplier:
             self._records[name] = record
             await self._pass(name, record)
 
-    async def delete_work(self, name: str, *, propagation: str) -> None:
-        """Forget work ``name``; with Foreground also delete what it applied (else Orphan)."""
-        if propagation not in ("Foreground", "Orphan"):
+    async def delete_work(self, name: str, *, propagation: str | None = None) -> None:
+        """Forget work ``name``; with Foreground also delete what it applied (Orphan: keep it).
+
+        ``None``: the work's own ``deleteOption`` from the copy this agent holds (the hub says
+        no policy for a work deleted while the agent was away: it no longer has the work).
+        """
+        if propagation not in ("Foreground", "Orphan", None):
             raise WorkError("propagation is Foreground or Orphan")
         name = work_name(name)
         async with self._lock(name):
             record = self._records.get(name)
             if record is None:
                 return
+            if propagation is None:
+                propagation = record.deleting or _own_propagation(record.document)
             record.document = None
             record.deleting = propagation
             record.status = None
@@ -520,3 +526,11 @@ class WorkApplier:
         else:
             self._not_ready_since.pop(key, None)
         return manifest_rows(outcome, verdict, late=late)
+
+
+def _own_propagation(document: Mapping[str, Any] | None) -> str:
+    """The work's ``spec.deleteOption.propagationPolicy``: Orphan if it says so, else Foreground."""
+    spec = document.get("spec") if document is not None else None
+    option = spec.get("deleteOption") if isinstance(spec, Mapping) else None
+    policy = option.get("propagationPolicy") if isinstance(option, Mapping) else None
+    return "Orphan" if policy == "Orphan" else "Foreground"

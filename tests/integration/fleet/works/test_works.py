@@ -247,6 +247,22 @@ async def test_delete_foreground_removes_orphan_keeps_and_dropped_manifests_go(
     assert agent.applier._locks == {}  # works that came and went leave no lock behind
 
 
+async def test_a_work_deleted_while_the_agent_was_away_keeps_its_own_orphan_policy(
+    cluster: member.MemberCluster, namespace: str, agent: Agent
+) -> None:
+    await agent.applier.set_work(
+        work("away-orphan", [config_map("ao", namespace)], delete="Orphan")
+    )
+    await agent.applier.set_work(work("away-fg", [config_map("af", namespace)]))
+    agent.restart()
+    # The hub deleted both meanwhile; it no longer knows their policies, so it sends none.
+    await agent.applier.delete_work("away-orphan", propagation=None)
+    await agent.applier.delete_work("away-fg", propagation=None)
+    assert exists(cluster, "configmap/ao", "-n", namespace)
+    assert not exists(cluster, "configmap/af", "-n", namespace)
+    assert agent.applier.works() == {}
+
+
 async def test_a_restarted_applier_keeps_its_works_without_recreating_them(
     cluster: member.MemberCluster, namespace: str, agent: Agent
 ) -> None:
