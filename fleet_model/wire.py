@@ -17,6 +17,7 @@ Fields a message does not define are ignored, so a later protocol may add some.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -47,6 +48,7 @@ __all__ = [
     "WireError",
     "WorkMessage",
     "encode",
+    "fitting",
     "parse_agent_message",
     "parse_cloud_message",
 ]
@@ -100,6 +102,9 @@ class Hello:
 
     works: Mapping[str, int]
     """Work name → the resourceVersion of the copy the agent holds (and applies)."""
+    generations: Mapping[str, int] = field(default_factory=dict)
+    """Work name → the generation of that copy (optional, names of ``works`` only): a Work
+    whose status alone moved its resourceVersion since is not sent again after a reconnect."""
     claims: Mapping[str, str] = field(default_factory=dict)
     allocatable: Mapping[str, str] = field(default_factory=dict)
     capacity: Mapping[str, str] = field(default_factory=dict)
@@ -110,6 +115,7 @@ class Hello:
             "type": "hello",
             "protocol": PROTOCOL_VERSION,
             "works": dict(self.works),
+            "generations": dict(self.generations),
             "claims": dict(self.claims),
             "allocatable": dict(self.allocatable),
             "capacity": dict(self.capacity),
@@ -293,6 +299,17 @@ def _resources(value: object, what: str) -> dict[str, str]:
     return dict(value)
 
 
+def fitting(hello: Hello) -> Hello:
+    """``hello``, or it without its optional generations when it would not fit one message."""
+    if not hello.generations:
+        return hello
+    try:
+        encode(hello)
+    except WireError:
+        return dataclasses.replace(hello, generations={})
+    return hello
+
+
 def _optional(
     message: Mapping[str, Any], key: str, parse: Callable[[object], dict[str, str]]
 ) -> dict[str, str] | None:
@@ -311,8 +328,16 @@ def _parse_hello(message: Mapping[str, Any]) -> Hello:
     for name, version in works.items():
         _name(name, "a work name in hello.works")
         _version(version, f"hello.works[{name!r}]")
+    generations = message.get("generations", {})
+    if not isinstance(generations, dict):
+        _fail("hello.generations must be an object of name: generation")
+    for name, generation in generations.items():
+        if name not in works:
+            _fail(f"hello.generations names {str(name)[:64]!r}, which hello.works does not")
+        _version(generation, f"hello.generations[{name!r}]")
     return Hello(
         works=dict(works),
+        generations=dict(generations),
         claims=_claims(message.get("claims", {})),
         allocatable=_resources(message.get("allocatable", {}), "allocatable"),
         capacity=_resources(message.get("capacity", {}), "capacity"),

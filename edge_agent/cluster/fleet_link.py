@@ -49,6 +49,7 @@ class Applier(Protocol):
     """What the link uses of ``edge_agent.cluster.works.WorkApplier``."""
 
     def works(self) -> dict[str, int]: ...
+    def generations(self) -> dict[str, int]: ...
     def status(self, name: str) -> dict[str, Any] | None: ...
     async def set_work(self, document: dict[str, Any]) -> None: ...
     async def delete_work(self, name: str, *, propagation: str | None = None) -> None: ...
@@ -244,17 +245,27 @@ class FleetLink:
     def _hello(self) -> wire.Hello:
         inventory = self._inventory()
         works = dict(sorted(self.applier.works().items())[: wire.MAX_WORKS])
+        generations = {
+            name: generation
+            for name, generation in self.applier.generations().items()
+            if name in works
+        }
         self._sent_claims = None
         if inventory is None:
-            return wire.Hello(works=works, apiserver_healthy=self._healthy())
+            return wire.fitting(
+                wire.Hello(works=works, generations=generations, apiserver_healthy=self._healthy())
+            )
         allocatable, capacity = resources_of(inventory)
         self._sent_claims = (claims_of(inventory), allocatable, capacity)
-        return wire.Hello(
-            works=works,
-            claims=self._sent_claims[0],
-            allocatable=allocatable,
-            capacity=capacity,
-            apiserver_healthy=self._healthy(),
+        return wire.fitting(
+            wire.Hello(
+                works=works,
+                generations=generations,
+                claims=self._sent_claims[0],
+                allocatable=allocatable,
+                capacity=capacity,
+                apiserver_healthy=self._healthy(),
+            )
         )
 
     async def _read(self, stream: TunnelStream, writer: _Writer, answered: asyncio.Event) -> None:

@@ -138,6 +138,16 @@ class WorkApplier:
             if record.document is not None
         }
 
+    def generations(self) -> dict[str, int]:
+        """Name -> metadata.generation of every work held whose copy says one."""
+        out: dict[str, int] = {}
+        for name, record in sorted(self._records.items()):
+            metadata = record.document.get("metadata") if record.document is not None else None
+            generation = metadata.get("generation") if isinstance(metadata, Mapping) else None
+            if isinstance(generation, int) and not isinstance(generation, bool) and generation > 0:
+                out[name] = generation
+        return out
+
     def status(self, name: str) -> dict[str, Any] | None:
         """The last status of a held work (to send again after a reconnect)."""
         record = self._records.get(name)

@@ -125,6 +125,19 @@ def test_a_hello_version_that_is_not_current_gets_no_status_until_resent() -> No
     assert feed.status_applies(Work("w", 5), 5) == "current"
 
 
+def test_a_work_only_its_status_moved_is_not_resent_when_the_hello_says_its_generation() -> None:
+    feed = ClusterFeed("a")
+    feed.hello({"status-moved": 3, "spec-moved": 3}, {"status-moved": 1, "spec-moved": 1})
+    current = [Work("status-moved", 9, generation=1), Work("spec-moved", 9, generation=2)]
+    assert names(feed.resync(list(current))) == [("work", "spec-moved", "9")]
+    # A status the agent made from the copy it holds still describes the current spec.
+    assert feed.status_applies(current[0], 3) == "current"
+    # An older agent says no generations: everything not at the current version is resent.
+    old = ClusterFeed("a")
+    old.hello({"status-moved": 3})
+    assert names(old.resync([current[0]])) == [("work", "status-moved", "9")]
+
+
 def test_removed_forgets() -> None:
     feed = ClusterFeed("a")
     feed.hello({"w": 3})

@@ -107,6 +107,9 @@ BAD_FROM_AGENT: list[tuple[object, str]] = [
     ({"type": "hello", "protocol": 1, "works": {}, "allocatable": {"gpu": "1"}}, "only cpu"),
     ({"type": "hello", "protocol": 1, "works": {}, "capacity": {"cpu": "1 Gi"}}, "quantity"),
     ({"type": "hello", "protocol": 1, "works": {}, "apiserverHealthy": "yes"}, "true, false"),
+    ({"type": "hello", "protocol": 1, "works": {"a": 1}, "generations": []}, "generations"),
+    ({"type": "hello", "protocol": 1, "works": {"a": 1}, "generations": {"b": 1}}, "does not"),
+    ({"type": "hello", "protocol": 1, "works": {"a": 1}, "generations": {"a": 0}}, "positive"),
     ({"type": "lease", "apiserverHealthy": 1}, "true, false"),
     ({"type": "lease", "apiserverHealthy": True, "claims": []}, "claims"),
     ({"type": "status", "work": "a", "resourceVersion": 3, "status": []}, "object"),
@@ -174,6 +177,11 @@ def test_the_largest_hello_fits_one_message() -> None:
     claims = {f"fleet.edgefleet.io/c{i}": "v" * 1024 for i in range(wire.MAX_CLAIMS)}
     hello = Hello(works=works, claims=claims)
     assert Decoder(sender="agent").feed(wire.encode(hello)) == [hello]
+    # Generations are optional: a hello too large with them goes without them.
+    generations = dict.fromkeys(works, wire.MAX_RESOURCE_VERSION)
+    assert wire.fitting(Hello(works=works, generations=generations, claims=claims)) == hello
+    small = Hello(works={"a": 3}, generations={"a": 1})
+    assert wire.fitting(small) is small
 
 
 def test_claims_over_the_cap_are_refused() -> None:

@@ -206,7 +206,7 @@ class FleetStreams:
         if any(isinstance(message, wire.Hello) for message in rest):
             raise wire.WireError("one hello per stream")
         feed = ClusterFeed(cluster)
-        feed.hello(hello.works)
+        feed.hello(hello.works, hello.generations)
         self._renew(cluster, hello)
         log.info("fleet stream of cluster %s open (%d works held)", cluster, len(hello.works))
         for message in rest:

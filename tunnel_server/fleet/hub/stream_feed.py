@@ -1,7 +1,8 @@
 """What one cluster agent holds, and what the ``fleet`` stream must send it: no I/O.
 
 ``ClusterFeed`` is the bookkeeping of the cloud end of the stream (``stream.py`` drives it):
-the agent's hello says which Works it holds at which resourceVersion; each send records the
+the agent's hello says which Works it holds at which resourceVersion (and generation, when
+the agent says: a Work only its status moved since is not resent); each send records the
 version (and generation) the agent now holds; ``removed`` forgets. It decides:
 
 * ``resync(current)``: after a hello, an acceptance, or an expired change log — a ``work`` for
@@ -90,8 +91,9 @@ class ClusterFeed:
     cluster: str
     held: dict[str, Held] = field(default_factory=dict)
 
-    def hello(self, works: Mapping[str, int]) -> None:
-        self.held = {name: Held(version, None) for name, version in works.items()}
+    def hello(self, works: Mapping[str, int], generations: Mapping[str, int] | None = None) -> None:
+        known = generations or {}
+        self.held = {name: Held(version, known.get(name)) for name, version in works.items()}
 
     def mine(self, work: WorkLike) -> bool:
         return work.spec.get("clusterName") == self.cluster
