@@ -188,7 +188,8 @@ def parse_quantity(text: object) -> Fraction:
     most two digits, so the number stays small however it is written.
     """
     if not isinstance(text, str) or not 0 < len(text) <= MAX_QUANTITY_CHARS:
-        raise ValueError(f"not a quantity: {text!r}")
+        shown = repr(text)  # bounded: the message may end up in a status or a log line
+        raise ValueError(f"not a quantity: {shown[:80]}{'...' if len(shown) > 80 else ''}")
     found = _QUANTITY.match(text)
     if found is None:
         raise ValueError(f"not a Kubernetes quantity: {text!r}")
