@@ -23,7 +23,10 @@ Rules:
   it (fit.py) and that has room below ``max``, first-fit onto the nodes planned this step;
   pools backing off are skipped. If that first pool is busy (a create in flight) the pod waits
   for it rather than spilling over to a lower pool. At most ``max_nodes_created_per_step``
-  nodes are planned per step. One ``CreateNodes`` per pool with its count.
+  nodes are planned per step. One ``CreateNodes`` per pool with its count. Only fit.py's
+  filters are simulated (requests, taints, node selector and affinity; not pod affinity,
+  topology spread, host ports or volumes): a pod the scheduler refuses for another reason
+  but that fits an existing node by these rules starts nothing.
 * Provider outcomes: ``CREATED`` (with the new nodes' names, maybe fewer than asked) ends the
   create and resets the pool's failures. ``FAILED`` and ``TIMED_OUT`` end it and back the pool
   off for ``backoff_initial_seconds`` doubling per consecutive failure up to
@@ -34,15 +37,22 @@ Rules:
   (cpu or memory, the larger share of allocatable) are below the pool's ``utilizationBelow`` is
   under-used. A node empty for ``emptyAfterSeconds``, or under-used for
   ``underUsedAfterSeconds`` and every pod of it has a controller and fits on another node, is a
-  candidate. Candidates are removed lowest-priority pool first (ties: reverse name order),
-  newest node first (ties: reverse name order), never taking a pool below ``min``, never while
-  that pool has a create in flight or unregistered nodes, at most
-  ``max_nodes_removed_per_step`` per step.
+  candidate. Timers count from the first step that saw the node so, and restart when it is
+  not. Candidates are removed lowest-priority pool first (ties: reverse name order), newest
+  node first (ties: reverse name order), never taking a pool below ``min``, never while that
+  pool has a create in flight or unregistered nodes, at most ``max_nodes_removed_per_step``
+  per step. The free room an under-used node's pods are counted onto is taken for the rest of
+  the step, and a node counted on is not removed in the same step.
 * Removing is ``CordonAndDrain`` then, when the driver reports ``DrainResult(drained=True)``,
   ``DeleteNode``. A drain that is blocked (a PodDisruptionBudget) or not reported within
   ``drain_timeout_seconds`` gives ``Uncordon`` and a warning; the node's timers restart. A
   delete that fails backs the pool off and is retried when the back-off ends.
-* Every step is deterministic: same state and inputs, same outputs, in the same order.
+* Bounded: at most ``max_pending_pods_per_step`` pods simulated, ``max_pod_reasons_per_step``
+  pod Events and ``max_moves_simulated_per_step`` under-used nodes tried per step; what a cap
+  leaves waits for a step ``recheck_seconds`` later. Messages quoted from providers are cut
+  to ``MAX_MESSAGE`` characters.
+* Every step is deterministic: same state and inputs (in any order), same outputs, in the
+  same order. Nothing is random: ties go by name.
 """
 
 from __future__ import annotations
@@ -58,7 +68,6 @@ from fleet_model.elastic.fit import (
     NodeFacts,
     Resources,
     node_facts,
-    pod_on_node_problem,
     pod_requests,
     pool_node_facts,
     resource_problem,
@@ -104,6 +113,9 @@ class AutoscalerSettings:
     ten per node need a single step."""
     max_pending_pods_per_step: int = 1000
     """Pending pods simulated per step; the rest wait for the next step (woken at once)."""
+    max_pod_reasons_per_step: int = 100
+    """Pod Events (NotTriggerScaleUp) per step: 500 pods that fit nowhere must not become 500
+    Events every step; the first ones (by the pending order) say what the rest would."""
     max_nodes_removed_per_step: int = 10
     """Nodes cordoned and drained in one step (Cluster Autoscaler removes up to 10 empty ones)."""
     backoff_initial_seconds: float = 30.0
@@ -121,8 +133,34 @@ class AutoscalerSettings:
     """Seconds a new, not yet Ready node of a pool counts as capacity on its way."""
     drain_timeout_seconds: float = 600.0
     """Seconds a drain may take before the node is uncordoned and the removal given up."""
+    max_moves_simulated_per_step: int = 50
+    """Under-used nodes whose pods are test-moved elsewhere in one step (each costs a pass
+    over every node); the rest wait for the next step."""
     recheck_seconds: float = 1.0
     """Seconds to the next step when pods were left for later (per-step caps)."""
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("max_nodes_created_per_step", self.max_nodes_created_per_step),
+            ("max_pending_pods_per_step", self.max_pending_pods_per_step),
+            ("max_pod_reasons_per_step", self.max_pod_reasons_per_step),
+            ("max_nodes_removed_per_step", self.max_nodes_removed_per_step),
+            ("max_moves_simulated_per_step", self.max_moves_simulated_per_step),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+        for name, seconds in (
+            ("backoff_initial_seconds", self.backoff_initial_seconds),
+            ("backoff_max_seconds", self.backoff_max_seconds),
+            ("kwok_timeout_seconds", self.kwok_timeout_seconds),
+            ("outcome_grace_seconds", self.outcome_grace_seconds),
+            ("node_registration_seconds", self.node_registration_seconds),
+            ("node_ready_seconds", self.node_ready_seconds),
+            ("drain_timeout_seconds", self.drain_timeout_seconds),
+            ("recheck_seconds", self.recheck_seconds),
+        ):
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, not {seconds}")
 
 
 # ---------------------------------------------------------------- inputs
@@ -271,12 +309,32 @@ class _Node:
     created: float
     ready: bool
     pods: list[Mapping[str, Any]] = field(default_factory=list)
+    used: Resources = field(default_factory=dict)
+    """The requests of ``pods``, summed once per step."""
 
 
 @dataclass(kw_only=True, slots=True)
 class _Bin:
+    """A node's free room while a step packs pods onto it."""
+
     facts: NodeFacts
-    used: Resources
+    free: dict[str, int]
+    """Allocatable minus requests, in the scheduler's units (cpu in millicores, the rest in
+    whole units, each rounded up as MilliValue/Value do): ints, so packing 500 pods is fast."""
+
+
+def _whole(resources: Mapping[str, Fraction]) -> dict[str, int]:
+    return {
+        name: math.ceil(amount * 1000) if name == "cpu" else math.ceil(amount)
+        for name, amount in resources.items()
+    }
+
+
+def _bin(facts: NodeFacts, used: Mapping[str, Fraction]) -> _Bin:
+    free = _whole(facts.allocatable)
+    for name, amount in _whole(used).items():
+        free[name] = free.get(name, 0) - amount
+    return _Bin(facts=facts, free=free)
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -341,23 +399,33 @@ def _pod_priority(pod: Mapping[str, Any]) -> int:
 
 
 def _utilization(node: _Node) -> Fraction:
-    used = total_requests(node.pods)
     shares = [
-        used.get(name, Fraction(0)) / node.facts.allocatable[name]
+        node.used.get(name, Fraction(0)) / node.facts.allocatable[name]
         for name in ("cpu", "memory")
         if node.facts.allocatable.get(name, Fraction(0)) > 0
     ]
     return max(shares, default=Fraction(0))
 
 
-def _subtract_fits(bins: list[_Bin], pod: Mapping[str, Any], requests: Resources) -> bool:
-    """First-fit ``pod`` into ``bins``; True (and the bin's room taken) if one takes it."""
+def _subtract_fits(
+    bins: list[_Bin], pod: Mapping[str, Any], requests: dict[str, int], seen: dict[int, bool]
+) -> bool:
+    """First-fit ``pod`` into ``bins``; True (and the bin's room taken) if one takes it.
+
+    ``requests`` in ``_Bin.free``'s units. Resources first (cheap), then selection, remembered
+    in ``seen`` per facts object: the nodes a pool would create share one, so a pod is judged
+    once per pool, not once per node.
+    """
     for room in bins:
-        if selection_problem(pod, room.facts) is None and (
-            resource_problem(requests, room.facts, room.used) is None
-        ):
+        free = room.free
+        if any(free.get(name, 0) < amount for name, amount in requests.items()):
+            continue
+        key = id(room.facts)
+        if key not in seen:
+            seen[key] = selection_problem(pod, room.facts) is None
+        if seen[key]:
             for name, amount in requests.items():
-                room.used[name] = room.used.get(name, Fraction(0)) + amount
+                free[name] -= amount
             return True
     return False
 
@@ -368,11 +436,14 @@ class _Step:
 
     now: float
     known: dict[str, NodePool]
+    templates: dict[str, NodeFacts] = field(default_factory=dict)
+    """The facts of a node each pool would create (one object per pool and step)."""
     seen: dict[str, _Node] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
     reasons: list[Reason] = field(default_factory=list)
     later: bool = False
     """Something was left for a later step (a per-step cap): wake again soon."""
+    pod_events_left: int = 0
 
     def pool_event(self, pool: str, reason: str, message: str, *, warning: bool = False) -> None:
         self.reasons.append(
@@ -385,6 +456,9 @@ class _Step:
         )
 
     def pod_event(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        if self.pod_events_left <= 0:
+            return  # the same pods are reported again on a later step
+        self.pod_events_left -= 1
         meta = _meta(pod)
         self.reasons.append(
             Reason(
@@ -418,7 +492,14 @@ class Autoscaler:
         events: Iterable[Event] = (),
     ) -> Decision:
         """Apply ``events``, then decide; see the rules at the top of the module."""
-        step = _Step(now=now, known={pool.name: pool for pool in scale_up_order(pools)})
+        known = {pool.name: pool for pool in scale_up_order(pools)}
+        templates = {name: pool_node_facts(pool) for name, pool in known.items()}
+        step = _Step(
+            now=now,
+            known=known,
+            templates=templates,
+            pod_events_left=self.settings.max_pod_reasons_per_step,
+        )
         for name in step.known:
             self._pools.setdefault(name, _PoolState())
         for event in events:
@@ -568,6 +649,8 @@ class Autoscaler:
                     node.pods.append(pod)
             elif _is_pending_unschedulable(pod):
                 pending.append(pod)
+        for node in step.seen.values():
+            node.used = total_requests(node.pods)
         pending.sort(key=lambda pod: (-_pod_priority(pod), _created(pod), _pod_key(pod)))
         return pending
 
@@ -614,20 +697,19 @@ class Autoscaler:
             if self._leaving(node.name):
                 continue
             if node.ready and not node.facts.unschedulable:
-                bins.append(_Bin(facts=node.facts, used=total_requests(node.pods)))
+                bins.append(_bin(node.facts, node.used))
             elif (
                 node.pool in step.known
                 and not node.ready
                 and step.now - node.created < self.settings.node_ready_seconds
             ):
                 # A registering node carries not-ready taints: judge it by its pool's shape.
-                template = pool_node_facts(step.known[node.pool])
-                coming.append(_Bin(facts=template, used=total_requests(node.pods)))
-        for name, pool in step.known.items():
+                template = step.templates[node.pool]
+                coming.append(_bin(template, node.used))
+        for name, template in step.templates.items():
             state = self._pools[name]
-            template = pool_node_facts(pool)
             count = state.in_flight + len(state.expected)
-            coming.extend(_Bin(facts=template, used={}) for _ in range(count))
+            coming.extend(_bin(template, {}) for _ in range(count))
         return bins + coming
 
     def _scale_up(self, step: _Step, pending: list[Mapping[str, Any]]) -> None:
@@ -640,20 +722,21 @@ class Autoscaler:
             short = pool.min - self._size(step, name)
             if short <= 0 or self._backing_off(step, name) or self._pools[name].in_flight:
                 continue
-            count = plan.open(pool, short)
+            count = plan.open(name, step.templates[name], short)
             step.later = step.later or count < short
             if count:
                 step.pool_event(name, "BelowMin", f"adding {count} nodes to reach min {pool.min}")
         step.later = step.later or len(pending) > self.settings.max_pending_pods_per_step
         for pod in pending[: self.settings.max_pending_pods_per_step]:
             try:
-                requests = pod_requests(pod)
+                exact = pod_requests(pod)
             except ValueError as error:
                 step.pod_event(pod, "NotTriggerScaleUp", f"unreadable requests: {error}")
                 continue
-            if _subtract_fits(plan.bins, pod, requests):
+            judged: dict[int, bool] = {}
+            if _subtract_fits(plan.bins, pod, _whole(exact), judged):
                 continue
-            why = self._place(step, plan, pod, requests)
+            why = self._place(step, plan, pod, exact, judged)
             if why:
                 step.pod_event(pod, "NotTriggerScaleUp", "; ".join(why))
         for name, new in plan.planned.items():
@@ -670,27 +753,37 @@ class Autoscaler:
         return self._pools[name].backoff_until > step.now
 
     def _place(
-        self, step: _Step, plan: _Plan, pod: Mapping[str, Any], requests: Resources
+        self,
+        step: _Step,
+        plan: _Plan,
+        pod: Mapping[str, Any],
+        requests: Resources,
+        judged: dict[int, bool],
     ) -> list[str]:
         """Put ``pod`` on a planned node of the first pool that takes it; [] or why none does."""
+        whole = _whole(requests)
         why: list[str] = []
         for name, pool in step.known.items():
-            problem = pod_on_node_problem(pod, pool_node_facts(pool), {})
+            template = step.templates[name]
+            problem = selection_problem(pod, template) or resource_problem(requests, template, {})
             if problem is not None:
                 why.append(f"{name}: {problem}")
             elif self._backing_off(step, name):
                 why.append(f"{name}: backing off after a provider failure")
-            elif _subtract_fits(plan.planned.get(name, []), pod, requests):
+            elif _subtract_fits(plan.planned.get(name, []), pod, whole, judged):
                 return []
             elif plan.room[name] <= 0:
                 why.append(f"{name}: at max ({pool.max} nodes)")
-            elif self._pools[name].in_flight or plan.full():
-                # Wait for the create in flight (or the next step); never spill past a slow pool.
+            elif self._pools[name].in_flight:
+                # Wait for the create in flight (its outcome wakes us); never spill past a
+                # slow pool to a lower one.
+                return []
+            elif plan.cap <= 0:
                 step.later = True
                 return []
             else:
-                plan.open(pool, 1)
-                _subtract_fits(plan.planned[name][-1:], pod, requests)
+                plan.open(name, template, 1)
+                _subtract_fits(plan.planned[name][-1:], pod, whole, judged)
                 return []
         return why or ["no node pools"]
 
@@ -721,27 +814,36 @@ class Autoscaler:
             return "under-used"
         return None
 
-    def _movable(self, step: _Step, node: _Node) -> str | None:
-        """Why the node's pods cannot move elsewhere, or None if they all fit on other nodes."""
-        bins = [
-            _Bin(facts=other.facts, used=total_requests(other.pods))
-            for other in step.seen.values()
-            if other.name != node.name
-            and not self._leaving(other.name)
-            and other.ready
-            and not other.facts.unschedulable
-        ]
+    def _movable(
+        self, node: _Node, destinations: dict[str, _Bin], receivers: set[str]
+    ) -> str | None:
+        """Why the node's pods cannot move elsewhere, or None if they all fit on other nodes.
+
+        ``destinations`` is the free room of the nodes that stay, shared by the whole step: the
+        room a removal counts on is taken (and its nodes become ``receivers``), so two removals
+        never count on the same room, and a node counted on is not removed in the same step.
+        """
+        trial = {
+            name: _Bin(facts=room.facts, free=dict(room.free))
+            for name, room in destinations.items()
+            if name != node.name
+        }
+        bins = list(trial.values())
         for pod in node.pods:
             if _is_node_bound(pod):
                 continue
             if _controller_kind(pod) is None:
                 return f"pod {_pod_key(pod)} has no controller to recreate it"
             try:
-                requests = pod_requests(pod)
+                requests = _whole(pod_requests(pod))
             except ValueError:
                 return f"pod {_pod_key(pod)} has unreadable requests"
-            if not _subtract_fits(bins, pod, requests):
+            if not _subtract_fits(bins, pod, requests, {}):
                 return f"pod {_pod_key(pod)} fits on no other node"
+        for name, room in trial.items():
+            if room.free != destinations[name].free:
+                receivers.add(name)
+        destinations.update(trial)
         return None
 
     def _candidates(self, step: _Step) -> list[tuple[_Node, str]]:
@@ -763,7 +865,13 @@ class Autoscaler:
 
     def _scale_down(self, step: _Step) -> None:
         remaining = {name: self._size(step, name) for name in step.known}
-        removed = 0
+        destinations = {
+            node.name: _bin(node.facts, node.used)
+            for node in step.seen.values()
+            if node.ready and not node.facts.unschedulable and not self._leaving(node.name)
+        }
+        receivers: set[str] = set()
+        removed = simulated = 0
         for node, kind in self._candidates(step):
             if removed >= self.settings.max_nodes_removed_per_step:
                 step.later = True
@@ -771,10 +879,16 @@ class Autoscaler:
             pool, state = step.known[node.pool], self._pools[node.pool]
             if state.in_flight or state.expected:
                 continue  # a create in flight: pods may be on their way to this node
-            if remaining[node.pool] - 1 < pool.min:
+            if remaining[node.pool] - 1 < pool.min or node.name in receivers:
                 continue
-            if kind == "under-used" and self._movable(step, node) is not None:
-                continue
+            if kind == "under-used":
+                if simulated >= self.settings.max_moves_simulated_per_step:
+                    step.later = True
+                    continue
+                simulated += 1
+                if self._movable(node, destinations, receivers) is not None:
+                    continue
+            destinations.pop(node.name, None)
             remaining[node.pool] -= 1
             removed += 1
             node_state = self._nodes[node.name]
@@ -838,18 +952,12 @@ class _Plan:
     """Existing and coming nodes' free room."""
     planned: dict[str, list[_Bin]] = field(default_factory=dict)
 
-    def full(self) -> bool:
-        return self.cap <= 0
-
-    def open(self, pool: NodePool, count: int) -> int:
+    def open(self, pool: str, template: NodeFacts, count: int) -> int:
         """Plan up to ``count`` new nodes of ``pool``; how many were planned."""
-        count = max(0, min(count, self.cap, self.room[pool.name]))
-        template = pool_node_facts(pool)
-        self.planned.setdefault(pool.name, []).extend(
-            _Bin(facts=template, used={}) for _ in range(count)
-        )
+        count = max(0, min(count, self.cap, self.room[pool]))
+        self.planned.setdefault(pool, []).extend(_bin(template, {}) for _ in range(count))
         self.cap -= count
-        self.room[pool.name] -= count
+        self.room[pool] -= count
         return count
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import pytest
 
 from fleet_model.elastic.autoscaler import (
     Autoscaler,
@@ -136,7 +139,9 @@ def test_a_create_in_flight_is_not_repeated_for_the_same_pods() -> None:
     scaler = Autoscaler()
     pods = pending(10)
     assert creates(scaler.step(now=T0, pools=[LOCAL], nodes=[], pods=pods)) == [("local", 3)]
-    assert creates(scaler.step(now=T0 + 1, pools=[LOCAL], nodes=[], pods=pods)) == []
+    waiting = scaler.step(now=T0 + 1, pools=[LOCAL], nodes=[], pods=pods)
+    assert creates(waiting) == []
+    assert waiting.wake_at == T0 + 60  # the create's deadline: no polling while it runs
     created = CreateResult(pool="local", outcome=Outcome.CREATED, nodes=("l1", "l2", "l3"))
     decision = scaler.step(now=T0 + 2, pools=[LOCAL], nodes=[], pods=pods, events=[created])
     assert creates(decision) == []
@@ -375,3 +380,57 @@ def test_nodes_of_no_known_pool_are_never_touched() -> None:
     nodes = [make_node("mine", None), make_node("stray", "deleted-pool")]
     scaler.step(now=T0, pools=[CLOUD], nodes=nodes, pods=[])
     assert scaler.step(now=T0 + 10_000, pools=[CLOUD], nodes=nodes, pods=[]).actions == ()
+
+
+def test_two_removals_never_count_on_the_same_free_room() -> None:
+    scaler = Autoscaler()
+    nodes = [
+        make_node("c1", "cloud", created=T0 - 30),
+        make_node("c2", "cloud", created=T0 - 20),
+        make_node("c3", "cloud", created=T0 - 10),
+    ]
+    pods = [
+        make_pod("a", node="c1"),
+        make_pod("b", node="c2"),
+        make_pod("c", node="c3", cpu="3"),
+    ]
+    scaler.step(now=T0, pools=[CLOUD], nodes=nodes, pods=pods)
+    # c2 (newest under-used) goes and its pod is counted onto c1; c1 must then stay, though
+    # its own pod would fit in c3's last free cpu (which b could also have taken).
+    assert drains(scaler.step(now=T0 + 120, pools=[CLOUD], nodes=nodes, pods=pods)) == ["c2"]
+
+
+def test_pod_events_per_step_are_capped() -> None:
+    scaler = Autoscaler(AutoscalerSettings(max_pod_reasons_per_step=3))
+    decision = scaler.step(now=T0, pools=[LOCAL], nodes=[], pods=pending(10, cpu="64"))
+    assert [r.name for r in decision.reasons if r.kind == "Pod"] == ["p000", "p001", "p002"]
+
+
+def test_more_pods_wait_for_a_busy_pool_without_polling_or_spilling() -> None:
+    scaler = Autoscaler()
+    assert creates(scaler.step(now=T0, pools=[LOCAL, CLOUD], nodes=[], pods=pending(4))) == [
+        ("local", 1)
+    ]
+    # Four more pods need a second node; local's create is still running: they wait for it
+    # (not cloud), and the next wake-up is that create's deadline, not a poll.
+    decision = scaler.step(now=T0 + 1, pools=[LOCAL, CLOUD], nodes=[], pods=pending(8))
+    assert creates(decision) == []
+    assert decision.wake_at == T0 + 60
+    done = CreateResult(pool="local", outcome=Outcome.CREATED, nodes=("l1",))
+    decision = scaler.step(
+        now=T0 + 2, pools=[LOCAL, CLOUD], nodes=[], pods=pending(8), events=[done]
+    )
+    assert creates(decision) == [("local", 1)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_nodes_created_per_step": 0},
+        {"backoff_initial_seconds": 0.0},
+        {"recheck_seconds": math.inf},
+    ],
+)
+def test_settings_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        AutoscalerSettings(**bad)
