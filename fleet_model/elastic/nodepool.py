@@ -11,7 +11,10 @@ Rules:
   set by us and may not be given), ``taints`` (at most ``MAX_NODE_TAINTS``, effect NoSchedule,
   PreferNoSchedule or NoExecute, one per key and effect) and ``capacity`` (``cpu``, ``memory``:
   positive Kubernetes quantities; ``pods``: an integer from 1 to ``MAX_PODS_PER_NODE``; all
-  three required: the autoscaler simulates fit on them).
+  three required: the autoscaler simulates fit on them; up to ``MAX_EXTRA_RESOURCES`` more
+  resources by name, e.g. ``ephemeral-storage`` or ``nvidia.com/gpu``, each a quantity >= 0:
+  a pod that requests a resource the shape does not list never fits the pool, as with the
+  scheduler).
 * ``spec.provider``: exactly one of ``{kwok: {}}`` (kwok-managed Node objects, for tests and
   demos) or ``{command: {path, args?, timeoutSeconds?}}`` (an operator's executable: ``path``
   absolute, ``args`` at most ``MAX_COMMAND_ARGS`` strings, ``timeoutSeconds`` 1..3600, default
@@ -73,6 +76,8 @@ MAX_NODE_LABELS = 64
 MAX_NODE_TAINTS = 32
 MAX_PODS_PER_NODE = 10_000
 """kubelet's default is 110; virtual nodes (one node for a whole serverless account) go higher."""
+MAX_EXTRA_RESOURCES = 16
+"""Resources beyond cpu, memory and pods in a node shape (storage, GPUs, hugepages)."""
 MAX_COMMAND_ARGS = 64
 MAX_COMMAND_CHARS = 4096
 """Characters of the command's path and of each argument (PATH_MAX on Linux)."""
@@ -112,10 +117,12 @@ class NodeShape:
     """Bytes."""
     pods: int
     """How many pods the node takes."""
+    extra: Mapping[str, Fraction] = field(default_factory=dict)
+    """Other resources by name (``ephemeral-storage`` in bytes, ``nvidia.com/gpu``...)."""
 
     def allocatable(self) -> dict[str, Fraction]:
         """The node's capacity as fit.py counts resources (names as in ``status.allocatable``)."""
-        return {"cpu": self.cpu, "memory": self.memory, "pods": Fraction(self.pods)}
+        return {**self.extra, "cpu": self.cpu, "memory": self.memory, "pods": Fraction(self.pods)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -249,7 +256,9 @@ def _taints(value: object, where: str, problems: Problems) -> tuple[NodeTaint, .
     return tuple(out)
 
 
-def _positive_quantity(value: object, where: str, problems: Problems) -> Fraction | None:
+def _positive_quantity(
+    value: object, where: str, problems: Problems, *, zero: bool = False
+) -> Fraction | None:
     if value is None:
         problems.append((where, "required"))
         return None
@@ -259,8 +268,8 @@ def _positive_quantity(value: object, where: str, problems: Problems) -> Fractio
         # Not parse_quantity's message: it quotes the whole input, however long.
         problems.append((where, "must be a Kubernetes quantity such as 500m, 2 or 8Gi"))
         return None
-    if amount <= 0:
-        problems.append((where, "must be more than zero"))
+    if amount < 0 or (amount == 0 and not zero):
+        problems.append((where, "must not be negative" if zero else "must be more than zero"))
         return None
     return amount
 
@@ -276,7 +285,7 @@ def _shape(value: object, pool: str, problems: Problems) -> NodeShape | None:
     capacity = _object(node.get("capacity"), "/spec/node/capacity", problems)
     if capacity is None:
         return None
-    _unknown(capacity, {"cpu", "memory", "pods"}, "/spec/node/capacity", problems)
+    extra = _extra_resources(capacity, problems)
     cpu = _positive_quantity(capacity.get("cpu"), "/spec/node/capacity/cpu", problems)
     memory = _positive_quantity(capacity.get("memory"), "/spec/node/capacity/memory", problems)
     pods = _integer(
@@ -285,8 +294,34 @@ def _shape(value: object, pool: str, problems: Problems) -> NodeShape | None:
     if len(problems) > count or cpu is None or memory is None or pods is None:
         return None
     return NodeShape(
-        labels={**labels, POOL_LABEL: pool}, taints=taints, cpu=cpu, memory=memory, pods=pods
+        labels={**labels, POOL_LABEL: pool},
+        taints=taints,
+        cpu=cpu,
+        memory=memory,
+        pods=pods,
+        extra=extra,
     )
+
+
+def _extra_resources(capacity: Mapping[str, Any], problems: Problems) -> dict[str, Fraction]:
+    where = "/spec/node/capacity"
+    names = [name for name in capacity if name not in {"cpu", "memory", "pods"}]
+    if len(names) > MAX_EXTRA_RESOURCES:
+        problems.append(
+            (where, f"at most {MAX_EXTRA_RESOURCES} resources besides cpu, memory, pods")
+        )
+        return {}
+    out: dict[str, Fraction] = {}
+    for name in sorted(names, key=str):
+        at = f"{where}/{escape(str(name))}"
+        problem = label_problem(name, key=True)  # resource names are qualified names too
+        if problem is not None:
+            problems.append((at, f"not a resource name: {problem}"))
+            continue
+        amount = _positive_quantity(capacity[name], at, problems, zero=True)
+        if amount is not None:
+            out[str(name)] = amount
+    return out
 
 
 def _command_text(value: object, where: str, problems: Problems) -> str | None:

@@ -296,3 +296,10 @@ def test_requests_are_at_least_every_container_and_at_most_the_sum(
     cpu = pod_requests(spec).get("cpu", Fraction(0)) * 1000
     assert cpu == max([sum(plain), *init])
     assert all(cpu >= m for m in plain + init)
+
+
+def test_a_pool_that_lists_a_resource_takes_pods_requesting_it() -> None:
+    storage = pod({"name": "c", "resources": {"requests": {"ephemeral-storage": "1Gi"}}})
+    assert fit_problem(storage, pool()) == "Insufficient ephemeral-storage"
+    shape = {"capacity": {"cpu": "2", "memory": "4Gi", "pods": 10, "ephemeral-storage": "20Gi"}}
+    assert fit_problem(storage, pool(**shape)) is None

@@ -250,3 +250,29 @@ def test_any_json_either_parses_or_gives_spec_error(spec: dict[str, Any], name: 
     else:
         assert 0 <= pool.min <= pool.max
         assert pool.node.labels[POOL_LABEL] == pool.name
+
+
+def test_a_shape_may_list_more_resources_by_name() -> None:
+    capacity = {
+        "cpu": "2",
+        "memory": "4Gi",
+        "pods": 10,
+        "ephemeral-storage": "100Gi",
+        "nvidia.com/gpu": "0",
+    }
+    pool = parse_node_pool(pool_doc(node={"capacity": capacity}))
+    assert pool.node.allocatable() == {
+        "cpu": 2,
+        "memory": 4 * 2**30,
+        "pods": 10,
+        "ephemeral-storage": 100 * 2**30,
+        "nvidia.com/gpu": 0,
+    }
+    bad = {**capacity, "Bad Name": "1", "example.com/dongle": "-1"}
+    found = problems_of(pool_doc(node={"capacity": bad}))
+    assert set(found) == {
+        "/spec/node/capacity/Bad Name",
+        "/spec/node/capacity/example.com~1dongle",
+    }
+    many = {**capacity, **{f"example.com/r{i}": "1" for i in range(17)}}
+    assert "/spec/node/capacity" in problems_of(pool_doc(node={"capacity": many}))
