@@ -42,7 +42,8 @@ Rules:
   node first (ties: reverse name order), never taking a pool below ``min``, never while that
   pool has a create in flight or unregistered nodes, at most ``max_nodes_removed_per_step``
   per step. The free room an under-used node's pods are counted onto is taken for the rest of
-  the step, and a node counted on is not removed in the same step.
+  the step, and a node counted on is not removed in the same step; nor is a node a pending
+  pod was counted onto (removing it would only make the next step create one).
 * Removing is ``CordonAndDrain`` then, when the driver reports ``DrainResult(drained=True)``,
   ``DeleteNode``. A drain that is blocked (a PodDisruptionBudget) or not reported within
   ``drain_timeout_seconds`` gives ``Uncordon`` and a warning; the node's timers restart. A
@@ -409,8 +410,8 @@ def _utilization(node: _Node) -> Fraction:
 
 def _subtract_fits(
     bins: list[_Bin], pod: Mapping[str, Any], requests: dict[str, int], seen: dict[int, bool]
-) -> bool:
-    """First-fit ``pod`` into ``bins``; True (and the bin's room taken) if one takes it.
+) -> _Bin | None:
+    """First-fit ``pod`` into ``bins``: the bin that takes it (its room taken), or None.
 
     ``requests`` in ``_Bin.free``'s units. Resources first (cheap), then selection, remembered
     in ``seen`` per facts object: the nodes a pool would create share one, so a pod is judged
@@ -426,8 +427,8 @@ def _subtract_fits(
         if seen[key]:
             for name, amount in requests.items():
                 free[name] -= amount
-            return True
-    return False
+            return room
+    return None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -444,6 +445,8 @@ class _Step:
     later: bool = False
     """Something was left for a later step (a per-step cap): wake again soon."""
     pod_events_left: int = 0
+    wanted: set[str] = field(default_factory=set)
+    """Existing nodes a pending pod was counted onto: not removed in this step."""
 
     def pool_event(self, pool: str, reason: str, message: str, *, warning: bool = False) -> None:
         self.reasons.append(
@@ -718,14 +721,7 @@ class Autoscaler:
             room={name: pool.max - self._size(step, name) for name, pool in step.known.items()},
             bins=self._bins(step),
         )
-        for name, pool in step.known.items():
-            short = pool.min - self._size(step, name)
-            if short <= 0 or self._backing_off(step, name) or self._pools[name].in_flight:
-                continue
-            count = plan.open(name, step.templates[name], short)
-            step.later = step.later or count < short
-            if count:
-                step.pool_event(name, "BelowMin", f"adding {count} nodes to reach min {pool.min}")
+        self._grow_to_min(step, plan)
         step.later = step.later or len(pending) > self.settings.max_pending_pods_per_step
         for pod in pending[: self.settings.max_pending_pods_per_step]:
             try:
@@ -734,7 +730,10 @@ class Autoscaler:
                 step.pod_event(pod, "NotTriggerScaleUp", f"unreadable requests: {error}")
                 continue
             judged: dict[int, bool] = {}
-            if _subtract_fits(plan.bins, pod, _whole(exact), judged):
+            taken = _subtract_fits(plan.bins, pod, _whole(exact), judged)
+            if taken is not None:
+                if taken.facts.name:
+                    step.wanted.add(taken.facts.name)
                 continue
             why = self._place(step, plan, pod, exact, judged)
             if why:
@@ -748,6 +747,16 @@ class Autoscaler:
             state.in_flight_deadline = step.now + timeout + self.settings.outcome_grace_seconds
             step.actions.append(CreateNodes(pool=name, count=len(new)))
             step.pool_event(name, "ScaleUp", f"creating {len(new)} nodes")
+
+    def _grow_to_min(self, step: _Step, plan: _Plan) -> None:
+        for name, pool in step.known.items():
+            short = pool.min - self._size(step, name)
+            if short <= 0 or self._backing_off(step, name) or self._pools[name].in_flight:
+                continue
+            count = plan.open(name, step.templates[name], short)
+            step.later = step.later or count < short
+            if count:
+                step.pool_event(name, "BelowMin", f"adding {count} nodes to reach min {pool.min}")
 
     def _backing_off(self, step: _Step, name: str) -> bool:
         return self._pools[name].backoff_until > step.now
@@ -770,7 +779,7 @@ class Autoscaler:
                 why.append(f"{name}: {problem}")
             elif self._backing_off(step, name):
                 why.append(f"{name}: backing off after a provider failure")
-            elif _subtract_fits(plan.planned.get(name, []), pod, whole, judged):
+            elif _subtract_fits(plan.planned.get(name, []), pod, whole, judged) is not None:
                 return []
             elif plan.room[name] <= 0:
                 why.append(f"{name}: at max ({pool.max} nodes)")
@@ -838,7 +847,7 @@ class Autoscaler:
                 requests = _whole(pod_requests(pod))
             except ValueError:
                 return f"pod {_pod_key(pod)} has unreadable requests"
-            if not _subtract_fits(bins, pod, requests, {}):
+            if _subtract_fits(bins, pod, requests, {}) is None:
                 return f"pod {_pod_key(pod)} fits on no other node"
         for name, room in trial.items():
             if room.free != destinations[name].free:
@@ -879,7 +888,7 @@ class Autoscaler:
             pool, state = step.known[node.pool], self._pools[node.pool]
             if state.in_flight or state.expected:
                 continue  # a create in flight: pods may be on their way to this node
-            if remaining[node.pool] - 1 < pool.min or node.name in receivers:
+            if remaining[node.pool] - 1 < pool.min or node.name in receivers | step.wanted:
                 continue
             if kind == "under-used":
                 if simulated >= self.settings.max_moves_simulated_per_step:

@@ -434,3 +434,14 @@ def test_more_pods_wait_for_a_busy_pool_without_polling_or_spilling() -> None:
 def test_settings_are_validated(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         AutoscalerSettings(**bad)
+
+
+def test_an_empty_node_a_pending_pod_fits_on_is_kept() -> None:
+    scaler = Autoscaler()
+    nodes = [make_node("c1", "cloud"), make_node("c2", "cloud")]
+    scaler.step(now=T0, pools=[CLOUD], nodes=nodes, pods=[])
+    # A pod goes pending just as both nodes' cool-down ends: the node it fits on stays.
+    late = make_pod("late", cpu="3")
+    decision = scaler.step(now=T0 + 60, pools=[CLOUD], nodes=nodes, pods=[late])
+    assert creates(decision) == []
+    assert drains(decision) == ["c2"]
