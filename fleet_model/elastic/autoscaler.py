@@ -65,6 +65,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
+from fleet_model.cluster import next_condition, put_condition
 from fleet_model.elastic.fit import (
     NodeFacts,
     Resources,
@@ -83,7 +84,7 @@ from fleet_model.elastic.nodepool import (
     scale_down_order,
     scale_up_order,
 )
-from fleet_model.times import parse_time
+from fleet_model.times import format_time, parse_time
 
 __all__ = [
     "Action",
@@ -101,6 +102,7 @@ __all__ = [
     "PoolStatus",
     "Reason",
     "Uncordon",
+    "pool_status_document",
 ]
 
 MAX_MESSAGE = 1024
@@ -263,6 +265,8 @@ class PoolStatus:
     removing: int
     backoff_until: float | None
     """When a failed pool is tried again; None when it is not backing off."""
+    last_error: str = ""
+    """What the provider's last failure said ("" once a create succeeds)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -290,6 +294,7 @@ class _PoolState:
     """Created node name -> when it stops counting if it never registers."""
     failures: int = 0
     backoff_until: float = -math.inf
+    last_error: str = ""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -526,9 +531,10 @@ class Autoscaler:
 
     # ------------------------------------------------------------ events
 
-    def _backoff(self, name: str, now: float) -> float:
+    def _backoff(self, name: str, now: float, why: str) -> float:
         state = self._pools.setdefault(name, _PoolState())
         state.failures += 1
+        state.last_error = why[:MAX_MESSAGE]
         delay = min(
             self.settings.backoff_max_seconds,
             self.settings.backoff_initial_seconds * 2 ** min(state.failures - 1, 32),
@@ -542,6 +548,7 @@ class Autoscaler:
         if event.outcome is Outcome.CREATED:
             state.failures = 0
             state.backoff_until = -math.inf
+            state.last_error = ""
             deadline = step.now + self.settings.node_registration_seconds
             # A late outcome (its create timed out here already) still made real nodes.
             made = event.nodes[: asked or MAX_POOL_NODES]
@@ -549,13 +556,13 @@ class Autoscaler:
                 state.expected[name] = deadline
             step.pool_event(event.pool, "NodesCreated", f"created {len(made)} of {asked} nodes")
             return
-        until = self._backoff(event.pool, step.now)
+        why = f"create of {asked} nodes: {event.message[:MAX_MESSAGE] or event.outcome.value}"
+        until = self._backoff(event.pool, step.now, why)
         timed_out = event.outcome is Outcome.TIMED_OUT
         step.pool_event(
             event.pool,
             "ProviderTimedOut" if timed_out else "ProviderFailed",
-            f"create of {asked} nodes: {event.message[:MAX_MESSAGE] or event.outcome.value}; "
-            f"pool skipped for {until - step.now:g}s",
+            f"{why}; pool skipped for {until - step.now:g}s",
             warning=True,
         )
 
@@ -575,14 +582,9 @@ class Autoscaler:
         if event.outcome is Outcome.DELETED:
             node.deadline = math.inf  # gone from the node list soon; forgotten then
             return
-        node.deadline = self._backoff(node.pool, step.now)
-        step.node_event(
-            event.node,
-            "DeleteFailed",
-            f"{event.message[:MAX_MESSAGE] or event.outcome.value}; "
-            "retried after the pool's back-off",
-            warning=True,
-        )
+        why = f"delete of {event.node}: {event.message[:MAX_MESSAGE] or event.outcome.value}"
+        node.deadline = self._backoff(node.pool, step.now, why)
+        step.node_event(event.node, "DeleteFailed", f"{why}; retried after the pool's back-off")
 
     def _provider_timeout(self, pool: NodePool | None) -> float:
         if pool is not None and isinstance(pool.provider, CommandProvider):
@@ -661,11 +663,12 @@ class Autoscaler:
         for name, state in self._pools.items():
             if state.in_flight and state.in_flight_deadline <= step.now:
                 state.in_flight = 0
-                until = self._backoff(name, step.now)
+                why = "no outcome of the create in time"
+                until = self._backoff(name, step.now, why)
                 step.pool_event(
                     name,
                     "ProviderTimedOut",
-                    f"no outcome of the create; pool skipped for {until - step.now:g}s",
+                    f"{why}; pool skipped for {until - step.now:g}s",
                     warning=True,
                 )
         for name, node in self._nodes.items():
@@ -921,6 +924,7 @@ class Autoscaler:
             creating=state.in_flight + len(state.expected),
             removing=sum(1 for node in mine if self._leaving(node.name)),
             backoff_until=state.backoff_until if state.backoff_until > step.now else None,
+            last_error=state.last_error,
         )
 
     def _node_deadlines(self, step: _Step) -> list[float]:
@@ -978,3 +982,51 @@ class _Reversed:
 
     def __lt__(self, other: _Reversed) -> bool:
         return self.text > other.text
+
+
+def pool_status_document(
+    pool: NodePool,
+    status: PoolStatus,
+    *,
+    conditions: Iterable[Mapping[str, Any]] = (),
+    now: float,
+) -> dict[str, Any]:
+    """The NodePool's ``status`` for ``status`` (``conditions``: the ones stored now).
+
+    Conditions: ``ScalingUp`` (a create in flight or nodes not registered yet),
+    ``ProviderReady`` (False while the pool backs off after a failure, with what the provider
+    said), ``AtMax`` (no room to grow). ``lastTransitionTime`` moves only when a status does.
+    """
+    current = list(conditions)
+    staying = status.nodes - status.removing + status.creating
+    if status.creating:
+        scaling = ("ScalingUp", True, "Creating", f"{status.creating} nodes on their way")
+    else:
+        scaling = ("ScalingUp", False, "Idle", "no create in flight")
+    if status.backoff_until is not None:
+        retry = format_time(status.backoff_until)
+        provider = ("ProviderReady", False, "BackingOff", f"{status.last_error}; next try {retry}")
+    elif status.last_error:
+        provider = ("ProviderReady", True, "Retrying", f"last failure: {status.last_error}")
+    else:
+        provider = ("ProviderReady", True, "Ready", "no failure since the last create")
+    full = staying >= pool.max
+    at_max = ("AtMax", full, "AtMax" if full else "BelowMax", f"{staying} of {pool.max} nodes")
+    wanted = [scaling, provider, at_max]
+    out: list[dict[str, Any]] = [dict(c) for c in current]
+    for type_, true, reason, message in wanted:
+        condition = next_condition(
+            current,
+            type_=type_,
+            status="True" if true else "False",
+            reason=reason,
+            message=message[:MAX_MESSAGE],
+            now=now,
+        )
+        out = put_condition(out, condition)
+    return {
+        "nodes": status.nodes,
+        "creating": status.creating,
+        "removing": status.removing,
+        "conditions": out,
+    }

@@ -19,6 +19,7 @@ from fleet_model.elastic.autoscaler import (
     DrainResult,
     Outcome,
     Uncordon,
+    pool_status_document,
 )
 from fleet_model.elastic.nodepool import API_VERSION, POOL_LABEL, NodePool, parse_node_pool
 from fleet_model.times import format_time
@@ -445,3 +446,36 @@ def test_an_empty_node_a_pending_pod_fits_on_is_kept() -> None:
     decision = scaler.step(now=T0 + 60, pools=[CLOUD], nodes=nodes, pods=[late])
     assert creates(decision) == []
     assert drains(decision) == ["c2"]
+
+
+def test_the_pool_status_document_says_what_the_pool_is_doing() -> None:
+    scaler = Autoscaler(AutoscalerSettings(backoff_initial_seconds=30))
+    small = make_pool("local", 100, high=1)
+    decision = scaler.step(now=T0, pools=[small], nodes=[], pods=pending(1))
+    doc = pool_status_document(small, decision.pools[0], now=T0)
+    assert (doc["nodes"], doc["creating"], doc["removing"]) == (0, 1, 0)
+    by_type = {c["type"]: c for c in doc["conditions"]}
+    assert by_type["ScalingUp"]["status"] == "True"
+    assert by_type["ProviderReady"]["reason"] == "Ready"
+    assert (by_type["AtMax"]["status"], by_type["AtMax"]["message"]) == ("True", "1 of 1 nodes")
+    failed = CreateResult(pool="local", outcome=Outcome.FAILED, message="quota exceeded")
+    decision = scaler.step(now=T0 + 5, pools=[small], nodes=[], pods=[], events=[failed])
+    later = pool_status_document(small, decision.pools[0], conditions=doc["conditions"], now=T0 + 5)
+    by_type = {c["type"]: c for c in later["conditions"]}
+    assert by_type["ProviderReady"]["status"] == "False"
+    assert by_type["ProviderReady"]["message"] == (
+        f"create of 1 nodes: quota exceeded; next try {format_time(T0 + 35)}"
+    )
+    assert by_type["ProviderReady"]["lastTransitionTime"] == format_time(T0 + 5)
+    assert by_type["AtMax"]["lastTransitionTime"] == format_time(T0 + 5)  # True -> False
+    assert [c["type"] for c in later["conditions"]] == ["ScalingUp", "ProviderReady", "AtMax"]
+    decision = scaler.step(now=T0 + 40, pools=[small], nodes=[], pods=[])
+    again = pool_status_document(
+        small, decision.pools[0], conditions=later["conditions"], now=T0 + 40
+    )
+    by_type = {c["type"]: c for c in again["conditions"]}
+    assert (by_type["ProviderReady"]["status"], by_type["ProviderReady"]["reason"]) == (
+        "True",
+        "Retrying",
+    )
+    assert by_type["ScalingUp"]["lastTransitionTime"] == format_time(T0 + 5)
