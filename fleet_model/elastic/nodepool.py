@@ -28,10 +28,24 @@ Rules:
 ``parse_node_pool(doc)`` takes the whole object as the API server returns it and raises
 ``SpecError`` listing every problem with its JSON pointer. Every list and map is bounded before
 it is walked, so a huge document costs no more than a small one.
+
+The command provider's protocol (the driver runs ``path args... create|delete``):
+
+* stdin is one JSON document, ``command_input``: ``{"apiVersion", "kind": "NodeRequest",
+  "operation": "create", "pool", "count", "node": {"labels", "taints", "capacity"}}`` or
+  ``{..., "operation": "delete", "pool", "nodeName"}``. The labels include the pool label;
+  the nodes must carry them (that is how they are counted).
+* exit status 0 is success. For ``create`` stdout is ``{"nodes": ["name", ...]}``: the names
+  of the nodes made (at most ``count``, DNS-1123, distinct), read by
+  ``parse_command_output``, which raises ValueError with a short, clear message for anything
+  else (garbage, more names than asked, more than ``MAX_COMMAND_OUTPUT`` bytes). stdout of
+  ``delete`` is not read. stderr is the driver's to quote in Events.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -58,6 +72,8 @@ __all__ = [
     "NodeTaint",
     "ScaleDown",
     "TaintEffect",
+    "command_input",
+    "parse_command_output",
     "parse_node_pool",
     "scale_down_order",
     "scale_up_order",
@@ -82,6 +98,8 @@ MAX_COMMAND_ARGS = 64
 MAX_COMMAND_CHARS = 4096
 """Characters of the command's path and of each argument (PATH_MAX on Linux)."""
 MAX_COMMAND_TIMEOUT_SECONDS = 3600
+MAX_COMMAND_OUTPUT = 64 * 1024
+"""Bytes of a create command's stdout: a thousand node names fit with room to spare."""
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 120
 """Seconds a provider command may run: a cloud VM create answers in about a minute."""
 MAX_SCALE_DOWN_SECONDS = 86_400
@@ -490,3 +508,61 @@ def parse_node_pool(doc: object) -> NodePool:
         provider=provider,
         scale_down=scale_down,
     )
+
+
+# ---------------------------------------------------------------- the command provider's protocol
+
+
+def command_input(pool: NodePool, *, count: int | None = None, node: str | None = None) -> bytes:
+    """The JSON document on a provider command's stdin.
+
+    Create ``count`` nodes, or delete ``node``: exactly one of the two.
+    """
+    if (count is None) == (node is None):
+        raise ValueError("command_input needs a count (create) or a node (delete)")
+    request: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "NodeRequest", "pool": pool.name}
+    if count is not None:
+        capacity = {name: _quantity_text(v) for name, v in pool.node.allocatable().items()}
+        request |= {
+            "operation": "create",
+            "count": count,
+            "node": {
+                "labels": dict(pool.node.labels),
+                "taints": [
+                    {"key": t.key, "value": t.value, "effect": str(t.effect)}
+                    for t in pool.node.taints
+                ],
+                "capacity": capacity,
+            },
+        }
+    else:
+        request |= {"operation": "delete", "nodeName": node}
+    return json.dumps(request, sort_keys=True).encode()
+
+
+def _quantity_text(amount: Fraction) -> str:
+    """``amount`` as a Kubernetes quantity: whole units, else millis rounded up."""
+    if amount.denominator == 1:
+        return str(amount.numerator)
+    return f"{math.ceil(amount * 1000)}m"
+
+
+def parse_command_output(stdout: bytes, *, asked: int) -> tuple[str, ...]:
+    """The node names a create command printed (``{"nodes": [...]}``); ValueError if garbage."""
+    if len(stdout) > MAX_COMMAND_OUTPUT:
+        raise ValueError(f"provider output longer than {MAX_COMMAND_OUTPUT} bytes")
+    try:
+        document = json.loads(stdout)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ValueError('provider output is not JSON {"nodes": [...]}') from None
+    names = document.get("nodes") if isinstance(document, dict) else None
+    if not isinstance(names, list):
+        # ValueError like every other bad output: the driver catches one error type.
+        raise ValueError('provider output is not JSON {"nodes": [...]}')  # noqa: TRY004
+    if len(names) > asked:
+        raise ValueError(f"provider printed {len(names)} node names, {asked} were asked for")
+    if not all(is_name(name) for name in names):
+        raise ValueError("provider printed a node name that is not a DNS-1123 name")
+    if len(set(names)) != len(names):
+        raise ValueError("provider printed a node name twice")
+    return tuple(names)

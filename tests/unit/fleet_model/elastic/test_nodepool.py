@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from typing import Any
 
@@ -20,6 +21,8 @@ from fleet_model.elastic.nodepool import (
     KwokProvider,
     NodePool,
     TaintEffect,
+    command_input,
+    parse_command_output,
     parse_node_pool,
     scale_down_order,
     scale_up_order,
@@ -276,3 +279,53 @@ def test_a_shape_may_list_more_resources_by_name() -> None:
     }
     many = {**capacity, **{f"example.com/r{i}": "1" for i in range(17)}}
     assert "/spec/node/capacity" in problems_of(pool_doc(node={"capacity": many}))
+
+
+def test_the_command_provider_gets_the_node_shape_on_stdin() -> None:
+    pool = parse_node_pool(
+        pool_doc(
+            node={
+                "labels": {"tier": "cloud"},
+                "taints": [{"key": "cloud", "effect": "NoSchedule"}],
+                "capacity": {"cpu": "3500m", "memory": "1Gi", "pods": 58},
+            }
+        )
+    )
+    create = json.loads(command_input(pool, count=3))
+    assert create == {
+        "apiVersion": API_VERSION,
+        "kind": "NodeRequest",
+        "operation": "create",
+        "pool": "cloud",
+        "count": 3,
+        "node": {
+            "labels": {"tier": "cloud", POOL_LABEL: "cloud"},
+            "taints": [{"key": "cloud", "value": "", "effect": "NoSchedule"}],
+            "capacity": {"cpu": "3500m", "memory": str(2**30), "pods": "58"},
+        },
+    }
+    delete = json.loads(command_input(pool, node="cloud-7"))
+    assert (delete["operation"], delete["nodeName"]) == ("delete", "cloud-7")
+    with pytest.raises(ValueError, match="count"):
+        command_input(pool)
+
+
+def test_a_create_command_output_is_read_strictly() -> None:
+    assert parse_command_output(b'{"nodes": ["cloud-1", "cloud-2"]}', asked=2) == (
+        "cloud-1",
+        "cloud-2",
+    )
+    assert parse_command_output(b'{"nodes": []}', asked=2) == ()
+    for garbage, message in [
+        (b"created cloud-1", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[" * 60_000, "not JSON"),  # nesting deeper than the parser goes
+        (b'{"nodes": "cloud-1"}', "not JSON"),
+        (b'{"nodes": ["a", "b", "c"]}', "3 node names, 2 were asked for"),
+        (b'{"nodes": ["Cloud_1"]}', "not a DNS-1123 name"),
+        (b'{"nodes": [1]}', "not a DNS-1123 name"),
+        (b'{"nodes": ["a", "a"]}', "twice"),
+        (b" " * 70_000, "longer than"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_command_output(garbage, asked=2)
