@@ -517,6 +517,9 @@ class Autoscaler:
                 self._drained(step, event)
             else:
                 self._deleted(step, event)
+        for name in [n for n in self._pools if n not in known]:
+            if not self._pools[name].in_flight and not self._pools[name].expected:
+                del self._pools[name]  # a deleted pool: nothing of it is on its way
         self._index_nodes(step, nodes)
         pending = self._index_pods(step, pods)
         self._deadlines(step)

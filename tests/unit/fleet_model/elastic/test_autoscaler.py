@@ -479,3 +479,18 @@ def test_the_pool_status_document_says_what_the_pool_is_doing() -> None:
         "Retrying",
     )
     assert by_type["ScalingUp"]["lastTransitionTime"] == format_time(T0 + 5)
+
+
+def test_a_pool_deleted_mid_create_leaves_nothing_behind() -> None:
+    scaler = Autoscaler(AutoscalerSettings(node_registration_seconds=50))
+    assert creates(scaler.step(now=T0, pools=[CLOUD], nodes=[], pods=pending(1))) == [("cloud", 1)]
+    done = CreateResult(pool="cloud", outcome=Outcome.CREATED, nodes=("c1",))
+    decision = scaler.step(now=T0 + 1, pools=[], nodes=[], pods=pending(1), events=[done])
+    assert decision.pools == ()
+    assert decision.wake_at == T0 + 51  # c1 still expected: it may register yet
+    nodes = [make_node("c1", "cloud")]
+    decision = scaler.step(now=T0 + 2, pools=[], nodes=nodes, pods=[])
+    assert decision.wake_at is None
+    assert scaler.step(now=T0 + 5000, pools=[], nodes=nodes, pods=[]).actions == ()
+    assert scaler._pools == {}
+    assert scaler._nodes == {}
