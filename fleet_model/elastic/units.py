@@ -27,10 +27,19 @@ Rules:
     makes it prefer the earlier unit). The pod's own preferred terms are kept, ours appended;
   - the annotation ``elastic.edgefleet.io/unit`` names the first allowed unit (counted for it
     until the pod is bound);
-  - when every unit is at its ``max`` the pod is admitted with the scheduling gate
+  - when every unit is at its ``max`` (or the units with room can only hold nodes that are
+    in earlier, full units) the pod is admitted with the scheduling gate
     ``elastic.edgefleet.io/waiting-for-room`` and no affinity of ours: it stays Pending
-    (``SchedulingGated``), deterministically, and the controller re-admits it when a unit has
-    room (``waiting_pods`` lists them; it deletes one so its owner recreates it).
+    (``SchedulingGated``), deterministically, until the controller ``release``s it.
+
+* Bursts. The webhook decides at creation, before the scheduler has bound the pods created
+  just before; if an earlier unit without ``max`` lacks resources, pods it admitted there spill
+  to a later unit past its ``max``. ``admit(hold=True)`` avoids that: every pod is admitted at
+  the gate, and the controller's ``release_plan`` releases them oldest first, waiting while
+  the pods in flight (released, not bound) could fill a unit that has a ``max``: the count of
+  bound pods is exact, so ``max`` holds and units fill in order. Releasing sets the affinity
+  within Kubernetes' rules for gated pods (required terms may only gain requirements: with the
+  pod's own required terms, only the first allowed term is added to each).
 
 * ``deletion_costs``: ``controller.kubernetes.io/pod-deletion-cost`` so a ReplicaSet's scale-in
   removes pods of the last unit first, and within a unit the newest first (creation time, then
@@ -71,6 +80,7 @@ __all__ = [
     "COST_SPAN",
     "DELETION_COST",
     "MAX_MERGED_TERMS",
+    "MAX_RELEASES",
     "MAX_STATUS_GROUPS",
     "WAITING_GATE",
     "Admission",
@@ -85,9 +95,10 @@ __all__ = [
     "pod_unit",
     "policy_status",
     "preference_weights",
+    "release",
+    "release_plan",
     "try_next",
     "unit_of_node",
-    "waiting_pods",
 ]
 
 ANNOTATION_POLICY = "elastic.edgefleet.io/policy"
@@ -100,6 +111,8 @@ pods in one unit (positions beyond are clamped, so only order among those would 
 MAX_MERGED_TERMS = 256
 """Required node selector terms after combining the pod's own with ours; beyond, ``admit``
 leaves the pod alone and says why (the scheduler evaluates every term for every node)."""
+MAX_RELEASES = 256
+"""Gated pods one ``release_plan`` call releases (one PATCH each): bounded work per step."""
 MAX_STATUS_GROUPS = 32
 """Groups listed in a policy's status (a Deployment has one per live rollout; more is noise)."""
 MAX_MESSAGE = 1024
@@ -383,32 +396,24 @@ def _gate_op(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {"op": "add", "path": "/spec/schedulingGates", "value": [gate]}
 
 
-def admit(
-    pod: Mapping[str, Any], policy: ResourcePolicy, counts: Sequence[int], *, opened: int = 0
-) -> Admission:
-    """The patch for a new ``pod`` governed by ``policy`` (rules on top of this module).
-
-    ``counts``: pods per unit of the pod's group (``count_usage(...).counts(group_key(...))``,
-    plus what the webhook admitted since its cache last saw them). ``opened``: see
-    ``allowed_units``. The pod must have a ``spec`` (every pod has).
-    """
-    if ANNOTATION_POLICY in _annotations(pod):
-        return Admission(patch=[], reason="already admitted (annotation present)")
-    allowed = allowed_units(policy, counts, opened=opened)
-    if not allowed:
-        ops = _annotation_ops(pod, {ANNOTATION_POLICY: policy.name})
-        ops.append(_gate_op(pod))
-        return Admission(
-            patch=ops,
-            waiting=True,
-            reason=f"every unit of {policy.name} is at its max: the pod waits at the gate",
-        )
-    merged = _merge_required(_user_terms(pod), _exclusion_terms(policy, allowed))
+def _node_affinity_value(
+    pod: Mapping[str, Any], policy: ResourcePolicy, allowed: Sequence[int], *, gated: bool
+) -> dict[str, Any] | str:
+    """The pod's merged nodeAffinity for ``allowed`` units, or why there is none."""
+    terms = _exclusion_terms(policy, allowed) if allowed else []
+    if terms == []:
+        return _NO_ROOM
+    user = _user_terms(pod)
+    if gated and terms is not None and any(_term_has_requirements(t) for t in user):
+        # A gated pod's required terms may only gain requirements, never grow in number
+        # (Kubernetes' rule for scheduling-gated pods): keep the first allowed term only, a
+        # subset of the allowed nodes.
+        terms = terms[:1]
+    merged = _merge_required(user, terms)
     if merged is None:
-        return Admission(
-            patch=[],
-            reason="the pod's own required node affinity has too many terms to combine with "
-            f"the units of {policy.name}: admitted unchanged",
+        return (
+            "the pod's own required node affinity has too many terms to combine with "
+            f"the units of {policy.name}"
         )
     current = _node_affinity(pod)
     node_affinity: dict[str, Any] = dict(current)
@@ -433,41 +438,156 @@ def admit(
         *(preferred if isinstance(preferred, list) else []),
         *ours,
     ]
+    return node_affinity
+
+
+_NO_ROOM = "no room"
+
+
+def _term_has_requirements(term: Mapping[str, Any]) -> bool:
+    return bool(term.get("matchExpressions")) or bool(term.get("matchFields"))
+
+
+def admit(
+    pod: Mapping[str, Any],
+    policy: ResourcePolicy,
+    counts: Sequence[int],
+    *,
+    opened: int = 0,
+    hold: bool = False,
+) -> Admission:
+    """The patch for a new ``pod`` governed by ``policy`` (rules on top of this module).
+
+    ``counts``: pods per unit of the pod's group (``count_usage(...).counts(group_key(...))``,
+    plus what the webhook admitted since its cache last saw them). ``opened``: see
+    ``allowed_units``. ``hold``: admit every pod at the gate and let the controller
+    ``release`` it (exact under bursts; see the rules on top). The pod must have a ``spec``.
+    """
+    if ANNOTATION_POLICY in _annotations(pod):
+        return Admission(patch=[], reason="already admitted (annotation present)")
+    allowed = () if hold else allowed_units(policy, counts, opened=opened)
+    value = _NO_ROOM if hold else _node_affinity_value(pod, policy, allowed, gated=False)
+    if value is _NO_ROOM:
+        ops = _annotation_ops(pod, {ANNOTATION_POLICY: policy.name})
+        ops.append(_gate_op(pod))
+        reason = (
+            f"held at the gate for {policy.name}'s controller"
+            if hold
+            else f"no unit of {policy.name} has room: the pod waits at the gate"
+        )
+        return Admission(patch=ops, waiting=True, reason=reason)
+    if isinstance(value, str):
+        return Admission(patch=[], reason=f"{value}: admitted unchanged")
     unit = policy.units[allowed[0]].name
     ops = _annotation_ops(pod, {ANNOTATION_POLICY: policy.name, ANNOTATION_UNIT: unit})
-    ops.append(_affinity_op(pod, node_affinity))
+    ops.append(_affinity_op(pod, value))
     names = ", ".join(policy.units[index].name for index in allowed)
     return Admission(patch=ops, unit=unit, reason=f"units allowed in order: {names}")
 
 
-def waiting_pods(
-    policy: ResourcePolicy, pods: Iterable[Mapping[str, Any]], usage: Usage
-) -> list[str]:
-    """Names of gated pods to re-admit now, oldest first, at most one per free place per group."""
-    free: dict[GroupKey, int] = {}
-    by_group: defaultdict[GroupKey, list[Mapping[str, Any]]] = defaultdict(list)
+def _gate_index(pod: Mapping[str, Any]) -> int | None:
+    gates = _dict(pod.get("spec")).get("schedulingGates")
+    for index, gate in enumerate(gates if isinstance(gates, list) else []):
+        if _dict(gate).get("name") == WAITING_GATE:
+            return index
+    return None
+
+
+def release(
+    pod: Mapping[str, Any], policy: ResourcePolicy, counts: Sequence[int], *, opened: int = 0
+) -> Admission | None:
+    """The patch that lets a pod waiting at our gate be scheduled, or None (no room yet).
+
+    A PATCH on the pod (not an admission): the gate is removed (guarded by a ``test`` of its
+    index) and node affinity set within Kubernetes' rules for gated pods (required terms only
+    gain requirements). A pod without our gate gets an empty patch.
+    """
+    index = _gate_index(pod)
+    if index is None:
+        return Admission(patch=[], reason="not waiting at the gate")
+    allowed = allowed_units(policy, counts, opened=opened)
+    value = _node_affinity_value(pod, policy, allowed, gated=True)
+    if isinstance(value, str):
+        return None
+    unit = policy.units[allowed[0]].name
+    path = f"/spec/schedulingGates/{index}"
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": path, "value": {"name": WAITING_GATE}},
+        {"op": "remove", "path": path},
+        *_annotation_ops(pod, {ANNOTATION_POLICY: policy.name, ANNOTATION_UNIT: unit}),
+        _affinity_op(pod, value),
+    ]
+    names = ", ".join(policy.units[i].name for i in allowed)
+    return Admission(patch=ops, unit=unit, reason=f"released; units allowed in order: {names}")
+
+
+def _release_inputs(
+    policy: ResourcePolicy,
+    pods: Iterable[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, str]],
+    policies: Sequence[ResourcePolicy],
+) -> tuple[
+    dict[GroupKey, list[int]], Counter[GroupKey], defaultdict[GroupKey, list[Mapping[str, Any]]]
+]:
+    """Per group: bound pods per unit, pods in flight, pods waiting at the gate."""
+    bound: dict[GroupKey, list[int]] = {}
+    flying: Counter[GroupKey] = Counter()
+    waiting: defaultdict[GroupKey, list[Mapping[str, Any]]] = defaultdict(list)
     for pod in pods:
-        gates = _dict(pod.get("spec")).get("schedulingGates")
-        if not (
-            _live(pod)
-            and policy.selects(pod)
-            and isinstance(gates, list)
-            and {"name": WAITING_GATE} in gates
-        ):
+        if not _live(pod) or not _governed(policy, pod, policies):
             continue
-        by_group[group_key(policy, pod)].append(pod)
-    out: list[str] = []
-    for group in sorted(by_group, key=_group_order):
-        counts = usage.counts(group, len(policy.units))
-        if group not in free:
-            free[group] = sum(
-                (unit.max - counts[i]) if unit.max is not None else len(by_group[group])
-                for i, unit in enumerate(policy.units)
-                if unit.max is None or counts[i] < unit.max
-            )
-        ready = sorted(by_group[group], key=lambda p: (_created(p), _name(p)))
-        out.extend(_name(p) for p in ready[: free[group]])
-    return out
+        group = group_key(policy, pod)
+        counts = bound.setdefault(group, [0] * len(policy.units))
+        if _gate_index(pod) is not None:
+            waiting[group].append(pod)
+        elif _node_name(pod) is not None:
+            index = pod_unit(policy, pod, nodes)
+            if index is not None:
+                counts[index] += 1
+        elif ANNOTATION_POLICY in _annotations(pod):
+            flying[group] += 1
+    return bound, flying, waiting
+
+
+def release_plan(
+    policy: ResourcePolicy,
+    pods: Iterable[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, str]],
+    *,
+    policies: Sequence[ResourcePolicy] = (),
+    opened: Mapping[GroupKey, int] | None = None,
+    limit: int = MAX_RELEASES,
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Pods at our gate to release now, oldest first per group, with their patches.
+
+    Exact under bursts: a released pod not yet bound might land in any allowed unit, so while
+    a unit with a ``max`` could be overfilled by the pods in flight, the group waits for them
+    to bind (their nodes settle the count) instead of guessing. Units without a ``max`` never
+    make a group wait. At most ``limit`` pods per call (bounded work; call again after).
+    """
+    bound, flying, waiting = _release_inputs(policy, pods, nodes, policies)
+    plan: list[tuple[str, list[dict[str, Any]]]] = []
+    for group in sorted(waiting, key=_group_order):
+        counts = bound[group]
+        for pod in sorted(waiting[group], key=lambda p: (_created(p), _name(p))):
+            allowed = allowed_units(policy, counts, opened=(opened or {}).get(group, 0))
+            if len(plan) >= limit or _uncertain(policy, allowed, counts, flying[group]):
+                break
+            answer = release(pod, policy, counts, opened=(opened or {}).get(group, 0))
+            if answer is None:
+                break
+            plan.append((_name(pod), answer.patch))
+            flying[group] += 1
+    return plan
+
+
+def _uncertain(
+    policy: ResourcePolicy, allowed: Sequence[int], counts: Sequence[int], flying: int
+) -> bool:
+    """An allowed unit with a max could be filled up to it by the pods in flight."""
+    return any(
+        (limit := policy.units[i].max) is not None and counts[i] + flying >= limit for i in allowed
+    )
 
 
 # ---------------------------------------------------------------- pod-deletion-cost

@@ -32,9 +32,10 @@ from fleet_model.elastic.units import (
     opened_from_status,
     policy_status,
     preference_weights,
+    release,
+    release_plan,
     try_next,
     unit_of_node,
-    waiting_pods,
 )
 from fleet_model.times import format_time
 
@@ -417,9 +418,10 @@ def test_a_patched_pod_may_go_exactly_where_its_unit_allows_and_the_user_allows(
     patched = applied(pod, admission.patch)
     allowed = allowed_units(policy, counts)
     assert admit(patched, policy, counts).patch == []  # idempotent
-    if not allowed:
-        assert admission.waiting
+    assert admission.waiting or allowed
+    if admission.waiting:
         assert {"name": WAITING_GATE} in patched["spec"]["schedulingGates"]
+        assert all(unit_of_node(policy, labels) not in allowed for labels in nodes)
         return
     for labels in nodes:
         unit = unit_of_node(policy, labels)
@@ -432,28 +434,164 @@ def test_a_patched_pod_may_go_exactly_where_its_unit_allows_and_the_user_allows(
     assert ranked == sorted(ranked, reverse=True)
 
 
-# ---------------------------------------------------------------- gated pods come back
+# ---------------------------------------------------------------- gated pods are released
 
 
-def test_waiting_pods_come_back_oldest_first_one_per_free_place() -> None:
+def gated_mutation_allowed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Kubernetes' rule for a scheduling-gated pod: required terms may only gain requirements."""
+
+    def terms(pod: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        required = (
+            pod["spec"]
+            .get("affinity", {})
+            .get("nodeAffinity", {})
+            .get("requiredDuringSchedulingIgnoredDuringExecution")
+        )
+        return None if required is None else list(required.get("nodeSelectorTerms", []))
+
+    before, after = terms(old), terms(new)
+    if before is None:
+        return True
+    if after is None or len(before) != len(after):
+        return False
+    for was, now in zip(before, after, strict=True):
+        for field in ("matchExpressions", "matchFields"):
+            old_items, new_items = was.get(field, []), now.get(field, [])
+            if not (was.get("matchExpressions") or was.get("matchFields")) and new_items:
+                return False  # an empty term may not gain requirements
+            if new_items[: len(old_items)] != old_items:
+                return False
+    return True
+
+
+def test_a_gated_pod_is_released_when_a_unit_has_room_within_the_gated_pod_rules() -> None:
+    policy = make_policy()
+    own = {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["arm64"]}]}
+    pod = make_pod(
+        "p",
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [own]}
+            }
+        },
+        schedulingGates=[{"name": "other/gate"}],
+    )
+    held = applied(pod, admit(pod, policy, (0, 0, 0), hold=True).patch)
+    assert held["spec"]["schedulingGates"] == [{"name": "other/gate"}, {"name": WAITING_GATE}]
+    assert "elastic.edgefleet.io/unit" not in held["metadata"]["annotations"]
+    answer = release(held, policy, (0, 4, 0))
+    assert answer is not None
+    assert answer.unit == "local"
+    released = applied(held, answer.patch)
+    assert released["spec"]["schedulingGates"] == [{"name": "other/gate"}]
+    assert released["metadata"]["annotations"][ANNOTATION_UNIT] == "local"
+    assert gated_mutation_allowed(held, released)
+    assert affinity_allows(released, {**LOCAL, "arch": "arm64"})
+    assert not affinity_allows(released, {**CLOUD, "arch": "arm64"})
+    assert not affinity_allows(released, {**LOCAL, "arch": "amd64"})
+    assert release(released, policy, (0, 0, 0)) == release(make_pod(), policy, (0, 0, 0))
+
+
+def test_a_gated_pod_stays_when_no_unit_has_room() -> None:
+    policy = make_policy(units=[{"name": "a", "nodeSelector": LOCAL, "max": 1}])
+    held = applied(make_pod("p"), admit(make_pod("p"), policy, (1,)).patch)
+    assert release(held, policy, (1,)) is None
+    answer = release(held, policy, (0,))
+    assert answer is not None
+    assert (
+        "schedulingGates" not in applied(held, answer.patch)["spec"]
+        or not applied(held, answer.patch)["spec"]["schedulingGates"]
+    )
+
+
+def run_burst(
+    policy: ResourcePolicy,
+    capacity: Mapping[str, int],
+    replicas: int,
+    choose: Any,
+) -> list[dict[str, Any]]:
+    """Create ``replicas`` pods at once (held), then alternate release_plan and a scheduler."""
+    pods = []
+    for i in range(replicas):
+        pod = make_pod(f"p{i:02}", created=T0 + i // 3)
+        pods.append(applied(pod, admit(pod, policy, (0,) * len(policy.units), hold=True).patch))
+    for _ in range(4 * replicas + 4):
+        plan = release_plan(policy, pods, NODES, limit=3)
+        by_name = dict(plan)
+        pods = [applied(p, by_name.get(p["metadata"]["name"], [])) for p in pods]
+        flying = [
+            p for p in pods if "nodeName" not in p["spec"] and not p["spec"].get("schedulingGates")
+        ]
+        for pod in flying:
+            used = {n: sum(q["spec"].get("nodeName") == n for q in pods) for n in capacity}
+            feasible = sorted(
+                n for n in capacity if used[n] < capacity[n] and affinity_allows(pod, NODES[n])
+            )
+            if feasible:
+                pod["spec"]["nodeName"] = choose(pod, feasible)
+        if not plan and not flying:
+            break
+    return pods
+
+
+def best_preference(pod: Mapping[str, Any], feasible: list[str]) -> str:
+    return max(feasible, key=lambda n: preference_score(pod, NODES[n]))
+
+
+def test_a_burst_of_held_pods_fills_local_then_cloud_to_its_max_then_virtual() -> None:
+    """The issue's scenario when all ten pods exist before any is bound (a Deployment's burst)."""
+    policy = make_policy()
+    pods = run_burst(policy, {"local-1": 4, "cloud-1": 99, "virtual-1": 99}, 10, best_preference)
+    placed = [p["spec"].get("nodeName") for p in pods]
+    assert (placed.count("local-1"), placed.count("cloud-1"), placed.count("virtual-1")) == (
+        4,
+        4,
+        2,
+    )
+
+
+@FAST
+@given(
+    local=st.integers(0, 5),
+    cloud_max=st.integers(0, 5),
+    replicas=st.integers(1, 12),
+    picks=st.lists(st.integers(0, 2), min_size=60, max_size=60),
+)
+def test_held_pods_never_overfill_a_unit_whatever_node_the_scheduler_picks(
+    local: int, cloud_max: int, replicas: int, picks: list[int]
+) -> None:
     policy = make_policy(
         units=[
-            {"name": "a", "nodeSelector": LOCAL, "max": 2},
-            {"name": "b", "nodeSelector": CLOUD, "max": 1},
+            {"name": "local", "nodeSelector": LOCAL},
+            {"name": "cloud", "nodeSelector": CLOUD, "max": cloud_max},
+            {"name": "virtual", "nodeSelector": VIRTUAL, "max": 3},
         ]
     )
-    gated: dict[str, Any] = {"schedulingGates": [{"name": WAITING_GATE}]}
+    choices = iter(picks)
+
+    def anywhere(_pod: Mapping[str, Any], feasible: list[str]) -> str:
+        return feasible[next(choices, 0) % len(feasible)]
+
+    pods = run_burst(policy, {"local-1": local, "cloud-1": 99, "virtual-1": 99}, replicas, anywhere)
+    placed = [p["spec"].get("nodeName") for p in pods]
+    assert placed.count("cloud-1") <= cloud_max
+    assert placed.count("virtual-1") <= 3
+    # And nothing waits that could have a place: every place that exists is taken.
+    assert len(placed) - placed.count(None) == min(replicas, local + cloud_max + 3)
+
+
+def test_release_plan_takes_the_oldest_first_and_at_most_its_limit() -> None:
+    policy = make_policy(units=[{"name": "local", "nodeSelector": LOCAL}])
     pods = [
-        make_pod("w3", created=T0 + 3, **gated),
-        make_pod("w1", created=T0 + 1, **gated),
-        make_pod("w2", created=T0 + 1, **gated),
-        make_pod("x", node="local-1"),
-        make_pod("y", node="cloud-1"),
+        applied(p, admit(p, policy, (0,), hold=True).patch)
+        for p in (
+            make_pod("b", created=T0),
+            make_pod("a", created=T0),
+            make_pod("c", created=T0 - 1),
+        )
     ]
-    usage = count_usage(policy, pods, NODES)
-    assert waiting_pods(policy, pods, usage) == ["w1"]
-    full = count_usage(policy, [*pods, make_pod("z", node="local-1")], NODES)
-    assert waiting_pods(policy, pods, full) == []
+    assert [name for name, _ in release_plan(policy, pods, NODES)] == ["c", "a", "b"]
+    assert [name for name, _ in release_plan(policy, pods, NODES, limit=2)] == ["c", "a"]
 
 
 # ---------------------------------------------------------------- pod-deletion-cost
