@@ -2,14 +2,15 @@
 
 Pure: no I/O; time comes in as ``now``. Pods and nodes are plain dicts as the API server returns
 them (``nodes`` is a map node name -> labels). The agent's webhook calls ``admit``; its
-controllers call ``count_usage``, ``deletion_costs``, ``try_next`` and ``policy_status``.
+controllers call ``count_usage``, ``release_plan``, ``deletion_costs``, ``try_next`` and
+``policy_status``.
 
 Rules:
 
 * A node is in the FIRST unit whose node selector matches its labels (``unit_of_node``).
 * A pod counts for a unit of its group when it is bound to a node of that unit, or, while not
-  yet bound, when the webhook admitted it to that unit (annotation ``elastic.edgefleet.io/unit``)
-  so a burst of creations cannot all take the same last free place. Terminating pods
+  yet bound, for the first unit the webhook allowed it (annotation ``elastic.edgefleet.io/unit``):
+  a best guess, exact only once it is bound (see "Bursts" below). Terminating pods
   (``deletionTimestamp``) and finished ones (Succeeded, Failed) do not count, as in ACK.
   Pods governed by another policy (see ``policy.governing_policy``) do not count either.
 * ``admit`` answers a pod's CREATE with an RFC 6902 JSON patch:
@@ -336,7 +337,7 @@ def _merge_required(
         return [dict(term) for term in user]
     if not user:
         return [{"matchExpressions": term} for term in ours_json]
-    if len(user) * len(ours_json) > MAX_MERGED_TERMS:
+    if len(ours_json) > 1 and len(user) * len(ours_json) > MAX_MERGED_TERMS:
         return None
     merged: list[dict[str, Any]] = []
     for term in user:
@@ -726,11 +727,19 @@ def policy_status(
 ) -> dict[str, Any]:
     """The policy's ``status``: pods per unit (total and per group) and its conditions.
 
+    Per group: ``units`` (pods per unit), ``outside`` (live pods in no unit: at the gate, or on
+    a node no unit selects), ``waiting`` (at our gate), ``openedThrough`` (TimeoutOrExceedMax).
+
     ``policies``: the other policies of the namespace (overlaps are reported on the loser as
     ``Overlapping``); ``opened``: from ``try_next``; ``previous``: the current status, so the
     conditions' ``lastTransitionTime`` only moves when their status does.
     """
     usage = count_usage(policy, pods, nodes, policies=policies)
+    waiting = Counter(
+        group_key(policy, pod)
+        for pod in pods
+        if _gate_index(pod) is not None and _live(pod) and _governed(policy, pod, policies)
+    )
     totals = [0] * len(policy.units)
     groups: list[dict[str, Any]] = []
     full_groups = 0
@@ -746,6 +755,7 @@ def policy_status(
                 for unit, count in zip(policy.units, counts, strict=True)
             ],
             "outside": usage.outside.get(group, 0),
+            "waiting": waiting.get(group, 0),
         }
         through = (opened or {}).get(group, 0)
         if 0 < through < len(policy.units):

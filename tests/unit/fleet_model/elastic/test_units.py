@@ -40,6 +40,13 @@ from fleet_model.elastic.units import (
 from fleet_model.times import format_time
 
 FAST = settings(max_examples=60, deadline=None)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 5) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
 T0 = 1_800_000_000.0
 
 LOCAL, CLOUD, VIRTUAL = {"site": "dc1"}, {"pool": "cloud"}, {"type": "virtual-kubelet"}
@@ -650,6 +657,10 @@ def test_deletion_costs_are_deterministic_distinct_and_ordered(
     costs = deletion_costs(policy, pods, NODES)
     shuffled = data.draw(st.permutations(pods))
     assert deletion_costs(policy, shuffled, NODES) == costs
+    for pod in pods:  # the controller patches them: nothing changes after
+        name = pod["metadata"]["name"]
+        pod["metadata"]["annotations"] = {DELETION_COST: str(costs[name])}
+    assert deletion_costs(policy, pods, NODES) == {}
     for rev in ("a", "b"):
         group = [p for p in pods if group_key(policy, p) == (rev,)]
         order = scale_in_order({p["metadata"]["name"]: costs[p["metadata"]["name"]] for p in group})
@@ -729,7 +740,10 @@ def test_status_shows_pods_per_unit_and_per_group_and_keeps_transition_times() -
         {"name": "virtual", "pods": 0},
     ]
     assert [g["labels"] for g in status["groups"]] == [{}, {"rev": "1"}, {"rev": "2"}]
-    assert status["groups"][0]["outside"] == 1
+    assert (status["groups"][0]["outside"], status["groups"][0]["waiting"]) == (1, 0)
+    held = applied(make_pod("h"), admit(make_pod("h"), policy, (0, 0, 0), hold=True).patch)
+    with_held = policy_status(policy, [*pods, held], NODES, now=T0)
+    assert (with_held["groups"][0]["outside"], with_held["groups"][0]["waiting"]) == (2, 1)
     assert status["groups"][2]["openedThrough"] == "virtual"
     assert opened_from_status(policy, status) == {("2",): 2}
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -804,3 +818,26 @@ def test_ten_replicas_fill_local_then_cloud_up_to_max_then_virtual_and_empty_in_
         CLOUD,
         LOCAL,
     ]
+
+
+# ---------------------------------------------------------------- robustness
+
+
+@FAST
+@given(
+    metadata=st.dictionaries(st.sampled_from(["annotations", "labels", "name"]), json_values),
+    spec=st.dictionaries(
+        st.sampled_from(["affinity", "schedulingGates", "nodeName"]), json_values, max_size=3
+    ),
+    counts=st.lists(st.integers(0, 5), min_size=3, max_size=3),
+    hold=st.booleans(),
+)
+def test_odd_pods_get_a_patch_that_applies_or_none(
+    *, metadata: dict[str, Any], spec: dict[str, Any], counts: list[int], hold: bool
+) -> None:
+    policy = make_policy()
+    pod = {"metadata": metadata, "spec": spec}
+    admission = admit(pod, policy, counts, hold=hold)
+    patched = applied(pod, admission.patch)
+    if admission.patch:
+        assert admit(patched, policy, counts).patch == []
