@@ -39,8 +39,10 @@ Rules:
   the gate, and the controller's ``release_plan`` releases them oldest first, waiting while
   the pods in flight (released, not bound) could fill a unit that has a ``max``: the count of
   bound pods is exact, so ``max`` holds and units fill in order. Releasing sets the affinity
-  within Kubernetes' rules for gated pods (required terms may only gain requirements: with the
-  pod's own required terms, only the first allowed term is added to each).
+  within Kubernetes' rules for gated pods (required terms may only gain requirements): a held
+  pod with its own required terms gets them combined with every unit at admission (their
+  number is then fixed) and ``release`` closes the terms of units without room by adding a
+  contradicting requirement.
 
 * ``deletion_costs``: ``controller.kubernetes.io/pod-deletion-cost`` so a ReplicaSet's scale-in
   removes pods of the last unit first, and within a unit the newest first (creation time, then
@@ -77,6 +79,7 @@ from fleet_model.times import parse_time
 
 __all__ = [
     "ANNOTATION_POLICY",
+    "ANNOTATION_TERMS",
     "ANNOTATION_UNIT",
     "COST_SPAN",
     "DELETION_COST",
@@ -104,6 +107,9 @@ __all__ = [
 
 ANNOTATION_POLICY = "elastic.edgefleet.io/policy"
 ANNOTATION_UNIT = "elastic.edgefleet.io/unit"
+ANNOTATION_TERMS = "elastic.edgefleet.io/unit-terms"
+"""On a held pod with its own required terms: the unit of each term ("-": the user's empty
+term), so ``release`` can narrow them by additions only."""
 WAITING_GATE = "elastic.edgefleet.io/waiting-for-room"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 COST_SPAN = 2**24
@@ -466,16 +472,14 @@ def admit(
     """
     if ANNOTATION_POLICY in _annotations(pod):
         return Admission(patch=[], reason="already admitted (annotation present)")
-    allowed = () if hold else allowed_units(policy, counts, opened=opened)
-    value = _NO_ROOM if hold else _node_affinity_value(pod, policy, allowed, gated=False)
+    if hold:
+        return _hold(pod, policy)
+    allowed = allowed_units(policy, counts, opened=opened)
+    value = _node_affinity_value(pod, policy, allowed, gated=False)
     if value is _NO_ROOM:
         ops = _annotation_ops(pod, {ANNOTATION_POLICY: policy.name})
         ops.append(_gate_op(pod))
-        reason = (
-            f"held at the gate for {policy.name}'s controller"
-            if hold
-            else f"no unit of {policy.name} has room: the pod waits at the gate"
-        )
+        reason = f"no unit of {policy.name} has room: the pod waits at the gate"
         return Admission(patch=ops, waiting=True, reason=reason)
     if isinstance(value, str):
         return Admission(patch=[], reason=f"{value}: admitted unchanged")
@@ -484,6 +488,107 @@ def admit(
     ops.append(_affinity_op(pod, value))
     names = ", ".join(policy.units[index].name for index in allowed)
     return Admission(patch=ops, unit=unit, reason=f"units allowed in order: {names}")
+
+
+def _hold(pod: Mapping[str, Any], policy: ResourcePolicy) -> Admission:
+    """Admit at the gate; a pod with its own required terms gets them combined with every unit.
+
+    A gated pod's required terms may later only gain requirements, so their number is fixed
+    now: one per (own term, unit), the layout in ``ANNOTATION_TERMS`` for ``release``.
+    """
+    annotations = {ANNOTATION_POLICY: policy.name}
+    user = _user_terms(pod)
+    extra: list[dict[str, Any]] = []
+    if (
+        any(_term_has_requirements(t) for t in user)
+        and all(u.node_selector.requirements for u in policy.units)
+        and len(user) * len(policy.units) <= MAX_MERGED_TERMS
+    ):
+        terms: list[dict[str, Any]] = []
+        layout: list[str] = []
+        for term in user:
+            if not _term_has_requirements(term):
+                terms.append(dict(term))  # matches no node; may not gain requirements
+                layout.append("-")
+                continue
+            found = term.get("matchExpressions")
+            own = found if isinstance(found, list) else []
+            for index, unit in enumerate(policy.units):
+                reqs = [_requirement_json(r) for r in unit.node_selector.requirements]
+                terms.append({**term, "matchExpressions": [*own, *reqs]})
+                layout.append(str(index))
+        annotations[ANNOTATION_TERMS] = ",".join(layout)
+        node_affinity = dict(_node_affinity(pod))
+        required = dict(_dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution")))
+        required["nodeSelectorTerms"] = terms
+        node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+        extra.append(_affinity_op(pod, node_affinity))
+    ops = [*_annotation_ops(pod, annotations), _gate_op(pod), *extra]
+    reason = f"held at the gate for {policy.name}'s controller"
+    return Admission(patch=ops, waiting=True, reason=reason)
+
+
+def _laid_out_terms(
+    pod: Mapping[str, Any], policy: ResourcePolicy, allowed: Sequence[int]
+) -> list[dict[str, Any]] | None:
+    """The held pod's (own term, unit) terms narrowed to ``allowed`` by additions only.
+
+    A term of a unit not allowed gets a requirement contradicting its unit (it then matches no
+    node); an allowed unit's term gets the negation of each earlier full unit that overlaps it,
+    when that is one requirement (else the term is closed too: stricter, never looser). None:
+    no term left open (or the layout does not fit the pod: it was changed by someone else).
+    """
+    layout = str(_annotations(pod).get(ANNOTATION_TERMS, "")).split(",")
+    user = _user_terms(pod)
+    if len(layout) != len(user) or len(layout) > MAX_MERGED_TERMS:
+        raise _LayoutChangedError
+    out: list[dict[str, Any]] = []
+    open_terms = 0
+    for term, slot in zip(user, layout, strict=True):
+        if slot == "-":
+            out.append(dict(term))
+            continue
+        index = int(slot) if slot.isdigit() and len(slot) <= 2 else len(policy.units)
+        found = term.get("matchExpressions")
+        expressions = found if isinstance(found, list) else []
+        if index >= len(policy.units):
+            raise _LayoutChangedError
+        own = policy.units[index].node_selector.requirements
+        if not own or expressions[-len(own) :] != [_requirement_json(r) for r in own]:
+            raise _LayoutChangedError  # the policy's units changed since the pod was held
+        added = _narrowing(policy, index, allowed)
+        if added is None:
+            added = [negate(own[0])]  # with own[0] already in the term: matches nothing
+        else:
+            open_terms += 1
+        out.append({**term, "matchExpressions": [*expressions, *map(_requirement_json, added)]})
+    return out if open_terms else None
+
+
+class _LayoutChangedError(Exception):
+    """A held pod's terms no longer follow the policy's units: narrow them the generic way."""
+
+
+def _narrowing(
+    policy: ResourcePolicy, index: int, allowed: Sequence[int]
+) -> list[LabelRequirement] | None:
+    """Requirements that keep, of unit ``index``'s term, the nodes whose first unit is allowed.
+
+    None: the term must close (the unit is not allowed, or an exclusion is not one requirement).
+    """
+    if index not in allowed:
+        return None
+    own = policy.units[index].node_selector.requirements
+    added: list[LabelRequirement] = []
+    for earlier in range(index):
+        theirs = policy.units[earlier].node_selector.requirements
+        if earlier in allowed or disjoint(own, theirs):
+            continue
+        choices = [negate(r) for r in theirs if not disjoint(own, (negate(r),))]
+        if len(choices) != 1:
+            return None
+        added.append(choices[0])
+    return added
 
 
 def _gate_index(pod: Mapping[str, Any]) -> int | None:
@@ -507,7 +612,24 @@ def release(
     if index is None:
         return Admission(patch=[], reason="not waiting at the gate")
     allowed = allowed_units(policy, counts, opened=opened)
-    value = _node_affinity_value(pod, policy, allowed, gated=True)
+    value: dict[str, Any] | str
+    try:
+        terms = (
+            _laid_out_terms(pod, policy, allowed) if ANNOTATION_TERMS in _annotations(pod) else []
+        )
+    except _LayoutChangedError:
+        terms = []  # narrowed like any pod with its own terms: safe, maybe stricter
+    if terms is None:
+        return None
+    if terms:
+        value = _node_affinity_value(pod, policy, allowed, gated=True)
+        if isinstance(value, str):
+            return None
+        required = dict(_dict(value.get("requiredDuringSchedulingIgnoredDuringExecution")))
+        required["nodeSelectorTerms"] = terms
+        value["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    else:
+        value = _node_affinity_value(pod, policy, allowed, gated=True)
     if isinstance(value, str):
         return None
     unit = policy.units[allowed[0]].name

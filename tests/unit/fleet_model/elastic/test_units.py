@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from fleet_model.elastic.policy import ResourcePolicy, group_key, parse_resource_policy
 from fleet_model.elastic.units import (
     ANNOTATION_POLICY,
+    ANNOTATION_TERMS,
     ANNOTATION_UNIT,
     COST_SPAN,
     DELETION_COST,
@@ -499,6 +500,37 @@ def test_a_gated_pod_is_released_when_a_unit_has_room_within_the_gated_pod_rules
     assert release(released, policy, (0, 0, 0)) == release(make_pod(), policy, (0, 0, 0))
 
 
+def test_a_held_pod_with_its_own_terms_is_released_to_every_unit_with_room() -> None:
+    policy = make_policy()
+    own = {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["arm64"]}]}
+    pod = make_pod(
+        "p",
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [own, {}]}
+            }
+        },
+    )
+    held = applied(pod, admit(pod, policy, (0, 0, 0), hold=True).patch)
+    assert held["metadata"]["annotations"][ANNOTATION_TERMS] == "0,1,2,-"
+    answer = release(held, policy, (0, 4, 0))
+    assert answer is not None
+    released = applied(held, answer.patch)
+    assert gated_mutation_allowed(held, released)
+    arm = {"arch": "arm64"}
+    assert affinity_allows(released, {**LOCAL, **arm})
+    assert affinity_allows(released, {**VIRTUAL, **arm})
+    assert not affinity_allows(released, {**CLOUD, **arm})
+    assert not affinity_allows(released, {**VIRTUAL, "arch": "amd64"})
+    assert release(held, policy, (0, 0, 0)) is not None
+    changed = make_policy(units=[{"name": "local", "nodeSelector": {"site": "dc2"}}])
+    fallback = release(held, changed, (0,))  # the units changed since: narrowed the safe way
+    assert fallback is not None
+    narrowed = applied(held, fallback.patch)
+    assert gated_mutation_allowed(held, narrowed)
+    assert not any(affinity_allows(narrowed, {**labels, **arm}) for labels in NODES.values())
+
+
 def test_a_gated_pod_stays_when_no_unit_has_room() -> None:
     policy = make_policy(units=[{"name": "a", "nodeSelector": LOCAL, "max": 1}])
     held = applied(make_pod("p"), admit(make_pod("p"), policy, (1,)).patch)
@@ -841,3 +873,52 @@ def test_odd_pods_get_a_patch_that_applies_or_none(
     patched = applied(pod, admission.patch)
     if admission.patch:
         assert admit(patched, policy, counts).patch == []
+
+
+@FAST
+@given(
+    units=random_units,
+    counts=st.lists(st.integers(0, 4), min_size=4, max_size=4),
+    nodes=st.lists(node_labels, min_size=1, max_size=6),
+    required=user_required,
+)
+def test_a_released_pod_only_gains_requirements_and_never_reaches_a_unit_without_room(
+    units: list[tuple[dict[str, str], int | None]],
+    counts: list[int],
+    nodes: list[dict[str, str]],
+    required: list[list[dict[str, Any]]] | None,
+) -> None:
+    try:
+        policy = units_policy(units, "LackResourceOrExceedMax")
+    except ValueError:
+        return
+    counts = counts[: len(policy.units)]
+    spec: dict[str, Any] = {}
+    if required is not None:
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": t} for t in required]
+                }
+            }
+        }
+    pod = make_pod("p", **spec)
+    held = applied(pod, admit(pod, policy, counts, hold=True).patch)
+    answer = release(held, policy, counts)
+    allowed = allowed_units(policy, counts)
+    if answer is None:
+        return
+    released = applied(held, answer.patch)
+    assert gated_mutation_allowed(held, released)
+    assert not released["spec"].get("schedulingGates")
+    # Exact unless a closing was needed (an exclusion of more than one requirement on a held
+    # pod with its own terms): then stricter, never looser.
+    simple = all(len(u.node_selector.requirements) <= 1 for u in policy.units)
+    exact = required is None or (simple and ANNOTATION_TERMS in held["metadata"]["annotations"])
+    for labels in nodes:
+        may = unit_of_node(policy, labels) in allowed and affinity_allows(pod, labels)
+        assert (
+            affinity_allows(released, labels) == may
+            if exact
+            else may or not affinity_allows(released, labels)
+        ), labels
