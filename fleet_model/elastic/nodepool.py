@@ -52,8 +52,9 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from fleet_model.cluster import label_problem, parse_quantity
+from fleet_model.cluster import parse_quantity
 from fleet_model.problems import SpecError, escape, is_name
+from fleet_model.selectors import label_problem
 
 __all__ = [
     "API_VERSION",

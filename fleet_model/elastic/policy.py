@@ -62,9 +62,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fleet_model.cluster import label_problem, parse_label_selector_object
 from fleet_model.labels import LabelRequirement, LabelSelector, Op
 from fleet_model.problems import SpecError, is_name
+from fleet_model.selectors import label_problem, parse_label_selector_object
 from fleet_model.times import parse_time
 
 __all__ = [
