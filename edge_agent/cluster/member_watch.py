@@ -184,6 +184,15 @@ class Informer:
         """The resourceVersion the cache is at (the next watch starts there)."""
         return self._resource_version
 
+    @property
+    def backoff(self) -> float:
+        """Seconds the next failure waits before its retry (0: none in a row yet).
+
+        It is 0 after a watch that delivered an event; the next failure then waits
+        ``backoff_initial``, and a 410 then relists at once.
+        """
+        return self._backoff
+
     def items(self) -> dict[Key, dict[str, Any]]:
         """The cached objects by ``(namespace, name)``: a new dict; the objects are shared."""
         return dict(self._items)
