@@ -31,6 +31,11 @@ FAST = InformerSettings(backoff_initial=0.05, backoff_max=0.5)
 WITHIN = 90.0
 """Seconds: a safety net for two busy cores (an API server restart alone can take 40 s)."""
 
+RESTART_TIMEOUT = 360
+"""Seconds for a test that restarts the API server: a graceful stop, a cold start waited
+for up to ``kube.READY_TIMEOUT`` and the catch-up, which the suite's 120 s cannot hold on
+two busy cores."""
+
 
 def configmaps(namespace: str) -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps"
@@ -196,6 +201,7 @@ async def test_a_dropped_connection_resumes_from_the_last_resource_version(
             await client.close()
 
 
+@pytest.mark.timeout(RESTART_TIMEOUT)
 async def test_gone_after_an_api_server_restart_relists_without_loss(
     plane: kube.ControlPlane,
     namespace: str,
@@ -234,6 +240,7 @@ async def test_gone_after_an_api_server_restart_relists_without_loss(
             await client.close()
 
 
+@pytest.mark.timeout(RESTART_TIMEOUT)
 async def test_the_watch_goes_on_across_an_api_server_restart(
     api: RecordingApi, plane: kube.ControlPlane, namespace: str
 ) -> None:
