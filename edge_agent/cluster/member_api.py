@@ -8,13 +8,18 @@ exception type. ``MemberApi.request`` is the same client for writes (the work ap
 returns the status and the decoded answer, so the caller reads the API server's refusal.
 Answers are bounded (``max_json_bytes``) and the whole request is bounded in
 time (``request_timeout``).
+
+``MemberApi.stream_lines`` is for answers that never end on their own (a WATCH): it yields the
+answer line by line, each line bounded (``LineTooLongError``), and bounds the silence between
+two reads (``idle_timeout``) instead of the whole request, so a watch of ten minutes is no
+timeout but a dead connection is noticed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -32,6 +37,10 @@ class MemberApiError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class LineTooLongError(MemberApiError):
+    """A streamed answer had a line longer than the caller's bound; the stream is closed."""
 
 
 def _status_message(raw: bytes) -> str:
@@ -133,6 +142,54 @@ class MemberApi:
         except ValueError:
             return status, None
 
+    async def stream_lines(
+        self, path: str, *, max_line_bytes: int, idle_timeout: float
+    ) -> AsyncGenerator[bytes]:
+        """GET ``path`` and yield its answer line by line (no newline; empty lines skipped).
+
+        For a WATCH (``?watch=1``): the request has no overall deadline, only
+        ``idle_timeout`` seconds of silence between two reads and the settings' connect
+        timeout. A non-2xx answer raises MemberApiError with its status and the ``Status``
+        message before any line; a line longer than ``max_line_bytes`` raises
+        LineTooLongError (nothing more of the answer is read); a broken or silent connection
+        raises MemberApiError. A line cut off by the end of the answer is dropped: the
+        server did not finish it. Close the generator (``contextlib.aclosing``) to release
+        the connection early.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"a path on the API server starts with '/': {path!r}")
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be at least 1, got {max_line_bytes}")
+        if self._http is None:
+            raise MemberApiError("the member API client is closed")
+        try:
+            authorization = self._credentials.authorization()
+        except CredentialsError as error:
+            raise MemberApiError(str(error)) from None
+        headers = {"Accept": "application/json"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._settings.connect_timeout, sock_read=idle_timeout
+        )
+        url = self._credentials.server + path
+        try:
+            async with self._http.get(
+                url, headers=headers, allow_redirects=False, timeout=timeout
+            ) as answer:
+                if not 200 <= answer.status < 300:
+                    raw = await answer.content.read(64 * 1024)
+                    raise MemberApiError(
+                        f"GET {path} on {self.server}: HTTP {answer.status}: "
+                        f"{_status_message(raw)}",
+                        status=answer.status,
+                    )
+                async for line in _lines(answer.content, max_line_bytes, path):
+                    yield line
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            raise MemberApiError(f"GET {path} on {self.server} failed: {reason}") from None
+
     async def _read(self, answer: aiohttp.ClientResponse, path: str) -> bytes:
         limit = self._settings.max_json_bytes
         if answer.content_length is not None and answer.content_length > limit:
@@ -158,6 +215,29 @@ class MemberApi:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+async def _lines(
+    content: aiohttp.StreamReader, max_line_bytes: int, path: str
+) -> AsyncIterator[bytes]:
+    """The complete lines of ``content``; at most ``max_line_bytes`` (+ one chunk) buffered."""
+    pending = bytearray()
+    async for chunk in content.iter_any():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending += chunk[start:end]
+            start = end + 1
+            if len(pending) > max_line_bytes:
+                break
+            if pending.strip():
+                yield bytes(pending)
+            pending.clear()
+        else:
+            pending += chunk[start:]
+        if len(pending) > max_line_bytes:
+            raise LineTooLongError(
+                f"GET {path}: a line of the answer is longer than {max_line_bytes} bytes"
+            )
 
 
 @contextlib.asynccontextmanager
