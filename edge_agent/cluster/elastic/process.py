@@ -46,13 +46,25 @@ class CommandRun:
 class _Capture(asyncio.Protocol):
     """One pipe read to its end, keeping its head or its tail within ``limit`` bytes."""
 
-    def __init__(self, limit: int, *, tail: bool, done: asyncio.Future[None]) -> None:
+    def __init__(self, limit: int, *, tail: bool) -> None:
         self.limit = limit
         self.tail = tail
         self.data = bytearray()
         self.dropped = 0
-        self.done = done
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.ReadTransport | None = None
+
+    async def open(self) -> int:
+        """Make the pipe and read its read end; the write end, for the command (close it)."""
+        read, write = os.pipe()
+        pipe = os.fdopen(read, "rb", buffering=0)
+        try:
+            await asyncio.get_running_loop().connect_read_pipe(lambda: self, pipe)
+        except BaseException:
+            pipe.close()
+            os.close(write)
+            raise
+        return write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.ReadTransport)  # noqa: S101 - connect_read_pipe
@@ -99,16 +111,6 @@ async def _feed(pipe: asyncio.StreamWriter | None, data: bytes) -> None:
     pipe.close()
 
 
-async def _open_capture(
-    fd: int, limit: int, *, tail: bool
-) -> tuple[_Capture, asyncio.Future[None]]:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    capture = _Capture(limit, tail=tail, done=done)
-    await loop.connect_read_pipe(lambda: capture, os.fdopen(fd, "rb", buffering=0))
-    return capture, done
-
-
 async def run_command(
     argv: Sequence[str],
     *,
@@ -122,27 +124,25 @@ async def run_command(
     """Run ``argv`` with ``stdin``; see the rules above. ``OSError`` if it cannot start."""
     # Our own pipes for the output (not asyncio's StreamReaders): the read ends are ours to
     # close when a leftover child keeps the write ends open, and nothing buffers past a limit.
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=out_write,
-            stderr=err_write,
-            start_new_session=True,
-        )
-    except BaseException:
-        for fd in (out_read, err_read):
-            os.close(fd)
-        raise
-    finally:
-        for fd in (out_write, err_write):
-            os.close(fd)
-    out, out_done = await _open_capture(out_read, max_stdout, tail=False)
-    err, err_done = await _open_capture(err_read, max_stderr, tail=True)
+    out = _Capture(max_stdout, tail=False)
+    err = _Capture(max_stderr, tail=True)
+    process: asyncio.subprocess.Process | None = None
     timed_out = left_running = False
     try:
+        writes: list[int] = []
+        try:
+            writes.append(await out.open())
+            writes.append(await err.open())
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=writes[0],
+                stderr=writes[1],
+                start_new_session=True,
+            )
+        finally:
+            for fd in writes:  # the command holds them now; ours would keep EOF away
+                os.close(fd)
         try:
             async with asyncio.timeout(seconds):
                 await _feed(process.stdin, stdin)
@@ -152,18 +152,19 @@ async def run_command(
             _kill_group(process.pid)
         # asyncio.wait, not a timeout around gather: the futures must stay uncancelled so
         # "still open" can be told from "closed".
-        await asyncio.wait({out_done, err_done}, timeout=kill_wait if timed_out else pipe_grace)
-        if not (out_done.done() and err_done.done()):
+        await asyncio.wait({out.done, err.done}, timeout=kill_wait if timed_out else pipe_grace)
+        if not (out.done.done() and err.done.done()):
             left_running = not timed_out
             _kill_group(process.pid)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(kill_wait):
                 await process.wait()
     finally:
-        if process.returncode is None:
-            _kill_group(process.pid)
-        if process.stdin is not None:
-            process.stdin.close()
+        if process is not None:
+            if process.returncode is None:
+                _kill_group(process.pid)
+            if process.stdin is not None:
+                process.stdin.close()
         out.close()
         err.close()
     return CommandRun(

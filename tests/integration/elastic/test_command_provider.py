@@ -7,6 +7,7 @@ stdin, the pid of a child they started) in files the test reads afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import sys
@@ -20,7 +21,7 @@ from edge_agent.cluster.elastic.process import run_command
 from edge_agent.cluster.elastic.providers import CommandNodes, CommandSettings, PoolProviders
 from fleet_model.elastic.autoscaler import MAX_MESSAGE, CreateResult, DeleteResult, Outcome
 from fleet_model.elastic.nodepool import POOL_LABEL, NodePool, parse_node_pool
-from tests.harness.waiting import eventually
+from tests.harness.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,14 +141,31 @@ async def test_a_hang_is_killed_at_the_timeout_with_its_children(tmp_path: Path)
         "wait\n"
     )
     path.chmod(0o755)
-    result = await CommandNodes().create(pool(path, timeout=3), 1)
+    result = await CommandNodes().create(pool(path, timeout=5), 1)
     assert result.outcome is Outcome.TIMED_OUT
-    assert "did not finish within 3 s" in result.message
+    assert "did not finish within 5 s" in result.message
     assert "asking the cloud" in result.message
     child = int((tmp_path / "child").read_text())
     eventually(
         lambda: alive(child), lambda running: not running, what="the provider's child killed"
     )
+
+
+async def test_cancelling_the_caller_kills_the_command(tmp_path: Path) -> None:
+    path = tmp_path / "provider"
+    path.write_text('#!/bin/sh\nsleep 600 & echo $! > "$(dirname "$0")/child"\nwait\n')
+    path.chmod(0o755)
+    child_file = tmp_path / "child"
+    async with asyncio.TaskGroup() as tasks:
+        creating = tasks.create_task(CommandNodes().create(pool(path, timeout=600), 1))
+        await eventually_async(
+            lambda: asyncio.sleep(0, child_file.exists() and child_file.read_text().strip()),
+            what="the provider's child started",
+        )
+        creating.cancel()
+    assert creating.cancelled()
+    child = int(child_file.read_text())
+    eventually(lambda: alive(child), lambda running: not running, what="the child killed")
 
 
 def alive(pid: int) -> bool:

@@ -19,7 +19,12 @@ import pytest
 import yaml
 
 from edge_agent.cluster import credentials
-from edge_agent.cluster.elastic.providers import KWOK_ANNOTATION, KwokNodes, node_name
+from edge_agent.cluster.elastic.providers import (
+    KWOK_ANNOTATION,
+    KwokNodes,
+    KwokSettings,
+    node_name,
+)
 from edge_agent.cluster.member_api import MemberApi, open_member_api
 from edge_agent.cluster.settings import ClusterSettings
 from fleet_model.elastic.autoscaler import Outcome
@@ -163,9 +168,13 @@ async def test_names_count_on_across_deletes_and_restarts(
     # Not reused while the agent runs, even though -2 is free again.
     again = await nodes.create(pool, 1)
     assert again.nodes == (f"{pool.name}-3",)
-    # After a restart the pool's nodes say where to go on from.
-    restarted = await KwokNodes(api).create(pool, 1)
+    # After a restart the pool's nodes say where to go on from (read page by page).
+    restarted = await KwokNodes(api, KwokSettings(list_page=1)).create(pool, 1)
     assert restarted.nodes == (f"{pool.name}-4",)
+    # A listing longer than allowed is a failure that says so, not a guess.
+    bounded = await KwokNodes(api, KwokSettings(list_page=1, max_list_pages=2)).create(pool, 1)
+    assert bounded.outcome is Outcome.FAILED
+    assert "more than 2 pages" in bounded.message
 
 
 async def test_a_taken_name_is_skipped(cluster: member.MemberCluster, api: MemberApi) -> None:
@@ -357,6 +366,7 @@ DELETE = object()
 @pytest.mark.parametrize(
     ("sample", "path", "value", "expected"),
     [
+        (SAMPLE_POOL, "metadata/name", "n" * 64, "metadata.name"),
         (SAMPLE_POOL, "spec/max", -1, "spec.max"),
         (SAMPLE_POOL, "spec/max", DELETE, "spec.max: Required value"),
         (SAMPLE_POOL, "spec/priority", "high", "spec.priority"),
