@@ -22,7 +22,7 @@ Rules:
   The shape is rendered by ``command_input``, so kwok nodes and a command's nodes are told
   the same labels, taints and quantities.
 * Names are ``<prefix>-<n>``: ``prefix`` is the pool's name (cut to 49 characters plus six of
-  its SHA-256 when longer than 56, so every name fits the 63 characters of the hostname
+  its SHA-256 when it has 56 or more, so every name fits the 63 characters of the hostname
   label), ``n`` counts up from one past the highest ``n`` among the pool's nodes and among the
   names this provider handed out: deterministic, never reused while the agent runs. A name
   taken (409) moves on to the next ``n``, at most ``max_conflicts`` times per create.
@@ -70,6 +70,7 @@ __all__ = [
     "KwokSettings",
     "NodeProvider",
     "PoolProviders",
+    "name_prefix",
     "node_name",
 ]
 
@@ -109,8 +110,12 @@ def _status_message(answer: Any) -> str:  # noqa: ANN401 - decoded JSON
 
 
 def name_prefix(pool: str) -> str:
-    """The head of every node name of ``pool`` (see the rules above)."""
-    if len(pool) <= _PREFIX_MAX:
+    """The head of every node name of ``pool`` (see the rules above).
+
+    Names shorter than the 56 characters a hashed head has are kept whole, so a head is never
+    both a pool's name and another pool's hashed head.
+    """
+    if len(pool) < _PREFIX_MAX:
         return pool
     digest = hashlib.sha256(pool.encode()).hexdigest()[:6]
     return f"{pool[:_CUT]}-{digest}"
