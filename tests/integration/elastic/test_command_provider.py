@@ -157,7 +157,9 @@ async def test_cancelling_the_caller_kills_the_command(tmp_path: Path) -> None:
     path.chmod(0o755)
     child_file = tmp_path / "child"
     async with asyncio.TaskGroup() as tasks:
-        creating = tasks.create_task(CommandNodes().create(pool(path, timeout=600), 1))
+        creating = tasks.create_task(
+            CommandNodes().create(pool(path, timeout=600), 1), name="test.create"
+        )
         await eventually_async(
             lambda: asyncio.sleep(0, child_file.exists() and child_file.read_text().strip()),
             what="the provider's child started",

@@ -256,6 +256,14 @@ def crds(cluster: member.MemberCluster) -> member.MemberCluster:
             f"crd/{plural}.{GROUP}",
             "--timeout=120s",
         )
+    # Established comes a moment before discovery lists the kinds; kubectl needs the latter.
+    eventually(
+        lambda: cluster.kubectl("get", "nodepools,resourcepolicies", "-A", check=False),
+        lambda done: done.returncode == 0,
+        what="the elastic kinds in discovery",
+        within=60.0,
+        every=0.5,
+    )
     return cluster
 
 
