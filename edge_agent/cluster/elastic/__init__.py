@@ -1,0 +1,8 @@
+"""Elastic clusters, the agent side (issue 15): the building blocks that act on the member.
+
+``providers``: what makes and removes a NodePool's nodes (``KwokNodes``: Node objects kwok
+plays; ``CommandNodes``: the operator's executable), behind the ``NodeProvider`` protocol the
+autoscaler's driver calls. ``process``: running one command bounded in time and output. The
+decisions are ``fleet_model.elastic``'s (pure); the CRDs are in
+``packaging/kubernetes/elastic/``. Nothing here is wired into the daemon yet.
+"""

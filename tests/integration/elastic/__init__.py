@@ -1,0 +1,1 @@
+"""Elastic clusters, the agent side: node providers and CRDs against real things."""
