@@ -163,6 +163,11 @@ async def run_command(
         if process is not None:
             if process.returncode is None:
                 _kill_group(process.pid)
+                # Reap it here, also when the caller was cancelled: an unreaped child is a
+                # zombie, and its transport collected later warns "still running".
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(kill_wait):
+                        await process.wait()
             if process.stdin is not None:
                 process.stdin.close()
         out.close()
