@@ -17,6 +17,7 @@ timeout but a dead connection is noticed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -29,6 +30,8 @@ from edge_agent.cluster.settings import ClusterSettings
 
 GetJson = Callable[[str], Awaitable[Any]]
 _CHUNK = 64 * 1024
+_CLOSE_WAIT = 2.0
+"""Seconds ``close`` waits for streamed connections to finish their TLS shutdown."""
 
 
 class MemberApiError(Exception):
@@ -58,6 +61,7 @@ class MemberApi:
         self._credentials = credentials
         self._settings = settings
         self._http: aiohttp.ClientSession | None = None
+        self._closing: set[asyncio.Future[None]] = set()
 
     @property
     def server(self) -> str:
@@ -177,6 +181,7 @@ class MemberApi:
             async with self._http.get(
                 url, headers=headers, allow_redirects=False, timeout=timeout
             ) as answer:
+                self._track_closing(answer)
                 if not 200 <= answer.status < 300:
                     raw = await answer.content.read(64 * 1024)
                     raise MemberApiError(
@@ -211,10 +216,32 @@ class MemberApi:
             ),
         )
 
+    def _track_closing(self, answer: aiohttp.ClientResponse) -> None:
+        """Remember the connection of a streamed answer, so ``close`` can wait for it to end.
+
+        A watch given up early (cancelled, or a line too long) is closed when its answer is
+        released, and a TLS connection shuts down asynchronously after that; aiohttp's
+        ``ClientSession.close`` waits only for the connections still pooled or in use. Without
+        this, such a transport could outlive the event loop (an "unclosed transport" warning).
+        """
+        protocol = answer.connection.protocol if answer.connection is not None else None
+        closed = protocol.closed if protocol is not None else None
+        if closed is None or closed.done():
+            return
+        self._closing.add(closed)
+        closed.add_done_callback(self._closed_one)
+
+    def _closed_one(self, closed: asyncio.Future[None]) -> None:
+        self._closing.discard(closed)
+        if not closed.cancelled():
+            closed.exception()  # retrieved: a connection lost with an error is not news here
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=_CLOSE_WAIT)
 
 
 async def _lines(
