@@ -35,6 +35,9 @@ Cluster mode (an agent that serves a whole member cluster; no ``[kube]`` proxy t
     in_cluster = true         # or: kubeconfig = "/path/to/kubeconfig" (+ context = "name")
     interval = 10.0           # seconds between cluster status reports
 
+    [cluster.elastic]         # ResourcePolicy webhook + NodePool autoscaler (docs/elastic.md)
+    enabled = true
+
 Every key and its default is in docs/agent-config.md.
 """
 
@@ -46,6 +49,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.works.settings import WorkSettings, WorkSettingsError, work_settings
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
@@ -298,6 +302,7 @@ def _cluster(raw: object, where: str) -> ClusterSettings:
         raise ConfigError(f"{where}: expected a table")
     raw = dict(raw)
     raw.pop("works", None)  # [cluster.works]: read by _works
+    raw.pop("elastic", None)  # [cluster.elastic]: read by _elastic
     paths: dict[str, Any] = {}
     for name in _CLUSTER_PATHS:
         if name in raw:
@@ -330,6 +335,51 @@ def _works(cluster: object, where: str) -> WorkSettings:
         return work_settings(cluster["works"], where)
     except WorkSettingsError as error:
         raise ConfigError(str(error)) from None
+
+
+_ELASTIC_RANGES: dict[str, tuple[float, float]] = {
+    "webhook_service_port": (1, 65535),
+    "webhook_timeout": (1, 30),
+    "certificate_days": (2, 3650),
+    "certificate_renew_days": (1, 3649),
+}
+
+
+def _elastic(cluster: object, where: str) -> ElasticSettings:
+    """The ``[cluster.elastic]`` table (docs/elastic.md); defaults (off) when absent."""
+    if not isinstance(cluster, dict) or "elastic" not in cluster:
+        return ElasticSettings()
+    raw = cluster["elastic"]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    values = _fields(ElasticSettings, dict(raw), where)
+    for name, (low, high) in _ELASTIC_RANGES.items():
+        if name in values:
+            _check_range(where, name, values[name], low, high)
+    elastic = ElasticSettings(**values)
+    if elastic.certificate_renew_days >= elastic.certificate_days:
+        raise ConfigError(
+            f"{where}: certificate_renew_days ({elastic.certificate_renew_days}) must be less "
+            f"than certificate_days ({elastic.certificate_days})"
+        )
+    host, sep, port = elastic.webhook_listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{where}.webhook_listen: expected HOST:PORT such as 0.0.0.0:9443 (port 0: any "
+            f"free port, for tests), got {elastic.webhook_listen!r}"
+        )
+    if elastic.webhook_url and not elastic.webhook_url.startswith("https://"):
+        raise ConfigError(
+            f"{where}.webhook_url: the API server calls webhooks over HTTPS only; expected "
+            f"https://HOST:PORT/mutate-pods, got {elastic.webhook_url!r}"
+        )
+    namespace, _, name = elastic.webhook_service.partition("/")
+    if not elastic.webhook_url and not (namespace and name):
+        raise ConfigError(
+            f"{where}.webhook_service: expected NAMESPACE/NAME of the Service in front of the "
+            f"webhook, got {elastic.webhook_service!r}"
+        )
+    return elastic
 
 
 def _check_cluster_mode(
@@ -393,6 +443,7 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
     node_status = NodeStatusSettings(**status_values)
     twins = _twins(raw.pop("twins", {}), f"{where}: [twins]")
     works = _works(raw.get("cluster"), f"{where}: [cluster.works]")
+    elastic = _elastic(raw.get("cluster"), f"{where}: [cluster.elastic]")
     cluster = _cluster(raw.pop("cluster"), f"{where}: [cluster]") if "cluster" in raw else None
     _check_cluster_mode(cluster, kube, tunnel, where)
     top = _fields(AgentSettings, raw, where)
@@ -405,5 +456,6 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
         twins=twins,
         cluster=cluster,
         works=works,
+        elastic=elastic,
         **top,
     )

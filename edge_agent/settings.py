@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.works.settings import WorkSettings
 from edge_agent.kubecache.settings import KubeCacheSettings
@@ -254,3 +255,7 @@ class AgentSettings:
     works: WorkSettings = field(default_factory=WorkSettings)
     """How a cluster-mode agent applies the hub's works (``[cluster.works]``; unused in node
     mode). docs/fleet/agent-works.md."""
+
+    elastic: ElasticSettings = field(default_factory=ElasticSettings)
+    """The elastic part of cluster mode (``[cluster.elastic]``; off unless ``enabled``):
+    ResourcePolicy webhook and controller, NodePool autoscaler. docs/elastic.md."""
