@@ -262,3 +262,19 @@ def _ssl_context(cluster: dict[str, Any], user: dict[str, Any], path: Path) -> s
         except (OSError, ssl.SSLError) as error:
             raise CredentialsError(f"kubeconfig {path}: unusable TLS material: {error}") from None
     return context
+
+
+def own_namespace(settings: ClusterSettings) -> str | None:
+    """The agent's own namespace (``in_cluster``: the service account's ``namespace`` file).
+
+    None for an agent outside the member cluster, or when the file is missing or odd: the
+    caller then simply does not exclude its own namespace (the webhook's namespaceSelector).
+    """
+    if not settings.in_cluster:
+        return None
+    try:
+        text = (settings.service_account_dir / "namespace").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    name = text.strip()
+    return name if 0 < len(name) <= 63 and name.replace("-", "").isalnum() else None

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent import config
+from edge_agent.cluster import credentials
 from edge_agent.cluster.elastic.settings import ElasticSettings
+from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.settings import AgentSettings
 
 CLUSTER = '[cluster]\nkubeconfig = "/k"\n'
@@ -71,3 +73,14 @@ def test_bad_elastic_tables_say_what_to_fix(tmp_path: Path, elastic: str, messag
 def test_elastic_must_be_a_table(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="expected a table"):
         _load(tmp_path, CLUSTER + "elastic = true\n")
+
+
+def test_own_namespace_comes_from_the_service_account(tmp_path: Path) -> None:
+    outside = ClusterSettings(kubeconfig=tmp_path / "k")
+    assert credentials.own_namespace(outside) is None
+    inside = ClusterSettings(in_cluster=True, service_account_dir=tmp_path)
+    assert credentials.own_namespace(inside) is None  # no file: nothing excluded
+    (tmp_path / "namespace").write_text("edgefleet-system\n")
+    assert credentials.own_namespace(inside) == "edgefleet-system"
+    (tmp_path / "namespace").write_text("not a/name")
+    assert credentials.own_namespace(inside) is None
