@@ -1,0 +1,636 @@
+"""The ResourcePolicy mutating admission webhook, served by the cluster-mode agent over HTTPS.
+
+The API server sends every pod CREATE (``webhook_config``) as an AdmissionReview v1; the answer
+is the JSON patch of ``fleet_model.elastic.units.admit`` for the policy that governs the pod
+(``policy.governing_policy``), or no patch.
+
+Rules:
+
+* The cluster is never blocked by us. Every review that parses is answered ``allowed: true``
+  with its ``request.uid``; a pod we cannot make sense of, a request that is not a pod CREATE,
+  a pod no policy governs, an unexpected error in the decision, and any pod arriving before the
+  policies' informer has synced are all admitted unchanged (fail open). The configuration says
+  ``failurePolicy: Ignore``, so a webhook that is down or slow admits pods unchanged too.
+* Only ``POST /mutate-pods`` with ``Content-Type: application/json`` and a body of at most
+  ``MAX_BODY_BYTES`` (the API server's own request limit): else 404 / 405 / 415 / 413. A body
+  that is not JSON or not an AdmissionReview v1 with a ``request.uid`` is a 400 that says what
+  is wrong. The server keeps serving after any of these.
+* Hold mode (``ElasticSettings.hold``, the default): every governed pod is admitted at the
+  scheduling gate ``elastic.edgefleet.io/waiting-for-room`` with the policy annotation; the
+  policy controller releases gated pods in unit order. Without hold the webhook decides alone
+  from the pods cache, which needs the ``pods`` informer (and the nodes, which it watches
+  itself): pods per unit from ``count_usage``, plus the pods it admitted that the cache does
+  not show yet, and the units opened by timeouts from the policy's status. A pod it places
+  carries the annotation ``elastic.edgefleet.io/admission`` (the request's uid): a pod created
+  from ``generateName`` has no name at admission, and this is how its admission is matched
+  with the pod the cache shows later. An admission the cache never shows (a later admission
+  step refused the pod) stops counting after ``WebhookTiming.in_flight`` seconds. Without
+  the ``pods`` informer, or before both caches have synced, pods are held.
+* Policies are parsed once per informer revision; invalid ones are skipped (the policy
+  controller reports them in their status).
+* Certificates: ``webhook_tls`` (self-made CA, renewed ``certificate_renew_days`` before
+  expiry). On a renewal the configuration gets the new bundle (new CA and old) first, then,
+  after ``WebhookTiming.ca_propagation`` seconds for the API server to load it, the listener
+  serves the new certificate.
+* The configuration is registered at start and checked every ``WebhookTiming.recheck`` seconds
+  (someone may have deleted or edited it); failures are retried with a doubling back-off.
+  ``ready`` is set once the listener serves and the configuration is registered.
+* A ``webhook_url`` whose port is 0 means the port the listener bound (tests listen on port 0).
+* One DEBUG line per patched pod, one WARNING per error; Prometheus metrics
+  ``edgefleet_agent_elastic_webhook_*`` when a registry is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import dataclasses
+import ipaddress
+import json
+import logging
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+
+from edge_agent.cluster.elastic import webhook_tls
+from edge_agent.cluster.elastic.settings import ElasticSettings
+from edge_agent.cluster.elastic.webhook_config import (
+    WEBHOOK_PATH,
+    WebhookConfigError,
+    desired_configuration,
+    register,
+)
+from edge_agent.cluster.member_api import MemberApi, MemberApiError
+from edge_agent.cluster.member_watch import Informer, InformerSettings, Key
+from fleet_model.elastic.policy import (
+    GroupKey,
+    ResourcePolicy,
+    governing_policy,
+    group_key,
+    parse_resource_policy,
+)
+from fleet_model.elastic.units import (
+    Admission,
+    Usage,
+    admit,
+    count_usage,
+    opened_from_status,
+)
+from fleet_model.problems import SpecError, escape, is_name
+
+__all__ = [
+    "ANNOTATION_ADMISSION",
+    "MAX_BODY_BYTES",
+    "REVIEW_API_VERSION",
+    "AdmissionWebhook",
+    "WebhookMetrics",
+    "WebhookTiming",
+]
+
+log = logging.getLogger("edge_agent.cluster.elastic.webhook")
+
+MAX_BODY_BYTES = 3 * 1024 * 1024
+"""Bytes of one AdmissionReview: the API server's own limit on a request body (3 MiB), so a
+real review always fits and anything larger is not one."""
+REVIEW_API_VERSION = "admission.k8s.io/v1"
+MAX_UID_CHARS = 128
+"""A request uid is a UUID (36 characters); anything much longer is not one."""
+_JSON = "application/json"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Seconds: the issue's goal is under 5 ms added per pod create; the API server gives up at
+``webhook_timeout`` (2 s by default)."""
+_MAX_IN_FLIGHT = 10_000
+"""Admissions remembered for counting (hold=False): a burst of pod creates within
+``in_flight`` seconds larger than this forgets the oldest first."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookTiming:
+    """Timing of the webhook's upkeep; not in ``ElasticSettings`` (operators need not tune it)."""
+
+    retry_initial: float = 1.0
+    """Seconds before the first retry of a failed registration or certificate step."""
+
+    retry_max: float = 60.0
+    """Seconds the doubling retry delay stops at: an API server back from an outage sees the
+    configuration within a minute."""
+
+    recheck: float = 300.0
+    """Seconds between two checks of the configuration (and of the certificates' renewal
+    time): a configuration someone deleted or edited is put back within five minutes, for one
+    GET each time."""
+
+    ca_propagation: float = 10.0
+    """Seconds between publishing a renewed CA bundle and serving the certificate it signed:
+    the API server loads webhook configurations through a watch, well within this."""
+
+    in_flight: float = 30.0
+    """Seconds an admission counts for its unit on its own (hold=False) while the pods cache
+    does not show its pod: a watch event arrives well within this; a pod refused after our
+    admission never arrives, and must not hold its unit's room for long."""
+
+
+class WebhookMetrics:
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.admissions = prometheus_client.Counter(
+            "edgefleet_agent_elastic_webhook_admissions",
+            "Admission requests answered, by outcome: held (at the gate, hold mode), placed "
+            "(node affinity in unit order), waiting (every unit full: at the gate), unchanged "
+            "(governed, nothing to do), no_policy, not_synced (policies not listed yet), "
+            "skipped (not a pod create or an odd pod), error (admitted unchanged), "
+            "bad_request (answered 4xx)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.latency = prometheus_client.Histogram(
+            "edgefleet_agent_elastic_webhook_duration_seconds",
+            "Seconds from a request's arrival to its answer",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.registrations = prometheus_client.Counter(
+            "edgefleet_agent_elastic_webhook_registrations",
+            "Checks of the MutatingWebhookConfiguration, by result (created, updated, "
+            "unchanged, failed)",
+            ["result"],
+            registry=registry,
+        )
+        self.certificate_expiry = prometheus_client.Gauge(
+            "edgefleet_agent_elastic_webhook_certificate_expiry_timestamp_seconds",
+            "When the serving certificate expires (Unix time)",
+            registry=registry,
+        )
+
+
+ANNOTATION_ADMISSION = "elastic.edgefleet.io/admission"
+"""On a pod placed without hold: the uid of the admission request that placed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    at: float
+    policy: Key
+    group: GroupKey
+    unit: int
+    uid: str
+    """The admission request's uid, which the pod carries in ANNOTATION_ADMISSION."""
+
+
+class _BadRequestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _listen(text: str) -> tuple[str | None, int]:
+    host, sep, number = text.rpartition(":")
+    if not sep or not number.isdigit() or not 0 <= int(number) <= 65535:
+        raise ValueError(f"webhook_listen must be HOST:PORT (port 0..65535), got {text!r}")
+    host = host.strip("[]")
+    return host or None, int(number)
+
+
+def _url(text: str) -> urllib.parse.SplitResult | None:
+    if not text:
+        return None
+    parts = urllib.parse.urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or port == -1
+    ):
+        raise ValueError(
+            f"webhook_url must be https://HOST[:PORT]/PATH without user, query or fragment, "
+            f"got {text!r}"
+        )
+    return parts
+
+
+def _service(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not is_name(namespace) or not is_name(name) or "." in namespace:
+        raise ValueError(f"webhook_service must be NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
+def _host_for_url(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _pod_label(pod: Mapping[str, Any], request: Mapping[str, Any]) -> str:
+    metadata = _dict(pod.get("metadata"))
+    name = metadata.get("name") or request.get("name")
+    if isinstance(name, str) and name:
+        return name[:253]
+    generate = metadata.get("generateName")
+    return f"{generate[:253]}*" if isinstance(generate, str) and generate else "?"
+
+
+def _is_pod_create(request: Mapping[str, Any]) -> bool:
+    kind = _dict(request.get("kind"))
+    resource = _dict(request.get("resource"))
+    return (
+        request.get("operation") == "CREATE"
+        and not request.get("subResource")
+        and (kind.get("group"), kind.get("version"), kind.get("kind")) == ("", "v1", "Pod")
+        and (resource.get("group"), resource.get("resource")) == ("", "pods")
+    )
+
+
+class AdmissionWebhook:
+    """Serves ``POST /mutate-pods`` over HTTPS and keeps its configuration and certificates.
+
+    ``policies``: an informer of every ResourcePolicy (started by the caller); ``pods``: an
+    informer of every pod, needed only without hold mode; ``namespace``: the agent's own,
+    left out of the webhook's namespaces. See the module's rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        api: MemberApi,
+        policies: Informer,
+        settings: ElasticSettings,
+        state_dir: Path,
+        pods: Informer | None = None,
+        registry: prometheus_client.CollectorRegistry | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self._api = api
+        self._policies = policies
+        self._settings = settings
+        self._state_dir = state_dir
+        self._pods = pods
+        self._namespace = namespace
+        self._listen_host, self._listen_port = _listen(settings.webhook_listen)
+        self._url = _url(settings.webhook_url)
+        self._service = _service(settings.webhook_service)
+        if pods is None and not settings.hold:
+            log.info("elastic webhook: no pods cache given: every governed pod is held")
+        self._hold = settings.hold or pods is None
+        # Bound pods count for the unit of their node: without hold, node labels are needed.
+        self._nodes = (
+            None if self._hold else Informer(api, "/api/v1/nodes", settings=InformerSettings())
+        )
+        self._metrics = WebhookMetrics(registry) if registry is not None else None
+        self._port = 0
+        self.ready = asyncio.Event()
+        """Set once the listener serves and the configuration is registered."""
+        self.timing = WebhookTiming()
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """The wall clock for certificate validity (tests put a fake one here)."""
+        self._policy_revision = -1
+        self._by_namespace: dict[str, list[ResourcePolicy]] = {}
+        self._statuses: dict[Key, object] = {}
+        self._cache_revisions: tuple[int, int, int] = (-1, -1, -1)
+        self._pods_by_namespace: dict[str, list[dict[str, Any]]] = {}
+        self._admitted: set[str] = set()
+        self._node_labels: dict[str, dict[str, str]] = {}
+        self._usage: dict[Key, Usage] = {}
+        self._in_flight: collections.deque[_Flight] = collections.deque(maxlen=_MAX_IN_FLIGHT)
+
+    @property
+    def port(self) -> int:
+        """The port the listener bound (0 while not listening)."""
+        return self._port
+
+    # ------------------------------------------------------------ serving
+
+    def application(self) -> web.Application:
+        """The aiohttp application answering ``POST /mutate-pods`` (``run`` serves it)."""
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post(WEBHOOK_PATH, self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        outcome = "bad_request"
+        try:
+            try:
+                review = await self._read_review(request)
+            except _BadRequestError as error:
+                log.warning("elastic webhook: refused a request from %s: %s", request.remote, error)
+                return web.Response(status=error.status, text=f"{error}\n")
+            admission_request = review["request"]
+            outcome, answer = self._answer(admission_request)
+            answer["uid"] = admission_request["uid"]
+            answer["allowed"] = True
+            return web.json_response(
+                {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": answer}
+            )
+        finally:
+            if self._metrics is not None:
+                self._metrics.admissions.labels(outcome).inc()
+                self._metrics.latency.observe(time.perf_counter() - started)
+
+    async def _read_review(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type != _JSON:
+            raise _BadRequestError(415, f"Content-Type must be {_JSON}")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise _BadRequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _BadRequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes") from None
+        try:
+            review = json.loads(body)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            raise _BadRequestError(400, "the body is not JSON") from None
+        if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
+            raise _BadRequestError(400, "the body is not an AdmissionReview")
+        if review.get("apiVersion") != REVIEW_API_VERSION:
+            raise _BadRequestError(400, f"only AdmissionReview {REVIEW_API_VERSION} is served")
+        admission_request = review.get("request")
+        if not isinstance(admission_request, dict):
+            raise _BadRequestError(400, "the AdmissionReview has no request")
+        uid = admission_request.get("uid")
+        if not isinstance(uid, str) or not 0 < len(uid) <= MAX_UID_CHARS:
+            raise _BadRequestError(
+                400, f"request.uid must be a string of 1..{MAX_UID_CHARS} characters"
+            )
+        return review
+
+    def _answer(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``(outcome, response fields)`` for a review that parsed; never raises."""
+        try:
+            return self._decide(request)
+        except Exception:
+            log.warning(
+                "elastic webhook: admitting request %s unchanged after an error",
+                request.get("uid"),
+                exc_info=True,
+            )
+            return "error", {}
+
+    def _decide(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        pod = request.get("object")
+        namespace = request.get("namespace")
+        if (
+            not _is_pod_create(request)
+            or not isinstance(pod, dict)
+            or not isinstance(pod.get("spec"), dict)
+            or not isinstance(namespace, str)
+            or not namespace
+        ):
+            return "skipped", {}
+        if not self._policies.synced.is_set():
+            return "not_synced", {}
+        policies = self._policies_in(namespace)
+        policy = governing_policy(pod, policies, namespace=namespace)
+        if policy is None:
+            return "no_policy", {}
+        held = self._holding()
+        if held:
+            admission = admit(pod, policy, (), hold=True)
+        else:
+            admission = self._admit_counting(pod, policy, namespace, policies, request)
+        label = _pod_label(pod, request)
+        if not admission.patch:
+            log.debug(
+                "elastic webhook: pod %s/%s unchanged: %s", namespace, label, admission.reason
+            )
+            return "unchanged", {}
+        log.debug("elastic webhook: pod %s/%s: %s", namespace, label, admission.reason)
+        patch = base64.b64encode(json.dumps(admission.patch, separators=(",", ":")).encode())
+        outcome = "held" if held else "waiting" if admission.waiting else "placed"
+        return outcome, {"patchType": "JSONPatch", "patch": patch.decode()}
+
+    # ------------------------------------------------------------ decisions
+
+    def _policies_in(self, namespace: str) -> list[ResourcePolicy]:
+        """The valid policies of ``namespace``, parsed once per informer revision."""
+        revision = self._policies.revision
+        if revision != self._policy_revision:
+            by_namespace: dict[str, list[ResourcePolicy]] = collections.defaultdict(list)
+            statuses: dict[Key, object] = {}
+            for key, obj in self._policies.items().items():
+                try:
+                    policy = parse_resource_policy(obj)
+                except SpecError:
+                    continue  # the policy controller reports it in the policy's status
+                by_namespace[policy.namespace].append(policy)
+                statuses[key] = obj.get("status")
+            self._by_namespace = dict(by_namespace)
+            self._statuses = statuses
+            self._policy_revision = revision
+            self._usage.clear()
+        return self._by_namespace.get(namespace, [])
+
+    def _holding(self) -> bool:
+        """Hold this pod: hold mode, or the caches the count needs are not there yet."""
+        if self._hold or self._pods is None or self._nodes is None:
+            return True
+        return not (self._pods.synced.is_set() and self._nodes.synced.is_set())
+
+    def _admit_counting(
+        self,
+        pod: Mapping[str, Any],
+        policy: ResourcePolicy,
+        namespace: str,
+        policies: list[ResourcePolicy],
+        request: Mapping[str, Any],
+    ) -> Admission:
+        """``admit`` without hold: pods per unit from the caches and recent admissions."""
+        group = group_key(policy, pod)
+        key = (policy.namespace, policy.name)
+        counts = list(self._usage_of(policy, namespace, policies).counts(group, len(policy.units)))
+        for unit in self._flying(key, group):
+            if unit < len(counts):
+                counts[unit] += 1
+        opened = opened_from_status(policy, self._statuses.get(key)).get(group, 0)
+        admission = admit(pod, policy, counts, opened=opened)
+        index = policy.unit_index(admission.unit)
+        if index is None:
+            return admission
+        uid = str(request["uid"])
+        if request.get("dryRun") is not True:  # a dry run creates nothing to count
+            self._in_flight.append(_Flight(time.monotonic(), key, group, index, uid))
+        # admit's operations leave an annotations map in place: add our key to it.
+        mark = {"op": "add", "path": f"/metadata/annotations/{escape(ANNOTATION_ADMISSION)}"}
+        return dataclasses.replace(admission, patch=[*admission.patch, {**mark, "value": uid}])
+
+    def _refresh_caches(self) -> None:
+        assert self._pods is not None  # noqa: S101 - only called without hold
+        assert self._nodes is not None  # noqa: S101
+        revisions = (self._pods.revision, self._nodes.revision, self._policy_revision)
+        if revisions == self._cache_revisions:
+            return
+        if revisions[0] != self._cache_revisions[0]:
+            by_namespace: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+            items = self._pods.items()
+            admitted: set[str] = set()
+            for (namespace, _), obj in items.items():
+                by_namespace[namespace].append(obj)
+                annotations = _dict(_dict(obj.get("metadata")).get("annotations"))
+                if isinstance(uid := annotations.get(ANNOTATION_ADMISSION), str):
+                    admitted.add(uid)
+            self._pods_by_namespace = dict(by_namespace)
+            self._admitted = admitted
+        if revisions[1] != self._cache_revisions[1]:
+            self._node_labels = {
+                name: {k: v for k, v in labels.items() if isinstance(v, str)}
+                for (_, name), obj in self._nodes.items().items()
+                if isinstance(labels := _dict(obj.get("metadata")).get("labels"), dict)
+            }
+        self._usage.clear()
+        self._cache_revisions = revisions
+
+    def _usage_of(
+        self, policy: ResourcePolicy, namespace: str, policies: list[ResourcePolicy]
+    ) -> Usage:
+        self._refresh_caches()
+        key = (policy.namespace, policy.name)
+        usage = self._usage.get(key)
+        if usage is None:
+            pods = self._pods_by_namespace.get(namespace, [])
+            usage = count_usage(policy, pods, self._node_labels, policies=policies)
+            self._usage[key] = usage
+        return usage
+
+    def _flying(self, policy: Key, group: GroupKey) -> list[int]:
+        """Units of this group's recent admissions that the pods cache does not show yet."""
+        horizon = time.monotonic() - self.timing.in_flight
+        while self._in_flight and self._in_flight[0].at < horizon:
+            self._in_flight.popleft()
+        return [
+            flight.unit
+            for flight in self._in_flight
+            if flight.policy == policy
+            and flight.group == group
+            and flight.uid not in self._admitted
+        ]
+
+    # ------------------------------------------------------------ upkeep
+
+    def _effective_url(self) -> str | None:
+        if self._url is None:
+            return None
+        parts = self._url
+        if parts.port != 0:
+            return parts.geturl()
+        assert parts.hostname is not None  # noqa: S101 - checked in _url
+        netloc = f"{_host_for_url(parts.hostname)}:{self._port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+    def _names(self) -> list[str]:
+        namespace, name = self._service
+        host = self._url.hostname if self._url is not None else None
+        return webhook_tls.serving_names(
+            service_namespace=namespace, service_name=name, url_host=host
+        )
+
+    async def _ensure_tls(self) -> webhook_tls.WebhookTls:
+        settings = self._settings
+        tls, _ = await asyncio.to_thread(
+            webhook_tls.ensure_certificates,
+            self._state_dir,
+            names=self._names(),
+            lifetime=timedelta(days=settings.certificate_days),
+            renew_before=timedelta(days=settings.certificate_renew_days),
+            now=self.now(),
+        )
+        if self._metrics is not None:
+            self._metrics.certificate_expiry.set(tls.not_after.timestamp())
+        return tls
+
+    async def _register(self, tls: webhook_tls.WebhookTls) -> None:
+        excluded = [self._namespace] if self._namespace else []
+        if self._url is None:
+            excluded.append(self._service[0])
+        desired = desired_configuration(
+            settings=self._settings,
+            ca_bundle=tls.ca_bundle,
+            url=self._effective_url(),
+            service=None if self._url is not None else self._service,
+            excluded_namespaces=tuple(excluded),
+        )
+        try:
+            result = await register(self._api, desired)
+        except (MemberApiError, WebhookConfigError):
+            if self._metrics is not None:
+                self._metrics.registrations.labels("failed").inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.registrations.labels(result).inc()
+
+    async def run(self) -> None:
+        """Make or load the certificates, listen, register, renew; until cancelled."""
+        tls = await self._ensure_tls()
+        context = webhook_tls.server_context(tls)
+        runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._listen_host, self._listen_port, ssl_context=context)
+            await site.start()
+            addresses = runner.addresses
+            self._port = int(addresses[0][1]) if addresses else self._listen_port
+            log.info(
+                "elastic webhook: serving https on %s:%d (%s mode)",
+                self._listen_host or "*",
+                self._port,
+                "hold" if self._hold else "count",
+            )
+            async with asyncio.TaskGroup() as group:
+                if self._nodes is not None:
+                    group.create_task(self._nodes.run(), name="elastic.webhook.nodes")
+                group.create_task(self._upkeep(tls, context), name="elastic.webhook.upkeep")
+        finally:
+            self.ready.clear()
+            self._port = 0
+            await runner.cleanup()
+
+    async def _upkeep(self, tls: webhook_tls.WebhookTls, context: ssl.SSLContext) -> None:
+        """Keep the configuration registered and the certificates current (module rules)."""
+        failures = 0
+        registered = False
+        while True:
+            try:
+                fresh = await self._ensure_tls()
+                await self._register(fresh)
+                if fresh.serving_fingerprint != tls.serving_fingerprint:
+                    # The API server trusts the new CA (the bundle holds both) only once it
+                    # has loaded the configuration: serve the new certificate after that.
+                    if registered and fresh.ca_fingerprint != tls.ca_fingerprint:
+                        await asyncio.sleep(self.timing.ca_propagation)
+                    webhook_tls.reload_context(context, fresh)
+                    log.info(
+                        "elastic webhook: serving the new certificate (valid until %s)",
+                        fresh.not_after.isoformat(),
+                    )
+                    tls = fresh
+            except (MemberApiError, WebhookConfigError, OSError) as error:
+                failures += 1
+                delay = min(
+                    self.timing.retry_initial * 2 ** min(failures - 1, 30), self.timing.retry_max
+                )
+                log.warning("elastic webhook: %s; retrying in %.1f s", error, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            registered = True
+            self.ready.set()
+            until_renewal = (tls.renew_at - self.now()).total_seconds()
+            await asyncio.sleep(max(min(self.timing.recheck, until_renewal), 1.0))
