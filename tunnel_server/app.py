@@ -23,7 +23,13 @@ from tunnel_server import twins as twins_part
 from tunnel_server.api import sso_api, sso_openapi, users_api, users_openapi
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from tunnel_server.fleet import autonomy as autonomy_part
-from tunnel_server.fleet import cluster_proxy, clusters_api, clusters_openapi
+from tunnel_server.fleet import (
+    cluster_proxy,
+    clusters_api,
+    clusters_openapi,
+    elastic_openapi,
+    elastic_view,
+)
 from tunnel_server.fleet import egress as egress_part
 from tunnel_server.fleet.hub import openapi as fleet_openapi
 from tunnel_server.fleet.hub import setup as fleet_hub
@@ -102,6 +108,7 @@ def openapi_paths() -> dict[str, Any]:
     parts: list[dict[str, Any]] = [
         twins_part.OPENAPI_PATHS,
         clusters_openapi.OPENAPI_PATHS,
+        elastic_openapi.OPENAPI_PATHS,
         audit.OPENAPI_PATHS,
         models_openapi.OPENAPI_PATHS,
         users_openapi.OPENAPI_PATHS,
@@ -148,6 +155,7 @@ def create_app(
         audit.setup(app)
         cluster_proxy.setup(app, settings=settings.cluster_proxy)
         clusters_api.setup(app)
+        elastic_view.setup(app)
         fleet_hub.setup(app, data_dir=settings.data_dir)
         setup_stream(app)
         setup_gitsource(app)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleet_model.documents import KINDS
-from tunnel_server.client import connection, exits, fleet_reader
+from tunnel_server.client import connection, elastic_commands, exits, fleet_reader
 from tunnel_server.client.commands import SubParsers, fmt, leaf, path
 from tunnel_server.client.http import ApiClient, segment
 from tunnel_server.client.output import Column, say, show
@@ -70,6 +70,15 @@ def _kind_arg(value: str) -> str:
     except exits.ClientError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return f"{resolved}/{name}" if slash else resolved
+
+
+def _get_kind_arg(value: str) -> str:
+    """KIND of ``get``: a fleet kind, or a member cluster's (``elastic_commands``)."""
+    kind, slash, name = value.partition("/")
+    elastic = elastic_commands.resolve_elastic_kind(kind)
+    if elastic is None:
+        return _kind_arg(value)
+    return f"{elastic}/{name}" if slash else elastic
 
 
 def collection(kind: str) -> str:
@@ -283,6 +292,14 @@ COLUMNS: dict[str, list[Column]] = {
 
 def cmd_get(args: argparse.Namespace, _t: connection.Target, client: ApiClient) -> int:
     kind, names = _kind_and_names(args.kind, args.names)
+    if kind in elastic_commands.KINDS:
+        return elastic_commands.cmd_get_elastic(args, client, kind, names)
+    if args.cluster or args.namespace:
+        raise exits.ClientError(
+            f"--cluster and --namespace go with nodepools and resourcepolicies; {kind} is "
+            "a fleet object of the hub",
+            exits.USAGE,
+        )
     if names and args.selector:
         raise exits.ClientError("give NAME or -l SELECTOR, not both", exits.USAGE)
     if names:
@@ -575,18 +592,27 @@ def add_fleet_object_commands(sub: SubParsers) -> None:  # type: ignore[type-arg
         sub,
         "get",
         cmd_get,
-        f"list or show fleet objects: {kinds}",
+        f"list or show fleet objects: {kinds}; a member cluster's nodepools, resourcepolicies",
         description="KIND is a kind, plural or singular in any case, or a short name (mc:"
         " managedclusters, mcs: managedclustersets); KIND/NAME works too. -o yaml|json prints"
-        " the API's documents (yaml is what apply -f takes back).",
+        " the API's documents (yaml is what apply -f takes back). nodepools (np) and"
+        " resourcepolicies (rp) live in a registered member cluster: give --cluster NAME"
+        " (and -n NAMESPACE for policies of one namespace); they are read through the"
+        " cluster's tunnel as you, so its RBAC decides what you see.",
     )
-    get.add_argument("kind", type=_kind_arg, metavar="KIND")
+    get.add_argument("kind", type=_get_kind_arg, metavar="KIND")
     get.add_argument("names", nargs="*", metavar="NAME")
     get.add_argument(
         "-l",
         "--selector",
         metavar="SELECTOR",
         help="label selector, e.g. env=prod,tier!=db or 'region in (eu,us)'",
+    )
+    get.add_argument(
+        "--cluster", metavar="NAME", help="the member cluster of nodepools, resourcepolicies"
+    )
+    get.add_argument(
+        "-n", "--namespace", metavar="NS", help="resourcepolicies of this namespace only"
     )
     delete = leaf(
         sub,

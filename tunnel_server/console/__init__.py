@@ -36,7 +36,7 @@ TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
 }
-ASSETS = ("app.js", "fleet.js", "app.css", "icon.svg")
+ASSETS = ("app.js", "fleet.js", "elastic.js", "app.css", "icon.svg")
 
 
 def _load() -> dict[str, bytes]:

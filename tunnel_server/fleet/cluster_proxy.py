@@ -155,7 +155,8 @@ def _session(request: web.Request, name: str) -> AgentSession:
     return session
 
 
-def _impersonation(caller: access.Caller) -> list[tuple[str, str]]:
+def impersonation(caller: access.Caller) -> list[tuple[str, str]]:
+    """The headers that make the member see ``caller`` (docs/clusters.md, "Impersonation")."""
     name = f"edgefleet:{caller.role}"
     return [
         ("Impersonate-User", name),
@@ -174,7 +175,7 @@ def _head(request: web.Request, path: str, caller: access.Caller) -> tuple[h11.R
         head, upgrade = request_head(request, path=path, host=TARGET, drop=drop)
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw_items()]
         with_ours = h11.Request(
-            method=head.method, target=head.target, headers=headers + _impersonation(caller)
+            method=head.method, target=head.target, headers=headers + impersonation(caller)
         )
     except (UnsendableRequestError, h11.LocalProtocolError) as error:
         raise ClusterProxyError(400, f"this request cannot be sent on: {error}") from None
@@ -239,4 +240,11 @@ def setup(app: web.Application, *, settings: ClusterProxySettings) -> None:
     app.router.add_route("*", "/clusters/{name}", proxy)
 
 
-__all__ = ["TARGET", "ClusterProxyError", "proxy", "setup", "status_response"]
+__all__ = [
+    "TARGET",
+    "ClusterProxyError",
+    "impersonation",
+    "proxy",
+    "setup",
+    "status_response",
+]

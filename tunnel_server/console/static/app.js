@@ -1499,6 +1499,7 @@ async function renderCluster(name) {
     h('div', { id: 'cluster-warnings' }),
     h('h2', {}, 'Details'), h('div', { class: 'panel' }, h('dl', { class: 'facts', id: 'cluster-facts' }, h('div', {}, h('dt', {}, 'Loading…')))),
     h('h2', {}, 'Pods by phase'), h('div', { id: 'cluster-pods' }),
+    typeof elasticSections === 'function' ? elasticSections() : [],  // elastic.js
     h('details', { class: 'raw' }, h('summary', {}, 'All reported metrics'), h('pre', { id: 'cluster-raw' }))));
   try {
     const detail = await api('/api/v1/clusters/' + encodeURIComponent(name));
@@ -1539,6 +1540,7 @@ function renderClusterDetail(d) {
   morph(document.getElementById('cluster-warnings'), [(d.warnings || []).length ? h('ul', { class: 'warnings' },
     d.warnings.map((w) => h('li', { class: w.severity, 'data-code': w.code }, w.message))) : '']);
   document.getElementById('cluster-raw').textContent = JSON.stringify(d.metrics || {}, null, 2);
+  if (typeof elasticChanged === 'function') elasticChanged(d.name, d.connected);  // elastic.js
 }
 
 // ------------------------------------------------------------------ tokens (admin)
