@@ -46,6 +46,8 @@ from edge_agent.cluster import (
     MemberApiError,
 )
 from edge_agent.cluster import credentials as cluster_credentials
+from edge_agent.cluster.elastic.service import ElasticPart
+from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.fleet_link import FleetLink
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
@@ -206,6 +208,7 @@ class _ClusterPart:
     source: ClusterStatusSource
     applier: WorkApplier
     fleet: FleetLink
+    elastic: ElasticPart | None = None
     version: str | None = None
 
     @classmethod
@@ -217,6 +220,7 @@ class _ClusterPart:
         *,
         data_dir: Path,
         works: WorkSettings,
+        elastic: ElasticSettings,
     ) -> _ClusterPart:
         """Wire the target and the ``fleet`` stream into the tunnel client (API client: ``run``)."""
         credentials = cluster_credentials.load(settings)
@@ -231,7 +235,16 @@ class _ClusterPart:
         applier = WorkApplier(api=api, state_dir=data_dir / "cluster" / "works", settings=works)
         fleet = FleetLink(applier, inventory=source.inventory, healthy=lambda: source.healthy)
         client.session_tasks["fleet"] = fleet.run_session
-        return cls(target=target, api=api, source=source, applier=applier, fleet=fleet)
+        part = cls(target=target, api=api, source=source, applier=applier, fleet=fleet)
+        if elastic.enabled:
+            part.elastic = ElasticPart(
+                api=api,
+                settings=elastic,
+                state_dir=data_dir / "cluster" / "elastic",
+                registry=registry,
+                namespace=cluster_credentials.own_namespace(settings),
+            )
+        return part
 
     def status(self) -> dict[str, object]:
         """The ``cluster`` section of /status."""
@@ -239,6 +252,7 @@ class _ClusterPart:
             **self.target.status(),
             "version": self.version,
             "fleet": self.fleet.status(),
+            **({"elastic": self.elastic.status()} if self.elastic is not None else {}),
         }
 
     def start_tasks(
@@ -246,11 +260,14 @@ class _ClusterPart:
     ) -> list[asyncio.Task[None]]:
         """The readiness probe, the status collector and the work applier, as named tasks."""
         probe = self.mark_ready(ready, retry=status.retry_delay)
-        return [
+        tasks = [
             group.create_task(probe, name="agent.cluster-ready"),
             group.create_task(self.source.run(), name="agent.cluster-status"),
             group.create_task(self.applier.run(), name="agent.cluster-works"),
         ]
+        if self.elastic is not None:
+            tasks.append(group.create_task(self.elastic.run(), name="agent.cluster-elastic"))
+        return tasks
 
     async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
         """Ready once the member API server answered ``/version`` with our credentials."""
@@ -364,7 +381,12 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
     cluster = (
         _ClusterPart.start(
-            settings.cluster, client, registry, data_dir=settings.data_dir, works=settings.works
+            settings.cluster,
+            client,
+            registry,
+            data_dir=settings.data_dir,
+            works=settings.works,
+            elastic=settings.elastic,
         )
         if settings.cluster is not None
         else None
