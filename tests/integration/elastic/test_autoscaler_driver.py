@@ -29,7 +29,6 @@ from urllib.parse import quote
 import prometheus_client
 import pytest
 
-from edge_agent.cluster import credentials
 from edge_agent.cluster.elastic.autoscaler_driver import DriverSettings, NodePoolAutoscaler
 from edge_agent.cluster.elastic.drain import (
     CORDON_ANNOTATION,
@@ -45,9 +44,8 @@ from edge_agent.cluster.elastic.providers import (
     NodeProvider,
     PoolProviders,
 )
-from edge_agent.cluster.member_api import MemberApi, open_member_api
+from edge_agent.cluster.member_api import MemberApi
 from edge_agent.cluster.member_watch import Informer, InformerSettings
-from edge_agent.cluster.settings import ClusterSettings
 from fleet_model.elastic.autoscaler import AutoscalerSettings, CreateResult, DeleteResult
 from fleet_model.elastic.nodepool import POOL_LABEL, NodePool
 from tests.harness import member
@@ -96,13 +94,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[member.MemberC
             every=0.5,
         )
         yield started
-
-
-@pytest.fixture
-async def api(cluster: member.MemberCluster) -> AsyncIterator[MemberApi]:
-    settings = ClusterSettings(kubeconfig=cluster.kubeconfig)
-    async with open_member_api(credentials=credentials.load(settings), settings=settings) as client:
-        yield client
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from edge_agent.cluster.elastic.providers import (
     KwokSettings,
     node_name,
 )
-from edge_agent.cluster.member_api import MemberApi, open_member_api
+from edge_agent.cluster.member_api import MemberApi
 from edge_agent.cluster.settings import ClusterSettings
 from fleet_model.elastic.autoscaler import Outcome
 from fleet_model.elastic.nodepool import POOL_LABEL, NodePool, parse_node_pool
@@ -52,13 +52,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[member.MemberC
     )
     with member.running_member("elastic", tmp_path_factory.mktemp("member-elastic"), spec) as m:
         yield m
-
-
-@pytest.fixture
-async def api(cluster: member.MemberCluster) -> AsyncIterator[MemberApi]:
-    settings = ClusterSettings(kubeconfig=cluster.kubeconfig)
-    async with open_member_api(credentials=credentials.load(settings), settings=settings) as client:
-        yield client
 
 
 def kwok_pool(name: str, **spec: Any) -> NodePool:

@@ -24,14 +24,12 @@ from typing import Any, TypeVar
 import prometheus_client
 import pytest
 
-from edge_agent.cluster import credentials
 from edge_agent.cluster.elastic.policy_controller import (
     PolicyController,
     PolicyControllerSettings,
 )
-from edge_agent.cluster.member_api import MemberApi, open_member_api
+from edge_agent.cluster.member_api import MemberApi
 from edge_agent.cluster.member_watch import Informer, InformerSettings
-from edge_agent.cluster.settings import ClusterSettings
 from fleet_model.elastic.units import DELETION_COST, WAITING_GATE
 from tests.harness import member
 from tests.harness.waiting import eventually, eventually_async
@@ -73,13 +71,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[member.MemberC
             every=0.5,
         )
         yield started
-
-
-@pytest.fixture
-async def api(cluster: member.MemberCluster) -> AsyncIterator[MemberApi]:
-    settings = ClusterSettings(kubeconfig=cluster.kubeconfig)
-    async with open_member_api(credentials=credentials.load(settings), settings=settings) as client:
-        yield client
 
 
 @contextlib.asynccontextmanager

@@ -32,7 +32,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from edge_agent.cluster import credentials
 from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.elastic.webhook import (
     ANNOTATION_ADMISSION,
@@ -41,9 +40,8 @@ from edge_agent.cluster.elastic.webhook import (
     WebhookTiming,
 )
 from edge_agent.cluster.elastic.webhook_config import COLLECTION
-from edge_agent.cluster.member_api import MemberApi, open_member_api
+from edge_agent.cluster.member_api import MemberApi
 from edge_agent.cluster.member_watch import Informer, InformerSettings
-from edge_agent.cluster.settings import ClusterSettings
 from fleet_model.elastic.units import ANNOTATION_POLICY, ANNOTATION_UNIT, WAITING_GATE
 from tests.harness import member
 from tests.harness.waiting import eventually, eventually_async
@@ -90,13 +88,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[member.MemberC
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One state folder for the module: the CA stays, as across restarts of an agent."""
     return tmp_path_factory.mktemp("webhook-state")
-
-
-@pytest.fixture
-async def api(cluster: member.MemberCluster) -> AsyncIterator[MemberApi]:
-    settings = ClusterSettings(kubeconfig=cluster.kubeconfig)
-    async with open_member_api(credentials=credentials.load(settings), settings=settings) as client:
-        yield client
 
 
 def unique(prefix: str) -> str:
