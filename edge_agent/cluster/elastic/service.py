@@ -68,6 +68,7 @@ class ElasticPart:
             settings=settings,
             state_dir=state_dir / "webhook",
             pods=self.pods,
+            nodes=self.nodes,
             registry=registry,
             namespace=namespace,
         )

@@ -276,6 +276,7 @@ class AdmissionWebhook:
         settings: ElasticSettings,
         state_dir: Path,
         pods: Informer | None = None,
+        nodes: Informer | None = None,
         registry: prometheus_client.CollectorRegistry | None = None,
         namespace: str | None = None,
     ) -> None:
@@ -292,8 +293,12 @@ class AdmissionWebhook:
             log.info("elastic webhook: no pods cache given: every governed pod is held")
         self._hold = settings.hold or pods is None
         # Bound pods count for the unit of their node: without hold, node labels are needed.
+        # A nodes cache the caller runs (``nodes``) is shared; else the webhook runs its own.
+        self._own_nodes = not self._hold and nodes is None
         self._nodes = (
-            None if self._hold else Informer(api, "/api/v1/nodes", settings=InformerSettings())
+            None
+            if self._hold
+            else nodes or Informer(api, "/api/v1/nodes", settings=InformerSettings())
         )
         self._metrics = WebhookMetrics(registry) if registry is not None else None
         self._port = 0
@@ -594,7 +599,7 @@ class AdmissionWebhook:
                 "hold" if self._hold else "count",
             )
             async with asyncio.TaskGroup() as group:
-                if self._nodes is not None:
+                if self._own_nodes and self._nodes is not None:
                     group.create_task(self._nodes.run(), name="elastic.webhook.nodes")
                 group.create_task(self._upkeep(tls, context), name="elastic.webhook.upkeep")
         finally:
