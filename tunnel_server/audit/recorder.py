@@ -63,6 +63,10 @@ MAX_BODY_READ = 64 * 1024
 """Bytes of an answer read for a problem's ``reason`` or a created object's id; a problem
 document or a created token is far smaller, and a larger body is not parsed per write."""
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+# Route parameters that name a kind of object (``/fleet/{plural}/{name}``), and what a kind
+# may look like to be put into an action.
+KIND_PARAMETERS = frozenset({"plural"})
+_WORD = re.compile(r"[a-z][a-z0-9-]{0,62}")
 """Anything but visible ASCII becomes ``?`` in a record: one log line, no terminal tricks."""
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -95,7 +99,13 @@ def route_of(request: web.Request) -> tuple[str, list[tuple[str, str]]]:
         return _clean(request.path), []
     pattern = resource.canonical
     names = re.findall(r"\{(\w+)", pattern)
-    return pattern, [(name, info.get(name, "")) for name in names]
+    params = [(name, info.get(name, "")) for name in names]
+    # A fleet kind is part of what was asked (``fleet.placements.replace``), not the object:
+    # the object is the name after it.
+    for name, value in params:
+        if name in KIND_PARAMETERS and _WORD.fullmatch(value):
+            pattern = pattern.replace("{" + name + "}", value, 1)
+    return pattern, [(n, v) for n, v in params if n not in KIND_PARAMETERS]
 
 
 def action_of(method: str, pattern: str) -> str:

@@ -148,3 +148,28 @@ def test_node_events_are_capped_per_node(tmp_path: Path) -> None:
     assert [e.detail for e in events.events("n2")] == ["gone"]
     events.close()
     store.close()
+
+
+async def _replaced(_request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+async def test_a_fleet_write_names_its_kind_in_the_action_and_its_object_as_target(
+    tmp_path: Path,
+) -> None:
+    app = web.Application(middlewares=[audit_writes, api_errors])
+    app[AUDIT_LOG_KEY] = AuditLog(tmp_path / "audit.db", settings=AuditSettings())
+    app[AUDIT_FAILURES_KEY] = prometheus_client.Counter(
+        "tunnel_server_audit_write_failures", "test", registry=prometheus_client.CollectorRegistry()
+    )
+    app.router.add_put("/api/v1/fleet/{plural}/{name}", _replaced)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.put("/api/v1/fleet/placements/web")).status == 200
+        # Not a kind: kept out of the action, so a client cannot write what the log says.
+        assert (await client.put("/api/v1/fleet/Bad%20Kind/x")).status == 200
+    records = app[AUDIT_LOG_KEY].list(AuditQuery(), before_id=None, limit=10)
+    assert [(r.action, r.target) for r in records] == [
+        ("fleet.replace", "x"),
+        ("fleet.placements.replace", "web"),
+    ]
+    app[AUDIT_LOG_KEY].close()
