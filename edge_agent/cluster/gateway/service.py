@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -333,6 +334,6 @@ def _all_endpoints(index: Mapping[Key, list[dict[str, Any]]]) -> set[Endpoint]:
 def _describe(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "connect timed out"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno).lower()  # asyncio's strerror names the address again
     return str(error) or type(error).__name__
