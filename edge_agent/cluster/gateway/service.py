@@ -264,7 +264,9 @@ class GatewayPart:
         self, stream: TunnelStream, label: str, result: str, code: ErrorCode, reason: str
     ) -> None:
         self.metrics.streams.labels(label, result).inc()
-        log.info("gateway stream to %r refused: %s", stream.target, reason)
+        # Debug only: a cloud retrying a backend without endpoints would flood the log; the
+        # metrics count every refusal, and the cloud shows the reason.
+        log.debug("gateway stream to %r refused: %s", stream.target, reason)
         stream.reject(code, reason)
 
     def _label(self, target: ServiceTarget) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.server
 import ipaddress
 import itertools
@@ -31,20 +32,27 @@ from typing import Any
 import prometheus_client
 import pytest
 
+from edge_agent import daemon
 from edge_agent.cluster import credentials
+from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.gateway.service import GatewayPart
 from edge_agent.cluster.gateway.settings import GatewaySettings
 from edge_agent.cluster.gateway.target import PREFIX
 from edge_agent.cluster.settings import ClusterSettings
-from edge_agent.settings import JoinSettings, TunnelClientSettings
+from edge_agent.cluster.works import WorkSettings
+from edge_agent.settings import JoinSettings, NodeStatusSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from tests.harness import member
-from tests.harness.waiting import eventually_async
+from tests.harness.waiting import eventually, eventually_async
+from tests.integration.clusters.members import write_kubeconfig
 from tests.integration.tunnel_aio.test_connection import tunnel_pair
 from tunnel_aio import StreamRejectedError, TunnelConnection
 from tunnel_protocol import ErrorCode
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(400)]
+
+PACKAGING = Path(__file__).resolve().parents[3] / "packaging" / "kubernetes" / "cluster-agent"
+AGENT = "system:serviceaccount:edgefleet-system:cluster-agent"
 
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 SERVICE_NAME = "kubernetes.io/service-name"
@@ -240,10 +248,15 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def gateway(backends: Backends, tmp_path: Path, **options: Any) -> AsyncIterator[Rig]:
-    """A GatewayPart watching the member, behind a TunnelClient's handler in a tunnel pair."""
+async def gateway(
+    backends: Backends, tmp_path: Path, *, kubeconfig: Path | None = None, **options: Any
+) -> AsyncIterator[Rig]:
+    """A GatewayPart watching the member, behind a TunnelClient's handler in a tunnel pair.
+
+    As the member's admin, unless ``kubeconfig`` says otherwise.
+    """
     settings = GatewaySettings(enabled=True, **{"services": ("demo/*",), **options})
-    cluster = ClusterSettings(kubeconfig=backends.cluster.kubeconfig)
+    cluster = ClusterSettings(kubeconfig=kubeconfig or backends.cluster.kubeconfig)
     registry = prometheus_client.CollectorRegistry()
     part = GatewayPart(
         credentials=credentials.load(cluster), cluster=cluster, settings=settings, registry=registry
@@ -450,3 +463,98 @@ async def test_streams_beyond_the_limit_are_refused(backends: Backends, tmp_path
             lambda: asyncio.sleep(0, rig.part.open_streams), lambda n: n == 0, what="released"
         )
         assert (await fetch(rig.cloud, "service/demo/web:80")).split()[0] in ("a", "b")
+
+
+def _can(cluster: member.MemberCluster, verb: str, resource: str) -> str:
+    done = cluster.kubectl("auth", "can-i", verb, resource, f"--as={AGENT}", "-A", check=False)
+    return done.stdout.strip()
+
+
+async def test_the_agents_packaged_rbac_is_what_the_gateway_needs(
+    backends: Backends, tmp_path: Path
+) -> None:
+    """The cluster agent's own service account, with the manifests' RBAC, runs the gateway."""
+    cluster = backends.cluster
+    for name in ("00-namespace.yaml", "10-rbac.yaml"):
+        cluster.kubectl("apply", "-f", str(PACKAGING / name))
+    assert _can(cluster, "list", "endpointslices.discovery.k8s.io") == "no"
+    assert _can(cluster, "watch", "services") == "no"
+    cluster.kubectl("apply", "-f", str(PACKAGING / "30-gateway-rbac.yaml"))
+    for verb, resource in itertools.product(
+        ("list", "watch"), ("services", "endpointslices.discovery.k8s.io")
+    ):
+        eventually(
+            functools.partial(_can, cluster, verb, resource),
+            lambda answer: answer == "yes",
+            what=f"the agent may {verb} {resource}",
+            within=60,
+        )
+    for verb in ("create", "update", "delete"):
+        assert _can(cluster, verb, "endpointslices.discovery.k8s.io") == "no"  # read only
+    token = cluster.kubectl(
+        "create", "token", "cluster-agent", "-n", "edgefleet-system", "--duration=1h"
+    ).stdout.strip()
+    kubeconfig = write_kubeconfig(
+        tmp_path / "agent-kubeconfig", server=cluster.url, token=token, ca=cluster.plane.ca_path
+    )
+    async with gateway(backends, tmp_path, kubeconfig=kubeconfig) as rig:
+        assert (await fetch(rig.cloud, "service/demo/web:80")).split()[0] in ("a", "b")
+        assert rig.part.status()["last_error"] is None
+
+
+async def test_the_daemon_wires_the_gateway_only_when_enabled(
+    backends: Backends, tmp_path: Path
+) -> None:
+    def start(gateway: GatewaySettings) -> tuple[daemon._ClusterPart, TunnelClient]:
+        registry = prometheus_client.CollectorRegistry()
+        client = TunnelClient(
+            data_dir=tmp_path,
+            settings=TunnelClientSettings(),
+            join_settings=JoinSettings(),
+            registry=registry,
+        )
+        part = daemon._ClusterPart.start(
+            ClusterSettings(kubeconfig=backends.cluster.kubeconfig),
+            client,
+            registry,
+            data_dir=tmp_path,
+            works=WorkSettings(),
+            elastic=ElasticSettings(),
+            gateway=gateway,
+        )
+        return part, client
+
+    off, client = start(GatewaySettings(services=("demo/*",)))
+    assert off.gateway is None
+    assert client.builtin_prefixes == {}
+    assert "gateway" not in off.status()
+    off.target.close()
+
+    part, client = start(GatewaySettings(enabled=True, services=("demo/web",)))
+    assert part.gateway is not None
+    assert client.builtin_prefixes == {PREFIX: part.gateway.serve}
+    assert "service/*" in client.status()["targets"]  # type: ignore[operator]
+    await part.api.open()
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = part.start_tasks(group, {}, NodeStatusSettings())
+            assert "agent.cluster-gateway" in {task.get_name() for task in tasks}
+            gateway = part.gateway
+
+            async def status() -> object:
+                return part.status()["gateway"]
+
+            seen = await eventually_async(
+                status,
+                lambda s: isinstance(s, dict) and s["synced"] is True,
+                what="the wired gateway listed",
+                within=60,
+            )
+            assert seen["services"] == {"demo/web": {"80": 2, "81": 0}}  # type: ignore[index]
+            assert seen["allowed"] == ["demo/web"]  # type: ignore[index]
+            assert gateway.synced
+            for task in tasks:
+                task.cancel()
+    finally:
+        part.target.close()
+        await part.api.close()
