@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_agent.cluster.gateway.endpoints import (
     MAX_ENDPOINTS,
@@ -12,6 +14,7 @@ from edge_agent.cluster.gateway.endpoints import (
     NoEndpointsError,
     NoPortError,
     NoServiceError,
+    ResolveError,
     ready_endpoints,
     resolve,
     service_of,
@@ -139,3 +142,45 @@ def test_helpers() -> None:
     assert service_of({}) is None
     svc = service({"name": "http", "port": 80}, {"port": 53, "protocol": "UDP"}, {"port": 443})
     assert service_ports(svc) == [(80, "http"), (443, "")]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "ports",
+                    "endpoints",
+                    "addresses",
+                    "conditions",
+                    "ready",
+                    "terminating",
+                    "name",
+                    "port",
+                    "protocol",
+                    "addressType",
+                    "spec",
+                    "metadata",
+                    "labels",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@given(service=json_values, slices=st.lists(json_values, max_size=3))
+def test_any_shape_of_objects_resolves_or_says_why(service: object, slices: list[object]) -> None:
+    """Whatever the API server's objects hold, the answer is endpoints or a ResolveError."""
+    maps = [s for s in slices if isinstance(s, dict)]
+    try:
+        found = resolve(WEB80, service if isinstance(service, dict) else None, maps)
+    except ResolveError:
+        return
+    assert found
+    assert all(0 < e.port < 65536 for e in found)
