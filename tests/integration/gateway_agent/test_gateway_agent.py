@@ -5,9 +5,10 @@ nodes run no pods, so the Services have no selector and the test writes their En
 by hand (``managed-by`` the test, so no controller touches them), pointing at real HTTP servers
 on this machine. Not on loopback: the API server refuses loopback (and link-local) addresses in
 an EndpointSlice, so the servers listen on one of the machine's own non-loopback addresses
-(``local_address``), which the kernel delivers locally all the same; the module is skipped on a
-machine that has none. Two endpoints of one Service sit in two slices with different ports, as
-during a rolling update that changes the target port.
+(``local_address``), which the kernel delivers locally all the same; on a machine that has
+none the module fails loudly (tests never skip for want of something). Two endpoints of one
+Service sit in two slices with different ports, as during a rolling update that changes the
+target port.
 
 A tunnel pair on loopback has a real ``TunnelClient``'s stream handler on the agent's end, the
 ``service/`` prefix wired to a ``GatewayPart`` whose informers watch the member; the test opens
@@ -90,9 +91,10 @@ def local_address(family: int) -> str | None:
 HOST = local_address(socket.AF_INET)
 HOST6 = local_address(socket.AF_INET6)
 if HOST is None:
-    pytest.skip(
-        "no non-loopback IPv4 address on this machine: EndpointSlices cannot point at loopback",
-        allow_module_level=True,
+    pytest.fail(
+        "no non-loopback IPv4 address on this machine: EndpointSlices cannot point at loopback;"
+        " give the machine one (e.g. `ip addr add 192.0.2.2/32 dev lo`)",
+        pytrace=False,
     )
 
 
@@ -382,8 +384,8 @@ async def test_no_endpoint_taking_connections_is_refused_with_the_last_error(
         assert rig.count("streams", service="demo/gone", result="unreachable") == 1
 
 
-@pytest.mark.skipif(HOST6 is None, reason="no non-loopback IPv6 address on this machine")
 async def test_ipv6_endpoints_are_dialled(backends: Backends, tmp_path: Path) -> None:
+    assert HOST6 is not None, "no non-loopback IPv6 address on this machine (`ip -6 addr add`)"
     async with gateway(backends, tmp_path) as rig:
         assert (await fetch(rig.cloud, "service/demo/six:80")).startswith("six ")
         assert rig.part.ready_counts()["demo/six"] == {"80": 1}
