@@ -28,9 +28,10 @@ Rules:
   cache shows it, or ``settle_seconds`` passed (then the cache is believed again). The server
   refuses a second release anyway: its patch ``test``s that the gate is still there.
 * A stuck pod (``try_next``) is deleted (uid precondition) only when it has a controlling
-  owner that recreates it, and only when the group's opening is now beyond the one the pod was
-  released under (known for pods this controller released): deleting it must widen its
-  choice, else a full cluster would see its pods recreated every timeout.
+  owner that recreates it. The core only calls a pod stuck when its group's opening is now
+  beyond the units it was let try (the annotation ``elastic.edgefleet.io/units-through`` the
+  release wrote): deleting it must widen its choice, else a full cluster would see its pods
+  recreated every timeout.
 * A pod at our gate that no valid policy of its namespace governs (its policy was deleted, or
   its labels changed) is released without affinity after ``orphan_grace_seconds`` (a policy
   just created may not be in the cache yet); one whose annotated policy is invalid keeps
@@ -78,7 +79,7 @@ from fleet_model.elastic.units import (
     invalid_status,
     opened_from_status,
     policy_status,
-    release_plan,
+    releases,
     try_next,
 )
 from fleet_model.problems import SpecError
@@ -196,6 +197,8 @@ class Release:
     """RFC 6902 operations (``application/json-patch+json``)."""
     opened: int
     """The group's opening (TimeoutOrExceedMax) it is released under."""
+    unit: str = ""
+    """The first unit it may go to ("" for an orphan)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -251,8 +254,6 @@ class Memory:
     released: dict[Key, dict[str, Any]] = field(default_factory=dict)
     """Pods released, as the PATCH answered them: used in place of the cached pod while the
     cache still shows it at the gate."""
-    released_under: dict[str, int] = field(default_factory=dict)
-    """Pod uid -> the group's opening it was released under (live pods only)."""
     costs: dict[Key, _Sent] = field(default_factory=dict)
     deletions: dict[Key, _Sent] = field(default_factory=dict)
     statuses: dict[Key, _Sent] = field(default_factory=dict)
@@ -304,9 +305,7 @@ class Memory:
             policy = policies.get(key)
             return policy is None or _uid(policy) != remembered.uid
 
-        live = {_uid(pod) for pod in pods.values()}
         _drop(self.released, pod_moved_on)
-        _drop(self.released_under, lambda uid, _: uid not in live)
         _drop(self.costs, cost_settled)
         _drop(self.deletions, deletion_settled)
         _drop(self.statuses, status_settled)
@@ -523,7 +522,7 @@ class _Planner:
                 kept[group] = since
                 self.wake(since + settle)
         self.opened[key] = Opened(uid=uid, groups=opened, vanished=kept)
-        going = self._stuck(policy, pods, step.stuck, opened)
+        going = self._stuck(policy, pods, step.stuck)
         left = [pod for pod in pods if _name(pod) not in going]
         self._release(policy, left, others, opened)
         self._costs(policy, left, others)
@@ -546,7 +545,6 @@ class _Planner:
         policy: ResourcePolicy,
         pods: Sequence[Mapping[str, Any]],
         stuck: Iterable[str],
-        opened: Mapping[GroupKey, int],
     ) -> set[str]:
         by_name = {_name(pod): pod for pod in pods}
         going: set[str] = set()
@@ -555,8 +553,6 @@ class _Planner:
             if pod is None or not _has_controller(pod):
                 continue  # nobody would recreate a bare pod: deleting it would lose it
             uid = _uid(pod)
-            if opened.get(group_key(policy, pod), 0) <= self.memory.released_under.get(uid, -1):
-                continue  # released under this opening already: deleting widens nothing
             if self.held_back("delete", policy.namespace, name):
                 continue
             if self.budget.deletions <= 0:
@@ -580,10 +576,11 @@ class _Planner:
             self.budget.truncated = True
             return
         by_name = {_name(pod): pod for pod in pods}
-        plan = release_plan(
+        plan = releases(
             policy, pods, self.nodes, policies=others, opened=opened, limit=self.budget.releases
         )
-        for name, patch in plan:
+        for item in plan:
+            name = item.name
             pod = by_name[name]
             if self.held_back("release", policy.namespace, name):
                 continue
@@ -594,8 +591,9 @@ class _Planner:
                     name=name,
                     uid=_uid(pod),
                     policy=policy.name,
-                    patch=[*_uid_test(_uid(pod)), *patch],
+                    patch=[*_uid_test(_uid(pod)), *item.patch],
                     opened=opened.get(group_key(policy, pod), 0),
+                    unit=item.unit,
                 )
             )
         if self.budget.releases <= 0:
@@ -1017,7 +1015,6 @@ class PolicyController:
         )
         if 200 <= status < 300 and isinstance(answer, dict):
             self.memory.released[(namespace, name)] = answer
-            self.memory.released_under[release.uid] = release.opened
             self._done("release", namespace, name)
             if self._metrics is not None:
                 self._metrics.releases.inc()

@@ -23,7 +23,12 @@ from edge_agent.cluster.elastic.policy_controller import (
     plan_pass,
 )
 from edge_agent.cluster.member_watch import Key
-from fleet_model.elastic.units import ANNOTATION_POLICY, DELETION_COST, WAITING_GATE
+from fleet_model.elastic.units import (
+    ANNOTATION_POLICY,
+    ANNOTATION_THROUGH,
+    DELETION_COST,
+    WAITING_GATE,
+)
 from fleet_model.times import format_time
 
 T0 = 1_800_000_000.0
@@ -350,10 +355,10 @@ TWO_UNITS = [
 ]
 
 
-def stuck(name: str, **kwargs: Any) -> dict[str, Any]:
+def stuck(name: str, annotations: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
     return pod(
         name,
-        annotations={"elastic.edgefleet.io/unit": "local"},
+        annotations={"elastic.edgefleet.io/unit": "local", **(annotations or {})},
         unschedulable_since=T0,
         **kwargs,
     )
@@ -413,11 +418,33 @@ def test_the_opening_survives_a_restart_through_the_status() -> None:
 def test_stuck_pods_nobody_recreates_or_released_under_the_opening_stay() -> None:
     policies = keyed(policy(units=TWO_UNITS, whenTryNextUnits=TIMEOUT))
     assert plan(policies, keyed(stuck("bare", owned=False)), now=T0 + 10).deletions == ()
-    memory = Memory(released_under={"uid-s": 1})
-    assert plan(policies, keyed(stuck("s")), memory=memory, now=T0 + 10).deletions == ()
-    # Deleting it widens nothing; one released before the opening is deleted.
-    memory = Memory(released_under={"uid-s": 0})
-    assert len(plan(policies, keyed(stuck("s")), memory=memory, now=T0 + 10).deletions) == 1
+    # Released with every unit open (what the pod says, so a restarted controller knows it
+    # too): deleting it widens nothing.
+    opened = Memory(opened={(NS, "web"): Opened(uid="uid-web", groups={(): 1})})
+    tried_all = stuck("s", annotations={ANNOTATION_THROUGH: "cloud"})
+    assert plan(policies, keyed(tried_all), memory=opened, now=T0 + 10).deletions == ()
+    assert plan(policies, keyed(tried_all), now=T0 + 10).deletions == ()
+    # One released before the opening is deleted.
+    tried_local = stuck("s", annotations={ANNOTATION_THROUGH: "local"})
+    assert len(plan(policies, keyed(tried_local), memory=opened, now=T0 + 10).deletions) == 1
+
+
+def test_three_units_open_one_after_the_other_through_released_pods() -> None:
+    """Units open one after the other, also past a first unit without max.
+
+    Every released pod's unit is then local: the units it was let try (not its unit) decide
+    that a stuck pod opens virtual after cloud.
+    """
+    policies = keyed(policy(whenTryNextUnits=TIMEOUT))
+    memory = Memory(opened={(NS, "web"): Opened(uid="uid-web", groups={(): 1})})
+    held = pod("r", gated=True)
+    (release,) = plan(policies, keyed(held), memory=memory, now=T0).releases
+    assert (release.unit, release.opened) == ("local", 1)
+    released = applied(held, release.patch)
+    released["status"]["conditions"] = stuck("x")["status"]["conditions"]
+    late = plan(policies, keyed(released), memory=memory, now=T0 + 10)
+    assert [d.name for d in late.deletions] == ["r"]
+    assert late.opened[(NS, "web")] == Opened(uid="uid-web", groups={(): 2})
 
 
 def test_a_pod_being_deleted_is_left_out_until_the_cache_drops_it() -> None:
@@ -437,7 +464,6 @@ def test_a_pod_being_deleted_is_left_out_until_the_cache_drops_it() -> None:
 def test_memory_forgets_what_is_gone_or_too_old() -> None:
     memory = Memory(
         released={(NS, "gone"): pod("gone")},
-        released_under={"uid-gone": 1, "uid-a": 0},
         costs={(NS, "a"): _Sent(uid="uid-a", value=5, at=T0)},
         deletions={(NS, "a"): _Sent(uid="uid-a", value=None, at=T0)},
         statuses={(NS, "web"): _Sent(uid="uid-web", value={"units": []}, at=T0)},
@@ -446,7 +472,7 @@ def test_memory_forgets_what_is_gone_or_too_old() -> None:
         refused={("status", NS, "web"): (1, T0), ("cost", NS, "gone"): (1, T0)},
     )
     memory.prune(pods=keyed(pod("a")), policies=keyed(policy()), now=T0 + 31, settle=30)
-    assert memory == Memory(released_under={"uid-a": 0}, refused={("status", NS, "web"): (1, T0)})
+    assert memory == Memory(refused={("status", NS, "web"): (1, T0)})
 
 
 @pytest.mark.parametrize(
