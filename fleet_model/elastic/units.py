@@ -104,6 +104,7 @@ __all__ = [
     "invalid_status",
     "opened_from_status",
     "opening",
+    "overlapping",
     "pod_unit",
     "policy_status",
     "preference_weights",
@@ -922,6 +923,23 @@ def opened_from_status(policy: ResourcePolicy, status: object) -> dict[GroupKey,
     return out
 
 
+def overlapping(
+    policy: ResourcePolicy, pods: Iterable[Mapping[str, Any]], policies: Sequence[ResourcePolicy]
+) -> dict[str, int]:
+    """Older policies of the namespace that govern live pods ``policy`` selects: name -> pods."""
+    others = [p for p in policies if (p.namespace, p.name) != (policy.namespace, policy.name)]
+    if not others:
+        return {}
+    lost = Counter(
+        winner.name
+        for pod in pods
+        if _live(pod) and policy.selects(pod)
+        for winner in [governing_policy(pod, [*others, policy])]
+        if winner is not None and winner.name != policy.name
+    )
+    return dict(sorted(lost.items()))
+
+
 def policy_status(
     policy: ResourcePolicy,
     pods: Sequence[Mapping[str, Any]],
@@ -968,14 +986,7 @@ def policy_status(
         if 0 < through < len(policy.units):
             entry["openedThrough"] = policy.units[through].name
         groups.append(entry)
-    others = [p for p in policies if (p.namespace, p.name) != (policy.namespace, policy.name)]
-    lost = Counter(
-        winner.name
-        for pod in pods
-        if _live(pod) and policy.selects(pod)
-        for winner in [governing_policy(pod, [*others, policy])]
-        if winner is not None and winner.name != policy.name
-    )
+    lost = overlapping(policy, pods, policies)
     conditions = list(_dict(previous).get("conditions") or [])
 
     def put(type_: str, status: str, reason: str, message: str) -> None:

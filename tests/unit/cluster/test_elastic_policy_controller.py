@@ -488,3 +488,136 @@ def test_memory_forgets_what_is_gone_or_too_old() -> None:
 def test_settings_refuse_nonsense(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field):
         PolicyControllerSettings(**{field: value})
+
+
+# ---------------------------------------------------------------- events
+
+
+def notes(result: PassPlan) -> list[tuple[str, str, str, str]]:
+    return [(n.name, n.type, n.reason, n.message) for n in result.notes]
+
+
+def remembered(result: PassPlan, memory: Memory | None = None) -> Memory:
+    """The memory after the pass's writes succeeded (what the controller keeps)."""
+    memory = memory or Memory()
+    memory.opened.update(result.opened)
+    memory.noted.update(result.noted)
+    return memory
+
+
+def test_each_release_carries_one_event_that_aggregates_by_unit() -> None:
+    result = plan(keyed(policy()), keyed(*gated_pods(3)))
+    found = {(r.note.reason, r.note.message) for r in result.releases if r.note is not None}
+    assert len(result.releases) == 3
+    assert found == {
+        (
+            "Released",
+            "pods released from the gate to units local, cloud, virtual (preferred in that order)",
+        )
+    }
+    assert result.releases[0].note is not None
+    assert result.releases[0].note.involved() == {
+        "apiVersion": "elastic.edgefleet.io/v1alpha1",
+        "kind": "ResourcePolicy",
+        "metadata": {"name": "web", "namespace": NS, "uid": "uid-web"},
+    }
+
+
+def test_a_unit_reaching_its_max_is_told_once_and_again_only_after_it_had_room() -> None:
+    full = [pod(f"c{i}", node="cloud-1") for i in range(4)]
+    first = plan(keyed(policy()), keyed(*full))
+    assert notes(first) == [
+        (
+            "web",
+            "Normal",
+            "UnitAtMax",
+            "unit cloud holds 4 pods, its max is 4: new pods go to local, virtual",
+        )
+    ]
+    memory = remembered(first)
+    assert notes(plan(keyed(policy()), keyed(*full), memory=memory)) == []
+    # One goes: room again (nothing to say); back at max: told again.
+    memory = remembered(plan(keyed(policy()), keyed(*full[:3]), memory=memory), memory)
+    assert [n[2] for n in notes(plan(keyed(policy()), keyed(*full), memory=memory))] == [
+        "UnitAtMax"
+    ]
+
+
+def test_every_unit_at_max_says_new_pods_wait_and_groups_are_named() -> None:
+    units = [{"name": "cloud", "nodeSelector": CLOUD, "max": 1}]
+    spec = policy(units=units, matchLabelKeys=["pod-template-hash"])
+    result = plan(keyed(spec), keyed(pod("c", node="cloud-1")))
+    assert notes(result) == [
+        (
+            "web",
+            "Normal",
+            "UnitAtMax",
+            (
+                "unit cloud holds 1 pods with pod-template-hash=h1, its max is 1: every unit is at "
+                "its max: new pods wait at the gate"
+            ),
+        )
+    ]
+
+
+def test_an_invalid_policy_warns_once_per_change_of_its_refusal() -> None:
+    broken = policy(units=[])
+    first = plan(keyed(broken), {})
+    ((name, type_, reason, message),) = notes(first)
+    assert (name, type_, reason) == ("web", "Warning", "InvalidSpec")
+    assert "/spec/units" in message
+    memory = remembered(first)
+    assert notes(plan(keyed(broken), {}, memory=memory, now=T0 + 100)) == []
+    # Another mistake is another Warning; fixed and broken again, a Warning again.
+    other = policy(units=[{"name": "a"}])
+    changed = plan(keyed(other), {}, memory=memory)
+    assert [n[2] for n in notes(changed)] == ["InvalidSpec"]
+    memory = remembered(changed, memory)
+    memory = remembered(plan(keyed(policy()), {}, memory=memory), memory)
+    assert [n[2] for n in notes(plan(keyed(broken), {}, memory=memory))] == ["InvalidSpec"]
+
+
+def test_an_overlap_warns_once_per_change_of_the_older_policies() -> None:
+    old = policy("old", created="2027-01-01T00:00:00Z")
+    young = policy("young", created="2027-02-01T00:00:00Z")
+    first = plan(keyed(old, young), keyed(pod("a", node="local-1")))
+    assert notes(first) == [
+        (
+            "young",
+            "Warning",
+            "Overlapping",
+            (
+                "pods this policy selects are governed by older policies of the namespace: old; "
+                "it leaves those pods to them"
+            ),
+        )
+    ]
+    memory = remembered(first)
+    # More pods of the overlap change its status' counts, not the Warning.
+    more = keyed(pod("a", node="local-1"), pod("b", node="local-1"))
+    assert notes(plan(keyed(old, young), more, memory=memory)) == []
+
+
+def test_a_timeout_tells_the_unit_it_opened_and_each_deletion_why() -> None:
+    policies = keyed(policy(units=TWO_UNITS, whenTryNextUnits=TIMEOUT))
+    late = plan(policies, keyed(stuck("s")), now=T0 + 10)
+    assert notes(late) == [
+        (
+            "web",
+            "Normal",
+            "UnitOpened",
+            "pods stayed unschedulable for 10s on the units through local: unit cloud opened",
+        )
+    ]
+    (deletion,) = late.deletions
+    assert deletion.note is not None
+    assert (deletion.note.reason, deletion.note.message) == (
+        "StuckPodDeleted",
+        (
+            "deleted pods unschedulable for more than 10s, so their owners recreate them with the "
+            "units through cloud open"
+        ),
+    )
+    # The opening is known now: not told again.
+    memory = remembered(late)
+    assert notes(plan(policies, keyed(pod("r", gated=True)), memory=memory, now=T0 + 11)) == []
