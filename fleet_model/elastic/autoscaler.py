@@ -13,20 +13,26 @@ Rules:
 * A pool's size is its nodes (not being deleted), plus the nodes of a create in flight, plus
   nodes a provider reported created that have not registered yet. A create never takes a pool
   over ``max``; a pool below ``min`` is grown to ``min``.
+* A node is Ready when its Ready condition is True and it carries none of the taints the
+  control plane puts on a node it has not taken in or has lost (``NOT_READY_TAINTS``): kwok or
+  a kubelet reports Ready a moment before the node lifecycle controller lifts
+  ``node.kubernetes.io/not-ready``, and judged by that taint no pod fits the node.
 * Scale-up: pending pods (no ``spec.nodeName``, condition PodScheduled=False with reason
-  Unschedulable, not being deleted), at most ``max_pending_pods_per_step`` of them, taken by
-  pod priority (high first), then age, namespace and name. A pod that fits the free room of an
+  Unschedulable, not being deleted), at most ``max_pending_pods_per_step`` of them, taken by pod
+  priority (high first), then age, namespace and name. A pod that fits the free room of an
   existing ready, schedulable node, or of a node on its way (in flight, unregistered, or
   registered but not Ready yet for less than ``node_ready_seconds``), starts nothing: the
   scheduler or the coming node will take it (this is what keeps a second step from adding a
-  second node for the same pods). Else it goes to the first pool in order whose new node fits
-  it (fit.py) and that has room below ``max``, first-fit onto the nodes planned this step;
-  pools backing off are skipped. If that first pool is busy (a create in flight) the pod waits
-  for it rather than spilling over to a lower pool. At most ``max_nodes_created_per_step``
-  nodes are planned per step. One ``CreateNodes`` per pool with its count. Only fit.py's
-  filters are simulated (requests, taints, node selector and affinity; not pod affinity,
-  topology spread, host ports or volumes): a pod the scheduler refuses for another reason
-  but that fits an existing node by these rules starts nothing.
+  second node for the same pods). A node a pending pod is counted onto (existing, or registered
+  and on its way) is in use: its scale-down timers restart and it is not removed, so a scale-up
+  is neither undone while its node registers nor repeated. Else it goes to the first pool in
+  order whose new node fits it (fit.py) and that has room below ``max``, first-fit onto the
+  nodes planned this step; pools backing off are skipped. If that first pool is busy (a create
+  in flight) the pod waits for it rather than spilling over to a lower pool. At most
+  ``max_nodes_created_per_step`` nodes are planned per step. One ``CreateNodes`` per pool with
+  its count. Only fit.py's filters are simulated (requests, taints, node selector and affinity;
+  not pod affinity, topology spread, host ports or volumes): a pod the scheduler refuses for
+  another reason but that fits an existing node by these rules starts nothing.
 * Provider outcomes: ``CREATED`` (with the new nodes' names, maybe fewer than asked) ends the
   create and resets the pool's failures. ``FAILED`` and ``TIMED_OUT`` end it and back the pool
   off for ``backoff_initial_seconds`` doubling per consecutive failure up to
@@ -87,6 +93,7 @@ from fleet_model.elastic.nodepool import (
 from fleet_model.times import format_time, parse_time
 
 __all__ = [
+    "NOT_READY_TAINTS",
     "Action",
     "Autoscaler",
     "AutoscalerSettings",
@@ -107,6 +114,16 @@ __all__ = [
 
 MAX_MESSAGE = 1024
 """Characters kept of a provider's or drain's message (it goes into an Event)."""
+NOT_READY_TAINTS = frozenset(
+    {
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/network-unavailable",
+        "node.cloudprovider.kubernetes.io/uninitialized",
+    }
+)
+"""Taints that make a node with Ready=True not ready yet (or no more): the control plane's,
+never a pool's own."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -327,6 +344,8 @@ class _Bin:
     free: dict[str, int]
     """Allocatable minus requests, in the scheduler's units (cpu in millicores, the rest in
     whole units, each rounded up as MilliValue/Value do): ints, so packing 500 pods is fast."""
+    node: str | None = None
+    """The existing (maybe still registering) node this is the room of; None: a planned one."""
 
 
 def _whole(resources: Mapping[str, Fraction]) -> dict[str, int]:
@@ -336,11 +355,11 @@ def _whole(resources: Mapping[str, Fraction]) -> dict[str, int]:
     }
 
 
-def _bin(facts: NodeFacts, used: Mapping[str, Fraction]) -> _Bin:
+def _bin(facts: NodeFacts, used: Mapping[str, Fraction], node: str | None = None) -> _Bin:
     free = _whole(facts.allocatable)
     for name, amount in _whole(used).items():
         free[name] = free.get(name, 0) - amount
-    return _Bin(facts=facts, free=free)
+    return _Bin(facts=facts, free=free, node=node)
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -392,6 +411,12 @@ def _is_node_bound(pod: Mapping[str, Any]) -> bool:
 
 
 def _is_ready(node: Mapping[str, Any]) -> bool:
+    taints = _dict(node.get("spec")).get("taints")
+    if any(
+        _dict(t).get("key") in NOT_READY_TAINTS
+        for t in (taints if isinstance(taints, list) else [])
+    ):
+        return False
     conditions = _dict(node.get("status")).get("conditions")
     return any(
         _dict(c).get("type") == "Ready" and _dict(c).get("status") == "True"
@@ -706,7 +731,7 @@ class Autoscaler:
             if self._leaving(node.name):
                 continue
             if node.ready and not node.facts.unschedulable:
-                bins.append(_bin(node.facts, node.used))
+                bins.append(_bin(node.facts, node.used, node.name))
             elif (
                 node.pool in step.known
                 and not node.ready
@@ -714,7 +739,7 @@ class Autoscaler:
             ):
                 # A registering node carries not-ready taints: judge it by its pool's shape.
                 template = step.templates[node.pool]
-                coming.append(_bin(template, node.used))
+                coming.append(_bin(template, node.used, node.name))
         for name, template in step.templates.items():
             state = self._pools[name]
             count = state.in_flight + len(state.expected)
@@ -738,8 +763,8 @@ class Autoscaler:
             judged: dict[int, bool] = {}
             taken = _subtract_fits(plan.bins, pod, _whole(exact), judged)
             if taken is not None:
-                if taken.facts.name:
-                    step.wanted.add(taken.facts.name)
+                if taken.node is not None:
+                    step.wanted.add(taken.node)
                 continue
             why = self._place(step, plan, pod, exact, judged)
             if why:
@@ -807,6 +832,10 @@ class Autoscaler:
     def _timers(self, step: _Step, node: _Node, pool: NodePool) -> str | None:
         """Update the node's timers; "empty" or "under-used" once it is a candidate."""
         state = self._nodes[node.name]
+        if node.name in step.wanted:
+            # Pending pods count on it (maybe while it registers): in use, whatever it runs.
+            state.empty_since = state.under_since = None
+            return None
         workload = [pod for pod in node.pods if not _is_node_bound(pod)]
         if workload:
             state.empty_since = None

@@ -28,6 +28,11 @@ Rules:
     makes it prefer the earlier unit). The pod's own preferred terms are kept, ours appended;
   - the annotation ``elastic.edgefleet.io/unit`` names the first allowed unit (counted for it
     until the pod is bound);
+  - under TimeoutOrExceedMax, the annotation ``elastic.edgefleet.io/units-through`` names the
+    last unit the policy's order let the pod try, units at their ``max`` included (``opening``):
+    what a timeout of this pod must open past (``try_next``). The unit annotation cannot say it:
+    it names the first allowed unit, which stays the first (a unit without ``max``) however far
+    timeouts opened;
   - when every unit is at its ``max`` (or the units with room can only hold nodes that are
     in earlier, full units) the pod is admitted with the scheduling gate
     ``elastic.edgefleet.io/waiting-for-room`` and no affinity of ours: it stays Pending
@@ -80,6 +85,7 @@ from fleet_model.times import parse_time
 __all__ = [
     "ANNOTATION_POLICY",
     "ANNOTATION_TERMS",
+    "ANNOTATION_THROUGH",
     "ANNOTATION_UNIT",
     "COST_SPAN",
     "DELETION_COST",
@@ -88,6 +94,7 @@ __all__ = [
     "MAX_STATUS_GROUPS",
     "WAITING_GATE",
     "Admission",
+    "Released",
     "TryNext",
     "Usage",
     "admit",
@@ -96,17 +103,22 @@ __all__ = [
     "deletion_costs",
     "invalid_status",
     "opened_from_status",
+    "opening",
+    "overlapping",
     "pod_unit",
     "policy_status",
     "preference_weights",
     "release",
     "release_plan",
+    "releases",
     "try_next",
     "unit_of_node",
 ]
 
 ANNOTATION_POLICY = "elastic.edgefleet.io/policy"
 ANNOTATION_UNIT = "elastic.edgefleet.io/unit"
+ANNOTATION_THROUGH = "elastic.edgefleet.io/units-through"
+"""Under TimeoutOrExceedMax: the last unit a pod was let try when admitted or released."""
 ANNOTATION_TERMS = "elastic.edgefleet.io/unit-terms"
 """On a held pod with its own required terms: the unit of each term ("-": the user's empty
 term), so ``release`` can narrow them by additions only."""
@@ -248,6 +260,31 @@ def count_usage(
 # ---------------------------------------------------------------- the webhook
 
 
+def _room(policy: ResourcePolicy, counts: Sequence[int]) -> tuple[int, ...]:
+    return tuple(
+        index
+        for index, unit in enumerate(policy.units)
+        if unit.max is None or (counts[index] if index < len(counts) else 0) < unit.max
+    )
+
+
+def opening(policy: ResourcePolicy, counts: Sequence[int], *, opened: int = 0) -> int | None:
+    """The last unit index the policy's order lets a new pod try, units at ``max`` included.
+
+    None when every unit is at its ``max``. The allowed units are those up to it with room.
+    """
+    room = _room(policy, counts)
+    if not room:
+        return None
+    match policy.when_try_next.policy:
+        case TryNextPolicy.LACK_RESOURCE_OR_EXCEED_MAX:
+            return len(policy.units) - 1
+        case TryNextPolicy.EXCEED_MAX:
+            return room[0]
+        case TryNextPolicy.TIMEOUT_OR_EXCEED_MAX:
+            return min(max(room[0], opened), len(policy.units) - 1)
+
+
 def allowed_units(
     policy: ResourcePolicy, counts: Sequence[int], *, opened: int = 0
 ) -> tuple[int, ...]:
@@ -255,21 +292,19 @@ def allowed_units(
 
     ``opened``: under TimeoutOrExceedMax, the last unit index opened by timeouts (``try_next``).
     """
-    room = tuple(
-        index
-        for index, unit in enumerate(policy.units)
-        if unit.max is None or (counts[index] if index < len(counts) else 0) < unit.max
-    )
-    if not room:
-        return ()
-    match policy.when_try_next.policy:
-        case TryNextPolicy.LACK_RESOURCE_OR_EXCEED_MAX:
-            return room
-        case TryNextPolicy.EXCEED_MAX:
-            return room[:1]
-        case TryNextPolicy.TIMEOUT_OR_EXCEED_MAX:
-            last = max(room[0], opened)
-            return tuple(index for index in room if index <= last)
+    last = opening(policy, counts, opened=opened)
+    return () if last is None else tuple(i for i in _room(policy, counts) if i <= last)
+
+
+def _placement_annotations(
+    policy: ResourcePolicy, counts: Sequence[int], allowed: Sequence[int], opened: int
+) -> dict[str, str]:
+    """The annotations of a pod admitted or released to ``allowed`` (rules on top)."""
+    values = {ANNOTATION_POLICY: policy.name, ANNOTATION_UNIT: policy.units[allowed[0]].name}
+    through = opening(policy, counts, opened=opened)
+    if policy.when_try_next.policy is TryNextPolicy.TIMEOUT_OR_EXCEED_MAX and through is not None:
+        values[ANNOTATION_THROUGH] = policy.units[through].name
+    return values
 
 
 def preference_weights(count: int) -> tuple[int, ...]:
@@ -484,7 +519,7 @@ def admit(
     if isinstance(value, str):
         return Admission(patch=[], reason=f"{value}: admitted unchanged")
     unit = policy.units[allowed[0]].name
-    ops = _annotation_ops(pod, {ANNOTATION_POLICY: policy.name, ANNOTATION_UNIT: unit})
+    ops = _annotation_ops(pod, _placement_annotations(policy, counts, allowed, opened))
     ops.append(_affinity_op(pod, value))
     names = ", ".join(policy.units[index].name for index in allowed)
     return Admission(patch=ops, unit=unit, reason=f"units allowed in order: {names}")
@@ -637,7 +672,7 @@ def release(
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": path, "value": {"name": WAITING_GATE}},
         {"op": "remove", "path": path},
-        *_annotation_ops(pod, {ANNOTATION_POLICY: policy.name, ANNOTATION_UNIT: unit}),
+        *_annotation_ops(pod, _placement_annotations(policy, counts, allowed, opened)),
         _affinity_op(pod, value),
     ]
     names = ", ".join(policy.units[i].name for i in allowed)
@@ -672,6 +707,19 @@ def _release_inputs(
     return bound, flying, waiting
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Released:
+    """One pod ``release_plan`` releases."""
+
+    name: str
+    patch: list[dict[str, Any]]
+    """``release``'s JSON patch."""
+    unit: str
+    """The first unit it may go to (its ``ANNOTATION_UNIT``)."""
+    allowed: tuple[str, ...]
+    """Every unit it may go to, in order."""
+
+
 def release_plan(
     policy: ResourcePolicy,
     pods: Iterable[Mapping[str, Any]],
@@ -681,6 +729,20 @@ def release_plan(
     opened: Mapping[GroupKey, int] | None = None,
     limit: int = MAX_RELEASES,
 ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``releases`` as (pod name, patch) pairs."""
+    found = releases(policy, pods, nodes, policies=policies, opened=opened, limit=limit)
+    return [(item.name, item.patch) for item in found]
+
+
+def releases(
+    policy: ResourcePolicy,
+    pods: Iterable[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, str]],
+    *,
+    policies: Sequence[ResourcePolicy] = (),
+    opened: Mapping[GroupKey, int] | None = None,
+    limit: int = MAX_RELEASES,
+) -> list[Released]:
     """Pods at our gate to release now, oldest first per group, with their patches.
 
     Exact under bursts: a released pod not yet bound might land in any allowed unit, so while
@@ -689,7 +751,7 @@ def release_plan(
     make a group wait. At most ``limit`` pods per call (bounded work; call again after).
     """
     bound, flying, waiting = _release_inputs(policy, pods, nodes, policies)
-    plan: list[tuple[str, list[dict[str, Any]]]] = []
+    plan: list[Released] = []
     for group in sorted(waiting, key=_group_order):
         counts = bound[group]
         for pod in sorted(waiting[group], key=lambda p: (_created(p), _name(p))):
@@ -699,7 +761,14 @@ def release_plan(
             answer = release(pod, policy, counts, opened=(opened or {}).get(group, 0))
             if answer is None:
                 break
-            plan.append((_name(pod), answer.patch))
+            plan.append(
+                Released(
+                    name=_name(pod),
+                    patch=answer.patch,
+                    unit=answer.unit or "",
+                    allowed=tuple(policy.units[i].name for i in allowed),
+                )
+            )
             flying[group] += 1
     return plan
 
@@ -748,8 +817,9 @@ class TryNext:
     opened: Mapping[GroupKey, int]
     """Per group, the last unit index new pods may use by timeouts (carry it in the status)."""
     stuck: tuple[str, ...] = ()
-    """Pods unschedulable past the timeout on a unit now opened further: delete them so their
-    owner recreates them under the wider choice."""
+    """Pods unschedulable past the timeout, let try fewer units than their group may now
+    use: delete them so their owner recreates them under the wider choice. A pod that was let
+    try every unit is never stuck (its replacement would get the same choice)."""
     wake_at: float | None = None
     """When the next pending pod times out."""
 
@@ -768,6 +838,19 @@ def _unschedulable_since(pod: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _tried_through(policy: ResourcePolicy, pod: Mapping[str, Any]) -> int | None:
+    """The last unit an unbound pod was let try (``ANNOTATION_THROUGH``), None: not ours.
+
+    A pod admitted before that annotation existed falls back to its unit annotation (then a
+    timeout may delete it once more than needed; its replacement carries the annotation).
+    """
+    annotations = _annotations(pod)
+    if annotations.get(ANNOTATION_POLICY) != policy.name:
+        return None
+    through = policy.unit_index(annotations.get(ANNOTATION_THROUGH))
+    return through if through is not None else policy.unit_index(annotations.get(ANNOTATION_UNIT))
+
+
 def try_next(
     policy: ResourcePolicy,
     pods: Iterable[Mapping[str, Any]],
@@ -777,8 +860,11 @@ def try_next(
 ) -> TryNext:
     """Open later units for groups whose pods stayed unschedulable for ``timeoutSeconds``.
 
-    Only under TimeoutOrExceedMax (else nothing opens). A group's opening is kept while the
-    group has pods and dropped when it has none, so a new rollout starts again from the top.
+    Only under TimeoutOrExceedMax (else nothing opens). A pod unschedulable that long on the
+    units up to the one it was let try (``ANNOTATION_THROUGH``: every earlier unit was at its
+    ``max`` or lacked room) opens the unit after that one, never further: units open strictly
+    in order. A group's opening is kept while the group has pods and dropped when it has none,
+    so a new rollout starts again from the top.
     """
     if policy.when_try_next.policy is not TryNextPolicy.TIMEOUT_OR_EXCEED_MAX:
         return TryNext(opened={})
@@ -794,9 +880,9 @@ def try_next(
         group = group_key(policy, pod)
         seen.add(group)
         result.setdefault(group, opened.get(group, 0))
-        index = pod_unit(policy, pod, {})
+        index = None if _node_name(pod) else _tried_through(policy, pod)
         since = _unschedulable_since(pod)
-        if _node_name(pod) or index is None or since is None or index >= last:
+        if index is None or since is None or index >= last:
             continue
         if since + timeout <= now:
             result[group] = max(result[group], index + 1)
@@ -835,6 +921,23 @@ def opened_from_status(policy: ResourcePolicy, status: object) -> dict[GroupKey,
         )
         out[key] = index
     return out
+
+
+def overlapping(
+    policy: ResourcePolicy, pods: Iterable[Mapping[str, Any]], policies: Sequence[ResourcePolicy]
+) -> dict[str, int]:
+    """Older policies of the namespace that govern live pods ``policy`` selects: name -> pods."""
+    others = [p for p in policies if (p.namespace, p.name) != (policy.namespace, policy.name)]
+    if not others:
+        return {}
+    lost = Counter(
+        winner.name
+        for pod in pods
+        if _live(pod) and policy.selects(pod)
+        for winner in [governing_policy(pod, [*others, policy])]
+        if winner is not None and winner.name != policy.name
+    )
+    return dict(sorted(lost.items()))
 
 
 def policy_status(
@@ -883,14 +986,7 @@ def policy_status(
         if 0 < through < len(policy.units):
             entry["openedThrough"] = policy.units[through].name
         groups.append(entry)
-    others = [p for p in policies if (p.namespace, p.name) != (policy.namespace, policy.name)]
-    lost = Counter(
-        winner.name
-        for pod in pods
-        if _live(pod) and policy.selects(pod)
-        for winner in [governing_policy(pod, [*others, policy])]
-        if winner is not None and winner.name != policy.name
-    )
+    lost = overlapping(policy, pods, policies)
     conditions = list(_dict(previous).get("conditions") or [])
 
     def put(type_: str, status: str, reason: str, message: str) -> None:

@@ -11,10 +11,9 @@ Rules:
   then steps: at once, and again on any informer change, on a provider's or drain's outcome,
   at the step's ``wake_at``, and at least every ``resync_seconds``. Two steps are at least
   ``min_step_interval_seconds`` apart, so a burst of changes is one step.
-* The nodes are handed to the autoscaler as the informer has them, except that a node still
-  carrying a startup taint (``node.kubernetes.io/not-ready``, ``network-unavailable``, the
-  cloud provider's ``uninitialized``) is shown as not Ready yet, so it counts as capacity on
-  its way rather than as a node no pod fits.
+* The nodes are handed to the autoscaler as the informer has them (the informer's objects are
+  shared: never changed). A Ready node still carrying a not-ready taint is the core's to judge
+  (``autoscaler.NOT_READY_TAINTS``).
 * Each NodePool is parsed on its own (``parse_node_pool``). A pool the parser refuses gets
   condition ``Accepted=False`` (reason InvalidSpec, the problems as message) and one Warning
   Event per generation, and is left out of the step: its nodes are not touched, every other
@@ -99,14 +98,6 @@ _METRIC = "edgefleet_agent_elastic_autoscaler"
 _NODEPOOLS = f"/apis/{API_VERSION}/nodepools"
 _MERGE = "application/merge-patch+json"
 _T = TypeVar("_T")
-_STARTUP_TAINTS = frozenset(
-    {
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/network-unavailable",
-        "node.cloudprovider.kubernetes.io/uninitialized",
-    }
-)
-"""Taints a new node carries until the control plane has taken it in (not the pool's own)."""
 _IDLE_WATCH_SECONDS = 3600.0
 """Seconds one ``wait_changed`` of a watcher task lasts before it is simply made again."""
 
@@ -242,34 +233,6 @@ def _generation(obj: Mapping[str, Any]) -> int | None:
     return generation if isinstance(generation, int) else None
 
 
-def _settled(node: dict[str, Any]) -> dict[str, Any]:
-    """``node`` as the autoscaler should see it: Ready only once its startup taints are gone.
-
-    kwok (or a kubelet) reports Ready a moment before the node lifecycle controller lifts
-    ``node.kubernetes.io/not-ready`` (up to its ``--node-monitor-period``, 5 s). Judged by
-    that taint, a Ready node fits no pod, and the autoscaler would create another node for
-    pods about to land on it. Seen as not Ready yet, it counts as capacity on its way (by its
-    pool's shape, for ``node_ready_seconds`` after its creation). The object is copied, never
-    changed: the informer's objects are shared.
-    """
-    taints = _dict(node.get("spec")).get("taints")
-    if not isinstance(taints, list) or not any(
-        _dict(taint).get("key") in _STARTUP_TAINTS for taint in taints
-    ):
-        return node
-    status = _dict(node.get("status"))
-    conditions = status.get("conditions")
-    if not isinstance(conditions, list):
-        return node
-    settling = [
-        {**c, "status": "False", "reason": "StartupTaints"}
-        if isinstance(c, dict) and c.get("type") == "Ready"
-        else c
-        for c in conditions
-    ]
-    return {**node, "status": {**status, "conditions": settling}}
-
-
 def _reference(
     api_version: str, kind: str, obj: Mapping[str, Any] | None, name: str, namespace: str = ""
 ) -> dict[str, Any]:
@@ -389,7 +352,7 @@ class NodePoolAutoscaler:
         decision = self._core.step(
             now=now,
             pools=pools,
-            nodes=[_settled(node) for node in self._nodes.items().values()],
+            nodes=self._nodes.items().values(),
             pods=self._pods.items().values(),
             events=outcomes,
         )

@@ -28,9 +28,10 @@ Rules:
   cache shows it, or ``settle_seconds`` passed (then the cache is believed again). The server
   refuses a second release anyway: its patch ``test``s that the gate is still there.
 * A stuck pod (``try_next``) is deleted (uid precondition) only when it has a controlling
-  owner that recreates it, and only when the group's opening is now beyond the one the pod was
-  released under (known for pods this controller released): deleting it must widen its
-  choice, else a full cluster would see its pods recreated every timeout.
+  owner that recreates it. The core only calls a pod stuck when its group's opening is now
+  beyond the units it was let try (the annotation ``elastic.edgefleet.io/units-through`` the
+  release wrote): deleting it must widen its choice, else a full cluster would see its pods
+  recreated every timeout.
 * A pod at our gate that no valid policy of its namespace governs (its policy was deleted, or
   its labels changed) is released without affinity after ``orphan_grace_seconds`` (a policy
   just created may not be in the cache yet); one whose annotated policy is invalid keeps
@@ -39,6 +40,23 @@ Rules:
   ``max_status_writes``; a pass that hit a bound is followed by another at once. At most
   ``write_concurrency`` writes run at once. Remembered writes are tied to cached objects and
   dropped with them, so memory is bounded by the informers' own bounds.
+* Events (``EventRecorder``, on the ResourcePolicy, so ``kubectl describe resourcepolicy`` and
+  ``kubectl get events`` say what was done and why), each bounded:
+
+  - ``Released`` (Normal), once per pod released, with a message that names only the units it
+    may go to, in order: the recorder aggregates them into one Event per choice of units whose
+    ``count`` is the pods (500 releases are one POST and a PATCH per ``repeat_write_seconds``);
+  - ``UnitAtMax`` (Normal) when a unit of a group reaches its ``max``, saying where new pods go
+    now (or that they wait at the gate); again only after the unit had room in between;
+  - ``UnitOpened`` (Normal) when a TimeoutOrExceedMax timeout opens the next unit for a group;
+  - ``StuckPodDeleted`` (Normal), once per deleted pod, aggregated like ``Released``;
+  - ``InvalidSpec`` and ``Overlapping`` (Warning) once per change of the refusal's message or
+    of the set of older policies that govern pods this one selects (not every pass).
+
+  What a pass noted is remembered per policy (its uid; the full units of at most
+  ``MAX_STATUS_GROUPS`` groups), so a change is one Event. Events go through a queue of at most
+  ``max_queued_events`` (oldest dropped) written by their own task, so a slow API server never
+  holds a pass; the recorder's token bucket bounds the writes.
 * Failures never end ``run``: an API server that does not answer (or 5xx / 429) ends the pass
   and the next waits a back-off (``backoff_initial`` doubling to ``backoff_max``); an object's
   write refused (409, 422, ...) is retried for that object after its own back-off. Each kind of
@@ -49,6 +67,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import urllib.parse
@@ -59,6 +78,7 @@ from typing import Any, TypeVar
 
 import prometheus_client
 
+from edge_agent.cluster.elastic.events import EventRecorder
 from edge_agent.cluster.member_api import MemberApi, MemberApiError
 from edge_agent.cluster.member_watch import Informer, Key
 from fleet_model.elastic.policy import (
@@ -73,12 +93,16 @@ from fleet_model.elastic.units import (
     ANNOTATION_POLICY,
     DELETION_COST,
     MAX_RELEASES,
+    MAX_STATUS_GROUPS,
     WAITING_GATE,
+    allowed_units,
+    count_usage,
     deletion_costs,
     invalid_status,
     opened_from_status,
+    overlapping,
     policy_status,
-    release_plan,
+    releases,
     try_next,
 )
 from fleet_model.problems import SpecError
@@ -88,6 +112,8 @@ __all__ = [
     "CostPatch",
     "Deletion",
     "Memory",
+    "Note",
+    "Noted",
     "Opened",
     "PassPlan",
     "PolicyController",
@@ -157,8 +183,13 @@ class PolicyControllerSettings:
     backoff_max: float = 30.0
     """Seconds the doubling back-off stops at."""
 
+    max_queued_events: int = 1000
+    """Events waiting for the recorder: a release of 256 pods per pass queues 256 (aggregated
+    by the recorder, mostly without a write); beyond, the oldest are dropped, never a pass."""
+
     def __post_init__(self) -> None:
         for name in (
+            "max_queued_events",
             "max_releases",
             "max_cost_patches",
             "max_deletions",
@@ -186,6 +217,27 @@ class PolicyControllerSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Note:
+    """An Event about a ResourcePolicy, for ``EventRecorder.emit``."""
+
+    namespace: str
+    name: str
+    uid: str
+    type: str
+    """Normal or Warning."""
+    reason: str
+    message: str
+
+    def involved(self) -> dict[str, Any]:
+        """The policy as ``EventRecorder.emit`` takes it."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "ResourcePolicy",
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Release:
     namespace: str
     name: str
@@ -196,6 +248,10 @@ class Release:
     """RFC 6902 operations (``application/json-patch+json``)."""
     opened: int
     """The group's opening (TimeoutOrExceedMax) it is released under."""
+    unit: str = ""
+    """The first unit it may go to ("" for an orphan)."""
+    note: Note | None = None
+    """The Event once it is released (None for an orphan)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -212,6 +268,8 @@ class Deletion:
     name: str
     uid: str
     policy: str
+    note: Note | None = None
+    """The Event once it is deleted."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -244,6 +302,17 @@ class Opened:
     """Group -> since when it has no pods while its opening is kept (``settle_seconds``)."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Noted:
+    """What Events a policy's state was last told with (see the module's rules)."""
+
+    uid: str
+    full: frozenset[tuple[GroupKey, int]] = frozenset()
+    """(group, unit index) at its max."""
+    warned: tuple[tuple[str, str], ...] = ()
+    """(reason, message) of each Warning in force."""
+
+
 @dataclass(kw_only=True)
 class Memory:
     """What the controller wrote that its caches may not show yet (see the module's rules)."""
@@ -251,8 +320,6 @@ class Memory:
     released: dict[Key, dict[str, Any]] = field(default_factory=dict)
     """Pods released, as the PATCH answered them: used in place of the cached pod while the
     cache still shows it at the gate."""
-    released_under: dict[str, int] = field(default_factory=dict)
-    """Pod uid -> the group's opening it was released under (live pods only)."""
     costs: dict[Key, _Sent] = field(default_factory=dict)
     deletions: dict[Key, _Sent] = field(default_factory=dict)
     statuses: dict[Key, _Sent] = field(default_factory=dict)
@@ -261,6 +328,8 @@ class Memory:
     """Policy -> when its status was last written (``status_min_interval``)."""
     opened: dict[Key, Opened] = field(default_factory=dict)
     """Policy -> its openings: newer than its status until that is written."""
+    noted: dict[Key, Noted] = field(default_factory=dict)
+    """Policy -> what its Events last said (edge-triggered Events)."""
     refused: dict[tuple[str, str, str], tuple[int, float]] = field(default_factory=dict)
     """(kind, namespace, name) -> (refusals in a row, not before): per-object back-off."""
 
@@ -304,14 +373,13 @@ class Memory:
             policy = policies.get(key)
             return policy is None or _uid(policy) != remembered.uid
 
-        live = {_uid(pod) for pod in pods.values()}
         _drop(self.released, pod_moved_on)
-        _drop(self.released_under, lambda uid, _: uid not in live)
         _drop(self.costs, cost_settled)
         _drop(self.deletions, deletion_settled)
         _drop(self.statuses, status_settled)
         _drop(self.status_at, lambda key, _: key not in policies)
         _drop(self.opened, policy_gone)
+        _drop(self.noted, lambda key, noted: _uid(policies.get(key) or {}) != noted.uid)
         _drop(
             self.refused,
             lambda what, _: what[1:] not in (policies if what[0] == "status" else pods),
@@ -333,6 +401,10 @@ class PassPlan:
     statuses: tuple[StatusWrite, ...] = ()
     opened: dict[Key, Opened] = field(default_factory=dict)
     """Per valid policy: its openings, to remember."""
+    noted: dict[Key, Noted] = field(default_factory=dict)
+    """Per policy: what its Events now say, to remember."""
+    notes: tuple[Note, ...] = ()
+    """Events of state changes (releases and deletions carry their own)."""
     wake_at: float | None = None
     """When a pass is due even if nothing changes (a timeout, a retry, a status held back)."""
     truncated: bool = False
@@ -433,6 +505,8 @@ class _Planner:
     costs: list[CostPatch] = field(default_factory=list)
     statuses: list[StatusWrite] = field(default_factory=list)
     opened: dict[Key, Opened] = field(default_factory=dict)
+    noted: dict[Key, Noted] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)
     wake_at: float | None = None
 
     def wake(self, at: float | None) -> None:
@@ -480,7 +554,28 @@ class _Planner:
             )
         )
 
+    # -- events
+
+    def note(self, key: Key, uid: str, type_: str, reason: str, message: str) -> Note:
+        return Note(
+            namespace=key[0], name=key[1], uid=uid, type=type_, reason=reason, message=message
+        )
+
+    def _noted(self, key: Key, uid: str) -> Noted:
+        known = self.noted.get(key) or self.memory.noted.get(key)
+        return known if known is not None and known.uid == uid else Noted(uid=uid)
+
+    def warn(self, key: Key, uid: str, warnings: Mapping[str, str]) -> None:
+        """Warnings in force now (reason -> message): a new or changed one becomes an Event."""
+        noted = self._noted(key, uid)
+        before = dict(noted.warned)
+        for reason, message in sorted(warnings.items()):
+            if before.get(reason) != message:
+                self.notes.append(self.note(key, uid, "Warning", reason, message))
+        self.noted[key] = Noted(uid=uid, full=noted.full, warned=tuple(sorted(warnings.items())))
+
     def invalid(self, obj: Mapping[str, Any], key: Key, error: SpecError) -> None:
+        self.warn(key, _uid(obj), {"InvalidSpec": f"policy refused: {error}"})
         generation = _metadata(obj).get("generation")
         self.status(
             obj,
@@ -523,9 +618,11 @@ class _Planner:
                 kept[group] = since
                 self.wake(since + settle)
         self.opened[key] = Opened(uid=uid, groups=opened, vanished=kept)
-        going = self._stuck(policy, pods, step.stuck, opened)
+        self._opened_notes(policy, uid, before, opened)
+        going = self._stuck(policy, uid, pods, step.stuck, opened)
         left = [pod for pod in pods if _name(pod) not in going]
-        self._release(policy, left, others, opened)
+        self._policy_notes(policy, uid, left, others, opened)
+        self._release(policy, uid, left, others, opened)
         self._costs(policy, left, others)
         self.status(
             obj,
@@ -541,13 +638,82 @@ class _Planner:
             ),
         )
 
+    def _opened_notes(
+        self,
+        policy: ResourcePolicy,
+        uid: str,
+        before: Mapping[GroupKey, int],
+        after: Mapping[GroupKey, int],
+    ) -> None:
+        timeout = policy.when_try_next.timeout_seconds
+        for group in sorted(after, key=_group_order)[:MAX_STATUS_GROUPS]:
+            through = after[group]
+            if through <= before.get(group, 0) or through >= len(policy.units):
+                continue
+            message = (
+                f"pods{_group_text(policy, group)} stayed unschedulable for {timeout}s on the "
+                f"units through {policy.units[through - 1].name}: unit "
+                f"{policy.units[through].name} opened"
+            )
+            key = (policy.namespace, policy.name)
+            self.notes.append(self.note(key, uid, "Normal", "UnitOpened", message))
+
+    def _policy_notes(
+        self,
+        policy: ResourcePolicy,
+        uid: str,
+        pods: Sequence[Mapping[str, Any]],
+        others: Sequence[ResourcePolicy],
+        opened: Mapping[GroupKey, int],
+    ) -> None:
+        """UnitAtMax for units that reached their max; Overlapping while older policies win."""
+        key = (policy.namespace, policy.name)
+        winners = overlapping(policy, pods, others)
+        self.warn(
+            key,
+            uid,
+            {
+                "Overlapping": "pods this policy selects are governed by older policies of the "
+                f"namespace: {', '.join(winners)}; it leaves those pods to them"
+            }
+            if winners
+            else {},
+        )
+        noted = self._noted(key, uid)
+        if not any(unit.max is not None for unit in policy.units):
+            return
+        usage = count_usage(policy, pods, self.nodes, policies=others)
+        full: set[tuple[GroupKey, int]] = set()
+        for group in sorted(usage.units, key=_group_order)[:MAX_STATUS_GROUPS]:
+            counts = usage.units[group]
+            for index, unit in enumerate(policy.units):
+                if unit.max is None or counts[index] < unit.max:
+                    continue
+                full.add((group, index))
+                if (group, index) in noted.full:
+                    continue
+                allowed = allowed_units(policy, counts, opened=opened.get(group, 0))
+                where = (
+                    "new pods go to " + ", ".join(policy.units[i].name for i in allowed)
+                    if allowed
+                    else "every unit is at its max: new pods wait at the gate"
+                )
+                message = (
+                    f"unit {unit.name} holds {counts[index]} pods{_group_text(policy, group)}, "
+                    f"its max is {unit.max}: {where}"
+                )
+                self.notes.append(self.note(key, uid, "Normal", "UnitAtMax", message))
+        self.noted[key] = Noted(uid=uid, full=frozenset(full), warned=noted.warned)
+
     def _stuck(
         self,
         policy: ResourcePolicy,
+        uid: str,
         pods: Sequence[Mapping[str, Any]],
         stuck: Iterable[str],
         opened: Mapping[GroupKey, int],
     ) -> set[str]:
+        policy_uid = uid
         by_name = {_name(pod): pod for pod in pods}
         going: set[str] = set()
         for name in stuck:
@@ -555,16 +721,26 @@ class _Planner:
             if pod is None or not _has_controller(pod):
                 continue  # nobody would recreate a bare pod: deleting it would lose it
             uid = _uid(pod)
-            if opened.get(group_key(policy, pod), 0) <= self.memory.released_under.get(uid, -1):
-                continue  # released under this opening already: deleting widens nothing
             if self.held_back("delete", policy.namespace, name):
                 continue
             if self.budget.deletions <= 0:
                 self.budget.truncated = True
                 break
             self.budget.deletions -= 1
+            group = group_key(policy, pod)
+            through = min(opened.get(group, 0), len(policy.units) - 1)
+            message = (
+                f"deleted pods{_group_text(policy, group)} unschedulable for more than "
+                f"{policy.when_try_next.timeout_seconds}s, so their owners recreate them with "
+                f"the units through {policy.units[through].name} open"
+            )
+            note = self.note(
+                (policy.namespace, policy.name), policy_uid, "Normal", "StuckPodDeleted", message
+            )
             self.deletions.append(
-                Deletion(namespace=policy.namespace, name=name, uid=uid, policy=policy.name)
+                Deletion(
+                    namespace=policy.namespace, name=name, uid=uid, policy=policy.name, note=note
+                )
             )
             going.add(name)
         return going
@@ -572,6 +748,7 @@ class _Planner:
     def _release(
         self,
         policy: ResourcePolicy,
+        policy_uid: str,
         pods: Sequence[Mapping[str, Any]],
         others: Sequence[ResourcePolicy],
         opened: Mapping[GroupKey, int],
@@ -580,10 +757,11 @@ class _Planner:
             self.budget.truncated = True
             return
         by_name = {_name(pod): pod for pod in pods}
-        plan = release_plan(
+        plan = releases(
             policy, pods, self.nodes, policies=others, opened=opened, limit=self.budget.releases
         )
-        for name, patch in plan:
+        for item in plan:
+            name = item.name
             pod = by_name[name]
             if self.held_back("release", policy.namespace, name):
                 continue
@@ -594,8 +772,17 @@ class _Planner:
                     name=name,
                     uid=_uid(pod),
                     policy=policy.name,
-                    patch=[*_uid_test(_uid(pod)), *patch],
+                    patch=[*_uid_test(_uid(pod)), *item.patch],
                     opened=opened.get(group_key(policy, pod), 0),
+                    unit=item.unit,
+                    note=self.note(
+                        (policy.namespace, policy.name),
+                        policy_uid,
+                        "Normal",
+                        "Released",
+                        f"pods released from the gate to units {', '.join(item.allowed)} "
+                        "(preferred in that order)",
+                    ),
                 )
             )
         if self.budget.releases <= 0:
@@ -665,6 +852,16 @@ class _Planner:
                     namespace=namespace, name=name, uid=_uid(pod), policy="", patch=patch, opened=0
                 )
             )
+
+
+def _group_order(group: GroupKey) -> tuple[tuple[int, str], ...]:
+    return tuple((0, "") if value is None else (1, value) for value in group)
+
+
+def _group_text(policy: ResourcePolicy, group: GroupKey) -> str:
+    """`` with k=v, ...`` for a group of ``matchLabelKeys`` ("" without them)."""
+    pairs = [f"{k}={v}" for k, v in zip(policy.match_label_keys, group, strict=True) if v]
+    return f" with {', '.join(pairs)}" if pairs else ""
 
 
 def _pod_view(
@@ -751,6 +948,8 @@ def plan_pass(
         costs=tuple(planner.costs),
         statuses=tuple(planner.statuses),
         opened=planner.opened,
+        noted=planner.noted,
+        notes=tuple(planner.notes),
         wake_at=planner.wake_at,
         truncated=planner.budget.truncated,
         invalid=sum(len(names) for names in refused.values()),
@@ -822,7 +1021,9 @@ class PolicyController:
         settings: PolicyControllerSettings | None = None,
         registry: prometheus_client.CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        events: EventRecorder | None = None,
     ) -> None:
+        """``events``: the recorder to write Events with (default: one of its own)."""
         self._api = api
         self._pods = pods
         self._nodes = nodes
@@ -838,9 +1039,40 @@ class PolicyController:
         self._backoff = 0.0
         self._not_before = 0.0
         """Monotonic time before which no pass starts (after the API server failed)."""
+        self._recorder = events if events is not None else EventRecorder(api)
+        self._events: collections.deque[Note] = collections.deque(
+            maxlen=self.settings.max_queued_events
+        )
+        self._queued = asyncio.Event()
+        self.events_dropped = 0
+        """Events dropped because ``max_queued_events`` were waiting already."""
 
     async def run(self) -> None:
         """Pass after pass until cancelled (see the module's rules)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._write_events(), name="elastic.policy.events")
+            await self._passes()
+
+    def _note(self, note: Note) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1
+            if self.events_dropped == 1:
+                log.warning("more than %d events waiting; dropping the oldest", len(self._events))
+        self._events.append(note)
+        self._queued.set()
+
+    async def _write_events(self) -> None:
+        """Hand queued Events to the recorder, one at a time (it never raises for the API)."""
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._events:
+                note = self._events.popleft()
+                await self._recorder.emit(
+                    note.involved(), type=note.type, reason=note.reason, message=note.message
+                )
+
+    async def _passes(self) -> None:
         informers = (self._pods, self._nodes, self._policies)
         for informer in informers:
             await informer.synced.wait()
@@ -946,6 +1178,9 @@ class PolicyController:
             settings=self.settings,
         )
         self.memory.opened.update(plan.opened)
+        self.memory.noted.update(plan.noted)
+        for note in plan.notes:
+            self._note(note)
         await self._all(plan.deletions, self._delete)
         await self._all(plan.releases, self._release)
         await self._all(plan.costs, self._cost)
@@ -1017,8 +1252,9 @@ class PolicyController:
         )
         if 200 <= status < 300 and isinstance(answer, dict):
             self.memory.released[(namespace, name)] = answer
-            self.memory.released_under[release.uid] = release.opened
             self._done("release", namespace, name)
+            if release.note is not None:
+                self._note(release.note)
             if self._metrics is not None:
                 self._metrics.releases.inc()
             log.debug("released pod %s/%s (%s)", namespace, name, release.policy or "orphan")
@@ -1068,6 +1304,8 @@ class PolicyController:
             )
             self._done("delete", namespace, name)
             if 200 <= status < 300:
+                if deletion.note is not None:
+                    self._note(deletion.note)
                 if self._metrics is not None:
                     self._metrics.deletions.inc()
                 log.info(

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import prometheus_client
 import pytest
 
+from edge_agent.cluster.elastic.events import EventRecorder, EventSettings
 from edge_agent.cluster.elastic.policy_controller import (
     PolicyController,
     PolicyControllerSettings,
@@ -48,6 +49,9 @@ WITHIN = 180.0
 INFORMERS = InformerSettings(backoff_initial=0.05, backoff_max=0.5)
 SETTINGS = PolicyControllerSettings(status_min_interval=0.2, backoff_max=2.0)
 """Status rate limit lowered so a test sees the final status soon; the rules are the same."""
+EVENTS = EventSettings(repeat_write_seconds=0.0)
+"""Every repeat of an Event written at once, so a test reads its count (the recorder's own
+aggregation is tested with the autoscaler's driver); still one object per message."""
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,13 @@ async def running_controller(
     nodes = Informer(api, "/api/v1/nodes", settings=INFORMERS)
     policies = Informer(api, f"{POLICIES}/resourcepolicies", settings=INFORMERS)
     controller = PolicyController(
-        api=api, pods=pods, nodes=nodes, policies=policies, settings=SETTINGS, registry=registry
+        api=api,
+        pods=pods,
+        nodes=nodes,
+        policies=policies,
+        settings=SETTINGS,
+        registry=registry,
+        events=EventRecorder(api, settings=EVENTS),
     )
     async with asyncio.TaskGroup() as group:
         tasks = [
@@ -287,6 +297,31 @@ async def until_status(
     )
 
 
+def policy_events(cluster: member.MemberCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    """The Events about ResourcePolicy ``name`` (``kubectl describe resourcepolicy`` shows)."""
+    selector = f"involvedObject.kind%3DResourcePolicy%2CinvolvedObject.name%3D{name}"
+    found: list[dict[str, Any]] = cluster.api(
+        "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector={selector}"
+    )["items"]
+    return found
+
+
+def told(events: list[dict[str, Any]], reason: str) -> dict[str, int]:
+    """Message -> count of the Events with ``reason``."""
+    return {e["message"]: e["count"] for e in events if e["reason"] == reason}
+
+
+async def until_told(
+    cluster: member.MemberCluster,
+    ns: str,
+    name: str,
+    check: Callable[[list[dict[str, Any]]], bool],
+) -> list[dict[str, Any]]:
+    return await until(
+        lambda: policy_events(cluster, ns, name), check, what=f"the events of policy {name}"
+    )
+
+
 # ---------------------------------------------------------------- the tests
 
 
@@ -308,6 +343,29 @@ async def test_units_fill_in_order_and_empty_in_reverse(
         )
         assert status["units"][1] == {"name": "cloud", "pods": 4, "max": 4}
         assert condition(status, "Accepted")["status"] == "True"
+        # What it did, as Events on the policy: ten releases in few Events (one per choice of
+        # units, its count the pods), and the cloud unit at its max once.
+        events = await until_told(
+            cluster, ns, "web", lambda found: sum(told(found, "Released").values()) == 10
+        )
+        choices = told(events, "Released")
+        assert len(choices) <= 2
+        assert (
+            choices.get(
+                "pods released from the gate to units local, cloud, virtual "
+                "(preferred in that order)",
+                0,
+            )
+            >= 4
+        )
+        at_max = told(events, "UnitAtMax")
+        assert len(at_max) == 1
+        ((message, count),) = at_max.items()
+        assert message.startswith("unit cloud holds 4 pods with pod-template-hash=")
+        assert message.endswith("its max is 4: new pods go to local, virtual")
+        assert count == 1
+        assert {e["type"] for e in events} == {"Normal"}
+        assert {e["source"]["component"] for e in events} == {"edgefleet-elastic"}
         (group,) = status["groups"]
         assert set(group["labels"]) == {"pod-template-hash"}
         assert (group["outside"], group["waiting"]) == (0, 0)
@@ -438,6 +496,52 @@ async def test_timeout_opens_the_next_unit_for_a_stuck_pod(
         assert status["groups"][0]["openedThrough"] == "cloud"
 
 
+async def test_timeouts_open_three_units_one_after_the_other_and_say_so(
+    cluster: member.MemberCluster, api: MemberApi
+) -> None:
+    """Three units open in order by timeouts, also past a first unit without max.
+
+    Local (no max) holds 1 pod, cloud (no max) 1, virtual the rest: every released pod's unit
+    is local, yet a pod stuck with local and cloud open opens virtual.
+    """
+    site = make_site(cluster, local=1, local_pods=1, cloud=1, cloud_pods=1, virtual=1)
+    ns = namespace(cluster)
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=policy(
+            "web",
+            ns,
+            site,
+            cloud_max=None,
+            whenTryNextUnits={"policy": "TimeoutOrExceedMax", "timeoutSeconds": 3},
+        ),
+    )
+    async with running_controller(api):
+        await kubectl(
+            cluster, "apply", "-f", "-", stdin=deployment("web", ns, replicas=3, policy_name="web")
+        )
+        await until_placed(cluster, ns, {"local": 1, "cloud": 1, "virtual": 1})
+        status = await until_status(
+            cluster, ns, "web", lambda s: unit_counts(s) == {"local": 1, "cloud": 1, "virtual": 1}
+        )
+        assert status["groups"][0]["openedThrough"] == "virtual"
+        events = await until_told(
+            cluster, ns, "web", lambda found: len(told(found, "UnitOpened")) == 2
+        )
+        opened = told(events, "UnitOpened")
+        assert sorted(m.rsplit(": ", 1)[1] for m in opened) == [
+            "unit cloud opened",
+            "unit virtual opened",
+        ]
+        assert all("stayed unschedulable for 3s" in m for m in opened)
+        assert set(opened.values()) == {1}
+        deleted = told(events, "StuckPodDeleted")
+        assert sum(deleted.values()) >= 2
+        assert all("so their owners recreate them" in m for m in deleted)
+
+
 async def test_invalid_and_overlapping_policies_say_so_and_others_keep_working(
     cluster: member.MemberCluster, api: MemberApi
 ) -> None:
@@ -525,6 +629,24 @@ async def test_invalid_and_overlapping_policies_say_so_and_others_keep_working(
             ]
             == accepted["lastTransitionTime"]
         )
+        # As Warnings, each once however many passes saw it (not one per pass).
+        overlap = await until_told(
+            cluster, ns, "api-2", lambda found: bool(told(found, "Overlapping"))
+        )
+        assert told(overlap, "Overlapping") == {
+            "pods this policy selects are governed by older policies of the namespace: api; "
+            "it leaves those pods to them": 1
+        }
+        assert {e["type"] for e in overlap} == {"Warning"}
+        for name, where in (
+            ("badsel", "/spec/selector/matchExpressions/0"),
+            ("badunit", "/spec/units/0/nodeSelector"),
+        ):
+            ((message, count),) = told(policy_events(cluster, ns, name), "InvalidSpec").items()
+            assert message.startswith("policy refused: ")
+            assert where in message
+            assert count == 1
+        assert told(policy_events(cluster, ns, "api"), "Overlapping") == {}
 
 
 async def test_a_restarted_controller_catches_up(

@@ -23,7 +23,12 @@ from edge_agent.cluster.elastic.policy_controller import (
     plan_pass,
 )
 from edge_agent.cluster.member_watch import Key
-from fleet_model.elastic.units import ANNOTATION_POLICY, DELETION_COST, WAITING_GATE
+from fleet_model.elastic.units import (
+    ANNOTATION_POLICY,
+    ANNOTATION_THROUGH,
+    DELETION_COST,
+    WAITING_GATE,
+)
 from fleet_model.times import format_time
 
 T0 = 1_800_000_000.0
@@ -350,10 +355,10 @@ TWO_UNITS = [
 ]
 
 
-def stuck(name: str, **kwargs: Any) -> dict[str, Any]:
+def stuck(name: str, annotations: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
     return pod(
         name,
-        annotations={"elastic.edgefleet.io/unit": "local"},
+        annotations={"elastic.edgefleet.io/unit": "local", **(annotations or {})},
         unschedulable_since=T0,
         **kwargs,
     )
@@ -413,11 +418,33 @@ def test_the_opening_survives_a_restart_through_the_status() -> None:
 def test_stuck_pods_nobody_recreates_or_released_under_the_opening_stay() -> None:
     policies = keyed(policy(units=TWO_UNITS, whenTryNextUnits=TIMEOUT))
     assert plan(policies, keyed(stuck("bare", owned=False)), now=T0 + 10).deletions == ()
-    memory = Memory(released_under={"uid-s": 1})
-    assert plan(policies, keyed(stuck("s")), memory=memory, now=T0 + 10).deletions == ()
-    # Deleting it widens nothing; one released before the opening is deleted.
-    memory = Memory(released_under={"uid-s": 0})
-    assert len(plan(policies, keyed(stuck("s")), memory=memory, now=T0 + 10).deletions) == 1
+    # Released with every unit open (what the pod says, so a restarted controller knows it
+    # too): deleting it widens nothing.
+    opened = Memory(opened={(NS, "web"): Opened(uid="uid-web", groups={(): 1})})
+    tried_all = stuck("s", annotations={ANNOTATION_THROUGH: "cloud"})
+    assert plan(policies, keyed(tried_all), memory=opened, now=T0 + 10).deletions == ()
+    assert plan(policies, keyed(tried_all), now=T0 + 10).deletions == ()
+    # One released before the opening is deleted.
+    tried_local = stuck("s", annotations={ANNOTATION_THROUGH: "local"})
+    assert len(plan(policies, keyed(tried_local), memory=opened, now=T0 + 10).deletions) == 1
+
+
+def test_three_units_open_one_after_the_other_through_released_pods() -> None:
+    """Units open one after the other, also past a first unit without max.
+
+    Every released pod's unit is then local: the units it was let try (not its unit) decide
+    that a stuck pod opens virtual after cloud.
+    """
+    policies = keyed(policy(whenTryNextUnits=TIMEOUT))
+    memory = Memory(opened={(NS, "web"): Opened(uid="uid-web", groups={(): 1})})
+    held = pod("r", gated=True)
+    (release,) = plan(policies, keyed(held), memory=memory, now=T0).releases
+    assert (release.unit, release.opened) == ("local", 1)
+    released = applied(held, release.patch)
+    released["status"]["conditions"] = stuck("x")["status"]["conditions"]
+    late = plan(policies, keyed(released), memory=memory, now=T0 + 10)
+    assert [d.name for d in late.deletions] == ["r"]
+    assert late.opened[(NS, "web")] == Opened(uid="uid-web", groups={(): 2})
 
 
 def test_a_pod_being_deleted_is_left_out_until_the_cache_drops_it() -> None:
@@ -437,7 +464,6 @@ def test_a_pod_being_deleted_is_left_out_until_the_cache_drops_it() -> None:
 def test_memory_forgets_what_is_gone_or_too_old() -> None:
     memory = Memory(
         released={(NS, "gone"): pod("gone")},
-        released_under={"uid-gone": 1, "uid-a": 0},
         costs={(NS, "a"): _Sent(uid="uid-a", value=5, at=T0)},
         deletions={(NS, "a"): _Sent(uid="uid-a", value=None, at=T0)},
         statuses={(NS, "web"): _Sent(uid="uid-web", value={"units": []}, at=T0)},
@@ -446,7 +472,7 @@ def test_memory_forgets_what_is_gone_or_too_old() -> None:
         refused={("status", NS, "web"): (1, T0), ("cost", NS, "gone"): (1, T0)},
     )
     memory.prune(pods=keyed(pod("a")), policies=keyed(policy()), now=T0 + 31, settle=30)
-    assert memory == Memory(released_under={"uid-a": 0}, refused={("status", NS, "web"): (1, T0)})
+    assert memory == Memory(refused={("status", NS, "web"): (1, T0)})
 
 
 @pytest.mark.parametrize(
@@ -462,3 +488,136 @@ def test_memory_forgets_what_is_gone_or_too_old() -> None:
 def test_settings_refuse_nonsense(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field):
         PolicyControllerSettings(**{field: value})
+
+
+# ---------------------------------------------------------------- events
+
+
+def notes(result: PassPlan) -> list[tuple[str, str, str, str]]:
+    return [(n.name, n.type, n.reason, n.message) for n in result.notes]
+
+
+def remembered(result: PassPlan, memory: Memory | None = None) -> Memory:
+    """The memory after the pass's writes succeeded (what the controller keeps)."""
+    memory = memory or Memory()
+    memory.opened.update(result.opened)
+    memory.noted.update(result.noted)
+    return memory
+
+
+def test_each_release_carries_one_event_that_aggregates_by_unit() -> None:
+    result = plan(keyed(policy()), keyed(*gated_pods(3)))
+    found = {(r.note.reason, r.note.message) for r in result.releases if r.note is not None}
+    assert len(result.releases) == 3
+    assert found == {
+        (
+            "Released",
+            "pods released from the gate to units local, cloud, virtual (preferred in that order)",
+        )
+    }
+    assert result.releases[0].note is not None
+    assert result.releases[0].note.involved() == {
+        "apiVersion": "elastic.edgefleet.io/v1alpha1",
+        "kind": "ResourcePolicy",
+        "metadata": {"name": "web", "namespace": NS, "uid": "uid-web"},
+    }
+
+
+def test_a_unit_reaching_its_max_is_told_once_and_again_only_after_it_had_room() -> None:
+    full = [pod(f"c{i}", node="cloud-1") for i in range(4)]
+    first = plan(keyed(policy()), keyed(*full))
+    assert notes(first) == [
+        (
+            "web",
+            "Normal",
+            "UnitAtMax",
+            "unit cloud holds 4 pods, its max is 4: new pods go to local, virtual",
+        )
+    ]
+    memory = remembered(first)
+    assert notes(plan(keyed(policy()), keyed(*full), memory=memory)) == []
+    # One goes: room again (nothing to say); back at max: told again.
+    memory = remembered(plan(keyed(policy()), keyed(*full[:3]), memory=memory), memory)
+    assert [n[2] for n in notes(plan(keyed(policy()), keyed(*full), memory=memory))] == [
+        "UnitAtMax"
+    ]
+
+
+def test_every_unit_at_max_says_new_pods_wait_and_groups_are_named() -> None:
+    units = [{"name": "cloud", "nodeSelector": CLOUD, "max": 1}]
+    spec = policy(units=units, matchLabelKeys=["pod-template-hash"])
+    result = plan(keyed(spec), keyed(pod("c", node="cloud-1")))
+    assert notes(result) == [
+        (
+            "web",
+            "Normal",
+            "UnitAtMax",
+            (
+                "unit cloud holds 1 pods with pod-template-hash=h1, its max is 1: every unit is at "
+                "its max: new pods wait at the gate"
+            ),
+        )
+    ]
+
+
+def test_an_invalid_policy_warns_once_per_change_of_its_refusal() -> None:
+    broken = policy(units=[])
+    first = plan(keyed(broken), {})
+    ((name, type_, reason, message),) = notes(first)
+    assert (name, type_, reason) == ("web", "Warning", "InvalidSpec")
+    assert "/spec/units" in message
+    memory = remembered(first)
+    assert notes(plan(keyed(broken), {}, memory=memory, now=T0 + 100)) == []
+    # Another mistake is another Warning; fixed and broken again, a Warning again.
+    other = policy(units=[{"name": "a"}])
+    changed = plan(keyed(other), {}, memory=memory)
+    assert [n[2] for n in notes(changed)] == ["InvalidSpec"]
+    memory = remembered(changed, memory)
+    memory = remembered(plan(keyed(policy()), {}, memory=memory), memory)
+    assert [n[2] for n in notes(plan(keyed(broken), {}, memory=memory))] == ["InvalidSpec"]
+
+
+def test_an_overlap_warns_once_per_change_of_the_older_policies() -> None:
+    old = policy("old", created="2027-01-01T00:00:00Z")
+    young = policy("young", created="2027-02-01T00:00:00Z")
+    first = plan(keyed(old, young), keyed(pod("a", node="local-1")))
+    assert notes(first) == [
+        (
+            "young",
+            "Warning",
+            "Overlapping",
+            (
+                "pods this policy selects are governed by older policies of the namespace: old; "
+                "it leaves those pods to them"
+            ),
+        )
+    ]
+    memory = remembered(first)
+    # More pods of the overlap change its status' counts, not the Warning.
+    more = keyed(pod("a", node="local-1"), pod("b", node="local-1"))
+    assert notes(plan(keyed(old, young), more, memory=memory)) == []
+
+
+def test_a_timeout_tells_the_unit_it_opened_and_each_deletion_why() -> None:
+    policies = keyed(policy(units=TWO_UNITS, whenTryNextUnits=TIMEOUT))
+    late = plan(policies, keyed(stuck("s")), now=T0 + 10)
+    assert notes(late) == [
+        (
+            "web",
+            "Normal",
+            "UnitOpened",
+            "pods stayed unschedulable for 10s on the units through local: unit cloud opened",
+        )
+    ]
+    (deletion,) = late.deletions
+    assert deletion.note is not None
+    assert (deletion.note.reason, deletion.note.message) == (
+        "StuckPodDeleted",
+        (
+            "deleted pods unschedulable for more than 10s, so their owners recreate them with the "
+            "units through cloud open"
+        ),
+    )
+    # The opening is known now: not told again.
+    memory = remembered(late)
+    assert notes(plan(policies, keyed(pod("r", gated=True)), memory=memory, now=T0 + 11)) == []

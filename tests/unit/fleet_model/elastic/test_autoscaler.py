@@ -494,3 +494,59 @@ def test_a_pool_deleted_mid_create_leaves_nothing_behind() -> None:
     assert scaler.step(now=T0 + 5000, pools=[], nodes=nodes, pods=[]).actions == ()
     assert scaler._pools == {}
     assert scaler._nodes == {}
+
+
+# ---------------------------------------------------------------- nodes on their way
+
+
+def tainted(node: dict[str, Any], key: str) -> dict[str, Any]:
+    node["spec"]["taints"] = [{"key": key, "effect": "NoSchedule"}]
+    return node
+
+
+@pytest.mark.parametrize(
+    "taint",
+    [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.cloudprovider.kubernetes.io/uninitialized",
+    ],
+)
+def test_a_ready_node_that_still_carries_a_not_ready_taint_is_not_ready(taint: str) -> None:
+    """A node tainted not-ready is capacity on its way, not a node no pod fits.
+
+    Ready is reported a moment before the control plane lifts the taint; judged by that
+    taint no pod fits the node, and a second node would be created for the same pods.
+    """
+    scaler = Autoscaler()
+    pods = pending(3)
+    assert creates(scaler.step(now=T0, pools=[LOCAL], nodes=[], pods=pods)) == [("local", 1)]
+    created = CreateResult(pool="local", outcome=Outcome.CREATED, nodes=("l1",))
+    scaler.step(now=T0 + 1, pools=[LOCAL], nodes=[], pods=pods, events=[created])
+    settling = [tainted(make_node("l1", "local", created=T0 + 2), taint)]
+    decision = scaler.step(now=T0 + 3, pools=[LOCAL], nodes=settling, pods=pods)
+    assert creates(decision) == []
+    # Tainted long past node_ready_seconds it is no capacity at all: the pods need a node.
+    old = tainted(make_node("l0", "local", created=T0 - 1000), taint)
+    assert creates(scaler.step(now=T0 + 4, pools=[LOCAL], nodes=[old], pods=pods)) == [("local", 1)]
+
+
+def test_a_registering_node_pending_pods_count_on_is_not_scaled_in() -> None:
+    """A node slower to become Ready than the pool's empty cool-down is kept.
+
+    Removing it would undo the scale-up, and the next step would create a node for the same
+    pods again.
+    """
+    scaler = Autoscaler()
+    pool = make_pool("cloud", 50, scale_down={"emptyAfterSeconds": 10})
+    pods = pending(3)
+    assert creates(scaler.step(now=T0, pools=[pool], nodes=[], pods=pods)) == [("cloud", 1)]
+    created = CreateResult(pool="cloud", outcome=Outcome.CREATED, nodes=("c1",))
+    scaler.step(now=T0 + 1, pools=[pool], nodes=[], pods=pods, events=[created])
+    registering = [make_node("c1", "cloud", created=T0 + 2, ready=False)]
+    for now in (T0 + 2, T0 + 20, T0 + 200):
+        decision = scaler.step(now=now, pools=[pool], nodes=registering, pods=pods)
+        assert (creates(decision), drains(decision)) == ([], [])
+    # The pods went elsewhere (deleted): the node is empty from now on, a whole cool-down.
+    assert drains(scaler.step(now=T0 + 201, pools=[pool], nodes=registering, pods=[])) == []
+    assert drains(scaler.step(now=T0 + 211, pools=[pool], nodes=registering, pods=[])) == ["c1"]

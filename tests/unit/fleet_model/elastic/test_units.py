@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonpatch
@@ -746,6 +746,183 @@ def test_a_pod_unschedulable_past_the_timeout_opens_the_next_unit_for_its_group(
     )
     assert kept.opened == {("1",): 1}
     assert try_next(policy, [], opened=late.opened, now=T0 + 32).opened == {}
+
+
+TRY_NEXT = {"policy": "TimeoutOrExceedMax", "timeoutSeconds": 30}
+
+
+def released_through(
+    policy: ResourcePolicy, counts: tuple[int, ...], *, opened: int, name: str = "p"
+) -> dict[str, Any]:
+    """A pod held by the webhook, then released by the controller under ``opened``."""
+    pod = make_pod(name)
+    held = applied(pod, admit(pod, policy, counts, hold=True).patch)
+    answer = release(held, policy, counts, opened=opened)
+    assert answer is not None
+    return applied(held, answer.patch)
+
+
+def stuck_since(pod: dict[str, Any], since: float) -> dict[str, Any]:
+    pod["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "rs", "controller": True}]
+    pod["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "lastTransitionTime": format_time(since),
+            }
+        ],
+    }
+    return pod
+
+
+def test_a_pod_stuck_with_two_units_open_opens_the_third() -> None:
+    """A pod stuck with two units open opens the third.
+
+    The first unit has no max, so a released pod's unit annotation names it (the first
+    allowed); the opening it was released under is what a timeout must go past.
+    """
+    policy = make_policy(whenTryNextUnits=TRY_NEXT)
+    pod = stuck_since(released_through(policy, (0, 0, 0), opened=1), T0)
+    assert pod["metadata"]["annotations"][ANNOTATION_UNIT] == "local"
+    step = try_next(policy, [pod], opened={(): 1}, now=T0 + 30)
+    assert (step.opened, step.stuck) == ({(): 2}, ("p",))
+
+
+def test_a_pod_stuck_while_the_unit_opened_is_at_max_opens_the_one_after() -> None:
+    """Cloud (max 4) is full: opening it let nothing new in; the pod tried local only."""
+    policy = make_policy(whenTryNextUnits=TRY_NEXT)
+    pod = stuck_since(released_through(policy, (0, 4, 0), opened=1), T0)
+    step = try_next(policy, [pod], opened={(): 1}, now=T0 + 30)
+    assert (step.opened, step.stuck) == ({(): 2}, ("p",))
+    assert allowed_units(policy, (0, 4, 0), opened=2) == (0, 2)
+
+
+def test_a_pod_released_with_every_unit_open_is_not_stuck() -> None:
+    """Deleting it would widen nothing: its replacement would get the same units."""
+    policy = make_policy(whenTryNextUnits=TRY_NEXT)
+    pod = stuck_since(released_through(policy, (0, 0, 0), opened=2), T0)
+    step = try_next(policy, [pod], opened={(): 2}, now=T0 + 300)
+    assert (step.opened, step.stuck, step.wake_at) == ({(): 2}, (), None)
+
+
+def test_a_pod_released_under_an_older_opening_is_stuck_once_its_own_timeout_passed() -> None:
+    policy = make_policy(whenTryNextUnits=TRY_NEXT)
+    old = stuck_since(released_through(policy, (0, 0, 0), opened=0, name="old"), T0 + 20)
+    new = stuck_since(released_through(policy, (0, 0, 0), opened=1, name="new"), T0)
+    early = try_next(policy, [old, new], opened={(): 1}, now=T0 + 30)
+    assert (early.opened, early.stuck, early.wake_at) == ({(): 2}, ("new",), T0 + 50)
+    late = try_next(policy, [old, new], opened={(): 2}, now=T0 + 50)
+    assert (late.opened, late.stuck) == ({(): 2}, ("new", "old"))
+
+
+UNIT_NODES = ("local-1", "cloud-1", "virtual-1")
+
+
+def unable(
+    policy: ResourcePolicy, pods: list[dict[str, Any]], capacity: Sequence[int]
+) -> list[bool]:
+    """Per unit: it can take no further pod now (at its max, or its node is full)."""
+    bound = [sum(p["spec"].get("nodeName") == node for p in pods) for node in UNIT_NODES]
+    return [
+        count >= cap or (unit.max is not None and count >= unit.max)
+        for unit, count, cap in zip(policy.units, bound, capacity, strict=True)
+    ]
+
+
+def run_timeouts(
+    policy: ResourcePolicy, capacity: Sequence[int], replicas: int, steps: int
+) -> list[dict[str, Any]]:
+    """A Deployment under TimeoutOrExceedMax, step by step (10 s apart).
+
+    The webhook holds new pods, ``try_next`` opens units (stuck pods are deleted and recreated),
+    ``release_plan`` releases, and a scheduler binds each released pod to the node it prefers
+    among those with room its affinity allows, or marks it Unschedulable.
+
+    Asserted on the way: a unit is opened only when every earlier one can take no pod, and a
+    pod is bound to a unit only when every earlier one can take no pod.
+    """
+    made = itertools.count()
+
+    def new_pod(now: float) -> dict[str, Any]:
+        pod = make_pod(f"p{next(made):03}", created=now)
+        pod["metadata"]["ownerReferences"] = [
+            {"kind": "ReplicaSet", "name": "rs", "controller": True}
+        ]
+        return applied(pod, admit(pod, policy, (0,) * len(policy.units), hold=True).patch)
+
+    pods = [new_pod(T0) for _ in range(replicas)]
+    opened: dict[Any, int] = {}
+    for tick in range(steps):
+        now = T0 + 10 * tick
+        step = try_next(policy, pods, opened=opened, now=now)
+        for through in range(opened.get((), 0) + 1, step.opened.get((), 0) + 1):
+            assert all(unable(policy, pods, capacity)[:through]), (tick, through)
+        opened = dict(step.opened)
+        pods = [p for p in pods if p["metadata"]["name"] not in step.stuck]
+        pods += [new_pod(now) for _ in step.stuck]
+        by_name = dict(release_plan(policy, pods, NODES, opened=opened))
+        pods = [applied(p, by_name.get(p["metadata"]["name"], [])) for p in pods]
+        for pod in pods:
+            if "nodeName" in pod["spec"] or pod["spec"].get("schedulingGates"):
+                continue
+            bound = [sum(p["spec"].get("nodeName") == n for p in pods) for n in UNIT_NODES]
+            feasible = [
+                node
+                for node, used, cap in zip(UNIT_NODES, bound, capacity, strict=True)
+                if used < cap and affinity_allows(pod, NODES[node])
+            ]
+            if feasible:
+                choice = best_preference(pod, feasible)
+                assert all(unable(policy, pods, capacity)[: UNIT_NODES.index(choice)])
+                pod["spec"]["nodeName"] = choice
+                pod.pop("status", None)
+            elif "status" not in pod:
+                stuck_since(pod, now)
+    return pods
+
+
+@FAST
+@given(
+    capacity=st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 6)),
+    maxima=st.tuples(
+        st.none() | st.integers(0, 4), st.none() | st.integers(0, 4), st.none() | st.integers(1, 6)
+    ),
+    replicas=st.integers(1, 10),
+)
+def test_timeouts_open_units_strictly_in_order_until_every_pod_that_can_has_a_place(
+    capacity: tuple[int, int, int],
+    maxima: tuple[int | None, int | None, int | None],
+    replicas: int,
+) -> None:
+    policy = make_policy(
+        units=[
+            {"name": name, "nodeSelector": labels, **({} if top is None else {"max": top})}
+            for name, labels, top in zip(
+                ("local", "cloud", "virtual"), (LOCAL, CLOUD, VIRTUAL), maxima, strict=True
+            )
+        ],
+        whenTryNextUnits={"policy": "TimeoutOrExceedMax", "timeoutSeconds": 15},
+    )
+    pods = run_timeouts(policy, capacity, replicas, steps=12 * replicas + 12)
+    places = sum(
+        cap if top is None else min(cap, top) for cap, top in zip(capacity, maxima, strict=True)
+    )
+    assert sum("nodeName" in p["spec"] for p in pods) == min(replicas, places)
+
+
+def test_three_units_the_first_without_max_fill_in_order_through_timeouts() -> None:
+    """The issue's shape: local (no max, room for 2), cloud (max 4, room for 1), virtual."""
+    policy = make_policy(whenTryNextUnits={"policy": "TimeoutOrExceedMax", "timeoutSeconds": 15})
+    pods = run_timeouts(policy, (2, 1, 9), 6, steps=40)
+    placed = [p["spec"].get("nodeName") for p in pods]
+    assert (placed.count("local-1"), placed.count("cloud-1"), placed.count("virtual-1")) == (
+        2,
+        1,
+        3,
+    )
 
 
 def test_other_policies_never_open_units_by_timeout() -> None:
