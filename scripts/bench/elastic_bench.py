@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -234,6 +235,15 @@ class Bench:
     cluster: member.MemberCluster
     agent: ClusterAgent
     clock: PodClock
+    webhook_port: int
+
+    def webhook_peers(self) -> set[int]:
+        """Remote ports of the connections open to the agent's webhook listener now."""
+        return {
+            c.raddr.port
+            for c in self.agent_process().net_connections(kind="tcp")
+            if c.laddr.port == self.webhook_port and c.raddr
+        }
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return run_kubectl(self.cluster.kubeconfig, *args, stdin=stdin, timeout=120.0).stdout
@@ -331,7 +341,9 @@ def started(plan: Plan, workdir: Path) -> Iterator[Bench]:
         )
         clock.start()
         stack.callback(clock.stop)
-        bench = Bench(plan=plan, workdir=workdir, cluster=cluster, agent=agent, clock=clock)
+        bench = Bench(
+            plan=plan, workdir=workdir, cluster=cluster, agent=agent, clock=clock, webhook_port=port
+        )
         eventually(
             bench.elastic_status,
             lambda s: bool(s.get("webhookReady")) and all(s.get("synced", {"x": False}).values()),
@@ -357,21 +369,25 @@ async def _create(
     return elapsed, body
 
 
-async def _probe_creates(bench: Bench) -> dict[str, Any]:
+async def _probe_creates(
+    bench: Bench, *, count: int, gap_s: float = 0.0, prefix: str = "probe"
+) -> dict[str, Any]:
+    """``count`` creates per side after the warm-up, alternating; ``gap_s`` of rest per round."""
     plane = bench.cluster.plane
     connector = aiohttp.TCPConnector(ssl=plane.ssl_context(), limit=1)
     headers = {"Authorization": f"Bearer {plane.token}"}
     samples: dict[str, list[float]] = {"with": [], "without": []}
     patched = 0
+    peers: set[int] = set()
     namespaces = {"with": PROBE_NS, "without": EXCLUDED_NS}
     async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
-        for index in range(WARMUP_PROBES + bench.plan.probes):
+        for index in range(WARMUP_PROBES + count):
             # Alternate which side goes first, so neither always follows the other.
             sides = ("with", "without") if index % 2 == 0 else ("without", "with")
             for side in sides:
                 namespace = namespaces[side]
                 url = f"{plane.url}/api/v1/namespaces/{namespace}/pods"
-                elapsed, body = await _create(http, url, probe_pod(f"probe-{index}", namespace))
+                elapsed, body = await _create(http, url, probe_pod(f"{prefix}-{index}", namespace))
                 annotations = body["metadata"].get("annotations") or {}
                 if side == "with" and "elastic.edgefleet.io/policy" in annotations:
                     patched += 1
@@ -379,18 +395,69 @@ async def _probe_creates(bench: Bench) -> dict[str, Any]:
                     raise RuntimeError(f"{namespace}: the webhook patched a pod it should not see")
                 if index >= WARMUP_PROBES:
                     samples[side].append(elapsed)
-    total = WARMUP_PROBES + bench.plan.probes
+            if index >= WARMUP_PROBES and index % 5 == 0:
+                peers |= bench.webhook_peers()
+            if gap_s:
+                await asyncio.sleep(gap_s)
+    total = WARMUP_PROBES + count
     if patched != total:
         raise RuntimeError(f"the webhook patched {patched} of {total} governed probe pods")
     with_ms = pstats(samples["with"], 1000, 2)
     without_ms = pstats(samples["without"], 1000, 2)
     return {
-        "probes_per_side": bench.plan.probes,
+        "probes_per_side": count,
         "with_ms": with_ms,
         "without_ms": without_ms,
         "added_p50_ms": round(with_ms["p50"] - without_ms["p50"], 2),
         "added_p99_ms": round(with_ms["p99"] - without_ms["p99"], 2),
+        # Distinct API server connections to the webhook seen while probing (every 5th round):
+        # one or two means the HTTPS connection is reused, about one per call that it is not.
+        "webhook_connections_seen": len(peers),
     }
+
+
+SPACED_GAP_S = 0.3
+AGENT_WEBHOOK_METRIC = "edgefleet_agent_elastic_webhook_duration_seconds"
+APISERVER_WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds"
+
+
+def histogram_totals(text: str, name: str, must_contain: str = "") -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in ``text``.
+
+    Only the series whose line holds ``must_contain`` count.
+    """
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or must_contain not in line:
+            continue
+        series, _, value = line.rpartition(" ")
+        if series.startswith(f"{name}_sum"):
+            total += float(value)
+        elif series.startswith(f"{name}_count"):
+            count += float(value)
+    return total, count
+
+
+def webhook_timings(bench: Bench) -> dict[str, tuple[float, float]]:
+    """Histogram totals of the webhook's time: the agent's own, and the API server's."""
+    port = bench.agent.local_api_port
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        agent_text = answer.read().decode()
+    status, body = bench.cluster.plane.get("/metrics", timeout=30.0)
+    if status != 200:
+        raise RuntimeError(f"kube-apiserver /metrics: HTTP {status}")
+    return {
+        "agent": histogram_totals(agent_text, AGENT_WEBHOOK_METRIC),
+        "apiserver": histogram_totals(
+            body.decode(), APISERVER_WEBHOOK_METRIC, 'name="pods.elastic.edgefleet.io"'
+        ),
+    }
+
+
+def mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    calls = after[1] - before[1]
+    return None if calls <= 0 else round((after[0] - before[0]) / calls * 1000, 2)
 
 
 def webhook_cost(bench: Bench) -> dict[str, Any]:
@@ -408,7 +475,26 @@ def webhook_cost(bench: Bench) -> dict[str, Any]:
 
     eventually(governed, what="the webhook governs the probe pods", within=60.0)
     say(f"webhook: {WARMUP_PROBES}+{bench.plan.probes} pod creates per side, alternating")
-    figures = asyncio.run(_probe_creates(bench))
+    before = webhook_timings(bench)
+    figures = asyncio.run(_probe_creates(bench, count=bench.plan.probes))
+    after = webhook_timings(bench)
+    # Where the added time goes: the agent's own handling (arrival to answer, its histogram)
+    # inside the API server's call of the webhook (its histogram: TLS, HTTP, the agent).
+    figures["agent_handling_mean_ms"] = mean_ms(before["agent"], after["agent"])
+    figures["apiserver_webhook_call_mean_ms"] = mean_ms(before["apiserver"], after["apiserver"])
+    figures["webhook_calls"] = int(after["apiserver"][1] - before["apiserver"][1])
+    # The same with a rest after each pair, so the agent has handled the last pod (its
+    # informers' events, the controller's release) before the next create: how much of the
+    # added time is the agent's event loop being busy with the pod before.
+    count = max(20, bench.plan.probes // 4)
+    say(f"webhook: {WARMUP_PROBES}+{count} creates per side, {SPACED_GAP_S} s apart")
+    spaced = asyncio.run(
+        _probe_creates(bench, count=count, gap_s=SPACED_GAP_S, prefix="probe-spaced")
+    )
+    figures["spaced"] = {
+        k: spaced[k] for k in ("with_ms", "without_ms", "added_p50_ms", "added_p99_ms")
+    }
+    figures["spaced"]["probes_per_side"] = count
     for namespace in (PROBE_NS, EXCLUDED_NS):
         bench.kubectl(
             "delete", "pods", "-n", namespace, "-l", "app=probe", "--grace-period=0", "--wait=false"
@@ -518,14 +604,33 @@ def scale_up(bench: Bench) -> dict[str, Any]:
         f"scale-up: {plan.pods} pods, pools {POOLS['a']} (max {plan.pool_a_max}) then "
         f"{POOLS['b']}, both empty"
     )
+    wall = time.time()
     figures = run_deployment(bench, "burst", "burst", deployment("burst", "burst", plan.pods))
-    per_pool = Counter(
-        labels.get(POOL_LABEL, "")
-        for labels in bench.node_labels().values()
-        if labels.get(POOL_LABEL)
-    )
+    nodes = [
+        n
+        for n in bench.api("GET", "/api/v1/nodes")["items"]
+        if (n["metadata"].get("labels") or {}).get(POOL_LABEL)
+    ]
+    per_pool = Counter(n["metadata"]["labels"][POOL_LABEL] for n in nodes)
     figures["nodes_created"] = dict(sorted(per_pool.items()))
+    # When the nodes came, from the apply (the API server's timestamps: whole seconds).
+    created = [stamp(n["metadata"]["creationTimestamp"]) - wall for n in nodes]
+    ready = [
+        stamp(c["lastTransitionTime"]) - wall
+        for n in nodes
+        for c in n.get("status", {}).get("conditions") or ()
+        if c.get("type") == "Ready" and c.get("status") == "True"
+    ]
+    if created:
+        figures["first_node_created_s"] = round(min(created), 1)
+        figures["last_node_created_s"] = round(max(created), 1)
+    if ready:
+        figures["last_node_ready_s"] = round(max(ready), 1)
     return figures
+
+
+def stamp(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
 # ---------------------------------------------------------------- 4. scale-in order
@@ -537,6 +642,10 @@ def unit_of(node: str, labels: Mapping[str, Mapping[str, str]]) -> str:
         if pool == name:
             return unit
     return "other"
+
+
+def _has(count: int) -> Callable[[set[str]], bool]:
+    return lambda names: len(names) == count
 
 
 def scale_in(bench: Bench) -> dict[str, Any]:
@@ -569,14 +678,13 @@ def scale_in(bench: Bench) -> dict[str, Any]:
             if p.gone is None and p.bound is not None
         }
         bench.kubectl("scale", "deployment/burst", "-n", "burst", f"--replicas={replicas}")
-        eventually(
-            lambda: [p for p in bench.clock.in_namespace("burst") if p.gone is None],
-            lambda left, replicas=replicas: len(left) == replicas,
+        left = eventually(
+            lambda: {p.name for p in bench.clock.in_namespace("burst") if p.gone is None},
+            _has(replicas),
             what=f"burst scaled in to {replicas}",
             within=120.0,
             every=0.2,
         )
-        left = {p.name for p in bench.clock.in_namespace("burst") if p.gone is None}
         removed = Counter(unit for name, unit in alive.items() if name not in left)
         step = ScaleInStep(before=Counter(alive.values()), removed=removed)
         bad = step_violations(UNITS, step)
@@ -616,6 +724,8 @@ def measure(plan: Plan, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
                 continue
             try:
                 figures[name] = part(bench)
+                # How busy the machine was (other processes compete with every figure).
+                figures[name]["load_1m_after"] = round(os.getloadavg()[0], 2)
             except Exception as exc:  # noqa: BLE001 - reported as that part's result, loudly
                 traceback.print_exc()
                 errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -752,6 +862,14 @@ def markdown(report: Mapping[str, Any]) -> str:
     created = dig("scale_up", "nodes_created") or {}
     lines += [
         "",
+        (
+            f"Nodes of the pools, from the apply (API server timestamps, whole seconds): first "
+            f"created at {cell(dig('scale_up', 'first_node_created_s'))} s, last created at "
+            f"{cell(dig('scale_up', 'last_node_created_s'))} s, last Ready at "
+            f"{cell(dig('scale_up', 'last_node_ready_s'))} s. Load average (1 min) after the "
+            f"scale-up: {cell(dig('scale_up', 'load_1m_after'))}."
+        ),
+        "",
         "Nodes the autoscaler created: "
         + (", ".join(f"{pool} {n}" for pool, n in created.items()) or "none")
         + f" (max of {POOLS['a']}: {plan['pool_a_max']}). Anchor: Cluster Autoscaler's "
@@ -778,6 +896,39 @@ def markdown(report: Mapping[str, Any]) -> str:
         (
             f"| **added** | {cell(keys['webhook_added_p50_ms'])} | "
             f"{cell(keys['webhook_added_p99_ms'])} | |"
+        ),
+        row(
+            f"spaced {SPACED_GAP_S} s apart, without",
+            "webhook",
+            ("spaced", "without_ms", "p50"),
+            ("spaced", "without_ms", "p99"),
+            ("spaced", "without_ms", "max"),
+        ),
+        row(
+            f"spaced {SPACED_GAP_S} s apart, with",
+            "webhook",
+            ("spaced", "with_ms", "p50"),
+            ("spaced", "with_ms", "p99"),
+            ("spaced", "with_ms", "max"),
+        ),
+        row(
+            f"spaced {SPACED_GAP_S} s apart, added",
+            "webhook",
+            ("spaced", "added_p50_ms"),
+            ("spaced", "added_p99_ms"),
+        )
+        + " |",
+        "",
+        (
+            f"Of the added time, the API server's call of the webhook took "
+            f"{cell(dig('webhook', 'apiserver_webhook_call_mean_ms'))} ms on average "
+            f"({cell(dig('webhook', 'webhook_calls'))} calls; its histogram "
+            f"`{APISERVER_WEBHOOK_METRIC}`), of which the agent's own handling, from the "
+            f"request's arrival to its answer, {cell(dig('webhook', 'agent_handling_mean_ms'))} "
+            f"ms (`{AGENT_WEBHOOK_METRIC}`). Distinct API server connections to the webhook "
+            f"seen while probing: {cell(dig('webhook', 'webhook_connections_seen'))} (1-2: the "
+            f"HTTPS connection is reused). Load average (1 min) after the probes: "
+            f"{cell(dig('webhook', 'load_1m_after'))} on {os.cpu_count()} CPUs."
         ),
         "",
         "**Scale-in order** (Deployment scaled down in steps; pods per unit `a` / `b`):",
