@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import datetime as dt
 import json
 import os
 import platform
+import ssl
 import sys
 import tempfile
 import time
@@ -460,6 +462,49 @@ def mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float | 
     return None if calls <= 0 else round((after[0] - before[0]) / calls * 1000, 2)
 
 
+async def _direct_reviews(bench: Bench, count: int, gap_s: float = 0.0) -> dict[str, float]:
+    """The round trip of the agent's webhook called straight from here.
+
+    As the API server calls it: HTTPS with the caBundle of its configuration, one keep-alive
+    connection, one request at a time.
+    """
+    config = bench.api(
+        "GET",
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/edgefleet-elastic",
+    )
+    client = config["webhooks"][0]["clientConfig"]
+    context = ssl.create_default_context(cadata=base64.b64decode(client["caBundle"]).decode())
+    pod = probe_pod("direct", PROBE_NS)
+    samples: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=1)) as http:
+        for index in range(WARMUP_PROBES + count):
+            review = {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": f"bench-{index}",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "operation": "CREATE",
+                    "namespace": PROBE_NS,
+                    "name": "direct",
+                    "object": pod,
+                    "userInfo": {"username": "bench"},
+                },
+            }
+            started_at = time.perf_counter()
+            async with http.post(client["url"], json=review) as response:
+                answer = await response.json()
+            elapsed = time.perf_counter() - started_at
+            if response.status != 200 or not answer.get("response", {}).get("patch"):
+                raise RuntimeError(f"direct review: HTTP {response.status}: {str(answer)[:300]}")
+            if index >= WARMUP_PROBES:
+                samples.append(elapsed)
+            if gap_s:
+                await asyncio.sleep(gap_s)
+    return pstats(samples, 1000, 2)
+
+
 def webhook_cost(bench: Bench) -> dict[str, Any]:
     bench.namespace(PROBE_NS)
     bench.apply(policy("probe", PROBE_NS, [("warm", WARM_LABEL)]))
@@ -495,6 +540,11 @@ def webhook_cost(bench: Bench) -> dict[str, Any]:
         k: spaced[k] for k in ("with_ms", "without_ms", "added_p50_ms", "added_p99_ms")
     }
     figures["spaced"]["probes_per_side"] = count
+    say(f"webhook: {WARMUP_PROBES}+{bench.plan.probes} reviews sent straight to the agent")
+    figures["direct_review_ms"] = asyncio.run(_direct_reviews(bench, bench.plan.probes))
+    figures["direct_review_spaced_ms"] = asyncio.run(
+        _direct_reviews(bench, count, gap_s=SPACED_GAP_S)
+    )
     for namespace in (PROBE_NS, EXCLUDED_NS):
         bench.kubectl(
             "delete", "pods", "-n", namespace, "-l", "app=probe", "--grace-period=0", "--wait=false"
@@ -896,6 +946,20 @@ def markdown(report: Mapping[str, Any]) -> str:
         (
             f"| **added** | {cell(keys['webhook_added_p50_ms'])} | "
             f"{cell(keys['webhook_added_p99_ms'])} | |"
+        ),
+        row(
+            "the webhook alone: an AdmissionReview sent straight to the agent (HTTPS, c=1)",
+            "webhook",
+            ("direct_review_ms", "p50"),
+            ("direct_review_ms", "p99"),
+            ("direct_review_ms", "max"),
+        ),
+        row(
+            f"the webhook alone, {SPACED_GAP_S} s apart (the agent idle in between)",
+            "webhook",
+            ("direct_review_spaced_ms", "p50"),
+            ("direct_review_spaced_ms", "p99"),
+            ("direct_review_spaced_ms", "max"),
         ),
         row(
             f"spaced {SPACED_GAP_S} s apart, without",
