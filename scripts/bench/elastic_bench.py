@@ -6,16 +6,20 @@ kwok; tests/harness/member.py), a real ``tunnel-server run`` and a real cluster-
 NodePool autoscaler, as tests/integration/elastic/test_agent_elastic.py starts it, with the
 RBAC of packaging/kubernetes/elastic/10-elastic-rbac.yaml). Then, in this order:
 
-1. **Webhook cost.** Pods created one at a time (c=1, keep-alive), alternating between a
-   namespace the webhook is called for, where a ResourcePolicy governs them (the webhook
-   answers with its full patch: the scheduling gate, the policy annotation), and
-   ``kube-node-lease``, which the webhook's namespaceSelector leaves out (the API server does
-   not call it). Same cluster, same moment, same pod. ``webhook_added_pXX_ms`` = with - without
-   at the same percentile.
-2. **Scheduling baselines** on pre-existing nodes (``warm``: as many nodes as the scale-up
-   makes, of the same shape): a Deployment of N pods with no policy (``plain``: the scheduler
-   alone), then the same Deployment governed by a ResourcePolicy (``policy``: the webhook holds
-   each pod at the gate and the controller releases it, as in the scale-up).
+1. **Webhook cost** (after N/10 ``warm`` nodes are added, which hold the probe pods). The
+   same pod created one at a time (c=1, keep-alive) in three namespaces in turns: one where a
+   ResourcePolicy governs it (the API server calls the agent's webhook, which answers its full
+   patch: the scheduling gate, the policy annotation); ``kube-system``, where only a reference
+   no-op webhook (``elastic_noop_webhook.py``, aiohttp in its own process) is called; and
+   ``kube-node-lease``, which no webhook's namespaceSelector matches. Same cluster, same
+   moment, same pod. ``webhook_added_pXX_ms`` = with - without at the same percentile. The
+   split: the agent's webhook called straight from here, the API server's and the agent's
+   latency histograms, the controller's passes and the autoscaler's steps meanwhile, and one
+   ``plan_pass`` timed on the member's objects.
+2. **Scheduling baselines** on the warm nodes (the same shape as the pools' nodes): a
+   Deployment of N pods with no policy (``plain``: the scheduler alone), then the same
+   Deployment governed by a ResourcePolicy (``policy``: the webhook holds each pod at the gate
+   and the controller releases it, as in the scale-up).
 3. **Scale-up.** The warm nodes are deleted; two NodePools with the kwok provider (``cloud-a``,
    priority 20, max N/20 nodes; ``cloud-b``, priority 10), both empty, and a ResourcePolicy
    ``a -> b`` over their nodes. A Deployment of N pods (100m CPU each, 10 per node) that fit
@@ -43,6 +47,7 @@ import json
 import os
 import platform
 import ssl
+import statistics
 import sys
 import tempfile
 import threading
@@ -68,7 +73,12 @@ from bench_paths import write_test_pki  # noqa: E402 - scripts/bench
 from bench_stats import percentile, replace_section  # noqa: E402
 from elastic_watch import PodClock, PodTimes, ScaleInStep, latencies, step_violations  # noqa: E402
 
-from fleet_model.elastic.nodepool import POOL_LABEL  # noqa: E402 - after the path is set
+from edge_agent.cluster.elastic.policy_controller import (  # noqa: E402 - after the path is set
+    Memory,
+    PolicyControllerSettings,
+    plan_pass,
+)
+from fleet_model.elastic.nodepool import POOL_LABEL  # noqa: E402
 from tests.harness import kube, member  # noqa: E402
 from tests.harness.daemons import Server  # noqa: E402
 from tests.harness.procs import ManagedProcess, ServiceError, free_port, wait_port  # noqa: E402
@@ -224,11 +234,18 @@ def deployment(
 
 
 def probe_pod(name: str, namespace: str) -> dict[str, Any]:
+    """A pod for the webhook probes.
+
+    No requests, so the warm nodes hold every probe and none stays pending (pending pods would
+    keep the autoscaler busy, which is not the case measured).
+    """
+    spec = pod_template("probe", WARM_LABEL)["spec"]
+    spec["containers"][0].pop("resources")
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": "probe"}},
-        "spec": pod_template("probe", WARM_LABEL)["spec"],
+        "spec": spec,
     }
 
 
@@ -328,7 +345,7 @@ def started(plan: Plan, workdir: Path) -> Iterator[Bench]:
             server=server,
             plane=cluster.plane,
             agent_token=token,
-            interval=2.0,
+            interval=10.0,  # the default of [cluster] interval (status sampling)
         )
         agent.tables["cluster.elastic"] = {
             "enabled": True,
@@ -434,6 +451,8 @@ async def _probe_creates(bench: Bench, *, count: int) -> dict[str, Any]:
 
 SPACED_GAP_S = 0.3
 AGENT_WEBHOOK_METRIC = "edgefleet_agent_elastic_webhook_duration_seconds"
+AUTOSCALER_STEP_METRIC = "edgefleet_agent_elastic_autoscaler_step_seconds"
+POLICY_PASSES_METRIC = "edgefleet_agent_elastic_policy_passes_total"
 APISERVER_WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds"
 
 
@@ -463,8 +482,15 @@ def webhook_timings(bench: Bench) -> dict[str, tuple[float, float]]:
     status, body = bench.cluster.plane.get("/metrics", timeout=30.0)
     if status != 200:
         raise RuntimeError(f"kube-apiserver /metrics: HTTP {status}")
+    passes = [
+        float(line.rpartition(" ")[2])
+        for line in agent_text.splitlines()
+        if line.startswith(f"{POLICY_PASSES_METRIC} ")
+    ]
     return {
         "agent": histogram_totals(agent_text, AGENT_WEBHOOK_METRIC),
+        "autoscaler_steps": histogram_totals(agent_text, AUTOSCALER_STEP_METRIC),
+        "policy_passes": (0.0, sum(passes)),
         "apiserver": histogram_totals(
             body.decode(), APISERVER_WEBHOOK_METRIC, 'name="pods.elastic.edgefleet.io"'
         ),
@@ -524,6 +550,40 @@ async def _direct_reviews(
             if gap_s:
                 await asyncio.sleep(gap_s)
     return pstats(samples, 1000, 2)
+
+
+def controller_pass_cost(bench: Bench, runs: int = 5) -> dict[str, Any]:
+    """Time one pass of the policy controller's planner on the member's objects as they are.
+
+    ``plan_pass`` is what the agent runs on its event loop, synchronously, on every pass (at
+    most every ``min_pass_interval`` while pods change): over every pod of the cluster. Run
+    here on the same objects (a fresh memory: it plans every write a first pass would), it
+    shows how long each pass keeps the agent's loop, and with it the webhook, from answering.
+    """
+
+    def keyed(items: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(i["metadata"].get("namespace", ""), i["metadata"]["name"]): i for i in items}
+
+    pods = keyed(bench.api("GET", "/api/v1/pods")["items"])
+    nodes = keyed(bench.api("GET", "/api/v1/nodes")["items"])
+    policies = keyed(bench.api("GET", f"/apis/{GROUP}/resourcepolicies")["items"])
+    samples = []
+    for _ in range(runs):
+        started_at = time.perf_counter()
+        plan_pass(
+            policies=policies,
+            pods=pods,
+            nodes=nodes,
+            memory=Memory(),
+            now=time.time(),
+            settings=PolicyControllerSettings(),
+        )
+        samples.append(time.perf_counter() - started_at)
+    return {
+        "pods": len(pods),
+        "min_ms": round(min(samples) * 1000, 1),
+        "median_ms": round(statistics.median(samples) * 1000, 1),
+    }
 
 
 def start_reference_webhook(bench: Bench) -> None:
@@ -602,13 +662,21 @@ def webhook_cost(bench: Bench) -> dict[str, Any]:
     start_reference_webhook(bench)
     say(f"webhook: {WARMUP_PROBES}+{bench.plan.probes} pod creates per side, in turns")
     before = webhook_timings(bench)
+    probe_started = time.monotonic()
     figures = asyncio.run(_probe_creates(bench, count=bench.plan.probes))
+    probe_seconds = time.monotonic() - probe_started
     after = webhook_timings(bench)
     # Where the added time goes: the agent's own handling (arrival to answer, its histogram)
     # inside the API server's call of the webhook (its histogram: TLS, HTTP, the agent).
     figures["agent_handling_mean_ms"] = mean_ms(before["agent"], after["agent"])
     figures["apiserver_webhook_call_mean_ms"] = mean_ms(before["apiserver"], after["apiserver"])
     figures["webhook_calls"] = int(after["apiserver"][1] - before["apiserver"][1])
+    figures["probe_seconds"] = round(probe_seconds, 1)
+    figures["policy_passes"] = int(after["policy_passes"][1] - before["policy_passes"][1])
+    figures["autoscaler_steps"] = int(after["autoscaler_steps"][1] - before["autoscaler_steps"][1])
+    figures["autoscaler_step_mean_ms"] = mean_ms(
+        before["autoscaler_steps"], after["autoscaler_steps"]
+    )
     figures["apiserver_noop_call_mean_ms"] = mean_ms(
         before["apiserver_noop"], after["apiserver_noop"]
     )
@@ -618,6 +686,7 @@ def webhook_cost(bench: Bench) -> dict[str, Any]:
     figures["direct_review_spaced_ms"] = asyncio.run(
         _direct_reviews(bench, count, gap_s=SPACED_GAP_S)
     )
+    figures["controller_pass"] = controller_pass_cost(bench)
     for namespace in SIDES.values():
         bench.kubectl(
             "delete", "pods", "-n", namespace, "-l", "app=probe", "--grace-period=0", "--wait=false"
@@ -771,6 +840,7 @@ def scale_up(bench: Bench) -> dict[str, Any]:
     ]
     per_pool = Counter(n["metadata"]["labels"][POOL_LABEL] for n in nodes)
     figures["nodes_created"] = dict(sorted(per_pool.items()))
+    figures["controller_pass"] = controller_pass_cost(bench)
     # When the nodes came, from the apply (the API server's timestamps: whole seconds).
     created = [stamp(n["metadata"]["creationTimestamp"]) - wall for n in nodes]
     ready = [
@@ -869,8 +939,8 @@ def measure(plan: Plan, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     with started(plan, workdir) as bench:
         figures["agent_rss_mib_start"] = round(bench.agent_process().memory_info().rss / MIB, 1)
         parts: list[tuple[str, Callable[[Bench], dict[str, Any]]]] = [
-            ("webhook", webhook_cost),
             ("warm_nodes", add_warm_nodes),
+            ("webhook", webhook_cost),
             ("baseline", baselines),
             ("remove_warm_nodes", remove_warm_nodes),
             ("scale_up", scale_up),
@@ -1101,6 +1171,23 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"{cell(dig('webhook', 'webhook_connections_seen'))} (1-2: the HTTPS connection is "
             f"reused). Load average (1 min) after the probes: "
             f"{cell(dig('webhook', 'load_1m_after'))} on {os.cpu_count()} CPUs."
+        ),
+        "",
+        (
+            "The agent runs its webhook on the same event loop as its informers, policy "
+            "controller and autoscaler. One pass of the policy controller's planner "
+            "(`policy_controller.plan_pass`, synchronous on that loop, over every pod of the "
+            "cluster; timed in the bench process on the member's objects as they were) took "
+            f"{cell(dig('webhook', 'controller_pass', 'median_ms'))} ms (median of 5) over "
+            f"{cell(dig('webhook', 'controller_pass', 'pods'))} pods after the probes, and "
+            f"{cell(dig('scale_up', 'controller_pass', 'median_ms'))} ms over "
+            f"{cell(dig('scale_up', 'controller_pass', 'pods'))} pods after the scale-up; a "
+            "review that arrives during a pass waits for it. During the "
+            f"{cell(dig('webhook', 'probe_seconds'))} s of probes the controller made "
+            f"{cell(dig('webhook', 'policy_passes'))} passes and the autoscaler "
+            f"{cell(dig('webhook', 'autoscaler_steps'))} steps of "
+            f"{cell(dig('webhook', 'autoscaler_step_mean_ms'))} ms on average "
+            f"(`{AUTOSCALER_STEP_METRIC}`)."
         ),
         "",
         "**Scale-in order** (Deployment scaled down in steps; pods per unit `a` / `b`):",
