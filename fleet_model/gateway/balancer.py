@@ -113,14 +113,17 @@ class Balancer:
         affinity_key: str | None = None,
     ) -> str | None:
         """The backend for the next request, or None when no backend is eligible (503)."""
-        weights = self.effective_weights(now=now, available=available, exclude=exclude)
+        serving = self.effective_weights(now=now, available=available)
+        # Forget the round-robin state of backends that left (unavailable or weight 0), not of
+        # those only excluded from this pick by a retry: they are back at the next one.
+        for key in list(self._current):
+            if key not in serving:
+                del self._current[key]
+        weights = {key: weight for key, weight in serving.items() if key not in exclude}
         if not weights:
             return None
         if affinity_key is not None:
             return rendezvous(affinity_key, weights)
-        for key in list(self._current):
-            if key not in weights:
-                del self._current[key]
         total = sum(weights.values())
         best: str | None = None
         best_current = 0

@@ -319,7 +319,7 @@ class HealthBoard:
         return backend.health if changed else None
 
     def _room_to_eject(self) -> bool:
-        ejected = sum(1 for b in self._backends.values() if b.health.state is State.EJECTED)
+        ejected = sum(1 for b in self._backends.values() if Reason.EJECTED in b.health.reasons)
         if ejected == 0:
             return True
         return (ejected + 1) * 100 <= self._settings.max_ejection_percent * len(self._backends)

@@ -154,6 +154,8 @@ MAX_RETRY_ATTEMPTS = 5
 MAX_RETRY_CODES = 32
 MAX_BACKOFF_SECONDS = 10.0
 MAX_SESSION_NAME_CHARS = 128
+MAX_QUERY_PAIRS = 256
+"""Query parameters of a request looked at for matching (the first ones; the rest are ignored)."""
 MAX_PROBLEMS = 64
 """Problems listed in one SpecError; a garbage document must not make a garbage-sized error."""
 MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL = 1, 300
@@ -870,7 +872,10 @@ def _health_check(value: object, problems: Problems) -> HealthCheck | None:
         return None
     count = len(problems)
     problems.extend(_unknown(entry, fields, where))
-    path = _path({"type": "Exact", "value": entry.get("path", "/")}, where, problems).value
+    found: Problems = []
+    path = _path({"type": "Exact", "value": entry.get("path", "/")}, where, found).value
+    # _path names the value ".../value"; here it is the check's "path" field.
+    problems.extend((f"{where}/path", message) for _, message in found)
     bounds = {
         "intervalSeconds": (MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL, 5),
         "timeoutSeconds": (MIN_CHECK_TIMEOUT, MAX_CHECK_TIMEOUT, 2),
@@ -1052,7 +1057,9 @@ class Request:
     ) -> Request:
         """From an HTTP/1.1 request line's ``target`` (origin form) and the ``Host`` header."""
         path, _, query = target.partition("?")
-        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=256) if query else []
+        # Only the first MAX_QUERY_PAIRS pairs are looked at (parse_qsl would raise beyond).
+        query = "&".join(query.split("&", MAX_QUERY_PAIRS)[:MAX_QUERY_PAIRS])
+        pairs = parse_qsl(query, keep_blank_values=True) if query else []
         return cls(
             method=method.upper(),
             host=normalize_host(authority),

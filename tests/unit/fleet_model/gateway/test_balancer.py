@@ -174,3 +174,14 @@ def test_mirror_share_is_exact_over_every_hundred(percent: int) -> None:
 def test_mirror_refuses_a_bad_share() -> None:
     with pytest.raises(ValueError, match="percent"):
         Mirror(101)
+
+
+def test_a_retry_exclusion_does_not_disturb_the_round_robin() -> None:
+    """A retry's pick among the rest leaves the excluded backend's place in the cycle alone."""
+    available = {"a": WARM, "b": WARM}
+    plain, retried = Balancer({"a": 90, "b": 10}), Balancer({"a": 90, "b": 10})
+    for _ in range(7):  # a's current is not 0 here
+        plain.pick(now=0.0, available=available)
+        retried.pick(now=0.0, available=available)
+    assert retried.pick(now=0.0, available=available, exclude={"a"}) == "b"
+    assert picks(retried, 200, available) == picks(plain, 200, available)

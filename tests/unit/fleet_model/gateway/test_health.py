@@ -188,3 +188,14 @@ def test_the_balancer_never_picks_what_the_board_holds_unhealthy(
         chosen = balancer.pick(now=now, available=available)
         assert (chosen is None) == (not available)
         assert chosen is None or board.health(chosen).state is State.HEALTHY
+
+
+def test_an_ejected_backend_that_also_went_unreachable_still_counts_as_ejected() -> None:
+    board = board_of("a", "b")
+    for _ in range(2):
+        board.observe("a", CONNECT, now=1.0)
+    board.observe("a", Reachability(reachable=False), now=2.0)
+    assert board.health("a").reasons == (Reason.UNREACHABLE, Reason.EJECTED)
+    for _ in range(2):
+        board.observe("b", CONNECT, now=3.0)
+    assert board.health("b").state is State.HEALTHY, "a is still ejected: no room for b"

@@ -754,3 +754,15 @@ def test_precedence_keys_are_all_distinct_across_a_table() -> None:
     assert [entry[0] for entry in entries] == sorted(entry[0] for entry in entries)
     assert len({entry[0] for entry in entries}) == len(entries)
     assert list(itertools.pairwise(e[2].name for e in entries)) == [("r0", "r0"), ("r0", "r1")]
+
+
+def test_a_bad_health_check_path_is_pointed_at() -> None:
+    assert paths_of(rule_with() | {"healthCheck": {"path": "x"}}) == {"/spec/healthCheck/path"}
+
+
+def test_a_query_with_very_many_pairs_is_read_up_to_the_bound() -> None:
+    target = "/?" + "&".join(f"k{i}=v{i}" for i in range(5000))
+    request = Request.of(method="GET", authority="h", target=target)
+    assert len(request.query) == 256
+    assert request.query_param("k0") == "v0"
+    assert request.query_param("k4999") is None
