@@ -7,6 +7,8 @@ docs/gateway.md is the user's guide to the route object. The modules:
   being ``cluster/namespace/service:port``): ``parse_route`` / ``parse_spec`` (every problem at
   once, every input bounded), ``Request`` (a parsed request head) and ``RouteTable`` (Gateway
   API precedence: which rule takes a request).
+* ``regex``: the linear-time engine (Thompson NFA run as a lazy DFA) for ``RegularExpression``
+  matches; Python's backtracking ``re`` never sees a user's pattern.
 * ``balancer``: ``Balancer`` (smooth weighted round robin, slow start, affinity by rendezvous
   hash) and ``Mirror`` (a deterministic share of requests copied to a canary).
 * ``health``: ``HealthBoard`` of per-backend state machines (unreachable, no ready endpoints,

@@ -30,9 +30,9 @@ Rules:
 * Paths: ``Exact`` (the whole path, case-sensitive) and ``PathPrefix`` (element-wise: ``/foo``
   matches ``/foo``, ``/foo/`` and ``/foo/bar``, never ``/foobar``; a trailing ``/`` in the value
   is ignored). Values start with ``/`` and hold no ``//``, ``/./``, ``/../``, ``%2f``, ``#``
-  (Gateway API's CEL rules). ``RegularExpression`` is refused, for paths and headers alike:
-  Python's ``re`` backtracks, so one pattern could stall the gateway; it will come with a
-  linear-time engine.
+  (Gateway API's CEL rules). ``RegularExpression`` (paths and header values) must match the
+  whole path or value, in the subset of RE2 syntax ``fleet_model.gateway.regex`` takes (at
+  most 256 characters; matched in linear time, never with Python's backtracking ``re``).
 * Headers: names case-insensitive, values exact and case-sensitive; a header sent several times
   is matched on its values joined by ``,`` (RFC 9110 §5.3). Query parameters: exact,
   case-sensitive, the first value when repeated. ``method``: one of ``METHODS``. Everything in
@@ -44,7 +44,9 @@ Rules:
 
   1. the route whose matching hostname has the most characters of a non-wildcard hostname,
      then the most characters of a matching hostname (a route without hostnames last);
-  2. an ``Exact`` path match, then the ``PathPrefix`` with the most characters (as written);
+  2. an ``Exact`` path match, then a ``RegularExpression`` one (the longest pattern first;
+     Gateway API leaves their place to implementations, this is Envoy Gateway's), then the
+     ``PathPrefix`` with the most characters (as written);
   3. a match with a method; 4. the most header matches; 5. the most query-parameter matches;
   6. the oldest route (``metadata.creationTimestamp``); 7. the route name (fleet objects have
      no namespace, so Gateway API's ``{namespace}/{name}`` is the name alone);
@@ -82,6 +84,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fleet_model.gateway.regex import Regex, RegexError, compile_regex
 from fleet_model.problems import SpecError, is_name
 from fleet_model.times import parse_time
 
@@ -202,6 +205,10 @@ Problems = list[tuple[str, str]]
 class PathType(StrEnum):
     EXACT = "Exact"
     PREFIX = "PathPrefix"
+    REGEX = "RegularExpression"
+
+
+_PATH_ORDER = {PathType.EXACT: 0, PathType.REGEX: 1, PathType.PREFIX: 2}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -209,10 +216,14 @@ class PathMatch:
     type: PathType = PathType.PREFIX
     value: str = "/"
     """As written (its length ranks prefixes); ``PathPrefix`` matching ignores a trailing /."""
+    regex: Regex | None = field(default=None, compare=False, repr=False)
+    """The compiled ``value`` of a ``RegularExpression`` match."""
 
     def matches(self, path: str) -> bool:
         if self.type is PathType.EXACT:
             return path == self.value
+        if self.regex is not None:
+            return self.regex.fullmatch(path)
         prefix = self.value.rstrip("/")
         if not prefix:
             return True
@@ -224,6 +235,13 @@ class HeaderMatch:
     name: str
     """Lower-case (header names are case-insensitive)."""
     value: str
+    regex: Regex | None = field(default=None, compare=False, repr=False)
+    """``value`` compiled, for a ``RegularExpression`` match."""
+
+    def matches(self, found: str | None) -> bool:
+        if found is None:
+            return False
+        return self.regex.fullmatch(found) if self.regex is not None else found == self.value
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -245,7 +263,7 @@ class RouteMatch:
         if not self.path.matches(request.path):
             return False
         for header in self.headers:
-            if request.header(header.name) != header.value:
+            if not header.matches(request.header(header.name)):
                 return False
         return all(request.query_param(q.name) == q.value for q in self.query_params)
 
@@ -253,7 +271,7 @@ class RouteMatch:
         """Gateway API's criteria 2-5 as a sort key: smaller is matched first."""
         exact = self.path.type is PathType.EXACT
         return (
-            0 if exact else 1,
+            _PATH_ORDER[self.path.type],
             0 if exact else -len(self.path.value),
             0 if self.method is not None else 1,
             -len(self.headers),
@@ -509,14 +527,14 @@ def _path(value: object, where: str, problems: Problems) -> PathMatch:  # noqa: 
         return PathMatch()
     problems.extend(_unknown(item, {"type", "value"}, where))
     kind, text = item.get("type", "PathPrefix"), item.get("value", "/")
-    if kind == "RegularExpression":
-        problems.append(
-            (f"{where}/type", "RegularExpression is not supported (yet): use Exact or PathPrefix")
-        )
-        return PathMatch()
     if kind not in set(PathType):
-        problems.append((f"{where}/type", "must be Exact or PathPrefix"))
+        problems.append((f"{where}/type", "must be Exact, PathPrefix or RegularExpression"))
         return PathMatch()
+    if kind == PathType.REGEX:
+        regex = _regex(text, f"{where}/value", problems)
+        if regex is None:
+            return PathMatch()
+        return PathMatch(type=PathType.REGEX, value=regex.pattern, regex=regex)
     if not isinstance(text, str) or not 0 < len(text) <= MAX_PATH_CHARS or not _PATH.match(text):
         problems.append(
             (f"{where}/value", f"must be an absolute URL path of at most {MAX_PATH_CHARS} chars")
@@ -526,6 +544,14 @@ def _path(value: object, where: str, problems: Problems) -> PathMatch:  # noqa: 
         problems.append((f"{where}/value", "may not hold //, /./, /../, %2f or # nor end in /."))
         return PathMatch()
     return PathMatch(type=PathType(kind), value=text)
+
+
+def _regex(value: object, where: str, problems: Problems) -> Regex | None:
+    try:
+        return compile_regex(value)
+    except RegexError as error:
+        problems.append((where, f"not a pattern this gateway takes: {error}"))
+        return None
 
 
 def _header_name(value: object, where: str, problems: Problems) -> str | None:
@@ -558,18 +584,21 @@ def _header_matches(value: object, where: str, problems: Problems) -> tuple[Head
             continue
         problems.extend(_unknown(entry, {"name", "value", "type"}, here))
         kind = entry.get("type", "Exact")
-        if kind != "Exact":
-            problems.append(
-                (f"{here}/type", "must be Exact (RegularExpression is not supported yet)")
-            )
+        if kind not in ("Exact", "RegularExpression"):
+            problems.append((f"{here}/type", "must be Exact or RegularExpression"))
         name = _header_name(entry.get("name"), f"{here}/name", problems)
         text = _header_value(entry.get("value"), f"{here}/value", problems)
+        regex = None
+        if text is not None and kind == "RegularExpression":
+            regex = _regex(text, f"{here}/value", problems)
+            if regex is None:
+                continue
         if name is None or text is None:
             continue
         if any(known.name == name.lower() for known in out):
             problems.append((f"{here}/name", f"{name!r} is matched twice (names ignore case)"))
             continue
-        out.append(HeaderMatch(name=name.lower(), value=text))
+        out.append(HeaderMatch(name=name.lower(), value=text, regex=regex))
     return tuple(out)
 
 

@@ -166,7 +166,7 @@ def test_every_problem_is_reported_at_once_with_its_pointer() -> None:
             {
                 "matches": [
                     {
-                        "path": {"type": "RegularExpression", "value": "/a.*"},
+                        "path": {"type": "RegularExpression", "value": "/a(?=b)"},
                         "headers": [{"name": "bad header", "value": "x"}],
                         "method": "FETCH",
                     },
@@ -190,7 +190,7 @@ def test_every_problem_is_reported_at_once_with_its_pointer() -> None:
         "/spec/hostnames/0",
         "/spec/hostnames/2",
         "/spec/hostnames/3",
-        "/spec/rules/0/matches/0/path/type",
+        "/spec/rules/0/matches/0/path/value",
         "/spec/rules/0/matches/0/headers/0/name",
         "/spec/rules/0/matches/0/method",
         "/spec/rules/0/matches/1/path/value",
@@ -637,6 +637,12 @@ MATCHES = st.fixed_dictionaries(
                 "type": st.sampled_from(["Exact", "PathPrefix"]),
                 "value": st.sampled_from(["/", "/a", "/a/b", "/ab", "/a/"]),
             }
+        )
+        | st.fixed_dictionaries(
+            {
+                "type": st.just("RegularExpression"),
+                "value": st.sampled_from(["/a.*", "/[ab]+", "/a(/b)?", ".*"]),
+            }
         ),
         "method": st.sampled_from(["GET", "POST"]),
         "headers": st.lists(
@@ -702,7 +708,7 @@ def reference_key(route: Route, rule: int, index: int, host: str) -> tuple[Any, 
     return (
         -exact,
         -any_len,
-        0 if path.type is PathType.EXACT else 1,
+        {PathType.EXACT: 0, PathType.REGEX: 1, PathType.PREFIX: 2}[path.type],
         0 if path.type is PathType.EXACT else -len(path.value),
         0 if match.method else 1,
         -len(match.headers),
@@ -766,3 +772,56 @@ def test_a_query_with_very_many_pairs_is_read_up_to_the_bound() -> None:
     assert len(request.query) == 256
     assert request.query_param("k0") == "v0"
     assert request.query_param("k4999") is None
+
+
+def test_regular_expressions_match_whole_paths_and_header_values() -> None:
+    spec = rule_with(
+        matches=[
+            {
+                "path": {"type": "RegularExpression", "value": "/users/[0-9]+(/.*)?"},
+                "headers": [{"type": "RegularExpression", "name": "x-v", "value": "v[12]"}],
+            }
+        ]
+    )
+    table = RouteTable([make_route("r", 0.0, spec)])
+    v1 = (("X-V", "v1"),)
+    assert table.match(req("/users/42", headers=v1)) is not None
+    assert table.match(req("/users/42/cart", headers=v1)) is not None
+    assert table.match(req("/users/x", headers=v1)) is None
+    assert table.match(req("/a/users/42", headers=v1)) is None, "a full match, not a search"
+    assert table.match(req("/users/42", headers=(("x-v", "v3"),))) is None
+    assert table.match(req("/users/42")) is None
+
+
+def test_regular_expressions_rank_between_exact_and_prefix() -> None:
+    table = RouteTable(
+        [
+            make_route("a", 0.0, {"rules": [one_rule({"path": {"value": "/u"}}, cluster="p")]}),
+            make_route(
+                "b",
+                1.0,
+                {
+                    "rules": [
+                        one_rule(
+                            {"path": {"type": "RegularExpression", "value": "/u/.*"}},
+                            cluster="re",
+                        )
+                    ]
+                },
+            ),
+            make_route(
+                "c",
+                2.0,
+                {"rules": [one_rule({"path": {"type": "Exact", "value": "/u/1"}}, cluster="ex")]},
+            ),
+        ]
+    )
+    assert winner(table, req("/u/1")) == "ex"
+    assert winner(table, req("/u/2")) == "re"
+    assert winner(table, req("/u")) == "p"
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+(", "a{1,99}", "x" * 257, "(?i)a", "\\bword"])
+def test_unsafe_or_unknown_patterns_are_refused(pattern: str) -> None:
+    spec = rule_with(matches=[{"path": {"type": "RegularExpression", "value": pattern}}])
+    assert paths_of(spec) == {"/spec/rules/0/matches/0/path/value"}
