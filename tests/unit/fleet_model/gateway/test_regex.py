@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet_model.gateway.regex import MAX_PATTERN_CHARS, Regex, RegexError, compile_regex
+from fleet_model.gateway.regex import (
+    MAX_DFA_STATES,
+    MAX_PATTERN_CHARS,
+    MAX_TRANSITIONS,
+    Regex,
+    RegexError,
+    compile_regex,
+)
 
 ATOMS = st.sampled_from(["a", "b", "/", ".", "[ab]", "[^a]", "[a-c/]", "\\d", "\\w", "\\.", "\\D"])
 QUANTIFIERS = st.sampled_from(["", "", "*", "+", "?", "{2}", "{0,2}", "{1,}", "*?", "+?"])
@@ -130,9 +137,21 @@ def test_catastrophic_patterns_run_in_linear_time(pattern: str, char: str) -> No
 
 
 def test_the_dfa_cache_starts_over_when_full_and_answers_stay_right() -> None:
-    """(a|b)*a(a|b){9}: a DFA of 2^10 states, more than the cache holds."""
-    regex = compile_regex("(a|b)*a(a|b){9}")
-    reference = re.compile("(a|b)*a(a|b){9}")
-    texts = [format(n, "014b").replace("0", "b").replace("1", "a") for n in range(0, 16384, 7)]
-    for text in texts:
+    """(a|b)*a(a|b){11}: a DFA of 2^12 states, more than the cache holds."""
+    regex = compile_regex("(a|b)*a(a|b){11}")
+    reference = re.compile("(a|b)*a(a|b){11}")
+    resets = 0
+    for n in range(0, 65536, 13):
+        text = format(n, "016b").replace("0", "b").replace("1", "a")
+        before = len(regex._states)
         assert regex.fullmatch(text) == (reference.fullmatch(text) is not None)
+        resets += len(regex._states) < before
+    assert resets > 0, "the cache filled up and started over at least once"
+    assert len(regex._states) <= MAX_DFA_STATES
+
+
+def test_many_distinct_characters_do_not_grow_the_cache_without_bound() -> None:
+    regex = compile_regex(".*")
+    text = "".join(chr(code) for code in range(0x100, 0x100 + 70_000) if chr(code) != "\n")
+    assert regex.fullmatch(text)
+    assert regex._transitions <= MAX_TRANSITIONS
