@@ -35,7 +35,7 @@ def _pattern(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 PATTERNS = st.recursive(st.tuples(ATOMS, QUANTIFIERS).map("".join), _pattern, max_leaves=8).filter(
     lambda p: len(p) <= MAX_PATTERN_CHARS
 )
-TEXTS = st.text(alphabet="ab/1.c\n_", max_size=10)
+TEXTS = st.text(alphabet="ab/1.c\n_", max_size=6)
 
 
 @settings(max_examples=500, deadline=None)
@@ -128,12 +128,19 @@ def test_not_a_string_is_refused() -> None:
     [("(a+)+b", "a"), ("(a|a)*b", "a"), ("(a*)*b", "a"), ("(.*){20}x", "a"), ("(x+x+)+y", "x")],
 )
 def test_catastrophic_patterns_run_in_linear_time(pattern: str, char: str) -> None:
-    """These take Python's re exponential time (or n^20); here 64 KiB takes milliseconds."""
+    """These take Python's re exponential time (or n^20); here one cached step per character.
+
+    Linear by construction: after the first few characters every step is a cached DFA move,
+    so the count of DFA states built stays tiny however long the input. (The time bound is
+    only a guard against a hang; it is far above the milliseconds this takes, even on a busy
+    CI machine.)
+    """
     regex = compile_regex(pattern)
-    text = char * 65536
     started = time.perf_counter()
-    assert not regex.fullmatch(text)
-    assert time.perf_counter() - started < 2.0
+    assert not regex.fullmatch(char * 65536)
+    assert len(regex._states) <= 64
+    assert regex._transitions <= 64
+    assert time.perf_counter() - started < 60.0
 
 
 def test_the_dfa_cache_starts_over_when_full_and_answers_stay_right() -> None:

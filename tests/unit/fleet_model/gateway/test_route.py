@@ -825,3 +825,28 @@ def test_regular_expressions_rank_between_exact_and_prefix() -> None:
 def test_unsafe_or_unknown_patterns_are_refused(pattern: str) -> None:
     spec = rule_with(matches=[{"path": {"type": "RegularExpression", "value": pattern}}])
     assert paths_of(spec) == {"/spec/rules/0/matches/0/path/value"}
+
+
+@FAST
+@given(
+    st.text(max_size=12),
+    st.text(max_size=40),
+    st.text(max_size=30),
+    st.lists(st.tuples(st.text(max_size=8), st.text(max_size=8)), max_size=4),
+)
+def test_matching_never_crashes_on_any_request_head(
+    method: str, authority: str, target: str, headers: list[tuple[str, str]]
+) -> None:
+    table = RouteTable(
+        [
+            parse_route(route_doc(**FULL_SPEC)),
+            make_route(
+                "re",
+                0.0,
+                rule_with(matches=[{"path": {"type": "RegularExpression", "value": "/[^/]*"}}]),
+            ),
+        ]
+    )
+    request = Request.of(method=method, authority=authority, target=target, headers=headers)
+    hit = table.match(request)
+    assert hit is None or hit.route.name in {"shop", "re"}
