@@ -6,12 +6,12 @@ import math
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet_model.gateway.balancer import Balancer, BalancerSettings, Mirror, rendezvous
 
-FAST = settings(max_examples=100, deadline=None)
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WARM = -math.inf
 NO_SLOW_START = BalancerSettings(slow_start_seconds=0)
 

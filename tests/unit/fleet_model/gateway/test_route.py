@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet_model.gateway.route import (
@@ -32,7 +32,7 @@ from fleet_model.gateway.route import (
 )
 from fleet_model.problems import SpecError
 
-FAST = settings(max_examples=200, deadline=None)
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def backend(cluster: str = "zone-a", weight: int | None = None, **extra: Any) -> dict[str, Any]:
