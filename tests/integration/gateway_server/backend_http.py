@@ -1,0 +1,112 @@
+"""A backend HTTP server for the gateway tests: ``python -m ...backend_http --port P --name N``.
+
+Routes (every answer says which backend served it in ``X-Backend``):
+
+- ``GET /headers``: the request's headers as JSON (what the gateway forwarded).
+- ``POST /upload``: reads the body as it streams; answers ``{"bytes", "sha256"}``.
+- ``GET /download?bytes=N[&chunked=1]``: N bytes of ``pattern()``, with ``Content-Length``
+  or chunked.
+- ``POST /echo``: the body back, chunked, as it arrives.
+- ``GET /ws``: WebSocket echo (text and binary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+
+from aiohttp import web
+
+BLOCK = 64 * 1024
+NAME = web.AppKey("name", str)
+
+
+def pattern(size: int) -> bytes:
+    """Deterministic, not compressible by accident: the test computes the same bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(counter.to_bytes(8, "big")).digest() * 2048
+        counter += 1
+    return bytes(out[:size])
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    return {"X-Backend": request.app[NAME]}
+
+
+async def headers(request: web.Request) -> web.Response:
+    seen: list[list[str]] = [[k, v] for k, v in request.headers.items()]
+    body = {"backend": request.app[NAME], "headers": seen, "path": request.path_qs}
+    return web.Response(
+        body=json.dumps(body).encode(), content_type="application/json", headers=_headers(request)
+    )
+
+
+async def upload(request: web.Request) -> web.Response:
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    body = {"bytes": size, "sha256": digest.hexdigest(), "backend": request.app[NAME]}
+    return web.json_response(body, headers=_headers(request))
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    size = int(request.query["bytes"])
+    data = pattern(size)
+    reply = web.StreamResponse(headers=_headers(request))
+    if request.query.get("chunked"):
+        reply.enable_chunked_encoding()
+    else:
+        reply.content_length = size
+    reply.content_type = "application/octet-stream"
+    await reply.prepare(request)
+    for start in range(0, size, BLOCK):
+        await reply.write(data[start : start + BLOCK])
+    await reply.write_eof()
+    return reply
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    reply = web.StreamResponse(headers=_headers(request))
+    reply.enable_chunked_encoding()
+    await reply.prepare(request)
+    async for chunk in request.content.iter_any():
+        await reply.write(chunk)
+    await reply.write_eof()
+    return reply
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            await ws.send_str(f"{request.app[NAME]}:{message.data}")
+        elif message.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+    return ws
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args()
+    app = web.Application(client_max_size=1024**2)
+    app[NAME] = args.name
+    app.router.add_get("/headers", headers)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/download", download)
+    app.router.add_post("/echo", echo)
+    app.router.add_get("/ws", websocket)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
