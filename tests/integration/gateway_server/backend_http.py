@@ -8,11 +8,13 @@ Routes (every answer says which backend served it in ``X-Backend``):
   or chunked.
 - ``POST /echo``: the body back, chunked, as it arrives.
 - ``GET /ws``: WebSocket echo (text and binary).
+- ``GET /slow?seconds=S``: answers after S seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import sys
@@ -92,6 +94,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query["seconds"]))
+    return web.Response(text="late", headers=_headers(request))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -104,7 +111,10 @@ def main() -> int:
     app.router.add_get("/download", download)
     app.router.add_post("/echo", echo)
     app.router.add_get("/ws", websocket)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    app.router.add_get("/slow", slow)
+    web.run_app(
+        app, host="127.0.0.1", port=args.port, print=None, access_log=None, shutdown_timeout=1.0
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ Routes (``Host`` -> backends in the order to try):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.certs import KeyPair
 from tests.harness.daemons import REPO, Server, join_agent
 from tests.harness.procs import ManagedProcess, free_port, wait_port
 from tests.harness.waiting import eventually
@@ -35,7 +37,9 @@ ROUTES = {
 }
 IDLE_TIMEOUT = 2.0
 """Seconds of ``--gateway-idle-timeout``: short, so the slow-client test is quick."""
-MAX_BODY = 64 * 1024 * 1024
+RESPONSE_TIMEOUT = 3.0
+"""Seconds of ``--gateway-response-timeout``: short, so the 504 test is quick."""
+MAX_BODY = 30 * 1024 * 1024
 """Bytes of ``--gateway-max-body-bytes``: above the 20 MB transfers, below the 413 test's."""
 
 
@@ -126,12 +130,22 @@ def _agent(server: Server, name: str, workdir: Path, services: dict[str, str]) -
     return proc
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    base = tmp_path_factory.mktemp("gateway")
+@contextlib.contextmanager
+def running_gateway(base: Path, *, tls: KeyPair | None = None) -> Iterator[Gateway]:
+    """The server (HTTPS on the gateway with ``tls``), two stand-in agents, two backends."""
     routes = base / "routes.json"
     routes.write_text(json.dumps(ROUTES))
     port = free_port()
+    tls_args = (
+        ()
+        if tls is None
+        else (
+            "--gateway-cert-file",
+            str(tls.cert_path),
+            "--gateway-key-file",
+            str(tls.key_path),
+        )
+    )
     server = GatewayServer(
         workdir=base,
         routes_file=routes,
@@ -140,8 +154,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             f"127.0.0.1:{port}",
             "--gateway-idle-timeout",
             f"{IDLE_TIMEOUT:g}s",
+            "--gateway-response-timeout",
+            f"{RESPONSE_TIMEOUT:g}s",
             "--gateway-max-body-bytes",
             str(MAX_BODY),
+            *tls_args,
         ),
     )
     procs: list[ManagedProcess] = []
@@ -168,3 +185,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         for proc in procs:
             proc.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_gateway(tmp_path_factory.mktemp("gateway")) as running:
+        yield running

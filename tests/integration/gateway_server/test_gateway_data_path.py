@@ -20,7 +20,12 @@ import h11
 import pytest
 
 from tests.integration.gateway_server.backend_http import pattern
-from tests.integration.gateway_server.conftest import IDLE_TIMEOUT, MAX_BODY, Gateway
+from tests.integration.gateway_server.conftest import (
+    IDLE_TIMEOUT,
+    MAX_BODY,
+    RESPONSE_TIMEOUT,
+    Gateway,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,7 +66,14 @@ async def _raw(gateway: Gateway, data: bytes) -> tuple[h11.Response, bytes]:
         assert head is not None
         return head, bytes(body)
     finally:
-        writer.close()
+        await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close and wait: a transport the loop never finished closing warns at collection."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 def _header(response: h11.Response, name: bytes) -> str | None:
@@ -175,7 +187,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection(gateway: Gat
             assert json.loads(body)["path"] == f"/headers?n={number}"
             conn.start_next_cycle()
     finally:
-        writer.close()
+        await _close(writer)
 
 
 async def test_websocket_echo_through_the_gateway(gateway: Gateway) -> None:
@@ -245,7 +257,7 @@ async def test_slow_client_head_is_cut(gateway: Gateway) -> None:
         assert feeder.cancelled(), "the gateway kept a trickling head for 20 s"
         assert time.monotonic() - started >= IDLE_TIMEOUT * 0.9
     finally:
-        writer.close()
+        await _close(writer)
 
 
 async def test_rejected_backend_answers_503_with_the_reason(gateway: Gateway) -> None:
@@ -297,3 +309,44 @@ async def test_metrics_count_by_route_backend_and_class(gateway: Gateway) -> Non
         'tunnel_server_gateway_attempts_total{backend="gw-a/default/down:80",outcome="refused"}'
         in text
     )
+
+
+async def test_body_over_the_limit_while_streaming_is_413(gateway: Gateway) -> None:
+    """A chunked body (no Content-Length) is counted as it streams and refused past the limit."""
+    async with (
+        _session() as http,
+        http.post(
+            f"{gateway.url}/upload",
+            data=_chunks(pattern(MAX_BODY + MB)),
+            headers={"Host": "web.test"},
+        ) as answer,
+    ):
+        assert answer.status == 413
+        assert (await answer.json(content_type=None))["reason"] == "body_too_large"
+
+
+async def test_backend_that_does_not_answer_is_504(gateway: Gateway) -> None:
+    started = time.monotonic()
+    async with (
+        _session() as http,
+        http.get(f"{gateway.url}/slow?seconds=60", headers={"Host": "web.test"}) as answer,
+    ):
+        assert answer.status == 504
+        problem = await answer.json(content_type=None)
+    assert problem["reason"] == "backend_timeout"
+    assert RESPONSE_TIMEOUT * 0.9 <= time.monotonic() - started < 30
+
+
+async def test_expect_continue_is_answered_before_the_body(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+    finally:
+        await _close(writer)

@@ -24,17 +24,21 @@ if TYPE_CHECKING:
     from tunnel_server.store import Store
     from tunnel_server.tunnel.sessions import SessionRegistry
 
-__all__ = ["Refused", "open_backend"]
+__all__ = ["Problem", "Refused", "open_backend"]
 
 
-class Refused(Exception):  # noqa: N818 - an answer about a backend, not our failure
-    """Nothing was sent to the backend; ``status`` and ``reason`` for the problem document."""
+class Problem(Exception):  # noqa: N818 - an answer for the client, not our failure
+    """A problem document to answer with: HTTP status, reason word, detail."""
 
     def __init__(self, status: int, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.status = status
         self.reason = reason
         self.detail = detail
+
+
+class Refused(Problem):
+    """Nothing was sent to the backend; what to answer if no other backend serves."""
 
 
 def _since(seconds: float | None) -> str:

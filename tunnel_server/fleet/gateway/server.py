@@ -47,7 +47,7 @@ from aiohttp.streams import EmptyStreamReader, StreamReader
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.fleet.gateway import headers as head_rules
-from tunnel_server.fleet.gateway.backends import Refused, open_backend
+from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
 from tunnel_server.fleet.gateway.router import (
     Backend,
     Decision,
@@ -130,14 +130,6 @@ class GatewayMetrics:
             "Client connections open on the gateway listener",
             registry=registry,
         )
-
-
-class _Answer(Exception):  # noqa: N818 - our answer to the client, not a failure
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
 
 
 def _problem(
@@ -462,7 +454,7 @@ class GatewayServer:
             target = self._check(request)
             decision = self._decide(request, incoming, target)
             head, upgrade = self._head(request, incoming, target, decision, request_id)
-        except _Answer as answer:
+        except Problem as answer:
             response = _problem(answer.status, answer.reason, answer.detail, request_id=request_id)
             if answer.status in (413, 431):
                 response.force_close()  # the rest of the request is not read
@@ -483,7 +475,7 @@ class GatewayServer:
         size = len(request.method) + len(request.raw_path) + 11  # the request line
         size += sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if size > s.max_header_bytes:
-            raise _Answer(
+            raise Problem(
                 431,
                 "headers_too_large",
                 f"the request head is {size} bytes; the gateway takes at most "
@@ -491,7 +483,7 @@ class GatewayServer:
             )
         length = request.content_length
         if s.max_body_bytes and length is not None and length > s.max_body_bytes:
-            raise _Answer(
+            raise Problem(
                 413,
                 "body_too_large",
                 f"the body is {length} bytes; the gateway takes at most {s.max_body_bytes}",
@@ -499,7 +491,7 @@ class GatewayServer:
         target = origin_form(request)
         bad = unsendable(target)
         if bad is not None or not target.startswith("/"):
-            raise _Answer(
+            raise Problem(
                 400,
                 "bad_request",
                 f"the request target holds {bad!r}, which is not sent on: percent-encode "
@@ -521,7 +513,7 @@ class GatewayServer:
             )
         )
         if isinstance(decision, NoRoute):
-            raise _Answer(404, decision.reason, decision.detail)
+            raise Problem(404, decision.reason, decision.detail)
         return decision
 
     def _head(
@@ -552,7 +544,7 @@ class GatewayServer:
             )
             return h11.Request(method=head.method, target=head.target, headers=fields), upgrade
         except (UnsendableRequestError, h11.LocalProtocolError) as error:
-            raise _Answer(400, "bad_request", f"this request cannot be sent on: {error}") from None
+            raise Problem(400, "bad_request", f"this request cannot be sent on: {error}") from None
 
     async def _attempts(
         self,
