@@ -337,6 +337,14 @@ def _add_gateway_options(run: argparse.ArgumentParser, defaults: GatewaySettings
         "byte, 1s to 365d (default: %(default)gs)",
     )
     run.add_argument(
+        "--gateway-stream-idle-timeout",
+        type=arguments.duration(low=0.0, high=DAY),
+        default=defaults.stream_idle_timeout,
+        metavar="DURATION",
+        help="cut an answer or WebSocket through the gateway that moves no byte either way "
+        "this long; 0: never (default: %(default)gs)",
+    )
+    run.add_argument(
         "--gateway-max-body-bytes",
         type=arguments.whole(low=0, high=2**62),
         default=defaults.max_body_bytes,
@@ -355,6 +363,9 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         idle_timeout=getattr(args, "gateway_idle_timeout", defaults.idle_timeout),
         response_timeout=getattr(args, "gateway_response_timeout", defaults.response_timeout),
         max_body_bytes=getattr(args, "gateway_max_body_bytes", defaults.max_body_bytes),
+        stream_idle_timeout=getattr(
+            args, "gateway_stream_idle_timeout", defaults.stream_idle_timeout
+        ),
     )
 
 

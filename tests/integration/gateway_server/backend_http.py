@@ -9,6 +9,9 @@ Routes (every answer says which backend served it in ``X-Backend``):
 - ``POST /echo``: the body back, chunked, as it arrives.
 - ``GET /ws``: WebSocket echo (text and binary).
 - ``GET /slow?seconds=S``: answers after S seconds.
+- ``* /hangup?on=NAME``: the backend named NAME closes the connection without answering
+  (after reading the body); any other answers 200 with its name.
+- ``GET /stall``: a head and 1 KB of a 1 MB body, then nothing for a minute.
 """
 
 from __future__ import annotations
@@ -99,6 +102,23 @@ async def slow(request: web.Request) -> web.Response:
     return web.Response(text="late", headers=_headers(request))
 
 
+async def hangup(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    if request.query.get("on") == request.app[NAME]:
+        assert request.transport is not None
+        request.transport.close()
+    return web.json_response({"backend": request.app[NAME]}, headers=_headers(request))
+
+
+async def stall(request: web.Request) -> web.StreamResponse:
+    reply = web.StreamResponse(headers=_headers(request))
+    reply.content_length = 1024 * 1024
+    await reply.prepare(request)
+    await reply.write(b"s" * 1024)
+    await asyncio.sleep(60)
+    return reply
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -112,6 +132,8 @@ def main() -> int:
     app.router.add_post("/echo", echo)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/hangup", hangup)
+    app.router.add_get("/stall", stall)
     web.run_app(
         app, host="127.0.0.1", port=args.port, print=None, access_log=None, shutdown_timeout=1.0
     )

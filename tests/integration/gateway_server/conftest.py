@@ -11,6 +11,7 @@ Routes (``Host`` -> backends in the order to try):
 - ``retry.test``: gw-a/default/down:80 (no ready endpoints), then gw-b/default/web:80
 - ``down.test``: gw-a/default/down:80 only
 - ``offline.test``: gw-c/default/web:80 (a cluster that never joined)
+- ``pair.test``: gw-a/default/web:80, then gw-b/default/web:80
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ ROUTES = {
     "retry.test": ["gw-a/default/down:80", "gw-b/default/web:80"],
     "down.test": ["gw-a/default/down:80"],
     "offline.test": ["gw-c/default/web:80"],
+    "pair.test": ["gw-a/default/web:80", "gw-b/default/web:80"],
 }
 IDLE_TIMEOUT = 2.0
 """Seconds of ``--gateway-idle-timeout``: short, so the slow-client test is quick."""
 RESPONSE_TIMEOUT = 3.0
 """Seconds of ``--gateway-response-timeout``: short, so the 504 test is quick."""
+STREAM_IDLE_TIMEOUT = 3.0
+"""Seconds of ``--gateway-stream-idle-timeout``: short, so the stalled-answer test is quick."""
 MAX_BODY = 30 * 1024 * 1024
 """Bytes of ``--gateway-max-body-bytes``: above the 20 MB transfers, below the 413 test's."""
 
@@ -156,6 +160,8 @@ def running_gateway(base: Path, *, tls: KeyPair | None = None) -> Iterator[Gatew
             f"{IDLE_TIMEOUT:g}s",
             "--gateway-response-timeout",
             f"{RESPONSE_TIMEOUT:g}s",
+            "--gateway-stream-idle-timeout",
+            f"{STREAM_IDLE_TIMEOUT:g}s",
             "--gateway-max-body-bytes",
             str(MAX_BODY),
             *tls_args,

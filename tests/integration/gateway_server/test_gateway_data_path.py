@@ -24,6 +24,7 @@ from tests.integration.gateway_server.conftest import (
     IDLE_TIMEOUT,
     MAX_BODY,
     RESPONSE_TIMEOUT,
+    STREAM_IDLE_TIMEOUT,
     Gateway,
 )
 
@@ -350,3 +351,31 @@ async def test_expect_continue_is_answered_before_the_body(gateway: Gateway) -> 
         assert head.startswith(b"HTTP/1.1 200 ")
     finally:
         await _close(writer)
+
+
+async def test_failure_before_an_answer_retries_idempotent_requests_only(gateway: Gateway) -> None:
+    """Backend a takes the request and hangs up: a GET goes on to b, a POST gets 502."""
+    async with _session() as http:
+        async with http.get(f"{gateway.url}/hangup?on=a", headers={"Host": "pair.test"}) as answer:
+            assert answer.status == 200
+            assert answer.headers["X-Backend"] == "b"
+        async with http.post(
+            f"{gateway.url}/hangup?on=a", data=b"once", headers={"Host": "pair.test"}
+        ) as answer:
+            assert answer.status == 502
+            problem = await answer.json(content_type=None)
+    assert problem["reason"] == "bad_upstream"
+    assert problem["detail"].startswith("service/default/web:80: ")
+
+
+async def test_stalled_answer_is_cut(gateway: Gateway) -> None:
+    """An answer that stops moving is cut at the stream idle timeout: the client sees it short."""
+    started = time.monotonic()
+    async with (
+        _session() as http,
+        http.get(f"{gateway.url}/stall", headers={"Host": "web.test"}) as answer,
+    ):
+        assert answer.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await answer.read()
+    assert STREAM_IDLE_TIMEOUT * 0.9 <= time.monotonic() - started < 30
