@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -364,8 +365,10 @@ class GatewayServer:
                 backlog=128,
             )
         except OSError as error:
+            # asyncio's message repeats the address; the errno's text is enough.
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
             raise GatewayStartError(
-                f"cannot serve --gateway-listen {host}:{port}: {error.strerror or error}"
+                f"cannot serve --gateway-listen {host}:{port}: {reason}"
             ) from None
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
         for address in addresses:
@@ -575,7 +578,7 @@ class GatewayServer:
                     within=min(s.open_timeout, left),
                 )
             except Refused as refused:
-                log.info("backend %s refused: %s", backend, refused.detail)
+                log.debug("backend %s refused: %s", backend, refused.detail)
                 self._report(backend, Outcome(kind="refused", reason=refused.reason), began)
                 refusals.append((backend, refused))
                 continue
@@ -660,7 +663,7 @@ class GatewayServer:
                 )
                 response.force_close()
                 return _Result(response=response, code="4xx")
-            log.info("exchange with %s failed before an answer: %s", stream.target, error)
+            log.debug("exchange with %s failed before an answer: %s", stream.target, error)
             reason = "bad_upstream" if isinstance(error, UpstreamError) else "backend_failed"
             detail = f"{stream.target}: {error}"
             return _Result(
@@ -690,7 +693,7 @@ class GatewayServer:
                 outcome=Outcome(kind="timeout", reason="backend_timeout", seconds=waited),
             )
         # The answer had begun: no status can follow, so the client sees it cut short.
-        log.info(
+        log.debug(
             "answer from %s cut: no byte moved for %s s",
             stream.target,
             self.settings.stream_idle_timeout,
