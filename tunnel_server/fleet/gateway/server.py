@@ -492,8 +492,10 @@ class GatewayServer:
                 f"the body is {length} bytes; the gateway takes at most {s.max_body_bytes}",
             )
         target = origin_form(request)
+        if not target.startswith("/"):
+            raise Problem(400, "bad_request", "the request target must be a path (origin form)")
         bad = unsendable(target)
-        if bad is not None or not target.startswith("/"):
+        if bad is not None:
             raise Problem(
                 400,
                 "bad_request",
