@@ -38,6 +38,10 @@ Cluster mode (an agent that serves a whole member cluster; no ``[kube]`` proxy t
     [cluster.elastic]         # ResourcePolicy webhook + NodePool autoscaler (docs/elastic.md)
     enabled = true
 
+    [cluster.gateway]         # the cloud gateway's streams to these Services' endpoints
+    enabled = true
+    services = ["demo/*", "shop/web"]
+
 Every key and its default is in docs/agent-config.md.
 """
 
@@ -50,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.cluster.elastic.settings import ElasticSettings
+from edge_agent.cluster.gateway.settings import GatewaySettings
+from edge_agent.cluster.gateway.target import MAX_PATTERNS, TargetError, parse_pattern
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.works.settings import WorkSettings, WorkSettingsError, work_settings
 from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
@@ -303,6 +309,7 @@ def _cluster(raw: object, where: str) -> ClusterSettings:
     raw = dict(raw)
     raw.pop("works", None)  # [cluster.works]: read by _works
     raw.pop("elastic", None)  # [cluster.elastic]: read by _elastic
+    raw.pop("gateway", None)  # [cluster.gateway]: read by _gateway
     paths: dict[str, Any] = {}
     for name in _CLUSTER_PATHS:
         if name in raw:
@@ -382,6 +389,51 @@ def _elastic(cluster: object, where: str) -> ElasticSettings:
     return elastic
 
 
+_GATEWAY_RANGES: dict[str, tuple[float, float]] = {
+    "dial_timeout": (0.01, 600.0),
+    "connect_timeout": (0.01, 600.0),
+    "eject_after": (1, 1000),
+    "eject_base": (0.01, 86400.0),
+    "eject_max": (0.01, 86400.0),
+    "max_streams": (1, 1_000_000),
+}
+
+
+def _gateway(cluster: object, where: str) -> GatewaySettings:
+    """The ``[cluster.gateway]`` table (docs/agent-config.md); defaults (off) when absent."""
+    if not isinstance(cluster, dict) or "gateway" not in cluster:
+        return GatewaySettings()
+    raw = cluster["gateway"]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    raw = dict(raw)
+    services = _gateway_services(raw.pop("services", []), f"{where}.services")
+    values = _fields(GatewaySettings, raw, where, skip=frozenset({"services"}))
+    for name, (low, high) in _GATEWAY_RANGES.items():
+        if name in values:
+            _check_range(where, name, values[name], low, high)
+    gateway = GatewaySettings(services=services, **values)
+    if gateway.eject_base > gateway.eject_max:
+        raise ConfigError(
+            f"{where}: eject_base ({gateway.eject_base:g}) must not exceed eject_max "
+            f"({gateway.eject_max:g})"
+        )
+    return gateway
+
+
+def _gateway_services(raw: object, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise ConfigError(f'{where}: expected a list of "namespace/name" or "namespace/*"')
+    if len(raw) > MAX_PATTERNS:
+        raise ConfigError(f"{where}: at most {MAX_PATTERNS} patterns")
+    for text in raw:
+        try:
+            parse_pattern(text)
+        except TargetError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    return tuple(dict.fromkeys(raw))
+
+
 def _check_cluster_mode(
     cluster: ClusterSettings | None, kube: KubeSettings, tunnel: TunnelClientSettings, where: str
 ) -> None:
@@ -444,6 +496,7 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
     twins = _twins(raw.pop("twins", {}), f"{where}: [twins]")
     works = _works(raw.get("cluster"), f"{where}: [cluster.works]")
     elastic = _elastic(raw.get("cluster"), f"{where}: [cluster.elastic]")
+    gateway = _gateway(raw.get("cluster"), f"{where}: [cluster.gateway]")
     cluster = _cluster(raw.pop("cluster"), f"{where}: [cluster]") if "cluster" in raw else None
     _check_cluster_mode(cluster, kube, tunnel, where)
     top = _fields(AgentSettings, raw, where)
@@ -457,5 +510,6 @@ def load(path: Path | None, *, overrides: dict[str, Any] | None = None) -> Agent
         cluster=cluster,
         works=works,
         elastic=elastic,
+        gateway=gateway,
         **top,
     )

@@ -13,7 +13,8 @@ The parts and who owns them:
 * cluster mode (``cluster``, ``[cluster]``): the built-in tunnel target ``kube-apiserver``,
   the agent's own reads of the member API server (``GetJson``) and the ``cluster.*`` status
   source that uses them; the hub's works (``cluster.works``, kept under
-  ``<data>/cluster/works``) and the ``fleet`` stream that brings them and renews the lease.
+  ``<data>/cluster/works``) and the ``fleet`` stream that brings them and renews the lease;
+  with ``[cluster.gateway]``, the built-in targets ``service/...`` of the cloud's gateway.
 
 All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
@@ -49,6 +50,9 @@ from edge_agent.cluster import credentials as cluster_credentials
 from edge_agent.cluster.elastic.service import ElasticPart
 from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.fleet_link import FleetLink
+from edge_agent.cluster.gateway.service import GatewayPart
+from edge_agent.cluster.gateway.settings import GatewaySettings
+from edge_agent.cluster.gateway.target import PREFIX as GATEWAY_PREFIX
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
 from edge_agent.cluster.works import WorkApplier, WorkSettings
@@ -209,6 +213,7 @@ class _ClusterPart:
     applier: WorkApplier
     fleet: FleetLink
     elastic: ElasticPart | None = None
+    gateway: GatewayPart | None = None
     version: str | None = None
 
     @classmethod
@@ -221,6 +226,7 @@ class _ClusterPart:
         data_dir: Path,
         works: WorkSettings,
         elastic: ElasticSettings,
+        gateway: GatewaySettings,
     ) -> _ClusterPart:
         """Wire the target and the ``fleet`` stream into the tunnel client (API client: ``run``)."""
         credentials = cluster_credentials.load(settings)
@@ -244,6 +250,12 @@ class _ClusterPart:
                 registry=registry,
                 namespace=cluster_credentials.own_namespace(settings),
             )
+        if gateway.enabled:
+            # Its own member API client (opened by its task): two more long watches.
+            part.gateway = GatewayPart(
+                credentials=credentials, cluster=settings, settings=gateway, registry=registry
+            )
+            client.builtin_prefixes[GATEWAY_PREFIX] = part.gateway.serve
         return part
 
     def status(self) -> dict[str, object]:
@@ -253,6 +265,7 @@ class _ClusterPart:
             "version": self.version,
             "fleet": self.fleet.status(),
             **({"elastic": self.elastic.status()} if self.elastic is not None else {}),
+            **({"gateway": self.gateway.status()} if self.gateway is not None else {}),
         }
 
     def start_tasks(
@@ -267,6 +280,8 @@ class _ClusterPart:
         ]
         if self.elastic is not None:
             tasks.append(group.create_task(self.elastic.run(), name="agent.cluster-elastic"))
+        if self.gateway is not None:
+            tasks.append(group.create_task(self.gateway.run(), name="agent.cluster-gateway"))
         return tasks
 
     async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
@@ -387,6 +402,7 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
             data_dir=settings.data_dir,
             works=settings.works,
             elastic=settings.elastic,
+            gateway=settings.gateway,
         )
         if settings.cluster is not None
         else None

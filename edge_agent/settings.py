@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge_agent.cluster.elastic.settings import ElasticSettings
+from edge_agent.cluster.gateway.settings import GatewaySettings
 from edge_agent.cluster.settings import ClusterSettings
 from edge_agent.cluster.works.settings import WorkSettings
 from edge_agent.kubecache.settings import KubeCacheSettings
@@ -259,3 +260,7 @@ class AgentSettings:
     elastic: ElasticSettings = field(default_factory=ElasticSettings)
     """The elastic part of cluster mode (``[cluster.elastic]``; off unless ``enabled``):
     ResourcePolicy webhook and controller, NodePool autoscaler. docs/elastic.md."""
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    """The gateway part of cluster mode (``[cluster.gateway]``; off unless ``enabled``): the
+    cloud gateway's streams to the allowed Services' ready endpoints. docs/agent-config.md."""

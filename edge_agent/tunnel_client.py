@@ -7,8 +7,11 @@ Rules:
 * The cloud opens streams by *target name*. We dial only names in our own allow-list
   (``[tunnel.targets]``); anything else is refused with TARGET_NOT_ALLOWED, so the cloud can
   never make this node connect anywhere the operator did not name. Parts of the agent may
-  serve a target themselves (``builtin_targets``, e.g. cluster mode's ``kube-apiserver``):
-  their handler gets the stream and answers it.
+  serve a target themselves (``builtin_targets``, e.g. cluster mode's ``kube-apiserver``),
+  or every target under a prefix (``builtin_prefixes``, e.g. the gateway's ``service/``,
+  whose handler checks the rest of the name against its own allow-list): their handler gets
+  the stream and answers it. ``[tunnel.targets]`` names cannot hold ``/``, so a prefix ending
+  in ``/`` never shadows a dialled target.
 * Reconnects back off exponentially with full jitter (a random delay in [0, ceiling]) so a
   fleet that lost the server does not return in one wave. A session that lived for
   ``healthy_after`` seconds resets the ceiling.
@@ -171,6 +174,10 @@ class TunnelClient:
         self.builtin_targets: dict[str, BuiltinTarget] = {}
         """Targets a part of the agent serves itself (name -> handler), before the
         allow-list of dialled targets is consulted; set before ``run()``."""
+        self.builtin_prefixes: dict[str, BuiltinTarget] = {}
+        """Families of targets a part serves itself (prefix -> handler, e.g. ``service/``):
+        a name no exact builtin target has goes to the handler of its longest matching
+        prefix, which must refuse what it does not serve; set before ``run()``."""
 
     # ------------------------------------------------------------------ public
 
@@ -185,7 +192,13 @@ class TunnelClient:
             "open_streams": connection.open_streams if connection else 0,
             "failed_attempts": self.attempts,
             "last_error": self.last_error,
-            "targets": sorted({*self._settings.targets, *self.builtin_targets}),
+            "targets": sorted(
+                {
+                    *self._settings.targets,
+                    *self.builtin_targets,
+                    *(f"{prefix}*" for prefix in self.builtin_prefixes),
+                }
+            ),
         }
 
     def stop(self) -> None:
@@ -373,9 +386,14 @@ class TunnelClient:
                 log.info("certificate valid until %s", identity.not_after.isoformat())
             await asyncio.sleep(self._settings.renew_check_interval)
 
+    def _prefix_handler(self, target: str) -> BuiltinTarget | None:
+        """The handler of the longest of ``builtin_prefixes`` that ``target`` starts with."""
+        matching = [prefix for prefix in self.builtin_prefixes if target.startswith(prefix)]
+        return self.builtin_prefixes[max(matching, key=len)] if matching else None
+
     async def _on_stream(self, stream: TunnelStream) -> None:
         """The cloud asks for a stream to one of our targets."""
-        builtin = self.builtin_targets.get(stream.target)
+        builtin = self.builtin_targets.get(stream.target) or self._prefix_handler(stream.target)
         if builtin is not None:
             self.metrics.streams.labels("builtin").inc()
             await builtin(stream)

@@ -5,10 +5,12 @@
 Starts N member clusters on loopback with the test harness (tests/harness/member.py: kine +
 kube-apiserver + kube-controller-manager + kube-scheduler + kwok with fake nodes; binaries from
 scripts/kube-build's cache), gives each a small demo Deployment so ``kubectl get pods -A`` shows
-running pods, writes ``DIR/clusters.json`` (name, API server URL, CA file and admin kubeconfig
-of each) once all are ready, and runs until SIGTERM or SIGINT, then stops them all. Each start
-is fresh (the clusters are scratch; DIR/member* is wiped first). Exits 1 with one line saying
-why if they cannot start.
+running pods (their nodes labelled ``site: local``, and kwok playing every node annotated
+``kwok.x-k8s.io/node: fake``, so the nodes an elastic NodePool's kwok provider adds come up
+Ready too: docs/elastic.md), writes ``DIR/clusters.json`` (name, API server URL, CA file and
+admin kubeconfig of each) once all are ready, and runs until SIGTERM or SIGINT, then stops them
+all. Each start is fresh (the clusters are scratch; DIR/member* is wiped first). Exits 1 with
+one line saying why if they cannot start.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ DEMO = {
     },
 }
 NODES = 2
+SITE = {"site": "local"}
+"""The label of the clusters' own nodes: the quickstart's ResourcePolicy fills them first."""
+KWOK = (
+    # kwok's own deployment flags: every node with its annotation (the harness's nodes and a
+    # NodePool's kwok nodes alike), in place of the harness's test label.
+    "--manage-all-nodes=false",
+    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+)
 
 
 def serve(count: int, base: Path, stop: threading.Event, serving: threading.Event) -> None:
@@ -54,7 +64,9 @@ def serve(count: int, base: Path, stop: threading.Event, serving: threading.Even
         shutil.rmtree(old, ignore_errors=True)
     try:
         # Named member0.. inside (their nodes: member0-node-0, ...); registered as cluster-1..
-        with member.member_clusters(count, base, nodes=NODES) as started:
+        with member.member_clusters(
+            count, base, nodes=NODES, node_labels=SITE, kwok_manage="all", kwok_args=KWOK
+        ) as started:
             for cluster in started:
                 cluster.api("POST", "/apis/apps/v1/namespaces/default/deployments", DEMO)
             listing = [

@@ -331,6 +331,69 @@ def test_quickstart_with_a_cluster(quickstart: Quickstart) -> None:
     )
     assert rolled["status"]["summary"]["total"] == 1, rolled
 
+    _check_elastic_demo(quickstart, kubectl, kubeconfig)
+
     # Ctrl-C stops everything it started.
     assert quickstart.interrupt() in (0, 130)
     _wait_gone(family)
+
+
+def _check_elastic_demo(quickstart: Quickstart, kubectl: str, kubeconfig: str) -> None:
+    """cluster-1's elastic part (docs/elastic.md), as the quickstart's last lines tell a user.
+
+    Its agent registered the pod webhook (a loopback URL the member's API server calls), and
+    the demo NodePool (kwok) and ResourcePolicy are there: of the Deployment's 4 pods, 2 on the
+    cluster's own nodes (the unit's max), 2 on a node the pool grew for them.
+    """
+    assert "tunnel-server get nodepools --cluster cluster-1" in quickstart.output()
+
+    def through(*args: str) -> Any:
+        done = subprocess.run(
+            [kubectl, "--kubeconfig", kubeconfig, "--context", "cluster-1", *args, "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    (hook,) = through("get", "mutatingwebhookconfiguration", "edgefleet-elastic")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["clientConfig"]["url"].startswith("https://127.0.0.1:"), hook["clientConfig"]
+    assert not hook["clientConfig"]["url"].startswith("https://127.0.0.1:0/")
+    policy = eventually(
+        lambda: through("get", "resourcepolicy", "web", "-n", "shop"),
+        lambda found: (
+            [(u["name"], u["pods"]) for u in found.get("status", {}).get("units", [])]
+            == [("local", 2), ("cloud", 2)]
+        ),
+        what="the demo policy's status: 2 pods local, 2 in the grown cloud pool",
+        within=180.0,
+    )
+    assert policy["spec"]["units"][0]["max"] == 2
+    # The CLI line the quickstart prints, against the cloud.
+    done = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "tunnel-server"),
+            "get",
+            "nodepools",
+            "--cluster",
+            "cluster-1",
+            "-o",
+            "json",
+            "--server",
+            quickstart.url,
+            "--token",
+            (quickstart.data / "server" / "admin-token").read_text().strip(),
+            "--ca-file",
+            str(quickstart.data / "server" / "ca.crt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    (pool,) = json.loads(done.stdout)["items"]
+    assert pool["name"] == "cloud"
