@@ -121,6 +121,7 @@ async def stall(request: web.Request) -> web.StreamResponse:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
@@ -135,7 +136,7 @@ def main() -> int:
     app.router.add_route("*", "/hangup", hangup)
     app.router.add_get("/stall", stall)
     web.run_app(
-        app, host="127.0.0.1", port=args.port, print=None, access_log=None, shutdown_timeout=1.0
+        app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0
     )
     return 0
 

@@ -89,14 +89,17 @@ class Gateway:
         return f"http://{self.host}:{self.port}"
 
 
-def _backend(name: str, workdir: Path) -> tuple[ManagedProcess, int]:
-    port = free_port()
+def backend(name: str, workdir: Path, host: str = "127.0.0.1") -> tuple[ManagedProcess, int]:
+    """A ``backend_http`` process answering as ``name`` on ``host``; it and its port."""
+    port = free_port(host)
     proc = ManagedProcess(
         f"backend[{name}]",
         [
             sys.executable,
             "-m",
             "tests.integration.gateway_server.backend_http",
+            "--host",
+            host,
             "--port",
             str(port),
             "--name",
@@ -105,7 +108,7 @@ def _backend(name: str, workdir: Path) -> tuple[ManagedProcess, int]:
         log_path=workdir / f"backend-{name}.log",
         env={"PYTHONPATH": str(REPO)},
     )
-    wait_port("127.0.0.1", port, timeout=30, proc=proc)
+    wait_port(host, port, timeout=30, proc=proc)
     return proc, port
 
 
@@ -169,8 +172,8 @@ def running_gateway(base: Path, *, tls: KeyPair | None = None) -> Iterator[Gatew
     )
     procs: list[ManagedProcess] = []
     try:
-        backend_a, port_a = _backend("a", base)
-        backend_b, port_b = _backend("b", base)
+        backend_a, port_a = backend("a", base)
+        backend_b, port_b = backend("b", base)
         procs += [backend_a, backend_b]
         server.start()
         agents = {
