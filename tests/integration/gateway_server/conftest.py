@@ -1,17 +1,20 @@
-"""One tunnel server with ``--gateway-listen``, two cluster agents, two backend HTTP servers.
+"""One tunnel server with ``--gateway-listen``, one member cluster with the real agent.
 
 Real processes throughout: ``tunnel-server run`` (through ``server_proc``, which only swaps in
-a fixed route table), two clusters joined with cluster tokens whose sessions are the agent's
-own tunnel client (``standin_agent``: a STAND-IN for the Service target until the agent
-serves it), and one aiohttp backend per cluster that answers with its name.
+a fixed route table), a member cluster (``tests.harness.member``) registered by a real
+``edge-agent run`` in cluster mode with ``[cluster.gateway]`` enabled (allow-list ``demo/*``),
+and two ``backend_http`` processes answering with their names. kwok runs no pods, so the
+Services have no selector and their EndpointSlices are written here, pointing at the backends
+on one of this machine's non-loopback addresses (the API server refuses loopback endpoints).
 
-Routes (``Host`` -> backends in the order to try):
+Services in ``demo``: ``web`` (backend ``a``), ``web-b`` (backend ``b``), ``down`` (its only
+endpoint is not ready). Routes (``Host`` -> backends in the order to try):
 
-- ``web.test``: gw-a/default/web:80 (backend ``a``)
-- ``retry.test``: gw-a/default/down:80 (no ready endpoints), then gw-b/default/web:80
-- ``down.test``: gw-a/default/down:80 only
-- ``offline.test``: gw-c/default/web:80 (a cluster that never joined)
-- ``pair.test``: gw-a/default/web:80, then gw-b/default/web:80
+- ``web.test``: gw-a/demo/web:80
+- ``retry.test``: gw-a/demo/down:80 (no ready endpoints), then gw-a/demo/web-b:80
+- ``down.test``: gw-a/demo/down:80 only
+- ``offline.test``: gw-c/demo/web:80 (a cluster that never joined)
+- ``pair.test``: gw-a/demo/web:80, then gw-a/demo/web-b:80
 """
 
 from __future__ import annotations
@@ -22,20 +25,31 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.harness import member
 from tests.harness.certs import KeyPair
-from tests.harness.daemons import REPO, Server, join_agent
+from tests.harness.daemons import REPO, Server
 from tests.harness.procs import ManagedProcess, free_port, wait_port
 from tests.harness.waiting import eventually
+from tests.integration.clusters.members import (
+    NAMESPACE,
+    SERVICE_ACCOUNT,
+    ClusterAgent,
+    prepare_member,
+    run_kubectl,
+)
+from tests.integration.gateway_agent.test_gateway_agent import HOST, PACKAGING
 
+CLUSTER = "gw-a"
 ROUTES = {
-    "web.test": ["gw-a/default/web:80"],
-    "retry.test": ["gw-a/default/down:80", "gw-b/default/web:80"],
-    "down.test": ["gw-a/default/down:80"],
-    "offline.test": ["gw-c/default/web:80"],
-    "pair.test": ["gw-a/default/web:80", "gw-b/default/web:80"],
+    "web.test": [f"{CLUSTER}/demo/web:80"],
+    "retry.test": [f"{CLUSTER}/demo/down:80", f"{CLUSTER}/demo/web-b:80"],
+    "down.test": [f"{CLUSTER}/demo/down:80"],
+    "offline.test": ["gw-c/demo/web:80"],
+    "pair.test": [f"{CLUSTER}/demo/web:80", f"{CLUSTER}/demo/web-b:80"],
 }
 IDLE_TIMEOUT = 2.0
 """Seconds of ``--gateway-idle-timeout``: short, so the slow-client test is quick."""
@@ -82,7 +96,7 @@ class Gateway:
     server: GatewayServer
     host: str
     port: int
-    agents: dict[str, ManagedProcess]
+    agent: ClusterAgent
 
     @property
     def url(self) -> str:
@@ -112,34 +126,90 @@ def backend(name: str, workdir: Path, host: str = "127.0.0.1") -> tuple[ManagedP
     return proc, port
 
 
-def _agent(server: Server, name: str, workdir: Path, services: dict[str, str]) -> ManagedProcess:
-    data_dir = workdir / f"agent-{name}"
-    join_agent(server, name, data_dir, kind="cluster")
-    proc = ManagedProcess(
-        f"standin-agent[{name}]",
-        [
-            sys.executable,
-            "-m",
-            "tests.integration.gateway_server.standin_agent",
-            "--data-dir",
-            str(data_dir),
-            *[f"--service={target}={where}" for target, where in services.items()],
-        ],
-        log_path=workdir / f"agent-{name}.log",
-        env={"PYTHONPATH": str(REPO)},
+def _service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+
+
+def _slice(service: str, port: int, *, ready: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-1",
+            "namespace": "demo",
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "edgefleet-test",
+            },
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [HOST], "conditions": {"ready": ready}}],
+    }
+
+
+def _services(cluster: member.MemberCluster, ports: dict[str, int]) -> None:
+    """The Services and their slices; the agent may read them (packaged RBAC)."""
+    cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": "demo"}})
+    slices = "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
+    for name, (port, ready) in {
+        "web": (ports["a"], True),
+        "web-b": (ports["b"], True),
+        "down": (ports["a"], False),
+    }.items():
+        cluster.api("POST", "/api/v1/namespaces/demo/services", _service(name))
+        cluster.api("POST", slices, _slice(name, port, ready=ready))
+    run_kubectl(cluster.kubeconfig, "apply", "-f", str(PACKAGING / "30-gateway-rbac.yaml"))
+    # The packaged binding names the packaged service account; the harness's is another.
+    run_kubectl(
+        cluster.kubeconfig,
+        "create",
+        "clusterrolebinding",
+        "gateway-test",
+        "--clusterrole=edgefleet:cluster-agent-gateway",
+        f"--serviceaccount={NAMESPACE}:{SERVICE_ACCOUNT}",
     )
 
-    def up() -> bool:
-        proc.check_running()
-        return (data_dir / "standin-up").exists()
 
-    eventually(up, bool, what=f"stand-in agent {name} connected", within=30)
-    return proc
+def _ready_endpoints(agent: ClusterAgent) -> object:
+    cluster = agent.status()["cluster"]
+    assert isinstance(cluster, dict)
+    services = cluster["gateway"]["services"]
+    return [services[f"demo/{name}"]["80"] for name in ("web", "web-b")]
+
+
+def _agent(server: Server, cluster: member.MemberCluster, workdir: Path) -> ClusterAgent:
+    """The real cluster agent, gateway enabled; once it sees both ready endpoints."""
+    agent = ClusterAgent(
+        name=CLUSTER,
+        workdir=workdir,
+        server=server,
+        plane=cluster.plane,
+        agent_token=prepare_member(cluster.plane),
+    )
+    agent.tables["cluster.gateway"] = {"enabled": True, "services": ["demo/*"]}
+    agent.join()
+    agent.start()
+    agent.wait_ready(timeout=90)
+    agent.wait_connected()
+    eventually(
+        lambda: _ready_endpoints(agent),
+        lambda ready: ready == [1, 1],
+        what="the agent sees the ready endpoints of demo/web and demo/web-b",
+        within=60,
+        ignore=(OSError, KeyError, TypeError),
+    )
+    return agent
 
 
 @contextlib.contextmanager
 def running_gateway(base: Path, *, tls: KeyPair | None = None) -> Iterator[Gateway]:
-    """The server (HTTPS on the gateway with ``tls``), two stand-in agents, two backends."""
+    """The server (HTTPS on the gateway with ``tls``), the member and its agent, two backends."""
     routes = base / "routes.json"
     routes.write_text(json.dumps(ROUTES))
     port = free_port()
@@ -171,29 +241,23 @@ def running_gateway(base: Path, *, tls: KeyPair | None = None) -> Iterator[Gatew
         ),
     )
     procs: list[ManagedProcess] = []
-    try:
-        backend_a, port_a = backend("a", base)
-        backend_b, port_b = backend("b", base)
-        procs += [backend_a, backend_b]
-        server.start()
-        agents = {
-            "gw-a": _agent(
-                server,
-                "gw-a",
-                base,
-                {
-                    "service/default/web:80": f"127.0.0.1:{port_a}",
-                    "service/default/down:80": "unready",
-                },
-            ),
-            "gw-b": _agent(server, "gw-b", base, {"service/default/web:80": f"127.0.0.1:{port_b}"}),
-        }
-        procs += agents.values()
-        yield Gateway(server=server, host="127.0.0.1", port=port, agents=agents)
-    finally:
-        for proc in procs:
-            proc.stop()
-        server.stop()
+    agent: ClusterAgent | None = None
+    assert HOST is not None
+    with member.running_member("gateway", base / "member", nodes=1) as cluster:
+        try:
+            backend_a, port_a = backend("a", base, host=HOST)
+            backend_b, port_b = backend("b", base, host=HOST)
+            procs += [backend_a, backend_b]
+            _services(cluster, {"a": port_a, "b": port_b})
+            server.start()
+            agent = _agent(server, cluster, base)
+            yield Gateway(server=server, host="127.0.0.1", port=port, agent=agent)
+        finally:
+            if agent is not None:
+                agent.stop()
+            for proc in procs:
+                proc.stop()
+            server.stop()
 
 
 @pytest.fixture(scope="module")

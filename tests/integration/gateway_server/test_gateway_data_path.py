@@ -1,8 +1,7 @@
 """The gateway's data path end to end: client -> gateway listener -> tunnel -> agent -> backend.
 
-Everything is a real process (``conftest.py``); the agent side is the agent's real tunnel
-client with a STAND-IN for the Service target (``standin_agent.py``) until the cluster agent
-serves ``service/<namespace>/<name>:<port>`` itself.
+Everything is a real process (``conftest.py``): the tunnel server, a member cluster, the real
+cluster agent resolving Services to EndpointSlice endpoints, the backends.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from tests.integration.gateway_server.conftest import (
     Gateway,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(400)]
 
 MB = 1024 * 1024
 BIG = 20 * MB
@@ -301,13 +300,13 @@ async def test_metrics_count_by_route_backend_and_class(gateway: Gateway) -> Non
     _, body = gateway.server.get("/metrics")
     text = body.decode()
     assert (
-        'tunnel_server_gateway_requests_total{backend="gw-a/default/web:80",code="2xx",'
+        'tunnel_server_gateway_requests_total{backend="gw-a/demo/web:80",code="2xx",'
         'route="static:web.test"}' in text
     )
     assert "tunnel_server_gateway_request_seconds_bucket" in text
     assert "tunnel_server_gateway_in_flight " in text
     assert (
-        'tunnel_server_gateway_attempts_total{backend="gw-a/default/down:80",outcome="refused"}'
+        'tunnel_server_gateway_attempts_total{backend="gw-a/demo/down:80",outcome="refused"}'
         in text
     )
 
@@ -365,7 +364,7 @@ async def test_failure_before_an_answer_retries_idempotent_requests_only(gateway
             assert answer.status == 502
             problem = await answer.json(content_type=None)
     assert problem["reason"] == "bad_upstream"
-    assert problem["detail"].startswith("service/default/web:80: ")
+    assert problem["detail"].startswith("service/demo/web:80: ")
 
 
 async def test_stalled_answer_is_cut(gateway: Gateway) -> None:

@@ -21,7 +21,7 @@ import pytest
 from tests.harness.certs import TestCA
 from tests.integration.gateway_server.conftest import Gateway, running_gateway
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(400)]
 
 
 @pytest.fixture(scope="module")
