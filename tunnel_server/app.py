@@ -31,6 +31,7 @@ from tunnel_server.fleet import (
     elastic_view,
 )
 from tunnel_server.fleet import egress as egress_part
+from tunnel_server.fleet import gateway as gateway_part
 from tunnel_server.fleet.hub import openapi as fleet_openapi
 from tunnel_server.fleet.hub import setup as fleet_hub
 from tunnel_server.fleet.hub.controller import setup_controller
@@ -125,9 +126,16 @@ def openapi_paths() -> dict[str, Any]:
 
 
 def create_app(
-    settings: ServerSettings, *, identity: ServerIdentity | None = None
+    settings: ServerSettings,
+    *,
+    identity: ServerIdentity | None = None,
+    gateway_router: gateway_part.Router | None = None,
 ) -> web.Application:
-    """The application; with ``identity`` also the CA, join API, tunnel, proxy, API, console."""
+    """The application; with ``identity`` also the CA, join API, tunnel, proxy, API, console.
+
+    With ``settings.gateway.listen`` the gateway's listener runs along, routed by
+    ``gateway_router`` (default: not wired yet, see ``fleet/gateway/router.py``).
+    """
     app = web.Application(
         client_max_size=1024 * 1024,
         middlewares=[bounded_bodies],
@@ -167,4 +175,6 @@ def create_app(
             egress_part.setup(app, settings=settings.egress)
         if settings.autonomy.enabled:
             autonomy_part.setup(app, settings=settings.autonomy)
+        if settings.gateway.listen is not None:
+            gateway_part.setup(app, settings=settings.gateway, router=gateway_router)
     return app

@@ -34,6 +34,7 @@ from tunnel_server.settings import (
     DAY,
     AutonomySettings,
     EgressSettings,
+    GatewaySettings,
     PkiSettings,
     ServerSettings,
 )
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from tunnel_server.app import ServerIdentity
+    from tunnel_server.fleet.gateway import Router
 
 log = logging.getLogger("tunnel_server.cli")
 
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a relayed connection after this long without a byte either way; 0: never"
         " (default: 4h, the kubelet's own streaming idle timeout)",
     )
+    _add_gateway_options(run, defaults.gateway)
     run.add_argument(
         "--sso-config",
         type=sso_config_file,
@@ -299,6 +302,93 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_gateway_options(run: argparse.ArgumentParser, defaults: GatewaySettings) -> None:
+    run.add_argument(
+        "--gateway-listen",
+        type=parse_listen,
+        metavar="HOST:PORT",
+        help="serve the multi-cluster gateway on this address: HTTP requests forwarded through "
+        "a cluster's tunnel to a Service (docs/gateway-data-path.md); off by default",
+    )
+    run.add_argument(
+        "--gateway-cert-file",
+        type=Path,
+        metavar="FILE",
+        help="PEM certificate chain of the gateway listener: with --gateway-key-file it "
+        "serves HTTPS, without both plain HTTP",
+    )
+    run.add_argument(
+        "--gateway-key-file", type=Path, metavar="FILE", help="PEM private key of the above"
+    )
+    run.add_argument(
+        "--gateway-idle-timeout",
+        type=_idle_timeout,
+        default=defaults.idle_timeout,
+        metavar="DURATION",
+        help="close gateway client connections idle this long between requests, or that take "
+        "this long to send a request head, 1s to 1d (default: %(default)gs)",
+    )
+    run.add_argument(
+        "--gateway-response-timeout",
+        type=parse_duration,
+        default=defaults.response_timeout,
+        metavar="DURATION",
+        help="answer 504 when a backend starts no answer this long after the last request "
+        "byte, 1s to 365d (default: %(default)gs)",
+    )
+    run.add_argument(
+        "--gateway-stream-idle-timeout",
+        type=arguments.duration(low=0.0, high=DAY),
+        default=defaults.stream_idle_timeout,
+        metavar="DURATION",
+        help="cut an answer or WebSocket through the gateway that moves no byte either way "
+        "this long; 0: never (default: %(default)gs)",
+    )
+    run.add_argument(
+        "--gateway-max-body-bytes",
+        type=arguments.whole(low=0, high=2**62),
+        default=defaults.max_body_bytes,
+        metavar="N",
+        help="largest request body the gateway forwards, in bytes; more is answered 413 "
+        "(0: no limit; default: %(default)s)",
+    )
+
+
+def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    defaults = GatewaySettings()
+    return GatewaySettings(
+        listen=getattr(args, "gateway_listen", None),
+        cert_file=getattr(args, "gateway_cert_file", None),
+        key_file=getattr(args, "gateway_key_file", None),
+        idle_timeout=getattr(args, "gateway_idle_timeout", defaults.idle_timeout),
+        response_timeout=getattr(args, "gateway_response_timeout", defaults.response_timeout),
+        max_body_bytes=getattr(args, "gateway_max_body_bytes", defaults.max_body_bytes),
+        stream_idle_timeout=getattr(
+            args, "gateway_stream_idle_timeout", defaults.stream_idle_timeout
+        ),
+    )
+
+
+def _check_gateway_flags(args: argparse.Namespace) -> None:
+    """Gateway flags that cannot work, before anything starts."""
+    cert, key = args.gateway_cert_file, args.gateway_key_file
+    if (cert is None) != (key is None):
+        raise UsageError("--gateway-cert-file and --gateway-key-file go together")
+    if (cert is not None or key is not None) and args.gateway_listen is None:
+        raise UsageError("--gateway-cert-file and --gateway-key-file need --gateway-listen")
+    if cert is not None and key is not None:
+        from tunnel_server.fleet.gateway import tls_context  # noqa: PLC0415 - see serve()
+
+        try:
+            tls_context(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"--gateway-cert-file {cert} / --gateway-key-file {key}: {exc}"
+            ) from None
+    if args.gateway_listen is not None and args.gateway_listen == getattr(args, "listen", None):
+        raise UsageError("--gateway-listen must differ from --listen")
+
+
 def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
     webhook = sub.add_parser(
         "autonomy-webhook",
@@ -349,6 +439,7 @@ async def serve(
     *,
     kube_upstream: Path | None = None,
     access_log: bool = False,
+    gateway_router: Router | None = None,
 ) -> None:
     # Imported here, not at the top: aiohttp and prometheus take half a second to import, and
     # only `run` needs them; `token create` and `nodes` stay quick for operators and scripts.
@@ -358,7 +449,7 @@ async def serve(
     from tunnel_server.app_keys import REGISTRY_KEY  # noqa: PLC0415 - see above
     from tunnel_server.identity.tls import HandshakeGate, server_ssl_context  # noqa: PLC0415 - see above
 
-    app = create_app(settings, identity=identity)
+    app = create_app(settings, identity=identity, gateway_router=gateway_router)
     if kube_upstream is not None:
         from tunnel_server import kube  # noqa: PLC0415 - see above
 
@@ -528,7 +619,7 @@ def cmd_autonomy_webhook(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None) -> int:
     if getattr(args, "handler", None) is not None:  # a management command: over the API
         return commands.run(args)
     data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
@@ -537,6 +628,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _check_kube_upstream(args.kube_upstream)
     if args.command == "run":
         _check_fleet_flags(args)
+        _check_gateway_flags(args)
     if args.command in ("run", "init"):
         host, port = getattr(args, "listen", (ServerSettings().host, ServerSettings().port))
         lifetime = getattr(args, "client_cert_lifetime", ServerSettings().pki.client_lifetime)
@@ -561,6 +653,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 idle_timeout=getattr(args, "egress_idle_timeout", EgressSettings().idle_timeout),
             ),
             autonomy=AutonomySettings(enabled=getattr(args, "autonomy", False)),
+            gateway=_gateway_settings(args),
             sso_config=getattr(args, "sso_config", None),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
@@ -582,6 +675,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                             identity,
                             kube_upstream=args.kube_upstream,
                             access_log=args.access_log,
+                            gateway_router=gateway_router,
                         )
                     )
             else:
@@ -600,14 +694,18 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; exit codes as in ``EXIT_CODES`` (and docs/tunnel.md)."""
+def main(argv: list[str] | None = None, *, gateway_router: Router | None = None) -> int:
+    """The command line; exit codes as in ``EXIT_CODES`` (and docs/tunnel.md).
+
+    ``gateway_router`` picks the gateway's backends instead of the default (which answers
+    every request 404 until MultiClusterRoute objects are wired); for test launchers.
+    """
     parser = build_parser()
     given = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(arguments.join_negative_values(parser, given))
     logs.setup(args.log_level)
     try:
-        return _dispatch(args)
+        return _dispatch(args, gateway_router=gateway_router)
     except CliError as exc:
         return _fail(str(exc), exc.exit_code)
     except (MissingCAError, StoreError, ValueError) as exc:

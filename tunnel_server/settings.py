@@ -121,6 +121,76 @@ class EgressSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    """The multi-cluster gateway's listener (``--gateway-listen``; docs/gateway-data-path.md)."""
+
+    listen: tuple[str, int] | None = None
+    """TCP address of the gateway's own listener; None: no gateway (the default)."""
+
+    cert_file: Path | None = None
+    """PEM certificate chain served on the listener (``--gateway-cert-file``); with
+    ``key_file`` the listener speaks HTTPS, without both plain HTTP (behind a TLS terminator)."""
+
+    key_file: Path | None = None
+    """PEM private key of ``cert_file``."""
+
+    max_header_bytes: int = 32 * 1024
+    """Bytes of the request line and all header fields together; more is answered 431. nginx
+    allows 4 x 8 KiB (32 KiB) by default, Envoy 60 KiB: a browser with many cookies sends
+    4-8 KiB. One line is also bounded by the parser (``max_line_bytes``)."""
+
+    max_line_bytes: int = 8190
+    """Bytes of one header line or of the request line (aiohttp's and nginx's 8 KiB); more is
+    answered 431 by the parser before the head is complete, so a connection buffers at most
+    ``max_headers`` such lines (about 800 KiB) before it is refused."""
+
+    max_headers: int = 100
+    """Request header fields at most (browsers send 10-20); more is answered 431."""
+
+    max_body_bytes: int = 1024**3
+    """Bytes of one request body; more is answered 413 (or, once the answer has begun, the
+    exchange is cut). 0: no limit. Bodies stream with backpressure, so memory does not grow
+    with the size; the limit is a policy against clients filling backends and uplinks. 1 GiB
+    passes uploads of images and models; a deployment that proxies bigger ones sets 0."""
+
+    response_timeout: float = 60.0
+    """Seconds a backend may take to start answering, counted from the last request byte it
+    received (so a long upload is not counted); past it: 504 (nginx ``proxy_read_timeout``).
+    A route's own timeouts take precedence."""
+
+    request_timeout: float = 300.0
+    """Seconds from the request's arrival until a backend starts answering, all attempts
+    together; past it: 504. Bounds what retries and slow uploads may add up to."""
+
+    stream_idle_timeout: float = 300.0
+    """Seconds an exchange that is answering (a body, an upgraded WebSocket) may move no byte
+    either way before it is cut; 0: never. Five minutes: WebSocket clients ping more often."""
+
+    idle_timeout: float = 75.0
+    """Seconds a client connection may sit between requests (nginx ``keepalive_timeout``).
+    The same timer runs until a complete request head has arrived, so it also bounds a
+    client that sends its head slowly (slowloris): aiohttp closes it without an answer."""
+
+    open_timeout: float = 5.0
+    """Seconds for a cluster agent to accept a stream: it resolves the Service and connects
+    to an endpoint first, so this is two round trips plus a dial; a stuck agent is retried on
+    the next backend instead of holding the client."""
+
+    max_concurrent_requests: int = 1024
+    """Requests forwarded at once; more are answered 503 with ``Retry-After: 1``. Each holds a
+    tunnel stream (its window, 256 KiB) and socket buffers: about 0.5 MiB at worst each."""
+
+    max_connections: int = 4096
+    """Client connections at once; a further one is closed as soon as it is accepted."""
+
+    tls_handshake_timeout: float = 10.0
+    """Seconds for a client's TLS handshake on an HTTPS listener."""
+
+    shutdown_grace: float = 10.0
+    """Seconds open exchanges get to finish when the server stops."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class CloudWatchSettings:
     """List+watch of the cloud cluster's Nodes and Pods (egress address map, autonomy)."""
 
@@ -254,6 +324,9 @@ class ServerSettings:
 
     egress: EgressSettings = field(default_factory=EgressSettings)
     """kube-apiserver's egress selector to edge kubelets; off unless a socket or port is set."""
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    """The multi-cluster gateway's listener; off unless ``--gateway-listen``."""
 
     cloud_watch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
     """How the fleet parts follow Nodes and Pods of the cloud cluster (``--kube-upstream``)."""

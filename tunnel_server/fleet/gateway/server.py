@@ -1,0 +1,709 @@
+"""The gateway's listener: HTTP/1.1 from clients, each request through a cluster's tunnel.
+
+A separate aiohttp server (``--gateway-listen``, HTTP, or HTTPS with the certificate files
+given) in the tunnel server's process, so it reaches the live agent sessions directly.
+
+Rules:
+
+* Every outside input is bounded before anything is forwarded: the head's size and field
+  count (431, by the parser for one line or too many fields, by us for the total), the
+  body's size (413: at once from ``Content-Length``; a chunked body is counted as it
+  streams and refused when it passes the limit), requests in flight (503 with
+  ``Retry-After``), connections (closed at accept), and time: a head must be complete within
+  the keep-alive timer, a backend must start answering within the route's timeouts (504),
+  and an answer that moves no byte either way for ``stream_idle_timeout`` is cut.
+* Each attempt is one tunnel stream to the chosen backend (``backends.open_backend``) and
+  one HTTP/1.1 exchange on it, written and relayed by ``http_over_stream.forward``, which
+  the kube proxy uses too: bodies stream both ways with backpressure (``Content-Length`` or
+  chunked), an ``Upgrade`` answered 101 becomes a raw byte pipe both ways (WebSocket).
+  Towards the client the connection stays open between requests (keep-alive).
+* The head sent is the client's minus hop-by-hop fields, plus the route's header modifier,
+  plus ``X-Forwarded-For/-Proto/-Host`` and ``X-Request-Id`` (``headers.py``); the request
+  id is echoed to the client on our own answers.
+* Retries (``router.py``): a refused attempt (nothing sent) moves on for every method; a
+  failure before any answer moves on for idempotent methods without a body; a timeout does
+  not move on (the backend may still be working on it).
+* Our own answers are RFC 9457 problem documents (``type``, ``title``, ``status``,
+  ``detail``, ``reason``), as in docs/api.md; a backend's answers pass untouched.
+* Metrics: requests by route, backend and code class, latency to the end of the answer,
+  requests in flight, attempts by backend and outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import h11
+import prometheus_client
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.streams import EmptyStreamReader, StreamReader
+
+from tunnel_aio import StreamError, TunnelStream
+from tunnel_protocol import ErrorCode
+from tunnel_server.fleet.gateway import headers as head_rules
+from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
+from tunnel_server.fleet.gateway.router import (
+    Backend,
+    Decision,
+    NoRoute,
+    Outcome,
+    RequestInfo,
+    Router,
+)
+from tunnel_server.tunnel.http_over_stream import (
+    UnsendableRequestError,
+    UpstreamError,
+    forward,
+    origin_form,
+    request_head,
+    unsendable,
+)
+from tunnel_server.web.errors import error_response
+
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractStreamWriter
+    from aiohttp.http_parser import RawRequestMessage
+
+    from tunnel_server.settings import GatewaySettings
+    from tunnel_server.store import Store
+    from tunnel_server.tunnel.sessions import SessionRegistry
+
+__all__ = ["GatewayMetrics", "GatewayServer", "GatewayStartError", "tls_context"]
+
+log = logging.getLogger("tunnel_server.fleet.gateway")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""RFC 9110 section 9.2.2: methods a client may repeat; only these are retried once sent."""
+NONE = "none"
+"""The route or backend label of a request that had none."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class GatewayStartError(ValueError):
+    """The listener cannot start; the message says why, in one line."""
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The HTTPS context of the listener: TLS 1.2+, HTTP/1.1 only (ALPN)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class GatewayMetrics:
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.requests = prometheus_client.Counter(
+            "tunnel_server_gateway_requests",
+            "Gateway requests answered, by route, backend (cluster/namespace/service:port) and "
+            "status class (2xx..5xx; 'cut' when an answer begun was cut)",
+            ["route", "backend", "code"],
+            registry=registry,
+        )
+        self.seconds = prometheus_client.Histogram(
+            "tunnel_server_gateway_request_seconds",
+            "Seconds from a request's arrival to the end of its answer, by route and backend",
+            ["route", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = prometheus_client.Gauge(
+            "tunnel_server_gateway_in_flight",
+            "Gateway requests being answered now",
+            registry=registry,
+        )
+        self.attempts = prometheus_client.Counter(
+            "tunnel_server_gateway_attempts",
+            "Attempts on a backend, by backend and outcome (answered, refused, failed, timeout)",
+            ["backend", "outcome"],
+            registry=registry,
+        )
+        self.connections = prometheus_client.Gauge(
+            "tunnel_server_gateway_connections",
+            "Client connections open on the gateway listener",
+            registry=registry,
+        )
+
+
+def _problem(
+    status: int, reason: str, detail: str, *, request_id: str | None = None
+) -> web.Response:
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return error_response(status, reason, detail, headers=headers)
+
+
+class _BodyTooLargeError(HttpProcessingError):
+    code = 413
+
+
+class _BoundedBody(StreamReader):
+    """The client's body as ``forward`` reads it (``iter_any``), counted against the limit.
+
+    ``forward`` reads ``request.content``; this stands in for aiohttp's reader (which keeps
+    the parser's buffer and backpressure) and fails like a malformed body past the limit,
+    so the stream is reset and the listener answers 413 if nothing was answered yet.
+    """
+
+    def __init__(
+        self,
+        inner: StreamReader,
+        *,
+        limit: int,
+        protocol: web.RequestHandler,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(protocol, 2**16, loop=loop)
+        self.inner = inner
+        self.limit = limit
+        self.seen = 0
+        self.overflowed = False
+
+    async def readany(self) -> bytes:
+        data = await self.inner.readany()
+        self.seen += len(data)
+        if self.seen > self.limit:
+            self.overflowed = True
+            raise _BodyTooLargeError(message=f"the body is over {self.limit} bytes")
+        return data
+
+    def is_eof(self) -> bool:
+        return self.inner.is_eof()
+
+
+class _Watchdog:
+    """Cancels an exchange's scope when its time is up (checked a few times per timeout).
+
+    Before any byte of an answer came back: no byte moved either way for ``answer`` seconds,
+    or ``deadline`` (loop time) passed. Once answering: nothing moved for ``idle`` seconds.
+    """
+
+    def __init__(
+        self, stream: TunnelStream, *, answer: float, idle: float, deadline: float
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stream = stream
+        self._answer = answer
+        self._idle = idle
+        self._deadline = deadline
+        self._period = max(0.05, min(answer, idle or answer) / 8)
+        self._last = self._loop.time()
+        self._moved = 0
+        self._scope: asyncio.Timeout | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.fired: str | None = None
+
+    def start(self, scope: asyncio.Timeout) -> None:
+        self._scope = scope
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _schedule(self) -> None:
+        now = self._loop.time()
+        wait = self._period
+        if self._stream.bytes_read == 0:
+            wait = min(wait, max(0.0, self._deadline - now))
+        self._handle = self._loop.call_at(now + wait, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        moved = self._stream.bytes_read + self._stream.bytes_written
+        if moved != self._moved:
+            self._moved, self._last = moved, now
+        quiet = now - self._last
+        if self._stream.bytes_read == 0:
+            if now >= self._deadline:
+                self.fired = "deadline"
+            elif quiet >= self._answer:
+                self.fired = "answer"
+        elif self._idle and quiet >= self._idle:
+            self.fired = "idle"
+        if self.fired is not None and self._scope is not None:
+            self._scope.reschedule(now)  # cancels the exchange at once
+            return
+        self._schedule()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Result:
+    response: web.StreamResponse
+    code: str
+    """The metrics label: a status class, or ``cut``."""
+    outcome: Outcome | None = None
+    """What to tell the router, if the backend was reached."""
+    retry: Refused | None = None
+    """The attempt failed before any answer: why, if the request may go to the next backend."""
+
+
+def _code(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def _host(value: str | None) -> str:
+    """The ``Host`` without its port, lower case (``[::1]:8080`` -> ``[::1]``)."""
+    if not value:
+        return ""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value.partition("]")[0] + "]"
+    name, _, port = value.rpartition(":")
+    return name if name and port.isdigit() else value
+
+
+class _GatewayProtocol(web.RequestHandler):
+    """aiohttp's HTTP/1.1 connection, with our answers to what its parser refuses."""
+
+    __slots__ = ("_admitted", "_gateway")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        gateway: GatewayServer,
+        loop: asyncio.AbstractEventLoop,
+        options: dict[str, Any],
+    ) -> None:
+        super().__init__(manager, loop=loop, **options)
+        self._gateway = gateway
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._admitted = self._gateway.admit()
+        if not self._admitted:
+            transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._gateway.release()
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent")
+        too_many = isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower()
+        if isinstance(exc, LineTooLong) or too_many:
+            response = _problem(
+                431,
+                "headers_too_large",
+                f"the request head is too large: {message or exc}; the gateway takes lines of "
+                f"at most {self._gateway.settings.max_line_bytes} bytes and at most "
+                f"{self._gateway.settings.max_headers} header fields",
+            )
+        elif status < 500:
+            log.debug("malformed request from %s: %s", request.remote, message or exc)
+            response = _problem(status, "bad_request", f"malformed request: {message or exc}")
+        else:
+            log.error("gateway request from %s failed", request.remote, exc_info=exc)
+            response = _problem(
+                status, "internal_error", "the gateway failed on this request (logged)"
+            )
+        self._gateway.metrics.requests.labels(NONE, NONE, _code(response.status)).inc()
+        response.force_close()
+        return response
+
+
+class GatewayServer:
+    """The listener and the per-request logic (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        router: Router,
+        sessions: SessionRegistry,
+        store: Store,
+        metrics: GatewayMetrics,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._router = router
+        self._sessions = sessions
+        self._store = store
+        self._tls = tls
+        self._loop = asyncio.get_running_loop()
+        self._manager = web.Server(self._handle, request_factory=self._make_request)
+        self._server: asyncio.Server | None = None
+        self._connections = 0
+        self._in_flight = 0
+        self._proto = "https" if tls is not None else "http"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Listen on ``settings.listen``; the bound addresses."""
+        if self.settings.listen is None:
+            raise GatewayStartError("no --gateway-listen address")
+        host, port = self.settings.listen
+        try:
+            self._server = await self._loop.create_server(
+                self._protocol,
+                host,
+                port,
+                ssl=self._tls,
+                ssl_handshake_timeout=self.settings.tls_handshake_timeout if self._tls else None,
+                backlog=128,
+            )
+        except OSError as error:
+            # asyncio's message repeats the address; the errno's text is enough.
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
+            raise GatewayStartError(
+                f"cannot serve --gateway-listen {host}:{port}: {reason}"
+            ) from None
+        addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
+        for address in addresses:
+            log.info(
+                "gateway listening",
+                extra={"kv": {"address": f"{self._proto}://{address[0]}:{address[1]}"}},
+            )
+        return addresses
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._manager.pre_shutdown()
+        await self._manager.shutdown(self.settings.shutdown_grace)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def admit(self) -> bool:
+        """A new client connection: False when there are too many (it is closed)."""
+        if self._connections >= self.settings.max_connections:
+            return False
+        self._connections += 1
+        self.metrics.connections.set(self._connections)
+        return True
+
+    def release(self) -> None:
+        self._connections -= 1
+        self.metrics.connections.set(self._connections)
+
+    def _protocol(self) -> _GatewayProtocol:
+        s = self.settings
+        options: dict[str, Any] = {
+            "keepalive_timeout": s.idle_timeout,
+            "max_line_size": s.max_line_bytes,
+            "max_field_size": s.max_line_bytes,
+            "max_headers": s.max_headers,
+            "auto_decompress": False,  # bodies pass as the client encoded them
+            "access_log": None,
+        }
+        return _GatewayProtocol(self._manager, gateway=self, loop=self._loop, options=options)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        limit = self.settings.max_body_bytes
+        if limit and not isinstance(payload, EmptyStreamReader):
+            payload = _BoundedBody(payload, limit=limit, protocol=protocol, loop=self._loop)
+        return web.Request(message, payload, protocol, writer, task, self._loop)
+
+    # ------------------------------------------------------------------ requests
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        assert isinstance(request, web.Request)  # noqa: S101 - _make_request makes them
+        started = self._loop.time()
+        if self._in_flight >= self.settings.max_concurrent_requests:
+            self.metrics.requests.labels(NONE, NONE, "5xx").inc()
+            return _problem(
+                503,
+                "gateway_busy",
+                f"the gateway forwards {self.settings.max_concurrent_requests} requests at "
+                "once; try again in a moment",
+            )
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        route, backend, code = NONE, NONE, "5xx"
+        try:
+            route, backend, result = await self._serve(request, started)
+            code = result.code
+            return result.response
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(route, backend, code).inc()
+            self.metrics.seconds.labels(route, backend).observe(self._loop.time() - started)
+
+    async def _serve(self, request: web.Request, started: float) -> tuple[str, str, _Result]:
+        incoming = list(request.headers.items())
+        request_id = head_rules.safe_request_id(request.headers.get("X-Request-Id"))
+        request_id = request_id or uuid.uuid4().hex
+        try:
+            target = self._check(request)
+            decision = self._decide(request, incoming, target)
+            head, upgrade = self._head(request, incoming, target, decision, request_id)
+        except Problem as answer:
+            response = _problem(answer.status, answer.reason, answer.detail, request_id=request_id)
+            if answer.status in (413, 431):
+                response.force_close()  # the rest of the request is not read
+            return NONE, NONE, _Result(response=response, code=_code(answer.status))
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # What aiohttp's router does for an application: the client may send its body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        backend, result = await self._attempts(
+            request, decision, head, upgrade=upgrade, started=started
+        )
+        if isinstance(result.response, web.Response) and result.code != "cut":
+            result.response.headers.setdefault("X-Request-Id", request_id)
+        return decision.route, backend, result
+
+    def _check(self, request: web.Request) -> str:
+        """The target to send on, after the limits on what the client sent."""
+        s = self.settings
+        size = len(request.method) + len(request.raw_path) + 11  # the request line
+        size += sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+        if size > s.max_header_bytes:
+            raise Problem(
+                431,
+                "headers_too_large",
+                f"the request head is {size} bytes; the gateway takes at most "
+                f"{s.max_header_bytes} bytes",
+            )
+        length = request.content_length
+        if s.max_body_bytes and length is not None and length > s.max_body_bytes:
+            raise Problem(
+                413,
+                "body_too_large",
+                f"the body is {length} bytes; the gateway takes at most {s.max_body_bytes}",
+            )
+        target = origin_form(request)
+        if not target.startswith("/"):
+            raise Problem(400, "bad_request", "the request target must be a path (origin form)")
+        bad = unsendable(target)
+        if bad is not None:
+            raise Problem(
+                400,
+                "bad_request",
+                f"the request target holds {bad!r}, which is not sent on: percent-encode "
+                "non-ASCII bytes and spaces; NUL, CR and LF are refused even encoded",
+            )
+        return target
+
+    def _decide(
+        self, request: web.Request, incoming: list[tuple[str, str]], target: str
+    ) -> Decision:
+        path, _, query = target.partition("?")
+        decision = self._router.route(
+            RequestInfo(
+                method=request.method,
+                host=_host(request.headers.get("Host")),
+                path=path,
+                query=query,
+                headers=incoming,
+            )
+        )
+        if isinstance(decision, NoRoute):
+            raise Problem(404, decision.reason, decision.detail)
+        return decision
+
+    def _head(
+        self,
+        request: web.Request,
+        incoming: list[tuple[str, str]],
+        target: str,
+        decision: Decision,
+        request_id: str,
+    ) -> tuple[h11.Request, bool]:
+        host = request.headers.get("Host")
+        first = decision.backends[0] if decision.backends else None
+        fallback = f"{first.service}.{first.namespace}.svc" if first else "gateway"
+        drop = head_rules.hop_by_hop(incoming) | head_rules.FORWARDED | {"expect"}
+        try:
+            head, upgrade = request_head(request, path=target, host=host or fallback, drop=drop)
+            fields = [
+                (n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw_items()
+            ]
+            fields = head_rules.modify(fields, decision.modifier)
+            fields = head_rules.with_forwarded(
+                fields,
+                incoming=incoming,
+                client=request.remote or "unknown",
+                proto=self._proto,
+                host=host,
+                request_id=request_id,
+            )
+            return h11.Request(method=head.method, target=head.target, headers=fields), upgrade
+        except (UnsendableRequestError, h11.LocalProtocolError) as error:
+            raise Problem(400, "bad_request", f"this request cannot be sent on: {error}") from None
+
+    async def _attempts(
+        self,
+        request: web.Request,
+        decision: Decision,
+        head: h11.Request,
+        *,
+        upgrade: bool,
+        started: float,
+    ) -> tuple[str, _Result]:
+        s = self.settings
+        deadline = started + (decision.timeouts.request or s.request_timeout)
+        answer = decision.timeouts.backend_request or s.response_timeout
+        replayable = request.method in IDEMPOTENT and not request.body_exists
+        refusals: list[tuple[Backend, Refused]] = []
+        last = NONE
+        for backend in decision.backends:
+            last = str(backend)
+            began = self._loop.time()
+            left = deadline - began
+            if left <= 0:
+                break
+            try:
+                stream = await open_backend(
+                    backend,
+                    sessions=self._sessions,
+                    store=self._store,
+                    within=min(s.open_timeout, left),
+                )
+            except Refused as refused:
+                log.debug("backend %s refused: %s", backend, refused.detail)
+                self._report(backend, Outcome(kind="refused", reason=refused.reason), began)
+                refusals.append((backend, refused))
+                continue
+            try:
+                result = await self._exchange(
+                    request, stream, head, upgrade=upgrade, deadline=deadline, answer=answer
+                )
+            finally:
+                stream.reset(ErrorCode.CANCEL, "exchange over")  # a no-op once both ends closed
+            if result.outcome is not None:
+                self._report(backend, result.outcome, began)
+            if result.retry is not None and replayable:
+                refusals.append((backend, result.retry))
+                continue
+            return last, result
+        return last, self._unavailable(refusals, decision, started, deadline)
+
+    def _report(self, backend: Backend, outcome: Outcome, began: float) -> None:
+        seconds = self._loop.time() - began
+        self.metrics.attempts.labels(str(backend), outcome.kind).inc()
+        full = Outcome(
+            kind=outcome.kind, status=outcome.status, reason=outcome.reason, seconds=seconds
+        )
+        self._router.report(backend, full)
+
+    def _unavailable(
+        self,
+        refusals: list[tuple[Backend, Refused]],
+        decision: Decision,
+        started: float,
+        deadline: float,
+    ) -> _Result:
+        if not refusals:
+            if not decision.backends:
+                status, reason = 503, "no_backends"
+                detail = f"route {decision.route} has no backend to send this request to"
+            else:
+                waited = deadline - started
+                status, reason = 504, "request_timeout"
+                detail = f"no backend answered within the request timeout ({waited:g} s)"
+            return _Result(response=_problem(status, reason, detail), code=_code(status))
+        reasons = {refused.reason for _, refused in refusals}
+        reason = reasons.pop() if len(reasons) == 1 else "no_backend_available"
+        status = 503 if any(r.status == 503 for _, r in refusals) else 502
+        detail = "; ".join(refused.detail for _, refused in refusals)
+        if len(refusals) > 1:
+            detail = f"every backend of route {decision.route} failed: {detail}"
+        return _Result(response=_problem(status, reason, detail), code=_code(status))
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        stream: TunnelStream,
+        head: h11.Request,
+        *,
+        upgrade: bool,
+        deadline: float,
+        answer: float,
+    ) -> _Result:
+        watchdog = _Watchdog(
+            stream, answer=answer, idle=self.settings.stream_idle_timeout, deadline=deadline
+        )
+        began = self._loop.time()
+        try:
+            async with asyncio.timeout(None) as scope:
+                watchdog.start(scope)
+                try:
+                    reply = await forward(request, stream, head, upgrade=upgrade)
+                finally:
+                    watchdog.stop()
+        except TimeoutError:
+            if watchdog.fired is None:
+                raise
+            return self._timed_out(request, stream, watchdog.fired, answer, began)
+        except (UpstreamError, StreamError) as error:
+            body = request.content
+            if isinstance(body, _BoundedBody) and body.overflowed:
+                response = _problem(
+                    413,
+                    "body_too_large",
+                    f"the body is over {body.limit} bytes, the most the gateway takes",
+                )
+                response.force_close()
+                return _Result(response=response, code="4xx")
+            log.debug("exchange with %s failed before an answer: %s", stream.target, error)
+            reason = "bad_upstream" if isinstance(error, UpstreamError) else "backend_failed"
+            detail = f"{stream.target}: {error}"
+            return _Result(
+                response=_problem(502, reason, detail),
+                code="5xx",
+                outcome=Outcome(kind="failed", reason=reason),
+                retry=Refused(502, reason, detail),
+            )
+        return _Result(
+            response=reply,
+            code=_code(reply.status),
+            outcome=Outcome(kind="answered", status=reply.status),
+        )
+
+    def _timed_out(
+        self, request: web.Request, stream: TunnelStream, fired: str, answer: float, began: float
+    ) -> _Result:
+        if stream.bytes_read == 0:  # nothing of an answer came back, so none was begun
+            if fired == "deadline":
+                detail = "no answer within the request timeout"
+            else:
+                detail = f"no answer and no byte moved either way for {answer:g} s"
+            waited = self._loop.time() - began
+            return _Result(
+                response=_problem(504, "backend_timeout", f"{stream.target}: {detail}"),
+                code="5xx",
+                outcome=Outcome(kind="timeout", reason="backend_timeout", seconds=waited),
+            )
+        # The answer had begun: no status can follow, so the client sees it cut short.
+        log.debug(
+            "answer from %s cut: no byte moved for %s s",
+            stream.target,
+            self.settings.stream_idle_timeout,
+        )
+        if request.transport is not None:
+            request.transport.close()
+        response = web.Response(status=504)
+        response.force_close()
+        return _Result(
+            response=response, code="cut", outcome=Outcome(kind="timeout", reason="idle")
+        )
