@@ -9,6 +9,7 @@ on that.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,29 @@ def test_a_path_match(world: World) -> None:
     with world.client() as client:
         answers = [get(client, "shop.test", "/hangup?on=nobody") for _ in range(50)]
     assert {(a.status, a.body["backend"]) for a in answers} == {(200, "b")}
+
+
+def test_a_route_applied_with_the_cli_serves(world: World, tmp_path: Path) -> None:
+    manifest = tmp_path / "route.yaml"
+    manifest.write_text(
+        "apiVersion: fleet.edgefleet.io/v1alpha1\n"
+        "kind: MultiClusterRoute\n"
+        "metadata: {name: cli}\n"
+        "spec:\n"
+        "  hostnames: [cli.test]\n"
+        "  rules:\n"
+        "  - backendRefs: [{cluster: gw-b, namespace: demo, name: web-b, port: 80}]\n"
+    )
+    world.server.cli("apply", "-f", str(manifest))
+    with world.client() as client:
+        served = eventually(
+            lambda: get(client, "cli.test"),
+            lambda answer: answer.status == 200,
+            what="cli.test served once the applied route is loaded",
+            within=30,
+        )
+    assert served.body["backend"] == "b"
+    assert conditions(world.status("cli"))["Accepted"]["status"] == "True"
 
 
 def test_a_killed_agent_moves_every_request_to_the_other_cluster(world: World) -> None:
