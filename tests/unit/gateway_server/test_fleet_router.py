@@ -221,3 +221,35 @@ def test_header_affinity_sticks(world: World) -> None:
     for user in ("ann", "bob", "cyd", "dan"):
         picks = {world.decide(request(**{"X-User": user})).backends[0] for _ in range(10)}
         assert len(picks) == 1
+
+
+def test_a_stored_route_that_does_not_parse_is_left_out_and_says_why(world: World) -> None:
+    world.put("shop", SHOP)
+    world.put("broken", {"rules": [{"backendRefs": [ref("zone-a", -1)]}]})  # not via the API
+    world.router.sync()
+    broken = {c["type"]: c for c in world.status("broken")["conditions"]}
+    assert broken["Accepted"]["status"] == "False"
+    assert broken["Accepted"]["reason"] == "Invalid"
+    assert "/spec/rules/0/backendRefs/0/weight" in broken["Accepted"]["message"]
+    assert world.decide(request()).route == "shop"
+
+
+def test_an_ejection_ends_on_time_and_status_writes_only_changes(world: World) -> None:
+    world.put("shop", SHOP)
+    world.router.sync()
+    written = world.hub.store.revision()
+    world.router.sync()
+    assert world.hub.store.revision() == written  # nothing changed, nothing written
+    zone_b = Backend(cluster="zone-b", namespace="demo", service="web", port=80)
+    for _ in range(3):
+        world.router.report(zone_b, Outcome(kind="failed", reason="backend_failed"))
+    world.router.sync()
+    backends = {b["name"]: b for b in world.status("shop")["backends"]}
+    assert backends["zone-b/demo/web:80"]["state"] == "Ejected"
+    assert isinstance(world.router.route(request(**{"X-Canary": "1"})), NoRoute)
+    world.clock.now += 30.0  # HealthSettings.base_ejection_seconds
+    pinned = world.decide(request(**{"X-Canary": "1"}))
+    assert [b.cluster for b in pinned.backends] == ["zone-b"]
+    world.router.sync()
+    backends = {b["name"]: b for b in world.status("shop")["backends"]}
+    assert backends["zone-b/demo/web:80"]["state"] == "Healthy"
