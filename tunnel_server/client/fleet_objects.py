@@ -32,6 +32,7 @@ _SHORT = {
     "mcs": "ManagedClusterSet",
     "clusterset": "ManagedClusterSet",
     "clustersets": "ManagedClusterSet",
+    "mcr": "MultiClusterRoute",
 }
 
 
@@ -57,7 +58,7 @@ def resolve_kind(text: str) -> str:
     kind = ALIASES.get(key)
     if kind is None:
         known = ", ".join(f"{info.plural} ({info.kind})" for info in KINDS.values())
-        msg = f"unknown kind {text!r}: one of {known}; short names mc, mcs"
+        msg = f"unknown kind {text!r}: one of {known}; short names mc, mcs, mcr"
         raise exits.ClientError(msg, exits.USAGE)
     return kind
 
@@ -229,6 +230,29 @@ def _set_selector(item: dict[str, Any]) -> object:
     return _dig(item, "spec", "clusterSelector", "selectorType") or "ExclusiveClusterSetLabel"
 
 
+def _hostnames(item: dict[str, Any]) -> str:
+    names = _section(item, "spec").get("hostnames")
+    return ",".join(str(n) for n in names) if isinstance(names, list) and names else "*"
+
+
+def _backends_up(item: dict[str, Any]) -> str:
+    backends = _dig(item, "status", "backends")
+    if not isinstance(backends, list):
+        return "-"
+    up = sum(1 for b in backends if isinstance(b, dict) and b.get("state") == "Healthy")
+    return f"{up}/{len(backends)}"
+
+
+def _unhealthy(item: dict[str, Any]) -> str:
+    backends = _dig(item, "status", "backends")
+    down = [
+        f"{b.get('name')}: {b.get('health')}"
+        for b in backends or []
+        if isinstance(b, dict) and b.get("state") != "Healthy"
+    ] if isinstance(backends, list) else []  # fmt: skip
+    return "; ".join(down) or "-"
+
+
 AGE = Column("AGE", age)
 COLUMNS: dict[str, list[Column]] = {
     "ManagedCluster": [
@@ -282,6 +306,16 @@ COLUMNS: dict[str, list[Column]] = {
         Column("COMMIT", _commit),
         Column("SYNCED", _cond("Synced")),
         Column("OBJECTS", _count("status", "objects"), wide=True),
+        AGE,
+    ],
+    "MultiClusterRoute": [
+        Column("NAME", _name),
+        Column("HOSTNAMES", _hostnames),
+        Column("RULES", _count("spec", "rules")),
+        Column("ACCEPTED", _cond("Accepted")),
+        Column("RESOLVED", _cond("ResolvedRefs")),
+        Column("HEALTHY", _backends_up),
+        Column("UNHEALTHY", _unhealthy, wide=True),
         AGE,
     ],
 }
@@ -594,8 +628,9 @@ def add_fleet_object_commands(sub: SubParsers) -> None:  # type: ignore[type-arg
         cmd_get,
         f"list or show fleet objects: {kinds}; a member cluster's nodepools, resourcepolicies",
         description="KIND is a kind, plural or singular in any case, or a short name (mc:"
-        " managedclusters, mcs: managedclustersets); KIND/NAME works too. -o yaml|json prints"
-        " the API's documents (yaml is what apply -f takes back). nodepools (np) and"
+        " managedclusters, mcs: managedclustersets, mcr: multiclusterroutes); KIND/NAME"
+        " works too. -o yaml|json prints the API's documents (yaml is what apply -f takes"
+        " back). nodepools (np) and"
         " resourcepolicies (rp) live in a registered member cluster: give --cluster NAME"
         " (and -n NAMESPACE for policies of one namespace); they are read through the"
         " cluster's tunnel as you, so its RBAC decides what you see.",

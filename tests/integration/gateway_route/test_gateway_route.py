@@ -8,6 +8,7 @@ on that.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def test_a_route_applied_with_the_cli_serves(world: World, tmp_path: Path) -> No
         )
     assert served.body["backend"] == "b"
     assert conditions(world.status("cli"))["Accepted"]["status"] == "True"
+    table = world.server.cli("get", "mcr", "cli", "-o", "wide").splitlines()
+    assert table[0].split()[:6] == ["NAME", "HOSTNAMES", "RULES", "ACCEPTED", "RESOLVED", "HEALTHY"]
+    assert table[1].split()[:6] == ["cli", "cli.test", "1", "True", "True", "1/1"], table
+    listed = json.loads(world.server.cli("get", "multiclusterroutes", "-o", "json"))
+    assert {"cli", "shop", "lost"} <= {item["metadata"]["name"] for item in listed["items"]}
 
 
 def test_a_killed_agent_moves_every_request_to_the_other_cluster(world: World) -> None:
