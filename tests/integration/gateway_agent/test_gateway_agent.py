@@ -5,8 +5,8 @@ nodes run no pods, so the Services have no selector and the test writes their En
 by hand (``managed-by`` the test, so no controller touches them), pointing at real HTTP servers
 on this machine. Not on loopback: the API server refuses loopback (and link-local) addresses in
 an EndpointSlice, so the servers listen on one of the machine's own non-loopback addresses
-(``local_address``), which the kernel delivers locally all the same; on a machine that has
-none the module fails loudly (tests never skip for want of something). Two endpoints of one
+(``tests.harness.addresses``), which the kernel delivers locally all the same; on a machine that
+has none the module fails loudly (tests never skip for want of something). Two endpoints of one
 Service sit in two slices with different ports, as during a rolling update that changes the
 target port.
 
@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import http.server
-import ipaddress
 import itertools
 import socket
 import threading
@@ -44,6 +43,7 @@ from edge_agent.cluster.works import WorkSettings
 from edge_agent.settings import JoinSettings, NodeStatusSettings, TunnelClientSettings
 from edge_agent.tunnel_client import TunnelClient
 from tests.harness import member
+from tests.harness.addresses import local_address
 from tests.harness.waiting import eventually, eventually_async
 from tests.integration.clusters.members import write_kubeconfig
 from tests.integration.tunnel_aio.test_connection import tunnel_pair
@@ -57,37 +57,6 @@ AGENT = "system:serviceaccount:edgefleet-system:cluster-agent"
 
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 SERVICE_NAME = "kubernetes.io/service-name"
-_IFA_F_UNUSABLE = 0x40 | 0x08 | 0x20
-"""IPv6 address flags of /proc/net/if_inet6 that make an address unusable: tentative (DAD not
-done), DAD failed, deprecated."""
-
-
-def _usable(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast)
-
-
-def local_address(family: int) -> str | None:
-    """One of this machine's own addresses an EndpointSlice may hold (Linux: from /proc)."""
-    if family == socket.AF_INET6:
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/net/if_inet6").read_text().splitlines():
-                fields = line.split()
-                raw, flags = fields[0], int(fields[4], 16)
-                address = str(ipaddress.IPv6Address(bytes.fromhex(raw)))
-                if _usable(address) and not flags & _IFA_F_UNUSABLE:
-                    return address
-        return None
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/net/fib_trie").read_text().splitlines()
-        for previous, line in itertools.pairwise(lines):
-            if line.strip() == "/32 host LOCAL":
-                address = previous.split("--")[-1].strip()
-                if _usable(address):
-                    return address
-    return None
-
-
 HOST = local_address(socket.AF_INET)
 HOST6 = local_address(socket.AF_INET6)
 if HOST is None:

@@ -10,6 +10,7 @@ it started.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -133,6 +134,7 @@ def quickstart(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Quick
         # Local APIs of the edge agent (BASE+1) and the cluster agent (BASE+2).
         "EDGEFLEET_API_PORT_BASE": str(_port_base(2)),
         "EDGEFLEET_KUBE_BIN": str(kube.kube_bin_dir()),
+        "EDGEFLEET_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",
     }
     started = Quickstart(tmp_path / "qs", env, url=f"https://127.0.0.1:{port}")
     try:
@@ -332,10 +334,56 @@ def test_quickstart_with_a_cluster(quickstart: Quickstart) -> None:
     assert rolled["status"]["summary"]["total"] == 1, rolled
 
     _check_elastic_demo(quickstart, kubectl, kubeconfig)
+    _check_gateway_demo(quickstart, out)
 
     # Ctrl-C stops everything it started.
     assert quickstart.interrupt() in (0, 130)
     _wait_gone(family)
+
+
+def _check_gateway_demo(quickstart: Quickstart, out: str) -> None:
+    """The demo route, with the curl line the quickstart prints: cluster-1's server answers."""
+    match = re.search(r"curl -H .Host: hello\.local. http://([\d.]+):(\d+)/", out)
+    assert match, out
+
+    def hello() -> str:
+        connection = http.client.HTTPConnection(match[1], int(match[2]), timeout=10)
+        try:
+            connection.request("GET", "/", headers={"Host": "hello.local"})
+            answer = connection.getresponse()
+            return answer.read().decode() if answer.status == 200 else ""
+        except OSError:
+            return ""
+        finally:
+            connection.close()
+
+    said = eventually(
+        hello,
+        lambda text: text.startswith("hello from cluster-"),
+        what="the gateway demo route answering through cluster-1's tunnel",
+        within=60.0,
+    )
+    assert said.startswith("hello from cluster-1 (path /)"), said
+    server = str(quickstart.data / "server")
+    listed = subprocess.run(
+        [
+            str(REPO / ".venv/bin/tunnel-server"),
+            "get",
+            "mcr",
+            "hello",
+            "-o",
+            "json",
+            "--data-dir",
+            server,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    conditions = {c["type"]: c["status"] for c in json.loads(listed.stdout)["status"]["conditions"]}
+    assert conditions == {"Accepted": "True", "ResolvedRefs": "True"}, listed.stdout
 
 
 def _check_elastic_demo(quickstart: Quickstart, kubectl: str, kubeconfig: str) -> None:
