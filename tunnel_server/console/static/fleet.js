@@ -1,5 +1,6 @@
 'use strict';
-// The console's Fleet section (issue 14): ManagedClusters, Placements and WorkSets as the hub
+// The console's Fleet section (issues 14, 16): ManagedClusters, Placements, WorkSets and the
+// gateway's MultiClusterRoutes (with each backend's health and recent figures) as the hub
 // keeps them (GET /api/v1/fleet/{plural}[/{name}]). Loaded after app.js, whose helpers (h,
 // morph, api, listAll, mount, card, fmt) it uses. Live: an open page follows the kind's watch
 // (SSE, ?watch=true from the list's resourceVersion) and fetches again on each event, at most
@@ -11,6 +12,7 @@ const FLEET_TABS = [
   ['managedclusters', 'Clusters'],
   ['placements', 'Placements'],
   ['worksets', 'WorkSets'],
+  ['multiclusterroutes', 'Routes'],
 ];
 const fleet = {
   poll: null,  // timer of the fallback poll
@@ -433,5 +435,84 @@ function worksetDetail(w, works) {
     h('h3', {}, 'Conditions'), conditionsTable('workset-conditions', w));
 }
 
-const FLEET_LIST = { managedclusters: managedClusterList, placements: placementList, worksets: worksetList };
-const FLEET_DETAIL = { managedclusters: managedClusterDetail, placements: placementDetail, worksets: worksetDetail };
+// ------------------------------------------------------------------ MultiClusterRoutes
+
+// status.backends[]: {name, state, health, reasons?, requests?, errors?, latencyP50Ms?,
+// latencyP99Ms?} as the gateway's router writes them (docs/gateway.md); figures it has not
+// written yet show as –.
+function routeBackends(r) { return fList(fStat(r).backends); }
+
+function healthBadge(b) {
+  const cls = { Healthy: 'online', Unhealthy: 'offline' }[b.state] || 'pending';
+  return h('span', { class: 'badge ' + cls, 'data-state': b.state || '', title: b.health || '' }, b.state || '–');
+}
+
+function sumOf(backends, key) {
+  const values = backends.map((b) => b[key]).filter((v) => typeof v === 'number');
+  return values.length ? values.reduce((a, b) => a + b, 0) : '–';
+}
+
+function routeNum(label, value) {
+  return h('td', { class: 'num', 'data-label': label }, value ?? '–');
+}
+
+function routeList(items) {
+  return h('div', { id: 'fleet-routes' },
+    h('h2', {}, 'Gateway routes'),
+    simpleTable('multiclusterroutes', ['Route', 'Hostnames', 'Accepted', 'Resolved', 'Healthy backends', 'Requests', 'Errors'],
+      items.map((r) => {
+        const backends = routeBackends(r);
+        const healthy = backends.filter((b) => b.state === 'Healthy').length;
+        return h('tr', { 'data-fleet-name': fMeta(r).name },
+          h('td', { class: 'name', 'data-label': 'Route' }, h('a', { href: fleetHref('multiclusterroutes', fMeta(r).name) }, fMeta(r).name)),
+          fTd('Hostnames', fList(fSpec(r).hostnames).join(', ') || 'any'),
+          fTd('Accepted', condBadge(r, 'Accepted')),
+          fTd('Resolved', condBadge(r, 'ResolvedRefs')),
+          h('td', { class: 'num', 'data-label': 'Healthy backends', 'data-healthy': healthy, 'data-total': backends.length },
+            backends.length ? healthy + ' / ' + backends.length : '–'),
+          routeNum('Requests', sumOf(backends, 'requests')),
+          routeNum('Errors', sumOf(backends, 'errors')));
+      }),
+      'No routes yet: `tunnel-server apply -f route.yaml` with kind MultiClusterRoute (docs/gateway.md).'));
+}
+
+function backendText(ref) {
+  return ref.cluster + '/' + ref.namespace + '/' + ref.name + ':' + ref.port;
+}
+
+function matchText(m) {
+  const parts = [];
+  if (m.path) parts.push('path ' + (m.path.type || 'PathPrefix') + ' ' + m.path.value);
+  for (const x of fList(m.headers)) parts.push('header ' + x.name + (x.type === 'RegularExpression' ? ' ~ ' : ' = ') + x.value);
+  for (const x of fList(m.queryParams)) parts.push('query ' + x.name + (x.type === 'RegularExpression' ? ' ~ ' : ' = ') + x.value);
+  if (m.method) parts.push('method ' + m.method);
+  return parts.join(', ') || 'everything';
+}
+
+function routeDetail(r) {
+  const backends = routeBackends(r);
+  return h('div', { id: 'fleet-route', 'data-fleet-name': fMeta(r).name },
+    h('div', { class: 'crumbs' }, h('a', { href: fleetHref('multiclusterroutes') }, '← Gateway routes')),
+    h('div', { class: 'head' }, h('h2', {}, fMeta(r).name), h('span', { class: 'muted' }, 'accepted'), condBadge(r, 'Accepted'), ' ',
+      h('span', { class: 'muted' }, 'backends resolved'), condBadge(r, 'ResolvedRefs')),
+    h('div', { class: 'panel' }, fFacts([
+      ['Hostnames', fList(fSpec(r).hostnames).join(', ') || 'any'],
+      ['Rules', String(fList(fSpec(r).rules).length)],
+      ['Healthy backends', backends.filter((b) => b.state === 'Healthy').length + ' of ' + backends.length],
+    ])),
+    h('h3', {}, 'Backends'),
+    simpleTable('route-backends', ['Backend', 'Health', 'Why', 'Requests', 'Errors', 'p50 ms', 'p99 ms'], backends.map((b) => h('tr', { 'data-backend': b.name },
+      fTd('Backend', b.name), fTd('Health', healthBadge(b)), h('td', { class: 'wrap', 'data-label': 'Why' }, b.state === 'Healthy' ? '–' : (b.health || '–')),
+      routeNum('Requests', b.requests), routeNum('Errors', b.errors), routeNum('p50 ms', b.latencyP50Ms), routeNum('p99 ms', b.latencyP99Ms))),
+    'The gateway has not reported on this route yet (is `tunnel-server run --gateway-listen` on?).'),
+    h('h3', {}, 'Rules'),
+    simpleTable('route-rules', ['#', 'Matches', 'Backends (weight)'], fList(fSpec(r).rules).map((rule, i) => h('tr', { 'data-rule': i },
+      routeNum('#', i + 1),
+      h('td', { class: 'wrap', 'data-label': 'Matches' }, fList(rule.matches).map(matchText).join(' or ') || 'everything'),
+      h('td', { class: 'wrap', 'data-label': 'Backends (weight)' }, fList(rule.backendRefs).map((ref) => backendText(ref) + ' (' + (ref.weight ?? 1) + ')').join(', ') || '–'))),
+    'No rules.'),
+    h('h3', {}, 'Conditions'), conditionsTable('route-conditions', r));
+}
+
+const FLEET_LIST = { managedclusters: managedClusterList, placements: placementList, worksets: worksetList, multiclusterroutes: routeList };
+const FLEET_DETAIL = { managedclusters: managedClusterDetail, placements: placementDetail, worksets: worksetDetail, multiclusterroutes: routeDetail };

@@ -497,3 +497,110 @@ def test_workset_rollout_and_resources(page: Page, api: Api, shots: Path) -> Non
         "the workset's page following its rollout",
     )
     page.screenshot(path=shots / "fleet-workset-web-done.png", full_page=True)
+
+
+ROUTE_SPEC = {
+    "hostnames": ["shop.example.com"],
+    "rules": [
+        {
+            "matches": [{"headers": [{"name": "X-Canary", "value": "1"}]}],
+            "backendRefs": [{"cluster": "west", "namespace": "shop", "name": "web", "port": 80}],
+        },
+        {
+            "backendRefs": [
+                {"cluster": "east", "namespace": "shop", "name": "web", "port": 80, "weight": 90},
+                {"cluster": "west", "namespace": "shop", "name": "web", "port": 80, "weight": 10},
+            ]
+        },
+    ],
+}
+ROUTE_BACKENDS = """els => els.map((box) => [
+  ...box.querySelectorAll('#route-backends tr[data-backend]')].map((r) => [
+    r.dataset.backend, r.querySelector('[data-state]').dataset.state,
+    ...['Requests', 'Errors', 'p50 ms', 'p99 ms'].map(
+      (label) => r.querySelector(`td[data-label="${label}"]`).textContent)]))[0]"""
+
+
+def route_backends(api: Api) -> list[list[str]]:
+    """What the route's page must show per backend, from the stored status."""
+    return [
+        [
+            b["name"],
+            b["state"],
+            *(
+                str(b[key]) if key in b else NONE
+                for key in ("requests", "errors", "latencyP50Ms", "latencyP99Ms")
+            ),
+        ]
+        for b in fleet_get(api, "multiclusterroutes/shop")["status"]["backends"]
+    ]
+
+
+def test_gateway_route_with_backend_health_and_figures(page: Page, api: Api, shots: Path) -> None:
+    """A MultiClusterRoute (issue 16): list, then its page with health and figures per backend.
+
+    This server runs no gateway listener, so nothing rewrites the status put here as the
+    gateway's router would write it.
+    """
+    put(api, "multiclusterroutes", doc("MultiClusterRoute", "shop", ROUTE_SPEC))
+    east, west = "east/shop/web:80", "west/shop/web:80"
+    put_status(
+        api,
+        "multiclusterroutes",
+        "shop",
+        {
+            "observedGeneration": 1,
+            "conditions": [
+                condition("Accepted", "True", "Accepted", "the gateway serves this route"),
+                condition("ResolvedRefs", "True", "ResolvedRefs", "every backend names a cluster"),
+            ],
+            "backends": [
+                {"name": east, "state": "Healthy", "health": "healthy", "requests": 1800,
+                 "errors": 2, "latencyP50Ms": 1.4, "latencyP99Ms": 9.5},
+                {"name": west, "state": "Unhealthy", "health": "unhealthy: Unreachable",
+                 "reasons": ["Unreachable"], "requests": 200, "errors": 7},
+            ],
+        },
+    )  # fmt: skip
+    page.goto("/#/fleet/multiclusterroutes")
+    row = page.locator('#multiclusterroutes tr[data-fleet-name="shop"]')
+    expect(row).to_be_visible(timeout=MS)
+    expect(row.locator('td[data-label="Healthy backends"]')).to_have_attribute("data-healthy", "1")
+    expect(row.locator('td[data-label="Requests"]')).to_have_text("2000")
+    expect(row.locator('td[data-label="Errors"]')).to_have_text("9")
+    expect(row.locator('[data-condition="Accepted"]')).to_have_attribute("data-value", "True")
+    row.locator("a").click()
+    expect(page.locator("#fleet-route")).to_be_visible(timeout=MS)
+    page_matches_api(
+        page, ROUTE_BACKENDS, "#fleet-route", lambda: route_backends(api),
+        "the route's page showing each backend's health and figures",
+    )  # fmt: skip
+    why = page.locator(f'#route-backends tr[data-backend="{west}"] td[data-label="Why"]')
+    expect(why).to_have_text("unhealthy: Unreachable")
+    rules = page.locator("#route-rules tr[data-rule]")
+    expect(rules).to_have_count(2)
+    expect(rules.nth(0)).to_contain_text("header X-Canary = 1")
+    expect(rules.nth(1)).to_contain_text(f"{east} (90), {west} (10)")
+    page.screenshot(path=shots / "fleet-route-shop.png", full_page=True)
+
+    # Live: the unreachable cluster comes back while the page is open.
+    put_status(
+        api,
+        "multiclusterroutes",
+        "shop",
+        {
+            "observedGeneration": 1,
+            "conditions": [
+                condition("Accepted", "True", "Accepted", "the gateway serves this route"),
+                condition("ResolvedRefs", "True", "ResolvedRefs", "every backend names a cluster"),
+            ],
+            "backends": [
+                {"name": east, "state": "Healthy", "health": "healthy", "requests": 1900},
+                {"name": west, "state": "Healthy", "health": "healthy", "requests": 230},
+            ],
+        },
+    )
+    page_matches_api(
+        page, ROUTE_BACKENDS, "#fleet-route", lambda: route_backends(api),
+        "the route's page following its backends' recovery",
+    )  # fmt: skip
