@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -250,6 +251,19 @@ def test_tunnel_server_pings_from_its_loop(
 
         assert block_the_loop_and_release(process, systemd, journal, create_session) == 201
         assert "console session created" in journal.drain()
+
+        # What systemd does when the pings stop (WatchdogSignal=SIGABRT): the stacks of every
+        # thread reach the journal, so a restart leaves a record of where the loop hung.
+        os.kill(process.pid, signal.SIGABRT)
+
+        def died() -> int | None:
+            journal.drain()
+            return process.popen.poll()
+
+        assert eventually(died, lambda code: code is not None, what="dead") == -signal.SIGABRT
+        dump = journal.drain()
+        assert "Fatal Python error: Aborted" in dump, dump[-2000:]
+        assert re.search(r"(?m)^(Current thread|Thread) 0x[0-9a-f]+", dump), dump[-2000:]
 
 
 def test_edge_agent_pings_from_its_loop(tmp_path: Path, systemd: Systemd, journal: Journal) -> None:
