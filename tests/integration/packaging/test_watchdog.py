@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -295,3 +296,26 @@ def test_units_arm_the_watchdog(name: str) -> None:
     assert re.search(r"(?m)^WatchdogSec=30s$", text)
     assert re.search(r"(?m)^NotifyAccess=main$", text)  # pings from the main process only
     assert "No WatchdogSec=" not in text
+
+
+@pytest.mark.parametrize("program", ["edge-agent", "tunnel-server"])
+def test_a_watchdog_value_systemd_never_writes_stops_the_start(
+    program: str, tmp_path: Path, systemd: Systemd
+) -> None:
+    argv = [str(BIN / program), "run", "--data-dir", str(tmp_path / "data")]
+    if program == "tunnel-server":
+        argv += ["--listen", f"127.0.0.1:{free_port()}", "--public-name", "127.0.0.1"]
+    else:
+        argv += ["--local-api-port", str(free_port())]
+    done = subprocess.run(
+        argv,
+        env={**os.environ, **systemd.env, "WATCHDOG_USEC": "30s", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "WATCHDOG_USEC='30s' is not a whole number of microseconds" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert systemd.receive() == []  # refused before READY=1
