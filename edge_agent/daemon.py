@@ -383,8 +383,17 @@ async def _serve_local_api(app: web.Application, settings: AgentSettings) -> web
     return runner
 
 
+def _systemd_watchdog() -> systemd.Watchdog | None:
+    """The watchdog systemd armed (None without one); StartError for a value it never sets."""
+    try:
+        return systemd.watchdog_from_environment()
+    except systemd.WatchdogError as error:
+        raise StartError(str(error)) from None
+
+
 async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = None) -> None:
     """Run the agent until SIGTERM or SIGINT; tells systemd when it is ready and stopping."""
+    watchdog = _systemd_watchdog()  # first: a watchdog setting systemd never writes stops us
     registry = prometheus_client.CollectorRegistry()
     client = TunnelClient(
         data_dir=settings.data_dir,
@@ -443,6 +452,9 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
                     kube.proxy = proxy
                     app[READY_KEY]["kube_proxy"] = True
                 systemd.notify("READY=1")
+                # WATCHDOG=1 from this loop until the helpers are cancelled, after the drain.
+                watchdog_task = systemd.feed_watchdog(watchdog)
+                helpers.append(group.create_task(watchdog_task, name="agent.watchdog"))
                 await tunnel  # ends on SIGTERM, after draining
             for helper in helpers:
                 helper.cancel()  # the reporter and the twins run until told otherwise

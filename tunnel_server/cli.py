@@ -433,6 +433,14 @@ def _load_ca(data_dir: Path) -> CertificateAuthority:
         ) from None
 
 
+def _systemd_watchdog() -> systemd.Watchdog | None:
+    """The watchdog systemd armed (None without one); CliError for a value it never sets."""
+    try:
+        return systemd.watchdog_from_environment()
+    except systemd.WatchdogError as error:
+        raise CliError(str(error)) from None
+
+
 async def serve(
     settings: ServerSettings,
     identity: ServerIdentity,
@@ -441,6 +449,7 @@ async def serve(
     access_log: bool = False,
     gateway_router: Router | None = None,
 ) -> None:
+    watchdog = _systemd_watchdog()  # first: a watchdog setting systemd never writes stops us
     # Imported here, not at the top: aiohttp and prometheus take half a second to import, and
     # only `run` needs them; `token create` and `nodes` stay quick for operators and scripts.
     from aiohttp import web  # noqa: PLC0415 - see above
@@ -502,9 +511,11 @@ async def serve(
             if gate is not None:
                 group.create_task(gate.serve(), name="tls.listener")
             systemd.notify("READY=1")
+            pings = group.create_task(systemd.feed_watchdog(watchdog), name="server.watchdog")
             await stop.wait()
             if gate is not None:
                 gate.close()
+            pings.cancel()  # stopping: TimeoutStopSec=, not the watchdog, bounds the drain
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopping")
