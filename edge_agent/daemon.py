@@ -395,6 +395,10 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     """Run the agent until SIGTERM or SIGINT; tells systemd when it is ready and stopping."""
     watchdog = _systemd_watchdog()  # first: a watchdog setting systemd never writes stops us
     registry = prometheus_client.CollectorRegistry()
+    # The operator's first look (memory, CPU, open files, GC): Linux /proc and the interpreter.
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
     client = TunnelClient(
         data_dir=settings.data_dir,
         settings=settings.tunnel,

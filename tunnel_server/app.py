@@ -143,6 +143,10 @@ def create_app(
         handler_args={"logger": peer_log.ServerLog()},
     )
     registry = prometheus_client.CollectorRegistry()
+    # The operator's first look (memory, CPU, open files, GC): Linux /proc and the interpreter.
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
     info = prometheus_client.Info("tunnel_server_build", "Build of this server", registry=registry)
     info.info({"version": __version__})
     app[SETTINGS_KEY] = settings

@@ -83,8 +83,8 @@ def exposed(text: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
-    """The metric names of a real server and a real agent with its kube cache on."""
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
+    """The metric names of a real server and a real agent with its kube cache on, by daemon."""
     workdir = tmp_path_factory.mktemp("alert-rules")
     server = Server(workdir=workdir)
     server.start()
@@ -102,10 +102,29 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
         url = f"http://127.0.0.1:{agent.local_api_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:
             agent_page = answer.read()
-        yield exposed(server_page.decode()) | exposed(agent_page.decode())
+        yield {"server": exposed(server_page.decode()), "agent": exposed(agent_page.decode())}
     finally:
         agent.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def scraped(pages: dict[str, set[str]]) -> set[str]:
+    """Every metric name either daemon exports."""
+    return pages["server"] | pages["agent"]
+
+
+def test_both_daemons_export_process_and_gc_figures(pages: dict[str, set[str]]) -> None:
+    """Memory, CPU, open files and the garbage collector: what an operator looks at first."""
+    wanted = {
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "python_gc_collections_total",
+        "python_info",
+    }
+    for daemon, names in pages.items():
+        assert wanted <= names, (daemon, wanted - names)
 
 
 def test_promtool_accepts_the_rules() -> None:
