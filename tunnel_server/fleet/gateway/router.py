@@ -87,6 +87,17 @@ class Decision:
     """Backends in the order to try; the first is the choice, the rest are for retries."""
     modifier: HeaderModifier = field(default_factory=HeaderModifier)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    response_modifier: HeaderModifier = field(default_factory=HeaderModifier)
+    """Gateway API ``ResponseHeaderModifier``: applied to a backend's response head."""
+    set_cookie: str | None = None
+    """A ``Set-Cookie`` value sent with the backend's response (a new affinity session)."""
+    retry_codes: frozenset[int] = frozenset()
+    """Response statuses that send an idempotent request without a body to the next backend
+    (the response is held back; the last backend's answer always goes to the client)."""
+    backoff: float = 0.0
+    """Seconds to wait before each retry."""
+    mirrors: tuple[Backend, ...] = ()
+    """Backends that get a copy of this request (their answers are dropped)."""
 
 
 @dataclass(frozen=True, kw_only=True)
