@@ -13,7 +13,10 @@ the data path alone configure a fixed list of backends with ``StaticRouter``;
 What the data path decides itself, whatever the router says: an attempt refused before a
 byte was sent (no session, stream rejected or not accepted in time) moves on to the next
 backend for every method; a failure after the request went out but before any answer came
-back moves on only for an idempotent method without a body (RFC 9110 section 9.2.2).
+back moves on only for an idempotent method without a body (RFC 9110 section 9.2.2), and so
+does an answer whose status is in ``Decision.retry_codes`` while another backend is left.
+The other response-side fields of a ``Decision`` (``response_modifier``, ``set_cookie``,
+``mirrors``, ``backoff``) default to doing nothing, so a router may ignore them.
 """
 
 from __future__ import annotations

@@ -22,11 +22,21 @@ Rules:
   id is echoed to the client on our own answers.
 * Retries (``router.py``): a refused attempt (nothing sent) moves on for every method; a
   failure before any answer moves on for idempotent methods without a body; a timeout does
-  not move on (the backend may still be working on it).
+  not move on (the backend may still be working on it). An answer whose status is in the
+  decision's ``retry_codes`` moves on for idempotent methods without a body while another
+  backend is left: ``forward``'s ``respond`` hook holds its head back (``ResponseDeclined``)
+  before any byte reaches the client. Each retry waits ``backoff`` first.
+* Response side (the same hook): the decision's response header modifier, then its
+  ``Set-Cookie`` (a new affinity session), on the backend's answers only.
+* Mirrors: a body-less request's head is queued for each of the decision's mirror backends
+  (bounded queue, dropped and counted when full) and sent by ``MIRROR_WORKERS`` tasks
+  (``run_mirrors``); the answer is read (bounded) and dropped, its outcome reported.
 * Our own answers are RFC 9457 problem documents (``type``, ``title``, ``status``,
   ``detail``, ``reason``), as in docs/api.md; a backend's answers pass untouched.
-* Metrics: requests by route, backend and code class, latency to the end of the answer,
-  requests in flight, attempts by backend and outcome.
+* Metrics: requests by route, backend and code class, errors and latency to the end of the
+  answer by route and backend (a deleted route's series are dropped: ``retain_routes``),
+  requests in flight, attempts and mirror copies by backend and outcome; the same request
+  ends feed the recent figures of the routes' status (``figures.py``).
 """
 
 from __future__ import annotations
