@@ -15,7 +15,8 @@ States and the rules that move between them (all transitions are in ``BackendHea
   - ``NoReadyEndpoints``: the agent reports no ready endpoint for the Service
     (``ReadyEndpoints(0)``, until a count > 0);
   - ``FailingChecks``: ``unhealthy_threshold`` active checks failed in a row (until
-    ``healthy_threshold`` pass in a row).
+    ``healthy_threshold`` pass in a row); a ``CheckResult`` may carry its own thresholds
+    (a route's ``healthCheck``), else the board's settings count.
 
   Unknown counts as fine: a new backend is healthy until told otherwise, so the driver must
   feed what it knows (reachability, endpoint count) when it adds one.
@@ -95,6 +96,11 @@ class ReadyEndpoints:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CheckResult:
     ok: bool
+    unhealthy_threshold: int | None = None
+    """Failures in a row that make the backend unhealthy; None: the board's setting. The
+    route's ``healthCheck`` says its own, so the driver passes it with every result."""
+    healthy_threshold: int | None = None
+    """Passes in a row that make it healthy again; None: the board's setting."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -189,8 +195,12 @@ class BackendHealth:
                 self._reachable = reachable
             case ReadyEndpoints(count=count):
                 self._endpoints = max(count, 0)
-            case CheckResult(ok=ok):
-                self._check(ok=ok)
+            case CheckResult(ok=ok, unhealthy_threshold=down, healthy_threshold=up):
+                self._check(
+                    ok=ok,
+                    down=self._settings.unhealthy_threshold if down is None else down,
+                    up=self._settings.healthy_threshold if up is None else up,
+                )
             case RequestResult(outcome=outcome):
                 if self._health.state is State.HEALTHY:
                     self._passive(outcome, now=now, may_eject=may_eject)
@@ -200,14 +210,14 @@ class BackendHealth:
         """Let time pass to ``now``; True when the state changed (an ejection ended)."""
         return self._settle(now)
 
-    def _check(self, *, ok: bool) -> None:
+    def _check(self, *, ok: bool, down: int, up: int) -> None:
         if ok:
             self._check_failures, self._check_passes = 0, self._check_passes + 1
-            if self._check_passes >= self._settings.healthy_threshold:
+            if self._check_passes >= up:
                 self._failing_checks = False
         else:
             self._check_failures, self._check_passes = self._check_failures + 1, 0
-            if self._check_failures >= self._settings.unhealthy_threshold:
+            if self._check_failures >= down:
                 self._failing_checks = True
 
     def _passive(self, outcome: Outcome, *, now: float, may_eject: bool) -> None:

@@ -5,6 +5,11 @@ both ways with backpressure: a request body is read from the client only as the 
 credit allows, and response bytes are acknowledged to the agent only after the client took
 them. An ``Upgrade`` (WebSocket, SPDY) answered with 101 turns the exchange into a raw
 two-way byte pipe, untouched, so ``kubectl exec``, ``attach``, ``port-forward`` work through.
+
+``forward(..., respond=)`` (optional; the gateway's, the kube proxies pass none) sees each
+response head before anything of it reaches the client: it returns the header fields to
+send (a route's response header modifier, a session cookie), or raises ``ResponseDeclined``
+to hold the response back (the gateway then retries on another backend).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import re
 from collections import deque
+from collections.abc import Callable
 
 import h11
 from aiohttp import web
@@ -47,6 +53,19 @@ UPGRADE_BUFFER = 256 * 1024
 
 class UpstreamError(Exception):
     """The target's answer was not valid HTTP/1.1; shown to the caller as a 502."""
+
+
+class ResponseDeclined(Exception):  # noqa: N818 - a decision of the caller, not a failure
+    """Raised by a ``respond`` hook: this response is not relayed (nothing was sent yet)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the response {status} is held back")
+        self.status = status
+
+
+ResponseHook = Callable[[int, list[tuple[str, str]]], list[tuple[str, str]]]
+"""``(status, header fields without the hop-by-hop ones)`` -> the fields to send; may raise
+``ResponseDeclined``."""
 
 
 class UnsendableRequestError(Exception):
@@ -107,19 +126,25 @@ def request_head(
 
 
 async def forward(
-    request: web.Request, stream: TunnelStream, head: h11.Request, *, upgrade: bool
+    request: web.Request,
+    stream: TunnelStream,
+    head: h11.Request,
+    *,
+    upgrade: bool,
+    respond: ResponseHook | None = None,
 ) -> web.StreamResponse:
     """Send ``head`` and the body over ``stream``; relay the target's response to the client.
 
     Raises UpstreamError or StreamError only while nothing was answered yet (the caller then
-    answers 502). Later the answer is already on its way: a failure then cuts the client's
-    connection (it sees a truncated answer), and a client that went away resets the stream.
+    answers 502), and ResponseDeclined when ``respond`` raised it. Later the answer is already
+    on its way: a failure then cuts the client's connection (it sees a truncated answer), and
+    a client that went away resets the stream.
     """
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     await stream.write(conn.send(head))
     if upgrade:
         conn.send(h11.EndOfMessage())  # an upgrade request has no body in practice
-    failed: UpstreamError | StreamError | None = None
+    failed: UpstreamError | StreamError | ResponseDeclined | None = None
     # The group's own body must not raise: Python 3.11 would wrap it in an ExceptionGroup.
     async with asyncio.TaskGroup() as group:
         body = None
@@ -128,9 +153,9 @@ async def forward(
         try:
             response = await _next_response(conn, stream)
             if response.status_code == 101 and upgrade:
-                return await _switch(request, stream, conn, response)
-            return await _relay(request, stream, conn, response)
-        except (UpstreamError, StreamError) as error:
+                return await _switch(request, stream, conn, response, respond)
+            return await _relay(request, stream, conn, response, respond)
+        except (UpstreamError, StreamError, ResponseDeclined) as error:
             failed = error
         finally:
             # The exchange is over: a body the target never read (an early error answer)
@@ -180,7 +205,9 @@ async def _next_response(conn: h11.Connection, stream: TunnelStream) -> Head:
         # other 1xx (100 Continue, 103 Early Hints): not relayed, wait for the real answer
 
 
-def _response_headers(response: Head, *, keep_upgrade: bool) -> list[tuple[str, str]]:
+def _response_headers(
+    response: Head, *, keep_upgrade: bool, respond: ResponseHook | None = None
+) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for raw_name, raw_value in response.headers:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
@@ -188,14 +215,19 @@ def _response_headers(response: Head, *, keep_upgrade: bool) -> list[tuple[str, 
         if lower in HOP_BY_HOP and not (keep_upgrade and lower in ("upgrade", "connection")):
             continue
         out.append((name, value))
-    return out
+    return out if respond is None else respond(response.status_code, out)
 
 
 async def _relay(
-    request: web.Request, stream: TunnelStream, conn: h11.Connection, response: Head
+    request: web.Request,
+    stream: TunnelStream,
+    conn: h11.Connection,
+    response: Head,
+    respond: ResponseHook | None,
 ) -> web.StreamResponse:
+    fields = _response_headers(response, keep_upgrade=False, respond=respond)
     reply = web.StreamResponse(status=response.status_code, reason=response.reason.decode() or None)
-    for name, value in _response_headers(response, keep_upgrade=False):
+    for name, value in fields:
         reply.headers.add(name, value)
     try:
         await reply.prepare(request)
@@ -267,13 +299,18 @@ class _UpgradedClient:
 
 
 async def _switch(
-    request: web.Request, stream: TunnelStream, conn: h11.Connection, response: Head
+    request: web.Request,
+    stream: TunnelStream,
+    conn: h11.Connection,
+    response: Head,
+    respond: ResponseHook | None,
 ) -> web.StreamResponse:
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("the client went away before the upgrade")
+    fields = _response_headers(response, keep_upgrade=True, respond=respond)
     reply = web.StreamResponse(status=101, reason="Switching Protocols")
-    for name, value in _response_headers(response, keep_upgrade=True):
+    for name, value in fields:
         reply.headers.add(name, value)
     reply.force_close()
     try:
@@ -308,4 +345,12 @@ async def _stream_to_client(stream: TunnelStream, reply: web.StreamResponse) -> 
         await reply.write_eof()
 
 
-__all__ = ["HOP_BY_HOP", "UnsendableRequestError", "UpstreamError", "forward", "request_head"]
+__all__ = [
+    "HOP_BY_HOP",
+    "ResponseDeclined",
+    "ResponseHook",
+    "UnsendableRequestError",
+    "UpstreamError",
+    "forward",
+    "request_head",
+]

@@ -12,6 +12,11 @@ Routes (every answer says which backend served it in ``X-Backend``):
 - ``* /hangup?on=NAME``: the backend named NAME closes the connection without answering
   (after reading the body); any other answers 200 with its name.
 - ``GET /stall``: a head and 1 KB of a 1 MB body, then nothing for a minute.
+
+With ``--fail-file PATH``: while that file exists, every request is answered 500 (the body
+read first), so a test can make a backend fail and recover without restarting it.
+With ``--request-log PATH``: one line per request received, ``METHOD PATH X-Request-Id``
+(what a mirror test counts).
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ import asyncio
 import hashlib
 import json
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 BLOCK = 64 * 1024
 NAME = web.AppKey("name", str)
+FAIL_FILE = web.AppKey("fail_file", Path)
+REQUEST_LOG = web.AppKey("request_log", Path)
 
 
 def pattern(size: int) -> bytes:
@@ -119,14 +128,35 @@ async def stall(request: web.Request) -> web.StreamResponse:
     return reply
 
 
+@web.middleware
+async def failing(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    log_file = request.app.get(REQUEST_LOG)
+    if log_file is not None:
+        with log_file.open("a") as log:
+            log.write(f"{request.method} {request.path_qs} {request.headers.get('X-Request-Id')}\n")
+    fail_file = request.app.get(FAIL_FILE)
+    if fail_file is not None and fail_file.exists():
+        await request.read()
+        return web.Response(status=500, text="failing on purpose", headers=_headers(request))
+    return await handler(request)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--fail-file", type=Path, default=None)
+    parser.add_argument("--request-log", type=Path, default=None)
     args = parser.parse_args()
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2, middlewares=[failing])
     app[NAME] = args.name
+    if args.fail_file is not None:
+        app[FAIL_FILE] = args.fail_file
+    if args.request_log is not None:
+        app[REQUEST_LOG] = args.request_log
     app.router.add_get("/headers", headers)
     app.router.add_post("/upload", upload)
     app.router.add_get("/download", download)

@@ -6,6 +6,7 @@ one is there); the node store is a stand-in answering ``revision`` and ``get_nod
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,9 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import prometheus_client
 import pytest
 
-from fleet_model.gateway import BalancerSettings
+from fleet_model.gateway import BalancerSettings, ReadyEndpoints
+from fleet_model.gateway.route import HealthCheck
 from tunnel_server.fleet.gateway import (
     Backend,
     Decision,
@@ -25,6 +28,8 @@ from tunnel_server.fleet.gateway import (
     Outcome,
     RequestInfo,
 )
+from tunnel_server.fleet.gateway.checks import CheckOutcome
+from tunnel_server.fleet.gateway.server import GatewayMetrics
 from tunnel_server.fleet.hub.hub import FleetHub, FleetSettings
 from tunnel_server.fleet.hub.store import FleetEvents
 from tunnel_server.fleet.hub.store_sqlite import SqliteFleetStore
@@ -253,3 +258,193 @@ def test_an_ejection_ends_on_time_and_status_writes_only_changes(world: World) -
     world.router.sync()
     backends = {b["name"]: b for b in world.status("shop")["backends"]}
     assert backends["zone-b/demo/web:80"]["state"] == "Healthy"
+
+
+CHECKED = {
+    "healthCheck": {
+        "path": "/healthz",
+        "intervalSeconds": 1,
+        "timeoutSeconds": 1,
+        "unhealthyThreshold": 2,
+        "healthyThreshold": 2,
+    },
+    "rules": [{"backendRefs": [ref("zone-a", 1), ref("zone-b", 1)]}],
+}
+
+
+class Checker:
+    """Scripted outcomes per cluster; records what was available at each check.
+
+    Each check moves the fake clock one interval on, so the next check is due at once.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.router: FleetRouter | None = None
+        self.script: dict[str, list[CheckOutcome]] = {}
+        self.calls: list[tuple[str, str, frozenset[str]]] = []
+        self.done = asyncio.Event()
+
+    async def __call__(self, backend: Backend, check: HealthCheck) -> CheckOutcome:
+        assert self.router is not None
+        available = frozenset(key.split("/")[0] for key in self.router._board.available())
+        self.calls.append((backend.cluster, check.path, available))
+        if len(self.calls) >= 14:
+            self.done.set()
+        self.clock.now += 1.0
+        await asyncio.sleep(0)
+        queue = self.script.get(backend.cluster) or [CheckOutcome(ok=True, detail="200")]
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+async def test_active_checks_take_a_backend_out_and_back(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    connect(world.sessions, "zone-a")
+    connect(world.sessions, "zone-b")
+    checker = Checker(world.clock)
+    world.router = checker.router = FleetRouter(
+        hub=world.hub,
+        sessions=world.sessions,
+        nodes=cast("Store", world.nodes),
+        settings=FleetRouterSettings(balancer=BalancerSettings(slow_start_seconds=0)),
+        clock=world.clock,
+        checker=checker,
+    )
+    ok = CheckOutcome(ok=True, detail="status 200", endpoints=True)
+    failing = CheckOutcome(ok=False, detail="status 500", endpoints=True)
+    none_ready = CheckOutcome(ok=False, detail="no ready endpoints", endpoints=False)
+    checker.script["zone-a"] = [failing, failing, ok]
+    checker.script["zone-b"] = [none_ready, none_ready, none_ready, ok]
+    world.put("shop", CHECKED)
+    world.router.sync()
+    try:
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(world.router.run(), name="test.router")
+            async with asyncio.timeout(10):
+                await checker.done.wait()
+            task.cancel()
+        world.router.sync()
+        status = {b["name"]: b for b in world.status("shop")["backends"]}
+    finally:
+        world.hub.store.close()
+    assert status["zone-b/demo/web:80"]["state"] == "Healthy"
+    seen = [(cluster, set(available)) for cluster, _, available in checker.calls]
+    assert {path for _, path, _ in checker.calls} == {"/healthz"}
+    # Checks alternate a, b; what each found available is what the ones before it did:
+    # b out at its first "no ready endpoints" (not after the threshold of 2), a out after
+    # its second failure, a back after two passes, b back after two passes.
+    assert seen[:10] == [
+        ("zone-a", {"zone-a", "zone-b"}),
+        ("zone-b", {"zone-a", "zone-b"}),
+        ("zone-a", {"zone-a"}),
+        ("zone-b", {"zone-a"}),
+        ("zone-a", set()),
+        ("zone-b", set()),
+        ("zone-a", set()),
+        ("zone-b", set()),
+        ("zone-a", {"zone-a"}),
+        ("zone-b", {"zone-a"}),
+    ]
+    assert seen[10:12] == [("zone-a", {"zone-a", "zone-b"}), ("zone-b", {"zone-a", "zone-b"})]
+
+
+def test_routes_without_checks_are_not_checked_and_a_dropped_check_clears(world: World) -> None:
+    world.put("shop", CHECKED)
+    world.router.sync()
+    key = "zone-a/demo/web:80"
+    world.router._board.observe(key, ReadyEndpoints(count=0), now=world.clock.now)
+    assert key not in world.router._board.available()
+    world.put("shop", {"rules": CHECKED["rules"]})  # the healthCheck is removed
+    world.router.sync()
+    assert key in world.router._board.available()
+    assert world.router._plans == {}
+
+
+def test_cookie_sessions_mirrors_and_retry_codes_reach_the_decision(world: World) -> None:
+    mirror = {"cluster": "zone-b", "namespace": "demo", "name": "canary", "port": 80}
+    spec = {
+        "rules": [
+            {
+                "sessionPersistence": {"type": "Cookie", "sessionName": "sid"},
+                "filters": [
+                    {
+                        "type": "RequestMirror",
+                        "requestMirror": {"backendRef": mirror, "percent": 25},
+                    },
+                    {
+                        "type": "ResponseHeaderModifier",
+                        "responseHeaderModifier": {"add": [{"name": "X-Gw", "value": "1"}]},
+                    },
+                ],
+                "retry": {"attempts": 1, "codes": [500, 503], "backoff": "50ms"},
+                "backendRefs": [ref("zone-a", 1), ref("zone-b", 1)],
+            }
+        ]
+    }
+    world.put("sticky", spec)
+    world.router.sync()
+    fresh = world.decide(request())
+    assert fresh.set_cookie is not None
+    assert fresh.set_cookie.startswith("sid=")
+    token = fresh.set_cookie.split(";")[0].split("=", 1)[1]
+    # The token handed out is the key the first request was balanced by.
+    again = [world.decide(request(Cookie=f"sid={token}")) for _ in range(20)]
+    assert {d.backends[0] for d in again} == {fresh.backends[0]}
+    assert {d.set_cookie for d in again} == {None}
+    assert fresh.retry_codes == frozenset({500, 503})
+    assert fresh.backoff == 0.05
+    assert fresh.response_modifier.add == (("X-Gw", "1"),)
+    mirrored = [world.decide(request(Cookie="sid=x")).mirrors for _ in range(98)]
+    copies = [m for m in [fresh.mirrors, *(d.mirrors for d in again), *mirrored] if m]
+    assert len(copies) == 119 * 25 // 100  # exactly 25 of every 100 decisions
+    assert {str(b) for m in copies for b in m} == {"zone-b/demo/canary:80"}
+
+
+def test_status_figures_are_written_at_most_every_10_s_and_only_on_change(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    connect(world.sessions, "zone-a")
+    connect(world.sessions, "zone-b")
+    registry = prometheus_client.CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    world.router = FleetRouter(
+        hub=world.hub,
+        sessions=world.sessions,
+        nodes=cast("Store", world.nodes),
+        clock=world.clock,
+        metrics=metrics,
+    )
+    try:
+        world.put("shop", SHOP)
+        world.router.sync()
+        key = "zone-a/demo/web:80"
+
+        def figures() -> dict[str, Any]:
+            backends = {b["name"]: b for b in world.status("shop")["backends"]}
+            return {k: v for k, v in backends[key].items() if k not in ("state", "health")}
+
+        assert figures() == {"name": key, "requests": 0, "errors": 0}
+        for n in range(10):
+            code = "5xx" if n == 0 else "2xx"
+            metrics.answered("shop", key, code, 0.004, world.clock.now)
+        written = world.hub.store.revision()
+        world.clock.now += 5
+        world.router.sync()
+        assert world.hub.store.revision() == written  # not yet: figures wait 10 s
+        world.clock.now += 5
+        world.router.sync()
+        assert figures() == {
+            "name": key,
+            "requests": 10,
+            "errors": 1,
+            "latencyP50Ms": 4.0,
+            "latencyP99Ms": 4.0,
+        }
+        written = world.hub.store.revision()
+        world.clock.now += 10
+        world.router.sync()
+        assert world.hub.store.revision() == written  # the same figures: nothing written
+        world.hub.delete(KIND, "shop")
+        world.router.sync()
+        assert 'route="shop"' not in prometheus_client.generate_latest(registry).decode()
+    finally:
+        world.hub.store.close()

@@ -2,10 +2,12 @@
 
 ``setup(app, settings=..., router=...)`` starts the listener with the application and stops
 it with it; without a ``router`` it routes by the fleet's MultiClusterRoute objects
-(``FleetRouter``, whose loop runs as the task ``gateway.routes`` while the app runs).
+(``FleetRouter``, whose loop runs as the task ``gateway.routes`` while the app runs; the
+mirror copies go out from the task ``gateway.mirrors``).
 Modules: ``headers`` (the forwarded head, pure), ``router`` (the seam between the data path
 and whatever picks backends), ``fleet_router`` (the router on the route core,
-``fleet_model.gateway``), ``backends`` (a stream to a cluster's Service), ``server`` (the
+``fleet_model.gateway``), ``checks`` (active health checks through the tunnel),
+``backends`` (a stream to a cluster's Service), ``server`` (the
 listener and the per-request logic).
 """
 
@@ -74,7 +76,10 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
                 yield
             return
         routes = FleetRouter(
-            hub=app[FLEET_HUB_KEY], sessions=app[SESSIONS_KEY], nodes=app[STORE_KEY]
+            hub=app[FLEET_HUB_KEY],
+            sessions=app[SESSIONS_KEY],
+            nodes=app[STORE_KEY],
+            metrics=metrics,
         )
         routes.sync()  # the stored routes serve from the first request on
         async with _listening(app, routes), asyncio.TaskGroup() as group:
@@ -102,7 +107,12 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
         )
         await server.start()
         try:
-            yield
+            async with asyncio.TaskGroup() as group:
+                mirrors = group.create_task(server.run_mirrors(), name="gateway.mirrors")
+                try:
+                    yield
+                finally:
+                    mirrors.cancel()
         finally:
             await server.close()
 

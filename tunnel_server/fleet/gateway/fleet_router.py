@@ -30,27 +30,48 @@ Rules:
   backend's health.
 * Status (written on change only, through the hub): ``Accepted`` (the spec parsed) and
   ``ResolvedRefs`` (every backend's cluster is registered; an unknown one is named and the
-  route serves its other backends), plus ``backends``: each backend's health.
+  route serves its other backends), plus ``backends``: each backend's health and, with the
+  listener's metrics, its recent ``requests``, ``errors``, ``latencyP50Ms`` and
+  ``latencyP99Ms`` (``figures``: refreshed every ``figures_seconds``, written only when
+  they changed). A deleted route's Prometheus series are dropped when the table is rebuilt.
 
-Not done here (docs/gateway.md lists them): active health checks (``healthCheck``), mirrors
-(``RequestMirror``), response header modifiers, retries on response codes and backoff (the
-data path retries refused and broken attempts only), issuing a session cookie.
+* Active health checks: every backend of a route with ``healthCheck`` is checked every
+  ``intervalSeconds`` (``checks.probe``: a GET through the tunnel, as a request goes), one
+  check in flight per backend and ``max_concurrent_checks`` in all, as named tasks of
+  ``run``'s task group; a backend named by several routes is checked once, as the first
+  route by name says. Results feed the board as ``CheckResult`` with the route's thresholds;
+  the agent's "no ready endpoints" refusal is ``ReadyEndpoints(0)`` at once (any answer
+  through the Service: ``ReadyEndpoints(1)``). Clusters without a session are not checked
+  (they are ``Unreachable`` already). A backend whose checks stop (the route changed) loses
+  what only checks could undo.
+* Response side, handed to the data path in the ``Decision``: the rule's
+  ``ResponseHeaderModifier``; a ``Set-Cookie`` when the rule has cookie affinity and the
+  client sent no cookie (a fresh random token, also the key this request is balanced by);
+  the retry codes and backoff; the mirror backends for this request (each ``RequestMirror``
+  takes exactly ``percent`` of every 100 of the rule's requests, sent only when the mirror
+  backend is available).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fleet_model.gateway import (
     Balancer,
     BalancerSettings,
+    CheckResult,
     HealthBoard,
     HealthSettings,
+    Mirror,
     Reachability,
+    ReadyEndpoints,
     Request,
     RequestResult,
     Route,
@@ -66,6 +87,7 @@ from fleet_model.gateway.route import (
     KIND,
     MAX_DURATION_SECONDS,
     BackendRef,
+    HealthCheck,
     SessionType,
 )
 from fleet_model.gateway.route import (
@@ -75,6 +97,7 @@ from fleet_model.gateway.route import (
     Timeouts as RouteTimeouts,
 )
 from fleet_model.problems import SpecError
+from tunnel_server.fleet.gateway.checks import CheckOutcome, probe
 from tunnel_server.fleet.gateway.headers import HeaderModifier
 from tunnel_server.fleet.gateway.router import (
     Backend,
@@ -87,6 +110,7 @@ from tunnel_server.fleet.gateway.router import (
 from tunnel_server.fleet.hub.store import ChangesExpiredError, FleetStoreError, rfc3339
 
 if TYPE_CHECKING:
+    from tunnel_server.fleet.gateway.server import GatewayMetrics
     from tunnel_server.fleet.hub.hub import FleetHub
     from tunnel_server.fleet.hub.store import StoredObject
     from tunnel_server.store import Store
@@ -111,6 +135,25 @@ class FleetRouterSettings:
     sessions they need themselves, so this bounds only how stale the status is."""
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    figures_seconds: float = 10.0
+    """Seconds between refreshes of the request figures in a route's status (requests,
+    errors, p50/p99): a status write per request would flood the store and its watchers."""
+    max_concurrent_checks: int = 16
+    """Active health checks in flight at once, all routes together: each holds a tunnel
+    stream, so a fleet of many backends checks in waves rather than opening them all."""
+
+
+CheckFn = Callable[[Backend, HealthCheck], Awaitable[CheckOutcome]]
+"""Runs one active check of a backend (``checks.probe`` through the tunnel by default)."""
+
+
+@dataclass(kw_only=True)
+class _CheckPlan:
+    """One backend's active checks: the ``healthCheck`` it follows and when the next is due."""
+
+    backend: Backend
+    check: HealthCheck
+    due: float
 
 
 def _backend(ref: BackendRef) -> Backend:
@@ -199,7 +242,14 @@ class FleetRouter:
         nodes: Store,
         settings: FleetRouterSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        checker: CheckFn | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        """``checker``: runs one active check (default: ``checks.probe`` through the tunnel).
+
+        ``metrics``: the listener's, whose figures go into the status and whose series of
+        deleted routes are dropped.
+        """
         self._hub = hub
         self._sessions = sessions
         self._nodes = nodes
@@ -211,6 +261,8 @@ class FleetRouter:
         """Route name -> why it does not parse (it is left out of the table)."""
         self._table = RouteTable(())
         self._balancers: dict[tuple[str, int], Balancer] = {}
+        self._mirrors: dict[tuple[str, int], list[Mirror]] = {}
+        """Rule key -> one share counter per ``RequestMirror`` of the rule, in order."""
         self._board = HealthBoard(settings=self._settings.health)
         self._by_cluster: dict[str, set[str]] = {}
         """Cluster -> the keys of its backends on the board."""
@@ -221,6 +273,16 @@ class FleetRouter:
         self._node_revision = -1
         self._status_due = True
         self._loaded = False
+        self._checker: CheckFn = checker or self._probe
+        self._metrics = metrics
+        self._figures: dict[tuple[str, str], dict[str, float | int]] = {}
+        """(route, backend key) -> the figures the status shows (refreshed every
+        ``figures_seconds``)."""
+        self._figures_at = -math.inf
+        self._plans: dict[str, _CheckPlan] = {}
+        """Backend key -> its active checks (backends of routes with ``healthCheck``)."""
+        self._checking: set[str] = set()
+        self._plans_changed = asyncio.Event()
 
     # ------------------------------------------------------------------ the data path's side
 
@@ -243,7 +305,13 @@ class FleetRouter:
         self._tick(now)
         balancer = self._balancers[hit.rule_key]
         available = self._board.available()
-        first = balancer.pick(now=now, available=available, affinity_key=_affinity(rule, parsed))
+        affinity, cookie = _affinity(rule, parsed), None
+        session = rule.session
+        if affinity is None and session is not None and session.type is SessionType.COOKIE:
+            # A new session: key it by a fresh token and hand the token out as the cookie.
+            affinity = secrets.token_urlsafe(16)
+            cookie = session.set_cookie(affinity)
+        first = balancer.pick(now=now, available=available, affinity_key=affinity)
         if first is None:
             return NoRoute(
                 status=503,
@@ -254,11 +322,21 @@ class FleetRouter:
         weights = balancer.effective_weights(now=now, available=available, exclude=(first,))
         others = sorted(weights, key=lambda key: -weights[key])[: rule.retry.attempts]
         refs = {ref.key: ref for ref in rule.backends}
+        mirrors = tuple(
+            _backend(mirror.backend)
+            for mirror, share in zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+            if share.take() and mirror.backend.key in available
+        )
         return Decision(
             route=hit.route.name,
             backends=tuple(_backend(refs[key]) for key in (first, *others)),
             modifier=_modifier(rule.request_headers),
             timeouts=_timeouts(rule.timeouts),
+            response_modifier=_modifier(rule.response_headers),
+            set_cookie=cookie,
+            retry_codes=frozenset(rule.retry.codes),
+            backoff=rule.retry.backoff,
+            mirrors=mirrors,
         )
 
     def report(self, backend: Backend, outcome: Outcome) -> None:
@@ -305,7 +383,12 @@ class FleetRouter:
     # ------------------------------------------------------------------ the loop's side
 
     async def run(self) -> None:
-        """Follow the store and the sessions until cancelled."""
+        """Follow the store and the sessions, and run the active checks, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow_loop(), name="gateway.routes.follow")
+            group.create_task(self._check_loop(group), name="gateway.checks")
+
+    async def _follow_loop(self) -> None:
         while True:
             try:
                 self.sync()
@@ -319,6 +402,112 @@ class FleetRouter:
                 timeout = max(0.01, min(timeout, wake - now))
             await self._hub.events.wait_past(self._revision, timeout)
 
+    async def _check_loop(self, group: asyncio.TaskGroup) -> None:
+        """Start each due check (one in flight per backend, bounded in all), then sleep."""
+        slots = asyncio.Semaphore(self._settings.max_concurrent_checks)
+        while True:
+            self._plans_changed.clear()
+            now = self._clock()
+            wake: float | None = None
+            for key, plan in self._plans.items():
+                if key in self._checking:
+                    continue
+                if plan.due <= now and self._reachable.get(plan.backend.cluster, False):
+                    plan.due = now + plan.check.interval_seconds
+                    self._checking.add(key)
+                    group.create_task(self._run_check(key, plan, slots), name="gateway.check")
+                elif plan.due <= now:
+                    # No session: the board says Unreachable already; look again next interval.
+                    plan.due = now + plan.check.interval_seconds
+                wake = plan.due if wake is None else min(wake, plan.due)
+            timeout = self._settings.refresh_seconds if wake is None else max(0.01, wake - now)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._plans_changed.wait()
+            except TimeoutError:
+                pass
+
+    async def _run_check(self, key: str, plan: _CheckPlan, slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
+                outcome = await self._checker(plan.backend, plan.check)
+        except Exception:  # a checker's bug must not end the router's task group
+            log.exception("gateway health check of %s failed to run", key)
+            return
+        finally:
+            self._checking.discard(key)
+            self._plans_changed.set()  # the loop looks at the plans again
+        self._checked(key, plan, outcome)
+
+    def _checked(self, key: str, plan: _CheckPlan, outcome: CheckOutcome) -> None:
+        """Feed one check's outcome to the board (if the backend is still checked so)."""
+        if self._plans.get(key) is not plan:
+            return  # the routes changed while it ran
+        now = self._clock()
+        events: list[CheckResult | ReadyEndpoints] = [
+            CheckResult(
+                ok=outcome.ok,
+                unhealthy_threshold=plan.check.unhealthy_threshold,
+                healthy_threshold=plan.check.healthy_threshold,
+            )
+        ]
+        # "No ready endpoints" is known at once, not after a threshold; any answer through
+        # the Service means it has one again.
+        if outcome.endpoints is not None:
+            events.append(ReadyEndpoints(count=1 if outcome.endpoints else 0))
+        for event in events:
+            changed = self._board.observe(key, event, now=now)
+            if changed is not None:
+                log.info(
+                    "gateway backend health changed",
+                    extra={
+                        "kv": {
+                            "backend": key,
+                            "health": changed.describe(),
+                            "check": outcome.detail,
+                        }
+                    },
+                )
+                self._status_due = True
+        if not outcome.ok:
+            log.debug("gateway check of %s failed: %s", key, outcome.detail)
+
+    async def _probe(self, backend: Backend, check: HealthCheck) -> CheckOutcome:
+        return await probe(
+            backend,
+            path=check.path,
+            seconds=check.timeout_seconds,
+            sessions=self._sessions,
+            store=self._nodes,
+        )
+
+    def _plan_checks(self, routes: Mapping[str, Route], now: float) -> None:
+        """Which backends are checked, and how.
+
+        The first route by name with ``healthCheck`` that names a backend decides its check
+        (a backend shared by routes is checked once).
+        """
+        plans: dict[str, _CheckPlan] = {}
+        for name in sorted(routes):
+            check = routes[name].spec.health_check
+            if check is None:
+                continue
+            for key, ref in routes[name].spec.backends().items():
+                if key in plans:
+                    continue
+                held = self._plans.get(key)
+                if held is not None and held.check == check:
+                    plans[key] = held
+                else:
+                    plans[key] = _CheckPlan(backend=_backend(ref), check=check, due=now)
+        for key in self._plans.keys() - plans.keys():
+            if key in self._board:
+                # What only checks can undo (FailingChecks, NoReadyEndpoints) must not stay.
+                self._board.observe(key, ReadyEndpoints(count=1), now=now)
+                self._board.observe(key, CheckResult(ok=True, healthy_threshold=1), now=now)
+        self._plans = plans
+        self._plans_changed.set()
+
     def sync(self) -> None:
         """One pass: routes from the change log, sessions, node records, deadlines, status."""
         now = self._clock()
@@ -331,9 +520,30 @@ class FleetRouter:
         for cluster in self._by_cluster:
             self._look_at(cluster, now)
         self._tick(now)
+        if now - self._figures_at >= self._settings.figures_seconds:
+            self._refresh_figures(now)
         if self._status_due:
             self._status_due = False
             self._write_status()
+
+    def _forget_deleted(self, routes: Mapping[str, Route]) -> None:
+        """Drop the series and figures of routes that are gone."""
+        if self._metrics is not None:
+            self._metrics.retain_routes(routes.keys())
+        self._figures = {k: v for k, v in self._figures.items() if k[0] in routes}
+
+    def _refresh_figures(self, now: float) -> None:
+        self._figures_at = now
+        if self._metrics is None:
+            return
+        figures = {
+            (name, key): self._metrics.figures.snapshot(name, key, now=now)
+            for name, route in self._routes.items()
+            for key in route.spec.backends()
+        }
+        if figures != self._figures:
+            self._figures = figures
+            self._status_due = True
 
     def _follow(self) -> bool:
         """Apply the store's MultiClusterRoute changes; True if a spec changed."""
@@ -382,6 +592,11 @@ class FleetRouter:
             for route in routes.values()
             for index, rule in enumerate(route.spec.rules)
         }
+        self._mirrors = {
+            (route.name, index): [Mirror(mirror.percent) for mirror in rule.mirrors]
+            for route in routes.values()
+            for index, rule in enumerate(route.spec.rules)
+        }
         wanted: dict[str, BackendRef] = {}
         for route in routes.values():
             for key, ref in route.spec.backends().items():
@@ -398,6 +613,8 @@ class FleetRouter:
                 self._board.add(key, now=now, warm=warm)
                 self._reachable.pop(ref.cluster, None)  # tell the new backend at once
         self._registered = {c: self._registered.get(c, True) for c in self._by_cluster}
+        self._plan_checks(routes, now)
+        self._forget_deleted(routes)
         self._resolve()
         for cluster in self._by_cluster:
             self._look_at(cluster, now)
@@ -470,6 +687,7 @@ class FleetRouter:
                 entry["health"] = f"unknown cluster {ref.cluster!r}"
             if health.state is not State.HEALTHY:
                 entry["reasons"] = [reason.value for reason in health.reasons]
+            entry.update(self._figures.get((name, key), {}))
             backends.append(entry)
         return {
             "observedGeneration": generation,

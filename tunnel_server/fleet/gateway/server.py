@@ -22,16 +22,27 @@ Rules:
   id is echoed to the client on our own answers.
 * Retries (``router.py``): a refused attempt (nothing sent) moves on for every method; a
   failure before any answer moves on for idempotent methods without a body; a timeout does
-  not move on (the backend may still be working on it).
+  not move on (the backend may still be working on it). An answer whose status is in the
+  decision's ``retry_codes`` moves on for idempotent methods without a body while another
+  backend is left: ``forward``'s ``respond`` hook holds its head back (``ResponseDeclined``)
+  before any byte reaches the client. Each retry waits ``backoff`` first.
+* Response side (the same hook): the decision's response header modifier, then its
+  ``Set-Cookie`` (a new affinity session), on the backend's answers only.
+* Mirrors: a body-less request's head is queued for each of the decision's mirror backends
+  (bounded queue, dropped and counted when full) and sent by ``MIRROR_WORKERS`` tasks
+  (``run_mirrors``); the answer is read (bounded) and dropped, its outcome reported.
 * Our own answers are RFC 9457 problem documents (``type``, ``title``, ``status``,
   ``detail``, ``reason``), as in docs/api.md; a backend's answers pass untouched.
-* Metrics: requests by route, backend and code class, latency to the end of the answer,
-  requests in flight, attempts by backend and outcome.
+* Metrics: requests by route, backend and code class, errors and latency to the end of the
+  answer by route and backend (a deleted route's series are dropped: ``retain_routes``),
+  requests in flight, attempts and mirror copies by backend and outcome; the same request
+  ends feed the recent figures of the routes' status (``figures.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -49,15 +60,19 @@ from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.fleet.gateway import headers as head_rules
 from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
+from tunnel_server.fleet.gateway.figures import Figures
 from tunnel_server.fleet.gateway.router import (
     Backend,
     Decision,
     NoRoute,
     Outcome,
+    OutcomeKind,
     RequestInfo,
     Router,
 )
 from tunnel_server.tunnel.http_over_stream import (
+    ResponseDeclined,
+    ResponseHook,
     UnsendableRequestError,
     UpstreamError,
     forward,
@@ -68,6 +83,8 @@ from tunnel_server.tunnel.http_over_stream import (
 from tunnel_server.web.errors import error_response
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from aiohttp.abc import AbstractStreamWriter
     from aiohttp.http_parser import RawRequestMessage
 
@@ -83,6 +100,13 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 """RFC 9110 section 9.2.2: methods a client may repeat; only these are retried once sent."""
 NONE = "none"
 """The route or backend label of a request that had none."""
+MIRROR_QUEUE = 256
+"""Mirror copies waiting for a worker; more are dropped (counted): a slow canary must not
+hold memory or delay anything of the client's request."""
+MIRROR_WORKERS = 8
+"""Mirror copies in flight at once (each holds one tunnel stream)."""
+MAX_MIRROR_ANSWER = 1024 * 1024
+"""Bytes of a mirror's answer read (and dropped) before its stream is reset."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -100,7 +124,23 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 class GatewayMetrics:
+    """The gateway's Prometheus metrics and the recent figures a route's status shows.
+
+    Route and backend label values come from operator objects (bounded); ``retain_routes``
+    drops every series of a route that is gone, so a deleted route's labels do not stay.
+    """
+
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.figures = Figures()
+        self._by_route: dict[str, set[tuple[str, str]]] = {}
+        """Route -> the (backend, code) label pairs it has series for."""
+        self.errors = prometheus_client.Counter(
+            "tunnel_server_gateway_errors",
+            "Gateway requests answered 5xx (ours or the backend's) or cut short, by route and "
+            "backend",
+            ["route", "backend"],
+            registry=registry,
+        )
         self.requests = prometheus_client.Counter(
             "tunnel_server_gateway_requests",
             "Gateway requests answered, by route, backend (cluster/namespace/service:port) and "
@@ -126,11 +166,42 @@ class GatewayMetrics:
             ["backend", "outcome"],
             registry=registry,
         )
+        self.mirrors = prometheus_client.Counter(
+            "tunnel_server_gateway_mirrors",
+            "Request copies sent to mirror backends, by backend and outcome (answered, "
+            "refused, failed, timeout, dropped: the queue was full)",
+            ["backend", "outcome"],
+            registry=registry,
+        )
         self.connections = prometheus_client.Gauge(
             "tunnel_server_gateway_connections",
             "Client connections open on the gateway listener",
             registry=registry,
         )
+
+    def answered(self, route: str, backend: str, code: str, seconds: float, now: float) -> None:
+        """One request answered: its series, and the figures when a route took it."""
+        error = code in ("5xx", "cut")
+        self.requests.labels(route, backend, code).inc()
+        self.seconds.labels(route, backend).observe(seconds)
+        if error:
+            self.errors.labels(route, backend).inc()
+        self._by_route.setdefault(route, set()).add((backend, code))
+        if NONE not in (route, backend):
+            self.figures.record(route, backend, error=error, seconds=seconds, now=now)
+
+    def retain_routes(self, routes: Collection[str]) -> None:
+        """Drop the series and figures of every route not in ``routes`` (deleted ones)."""
+        self.figures.retain(routes)
+        for route in [r for r in self._by_route if r not in routes and r != NONE]:
+            for backend, code in self._by_route.pop(route):
+                for metric, labels in (
+                    (self.requests, (route, backend, code)),
+                    (self.seconds, (route, backend)),
+                    (self.errors, (route, backend)),
+                ):
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
 
 
 def _problem(
@@ -347,6 +418,7 @@ class GatewayServer:
         self._connections = 0
         self._in_flight = 0
         self._proto = "https" if tls is not None else "http"
+        self._mirror_queue: asyncio.Queue[tuple[Backend, h11.Request]] = asyncio.Queue(MIRROR_QUEUE)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -385,6 +457,65 @@ class GatewayServer:
         await self._manager.shutdown(self.settings.shutdown_grace)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def run_mirrors(self) -> None:
+        """Send the queued mirror copies until cancelled (``MIRROR_WORKERS`` at a time)."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(MIRROR_WORKERS):
+                group.create_task(self._mirror_worker(), name="gateway.mirror")
+
+    async def _mirror_worker(self) -> None:
+        while True:
+            backend, head = await self._mirror_queue.get()
+            began = self._loop.time()
+            try:
+                kind, status = await self._send_mirror(backend, head)
+            except Exception:  # a bug here must not end the workers
+                log.exception("gateway mirror to %s failed", backend)
+                continue
+            outcome = Outcome(kind=kind, status=status, seconds=self._loop.time() - began)
+            self.metrics.mirrors.labels(str(backend), kind).inc()
+            self._router.report(backend, outcome)
+
+    async def _send_mirror(
+        self, backend: Backend, head: h11.Request
+    ) -> tuple[OutcomeKind, int | None]:
+        """One body-less copy of a request; its answer read (bounded) and dropped."""
+        s = self.settings
+        try:
+            stream = await open_backend(
+                backend, sessions=self._sessions, store=self._store, within=s.open_timeout
+            )
+        except Refused:
+            return "refused", None
+        try:
+            async with asyncio.timeout(s.response_timeout):
+                conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+                await stream.write(conn.send(head) + conn.send(h11.EndOfMessage()))
+                status: int | None = None
+                while stream.bytes_read <= MAX_MIRROR_ANSWER:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.read())
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        break
+        except TimeoutError:
+            return "timeout", None
+        except (StreamError, h11.ProtocolError):
+            return "failed", None
+        else:
+            return ("answered", status) if status is not None else ("failed", None)
+        finally:
+            stream.reset(ErrorCode.CANCEL, "mirror over")
+
+    def _mirror(self, decision: Decision, head: h11.Request) -> None:
+        for backend in decision.mirrors:
+            try:
+                self._mirror_queue.put_nowait((backend, head))
+            except asyncio.QueueFull:
+                self.metrics.mirrors.labels(str(backend), "dropped").inc()
 
     def admit(self) -> bool:
         """A new client connection: False when there are too many (it is closed)."""
@@ -446,8 +577,8 @@ class GatewayServer:
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(route, backend, code).inc()
-            self.metrics.seconds.labels(route, backend).observe(self._loop.time() - started)
+            now = self._loop.time()
+            self.metrics.answered(route, backend, code, now - started, now)
 
     async def _serve(self, request: web.Request, started: float) -> tuple[str, str, _Result]:
         incoming = list(request.headers.items())
@@ -462,6 +593,8 @@ class GatewayServer:
             if answer.status in (413, 431):
                 response.force_close()  # the rest of the request is not read
             return NONE, NONE, _Result(response=response, code=_code(answer.status))
+        if decision.mirrors and not upgrade and not request.body_exists:
+            self._mirror(decision, head)  # body-less requests only: a body is read once
         if request.headers.get("Expect", "").lower() == "100-continue":
             # What aiohttp's router does for an application: the client may send its body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -566,8 +699,10 @@ class GatewayServer:
         replayable = request.method in IDEMPOTENT and not request.body_exists
         refusals: list[tuple[Backend, Refused]] = []
         last = NONE
-        for backend in decision.backends:
+        for index, backend in enumerate(decision.backends):
             last = str(backend)
+            if index > 0 and refusals and decision.backoff > 0:
+                await asyncio.sleep(min(decision.backoff, max(0.0, deadline - self._loop.time())))
             began = self._loop.time()
             left = deadline - began
             if left <= 0:
@@ -584,9 +719,17 @@ class GatewayServer:
                 self._report(backend, Outcome(kind="refused", reason=refused.reason), began)
                 refusals.append((backend, refused))
                 continue
+            last_one = index == len(decision.backends) - 1
+            respond = self._responder(decision, may_decline=replayable and not last_one)
             try:
                 result = await self._exchange(
-                    request, stream, head, upgrade=upgrade, deadline=deadline, answer=answer
+                    request,
+                    stream,
+                    head,
+                    upgrade=upgrade,
+                    deadline=deadline,
+                    answer=answer,
+                    respond=respond,
                 )
             finally:
                 stream.reset(ErrorCode.CANCEL, "exchange over")  # a no-op once both ends closed
@@ -597,6 +740,20 @@ class GatewayServer:
                 continue
             return last, result
         return last, self._unavailable(refusals, decision, started, deadline)
+
+    @staticmethod
+    def _responder(decision: Decision, *, may_decline: bool) -> ResponseHook:
+        """The response head's hook: retry codes held back, the route's modifier, a cookie."""
+
+        def respond(status: int, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            if may_decline and status in decision.retry_codes:
+                raise ResponseDeclined(status)
+            out = head_rules.modify(fields, decision.response_modifier)
+            if decision.set_cookie is not None:
+                out.append(("Set-Cookie", decision.set_cookie))
+            return out
+
+        return respond
 
     def _report(self, backend: Backend, outcome: Outcome, began: float) -> None:
         seconds = self._loop.time() - began
@@ -639,6 +796,7 @@ class GatewayServer:
         upgrade: bool,
         deadline: float,
         answer: float,
+        respond: ResponseHook | None = None,
     ) -> _Result:
         watchdog = _Watchdog(
             stream, answer=answer, idle=self.settings.stream_idle_timeout, deadline=deadline
@@ -648,13 +806,22 @@ class GatewayServer:
             async with asyncio.timeout(None) as scope:
                 watchdog.start(scope)
                 try:
-                    reply = await forward(request, stream, head, upgrade=upgrade)
+                    reply = await forward(request, stream, head, upgrade=upgrade, respond=respond)
                 finally:
                     watchdog.stop()
         except TimeoutError:
             if watchdog.fired is None:
                 raise
             return self._timed_out(request, stream, watchdog.fired, answer, began)
+        except ResponseDeclined as declined:
+            detail = f"{stream.target}: answered {declined.status}, a status the route retries"
+            log.debug("%s", detail)
+            return _Result(
+                response=_problem(502, "retried_status", detail),
+                code="5xx",
+                outcome=Outcome(kind="answered", status=declined.status),
+                retry=Refused(502, "retried_status", detail),
+            )
         except (UpstreamError, StreamError) as error:
             body = request.content
             if isinstance(body, _BoundedBody) and body.overflowed:

@@ -81,6 +81,19 @@ def test_active_checks_need_thresholds_both_ways() -> None:
     assert board.available() == {"a": 6.0}
 
 
+def test_a_check_result_may_carry_its_routes_own_thresholds() -> None:
+    board = board_of("a")  # the board's thresholds are 2 and 2
+    fail = CheckResult(ok=False, unhealthy_threshold=3, healthy_threshold=1)
+    ok = CheckResult(ok=True, unhealthy_threshold=3, healthy_threshold=1)
+    assert board.observe("a", fail, now=1.0) is None
+    assert board.observe("a", fail, now=2.0) is None  # 2 < 3: still in
+    changed = board.observe("a", fail, now=3.0)
+    assert changed is not None
+    assert changed.reasons == (Reason.FAILING_CHECKS,)
+    assert board.observe("a", ok, now=4.0) is not None  # one pass is enough
+    assert board.available() == {"a": 4.0}
+
+
 def test_consecutive_errors_eject_for_growing_capped_times() -> None:
     board = board_of("a", "b", "c", "d")
     for now in (1.0, 2.0):
