@@ -85,7 +85,7 @@ class SessionMetrics:
             "tunnel_server_tunnel_request_duration_seconds",
             "HTTP requests relayed to an agent over its tunnel: seconds from sending the request"
             " to the target's response head, by target kind (node_service: the node proxy;"
-            " cluster_api: a cluster's API server; cluster_service: a cluster's Service)",
+            " cluster_api: a cluster's API server; the gateway times its own requests)",
             ["target_kind"],
             buckets=REQUEST_BUCKETS,
             registry=registry,
