@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     arguments.add_log_level(parser)
+    logs.add_log_format(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     defaults = AgentSettings()
     run = sub.add_parser(
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = sys.argv[1:] if argv is None else argv
     args, rest = parser.parse_known_args(arguments.join_negative_values(parser, given))
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, log_format=args.log_format)
     if args.command == "simulate":
         try:
             return simulator.main(arguments.join_negative_values(simulator.build_parser(), rest))

@@ -89,6 +89,12 @@ class TunnelMetrics:
         self.rtt = prometheus_client.Gauge(
             "edge_agent_tunnel_rtt_seconds", "Last keepalive round-trip time", registry=registry
         )
+        self.certificate_expiry = prometheus_client.Gauge(
+            "edge_agent_certificate_expiry_timestamp_seconds",
+            "When this node's client certificate expires (Unix s); set at each connection"
+            " attempt and renewal, absent until the first attempt (not joined yet)",
+            registry=registry,
+        )
 
 
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -309,6 +315,8 @@ class TunnelClient:
     def _ssl_context(self, identity: Identity) -> ssl.SSLContext:
         """The same context while the certificate is the same: pooled connections key on it."""
         serial = identity.certificate.serial_number
+        # Every attempt loads the identity from disk: the one a renewal or re-join wrote.
+        self.metrics.certificate_expiry.set(identity.not_after.timestamp())
         if self._ssl is None or self._ssl[0] != serial:
             self._ssl = (serial, identity.client_ssl_context())
         return self._ssl[1]
@@ -384,6 +392,7 @@ class TunnelClient:
                         log.warning("certificate renewal failed; will retry: %s", failed)
                         identity = Identity.load(self._data_dir)
                 log.info("certificate valid until %s", identity.not_after.isoformat())
+                self.metrics.certificate_expiry.set(identity.not_after.timestamp())
             await asyncio.sleep(self._settings.renew_check_interval)
 
     def _prefix_handler(self, target: str) -> BuiltinTarget | None:

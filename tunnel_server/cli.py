@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tunnel-server {__version__}")
     arguments.add_log_level(parser)
+    logs.add_log_format(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     defaults = ServerSettings()
     run = sub.add_parser(
@@ -714,7 +715,7 @@ def main(argv: list[str] | None = None, *, gateway_router: Router | None = None)
     parser = build_parser()
     given = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(arguments.join_negative_values(parser, given))
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, log_format=args.log_format)
     try:
         return _dispatch(args, gateway_router=gateway_router)
     except CliError as exc:

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -56,6 +57,11 @@ __all__ = ["Call", "KubeProxy", "serve_kube_proxy"]
 log = logging.getLogger("edge_agent.kubecache.proxy")
 
 
+REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Seconds: a cache answer takes ~1 ms, one through the tunnel a round trip or more, a large
+LIST some seconds."""
+
+
 class BodyTooLargeError(ValueError):
     pass
 
@@ -84,6 +90,14 @@ class KubeProxy:
         self.settings = settings
         self.upstream = upstream
         self.metrics = KubeCacheMetrics(registry)
+        self.request_duration = prometheus_client.Histogram(
+            "edge_kubecache_request_duration_seconds",
+            "Requests to the kube proxy, by verb, from parsing to the handler's return (the"
+            " whole answer relayed); WATCH is left out: it lasts as long as the client wants",
+            ["verb"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
         self.health = HealthChecker(upstream=upstream, settings=settings.health)
         self.store = AsyncStore(metrics=self.metrics)
         self.forwarder = Forwarder(
@@ -155,7 +169,13 @@ class KubeProxy:
             representation=negotiate(request.headers.get("Accept")),
             body=body,
         )
-        return await self._route(call)
+        if info.verb is Verb.WATCH:
+            return await self._route(call)
+        began = time.monotonic()
+        try:
+            return await self._route(call)
+        finally:
+            self.request_duration.labels(info.verb.value).observe(time.monotonic() - began)
 
     async def _route(self, call: Call) -> web.StreamResponse:
         """Upstream while it may be reachable, else (or once it failed) locally."""

@@ -16,6 +16,11 @@ Rules:
    episode and counts every refusal (`Metrics.refused_outbox_full`). Availability changes get
    `availability_headroom` records more; beyond that the device row keeps the latest state with
    an "unsent" flag and it is queued as soon as there is room. Nothing is ever dropped silently.
+5. Backlog on /metrics (`OutboxCollector`): records waiting, and how long the oldest has
+   waited. The table keeps no timestamps, so the age comes from memory: `notify` (called after
+   each commit) notes (newest id, time) at most once per `AGE_RESOLUTION` seconds, and the age
+   of the oldest record is measured from the first note that covers its id: exact to within
+   that resolution (never younger than it is). Records found at start count from the start.
 """
 
 from __future__ import annotations
@@ -24,16 +29,29 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from edge_agent.twins.payloads import Code, RequestError
 from edge_agent.twins.twin_store import TwinStore
 
-__all__ = ["Metrics", "Outbox", "OutboxSettings", "Sender"]
+__all__ = ["Metrics", "Outbox", "OutboxCollector", "OutboxSettings", "Sender"]
 
 log = logging.getLogger("edge_agent.twins.outbox")
+
+AGE_RESOLUTION = 1.0
+"""Seconds between two notes of the newest record id: the oldest record's age is exact to
+within this, and the notes kept are at most one per second of backlog."""
+
+MAX_AGE_NOTES = 100_000
+"""Notes kept at most (27 h of a backlog growing every second); past it the last note covers
+the newer records too, so the age errs on the old side, never the young one."""
 
 
 class Sender(Protocol):
@@ -101,8 +119,15 @@ class Outbox:
         settings: OutboxSettings,
         metrics: Metrics,
         on_room: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._clock = clock
+        self._notes: deque[tuple[int, float]] = deque()
+        """(newest outbox id, when first seen), ids growing: when each record started waiting."""
+        _, newest = store.outbox_bounds()
+        if newest >= 0:
+            self._notes.append((newest, clock()))  # from before this start: count from now
         self._sender = sender
         self._settings = settings
         self._metrics = metrics
@@ -143,7 +168,35 @@ class Outbox:
 
     def notify(self) -> None:
         """New records were committed: deliver them."""
+        self._note_newest()
         self._wake.set()
+
+    def _note_newest(self) -> None:
+        _, newest = self._store.outbox_bounds()
+        if newest < 0:
+            return
+        now = self._clock()
+        if self._notes and newest <= self._notes[-1][0]:
+            return
+        if self._notes and (
+            now - self._notes[-1][1] < AGE_RESOLUTION or len(self._notes) >= MAX_AGE_NOTES
+        ):
+            # Extend the last note: these records count from its (earlier) time.
+            self._notes[-1] = (newest, self._notes[-1][1])
+            return
+        self._notes.append((newest, now))
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest waiting record has waited (0 when none waits); see rule 5."""
+        oldest, newest = self._store.outbox_bounds()
+        while self._notes and self._notes[0][0] < oldest:
+            self._notes.popleft()  # every record of this note was delivered
+        if newest < oldest:
+            self._notes.clear()
+            return 0.0
+        if not self._notes:  # committed without notify (not done today): count from now
+            self._notes.append((newest, self._clock()))
+        return max(0.0, self._clock() - self._notes[0][1])
 
     def kick(self) -> None:
         """Retry now instead of waiting out the backoff (e.g. the tunnel just reconnected)."""
@@ -195,3 +248,47 @@ class Outbox:
                 await self._kick.wait()
         except TimeoutError:
             pass
+
+
+class OutboxCollector(Collector):
+    """The outbox on /metrics: backlog, oldest age, deliveries, failures and refusals.
+
+    Register it in the agent's registry: ``registry.register(OutboxCollector(outbox))``.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        outbox, metrics = self._outbox, self._outbox._metrics  # noqa: SLF001 - same module
+        yield GaugeMetricFamily(
+            "edge_agent_twins_outbox_records",
+            "Records waiting for the cloud to acknowledge them (device reports, changes)",
+            value=outbox.size,
+        )
+        yield GaugeMetricFamily(
+            "edge_agent_twins_outbox_oldest_age_seconds",
+            "How long the oldest waiting record has waited (0 when none waits); records found"
+            " at start count from the start",
+            value=outbox.oldest_age(),
+        )
+        yield GaugeMetricFamily(
+            "edge_agent_twins_outbox_capacity_records",
+            "Records the outbox holds at most before device reports are refused",
+            value=outbox._settings.max_records,  # noqa: SLF001 - same module
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_outbox_delivered_records",
+            "Records the cloud acknowledged",
+            value=metrics.delivered_records,
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_outbox_delivery_failures",
+            "Batches whose delivery failed (retried with backoff)",
+            value=metrics.delivery_failures,
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_outbox_refused",
+            "Device reports refused with outbox_full: the write that could not be queued",
+            value=metrics.refused_outbox_full,
+        )

@@ -34,7 +34,16 @@ from aiohttp import web
 
 from tunnel_aio import StreamError, TunnelClosedError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.app_keys import AGENT_SERVICES_KEY, HISTORY_KEY, SETTINGS_KEY
+from tunnel_server.app_keys import (
+    AGENT_SERVICES_KEY,
+    AUTHORITY_KEY,
+    HISTORY_KEY,
+    REGISTRY_KEY,
+    SESSIONS_KEY,
+    SETTINGS_KEY,
+    STORE_KEY,
+)
+from tunnel_server.status.fleet_metrics import FleetCollector, server_certificates
 from tunnel_server.status.history import Metrics, StatusHistory, StatusSettings
 from tunnel_server.tunnel.sessions import AgentSession
 
@@ -184,12 +193,27 @@ async def _maintain(history: StatusHistory) -> None:
 
 
 def setup(app: web.Application, *, settings: StatusSettings | None = None) -> None:
-    """Register the ``status`` agent service and the history; needs the tunnel endpoint set up."""
+    """Register the ``status`` agent service, the history and the fleet's gauges (/metrics).
+
+    Needs the tunnel endpoint, the store and the authority set up.
+    """
     history = StatusHistory.open(
         app[SETTINGS_KEY].data_dir, settings=settings or StatusSettings(), now=time.time()
     )
     app[HISTORY_KEY] = history
     app[AGENT_SERVICES_KEY][STATUS_TARGET] = serve_status
+    # Nodes online and certificate expiry on /metrics (alertable from the server's view).
+    authority = app[AUTHORITY_KEY]
+    certificates = server_certificates(
+        ca=authority.certificate, serving_path=authority.serving_cert_path
+    )
+    app[REGISTRY_KEY].register(
+        FleetCollector(
+            store=app[STORE_KEY],
+            sessions=app[SESSIONS_KEY],
+            server_certificates=lambda: certificates,
+        )
+    )
 
     async def background(_app: web.Application) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as group:

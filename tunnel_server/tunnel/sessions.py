@@ -81,6 +81,31 @@ class SessionMetrics:
         self.streams_opened = prometheus_client.Counter(
             "tunnel_streams_opened", "Streams opened towards agents", ["result"], registry=registry
         )
+        self.request_duration = prometheus_client.Histogram(
+            "tunnel_server_tunnel_request_duration_seconds",
+            "HTTP requests relayed to an agent over its tunnel: seconds from sending the request"
+            " to the target's response head, by target kind (node_service: the node proxy;"
+            " cluster_api: a cluster's API server; the gateway times its own requests)",
+            ["target_kind"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Seconds: a LAN round trip is ~5 ms, a cellular one 100 ms+, a slow API list some seconds."""
+
+CLUSTER_API_TARGET = "kube-apiserver"
+CLUSTER_SERVICE_PREFIX = "service/"
+
+
+def target_kind(target: str) -> str:
+    """The bounded label for a stream's target (the name itself is the node's to choose)."""
+    if target == CLUSTER_API_TARGET:
+        return "cluster_api"
+    if target.startswith(CLUSTER_SERVICE_PREFIX):
+        return "cluster_service"
+    return "node_service"
 
 
 class SessionRegistry:

@@ -16,12 +16,16 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 import pytest
 import yaml
 
+from daemon_support.twin_database import Durability
 from edge_agent.cluster.elastic.webhook import WebhookMetrics
+from edge_agent.twins.outbox import Metrics, Outbox, OutboxCollector, OutboxSettings
+from edge_agent.twins.twin_store import TwinStore
 from tests.harness.daemons import Agent, Server
 from tests.harness.kube import DEFAULT_BIN
 from tests.harness.procs import free_port
@@ -39,6 +43,10 @@ FROM_PROMETHEUS = {"up"}
 CLUSTER_MODE_ONLY = {"edgefleet_agent_elastic_webhook_certificate_expiry_timestamp_seconds"}
 """Served only by a cluster-mode agent with [cluster.elastic] on (a member cluster to run):
 checked against the agent's WebhookMetrics instead of a scrape."""
+
+TWINS_ONLY = {"edge_agent_twins_outbox_records", "edge_agent_twins_outbox_oldest_age_seconds"}
+"""Served only by an agent with [twins] on (an MQTT broker to run): checked against the
+outbox's collector on a real twin store instead of a scrape."""
 
 _PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool", "offset"}
 _PROMQL_WORDS |= {"group_left", "group_right", "inf", "nan"}
@@ -156,7 +164,7 @@ def test_every_metric_the_rules_read_is_exported(scraped: set[str]) -> None:
     used = {rule["alert"]: metric_names(rule["expr"]) for rule in rules()}
     assert all(used.values()), used  # every rule reads something the reader found
     names = set().union(*used.values())
-    missing = sorted(names - scraped - FROM_PROMETHEUS - CLUSTER_MODE_ONLY)
+    missing = sorted(names - scraped - FROM_PROMETHEUS - CLUSTER_MODE_ONLY - TWINS_ONLY)
     assert not missing, f"the rules read metrics no daemon exports: {missing}"
 
 
@@ -165,3 +173,22 @@ def test_cluster_mode_metrics_the_rules_read_exist() -> None:
     WebhookMetrics(registry)
     page = prometheus_client.generate_latest(registry).decode()
     assert exposed(page) >= CLUSTER_MODE_ONLY
+
+
+def test_twins_metrics_the_rules_read_exist(tmp_path: Path) -> None:
+    store = TwinStore(tmp_path / "twins.sqlite3", node="n", durability=Durability.NORMAL)
+    try:
+        outbox = Outbox(
+            store=store, sender=_NoCloud(), settings=OutboxSettings(), metrics=Metrics()
+        )
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(OutboxCollector(outbox))
+        page = prometheus_client.generate_latest(registry).decode()
+    finally:
+        store.close()
+    assert exposed(page) >= TWINS_ONLY
+
+
+class _NoCloud:
+    async def deliver(self, batch: list[dict[str, Any]]) -> None:
+        raise ConnectionError(f"not used: the outbox is not run here ({len(batch)} records)")
