@@ -68,6 +68,7 @@ from edge_agent.tunnel_upstream import open_tunnel_upstream
 from edge_agent.twin_link import CloudTwinLink
 from edge_agent.twins import TwinMqttService
 from edge_agent.twins.models import ReceivedModels
+from edge_agent.twins.outbox import OutboxCollector
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -407,6 +408,8 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
     twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
+    if twins is not None:
+        registry.register(OutboxCollector(twins.service.outbox))
     cluster = (
         _ClusterPart.start(
             settings.cluster,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -35,6 +36,14 @@ async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(system: S
     assert [item["id"] for item in page["items"]] == [f"{NODE}:th-1"]
     assert page["metadata"] == {"continue": None}
     assert page["items"][0]["createdAt"].endswith("+00:00")  # RFC 3339
+    # The agent's outbox on its /metrics: the report went out through it (issue 19 alerts).
+    url = f"http://127.0.0.1:{system.agent.local_api_port}/metrics"
+    async with system.http.get(url) as answer:
+        metrics = await answer.text()
+    delivered = re.search(r"(?m)^edge_agent_twins_outbox_delivered_records_total (\S+)$", metrics)
+    assert delivered, metrics
+    assert float(delivered[1]) >= 1
+    assert re.search(r"(?m)^edge_agent_twins_outbox_records \S+$", metrics), metrics
 
 
 async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(system: System) -> None:
