@@ -385,10 +385,15 @@ class NodePoolAutoscaler:
             delay = settings.resync_seconds
             if wake_at is not None:
                 delay = min(delay, max(0.0, wake_at - self._clock()))
-            await self._until_step_needed(time.monotonic() + delay)
+            await self._until_step_needed(time.monotonic() + delay, last)
 
-    async def _until_step_needed(self, deadline: float) -> None:
-        """Until ``deadline`` (monotonic), or a change that may change the step's decision."""
+    async def _until_step_needed(self, deadline: float, last: float) -> None:
+        """Until ``deadline`` (monotonic), or a change that may change the step's decision.
+
+        ``last``: when the last step started (monotonic): a change of the pods alone is
+        compared no earlier than a step would start, and comparisons (a pass over the pods,
+        cheaper than a step) are as far apart, so a burst is compared once.
+        """
         while (left := deadline - time.monotonic()) > 0:
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -396,15 +401,18 @@ class NodePoolAutoscaler:
                         await self._wake.wait()
             if not self._wake.is_set():
                 return  # the deadline
-            if self._outcomes or self._changed != {"pods"}:
+            if self._outcomes or self._changed != {"pods"} or self._seen is None:
                 return
             # Pods alone changed: throttled like steps, then compared with the last step's.
-            await asyncio.sleep(self.settings.min_step_interval_seconds)
+            gap = last + self.settings.min_step_interval_seconds - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             if self._outcomes or self._changed != {"pods"}:
                 return
             self._wake.clear()
             self._changed.clear()
-            if self._seen is None or self._pods_now() != self._seen:
+            last = time.monotonic()  # comparisons too are one per interval at most
+            if self._pods_now() != self._seen:
                 return
             self.skipped += 1
 

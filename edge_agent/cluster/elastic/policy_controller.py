@@ -1115,7 +1115,7 @@ class PolicyController:
                 if plan.wake_at is not None:
                     delay = min(delay, max(0.0, plan.wake_at - self._clock()))
             if delay > 0:
-                await self._wait_needed(informers, revisions, time.monotonic() + delay)
+                await self._wait_needed(informers, revisions, time.monotonic() + delay, started)
             # Coalesce a burst of events, and honour the back-off after a failure.
             pause = max(
                 started + settings.min_pass_interval - time.monotonic(),
@@ -1125,9 +1125,17 @@ class PolicyController:
                 await asyncio.sleep(pause)
 
     async def _wait_needed(
-        self, informers: Sequence[Informer], revisions: Sequence[int], deadline: float
+        self,
+        informers: Sequence[Informer],
+        revisions: Sequence[int],
+        deadline: float,
+        started: float,
     ) -> None:
-        """Until ``deadline`` (monotonic) or a change a pass would read (module rules)."""
+        """Until ``deadline`` (monotonic) or a change a pass would read (module rules).
+
+        ``started``: when the last pass started (monotonic): a change of the pods alone is
+        compared no earlier than the next pass could start, so a burst is compared once.
+        """
         revisions = list(revisions)
         while (left := deadline - time.monotonic()) > 0:
             await self._wait_changed(informers, revisions, left)
@@ -1137,10 +1145,13 @@ class PolicyController:
             if now[1:] != revisions[1:]:
                 return  # nodes or policies changed
             # The pods alone: wait as a pass would, so a burst is compared once, then compare.
-            await asyncio.sleep(self.settings.min_pass_interval)
+            pause = started + self.settings.min_pass_interval - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             revisions = [informer.revision for informer in informers]
             if revisions[1:] != now[1:]:
                 return
+            started = time.monotonic()  # comparisons too are one per interval at most
             if _pods_read(self._pods.items(), self._policies.items()) != self._read:
                 return
             self.skipped += 1

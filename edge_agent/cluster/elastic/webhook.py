@@ -42,6 +42,11 @@ Rules:
   loop (``asyncio.run_coroutine_threadsafe``), so that mode keeps waiting for the main loop.
   Certificate reloads run on the listener's loop (the context it handshakes with). Metrics
   (prometheus_client) and logging are thread-safe.
+* The GIL: while ``run`` serves, the interpreter's switch interval is at most
+  ``SWITCH_INTERVAL`` (the one place it is set; the previous value is restored on the way
+  out). The listener releases the GIL at every socket and TLS call and must take it back from
+  a main loop busy with a pass; at the default 5 ms each of those hand-backs can cost 5 ms,
+  several per review (docs/benchmarks.md, "Elastic clusters", measures both).
 * Policies are parsed once per informer revision; invalid ones are skipped (the policy
   controller reports them in their status).
 * Certificates: ``webhook_tls`` (self-made CA, renewed ``certificate_renew_days`` before
@@ -69,6 +74,7 @@ import ipaddress
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -221,6 +227,10 @@ _NO_POLICIES = _PolicySnapshot(revision=-1, synced=False, by_namespace={}, statu
 _IDLE_WAIT = 3600.0
 """Seconds one ``wait_changed`` of the policies follower lasts before it is simply made again."""
 LISTENER_THREAD = "elastic-webhook-listener"
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread holding the GIL keeps it while the listener waits for it (Python's default
+is 0.005): bounds each hand-back to 1 ms; the main loop's passes pay a forced switch only when
+the listener is waiting, i.e. a few per review."""
 
 Decide = Callable[[Mapping[str, Any]], Awaitable[tuple[str, dict[str, Any]]]]
 
@@ -783,8 +793,10 @@ class AdmissionWebhook:
         listener = _ListenerThread(
             self.application(listener_thread=True), self._listen_host, self._listen_port, context
         )
+        switch_interval = sys.getswitchinterval()
         listener.start()
         try:
+            sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL))
             self._port = await asyncio.wrap_future(listener.started)
             log.info(
                 "elastic webhook: serving https on %s:%d (%s mode, thread %s)",
@@ -802,6 +814,7 @@ class AdmissionWebhook:
         finally:
             self.ready.clear()
             self._port = 0
+            sys.setswitchinterval(switch_interval)
             listener.stop()
             await listener.join()
 
