@@ -1261,7 +1261,10 @@ scheduled" is about pods/20 s in every row).
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else ""
     if START in text and END in text:
-        text = replace_section(text, section, START, END)
+        # replace_section puts its own markers around the section: without this, every run
+        # added a pair (and left the old end markers behind).
+        inner = section.strip().removeprefix(START).removesuffix(END).strip("\n")
+        text = replace_section(text, inner, START, END)
     else:
         text = (
             text.rstrip("\n")
