@@ -1174,15 +1174,16 @@ def markdown(report: Mapping[str, Any]) -> str:
         ),
         "",
         (
-            "The agent runs its webhook on the same event loop as its informers, policy "
-            "controller and autoscaler. One pass of the policy controller's planner "
-            "(`policy_controller.plan_pass`, synchronous on that loop, over every pod of the "
-            "cluster; timed in the bench process on the member's objects as they were) took "
-            f"{cell(dig('webhook', 'controller_pass', 'median_ms'))} ms (median of 5) over "
-            f"{cell(dig('webhook', 'controller_pass', 'pods'))} pods after the probes, and "
-            f"{cell(dig('scale_up', 'controller_pass', 'median_ms'))} ms over "
+            "The agent serves its webhook on a listener thread of its own (in hold mode it "
+            "decides from a snapshot of the parsed policies); its informers, policy controller "
+            "and autoscaler share the main event loop. One pass of the policy controller's "
+            "planner (`policy_controller.plan_pass`, synchronous on the main loop, over every "
+            "pod of the cluster; timed in the bench process on the member's objects as they "
+            f"were) took {cell(dig('webhook', 'controller_pass', 'median_ms'))} ms (median of "
+            f"5) over {cell(dig('webhook', 'controller_pass', 'pods'))} pods after the probes, "
+            f"and {cell(dig('scale_up', 'controller_pass', 'median_ms'))} ms over "
             f"{cell(dig('scale_up', 'controller_pass', 'pods'))} pods after the scale-up; a "
-            "review that arrives during a pass waits for it. During the "
+            "review arriving during a pass competes with it only for the GIL. During the "
             f"{cell(dig('webhook', 'probe_seconds'))} s of probes the controller made "
             f"{cell(dig('webhook', 'policy_passes'))} passes and the autoscaler "
             f"{cell(dig('webhook', 'autoscaler_steps'))} steps of "
@@ -1260,7 +1261,10 @@ scheduled" is about pods/20 s in every row).
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else ""
     if START in text and END in text:
-        text = replace_section(text, section, START, END)
+        # replace_section puts its own markers around the section: without this, every run
+        # added a pair (and left the old end markers behind).
+        inner = section.strip().removeprefix(START).removesuffix(END).strip("\n")
+        text = replace_section(text, inner, START, END)
     else:
         text = (
             text.rstrip("\n")

@@ -10,7 +10,13 @@ Rules:
   ``drain.CORDON_ANNOTATION``: a restart mid-drain must not keep a node cordoned for ever),
   then steps: at once, and again on any informer change, on a provider's or drain's outcome,
   at the step's ``wake_at``, and at least every ``resync_seconds``. Two steps are at least
-  ``min_step_interval_seconds`` apart, so a burst of changes is one step.
+  ``min_step_interval_seconds`` apart, so a burst of changes is one step. A change of the pods
+  alone starts no step when it changes nothing the autoscaler reads of them
+  (``_pods_seen``): no pod is pending-unschedulable now or at the last step, and the pods
+  running on nodes (name, uid, node, generation) are the same; with no node in any pool, only
+  pending pods count. The step would decide the same; the wake-up time and the resync stand.
+  (Pod status updates, and pods bound while the pools have no nodes, made most steps: each a
+  synchronous pass over every pod on the agent's loop.)
 * The nodes are handed to the autoscaler as the informer has them (the informer's objects are
   shared: never changed). A Ready node still carrying a not-ready taint is the core's to judge
   (``autoscaler.NOT_READY_TAINTS``).
@@ -166,6 +172,45 @@ class DriverSettings:
             )
 
 
+_PodSeen = tuple[str, str, str, str, object]
+"""A pod running on a node as a step sees it: namespace, name, uid, node, generation."""
+
+
+def _pending_unschedulable(pod: Mapping[str, Any]) -> bool:
+    """The core's own test (``autoscaler`` rules): unbound, not deleting, Unschedulable."""
+    if _dict(pod.get("spec")).get("nodeName") or _meta(pod).get("deletionTimestamp"):
+        return False
+    conditions = _dict(pod.get("status")).get("conditions")
+    return any(
+        _dict(c).get("type") == "PodScheduled"
+        and _dict(c).get("status") == "False"
+        and _dict(c).get("reason") == "Unschedulable"
+        for c in (conditions if isinstance(conditions, list) else [])
+    )
+
+
+def _pods_seen(
+    pods: Mapping[tuple[str, str], Mapping[str, Any]], *, any_pool_node: bool
+) -> frozenset[_PodSeen] | None:
+    """What a step reads of the pods, or None when a pod is pending-unschedulable (step).
+
+    Running pods count with what a step uses of them (their node; their requests, which only
+    a spec change, so a new generation, changes); without pool nodes there is nothing to
+    scale down, so only pending pods matter.
+    """
+    seen: set[_PodSeen] = set()
+    for (namespace, name), pod in pods.items():
+        node = _dict(pod.get("spec")).get("nodeName")
+        if not node:
+            if _pending_unschedulable(pod):
+                return None
+            continue
+        if any_pool_node and _dict(pod.get("status")).get("phase") not in {"Succeeded", "Failed"}:
+            meta = _meta(pod)
+            seen.add((namespace, name, str(meta.get("uid", "")), str(node), meta.get("generation")))
+    return frozenset(seen)
+
+
 class _Metrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.steps = prometheus_client.Counter(
@@ -278,6 +323,12 @@ class NodePoolAutoscaler:
         self._drainer = Drainer(api=api, pods=pods, settings=self.settings.drain)
         self._metrics = _Metrics(registry or prometheus_client.CollectorRegistry())
         self._wake = asyncio.Event()
+        self._changed: set[str] = set()
+        """Which informers changed since the last step (``pools``, ``nodes``, ``pods``)."""
+        self._seen: frozenset[_PodSeen] | None = None
+        """``_pods_seen`` at the last step (None: a pod was pending, or no step yet)."""
+        self.skipped = 0
+        """Wake-ups on a change of the pods alone that needed no step (for tests, the bench)."""
         self._outcomes: list[Event] = []
         self._parsed: dict[str, NodePool] = {}
         self._invalid: dict[str, tuple[str, int | None]] = {}
@@ -312,7 +363,9 @@ class NodePoolAutoscaler:
                 ("nodes", self._nodes),
                 ("pods", self._pods),
             ):
-                group.create_task(self._watch(informer), name=f"elastic.autoscaler.watch.{what}")
+                group.create_task(
+                    self._watch(what, informer), name=f"elastic.autoscaler.watch.{what}"
+                )
             group.create_task(self._write_events(), name="elastic.autoscaler.events")
             group.create_task(self._write_statuses(), name="elastic.autoscaler.status")
             await self._recover_cordons()
@@ -326,28 +379,62 @@ class NodePoolAutoscaler:
             if gap > 0:
                 await asyncio.sleep(gap)
             self._wake.clear()  # a change from here on wakes the next step
+            self._changed.clear()
             last = time.monotonic()
             wake_at = self._step()
             delay = settings.resync_seconds
             if wake_at is not None:
                 delay = min(delay, max(0.0, wake_at - self._clock()))
-            if delay > 0 and not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
+            await self._until_step_needed(time.monotonic() + delay, last)
 
-    async def _watch(self, informer: Informer) -> None:
+    async def _until_step_needed(self, deadline: float, last: float) -> None:
+        """Until ``deadline`` (monotonic), or a change that may change the step's decision.
+
+        ``last``: when the last step started (monotonic): a change of the pods alone is
+        compared no earlier than a step would start, and comparisons (a pass over the pods,
+        cheaper than a step) are as far apart, so a burst is compared once.
+        """
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._wake.wait()
+            if not self._wake.is_set():
+                return  # the deadline
+            if self._outcomes or self._changed != {"pods"} or self._seen is None:
+                return
+            # Pods alone changed: throttled like steps, then compared with the last step's.
+            gap = last + self.settings.min_step_interval_seconds - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            if self._outcomes or self._changed != {"pods"}:
+                return
+            self._wake.clear()
+            self._changed.clear()
+            last = time.monotonic()  # comparisons too are one per interval at most
+            if self._pods_now() != self._seen:
+                return
+            self.skipped += 1
+
+    def _pods_now(self) -> frozenset[_PodSeen] | None:
+        nodes = self._nodes.items().values()
+        any_pool_node = any(POOL_LABEL in _dict(_meta(node).get("labels")) for node in nodes)
+        return _pods_seen(self._pods.items(), any_pool_node=any_pool_node)
+
+    async def _watch(self, what: str, informer: Informer) -> None:
         revision = informer.revision
         while True:
             seen = await informer.wait_changed(revision, _IDLE_WATCH_SECONDS)
             if seen > revision:
                 revision = seen
+                self._changed.add(what)
                 self._wake.set()
 
     def _step(self) -> float | None:
         started = time.monotonic()
         now = self._clock()
         outcomes, self._outcomes = self._outcomes, []
+        self._seen = self._pods_now()  # what this step reads (no await until it has)
         pools = self._read_pools(now)
         decision = self._core.step(
             now=now,

@@ -11,7 +11,11 @@ Rules:
 * A pass starts once the three informers are synced, then whenever one of them changed, when a
   TimeoutOrExceedMax timeout or a retry falls due (``wake_at``), and at least every
   ``resync_seconds``; never more often than every ``min_pass_interval`` (a burst of pod events
-  makes one pass, not a thousand).
+  makes one pass, not a thousand). Passes never overlap: changes during a pass are seen by the
+  informers' revisions and make the next one. A change of the pods alone makes no pass when
+  no pod a pass reads changed (``_pods_read``: pods of namespaces with a ResourcePolicy, and
+  pods at our gate or with our policy annotation anywhere): a pass is synchronous over every
+  pod on the agent's loop, and pods of other namespaces were most of the changes.
 * Per policy, in this order: a policy ``parse_resource_policy`` refuses gets the status
   ``invalid_status`` (``Accepted=False`` saying why) and nothing else is done for it: its pods
   stay at the gate until it is fixed. A valid one: ``try_next`` (stuck pods deleted, see
@@ -415,6 +419,22 @@ class PassPlan:
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+_PodRead = tuple[Key, str]
+"""A pod a pass reads: its key and resourceVersion."""
+
+
+def _pods_read(
+    pods: Mapping[Key, Mapping[str, Any]], policies: Iterable[Key]
+) -> frozenset[_PodRead]:
+    """The pods a pass reads (see the module's rules), each with its resourceVersion."""
+    namespaces = {namespace for namespace, _ in policies}
+    return frozenset(
+        (key, str(_metadata(pod).get("resourceVersion", "")))
+        for key, pod in pods.items()
+        if key[0] in namespaces or ANNOTATION_POLICY in _annotations(pod) or _gate(pod) is not None
+    )
 
 
 def _drop(records: dict[K, V], done: Callable[[K, V], bool]) -> None:
@@ -1034,6 +1054,10 @@ class PolicyController:
         self.memory = Memory()
         self.passes = 0
         """Passes completed (for tests and status)."""
+        self.skipped = 0
+        """Wake-ups on a change of the pods alone that changed no pod a pass reads."""
+        self._read: frozenset[_PodRead] = frozenset()
+        """``_pods_read`` at the start of the last pass."""
         self._failing: dict[str, str] = {}
         """Kind -> the failure logged as a warning, until that kind succeeds again."""
         self._backoff = 0.0
@@ -1081,6 +1105,8 @@ class PolicyController:
         while True:
             started = time.monotonic()
             revisions = [informer.revision for informer in informers]
+            # Taken with the caches the pass reads (no await between this and its reads).
+            self._read = _pods_read(self._pods.items(), self._policies.items())
             plan = await self._guarded_pass()
             if plan is None or plan.truncated:
                 delay = 0.0  # at once, or after the back-off (below)
@@ -1089,7 +1115,7 @@ class PolicyController:
                 if plan.wake_at is not None:
                     delay = min(delay, max(0.0, plan.wake_at - self._clock()))
             if delay > 0:
-                await self._wait_changed(informers, revisions, delay)
+                await self._wait_needed(informers, revisions, time.monotonic() + delay, started)
             # Coalesce a burst of events, and honour the back-off after a failure.
             pause = max(
                 started + settings.min_pass_interval - time.monotonic(),
@@ -1097,6 +1123,38 @@ class PolicyController:
             )
             if pause > 0:
                 await asyncio.sleep(pause)
+
+    async def _wait_needed(
+        self,
+        informers: Sequence[Informer],
+        revisions: Sequence[int],
+        deadline: float,
+        started: float,
+    ) -> None:
+        """Until ``deadline`` (monotonic) or a change a pass would read (module rules).
+
+        ``started``: when the last pass started (monotonic): a change of the pods alone is
+        compared no earlier than the next pass could start, so a burst is compared once.
+        """
+        revisions = list(revisions)
+        while (left := deadline - time.monotonic()) > 0:
+            await self._wait_changed(informers, revisions, left)
+            now = [informer.revision for informer in informers]
+            if now == revisions:
+                return  # the deadline
+            if now[1:] != revisions[1:]:
+                return  # nodes or policies changed
+            # The pods alone: wait as a pass would, so a burst is compared once, then compare.
+            pause = started + self.settings.min_pass_interval - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            revisions = [informer.revision for informer in informers]
+            if revisions[1:] != now[1:]:
+                return
+            started = time.monotonic()  # comparisons too are one per interval at most
+            if _pods_read(self._pods.items(), self._policies.items()) != self._read:
+                return
+            self.skipped += 1
 
     async def _wait_changed(
         self, informers: Sequence[Informer], revisions: Sequence[int], seconds: float

@@ -26,6 +26,27 @@ Rules:
   with the pod the cache shows later. An admission the cache never shows (a later admission
   step refused the pod) stops counting after ``WebhookTiming.in_flight`` seconds. Without
   the ``pods`` informer, or before both caches have synced, pods are held.
+* Threads: the HTTPS listener runs on a thread of its own (``elastic-webhook-listener``) with
+  its own event loop, so a review never waits behind the agent's loop, where the policy
+  controller's passes and the autoscaler's steps run synchronously over every pod for tens of
+  milliseconds (docs/benchmarks.md, "Elastic clusters"). ``run`` starts the thread, waits for
+  it to listen, and on the way out stops and joins it; an error of the thread (the port is
+  taken, the loop fails) ends ``run`` with that error. Inside each loop the tasks are named
+  tasks of task groups as everywhere else.
+* What the listener thread reads: in hold mode only ``_snapshot``, an immutable
+  ``_PolicySnapshot`` (the parsed policies per namespace and the informer's synced flag) that
+  the main loop replaces, with one attribute assignment, whenever the policies informer
+  changes: no lock, and a review decided during a change sees the old or the new policies,
+  never a mixture. Without hold the decision counts pods from the pods and nodes caches and
+  remembers its admissions, all main-loop state: the listener hands those reviews to the main
+  loop (``asyncio.run_coroutine_threadsafe``), so that mode keeps waiting for the main loop.
+  Certificate reloads run on the listener's loop (the context it handshakes with). Metrics
+  (prometheus_client) and logging are thread-safe.
+* The GIL: while ``run`` serves, the interpreter's switch interval is at most
+  ``SWITCH_INTERVAL`` (the one place it is set; the previous value is restored on the way
+  out). The listener releases the GIL at every socket and TLS call and must take it back from
+  a main loop busy with a pass; at the default 5 ms each of those hand-backs can cost 5 ms,
+  several per review (docs/benchmarks.md, "Elastic clusters", measures both).
 * Policies are parsed once per informer revision; invalid ones are skipped (the policy
   controller reports them in their status).
 * Certificates: ``webhook_tls`` (self-made CA, renewed ``certificate_renew_days`` before
@@ -45,14 +66,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
 import ssl
+import sys
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -185,6 +211,130 @@ class _Flight:
     """The admission request's uid, which the pod carries in ANNOTATION_ADMISSION."""
 
 
+@dataclass(frozen=True, slots=True)
+class _PolicySnapshot:
+    """The parsed policies as of one informer revision; the listener thread reads only this."""
+
+    revision: int
+    synced: bool
+    """The policies informer had listed once: before, every pod is admitted unchanged."""
+    by_namespace: Mapping[str, tuple[ResourcePolicy, ...]]
+    statuses: Mapping[Key, object]
+    """Each valid policy's ``status`` (units opened by timeouts; used without hold)."""
+
+
+_NO_POLICIES = _PolicySnapshot(revision=-1, synced=False, by_namespace={}, statuses={})
+_IDLE_WAIT = 3600.0
+"""Seconds one ``wait_changed`` of the policies follower lasts before it is simply made again."""
+LISTENER_THREAD = "elastic-webhook-listener"
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread holding the GIL keeps it while the listener waits for it (Python's default
+is 0.005): bounds each hand-back to 1 ms; the main loop's passes pay a forced switch only when
+the listener is waiting, i.e. a few per review."""
+
+Decide = Callable[[Mapping[str, Any]], Awaitable[tuple[str, dict[str, Any]]]]
+
+
+def _settle(future: concurrent.futures.Future[Any], *, error: BaseException | None = None) -> None:
+    """Finish ``future`` unless it is done, or cancelled by a waiter that gave up."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+class _ListenerThread:
+    """An aiohttp application served over HTTPS on a thread of its own, with its own loop.
+
+    ``started`` gets the bound port (or the error that kept it from listening), ``finished``
+    the thread's end (or its error); ``stop`` is safe from any thread, at any time.
+    """
+
+    def __init__(
+        self, app: web.Application, host: str | None, port: int, context: ssl.SSLContext
+    ) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self.context = context
+        self.started: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self.finished: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requested = False
+        # Daemon only so a crashed agent's interpreter can still exit; run() always joins it.
+        self._thread = threading.Thread(target=self._main, name=LISTENER_THREAD, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_requested = True
+            loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
+                loop.call_soon_threadsafe(stopping.set)
+
+    async def join(self) -> None:
+        """Wait, without blocking the caller's loop, until the thread has ended; never raises.
+
+        Not through ``finished``: a waiter on it that is cancelled cancels it (``wrap_future``).
+        """
+        await asyncio.to_thread(self._thread.join)
+
+    async def call(self, function: Callable[[], None]) -> None:
+        """Run ``function`` on the listener's loop (between two of its callbacks)."""
+
+        async def there() -> None:
+            function()
+
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the webhook listener is not running")
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(there(), loop))
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # noqa: BLE001 - handed to the agent's loop, not lost
+            _settle(self.started, error=error)
+            _settle(self.finished, error=error)
+        else:
+            _settle(self.started, error=RuntimeError("the webhook listener stopped early"))
+            _settle(self.finished)
+
+    async def _serve(self) -> None:
+        stopping = asyncio.Event()
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = stopping
+            if self._stop_requested:
+                stopping.set()
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port, ssl_context=self.context)
+            await site.start()
+            addresses = runner.addresses
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # a waiter gave up
+                self.started.set_result(int(addresses[0][1]) if addresses else self._port)
+            await stopping.wait()
+        finally:
+            # Taken before cleanup, which forgets them: it closes each TLS connection
+            # gracefully, waiting for the peer's close_notify, and this loop is about to
+            # close, so what is still open then is cut.
+            server = runner.server
+            handlers = server.connections if server is not None else []
+            transports = [h.transport for h in handlers if h.transport is not None]
+            await runner.cleanup()  # answers in progress get shutdown_timeout to finish
+            for transport in transports:
+                transport.abort()
+            await asyncio.sleep(0)  # let the aborts close their sockets
+
+
 class _BadRequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -307,9 +457,9 @@ class AdmissionWebhook:
         self.timing = WebhookTiming()
         self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
         """The wall clock for certificate validity (tests put a fake one here)."""
-        self._policy_revision = -1
-        self._by_namespace: dict[str, list[ResourcePolicy]] = {}
-        self._statuses: dict[Key, object] = {}
+        self._snapshot = _NO_POLICIES
+        """Replaced (never changed) by the main loop; read by the listener thread."""
+        self._main_loop: asyncio.AbstractEventLoop | None = None
         self._cache_revisions: tuple[int, int, int] = (-1, -1, -1)
         self._pods_by_namespace: dict[str, list[dict[str, Any]]] = {}
         self._admitted: set[str] = set()
@@ -324,13 +474,43 @@ class AdmissionWebhook:
 
     # ------------------------------------------------------------ serving
 
-    def application(self) -> web.Application:
-        """The aiohttp application answering ``POST /mutate-pods`` (``run`` serves it)."""
+    def application(self, *, listener_thread: bool = False) -> web.Application:
+        """The aiohttp application answering ``POST /mutate-pods``.
+
+        By default it decides on the loop that serves it, which must be the informers' loop
+        (tests serve it so). ``run`` serves it with ``listener_thread=True`` on the listener
+        thread, where it decides from the published snapshot (module rules).
+        """
+        decide = self._decide_from_listener if listener_thread else self._decide_here
+
+        async def handle(request: web.Request) -> web.Response:
+            return await self._handle(request, decide)
+
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post(WEBHOOK_PATH, self._handle)
+        app.router.add_post(WEBHOOK_PATH, handle)
         return app
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _decide_here(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Decide on the main loop (the informers' and the counting state's)."""
+        self._publish_policies()
+        return self._answer(request, self._snapshot)
+
+    async def _decide_from_listener(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if self._hold:
+            return self._answer(request, self._snapshot)
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._decide_here(request), self._loop())
+        except RuntimeError:  # the agent's loop is closing: fail open
+            log.warning("elastic webhook: admitting %s unchanged: no agent loop", request["uid"])
+            return "error", {}
+        return await asyncio.wrap_future(future)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._main_loop is None:
+            raise RuntimeError("the agent's loop is not known")
+        return self._main_loop
+
+    async def _handle(self, request: web.Request, decide: Decide) -> web.Response:
         started = time.perf_counter()
         outcome = "bad_request"
         try:
@@ -340,7 +520,7 @@ class AdmissionWebhook:
                 log.warning("elastic webhook: refused a request from %s: %s", request.remote, error)
                 return web.Response(status=error.status, text=f"{error}\n")
             admission_request = review["request"]
-            outcome, answer = self._answer(admission_request)
+            outcome, answer = await decide(admission_request)
             answer["uid"] = admission_request["uid"]
             answer["allowed"] = True
             return web.json_response(
@@ -378,10 +558,12 @@ class AdmissionWebhook:
             )
         return review
 
-    def _answer(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _answer(
+        self, request: Mapping[str, Any], snapshot: _PolicySnapshot
+    ) -> tuple[str, dict[str, Any]]:
         """``(outcome, response fields)`` for a review that parsed; never raises."""
         try:
-            return self._decide(request)
+            return self._decide(request, snapshot)
         except Exception:
             log.warning(
                 "elastic webhook: admitting request %s unchanged after an error",
@@ -390,7 +572,9 @@ class AdmissionWebhook:
             )
             return "error", {}
 
-    def _decide(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _decide(
+        self, request: Mapping[str, Any], snapshot: _PolicySnapshot
+    ) -> tuple[str, dict[str, Any]]:
         pod = request.get("object")
         namespace = request.get("namespace")
         if (
@@ -401,9 +585,9 @@ class AdmissionWebhook:
             or not namespace
         ):
             return "skipped", {}
-        if not self._policies.synced.is_set():
+        if not snapshot.synced:
             return "not_synced", {}
-        policies = self._policies_in(namespace)
+        policies = list(snapshot.by_namespace.get(namespace, ()))
         policy = governing_policy(pod, policies, namespace=namespace)
         if policy is None:
             return "no_policy", {}
@@ -411,7 +595,7 @@ class AdmissionWebhook:
         if held:
             admission = admit(pod, policy, (), hold=True)
         else:
-            admission = self._admit_counting(pod, policy, namespace, policies, request)
+            admission = self._admit_counting(pod, policy, namespace, snapshot, request)
         label = _pod_label(pod, request)
         if not admission.patch:
             log.debug(
@@ -425,24 +609,39 @@ class AdmissionWebhook:
 
     # ------------------------------------------------------------ decisions
 
-    def _policies_in(self, namespace: str) -> list[ResourcePolicy]:
-        """The valid policies of ``namespace``, parsed once per informer revision."""
+    def _publish_policies(self) -> int:
+        """Main loop only: parse the policies if the informer changed, publish the snapshot.
+
+        Returns the revision published. The listener thread reads ``_snapshot`` without a
+        lock: it is replaced whole, by one assignment (atomic in CPython), never changed.
+        """
         revision = self._policies.revision
-        if revision != self._policy_revision:
-            by_namespace: dict[str, list[ResourcePolicy]] = collections.defaultdict(list)
-            statuses: dict[Key, object] = {}
-            for key, obj in self._policies.items().items():
-                try:
-                    policy = parse_resource_policy(obj)
-                except SpecError:
-                    continue  # the policy controller reports it in the policy's status
-                by_namespace[policy.namespace].append(policy)
-                statuses[key] = obj.get("status")
-            self._by_namespace = dict(by_namespace)
-            self._statuses = statuses
-            self._policy_revision = revision
-            self._usage.clear()
-        return self._by_namespace.get(namespace, [])
+        synced = self._policies.synced.is_set()
+        current = self._snapshot
+        if revision == current.revision and synced == current.synced:
+            return revision
+        by_namespace: dict[str, list[ResourcePolicy]] = collections.defaultdict(list)
+        statuses: dict[Key, object] = {}
+        for key, obj in self._policies.items().items():
+            try:
+                policy = parse_resource_policy(obj)
+            except SpecError:
+                continue  # the policy controller reports it in the policy's status
+            by_namespace[policy.namespace].append(policy)
+            statuses[key] = obj.get("status")
+        self._snapshot = _PolicySnapshot(
+            revision=revision,
+            synced=synced,
+            by_namespace={ns: tuple(found) for ns, found in by_namespace.items()},
+            statuses=statuses,
+        )
+        return revision
+
+    async def _follow_policies(self) -> None:
+        """Publish a new snapshot on every change of the policies informer (main loop)."""
+        while True:
+            revision = self._publish_policies()
+            await self._policies.wait_changed(revision, _IDLE_WAIT)
 
     def _holding(self) -> bool:
         """Hold this pod: hold mode, or the caches the count needs are not there yet."""
@@ -455,17 +654,18 @@ class AdmissionWebhook:
         pod: Mapping[str, Any],
         policy: ResourcePolicy,
         namespace: str,
-        policies: list[ResourcePolicy],
+        snapshot: _PolicySnapshot,
         request: Mapping[str, Any],
     ) -> Admission:
-        """``admit`` without hold: pods per unit from the caches and recent admissions."""
+        """``admit`` without hold (main loop only): pods per unit from caches and admissions."""
         group = group_key(policy, pod)
         key = (policy.namespace, policy.name)
-        counts = list(self._usage_of(policy, namespace, policies).counts(group, len(policy.units)))
+        usage = self._usage_of(policy, namespace, snapshot)
+        counts = list(usage.counts(group, len(policy.units)))
         for unit in self._flying(key, group):
             if unit < len(counts):
                 counts[unit] += 1
-        opened = opened_from_status(policy, self._statuses.get(key)).get(group, 0)
+        opened = opened_from_status(policy, snapshot.statuses.get(key)).get(group, 0)
         admission = admit(pod, policy, counts, opened=opened)
         index = policy.unit_index(admission.unit)
         if index is None:
@@ -477,10 +677,10 @@ class AdmissionWebhook:
         mark = {"op": "add", "path": f"/metadata/annotations/{escape(ANNOTATION_ADMISSION)}"}
         return dataclasses.replace(admission, patch=[*admission.patch, {**mark, "value": uid}])
 
-    def _refresh_caches(self) -> None:
+    def _refresh_caches(self, policy_revision: int) -> None:
         assert self._pods is not None  # noqa: S101 - only called without hold
         assert self._nodes is not None  # noqa: S101
-        revisions = (self._pods.revision, self._nodes.revision, self._policy_revision)
+        revisions = (self._pods.revision, self._nodes.revision, policy_revision)
         if revisions == self._cache_revisions:
             return
         if revisions[0] != self._cache_revisions[0]:
@@ -503,14 +703,13 @@ class AdmissionWebhook:
         self._usage.clear()
         self._cache_revisions = revisions
 
-    def _usage_of(
-        self, policy: ResourcePolicy, namespace: str, policies: list[ResourcePolicy]
-    ) -> Usage:
-        self._refresh_caches()
+    def _usage_of(self, policy: ResourcePolicy, namespace: str, snapshot: _PolicySnapshot) -> Usage:
+        self._refresh_caches(snapshot.revision)
         key = (policy.namespace, policy.name)
         usage = self._usage.get(key)
         if usage is None:
             pods = self._pods_by_namespace.get(namespace, [])
+            policies = list(snapshot.by_namespace.get(namespace, ()))
             usage = count_usage(policy, pods, self._node_labels, policies=policies)
             self._usage[key] = usage
         return usage
@@ -582,32 +781,50 @@ class AdmissionWebhook:
             self._metrics.registrations.labels(result).inc()
 
     async def run(self) -> None:
-        """Make or load the certificates, listen, register, renew; until cancelled."""
+        """Make or load the certificates, listen, register, renew; until cancelled.
+
+        The listener runs on its own thread (module rules), started here and always stopped
+        and joined before this returns or raises; its failure is raised here.
+        """
+        self._main_loop = asyncio.get_running_loop()
+        self._publish_policies()
         tls = await self._ensure_tls()
         context = webhook_tls.server_context(tls)
-        runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
+        listener = _ListenerThread(
+            self.application(listener_thread=True), self._listen_host, self._listen_port, context
+        )
+        switch_interval = sys.getswitchinterval()
+        listener.start()
         try:
-            site = web.TCPSite(runner, self._listen_host, self._listen_port, ssl_context=context)
-            await site.start()
-            addresses = runner.addresses
-            self._port = int(addresses[0][1]) if addresses else self._listen_port
+            sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL))
+            self._port = await asyncio.wrap_future(listener.started)
             log.info(
-                "elastic webhook: serving https on %s:%d (%s mode)",
+                "elastic webhook: serving https on %s:%d (%s mode, thread %s)",
                 self._listen_host or "*",
                 self._port,
                 "hold" if self._hold else "count",
+                LISTENER_THREAD,
             )
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._follow_policies(), name="elastic.webhook.policies")
                 if self._own_nodes and self._nodes is not None:
                     group.create_task(self._nodes.run(), name="elastic.webhook.nodes")
-                group.create_task(self._upkeep(tls, context), name="elastic.webhook.upkeep")
+                group.create_task(self._upkeep(tls, listener), name="elastic.webhook.upkeep")
+                group.create_task(self._listening(listener), name="elastic.webhook.listener")
         finally:
             self.ready.clear()
             self._port = 0
-            await runner.cleanup()
+            sys.setswitchinterval(switch_interval)
+            listener.stop()
+            await listener.join()
 
-    async def _upkeep(self, tls: webhook_tls.WebhookTls, context: ssl.SSLContext) -> None:
+    @staticmethod
+    async def _listening(listener: _ListenerThread) -> None:
+        """Raise when the listener thread ends: its error, or that it ended at all."""
+        await asyncio.wrap_future(listener.finished)
+        raise RuntimeError("the webhook listener thread ended")
+
+    async def _upkeep(self, tls: webhook_tls.WebhookTls, listener: _ListenerThread) -> None:
         """Keep the configuration registered and the certificates current (module rules)."""
         failures = 0
         registered = False
@@ -620,7 +837,10 @@ class AdmissionWebhook:
                     # has loaded the configuration: serve the new certificate after that.
                     if registered and fresh.ca_fingerprint != tls.ca_fingerprint:
                         await asyncio.sleep(self.timing.ca_propagation)
-                    webhook_tls.reload_context(context, fresh)
+                    # On the listener's loop: it handshakes with this context.
+                    await listener.call(
+                        functools.partial(webhook_tls.reload_context, listener.context, fresh)
+                    )
                     log.info(
                         "elastic webhook: serving the new certificate (valid until %s)",
                         fresh.not_after.isoformat(),

@@ -19,6 +19,7 @@ from edge_agent.cluster.elastic.policy_controller import (
     Opened,
     PassPlan,
     PolicyControllerSettings,
+    _pods_read,
     _Sent,
     plan_pass,
 )
@@ -621,3 +622,33 @@ def test_a_timeout_tells_the_unit_it_opened_and_each_deletion_why() -> None:
     # The opening is known now: not told again.
     memory = remembered(late)
     assert notes(plan(policies, keyed(pod("r", gated=True)), memory=memory, now=T0 + 11)) == []
+
+
+def test_a_pass_reads_only_pods_of_policy_namespaces_and_ours_elsewhere() -> None:
+    """``_pods_read``: what a change of the pods alone must touch to start a pass."""
+
+    def one(namespace: str, name: str, rv: str, **extra: Any) -> dict[str, Any]:
+        return {"metadata": {"namespace": namespace, "name": name, "resourceVersion": rv}, **extra}
+
+    gated = one("other", "g", "1", spec={"schedulingGates": [{"name": WAITING_GATE}]})
+    marked = one("other", "m", "1")
+    marked["metadata"]["annotations"] = {ANNOTATION_POLICY: "web"}
+    pods = {
+        ("shop", "a"): one("shop", "a", "1"),
+        ("kube-system", "x"): one("kube-system", "x", "1"),
+        ("other", "g"): gated,
+        ("other", "m"): marked,
+    }
+    policies = [("shop", "web")]
+    read = _pods_read(pods, policies)
+    assert {key for key, _ in read} == {("shop", "a"), ("other", "g"), ("other", "m")}
+    # A change in a namespace without policy, not ours: the same; in the policy's: not.
+    assert (
+        _pods_read({**pods, ("kube-system", "x"): one("kube-system", "x", "2")}, policies) == read
+    )
+    assert (
+        _pods_read({**pods, ("kube-system", "y"): one("kube-system", "y", "1")}, policies) == read
+    )
+    assert _pods_read({**pods, ("shop", "a"): one("shop", "a", "2")}, policies) != read
+    # A pod of ours that left (released and gone, or deleted) is a change too.
+    assert _pods_read({k: v for k, v in pods.items() if k != ("other", "g")}, policies) != read

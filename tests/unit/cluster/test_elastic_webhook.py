@@ -9,12 +9,15 @@ TLS and registration are in tests/integration/elastic/test_webhook.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import http.client
 import io
 import json
 import ssl
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from edge_agent.cluster.credentials import MemberCredentials, TokenSource
 from edge_agent.cluster.elastic import webhook as webhook_module
+from edge_agent.cluster.elastic import webhook_tls
 from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.elastic.webhook import (
     ANNOTATION_ADMISSION,
@@ -509,3 +513,119 @@ def test_bad_settings_are_refused_at_construction(tmp_path: Path, field: str, va
             settings=settings,
             state_dir=tmp_path,
         )
+
+
+# ------------------------------------------------------------ the listener thread
+
+
+def listener_for(setup: Setup, tmp_path: Path) -> tuple[Any, ssl.SSLContext]:
+    """The application on a listener thread (as ``run`` serves it); a client context."""
+    tls, _ = webhook_tls.ensure_certificates(
+        tmp_path / "tls",
+        names=["127.0.0.1"],
+        lifetime=timedelta(days=2),
+        renew_before=timedelta(days=1),
+        now=datetime.now(UTC),
+    )
+    listener = webhook_module._ListenerThread(
+        setup.webhook.application(listener_thread=True),
+        "127.0.0.1",
+        0,
+        webhook_tls.server_context(tls),
+    )
+    client = ssl.create_default_context(cadata=tls.ca_bundle.decode())
+    client.check_hostname = False  # the certificate names the service; the CA is what counts
+    return listener, client
+
+
+def post_blocking(port: int, context: ssl.SSLContext, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a review with a blocking client: the calling loop does nothing meanwhile."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request(
+            "POST", "/mutate-pods", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        answer = connection.getresponse()
+        assert answer.status == 200
+        response: dict[str, Any] = json.loads(answer.read())["response"]
+    finally:
+        connection.close()
+    assert response["uid"] == body["request"]["uid"]
+    return response
+
+
+async def test_the_listener_thread_answers_while_the_agents_loop_is_busy(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Hold mode decides on the listener thread from the published snapshot alone.
+
+    A review is answered while the agent's loop is blocked (here: by the blocking client).
+    """
+    setup.webhook._main_loop = asyncio.get_running_loop()
+    listener, context = listener_for(setup, tmp_path)
+    listener.start()
+    try:
+        port = await asyncio.wrap_future(listener.started)
+        setup.policies.put(policy("web"))
+        # Nothing published yet: the listener does not read the informer (another thread's).
+        assert post_blocking(port, context, review(pod(), uid="1")) == {"uid": "1", "allowed": True}
+        assert setup.webhook._publish_policies() == setup.policies.revision
+        stored = patched(pod(), post_blocking(port, context, review(pod(), uid="2")))
+        assert stored["spec"]["schedulingGates"] == [{"name": WAITING_GATE}]
+        assert outcomes(setup.registry) == {"not_synced": 1.0, "held": 1.0}
+    finally:
+        listener.stop()
+        await listener.join()
+    assert not listener._thread.is_alive()
+
+
+async def test_without_hold_the_listener_thread_decides_on_the_agents_loop(
+    counting: Setup, tmp_path: Path
+) -> None:
+    """The count's state is the agent loop's: the listener hands such reviews over to it."""
+    units: list[dict[str, Any]] = [
+        {"name": "local", "nodeSelector": {"site": "dc1"}, "max": 1},
+        {"name": "cloud", "nodeSelector": {"tier": "burst"}},
+    ]
+    counting.policies.put(policy("web", units=units))
+    counting.webhook._main_loop = asyncio.get_running_loop()
+    listener, context = listener_for(counting, tmp_path)
+    listener.start()
+    try:
+        port = await asyncio.wrap_future(listener.started)
+        # Blocking calls would deadlock here: post from a worker thread, the loop stays free.
+        first = await asyncio.to_thread(post_blocking, port, context, review(pod(), uid="1"))
+        second = await asyncio.to_thread(post_blocking, port, context, review(pod(), uid="2"))
+    finally:
+        listener.stop()
+        await listener.join()
+    assert patched(pod(), first)["metadata"]["annotations"][ANNOTATION_UNIT] == "local"
+    assert patched(pod(), second)["metadata"]["annotations"][ANNOTATION_UNIT] == "cloud"
+
+
+async def test_a_listener_that_cannot_listen_raises_its_error(setup: Setup, tmp_path: Path) -> None:
+    first, _ = listener_for(setup, tmp_path)
+    first.start()
+    try:
+        port = await asyncio.wrap_future(first.started)
+        taken = webhook_module._ListenerThread(
+            setup.webhook.application(listener_thread=True), "127.0.0.1", port, first.context
+        )
+        taken.start()
+        with pytest.raises(OSError, match="address already in use"):
+            await asyncio.wrap_future(taken.started)
+        with pytest.raises(OSError, match="address already in use"):
+            await asyncio.wrap_future(taken.finished)
+        await taken.join()
+    finally:
+        first.stop()
+        await first.join()
+
+
+async def test_a_listener_stopped_before_it_listens_ends(setup: Setup, tmp_path: Path) -> None:
+    listener, _ = listener_for(setup, tmp_path)
+    listener.stop()  # before start: the thread must not wait for ever
+    listener.start()
+    async with asyncio.timeout(10):
+        await listener.join()
+    assert listener.finished.result() is None
