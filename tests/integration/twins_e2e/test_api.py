@@ -38,8 +38,8 @@ async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(system: S
     assert page["items"][0]["createdAt"].endswith("+00:00")  # RFC 3339
     # The agent's outbox on its /metrics: the report went out through it (issue 19 alerts).
     url = f"http://127.0.0.1:{system.agent.local_api_port}/metrics"
-    async with system.http.get(url) as answer:
-        metrics = await answer.text()
+    async with system.http.get(url) as scraped:
+        metrics = await scraped.text()
     delivered = re.search(r"(?m)^edge_agent_twins_outbox_delivered_records_total (\S+)$", metrics)
     assert delivered, metrics
     assert float(delivered[1]) >= 1
