@@ -401,7 +401,7 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         key_file=args.broker_key_file,
         server_name=args.broker_server_name,
     )
-    return client_context(settings, where="edge-agent simulate:")
+    return client_context(settings, where="", options=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,44 +82,54 @@ class _NamedContext(ssl.SSLContext):
         return wrapped
 
 
-def client_context(tls: BrokerTls, *, where: str = "[twins]") -> ssl.SSLContext:
+def client_context(
+    tls: BrokerTls, *, where: str = "[twins]", options: bool = False
+) -> ssl.SSLContext:
     """A verifying client context (TLS 1.2 or later); BrokerTlsError names the bad key.
 
-    `where` prefixes key names in errors (``[twins]`` for the config file, ``--broker`` for
-    the simulator's options).
+    `where` prefixes key names in errors; with `options`, keys are named as command-line
+    options (``--broker-ca-file``, the simulator's) instead of config keys.
     """
+    name = _option if options else str
+    lead = f"{where} " if where else ""
     context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.server_name = tls.server_name
-    _readable(tls.ca_file, f"{where} broker_ca_file")
+    _readable(tls.ca_file, f"{lead}{name('broker_ca_file')}")
     try:
         context.load_verify_locations(cafile=str(tls.ca_file))
     except (ssl.SSLError, ValueError) as error:
         raise BrokerTlsError(
-            f"{where} broker_ca_file {tls.ca_file}: not a PEM CA certificate ({error}); give "
-            "the CA that signed the broker's certificate (docs/mqtt-broker.md)"
+            f"{lead}{name('broker_ca_file')} {tls.ca_file}: not a PEM CA certificate "
+            f"({error}); give the CA that signed the broker's certificate (docs/mqtt-broker.md)"
         ) from None
     if (tls.cert_file is None) != (tls.key_file is None):
-        given, missing = (
+        given, missing = map(
+            name,
             ("broker_cert_file", "broker_key_file")
             if tls.cert_file is not None
-            else ("broker_key_file", "broker_cert_file")
+            else ("broker_key_file", "broker_cert_file"),
         )
         raise BrokerTlsError(
-            f"{where} {given} needs {missing} too (a client certificate and its key go "
+            f"{lead}{given} needs {missing} too (a client certificate and its key go "
             "together); set both, or neither to connect without a client certificate"
         )
     if tls.cert_file is not None and tls.key_file is not None:
-        _readable(tls.cert_file, f"{where} broker_cert_file")
-        _readable(tls.key_file, f"{where} broker_key_file")
+        _readable(tls.cert_file, f"{lead}{name('broker_cert_file')}")
+        _readable(tls.key_file, f"{lead}{name('broker_key_file')}")
         try:
             context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except (ssl.SSLError, ValueError) as error:
             raise BrokerTlsError(
-                f"{where} broker_cert_file {tls.cert_file} / broker_key_file {tls.key_file}: "
+                f"{lead}{name('broker_cert_file')} {tls.cert_file} / {name('broker_key_file')} "
+                f"{tls.key_file}: "
                 f"not a PEM certificate and its unencrypted private key ({error})"
             ) from None
     return context
+
+
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def _readable(path: Path, key: str) -> None:
