@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
+import ssl
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -25,17 +27,21 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from edge_agent.twins import Durability, TwinMqttService, TwinMqttSettings
 from edge_agent.twins.tls import BrokerTls, client_context
 from tests.harness import mqtt
 from tests.harness.daemons import REPO, Agent, Server, TomlValue, command
 from tests.harness.procs import free_port
 from tests.harness.waiting import eventually
+from tests.integration.twins.conftest import CloudRecorder, running
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(300)]
 
 GUIDE = REPO / "docs" / "mqtt-broker.md"
 SERVER_NAME = "mqtt.site.example"  # the name the guide's certificate carries
 NODE = "tls-edge"
+CLEAR_CONNECT = bytes.fromhex("100d00044d5154540402003c000170")
+"""An MQTT 3.1.1 CONNECT, client id "p", keepalive 60 s, no credentials."""
 WITHIN = 60.0  # a guard against hangs on 2 busy cores, not a measurement
 
 
@@ -67,6 +73,8 @@ class Site:
 
     root: Path
     broker: mqtt.Broker
+    cert_port: int = 0
+    """A second listener, the guide's plus its ``require_certificate`` line."""
 
     @property
     def certs(self) -> Path:
@@ -104,6 +112,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         folder.mkdir()
     run_sh(guide_block("make-certs"), probe.certs)
     run_sh(guide_block("make-certs"), root / "wrong-ca")  # another site's CA
+    run_sh(guide_block("make-client-cert"), probe.certs)
     # Test-only: the group "edge-agent" exists where the package is installed; here root's.
     init = probe.relocate(guide_block("dynsec-init")).replace("/var/lib/mosquitto/", f"{state}/")
     run_sh(init.replace("edge-agent", "root"), root)
@@ -114,6 +123,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     # under the test's tmp dir, which the mosquitto user may not enter).
     assert "listener 8883\n" in config
     config = config.replace("listener 8883\n", f"listener {port} 127.0.0.1\n")
+    # Test-only: the optional client-certificate listener beside the plain-password one, so
+    # one broker (one dynamic-security state) serves both.
+    cert_port = free_port()
+    listener = config[config.index("listener ") :].split("\n", 1)[1]
+    config += f"\nlistener {cert_port} 127.0.0.1\n{listener}{guide_block('client-cert.conf')}"
     config += "user root\nlog_dest stdout\nlog_type all\n"
     broker = mqtt.run_config(
         root / "mosquitto",
@@ -126,7 +140,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ),
     )
     try:
-        yield Site(root=root, broker=broker)
+        yield Site(root=root, broker=broker, cert_port=cert_port)
     finally:
         broker.stop()
 
@@ -238,11 +252,11 @@ async def test_the_agent_role_is_the_guides_acl_table(site: Site) -> None:
 
 
 async def test_plain_tcp_to_the_tls_port_is_refused(site: Site) -> None:
-    # An MQTT 3.1.1 CONNECT (client id "p") in the clear: the broker closes the connection
-    # without a CONNACK (aiomqtt would only notice at its connect timeout).
+    # A CONNECT in the clear: the broker closes the connection without a CONNACK (aiomqtt
+    # would only notice at its connect timeout).
     reader, writer = await asyncio.open_connection(site.broker.host, site.broker.port)
     try:
-        writer.write(bytes.fromhex("100d00044d5154540402003c000170"))
+        writer.write(CLEAR_CONNECT)
         await writer.drain()
         async with asyncio.timeout(WITHIN):
             try:
@@ -263,3 +277,44 @@ async def test_plain_tcp_to_the_tls_port_is_refused(site: Site) -> None:
     # ...while the same credential over TLS, checking the certificate's name, is let in.
     async with site.broker.client(identifier="tls-probe"):
         pass
+
+
+async def test_a_client_certificate_where_the_broker_requires_one(site: Site) -> None:
+    """The agent's own code (its session and the admin's) with the guide's client certificate."""
+    assert site.broker.admin_password is not None
+    tls = BrokerTls(
+        ca_file=site.certs / "ca.crt",
+        cert_file=site.certs / "edge-1.crt",
+        key_file=site.certs / "edge-1.key",
+        server_name=SERVER_NAME,
+    )
+    settings = TwinMqttSettings(
+        data_dir=site.root / "cert-agent",
+        node_name="cert-node",
+        broker_host="127.0.0.1",
+        broker_port=site.cert_port,
+        broker_tls=tls,
+        admin_password=site.broker.admin_password,
+        claim_username="claim-cert",
+        claim_password="claim-cert-pw",
+        agent_username="agent-cert",
+        agent_client_id="agent-cert",
+        durability=Durability.NORMAL,
+    )
+    async with running(TwinMqttService(settings=settings, sender=CloudRecorder())) as service:
+        assert service.ready.is_set()
+    # Without a certificate the same listener lets nobody in: the broker ends the handshake
+    # (TLS 1.3 tells the client so at its first read). At the socket: aiomqtt would only
+    # notice at its connect timeout.
+    no_certificate = client_context(dataclasses.replace(tls, cert_file=None, key_file=None))
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", site.cert_port, ssl=no_certificate, server_hostname=SERVER_NAME
+    )
+    try:
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            async with asyncio.timeout(WITHIN):
+                await reader.read(1024)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
