@@ -68,6 +68,7 @@ from edge_agent.settings import (
     TwinsConfig,
 )
 from edge_agent.twins import Durability, TwinMqttSettings
+from edge_agent.twins.tls import BrokerTls, BrokerTlsError, client_context
 
 MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
@@ -215,7 +216,14 @@ def _kube(raw: dict[str, Any], where: str) -> KubeSettings:
     )
 
 
-_TWINS_PATHS = ("admin_password_file", "claim_password_file", "models_dir")
+_TWINS_PATHS = (
+    "admin_password_file",
+    "claim_password_file",
+    "models_dir",
+    "broker_ca_file",
+    "broker_cert_file",
+    "broker_key_file",
+)
 """``[twins]`` keys whose default is None (unset) and whose value is a path."""
 
 
@@ -241,7 +249,50 @@ def _twins(raw: object, where: str) -> TwinsConfig:
             _check_range(where, name, values[name], 1, 1_000_000)
     twins = TwinsConfig(**values, **paths)
     _check_twins_secrets(twins, where)
+    _check_twins_tls(twins, where)
     return twins
+
+
+_TLS_FILES = ("broker_ca_file", "broker_cert_file", "broker_key_file")
+
+
+def broker_tls(twins: TwinsConfig) -> BrokerTls | None:
+    """The broker TLS settings of ``[twins]`` (None: plain TCP)."""
+    if not twins.broker_tls:
+        return None
+    assert twins.broker_ca_file is not None  # checked at load  # noqa: S101 - invariant
+    return BrokerTls(
+        ca_file=twins.broker_ca_file,
+        cert_file=twins.broker_cert_file,
+        key_file=twins.broker_key_file,
+        server_name=twins.broker_server_name,
+    )
+
+
+def _check_twins_tls(twins: TwinsConfig, where: str) -> None:
+    """TLS keys are consistent and their files load (only when twins run, like the secrets)."""
+    if not twins.enabled:
+        return
+    if not twins.broker_tls:
+        given = [name for name in _TLS_FILES if getattr(twins, name) is not None]
+        if given or twins.broker_server_name:
+            key = given[0] if given else "broker_server_name"
+            raise ConfigError(
+                f"{where}.{key} is set but broker_tls = false: set broker_tls = true to "
+                f"connect over TLS, or remove {key}"
+            )
+        return
+    if twins.broker_ca_file is None:
+        raise ConfigError(
+            f"{where}: broker_tls = true needs broker_ca_file (the PEM CA that signed the "
+            "broker's certificate; docs/mqtt-broker.md)"
+        )
+    tls = broker_tls(twins)
+    assert tls is not None  # noqa: S101 - broker_tls is true
+    try:
+        client_context(tls, where=where)
+    except BrokerTlsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_twins_secrets(twins: TwinsConfig, where: str) -> None:
@@ -273,6 +324,7 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         claim_password=claim_password,
         broker_host=twins.broker_host,
         broker_port=twins.broker_port,
+        broker_tls=broker_tls(twins),
         admin_username=twins.admin_username,
         claim_username=twins.claim_username,
         agent_username=twins.agent_username,

@@ -127,7 +127,25 @@ class TwinsConfig:
     """The local mosquitto that devices and the agent share."""
 
     broker_port: int = 1883
-    """MQTT port of that broker (plain TCP; put TLS in front for devices off the machine)."""
+    """MQTT port of that broker (1883 plain; the TLS listener is 8883 by convention)."""
+
+    broker_tls: bool = False
+    """True: every agent connection to the broker (its session and the dynamic-security admin)
+    uses TLS, trusting only ``broker_ca_file``. Off by default: a broker on loopback needs
+    none; a broker off the machine does (docs/mqtt-broker.md)."""
+
+    broker_ca_file: Path | None = None
+    """PEM file of the CA that signed the broker's certificate; required with ``broker_tls``."""
+
+    broker_cert_file: Path | None = None
+    """PEM client certificate, for a broker that requires one; with ``broker_key_file``."""
+
+    broker_key_file: Path | None = None
+    """Unencrypted PEM private key of ``broker_cert_file`` (0600, the agent's user)."""
+
+    broker_server_name: str = ""
+    """Name the broker's certificate must carry (and the SNI sent); empty: ``broker_host``.
+    Hostname verification is always on."""
 
     admin_username: str = "admin"
     """Dynamic-security admin user (``mosquitto_ctrl dynsec init``); used for ``$CONTROL``

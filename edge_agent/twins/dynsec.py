@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import secrets
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -124,8 +125,16 @@ def agent_acls() -> list[Acl]:
 
 class DynsecClient:
     def __init__(
-        self, *, host: str, port: int, username: str, password: str, timeout: float
+        self,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        timeout: float,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._tls_context = tls_context
         self._host = host
         self._port = port
         self._username = username
@@ -163,6 +172,7 @@ class DynsecClient:
                 password=self._password,
                 identifier=identifier,
                 timeout=self._timeout,
+                tls_context=self._tls_context,
             ) as client:
                 await client.subscribe(f"{CONTROL_TOPIC}/response", qos=1)
                 await client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)

@@ -35,6 +35,7 @@ from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
 from edge_agent.twins.payloads import Code, RequestError
 from edge_agent.twins.replica import CloudChangeError, CloudChangeResult, EdgeTwinReplica
+from edge_agent.twins.tls import BrokerTls, client_context, describe_error
 from edge_agent.twins.topics import DeviceTopic
 from edge_agent.twins.twin_store import Durability, TwinStore
 
@@ -61,7 +62,11 @@ class TwinMqttSettings:
     """The local mosquitto; devices and agent share it (loopback or the site network)."""
 
     broker_port: int = 1883
-    """MQTT port of the broker (TCP; put TLS in front for devices off the machine)."""
+    """MQTT port of the broker (its TLS listener when `broker_tls` is set)."""
+
+    broker_tls: BrokerTls | None = None
+    """TLS for every connection to the broker (the session and the dynamic-security admin);
+    None: plain TCP (a broker on loopback)."""
 
     admin_username: str = "admin"
     """Dynamic-security admin user; used only for ``$CONTROL`` commands, never for data."""
@@ -213,7 +218,12 @@ class TwinMqttService:
             max_cloud_change_bytes=settings.max_cloud_change_bytes,
             clock=clock,
         )
+        # One context for every connection: files are read once (checked at config load).
+        self._tls_context = (
+            None if settings.broker_tls is None else client_context(settings.broker_tls)
+        )
         self._dynsec = dynsec.DynsecClient(
+            tls_context=self._tls_context,
             host=settings.broker_host,
             port=settings.broker_port,
             username=settings.admin_username,
@@ -380,7 +390,12 @@ class TwinMqttService:
                 )
                 await self._dynsec.announce_node(self.settings.node_name)
             except dynsec.DynsecError as exc:
-                log.warning("broker accounts not set up yet (%s); retry in %.1f s", exc, delay)
+                log.warning(
+                    "broker accounts not set up yet (%s%s); retry in %.1f s",
+                    exc,
+                    describe_error(exc, self.settings.broker_tls, self.settings.broker_host),
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max)
             else:
@@ -393,7 +408,12 @@ class TwinMqttService:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                log.warning("broker session lost: %s; reconnecting in %.1f s", exc, delay)
+                log.warning(
+                    "broker session lost: %s%s; reconnecting in %.1f s",
+                    exc,
+                    describe_error(exc, self.settings.broker_tls, self.settings.broker_host),
+                    delay,
+                )
             finally:
                 self.ready.clear()
                 self.twins.attach(None)
@@ -413,6 +433,7 @@ class TwinMqttService:
             keepalive=settings.keepalive,
             max_queued_incoming_messages=settings.max_queued_messages,
             will=aiomqtt.Will(topics.AGENT_AVAILABILITY, b"offline", qos=1, retain=True),
+            tls_context=self._tls_context,
         )
         # aiomqtt 2.x has no option for it: acknowledge QoS 1 messages only once committed.
         client._client.manual_ack_set(on=True)  # noqa: SLF001 - paho option aiomqtt does not expose

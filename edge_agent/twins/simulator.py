@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import secrets
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ from device_models import (
 from edge_agent.twins import topics
 from edge_agent.twins.onboarding import open_credential
 from edge_agent.twins.payloads import RequestError, decode_object, encode
+from edge_agent.twins.tls import BrokerTls, BrokerTlsError, client_context
 from edge_agent.twins.topics import Op
 
 __all__ = [
@@ -90,8 +92,12 @@ async def claim_device(
     claim_secret: str | None = None,
     node: str | None = None,
     answer_timeout: float = 15.0,
+    tls_context: ssl.SSLContext | None = None,
 ) -> DeviceCredential:
-    """Onboard one device; raises ClaimRejectedError with the agent's reason."""
+    """Onboard one device; raises ClaimRejectedError with the agent's reason.
+
+    With `tls_context` (`edge_agent.twins.tls.client_context`), over TLS.
+    """
     rid = secrets.token_urlsafe(16)
     key = os.urandom(32)
     request: JsonObject = {
@@ -111,6 +117,7 @@ async def claim_device(
         password=claim_password,
         identifier=f"claim-{secrets.token_hex(6)}",
         timeout=answer_timeout,
+        tls_context=tls_context,
     ) as client:
         await client.subscribe(topics.provision_response(rid), qos=1)
         await client.publish(topics.PROVISION_REQUEST, encode(request), qos=1)
@@ -145,6 +152,7 @@ class SimulatedDevice:
         credential: DeviceCredential,
         clean_session: bool = True,
         timeout: float = 15.0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.credential = credential
         self.device_id = credential.device_id
@@ -158,6 +166,7 @@ class SimulatedDevice:
             clean_session=clean_session,
             timeout=timeout,
             will=aiomqtt.Will(self.topic(Op.AVAILABILITY), b"offline", qos=1, retain=True),
+            tls_context=tls_context,
         )
         self._inbox: dict[Op, collections.deque[Answer]] = collections.defaultdict(
             collections.deque
@@ -297,6 +306,7 @@ class _Options:
     credentials: Path | None
     seed: int | None
     node: str | None = None
+    tls_context: ssl.SSLContext | None = None
 
 
 @dataclass(kw_only=True)
@@ -354,7 +364,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--node", help="the node whose agent should onboard the devices (a shared broker)"
     )
+    tls = parser.add_argument_group("TLS (docs/mqtt-broker.md)")
+    tls.add_argument(
+        "--broker-ca-file",
+        type=Path,
+        help="connect over TLS, trusting this PEM CA (it signed the broker's certificate)",
+    )
+    tls.add_argument("--broker-cert-file", type=Path, help="PEM client certificate (optional)")
+    tls.add_argument("--broker-key-file", type=Path, help="its PEM private key")
+    tls.add_argument(
+        "--broker-server-name",
+        default="",
+        help="name the broker's certificate must carry (default: the --broker host)",
+    )
     return parser
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of the ``--broker-*`` options; BrokerTlsError says what is wrong."""
+    if args.broker_ca_file is None:
+        given = [
+            option
+            for option, value in (
+                ("--broker-cert-file", args.broker_cert_file),
+                ("--broker-key-file", args.broker_key_file),
+                ("--broker-server-name", args.broker_server_name),
+            )
+            if value
+        ]
+        if given:
+            raise BrokerTlsError(f"{given[0]} needs --broker-ca-file (TLS)")
+        return None
+    settings = BrokerTls(
+        ca_file=args.broker_ca_file,
+        cert_file=args.broker_cert_file,
+        key_file=args.broker_key_file,
+        server_name=args.broker_server_name,
+    )
+    return client_context(settings, where="", options=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = args.broker
     if not args.claim_password:
         sys.stderr.write("edge-agent simulate: error: need --claim-password (or its variable)\n")
+        return 2
+    try:
+        tls_context = _tls_context(args)
+    except BrokerTlsError as error:
+        sys.stderr.write(f"edge-agent simulate: error: {error}\n")
         return 2
     options = _Options(
         host=host,
@@ -377,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials=args.credentials,
         seed=args.seed,
         node=args.node,
+        tls_context=tls_context,
     )
     started = time.monotonic()
     totals = asyncio.run(run_devices(options))
@@ -403,6 +456,7 @@ async def run_devices(options: _Options) -> _Totals:
                     device_id=device_id,
                     model=options.model,
                     node=options.node,
+                    tls_context=options.tls_context,
                 )
             except (ClaimRejectedError, aiomqtt.MqttError, TimeoutError) as exc:
                 log.error("%s: %s", device_id, exc)  # noqa: TRY400 - the reason is the message
@@ -462,7 +516,10 @@ async def _session(
 ) -> None:
     """One broker session of a simulated device: report until done (`sent` counts across)."""
     async with SimulatedDevice(
-        host=options.host, port=options.port, credential=credential
+        host=options.host,
+        port=options.port,
+        credential=credential,
+        tls_context=options.tls_context,
     ) as device:
         while options.reports == 0 or sent[0] < options.reports:
             await device.drain()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class Broker:
     admin_username: str | None
     admin_password: str | None
     process: ManagedProcess
+    tls_context: ssl.SSLContext | None = None
+    """Set when the listener speaks TLS (`run_config`): every `client` uses it."""
 
     @property
     def dynsec(self) -> bool:
@@ -42,6 +45,7 @@ class Broker:
         if self.dynsec:
             kwargs.setdefault("username", self.admin_username)
             kwargs.setdefault("password", self.admin_password)
+        kwargs.setdefault("tls_context", self.tls_context)
         return aiomqtt.Client(self.host, self.port, **kwargs)
 
     async def dynsec_command(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +109,33 @@ def start(workdir: Path, *, dynsec: bool = False) -> Broker:
         ]
     else:
         lines.append("allow_anonymous true")
+    return run_config(
+        workdir,
+        "\n".join(lines) + "\n",
+        port=port,
+        admin_username=admin_user,
+        admin_password=admin_password,
+    )
+
+
+def run_config(
+    workdir: Path,
+    config_text: str,
+    *,
+    port: int,
+    admin_username: str | None,
+    admin_password: str | None,
+    tls_context: ssl.SSLContext | None = None,
+) -> Broker:
+    """Start mosquitto with this config text (listening on 127.0.0.1:`port`) and wait for it.
+
+    For a config written elsewhere (docs/mqtt-broker.md's, in its test); `tls_context` is what
+    clients of the returned broker use.
+    """
+    _require_mosquitto(dynsec=admin_username is not None)
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "mosquitto.conf"
-    config.write_text("\n".join(lines) + "\n")
+    config.write_text(config_text)
     process = ManagedProcess(
         "mosquitto", [MOSQUITTO, "-c", str(config)], log_path=workdir / "mosquitto.log"
     )
@@ -119,7 +148,8 @@ def start(workdir: Path, *, dynsec: bool = False) -> Broker:
         host="127.0.0.1",
         port=port,
         workdir=workdir,
-        admin_username=admin_user,
+        admin_username=admin_username,
         admin_password=admin_password,
         process=process,
+        tls_context=tls_context,
     )
