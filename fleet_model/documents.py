@@ -4,8 +4,9 @@ A fleet object is a document ``{apiVersion: fleet.edgefleet.io/v1alpha1, kind, m
 status}`` in the shapes Open Cluster Management's users know (docs/fleet.md). This module checks
 the envelope (version, kind, name, labels, annotations) and hands the spec to the parser of its
 kind, which lives beside that kind's rules (``cluster``, ``placement``, ``work``, ``workset``,
-``gitsource``). Every problem found is reported at once, each with the JSON pointer of the
-offending field, so an operator fixes a document in one round.
+``gitsource``, ``gateway.route`` for MultiClusterRoute). Every problem found is reported at
+once, each with the JSON pointer of the offending field, so an operator fixes a document in one
+round.
 
 Rules:
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet_model import cluster, gitsource, placement, work, workset
+from fleet_model.gateway import route as gateway_route
 from fleet_model.labels import SelectorError, validate_label_key, validate_label_value
 from fleet_model.problems import MAX_NAME, SpecError, escape, is_name
 
@@ -78,6 +80,11 @@ def _kinds() -> dict[str, KindInfo]:
         KindInfo(kind="Work", plural="works", parse_spec=work.parse_spec),
         KindInfo(kind="WorkSet", plural="worksets", parse_spec=workset.parse_spec),
         KindInfo(kind="GitSource", plural="gitsources", parse_spec=gitsource.parse_spec),
+        KindInfo(
+            kind=gateway_route.KIND,
+            plural="multiclusterroutes",
+            parse_spec=gateway_route.parse_spec,
+        ),
     ]
     return {info.kind: info for info in infos}
 

@@ -134,7 +134,8 @@ def create_app(
     """The application; with ``identity`` also the CA, join API, tunnel, proxy, API, console.
 
     With ``settings.gateway.listen`` the gateway's listener runs along, routed by
-    ``gateway_router`` (default: not wired yet, see ``fleet/gateway/router.py``).
+    ``gateway_router`` (default: the fleet's MultiClusterRoute objects, through
+    ``fleet/gateway/fleet_router.py``).
     """
     app = web.Application(
         client_max_size=1024 * 1024,

@@ -1,16 +1,22 @@
 """The multi-cluster gateway's data path (``--gateway-listen``): HTTP in, tunnel streams out.
 
 ``setup(app, settings=..., router=...)`` starts the listener with the application and stops
-it with it. Modules: ``headers`` (the forwarded head, pure), ``router`` (the seam to the route
-core: NOT yet wired to MultiClusterRoute objects, see its docstring), ``backends`` (a stream
-to a cluster's Service), ``server`` (the listener and the per-request logic).
+it with it; without a ``router`` it routes by the fleet's MultiClusterRoute objects
+(``FleetRouter``, whose loop runs as the task ``gateway.routes`` while the app runs).
+Modules: ``headers`` (the forwarded head, pure), ``router`` (the seam between the data path
+and whatever picks backends), ``fleet_router`` (the router on the route core,
+``fleet_model.gateway``), ``backends`` (a stream to a cluster's Service), ``server`` (the
+listener and the per-request logic).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
-from tunnel_server.app_keys import REGISTRY_KEY, SESSIONS_KEY, STORE_KEY
+from tunnel_server.app_keys import FLEET_HUB_KEY, REGISTRY_KEY, SESSIONS_KEY, STORE_KEY
+from tunnel_server.fleet.gateway.fleet_router import FleetRouter, FleetRouterSettings
 from tunnel_server.fleet.gateway.router import (
     Backend,
     Decision,
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "Decision",
+    "FleetRouter",
+    "FleetRouterSettings",
     "GatewayServer",
     "GatewayStartError",
     "NoRoute",
@@ -54,10 +62,28 @@ __all__ = [
 
 
 def setup(app: web.Application, *, settings: GatewaySettings, router: Router | None = None) -> None:
-    """Serve the gateway while ``app`` runs (needs the tunnel and the store set up)."""
+    """Serve the gateway while ``app`` runs (needs the tunnel, the store and the fleet hub).
+
+    ``router`` None: a ``FleetRouter`` on the fleet hub's MultiClusterRoutes.
+    """
     metrics = GatewayMetrics(app[REGISTRY_KEY])
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if router is not None:
+            async with _listening(app, router):
+                yield
+            return
+        routes = FleetRouter(
+            hub=app[FLEET_HUB_KEY], sessions=app[SESSIONS_KEY], nodes=app[STORE_KEY]
+        )
+        routes.sync()  # the stored routes serve from the first request on
+        async with _listening(app, routes), asyncio.TaskGroup() as group:
+            task = group.create_task(routes.run(), name="gateway.routes")
+            yield
+            task.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _listening(app: web.Application, router: Router) -> AsyncIterator[None]:
         tls = None
         if settings.cert_file is not None and settings.key_file is not None:
             try:
@@ -68,7 +94,7 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
                 ) from None
         server = GatewayServer(
             settings=settings,
-            router=router or UnwiredRouter(),
+            router=router,
             sessions=app[SESSIONS_KEY],
             store=app[STORE_KEY],
             metrics=metrics,

@@ -5,11 +5,10 @@ The listener (``server.py``) asks ``route(request)`` once per request and gets a
 ``NoRoute`` (404 with its reason). After each attempt it calls ``report(backend, outcome)``,
 the passive health signal (refused streams, 5xx, timeouts).
 
-NOT WIRED YET: ``MultiClusterRoute`` objects (route matching, weights, health, retry rules)
-are the pure core in ``fleet_model/gateway``, written separately; a router built on it will
-implement this protocol. Until then ``tunnel-server run --gateway-listen`` serves with
-``UnwiredRouter`` (every request: 404 ``no_route`` saying so), and tests configure a fixed
-list of backends with ``StaticRouter``.
+``tunnel-server run --gateway-listen`` serves with ``fleet_router.FleetRouter``, built on the
+pure core in ``fleet_model/gateway`` from the stored ``MultiClusterRoute`` objects. Tests of
+the data path alone configure a fixed list of backends with ``StaticRouter``;
+``UnwiredRouter`` (every request: 404) is for an application without the fleet hub.
 
 What the data path decides itself, whatever the router says: an attempt refused before a
 byte was sent (no session, stream rejected or not accepted in time) moves on to the next
@@ -92,6 +91,9 @@ class Decision:
 
 @dataclass(frozen=True, kw_only=True)
 class NoRoute:
+    status: int = 404
+    """404: no route serves the request; 503: a route does, but none of its backends is
+    available now (the listener adds ``Retry-After``)."""
     reason: str
     """A stable word (the problem's ``reason``)."""
     detail: str
@@ -125,14 +127,13 @@ class Router(Protocol):
 
 
 class UnwiredRouter:
-    """Until MultiClusterRoute is wired: every request is answered 404 ``no_route``."""
+    """No routes at all: every request is answered 404 ``no_route``."""
 
     def route(self, request: RequestInfo) -> Decision | NoRoute:
         del request
         return NoRoute(
             reason="no_route",
-            detail="no route serves this request: MultiClusterRoute objects are not wired to "
-            "the gateway yet (docs/gateway-data-path.md)",
+            detail="no route serves this request: this gateway has no route table",
         )
 
     def report(self, backend: Backend, outcome: Outcome) -> None:

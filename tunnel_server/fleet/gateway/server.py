@@ -518,7 +518,7 @@ class GatewayServer:
             )
         )
         if isinstance(decision, NoRoute):
-            raise Problem(404, decision.reason, decision.detail)
+            raise Problem(decision.status, decision.reason, decision.detail)
         return decision
 
     def _head(
