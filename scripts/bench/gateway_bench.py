@@ -50,7 +50,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +156,7 @@ class Endpoint:
     address: str
     port: int
     host: str
-    pids: Mapping[str, int]
+    pids: Mapping[str, Sequence[int]]
     """The processes on this path (their CPU is recorded per run), by role."""
 
 
@@ -357,7 +357,7 @@ def run_load(
         *(["--records", str(records)] if records is not None else []),
     ]
     pids = dict(endpoint.pids)
-    cpu0 = {role: tree_cpu_seconds([pid]) for role, pid in pids.items()}
+    cpu0 = {role: tree_cpu_seconds(group) for role, group in pids.items()}
     busy0 = machine_busy_s()
     began = time.monotonic()
     done = subprocess.run(
@@ -367,15 +367,35 @@ def run_load(
     if done.returncode != 0 or not done.stdout.strip():
         raise ServiceError(f"gateway_load.py failed ({done.returncode}): {done.stderr[-800:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    shares = {
-        role: round((tree_cpu_seconds([pid]) - cpu0[role]) / wall, 2) for role, pid in pids.items()
-    }
+    used = {role: tree_cpu_seconds(group) - cpu0[role] for role, group in pids.items()}
+    shares = {role: round(seconds / wall, 2) for role, seconds in used.items()}
     shares["load generator"] = result.pop("cpu_share")
+    answered = result["answered_total"]
+    result["cpu_ms_per_request"] = {
+        role: round(seconds * 1000 / answered, 3) if answered else None
+        for role, seconds in {**used, "load generator": result["cpu_s"]}.items()
+    }
     machine = (machine_busy_s() - busy0) / wall
     shares["others (rest of the machine)"] = round(max(0.0, machine - sum(shares.values())), 2)
     result["cpu_cores"] = shares
     result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return result
+
+
+IDLE_S = 5.0
+"""Seconds over which the idle CPU of the gateway's processes is measured (no load)."""
+
+
+def idle_cpu(pids: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Cores each process uses with no request at all (an agent also samples its cluster)."""
+    cpu0 = {role: tree_cpu_seconds(group) for role, group in pids.items()}
+    began = time.monotonic()
+    time.sleep(IDLE_S)
+    wall = time.monotonic() - began
+    return {
+        role: round((tree_cpu_seconds(group) - cpu0[role]) / wall, 3)
+        for role, group in pids.items()
+    }
 
 
 def throughput_and_latency(
@@ -401,7 +421,9 @@ def throughput_and_latency(
                 if result["errors"] or result["non_2xx"] or not result["ok"]:
                     raise ServiceError(
                         f"{path} c={concurrency}: {result['errors']} errors "
-                        f"{result['error_kinds']}, {result['non_2xx']} non-2xx answers"
+                        f"{result['error_kinds']}, {result['non_2xx']} non-2xx answers "
+                        f"(by status: {result['statuses']}; the last: "
+                        f"{result['non_2xx_sample']!r})"
                     )
                 runs[f"{path}_c{concurrency}"].append(result)
     figures: dict[str, Any] = {}
@@ -472,6 +494,7 @@ def measure_failover(
         "disturbed_after_kill": result.disturbed,
         "slow_threshold_ms": round(result.slow_s * 1000, 1),
         "max_latency_after_kill_ms": round(result.max_latency_s * 1000, 1),
+        "p99_before_kill_ms": round(result.p99_before_s * 1000, 1),
         "rps": summary["rps"],
         "errors": summary["errors"],
         "non_2xx": summary["non_2xx"],
@@ -563,29 +586,24 @@ def measure(plan: Plan, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
         assert server.process is not None  # noqa: S101 - started
         agent_a = agents["gw-a"].process
         assert agent_a is not None  # noqa: S101 - started
+        # Every path records the gateway side's processes too: they run (idle) all along.
+        ours = {
+            "backend": [backend.pid],
+            "nginx": [nginx.pid],
+            "tunnel-server": [server.process.pid],
+            "edge-agent gw-a": [agent_a.pid],
+            "edge-agent gw-b": [a.process.pid for a in [agents["gw-b"]] if a.process],
+            "member cluster": cluster.pids,
+        }
         endpoints = {
-            "direct": Endpoint(
-                address=host, port=backend_port, host="bench", pids={"backend": backend.pid}
-            ),
-            "nginx": Endpoint(
-                address="127.0.0.1",
-                port=nginx_port,
-                host="bench",
-                pids={"backend": backend.pid, "nginx": nginx.pid},
-            ),
-            "gateway": Endpoint(
-                address="127.0.0.1",
-                port=gw_port,
-                host=WEB_HOST,
-                pids={
-                    "backend": backend.pid,
-                    "tunnel-server": server.process.pid,
-                    "edge-agent gw-a": agent_a.pid,
-                },
-            ),
+            "direct": Endpoint(address=host, port=backend_port, host="bench", pids=ours),
+            "nginx": Endpoint(address="127.0.0.1", port=nginx_port, host="bench", pids=ours),
+            "gateway": Endpoint(address="127.0.0.1", port=gw_port, host=WEB_HOST, pids=ours),
         }
         figures["setup_s"] = round(time.monotonic() - begun, 1)
         say(f"set up in {figures['setup_s']} s; load average {os.getloadavg()[0]:.2f}")
+        figures["idle_cpu_cores"] = idle_cpu(endpoints["gateway"].pids)
+        say(f"idle CPU (cores) over {IDLE_S:g} s: {figures['idle_cpu_cores']}")
         numbers, runs = throughput_and_latency(endpoints, plan)
         figures.update(numbers)
         figures["runs"] = runs
@@ -635,10 +653,30 @@ def fmt(value: object, digits: int = 1) -> str:
     return str(value)
 
 
-def _cpu_line(runs: Mapping[str, list[dict[str, Any]]], key: str) -> str:
-    first = (runs.get(key) or [{}])[0]
+PATH_ROLES = {
+    "direct": ("backend", "load generator"),
+    "nginx": ("backend", "nginx", "load generator"),
+    "gateway": ("backend", "tunnel-server", "edge-agent gw-a", "load generator"),
+}
+"""The processes each path's requests go through: their CPU per request is shown."""
+
+
+def _cpu_line(runs: Mapping[str, list[dict[str, Any]]], path: str, concurrency: int) -> str:
+    first = (runs.get(f"{path}_c{concurrency}") or [{}])[0]
     shares: Mapping[str, float] = first.get("cpu_cores") or {}
-    return ", ".join(f"{role} {share:.2f}" for role, share in shares.items()) or "-"
+    per_request: Mapping[str, float | None] = first.get("cpu_ms_per_request") or {}
+    return (
+        ", ".join(
+            f"{role} {share:.2f}"
+            + (
+                f" ({per_request[role]:.3f} ms/request)"
+                if role in PATH_ROLES[path] and per_request.get(role)
+                else ""
+            )
+            for role, share in shares.items()
+        )
+        or "-"
+    )
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -692,15 +730,25 @@ def markdown(report: Mapping[str, Any]) -> str:
             "| |"
         ),
         "",
-        "CPU used during the first c=100 run (cores; the run's wall time, warm-up included):",
+        (
+            "CPU used during the first c=100 run (cores over the run's wall time, warm-up "
+            "included; CPU ms per answered request):"
+        ),
         "",
-        *(f"- {path}: {_cpu_line(runs, f'{path}_c100')}" for path in PATHS),
+        *(f"- {path}: {_cpu_line(runs, path, 100)}" for path in PATHS),
         "",
         "CPU used during the first c=1 run:",
         "",
-        *(f"- {path}: {_cpu_line(runs, f'{path}_c1')}" for path in PATHS),
+        *(f"- {path}: {_cpu_line(runs, path, 1)}" for path in PATHS),
         "",
     ]
+    if figures.get("idle_cpu_cores"):
+        lines += [
+            f"Idle CPU of the gateway's processes before the runs (cores over {IDLE_S:g} s, "
+            "no request; the agent also samples its member cluster): "
+            + ", ".join(f"{role} {cores:.3f}" for role, cores in figures["idle_cpu_cores"].items()),
+            "",
+        ]
     if failover:
         lines += [
             (
@@ -713,7 +761,8 @@ def markdown(report: Mapping[str, Any]) -> str:
                 f"the kill, {failover.get('failed_after_kill')} failed, "
                 f"{failover.get('disturbed_after_kill')} failed or took over "
                 f"{failover.get('slow_threshold_ms')} ms (slowest "
-                f"{failover.get('max_latency_after_kill_ms')} ms). Gateway attempts by backend "
+                f"{failover.get('max_latency_after_kill_ms')} ms; p99 before the kill "
+                f"{failover.get('p99_before_kill_ms')} ms). Gateway attempts by backend "
                 f"and outcome before the kill: {failover.get('attempts_before_kill')}; after: "
                 f"{failover.get('attempts_after_kill')}."
             ),
@@ -753,7 +802,8 @@ latency; the paths take turns; figures are medians over the rounds. "Added" = pa
 the same percentile, same run. Failover: 20 connections on a MultiClusterRoute whose two
 backends (gw-a, gw-b) weigh 50/50; SIGKILL of gw-a's agent; failover time = from the kill to
 the end of the last request that failed or took longer than max(50 ms, 5x the p99 before the
-kill) (`gateway_stats.failover`; at least 20 good requests must follow it).
+kill), at most 1 s (`gateway_stats.failover`; at least 20 good requests must follow it); 0 when
+no request was disturbed. One kill per run: a single sample.
 """
 
 
@@ -780,6 +830,9 @@ def main() -> int:
     args = parser.parse_args()
     plan = make_plan(quick=args.quick)
     os.environ.setdefault("EDGEFLEET_KUBE_BIN", str(kube.DEFAULT_BIN))
+    # The venv's tunnel-server and edge-agent may be installed from another checkout: every
+    # process of the run imports this tree.
+    os.environ["PYTHONPATH"] = str(ROOT)
     load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="edgefleet-gateway-bench-") as scratch:
         try:

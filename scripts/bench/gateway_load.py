@@ -31,6 +31,8 @@ from bench_stats import percentile
 
 MAX_HEAD = 64 << 10
 """A head larger than this is an error: the bench's answers have a few hundred bytes."""
+MAX_SAMPLE = 600
+"""Bytes of a non-2xx answer kept for the report."""
 REQUEST_TIMEOUT_S = 10.0
 """A request not answered within this fails (and its connection is dropped)."""
 RETRY_PAUSE_S = 0.005
@@ -47,6 +49,8 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[tuple[int, bool]] | None = None
+        self.last_answer = b""
+        """The head and body start of the last answer (kept to show a failed one)."""
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,6 +98,7 @@ class _Client(asyncio.Protocol):
                 return
         if len(self._buffer) < end + 4 + length:
             return
+        self.last_answer = bytes(self._buffer[:MAX_SAMPLE])
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result((int(parts[1]), close))
@@ -123,7 +128,13 @@ class Load:
         self.ok = 0
         self.non_2xx = 0
         self.errors = 0
+        self.answered_total = 0
+        """Answers of the whole run, warm-up included (the CPU figures cover all of it)."""
         self.error_kinds: dict[str, int] = {}
+        self.statuses: dict[int, int] = {}
+        """Answers by status code, warm-up included."""
+        self.sample = ""
+        """The last non-2xx answer, its head and the start of its body."""
         self.records: list[tuple[float, float, bool]] | None = [] if args.records else None
 
     async def _connect(self) -> _Client:
@@ -148,10 +159,13 @@ class Load:
                 client = None
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
+            self._answered(start, time.monotonic(), ok=200 <= status < 300)
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if not 200 <= status < 300:
+                self.sample = client.last_answer.decode("latin-1")
             if close:
                 _close(client)
                 client = None
-            self._answered(start, time.monotonic(), ok=200 <= status < 300)
         _close(client)
 
     def _failed(self, start: float, kind: str) -> None:
@@ -163,6 +177,7 @@ class Load:
 
     def _answered(self, start: float, end: float, *, ok: bool) -> None:
         self._record(start, end, ok=ok)
+        self.answered_total += 1
         if self.window_start <= end <= self.window_end:
             if ok:
                 self.ok += 1
@@ -196,7 +211,10 @@ class Load:
             "non_2xx": self.non_2xx,
             "errors": self.errors,
             "error_kinds": self.error_kinds,
+            "statuses": self.statuses,
+            "non_2xx_sample": self.sample,
             "rps": round(self.ok / self.args.seconds, 1),
+            "answered_total": self.answered_total,
             "p50_ms": pct(50),
             "p99_ms": pct(99),
             "max_ms": round(max(self.latencies) * 1000, 3) if n else None,

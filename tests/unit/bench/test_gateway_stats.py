@@ -67,7 +67,17 @@ def test_the_slow_threshold_follows_the_p99_before_the_kill() -> None:
     records += [gs.Record(10.0, 10.09, ok=True), *_steady(10.1, 12.0, latency=0.02)]
     result = gs.failover(records, kill_at=10.0)
     assert result.slow_s == pytest.approx(0.1)
+    assert result.p99_before_s == pytest.approx(0.02)
     assert result.disturbed == 0
+
+
+def test_the_slow_threshold_never_exceeds_the_goal() -> None:
+    records = _steady(0.0, 10.0, latency=0.5)  # a crawling machine: 5 x p99 = 2.5 s
+    records += [gs.Record(10.0, 11.2, ok=True), *_steady(11.3, 14.0, latency=0.5)]
+    result = gs.failover(records, kill_at=10.0)
+    assert result.slow_s == gs.MAX_SLOW_S
+    assert result.disturbed == 1
+    assert result.seconds == pytest.approx(1.2)
 
 
 def test_latency_ms_and_added() -> None:
