@@ -333,7 +333,7 @@ class FleetRouter:
         self._tick(now)
         if self._status_due:
             self._status_due = False
-            self._write_status(now)
+            self._write_status()
 
     def _follow(self) -> bool:
         """Apply the store's MultiClusterRoute changes; True if a spec changed."""
@@ -418,8 +418,7 @@ class FleetRouter:
                 self._registered[cluster] = known
                 self._status_due = True
 
-    def _write_status(self, now: float) -> None:
-        del now
+    def _write_status(self) -> None:
         for name, obj in list(self._objects.items()):
             status = self._status(name, obj)
             if status == obj.status:
