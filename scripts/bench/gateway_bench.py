@@ -804,6 +804,12 @@ backends (gw-a, gw-b) weigh 50/50; SIGKILL of gw-a's agent; failover time = from
 the end of the last request that failed or took longer than max(50 ms, 5x the p99 before the
 kill), at most 1 s (`gateway_stats.failover`; at least 20 good requests must follow it); 0 when
 no request was disturbed. One kill per run: a single sample.
+
+Routes are MultiClusterRoute objects applied with `tunnel-server apply -f` (`web.bench` -> gw-a
+alone, for req/s and latency; `failover.bench` -> gw-a and gw-b, 50/50), served by the server's
+default router. Each run also records the CPU of every process (psutil, process trees; the
+member cluster's processes together) and of the whole machine: "others" is what the rest of
+the machine (other work, not this benchmark) took meanwhile; and the 1-minute load average.
 """
 
 
