@@ -816,7 +816,9 @@ the machine (other work, not this benchmark) took meanwhile; and the 1-minute lo
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else ""
     if START in text and END in text:
-        text = replace_section(text, section, START, END)
+        # ``section`` carries its markers; replace_section puts them around what it is given.
+        inner = section.strip().removeprefix(START).removesuffix(END)
+        text = replace_section(text, inner, START, END)
     else:
         text = (
             text.rstrip("\n")
