@@ -646,7 +646,9 @@ token to its API server; "proxy" is the cloud's admin token to
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else ""
     if START in text and END in text:
-        text = replace_section(text, section, START, END)
+        # markdown() writes the markers itself; replace_section adds them again.
+        inner = section.replace(START, "").replace(END, "")
+        text = replace_section(text, inner, START, END)
     else:
         text = (
             text.rstrip("\n")
