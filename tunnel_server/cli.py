@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
             description="Print sha256:<hex> of the CA's public key, for `edge-agent join`.",
         )
     )
+    _add_backup_commands(sub)
     commands.add_session_commands(sub)
     fleet_commands.add_token_commands(sub)
     fleet_commands.add_node_commands(sub)
@@ -406,6 +407,48 @@ def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> 
         " derived from --public-name and --listen); the host must be in the serving"
         " certificate",
     )
+
+
+def _add_backup_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
+    backup = sub.add_parser(
+        "backup",
+        help="write the data folder (CA key, stores, tokens) to a tar.gz, also while serving",
+        description="Copy every database with SQLite's online backup (consistent while the"
+        " server runs), the CA and serving key pairs and the tokens into FILE (tar.gz, mode"
+        " 0600, written atomically) with a manifest of sha256 hashes (docs/install.md).",
+    )
+    _data_dir_option(backup)
+    backup.add_argument("--out", type=Path, required=True, metavar="FILE", help="the archive")
+    restore = sub.add_parser(
+        "restore",
+        help="put a backup into a data folder (empty, or --force with its server stopped)",
+        description="Check the whole archive (manifest hashes, member names) before writing"
+        " anything, then restore the files with their modes (docs/install.md).",
+    )
+    _data_dir_option(restore)
+    restore.add_argument(
+        "--from", dest="archive", type=Path, required=True, metavar="FILE", help="the archive"
+    )
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="replace what a non-empty data folder holds (refused while its server runs)",
+    )
+
+
+def _backup_or_restore(args: argparse.Namespace, data_dir: Path) -> int:
+    from tunnel_server import backup  # noqa: PLC0415 - see serve()
+
+    try:
+        if args.command == "backup":
+            members = backup.backup(data_dir, args.out)
+            print(f"{args.out}: {len(members)} files")  # noqa: T201 - the output
+        else:
+            members = backup.restore(args.archive, data_dir, force=args.force)
+            print(f"{data_dir}: {len(members)} files restored")  # noqa: T201 - the output
+    except backup.BackupError as exc:
+        return _fail(str(exc), exc.exit_code)
+    return 0
 
 
 # ---------------------------------------------------------------- commands
@@ -695,6 +738,8 @@ def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None)
         finally:
             identity.store.close()
         return 0
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args, data_dir)
     if args.command == "ca-hash":
         print(_load_ca(data_dir).ca_hash())  # noqa: T201 - the output
         return 0
