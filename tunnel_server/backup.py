@@ -397,8 +397,10 @@ def server_running(data_dir: Path) -> str | None:
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("BEGIN EXCLUSIVE")
             db.execute("ROLLBACK")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError:  # "database is locked": another connection has it
             return name
+        except sqlite3.DatabaseError:  # not a database (damaged): nobody serves from it
+            continue
         finally:
             db.close()
     return None
