@@ -98,6 +98,12 @@ class BackupError(Exception):
     exit_code = 1
 
 
+class ArgumentError(BackupError):
+    """``--out``'s folder, ``--from`` or ``--data-dir`` is missing or of the wrong kind. Exit 2."""
+
+    exit_code = 2
+
+
 class ArchiveRefusedError(BackupError):
     """The archive is malformed, tampered with or unsafe; nothing was written. Exit 1."""
 
@@ -164,7 +170,7 @@ def backup(data_dir: Path, out: Path, *, now: datetime | None = None) -> list[Me
             " (`tunnel-server init` makes one)?"
         )
     if not out.parent.is_dir():
-        raise BackupError(f"--out {out}: {out.parent} is no folder")
+        raise ArgumentError(f"--out {out}: {out.parent} is no folder")
     created = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp)
@@ -409,9 +415,9 @@ def server_running(data_dir: Path) -> str | None:
 def restore(archive: Path, data_dir: Path, *, force: bool = False) -> list[Member]:
     """Put the archive's files into ``data_dir``; every check comes before any write."""
     if not archive.is_file():
-        raise BackupError(f"--from {archive} is no file")
+        raise ArgumentError(f"--from {archive} is no file")
     if data_dir.exists() and not data_dir.is_dir():
-        raise BackupError(f"--data-dir {data_dir} is not a folder")
+        raise ArgumentError(f"--data-dir {data_dir} is not a folder")
     if data_dir.is_dir() and any(data_dir.iterdir()):
         if not force:
             raise TargetBusyError(
