@@ -26,27 +26,28 @@ Rules:
   with the pod the cache shows later. An admission the cache never shows (a later admission
   step refused the pod) stops counting after ``WebhookTiming.in_flight`` seconds. Without
   the ``pods`` informer, or before both caches have synced, pods are held.
-* Threads: the HTTPS listener runs on a thread of its own (``elastic-webhook-listener``) with
-  its own event loop, so a review never waits behind the agent's loop, where the policy
-  controller's passes and the autoscaler's steps run synchronously over every pod for tens of
-  milliseconds (docs/benchmarks.md, "Elastic clusters"). ``run`` starts the thread, waits for
-  it to listen, and on the way out stops and joins it; an error of the thread (the port is
-  taken, the loop fails) ends ``run`` with that error. Inside each loop the tasks are named
-  tasks of task groups as everywhere else.
-* What the listener thread reads: in hold mode only ``_snapshot``, an immutable
-  ``_PolicySnapshot`` (the parsed policies per namespace and the informer's synced flag) that
-  the main loop replaces, with one attribute assignment, whenever the policies informer
-  changes: no lock, and a review decided during a change sees the old or the new policies,
-  never a mixture. Without hold the decision counts pods from the pods and nodes caches and
-  remembers its admissions, all main-loop state: the listener hands those reviews to the main
-  loop (``asyncio.run_coroutine_threadsafe``), so that mode keeps waiting for the main loop.
-  Certificate reloads run on the listener's loop (the context it handshakes with). Metrics
-  (prometheus_client) and logging are thread-safe.
-* The GIL: while ``run`` serves, the interpreter's switch interval is at most
-  ``SWITCH_INTERVAL`` (the one place it is set; the previous value is restored on the way
-  out). The listener releases the GIL at every socket and TLS call and must take it back from
-  a main loop busy with a pass; at the default 5 ms each of those hand-backs can cost 5 ms,
-  several per review (docs/benchmarks.md, "Elastic clusters", measures both).
+* Where it listens. Hold mode: in a child process (``webhook_process``, which says why a
+  subprocess), so a review waits neither for the agent's loop, where the policy controller's
+  passes and the autoscaler's steps run synchronously over every pod for tens of
+  milliseconds, nor for the agent's GIL (docs/benchmarks.md, "Elastic clusters"). The agent
+  keeps the informers, the certificates and the configuration; it sends the child, as JSON
+  lines on its stdin of at most ``MAX_MESSAGE_BYTES``, the certificate and key (and each
+  renewal) and the policies whenever the informer changes; the child decides with ``answer``
+  and ``make_application`` (this module's code) and reports its counts and durations, which
+  the agent adds to its metrics. The child ends when its stdin closes (the agent stopped or
+  died); if it dies, the agent logs why and starts another on the port the first bound, after
+  ``WebhookTiming.retry_initial`` seconds doubling to ``retry_max`` (reset once one served
+  ``_STABLE`` seconds); ``ready`` is clear while none listens. A first child that cannot
+  listen (the port is taken) ends ``run`` with that error.
+* Without hold the decision counts pods from the pods and nodes caches and remembers its
+  admissions, all main-loop state, so the listener stays a thread of the agent
+  (``elastic-webhook-listener``) with its own event loop that hands each review to the main
+  loop (``asyncio.run_coroutine_threadsafe``): that mode keeps waiting for the main loop.
+  Certificate reloads run on the listener's loop (the context it handshakes with). The
+  snapshot ``_snapshot`` (an immutable ``_PolicySnapshot``) is replaced by the main loop with
+  one assignment, never changed: a review sees the old or the new policies, never a mixture.
+  The interpreter's switch interval is left alone (it was lowered for a hold-mode listener
+  thread; a process of its own needs no GIL hand-backs).
 * Policies are parsed once per informer revision; invalid ones are skipped (the policy
   controller reports them in their status).
 * Certificates: ``webhook_tls`` (self-made CA, renewed ``certificate_renew_days`` before
@@ -58,7 +59,8 @@ Rules:
   ``ready`` is set once the listener serves and the configuration is registered.
 * A ``webhook_url`` whose port is 0 means the port the listener bound (tests listen on port 0).
 * One DEBUG line per patched pod, one WARNING per error; Prometheus metrics
-  ``edgefleet_agent_elastic_webhook_*`` when a registry is given.
+  ``edgefleet_agent_elastic_webhook_*`` when a registry is given (the listener process's
+  answers arrive every ``webhook_process.REPORT_INTERVAL`` seconds).
 """
 
 from __future__ import annotations
