@@ -264,10 +264,15 @@ class Bench:
     stack: ExitStack
 
     def webhook_peers(self) -> set[int]:
-        """Remote ports of the connections open to the agent's webhook listener now."""
+        """Remote ports of the connections open to the agent's webhook listener now.
+
+        In hold mode the listener is a child process of the agent: its sockets count too.
+        """
+        agent = self.agent_process()
         return {
             c.raddr.port
-            for c in self.agent_process().net_connections(kind="tcp")
+            for process in (agent, *agent.children())
+            for c in process.net_connections(kind="tcp")
             if c.laddr.port == self.webhook_port and c.raddr
         }
 
@@ -1182,16 +1187,16 @@ def markdown(report: Mapping[str, Any]) -> str:
         ),
         "",
         (
-            "The agent serves its webhook on a listener thread of its own (in hold mode it "
-            "decides from a snapshot of the parsed policies); its informers, policy controller "
-            "and autoscaler share the main event loop. One pass of the policy controller's "
-            "planner (`policy_controller.plan_pass`, synchronous on the main loop, over every "
+            "The agent serves its webhook (hold mode) from a listener process of its own that "
+            "decides from the policies the agent sends it; the agent's informers, policy "
+            "controller and autoscaler share its main event loop. One pass of the policy "
+            "controller's planner (`policy_controller.plan_pass`, synchronous on the main loop, over every "
             "pod of the cluster; timed in the bench process on the member's objects as they "
             f"were) took {cell(dig('webhook', 'controller_pass', 'median_ms'))} ms (median of "
             f"5) over {cell(dig('webhook', 'controller_pass', 'pods'))} pods after the probes, "
             f"and {cell(dig('scale_up', 'controller_pass', 'median_ms'))} ms over "
             f"{cell(dig('scale_up', 'controller_pass', 'pods'))} pods after the scale-up; a "
-            "review arriving during a pass competes with it only for the GIL. During the "
+            "review arriving during a pass competes with it only for the CPUs. During the "
             f"{cell(dig('webhook', 'probe_seconds'))} s of probes the controller made "
             f"{cell(dig('webhook', 'policy_passes'))} passes and the autoscaler "
             f"{cell(dig('webhook', 'autoscaler_steps'))} steps of "
