@@ -11,7 +11,7 @@ import asyncio
 import http.client
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ async def test_the_child_answers_from_the_policies_it_was_sent(
     assert second["uid"] == "2"
     assert patched(pod(), second)["spec"]["schedulingGates"] == [{"name": WAITING_GATE}]
     # Its counts come back over the pipe (every REPORT_INTERVAL seconds).
-    reports: list[dict[str, Any]] = []
+    reports: list[Mapping[str, Any]] = []
     assert child._process.stdin is not None
     child._process.stdin.close()  # EOF: it reports what it has and ends
     await child.reports(reports.append)
