@@ -134,6 +134,7 @@ class ElasticPart:
             "crdsInstalled": self.installed.is_set(),
             "installError": self.install_error or None,
             "webhookReady": self.webhook.ready.is_set(),
+            "webhookListenerPid": self.webhook.listener_pid,
             "autoscaler": self.autoscaler is not None,
             "synced": {name: inf.synced.is_set() for name, inf in informers.items()},
         }

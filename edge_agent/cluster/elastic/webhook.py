@@ -26,27 +26,28 @@ Rules:
   with the pod the cache shows later. An admission the cache never shows (a later admission
   step refused the pod) stops counting after ``WebhookTiming.in_flight`` seconds. Without
   the ``pods`` informer, or before both caches have synced, pods are held.
-* Threads: the HTTPS listener runs on a thread of its own (``elastic-webhook-listener``) with
-  its own event loop, so a review never waits behind the agent's loop, where the policy
-  controller's passes and the autoscaler's steps run synchronously over every pod for tens of
-  milliseconds (docs/benchmarks.md, "Elastic clusters"). ``run`` starts the thread, waits for
-  it to listen, and on the way out stops and joins it; an error of the thread (the port is
-  taken, the loop fails) ends ``run`` with that error. Inside each loop the tasks are named
-  tasks of task groups as everywhere else.
-* What the listener thread reads: in hold mode only ``_snapshot``, an immutable
-  ``_PolicySnapshot`` (the parsed policies per namespace and the informer's synced flag) that
-  the main loop replaces, with one attribute assignment, whenever the policies informer
-  changes: no lock, and a review decided during a change sees the old or the new policies,
-  never a mixture. Without hold the decision counts pods from the pods and nodes caches and
-  remembers its admissions, all main-loop state: the listener hands those reviews to the main
-  loop (``asyncio.run_coroutine_threadsafe``), so that mode keeps waiting for the main loop.
-  Certificate reloads run on the listener's loop (the context it handshakes with). Metrics
-  (prometheus_client) and logging are thread-safe.
-* The GIL: while ``run`` serves, the interpreter's switch interval is at most
-  ``SWITCH_INTERVAL`` (the one place it is set; the previous value is restored on the way
-  out). The listener releases the GIL at every socket and TLS call and must take it back from
-  a main loop busy with a pass; at the default 5 ms each of those hand-backs can cost 5 ms,
-  several per review (docs/benchmarks.md, "Elastic clusters", measures both).
+* Where it listens. Hold mode: in a child process (``webhook_process``, which says why a
+  subprocess), so a review waits neither for the agent's loop, where the policy controller's
+  passes and the autoscaler's steps run synchronously over every pod for tens of
+  milliseconds, nor for the agent's GIL (docs/benchmarks.md, "Elastic clusters"). The agent
+  keeps the informers, the certificates and the configuration; it sends the child, as JSON
+  lines on its stdin of at most ``MAX_MESSAGE_BYTES``, the certificate and key (and each
+  renewal) and the policies whenever the informer changes; the child decides with ``answer``
+  and ``make_application`` (this module's code) and reports its counts and durations, which
+  the agent adds to its metrics. The child ends when its stdin closes (the agent stopped or
+  died); if it dies, the agent logs why and starts another on the port the first bound, after
+  ``WebhookTiming.retry_initial`` seconds doubling to ``retry_max`` (reset once one served
+  ``_STABLE`` seconds); ``ready`` is clear while none listens. A first child that cannot
+  listen (the port is taken) ends ``run`` with that error.
+* Without hold the decision counts pods from the pods and nodes caches and remembers its
+  admissions, all main-loop state, so the listener stays a thread of the agent
+  (``elastic-webhook-listener``) with its own event loop that hands each review to the main
+  loop (``asyncio.run_coroutine_threadsafe``): that mode keeps waiting for the main loop.
+  Certificate reloads run on the listener's loop (the context it handshakes with). The
+  snapshot ``_snapshot`` (an immutable ``_PolicySnapshot``) is replaced by the main loop with
+  one assignment, never changed: a review sees the old or the new policies, never a mixture.
+  The interpreter's switch interval is left alone (it was lowered for a hold-mode listener
+  thread; a process of its own needs no GIL hand-backs).
 * Policies are parsed once per informer revision; invalid ones are skipped (the policy
   controller reports them in their status).
 * Certificates: ``webhook_tls`` (self-made CA, renewed ``certificate_renew_days`` before
@@ -58,7 +59,8 @@ Rules:
   ``ready`` is set once the listener serves and the configuration is registered.
 * A ``webhook_url`` whose port is 0 means the port the listener bound (tests listen on port 0).
 * One DEBUG line per patched pod, one WARNING per error; Prometheus metrics
-  ``edgefleet_agent_elastic_webhook_*`` when a registry is given.
+  ``edgefleet_agent_elastic_webhook_*`` when a registry is given (the listener process's
+  answers arrive every ``webhook_process.REPORT_INTERVAL`` seconds).
 """
 
 from __future__ import annotations
@@ -73,12 +75,13 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import ssl
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,6 +119,8 @@ from fleet_model.problems import SpecError, escape, is_name
 __all__ = [
     "ANNOTATION_ADMISSION",
     "MAX_BODY_BYTES",
+    "MAX_DURATIONS",
+    "MAX_MESSAGE_BYTES",
     "REVIEW_API_VERSION",
     "AdmissionWebhook",
     "WebhookMetrics",
@@ -227,11 +232,6 @@ _NO_POLICIES = _PolicySnapshot(revision=-1, synced=False, by_namespace={}, statu
 _IDLE_WAIT = 3600.0
 """Seconds one ``wait_changed`` of the policies follower lasts before it is simply made again."""
 LISTENER_THREAD = "elastic-webhook-listener"
-SWITCH_INTERVAL = 0.001
-"""Seconds a thread holding the GIL keeps it while the listener waits for it (Python's default
-is 0.005): bounds each hand-back to 1 ms; the main loop's passes pay a forced switch only when
-the listener is waiting, i.e. a few per review."""
-
 Decide = Callable[[Mapping[str, Any]], Awaitable[tuple[str, dict[str, Any]]]]
 
 
@@ -410,6 +410,304 @@ def _is_pod_create(request: Mapping[str, Any]) -> bool:
     )
 
 
+Count = Callable[
+    [Mapping[str, Any], ResourcePolicy, str, "_PolicySnapshot", Mapping[str, Any]], Admission
+]
+"""Decides a governed pod without hold (``AdmissionWebhook._admit_counting``)."""
+Observe = Callable[[str, float], None]
+"""Records one answered request: its outcome and the seconds it took."""
+
+
+def make_application(decide: Decide, observe: Observe) -> web.Application:
+    """The aiohttp application answering ``POST /mutate-pods`` with ``decide``.
+
+    Shared by the agent (tests, the listener thread) and the listener process
+    (``webhook_process``), so every listener answers alike.
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        outcome = "bad_request"
+        try:
+            try:
+                review = await _read_review(request)
+            except _BadRequestError as error:
+                log.warning("elastic webhook: refused a request from %s: %s", request.remote, error)
+                return web.Response(status=error.status, text=f"{error}\n")
+            admission_request = review["request"]
+            outcome, fields = await decide(admission_request)
+            fields["uid"] = admission_request["uid"]
+            fields["allowed"] = True
+            return web.json_response(
+                {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": fields}
+            )
+        finally:
+            observe(outcome, time.perf_counter() - started)
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_post(WEBHOOK_PATH, handle)
+    return app
+
+
+async def _read_review(request: web.Request) -> dict[str, Any]:
+    if request.content_type != _JSON:
+        raise _BadRequestError(415, f"Content-Type must be {_JSON}")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise _BadRequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadRequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes") from None
+    try:
+        review = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise _BadRequestError(400, "the body is not JSON") from None
+    if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
+        raise _BadRequestError(400, "the body is not an AdmissionReview")
+    if review.get("apiVersion") != REVIEW_API_VERSION:
+        raise _BadRequestError(400, f"only AdmissionReview {REVIEW_API_VERSION} is served")
+    admission_request = review.get("request")
+    if not isinstance(admission_request, dict):
+        raise _BadRequestError(400, "the AdmissionReview has no request")
+    uid = admission_request.get("uid")
+    if not isinstance(uid, str) or not 0 < len(uid) <= MAX_UID_CHARS:
+        raise _BadRequestError(
+            400, f"request.uid must be a string of 1..{MAX_UID_CHARS} characters"
+        )
+    return review
+
+
+def answer(
+    request: Mapping[str, Any], snapshot: _PolicySnapshot, *, count: Count | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``(outcome, response fields)`` for a review that parsed; never raises.
+
+    ``count`` None: a governed pod is held (hold mode); else ``count`` places it.
+    """
+    try:
+        return _decide(request, snapshot, count)
+    except Exception:
+        log.warning(
+            "elastic webhook: admitting request %s unchanged after an error",
+            request.get("uid"),
+            exc_info=True,
+        )
+        return "error", {}
+
+
+def _decide(
+    request: Mapping[str, Any], snapshot: _PolicySnapshot, count: Count | None
+) -> tuple[str, dict[str, Any]]:
+    pod = request.get("object")
+    namespace = request.get("namespace")
+    if (
+        not _is_pod_create(request)
+        or not isinstance(pod, dict)
+        or not isinstance(pod.get("spec"), dict)
+        or not isinstance(namespace, str)
+        or not namespace
+    ):
+        return "skipped", {}
+    if not snapshot.synced:
+        return "not_synced", {}
+    policies = list(snapshot.by_namespace.get(namespace, ()))
+    policy = governing_policy(pod, policies, namespace=namespace)
+    if policy is None:
+        return "no_policy", {}
+    held = count is None
+    if count is None:
+        admission = admit(pod, policy, (), hold=True)
+    else:
+        admission = count(pod, policy, namespace, snapshot, request)
+    label = _pod_label(pod, request)
+    if not admission.patch:
+        log.debug("elastic webhook: pod %s/%s unchanged: %s", namespace, label, admission.reason)
+        return "unchanged", {}
+    log.debug("elastic webhook: pod %s/%s: %s", namespace, label, admission.reason)
+    patch = base64.b64encode(json.dumps(admission.patch, separators=(",", ":")).encode())
+    outcome = "held" if held else "waiting" if admission.waiting else "placed"
+    return outcome, {"patchType": "JSONPatch", "patch": patch.decode()}
+
+
+def parse_snapshot(*, revision: int, synced: bool, objects: Iterable[object]) -> _PolicySnapshot:
+    """The snapshot of these ResourcePolicy objects.
+
+    Invalid ones are skipped (the policy controller reports them in their status).
+    """
+    by_namespace: dict[str, list[ResourcePolicy]] = collections.defaultdict(list)
+    statuses: dict[Key, object] = {}
+    for obj in objects:
+        try:
+            policy = parse_resource_policy(obj)
+        except SpecError:
+            continue
+        by_namespace[policy.namespace].append(policy)
+        statuses[(policy.namespace, policy.name)] = _dict(obj).get("status")
+    return _PolicySnapshot(
+        revision=revision,
+        synced=synced,
+        by_namespace={ns: tuple(found) for ns, found in by_namespace.items()},
+        statuses=statuses,
+    )
+
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+"""Bytes of one line between the agent and its listener process: the policies of a cluster (a
+few KiB each) with room to spare; a longer line is refused by either side."""
+MAX_DURATIONS = 1000
+"""Durations in one metrics report of the listener process: it reports when it has this many
+(or every ``webhook_process.REPORT_INTERVAL`` seconds), so it never drops one."""
+_MAX_OUTCOME_CHARS = 32
+_START_TIMEOUT = 60.0
+"""Seconds a listener process has to listen: an interpreter start and imports, on a busy
+2-core machine a few seconds."""
+_STOP_GRACE = 5.0
+"""Seconds a listener process has to end after its pipe is closed, before it is killed."""
+_STABLE = 10.0
+"""Seconds a listener process must have served for its end to restart the back-off."""
+_ROOT = Path(__file__).resolve().parents[3]
+"""The directory holding the ``edge_agent`` package the agent runs: the child imports the same."""
+
+
+def _tls_message(tls: webhook_tls.WebhookTls) -> dict[str, Any]:
+    return {"tls": {"cert": tls.cert_path.read_text(), "key": tls.key_path.read_text()}}
+
+
+class _ListenerProcess:
+    """One listener process (``python -m edge_agent.cluster.elastic.webhook_process``).
+
+    Its stdin carries JSON lines to it (``tls``, ``policies``), its stdout JSON lines back
+    (``listening``, ``error``, ``metrics``); stderr is the agent's (its log lines). It ends
+    when its stdin closes, so it never outlives the agent (module rules).
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self._lock = asyncio.Lock()
+        self.policies_sent: tuple[int, bool] | None = None
+        """The snapshot (revision, synced) last sent."""
+
+    @classmethod
+    async def start(cls, host: str | None, port: int) -> _ListenerProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        level = log.getEffectiveLevel()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edge_agent.cluster.elastic.webhook_process",
+            f"--host={host or ''}",
+            f"--port={port}",
+            f"--log-level={level}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            limit=MAX_MESSAGE_BYTES,
+        )
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        """Send one message; ValueError if too long; a gone process is ignored (it restarts)."""
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"a message of {len(line)} bytes (at most {MAX_MESSAGE_BYTES})")
+        stdin = self._process.stdin
+        assert stdin is not None  # noqa: S101 - started with a pipe
+        async with self._lock:
+            with contextlib.suppress(ConnectionError):
+                stdin.write(line)
+                await stdin.drain()
+
+    async def _message(self) -> dict[str, Any] | None:
+        """The next message, None at the end; a broken line ends the process (ValueError)."""
+        stdout = self._process.stdout
+        assert stdout is not None  # noqa: S101 - started with a pipe
+        try:
+            line = await stdout.readline()
+        except ValueError as error:  # longer than MAX_MESSAGE_BYTES
+            raise ValueError(f"the listener process sent an overlong line: {error}") from None
+        if not line:
+            return None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise ValueError("the listener process sent a line that is not JSON") from None
+        if not isinstance(message, dict):
+            raise ValueError("the listener process sent a line that is not a JSON object")  # noqa: TRY004 - a protocol error, like the others
+        return message
+
+    async def listening(self) -> int:
+        """The port once the process listens; RuntimeError (with its reason) if it ends."""
+        async with asyncio.timeout(_START_TIMEOUT):
+            message = await self._message()
+        port = message.get("listening") if message is not None else None
+        if isinstance(port, int) and 0 < port <= 65535:
+            return port
+        reason = message.get("error") if message is not None else None
+        code = await self.stop()
+        raise RuntimeError(
+            f"the webhook listener process ended before listening (code {code}): "
+            f"{reason if isinstance(reason, str) else 'no reason given'}"
+        )
+
+    async def reports(self, absorb: Callable[[Mapping[str, Any]], None]) -> None:
+        """Hand each valid metrics report to ``absorb`` until the process closes its stdout."""
+        while True:
+            try:
+                message = await self._message()
+            except ValueError as error:
+                log.warning("elastic webhook: %s; stopping it", error)
+                return
+            if message is None:
+                return
+            report = _valid_report(message.get("metrics"))
+            if report is None:
+                log.warning("elastic webhook: the listener process sent an odd report")
+                continue
+            absorb(report)
+
+    async def stop(self) -> int:
+        """Close its stdin (it ends), kill it if it does not; its return code."""
+        process = self._process
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            async with asyncio.timeout(_STOP_GRACE):
+                return await process.wait()
+        except TimeoutError:
+            log.warning("elastic webhook: killing listener process %d", process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        return await process.wait()
+
+
+def _valid_report(report: object) -> dict[str, Any] | None:
+    """A metrics report of the listener process, checked (counts and durations bounded)."""
+    if not isinstance(report, dict):
+        return None
+    admissions = report.get("admissions")
+    durations = report.get("durations")
+    if not isinstance(admissions, dict) or not isinstance(durations, list):
+        return None
+    if len(admissions) > 16 or len(durations) > MAX_DURATIONS:
+        return None
+    for outcome, count in admissions.items():
+        if len(outcome) > _MAX_OUTCOME_CHARS or not isinstance(count, int) or count < 0:
+            return None
+    for seconds in durations:
+        if not isinstance(seconds, int | float) or not 0 <= seconds < 3600:
+            return None
+    return {"admissions": admissions, "durations": durations}
+
+
 class AdmissionWebhook:
     """Serves ``POST /mutate-pods`` over HTTPS and keeps its configuration and certificates.
 
@@ -466,6 +764,12 @@ class AdmissionWebhook:
         self._node_labels: dict[str, dict[str, str]] = {}
         self._usage: dict[Key, Usage] = {}
         self._in_flight: collections.deque[_Flight] = collections.deque(maxlen=_MAX_IN_FLIGHT)
+        self._listening = False
+        self._registered = False
+        self._child: _ListenerProcess | None = None
+        self._tls: webhook_tls.WebhookTls | None = None
+        self._bound_port = 0
+        self._started_at = 0.0
 
     @property
     def port(self) -> int:
@@ -478,26 +782,25 @@ class AdmissionWebhook:
         """The aiohttp application answering ``POST /mutate-pods``.
 
         By default it decides on the loop that serves it, which must be the informers' loop
-        (tests serve it so). ``run`` serves it with ``listener_thread=True`` on the listener
-        thread, where it decides from the published snapshot (module rules).
+        (tests serve it so). ``run`` serves it without hold with ``listener_thread=True`` on the
+        listener thread, where it hands each review to the agent's loop (module rules).
         """
         decide = self._decide_from_listener if listener_thread else self._decide_here
+        return make_application(decide, self._observe)
 
-        async def handle(request: web.Request) -> web.Response:
-            return await self._handle(request, decide)
-
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post(WEBHOOK_PATH, handle)
-        return app
+    def _observe(self, outcome: str, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.admissions.labels(outcome).inc()
+            self._metrics.latency.observe(seconds)
 
     async def _decide_here(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """Decide on the main loop (the informers' and the counting state's)."""
         self._publish_policies()
-        return self._answer(request, self._snapshot)
+        return answer(request, self._snapshot, count=self._counter())
 
     async def _decide_from_listener(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if self._hold:
-            return self._answer(request, self._snapshot)
+            return answer(request, self._snapshot)
         try:
             future = asyncio.run_coroutine_threadsafe(self._decide_here(request), self._loop())
         except RuntimeError:  # the agent's loop is closing: fail open
@@ -510,102 +813,9 @@ class AdmissionWebhook:
             raise RuntimeError("the agent's loop is not known")
         return self._main_loop
 
-    async def _handle(self, request: web.Request, decide: Decide) -> web.Response:
-        started = time.perf_counter()
-        outcome = "bad_request"
-        try:
-            try:
-                review = await self._read_review(request)
-            except _BadRequestError as error:
-                log.warning("elastic webhook: refused a request from %s: %s", request.remote, error)
-                return web.Response(status=error.status, text=f"{error}\n")
-            admission_request = review["request"]
-            outcome, answer = await decide(admission_request)
-            answer["uid"] = admission_request["uid"]
-            answer["allowed"] = True
-            return web.json_response(
-                {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": answer}
-            )
-        finally:
-            if self._metrics is not None:
-                self._metrics.admissions.labels(outcome).inc()
-                self._metrics.latency.observe(time.perf_counter() - started)
-
-    async def _read_review(self, request: web.Request) -> dict[str, Any]:
-        if request.content_type != _JSON:
-            raise _BadRequestError(415, f"Content-Type must be {_JSON}")
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            raise _BadRequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _BadRequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes") from None
-        try:
-            review = json.loads(body)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            raise _BadRequestError(400, "the body is not JSON") from None
-        if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
-            raise _BadRequestError(400, "the body is not an AdmissionReview")
-        if review.get("apiVersion") != REVIEW_API_VERSION:
-            raise _BadRequestError(400, f"only AdmissionReview {REVIEW_API_VERSION} is served")
-        admission_request = review.get("request")
-        if not isinstance(admission_request, dict):
-            raise _BadRequestError(400, "the AdmissionReview has no request")
-        uid = admission_request.get("uid")
-        if not isinstance(uid, str) or not 0 < len(uid) <= MAX_UID_CHARS:
-            raise _BadRequestError(
-                400, f"request.uid must be a string of 1..{MAX_UID_CHARS} characters"
-            )
-        return review
-
-    def _answer(
-        self, request: Mapping[str, Any], snapshot: _PolicySnapshot
-    ) -> tuple[str, dict[str, Any]]:
-        """``(outcome, response fields)`` for a review that parsed; never raises."""
-        try:
-            return self._decide(request, snapshot)
-        except Exception:
-            log.warning(
-                "elastic webhook: admitting request %s unchanged after an error",
-                request.get("uid"),
-                exc_info=True,
-            )
-            return "error", {}
-
-    def _decide(
-        self, request: Mapping[str, Any], snapshot: _PolicySnapshot
-    ) -> tuple[str, dict[str, Any]]:
-        pod = request.get("object")
-        namespace = request.get("namespace")
-        if (
-            not _is_pod_create(request)
-            or not isinstance(pod, dict)
-            or not isinstance(pod.get("spec"), dict)
-            or not isinstance(namespace, str)
-            or not namespace
-        ):
-            return "skipped", {}
-        if not snapshot.synced:
-            return "not_synced", {}
-        policies = list(snapshot.by_namespace.get(namespace, ()))
-        policy = governing_policy(pod, policies, namespace=namespace)
-        if policy is None:
-            return "no_policy", {}
-        held = self._holding()
-        if held:
-            admission = admit(pod, policy, (), hold=True)
-        else:
-            admission = self._admit_counting(pod, policy, namespace, snapshot, request)
-        label = _pod_label(pod, request)
-        if not admission.patch:
-            log.debug(
-                "elastic webhook: pod %s/%s unchanged: %s", namespace, label, admission.reason
-            )
-            return "unchanged", {}
-        log.debug("elastic webhook: pod %s/%s: %s", namespace, label, admission.reason)
-        patch = base64.b64encode(json.dumps(admission.patch, separators=(",", ":")).encode())
-        outcome = "held" if held else "waiting" if admission.waiting else "placed"
-        return outcome, {"patchType": "JSONPatch", "patch": patch.decode()}
+    def _counter(self) -> Count | None:
+        """How to decide a governed pod: ``None`` holds it (module rules), else count."""
+        return None if self._holding() else self._admit_counting
 
     # ------------------------------------------------------------ decisions
 
@@ -620,20 +830,8 @@ class AdmissionWebhook:
         current = self._snapshot
         if revision == current.revision and synced == current.synced:
             return revision
-        by_namespace: dict[str, list[ResourcePolicy]] = collections.defaultdict(list)
-        statuses: dict[Key, object] = {}
-        for key, obj in self._policies.items().items():
-            try:
-                policy = parse_resource_policy(obj)
-            except SpecError:
-                continue  # the policy controller reports it in the policy's status
-            by_namespace[policy.namespace].append(policy)
-            statuses[key] = obj.get("status")
-        self._snapshot = _PolicySnapshot(
-            revision=revision,
-            synced=synced,
-            by_namespace={ns: tuple(found) for ns, found in by_namespace.items()},
-            statuses=statuses,
+        self._snapshot = parse_snapshot(
+            revision=revision, synced=synced, objects=self._policies.items().values()
         )
         return revision
 
@@ -641,7 +839,13 @@ class AdmissionWebhook:
         """Publish a new snapshot on every change of the policies informer (main loop)."""
         while True:
             revision = self._publish_policies()
+            child = self._child
+            if child is not None and child.policies_sent != self._snapshot_id():
+                await self._send_policies(child)
             await self._policies.wait_changed(revision, _IDLE_WAIT)
+
+    def _snapshot_id(self) -> tuple[int, bool]:
+        return self._snapshot.revision, self._snapshot.synced
 
     def _holding(self) -> bool:
         """Hold this pod: hold mode, or the caches the count needs are not there yet."""
@@ -783,48 +987,184 @@ class AdmissionWebhook:
     async def run(self) -> None:
         """Make or load the certificates, listen, register, renew; until cancelled.
 
-        The listener runs on its own thread (module rules), started here and always stopped
-        and joined before this returns or raises; its failure is raised here.
+        Hold mode serves from a listener process, else from a listener thread (module rules);
+        either is started here and always stopped before this returns or raises. The first
+        listener's failure to listen is raised here.
         """
         self._main_loop = asyncio.get_running_loop()
         self._publish_policies()
         tls = await self._ensure_tls()
+        try:
+            if self._hold:
+                await self._run_process(tls)
+            else:
+                await self._run_thread(tls)
+        finally:
+            self._listening = False
+            self._update_ready()
+            self._port = 0
+
+    async def _run_thread(self, tls: webhook_tls.WebhookTls) -> None:
         context = webhook_tls.server_context(tls)
         listener = _ListenerThread(
             self.application(listener_thread=True), self._listen_host, self._listen_port, context
         )
-        switch_interval = sys.getswitchinterval()
         listener.start()
+
+        async def serve(fresh: webhook_tls.WebhookTls) -> None:
+            # On the listener's loop: it handshakes with this context.
+            await listener.call(functools.partial(webhook_tls.reload_context, context, fresh))
+
         try:
-            sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL))
             self._port = await asyncio.wrap_future(listener.started)
+            self._listening = True
             log.info(
-                "elastic webhook: serving https on %s:%d (%s mode, thread %s)",
+                "elastic webhook: serving https on %s:%d (count mode, thread %s)",
                 self._listen_host or "*",
                 self._port,
-                "hold" if self._hold else "count",
                 LISTENER_THREAD,
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._follow_policies(), name="elastic.webhook.policies")
                 if self._own_nodes and self._nodes is not None:
                     group.create_task(self._nodes.run(), name="elastic.webhook.nodes")
-                group.create_task(self._upkeep(tls, listener), name="elastic.webhook.upkeep")
-                group.create_task(self._listening(listener), name="elastic.webhook.listener")
+                group.create_task(self._upkeep(tls, serve), name="elastic.webhook.upkeep")
+                group.create_task(self._listening_thread(listener), name="elastic.webhook.listener")
         finally:
-            self.ready.clear()
-            self._port = 0
-            sys.setswitchinterval(switch_interval)
             listener.stop()
             await listener.join()
 
     @staticmethod
-    async def _listening(listener: _ListenerThread) -> None:
+    async def _listening_thread(listener: _ListenerThread) -> None:
         """Raise when the listener thread ends: its error, or that it ended at all."""
         await asyncio.wrap_future(listener.finished)
         raise RuntimeError("the webhook listener thread ended")
 
-    async def _upkeep(self, tls: webhook_tls.WebhookTls, listener: _ListenerThread) -> None:
+    # ------------------------------------------------------------ the listener process
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The listener process's pid (hold mode, while one runs)."""
+        child = self._child
+        return child.pid if child is not None and child.returncode is None else None
+
+    async def _run_process(self, tls: webhook_tls.WebhookTls) -> None:
+        self._tls = tls
+        try:
+            child = await self._start_child(self._listen_port)
+            self._bound_port = self._port
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._follow_policies(), name="elastic.webhook.policies")
+                group.create_task(
+                    self._upkeep(tls, self._serve_in_child), name="elastic.webhook.upkeep"
+                )
+                group.create_task(self._supervise(child), name="elastic.webhook.process")
+        finally:
+            if self._child is not None:
+                await self._child.stop()
+                self._child = None
+
+    async def _start_child(self, port: int) -> _ListenerProcess:
+        """Start a listener process and feed it; return once it listens, else raise."""
+        assert self._tls is not None  # noqa: S101 - set before the first start
+        child = await _ListenerProcess.start(self._listen_host, port)
+        self._child = child
+        try:
+            await child.send(_tls_message(self._tls))
+            await self._send_policies(child)
+            self._port = await child.listening()
+        except BaseException:
+            await child.stop()
+            self._child = None
+            raise
+        self._listening = True
+        self._started_at = time.monotonic()
+        self._update_ready()
+        log.info(
+            "elastic webhook: serving https on %s:%d (hold mode, process %d)",
+            self._listen_host or "*",
+            self._port,
+            child.pid,
+        )
+        return child
+
+    async def _supervise(self, child: _ListenerProcess | None) -> None:
+        """Read the listener's reports; when it ends, start another, with back-off."""
+        failures = 0
+        why = ""
+        while True:
+            if child is not None:
+                await child.reports(self._absorb)
+                code = await child.stop()
+                self._child = None
+                self._listening = False
+                self._update_ready()
+                self._port = 0
+                lived = time.monotonic() - self._started_at
+                failures = 0 if lived >= _STABLE else failures
+                why = f"exit code {code}" if code >= 0 else f"signal {-code}"
+            failures += 1
+            delay = min(
+                self.timing.retry_initial * 2 ** min(failures - 1, 30), self.timing.retry_max
+            )
+            if child is not None:
+                log.warning(
+                    "elastic webhook: the listener process %d ended (%s); starting another in "
+                    "%.1f s",
+                    child.pid,
+                    why,
+                    delay,
+                )
+            else:
+                log.warning("elastic webhook: starting a listener process in %.1f s", delay)
+            await asyncio.sleep(delay)
+            try:
+                child = await self._start_child(self._bound_port)
+            except (OSError, RuntimeError, TimeoutError) as error:
+                log.warning("elastic webhook: the listener process did not start: %s", error)
+                child = None
+
+    async def _serve_in_child(self, fresh: webhook_tls.WebhookTls) -> None:
+        self._tls = fresh
+        child = self._child
+        if child is not None:  # else the next child gets it at its start
+            await child.send(_tls_message(fresh))
+
+    async def _send_policies(self, child: _ListenerProcess) -> None:
+        snapshot = self._snapshot
+        message = {
+            "policies": {
+                "revision": snapshot.revision,
+                "synced": snapshot.synced,
+                "items": list(self._policies.items().values()),
+            }
+        }
+        try:
+            await child.send(message)
+        except ValueError as error:  # too large to send: the child keeps what it has
+            log.warning("elastic webhook: the policies not sent to the listener: %s", error)
+        child.policies_sent = (snapshot.revision, snapshot.synced)
+
+    def _absorb(self, report: Mapping[str, Any]) -> None:
+        """Count the listener's answers (``_ListenerProcess.reports`` validated the shape)."""
+        if self._metrics is None:
+            return
+        for outcome, count in report["admissions"].items():
+            self._metrics.admissions.labels(outcome).inc(count)
+        for seconds in report["durations"]:
+            self._metrics.latency.observe(seconds)
+
+    def _update_ready(self) -> None:
+        if self._listening and self._registered:
+            self.ready.set()
+        else:
+            self.ready.clear()
+
+    async def _upkeep(
+        self,
+        tls: webhook_tls.WebhookTls,
+        serve: Callable[[webhook_tls.WebhookTls], Awaitable[None]],
+    ) -> None:
         """Keep the configuration registered and the certificates current (module rules)."""
         failures = 0
         registered = False
@@ -837,10 +1177,7 @@ class AdmissionWebhook:
                     # has loaded the configuration: serve the new certificate after that.
                     if registered and fresh.ca_fingerprint != tls.ca_fingerprint:
                         await asyncio.sleep(self.timing.ca_propagation)
-                    # On the listener's loop: it handshakes with this context.
-                    await listener.call(
-                        functools.partial(webhook_tls.reload_context, listener.context, fresh)
-                    )
+                    await serve(fresh)
                     log.info(
                         "elastic webhook: serving the new certificate (valid until %s)",
                         fresh.not_after.isoformat(),
@@ -855,7 +1192,7 @@ class AdmissionWebhook:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            registered = True
-            self.ready.set()
+            registered = self._registered = True
+            self._update_ready()
             until_renewal = (tls.renew_at - self.now()).total_seconds()
             await asyncio.sleep(max(min(self.timing.recheck, until_renewal), 1.0))

@@ -567,3 +567,73 @@ def test_the_user_roles_let_viewers_read_and_operators_edit_policies(setup: Setu
         assert kinds == [("NodePool", "cloud"), ("ResourcePolicy", "web")]
     finally:
         setup.kubectl("delete", "-f", str(USER_ROLES), "--ignore-not-found")
+
+
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process; None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    state, ppid = stat.rpartition(")")[2].split()[:2]
+    return None if state in ("Z", "X") else (state, int(ppid))
+
+
+def listener_pid(setup: Setup, *, other_than: int = 0) -> int:
+    """The pid of the agent's webhook listener process once it serves (``webhookReady``)."""
+    status = eventually(
+        lambda: elastic_status(setup),
+        lambda s: (
+            bool(s.get("webhookReady"))
+            and isinstance(s.get("webhookListenerPid"), int)
+            and s["webhookListenerPid"] != other_than
+        ),
+        what="the webhook served by a listener process",
+        within=WITHIN,
+    )
+    pid: int = status["webhookListenerPid"]
+    return pid
+
+
+def test_the_webhook_listener_process_is_restarted_and_never_outlives_the_agent(
+    setup: Setup,
+) -> None:
+    setup.apply(POLICY)  # probe_create's pods are governed (in hold mode: held)
+    process = setup.agent.process
+    assert process is not None
+    first = listener_pid(setup)
+    assert first != process.pid
+    assert (proc_state(first) or ("", 0))[1] == process.pid  # the agent's child
+
+    # Killed alone: the agent starts another and is ready again.
+    os.kill(first, signal.SIGKILL)
+    second = listener_pid(setup, other_than=first)
+    _, admitted = probe_create(setup)
+    assert gates(admitted) == [WAITING_GATE]
+
+    # The agent SIGKILLed alone (not its process group): the child sees its pipe close, ends.
+    os.kill(process.pid, signal.SIGKILL)
+    eventually(
+        lambda: proc_state(second),
+        lambda state: state is None,
+        what=f"listener process {second} gone after the agent's SIGKILL",
+        within=30.0,
+    )
+    process.kill()  # reaps the agent
+    setup.agent.start()
+    setup.agent.wait_ready()
+    third = listener_pid(setup)
+
+    # A clean stop (SIGTERM to the group) stops the child with the agent.
+    restarted = setup.agent.process
+    assert restarted is not None
+    restarted.stop()
+    eventually(
+        lambda: proc_state(third),
+        lambda state: state is None,
+        what=f"listener process {third} gone after the agent's stop",
+        within=30.0,
+    )
+    setup.agent.start()
+    setup.agent.wait_ready()
+    listener_pid(setup)

@@ -19,7 +19,9 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import secrets
+import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import prometheus_client
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -218,6 +221,7 @@ async def serving(
     settings: ElasticSettings = SETTINGS,
     pods: Informer | None = None,
     prepare: Any = None,
+    registry: prometheus_client.CollectorRegistry | None = None,
 ) -> AsyncIterator[AdmissionWebhook]:
     """The policies informer and the webhook running for the block, which starts when ready."""
     policies = Informer(api, POLICIES, settings=FAST)
@@ -228,6 +232,7 @@ async def serving(
         state_dir=state_dir,
         pods=pods,
         namespace=AGENT_NAMESPACE,
+        registry=registry,
     )
     if prepare is not None:
         prepare(webhook)
@@ -439,6 +444,92 @@ async def test_a_stopped_webhook_lets_pods_through_unchanged(
         within=WITHIN,
         every=0.2,
     )
+
+
+def held_answers(registry: prometheus_client.CollectorRegistry) -> float:
+    value = registry.get_sample_value(
+        "edgefleet_agent_elastic_webhook_admissions_total", {"outcome": "held"}
+    )
+    return value or 0.0
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_a_killed_listener_process_is_started_again(
+    cluster: member.MemberCluster, api: MemberApi, state_dir: Path
+) -> None:
+    """Hold mode serves from a child process: killed, it is replaced on the same port.
+
+    The readiness flag is down meanwhile, and its answers still count on the agent's metrics.
+    """
+    namespace = await new_namespace(cluster)
+    await create_policy(cluster, policy(namespace, "web", "web", UNITS))
+    registry = prometheus_client.CollectorRegistry()
+    async with serving(api, state_dir, registry=registry) as webhook:
+        await until_effective(cluster, namespace, "web")
+        first, port = webhook.listener_pid, webhook.port
+        assert first is not None
+        assert first != os.getpid()
+        await eventually_async(
+            lambda: asyncio.sleep(0, held_answers(registry)),
+            lambda held: held >= 1,
+            what="the child's answers on the agent's metrics",
+            within=WITHIN,
+            every=0.2,
+        )
+        os.kill(first, signal.SIGKILL)
+        # Not ready while no child listens (the restart waits retry_initial, 1 s).
+        await eventually_async(
+            lambda: asyncio.sleep(0, webhook.ready.is_set()),
+            lambda ready: not ready,
+            what="the readiness flag down",
+            within=WITHIN,
+            every=0.02,
+        )
+        await eventually_async(
+            lambda: asyncio.sleep(0, (webhook.listener_pid, webhook.ready.is_set())),
+            lambda state: state[0] not in (None, first) and state[1],
+            what="another listener process, ready",
+            within=WITHIN,
+            every=0.1,
+        )
+        assert gone(first)
+        assert webhook.port == port  # the registered URL stays right
+        before = held_answers(registry)
+        await until_effective(cluster, namespace, "web")
+        await eventually_async(
+            lambda: asyncio.sleep(0, held_answers(registry)),
+            lambda held: held > before,
+            what="the new child's answers on the agent's metrics",
+            within=WITHIN,
+            every=0.2,
+        )
+        second = webhook.listener_pid
+    assert second is not None
+    assert webhook.listener_pid is None
+    assert gone(second)  # stopped with run()
+
+
+async def test_a_policy_change_reaches_the_listener_process(
+    cluster: member.MemberCluster, api: MemberApi, state_dir: Path
+) -> None:
+    namespace = await new_namespace(cluster)
+    await create_policy(cluster, policy(namespace, "web", "web", UNITS))
+    async with serving(api, state_dir):
+        await until_effective(cluster, namespace, "web")
+        path = f"/apis/{GROUP}/v1alpha1/namespaces/{namespace}/resourcepolicies/web"
+        stored = await call(cluster, "GET", path)
+        stored["spec"]["selector"] = {"matchLabels": {"app": "db"}}
+        await call(cluster, "PUT", path, stored)
+        # A pod created after the update is governed by the new policy, and only by it.
+        await until_effective(cluster, namespace, "db")
+        assert not gated(await dry_run(cluster, namespace, "web"))
 
 
 PROPAGATION = 8.0
