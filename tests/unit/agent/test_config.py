@@ -10,6 +10,7 @@ import pytest
 from edge_agent import config
 from edge_agent.settings import TwinsConfig
 from edge_agent.twins import Durability
+from edge_agent.twins.tls import BrokerTls
 
 _SECRETS = {"admin_password", "admin_password_file", "claim_password", "claim_password_file"}
 """Keys that reach the service as the password they name, not as themselves."""
@@ -21,6 +22,11 @@ def test_every_twins_key_reaches_the_service_settings(tmp_path: Path) -> None:
         enabled=True,
         broker_host="192.0.2.7",
         broker_port=18830,
+        broker_tls=True,
+        broker_ca_file=tmp_path / "ca.pem",
+        broker_cert_file=tmp_path / "agent.pem",
+        broker_key_file=tmp_path / "agent.key",
+        broker_server_name="broker.example",
         admin_username="dynsec-admin",
         admin_password_file=tmp_path / "admin",
         claim_username="claimer",
@@ -50,7 +56,18 @@ def test_every_twins_key_reaches_the_service_settings(tmp_path: Path) -> None:
     assert (built.data_dir, built.node_name) == (tmp_path / "twins", "edge-1")
     assert (built.admin_password, built.claim_password) == ("s3cret", "claim-pw")
     assert built.durability is Durability.NORMAL
-    for name in {f.name for f in dataclasses.fields(TwinsConfig)} - _SECRETS - {"enabled"}:
+    # The TLS keys become one BrokerTls (their files are checked at load, not here).
+    assert built.broker_tls == BrokerTls(
+        ca_file=tmp_path / "ca.pem",
+        cert_file=tmp_path / "agent.pem",
+        key_file=tmp_path / "agent.key",
+        server_name="broker.example",
+    )
+    tls_keys = {"broker_tls", "broker_ca_file", "broker_cert_file", "broker_key_file"}
+    tls_keys.add("broker_server_name")
+    for name in (
+        {f.name for f in dataclasses.fields(TwinsConfig)} - _SECRETS - {"enabled"} - tls_keys
+    ):
         expected = getattr(twins, name)
         if name == "durability":
             expected = Durability(expected)
