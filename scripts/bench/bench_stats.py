@@ -10,6 +10,7 @@ import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MB = 1_000_000
@@ -156,6 +157,23 @@ def replace_section(document: str, section: str, start: str = START, end: str = 
         raise ValueError(f"{start} has no matching {end}; fix the file by hand")
     tail = document[finish + len(end) :].lstrip("\n")
     return document[:begin] + block + ("\n" + tail if tail else "")
+
+
+def write_marked_section(
+    path: Path, section: str, *, start: str, end: str, heading: str, howto: str
+) -> None:
+    """Rewrite the part of ``path`` between ``start`` and ``end`` with ``section``.
+
+    ``section`` carries its own markers (the benches render them); a file without them gets
+    ``## heading``, ``howto`` and the section appended.
+    """
+    text = path.read_text() if path.exists() else ""
+    if start in text and end in text:
+        inner = section.strip().removeprefix(start).removesuffix(end).strip("\n")
+        text = replace_section(text, inner, start, end)
+    else:
+        text = f"{text.rstrip(chr(10))}\n\n## {heading}\n\n{howto}\n{section}\n"
+    path.write_text(text)
 
 
 def fmt(value: object, digits: int = 1) -> str:

@@ -44,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench_stats import mb_per_s, percentile, replace_section  # noqa: E402 - scripts/bench
+from bench_stats import mb_per_s, percentile, write_marked_section  # noqa: E402 - scripts/bench
 
 from tests.harness import daemons, kube  # noqa: E402 - after the repository root is on the path
 from tests.harness.kube_bulk import create_pods  # noqa: E402
@@ -644,21 +644,14 @@ token to its API server; "proxy" is the cloud's admin token to
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        # markdown() writes the markers itself; replace_section adds them again.
-        inner = section.replace(START, "").replace(END, "")
-        text = replace_section(text, inner, START, END)
-    else:
-        text = (
-            text.rstrip("\n")
-            + "\n\n## Registered clusters: direct vs the cloud proxy\n\n"
-            + HOWTO
-            + "\n"
-            + section
-            + "\n"
-        )
-    path.write_text(text)
+    write_marked_section(
+        path,
+        section,
+        start=START,
+        end=END,
+        heading="Registered clusters: direct vs the cloud proxy",
+        howto=HOWTO,
+    )
 
 
 def main() -> int:

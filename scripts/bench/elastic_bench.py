@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
 from bench_paths import write_test_pki  # noqa: E402 - scripts/bench
-from bench_stats import percentile, replace_section  # noqa: E402
+from bench_stats import percentile, write_marked_section  # noqa: E402
 from elastic_watch import PodClock, PodTimes, ScaleInStep, latencies, step_violations  # noqa: E402
 
 from edge_agent.cluster.elastic.policy_controller import (  # noqa: E402 - after the path is set
@@ -1275,22 +1275,14 @@ scheduled" is about pods/20 s in every row).
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        # replace_section puts its own markers around the section: without this, every run
-        # added a pair (and left the old end markers behind).
-        inner = section.strip().removeprefix(START).removesuffix(END).strip("\n")
-        text = replace_section(text, inner, START, END)
-    else:
-        text = (
-            text.rstrip("\n")
-            + "\n\n## Elastic clusters: scale-up, webhook, scale-in order\n\n"
-            + HOWTO
-            + "\n"
-            + section
-            + "\n"
-        )
-    path.write_text(text)
+    write_marked_section(
+        path,
+        section,
+        start=START,
+        end=END,
+        heading="Elastic clusters: scale-up, webhook, scale-in order",
+        howto=HOWTO,
+    )
 
 
 def main() -> int:

@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 import gateway_stats as gs  # noqa: E402 - scripts/bench
 from bench_procs import tree_cpu_seconds  # noqa: E402
-from bench_stats import median, replace_section  # noqa: E402
+from bench_stats import median, write_marked_section  # noqa: E402
 
 from tests.harness import kube, member  # noqa: E402 - after the repository root is on the path
 from tests.harness.daemons import Server  # noqa: E402
@@ -814,21 +814,14 @@ the machine (other work, not this benchmark) took meanwhile; and the 1-minute lo
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        # ``section`` carries its markers; replace_section puts them around what it is given.
-        inner = section.strip().removeprefix(START).removesuffix(END)
-        text = replace_section(text, inner, START, END)
-    else:
-        text = (
-            text.rstrip("\n")
-            + "\n\n## Multi-cluster gateway: direct vs nginx vs our gateway\n\n"
-            + HOWTO
-            + "\n"
-            + section
-            + "\n"
-        )
-    path.write_text(text)
+    write_marked_section(
+        path,
+        section,
+        start=START,
+        end=END,
+        heading="Multi-cluster gateway: direct vs nginx vs our gateway",
+        howto=HOWTO,
+    )
 
 
 def main() -> int:
