@@ -1,0 +1,700 @@
+"""``KubeStore``: the ``Store`` Protocol on custom resources of ``edgefleet.io`` in one namespace.
+
+Rules:
+
+- Reads come from an in-memory mirror (``_model.Mirror``) kept current by one watch per kind
+  (list, then watch from the list's resourceVersion; any error or 410 Gone: list again). The
+  watches run on their own thread and event loop, because the Store Protocol is synchronous
+  and the store is opened before the server's loop exists; ``close()`` stops them.
+- Writes are synchronous calls. A read-modify-write always reads the object from the API
+  (not the mirror, which may lag) and writes it back with its resourceVersion: a 409 means
+  another writer came first, and the operation is retried from the fresh object (bounded);
+  when the operation is not idempotent the fresh object decides (a token someone redeemed
+  meanwhile is ``TokenUsedError``). Each write's answer is put into the mirror at once, so a
+  replica reads its own writes; the watch brings every other replica's.
+- ``redeem_token`` is single-use across replicas: the token's ``usedAt`` is written with
+  the token's resourceVersion before the node is created, so of two replicas racing exactly
+  one wins. If the node cannot be created then (its name was taken meanwhile), the token is
+  released again and ``NameTakenError`` raised. A crash between the two writes leaves the
+  token used with no node: the operator issues another token (there is no multi-object
+  transaction in the Kubernetes API; this is the smallest window it allows).
+- Heartbeats (``touch_node``) write the ``status`` subresource only, at most every
+  ``touch_interval`` per node unless the agent version changes: high-rate data stays out of
+  etcd (issue 17), and a status write never moves ``revision()``.
+- Secrets are never stored: tokens arrive hashed (SHA-256, as for ``SqliteStore``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import httpx2
+from lightkube import ApiError, AsyncClient, Client, KubeConfig
+from lightkube.generic_resource import (
+    GenericNamespacedResource,
+    create_namespaced_resource,
+)
+from lightkube.types import PatchType
+
+from tunnel_server.kubestore import _model as m
+from tunnel_server.store import (
+    CertificateRecord,
+    DuplicateIdError,
+    JoinRequest,
+    NameTakenError,
+    NodeRecord,
+    NodeState,
+    NotFoundError,
+    StoreError,
+    TokenRecord,
+    TokenUsedError,
+    UserExistsError,
+    UserRecord,
+    UserTokenRecord,
+    WrongStateError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("tunnel_server.kubestore")
+
+FIELD_MANAGER = "tunnel-server"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubeStoreSettings:
+    namespace: str = "edgefleet"
+    """Namespace of every object of the store (one install per namespace)."""
+
+    kubeconfig: Path | None = None
+    """Kubeconfig file; None = in-cluster (the pod's service account)."""
+
+    request_timeout: float = 10.0
+    """Seconds for one API call; a write that cannot reach the API fails with StoreError then."""
+
+    conflict_retries: int = 8
+    """Read-modify-write attempts on 409 Conflict before giving up with StoreError: more
+    writers than that on one object at once is not a load this store is meant for."""
+
+    touch_interval: float = 60.0
+    """Seconds: a node's ``lastSeen`` is written at most this often (plus on a new agent
+    version): heartbeats of a large fleet must not flood etcd; readers tolerate the lag."""
+
+    watch_retry: float = 1.0
+    """Seconds before a failed list or watch is tried again (the API server restarting)."""
+
+    ready_timeout: float = 30.0
+    """Seconds ``open`` waits for the first list of every kind."""
+
+
+class _Conflict(Exception):
+    """409: the object changed since it was read, or one of the name exists already."""
+
+
+_RESOURCES: dict[str, type[GenericNamespacedResource]] = {
+    kind.name: create_namespaced_resource(m.GROUP, m.VERSION, kind.name, kind.plural)
+    for kind in m.KINDS
+}
+
+
+def _res(kind: m.Kind) -> type[GenericNamespacedResource]:
+    return _RESOURCES[kind.name]
+
+
+def _config(settings: KubeStoreSettings) -> KubeConfig:
+    if settings.kubeconfig is not None:
+        return KubeConfig.from_file(settings.kubeconfig)
+    return KubeConfig.from_service_account()
+
+
+def _as_obj(resource: Any) -> m.Obj:  # noqa: ANN401 - lightkube's generic objects are dicts
+    return dict(resource.to_dict())
+
+
+class KubeStore:
+    """``Store`` on the Kubernetes API: every replica opens one on the same namespace."""
+
+    def __init__(self, settings: KubeStoreSettings) -> None:
+        self.settings = settings
+        self._ns = settings.namespace
+        config = _config(settings)
+        self._client = Client(
+            config,
+            namespace=self._ns,
+            timeout=httpx2.Timeout(settings.request_timeout),
+            field_manager=FIELD_MANAGER,
+        )
+        self._mirror = m.Mirror()
+        self._watcher = _Watcher(config=config, settings=settings, mirror=self._mirror)
+
+    @classmethod
+    def open(cls, settings: KubeStoreSettings) -> KubeStore:
+        """Connect, list every kind, and start the watches; StoreError if the API says no."""
+        store = cls(settings)
+        try:
+            store._watcher.start_and_wait()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    # ------------------------------------------------------------------ API calls
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
+        try:
+            return call()
+        except ApiError as error:
+            code = error.status.code
+            if code == 409:  # noqa: PLR2004 - HTTP Conflict
+                raise _Conflict(what) from error
+            if code == 404:  # noqa: PLR2004 - HTTP Not Found
+                raise NotFoundError(what) from error
+            raise StoreError(f"kubernetes API refused to {what}: {error.status.message}") from error
+        except httpx2.HTTPError as error:
+            raise StoreError(f"kubernetes API unreachable to {what}: {error}") from error
+
+    def _read(self, kind: m.Kind, name: str) -> m.Obj | None:
+        try:
+            obj = _as_obj(
+                self._call(
+                    f"get {kind.plural}/{name}",
+                    lambda: self._client.get(_res(kind), name, namespace=self._ns),
+                )
+            )
+        except NotFoundError:
+            return None
+        self._mirror.put(kind, obj)
+        return obj
+
+    def _create(self, kind: m.Kind, obj: m.Obj) -> m.Obj:
+        resource = _res(kind).from_dict(obj)
+        name = obj["metadata"]["name"]
+        created = _as_obj(
+            self._call(
+                f"create {kind.plural}/{name}",
+                lambda: self._client.create(resource, namespace=self._ns),
+            )
+        )
+        self._mirror.put(kind, created)
+        return created
+
+    def _replace(self, kind: m.Kind, obj: m.Obj) -> m.Obj:
+        """PUT with the object's resourceVersion: raises _Conflict if it changed meanwhile."""
+        resource = _res(kind).from_dict(obj)
+        name = obj["metadata"]["name"]
+        replaced = _as_obj(
+            self._call(
+                f"replace {kind.plural}/{name}",
+                lambda: self._client.replace(resource, namespace=self._ns),
+            )
+        )
+        self._mirror.put(kind, replaced)
+        return replaced
+
+    def _patch_status(self, kind: m.Kind, name: str, status: m.Obj) -> None:
+        patched = _as_obj(
+            self._call(
+                f"patch {kind.plural}/{name}/status",
+                lambda: self._client.patch(
+                    _res(kind).Status,  # type: ignore[attr-defined]
+                    name,
+                    {"status": status},
+                    namespace=self._ns,
+                    patch_type=PatchType.MERGE,
+                ),
+            )
+        )
+        self._mirror.put(kind, patched)
+
+    def _delete(self, kind: m.Kind, obj: m.Obj) -> None:
+        name = obj["metadata"]["name"]
+        with contextlib.suppress(NotFoundError):  # gone already: what we wanted
+            self._call(
+                f"delete {kind.plural}/{name}",
+                lambda: self._client.delete(_res(kind), name, namespace=self._ns),
+            )
+        self._mirror.delete(kind, obj)
+
+    def _update(
+        self, kind: m.Kind, name: str, change: Callable[[m.Obj], m.Obj | None]
+    ) -> m.Obj:
+        """Read-modify-write under optimistic concurrency; ``change`` may raise to refuse.
+
+        ``change`` gets a copy of the object as the API has it now and returns the new one,
+        or None when there is nothing to write. NotFoundError if there is no such object.
+        """
+        for _ in range(self.settings.conflict_retries):
+            current = self._read(kind, name)
+            if current is None:
+                raise NotFoundError(f"no {kind.name} named {name!r}")
+            new = change(copy.deepcopy(current))
+            if new is None:
+                return current
+            try:
+                return self._replace(kind, new)
+            except _Conflict:
+                log.debug("conflict writing %s/%s: reading it again", kind.plural, name)
+        self._too_busy(kind, name)
+
+    def _too_busy(self, kind: m.Kind, name: str) -> NoReturn:
+        raise StoreError(
+            f"{kind.plural}/{name} changed under {self.settings.conflict_retries} attempts in a"
+            " row: too many writers at once, try again"
+        )
+
+    # ------------------------------------------------------------------ meta
+
+    def revision(self) -> int:
+        return self._mirror.revision
+
+    def _meta(self) -> dict[str, str]:
+        obj = self._mirror.get(m.STORE_META, m.META_NAME)
+        return {} if obj is None else dict(obj["spec"].get("values", {}))
+
+    def get_meta(self, key: str) -> str | None:
+        return self._meta().get(key)
+
+    def _update_meta(self, values: dict[str, str]) -> dict[str, str]:
+        """Set meta keys; return the values as they were."""
+        for _ in range(self.settings.conflict_retries):
+            current = self._read(m.STORE_META, m.META_NAME)
+            try:
+                if current is None:
+                    self._create(
+                        m.STORE_META, m.new_object(m.STORE_META, m.META_NAME, {"values": values})
+                    )
+                    return {}
+                old = dict(current["spec"].get("values", {}))
+                current["spec"]["values"] = {**old, **values}
+                self._replace(m.STORE_META, current)
+            except _Conflict:
+                continue
+            return old
+        self._too_busy(m.STORE_META, m.META_NAME)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._update_meta({key: value})
+
+    # ------------------------------------------------------------------ tokens
+
+    def add_token(self, token: TokenRecord) -> None:
+        obj = m.new_object(m.BOOTSTRAP_TOKEN, m.id_name(token.id), m.token_spec(token))
+        try:
+            self._create(m.BOOTSTRAP_TOKEN, obj)
+        except _Conflict:
+            raise DuplicateIdError(f"token id {token.id} exists") from None
+
+    def _token_obj(self, token_id: str) -> m.Obj | None:
+        obj = self._mirror.get(m.BOOTSTRAP_TOKEN, m.id_name(token_id))
+        return obj if obj is not None and obj["spec"]["tokenId"] == token_id else None
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        obj = self._token_obj(token_id)
+        return None if obj is None else m.token_record(obj)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        records = [m.token_record(o) for o in self._mirror.all(m.BOOTSTRAP_TOKEN)]
+        return sorted(records, key=lambda t: (t.created_at, t.id))
+
+    def revoke_token(self, token_id: str, *, now: float) -> TokenRecord:
+        def revoke(obj: m.Obj) -> m.Obj | None:
+            spec = obj["spec"]
+            if spec.get("usedAt") is not None:
+                raise TokenUsedError(token_id)
+            if spec.get("revokedAt") is not None:
+                return None
+            spec["revokedAt"] = now
+            return obj
+
+        try:
+            return m.token_record(self._update(m.BOOTSTRAP_TOKEN, m.id_name(token_id), revoke))
+        except NotFoundError:
+            raise NotFoundError(f"no bootstrap token {token_id!r}") from None
+
+    def add_api_token(self, *, token_id: str, secret_hash: str, role: str, now: float) -> None:
+        spec = {"tokenId": token_id, "secretHash": secret_hash, "role": role, "createdAt": now}
+        try:
+            self._create(m.API_TOKEN, m.new_object(m.API_TOKEN, m.id_name(token_id), spec))
+        except _Conflict:
+            raise DuplicateIdError(f"api token id {token_id} exists") from None
+
+    def get_api_token_hash(self, token_id: str) -> str | None:
+        obj = self._mirror.get(m.API_TOKEN, m.id_name(token_id))
+        if obj is None or obj["spec"]["tokenId"] != token_id:
+            return None
+        return str(obj["spec"]["secretHash"])
+
+    def rotate_admin_token(self, *, token_id: str, secret_hash: str, now: float) -> str | None:
+        # Three writes, in the order that never leaves the server without a working admin
+        # token: the new token, then meta pointing at it, then the old ones deleted.
+        self.add_api_token(token_id=token_id, secret_hash=secret_hash, role="admin", now=now)
+        old = self._update_meta({"admin_token_id": token_id, "admin_token_rotated_at": repr(now)})
+        listed = self._call(
+            "list apitokens", lambda: list(self._client.list(_res(m.API_TOKEN), namespace=self._ns))
+        )
+        for resource in listed:
+            obj = _as_obj(resource)
+            if obj["spec"]["role"] == "admin" and obj["spec"]["tokenId"] != token_id:
+                self._delete(m.API_TOKEN, obj)
+        return old.get("admin_token_id")
+
+    # ------------------------------------------------------------------ nodes
+
+    def get_node(self, name: str) -> NodeRecord | None:
+        obj = self._mirror.get(m.NODE, name)
+        return None if obj is None else m.node_record(obj)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        return sorted((m.node_record(o) for o in self._mirror.all(m.NODE)), key=lambda n: n.name)
+
+    def set_node_state(self, name: str, state: NodeState) -> NodeRecord:
+        def change(obj: m.Obj) -> m.Obj:
+            obj["spec"]["state"] = state
+            return obj
+
+        try:
+            return m.node_record(self._update(m.NODE, m.dns_name(name), change))
+        except NotFoundError:
+            raise NotFoundError(f"no node named {name!r}") from None
+
+    def change_node_state(
+        self, name: str, state: NodeState, *, only_from: tuple[NodeState, ...]
+    ) -> NodeRecord:
+        def change(obj: m.Obj) -> m.Obj | None:
+            node = m.node_record(obj)
+            if node.state not in only_from:
+                raise WrongStateError(node)
+            if node.state == state:
+                return None
+            obj["spec"]["state"] = state
+            return obj
+
+        try:
+            return m.node_record(self._update(m.NODE, m.dns_name(name), change))
+        except NotFoundError:
+            raise NotFoundError(f"no node named {name!r}") from None
+
+    def touch_node(self, name: str, *, now: float, agent_version: str | None = None) -> None:
+        obj = self._mirror.get(m.NODE, name)
+        if obj is None:
+            return  # as SQLite's UPDATE of no row: a node deleted meanwhile is no error
+        status = obj.get("status") or {}
+        seen = status.get("lastSeen")
+        if (
+            seen is not None
+            and now - float(seen) < self.settings.touch_interval
+            and agent_version in (None, status.get("agentVersion"))
+        ):
+            return
+        patch: m.Obj = {"lastSeen": now}
+        if agent_version is not None:
+            patch["agentVersion"] = agent_version
+        with contextlib.suppress(NotFoundError):
+            self._patch_status(m.NODE, name, patch)
+
+    def touch_nodes(self, names: list[str], *, now: float) -> None:
+        # One call per node whose lastSeen is older than touch_interval: not one transaction
+        # as in SQLite, but each write stands alone (no revision, nothing depends on them).
+        for name in names:
+            self.touch_node(name, now=now)
+
+    def redeem_token(
+        self,
+        token_id: str,
+        *,
+        now: float,
+        node: NodeRecord,
+        certificate: CertificateRecord | None = None,
+        request: JoinRequest | None = None,
+    ) -> None:
+        name = m.dns_name(node.name)
+        spec = m.node_spec(node)
+        if certificate is not None:
+            spec = m.with_certificate(spec, certificate)
+        if request is not None:
+            spec["joinRequest"] = m.request_entry(request)
+        for _ in range(self.settings.conflict_retries):
+            token = self._read(m.BOOTSTRAP_TOKEN, m.id_name(token_id))
+            if token is None or token["spec"]["tokenId"] != token_id:
+                raise TokenUsedError(token_id)
+            if token["spec"].get("usedAt") is not None or token["spec"].get("revokedAt"):
+                raise TokenUsedError(token_id)
+            existing = self._read(m.NODE, name)
+            if existing is not None and existing["spec"]["state"] != "revoked":
+                raise NameTakenError(name, existing["spec"]["state"])
+            token["spec"]["usedAt"] = now
+            try:
+                token = self._replace(m.BOOTSTRAP_TOKEN, token)
+            except _Conflict:
+                continue  # redeemed or revoked meanwhile (read again to say which), or a retry
+            self._create_node(name, spec, existing, token, node)
+            return
+        self._too_busy(m.BOOTSTRAP_TOKEN, token_id)
+
+    def _create_node(
+        self, name: str, spec: m.Obj, existing: m.Obj | None, token: m.Obj, node: NodeRecord
+    ) -> None:
+        try:
+            if existing is None:
+                self._create(m.NODE, m.new_object(m.NODE, name, spec))
+            else:  # a revoked node is replaced whole, certificates and request with it
+                rv = existing["metadata"]["resourceVersion"]
+                self._replace(m.NODE, m.new_object(m.NODE, name, spec, resource_version=rv))
+        except _Conflict:
+            self._release_token(token)
+            now = self._read(m.NODE, name)
+            raise NameTakenError(name, "pending" if now is None else now["spec"]["state"]) from None
+        if existing is not None or node.agent_version is not None:
+            # Status is not written by create or replace: clear the old node's, set the new one's.
+            self._patch_status(
+                m.NODE, name, {"lastSeen": None, "agentVersion": node.agent_version}
+            )
+
+    def _release_token(self, token: m.Obj) -> None:
+        used_at = token["spec"]["usedAt"]
+
+        def release(obj: m.Obj) -> m.Obj | None:
+            if obj["spec"].get("usedAt") != used_at:
+                return None
+            del obj["spec"]["usedAt"]
+            return obj
+
+        self._update(m.BOOTSTRAP_TOKEN, token["metadata"]["name"], release)
+
+    # ------------------------------------------------------------------ certificates
+
+    def record_certificate(self, certificate: CertificateRecord) -> None:
+        def change(obj: m.Obj) -> m.Obj:
+            spec = m.with_certificate(obj["spec"], certificate)
+            # Expired certificates can never authenticate again: forget them.
+            spec["certificates"] = [
+                c for c in spec["certificates"] if float(c["notAfter"]) >= certificate.issued_at
+            ]
+            obj["spec"] = spec
+            return obj
+
+        try:
+            self._update(m.NODE, m.dns_name(certificate.name), change)
+        except NotFoundError:
+            raise NotFoundError(f"no node named {certificate.name!r}") from None
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None:
+        name = self._mirror.find("cert", serial)
+        obj = None if name is None else self._mirror.get(m.NODE, name)
+        return None if obj is None else m.certificate_record(obj, serial)
+
+    # ------------------------------------------------------------------ join requests
+
+    def get_join_request(self, request_id: str) -> JoinRequest | None:
+        name = self._mirror.find("request", request_id)
+        obj = None if name is None else self._mirror.get(m.NODE, name)
+        return None if obj is None else m.join_request(obj)
+
+    def issue_pending(
+        self, request_id: str, *, certificate: CertificateRecord, certificate_pem: str
+    ) -> None:
+        missing = NotFoundError(f"no unissued join request {request_id!r}")
+        name = self._mirror.find("request", request_id)
+        if name is None:
+            raise missing
+
+        def issue(obj: m.Obj) -> m.Obj:
+            entry = obj["spec"].get("joinRequest")
+            if entry is None or entry["id"] != request_id or entry.get("certificatePem"):
+                raise missing
+            entry["certificatePem"] = certificate_pem
+            obj["spec"] = m.with_certificate(obj["spec"], certificate)
+            return obj
+
+        try:
+            self._update(m.NODE, name, issue)
+        except NotFoundError:
+            raise missing from None
+
+    # ------------------------------------------------------------------ console sessions
+
+    def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        for obj in self._mirror.all(m.REVOKED_SESSION):
+            if float(obj["spec"]["expiresAt"]) <= now:
+                self._delete(m.REVOKED_SESSION, obj)
+        if expires_at <= now:
+            return
+        spec = {"sessionId": session_id, "expiresAt": expires_at}
+        obj = m.new_object(m.REVOKED_SESSION, m.id_name(session_id), spec)
+        with contextlib.suppress(_Conflict):  # revoked already: idempotent
+            self._create(m.REVOKED_SESSION, obj)
+
+    def session_revoked(self, session_id: str) -> bool:
+        obj = self._mirror.get(m.REVOKED_SESSION, m.id_name(session_id))
+        return obj is not None and obj["spec"]["sessionId"] == session_id
+
+    # ------------------------------------------------------------------ users
+
+    def add_user(self, user: UserRecord) -> None:
+        name = m.dns_name(user.name)
+        for _ in range(self.settings.conflict_retries):
+            existing = self._read(m.USER, name)
+            if existing is not None and existing["spec"].get("revokedAt") is None:
+                raise UserExistsError(user.name)
+            holder = self._mirror.find("user_id", user.id)
+            if holder is not None and (existing is None or existing["spec"]["userId"] != user.id):
+                raise DuplicateIdError(f"user id {user.id} exists")
+            try:
+                if existing is None:
+                    self._create(m.USER, m.new_object(m.USER, name, m.user_spec(user)))
+                else:  # a revoked user is replaced, its tokens with it
+                    rv = existing["metadata"]["resourceVersion"]
+                    new = m.new_object(m.USER, name, m.user_spec(user), resource_version=rv)
+                    self._replace(m.USER, new)
+            except _Conflict:
+                continue
+            return
+        self._too_busy(m.USER, name)
+
+    def get_user(self, name: str, *, now: float) -> UserRecord | None:
+        obj = self._mirror.get(m.USER, name)
+        return None if obj is None else m.user_record(obj, now=now)
+
+    def get_user_by_id(self, user_id: str) -> UserRecord | None:
+        name = self._mirror.find("user_id", user_id)
+        obj = None if name is None else self._mirror.get(m.USER, name)
+        return None if obj is None else m.user_record(obj)
+
+    def list_users(self, *, now: float) -> list[UserRecord]:
+        users = (m.user_record(o, now=now) for o in self._mirror.all(m.USER))
+        return sorted(users, key=lambda u: u.name)
+
+    def add_user_token(self, token: UserTokenRecord, *, now: float, max_tokens: int) -> None:
+        missing = NotFoundError(f"no active user with id {token.user_id!r}")
+        name = self._mirror.find("user_id", token.user_id)
+        if name is None:
+            raise missing
+        if self._mirror.find("user_token", token.id) is not None:
+            raise DuplicateIdError(f"user token id {token.id} exists")
+
+        def add(obj: m.Obj) -> m.Obj:
+            spec = obj["spec"]
+            if spec["userId"] != token.user_id or spec.get("revokedAt") is not None:
+                raise missing
+            held = [t for t in spec.get("tokens", []) if float(t["expiresAt"]) > now]
+            if len(held) >= max_tokens:
+                raise StoreError(
+                    f"the user holds {len(held)} unexpired tokens, the most allowed: revoke it"
+                    " and create it again to start afresh"
+                )
+            spec["tokens"] = [*held, m.user_token_entry(token)]
+            return obj
+
+        try:
+            self._update(m.USER, name, add)
+        except NotFoundError:
+            raise missing from None
+
+    def get_user_token(self, token_id: str) -> tuple[UserTokenRecord, UserRecord] | None:
+        name = self._mirror.find("user_token", token_id)
+        obj = None if name is None else self._mirror.get(m.USER, name)
+        token = None if obj is None else m.user_token_record(obj, token_id)
+        if obj is None or token is None:
+            return None
+        return token, m.user_record(obj)
+
+    def revoke_user(self, name: str, *, now: float) -> UserRecord:
+        def revoke(obj: m.Obj) -> m.Obj | None:
+            if obj["spec"].get("revokedAt") is not None:
+                return None
+            obj["spec"]["revokedAt"] = now
+            return obj
+
+        try:
+            return m.user_record(self._update(m.USER, m.dns_name(name), revoke))
+        except NotFoundError:
+            raise NotFoundError(f"no user named {name!r}") from None
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._client.close()
+
+
+class _Watcher:
+    """The watches of every kind, on a thread of their own with their own event loop."""
+
+    def __init__(self, *, config: KubeConfig, settings: KubeStoreSettings, mirror: m.Mirror):
+        self._config = config
+        self._settings = settings
+        self._mirror = mirror
+        self._thread = threading.Thread(target=self._run, name="kubestore-watch", daemon=True)
+        self._listed = {kind.name: threading.Event() for kind in m.KINDS}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._started = threading.Event()
+
+    def start_and_wait(self) -> None:
+        self._thread.start()
+        self._started.wait(self._settings.ready_timeout)
+        for kind in m.KINDS:
+            if not self._listed[kind.name].wait(self._settings.ready_timeout):
+                detail = f" ({self._failure})" if self._failure else ""
+                raise StoreError(
+                    f"could not list {kind.plural}.{m.GROUP} in namespace"
+                    f" {self._settings.namespace!r} within {self._settings.ready_timeout:g} s"
+                    f"{detail}: are the CRDs installed (packaging/kubernetes/tunnel-server/crds)"
+                    " and may this identity list them?"
+                )
+
+    def stop(self) -> None:
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended between the check and now
+                loop.call_soon_threadsafe(main.cancel)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
+        self._started.set()
+        client = AsyncClient(self._config, namespace=self._settings.namespace)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for kind in m.KINDS:
+                    group.create_task(self._watch(client, kind), name=f"kubestore-{kind.plural}")
+        except asyncio.CancelledError:
+            pass  # close(): the normal end
+        finally:
+            await client.close()
+
+    async def _watch(self, client: AsyncClient, kind: m.Kind) -> None:
+        res = _res(kind)
+        ns = self._settings.namespace
+        while True:
+            try:
+                listed = client.list(res, namespace=ns)
+                objects = [_as_obj(o) async for o in listed]
+                self._mirror.reset(kind, objects)
+                self._listed[kind.name].set()
+                version: str | None = listed.resourceVersion
+                async for event, resource in client.watch(
+                    res, namespace=ns, resource_version=version
+                ):
+                    obj = _as_obj(resource)
+                    if event == "DELETED":
+                        self._mirror.delete(kind, obj)
+                    elif event in ("ADDED", "MODIFIED"):
+                        self._mirror.put(kind, obj)
+            except (ApiError, httpx2.HTTPError, ValueError, KeyError) as error:
+                # 410 Gone, the API server restarting, a broken line: list again, then watch.
+                self._failure = error
+                log.warning("watch of %s failed (%s): listing again", kind.plural, error)
+                await asyncio.sleep(self._settings.watch_retry)
