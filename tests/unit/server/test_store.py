@@ -1,4 +1,7 @@
-"""SqliteStore: schema version, atomic redeem, name rules, revision counter across processes."""
+"""The store suite: atomic redeem, name rules, revision counter across processes; SQLite schema.
+
+Every test taking ``store`` runs on both backends (tests/unit/server/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.harness.waiting import eventually
 from tunnel_server.store import (
     SCHEMA_VERSION,
     CertificateRecord,
@@ -16,26 +20,20 @@ from tunnel_server.store import (
     NodeState,
     NotFoundError,
     SqliteStore,
+    Store,
     StoreError,
     TokenRecord,
     TokenUsedError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore.open(tmp_path)
-    yield store
-    store.close()
-
-
-def _token(store: SqliteStore, token_id: str, name: str = "edge-1") -> str:
+def _token(store: Store, token_id: str, name: str = "edge-1") -> str:
     store.add_token(
         TokenRecord(
             id=token_id,
@@ -58,8 +56,8 @@ def _cert(serial: str, name: str = "edge-1") -> CertificateRecord:
     return CertificateRecord(serial=serial, name=name, not_after=NOW + 86400, issued_at=NOW)
 
 
-def test_schema_version_and_wal(store: SqliteStore) -> None:
-    db = sqlite3.connect(store.path)
+def test_schema_version_and_wal(sqlite_store: SqliteStore) -> None:
+    db = sqlite3.connect(sqlite_store.path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
@@ -74,7 +72,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         SqliteStore.open(tmp_path)
 
 
-def test_redeem_creates_node_and_certificate(store: SqliteStore) -> None:
+def test_redeem_creates_node_and_certificate(store: Store) -> None:
     store.redeem_token(_token(store, "aaaaaa"), now=NOW, node=_node(), certificate=_cert("ab"))
     node = store.get_node("edge-1")
     assert node is not None
@@ -85,7 +83,7 @@ def test_redeem_creates_node_and_certificate(store: SqliteStore) -> None:
     assert token.used_at == NOW
 
 
-def test_redeem_is_atomic(store: SqliteStore) -> None:
+def test_redeem_is_atomic(store: Store) -> None:
     store.redeem_token(_token(store, "aaaaaa"), now=NOW, node=_node())
     with pytest.raises(NameTakenError) as taken:
         store.redeem_token(_token(store, "bbbbbb"), now=NOW, node=_node(), certificate=_cert("x"))
@@ -99,7 +97,7 @@ def test_redeem_is_atomic(store: SqliteStore) -> None:
     assert store.get_node("other") is None
 
 
-def test_revoked_node_is_replaced_and_its_certificates_forgotten(store: SqliteStore) -> None:
+def test_revoked_node_is_replaced_and_its_certificates_forgotten(store: Store) -> None:
     store.redeem_token(_token(store, "aaaaaa"), now=NOW, node=_node(), certificate=_cert("old"))
     store.set_node_state("edge-1", "revoked")
     store.redeem_token(_token(store, "bbbbbb"), now=NOW, node=_node(), certificate=_cert("new"))
@@ -107,7 +105,7 @@ def test_revoked_node_is_replaced_and_its_certificates_forgotten(store: SqliteSt
     assert store.get_certificate("new") is not None
 
 
-def test_pending_join_request(store: SqliteStore) -> None:
+def test_pending_join_request(store: Store) -> None:
     request = JoinRequest(
         id="r1",
         name="edge-1",
@@ -129,21 +127,25 @@ def test_pending_join_request(store: SqliteStore) -> None:
         store.issue_pending("r1", certificate=_cert("c2"), certificate_pem="PEM")
 
 
-def test_revision_moves_on_security_changes_only(store: SqliteStore, tmp_path: Path) -> None:
+def test_revision_moves_on_security_changes_only(store: Store, reopen: Callable[[], Store]) -> None:
     store.redeem_token(_token(store, "aaaaaa"), now=NOW, node=_node())
-    other = SqliteStore.open(tmp_path)  # another process, e.g. the CLI
+    other = reopen()  # another process, e.g. the CLI, or another replica
+    eventually(lambda: other.get_node("edge-1"), what="the other store sees the node")
     before = store.revision()
     other.touch_node("edge-1", now=NOW + 5, agent_version="1.2.3")
-    assert store.revision() == before
-    node = store.get_node("edge-1")
+    node = eventually(
+        lambda: store.get_node("edge-1"),
+        lambda n: n is not None and n.last_seen is not None,
+        what="the heartbeat reaches the first store",
+    )
     assert node is not None
     assert (node.last_seen, node.agent_version) == (NOW + 5, "1.2.3")
+    assert store.revision() == before, "a heartbeat is not a security change"
     other.set_node_state("edge-1", "revoked")
-    assert store.revision() > before
-    other.close()
+    eventually(lambda: store.revision() > before, what="the revocation moves the revision")
 
 
-def test_record_certificate_needs_a_node(store: SqliteStore) -> None:
+def test_record_certificate_needs_a_node(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.record_certificate(_cert("zz", name="ghost"))
     with pytest.raises(NotFoundError):

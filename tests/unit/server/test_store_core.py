@@ -1,4 +1,6 @@
-"""SqliteStore for the operators' API: node states, token revocation, admin token rotation.
+"""The store suite (both backends) for the operators' API.
+
+Node states, token revocation, admin token rotation.
 
 Node state changes start from allowed states only, a revoked bootstrap token is never
 redeemed, the admin token rotates atomically, and a version-3 store.db migrates to version 4.
@@ -18,26 +20,19 @@ from tunnel_server.store import (
     NodeState,
     NotFoundError,
     SqliteStore,
+    Store,
     TokenRecord,
     TokenUsedError,
     WrongStateError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore.open(tmp_path)
-    yield store
-    store.close()
-
-
-def _token(store: SqliteStore, token_id: str, name: str = "edge-1") -> None:
+def _token(store: Store, token_id: str, name: str = "edge-1") -> None:
     store.add_token(
         TokenRecord(
             id=token_id,
@@ -51,7 +46,7 @@ def _token(store: SqliteStore, token_id: str, name: str = "edge-1") -> None:
     )
 
 
-def _pending(store: SqliteStore, name: str) -> None:
+def _pending(store: Store, name: str) -> None:
     _token(store, f"t{name[-5:]:0>5}", name)
     store.redeem_token(
         f"t{name[-5:]:0>5}",
@@ -60,7 +55,7 @@ def _pending(store: SqliteStore, name: str) -> None:
     )
 
 
-def test_a_change_starts_only_from_the_states_allowed(store: SqliteStore) -> None:
+def test_a_change_starts_only_from_the_states_allowed(store: Store) -> None:
     _pending(store, "edge-1")
     before = store.revision()
     node = store.change_node_state("edge-1", "approved", only_from=("pending",))
@@ -81,7 +76,7 @@ def test_a_change_starts_only_from_the_states_allowed(store: SqliteStore) -> Non
         store.change_node_state("nobody", "revoked", only_from=every)
 
 
-def test_a_revoked_token_is_never_redeemed(store: SqliteStore) -> None:
+def test_a_revoked_token_is_never_redeemed(store: Store) -> None:
     _token(store, "tok001")
     before = store.revision()
     revoked = store.revoke_token("tok001", now=NOW + 1)
@@ -100,14 +95,14 @@ def test_a_revoked_token_is_never_redeemed(store: SqliteStore) -> None:
         store.revoke_token("tok002", now=NOW)
 
 
-def test_check_token_says_a_revoked_token_was_revoked(store: SqliteStore) -> None:
+def test_check_token_says_a_revoked_token_was_revoked(store: Store) -> None:
     made = tokens.create_token(store, tokens.TokenSpec(kind="node", name="e", ttl=60), now=NOW)
     store.revoke_token(made.id, now=NOW)
     with pytest.raises(tokens.InvalidTokenError, match="revoked"):
         tokens.check_token(store, str(made), now=NOW + 1)
 
 
-def test_rotation_replaces_the_admin_token(store: SqliteStore, tmp_path: Path) -> None:
+def test_rotation_replaces_the_admin_token(store: Store, tmp_path: Path) -> None:
     assert tokens.ensure_admin_token(store, tmp_path, now=NOW)
     first = (tmp_path / tokens.ADMIN_FILE).read_text().strip()
     first_id = tokens.admin_token_id(first)
@@ -127,7 +122,7 @@ def test_rotation_replaces_the_admin_token(store: SqliteStore, tmp_path: Path) -
 
 
 def test_a_failed_rotation_leaves_the_file_as_it_was(
-    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokens.ensure_admin_token(store, tmp_path, now=NOW)
     first = (tmp_path / tokens.ADMIN_FILE).read_text()

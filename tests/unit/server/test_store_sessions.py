@@ -1,4 +1,4 @@
-"""SqliteStore: signed-out console sessions, and a version-1 store.db migrating to version 2.
+"""The store suite (both backends): signed-out console sessions; SQLite: version 1 migrating to 2.
 
 The version-1 file is built as the version-1 server wrote it (its schema is copied below
 from ``git show 0aa1eb0~1:tunnel_server/store.py``, not taken from the current module), so a
@@ -9,74 +9,64 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.harness.waiting import eventually
 from tunnel_server.store import (
     SCHEMA_VERSION,
     CertificateRecord,
     JoinRequest,
     NodeRecord,
     SqliteStore,
+    Store,
     TokenRecord,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 NOW = 1_800_000_000.0
 TTL = 8 * 3600.0  # ApiSettings.session_ttl: a session lives 8 h
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore.open(tmp_path)
-    yield store
-    store.close()
-
-
-def _revoked_rows(store: SqliteStore) -> list[tuple[str, float]]:
-    db = sqlite3.connect(store.path)
-    rows = db.execute("SELECT id, expires_at FROM revoked_sessions ORDER BY id").fetchall()
-    db.close()
-    return [(str(row[0]), float(row[1])) for row in rows]
+RevokedRows = Callable[[], list[tuple[str, float]]]
 
 
 # ---------------------------------------------------------------- revoke and check
 
 
-def test_a_revoked_session_is_revoked_and_others_are_not(store: SqliteStore) -> None:
+def test_a_revoked_session_is_revoked_and_others_are_not(store: Store) -> None:
     assert not store.session_revoked("nonce-a")
     store.revoke_session("nonce-a", expires_at=NOW + TTL, now=NOW)
     assert store.session_revoked("nonce-a")
     assert not store.session_revoked("nonce-b")
 
 
-def test_revocation_is_seen_by_another_process(store: SqliteStore, tmp_path: Path) -> None:
-    other = SqliteStore.open(tmp_path)  # e.g. a second server process on the same data dir
+def test_revocation_is_seen_by_another_process(store: Store, reopen: Callable[[], Store]) -> None:
+    other = reopen()  # e.g. a second server process on the same data dir, or another replica
     store.revoke_session("nonce-a", expires_at=NOW + TTL, now=NOW)
-    assert other.session_revoked("nonce-a")
-    other.close()
+    eventually(lambda: other.session_revoked("nonce-a"), what="the sign-out reaches the other")
 
 
-def test_revoking_again_is_a_no_op(store: SqliteStore) -> None:
+def test_revoking_again_is_a_no_op(store: Store, revoked_rows: RevokedRows) -> None:
     store.revoke_session("nonce-a", expires_at=NOW + TTL, now=NOW)
     revision = store.revision()
     store.revoke_session("nonce-a", expires_at=NOW + TTL, now=NOW + 60)
     assert store.session_revoked("nonce-a")
-    assert _revoked_rows(store) == [("nonce-a", NOW + TTL)]
+    assert revoked_rows() == [("nonce-a", NOW + TTL)]
     assert store.revision() == revision  # sign-outs do not wake the revision pollers
 
 
-def test_an_expired_session_is_not_stored(store: SqliteStore) -> None:
+def test_an_expired_session_is_not_stored(store: Store, revoked_rows: RevokedRows) -> None:
     store.revoke_session("nonce-a", expires_at=NOW, now=NOW)  # expires this very second
     store.revoke_session("nonce-b", expires_at=NOW - 1, now=NOW)
-    assert _revoked_rows(store) == []
+    assert revoked_rows() == []
 
 
-def test_entries_are_kept_until_their_session_would_have_expired(store: SqliteStore) -> None:
+def test_entries_are_kept_until_their_session_would_have_expired(store: Store) -> None:
     store.revoke_session("nonce-a", expires_at=NOW + TTL, now=NOW)
     store.revoke_session("nonce-b", expires_at=NOW + TTL + 10, now=NOW + TTL - 1)
     assert store.session_revoked("nonce-a")  # one second left: still refused as revoked
@@ -86,14 +76,16 @@ def test_entries_are_kept_until_their_session_would_have_expired(store: SqliteSt
     assert store.session_revoked("nonce-c")
 
 
-def test_pruning_keeps_the_table_to_one_session_lifetime(store: SqliteStore) -> None:
+def test_pruning_keeps_the_table_to_one_session_lifetime(
+    store: Store, revoked_rows: RevokedRows
+) -> None:
     """A sign-out every 10 minutes for three days: never more rows than 8 h of sign-outs."""
     every = 600.0
     most = 0
     for i in range(3 * 24 * 6):
         now = NOW + i * every
         store.revoke_session(f"nonce-{i}", expires_at=now + TTL, now=now)
-        rows = _revoked_rows(store)
+        rows = revoked_rows()
         most = max(most, len(rows))
         assert all(expires > now for _, expires in rows)
     assert most == int(TTL / every)

@@ -8,30 +8,25 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tunnel_server.identity import users
-from tunnel_server.store import SCHEMA_VERSION, SqliteStore
+from tunnel_server.store import SCHEMA_VERSION, SqliteStore, Store
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore.open(tmp_path)
-    yield store
-    store.close()
-
-
-def _refused(store: SqliteStore, token: str, *, now: float = NOW) -> str:
+def _refused(store: Store, token: str, *, now: float = NOW) -> str:
     with pytest.raises(users.TokenRefusedError) as refused:
         users.verify_user_token(store, token, now=now)
     return refused.value.code
 
 
-def test_a_user_token_authenticates_its_user_and_is_stored_hashed(store: SqliteStore) -> None:
+def test_a_user_token_authenticates_its_user_and_is_stored_hashed(
+    store: Store, dump: Callable[[], str]
+) -> None:
     user, token = users.create_user(
         store, "alice", role="operator", clusters=("b", "a"), ttl=90 * DAY, now=NOW
     )
@@ -41,13 +36,12 @@ def test_a_user_token_authenticates_its_user_and_is_stored_hashed(store: SqliteS
     assert (found.name, found.role, found.clusters) == ("alice", "operator", ("b", "a"))
     assert found.id == user.id
     assert expires == NOW + 90 * DAY
-    db = sqlite3.connect(store.path)
-    dump = "\n".join(db.iterdump())
-    db.close()
-    assert token.rsplit(".", 1)[1] not in dump, "the secret is never stored"
+    stored = dump()
+    assert found.id in stored, "the dump holds the store's data"
+    assert token.rsplit(".", 1)[1] not in stored, "the secret is never stored"
 
 
-def test_bad_tokens_are_refused_with_a_reason(store: SqliteStore) -> None:
+def test_bad_tokens_are_refused_with_a_reason(store: Store) -> None:
     _, token = users.create_user(store, "bob", role="viewer", clusters=None, ttl=DAY, now=NOW)
     prefix, token_id, secret = token.split(".")
     assert _refused(store, f"{prefix}.{token_id}.{'0' * 32}") == "invalid_token"
@@ -58,7 +52,7 @@ def test_bad_tokens_are_refused_with_a_reason(store: SqliteStore) -> None:
     assert _refused(store, token, now=NOW + DAY) == "user_expired"
 
 
-def test_several_tokens_each_with_its_own_expiry_capped_by_the_user(store: SqliteStore) -> None:
+def test_several_tokens_each_with_its_own_expiry_capped_by_the_user(store: Store) -> None:
     _, first = users.create_user(store, "ci", role="operator", clusters=None, ttl=30 * DAY, now=NOW)
     short = users.issue_user_token(store, "ci", ttl=3600, now=NOW)
     long = users.issue_user_token(store, "ci", ttl=365 * DAY, now=NOW)
@@ -71,7 +65,7 @@ def test_several_tokens_each_with_its_own_expiry_capped_by_the_user(store: Sqlit
 
 
 def test_revoking_stops_every_token_and_making_again_does_not_revive_them(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     old, token = users.create_user(store, "eve", role="admin", clusters=None, ttl=DAY, now=NOW)
     other = users.issue_user_token(store, "eve", ttl=DAY, now=NOW)
@@ -91,7 +85,7 @@ def test_revoking_stops_every_token_and_making_again_does_not_revive_them(
     assert store.get_user_by_id(old.id) is None
 
 
-def test_names_roles_scopes_and_lifetimes_are_checked(store: SqliteStore) -> None:
+def test_names_roles_scopes_and_lifetimes_are_checked(store: Store) -> None:
     for name in ("", "Alice", "-x", "x-", "a" * 64, "a_b", "admin", "a b"):
         with pytest.raises(users.UserError):
             users.create_user(store, name, role="viewer", clusters=None, ttl=DAY, now=NOW)
@@ -123,7 +117,7 @@ def test_names_roles_scopes_and_lifetimes_are_checked(store: SqliteStore) -> Non
             users.parse_ttl(bad)
 
 
-def test_a_user_holds_a_bounded_number_of_tokens(store: SqliteStore) -> None:
+def test_a_user_holds_a_bounded_number_of_tokens(store: Store) -> None:
     users.create_user(store, "loop", role="viewer", clusters=None, ttl=DAY, now=NOW)
     for _ in range(users.MAX_TOKENS_PER_USER - 1):
         users.issue_user_token(store, "loop", ttl=3600, now=NOW)
