@@ -79,6 +79,7 @@ def list_objects(
     api: kubernetes.client.CustomObjectsApi, namespace: str, plural: str
 ) -> list[dict[str, Any]]:
     listed = api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+    assert isinstance(listed, dict), listed
     return list(listed["items"])
 
 
