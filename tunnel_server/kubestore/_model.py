@@ -9,7 +9,7 @@ Pure: no I/O, no client. Rules:
 - Object names: node and user names are DNS names already and are used as they are (so
   ``kubectl get nodes.edgefleet.io edge-1`` works). Opaque ids (tokens, sessions) are used
   as they are when they are a DNS label that does not start with ``x-``, else as ``x-`` and
-  the SHA-256 of the id: injective, and the real id is always in the spec.
+  224 bits of the SHA-256 of the id: injective, and the real id is always in the spec.
 - Times are UNIX seconds as JSON numbers; the API server may hand a whole number back as an
   integer, so decoders go through ``float``.
 - The mirror orders versions of one object by ``resourceVersion`` read as an integer (etcd's
@@ -55,7 +55,9 @@ class Kind:
     has_status: bool
 
 
-BOOTSTRAP_TOKEN = Kind(name="BootstrapToken", plural="bootstraptokens", bumps=True, has_status=False)
+BOOTSTRAP_TOKEN = Kind(
+    name="BootstrapToken", plural="bootstraptokens", bumps=True, has_status=False
+)
 NODE = Kind(name="Node", plural="nodes", bumps=True, has_status=True)
 USER = Kind(name="User", plural="users", bumps=True, has_status=False)
 REVOKED_SESSION = Kind(
@@ -73,7 +75,8 @@ def id_name(opaque: str) -> str:
     """The object name for an opaque id (token, session): itself if it is a plain DNS label."""
     if _LABEL.fullmatch(opaque) and not opaque.startswith("x-"):
         return opaque
-    return "x-" + hashlib.sha256(opaque.encode()).hexdigest()
+    # 224 bits of the hash: still collision-free in practice, and the name stays a DNS label.
+    return "x-" + hashlib.sha256(opaque.encode()).hexdigest()[:56]
 
 
 def dns_name(name: str) -> str:
@@ -90,7 +93,7 @@ def new_object(kind: Kind, name: str, spec: Obj, *, resource_version: str | None
     return {"apiVersion": API_VERSION, "kind": kind.name, "metadata": metadata, "spec": spec}
 
 
-def _opt(value: Any) -> float | None:
+def _opt(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
@@ -135,7 +138,12 @@ def token_record(obj: Obj) -> TokenRecord:
 
 def node_spec(node: NodeRecord) -> Obj:
     """A new node's spec: no certificate or request yet (they are added to it before writing)."""
-    return {"kind": node.kind, "state": node.state, "createdAt": node.created_at, "certificates": []}
+    return {
+        "kind": node.kind,
+        "state": node.state,
+        "createdAt": node.created_at,
+        "certificates": [],
+    }
 
 
 def cert_entry(certificate: CertificateRecord) -> Obj:
@@ -280,7 +288,9 @@ def _index_keys(kind: Kind, obj: Obj) -> list[tuple[Index, str]]:
     if kind is BOOTSTRAP_TOKEN:
         return [("token", spec["tokenId"])]
     if kind is NODE:
-        keys: list[tuple[Index, str]] = [("cert", c["serial"]) for c in spec.get("certificates", [])]
+        keys: list[tuple[Index, str]] = [
+            ("cert", c["serial"]) for c in spec.get("certificates", [])
+        ]
         if spec.get("joinRequest") is not None:
             keys.append(("request", spec["joinRequest"]["id"]))
         return keys
@@ -360,9 +370,9 @@ class Mirror:
         """Replace every object of ``kind`` by a fresh list (after a relist)."""
         with self._lock:
             fresh = {o["metadata"]["name"]: o for o in objects}
-            for name, old in list(self._objects[kind.name].items()):
+            for name, gone in list(self._objects[kind.name].items()):
                 if name not in fresh:
-                    self._replace(kind, name, old, None)
+                    self._replace(kind, name, gone, None)
             for name, obj in fresh.items():
                 old = self._objects[kind.name].get(name)
                 if old is None or _version(old) != _version(obj):

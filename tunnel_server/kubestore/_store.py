@@ -95,7 +95,7 @@ class KubeStoreSettings:
     """Seconds ``open`` waits for the first list of every kind."""
 
 
-class _Conflict(Exception):
+class _ConflictError(Exception):
     """409: the object changed since it was read, or one of the name exists already."""
 
 
@@ -153,9 +153,9 @@ class KubeStore:
             return call()
         except ApiError as error:
             code = error.status.code
-            if code == 409:  # noqa: PLR2004 - HTTP Conflict
-                raise _Conflict(what) from error
-            if code == 404:  # noqa: PLR2004 - HTTP Not Found
+            if code == 409:  # HTTP Conflict
+                raise _ConflictError(what) from error
+            if code == 404:  # HTTP Not Found
                 raise NotFoundError(what) from error
             raise StoreError(f"kubernetes API refused to {what}: {error.status.message}") from error
         except httpx2.HTTPError as error:
@@ -187,14 +187,12 @@ class KubeStore:
         return created
 
     def _replace(self, kind: m.Kind, obj: m.Obj) -> m.Obj:
-        """PUT with the object's resourceVersion: raises _Conflict if it changed meanwhile."""
+        """PUT with the object's resourceVersion: raises _ConflictError if it changed meanwhile."""
+        obj["metadata"]["namespace"] = self._ns
         resource = _res(kind).from_dict(obj)
         name = obj["metadata"]["name"]
         replaced = _as_obj(
-            self._call(
-                f"replace {kind.plural}/{name}",
-                lambda: self._client.replace(resource, namespace=self._ns),
-            )
+            self._call(f"replace {kind.plural}/{name}", lambda: self._client.replace(resource))
         )
         self._mirror.put(kind, replaced)
         return replaced
@@ -204,7 +202,7 @@ class KubeStore:
             self._call(
                 f"patch {kind.plural}/{name}/status",
                 lambda: self._client.patch(
-                    _res(kind).Status,  # type: ignore[attr-defined]
+                    _res(kind).Status,
                     name,
                     {"status": status},
                     namespace=self._ns,
@@ -223,9 +221,7 @@ class KubeStore:
             )
         self._mirror.delete(kind, obj)
 
-    def _update(
-        self, kind: m.Kind, name: str, change: Callable[[m.Obj], m.Obj | None]
-    ) -> m.Obj:
+    def _update(self, kind: m.Kind, name: str, change: Callable[[m.Obj], m.Obj | None]) -> m.Obj:
         """Read-modify-write under optimistic concurrency; ``change`` may raise to refuse.
 
         ``change`` gets a copy of the object as the API has it now and returns the new one,
@@ -240,9 +236,9 @@ class KubeStore:
                 return current
             try:
                 return self._replace(kind, new)
-            except _Conflict:
+            except _ConflictError:
                 log.debug("conflict writing %s/%s: reading it again", kind.plural, name)
-        self._too_busy(kind, name)
+        return self._too_busy(kind, name)
 
     def _too_busy(self, kind: m.Kind, name: str) -> NoReturn:
         raise StoreError(
@@ -275,10 +271,10 @@ class KubeStore:
                 old = dict(current["spec"].get("values", {}))
                 current["spec"]["values"] = {**old, **values}
                 self._replace(m.STORE_META, current)
-            except _Conflict:
+            except _ConflictError:
                 continue
             return old
-        self._too_busy(m.STORE_META, m.META_NAME)
+        return self._too_busy(m.STORE_META, m.META_NAME)
 
     def set_meta(self, key: str, value: str) -> None:
         self._update_meta({key: value})
@@ -289,7 +285,7 @@ class KubeStore:
         obj = m.new_object(m.BOOTSTRAP_TOKEN, m.id_name(token.id), m.token_spec(token))
         try:
             self._create(m.BOOTSTRAP_TOKEN, obj)
-        except _Conflict:
+        except _ConflictError:
             raise DuplicateIdError(f"token id {token.id} exists") from None
 
     def _token_obj(self, token_id: str) -> m.Obj | None:
@@ -323,7 +319,7 @@ class KubeStore:
         spec = {"tokenId": token_id, "secretHash": secret_hash, "role": role, "createdAt": now}
         try:
             self._create(m.API_TOKEN, m.new_object(m.API_TOKEN, m.id_name(token_id), spec))
-        except _Conflict:
+        except _ConflictError:
             raise DuplicateIdError(f"api token id {token_id} exists") from None
 
     def get_api_token_hash(self, token_id: str) -> str | None:
@@ -433,7 +429,7 @@ class KubeStore:
             token["spec"]["usedAt"] = now
             try:
                 token = self._replace(m.BOOTSTRAP_TOKEN, token)
-            except _Conflict:
+            except _ConflictError:
                 continue  # redeemed or revoked meanwhile (read again to say which), or a retry
             self._create_node(name, spec, existing, token, node)
             return
@@ -448,15 +444,13 @@ class KubeStore:
             else:  # a revoked node is replaced whole, certificates and request with it
                 rv = existing["metadata"]["resourceVersion"]
                 self._replace(m.NODE, m.new_object(m.NODE, name, spec, resource_version=rv))
-        except _Conflict:
+        except _ConflictError:
             self._release_token(token)
             now = self._read(m.NODE, name)
             raise NameTakenError(name, "pending" if now is None else now["spec"]["state"]) from None
         if existing is not None or node.agent_version is not None:
             # Status is not written by create or replace: clear the old node's, set the new one's.
-            self._patch_status(
-                m.NODE, name, {"lastSeen": None, "agentVersion": node.agent_version}
-            )
+            self._patch_status(m.NODE, name, {"lastSeen": None, "agentVersion": node.agent_version})
 
     def _release_token(self, token: m.Obj) -> None:
         used_at = token["spec"]["usedAt"]
@@ -529,7 +523,7 @@ class KubeStore:
             return
         spec = {"sessionId": session_id, "expiresAt": expires_at}
         obj = m.new_object(m.REVOKED_SESSION, m.id_name(session_id), spec)
-        with contextlib.suppress(_Conflict):  # revoked already: idempotent
+        with contextlib.suppress(_ConflictError):  # revoked already: idempotent
             self._create(m.REVOKED_SESSION, obj)
 
     def session_revoked(self, session_id: str) -> bool:
@@ -554,7 +548,7 @@ class KubeStore:
                     rv = existing["metadata"]["resourceVersion"]
                     new = m.new_object(m.USER, name, m.user_spec(user), resource_version=rv)
                     self._replace(m.USER, new)
-            except _Conflict:
+            except _ConflictError:
                 continue
             return
         self._too_busy(m.USER, name)
@@ -626,7 +620,9 @@ class KubeStore:
 class _Watcher:
     """The watches of every kind, on a thread of their own with their own event loop."""
 
-    def __init__(self, *, config: KubeConfig, settings: KubeStoreSettings, mirror: m.Mirror):
+    def __init__(
+        self, *, config: KubeConfig, settings: KubeStoreSettings, mirror: m.Mirror
+    ) -> None:
         self._config = config
         self._settings = settings
         self._mirror = mirror
