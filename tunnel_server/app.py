@@ -48,6 +48,8 @@ from tunnel_server.web.bodies import bounded_bodies
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from tunnel_server.kubestore.settings import KubeStoreSettings
+
 log = logging.getLogger("tunnel_server.app")
 
 
@@ -59,11 +61,28 @@ class ServerIdentity:
     store: Store
 
 
-def bootstrap(settings: ServerSettings) -> ServerIdentity:
-    """First start creates the CA, store and admin token; every start refreshes the serving cert."""
-    authority = CertificateAuthority.load_or_create(settings.data_dir, settings=settings.pki)
+def bootstrap(
+    settings: ServerSettings, *, kube_store: KubeStoreSettings | None = None
+) -> ServerIdentity:
+    """First start creates the CA, store and admin token; every start refreshes the serving cert.
+
+    With ``kube_store`` the store is the Kubernetes API (docs/ha.md) and the CA is the one
+    kept in its Secret, shared by every replica (the first replica to start makes it).
+    """
+    store: Store
+    if kube_store is None:
+        authority = CertificateAuthority.load_or_create(settings.data_dir, settings=settings.pki)
+        store = SqliteStore.open(settings.data_dir)
+    else:
+        # Imported here: the client costs about a second of imports a SQLite server never needs.
+        from tunnel_server.kubestore.store import KubeStore  # noqa: PLC0415
+
+        store = kube = KubeStore.open(kube_store)
+        shared = kube.fetch_ca(settings.data_dir)
+        authority = CertificateAuthority.load_or_create(settings.data_dir, settings=settings.pki)
+        if not shared and not kube.publish_ca(settings.data_dir):  # another replica's came first
+            authority = CertificateAuthority.load(settings.data_dir, settings=settings.pki)
     authority.ensure_serving_certificate(public_name=settings.public_name)
-    store = SqliteStore.open(settings.data_dir)
     tokens.ensure_admin_token(store, settings.data_dir, now=time.time())
     store.set_meta("public_url", f"https://{_host_for_url(settings.public_name)}:{settings.port}")
     return ServerIdentity(authority=authority, store=store)

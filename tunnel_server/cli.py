@@ -30,6 +30,7 @@ from tunnel_server import __version__
 from tunnel_server.client import commands, device_commands, fleet_commands, fleet_objects
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.identity.sso_mapping import sso_config_file
+from tunnel_server.kubestore.settings import KubeStoreSettings
 from tunnel_server.settings import (
     DAY,
     AutonomySettings,
@@ -139,6 +140,44 @@ def _server_url(value: str) -> str:
         msg = f"expected https://HOST[:PORT] such as https://cloud.example.com:8443, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return f"https://{parts.netloc}"
+
+
+def _add_store_options(run: argparse.ArgumentParser) -> None:
+    store = KubeStoreSettings()
+    run.add_argument(
+        "--store",
+        choices=("sqlite", "kubernetes"),
+        default="sqlite",
+        help="where the state lives: a SQLite file in the data dir (one machine), or custom"
+        " resources in the Kubernetes API, shared by replicas (docs/ha.md) (default: %(default)s)",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="FILE",
+        help="with --store kubernetes: the kubeconfig to use (default: in-cluster, the pod's"
+        " service account)",
+    )
+    run.add_argument(
+        "--namespace",
+        type=_namespace,
+        default=store.namespace,
+        help="with --store kubernetes: the namespace of the store's objects (default: %(default)s)",
+    )
+
+
+def _namespace(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a namespace name (a DNS label)")
+    return value
+
+
+def _kube_store(args: argparse.Namespace) -> KubeStoreSettings | None:
+    if getattr(args, "store", "sqlite") != "kubernetes":
+        if getattr(args, "kubeconfig", None) is not None:
+            raise CliError("--kubeconfig is for --store kubernetes")
+        return None
+    return KubeStoreSettings(namespace=args.namespace, kubeconfig=args.kubeconfig)
 
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log every HTTP request (off by default: at scale it costs about 8%% of CPU; "
         "tunnel sessions, joins, renewals and refusals are always logged)",
     )
+    _add_store_options(run)
     init = sub.add_parser(
         "init",
         help="create the CA, store and admin token without serving",
@@ -714,7 +754,7 @@ def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None)
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 
         try:
-            identity = bootstrap(settings)
+            identity = bootstrap(settings, kube_store=_kube_store(args))
         except ValueError as exc:  # a PEM file that does not parse
             raise CliError(
                 f"a certificate or key in {data_dir} cannot be read ({exc}): restore ca.crt and"

@@ -17,8 +17,9 @@ import kubernetes
 import pytest
 
 from tests.harness import kube
-from tunnel_server.kubestore import KubeStore, KubeStoreSettings
 from tunnel_server.kubestore._model import GROUP, KINDS, VERSION
+from tunnel_server.kubestore.settings import KubeStoreSettings
+from tunnel_server.kubestore.store import KubeStore
 from tunnel_server.store import Store
 
 CRDS = Path(__file__).resolve().parents[3] / "packaging" / "kubernetes" / "tunnel-server" / "crds"

@@ -24,7 +24,7 @@ from tunnel_server.store import (
 
 if TYPE_CHECKING:
     from tests.harness import kube
-    from tunnel_server.kubestore import KubeStore
+    from tunnel_server.kubestore.store import KubeStore
 
 NOW = 1_800_000_000.0
 

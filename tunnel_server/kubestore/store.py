@@ -27,11 +27,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import logging
+import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -41,9 +42,12 @@ from lightkube.generic_resource import (
     GenericNamespacedResource,
     create_namespaced_resource,
 )
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from tunnel_server.kubestore import _model as m
+from tunnel_server.kubestore.settings import KubeStoreSettings
 from tunnel_server.store import (
     CertificateRecord,
     DuplicateIdError,
@@ -65,34 +69,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 log = logging.getLogger("tunnel_server.kubestore")
+# httpx2 logs every request at INFO: one line per heartbeat write would drown the server's log.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 FIELD_MANAGER = "tunnel-server"
-
-
-@dataclass(frozen=True, kw_only=True)
-class KubeStoreSettings:
-    namespace: str = "edgefleet"
-    """Namespace of every object of the store (one install per namespace)."""
-
-    kubeconfig: Path | None = None
-    """Kubeconfig file; None = in-cluster (the pod's service account)."""
-
-    request_timeout: float = 10.0
-    """Seconds for one API call; a write that cannot reach the API fails with StoreError then."""
-
-    conflict_retries: int = 8
-    """Read-modify-write attempts on 409 Conflict before giving up with StoreError: more
-    writers than that on one object at once is not a load this store is meant for."""
-
-    touch_interval: float = 60.0
-    """Seconds: a node's ``lastSeen`` is written at most this often (plus on a new agent
-    version): heartbeats of a large fleet must not flood etcd; readers tolerate the lag."""
-
-    watch_retry: float = 1.0
-    """Seconds before a failed list or watch is tried again (the API server restarting)."""
-
-    ready_timeout: float = 30.0
-    """Seconds ``open`` waits for the first list of every kind."""
+CA_SECRET = "edgefleet-ca"  # noqa: S105 - a Secret's name, not a password
+"""The Secret holding the CA certificate and key every replica signs with."""
+CA_FILES = ("ca.crt", "ca.key")
+"""Its keys, named as the files of the data dir (tunnel_server.identity.pki)."""
 
 
 class _ConflictError(Exception):
@@ -612,9 +596,53 @@ class KubeStore:
         except NotFoundError:
             raise NotFoundError(f"no user named {name!r}") from None
 
+    # ------------------------------------------------------------------ the CA
+
+    def fetch_ca(self, data_dir: Path) -> bool:
+        """Write the shared CA from its Secret into ``data_dir``; False if there is none yet."""
+        try:
+            secret = self._call(
+                f"get secret {CA_SECRET}",
+                lambda: self._client.get(Secret, CA_SECRET, namespace=self._ns),
+            )
+        except NotFoundError:
+            return False
+        data = secret.data or {}
+        if any(name not in data for name in CA_FILES):
+            raise StoreError(f"secret {CA_SECRET} lacks one of {', '.join(CA_FILES)}")
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in CA_FILES:
+            _write_private(data_dir / name, base64.b64decode(data[name]))
+        return True
+
+    def publish_ca(self, data_dir: Path) -> bool:
+        """Store ``data_dir``'s CA as the shared one; False if another replica's came first.
+
+        Then that one is in ``data_dir`` now (the caller loads the CA again).
+        """
+        data = {n: base64.b64encode((data_dir / n).read_bytes()).decode() for n in CA_FILES}
+        secret = Secret(
+            metadata=ObjectMeta(name=CA_SECRET, namespace=self._ns), type="Opaque", data=data
+        )
+        try:
+            self._call(f"create secret {CA_SECRET}", lambda: self._client.create(secret))
+        except _ConflictError:
+            self.fetch_ca(data_dir)
+            return False
+        return True
+
     def close(self) -> None:
         self._watcher.stop()
         self._client.close()
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    # Written aside and renamed: a replica never reads half a key; 0600 from the start.
+    partial = path.with_name(path.name + ".part")
+    fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
+    partial.replace(path)
 
 
 class _Watcher:

@@ -1,0 +1,32 @@
+"""Settings of the Kubernetes store; light on purpose (the CLI imports it before any client)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubeStoreSettings:
+    namespace: str = "edgefleet"
+    """Namespace of every object of the store (one install per namespace)."""
+
+    kubeconfig: Path | None = None
+    """Kubeconfig file; None = in-cluster (the pod's service account)."""
+
+    request_timeout: float = 10.0
+    """Seconds for one API call; a write that cannot reach the API fails with StoreError then."""
+
+    conflict_retries: int = 8
+    """Read-modify-write attempts on 409 Conflict before giving up with StoreError: more
+    writers than that on one object at once is not a load this store is meant for."""
+
+    touch_interval: float = 60.0
+    """Seconds: a node's ``lastSeen`` is written at most this often (plus on a new agent
+    version): heartbeats of a large fleet must not flood etcd; readers tolerate the lag."""
+
+    watch_retry: float = 1.0
+    """Seconds before a failed list or watch is tried again (the API server restarting)."""
+
+    ready_timeout: float = 30.0
+    """Seconds ``open`` waits for the first list of every kind."""
