@@ -175,7 +175,7 @@ def _namespace(value: str) -> str:
 def _kube_store(args: argparse.Namespace) -> KubeStoreSettings | None:
     if getattr(args, "store", "sqlite") != "kubernetes":
         if getattr(args, "kubeconfig", None) is not None:
-            raise CliError("--kubeconfig is for --store kubernetes")
+            raise UsageError("--kubeconfig is for --store kubernetes")
         return None
     return KubeStoreSettings(namespace=args.namespace, kubeconfig=args.kubeconfig)
 

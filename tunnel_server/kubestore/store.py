@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx2
-from lightkube import ApiError, AsyncClient, Client, KubeConfig
+from lightkube import ApiError, AsyncClient, Client, ConfigError, KubeConfig
 from lightkube.generic_resource import (
     GenericNamespacedResource,
     create_namespaced_resource,
@@ -94,9 +94,16 @@ def _res(kind: m.Kind) -> type[GenericNamespacedResource]:
 
 
 def _config(settings: KubeStoreSettings) -> KubeConfig:
-    if settings.kubeconfig is not None:
-        return KubeConfig.from_file(settings.kubeconfig)
-    return KubeConfig.from_service_account()
+    where = settings.kubeconfig or "the pod's service account (in-cluster)"
+    try:
+        if settings.kubeconfig is not None:
+            return KubeConfig.from_file(settings.kubeconfig)
+        return KubeConfig.from_service_account()
+    except (OSError, ConfigError, ValueError, KeyError) as error:
+        raise StoreError(
+            f"cannot reach the Kubernetes API with {where} ({error}): give --kubeconfig, or run"
+            " in a pod"
+        ) from error
 
 
 def _as_obj(resource: Any) -> m.Obj:  # noqa: ANN401 - lightkube's generic objects are dicts
@@ -717,7 +724,7 @@ class _Watcher:
                         self._mirror.delete(kind, obj)
                     elif event in ("ADDED", "MODIFIED"):
                         self._mirror.put(kind, obj)
-            except (ApiError, httpx2.HTTPError, ValueError, KeyError) as error:
+            except Exception as error:  # noqa: BLE001 - a watch must outlive any one failure
                 # 410 Gone, the API server restarting, a broken line: list again, then watch.
                 self._failure = error
                 log.warning("watch of %s failed (%s): listing again", kind.plural, error)

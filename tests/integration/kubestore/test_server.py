@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.harness.daemons import Server
 from tests.harness.waiting import eventually
+from tunnel_server import cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.harness import kube
 
@@ -69,3 +70,15 @@ def test_replicas_share_the_ca_the_admin_token_and_the_state(replicas: list[Serv
         listed_on_first, lambda ids: made["id"] in ids, what="the token made on the second"
     )
     assert made["id"] in seen
+
+
+def test_store_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ("--data-dir", str(tmp_path / "data"))
+    assert cli.main(["run", *data, "--kubeconfig", str(tmp_path / "kc")]) == 2
+    assert "--kubeconfig is for --store kubernetes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["run", *data, "--store", "kubernetes", "--namespace", "Not_A_Name"])
+    assert bad.value.code == 2
+    assert "not a namespace name" in capsys.readouterr().err
+    missing = tmp_path / "no-kubeconfig"
+    assert cli.main(["run", *data, "--store", "kubernetes", "--kubeconfig", str(missing)]) != 0
