@@ -25,6 +25,10 @@ class KubeStoreSettings:
     """Seconds: a node's ``lastSeen`` is written at most this often (plus on a new agent
     version): heartbeats of a large fleet must not flood etcd; readers tolerate the lag."""
 
+    watch_timeout: float = 600.0
+    """Seconds a watch lasts before the kind is listed again: bounds how long a connection
+    that died silently goes unnoticed, at the price of one list per kind this often."""
+
     watch_retry: float = 1.0
     """Seconds before a failed list or watch is tried again (the API server restarting)."""
 

@@ -75,6 +75,8 @@ logging.getLogger("httpx2").setLevel(logging.WARNING)
 FIELD_MANAGER = "tunnel-server"
 CA_SECRET = "edgefleet-ca"  # noqa: S105 - a Secret's name, not a password
 """The Secret holding the CA certificate and key every replica signs with."""
+WATCH_GRACE = 30.0
+"""Seconds past the server's own watch timeout before a silent watch counts as dead."""
 CA_FILES = ("ca.crt", "ca.key")
 """Its keys, named as the files of the data dir (tunnel_server.identity.pki)."""
 
@@ -716,14 +718,22 @@ class _Watcher:
                 self._mirror.reset(kind, objects)
                 self._listed[kind.name].set()
                 version: str | None = listed.resourceVersion
-                async for event, resource in client.watch(
-                    res, namespace=ns, resource_version=version
-                ):
-                    obj = _as_obj(resource)
-                    if event == "DELETED":
-                        self._mirror.delete(kind, obj)
-                    elif event in ("ADDED", "MODIFIED"):
-                        self._mirror.put(kind, obj)
+                # The server ends the watch after watch_timeout; a connection that died without
+                # a word (no FIN) would hang forever, so past that and a grace we list again.
+                async with asyncio.timeout(self._settings.watch_timeout + WATCH_GRACE):
+                    async for event, resource in client.watch(
+                        res,
+                        namespace=ns,
+                        resource_version=version,
+                        server_timeout=int(self._settings.watch_timeout),
+                    ):
+                        obj = _as_obj(resource)
+                        if event == "DELETED":
+                            self._mirror.delete(kind, obj)
+                        elif event in ("ADDED", "MODIFIED"):
+                            self._mirror.put(kind, obj)
+            except TimeoutError:
+                log.debug("watch of %s renewed: listing again", kind.plural)
             except Exception as error:  # noqa: BLE001 - a watch must outlive any one failure
                 # 410 Gone, the API server restarting, a broken line: list again, then watch.
                 self._failure = error
