@@ -414,7 +414,8 @@ class KubeStore:
             token = self._read(m.BOOTSTRAP_TOKEN, m.id_name(token_id))
             if token is None or token["spec"]["tokenId"] != token_id:
                 raise TokenUsedError(token_id)
-            if token["spec"].get("usedAt") is not None or token["spec"].get("revokedAt"):
+            held = token["spec"]
+            if held.get("usedAt") is not None or held.get("revokedAt") is not None:
                 raise TokenUsedError(token_id)
             existing = self._read(m.NODE, name)
             if existing is not None and existing["spec"]["state"] != "revoked":
