@@ -296,19 +296,21 @@ def test_the_replicas_may_do_their_work_in_their_namespace_only(
     assert may(plane, "update", "nodes.edgefleet.io/status", namespace=NAMESPACE)
     for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
         assert may(plane, verb, "leases.coordination.k8s.io", namespace=NAMESPACE), verb
-    # The CA Secret, read-only, and no other Secret.
+    # The CA Secret: created once by the first replica, then only read; no other Secret.
     for verb in ("get", "list", "watch"):
-        assert may(plane, verb, "secrets", namespace=NAMESPACE, name="tunnel-server-ca"), verb
+        assert may(plane, verb, "secrets", namespace=NAMESPACE, name="edgefleet-ca"), verb
+    assert may(plane, "create", "secrets", namespace=NAMESPACE)
     for verb in ("update", "patch", "delete"):
-        assert not may(plane, verb, "secrets", namespace=NAMESPACE, name="tunnel-server-ca"), verb
-    assert not may(plane, "create", "secrets", namespace=NAMESPACE)
+        assert not may(plane, verb, "secrets", namespace=NAMESPACE, name="edgefleet-ca"), verb
     assert not may(plane, "list", "secrets", namespace=NAMESPACE)  # all of them: no
     assert not may(plane, "get", "secrets", namespace=NAMESPACE, name="other")
+    assert not may(plane, "delete", "secrets", namespace=NAMESPACE, name="other")
     # Nothing elsewhere: the same rights in another namespace or cluster-wide are refused.
     for namespace in ("default", "kube-system", ""):
         assert not may(plane, "get", "nodes.edgefleet.io", namespace=namespace), namespace
         assert not may(plane, "get", "leases.coordination.k8s.io", namespace=namespace)
-        assert not may(plane, "get", "secrets", namespace=namespace, name="tunnel-server-ca")
+        assert not may(plane, "get", "secrets", namespace=namespace, name="edgefleet-ca")
+        assert not may(plane, "create", "secrets", namespace=namespace)
     # Nor anything else of its own namespace.
     for verb, resource in (
         ("get", "configmaps"),
