@@ -25,6 +25,7 @@ import yaml
 
 from edge_agent import __version__
 from tests.harness import kube
+from tunnel_server import cli
 
 pytestmark = pytest.mark.kube
 
@@ -343,3 +344,65 @@ def test_the_crds_install_with_the_ha_variant(
     for _, name in definitions:
         assert may(plane, "list", name, namespace=NAMESPACE), name
     assert rendered["ha"]
+
+
+def pod_of(objects: Objects, kind: str) -> dict[str, Any]:
+    """The Pod the workload's controller would create (no controller runs here)."""
+    spec = json.loads(json.dumps(workload_pod(objects, kind)))
+    if kind == "StatefulSet":
+        # The StatefulSet controller adds each claim as a volume of the pod (claim-pod-ordinal).
+        for claim in objects[kind, "tunnel-server"]["spec"]["volumeClaimTemplates"]:
+            name = claim["metadata"]["name"]
+            spec.setdefault("volumes", []).append(
+                {"name": name, "persistentVolumeClaim": {"claimName": f"{name}-tunnel-server-0"}}
+            )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"tunnel-server-{kind.lower()}", "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+@pytest.mark.parametrize(("variant", "kind"), [("ha", "Deployment"), ("single", "StatefulSet")])
+def test_the_pod_passes_the_restricted_pod_security_profile(
+    plane: kube.ControlPlane, rendered: dict[str, str], variant: str, kind: str
+) -> None:
+    """The namespace enforces `restricted`: the API server's PodSecurity admission judges the pod.
+
+    A Deployment is only warned about; a Pod is refused, so the template is tried as a Pod
+    (dry run). The same Pod with one capability back is refused: the check is real.
+    """
+    objects = documents(rendered[variant])
+    dry_run(plane, rendered[variant])  # the namespace, with its enforce label
+    pod = pod_of(objects, kind)
+    done = plane.kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod))
+    assert "(server dry run)" in done.stdout
+    assert "PodSecurity" not in done.stderr, done.stderr
+    loose = json.loads(json.dumps(pod))
+    loose["spec"]["containers"][0]["securityContext"]["capabilities"] = {"add": ["NET_RAW"]}
+    refused = plane.kubectl(
+        "create", "--dry-run=server", "-f", "-", stdin=json.dumps(loose), check=False
+    )
+    assert refused.returncode != 0
+    assert 'violates PodSecurity "restricted' in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(("variant", "kind"), [("ha", "Deployment"), ("single", "StatefulSet")])
+def test_the_command_is_one_the_cli_accepts(
+    rendered: dict[str, str], variant: str, kind: str
+) -> None:
+    """The container's command parses with tunnel-server's own argument parser."""
+    (server,) = workload_pod(documents(rendered[variant]), kind)["containers"]
+    argv = server["command"][1:]
+    args, unknown = cli.build_parser().parse_known_args(argv)
+    if "--store" in unknown:
+        pytest.skip("--store is not in this checkout's CLI yet (the Kubernetes store adds it)")
+    assert unknown == []
+    assert args.command == "run"
+    assert args.listen == ("0.0.0.0", 8443)  # noqa: S104 - the pod's address
+    assert str(args.data_dir) == "/var/lib/edgefleet"
+    assert args.store == ("kubernetes" if variant == "ha" else "sqlite")
+    if variant == "ha":
+        assert args.namespace == NAMESPACE
+        assert args.kubeconfig is None  # in-cluster
