@@ -56,6 +56,9 @@ def test_the_api_server_stores_in_the_three_members(
     flag = next(a for a in plane.argv if a.startswith("--etcd-servers="))
     assert flag.split("=", 1)[1].split(",") == cluster.client_urls
     assert cluster.member_names() == ["etcd0", "etcd1", "etcd2"]
+    # The pinned release runs (scripts/etcd-build's default, the harness's constant).
+    for member in cluster.members:
+        assert member.call("/version")["etcdserver"] == etcd_cluster.ETCD_VERSION.lstrip("v")
     status, _ = plane.request(
         "POST",
         f"/api/v1/namespaces/{NAMESPACE}/configmaps",
