@@ -127,24 +127,31 @@ class Writer:
             self.written.append(name)
 
 
-@pytest.mark.parametrize("victim", ["leader", "follower"])
+@pytest.mark.parametrize(
+    ("victim", "how"), [("leader", "kill"), ("follower", "kill"), ("follower", "stop")]
+)
 def test_writes_go_on_while_a_member_is_killed_and_it_rejoins(
-    cluster: etcd_cluster.EtcdCluster, plane: kube.ControlPlane, victim: str
+    cluster: etcd_cluster.EtcdCluster, plane: kube.ControlPlane, victim: str, how: str
 ) -> None:
+    """SIGKILL (its machine dies) or SIGTERM (a clean stop, e.g. a reboot) of one member."""
     leader = cluster.wait_healthy()
     index = leader if victim == "leader" else (leader + 1) % len(cluster.members)
     killed = cluster.members[index]
-    writer = Writer(plane=plane, cluster=cluster, prefix=f"during-{victim}")
+    writer = Writer(plane=plane, cluster=cluster, prefix=f"during-{how}-{victim}")
     thread = threading.Thread(target=writer.run, name=f"writer-{victim}", daemon=True)
     thread.start()
     try:
         eventually(lambda: len(writer.written), lambda n: n >= 5, what="5 writes before the kill")
-        cluster.kill_member(index)
+        if how == "kill":
+            cluster.kill_member(index)
+        else:
+            cluster.stop_member(index)
+        assert not killed.running
         at_kill = len(writer.written)
         eventually(
             lambda: (len(writer.written), writer.failed),
             lambda seen: seen[0] >= at_kill + 20 or bool(seen[1]),
-            what=f"20 writes after SIGKILL of {victim} {killed.name}",
+            what=f"20 writes after {how} of {victim} {killed.name}",
             within=180.0,
         )
     finally:
