@@ -1,5 +1,8 @@
 """Real Kubernetes control planes for tests: kine (SQLite) + kube-apiserver on loopback.
 
+With ``etcd_servers`` (e.g. ``tests/harness/etcd_cluster.py``'s ``client_urls``) no kine
+starts: the API server stores in those etcd members instead, as a production cluster does.
+
 Binaries come from ``scripts/kube-build`` (kube-apiserver and kubectl built from the
 Kubernetes Go modules, kine from ``go install``); set ``EDGEFLEET_KUBE_BIN`` to their folder.
 Each control plane gets its own free ports, its own certificates, an admin token in
@@ -62,6 +65,9 @@ class ControlPlane:
     ca_path: Path
     kubeconfig: Path
     kine_port: int
+    """kine's port; 0 when the plane stores in etcd (``etcd_servers``) and runs no kine."""
+    etcd_servers: tuple[str, ...] = ()
+    """The etcd client URLs kube-apiserver stores in; empty: kine on ``kine_port``."""
     extra_tokens: dict[str, str] = field(default_factory=dict)
     """Token -> user name of users without any group, for authorization tests."""
     service_account_key: Path | None = None
@@ -243,8 +249,12 @@ def launch(
     *,
     extra_tokens: dict[str, str] | None = None,
     apiserver_args: Sequence[str] = (),
+    etcd_servers: Sequence[str] = (),
 ) -> ControlPlane:
     """Start kine and kube-apiserver without waiting for readiness (see ``wait_ready``).
+
+    ``etcd_servers``: client URLs of running etcd members; kube-apiserver stores there and no
+    kine starts (the default, empty, keeps kine).
 
     ``extra_tokens`` maps a token to a user name (no groups) for tests of authorization.
     ``apiserver_args`` are extra kube-apiserver flags (``--name=value``); a flag named there
@@ -270,23 +280,26 @@ def launch(
         token=token,
         ca_path=ca.cert_path,
         kubeconfig=workdir / "kubeconfig",
-        kine_port=free_port(),
+        kine_port=0 if etcd_servers else free_port(),
+        etcd_servers=tuple(etcd_servers),
         extra_tokens=dict(extra_tokens or {}),
         service_account_key=sa_key,
         service_account_public_key=sa_pub,
     )
-    plane._kine = ManagedProcess(
-        f"kine[{name}]",
-        [
-            str(bins / "kine"),
-            f"--endpoint=sqlite://{workdir}/kine.db?_journal=WAL&cache=shared&_busy_timeout=30000",
-            f"--listen-address=127.0.0.1:{plane.kine_port}",
-            "--metrics-bind-address=0",  # off: the default :8080 would clash between planes
-        ],
-        log_path=workdir / "kine.log",
-    )
+    if not etcd_servers:
+        plane._kine = ManagedProcess(
+            f"kine[{name}]",
+            [
+                str(bins / "kine"),
+                f"--endpoint=sqlite://{workdir}/kine.db?_journal=WAL&cache=shared&_busy_timeout=30000",
+                f"--listen-address=127.0.0.1:{plane.kine_port}",
+                "--metrics-bind-address=0",  # off: the default :8080 would clash between planes
+            ],
+            log_path=workdir / "kine.log",
+        )
+    storage = ",".join(etcd_servers) or f"http://127.0.0.1:{plane.kine_port}"
     base_args = [
-        f"--etcd-servers=http://127.0.0.1:{plane.kine_port}",
+        f"--etcd-servers={storage}",
         f"--secure-port={plane.port}",
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
@@ -309,7 +322,8 @@ def launch(
         "--v=1",
     ]
     plane._argv = [str(bins / "kube-apiserver"), *merge_flags(base_args, apiserver_args)]
-    wait_port("127.0.0.1", plane.kine_port, timeout=30.0, proc=plane._kine)
+    if plane._kine is not None:
+        wait_port("127.0.0.1", plane.kine_port, timeout=30.0, proc=plane._kine)
     plane.start_apiserver()
     _write_kubeconfig(plane)
     return plane
@@ -321,9 +335,16 @@ def start(
     *,
     extra_tokens: dict[str, str] | None = None,
     apiserver_args: Sequence[str] = (),
+    etcd_servers: Sequence[str] = (),
 ) -> ControlPlane:
     """``launch`` and wait until /readyz answers 200; stops what it started on failure."""
-    plane = launch(name, workdir, extra_tokens=extra_tokens, apiserver_args=apiserver_args)
+    plane = launch(
+        name,
+        workdir,
+        extra_tokens=extra_tokens,
+        apiserver_args=apiserver_args,
+        etcd_servers=etcd_servers,
+    )
     try:
         plane.wait_ready()
     except BaseException:
