@@ -33,10 +33,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import prometheus_client
-import yaml
 from aiohttp import web
 
-from daemon_support import systemd
+from daemon_support import kubeconfig, systemd
 from edge_agent import config
 from edge_agent.cluster import (
     TARGET,
@@ -58,7 +57,7 @@ from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
 from edge_agent.cluster.works import WorkApplier, WorkSettings
 from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
-from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
+from edge_agent.kubecache.upstream import Upstream
 from edge_agent.local_api import READY_KEY, create_app
 from edge_agent.model_link import CloudModelLink
 from edge_agent.node_status import NodeStatusReporter
@@ -95,8 +94,10 @@ def check_startable(settings: AgentSettings) -> None:
         )
     if settings.kube.enabled and settings.kube.upstream == "kubeconfig":
         try:
-            load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
-        except (KubeconfigError, OSError, yaml.YAMLError) as error:
+            kubeconfig.load_kubeconfig(
+                settings.kube.kubeconfig, context=settings.kube.context or None, allow_insecure=True
+            )
+        except kubeconfig.KubeconfigError as error:
             raise config.ConfigError(
                 f"[kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}"
             ) from None
