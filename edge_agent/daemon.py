@@ -31,43 +31,35 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import prometheus_client
 from aiohttp import web
 
 from daemon_support import kubeconfig, systemd
 from edge_agent import config
-from edge_agent.cluster import (
-    TARGET,
-    ApiServerMetrics,
-    ApiServerTarget,
-    CredentialsError,
-    MemberApi,
-    MemberApiError,
-)
-from edge_agent.cluster import credentials as cluster_credentials
-from edge_agent.cluster.elastic.service import ElasticPart
-from edge_agent.cluster.elastic.settings import ElasticSettings
-from edge_agent.cluster.fleet_link import FleetLink
-from edge_agent.cluster.gateway.service import GatewayPart
-from edge_agent.cluster.gateway.settings import GatewaySettings
-from edge_agent.cluster.gateway.target import PREFIX as GATEWAY_PREFIX
-from edge_agent.cluster.settings import ClusterSettings
-from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
-from edge_agent.cluster.works import WorkApplier, WorkSettings
 from edge_agent.identity import Identity, NotJoinedError
-from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
-from edge_agent.kubecache.upstream import Upstream
 from edge_agent.local_api import READY_KEY, create_app
-from edge_agent.model_link import CloudModelLink
 from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings, NodeStatusSettings
 from edge_agent.tunnel_client import TunnelClient
-from edge_agent.tunnel_upstream import open_tunnel_upstream
-from edge_agent.twin_link import CloudTwinLink
-from edge_agent.twins import TwinMqttService
-from edge_agent.twins.models import ReceivedModels
-from edge_agent.twins.outbox import OutboxCollector
+
+if TYPE_CHECKING:
+    # Each part's modules load only when its feature is on (issue 18: a part switched off
+    # costs neither import time nor memory); see the imports inside the parts below.
+    from edge_agent.cluster import ApiServerTarget, MemberApi
+    from edge_agent.cluster.elastic.service import ElasticPart
+    from edge_agent.cluster.elastic.settings import ElasticSettings
+    from edge_agent.cluster.fleet_link import FleetLink
+    from edge_agent.cluster.gateway.service import GatewayPart
+    from edge_agent.cluster.gateway.settings import GatewaySettings
+    from edge_agent.cluster.settings import ClusterSettings
+    from edge_agent.cluster.status import ClusterStatusSource
+    from edge_agent.cluster.works import WorkApplier, WorkSettings
+    from edge_agent.kubecache import KubeProxy
+    from edge_agent.kubecache.upstream import Upstream
+    from edge_agent.twin_link import CloudTwinLink
+    from edge_agent.twins import TwinMqttService
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -76,7 +68,7 @@ class StartError(Exception):
     """The agent cannot start (exit 1); the message says why and what to do."""
 
 
-LocalApiHook = Callable[[web.Application, TwinMqttService | None], None]
+LocalApiHook = Callable[[web.Application, "TwinMqttService | None"], None]
 """Adds routes to the local API before it starts (test launchers only; nothing in the daemon
 itself uses it)."""
 
@@ -112,9 +104,11 @@ def check_startable(settings: AgentSettings) -> None:
 
 
 def _check_cluster_startable(cluster: ClusterSettings, settings: AgentSettings) -> None:
+    from edge_agent.cluster import credentials as cluster_credentials  # noqa: PLC0415 - lazy
+
     try:
         cluster_credentials.load(cluster)
-    except CredentialsError as error:
+    except cluster_credentials.CredentialsError as error:
         raise config.ConfigError(f"[cluster] cannot start: {error}") from None
     try:
         identity = Identity.load(settings.data_dir)
@@ -149,8 +143,20 @@ class _TwinsPart:
     sync: CloudTwinLink
 
     @classmethod
-    def start(cls, settings: AgentSettings, client: TunnelClient) -> _TwinsPart:
+    def start(
+        cls,
+        settings: AgentSettings,
+        client: TunnelClient,
+        registry: prometheus_client.CollectorRegistry,
+    ) -> _TwinsPart:
         """Wire the service and its sync; the sync runs as the tunnel's ``twins`` task."""
+        # Here, not at the top: an agent without [twins] never loads MQTT or the twin store.
+        from edge_agent.model_link import CloudModelLink  # noqa: PLC0415
+        from edge_agent.twin_link import CloudTwinLink  # noqa: PLC0415
+        from edge_agent.twins import TwinMqttService  # noqa: PLC0415
+        from edge_agent.twins.models import ReceivedModels  # noqa: PLC0415
+        from edge_agent.twins.outbox import OutboxCollector  # noqa: PLC0415
+
         service_settings = config.twins_settings(
             settings.twins,
             data_dir=settings.data_dir,
@@ -168,6 +174,7 @@ class _TwinsPart:
         )
         received.load()
         client.session_tasks["models"] = CloudModelLink(received).run_session
+        registry.register(OutboxCollector(service.outbox))
         return cls(service=service, sync=sync)
 
     def status(self) -> dict[str, object]:
@@ -231,6 +238,13 @@ class _ClusterPart:
         gateway: GatewaySettings,
     ) -> _ClusterPart:
         """Wire the target and the ``fleet`` stream into the tunnel client (API client: ``run``)."""
+        # Here, not at the top: a node agent never loads cluster mode (issue 18).
+        from edge_agent.cluster import TARGET, ApiServerMetrics, ApiServerTarget, MemberApi  # noqa: PLC0415
+        from edge_agent.cluster import credentials as cluster_credentials  # noqa: PLC0415
+        from edge_agent.cluster.fleet_link import FleetLink  # noqa: PLC0415
+        from edge_agent.cluster.status import ClusterStatusSource  # noqa: PLC0415
+        from edge_agent.cluster.works import WorkApplier  # noqa: PLC0415
+
         credentials = cluster_credentials.load(settings)
         target = ApiServerTarget(
             settings=settings, credentials=credentials, metrics=ApiServerMetrics(registry)
@@ -245,6 +259,8 @@ class _ClusterPart:
         client.session_tasks["fleet"] = fleet.run_session
         part = cls(target=target, api=api, source=source, applier=applier, fleet=fleet)
         if elastic.enabled:
+            from edge_agent.cluster.elastic.service import ElasticPart  # noqa: PLC0415
+
             part.elastic = ElasticPart(
                 api=api,
                 settings=elastic,
@@ -253,6 +269,9 @@ class _ClusterPart:
                 namespace=cluster_credentials.own_namespace(settings),
             )
         if gateway.enabled:
+            from edge_agent.cluster.gateway.service import GatewayPart  # noqa: PLC0415
+            from edge_agent.cluster.gateway.target import PREFIX as GATEWAY_PREFIX  # noqa: PLC0415
+
             # Its own member API client (opened by its task): two more long watches.
             part.gateway = GatewayPart(
                 credentials=credentials, cluster=settings, settings=gateway, registry=registry
@@ -288,6 +307,8 @@ class _ClusterPart:
 
     async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
         """Ready once the member API server answered ``/version`` with our credentials."""
+        from edge_agent.cluster import MemberApiError  # noqa: PLC0415 - cluster mode only
+
         while True:
             try:
                 answer = await self.api.get_json("/version")
@@ -311,6 +332,10 @@ async def _kube_proxy(
     if not kube.enabled:
         yield None
         return
+    # Here, not at the top: an agent without [kube] never loads the proxy and its cache.
+    from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy  # noqa: PLC0415
+    from edge_agent.tunnel_upstream import open_tunnel_upstream  # noqa: PLC0415
+
     proxy_settings = kube.proxy_settings(settings.data_dir)
     upstream: contextlib.AbstractAsyncContextManager[Upstream]
     if kube.upstream == "tunnel":
@@ -339,6 +364,8 @@ def _extra_sources(
     if twins is not None:
         sources["twins"] = twins.report
     if cluster is not None:
+        from edge_agent.cluster.status import SOURCE_NAME  # noqa: PLC0415 - cluster mode only
+
         sources[SOURCE_NAME] = cluster.source.metrics
     return sources
 
@@ -408,9 +435,7 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
         registry=registry,
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
-    twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
-    if twins is not None:
-        registry.register(OutboxCollector(twins.service.outbox))
+    twins = _TwinsPart.start(settings, client, registry) if settings.twins.enabled else None
     cluster = (
         _ClusterPart.start(
             settings.cluster,
