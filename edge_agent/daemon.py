@@ -6,8 +6,9 @@ The parts and who owns them:
   the other parts hang on it;
 * the local API (``local_api``): health, metrics and ``/status``, with one section per part;
 * the node status reporter (``node_status``): vitals over the tunnel, plus each part's numbers;
-* the kube proxy (``kubecache``, ``[kube]``): started inside the task group, since in tunnel
-  mode it waits for the first session;
+* the kube proxy (``kubecache``, ``[kube]``): with a kubeconfig upstream it starts first,
+  before the other parts load, so node components get their API server as early as possible;
+  with the tunnel upstream inside the task group, since it waits for the first session;
 * device twins (``twins``, ``twin_link``, ``[twins]``): the MQTT service on the broker and its
   sync link to the cloud over the tunnel;
 * cluster mode (``cluster``, ``[cluster]``): the built-in tunnel target ``kube-apiserver``,
@@ -16,7 +17,8 @@ The parts and who owns them:
   ``<data>/cluster/works``) and the ``fleet`` stream that brings them and renews the lease;
   with ``[cluster.gateway]``, the built-in targets ``service/...`` of the cloud's gateway.
 
-All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
+Each part's modules are imported only when its feature is on (issue 18). All run as named
+tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
 settings that cannot run (exit 2); :class:`StartError` is a daemon that could not start (exit 1).
 """
@@ -435,6 +437,26 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
         registry=registry,
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
+    async with contextlib.AsyncExitStack() as early:
+        if settings.kube.enabled and settings.kube.upstream != "tunnel":
+            # A kubeconfig upstream needs nothing else of the agent: node components get
+            # their API server (from the cache when offline) before twins and cluster load.
+            kube.proxy = await early.enter_async_context(_kube_proxy(settings, registry, client))
+        await _run_parts(
+            settings, registry, client, kube, watchdog=watchdog, local_api_hook=local_api_hook
+        )
+
+
+async def _run_parts(
+    settings: AgentSettings,
+    registry: prometheus_client.CollectorRegistry,
+    client: TunnelClient,
+    kube: _KubeSection,
+    *,
+    watchdog: systemd.Watchdog | None,
+    local_api_hook: LocalApiHook | None,
+) -> None:
+    """Every part but an already serving kube proxy, until the tunnel client stops."""
     twins = _TwinsPart.start(settings, client, registry) if settings.twins.enabled else None
     cluster = (
         _ClusterPart.start(
@@ -479,10 +501,12 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
                 ]
             if cluster is not None:
                 helpers += cluster.start_tasks(group, app[READY_KEY], settings.node_status)
-            # Inside the group: in tunnel mode the kube proxy waits for the first session.
-            async with _kube_proxy(settings, registry, client) as proxy:
-                if proxy is not None:
-                    kube.proxy = proxy
+            async with contextlib.AsyncExitStack() as late:
+                if kube.enabled and kube.proxy is None:
+                    # Inside the group: in tunnel mode the proxy waits for the first session.
+                    late_proxy = _kube_proxy(settings, registry, client)
+                    kube.proxy = await late.enter_async_context(late_proxy)
+                if kube.proxy is not None:
                     app[READY_KEY]["kube_proxy"] = True
                 systemd.notify("READY=1")
                 # WATCHDOG=1 from this loop until the helpers are cancelled, after the drain.
