@@ -15,14 +15,18 @@ import socket
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon_support import arguments, logs
-from edge_agent import __version__, config, daemon
+from edge_agent import __version__, config
 from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
-from edge_agent.kubecache import cache_purge, cache_stats, cache_verify
 from edge_agent.settings import AgentSettings
-from edge_agent.twins import simulator
+
+if TYPE_CHECKING:
+    from edge_agent import daemon
+
+# The daemon, the cache tools and the simulator are imported by the command that uses them:
+# `edge-agent run` then loads only the parts its config switches on (issue 18).
 
 DESCRIPTION = """\
 EdgeFleet edge agent: runs on an edge machine (systemd unit edge-agent) or as a Deployment
@@ -243,12 +247,16 @@ def _run_settings(args: argparse.Namespace) -> AgentSettings:
             settings,
             node_status=dataclasses.replace(settings.node_status, interval=args.status_interval),
         )
+    from edge_agent import daemon  # noqa: PLC0415 - see the imports on top
+
     daemon.check_startable(settings)
     return settings
 
 
 def cmd_run(args: argparse.Namespace, *, local_api_hook: daemon.LocalApiHook | None = None) -> int:
     """``edge-agent run``; ``local_api_hook`` is for test launchers only. See RUN_EXIT_CODES."""
+    from edge_agent import daemon  # noqa: PLC0415 - see the imports on top
+
     try:
         settings = _run_settings(args)
     except config.ConfigError as error:
@@ -272,6 +280,8 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 
 def _stats(directory: Path, component: str | None) -> tuple[dict[str, Any], str, int]:
+    from edge_agent.kubecache import cache_stats  # noqa: PLC0415 - see the imports on top
+
     answer = cache_stats(directory)
     if component:
         prefix = f"{component}/"
@@ -291,6 +301,8 @@ def _stats(directory: Path, component: str | None) -> tuple[dict[str, Any], str,
 
 
 def _verify(directory: Path) -> tuple[dict[str, Any], str, int]:
+    from edge_agent.kubecache import cache_verify  # noqa: PLC0415 - see the imports on top
+
     report = cache_verify(directory)
     answer = {
         "directory": str(directory),
@@ -310,6 +322,8 @@ def _purge(directory: Path, component: str | None) -> tuple[dict[str, Any], str,
     if not directory.is_dir():  # nothing to do, and a component purge must not create one
         answer["removed"] = 0
         return answer, f"no cache at {directory}: nothing to purge", 0
+    from edge_agent.kubecache import cache_purge  # noqa: PLC0415 - see the imports on top
+
     removed = cache_purge(directory, component=component)
     if component:
         answer["removed"] = removed
@@ -353,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(arguments.join_negative_values(parser, given))
     logs.setup(args.log_level, log_format=args.log_format)
     if args.command == "simulate":
+        from edge_agent.twins import simulator  # noqa: PLC0415 - see the imports on top
+
         try:
             return simulator.main(arguments.join_negative_values(simulator.build_parser(), rest))
         except KeyboardInterrupt:  # the way to stop `--reports 0`

@@ -6,8 +6,9 @@ The parts and who owns them:
   the other parts hang on it;
 * the local API (``local_api``): health, metrics and ``/status``, with one section per part;
 * the node status reporter (``node_status``): vitals over the tunnel, plus each part's numbers;
-* the kube proxy (``kubecache``, ``[kube]``): started inside the task group, since in tunnel
-  mode it waits for the first session;
+* the kube proxy (``kubecache``, ``[kube]``): with a kubeconfig upstream it starts first,
+  before the other parts load, so node components get their API server as early as possible;
+  with the tunnel upstream inside the task group, since it waits for the first session;
 * device twins (``twins``, ``twin_link``, ``[twins]``): the MQTT service on the broker and its
   sync link to the cloud over the tunnel;
 * cluster mode (``cluster``, ``[cluster]``): the built-in tunnel target ``kube-apiserver``,
@@ -16,7 +17,8 @@ The parts and who owns them:
   ``<data>/cluster/works``) and the ``fleet`` stream that brings them and renews the lease;
   with ``[cluster.gateway]``, the built-in targets ``service/...`` of the cloud's gateway.
 
-All run as named tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
+Each part's modules are imported only when its feature is on (issue 18). All run as named
+tasks of one task group until SIGTERM or SIGINT stops the tunnel client,
 which drains its session first. :func:`check_startable` refuses, before anything starts,
 settings that cannot run (exit 2); :class:`StartError` is a daemon that could not start (exit 1).
 """
@@ -31,44 +33,35 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import prometheus_client
-import yaml
 from aiohttp import web
 
-from daemon_support import systemd
+from daemon_support import kubeconfig, systemd
 from edge_agent import config
-from edge_agent.cluster import (
-    TARGET,
-    ApiServerMetrics,
-    ApiServerTarget,
-    CredentialsError,
-    MemberApi,
-    MemberApiError,
-)
-from edge_agent.cluster import credentials as cluster_credentials
-from edge_agent.cluster.elastic.service import ElasticPart
-from edge_agent.cluster.elastic.settings import ElasticSettings
-from edge_agent.cluster.fleet_link import FleetLink
-from edge_agent.cluster.gateway.service import GatewayPart
-from edge_agent.cluster.gateway.settings import GatewaySettings
-from edge_agent.cluster.gateway.target import PREFIX as GATEWAY_PREFIX
-from edge_agent.cluster.settings import ClusterSettings
-from edge_agent.cluster.status import SOURCE_NAME, ClusterStatusSource
-from edge_agent.cluster.works import WorkApplier, WorkSettings
 from edge_agent.identity import Identity, NotJoinedError
-from edge_agent.kubecache import KubeProxy, open_direct_upstream, serve_kube_proxy
-from edge_agent.kubecache.upstream import KubeconfigError, Upstream, load_kubeconfig
 from edge_agent.local_api import READY_KEY, create_app
-from edge_agent.model_link import CloudModelLink
 from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings, NodeStatusSettings
 from edge_agent.tunnel_client import TunnelClient
-from edge_agent.tunnel_upstream import open_tunnel_upstream
-from edge_agent.twin_link import CloudTwinLink
-from edge_agent.twins import TwinMqttService
-from edge_agent.twins.models import ReceivedModels
-from edge_agent.twins.outbox import OutboxCollector
+
+if TYPE_CHECKING:
+    # Each part's modules load only when its feature is on (issue 18: a part switched off
+    # costs neither import time nor memory); see the imports inside the parts below.
+    from edge_agent.cluster import ApiServerTarget, MemberApi
+    from edge_agent.cluster.elastic.service import ElasticPart
+    from edge_agent.cluster.elastic.settings import ElasticSettings
+    from edge_agent.cluster.fleet_link import FleetLink
+    from edge_agent.cluster.gateway.service import GatewayPart
+    from edge_agent.cluster.gateway.settings import GatewaySettings
+    from edge_agent.cluster.settings import ClusterSettings
+    from edge_agent.cluster.status import ClusterStatusSource
+    from edge_agent.cluster.works import WorkApplier, WorkSettings
+    from edge_agent.kubecache import KubeProxy
+    from edge_agent.kubecache.upstream import Upstream
+    from edge_agent.twin_link import CloudTwinLink
+    from edge_agent.twins import TwinMqttService
 
 log = logging.getLogger("edge_agent.daemon")
 
@@ -77,7 +70,7 @@ class StartError(Exception):
     """The agent cannot start (exit 1); the message says why and what to do."""
 
 
-LocalApiHook = Callable[[web.Application, TwinMqttService | None], None]
+LocalApiHook = Callable[[web.Application, "TwinMqttService | None"], None]
 """Adds routes to the local API before it starts (test launchers only; nothing in the daemon
 itself uses it)."""
 
@@ -95,8 +88,10 @@ def check_startable(settings: AgentSettings) -> None:
         )
     if settings.kube.enabled and settings.kube.upstream == "kubeconfig":
         try:
-            load_kubeconfig(settings.kube.kubeconfig, context=settings.kube.context or None)
-        except (KubeconfigError, OSError, yaml.YAMLError) as error:
+            kubeconfig.load_kubeconfig(
+                settings.kube.kubeconfig, context=settings.kube.context or None, allow_insecure=True
+            )
+        except kubeconfig.KubeconfigError as error:
             raise config.ConfigError(
                 f"[kube] kubeconfig {settings.kube.kubeconfig} is unusable: {error}"
             ) from None
@@ -111,9 +106,11 @@ def check_startable(settings: AgentSettings) -> None:
 
 
 def _check_cluster_startable(cluster: ClusterSettings, settings: AgentSettings) -> None:
+    from edge_agent.cluster import credentials as cluster_credentials  # noqa: PLC0415 - lazy
+
     try:
         cluster_credentials.load(cluster)
-    except CredentialsError as error:
+    except cluster_credentials.CredentialsError as error:
         raise config.ConfigError(f"[cluster] cannot start: {error}") from None
     try:
         identity = Identity.load(settings.data_dir)
@@ -148,8 +145,20 @@ class _TwinsPart:
     sync: CloudTwinLink
 
     @classmethod
-    def start(cls, settings: AgentSettings, client: TunnelClient) -> _TwinsPart:
+    def start(
+        cls,
+        settings: AgentSettings,
+        client: TunnelClient,
+        registry: prometheus_client.CollectorRegistry,
+    ) -> _TwinsPart:
         """Wire the service and its sync; the sync runs as the tunnel's ``twins`` task."""
+        # Here, not at the top: an agent without [twins] never loads MQTT or the twin store.
+        from edge_agent.model_link import CloudModelLink  # noqa: PLC0415
+        from edge_agent.twin_link import CloudTwinLink  # noqa: PLC0415
+        from edge_agent.twins import TwinMqttService  # noqa: PLC0415
+        from edge_agent.twins.models import ReceivedModels  # noqa: PLC0415
+        from edge_agent.twins.outbox import OutboxCollector  # noqa: PLC0415
+
         service_settings = config.twins_settings(
             settings.twins,
             data_dir=settings.data_dir,
@@ -167,6 +176,7 @@ class _TwinsPart:
         )
         received.load()
         client.session_tasks["models"] = CloudModelLink(received).run_session
+        registry.register(OutboxCollector(service.outbox))
         return cls(service=service, sync=sync)
 
     def status(self) -> dict[str, object]:
@@ -230,6 +240,13 @@ class _ClusterPart:
         gateway: GatewaySettings,
     ) -> _ClusterPart:
         """Wire the target and the ``fleet`` stream into the tunnel client (API client: ``run``)."""
+        # Here, not at the top: a node agent never loads cluster mode (issue 18).
+        from edge_agent.cluster import TARGET, ApiServerMetrics, ApiServerTarget, MemberApi  # noqa: PLC0415
+        from edge_agent.cluster import credentials as cluster_credentials  # noqa: PLC0415
+        from edge_agent.cluster.fleet_link import FleetLink  # noqa: PLC0415
+        from edge_agent.cluster.status import ClusterStatusSource  # noqa: PLC0415
+        from edge_agent.cluster.works import WorkApplier  # noqa: PLC0415
+
         credentials = cluster_credentials.load(settings)
         target = ApiServerTarget(
             settings=settings, credentials=credentials, metrics=ApiServerMetrics(registry)
@@ -244,6 +261,8 @@ class _ClusterPart:
         client.session_tasks["fleet"] = fleet.run_session
         part = cls(target=target, api=api, source=source, applier=applier, fleet=fleet)
         if elastic.enabled:
+            from edge_agent.cluster.elastic.service import ElasticPart  # noqa: PLC0415
+
             part.elastic = ElasticPart(
                 api=api,
                 settings=elastic,
@@ -252,6 +271,9 @@ class _ClusterPart:
                 namespace=cluster_credentials.own_namespace(settings),
             )
         if gateway.enabled:
+            from edge_agent.cluster.gateway.service import GatewayPart  # noqa: PLC0415
+            from edge_agent.cluster.gateway.target import PREFIX as GATEWAY_PREFIX  # noqa: PLC0415
+
             # Its own member API client (opened by its task): two more long watches.
             part.gateway = GatewayPart(
                 credentials=credentials, cluster=settings, settings=gateway, registry=registry
@@ -287,6 +309,8 @@ class _ClusterPart:
 
     async def mark_ready(self, ready: dict[str, bool], *, retry: float) -> None:
         """Ready once the member API server answered ``/version`` with our credentials."""
+        from edge_agent.cluster import MemberApiError  # noqa: PLC0415 - cluster mode only
+
         while True:
             try:
                 answer = await self.api.get_json("/version")
@@ -310,6 +334,10 @@ async def _kube_proxy(
     if not kube.enabled:
         yield None
         return
+    # Here, not at the top: an agent without [kube] never loads the proxy and its cache.
+    from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy  # noqa: PLC0415
+    from edge_agent.tunnel_upstream import open_tunnel_upstream  # noqa: PLC0415
+
     proxy_settings = kube.proxy_settings(settings.data_dir)
     upstream: contextlib.AbstractAsyncContextManager[Upstream]
     if kube.upstream == "tunnel":
@@ -338,6 +366,8 @@ def _extra_sources(
     if twins is not None:
         sources["twins"] = twins.report
     if cluster is not None:
+        from edge_agent.cluster.status import SOURCE_NAME  # noqa: PLC0415 - cluster mode only
+
         sources[SOURCE_NAME] = cluster.source.metrics
     return sources
 
@@ -407,9 +437,27 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
         registry=registry,
     )
     kube = _KubeSection(enabled=settings.kube.enabled)
-    twins = _TwinsPart.start(settings, client) if settings.twins.enabled else None
-    if twins is not None:
-        registry.register(OutboxCollector(twins.service.outbox))
+    async with contextlib.AsyncExitStack() as early:
+        if settings.kube.enabled and settings.kube.upstream != "tunnel":
+            # A kubeconfig upstream needs nothing else of the agent: node components get
+            # their API server (from the cache when offline) before twins and cluster load.
+            kube.proxy = await early.enter_async_context(_kube_proxy(settings, registry, client))
+        await _run_parts(
+            settings, registry, client, kube, watchdog=watchdog, local_api_hook=local_api_hook
+        )
+
+
+async def _run_parts(
+    settings: AgentSettings,
+    registry: prometheus_client.CollectorRegistry,
+    client: TunnelClient,
+    kube: _KubeSection,
+    *,
+    watchdog: systemd.Watchdog | None,
+    local_api_hook: LocalApiHook | None,
+) -> None:
+    """Every part but an already serving kube proxy, until the tunnel client stops."""
+    twins = _TwinsPart.start(settings, client, registry) if settings.twins.enabled else None
     cluster = (
         _ClusterPart.start(
             settings.cluster,
@@ -453,10 +501,12 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
                 ]
             if cluster is not None:
                 helpers += cluster.start_tasks(group, app[READY_KEY], settings.node_status)
-            # Inside the group: in tunnel mode the kube proxy waits for the first session.
-            async with _kube_proxy(settings, registry, client) as proxy:
-                if proxy is not None:
-                    kube.proxy = proxy
+            async with contextlib.AsyncExitStack() as late:
+                if kube.enabled and kube.proxy is None:
+                    # Inside the group: in tunnel mode the proxy waits for the first session.
+                    late_proxy = _kube_proxy(settings, registry, client)
+                    kube.proxy = await late.enter_async_context(late_proxy)
+                if kube.proxy is not None:
                     app[READY_KEY]["kube_proxy"] = True
                 systemd.notify("READY=1")
                 # WATCHDOG=1 from this loop until the helpers are cancelled, after the drain.
