@@ -51,8 +51,9 @@ import dataclasses
 import math
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon_support.twin_database import Durability
 from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.gateway.settings import GatewaySettings
 from edge_agent.cluster.gateway.target import MAX_PATTERNS, TargetError, parse_pattern
@@ -67,8 +68,10 @@ from edge_agent.settings import (
     TunnelClientSettings,
     TwinsConfig,
 )
-from edge_agent.twins import Durability, TwinMqttSettings
 from edge_agent.twins.tls import BrokerTls, BrokerTlsError, client_context
+
+if TYPE_CHECKING:
+    from edge_agent.twins import TwinMqttSettings
 
 MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
@@ -317,6 +320,8 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         ValueError: a password is missing or empty.
     """
     admin_password, claim_password = twins.secrets()
+    from edge_agent.twins import TwinMqttSettings  # noqa: PLC0415 - loads MQTT: [twins] only
+
     return TwinMqttSettings(
         data_dir=data_dir / "twins",
         node_name=node_name,

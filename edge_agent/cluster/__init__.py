@@ -13,9 +13,37 @@ cluster's status (version, nodes, pods, CPU/memory, API server health) every ``i
 Kept apart from ``edge_agent.kubecache`` and ``edge_agent.twins`` (import-linter contract).
 """
 
-from edge_agent.cluster.apiserver import TARGET, ApiServerMetrics, ApiServerTarget
-from edge_agent.cluster.credentials import CredentialsError, MemberCredentials
-from edge_agent.cluster.member_api import GetJson, MemberApi, MemberApiError, open_member_api
+import importlib as _importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names' types, for mypy; at run time __getattr__ loads them
+    from edge_agent.cluster.apiserver import TARGET, ApiServerMetrics, ApiServerTarget
+    from edge_agent.cluster.credentials import CredentialsError, MemberCredentials
+    from edge_agent.cluster.member_api import GetJson, MemberApi, MemberApiError, open_member_api
+
+
+_WHERE = {
+    "TARGET": "edge_agent.cluster.apiserver",
+    "ApiServerMetrics": "edge_agent.cluster.apiserver",
+    "ApiServerTarget": "edge_agent.cluster.apiserver",
+    "CredentialsError": "edge_agent.cluster.credentials",
+    "MemberCredentials": "edge_agent.cluster.credentials",
+    "GetJson": "edge_agent.cluster.member_api",
+    "MemberApi": "edge_agent.cluster.member_api",
+    "MemberApiError": "edge_agent.cluster.member_api",
+    "open_member_api": "edge_agent.cluster.member_api",
+}
+"""Each public name and the module that defines it: loaded on first use (issue 18)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "TARGET",

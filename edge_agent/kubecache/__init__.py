@@ -7,10 +7,40 @@ and the operator functions of ``ops`` (``cache_stats``, ``cache_verify``, ``cach
 See docs/edge-cache.md.
 """
 
-from edge_agent.kubecache.ops import VerifyReport, cache_purge, cache_stats, cache_verify
-from edge_agent.kubecache.proxy import KubeProxy, serve_kube_proxy
-from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
-from edge_agent.kubecache.upstream import DirectUpstream, Upstream, open_direct_upstream
+import importlib as _importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names' types, for mypy; at run time __getattr__ loads them
+    from edge_agent.kubecache.ops import VerifyReport, cache_purge, cache_stats, cache_verify
+    from edge_agent.kubecache.proxy import KubeProxy, serve_kube_proxy
+    from edge_agent.kubecache.settings import HealthSettings, KubeCacheSettings
+    from edge_agent.kubecache.upstream import DirectUpstream, Upstream, open_direct_upstream
+
+
+_WHERE = {
+    "VerifyReport": "edge_agent.kubecache.ops",
+    "cache_purge": "edge_agent.kubecache.ops",
+    "cache_stats": "edge_agent.kubecache.ops",
+    "cache_verify": "edge_agent.kubecache.ops",
+    "KubeProxy": "edge_agent.kubecache.proxy",
+    "serve_kube_proxy": "edge_agent.kubecache.proxy",
+    "HealthSettings": "edge_agent.kubecache.settings",
+    "KubeCacheSettings": "edge_agent.kubecache.settings",
+    "DirectUpstream": "edge_agent.kubecache.upstream",
+    "Upstream": "edge_agent.kubecache.upstream",
+    "open_direct_upstream": "edge_agent.kubecache.upstream",
+}
+"""Each public name and the module that defines it: loaded on first use (issue 18)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DirectUpstream",

@@ -14,11 +14,39 @@ Names say what each part is (docs/twins.md §1):
 docs/mqtt.md describes the topics and payloads devices use.
 """
 
-from edge_agent.twins.mqtt_service import TwinMqttService, TwinMqttSettings
-from edge_agent.twins.outbox import Metrics, OutboxSettings, Sender
-from edge_agent.twins.payloads import Code
-from edge_agent.twins.replica import CloudChangeError, CloudChangeResult
-from edge_agent.twins.twin_store import Durability
+import importlib as _importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names' types, for mypy; at run time __getattr__ loads them
+    from edge_agent.twins.mqtt_service import TwinMqttService, TwinMqttSettings
+    from edge_agent.twins.outbox import Metrics, OutboxSettings, Sender
+    from edge_agent.twins.payloads import Code
+    from edge_agent.twins.replica import CloudChangeError, CloudChangeResult
+    from edge_agent.twins.twin_store import Durability
+
+
+_WHERE = {
+    "TwinMqttService": "edge_agent.twins.mqtt_service",
+    "TwinMqttSettings": "edge_agent.twins.mqtt_service",
+    "Metrics": "edge_agent.twins.outbox",
+    "OutboxSettings": "edge_agent.twins.outbox",
+    "Sender": "edge_agent.twins.outbox",
+    "Code": "edge_agent.twins.payloads",
+    "CloudChangeError": "edge_agent.twins.replica",
+    "CloudChangeResult": "edge_agent.twins.replica",
+    "Durability": "edge_agent.twins.twin_store",
+}
+"""Each public name and the module that defines it: loaded on first use (issue 18)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CloudChangeError",

@@ -21,7 +21,7 @@ from aiohttp import web
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.app_keys import AGENT_SERVICES_KEY, UPSTREAM_KEY
-from tunnel_server.kube.upstream import KubeUpstream, load_upstream
+from tunnel_server.kube.upstream import KubeUpstream, open_upstream
 from tunnel_server.tunnel.http_over_stream import HOP_BY_HOP
 
 if TYPE_CHECKING:
@@ -144,13 +144,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application, *, kubeconfig: Path) -> None:
     """Offer the ``kube`` service, reaching the API server named in ``kubeconfig``."""
-    base_url, context, headers = load_upstream(kubeconfig)
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, limit=256),
-        headers=headers,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-    )
-    app[UPSTREAM_KEY] = KubeUpstream(base_url=base_url, session=session)
+    upstream = open_upstream(kubeconfig, connect_timeout=10, max_connections=256)
+    app[UPSTREAM_KEY] = upstream
+    base_url = upstream.base_url
     app[AGENT_SERVICES_KEY][KUBE_TARGET] = serve
     app.cleanup_ctx.append(_lifecycle)
     log.info("nodes reach the API server %s through their tunnels", base_url)

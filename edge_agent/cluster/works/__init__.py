@@ -12,14 +12,40 @@
 Status feedback and health come from ``fleet_model.feedback`` (pure). See docs/fleet/agent-works.md.
 """
 
-from edge_agent.cluster.works.applier import StatusCallback, WorkApplier
-from edge_agent.cluster.works.manifests import WorkError
-from edge_agent.cluster.works.settings import (
-    FIELD_MANAGER,
-    WorkSettings,
-    WorkSettingsError,
-    work_settings,
-)
+import importlib as _importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names' types, for mypy; at run time __getattr__ loads them
+    from edge_agent.cluster.works.applier import StatusCallback, WorkApplier
+    from edge_agent.cluster.works.manifests import WorkError
+    from edge_agent.cluster.works.settings import (
+        FIELD_MANAGER,
+        WorkSettings,
+        WorkSettingsError,
+        work_settings,
+    )
+
+
+_WHERE = {
+    "StatusCallback": "edge_agent.cluster.works.applier",
+    "WorkApplier": "edge_agent.cluster.works.applier",
+    "WorkError": "edge_agent.cluster.works.manifests",
+    "FIELD_MANAGER": "edge_agent.cluster.works.settings",
+    "WorkSettings": "edge_agent.cluster.works.settings",
+    "WorkSettingsError": "edge_agent.cluster.works.settings",
+    "work_settings": "edge_agent.cluster.works.settings",
+}
+"""Each public name and the module that defines it: loaded on first use (issue 18)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FIELD_MANAGER",

@@ -9,8 +9,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 FEATURE_MODULES = (
     "aiomqtt",  # [twins]
     "edge_agent.twins.mqtt_service",
@@ -43,11 +41,6 @@ def test_no_daemon_imports_the_official_kubernetes_client() -> None:
     assert not {name for name in loaded if name.split(".")[0] == "kubernetes"}
 
 
-@pytest.mark.xfail(
-    reason="edge_agent/config.py and the cluster, kubecache and twins __init__ re-exports still "
-    "import every part (issue 18); remove this marker once they load lazily",
-    strict=True,
-)
 def test_the_agent_loads_no_part_before_its_feature_is_on() -> None:
     loaded = _loaded("edge_agent.cli", "edge_agent.daemon")
     assert not loaded.intersection(FEATURE_MODULES)
