@@ -51,3 +51,19 @@ class GatewaySettings:
     """Gateway streams open at once (each one TCP connection to an endpoint); beyond it a new
     one is refused (REFUSED_STREAM, so the cloud tries another backend) instead of the agent
     holding file descriptors without bound."""
+
+    pool_per_endpoint: int = 32
+    """Idle keep-alive connections kept per endpoint for the next request (0: a new connection
+    per request, as before). A dial per request cost the agent and the backend more CPU than
+    the request itself; 32 covers the concurrency one endpoint sees from one agent in practice,
+    and beyond it connections are closed after their exchange rather than held."""
+
+    pool_total: int = 256
+    """Idle keep-alive connections kept in all (every endpoint): bounds the agent's idle file
+    descriptors whatever the number of endpoints (0: no pool)."""
+
+    pool_idle_timeout: float = 4.0
+    """Seconds an idle connection is kept: below the shortest common server keep-alive
+    timeouts (Node.js 5 s; gunicorn's 2 s is caught by the EOF it sends), so a connection is
+    rarely reused just as its backend closes it; a request that meets one anyway is sent once
+    more on a new connection when that is safe (idempotent, no body)."""
