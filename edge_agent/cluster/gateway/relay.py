@@ -14,6 +14,9 @@ Rules:
   its end, the answer read to its end, the endpoint keeps the connection, and it sent nothing
   beyond its answer. A 101 (switching protocols) turns the rest into a raw pipe of the
   endpoint's bytes until it closes; never reused.
+* The stream is watched while the exchange runs: the gateway closing it (its timeout fired, its
+  client went away) ends the exchange at once (StreamResetError) and the connection is closed,
+  since the endpoint may still be working on the request.
 * ``NoAnswerError``: the endpoint closed or reset the connection before a byte of an answer,
   and nothing of the request body was taken from the stream beyond what the caller held: the
   caller may send the request again on a new connection (it does so only for a kept
@@ -33,7 +36,8 @@ from edge_agent.cluster.gateway.http1 import (
     split_head,
 )
 from edge_agent.cluster.gateway.pool import Connection
-from tunnel_aio import TunnelStream
+from tunnel_aio import StreamResetError, TunnelStream
+from tunnel_protocol import ErrorCode
 
 CHUNK = 64 * 1024
 """Bytes per read from the endpoint: one full DATA frame at the tunnel's default frame size."""
@@ -54,27 +58,40 @@ async def relay(
     taken = request.feed(body)
     clean = taken == len(body)  # anything past the request's end: nothing we should send on
     connection.writer.write(head.for_backend + body[:taken])
-    if request.done:
-        reusable = await _answer(stream, connection, head.method)
-        return reusable and clean
     result: list[bool] = []
     overflow: list[bool] = []
     try:
         async with asyncio.TaskGroup() as group:
-            sending = group.create_task(
-                _send_body(stream, connection, request, overflow), name="gateway.request-body"
-            )
+            sending = None
+            if not request.done:
+                sending = group.create_task(
+                    _send_body(stream, connection, request, overflow), name="gateway.request-body"
+                )
+            watching = group.create_task(_watch(stream), name="gateway.watch")
 
             async def answer() -> None:
                 result.append(await _answer(stream, connection, head.method))
-                # An answer before the whole body (an early 413, 401): the rest is not sent
-                # on, and this connection, in the middle of a request, is not reused.
-                sending.cancel()
+                watching.cancel()
+                if sending is not None:
+                    # An answer before the whole body (an early 413, 401): the rest is not
+                    # sent on, and this connection, in the middle of a request, is not reused.
+                    sending.cancel()
 
             group.create_task(answer(), name="gateway.answer")
     except BaseExceptionGroup as errors:
         raise errors.exceptions[0] from None  # the first failure says what went wrong
-    return result[0] and clean and request.done and not overflow and not sending.cancelled()
+    cut = sending is not None and sending.cancelled()
+    return result[0] and clean and request.done and not overflow and not cut
+
+
+async def _watch(stream: TunnelStream) -> None:
+    """Fail when the gateway closes the stream before the answer is whole.
+
+    Its timeout fired or its client went away: the endpoint may never answer, and nothing
+    else would notice.
+    """
+    await stream.wait_closed()
+    raise StreamResetError(f"{stream.target}: closed by the gateway", code=ErrorCode.CANCEL)
 
 
 async def _send_body(

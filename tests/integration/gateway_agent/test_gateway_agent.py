@@ -538,7 +538,11 @@ class _KeepAlive:
     whose keep-alive timeout fired), so the agent finds kept connections closed.
     """
 
-    def __init__(self, *, chunked: bool = False, close_after: bool = False) -> None:
+    def __init__(
+        self, *, chunked: bool = False, close_after: bool = False, silent: bool = False
+    ) -> None:
+        self.silent = silent
+        """Never answer (read requests and wait)."""
         self.connections = 0
         self.requests: list[str] = []
         self.closed = 0
@@ -551,6 +555,8 @@ class _KeepAlive:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 path = head.split(b" ", 2)[1].decode()
                 self.requests.append(path)
+                if self.silent:
+                    continue
                 body = f"keep {path}".encode()
                 if self.chunked:
                     writer.write(
@@ -659,3 +665,27 @@ async def test_chunked_answers_keep_the_connection_and_closed_ones_are_replaced(
             assert raw.endswith(f"keep /{i}".encode()), raw
         assert closing.requests == [f"/{i}" for i in range(4)]
         assert closing.connections == 4
+
+
+async def test_a_stream_the_gateway_resets_closes_a_connection_left_unanswered(
+    backends: Backends, tmp_path: Path
+) -> None:
+    silent = _KeepAlive(silent=True)
+    async with keep_service(backends, "silent", silent), gateway(backends, tmp_path) as rig:
+        await eventually_async(
+            lambda: asyncio.sleep(0, rig.part.ready_counts().get("demo/silent")),
+            lambda counts: counts == {"80": 1},
+            what="the agent sees demo/silent's endpoint",
+        )
+        stream = await rig.cloud.open_stream("service/demo/silent:80")
+        await stream.write(b"GET /wait HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        await eventually_async(
+            lambda: asyncio.sleep(0, silent.requests), lambda seen: seen == ["/wait"], what="sent"
+        )
+        stream.reset(ErrorCode.CANCEL, "the gateway's timeout")  # as the gateway's watchdog
+        await eventually_async(
+            lambda: asyncio.sleep(0, (silent.closed, rig.part.open_streams)),
+            lambda seen: seen == (1, 0),
+            what="the agent closed the unanswered connection and let the stream go",
+        )
+        assert rig.part.pool.idle == 0
