@@ -58,30 +58,25 @@ async def relay(
     taken = request.feed(body)
     clean = taken == len(body)  # anything past the request's end: nothing we should send on
     connection.writer.write(head.for_backend + body[:taken])
-    result: list[bool] = []
     overflow: list[bool] = []
+    sending = None
     try:
         async with asyncio.TaskGroup() as group:
-            sending = None
+            watching = group.create_task(_watch(stream), name="gateway.watch")
             if not request.done:
                 sending = group.create_task(
                     _send_body(stream, connection, request, overflow), name="gateway.request-body"
                 )
-            watching = group.create_task(_watch(stream), name="gateway.watch")
-
-            async def answer() -> None:
-                result.append(await _answer(stream, connection, head.method))
-                watching.cancel()
-                if sending is not None:
-                    # An answer before the whole body (an early 413, 401): the rest is not
-                    # sent on, and this connection, in the middle of a request, is not reused.
-                    sending.cancel()
-
-            group.create_task(answer(), name="gateway.answer")
+            reusable = await _answer(stream, connection, head.method)
+            watching.cancel()
+            if sending is not None:
+                # An answer before the whole body (an early 413, 401): the rest is not sent
+                # on, and this connection, in the middle of a request, is not reused.
+                sending.cancel()
     except BaseExceptionGroup as errors:
         raise errors.exceptions[0] from None  # the first failure says what went wrong
     cut = sending is not None and sending.cancelled()
-    return result[0] and clean and request.done and not overflow and not cut
+    return reusable and clean and request.done and not overflow and not cut
 
 
 async def _watch(stream: TunnelStream) -> None:
