@@ -453,6 +453,9 @@ _GATEWAY_RANGES: dict[str, tuple[float, float]] = {
     "eject_base": (0.01, 86400.0),
     "eject_max": (0.01, 86400.0),
     "max_streams": (1, 1_000_000),
+    "pool_per_endpoint": (0, 4096),
+    "pool_total": (0, 1_000_000),
+    "pool_idle_timeout": (0.01, 3600.0),
 }
 
 

@@ -793,7 +793,8 @@ server; `GET /small` answers a 3-byte body) listening on the machine's non-loopb
 - **gateway**: `tunnel-server run --gateway-listen` -> the tunnel -> a real cluster-mode
   `edge-agent run` with `[cluster.gateway]` enabled on a member cluster (tests/harness/member.py:
   kine, kube-apiserver, controller-manager, scheduler, kwok) whose Service `bench/web` has an
-  EndpointSlice pointing at the backend; the agent dials it per tunnel stream. One member
+  EndpointSlice pointing at the backend; the agent keeps its connections to it alive from one
+  tunnel stream to the next (a pool per endpoint, docs/gateway-data-path.md). One member
   cluster is joined twice, as clusters `gw-a` and `gw-b` (two agent processes).
 
 Load: `scripts/bench/gateway_load.py`, one Python process (a bare asyncio client with a minimal

@@ -49,6 +49,14 @@ from edge_agent.cluster.gateway.endpoints import (
     service_of,
     service_ports,
 )
+from edge_agent.cluster.gateway.http1 import (
+    FramingError,
+    RequestHead,
+    parse_request,
+    split_head,
+)
+from edge_agent.cluster.gateway.pool import Connection, Pool
+from edge_agent.cluster.gateway.relay import CHUNK, NoAnswerError, relay
 from edge_agent.cluster.gateway.settings import GatewaySettings
 from edge_agent.cluster.gateway.target import AllowList, ServiceTarget, TargetError, parse_target
 from edge_agent.cluster.member_api import MemberApi
@@ -93,6 +101,13 @@ class GatewayMetrics:
             ["service"],
             registry=registry,
         )
+        self.connections = prometheus_client.Counter(
+            "edge_agent_gateway_backend_connections",
+            "Exchanges with endpoints by connection: dialled (new), reused (kept alive), raw "
+            "(an upgrade or unframed bytes: a piped connection of its own)",
+            ["how"],
+            registry=registry,
+        )
         self.open_streams = prometheus_client.Gauge(
             "edge_agent_gateway_open_streams", "Gateway streams open now", registry=registry
         )
@@ -125,6 +140,11 @@ class GatewayPart:
             eject_base=settings.eject_base,
             eject_max=settings.eject_max,
         )
+        self.pool = Pool(
+            max_per_endpoint=settings.pool_per_endpoint,
+            max_total=settings.pool_total,
+            idle_timeout=settings.pool_idle_timeout,
+        )
         self.metrics = GatewayMetrics(registry)
         self._clock = clock
         self._open = 0
@@ -140,8 +160,16 @@ class GatewayPart:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.services.run(), name="gateway.services")
                 group.create_task(self.slices.run(), name="gateway.endpointslices")
+                group.create_task(self._sweep(), name="gateway.pool-sweep")
         finally:
+            self.pool.close()
             await self._api.close()
+
+    async def _sweep(self) -> None:
+        """Close idle connections past their time or closed by their backend, every second."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.pool.sweep(self._clock())
 
     @property
     def synced(self) -> bool:
@@ -198,21 +226,94 @@ class GatewayPart:
         except ResolveError as error:
             self._refuse(stream, label, error.result, ErrorCode.TARGET_UNREACHABLE, str(error))
             return
-        dialled = await self._dial(target, endpoints, label)
-        if isinstance(dialled, str):
-            self._refuse(stream, label, "unreachable", ErrorCode.TARGET_UNREACHABLE, dialled)
-            return
-        reader, writer = dialled
+        order = self.balancer.order(str(target), endpoints, self._clock())
+        connection = self.pool.take(order[0], self._clock())
+        if connection is None:
+            dialled = await self._dial(target, order, label)
+            if isinstance(dialled, str):
+                self._refuse(stream, label, "unreachable", ErrorCode.TARGET_UNREACHABLE, dialled)
+                return
+            connection = dialled
         try:
             stream.accept()
         except StreamError:  # the cloud gave up on the stream while we dialled
-            writer.transport.abort()
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            self.pool.put(connection, self._clock())  # untouched: as good as before
             return
         self.metrics.streams.labels(label, "accepted").inc()
-        await pipe_socket(stream, reader, writer)
+        await self._exchange(stream, target, order, connection, label)
+
+    async def _exchange(
+        self,
+        stream: TunnelStream,
+        target: ServiceTarget,
+        order: list[Endpoint],
+        connection: Connection,
+        label: str,
+    ) -> None:
+        """Relay the stream's one request and its answer; keep the connection if it may be."""
+        try:
+            head, buffer, body = await _read_request(stream)
+        except StreamError:
+            self.pool.put(connection, self._clock())  # nothing was written to it
+            return
+        if head is None or head.upgrade:
+            await self._pipe_raw(stream, target, order, connection, label, buffer)
+            return
+        while True:
+            self.metrics.connections.labels("reused" if connection.reused else "dialled").inc()
+            try:
+                reusable = await relay(stream, connection, head, body)
+            except NoAnswerError:
+                connection.close()
+                if not (connection.reused and head.replayable):
+                    stream.end()  # the cloud sees a connection closed without an answer
+                    return
+                # A kept connection the backend had closed: nothing was answered, and the
+                # request (idempotent, no body) can be sent once more on a new connection.
+                dialled = await self._dial(target, order, label)
+                if isinstance(dialled, str):
+                    stream.reset(ErrorCode.TARGET_UNREACHABLE, dialled)
+                    return
+                connection = dialled
+                continue
+            except (OSError, StreamError, FramingError) as error:
+                log.debug("gateway exchange with %s ended: %s", connection.endpoint, error)
+                connection.close()
+                stream.reset(ErrorCode.CANCEL, "the exchange with the endpoint failed")
+                return
+            except BaseException:
+                connection.close()
+                raise
+            if reusable:
+                self.pool.put(connection, self._clock())
+            else:
+                connection.close()
+            return
+
+    async def _pipe_raw(  # noqa: PLR0917 - the stream's whole context, once
+        self,
+        stream: TunnelStream,
+        target: ServiceTarget,
+        order: list[Endpoint],
+        connection: Connection,
+        label: str,
+        buffer: bytes,
+    ) -> None:
+        """Pipe raw bytes both ways on a new connection of its own, closed at the end.
+
+        For an upgrade (WebSocket), or bytes that are no request we can frame: as every stream
+        was served before connections were kept.
+        """
+        if connection.reused:
+            self.pool.put(connection, self._clock())
+            dialled = await self._dial(target, order, label)
+            if isinstance(dialled, str):
+                stream.reset(ErrorCode.TARGET_UNREACHABLE, dialled)
+                return
+            connection = dialled
+        self.metrics.connections.labels("raw").inc()
+        connection.writer.write(buffer)
+        await pipe_socket(stream, connection.reader, connection.writer)
 
     async def _wait_synced(self) -> bool:
         if self.synced:
@@ -224,25 +325,28 @@ class GatewayPart:
         return self.synced
 
     async def _dial(
-        self, target: ServiceTarget, endpoints: list[Endpoint], label: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
-        """A connection to the first endpoint that takes one, or the reason none did."""
+        self, target: ServiceTarget, order: list[Endpoint], label: str
+    ) -> Connection | str:
+        """A new connection to the first endpoint of ``order`` that takes one, or why none did."""
         settings = self._settings
         deadline = self._clock() + settings.dial_timeout
         last = "no time left to dial"
         tried = 0
-        for endpoint in self.balancer.order(str(target), endpoints, self._clock()):
+        for endpoint in order:
             left = deadline - self._clock()
             if left <= 0:
                 break
             tried += 1
             try:
                 async with asyncio.timeout(min(settings.connect_timeout, left)):
-                    connection = await asyncio.open_connection(endpoint.address, endpoint.port)
+                    reader, writer = await asyncio.open_connection(
+                        endpoint.address, endpoint.port, limit=CHUNK
+                    )
             except (OSError, TimeoutError) as error:
                 last = f"{endpoint}: {_describe(error)}"
                 self.metrics.dial_failures.labels(label).inc()
                 if self.balancer.failed(endpoint, self._clock()):
+                    self.pool.drop(endpoint)
                     self.metrics.ejections.labels(label).inc()
                     log.warning(
                         "endpoint %s of %s ejected after connect failures (%s)",
@@ -254,9 +358,9 @@ class GatewayPart:
                     log.info("cannot connect to endpoint %s of %s: %s", endpoint, target, last)
                 continue
             self.balancer.succeeded(endpoint)
-            return connection
+            return Connection(endpoint=endpoint, reader=reader, writer=writer)
         return (
-            f"could not connect to {tried} of {len(endpoints)} ready endpoints of {target} "
+            f"could not connect to {tried} of {len(order)} ready endpoints of {target} "
             f"within {settings.dial_timeout:g} s (last: {last})"
         )
 
@@ -284,7 +388,9 @@ class GatewayPart:
                 if key is not None and self.allow.allows(*key):
                     index.setdefault(key, []).append(endpoint_slice)
             self._index, self._index_revision = index, self.slices.revision
-            self.balancer.retain(_all_endpoints(index))
+            known = _all_endpoints(index)
+            self.balancer.retain(known)
+            self.pool.retain(known)
         return self._index.get((namespace, name), [])
 
     def ready_counts(self) -> dict[str, dict[str, int]]:
@@ -331,6 +437,25 @@ def _all_endpoints(index: Mapping[Key, list[dict[str, Any]]]) -> set[Endpoint]:
                 if isinstance(name, str):
                     known.update(ready_endpoints(name, [endpoint_slice]))
     return known
+
+
+async def _read_request(stream: TunnelStream) -> tuple[RequestHead | None, bytes, bytes]:
+    """The request head from the stream, the bytes read, and those past the head.
+
+    The head is None when the bytes are no request we can follow; the bytes past it are the
+    body's first ones.
+    """
+    buffer = b""
+    try:
+        while (size := split_head(buffer)) is None:
+            data = await stream.read()
+            if not data:
+                return None, buffer, b""
+            buffer += data
+        return parse_request(buffer[:size]), buffer, buffer[size:]
+    except FramingError as error:
+        log.debug("gateway stream to %s: not a request we can follow: %s", stream.target, error)
+        return None, buffer, b""
 
 
 def _describe(error: BaseException) -> str:

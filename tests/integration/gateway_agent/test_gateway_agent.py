@@ -529,3 +529,163 @@ async def test_the_daemon_wires_the_gateway_only_when_enabled(
     finally:
         part.target.close()
         await part.api.close()
+
+
+class _KeepAlive:
+    """An HTTP/1.1 server that keeps connections: counts them and the requests it answered.
+
+    ``close_after`` closes each connection after its answer without saying so (as a server
+    whose keep-alive timeout fired), so the agent finds kept connections closed.
+    """
+
+    def __init__(
+        self, *, chunked: bool = False, close_after: bool = False, silent: bool = False
+    ) -> None:
+        self.silent = silent
+        """Never answer (read requests and wait)."""
+        self.connections = 0
+        self.requests: list[str] = []
+        self.closed = 0
+        self.chunked = chunked
+        self.close_after = close_after
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                path = head.split(b" ", 2)[1].decode()
+                self.requests.append(path)
+                if self.silent:
+                    continue
+                body = f"keep {path}".encode()
+                if self.chunked:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + f"{len(body):x}\r\n".encode()
+                        + body
+                        + b"\r\n0\r\n\r\n"
+                    )
+                else:
+                    writer.write(
+                        f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+                    )
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed += 1
+            writer.close()
+
+
+async def fetch11(cloud: TunnelConnection, target: str, path: str) -> bytes:
+    """One GET as the gateway writes it (HTTP/1.1, ``Connection: close``): the whole answer."""
+    stream = await cloud.open_stream(target)
+    await stream.write(f"GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".encode())
+    raw = b""
+    while chunk := await stream.read():  # the agent ends the stream when the answer is whole
+        raw += chunk
+    return raw
+
+
+@contextlib.asynccontextmanager
+async def keep_service(backends: Backends, name: str, server: _KeepAlive) -> AsyncIterator[None]:
+    assert HOST is not None
+    listener = await asyncio.start_server(server.handle, HOST, 0)
+    port = listener.sockets[0].getsockname()[1]
+    _create(backends.cluster, _service(name, [{"port": 80, "targetPort": 8080}]))
+    _create(backends.cluster, _slice(name, name, [_endpoint(HOST)], port=port))
+    try:
+        yield
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_connections_to_an_endpoint_are_kept_and_reused(
+    backends: Backends, tmp_path: Path
+) -> None:
+    server = _KeepAlive()
+    async with keep_service(backends, "keep", server), gateway(backends, tmp_path) as rig:
+        target = "service/demo/keep:80"
+        await eventually_async(
+            lambda: asyncio.sleep(0, rig.part.ready_counts().get("demo/keep")),
+            lambda counts: counts == {"80": 1},
+            what="the agent sees demo/keep's endpoint",
+        )
+        answers = [await fetch11(rig.cloud, target, f"/{i}") for i in range(5)]
+        assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
+            f"keep /{i}".encode() for i in range(5)
+        ]
+        assert (server.connections, server.requests) == (1, [f"/{i}" for i in range(5)])
+        assert rig.count("backend_connections", how="dialled") == 1
+        assert rig.count("backend_connections", how="reused") == 4
+        assert rig.part.pool.idle == 1
+
+        # The endpoint leaves its Service: its kept connection is closed, not left idle.
+        backends.cluster.api(
+            "DELETE", "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices/keep"
+        )
+        await eventually_async(
+            lambda: asyncio.sleep(0, rig.part.ready_counts().get("demo/keep")),
+            lambda counts: counts == {"80": 0},
+            what="the agent sees demo/keep without endpoints",
+        )
+        await eventually_async(
+            lambda: asyncio.sleep(0, server.closed), lambda n: n == 1, what="the kept one closed"
+        )
+        assert rig.part.pool.idle == 0
+
+
+async def test_chunked_answers_keep_the_connection_and_closed_ones_are_replaced(
+    backends: Backends, tmp_path: Path
+) -> None:
+    chunked, closing = _KeepAlive(chunked=True), _KeepAlive(close_after=True)
+    async with (
+        keep_service(backends, "chunked", chunked),
+        keep_service(backends, "closing", closing),
+        gateway(backends, tmp_path) as rig,
+    ):
+        await eventually_async(
+            lambda: asyncio.sleep(0, rig.part.ready_counts()),
+            lambda counts: (
+                counts.get("demo/chunked") == {"80": 1} and counts.get("demo/closing") == {"80": 1}
+            ),
+            what="the agent sees both endpoints",
+        )
+        for i in range(4):
+            raw = await fetch11(rig.cloud, "service/demo/chunked:80", f"/{i}")
+            assert raw.endswith(f"keep /{i}".encode() + b"\r\n0\r\n\r\n"), raw
+        assert chunked.connections == 1
+        # A server that closes every connection after its answer without a word: each request
+        # is answered once, on a new connection when the kept one is found closed.
+        for i in range(4):
+            raw = await fetch11(rig.cloud, "service/demo/closing:80", f"/{i}")
+            assert raw.endswith(f"keep /{i}".encode()), raw
+        assert closing.requests == [f"/{i}" for i in range(4)]
+        assert closing.connections == 4
+
+
+async def test_a_stream_the_gateway_resets_closes_a_connection_left_unanswered(
+    backends: Backends, tmp_path: Path
+) -> None:
+    silent = _KeepAlive(silent=True)
+    async with keep_service(backends, "silent", silent), gateway(backends, tmp_path) as rig:
+        await eventually_async(
+            lambda: asyncio.sleep(0, rig.part.ready_counts().get("demo/silent")),
+            lambda counts: counts == {"80": 1},
+            what="the agent sees demo/silent's endpoint",
+        )
+        stream = await rig.cloud.open_stream("service/demo/silent:80")
+        await stream.write(b"GET /wait HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        await eventually_async(
+            lambda: asyncio.sleep(0, silent.requests), lambda seen: seen == ["/wait"], what="sent"
+        )
+        stream.reset(ErrorCode.CANCEL, "the gateway's timeout")  # as the gateway's watchdog
+        await eventually_async(
+            lambda: asyncio.sleep(0, (silent.closed, rig.part.open_streams)),
+            lambda seen: seen == (1, 0),
+            what="the agent closed the unanswered connection and let the stream go",
+        )
+        assert rig.part.pool.idle == 0

@@ -1,13 +1,11 @@
-"""One tunnel server routing by MultiClusterRoute objects; one member cluster registered twice.
+"""One tunnel server routing by MultiClusterRoute objects to two member clusters.
 
 Real processes throughout: ``tunnel-server run --gateway-listen`` as installed (its default
-router, ``FleetRouter``), one member cluster (``tests.harness.member``) and two real
-``edge-agent run`` processes in cluster mode registering it as ``gw-a`` and ``gw-b`` (a
-second member cluster would cost another 10-20 s of two busy cores and prove nothing more:
-the gateway only sees two clusters with their own tunnels). The Services and EndpointSlices
-are those of ``tests.integration.gateway_server.conftest``: ``demo/web`` answers as backend
-``a``, ``demo/web-b`` as backend ``b``; the routes send ``web`` through ``gw-a`` and ``web-b``
-through ``gw-b``, so the backend's name says which cluster's tunnel a request took.
+router, ``FleetRouter``), two member clusters (``tests.harness.member.member_clusters``, shared
+by the module: each costs 10-20 s) and a real ``edge-agent run`` in cluster mode in each,
+registering them as ``gw-a`` and ``gw-b``. Each member has the same Service ``demo/web``,
+whose EndpointSlice points at a backend of its own (a ``backend_http`` process answering with
+its cluster's name, ``gw-a`` or ``gw-b``), so the answer says which cluster served it.
 
 Routes (``ROUTES``), applied through the REST API before the tests:
 
@@ -33,9 +31,15 @@ from tests.harness import member
 from tests.harness.daemons import Server
 from tests.harness.procs import ManagedProcess, free_port
 from tests.harness.waiting import eventually
-from tests.integration.clusters.members import ClusterAgent, prepare_member
-from tests.integration.gateway_agent.test_gateway_agent import HOST
-from tests.integration.gateway_server.conftest import _ready_endpoints, _services, backend
+from tests.integration.clusters.members import (
+    NAMESPACE,
+    SERVICE_ACCOUNT,
+    ClusterAgent,
+    prepare_member,
+    run_kubectl,
+)
+from tests.integration.gateway_agent.test_gateway_agent import HOST, PACKAGING
+from tests.integration.gateway_server.conftest import _ready_endpoints, _service, _slice, backend
 
 API = "fleet.edgefleet.io/v1alpha1"
 PATH = "/api/v1/fleet/multiclusterroutes"
@@ -57,13 +61,13 @@ ROUTES: dict[str, dict[str, Any]] = {
                         "requestHeaderModifier": {"set": [{"name": "X-Via", "value": "gw"}]},
                     }
                 ],
-                "backendRefs": [ref("gw-b", "web-b")],
+                "backendRefs": [ref("gw-b", "web")],
             },
             {
                 "matches": [{"path": {"type": "PathPrefix", "value": "/hangup"}}],
-                "backendRefs": [ref("gw-b", "web-b")],
+                "backendRefs": [ref("gw-b", "web")],
             },
-            {"backendRefs": [ref("gw-a", "web", 90), ref("gw-b", "web-b", 10)]},
+            {"backendRefs": [ref("gw-a", "web", 90), ref("gw-b", "web", 10)]},
         ],
     },
     "lost": {
@@ -183,6 +187,41 @@ def _apply(world: World) -> None:
     )
 
 
+def _member_web(cluster: member.MemberCluster, port: int) -> None:
+    """``demo/web`` on ``cluster``, its one endpoint the backend on ``port``; the agent's RBAC."""
+    cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": "demo"}})
+    cluster.api("POST", "/api/v1/namespaces/demo/services", _service("web"))
+    slices = "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
+    cluster.api("POST", slices, _slice("web", port, ready=True))
+    run_kubectl(cluster.kubeconfig, "apply", "-f", str(PACKAGING / "30-gateway-rbac.yaml"))
+    run_kubectl(
+        cluster.kubeconfig,
+        "create",
+        "clusterrolebinding",
+        "gateway-test",
+        "--clusterrole=edgefleet:cluster-agent-gateway",
+        f"--serviceaccount={NAMESPACE}:{SERVICE_ACCOUNT}",
+    )
+
+
+def _web_ready(agent: ClusterAgent) -> None:
+    agent.wait_ready(timeout=90)
+    agent.wait_connected()
+
+    def ready() -> object:
+        cluster = agent.status()["cluster"]
+        assert isinstance(cluster, dict)
+        return cluster["gateway"]["services"]["demo/web"]["80"]
+
+    eventually(
+        ready,
+        lambda count: count == 1,
+        what=f"agent {agent.name} sees the ready endpoint of demo/web",
+        within=60,
+        ignore=(OSError, KeyError, TypeError),
+    )
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("gateway-route")
@@ -191,17 +230,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     procs: list[ManagedProcess] = []
     running = World(server=server, gateway_port=port)
     assert HOST is not None
-    with member.running_member("gwroute", base / "member", nodes=1) as cluster:
+    with member.member_clusters(2, base / "members", nodes=1) as clusters:
         try:
-            backend_a, port_a = backend("a", base, host=HOST)
-            backend_b, port_b = backend("b", base, host=HOST)
-            procs += [backend_a, backend_b]
-            _services(cluster, {"a": port_a, "b": port_b})
             server.start()
-            for name in ("gw-a", "gw-b"):  # both start before either is waited for
+            for name, cluster in zip(("gw-a", "gw-b"), clusters, strict=True):
+                proc, backend_port = backend(name, base, host=HOST)
+                procs.append(proc)
+                _member_web(cluster, backend_port)
                 running.agents[name] = _agent(name, server, cluster, base)
-            for agent in running.agents.values():
-                _ready(agent)
+            for agent in running.agents.values():  # both start before either is waited for
+                _web_ready(agent)
             _apply(running)
             yield running
         finally:

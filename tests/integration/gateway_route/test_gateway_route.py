@@ -1,7 +1,8 @@
 """MultiClusterRoute objects routing real traffic: weights, matches, status, failover, 503.
 
 Everything is a real process (``conftest.py``): the tunnel server with its default router,
-one member cluster registered as ``gw-a`` and ``gw-b`` by two cluster agents, two backends.
+two member clusters ``gw-a`` and ``gw-b``, each with its agent and its backend behind
+``demo/web`` (answering with the cluster's name).
 The tests run in file order: the failover test kills ``gw-a``'s agent, the ones after it rely
 on that.
 """
@@ -34,7 +35,7 @@ def test_routes_are_accepted_and_an_unknown_cluster_is_named(world: World) -> No
     assert backends["gw-x/demo/web:80"]["state"] == "Unhealthy"
     with world.client() as client:
         served = [get(client, "lost.test") for _ in range(20)]
-    assert [(a.status, a.body["backend"]) for a in served] == [(200, "a")] * 20
+    assert [(a.status, a.body["backend"]) for a in served] == [(200, "gw-a")] * 20
 
 
 def test_weights_90_10(world: World) -> None:
@@ -42,15 +43,15 @@ def test_weights_90_10(world: World) -> None:
         answers = [get(client, "shop.test") for _ in range(REQUESTS)]
     assert {a.status for a in answers} == {200}
     seen = Counter(a.body["backend"] for a in answers)
-    assert set(seen) == {"a", "b"}
-    share = seen["a"] / REQUESTS
+    assert set(seen) == {"gw-a", "gw-b"}
+    share = seen["gw-a"] / REQUESTS
     assert abs(share - 0.9) <= 0.03, seen
 
 
 def test_a_header_match_pins_to_one_cluster_with_its_modifier(world: World) -> None:
     with world.client() as client:
         answers = [get(client, "shop.test", **{"X-Canary": "1"}) for _ in range(50)]
-    assert {(a.status, a.body["backend"]) for a in answers} == {(200, "b")}
+    assert {(a.status, a.body["backend"]) for a in answers} == {(200, "gw-b")}
     sent = {name.lower(): value for name, value in answers[0].body["headers"]}
     assert sent["x-via"] == "gw"
     assert sent["x-canary"] == "1"
@@ -59,7 +60,7 @@ def test_a_header_match_pins_to_one_cluster_with_its_modifier(world: World) -> N
 def test_a_path_match(world: World) -> None:
     with world.client() as client:
         answers = [get(client, "shop.test", "/hangup?on=nobody") for _ in range(50)]
-    assert {(a.status, a.body["backend"]) for a in answers} == {(200, "b")}
+    assert {(a.status, a.body["backend"]) for a in answers} == {(200, "gw-b")}
 
 
 def test_a_route_applied_with_the_cli_serves(world: World, tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_a_route_applied_with_the_cli_serves(world: World, tmp_path: Path) -> No
         "spec:\n"
         "  hostnames: [cli.test]\n"
         "  rules:\n"
-        "  - backendRefs: [{cluster: gw-b, namespace: demo, name: web-b, port: 80}]\n"
+        "  - backendRefs: [{cluster: gw-b, namespace: demo, name: web, port: 80}]\n"
     )
     world.server.cli("apply", "-f", str(manifest))
     with world.client() as client:
@@ -81,7 +82,7 @@ def test_a_route_applied_with_the_cli_serves(world: World, tmp_path: Path) -> No
             what="cli.test served once the applied route is loaded",
             within=30,
         )
-    assert served.body["backend"] == "b"
+    assert served.body["backend"] == "gw-b"
     assert conditions(world.status("cli"))["Accepted"]["status"] == "True"
     table = world.server.cli("get", "mcr", "cli", "-o", "wide").splitlines()
     assert table[0].split()[:6] == ["NAME", "HOSTNAMES", "RULES", "ACCEPTED", "RESOLVED", "HEALTHY"]
@@ -97,7 +98,7 @@ def test_a_killed_agent_moves_every_request_to_the_other_cluster(world: World) -
     with world.client() as client:
         answers = [get(client, "shop.test") for _ in range(300)]
     assert [a.status for a in answers] == [200] * 300
-    assert Counter(a.body["backend"] for a in answers) == {"b": 300}
+    assert Counter(a.body["backend"] for a in answers) == {"gw-b": 300}
     eventually(
         lambda: {b["name"]: b for b in world.status("shop")["backends"]},
         lambda backends: backends["gw-a/demo/web:80"].get("reasons") == ["Unreachable"],
@@ -115,4 +116,4 @@ def test_a_route_with_every_backend_down_answers_503_with_a_reason(world: World)
     assert down.body["reason"] == "no_healthy_backend"
     assert "gw-a/demo/web:80: unhealthy: Unreachable" in down.body["detail"]
     assert down.headers.get("Retry-After") == "1"
-    assert (still.status, still.body["backend"]) == (200, "b")
+    assert (still.status, still.body["backend"]) == (200, "gw-b")

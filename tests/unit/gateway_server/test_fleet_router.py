@@ -31,6 +31,7 @@ from tunnel_server.fleet.gateway import (
 from tunnel_server.fleet.gateway.checks import CheckOutcome
 from tunnel_server.fleet.gateway.server import GatewayMetrics
 from tunnel_server.fleet.hub.hub import FleetHub, FleetSettings
+from tunnel_server.fleet.hub.leases import Lease
 from tunnel_server.fleet.hub.store import FleetEvents
 from tunnel_server.fleet.hub.store_sqlite import SqliteFleetStore
 from tunnel_server.identity.peer import PeerIdentity
@@ -448,3 +449,34 @@ def test_status_figures_are_written_at_most_every_10_s_and_only_on_change(tmp_pa
         assert 'route="shop"' not in prometheus_client.generate_latest(registry).decode()
     finally:
         world.hub.store.close()
+
+
+def test_a_cluster_whose_lease_ran_out_is_unreachable_at_once(world: World) -> None:
+    world.put("shop", SHOP)
+    world.hub.put(
+        "ManagedCluster",
+        "zone-b",
+        labels={},
+        annotations={},
+        spec={"hubAcceptsClient": True, "leaseDurationSeconds": 60},
+        now=time.time(),
+    )
+    world.nodes.version += 1  # the router reads lease durations with the node records
+    world.router.sync()
+    fresh, stale = time.time() - 10, time.time() - 55  # zone-a: 10 s lease, out after 50 s
+    world.hub.leases["zone-a"] = Lease(renewed_at=fresh, apiserver_healthy=True)
+    world.hub.leases["zone-b"] = Lease(renewed_at=stale, apiserver_healthy=True)  # 60 s: in
+    seen = Counter(b.cluster for _ in range(100) for b in world.decide(request()).backends[:1])
+    assert seen == {"zone-a": 90, "zone-b": 10}
+
+    world.hub.leases["zone-a"] = Lease(renewed_at=stale, apiserver_healthy=True)
+    for _ in range(20):  # the session is still there; the lease says the agent is not
+        assert [b.cluster for b in world.decide(request()).backends] == ["zone-b"]
+    world.router.sync()
+    backends = {b["name"]: b for b in world.status("shop")["backends"]}
+    assert backends["zone-a/demo/web:80"]["reasons"] == ["Unreachable"]
+
+    world.hub.leases["zone-a"] = Lease(renewed_at=time.time(), apiserver_healthy=True)
+    assert "zone-a" in {b.cluster for _ in range(20) for b in world.decide(request()).backends}
+    del world.hub.leases["zone-b"]  # no lease at all (no fleet stream): the session decides
+    assert "zone-b" in {b.cluster for _ in range(20) for b in world.decide(request()).backends}

@@ -17,7 +17,11 @@ Rules:
   registry has no notification, so it is looked at where it matters: for the backends of the
   matched rule on every request (a dict lookup each, so a dead agent's share moves at the
   first request after its session closes) and for all clusters every ``refresh_seconds``
-  (for the status). A cluster with no session is ``Reachability(False)``.
+  (for the status). A cluster with no session is ``Reachability(False)``, and so is one
+  whose lease (``FleetHub.leases``) ran out: not renewed for ``LEASE_GRACE_FACTOR`` times
+  its ManagedCluster's ``leaseDurationSeconds``, the moment its conditions say Unknown too
+  (a hung agent, or a cut network whose tunnel keepalive has not fired yet, still holds a
+  session). A cluster without any lease (no fleet stream) is judged by its session alone.
 * Passive health is the data path's ``report``: an answer >= 500 or a timeout is a server
   error, a refused or broken stream a connection error (outlier ejection, see
   ``fleet_model.gateway.health``); a refusal because the cluster is offline or unknown only
@@ -63,6 +67,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet_model.cluster import DEFAULT_LEASE_SECONDS, LEASE_GRACE_FACTOR
+from fleet_model.cluster import parse_spec as parse_cluster_spec
 from fleet_model.gateway import (
     Balancer,
     BalancerSettings,
@@ -244,13 +250,16 @@ class FleetRouter:
         clock: Callable[[], float] = time.monotonic,
         checker: CheckFn | None = None,
         metrics: GatewayMetrics | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``checker``: runs one active check (default: ``checks.probe`` through the tunnel).
 
         ``metrics``: the listener's, whose figures go into the status and whose series of
-        deleted routes are dropped.
+        deleted routes are dropped. ``wall_clock``: the time leases are renewed in (seconds
+        since the epoch, ``Lease.renewed_at``).
         """
         self._hub = hub
+        self._wall = wall_clock
         self._sessions = sessions
         self._nodes = nodes
         self._settings = settings or FleetRouterSettings()
@@ -269,6 +278,9 @@ class FleetRouter:
         self._reachable: dict[str, bool] = {}
         """Cluster -> what the board was last told."""
         self._registered: dict[str, bool] = {}
+        self._lease_seconds: dict[str, int] = {}
+        """Cluster -> its ManagedCluster's ``leaseDurationSeconds`` (read when the routes or
+        the node records change: ``_resolve``)."""
         self._revision = -1
         self._node_revision = -1
         self._status_due = True
@@ -364,6 +376,7 @@ class FleetRouter:
         """Tell the board whether ``cluster`` has a session here, if that changed."""
         session = self._sessions.get(cluster)
         up = session is not None and session.identity.kind == "cluster"
+        up = up and not self._lease_expired(cluster)
         if self._reachable.get(cluster) is up:
             return
         self._reachable[cluster] = up
@@ -374,6 +387,19 @@ class FleetRouter:
             extra={"kv": {"cluster": cluster, "reachable": up}},
         )
         self._status_due = True
+
+    def _lease_expired(self, cluster: str) -> bool:
+        """Whether the cluster's lease ran out (as its ManagedCluster's conditions count it).
+
+        A session whose agent stopped renewing (a hung agent, a cut network whose tunnel
+        keepalive has not fired yet) is no way to the cluster. No lease at all (an agent that
+        does not speak the fleet stream, or this server restarted): the session decides.
+        """
+        lease = self._hub.leases.get(cluster)
+        if lease is None:
+            return False
+        seconds = self._lease_seconds.get(cluster, DEFAULT_LEASE_SECONDS)
+        return self._wall() - lease.renewed_at > LEASE_GRACE_FACTOR * seconds
 
     def _tick(self, now: float) -> None:
         wake = self._board.wake_at()
@@ -631,9 +657,19 @@ class FleetRouter:
         for cluster in self._by_cluster:
             record = self._nodes.get_node(cluster)
             known = record is not None and record.kind == "cluster"
+            self._lease_seconds[cluster] = self._lease_duration(cluster)
             if self._registered.get(cluster) is not known:
                 self._registered[cluster] = known
                 self._status_due = True
+
+    def _lease_duration(self, cluster: str) -> int:
+        obj = self._hub.store.get("ManagedCluster", cluster)
+        if obj is None:
+            return DEFAULT_LEASE_SECONDS
+        try:
+            return parse_cluster_spec(dict(obj.spec)).lease_duration_seconds
+        except SpecError:  # the API checked it; an unreadable stored spec: the default
+            return DEFAULT_LEASE_SECONDS
 
     def _write_status(self) -> None:
         for name, obj in list(self._objects.items()):
