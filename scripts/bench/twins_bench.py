@@ -316,7 +316,7 @@ async def raw_loadgen(broker: mqtt.Broker, plan: Plan) -> dict[str, Any]:
             "per_device": plan.raw_messages // plan.devices,
             "window": plan.window,
             "timeout_s": 60,
-            "resend_after_s": 1.0,
+            "resend_after_s": 2.0,
             "run": run,
             "username": f"bench-{run}",
             "password": password,

@@ -115,18 +115,26 @@ func round(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
 type rawPublisher struct {
 	mu      sync.Mutex
 	pending map[int]time.Time
+	expired map[int]bool
 	slots   chan struct{}
 }
 
-func (p *rawPublisher) delivered(n int) bool {
+// delivered notes message n's delivery: 1 when it was in flight, 2 when it had been given
+// up as lost (a slow delivery, not a loss: the caller takes it back from the lost count),
+// 0 for a duplicate.
+func (p *rawPublisher) delivered(n int) int {
 	p.mu.Lock()
-	_, ok := p.pending[n]
-	delete(p.pending, n)
-	p.mu.Unlock()
-	if ok {
+	defer p.mu.Unlock()
+	if _, ok := p.pending[n]; ok {
+		delete(p.pending, n)
 		<-p.slots
+		return 1
 	}
-	return ok
+	if p.expired[n] {
+		delete(p.expired, n)
+		return 2
+	}
+	return 0
 }
 
 func (p *rawPublisher) expire(lostAfter time.Duration) int {
@@ -139,6 +147,7 @@ func (p *rawPublisher) expire(lostAfter time.Duration) int {
 	}
 	for _, n := range lost {
 		delete(p.pending, n)
+		p.expired[n] = true
 	}
 	p.mu.Unlock()
 	for range lost {
@@ -151,7 +160,9 @@ func runRaw(j job) (result, error) {
 	total := j.PerDevice * j.Publishers
 	pubs := make([]*rawPublisher, j.Publishers)
 	for i := range pubs {
-		pubs[i] = &rawPublisher{pending: map[int]time.Time{}, slots: make(chan struct{}, j.Window)}
+		pubs[i] = &rawPublisher{
+			pending: map[int]time.Time{}, expired: map[int]bool{}, slots: make(chan struct{}, j.Window),
+		}
 	}
 	var received, lost atomic.Int64
 	done := make(chan struct{})
@@ -174,10 +185,17 @@ func runRaw(j job) (result, error) {
 			return
 		}
 		n, err := strconv.Atoi(strings.TrimPrefix(a.Rid, "r"))
-		if err == nil && pubs[index].delivered(n) {
-			received.Add(1)
-			finish()
+		if err != nil {
+			return
 		}
+		switch pubs[index].delivered(n) {
+		case 1:
+			received.Add(1)
+		case 2:
+			lost.Add(-1)
+			received.Add(1)
+		}
+		finish()
 	})
 	if !token.WaitTimeout(30*time.Second) || token.Error() != nil {
 		return result{}, fmt.Errorf("subscribe: %v", token.Error())
