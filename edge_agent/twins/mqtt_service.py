@@ -116,11 +116,11 @@ class TwinMqttSettings:
     batch_wait: float = 0.0
     """Seconds to wait for more device messages after the first of a batch, at most.
     0: a batch is whatever arrived while the previous one was committed (natural group
-    commit; it grows with the load, and an idle device gets its answer at once). A wait
-    cannot fill a batch past what the broker lets in flight to the agent unacknowledged
-    (mosquitto's ``max_inflight_messages``, 20 by default for MQTT 3.1.1 sessions), since
-    the agent acknowledges only after the commit; so it only pays for few devices that
-    report at a slow pace, and costs them this much latency."""
+    commit; it grows with the load, to ~100 messages at 1,000 reports/s in the twins bench, and
+    an idle device gets its answer at once). A wait only pays for a few devices reporting at a
+    slow pace (more reports per fsync) and costs each of them this much latency; since the
+    agent acknowledges after the commit, the broker's in-flight window to the agent bounds a
+    batch as well."""
 
     max_inflight_answers: int = 1000
     """Answers and deltas sent to the broker and not yet acknowledged by it, at most

@@ -563,7 +563,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "SQLite commit (fsync), and the cloud figure waits until the cloud API shows every "
             "report applied. Latencies are measured from the device's publish (or the PATCH) to "
             "the cloud API's long-poll answer (or the device's `twin/desired` message). Goals "
-            "(issue 5): >= 5,000 durable reports/s per agent, >= half the raw broker rate, "
+            "(issues 5 and 18): >= 5,000 durable reports/s per agent, >= half the raw broker rate, "
             "device -> cloud p99 < 200 ms."
         ),
         "",
