@@ -140,12 +140,19 @@ class Outbox:
     def size(self) -> int:
         return self._store.outbox_size()
 
-    def check_room(self, records: int, *, availability: bool = False) -> None:
-        """Raise RequestError(outbox_full) unless `records` more fit (call before writing)."""
+    def check_room(
+        self, records: int, *, availability: bool = False, waiting: int | None = None
+    ) -> None:
+        """Raise RequestError(outbox_full) unless `records` more fit (call before writing).
+
+        `waiting`: the committed records, when the caller looked once for a whole batch
+        (nothing commits or delivers while a batch is staged); None looks now.
+        """
         cap = self._settings.max_records
         if availability:
             cap += self._settings.availability_headroom
-        waiting = self.size
+        if waiting is None:
+            waiting = self.size
         if waiting + records <= cap:
             if self._full and waiting < self._settings.max_records * 9 // 10:
                 self._full = False

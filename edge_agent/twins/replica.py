@@ -7,9 +7,12 @@ Rules (docs/mqtt.md has the wire format):
 2. An accepted patch goes through `device_models.write_change` on the device's edge `Replica`,
    and the new replica plus the `TwinChange` for the cloud are committed in one SQLite
    transaction before the device gets its answer (twin_store.py, outbox.py).
-3. Messages are handled in batches (everything already received, up to a cap): one commit per
-   batch, then the answers. A commit failure answers every request of the batch with
-   ``unavailable`` and changes nothing in memory.
+3. Group commit: messages are handled in batches (everything already received, up to a cap;
+   mqtt_service.py forms them): one transaction and one fsync per batch, then the caller's
+   ``committed`` hook (it acknowledges the batch to the broker), then the answers, queued in
+   order on the session without waiting for their PUBACKs. No device is answered or
+   acknowledged before its change is durable. A commit failure answers every request of the
+   batch with ``unavailable`` and changes nothing in memory.
 4. A request id (``rid``) makes a request idempotent: the answers to a device's last
    `MAX_RECENT` request ids are stored with its twin, and a redelivered request gets the stored
    answer without being applied again.
@@ -84,7 +87,16 @@ _AVAILABILITY = (b"online", b"offline")
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None: ...
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        """Publish (QoS 1) and return once the broker acknowledged it."""
+        ...
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        """Queue a QoS 1 message on the session, in call order, without waiting for it.
+
+        Raise aiomqtt.MqttError when the session cannot take it.
+        """
+        ...
 
 
 class CloudChangeError(RequestError):
@@ -121,6 +133,13 @@ class _Batch:
     answered: list[tuple[str, Op, str | None]] = field(default_factory=list)
     dirty_delta: set[str] = field(default_factory=set)
     accepted: int = 0
+    outbox_waiting: int | None = None
+    """Committed outbox records, looked up once per batch (a query per report cost 6 %)."""
+
+    def outbox_committed(self, outbox: Outbox) -> int:
+        if self.outbox_waiting is None:
+            self.outbox_waiting = outbox.size
+        return self.outbox_waiting
 
 
 class EdgeTwinReplica:
@@ -248,8 +267,18 @@ class EdgeTwinReplica:
 
     # ------------------------------------------------------------------ device messages
 
-    async def handle_batch(self, messages: list[tuple[DeviceTopic, bytes]]) -> None:
-        """Handle device messages in arrival order with one commit; answer them."""
+    async def handle_batch(
+        self,
+        messages: list[tuple[DeviceTopic, bytes]],
+        *,
+        committed: Callable[[], None] | None = None,
+    ) -> None:
+        """Handle device messages in arrival order with one commit; answer them.
+
+        `committed` runs once the batch is durable (or answered ``unavailable`` after a
+        failed commit), before the answers go out: the caller acknowledges the messages to
+        the broker there, so the broker can send the next batch while the answers leave.
+        """
         async with self._lock:
             batch = _Batch()
             for where, payload in messages:
@@ -262,12 +291,16 @@ class EdgeTwinReplica:
                     "twin store commit failed; %s requests answered unavailable", len(messages)
                 )
                 self._answer_storage_failure(batch)
+                if committed is not None:
+                    committed()
                 await self._send(batch.outgoing)
                 return
             self._devices.update(batch.records)
             self._metrics.reports_accepted += batch.accepted
             if batch.write.outbox:
                 self._outbox.notify()
+            if committed is not None:
+                committed()
             await self._send(batch.outgoing)
 
     def _handle_one(self, batch: _Batch, where: DeviceTopic, payload: bytes) -> None:
@@ -335,7 +368,9 @@ class EdgeTwinReplica:
             raise error_from_model(error, Code.BAD_REQUEST) from None
         replica = record.replica
         if checked:
-            self._outbox.check_room(len(batch.write.outbox) + 1)
+            self._outbox.check_room(
+                len(batch.write.outbox) + 1, waiting=batch.outbox_committed(self._outbox)
+            )
             try:
                 replica, change = write_change(
                     replica, Section.REPORTED, checked, now=self._clock(), expected_version=expected
@@ -364,7 +399,11 @@ class EdgeTwinReplica:
         if record.availability == text:
             return  # the retained message replayed when the agent subscribes
         try:
-            self._outbox.check_room(len(batch.write.outbox) + 1, availability=True)
+            self._outbox.check_room(
+                len(batch.write.outbox) + 1,
+                availability=True,
+                waiting=batch.outbox_committed(self._outbox),
+            )
         except RequestError:
             self._metrics.availability_deferred += 1
             log.error("outbox full: availability %s of %s kept for later", text, device_id)  # noqa: TRY400 - the refusal is expected, a traceback would only add noise
@@ -441,18 +480,15 @@ class EdgeTwinReplica:
         if publisher is None or not outgoing:
             return
         try:
-            # Tasks start in creation order and each hands its message to the client at once,
-            # so the broker gets them in this order while their acknowledgements overlap.
-            async with asyncio.TaskGroup() as group:
-                for index, message in enumerate(outgoing):
-                    group.create_task(
-                        publisher.publish(message.topic, message.payload, retain=message.retain),
-                        name=f"twins.publish[{index}]",
-                    )
-        except* aiomqtt.MqttError as errors:
+            # Queued in order on the one session, so the broker gets them in this order; not
+            # waiting for each PUBACK keeps the next batch from waiting on a broker round trip
+            # (answers are advisory: a device without one retries with the same rid).
+            for message in outgoing:
+                publisher.publish_nowait(message.topic, message.payload, retain=message.retain)
+        except aiomqtt.MqttError as error:
             # The connection loop reconnects and republishes the retained deltas; devices
             # retry requests whose answer they did not get (their rid makes that safe).
-            log.warning("publishing %s answers failed: %s", len(outgoing), errors.exceptions[0])
+            log.warning("publishing %s answers failed: %s", len(outgoing), error)
             self._published_delta.clear()
 
     # ------------------------------------------------------------------ outbox records

@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client
+
 from device_models import (
     DeviceModel,
     DeviceModelsError,
@@ -149,6 +151,13 @@ class Counters:
     downlink_failed: int = 0
 
 
+END_TO_END_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+)  # fmt: skip
+"""Seconds: a loaded LAN path is 5-100 ms, a tunnel retry seconds, an offline spell minutes to
+hours (those land in the top buckets; +Inf beyond an hour)."""
+
+
 class CloudTwinReplica:
     """The cloud replica of every device twin: the twin store plus the rules above.
 
@@ -162,11 +171,23 @@ class CloudTwinReplica:
         models: ModelRegistry,
         settings: CloudTwinsSettings,
         clock: Callable[[], float] = time.time,
+        registry: prometheus_client.CollectorRegistry | None = None,
     ) -> None:
         self.store = store
         self.models = models
         self.settings = settings
         self.counters = Counters()
+        self.end_to_end = prometheus_client.Histogram(
+            "tunnel_server_twins_end_to_end_seconds",
+            "Device twin changes from agents: seconds from the agent accepting the device's"
+            " report (the change's time, the agent's clock) to the cloud storing it (after the"
+            " commit); includes the agent's outbox wait, so offline spells show up here",
+            buckets=END_TO_END_BUCKETS,
+            registry=registry,
+        )
+        """Not registered when `registry` is None (tests read it with ``collect()``)."""
+        self._applied_at: list[float] = []
+        """The edge times of the changes applied by the batch being stored."""
         self._clock = clock
         self._wakers: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
@@ -275,6 +296,7 @@ class CloudTwinReplica:
     def apply_batch(self, *, node: str, origin: str, records: list[Any]) -> BatchResult:
         """Apply an outbox batch exactly once per record; raises BatchError or a store error."""
         now = self._clock()
+        self._applied_at.clear()
         txn = self.store.begin()
         mark = self.store.uplink_mark(origin)
         last = mark
@@ -303,6 +325,11 @@ class CloudTwinReplica:
                 result.applied += 1
         txn.marks[origin] = (node, last)
         added = self.store.commit(txn)
+        stored = self._clock()
+        for at in self._applied_at:
+            # A clock behind the agent's would give negative times: they count as 0.
+            self.end_to_end.observe(max(0.0, stored - at))
+        self._applied_at.clear()
         counters = self.counters
         counters.batches += 1
         counters.records_applied += result.applied
@@ -450,6 +477,8 @@ class CloudTwinReplica:
         )
         if problem is not None:
             raise _RejectedError(problem, device=device)
+        if result.applied:
+            self._applied_at.append(change.at)
 
     def _observe_reported(self, key: DeviceKey, change: TwinChange, patch: JsonObject) -> None:
         if change.section is Section.REPORTED and patch:
