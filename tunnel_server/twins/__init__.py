@@ -109,6 +109,7 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
         store=store,
         models=load_models(settings.models_dir or data_dir / "models"),
         settings=settings,
+        registry=app[REGISTRY_KEY],
     )
     app[TWINS_KEY] = cloud
     app[TWINS_SYNC_KEY] = EdgeTwinLinks(cloud)

@@ -44,6 +44,8 @@ async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(system: S
     assert delivered, metrics
     assert float(delivered[1]) >= 1
     assert re.search(r"(?m)^edge_agent_twins_outbox_records \S+$", metrics), metrics
+    # ...and the cloud timed its way from the agent to the store (issue 19's twin histogram).
+    assert system.server.metric("tunnel_server_twins_end_to_end_seconds_count") >= 1
 
 
 async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(system: System) -> None:
