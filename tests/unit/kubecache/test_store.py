@@ -161,7 +161,7 @@ def test_ops_stats_verify_purge(tmp_path: Path) -> None:
 def test_verify_reports_a_corrupt_file(tmp_path: Path) -> None:
     directory = tmp_path / "c"
     directory.mkdir()
-    (directory / "cache.db").write_bytes(b"garbage" * 1000)
+    (directory / "objects.db").write_bytes(b"garbage" * 1000)
     report = cache_verify(directory)
     assert not report.ok
     assert "cannot open" in report.problems[0]
@@ -172,7 +172,7 @@ def test_a_misfiled_entry_is_reported(tmp_path: Path) -> None:
     opened = CacheStore(directory)
     opened.put("kubelet", PODS, pod("p1", 1))
     opened.close()
-    with sqlite3.connect(directory / "cache.db") as db:
-        db.execute("UPDATE Cache SET key = 'o/kubelet/pods.v1.core/a/other' WHERE key LIKE 'o/%'")
+    with sqlite3.connect(directory / "objects.db") as db:
+        db.execute("UPDATE entries SET key = 'o/kubelet/pods.v1.core/a/other' WHERE key LIKE 'o/%'")
     report = cache_verify(directory)
     assert report.problems == ["o/kubelet/pods.v1.core/a/other: holds a/p1"]
