@@ -674,6 +674,15 @@ class CacheStore:
         """In memory only (any thread): has ``scope`` been listed (is it a view)?"""
         return self._book.get(scope.key) is not None
 
+    def holds_list(self, scope: Scope, rv: str) -> bool:
+        """In memory only (any thread): would a whole LIST of ``scope`` at ``rv`` change nothing?
+
+        True when ``scope``'s own view is complete at ``rv`` or newer (rule 1 of ``views.py``:
+        the same snapshot again, or an older one, records nothing).
+        """
+        view = self._book.get(scope.key)
+        return view is not None and bool(rv) and not rv_newer(rv, view.rv)
+
     def would_record(self, scope: Scope, rv: str, *, prev: str) -> bool:
         """In memory only (any thread): would a watch line at ``rv`` change view ``scope``?"""
         return self._book.would_record(scope.key, rv, prev=prev)
