@@ -91,12 +91,15 @@ class Table:
         self._depth = 1
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._depth = 0
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk); the first error is the story.
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._depth = 0
-        self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
 
     # ------------------------------------------------------------ one key
 
@@ -116,17 +119,9 @@ class Table:
         return None if row is None else str(row[0] or "")
 
     def set(self, key: str, value: object, *, rv: str = "") -> None:
-        self.set_text(key, dump(value), rv=rv)
-
-    def set_text(self, key: str, text: bytes, *, rv: str = "") -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO entries (key, rv, value) VALUES (?, ?, ?)", (key, rv, text)
-        )
-
-    def set_many(self, rows: list[tuple[str, str, bytes]]) -> None:
-        """``(key, rv, text)`` rows in one statement (the caller holds the transaction)."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO entries (key, rv, value) VALUES (?, ?, ?)", rows
+            "INSERT OR REPLACE INTO entries (key, rv, value) VALUES (?, ?, ?)",
+            (key, rv, dump(value)),
         )
 
     def insert_missing(self, rows: list[tuple[str, str, bytes]]) -> None:
@@ -168,12 +163,6 @@ class Table:
             yield key, str(rv or ""), bytes(value)
 
     # ------------------------------------------------------------ operators
-
-    def count(self, low: str, high: str) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM entries WHERE key >= ? AND key < ?", (low, high)
-        ).fetchone()
-        return int(row[0])
 
     def volume(self) -> int:
         """Bytes the database uses on disk (pages, without the WAL)."""

@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.kubecache.legacy import LEGACY_FILE
 from edge_agent.kubecache.store import CacheStore, Scope
-from edge_agent.kubecache.table import FILE_NAME
+from edge_agent.kubecache.table import FILE_NAME, Table
 from tests.unit.kubecache.test_store import PODS, coverage, pod
 
 _DISKCACHE_SCHEMA = (
@@ -110,3 +110,25 @@ def test_an_unreadable_old_cache_is_dropped_and_refilled_online(
     finally:
         store.close()
     assert "unreadable" in caplog.text
+
+
+def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    """``Table.transact`` rolls back on error, and the table takes the next one."""
+    table = Table(tmp_path / FILE_NAME)
+    try:
+
+        def write_then_fail() -> None:
+            with table.transact():
+                table.set("r/a", {"n": 1})
+                with table.transact():  # nested: joins the outer transaction
+                    table.set("r/b", {"n": 2})
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            write_then_fail()
+        assert list(table.keys()) == []
+        with table.transact():
+            table.set("r/c", {"n": 2**64}, rv="7")  # big integers stay exact (JSON text)
+        assert (table.get("r/c"), table.rv("r/c")) == ({"n": 2**64}, "7")
+    finally:
+        table.close()
