@@ -843,7 +843,7 @@ def history_key(object_key_: str, rv: str) -> str:
 
 
 def member_key(view_key: str, pair: Pair) -> str:
-    """``v/<view key without c/>/<ns or _>/<name>``: one member of a view (tag: its rv)."""
+    """``v/<view key without c/>/<ns or _>/<name>``: one member of a view (``rv``: its version)."""
     return f"v/{view_key[2:]}/{pair[0] or NO_NAMESPACE}/{pair[1]}"
 
 
