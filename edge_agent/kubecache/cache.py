@@ -1,9 +1,9 @@
 # Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
 """The asyncio face of the disk cache: one worker thread, degradation, and a change feed.
 
-diskcache blocks (SQLite and fsync), so every call runs on a single worker thread. One thread
-and not a pool: it serialises writes, which keeps "read the current resourceVersion, then
-write" atomic together with diskcache's transactions, and SQLite allows one writer anyway.
+SQLite blocks (reads, commits, fsync), so every call runs on a single worker thread. One
+thread and not a pool: it serialises writes, which keeps "read the current resourceVersion,
+then write" atomic together with the store's transactions, and SQLite allows one writer anyway.
 
 If the disk fails (full, read-only, corrupt: ``sqlite3.Error`` or ``OSError``) the cache goes
 *degraded*: it logs at ERROR once, counts the failure, answers every read with None and drops
@@ -22,15 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import diskcache
-
 from edge_agent.kubecache.metrics import KubeCacheMetrics
 from edge_agent.kubecache.store import CacheStore, Change, StoreFormatError
 
 log = logging.getLogger("edge_agent.kubecache.cache")
 
 T = TypeVar("T")
-_FAULTS = (sqlite3.Error, OSError, diskcache.Timeout, StoreFormatError, ValueError, KeyError)
+_FAULTS = (sqlite3.Error, OSError, StoreFormatError, ValueError, KeyError)
 Listener = Callable[[str, str, Change], None]
 
 
@@ -50,12 +48,12 @@ class AsyncStore:
     def degraded(self) -> bool:
         return self.store is None
 
-    async def open(self, directory: Path, *, min_file_size: int) -> None:
+    async def open(self, directory: Path) -> None:
         loop = asyncio.get_running_loop()
         try:
             self.store = await loop.run_in_executor(
                 self._executor,
-                lambda: CacheStore(directory, min_file_size=min_file_size, maintain=True),
+                lambda: CacheStore(directory, maintain=True),
             )
         except _FAULTS as exc:
             self._degrade("open", exc)

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import diskcache
-
 from edge_agent.kubecache.keys import parse_object_key
 from edge_agent.kubecache.store import CacheStore, Coverage, StoreFormatError, meta_of
 
-_OPEN_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout, StoreFormatError)
+_OPEN_ERRORS = (sqlite3.Error, OSError, StoreFormatError)
 
 
 def cache_stats(directory: Path) -> dict[str, Any]:

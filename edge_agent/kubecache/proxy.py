@@ -371,7 +371,7 @@ async def serve_kube_proxy(
         upstream=upstream,
         registry=registry or prometheus_client.CollectorRegistry(),
     )
-    await proxy.store.open(settings.cache_dir, min_file_size=settings.min_file_size)
+    await proxy.store.open(settings.cache_dir)
     app = web.Application(client_max_size=settings.max_request_body_bytes)
     app[PROXY_KEY] = proxy
     app.router.add_route("*", "/{tail:.*}", proxy.handle)

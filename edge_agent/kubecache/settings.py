@@ -61,7 +61,7 @@ class KubeCacheSettings:
     """Private key (PEM) of ``tls_cert_file``."""
 
     cache_dir: Path = field(default_factory=lambda: Path("/var/lib/edge-agent/kubecache"))
-    """Folder of the diskcache database (mode 0700: it holds secrets and tokens)."""
+    """Folder of the cache's SQLite database (mode 0700: it holds secrets and tokens)."""
 
     cache_agents: frozenset[str] = DEFAULT_CACHE_AGENTS
     """Components (User-Agent up to the first ``/``, lower case) whose answers are cached;
@@ -114,7 +114,3 @@ class KubeCacheSettings:
 
     max_paged_lists: int = 64
     """Paged LISTs whose pages are being gathered at once before the set is replaced."""
-
-    min_file_size: int = 8 * 1024 * 1024
-    """Values below this many bytes live inside SQLite (atomic with their transaction); every
-    Kubernetes object is far smaller, so the cache never depends on loose files."""

@@ -1,33 +1,36 @@
 # Copyright 2026 The EdgeFleet Authors. SPDX-License-Identifier: Apache-2.0
-"""The object cache on disk, the driver of the view core: diskcache (SQLite), JSON values.
+"""The object cache on disk, the driver of the view core: one SQLite table, JSON values.
 
 What is true is decided by :mod:`edge_agent.kubecache.views` (pure); this module persists
-it and reads snapshots. Layout (all keys are ``str``; values are zlib-compressed JSON):
+it and reads snapshots. Layout (all keys are ``str``; values are compact JSON; ``table.py``):
 
 * ``o/<component>/<resource>.<version>.<group>/<ns or _>/<name>``: the newest stored version
   of one object (always with ``kind`` and ``apiVersion``; its resourceVersion in the row's
-  tag). Stored once per component, however many views hold it.
+  ``rv`` column). Stored once per component, however many views hold it.
 * ``h/<object key without o/>/<rv>``: an older version that some view still records (a
   view's snapshot shows what that view saw, not a newer copy another view brought).
 * ``c/<component>/<gvr>/<ns or _>/<selector hash>``: a *view*: a LIST (or a watch's initial
   events, or one object read or written: ``metadata.name=<name>``) with this namespace and
   these selectors, complete at ``rv``. Any query asking for a subset of a view is answered
   from it offline (OpenYurt refuses this, #1963).
-* ``v/<view key without c/>/<ns or _>/<name>``: one member of a view (tag: the rv it holds).
+* ``v/<view key without c/>/<ns or _>/<name>``: one member of a view (``rv``: the version it
+  holds).
 * ``p/<component>/<gvr>/<ns or _>/<name>/<subresource>``: a heartbeat written locally while
   offline, to be sent upstream on reconnect.
 * ``r/<sha256>``: a raw non-resource answer (discovery, ``/version``) for offline clients.
 * ``t/...``: TokenRequest answers (``tokens.py``).
 
 A LIST sets its view's membership in one SQLite transaction; an object missing from it left
-*this* view and is deleted only when no view records it any more. Every value lives inside
-SQLite (``disk_min_file_size`` is far above any object), so a kill -9 leaves either the old
-or the new state: SQLite's WAL journal rolls back an unfinished transaction. Nothing is
-evicted (``eviction_policy='none'``). At the agent's open, versions no view records (a
-paged LIST abandoned halfway) are swept.
+*this* view and is deleted only when no view records it any more. A kill -9 leaves either
+the old or the new state: SQLite's WAL journal rolls back an unfinished transaction. Nothing
+is evicted. At the agent's open, versions no view records (a paged LIST abandoned halfway)
+are swept.
 
-The views and their members are loaded into memory at open (one query over ``v/``), and so
-is the index of names per component and resource.
+Objects stay on disk: a LIST is one range scan over its key prefix, streamed, its texts
+spliced into the answer undecoded. What is loaded into memory at open is the view index
+only: each view's members as ``(namespace, name) -> resourceVersion`` (one query over
+``v/``, no values) and the names per component and resource, about 0.5 KiB per cached
+object (issue 18 measured 3.3 MiB for 5,000 pods).
 
 All methods here block; :class:`edge_agent.kubecache.cache.AsyncStore` runs them on one
 worker thread.
@@ -39,14 +42,10 @@ import hashlib
 import json
 import logging
 import os
-import warnings
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import diskcache
 
 from edge_agent.kubecache.keys import (
     NO_NAMESPACE,
@@ -55,7 +54,9 @@ from edge_agent.kubecache.keys import (
     parse_object_key,
     sort_key,
 )
+from edge_agent.kubecache.legacy import migrate_diskcache
 from edge_agent.kubecache.selectors import FieldSelector, parse_field_selector
+from edge_agent.kubecache.table import FILE_NAME, Table
 from edge_agent.kubecache.views import (
     Effects,
     Event,
@@ -78,32 +79,6 @@ FORMAT_VERSION = 2
 cache is migrated at open by dropping its objects and list records (a LIST online fills it
 again); pending heartbeats, tokens and discovery answers are kept."""
 _FORMAT_KEY = "m/format"
-
-
-class _JsonDisk(diskcache.JSONDisk):  # type: ignore[misc] # diskcache is untyped
-    """JSONDisk for values; keys stay plain strings so they are readable and never pickled."""
-
-    def put(self, key: object) -> tuple[object, bool]:
-        if not isinstance(key, str):
-            raise TypeError(f"cache keys are strings, not {type(key).__name__}")
-        result: tuple[object, bool] = diskcache.Disk.put(self, key)
-        return result
-
-    def get(self, key: object, raw: bool) -> object:  # noqa: FBT001 - diskcache's signature
-        return diskcache.Disk.get(self, key, raw)
-
-    def store(self, value: object, read: bool, key: object = diskcache.core.UNKNOWN) -> object:  # noqa: FBT001 - diskcache's signature
-        """Compact JSON (no spaces), so a stored object can be spliced into a LIST as is."""
-        if not read:
-            data = json.dumps(value, separators=(",", ":")).encode()
-            value = zlib.compress(data, self.compress_level)
-        return diskcache.Disk.store(self, value, read, key=key)
-
-
-def raw_json(disk: diskcache.Disk, mode: int, filename: str | None, value: object) -> bytes:
-    """The JSON text of a stored value, without decoding it."""
-    compressed: bytes = diskcache.Disk.fetch(disk, mode, filename, value, False)  # noqa: FBT003
-    return zlib.decompress(compressed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -213,39 +188,35 @@ class StoreFormatError(RuntimeError):
 
 
 class CacheStore:
-    """Objects, coverage records and pending heartbeats in one diskcache database."""
+    """Objects, views, pending heartbeats and tokens in one SQLite table (``table.py``)."""
 
     def __init__(
         self,
         directory: Path,
         *,
-        min_file_size: int = 8 * 1024 * 1024,
         maintain: bool = False,
+        cache_kib: int = 2048,
     ) -> None:
         """Open (or create) the cache in ``directory``.
 
         ``maintain``: the agent's own open; migrates an older format and sweeps object
-        versions no view records (a paged LIST abandoned halfway). Operators' read-only
-        opens (stats, verify) leave both alone, as the agent may be running.
+        versions no view records (a paged LIST abandoned halfway), and carries over a
+        diskcache folder of an older agent (``legacy.py``). Operators' read-only opens
+        (stats, verify) leave all of it alone, as the agent may be running. ``cache_kib``:
+        SQLite's page cache, the store's only memory besides the view index.
         """
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)  # noqa: PTH101 - the same call for a str or Path
         self.directory = directory
-        self._cache = diskcache.Cache(
-            str(directory),
-            disk=_JsonDisk,
-            eviction_policy="none",
-            size_limit=2**62,
-            cull_limit=0,
-            disk_min_file_size=min_file_size,
-            statistics=False,
-        )
+        self._cache = Table(directory / FILE_NAME, cache_kib=cache_kib)
         try:
             # The folder (0700) already keeps other users out; the files are 0600 as well, as
             # they hold secrets and tokens. SQLite gives -wal and -shm the database's mode.
             for path in directory.iterdir():
-                if path.is_file() and path.name.startswith("cache.db"):
+                if path.is_file() and path.name.startswith(FILE_NAME):
                     path.chmod(0o600)
+            if maintain:
+                migrate_diskcache(directory, self._cache)
             self._check_format(migrate=maintain)
             self._tokens: dict[str, float] = {}
             self._names: dict[Family, set[Pair]] = {}
@@ -266,8 +237,8 @@ class CacheStore:
         elif found == {"version": 1} and migrate:
             log.warning("cache format 1: dropping cached objects and lists (kept: heartbeats)")
             with self._cache.transact():
-                for key in [k for k in self._cache.iterkeys() if str(k)[:2] in {"o/", "c/"}]:
-                    self._cache.delete(key)
+                for low, high in (("o/", "o0"), ("c/", "c0")):
+                    self._cache.delete_range(low, high)
                 self._cache.set(_FORMAT_KEY, {"version": FORMAT_VERSION})
         elif found != {"version": FORMAT_VERSION}:
             raise StoreFormatError(f"cache format {found!r}, expected {FORMAT_VERSION}")
@@ -276,8 +247,7 @@ class CacheStore:
         views: dict[str, Coverage] = {}
         objects: list[str] = []
         history: list[str] = []
-        for raw_key in self._cache.iterkeys():
-            key = str(raw_key)
+        for key in list(self._cache.keys()):
             kind = key.partition("/")[0]
             if kind in {"o", "h"}:
                 (objects if kind == "o" else history).append(key)
@@ -304,12 +274,10 @@ class CacheStore:
 
     def _load_members(self) -> dict[str, dict[Pair, str]]:
         members: dict[str, dict[Pair, str]] = {}
-        for key, tag in self._cache._sql(  # noqa: SLF001 - keys and tags in one query
-            "SELECT key, tag FROM Cache WHERE key >= 'v/' AND key < 'v0' AND raw = 1"
-        ).fetchall():
-            parsed = parse_member_key(str(key))
+        for key, rv in self._cache.key_rvs("v/", "v0"):
+            parsed = parse_member_key(key)
             if parsed is not None:
-                members.setdefault(parsed[0], {})[parsed[1]] = str(tag or "")
+                members.setdefault(parsed[0], {})[parsed[1]] = rv
         return members
 
     def _load_objects(self, objects: list[str], history: list[str], *, sweep: bool) -> None:
@@ -337,33 +305,18 @@ class CacheStore:
         return (component, resource.key)
 
     def _current_rv(self, key: str) -> str | None:
-        """The resourceVersion held under ``key`` (None: nothing held), from its tag column.
-
-        The tag holds the resourceVersion of every object written since format 1.1, so the
-        ordering check never decodes the stored object; older entries are decoded once.
-        """
-        rows = self._cache._sql(  # noqa: SLF001 - diskcache reads no tag without the value
-            "SELECT tag FROM Cache WHERE key = ? AND raw = 1", (key,)
-        ).fetchall()
-        if not rows:
-            return None
-        tag = rows[0][0]
-        if isinstance(tag, str) and tag:
-            return tag
-        current = self._cache.get(key)
-        return rv_of(current) if isinstance(current, dict) else ""
+        """The resourceVersion held under ``key`` (None: nothing held), from its rv column."""
+        current = self._cache.rv(key)
+        if current is None or current:
+            return current
+        stored = self._cache.get(key)  # carried over without an rv column value
+        return rv_of(stored) if isinstance(stored, dict) else ""
 
     def _raw_text(self, key: str) -> bytes | None:
-        rows = self._cache._sql(  # noqa: SLF001 - the stored JSON text without decoding it
-            "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)
-        ).fetchall()
-        if not rows:
-            return None
-        mode, filename, value = rows[0]
-        return raw_json(self._cache.disk, mode, filename, value)
+        return self._cache.text(key)
 
     def _set_latest(self, family: Family, pair: Pair, key: str, obj: dict[str, Any]) -> None:
-        self._cache.set(key, obj, tag=rv_of(obj) or None)
+        self._cache.set(key, obj, rv=rv_of(obj))
         self._names.setdefault(family, set()).add(pair)
 
     def _write_version(
@@ -389,10 +342,10 @@ class CacheStore:
             if current in recorded:
                 old = self._cache.get(key)
                 if isinstance(old, dict):
-                    self._cache.set(history_key(key, current), old, tag=current or None)
+                    self._cache.set(history_key(key, current), old, rv=current)
             self._set_latest(family, pair, key, obj)
         elif rv in recorded and (force or self._current_rv(history_key(key, rv)) is None):
-            self._cache.set(history_key(key, rv), obj, tag=rv or None)
+            self._cache.set(history_key(key, rv), obj, rv=rv)
 
     def _persist(self, view_key: str, family: Family, resource: Resource, effects: Effects) -> None:
         """Write what one view operation changed: its record, members, released versions."""
@@ -400,7 +353,7 @@ class CacheStore:
         if view is not None and effects.moved:
             self._cache.set(view_key, _coverage_of(view).to_json())
         for pair, rv in effects.recorded:
-            self._cache.set(member_key(view_key, pair), rv, tag=rv or None)
+            self._cache.set(member_key(view_key, pair), rv, rv=rv)
         for pair in effects.dropped:
             self._cache.delete(member_key(view_key, pair))
         for pair, rv in effects.released:
@@ -413,11 +366,7 @@ class CacheStore:
         if not recorded:
             self._cache.delete(key)
             low = history_key(key, "")
-            for (old,) in self._cache._sql(  # noqa: SLF001 - a prefix scan
-                "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
-                (low, low[:-1] + "0"),
-            ).fetchall():
-                self._cache.delete(old)
+            self._cache.delete_range(low, low[:-1] + "0")
             self._names.get(family, set()).discard(pair)
         elif rv != self._current_rv(key):
             self._cache.delete(history_key(key, rv))
@@ -524,14 +473,6 @@ class CacheStore:
             prefix = prefix.removesuffix(f"{NO_NAMESPACE}/")
         return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)  # "/" -> "0": just past it
 
-    def _rows(self, scope: Scope, columns: str) -> list[tuple[Any, ...]]:
-        low, high = self._range(scope.component, scope.resource, scope.namespace)
-        rows: list[tuple[Any, ...]] = self._cache._sql(  # noqa: SLF001 - no range read in diskcache
-            f"SELECT {columns} FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key",  # noqa: S608 - our own column names
-            (low, high),
-        ).fetchall()
-        return rows
-
     def view_for(self, scope: Scope) -> View | None:
         return self._book.covering(
             self._family(scope.component, scope.resource),
@@ -605,31 +546,33 @@ class CacheStore:
         decoded only if its text contains every value the selectors require (a necessary
         condition), so a ``spec.nodeName=me`` query over 5,000 pods decodes about 500.
         """
-        low, _ = self._range(scope.component, scope.resource, scope.namespace)
+        low, high = self._range(scope.component, scope.resource, scope.namespace)
         selective = bool(scope.labels.requirements or scope.fields.requirements)
         needles = _needles(scope) if selective else []
-        disk = self._cache.disk
         members = view.members
         items: list[bytes] = []
         last_key = ""
-        rows = self._rows(scope, "key, tag, mode, filename, value")
-        for index, (key, tag, mode, filename, value) in enumerate(rows):
-            parsed = parse_object_key(str(key))
+        # Streamed from SQLite in key order (the API server's order): only this page's texts
+        # are held, never the whole range.
+        # A continued page starts its scan at ``start`` (cluster-scoped keys carry ``_/``).
+        seek = low + min(start, f"{NO_NAMESPACE}/{start}") if start else low
+        for key, rv, stored in self._cache.rows(seek, high):
+            parsed = parse_object_key(key)
             if parsed is None:
                 continue
             pair = (parsed[2], parsed[3])
             member_rv = members.get(pair)
             if member_rv is None:
                 continue
-            relative = str(key)[len(low) :].removeprefix(f"{NO_NAMESPACE}/")
+            relative = key[len(low) :].removeprefix(f"{NO_NAMESPACE}/")
             if relative < start:
                 continue
             if limit and len(items) >= limit and not selective:
-                remaining = _members_in(rows[index:], members)
+                remaining = _members_in(self._cache.key_rvs(key, high), members)
                 return RawPage(items=items, last_key=last_key, more=True, remaining=remaining)
-            text = raw_json(disk, mode, filename, value)
-            if member_rv != tag:  # the view holds an older version than the newest
-                text = self._raw_text(history_key(str(key), member_rv)) or text
+            text = stored
+            if member_rv != rv:  # the view holds an older version than the newest
+                text = self._raw_text(history_key(key, member_rv)) or text
             if selective:
                 if not _selected(scope, needles, text):
                     continue
@@ -667,10 +610,10 @@ class CacheStore:
                 if current in self._book.recorded_versions(family, pair):
                     old = self._cache.get(key)
                     if isinstance(old, dict):
-                        self._cache.set(history_key(key, current), old, tag=current or None)
+                        self._cache.set(history_key(key, current), old, rv=current)
                 self._set_latest(family, pair, key, obj)
             else:
-                self._cache.set(history_key(key, rv), obj, tag=rv or None)
+                self._cache.set(history_key(key, rv), obj, rv=rv)
 
     def replace(
         self,
@@ -707,12 +650,21 @@ class CacheStore:
             for pair, _rv in effects.recorded:
                 if pair in named:
                     self._write_version(family, scope.resource, named[pair])
-            changes = [self._change(scope, event, before) for event in effects.changes]
+            changes = [self._change(scope, event, before, named) for event in effects.changes]
             self._persist(scope.key, family, scope.resource, effects)
         return [c for c in changes if c is not None]
 
-    def _change(self, scope: Scope, event: Event, before: Mapping[Pair, str]) -> Change | None:
+    def _change(
+        self,
+        scope: Scope,
+        event: Event,
+        before: Mapping[Pair, str],
+        named: Mapping[Pair, dict[str, Any]],
+    ) -> Change | None:
         rv = before.get(event.pair, "") if event.type == "DELETED" else event.rv
+        listed = named.get(event.pair)
+        if listed is not None and rv and rv_of(listed) == rv:
+            return Change(type=event.type, obj=listed)  # the LIST's own object: not read back
         obj = self.object_at(scope, event.pair, rv) if rv else None
         if obj is None:
             obj = _stub(self._book.get(scope.key), scope, event.pair, event.rv)
@@ -721,6 +673,15 @@ class CacheStore:
     def has_view(self, scope: Scope) -> bool:
         """In memory only (any thread): has ``scope`` been listed (is it a view)?"""
         return self._book.get(scope.key) is not None
+
+    def holds_list(self, scope: Scope, rv: str) -> bool:
+        """In memory only (any thread): would a whole LIST of ``scope`` at ``rv`` change nothing?
+
+        True when ``scope``'s own view is complete at ``rv`` or newer (rule 1 of ``views.py``:
+        the same snapshot again, or an older one, records nothing).
+        """
+        view = self._book.get(scope.key)
+        return view is not None and bool(rv) and not rv_newer(rv, view.rv)
 
     def would_record(self, scope: Scope, rv: str, *, prev: str) -> bool:
         """In memory only (any thread): would a watch line at ``rv`` change view ``scope``?"""
@@ -815,8 +776,7 @@ class CacheStore:
     # ------------------------------------------------------------ operators
 
     def keys(self) -> Iterator[str]:
-        for key in self._cache.iterkeys():
-            yield str(key)
+        yield from self._cache.keys()
 
     def raw_get(self, key: str) -> object:
         return self._cache.get(key)
@@ -825,14 +785,11 @@ class CacheStore:
         self._cache.delete(key)
 
     def check(self) -> list[str]:
-        """Run diskcache's own consistency check (SQLite integrity and file references)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")  # diskcache reports problems as warnings
-            found = self._cache.check(fix=False)
-        return [str(w.message) for w in found]
+        """SQLite's integrity check (empty when sound)."""
+        return self._cache.check()
 
     def volume(self) -> int:
-        return int(self._cache.volume())
+        return self._cache.volume()
 
     def object_count(self) -> int:
         return sum(len(names) for names in self._names.values())
@@ -886,7 +843,7 @@ def history_key(object_key_: str, rv: str) -> str:
 
 
 def member_key(view_key: str, pair: Pair) -> str:
-    """``v/<view key without c/>/<ns or _>/<name>``: one member of a view (tag: its rv)."""
+    """``v/<view key without c/>/<ns or _>/<name>``: one member of a view (``rv``: its version)."""
     return f"v/{view_key[2:]}/{pair[0] or NO_NAMESPACE}/{pair[1]}"
 
 
@@ -935,11 +892,11 @@ def _stub(view: View | None, scope: Scope, pair: Pair, rv: str) -> dict[str, Any
     return {"apiVersion": api_version, "kind": list_kind.removesuffix("List"), "metadata": meta}
 
 
-def _members_in(rows: list[tuple[Any, ...]], members: Mapping[Pair, str]) -> int:
+def _members_in(rows: Iterable[tuple[str, str]], members: Mapping[Pair, str]) -> int:
     """How many of these object rows (key first) are members of a view."""
     count = 0
     for row in rows:
-        parsed = parse_object_key(str(row[0]))
+        parsed = parse_object_key(row[0])
         count += parsed is not None and (parsed[2], parsed[3]) in members
     return count
 

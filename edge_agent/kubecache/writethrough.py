@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,12 @@ from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.settings import KubeCacheSettings
 from edge_agent.kubecache.store import Coverage, Scope, meta_of, rv_of
 from fleet_model.labels import SelectorError, parse_label_selector
+
+_LIST_HEAD = re.compile(
+    rb'\{"kind":"[A-Za-z0-9]+List","apiVersion":"[A-Za-z0-9./-]+",'
+    rb'"metadata":\{"resourceVersion":"([0-9]{1,20})"\},"items":\['
+)
+"""The start of a whole LIST as the API server writes it (no ``continue``): its version."""
 
 
 @dataclass(slots=True)
@@ -62,6 +69,8 @@ class WriteThrough:
             return
         if status not in {200, 201}:
             return
+        if verb is Verb.LIST and status == 200 and self._unchanged_list(call, data):
+            return
         try:
             # Off the event loop: a LIST of 5,000 pods is megabytes of JSON.
             body = (
@@ -77,6 +86,26 @@ class WriteThrough:
             await self._cache_delete(call, body)
         elif body.get("kind") != "Status":
             await self.store.run("put", lambda s: s.put(call.component, call.resource, body))
+
+    def _unchanged_list(self, call: Call, data: bytes) -> bool:
+        """A whole (unpaged) LIST at a resourceVersion its view already holds: skip it undecoded.
+
+        A node's components re-list the same thousands of objects; decoding megabytes of
+        JSON only to learn that nothing changed is what lifted the agent's memory and CPU
+        (issue 18). Only the API server's plain envelope is recognised; anything else is
+        decoded as before.
+        """
+        if "continue" in call.request.query:
+            return False
+        head = _LIST_HEAD.match(data, 0, 512)
+        if head is None:
+            return False
+        try:
+            scope = scope_of(call, max_selector_length=self.settings.max_selector_length)
+        except SelectorError:
+            return False
+        rv = head[1].decode()
+        return self.store.peek(lambda s: s.holds_list(scope, rv))
 
     async def _cache_delete(self, call: Call, body: dict[str, Any]) -> None:
         if body.get("kind") != "Status" and meta_of(body).get("deletionTimestamp"):

@@ -190,7 +190,7 @@ async def test_a_corrupt_cache_degrades_to_pass_through_loudly(
 ) -> None:
     settings = edge_settings(tmp_path)
     settings.cache_dir.mkdir()
-    (settings.cache_dir / "cache.db").write_bytes(b"this is not a database" * 100)
+    (settings.cache_dir / "objects.db").write_bytes(b"this is not a database" * 100)
     registry = prometheus_client.CollectorRegistry()
     async with (
         open_direct_upstream(kube_cluster.kubeconfig) as upstream,

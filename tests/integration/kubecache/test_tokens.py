@@ -147,7 +147,7 @@ async def test_tokens_are_answered_offline_until_they_expire(
     # A secret on disk: the folder is 0700 and the database files 0600.
     cache_dir = edge.workdir / "cache"
     assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
-    files = [p for p in cache_dir.iterdir() if p.name.startswith("cache.db")]
+    files = [p for p in cache_dir.iterdir() if p.name.startswith("objects.db")]
     assert files
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
 

@@ -23,7 +23,7 @@ async def test_a_full_disk_degrades_once_and_counts(
 ) -> None:
     registry = prometheus_client.CollectorRegistry()
     store = AsyncStore(metrics=KubeCacheMetrics(registry))
-    await store.open(tmp_path / "c", min_file_size=1 << 20)
+    await store.open(tmp_path / "c")
     try:
         assert await store.run("pending", lambda s: s.pending()) == {}
         await store.run("put", disk_full)

@@ -15,6 +15,7 @@ from edge_agent.kubecache.listing import decode_continue, render_list
 from edge_agent.kubecache.ops import cache_purge, cache_stats, cache_verify
 from edge_agent.kubecache.selectors import parse_field_selector
 from edge_agent.kubecache.store import CacheStore, Coverage, Scope
+from edge_agent.kubecache.writethrough import _LIST_HEAD
 from fleet_model.labels import parse_label_selector
 
 PODS = Resource(group="", version="v1", resource="pods")
@@ -161,7 +162,7 @@ def test_ops_stats_verify_purge(tmp_path: Path) -> None:
 def test_verify_reports_a_corrupt_file(tmp_path: Path) -> None:
     directory = tmp_path / "c"
     directory.mkdir()
-    (directory / "cache.db").write_bytes(b"garbage" * 1000)
+    (directory / "objects.db").write_bytes(b"garbage" * 1000)
     report = cache_verify(directory)
     assert not report.ok
     assert "cannot open" in report.problems[0]
@@ -172,7 +173,31 @@ def test_a_misfiled_entry_is_reported(tmp_path: Path) -> None:
     opened = CacheStore(directory)
     opened.put("kubelet", PODS, pod("p1", 1))
     opened.close()
-    with sqlite3.connect(directory / "cache.db") as db:
-        db.execute("UPDATE Cache SET key = 'o/kubelet/pods.v1.core/a/other' WHERE key LIKE 'o/%'")
+    with sqlite3.connect(directory / "objects.db") as db:
+        db.execute("UPDATE entries SET key = 'o/kubelet/pods.v1.core/a/other' WHERE key LIKE 'o/%'")
     report = cache_verify(directory)
     assert report.problems == ["o/kubelet/pods.v1.core/a/other: holds a/p1"]
+
+
+def test_a_list_at_the_views_version_is_known_to_change_nothing(store: CacheStore) -> None:
+    """``holds_list``: the write-through skips decoding a re-list its view already holds."""
+    scope = Scope(component="kubelet", resource=PODS, namespace="a")
+    assert not store.holds_list(scope, "20")  # no view yet: the LIST must be stored
+    store.replace(scope, [pod("p1", 11)], coverage(scope, 20))
+    assert store.holds_list(scope, "20")  # the same snapshot again
+    assert store.holds_list(scope, "19")  # an older one is ignored anyway (rule 1)
+    assert not store.holds_list(scope, "21")
+    assert not store.holds_list(scope, "")
+    other = Scope(component="kubelet", resource=PODS, namespace="b")
+    assert not store.holds_list(other, "20")  # another view's version says nothing here
+
+
+def test_the_write_through_recognises_only_a_whole_list_head() -> None:
+    whole = b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1234"},"items":['
+    match = _LIST_HEAD.match(whole + b"]}", 0, 512)
+    assert match is not None
+    assert match[1] == b"1234"
+    paged = whole.replace(b'"1234"}', b'"1234","continue":"abc"}')
+    assert _LIST_HEAD.match(paged, 0, 512) is None
+    custom = b'{"apiVersion":"x.io/v1","items":[],"kind":"WidgetList","metadata":{}}'
+    assert _LIST_HEAD.match(custom, 0, 512) is None

@@ -101,3 +101,19 @@ def test_cluster_scoped_objects_list_by_name(store: CacheStore) -> None:
     store.replace(scope, nodes, coverage(scope, 3))
     page = store.list_raw(scope, limit=1)
     assert (names(page.items), page.last_key) == (["n1"], "n1")
+
+
+def test_a_continued_page_of_cluster_scoped_objects_starts_after_the_last(
+    store: CacheStore,
+) -> None:
+    """The scan seeks to the continue key; cluster-scoped keys carry ``_/`` before the name."""
+    scope = Scope(component="kubelet", resource=NODES)
+    nodes = [
+        {"kind": "Node", "apiVersion": "v1", "metadata": {"name": n, "resourceVersion": "3"}}
+        for n in ("n3", "a1", "n1", "z9")
+    ]
+    store.replace(scope, nodes, coverage(scope, 3))
+    first = store.list_raw(scope, limit=2)
+    assert (names(first.items), first.more, first.remaining) == (["a1", "n1"], True, 2)
+    rest = store.list_raw(scope, start=first.last_key + "\x00")
+    assert (names(rest.items), rest.more) == (["n3", "z9"], False)
