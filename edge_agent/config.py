@@ -77,7 +77,7 @@ MAX_CONFIG_BYTES = 256 * 1024
 """A config file is a few hundred bytes; anything this large is a mistake, not a config."""
 MAX_TARGETS = 256
 MAX_CACHE_AGENTS = 256
-_NOT_IN_CONFIG = frozenset({"host", "cache_dir", "health", "min_file_size", "cache_agents"})
+_NOT_IN_CONFIG = frozenset({"host", "cache_dir", "health", "cache_agents"})
 """KubeCacheSettings fields the ``[kube]`` table does not set generically: the listener stays
 on loopback, values must stay inside SQLite (atomic), and the rest have their own parsing."""
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")

@@ -9,13 +9,14 @@ The agent is not joined to a tunnel server (its tunnel retries in the background
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.daemons import BIN, TomlValue, launch_agent, write_agent_config
+from tests.harness.daemons import BIN, REPO, TomlValue, launch_agent, write_agent_config
 from tests.harness.procs import ManagedProcess, ServiceError, free_port
 from tests.harness.waiting import NotSeen, eventually
 
@@ -140,6 +141,8 @@ class KubeAgent:
             text=True,
             timeout=120,
             check=False,
+            # This tree's code, also where the shared venv was installed from another checkout.
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         if done.returncode not in {0, 1}:
             raise ServiceError(f"edge-agent cache {' '.join(args)} failed: {done.stderr}")

@@ -15,7 +15,7 @@ FEATURE_MODULES = (
     "edge_agent.twin_link",
     "edge_agent.kubecache.proxy",  # [kube]
     "edge_agent.kubecache.store",
-    "diskcache",
+    "edge_agent.kubecache.table",
     "edge_agent.cluster.apiserver",  # [cluster]
     "edge_agent.cluster.works.applier",
 )
