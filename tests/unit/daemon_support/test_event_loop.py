@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 
 import pytest
 import uvloop
@@ -45,14 +46,14 @@ def test_an_unknown_loop_is_refused_before_anything_runs(monkeypatch: pytest.Mon
 
 
 def test_uvloop_missing_is_an_error_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = event_loop.importlib.import_module
+    real_import = importlib.import_module
 
     def no_uvloop(name: str) -> object:
         if name == "uvloop":
             raise ImportError(name)
         return real_import(name)
 
-    monkeypatch.setattr(event_loop.importlib, "import_module", no_uvloop)
+    monkeypatch.setattr(importlib, "import_module", no_uvloop)
     assert event_loop.loop_factory("auto")[0] == "asyncio"
     with pytest.raises(event_loop.EventLoopError, match="not installed"):
         event_loop.loop_factory("uvloop")
