@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from typing import cast
 
 from tunnel_aio.stream import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
@@ -57,8 +58,8 @@ class _SocketSide(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - create_connection's
-        self.transport = transport
+        # A TCP transport (asyncio's or uvloop's, which does not subclass asyncio.Transport).
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         if self.up_done.done():
