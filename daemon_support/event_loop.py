@@ -1,21 +1,21 @@
-"""Which event loop the daemons run on: asyncio's own, or uvloop when asked for.
+"""Which event loop the daemons run on: asyncio's own or uvloop.
 
 Rules:
 
 * ``run(main)`` is what both daemons call instead of ``asyncio.run``: same semantics (a fresh
   loop, ``main`` run to completion, leftover tasks cancelled, async generators and the
   default executor shut down), only the loop class differs.
-* The choice comes from ``$EDGEFLEET_EVENT_LOOP``: ``asyncio``, ``uvloop`` or ``auto`` (unset
-  or empty is ``asyncio`` for now). ``auto`` takes uvloop when it imports and asyncio's loop
-  when it does not (a slim install without the optional package still runs). ``uvloop`` asked
-  for and missing is an error at start, never a silent fallback: whoever set it wants to know.
-* Why not uvloop by default yet: the server's elastic TLS read buffer (``tls_buffer.py``),
-  which keeps idle agent sessions small, is a subclass of asyncio's TLS protocol; uvloop
-  gives every TLS connection a 256 KiB buffer of its own and ignores it. And under uvloop one
-  test of the pipe hung in this round; see docs/benchmarks.md, *Tunnel profile (issue 18)*.
-* Why uvloop at all: the tunnel's data path is socket and TLS work for every frame, which
-  uvloop does in C (libuv). Measured gain in this round: small next to the noise of a shared
-  machine (docs/benchmarks.md, *Tunnel profile (issue 18)*).
+* The choice comes from ``$EDGEFLEET_EVENT_LOOP``: ``asyncio``, ``uvloop`` or ``auto``; unset
+  or empty is the caller's ``default``. ``auto`` takes uvloop when it imports and asyncio's
+  loop when it does not (a slim install without the optional package still runs). ``uvloop``
+  asked for and missing is an error at start, never a silent fallback.
+* Defaults: the edge agent ``auto``, the tunnel server ``asyncio``. Why uvloop: the tunnel's
+  data path is socket and TLS work for every frame, which uvloop does in C (libuv); it cut the
+  agent's CPU per small request by about a third and the server's per GiB by about a fifth
+  (docs/benchmarks.md, *Tunnel profile (issue 18)*). Why not on the server yet: its elastic
+  TLS read buffer (``tls_buffer.py``), which keeps idle agent sessions small, is a subclass
+  of asyncio's TLS protocol; uvloop ignores it and gives every TLS connection 256 KiB of its
+  own (allocated, touched only as used). Measure RSS per idle agent before switching.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 log = logging.getLogger("daemon_support.event_loop")
 
 ENV = "EDGEFLEET_EVENT_LOOP"
-"""Environment variable that picks the loop: ``asyncio`` (default), ``uvloop`` or ``auto``."""
+"""Environment variable that picks the loop: ``asyncio``, ``uvloop`` or ``auto``."""
 CHOICES = ("auto", "uvloop", "asyncio")
 
 T = TypeVar("T")
