@@ -9,13 +9,15 @@ Rules:
   or empty is the caller's ``default``. ``auto`` takes uvloop when it imports and asyncio's
   loop when it does not (a slim install without the optional package still runs). ``uvloop``
   asked for and missing is an error at start, never a silent fallback.
-* Defaults: the edge agent ``auto``, the tunnel server ``asyncio``. Why uvloop: the tunnel's
+* Both daemons default to ``asyncio`` for now; uvloop is opt-in. Why uvloop: the tunnel's
   data path is socket and TLS work for every frame, which uvloop does in C (libuv); it cut the
   agent's CPU per small request by about a third and the server's per GiB by about a fifth
-  (docs/benchmarks.md, *Tunnel profile (issue 18)*). Why not on the server yet: its elastic
-  TLS read buffer (``tls_buffer.py``), which keeps idle agent sessions small, is a subclass
-  of asyncio's TLS protocol; uvloop ignores it and gives every TLS connection 256 KiB of its
-  own (allocated, touched only as used). Measure RSS per idle agent before switching.
+  (docs/benchmarks.md, *Tunnel profile (issue 18)*). Why not by default yet: a cluster-mode
+  agent on uvloop broke ``kubectl cp`` over WebSocket (tests/integration/clusters/
+  test_streaming.py::test_cp_and_a_binary_upload, green on asyncio), not yet understood; and
+  the server's elastic TLS read buffer (``tls_buffer.py``), which keeps idle agent sessions
+  small, subclasses asyncio's TLS protocol, which uvloop does not use (it gives every TLS
+  connection 256 KiB of its own).
 """
 
 from __future__ import annotations

@@ -256,9 +256,8 @@ def cmd_run(args: argparse.Namespace, *, local_api_hook: daemon.LocalApiHook | N
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            # uvloop when installed (less CPU per tunnel stream); EDGEFLEET_EVENT_LOOP=asyncio
-            # switches back. The server keeps asyncio's loop by default (see event_loop.py).
-            event_loop.run(daemon.run(settings, local_api_hook=local_api_hook), default="auto")
+            # asyncio's loop unless EDGEFLEET_EVENT_LOOP says otherwise (see event_loop.py).
+            event_loop.run(daemon.run(settings, local_api_hook=local_api_hook))
     except (
         daemon.StartError,
         OSError,
