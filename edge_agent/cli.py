@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon_support import arguments, logs
+from daemon_support import arguments, event_loop, logs
 from edge_agent import __version__, config
 from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
 from edge_agent.settings import AgentSettings
@@ -264,8 +264,13 @@ def cmd_run(args: argparse.Namespace, *, local_api_hook: daemon.LocalApiHook | N
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(daemon.run(settings, local_api_hook=local_api_hook))
-    except (daemon.StartError, OSError) as error:  # a port in use, a data dir we may not write
+            # asyncio's loop unless EDGEFLEET_EVENT_LOOP says otherwise (see event_loop.py).
+            event_loop.run(daemon.run(settings, local_api_hook=local_api_hook))
+    except (
+        daemon.StartError,
+        OSError,
+        event_loop.EventLoopError,
+    ) as error:  # a port in use, a data dir we may not write
         print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
         return 1
     return 0

@@ -45,7 +45,7 @@ import prometheus_client
 from edge_agent import __version__
 from edge_agent.identity import Identity, NotJoinedError
 from edge_agent.join import JoinError, describe_error, renew, renew_certificate
-from tunnel_aio import StreamError, TunnelConnection, TunnelStream, pipe_socket
+from tunnel_aio import StreamError, TunnelConnection, TunnelStream, connect_pipe
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
 
 if TYPE_CHECKING:
@@ -418,15 +418,19 @@ class TunnelClient:
         host, port = address
         try:
             async with asyncio.timeout(self._settings.dial_timeout):
-                reader, writer = await asyncio.open_connection(host, port)
+                pipe = await connect_pipe(host, port)
         except (OSError, TimeoutError) as error:
             self.metrics.streams.labels("unreachable").inc()
             reason = str(error) or type(error).__name__
             stream.reject(ErrorCode.TARGET_UNREACHABLE, reason)
             return
         self.metrics.streams.labels("accepted").inc()
-        stream.accept()
-        await pipe_socket(stream, reader, writer)
+        try:
+            stream.accept()
+        except BaseException:
+            pipe.close()  # the stream died while we dialled: drop the connection with it
+            raise
+        await pipe.run(stream)
 
 
 RENEW_TARGET = "renew"

@@ -8,7 +8,7 @@ pure library: it imports ``tunnel_protocol`` and aiohttp, and nothing of ``edge_
 """
 
 from tunnel_aio.connection import MessageSocket, TunnelConnection
-from tunnel_aio.pipe import pipe_socket
+from tunnel_aio.pipe import SocketPipe, connect_pipe, pipe_socket
 from tunnel_aio.stream import (
     StreamError,
     StreamRejectedError,
@@ -19,11 +19,13 @@ from tunnel_aio.stream import (
 
 __all__ = [
     "MessageSocket",
+    "SocketPipe",
     "StreamError",
     "StreamRejectedError",
     "StreamResetError",
     "TunnelClosedError",
     "TunnelConnection",
     "TunnelStream",
+    "connect_pipe",
     "pipe_socket",
 ]

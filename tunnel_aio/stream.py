@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from tunnel_protocol import ErrorCode
@@ -63,6 +64,7 @@ class TunnelStream:
         self._writable = asyncio.Event()
         self._accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed = asyncio.Event()
+        self._on_writable: Callable[[], None] | None = None
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -92,6 +94,11 @@ class TunnelStream:
         self._connection.acknowledge(self.stream_id, len(chunk))
         return chunk
 
+    @property
+    def has_data(self) -> bool:
+        """Whether ``read`` would return at once (bytes queued, the peer's end, an error)."""
+        return bool(self._chunks) or self._eof or self._error is not None
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``, waiting for the peer's credit as needed."""
         view = memoryview(data)
@@ -105,6 +112,29 @@ class TunnelStream:
                 self._writable.clear()
                 if self._connection.send_capacity(self.stream_id) == 0:
                     await self._writable.wait()
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what the peer's credit allows right now, without waiting; the bytes taken.
+
+        For callback code (``asyncio.Protocol``) that cannot await: on a short count, ask
+        ``notify_writable`` and send the rest from there. Raises like ``write``.
+        """
+        if self._error is not None:
+            raise self._error
+        taken = self._connection.send_data(self, memoryview(data))
+        self.bytes_written += taken
+        return taken
+
+    def notify_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, soon, from the loop: more credit came or the stream ended.
+
+        It runs in a later loop step, never from inside the connection's event dispatch, so
+        it may call ``send_now``, ``end`` or ``reset`` freely. One callback at a time.
+        """
+        if self._error is not None or self.closed:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._on_writable = callback
 
     def end(self) -> None:
         """Half-close: we send nothing more, but keep reading until the peer ends too."""
@@ -163,12 +193,19 @@ class TunnelStream:
 
     def _on_capacity(self) -> None:
         self._writable.set()
+        self._wake_writable()
+
+    def _wake_writable(self) -> None:
+        callback, self._on_writable = self._on_writable, None
+        if callback is not None:
+            asyncio.get_running_loop().call_soon(callback)
 
     def _on_closed(self) -> None:
         self._closed.set()
         self._eof = True
         self._readable.set()
         self._writable.set()
+        self._wake_writable()
         if not self._accepted.done():
             self._fail(TunnelClosedError(f"stream to {self.target} closed", code=ErrorCode.CANCEL))
 
@@ -178,6 +215,7 @@ class TunnelStream:
         self._chunks.clear()
         self._readable.set()
         self._writable.set()
+        self._wake_writable()
         if not self._accepted.done():
             self._accepted.set_exception(error)
             self._accepted.exception()  # retrieved: nobody may be waiting for an accept

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from daemon_support import arguments, logs, systemd
+from daemon_support import arguments, event_loop, logs, systemd
 from tunnel_server import __version__
 from tunnel_server.client import commands, device_commands, fleet_commands, fleet_objects
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
@@ -753,7 +753,7 @@ def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None)
         try:
             if args.command == "run":
                 with contextlib.suppress(KeyboardInterrupt):
-                    asyncio.run(
+                    event_loop.run(
                         serve(
                             settings,
                             identity,

@@ -541,7 +541,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="finish in under a minute")
     parser.add_argument(
         "--paths",
-        default="direct,ssh,chisel,ours",
+        default="direct,ssh,ssh-aesgcm,chisel,ours",
         help=f"comma-separated, from: {', '.join(known)} (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, help="write the tunnel section of this markdown file")

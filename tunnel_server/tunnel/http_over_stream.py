@@ -145,14 +145,18 @@ async def forward(
     """
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     began = time.monotonic()
-    await stream.write(conn.send(head))
-    if upgrade:
-        conn.send(h11.EndOfMessage())  # an upgrade request has no body in practice
+    bodiless = upgrade or not request.body_exists
+    if bodiless:
+        # The whole request in one DATA frame, and no task to send a body (an upgrade request
+        # has none in practice): most proxied requests are GETs.
+        await stream.write(conn.send(head) + (conn.send(h11.EndOfMessage()) or b""))
+    else:
+        await stream.write(conn.send(head))
     failed: UpstreamError | StreamError | ResponseDeclined | None = None
     # The group's own body must not raise: Python 3.11 would wrap it in an ExceptionGroup.
     async with asyncio.TaskGroup() as group:
         body = None
-        if not upgrade:
+        if not bodiless:
             body = group.create_task(_send_body(request, stream, conn), name="proxy.request-body")
         try:
             response = await _next_response(conn, stream)
@@ -235,6 +239,16 @@ def _response_headers(
     return out if respond is None else respond(response.status_code, out)
 
 
+class _Reply(web.StreamResponse):
+    """A response whose head leaves with its first body bytes: one TLS record and one send.
+
+    ``_relay`` flushes the head on its own before it waits for the target, so a client
+    never waits for headers behind a body that is not there yet (a watch, a long poll).
+    """
+
+    _send_headers_immediately = False  # aiohttp's switch for this (web.Response sets it too)
+
+
 async def _relay(
     request: web.Request,
     stream: TunnelStream,
@@ -243,7 +257,7 @@ async def _relay(
     respond: ResponseHook | None,
 ) -> web.StreamResponse:
     fields = _response_headers(response, keep_upgrade=False, respond=respond)
-    reply = web.StreamResponse(status=response.status_code, reason=response.reason.decode() or None)
+    reply = _Reply(status=response.status_code, reason=response.reason.decode() or None)
     for name, value in fields:
         reply.headers.add(name, value)
     try:
@@ -251,26 +265,53 @@ async def _relay(
     except ConnectionError:
         return _client_gone(stream, reply)
     try:
-        while True:
-            event = await _next_event(conn, stream)
-            if isinstance(event, h11.Data):
-                try:
-                    await reply.write(bytes(event.data))
-                except ConnectionError:
-                    return _client_gone(stream, reply)
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
+        held = await _copy_body(conn, stream, reply)
     except (UpstreamError, StreamError) as error:
-        # The head is sent, so no 502 can follow: cut the connection, so that the client
+        # The answer is begun, so no 502 can follow: cut the connection, so that the client
         # sees an incomplete answer instead of one that merely looks short.
         log.debug("answer from %s cut short: %s", stream.target, error)
         reply.force_close()
         if request.transport is not None:
             request.transport.close()
         return reply
+    except ConnectionError:  # from the client's socket (a StreamError is caught above)
+        return _client_gone(stream, reply)
     with contextlib.suppress(ConnectionError):
-        await reply.write_eof()
+        await reply.write_eof(held)
     return reply
+
+
+async def _copy_body(conn: h11.Connection, stream: TunnelStream, reply: _Reply) -> bytes:
+    """Relay the body up to its last piece, which is returned for ``write_eof``.
+
+    One piece is held back until the next event is known, so the head, the last piece and
+    the end of a small answer go out in one write.
+    """
+    held = b""
+    try:
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as error:
+                raise UpstreamError(f"the target sent invalid HTTP: {error}") from error
+            if event is h11.NEED_DATA:
+                if not stream.has_data:
+                    # About to wait for the target: what we hold (at least the head) goes now.
+                    await reply.write(held)
+                    held = b""
+                conn.receive_data(await stream.read())
+            elif isinstance(event, h11.Data):
+                if held:
+                    await reply.write(held)
+                held = bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return held
+    except (UpstreamError, StreamError):
+        # The target broke mid-answer: what came before the break is the client's, the cut
+        # that follows tells it the answer is incomplete.
+        with contextlib.suppress(ConnectionError):
+            await reply.write(held)
+        raise
 
 
 def _client_gone(stream: TunnelStream, reply: web.StreamResponse) -> web.StreamResponse:
