@@ -17,7 +17,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import kubernetes
 
@@ -188,6 +188,14 @@ def _migrate(
     )
 
 
+def _read(
+    api: kubernetes.client.CustomObjectsApi, namespace: str, plural: str, name: str
+) -> dict[str, Any]:
+    obj = api.get_namespaced_custom_object(m.GROUP, m.VERSION, namespace, plural, name)
+    assert isinstance(obj, dict), obj
+    return obj
+
+
 def _assert_same(
     data_dir: Path, kube_store: KubeStore, ids: dict[str, list[str]], now: float
 ) -> dict[str, str]:
@@ -265,13 +273,12 @@ def test_migrate_moves_every_object_exactly(  # noqa: PLR0915, PLR0917 - one sto
     assert "migrate: bootstraptokens: 7 created" in done.stderr
     nodes_before = _assert_same(data_dir, open_store(), ids, now)
     # The official client, past KubeStore: the hashes and the CA as they are on disk.
-    token = custom_objects.get_namespaced_custom_object(
-        m.GROUP, m.VERSION, namespace, "bootstraptokens", m.id_name("Revoked_Token.2")
-    )
+    token = _read(custom_objects, namespace, "bootstraptokens", m.id_name("Revoked_Token.2"))
     assert token["spec"]["secretHash"] == _hash("Revoked_Token.2")
     assert token["spec"]["revokedAt"] == now - 1.0
     core = kubernetes.client.CoreV1Api(custom_objects.api_client)
     secret = core.read_namespaced_secret("edgefleet-ca", namespace)
+    assert secret.data is not None
     for name in ("ca.crt", "ca.key"):
         assert base64.b64decode(secret.data[name]) == (data_dir / name).read_bytes()
 
@@ -298,9 +305,7 @@ def test_migrate_moves_every_object_exactly(  # noqa: PLR0915, PLR0917 - one sto
     clash = _migrate(data_dir, kube_crds, namespace)
     assert clash.returncode == 6, clash.stderr
     assert f"conflict: bootstraptokens/{name} is in the target" in clash.stderr
-    held = custom_objects.get_namespaced_custom_object(
-        m.GROUP, m.VERSION, namespace, "bootstraptokens", name
-    )
+    held = _read(custom_objects, namespace, "bootstraptokens", name)
     assert held["spec"]["secretHash"] == _hash("someone else")
     forced = _migrate(data_dir, kube_crds, namespace, "--force")
     assert forced.returncode == 0, forced.stderr
