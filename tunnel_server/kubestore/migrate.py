@@ -29,6 +29,7 @@ from tunnel_server.store import (
     SCHEMA_VERSION,
     STORE_FILE,
     JoinRequest,
+    NotFoundError,
     SqliteStore,
     StoreError,
     TokenRecord,
@@ -283,6 +284,27 @@ def migrate(
     ``progress`` gets one line per kind when it is done (counts); ``step`` each object's label
     and outcome. The CA goes first: without it no replica can serve the migrated nodes.
     """
+    try:
+        return _migrate(
+            store, the_plan, data_dir, force=force, dry_run=dry_run, progress=progress, step=step
+        )
+    except NotFoundError as error:  # a create answered 404: the namespace is not there
+        raise StoreError(
+            f"kubernetes API: {error}: not found; does namespace {store.settings.namespace!r}"
+            " exist? (kubectl create namespace NAME)"
+        ) from None
+
+
+def _migrate(
+    store: KubeStore,
+    the_plan: Plan,
+    data_dir: Path,
+    *,
+    force: bool,
+    dry_run: bool,
+    progress: Callable[[str], None],
+    step: Callable[[str, ImportOutcome], None],
+) -> Summary:
     summary = Summary()
 
     def report(kind: str) -> None:

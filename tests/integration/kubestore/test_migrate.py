@@ -334,3 +334,9 @@ def test_migrate_refuses_what_is_no_data_folder(
     empty = _migrate(tmp_path, kube_crds, namespace)
     assert empty.returncode == 1, empty.stderr
     assert "holds no ca.crt, ca.key, store.db" in empty.stderr
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    command("tunnel-server", "init", "--data-dir", data_dir, "--public-name", "127.0.0.1")
+    nowhere = _migrate(data_dir, kube_crds, f"{namespace}-absent")
+    assert nowhere.returncode == 1, nowhere.stderr
+    assert "kubectl create namespace" in nowhere.stderr
