@@ -134,7 +134,9 @@ def read_sqlite(data_dir: Path) -> Snapshot:
 
 
 def _f(value: object) -> float:
-    assert isinstance(value, int | float), value  # noqa: S101 - the schema's REAL columns
+    # The schema's REAL columns; anything else is a damaged or foreign file: refuse it.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StoreError(f"{STORE_FILE} holds {value!r} where a time (a number) belongs")
     return float(value)
 
 

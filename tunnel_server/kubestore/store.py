@@ -659,8 +659,10 @@ class KubeStore:
         """
         name = obj["metadata"]["name"]
         status = obj.get("status") or {}
-        for _ in range(self.settings.conflict_retries):
-            current = self._read(kind, name)
+        for attempt in range(self.settings.conflict_retries):
+            # First from the mirror (listed at open: one call per object saved); a write it
+            # misled ends in 409, and then the object is read from the API.
+            current = self._mirror.get(kind, name) if attempt == 0 else self._read(kind, name)
             if current is not None and same_content(current["spec"], obj["spec"]):
                 missing = {
                     k: v for k, v in status.items() if k not in (current.get("status") or {})
@@ -669,6 +671,8 @@ class KubeStore:
                     self._patch_status(kind, name, missing)
                 return "unchanged"
             if current is not None and not force:
+                if attempt == 0:
+                    continue  # the API, not the mirror, has the last word on a conflict
                 return "conflict"
             if dry_run:
                 return "created" if current is None else "replaced"
