@@ -22,6 +22,9 @@ Rules:
   ``touch_interval`` per node unless the agent version changes: high-rate data stays out of
   etcd (issue 17), and a status write never moves ``revision()``.
 - Secrets are never stored: tokens arrive hashed (SHA-256, as for ``SqliteStore``).
+- ``import_object``, ``import_meta`` and ``import_ca`` are for ``tunnel-server migrate``
+  only (``kubestore.migrate``): they write objects made elsewhere as they are, never over
+  other content unless forced. The server never calls them.
 """
 
 from __future__ import annotations
