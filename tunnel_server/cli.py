@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from daemon_support import arguments, event_loop, logs, systemd
-from tunnel_server import __version__
+from tunnel_server import __version__, migrate_cli
 from tunnel_server.client import commands, device_commands, fleet_commands, fleet_objects
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.identity.sso_mapping import sso_config_file
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_backup_commands(sub)
+    migrate_cli.add_migrate_command(sub, namespace_type=_namespace)
     commands.add_session_commands(sub)
     fleet_commands.add_token_commands(sub)
     fleet_commands.add_node_commands(sub)
@@ -706,6 +707,8 @@ def cmd_autonomy_webhook(args: argparse.Namespace, data_dir: Path) -> int:
 def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None) -> int:
     if getattr(args, "handler", None) is not None:  # a management command: over the API
         return commands.run(args)
+    if args.command == "migrate":  # its folder is --from's, not --data-dir
+        return migrate_cli.run(args)
     data_dir: Path = getattr(args, "data_dir", ServerSettings().data_dir)
     _check_data_dir(data_dir)
     if getattr(args, "kube_upstream", None) is not None:

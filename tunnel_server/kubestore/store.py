@@ -22,6 +22,9 @@ Rules:
   ``touch_interval`` per node unless the agent version changes: high-rate data stays out of
   etcd (issue 17), and a status write never moves ``revision()``.
 - Secrets are never stored: tokens arrive hashed (SHA-256, as for ``SqliteStore``).
+- ``import_object``, ``import_meta`` and ``import_ca`` are for ``tunnel-server migrate``
+  only (``kubestore.migrate``): they write objects made elsewhere as they are, never over
+  other content unless forced. The server never calls them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import httpx2
 from lightkube import ApiError, AsyncClient, Client, ConfigError, KubeConfig
@@ -79,6 +82,10 @@ WATCH_GRACE = 30.0
 """Seconds past the server's own watch timeout before a silent watch counts as dead."""
 CA_FILES = ("ca.crt", "ca.key")
 """Its keys, named as the files of the data dir (tunnel_server.identity.pki)."""
+
+
+ImportOutcome = Literal["created", "unchanged", "conflict", "replaced"]
+"""What ``import_*`` did (or, in a dry run, would do) with one object."""
 
 
 class _ConflictError(Exception):
@@ -641,9 +648,132 @@ class KubeStore:
             return False
         return True
 
+    # ------------------------------------------------------------------ migrate's imports
+
+    def import_object(
+        self, kind: m.Kind, obj: m.Obj, *, force: bool = False, dry_run: bool = False
+    ) -> ImportOutcome:
+        """Write ``obj`` exactly as given (``tunnel-server migrate``); what was or would be done.
+
+        An object of that name with the same spec is ``unchanged`` (its status is completed
+        if a first run stopped between the create and the status write); with another spec
+        it is a ``conflict`` and left alone, unless ``force`` replaces it. ``dry_run`` reads
+        only.
+        """
+        name = obj["metadata"]["name"]
+        status = obj.get("status") or {}
+        for attempt in range(self.settings.conflict_retries):
+            # First from the mirror (listed at open: one call per object saved); a write it
+            # misled ends in 409, and then the object is read from the API.
+            current = self._mirror.get(kind, name) if attempt == 0 else self._read(kind, name)
+            if current is not None and same_content(current["spec"], obj["spec"]):
+                missing = {
+                    k: v for k, v in status.items() if k not in (current.get("status") or {})
+                }
+                if missing and not dry_run:
+                    self._patch_status(kind, name, missing)
+                return "unchanged"
+            if current is not None and not force:
+                if attempt == 0:
+                    continue  # the API, not the mirror, has the last word on a conflict
+                return "conflict"
+            if dry_run:
+                return "created" if current is None else "replaced"
+            new = {k: v for k, v in obj.items() if k != "status"}
+            try:
+                if current is None:
+                    self._create(kind, new)
+                else:
+                    rv = current["metadata"]["resourceVersion"]
+                    new["metadata"] = {**new["metadata"], "resourceVersion": rv}
+                    self._replace(kind, new)
+            except _ConflictError:
+                continue  # made or changed meanwhile: judge it again
+            if status:
+                self._patch_status(kind, name, status)
+            return "created" if current is None else "replaced"
+        return self._too_busy(kind, name)
+
+    def import_meta(
+        self, values: dict[str, str], *, force: bool = False, dry_run: bool = False
+    ) -> tuple[ImportOutcome, list[str]]:
+        """Add meta keys (``tunnel-server migrate``); the outcome and the keys in conflict.
+
+        Keys the target lacks are added; a key it holds with another value is a conflict (the
+        target keeps it) unless ``force``; keys only the target has are kept.
+        """
+        for _ in range(self.settings.conflict_retries):
+            current = self._read(m.STORE_META, m.META_NAME)
+            held = {} if current is None else dict(current["spec"].get("values", {}))
+            differ = sorted(k for k, v in values.items() if k in held and held[k] != v)
+            if differ and not force:
+                return "conflict", differ
+            if all(held.get(k) == v for k, v in values.items()):
+                return "unchanged", []
+            outcome: ImportOutcome = "replaced" if differ else "created"
+            if dry_run:
+                return outcome, differ
+            try:
+                if current is None:
+                    spec = {"values": values}
+                    self._create(m.STORE_META, m.new_object(m.STORE_META, m.META_NAME, spec))
+                else:
+                    current["spec"]["values"] = {**held, **values}
+                    self._replace(m.STORE_META, current)
+            except _ConflictError:
+                continue
+            return outcome, differ
+        return self._too_busy(m.STORE_META, m.META_NAME)
+
+    def import_ca(
+        self, data_dir: Path, *, force: bool = False, dry_run: bool = False
+    ) -> ImportOutcome:
+        """Store ``data_dir``'s CA as the Secret ``publish_ca`` makes (``tunnel-server migrate``).
+
+        A Secret holding another CA is a conflict, replaced only with ``force``: every agent
+        pins the CA, so overwriting one silently would cut off a fleet.
+        """
+        data = {n: base64.b64encode((data_dir / n).read_bytes()).decode() for n in CA_FILES}
+        what = f"secret {CA_SECRET}"
+        try:
+            current = self._call(
+                f"get {what}", lambda: self._client.get(Secret, CA_SECRET, namespace=self._ns)
+            )
+        except NotFoundError:
+            current = None
+        if current is not None and {n: (current.data or {}).get(n) for n in CA_FILES} == data:
+            return "unchanged"
+        if current is not None and not force:
+            return "conflict"
+        if dry_run:
+            return "created" if current is None else "replaced"
+        if current is None:
+            self.publish_ca(data_dir)
+            return "created"
+        current.data = {**(current.data or {}), **data}
+        self._call(f"replace {what}", lambda: self._client.replace(current))
+        return "replaced"
+
     def close(self) -> None:
         self._watcher.stop()
         self._client.close()
+
+
+def same_content(held: Any, wanted: Any) -> bool:  # noqa: ANN401 - JSON values
+    """Whether two specs hold the same values; a whole-number time may come back as an int."""
+    if isinstance(held, dict) and isinstance(wanted, dict):
+        return held.keys() == wanted.keys() and all(same_content(held[k], wanted[k]) for k in held)
+    if isinstance(held, list) and isinstance(wanted, list):
+        return len(held) == len(wanted) and all(map(same_content, held, wanted))
+    numbers = (int, float)
+    if (
+        isinstance(held, numbers)
+        and isinstance(wanted, numbers)
+        and not isinstance(held, bool)
+        and not isinstance(wanted, bool)
+    ):
+        return float(held) == float(wanted)
+    return type(held) is type(wanted) and held == wanted
 
 
 def _write_private(path: Path, content: bytes) -> None:
