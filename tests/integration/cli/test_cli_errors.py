@@ -260,7 +260,7 @@ def test_cache_purge_of_the_whole_folder_reports_no_count(tmp_path: Path) -> Non
 def test_cache_that_is_not_a_database(tmp_path: Path, action: str) -> None:
     """A corrupt cache gets the way out (purge it whole), not a sqlite3 traceback."""
     (tmp_path / "kubecache").mkdir()
-    (tmp_path / "kubecache" / "cache.db").write_text("not a database\n")
+    (tmp_path / "kubecache" / "objects.db").write_text("not a database\n")
     result = cli("edge-agent", "cache", action, "--component", "kubelet", "--data-dir", tmp_path)
     line = one_error(result, 2)
     assert "cannot open the cache" in line
