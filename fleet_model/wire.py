@@ -13,6 +13,12 @@ byte of the body is buffered, the nesting depth by a linear scan before ``json.l
 NaN and Infinity are refused, every name is a DNS-1123 subdomain, every count has a cap. Any
 violation is a `WireError` (the receiver resets the stream); nothing else ever escapes.
 Fields a message does not define are ignored, so a later protocol may add some.
+
+Optional fields added since protocol 1 (an older peer ignores them, so ``PROTOCOL_VERSION``
+stays 1): ``lease.readyEndpoints`` — the ready endpoints of the Service ports the agent's
+gateway serves, ``{"namespace/name:port": count}``, at most ``MAX_READY_ENTRIES`` entries,
+each count 0..``MAX_READY_COUNT``; absent means "not reported" (an agent without the gateway,
+or an older one), never "none ready".
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ __all__ = [
     "MAX_CLAIMS",
     "MAX_DEPTH",
     "MAX_MESSAGE_BYTES",
+    "MAX_READY_COUNT",
+    "MAX_READY_ENTRIES",
     "MAX_WORKS",
     "PROPAGATION_POLICIES",
     "PROTOCOL_VERSION",
@@ -51,6 +59,7 @@ __all__ = [
     "fitting",
     "parse_agent_message",
     "parse_cloud_message",
+    "ready_key",
 ]
 
 FLEET_TARGET = "fleet"
@@ -77,12 +86,25 @@ MAX_LEASE_SECONDS = 3600
 MAX_RESOURCE_VERSION = 2**63 - 1
 PROPAGATION_POLICIES = ("Foreground", "Orphan")
 MAX_REASON = 512
+MAX_READY_ENTRIES = 256
+"""Service ports in one ``lease.readyEndpoints``: as many as an agent's gateway allow-list has
+patterns; an agent with more sends the first ones by name (the rest stay unknown to the cloud,
+which then judges them by requests and checks, as before the field existed)."""
+MAX_READY_COUNT = 1_000_000
+"""Ready endpoints of one Service port (the agent balances over at most 4,096 of them)."""
 
 _QUANTITY = re.compile(
     r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?[0-9]+|[numkMGTPE]?)"
 )
 _QUALIFIED = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _DIGITS = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT = re.compile(r"^[1-9][0-9]{0,4}$")
+
+
+def ready_key(namespace: str, name: str, port: int) -> str:
+    """The key of one Service port in ``lease.readyEndpoints``: ``namespace/name:port``."""
+    return f"{namespace}/{name}:{port}"
 
 
 class WireError(ValueError):
@@ -131,6 +153,9 @@ class LeaseRenewal:
     claims: Mapping[str, str] | None = None
     allocatable: Mapping[str, str] | None = None
     capacity: Mapping[str, str] | None = None
+    ready_endpoints: Mapping[str, int] | None = None
+    """``namespace/name:port`` -> ready endpoints of every Service port the agent's gateway
+    serves (all of them, up to ``MAX_READY_ENTRIES``); None: not reported (no gateway)."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": "lease", "apiserverHealthy": self.apiserver_healthy}
@@ -138,6 +163,7 @@ class LeaseRenewal:
             ("claims", self.claims),
             ("allocatable", self.allocatable),
             ("capacity", self.capacity),
+            ("readyEndpoints", self.ready_endpoints),
         ):
             if value is not None:
                 body[key] = dict(value)
@@ -299,6 +325,38 @@ def _resources(value: object, what: str) -> dict[str, str]:
     return dict(value)
 
 
+def _ready_key_ok(key: object) -> bool:
+    if not isinstance(key, str) or len(key) > 64 + 64 + 6:
+        return False
+    namespace, slash, rest = key.partition("/")
+    name, colon, port = rest.rpartition(":")
+    return (
+        bool(slash and colon)
+        and bool(_LABEL.match(namespace))
+        and bool(_LABEL.match(name))
+        and bool(_PORT.match(port))
+        and int(port) <= 65535  # the largest TCP port
+    )
+
+
+def _ready_endpoints(value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or len(value) > MAX_READY_ENTRIES:
+        _fail(
+            f"lease.readyEndpoints must be an object of at most {MAX_READY_ENTRIES}"
+            " namespace/name:port: count"
+        )
+    for key, count in value.items():
+        if not _ready_key_ok(key):
+            _fail(f"lease.readyEndpoints key {str(key)[:80]!r} is not namespace/name:port")
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, int)
+            or not 0 <= count <= MAX_READY_COUNT
+        ):
+            _fail(f"lease.readyEndpoints[{key!r}] must be an integer in 0..{MAX_READY_COUNT}")
+    return dict(value)
+
+
 def fitting(hello: Hello) -> Hello:
     """``hello``, or it without its optional generations when it would not fit one message."""
     if not hello.generations:
@@ -351,6 +409,11 @@ def _parse_lease(message: Mapping[str, Any]) -> LeaseRenewal:
         claims=_optional(message, "claims", _claims),
         allocatable=_optional(message, "allocatable", lambda v: _resources(v, "allocatable")),
         capacity=_optional(message, "capacity", lambda v: _resources(v, "capacity")),
+        ready_endpoints=(
+            None
+            if message.get("readyEndpoints") is None
+            else _ready_endpoints(message["readyEndpoints"])
+        ),
     )
 
 

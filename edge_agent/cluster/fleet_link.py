@@ -12,6 +12,11 @@ messages, docs/fleet/stream.md the protocol):
   the claims again only when they changed. The lease runs in its own task: applying a work,
   sending statuses, or a certificate renewal (the tunnel client's ``renew`` stream, over the
   same session) never holds it up — OCM's agents stopped renewing after a certificate change;
+* with a gateway (``[cluster.gateway]``, ``ready``): every lease carries the ready endpoints of
+  each Service port it serves (``lease.readyEndpoints``, bounded by the wire), and a change of
+  them is sent at once as a lease of its own — at most one per ``ready_min_interval``, the
+  latest counts when it goes (the cloud moves a backend's weight away at a count of 0, before
+  a request fails). An older hub ignores the field (and an extra lease is a renewal);
 * ``work`` → ``WorkApplier.set_work``; ``delete`` → ``WorkApplier.delete_work`` then
   ``removed``; the applier's status callbacks → ``status`` messages, latest per work only
   (coalesced, so the backlog is bounded by the number of works), all of them again on every
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -56,6 +62,14 @@ class Applier(Protocol):
     def on_status(self, callback: Callable[[str, int, dict[str, Any]], None]) -> None: ...
 
 
+class ReadySource(Protocol):
+    """What the link uses of ``edge_agent.cluster.gateway.service.GatewayPart``."""
+
+    def ready_revision(self) -> int: ...
+    async def wait_ready_changed(self, past: int, timeout: float) -> int: ...  # noqa: ASYNC109
+    def ready_report(self) -> dict[str, int] | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class FleetLinkSettings:
     open_timeout: float = 10.0
@@ -66,6 +80,10 @@ class FleetLinkSettings:
     """Seconds: the longest wait between attempts, so a fixed cloud is used within half a minute."""
     lease_seconds: int = 10
     """Seconds between leases until the hub's ``settings`` name its own (OCM's N; ours is 10)."""
+    ready_min_interval: float = 1.0
+    """Seconds between two leases sent for a change of ready endpoints: a rolling update changes
+    them many times a second, and one message a second per cluster is what the hub should take;
+    the one that goes carries the latest counts."""
 
 
 # ------------------------------------------------------------------ claims
@@ -128,8 +146,14 @@ class FleetLink:
         inventory: Callable[[], ClusterInventory | None],
         healthy: Callable[[], bool | None],
         settings: FleetLinkSettings | None = None,
+        ready: ReadySource | None = None,
     ) -> None:
+        """``ready``: the gateway's ready-endpoint counts (settable later, before a session)."""
         self.applier = applier
+        self.ready = ready
+        self._ready_sent: dict[str, int] | None = None
+        """The counts last sent on the current stream (None: none yet)."""
+        self.ready_reports = 0
         self.settings = settings or FleetLinkSettings()
         self._inventory = inventory
         self._healthy = healthy
@@ -161,6 +185,8 @@ class FleetLink:
             "works_refused": self.works_refused,
             "deletes": self.deletes,
             "statuses_sent": self.statuses_sent,
+            "ready_reports": self.ready_reports,
+            "ready_endpoints": dict(self._ready_sent) if self._ready_sent is not None else None,
             "works": len(self.applier.works()),
             "claims": dict(self._sent_claims[0]) if self._sent_claims else None,
             "allocatable": dict(self._sent_claims[1]) if self._sent_claims else None,
@@ -215,6 +241,7 @@ class FleetLink:
         """Serve one stream until it ends; True if the cloud answered at all."""
         writer = _Writer(stream)
         answered = asyncio.Event()
+        self._ready_sent = None  # a new stream: the hub dropped the counts with the hello
         try:
             await writer.send(self._hello())
             self.connected = True
@@ -230,9 +257,16 @@ class FleetLink:
                 reader = group.create_task(self._read(stream, writer, answered), name="fleet.read")
                 lease = group.create_task(self._renew(writer), name="fleet.lease")
                 status = group.create_task(self._send_status(writer), name="fleet.status")
+                tasks = [lease, status]
+                if self.ready is not None:
+                    tasks.append(
+                        group.create_task(
+                            self._report_ready(self.ready, writer), name="fleet.ready"
+                        )
+                    )
                 await reader
-                lease.cancel()
-                status.cancel()
+                for task in tasks:
+                    task.cancel()
         except* wire.WireError as errors:
             error = errors.exceptions[0]
             log.error("the cloud broke the fleet protocol: %s", error)  # noqa: TRY400
@@ -328,16 +362,42 @@ class FleetLink:
     def _lease(self) -> wire.LeaseRenewal:
         inventory = self._inventory()
         healthy = self._healthy()
+        ready = self.ready.ready_report() if self.ready is not None else None
+        if ready is not None:
+            self._ready_sent = ready
         if inventory is None:
-            return wire.LeaseRenewal(apiserver_healthy=healthy)
+            return wire.LeaseRenewal(apiserver_healthy=healthy, ready_endpoints=ready)
         claims = claims_of(inventory)
         allocatable, capacity = resources_of(inventory)
         if (claims, allocatable, capacity) == self._sent_claims:
-            return wire.LeaseRenewal(apiserver_healthy=healthy)
+            return wire.LeaseRenewal(apiserver_healthy=healthy, ready_endpoints=ready)
         self._sent_claims = (claims, allocatable, capacity)
         return wire.LeaseRenewal(
-            apiserver_healthy=healthy, claims=claims, allocatable=allocatable, capacity=capacity
+            apiserver_healthy=healthy,
+            claims=claims,
+            allocatable=allocatable,
+            capacity=capacity,
+            ready_endpoints=ready,
         )
+
+    async def _report_ready(self, source: ReadySource, writer: _Writer) -> None:
+        """A lease as soon as the ready-endpoint counts differ from those sent (debounced)."""
+        loop = asyncio.get_running_loop()
+        seen = -1  # a new stream: the current counts at once
+        sent_at = -math.inf
+        while True:
+            seen = await source.wait_ready_changed(seen, float(self.lease_seconds))
+            report = source.ready_report()
+            if report is None or report == self._ready_sent:
+                continue
+            wait = sent_at + self.settings.ready_min_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # the debounce: the lease below takes the latest counts
+                seen = source.ready_revision()
+            await writer.send(self._lease())
+            sent_at = loop.time()
+            self.leases += 1
+            self.ready_reports += 1
 
     async def _send_status(self, writer: _Writer) -> None:
         while True:

@@ -21,6 +21,10 @@ Rules:
 * While the member API server is unreachable the caches keep their last state, so the gateway
   keeps serving the endpoints it knew. A stream that comes before the first complete LIST
   waits for it (at most ``dial_timeout``), then is refused.
+* The ready-endpoint counts of every allowed Service port (``ready_report``, at most
+  ``wire.MAX_READY_ENTRIES`` by name) go to the cloud with the fleet lease, and at once (at most
+  once a second) when they change (``FleetLink``): the cloud's gateway moves a backend's weight
+  away when its count is 0, before any request fails.
 * Metrics are labelled by Service (``namespace/name``) only for Services the allow-list
   admits and the cache holds, else ``-``: their number is bounded by the operator's list and
   the cluster, never by the names the cloud sends.
@@ -62,6 +66,7 @@ from edge_agent.cluster.gateway.target import AllowList, ServiceTarget, TargetEr
 from edge_agent.cluster.member_api import MemberApi
 from edge_agent.cluster.member_watch import Informer, InformerSettings
 from edge_agent.cluster.settings import ClusterSettings
+from fleet_model.wire import MAX_READY_COUNT, MAX_READY_ENTRIES, ready_key
 from tunnel_aio import StreamError, TunnelStream, pipe_socket
 from tunnel_protocol import ErrorCode
 
@@ -405,6 +410,44 @@ class GatewayPart:
                 for port, port_name in service_ports(service)
             }
         return counts
+
+    def ready_revision(self) -> int:
+        """Grows whenever the Services or EndpointSlices the counts come from changed."""
+        return self.services.revision + self.slices.revision
+
+    async def wait_ready_changed(self, past: int, timeout: float) -> int:  # noqa: ASYNC109 - a wait that returns either way
+        """``ready_revision()`` once it is past ``past``, or after ``timeout`` seconds."""
+        if self.ready_revision() <= past:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout), asyncio.TaskGroup() as group:
+                    waits = [
+                        group.create_task(
+                            informer.wait_changed(informer.revision, timeout),
+                            name=f"gateway.ready-wait.{kind}",
+                        )
+                        for kind, informer in (("services", self.services), ("slices", self.slices))
+                    ]
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for wait in waits:
+                        wait.cancel()
+        return self.ready_revision()
+
+    def ready_report(self) -> dict[str, int] | None:
+        """What the fleet lease carries: ``{"namespace/name:port": ready endpoints}``.
+
+        Every allowed Service port, the first ``wire.MAX_READY_ENTRIES`` by name; None before
+        the first complete LIST (nothing known yet: the cloud keeps judging by requests).
+        """
+        if not self.synced:
+            return None
+        report: dict[str, int] = {}
+        for service, ports in self.ready_counts().items():
+            namespace, _, name = service.partition("/")
+            for port, count in ports.items():
+                if len(report) >= MAX_READY_ENTRIES:
+                    return report
+                report[ready_key(namespace, name, int(port))] = min(count, MAX_READY_COUNT)
+        return report
 
     def status(self) -> dict[str, object]:
         """The ``gateway`` part of the cluster section of /status."""

@@ -7,7 +7,8 @@ cluster registered as ``gw-a`` and ``gw-b`` by two real agents), with more backe
 - ``web`` (backend ``a``) and ``web-b`` (``b``), as in ``conftest.py``;
 - ``web-c`` (``c``): answers 500 while ``c.fail`` exists (the passive-ejection test);
 - ``web-d`` (``d``): answers 500 while ``d.fail`` exists (the retry-on-codes test);
-- ``web-m`` (``m``): the mirror target; it logs every request it gets to ``m.log``.
+- ``web-m`` (``m``): the mirror target; it logs every request it gets to ``m.log``;
+- ``web-r`` (``r``): made unready by the ready-count test.
 
 Routes (``ROUTES``), each on its own host so each test's backends are its own:
 
@@ -17,6 +18,8 @@ Routes (``ROUTES``), each on its own host so each test's backends are its own:
 - ``respond`` (``respond.test``): response header modifier, a session cookie, a 100 % mirror
   to gw-b ``web-m``; backends gw-a ``web`` / gw-b ``web-b``.
 - ``big`` (``big.test``): gw-a ``web`` alone (100 MB both ways, WebSocket).
+- ``counted`` (``counted.test``): gw-a ``web-r`` / gw-b ``web-b``, 50/50, no checks: only the
+  agents' ready-endpoint counts can take gw-a out before a request fails.
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ ROUTES: dict[str, dict[str, Any]] = {
         ],
     },
     "big": {"hostnames": ["big.test"], "rules": [{"backendRefs": [ref("gw-a", "web")]}]},
+    "counted": {
+        "hostnames": ["counted.test"],
+        "rules": [{"backendRefs": [ref("gw-a", "web-r", 50), ref("gw-b", "web-b", 50)]}],
+    },
 }
 
 
@@ -197,11 +204,11 @@ def more(tmp_path_factory: pytest.TempPathFactory) -> Iterator[More]:
     with member.running_member("gwmore", base / "member", nodes=1) as cluster:
         try:
             ports: dict[str, int] = {}
-            for name in ("a", "b", "c", "d", "m"):
+            for name in ("a", "b", "c", "d", "m", "r"):
                 proc, ports[name] = _backend(name, base)
                 procs.append(proc)
             _services(cluster, {"a": ports["a"], "b": ports["b"]})
-            for name in ("c", "d", "m"):
+            for name in ("c", "d", "m", "r"):
                 cluster.api("POST", "/api/v1/namespaces/demo/services", _service(f"web-{name}"))
                 cluster.api("POST", SLICES, _slice(f"web-{name}", ports[name], ready=True))
             server.start()
@@ -209,7 +216,7 @@ def more(tmp_path_factory: pytest.TempPathFactory) -> Iterator[More]:
                 world.agents[name] = _agent(name, server, cluster, base)
             for agent in world.agents.values():
                 _ready(agent)
-            _serving(world, ["web-c", "web-d", "web-m"])
+            _serving(world, ["web-c", "web-d", "web-m", "web-r"])
             _apply(world)
             yield More(world=world, cluster=cluster, ports=ports, base=base)
         finally:
@@ -253,6 +260,51 @@ def test_unready_endpoints_move_traffic_before_a_request_fails(more: More) -> No
             lambda: [get(client, "checked.test") for _ in range(60)],
             lambda seen: any(a.body["backend"] == "a" for a in seen),
             what="gw-a takes requests again",
+            within=30,
+        )
+        assert {a.status for a in back} == {200}
+
+
+def test_a_reported_count_of_0_moves_traffic_before_any_request_fails(more: More) -> None:
+    """No checks, no requests meanwhile: the agent's count alone takes gw-a out, then back."""
+    world = more.world
+    key = "gw-a/demo/web-r:80"
+    eventually(
+        lambda: more.backend_status("counted")[key].get("readyEndpoints"),
+        lambda count: count == 1,
+        what=f"{key}'s ready count (1) in the route status",
+        within=30,
+        ignore=(KeyError,),
+    )
+    with world.client() as client:
+        before = Counter(get(client, "counted.test").body["backend"] for _ in range(40))
+        assert set(before) == {"r", "b"}, before
+        more.ready("web-r", "r", ready=False)
+        started = time.monotonic()
+        # Not one request until the status shows the count: nothing else can mark the backend.
+        health = eventually(
+            lambda: more.backend_status("counted")[key],
+            lambda seen: seen.get("readyEndpoints") == 0,
+            what=f"{key} reported with 0 ready endpoints",
+            within=30,
+        )
+        took = time.monotonic() - started
+        assert health["reasons"] == ["NoReadyEndpoints"], health
+        after = [get(client, "counted.test") for _ in range(100)]
+        assert Counter((a.status, a.body["backend"]) for a in after) == {(200, "b"): 100}
+        print(f"ready count 0 in the route status {took:.2f} s after the slice changed")  # noqa: T201
+
+        more.ready("web-r", "r", ready=True)
+        eventually(
+            lambda: more.backend_status("counted")[key],
+            lambda seen: seen.get("readyEndpoints") == 1 and seen["state"] == "Healthy",
+            what=f"{key} healthy again with 1 ready endpoint",
+            within=30,
+        )
+        back = eventually(
+            lambda: [get(client, "counted.test") for _ in range(40)],
+            lambda seen: any(a.body["backend"] == "r" for a in seen),
+            what="gw-a/web-r takes requests again",
             within=30,
         )
         assert {a.status for a in back} == {200}

@@ -50,6 +50,8 @@ AGENT_MESSAGES: list[wire.AgentMessage] = [
     Hello(works={}),
     LeaseRenewal(apiserver_healthy=False),
     LeaseRenewal(apiserver_healthy=None, claims={"nodes": "3"}, allocatable={"cpu": "1"}),
+    LeaseRenewal(apiserver_healthy=True, ready_endpoints={"demo/web:80": 2, "demo/b-1:65535": 0}),
+    LeaseRenewal(apiserver_healthy=True, ready_endpoints={}),
     Status(work="web.a", resource_version=12, status={"conditions": [{"type": "Applied"}]}),
     Removed(work="web.a"),
 ]
@@ -112,6 +114,22 @@ BAD_FROM_AGENT: list[tuple[object, str]] = [
     ({"type": "hello", "protocol": 1, "works": {"a": 1}, "generations": {"a": 0}}, "positive"),
     ({"type": "lease", "apiserverHealthy": 1}, "true, false"),
     ({"type": "lease", "apiserverHealthy": True, "claims": []}, "claims"),
+    ({"type": "lease", "readyEndpoints": []}, "readyEndpoints must be an object"),
+    ({"type": "lease", "readyEndpoints": {"demo/web": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:0": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:65536": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:080": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"Demo/web:80": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"demo/a.b:80": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:80/x": 1}}, "namespace/name:port"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:80": -1}}, "0..1000000"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:80": True}}, "0..1000000"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:80": 1.0}}, "0..1000000"),
+    ({"type": "lease", "readyEndpoints": {"demo/web:80": 10**6 + 1}}, "0..1000000"),
+    (
+        {"type": "lease", "readyEndpoints": {f"demo/w{i}:80": 1 for i in range(257)}},
+        "at most 256",
+    ),
     ({"type": "status", "work": "a", "resourceVersion": 3, "status": []}, "object"),
     ({"type": "status", "work": "a", "status": {}}, "resourceVersion"),
     ({"type": "status", "work": "../a", "resourceVersion": 3, "status": {}}, "DNS-1123"),
@@ -271,6 +289,13 @@ _fields = st.fixed_dictionaries(
         "claims": _json,
         "allocatable": st.dictionaries(st.sampled_from(["cpu", "memory", "gpu"]), _json),
         "apiserverHealthy": _json,
+        "readyEndpoints": st.dictionaries(
+            st.sampled_from(["demo/web:80", "demo/web", "a/b:65536", "x/y:1"])
+            | st.text(max_size=8),
+            st.integers(-1, 2) | _json,
+            max_size=3,
+        )
+        | _json,
         "work": st.sampled_from(["a", "web.a", "A", ""]) | _json,
         "resourceVersion": st.integers(-2, 5) | _json,
         "status": _json,
@@ -303,3 +328,37 @@ def test_any_json_object_gives_a_message_or_a_wire_error(
         return
     # What was taken encodes again to the same message.
     assert Decoder(sender=sender).feed(wire.encode(out[0])) == out
+
+
+_label = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ready=st.dictionaries(
+        st.builds(wire.ready_key, _label, _label, st.integers(1, 65535)),
+        st.integers(0, wire.MAX_READY_COUNT),
+        max_size=wire.MAX_READY_ENTRIES,
+    )
+)
+def test_ready_endpoints_round_trip(ready: dict[str, int]) -> None:
+    message = LeaseRenewal(apiserver_healthy=None, ready_endpoints=ready)
+    assert Decoder(sender="agent").feed(wire.encode(message)) == [message]
+
+
+def test_a_lease_without_ready_endpoints_reports_none_and_unknown_fields_are_ignored() -> None:
+    """An older agent sends no field (not "none ready"); a later one may add fields we skip."""
+    (old,) = Decoder(sender="agent").feed(frame({"type": "lease", "apiserverHealthy": True}))
+    assert isinstance(old, LeaseRenewal)
+    assert old.ready_endpoints is None
+    later = {"type": "lease", "readyEndpoints": {"demo/web:80": 0}, "futureField": {"x": 1}}
+    (new,) = Decoder(sender="agent").feed(frame(later))
+    assert new == LeaseRenewal(apiserver_healthy=None, ready_endpoints={"demo/web:80": 0})
+
+
+def test_the_most_ready_entries_fit_one_message() -> None:
+    longest = "a" * 63
+    ready = {wire.ready_key(longest, f"{i:03d}" + "b" * 60, 65535): 4096 for i in range(256)}
+    assert len(ready) == wire.MAX_READY_ENTRIES
+    message = LeaseRenewal(apiserver_healthy=True, ready_endpoints=ready)
+    assert Decoder(sender="agent").feed(wire.encode(message)) == [message]

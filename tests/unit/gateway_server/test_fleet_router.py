@@ -480,3 +480,83 @@ def test_a_cluster_whose_lease_ran_out_is_unreachable_at_once(world: World) -> N
     assert "zone-a" in {b.cluster for _ in range(20) for b in world.decide(request()).backends}
     del world.hub.leases["zone-b"]  # no lease at all (no fleet stream): the session decides
     assert "zone-b" in {b.cluster for _ in range(20) for b in world.decide(request()).backends}
+
+
+def _lease(ready: dict[str, int] | None) -> Lease:
+    return Lease(renewed_at=time.time(), apiserver_healthy=True, ready_endpoints=ready)
+
+
+def _backends(world: World) -> dict[str, dict[str, Any]]:
+    world.router.sync()
+    return {b["name"]: b for b in world.status("shop")["backends"]}
+
+
+def test_a_reported_count_of_0_moves_traffic_at_once_and_back_with_slow_start(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    slow = FleetRouter(
+        hub=world.hub,
+        sessions=world.sessions,
+        nodes=cast("Store", world.nodes),
+        settings=FleetRouterSettings(balancer=BalancerSettings(slow_start_seconds=30)),
+        clock=world.clock,
+    )
+    world.router = slow
+    connect(world.sessions, "zone-a")
+    connect(world.sessions, "zone-b")
+    world.put("shop", SHOP)
+    world.router.sync()
+    # No report (an older agent): unknown, served as before; no count in the status.
+    world.hub.leases["zone-a"] = _lease(None)
+    seen = Counter(world.decide(request()).backends[0].cluster for _ in range(100))
+    assert seen == {"zone-a": 90, "zone-b": 10}
+    assert "readyEndpoints" not in _backends(world)["zone-a/demo/web:80"]
+
+    # The agent reports 0: the very next request goes elsewhere (no sync, no failed request).
+    world.hub.leases["zone-a"] = _lease({"demo/web:80": 0, "demo/other:80": 3})
+    for _ in range(20):
+        assert [b.cluster for b in world.decide(request()).backends] == ["zone-b"]
+    backends = _backends(world)
+    assert backends["zone-a/demo/web:80"]["readyEndpoints"] == 0
+    assert backends["zone-a/demo/web:80"]["reasons"] == ["NoReadyEndpoints"]
+    assert backends["zone-b/demo/web:80"]["state"] == "Healthy"
+
+    # A renewal without counts keeps them (an extra lease of an older agent changes nothing).
+    world.hub.leases["zone-a"] = Lease(
+        renewed_at=time.time(),
+        apiserver_healthy=True,
+        ready_endpoints=world.hub.leases["zone-a"].ready_endpoints,
+    )
+    assert {world.decide(request()).backends[0].cluster for _ in range(20)} == {"zone-b"}
+
+    # Ready again: back, with slow start (a small share at first, the full 90 % later).
+    world.hub.leases["zone-a"] = _lease({"demo/web:80": 2})
+    first = Counter(world.decide(request()).backends[0].cluster for _ in range(1000))
+    assert 0 < first["zone-a"] < 600  # a tenth of its weight: 9 against zone-b's 10
+    assert _backends(world)["zone-a/demo/web:80"]["readyEndpoints"] == 2
+    world.clock.now += 60
+    later = Counter(world.decide(request()).backends[0].cluster for _ in range(1000))
+    assert 850 <= later["zone-a"] <= 950
+
+    # Reported 0, then the report drops the Service (or a new stream's hello drops all):
+    # unknown again, so what the report said does not stay.
+    world.hub.leases["zone-a"] = _lease({"demo/web:80": 0})
+    assert {world.decide(request()).backends[0].cluster for _ in range(20)} == {"zone-b"}
+    world.hub.leases["zone-a"] = _lease({})
+    assert "zone-a" in {world.decide(request()).backends[0].cluster for _ in range(50)}
+    assert "readyEndpoints" not in _backends(world)["zone-a/demo/web:80"]
+    world.hub.store.close()
+
+
+def test_a_route_change_tells_new_backends_the_counts_already_reported(world: World) -> None:
+    world.hub.leases["zone-a"] = _lease({"demo/web:80": 0})
+    world.put("shop", SHOP)
+    world.router.sync()
+    assert {world.decide(request()).backends[0].cluster for _ in range(20)} == {"zone-b"}
+    world.hub.delete(KIND, "shop")
+    world.router.sync()
+    world.put("shop", SHOP)  # the same backend again, on a fresh board
+    world.router.sync()
+    assert {world.decide(request()).backends[0].cluster for _ in range(20)} == {"zone-b"}
+    assert _backends(world)["zone-a/demo/web:80"]["readyEndpoints"] == 0

@@ -22,6 +22,15 @@ Rules:
   its ManagedCluster's ``leaseDurationSeconds``, the moment its conditions say Unknown too
   (a hung agent, or a cut network whose tunnel keepalive has not fired yet, still holds a
   session). A cluster without any lease (no fleet stream) is judged by its session alone.
+* Ready endpoints: the cluster's agent reports, with its lease and at once when they change
+  (``Lease.ready_endpoints``, ``namespace/name:port`` -> count), the ready endpoints of the
+  Service ports it serves. Looked at where the session is (every request, for the matched
+  rule's clusters; every pass, for all): a count of 0 is ``ReadyEndpoints(0)`` (the backend's
+  weight moves away at once, before a request fails), a count > 0 ``ReadyEndpoints(count)``
+  (back, with slow start). No report for the backend (an older agent, a Service port it does
+  not serve, a new stream before its first lease) is unknown: requests and checks decide, as
+  before; a report that drops it undoes what it said. The status shows the count
+  (``backends[].readyEndpoints``).
 * Passive health is the data path's ``report``: an answer >= 500 or a timeout is a server
   error, a refused or broken stream a connection error (outlier ejection, see
   ``fleet_model.gateway.health``); a refusal because the cluster is offline or unknown only
@@ -131,6 +140,8 @@ MAX_MESSAGE = 1024
 MAX_AFFINITY_KEY = 256
 """Characters of a session cookie or header value hashed for affinity (the rest is ignored)."""
 _OFFLINE = frozenset({"cluster_offline", "cluster_not_found"})
+_UNSEEN: Mapping[str, int] = {}
+"""``_ready_seen``'s default: no lease's counts are ever this very object."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,6 +306,12 @@ class FleetRouter:
         """Backend key -> its active checks (backends of routes with ``healthCheck``)."""
         self._checking: set[str] = set()
         self._plans_changed = asyncio.Event()
+        self._ready_seen: dict[str, Mapping[str, int] | None] = {}
+        """Cluster -> the lease's ready counts last looked at (by identity: a lease renewal
+        without counts keeps the same object, so most looks cost one comparison)."""
+        self._ready_told: dict[str, int] = {}
+        """Backend key -> the ready count its cluster reported, as the board was told (absent:
+        no report, unknown)."""
 
     # ------------------------------------------------------------------ the data path's side
 
@@ -377,6 +394,7 @@ class FleetRouter:
         session = self._sessions.get(cluster)
         up = session is not None and session.identity.kind == "cluster"
         up = up and not self._lease_expired(cluster)
+        self._look_at_ready(cluster, now)
         if self._reachable.get(cluster) is up:
             return
         self._reachable[cluster] = up
@@ -387,6 +405,34 @@ class FleetRouter:
             extra={"kv": {"cluster": cluster, "reachable": up}},
         )
         self._status_due = True
+
+    def _look_at_ready(self, cluster: str, now: float) -> None:
+        """Tell the board the ready counts ``cluster``'s agent reported, if they changed."""
+        lease = self._hub.leases.get(cluster)
+        counts = lease.ready_endpoints if lease is not None else None
+        if counts is self._ready_seen.get(cluster, _UNSEEN):
+            return
+        self._ready_seen[cluster] = counts
+        prefix = len(cluster) + 1  # a backend key is cluster/namespace/name:port
+        for key in self._by_cluster.get(cluster, ()):
+            count = counts.get(key[prefix:]) if counts is not None else None
+            before = self._ready_told.get(key)
+            if count == before:
+                continue
+            self._status_due = True  # the status shows the count
+            if count is None:
+                del self._ready_told[key]
+                if before != 0:
+                    continue
+                count = 1  # unknown again: what the report said must not stay
+            else:
+                self._ready_told[key] = count
+            changed = self._board.observe(key, ReadyEndpoints(count=count), now=now)
+            if changed is not None:
+                log.info(
+                    "gateway backend health changed",
+                    extra={"kv": {"backend": key, "health": changed.describe(), "ready": count}},
+                )
 
     def _lease_expired(self, cluster: str) -> bool:
         """Whether the cluster's lease ran out (as its ManagedCluster's conditions count it).
@@ -531,6 +577,7 @@ class FleetRouter:
                 # What only checks can undo (FailingChecks, NoReadyEndpoints) must not stay.
                 self._board.observe(key, ReadyEndpoints(count=1), now=now)
                 self._board.observe(key, CheckResult(ok=True, healthy_threshold=1), now=now)
+                self._ready_told.pop(key, None)  # the agent's report, if any, is told again
         self._plans = plans
         self._plans_changed.set()
 
@@ -632,14 +679,17 @@ class FleetRouter:
         for key in list(self._board):
             if key not in wanted:
                 self._board.remove(key)
+                self._ready_told.pop(key, None)
         self._by_cluster = {}
         for key, ref in wanted.items():
             self._by_cluster.setdefault(ref.cluster, set()).add(key)
             if key not in self._board:
                 self._board.add(key, now=now, warm=warm)
                 self._reachable.pop(ref.cluster, None)  # tell the new backend at once
+                self._ready_told.pop(key, None)
         self._registered = {c: self._registered.get(c, True) for c in self._by_cluster}
         self._plan_checks(routes, now)
+        self._ready_seen.clear()  # every cluster's counts are looked at again below
         self._forget_deleted(routes)
         self._resolve()
         for cluster in self._by_cluster:
@@ -723,6 +773,8 @@ class FleetRouter:
                 entry["health"] = f"unknown cluster {ref.cluster!r}"
             if health.state is not State.HEALTHY:
                 entry["reasons"] = [reason.value for reason in health.reasons]
+            if key in self._ready_told:
+                entry["readyEndpoints"] = self._ready_told[key]
             entry.update(self._figures.get((name, key), {}))
             backends.append(entry)
         return {

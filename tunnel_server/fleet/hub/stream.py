@@ -6,7 +6,8 @@ messages, docs/fleet/stream.md the protocol). Rules:
 * Who: only a session whose *certificate* says kind ``cluster`` may open it, and the cluster is
   the certificate's name, never one the agent claims. Any other session is refused.
 * Leases: ``hello`` and every ``lease`` renew ``hub.leases[cluster]`` (in memory) and notify the
-  hub's events; the controller turns leases into conditions and taints. A cluster not yet
+  hub's events; the controller turns leases into conditions and taints, the gateway reads the
+  ready-endpoint counts a lease may carry (``Lease.ready_endpoints``). A cluster not yet
   accepted may renew and send claims (so the hub shows it) but gets no works.
 * Works go only to an accepted cluster: its ManagedCluster has ``hubAcceptsClient: true`` and
   its node record is approved. After the hello the cloud sends ``settings``, then every Work
@@ -261,6 +262,7 @@ class FleetStreams:
             claims=keep(message.claims, previous.claims if previous else None),
             allocatable=keep(message.allocatable, previous.allocatable if previous else None),
             capacity=keep(message.capacity, previous.capacity if previous else None),
+            ready_endpoints=_ready(message, previous),
         )
         self.metrics.lease_renewals.inc()
         self._hub.events.notify()
@@ -381,6 +383,20 @@ class FleetStreams:
 
 class _SendTimeoutError(Exception):
     """The agent took nothing of a message for ``send_timeout`` seconds."""
+
+
+def _ready(
+    message: wire.Hello | wire.LeaseRenewal, previous: Lease | None
+) -> Mapping[str, int] | None:
+    """A lease's ready-endpoint counts: new when it carries them, kept when not.
+
+    A hello drops them (a new stream: the agent may have lost its gateway).
+    """
+    if isinstance(message, wire.Hello):
+        return None
+    if message.ready_endpoints is not None:
+        return dict(message.ready_endpoints)
+    return previous.ready_endpoints if previous is not None else None
 
 
 _AGENT_TYPES = (wire.Hello, wire.LeaseRenewal, wire.Status, wire.Removed)
