@@ -279,6 +279,7 @@ class _ClusterPart:
                 credentials=credentials, cluster=settings, settings=gateway, registry=registry
             )
             client.builtin_prefixes[GATEWAY_PREFIX] = part.gateway.serve
+            fleet.ready = part.gateway  # its ready-endpoint counts go with the fleet lease
         return part
 
     def status(self) -> dict[str, object]:
