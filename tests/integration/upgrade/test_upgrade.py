@@ -139,7 +139,7 @@ class Folders:
             env=release.env,
         )
         eventually(
-            lambda: self._check(self.server) or self.api("GET", "/readyz")[0],
+            self._server_ready,
             lambda status: status == 200,
             what=f"tunnel-server ({label}) ready",
             within=TIMEOUT,
@@ -187,7 +187,7 @@ class Folders:
         )
         try:
             eventually(
-                lambda: self._check(self.agent) or self.agent_status(),
+                self._agent_ready,
                 lambda s: (
                     bool(s["tunnel"]["connected"])
                     and bool(s["twins"]["ready"])
@@ -201,10 +201,17 @@ class Folders:
             assert self.agent is not None
             raise ServiceError(f"{error}\n{self.agent.tail()}") from error
 
-    @staticmethod
-    def _check(process: ManagedProcess | None) -> None:
-        assert process is not None
-        process.check_running()  # a crash ends the wait at once, with its log
+    # A crash ends a wait at once, with its log: each probe checks the process first.
+
+    def _server_ready(self) -> int:
+        assert self.server is not None
+        self.server.check_running()
+        return self.api("GET", "/readyz")[0]
+
+    def _agent_ready(self) -> dict[str, Any]:
+        assert self.agent is not None
+        self.agent.check_running()
+        return self.agent_status()
 
     def agent_status(self) -> dict[str, Any]:
         return self.local("/status")
