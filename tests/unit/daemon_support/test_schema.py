@@ -213,3 +213,26 @@ def test_every_daemon_database_has_a_version_1_of_today_s_tables(
     assert schema.first_tables() == tables
     # Version 1 must be re-runnable on a file of the release before (rule 4).
     assert all("IF NOT EXISTS" in s for s in schema.steps[0].split(";") if "CREATE" in s)
+
+
+def test_the_kube_cache_table_of_the_release_before_versions_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    """Issue 18's table shipped without a version: its file opens, keeps its rows, gets 1."""
+    path = tmp_path / table.FILE_NAME
+    with contextlib.closing(_open(path)) as db:
+        db.execute(
+            "CREATE TABLE entries (key TEXT PRIMARY KEY NOT NULL, rv TEXT, value BLOB NOT NULL)"
+        )
+        db.execute("INSERT INTO entries VALUES ('o/pods/a', '7', CAST('{\"a\":1}' AS BLOB))")
+    cache = table.Table(path)
+    try:
+        assert cache.get("o/pods/a") == {"a": 1}
+        assert cache.rv("o/pods/a") == "7"
+    finally:
+        cache.close()
+    assert version_of(path) == 1
+    with contextlib.closing(_open(path)) as db:
+        db.execute("PRAGMA user_version = 2")
+    with pytest.raises(SchemaTooNewError, match="kube cache"):
+        table.Table(path)
