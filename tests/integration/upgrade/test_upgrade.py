@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sqlite3
+import ssl
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -229,8 +230,6 @@ class Folders:
     def api(
         self, method: str, path: str, body: object = None, *, token: str | None = None
     ) -> tuple[int, dict[str, Any]]:
-        import ssl  # noqa: PLC0415 - only here
-
         context = ssl.create_default_context(cafile=str(self.server_dir / "ca.crt"))
         connection = http.client.HTTPSConnection(
             "127.0.0.1", self.port, context=context, timeout=15
@@ -259,13 +258,12 @@ class Folders:
         self.agent = self.server = None
 
 
-async def _report(folders: Folders, credential: DeviceCredential, value: float) -> int:
+async def _report(folders: Folders, credential: DeviceCredential, value: float) -> None:
     async with SimulatedDevice(
         host=folders.broker.host, port=folders.broker.port, credential=credential
     ) as device:
         answer = await device.report({"temperature": value})
         assert answer["code"] == 200, answer
-        return int(answer["code"])
 
 
 def _digests(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
@@ -405,6 +403,7 @@ def upgraded(
 def test_the_node_resumes_its_session_without_a_join(upgraded: Upgraded) -> None:
     folders = upgraded.folders
     agent_dir = folders.agent_dir
+    assert len(upgraded.before.identity) >= 3, "identity.json, the key and the certificate"
     assert _digests(agent_dir, _identity_files(agent_dir)) == upgraded.before.identity
     nodes = json.loads(folders.remote(upgraded.current, "nodes", "list", "-o", "json"))
     by_name = {n["name"]: n for n in nodes["items"]}
