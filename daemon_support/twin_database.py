@@ -5,6 +5,9 @@ the rest: WAL (readers never block the one writer), explicit transactions, and a
 drawn once per database file, because a replica's versions are only comparable while its
 origin stays the same. A new file is a new origin, so an old peer's history is never mixed up
 with the new one's.
+
+Each file carries a schema version (daemon_support.schema): opening one migrates it forward,
+and a file from a newer release is refused untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sqlite3
 import stat
 from enum import StrEnum
 from pathlib import Path
+
+from daemon_support.schema import Schema, migrate
 
 __all__ = ["Durability", "boot_id", "open_twin_database"]
 
@@ -47,10 +52,12 @@ def _owner_only(path: Path) -> None:
                 companion.chmod(_SECRET_MODE)
 
 
-def open_twin_database(path: Path, *, durability: Durability, schema: str) -> sqlite3.Connection:
+def open_twin_database(path: Path, *, durability: Durability, schema: Schema) -> sqlite3.Connection:
     """Open a twin database, creating folder and tables; ``schema`` has a ``meta`` table.
 
     The folder is made 0700 and the files 0600, like every other secret file of the daemons.
+    Raises daemon_support.schema.SchemaError (the connection closed) for a file this code
+    cannot use: one from a newer release, or not a twin database at all.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _owner_only(path)
@@ -58,7 +65,11 @@ def open_twin_database(path: Path, *, durability: Durability, schema: str) -> sq
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={durability.value.upper()}")
-    db.executescript(schema)
+    try:
+        migrate(db, schema, path=path)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -20,6 +20,9 @@ Rules:
   each transaction (an unfinished one rolls back); a power cut may lose the last commits,
   which the next LIST online brings back. Memory is bounded by ``cache_kib`` (SQLite's page
   cache) and no file is memory-mapped, so the process's RSS does not grow with the cache.
+* Schema versions: `SCHEMA` (daemon_support.schema, ``PRAGMA user_version``); version 1 is
+  the table above. The first release with this table wrote no version: its files are
+  stamped 1 unchanged. A newer release's file is refused (SchemaTooNewError), not guessed at.
 * Blocking; one thread at a time (:class:`edge_agent.kubecache.cache.AsyncStore` gives it
   one worker thread). ``check_same_thread`` is off only because that thread is not the one
   that may close it at shutdown.
@@ -33,13 +36,16 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemon_support.schema import Schema, migrate
+
 FILE_NAME = "objects.db"
 """The database file inside the cache folder (``-wal`` and ``-shm`` beside it)."""
 
-_SCHEMA = (
+_VERSION_1 = (
     "CREATE TABLE IF NOT EXISTS entries ("
     " key TEXT PRIMARY KEY NOT NULL, rv TEXT, value BLOB NOT NULL)"
 )
+SCHEMA = Schema(name="kube cache", steps=(_VERSION_1,))
 PAGE_SIZE = 16384
 """Bytes per SQLite page (see the rules above)."""
 
@@ -69,7 +75,7 @@ class Table:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
             self._db.execute("PRAGMA mmap_size=0")
-            self._db.execute(_SCHEMA)
+            migrate(self._db, SCHEMA, path=path)
         except BaseException:
             self._db.close()
             raise

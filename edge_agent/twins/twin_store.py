@@ -16,6 +16,10 @@ Tables:
 - ``claims``: devices an operator registered in advance, with the SHA-256 of their claim secret.
 - ``outbox``: records for the cloud, oldest first (see outbox.py).
 
+Schema versions (`SCHEMA`, daemon_support.schema): version 1 is the tables above, as the
+release before versions made them (its files have no version and are stamped 1 unchanged).
+A change of the tables is a new step appended to `SCHEMA`, never an edit of step 1.
+
 Values are JSON text, never pickle. All calls are synchronous and short; the asyncio callers
 run them on the event loop (a commit in WAL mode appends to one file).
 """
@@ -30,14 +34,22 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from daemon_support.schema import Schema
 from daemon_support.twin_database import Durability, boot_id, open_twin_database
 from device_models import JsonObject, JsonValue, Replica, Role
 
-__all__ = ["DeviceRecord", "DeviceState", "Durability", "StoreWrite", "TwinStore"]
+__all__ = [
+    "SCHEMA",
+    "DeviceRecord",
+    "DeviceState",
+    "Durability",
+    "StoreWrite",
+    "TwinStore",
+]
 
 log = logging.getLogger("edge_agent.twins.store")
 
-_SCHEMA = """
+_VERSION_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
@@ -59,6 +71,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     body TEXT NOT NULL
 );
 """
+SCHEMA = Schema(name="agent twin database", steps=(_VERSION_1,))
+"""The file's versions, oldest first (the outbox is a table of this file)."""
 
 
 class DeviceState(StrEnum):
@@ -93,7 +107,7 @@ class TwinStore:
     """The SQLite file; one instance per agent process."""
 
     def __init__(self, path: Path, *, node: str, durability: Durability) -> None:
-        self._db = open_twin_database(path, durability=durability, schema=_SCHEMA)
+        self._db = open_twin_database(path, durability=durability, schema=SCHEMA)
         boot, new = boot_id(self._db)
         if new:
             log.info("new twin database: sync origin boot id %s", boot)

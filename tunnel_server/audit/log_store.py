@@ -4,6 +4,9 @@
 security-relevant store, and the store's backups do not grow with the log. Rows are only
 ever appended and pruned from the oldest end (``AuditSettings``: by age and by count), so
 the row id orders them in time and paging is by id.
+
+Schema versions: `SCHEMA` (daemon_support.schema); version 1 is the table below, which the
+release before already stamped 1.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon_support.schema import Schema, migrate
 from tunnel_server.audit.settings import AuditSettings
 
 log = logging.getLogger("tunnel_server.audit")
 
 AUDIT_FILE = "audit.db"
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +63,7 @@ class AuditQuery:
     reason: str | None = None
 
 
-_SCHEMA = """
+_VERSION_1 = """
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -80,6 +83,7 @@ CREATE INDEX IF NOT EXISTS audit_by_user ON audit (user, id);
 CREATE INDEX IF NOT EXISTS audit_by_action ON audit (action, id);
 CREATE INDEX IF NOT EXISTS audit_by_target ON audit (target, id);
 """
+SCHEMA = Schema(name="audit log", steps=(_VERSION_1,))
 _COLUMNS = "id, at, user, role, method, route, action, target, status, reason, request_id, peer"
 
 
@@ -92,14 +96,11 @@ class AuditLog:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{path} has audit schema {version}, newer than this server ({SCHEMA_VERSION}):"
-                " upgrade tunnel-server"
-            )
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            migrate(self._db, SCHEMA, path=path)  # SchemaError: a newer release's file
+        except BaseException:
+            self._db.close()
+            raise
 
     @classmethod
     def open(cls, data_dir: Path, *, settings: AuditSettings) -> AuditLog:

@@ -12,6 +12,8 @@ Rules (docs/device-models.md, "Uploading and distributing models"):
 * ``ModelCatalogue`` is the API's view: the built-ins and the server's models folder as loaded at
   start (the "base"), plus the uploads; the twins part's ``ModelRegistry`` is kept at the latest
   version of each name (``offer``), so twin validation uses an upload at once.
+* Schema versions: `SCHEMA` (daemon_support.schema); version 1 is the table below, which the
+  release before already stamped 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon_support.schema import Schema, migrate
 from device_models import (
     DeviceModel,
     DeviceModelsError,
@@ -34,6 +37,7 @@ from device_models import (
 
 __all__ = [
     "MODELS_FILE",
+    "SCHEMA",
     "LimitError",
     "ModelCatalogue",
     "ModelStore",
@@ -44,9 +48,8 @@ __all__ = [
 log = logging.getLogger("tunnel_server.twins.model_store")
 
 MODELS_FILE = "device-models.sqlite3"
-SCHEMA_VERSION = 1
 
-_SCHEMA = """
+_VERSION_1 = """
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL,
     version TEXT NOT NULL,
@@ -56,6 +59,7 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (name, version)
 ) WITHOUT ROWID;
 """
+SCHEMA = Schema(name="device model store", steps=(_VERSION_1,))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,11 +103,11 @@ class ModelStore:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")  # an acknowledged upload survives a crash
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{path} has model schema {version}, newer than this server")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            migrate(self._db, SCHEMA, path=path)  # SchemaError: a newer release's file
+        except BaseException:
+            self._db.close()
+            raise
 
     def load(self) -> list[ModelVersion]:
         """Every stored version that still parses (a bad row is logged and skipped)."""

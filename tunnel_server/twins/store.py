@@ -19,6 +19,10 @@ Tables:
 
 Writes go through a `Transaction` (staged in memory, committed all or nothing). Reads of
 device rows go through a bounded LRU cache; only this process writes the file.
+
+Schema versions (`SCHEMA`, daemon_support.schema): version 1 is the tables above, as the
+release before versions made them (its files have no version and are stamped 1 unchanged).
+A change of the tables is a new step appended to `SCHEMA`, never an edit of step 1.
 """
 
 from __future__ import annotations
@@ -33,16 +37,25 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from daemon_support.schema import Schema
 from daemon_support.twin_database import Durability, boot_id, open_twin_database
 from device_models import JsonObject, Replica, Role
 
-__all__ = ["DeviceKey", "DeviceRow", "DeviceState", "DownlinkRow", "Transaction", "TwinStore"]
+__all__ = [
+    "SCHEMA",
+    "DeviceKey",
+    "DeviceRow",
+    "DeviceState",
+    "DownlinkRow",
+    "Transaction",
+    "TwinStore",
+]
 
 log = logging.getLogger("tunnel_server.twins.store")
 
 DeviceKey = tuple[str, str]  # (node, device)
 
-_SCHEMA = """
+_VERSION_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
     node TEXT NOT NULL,
@@ -92,6 +105,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     record TEXT NOT NULL
 );
 """
+SCHEMA = Schema(name="cloud twin database", steps=(_VERSION_1,))
+"""The file's versions, oldest first."""
 
 _DEVICE_COLUMNS = (
     "node, device, model, model_version, state, created, updated, edge_origin, availability,"
@@ -202,7 +217,7 @@ class TwinStore:
     def __init__(
         self, path: Path, *, durability: Durability, cache_devices: int, max_dead_letters: int
     ) -> None:
-        self._db = open_twin_database(path, durability=durability, schema=_SCHEMA)
+        self._db = open_twin_database(path, durability=durability, schema=SCHEMA)
         self._cache: OrderedDict[DeviceKey, DeviceRow] = OrderedDict()
         self._cache_size = max(1, cache_devices)
         self._max_dead = max_dead_letters

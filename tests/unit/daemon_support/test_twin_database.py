@@ -8,13 +8,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from daemon_support.schema import Schema
 from daemon_support.twin_database import Durability, open_twin_database
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
+SCHEMA = Schema(
+    name="test twin database",
+    steps=("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);",),
+)
 
 
 @pytest.fixture
