@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon_support import arguments, event_loop, logs
+from daemon_support.schema import SchemaError
 from edge_agent import __version__, config
 from edge_agent.join import EXIT_CODES, INTERRUPTED, JoinError, JoinOptions, join
 from edge_agent.settings import AgentSettings
@@ -266,6 +267,9 @@ def cmd_run(args: argparse.Namespace, *, local_api_hook: daemon.LocalApiHook | N
         with contextlib.suppress(KeyboardInterrupt):
             # asyncio's loop unless EDGEFLEET_EVENT_LOOP says otherwise (see event_loop.py).
             event_loop.run(daemon.run(settings, local_api_hook=local_api_hook))
+    except SchemaError as error:  # a newer release's database: a restart cannot help
+        print(f"edge-agent: {error}", file=sys.stderr)  # noqa: T201 - the CLI's answer
+        return 2
     except (
         daemon.StartError,
         OSError,
@@ -354,7 +358,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
             answer, text, code = _verify(directory)
         else:
             answer, text, code = _purge(directory, args.component)
-    except (sqlite3.Error, OSError) as error:  # verify reports this itself, as a problem
+    except (sqlite3.Error, OSError, SchemaError) as error:  # verify reports this itself
         print(  # noqa: T201 - the CLI's answer
             f"edge-agent: cannot open the cache at {directory}: {error}; stop the agent and"
             " purge the whole cache (`edge-agent cache purge` without --component)",

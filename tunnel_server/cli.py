@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from daemon_support import arguments, event_loop, logs, systemd
+from daemon_support.schema import SchemaError
 from tunnel_server import __version__, migrate_cli
 from tunnel_server.client import commands, device_commands, fleet_commands, fleet_objects
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
@@ -797,6 +798,8 @@ def main(argv: list[str] | None = None, *, gateway_router: Router | None = None)
         return _dispatch(args, gateway_router=gateway_router)
     except CliError as exc:
         return _fail(str(exc), exc.exit_code)
+    except SchemaError as exc:  # a newer release's database: exit 2, systemd does not loop
+        return _fail(str(exc), 2)
     except (MissingCAError, StoreError, ValueError) as exc:
         return _fail(str(exc), 1)
     except sqlite3.DatabaseError as exc:

@@ -533,11 +533,6 @@ def test_a_database_from_a_newer_release_is_refused_untouched(refusal: Refusal) 
     assert _sha256(refusal.database) == refusal.digest
 
 
-@pytest.mark.xfail(
-    reason="exit 2 and one line need the lead's snippets in edge_agent/cli.py (cmd_run) and"
-    " tunnel_server/cli.py (main): catch daemon_support.schema.SchemaError",
-    strict=True,
-)
 def test_the_refusal_is_one_line_and_exit_2(refusal: Refusal) -> None:
     """Exit 2: systemd's RestartPreventExitStatus=2 must not restart it in a loop."""
     assert "Traceback" not in refusal.done.stderr
