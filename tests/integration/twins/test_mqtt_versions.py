@@ -302,3 +302,42 @@ async def test_the_brokers_reasons_are_logged_by_name(
         "the broker refused the connection: Not authorized (reason code 135): is the agent's "
         "dynamic-security client disabled"
     ) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("mqtt_version", "session_expiry", "version_after"),
+    [
+        # 1, the two queued reports, then the one sent after the restart
+        ("5", None, 4),
+        ("3.1.1", None, 4),
+        # The control: an MQTT 5 session that ends with the connection loses the queued two.
+        ("5", 0, 2),
+    ],
+)
+async def test_reports_sent_while_the_agent_is_stopped_arrive_after_its_restart(
+    twins_env: TwinsEnv, mqtt_version: str, session_expiry: int | None, version_after: int
+) -> None:
+    changes: dict[str, object] = {"mqtt_version": mqtt_version}
+    if session_expiry is not None:
+        changes["session_expiry"] = session_expiry
+    credential = None
+    async with running(twins_env.service(**changes)) as service:
+        assert service.mqtt_version == mqtt_version
+        credential = await twins_env.claim(unique("relay"), "relay-switch")
+        async with twins_env.device(credential) as device:
+            assert (await device.report({"switchCount": 1}))["code"] == 200
+    # The agent is stopped; the device sends two QoS 1 reports and nobody answers them yet.
+    async with twins_env.device(credential) as device:
+        for count in (2, 3):
+            await device.client.publish(
+                device.topic(Op.REPORTED),
+                json.dumps({"rid": f"away-{count}", "patch": {"switchCount": count}}),
+                qos=1,
+            )
+        async with running(twins_env.service(**changes)):
+            # The broker hands the queued reports over before anything sent after the restart.
+            marker = await device.report({"switchCount": 9}, rid="after")
+            twin = await device.get()
+    assert marker["code"] == 200
+    assert marker["version"] == version_after, marker
+    assert twin["reported"]["switchCount"] == 9
