@@ -234,8 +234,10 @@ def describe_mqtt_error(error: BaseException) -> str:
     if isinstance(error, MqttConnectError):
         if code in _UNSUPPORTED_PROTOCOL:
             code = 0x84
-        # aiomqtt's text is "[code:N] name"; a 3.1.1 return code is named the MQTT 5 way
-        name = "Unsupported protocol version" if code == 0x84 else str(error).partition("] ")[2]
+        # aiomqtt words a 3.1.1 return code in its message, a ReasonCode by its name
+        name = error.args[0] if isinstance(error.rc, int) and error.args else str(error.rc)
+        if code == 0x84:  # paho's name for 3.1.1's return code 1 as well
+            name = "Unsupported protocol version"
         what = f"the broker refused the connection: {name} (reason code {code})"
     elif isinstance(code, int) and code >= 0x80:  # MQTT 5: a code from 0x80 up is a failure
         what = f"the broker ended the session: {error.rc} (reason code {code})"
