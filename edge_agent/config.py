@@ -228,6 +228,9 @@ _TWINS_PATHS = (
     "broker_key_file",
 )
 """``[twins]`` keys whose default is None (unset) and whose value is a path."""
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
+"""``[twins] mqtt_version`` values (edge_agent.twins.mqtt_service.MQTT_VERSIONS, not imported:
+an agent without twins never loads MQTT)."""
 
 
 def _twins(raw: object, where: str) -> TwinsConfig:
@@ -242,7 +245,10 @@ def _twins(raw: object, where: str) -> TwinsConfig:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}.{name}: expected a path")
             paths[name] = Path(value)
+    if raw.get("mqtt_version") == 5 and raw["mqtt_version"] is not True:  # TOML's bare 5
+        raw["mqtt_version"] = "5"
     values = _fields(TwinsConfig, raw, where, skip=frozenset(_TWINS_PATHS))
+    _check_mqtt_version(values, where)
     if "broker_port" in values:
         _check_range(where, "broker_port", values["broker_port"], 1, 65535)
     if values.get("durability", "full") not in ("full", "normal"):
@@ -254,6 +260,14 @@ def _twins(raw: object, where: str) -> TwinsConfig:
     _check_twins_secrets(twins, where)
     _check_twins_tls(twins, where)
     return twins
+
+
+def _check_mqtt_version(values: dict[str, Any], where: str) -> None:
+    if values.get("mqtt_version", "auto") not in MQTT_VERSIONS:
+        raise ConfigError(
+            f'{where}.mqtt_version: "auto" (MQTT 5, or 3.1.1 when the broker refuses 5), "5" '
+            f'or "3.1.1", got {values["mqtt_version"]!r}'
+        )
 
 
 _TLS_FILES = ("broker_ca_file", "broker_cert_file", "broker_key_file")
@@ -340,6 +354,8 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         max_devices=twins.max_devices,
         keepalive=twins.keepalive,
         reconnect_max=twins.reconnect_max,
+        # getattr: TwinsConfig (edge_agent/settings.py) gets the field in its own change
+        mqtt_version=getattr(twins, "mqtt_version", "auto"),
     )
 
 

@@ -11,6 +11,14 @@ It owns three long-running tasks in one TaskGroup:
 Before those start it sets up, idempotently, the broker accounts it relies on (``$CONTROL``
 dynamic security, as the admin): the claim role and client, and the agent's own role and client
 with a fresh random password each start.
+
+MQTT version of the agent's session (``mqtt_version``): ``auto`` asks for MQTT 5 and, when the
+broker refuses that CONNECT as an unsupported protocol version (a 3.1.1 broker's CONNACK return
+code 1, or MQTT 5's reason 0x84), connects again at once with 3.1.1 and keeps 3.1.1 until the
+agent restarts. Both keep the same durable session: 3.1.1 ``clean_session=false``; MQTT 5
+``clean_start=false`` with a session expiry interval (by default "never", what 3.1.1 gets). A
+refusal or a disconnect by the broker is logged with its reason code and name. Device topics and
+payloads do not depend on the version: devices use whichever they like.
 """
 
 from __future__ import annotations
@@ -21,12 +29,17 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from daemon_support.files import write_atomic
 from edge_agent.twins import dynsec, topics
@@ -40,7 +53,13 @@ from edge_agent.twins.tls import BrokerTls, client_context, describe_error
 from edge_agent.twins.topics import DeviceTopic
 from edge_agent.twins.twin_store import Durability, TwinStore
 
-__all__ = ["TwinMqttService", "TwinMqttSettings"]
+__all__ = [
+    "MQTT_VERSIONS",
+    "MqttVersionCollector",
+    "TwinMqttService",
+    "TwinMqttSettings",
+    "describe_mqtt_error",
+]
 
 log = logging.getLogger("edge_agent.twins.mqtt_service")
 
@@ -134,6 +153,22 @@ class TwinMqttSettings:
     claim_queue: int = 64
     """Claim requests waiting at most; beyond, claims are answered ``unavailable``."""
 
+    mqtt_version: str = "auto"
+    """MQTT version of the agent's session: ``auto`` (MQTT 5, or 3.1.1 when the broker refuses
+    5), ``5`` (only 5: a broker without it is an error, logged, retried) or ``3.1.1``."""
+
+    session_expiry: int = 0xFFFF_FFFF
+    """MQTT 5 only: seconds the broker keeps the agent's session (subscriptions and queued QoS 1
+    device messages) after the agent disconnects. The default 4294967295 means "never", what a
+    3.1.1 ``clean_session=false`` session gets, so a restart loses nothing under either version;
+    mosquitto's ``persistent_client_expiration`` caps both alike."""
+
+    receive_maximum: int = 1000
+    """MQTT 5 only: QoS 1 device messages the broker sends the agent unacknowledged, at most
+    (the agent acknowledges after committing). Under 3.1.1 the broker's
+    ``max_inflight_messages`` (20 by default) decides. Capped at `max_queued_messages`: aiomqtt
+    drops messages beyond its queue, and a dropped unacknowledged one waits for a reconnect."""
+
     keepalive: int = 30
     """MQTT keepalive of the agent's session in seconds; the broker notices a dead agent
     within 1.5 times this."""
@@ -157,6 +192,92 @@ class TwinMqttSettings:
     @property
     def client_id_file(self) -> Path:
         return self.data_dir / "agent-client-id"
+
+
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
+"""The values of `TwinMqttSettings.mqtt_version` (``[twins] mqtt_version``)."""
+PROTOCOL_LEVEL = {"5": 5, "3.1.1": 4}
+"""MQTT protocol level of each version (the CONNECT byte; the gauge's value)."""
+_UNSUPPORTED_PROTOCOL = frozenset({1, 0x84})
+"""CONNACK refusing the protocol version: 3.1.1's return code 1 (what a broker without MQTT 5
+answers, and paho reports as 0x84), MQTT 5's reason code 0x84."""
+_REASON_HINTS = {
+    0x84: 'the broker does not speak MQTT 5: set [twins] mqtt_version = "auto" or "3.1.1"',
+    0x85: "the broker refused the agent's client id (see agent_client_id)",
+    0x86: "the agent's broker user or password was refused: was its dynamic-security client "
+    "changed or deleted by hand?",
+    0x87: "is the agent's dynamic-security client disabled, or its role changed? "
+    "(docs/mqtt-broker.md)",
+    0x88: "the broker is unavailable",
+    0x89: "the broker is busy",
+    0x8A: "the agent's client is banned on the broker",
+    0x8B: "the broker is shutting down",
+    0x8E: "another connection took over the agent's session (same client id): is a second "
+    "agent running with this data dir?",
+    0x95: "a packet was larger than the broker's message_size_limit",
+    0x97: "a broker quota was exceeded",
+    0x98: "an operator acted on the broker (the agent's dynamic-security client disabled, "
+    "changed or deleted?)",
+}
+"""What to check for reason codes an operator can act on (MQTT 5 CONNACK and DISCONNECT)."""
+
+
+def describe_mqtt_error(error: BaseException) -> str:
+    """A log line's account of a refused connection or a broker's disconnect.
+
+    Names the MQTT reason (``Not authorized, reason code 135``) and, for the codes an operator
+    can act on, what to check; other errors are given as they are.
+    """
+    if not isinstance(error, aiomqtt.MqttCodeError):
+        return str(error)
+    code = getattr(error.rc, "value", error.rc)
+    if isinstance(error, MqttConnectError):
+        if code in _UNSUPPORTED_PROTOCOL:
+            code = 0x84
+        # aiomqtt words a 3.1.1 return code in its message, a ReasonCode by its name
+        name = error.args[0] if isinstance(error.rc, int) and error.args else str(error.rc)
+        if code == 0x84:  # paho's name for 3.1.1's return code 1 as well
+            name = "Unsupported protocol version"
+        what = f"the broker refused the connection: {name} (reason code {code})"
+    elif isinstance(code, int) and code >= 0x80:  # MQTT 5: a code from 0x80 up is a failure
+        what = f"the broker ended the session: {error.rc} (reason code {code})"
+    else:
+        return str(error)
+    hint = _REASON_HINTS.get(code) if isinstance(code, int) else None
+    return f"{what}: {hint}" if hint else what
+
+
+def _refuses_v5(error: aiomqtt.MqttError) -> bool:
+    return isinstance(error, MqttConnectError) and (
+        getattr(error.rc, "value", error.rc) in _UNSUPPORTED_PROTOCOL
+    )
+
+
+def _disconnect_cause(client: aiomqtt.Client) -> aiomqtt.MqttError | None:
+    gone = client._disconnected  # noqa: SLF001 - aiomqtt keeps the reason only here
+    if not gone.done() or gone.cancelled():
+        return None
+    cause = gone.exception()
+    return cause if isinstance(cause, aiomqtt.MqttError) else None
+
+
+class MqttVersionCollector(Collector):
+    """``edge_agent_twins_mqtt_protocol_version`` on /metrics: the session's protocol level.
+
+    Register it in the agent's registry: ``registry.register(MqttVersionCollector(service))``.
+    """
+
+    def __init__(self, service: TwinMqttService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        version = self._service.mqtt_version
+        yield GaugeMetricFamily(
+            "edge_agent_twins_mqtt_protocol_version",
+            "MQTT protocol level of the agent's broker session: 5 (MQTT 5) or 4 (MQTT 3.1.1); "
+            "0 while it is not connected",
+            value=0 if version is None else PROTOCOL_LEVEL[version],
+        )
 
 
 CLIENT_ID_SUFFIX_BYTES = 8
@@ -218,8 +339,16 @@ class TwinMqttService:
     def __init__(
         self, *, settings: TwinMqttSettings, sender: Sender, clock: Callable[[], float] = time.time
     ) -> None:
+        if settings.mqtt_version not in MQTT_VERSIONS:
+            raise ValueError(
+                f"mqtt_version: one of {', '.join(MQTT_VERSIONS)}, got {settings.mqtt_version!r}"
+            )
         self.settings = settings
         self.metrics = Metrics()
+        self.mqtt_version: str | None = None
+        """MQTT version of the current broker session (``5`` or ``3.1.1``); None while there is
+        none (/status and the protocol gauge show it)."""
+        self._v5_refused = False  # "auto" fell back to 3.1.1: kept until the agent restarts
         self.ready = asyncio.Event()
         """Set while the agent's broker session is subscribed (cleared when it drops)."""
         self._store = TwinStore(
@@ -428,12 +557,21 @@ class TwinMqttService:
     async def _mqtt_loop(self) -> None:
         delay = self.settings.reconnect_initial
         while True:
+            version = self._version()
             try:
-                await self._session()
+                await self._session(version)
             except aiomqtt.MqttError as exc:
+                if version == "5" and self.settings.mqtt_version == "auto" and _refuses_v5(exc):
+                    log.warning(
+                        "the broker refused MQTT 5 (%s); using MQTT 3.1.1 until the agent restarts",
+                        exc,
+                    )
+                    self._v5_refused = True
+                    continue  # at once: the broker is there, it only wants 3.1.1
                 log.warning(
-                    "broker session lost: %s%s; reconnecting in %.1f s",
-                    exc,
+                    "broker session (MQTT %s) lost: %s%s; reconnecting in %.1f s",
+                    version,
+                    describe_mqtt_error(exc),
                     describe_error(exc, self.settings.broker_tls, self.settings.broker_host),
                     delay,
                 )
@@ -441,18 +579,40 @@ class TwinMqttService:
                 self.ready.clear()
                 self.twins.attach(None)
                 self._client = None
+                self.mqtt_version = None
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
             delay = min(delay * 2, self.settings.reconnect_max)
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _version(self) -> str:
+        """The MQTT version to connect with next."""
+        wanted = self.settings.mqtt_version
+        if wanted == "auto":
+            return "3.1.1" if self._v5_refused else "5"
+        return wanted
+
+    def _new_client(self, version: str) -> aiomqtt.Client:
         settings = self.settings
+        v5 = version == "5"
+        properties = None
+        if v5:
+            # The 3.1.1 session's equivalent: resumed (never a clean start, not even on the
+            # first connect, aiomqtt's default) and kept by the broker for `session_expiry`.
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.session_expiry
+            properties.ReceiveMaximum = max(
+                1, min(settings.receive_maximum, settings.max_queued_messages, 65535)
+            )
         client = aiomqtt.Client(
             settings.broker_host,
             settings.broker_port,
             username=settings.agent_username,
             password=self._agent_password,
             identifier=self._agent_client_id,
-            clean_session=False,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else False,
+            # paho refuses clean_start and properties under 3.1.1 unless left at their defaults
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
             keepalive=settings.keepalive,
             max_queued_incoming_messages=settings.max_queued_messages,
             max_inflight_messages=settings.max_inflight_answers,
@@ -463,9 +623,10 @@ class TwinMqttService:
         client._client.manual_ack_set(on=True)  # noqa: SLF001 - paho option aiomqtt does not expose
         return client
 
-    async def _session(self) -> None:
-        async with self._new_client() as client:
+    async def _session(self, version: str) -> None:
+        async with self._new_client(version) as client:
             self._client = client
+            self.mqtt_version = version
             self.metrics.broker_sessions += 1
             node = self.settings.node_name
             await client.subscribe([(f, 1) for f in topics.agent_subscriptions(node)])
@@ -473,8 +634,20 @@ class TwinMqttService:
             self.twins.attach(_Publisher(client))
             await self.twins.republish()
             self.ready.set()
-            log.info("twins: serving %s devices on the broker", len(self.twins.device_ids()))
-            await self._consume(client)
+            log.info(
+                "twins: serving %s devices on the broker (MQTT %s)",
+                len(self.twins.device_ids()),
+                version,
+            )
+            try:
+                await self._consume(client)
+            except aiomqtt.MqttError as exc:
+                # aiomqtt's iterator says only "Disconnected during message iteration"; the
+                # broker's reason (MQTT 5 DISCONNECT) is in its disconnect future.
+                cause = _disconnect_cause(client)
+                if cause is None or cause is exc:
+                    raise
+                raise cause from exc
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         messages = client.messages
