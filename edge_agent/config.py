@@ -354,8 +354,7 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         max_devices=twins.max_devices,
         keepalive=twins.keepalive,
         reconnect_max=twins.reconnect_max,
-        # getattr: TwinsConfig (edge_agent/settings.py) gets the field in its own change
-        mqtt_version=getattr(twins, "mqtt_version", "auto"),
+        mqtt_version=twins.mqtt_version,
     )
 
 

@@ -157,6 +157,7 @@ class _TwinsPart:
         from edge_agent.twin_link import CloudTwinLink  # noqa: PLC0415
         from edge_agent.twins import TwinMqttService  # noqa: PLC0415
         from edge_agent.twins.models import ReceivedModels  # noqa: PLC0415
+        from edge_agent.twins.mqtt_service import MqttVersionCollector  # noqa: PLC0415
         from edge_agent.twins.outbox import OutboxCollector  # noqa: PLC0415
 
         service_settings = config.twins_settings(
@@ -177,6 +178,7 @@ class _TwinsPart:
         received.load()
         client.session_tasks["models"] = CloudModelLink(received).run_session
         registry.register(OutboxCollector(service.outbox))
+        registry.register(MqttVersionCollector(service))
         return cls(service=service, sync=sync)
 
     def status(self) -> dict[str, object]:
@@ -184,6 +186,7 @@ class _TwinsPart:
         return {
             "enabled": True,
             "ready": self.service.ready.is_set(),
+            "mqtt_version": self.service.mqtt_version,
             "origin": self.service.origin,
             "devices": len(self.service.twins.device_ids()),
             "outbox": self.service.outbox.size,

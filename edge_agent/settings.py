@@ -189,6 +189,10 @@ class TwinsConfig:
     max_devices: int = 10_000
     """Devices this agent serves at most; every twin is kept in memory (a few KB each)."""
 
+    mqtt_version: str = "auto"
+    """MQTT version of the agent's broker session: ``auto`` (5, or 3.1.1 when the broker
+    refuses 5), ``5`` or ``3.1.1``; devices may use either whatever this says."""
+
     keepalive: int = 30
     """MQTT keepalive of the agent's broker session, in seconds."""
 

@@ -44,6 +44,9 @@ async def test_an_onboarded_device_and_its_reports_reach_the_cloud_api(system: S
     assert delivered, metrics
     assert float(delivered[1]) >= 1
     assert re.search(r"(?m)^edge_agent_twins_outbox_records \S+$", metrics), metrics
+    # The agent speaks MQTT 5 with mosquitto 2 (issue 19 item 4): /status and the gauge say so.
+    assert re.search(r"(?m)^edge_agent_twins_mqtt_protocol_version 5\.0$", metrics), metrics
+    assert (await system.edge_status())["mqtt_version"] == "5"
     # ...and the cloud timed its way from the agent to the store (issue 19's twin histogram).
     assert system.server.metric("tunnel_server_twins_end_to_end_seconds_count") >= 1
 

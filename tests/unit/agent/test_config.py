@@ -39,6 +39,7 @@ def test_every_twins_key_reaches_the_service_settings(tmp_path: Path) -> None:
         max_devices=12,
         keepalive=7,
         reconnect_max=3.5,
+        mqtt_version="3.1.1",
     )
     defaults = TwinsConfig()
     changed = {
