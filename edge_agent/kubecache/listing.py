@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from edge_agent.kubecache.keys import sort_key
@@ -104,6 +106,37 @@ def render_raw_list(coverage: Coverage, page: RawPage) -> bytes:
         separators=(",", ":"),
     ).encode()
     return b"".join((envelope[:-1], b',"items":[', b",".join(items), b"]}"))
+
+
+def list_head(coverage: Coverage) -> tuple[bytes, Callable[[bytes], bytes]]:
+    """An unpaged LIST's text up to its first item, and what each stored text becomes.
+
+    Streamed answers (``offline.py``) write the head, the items joined by ``,`` and ``]}``;
+    the same bytes :func:`render_raw_list` gives for a page without ``continue``.
+    """
+    envelope = json.dumps(
+        {
+            "kind": coverage.list_kind,
+            "apiVersion": coverage.api_version,
+            "metadata": {"resourceVersion": coverage.rv},
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = envelope[:-1] + b',"items":['
+    if coverage.items_have_kind:
+        return head, _same
+    kind = coverage.list_kind.removesuffix("List")
+    prefix = (
+        json.dumps(
+            {"kind": kind, "apiVersion": coverage.api_version}, separators=(",", ":")
+        ).encode()[:-1]
+        + b","
+    )
+    return head, functools.partial(_without_kind, head=prefix)
+
+
+def _same(text: bytes) -> bytes:
+    return text
 
 
 def _without_kind(text: bytes, head: bytes) -> bytes:

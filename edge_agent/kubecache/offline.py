@@ -19,19 +19,24 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from edge_agent.kubecache import discovery, heartbeats, tokens
 from edge_agent.kubecache.answers import json_answer, reject
 from edge_agent.kubecache.call import Call
 from edge_agent.kubecache.keys import Verb
-from edge_agent.kubecache.listing import decode_continue, render_raw_list
+from edge_agent.kubecache.listing import decode_continue, list_head, render_raw_list
 from edge_agent.kubecache.shared import Shared
-from edge_agent.kubecache.store import SnapshotExpiredError
+from edge_agent.kubecache.store import Scope, SnapshotChangedError, SnapshotExpiredError
 from edge_agent.kubecache.wire import Representation, status_object
 from fleet_model.labels import SelectorError
 
 log = logging.getLogger("edge_agent.kubecache.offline")
+
+STREAM_CHUNK_BYTES = 256 * 1024
+"""Stored JSON read per disk-thread hop for a streamed LIST: the answer's memory bound
+(about one chunk, never the list), and few enough hops (about 50 for 5,000 pods) that the
+thread switches cost little."""
 
 
 async def answer(shared: Shared, call: Call) -> web.StreamResponse:  # noqa: PLR0911 - one answer per case, flat reads best
@@ -84,20 +89,78 @@ async def _list(shared: Shared, call: Call) -> web.StreamResponse:
         limit = int(query.get("limit", "0") or "0")
     except (SelectorError, ValueError) as exc:
         return json_answer(status_object(400, "BadRequest", str(exc)), status=400)
+    if limit <= 0:
+        return await _stream_list(shared, call, scope, start=start, at=at)
     try:
         found = await shared.store.run(
             "list",
             lambda s: s.snapshot(scope, start=start, limit=max(limit, 0), at=at or ""),
         )
     except SnapshotExpiredError:
-        shared.metrics.requests.labels(verb="list", source="cache").inc()
-        message = (
-            "The provided continue parameter is too old to display a consistent list result "
-            "from the edge cache. You can start a new list without the continue parameter."
-        )
-        return json_answer(status_object(410, "Expired", message), status=410)
+        return _expired(shared)
     if found is None:
         return reject(shared, call, "no complete list covering this query is cached")
     coverage, page = found
     shared.metrics.requests.labels(verb="list", source="cache").inc()
     return web.Response(body=render_raw_list(coverage, page), content_type="application/json")
+
+
+def _expired(shared: Shared) -> web.Response:
+    shared.metrics.requests.labels(verb="list", source="cache").inc()
+    message = (
+        "The provided continue parameter is too old to display a consistent list result "
+        "from the edge cache. You can start a new list without the continue parameter."
+    )
+    return json_answer(status_object(410, "Expired", message), status=410)
+
+
+async def _stream_list(
+    shared: Shared, call: Call, scope: Scope, *, start: str, at: str
+) -> web.StreamResponse:
+    """An unpaged LIST written as it is read: envelope, then items chunk by chunk.
+
+    Holds one chunk (``STREAM_CHUNK_BYTES`` of stored texts) at a time, never the whole
+    list; each chunk is read on the disk thread after the previous one was written and
+    drained (``StreamResponse.write`` waits while the socket's buffer is full), so a slow
+    client is paced, not buffered. If the view changes before the last chunk (the link came
+    back and a write-through moved it) or the disk fails, the connection is aborted
+    mid-body: a truncated chunked body the client reports as an error and re-lists, never a
+    list mixing two snapshots.
+    """
+    try:
+        reader = await shared.store.run("list", lambda s: s.open_list(scope, start=start, at=at))
+    except SnapshotExpiredError:
+        return _expired(shared)
+    if reader is None:
+        return reject(shared, call, "no complete list covering this query is cached")
+    shared.metrics.requests.labels(verb="list", source="cache").inc()
+    head, strip = list_head(reader.coverage)
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await response.prepare(call.request)
+    separator = b""
+    try:
+        await response.write(head)
+        while True:
+            try:
+                chunk = await shared.store.run(
+                    "list", lambda s: s.read_list(reader, STREAM_CHUNK_BYTES)
+                )
+            except SnapshotChangedError:
+                chunk = None
+            if chunk is None:  # changed, or the disk failed: cut the answer (see above)
+                log.warning(
+                    "offline LIST of %s cut: its view changed or the disk failed", scope.key
+                )
+                transport = call.request.transport
+                if transport is not None:
+                    transport.abort()
+                return response
+            if not chunk:
+                break
+            await response.write(separator + b",".join(strip(text) for text in chunk))
+            separator = b","
+        await response.write(b"]}")
+        await response.write_eof()
+    except (ConnectionResetError, ClientConnectionResetError):
+        log.debug("client left during an offline LIST of %s", scope.key)
+    return response

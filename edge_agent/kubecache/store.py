@@ -42,10 +42,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edge_agent.kubecache.keys import (
     NO_NAMESPACE,
@@ -539,6 +539,76 @@ class CacheStore:
                 raise SnapshotExpiredError(at)
         return _coverage_of(view), self._page(scope, view, start=start, limit=limit)
 
+    def open_list(self, scope: Scope, *, start: str = "", at: str = "") -> ListReader | None:
+        """A reader of the covering view's snapshot of ``scope``, whole, read in chunks.
+
+        For an unpaged LIST answered as a stream (``offline.py``): ``at`` and ``start`` as in
+        :meth:`snapshot`. The reader holds no SQLite cursor between chunks (other store work
+        runs in between); it fails with :class:`SnapshotChangedError` if the view changes
+        before its last chunk, so an answer never mixes two snapshots.
+        """
+        view = self.view_for(scope)
+        if view is None:
+            return None
+        if at and at != view.rv:
+            changed = self._book.replay(view.key, at)
+            if changed is None or changed or rv_newer(at, view.rv):
+                raise SnapshotExpiredError(at)
+        low, high = self._range(scope.component, scope.resource, scope.namespace)
+        selective = bool(scope.labels.requirements or scope.fields.requirements)
+        return ListReader(
+            coverage=_coverage_of(view),
+            scope=scope,
+            view=view,
+            seq=view.seq,
+            low=low,
+            high=high,
+            start=start,
+            # A continued LIST starts its scan at ``start`` (cluster-scoped keys carry ``_/``).
+            seek=low + min(start, f"{NO_NAMESPACE}/{start}") if start else low,
+            needles=_needles(scope) if selective else None,
+        )
+
+    def read_list(self, reader: ListReader, max_bytes: int) -> list[bytes]:
+        """The next items of a streamed LIST (about ``max_bytes`` of text, at least one).
+
+        Empty at the end. :class:`SnapshotChangedError` if the view changed since
+        :meth:`open_list`.
+        """
+        if reader.done:
+            return []
+        view = reader.view
+        if self._book.get(view.key) is not view or view.seq != reader.seq:
+            raise SnapshotChangedError(view.key)
+        members, low, needles, size = view.members, reader.low, reader.needles, 0
+        items: list[bytes] = []
+        rows = cast("Generator[tuple[str, str, bytes]]", self._cache.rows(reader.seek, reader.high))
+        try:
+            for key, rv, stored in rows:
+                if size >= max_bytes:
+                    reader.seek = key  # the first row of the next chunk
+                    return items
+                parsed = parse_object_key(key)
+                if parsed is None:
+                    continue
+                member_rv = members.get((parsed[2], parsed[3]))
+                if member_rv is None:
+                    continue
+                relative = key[len(low) :].removeprefix(f"{NO_NAMESPACE}/")
+                if relative < reader.start:
+                    continue
+                text = stored
+                if member_rv != rv:  # the view holds an older version than the newest
+                    text = self._raw_text(history_key(key, member_rv)) or text
+                if needles is not None and not _selected(reader.scope, needles, text):
+                    continue
+                items.append(text)
+                size += len(text)
+        finally:
+            rows.close()  # ends the SQLite statement now, not at garbage collection
+        reader.done = True
+        return items
+
     def _page(self, scope: Scope, view: View, *, start: str, limit: int) -> RawPage:
         """One page of ``view``'s members inside ``scope``, as stored JSON texts.
 
@@ -804,6 +874,28 @@ class CacheStore:
         return [_coverage_of(view) for view in self._book.views.values()]
 
 
+@dataclass(kw_only=True, slots=True)
+class ListReader:
+    """Where a streamed LIST is in one view's snapshot (:meth:`CacheStore.read_list`).
+
+    Holds no SQLite cursor: each chunk is a fresh range scan from ``seek``. ``seq`` is the
+    view's change count when the read began; unchanged, every version the view records is
+    still stored, so the chunks together are exactly one snapshot.
+    """
+
+    coverage: Coverage
+    scope: Scope
+    view: View
+    seq: int
+    low: str
+    high: str
+    start: str
+    seek: str
+    needles: list[tuple[bytes, ...]] | None
+    """None: no selectors (nothing decoded)."""
+    done: bool = False
+
+
 def _needles(scope: Scope) -> list[tuple[bytes, ...]]:
     """Byte strings an object's JSON must contain (one of each group) to match ``scope``.
 
@@ -835,6 +927,10 @@ def _parse_fields(text: str) -> FieldSelector:
 
 class SnapshotExpiredError(Exception):
     """A continued LIST's snapshot is no longer the cache's (answer 410 Expired)."""
+
+
+class SnapshotChangedError(Exception):
+    """The view a streamed LIST was reading changed before its end (the answer is cut)."""
 
 
 def history_key(object_key_: str, rv: str) -> str:

@@ -18,7 +18,7 @@ from edge_agent.kubecache import open_direct_upstream, serve_kube_proxy
 from edge_agent.kubecache.wire import PROTOBUF
 from tests.harness import kube
 from tests.harness.waiting import eventually_async
-from tests.integration.kubecache.conftest import Edge, edge_settings
+from tests.integration.kubecache.conftest import KUBELET, Edge, edge_settings
 
 pytestmark = pytest.mark.kube
 
@@ -207,3 +207,34 @@ async def test_a_corrupt_cache_degrades_to_pass_through_loudly(
     assert any(
         r.levelname == "ERROR" and "object cache unusable" in r.getMessage() for r in caplog.records
     )
+
+
+async def test_a_big_offline_list_is_streamed_and_other_answers_go_on_meanwhile(
+    edge: Edge, cloud: aiohttp.ClientSession, namespace: str
+) -> None:
+    """1.3 MB of ConfigMaps: several chunks, sent as they are read (chunked, no length)."""
+    filler = "x" * 32768
+    for index in range(40):
+        body = {"metadata": {"name": f"big-{index:02d}"}, "data": {"f": filler}}
+        async with cloud.post(f"/api/v1/namespaces/{namespace}/configmaps", json=body) as made:
+            assert made.status == 201, await made.text()
+    url = f"{edge.url}/api/v1/namespaces/{namespace}/configmaps"
+    async with aiohttp.ClientSession(headers=KUBELET) as http:
+        async with http.get(url) as online:
+            assert online.status == 200
+            expected = await online.json()
+        await edge.go_offline()
+        async with http.get(url) as streamed:
+            assert streamed.status == 200
+            assert streamed.headers.get("Transfer-Encoding") == "chunked"
+            assert "Content-Length" not in streamed.headers
+            first = await streamed.content.readexactly(1024)
+            # The answer is half read: another offline answer is not held up behind it.
+            async with asyncio.timeout(30), http.get(f"{url}/big-07") as one:
+                assert one.status == 200
+                assert (await one.json())["metadata"]["name"] == "big-07"
+            text = first + await streamed.read()
+    answer = json.loads(text)
+    assert answer["metadata"] == expected["metadata"]
+    assert answer["items"] == expected["items"]
+    assert len([i for i in answer["items"] if i["metadata"]["name"].startswith("big-")]) == 40

@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 
 from edge_agent.kubecache.keys import Resource
-from edge_agent.kubecache.listing import decode_continue, render_raw_list
+from edge_agent.kubecache.listing import decode_continue, list_head, render_raw_list
 from edge_agent.kubecache.selectors import parse_field_selector
-from edge_agent.kubecache.store import CacheStore, Scope
+from edge_agent.kubecache.store import (
+    CacheStore,
+    Scope,
+    SnapshotChangedError,
+    SnapshotExpiredError,
+)
 from fleet_model.labels import parse_label_selector
 from tests.unit.kubecache.test_store import PODS, coverage, pod
 
@@ -117,3 +122,62 @@ def test_a_continued_page_of_cluster_scoped_objects_starts_after_the_last(
     assert (names(first.items), first.more, first.remaining) == (["a1", "n1"], True, 2)
     rest = store.list_raw(scope, start=first.last_key + "\x00")
     assert (names(rest.items), rest.more) == (["n3", "z9"], False)
+
+
+def streamed(store: CacheStore, scope: Scope, *, start: str = "", max_bytes: int) -> bytes:
+    """An unpaged LIST as ``offline.py`` streams it: head, chunks, ``]}``."""
+    reader = store.open_list(scope, start=start)
+    assert reader is not None
+    head, strip = list_head(reader.coverage)
+    chunks: list[list[bytes]] = []
+    while chunk := store.read_list(reader, max_bytes):
+        chunks.append(chunk)
+    assert store.read_list(reader, max_bytes) == []  # stays at its end
+    if max_bytes == 1:
+        assert all(len(chunk) == 1 for chunk in chunks)  # one item per chunk: really chunked
+    items = b",".join(strip(text) for chunk in chunks for text in chunk)
+    return head + items + b"]}"
+
+
+@pytest.mark.parametrize("max_bytes", [1, 300, 1 << 20])
+def test_a_streamed_list_is_the_whole_page_byte_for_byte(store: CacheStore, max_bytes: int) -> None:
+    fill(store)
+    # a/p2 changes after the LIST: the view still records its older version (kept in h/).
+    store.put("kubelet", PODS, pod("p2", 25, namespace="a", app="z"))
+    app_x = parse_label_selector("app=x", max_length=100)
+    not_a = parse_field_selector("metadata.namespace!=a", max_length=100)
+    cases = [
+        (Scope(component="kubelet", resource=PODS), ""),
+        (Scope(component="kubelet", resource=PODS, namespace="a"), ""),
+        (Scope(component="kubelet", resource=PODS, labels=app_x), ""),
+        (Scope(component="kubelet", resource=PODS, fields=not_a), ""),
+        (Scope(component="kubelet", resource=PODS), "a/p2\x00"),
+    ]
+    for scope, start in cases:
+        found = store.snapshot(scope, start=start)
+        assert found is not None
+        whole = render_raw_list(*found)
+        assert streamed(store, scope, start=start, max_bytes=max_bytes) == whole, scope
+    everything = json.loads(streamed(store, cases[0][0], max_bytes=max_bytes))
+    assert [i["metadata"]["name"] for i in everything["items"]] == ["p10", "p2", "p0", "p1"]
+    assert everything["items"][1]["metadata"]["resourceVersion"] == "11"  # the view's version
+
+
+def test_a_streamed_list_stops_if_its_view_changes_before_the_end(store: CacheStore) -> None:
+    fill(store)
+    scope = Scope(component="kubelet", resource=PODS)
+    reader = store.open_list(scope)
+    assert reader is not None
+    assert names(store.read_list(reader, 1)) == ["p10"]
+    store.replace(scope, [pod("p1", 30, namespace="b")], coverage(scope, 30))
+    with pytest.raises(SnapshotChangedError):
+        store.read_list(reader, 1)
+    assert names(store.list_raw(scope).items) == ["p1"]  # a new read sees the new snapshot
+
+
+def test_a_streamed_continued_list_of_another_snapshot_is_expired(store: CacheStore) -> None:
+    fill(store)
+    scope = Scope(component="kubelet", resource=PODS)
+    store.replace(scope, [pod("p1", 30, namespace="b")], coverage(scope, 30))
+    with pytest.raises(SnapshotExpiredError):
+        store.open_list(scope, start="a/p2\x00", at="20")
