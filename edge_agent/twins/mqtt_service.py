@@ -322,13 +322,6 @@ class _Publisher:
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         await self._client.publish(topic, payload, qos=1, retain=retain)
 
-    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool) -> None:
-        # paho queues in call order and sends on the loop's next write; aiomqtt's publish
-        # would add a future per message and wait for its PUBACK.
-        info = self._client._client.publish(topic, payload, qos=1, retain=retain)  # noqa: SLF001
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "could not queue an answer")
-
 
 class TwinMqttService:
     """The MQTT device service of the edge's twins.

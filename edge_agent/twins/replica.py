@@ -8,11 +8,15 @@ Rules (docs/mqtt.md has the wire format):
    and the new replica plus the `TwinChange` for the cloud are committed in one SQLite
    transaction before the device gets its answer (twin_store.py, outbox.py).
 3. Group commit: messages are handled in batches (everything already received, up to a cap;
-   mqtt_service.py forms them): one transaction and one fsync per batch, then the caller's
-   ``committed`` hook (it acknowledges the batch to the broker), then the answers, queued in
-   order on the session without waiting for their PUBACKs. No device is answered or
-   acknowledged before its change is durable. A commit failure answers every request of the
-   batch with ``unavailable`` and changes nothing in memory.
+   mqtt_service.py forms them): one transaction and one fsync per batch, then the answers
+   (published in order, their PUBACKs awaited together), then the caller's ``committed`` hook
+   (it acknowledges the batch's messages to the broker). No device is answered before its
+   change is durable, and no device message is acknowledged before the broker holds its
+   answer: an agent killed in between gets the messages again from its session and answers
+   them from the stored answers (rule 4) — acknowledged first, a lost answer would be resent
+   by the device only later, possibly after its rid left the `MAX_RECENT` window, and be
+   applied twice. A commit failure answers every request of the batch with ``unavailable``
+   and changes nothing in memory.
 4. A request id (``rid``) makes a request idempotent: the answers to a device's last
    `MAX_RECENT` request ids are stored with its twin, and a redelivered request gets the stored
    answer without being applied again.
@@ -89,13 +93,6 @@ _AVAILABILITY = (b"online", b"offline")
 class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         """Publish (QoS 1) and return once the broker acknowledged it."""
-        ...
-
-    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool) -> None:
-        """Queue a QoS 1 message on the session, in call order, without waiting for it.
-
-        Raise aiomqtt.MqttError when the session cannot take it.
-        """
         ...
 
 
@@ -291,17 +288,17 @@ class EdgeTwinReplica:
                     "twin store commit failed; %s requests answered unavailable", len(messages)
                 )
                 self._answer_storage_failure(batch)
+                await self._send(batch.outgoing)
                 if committed is not None:
                     committed()
-                await self._send(batch.outgoing)
                 return
             self._devices.update(batch.records)
             self._metrics.reports_accepted += batch.accepted
             if batch.write.outbox:
                 self._outbox.notify()
+            await self._send(batch.outgoing)
             if committed is not None:
                 committed()
-            await self._send(batch.outgoing)
 
     def _handle_one(self, batch: _Batch, where: DeviceTopic, payload: bytes) -> None:
         rid: str | None = None
@@ -480,15 +477,20 @@ class EdgeTwinReplica:
         if publisher is None or not outgoing:
             return
         try:
-            # Queued in order on the one session, so the broker gets them in this order; not
-            # waiting for each PUBACK keeps the next batch from waiting on a broker round trip
-            # (answers are advisory: a device without one retries with the same rid).
-            for message in outgoing:
-                publisher.publish_nowait(message.topic, message.payload, retain=message.retain)
-        except aiomqtt.MqttError as error:
-            # The connection loop reconnects and republishes the retained deltas; devices
-            # retry requests whose answer they did not get (their rid makes that safe).
-            log.warning("publishing %s answers failed: %s", len(outgoing), error)
+            # Tasks start in creation order and each hands its message to the client at once,
+            # so the broker gets them in this order while their acknowledgements overlap; the
+            # batch's device messages are acknowledged only after these (rule 3).
+            async with asyncio.TaskGroup() as group:
+                for index, message in enumerate(outgoing):
+                    group.create_task(
+                        publisher.publish(message.topic, message.payload, retain=message.retain),
+                        name=f"twins.publish[{index}]",
+                    )
+        except* aiomqtt.MqttError as errors:
+            # The connection loop reconnects and republishes the retained deltas; the batch's
+            # messages, unacknowledged on a dead session, come again and are answered from
+            # the stored answers (their rid makes that safe).
+            log.warning("publishing %s answers failed: %s", len(outgoing), errors.exceptions[0])
             self._published_delta.clear()
 
     # ------------------------------------------------------------------ outbox records
