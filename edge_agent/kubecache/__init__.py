@@ -7,8 +7,9 @@ and the operator functions of ``ops`` (``cache_stats``, ``cache_verify``, ``cach
 See docs/edge-cache.md.
 """
 
-import importlib as _importlib
 from typing import TYPE_CHECKING
+
+from daemon_support.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:  # the names' types, for mypy; at run time __getattr__ loads them
     from edge_agent.kubecache.ops import VerifyReport, cache_purge, cache_stats, cache_verify
@@ -32,14 +33,7 @@ _WHERE = {
 }
 """Each public name and the module that defines it: loaded on first use (issue 18)."""
 
-
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = [

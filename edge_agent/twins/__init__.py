@@ -14,8 +14,9 @@ Names say what each part is (docs/twins.md §1):
 docs/mqtt.md describes the topics and payloads devices use.
 """
 
-import importlib as _importlib
 from typing import TYPE_CHECKING
+
+from daemon_support.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:  # the names' types, for mypy; at run time __getattr__ loads them
     from edge_agent.twins.mqtt_service import TwinMqttService, TwinMqttSettings
@@ -38,14 +39,7 @@ _WHERE = {
 }
 """Each public name and the module that defines it: loaded on first use (issue 18)."""
 
-
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = [
