@@ -521,6 +521,19 @@ class CacheStore:
             return RawPage(items=[], last_key="", more=False, remaining=0)
         return self._page(scope, view, start=start, limit=limit)
 
+    def _view_at(self, scope: Scope, at: str) -> View | None:
+        """The covering view of ``scope``, if its snapshot is still the one of version ``at``.
+
+        ``at`` empty: any snapshot. Else :class:`SnapshotExpiredError` once anything recorded
+        changed since ``at`` (a continued LIST must not mix two snapshots).
+        """
+        view = self.view_for(scope)
+        if view is not None and at and at != view.rv:
+            changed = self._book.replay(view.key, at)
+            if changed is None or changed or rv_newer(at, view.rv):
+                raise SnapshotExpiredError(at)
+        return view
+
     def snapshot(
         self, scope: Scope, *, start: str = "", limit: int = 0, at: str = ""
     ) -> tuple[Coverage, RawPage] | None:
@@ -530,13 +543,9 @@ class CacheStore:
         the view's snapshot is the same as at ``at`` (nothing recorded changed since), else
         :class:`SnapshotExpiredError`.
         """
-        view = self.view_for(scope)
+        view = self._view_at(scope, at)
         if view is None:
             return None
-        if at and at != view.rv:
-            changed = self._book.replay(view.key, at)
-            if changed is None or changed or rv_newer(at, view.rv):
-                raise SnapshotExpiredError(at)
         return _coverage_of(view), self._page(scope, view, start=start, limit=limit)
 
     def open_list(self, scope: Scope, *, start: str = "", at: str = "") -> ListReader | None:
@@ -547,13 +556,9 @@ class CacheStore:
         runs in between); it fails with :class:`SnapshotChangedError` if the view changes
         before its last chunk, so an answer never mixes two snapshots.
         """
-        view = self.view_for(scope)
+        view = self._view_at(scope, at)
         if view is None:
             return None
-        if at and at != view.rv:
-            changed = self._book.replay(view.key, at)
-            if changed is None or changed or rv_newer(at, view.rv):
-                raise SnapshotExpiredError(at)
         low, high = self._range(scope.component, scope.resource, scope.namespace)
         selective = bool(scope.labels.requirements or scope.fields.requirements)
         return ListReader(
