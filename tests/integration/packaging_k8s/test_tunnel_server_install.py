@@ -14,7 +14,6 @@ that reason, never faked.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,19 +56,9 @@ def has_crds() -> bool:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def rendered() -> dict[str, str]:
     """``{"ha": ..., "single": ...}``: each variant as `kubectl kustomize` prints it."""
-    ha_folder = PACKAGE
-    if not has_crds():
-        # Render everything this package has: the same tree minus the missing resource.
-        copy = tmp_path_factory.mktemp("tunnel-server") / "tunnel-server"
-        shutil.copytree(PACKAGE, copy)
-        kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
-        assert "crds" in kustomization["resources"]
-        kustomization["resources"].remove("crds")
-        (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-        ha_folder = copy
-    return {"ha": kubectl_kustomize(ha_folder), "single": kubectl_kustomize(PACKAGE / "single")}
+    return {"ha": kubectl_kustomize(PACKAGE), "single": kubectl_kustomize(PACKAGE / "single")}
 
 
 def documents(text: str) -> Objects:
@@ -329,8 +318,7 @@ def test_the_crds_install_with_the_ha_variant(
     plane: kube.ControlPlane, applied: Objects, rendered: dict[str, str]
 ) -> None:
     """Whatever crds/kustomization.yaml lists is rendered, applied and established."""
-    if not has_crds():
-        pytest.skip("crds/ is not in this checkout yet (the Kubernetes store adds it)")
+    assert has_crds(), "packaging/kubernetes/tunnel-server/crds/ is part of the install"
     listed = yaml.safe_load((CRDS / "kustomization.yaml").read_text())["resources"]
     definitions = [key for key in applied if key[0] == "CustomResourceDefinition"]
     assert len(definitions) >= len(listed) > 0
@@ -396,8 +384,6 @@ def test_the_command_is_one_the_cli_accepts(
     (server,) = workload_pod(documents(rendered[variant]), kind)["containers"]
     argv = server["command"][1:]
     args, unknown = cli.build_parser().parse_known_args(argv)
-    if "--store" in unknown:
-        pytest.skip("--store is not in this checkout's CLI yet (the Kubernetes store adds it)")
     assert unknown == []
     assert args.command == "run"
     assert args.listen == ("0.0.0.0", 8443)  # noqa: S104 - the pod's address
