@@ -91,7 +91,7 @@ class KubeProxy:
         self.upstream = upstream
         self.metrics = KubeCacheMetrics(registry)
         self.request_duration = prometheus_client.Histogram(
-            "edge_kubecache_request_duration_seconds",
+            "edge_agent_kubecache_request_duration_seconds",
             "Requests to the kube proxy, by verb, from parsing to the handler's return (the"
             " whole answer relayed); WATCH is left out: it lasts as long as the client wants",
             ["verb"],

@@ -5,7 +5,7 @@ One round per agent count, each with a fresh ``tunnel-server run`` (own data dir
 1. start the server, wait for ``/readyz``;
 2. start ``agents_load.py`` (a separate process) that creates N tokens, joins N nodes and
    waits; the server's RSS is sampled now (*before*);
-3. tell it to connect; wait until all N sessions are up (the server's ``tunnel_sessions``
+3. tell it to connect; wait until all N sessions are up (the server's ``tunnel_server_sessions``
    gauge must say N too), let it settle, sample the server's RSS again (*after*):
    RSS per agent = (after - before) / N;
 4. idle window: the server's and the load process's CPU share while nothing but keepalives
@@ -57,7 +57,7 @@ ADMISSION: dict[str, tuple[str, ...]] = {
 """``tunnel-server run`` arguments per admission mode: ``on`` is the server as shipped."""
 
 ADMISSION_COUNTERS = (
-    "tunnel_session_refused_total",
+    "tunnel_server_session_refused_total",
     "tunnel_server_tls_dropped_total",
     "tunnel_server_tls_handshakes_total",
 )
@@ -196,8 +196,10 @@ async def server_metrics(port: int, ca_file: Path, names: tuple[str, ...]) -> di
 
 
 async def server_sessions(port: int, ca_file: Path) -> int | None:
-    """The server's own ``tunnel_sessions`` gauge from ``/metrics``."""
-    value = (await server_metrics(port, ca_file, ("tunnel_sessions",))).get("tunnel_sessions")
+    """The server's own ``tunnel_server_sessions`` gauge from ``/metrics``."""
+    value = (await server_metrics(port, ca_file, ("tunnel_server_sessions",))).get(
+        "tunnel_server_sessions"
+    )
     return None if value is None else int(value)
 
 

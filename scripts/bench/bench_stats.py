@@ -304,7 +304,7 @@ def _label(name: str, report: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- idle agents
 
 _AGENT_ROWS: tuple[tuple[str, str, int], ...] = (
-    ("sessions held by the server (its `tunnel_sessions` gauge)", "sessions_held", 0),
+    ("sessions held by the server (its `tunnel_server_sessions` gauge)", "sessions_held", 0),
     ("server RSS before the sessions (MiB)", "server_rss_before_MiB", 1),
     ("server RSS with every session up (MiB)", "server_rss_after_MiB", 1),
     ("**server RSS per agent (KiB)**", "rss_per_agent_KB", 1),
@@ -339,7 +339,7 @@ def _admission(figures: Mapping[str, Any]) -> str:
     return " / ".join(
         _counter_sum(figures, prefix)
         for prefix in (
-            'tunnel_session_refused_total{reason="busy"}',
+            'tunnel_server_session_refused_total{reason="busy"}',
             "tunnel_server_tls_dropped_total",
             'tunnel_server_tls_handshakes_total{result="failed"}',
         )

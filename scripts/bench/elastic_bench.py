@@ -456,9 +456,9 @@ async def _probe_creates(bench: Bench, *, count: int) -> dict[str, Any]:
 
 
 SPACED_GAP_S = 0.3
-AGENT_WEBHOOK_METRIC = "edgefleet_agent_elastic_webhook_duration_seconds"
-AUTOSCALER_STEP_METRIC = "edgefleet_agent_elastic_autoscaler_step_seconds"
-POLICY_PASSES_METRIC = "edgefleet_agent_elastic_policy_passes_total"
+AGENT_WEBHOOK_METRIC = "edge_agent_elastic_webhook_duration_seconds"
+AUTOSCALER_STEP_METRIC = "edge_agent_elastic_autoscaler_step_seconds"
+POLICY_PASSES_METRIC = "edge_agent_elastic_policy_passes_total"
 APISERVER_WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds"
 
 

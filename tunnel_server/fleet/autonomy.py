@@ -54,13 +54,13 @@ PodKey = tuple[str, str]
 class AutonomyMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.patches = prometheus_client.Counter(
-            "autonomy_pod_patches",
+            "tunnel_server_autonomy_pod_patches",
             "Live pods patched by the autonomy controller, by result",
             ["result"],
             registry=registry,
         )
         self.webhook = prometheus_client.Counter(
-            "autonomy_webhook_reviews",
+            "tunnel_server_autonomy_webhook_reviews",
             "Pod creations reviewed by the autonomy webhook, by outcome",
             ["outcome"],
             registry=registry,

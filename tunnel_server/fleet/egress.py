@@ -95,16 +95,18 @@ class Route:
 class EgressMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.connects = prometheus_client.Counter(
-            "egress_connects",
+            "tunnel_server_egress_connects",
             "CONNECTs from kube-apiserver by result (ok, or why they were refused)",
             ["result"],
             registry=registry,
         )
         self.open = prometheus_client.Gauge(
-            "egress_tunnels", "Relayed kubelet connections open now", registry=registry
+            "tunnel_server_egress_tunnels",
+            "Relayed kubelet connections open now",
+            registry=registry,
         )
         self.bytes = prometheus_client.Counter(
-            "egress_bytes",
+            "tunnel_server_egress_bytes",
             "Bytes relayed to (up) and from (down) kubelets, counted when a connection ends",
             ["direction"],
             registry=registry,

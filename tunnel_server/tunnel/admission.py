@@ -48,7 +48,7 @@ class Admission:
         self._rate = 0.0
         self._next_free = 0.0
         self.gauge = prometheus_client.Gauge(
-            "tunnel_session_setups_in_progress",
+            "tunnel_server_session_setups_in_progress",
             "Tunnel sessions being set up (request received, HELLOs not yet exchanged)",
             registry=registry,
         )

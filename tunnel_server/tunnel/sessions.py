@@ -44,11 +44,11 @@ class SessionMetrics:
         self, registry: prometheus_client.CollectorRegistry, sessions: SessionRegistry
     ) -> None:
         self.sessions = prometheus_client.Gauge(
-            "tunnel_sessions", "Live agent tunnel sessions", registry=registry
+            "tunnel_server_sessions", "Live agent tunnel sessions", registry=registry
         )
         self.sessions.set_function(lambda: len(sessions))
         self.streams = prometheus_client.Gauge(
-            "tunnel_streams", "Open streams over all sessions", registry=registry
+            "tunnel_server_streams", "Open streams over all sessions", registry=registry
         )
         self.streams.set_function(sessions.open_streams)
         self.tasks = prometheus_client.Gauge(
@@ -58,28 +58,37 @@ class SessionMetrics:
         )
         self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.connects = prometheus_client.Counter(
-            "tunnel_session_connects",
+            "tunnel_server_session_connects",
             "Sessions opened (first connects and reconnects)",
             registry=registry,
         )
         self.reconnects = prometheus_client.Counter(
-            "tunnel_session_reconnects",
+            "tunnel_server_session_reconnects",
             "Sessions opened by a name seen before in this process",
             registry=registry,
         )
         self.refused = prometheus_client.Counter(
-            "tunnel_session_refused", "Tunnel connections refused", ["reason"], registry=registry
+            "tunnel_server_session_refused",
+            "Tunnel connections refused",
+            ["reason"],
+            registry=registry,
         )
         self.bytes = prometheus_client.Counter(
-            "tunnel_bytes", "WebSocket bytes of ended sessions", ["direction"], registry=registry
+            "tunnel_server_tunnel_bytes",
+            "WebSocket bytes of ended sessions",
+            ["direction"],
+            registry=registry,
         )
         self.frame_errors = prometheus_client.Counter(
-            "tunnel_frame_errors",
+            "tunnel_server_frame_errors",
             "Sessions ended by a protocol violation of the peer",
             registry=registry,
         )
         self.streams_opened = prometheus_client.Counter(
-            "tunnel_streams_opened", "Streams opened towards agents", ["result"], registry=registry
+            "tunnel_server_streams_opened",
+            "Streams opened towards agents",
+            ["result"],
+            registry=registry,
         )
         self.request_duration = prometheus_client.Histogram(
             "tunnel_server_tunnel_request_duration_seconds",

@@ -62,30 +62,32 @@ class _Metrics(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         counters = self._cloud.counters
         records = CounterMetricFamily(
-            "tunnel_twins_records", "Outbox records from agents", labels=["result"]
+            "tunnel_server_twins_records", "Outbox records from agents", labels=["result"]
         )
         records.add_metric(["applied"], counters.records_applied)
         records.add_metric(["duplicate"], counters.records_duplicate)
         records.add_metric(["rejected"], counters.records_rejected)
         yield records
         yield CounterMetricFamily(
-            "tunnel_twins_batches", "Outbox batches committed", value=counters.batches
+            "tunnel_server_twins_batches", "Outbox batches committed", value=counters.batches
         )
         changes = CounterMetricFamily(
-            "tunnel_twins_edge_changes", "Twin changes from agents", labels=["result"]
+            "tunnel_server_twins_edge_changes", "Twin changes from agents", labels=["result"]
         )
         changes.add_metric(["applied"], counters.changes_applied)
         changes.add_metric(["duplicate"], counters.changes_duplicate)
         yield changes
         downlink = CounterMetricFamily(
-            "tunnel_twins_cloud_changes", "Twin changes for agents", labels=["state"]
+            "tunnel_server_twins_cloud_changes", "Twin changes for agents", labels=["state"]
         )
         downlink.add_metric(["queued"], counters.downlink_queued)
         downlink.add_metric(["acknowledged"], counters.downlink_acked)
         downlink.add_metric(["failed"], counters.downlink_failed)
         yield downlink
         yield GaugeMetricFamily(
-            "tunnel_twins_long_polls", "Twin long-polls waiting now", value=self._cloud.waiters
+            "tunnel_server_twins_long_polls",
+            "Twin long-polls waiting now",
+            value=self._cloud.waiters,
         )
 
 

@@ -43,7 +43,7 @@ Rules:
   what the informer holds and from what was last written, by its own task, at most one round
   of writes per ``status_interval_seconds``. What was written is trusted for
   ``resync_seconds``; after that a status someone else changed is written again.
-* Metrics (``edgefleet_agent_elastic_autoscaler_*``, into ``registry`` when one is given):
+* Metrics (``edge_agent_elastic_autoscaler_*``, into ``registry`` when one is given):
   steps and their duration, nodes created and deleted by pool, provider failures by pool,
   operation and outcome, drains blocked by pool, invalid pools.
 """
@@ -100,7 +100,7 @@ __all__ = ["DriverSettings", "NodePoolAutoscaler"]
 
 log = logging.getLogger("edge_agent.cluster.elastic.autoscaler")
 
-_METRIC = "edgefleet_agent_elastic_autoscaler"
+_METRIC = "edge_agent_elastic_autoscaler"
 _NODEPOOLS = f"/apis/{API_VERSION}/nodepools"
 _MERGE = "application/merge-patch+json"
 _T = TypeVar("_T")

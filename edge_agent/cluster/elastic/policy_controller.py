@@ -981,7 +981,7 @@ def plan_pass(
 
 class _Metrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
-        prefix = "edgefleet_agent_elastic_policy"
+        prefix = "edge_agent_elastic_policy"
         self.passes = prometheus_client.Counter(
             f"{prefix}_passes", "Passes of the ResourcePolicy controller", registry=registry
         )

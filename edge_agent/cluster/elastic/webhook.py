@@ -59,7 +59,7 @@ Rules:
   ``ready`` is set once the listener serves and the configuration is registered.
 * A ``webhook_url`` whose port is 0 means the port the listener bound (tests listen on port 0).
 * One DEBUG line per patched pod, one WARNING per error; Prometheus metrics
-  ``edgefleet_agent_elastic_webhook_*`` when a registry is given (the listener process's
+  ``edge_agent_elastic_webhook_*`` when a registry is given (the listener process's
   answers arrive every ``webhook_process.REPORT_INTERVAL`` seconds).
 """
 
@@ -173,7 +173,7 @@ class WebhookTiming:
 class WebhookMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.admissions = prometheus_client.Counter(
-            "edgefleet_agent_elastic_webhook_admissions",
+            "edge_agent_elastic_webhook_admissions",
             "Admission requests answered, by outcome: held (at the gate, hold mode), placed "
             "(node affinity in unit order), waiting (every unit full: at the gate), unchanged "
             "(governed, nothing to do), no_policy, not_synced (policies not listed yet), "
@@ -183,20 +183,20 @@ class WebhookMetrics:
             registry=registry,
         )
         self.latency = prometheus_client.Histogram(
-            "edgefleet_agent_elastic_webhook_duration_seconds",
+            "edge_agent_elastic_webhook_duration_seconds",
             "Seconds from a request's arrival to its answer",
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.registrations = prometheus_client.Counter(
-            "edgefleet_agent_elastic_webhook_registrations",
+            "edge_agent_elastic_webhook_registrations",
             "Checks of the MutatingWebhookConfiguration, by result (created, updated, "
             "unchanged, failed)",
             ["result"],
             registry=registry,
         )
         self.certificate_expiry = prometheus_client.Gauge(
-            "edgefleet_agent_elastic_webhook_certificate_expiry_timestamp_seconds",
+            "edge_agent_elastic_webhook_certificate_expiry_timestamp_seconds",
             "When the serving certificate expires (Unix time)",
             registry=registry,
         )

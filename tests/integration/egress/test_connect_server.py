@@ -105,7 +105,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             agent.wait_connected()
         agents["edge-down"].stop()  # joined, but offline
         eventually(
-            lambda: server.metric("tunnel_sessions"),
+            lambda: server.metric("tunnel_server_sessions"),
             lambda n: n == 3,  # edge-a, edge-nokubelet, cluster-c
             what="three sessions",
         )
@@ -297,5 +297,5 @@ async def test_metrics_count_connects_by_result(system: System) -> None:
     await close(writer)
     _, body = await asyncio.to_thread(system.server.get, "/metrics")
     text = body.decode()
-    assert 'egress_connects_total{result="unknown_host"}' in text
-    assert "egress_tunnels " in text
+    assert 'tunnel_server_egress_connects_total{result="unknown_host"}' in text
+    assert "tunnel_server_egress_tunnels " in text

@@ -145,7 +145,7 @@ def running_pod(edge: Edge, name: str, node: str) -> dict[str, Any]:
 def connects(edge: Edge, result: str) -> float:
     _, body = edge.server.get("/metrics")
     for line in body.decode().splitlines():
-        if line.startswith(f'egress_connects_total{{result="{result}"}} '):
+        if line.startswith(f'tunnel_server_egress_connects_total{{result="{result}"}} '):
             return float(line.split()[1])
     return 0.0
 

@@ -256,7 +256,7 @@ class Running:
     registry: prometheus_client.CollectorRegistry
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(f"edgefleet_agent_elastic_autoscaler_{name}", labels)
+        value = self.registry.get_sample_value(f"edge_agent_elastic_autoscaler_{name}", labels)
         return value or 0.0
 
 

@@ -389,15 +389,13 @@ async def test_units_fill_in_order_and_empty_in_reverse(
         await until_status(
             cluster, ns, "web", lambda s: unit_counts(s) == {"local": 3, "cloud": 0, "virtual": 0}
         )
-    released = registry.get_sample_value("edgefleet_agent_elastic_policy_releases_total")
+    released = registry.get_sample_value("edge_agent_elastic_policy_releases_total")
     assert released == 10
     # No release was refused: none was tried twice on a stale cache.
     assert registry.get_sample_value(
-        "edgefleet_agent_elastic_policy_errors_total", {"kind": "release"}
+        "edge_agent_elastic_policy_errors_total", {"kind": "release"}
     ) in (None, 0.0)
-    assert (
-        registry.get_sample_value("edgefleet_agent_elastic_policy_cost_patches_total") or 0
-    ) >= 10
+    assert (registry.get_sample_value("edge_agent_elastic_policy_cost_patches_total") or 0) >= 10
 
 
 async def test_a_second_rollout_counts_on_its_own(

@@ -448,7 +448,7 @@ async def test_a_stopped_webhook_lets_pods_through_unchanged(
 
 def held_answers(registry: prometheus_client.CollectorRegistry) -> float:
     value = registry.get_sample_value(
-        "edgefleet_agent_elastic_webhook_admissions_total", {"outcome": "held"}
+        "edge_agent_elastic_webhook_admissions_total", {"outcome": "held"}
     )
     return value or 0.0
 

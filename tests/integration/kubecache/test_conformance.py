@@ -107,7 +107,7 @@ def test_conformance_specs_pass_through_the_proxy(
             workdir=out,
         )
         transitions = {
-            state: agent.metric(f'edge_kubecache_health_transitions_total{{to="{state}"}}')
+            state: agent.metric(f'edge_agent_kubecache_health_transitions_total{{to="{state}"}}')
             for state in ("online", "offline")
         }
     finally:
@@ -150,7 +150,7 @@ async def test_more_concurrent_watches_than_upstream_connections(
                 stream.close()
     assert names == [("ADDED", "after")] * count
     offline = edge.registry.get_sample_value(
-        "edge_kubecache_health_transitions_total", {"to": "offline"}
+        "edge_agent_kubecache_health_transitions_total", {"to": "offline"}
     )
     assert not offline, f"the proxy went offline {offline} times with the API server up"
 
@@ -220,6 +220,6 @@ async def test_watch_of_custom_resources_ends_when_their_crd_is_deleted(
         async with http.get(url, params=params) as again:
             assert again.status == 404, await again.text()
     offline = edge.registry.get_sample_value(
-        "edge_kubecache_health_transitions_total", {"to": "offline"}
+        "edge_agent_kubecache_health_transitions_total", {"to": "offline"}
     )
     assert not offline, f"the proxy went offline {offline} times with the API server up"

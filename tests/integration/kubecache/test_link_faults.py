@@ -171,7 +171,7 @@ async def test_a_cut_mid_answer_ends_that_answer_as_broken_never_a_second_one(
         assert [i["metadata"]["name"] for i in offline["items"]] == [
             i["metadata"]["name"] for i in online["items"]
         ]
-    assert link.counted("edge_kubecache_forward_failures_total", when="mid_answer") >= 1
+    assert link.counted("edge_agent_kubecache_forward_failures_total", when="mid_answer") >= 1
 
 
 # ---------------------------------------------------------------- bug 3: a silent link
@@ -205,7 +205,7 @@ async def test_requests_in_flight_fail_over_when_the_link_is_declared_offline(
     assert got == (200, got[1])
     assert got[1]["data"] == {"k": "1"}
     # Both were forwarded and abandoned, not answered locally from the start.
-    assert link.counted("edge_kubecache_forward_failures_total", when="no_answer") >= 2
+    assert link.counted("edge_agent_kubecache_forward_failures_total", when="no_answer") >= 2
 
 
 async def test_read_and_connect_timeouts_apply_to_forwarded_requests(
@@ -250,7 +250,7 @@ async def test_read_and_connect_timeouts_apply_to_forwarded_requests(
         assert link.proxy.health.state.state is State.ONLINE  # only the timeouts acted
     assert status == 503
     assert "nothing was changed" in refused["message"]
-    assert link.counted("edge_kubecache_forward_failures_total", when="not_sent") >= 1
+    assert link.counted("edge_agent_kubecache_forward_failures_total", when="not_sent") >= 1
 
 
 async def test_a_heartbeat_is_answered_before_the_kubelet_gives_up(
@@ -284,7 +284,7 @@ async def test_a_heartbeat_is_answered_before_the_kubelet_gives_up(
         assert status == 200
         assert answered["spec"]["renewTime"] == "2026-01-01T00:00:10.000001Z"
         assert link.counted(
-            "edge_kubecache_requests_total", verb="update", source="local_heartbeat"
+            "edge_agent_kubecache_requests_total", verb="update", source="local_heartbeat"
         )
         assert link.proxy.status()["cache"]["pending_heartbeats"] == 1
 
@@ -360,7 +360,7 @@ async def test_kubectl_watching_a_table_is_told_when_the_link_breaks(
                 pass
 
             async def watches() -> float:
-                return link.counted("edge_kubecache_watches", mode="passthrough")
+                return link.counted("edge_agent_kubecache_watches", mode="passthrough")
 
             # kubectl printed its LIST; wait until its watch is open too.
             await eventually_async(watches, what="kubectl's watch open", within=HANG_GUARD)

@@ -203,7 +203,7 @@ async def test_a_corrupt_cache_degrades_to_pass_through_loudly(
         status = proxy.status()
     assert body["kind"] == "ConfigMapList"
     assert status["cache"]["degraded"] is True
-    assert registry.get_sample_value("edge_kubecache_store_degraded") == 1
+    assert registry.get_sample_value("edge_agent_kubecache_store_degraded") == 1
     assert any(
         r.levelname == "ERROR" and "object cache unusable" in r.getMessage() for r in caplog.records
     )

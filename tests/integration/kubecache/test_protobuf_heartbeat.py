@@ -103,7 +103,7 @@ async def test_protobuf_lease_renewals_succeed_offline_and_reach_the_cloud(
             every=0.1,
         )
     synced = edge.registry.get_sample_value(
-        "edge_kubecache_heartbeats_synced_total", {"result": "ok"}
+        "edge_agent_kubecache_heartbeats_synced_total", {"result": "ok"}
     )
     assert synced == 1
 

@@ -40,7 +40,7 @@ PROMTOOL = Path(os.environ.get("EDGEFLEET_KUBE_BIN", DEFAULT_BIN)) / "promtool"
 FROM_PROMETHEUS = {"up"}
 """Series Prometheus itself makes for every scrape target, in no daemon's /metrics."""
 
-CLUSTER_MODE_ONLY = {"edgefleet_agent_elastic_webhook_certificate_expiry_timestamp_seconds"}
+CLUSTER_MODE_ONLY = {"edge_agent_elastic_webhook_certificate_expiry_timestamp_seconds"}
 """Served only by a cluster-mode agent with [cluster.elastic] on (a member cluster to run):
 checked against the agent's WebhookMetrics instead of a scrape."""
 

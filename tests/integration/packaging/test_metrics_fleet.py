@@ -162,7 +162,7 @@ def test_node_proxy_request_moves_the_tunnel_histogram(fleet: tuple[Server, Agen
 
 def test_kube_proxy_request_moves_its_histogram_by_verb(fleet: tuple[Server, Agent]) -> None:
     _, agent = fleet
-    count = 'edge_kubecache_request_duration_seconds_count{verb="get"}'
+    count = 'edge_agent_kubecache_request_duration_seconds_count{verb="get"}'
     before = agent_samples(agent).get(count, 0.0)
     port = agent.tables["kube"]["port"]
     url = f"http://127.0.0.1:{port}/api/v1/namespaces/default/configmaps/nothing"
@@ -175,6 +175,30 @@ def test_kube_proxy_request_moves_its_histogram_by_verb(fleet: tuple[Server, Age
     assert agent_samples(agent)[count] == before + 1
     durations = [key for key in agent_samples(agent) if "request_duration" in key]
     assert not any(re.search(r'verb="watch"', key) for key in durations)
+
+
+# The standard collectors every Prometheus client exports under their own, well-known names.
+_STANDARD = ("process_", "python_")
+
+
+def families(names: dict[str, float]) -> set[str]:
+    """The metric names of a page's samples, labels cut off."""
+    return {key.split("{", 1)[0] for key in names}
+
+
+@pytest.mark.parametrize("daemon", ["tunnel-server", "edge-agent"])
+def test_every_metric_of_a_daemon_has_its_one_prefix(
+    fleet: tuple[Server, Agent], daemon: str
+) -> None:
+    """One prefix per daemon: an alert rule or a dashboard can select a daemon's series by name."""
+    server, agent = fleet
+    if daemon == "tunnel-server":
+        prefix, names = "tunnel_server_", families(server_samples(server))
+    else:
+        prefix, names = "edge_agent_", families(agent_samples(agent))
+    own = {name for name in names if not name.startswith(_STANDARD)}
+    assert len(own) >= 5, f"too few {daemon} metrics to judge: {sorted(names)}"
+    assert sorted(name for name in own if not name.startswith(prefix)) == []
 
 
 def test_a_stopped_node_is_offline_and_a_revoked_one_is_gone(fleet: tuple[Server, Agent]) -> None:

@@ -173,7 +173,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             agent.wait_connected()
         # Steady state: each agent holds its node status stream (and its server-side task).
         eventually(
-            lambda: server.metric("tunnel_streams"),
+            lambda: server.metric("tunnel_server_streams"),
             lambda streams: streams >= len(agents),
             what="each agent's status stream open",
         )

@@ -85,7 +85,7 @@ async def test_excess_upgrades_get_503_and_the_agents_still_all_connect(
     agents = [Agent(name=f"storm-{i}", workdir=tmp_path, server=server) for i in range(3)]
     for agent in agents:
         agent.join()
-    refused_before = server_samples(server, "tunnel_session_refused_total").get(
+    refused_before = server_samples(server, "tunnel_server_session_refused_total").get(
         '{reason="busy"}', 0.0
     )
     context = Identity.load(holder.data_dir).client_ssl_context()
@@ -119,14 +119,16 @@ async def test_excess_upgrades_get_503_and_the_agents_still_all_connect(
         ok = '{result="ok"}'
         now = server_samples(server, "tunnel_server_tls_handshakes_total")
         assert now[ok] - handshakes[ok] <= len(agents) + 1
-        assert server.metric("tunnel_sessions") == 1, "only the holder got past the held slot"
+        assert server.metric("tunnel_server_sessions") == 1, (
+            "only the holder got past the held slot"
+        )
     finally:
         await held.close()
     try:
         for agent in agents:
             agent.wait_connected(timeout=30)
-        assert server.metric("tunnel_sessions") == len(agents)
-        refused_after = server_samples(server, "tunnel_session_refused_total")
+        assert server.metric("tunnel_server_sessions") == len(agents)
+        refused_after = server_samples(server, "tunnel_server_session_refused_total")
         assert refused_after['{reason="busy"}'] >= refused_before + 1 + len(agents)
         for agent in agents:
             assert agent.process is not None

@@ -59,7 +59,7 @@ async def test_server_killed_and_restarted(system: System, target: Target) -> No
     server.start()  # same port, same data dir: agents come back by themselves
     for name in system.agents:
         assert await eventually(system, name, 200) == "hello from the target"
-    assert server.metric("tunnel_sessions") == 2
+    assert server.metric("tunnel_server_sessions") == 2
     assert target.port
 
 
@@ -81,7 +81,7 @@ async def test_garbage_and_oversized_frames_end_only_that_session(
             assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     # The impostor session replaced edge-b's real one; the real agent reconnects by itself.
     assert await eventually(system, "edge-b", 200) == "hello from the target"
-    assert system.server.metric("tunnel_frame_errors_total") >= 1
+    assert system.server.metric("tunnel_server_frame_errors_total") >= 1
     assert await eventually(system, "edge-a", 200) == "hello from the target"
     assert target.port
 

@@ -181,7 +181,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         agent.wait_connected()
         # The agent's status stream: the steady state.
         eventually(
-            lambda: server.metric("tunnel_streams"),
+            lambda: server.metric("tunnel_server_streams"),
             lambda streams: streams >= 1,
             what="the agent's status stream open",
         )
@@ -190,7 +190,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             agent=agent,
             target=target,
             raw_identity=Identity.load(raw.data_dir),
-            streams_idle=server.metric("tunnel_streams"),
+            streams_idle=server.metric("tunnel_server_streams"),
         )
     finally:
         agent.stop()
@@ -407,7 +407,7 @@ async def test_client_gone_mid_response_logs_no_traceback(edge: Edge) -> None:
     await asyncio.to_thread(edge.target.wait, lambda: edge.target.gone > gone)
 
     async def streams() -> float:
-        return edge.server.metric("tunnel_streams")
+        return edge.server.metric("tunnel_server_streams")
 
     await eventually_async(
         streams, lambda open_: open_ <= edge.streams_idle, what="the reset stream closed"

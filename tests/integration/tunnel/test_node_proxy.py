@@ -149,7 +149,7 @@ async def wait_no_streams(system: System) -> None:
     """Stream teardown crosses three processes: wait until it is done."""
 
     async def streams() -> float:
-        return system.server.metric("tunnel_streams")
+        return system.server.metric("tunnel_server_streams")
 
     # What stays open is each agent's long-lived node status stream, one per agent.
     await eventually_async(
@@ -162,7 +162,7 @@ async def wait_no_streams(system: System) -> None:
 
 async def test_no_stream_or_task_leaks_after_all_that(system: System) -> None:
     await wait_no_streams(system)
-    assert system.server.metric("tunnel_sessions") == 2
+    assert system.server.metric("tunnel_server_sessions") == 2
 
     # Every proxied exchange above started tasks (request body, upgrade pumps, stream
     # handlers); all of them must be gone. The scrape itself runs in one task.

@@ -46,11 +46,11 @@ async def test_certificate_rotates_over_the_session(short_lived: tuple[Server, A
         within=40,
         every=0.5,
     )
-    assert server.metric("tunnel_session_connects_total") == 1, "no reconnect was needed"
+    assert server.metric("tunnel_server_session_connects_total") == 1, "no reconnect was needed"
     assert agent.process is not None
     assert "renewed over the tunnel" in agent.process.tail(200)
     # The first certificate has expired by now; a fresh process connects with the current one.
     agent.process.kill()
     agent.start()
     agent.wait_connected()
-    assert server.metric("tunnel_sessions") == 1
+    assert server.metric("tunnel_server_sessions") == 1

@@ -66,7 +66,7 @@ async def test_a_long_poll_on_both_sections_ends_with_whichever_moves(system: Sy
             )
 
             async def long_polls() -> float:
-                return system.server.metric("tunnel_twins_long_polls")
+                return system.server.metric("tunnel_server_twins_long_polls")
 
             await eventually_async(
                 long_polls, lambda waiting: waiting >= 1, what="the long-poll waiting at the server"

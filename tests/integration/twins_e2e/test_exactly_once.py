@@ -107,7 +107,7 @@ async def test_every_update_reaches_the_cloud_exactly_once(system: System) -> No
     assert status == 200
     assert len(page["items"]) == DEVICES
     assert {item["reportedVersion"] for item in page["items"]} == {REPORTS}
-    assert system.server.metric('tunnel_twins_records_total{result="rejected"}') == 0
+    assert system.server.metric('tunnel_server_twins_records_total{result="rejected"}') == 0
     sys.stderr.write(f"10,000 reports with faults in {reported:.1f} s: {counts}\n")
 
 

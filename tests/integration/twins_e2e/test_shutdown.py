@@ -78,7 +78,7 @@ def long_poll(server: Server, path: str) -> tuple[int, dict[str, Any], dict[str,
 
 def wait_long_polls(server: Server, count: int, *, within: float = 10.0) -> None:
     eventually(
-        lambda: server.metric("tunnel_twins_long_polls"),
+        lambda: server.metric("tunnel_server_twins_long_polls"),
         lambda waiting: waiting == count,
         what=f"{count} long-polls waiting",
         within=within,

@@ -86,7 +86,10 @@ def test_agents_markdown_has_a_column_per_round_and_reasons_for_failures() -> No
     text = "\n".join(st.agents_markdown(rounds, plan))
     assert "| Figure | 5,000 agents | 10,000 agents |" in text
     assert "| **server RSS per agent (KiB)** | 40.0 | - |" in text
-    assert "| sessions held by the server (its `tunnel_sessions` gauge) | 5,000 | failed |" in text
+    assert (
+        "| sessions held by the server (its `tunnel_server_sessions` gauge) | 5,000 | failed |"
+        in text
+    )
     assert "| reconnected within the time limit | 5000 of 5000 | - |" in text
     assert "1,234 ClientConnectorError" in text
     assert "- 10,000 agents: failed — fd limit" in text

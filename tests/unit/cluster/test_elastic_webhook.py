@@ -156,7 +156,7 @@ def patched(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
 def outcomes(registry: prometheus_client.CollectorRegistry) -> dict[str, float]:
     found: dict[str, float] = {}
     for metric in registry.collect():
-        if metric.name == "edgefleet_agent_elastic_webhook_admissions":
+        if metric.name == "edge_agent_elastic_webhook_admissions":
             for sample in metric.samples:
                 if sample.name.endswith("_total"):
                     found[sample.labels["outcome"]] = sample.value

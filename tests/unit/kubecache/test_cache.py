@@ -31,8 +31,10 @@ async def test_a_full_disk_degrades_once_and_counts(
         assert await store.run("pending", lambda s: s.pending()) is None
     finally:
         await store.close()
-    assert registry.get_sample_value("edge_kubecache_store_degraded") == 1
-    errors = registry.get_sample_value("edge_kubecache_store_errors_total", {"operation": "put"})
+    assert registry.get_sample_value("edge_agent_kubecache_store_degraded") == 1
+    errors = registry.get_sample_value(
+        "edge_agent_kubecache_store_errors_total", {"operation": "put"}
+    )
     assert errors == 1
     loud = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(loud) == 1

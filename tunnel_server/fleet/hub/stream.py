@@ -96,27 +96,29 @@ class StreamSettings:
 class StreamMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.streams = prometheus_client.Gauge(
-            "fleet_streams", "Open fleet streams of cluster agents", registry=registry
+            "tunnel_server_fleet_streams", "Open fleet streams of cluster agents", registry=registry
         )
         self.works_pushed = prometheus_client.Counter(
-            "fleet_works_pushed", "Works sent to cluster agents", registry=registry
+            "tunnel_server_fleet_works_pushed", "Works sent to cluster agents", registry=registry
         )
         self.deletes_pushed = prometheus_client.Counter(
-            "fleet_work_deletes_pushed", "Work deletions sent to cluster agents", registry=registry
+            "tunnel_server_fleet_work_deletes_pushed",
+            "Work deletions sent to cluster agents",
+            registry=registry,
         )
         self.status_updates = prometheus_client.Counter(
-            "fleet_status_updates",
+            "tunnel_server_fleet_status_updates",
             "Work status messages from agents, by what became of them",
             ["result"],
             registry=registry,
         )
         self.lease_renewals = prometheus_client.Counter(
-            "fleet_lease_renewals",
+            "tunnel_server_fleet_lease_renewals",
             "Lease renewals (hello and lease messages) of cluster agents",
             registry=registry,
         )
         self.resets = prometheus_client.Counter(
-            "fleet_stream_resets",
+            "tunnel_server_fleet_stream_resets",
             "Fleet streams reset by the cloud, by reason",
             ["reason"],
             registry=registry,

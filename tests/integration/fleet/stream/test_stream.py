@@ -60,12 +60,12 @@ def wait_applied(hub: Hub, name: str, config: str) -> dict[str, Any]:
 
 
 def test_a_work_reaches_the_member_and_its_status_comes_back(hub: Hub) -> None:
-    pushed = hub.metric("fleet_works_pushed_total")
+    pushed = hub.metric("tunnel_server_fleet_works_pushed_total")
     hub.put_work("one", [config_map("one", colour="blue")])
     work = wait_applied(hub, "one", "one")
     assert hub.member_object("configmap", "one")["data"] == {"colour": "blue"}  # type: ignore[index]
-    assert hub.metric("fleet_works_pushed_total") >= pushed + 1
-    assert hub.metric("fleet_status_updates_total", result="written") >= 1
+    assert hub.metric("tunnel_server_fleet_works_pushed_total") >= pushed + 1
+    assert hub.metric("tunnel_server_fleet_status_updates_total", result="written") >= 1
     assert work["status"]["observedGeneration"] == work["metadata"]["generation"]
 
     # A change travels the same way, and the status follows the new generation.
@@ -89,14 +89,14 @@ def test_a_work_reaches_the_member_and_its_status_comes_back(hub: Hub) -> None:
 
 
 def test_leases_renew_with_the_clusters_claims(hub: Hub) -> None:
-    before = hub.metric("fleet_lease_renewals_total")
+    before = hub.metric("tunnel_server_fleet_lease_renewals_total")
     eventually(
-        lambda: hub.metric("fleet_lease_renewals_total"),
+        lambda: hub.metric("tunnel_server_fleet_lease_renewals_total"),
         lambda renewals: renewals >= before + 3,
         what="three more lease renewals (every second)",
         within=30,
     )
-    assert hub.metric("fleet_streams") == 1
+    assert hub.metric("tunnel_server_fleet_streams") == 1
     # What the agent renews with: claims from its status sample of the member (2 kwok nodes
     # of 4 CPUs and 8Gi, both labelled with the region and zone).
     fleet = eventually(
@@ -128,7 +128,7 @@ def test_a_certificate_renewal_never_stops_the_lease(hub: Hub) -> None:
         every=0.5,
     )
     second = serial(hub.agent)
-    after_first = hub.metric("fleet_lease_renewals_total")
+    after_first = hub.metric("tunnel_server_fleet_lease_renewals_total")
     eventually(
         lambda: serial(hub.agent),
         lambda now: now not in (first, second),
@@ -136,17 +136,17 @@ def test_a_certificate_renewal_never_stops_the_lease(hub: Hub) -> None:
         within=40,
         every=0.5,
     )
-    renewed = hub.metric("fleet_lease_renewals_total")
+    renewed = hub.metric("tunnel_server_fleet_lease_renewals_total")
     assert renewed >= after_first + 5, "leases went on through the renewal"
     # The renewals went over the live session: the stream was never reopened for them.
-    streams_before = hub.metric("fleet_lease_renewals_total")
+    streams_before = hub.metric("tunnel_server_fleet_lease_renewals_total")
     eventually(
-        lambda: hub.metric("fleet_lease_renewals_total"),
+        lambda: hub.metric("tunnel_server_fleet_lease_renewals_total"),
         lambda n: n >= streams_before + 2,
         what="leases still renewing after the second certificate",
         within=20,
     )
-    assert hub.metric("fleet_streams") == 1
+    assert hub.metric("tunnel_server_fleet_streams") == 1
 
 
 def test_a_work_deleted_while_the_agent_is_away_is_removed_when_it_returns(hub: Hub) -> None:
@@ -235,7 +235,7 @@ async def _fake_agent(name: str, base: Path, hub: Hub, *, kind: str, task: Any) 
     # The fake session is over for the server too (only the real agent's is left); waiting
     # for it also lets the loop finish closing the fake's TLS transport before the test ends.
     await eventually_async(
-        _metric_async(hub, "tunnel_sessions"),
+        _metric_async(hub, "tunnel_server_sessions"),
         lambda sessions: sessions == 1,
         what="the fake agent's session gone",
         within=30,
@@ -243,8 +243,8 @@ async def _fake_agent(name: str, base: Path, hub: Hub, *, kind: str, task: Any) 
 
 
 async def test_bad_frames_reset_only_that_stream(hub: Hub, tmp_path: Path) -> None:
-    resets = hub.metric("fleet_stream_resets_total", reason="protocol")
-    renewals = hub.metric("fleet_lease_renewals_total")
+    resets = hub.metric("tunnel_server_fleet_stream_resets_total", reason="protocol")
+    renewals = hub.metric("tunnel_server_fleet_lease_renewals_total")
 
     async def bad_then_good(connection: TunnelConnection) -> None:
         for garbage in (
@@ -268,11 +268,11 @@ async def test_bad_frames_reset_only_that_stream(hub: Hub, tmp_path: Path) -> No
         stream.reset()
 
     await _fake_agent("fake-bad", tmp_path, hub, kind="cluster", task=bad_then_good)
-    assert hub.metric("fleet_stream_resets_total", reason="protocol") == resets + 4
+    assert hub.metric("tunnel_server_fleet_stream_resets_total", reason="protocol") == resets + 4
 
     # Nothing else was disturbed: the real agent's stream and leases went on.
     await eventually_async(
-        _metric_async(hub, "fleet_lease_renewals_total"),
+        _metric_async(hub, "tunnel_server_fleet_lease_renewals_total"),
         lambda n: n >= renewals + 2,
         what="the real agent's leases",
         within=30,
@@ -312,13 +312,16 @@ async def test_a_second_cluster_gets_its_own_works_and_writes_their_status(
         return await asyncio.to_thread(hub.request, method, url, body)
 
     async def second_cluster(connection: TunnelConnection) -> None:
-        renewals = await asyncio.to_thread(hub.metric, "fleet_lease_renewals_total")
+        renewals = await asyncio.to_thread(hub.metric, "tunnel_server_fleet_lease_renewals_total")
         stream = await connection.open_stream(wire.FLEET_TARGET, timeout=10)
         await stream.write(wire.encode(wire.Hello(works={}, claims={"region": "x"})))
         reader = _Reader(stream)
         assert isinstance(await reader.next(), wire.Settings)
         # Its hello counted as a lease renewal.
-        assert await asyncio.to_thread(hub.metric, "fleet_lease_renewals_total") > renewals
+        assert (
+            await asyncio.to_thread(hub.metric, "tunnel_server_fleet_lease_renewals_total")
+            > renewals
+        )
         work = {
             "apiVersion": "fleet.edgefleet.io/v1alpha1",
             "kind": "Work",
@@ -338,9 +341,11 @@ async def test_a_second_cluster_gets_its_own_works_and_writes_their_status(
         assert "status" not in message.document
         # Its status for the version it got is written; one for another version is not.
         written = await asyncio.to_thread(
-            hub.metric, "fleet_status_updates_total", result="written"
+            hub.metric, "tunnel_server_fleet_status_updates_total", result="written"
         )
-        stale = await asyncio.to_thread(hub.metric, "fleet_status_updates_total", result="stale")
+        stale = await asyncio.to_thread(
+            hub.metric, "tunnel_server_fleet_status_updates_total", result="stale"
+        )
         condition_row = {"type": "Applied", "status": "True", "reason": "AppliedManifestWork"}
         for version in (message.resource_version + 1000, message.resource_version):
             status = {"conditions": [condition_row], "observedGeneration": 1, "evil": True}
@@ -348,13 +353,15 @@ async def test_a_second_cluster_gets_its_own_works_and_writes_their_status(
                 wire.encode(wire.Status(work="for-second", resource_version=version, status=status))
             )
         await eventually_async(
-            _metric_async(hub, "fleet_status_updates_total", result="written"),
+            _metric_async(hub, "tunnel_server_fleet_status_updates_total", result="written"),
             lambda count: count == written + 1,
             what="the status of the version it got written",
             within=10,
         )
         assert (
-            await asyncio.to_thread(hub.metric, "fleet_status_updates_total", result="stale")
+            await asyncio.to_thread(
+                hub.metric, "tunnel_server_fleet_status_updates_total", result="stale"
+            )
             == stale + 1
         )
         stored = await asyncio.to_thread(hub.work, "for-second")
