@@ -101,10 +101,14 @@ def unsendable(target: str) -> str | None:
     return None if bad is None else bad.group()
 
 
-def request_head(
-    request: web.Request, *, path: str, host: str, drop: frozenset[str] = frozenset()
-) -> tuple[h11.Request, bool]:
-    """The request to send to the target, and whether it asks for a protocol upgrade."""
+def request_fields(
+    request: web.Request, *, host: str, drop: frozenset[str] = frozenset()
+) -> tuple[list[tuple[str, str]], bool]:
+    """The header fields to send to the target, and whether the request asks for an upgrade.
+
+    Not validated yet: a caller that changes the fields further (the gateway) builds and so
+    checks the request once, at the end, instead of once here and once after its changes.
+    """
     upgrade = "upgrade" in request.headers.get("Connection", "").lower() and (
         "Upgrade" in request.headers
     )
@@ -122,6 +126,14 @@ def request_head(
             headers.append(("Transfer-Encoding", "chunked"))
     if request.remote:
         headers.append(("X-Forwarded-For", request.remote))
+    return headers, upgrade
+
+
+def request_head(
+    request: web.Request, *, path: str, host: str, drop: frozenset[str] = frozenset()
+) -> tuple[h11.Request, bool]:
+    """The request to send to the target, and whether it asks for a protocol upgrade."""
+    headers, upgrade = request_fields(request, host=host, drop=drop)
     try:
         return h11.Request(method=request.method, target=path, headers=headers), upgrade
     except h11.LocalProtocolError as error:
@@ -410,5 +422,6 @@ __all__ = [
     "UnsendableRequestError",
     "UpstreamError",
     "forward",
+    "request_fields",
     "request_head",
 ]

@@ -73,11 +73,10 @@ from tunnel_server.fleet.gateway.router import (
 from tunnel_server.tunnel.http_over_stream import (
     ResponseDeclined,
     ResponseHook,
-    UnsendableRequestError,
     UpstreamError,
     forward,
     origin_form,
-    request_head,
+    request_fields,
     unsendable,
 )
 from tunnel_server.web.errors import error_response
@@ -667,10 +666,7 @@ class GatewayServer:
         fallback = f"{first.service}.{first.namespace}.svc" if first else "gateway"
         drop = head_rules.hop_by_hop(incoming) | head_rules.FORWARDED | {"expect"}
         try:
-            head, upgrade = request_head(request, path=target, host=host or fallback, drop=drop)
-            fields = [
-                (n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw_items()
-            ]
+            fields, upgrade = request_fields(request, host=host or fallback, drop=drop)
             fields = head_rules.modify(fields, decision.modifier)
             fields = head_rules.with_forwarded(
                 fields,
@@ -680,8 +676,8 @@ class GatewayServer:
                 host=host,
                 request_id=request_id,
             )
-            return h11.Request(method=head.method, target=head.target, headers=fields), upgrade
-        except (UnsendableRequestError, h11.LocalProtocolError) as error:
+            return h11.Request(method=request.method, target=target, headers=fields), upgrade
+        except h11.LocalProtocolError as error:
             raise Problem(400, "bad_request", f"this request cannot be sent on: {error}") from None
 
     async def _attempts(
