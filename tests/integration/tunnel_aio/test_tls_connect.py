@@ -10,12 +10,13 @@ the end of its tar that way. The module puts asyncio's TLS layer under uvloop in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,9 @@ class Peer:
         raw, _ = self.listener.accept()
         with self._context.wrap_socket(raw, server_side=True) as tls:
             tls.sendall(self._payload)
-            tls.setblocking(False)  # send close_notify, do not wait for the client's
-            try:
+            tls.setblocking(False)  # noqa: FBT003 - send close_notify, not wait for the client's
+            with contextlib.suppress(ssl.SSLWantReadError):
                 tls.unwrap()
-            except ssl.SSLWantReadError:
-                pass
         self.done.set()
 
     def close(self) -> None:
@@ -69,8 +68,8 @@ class Peer:
 
 
 @pytest.fixture
-def tls(tmp_path: Path) -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
-    yield contexts(tmp_path)
+def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    return contexts(tmp_path)
 
 
 async def read_after_close(peer: Peer, client: ssl.SSLContext) -> bytes:
@@ -111,7 +110,7 @@ def test_a_failed_handshake_raises(tmp_path: Path) -> None:
     _, stranger = contexts(tmp_path / "b")  # trusts another CA
 
     async def attempt() -> None:
-        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server)
+        listener = await asyncio.start_server(lambda _, w: w.close(), "127.0.0.1", 0, ssl=server)
         port = listener.sockets[0].getsockname()[1]
         async with listener:
             with pytest.raises(ssl.SSLCertVerificationError):
