@@ -76,11 +76,13 @@ async def read_after_close(peer: Peer, client: ssl.SSLContext) -> bytes:
     reader, writer = await open_tls_connection(
         "127.0.0.1", peer.port, ssl_context=client, server_hostname="127.0.0.1"
     )
-    writer.transport.pause_reading()
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()
     await asyncio.to_thread(peer.done.wait, 60)  # the peer sent all and closed
     for _ in range(20):  # loop turns: the transport takes in what the kernel holds, paused
         await asyncio.sleep(0)
-    writer.transport.resume_reading()
+    transport.resume_reading()
     try:
         async with asyncio.timeout(30):
             return await reader.read()
