@@ -12,12 +12,17 @@ Rules:
 * Both daemons default to ``asyncio`` for now; uvloop is opt-in. Why uvloop: the tunnel's
   data path is socket and TLS work for every frame, which uvloop does in C (libuv); it cut the
   agent's CPU per small request by about a third and the server's per GiB by about a fifth
-  (docs/benchmarks.md, *Tunnel profile (issue 18)*). Why not by default yet: a cluster-mode
-  agent on uvloop broke ``kubectl cp`` over WebSocket (tests/integration/clusters/
-  test_streaming.py::test_cp_and_a_binary_upload, green on asyncio), not yet understood; and
-  the server's elastic TLS read buffer (``tls_buffer.py``), which keeps idle agent sessions
-  small, subclasses asyncio's TLS protocol, which uvloop does not use (it gives every TLS
-  connection 256 KiB of its own).
+  (docs/benchmarks.md, *Tunnel profile (issue 18)*). Why not by default yet: uvloop's TLS
+  layer drops the bytes it holds when the peer closes while the application has paused
+  reading (MagicStack/uvloop#661, open); a cluster-mode agent on uvloop lost the end of
+  ``kubectl cp`` that way. The agent's pipe to its API server now uses
+  ``tunnel_aio.tls_connect`` (asyncio's TLS layer on any loop), and
+  tests/integration/clusters/test_streaming.py passes with the agent on uvloop; but the other
+  TLS clients (aiohttp's, to the tunnel server and the kube cache's upstream) still use
+  uvloop's TLS there, and the whole suite has not been run on uvloop. The server's elastic
+  TLS read buffer (``tls_buffer.py``), which keeps idle agent sessions small, subclasses
+  asyncio's TLS protocol, which uvloop does not use (it gives every TLS connection 256 KiB
+  of its own).
 """
 
 from __future__ import annotations

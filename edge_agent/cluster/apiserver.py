@@ -41,6 +41,7 @@ from edge_agent.cluster.reuse import (
 )
 from edge_agent.cluster.settings import ClusterSettings
 from tunnel_aio import StreamError, TunnelStream, pipe_socket
+from tunnel_aio.tls_connect import open_tls_connection
 
 log = logging.getLogger("edge_agent.cluster.apiserver")
 
@@ -263,8 +264,11 @@ class ApiServerTarget:
         creds = self.credentials
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                opened = await asyncio.open_connection(
-                    creds.host, creds.port, ssl=creds.ssl_context, server_hostname=creds.host
+                opened = await open_tls_connection(
+                    creds.host,
+                    creds.port,
+                    ssl_context=creds.ssl_context,
+                    server_hostname=creds.host,
                 )
         except (OSError, TimeoutError, ssl.SSLError) as error:
             reason = str(error) or type(error).__name__
