@@ -6,6 +6,11 @@ drawn once per database file, because a replica's versions are only comparable w
 origin stays the same. A new file is a new origin, so an old peer's history is never mixed up
 with the new one's.
 
+A file put back from a backup is an old copy: its peers may already hold changes it numbered
+after the backup was taken. `tunnel-server restore` marks it (`mark_restored`), and the next
+open gives it a new boot id (`renew_boot_id`), so its new changes come under a new origin and
+no peer takes them for ones it already applied.
+
 Each file carries a schema version (daemon_support.schema): opening one migrates it forward,
 and a file from a newer release is refused untouched.
 """
@@ -22,7 +27,14 @@ from pathlib import Path
 
 from daemon_support.schema import Schema, migrate
 
-__all__ = ["Durability", "boot_id", "open_twin_database"]
+__all__ = [
+    "Durability",
+    "boot_id",
+    "mark_restored",
+    "open_twin_database",
+    "renew_boot_id",
+    "restored",
+]
 
 
 class Durability(StrEnum):
@@ -81,3 +93,44 @@ def boot_id(db: sqlite3.Connection) -> tuple[str, bool]:
     boot = secrets.token_hex(4)
     db.execute("INSERT INTO meta (key, value) VALUES ('boot', ?)", (boot,))
     return boot, True
+
+
+_RESTORED = "restored"
+"""The ``meta`` key `mark_restored` sets; its value is when (RFC 3339)."""
+
+
+def mark_restored(path: Path, *, at: str) -> None:
+    """Note in a closed twin database that it was restored from a backup taken earlier.
+
+    Raises sqlite3.Error for a file that is no twin database (no ``meta`` table). Leaves no
+    ``-wal`` file behind: the write is checkpointed into the file before it is closed.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_RESTORED, at),
+        )
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+
+
+def restored(db: sqlite3.Connection) -> str | None:
+    """When the database was restored from a backup and not yet renewed since, or None."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (_RESTORED,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def renew_boot_id(db: sqlite3.Connection) -> str:
+    """Draw a new boot id and clear the restored mark; call inside the caller's transaction."""
+    old, _ = boot_id(db)
+    boot = old
+    while boot == old:
+        boot = secrets.token_hex(4)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'boot'", (boot,))
+    db.execute("DELETE FROM meta WHERE key = ?", (_RESTORED,))
+    return boot

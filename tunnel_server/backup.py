@@ -17,6 +17,9 @@ Rules:
   the manifest (or missing from the archive), duplicates, sizes above the bounds and any hash
   mismatch. Only then a second pass writes the files into a staging folder inside the data
   folder (hashing again), and renames them into place with their layout modes (keys 0600).
+- **A restored twin database is marked** (`daemon_support.twin_database.mark_restored`, in the
+  staging folder, before anything is replaced): it is older than what the agents hold, so the
+  server's next start moves it to a new cloud sync origin (tunnel_server/twins/store.py).
 - **Never under a running server**: the target must be empty, or with ``force`` hold no
   database another process has open (the server keeps ``store.db`` open while it runs; an
   exclusive SQLite lock cannot be taken then).
@@ -42,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
+from daemon_support.twin_database import mark_restored
 from tunnel_server import __version__
 
 if TYPE_CHECKING:
@@ -65,6 +69,8 @@ DATABASES = (
 )
 """Every SQLite database the server opens in its data folder (a unit test checks the names
 against the modules that open them)."""
+TWINS_DATABASE = "twins.sqlite3"
+"""The cloud's twin database: a restore marks it (`_mark_twins_restored`)."""
 FILES = {
     "ca.crt": 0o644,
     "ca.key": 0o600,
@@ -434,6 +440,7 @@ def restore(archive: Path, data_dir: Path, *, force: bool = False) -> list[Membe
     staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=".restore-"))
     try:
         _stage(archive, members, staging)
+        _mark_twins_restored(archive, staging, members)
         _replace(data_dir, staging, members)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -463,6 +470,18 @@ def _stage(path: Path, members: dict[str, Member], staging: Path) -> None:
                 os.fsync(out.fileno())
             if digest.hexdigest() != member.sha256:
                 raise ArchiveRefusedError(f"{path} changed while it was restored: nothing restored")
+
+
+def _mark_twins_restored(archive: Path, staging: Path, members: dict[str, Member]) -> None:
+    """Mark the staged twin database: agents may hold cloud changes newer than the backup."""
+    if TWINS_DATABASE not in members:
+        return
+    try:
+        mark_restored(staging / TWINS_DATABASE, at=datetime.now(UTC).isoformat())
+    except sqlite3.Error as error:
+        raise ArchiveRefusedError(
+            f"{TWINS_DATABASE} in {archive} is no twin database ({error}): nothing restored"
+        ) from None
 
 
 def _replace(data_dir: Path, staging: Path, members: dict[str, Member]) -> None:

@@ -17,6 +17,15 @@ Tables:
   their desired values go with them) or the owner refuses the move.
 - ``dead_letters``: records and changes that could not be applied, for an operator (bounded).
 
+After ``tunnel-server restore`` the file is an older copy than what the agents hold: they may
+have applied cloud changes numbered after the backup, and acknowledged edge changes it never
+saw. The first open rebases it (`TwinStore`, in one transaction; docs/install.md, "Backup and
+restore"): a new boot id, so a new cloud origin whose numbering no agent has seen; every
+replica moves to it (numbering from 1, no pending writes), forgets how far it had applied its
+edge origins (that count is older than the agent's), and every active device gets its restored
+desired values re-sent as one change, with ``null`` for the model's other read-write
+properties: desired is the cloud's, so the device converges on the restored intent.
+
 Writes go through a `Transaction` (staged in memory, committed all or nothing). Reads of
 device rows go through a bounded LRU cache; only this process writes the file.
 
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +47,26 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from daemon_support import model_folder
 from daemon_support.schema import Schema
-from daemon_support.twin_database import Durability, boot_id, open_twin_database
-from device_models import JsonObject, Replica, Role
+from daemon_support.twin_database import (
+    Durability,
+    boot_id,
+    open_twin_database,
+    renew_boot_id,
+    restored,
+)
+from device_models import (
+    Access,
+    DeviceModelsError,
+    JsonObject,
+    JsonValue,
+    ModelRegistry,
+    Replica,
+    Role,
+    Section,
+    write_change,
+)
 
 __all__ = [
     "SCHEMA",
@@ -215,8 +242,19 @@ class TwinStore:
     """The SQLite file; one instance per server process."""
 
     def __init__(
-        self, path: Path, *, durability: Durability, cache_devices: int, max_dead_letters: int
+        self,
+        path: Path,
+        *,
+        durability: Durability,
+        cache_devices: int,
+        max_dead_letters: int,
+        models: ModelRegistry | None = None,
     ) -> None:
+        """Open (and after a restore, rebase) the file.
+
+        ``models`` names the read-write properties a rebase sends as ``null``; None: the
+        built-ins and ``<the file's folder>/models``, loaded only when there is a rebase to do.
+        """
         self._db = open_twin_database(path, durability=durability, schema=SCHEMA)
         self._cache: OrderedDict[DeviceKey, DeviceRow] = OrderedDict()
         self._cache_size = max(1, cache_devices)
@@ -225,6 +263,11 @@ class TwinStore:
         if new:
             log.info("new twin database: cloud sync origin boot id %s", boot)
         self.origin = f"cloud.{boot}"
+        restored_at = restored(self._db)
+        if restored_at is not None:
+            if models is None:
+                models = model_folder.load_models(path.parent / "models", log=log)
+            self._rebase(models, restored_at=restored_at)
 
     def close(self) -> None:
         self._db.close()
@@ -468,6 +511,65 @@ class TwinStore:
             self._db.executemany("DELETE FROM downlink WHERE id = ?", [(i,) for i in ids])
 
     # ------------------------------------------------------------------ internals
+
+    def _rebase(self, models: ModelRegistry, *, restored_at: str) -> None:
+        """Move a restored file to a new cloud origin; see the module docstring for why."""
+        previous = self.origin
+        now = time.time()
+        resent = 0
+        with self._transaction():
+            self.origin = f"cloud.{renew_boot_id(self._db)}"
+            keys = self._db.execute("SELECT node, device FROM devices").fetchall()
+            for node, device in keys:
+                resent += self._rebase_device((str(node), str(device)), models, now=now)
+        self._cache.clear()
+        log.warning(
+            "twin database restored from a backup (%s): cloud sync origin %s replaces %s;"
+            " desired values re-sent for %s devices",
+            restored_at,
+            self.origin,
+            previous,
+            resent,
+        )
+
+    def _rebase_device(self, key: DeviceKey, models: ModelRegistry, *, now: float) -> int:
+        """Rebase one device inside `_rebase`'s transaction; 1 if its desired was re-sent."""
+        row = self._db.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE node = ? AND device = ?",  # noqa: S608 - constant columns
+            key,
+        ).fetchone()
+        old = _device_row(row)
+        # No `applied`: the edge origins' numbering here is older than the agent's, and the
+        # agent has dropped what it sent since from its outbox.
+        replica = Replica(origin=self.origin, role=Role.CLOUD, twin=old.replica.twin)
+        resent = 0
+        if old.state is DeviceState.ACTIVE:
+            patch: dict[str, JsonValue] = dict(replica.twin.desired.values)
+            model = models.get(old.model)
+            if model is not None:
+                # What the agent holds beyond the restored values was written after the backup.
+                for spec in model.properties:
+                    if spec.access is Access.READ_WRITE:
+                        patch.setdefault(spec.name, None)
+            if patch:
+                try:
+                    replica, change = write_change(replica, Section.DESIRED, patch, now=now)
+                except DeviceModelsError as error:
+                    log.warning(
+                        "twins: desired of %s not re-sent after the restore: %s", key, error
+                    )
+                else:
+                    body = {"device": key[1], "change": change.to_json()}
+                    self._db.execute(
+                        "INSERT INTO downlink (node, device, body) VALUES (?, ?, ?)",
+                        (key[0], key[1], _dumps(body)),
+                    )
+                    resent = 1
+        self._db.execute(
+            "UPDATE devices SET replica = ?, desired_version = ? WHERE node = ? AND device = ?",
+            (_dumps(replica.to_json()), replica.twin.desired.version, *key),
+        )
+        return resent
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
