@@ -15,8 +15,7 @@ Rules:
   exchanged at ``/auth/token``, and a long-lived token is made over the websocket API. The MQTT
   integration is set up through its config flow over REST, as the UI does.
 - Readiness is waited for by condition (``/api/config`` says RUNNING, the MQTT config entry is
-  loaded), never by time. Every call has a timeout; replies are size-bounded by the loopback
-  service they come from (our own test instance).
+  loaded), never by time. Every call has a timeout; a REST reply is read up to `MAX_REPLY`.
 """
 
 from __future__ import annotations
@@ -46,6 +45,8 @@ START_TIMEOUT = 240.0
 """Seconds for Home Assistant to come up: about 20 s idle, far more on two busy cores."""
 REQUEST_TIMEOUT = 30.0
 """Seconds for one REST or websocket call to our loopback instance."""
+MAX_REPLY = 16 * 1024 * 1024
+"""Bytes read from one REST reply at most: the state of a test instance is far smaller."""
 CLIENT_ID_PATH = "/"
 """OAuth client id is a URL; the instance's own base URL is what its frontend uses."""
 
@@ -133,10 +134,10 @@ class HomeAssistant:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                status, raw = int(response.status), response.read()
+                status, raw = int(response.status), response.read(MAX_REPLY)
         except urllib.error.HTTPError as error:
             with error:  # an unread error response keeps its socket open
-                status, raw = error.code, error.read()
+                status, raw = error.code, error.read(MAX_REPLY)
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:
