@@ -11,7 +11,7 @@ import psutil
 import pytest
 from hypothesis import settings
 
-from tests.harness import kube, mqtt, procs
+from tests.harness import homeassistant, kube, mqtt, procs
 
 # No per-example deadline: on two busy cores a scheduler stall makes one example slow, and
 # hypothesis then fails the test as "unreliable timings"; speed is for the benchmarks.
@@ -79,6 +79,16 @@ def mqtt_dynsec_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mqt
     broker.stop()
 
 
+@pytest.fixture(scope="session")
+def home_assistant(
+    tmp_path_factory: pytest.TempPathFactory, mqtt_broker: mqtt.Broker
+) -> Iterator[homeassistant.HomeAssistant]:
+    """A real Home Assistant core (scripts/homeassistant-build), MQTT on `mqtt_broker`."""
+    ha = homeassistant.start(tmp_path_factory.mktemp("homeassistant"), mqtt_broker)
+    yield ha
+    ha.stop()
+
+
 SERVICE_NAMES = frozenset(
     {
         "kube-apiserver",
@@ -88,6 +98,7 @@ SERVICE_NAMES = frozenset(
         "kwok",
         "kine",
         "mosquitto",
+        "hass",
     }
 )
 
