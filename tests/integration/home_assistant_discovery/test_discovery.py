@@ -34,6 +34,7 @@ HA_ACLS = [
     ("subscribePattern", "edgefleet/agent/availability"),
     ("publishClientReceive", "edgefleet/agent/availability"),
     ("publishClientSend", "edgefleet/ha/+/+/set/+"),
+    ("publishClientSend", f"{PREFIX}/status"),
 ]
 """The role docs/home-assistant.md gives Home Assistant's broker user."""
 
