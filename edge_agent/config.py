@@ -346,7 +346,6 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
     """
     admin_password, claim_password = twins.secrets()
     from edge_agent.twins import TwinMqttSettings  # noqa: PLC0415 - loads MQTT: [twins] only
-    from edge_agent.twins.home_assistant import HomeAssistantSettings  # noqa: PLC0415 - same
 
     return TwinMqttSettings(
         data_dir=data_dir / "twins",
@@ -367,9 +366,8 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         keepalive=twins.keepalive,
         reconnect_max=twins.reconnect_max,
         mqtt_version=twins.mqtt_version,
-        home_assistant=HomeAssistantSettings(
-            enabled=twins.home_assistant, prefix=twins.home_assistant_prefix
-        ),
+        home_assistant=twins.home_assistant,
+        home_assistant_prefix=twins.home_assistant_prefix,
     )
 
 

@@ -186,8 +186,12 @@ class TwinMqttSettings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     """Capacity and retry policy of the durable outbox."""
 
-    home_assistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
-    """Home Assistant MQTT discovery of the devices (off by default; docs/home-assistant.md)."""
+    home_assistant: bool = False
+    """Publish Home Assistant MQTT discovery of the devices, and a retained state topic per
+    device (docs/home-assistant.md). Off by default: a retained publish per accepted report."""
+
+    home_assistant_prefix: str = "homeassistant"
+    """HA's discovery prefix; the agent's broker user gets write access to ``<prefix>/#``."""
 
     @property
     def database(self) -> Path:
@@ -426,7 +430,11 @@ class TwinMqttService:
         # broker admin calls, and one at a time they never race on a device's broker user.
         self._claims: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.claim_queue)
         self.home_assistant = HomeAssistantDiscovery(
-            settings=settings.home_assistant, node=settings.node_name, twins=self.twins
+            settings=HomeAssistantSettings(
+                enabled=settings.home_assistant, prefix=settings.home_assistant_prefix
+            ),
+            node=settings.node_name,
+            twins=self.twins,
         )
         self._admin_lock = asyncio.Lock()
         self._agent_password = secrets.token_urlsafe(24)
@@ -587,8 +595,8 @@ class TwinMqttService:
                 return
 
     def _discovery_prefix(self) -> str | None:
-        discovery = self.settings.home_assistant
-        return discovery.prefix if discovery.enabled else None
+        settings = self.settings
+        return settings.home_assistant_prefix if settings.home_assistant else None
 
     async def _mqtt_loop(self) -> None:
         delay = self.settings.reconnect_initial

@@ -217,4 +217,4 @@ def test_the_twins_table_takes_home_assistant_keys(tmp_path: Path) -> None:
         f'claim_password_file = "{tmp_path / "pw"}"\n'
     )
     settings = config.twins_settings(config.load(path).twins, data_dir=tmp_path, node_name="n")
-    assert settings.home_assistant == HomeAssistantSettings(enabled=True, prefix="homeassistant")
+    assert (settings.home_assistant, settings.home_assistant_prefix) == (True, "homeassistant")
