@@ -147,14 +147,18 @@ class HomeAssistantDiscovery:
             await self._publish(plan)
 
     async def reconcile(self) -> None:
-        """The set of devices may have changed: show new ones, clear the ones gone."""
+        """The set of devices may have changed: show new ones, clear the ones gone.
+
+        Shown devices whose model has a new version meanwhile are shown again too.
+        """
         if not self.enabled:
             return
         async with self._lock:
             plan = _Plan(shown=dict(self._shown))
             self._plan_removals(plan)
-            new = [device for device in self._twins.device_ids() if device not in self._shown]
-            self._plan_devices(plan, new, force=False)
+            # new devices, and shown ones whose model changed version meanwhile
+            due = [device for device in self._twins.device_ids() if self._needs_configs(device)]
+            self._plan_devices(plan, due, force=False)
             await self._publish(plan)
 
     async def refresh(self, device_ids: Iterable[str]) -> None:
@@ -162,9 +166,28 @@ class HomeAssistantDiscovery:
         if not self.enabled:
             return
         async with self._lock:
-            plan = _Plan(shown=dict(self._shown))
-            self._plan_devices(plan, sorted(set(device_ids)), force=False)
-            await self._publish(plan)
+            ids = sorted(set(device_ids))
+            if any(self._needs_configs(device_id) for device_id in ids):
+                plan = _Plan(shown=dict(self._shown))
+                self._plan_devices(plan, ids, force=False)
+                await self._publish(plan)
+                return
+            # The common case, once per batch of reports: states only, no copy of the memory.
+            outgoing: list[tuple[str, bytes]] = []
+            versions: dict[str, int] = {}
+            for device_id in ids:
+                shown, record = self._shown.get(device_id), self._active(device_id)
+                if shown is None or record is None:
+                    continue
+                reported = record.replica.twin.reported
+                if shown.state_version != reported.version:
+                    payload = mapping.state_payload(reported.version, reported.values)
+                    outgoing.append((topics.state_topic(device_id), payload))
+                    versions[device_id] = reported.version
+            if await self._send(outgoing):
+                for device_id, version in versions.items():
+                    shown = self._shown[device_id]
+                    self._shown[device_id] = dataclasses.replace(shown, state_version=version)
 
     def command(self, device_id: str, name: str, payload: bytes) -> None:
         """A command from HA: refused for now (forwarding to the cloud is part 2)."""
@@ -182,6 +205,15 @@ class HomeAssistantDiscovery:
     def _active(self, device_id: str) -> DeviceRecord | None:
         record = self._twins.device(device_id)
         return record if record is not None and record.state is DeviceState.ACTIVE else None
+
+    def _needs_configs(self, device_id: str) -> bool:
+        """An active device not shown yet, or shown from another model version."""
+        record = self._active(device_id)
+        model = None if record is None else self._twins.models.get(record.model)
+        if model is None:
+            return False
+        shown = self._shown.get(device_id)
+        return shown is None or (shown.model, shown.version) != (model.name, model.version)
 
     def _plan_removals(self, plan: _Plan) -> None:
         for device_id in sorted(plan.shown):
@@ -269,12 +301,17 @@ class HomeAssistantDiscovery:
     # ------------------------------------------------------------------ publishing
 
     async def _publish(self, plan: _Plan) -> None:
+        if await self._send(plan.outgoing):
+            self._shown = plan.shown
+
+    async def _send(self, outgoing: list[tuple[str, bytes]]) -> bool:
+        """Publish in order; False when it did not all reach the broker."""
         publisher = self._publisher
         if publisher is None:
-            return  # no session: the next one republishes everything
+            return False  # no session: the next one republishes everything
         try:
-            for start in range(0, len(plan.outgoing), _CHUNK):
-                await _publish_chunk(publisher, plan.outgoing[start : start + _CHUNK], start)
+            for start in range(0, len(outgoing), _CHUNK):
+                await _publish_chunk(publisher, outgoing[start : start + _CHUNK], start)
         except aiomqtt.MqttError as error:
             # The session is gone; its successor's `republish` shows every current device and
             # clears the ones still remembered here.
@@ -282,8 +319,8 @@ class HomeAssistantDiscovery:
             log.warning(
                 "Home Assistant discovery not published (%s); done again on reconnect", error
             )
-            return
-        self._shown = plan.shown
+            return False
+        return True
 
 
 async def _publish_chunk(publisher: Publisher, chunk: list[tuple[str, bytes]], start: int) -> None:

@@ -103,8 +103,9 @@ async def test_devices_appear_update_state_and_disappear(tmp_path: Path) -> None
     assert "homeassistant/switch/edgefleet_edge-1/r1_on/config" in left
 
 
+@pytest.mark.parametrize("noticed_by", ["refresh", "reconcile"])
 async def test_a_new_model_version_republishes_and_clears_removed_properties(
-    tmp_path: Path,
+    tmp_path: Path, noticed_by: str
 ) -> None:
     twins, store = service(tmp_path)
     await onboard(twins, store, "t1", "thermostat")
@@ -117,7 +118,7 @@ async def test_a_new_model_version_republishes_and_clears_removed_properties(
     props = [p for p in data["properties"] if p["name"] != "firmware"]  # type: ignore[attr-defined]
     props.append({"name": "valve", "type": "int", "unit": "%", "min": 0, "max": 100})
     twins.models.offer(DeviceModel.from_dict({**data, "version": "2.0.0", "properties": props}))
-    await ha.refresh(["t1"])
+    await (ha.refresh(["t1"]) if noticed_by == "refresh" else ha.reconcile())
     configs = broker.configs()
     assert "homeassistant/sensor/edgefleet_edge-1/t1_firmware/config" not in configs
     valve = configs["homeassistant/sensor/edgefleet_edge-1/t1_valve/config"]
