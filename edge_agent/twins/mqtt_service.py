@@ -272,6 +272,8 @@ def _disconnect_cause(client: aiomqtt.Client) -> aiomqtt.MqttError | None:
 class MqttVersionCollector(Collector):
     """``edge_agent_twins_mqtt_protocol_version`` on /metrics: the session's protocol level.
 
+    With Home Assistant discovery on, also its ``edge_agent_twins_home_assistant_*`` figures.
+
     Register it in the agent's registry: ``registry.register(MqttVersionCollector(service))``.
     """
 
