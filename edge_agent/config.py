@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon_support.twin_database import Durability
+from device_models.home_assistant import valid_prefix
 from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.gateway.settings import GatewaySettings
 from edge_agent.cluster.gateway.target import MAX_PATTERNS, TargetError, parse_pattern
@@ -256,10 +257,20 @@ def _twins(raw: object, where: str) -> TwinsConfig:
     for name in ("max_devices", "keepalive"):
         if name in values:
             _check_range(where, name, values[name], 1, 1_000_000)
+    _check_discovery_prefix(values, where)
     twins = TwinsConfig(**values, **paths)
     _check_twins_secrets(twins, where)
     _check_twins_tls(twins, where)
     return twins
+
+
+def _check_discovery_prefix(values: dict[str, Any], where: str) -> None:
+    prefix = values.get("home_assistant_prefix", "homeassistant")
+    if not valid_prefix(prefix):
+        raise ConfigError(
+            f"{where}.home_assistant_prefix: topic levels of letters, digits, _ and - (no "
+            f"wildcards, no empty level, at most 128 characters), got {prefix[:64]!r}"
+        )
 
 
 def _check_mqtt_version(values: dict[str, Any], where: str) -> None:
@@ -355,6 +366,8 @@ def twins_settings(twins: TwinsConfig, *, data_dir: Path, node_name: str) -> Twi
         keepalive=twins.keepalive,
         reconnect_max=twins.reconnect_max,
         mqtt_version=twins.mqtt_version,
+        home_assistant=twins.home_assistant,
+        home_assistant_prefix=twins.home_assistant_prefix,
     )
 
 

@@ -199,6 +199,15 @@ class TwinsConfig:
     reconnect_max: float = 15.0
     """Ceiling in seconds of the delay between broker reconnects."""
 
+    home_assistant: bool = False
+    """Publish Home Assistant MQTT discovery (retained) for every onboarded device, from its
+    model (docs/home-assistant.md). Off by default: it costs a retained state publish per
+    accepted report, and the agent's broker user gets write access to the discovery prefix."""
+
+    home_assistant_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting; ``homeassistant``
+    unless changed there): topic levels of letters, digits, ``_`` and ``-``."""
+
     def secrets(self) -> tuple[str, str]:
         """The admin and claim passwords, read from their files when those are set.
 

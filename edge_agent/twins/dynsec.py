@@ -114,13 +114,21 @@ def claim_acls() -> list[Acl]:
     ]
 
 
-def agent_acls() -> list[Acl]:
+def agent_acls(discovery_prefix: str | None = None) -> list[Acl]:
+    """The agent: everything under ``edgefleet/``.
+
+    With Home Assistant discovery on, also publish (retained configs) under the discovery
+    prefix (docs/home-assistant.md).
+    """
     root = f"{topics.ROOT}/#"
-    return [
+    acls = [
         Acl(acltype="publishClientSend", topic=root),
         Acl(acltype="subscribePattern", topic=root),
         Acl(acltype="publishClientReceive", topic=root),
     ]
+    if discovery_prefix is not None:
+        acls.append(Acl(acltype="publishClientSend", topic=f"{discovery_prefix}/#"))
+    return acls
 
 
 class DynsecClient:

@@ -38,12 +38,13 @@ import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from daemon_support.files import write_atomic
 from edge_agent.twins import dynsec, topics
 from edge_agent.twins.handover import Handover, MoveError
+from edge_agent.twins.home_assistant import HomeAssistantDiscovery, HomeAssistantSettings
 from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
@@ -185,6 +186,13 @@ class TwinMqttSettings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     """Capacity and retry policy of the durable outbox."""
 
+    home_assistant: bool = False
+    """Publish Home Assistant MQTT discovery of the devices, and a retained state topic per
+    device (docs/home-assistant.md). Off by default: a retained publish per accepted report."""
+
+    home_assistant_prefix: str = "homeassistant"
+    """HA's discovery prefix; the agent's broker user gets write access to ``<prefix>/#``."""
+
     @property
     def database(self) -> Path:
         return self.data_dir / "twins.sqlite3"
@@ -264,19 +272,45 @@ def _disconnect_cause(client: aiomqtt.Client) -> aiomqtt.MqttError | None:
 class MqttVersionCollector(Collector):
     """``edge_agent_twins_mqtt_protocol_version`` on /metrics: the session's protocol level.
 
+    With Home Assistant discovery on, also its ``edge_agent_twins_home_assistant_*`` figures.
+
     Register it in the agent's registry: ``registry.register(MqttVersionCollector(service))``.
     """
 
     def __init__(self, service: TwinMqttService) -> None:
         self._service = service
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         version = self._service.mqtt_version
         yield GaugeMetricFamily(
             "edge_agent_twins_mqtt_protocol_version",
             "MQTT protocol level of the agent's broker session: 5 (MQTT 5) or 4 (MQTT 3.1.1); "
             "0 while it is not connected",
             value=0 if version is None else PROTOCOL_LEVEL[version],
+        )
+        discovery = self._service.home_assistant
+        if not discovery.enabled:
+            return
+        yield GaugeMetricFamily(
+            "edge_agent_twins_home_assistant_entities",
+            "Device entities whose Home Assistant discovery config the broker holds",
+            value=discovery.entities,
+        )
+        yield GaugeMetricFamily(
+            "edge_agent_twins_home_assistant_skipped_properties",
+            "Properties of shown devices without a Home Assistant entity (not mapped, unsafe "
+            "name, or over a cap; each is logged once)",
+            value=discovery.skipped,
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_home_assistant_commands_refused",
+            "Home Assistant commands refused (forwarding them to the cloud is not built yet)",
+            value=discovery.metrics.commands_refused,
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_home_assistant_publish_failures",
+            "Rounds of discovery publishing cut short by a lost broker session",
+            value=discovery.metrics.publish_failures,
         )
 
 
@@ -397,6 +431,13 @@ class TwinMqttService:
         # Claims and adopt messages, (topic, payload), answered one at a time: each needs
         # broker admin calls, and one at a time they never race on a device's broker user.
         self._claims: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.claim_queue)
+        self.home_assistant = HomeAssistantDiscovery(
+            settings=HomeAssistantSettings(
+                enabled=settings.home_assistant, prefix=settings.home_assistant_prefix
+            ),
+            node=settings.node_name,
+            twins=self.twins,
+        )
         self._admin_lock = asyncio.Lock()
         self._agent_password = secrets.token_urlsafe(24)
         self._agent_client_id = agent_client_id(settings)
@@ -413,7 +454,10 @@ class TwinMqttService:
         self, change: Mapping[str, object] | str | bytes
     ) -> CloudChangeResult:
         """A change from the cloud: ``{"device": id, "change": TwinChange JSON}`` (idempotent)."""
-        return await self.twins.apply_cloud_change(change)
+        result = await self.twins.apply_cloud_change(change)
+        if result.applied:
+            await self.home_assistant.refresh([result.device_id])
+        return result
 
     async def apply_cloud_command(self, message: Mapping[str, object]) -> CloudChangeResult:
         """A command from the cloud: ``{"device", "command": {"op", ...}}`` (docs/twins.md).
@@ -443,14 +487,17 @@ class TwinMqttService:
         async with self._admin_lock:
             try:
                 if op == "move":
-                    return await self._move(device_id, command.get("to"))
-                if op == "register":
+                    result = await self._move(device_id, command.get("to"))
+                elif op == "register":
                     return self._register(device_id, command)
-                return await self._remove(device_id, revoke=op == "revoke")
+                else:
+                    result = await self._remove(device_id, revoke=op == "revoke")
             except aiomqtt.MqttError as error:
                 raise CloudChangeError(Code.UNAVAILABLE, f"broker: {error}") from None
             except dynsec.DynsecError as error:
                 raise CloudChangeError(Code.UNAVAILABLE, f"broker admin: {error}") from None
+        await self.home_assistant.reconcile()  # a device gone: its discovery is cleared
+        return result
 
     async def _move(self, device_id: str, target: object) -> CloudChangeResult:
         if not isinstance(target, str) or not topics.NODE_NAME.fullmatch(target):
@@ -526,7 +573,9 @@ class TwinMqttService:
                 await self._dynsec.ensure_client(
                     self.settings.claim_username, self.settings.claim_password, dynsec.CLAIM_ROLE
                 )
-                await self._dynsec.ensure_role(dynsec.AGENT_ROLE, dynsec.agent_acls())
+                await self._dynsec.ensure_role(
+                    dynsec.AGENT_ROLE, dynsec.agent_acls(self._discovery_prefix())
+                )
                 await self._dynsec.ensure_client(
                     self.settings.agent_username,
                     self._agent_password,
@@ -546,6 +595,10 @@ class TwinMqttService:
             else:
                 log.info("broker accounts ready (claim user %s)", self.settings.claim_username)
                 return
+
+    def _discovery_prefix(self) -> str | None:
+        settings = self.settings
+        return settings.home_assistant_prefix if settings.home_assistant else None
 
     async def _mqtt_loop(self) -> None:
         delay = self.settings.reconnect_initial
@@ -571,6 +624,7 @@ class TwinMqttService:
             finally:
                 self.ready.clear()
                 self.twins.attach(None)
+                self.home_assistant.attach(None)
                 self._client = None
                 self.mqtt_version = None
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
@@ -622,10 +676,13 @@ class TwinMqttService:
             self.mqtt_version = version
             self.metrics.broker_sessions += 1
             node = self.settings.node_name
-            await client.subscribe([(f, 1) for f in topics.agent_subscriptions(node)])
+            filters = topics.agent_subscriptions(node, home_assistant=self.home_assistant.enabled)
+            await client.subscribe([(f, 1) for f in filters])
             await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
             self.twins.attach(_Publisher(client))
             await self.twins.republish()
+            self.home_assistant.attach(_Publisher(client))
+            await self.home_assistant.republish()
             self.ready.set()
             log.info(
                 "twins: serving %s devices on the broker (MQTT %s)",
@@ -647,16 +704,7 @@ class TwinMqttService:
         while True:
             batch = [await anext(messages)]
             await self._fill(messages, batch)
-            device_messages: list[tuple[DeviceTopic, bytes]] = []
-            for message in batch:
-                payload = message.payload  # aiomqtt gives bytes for received messages
-                topic = str(message.topic)
-                if topic == topics.PROVISION_REQUEST:
-                    await self._queue_claim(client, payload)
-                elif topics.is_adopt_topic(self.settings.node_name, topic):
-                    await self._claims.put((topic, payload))  # rare: an operator's move
-                elif (where := topics.parse_device_topic(topic)) is not None:
-                    device_messages.append((where, payload))
+            device_messages = await self._route(client, batch)
 
             def acknowledge(batch: list[aiomqtt.Message] = batch) -> None:
                 for message in batch:
@@ -665,8 +713,31 @@ class TwinMqttService:
 
             if device_messages:
                 await self.twins.handle_batch(device_messages, committed=acknowledge)
+                if self.home_assistant.enabled:
+                    await self.home_assistant.refresh(
+                        where.device_id for where, _ in device_messages
+                    )
             else:
                 acknowledge()
+
+    async def _route(
+        self, client: aiomqtt.Client, batch: list[aiomqtt.Message]
+    ) -> list[tuple[DeviceTopic, bytes]]:
+        """Hand claims, adoptions and HA commands on; the device messages, in order."""
+        node = self.settings.node_name
+        device_messages: list[tuple[DeviceTopic, bytes]] = []
+        for message in batch:
+            payload = message.payload  # aiomqtt gives bytes for received messages
+            topic = str(message.topic)
+            if topic == topics.PROVISION_REQUEST:
+                await self._queue_claim(client, payload)
+            elif topics.is_adopt_topic(node, topic):
+                await self._claims.put((topic, payload))  # rare: an operator's move
+            elif (where := topics.parse_device_topic(topic)) is not None:
+                device_messages.append((where, payload))
+            elif (command := topics.parse_ha_command(node, topic)) is not None:
+                self.home_assistant.command(*command, payload)
+        return device_messages
 
     async def _fill(
         self, messages: aiomqtt.client.MessagesIterator, batch: list[aiomqtt.Message]
@@ -702,9 +773,11 @@ class TwinMqttService:
                         await self.handover.adopt(topic, payload, publisher)
                     except aiomqtt.MqttError as exc:
                         log.warning("adopt message not cleared (%s); done again later", exc)
+                await self.home_assistant.reconcile()
                 continue
             async with self._admin_lock:
                 answer = await self.onboarding.handle(payload)
+            await self.home_assistant.reconcile()  # a device onboarded: show it
             client = self._client
             if answer is None or client is None:
                 continue

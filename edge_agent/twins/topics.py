@@ -23,9 +23,13 @@ __all__ = [
     "adopt_topic",
     "agent_subscriptions",
     "device_topic",
+    "ha_command_base",
+    "ha_command_filter",
     "is_adopt_topic",
     "parse_device_topic",
+    "parse_ha_command",
     "provision_response",
+    "state_topic",
 ]
 
 ROOT = "edgefleet"
@@ -96,11 +100,53 @@ def is_adopt_topic(node: str, topic: str) -> bool:
     return topic.startswith(f"{ROOT}/agents/{node}/adopt/")
 
 
-def agent_subscriptions(node: str) -> list[str]:
-    """The filters the agent of `node` subscribes to (QoS 1)."""
+def state_topic(device_id: str) -> str:
+    """The device's reported section, retained: ``{"version", "reported"}``.
+
+    Published by the agent when Home Assistant discovery is on (docs/home-assistant.md). Not
+    a suffix a device may publish (`DEVICE_PUBLISHES`), and no agent subscription matches it.
+    """
+    return f"{device_prefix(device_id)}/twin/state"
+
+
+def ha_command_base(node: str, device_id: str) -> str:
+    """Where Home Assistant sends commands for `device_id` of `node`: ``<base>/<property>``.
+
+    Outside the device's subtree on purpose: a device never sees a raw HA command (a command
+    is a change to desired, which only the cloud makes), and with the node in the topic only
+    the owning agent takes it on a broker shared by several agents.
+    """
+    return f"{ROOT}/ha/{node}/{device_id}/set"
+
+
+def ha_command_filter(node: str) -> str:
+    return f"{ROOT}/ha/{node}/+/set/+"
+
+
+def parse_ha_command(node: str, topic: str) -> tuple[str, str] | None:
+    """(device id, property) of a Home Assistant command topic of `node`, or None."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[:3] != [ROOT, "ha", node] or parts[4] != "set":
+        return None
+    device_id, name = parts[3], parts[5]
+    if not DEVICE_ID.fullmatch(device_id) or not PROPERTY_NAME.fullmatch(name):
+        return None
+    return device_id, name
+
+
+# A model property's name (device_models: an identifier of at most 64 characters).
+PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def agent_subscriptions(node: str, *, home_assistant: bool = False) -> list[str]:
+    """The filters the agent of `node` subscribes to (QoS 1).
+
+    With `home_assistant`, also the Home Assistant command topics of its devices.
+    """
     devices = f"{ROOT}/devices/+"
     return [
         PROVISION_REQUEST,
         *(f"{devices}/{op.value}" for op in DEVICE_PUBLISHES),
         adopt_topic(node, "+"),
+        *([ha_command_filter(node)] if home_assistant else []),
     ]
