@@ -121,7 +121,12 @@ def _time(value: Any) -> float | None:  # noqa: ANN401 - JSON
 def _micro(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = datetime.fromtimestamp(value, UTC)
+    if moment.microsecond == 0:
+        # lightkube writes a whole second without its fraction, which the API refuses for a
+        # MicroTime: one microsecond later (far below TIME_SLACK) keeps the fraction.
+        moment = moment.replace(microsecond=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def from_object(obj: dict[str, Any]) -> LeaseRecord:
