@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,19 +237,15 @@ class AutonomySettings:
     """Pod patches in flight at once, so a node with thousands of pods does not flood the API."""
 
 
-def _default_replica_name() -> str:
-    # In a pod the downward API gives POD_NAME (packaging/kubernetes); else the hostname, which
-    # is the pod's name too. Lower-cased: a Lease name is a DNS subdomain.
-    return (os.environ.get("POD_NAME") or socket.gethostname()).lower()
-
-
 @dataclass(frozen=True, kw_only=True)
 class ReplicaSettings:
     """Replicas on the Kubernetes store (``--store kubernetes``; docs/ha.md)."""
 
-    name: str = field(default_factory=_default_replica_name)
+    name: str | None = None
     """This replica's name (``--replica-name``): its Lease is ``edgefleet-replica-<name>`` and
-    it is the ``holderIdentity`` of the agents it holds. Unique per replica: the pod's name."""
+    it is the ``holderIdentity`` of the agents it holds; unique per replica. None: $POD_NAME
+    (the Deployment sets it), else ``<hostname>-<port>``, so that two replicas on one machine
+    differ (``replicas.service.replica_name``)."""
 
     peer_address: str | None = None
     """HOST:PORT other replicas reach this one at (``--peer-address``), advertised in its

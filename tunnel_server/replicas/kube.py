@@ -112,13 +112,13 @@ class Replicas:
         sessions: Callable[[], dict[str, float]],
         registry: prometheus_client.CollectorRegistry | None = None,
     ) -> None:
-        if not rules.valid_replica_name(settings.name):
+        if settings.name is None or not rules.valid_replica_name(settings.name):
             raise ValueError(
                 f"replica name {settings.name!r} must be a DNS subdomain (lower case, digits, '-',"
                 " '.') of at most 235 characters"
             )
         self.settings = settings
-        self.name = settings.name
+        self.name: str = settings.name
         self.peer_address = peer_address
         self._ns = kube.namespace
         self._kube = kube
@@ -263,12 +263,34 @@ class Replicas:
                 log.warning("watch of leases failed (%s): listing again", error)
                 await asyncio.sleep(self.settings.write_retry)
 
+    def _clash(self, current: rules.LeaseRecord | None, now: float) -> bool:
+        """Whether another live replica uses this name (seen at the first registration)."""
+        return (
+            not self.registered.is_set()
+            and current is not None
+            and current.holder == self.name
+            and current.peer != self.peer_address
+            and rules.alive(current.renew_time, current.duration, now)
+        )
+
     async def _keep_own_lease(self) -> None:
         name = rules.replica_lease(self.name)
         while True:
             now = time.time()
             try:
                 current = self._own or await self.read(name)
+                if self._clash(current, now):
+                    assert current is not None  # noqa: S101 - _clash checked it
+                    # Two replicas of one name would both hold and both lead: this one waits
+                    # (not ready) until that Lease runs out, and says why.
+                    log.error(
+                        "another replica named %s is alive at %s: give each replica its own"
+                        " --replica-name; not ready until its lease runs out",
+                        self.name,
+                        current.peer,
+                    )
+                    await asyncio.sleep(self.settings.renew_interval)
+                    continue
                 base = current or rules.LeaseRecord(name=name, kind="replica", acquire_time=now)
                 self._own = await self.write(
                     rules.LeaseRecord(
@@ -306,6 +328,7 @@ class Replicas:
             self._following.set()
 
     async def _elect(self) -> None:
+        await self.registered.wait()  # a replica whose name clashes never leads
         while True:
             now = time.time()
             try:
@@ -351,6 +374,7 @@ class Replicas:
 
     async def _scan_sessions(self) -> None:
         await self.listed.wait()  # decisions need the mirror
+        await self.registered.wait()  # a replica whose name clashes holds nothing
         while True:
             self.scan()
             await asyncio.sleep(self.settings.session_scan_interval)

@@ -11,7 +11,9 @@ request timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import re
 import socket
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,17 @@ if TYPE_CHECKING:
     from tunnel_server.settings import ReplicaSettings
 
 REPLICAS_KEY: web.AppKey[Replicas] = web.AppKey("replicas")
+
+
+def replica_name(settings: ReplicaSettings, *, port: int) -> str:
+    """``--replica-name``, else $POD_NAME, else ``<hostname>-<port>`` made a DNS name."""
+    if settings.name is not None:
+        return settings.name
+    pod = os.environ.get("POD_NAME")
+    if pod:
+        return pod
+    host = re.sub(r"[^a-z0-9.-]+", "-", socket.gethostname().lower()).strip("-.") or "replica"
+    return f"{host}-{port}"
 
 
 def peer_address(settings: ReplicaSettings, *, port: int) -> str:
@@ -50,8 +63,9 @@ def setup(
     def sessions() -> dict[str, float]:
         return {s.name: s.connected_at for s in app[SESSIONS_KEY].all()}
 
+    name = replica_name(settings, port=port)
     replicas = Replicas(
-        settings=settings,
+        settings=dataclasses.replace(settings, name=name),
         kube=kube,
         peer_address=peer_address(settings, port=port),
         sessions=sessions,

@@ -48,12 +48,14 @@ async def running(replicas: Replicas) -> AsyncIterator[asyncio.Task[None]]:
 def make(
     kube_crds: kube.ControlPlane, namespace: str
 ) -> Callable[..., tuple[Replicas, dict[str, float]]]:
-    def build(name: str, **settings: float) -> tuple[Replicas, dict[str, float]]:
+    def build(
+        name: str, peer: str | None = None, **settings: float
+    ) -> tuple[Replicas, dict[str, float]]:
         sessions: dict[str, float] = {}
         replicas = Replicas(
             settings=ReplicaSettings(name=name, **{**FAST, **settings}),  # type: ignore[arg-type]
             kube=KubeStoreSettings(namespace=namespace, kubeconfig=kube_crds.kubeconfig),
-            peer_address=f"{name}.peers:8443",
+            peer_address=peer or f"{name}.peers:8443",
             sessions=lambda: dict(sessions),
             registry=prometheus_client.CollectorRegistry(),
         )
@@ -201,3 +203,38 @@ async def test_a_reconnect_storm_is_coalesced_and_written_at_the_bounded_rate(
         # agent's first change before the flaps replaced it: at most HOLDER_WORKERS extra).
         assert agents <= writes <= agents + burst + 4, writes
         assert elapsed >= (agents - burst) / rate * 0.9, elapsed
+
+
+async def test_a_second_replica_of_the_same_name_waits_until_the_first_is_gone(
+    make: Callable[..., tuple[Replicas, dict[str, float]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = make("same", peer="10.0.0.1:8443")
+    second, second_sessions = make("same", peer="10.0.0.2:8443")
+    second_sessions["edge-1"] = time.time()
+    async with running(first):
+        task = asyncio.create_task(second.run(), name="test.second")  # noqa: TID251 - a test's own
+        try:
+            await eventually_async(
+                lambda: asyncio.sleep(0, caplog.text),
+                lambda text: "another replica named same is alive at 10.0.0.1:8443" in text,
+                what="the second replica refuses the name",
+            )
+            assert not second.registered.is_set()
+            assert first.holder_of("edge-1") is None, "the clashing replica holds nothing"
+            assert not second.leading
+        except BaseException:
+            task.cancel()
+            raise
+    # The first stopped cleanly (its Lease deleted): the second registers and records edge-1.
+    try:
+        await asyncio.wait_for(second.registered.wait(), 60)
+        await eventually_async(
+            lambda: asyncio.sleep(0, second.holder_of("edge-1")),
+            lambda held: held == "same",
+            what="the second replica holds edge-1 now",
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await second.close()
