@@ -3,9 +3,9 @@
 ``setup(app, ...)`` (the Kubernetes store only) starts them in a cleanup context, marks
 readiness ``replicas`` once this replica's Lease is written and the Leases are listed,
 serves ``GET /status`` (replica, leader, replicas alive) and puts the ``Replicas`` under
-``REPLICAS_KEY`` for ``/readyz`` and for the parts that ask ``holder_of(node)`` or run a
-singleton through ``while_leader``. The clean-shutdown writes are bounded by the store's
-request timeout.
+``REPLICAS_KEY`` for ``/readyz`` and for the parts that ask ``holder_of(node)``, and
+``while_leader`` under ``keys.LEADER_KEY`` for the singletons (``keys.singleton``). The
+clean-shutdown writes are bounded by the store's request timeout.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SESSIONS_KEY
+from tunnel_server.replicas.keys import LEADER_KEY
 from tunnel_server.replicas.kube import Replicas
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def setup(
         registry=app[REGISTRY_KEY],
     )
     app[REPLICAS_KEY] = replicas
+    app[LEADER_KEY] = replicas.while_leader  # replicas.keys.singleton: leader-gated tasks
     app[READY_KEY]["replicas"] = False
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

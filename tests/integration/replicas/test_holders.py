@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import kubernetes
 import prometheus_client
@@ -238,3 +238,53 @@ async def test_a_second_replica_of_the_same_name_waits_until_the_first_is_gone(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await second.close()
+
+
+async def test_a_singleton_runs_on_the_leader_only_and_moves_with_the_leadership(
+    make: Callable[..., tuple[Replicas, dict[str, float]]],
+) -> None:
+    a, _ = make("replica-a")
+    b, _ = make("replica-b")
+    running_on: set[str] = set()
+
+    def work_of(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def work() -> None:
+            running_on.add(name)
+            try:
+                await asyncio.Event().wait()  # a singleton loop: runs until cancelled
+            finally:
+                running_on.discard(name)
+
+        return work
+
+    async with running(b):
+        async with running(a), asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(r.while_leader("test.singleton", work_of(r.name)), name=r.name)
+                for r in (a, b)
+            ]
+            leader = await eventually_async(
+                lambda: asyncio.sleep(0, [r for r in (a, b) if r.leading]),
+                lambda leading: len(leading) == 1,
+                what="one leader",
+            )
+            await eventually_async(
+                lambda: asyncio.sleep(0, set(running_on)),
+                lambda on: on == {leader[0].name},
+                what="the singleton on the leader only",
+            )
+            for task in tasks:
+                task.cancel()
+        # a stopped cleanly (released the leadership if it led); b runs it now.
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(
+                b.while_leader("test.singleton", work_of("replica-b")), name="replica-b"
+            )
+            await eventually_async(
+                lambda: asyncio.sleep(0, set(running_on)),
+                lambda on: on == {"replica-b"},
+                what="the singleton on b after a left",
+                within=30,
+            )
+            assert b.leading
+            task.cancel()
