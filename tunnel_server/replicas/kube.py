@@ -329,23 +329,28 @@ class Replicas:
 
     async def _elect(self) -> None:
         await self.registered.wait()  # a replica whose name clashes never leads
+        # One read and one write must end before the renew deadline can pass unnoticed: a
+        # request hanging for the client's whole timeout (10 s) would keep a cut-off leader
+        # leading past it, closer to the moment another may take over.
+        step_timeout = max(1.0, self.settings.renew_deadline - self.settings.renew_interval)
         while True:
             now = time.time()
             try:
-                self.election.observe(await self.read(rules.LEADER_LEASE), now)
-                action = self.election.next(time.time())
-                if isinstance(action, rules.Write):
-                    started = time.time()
-                    try:
-                        written = await self.write(action.record)
-                    except ConflictError:
-                        self.election.failed(time.time(), conflict=True)
+                async with asyncio.timeout(step_timeout):
+                    self.election.observe(await self.read(rules.LEADER_LEASE), now)
+                    action = self.election.next(time.time())
+                    if isinstance(action, rules.Write):
+                        started = time.time()
+                        try:
+                            written = await self.write(action.record)
+                        except ConflictError:
+                            self.election.failed(time.time(), conflict=True)
+                        else:
+                            self.election.written(written, started=started)
+                        until = time.time() + self.settings.renew_interval
                     else:
-                        self.election.written(written, started=started)
-                    until = time.time() + self.settings.renew_interval
-                else:
-                    until = action.until
-            except LeaseApiError as error:
+                        until = action.until
+            except (LeaseApiError, TimeoutError) as error:
                 self.election.failed(time.time(), conflict=False)
                 log.warning("leader election: the API failed (%s)", error)
                 if self.metrics is not None:

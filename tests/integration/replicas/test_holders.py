@@ -176,7 +176,16 @@ async def test_a_reconnect_storm_is_coalesced_and_written_at_the_bounded_rate(
     make: Callable[..., tuple[Replicas, dict[str, float]]],
 ) -> None:
     rate, burst, agents = 20.0, 5, 60
-    a, a_sessions = make("replica-a", holder_writes_per_second=rate, holder_burst=burst)
+    # The default Lease durations: a busy machine must not let the replica's own Lease lapse
+    # (4 s in the other tests) in the middle of the storm, which would hide its holds.
+    a, a_sessions = make(
+        "replica-a",
+        holder_writes_per_second=rate,
+        holder_burst=burst,
+        lease_duration=15,
+        renew_interval=2.0,
+        renew_deadline=10.0,
+    )
     async with running(a):
         assert a.metrics is not None
         written = a.metrics.holder_writes.labels("written")
