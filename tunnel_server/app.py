@@ -59,6 +59,8 @@ class ServerIdentity:
 
     authority: CertificateAuthority
     store: Store
+    kube: KubeStoreSettings | None = None
+    """Set with the Kubernetes store: the replicas' Leases live beside its objects."""
 
 
 def bootstrap(
@@ -85,7 +87,7 @@ def bootstrap(
     authority.ensure_serving_certificate(public_name=settings.public_name)
     tokens.ensure_admin_token(store, settings.data_dir, now=time.time())
     store.set_meta("public_url", f"https://{_host_for_url(settings.public_name)}:{settings.port}")
-    return ServerIdentity(authority=authority, store=store)
+    return ServerIdentity(authority=authority, store=store, kube=kube_store)
 
 
 def _host_for_url(name: str) -> str:
@@ -112,9 +114,21 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: every part that registered a readiness flag reports ready."""
     flags = request.app[READY_KEY]
     waiting = sorted(name for name, ok in flags.items() if not ok)
+    replica = _replica_status(request.app)
     if waiting:
-        return web.json_response({"status": "starting", "waiting_for": waiting}, status=503)
-    return web.json_response({"status": "ok"})
+        body = {"status": "starting", "waiting_for": waiting, **replica}
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ok", **replica})
+
+
+def _replica_status(app: web.Application) -> dict[str, Any]:
+    """With the Kubernetes store: this replica's name, whether it leads, the replicas alive."""
+    if "replicas" not in app[READY_KEY]:
+        return {}
+    # Imported here: only a server on the Kubernetes store has set it up (see create_app).
+    from tunnel_server.replicas.service import REPLICAS_KEY  # noqa: PLC0415
+
+    return app[REPLICAS_KEY].status()
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -201,4 +215,11 @@ def create_app(
             autonomy_part.setup(app, settings=settings.autonomy)
         if settings.gateway.listen is not None:
             gateway_part.setup(app, settings=settings.gateway, router=gateway_router)
+        if identity.kube is not None:
+            # Imported here: its Kubernetes client costs a second a SQLite server never needs.
+            from tunnel_server.replicas import service as replicas_part  # noqa: PLC0415
+
+            replicas_part.setup(
+                app, settings=settings.replicas, kube=identity.kube, port=settings.port
+            )
     return app

@@ -238,6 +238,54 @@ class AutonomySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReplicaSettings:
+    """Replicas on the Kubernetes store (``--store kubernetes``; docs/ha.md)."""
+
+    name: str | None = None
+    """This replica's name (``--replica-name``): its Lease is ``edgefleet-replica-<name>`` and
+    it is the ``holderIdentity`` of the agents it holds; unique per replica. None: $POD_NAME
+    (the Deployment sets it), else ``<hostname>-<port>``, so that two replicas on one machine
+    differ (``replicas.service.replica_name``)."""
+
+    peer_address: str | None = None
+    """HOST:PORT other replicas reach this one at (``--peer-address``), advertised in its
+    Lease's annotation for peer forwarding (not built yet). None: $POD_IP or the hostname,
+    with the server's port."""
+
+    lease_duration: int = 15
+    """Seconds a replica's (and the leader's) Lease holds without a renewal: client-go's
+    default. A dead replica's agents count as held by nobody at most this long after its
+    last renewal; shorter makes a slow API server (a GC pause, an etcd election, ~5 s) look
+    like a dead replica."""
+
+    renew_interval: float = 2.0
+    """Seconds between renewals of this replica's Lease and of the leader's (client-go's
+    retryPeriod): seven chances to renew within one ``lease_duration``. One write per
+    replica per interval: 3 replicas make 3 writes/s, nothing for etcd."""
+
+    renew_deadline: float = 10.0
+    """Seconds without a good renewal after which the leader stops its singletons (client-go's
+    default). Below ``lease_duration``: it stops before another candidate may take over."""
+
+    holder_writes_per_second: float = 100.0
+    """Agent holder writes per second this replica makes at most (a token bucket). A reconnect
+    storm of 10,000 agents on 3 replicas is then ~3,300 writes per replica in ~33 s, at most
+    300 writes/s to the API server in all; changes waiting are coalesced per node (the last
+    state wins: a flapping agent costs one write, not one per flap)."""
+
+    holder_burst: int = 50
+    """Holder writes allowed at once after a quiet spell (the token bucket's size)."""
+
+    session_scan_interval: float = 0.5
+    """Seconds between comparisons of this process's sessions with what it recorded: an
+    in-memory pass (10,000 sessions take about a millisecond); it bounds how late a holder
+    record follows a connect or disconnect, beside the write rate."""
+
+    write_retry: float = 1.0
+    """Seconds before a failed Lease write (API down) is tried again."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     host: str = "0.0.0.0"  # noqa: S104 - agents connect from anywhere; the API is authenticated
     """Address to listen on. All interfaces by default: agents dial in from remote sites."""
@@ -333,6 +381,9 @@ class ServerSettings:
 
     autonomy: AutonomySettings = field(default_factory=AutonomySettings)
     """Eviction protection of autonomous edge nodes' pods; off unless ``--autonomy``."""
+
+    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
+    """Replica identity, Leases and leader election; used with the Kubernetes store only."""
 
     sso_config: Path | None = None
     """The SSO (OpenID Connect) configuration file (docs/sso.md); None: no SSO sign-in."""

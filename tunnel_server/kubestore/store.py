@@ -115,6 +115,11 @@ def _config(settings: KubeStoreSettings) -> KubeConfig:
         ) from error
 
 
+def client_config(settings: KubeStoreSettings) -> KubeConfig:
+    """The client configuration the store uses (for the replicas' Leases: the same identity)."""
+    return _config(settings)
+
+
 def _as_obj(resource: Any) -> m.Obj:  # noqa: ANN401 - lightkube's generic objects are dicts
     return dict(resource.to_dict())
 

@@ -1,0 +1,31 @@
+"""Run a singleton on the leader only: light (no Kubernetes client), for any part to import.
+
+With the Kubernetes store, ``replicas.service.setup`` puts ``Replicas.while_leader`` under
+``LEADER_KEY``; ``singleton(app, name, work)`` then runs ``work()`` while this replica leads
+(cancelled when it stops leading, started again when it leads again). Without it (SQLite:
+one process, always the only one) ``work()`` runs at once, as before.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+LeaderRunner: TypeAlias = (
+    "Callable[[str, Callable[[], Coroutine[Any, Any, None]]], Coroutine[Any, Any, None]]"
+)
+"""``while_leader(name, work)``: runs ``work()`` only while this replica leads."""
+
+LEADER_KEY: web.AppKey[LeaderRunner] = web.AppKey("replicas_leader")
+
+
+def singleton(
+    app: web.Application, name: str, work: Callable[[], Coroutine[Any, Any, None]]
+) -> Coroutine[Any, Any, None]:
+    """The coroutine to run as the singleton task ``name``: leader-gated if there are replicas."""
+    lead = app.get(LEADER_KEY)
+    return work() if lead is None else lead(name, work)
