@@ -32,12 +32,14 @@ from tunnel_server.client import commands, device_commands, fleet_commands, flee
 from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
 from tunnel_server.identity.sso_mapping import sso_config_file
 from tunnel_server.kubestore.settings import KubeStoreSettings
+from tunnel_server.replicas.rules import valid_replica_name
 from tunnel_server.settings import (
     DAY,
     AutonomySettings,
     EgressSettings,
     GatewaySettings,
     PkiSettings,
+    ReplicaSettings,
     ServerSettings,
 )
 from tunnel_server.store import STORE_FILE, SqliteStore, StoreError
@@ -165,6 +167,34 @@ def _add_store_options(run: argparse.ArgumentParser) -> None:
         default=store.namespace,
         help="with --store kubernetes: the namespace of the store's objects (default: %(default)s)",
     )
+    run.add_argument(
+        "--replica-name",
+        type=_replica_name,
+        metavar="NAME",
+        help="with --store kubernetes: this replica's name, unique per replica (its Lease, the"
+        " holder of its agents; default: $POD_NAME, else HOSTNAME-PORT)",
+    )
+    run.add_argument(
+        "--peer-address",
+        type=_peer_address,
+        metavar="HOST:PORT",
+        help="with --store kubernetes: where the other replicas reach this one (advertised in"
+        " its Lease; default: $POD_IP, else the hostname, with the --listen port)",
+    )
+
+
+def _replica_name(value: str) -> str:
+    if not valid_replica_name(value):
+        msg = f"{value!r} is not a replica name (a DNS subdomain of at most 235 characters)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _peer_address(value: str) -> str:
+    host, _port = parse_listen(value)
+    if host == "0.0.0.0":  # noqa: S104 - refused, not bound: peers need an address to dial
+        raise argparse.ArgumentTypeError(f"expected the HOST peers dial, got {value!r}")
+    return value
 
 
 def _namespace(value: str) -> str:
@@ -175,8 +205,10 @@ def _namespace(value: str) -> str:
 
 def _kube_store(args: argparse.Namespace) -> KubeStoreSettings | None:
     if getattr(args, "store", "sqlite") != "kubernetes":
-        if getattr(args, "kubeconfig", None) is not None:
-            raise UsageError("--kubeconfig is for --store kubernetes")
+        for flag in ("kubeconfig", "replica_name", "peer_address"):
+            if getattr(args, flag, None) is not None:
+                option = "--" + flag.replace("_", "-")
+                raise UsageError(f"{option} is for --store kubernetes")
         return None
     return KubeStoreSettings(namespace=args.namespace, kubeconfig=args.kubeconfig)
 
@@ -743,6 +775,10 @@ def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None)
             autonomy=AutonomySettings(enabled=getattr(args, "autonomy", False)),
             gateway=_gateway_settings(args),
             sso_config=getattr(args, "sso_config", None),
+            replicas=ReplicaSettings(
+                name=getattr(args, "replica_name", None),
+                peer_address=getattr(args, "peer_address", None),
+            ),
         )
         from tunnel_server.app import bootstrap  # noqa: PLC0415 - see serve()
 

@@ -447,6 +447,7 @@ class CloudTwinReplica:
         row = txn.get(key) or self._implicit_row(key, origin=origin, record=record, now=now)
         if row.state is not DeviceState.ACTIVE:
             raise _RejectedError(f"change for a {row.state} device", device=device)
+        row = _resume_edge_origin(row, change)
         problem: str | None = None
         # A change the model or the limits refuse uses up its seq without its values, so
         # that later changes from the same origin still apply (the edge does the same).
@@ -728,6 +729,26 @@ def _existing(txn: Transaction, key: DeviceKey) -> DeviceRow:
     if row is None:
         raise _RejectedError("unknown device", device=key[1])
     return row
+
+
+def _resume_edge_origin(row: DeviceRow, change: TwinChange) -> DeviceRow:
+    """`row`, taking the edge origin's numbering up at `change` if the cloud has no count of it.
+
+    Only a twin store restored from an older backup (its rebase forgets every edge count) or
+    recreated meets an edge origin past its first change: the agent has deleted what the
+    cloud acknowledged since. Refusing the gap would dead-letter every change to come; what
+    the lost changes alone wrote stays as the backup had it until the device reports it again.
+    """
+    if change.origin in row.replica.applied or change.seq <= 1:
+        return row
+    log.warning(
+        "twins: %s resumes edge origin %s at change %s (the cloud lost the ones before)",
+        row.id,
+        change.origin,
+        change.seq,
+    )
+    applied = {**row.replica.applied, change.origin: change.seq - 1}
+    return dataclasses.replace(row, replica=dataclasses.replace(row.replica, applied=applied))
 
 
 def _same_origin(value: object, origin: str, device: str) -> None:

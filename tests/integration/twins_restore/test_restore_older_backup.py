@@ -129,11 +129,6 @@ async def test_desired_after_restoring_an_older_backup_reaches_the_device(
     assert device["lastRejected"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the tunnel_server/twins/service.py change in the i19restore report: resume"
-    " an edge origin whose count the restored store forgot, instead of dead-lettering a gap",
-)
 @pytest.mark.timeout(240)
 async def test_reports_after_restoring_an_older_backup_reach_the_cloud(
     system: System, tmp_path: Path

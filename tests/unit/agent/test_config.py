@@ -40,6 +40,8 @@ def test_every_twins_key_reaches_the_service_settings(tmp_path: Path) -> None:
         keepalive=7,
         reconnect_max=3.5,
         mqtt_version="3.1.1",
+        home_assistant=True,
+        home_assistant_prefix="site/ha",
     )
     defaults = TwinsConfig()
     changed = {
