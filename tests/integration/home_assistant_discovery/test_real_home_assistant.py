@@ -1,0 +1,122 @@
+"""Our agent's discovery in a real Home Assistant core (issue 20, part 1).
+
+The twins system of this folder (real server, agent with ``home_assistant = true``, mosquitto
+with dynamic security) and a real Home Assistant (scripts/homeassistant-build) whose broker
+user has the role docs/home-assistant.md gives it. After a thermostat and a relay are
+onboarded, HA's own registries must list both devices, behind the agent's node, with their
+model and manufacturer, and each property as the entity the mapping table names, with its
+unit; a report from the device becomes the entity's state; a revoked device leaves HA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import homeassistant
+from tests.harness.waiting import eventually_async
+from tests.integration.home_assistant_discovery.test_discovery import (
+    RELAY,
+    THERMO,
+    make_ha_user,
+)
+from tests.integration.twins_e2e.conftest import NODE, System
+
+# Home Assistant starts inside the test: tens of seconds on two busy cores.
+pytestmark = [pytest.mark.mqtt, pytest.mark.homeassistant, pytest.mark.timeout(900)]
+
+WITHIN = 120.0  # a guard against hangs on two busy cores, not a measurement
+
+
+def unique_id(device: str, prop: str) -> str:
+    return f"edgefleet_{NODE}_{device}_{prop}"
+
+
+async def registry(ha: homeassistant.HomeAssistant) -> dict[str, dict[str, Any]]:
+    """HA's MQTT entities by unique_id."""
+    entries = await asyncio.to_thread(ha.entity_registry)
+    return {e["unique_id"]: e for e in entries if e["platform"] == "mqtt"}
+
+
+async def test_devices_entities_states_and_a_revoked_device_in_home_assistant(
+    system: System, tmp_path: Path
+) -> None:
+    user = await make_ha_user(system.broker)
+    ha = await asyncio.to_thread(
+        homeassistant.start, tmp_path / "ha", system.broker, username=user[0], password=user[1]
+    )
+    try:
+        thermo = await system.claim(THERMO, "thermostat")
+        await system.claim(RELAY, "relay-switch")
+        await system.wait_device(THERMO)
+        await system.wait_device(RELAY)
+
+        wanted = {
+            unique_id(THERMO, "temperature"): "sensor.",
+            unique_id(THERMO, "setpoint"): "number.",
+            unique_id(THERMO, "mode"): "select.",
+            unique_id(THERMO, "heating"): "binary_sensor.",
+            unique_id(RELAY, "on"): "switch.",
+        }
+        entities = await eventually_async(
+            lambda: registry(ha),
+            lambda found: wanted.keys() <= found.keys(),
+            what="our entities in HA's entity registry",
+            within=WITHIN,
+        )
+        for uid, domain in wanted.items():
+            assert entities[uid]["entity_id"].startswith(domain), entities[uid]
+
+        devices = {
+            identifier[1]: d
+            for d in await asyncio.to_thread(ha.devices)
+            for identifier in d["identifiers"]
+            if identifier[0] == "mqtt"
+        }
+        node = devices[f"edgefleet_{NODE}"]
+        thermostat = devices[f"edgefleet_{NODE}_{THERMO}"]
+        relay = devices[f"edgefleet_{NODE}_{RELAY}"]
+        assert (thermostat["model"], thermostat["manufacturer"]) == ("thermostat", "EdgeFleet")
+        assert relay["model"] == "relay-switch"
+        assert thermostat["via_device_id"] == node["id"]
+        assert relay["via_device_id"] == node["id"]
+        assert entities[unique_id(THERMO, "temperature")]["device_id"] == thermostat["id"]
+        assert entities[unique_id(RELAY, "on")]["device_id"] == relay["id"]
+
+        temperature = entities[unique_id(THERMO, "temperature")]["entity_id"]
+        mode = entities[unique_id(THERMO, "mode")]["entity_id"]
+        async with system.device(thermo) as device:
+            answer = await device.report({"temperature": 21.5, "mode": "heat"})
+            assert answer["code"] == 200, answer
+            state = await eventually_async(
+                lambda: asyncio.to_thread(ha.state, temperature),
+                lambda s: (s or {}).get("state") == "21.5",
+                what="the reported temperature as the sensor's state in HA",
+                within=WITHIN,
+            )
+            assert state is not None
+            assert state["attributes"]["unit_of_measurement"] == "°C"
+            assert state["attributes"]["device_class"] == "temperature"
+            assert state["attributes"]["state_class"] == "measurement"
+            select = await asyncio.to_thread(ha.state, mode)
+            assert select is not None
+            assert select["state"] == "heat"
+            assert select["attributes"]["options"] == ["off", "heat", "cool", "auto"]
+
+        status, body = await system.api(
+            "POST", f"/api/v1/devices/{NODE}:{RELAY}/revoke", {"twin": "keep"}
+        )
+        assert status == 200, body
+        left = await eventually_async(
+            lambda: registry(ha),
+            lambda found: unique_id(RELAY, "on") not in found,
+            what="the revoked relay's entities gone from HA",
+            within=WITHIN,
+        )
+        assert unique_id(THERMO, "temperature") in left
+        assert ha.install_attempts() == []
+    finally:
+        await asyncio.to_thread(ha.stop)
