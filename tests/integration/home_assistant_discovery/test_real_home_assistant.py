@@ -11,13 +11,19 @@ unit; a report from the device becomes the entity's state; a revoked device leav
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.harness import homeassistant
 from tests.harness.waiting import eventually_async
+from tests.integration.console.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.home_assistant_discovery.test_discovery import (
     RELAY,
     THERMO,
@@ -39,6 +45,39 @@ async def registry(ha: homeassistant.HomeAssistant) -> dict[str, dict[str, Any]]
     """HA's MQTT entities by unique_id."""
     entries = await asyncio.to_thread(ha.entity_registry)
     return {e["unique_id"]: e for e in entries if e["platform"] == "mqtt"}
+
+
+def device_page(ha: homeassistant.HomeAssistant, device_id: str, node: str, shot: Path) -> None:
+    """HA's own device page in Chromium shows the device, its node and a live state.
+
+    The frontend takes our long-lived token the way it keeps its own (``hassTokens`` in local
+    storage), so no login form is filled in. A screenshot goes to ``shot``, even on failure.
+    """
+    tokens = {
+        "access_token": ha.token,
+        "token_type": "Bearer",
+        "expires_in": 86400,
+        "expires": int(time.time() * 1000) + 86_400_000,
+        "hassUrl": ha.url,
+        "clientId": f"{ha.url}/",
+        "refresh_token": "",
+    }
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.add_init_script(
+                f"window.localStorage.setItem('hassTokens', {json.dumps(json.dumps(tokens))});"
+            )
+            page.goto(f"{ha.url}/config/devices/device/{device_id}")
+            try:
+                # Locators pierce HA's shadow DOM; each wait fails the test if it never shows.
+                for text in ("by EdgeFleet", "thermostat", node, "Temperature", "21.5 °C"):
+                    page.get_by_text(text, exact=True).first.wait_for(timeout=WITHIN * 1000)
+            finally:
+                page.screenshot(path=str(shot))
+        finally:
+            browser.close()
 
 
 async def test_devices_entities_states_and_a_revoked_device_in_home_assistant(
@@ -105,6 +144,12 @@ async def test_devices_entities_states_and_a_revoked_device_in_home_assistant(
             assert select is not None
             assert select["state"] == "heat"
             assert select["attributes"]["options"] == ["off", "heat", "cool", "auto"]
+
+            # What an operator sees, while the device is online: HA's device page in Chromium.
+            shot = tmp_path / "ha-device-page.png"
+            await asyncio.to_thread(device_page, ha, thermostat["id"], NODE, shot)
+            if copy_to := os.environ.get("EDGEFLEET_HA_SCREENSHOT"):  # docs/home-assistant.md
+                shutil.copyfile(shot, copy_to)
 
         status, body = await system.api(
             "POST", f"/api/v1/devices/{NODE}:{RELAY}/revoke", {"twin": "keep"}

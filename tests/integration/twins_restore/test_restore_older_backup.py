@@ -146,6 +146,6 @@ async def test_reports_after_restoring_an_older_backup_reach_the_cloud(
     status, device = await system.api("GET", f"/api/v1/devices/{system.agent.node}:{DEVICE}")
     assert status == 200
     assert device["syncError"] is None, device["syncError"]
-    assert system.server.metric('tunnel_twins_records_total{result="rejected"}') == 0
+    assert system.server.metric('tunnel_server_twins_records_total{result="rejected"}') == 0
     edge = await system.edge_twin(DEVICE)
     assert _values(cloud["reported"]) == _values(edge["reported"])
