@@ -7,9 +7,12 @@ Layout of the data dir (folder 0700):
 ``node-<serial>.key``   EC P-256 private key, 0600, generated here and never sent anywhere
 ``node-<serial>.crt``   client certificate signed by the server's CA
 ``ca.crt``              the server's CA, pinned by its hash at join time
+``ca-next.crt``         during a CA rotation: the next CA the cloud announced over the session
+                        and the pinned CA endorsed (``ca_rotation``); replaces ``ca.crt`` once
+                        a renewal brings a certificate it signed
 
 Every file is written atomically (temp file, fsync, rename, fsync of the folder). TLS to the
-server trusts ``ca.crt`` only, never the system trust store.
+server trusts ``ca.crt`` (and ``ca-next.crt`` when present) only, never the system trust store.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from daemon_support.files import write_atomic
 
 IDENTITY_FILE = "identity.json"
 CA_FILE = "ca.crt"
+NEXT_CA_FILE = "ca-next.crt"
 _NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -154,9 +158,21 @@ class Identity:
     def ca_pem(self) -> bytes:
         return self.ca_path.read_bytes()
 
+    def next_ca_pem(self) -> bytes | None:
+        """The announced next CA (``ca-next.crt``), None outside a CA rotation."""
+        try:
+            return (self.data_dir / NEXT_CA_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def trusted_cas(self) -> list[x509.Certificate]:
+        """The pinned CA, then the announced next one if any: what the server may chain to."""
+        pems = [self.ca_pem(), self.next_ca_pem()]
+        return [x509.load_pem_x509_certificate(pem) for pem in pems if pem is not None]
+
     def client_ssl_context(self) -> ssl.SSLContext:
-        """TLS to the server: trust only the pinned CA, present this node's certificate."""
-        context = pinned_ssl_context(ca_pem=self.ca_pem())
+        """TLS to the server: trust only the pinned (and next) CA, present our certificate."""
+        context = pinned_ssl_context(ca_pem=self.ca_pem() + (self.next_ca_pem() or b""))
         context.load_cert_chain(self.cert_path, self.key_path)
         return context
 
@@ -192,4 +208,10 @@ def save_identity(
     for old in [*data_dir.glob("node-*.key"), *data_dir.glob("node-*.crt")]:
         if old.name not in (key_file, cert_file):
             old.unlink(missing_ok=True)
+    next_ca = data_dir / NEXT_CA_FILE
+    if (
+        next_ca.exists()
+        and spki_hash(x509.load_pem_x509_certificate(next_ca.read_bytes())) == ca_hash
+    ):
+        next_ca.unlink()  # the next CA is the pinned one now: the rotation is over here
     return Identity.load(data_dir)

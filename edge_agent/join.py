@@ -34,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from daemon_support.files import write_atomic
 from edge_agent import __version__
 from edge_agent.identity import (
+    NEXT_CA_FILE,
     Identity,
     generate_key,
     key_pem,
@@ -364,6 +365,8 @@ async def join(
             data = await _start(client, key, options, progress)
         kind = str(data.get("kind", "node"))
         certificate_pem = check_issued(data, key, name, ca)
+    # A new pin: a next CA announced by whatever server this node joined before goes.
+    (options.data_dir / NEXT_CA_FILE).unlink(missing_ok=True)
     identity = save_identity(
         options.data_dir,
         server=server,
@@ -459,26 +462,46 @@ async def renew_certificate(identity: Identity, send_csr: RenewTransport, *, via
     """The one renewal path, whatever carries it (``via`` names the transport in the log).
 
     A new key (never the old one again), its CSR handed to ``send_csr``, the issued
-    certificate checked as at join (our key, our name, the pinned CA), then saved as the
-    current identity. The pinned CA is read before anything is sent: a data dir whose CA
-    cannot be read must not make the server issue a certificate that is then thrown away.
+    certificate checked as at join (our key, our name, the pinned CA, or during a CA rotation
+    the announced next CA: then that one becomes the pin), then saved as the current
+    identity. The CAs are read before anything is sent: a data dir whose CA cannot be read
+    must not make the server issue a certificate that is then thrown away.
     """
     key = generate_key()
-    ca_pem = identity.ca_pem()
-    ca = x509.load_pem_x509_certificate(ca_pem)
+    anchors = identity.trusted_cas()
     answer = await send_csr(make_csr(key, identity.name))
+    ca = _issuer(answer, anchors)
     certificate_pem = check_issued(answer, key, identity.name, ca)
+    ca_hash = spki_hash(ca)
     renewed = save_identity(
         identity.data_dir,
         server=identity.server,
         kind=identity.kind,
-        ca_hash=identity.ca_hash,
+        ca_hash=ca_hash,
         key=key,
         certificate_pem=certificate_pem,
-        ca_pem=ca_pem,
+        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
     )
+    if ca_hash != identity.ca_hash:
+        # Only the announced next CA, which the pinned one endorsed, can get here.
+        log.warning("CA rotation: this node now pins %s (was %s)", ca_hash, identity.ca_hash)
     log.info("certificate renewed %s, valid until %s", via, renewed.not_after.isoformat())
     return renewed
+
+
+def _issuer(answer: dict[str, Any], anchors: list[x509.Certificate]) -> x509.Certificate:
+    """Which trusted CA signed the issued certificate (the pinned one, else the next one)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(str(answer.get("certificate", "")).encode())
+    except ValueError as exc:
+        raise JoinError(f"the server's certificate is not usable: {exc}") from None
+    for anchor in anchors:
+        try:
+            certificate.verify_directly_issued_by(anchor)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return anchor
+    return anchors[0]  # check_issued says why it does not verify
 
 
 async def renew(identity: Identity, *, settings: JoinSettings) -> Identity:

@@ -21,6 +21,10 @@ Rules:
 * The certificate is renewed once two thirds of its life has passed; the live session keeps
   running on the old one (still valid) and the next connection uses the new one.
 * SIGTERM drains: GO_AWAY, wait for open streams up to ``drain_grace``, then close.
+* CA rotation: the cloud announces its next CA on a stream to our built-in ``ca-announce``
+  target; ``ca_rotation`` checks and stores it, and from then on TLS trusts it beside the
+  pinned CA. When the cloud says the next CA became current, the certificate is renewed at
+  once (not at two thirds of its life), from the new CA, which then becomes the pin.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import prometheus_client
+from cryptography import x509
 
-from edge_agent import __version__
-from edge_agent.identity import Identity, NotJoinedError
+from edge_agent import __version__, ca_rotation
+from edge_agent.identity import Identity, NotJoinedError, spki_hash
 from edge_agent.join import JoinError, describe_error, renew, renew_certificate
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream, connect_pipe
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
@@ -165,7 +170,7 @@ class TunnelClient:
         self.connected_since: float | None = None
         self.last_error: str | None = None
         self.attempts = 0
-        self._ssl: tuple[int, ssl.SSLContext] | None = None
+        self._ssl: tuple[tuple[int, bytes | None], ssl.SSLContext] | None = None
         self._stopping = asyncio.Event()
         self.up = asyncio.Event()
         """Set while a session is established; parts that need the cloud can wait on it."""
@@ -184,6 +189,8 @@ class TunnelClient:
         """Families of targets a part serves itself (prefix -> handler, e.g. ``service/``):
         a name no exact builtin target has goes to the handler of its longest matching
         prefix, which must refuse what it does not serve; set before ``run()``."""
+        self._renew_now = asyncio.Event()
+        """Set when the cloud promoted the next CA: renew from it without waiting."""
 
     # ------------------------------------------------------------------ public
 
@@ -198,6 +205,7 @@ class TunnelClient:
             "open_streams": connection.open_streams if connection else 0,
             "failed_attempts": self.attempts,
             "last_error": self.last_error,
+            "ca": self._ca_status(),
             "targets": sorted(
                 {
                     *self._settings.targets,
@@ -205,6 +213,18 @@ class TunnelClient:
                     *(f"{prefix}*" for prefix in self.builtin_prefixes),
                 }
             ),
+        }
+
+    def _ca_status(self) -> dict[str, str | None]:
+        """The pinned CA's hash and the announced next CA's (None outside a rotation)."""
+        try:
+            identity = Identity.load(self._data_dir)
+        except (NotJoinedError, OSError, ValueError, KeyError):
+            return {"pinned": None, "next": None}
+        next_ca = ca_rotation.load_next(self._data_dir)
+        return {
+            "pinned": identity.ca_hash,
+            "next": None if next_ca is None else spki_hash(next_ca),
         }
 
     def stop(self) -> None:
@@ -314,11 +334,13 @@ class TunnelClient:
 
     def _ssl_context(self, identity: Identity) -> ssl.SSLContext:
         """The same context while the certificate is the same: pooled connections key on it."""
-        serial = identity.certificate.serial_number
+        # Keyed on the certificate and the announced next CA: a new one of either needs a new
+        # context (trusting the next CA is what lets us reach a server that promoted it).
+        key = (identity.certificate.serial_number, identity.next_ca_pem())
         # Every attempt loads the identity from disk: the one a renewal or re-join wrote.
         self.metrics.certificate_expiry.set(identity.not_after.timestamp())
-        if self._ssl is None or self._ssl[0] != serial:
-            self._ssl = (serial, identity.client_ssl_context())
+        if self._ssl is None or self._ssl[0] != key:
+            self._ssl = (key, identity.client_ssl_context())
         return self._ssl[1]
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, identity: Identity) -> None:
@@ -379,7 +401,8 @@ class TunnelClient:
     async def _renewer(self, identity: Identity, connection: TunnelConnection) -> None:
         fraction = self._join_settings.renew_fraction
         while True:
-            if identity.needs_renewal(fraction=fraction):
+            if identity.needs_renewal(fraction=fraction) or self._renew_now.is_set():
+                self._renew_now.clear()
                 try:
                     identity = await renew_over_tunnel(identity, connection)
                 except (JoinError, StreamError, ValueError, OSError) as error:
@@ -393,7 +416,46 @@ class TunnelClient:
                         identity = Identity.load(self._data_dir)
                 log.info("certificate valid until %s", identity.not_after.isoformat())
                 self.metrics.certificate_expiry.set(identity.not_after.timestamp())
-            await asyncio.sleep(self._settings.renew_check_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.renew_check_interval):
+                    await self._renew_now.wait()
+
+    async def _on_ca_announcement(self, stream: TunnelStream) -> None:
+        """The cloud's CA state (``ca_rotation``): check, store, answer; never ends the session."""
+        stream.accept()
+        raw = bytearray()
+        try:
+            async with asyncio.timeout(ca_rotation.READ_TIMEOUT):
+                while chunk := await stream.read():
+                    raw += chunk
+                    if len(raw) > ca_rotation.MAX_ANNOUNCEMENT_BYTES:
+                        limit = ca_rotation.MAX_ANNOUNCEMENT_BYTES
+                        log.warning("CA announcement refused: over %s bytes", limit)
+                        stream.reset(ErrorCode.CANCEL, "CA announcement too large")
+                        return
+        except TimeoutError:
+            wait = ca_rotation.READ_TIMEOUT
+            log.warning("CA announcement refused: not ended within %s s", wait)
+            stream.reset(ErrorCode.CANCEL, "CA announcement not ended in time")
+            return
+        try:
+            pinned = x509.load_pem_x509_certificate(Identity.load(self._data_dir).ca_pem())
+            outcome, ca_hash = ca_rotation.apply_announcement(
+                bytes(raw), pinned=pinned, data_dir=self._data_dir
+            )
+        except ca_rotation.AnnouncementError as error:
+            log.warning("CA announcement refused: %s", error)
+            answer = {"status": "refused", "message": str(error)}
+        else:
+            if outcome is ca_rotation.Outcome.STORED:
+                log.warning("CA rotation: stored the next CA %s announced by the server", ca_hash)
+            elif outcome is ca_rotation.Outcome.PROMOTED:
+                log.warning("CA rotation: the server promoted %s; renewing from it", ca_hash)
+                self._renew_now.set()
+            status = "unchanged" if outcome is ca_rotation.Outcome.UNCHANGED else "stored"
+            answer = {"status": status, "next": ca_hash or ""}
+        await stream.write(json.dumps(answer).encode())
+        stream.end()
 
     def _prefix_handler(self, target: str) -> BuiltinTarget | None:
         """The handler of the longest of ``builtin_prefixes`` that ``target`` starts with."""
@@ -402,6 +464,10 @@ class TunnelClient:
 
     async def _on_stream(self, stream: TunnelStream) -> None:
         """The cloud asks for a stream to one of our targets."""
+        if stream.target == ca_rotation.TARGET:  # ours, before any part's or the allow-list
+            self.metrics.streams.labels("builtin").inc()
+            await self._on_ca_announcement(stream)
+            return
         builtin = self.builtin_targets.get(stream.target) or self._prefix_handler(stream.target)
         if builtin is not None:
             self.metrics.streams.labels("builtin").inc()

@@ -1,6 +1,7 @@
 """``tunnel-server``: the cloud side of EdgeFleet.
 
-``run``, ``init``, ``ca-hash`` and ``autonomy-webhook`` work on the data dir. Every command
+``run``, ``init``, ``ca-hash``, ``ca`` (rotation) and ``autonomy-webhook`` work on the data
+dir. Every command
 that manages things (tokens, nodes, clusters, users, devices, models, the audit log) is a
 client of the running server's API (``tunnel_server.client``): with ``--server`` and a token,
 the login config, or ``--data-dir`` on the server machine (docs/cli.md).
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -21,6 +23,7 @@ import socket
 import sqlite3
 import ssl
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -29,7 +32,7 @@ from daemon_support import arguments, event_loop, logs, systemd
 from daemon_support.schema import SchemaError
 from tunnel_server import __version__, migrate_cli
 from tunnel_server.client import commands, device_commands, fleet_commands, fleet_objects
-from tunnel_server.identity.pki import CertificateAuthority, MissingCAError
+from tunnel_server.identity.pki import CertificateAuthority, MissingCAError, spki_hash
 from tunnel_server.identity.sso_mapping import sso_config_file
 from tunnel_server.kubestore.settings import KubeStoreSettings
 from tunnel_server.replicas.rules import valid_replica_name
@@ -363,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
             description="Print sha256:<hex> of the CA's public key, for `edge-agent join`.",
         )
     )
+    _add_ca_commands(sub)
     _add_backup_commands(sub)
     migrate_cli.add_migrate_command(sub, namespace_type=_namespace)
     commands.add_session_commands(sub)
@@ -481,6 +485,105 @@ def _add_autonomy_command(sub: argparse._SubParsersAction[arguments.Parser]) -> 
         " derived from --public-name and --listen); the host must be in the serving"
         " certificate",
     )
+
+
+def _add_ca_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
+    ca = sub.add_parser(
+        "ca",
+        help="rotate the CA agents pin, without re-joining them (docs/security.md)",
+        description="Rotating the CA: `rotate` makes a next CA that connected agents are told"
+        " of over their session and trust from then on; `promote` (server stopped) makes it"
+        " current, and agents renew onto it; `retire` stops trusting the old one."
+        ' See docs/security.md, "Rotating the CA".',
+    )
+    _data_dir_option(ca)
+    inner = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    commands_help = {
+        "status": "show the current, next and previous CA (hash, subject, expiry)",
+        "rotate": "create the next CA; a running server announces it to its agents",
+        "promote": "make the next CA current (run with the server stopped, then start it)",
+        "retire": "stop trusting the previous CA (refused while nodes still hold its certificates)",
+    }
+    for name, text in commands_help.items():
+        command = inner.add_parser(name, help=text, description=text)
+        _data_dir_option(command)
+        if name == "status":
+            command.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        if name == "retire":
+            command.add_argument(
+                "--force",
+                action="store_true",
+                help="retire even though some nodes still hold a certificate of the previous CA"
+                " (they must join again)",
+            )
+
+
+class ConflictError(CliError):
+    """The data dir's state does not allow this step now. Exit 6, like the API's 409."""
+
+    exit_code = 6
+
+
+def cmd_ca(args: argparse.Namespace, data_dir: Path) -> int:
+    """``tunnel-server ca-hash`` and ``ca status|rotate|promote|retire`` on the data dir."""
+    from tunnel_server import backup  # noqa: PLC0415 - see serve()
+    from tunnel_server.identity.pki import RotationError  # noqa: PLC0415 - see serve()
+
+    authority = _load_ca(data_dir)
+    action: str = "hash" if args.command == "ca-hash" else args.ca_command
+    busy = backup.server_running(data_dir) if action == "promote" else None
+    if busy is not None:
+        raise ConflictError(
+            f"the server of {data_dir} is running ({busy} is open): stop it, run `tunnel-server"
+            " ca promote`, then start it (it re-issues its TLS certificate from the new CA)"
+        )
+    try:
+        if action == "status":
+            _ca_status(authority, as_json=args.output == "json")
+        elif action == "rotate":
+            print(spki_hash(authority.rotate()))  # noqa: T201 - the output
+        elif action == "promote":
+            print(spki_hash(authority.promote()))  # noqa: T201 - the output
+        elif action == "retire":
+            _ca_retire(authority, data_dir, force=args.force)
+        else:
+            print(authority.ca_hash())  # noqa: T201 - the output
+    except RotationError as exc:
+        raise ConflictError(str(exc)) from None
+    return 0
+
+
+def _ca_status(authority: CertificateAuthority, *, as_json: bool) -> None:
+    state = authority.state()
+    if as_json:
+        print(json.dumps(state, indent=2))  # noqa: T201 - the output
+        return
+    for role, ca in state.items():
+        text = "-" if ca is None else f"{ca['hash']}  expires {ca['expires']}  {ca['subject']}"
+        print(f"{role:9} {text}")  # noqa: T201 - the output
+
+
+def _ca_retire(authority: CertificateAuthority, data_dir: Path, *, force: bool) -> None:
+    from tunnel_server.identity import rotation  # noqa: PLC0415 - see serve()
+
+    if authority.previous_certificate is None:
+        raise ConflictError("there is no previous CA to retire")
+    _, store = _open(data_dir)
+    try:
+        holders = rotation.nodes_on_previous_ca(
+            store, promoted_at=authority.promoted_at, now=time.time()
+        )
+    finally:
+        store.close()
+    if holders and not force:
+        shown = ", ".join(holders[:10]) + (" ..." if len(holders) > 10 else "")
+        raise ConflictError(
+            f"{len(holders)} node(s) still hold a certificate of the previous CA ({shown}):"
+            " they renew onto the new CA once connected; wait, or pass --force (they must"
+            " join again)"
+        )
+    retired = authority.retire()
+    print(f"retired {spki_hash(retired)}")  # noqa: T201 - the output
 
 
 def _add_backup_commands(sub: argparse._SubParsersAction[arguments.Parser]) -> None:
@@ -809,9 +912,8 @@ def _dispatch(args: argparse.Namespace, *, gateway_router: Router | None = None)
         return 0
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args, data_dir)
-    if args.command == "ca-hash":
-        print(_load_ca(data_dir).ca_hash())  # noqa: T201 - the output
-        return 0
+    if args.command in ("ca", "ca-hash"):
+        return cmd_ca(args, data_dir)
     return cmd_autonomy_webhook(args, data_dir)
 
 

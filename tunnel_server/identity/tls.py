@@ -1,10 +1,11 @@
 """TLS for the server, and who is on the other end of a request.
 
 One listener serves both agents and joiners: client certificates are OPTIONAL at the TLS layer
-(``/api/v1/join`` and ``/api/v1/ca`` have none yet) but, when presented, verified against our CA
-only. Endpoints that need an identity (``/tunnel``, ``/api/v1/renew``) call ``peer_identity``,
-which reads the certificate the TLS layer verified, never a header or a claimed name, and checks
-its serial against the store so a revoked or replaced node gets ``None``.
+(``/api/v1/join`` and ``/api/v1/ca`` have none yet) but, when presented, verified against our CAs
+only (the current one; during a rotation also the next and the previous one). Endpoints that
+need an identity (``/tunnel``, ``/api/v1/renew``) call ``peer_identity``, which reads the
+certificate the TLS layer verified, never a header or a claimed name, and checks its serial
+against the store so a revoked or replaced node gets ``None``.
 
 ``HandshakeGate`` is that listener: it caps the TLS handshakes in progress, so a reconnect storm
 waits in the kernel's listen queue instead of starting thousands of handshakes that all finish
@@ -49,7 +50,9 @@ def server_ssl_context(authority: CertificateAuthority) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_SINGLE_ECDH_USE
     context.load_cert_chain(authority.serving_cert_path, authority.serving_key_path)
-    context.load_verify_locations(cafile=authority.cert_path)  # our CA only, no system store
+    # Our CAs only, no system store: the current one, and during a rotation the next and the
+    # previous one (docs/security.md "Rotating the CA").
+    context.load_verify_locations(cadata=authority.trusted_pem().decode())
     context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
@@ -88,8 +91,10 @@ def identity_from_certificate(
     now: float | None = None,
 ) -> PeerIdentity | None:
     try:
-        # Defence in depth: the TLS layer checked the chain; check the issuer again here.
-        certificate.verify_directly_issued_by(authority.certificate)
+        # Defence in depth: the TLS layer checked the chain; check the issuer again here,
+        # against the CAs trusted now (a retired one stops here even before a restart).
+        if authority.issuer_of(certificate) is None:
+            return None
         eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return None

@@ -8,11 +8,16 @@ Admission: at most ``max_session_setups`` sessions are set up at once (request r
 HELLOs not yet exchanged). Beyond that the upgrade is answered 503 with a ``Retry-After``
 before any certificate check, store access or WebSocket work, and each refused agent is given
 its own time to come back, spaced at the rate the server has lately managed (``Admission``).
+
+CA rotation: while one is in progress, each session tells its agent the CA state at start and
+on every change the CLI makes (``identity.rotation``), on a stream to the agent's built-in
+``ca-announce`` target; a refusal is logged and counted, never a reason to end the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -20,10 +25,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tunnel_aio import TunnelClosedError, TunnelConnection, TunnelStream
+from tunnel_aio import (
+    StreamError,
+    StreamRejectedError,
+    TunnelClosedError,
+    TunnelConnection,
+    TunnelStream,
+)
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
 from tunnel_server.app_keys import (
     ADMISSION_KEY,
+    AUTHORITY_KEY,
     METRICS_KEY,
     NODE_EVENTS_KEY,
     REGISTRY_KEY,
@@ -34,6 +46,12 @@ from tunnel_server.app_keys import (
     VERIFIED_ADMIN_KEY,
 )
 from tunnel_server.identity import tls
+from tunnel_server.identity.rotation import (
+    ANNOUNCE_TARGET,
+    CA_WATCH_KEY,
+    MAX_ANSWER_BYTES,
+    CaWatch,
+)
 from tunnel_server.tunnel import agent_services
 from tunnel_server.tunnel.admission import Admission
 from tunnel_server.tunnel.sessions import AgentSession, SessionMetrics, SessionRegistry
@@ -159,7 +177,12 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(setup.watch(connection), name=f"tunnel[{identity.name}].setup")
+            announcer = group.create_task(
+                _announce_ca(connection, request.app[CA_WATCH_KEY], identity.name),
+                name=f"tunnel[{identity.name}].ca-announce",
+            )
             await connection.run()
+            announcer.cancel()
     finally:
         registry.remove(session)
         store.touch_node(identity.name, now=time.time())
@@ -175,6 +198,69 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
         if events is not None and registry.get(identity.name) is None:  # no newer session
             events.note(identity.name, "offline", ended.text if ended else "?", now=time.time())
     return ws
+
+
+ANNOUNCE_TIMEOUT = 30.0
+"""Seconds an agent has to store an announcement and answer (a write and an fsync or two)."""
+
+
+async def _announce_ca(connection: TunnelConnection, watch: CaWatch, node: str) -> None:
+    """While a CA rotation is in progress, keep this agent told of the CA state."""
+    try:
+        await connection.wait_ready()
+    except TunnelClosedError:
+        return
+    version = watch.version
+    while True:
+        if watch.authority.rotating():
+            result = await _announce_once(connection, watch.payload(), node)
+            watch.announcements.labels(result).inc()
+        version = await watch.wait_moved(version)
+
+
+async def _announce_once(connection: TunnelConnection, payload: bytes, node: str) -> str:
+    """Send one announcement; the agent's answer word (``stored``...) or why there is none."""
+    try:
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+            stream = await connection.open_stream(ANNOUNCE_TARGET)
+            await stream.write(payload)
+            stream.end()
+            raw = bytearray()
+            while (chunk := await stream.read()) and len(raw) <= MAX_ANSWER_BYTES:
+                raw += chunk
+    except StreamRejectedError as error:
+        log.info(
+            "agent takes no CA announcements", extra={"kv": {"node": node, "error": str(error)}}
+        )
+        return "unsupported"
+    except (StreamError, TimeoutError) as error:
+        log.info(
+            "CA announcement failed", extra={"kv": {"node": node, "error": str(error) or "timeout"}}
+        )
+        return "failed"
+    if len(raw) > MAX_ANSWER_BYTES:
+        stream.reset()
+    try:
+        answer = json.loads(bytes(raw[:MAX_ANSWER_BYTES]))
+        status = str(answer["status"]) if isinstance(answer, dict) else "?"
+    except (ValueError, KeyError):
+        status = "?"
+    if status not in ("stored", "unchanged"):
+        log.warning(
+            "agent refused the CA announcement",
+            extra={"kv": {"node": node, "answer": bytes(raw[:200]).decode(errors="replace")}},
+        )
+        return "refused"
+    log.info("agent has the CA state", extra={"kv": {"node": node, "result": status}})
+    return status
+
+
+async def _watch_ca(app: web.Application) -> None:
+    """Notice the CLI's ``ca rotate|promote|retire`` (files in the data dir)."""
+    watch, interval = app[CA_WATCH_KEY], app[SETTINGS_KEY].store_poll_interval
+    while True:
+        await asyncio.sleep(interval)
+        await watch.poll()
 
 
 async def _watch_revocations(app: web.Application) -> None:
@@ -223,6 +309,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         tasks = [
             group.create_task(_watch_revocations(app), name="tunnel.revocation-watcher"),
             group.create_task(_last_seen(app), name="tunnel.last-seen"),
+            group.create_task(_watch_ca(app), name="tunnel.ca-watcher"),
         ]
         yield
         for session in app[SESSIONS_KEY].all():
@@ -252,6 +339,7 @@ def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None
         retry_after_max=server_settings.retry_after_max,
         registry=app[REGISTRY_KEY],
     )
+    app[CA_WATCH_KEY] = CaWatch(app[AUTHORITY_KEY], app[REGISTRY_KEY])
     agent_services.setup(app)
     app.router.add_get("/tunnel", tunnel)
     app.cleanup_ctx.append(_background)
