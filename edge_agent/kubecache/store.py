@@ -38,6 +38,7 @@ worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -659,6 +660,16 @@ class CacheStore:
             items=items, last_key=last_key, more=False, remaining=0 if not selective else -1
         )
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One SQLite transaction around several calls (theirs join it); rolled back on error.
+
+        For a LIST written in batches (``writethrough.py``): its loose versions and its view's
+        membership commit together, or not at all.
+        """
+        with self._cache.transact():
+            yield
+
     def put_many(self, component: str, resource: Resource, items: list[dict[str, Any]]) -> None:
         """Store one page of a paged LIST; its view records it when the last page arrives.
 
@@ -697,13 +708,17 @@ class CacheStore:
         coverage: Coverage,
         *,
         seen_before: Mapping[Pair, str] | None = None,
+        changes: bool = True,
     ) -> list[Change]:
         """A complete LIST of view ``scope`` at ``coverage.rv``, in one transaction.
 
-        Its membership becomes ``items`` plus ``seen_before`` (earlier pages' pair -> rv).
+        Its membership becomes ``items`` plus ``seen_before`` (earlier pages' pair -> rv;
+        their versions stored already by ``put_many``).
 
         Returns the view's changes as watch events (empty if the list was older than the
-        view). Objects that left this view stay stored while another view records them.
+        view, or if ``changes`` is False: a caller that drops them need not have every
+        changed object read back into memory). Objects that left this view stay stored
+        while another view records them.
         """
         family = self._family(scope.component, scope.resource)
         spec = _spec_of(family, coverage)
@@ -725,9 +740,12 @@ class CacheStore:
             for pair, _rv in effects.recorded:
                 if pair in named:
                     self._write_version(family, scope.resource, named[pair])
-            changes = [self._change(scope, event, before, named) for event in effects.changes]
+            found = [
+                self._change(scope, event, before, named)
+                for event in (effects.changes if changes else [])
+            ]
             self._persist(scope.key, family, scope.resource, effects)
-        return [c for c in changes if c is not None]
+        return [c for c in found if c is not None]
 
     def _change(
         self,
