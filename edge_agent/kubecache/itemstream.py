@@ -155,6 +155,7 @@ class ItemSplitter:
                 return True
             self._member_key()
         elif at is _At.VALUE:
+            self._char()  # past the blanks: raw_decode takes none before a value
             self.envelope[self._key] = self._value()
             self._at = _At.AFTER_MEMBER
         elif at is _At.AFTER_MEMBER:

@@ -221,6 +221,8 @@ class CacheStore:
             self._check_format(migrate=maintain)
             self._tokens: dict[str, float] = {}
             self._names: dict[Family, set[Pair]] = {}
+            self._added: list[tuple[Family, Pair]] | None = None
+            """Names added inside ``transaction()``, dropped again if it rolls back."""
             self._book = ViewBook()
             self._pending: dict[str, dict[str, Any]] = {}
             self._load_index(sweep=maintain)
@@ -318,7 +320,11 @@ class CacheStore:
 
     def _set_latest(self, family: Family, pair: Pair, key: str, obj: dict[str, Any]) -> None:
         self._cache.set(key, obj, rv=rv_of(obj))
-        self._names.setdefault(family, set()).add(pair)
+        names = self._names.setdefault(family, set())
+        if pair not in names:
+            names.add(pair)
+            if self._added is not None:
+                self._added.append((family, pair))
 
     def _write_version(
         self, family: Family, resource: Resource, obj: dict[str, Any], *, force: bool = False
@@ -667,8 +673,18 @@ class CacheStore:
         For a LIST written in batches (``writethrough.py``): its loose versions and its view's
         membership commit together, or not at all.
         """
-        with self._cache.transact():
-            yield
+        added: list[tuple[Family, Pair]] = []
+        self._added = added
+        try:
+            with self._cache.transact():
+                yield
+        except BaseException:
+            # SQLite forgot the rows; the name index must too, or it lists what is not stored.
+            for family, pair in added:
+                self._names.get(family, set()).discard(pair)
+            raise
+        finally:
+            self._added = None
 
     def put_many(self, component: str, resource: Resource, items: list[dict[str, Any]]) -> None:
         """Store one page of a paged LIST; its view records it when the last page arrives.
