@@ -43,7 +43,8 @@ def split(data: bytes, cuts: list[int], *, limit: int = LIMIT) -> tuple[list[Any
     return out, splitter
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.timeout(180)  # hundreds of examples on a busy 2-CPU box
+@settings(max_examples=200, deadline=None)
 @given(
     items=_items,
     meta=st.dictionaries(st.text(max_size=8), _values, max_size=3),
@@ -71,6 +72,7 @@ def test_items_and_envelope_are_what_json_loads_gives_at_any_cut(  # noqa: PLR09
     assert splitter.done
 
 
+@pytest.mark.timeout(180)
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=5))
 def test_any_bytes_give_the_items_of_a_valid_list_or_list_format_error(
@@ -83,6 +85,7 @@ def test_any_bytes_give_the_items_of_a_valid_list_or_list_format_error(
     assert out == json.loads(data)["items"]  # accepted only what json.loads reads the same
 
 
+@pytest.mark.timeout(180)
 @settings(max_examples=200, deadline=None)
 @given(items=_items, data=st.data())
 def test_a_body_cut_short_is_an_error_not_a_shorter_list(
