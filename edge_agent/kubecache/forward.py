@@ -4,7 +4,10 @@
 The caller's credentials and hop-by-hop headers are dropped; the upstream session carries the
 proxy's own. The answer is streamed to the client as it arrives (a 5,000-pod LIST reaches the
 client as fast as without the proxy in between); on request a bounded copy is kept for the
-cache, which the caller writes after the answer went out.
+cache, which the caller writes after the answer went out. That copy (:class:`Kept`) stays in
+memory up to ``KEPT_IN_MEMORY`` bytes and goes on in an unlinked file in the cache folder
+beyond (issue 18: a 5,000-pod LIST held whole, then decoded whole, was what lifted the agent
+to 147 MiB); the caller closes it.
 
 What a broken link does to a forwarded call depends on how far the answer got:
 
@@ -32,8 +35,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -72,6 +77,49 @@ _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 """Failures that prove the request never left: no connection to send it on was opened."""
 
 
+KEPT_IN_MEMORY = 256 * 1024
+"""Bytes of a kept answer held in memory; beyond, it goes on in a file (single objects,
+tokens and most discovery answers stay in memory; a big LIST does not)."""
+
+
+class Kept:
+    """A copy of an answer for the cache: in memory up to ``KEPT_IN_MEMORY``, then on disk.
+
+    Written on the event loop while the answer is relayed, read afterwards (by one reader at
+    a time, maybe on the disk thread). ``close`` drops it (the file has no name to leave
+    behind, even after a kill -9).
+    """
+
+    def __init__(self, *, directory: Path | None) -> None:
+        self.size = 0
+        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
+            max_size=KEPT_IN_MEMORY, dir=None if directory is None else str(directory)
+        )
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def read(self) -> bytes:
+        """The whole answer (for answers small enough to decode whole)."""
+        self._file.seek(0)
+        return self._file.read()
+
+    def head(self, size: int) -> bytes:
+        """The answer's first ``size`` bytes."""
+        self._file.seek(0)
+        return self._file.read(size)
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The answer from its start, ``size`` bytes at a time."""
+        self._file.seek(0)
+        while chunk := self._file.read(size):
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class AbandonedError(Exception):
     """The proxy stopped waiting for the upstream (declared offline, or a deadline)."""
 
@@ -102,8 +150,9 @@ class Forwarded:
     response: web.StreamResponse
     status: int
     content_type: str
-    body: bytes | None
-    """The whole answer if a copy was asked for, it fit and it arrived whole; else None."""
+    body: Kept | None
+    """The whole answer if a copy was asked for, it fit and it arrived whole; else None.
+    The caller owns it and closes it."""
     broken: str = ""
     """Why the answer was cut after its first byte went out (empty: it is whole)."""
 
@@ -119,12 +168,13 @@ def _is_watch(request: web.Request) -> bool:
 class _Relay:
     """Copies one upstream answer to the client; knows whether a byte went out yet."""
 
-    def __init__(self, request: web.Request, *, keep_limit: int | None) -> None:
+    def __init__(
+        self, request: web.Request, *, keep_limit: int | None, spool_dir: Path | None = None
+    ) -> None:
         self.request = request
         self.keep_limit = keep_limit
         self.response: web.StreamResponse | None = None
-        self.chunks: list[bytes] | None = [] if keep_limit is not None else None
-        self.size = 0
+        self.kept: Kept | None = None if keep_limit is None else Kept(directory=spool_dir)
         self.client_gone = False
         self.at_line_start = True
 
@@ -166,23 +216,35 @@ class _Relay:
         self.at_line_start = chunk.endswith(b"\n")
 
     def _keep(self, chunk: bytes) -> None:
-        if self.chunks is None or self.keep_limit is None:
+        kept = self.kept
+        if kept is None or self.keep_limit is None:
             return
-        self.size += len(chunk)
-        if self.size > self.keep_limit:
-            self.chunks = None  # too big to cache; still relayed whole
-        else:
-            self.chunks.append(chunk)
+        if kept.size + len(chunk) > self.keep_limit:
+            self.drop()  # too big to cache; still relayed whole
+            return
+        try:
+            kept.write(chunk)
+        except OSError as exc:  # the cache's disk is full or gone: relay it, cache nothing
+            log.warning("%s: answer not kept for the cache: %s", self.request.path, exc)
+            self.drop()
 
-    @property
-    def body(self) -> bytes | None:
-        return None if self.chunks is None or self.client_gone else b"".join(self.chunks)
+    def drop(self) -> None:
+        if self.kept is not None:
+            self.kept.close()
+            self.kept = None
+
+    def take(self) -> Kept | None:
+        """The kept copy, now the caller's to close (None if the client left)."""
+        if self.client_gone:
+            self.drop()
+        kept, self.kept = self.kept, None
+        return kept
 
     async def break_off(self) -> None:
         """End a response whose first byte already went out, so the client sees an error."""
         response = self.response
         assert response is not None  # noqa: S101 - only called once a byte went out
-        self.chunks = None
+        self.drop()
         if self.client_gone:
             return
         content_type = response.headers.get("Content-Type", "")
@@ -218,11 +280,18 @@ class Forwarder:
         settings: KubeCacheSettings,
         health: HealthChecker,
         metrics: KubeCacheMetrics,
+        spool_dir: Path | None = None,
     ) -> None:
+        """Relay calls to ``upstream``.
+
+        ``spool_dir``: where kept answers beyond ``KEPT_IN_MEMORY`` go (the cache folder:
+        mode 0700, on the cache's disk; None: the system's temporary folder).
+        """
         self.upstream = upstream
         self.settings = settings
         self.health = health
         self.metrics = metrics
+        self.spool_dir = spool_dir
 
     def url(self, path_qs: str) -> str:
         return self.upstream.base_url + path_qs
@@ -268,13 +337,25 @@ class Forwarder:
         ``deadline`` (seconds) bounds the whole call. Raises :class:`UpstreamFailure` when
         nothing went to the client.
         """
+        relay = _Relay(
+            call.request,
+            keep_limit=self.settings.max_response_bytes if keep else None,
+            spool_dir=self.spool_dir,
+        )
+        try:
+            return await self._forward(call, relay, accept=accept, deadline=deadline)
+        finally:
+            relay.drop()  # unless taken: an early failure keeps nothing
+
+    async def _forward(
+        self, call: Call, relay: _Relay, *, accept: str | None, deadline: float | None
+    ) -> Forwarded:
         settings = self.settings
         timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout,
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
-        relay = _Relay(call.request, keep_limit=settings.max_response_bytes if keep else None)
         status, content_type = 0, ""
         try:
             async with (
@@ -298,7 +379,7 @@ class Forwarder:
                     raise UpstreamFailure(reason, maybe_sent=False)
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")
-                await relay.run(upstream, early=not keep)
+                await relay.run(upstream, early=relay.keep_limit is None)
         except UNREACHABLE as exc:
             reason = _describe(exc)
             await self.health.report_failure(reason)
@@ -325,7 +406,7 @@ class Forwarder:
             )
         assert relay.response is not None  # noqa: S101 - run() always starts the response
         return Forwarded(
-            response=relay.response, status=status, content_type=content_type, body=relay.body
+            response=relay.response, status=status, content_type=content_type, body=relay.take()
         )
 
     async def stream_back(

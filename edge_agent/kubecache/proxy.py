@@ -101,7 +101,11 @@ class KubeProxy:
         self.health = HealthChecker(upstream=upstream, settings=settings.health)
         self.store = AsyncStore(metrics=self.metrics)
         self.forwarder = Forwarder(
-            upstream=upstream, settings=settings, health=self.health, metrics=self.metrics
+            upstream=upstream,
+            settings=settings,
+            health=self.health,
+            metrics=self.metrics,
+            spool_dir=settings.cache_dir,
         )
         self.write_through = WriteThrough(store=self.store, settings=settings)
         self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(
@@ -308,24 +312,36 @@ class KubeProxy:
             await self._writes.put(lambda: self._forget_superseded_heartbeat(call))
         if not keep or answer.broken:
             return answer.response
-        status, data = answer.status, answer.body
-        if data is None:
+        status, kept = answer.status, answer.body
+        if kept is None:
             log.info(
                 "%s %s: answer not cached (client left, or too big)",
                 call.request.method,
                 call.request.path,
             )
         elif write_through:
-            await self._writes.put(lambda: self.write_through.apply(call, status, data))
-        elif token_key:
+            try:
+                await self._writes.put(lambda: self.write_through.apply(call, status, kept))
+            except BaseException:
+                kept.close()  # queued, apply() closes it; not queued, nobody else would
+                raise
+        else:
+            # Tokens and discovery answers are small, or decoded whole anyway: as bytes.
+            data = kept.read()
+            kept.close()
+            await self._remember(call, token_key, status, answer.content_type, data)
+        return answer.response
+
+    async def _remember(
+        self, call: Call, token_key: str | None, status: int, content_type: str, data: bytes
+    ) -> None:
+        if token_key:
             key = token_key
             await self._writes.put(lambda: tokens.remember(self.shared, call, key, status, data))
         elif status == 200:
-            content_type = answer.content_type
             await self._writes.put(
                 lambda: discovery.remember(self.shared, call, content_type, data)
             )
-        return answer.response
 
 
 def _safe_to_answer_locally(call: Call) -> bool:

@@ -38,6 +38,7 @@ worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -220,6 +221,8 @@ class CacheStore:
             self._check_format(migrate=maintain)
             self._tokens: dict[str, float] = {}
             self._names: dict[Family, set[Pair]] = {}
+            self._added: list[tuple[Family, Pair]] | None = None
+            """Names added inside ``transaction()``, dropped again if it rolls back."""
             self._book = ViewBook()
             self._pending: dict[str, dict[str, Any]] = {}
             self._load_index(sweep=maintain)
@@ -317,7 +320,11 @@ class CacheStore:
 
     def _set_latest(self, family: Family, pair: Pair, key: str, obj: dict[str, Any]) -> None:
         self._cache.set(key, obj, rv=rv_of(obj))
-        self._names.setdefault(family, set()).add(pair)
+        names = self._names.setdefault(family, set())
+        if pair not in names:
+            names.add(pair)
+            if self._added is not None:
+                self._added.append((family, pair))
 
     def _write_version(
         self, family: Family, resource: Resource, obj: dict[str, Any], *, force: bool = False
@@ -659,6 +666,26 @@ class CacheStore:
             items=items, last_key=last_key, more=False, remaining=0 if not selective else -1
         )
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One SQLite transaction around several calls (theirs join it); rolled back on error.
+
+        For a LIST written in batches (``writethrough.py``): its loose versions and its view's
+        membership commit together, or not at all.
+        """
+        added: list[tuple[Family, Pair]] = []
+        self._added = added
+        try:
+            with self._cache.transact():
+                yield
+        except BaseException:
+            # SQLite forgot the rows; the name index must too, or it lists what is not stored.
+            for family, pair in added:
+                self._names.get(family, set()).discard(pair)
+            raise
+        finally:
+            self._added = None
+
     def put_many(self, component: str, resource: Resource, items: list[dict[str, Any]]) -> None:
         """Store one page of a paged LIST; its view records it when the last page arrives.
 
@@ -697,13 +724,17 @@ class CacheStore:
         coverage: Coverage,
         *,
         seen_before: Mapping[Pair, str] | None = None,
+        changes: bool = True,
     ) -> list[Change]:
         """A complete LIST of view ``scope`` at ``coverage.rv``, in one transaction.
 
-        Its membership becomes ``items`` plus ``seen_before`` (earlier pages' pair -> rv).
+        Its membership becomes ``items`` plus ``seen_before`` (earlier pages' pair -> rv;
+        their versions stored already by ``put_many``).
 
         Returns the view's changes as watch events (empty if the list was older than the
-        view). Objects that left this view stay stored while another view records them.
+        view, or if ``changes`` is False: a caller that drops them need not have every
+        changed object read back into memory). Objects that left this view stay stored
+        while another view records them.
         """
         family = self._family(scope.component, scope.resource)
         spec = _spec_of(family, coverage)
@@ -725,9 +756,12 @@ class CacheStore:
             for pair, _rv in effects.recorded:
                 if pair in named:
                     self._write_version(family, scope.resource, named[pair])
-            changes = [self._change(scope, event, before, named) for event in effects.changes]
+            found = [
+                self._change(scope, event, before, named)
+                for event in (effects.changes if changes else [])
+            ]
             self._persist(scope.key, family, scope.resource, effects)
-        return [c for c in changes if c is not None]
+        return [c for c in found if c is not None]
 
     def _change(
         self,
