@@ -78,8 +78,14 @@ FILES = {
     "server.key": 0o600,
     "admin-token": 0o600,
     "console-session-key": 0o600,
+    # A CA rotation in progress (docs/security.md): present only between rotate and retire.
+    "ca-next.crt": 0o644,
+    "ca-next.key": 0o600,
+    "ca-next.cross.crt": 0o644,
+    "ca-previous.crt": 0o644,
+    "ca-rotation.json": 0o644,
 }
-"""Plain files by name, with the mode each is restored with."""
+"""Plain files by name, with the mode each is restored with (those present are taken)."""
 REQUIRED = ("ca.crt", "ca.key", "admin-token", "store.db")
 """Without these there is no server to back up or restore: agents pin the CA, the store holds
 their identities."""
