@@ -31,7 +31,11 @@ def test_the_layout_names_every_file_the_server_keeps() -> None:
     databases |= {TELEMETRY_FILE, MODELS_FILE, "twins.sqlite3"}
     assert set(backup.DATABASES) == databases
     files = {CA_CERT, CA_KEY, SERVING_CERT, SERVING_KEY, ADMIN_FILE, KEY_FILE}
+    # A CA rotation in progress (tunnel_server/identity/rotation.py) adds its own files.
+    files |= {"ca-next.crt", "ca-next.key", "ca-next.cross.crt", "ca-previous.crt"}
+    files |= {"ca-rotation.json"}
     assert set(backup.FILES) == files
+    assert backup.FILES["ca-next.key"] == 0o600
     assert backup.FILES[CA_KEY] == backup.FILES[SERVING_KEY] == 0o600
 
 
