@@ -475,37 +475,50 @@ class EdgeTwinReplica:
         the next batches are handled (rule 7); it first waits for room in the pipeline, and
         raises `aiomqtt.MqttError` when an answer of an earlier batch did not reach the
         broker (end the session: the broker sends the unacknowledged messages again).
-        Outside `serving` it returns after `committed` ran.
+        Outside `serving` it returns after `committed` ran. An empty batch (the caller's
+        other messages, e.g. claims) commits nothing; its `committed` still runs in order.
         """
         pipeline = self._pipeline
         devices = Counter(where.device_id for where, _ in messages)
         if pipeline is not None:
             await pipeline.wait_for_room(devices)
+        if not messages:
+            # Only other messages (claims): nothing to commit, acknowledged in their turn.
+            if pipeline is not None:
+                pipeline.send([], devices=devices, committed=committed)
+            elif committed is not None:
+                committed()
+            return
         async with self._lock:
-            batch = _Batch()
-            for where, payload in messages:
-                self._handle_one(batch, where, payload)
-            self._queue_deltas(batch)
-            try:
-                self._store.commit(batch.write)
-            except Exception:
-                log.exception(
-                    "twin store commit failed; %s requests answered unavailable", len(messages)
-                )
-                self._answer_storage_failure(batch)
-            else:
-                self._devices.update(batch.records)
-                self._metrics.reports_accepted += batch.accepted
-                if batch.write.outbox:
-                    self._outbox.notify()
+            outgoing = self._apply_and_commit(messages)
             if pipeline is not None and pipeline is self._pipeline:
                 # Handed to the client in order under the lock (tasks start in creation
                 # order); the PUBACKs are awaited by the pipeline, not here.
-                pipeline.send(batch.outgoing, devices=devices, committed=committed)
+                pipeline.send(outgoing, devices=devices, committed=committed)
                 return
-            await self._send(batch.outgoing)
+            await self._send(outgoing)
         if committed is not None:
             committed()
+
+    def _apply_and_commit(self, messages: list[tuple[DeviceTopic, bytes]]) -> list[_Outgoing]:
+        """Apply the messages in order, commit once; the answers and deltas to send."""
+        batch = _Batch()
+        for where, payload in messages:
+            self._handle_one(batch, where, payload)
+        self._queue_deltas(batch)
+        try:
+            self._store.commit(batch.write)
+        except Exception:
+            log.exception(
+                "twin store commit failed; %s requests answered unavailable", len(messages)
+            )
+            self._answer_storage_failure(batch)
+            return batch.outgoing
+        self._devices.update(batch.records)
+        self._metrics.reports_accepted += batch.accepted
+        if batch.write.outbox:
+            self._outbox.notify()
+        return batch.outgoing
 
     @contextlib.asynccontextmanager
     async def serving(self, publisher: Publisher) -> AsyncIterator[None]:

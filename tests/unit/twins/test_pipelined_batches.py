@@ -213,3 +213,20 @@ async def test_a_session_that_ends_leaves_its_batches_unacknowledged(
         again.puback("a")
         await until(lambda: acked == ["A"], "acked == ['A']")
     assert durable(tmp_path) == 1  # applied once
+
+
+async def test_a_batch_without_device_messages_is_acknowledged_in_its_turn(
+    tmp_path: Path, stores: list[TwinStore]
+) -> None:
+    twins = await two_devices(tmp_path, stores)
+    publisher = GatedPublisher()
+    acked: list[str] = []
+    async with twins.serving(publisher):
+        await twins.handle_batch(batch_of("t1", "a"), committed=lambda: acked.append("A"))
+        await twins.handle_batch([], committed=lambda: acked.append("claims"))
+        await settle()
+        assert acked == []  # the claims came after A: acknowledged after it
+        publisher.puback("a")
+        await until(lambda: acked == ["A", "claims"], "both acknowledged in order")
+    await twins.handle_batch([], committed=lambda: acked.append("outside"))
+    assert acked == ["A", "claims", "outside"]  # no pipeline: at once
