@@ -404,6 +404,7 @@ async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
     for credential in credentials:
         await sut.wait_device(credential.device_id)
     started = time.monotonic()
+    cpu_before = cpu_seconds(sut.agent_pid)
     answer = await loadgen(
         {
             "mode": "twin",
@@ -425,6 +426,7 @@ async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
         }
     )
     durable_s = answer["seconds"]
+    cpu_after = cpu_seconds(sut.agent_pid)
     async with asyncio.TaskGroup() as group:
         for index, c in enumerate(credentials):
             group.create_task(sut.wait_reported(c.device_id, per), name=f"twin.cloud[{index}]")
@@ -439,6 +441,14 @@ async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
         "answer_p99_ms": answer["answer_p99_ms"],
         "resends": answer["resends"],
         "refused": answer["refused"],
+        # The agent's own CPU (user + system) while the generator ran: ms per report, and
+        # cores it kept busy (near 1.0: its one event loop is what binds, whatever the load).
+        "agent_cpu_ms_per_report": None
+        if cpu_before is None or cpu_after is None
+        else round((cpu_after - cpu_before) * 1000 / total, 3),
+        "agent_cpu_cores": None
+        if cpu_before is None or cpu_after is None
+        else round((cpu_after - cpu_before) / durable_s, 2),
     }
 
 
@@ -498,6 +508,17 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None if it cannot be read)."""
+    try:
+        import psutil  # noqa: PLC0415 - only for this figure
+
+        times = psutil.Process(pid).cpu_times()
+    except (ImportError, OSError):
+        return None
+    return float(times.user + times.system)
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         import psutil  # noqa: PLC0415 - only for this figure
@@ -551,6 +572,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{lat['p99_ms']} ms | |"
         ),
         f"| desired PATCH -> device (p50 / p99) | {desired['p50_ms']} / {desired['p99_ms']} ms | |",
+        (
+            f"| agent CPU per durable report (cores busy) | "
+            f"{twin.get('agent_cpu_ms_per_report')} ms ({twin.get('agent_cpu_cores')}) | |"
+        ),
         f"| agent RSS after the run | {report['agent_rss_mb']} MB | |",
         "",
         (
