@@ -9,14 +9,14 @@ Rules (docs/mqtt.md has the wire format):
    transaction before the device gets its answer (twin_store.py, outbox.py).
 3. Group commit: messages are handled in batches (everything already received, up to a cap;
    mqtt_service.py forms them): one transaction and one fsync per batch, then the answers
-   (published in order, their PUBACKs awaited together), then the caller's ``committed`` hook
-   (it acknowledges the batch's messages to the broker). No device is answered before its
-   change is durable, and no device message is acknowledged before the broker holds its
-   answer: an agent killed in between gets the messages again from its session and answers
-   them from the stored answers (rule 4) — acknowledged first, a lost answer would be resent
-   by the device only later, possibly after its rid left the `MAX_RECENT` window, and be
-   applied twice. A commit failure answers every request of the batch with ``unavailable``
-   and changes nothing in memory.
+   (published in order), then, once the broker acknowledged every answer of the batch (their
+   PUBACKs), the caller's ``committed`` hook (it acknowledges the batch's messages to the
+   broker). No device is answered before its change is durable, and no device message is
+   acknowledged before the broker holds its answer: an agent killed in between gets the
+   messages again from its session and answers them from the stored answers (rule 4) —
+   acknowledged first, a lost answer would be resent by the device only later, possibly after
+   its rid left the `MAX_RECENT` window, and be applied twice. A commit failure answers every
+   request of the batch with ``unavailable`` and changes nothing in memory.
 4. A request id (``rid``) makes a request idempotent: the answers to a device's last
    `MAX_RECENT` request ids are stored with its twin, and a redelivered request gets the stored
    answer without being applied again.
@@ -27,15 +27,27 @@ Rules (docs/mqtt.md has the wire format):
    away gets it on subscribe.
 6. One lock orders every write and every publish, so retained deltas never go back in time and
    desired patches reach the broker in the order they were applied.
+7. Pipelined batches (inside `EdgeTwinReplica.serving`, one broker session): batch N+1 is
+   applied and committed while batch N's PUBACKs are awaited; rule 3 holds per batch, and
+   `AckOrder` (sans-IO) decides when a batch's messages are acknowledged: after all of its
+   answers are held and after every earlier batch ([MQTT-4.6.0-2]: in the order received),
+   so after a crash the broker sends again only the newest batches. Bounded: at most
+   `max_unacknowledged_batches` unacknowledged batches, and a new batch waits until every
+   device's messages in unacknowledged batches fit its rid memory (`MAX_RECENT`), so each
+   redelivered request is still answered from it. An answer the broker did not take stops
+   all later acknowledgements and ends the session (`handle_batch` raises
+   `aiomqtt.MqttError` before committing more): the broker sends them all again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -76,6 +88,8 @@ from edge_agent.twins.twin_store import DeviceRecord, DeviceState, StoreWrite, T
 
 __all__ = [
     "MAX_RECENT",
+    "MAX_UNACKNOWLEDGED_BATCHES",
+    "AckOrder",
     "CloudChangeError",
     "CloudChangeResult",
     "EdgeTwinReplica",
@@ -85,6 +99,12 @@ __all__ = [
 log = logging.getLogger("edge_agent.twins.replica")
 
 MAX_RECENT = 16
+MAX_UNACKNOWLEDGED_BATCHES = 4
+"""Default of the pipeline's depth (rule 7): batches committed whose device messages are not
+acknowledged yet, at most. 4 x 256 messages (``max_batch``) is about paho's window of answers
+in flight (``max_inflight_answers``, 1000) and MQTT 5's ``receive_maximum`` (1000): a deeper
+pipeline would only queue answers in the client while the broker stopped sending messages.
+1 is the unpipelined agent (each batch waits for its PUBACKs)."""
 _REPORT_FIELDS = frozenset({"rid", "patch", "version"})
 _GET_FIELDS = frozenset({"rid"})
 _AVAILABILITY = (b"online", b"offline")
@@ -139,6 +159,179 @@ class _Batch:
         return self.outbox_waiting
 
 
+@dataclass(slots=True)
+class _Pending:
+    number: int
+    answers: int
+    """Answers of the batch the broker has not acknowledged yet."""
+    devices: Counter[str]
+    """Messages of the batch per device (each may carry a rid the device's memory must hold)."""
+
+
+class AckOrder:
+    """Which batches' device messages may be acknowledged now (rule 3); sans-IO.
+
+    Batches are numbered as they are committed (`start`). A batch's messages are acknowledged
+    once the broker holds every answer of the batch and every earlier batch's messages are
+    acknowledged: acknowledgements go in the order the messages came ([MQTT-4.6.0-2]), so
+    what the broker sends again after a crash is always the newest batches. Bounded: at most
+    `limit` batches unacknowledged, and a device's messages in unacknowledged batches stay
+    within its rid memory (`MAX_RECENT`), so each of them is answered from it when it comes
+    again (a single batch larger than that is let through when nothing else is pending, as
+    before pipelining). An answer the broker did not take (`failed`) stops every later
+    acknowledgement: the caller ends the session and the broker sends them all again.
+    """
+
+    def __init__(self, *, limit: int, per_device: int = MAX_RECENT) -> None:
+        if limit < 1:
+            raise ValueError(f"limit: at least 1 batch, got {limit}")
+        self._limit = limit
+        self._per_device = per_device
+        self._pending: deque[_Pending] = deque()
+        self._by_device: Counter[str] = Counter()
+        self._next = 0
+        self.broken = False
+        """An answer failed: nothing more is acknowledged on this session."""
+
+    @property
+    def unacknowledged(self) -> int:
+        """Batches committed whose messages are not acknowledged yet."""
+        return len(self._pending)
+
+    def has_room(self, devices: Mapping[str, int]) -> bool:
+        """Whether a batch with `devices` (messages per device) may be committed now."""
+        if self.broken or not self._pending:
+            return True
+        if len(self._pending) >= self._limit:
+            return False
+        return all(
+            self._by_device[device] + count <= self._per_device for device, count in devices.items()
+        )
+
+    def start(self, *, answers: int, devices: Mapping[str, int]) -> tuple[int, list[int]]:
+        """A batch was committed with `answers` to send.
+
+        Returns its number and what to acknowledge now (a batch with nothing to send is held
+        at once).
+        """
+        if self.broken:
+            raise RuntimeError("an answer failed on this session: end it, do not commit more")
+        if answers < 0:
+            raise ValueError(f"answers: at least 0, got {answers}")
+        number = self._next
+        self._next += 1
+        self._pending.append(_Pending(number, answers, Counter(devices)))
+        self._by_device.update(devices)
+        return number, self._release()
+
+    def held(self, number: int) -> list[int]:
+        """The broker acknowledged one answer of batch `number`.
+
+        Returns the batches to acknowledge now, oldest first.
+        """
+        entry = self._find(number)
+        if entry.answers <= 0:
+            raise ValueError(f"batch {number} has no answer left to hold")
+        entry.answers -= 1
+        return self._release()
+
+    def failed(self, number: int) -> None:
+        """An answer of batch `number` did not reach the broker: acknowledge nothing more."""
+        self._find(number)
+        self.broken = True
+
+    def _find(self, number: int) -> _Pending:
+        for entry in self._pending:
+            if entry.number == number:
+                return entry
+        raise KeyError(f"batch {number} is not pending")
+
+    def _release(self) -> list[int]:
+        done: list[int] = []
+        while not self.broken and self._pending and self._pending[0].answers == 0:
+            entry = self._pending.popleft()
+            self._by_device.subtract(entry.devices)
+            done.append(entry.number)
+        if done:
+            self._by_device = +self._by_device  # drop the zeros: a long-lived agent sees many ids
+        return done
+
+
+class _AnswerPipeline:
+    """The I/O half of rule 7: each batch's answers out, its ``committed`` hook when due.
+
+    One per broker session (`EdgeTwinReplica.serving`); `AckOrder` decides when.
+    """
+
+    def __init__(
+        self,
+        *,
+        group: asyncio.TaskGroup,
+        publisher: Publisher,
+        order: AckOrder,
+        on_failure: Callable[[], None],
+    ) -> None:
+        self._group = group
+        self._publisher = publisher
+        self._order = order
+        self._on_failure = on_failure
+        self._hooks: dict[int, Callable[[], None] | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+
+    async def wait_for_room(self, devices: Mapping[str, int]) -> None:
+        while not self._order.has_room(devices):
+            self._room.clear()
+            await self._room.wait()
+        if self._order.broken:
+            raise aiomqtt.MqttError("an answer did not reach the broker; the session must end")
+
+    def send(
+        self,
+        outgoing: list[_Outgoing],
+        *,
+        devices: Mapping[str, int],
+        committed: Callable[[], None] | None,
+    ) -> None:
+        number, ready = self._order.start(answers=len(outgoing), devices=devices)
+        self._hooks[number] = committed
+        for index, message in enumerate(outgoing):
+            task = self._group.create_task(
+                self._publish(number, message), name=f"twins.answer[{number}.{index}]"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._acknowledge(ready)
+
+    def abandon(self) -> None:
+        """The session ended: stop waiting for PUBACKs; nothing more is acknowledged."""
+        self._hooks.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _publish(self, number: int, message: _Outgoing) -> None:
+        try:
+            await self._publisher.publish(message.topic, message.payload, retain=message.retain)
+        except aiomqtt.MqttError as error:
+            if not self._order.broken:
+                # The connection loop reconnects and republishes the retained deltas; this
+                # batch's and later batches' messages stay unacknowledged and come again.
+                log.warning("an answer of batch %s was not published: %s", number, error)
+                self._on_failure()
+            self._order.failed(number)
+            self._room.set()  # a batch waiting for room learns that the session must end
+            return
+        self._acknowledge(self._order.held(number))
+
+    def _acknowledge(self, ready: list[int]) -> None:
+        for number in ready:
+            committed = self._hooks.pop(number, None)
+            if committed is not None:
+                committed()
+        if ready:
+            self._room.set()
+
+
 class EdgeTwinReplica:
     """The edge replica of every device twin; the rules above."""
 
@@ -152,8 +345,11 @@ class EdgeTwinReplica:
         max_payload_bytes: int,
         max_cloud_change_bytes: int,
         clock: Callable[[], float] = time.time,
+        max_unacknowledged_batches: int = MAX_UNACKNOWLEDGED_BATCHES,
     ) -> None:
         self._store = store
+        self._max_unacknowledged_batches = max_unacknowledged_batches
+        self._pipeline: _AnswerPipeline | None = None
         self._outbox = outbox
         self._models = models
         self._metrics = metrics
@@ -272,33 +468,89 @@ class EdgeTwinReplica:
     ) -> None:
         """Handle device messages in arrival order with one commit; answer them.
 
-        `committed` runs once the batch is durable (or answered ``unavailable`` after a
-        failed commit), before the answers go out: the caller acknowledges the messages to
-        the broker there, so the broker can send the next batch while the answers leave.
+        `committed` runs once the broker holds the batch's answers (or the ``unavailable``
+        answers after a failed commit): the caller acknowledges the messages to the broker
+        there (rule 3). Inside `serving` this returns once the batch is committed and its
+        answers are handed to the client, and `committed` runs later, in batch order, while
+        the next batches are handled (rule 7); it first waits for room in the pipeline, and
+        raises `aiomqtt.MqttError` when an answer of an earlier batch did not reach the
+        broker (end the session: the broker sends the unacknowledged messages again).
+        Outside `serving` it returns after `committed` ran. An empty batch (the caller's
+        other messages, e.g. claims) commits nothing; its `committed` still runs in order.
         """
-        async with self._lock:
-            batch = _Batch()
-            for where, payload in messages:
-                self._handle_one(batch, where, payload)
-            self._queue_deltas(batch)
-            try:
-                self._store.commit(batch.write)
-            except Exception:
-                log.exception(
-                    "twin store commit failed; %s requests answered unavailable", len(messages)
-                )
-                self._answer_storage_failure(batch)
-                await self._send(batch.outgoing)
-                if committed is not None:
-                    committed()
-                return
-            self._devices.update(batch.records)
-            self._metrics.reports_accepted += batch.accepted
-            if batch.write.outbox:
-                self._outbox.notify()
-            await self._send(batch.outgoing)
-            if committed is not None:
+        pipeline = self._pipeline
+        devices = Counter(where.device_id for where, _ in messages)
+        if pipeline is not None:
+            await pipeline.wait_for_room(devices)
+        if not messages:
+            # Only other messages (claims): nothing to commit, acknowledged in their turn.
+            if pipeline is not None:
+                pipeline.send([], devices=devices, committed=committed)
+            elif committed is not None:
                 committed()
+            return
+        async with self._lock:
+            outgoing = self._apply_and_commit(messages)
+            if pipeline is not None and pipeline is self._pipeline:
+                # Handed to the client in order under the lock (tasks start in creation
+                # order); the PUBACKs are awaited by the pipeline, not here.
+                pipeline.send(outgoing, devices=devices, committed=committed)
+                return
+            await self._send(outgoing)
+        if committed is not None:
+            committed()
+
+    def _apply_and_commit(self, messages: list[tuple[DeviceTopic, bytes]]) -> list[_Outgoing]:
+        """Apply the messages in order, commit once; the answers and deltas to send."""
+        batch = _Batch()
+        for where, payload in messages:
+            self._handle_one(batch, where, payload)
+        self._queue_deltas(batch)
+        try:
+            self._store.commit(batch.write)
+        except Exception:
+            log.exception(
+                "twin store commit failed; %s requests answered unavailable", len(messages)
+            )
+            self._answer_storage_failure(batch)
+            return batch.outgoing
+        self._devices.update(batch.records)
+        self._metrics.reports_accepted += batch.accepted
+        if batch.write.outbox:
+            self._outbox.notify()
+        return batch.outgoing
+
+    @contextlib.asynccontextmanager
+    async def serving(self, publisher: Publisher) -> AsyncIterator[None]:
+        """One broker session: answers go out through `publisher`, batches are pipelined.
+
+        On exit (the session ended) answers still waiting for their PUBACK are abandoned and
+        their batches stay unacknowledged: the broker sends those messages again on the next
+        session and they are answered from the stored answers (rule 4). The exception that
+        ended the session propagates unchanged (not wrapped in an ExceptionGroup).
+        """
+        failure: BaseException | None = None
+        self.attach(publisher)
+        try:
+            async with asyncio.TaskGroup() as group:
+                pipeline = _AnswerPipeline(
+                    group=group,
+                    publisher=publisher,
+                    order=AckOrder(limit=self._max_unacknowledged_batches),
+                    on_failure=self._published_delta.clear,
+                )
+                self._pipeline = pipeline
+                try:
+                    yield
+                except BaseException as error:  # noqa: BLE001 - re-raised below, unwrapped
+                    failure = error
+                    self._pipeline = None
+                    pipeline.abandon()
+        finally:
+            self._pipeline = None
+            self.attach(None)
+        if failure is not None:
+            raise failure
 
     def _handle_one(self, batch: _Batch, where: DeviceTopic, payload: bytes) -> None:
         rid: str | None = None

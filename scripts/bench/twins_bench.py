@@ -404,6 +404,8 @@ async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
     for credential in credentials:
         await sut.wait_device(credential.device_id)
     started = time.monotonic()
+    cpu_before = cpu_seconds(sut.agent_pid)
+    sched_before = sched_seconds(sut.agent_pid)
     answer = await loadgen(
         {
             "mode": "twin",
@@ -425,6 +427,8 @@ async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
         }
     )
     durable_s = answer["seconds"]
+    cpu_after = cpu_seconds(sut.agent_pid)
+    sched_after = sched_seconds(sut.agent_pid)
     async with asyncio.TaskGroup() as group:
         for index, c in enumerate(credentials):
             group.create_task(sut.wait_reported(c.device_id, per), name=f"twin.cloud[{index}]")
@@ -439,6 +443,19 @@ async def twin_path(sut: System, plan: Plan) -> dict[str, Any]:
         "answer_p99_ms": answer["answer_p99_ms"],
         "resends": answer["resends"],
         "refused": answer["refused"],
+        # The agent's own CPU (user + system) while the generator ran: ms per report, and
+        # cores it kept busy (near 1.0: its one event loop is what binds, whatever the load).
+        "agent_cpu_ms_per_report": None
+        if cpu_before is None or cpu_after is None
+        else round((cpu_after - cpu_before) * 1000 / total, 3),
+        "agent_cpu_cores": None
+        if cpu_before is None or cpu_after is None
+        else round((cpu_after - cpu_before) / durable_s, 2),
+        # Share of the run the agent's threads waited for a CPU while runnable (Linux
+        # schedstat): high means the shared machine starved it, not that it idled.
+        "agent_runqueue_wait_share": None
+        if sched_before is None or sched_after is None
+        else round((sched_after[1] - sched_before[1]) / durable_s, 2),
     }
 
 
@@ -498,6 +515,30 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None if it cannot be read)."""
+    try:
+        import psutil  # noqa: PLC0415 - only for this figure
+
+        times = psutil.Process(pid).cpu_times()
+    except (ImportError, OSError):
+        return None
+    return float(times.user + times.system)
+
+
+def sched_seconds(pid: int) -> tuple[float, float] | None:
+    """Seconds a process's threads ran and waited runnable for a CPU (/proc schedstat)."""
+    run = wait = 0.0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "schedstat").read_text().split()
+            run += int(fields[0]) / 1e9
+            wait += int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+    return run, wait
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         import psutil  # noqa: PLC0415 - only for this figure
@@ -551,6 +592,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{lat['p99_ms']} ms | |"
         ),
         f"| desired PATCH -> device (p50 / p99) | {desired['p50_ms']} / {desired['p99_ms']} ms | |",
+        (
+            f"| agent CPU per durable report (cores busy) | "
+            f"{twin.get('agent_cpu_ms_per_report')} ms ({twin.get('agent_cpu_cores')}; waited "
+            f"for a CPU {twin.get('agent_runqueue_wait_share')} of the time) | |"
+        ),
         f"| agent RSS after the run | {report['agent_rss_mb']} MB | |",
         "",
         (
