@@ -49,7 +49,12 @@ from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
 from edge_agent.twins.payloads import Code, RequestError
-from edge_agent.twins.replica import CloudChangeError, CloudChangeResult, EdgeTwinReplica
+from edge_agent.twins.replica import (
+    MAX_UNACKNOWLEDGED_BATCHES,
+    CloudChangeError,
+    CloudChangeResult,
+    EdgeTwinReplica,
+)
 from edge_agent.twins.tls import BrokerTls, client_context, describe_error
 from edge_agent.twins.topics import DeviceTopic
 from edge_agent.twins.twin_store import Durability, TwinStore
@@ -141,6 +146,11 @@ class TwinMqttSettings:
     slow pace (more reports per fsync) and costs each of them this much latency; since the
     agent acknowledges after the commit, the broker's in-flight window to the agent bounds a
     batch as well."""
+
+    max_unacknowledged_batches: int = MAX_UNACKNOWLEDGED_BATCHES
+    """Batches committed whose device messages are not acknowledged to the broker yet, at most
+    (replica.py rule 7). 4 x `max_batch` is about `max_inflight_answers` and `receive_maximum`;
+    deeper only queues answers in the client. 1: each batch waits for its PUBACKs."""
 
     max_inflight_answers: int = 1000
     """Answers and deltas sent to the broker and not yet acknowledged by it, at most
@@ -395,6 +405,7 @@ class TwinMqttService:
             metrics=self.metrics,
             max_payload_bytes=settings.max_payload_bytes,
             max_cloud_change_bytes=settings.max_cloud_change_bytes,
+            max_unacknowledged_batches=settings.max_unacknowledged_batches,
             clock=clock,
         )
         # One context for every connection: files are read once (checked at config load).
@@ -679,25 +690,25 @@ class TwinMqttService:
             filters = topics.agent_subscriptions(node, home_assistant=self.home_assistant.enabled)
             await client.subscribe([(f, 1) for f in filters])
             await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
-            self.twins.attach(_Publisher(client))
-            await self.twins.republish()
-            self.home_assistant.attach(_Publisher(client))
-            await self.home_assistant.republish()
-            self.ready.set()
-            log.info(
-                "twins: serving %s devices on the broker (MQTT %s)",
-                len(self.twins.device_ids()),
-                version,
-            )
-            try:
-                await self._consume(client)
-            except aiomqtt.MqttError as exc:
-                # aiomqtt's iterator says only "Disconnected during message iteration"; the
-                # broker's reason (MQTT 5 DISCONNECT) is in its disconnect future.
-                cause = _disconnect_cause(client)
-                if cause is None or cause is exc:
-                    raise
-                raise cause from exc
+            async with self.twins.serving(_Publisher(client)):
+                await self.twins.republish()
+                self.home_assistant.attach(_Publisher(client))
+                await self.home_assistant.republish()
+                self.ready.set()
+                log.info(
+                    "twins: serving %s devices on the broker (MQTT %s)",
+                    len(self.twins.device_ids()),
+                    version,
+                )
+                try:
+                    await self._consume(client)
+                except aiomqtt.MqttError as exc:
+                    # aiomqtt's iterator says only "Disconnected during message iteration"; the
+                    # broker's reason (MQTT 5 DISCONNECT) is in its disconnect future.
+                    cause = _disconnect_cause(client)
+                    if cause is None or cause is exc:
+                        raise
+                    raise cause from exc
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         messages = client.messages
@@ -711,14 +722,10 @@ class TwinMqttService:
                     if message.qos > 0:
                         client._client.ack(message.mid, message.qos)  # noqa: SLF001 - see _new_client
 
-            if device_messages:
-                await self.twins.handle_batch(device_messages, committed=acknowledge)
-                if self.home_assistant.enabled:
-                    await self.home_assistant.refresh(
-                        where.device_id for where, _ in device_messages
-                    )
-            else:
-                acknowledge()
+            # Even without device messages: acknowledgements go in the order received.
+            await self.twins.handle_batch(device_messages, committed=acknowledge)
+            if device_messages and self.home_assistant.enabled:
+                await self.home_assistant.refresh(where.device_id for where, _ in device_messages)
 
     async def _route(
         self, client: aiomqtt.Client, batch: list[aiomqtt.Message]
