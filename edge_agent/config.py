@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon_support.twin_database import Durability
-from device_models.home_assistant import valid_prefix
 from edge_agent.cluster.elastic.settings import ElasticSettings
 from edge_agent.cluster.gateway.settings import GatewaySettings
 from edge_agent.cluster.gateway.target import MAX_PATTERNS, TargetError, parse_pattern
@@ -265,6 +264,9 @@ def _twins(raw: object, where: str) -> TwinsConfig:
 
 
 def _check_discovery_prefix(values: dict[str, Any], where: str) -> None:
+    # Imported here: device_models costs ~11 MiB of RSS, and only a [twins] table needs it.
+    from device_models.home_assistant import valid_prefix  # noqa: PLC0415
+
     prefix = values.get("home_assistant_prefix", "homeassistant")
     if not valid_prefix(prefix):
         raise ConfigError(
