@@ -74,7 +74,10 @@ async def test_devices_appear_update_state_and_disappear(tmp_path: Path) -> None
     setpoint = configs["homeassistant/number/edgefleet_edge-1/t1_setpoint/config"]
     assert setpoint["state_topic"] == "edgefleet/devices/t1/twin/state"
     assert setpoint["command_topic"] == "edgefleet/ha/edge-1/t1/set/setpoint"
-    assert ha.entities == 5  # temperature, heating, setpoint, mode, firmware; schedule skipped
+    # temperature, heating, setpoint, mode, firmware and "Last command"; schedule skipped
+    assert ha.entities == 6
+    last = configs["homeassistant/sensor/edgefleet_edge-1/t1_ha-last-command/config"]
+    assert last["state_topic"] == "edgefleet/devices/t1/ha/command"
     assert ha.skipped == 1
     assert json.loads(broker.retained["edgefleet/devices/t1/twin/state"]) == {
         "version": 0,
@@ -161,11 +164,16 @@ async def test_off_means_silent(tmp_path: Path) -> None:
     assert recorder.sent == []
 
 
-def test_commands_are_refused_and_counted(tmp_path: Path) -> None:
-    twins, _ = service(tmp_path)
-    ha, _ = discovery(twins)
+async def test_commands_without_a_cloud_link_are_refused_and_shown(tmp_path: Path) -> None:
+    twins, store = service(tmp_path)
+    await onboard(twins, store, "t1", "thermostat")
+    ha, broker = discovery(twins)  # no forwarder: no sync link to the cloud
     ha.command("t1", "setpoint", b"21.5")
+    await ha.forward_next()
     assert ha.metrics.commands_refused == 1
+    state = json.loads(broker.retained["edgefleet/devices/t1/ha/command"])
+    assert state["state"] == "refused: cloud unreachable"
+    assert state["property"] == "setpoint"
 
 
 def test_command_topics_parse_only_for_this_node() -> None:
