@@ -70,6 +70,11 @@ def command_state_topic(device_id: str) -> str:
 class DesiredForwarder(Protocol):
     """What commands need of the sync link (edge_agent.twin_link.CloudTwinLink)."""
 
+    @property
+    def connected(self) -> bool:
+        """A sync stream to the cloud is up now."""
+        ...
+
     async def request_desired(
         self, device: str, patch: dict[str, Any], *, source: str
     ) -> DesiredAnswer:
@@ -129,7 +134,7 @@ class HomeAssistantMetrics:
     commands_refused: int = 0
     """Refused by the agent (bad payload, unknown device, no cloud, busy) or by the cloud."""
     commands_forwarded: int = 0
-    """Sent to the cloud as desired requests."""
+    """Sent to the cloud as desired requests and answered (accepted or refused)."""
     commands_accepted: int = 0
     """Accepted by the cloud (desired changed there)."""
     publish_failures: int = 0
@@ -287,16 +292,16 @@ class HomeAssistantDiscovery:
         if isinstance(parsed, str):
             return f"refused: {parsed}"
         forwarder = self._forwarder
-        if forwarder is None:
+        if forwarder is None or not forwarder.connected:
             return f"refused: {UNREACHABLE}"
         await self._show_command(command, "sent")
-        self.metrics.commands_forwarded += 1
         try:
             answer = await forwarder.request_desired(
                 command.device_id, {parsed.property: parsed.value}, source=COMMAND_SOURCE
             )
         except RequestRefusedError as error:
             return f"refused: {error.reason}"
+        self.metrics.commands_forwarded += 1  # the cloud answered it
         if not answer.accepted:
             return f"refused: {answer.reason}"
         self.metrics.commands_accepted += 1

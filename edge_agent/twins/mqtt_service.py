@@ -317,7 +317,7 @@ class MqttVersionCollector(Collector):
         )
         yield CounterMetricFamily(
             "edge_agent_twins_home_assistant_commands_forwarded",
-            "Home Assistant commands sent to the cloud as desired requests",
+            "Home Assistant commands the cloud answered (accepted or refused)",
             value=discovery.metrics.commands_forwarded,
         )
         yield CounterMetricFamily(
@@ -334,7 +334,8 @@ class MqttVersionCollector(Collector):
 
 def _forwarder(sender: Sender) -> DesiredForwarder | None:
     request = getattr(sender, "request_desired", None)
-    return sender if callable(request) else None  # type: ignore[return-value]
+    forwards = callable(request) and hasattr(sender, "connected")
+    return sender if forwards else None  # type: ignore[return-value]
 
 
 CLIENT_ID_SUFFIX_BYTES = 8
