@@ -126,7 +126,6 @@ class _Link:
         self.node = node
         self.cloud = cloud
         self._links = links
-        self.peer = ""
         settings = cloud.settings
         self._session = RequestSyncSession(
             Role.CLOUD,
@@ -211,7 +210,7 @@ class _Link:
             status=status,
             reason=reason,
             request_id=f"sync-{request.id}"[:64],
-            peer=self.peer or None,
+            peer=None,  # the user names the node; its address is in its session's events
         )
         try:
             sink.append(record)
@@ -313,7 +312,6 @@ class EdgeTwinLinks:
         stream.accept()
         node = session.name
         link = _Link(stream=stream, node=node, cloud=self.cloud, links=self)
-        link.peer = session.remote
         try:
             await link.handshake()
             older = self._links.get(node)
