@@ -217,6 +217,9 @@ class _Link:
                 await self.send(request)
             except LocalProtocolError as error:
                 raise RequestRefusedError(str(error)[:256]) from None
+            except (StreamError, ConnectionError):
+                # The stream broke under us: its own task notices and reopens it.
+                raise RequestRefusedError("cloud unreachable") from None
             try:
                 async with asyncio.timeout(self._settings.request_timeout):
                     return await future

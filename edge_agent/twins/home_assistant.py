@@ -276,7 +276,11 @@ class HomeAssistantDiscovery:
     async def forward_next(self) -> None:
         """Wait for the next queued command, forward it and show its outcome."""
         command = await self._commands.get()
-        state = await self._forward(command)
+        try:
+            state = await self._forward(command)
+        except Exception:  # one bad command must not end the service's task group
+            log.exception("Home Assistant command for %s failed", command.device_id)
+            state = "refused: the agent failed to forward it"
         if state.startswith("refused"):
             self.metrics.commands_refused += 1
         log.info("Home Assistant command for %s.%s: %s", command.device_id, command.name, state)
