@@ -21,7 +21,14 @@ discovery messages Home Assistant reads: one ``(topic, config)`` per entity. Rul
    ``_`` or ``.`` is turned into a slug with ``-`` for those and an 8-hex-digit hash of the
    original, so the ``_``-separated ``edgefleet_<node>_<device>_<property>`` splits one way
    only; ids are stable (a pure function of the names).
-5. Bounded: at most ``max_entities`` entities, topics of at most `MAX_TOPIC_BYTES`, configs of
+5. Commands (docs/home-assistant.md, "Commands"): `parse_command` turns what HA sends on a
+   writable property's command topic (``ON``/``OFF``, a number as text, an option, a text) into
+   the property's value, checked against the model (writable, type, min/max, options), or a
+   reason it is refused. With ``topics.command_state`` set, a device with a writable entity
+   gets one more, diagnostic ``sensor`` "Last command" whose retained JSON state
+   (`command_state_payload`) says what became of the last command: ``sent``, ``accepted``,
+   ``refused: <reason>``.
+6. Bounded: at most ``max_entities`` entities, topics of at most `MAX_TOPIC_BYTES`, configs of
    at most ``max_config_bytes`` as JSON. What does not fit, or has a name that is not a safe
    id, is skipped and reported in `Discovery.skipped` (the caller logs it), never raised.
 
@@ -32,11 +39,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from device_models._errors import DeviceModelsError
 from device_models._model import (
     MAX_PROPERTIES,
     Access,
@@ -47,19 +57,24 @@ from device_models._model import (
 )
 
 __all__ = [
+    "COMMAND_ENTITY",
     "DEFAULT_PREFIX",
     "ENTITY_TABLE",
+    "MAX_COMMAND_BYTES",
     "MAX_CONFIG_BYTES",
     "MAX_TOPIC_BYTES",
     "UNIT_DEVICE_CLASS",
+    "CommandValue",
     "ConfigMessage",
     "DeviceTopics",
     "Discovery",
     "Skipped",
+    "command_state_payload",
     "device_discovery",
     "device_identifier",
     "node_discovery",
     "node_identifier",
+    "parse_command",
     "slug",
     "state_payload",
     "valid_prefix",
@@ -73,6 +88,12 @@ MAX_CONFIG_BYTES = 16 * 1024
 MAX_PREFIX_LENGTH = 128
 UNBOUNDED = 1e9
 """The min / max of a writable number the model leaves unbounded (HA defaults to 1..100)."""
+MAX_COMMAND_BYTES = 1024
+"""An HA command payload at most: an option, a number or a 255-character text fits."""
+COMMAND_ENTITY = "ha-last-command"
+"""Object id suffix of the "Last command" sensor: a ``-`` no model property name has."""
+_MAX_EXACT = 2**53
+"""Whole numbers beyond this are not exact as floats (HA's number sends floats' text)."""
 TEXT_MAX = 255
 """HA's ``text`` entities hold at most 255 characters."""
 ORIGIN: Mapping[str, str] = MappingProxyType(
@@ -164,6 +185,8 @@ class DeviceTopics:
     """The agent's retained ``online`` / ``offline``."""
     command_base: str
     """A writable property's command topic is ``<command_base>/<property>``."""
+    command_state: str | None = None
+    """Retained state of the "Last command" sensor; None: no such entity."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -314,7 +337,128 @@ def device_discovery(
             skipped.append(Skipped(property=spec.name, reason="config over the size cap"))
         else:
             configs.append(config)
+    writable = any("command_topic" in config.payload for config in configs)
+    if topics.command_state is not None and writable:
+        configs.append(_command_config(topics, device, prefix, node_ident, device_id))
     return Discovery(configs=tuple(configs), skipped=tuple(skipped))
+
+
+def _command_config(
+    topics: DeviceTopics, device: dict[str, object], prefix: str, node_ident: str, device_id: str
+) -> ConfigMessage:
+    """The "Last command" sensor: what became of HA's last command for this device.
+
+    Available with the agent alone: a refusal shows while the device is offline too.
+    """
+    unique_id = f"{node_ident}_{slug(device_id)}_{COMMAND_ENTITY}"
+    payload: dict[str, object] = {
+        "name": "Last command",
+        "unique_id": unique_id,
+        "entity_category": "diagnostic",
+        "icon": "mdi:console-line",
+        "state_topic": topics.command_state,
+        "value_template": "{{ value_json['state'] }}",
+        "json_attributes_topic": topics.command_state,
+        "availability": [{"topic": topics.agent_availability}],
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device,
+        "origin": dict(ORIGIN),
+    }
+    topic = f"{prefix}/sensor/{node_ident}/{slug(device_id)}_{COMMAND_ENTITY}/config"
+    return ConfigMessage(topic=topic, payload=payload, unique_id=unique_id, property="")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandValue:
+    """A command HA sent, as the desired value of `property`."""
+
+    property: str
+    value: bool | int | float | str
+
+
+def parse_command(model: DeviceModel, name: str, payload: bytes) -> CommandValue | str:
+    """The value HA's `payload` asks `name` of `model` to take, or why it is refused.
+
+    HA sends a switch's ``payload_on``/``payload_off`` (``ON``/``OFF``), a number as text, a
+    select's option and a text as is. Never raises; a payload over `MAX_COMMAND_BYTES` is
+    refused unread. The model's own check (`DeviceModel.validate_desired`) runs last, so what
+    passes here passes the cloud's check of the same model version.
+    """
+    spec = _command_spec(model, name, payload)
+    if isinstance(spec, str):
+        return spec
+    try:
+        parsed = _COMMAND_PARSERS[spec.type](spec, payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "the command is not UTF-8 text"
+    except KeyError:
+        return f"{spec.type} properties take no command"
+    if isinstance(parsed, str):
+        return parsed
+    try:
+        model.validate_desired({name: parsed.value})
+    except DeviceModelsError as error:
+        reasons = "; ".join(problem.reason for problem in error.problems) or error.summary
+        return f"{name}: {reasons}"[:256]
+    return parsed
+
+
+def _command_spec(model: DeviceModel, name: str, payload: bytes) -> PropertySpec | str:
+    spec = model.property(name)
+    if spec is None:
+        return f"model {model.name} has no property {name[:64]}"
+    if spec.access is not Access.READ_WRITE:
+        return f"{name} is read-only"
+    if len(payload) > MAX_COMMAND_BYTES:
+        return f"the command is over {MAX_COMMAND_BYTES} bytes"
+    return spec
+
+
+def _switch(spec: PropertySpec, text: str) -> CommandValue | str:
+    stripped = text.strip()
+    if stripped in ("ON", "OFF"):
+        return CommandValue(spec.name, stripped == "ON")
+    return f"{spec.name}: a switch takes ON or OFF"
+
+
+def _number_command(spec: PropertySpec, text: str) -> CommandValue | str:
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return f"{spec.name}: not a number"
+    if not math.isfinite(number):
+        return f"{spec.name}: not a finite number"
+    if spec.type is PropertyType.FLOAT:
+        return CommandValue(spec.name, number)
+    if not number.is_integer() or abs(number) > _MAX_EXACT:
+        return f"{spec.name}: takes whole numbers"
+    return CommandValue(spec.name, int(number))
+
+
+def _option(spec: PropertySpec, text: str) -> CommandValue | str:
+    if text.strip() in spec.values:
+        return CommandValue(spec.name, text.strip())
+    return f"{spec.name}: not one of its options"
+
+
+def _text(spec: PropertySpec, text: str) -> CommandValue | str:
+    return CommandValue(spec.name, text)
+
+
+_COMMAND_PARSERS = {
+    PropertyType.BOOL: _switch,
+    PropertyType.INT: _number_command,
+    PropertyType.FLOAT: _number_command,
+    PropertyType.ENUM: _option,
+    PropertyType.STRING: _text,
+}
+
+
+def command_state_payload(state: str, *, prop: str, at: float) -> bytes:
+    """The retained JSON of the "Last command" sensor: ``{"state", "property", "at"}``."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return _encode({"state": state[:255], "property": prop[:64], "at": stamp})
 
 
 def state_payload(version: int, reported: Mapping[str, object]) -> bytes:

@@ -31,6 +31,10 @@ Rules (docs/twins.md, "The sync stream", has the message table):
 5. The protocol itself (who may send what when, ids, the window, the checks of every
    message) is device_models.sync_session, the sans-IO session shared with the tunnel
    server; this file only drives it. Anything it refuses resets the stream.
+6. `request_desired` (a Home Assistant command): one ``desired-request`` on the live stream,
+   answered ``desired-answer`` by the cloud (device_models.sync_requests). Never queued: no
+   stream, a cloud that does not take requests, too many in flight, no answer within
+   ``request_timeout`` all raise `RequestRefusedError` at once, and the caller shows it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from device_models import Role
+from device_models.sync_requests import (
+    DesiredAnswer,
+    DesiredRequest,
+    RequestRefusedError,
+    RequestSyncSession,
+)
 from device_models.sync_session import (
     Ack,
     BatchAck,
@@ -55,7 +65,6 @@ from device_models.sync_session import (
     LocalProtocolError,
     StreamEnded,
     SyncProtocolError,
-    SyncSession,
 )
 from edge_agent.twins import CloudChangeError, CloudChangeResult, Code
 from tunnel_aio import StreamError, TunnelConnection, TunnelStream
@@ -65,6 +74,7 @@ __all__ = [
     "SYNC_TARGET",
     "CloudTwinLink",
     "CloudTwinLinkSettings",
+    "RequestRefusedError",
     "SyncCounters",
     "TwinsEndpoint",
 ]
@@ -111,6 +121,13 @@ class CloudTwinLinkSettings:
     reopen_max: float = 30.0
     """Ceiling in seconds of that (doubling) delay."""
 
+    request_timeout: float = 10.0
+    """Seconds a desired request (an HA command) waits for the cloud's answer: the cloud
+    answers from one SQLite commit; a person at HA's switch waits no longer than this."""
+
+    max_pending_requests: int = 16
+    """Desired requests in flight at most; one more is refused (``busy``), not queued."""
+
 
 class Kickable(Protocol):
     def kick(self) -> None: ...
@@ -156,25 +173,61 @@ class _Link:
     def __init__(self, stream: TunnelStream, settings: CloudTwinLinkSettings) -> None:
         self.stream = stream
         self._settings = settings
-        self._session = SyncSession(
+        self._session = RequestSyncSession(
             Role.EDGE,
+            max_pending=settings.max_pending_requests,
             max_message_bytes=settings.max_message_bytes,
             max_depth=settings.max_depth,
             window=settings.window,
         )
+        self._requests: dict[int, asyncio.Future[DesiredAnswer]] = {}
+        self._next_request = 1
         self._ready: deque[Event] = deque()
         self._write_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[BatchAck | BatchError]] = {}
         self._changes: asyncio.Queue[Change | Command] = asyncio.Queue()
 
-    async def send(self, event: Event) -> None:
+    async def send(self, event: Event | DesiredRequest) -> None:
         async with self._write_lock:  # one writer at a time: messages never interleave
             await self.stream.write(self._session.send(event))
 
     async def next_event(self) -> Event:
         while not self._ready:
             self._ready.extend(self._session.receive_data(await self.stream.read()))
+            for answer in self._session.take_requests():
+                future = self._requests.get(answer.id)
+                if isinstance(answer, DesiredAnswer) and future is not None and not future.done():
+                    future.set_result(answer)
         return self._ready.popleft()
+
+    async def request_desired(
+        self, device: str, patch: dict[str, Any], source: str
+    ) -> DesiredAnswer:
+        session = self._session
+        if not session.accepts_requests:
+            raise RequestRefusedError("the cloud does not take commands (an older release)")
+        if session.requests_room <= 0:
+            raise RequestRefusedError("busy: too many commands wait for the cloud")
+        request_id, self._next_request = self._next_request, self._next_request + 1
+        future: asyncio.Future[DesiredAnswer] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = future
+        try:
+            request = DesiredRequest(id=request_id, device=device, patch=patch, source=source)
+            try:
+                await self.send(request)
+            except LocalProtocolError as error:
+                raise RequestRefusedError(str(error)[:256]) from None
+            except (StreamError, ConnectionError):
+                # The stream broke under us: its own task notices and reopens it.
+                raise RequestRefusedError("cloud unreachable") from None
+            try:
+                async with asyncio.timeout(self._settings.request_timeout):
+                    return await future
+            except TimeoutError:
+                raise RequestRefusedError("the cloud did not answer in time") from None
+        finally:
+            del self._requests[request_id]
+            session.abandon_request(request_id)
 
     async def handshake(self, origin: str) -> str:
         """Hello / welcome; the cloud's origin."""
@@ -205,6 +258,10 @@ class _Link:
             self._session.abandon_batches(batch_id for batch_id, _ in frames)
 
     def fail_pending(self, error: Exception) -> None:
+        for request in self._requests.values():
+            if not request.done():
+                request.set_exception(RequestRefusedError("cloud unreachable"))
+                request.exception()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -299,6 +356,19 @@ class CloudTwinLink:
     @property
     def connected(self) -> bool:
         return self._state.link is not None
+
+    async def request_desired(
+        self, device: str, patch: dict[str, Any], *, source: str
+    ) -> DesiredAnswer:
+        """Ask the cloud to apply `patch` to `device`'s desired section (rule 6).
+
+        The cloud's answer, accepted or refused; `RequestRefusedError` when it never got
+        there (``cloud unreachable``, ``busy``, an older cloud, no answer in time).
+        """
+        link = self._state.link
+        if link is None:
+            raise RequestRefusedError("cloud unreachable")
+        return await link.request_desired(device, patch, source)
 
     def attach(self, twins: TwinsEndpoint) -> None:
         """Give the sync its twins service (constructed after the sync, with it as sender)."""

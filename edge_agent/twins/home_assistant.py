@@ -12,9 +12,14 @@ publishes it and keeps it true (docs/home-assistant.md):
    gets its retained state topic (``edgefleet/devices/<id>/twin/state``) again; a device whose
    model changed version gets its configs again, and the topics of properties the new model
    no longer has are cleared.
-4. Commands from HA (``edgefleet/ha/<node>/<device>/set/<property>``) are refused and logged
-   for now: a command is a change to desired, which belongs to the cloud, and forwarding it
-   there is not built yet (issue 20, part 2).
+4. Commands from HA (``edgefleet/ha/<node>/<device>/set/<property>``) are changes to desired,
+   which belongs to the cloud: `command` checks one against the device's model and queues it
+   (at most ``max_queued_commands``; more are refused); `run_commands` forwards them one at a
+   time, in arrival order, as desired requests over the sync stream (`DesiredForwarder`). The
+   device gets the change through the normal desired path, and HA sees the new state only when
+   the device reports it. Never queued for later: with no stream to the cloud, the command is
+   refused. Each outcome is published retained on the device's "Last command" state topic
+   (``edgefleet/devices/<id>/ha/command``): ``sent``, then ``accepted`` or ``refused: <why>``.
 
 One lock orders every publish of this module, and what it remembers as published is updated
 only once the broker acknowledged it: a failed publish leaves it to the next session's
@@ -26,24 +31,63 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiomqtt
 
 from device_models import DeviceModel
 from device_models import home_assistant as mapping
+from device_models.sync_requests import DesiredAnswer, RequestRefusedError
 from edge_agent.twins import topics
 from edge_agent.twins.replica import EdgeTwinReplica, Publisher
 from edge_agent.twins.topics import Op
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState
 
-__all__ = ["HomeAssistantDiscovery", "HomeAssistantSettings"]
+__all__ = [
+    "COMMAND_SOURCE",
+    "DesiredForwarder",
+    "HomeAssistantDiscovery",
+    "HomeAssistantSettings",
+    "command_state_topic",
+]
 
 log = logging.getLogger("edge_agent.twins.home_assistant")
 
 _CHUNK = 256
 """Publishes in flight together at most (their PUBACKs overlap; memory stays bounded)."""
+COMMAND_SOURCE = "home-assistant"
+UNREACHABLE = "cloud unreachable"
+
+
+def command_state_topic(device_id: str) -> str:
+    """The "Last command" sensor's retained state; not a suffix a device may publish."""
+    return f"{topics.device_prefix(device_id)}/ha/command"
+
+
+class DesiredForwarder(Protocol):
+    """What commands need of the sync link (edge_agent.twin_link.CloudTwinLink)."""
+
+    @property
+    def connected(self) -> bool:
+        """A sync stream to the cloud is up now."""
+        ...
+
+    async def request_desired(
+        self, device: str, patch: dict[str, Any], *, source: str
+    ) -> DesiredAnswer:
+        """The cloud's answer; raises RequestRefusedError when it never got there."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    device_id: str
+    name: str
+    payload: bytes
+    at: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +102,11 @@ class HomeAssistantSettings:
 
     max_config_bytes: int = mapping.MAX_CONFIG_BYTES
     """Largest config message, in bytes; a property whose config is larger is skipped."""
+
+    max_queued_commands: int = 16
+    """HA commands waiting to be forwarded at most; one more is refused (``busy``). Each
+    waits at most the sync link's request timeout (10 s), so a person clicking is never
+    queued behind minutes of others."""
 
     def __post_init__(self) -> None:
         if not mapping.valid_prefix(self.prefix):
@@ -83,6 +132,11 @@ class _Shown:
 @dataclass(kw_only=True)
 class HomeAssistantMetrics:
     commands_refused: int = 0
+    """Refused by the agent (bad payload, unknown device, no cloud, busy) or by the cloud."""
+    commands_forwarded: int = 0
+    """Sent to the cloud as desired requests and answered (accepted or refused)."""
+    commands_accepted: int = 0
+    """Accepted by the cloud (desired changed there)."""
     publish_failures: int = 0
 
 
@@ -103,15 +157,24 @@ class HomeAssistantDiscovery:
     """Publishes and clears HA discovery for the devices of `twins` (rules above)."""
 
     def __init__(
-        self, *, settings: HomeAssistantSettings, node: str, twins: EdgeTwinReplica
+        self,
+        *,
+        settings: HomeAssistantSettings,
+        node: str,
+        twins: EdgeTwinReplica,
+        forwarder: DesiredForwarder | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.metrics = HomeAssistantMetrics()
         self._node = node
         self._twins = twins
+        self._forwarder = forwarder
+        self._clock = clock
         self._shown: dict[str, _Shown] = {}
         self._publisher: Publisher | None = None
         self._lock = asyncio.Lock()
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue(settings.max_queued_commands)
 
     @property
     def enabled(self) -> bool:
@@ -190,15 +253,67 @@ class HomeAssistantDiscovery:
                     self._shown[device_id] = dataclasses.replace(shown, state_version=version)
 
     def command(self, device_id: str, name: str, payload: bytes) -> None:
-        """A command from HA: refused for now (forwarding to the cloud is part 2)."""
-        self.metrics.commands_refused += 1
-        log.info(
-            "Home Assistant command for %s.%s (%s bytes) refused: HA commands are not "
-            "forwarded to the cloud yet; change desired through the cloud API",
-            device_id,
-            name,
-            len(payload),
-        )
+        """A command from HA: queued for `run_commands`, or refused at once when full."""
+        if not self.enabled:
+            return
+        try:
+            self._commands.put_nowait(_Command(device_id, name, payload, self._clock()))
+        except asyncio.QueueFull:
+            # Not even its "Last command" state: publishing awaits, and this must not.
+            self.metrics.commands_refused += 1
+            log.warning(
+                "Home Assistant command for %s.%s refused: %s commands wait already",
+                device_id,
+                name,
+                self._commands.qsize(),
+            )
+
+    async def run_commands(self) -> None:
+        """Forward queued commands one at a time, in order (rule 4); runs until cancelled."""
+        while True:
+            await self.forward_next()
+
+    async def forward_next(self) -> None:
+        """Wait for the next queued command, forward it and show its outcome."""
+        command = await self._commands.get()
+        try:
+            state = await self._forward(command)
+        except Exception:  # one bad command must not end the service's task group
+            log.exception("Home Assistant command for %s failed", command.device_id)
+            state = "refused: the agent failed to forward it"
+        if state.startswith("refused"):
+            self.metrics.commands_refused += 1
+        log.info("Home Assistant command for %s.%s: %s", command.device_id, command.name, state)
+        await self._show_command(command, state)
+
+    async def _forward(self, command: _Command) -> str:
+        """The command's outcome as the "Last command" state shows it."""
+        record = self._active(command.device_id)
+        model = None if record is None else self._twins.models.get(record.model)
+        if model is None:
+            return "refused: not an active device of this node"
+        parsed = mapping.parse_command(model, command.name, command.payload)
+        if isinstance(parsed, str):
+            return f"refused: {parsed}"
+        forwarder = self._forwarder
+        if forwarder is None or not forwarder.connected:
+            return f"refused: {UNREACHABLE}"
+        await self._show_command(command, "sent")
+        try:
+            answer = await forwarder.request_desired(
+                command.device_id, {parsed.property: parsed.value}, source=COMMAND_SOURCE
+            )
+        except RequestRefusedError as error:
+            return f"refused: {error.reason}"
+        self.metrics.commands_forwarded += 1  # the cloud answered it
+        if not answer.accepted:
+            return f"refused: {answer.reason}"
+        self.metrics.commands_accepted += 1
+        return "accepted"
+
+    async def _show_command(self, command: _Command, state: str) -> None:
+        payload = mapping.command_state_payload(state, prop=command.name, at=command.at)
+        await self._send([(command_state_topic(command.device_id), payload)])
 
     # ------------------------------------------------------------------ planning
 
@@ -222,6 +337,7 @@ class HomeAssistantDiscovery:
                 plan.slugs.pop(gone.slug, None)
                 plan.outgoing += [(topic, b"") for topic in sorted(gone.config_topics)]
                 plan.outgoing.append((topics.state_topic(device_id), b""))
+                plan.outgoing.append((command_state_topic(device_id), b""))
                 log.info("Home Assistant discovery of device %s cleared", device_id)
 
     def _plan_devices(self, plan: _Plan, device_ids: Iterable[str], *, force: bool) -> None:
@@ -272,6 +388,7 @@ class HomeAssistantDiscovery:
                 availability=topics.device_topic(device_id, Op.AVAILABILITY),
                 agent_availability=topics.AGENT_AVAILABILITY,
                 command_base=topics.ha_command_base(self._node, device_id),
+                command_state=command_state_topic(device_id),
             ),
             prefix=self.settings.prefix,
             max_config_bytes=self.settings.max_config_bytes,

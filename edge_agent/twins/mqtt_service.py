@@ -6,7 +6,10 @@ It owns three long-running tasks in one TaskGroup:
   a device message is acknowledged to the broker only after its effect is committed), which
   feeds device messages to `EdgeTwinReplica` in batches and claim requests to the onboarding queue;
 - ``twins.onboarding``: answers claim requests one at a time (each needs broker admin calls);
-- ``twins.outbox``: delivers outbox records to the cloud through the injected `Sender`.
+- ``twins.outbox``: delivers outbox records to the cloud through the injected `Sender`;
+- ``twins.home_assistant.commands`` (discovery on): forwards Home Assistant commands to the
+  cloud as desired requests through the `Sender` when it is a `DesiredForwarder` (the sync
+  link), one at a time (edge_agent/twins/home_assistant.py, rule 4).
 
 Before those start it sets up, idempotently, the broker accounts it relies on (``$CONTROL``
 dynamic security, as the admin): the claim role and client, and the agent's own role and client
@@ -44,7 +47,11 @@ from prometheus_client.registry import Collector
 from daemon_support.files import write_atomic
 from edge_agent.twins import dynsec, topics
 from edge_agent.twins.handover import Handover, MoveError
-from edge_agent.twins.home_assistant import HomeAssistantDiscovery, HomeAssistantSettings
+from edge_agent.twins.home_assistant import (
+    DesiredForwarder,
+    HomeAssistantDiscovery,
+    HomeAssistantSettings,
+)
 from edge_agent.twins.models import load_models
 from edge_agent.twins.onboarding import Onboarding
 from edge_agent.twins.outbox import Metrics, Outbox, OutboxSettings, Sender
@@ -314,14 +321,31 @@ class MqttVersionCollector(Collector):
         )
         yield CounterMetricFamily(
             "edge_agent_twins_home_assistant_commands_refused",
-            "Home Assistant commands refused (forwarding them to the cloud is not built yet)",
+            "Home Assistant commands refused: by the agent (bad value, no cloud, busy) or by "
+            "the cloud",
             value=discovery.metrics.commands_refused,
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_home_assistant_commands_forwarded",
+            "Home Assistant commands the cloud answered (accepted or refused)",
+            value=discovery.metrics.commands_forwarded,
+        )
+        yield CounterMetricFamily(
+            "edge_agent_twins_home_assistant_commands_accepted",
+            "Home Assistant commands the cloud accepted (desired changed there)",
+            value=discovery.metrics.commands_accepted,
         )
         yield CounterMetricFamily(
             "edge_agent_twins_home_assistant_publish_failures",
             "Rounds of discovery publishing cut short by a lost broker session",
             value=discovery.metrics.publish_failures,
         )
+
+
+def _forwarder(sender: Sender) -> DesiredForwarder | None:
+    request = getattr(sender, "request_desired", None)
+    forwards = callable(request) and hasattr(sender, "connected")
+    return sender if forwards else None  # type: ignore[return-value]
 
 
 CLIENT_ID_SUFFIX_BYTES = 8
@@ -448,6 +472,9 @@ class TwinMqttService:
             ),
             node=settings.node_name,
             twins=self.twins,
+            # The sync link forwards commands; any other sender (a test's) refuses them.
+            forwarder=_forwarder(sender),
+            clock=clock,
         )
         self._admin_lock = asyncio.Lock()
         self._agent_password = secrets.token_urlsafe(24)
@@ -568,6 +595,10 @@ class TwinMqttService:
                 group.create_task(self.outbox.run(), name="twins.outbox")
                 group.create_task(self._onboarding_loop(), name="twins.onboarding")
                 group.create_task(self._mqtt_loop(), name="twins.mqtt")
+                if self.home_assistant.enabled:
+                    group.create_task(
+                        self.home_assistant.run_commands(), name="twins.home_assistant.commands"
+                    )
         finally:
             self._store.close()
 

@@ -18,6 +18,14 @@ Rules (docs/twins.md, "The sync stream", has the message table):
 5. The protocol itself (message order, ids, the window, the checks of every message) is
    device_models.sync_session, the sans-IO session shared with the agent; this file only
    drives it. Anything it refuses resets the stream.
+6. ``desired-request`` (a Home Assistant command the agent forwards; our welcome advertises
+   the feature, device_models.sync_requests): the device must be one of *this session's*
+   node (the key is (session node, device), so a node never reaches another's devices),
+   active, and the patch must pass its model. It is applied by `CloudTwinReplica.write`, the
+   call an operator's ``PATCH /api/v1/devices/{id}/twin`` makes, so desired ``$version``
+   moves the same way and the change goes down the normal desired path. Each request,
+   accepted or refused, is one audit record (user ``node:<name>``, role the source,
+   action ``devices.twin.update``) and is answered ``desired-answer`` at once.
 """
 
 from __future__ import annotations
@@ -26,10 +34,21 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from device_models import Role
+from prometheus_client.core import CounterMetricFamily
+
+from device_models import DeviceModelsError, Role, Section
+from device_models.sync_requests import (
+    FEATURES,
+    DesiredAnswer,
+    DesiredRequest,
+    RequestSyncSession,
+)
 from device_models.sync_session import (
     Ack,
     Batch,
@@ -40,13 +59,20 @@ from device_models.sync_session import (
     RemoteProtocolError,
     StreamEnded,
     SyncProtocolError,
-    SyncSession,
     Welcome,
 )
 from device_models.sync_session import BatchError as BatchFailed
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
-from tunnel_server.twins.service import BatchError, CloudTwinReplica
+from tunnel_server.audit.log_store import AuditRecord
+from tunnel_server.twins.service import (
+    BatchError,
+    CloudTwinReplica,
+    DeviceRemovedError,
+    ModelUnknownError,
+    QueueFullError,
+    UnknownDeviceError,
+)
 
 if TYPE_CHECKING:
     from tunnel_server.tunnel.sessions import AgentSession
@@ -56,18 +82,54 @@ __all__ = ["EdgeTwinLinks"]
 log = logging.getLogger("tunnel_server.twins.sync")
 
 _DONE = frozenset({"applied", "duplicate", "rejected"})
+AUDIT_ROUTE = "/api/v1/devices/{id}/twin"
+"""The route an operator's desired PATCH is audited under; a node's request shares it."""
+AUDIT_ACTION = "devices.twin.update"
+
+
+class AuditSink(Protocol):
+    def append(self, record: AuditRecord) -> int: ...
+
+
+@dataclass
+class RequestCounters:
+    """Desired requests from agents (HA commands), for ``tunnel_server_twins_*``."""
+
+    accepted: int = 0
+    refused: int = 0
+
+
+class RequestMetrics:
+    """``tunnel_server_twins_desired_requests_total{result}``."""
+
+    def __init__(self, counters: RequestCounters) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tunnel_server_twins_desired_requests",
+            "Desired patches agents asked for on behalf of Home Assistant, by result",
+            labels=["result"],
+        )
+        family.add_metric(["accepted"], self._counters.accepted)
+        family.add_metric(["refused"], self._counters.refused)
+        yield family
 
 
 class _Link:
     """One agent's live sync stream: the sans-IO session driven over a tunnel stream."""
 
-    def __init__(self, *, stream: TunnelStream, node: str, cloud: CloudTwinReplica) -> None:
+    def __init__(
+        self, *, stream: TunnelStream, node: str, cloud: CloudTwinReplica, links: EdgeTwinLinks
+    ) -> None:
         self.stream = stream
         self.node = node
         self.cloud = cloud
+        self._links = links
         settings = cloud.settings
-        self._session = SyncSession(
+        self._session = RequestSyncSession(
             Role.CLOUD,
+            features=FEATURES,
             max_message_bytes=settings.max_message_bytes,
             max_depth=settings.max_depth,
             window=settings.downlink_window,
@@ -82,14 +144,78 @@ class _Link:
     def origin(self) -> str:
         return self._session.peer_origin
 
-    async def send(self, event: Event) -> None:
+    async def send(self, event: Event | DesiredAnswer) -> None:
         async with self._write_lock:  # the session's order is the stream's order
             await self.stream.write(self._session.send(event))
 
     async def next_event(self) -> Event:
         while not self._ready:
             self._ready.extend(self._session.receive_data(await self.stream.read()))
+            for request in self._session.take_requests():
+                if isinstance(request, DesiredRequest):
+                    await self.send(self._desired_request(request))
         return self._ready.popleft()
+
+    def _desired_request(self, request: DesiredRequest) -> DesiredAnswer:
+        """Apply one node's desired request as an operator's PATCH is applied (rule 6)."""
+        key = (self.node, request.device)
+        status, reason, version = 200, None, None
+        try:
+            row = self.cloud.write(key, Section.DESIRED, request.patch)
+        except DeviceModelsError as error:
+            texts = [str(problem) for problem in error.problems] or [error.summary]
+            status, reason, text = 400, "invalid_value", "; ".join(texts)
+        except UnknownDeviceError:
+            status, reason, text = 404, "device_not_found", "no such device on this node"
+        except DeviceRemovedError:
+            status, reason, text = 409, "device_removed", "the device was removed"
+        except ModelUnknownError as error:
+            status, reason, text = 422, "model_unknown", f"model {error} not loaded in the cloud"
+        except QueueFullError:
+            status, reason, text = 503, "queue_full", "busy: too many changes wait for the node"
+        else:
+            version = row.replica.twin.desired.version
+            text = ""
+        self._audit(request, status, reason)
+        counters = self._links.request_counters
+        if version is None:
+            counters.refused += 1
+            log.info(
+                "twins: %s's desired request for %s refused: %s", self.node, request.device, text
+            )
+            return DesiredAnswer(id=request.id, accepted=False, reason=text)
+        counters.accepted += 1
+        log.info(
+            "twins: desired of %s:%s patched to $version %s by node %s (%s)",
+            self.node,
+            request.device,
+            version,
+            self.node,
+            request.source,
+        )
+        return DesiredAnswer(id=request.id, accepted=True, version=version)
+
+    def _audit(self, request: DesiredRequest, status: int, reason: str | None) -> None:
+        sink = self._links.audit
+        if sink is None:
+            return
+        record = AuditRecord(
+            at=time.time(),
+            user=f"node:{self.node}",
+            role=request.source,
+            method="PATCH",
+            route=AUDIT_ROUTE,
+            action=AUDIT_ACTION,
+            target=f"{self.node}:{request.device}",
+            status=status,
+            reason=reason,
+            request_id=f"sync-{request.id}"[:64],
+            peer=None,  # the user names the node; its address is in its session's events
+        )
+        try:
+            sink.append(record)
+        except sqlite3.Error:
+            log.exception("twins: audit record of %s's desired request not stored", self.node)
 
     async def handshake(self) -> None:
         async with asyncio.timeout(self.cloud.settings.hello_timeout):
@@ -174,6 +300,9 @@ class EdgeTwinLinks:
     def __init__(self, cloud: CloudTwinReplica) -> None:
         self.cloud = cloud
         self._links: dict[str, _Link] = {}
+        self.audit: AuditSink | None = None
+        """Where desired requests are recorded (the audit log; set once the app starts)."""
+        self.request_counters = RequestCounters()
 
     def connected(self, node: str) -> bool:
         return node in self._links
@@ -182,7 +311,7 @@ class EdgeTwinLinks:
         """Serve one ``twins`` stream for as long as it lives."""
         stream.accept()
         node = session.name
-        link = _Link(stream=stream, node=node, cloud=self.cloud)
+        link = _Link(stream=stream, node=node, cloud=self.cloud, links=self)
         try:
             await link.handshake()
             older = self._links.get(node)

@@ -29,6 +29,8 @@ HA_ACLS = [
     ("publishClientReceive", f"{PREFIX}/#"),
     ("subscribePattern", "edgefleet/devices/+/twin/state"),
     ("publishClientReceive", "edgefleet/devices/+/twin/state"),
+    ("subscribePattern", "edgefleet/devices/+/ha/command"),
+    ("publishClientReceive", "edgefleet/devices/+/ha/command"),
     ("subscribePattern", "edgefleet/devices/+/availability"),
     ("publishClientReceive", "edgefleet/devices/+/availability"),
     ("subscribePattern", "edgefleet/agent/availability"),
@@ -182,18 +184,18 @@ async def test_thermostat_and_relay_show_in_ha_and_a_revoked_device_goes(system:
             "reported": {"temperature": 21.5, "mode": "heat"},
         }
 
-        # A command from HA is refused for now (part 2 forwards it to the cloud), and counted.
+        # A command from HA goes to the cloud (test_commands.py follows it to the device).
         await view.client.publish(f"edgefleet/ha/{NODE}/{RELAY}/set/on", b"ON", qos=1)
         await eventually_async(
-            lambda: metric(system, "edge_agent_twins_home_assistant_commands_refused"),
+            lambda: metric(system, "edge_agent_twins_home_assistant_commands_accepted"),
             lambda value: value == 1.0,
-            what="the refused command counted",
+            what="the command accepted by the cloud",
             within=READY_TIMEOUT,
         )
 
         # Revoked: every config of the relay becomes an empty retained payload.
         relay_topics = {topic for topic in view.latest if f"/{RELAY}_" in topic}
-        assert len(relay_topics) == 3  # on, powerOnState, switchCount
+        assert len(relay_topics) == 4  # on, powerOnState, switchCount, "Last command"
         status, body = await system.api(
             "POST", f"/api/v1/devices/{NODE}:{RELAY}/revoke", {"twin": "keep"}
         )

@@ -5,7 +5,9 @@ with dynamic security) and a real Home Assistant (scripts/homeassistant-build) w
 user has the role docs/home-assistant.md gives it. After a thermostat and a relay are
 onboarded, HA's own registries must list both devices, behind the agent's node, with their
 model and manufacturer, and each property as the entity the mapping table names, with its
-unit; a report from the device becomes the entity's state; a revoked device leaves HA.
+unit; a report from the device becomes the entity's state; turning the relay's switch on in
+HA reaches the device through the cloud (a desired patch, desired ``$version`` + 1), and HA's
+switch shows "on" only once the device reports it; a revoked device leaves HA.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
+from edge_agent.twins.simulator import DeviceCredential
+from edge_agent.twins.topics import Op
 from tests.harness import homeassistant
 from tests.harness.waiting import eventually_async
 from tests.integration.console.conftest import CHROMIUM, CHROMIUM_ARGS
@@ -80,6 +84,46 @@ def device_page(ha: homeassistant.HomeAssistant, device_id: str, node: str, shot
             browser.close()
 
 
+async def switch_on_through_the_cloud(
+    system: System,
+    ha: homeassistant.HomeAssistant,
+    entities: dict[str, dict[str, Any]],
+    relay_credential: DeviceCredential,
+) -> None:
+    """HA's switch -> the agent -> the cloud (desired) -> the device; HA follows the report."""
+    switch = entities[unique_id(RELAY, "on")]["entity_id"]
+    desired_before = (await system.cloud_twin(RELAY))["desired"]["$version"]
+    async with system.device(relay_credential, timeout=WITHIN) as relay_device:
+        await asyncio.to_thread(ha.call_service, "switch", "turn_on", {"entity_id": switch})
+        message = await relay_device.wait_for(Op.DESIRED)
+        assert message["patch"] == {"on": True}
+        twin = await system.cloud_twin(RELAY)
+        assert twin["desired"]["$version"] == desired_before + 1
+        assert twin["desired"]["on"] is True
+        before_report = await asyncio.to_thread(ha.state, switch)
+        assert before_report is not None
+        assert before_report["state"] != "on"  # not optimistic: the device has not said so
+        answer = await relay_device.report({"on": True})
+        assert answer["code"] == 200, answer
+        await eventually_async(
+            lambda: asyncio.to_thread(ha.state, switch),
+            lambda s: (s or {}).get("state") == "on",
+            what="HA's switch on once the relay reported it",
+            within=WITHIN,
+        )
+    # HA's "Last command" sensor of the relay says what became of it.
+    found = await registry(ha)
+    last_command = found[unique_id(RELAY, "ha-last-command")]["entity_id"]
+    shown = await eventually_async(
+        lambda: asyncio.to_thread(ha.state, last_command),
+        lambda s: (s or {}).get("state") == "accepted",
+        what="the relay's Last command accepted in HA",
+        within=WITHIN,
+    )
+    assert shown is not None
+    assert shown["attributes"]["property"] == "on"
+
+
 async def test_devices_entities_states_and_a_revoked_device_in_home_assistant(
     system: System, tmp_path: Path
 ) -> None:
@@ -89,7 +133,7 @@ async def test_devices_entities_states_and_a_revoked_device_in_home_assistant(
     )
     try:
         thermo = await system.claim(THERMO, "thermostat")
-        await system.claim(RELAY, "relay-switch")
+        relay_credential = await system.claim(RELAY, "relay-switch")
         await system.wait_device(THERMO)
         await system.wait_device(RELAY)
 
@@ -150,6 +194,8 @@ async def test_devices_entities_states_and_a_revoked_device_in_home_assistant(
             await asyncio.to_thread(device_page, ha, thermostat["id"], NODE, shot)
             if copy_to := os.environ.get("EDGEFLEET_HA_SCREENSHOT"):  # docs/home-assistant.md
                 shutil.copyfile(shot, copy_to)
+
+        await switch_on_through_the_cloud(system, ha, entities, relay_credential)
 
         status, body = await system.api(
             "POST", f"/api/v1/devices/{NODE}:{RELAY}/revoke", {"twin": "keep"}

@@ -310,3 +310,78 @@ def test_different_devices_never_share_ids(first: str, second: str, node: str) -
     two = ha.device_discovery(model, device_id=second, device_name=second, node=node, topics=TOPICS)
     assert not {c.unique_id for c in one.configs} & {c.unique_id for c in two.configs}
     assert not one.topics & two.topics
+
+
+# ------------------------------------------------------------------ commands
+
+
+def test_commands_parse_as_ha_sends_them() -> None:
+    relay, thermostat = builtin_model("relay-switch"), builtin_model("thermostat")
+    assert ha.parse_command(relay, "on", b"ON") == ha.CommandValue(property="on", value=True)
+    assert ha.parse_command(relay, "on", b"OFF") == ha.CommandValue(property="on", value=False)
+    assert ha.parse_command(relay, "powerOnState", b"previous") == ha.CommandValue(
+        "powerOnState", "previous"
+    )
+    assert ha.parse_command(thermostat, "setpoint", b"21.5") == ha.CommandValue("setpoint", 21.5)
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "payload", "reason"),
+    [
+        ("relay-switch", "switchCount", b"3", "switchCount is read-only"),
+        ("relay-switch", "on", b"on", "on: a switch takes ON or OFF"),
+        ("relay-switch", "nope", b"ON", "model relay-switch has no property nope"),
+        ("relay-switch", "powerOnState", b"sometimes", "powerOnState: not one of its options"),
+        ("thermostat", "setpoint", b"nan", "setpoint: not a finite number"),
+        ("thermostat", "setpoint", b"warm", "setpoint: not a number"),
+        ("thermostat", "setpoint", b"\xff", "the command is not UTF-8 text"),
+        ("thermostat", "setpoint", b"1" * 2000, "the command is over 1024 bytes"),
+    ],
+)
+def test_bad_commands_are_refused_with_the_reason(
+    model: str, name: str, payload: bytes, reason: str
+) -> None:
+    assert ha.parse_command(builtin_model(model), name, payload) == reason
+
+
+def test_out_of_range_is_the_models_reason() -> None:
+    refused = ha.parse_command(builtin_model("thermostat"), "setpoint", b"99")
+    assert isinstance(refused, str)
+    assert refused.startswith("setpoint: ")
+    assert "30" in refused
+
+
+def test_the_last_command_sensor_comes_with_writable_entities_only() -> None:
+    topics = ha.DeviceTopics(
+        state="s", availability="a", agent_availability="g", command_base="c", command_state="l"
+    )
+    found = ha.device_discovery(
+        builtin_model("relay-switch"), device_id="r", device_name="r", node="n", topics=topics
+    )
+    [last] = [config for config in found.configs if config.property == ""]
+    assert last.payload["state_topic"] == "l"
+    assert last.payload["availability"] == [{"topic": "g"}]
+    assert last.topic == f"homeassistant/sensor/edgefleet_n/r_{ha.COMMAND_ENTITY}/config"
+    meter = ha.device_discovery(
+        builtin_model("power-meter"), device_id="m", device_name="m", node="n", topics=topics
+    )
+    assert all(config.property for config in meter.configs)  # read-only: nothing to command
+    state = json.loads(ha.command_state_payload("accepted", prop="on", at=0.0))
+    assert state == {"state": "accepted", "property": "on", "at": "1970-01-01T00:00:00Z"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from(["relay-switch", "thermostat", "power-meter"]),
+    name=st.text(max_size=20) | st.sampled_from(["on", "setpoint", "mode", "powerOnState"]),
+    payload=st.binary(max_size=2048) | st.text(max_size=40).map(str.encode),
+)
+def test_any_command_payload_is_a_value_the_model_takes_or_a_reason(
+    model: str, name: str, payload: bytes
+) -> None:
+    spec = builtin_model(model)
+    parsed = ha.parse_command(spec, name, payload)
+    if isinstance(parsed, str):
+        assert 0 < len(parsed) <= 256
+    else:
+        assert spec.validate_desired({parsed.property: parsed.value})

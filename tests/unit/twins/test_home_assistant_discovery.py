@@ -10,6 +10,7 @@ import aiomqtt
 import pytest
 
 from device_models import DeviceModel
+from device_models.sync_requests import DesiredAnswer, RequestRefusedError
 from edge_agent import config
 from edge_agent.twins import dynsec, topics
 from edge_agent.twins.home_assistant import HomeAssistantDiscovery, HomeAssistantSettings
@@ -74,7 +75,10 @@ async def test_devices_appear_update_state_and_disappear(tmp_path: Path) -> None
     setpoint = configs["homeassistant/number/edgefleet_edge-1/t1_setpoint/config"]
     assert setpoint["state_topic"] == "edgefleet/devices/t1/twin/state"
     assert setpoint["command_topic"] == "edgefleet/ha/edge-1/t1/set/setpoint"
-    assert ha.entities == 5  # temperature, heating, setpoint, mode, firmware; schedule skipped
+    # temperature, heating, setpoint, mode, firmware and "Last command"; schedule skipped
+    assert ha.entities == 6
+    last = configs["homeassistant/sensor/edgefleet_edge-1/t1_ha-last-command/config"]
+    assert last["state_topic"] == "edgefleet/devices/t1/ha/command"
     assert ha.skipped == 1
     assert json.loads(broker.retained["edgefleet/devices/t1/twin/state"]) == {
         "version": 0,
@@ -161,11 +165,16 @@ async def test_off_means_silent(tmp_path: Path) -> None:
     assert recorder.sent == []
 
 
-def test_commands_are_refused_and_counted(tmp_path: Path) -> None:
-    twins, _ = service(tmp_path)
-    ha, _ = discovery(twins)
+async def test_commands_without_a_cloud_link_are_refused_and_shown(tmp_path: Path) -> None:
+    twins, store = service(tmp_path)
+    await onboard(twins, store, "t1", "thermostat")
+    ha, broker = discovery(twins)  # no forwarder: no sync link to the cloud
     ha.command("t1", "setpoint", b"21.5")
+    await ha.forward_next()
     assert ha.metrics.commands_refused == 1
+    state = json.loads(broker.retained["edgefleet/devices/t1/ha/command"])
+    assert state["state"] == "refused: cloud unreachable"
+    assert state["property"] == "setpoint"
 
 
 def test_command_topics_parse_only_for_this_node() -> None:
@@ -219,3 +228,68 @@ def test_the_twins_table_takes_home_assistant_keys(tmp_path: Path) -> None:
     )
     settings = config.twins_settings(config.load(path).twins, data_dir=tmp_path, node_name="n")
     assert (settings.home_assistant, settings.home_assistant_prefix) == (True, "homeassistant")
+
+
+class ScriptedCloud:
+    """A sync link whose answers a test gives in advance; records what it was asked."""
+
+    def __init__(self, *answers: DesiredAnswer | Exception) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, dict[str, Any], str]] = []
+        self.connected = True
+
+    async def request_desired(
+        self, device: str, patch: dict[str, Any], *, source: str
+    ) -> DesiredAnswer:
+        self.asked.append((device, patch, source))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_commands_are_forwarded_in_order_and_each_outcome_shown(tmp_path: Path) -> None:
+    twins, store = service(tmp_path)
+    await onboard(twins, store, "t1", "thermostat")
+    cloud = ScriptedCloud(
+        DesiredAnswer(id=1, accepted=True, version=1),
+        DesiredAnswer(id=2, accepted=False, reason="busy: too many changes wait for the node"),
+        RequestRefusedError("the cloud did not answer in time"),
+        RuntimeError("a bug"),
+    )
+    ha = HomeAssistantDiscovery(
+        settings=HomeAssistantSettings(enabled=True), node="edge-1", twins=twins, forwarder=cloud
+    )
+    broker = Recorder()
+    ha.attach(broker)
+    topic = "edgefleet/devices/t1/ha/command"
+    shown: list[str] = []
+    for payload in (b"21.5", b"22", b"23", b"24", b"99"):
+        ha.command("t1", "setpoint", payload)
+    for _ in range(5):
+        await ha.forward_next()
+        shown.append(json.loads(broker.retained[topic])["state"])
+    assert cloud.asked == [
+        ("t1", {"setpoint": value}, "home-assistant") for value in (21.5, 22.0, 23.0, 24.0)
+    ]
+    assert shown[:4] == [
+        "accepted",
+        "refused: busy: too many changes wait for the node",
+        "refused: the cloud did not answer in time",
+        "refused: the agent failed to forward it",
+    ]
+    assert shown[4].startswith("refused: setpoint: ")  # out of range: never asked
+    sent = [json.loads(body)["state"] for t, body in broker.sent if t == topic]
+    assert sent.count("sent") == 4
+    assert ha.metrics.commands_accepted == 1
+    assert ha.metrics.commands_forwarded == 2  # the two the cloud answered
+    assert ha.metrics.commands_refused == 4
+
+
+async def test_a_full_command_queue_refuses_at_once(tmp_path: Path) -> None:
+    twins, store = service(tmp_path)
+    await onboard(twins, store, "t1", "thermostat")
+    ha, _ = discovery(twins, max_queued_commands=2)
+    for _ in range(3):
+        ha.command("t1", "setpoint", b"21")
+    assert ha.metrics.commands_refused == 1
