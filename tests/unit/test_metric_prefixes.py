@@ -38,7 +38,9 @@ def metric_names(package: str, root: Path = ROOT) -> list[tuple[str, int, str]]:
                 continue
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if called in _CONSTRUCTORS:
+            # A metric's name is a string or an f-string; anything else is another Counter
+            # (collections.Counter over an iterable, say), not a metric.
+            if called in _CONSTRUCTORS and isinstance(node.args[0], (ast.Constant, ast.JoinedStr)):
                 name = _resolve(node.args[0], path)
                 found.append((str(path.relative_to(root)), node.lineno, name))
     return found
@@ -81,5 +83,6 @@ def test_the_scan_sees_a_wrong_prefix(tmp_path: Path) -> None:
         'import prometheus_client\n_METRIC = "fleet_x"\n'
         'a = prometheus_client.Counter("agent_y", "y")\n'
         'b = prometheus_client.Gauge(f"{_METRIC}_z", "z")\n'
+        "import collections\nc = collections.Counter(x for x in 'ab')\n"
     )
     assert [name for _, _, name in metric_names("pkg", tmp_path)] == ["agent_y", "fleet_x"]

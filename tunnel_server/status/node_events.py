@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -265,7 +266,12 @@ class NodeEvents:
     # ------------------------------------------------------------------ reading
 
     def events(self, node: str) -> list[NodeEvent]:
-        """The kept events of ``node``, oldest first (at most ``max_per_node``)."""
+        """The kept events of ``node``, oldest first (at most ``max_per_node``).
+
+        Store changes not yet seen by the watcher are taken first: a read right after a
+        write (the console reloads a node's events when its revoke answers) sees its event.
+        """
+        self.sync(now=time.time())
         self.flush()
         return [
             NodeEvent(id=row[0], node=node, at=row[1], type=row[2], detail=row[3])
