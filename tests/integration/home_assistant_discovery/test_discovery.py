@@ -22,8 +22,10 @@ from tests.harness.waiting import eventually_async
 from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, System
 
 PREFIX = "homeassistant"
-THERMO = "thermo-1"
-RELAY = "relay-1"
+# Device ids are broker-wide and the dynsec broker is shared by the session: ids of our own,
+# so a device left registered here never belongs to another module's node.
+THERMO = "ha-thermo-1"
+RELAY = "ha-relay-1"
 HA_ACLS = [
     ("subscribePattern", f"{PREFIX}/#"),
     ("publishClientReceive", f"{PREFIX}/#"),
