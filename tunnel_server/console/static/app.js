@@ -780,7 +780,7 @@ async function nodeAction(kind, name, verb) {
   }
   if (spec.current() !== name) return;
   if (kind === 'cluster') { clustersChanged(); return; }
-  api(path).then((d) => { if (currentNode() === name) renderDetail(d); }).catch(() => {});
+  fetchDetail(name);
   loadNodeEvents(name);
 }
 
@@ -1959,6 +1959,18 @@ function mount(el) {
 }
 
 let detailPending = false;
+let detailAgain = false; // a change came while a fetch was pending: fetch once more after it
+let eventsAgain = false;
+let detailSeq = 0;
+
+// The node's full detail; only the answer to the latest request is drawn, so an older
+// answer that arrives late (another connection) never overwrites a newer one.
+function fetchDetail(name) {
+  const seq = ++detailSeq;
+  return api('/api/v1/nodes/' + encodeURIComponent(name))
+    .then((d) => { if (seq === detailSeq && currentNode() === name) renderDetail(d); })
+    .catch(() => {});
+}
 
 // `moved`: a node joined or changed status or state, so the node table's page may change.
 function refresh(changed, moved) {
@@ -1969,13 +1981,23 @@ function refresh(changed, moved) {
     return;
   }
   const name = currentNode();
-  if (!name || !changed.has(name) || detailPending || !document.getElementById('node-status')) return;
+  if (!name || !changed.has(name) || !document.getElementById('node-status')) return;
+  if (detailPending) {
+    // Deferred, not dropped: a revoke right after a status report must still be drawn.
+    detailAgain = true;
+    eventsAgain = eventsAgain || moved;
+    return;
+  }
   // The node changed: fetch its full detail (all metrics), at most once per second.
   detailPending = true;
-  api('/api/v1/nodes/' + encodeURIComponent(name))
-    .then((d) => { if (currentNode() === name) renderDetail(d); })
-    .catch(() => {})
-    .finally(() => setTimeout(() => { detailPending = false; }, 1000));
+  fetchDetail(name).finally(() => setTimeout(() => {
+    detailPending = false;
+    if (detailAgain) {
+      const events = eventsAgain;
+      detailAgain = eventsAgain = false;
+      refresh(new Set([name]), events);
+    }
+  }, 1000));
   if (moved) loadNodeEvents(name);
 }
 
