@@ -1,13 +1,17 @@
 """One tunnel server routing by MultiClusterRoute objects to two member clusters.
 
 Real processes throughout: ``tunnel-server run --gateway-listen`` as installed (its default
-router, ``FleetRouter``), two member clusters (``tests.harness.member.member_clusters``, shared
-by the module: each costs 10-20 s) and a real ``edge-agent run`` in cluster mode in each,
-registering them as ``gw-a`` and ``gw-b``. Each member has the same Service ``demo/web``,
+router, ``FleetRouter``), two member clusters (``tests.harness.member.member_clusters``: each
+costs 10-20 s, so a module shares its pair) and a real ``edge-agent run`` in cluster mode in
+each, registering them as ``gw-a`` and ``gw-b``. Each member has the Service ``demo/web``,
 whose EndpointSlice points at a backend of its own (a ``backend_http`` process answering with
 its cluster's name, ``gw-a`` or ``gw-b``), so the answer says which cluster served it.
 
-Routes (``ROUTES``), applied through the REST API before the tests:
+``pair()`` builds such a world; a module adds its own Services and backends (``Pair``) and
+routes. The pair is module-scoped, so a test that changes it (kills an agent, makes endpoints
+unready, makes a backend fail) puts it back before it ends, or works on names of its own.
+
+Routes of this module's ``world`` (``ROUTES``), applied through the REST API before the tests:
 
 - ``shop`` (``shop.test``): ``X-Canary: 1`` -> gw-b only, with ``X-Via: gw`` set; path
   prefix ``/hangup`` -> gw-b only; everything else 90 gw-a / 10 gw-b.
@@ -20,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +33,8 @@ from typing import Any
 import pytest
 
 from tests.harness import member
-from tests.harness.daemons import Server
-from tests.harness.procs import ManagedProcess, free_port
+from tests.harness.daemons import REPO, Server
+from tests.harness.procs import ManagedProcess, free_port, wait_port
 from tests.harness.waiting import eventually
 from tests.integration.clusters.members import (
     NAMESPACE,
@@ -39,10 +44,12 @@ from tests.integration.clusters.members import (
     run_kubectl,
 )
 from tests.integration.gateway_agent.test_gateway_agent import HOST, PACKAGING
-from tests.integration.gateway_server.conftest import _ready_endpoints, _service, _slice, backend
+from tests.integration.gateway_server.conftest import _service, _slice
 
 API = "fleet.edgefleet.io/v1alpha1"
 PATH = "/api/v1/fleet/multiclusterroutes"
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
+CLUSTERS = ("gw-a", "gw-b")
 
 
 def ref(cluster: str, service: str, weight: int = 1) -> dict[str, Any]:
@@ -90,6 +97,12 @@ class World:
     server: Server
     gateway_port: int
     agents: dict[str, ClusterAgent] = field(default_factory=dict)
+    clusters: dict[str, member.MemberCluster] = field(default_factory=dict)
+    """Cluster name (``gw-a``, ``gw-b``) -> its member cluster."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """Backend name -> the port its ``backend_http`` listens on."""
+    base: Path = Path()
+    """The module's directory: ``<backend>.fail`` and ``<backend>.log`` live here."""
 
     def api(self, method: str, path: str, body: object = None) -> Answer:
         """One REST call as the admin."""
@@ -114,6 +127,25 @@ class World:
         assert answer.status == 200, answer
         status: dict[str, Any] = answer.body.get("status") or {}
         return status
+
+    def backend_status(self, route: str) -> dict[str, dict[str, Any]]:
+        """The route status's backends by name (``gw-a/demo/web:80``)."""
+        return {b["name"]: b for b in self.status(route).get("backends", [])}
+
+    def ready(self, cluster: str, service: str, backend: str, *, ready: bool) -> None:
+        """Rewrite ``service``'s EndpointSlice in ``cluster``: its one endpoint ready or not."""
+        doc = _slice(service, self.ports[backend], ready=ready)
+        self.clusters[cluster].api("PUT", f"{SLICES}/{service}-1", doc)
+
+    @contextlib.contextmanager
+    def failing(self, backend: str) -> Iterator[None]:
+        """``backend`` answers 500 to everything inside the block (its fail file exists)."""
+        flag = self.base / f"{backend}.fail"
+        flag.touch()
+        try:
+            yield
+        finally:
+            flag.unlink()
 
     @contextlib.contextmanager
     def client(self) -> Iterator[http.client.HTTPConnection]:
@@ -141,6 +173,38 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions", [])}
 
 
+def backend_proc(name: str, base: Path) -> tuple[ManagedProcess, int]:
+    """``backend_http`` answering as ``name``; the process and its port.
+
+    It answers 500 while ``base/<name>.fail`` exists and logs every request to
+    ``base/<name>.log``.
+    """
+    assert HOST is not None
+    port = free_port(HOST)
+    proc = ManagedProcess(
+        f"backend[{name}]",
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.gateway_server.backend_http",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--fail-file",
+            str(base / f"{name}.fail"),
+            "--request-log",
+            str(base / f"{name}.log"),
+        ],
+        log_path=base / f"backend-{name}.log",
+        env={"PYTHONPATH": str(REPO)},
+    )
+    wait_port(HOST, port, timeout=30, proc=proc)
+    return proc, port
+
+
 def _agent(name: str, server: Server, cluster: member.MemberCluster, workdir: Path) -> ClusterAgent:
     agent = ClusterAgent(
         name=name,
@@ -155,20 +219,9 @@ def _agent(name: str, server: Server, cluster: member.MemberCluster, workdir: Pa
     return agent
 
 
-def _ready(agent: ClusterAgent) -> None:
-    agent.wait_ready(timeout=90)
-    agent.wait_connected()
-    eventually(
-        lambda: _ready_endpoints(agent),
-        lambda ready: ready == [1, 1],
-        what=f"agent {agent.name} sees the ready endpoints of demo/web and demo/web-b",
-        within=60,
-        ignore=(OSError, KeyError, TypeError),
-    )
-
-
-def _apply(world: World) -> None:
-    for name, spec in ROUTES.items():
+def apply_routes(world: World, routes: Mapping[str, dict[str, Any]]) -> None:
+    """PUT each route; until the gateway has Accepted every one."""
+    for name, spec in routes.items():
         doc = {"apiVersion": API, "kind": "MultiClusterRoute", "metadata": {"name": name}}
         answer = world.api("PUT", f"{PATH}/{name}", {**doc, "spec": spec})
         assert answer.status in (200, 201), answer
@@ -176,7 +229,7 @@ def _apply(world: World) -> None:
     def accepted() -> dict[str, object]:
         return {
             name: conditions(world.status(name)).get("Accepted", {}).get("status")
-            for name in ROUTES
+            for name in routes
         }
 
     eventually(
@@ -187,12 +240,12 @@ def _apply(world: World) -> None:
     )
 
 
-def _member_web(cluster: member.MemberCluster, port: int) -> None:
-    """``demo/web`` on ``cluster``, its one endpoint the backend on ``port``; the agent's RBAC."""
+def _member_services(cluster: member.MemberCluster, slices: Mapping[str, tuple[int, bool]]) -> None:
+    """Service -> (port, ready): each with one endpoint, the backend on that port; RBAC."""
     cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": "demo"}})
-    cluster.api("POST", "/api/v1/namespaces/demo/services", _service("web"))
-    slices = "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
-    cluster.api("POST", slices, _slice("web", port, ready=True))
+    for service, (port, ready) in slices.items():
+        cluster.api("POST", "/api/v1/namespaces/demo/services", _service(service))
+        cluster.api("POST", SLICES, _slice(service, port, ready=ready))
     run_kubectl(cluster.kubeconfig, "apply", "-f", str(PACKAGING / "30-gateway-rbac.yaml"))
     run_kubectl(
         cluster.kubeconfig,
@@ -204,47 +257,76 @@ def _member_web(cluster: member.MemberCluster, port: int) -> None:
     )
 
 
-def _web_ready(agent: ClusterAgent) -> None:
+def wait_serving(agent: ClusterAgent, counts: Mapping[str, int]) -> None:
+    """Until ``agent`` is connected and sees ``counts`` ready endpoints (Service -> count)."""
     agent.wait_ready(timeout=90)
     agent.wait_connected()
 
-    def ready() -> object:
+    def seen() -> dict[str, object]:
         cluster = agent.status()["cluster"]
         assert isinstance(cluster, dict)
-        return cluster["gateway"]["services"]["demo/web"]["80"]
+        services = cluster["gateway"]["services"]
+        return {name: services.get(f"demo/{name}", {}).get("80") for name in counts}
 
     eventually(
-        ready,
-        lambda count: count == 1,
-        what=f"agent {agent.name} sees the ready endpoint of demo/web",
+        seen,
+        lambda now: now == dict(counts),
+        what=f"agent {agent.name} sees the ready endpoints {dict(counts)}",
         within=60,
         ignore=(OSError, KeyError, TypeError),
     )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("gateway-route")
+Layout = Mapping[str, Mapping[str, tuple[str, bool]]]
+"""Cluster -> Service -> (backend name, ready): the Services of each member cluster."""
+
+
+@contextlib.contextmanager
+def pair(
+    base: Path,
+    *,
+    layout: Layout,
+    backends: tuple[str, ...],
+    routes: Mapping[str, dict[str, Any]],
+) -> Iterator[World]:
+    """The server, member clusters ``gw-a``/``gw-b`` with their agents; ``routes`` applied.
+
+    The ``backends`` (``backend_http`` processes by name) serve the Services of ``layout``.
+    Every cluster gets ``demo/web`` -> the backend named as the cluster, whatever ``layout``
+    adds.
+    """
     port = free_port()
     server = Server(workdir=base, extra_args=("--gateway-listen", f"127.0.0.1:{port}"))
     procs: list[ManagedProcess] = []
-    running = World(server=server, gateway_port=port)
-    assert HOST is not None
-    with member.member_clusters(2, base / "members", nodes=1) as clusters:
+    world = World(server=server, gateway_port=port, base=base)
+    with member.member_clusters(len(CLUSTERS), base / "members", nodes=1) as clusters:
         try:
             server.start()
-            for name, cluster in zip(("gw-a", "gw-b"), clusters, strict=True):
-                proc, backend_port = backend(name, base, host=HOST)
+            for name in dict.fromkeys((*CLUSTERS, *backends)):
+                proc, world.ports[name] = backend_proc(name, base)
                 procs.append(proc)
-                _member_web(cluster, backend_port)
-                running.agents[name] = _agent(name, server, cluster, base)
-            for agent in running.agents.values():  # both start before either is waited for
-                _web_ready(agent)
-            _apply(running)
-            yield running
+            wanted: dict[str, dict[str, tuple[str, bool]]] = {}
+            for name, cluster in zip(CLUSTERS, clusters, strict=True):
+                world.clusters[name] = cluster
+                wanted[name] = {"web": (name, True), **layout.get(name, {})}
+                slices = {s: (world.ports[b], ready) for s, (b, ready) in wanted[name].items()}
+                _member_services(cluster, slices)
+                world.agents[name] = _agent(name, server, cluster, base)
+            for name, agent in world.agents.items():  # all start before any is waited for
+                wait_serving(agent, {s: int(ready) for s, (_, ready) in wanted[name].items()})
+            apply_routes(world, routes)
+            yield world
         finally:
-            for agent in running.agents.values():
+            for agent in world.agents.values():
                 agent.stop()
             for proc in procs:
                 proc.stop()
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The pair with ``demo/web`` alone in each cluster and ``ROUTES``."""
+    base = tmp_path_factory.mktemp("gateway-route")
+    with pair(base, layout={}, backends=(), routes=ROUTES) as running:
+        yield running
