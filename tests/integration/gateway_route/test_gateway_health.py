@@ -230,9 +230,20 @@ def failover(records: list[Record], fault_at: float, faulty: str) -> float:
     return max(bad, default=fault_at) - fault_at
 
 
-def report(record_property: Callable[[str, object], None], what: str, seconds: float) -> None:
+def report(
+    record_property: Callable[[str, object], None],
+    what: str,
+    records: list[Record],
+    fault_at: float,
+    faulty: str,
+) -> None:
+    """Print and record the failover figure and the slowest request after the fault."""
+    seconds = failover(records, fault_at, faulty)
+    slowest = max((r.end - r.start for r in records if r.end >= fault_at), default=0.0)
     record_property(f"failover_s[{what}]", round(seconds, 3))
-    print(f"failover ({what}): {seconds:.3f} s")  # noqa: T201 - the figure the issue asks for
+    record_property(f"slowest_after_fault_s[{what}]", round(slowest, 3))
+    # The figures the issue asks for (its goal, < 1 s, is the benchmark's to hold).
+    print(f"failover ({what}): {seconds:.3f} s; slowest request after it {slowest:.3f} s")  # noqa: T201
 
 
 def both(records: list[Record], a: str, b: str) -> bool:
@@ -255,7 +266,7 @@ def test_unready_endpoints_move_traffic_before_a_request_fails(
             what=f"{key} NoReadyEndpoints in the route status",
             within=30,
         )
-        report(record_property, "endpoints unready", failover(load.records, fault_at, "gw-a"))
+        report(record_property, "endpoints unready", load.records, fault_at, "gw-a")
         # Back: ready again; slow start gives it a share again.
         back_at = time.monotonic()
         world.ready("gw-a", "web-h", "gw-a", ready=True)
@@ -336,7 +347,7 @@ def test_a_cluster_answering_500_is_ejected_and_comes_back(
                 what=f"the passive route's status shows {key} ejected",
                 within=10,
             )
-        report(record_property, "servers answer 500", failover(load.records, fault_at, "c"))
+        report(record_property, "servers answer 500", load.records, fault_at, "c")
         errors = [r for r in load.since(fault_at) if r.status != 200]
         assert 1 <= len(errors) <= 5, Counter((r.status, r.backend) for r in errors)
         assert {(r.status, r.backend) for r in errors} == {(500, "c")}
@@ -493,7 +504,7 @@ def test_a_killed_agent_moves_every_request_to_the_other_cluster_and_back(
         fault_at = time.monotonic()
         agent.process.kill()  # SIGKILL: no goodbye on the tunnel
         load.wait("every request on gw-b", lambda rs: last(rs, 100, "gw-b"), after=fault_at)
-        report(record_property, "agent killed", failover(load.records, fault_at, "gw-a"))
+        report(record_property, "agent killed", load.records, fault_at, "gw-a")
         with world.client() as client:
             alone = get(client, "only-a.test")
         assert alone.status == 503, alone

@@ -13,8 +13,9 @@ the data path alone configure a fixed list of backends with ``StaticRouter``;
 What the data path decides itself, whatever the router says: an attempt refused before a
 byte was sent (no session, stream rejected or not accepted in time) moves on to the next
 backend for every method; a failure after the request went out but before any answer came
-back moves on only for an idempotent method without a body (RFC 9110 section 9.2.2), and so
-does an answer whose status is in ``Decision.retry_codes`` while another backend is left.
+back moves on only for an idempotent method (RFC 9110 section 9.2.2) whose body, if any, is
+held whole for a replay (``replay.py``: at most ``replay_body_limit`` bytes), and so does an
+answer whose status is in ``Decision.retry_codes`` while another backend is left.
 The other response-side fields of a ``Decision`` (``response_modifier``, ``set_cookie``,
 ``mirrors``, ``backoff``) default to doing nothing, so a router may ignore them.
 """
@@ -95,12 +96,14 @@ class Decision:
     set_cookie: str | None = None
     """A ``Set-Cookie`` value sent with the backend's response (a new affinity session)."""
     retry_codes: frozenset[int] = frozenset()
-    """Response statuses that send an idempotent request without a body to the next backend
-    (the response is held back; the last backend's answer always goes to the client)."""
+    """Response statuses that send an idempotent request to the next backend, when its body
+    (if any) is held whole (``replay.py``); the response is held back; the last backend's
+    answer always goes to the client."""
     backoff: float = 0.0
     """Seconds to wait before each retry."""
     mirrors: tuple[Backend, ...] = ()
-    """Backends that get a copy of this request (their answers are dropped)."""
+    """Backends that get a copy of this request (their answers are dropped); a request with
+    a body only when it is held whole (``replay.py``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
