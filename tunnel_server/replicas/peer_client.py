@@ -167,11 +167,12 @@ class PeerLinks:
         self._links: dict[str, _Link] = {}
         self._dialling: dict[str, asyncio.Lock] = {}
         self._group: asyncio.TaskGroup | None = None
-        self.inbound = 0
+        self.inbound: set[TunnelConnection] = set()
+        """Links peers hold to us now (``peer_route``)."""
         self.inbound_by: dict[str, int] = {}
         """Links peers hold to us now, by peer replica (``peer_route``)."""
         self.metrics.links.labels("out").set_function(lambda: len(self._links))
-        self.metrics.links.labels("in").set_function(lambda: self.inbound)
+        self.metrics.links.labels("in").set_function(lambda: len(self.inbound))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,8 +187,11 @@ class PeerLinks:
             self.close()
 
     def close(self) -> None:
+        """End every link, ours and the peers' (shutdown: their handlers return at once)."""
         for link in self._links.values():
             link.connection.close(ErrorCode.NO_ERROR, "replica shutting down")
+        for connection in self.inbound:
+            connection.close(ErrorCode.NO_ERROR, "replica shutting down")
 
     # ------------------------------------------------------------------ TLS
 

@@ -101,7 +101,7 @@ async def peer_tunnel(request: web.Request) -> web.StreamResponse:
         logger=log,
     )
     links.inbound_by[name] = held + 1
-    links.inbound += 1
+    links.inbound.add(connection)
     log.info("peer link accepted", extra={"kv": {"peer": name, "remote": request.remote}})
     try:
         async with asyncio.TaskGroup() as group:
@@ -111,7 +111,7 @@ async def peer_tunnel(request: web.Request) -> web.StreamResponse:
             await connection.run()
             expiry.cancel()
     finally:
-        links.inbound -= 1
+        links.inbound.discard(connection)
         links.inbound_by[name] -= 1
         if not links.inbound_by[name]:
             del links.inbound_by[name]
@@ -187,6 +187,12 @@ async def splice(a: TunnelStream, b: TunnelStream) -> None:
         b.reset(code, _text(first))
 
 
+async def _shutdown(app: web.Application) -> None:
+    """End every peer link first, so that aiohttp need not wait its grace period for them."""
+    app[PEERS_KEY].close()
+
+
 def setup(app: web.Application) -> None:
     """Mount the peer route (the Kubernetes store's replicas only)."""
     app.router.add_get(PEER_PATH, peer_tunnel)
+    app.on_shutdown.append(_shutdown)
