@@ -336,3 +336,43 @@ def test_holder_dies_the_request_fails_clearly_then_works_on_the_live_replica(
         agent.stop()
         with contextlib.suppress(Exception):
             loop_thread.call(switch.stop)
+
+
+def test_a_node_revoked_through_one_replica_is_cut_off_by_the_replica_holding_it(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    one, two = replicas
+    agent = Agent(name="edge-rev", workdir=tmp_path, server=one)
+    agent.join()
+    agent.start()
+    try:
+        agent.wait_connected()
+        # Two reaches it through one (the agent's own refusal of an unknown target: 403).
+        eventually(
+            lambda: proxied(two, "/api/v1/nodes/edge-rev/proxy/nothere/x")[0],
+            lambda code: code == 403,
+            what="replica two reaches the agent held by replica one",
+            within=30,
+        )
+        assert one.metric("tunnel_server_sessions") == 1.0
+        two.cli("nodes", "revoke", "edge-rev")
+        revoked = time.monotonic()
+        eventually(
+            lambda: one.metric("tunnel_server_sessions"),
+            lambda sessions: sessions == 0.0,
+            what="replica one cuts off the session of the node revoked through replica two",
+            within=30,
+        )
+        # The store's watch moves one's revision, its tunnel endpoint rechecks its sessions
+        # (every 0.5 s): seconds, not a lease duration or a certificate's lifetime.
+        assert time.monotonic() - revoked < 10
+        _code, answer = eventually(
+            lambda: proxied(two, "/api/v1/nodes/edge-rev/proxy/nothere/x"),
+            lambda got: got[0] == 503,
+            what="replica two no longer reaches the revoked node",
+            within=30,
+        )
+        assert answer["reason"] == "node_offline", answer
+        assert one.metric("tunnel_server_sessions") == 0.0  # it did not come back
+    finally:
+        agent.stop()
