@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +64,23 @@ async def _hello(_request: web.Request) -> web.Response:
     return web.Response(text="hello from the node")
 
 
+BIG = bytes(range(256)) * (64 * 1024)
+"""16 MiB: many times the per-stream window (256 KiB) of both the peer link and the agent's."""
+
+
+async def _big(_request: web.Request) -> web.Response:
+    return web.Response(body=BIG, content_type="application/octet-stream")
+
+
+async def _digest(request: web.Request) -> web.Response:
+    """The SHA-256 and size of the request body, read as it streams in."""
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"sha256": digest.hexdigest(), "size": size})
+
+
 async def _echo(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
@@ -84,9 +103,11 @@ def loop_thread() -> Iterator[Background]:
 def web_target(loop_thread: Background) -> Iterator[int]:
     """A service on the "node": ``/hello`` and a WebSocket echo at ``/ws``; its port."""
     port = free_port()
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/hello", _hello)
     app.router.add_get("/ws", _echo)
+    app.router.add_get("/big", _big)
+    app.router.add_post("/digest", _digest)
     runner = web.AppRunner(app)
 
     async def start() -> None:
@@ -187,6 +208,22 @@ def test_node_and_cluster_through_the_replica_not_holding_them(
         assert peer_streams(two, "out", "accepted") >= 1
         assert peer_streams(one, "in", "accepted") >= 1
         assert peer_streams(one, "out", "accepted") == 0  # one holds it: never forwarded
+
+        # Bodies many windows long, both ways: the credit of both streams paces the copy.
+        code, body = two.get("/api/v1/nodes/edge-fw/proxy/web/big", token=two.admin_token)
+        assert code == 200
+        assert hashlib.sha256(body).digest() == hashlib.sha256(BIG).digest()
+        upload = urllib.request.Request(  # noqa: S310 - our own server
+            two.url + "/api/v1/nodes/edge-fw/proxy/web/digest",
+            data=BIG[: 8 * 1024 * 1024],
+            headers={"Authorization": f"Bearer {two.admin_token}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(upload, timeout=60, context=two.ssl_context()) as done:  # noqa: S310 - ours
+            assert json.loads(done.read()) == {
+                "sha256": hashlib.sha256(BIG[: 8 * 1024 * 1024]).hexdigest(),
+                "size": 8 * 1024 * 1024,
+            }
 
         # An upgrade (WebSocket) through the forwarded stream, both ways.
         echoed = loop_thread.call(lambda: _ws_echo(two, "/api/v1/nodes/edge-fw/proxy/web/ws"))
