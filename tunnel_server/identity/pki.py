@@ -24,6 +24,11 @@ trusts client certificates from every CA present, signs only with ``ca.key``.
 
 ``sign_csr`` trusts nothing in a CSR but its public key (after checking the CSR's signature
 proves possession): subject, extensions and SANs are ignored and set by us.
+
+Replica certificates (``issue_replica_certificate``, docs/ha.md "Forwarding"): O
+``edgefleet:replica``, CN ``replica:<name>``, client auth, made by each replica for itself
+from the shared CA key, never stored; ``replica_of`` is the only check that accepts one, and
+it accepts nothing else (the O is no node kind, so ``tls`` never takes one for an agent).
 """
 
 from __future__ import annotations
