@@ -7,6 +7,11 @@ tunnel session to ``target``, which the *agent* resolves in its own allow-list: 
 names a target, it never gives the agent an address to dial. Only sessions of kind ``node``
 are reached: a registered cluster's agent is answered as not a node (its API server is
 ``/clusters/{name}/``). The caller's credentials are not forwarded.
+
+With replicas (docs/ha.md), a node whose session another replica holds is reached through
+it (``replicas.opener``): same answers, plus 502 ``replica_unreachable`` while the holding
+replica cannot be reached (it died: its agent comes back on another replica within its
+backoff).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import MAX_TARGET_LENGTH, ErrorCode, is_valid_target
 from tunnel_server.api import access
 from tunnel_server.app_keys import METRICS_KEY, NODE_PROXY_SETTINGS_KEY, SESSIONS_KEY, STORE_KEY
+from tunnel_server.replicas import opener
+from tunnel_server.replicas.peer_client import PeerUnreachableError
 from tunnel_server.settings import NodeProxySettings
 from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
@@ -29,7 +36,6 @@ from tunnel_server.tunnel.http_over_stream import (
     request_head,
     unsendable,
 )
-from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.web.errors import ApiError, error_response
 
 log = logging.getLogger("tunnel_server.node_proxy")
@@ -48,12 +54,13 @@ class ProxyError(Exception):
         return error_response(self.status, self.code, str(self))
 
 
-def _session(request: web.Request, name: str) -> AgentSession:
+def _check_node(request: web.Request, name: str) -> None:
+    """A node (not a cluster) whose session this replica or a peer holds; else why not."""
     session = request.app[SESSIONS_KEY].get(name)
-    if session is not None and session.identity.kind != "node":
-        raise _not_a_node(name)
     if session is not None:
-        return session
+        if session.identity.kind != "node":
+            raise _not_a_node(name)
+        return
     node = request.app[STORE_KEY].get_node(name)
     if node is None:
         raise ProxyError(
@@ -61,10 +68,15 @@ def _session(request: web.Request, name: str) -> AgentSession:
         )
     if node.kind != "node":
         raise _not_a_node(name)
-    raise ProxyError(
+    if not opener.connected(request.app, name):
+        raise _offline(name, node.state)
+
+
+def _offline(name: str, state: str) -> ProxyError:
+    return ProxyError(
         503,
         "node_offline",
-        f"node {name!r} has no tunnel session now (state {node.state}); it reconnects by "
+        f"node {name!r} has no tunnel session now (state {state}); it reconnects by "
         "itself when it can reach this server",
     )
 
@@ -78,13 +90,15 @@ def _not_a_node(name: str) -> ProxyError:
     )
 
 
-async def _open(request: web.Request, session: AgentSession, target: str) -> TunnelStream:
+async def _open(request: web.Request, name: str, target: str) -> TunnelStream:
     metrics = request.app[METRICS_KEY]
-    name = session.name
     try:
-        stream = await session.connection.open_stream(
-            target, timeout=request.app[NODE_PROXY_SETTINGS_KEY].open_timeout
+        stream = await opener.open_agent_stream(
+            request.app, name, target, timeout=request.app[NODE_PROXY_SETTINGS_KEY].open_timeout
         )
+    except opener.AgentNotConnectedError:
+        metrics.streams_opened.labels("failed").inc()
+        raise _offline(name, "approved") from None
     except StreamRejectedError as rejected:
         metrics.streams_opened.labels("rejected").inc()
         if rejected.code is ErrorCode.TARGET_NOT_ALLOWED:
@@ -93,6 +107,11 @@ async def _open(request: web.Request, session: AgentSession, target: str) -> Tun
             ) from None
         raise ProxyError(
             502, "target_unreachable", f"node {name!r} could not reach it: {rejected}"
+        ) from None
+    except PeerUnreachableError as unreachable:
+        metrics.streams_opened.labels("failed").inc()
+        raise ProxyError(
+            502, "replica_unreachable", f"tunnel to node {name!r} failed: {unreachable}"
         ) from None
     except StreamError as failed:
         metrics.streams_opened.labels("failed").inc()
@@ -149,7 +168,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         head, upgrade = request_head(
             request, path=path, host=target, drop=frozenset({"authorization"})
         )
-        stream = await _open(request, _session(request, name), target)
+        _check_node(request, name)
+        stream = await _open(request, name, target)
     except ProxyError as refused:
         return refused.response()
     except UnsendableRequestError as bad:

@@ -14,6 +14,8 @@ Rules:
 * The path after ``/clusters/{name}`` is forwarded raw (as the caller wrote it), the exchange
   as HTTP/1.1 over the stream (``http_over_stream``): bodies and watches stream, upgrades
   (exec, attach, port-forward over WebSocket or SPDY) pass untouched.
+* With replicas (docs/ha.md) a cluster whose session another replica holds is reached through
+  that replica's peer link (``replicas.opener``), streaming and upgrades included.
 * Every error of ours is a Kubernetes ``Status`` (kind Status, apiVersion v1, status Failure,
   message, reason, code), so kubectl prints its message.
 """
@@ -39,6 +41,7 @@ from tunnel_server.app_keys import (
     SESSIONS_KEY,
     STORE_KEY,
 )
+from tunnel_server.replicas import opener
 from tunnel_server.settings import ClusterProxySettings
 from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
@@ -48,7 +51,6 @@ from tunnel_server.tunnel.http_over_stream import (
     request_head,
     unsendable,
 )
-from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.web.errors import ApiError
 
 log = logging.getLogger("tunnel_server.fleet.cluster_proxy")
@@ -134,8 +136,8 @@ def _when(seconds: float | None) -> str:
     return "since " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _session(request: web.Request, name: str) -> AgentSession:
-    """The cluster's live session; 404 for no such cluster (or a node), 503 when offline."""
+def _check_cluster(request: web.Request, name: str) -> None:
+    """A cluster whose session this replica or a peer holds: 404 for none (or a node), else 503."""
     record = request.app[STORE_KEY].get_node(name)
     if record is None:
         raise ClusterProxyError(404, f"no cluster named {name!r}: see GET /api/v1/clusters")
@@ -146,13 +148,18 @@ def _session(request: web.Request, name: str) -> AgentSession:
             f"only (a node's services are under /api/v1/nodes/{name}/proxy/)",
         )
     session = request.app[SESSIONS_KEY].get(name)
-    if session is None or session.identity.kind != "cluster":
-        raise ClusterProxyError(
-            503,
-            f"cluster {name} is offline {_when(record.last_seen)}: its agent has no tunnel "
-            f"session now (state {record.state}); it reconnects by itself when it can",
-        )
-    return session
+    if session is not None and session.identity.kind != "cluster":
+        session = None  # a stale record: never a node's session under a cluster's name
+    if session is None and opener.holder(request.app, name) is None:
+        raise _offline(name, record.last_seen, record.state)
+
+
+def _offline(name: str, last_seen: float | None, state: str) -> ClusterProxyError:
+    return ClusterProxyError(
+        503,
+        f"cluster {name} is offline {_when(last_seen)}: its agent has no tunnel "
+        f"session now (state {state}); it reconnects by itself when it can",
+    )
 
 
 def impersonation(caller: access.Caller) -> list[tuple[str, str]]:
@@ -182,12 +189,13 @@ def _head(request: web.Request, path: str, caller: access.Caller) -> tuple[h11.R
     return with_ours, upgrade
 
 
-async def _open(request: web.Request, session: AgentSession) -> TunnelStream:
-    name = session.name
+async def _open(request: web.Request, name: str) -> TunnelStream:
     try:
-        return await session.connection.open_stream(
-            TARGET, timeout=request.app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout
+        return await opener.open_agent_stream(
+            request.app, name, TARGET, timeout=request.app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout
         )
+    except opener.AgentNotConnectedError:
+        raise _offline(name, None, "approved") from None
     except StreamRejectedError as rejected:
         if rejected.code is ErrorCode.TARGET_NOT_ALLOWED:
             raise ClusterProxyError(
@@ -209,7 +217,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         _check_header_size(request, request.app[CLUSTER_PROXY_SETTINGS_KEY])
         path = _forwarded_target(request, name)
         head, upgrade = _head(request, path, caller)
-        stream = await _open(request, _session(request, name))
+        _check_cluster(request, name)
+        stream = await _open(request, name)
     except ApiError as refused:
         requests.labels(str(refused.status)).inc()
         return status_response(refused.status, refused.message)

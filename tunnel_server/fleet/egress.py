@@ -11,7 +11,8 @@ host in ``status.addresses`` (``cloud_nodes``) — check the port is that node's
 open a tunnel stream to the node's ``kubelet`` target (the agent dials it from its own
 allow-list), answer ``200 Connection established`` and relay bytes both ways. kube-apiserver's
 TLS to the kubelet passes end to end: we never see the kubelet's certificate nor the
-apiserver's client credentials.
+apiserver's client credentials. With replicas (docs/ha.md), a node whose session another
+replica holds is reached through that replica's peer link (``replicas.opener``).
 
 Every refusal answers a status whose reason phrase says why (kube-apiserver quotes it, so
 kubectl shows it) and closes that one connection; nothing else is disturbed.
@@ -27,7 +28,7 @@ import socket
 import ssl
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import prometheus_client
 
@@ -48,9 +49,10 @@ from tunnel_server.fleet.connect_head import (
     parse_connect_head,
     split_head,
 )
+from tunnel_server.replicas import opener
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from aiohttp import web
@@ -68,6 +70,10 @@ MAX_SOCKET_PATH = 107
 """Bytes of a Unix socket path on Linux (``sun_path`` holds 108 with the NUL)."""
 MAX_REASON = 300
 """Characters of a refusal's reason phrase (kube-apiserver reads at most 1 MB of head)."""
+
+
+Forward: TypeAlias = "Callable[[str, str, float], Awaitable[TunnelStream]]"
+"""``(node, target, timeout)`` -> a stream opened through the replica holding the node."""
 
 
 class Refusal(Exception):  # noqa: N818 - an answer, not a failure of ours
@@ -89,7 +95,8 @@ class Route:
     """Where a CONNECT goes: an edge node's live session."""
 
     node: str
-    session: AgentSession
+    session: AgentSession | None
+    """None: another replica holds the node's session; the stream is forwarded to it."""
 
 
 class EgressMetrics:
@@ -144,8 +151,11 @@ class Router:
         nodes: CloudNodes,
         settings: EgressSettings,
         nodes_listed: asyncio.Event | None = None,
+        elsewhere: Callable[[str], bool] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._elsewhere = elsewhere or (lambda _node: False)
+        """Whether another replica holds a node's session (``replicas.opener.holder``)."""
         self._store = store
         self._nodes = nodes
         self._settings = settings
@@ -170,13 +180,14 @@ class Router:
                     f"node {name} (address {target.host}) has no EdgeFleet agent: join it with"
                     " `tunnel-server token create --kind node`",
                 )
-            raise Refusal(
-                503,
-                "offline",
-                f"edge node {name} is offline: it has no tunnel session now (state"
-                f" {record.state}); its agent reconnects by itself",
-            )
-        if session.identity.kind != "node":
+            if not self._elsewhere(name):
+                raise Refusal(
+                    503,
+                    "offline",
+                    f"edge node {name} is offline: it has no tunnel session now (state"
+                    f" {record.state}); its agent reconnects by itself",
+                )
+        elif session.identity.kind != "node":
             raise Refusal(
                 403, "cluster", f"{name} is a registered cluster, not an edge node: kubelets only"
             )
@@ -235,8 +246,11 @@ class EgressServer:
         router: Router,
         settings: EgressSettings,
         metrics: EgressMetrics,
+        forward: Forward | None = None,
     ) -> None:
         self._router = router
+        self._forward = forward
+        """Opens a stream through the replica holding a node (``replicas.opener``)."""
         self._settings = settings
         self._metrics = metrics
         self._per_node: dict[str, int] = {}
@@ -376,10 +390,15 @@ class EgressServer:
 
     async def _open(self, route: Route) -> TunnelStream:
         node, kubelet = route.node, self._settings.kubelet_target
+        timeout = self._settings.open_timeout
         try:
-            return await route.session.connection.open_stream(
-                kubelet, timeout=self._settings.open_timeout
-            )
+            if route.session is not None:
+                return await route.session.connection.open_stream(kubelet, timeout=timeout)
+            if self._forward is None:
+                raise Refusal(503, "offline", f"edge node {node} has no tunnel session here")
+            return await self._forward(node, kubelet, timeout)
+        except opener.AgentNotConnectedError:
+            raise Refusal(503, "offline", f"edge node {node} went offline") from None
         except TunnelClosedError as gone:
             raise Refusal(503, "offline", f"edge node {node} went offline: {gone}") from None
         except StreamRejectedError as rejected:
@@ -540,8 +559,13 @@ def setup(app: web.Application, *, settings: EgressSettings) -> None:
             nodes=nodes,
             settings=settings,
             nodes_listed=app[NODES_SYNCED_KEY] if UPSTREAM_KEY in app else None,
+            elsewhere=lambda node: opener.holder(app, node) is not None,
         )
-        server = EgressServer(router=router, settings=settings, metrics=metrics)
+
+        async def forward(node: str, target: str, timeout: float) -> TunnelStream:  # noqa: ASYNC109 - the agent's dial time
+            return await opener.open_agent_stream(app, node, target, timeout=timeout)
+
+        server = EgressServer(router=router, settings=settings, metrics=metrics, forward=forward)
         try:
             await _start(app, server, settings)
             yield

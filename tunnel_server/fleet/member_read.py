@@ -41,8 +41,8 @@ from tunnel_protocol import ErrorCode
 from tunnel_server.api.caller import Caller
 from tunnel_server.app_keys import CLUSTER_PROXY_SETTINGS_KEY, SESSIONS_KEY, STORE_KEY
 from tunnel_server.fleet.cluster_proxy import TARGET, impersonation
+from tunnel_server.replicas import opener
 from tunnel_server.tunnel.http_over_stream import MAX_RESPONSE_HEAD
-from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.web.errors import ApiError
 
 __all__ = [
@@ -93,7 +93,7 @@ def _when(seconds: float | None) -> str:
     return "since " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _session(app: web.Application, name: str) -> AgentSession:
+def _check_cluster(app: web.Application, name: str) -> None:
     record = app[STORE_KEY].get_node(name)
     if record is None or record.kind != "cluster":
         hint = (
@@ -103,23 +103,29 @@ def _session(app: web.Application, name: str) -> AgentSession:
         )
         raise ApiError(404, "cluster_not_found", hint)
     session = app[SESSIONS_KEY].get(name)
-    if session is None or session.identity.kind != "cluster":
-        raise ApiError(
-            503,
-            "cluster_offline",
-            f"cluster {name} is offline {_when(record.last_seen)}: its agent has no tunnel "
-            f"session now (state {record.state}), so what is in the cluster cannot be read; "
-            "it reconnects by itself when it can",
-        )
-    return session
+    if session is not None and session.identity.kind != "cluster":
+        session = None  # a stale record: never a node's session under a cluster's name
+    if session is None and opener.holder(app, name) is None:
+        raise _offline(name, record.last_seen, record.state)
 
 
-async def _open(app: web.Application, session: AgentSession) -> TunnelStream:
-    name = session.name
+def _offline(name: str, last_seen: float | None, state: str) -> ApiError:
+    return ApiError(
+        503,
+        "cluster_offline",
+        f"cluster {name} is offline {_when(last_seen)}: its agent has no tunnel "
+        f"session now (state {state}), so what is in the cluster cannot be read; "
+        "it reconnects by itself when it can",
+    )
+
+
+async def _open(app: web.Application, name: str) -> TunnelStream:
     try:
-        return await session.connection.open_stream(
-            TARGET, timeout=app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout
+        return await opener.open_agent_stream(
+            app, name, TARGET, timeout=app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout
         )
+    except opener.AgentNotConnectedError:
+        raise _offline(name, None, "approved") from None
     except StreamRejectedError as rejected:
         if rejected.code is ErrorCode.TARGET_NOT_ALLOWED:
             raise ApiError(
@@ -199,7 +205,8 @@ async def member_get(
     """
     app = request.app
     settings = app[MEMBER_READ_SETTINGS_KEY]
-    stream = await _open(app, _session(app, cluster))
+    _check_cluster(app, cluster)
+    stream = await _open(app, cluster)
     try:
         async with asyncio.timeout(settings.answer_timeout):
             return await _exchange(stream, _head(path, caller), limit=settings.max_answer_bytes)

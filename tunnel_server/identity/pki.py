@@ -24,6 +24,11 @@ trusts client certificates from every CA present, signs only with ``ca.key``.
 
 ``sign_csr`` trusts nothing in a CSR but its public key (after checking the CSR's signature
 proves possession): subject, extensions and SANs are ignored and set by us.
+
+Replica certificates (``issue_replica_certificate``, docs/ha.md "Forwarding"): O
+``edgefleet:replica``, CN ``replica:<name>``, client auth, made by each replica for itself
+from the shared CA key, never stored; ``replica_of`` is the only check that accepts one, and
+it accepts nothing else (the O is no node kind, so ``tls`` never takes one for an agent).
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ ROTATION_FILE = "ca-rotation.json"
 MAX_CA_FILE_BYTES = 64 * 1024
 """Largest CA certificate or key file read, in bytes: ours are under 1 KB."""
 ORGANIZATIONS: dict[NodeKind, str] = {"node": "edgefleet:node", "cluster": "edgefleet:cluster"}
+REPLICA_ORGANIZATION = "edgefleet:replica"
+"""The O of a replica's peer certificate (``issue_replica_certificate``): never a NodeKind's,
+so ``tls.identity_from_certificate`` (agents, renewals) never accepts one."""
+REPLICA_CN_PREFIX = "replica:"
+"""A replica's peer certificate's CN is ``replica:<name>``; ``:`` is in no node name either."""
 _EC_CURVES = (ec.SECP256R1, ec.SECP384R1)
 _RSA_MIN_BITS = 2048
 _RSA_MAX_BITS = 8192  # bigger keys only cost the server CPU on every handshake
@@ -510,6 +520,37 @@ class CertificateAuthority:
             issued_at=now,
         )
 
+    def issue_replica_certificate(self, name: str, *, lifetime: float) -> ReplicaCertificate:
+        """A fresh key and client certificate naming replica ``name`` (peer forwarding, docs/ha.md).
+
+        Signed by this CA's key, which every replica holds (the Kubernetes store's Secret);
+        ``lifetime`` in seconds. Never stored: a replica makes a new one as it nears expiry.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, REPLICA_ORGANIZATION),
+                x509.NameAttribute(NameOID.COMMON_NAME, REPLICA_CN_PREFIX + name),
+            ]
+        )
+        certificate = (
+            self._builder(key.public_key(), now=now, lifetime=lifetime, skew=min(60, lifetime / 10))
+            .subject_name(subject)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        return ReplicaCertificate(
+            cert_pem=_cert_pem(certificate),
+            key_pem=_key_pem(key),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+        )
+
+    def replica_of(self, certificate: x509.Certificate) -> str | None:
+        """``replica_of(self, certificate)``: for parts that see the CA only through the app."""
+        return replica_of(self, certificate)
+
     def _builder(
         self,
         public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
@@ -538,6 +579,42 @@ class CertificateAuthority:
                 critical=False,
             )
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaCertificate:
+    """A replica's peer client certificate and key (PEM): ``issue_replica_certificate``."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    not_before: datetime
+    not_after: datetime
+
+
+def replica_of(authority: CertificateAuthority, certificate: x509.Certificate) -> str | None:
+    """The replica name a peer certificate proves, or None (not ours, not a replica's, expired).
+
+    Only a certificate signed by a CA trusted now, with client-auth usage, exactly one O equal
+    to ``REPLICA_ORGANIZATION`` and one CN ``replica:<name>`` passes: an agent's certificate
+    (O ``edgefleet:node``/``edgefleet:cluster``) never does.
+    """
+    try:
+        if authority.issuer_of(certificate) is None:
+            return None
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return None
+    now = _now()
+    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+        return None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    orgs = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku or len(names) != 1 or len(orgs) != 1:
+        return None
+    name, org = str(names[0].value), str(orgs[0].value)
+    if org != REPLICA_ORGANIZATION or not name.startswith(REPLICA_CN_PREFIX):
+        return None
+    return name.removeprefix(REPLICA_CN_PREFIX) or None
 
 
 def check_csr(

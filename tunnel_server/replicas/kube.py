@@ -154,6 +154,16 @@ class Replicas:
         """The replica holding ``node``'s session (by the watch), None if none that is alive."""
         return self.mirror.holder_of(node, time.time())
 
+    def holder_address(self, node: str) -> tuple[str, str] | None:
+        """The live replica holding ``node`` and the peer address its Lease advertises."""
+        holder = self.holder_of(node)
+        if holder is None:
+            return None
+        record = self.mirror.get(rules.replica_lease(holder))
+        if record is None or not record.peer:
+            return None
+        return holder, record.peer
+
     def alive(self) -> list[str]:
         return sorted(self.mirror.alive(time.time()))
 

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tunnel_server.app_keys import READY_KEY, REGISTRY_KEY, SESSIONS_KEY
-from tunnel_server.replicas.keys import LEADER_KEY
+from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SESSIONS_KEY
+from tunnel_server.replicas import peer_route
+from tunnel_server.replicas.keys import HOLDER_KEY, LEADER_KEY, PEERS_KEY
 from tunnel_server.replicas.kube import Replicas
+from tunnel_server.replicas.peer_client import PeerLinks, PeerSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -57,7 +59,12 @@ async def status(request: web.Request) -> web.Response:
 
 
 def setup(
-    app: web.Application, *, settings: ReplicaSettings, kube: KubeStoreSettings, port: int
+    app: web.Application,
+    *,
+    settings: ReplicaSettings,
+    kube: KubeStoreSettings,
+    port: int,
+    peers: PeerSettings | None = None,
 ) -> Replicas:
     """Run this replica's Leases and the election with the application (needs the tunnel)."""
 
@@ -75,6 +82,20 @@ def setup(
     app[REPLICAS_KEY] = replicas
     app[LEADER_KEY] = replicas.while_leader  # replicas.keys.singleton: leader-gated tasks
     app[READY_KEY]["replicas"] = False
+    peer_settings = peers or PeerSettings()
+    authority = app[AUTHORITY_KEY]
+    links = PeerLinks(
+        name=name,
+        issue=lambda: authority.issue_replica_certificate(
+            name, lifetime=peer_settings.certificate_lifetime
+        ),
+        trusted_pem=authority.trusted_pem,
+        settings=peer_settings,
+        registry=app[REGISTRY_KEY],
+    )
+    app[PEERS_KEY] = links
+    app[HOLDER_KEY] = replicas.holder_address
+    peer_route.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async def ready() -> None:
@@ -84,9 +105,11 @@ def setup(
 
         async with asyncio.TaskGroup() as group:
             task = group.create_task(replicas.run(), name="replicas")
+            linker = group.create_task(links.run(), name="replicas.peer-links")
             waiter = group.create_task(ready(), name="replicas.ready")
             yield
             waiter.cancel()
+            linker.cancel()
             task.cancel()
         async with asyncio.timeout(kube.request_timeout * 2):
             await replicas.close()
