@@ -249,8 +249,8 @@ class ReplicaSettings:
 
     peer_address: str | None = None
     """HOST:PORT other replicas reach this one at (``--peer-address``), advertised in its
-    Lease's annotation for peer forwarding (not built yet). None: $POD_IP or the hostname,
-    with the server's port."""
+    Lease's annotation for peer forwarding (docs/ha.md, "Forwarding"). None: $POD_IP or the
+    hostname, with the server's port."""
 
     lease_duration: int = 15
     """Seconds a replica's (and the leader's) Lease holds without a renewal: client-go's

@@ -32,6 +32,7 @@ from tunnel_server.app_keys import (
     VERIFIED_ADMIN_KEY,
 )
 from tunnel_server.identity import tokens
+from tunnel_server.replicas import opener
 from tunnel_server.status.history import SERIES
 from tunnel_server.store import (
     NodeRecord,
@@ -236,7 +237,7 @@ def _row(request: web.Request, node: NodeRecord) -> dict[str, Any]:
     return node_row(
         node,
         request.app[HISTORY_KEY].live(node.name),
-        connected=request.app[SESSIONS_KEY].get(node.name) is not None,
+        connected=opener.connected(request.app, node.name),
         now=time.time(),
         settings=request.app[API_SETTINGS_KEY],
     )

@@ -50,6 +50,7 @@ from tunnel_server.app_keys import (
     STORE_KEY,
 )
 from tunnel_server.fleet import manifest
+from tunnel_server.replicas import opener
 from tunnel_server.status.history import NodeLive
 from tunnel_server.store import NodeRecord, NodeState, NotFoundError, Store
 from tunnel_server.web.bodies import decode_json_object, read_bounded
@@ -210,7 +211,7 @@ def _row(app: web.Application, record: NodeRecord, now: float) -> dict[str, Any]
     return cluster_row(
         record,
         app[HISTORY_KEY].live(record.name),
-        connected=app[SESSIONS_KEY].get(record.name) is not None,
+        connected=opener.connected(app, record.name),
         now=now,
         settings=app[API_SETTINGS_KEY],
     )
