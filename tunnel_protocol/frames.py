@@ -56,6 +56,7 @@ __all__ = [
     "Reset",
     "WindowUpdate",
     "decode_frame",
+    "encode_data",
     "encode_frame",
     "is_valid_target",
     "truncate_text",
@@ -349,6 +350,21 @@ def encode_frame(frame: Frame, *, version: int) -> bytes:
     return _HEADER.pack(version, frame.frame_type, flags, frame.stream_id, len(payload)) + payload
 
 
+def encode_data(stream_id: int, payload: bytes | memoryview, *, version: int) -> bytes:
+    """The message of one DATA frame, built with one copy of ``payload`` (the hot path).
+
+    Same bytes as ``encode_frame(Data(stream_id, bytes(payload)), version=version)`` without
+    the intermediate ``bytes`` and the frame object; the caller (the session) has already
+    checked the stream id, and the size against the credit and the peer's frame limit.
+    """
+    size = len(payload)
+    if not 0 < size <= MAX_FRAME_PAYLOAD_HARD_CAP:
+        raise LocalProtocolError(
+            "DATA must carry 1 byte .. the hard cap", code=ErrorCode.FRAME_SIZE_ERROR
+        )
+    return b"".join((_HEADER.pack(version, FrameType.DATA, 0, stream_id, size), payload))
+
+
 # ---------------------------------------------------------------------------- decoding
 
 
@@ -431,6 +447,9 @@ def _parse_go_away(_stream_id: int, payload: bytes, *, final: bool) -> GoAway:
     return GoAway(last_stream_id, ErrorCode.from_wire(code), text, final=final)
 
 
+_TYPES: dict[int, FrameType] = {int(t): t for t in FrameType}
+"""Wire byte -> frame type: a dict lookup is several times cheaper than ``FrameType(byte)``."""
+
 _CONNECTION_TYPES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GO_AWAY})
 
 _PARSERS: dict[FrameType, Callable[[int, bytes], Frame]] = {
@@ -464,10 +483,9 @@ def _decode(message: bytes, max_data_payload: int) -> tuple[int, Frame]:
         f"length field {length} does not match the message ({len(message) - HEADER_SIZE})",
         ErrorCode.FRAME_SIZE_ERROR,
     )
-    try:
-        frame_type = FrameType(raw_type)
-    except ValueError:
-        raise LocalProtocolError(f"unknown frame type {raw_type:#04x}") from None
+    frame_type = _TYPES.get(raw_type)
+    if frame_type is None:
+        raise LocalProtocolError(f"unknown frame type {raw_type:#04x}")
     limit = max_data_payload if frame_type is FrameType.DATA else MAX_FRAME_PAYLOAD_HARD_CAP
     _check(length <= limit, f"{frame_type.name} payload too large", ErrorCode.FRAME_SIZE_ERROR)
     _check_header(frame_type, flags, stream_id)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tests.harness.waiting import eventually_async
 from tunnel_aio import StreamRejectedError, TunnelClosedError, TunnelConnection, TunnelStream
-from tunnel_protocol import ErrorCode, Role
+from tunnel_protocol import ErrorCode, Role, TunnelSettings
 
 Handler = Callable[[TunnelStream], Awaitable[None]]
 
@@ -164,7 +164,8 @@ async def test_slow_reader_does_not_stall_other_streams() -> None:
 
         _, echoed = await asyncio.gather(send(), receive())
         assert echoed == 1_000_000
-        assert pair.server.session.buffered_bytes(stalled.stream_id) <= 256 * 1024
+        window = TunnelSettings().initial_window
+        assert pair.server.session.buffered_bytes(stalled.stream_id) <= window
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
