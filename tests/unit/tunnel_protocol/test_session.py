@@ -642,3 +642,21 @@ def test_server_pings_a_quiet_agent() -> None:
     pair = SessionPair(now=0.0)
     pair.server.handle_timeout(15.0)
     assert any(isinstance(f, Ping) for f in frames_of(list(pair.in_flight(pair.server))))
+
+
+def test_has_messages_to_send_says_when_the_writer_has_work() -> None:
+    """The glue wakes its writer only on this flag: a read that returns no credit yet is free."""
+    pair = SessionPair()
+    sid = pair.open_accepted()
+    assert not pair.client.has_messages_to_send
+    assert not pair.server.has_messages_to_send
+    pair.client.send_data(sid, b"x" * 1000)
+    assert pair.client.has_messages_to_send
+    pair.to_server()
+    assert not pair.client.has_messages_to_send
+    pair.server.acknowledge(sid, 1000)  # far below half the window: batched, nothing to send
+    assert not pair.server.has_messages_to_send
+    pair.server.reset_stream(sid)
+    assert pair.server.has_messages_to_send
+    assert pair.server.messages_to_send()
+    assert not pair.server.has_messages_to_send
