@@ -306,7 +306,7 @@ class TunnelSession:
                 )
                 self._check_version(version, frame)
                 self._dispatch(frame)
-                if self._state is SessionState.TERMINATED:
+                if self.state is SessionState.TERMINATED:
                     break  # a GO_AWAY FINAL (or a violation) ends the session mid-message
         except RemoteProtocolError as exc:
             self._error = exc
