@@ -490,7 +490,10 @@ def how_measured(plan: Plan) -> str:
 - **Latency**: `wrk --latency -t{plan.wrk_threads} -c<N> -d{plan.latency_s}s` on `GET /small` with
   keep-alive connections, after a {plan.latency_warmup_s} s warm-up at the same concurrency,
   {plan.latency_runs} run(s) per path taking turns; wrk's p50 and p99 (median over the runs).
-  *Added* latency = the path's p50 - the direct p50 at the same concurrency.
+  *Added* latency = the path's p50 - the direct p50 at the same concurrency. For paths with
+  processes of their own, the JSON also has `cpu_ms_per_request` (and `..._by_process`, for
+  ours: server, agent) per concurrency, and `cpu_s_per_GiB_1_by_process`: CPU per unit moves
+  far less than throughput when other work shares the machine.
   Any non-2xx answer or socket error fails the path.
 - Load generator, target and tunnel share the machine's cores, as they would on one host; on a
   2-CPU machine the c=100 figures are bounded by CPU, not by the network.
