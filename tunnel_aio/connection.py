@@ -297,9 +297,13 @@ class TunnelConnection:
     # ------------------------------------------------------------------ events
 
     def _process(self) -> None:
-        for event in self.session.events():
+        session = self.session
+        for event in session.events():
             self._dispatch(event)
-        self._wake_writer.set()
+        # Wake the writer only for something to send (or to end): a read that gives back no
+        # credit yet, the common case, then costs no task switch.
+        if session.has_messages_to_send or self._terminated.is_set():
+            self._wake_writer.set()
 
     def _dispatch(self, event: object) -> None:  # noqa: C901, PLR0912 - one flat switch reads best
         match event:

@@ -24,15 +24,20 @@ class TunnelSettings:
     """Versions offered in HELLO; the highest one both ends offer is used. Tests narrow it to
     provoke a mismatch; production code keeps the default."""
 
-    max_frame_payload: int = 64 * 1024
-    """Bytes: largest DATA payload we accept (and advertise). 64 KiB keeps one frame small next
-    to the 256 KiB window, so four frames are in flight per stream and a control frame never
-    waits behind a huge message; larger frames gained nothing measurable in yamux or HTTP/2."""
+    max_frame_payload: int = 256 * 1024
+    """Bytes: largest DATA payload we accept (and advertise); a sender cuts by the size its
+    *peer* advertised, so an older peer's 64 KiB still holds for what we send it. Python pays
+    per frame (a WebSocket message, a TLS write, a loop wake-up and an event dispatch on each
+    side), not per byte: 256 KiB frames cut the server's CPU per GiB by about a third and the
+    agent's by a fifth against 64 KiB (docs/benchmarks.md, issue 18). A control frame waits
+    behind the bytes already queued, which the window bounds whatever the frame size."""
 
-    initial_window: int = 256 * 1024
+    initial_window: int = 512 * 1024
     """Bytes: per-stream credit we grant the peer, hence the most we ever hold unread per
-    stream. 256 KiB is yamux's default: enough for ~20 Mbit/s at 100 ms RTT per stream while
-    1024 streams stay within 256 MiB worst case."""
+    stream. Two full frames: the peer sends the second while we consume the first, and the
+    credit for the first (half a window) goes back as it is consumed, so a stream never
+    stalls waiting for credit on a fast link; ~40 Mbit/s per stream at 100 ms RTT. The worst
+    case is 512 MiB held per session if all 1024 streams stall unread."""
 
     max_concurrent_streams: int = 1024
     """Streams the peer may have open towards us at once; more OPENs are refused, not fatal.

@@ -56,8 +56,15 @@ class StreamState(enum.Enum):
     HALF_CLOSED_REMOTE = "HALF_CLOSED_REMOTE"
     CLOSED = "CLOSED"
 
+    # Members are singletons compared by identity, so identity hashing is exact; Enum's own
+    # ``__hash__`` is Python code hashing the name, and the table lookups below run for
+    # every frame.
+    __hash__ = object.__hash__
+
 
 class StreamInput(enum.Enum):
+    __hash__ = object.__hash__  # as StreamState's: identity, for the per-frame table lookups
+
     SEND_OPEN = "SEND_OPEN"
     RECV_OPEN = "RECV_OPEN"
     SEND_ACCEPT = "SEND_ACCEPT"

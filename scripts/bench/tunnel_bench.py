@@ -109,13 +109,23 @@ async def curl_get(endpoint: Endpoint, size: int, *, sharing: int = 1) -> st.Cur
     return result
 
 
-async def bulk_single(endpoint: Endpoint, size: int) -> tuple[float, float | None]:
-    """One stream: (MB/s, CPU seconds of the path's processes per GiB, if it has any)."""
-    cpu_before = tree_cpu_seconds(endpoint.cpu_pids)
+def cpu_by_process(endpoint: Endpoint) -> list[float]:
+    """CPU seconds so far of each of the path's processes (with its children), in order."""
+    return [tree_cpu_seconds([pid]) for pid in endpoint.cpu_pids]
+
+
+def cpu_spent(before: Sequence[float], after: Sequence[float]) -> list[float]:
+    return [b - a for a, b in zip(before, after, strict=True)]
+
+
+async def bulk_single(endpoint: Endpoint, size: int) -> tuple[float, float | None, list[float]]:
+    """One stream: (MB/s, CPU s of the path's processes per GiB, the same per process)."""
+    cpu_before = cpu_by_process(endpoint)
     result = await curl_get(endpoint, size)
-    cpu = tree_cpu_seconds(endpoint.cpu_pids) - cpu_before
-    per_gib = cpu / (size / st.GIB) if endpoint.cpu_pids else None
-    return st.mb_per_s(result.size, result.seconds), per_gib
+    spent = cpu_spent(cpu_before, cpu_by_process(endpoint))
+    per_gib = [cpu / (size / st.GIB) for cpu in spent]
+    total = sum(per_gib) if endpoint.cpu_pids else None
+    return st.mb_per_s(result.size, result.seconds), total, per_gib
 
 
 async def bulk_parallel(endpoint: Endpoint, streams: int, size_each: int) -> float:
@@ -130,13 +140,18 @@ async def bulk_parallel(endpoint: Endpoint, streams: int, size_each: int) -> flo
     return st.mb_per_s(streams * size_each, time.perf_counter() - started)
 
 
-async def wrk(endpoint: Endpoint, connections: int, seconds: int, threads: int) -> st.WrkResult:
+async def wrk(
+    endpoint: Endpoint, connections: int, seconds: int, threads: int
+) -> tuple[st.WrkResult, list[float]]:
+    """The result of wrk and the CPU ms per request of each of the path's processes."""
     argv = [
         "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
         "--timeout", "5s", "--latency", *_client_args(endpoint, curl=False),
         endpoint.url("/small"),
     ]  # fmt: skip
+    cpu_before = cpu_by_process(endpoint)
     status, out, err = await run(argv, seconds + 30)
+    spent = cpu_spent(cpu_before, cpu_by_process(endpoint))
     if status != 0:
         raise BenchError(f"wrk failed (status {status}): {err.strip() or out.strip()}")
     result = st.parse_wrk(out)
@@ -145,7 +160,7 @@ async def wrk(endpoint: Endpoint, connections: int, seconds: int, threads: int) 
             f"wrk through {endpoint.base_url}: {result.non_2xx} non-2xx responses, "
             f"{result.socket_errors} socket errors"
         )
-    return result
+    return result, [1000 * cpu / max(1, result.requests) for cpu in spent]
 
 
 # ---------------------------------------------------------------- the run
@@ -159,8 +174,10 @@ class PathRun:
     reason: str = ""
     bulk_1: list[float] | None = None
     cpu_1: list[float] | None = None
+    cpu_1_by_process: list[list[float]] | None = None
     bulk_16: list[float] | None = None
     latency: dict[int, list[st.WrkResult]] | None = None
+    cpu_ms_per_request: dict[int, list[list[float]]] | None = None
 
     @property
     def live(self) -> bool:
@@ -193,10 +210,11 @@ async def measure_bulk(runs: Sequence[PathRun], plan: Plan) -> None:
     for i in range(plan.bulk_1_runs):
 
         async def one(path: PathRun, endpoint: Endpoint) -> None:
-            rate, cpu = await bulk_single(endpoint, plan.bulk_1_bytes)
+            rate, cpu, by_process = await bulk_single(endpoint, plan.bulk_1_bytes)
             path.bulk_1 = [*(path.bulk_1 or []), rate]
             if cpu is not None:
                 path.cpu_1 = [*(path.cpu_1 or []), cpu]
+                path.cpu_1_by_process = [*(path.cpu_1_by_process or []), by_process]
 
         await _each(runs, f"1 stream, run {i + 1}/{plan.bulk_1_runs}", one)
 
@@ -216,9 +234,12 @@ async def measure_latency(runs: Sequence[PathRun], plan: Plan) -> None:
             async def latency(path: PathRun, endpoint: Endpoint, c: int = connections) -> None:
                 if not (path.latency or {}).get(c):
                     await wrk(endpoint, c, plan.latency_warmup_s, plan.wrk_threads)
-                result = await wrk(endpoint, c, plan.latency_s, plan.wrk_threads)
+                result, cpu = await wrk(endpoint, c, plan.latency_s, plan.wrk_threads)
                 latencies = path.latency = path.latency or {}
                 latencies[c] = [*latencies.get(c, []), result]
+                if endpoint.cpu_pids:
+                    per_request = path.cpu_ms_per_request = path.cpu_ms_per_request or {}
+                    per_request[c] = [*per_request.get(c, []), cpu]
 
             figure = f"latency at {connections} connections, run {i + 1}/{plan.latency_runs}"
             await _each(runs, figure, latency)
@@ -294,6 +315,10 @@ def path_figures(run_: PathRun, direct: PathRun | None) -> dict[str, Any]:
     figures |= _bulk_figures(run_, direct)
     for c, results in (run_.latency or {}).items():
         mine = figures[f"c{c}"] = _latency_json(results)
+        cpu_runs = (run_.cpu_ms_per_request or {}).get(c)
+        if cpu_runs:
+            mine["cpu_ms_per_request_by_process"] = _median_by_process(cpu_runs, 4)
+            mine["cpu_ms_per_request"] = round(sum(mine["cpu_ms_per_request_by_process"]), 4)
         base = (direct.latency or {}).get(c) if direct is not None else None
         if base:
             theirs = _latency_json(base)
@@ -310,6 +335,8 @@ def _bulk_figures(run_: PathRun, direct: PathRun | None) -> dict[str, Any]:
         figures["bulk_1_runs_MBps"] = [round(v, 1) for v in run_.bulk_1]
     if run_.cpu_1:
         figures["cpu_s_per_GiB_1"] = round(st.median(run_.cpu_1), 3)
+    if run_.cpu_1_by_process:
+        figures["cpu_s_per_GiB_1_by_process"] = _median_by_process(run_.cpu_1_by_process, 3)
     if run_.bulk_16:
         figures["bulk_16_MBps"] = round(st.median(run_.bulk_16), 1)
         figures["bulk_16_runs_MBps"] = [round(v, 1) for v in run_.bulk_16]
@@ -319,6 +346,11 @@ def _bulk_figures(run_: PathRun, direct: PathRun | None) -> dict[str, Any]:
             if value is not None:
                 figures[f"bulk_{streams}_vs_direct"] = round(value, 3)
     return figures
+
+
+def _median_by_process(runs: Sequence[Sequence[float]], digits: int) -> list[float]:
+    """Per process (in the path's ``cpu_pids`` order: for ours, server then agent), the median."""
+    return [round(st.median(list(values)), digits) for values in zip(*runs, strict=True)]
 
 
 def compare(ours: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, float]:
@@ -458,7 +490,10 @@ def how_measured(plan: Plan) -> str:
 - **Latency**: `wrk --latency -t{plan.wrk_threads} -c<N> -d{plan.latency_s}s` on `GET /small` with
   keep-alive connections, after a {plan.latency_warmup_s} s warm-up at the same concurrency,
   {plan.latency_runs} run(s) per path taking turns; wrk's p50 and p99 (median over the runs).
-  *Added* latency = the path's p50 - the direct p50 at the same concurrency.
+  *Added* latency = the path's p50 - the direct p50 at the same concurrency. For paths with
+  processes of their own, the JSON also has `cpu_ms_per_request` (and `..._by_process`, for
+  ours: server, agent) per concurrency, and `cpu_s_per_GiB_1_by_process`: CPU per unit moves
+  far less than throughput when other work shares the machine.
   Any non-2xx answer or socket error fails the path.
 - Load generator, target and tunnel share the machine's cores, as they would on one host; on a
   2-CPU machine the c=100 figures are bounded by CPU, not by the network.

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tests.harness.waiting import eventually_async
 from tunnel_aio import StreamRejectedError, TunnelClosedError, TunnelConnection, TunnelStream
-from tunnel_protocol import ErrorCode, Role
+from tunnel_protocol import ErrorCode, Role, TunnelSettings
 
 Handler = Callable[[TunnelStream], Awaitable[None]]
 
@@ -54,7 +54,11 @@ async def route(stream: TunnelStream) -> None:
 
 @contextlib.asynccontextmanager
 async def tunnel_pair(
-    server_handler: Handler | None = route, client_handler: Handler | None = route
+    server_handler: Handler | None = route,
+    client_handler: Handler | None = route,
+    *,
+    server_settings: TunnelSettings | None = None,
+    client_settings: TunnelSettings | None = None,
 ) -> AsyncIterator[Pair]:
     server_side: asyncio.Future[TunnelConnection] = asyncio.get_running_loop().create_future()
     server_done = asyncio.Event()
@@ -62,7 +66,9 @@ async def tunnel_pair(
     async def endpoint(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
         await ws.prepare(request)
-        connection = TunnelConnection(ws, role=Role.SERVER, name="srv", on_stream=server_handler)
+        connection = TunnelConnection(
+            ws, role=Role.SERVER, name="srv", on_stream=server_handler, settings=server_settings
+        )
         server_side.set_result(connection)
         try:
             await connection.run()
@@ -82,7 +88,9 @@ async def tunnel_pair(
         http.ws_connect(f"http://127.0.0.1:{port}/tunnel", max_msg_size=2 * 1024 * 1024) as ws,
         asyncio.TaskGroup() as group,
     ):
-        client = TunnelConnection(ws, role=Role.CLIENT, name="cli", on_stream=client_handler)
+        client = TunnelConnection(
+            ws, role=Role.CLIENT, name="cli", on_stream=client_handler, settings=client_settings
+        )
         group.create_task(client.run(), name="client-run")
         server = await server_side
         await asyncio.gather(client.wait_ready(), server.wait_ready())
@@ -164,7 +172,8 @@ async def test_slow_reader_does_not_stall_other_streams() -> None:
 
         _, echoed = await asyncio.gather(send(), receive())
         assert echoed == 1_000_000
-        assert pair.server.session.buffered_bytes(stalled.stream_id) <= 256 * 1024
+        window = TunnelSettings().initial_window
+        assert pair.server.session.buffered_bytes(stalled.stream_id) <= window
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
@@ -241,3 +250,39 @@ async def drain_then_write(stream: TunnelStream) -> None:
     while await stream.read():
         pass
     await stream.write(b"more")
+
+
+async def test_ends_with_different_frame_and_window_sizes_work_together() -> None:
+    """Old defaults (64 KiB frames, 256 KiB windows) at one end, new ones at the other.
+
+    Each sender cuts by its peer's advertised frame size (a larger DATA would be a
+    FRAME_SIZE_ERROR that ends the session) and keeps within its credit, both ways.
+    """
+    old = TunnelSettings(max_frame_payload=64 * 1024, initial_window=256 * 1024)
+    payload = os.urandom(3_000_000)
+    for server_settings, client_settings in ((old, None), (None, old)):
+        async with tunnel_pair(
+            server_settings=server_settings, client_settings=client_settings
+        ) as pair:
+            for opener in (pair.client, pair.server):
+                stream = await opener.open_stream("echo")
+
+                async def send(stream: TunnelStream = stream) -> None:
+                    await stream.write(payload)
+                    stream.end()
+
+                async def receive(stream: TunnelStream = stream) -> bytes:
+                    chunks = []
+                    while data := await stream.read():
+                        chunks.append(data)
+                    return b"".join(chunks)
+
+                _, echoed = await asyncio.gather(send(), receive())
+                assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+            assert pair.client.session.peer_settings is not None
+            assert pair.server.session.peer_settings is not None
+            sizes = {
+                pair.client.session.peer_settings.max_frame_payload,
+                pair.server.session.peer_settings.max_frame_payload,
+            }
+            assert sizes == {64 * 1024, TunnelSettings().max_frame_payload}

@@ -33,6 +33,7 @@ from tunnel_protocol import (
     Reset,
     WindowUpdate,
     decode_frame,
+    encode_data,
     encode_frame,
 )
 from tunnel_protocol.frames import (
@@ -182,6 +183,23 @@ def test_encode_decode_round_trip(frame: Frame, version: int) -> None:
     message = encode_frame(frame, version=version)
     assert len(message) == HEADER_SIZE + len(frame.payload())
     assert decode_frame(message) == (version, frame)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    stream_id=st.integers(1, MAX_STREAM_ID),
+    payload=st.binary(min_size=1, max_size=4096),
+    start=st.integers(0, 64),
+    version=st.integers(0, 255),
+)
+def test_the_data_fast_path_encodes_what_encode_frame_does(
+    stream_id: int, payload: bytes, start: int, version: int
+) -> None:
+    # The session hands ``encode_data`` a slice of a memoryview of the application's buffer.
+    buffer = memoryview(bytes(start) + payload)[start:]
+    message = encode_data(stream_id, buffer, version=version)
+    assert message == encode_frame(Data(stream_id, payload), version=version)
+    assert decode_frame(message) == (version, Data(stream_id, payload))
 
 
 @settings(deadline=None, max_examples=200)

@@ -6,6 +6,7 @@ import pytest
 
 from tests.unit.tunnel_protocol.helpers import SessionPair, assert_no_leaks
 from tunnel_protocol import (
+    MAX_FRAME_PAYLOAD_HARD_CAP,
     Accept,
     Data,
     DataReceived,
@@ -37,6 +38,7 @@ from tunnel_protocol import (
     TunnelSettings,
     WindowUpdate,
     decode_frame,
+    encode_data,
     encode_frame,
 )
 
@@ -54,7 +56,7 @@ def test_handshake_exchanges_settings_and_agrees_version_1() -> None:
     pair = SessionPair(handshake=False)
     client_events, server_events = pair.exchange()
     expected = PeerSettings(
-        versions=(1,), max_frame_payload=64 * KIB, initial_window=256 * KIB,
+        versions=(1,), max_frame_payload=256 * KIB, initial_window=512 * KIB,
         max_concurrent_streams=1024,
     )  # fmt: skip
     assert client_events == [HandshakeComplete(1, expected)]
@@ -177,12 +179,28 @@ def test_data_both_ways_in_order() -> None:
 
 
 def test_large_writes_are_split_into_max_payload_frames() -> None:
-    pair = SessionPair()
+    # The sender cuts by the frame size the *receiver* advertised, not by its own.
+    pair = SessionPair(server_settings=TunnelSettings(max_frame_payload=64 * KIB))
     sid = pair.open_accepted()
-    assert pair.client.send_data(sid, memoryview(bytes(200 * KIB))) == 200 * KIB
+    payload = bytes(range(256)) * (200 * KIB // 256)
+    assert pair.client.send_data(sid, memoryview(payload)) == 200 * KIB
     sizes = [len(m) - 12 for m in pair.in_flight(pair.client)]
     assert sizes == [64 * KIB, 64 * KIB, 64 * KIB, 8 * KIB]
+    received = [e.data for e in pair.to_server() if isinstance(e, DataReceived)]
+    assert b"".join(received) == payload
     assert pair.client.send_data(sid, b"") == 0
+
+
+def test_data_frames_are_byte_identical_to_encode_frame() -> None:
+    """The single-copy DATA encoder (``encode_data``) is the general encoder's twin."""
+    for size in (1, 100, 64 * KIB, MAX_FRAME_PAYLOAD_HARD_CAP):
+        payload = bytes([size % 251]) * size
+        for view in (payload, memoryview(payload)):
+            fast = encode_data(7, view, version=1)
+            assert fast == encode_frame(Data(7, payload), version=1)
+    for bad in (b"", bytes(MAX_FRAME_PAYLOAD_HARD_CAP + 1)):
+        with pytest.raises(LocalProtocolError):
+            encode_data(7, bad, version=1)
 
 
 def test_client_half_close_then_server_keeps_sending() -> None:
@@ -624,3 +642,21 @@ def test_server_pings_a_quiet_agent() -> None:
     pair = SessionPair(now=0.0)
     pair.server.handle_timeout(15.0)
     assert any(isinstance(f, Ping) for f in frames_of(list(pair.in_flight(pair.server))))
+
+
+def test_has_messages_to_send_says_when_the_writer_has_work() -> None:
+    """The glue wakes its writer only on this flag: a read that returns no credit yet is free."""
+    pair = SessionPair()
+    sid = pair.open_accepted()
+    assert not pair.client.has_messages_to_send
+    assert not pair.server.has_messages_to_send
+    pair.client.send_data(sid, b"x" * 1000)
+    assert pair.client.has_messages_to_send
+    pair.to_server()
+    assert not pair.client.has_messages_to_send
+    pair.server.acknowledge(sid, 1000)  # far below half the window: batched, nothing to send
+    assert not pair.server.has_messages_to_send
+    pair.server.reset_stream(sid)
+    assert pair.server.has_messages_to_send
+    assert pair.server.messages_to_send()
+    assert not pair.server.has_messages_to_send
