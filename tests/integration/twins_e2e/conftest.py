@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from device_models import DeviceModel
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
 from tests.harness.daemons import BIN, Server, launch_agent, write_agent_config
@@ -204,6 +205,30 @@ class System:
             within=READY_TIMEOUT,
         )
         return body
+
+    async def upload_model(self, text: str) -> None:
+        """``POST /api/v1/device-models`` (YAML), then wait until the agent stored it."""
+        model = DeviceModel.from_yaml(text)
+        headers = {
+            "Authorization": f"Bearer {self.server.admin_token}",
+            "Content-Type": "application/yaml",
+        }
+        url = self.server.url + "/api/v1/device-models"
+        async with self.http.post(url, data=text, headers=headers) as answer:
+            assert answer.status in (200, 201), await answer.text()
+        path = self.agent.data_dir / "twins" / "models" / f"{model.name}.yaml"
+
+        async def on_disk() -> str | None:
+            assert self.agent.process is not None
+            self.agent.process.check_running()  # a crash ends the wait at once
+            return DeviceModel.from_yaml(path.read_bytes()).version if path.exists() else None
+
+        await eventually_async(
+            on_disk,
+            lambda version: version == model.version,
+            what=f"model {model.name} {model.version} on the agent",
+            within=READY_TIMEOUT,
+        )
 
     # ------------------------------------------------------------------ the edge
 
