@@ -18,8 +18,9 @@ publishes it and keeps it true (docs/home-assistant.md):
    time, in arrival order, as desired requests over the sync stream (`DesiredForwarder`). The
    device gets the change through the normal desired path, and HA sees the new state only when
    the device reports it. Never queued for later: with no stream to the cloud, the command is
-   refused. Each outcome is published retained on the device's "Last command" state topic
-   (``edgefleet/devices/<id>/ha/command``): ``sent``, then ``accepted`` or ``refused: <why>``.
+   refused (unless rule 5 applies). Each outcome is published retained on the device's
+   "Last command" state topic (``edgefleet/devices/<id>/ha/command``): ``sent``, then
+   ``accepted`` or ``refused: <why>``.
 5. Local control: for a device whose model says ``localControl: true``, a command the cloud
    cannot take because it is unreachable (no stream, or the stream broke under the request)
    or too old to take commands is written into desired here instead

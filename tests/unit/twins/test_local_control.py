@@ -1,5 +1,7 @@
-"""Local control (``localControl: true``): HA commands applied at the edge while the cloud is
-unreachable, and what the cloud does with the edge's desired changes when they arrive.
+"""Local control (``localControl: true``): HA commands applied at the edge, then synced.
+
+While the cloud is unreachable the edge applies them; the cloud then takes or drops the edge's
+desired changes by the model, and the conflict rule decides a key both sides wrote.
 
 Edge: a real EdgeTwinReplica and store with a recording publisher. Cloud: a real
 CloudTwinReplica and store fed the edge's outbox records (tests/unit/twin_sync/edge_sim.py).
@@ -83,8 +85,8 @@ def test_local_control_is_off_unless_the_model_says_true() -> None:
         DeviceModel.from_dict({**LAMP.to_dict(), "localControl": "yes"})
 
 
-@given(st.booleans())
-def test_the_flag_round_trips_and_is_written_only_when_true(flag: bool) -> None:
+@given(flag=st.booleans())
+def test_the_flag_round_trips_and_is_written_only_when_true(*, flag: bool) -> None:
     model = DeviceModel.from_dict({**LAMP.to_dict(), "localControl": flag})
     written = model.to_dict()
     assert ("localControl" in written) is flag  # an older agent knows no such field
@@ -225,7 +227,9 @@ def test_edge_desired_writes_are_audited_as_the_node(tmp_path: Path) -> None:
     link = _Link(stream=cast("TunnelStream", None), node=NODE, cloud=cloud, links=links)
     link._audit_edge_write(EdgeDesiredWrite(device="l1", change="o#3", keys=("on",)))
     link._audit_edge_write(
-        EdgeDesiredWrite(device="t1", change="o#4", keys=("x",), refused="local_control_not_allowed")
+        EdgeDesiredWrite(
+            device="t1", change="o#4", keys=("x",), refused="local_control_not_allowed"
+        )
     )
     first, second = audit.records
     assert (first.user, first.role, first.status, first.target) == (
@@ -258,6 +262,7 @@ def deliver_downlink(cloud: CloudTwinReplica, edge: EdgeSim, device: str) -> Non
 )
 def test_after_an_outage_the_cloud_wins_brightness_and_both_sides_agree(
     tmp_path_factory: pytest.TempPathFactory,
+    *,
     edge_values: list[int],
     cloud_values: list[int],
     cloud_first: bool,
