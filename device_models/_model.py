@@ -4,7 +4,9 @@ Rules of the format (docs/device-models.md has the long form):
 
 - A model is a mapping with `apiVersion: edgefleet.io/v1`, `kind: DeviceModel`, `name` (a DNS
   label), `version` (a quoted string like "1.2.0"), optional `description` and `protocol` (a
-  bounded mapping of scalars the device's driver reads), and a non-empty `properties` list.
+  bounded mapping of scalars the device's driver reads), optional `localControl` (a boolean,
+  default false: whether the edge may change desired itself while the cloud is unreachable,
+  docs/twins.md §4), and a non-empty `properties` list.
 - A property has `name` (identifier), `type` (int, float, bool, string, enum, object), and per
   type: `unit`, `min`, `max` (numbers); `maxLength` (string); `values` (enum); `properties`
   (object). Every property may have `description`, `access` (read-only | read-write, default
@@ -139,6 +141,7 @@ class DeviceModel:
     properties: tuple[PropertySpec, ...]
     description: str = ""
     protocol: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    local_control: bool = False  # [localControl] the edge may write desired while cut off
 
     @classmethod
     def from_yaml(cls, text: str | bytes) -> DeviceModel:
@@ -165,7 +168,13 @@ class DeviceModel:
         return self._validate(patch, desired=True)
 
     def to_dict(self) -> dict[str, object]:
-        """The model as a plain mapping that `from_dict` accepts (defaults written out)."""
+        """The model as a plain mapping that `from_dict` accepts (defaults written out).
+
+        ``localControl`` is written only when true: an agent of an older release refuses a
+        model with a field it does not know, and a model without the option means the same
+        to it.
+        """
+        local: dict[str, object] = {"localControl": True} if self.local_control else {}
         return {
             "apiVersion": API_VERSION,
             "kind": MODEL_KIND,
@@ -173,6 +182,7 @@ class DeviceModel:
             "version": self.version,
             "description": self.description,
             "protocol": dict(self.protocol),
+            **local,
             "properties": [spec.to_dict() for spec in self.properties],
         }
 
@@ -233,7 +243,16 @@ def _one(path: str, reason: str) -> tuple[Problem, ...]:
 
 # -------------------------------------------------------------------------------- parsing
 
-_TOP_FIELDS = ("apiVersion", "kind", "name", "version", "description", "protocol", "properties")
+_TOP_FIELDS = (
+    "apiVersion",
+    "kind",
+    "name",
+    "version",
+    "description",
+    "protocol",
+    "localControl",
+    "properties",
+)
 _COMMON_FIELDS = frozenset({"name", "type", "description", "access", "kind"})
 _E = TypeVar("_E", bound=StrEnum)
 _NUMBER_TYPES = (PropertyType.INT, PropertyType.FLOAT)
@@ -283,6 +302,7 @@ class _ModelParser:
             version=self._version(data),
             description=self._text(data, "", "description", MAX_DESCRIPTION_LENGTH),
             protocol=self._protocol(data.get("protocol", {})),
+            local_control=self._flag(data, "localControl"),
             properties=self._property_list(data.get("properties"), "properties", depth=1),
         )
 
@@ -332,6 +352,13 @@ class _ModelParser:
             return value
         self.problems.add(join_path(path, key), f"must be a string of at most {limit} characters")
         return ""
+
+    def _flag(self, data: dict[object, object], key: str) -> bool:
+        value = data.get(key, False)
+        if isinstance(value, bool):
+            return value
+        self.problems.add(key, f"must be true or false (got {_show(value)})")
+        return False
 
     def _protocol(self, raw: object) -> Mapping[str, Scalar]:
         if not isinstance(raw, dict):

@@ -49,7 +49,9 @@ __all__ = [
     "MAX_PATCH_BYTES",
     "MAX_PENDING",
     "MAX_REASON",
+    "NOT_TAKEN",
     "SOURCES",
+    "UNREACHABLE",
     "DesiredAnswer",
     "DesiredRequest",
     "RequestRefusedError",
@@ -68,6 +70,10 @@ ASCII) only barely, and any switch, number or select many times over."""
 MAX_PENDING = 16
 """Requests in flight per stream: HA sends one per click; more waiting means a stuck cloud."""
 MAX_REASON = 256
+UNREACHABLE = "cloud unreachable"
+"""`RequestRefusedError.reason` when there is no stream, or it broke under the request."""
+NOT_TAKEN = "the cloud does not take commands (an older release)"
+"""`RequestRefusedError.reason` when the cloud's welcome did not advertise requests."""
 _MAX_ID = 2**53
 _MAX_FEATURES = 16
 _MAX_DEVICE = 64

@@ -18,8 +18,17 @@ publishes it and keeps it true (docs/home-assistant.md):
    time, in arrival order, as desired requests over the sync stream (`DesiredForwarder`). The
    device gets the change through the normal desired path, and HA sees the new state only when
    the device reports it. Never queued for later: with no stream to the cloud, the command is
-   refused. Each outcome is published retained on the device's "Last command" state topic
-   (``edgefleet/devices/<id>/ha/command``): ``sent``, then ``accepted`` or ``refused: <why>``.
+   refused (unless rule 5 applies). Each outcome is published retained on the device's
+   "Last command" state topic (``edgefleet/devices/<id>/ha/command``): ``sent``, then
+   ``accepted`` or ``refused: <why>``.
+5. Local control: for a device whose model says ``localControl: true``, a command the cloud
+   cannot take because it is unreachable (no stream, or the stream broke under the request)
+   or too old to take commands is written into desired here instead
+   (`EdgeTwinReplica.write_local_desired`): the device gets it at once, the change waits in
+   the outbox and syncs under the conflict rule (desired: the cloud wins a key both sides
+   wrote). "Last command" shows ``applied locally (<why>)``. While the cloud is reachable the
+   command still goes through it (it records who asked), and a cloud that answered, refused
+   or did not answer in time is never overridden: the command may have been applied there.
 
 One lock orders every publish of this module, and what it remembers as published is updated
 only once the broker acknowledged it: a failed publish leaves it to the next session's
@@ -40,9 +49,15 @@ import aiomqtt
 
 from device_models import DeviceModel
 from device_models import home_assistant as mapping
-from device_models.sync_requests import DesiredAnswer, RequestRefusedError
+from device_models.home_assistant import CommandValue
+from device_models.sync_requests import (
+    NOT_TAKEN,
+    UNREACHABLE,
+    DesiredAnswer,
+    RequestRefusedError,
+)
 from edge_agent.twins import topics
-from edge_agent.twins.replica import EdgeTwinReplica, Publisher
+from edge_agent.twins.replica import EdgeTwinReplica, LocalWriteError, Publisher
 from edge_agent.twins.topics import Op
 from edge_agent.twins.twin_store import DeviceRecord, DeviceState
 
@@ -59,7 +74,9 @@ log = logging.getLogger("edge_agent.twins.home_assistant")
 _CHUNK = 256
 """Publishes in flight together at most (their PUBACKs overlap; memory stays bounded)."""
 COMMAND_SOURCE = "home-assistant"
-UNREACHABLE = "cloud unreachable"
+LOCAL_REASONS = {UNREACHABLE: UNREACHABLE, NOT_TAKEN: "the cloud does not take commands"}
+"""Refusals that mean the cloud never got the command -> the "applied locally (...)" text; a
+model with local control applies the command at the edge after these (rule 5) only."""
 
 
 def command_state_topic(device_id: str) -> str:
@@ -137,6 +154,8 @@ class HomeAssistantMetrics:
     """Sent to the cloud as desired requests and answered (accepted or refused)."""
     commands_accepted: int = 0
     """Accepted by the cloud (desired changed there)."""
+    commands_applied_locally: int = 0
+    """Written into desired at the edge (local control, the cloud unreachable; rule 5)."""
     publish_failures: int = 0
 
 
@@ -297,19 +316,35 @@ class HomeAssistantDiscovery:
             return f"refused: {parsed}"
         forwarder = self._forwarder
         if forwarder is None or not forwarder.connected:
-            return f"refused: {UNREACHABLE}"
+            return await self._fallback(command, parsed, model, UNREACHABLE)
         await self._show_command(command, "sent")
         try:
             answer = await forwarder.request_desired(
                 command.device_id, {parsed.property: parsed.value}, source=COMMAND_SOURCE
             )
         except RequestRefusedError as error:
-            return f"refused: {error.reason}"
+            return await self._fallback(command, parsed, model, error.reason)
         self.metrics.commands_forwarded += 1  # the cloud answered it
         if not answer.accepted:
             return f"refused: {answer.reason}"
         self.metrics.commands_accepted += 1
         return "accepted"
+
+    async def _fallback(
+        self, command: _Command, parsed: CommandValue, model: DeviceModel, reason: str
+    ) -> str:
+        """The cloud did not take the command: apply it here if allowed (rule 5), or refuse."""
+        why = LOCAL_REASONS.get(reason)
+        if why is None or not model.local_control:
+            return f"refused: {reason}"
+        try:
+            await self._twins.write_local_desired(
+                command.device_id, {parsed.property: parsed.value}
+            )
+        except LocalWriteError as error:
+            return f"refused: {error.message}"
+        self.metrics.commands_applied_locally += 1
+        return f"applied locally ({why})"
 
     async def _show_command(self, command: _Command, state: str) -> None:
         payload = mapping.command_state_payload(state, prop=command.name, at=command.at)

@@ -37,6 +37,13 @@ Rules (docs/mqtt.md has the wire format):
    redelivered request is still answered from it. An answer the broker did not take stops
    all later acknowledgements and ends the session (`handle_batch` raises
    `aiomqtt.MqttError` before committing more): the broker sends them all again.
+8. Desired belongs to the cloud; the edge writes it itself (`write_local_desired`) only for a
+   device whose model allows it (``localControl: true``), and only when asked to (a Home
+   Assistant command while the cloud is unreachable). The write is checked against the model,
+   committed with its `TwinChange` in the outbox in one transaction, and sent to the device
+   on ``twin/desired`` at once, exactly as a cloud change would be (rule 5). When the link
+   returns it syncs like any change: a key the cloud also wrote meanwhile is the cloud's
+   (device_models' conflict rule), and the device is then told the cloud's value.
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ __all__ = [
     "CloudChangeError",
     "CloudChangeResult",
     "EdgeTwinReplica",
+    "LocalWriteError",
     "Publisher",
 ]
 
@@ -118,6 +126,10 @@ class Publisher(Protocol):
 
 class CloudChangeError(RequestError):
     """A cloud change that was not applied; `code` says whether to resend (out_of_order)."""
+
+
+class LocalWriteError(RequestError):
+    """An edge write of desired that was refused; `code` and `message` say why (rule 8)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -763,6 +775,69 @@ class EdgeTwinReplica:
             "status": status,
             "at": self._clock(),
         }
+
+    # ------------------------------------------------------------------ local desired
+
+    async def write_local_desired(self, device_id: str, patch: JsonObject) -> int:
+        """Write `patch` into `device_id`'s desired section here, at the edge (rule 8).
+
+        Returns the desired ``$version`` afterwards. Raises LocalWriteError: the device is
+        not active here (``device_not_found``), its model is not loaded (``model_unknown``)
+        or does not allow local control (``bad_request``), the patch does not fit the model
+        (``invalid_value``, ``too_large``), or the outbox is full (``outbox_full``); the
+        twin is then unchanged.
+        """
+        async with self._lock:
+            record = self._devices.get(device_id)
+            if record is None or record.state is not DeviceState.ACTIVE:
+                raise LocalWriteError(Code.UNKNOWN_DEVICE, f"device {device_id} is not onboarded")
+            model = self._models.get(record.model)
+            if model is None:
+                raise LocalWriteError(
+                    Code.UNKNOWN_MODEL, f"model {record.model} is not loaded here"
+                )
+            if not model.local_control:
+                raise LocalWriteError(
+                    Code.BAD_REQUEST, f"model {model.name} does not allow local control"
+                )
+            if not patch:
+                raise LocalWriteError(Code.BAD_REQUEST, "an empty patch changes nothing")
+            try:
+                checked = model.validate_desired(patch)
+                self._outbox.check_room(1)
+                replica, change = write_change(
+                    record.replica, Section.DESIRED, checked, now=self._clock()
+                )
+            except ValidationError as error:
+                raise LocalWriteError(Code.INVALID_VALUE, error.summary, error.problems) from None
+            except LimitExceededError as error:
+                raise LocalWriteError(Code.TOO_LARGE, error.summary, error.problems) from None
+            except RequestError as error:  # the outbox is full
+                raise LocalWriteError(error.code, error.message) from None
+            except DeviceModelsError as error:
+                raise LocalWriteError(Code.BAD_REQUEST, error.summary, error.problems) from None
+            updated = dataclasses.replace(record, replica=replica)
+            self._store.commit(
+                StoreWrite(
+                    devices={device_id: updated}, outbox=[self._change_record(record, change)]
+                )
+            )
+            self._devices[device_id] = updated
+            self._outbox.notify()
+            version = replica.twin.desired.version
+            # The device learns it as it learns a cloud change: the patch, then the delta.
+            batch = _Batch(records={device_id: updated}, dirty_delta={device_id})
+            body: JsonObject = {"version": version, "patch": checked}
+            batch.outgoing.append(
+                _Outgoing(topics.device_topic(device_id, Op.DESIRED), encode(body))
+            )
+            self._metrics.desired_delivered += 1
+            self._queue_deltas(batch)
+            await self._send(batch.outgoing)
+            log.info(
+                "desired of %s written at the edge (local control): $version %s", device_id, version
+            )
+            return version
 
     # ------------------------------------------------------------------ cloud changes
 

@@ -27,6 +27,7 @@ from tunnel_server.app_keys import (
     TWINS_KEY,
     TWINS_SYNC_KEY,
 )
+from tunnel_server.audit.recorder import AUDIT_LOG_KEY
 from tunnel_server.tunnel.sessions import AgentSession
 from tunnel_server.twins.api import add_routes, device_summary
 from tunnel_server.twins.models import load_models
@@ -34,7 +35,7 @@ from tunnel_server.twins.openapi import OPENAPI_PATHS
 from tunnel_server.twins.service import CloudTwinReplica
 from tunnel_server.twins.settings import CloudTwinsSettings
 from tunnel_server.twins.store import TwinStore
-from tunnel_server.twins.sync import EdgeTwinLinks
+from tunnel_server.twins.sync import EdgeTwinLinks, RequestMetrics
 
 __all__ = [
     "OPENAPI_PATHS",
@@ -113,11 +114,20 @@ def setup(app: web.Application, *, settings: CloudTwinsSettings | None = None) -
         settings=settings,
         registry=app[REGISTRY_KEY],
     )
+    links = EdgeTwinLinks(cloud)
     app[TWINS_KEY] = cloud
-    app[TWINS_SYNC_KEY] = EdgeTwinLinks(cloud)
+    app[TWINS_SYNC_KEY] = links
     app[AGENT_SERVICES_KEY][SYNC_TARGET] = _serve_sync
     add_routes(app)
     app[REGISTRY_KEY].register(_Metrics(cloud))
+    app[REGISTRY_KEY].register(RequestMetrics(links.request_counters))
+
+    async def bind_audit(app: web.Application) -> None:
+        # Agents' desired requests and edge desired writes are audited in the log the API's
+        # writes go to; the audit part is set up after this one, so it is bound at start.
+        links.audit = app.get(AUDIT_LOG_KEY)
+
+    app.on_startup.append(bind_audit)
 
     def node_devices(node: str) -> list[dict[str, Any]]:
         """The node page's device table: the first ``page_limit`` devices of ``node``."""

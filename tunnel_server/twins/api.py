@@ -40,8 +40,7 @@ from tunnel_server.api import access
 from tunnel_server.api.paging import encode_continue, list_body, page_params
 from tunnel_server.api.preconditions import check_if_match, etag
 from tunnel_server.api.views import iso
-from tunnel_server.app_keys import REGISTRY_KEY, TWINS_KEY, TWINS_SYNC_KEY
-from tunnel_server.audit.recorder import AUDIT_LOG_KEY
+from tunnel_server.app_keys import TWINS_KEY, TWINS_SYNC_KEY
 from tunnel_server.twins.service import (
     DEVICE_ID,
     CloudTwinReplica,
@@ -54,7 +53,6 @@ from tunnel_server.twins.service import (
     UnknownDeviceError,
 )
 from tunnel_server.twins.store import DeviceKey, DeviceRow, DeviceState
-from tunnel_server.twins.sync import RequestMetrics
 from tunnel_server.web.bodies import read_json_object
 from tunnel_server.web.errors import ApiError
 
@@ -563,19 +561,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/api/v1/devices/{id}/twin", patch_twin)
     app.router.add_post("/api/v1/devices/{id}/move", move_device)
     app.router.add_post("/api/v1/devices/{id}/revoke", revoke_device)
-    _wire_desired_requests(app)
-
-
-def _wire_desired_requests(app: web.Application) -> None:
-    """Agents' desired requests (HA commands) are audited and counted like API writes.
-
-    The sync links (tunnel_server.twins.sync) write their audit records to the same log as
-    ``patch_twin``'s; the audit part is set up after this one, so the log is bound at start.
-    """
-    links = app[TWINS_SYNC_KEY]
-    app[REGISTRY_KEY].register(RequestMetrics(links.request_counters))
-
-    async def bind_audit(app: web.Application) -> None:
-        links.audit = app.get(AUDIT_LOG_KEY)
-
-    app.on_startup.append(bind_audit)

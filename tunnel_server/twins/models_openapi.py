@@ -54,6 +54,11 @@ _MODEL_DOCUMENT: dict[str, Any] = {
         "version": {"type": "string"},
         "description": {"type": "string"},
         "protocol": {"type": "object", "additionalProperties": True},
+        "localControl": {
+            "type": "boolean",
+            "description": "the edge may change desired while the cloud is unreachable "
+            "(written only when true; docs/twins.md §4)",
+        },
         "properties": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
     },
 }

@@ -23,6 +23,11 @@ Rules (docs/twins.md has the long form):
 6. A device belongs to one node; `move` queues a ``move`` command for its node, which hands
    it over on the site's broker; its ``device-moved`` record ends it there and the target's
    ``device`` record starts it there (docs/twins.md, "Moving a device").
+7. Desired belongs to the cloud. An edge change to desired is applied only when the device's
+   model, as the cloud holds it, says ``localControl: true`` (the agent wrote it for a Home
+   Assistant command while the cloud was unreachable); then it merges by the conflict rule
+   (a key the cloud also wrote meanwhile stays the cloud's). Otherwise it is consumed like a
+   value the model refuses (rule 3): its seq used up, nothing applied, ``syncError`` says why.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ __all__ = [
     "CloudTwinReplica",
     "CommandOutcome",
     "DeviceRemovedError",
+    "EdgeDesiredWrite",
     "ModelUnknownError",
     "MovePendingError",
     "QueueFullError",
@@ -126,11 +132,26 @@ class _RejectedError(Exception):
         self.device = device
 
 
+@dataclass(frozen=True, kw_only=True)
+class EdgeDesiredWrite:
+    """An edge change to desired the batch brought (rule 7), for the audit log."""
+
+    device: str
+    change: str
+    """``<origin>#<seq>``."""
+    keys: tuple[str, ...]
+    refused: str | None = None
+    """None: applied. Else the reason word: ``local_control_not_allowed`` (the model does
+    not allow it) or ``invalid_value`` (the model refuses the values)."""
+
+
 @dataclass(kw_only=True)
 class BatchResult:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
+    desired_writes: list[EdgeDesiredWrite] = dataclasses.field(default_factory=list)
+    """Not sent to the agent (`to_json`): the caller audits them."""
 
     def to_json(self) -> JsonObject:
         return {"applied": self.applied, "duplicates": self.duplicates, "rejected": self.rejected}
@@ -188,6 +209,8 @@ class CloudTwinReplica:
         """Not registered when `registry` is None (tests read it with ``collect()``)."""
         self._applied_at: list[float] = []
         """The edge times of the changes applied by the batch being stored."""
+        self._desired_writes: list[EdgeDesiredWrite] = []
+        """The edge's desired changes in the batch being stored (rule 7)."""
         self._clock = clock
         self._wakers: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
@@ -297,6 +320,7 @@ class CloudTwinReplica:
         """Apply an outbox batch exactly once per record; raises BatchError or a store error."""
         now = self._clock()
         self._applied_at.clear()
+        self._desired_writes.clear()
         txn = self.store.begin()
         mark = self.store.uplink_mark(origin)
         last = mark
@@ -330,6 +354,7 @@ class CloudTwinReplica:
             # A clock behind the agent's would give negative times: they count as 0.
             self.end_to_end.observe(max(0.0, stored - at))
         self._applied_at.clear()
+        result.desired_writes, self._desired_writes = self._desired_writes, []
         counters = self.counters
         counters.batches += 1
         counters.records_applied += result.applied
@@ -448,14 +473,14 @@ class CloudTwinReplica:
         if row.state is not DeviceState.ACTIVE:
             raise _RejectedError(f"change for a {row.state} device", device=device)
         row = _resume_edge_origin(row, change)
+        written = change  # as the edge wrote it; `change` may be emptied below
         problem: str | None = None
         # A change the model or the limits refuse uses up its seq without its values, so
         # that later changes from the same origin still apply (the edge does the same).
         empty = dataclasses.replace(change, values={}, metadata={})
-        try:
-            _check_values(self.models.get(row.model), change)
-        except ValidationError as error:
-            problem = f"change {change.origin}#{change.seq} not applied: {_describe(error)}"
+        refusal = _refusal(self.models.get(row.model), change, row.model)
+        if refusal is not None:
+            problem = f"change {change.origin}#{change.seq} not applied: {refusal[1]}"
             change = empty
         try:
             try:
@@ -469,6 +494,7 @@ class CloudTwinReplica:
         if result.applied:
             self.counters.changes_applied += 1
             self._observe_reported(key, change, result.patch)
+            self._note_desired(device, written, refused=refusal and refusal[0])
         else:
             self.counters.changes_duplicate += 1
         txn.put(
@@ -480,6 +506,18 @@ class CloudTwinReplica:
             raise _RejectedError(problem, device=device)
         if result.applied:
             self._applied_at.append(change.at)
+
+    def _note_desired(self, device: str, written: TwinChange, *, refused: str | None) -> None:
+        """Keep an edge change to desired for the caller's audit (rule 7)."""
+        if written.section is Section.DESIRED and written.values:
+            self._desired_writes.append(
+                EdgeDesiredWrite(
+                    device=device,
+                    change=f"{written.origin}#{written.seq}",
+                    keys=tuple(sorted(written.values)),
+                    refused=refused,
+                )
+            )
 
     def _observe_reported(self, key: DeviceKey, change: TwinChange, patch: JsonObject) -> None:
         if change.section is Section.REPORTED and patch:
@@ -754,6 +792,21 @@ def _resume_edge_origin(row: DeviceRow, change: TwinChange) -> DeviceRow:
 def _same_origin(value: object, origin: str, device: str) -> None:
     if value != origin:
         raise _RejectedError("origin must be the session's edge origin", device=device)
+
+
+def _refusal(model: DeviceModel | None, change: TwinChange, name: str) -> tuple[str, str] | None:
+    """(reason word, text) of why the cloud does not apply a change's values (rules 3, 7)."""
+    try:
+        _check_values(model, change)
+    except ValidationError as error:
+        return "invalid_value", _describe(error)
+    # Desired is the cloud's; the edge writes it only for a model that allows it, and a model
+    # this cloud does not hold cannot be checked for that.
+    allowed = model is not None and model.local_control
+    if change.section is Section.DESIRED and change.values and not allowed:
+        text = f"desired written at the edge, and model {name} does not allow local control"
+        return "local_control_not_allowed", text
+    return None
 
 
 def _check_values(model: DeviceModel | None, change: TwinChange) -> None:

@@ -26,6 +26,11 @@ Rules (docs/twins.md, "The sync stream", has the message table):
    moves the same way and the change goes down the normal desired path. Each request,
    accepted or refused, is one audit record (user ``node:<name>``, role the source,
    action ``devices.twin.update``) and is answered ``desired-answer`` at once.
+7. A batch's edge changes to desired (a model with local control, written at the edge while
+   the cloud was unreachable; service.py rule 7) are audited once the batch is committed:
+   one record per change, user ``node:<name>``, role ``local-control``, the same action,
+   status 200 when applied, 403 ``local_control_not_allowed`` when the model does not allow
+   it, 422 ``invalid_value`` when the model refuses the values.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from tunnel_server.twins.service import (
     BatchError,
     CloudTwinReplica,
     DeviceRemovedError,
+    EdgeDesiredWrite,
     ModelUnknownError,
     QueueFullError,
     UnknownDeviceError,
@@ -85,6 +91,9 @@ _DONE = frozenset({"applied", "duplicate", "rejected"})
 AUDIT_ROUTE = "/api/v1/devices/{id}/twin"
 """The route an operator's desired PATCH is audited under; a node's request shares it."""
 AUDIT_ACTION = "devices.twin.update"
+LOCAL_CONTROL_ROLE = "local-control"
+_EDGE_WRITE_STATUS: dict[str | None, int] = {"local_control_not_allowed": 403, "invalid_value": 422}
+"""The audit role of a desired change the edge wrote itself (rule 7)."""
 
 
 class AuditSink(Protocol):
@@ -196,9 +205,6 @@ class _Link:
         return DesiredAnswer(id=request.id, accepted=True, version=version)
 
     def _audit(self, request: DesiredRequest, status: int, reason: str | None) -> None:
-        sink = self._links.audit
-        if sink is None:
-            return
         record = AuditRecord(
             at=time.time(),
             user=f"node:{self.node}",
@@ -212,10 +218,7 @@ class _Link:
             request_id=f"sync-{request.id}"[:64],
             peer=None,  # the user names the node; its address is in its session's events
         )
-        try:
-            sink.append(record)
-        except sqlite3.Error:
-            log.exception("twins: audit record of %s's desired request not stored", self.node)
+        self._append_audit(record)
 
     async def handshake(self) -> None:
         async with asyncio.timeout(self.cloud.settings.hello_timeout):
@@ -256,7 +259,44 @@ class _Link:
             log.exception("twins: storing batch %s of %s failed", batch.id, self.node)
             await self.send(BatchFailed(id=batch.id, error="unavailable", message=str(error)))
             return
+        for write in result.desired_writes:
+            self._audit_edge_write(write)
         await self.send(BatchAck(id=batch.id, body=result.to_json()))
+
+    def _audit_edge_write(self, write: EdgeDesiredWrite) -> None:
+        """One edge change to desired, as committed (rule 7)."""
+        log.info(
+            "twins: desired %s of %s:%s written at the edge (%s): %s",
+            ",".join(write.keys),
+            self.node,
+            write.device,
+            write.change,
+            write.refused or "applied",
+        )
+        self._append_audit(
+            AuditRecord(
+                at=time.time(),
+                user=f"node:{self.node}",
+                role=LOCAL_CONTROL_ROLE,
+                method="PATCH",
+                route=AUDIT_ROUTE,
+                action=AUDIT_ACTION,
+                target=f"{self.node}:{write.device}",
+                status=_EDGE_WRITE_STATUS.get(write.refused, 200),
+                reason=write.refused,
+                request_id=f"sync-{write.change}"[:64],
+                peer=None,
+            )
+        )
+
+    def _append_audit(self, record: AuditRecord) -> None:
+        sink = self._links.audit
+        if sink is None:
+            return
+        try:
+            sink.append(record)
+        except sqlite3.Error:
+            log.exception("twins: audit record of %s's desired change not stored", self.node)
 
     def _ack(self, ack: Ack) -> None:
         self._wake.set()

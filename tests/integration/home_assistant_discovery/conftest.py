@@ -7,19 +7,19 @@ broker as HA would: a broker user with the role docs/home-assistant.md gives HA.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest_asyncio
 
 from tests.harness import mqtt
-from tests.harness.faultproxy import FaultProxy
-from tests.harness.procs import ServiceError
-from tests.integration.twins_e2e.conftest import AgentProcess, System, TwinsServer, join_through
+from tests.integration.twins_e2e.conftest import (
+    AgentProcess,
+    System,
+    TwinsServer,
+    running_system,
+)
 
 
 @dataclass(kw_only=True)
@@ -37,28 +37,10 @@ class DiscoveryAgent(AgentProcess):
 
 @pytest_asyncio.fixture
 async def system(mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path) -> AsyncIterator[System]:
-    server = TwinsServer(workdir=tmp_path)
-    server.start()
-    proxy = FaultProxy("127.0.0.1", server.port)
-    await proxy.start()
-    agent = DiscoveryAgent(workdir=tmp_path, broker=mqtt_dynsec_broker)
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context())
-    try:
-        async with aiohttp.ClientSession(connector=connector) as http:
-            await join_through(server, f"https://127.0.0.1:{proxy.port}", agent.data_dir)
-            system = System(
-                server=server, proxy=proxy, broker=mqtt_dynsec_broker, agent=agent, http=http
-            )
-            await system.start_agent()
-            await system.wait_edge(lambda s: bool(s["sync"]["connected"]))
-            yield system
-    except ServiceError:
-        if agent.process is not None:
-            sys.stderr.write(agent.process.tail())
-        raise
-    finally:
-        agent.stop()
-        await proxy.stop()
-        server.stop()
-        if os.environ.get("EDGEFLEET_KEEP_LOGS"):
-            sys.stderr.write(f"logs in {tmp_path}\n")
+    async with running_system(
+        server=TwinsServer(workdir=tmp_path),
+        agent=DiscoveryAgent(workdir=tmp_path, broker=mqtt_dynsec_broker),
+        broker=mqtt_dynsec_broker,
+        workdir=tmp_path,
+    ) as system:
+        yield system

@@ -14,6 +14,7 @@ test-only route each. Those routes never exist in the product.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -26,6 +27,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from device_models import DeviceModel
 from edge_agent.twins.simulator import DeviceCredential, SimulatedDevice, claim_device
 from tests.harness import mqtt
 from tests.harness.daemons import BIN, Server, launch_agent, write_agent_config
@@ -205,6 +207,30 @@ class System:
         )
         return body
 
+    async def upload_model(self, text: str) -> None:
+        """``POST /api/v1/device-models`` (YAML), then wait until the agent stored it."""
+        model = DeviceModel.from_yaml(text)
+        headers = {
+            "Authorization": f"Bearer {self.server.admin_token}",
+            "Content-Type": "application/yaml",
+        }
+        url = self.server.url + "/api/v1/device-models"
+        async with self.http.post(url, data=text, headers=headers) as answer:
+            assert answer.status in (200, 201), await answer.text()
+        path = self.agent.data_dir / "twins" / "models" / f"{model.name}.yaml"
+
+        async def on_disk() -> str | None:
+            assert self.agent.process is not None
+            self.agent.process.check_running()  # a crash ends the wait at once
+            return DeviceModel.from_yaml(path.read_bytes()).version if path.exists() else None
+
+        await eventually_async(
+            on_disk,
+            lambda version: version == model.version,
+            what=f"model {model.name} {model.version} on the agent",
+            within=READY_TIMEOUT,
+        )
+
     # ------------------------------------------------------------------ the edge
 
     async def local_api(self, method: str, path: str, body: object = None) -> Any:
@@ -292,24 +318,22 @@ async def join_through(server: Server, url: str, data_dir: Path, node: str = NOD
         raise ServiceError(f"edge-agent join failed: {stderr.decode()}")
 
 
-@pytest_asyncio.fixture
-async def system(
-    mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path, request: pytest.FixtureRequest
+@contextlib.asynccontextmanager
+async def running_system(
+    *, server: TwinsServer, agent: AgentProcess, broker: mqtt.Broker, workdir: Path
 ) -> AsyncIterator[System]:
-    """The system; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
-    test_writes = bool(getattr(request.module, "TEST_WRITES", False))
-    server = TwinsServer(workdir=tmp_path, test_writes=test_writes)
+    """Start `server`, the fault proxy and `agent` (joined through the proxy); stop them all.
+
+    The twins fixtures' one builder (this file's and home_assistant_discovery's).
+    """
     server.start()
     proxy = FaultProxy("127.0.0.1", server.port)
     await proxy.start()
-    agent = AgentProcess(workdir=tmp_path, broker=mqtt_dynsec_broker, test_writes=test_writes)
     connector = aiohttp.TCPConnector(ssl=server.ssl_context())
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             await join_through(server, f"https://127.0.0.1:{proxy.port}", agent.data_dir)
-            system = System(
-                server=server, proxy=proxy, broker=mqtt_dynsec_broker, agent=agent, http=http
-            )
+            system = System(server=server, proxy=proxy, broker=broker, agent=agent, http=http)
             await system.start_agent()
             await system.wait_edge(lambda s: bool(s["sync"]["connected"]))
             yield system
@@ -322,4 +346,19 @@ async def system(
         await proxy.stop()
         server.stop()
         if os.environ.get("EDGEFLEET_KEEP_LOGS"):
-            sys.stderr.write(f"logs in {tmp_path}\n")
+            sys.stderr.write(f"logs in {workdir}\n")
+
+
+@pytest_asyncio.fixture
+async def system(
+    mqtt_dynsec_broker: mqtt.Broker, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[System]:
+    """The system; a test module with ``TEST_WRITES = True`` gets the launchers' write routes."""
+    test_writes = bool(getattr(request.module, "TEST_WRITES", False))
+    async with running_system(
+        server=TwinsServer(workdir=tmp_path, test_writes=test_writes),
+        agent=AgentProcess(workdir=tmp_path, broker=mqtt_dynsec_broker, test_writes=test_writes),
+        broker=mqtt_dynsec_broker,
+        workdir=tmp_path,
+    ) as system:
+        yield system

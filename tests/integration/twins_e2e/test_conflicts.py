@@ -1,7 +1,9 @@
 """Both sides edit both sections during an outage, and they converge by the rule.
 
 Desired: the cloud wins; reported: the edge wins. Keys only one side wrote survive, and the
-device is told the desired value that won.
+device is told the desired value that won. The edge writes desired only for a model with
+``localControl: true`` (the cloud drops the edge's desired changes for any other model), so the
+device here is a thermostat whose model allows it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from device_models import BUILTIN_MODEL_YAML
 from edge_agent.twins.topics import Op
 from tests.harness.waiting import eventually_async
 from tests.integration.twins_e2e.conftest import NODE, READY_TIMEOUT, System
@@ -18,6 +21,11 @@ pytestmark = pytest.mark.mqtt
 TEST_WRITES = True
 """Each side writes the section only the other side may write through the product: the test
 launchers' write routes (conftest.py), which exist in no product process."""
+
+
+LOCAL_THERMOSTAT = BUILTIN_MODEL_YAML["thermostat"].replace(
+    "name: thermostat\n", "name: thermostat-local\nlocalControl: true\n", 1
+)
 
 
 def values(section: dict[str, object]) -> dict[str, object]:
@@ -31,7 +39,8 @@ def key_metadata(section: dict[str, object]) -> dict[str, object]:
 
 
 async def test_edits_on_both_sides_during_an_outage_converge_by_the_rule(system: System) -> None:
-    credential = await system.claim("th-c", "thermostat")
+    await system.upload_model(LOCAL_THERMOSTAT)
+    credential = await system.claim("th-c", "thermostat-local")
     await system.wait_device("th-c")
     async with system.device(credential) as device:
         assert (await device.report({"temperature": 20.0, "firmware": "1.0"}))["code"] == 200

@@ -108,8 +108,8 @@ def test_header_errors_are_all_reported() -> None:
     text = "name: Bad_Name\nversion: 1.0\nextra: 1\nprotocol: [1]\nproperties: []\n"
     assert problems_of(text) == [
         (
-            "extra: unknown field (expected apiVersion, description, kind, name, properties, "
-            "protocol, version)"
+            "extra: unknown field (expected apiVersion, description, kind, localControl, name, "
+            "properties, protocol, version)"
         ),
         "apiVersion: must be 'edgefleet.io/v1' (missing)",
         "kind: must be 'DeviceModel' (missing)",
@@ -357,7 +357,7 @@ def test_typed_fields_are_unknown_at_the_top_level() -> None:
     text = model_yaml("- {name: a, type: bool}") + "min: 1\n"
     assert problems_of(text) == [
         (
-            "min: unknown field (expected apiVersion, description, kind, name, properties, "
-            "protocol, version)"
+            "min: unknown field (expected apiVersion, description, kind, localControl, name, "
+            "properties, protocol, version)"
         )
     ]
