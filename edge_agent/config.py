@@ -264,10 +264,13 @@ def _twins(raw: object, where: str) -> TwinsConfig:
 
 
 def _check_discovery_prefix(values: dict[str, Any], where: str) -> None:
-    # Imported here: device_models costs ~11 MiB of RSS, and only a [twins] table needs it.
+    prefix = values.get("home_assistant_prefix")
+    if prefix is None:
+        return  # the default ("homeassistant") is valid: a config without one never loads it
+    # Imported here: device_models costs ~3 MiB of RSS (issue 18, measured on the agent
+    # with [kube] only), and only a [twins] table that names a prefix needs it.
     from device_models.home_assistant import valid_prefix  # noqa: PLC0415
 
-    prefix = values.get("home_assistant_prefix", "homeassistant")
     if not valid_prefix(prefix):
         raise ConfigError(
             f"{where}.home_assistant_prefix: topic levels of letters, digits, _ and - (no "

@@ -2,9 +2,9 @@
 
 Each check runs in a fresh interpreter (``sys.modules`` of the test process holds everything).
 Issue 18 measured the costs these checks keep away (RSS after import, 2 CPUs): cryptography
-8 MiB (only a join, a renewal or a certificate that is read needs it), PyYAML 0.8 MiB (only
-a kubeconfig that is read), psutil 0.9 MiB and the tunnel client with tunnel_aio 3 MiB
-(loaded after a kube proxy serves).
+8 MiB (only a join, a renewal or a certificate that is read needs it), device_models 2.9 MiB
+(only [twins]), PyYAML 0.8 MiB (only a kubeconfig that is read), psutil 0.9 MiB and the
+tunnel client with tunnel_aio 3 MiB (loaded after a kube proxy serves).
 """
 
 from __future__ import annotations
@@ -72,6 +72,16 @@ def test_the_agent_entry_loads_no_heavy_module_before_it_runs() -> None:
     assert "aiohttp.web" in loaded  # the kube proxy and the local API serve with it
     assert not {name for name in loaded if name.split(".")[0] in HEAVY_MODULES}
     assert not loaded.intersection(HEAVY_MODULES)
+
+
+def test_a_config_without_twins_loads_no_device_model_code(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text("[kube]\nenabled = true\n")
+    path = str(tmp_path / "agent.toml")
+    load = f"from pathlib import Path\nfrom edge_agent import config\nconfig.load(Path({path!r}))"
+    assert "device_models" not in _loaded("edge_agent.cli", "edge_agent.daemon", then=load)
+    # A [twins] table that names a discovery prefix is checked with device_models.
+    (tmp_path / "agent.toml").write_text('[twins]\nhome_assistant_prefix = "ha"\n')
+    assert "device_models" in _loaded("edge_agent.cli", then=load)
 
 
 def test_reading_an_identity_leaves_cryptography_until_its_certificate_is_used(
