@@ -2,7 +2,7 @@
 
 Each check runs in a fresh interpreter (``sys.modules`` of the test process holds everything).
 Issue 18 measured the costs these checks keep away (RSS after import, 2 CPUs): cryptography
-8 MiB (only a join, a renewal or a certificate that is read needs it), device_models 2.9 MiB
+8 MiB (only a join, a renewal or a certificate that is read needs it), device_models 0.5 MiB
 (only [twins]), PyYAML 0.8 MiB (only a kubeconfig that is read), psutil 0.9 MiB and the
 tunnel client with tunnel_aio 3 MiB (loaded after a kube proxy serves).
 """
