@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     # Each part's modules load only when its feature is on (issue 18: a part switched off
     # costs neither import time nor memory); see the imports inside the parts below. The
     # tunnel client, the local API and the node status reporter load after a kubeconfig
-    # kube proxy serves (``_LATE_MODULES``); tests/unit/edge_agent/test_lean_imports.py
+    # kube proxy serves (``_LATE_MODULES``); tests/unit/agent/test_lazy_parts.py
     # keeps it so.
     from edge_agent.cluster import ApiServerTarget, MemberApi
     from edge_agent.cluster.elastic.service import ElasticPart

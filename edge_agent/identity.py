@@ -17,7 +17,7 @@ server trusts ``ca.crt`` (and ``ca-next.crt`` when present) only, never the syst
 ``cryptography`` (about 8 MiB of RSS) is imported only where a key, CSR or certificate is made
 or parsed: :meth:`Identity.load` reads the files but parses the certificate on first use of
 :attr:`Identity.certificate`, so an agent that has not joined, or whose tunnel
-has not connected yet, never loads it (issue 18; ``tests/unit/edge_agent/test_lean_imports.py``).
+has not connected yet, never loads it (issue 18; ``tests/unit/agent/test_lazy_parts.py``).
 """
 
 from __future__ import annotations
