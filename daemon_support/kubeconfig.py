@@ -27,7 +27,9 @@ The rules:
   daemon keeps fresh (for example a systemd timer running ``aws eks get-token``) instead;
 * ``insecure-skip-tls-verify`` is honoured only when the caller says so (``allow_insecure``);
   the cluster agent refuses it;
-* relative paths in a kubeconfig are relative to the kubeconfig's folder, as in kubectl.
+* relative paths in a kubeconfig are relative to the kubeconfig's folder, as in kubectl;
+* PyYAML is imported when a kubeconfig is parsed, not with this module: a daemon that never
+  reads one (in-cluster, or no ``[kube]``) does not load it (issue 18).
 """
 
 from __future__ import annotations
@@ -44,8 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import yaml
 
 __all__ = [
     "IN_CLUSTER_DIR",
@@ -182,6 +182,8 @@ def parse_kubeconfig(
     """
     if len(data) > MAX_KUBECONFIG_BYTES:
         raise KubeconfigError(f"{source} is larger than {MAX_KUBECONFIG_BYTES} bytes")
+    import yaml  # noqa: PLC0415 - see the rules on top
+
     try:
         config = yaml.safe_load(data)
     except yaml.YAMLError as error:

@@ -16,7 +16,9 @@ written:
 * Every field is bounded (``MAX_PEM_BYTES``); the whole message by ``MAX_ANNOUNCEMENT_BYTES``.
 
 ``ca-next.crt`` is written atomically; TLS to the server then trusts the pinned and the next CA
-(``Identity.client_ssl_context``).
+(``Identity.client_ssl_context``). ``cryptography`` is imported by the functions that parse
+certificates, not on import: an agent loads it only when an announcement comes or a next CA
+is stored (issue 18, as in ``identity``).
 """
 
 from __future__ import annotations
@@ -27,15 +29,13 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-
 from daemon_support.files import write_atomic
 from edge_agent.identity import NEXT_CA_FILE, spki_hash
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from cryptography import x509
 
 TARGET = "ca-announce"
 """Our built-in target the cloud sends announcements to."""
@@ -68,6 +68,8 @@ def _pem_field(data: dict[str, Any], key: str, *, required: bool) -> x509.Certif
         raise AnnouncementError(
             f"{key!r} must be a PEM certificate of at most {MAX_PEM_BYTES} bytes"
         )
+    from cryptography import x509  # noqa: PLC0415 - see the module docstring
+
     try:
         return x509.load_pem_x509_certificate(value.encode())
     except ValueError as error:
@@ -75,6 +77,8 @@ def _pem_field(data: dict[str, Any], key: str, *, required: bool) -> x509.Certif
 
 
 def _same_key(a: x509.Certificate, b: x509.Certificate) -> bool:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return hmac.compare_digest(
         a.public_key().public_bytes(der, spki), b.public_key().public_bytes(der, spki)
@@ -82,6 +86,8 @@ def _same_key(a: x509.Certificate, b: x509.Certificate) -> bool:
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:
+    from cryptography import x509  # noqa: PLC0415 - see the module docstring
+
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
     except x509.ExtensionNotFound:
@@ -93,6 +99,8 @@ def check_next(
     next_ca: x509.Certificate, cross: x509.Certificate, *, pinned: x509.Certificate, now: datetime
 ) -> None:
     """Raise AnnouncementError unless ``next_ca`` is a valid CA the pinned CA endorsed."""
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see the top
+
     if not _is_ca(next_ca) or not _is_ca(cross):
         raise AnnouncementError("the next CA is not a CA certificate")
     if not next_ca.not_valid_before_utc <= now < next_ca.not_valid_after_utc:
@@ -131,6 +139,8 @@ def apply_announcement(
         check_next(next_ca, cross, pinned=pinned, now=now or datetime.now(UTC))
         if stored is not None and _same_key(stored, next_ca):
             return Outcome.UNCHANGED, spki_hash(next_ca)
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
         write_atomic(data_dir / NEXT_CA_FILE, next_ca.public_bytes(serialization.Encoding.PEM))
         return Outcome.STORED, spki_hash(next_ca)
     if stored is not None and _same_key(current, stored):
@@ -146,6 +156,11 @@ def load_next(data_dir: Path) -> x509.Certificate | None:
     try:
         with (data_dir / NEXT_CA_FILE).open("rb") as file:
             pem = file.read(MAX_PEM_BYTES + 1)
+    except FileNotFoundError:
+        return None  # no rotation under way: cryptography is not even loaded
+    from cryptography import x509  # noqa: PLC0415 - see the module docstring
+
+    try:
         return x509.load_pem_x509_certificate(pem)
-    except (FileNotFoundError, ValueError):
+    except ValueError:
         return None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import signal
@@ -41,14 +42,14 @@ from aiohttp import web
 from daemon_support import kubeconfig, systemd
 from edge_agent import config
 from edge_agent.identity import Identity, NotJoinedError
-from edge_agent.local_api import READY_KEY, create_app
-from edge_agent.node_status import NodeStatusReporter
 from edge_agent.settings import AgentSettings, NodeStatusSettings
-from edge_agent.tunnel_client import TunnelClient
 
 if TYPE_CHECKING:
     # Each part's modules load only when its feature is on (issue 18: a part switched off
-    # costs neither import time nor memory); see the imports inside the parts below.
+    # costs neither import time nor memory); see the imports inside the parts below. The
+    # tunnel client, the local API and the node status reporter load after a kubeconfig
+    # kube proxy serves (``_LATE_MODULES``); tests/unit/agent/test_lazy_parts.py
+    # keeps it so.
     from edge_agent.cluster import ApiServerTarget, MemberApi
     from edge_agent.cluster.elastic.service import ElasticPart
     from edge_agent.cluster.elastic.settings import ElasticSettings
@@ -60,10 +61,15 @@ if TYPE_CHECKING:
     from edge_agent.cluster.works import WorkApplier, WorkSettings
     from edge_agent.kubecache import KubeProxy
     from edge_agent.kubecache.upstream import Upstream
+    from edge_agent.node_status import NodeStatusReporter
+    from edge_agent.tunnel_client import TunnelClient
     from edge_agent.twin_link import CloudTwinLink
     from edge_agent.twins import TwinMqttService
 
 log = logging.getLogger("edge_agent.daemon")
+
+_LATE_MODULES = ("edge_agent.tunnel_client", "edge_agent.node_status", "edge_agent.local_api")
+"""What every agent runs but a kube proxy does not need: imported after the proxy serves."""
 
 
 class StartError(Exception):
@@ -331,9 +337,14 @@ class _ClusterPart:
 
 @contextlib.asynccontextmanager
 async def _kube_proxy(
-    settings: AgentSettings, registry: prometheus_client.CollectorRegistry, client: TunnelClient
+    settings: AgentSettings,
+    registry: prometheus_client.CollectorRegistry,
+    client: TunnelClient | None,
 ) -> AsyncIterator[KubeProxy | None]:
-    """The kube proxy of ``[kube]`` (None when disabled), until the block exits."""
+    """The kube proxy of ``[kube]`` (None when disabled), until the block exits.
+
+    ``client`` is the tunnel client the tunnel upstream rides (None for a kubeconfig one).
+    """
     kube = settings.kube
     if not kube.enabled:
         yield None
@@ -345,6 +356,8 @@ async def _kube_proxy(
     proxy_settings = kube.proxy_settings(settings.data_dir)
     upstream: contextlib.AbstractAsyncContextManager[Upstream]
     if kube.upstream == "tunnel":
+        if client is None:
+            raise ValueError("the tunnel upstream needs the tunnel client")
         upstream = open_tunnel_upstream(client, open_timeout=proxy_settings.connect_timeout)
     else:
         upstream = open_direct_upstream(
@@ -385,6 +398,8 @@ def _local_api(
     twins: _TwinsPart | None,
     cluster: _ClusterPart | None,
 ) -> web.Application:
+    from edge_agent.local_api import READY_KEY, create_app  # noqa: PLC0415 - _LATE_MODULES
+
     sources = {"tunnel": client.status, "kube": kube.status, "node_status": reporter.status}
     if twins is not None:
         sources["twins"] = twins.status
@@ -434,21 +449,39 @@ async def run(settings: AgentSettings, *, local_api_hook: LocalApiHook | None = 
     prometheus_client.ProcessCollector(registry=registry)
     prometheus_client.GCCollector(registry=registry)
     prometheus_client.PlatformCollector(registry=registry)
-    client = TunnelClient(
-        data_dir=settings.data_dir,
-        settings=settings.tunnel,
-        join_settings=settings.join,
-        registry=registry,
-    )
     kube = _KubeSection(enabled=settings.kube.enabled)
     async with contextlib.AsyncExitStack() as early:
         if settings.kube.enabled and settings.kube.upstream != "tunnel":
             # A kubeconfig upstream needs nothing else of the agent: node components get
-            # their API server (from the cache when offline) before twins and cluster load.
-            kube.proxy = await early.enter_async_context(_kube_proxy(settings, registry, client))
+            # their API server (from the cache when offline) before anything else loads,
+            # and the rest is imported on a worker thread while the proxy answers them.
+            kube.proxy = await early.enter_async_context(_kube_proxy(settings, registry, None))
+            await asyncio.to_thread(_import_late_modules, settings)
+        from edge_agent.tunnel_client import TunnelClient  # noqa: PLC0415 - _LATE_MODULES
+
+        client = TunnelClient(
+            data_dir=settings.data_dir,
+            settings=settings.tunnel,
+            join_settings=settings.join,
+            registry=registry,
+        )
         await _run_parts(
             settings, registry, client, kube, watchdog=watchdog, local_api_hook=local_api_hook
         )
+
+
+def _import_late_modules(settings: AgentSettings) -> None:
+    """Import what the other parts need (on a worker thread: the loop keeps serving).
+
+    Only an import: the parts are built on the loop afterwards, as without a kube proxy.
+    """
+    names = list(_LATE_MODULES)
+    if settings.twins.enabled:
+        names += ["edge_agent.twin_link", "edge_agent.model_link", "edge_agent.twins.mqtt_service"]
+    if settings.cluster is not None:
+        names += ["edge_agent.cluster.works", "edge_agent.cluster.fleet_link"]
+    for name in names:
+        importlib.import_module(name)
 
 
 async def _run_parts(
@@ -461,6 +494,9 @@ async def _run_parts(
     local_api_hook: LocalApiHook | None,
 ) -> None:
     """Every part but an already serving kube proxy, until the tunnel client stops."""
+    from edge_agent.local_api import READY_KEY  # noqa: PLC0415 - _LATE_MODULES
+    from edge_agent.node_status import NodeStatusReporter  # noqa: PLC0415 - _LATE_MODULES
+
     twins = _TwinsPart.start(settings, client, registry) if settings.twins.enabled else None
     cluster = (
         _ClusterPart.start(

@@ -13,10 +13,16 @@ Layout of the data dir (folder 0700):
 
 Every file is written atomically (temp file, fsync, rename, fsync of the folder). TLS to the
 server trusts ``ca.crt`` (and ``ca-next.crt`` when present) only, never the system trust store.
+
+``cryptography`` (about 8 MiB of RSS) is imported only where a key, CSR or certificate is made
+or parsed: :meth:`Identity.load` reads the files but parses the certificate on first use of
+:attr:`Identity.certificate`, so an agent that has not joined, or whose tunnel
+has not connected yet, never loads it (issue 18; ``tests/unit/agent/test_lazy_parts.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -24,14 +30,13 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from daemon_support.files import write_atomic
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 IDENTITY_FILE = "identity.json"
 CA_FILE = "ca.crt"
@@ -65,6 +70,8 @@ def validate_ca_hash(value: str) -> str:
 
 def spki_hash(certificate: x509.Certificate) -> str:
     """``sha256:<hex>`` of the certificate's SubjectPublicKeyInfo DER (kubeadm's CA pin)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     spki = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -72,10 +79,14 @@ def spki_hash(certificate: x509.Certificate) -> str:
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 - see the top
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -84,6 +95,9 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TypeError(f"{path} is not an EC private key")
@@ -92,6 +106,10 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def make_csr(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
     """A CSR proving possession of ``key``; the server sets the subject itself anyway."""
+    from cryptography import x509  # noqa: PLC0415 - see the top
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)
@@ -116,7 +134,13 @@ class Identity:
     key_path: Path
     cert_path: Path
     ca_path: Path
-    certificate: x509.Certificate
+    certificate_pem: bytes
+    """The client certificate as read by :meth:`load` (a renewal may delete its file since)."""
+
+    @functools.cached_property
+    def certificate(self) -> x509.Certificate:
+        """The client certificate, parsed on first use (the only reason to load cryptography)."""
+        return _load_certificate(self.certificate_pem)
 
     @classmethod
     def load(cls, data_dir: Path) -> Identity:
@@ -137,7 +161,7 @@ class Identity:
             key_path=data_dir / meta["key_file"],
             cert_path=cert_path,
             ca_path=data_dir / CA_FILE,
-            certificate=x509.load_pem_x509_certificate(cert_path.read_bytes()),
+            certificate_pem=cert_path.read_bytes(),
         )
 
     @property
@@ -158,6 +182,10 @@ class Identity:
     def ca_pem(self) -> bytes:
         return self.ca_path.read_bytes()
 
+    def pinned_ca(self) -> x509.Certificate:
+        """The pinned CA (``ca.crt``), parsed: what a CA announcement is checked against."""
+        return _load_certificate(self.ca_pem())
+
     def next_ca_pem(self) -> bytes | None:
         """The announced next CA (``ca-next.crt``), None outside a CA rotation."""
         try:
@@ -168,7 +196,7 @@ class Identity:
     def trusted_cas(self) -> list[x509.Certificate]:
         """The pinned CA, then the announced next one if any: what the server may chain to."""
         pems = [self.ca_pem(), self.next_ca_pem()]
-        return [x509.load_pem_x509_certificate(pem) for pem in pems if pem is not None]
+        return [_load_certificate(pem) for pem in pems if pem is not None]
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """TLS to the server: trust only the pinned (and next) CA, present our certificate."""
@@ -188,7 +216,9 @@ def save_identity(
     ca_pem: bytes,
 ) -> Identity:
     """Write a new key + certificate pair and switch ``identity.json`` to it atomically."""
-    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - see the top
+
+    certificate = _load_certificate(certificate_pem)
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     serial = format(certificate.serial_number, "x")
     key_file, cert_file = f"node-{serial}.key", f"node-{serial}.crt"
@@ -209,9 +239,12 @@ def save_identity(
         if old.name not in (key_file, cert_file):
             old.unlink(missing_ok=True)
     next_ca = data_dir / NEXT_CA_FILE
-    if (
-        next_ca.exists()
-        and spki_hash(x509.load_pem_x509_certificate(next_ca.read_bytes())) == ca_hash
-    ):
+    if next_ca.exists() and spki_hash(_load_certificate(next_ca.read_bytes())) == ca_hash:
         next_ca.unlink()  # the next CA is the pinned one now: the rotation is over here
     return Identity.load(data_dir)
+
+
+def _load_certificate(pem: bytes) -> x509.Certificate:
+    from cryptography import x509  # noqa: PLC0415 - see the top
+
+    return x509.load_pem_x509_certificate(pem)

@@ -26,10 +26,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from daemon_support.files import write_atomic
 from edge_agent import __version__
@@ -51,7 +47,12 @@ from edge_agent.settings import JoinSettings
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (about 8 MiB of RSS) is imported by the functions that parse certificates:
+# `edge-agent run` imports this module (the tunnel client renews through it) and must not pay
+# for it before a join or renewal happens (issue 18).
 
 log = logging.getLogger("edge_agent.join")
 
@@ -207,6 +208,8 @@ async def fetch_ca(server: str, *, settings: JoinSettings) -> bytes:
 
 def verify_ca(ca_pem: bytes, expected_hash: str) -> x509.Certificate:
     """Parse the fetched CA and check it against the pinned hash; raise TrustError if not it."""
+    from cryptography import x509  # noqa: PLC0415 - see the imports on top
+
     try:
         certificate = x509.load_pem_x509_certificate(ca_pem)
     except ValueError:
@@ -291,6 +294,11 @@ def check_issued(
     data: dict[str, Any], key: ec.EllipticCurvePrivateKey, name: str, ca: x509.Certificate
 ) -> bytes:
     """The issued certificate, after checking it is ours: our key, our name, the pinned CA."""
+    from cryptography import x509  # noqa: PLC0415 - see the imports on top
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     pem = str(data.get("certificate", "")).encode()
     try:
         certificate = x509.load_pem_x509_certificate(pem)
@@ -467,6 +475,8 @@ async def renew_certificate(identity: Identity, send_csr: RenewTransport, *, via
     identity. The CAs are read before anything is sent: a data dir whose CA cannot be read
     must not make the server issue a certificate that is then thrown away.
     """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     key = generate_key()
     anchors = identity.trusted_cas()
     answer = await send_csr(make_csr(key, identity.name))
@@ -491,6 +501,9 @@ async def renew_certificate(identity: Identity, send_csr: RenewTransport, *, via
 
 def _issuer(answer: dict[str, Any], anchors: list[x509.Certificate]) -> x509.Certificate:
     """Which trusted CA signed the issued certificate (the pinned one, else the next one)."""
+    from cryptography import x509  # noqa: PLC0415 - see the imports on top
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+
     try:
         certificate = x509.load_pem_x509_certificate(str(answer.get("certificate", "")).encode())
     except ValueError as exc:

@@ -192,9 +192,10 @@ class NodeStatusCollector:
     def _certificate(self) -> Metrics:
         try:
             identity = Identity.load(self._data_dir)
+            not_after = identity.not_after.timestamp()  # parsed here: a bad file is ValueError
         except (NotJoinedError, OSError, ValueError):
             return {}
-        return {"cert.not_after": identity.not_after.timestamp(), "node.name": identity.name}
+        return {"cert.not_after": not_after, "node.name": identity.name}
 
 
 _DRAIN_CHECK = 0.25

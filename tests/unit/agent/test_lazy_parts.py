@@ -1,6 +1,10 @@
 """What the daemons load before any feature is on: never the official client, no switched-off part.
 
 Each check runs in a fresh interpreter (``sys.modules`` of the test process holds everything).
+Issue 18 measured the costs these checks keep away (RSS after import, 2 CPUs): cryptography
+8 MiB (only a join, a renewal or a certificate that is read needs it), device_models 0.5 MiB
+(only [twins]), PyYAML 0.8 MiB (only a kubeconfig that is read), psutil 0.9 MiB and the
+tunnel client with tunnel_aio 3 MiB (loaded after a kube proxy serves).
 """
 
 from __future__ import annotations
@@ -8,6 +12,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 FEATURE_MODULES = (
     "aiomqtt",  # [twins]
@@ -20,11 +28,24 @@ FEATURE_MODULES = (
     "edge_agent.cluster.works.applier",
 )
 
+HEAVY_MODULES = (
+    "cryptography",  # identity, join, ca_rotation: imported where a certificate is handled
+    "yaml",  # daemon_support.kubeconfig: imported when a kubeconfig is parsed
+    "psutil",  # node_status, local_api: after the kube proxy serves
+    "edge_agent.tunnel_client",  # the daemon's _LATE_MODULES
+    "edge_agent.node_status",
+    "edge_agent.local_api",
+    "tunnel_aio",
+)
 
-def _loaded(*modules: str) -> set[str]:
-    """The modules in ``sys.modules`` after a fresh interpreter imported ``modules``."""
+
+def _loaded(*modules: str, then: str = "") -> set[str]:
+    """The modules in ``sys.modules`` after a fresh interpreter imported ``modules``.
+
+    ``then``: code run after the imports, before ``sys.modules`` is read.
+    """
     code = (
-        f"import sys\nfor name in {list(modules)!r}:\n    __import__(name)\n"
+        f"import sys\nfor name in {list(modules)!r}:\n    __import__(name)\n{then}\n"
         "print(__import__('json').dumps(sorted(sys.modules)))"
     )
     done = subprocess.run(
@@ -44,3 +65,46 @@ def test_no_daemon_imports_the_official_kubernetes_client() -> None:
 def test_the_agent_loads_no_part_before_its_feature_is_on() -> None:
     loaded = _loaded("edge_agent.cli", "edge_agent.daemon")
     assert not loaded.intersection(FEATURE_MODULES)
+
+
+def test_the_agent_entry_loads_no_heavy_module_before_it_runs() -> None:
+    loaded = _loaded("edge_agent.cli", "edge_agent.daemon")
+    assert "aiohttp.web" in loaded  # the kube proxy and the local API serve with it
+    assert not {name for name in loaded if name.split(".")[0] in HEAVY_MODULES}
+    assert not loaded.intersection(HEAVY_MODULES)
+
+
+def test_a_config_without_twins_loads_no_device_model_code(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text("[kube]\nenabled = true\n")
+    path = str(tmp_path / "agent.toml")
+    load = f"from pathlib import Path\nfrom edge_agent import config\nconfig.load(Path({path!r}))"
+    assert "device_models" not in _loaded("edge_agent.cli", "edge_agent.daemon", then=load)
+    # A [twins] table that names a discovery prefix is checked with device_models.
+    (tmp_path / "agent.toml").write_text('[twins]\nhome_assistant_prefix = "ha"\n')
+    assert "device_models" in _loaded("edge_agent.cli", then=load)
+
+
+def test_reading_an_identity_leaves_cryptography_until_its_certificate_is_used(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "identity.json").write_text(
+        json.dumps(
+            {
+                "server": "https://cloud.example:8443",
+                "name": "node-1",
+                "kind": "node",
+                "ca_hash": "sha256:" + "0" * 64,
+                "key_file": "node-1.key",
+                "cert_file": "node-1.crt",
+            }
+        )
+    )
+    # Not a certificate: only parsing it needs (and loads) cryptography, and it fails.
+    (tmp_path / "node-1.crt").write_text("not a certificate")
+    load = (
+        "from pathlib import Path\nfrom edge_agent.identity import Identity\n"
+        f"identity = Identity.load(Path({str(tmp_path)!r}))\nassert identity.name == 'node-1'"
+    )
+    assert "cryptography" not in _loaded("edge_agent.identity", "edge_agent.join", then=load)
+    parse = load + "\ntry:\n    identity.certificate\nexcept ValueError:\n    pass"
+    assert "cryptography" in _loaded("edge_agent.identity", then=parse)
