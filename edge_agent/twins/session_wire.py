@@ -44,7 +44,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-__all__ = ["Incoming", "SessionWire", "decode_publish", "encode_publish"]
+__all__ = ["Incoming", "MalformedPublishError", "SessionWire", "decode_publish", "encode_publish"]
 
 log = logging.getLogger("edge_agent.twins.mqtt_service")
 
@@ -158,6 +158,16 @@ class SessionWire:
         self._in_flight = 0
         self._closed: BaseException | None = None
         self._dropped = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Answers published and not acknowledged by the broker yet (at most `window`)."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Answers waiting for room in the window."""
+        return len(self._held)
 
     # ------------------------------------------------------------------ set-up
 
