@@ -420,7 +420,7 @@ _UNPARSED = object()
 
 
 class _Messages:
-    """aiomqtt's own message path, when `SessionWire` cannot be installed (its rule 5)."""
+    """aiomqtt's own message path, when `SessionWire` cannot be installed (its rule 6)."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
         self._client = client

@@ -27,7 +27,11 @@ every PUBACK (its in-flight window). Rules:
    reason codes are not looked at (aiomqtt did not either): a refused answer is not retried.
 4. When the session ends every waiting answer fails with `aiomqtt.MqttError`, and `next`
    raises it too, with the broker's reason as its cause.
-5. All of it needs paho 2.x's internals (``_handle_publish``, ``_handle_pubackcomp``,
+5. Reads and writes are batched: one ``recv`` of up to 256 KiB, every whole packet in it
+   handled in order (paho reads a byte per ``recv`` for the fixed header and one packet per
+   readable event); the answers and PUBACKs queued in one turn of the event loop go out in
+   one ``send``, in the order queued (paho sends each packet on its own).
+6. All of it needs paho 2.x's internals (``_handle_publish``, ``_handle_pubackcomp``,
    ``_in_packet``, ``_out_messages``); `install` checks they are there and returns False
    otherwise, and the caller then uses aiomqtt's own path (slower, same behaviour).
 """
@@ -37,19 +41,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 
-__all__ = ["Incoming", "MalformedPublishError", "SessionWire", "decode_publish", "encode_publish"]
+__all__ = [
+    "Incoming",
+    "MalformedPublishError",
+    "SessionWire",
+    "decode_publish",
+    "encode_publish",
+    "split_packets",
+]
 
 log = logging.getLogger("edge_agent.twins.mqtt_service")
 
 _PUBLISH = 0x30
 _MAX_REMAINING = 268_435_455
+_PUBACK_COMMAND = 0x40
+_PUBACK_HEADER = b"\x40\x02"  # PUBACK, remaining length 2: success, no properties [MQTT-3.4.2]
+_READ_SIZE = 256 * 1024
+"""Bytes read from the socket at once: every whole packet in them is handled in one go."""
+_NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
+_CONN_LOST = MQTTErrorCode.MQTT_ERR_CONN_LOST
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _PAHO_INTERNALS = (
     "_handle_publish",
@@ -59,6 +78,12 @@ _PAHO_INTERNALS = (
     "_packet_queue",
     "_mid_generate",
     "_sock",
+    "_out_packet",
+    "_packet_handle",
+    "_loop_rc_handle",
+    "_msgtime_mutex",
+    "_last_bytes_received",
+    "_call_socket_register_write",
     "_protocol",
 )
 
@@ -75,7 +100,7 @@ class Incoming(NamedTuple):
 
 
 class MalformedPublishError(ValueError):
-    """A PUBLISH packet that does not parse (the broker sent garbage: the session ends)."""
+    """A packet that does not parse (the broker sent garbage: the session ends)."""
 
 
 def decode_publish(header: int, packet: bytes | bytearray, *, v5: bool) -> Incoming:
@@ -136,6 +161,48 @@ def encode_publish(topic: str, payload: bytes, mid: int, *, retain: bool, v5: bo
     return bytes((_PUBLISH | 0x02 | retain,)) + length + head + payload
 
 
+def split_packets(buffer: bytes | bytearray) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole MQTT packets at the start of `buffer` and how many bytes they take.
+
+    Each is its fixed header's first byte and what follows its remaining length; a packet
+    not all there yet is left for the next read.
+    """
+    packets: list[tuple[int, bytes]] = []
+    start, size = 0, len(buffer)
+    while size - start >= 2:  # the smallest fixed header
+        length, shift, index = 0, 0, start + 1
+        while True:  # Variable Byte Integer [MQTT-1.5.5], at most 4 bytes
+            if index >= size:
+                return packets, start  # the rest of the header comes later
+            byte = buffer[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise MalformedPublishError("remaining length over 4 bytes")
+        if index + length > size:
+            break
+        packets.append((buffer[start], bytes(buffer[index : index + length])))
+        start = index + length
+    return packets, start
+
+
+def _fresh_packet() -> dict[str, Any]:
+    """Paho's state of a packet not begun."""
+    return {
+        "command": 0,
+        "have_remaining": 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": 0,
+        "packet": bytearray(b""),
+        "to_process": 0,
+        "pos": 0,
+    }
+
+
 class SessionWire:
     """Device messages in and answers out for one `aiomqtt.Client` (the rules above).
 
@@ -146,7 +213,7 @@ class SessionWire:
 
     def __init__(self, client: aiomqtt.Client, *, max_queued: int, window: int) -> None:
         self._client = client
-        self._paho: Any = client._client  # noqa: SLF001 - rule 5
+        self._paho: Any = client._client  # noqa: SLF001 - rule 6
         self._max_queued = max(1, max_queued)
         self._window = max(1, window)
         self._queue: collections.deque[Incoming] = collections.deque()
@@ -158,6 +225,8 @@ class SessionWire:
         self._in_flight = 0
         self._closed: BaseException | None = None
         self._dropped = 0
+        self._read = bytearray()
+        self._out: list[bytes] = []
 
     @property
     def in_flight(self) -> int:
@@ -183,6 +252,7 @@ class SessionWire:
         self._aiomqtt_on_publish: Callable[..., None] = client.on_publish
         client._handle_publish = self._handle_publish  # noqa: SLF001
         client._handle_pubackcomp = self._handle_pubackcomp  # noqa: SLF001
+        client.loop_read = self._loop_read  # what aiomqtt's reader callback calls
         return True
 
     def attach(self) -> None:
@@ -218,9 +288,16 @@ class SessionWire:
         client = self._paho
         if self._closed is not None:
             return  # the next session gets them again
-        for message in messages:
-            if message.qos == 1:
-                client.ack(message.mid, 1)
+        if not client._manual_ack:  # noqa: SLF001 - paho acknowledged them already
+            return
+        out = self._out
+        if not out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        out.extend(
+            _PUBACK_HEADER + message.mid.to_bytes(2, "big")
+            for message in messages
+            if message.qos == 1
+        )
 
     def _handle_publish(self) -> MQTTErrorCode:
         packet = self._paho._in_packet  # noqa: SLF001
@@ -268,8 +345,9 @@ class SessionWire:
         mid = client._mid_generate()  # noqa: SLF001 - shared with aiomqtt's publishes
         while mid in self._acks or mid in client._out_messages:  # noqa: SLF001
             mid = client._mid_generate()  # noqa: SLF001
-        packet = encode_publish(topic, payload, mid, retain=retain, v5=self._v5)
-        client._packet_queue(_PUBLISH, packet, mid, 1)  # noqa: SLF001 - paho writes it in turn
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(encode_publish(topic, payload, mid, retain=retain, v5=self._v5))
         self._in_flight += 1
         self._acks[mid] = future
 
@@ -291,6 +369,91 @@ class SessionWire:
             if not waiting.cancelled():
                 self._send(topic, payload, retain, waiting)
         return _SUCCESS
+
+    def _flush(self) -> None:
+        """Hand what `_send` and `ack` queued since the last flush to the socket, in order.
+
+        One write for all of them (paho writes each packet with its own ``send``); what the
+        socket does not take at once paho writes when it is writable again.
+        """
+        out, self._out = self._out, []
+        client = self._paho
+        if not out or client._sock is None:  # noqa: SLF001 - the session ended: nothing to send
+            return
+        data = b"".join(out)
+        client._out_packet.append(  # noqa: SLF001
+            {
+                "command": _PUBACK_COMMAND,  # neither a QoS 0 PUBLISH nor a DISCONNECT for paho
+                "mid": 0,
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(data),
+                "packet": data,
+                "info": None,
+            }
+        )
+        client.loop_write()
+
+    def _loop_read(self, max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
+        """Read what the socket has; handle every whole packet in it (rule 5)."""
+        client = self._paho
+        data = self._receive()
+        if isinstance(data, MQTTErrorCode):
+            return data if data in (_SUCCESS, _NO_CONN) else self._lost(data)
+        buffer = self._read
+        buffer += data
+        try:
+            packets, used = split_packets(buffer)
+        except MalformedPublishError as error:
+            log.warning("malformed packet from the broker: %s", error)
+            return self._lost(MQTTErrorCode.MQTT_ERR_PROTOCOL)
+        del buffer[:used]
+        rc = _SUCCESS
+        for command, packet in packets:
+            client._in_packet = {  # noqa: SLF001 - what paho's handlers read
+                "command": command,
+                "have_remaining": 1,
+                "remaining_count": [],
+                "remaining_mult": 1,
+                "remaining_length": len(packet),
+                "packet": packet,
+                "to_process": 0,
+                "pos": 0,
+            }
+            try:
+                rc = client._packet_handle()  # noqa: SLF001
+            except MalformedPacket as error:
+                log.warning("malformed packet from the broker: %s", error)
+                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+            if rc or client._sock is None:  # noqa: SLF001 - the session ended meanwhile
+                break
+        client._in_packet = _fresh_packet()  # noqa: SLF001
+        return self._lost(rc) if rc else _SUCCESS
+
+    def _receive(self) -> bytes | MQTTErrorCode:
+        client = self._paho
+        sock = client._sock  # noqa: SLF001
+        if sock is None:
+            return _NO_CONN
+        try:
+            data: bytes = sock.recv(_READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return _SUCCESS
+        except ssl.SSLWantWriteError:
+            client._call_socket_register_write()  # noqa: SLF001
+            return _SUCCESS
+        except OSError as error:
+            log.debug("broker socket: %s", error)
+            return _CONN_LOST
+        if not data:
+            return _CONN_LOST
+        with client._msgtime_mutex:  # noqa: SLF001 - paho's keepalive looks at it
+            client._last_bytes_received = paho.time_func()  # noqa: SLF001
+        return data
+
+    def _lost(self, rc: MQTTErrorCode) -> MQTTErrorCode:
+        result: MQTTErrorCode = self._paho._loop_rc_handle(rc)  # noqa: SLF001 - closes, reports
+        return result
 
     # ------------------------------------------------------------------ end
 

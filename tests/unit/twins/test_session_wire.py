@@ -15,6 +15,7 @@ from edge_agent.twins.session_wire import (
     MalformedPublishError,
     decode_publish,
     encode_publish,
+    split_packets,
 )
 
 V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
@@ -122,3 +123,29 @@ def test_any_bytes_decode_or_are_refused(header: int, rest: bytes, v5: bool) -> 
         return
     assert len(message.payload) <= len(rest)
     assert message.mid <= 0xFFFF
+
+
+@given(
+    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=8),
+    cut=st.integers(0, 10_000),
+)
+def test_a_read_splits_into_the_whole_packets_it_holds(payloads: list[bytes], cut: int) -> None:
+    packets = [
+        encode_publish("t/x", p, i + 1, retain=False, v5=True) for i, p in enumerate(payloads)
+    ]
+    stream = b"".join(packets)
+    cut = min(cut, len(stream))
+    whole, used = split_packets(stream[:cut])
+    ends = [sum(map(len, packets[: i + 1])) for i in range(len(packets))]
+    done = [end for end in ends if end <= cut]
+    assert used == (done[-1] if done else 0)
+    assert [split(packet) for packet in packets[: len(done)]] == whole
+    rest, more = split_packets(stream[used:])  # the next read brings the rest
+    assert whole + rest == [split(packet) for packet in packets]
+    assert used + more == len(stream)
+
+
+def test_a_remaining_length_over_4_bytes_is_refused() -> None:
+    with pytest.raises(MalformedPublishError, match="over 4 bytes"):
+        split_packets(b"\x30\xff\xff\xff\xff\x01")
+    assert split_packets(b"\x30\xff\xff") == ([], 0)  # the rest of the header comes later
