@@ -64,7 +64,7 @@ from edge_agent.twins.replica import (
     EdgeTwinReplica,
     Publisher,
 )
-from edge_agent.twins.session_wire import Incoming, SessionWire
+from edge_agent.twins.session_wire import Done, Incoming, SessionWire
 from edge_agent.twins.tls import BrokerTls, client_context, describe_error
 from edge_agent.twins.topics import DeviceTopic
 from edge_agent.twins.twin_store import Durability, TwinStore
@@ -400,6 +400,10 @@ class _WirePublisher:
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         await self._wire.publish(topic, payload, retain=retain)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool, done: Done) -> None:
+        """`SessionWire.publish_nowait`: the replica's answers without a task each."""
+        self._wire.publish_nowait(topic, payload, retain=retain, done=done)
 
 
 class _Inbox(Protocol):

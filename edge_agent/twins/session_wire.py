@@ -18,13 +18,14 @@ every PUBACK (its in-flight window). Rules:
 2. Acknowledgement stays manual: `ack` sends the PUBACKs of messages whose effect is committed,
    in the order given ([MQTT-4.6.0-2]).
 3. Answers are encoded here (QoS 1, MQTT 5 without properties: the device contract,
-   docs/mqtt.md, uses none) and put in paho's output queue, in order, with a packet id from
-   paho's generator that no message in flight holds; each returns a future resolved by the
-   broker's PUBACK, matched here (other PUBACKs, of aiomqtt's own publishes, go to paho).
-   The window of answers in flight (`window`, ``max_inflight_answers``) is kept here in O(1),
-   not by paho (which rescans every message in flight on every PUBACK). Over the window,
-   answers wait in a FIFO, so the broker gets them in the order they were published. PUBACK
-   reason codes are not looked at (aiomqtt did not either): a refused answer is not retried.
+   docs/mqtt.md, uses none) and queued for paho's socket writer, in order, with a packet id
+   from paho's generator that no message in flight holds. Each is done (`publish` returns, or
+   `publish_nowait` calls back, without a task of its own) at the broker's PUBACK, matched
+   here (other PUBACKs, of aiomqtt's own publishes, go to paho). The window of answers in
+   flight (`window`, ``max_inflight_answers``) is kept here in O(1), not by paho (which
+   rescans every message in flight on every PUBACK). Over the window, answers wait in a
+   FIFO, so the broker gets them in the order they were published. PUBACK reason codes are
+   not looked at (aiomqtt did not either): a refused answer is not retried.
 4. When the session ends every waiting answer fails with `aiomqtt.MqttError`, and `next`
    raises it too, with the broker's reason as its cause.
 5. Reads and writes are batched: one ``recv`` of up to 256 KiB, every whole packet in it
@@ -51,6 +52,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 __all__ = [
+    "Done",
     "Incoming",
     "MalformedPublishError",
     "SessionWire",
@@ -86,6 +88,10 @@ _PAHO_INTERNALS = (
     "_call_socket_register_write",
     "_protocol",
 )
+
+
+Done = Callable[[BaseException | None], None]
+"""What `SessionWire.publish_nowait` calls once: None when the broker holds the message."""
 
 
 class Incoming(NamedTuple):
@@ -218,10 +224,8 @@ class SessionWire:
         self._window = max(1, window)
         self._queue: collections.deque[Incoming] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._acks: dict[int, asyncio.Future[None]] = {}
-        self._held: collections.deque[tuple[str, bytes, bool, asyncio.Future[None]]] = (
-            collections.deque()
-        )
+        self._acks: dict[int, Done] = {}
+        self._held: collections.deque[tuple[str, bytes, bool, Done]] = collections.deque()
         self._in_flight = 0
         self._closed: BaseException | None = None
         self._dropped = 0
@@ -326,21 +330,39 @@ class SessionWire:
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it (rule 3)."""
-        if self._closed is not None:
-            raise aiomqtt.MqttError("the broker session ended") from self._closed.__cause__
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._in_flight >= self._window:
-            self._held.append((topic, payload, retain, future))
-        else:
-            self._send(topic, payload, retain, future)
+
+        def done(error: BaseException | None) -> None:
+            if future.done():
+                return  # the caller stopped waiting (cancelled)
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self.publish_nowait(topic, payload, retain=retain, done=done)
         await future
 
-    def _send(self, topic: str, payload: bytes, retain: bool, future: asyncio.Future[None]) -> None:  # noqa: FBT001 - internal
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool, done: Done) -> None:
+        """Publish at QoS 1 without a task or a future of its own (rule 3).
+
+        `done` is called once: with None when the broker acknowledged the message, or with
+        an `aiomqtt.MqttError` when it cannot be (the session ended) — possibly before this
+        returns. It runs inside the wire's packet handling: it must not raise.
+        """
+        if self._closed is not None:
+            failure = aiomqtt.MqttError("the broker session ended")
+            failure.__cause__ = self._closed.__cause__
+            done(failure)
+        elif self._in_flight >= self._window:
+            self._held.append((topic, payload, retain, done))
+        else:
+            self._send(topic, payload, retain, done)
+
+    def _send(self, topic: str, payload: bytes, retain: bool, done: Done) -> None:  # noqa: FBT001 - internal
         client = self._paho
         if client._sock is None:  # noqa: SLF001 - what paho's publish checks
-            future.set_exception(
-                aiomqtt.MqttCodeError(MQTTErrorCode.MQTT_ERR_NO_CONN, "Could not publish message")
-            )
+            done(aiomqtt.MqttCodeError(MQTTErrorCode.MQTT_ERR_NO_CONN, "Could not publish message"))
             return
         mid = client._mid_generate()  # noqa: SLF001 - shared with aiomqtt's publishes
         while mid in self._acks or mid in client._out_messages:  # noqa: SLF001
@@ -349,7 +371,7 @@ class SessionWire:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(encode_publish(topic, payload, mid, retain=retain, v5=self._v5))
         self._in_flight += 1
-        self._acks[mid] = future
+        self._acks[mid] = done
 
     def _handle_pubackcomp(self, cmd: str) -> MQTTErrorCode:
         client = self._paho
@@ -357,17 +379,14 @@ class SessionWire:
         if cmd != "PUBACK" or len(packet) < 2:
             return self._paho_puback_handler(cmd)
         mid = (packet[0] << 8) | packet[1]
-        future = self._acks.pop(mid, None)
-        if future is None:
+        done = self._acks.pop(mid, None)
+        if done is None:
             # One of aiomqtt's own publishes (availability, claims): paho's bookkeeping.
             return self._paho_puback_handler(cmd)
         self._in_flight -= 1
-        if not future.done():
-            future.set_result(None)
+        done(None)
         while self._held and self._in_flight < self._window:
-            topic, payload, retain, waiting = self._held.popleft()
-            if not waiting.cancelled():
-                self._send(topic, payload, retain, waiting)
+            self._send(*self._held.popleft())
         return _SUCCESS
 
     def _flush(self) -> None:
@@ -465,11 +484,10 @@ class SessionWire:
         pending = [*self._acks.values(), *(held[3] for held in self._held)]
         self._acks.clear()
         self._held.clear()
-        for future in pending:
-            if not future.done():
-                failure = aiomqtt.MqttError("the broker session ended")
-                failure.__cause__ = cause
-                future.set_exception(failure)
+        for done in pending:
+            failure = aiomqtt.MqttError("the broker session ended")
+            failure.__cause__ = cause
+            done(failure)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

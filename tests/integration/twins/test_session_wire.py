@@ -52,12 +52,27 @@ async def test_answers_over_the_window_wait_and_arrive_in_order(
             await asyncio.sleep(0)  # every publish ran up to its wait
             assert (wire.in_flight, wire.waiting) == (3, 37)
         assert (wire.in_flight, wire.waiting) == (0, 0)
+        # without a task: called back once each, at the PUBACK, with nothing wrong
+        outcomes: list[BaseException | None] = []
+        all_done = asyncio.Event()
+
+        def done(error: BaseException | None) -> None:
+            outcomes.append(error)
+            if len(outcomes) == 5:
+                all_done.set()
+
+        for i in range(5):
+            wire.publish_nowait(f"answers/{40 + i}", b"%d" % (40 + i), retain=False, done=done)
+        assert outcomes == []
+        assert (wire.in_flight, wire.waiting) == (3, 2)
+        await all_done.wait()
+        assert outcomes == [None] * 5
         seen = []
         async for message in listener.messages:
             seen.append((str(message.topic), message.payload))
-            if len(seen) == 40:
+            if len(seen) == 45:
                 break
-        assert seen == [(f"answers/{i}", b"%d" % i) for i in range(40)]
+        assert seen == [(f"answers/{i}", b"%d" % i) for i in range(45)]
         # aiomqtt's own publishes still get their PUBACK through paho
         await client.publish("answers/aiomqtt", b"x", qos=1)
 
@@ -97,6 +112,10 @@ async def test_a_lost_session_fails_waiting_answers_and_the_reader(broker: mqtt.
             assert reader.result()
             assert all(send.result() for send in sends)
             assert (wire.in_flight, wire.waiting) == (1, 0)  # none sent again, none kept
+            outcomes: list[BaseException | None] = []
+            wire.publish_nowait("a/late", b"x", retain=False, done=outcomes.append)
+            assert len(outcomes) == 1  # at once: the session is over
+            assert isinstance(outcomes[0], aiomqtt.MqttError)
             with pytest.raises(aiomqtt.MqttError):
                 await wire.publish("a/after", b"x", retain=False)
         finally:
