@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
+from edge_agent.twins import mqtt_service
 from edge_agent.twins.session_wire import SessionWire
 from tests.harness import mqtt
+from tests.integration.twins.conftest import TwinsEnv, running, unique
 
 TIMEOUT = 30.0  # a guard against hangs on a busy CI box, not a measurement
 
@@ -132,3 +135,33 @@ async def publish_fails(wire: SessionWire, topic: str) -> bool:
     with pytest.raises(aiomqtt.MqttError):
         await wire.publish(topic, b"x", retain=False)
     return True
+
+
+async def test_without_pahos_internals_the_agent_serves_through_aiomqtt(
+    twins_env: TwinsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A paho release that renamed its internals: install refuses, aiomqtt's path serves.
+    monkeypatch.setattr(SessionWire, "install", lambda _self: False)
+    sessions: list[object] = []
+    monkeypatch.setattr(mqtt_service, "_Messages", _Counted(mqtt_service._Messages, sessions))
+    device_id = unique("relay")
+    async with running(twins_env.service()):
+        credential = await twins_env.claim(device_id, "relay-switch")
+        async with twins_env.device(credential) as device:
+            answers = [await device.report({"switchCount": i}, rid=f"r-{i}") for i in range(1, 6)]
+            again = await device.report({"switchCount": 5}, rid="r-5")
+            twin = await device.get()
+    assert [a["version"] for a in answers] == [1, 2, 3, 4, 5]
+    assert again == answers[-1]
+    assert twin["reported"]["$version"] == 5
+    assert len(sessions) == 1  # served by aiomqtt's path
+
+
+class _Counted:
+    def __init__(self, kind: Any, made: list[object]) -> None:
+        self._kind, self._made = kind, made
+
+    def __call__(self, *args: Any) -> object:
+        made = self._kind(*args)
+        self._made.append(made)
+        return made
