@@ -164,8 +164,8 @@ class TwinMqttSettings:
 
     max_inflight_answers: int = 1000
     """Answers and deltas sent to the broker and not yet acknowledged by it, at most
-    (paho's outgoing window; more wait in the session's queue). The default 20 made answers
-    wait a broker round trip per 20 under load."""
+    (`SessionWire`'s window, paho's when it is not installed; more wait in order). The
+    default 20 made answers wait a broker round trip per 20 under load."""
 
     max_queued_messages: int = 10_000
     """Device messages buffered in the agent at most (QoS 1 ones are also limited by the
