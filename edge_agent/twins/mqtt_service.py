@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -61,7 +62,9 @@ from edge_agent.twins.replica import (
     CloudChangeError,
     CloudChangeResult,
     EdgeTwinReplica,
+    Publisher,
 )
+from edge_agent.twins.session_wire import Done, Incoming, SessionWire
 from edge_agent.twins.tls import BrokerTls, client_context, describe_error
 from edge_agent.twins.topics import DeviceTopic
 from edge_agent.twins.twin_store import Durability, TwinStore
@@ -161,8 +164,8 @@ class TwinMqttSettings:
 
     max_inflight_answers: int = 1000
     """Answers and deltas sent to the broker and not yet acknowledged by it, at most
-    (paho's outgoing window; more wait in the session's queue). The default 20 made answers
-    wait a broker round trip per 20 under load."""
+    (`SessionWire`'s window, paho's when it is not installed; more wait in order). The
+    default 20 made answers wait a broker round trip per 20 under load."""
 
     max_queued_messages: int = 10_000
     """Device messages buffered in the agent at most (QoS 1 ones are also limited by the
@@ -391,6 +394,63 @@ class _Publisher:
         await self._client.publish(topic, payload, qos=1, retain=retain)
 
 
+class _WirePublisher:
+    def __init__(self, wire: SessionWire) -> None:
+        self._wire = wire
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        await self._wire.publish(topic, payload, retain=retain)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool, done: Done) -> None:
+        """`SessionWire.publish_nowait`: the replica's answers without a task each."""
+        self._wire.publish_nowait(topic, payload, retain=retain, done=done)
+
+
+class _Inbox(Protocol):
+    """Device messages of one session: `SessionWire`, or `_Messages` (aiomqtt's path)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self) -> Incoming: ...
+
+    async def next(self) -> Incoming: ...
+
+    def ack(self, messages: list[Incoming]) -> None: ...
+
+
+_TOPIC_MEMORY = 65_536
+"""Topics whose parse `_route` remembers, at most (a few per device; 10,000 devices)."""
+_UNPARSED = object()
+
+
+class _Messages:
+    """aiomqtt's own message path, when `SessionWire` cannot be installed (its rule 6)."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._messages = client.messages
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def take(self) -> Incoming:
+        return self._incoming(self._client._queue.get_nowait())  # noqa: SLF001 - no task per message
+
+    async def next(self) -> Incoming:
+        return self._incoming(await anext(self._messages))
+
+    def ack(self, messages: list[Incoming]) -> None:
+        for message in messages:
+            if message.qos > 0:
+                self._client._client.ack(message.mid, message.qos)  # noqa: SLF001 - see _new_client
+
+    @staticmethod
+    def _incoming(message: aiomqtt.Message) -> Incoming:
+        payload = message.payload  # aiomqtt gives bytes for received messages
+        assert isinstance(payload, bytes)  # noqa: S101 - aiomqtt's type is wider
+        return Incoming(str(message.topic), payload, message.mid, message.qos, message.retain)
+
+
 class TwinMqttService:
     """The MQTT device service of the edge's twins.
 
@@ -480,6 +540,7 @@ class TwinMqttService:
         self._agent_password = secrets.token_urlsafe(24)
         self._agent_client_id = agent_client_id(settings)
         self._client: aiomqtt.Client | None = None
+        self._device_topics: dict[str, DeviceTopic | None] = {}
 
     @property
     def origin(self) -> str:
@@ -713,7 +774,18 @@ class TwinMqttService:
         return client
 
     async def _session(self, version: str) -> None:
-        async with self._new_client(version) as client:
+        client = self._new_client(version)
+        # Installed before connecting: the broker sends the session's queued messages at once.
+        wire = SessionWire(
+            client,
+            max_queued=self.settings.max_queued_messages,
+            window=self.settings.max_inflight_answers,
+        )
+        inbox: _Inbox = wire if wire.install() else _Messages(client)
+        publisher: Publisher = _WirePublisher(wire) if inbox is wire else _Publisher(client)
+        async with client:
+            if inbox is wire:
+                wire.attach()
             self._client = client
             self.mqtt_version = version
             self.metrics.broker_sessions += 1
@@ -721,9 +793,9 @@ class TwinMqttService:
             filters = topics.agent_subscriptions(node, home_assistant=self.home_assistant.enabled)
             await client.subscribe([(f, 1) for f in filters])
             await client.publish(topics.AGENT_AVAILABILITY, b"online", qos=1, retain=True)
-            async with self.twins.serving(_Publisher(client)):
+            async with self.twins.serving(publisher):
                 await self.twins.republish()
-                self.home_assistant.attach(_Publisher(client))
+                self.home_assistant.attach(publisher)
                 await self.home_assistant.republish()
                 self.ready.set()
                 log.info(
@@ -732,26 +804,23 @@ class TwinMqttService:
                     version,
                 )
                 try:
-                    await self._consume(client)
+                    await self._consume(client, inbox)
                 except aiomqtt.MqttError as exc:
-                    # aiomqtt's iterator says only "Disconnected during message iteration"; the
-                    # broker's reason (MQTT 5 DISCONNECT) is in its disconnect future.
+                    # The iterator says only "Disconnected during message iteration"; the
+                    # broker's reason (MQTT 5 DISCONNECT) is in aiomqtt's disconnect future.
                     cause = _disconnect_cause(client)
                     if cause is None or cause is exc:
                         raise
                     raise cause from exc
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        messages = client.messages
+    async def _consume(self, client: aiomqtt.Client, inbox: _Inbox) -> None:
         while True:
-            batch = [await anext(messages)]
-            await self._fill(messages, batch)
+            batch = [await inbox.next()]
+            await self._fill(inbox, batch)
             device_messages = await self._route(client, batch)
 
-            def acknowledge(batch: list[aiomqtt.Message] = batch) -> None:
-                for message in batch:
-                    if message.qos > 0:
-                        client._client.ack(message.mid, message.qos)  # noqa: SLF001 - see _new_client
+            def acknowledge(batch: list[Incoming] = batch) -> None:
+                inbox.ack(batch)
 
             # Even without device messages: acknowledgements go in the order received.
             await self.twins.handle_batch(device_messages, committed=acknowledge)
@@ -759,37 +828,45 @@ class TwinMqttService:
                 await self.home_assistant.refresh(where.device_id for where, _ in device_messages)
 
     async def _route(
-        self, client: aiomqtt.Client, batch: list[aiomqtt.Message]
+        self, client: aiomqtt.Client, batch: list[Incoming]
     ) -> list[tuple[DeviceTopic, bytes]]:
         """Hand claims, adoptions and HA commands on; the device messages, in order."""
         node = self.settings.node_name
         device_messages: list[tuple[DeviceTopic, bytes]] = []
+        parse = self._parse_device_topic
         for message in batch:
-            payload = message.payload  # aiomqtt gives bytes for received messages
-            topic = str(message.topic)
-            if topic == topics.PROVISION_REQUEST:
+            topic, payload = message.topic, message.payload
+            if (where := parse(topic)) is not None:
+                device_messages.append((where, payload))
+            elif topic == topics.PROVISION_REQUEST:
                 await self._queue_claim(client, payload)
             elif topics.is_adopt_topic(node, topic):
                 await self._claims.put((topic, payload))  # rare: an operator's move
-            elif (where := topics.parse_device_topic(topic)) is not None:
-                device_messages.append((where, payload))
             elif (command := topics.parse_ha_command(node, topic)) is not None:
                 self.home_assistant.command(*command, payload)
         return device_messages
 
-    async def _fill(
-        self, messages: aiomqtt.client.MessagesIterator, batch: list[aiomqtt.Message]
-    ) -> None:
+    def _parse_device_topic(self, topic: str) -> DeviceTopic | None:
+        """`topics.parse_device_topic`, remembered: a device publishes on a few topics only."""
+        parsed = self._device_topics.get(topic, _UNPARSED)
+        if parsed is _UNPARSED:
+            parsed = topics.parse_device_topic(topic)
+            if len(self._device_topics) >= _TOPIC_MEMORY:
+                self._device_topics.clear()  # bounded; refilled by the devices still reporting
+            self._device_topics[topic] = parsed
+        return parsed  # type: ignore[return-value]
+
+    async def _fill(self, inbox: _Inbox, batch: list[Incoming]) -> None:
         """Add what is already received to `batch`, after waiting `batch_wait` if set.
 
-        Never cancels `anext` (aiomqtt 2.5 loses a message cancelled as it arrives): it
-        sleeps, then takes only what is queued.
+        Never cancels a wait for the next message (aiomqtt 2.5 loses a message cancelled as
+        it arrives): it sleeps, then takes only what is queued.
         """
         limit = self.settings.max_batch
-        if self.settings.batch_wait > 0 and len(messages) + len(batch) < limit:
+        if self.settings.batch_wait > 0 and len(inbox) + len(batch) < limit:
             await asyncio.sleep(self.settings.batch_wait)
-        while len(messages) and len(batch) < limit:
-            batch.append(await anext(messages))
+        while len(inbox) and len(batch) < limit:
+            batch.append(inbox.take())
 
     async def _queue_claim(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:

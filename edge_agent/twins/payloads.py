@@ -99,6 +99,12 @@ class RequestError(Exception):
         return body
 
 
+# Made once: json.loads and json.dumps with options build a decoder or encoder per call (the
+# agent decodes and encodes a few per device report). Same options, same output.
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def error_from_model(error: DeviceModelsError, code: Code) -> RequestError:
     return RequestError(code, error.summary, error.problems)
 
@@ -114,7 +120,7 @@ def decode_object(payload: bytes, *, max_bytes: int, max_depth: int = ENVELOPE_D
     if nesting_depth(text, max_depth) > max_depth:
         raise RequestError(Code.TOO_LARGE, f"payload nests deeper than {max_depth} levels")
     try:
-        data: JsonValue = json.loads(text, parse_constant=reject_constant)
+        data: JsonValue = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise RequestError(Code.BAD_REQUEST, f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -144,4 +150,4 @@ def only_fields(data: JsonObject, allowed: frozenset[str]) -> None:
 
 
 def encode(body: JsonObject) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(body).encode("utf-8")

@@ -237,7 +237,11 @@ class _Transaction:
 
 
 def _dumps(value: JsonValue | Iterable[object]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
+
+
+# Made once: json.dumps with options builds an encoder per call (a few per committed batch).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _row(record: DeviceRecord) -> tuple[object, ...]:
