@@ -104,7 +104,9 @@ def check_startable(settings: AgentSettings) -> None:
     if settings.twins.enabled:
         try:
             settings.twins.secrets()
-            Identity.load(settings.data_dir)
+            # OpenSSL reads the certificate and key (a corrupt file is ssl.SSLError, an
+            # OSError) without loading cryptography, which the identity parses lazily.
+            Identity.load(settings.data_dir).client_ssl_context()
         except (OSError, ValueError, NotJoinedError) as error:
             raise config.ConfigError(f"[twins] cannot start: {error}") from None
     if settings.cluster is not None:

@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import prometheus_client
-from cryptography import x509
 
 from edge_agent import __version__, ca_rotation
 from edge_agent.identity import Identity, NotJoinedError, spki_hash
@@ -439,7 +438,7 @@ class TunnelClient:
             stream.reset(ErrorCode.CANCEL, "CA announcement not ended in time")
             return
         try:
-            pinned = x509.load_pem_x509_certificate(Identity.load(self._data_dir).ca_pem())
+            pinned = Identity.load(self._data_dir).pinned_ca()
             outcome, ca_hash = ca_rotation.apply_announcement(
                 bytes(raw), pinned=pinned, data_dir=self._data_dir
             )

@@ -49,6 +49,8 @@ from typing import Any, Protocol
 
 from device_models import Role
 from device_models.sync_requests import (
+    NOT_TAKEN,
+    UNREACHABLE,
     DesiredAnswer,
     DesiredRequest,
     RequestRefusedError,
@@ -205,7 +207,7 @@ class _Link:
     ) -> DesiredAnswer:
         session = self._session
         if not session.accepts_requests:
-            raise RequestRefusedError("the cloud does not take commands (an older release)")
+            raise RequestRefusedError(NOT_TAKEN)
         if session.requests_room <= 0:
             raise RequestRefusedError("busy: too many commands wait for the cloud")
         request_id, self._next_request = self._next_request, self._next_request + 1
@@ -219,7 +221,7 @@ class _Link:
                 raise RequestRefusedError(str(error)[:256]) from None
             except (StreamError, ConnectionError):
                 # The stream broke under us: its own task notices and reopens it.
-                raise RequestRefusedError("cloud unreachable") from None
+                raise RequestRefusedError(UNREACHABLE) from None
             try:
                 async with asyncio.timeout(self._settings.request_timeout):
                     return await future
@@ -260,7 +262,7 @@ class _Link:
     def fail_pending(self, error: Exception) -> None:
         for request in self._requests.values():
             if not request.done():
-                request.set_exception(RequestRefusedError("cloud unreachable"))
+                request.set_exception(RequestRefusedError(UNREACHABLE))
                 request.exception()
         for future in self._pending.values():
             if not future.done():
@@ -367,7 +369,7 @@ class CloudTwinLink:
         """
         link = self._state.link
         if link is None:
-            raise RequestRefusedError("cloud unreachable")
+            raise RequestRefusedError(UNREACHABLE)
         return await link.request_desired(device, patch, source)
 
     def attach(self, twins: TwinsEndpoint) -> None:

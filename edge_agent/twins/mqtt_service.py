@@ -339,6 +339,12 @@ class MqttVersionCollector(Collector):
             value=discovery.metrics.commands_accepted,
         )
         yield CounterMetricFamily(
+            "edge_agent_twins_home_assistant_commands_applied_locally",
+            "Home Assistant commands written into desired at the edge (a model with "
+            "localControl, the cloud unreachable); they sync when the link returns",
+            value=discovery.metrics.commands_applied_locally,
+        )
+        yield CounterMetricFamily(
             "edge_agent_twins_home_assistant_publish_failures",
             "Rounds of discovery publishing cut short by a lost broker session",
             value=discovery.metrics.publish_failures,

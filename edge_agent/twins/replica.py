@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -290,6 +291,7 @@ class _AnswerPipeline:
         self._hooks: dict[int, Callable[[], None] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
+        self._abandoned = False
 
     async def wait_for_room(self, devices: Mapping[str, int]) -> None:
         while not self._order.has_room(devices):
@@ -307,6 +309,14 @@ class _AnswerPipeline:
     ) -> None:
         number, ready = self._order.start(answers=len(outgoing), devices=devices)
         self._hooks[number] = committed
+        nowait = getattr(self._publisher, "publish_nowait", None)
+        if nowait is not None:
+            # No task per answer: the publisher calls back at its PUBACK (or session end).
+            done = functools.partial(self._answered, number)
+            for message in outgoing:
+                nowait(message.topic, message.payload, retain=message.retain, done=done)
+            self._acknowledge(ready)
+            return
         for index, message in enumerate(outgoing):
             task = self._group.create_task(
                 self._publish(number, message), name=f"twins.answer[{number}.{index}]"
@@ -317,6 +327,7 @@ class _AnswerPipeline:
 
     def abandon(self) -> None:
         """The session ended: stop waiting for PUBACKs; nothing more is acknowledged."""
+        self._abandoned = True
         self._hooks.clear()
         for task in self._tasks:
             task.cancel()
@@ -325,15 +336,23 @@ class _AnswerPipeline:
         try:
             await self._publisher.publish(message.topic, message.payload, retain=message.retain)
         except aiomqtt.MqttError as error:
-            if not self._order.broken:
-                # The connection loop reconnects and republishes the retained deltas; this
-                # batch's and later batches' messages stay unacknowledged and come again.
-                log.warning("an answer of batch %s was not published: %s", number, error)
-                self._on_failure()
-            self._order.failed(number)
-            self._room.set()  # a batch waiting for room learns that the session must end
+            self._answered(number, error)
             return
-        self._acknowledge(self._order.held(number))
+        self._answered(number, None)
+
+    def _answered(self, number: int, error: BaseException | None) -> None:
+        if self._abandoned:
+            return  # the session ended; the next one gets the batch's messages again
+        if error is None:
+            self._acknowledge(self._order.held(number))
+            return
+        if not self._order.broken:
+            # The connection loop reconnects and republishes the retained deltas; this
+            # batch's and later batches' messages stay unacknowledged and come again.
+            log.warning("an answer of batch %s was not published: %s", number, error)
+            self._on_failure()
+        self._order.failed(number)
+        self._room.set()  # a batch waiting for room learns that the session must end
 
     def _acknowledge(self, ready: list[int]) -> None:
         for number in ready:
