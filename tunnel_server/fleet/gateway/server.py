@@ -59,7 +59,9 @@ from aiohttp.streams import EmptyStreamReader, StreamReader
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.fleet.gateway import headers as head_rules
+from tunnel_server.fleet.gateway import wire
 from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
+from tunnel_server.fleet.gateway.exchange import forward_plain, response_parser
 from tunnel_server.fleet.gateway.figures import Figures
 from tunnel_server.fleet.gateway.router import (
     Backend,
@@ -106,6 +108,7 @@ MIRROR_WORKERS = 8
 """Mirror copies in flight at once (each holds one tunnel stream)."""
 MAX_MIRROR_ANSWER = 1024 * 1024
 """Bytes of a mirror's answer read (and dropped) before its stream is reset."""
+_NO_CHANGE = head_rules.HeaderModifier()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -417,7 +420,7 @@ class GatewayServer:
         self._connections = 0
         self._in_flight = 0
         self._proto = "https" if tls is not None else "http"
-        self._mirror_queue: asyncio.Queue[tuple[Backend, h11.Request]] = asyncio.Queue(MIRROR_QUEUE)
+        self._mirror_queue: asyncio.Queue[tuple[Backend, str, bytes]] = asyncio.Queue(MIRROR_QUEUE)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -465,10 +468,10 @@ class GatewayServer:
 
     async def _mirror_worker(self) -> None:
         while True:
-            backend, head = await self._mirror_queue.get()
+            backend, method, head = await self._mirror_queue.get()
             began = self._loop.time()
             try:
-                kind, status = await self._send_mirror(backend, head)
+                kind, status = await self._send_mirror(backend, method, head)
             except Exception:  # a bug here must not end the workers
                 log.exception("gateway mirror to %s failed", backend)
                 continue
@@ -477,7 +480,7 @@ class GatewayServer:
             self._router.report(backend, outcome)
 
     async def _send_mirror(
-        self, backend: Backend, head: h11.Request
+        self, backend: Backend, method: str, head: bytes
     ) -> tuple[OutcomeKind, int | None]:
         """One body-less copy of a request; its answer read (bounded) and dropped."""
         s = self.settings
@@ -489,8 +492,8 @@ class GatewayServer:
             return "refused", None
         try:
             async with asyncio.timeout(s.response_timeout):
-                conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
-                await stream.write(conn.send(head) + conn.send(h11.EndOfMessage()))
+                conn = response_parser(method)
+                await stream.write(head)
                 status: int | None = None
                 while stream.bytes_read <= MAX_MIRROR_ANSWER:
                     event = conn.next_event()
@@ -509,10 +512,10 @@ class GatewayServer:
         finally:
             stream.reset(ErrorCode.CANCEL, "mirror over")
 
-    def _mirror(self, decision: Decision, head: h11.Request) -> None:
+    def _mirror(self, decision: Decision, method: str, head: bytes) -> None:
         for backend in decision.mirrors:
             try:
-                self._mirror_queue.put_nowait((backend, head))
+                self._mirror_queue.put_nowait((backend, method, head))
             except asyncio.QueueFull:
                 self.metrics.mirrors.labels(str(backend), "dropped").inc()
 
@@ -592,8 +595,9 @@ class GatewayServer:
             if answer.status in (413, 431):
                 response.force_close()  # the rest of the request is not read
             return NONE, NONE, _Result(response=response, code=_code(answer.status))
-        if decision.mirrors and not upgrade and not request.body_exists:
-            self._mirror(decision, head)  # body-less requests only: a body is read once
+        if decision.mirrors and isinstance(head, bytes) and not request.body_exists:
+            # Body-less requests only (a body is read once); upgrades are not mirrored.
+            self._mirror(decision, request.method, head)
         if request.headers.get("Expect", "").lower() == "100-continue":
             # What aiohttp's router does for an application: the client may send its body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -660,31 +664,35 @@ class GatewayServer:
         target: str,
         decision: Decision,
         request_id: str,
-    ) -> tuple[h11.Request, bool]:
+    ) -> tuple[bytes | h11.Request, bool]:
+        """The head to send: bytes (``wire``), or an h11 request for an upgrade (``forward``)."""
         host = request.headers.get("Host")
         first = decision.backends[0] if decision.backends else None
         fallback = f"{first.service}.{first.namespace}.svc" if first else "gateway"
         drop = head_rules.hop_by_hop(incoming) | head_rules.FORWARDED | {"expect"}
-        try:
-            fields, upgrade = request_fields(request, host=host or fallback, drop=drop)
+        fields, upgrade = request_fields(request, host=host or fallback, drop=drop)
+        if decision.modifier != _NO_CHANGE:
             fields = head_rules.modify(fields, decision.modifier)
-            fields = head_rules.with_forwarded(
-                fields,
-                incoming=incoming,
-                client=request.remote or "unknown",
-                proto=self._proto,
-                host=host,
-                request_id=request_id,
-            )
-            return h11.Request(method=request.method, target=target, headers=fields), upgrade
-        except h11.LocalProtocolError as error:
+        fields = head_rules.with_forwarded(
+            fields,
+            incoming=incoming,
+            client=request.remote or "unknown",
+            proto=self._proto,
+            host=host,
+            request_id=request_id,
+        )
+        try:
+            if upgrade:
+                return h11.Request(method=request.method, target=target, headers=fields), True
+            return wire.request_head(request.method, target, fields), False
+        except (h11.LocalProtocolError, wire.UnsendableError) as error:
             raise Problem(400, "bad_request", f"this request cannot be sent on: {error}") from None
 
     async def _attempts(
         self,
         request: web.Request,
         decision: Decision,
-        head: h11.Request,
+        head: bytes | h11.Request,
         *,
         upgrade: bool,
         started: float,
@@ -787,7 +795,7 @@ class GatewayServer:
         self,
         request: web.Request,
         stream: TunnelStream,
-        head: h11.Request,
+        head: bytes | h11.Request,
         *,
         upgrade: bool,
         deadline: float,
@@ -802,7 +810,12 @@ class GatewayServer:
             async with asyncio.timeout(None) as scope:
                 watchdog.start(scope)
                 try:
-                    reply = await forward(request, stream, head, upgrade=upgrade, respond=respond)
+                    if isinstance(head, bytes):
+                        reply = await forward_plain(request, stream, head, respond=respond)
+                    else:
+                        reply = await forward(
+                            request, stream, head, upgrade=upgrade, respond=respond
+                        )
                 finally:
                     watchdog.stop()
         except TimeoutError:
