@@ -445,7 +445,7 @@ __all__ = [
     "UpstreamError",
     "client_gone",
     "forward",
-    "request_fields",
     "relay_answer",
+    "request_fields",
     "request_head",
 ]

@@ -151,26 +151,12 @@ async def _relay(
     except ConnectionError:
         return client_gone(stream, reply)
     held = buffer[plain.size : plain.size + plain.length]
-    left = plain.length - len(held)
     try:
-        while left > 0:
-            if not stream.has_data:
-                # About to wait for the backend: what we hold (at least the head) goes now.
-                await reply.write(held)
-                held = b""
-            data = await stream.read()
-            if not data:
-                raise UpstreamError(f"the answer ended {left} bytes before its Content-Length")
-            if held:
-                await reply.write(held)
-            held = data[:left]
-            left -= len(held)
+        held = await _copy_body(stream, reply, held, plain.length - len(held))
     except (UpstreamError, StreamError) as error:
         # The answer is begun, so no 502 can follow: what came before the break is the
-        # client's, and the cut tells it the answer is incomplete.
+        # client's (written by ``_copy_body``), and the cut tells it the answer is incomplete.
         log.debug("answer from %s cut short: %s", stream.target, error)
-        with contextlib.suppress(ConnectionError):
-            await reply.write(held)
         reply.force_close()
         if request.transport is not None:
             request.transport.close()
@@ -180,3 +166,33 @@ async def _relay(
     with contextlib.suppress(ConnectionError):
         await reply.write_eof(held)
     return reply
+
+
+async def _copy_body(stream: TunnelStream, reply: Reply, held: bytes, left: int) -> bytes:
+    """Relay the ``left`` body bytes after ``held``; the last piece is returned, unwritten.
+
+    One piece is held back until the next is known, so the head, the last piece and the end
+    of a small answer go out in one write (``write_eof``).
+    """
+    try:
+        while left > 0:
+            if not stream.has_data:
+                # About to wait for the backend: what we hold (at least the head) goes now.
+                await reply.write(held)
+                held = b""
+            data = await stream.read()
+            if not data:
+                break
+            if held:
+                await reply.write(held)
+            held = data[:left]
+            left -= len(held)
+    except StreamError:
+        with contextlib.suppress(ConnectionError):
+            await reply.write(held)
+        raise
+    if left > 0:
+        with contextlib.suppress(ConnectionError):
+            await reply.write(held)
+        raise UpstreamError(f"the answer ended {left} bytes before its Content-Length")
+    return held

@@ -46,7 +46,6 @@ import contextlib
 import logging
 import os
 import ssl
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +124,10 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+_Series = tuple[Any, Any, Any | None]
+"""A label set's children: requests, seconds, and errors (None for a class that is no error)."""
+
+
 class GatewayMetrics:
     """The gateway's Prometheus metrics and the recent figures a route's status shows.
 
@@ -136,6 +139,10 @@ class GatewayMetrics:
         self.figures = Figures()
         self._by_route: dict[str, set[tuple[str, str]]] = {}
         """Route -> the (backend, code) label pairs it has series for."""
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        """(route, backend, code) -> its children of ``requests``, ``seconds``, ``errors``."""
+        self._attempts: dict[tuple[str, str], Any] = {}
+        """(backend, outcome) -> its child of ``attempts`` (backends are operator-bounded)."""
         self.errors = prometheus_client.Counter(
             "tunnel_server_gateway_errors",
             "Gateway requests answered 5xx (ours or the backend's) or cut short, by route and "
@@ -183,20 +190,43 @@ class GatewayMetrics:
 
     def answered(self, route: str, backend: str, code: str, seconds: float, now: float) -> None:
         """One request answered: its series, and the figures when a route took it."""
-        error = code in ("5xx", "cut")
-        self.requests.labels(route, backend, code).inc()
-        self.seconds.labels(route, backend).observe(seconds)
-        if error:
-            self.errors.labels(route, backend).inc()
-        self._by_route.setdefault(route, set()).add((backend, code))
+        series = self._series.get((route, backend, code))
+        if series is None:
+            series = self._labelled(route, backend, code)
+        requests, histogram, errors = series
+        requests.inc()
+        histogram.observe(seconds)
+        if errors is not None:
+            errors.inc()
         if NONE not in (route, backend):
-            self.figures.record(route, backend, error=error, seconds=seconds, now=now)
+            self.figures.record(route, backend, error=errors is not None, seconds=seconds, now=now)
+
+    def attempt(self, backend: str, outcome: str) -> None:
+        """One attempt on a backend ended so (its child series looked up once)."""
+        child = self._attempts.get((backend, outcome))
+        if child is None:
+            child = self._attempts[backend, outcome] = self.attempts.labels(backend, outcome)
+        child.inc()
+
+    def _labelled(self, route: str, backend: str, code: str) -> _Series:
+        # prometheus_client's ``labels`` costs a lock and a few allocations per call: the
+        # children of a label set are looked up once and kept until the route goes.
+        error = code in ("5xx", "cut")
+        series = (
+            self.requests.labels(route, backend, code),
+            self.seconds.labels(route, backend),
+            self.errors.labels(route, backend) if error else None,
+        )
+        self._series[route, backend, code] = series
+        self._by_route.setdefault(route, set()).add((backend, code))
+        return series
 
     def retain_routes(self, routes: Collection[str]) -> None:
         """Drop the series and figures of every route not in ``routes`` (deleted ones)."""
         self.figures.retain(routes)
         for route in [r for r in self._by_route if r not in routes and r != NONE]:
             for backend, code in self._by_route.pop(route):
+                self._series.pop((route, backend, code), None)
                 for metric, labels in (
                     (self.requests, (route, backend, code)),
                     (self.seconds, (route, backend)),
@@ -585,7 +615,7 @@ class GatewayServer:
     async def _serve(self, request: web.Request, started: float) -> tuple[str, str, _Result]:
         incoming = list(request.headers.items())
         request_id = head_rules.safe_request_id(request.headers.get("X-Request-Id"))
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         try:
             target = self._check(request)
             decision = self._decide(request, incoming, target)
@@ -761,7 +791,7 @@ class GatewayServer:
 
     def _report(self, backend: Backend, outcome: Outcome, began: float) -> None:
         seconds = self._loop.time() - began
-        self.metrics.attempts.labels(str(backend), outcome.kind).inc()
+        self.metrics.attempt(str(backend), outcome.kind)
         full = Outcome(
             kind=outcome.kind, status=outcome.status, reason=outcome.reason, seconds=seconds
         )

@@ -61,6 +61,26 @@ def request_head(method: str, target: str, fields: list[tuple[str, str]]) -> byt
     return "\r\n".join(lines).encode("ascii")
 
 
+def _fields(lines: list[bytes]) -> tuple[list[tuple[str, str]], set[bytes]] | None:
+    """The fields and the ``Content-Length`` values; None if one is invalid or a coding."""
+    fields: list[tuple[str, str]] = []
+    lengths: set[bytes] = set()
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not _BTOKEN.fullmatch(name):
+            return None  # also an obsolete line folding (a leading space or tab)
+        value = value.strip(b" \t")
+        if not _BVALUE.fullmatch(value):
+            return None
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            return None
+        if lower == b"content-length":
+            lengths.update(part.strip(b" \t") for part in value.split(b","))
+        fields.append((name.decode("latin-1"), value.decode("latin-1")))
+    return fields, lengths
+
+
 @dataclass(frozen=True, slots=True)
 class PlainResponse:
     """A plain answer's head (see the module's rules)."""
@@ -89,21 +109,10 @@ def parse_plain_response(buffer: bytes, *, method: str, limit: int) -> PlainResp
     if status_line is None:
         return None
     status = int(status_line.group(1))
-    fields: list[tuple[str, str]] = []
-    lengths: set[bytes] = set()
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _BTOKEN.fullmatch(name):
-            return None  # also an obsolete line folding (a leading space or tab)
-        value = value.strip(b" \t")
-        if not _BVALUE.fullmatch(value):
-            return None
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            return None
-        if lower == b"content-length":
-            lengths.update(part.strip(b" \t") for part in value.split(b","))
-        fields.append((name.decode("latin-1"), value.decode("latin-1")))
+    parsed = _fields(lines[1:])
+    if parsed is None:
+        return None
+    fields, lengths = parsed
     length = 0
     if status not in (204, 304) and method != "HEAD":
         if len(lengths) != 1:
