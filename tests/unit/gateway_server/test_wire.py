@@ -15,8 +15,8 @@ LIMIT = 64 * 1024
 def _h11_events(head: bytes) -> list[h11.Event]:
     server = h11.Connection(h11.SERVER)
     server.receive_data(head)
-    events = []
-    while (event := server.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+    events: list[h11.Event] = []
+    while isinstance(event := server.next_event(), h11.Event):
         events.append(event)
     return events
 
@@ -55,7 +55,9 @@ def test_what_cannot_be_sent_is_refused(method: str, target: str, field: tuple[s
 
 
 def test_a_plain_answer_is_parsed() -> None:
-    buffer = b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-A:  b \r\nSet-Cookie: x\r\n\r\nabcEXTRA"
+    buffer = (
+        b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-A:  b \r\nSet-Cookie: x\r\n\r\nabcEXTRA"
+    )
     plain = parse_plain_response(buffer, method="POST", limit=LIMIT)
     assert plain is not None
     assert (plain.status, plain.reason, plain.length) == (201, "Created", 3)

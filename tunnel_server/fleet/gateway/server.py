@@ -449,6 +449,9 @@ class GatewayServer:
         self._server: asyncio.Server | None = None
         self._connections = 0
         self._in_flight = 0
+        # Read when scraped, not written per request (a gauge's every write takes a lock).
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.connections.set_function(lambda: self._connections)
         self._proto = "https" if tls is not None else "http"
         self._mirror_queue: asyncio.Queue[tuple[Backend, str, bytes]] = asyncio.Queue(MIRROR_QUEUE)
 
@@ -554,12 +557,10 @@ class GatewayServer:
         if self._connections >= self.settings.max_connections:
             return False
         self._connections += 1
-        self.metrics.connections.set(self._connections)
         return True
 
     def release(self) -> None:
         self._connections -= 1
-        self.metrics.connections.set(self._connections)
 
     def _protocol(self) -> _GatewayProtocol:
         s = self.settings
@@ -600,7 +601,6 @@ class GatewayServer:
                 "once; try again in a moment",
             )
         self._in_flight += 1
-        self.metrics.in_flight.inc()
         route, backend, code = NONE, NONE, "5xx"
         try:
             route, backend, result = await self._serve(request, started)
@@ -608,7 +608,6 @@ class GatewayServer:
             return result.response
         finally:
             self._in_flight -= 1
-            self.metrics.in_flight.dec()
             now = self._loop.time()
             self.metrics.answered(route, backend, code, now - started, now)
 
