@@ -42,7 +42,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
 import logging
 import os
 import ssl
@@ -54,6 +54,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import EmptyStreamReader, StreamReader
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
@@ -83,7 +84,7 @@ from tunnel_server.tunnel.http_over_stream import (
 from tunnel_server.web.errors import error_response
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterator
 
     from aiohttp.abc import AbstractStreamWriter
     from aiohttp.http_parser import RawRequestMessage
@@ -124,8 +125,33 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-_Series = tuple[Any, Any, Any | None]
-"""A label set's children: requests, seconds, and errors (None for a class that is no error)."""
+_BOUNDS = (*(repr(float(bound)) for bound in LATENCY_BUCKETS), "+Inf")
+"""The ``le`` labels, as prometheus_client writes them (``0.001``, ``1.0``, ``+Inf``)."""
+
+
+class _Histogram:
+    """One label set's latency histogram: plain counts per bucket (not cumulative), sum."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: +Inf
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # ``le`` buckets: the first bound >= the value takes it.
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(_BOUNDS, self.buckets, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 class GatewayMetrics:
@@ -133,46 +159,23 @@ class GatewayMetrics:
 
     Route and backend label values come from operator objects (bounded); ``retain_routes``
     drops every series of a route that is gone, so a deleted route's labels do not stay.
+    The per-request series (requests, errors, latency, attempts) are plain counts in dicts,
+    read when the registry is scraped (``collect``): prometheus_client's own metrics take a
+    lock and look a child up on every write, a visible share of the gateway's CPU per
+    request.
     """
 
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.figures = Figures()
-        self._by_route: dict[str, set[tuple[str, str]]] = {}
-        """Route -> the (backend, code) label pairs it has series for."""
-        self._series: dict[tuple[str, str, str], _Series] = {}
-        """(route, backend, code) -> its children of ``requests``, ``seconds``, ``errors``."""
-        self._attempts: dict[tuple[str, str], Any] = {}
-        """(backend, outcome) -> its child of ``attempts`` (backends are operator-bounded)."""
-        self.errors = prometheus_client.Counter(
-            "tunnel_server_gateway_errors",
-            "Gateway requests answered 5xx (ours or the backend's) or cut short, by route and "
-            "backend",
-            ["route", "backend"],
-            registry=registry,
-        )
-        self.requests = prometheus_client.Counter(
-            "tunnel_server_gateway_requests",
-            "Gateway requests answered, by route, backend (cluster/namespace/service:port) and "
-            "status class (2xx..5xx; 'cut' when an answer begun was cut)",
-            ["route", "backend", "code"],
-            registry=registry,
-        )
-        self.seconds = prometheus_client.Histogram(
-            "tunnel_server_gateway_request_seconds",
-            "Seconds from a request's arrival to the end of its answer, by route and backend",
-            ["route", "backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self._requests: dict[tuple[str, str, str], int] = {}
+        """(route, backend, code) -> requests answered."""
+        self._errors: dict[tuple[str, str], int] = {}
+        self._seconds: dict[tuple[str, str], _Histogram] = {}
+        self._attempts: dict[tuple[str, str], int] = {}
+        """(backend, outcome) -> attempts (backends are operator-bounded)."""
         self.in_flight = prometheus_client.Gauge(
             "tunnel_server_gateway_in_flight",
             "Gateway requests being answered now",
-            registry=registry,
-        )
-        self.attempts = prometheus_client.Counter(
-            "tunnel_server_gateway_attempts",
-            "Attempts on a backend, by backend and outcome (answered, refused, failed, timeout)",
-            ["backend", "outcome"],
             registry=registry,
         )
         self.mirrors = prometheus_client.Counter(
@@ -187,53 +190,77 @@ class GatewayMetrics:
             "Client connections open on the gateway listener",
             registry=registry,
         )
+        registry.register(self)  # a Collector: ``collect``
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        """The per-request series, as the registry scrapes them."""
+        requests = CounterMetricFamily(
+            "tunnel_server_gateway_requests",
+            "Gateway requests answered, by route, backend (cluster/namespace/service:port) and "
+            "status class (2xx..5xx; 'cut' when an answer begun was cut)",
+            labels=["route", "backend", "code"],
+        )
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(labels, count)
+        errors = CounterMetricFamily(
+            "tunnel_server_gateway_errors",
+            "Gateway requests answered 5xx (ours or the backend's) or cut short, by route and "
+            "backend",
+            labels=["route", "backend"],
+        )
+        for pair, count in list(self._errors.items()):
+            errors.add_metric(pair, count)
+        seconds = HistogramMetricFamily(
+            "tunnel_server_gateway_request_seconds",
+            "Seconds from a request's arrival to the end of its answer, by route and backend",
+            labels=["route", "backend"],
+        )
+        for pair, histogram in list(self._seconds.items()):
+            seconds.add_metric(pair, histogram.cumulative(), histogram.total)
+        attempts = CounterMetricFamily(
+            "tunnel_server_gateway_attempts",
+            "Attempts on a backend, by backend and outcome (answered, refused, failed, timeout)",
+            labels=["backend", "outcome"],
+        )
+        for pair, count in list(self._attempts.items()):
+            attempts.add_metric(pair, count)
+        yield from (requests, errors, seconds, attempts)
 
     def answered(self, route: str, backend: str, code: str, seconds: float, now: float) -> None:
         """One request answered: its series, and the figures when a route took it."""
-        series = self._series.get((route, backend, code))
-        if series is None:
-            series = self._labelled(route, backend, code)
-        requests, histogram, errors = series
-        requests.inc()
+        key = (route, backend, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        pair = (route, backend)
+        histogram = self._seconds.get(pair)
+        if histogram is None:
+            histogram = self._seconds[pair] = _Histogram()
         histogram.observe(seconds)
-        if errors is not None:
-            errors.inc()
+        error = code in ("5xx", "cut")
+        if error:
+            self._errors[pair] = self._errors.get(pair, 0) + 1
         if NONE not in (route, backend):
-            self.figures.record(route, backend, error=errors is not None, seconds=seconds, now=now)
+            self.figures.record(route, backend, error=error, seconds=seconds, now=now)
+
+    def refused(self, code: str) -> None:
+        """A request answered before any route or backend (busy, malformed): counted only."""
+        key = (NONE, NONE, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
 
     def attempt(self, backend: str, outcome: str) -> None:
-        """One attempt on a backend ended so (its child series looked up once)."""
-        child = self._attempts.get((backend, outcome))
-        if child is None:
-            child = self._attempts[backend, outcome] = self.attempts.labels(backend, outcome)
-        child.inc()
-
-    def _labelled(self, route: str, backend: str, code: str) -> _Series:
-        # prometheus_client's ``labels`` costs a lock and a few allocations per call: the
-        # children of a label set are looked up once and kept until the route goes.
-        error = code in ("5xx", "cut")
-        series = (
-            self.requests.labels(route, backend, code),
-            self.seconds.labels(route, backend),
-            self.errors.labels(route, backend) if error else None,
-        )
-        self._series[route, backend, code] = series
-        self._by_route.setdefault(route, set()).add((backend, code))
-        return series
+        """One attempt on a backend ended so."""
+        key = (backend, outcome)
+        self._attempts[key] = self._attempts.get(key, 0) + 1
 
     def retain_routes(self, routes: Collection[str]) -> None:
         """Drop the series and figures of every route not in ``routes`` (deleted ones)."""
         self.figures.retain(routes)
-        for route in [r for r in self._by_route if r not in routes and r != NONE]:
-            for backend, code in self._by_route.pop(route):
-                self._series.pop((route, backend, code), None)
-                for metric, labels in (
-                    (self.requests, (route, backend, code)),
-                    (self.seconds, (route, backend)),
-                    (self.errors, (route, backend)),
-                ):
-                    with contextlib.suppress(KeyError):
-                        metric.remove(*labels)
+
+        def gone(key: tuple[str, ...]) -> bool:
+            return key[0] not in routes and key[0] != NONE
+
+        self._requests = {key: n for key, n in self._requests.items() if not gone(key)}
+        self._errors = {key: n for key, n in self._errors.items() if not gone(key)}
+        self._seconds = {key: h for key, h in self._seconds.items() if not gone(key)}
 
 
 def _problem(
@@ -420,7 +447,7 @@ class _GatewayProtocol(web.RequestHandler):
             response = _problem(
                 status, "internal_error", "the gateway failed on this request (logged)"
             )
-        self._gateway.metrics.requests.labels(NONE, NONE, _code(response.status)).inc()
+        self._gateway.metrics.refused(_code(response.status))
         response.force_close()
         return response
 
@@ -593,7 +620,7 @@ class GatewayServer:
         assert isinstance(request, web.Request)  # noqa: S101 - _make_request makes them
         started = self._loop.time()
         if self._in_flight >= self.settings.max_concurrent_requests:
-            self.metrics.requests.labels(NONE, NONE, "5xx").inc()
+            self.metrics.refused("5xx")
             return _problem(
                 503,
                 "gateway_busy",

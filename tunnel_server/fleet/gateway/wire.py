@@ -62,9 +62,14 @@ def request_head(method: str, target: str, fields: list[tuple[str, str]]) -> byt
 
 
 def _fields(lines: list[bytes]) -> tuple[list[tuple[str, str]], set[bytes]] | None:
-    """The fields and the ``Content-Length`` values; None if one is invalid or a coding."""
+    """The fields and the ``Content-Length`` values; None if one is invalid or a coding.
+
+    Repeated ``Content-Length`` fields (or a list of values) become one field, as h11 made
+    them; different values are h11's to refuse.
+    """
     fields: list[tuple[str, str]] = []
     lengths: set[bytes] = set()
+    at = -1
     for line in lines:
         name, colon, value = line.partition(b":")
         if not colon or not _BTOKEN.fullmatch(name):
@@ -77,7 +82,14 @@ def _fields(lines: list[bytes]) -> tuple[list[tuple[str, str]], set[bytes]] | No
             return None
         if lower == b"content-length":
             lengths.update(part.strip(b" \t") for part in value.split(b","))
+            if at >= 0:
+                continue
+            at = len(fields)
         fields.append((name.decode("latin-1"), value.decode("latin-1")))
+    if len(lengths) > 1 or (lengths and not _DIGITS.fullmatch(next(iter(lengths)))):
+        return None
+    if lengths:
+        fields[at] = (fields[at][0], next(iter(lengths)).decode("latin-1"))
     return fields, lengths
 
 
