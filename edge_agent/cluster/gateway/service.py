@@ -159,6 +159,10 @@ class GatewayPart:
         self._open = 0
         self._index: dict[Key, list[dict[str, Any]]] = {}
         self._index_revision = -1
+        self._accepted: dict[str, Any] = {}
+        """Service label -> its ``streams{result="accepted"}`` child (one per request)."""
+        self._reused = self.metrics.connections.labels("reused")
+        self._dialled = self.metrics.connections.labels("dialled")
         self._resolved: dict[ServiceTarget, tuple[int, int, list[Endpoint] | ResolveError]] = {}
         """Target -> (services revision, slices revision, what ``resolve`` said then): the
         caches change far less often than requests come, and resolving walks every slice."""
@@ -250,7 +254,10 @@ class GatewayPart:
         except StreamError:  # the cloud gave up on the stream while we dialled
             self.pool.put(connection, self._clock())  # untouched: as good as before
             return
-        self.metrics.streams.labels(label, "accepted").inc()
+        accepted = self._accepted.get(label)
+        if accepted is None:  # a child looked up once per Service (bounded, module rules)
+            accepted = self._accepted[label] = self.metrics.streams.labels(label, "accepted")
+        accepted.inc()
         await self._exchange(stream, target, order, connection, label)
 
     async def _exchange(
@@ -271,7 +278,7 @@ class GatewayPart:
             await self._pipe_raw(stream, target, order, connection, label, buffer)
             return
         while True:
-            self.metrics.connections.labels("reused" if connection.reused else "dialled").inc()
+            (self._reused if connection.reused else self._dialled).inc()
             try:
                 reusable = await relay(stream, connection, head, body)
             except NoAnswerError:
