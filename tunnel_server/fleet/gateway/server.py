@@ -13,10 +13,12 @@ Rules:
   the keep-alive timer, a backend must start answering within the route's timeouts (504),
   and an answer that moves no byte either way for ``stream_idle_timeout`` is cut.
 * Each attempt is one tunnel stream to the chosen backend (``backends.open_backend``) and
-  one HTTP/1.1 exchange on it, written and relayed by ``http_over_stream.forward``, which
-  the kube proxy uses too: bodies stream both ways with backpressure (``Content-Length`` or
-  chunked), an ``Upgrade`` answered 101 becomes a raw byte pipe both ways (WebSocket).
-  Towards the client the connection stays open between requests (keep-alive).
+  one HTTP/1.1 exchange on it: without an upgrade, ``exchange.forward_plain`` (the head as
+  bytes, a plain answer relayed without h11, anything else handed to h11); an upgrade,
+  ``http_over_stream.forward``, which the kube proxy uses too. Bodies stream both ways with
+  backpressure (``Content-Length`` or chunked), an ``Upgrade`` answered 101 becomes a raw
+  byte pipe both ways (WebSocket). Towards the client the connection stays open between
+  requests (keep-alive).
 * The head sent is the client's minus hop-by-hop fields, plus the route's header modifier,
   plus ``X-Forwarded-For/-Proto/-Host`` and ``X-Request-Id`` (``headers.py``); the request
   id is echoed to the client on our own answers.
@@ -35,7 +37,8 @@ Rules:
   ``detail``, ``reason``), as in docs/api.md; a backend's answers pass untouched.
 * Metrics: requests by route, backend and code class, errors and latency to the end of the
   answer by route and backend (a deleted route's series are dropped: ``retain_routes``),
-  requests in flight, attempts and mirror copies by backend and outcome; the same request
+  requests in flight, attempts and mirror copies by backend and outcome; the per-request
+  ones are plain counts collected at scrape time (no lock per request). The same request
   ends feed the recent figures of the routes' status (``figures.py``).
 """
 
