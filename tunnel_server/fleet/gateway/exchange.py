@@ -5,9 +5,9 @@ The gateway's common case, kept short (a large share of its CPU per request went
 * The head (``wire.request_head``, checked there) goes out as it is; a body follows as the
   client sends it, read only as the stream's credit allows: raw after a ``Content-Length``,
   re-chunked when the client's was chunked (the head says ``Transfer-Encoding: chunked``).
-  Our half of the stream ends (FIN) with the request's last byte: the agent reads no
-  further anyway, and a stream both halves ended needs no reset after the answer (one
-  tunnel message less per request).
+  Our half of the stream is not ended after the request (no FIN): an agent of the previous
+  release pipes the stream raw to the endpoint and would pass a FIN on as a half-close,
+  which some servers take as the client giving up (Go's net/http cancels the request).
 * The answer: a plain one (``wire.parse_plain_response``: a final status, valid fields, a
   ``Content-Length`` body or none) is relayed with its fields (hop-by-hop ones out, then the
   ``respond`` hook) and exactly its body's bytes; the head, and a small body with it, leave in
@@ -68,9 +68,6 @@ async def forward_plain(
     """Send ``head`` and the client's body over ``stream``; relay the answer (module rules)."""
     await stream.write(head)
     if not request.body_exists:
-        # Our half ends with the head, in the same tunnel message: once the agent ends its
-        # half after the answer the stream is closed, and no reset has to follow it.
-        stream.end()
         return await _answer(request, stream, respond)
     chunked = request.content_length is None
     failed: UpstreamError | StreamError | ResponseDeclined | None = None
@@ -102,7 +99,6 @@ async def _send_body(request: web.Request, stream: TunnelStream, *, chunked: boo
                 await stream.write(chunk)
         if chunked:
             await stream.write(b"0\r\n\r\n")
-        stream.end()  # the request is whole (see ``forward_plain``)
     except StreamError:
         return  # the backend side failed; the answer's path reports it
     except ConnectionError:
