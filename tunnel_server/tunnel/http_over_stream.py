@@ -10,6 +10,9 @@ two-way byte pipe, untouched, so ``kubectl exec``, ``attach``, ``port-forward`` 
 response head before anything of it reaches the client: it returns the header fields to
 send (a route's response header modifier, a session cookie), or raises ``ResponseDeclined``
 to hold the response back (the gateway then retries on another backend).
+
+``relay_answer`` relays an answer for a caller that wrote the request itself (the gateway's
+short path, ``fleet/gateway/exchange.py``, for the answers it does not relay on its own).
 """
 
 from __future__ import annotations
