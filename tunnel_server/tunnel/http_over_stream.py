@@ -10,6 +10,9 @@ two-way byte pipe, untouched, so ``kubectl exec``, ``attach``, ``port-forward`` 
 response head before anything of it reaches the client: it returns the header fields to
 send (a route's response header modifier, a session cookie), or raises ``ResponseDeclined``
 to hold the response back (the gateway then retries on another backend).
+
+``relay_answer`` relays an answer for a caller that wrote the request itself (the gateway's
+short path, ``fleet/gateway/exchange.py``, for the answers it does not relay on its own).
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ def _response_headers(
     return out if respond is None else respond(response.status_code, out)
 
 
-class _Reply(web.StreamResponse):
+class Reply(web.StreamResponse):
     """A response whose head leaves with its first body bytes: one TLS record and one send.
 
     ``_relay`` flushes the head on its own before it waits for the target, so a client
@@ -269,7 +272,7 @@ async def _relay(
     respond: ResponseHook | None,
 ) -> web.StreamResponse:
     fields = _response_headers(response, keep_upgrade=False, respond=respond)
-    reply = _Reply(status=response.status_code, reason=response.reason.decode() or None)
+    reply = Reply(status=response.status_code, reason=response.reason.decode() or None)
     for name, value in fields:
         reply.headers.add(name, value)
     try:
@@ -293,7 +296,7 @@ async def _relay(
     return reply
 
 
-async def _copy_body(conn: h11.Connection, stream: TunnelStream, reply: _Reply) -> bytes:
+async def _copy_body(conn: h11.Connection, stream: TunnelStream, reply: Reply) -> bytes:
     """Relay the body up to its last piece, which is returned for ``write_eof``.
 
     One piece is held back until the next event is known, so the head, the last piece and
@@ -324,6 +327,26 @@ async def _copy_body(conn: h11.Connection, stream: TunnelStream, reply: _Reply) 
         with contextlib.suppress(ConnectionError):
             await reply.write(held)
         raise
+
+
+async def relay_answer(
+    request: web.Request,
+    stream: TunnelStream,
+    conn: h11.Connection,
+    respond: ResponseHook | None = None,
+) -> web.StreamResponse:
+    """Relay the answer to a request without an upgrade, as ``forward`` does, from ``conn``.
+
+    For a caller that wrote the request itself: ``conn`` has a request sent (so it expects
+    an answer) and may already hold the first bytes of it. Raises as ``forward`` does.
+    """
+    response = await _next_response(conn, stream)
+    return await _relay(request, stream, conn, response, respond)
+
+
+def client_gone(stream: TunnelStream, reply: web.StreamResponse) -> web.StreamResponse:
+    """The caller hung up mid-answer (see ``_client_gone``)."""
+    return _client_gone(stream, reply)
 
 
 def _client_gone(stream: TunnelStream, reply: web.StreamResponse) -> web.StreamResponse:
@@ -417,11 +440,15 @@ async def _stream_to_client(stream: TunnelStream, reply: web.StreamResponse) -> 
 
 __all__ = [
     "HOP_BY_HOP",
+    "MAX_RESPONSE_HEAD",
+    "Reply",
     "ResponseDeclined",
     "ResponseHook",
     "UnsendableRequestError",
     "UpstreamError",
+    "client_gone",
     "forward",
+    "relay_answer",
     "request_fields",
     "request_head",
 ]

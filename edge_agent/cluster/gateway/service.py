@@ -118,6 +118,10 @@ class GatewayMetrics:
         )
 
 
+MAX_RESOLVED = 1024
+"""Targets whose resolved endpoints are kept between requests (see ``_endpoints``)."""
+
+
 class GatewayPart:
     """Serves gateway streams from the cluster's ready endpoints (see the module's rules)."""
 
@@ -155,6 +159,13 @@ class GatewayPart:
         self._open = 0
         self._index: dict[Key, list[dict[str, Any]]] = {}
         self._index_revision = -1
+        self._accepted: dict[str, Any] = {}
+        """Service label -> its ``streams{result="accepted"}`` child (one per request)."""
+        self._reused = self.metrics.connections.labels("reused")
+        self._dialled = self.metrics.connections.labels("dialled")
+        self._resolved: dict[ServiceTarget, tuple[int, int, list[Endpoint] | ResolveError]] = {}
+        """Target -> (services revision, slices revision, what ``resolve`` said then): the
+        caches change far less often than requests come, and resolving walks every slice."""
 
     # ------------------------------------------------------------------ running
 
@@ -224,12 +235,11 @@ class GatewayPart:
             )
             self._refuse(stream, NO_SERVICE, "not_synced", ErrorCode.TARGET_UNREACHABLE, reason)
             return
-        service = self.services.get(target.namespace, target.name)
         label = self._label(target)
-        try:
-            endpoints = resolve(target, service, self._slices_of(target.namespace, target.name))
-        except ResolveError as error:
-            self._refuse(stream, label, error.result, ErrorCode.TARGET_UNREACHABLE, str(error))
+        endpoints = self._endpoints(target)
+        if isinstance(endpoints, ResolveError):
+            result, reason = endpoints.result, str(endpoints)
+            self._refuse(stream, label, result, ErrorCode.TARGET_UNREACHABLE, reason)
             return
         order = self.balancer.order(str(target), endpoints, self._clock())
         connection = self.pool.take(order[0], self._clock())
@@ -244,7 +254,10 @@ class GatewayPart:
         except StreamError:  # the cloud gave up on the stream while we dialled
             self.pool.put(connection, self._clock())  # untouched: as good as before
             return
-        self.metrics.streams.labels(label, "accepted").inc()
+        accepted = self._accepted.get(label)
+        if accepted is None:  # a child looked up once per Service (bounded, module rules)
+            accepted = self._accepted[label] = self.metrics.streams.labels(label, "accepted")
+        accepted.inc()
         await self._exchange(stream, target, order, connection, label)
 
     async def _exchange(
@@ -265,7 +278,7 @@ class GatewayPart:
             await self._pipe_raw(stream, target, order, connection, label, buffer)
             return
         while True:
-            self.metrics.connections.labels("reused" if connection.reused else "dialled").inc()
+            (self._reused if connection.reused else self._dialled).inc()
             try:
                 reusable = await relay(stream, connection, head, body)
             except NoAnswerError:
@@ -377,6 +390,23 @@ class GatewayPart:
         # metrics count every refusal, and the cloud shows the reason.
         log.debug("gateway stream to %r refused: %s", stream.target, reason)
         stream.reject(code, reason)
+
+    def _endpoints(self, target: ServiceTarget) -> list[Endpoint] | ResolveError:
+        """``resolve``'s answer for ``target``, computed again only after a cache changed."""
+        slices = self._slices_of(target.namespace, target.name)  # the index follows changes too
+        services_revision, slices_revision = self.services.revision, self.slices.revision
+        hit = self._resolved.get(target)
+        if hit is not None and hit[0] == services_revision and hit[1] == slices_revision:
+            return hit[2]
+        service = self.services.get(target.namespace, target.name)
+        try:
+            result: list[Endpoint] | ResolveError = resolve(target, service, slices)
+        except ResolveError as error:
+            result = error
+        if len(self._resolved) >= MAX_RESOLVED:
+            self._resolved.clear()  # targets come from the cloud: the memo stays bounded
+        self._resolved[target] = (services_revision, slices_revision, result)
+        return result
 
     def _label(self, target: ServiceTarget) -> str:
         known = self.services.get(target.namespace, target.name) is not None

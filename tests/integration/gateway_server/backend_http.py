@@ -9,6 +9,7 @@ Routes (every answer says which backend served it in ``X-Backend``):
 - ``POST /echo``: the body back, chunked, as it arrives.
 - ``GET /ws``: WebSocket echo (text and binary).
 - ``GET /slow?seconds=S``: answers after S seconds.
+- ``GET /short``: promises 1 MiB (``Content-Length``), sends 1 KiB, closes the connection.
 - ``* /hangup?on=NAME``: the backend named NAME closes the connection without answering
   (after reading the body); any other answers 200 with its name.
 - ``GET /stall``: a head and 1 KB of a 1 MB body, then nothing for a minute.
@@ -119,6 +120,17 @@ async def hangup(request: web.Request) -> web.StreamResponse:
     return web.json_response({"backend": request.app[NAME]}, headers=_headers(request))
 
 
+async def short(request: web.Request) -> web.StreamResponse:
+    """Promises 1 MiB, sends 1 KiB, then closes the connection."""
+    reply = web.StreamResponse(headers=_headers(request))
+    reply.content_length = 1024 * 1024
+    await reply.prepare(request)
+    await reply.write(b"s" * 1024)
+    assert request.transport is not None
+    request.transport.close()
+    return reply
+
+
 async def stall(request: web.Request) -> web.StreamResponse:
     reply = web.StreamResponse(headers=_headers(request))
     reply.content_length = 1024 * 1024
@@ -165,6 +177,7 @@ def main() -> int:
     app.router.add_get("/slow", slow)
     app.router.add_route("*", "/hangup", hangup)
     app.router.add_get("/stall", stall)
+    app.router.add_get("/short", short)
     web.run_app(
         app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0
     )

@@ -378,3 +378,18 @@ async def test_stalled_answer_is_cut(gateway: Gateway) -> None:
         with pytest.raises(aiohttp.ClientPayloadError):
             await answer.read()
     assert STREAM_IDLE_TIMEOUT * 0.9 <= time.monotonic() - started < 30
+
+
+async def test_an_answer_the_backend_cuts_short_is_cut_for_the_client(gateway: Gateway) -> None:
+    """A Content-Length answer whose backend closes early reaches the client short, and cut.
+
+    Then the same client connection's pool serves the next request on a new connection.
+    """
+    async with _session() as http:
+        async with http.get(f"{gateway.url}/short", headers={"Host": "web.test"}) as answer:
+            assert answer.status == 200
+            assert answer.content_length == 1024 * 1024
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await answer.read()
+        async with http.get(f"{gateway.url}/headers", headers={"Host": "web.test"}) as answer:
+            assert answer.status == 200

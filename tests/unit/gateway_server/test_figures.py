@@ -83,3 +83,30 @@ def test_the_response_hook_holds_back_retry_codes_and_modifies_the_rest() -> Non
     ]
     last = GatewayServer._responder(decision, may_decline=False)  # the last backend's answer
     assert ("Set-Cookie", "sid=abc; Path=/; HttpOnly") in last(503, [])
+
+
+def test_request_series_are_counted_and_bucketed_as_prometheus_would() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    for seconds in (0.0005, 0.001, 0.003, 0.7, 31.0):
+        metrics.answered("shop", BACKEND, "2xx", seconds, 5.0)
+    metrics.refused("4xx")
+    metrics.attempt(BACKEND, "answered")
+    metrics.attempt(BACKEND, "answered")
+    labels = {"route": "shop", "backend": BACKEND}
+
+    def sample(name: str, extra: dict[str, str]) -> float | None:
+        return registry.get_sample_value(name, {**labels, **extra})
+
+    bucket = "tunnel_server_gateway_request_seconds_bucket"
+    assert sample(bucket, {"le": "0.001"}) == 2  # le: a value on the bound counts
+    assert sample(bucket, {"le": "0.005"}) == 3
+    assert sample(bucket, {"le": "1.0"}) == 4
+    assert sample(bucket, {"le": "30.0"}) == 4
+    assert sample(bucket, {"le": "+Inf"}) == 5
+    assert sample("tunnel_server_gateway_request_seconds_count", {}) == 5
+    assert sample("tunnel_server_gateway_requests_total", {"code": "2xx"}) == 5
+    none = {"route": "none", "backend": "none", "code": "4xx"}
+    assert registry.get_sample_value("tunnel_server_gateway_requests_total", none) == 1
+    attempts = {"backend": BACKEND, "outcome": "answered"}
+    assert registry.get_sample_value("tunnel_server_gateway_attempts_total", attempts) == 2

@@ -196,6 +196,30 @@ def _timeouts(timeouts: RouteTimeouts) -> Timeouts:
     )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Fixed:
+    """The parts of a rule's decisions that do not change from one request to the next."""
+
+    backends: dict[str, Backend]
+    """Backend key -> the data path's ``Backend``."""
+    backends_of_mirrors: tuple[Backend, ...]
+    modifier: HeaderModifier
+    response_modifier: HeaderModifier
+    timeouts: Timeouts
+    retry_codes: frozenset[int]
+
+    @classmethod
+    def of(cls, rule: RouteRule) -> _Fixed:
+        return cls(
+            backends={ref.key: _backend(ref) for ref in rule.backends},
+            backends_of_mirrors=tuple(_backend(mirror.backend) for mirror in rule.mirrors),
+            modifier=_modifier(rule.request_headers),
+            response_modifier=_modifier(rule.response_headers),
+            timeouts=_timeouts(rule.timeouts),
+            retry_codes=frozenset(rule.retry.codes),
+        )
+
+
 def _cookie(header: str | None, name: str) -> str | None:
     if header is None:
         return None
@@ -281,6 +305,8 @@ class FleetRouter:
         """Route name -> why it does not parse (it is left out of the table)."""
         self._table = RouteTable(())
         self._balancers: dict[tuple[str, int], Balancer] = {}
+        self._fixed: dict[tuple[str, int], _Fixed] = {}
+        """What a rule's decisions share, built with the table (not once per request)."""
         self._mirrors: dict[tuple[str, int], list[Mirror]] = {}
         """Rule key -> one share counter per ``RequestMirror`` of the rule, in order."""
         self._board = HealthBoard(settings=self._settings.health)
@@ -348,22 +374,28 @@ class FleetRouter:
                 detail=f"route {hit.route.name} has no available backend: "
                 + "; ".join(self._describe(ref) for ref in rule.backends),
             )
-        weights = balancer.effective_weights(now=now, available=available, exclude=(first,))
-        others = sorted(weights, key=lambda key: -weights[key])[: rule.retry.attempts]
-        refs = {ref.key: ref for ref in rule.backends}
+        fixed = self._fixed[hit.rule_key]
+        if rule.retry.attempts > 0:
+            weights = balancer.effective_weights(now=now, available=available, exclude=(first,))
+            others = sorted(weights, key=lambda key: -weights[key])[: rule.retry.attempts]
+            backends = tuple(fixed.backends[key] for key in (first, *others))
+        else:
+            backends = (fixed.backends[first],)
         mirrors = tuple(
-            _backend(mirror.backend)
-            for mirror, share in zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+            fixed.backends_of_mirrors[index]
+            for index, (mirror, share) in enumerate(
+                zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+            )
             if share.take() and mirror.backend.key in available
         )
         return Decision(
             route=hit.route.name,
-            backends=tuple(_backend(refs[key]) for key in (first, *others)),
-            modifier=_modifier(rule.request_headers),
-            timeouts=_timeouts(rule.timeouts),
-            response_modifier=_modifier(rule.response_headers),
+            backends=backends,
+            modifier=fixed.modifier,
+            timeouts=fixed.timeouts,
+            response_modifier=fixed.response_modifier,
             set_cookie=cookie,
-            retry_codes=frozenset(rule.retry.codes),
+            retry_codes=fixed.retry_codes,
             backoff=rule.retry.backoff,
             mirrors=mirrors,
         )
@@ -667,6 +699,11 @@ class FleetRouter:
         }
         self._mirrors = {
             (route.name, index): [Mirror(mirror.percent) for mirror in rule.mirrors]
+            for route in routes.values()
+            for index, rule in enumerate(route.spec.rules)
+        }
+        self._fixed = {
+            (route.name, index): _Fixed.of(rule)
             for route in routes.values()
             for index, rule in enumerate(route.spec.rules)
         }

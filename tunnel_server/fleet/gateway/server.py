@@ -13,10 +13,12 @@ Rules:
   the keep-alive timer, a backend must start answering within the route's timeouts (504),
   and an answer that moves no byte either way for ``stream_idle_timeout`` is cut.
 * Each attempt is one tunnel stream to the chosen backend (``backends.open_backend``) and
-  one HTTP/1.1 exchange on it, written and relayed by ``http_over_stream.forward``, which
-  the kube proxy uses too: bodies stream both ways with backpressure (``Content-Length`` or
-  chunked), an ``Upgrade`` answered 101 becomes a raw byte pipe both ways (WebSocket).
-  Towards the client the connection stays open between requests (keep-alive).
+  one HTTP/1.1 exchange on it: without an upgrade, ``exchange.forward_plain`` (the head as
+  bytes, a plain answer relayed without h11, anything else handed to h11); an upgrade,
+  ``http_over_stream.forward``, which the kube proxy uses too. Bodies stream both ways with
+  backpressure (``Content-Length`` or chunked), an ``Upgrade`` answered 101 becomes a raw
+  byte pipe both ways (WebSocket). Towards the client the connection stays open between
+  requests (keep-alive).
 * The head sent is the client's minus hop-by-hop fields, plus the route's header modifier,
   plus ``X-Forwarded-For/-Proto/-Host`` and ``X-Request-Id`` (``headers.py``); the request
   id is echoed to the client on our own answers.
@@ -35,18 +37,18 @@ Rules:
   ``detail``, ``reason``), as in docs/api.md; a backend's answers pass untouched.
 * Metrics: requests by route, backend and code class, errors and latency to the end of the
   answer by route and backend (a deleted route's series are dropped: ``retain_routes``),
-  requests in flight, attempts and mirror copies by backend and outcome; the same request
+  requests in flight, attempts and mirror copies by backend and outcome; the per-request
+  ones are plain counts collected at scrape time (no lock per request). The same request
   ends feed the recent figures of the routes' status (``figures.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
 import logging
 import os
 import ssl
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +57,14 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import EmptyStreamReader, StreamReader
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.fleet.gateway import headers as head_rules
+from tunnel_server.fleet.gateway import wire
 from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
+from tunnel_server.fleet.gateway.exchange import forward_plain, response_parser
 from tunnel_server.fleet.gateway.figures import Figures
 from tunnel_server.fleet.gateway.router import (
     Backend,
@@ -82,7 +87,7 @@ from tunnel_server.tunnel.http_over_stream import (
 from tunnel_server.web.errors import error_response
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterator
 
     from aiohttp.abc import AbstractStreamWriter
     from aiohttp.http_parser import RawRequestMessage
@@ -106,6 +111,7 @@ MIRROR_WORKERS = 8
 """Mirror copies in flight at once (each holds one tunnel stream)."""
 MAX_MIRROR_ANSWER = 1024 * 1024
 """Bytes of a mirror's answer read (and dropped) before its stream is reset."""
+_NO_CHANGE = head_rules.HeaderModifier()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -122,47 +128,57 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+_BOUNDS = (*(repr(float(bound)) for bound in LATENCY_BUCKETS), "+Inf")
+"""The ``le`` labels, as prometheus_client writes them (``0.001``, ``1.0``, ``+Inf``)."""
+
+
+class _Histogram:
+    """One label set's latency histogram: plain counts per bucket (not cumulative), sum."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: +Inf
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # ``le`` buckets: the first bound >= the value takes it.
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(_BOUNDS, self.buckets, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
 class GatewayMetrics:
     """The gateway's Prometheus metrics and the recent figures a route's status shows.
 
     Route and backend label values come from operator objects (bounded); ``retain_routes``
     drops every series of a route that is gone, so a deleted route's labels do not stay.
+    The per-request series (requests, errors, latency, attempts) are plain counts in dicts,
+    read when the registry is scraped (``collect``): prometheus_client's own metrics take a
+    lock and look a child up on every write, a visible share of the gateway's CPU per
+    request.
     """
 
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.figures = Figures()
-        self._by_route: dict[str, set[tuple[str, str]]] = {}
-        """Route -> the (backend, code) label pairs it has series for."""
-        self.errors = prometheus_client.Counter(
-            "tunnel_server_gateway_errors",
-            "Gateway requests answered 5xx (ours or the backend's) or cut short, by route and "
-            "backend",
-            ["route", "backend"],
-            registry=registry,
-        )
-        self.requests = prometheus_client.Counter(
-            "tunnel_server_gateway_requests",
-            "Gateway requests answered, by route, backend (cluster/namespace/service:port) and "
-            "status class (2xx..5xx; 'cut' when an answer begun was cut)",
-            ["route", "backend", "code"],
-            registry=registry,
-        )
-        self.seconds = prometheus_client.Histogram(
-            "tunnel_server_gateway_request_seconds",
-            "Seconds from a request's arrival to the end of its answer, by route and backend",
-            ["route", "backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self._requests: dict[tuple[str, str, str], int] = {}
+        """(route, backend, code) -> requests answered."""
+        self._errors: dict[tuple[str, str], int] = {}
+        self._seconds: dict[tuple[str, str], _Histogram] = {}
+        self._attempts: dict[tuple[str, str], int] = {}
+        """(backend, outcome) -> attempts (backends are operator-bounded)."""
         self.in_flight = prometheus_client.Gauge(
             "tunnel_server_gateway_in_flight",
             "Gateway requests being answered now",
-            registry=registry,
-        )
-        self.attempts = prometheus_client.Counter(
-            "tunnel_server_gateway_attempts",
-            "Attempts on a backend, by backend and outcome (answered, refused, failed, timeout)",
-            ["backend", "outcome"],
             registry=registry,
         )
         self.mirrors = prometheus_client.Counter(
@@ -177,30 +193,77 @@ class GatewayMetrics:
             "Client connections open on the gateway listener",
             registry=registry,
         )
+        registry.register(self)  # a Collector: ``collect``
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        """The per-request series, as the registry scrapes them."""
+        requests = CounterMetricFamily(
+            "tunnel_server_gateway_requests",
+            "Gateway requests answered, by route, backend (cluster/namespace/service:port) and "
+            "status class (2xx..5xx; 'cut' when an answer begun was cut)",
+            labels=["route", "backend", "code"],
+        )
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(labels, count)
+        errors = CounterMetricFamily(
+            "tunnel_server_gateway_errors",
+            "Gateway requests answered 5xx (ours or the backend's) or cut short, by route and "
+            "backend",
+            labels=["route", "backend"],
+        )
+        for pair, count in list(self._errors.items()):
+            errors.add_metric(pair, count)
+        seconds = HistogramMetricFamily(
+            "tunnel_server_gateway_request_seconds",
+            "Seconds from a request's arrival to the end of its answer, by route and backend",
+            labels=["route", "backend"],
+        )
+        for pair, histogram in list(self._seconds.items()):
+            seconds.add_metric(pair, histogram.cumulative(), histogram.total)
+        attempts = CounterMetricFamily(
+            "tunnel_server_gateway_attempts",
+            "Attempts on a backend, by backend and outcome (answered, refused, failed, timeout)",
+            labels=["backend", "outcome"],
+        )
+        for pair, count in list(self._attempts.items()):
+            attempts.add_metric(pair, count)
+        yield from (requests, errors, seconds, attempts)
 
     def answered(self, route: str, backend: str, code: str, seconds: float, now: float) -> None:
         """One request answered: its series, and the figures when a route took it."""
+        key = (route, backend, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        pair = (route, backend)
+        histogram = self._seconds.get(pair)
+        if histogram is None:
+            histogram = self._seconds[pair] = _Histogram()
+        histogram.observe(seconds)
         error = code in ("5xx", "cut")
-        self.requests.labels(route, backend, code).inc()
-        self.seconds.labels(route, backend).observe(seconds)
         if error:
-            self.errors.labels(route, backend).inc()
-        self._by_route.setdefault(route, set()).add((backend, code))
+            self._errors[pair] = self._errors.get(pair, 0) + 1
         if NONE not in (route, backend):
             self.figures.record(route, backend, error=error, seconds=seconds, now=now)
+
+    def refused(self, code: str) -> None:
+        """A request answered before any route or backend (busy, malformed): counted only."""
+        key = (NONE, NONE, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+
+    def attempt(self, backend: str, outcome: str) -> None:
+        """One attempt on a backend ended so."""
+        key = (backend, outcome)
+        self._attempts[key] = self._attempts.get(key, 0) + 1
 
     def retain_routes(self, routes: Collection[str]) -> None:
         """Drop the series and figures of every route not in ``routes`` (deleted ones)."""
         self.figures.retain(routes)
-        for route in [r for r in self._by_route if r not in routes and r != NONE]:
-            for backend, code in self._by_route.pop(route):
-                for metric, labels in (
-                    (self.requests, (route, backend, code)),
-                    (self.seconds, (route, backend)),
-                    (self.errors, (route, backend)),
-                ):
-                    with contextlib.suppress(KeyError):
-                        metric.remove(*labels)
+
+        def gone(key: tuple[str, ...]) -> bool:
+            return key[0] not in routes and key[0] != NONE
+
+        self._requests = {key: n for key, n in self._requests.items() if not gone(key)}
+        self._errors = {key: n for key, n in self._errors.items() if not gone(key)}
+        self._seconds = {key: h for key, h in self._seconds.items() if not gone(key)}
 
 
 def _problem(
@@ -387,7 +450,7 @@ class _GatewayProtocol(web.RequestHandler):
             response = _problem(
                 status, "internal_error", "the gateway failed on this request (logged)"
             )
-        self._gateway.metrics.requests.labels(NONE, NONE, _code(response.status)).inc()
+        self._gateway.metrics.refused(_code(response.status))
         response.force_close()
         return response
 
@@ -416,8 +479,11 @@ class GatewayServer:
         self._server: asyncio.Server | None = None
         self._connections = 0
         self._in_flight = 0
+        # Read when scraped, not written per request (a gauge's every write takes a lock).
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.connections.set_function(lambda: self._connections)
         self._proto = "https" if tls is not None else "http"
-        self._mirror_queue: asyncio.Queue[tuple[Backend, h11.Request]] = asyncio.Queue(MIRROR_QUEUE)
+        self._mirror_queue: asyncio.Queue[tuple[Backend, str, bytes]] = asyncio.Queue(MIRROR_QUEUE)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -465,10 +531,10 @@ class GatewayServer:
 
     async def _mirror_worker(self) -> None:
         while True:
-            backend, head = await self._mirror_queue.get()
+            backend, method, head = await self._mirror_queue.get()
             began = self._loop.time()
             try:
-                kind, status = await self._send_mirror(backend, head)
+                kind, status = await self._send_mirror(backend, method, head)
             except Exception:  # a bug here must not end the workers
                 log.exception("gateway mirror to %s failed", backend)
                 continue
@@ -477,7 +543,7 @@ class GatewayServer:
             self._router.report(backend, outcome)
 
     async def _send_mirror(
-        self, backend: Backend, head: h11.Request
+        self, backend: Backend, method: str, head: bytes
     ) -> tuple[OutcomeKind, int | None]:
         """One body-less copy of a request; its answer read (bounded) and dropped."""
         s = self.settings
@@ -489,8 +555,8 @@ class GatewayServer:
             return "refused", None
         try:
             async with asyncio.timeout(s.response_timeout):
-                conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
-                await stream.write(conn.send(head) + conn.send(h11.EndOfMessage()))
+                conn = response_parser(method)
+                await stream.write(head)
                 status: int | None = None
                 while stream.bytes_read <= MAX_MIRROR_ANSWER:
                     event = conn.next_event()
@@ -509,10 +575,10 @@ class GatewayServer:
         finally:
             stream.reset(ErrorCode.CANCEL, "mirror over")
 
-    def _mirror(self, decision: Decision, head: h11.Request) -> None:
+    def _mirror(self, decision: Decision, method: str, head: bytes) -> None:
         for backend in decision.mirrors:
             try:
-                self._mirror_queue.put_nowait((backend, head))
+                self._mirror_queue.put_nowait((backend, method, head))
             except asyncio.QueueFull:
                 self.metrics.mirrors.labels(str(backend), "dropped").inc()
 
@@ -521,12 +587,10 @@ class GatewayServer:
         if self._connections >= self.settings.max_connections:
             return False
         self._connections += 1
-        self.metrics.connections.set(self._connections)
         return True
 
     def release(self) -> None:
         self._connections -= 1
-        self.metrics.connections.set(self._connections)
 
     def _protocol(self) -> _GatewayProtocol:
         s = self.settings
@@ -559,7 +623,7 @@ class GatewayServer:
         assert isinstance(request, web.Request)  # noqa: S101 - _make_request makes them
         started = self._loop.time()
         if self._in_flight >= self.settings.max_concurrent_requests:
-            self.metrics.requests.labels(NONE, NONE, "5xx").inc()
+            self.metrics.refused("5xx")
             return _problem(
                 503,
                 "gateway_busy",
@@ -567,7 +631,6 @@ class GatewayServer:
                 "once; try again in a moment",
             )
         self._in_flight += 1
-        self.metrics.in_flight.inc()
         route, backend, code = NONE, NONE, "5xx"
         try:
             route, backend, result = await self._serve(request, started)
@@ -575,14 +638,13 @@ class GatewayServer:
             return result.response
         finally:
             self._in_flight -= 1
-            self.metrics.in_flight.dec()
             now = self._loop.time()
             self.metrics.answered(route, backend, code, now - started, now)
 
     async def _serve(self, request: web.Request, started: float) -> tuple[str, str, _Result]:
         incoming = list(request.headers.items())
         request_id = head_rules.safe_request_id(request.headers.get("X-Request-Id"))
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         try:
             target = self._check(request)
             decision = self._decide(request, incoming, target)
@@ -592,8 +654,9 @@ class GatewayServer:
             if answer.status in (413, 431):
                 response.force_close()  # the rest of the request is not read
             return NONE, NONE, _Result(response=response, code=_code(answer.status))
-        if decision.mirrors and not upgrade and not request.body_exists:
-            self._mirror(decision, head)  # body-less requests only: a body is read once
+        if decision.mirrors and isinstance(head, bytes) and not request.body_exists:
+            # Body-less requests only (a body is read once); upgrades are not mirrored.
+            self._mirror(decision, request.method, head)
         if request.headers.get("Expect", "").lower() == "100-continue":
             # What aiohttp's router does for an application: the client may send its body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -660,31 +723,35 @@ class GatewayServer:
         target: str,
         decision: Decision,
         request_id: str,
-    ) -> tuple[h11.Request, bool]:
+    ) -> tuple[bytes | h11.Request, bool]:
+        """The head to send: bytes (``wire``), or an h11 request for an upgrade (``forward``)."""
         host = request.headers.get("Host")
         first = decision.backends[0] if decision.backends else None
         fallback = f"{first.service}.{first.namespace}.svc" if first else "gateway"
         drop = head_rules.hop_by_hop(incoming) | head_rules.FORWARDED | {"expect"}
-        try:
-            fields, upgrade = request_fields(request, host=host or fallback, drop=drop)
+        fields, upgrade = request_fields(request, host=host or fallback, drop=drop)
+        if decision.modifier != _NO_CHANGE:
             fields = head_rules.modify(fields, decision.modifier)
-            fields = head_rules.with_forwarded(
-                fields,
-                incoming=incoming,
-                client=request.remote or "unknown",
-                proto=self._proto,
-                host=host,
-                request_id=request_id,
-            )
-            return h11.Request(method=request.method, target=target, headers=fields), upgrade
-        except h11.LocalProtocolError as error:
+        fields = head_rules.with_forwarded(
+            fields,
+            incoming=incoming,
+            client=request.remote or "unknown",
+            proto=self._proto,
+            host=host,
+            request_id=request_id,
+        )
+        try:
+            if upgrade:
+                return h11.Request(method=request.method, target=target, headers=fields), True
+            return wire.request_head(request.method, target, fields), False
+        except (h11.LocalProtocolError, wire.UnsendableError) as error:
             raise Problem(400, "bad_request", f"this request cannot be sent on: {error}") from None
 
     async def _attempts(
         self,
         request: web.Request,
         decision: Decision,
-        head: h11.Request,
+        head: bytes | h11.Request,
         *,
         upgrade: bool,
         started: float,
@@ -753,7 +820,7 @@ class GatewayServer:
 
     def _report(self, backend: Backend, outcome: Outcome, began: float) -> None:
         seconds = self._loop.time() - began
-        self.metrics.attempts.labels(str(backend), outcome.kind).inc()
+        self.metrics.attempt(str(backend), outcome.kind)
         full = Outcome(
             kind=outcome.kind, status=outcome.status, reason=outcome.reason, seconds=seconds
         )
@@ -787,7 +854,7 @@ class GatewayServer:
         self,
         request: web.Request,
         stream: TunnelStream,
-        head: h11.Request,
+        head: bytes | h11.Request,
         *,
         upgrade: bool,
         deadline: float,
@@ -802,7 +869,12 @@ class GatewayServer:
             async with asyncio.timeout(None) as scope:
                 watchdog.start(scope)
                 try:
-                    reply = await forward(request, stream, head, upgrade=upgrade, respond=respond)
+                    if isinstance(head, bytes):
+                        reply = await forward_plain(request, stream, head, respond=respond)
+                    else:
+                        reply = await forward(
+                            request, stream, head, upgrade=upgrade, respond=respond
+                        )
                 finally:
                     watchdog.stop()
         except TimeoutError:
