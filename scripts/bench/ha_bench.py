@@ -99,7 +99,9 @@ async def _get(
     if status == 200:
         return took, status, ""
     try:
-        code = str(json.loads(body).get("code", ""))
+        problem = json.loads(body)
+        # An RFC 9457 problem document: the code ends its "type" URI.
+        code = str(problem.get("code") or str(problem.get("type", "")).rsplit("/", 1)[-1])
     except (ValueError, AttributeError):
         code = body[:40].decode(errors="replace")
     return took, status, code
@@ -166,6 +168,7 @@ async def load_during(
     """Node-proxy requests through the survivors until ``stop``: counts by outcome."""
     context = survivors[0].ssl_context()
     outcomes: Counter[str] = Counter()
+    failed_at: list[float] = []
 
     async def caller(http: aiohttp.ClientSession, seed: int) -> None:
         own = random.Random(seed)  # noqa: S311 - sampling
@@ -174,6 +177,8 @@ async def load_during(
                 http, own.choice(survivors), own.choice(nodes), context
             )
             outcomes["200" if status == 200 else f"{status} {code}"] += 1
+            if status != 200:
+                failed_at.append(time.monotonic())
 
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
@@ -183,7 +188,12 @@ async def load_during(
             group.create_task(caller(http, 1000 + index), name=f"ha.load-{index}")
     total = sum(outcomes.values())
     failed = {k: v for k, v in outcomes.items() if k != "200"}
-    return {"requests": total, "failed_requests": sum(failed.values()), "failed_by": failed}
+    return {
+        "requests": total,
+        "failed_requests": sum(failed.values()),
+        "failed_by": failed,
+        "failed_at": failed_at,
+    }
 
 
 # ---------------------------------------------------------------- failover
@@ -252,12 +262,17 @@ async def failover(
         )
         leases_s = round(time.monotonic() - killed, 2)
         stop.set()
+    outcome = load.result()
+    failed_at = outcome.pop("failed_at")
     return {
         "killed_replica": victim_name,
         "agents_on_killed": lost,
         "failover_agents_s": agents_s,
         "failover_leases_s": leases_s,
-        **load.result(),
+        **outcome,
+        # When, after the kill, the survivors answered requests with errors (seconds).
+        "failed_first_s": round(min(failed_at) - killed, 2) if failed_at else None,
+        "failed_last_s": round(max(failed_at) - killed, 2) if failed_at else None,
     }
 
 
@@ -307,7 +322,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             what=f"{args.agents} agents joined, connected and recorded",
             within=WAIT_S + args.agents,
         )
-        bringup_s = round(time.monotonic() - started, 1)
+        all_up = time.monotonic()
+        bringup_s = round(all_up - started, 1)
         holders = agent_holders(plane.kubeconfig, namespace)
         _log(f"{args.agents} agents up in {bringup_s} s: {dict(Counter(holders.values()))}")
         load_before = load_average()
@@ -317,6 +333,13 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             rounds.append(
                 await forwarding(replicas, holders, requests=args.requests, concurrency=concurrency)
             )
+        # edge-agent spreads its reconnect (16 s) only after a session that lived
+        # healthy_after (30 s): a replica that dies under a settled fleet is the usual case.
+        wait = args.session_age - (time.monotonic() - all_up)
+        if wait > 0:
+            _log(f"waiting {wait:.0f} s so that every session is {args.session_age:.0f} s old")
+            await asyncio.sleep(wait)
+        session_age = round(time.monotonic() - all_up, 1)
         _log("failover")
         fail = await failover(
             plane,
@@ -341,6 +364,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "forwarding": rounds,
             **fail,
             "failover_all_back_s": fail["failover_agents_s"],
+            "session_age_s": session_age,
             "agent_backoff": "edge-agent defaults: base 1 s, cap 60 s, spread 15 s after 30 s",
             "load_average_before": load_before,
             "load_average_after": load_average(),
@@ -384,7 +408,9 @@ def render(report: dict[str, Any]) -> str:
                 f"agents: all agents connected again after {report['failover_agents_s']} s, "
                 f"every agent Lease naming a live replica after {report['failover_leases_s']} s "
                 f"({report['agent_backoff']}). Requests through the survivors meanwhile: "
-                f"{report['requests']}, failed {report['failed_requests']} ({failed})."
+                f"{report['requests']}, failed {report['failed_requests']} ({failed}), from "
+                f"{report['failed_first_s']} s to {report['failed_last_s']} s after the kill "
+                f"(sessions {report['session_age_s']} s old at the kill)."
             ),
             END,
         ]
@@ -398,11 +424,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=None, help="per path and round")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--load-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--session-age",
+        type=float,
+        default=None,
+        help="seconds the sessions live before the kill (default 35; 0 with --quick)",
+    )
     parser.add_argument("--out", type=Path, help="rewrite the ha section of this markdown file")
     parser.add_argument("--workdir", type=Path, help="keep the logs here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.agents is None:
         args.agents = 20 if args.quick else 100
+    if args.session_age is None:
+        args.session_age = 0.0 if args.quick else 35.0
     if args.requests is None:
         args.requests = 200 if args.quick else 1000
     if not 1 <= args.agents <= 20_000:
