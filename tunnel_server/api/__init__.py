@@ -21,12 +21,12 @@ from tunnel_server.app_keys import (
     API_SETTINGS_KEY,
     HISTORY_KEY,
     OPENAPI_EXTRA_KEY,
-    SESSIONS_KEY,
     SETTINGS_KEY,
     SIGNER_KEY,
     STORE_KEY,
     TABLE_KEY,
 )
+from tunnel_server.replicas import opener
 from tunnel_server.web.errors import api_errors
 
 __all__ = ["ApiSettings", "setup"]
@@ -51,7 +51,7 @@ def setup(
     table = NodeTable(
         store=app[STORE_KEY],
         history=app[HISTORY_KEY],
-        connected=lambda: {session.name for session in app[SESSIONS_KEY].all()},
+        connected=lambda: opener.connected_nodes(app),
         settings=settings,
     )
     app[TABLE_KEY] = table

@@ -44,3 +44,9 @@ PEERS_KEY: web.AppKey[PeerLinks] = web.AppKey("replicas_peers")
 HOLDER_KEY: web.AppKey[HolderLookup] = web.AppKey("replicas_holder")
 """``(node) -> (replica, peer address) | None``: the live replica holding ``node``'s session
 by the Lease watch, with its advertised address; set with the Kubernetes store only."""
+
+HeldNodes: TypeAlias = "Callable[[], set[str]]"
+
+HELD_KEY: web.AppKey[HeldNodes] = web.AppKey("replicas_held")
+"""``() -> nodes``: every node a live replica holds by the Lease watch (lists and counts that
+must answer the same on every replica); set with the Kubernetes store only."""

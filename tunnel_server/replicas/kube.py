@@ -167,6 +167,10 @@ class Replicas:
     def alive(self) -> list[str]:
         return sorted(self.mirror.alive(time.time()))
 
+    def held_nodes(self) -> set[str]:
+        """Nodes some live replica holds (this one included), by the Lease watch."""
+        return self.mirror.held_nodes(time.time())
+
     def status(self) -> dict[str, Any]:
         return {
             "replica": self.name,

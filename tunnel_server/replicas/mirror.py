@@ -81,5 +81,15 @@ class LeaseMirror:
             return None
         return record.holder if rules.alive(replica.renew_time, replica.duration, now) else None
 
+    def held_nodes(self, now: float) -> set[str]:
+        """Nodes whose agent Lease names a replica whose own Lease is alive at ``now``."""
+        alive = self.alive(now)
+        held = set()
+        for node, name in self._by_node.items():
+            record = self._by_name.get(name)
+            if record is not None and record.holder in alive:
+                held.add(node)
+        return held
+
     def held_by(self, replica: str) -> int:
         return sum(1 for r in self._by_name.values() if r.kind == "agent" and r.holder == replica)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from tunnel_aio import StreamRejectedError
 from tunnel_protocol import ErrorCode
 from tunnel_server.app_keys import SESSIONS_KEY
-from tunnel_server.replicas.keys import HOLDER_KEY, PEERS_KEY
+from tunnel_server.replicas.keys import HELD_KEY, HOLDER_KEY, PEERS_KEY
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -54,6 +54,13 @@ def holder(app: web.Application, node: str) -> tuple[str, str] | None:
 def connected(app: web.Application, node: str) -> bool:
     """Whether this replica or a live peer holds ``node``'s session now."""
     return app[SESSIONS_KEY].get(node) is not None or holder(app, node) is not None
+
+
+def connected_nodes(app: web.Application) -> set[str]:
+    """Every node this replica or a live peer holds now (a node list's ``connected``)."""
+    local = {session.name for session in app[SESSIONS_KEY].all()}
+    held = app.get(HELD_KEY)
+    return local if held is None else local | held()
 
 
 async def open_agent_stream(

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from tunnel_server.app_keys import AUTHORITY_KEY, READY_KEY, REGISTRY_KEY, SESSIONS_KEY
 from tunnel_server.replicas import peer_route
-from tunnel_server.replicas.keys import HOLDER_KEY, LEADER_KEY, PEERS_KEY
+from tunnel_server.replicas.keys import HELD_KEY, HOLDER_KEY, LEADER_KEY, PEERS_KEY
 from tunnel_server.replicas.kube import Replicas
 from tunnel_server.replicas.peer_client import PeerLinks, PeerSettings
 
@@ -95,6 +95,7 @@ def setup(
     )
     app[PEERS_KEY] = links
     app[HOLDER_KEY] = replicas.holder_address
+    app[HELD_KEY] = replicas.held_nodes
     peer_route.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -76,8 +77,10 @@ def device_page(ha: homeassistant.HomeAssistant, device_id: str, node: str, shot
             page.goto(f"{ha.url}/config/devices/device/{device_id}")
             try:
                 # Locators pierce HA's shadow DOM; each wait fails the test if it never shows.
-                for text in ("by EdgeFleet", "thermostat", node, "Temperature", "21.5 °C"):
+                for text in ("by EdgeFleet", "thermostat", node, "Temperature"):
                     page.get_by_text(text, exact=True).first.wait_for(timeout=WITHIN * 1000)
+                # HA 2025 puts a no-break space between a value and its unit, 2024.3 a space.
+                page.get_by_text(re.compile(r"21\.5\s*°C")).first.wait_for(timeout=WITHIN * 1000)
             finally:
                 page.screenshot(path=str(shot))
         finally:

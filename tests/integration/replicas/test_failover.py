@@ -12,9 +12,9 @@ killed; then, waiting for conditions only:
 * ``GET /api/v1/nodes/NAME`` answers ``connected`` for every node on both survivors;
 * a node proxy request through each survivor reaches an agent the killed one held.
 
-``test_node_list_says_connected_on_every_replica`` is a strict xfail: the list (``GET
-/api/v1/nodes``, from ``api/table.py``'s ``NodeTable``) counts only the replica's own sessions
-as connected, unlike ``GET /api/v1/nodes/NAME`` (``opener.connected``).
+``test_node_list_says_connected_on_every_replica``: the list (``GET /api/v1/nodes``, from
+``api/table.py``'s ``NodeTable``) counts every node a live replica holds as connected
+(``opener.connected_nodes``), as ``GET /api/v1/nodes/NAME`` does (``opener.connected``).
 """
 
 from __future__ import annotations
@@ -172,13 +172,6 @@ def test_sigkill_one_of_three_replicas_every_agent_back_on_the_others(
         assert (code, body) == (200, f"hello {orphan}".encode()), (survivor.pod_name, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: NodeTable's connected set is this replica's own sessions only "
-        "(tunnel_server/api/__init__.py builds it from SESSIONS_KEY), not opener.connected"
-    ),
-)
 def test_node_list_says_connected_on_every_replica(
     fleet: Fleet, kube_crds: kube.ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
