@@ -56,6 +56,7 @@ from tunnel_server.fleet.hub import health, registration, scheduling, worksets
 from tunnel_server.fleet.hub.mirror import Mirror
 from tunnel_server.fleet.hub.setup import FleetHub
 from tunnel_server.fleet.hub.store import FleetStoreError, StoredObject
+from tunnel_server.replicas.keys import singleton
 from tunnel_server.store import NodeRecord, NotFoundError, Store, WrongStateError
 
 __all__ = ["ControllerSettings", "HubController", "setup_controller"]
@@ -626,7 +627,11 @@ def setup_controller(app: web.Application, *, settings: ControllerSettings | Non
             settings=settings or ControllerSettings(),
         )
         async with asyncio.TaskGroup() as group:
-            task = group.create_task(controller.run(), name="fleet.hub-controller")
+            # On the leader only with the Kubernetes store: two controllers would fight.
+            task = group.create_task(
+                singleton(app, "fleet.hub-controller", controller.run),
+                name="fleet.hub-controller",
+            )
             yield
             task.cancel()
 
