@@ -31,6 +31,7 @@ from tunnel_server.fleet import autonomy_rules as rules
 from tunnel_server.fleet import nodes_watch
 from tunnel_server.fleet.cloud_nodes import CloudNode, CloudNodes, node_from_json
 from tunnel_server.fleet.kube_watch import ListWatch
+from tunnel_server.replicas.keys import singleton
 from tunnel_server.web.bodies import BodyError, read_json_object
 from tunnel_server.web.errors import error_response
 
@@ -329,7 +330,12 @@ def setup(app: web.Application, *, settings: AutonomySettings) -> None:
             metrics=metrics,
         )
         async with asyncio.TaskGroup() as group:
-            task = group.create_task(worker.run(app[NODES_SYNCED_KEY]), name="autonomy.controller")
+            synced = app[NODES_SYNCED_KEY]
+            # On the leader only with the Kubernetes store: one replica patches the pods.
+            task = group.create_task(
+                singleton(app, "autonomy.controller", lambda: worker.run(synced)),
+                name="autonomy.controller",
+            )
             yield
             task.cancel()
 

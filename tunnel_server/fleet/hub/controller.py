@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -52,10 +53,11 @@ from fleet_model.cluster import (
 from fleet_model.problems import SpecError
 from tunnel_server.app_keys import FLEET_HUB_KEY, STORE_KEY
 from tunnel_server.fleet.clusters_api import cut_off
-from tunnel_server.fleet.hub import health, registration, scheduling, worksets
+from tunnel_server.fleet.hub import health, registration, remote_leases, scheduling, worksets
 from tunnel_server.fleet.hub.mirror import Mirror
 from tunnel_server.fleet.hub.setup import FleetHub
 from tunnel_server.fleet.hub.store import FleetStoreError, StoredObject
+from tunnel_server.replicas.keys import HOLDER_KEY, singleton
 from tunnel_server.store import NodeRecord, NotFoundError, Store, WrongStateError
 
 __all__ = ["ControllerSettings", "HubController", "setup_controller"]
@@ -615,6 +617,21 @@ def _refs(workset: StoredObject) -> set[str]:
     )
 
 
+async def run_leading(app: web.Application, controller: HubController) -> None:
+    """The controller, and with replicas the leases of agents another replica holds."""
+    holder = app.get(HOLDER_KEY)
+    if holder is None:
+        await controller.run()
+        return
+    hub = controller.hub
+    async with asyncio.TaskGroup() as group:
+        group.create_task(
+            remote_leases.follow(hub, holder, interval=float(hub.settings.default_lease_seconds)),
+            name="fleet.remote-leases",
+        )
+        group.create_task(controller.run(), name="fleet.hub-controller-run")
+
+
 def setup_controller(app: web.Application, *, settings: ControllerSettings | None = None) -> None:
     """Run the hub controller while ``app`` runs (needs the fleet hub's ``setup`` first)."""
 
@@ -626,7 +643,11 @@ def setup_controller(app: web.Application, *, settings: ControllerSettings | Non
             settings=settings or ControllerSettings(),
         )
         async with asyncio.TaskGroup() as group:
-            task = group.create_task(controller.run(), name="fleet.hub-controller")
+            # On the leader only with the Kubernetes store: two controllers would fight.
+            task = group.create_task(
+                singleton(app, "fleet.hub-controller", partial(run_leading, app, controller)),
+                name="fleet.hub-controller",
+            )
             yield
             task.cancel()
 

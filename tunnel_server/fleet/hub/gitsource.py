@@ -63,6 +63,7 @@ from tunnel_server.fleet.hub.store import (
     FleetStoreError,
     StoredObject,
 )
+from tunnel_server.replicas.keys import singleton
 
 __all__ = ["GitSourceSettings", "GitSyncer", "setup_gitsource"]
 
@@ -502,7 +503,10 @@ def setup_gitsource(app: web.Application, *, settings: GitSourceSettings | None 
             settings=settings or GitSourceSettings(),
         )
         async with asyncio.TaskGroup() as group:
-            task = group.create_task(syncer.run(), name="gitsource.follow")
+            # On the leader only with the Kubernetes store: one fetch and one write per commit.
+            task = group.create_task(
+                singleton(app, "gitsource.follow", syncer.run), name="gitsource.follow"
+            )
             yield
             task.cancel()
 
