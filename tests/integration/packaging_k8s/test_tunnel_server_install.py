@@ -284,6 +284,12 @@ def test_the_replicas_may_do_their_work_in_their_namespace_only(
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
             assert may(plane, verb, resource, namespace=NAMESPACE), (verb, resource)
     assert may(plane, "update", "nodes.edgefleet.io/status", namespace=NAMESPACE)
+    # The fleet objects (fleet.edgefleet.io) and their status, in the namespace only.
+    for resource in ("managedclusters.fleet.edgefleet.io", "works.fleet.edgefleet.io"):
+        for verb in ("get", "list", "watch", "create", "update", "delete"):
+            assert may(plane, verb, resource, namespace=NAMESPACE), (verb, resource)
+        assert not may(plane, "get", resource, namespace="default"), resource
+    assert may(plane, "update", "works.fleet.edgefleet.io/status", namespace=NAMESPACE)
     for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
         assert may(plane, verb, "leases.coordination.k8s.io", namespace=NAMESPACE), verb
     # The CA Secret: created once by the first replica, then only read; no other Secret.
