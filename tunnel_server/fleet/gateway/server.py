@@ -67,7 +67,7 @@ from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.fleet.gateway import headers as head_rules
 from tunnel_server.fleet.gateway import wire
-from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
+from tunnel_server.fleet.gateway.backends import Forward, Problem, Refused, open_backend
 from tunnel_server.fleet.gateway.exchange import forward_plain, response_parser
 from tunnel_server.fleet.gateway.figures import Figures
 from tunnel_server.fleet.gateway.replay import ReplayBody, may_retry, plan
@@ -471,8 +471,15 @@ class GatewayServer:
         store: Store,
         metrics: GatewayMetrics,
         tls: ssl.SSLContext | None = None,
+        forward: Forward | None = None,
     ) -> None:
+        """The listener, not yet started.
+
+        ``forward``: how to reach a cluster whose session another replica holds
+        (``backends.open_backend``); None: the sessions of this process only.
+        """
         self.settings = settings
+        self._forward = forward
         self.metrics = metrics
         self._router = router
         self._sessions = sessions
@@ -558,7 +565,11 @@ class GatewayServer:
         s = self.settings
         try:
             stream = await open_backend(
-                backend, sessions=self._sessions, store=self._store, within=s.open_timeout
+                backend,
+                sessions=self._sessions,
+                store=self._store,
+                within=s.open_timeout,
+                forward=self._forward,
             )
         except Refused:
             return "refused", None
@@ -825,6 +836,7 @@ class GatewayServer:
                     sessions=self._sessions,
                     store=self._store,
                     within=min(s.open_timeout, left),
+                    forward=self._forward,
                 )
             except Refused as refused:
                 log.debug("backend %s refused: %s", backend, refused.detail)
