@@ -432,6 +432,14 @@ def _add_gateway_options(run: argparse.ArgumentParser, defaults: GatewaySettings
         help="largest request body the gateway forwards, in bytes; more is answered 413 "
         "(0: no limit; default: %(default)s)",
     )
+    run.add_argument(
+        "--gateway-replay-body-limit",
+        type=arguments.whole(low=0, high=16 * 1024**2),
+        default=defaults.replay_body_limit,
+        metavar="N",
+        help="bytes of a request body the gateway holds so a retry or a mirror can send it "
+        "again; a bigger body streams once (0: never hold; default: %(default)s)",
+    )
 
 
 def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
@@ -443,6 +451,7 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         idle_timeout=getattr(args, "gateway_idle_timeout", defaults.idle_timeout),
         response_timeout=getattr(args, "gateway_response_timeout", defaults.response_timeout),
         max_body_bytes=getattr(args, "gateway_max_body_bytes", defaults.max_body_bytes),
+        replay_body_limit=getattr(args, "gateway_replay_body_limit", defaults.replay_body_limit),
         stream_idle_timeout=getattr(
             args, "gateway_stream_idle_timeout", defaults.stream_idle_timeout
         ),

@@ -153,6 +153,11 @@ class GatewaySettings:
     with the size; the limit is a policy against clients filling backends and uplinks. 1 GiB
     passes uploads of images and models; a deployment that proxies bigger ones sets 0."""
 
+    replay_body_limit: int = 64 * 1024
+    """Bytes of a request body held in memory so it can be sent again (retries of idempotent
+    methods, mirrors); a bigger body streams once; 64 KiB holds API calls many times over,
+    1,000 requests in flight hold 64 MiB at most. 0: never hold."""
+
     response_timeout: float = 60.0
     """Seconds a backend may take to start answering, counted from the last request byte it
     received (so a long upload is not counted); past it: 504 (nginx ``proxy_read_timeout``).

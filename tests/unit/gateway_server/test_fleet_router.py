@@ -560,3 +560,38 @@ def test_a_route_change_tells_new_backends_the_counts_already_reported(world: Wo
     world.router.sync()
     assert {world.decide(request()).backends[0].cluster for _ in range(20)} == {"zone-b"}
     assert _backends(world)["zone-a/demo/web:80"]["readyEndpoints"] == 0
+
+
+def first_clusters(router: FleetRouter, times: int) -> Counter[str]:
+    """The first backend's cluster of ``times`` decisions."""
+    seen: Counter[str] = Counter()
+    for _ in range(times):
+        decision = router.route(request())
+        assert isinstance(decision, Decision), decision
+        seen[decision.backends[0].cluster] += 1
+    return seen
+
+
+def test_a_cluster_another_replica_holds_is_reachable_through_it(world: World) -> None:
+    """Peer forwarding: without a session here, ``connected`` (the Lease holders) decides."""
+    elsewhere = {"zone-a"}
+    router = FleetRouter(
+        hub=world.hub,
+        sessions=world.sessions,
+        nodes=cast("Store", world.nodes),
+        settings=FleetRouterSettings(balancer=BalancerSettings(slow_start_seconds=0)),
+        clock=world.clock,
+        connected=lambda cluster: cluster in elsewhere,
+    )
+    world.put("shop", SHOP)
+    router.sync()
+    world.router.sync()
+    session = world.sessions.get("zone-a")
+    assert session is not None
+    world.sessions.remove(session)
+    seen = first_clusters(router, 100)
+    assert seen["zone-a"] > 50, seen  # still served (90 %), through the replica holding it
+    # Without ``connected`` (SQLite, one process) the same cluster is unreachable.
+    assert set(first_clusters(world.router, 20)) == {"zone-b"}
+    elsewhere.clear()  # no replica holds it any more
+    assert set(first_clusters(router, 20)) == {"zone-b"}

@@ -36,12 +36,14 @@ from tunnel_server.fleet.gateway.server import (
     GatewayStartError,
     tls_context,
 )
+from tunnel_server.replicas import opener
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
 
     from aiohttp import web
 
+    from tunnel_aio import TunnelStream
     from tunnel_server.settings import GatewaySettings
 
 __all__ = [
@@ -70,6 +72,13 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
     """
     metrics = GatewayMetrics(app[REGISTRY_KEY])
 
+    def forward(cluster: str, target: str, within: float) -> Awaitable[TunnelStream]:
+        """A cluster whose session another replica holds: through that replica (issue 17)."""
+        return opener.open_agent_stream(app, cluster, target, timeout=within)
+
+    def connected(cluster: str) -> bool:
+        return opener.connected(app, cluster)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if router is not None:
             async with _listening(app, router):
@@ -80,6 +89,8 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
             sessions=app[SESSIONS_KEY],
             nodes=app[STORE_KEY],
             metrics=metrics,
+            connected=connected,
+            forward=forward,
         )
         routes.sync()  # the stored routes serve from the first request on
         async with _listening(app, routes), asyncio.TaskGroup() as group:
@@ -104,6 +115,7 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
             store=app[STORE_KEY],
             metrics=metrics,
             tls=tls,
+            forward=forward,
         )
         await server.start()
         try:

@@ -3,8 +3,10 @@
 Rules:
 
 * The session is found by cluster name in the live registry; only a session whose
-  certificate says ``cluster`` serves. The store is read only to explain a missing one
-  (no such cluster, a node's name, or offline since when).
+  certificate says ``cluster`` serves. Without one here, ``forward`` (peer forwarding,
+  ``replicas.opener.open_agent_stream``: the replica that holds the cluster's session opens
+  the stream on it) is asked; no replica holding it is a missing session. The store is read
+  only to explain a missing one (no such cluster, a node's name, or offline since when).
 * The agent resolves the Service to a ready EndpointSlice endpoint and dials it before it
   accepts, so a rejected OPEN means nothing reached the backend: ``Refused`` says why, with
   the problem status and reason word the listener answers if no other backend serves.
@@ -14,17 +16,23 @@ Rules:
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeAlias
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelStream
 from tunnel_protocol import ErrorCode
+from tunnel_server.replicas import opener
 
 if TYPE_CHECKING:
     from tunnel_server.fleet.gateway.router import Backend
     from tunnel_server.store import Store
     from tunnel_server.tunnel.sessions import SessionRegistry
 
-__all__ = ["Problem", "Refused", "open_backend"]
+__all__ = ["Forward", "Problem", "Refused", "open_backend"]
+
+Forward: TypeAlias = Callable[[str, str, float], Awaitable[TunnelStream]]
+"""(cluster, target, seconds) -> a stream opened by the replica holding the cluster's session;
+``opener.AgentNotConnectedError`` when none does."""
 
 
 class Problem(Exception):  # noqa: N818 - an answer for the client, not our failure
@@ -80,14 +88,29 @@ def _rejected(backend: Backend, error: StreamRejectedError) -> Refused:
 
 
 async def open_backend(
-    backend: Backend, *, sessions: SessionRegistry, store: Store, within: float
+    backend: Backend,
+    *,
+    sessions: SessionRegistry,
+    store: Store,
+    within: float,
+    forward: Forward | None = None,
 ) -> TunnelStream:
-    """An accepted stream to ``backend``; Refused when nothing could be sent to it."""
+    """An accepted stream to ``backend``; Refused when nothing could be sent to it.
+
+    ``forward``: how to reach a cluster whose session another replica holds (None: this
+    process only, as on SQLite).
+    """
     session = sessions.get(backend.cluster)
-    if session is None or session.identity.kind != "cluster":
+    if session is not None and session.identity.kind != "cluster":
         raise _missing(store, backend.cluster)
     try:
-        return await session.connection.open_stream(backend.target, timeout=within)
+        if session is not None:
+            return await session.connection.open_stream(backend.target, timeout=within)
+        if forward is None:
+            raise _missing(store, backend.cluster)
+        return await forward(backend.cluster, backend.target, within)
+    except opener.AgentNotConnectedError:
+        raise _missing(store, backend.cluster) from None
     except StreamRejectedError as rejected:
         raise _rejected(backend, rejected) from None
     except StreamError as failed:

@@ -24,7 +24,7 @@ import h11
 
 from tunnel_aio import StreamError
 from tunnel_protocol import ErrorCode
-from tunnel_server.fleet.gateway.backends import Refused, open_backend
+from tunnel_server.fleet.gateway.backends import Forward, Refused, open_backend
 
 if TYPE_CHECKING:
     from tunnel_server.fleet.gateway.router import Backend
@@ -49,7 +49,13 @@ class CheckOutcome:
 
 
 async def probe(
-    backend: Backend, *, path: str, seconds: float, sessions: SessionRegistry, store: Store
+    backend: Backend,
+    *,
+    path: str,
+    seconds: float,
+    sessions: SessionRegistry,
+    store: Store,
+    forward: Forward | None = None,
 ) -> CheckOutcome:
     """Run one check of ``backend`` within ``seconds`` (module docstring).
 
@@ -57,16 +63,31 @@ async def probe(
     """
     try:
         async with asyncio.timeout(seconds):
-            return await _probe(backend, path=path, within=seconds, sessions=sessions, store=store)
+            return await _probe(
+                backend,
+                path=path,
+                within=seconds,
+                sessions=sessions,
+                store=store,
+                forward=forward,
+            )
     except TimeoutError:
         return CheckOutcome(ok=False, detail=f"no answer within {seconds:g} s")
 
 
 async def _probe(
-    backend: Backend, *, path: str, within: float, sessions: SessionRegistry, store: Store
+    backend: Backend,
+    *,
+    path: str,
+    within: float,
+    sessions: SessionRegistry,
+    store: Store,
+    forward: Forward | None,
 ) -> CheckOutcome:
     try:
-        stream = await open_backend(backend, sessions=sessions, store=store, within=within)
+        stream = await open_backend(
+            backend, sessions=sessions, store=store, within=within, forward=forward
+        )
     except Refused as refused:
         return CheckOutcome(
             ok=False,

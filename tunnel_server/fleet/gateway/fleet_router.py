@@ -12,16 +12,18 @@ Rules:
   status-only write (ours) rebuilds nothing. A stored route that does not parse (written by an
   older server) is left out and its status says why; the others keep serving.
 * One ``HealthBoard`` for every backend the routes name. A backend is reachable while its
-  cluster's agent holds a tunnel session with *this* process (the only sessions this gateway
-  can forward through; a lease renewed on another replica would not help). The session
-  registry has no notification, so it is looked at where it matters: for the backends of the
-  matched rule on every request (a dict lookup each, so a dead agent's share moves at the
-  first request after its session closes) and for all clusters every ``refresh_seconds``
-  (for the status). A cluster with no session is ``Reachability(False)``, and so is one
-  whose lease (``FleetHub.leases``) ran out: not renewed for ``LEASE_GRACE_FACTOR`` times
-  its ManagedCluster's ``leaseDurationSeconds``, the moment its conditions say Unknown too
-  (a hung agent, or a cut network whose tunnel keepalive has not fired yet, still holds a
-  session). A cluster without any lease (no fleet stream) is judged by its session alone.
+  cluster's agent holds a tunnel session with *this* process, or (``connected``, peer
+  forwarding: ``replicas.opener.connected``) with another live replica, through which the
+  data path and the checks open their streams (``forward``); on SQLite (one process) only
+  the local sessions count. The session registry has no notification, so it is looked at
+  where it matters: for the backends of the matched rule on every request (a dict lookup
+  each, so a dead agent's share moves at the first request after its session closes) and
+  for all clusters every ``refresh_seconds`` (for the status). A cluster with no session is
+  ``Reachability(False)``, and so is one whose lease (``FleetHub.leases``) ran out: not
+  renewed for ``LEASE_GRACE_FACTOR`` times its ManagedCluster's ``leaseDurationSeconds``,
+  the moment its conditions say Unknown too (a hung agent, or a cut network whose tunnel
+  keepalive has not fired yet, still holds a session). A cluster without any lease (no
+  fleet stream) is judged by its session alone.
 * Ready endpoints: the cluster's agent reports, with its lease and at once when they change
   (``Lease.ready_endpoints``, ``namespace/name:port`` -> count), the ready endpoints of the
   Service ports it serves. Looked at where the session is (every request, for the matched
@@ -125,6 +127,7 @@ from tunnel_server.fleet.gateway.router import (
 from tunnel_server.fleet.hub.store import ChangesExpiredError, FleetStoreError, rfc3339
 
 if TYPE_CHECKING:
+    from tunnel_server.fleet.gateway.backends import Forward
     from tunnel_server.fleet.gateway.server import GatewayMetrics
     from tunnel_server.fleet.hub.hub import FleetHub
     from tunnel_server.fleet.hub.store import StoredObject
@@ -286,13 +289,19 @@ class FleetRouter:
         checker: CheckFn | None = None,
         metrics: GatewayMetrics | None = None,
         wall_clock: Callable[[], float] = time.time,
+        connected: Callable[[str], bool] | None = None,
+        forward: Forward | None = None,
     ) -> None:
         """``checker``: runs one active check (default: ``checks.probe`` through the tunnel).
 
         ``metrics``: the listener's, whose figures go into the status and whose series of
         deleted routes are dropped. ``wall_clock``: the time leases are renewed in (seconds
-        since the epoch, ``Lease.renewed_at``).
+        since the epoch, ``Lease.renewed_at``). ``connected``: whether some replica holds a
+        cluster's session (asked only when this process holds none); ``forward``: how the
+        checks reach such a cluster (``backends.open_backend``). None: this process only.
         """
+        self._connected = connected
+        self._forward = forward
         self._hub = hub
         self._wall = wall_clock
         self._sessions = sessions
@@ -424,7 +433,10 @@ class FleetRouter:
     def _look_at(self, cluster: str, now: float) -> None:
         """Tell the board whether ``cluster`` has a session here, if that changed."""
         session = self._sessions.get(cluster)
-        up = session is not None and session.identity.kind == "cluster"
+        if session is not None:
+            up = session.identity.kind == "cluster"
+        else:  # another replica may hold it (peer forwarding)
+            up = self._connected is not None and self._connected(cluster)
         up = up and not self._lease_expired(cluster)
         self._look_at_ready(cluster, now)
         if self._reachable.get(cluster) is up:
@@ -583,6 +595,7 @@ class FleetRouter:
             seconds=check.timeout_seconds,
             sessions=self._sessions,
             store=self._nodes,
+            forward=self._forward,
         )
 
     def _plan_checks(self, routes: Mapping[str, Route], now: float) -> None:

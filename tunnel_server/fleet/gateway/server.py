@@ -23,16 +23,20 @@ Rules:
   plus ``X-Forwarded-For/-Proto/-Host`` and ``X-Request-Id`` (``headers.py``); the request
   id is echoed to the client on our own answers.
 * Retries (``router.py``): a refused attempt (nothing sent) moves on for every method; a
-  failure before any answer moves on for idempotent methods without a body; a timeout does
-  not move on (the backend may still be working on it). An answer whose status is in the
-  decision's ``retry_codes`` moves on for idempotent methods without a body while another
-  backend is left: ``forward``'s ``respond`` hook holds its head back (``ResponseDeclined``)
-  before any byte reaches the client. Each retry waits ``backoff`` first.
+  failure before any answer moves on for idempotent methods whose body, if any, is held
+  whole (``replay.py``: at most ``replay_body_limit`` bytes, read ahead before the first
+  attempt when a retry or a mirror can use it; each attempt sends it from its first byte); a
+  timeout does not move on (the backend may still be working on it). An answer whose status
+  is in the decision's ``retry_codes`` moves on for the same requests while another backend
+  is left: ``forward``'s ``respond`` hook holds its head back (``ResponseDeclined``) before
+  any byte reaches the client. Each retry waits ``backoff`` first.
 * Response side (the same hook): the decision's response header modifier, then its
   ``Set-Cookie`` (a new affinity session), on the backend's answers only.
-* Mirrors: a body-less request's head is queued for each of the decision's mirror backends
-  (bounded queue, dropped and counted when full) and sent by ``MIRROR_WORKERS`` tasks
-  (``run_mirrors``); the answer is read (bounded) and dropped, its outcome reported.
+* Mirrors: a request's head and its body held whole (none, or at most ``replay_body_limit``
+  bytes) are queued for each of the decision's mirror backends (bounded queue, dropped and
+  counted when full; a body too big to hold is not copied, counted ``skipped_body``) and
+  sent by ``MIRROR_WORKERS`` tasks (``run_mirrors``); the answer is read (bounded) and
+  dropped, its outcome reported.
 * Our own answers are RFC 9457 problem documents (``type``, ``title``, ``status``,
   ``detail``, ``reason``), as in docs/api.md; a backend's answers pass untouched.
 * Metrics: requests by route, backend and code class, errors and latency to the end of the
@@ -63,9 +67,10 @@ from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.fleet.gateway import headers as head_rules
 from tunnel_server.fleet.gateway import wire
-from tunnel_server.fleet.gateway.backends import Problem, Refused, open_backend
+from tunnel_server.fleet.gateway.backends import Forward, Problem, Refused, open_backend
 from tunnel_server.fleet.gateway.exchange import forward_plain, response_parser
 from tunnel_server.fleet.gateway.figures import Figures
+from tunnel_server.fleet.gateway.replay import ReplayBody, may_retry, plan
 from tunnel_server.fleet.gateway.router import (
     Backend,
     Decision,
@@ -100,8 +105,6 @@ __all__ = ["GatewayMetrics", "GatewayServer", "GatewayStartError", "tls_context"
 
 log = logging.getLogger("tunnel_server.fleet.gateway")
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-"""RFC 9110 section 9.2.2: methods a client may repeat; only these are retried once sent."""
 NONE = "none"
 """The route or backend label of a request that had none."""
 MIRROR_QUEUE = 256
@@ -184,7 +187,8 @@ class GatewayMetrics:
         self.mirrors = prometheus_client.Counter(
             "tunnel_server_gateway_mirrors",
             "Request copies sent to mirror backends, by backend and outcome (answered, "
-            "refused, failed, timeout, dropped: the queue was full)",
+            "refused, failed, timeout, dropped: the queue was full, skipped_body: a body too big "
+            "to hold)",
             ["backend", "outcome"],
             registry=registry,
         )
@@ -467,8 +471,15 @@ class GatewayServer:
         store: Store,
         metrics: GatewayMetrics,
         tls: ssl.SSLContext | None = None,
+        forward: Forward | None = None,
     ) -> None:
+        """The listener, not yet started.
+
+        ``forward``: how to reach a cluster whose session another replica holds
+        (``backends.open_backend``); None: the sessions of this process only.
+        """
         self.settings = settings
+        self._forward = forward
         self.metrics = metrics
         self._router = router
         self._sessions = sessions
@@ -483,7 +494,9 @@ class GatewayServer:
         metrics.in_flight.set_function(lambda: self._in_flight)
         metrics.connections.set_function(lambda: self._connections)
         self._proto = "https" if tls is not None else "http"
-        self._mirror_queue: asyncio.Queue[tuple[Backend, str, bytes]] = asyncio.Queue(MIRROR_QUEUE)
+        self._mirror_queue: asyncio.Queue[tuple[Backend, str, bytes, bytes]] = asyncio.Queue(
+            MIRROR_QUEUE
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -531,10 +544,10 @@ class GatewayServer:
 
     async def _mirror_worker(self) -> None:
         while True:
-            backend, method, head = await self._mirror_queue.get()
+            backend, method, head, body = await self._mirror_queue.get()
             began = self._loop.time()
             try:
-                kind, status = await self._send_mirror(backend, method, head)
+                kind, status = await self._send_mirror(backend, method, head, body)
             except Exception:  # a bug here must not end the workers
                 log.exception("gateway mirror to %s failed", backend)
                 continue
@@ -543,20 +556,27 @@ class GatewayServer:
             self._router.report(backend, outcome)
 
     async def _send_mirror(
-        self, backend: Backend, method: str, head: bytes
+        self, backend: Backend, method: str, head: bytes, body: bytes
     ) -> tuple[OutcomeKind, int | None]:
-        """One body-less copy of a request; its answer read (bounded) and dropped."""
+        """One copy of a request, its answer read (bounded) and dropped.
+
+        ``body``: the held body, framed as the head says (raw, or chunked).
+        """
         s = self.settings
         try:
             stream = await open_backend(
-                backend, sessions=self._sessions, store=self._store, within=s.open_timeout
+                backend,
+                sessions=self._sessions,
+                store=self._store,
+                within=s.open_timeout,
+                forward=self._forward,
             )
         except Refused:
             return "refused", None
         try:
             async with asyncio.timeout(s.response_timeout):
                 conn = response_parser(method)
-                await stream.write(head)
+                await stream.write(head + body)
                 status: int | None = None
                 while stream.bytes_read <= MAX_MIRROR_ANSWER:
                     event = conn.next_event()
@@ -575,10 +595,20 @@ class GatewayServer:
         finally:
             stream.reset(ErrorCode.CANCEL, "mirror over")
 
-    def _mirror(self, decision: Decision, method: str, head: bytes) -> None:
+    def _mirror(
+        self, decision: Decision, request: web.Request, head: bytes, body: bytes | None
+    ) -> None:
+        """A copy for each mirror; ``body`` None: a body not held (too large), not copied."""
+        if body is None:
+            for backend in decision.mirrors:
+                self.metrics.mirrors.labels(str(backend), "skipped_body").inc()
+            return
+        if request.body_exists and request.content_length is None:
+            # The head says ``Transfer-Encoding: chunked`` (as the client's did): one chunk.
+            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
         for backend in decision.mirrors:
             try:
-                self._mirror_queue.put_nowait((backend, method, head))
+                self._mirror_queue.put_nowait((backend, request.method, head, body))
             except asyncio.QueueFull:
                 self.metrics.mirrors.labels(str(backend), "dropped").inc()
 
@@ -615,6 +645,9 @@ class GatewayServer:
         limit = self.settings.max_body_bytes
         if limit and not isinstance(payload, EmptyStreamReader):
             payload = _BoundedBody(payload, limit=limit, protocol=protocol, loop=self._loop)
+        replay = self.settings.replay_body_limit
+        if replay and not isinstance(payload, EmptyStreamReader):
+            payload = ReplayBody(payload, limit=replay, protocol=protocol, loop=self._loop)
         return web.Request(message, payload, protocol, writer, task, self._loop)
 
     # ------------------------------------------------------------------ requests
@@ -654,18 +687,43 @@ class GatewayServer:
             if answer.status in (413, 431):
                 response.force_close()  # the rest of the request is not read
             return NONE, NONE, _Result(response=response, code=_code(answer.status))
-        if decision.mirrors and isinstance(head, bytes) and not request.body_exists:
-            # Body-less requests only (a body is read once); upgrades are not mirrored.
-            self._mirror(decision, request.method, head)
         if request.headers.get("Expect", "").lower() == "100-continue":
             # What aiohttp's router does for an application: the client may send its body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await self._hold(request, decision, upgrade=upgrade, started=started)
+        if decision.mirrors and isinstance(head, bytes):  # upgrades are not mirrored
+            self._mirror(decision, request, head, body)
         backend, result = await self._attempts(
             request, decision, head, upgrade=upgrade, started=started
         )
         if isinstance(result.response, web.Response) and result.code != "cut":
             result.response.headers.setdefault("X-Request-Id", request_id)
         return decision.route, backend, result
+
+    async def _hold(
+        self, request: web.Request, decision: Decision, *, upgrade: bool, started: float
+    ) -> bytes | None:
+        """The body to send again: b"" for none, its bytes when held whole, else None."""
+        if not request.body_exists:
+            return b""
+        content = request.content
+        s = self.settings
+        wanted = plan(
+            method=request.method,
+            has_body=True,
+            content_length=request.content_length,
+            upgrade=upgrade,
+            backends=len(decision.backends),
+            mirrors=len(decision.mirrors),
+            limit=s.replay_body_limit,
+        )
+        if not wanted.hold or not isinstance(content, ReplayBody):
+            return None
+        # Read ahead within the request's time left, and no longer than a stalled client
+        # would be allowed anyway: a slow one streams its body once, as without holding.
+        left = started + (decision.timeouts.request or s.request_timeout) - self._loop.time()
+        within = max(0.0, min(left, s.stream_idle_timeout or left))
+        return content.body() if await content.fill(within=within) else None
 
     def _check(self, request: web.Request) -> str:
         """The target to send on, after the limits on what the client sent."""
@@ -759,7 +817,9 @@ class GatewayServer:
         s = self.settings
         deadline = started + (decision.timeouts.request or s.request_timeout)
         answer = decision.timeouts.backend_request or s.response_timeout
-        replayable = request.method in IDEMPOTENT and not request.body_exists
+        content = request.content
+        held = isinstance(content, ReplayBody) and content.held
+        replayable = may_retry(request.method, has_body=request.body_exists, held=held)
         refusals: list[tuple[Backend, Refused]] = []
         last = NONE
         for index, backend in enumerate(decision.backends):
@@ -776,6 +836,7 @@ class GatewayServer:
                     sessions=self._sessions,
                     store=self._store,
                     within=min(s.open_timeout, left),
+                    forward=self._forward,
                 )
             except Refused as refused:
                 log.debug("backend %s refused: %s", backend, refused.detail)
@@ -784,6 +845,8 @@ class GatewayServer:
                 continue
             last_one = index == len(decision.backends) - 1
             respond = self._responder(decision, may_decline=replayable and not last_one)
+            if isinstance(content, ReplayBody):
+                content.rewind()  # a held body starts again at its first byte
             try:
                 result = await self._exchange(
                     request,
@@ -892,6 +955,8 @@ class GatewayServer:
             )
         except (UpstreamError, StreamError) as error:
             body = request.content
+            if isinstance(body, ReplayBody):
+                body = body.inner
             if isinstance(body, _BoundedBody) and body.overflowed:
                 response = _problem(
                     413,
