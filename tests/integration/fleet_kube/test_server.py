@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.harness.ha import Replica
 from tests.harness.waiting import eventually
-from tests.integration.replicas.test_server import Replica, leaders, replicas
+from tests.integration.replicas.test_server import leaders, replicas
 
 __all__ = ["replicas"]
 

@@ -30,10 +30,11 @@ from aiohttp import web
 from tests.harness import kube
 from tests.harness.daemons import Agent
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.ha import Replica
 from tests.harness.procs import free_port
 from tests.harness.waiting import eventually
 from tests.integration.clusters.members import kubectl_path, proxy_kubeconfig, register, run_kubectl
-from tests.integration.replicas.test_server import Replica, replicas
+from tests.integration.replicas.test_server import replicas
 from tunnel_server.identity.pki import CertificateAuthority
 
 if TYPE_CHECKING:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import kubernetes
 import pytest
 
-from tests.harness.daemons import BIN, Agent, Server
-from tests.harness.procs import ManagedProcess
+from tests.harness.daemons import Agent
+from tests.harness.ha import Replica
 from tests.harness.waiting import eventually
 from tunnel_server.settings import ReplicaSettings
 
@@ -25,38 +24,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from tests.harness import kube
-
-
-@dataclass(kw_only=True)
-class Replica(Server):
-    """A server whose replica name comes from POD_NAME, as the Deployment's downward API sets."""
-
-    pod_name: str = ""
-
-    def start(self) -> None:
-        self.process = ManagedProcess(
-            f"tunnel-server[{self.pod_name}]",
-            [
-                str(BIN / "tunnel-server"),
-                "run",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--data-dir",
-                str(self.data_dir),
-                "--public-name",
-                "127.0.0.1",
-                *self.extra_args,
-            ],
-            log_path=self.workdir / "tunnel-server.log",
-            env={"POD_NAME": self.pod_name, "POD_IP": "127.0.0.1"},
-        )
-        self.wait_ready()
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.get("/status")
-        assert code == 200, body
-        answer: dict[str, Any] = json.loads(body)
-        return answer
 
 
 @pytest.fixture
