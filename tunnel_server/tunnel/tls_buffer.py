@@ -18,6 +18,10 @@ socket had more waiting: a bulk transfer is going on), then ``large``, back to `
 a run of reads that ``small`` would have held. This bounds the ciphertext one connection pulls
 into its BIO per loop turn, so a bulk transfer does not starve the others' turns.
 
+The peer's certificate as a dict (``get_extra_info("peercert")``, ~1.5 KiB of small objects
+that asyncio decodes and keeps for every connection) is decoded again when asked for instead
+of kept: our code reads the DER form from the ``ssl_object``.
+
 Not for a proactor loop (Windows), which keeps the buffer across an overlapped read:
 ``install`` refuses there.
 
@@ -101,6 +105,15 @@ class ElasticTLSProtocol(_BaseProtocol):
         self._want = want
         self._ssl_buffer_view = shared_buffer(self.large)[:want]
         return self._ssl_buffer_view
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        super()._on_handshake_complete(handshake_exc)
+        self._extra.pop("peercert", None)  # see the module doc: decoded on demand instead
+
+    def _get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "peercert" and (ssl_object := self._extra.get("ssl_object")) is not None:
+            return ssl_object.getpeercert()
+        return super()._get_extra_info(name, default)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ElasticTLSProtocol.live += 1

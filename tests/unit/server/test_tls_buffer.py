@@ -110,6 +110,10 @@ async def test_idle_small_bulk_large_then_small_again(
         await sink.until(4)
         protocol = tls_of(sink)
         assert buffer_size(protocol) == SMALL, "a new connection starts small"
+        peercert = writer.get_extra_info("peercert")  # the client end: the server's certificate
+        assert isinstance(peercert, dict)
+        assert peercert["subject"], "decoded on demand"
+        assert "peercert" not in writer.transport._ssl_protocol._extra  # type: ignore[attr-defined]
 
         sent = 4
         for _ in range(8):  # bulk: reads fill the small buffer, so it grows
