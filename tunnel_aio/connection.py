@@ -1,4 +1,4 @@
-"""Run one ``TunnelSession`` over one WebSocket: reader, writer and timer in a task group.
+"""Run one ``TunnelSession`` over one WebSocket: a reader and a writer task in a task group.
 
 Rules of this loop:
 
@@ -10,6 +10,10 @@ Rules of this loop:
 * Streams the peer opens go to ``on_stream`` in their own named task in the same task group;
   the handler must ``accept()`` or ``reject()``. A handler that raises resets its stream and
   is logged, and never takes the session down.
+* The session's timers (handshake timeout, keepalive) are one ``loop.call_at`` handle, moved
+  only when the next deadline comes earlier; a deadline that moved later is found when the
+  handle fires. A server holds thousands of idle sessions: a task per timer would cost each
+  of them a task and a frame.
 * ``run()`` returns when the session is over (peer gone, keepalive timeout, protocol error,
   ``close()``); by then every stream has been reset and closed and every task has ended.
 """
@@ -58,6 +62,46 @@ StreamHandler = Callable[[TunnelStream], Awaitable[None]]
 _CLOSING = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED})
 
 
+class _Flag:
+    """``asyncio.Event`` for one loop, without a deque per instance.
+
+    A connection has three and a server holds thousands of idle connections: asyncio's Event
+    allocates a 64-slot deque (~760 bytes) each, whether anyone waits or not.
+    """
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> None:
+        if self._value:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+
+
 class MessageSocket(Protocol):
     """What we need of aiohttp's server and client WebSockets alike."""
 
@@ -88,9 +132,12 @@ class TunnelConnection:
         self._streams: dict[int, TunnelStream] = {}
         self._handlers: dict[int, asyncio.Task[None]] = {}
         """The running handler task of each stream the peer opened."""
-        self._wake_writer = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._terminated = asyncio.Event()
+        self._wake_writer = _Flag()
+        self._ready = _Flag()
+        self._terminated = _Flag()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        """When ``_timer`` fires (loop time), None when no timer is armed."""
         self._group: asyncio.TaskGroup | None = None
         self.termination: SessionTerminated | None = None
         self.rtt: float | None = None
@@ -104,12 +151,15 @@ class TunnelConnection:
 
     async def run(self) -> None:
         """Serve the session until it ends; every task it started has ended on return."""
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            group.create_task(self._reader(), name=f"tunnel[{self.name}].reader")
-            group.create_task(self._writer(), name=f"tunnel[{self.name}].writer")
-            group.create_task(self._timer(), name=f"tunnel[{self.name}].timer")
-        self._group = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                group.create_task(self._reader(), name=f"tunnel[{self.name}].reader")
+                group.create_task(self._writer(), name=f"tunnel[{self.name}].writer")
+                self._arm_timer()
+        finally:
+            self._group = None
+            self._disarm_timer()
 
     async def wait_ready(self) -> None:
         """Until the HELLOs are exchanged; raises if the session ended first."""
@@ -283,16 +333,31 @@ class TunnelConnection:
         packed.append(batch[0] if len(batch) == 1 else b"".join(batch))
         return packed
 
-    async def _timer(self) -> None:
-        while not self.terminated:
-            deadline = self.session.next_deadline()
-            if deadline is None:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._terminated.wait()
+    def _arm_timer(self) -> None:
+        """Have ``_on_timer`` run by the session's next deadline (earlier is harmless)."""
+        if self._group is None:  # not running (yet, or any more): run() arms it
+            return
+        deadline = None if self.terminated else self.session.next_deadline()
+        if deadline is None:
+            self._disarm_timer()
+        elif self._timer_at is None or deadline < self._timer_at:
+            self._disarm_timer()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _disarm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, None
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        try:
             self.session.handle_timeout(self._loop.time())
             self._process()
+        except Exception:  # noqa: BLE001 - a callback's error would otherwise only be logged
+            self._log.exception("tunnel %s: timer failed", self.name)
+            self.close(ErrorCode.INTERNAL_ERROR, "timer failed")
 
     # ------------------------------------------------------------------ events
 
@@ -304,6 +369,7 @@ class TunnelConnection:
         # credit yet, the common case, then costs no task switch.
         if session.has_messages_to_send or self._terminated.is_set():
             self._wake_writer.set()
+        self._arm_timer()
 
     def _dispatch(self, event: object) -> None:  # noqa: C901, PLR0912 - one flat switch reads best
         match event:

@@ -12,6 +12,9 @@ its own time to come back, spaced at the rate the server has lately managed (``A
 CA rotation: while one is in progress, each session tells its agent the CA state at start and
 on every change the CLI makes (``identity.rotation``), on a stream to the agent's built-in
 ``ca-announce`` target; a refusal is logged and counted, never a reason to end the session.
+The announcer task of a session exists only while it has something to announce: the CA
+watcher starts one per session when the state moves, so thousands of idle sessions do not
+each hold a task waiting for a rotation that rarely comes.
 """
 
 from __future__ import annotations
@@ -176,14 +179,15 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
     log.info("agent connected", extra={"kv": {"node": identity.name, "remote": session.remote}})
     try:
         async with asyncio.TaskGroup() as group:
+            session.tasks = group
             group.create_task(setup.watch(connection), name=f"tunnel[{identity.name}].setup")
-            announcer = group.create_task(
-                _announce_ca(connection, request.app[CA_WATCH_KEY], identity.name),
-                name=f"tunnel[{identity.name}].ca-announce",
-            )
+            _start_announcer(session, request.app[CA_WATCH_KEY])
             await connection.run()
-            announcer.cancel()
+            session.tasks = None
+            if session.announcer is not None:
+                session.announcer.cancel()
     finally:
+        session.tasks = None
         registry.remove(session)
         store.touch_node(identity.name, now=time.time())
         metrics.bytes.labels("in").inc(connection.bytes_received)
@@ -204,18 +208,29 @@ ANNOUNCE_TIMEOUT = 30.0
 """Seconds an agent has to store an announcement and answer (a write and an fsync or two)."""
 
 
+def _start_announcer(session: AgentSession, watch: CaWatch) -> None:
+    """Tell this session's agent the CA state if a rotation is on and no announcer runs."""
+    if not watch.authority.rotating() or session.tasks is None or session.connection.terminated:
+        return
+    if session.announcer is not None and not session.announcer.done():
+        return  # it checks the version again after each announcement
+    session.announcer = session.tasks.create_task(
+        _announce_ca(session.connection, watch, session.name),
+        name=f"tunnel[{session.name}].ca-announce",
+    )
+
+
 async def _announce_ca(connection: TunnelConnection, watch: CaWatch, node: str) -> None:
-    """While a CA rotation is in progress, keep this agent told of the CA state."""
+    """Announce the CA state until the agent has the latest one (or the rotation is over)."""
     try:
         await connection.wait_ready()
     except TunnelClosedError:
         return
-    version = watch.version
-    while True:
-        if watch.authority.rotating():
-            result = await _announce_once(connection, watch.payload(), node)
-            watch.announcements.labels(result).inc()
-        version = await watch.wait_moved(version)
+    announced: int | None = None
+    while watch.authority.rotating() and watch.version != announced:
+        announced = watch.version
+        result = await _announce_once(connection, watch.payload(), node)
+        watch.announcements.labels(result).inc()
 
 
 async def _announce_once(connection: TunnelConnection, payload: bytes, node: str) -> str:
@@ -256,11 +271,15 @@ async def _announce_once(connection: TunnelConnection, payload: bytes, node: str
 
 
 async def _watch_ca(app: web.Application) -> None:
-    """Notice the CLI's ``ca rotate|promote|retire`` (files in the data dir)."""
+    """Notice the CLI's ``ca rotate|promote|retire`` (files in the data dir); tell every agent."""
     watch, interval = app[CA_WATCH_KEY], app[SETTINGS_KEY].store_poll_interval
     while True:
         await asyncio.sleep(interval)
+        version = watch.version
         await watch.poll()
+        if watch.version != version:
+            for session in app[SESSIONS_KEY].all():
+                _start_announcer(session, watch)
 
 
 async def _watch_revocations(app: web.Application) -> None:

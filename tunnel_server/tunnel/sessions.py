@@ -31,6 +31,10 @@ class AgentSession:
     remote: str
     connected_at: float = field(default_factory=time.time)
     agent_version: str | None = None
+    tasks: asyncio.TaskGroup | None = None
+    """The session's task group while it runs (the endpoint starts per-session work in it)."""
+    announcer: asyncio.Task[None] | None = None
+    """The CA-rotation announcer while one runs: only during a rotation, not per idle session."""
 
     @property
     def name(self) -> str:

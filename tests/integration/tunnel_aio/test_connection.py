@@ -286,3 +286,63 @@ async def test_ends_with_different_frame_and_window_sizes_work_together() -> Non
                 pair.server.session.peer_settings.max_frame_payload,
             }
             assert sizes == {64 * 1024, TunnelSettings().max_frame_payload}
+
+
+async def test_keepalive_timer_keeps_an_idle_session_up() -> None:
+    """The timer (one loop handle per session) sends PINGs and moves with each deadline.
+
+    Idle for several times the keepalive timeout: only PINGs and PONGs keep it up, so a timer
+    that fired once and was not re-armed would end the session with KEEPALIVE_TIMEOUT.
+    """
+    fast = TunnelSettings(ping_interval=0.1, ping_timeout=0.5, handshake_timeout=2.0)
+    async with tunnel_pair(server_settings=fast, client_settings=fast) as pair:
+        start = pair.client.messages_received
+
+        async def received() -> int:
+            return pair.client.messages_received - start
+
+        await eventually_async(received, lambda n: n >= 20, what="20 keepalive messages")
+        assert not pair.client.terminated
+        assert not pair.server.terminated
+        assert pair.client.rtt is not None
+        assert pair.server.rtt is not None
+
+
+async def test_a_peer_that_never_says_hello_is_timed_out() -> None:
+    """The handshake deadline is the timer's first: a silent peer is cut off at it."""
+    ended: asyncio.Future[TunnelConnection] = asyncio.get_running_loop().create_future()
+
+    async def endpoint(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connection = TunnelConnection(
+            ws, role=Role.SERVER, name="srv", settings=TunnelSettings(handshake_timeout=0.3)
+        )
+        await connection.run()
+        ended.set_result(connection)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/tunnel", endpoint)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"http://127.0.0.1:{port}/tunnel") as ws,
+        ):
+            async with asyncio.timeout(10):
+                connection = await ended
+            assert connection.termination is not None
+            assert connection.termination.code is ErrorCode.HANDSHAKE_TIMEOUT
+            async with asyncio.timeout(10):
+                while (await ws.receive()).type not in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                ):
+                    pass  # the server's HELLO and GO_AWAY, then its close
+    finally:
+        await runner.cleanup()

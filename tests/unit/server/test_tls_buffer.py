@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import hashlib
+import os
 import ssl
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class Sink(asyncio.Protocol):
         self.arrived = asyncio.Event()
         self.closed = asyncio.Event()
         self.lost_with: Exception | None = None
+        self.digest = hashlib.sha256()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -44,6 +47,7 @@ class Sink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
+        self.digest.update(data)
         self.arrived.set()
 
     async def until(self, total: int) -> None:
@@ -61,7 +65,9 @@ def tls_of(sink: Sink) -> ElasticTLSProtocol:
 
 
 def buffer_size(protocol: ElasticTLSProtocol) -> int:
-    return len(protocol._ssl_buffer)
+    """Bytes one read of this connection may take (from the shared buffer)."""
+    assert len(protocol._ssl_buffer) == 0, "a connection owns no read buffer"
+    return protocol.max_size
 
 
 @pytest.fixture
@@ -104,6 +110,10 @@ async def test_idle_small_bulk_large_then_small_again(
         await sink.until(4)
         protocol = tls_of(sink)
         assert buffer_size(protocol) == SMALL, "a new connection starts small"
+        peercert = writer.get_extra_info("peercert")  # the client end: the server's certificate
+        assert isinstance(peercert, dict)
+        assert peercert["subject"], "decoded on demand"
+        assert "peercert" not in writer.transport._ssl_protocol._extra  # type: ignore[attr-defined]
 
         sent = 4
         for _ in range(8):  # bulk: reads fill the small buffer, so it grows
@@ -145,3 +155,42 @@ def test_install_swaps_the_class_and_checks_sizes(monkeypatch: pytest.MonkeyPatc
     assert tls_buffer.install(small=8 * 1024, large=32 * 1024)
     assert asyncio.sslproto.SSLProtocol is ElasticTLSProtocol
     assert (ElasticTLSProtocol.small, ElasticTLSProtocol.large) == (8 * 1024, 32 * 1024)
+
+
+@pytest.mark.usefixtures("elastic")
+async def test_connections_share_one_read_buffer_and_lose_no_byte(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Bulk on several connections at once, all reading into the one buffer: bytes intact."""
+    server_context, client_context = contexts
+    sinks: list[Sink] = []
+
+    def factory() -> Sink:
+        sinks.append(Sink())
+        return sinks[-1]
+
+    server = await asyncio.get_running_loop().create_server(
+        factory, "127.0.0.1", 0, ssl=server_context
+    )
+    port = server.sockets[0].getsockname()[1]
+    writers = [
+        (await asyncio.open_connection("127.0.0.1", port, ssl=client_context))[1] for _ in range(3)
+    ]
+    try:
+        payloads = [os.urandom(3 * 1024 * 1024 + i) for i in range(len(writers))]
+        for writer, payload in zip(writers, payloads, strict=True):
+            writer.write(payload)  # all queued before any is drained: the reads interleave
+        await asyncio.gather(*(writer.drain() for writer in writers))
+        assert len(sinks) == len(writers), "accepted in the order they connected"
+        for sink, payload in zip(sinks, payloads, strict=True):
+            await sink.until(len(payload))
+            assert sink.received == len(payload)
+            assert sink.digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+            assert len(tls_of(sink)._ssl_buffer) == 0
+        assert len(tls_buffer.shared_buffer(1)) >= LARGE, "one buffer of the large size"
+    finally:
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
