@@ -250,6 +250,21 @@ _REASON_HINTS = {
 """What to check for reason codes an operator can act on (MQTT 5 CONNACK and DISCONNECT)."""
 
 
+PACKET_HEADROOM = 4096
+"""Bytes of a packet beyond its payload: fixed header, topic (512 at most), MQTT 5 properties."""
+
+
+def max_packet_bytes(settings: TwinMqttSettings) -> int:
+    """The Maximum Packet Size the agent asks the broker for (MQTT 5): 4x the payload limit.
+
+    Above it the broker drops the message for the agent (the device gets no answer); up to it a
+    message over ``max_payload_bytes`` still arrives and is answered ``too_large`` (docs/mqtt.md
+    §6). So one buffered message costs at most this, ``max_queued_messages`` of them at most
+    that many times.
+    """
+    return 4 * settings.max_payload_bytes + PACKET_HEADROOM
+
+
 def describe_mqtt_error(error: BaseException) -> str:
     """A log line's account of a refused connection or a broker's disconnect.
 
@@ -758,6 +773,10 @@ class TwinMqttService:
             properties.ReceiveMaximum = max(
                 1, min(settings.receive_maximum, settings.max_queued_messages, 65535)
             )
+            # The broker must not send us a bigger packet ([MQTT-3.1.2-24]; it drops it): what
+            # one buffered message may cost is bounded, while a message a little over the
+            # payload limit still arrives and is answered `too_large`.
+            properties.MaximumPacketSize = max_packet_bytes(settings)
         client = aiomqtt.Client(
             settings.broker_host,
             settings.broker_port,

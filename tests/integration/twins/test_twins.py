@@ -12,6 +12,7 @@ import pytest
 
 from device_models import Replica, Role, Section, TwinChange, builtin_models, write_change
 from edge_agent.twins import CloudChangeError, OutboxSettings, simulator
+from edge_agent.twins.mqtt_service import max_packet_bytes
 from edge_agent.twins.simulator import SimulatedDevice, random_patch
 from edge_agent.twins.topics import Op
 from tests.integration.twins.conftest import TwinsEnv, running, unique
@@ -247,3 +248,29 @@ async def test_simulate_command_onboards_and_reports(
         "seconds": 0,
     }
     assert len(cloud.kinds("device")) == 3
+
+
+async def test_a_message_over_the_packet_cap_is_dropped_by_the_broker_and_harms_nothing(
+    twins_env: TwinsEnv,
+) -> None:
+    """The agent's MQTT 5 Maximum Packet Size: the broker drops a bigger message, unanswered.
+
+    Just over the payload limit is answered ``too_large`` (the test above); past the packet cap
+    the broker never hands it over, so the agent holds no such message. The device's next
+    report is answered, and since answers follow a device's messages in order, no answer for
+    the giant one had come before it.
+    """
+    device_id = unique("thermo")
+    async with running(twins_env.service()) as service:
+        cap = max_packet_bytes(service.settings)
+        credential = await twins_env.claim(device_id, "thermostat")
+        async with twins_env.device(credential) as device:
+            giant = json.dumps({"rid": "giant", "patch": {"firmware": "x" * cap}})
+            await device.client.publish(device.topic(Op.REPORTED), giant, qos=1)
+            after = await device.report({"temperature": 21.0})
+            # An oversized message's answer carries no rid (it is not parsed): see the test above.
+            earlier = device.take(Op.RESULT, without_rid("reported"))
+            twin = await device.get()
+    assert after["code"] == 200
+    assert earlier is None
+    assert twin["reported"]["temperature"] == 21.0
