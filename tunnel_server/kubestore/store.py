@@ -51,6 +51,7 @@ from lightkube.types import PatchType
 
 from tunnel_server.kubestore import _model as m
 from tunnel_server.kubestore.settings import KubeStoreSettings
+from tunnel_server.kubestore.watch_thread import WatchThread
 from tunnel_server.store import (
     CertificateRecord,
     DuplicateIdError,
@@ -69,7 +70,7 @@ from tunnel_server.store import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine, Iterator
 
 log = logging.getLogger("tunnel_server.kubestore")
 # httpx2 logs every request at INFO: one line per heartbeat write would drown the server's log.
@@ -790,59 +791,25 @@ def _write_private(path: Path, content: bytes) -> None:
     partial.replace(path)
 
 
-class _Watcher:
+class _Watcher(WatchThread):
     """The watches of every kind, on a thread of their own with their own event loop."""
 
     def __init__(
         self, *, config: KubeConfig, settings: KubeStoreSettings, mirror: m.Mirror
     ) -> None:
-        self._config = config
-        self._settings = settings
+        super().__init__(config=config, settings=settings, name="kubestore-watch")
         self._mirror = mirror
-        self._thread = threading.Thread(target=self._run, name="kubestore-watch", daemon=True)
         self._listed = {kind.name: threading.Event() for kind in m.KINDS}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
-        self._started = threading.Event()
 
     def start_and_wait(self) -> None:
-        self._thread.start()
-        self._started.wait(self._settings.ready_timeout)
+        self._start(
+            ((self._listed[kind.name], f"{kind.plural}.{m.GROUP}") for kind in m.KINDS),
+            StoreError,
+        )
+
+    def _watches(self, client: AsyncClient) -> Iterator[tuple[str, Coroutine[Any, Any, None]]]:
         for kind in m.KINDS:
-            if not self._listed[kind.name].wait(self._settings.ready_timeout):
-                detail = f" ({self._failure})" if self._failure else ""
-                raise StoreError(
-                    f"could not list {kind.plural}.{m.GROUP} in namespace"
-                    f" {self._settings.namespace!r} within {self._settings.ready_timeout:g} s"
-                    f"{detail}: are the CRDs installed (packaging/kubernetes/tunnel-server/crds)"
-                    " and may this identity list them?"
-                )
-
-    def stop(self) -> None:
-        loop, main = self._loop, self._main
-        if loop is not None and main is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop ended between the check and now
-                loop.call_soon_threadsafe(main.cancel)
-        if self._thread.is_alive():
-            self._thread.join(timeout=10.0)
-
-    def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._main = asyncio.current_task()
-        self._started.set()
-        client = AsyncClient(self._config, namespace=self._settings.namespace)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for kind in m.KINDS:
-                    group.create_task(self._watch(client, kind), name=f"kubestore-{kind.plural}")
-        except asyncio.CancelledError:
-            pass  # close(): the normal end
-        finally:
-            await client.close()
+            yield f"kubestore-{kind.plural}", self._watch(client, kind)
 
     async def _watch(self, client: AsyncClient, kind: m.Kind) -> None:
         res = _res(kind)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import calendar
-import contextlib
 import json
 import logging
 import threading
@@ -65,8 +64,11 @@ from tunnel_server.fleet.hub.store import (
     check_kind,
 )
 from tunnel_server.kubestore.store import WATCH_GRACE, client_config, same_content
+from tunnel_server.kubestore.watch_thread import WatchThread
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine, Iterator
+
     from lightkube import KubeConfig
 
     from fleet_model.labels import LabelSelector
@@ -499,62 +501,28 @@ class KubeFleetStore:
         self._client.close()
 
 
-class _Watcher:
+class _Watcher(WatchThread):
     """The watches of every fleet kind, on a thread of their own with their own event loop."""
 
     def __init__(
         self, *, config: KubeConfig, settings: KubeStoreSettings, store: KubeFleetStore
     ) -> None:
-        self._config = config
-        self._settings = settings
+        super().__init__(config=config, settings=settings, name="fleet-kube-watch")
         self._store = store
-        self._thread = threading.Thread(target=self._run, name="fleet-kube-watch", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[None] | None = None
-        self._started = threading.Event()
         self._listed = {kind: threading.Event() for kind in KINDS}
         self._first_versions: dict[str, int] = {}
-        self._failure: BaseException | None = None
 
     def start_and_wait(self) -> int:
         """Start the watches once every kind is listed; the newest of the lists' versions."""
-        self._thread.start()
-        self._started.wait(self._settings.ready_timeout)
-        for kind, info in KINDS.items():
-            if not self._listed[kind].wait(self._settings.ready_timeout):
-                detail = f" ({self._failure})" if self._failure else ""
-                raise FleetStoreError(
-                    f"could not list {info.plural}.{GROUP} in namespace"
-                    f" {self._settings.namespace!r} within {self._settings.ready_timeout:g} s"
-                    f"{detail}: are the CRDs installed (packaging/kubernetes/tunnel-server/crds)"
-                    " and may this identity list them?"
-                )
+        self._start(
+            ((self._listed[kind], f"{info.plural}.{GROUP}") for kind, info in KINDS.items()),
+            FleetStoreError,
+        )
         return max(self._first_versions.values(), default=0)
 
-    def stop(self) -> None:
-        loop, main = self._loop, self._main
-        if loop is not None and main is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop ended between the check and now
-                loop.call_soon_threadsafe(main.cancel)
-        if self._thread.is_alive():
-            self._thread.join(timeout=10.0)
-
-    def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._main = asyncio.current_task()
-        self._started.set()
-        client = AsyncClient(self._config, namespace=self._settings.namespace)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for kind, info in KINDS.items():
-                    group.create_task(self._watch(client, kind), name=f"fleet-kube-{info.plural}")
-        except asyncio.CancelledError:
-            pass  # close(): the normal end
-        finally:
-            await client.close()
+    def _watches(self, client: AsyncClient) -> Iterator[tuple[str, Coroutine[Any, Any, None]]]:
+        for kind, info in KINDS.items():
+            yield f"fleet-kube-{info.plural}", self._watch(client, kind)
 
     async def _watch(self, client: AsyncClient, kind: str) -> None:
         res = _RESOURCES[kind]
