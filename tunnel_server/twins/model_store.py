@@ -14,6 +14,13 @@ Rules (docs/device-models.md, "Uploading and distributing models"):
   version of each name (``offer``), so twin validation uses an upload at once.
 * Schema versions: `SCHEMA` (daemon_support.schema); version 1 is the table below, which the
   release before already stamped 1.
+* Where uploads are kept is an ``UploadStore``: ``ModelStore`` (the SQLite file, one server) or
+  ``model_store_kube.KubeModelStore`` (``--store kubernetes``: one ``DeviceModel`` custom resource
+  per name, shared by every replica, docs/ha.md). Every change of a name is one atomic
+  ``update`` whose rule (``ModelCatalogue.add``) runs on the name's current versions, so "versions
+  only go forward" holds across replicas too. An upload taken by another replica reaches
+  ``ModelCatalogue.changed`` (the store's ``on_change``), which offers it to the registry and
+  hands it to the listeners (the ``models`` push to this replica's agents).
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from daemon_support.schema import Schema, migrate
 from device_models import (
@@ -41,8 +50,10 @@ __all__ = [
     "LimitError",
     "ModelCatalogue",
     "ModelStore",
+    "ModelStoreError",
     "ModelVersion",
     "NotNewerError",
+    "UploadStore",
 ]
 
 log = logging.getLogger("tunnel_server.twins.model_store")
@@ -93,8 +104,41 @@ class LimitError(ValueError):
         self.reason = reason
 
 
+class ModelStoreError(RuntimeError):
+    """The uploads could not be written (the Kubernetes API unreachable or refusing)."""
+
+
+Change = Callable[[list[ModelVersion]], list[ModelVersion]]
+"""A name's uploaded versions (oldest first) -> what to keep; may raise to refuse."""
+
+
+class UploadStore(Protocol):
+    """Where uploaded versions are kept: one SQLite file, or the Kubernetes API."""
+
+    on_change: Callable[[str], None] | None
+    """Called with a name another replica changed (from any thread); never for own writes."""
+
+    def uploads(self) -> Mapping[str, Sequence[ModelVersion]]:
+        """Every kept upload by name, oldest first; a snapshot the caller must not change."""
+        ...
+
+    def update(self, name: str, change: Change) -> list[ModelVersion]:
+        """Apply ``change`` to ``name``'s current versions atomically; what is kept now.
+
+        ``change`` may run more than once (a concurrent writer came first: it runs again on
+        the fresh versions) and its exceptions pass through, nothing written.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def _sorted(entries: Sequence[ModelVersion]) -> list[ModelVersion]:
+    return sorted(entries, key=lambda e: version_key(e.version))
+
+
 class ModelStore:
-    """The uploads, over one SQLite file."""
+    """The uploads, over one SQLite file (one server: ``on_change`` is never called)."""
 
     def __init__(self, path: Path) -> None:
         if not path.exists():
@@ -108,6 +152,11 @@ class ModelStore:
         except BaseException:
             self._db.close()
             raise
+        self.on_change: Callable[[str], None] | None = None
+        held: dict[str, list[ModelVersion]] = {}
+        for entry in self.load():
+            held.setdefault(entry.name, []).append(entry)
+        self._uploads = {name: tuple(_sorted(entries)) for name, entries in held.items()}
 
     def load(self) -> list[ModelVersion]:
         """Every stored version that still parses (a bad row is logged and skipped)."""
@@ -125,26 +174,47 @@ class ModelStore:
             )
         return out
 
-    def add(self, entry: ModelVersion, *, drop: list[tuple[str, str]]) -> None:
-        """Store ``entry`` and drop the ``(name, version)`` rows in one transaction."""
+    def uploads(self) -> Mapping[str, Sequence[ModelVersion]]:
+        return self._uploads
+
+    def update(self, name: str, change: Change) -> list[ModelVersion]:
+        """One transaction: rows added and dropped as ``change`` says."""
+        current = list(self._uploads.get(name, ()))
+        kept = _sorted(change(list(current)))
+        before = {e.version for e in current}
+        after = {e.version for e in kept}
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute(
+            self._db.executemany(
                 "INSERT INTO versions (name, version, model, created, created_by)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (
-                    entry.name,
-                    entry.version,
-                    json.dumps(entry.model.to_dict(), separators=(",", ":")),
-                    entry.created,
-                    entry.created_by or "",
-                ),
+                [
+                    (
+                        name,
+                        e.version,
+                        json.dumps(e.model.to_dict(), separators=(",", ":")),
+                        e.created,
+                        e.created_by or "",
+                    )
+                    for e in kept
+                    if e.version not in before
+                ],
             )
-            self._db.executemany("DELETE FROM versions WHERE name = ? AND version = ?", drop)
+            self._db.executemany(
+                "DELETE FROM versions WHERE name = ? AND version = ?",
+                [(name, version) for version in before - after],
+            )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        uploads = dict(self._uploads)
+        if kept:
+            uploads[name] = tuple(kept)
+        else:
+            uploads.pop(name, None)
+        self._uploads = uploads
+        return kept
 
     def close(self) -> None:
         self._db.close()
@@ -156,7 +226,7 @@ class ModelCatalogue:
     def __init__(
         self,
         *,
-        store: ModelStore,
+        store: UploadStore,
         registry: ModelRegistry,
         max_names: int = 256,
         max_versions: int = 32,
@@ -165,6 +235,7 @@ class ModelCatalogue:
         self.registry = registry
         self.max_names = max_names
         self.max_versions = max_versions
+        self._listeners: list[Callable[[DeviceModel], None]] = []
         builtins = builtin_models()
         self._base: dict[str, ModelVersion] = {}
         for name in registry.names():
@@ -174,24 +245,31 @@ class ModelCatalogue:
             builtin = builtins.get(name)
             source = "builtin" if builtin is not None and builtin == model else "file"
             self._base[name] = ModelVersion(model=model, source=source)
-        self._uploads: dict[str, list[ModelVersion]] = {}
-        for entry in store.load():
-            self._uploads.setdefault(entry.name, []).append(entry)
-        for name, entries in self._uploads.items():
-            entries.sort(key=lambda e: version_key(e.version))
-            registry.offer(entries[-1].model)
-            log.info("device model %s %s (uploaded) loaded", name, entries[-1].version)
+        for name, entries in store.uploads().items():
+            if entries:
+                registry.offer(entries[-1].model)
+                log.info("device model %s %s (uploaded) loaded", name, entries[-1].version)
+
+    def listen(self, listener: Callable[[DeviceModel], None]) -> None:
+        """Call ``listener`` with each upload that becomes the latest of its name.
+
+        Wherever it was taken: this server or, through the store's watch, another replica.
+        """
+        self._listeners.append(listener)
 
     def names(self) -> list[str]:
-        return sorted(set(self._base) | set(self._uploads))
+        return sorted(set(self._base) | set(self.store.uploads()))
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first."""
-        entries = [*self._uploads.get(name, [])]
+        return self._with_base(name, self.store.uploads().get(name, ()))
+
+    def _with_base(self, name: str, uploads: Sequence[ModelVersion]) -> list[ModelVersion]:
+        entries = [*uploads]
         base = self._base.get(name)
         if base is not None and all(e.version != base.version for e in entries):
             entries.append(base)
-        return sorted(entries, key=lambda e: version_key(e.version))
+        return _sorted(entries)
 
     def latest(self, name: str) -> ModelVersion | None:
         versions = self.versions(name)
@@ -201,20 +279,45 @@ class ModelCatalogue:
         return next((e for e in self.versions(name) if e.version == version), None)
 
     def add(self, model: DeviceModel, *, now: float, by: str) -> ModelVersion:
-        """Store an upload; NotNewerError or LimitError when it may not be stored."""
-        current = self.latest(model.name)
-        if current is not None and not is_newer(model.version, current.version):
-            raise NotNewerError(current.version)
-        uploads = self._uploads.get(model.name, [])
-        if not uploads and len(self._uploads) >= self.max_names:
-            raise LimitError(
-                "too_many_models",
-                f"the cloud holds {self.max_names} uploaded model names already (the bound)",
-            )
+        """Store an upload; NotNewerError or LimitError when it may not be stored.
+
+        The rules run inside the store's atomic update, on the name's versions as stored
+        (another replica's upload of the same name makes them run again).
+        ModelStoreError: the store could not write it.
+        """
         entry = ModelVersion(model=model, source="uploaded", created=now, created_by=by)
-        kept = [*uploads, entry]
-        dropped = kept[: max(0, len(kept) - self.max_versions)]
-        self.store.add(entry, drop=[(e.name, e.version) for e in dropped])
-        self._uploads[model.name] = kept[len(dropped) :]
-        self.registry.offer(model)
+
+        def change(uploads: list[ModelVersion]) -> list[ModelVersion]:
+            known = self._with_base(model.name, uploads)
+            if known and not is_newer(model.version, known[-1].version):
+                raise NotNewerError(known[-1].version)
+            others = len(set(self.store.uploads()) - {model.name})
+            if not uploads and others >= self.max_names:
+                raise LimitError(
+                    "too_many_models",
+                    f"the cloud holds {self.max_names} uploaded model names already (the bound)",
+                )
+            kept = [*_sorted(uploads), entry]
+            return kept[max(0, len(kept) - self.max_versions) :]
+
+        self.store.update(model.name, change)
+        self._offer(model)
         return entry
+
+    def changed(self, name: str) -> None:
+        """Another replica changed ``name``'s uploads: follow a new latest (on the loop)."""
+        latest = self.latest(name)
+        if latest is not None and latest.source == "uploaded":
+            self._offer(latest.model)
+
+    def refresh(self) -> None:
+        """Follow every name's latest upload (after missing changes, e.g. at start)."""
+        for name in list(self.store.uploads()):
+            self.changed(name)
+
+    def _offer(self, model: DeviceModel) -> None:
+        if not self.registry.offer(model):
+            return  # not newer than what twins validate with: nothing to push
+        log.info("device model %s %s is the latest now", model.name, model.version)
+        for listener in self._listeners:
+            listener(model)

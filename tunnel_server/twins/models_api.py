@@ -9,10 +9,17 @@
   with the latest version's ETag makes the upload conditional (412). The upload is stored
   durably, used for twin validation in the cloud at once and pushed to every connected agent
   (``model_push``); agents that are offline get it when they reconnect.
+- Where uploads are kept: the data dir's ``device-models.sqlite3``, or with ``--store
+  kubernetes`` the ``DeviceModel`` custom resources of the store's namespace
+  (``model_store_kube``), shared by every replica. An upload taken by another replica reaches
+  this one through the store's watch: used for validation here and pushed to the agents this
+  replica holds, like an upload taken here. A store that cannot write answers 503
+  ``store_unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -25,15 +32,18 @@ from tunnel_server.api import access
 from tunnel_server.api.paging import page, sort_items
 from tunnel_server.api.preconditions import check_if_match, etag
 from tunnel_server.api.views import iso
-from tunnel_server.app_keys import AGENT_SERVICES_KEY, SETTINGS_KEY, TWINS_KEY
+from tunnel_server.app_keys import AGENT_SERVICES_KEY, SETTINGS_KEY, STORE_KEY, TWINS_KEY
+from tunnel_server.kubestore.settings import KubeStoreSettings
 from tunnel_server.twins.model_push import ModelPush
 from tunnel_server.twins.model_store import (
     MODELS_FILE,
     LimitError,
     ModelCatalogue,
     ModelStore,
+    ModelStoreError,
     ModelVersion,
     NotNewerError,
+    UploadStore,
 )
 from tunnel_server.web.bodies import BodyError, decode_json_object, read_bounded
 from tunnel_server.web.errors import ApiError
@@ -141,8 +151,12 @@ async def upload_model(request: web.Request) -> web.Response:
         ) from None
     except LimitError as refused:
         raise ApiError(409, refused.reason, f"{refused}; ask the project to raise it") from None
+    except ModelStoreError as error:
+        raise ApiError(
+            503, "store_unavailable", f"the upload was not stored: {error}; try again"
+        ) from None
+    # The catalogue's listener (the push) sends it to every agent connected here.
     log.info("device model %s %s uploaded by %s", model.name, model.version, caller.name)
-    request.app[PUSH_KEY].publish(model)
     location = f"/api/v1/device-models/{model.name}"
     return web.json_response(
         detail_json(entry),
@@ -188,6 +202,23 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/device-models/{name}/versions", list_versions)
 
 
+def _kube_settings(app: web.Application) -> KubeStoreSettings | None:
+    """The Kubernetes store's settings when the server's store is the Kubernetes one."""
+    found = getattr(app.get(STORE_KEY), "settings", None)
+    return found if isinstance(found, KubeStoreSettings) else None
+
+
+def open_upload_store(app: web.Application) -> UploadStore:
+    """The data dir's SQLite file, or the ``DeviceModel`` resources with ``--store kubernetes``."""
+    kube = _kube_settings(app)
+    if kube is None:
+        return ModelStore(app[SETTINGS_KEY].data_dir / MODELS_FILE)
+    # Imported here: the client costs about a second of imports a SQLite server never needs.
+    from tunnel_server.twins.model_store_kube import KubeModelStore  # noqa: PLC0415
+
+    return KubeModelStore.open(kube)
+
+
 def setup(app: web.Application) -> None:
     """The model store and catalogue, the routes, and the ``models`` agent service.
 
@@ -195,15 +226,28 @@ def setup(app: web.Application) -> None:
     """
     if TWINS_KEY not in app:
         raise RuntimeError("models_api.setup(app) must come after twins.setup(app)")
-    store = ModelStore(app[SETTINGS_KEY].data_dir / MODELS_FILE)
+    store = open_upload_store(app)
     catalogue = ModelCatalogue(store=store, registry=app[TWINS_KEY].models)
     push = ModelPush(catalogue)
+    catalogue.listen(push.publish)
     app[CATALOGUE_KEY] = catalogue
     app[PUSH_KEY] = push
     app[AGENT_SERVICES_KEY][wire.MODELS_TARGET] = push.serve
     add_routes(app)
 
+    async def follow(_app: web.Application) -> None:
+        # Another replica's upload arrives on the store's watch thread: follow it on the loop.
+        loop = asyncio.get_running_loop()
+
+        def changed(name: str) -> None:
+            loop.call_soon_threadsafe(catalogue.changed, name)
+
+        store.on_change = changed
+        catalogue.refresh()  # what arrived between the store's open and now
+
     async def close(_app: web.Application) -> None:
+        store.on_change = None
         store.close()
 
+    app.on_startup.append(follow)
     app.on_cleanup.append(close)

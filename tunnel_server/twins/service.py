@@ -59,8 +59,9 @@ from device_models import (
     apply_change,
     write_change,
 )
+from tunnel_server.twins.backend import TwinBackend
 from tunnel_server.twins.settings import CloudTwinsSettings
-from tunnel_server.twins.store import DeviceKey, DeviceRow, DeviceState, Transaction, TwinStore
+from tunnel_server.twins.store import DeviceKey, DeviceRow, DeviceState, Transaction
 
 __all__ = [
     "DEVICE_ID",
@@ -188,7 +189,7 @@ class CloudTwinReplica:
     def __init__(
         self,
         *,
-        store: TwinStore,
+        store: TwinBackend,
         models: ModelRegistry,
         settings: CloudTwinsSettings,
         clock: Callable[[], float] = time.time,

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from daemon_support import model_folder
 from daemon_support.schema import Schema
@@ -71,6 +71,7 @@ from device_models import (
 __all__ = [
     "SCHEMA",
     "DeviceKey",
+    "DeviceReader",
     "DeviceRow",
     "DeviceState",
     "DownlinkRow",
@@ -188,11 +189,17 @@ class DownlinkRow:
     body: str
 
 
+class DeviceReader(Protocol):
+    """What a transaction reads through: the store it will be committed to."""
+
+    def device(self, key: DeviceKey) -> DeviceRow | None: ...
+
+
 @dataclass(kw_only=True)
 class Transaction:
-    """Writes staged in memory; `TwinStore.commit` makes them durable together."""
+    """Writes staged in memory; the store's ``commit`` makes them durable together."""
 
-    store: TwinStore
+    store: DeviceReader
     rows: dict[DeviceKey, DeviceRow] = field(default_factory=dict)
     downlink: list[tuple[str, DeviceKey, str]] = field(default_factory=list)
     """In order: ("purge", key, "") drops a device's queued changes, ("add", key, body) queues."""
@@ -239,7 +246,7 @@ class Transaction:
 
 
 class TwinStore:
-    """The SQLite file; one instance per server process."""
+    """The SQLite file; one instance per server process (a ``backend.TwinBackend``)."""
 
     def __init__(
         self,

@@ -70,6 +70,7 @@ from device_models.sync_session import BatchError as BatchFailed
 from tunnel_aio import StreamError, TunnelStream
 from tunnel_protocol import ErrorCode
 from tunnel_server.audit.log_store import AuditRecord
+from tunnel_server.twins.backend import TwinStoreError
 from tunnel_server.twins.service import (
     BatchError,
     CloudTwinReplica,
@@ -255,7 +256,7 @@ class _Link:
             )
         except BatchError as error:
             raise RemoteProtocolError(f"batch {batch.id}: {error}") from None
-        except sqlite3.Error as error:
+        except (sqlite3.Error, TwinStoreError) as error:
             log.exception("twins: storing batch %s of %s failed", batch.id, self.node)
             await self.send(BatchFailed(id=batch.id, error="unavailable", message=str(error)))
             return
