@@ -26,7 +26,8 @@ Rules:
   requests waiting for the dial and later ones are not dialled again (``opener`` answers
   "reconnecting"). A peer that answered but refused the link (401, 429) is not marked. A
   link that ended (peer gone, keepalive timeout) is dropped and dialled again on the next
-  use; an open that finds its link ended meanwhile dials once more.
+  use; an open that the link's end failed (before the peer accepted it, so nothing of the
+  request was sent) dials once more.
 - ``NotHeldError``: the peer does not hold the agent (a stale holder record: it just moved);
   the caller may look for the new holder and try once more.
 - ``close()`` ends every link (server shutdown).
@@ -357,7 +358,12 @@ class PeerLinks:
             left = max(0.1, deadline - asyncio.get_running_loop().time())
             try:
                 return await link.connection.open_stream(wire, timeout=left)
-            except TunnelClosedError as ended:
+            except StreamRejectedError:
+                raise
+            except StreamError as ended:
+                # Not accepted, so nothing of the request was sent: safe to open again.
+                if not isinstance(ended, TunnelClosedError) and not link.connection.terminated:
+                    raise
                 if self._links.get(replica) is link:
                     del self._links[replica]
                 if attempt == 2:
