@@ -9,6 +9,7 @@ Lease watch does.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -19,7 +20,9 @@ from aiohttp import web
 
 from tests.harness.procs import free_port
 from tunnel_protocol import ErrorCode
+from tunnel_server.api import node_proxy
 from tunnel_server.app_keys import SESSIONS_KEY
+from tunnel_server.fleet import cluster_proxy
 from tunnel_server.identity.pki import CertificateAuthority
 from tunnel_server.replicas import opener, rules
 from tunnel_server.replicas.keys import PEERS_KEY
@@ -307,3 +310,28 @@ class LocalSession:
 
     name: str
     connection: LocalConnection = field(default_factory=LocalConnection)
+
+
+def test_the_proxies_answer_reconnecting_with_retry_after() -> None:
+    moving = opener.AgentReconnectingError("edge-1", replica="replica-b", retry_after=1)
+    # The node proxy: a problem document (docs/api.md), reason agent_reconnecting.
+    answer = node_proxy.ProxyError(
+        503, "agent_reconnecting", str(moving), headers={"Retry-After": "1"}
+    ).response()
+    assert (answer.status, answer.headers["Retry-After"]) == (503, "1")
+    assert isinstance(answer.body, bytes)
+    problem = json.loads(answer.body)
+    assert problem["reason"] == "agent_reconnecting"
+    assert "replica-b" in problem["detail"]
+    # The cluster proxy: a Kubernetes Status as the API server writes its own 503s.
+    status = cluster_proxy.ClusterProxyError(503, str(moving), retry_after=1).response()
+    assert (status.status, status.headers["Retry-After"]) == (503, "1")
+    assert isinstance(status.body, bytes)
+    body = json.loads(status.body)
+    assert (body["reason"], body["code"], body["details"]) == (
+        "ServiceUnavailable",
+        503,
+        {"retryAfterSeconds": 1},
+    )
+    plain = json.loads(cast("bytes", cluster_proxy.status_response(503, "offline").body))
+    assert "details" not in plain
