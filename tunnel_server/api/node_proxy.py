@@ -9,9 +9,10 @@ are reached: a registered cluster's agent is answered as not a node (its API ser
 ``/clusters/{name}/``). The caller's credentials are not forwarded.
 
 With replicas (docs/ha.md), a node whose session another replica holds is reached through
-it (``replicas.opener``): same answers, plus 502 ``replica_unreachable`` while the holding
-replica cannot be reached (it died: its agent comes back on another replica within its
-backoff).
+it (``replicas.opener``): same answers, plus 503 ``agent_reconnecting`` with ``Retry-After``
+while the holding replica died and its agent is not back on another one yet (within its
+backoff), and 502 ``replica_unreachable`` when the holding replica answers but refuses the
+peer link.
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ log = logging.getLogger("tunnel_server.node_proxy")
 class ProxyError(Exception):
     """An answer for the caller: HTTP status, a stable code, and what to do about it."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.headers = headers
 
     def response(self) -> web.Response:
         """An RFC 9457 problem document, as every other error of the API."""
-        return error_response(self.status, self.code, str(self))
+        return error_response(self.status, self.code, str(self), headers=self.headers)
 
 
 def _check_node(request: web.Request, name: str) -> None:
@@ -68,7 +72,7 @@ def _check_node(request: web.Request, name: str) -> None:
         )
     if node.kind != "node":
         raise _not_a_node(name)
-    if not opener.connected(request.app, name):
+    if not opener.connected(request.app, name) and not opener.reconnecting(request.app, name):
         raise _offline(name, node.state)
 
 
@@ -96,6 +100,14 @@ async def _open(request: web.Request, name: str, target: str) -> TunnelStream:
         stream = await opener.open_agent_stream(
             request.app, name, target, timeout=request.app[NODE_PROXY_SETTINGS_KEY].open_timeout
         )
+    except opener.AgentReconnectingError as moving:
+        metrics.streams_opened.labels("failed").inc()
+        raise ProxyError(
+            503,
+            "agent_reconnecting",
+            str(moving),
+            headers={"Retry-After": str(moving.retry_after)},
+        ) from None
     except opener.AgentNotConnectedError:
         metrics.streams_opened.labels("failed").inc()
         raise _offline(name, "approved") from None

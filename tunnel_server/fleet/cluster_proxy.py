@@ -73,17 +73,22 @@ REASONS = {
 class ClusterProxyError(Exception):
     """An answer of ours for the caller, shown as a Kubernetes ``Status``."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
 
     def response(self) -> web.Response:
-        return status_response(self.code, str(self))
+        return status_response(self.code, str(self), retry_after=self.retry_after)
 
 
-def status_response(code: int, message: str) -> web.Response:
-    """A Kubernetes ``Status`` (what kubectl prints as ``Error from server``)."""
-    body = {
+def status_response(code: int, message: str, *, retry_after: int | None = None) -> web.Response:
+    """A Kubernetes ``Status`` (what kubectl prints as ``Error from server``).
+
+    ``retry_after``: seconds, as the API server says it (``Retry-After`` and
+    ``details.retryAfterSeconds``): client-go retries a 5xx that has it.
+    """
+    body: dict[str, object] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -92,11 +97,15 @@ def status_response(code: int, message: str) -> web.Response:
         "reason": REASONS.get(code, "Unknown"),
         "code": code,
     }
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    if retry_after is not None:
+        body["details"] = {"retryAfterSeconds": retry_after}
+        headers["Retry-After"] = str(retry_after)
     return web.Response(
         body=json.dumps(body).encode(),
         status=code,
         content_type="application/json",
-        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        headers=headers,
     )
 
 
@@ -150,7 +159,11 @@ def _check_cluster(request: web.Request, name: str) -> None:
     session = request.app[SESSIONS_KEY].get(name)
     if session is not None and session.identity.kind != "cluster":
         session = None  # a stale record: never a node's session under a cluster's name
-    if session is None and opener.holder(request.app, name) is None:
+    if (
+        session is None
+        and opener.holder(request.app, name) is None
+        and not opener.reconnecting(request.app, name)
+    ):
         raise _offline(name, record.last_seen, record.state)
 
 
@@ -194,6 +207,8 @@ async def _open(request: web.Request, name: str) -> TunnelStream:
         return await opener.open_agent_stream(
             request.app, name, TARGET, timeout=request.app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout
         )
+    except opener.AgentReconnectingError as moving:
+        raise ClusterProxyError(503, str(moving), retry_after=moving.retry_after) from None
     except opener.AgentNotConnectedError:
         raise _offline(name, None, "approved") from None
     except StreamRejectedError as rejected:

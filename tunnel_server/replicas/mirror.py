@@ -3,7 +3,9 @@
 Rules: versions of one Lease are ordered by resourceVersion (compared as integers, which
 the API server's etcd revisions are), so a late watch event never rolls a Lease back; a
 relist replaces everything at once; a deletion removes the Lease (a later event of an older
-version is ignored through a tombstone). Lookups answer for agents by node name.
+version is ignored through a tombstone). Lookups answer for agents by node name. Every
+change that was taken calls the ``listeners`` (no arguments, at once, in the caller's
+thread): requests waiting for an agent's new holder wake on them (``peer_client``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 from tunnel_server.replicas import rules
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
 
 def _order(version: str | None) -> int:
@@ -30,25 +32,36 @@ class LeaseMirror:
         self._by_name: dict[str, rules.LeaseRecord] = {}
         self._gone: dict[str, int] = {}
         self._by_node: dict[str, str] = {}
+        self.listeners: list[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def reset(self, records: Iterable[rules.LeaseRecord]) -> None:
         self._by_name, self._gone, self._by_node = {}, {}, {}
         for record in records:
-            self.put(record)
+            self._put(record)
+        self._changed()
 
     def put(self, record: rules.LeaseRecord) -> None:
+        if self._put(record):
+            self._changed()
+
+    def _put(self, record: rules.LeaseRecord) -> bool:
         if record.kind is None:
-            return  # not one of ours
+            return False  # not one of ours
         held = self._by_name.get(record.name)
         order = _order(record.version)
         if held is not None and _order(held.version) > order:
-            return
+            return False
         if self._gone.get(record.name, -1) >= order:
-            return
+            return False
         self._gone.pop(record.name, None)
         self._by_name[record.name] = record
         if record.kind == "agent" and record.node is not None:
             self._by_node[record.node] = record.name
+        return True
 
     def delete(self, record: rules.LeaseRecord) -> None:
         held = self._by_name.pop(record.name, None)
@@ -57,6 +70,7 @@ class LeaseMirror:
         )
         if held is not None and held.node is not None:
             self._by_node.pop(held.node, None)
+        self._changed()
 
     def get(self, name: str) -> rules.LeaseRecord | None:
         return self._by_name.get(name)

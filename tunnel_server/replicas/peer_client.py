@@ -19,9 +19,17 @@ Rules:
   checked against our CAs only (no system store). The host name is not checked: every
   replica's serving certificate names the public name, not its pod IP, and only the CA key's
   holders (the replicas) can make a server certificate it verifies.
-- A dial is bounded by the open timeout the caller gives; one dial per peer at a time
-  (others wait for it); a failed dial is not cached: the next request dials again. A link
-  that ended (peer gone, keepalive timeout) is dropped and dialled again on the next use.
+- A dial is bounded by ``dial_timeout`` and the open timeout the caller gives; one dial per
+  peer at a time (others wait for it). A dial that could not connect (refused, reset, no
+  answer in time) marks the peer dead in the ``HolderView`` (when one is given: the Lease
+  watch's mirror) until its Lease is renewed again or a dial succeeds; while it is marked,
+  requests waiting for the dial and later ones are not dialled again (``opener`` answers
+  "reconnecting"). A peer that answered but refused the link (401, 429) is not marked. A
+  link that ended (peer gone, keepalive timeout) is dropped and dialled again on the next
+  use; an open that the link's end failed (before the peer accepted it, so nothing of the
+  request was sent) dials once more.
+- ``NotHeldError``: the peer does not hold the agent (a stale holder record: it just moved);
+  the caller may look for the new holder and try once more.
 - ``close()`` ends every link (server shutdown).
 """
 
@@ -42,12 +50,14 @@ import prometheus_client
 
 from tunnel_aio import StreamError, StreamRejectedError, TunnelClosedError, TunnelConnection
 from tunnel_protocol import ErrorCode, Role, TunnelSettings
+from tunnel_server.replicas.holder_view import HolderView
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
     from tunnel_aio import TunnelStream
+    from tunnel_server.replicas.mirror import LeaseMirror
 
 log = logging.getLogger("tunnel_server.replicas.peers")
 
@@ -55,6 +65,12 @@ PEER_PATH = "/peer/v1/tunnel"
 """The route on every replica's TLS listener where peers hold their link."""
 SEPARATOR = "/"
 """Between node and target in a forwarded stream's wire target: in no node name."""
+NOT_HELD = "does not hold node"
+"""In the REJECT text of a peer that does not hold the agent (``peer_route``; older replicas
+wrote it too): REFUSED_STREAM with it is a stale holder record, not the agent's refusal."""
+WAKE_EVERY = 0.25
+"""Seconds between looks at this replica's own sessions while a request waits for an agent's
+new holder (a Lease change wakes it at once; a session here has no event to wait on)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +98,25 @@ class PeerSettings:
     max_links_per_peer: int = 4
     """Links one peer replica may hold to us at once: one is used; more is a reconnect race or
     a misbehaving peer, refused with 429 beyond this."""
+
+    dial_timeout: float = 3.0
+    """Seconds a dial (TCP, TLS, WebSocket) to a peer may take before the peer is marked dead:
+    a LAN's handshake takes milliseconds; below the callers' open timeout (10 s), so a pod IP
+    that vanished (no RST) costs one caller 3 s, not every caller 10 s."""
+
+    reconnect_window: float = 60.0
+    """Seconds after a holder replica's death during which its agents' requests are answered
+    503 ``agent_reconnecting`` (with ``Retry-After``) rather than ``node_offline``: an agent
+    reconnects within its backoff (edge-agent: at most 60 s)."""
+
+    reconnect_wait: float = 2.0
+    """Seconds a request for an agent whose holder died (or moved) waits for its new holder
+    before it is answered 503: nothing was sent to the agent yet, so any request may wait;
+    a Lease change wakes it at once."""
+
+    retry_after: int = 1
+    """Seconds in the ``Retry-After`` of an ``agent_reconnecting`` answer: client-go (kubectl)
+    retries any 5xx with an integer ``Retry-After``, up to 10 times."""
 
 
 def tunnel_settings(settings: PeerSettings) -> TunnelSettings:
@@ -114,7 +149,19 @@ class IssuedCertificate(Protocol):
 
 
 class PeerUnreachableError(StreamError):
-    """The replica holding the agent could not be reached (dial failed, link gone)."""
+    """The replica holding the agent could not be reached (dial failed, link gone).
+
+    ``dead``: the dial could not connect at all (refused, reset, no answer in time): the
+    peer is marked dead. False: it answered but refused the link (401, 429), or ended it.
+    """
+
+    def __init__(self, message: str, *, code: ErrorCode, dead: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.dead = dead
+
+
+class NotHeldError(StreamRejectedError):
+    """The peer does not hold the agent: the holder record was stale (the agent moved)."""
 
 
 class PeerMetrics:
@@ -124,7 +171,9 @@ class PeerMetrics:
             "Agent streams forwarded between replicas, by direction (out: opened on a peer for"
             " a caller here; in: served here for a peer) and result (accepted, rejected: the"
             " agent refused, not_held: this replica does not hold the agent, unreachable: the"
-            " peer could not be reached, failed)",
+            " peer could not be reached, failed; out only: retried: opened again on the"
+            " agent's new holder after a stale record, reconnecting: answered 503 while the"
+            " holder is dead and the agent not back)",
             ["direction", "result"],
             registry=registry,
         )
@@ -132,6 +181,11 @@ class PeerMetrics:
             "tunnel_server_peer_links",
             "Peer links held, by direction (out: dialled by us, in: accepted from a peer)",
             ["direction"],
+            registry=registry,
+        )
+        self.dead = prometheus_client.Gauge(
+            "tunnel_server_peers_marked_dead",
+            "Peer replicas a dial found unreachable here, their Lease not renewed since",
             registry=registry,
         )
 
@@ -155,6 +209,7 @@ class PeerLinks:
         trusted_pem: Callable[[], bytes],
         settings: PeerSettings,
         registry: prometheus_client.CollectorRegistry,
+        mirror: LeaseMirror | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -173,6 +228,47 @@ class PeerLinks:
         """Links peers hold to us now, by peer replica (``peer_route``)."""
         self.metrics.links.labels("out").set_function(lambda: len(self._links))
         self.metrics.links.labels("in").set_function(lambda: len(self.inbound))
+        self.view: HolderView | None = None
+        """Holders by the Lease watch, with peers a dial found dead (None: no mirror given)."""
+        self._waiting: set[asyncio.Event] = set()
+        if mirror is not None:
+            self.view = HolderView(mirror, me=name, reconnect_window=settings.reconnect_window)
+            mirror.listeners.append(self._wake)
+            view = self.view
+            self.metrics.dead.set_function(lambda: len(view.marked()))
+
+    # ------------------------------------------------------------------ waiting for holders
+
+    def _wake(self) -> None:
+        for event in self._waiting:
+            event.set()
+
+    async def changed(self, deadline: float) -> None:
+        """Return on the next Lease change, after ``WAKE_EVERY`` s, or at ``deadline`` (loop)."""
+        left = min(WAKE_EVERY, deadline - asyncio.get_running_loop().time())
+        if left <= 0:
+            return
+        event = asyncio.Event()
+        self._waiting.add(event)
+        try:
+            async with asyncio.timeout(left):
+                await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting.discard(event)
+
+    def _mark_dead(self, replica: str, error: str) -> None:
+        if self.view is not None and self.view.unreachable(replica, time.time()):
+            log.warning(
+                "peer marked dead: its agents are answered 'reconnecting' until its Lease is"
+                " renewed or a dial succeeds",
+                extra={"kv": {"peer": replica, "error": error}},
+            )
+
+    def _mark_alive(self, replica: str) -> None:
+        if self.view is not None and self.view.reached(replica):
+            log.info("peer reached again", extra={"kv": {"peer": replica}})
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,12 +334,12 @@ class PeerLinks:
         wire = f"{node}{SEPARATOR}{target}"
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            link = await self._link(replica, address, deadline)
-            left = max(0.1, deadline - asyncio.get_running_loop().time())
-            stream = await link.connection.open_stream(wire, timeout=left)
+            stream = await self._open(replica, address, wire, deadline)
         except StreamRejectedError as rejected:
-            result = "not_held" if rejected.code is ErrorCode.REFUSED_STREAM else "rejected"
-            self.metrics.streams.labels("out", result).inc()
+            if rejected.code is ErrorCode.REFUSED_STREAM and NOT_HELD in str(rejected):
+                self.metrics.streams.labels("out", "not_held").inc()
+                raise NotHeldError(str(rejected), code=rejected.code) from None
+            self.metrics.streams.labels("out", "rejected").inc()
             raise
         except PeerUnreachableError:
             self.metrics.streams.labels("out", "unreachable").inc()
@@ -255,6 +351,28 @@ class PeerLinks:
         stream.target = target
         return stream
 
+    async def _open(self, replica: str, address: str, wire: str, deadline: float) -> TunnelStream:
+        """The stream on the link; a link that ended meanwhile is dialled once more."""
+        for attempt in (1, 2):
+            link = await self._link(replica, address, deadline)
+            left = max(0.1, deadline - asyncio.get_running_loop().time())
+            try:
+                return await link.connection.open_stream(wire, timeout=left)
+            except StreamRejectedError:
+                raise
+            except StreamError as ended:
+                # Not accepted, so nothing of the request was sent: safe to open again.
+                if not isinstance(ended, TunnelClosedError) and not link.connection.terminated:
+                    raise
+                if self._links.get(replica) is link:
+                    del self._links[replica]
+                if attempt == 2:
+                    raise PeerUnreachableError(
+                        f"the link to replica {replica} at {address} ended: {ended}",
+                        code=ErrorCode.CANCEL,
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     async def _link(self, replica: str, address: str, deadline: float) -> _Link:
         link = self._links.get(replica)
         if link is not None and not link.connection.terminated:
@@ -265,6 +383,14 @@ class PeerLinks:
                 link = self._links.get(replica)
                 if link is not None and not link.connection.terminated:
                     return link
+                if self.view is not None and replica in self.view.marked():
+                    # A dial just failed (maybe the one this request waited for): not again
+                    # before its Lease is renewed.
+                    raise PeerUnreachableError(
+                        f"replica {replica} (holding the agent) is unreachable at {address}",
+                        code=ErrorCode.CANCEL,
+                        dead=True,
+                    )
                 return await self._dial(replica, address)
         except TimeoutError:
             raise PeerUnreachableError(
@@ -281,18 +407,29 @@ class PeerLinks:
             headers={"User-Agent": f"tunnel-server replica {self.name}"},
         )
         try:
-            ws = await http.ws_connect(
-                f"https://{address}{PEER_PATH}",
-                heartbeat=None,  # the tunnel's own PING keeps it alive
-                compress=0,
-                max_msg_size=self.tunnel.max_frame_payload + 4096,
-                autoping=False,
-            )
-        except (aiohttp.ClientError, OSError) as error:
-            await http.close()
+            async with asyncio.timeout(self.settings.dial_timeout):
+                ws = await http.ws_connect(
+                    f"https://{address}{PEER_PATH}",
+                    heartbeat=None,  # the tunnel's own PING keeps it alive
+                    compress=0,
+                    max_msg_size=self.tunnel.max_frame_payload + 4096,
+                    autoping=False,
+                )
+        except aiohttp.WSServerHandshakeError as refused:
+            await http.close()  # it answered: alive, but it would not take our link
             raise PeerUnreachableError(
-                f"replica {replica} (holding the agent) is unreachable at {address}: {error}",
+                f"replica {replica} at {address} refused the peer link: {refused.status}"
+                f" {refused.message}",
                 code=ErrorCode.CANCEL,
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            await http.close()
+            text = str(error) or f"no answer within {self.settings.dial_timeout} s"
+            self._mark_dead(replica, text)
+            raise PeerUnreachableError(
+                f"replica {replica} (holding the agent) is unreachable at {address}: {text}",
+                code=ErrorCode.CANCEL,
+                dead=True,
             ) from None
         except BaseException:
             await http.close()
@@ -313,6 +450,7 @@ class PeerLinks:
             raise PeerUnreachableError(
                 f"replica {replica} at {address} ended the link: {error}", code=ErrorCode.CANCEL
             ) from None
+        self._mark_alive(replica)
         log.info("peer link up", extra={"kv": {"peer": replica, "address": address}})
         return link
 

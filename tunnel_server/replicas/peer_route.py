@@ -11,8 +11,9 @@ Rules:
 - At most ``max_links_per_peer`` links per peer replica (429 beyond): one is the norm.
 - Each stream the peer opens names ``<node>/<target>``. It is served only from *this*
   replica's own session of ``node``: a node this replica does not hold is refused
-  (REFUSED_STREAM), never forwarded on, so a stale holder record costs one refused open, not a
-  loop. The agent's answer is passed back unchanged (a REJECT keeps its code and text).
+  (REFUSED_STREAM, its text saying ``NOT_HELD``), never forwarded on, so a stale holder record
+  costs one refused open, not a loop (the caller looks for the new holder and tries once
+  more). The agent's answer is passed back unchanged (a REJECT keeps its code and text).
 - An accepted stream is spliced to the agent's stream byte for byte, both ways: each side is
   read only as the other side's credit allows (``TunnelStream.write`` waits for credit, and a
   stream gives credit back only when read), so what is held per stream is one chunk; an end
@@ -36,7 +37,7 @@ from tunnel_protocol.frames import MAX_TEXT_LENGTH
 from tunnel_server.app_keys import AUTHORITY_KEY, SESSIONS_KEY
 from tunnel_server.replicas import rules
 from tunnel_server.replicas.keys import PEERS_KEY
-from tunnel_server.replicas.peer_client import PEER_PATH, SEPARATOR
+from tunnel_server.replicas.peer_client import NOT_HELD, PEER_PATH, SEPARATOR
 
 if TYPE_CHECKING:
     from tunnel_aio import TunnelStream
@@ -144,7 +145,7 @@ async def serve(app: web.Application, links: PeerLinks, stream: TunnelStream, *,
         metrics.labels("in", "not_held").inc()
         stream.reject(
             ErrorCode.REFUSED_STREAM,
-            f"replica {links.name} does not hold node {node!r} (not forwarded again)",
+            f"replica {links.name} {NOT_HELD} {node!r} (not forwarded again)",
         )
         return
     try:
