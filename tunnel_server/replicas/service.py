@@ -92,6 +92,7 @@ def setup(
         trusted_pem=authority.trusted_pem,
         settings=peer_settings,
         registry=app[REGISTRY_KEY],
+        mirror=replicas.mirror,
     )
     app[PEERS_KEY] = links
     app[HOLDER_KEY] = replicas.holder_address

@@ -4,8 +4,9 @@ An agent held by replica one is reached through replica two: the node proxy (a p
 a WebSocket upgrade to a service on the node), the cluster proxy (``kubectl get`` and a
 ``kubectl get -w`` watch that streams a change made on the member). The peer route takes a
 replica certificate only: an agent's certificate is refused there, and a replica's at the
-agents' ``/tunnel``. When the holding replica dies, a request through the other fails at once
-with a clear answer, and works again once the agent came back on the live replica.
+agents' ``/tunnel``. When the holding replica dies, a request through the other is answered
+503 ``agent_reconnecting`` within seconds, and works again once the agent came back on the
+live replica.
 """
 
 from __future__ import annotations
@@ -356,8 +357,9 @@ def test_holder_dies_the_request_fails_clearly_then_works_on_the_live_replica(
         killed = time.monotonic()
         code, answer = proxied(two, "/api/v1/nodes/edge-move/proxy/web/hello")
         assert time.monotonic() - killed < 15  # at once, not after a timeout
-        # One's Lease still looks alive (15 s): two says its peer link to it is down, at once.
-        assert (code, answer.get("reason")) == (502, "replica_unreachable"), answer
+        # One's Lease still looks alive (15 s), but the refused dial marks it dead on two:
+        # its agent is reconnecting (two waited 2 s for it), retry soon.
+        assert (code, answer.get("reason")) == (503, "agent_reconnecting"), answer
         assert "replica-one" in answer["detail"], answer
 
         switch.target = ("127.0.0.1", two.port)
