@@ -235,10 +235,15 @@ class Load:
         return failed is None
 
     def done(self, kind: str, *, since: float) -> int:
-        """Requests of ``kind`` sent since ``since`` that succeeded (first time or on retry)."""
+        """Requests of ``kind`` answered since ``since`` that succeeded (first time or on retry).
+
+        Answered, not sent: a request in flight at a kill counts, the most telling one.
+        """
         with self._lock:
             return sum(
-                1 for o in self.outcomes if o.kind == kind and o.started >= since and not o.failed
+                1
+                for o in self.outcomes
+                if o.kind == kind and o.started + o.total_s >= since and not o.failed
             )
 
     def failures(self) -> list[Outcome]:
@@ -334,7 +339,7 @@ class Load:
             index += 1
 
     def wait_done(self, counts: dict[str, int], *, since: float, what: str) -> None:
-        """Wait until each kind has ``counts[kind]`` successes sent since ``since``."""
+        """Wait until each kind has ``counts[kind]`` successes answered since ``since``."""
         eventually(
             lambda: ({k: self.done(k, since=since) for k in counts}, self.failures()),
             lambda seen: bool(seen[1]) or all(seen[0][k] >= n for k, n in counts.items()),
@@ -452,7 +457,7 @@ def kill_and_rejoin(stack: Stack, load: Load, victim: str) -> dict[str, Any]:
     load.wait_done(
         {"proxy": 20, "read": 6, "write": 5, "apply": 1},
         since=killed,
-        what=f"requests of every kind sent after the SIGKILL of {victim} {member.name} served",
+        what=f"requests of every kind served after the SIGKILL of {victim} {member.name}",
     )
     load.wait_done(
         {"write": 3},
