@@ -2,7 +2,8 @@
 
 Layout of the data dir (folder 0700):
 
-``identity.json``       server URL, name, kind, CA hash and the names of the two files below;
+``identity.json``       server URL, name, kind, CA hash and the names of the two files below,
+                        and the certificate's validity beside the SHA-256 of its file;
                         replaced atomically last, so it always points at a matching pair
 ``node-<serial>.key``   EC P-256 private key, 0600, generated here and never sent anywhere
 ``node-<serial>.crt``   client certificate signed by the server's CA
@@ -15,18 +16,27 @@ Every file is written atomically (temp file, fsync, rename, fsync of the folder)
 server trusts ``ca.crt`` (and ``ca-next.crt`` when present) only, never the system trust store.
 
 ``cryptography`` (about 8 MiB of RSS) is imported only where a key, CSR or certificate is made
-or parsed: :meth:`Identity.load` reads the files but parses the certificate on first use of
-:attr:`Identity.certificate`, so an agent that has not joined, or whose tunnel
-has not connected yet, never loads it (issue 18; ``tests/unit/agent/test_lazy_parts.py``).
+or parsed: a join, a renewal, a CA announcement. What a running agent reads of its certificate
+(its validity: expiry, renewal time) is recorded in ``identity.json`` when the certificate is
+saved, tied to the exact bytes of the certificate file by their hash, so a joined agent with
+its tunnel up never loads it (issue 18; ``tests/unit/agent/test_lazy_parts.py``). A file that
+does not match its record (damaged, replaced) is parsed as if nothing were recorded, and a
+damaged one is refused as before. An identity saved by an older release records nothing: its
+certificate is parsed on first use, once, and the record written then.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
+import logging
+import os
 import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,9 +48,13 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
+log = logging.getLogger("edge_agent.identity")
+
 IDENTITY_FILE = "identity.json"
 CA_FILE = "ca.crt"
 NEXT_CA_FILE = "ca-next.crt"
+VALIDITY_KEY = "certificate"
+"""The key of the certificate's recorded validity in ``identity.json`` (:class:`Validity`)."""
 _NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -124,6 +138,48 @@ def pinned_ssl_context(*, ca_pem: bytes) -> ssl.SSLContext:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Validity:
+    """When the client certificate is valid: what a running agent reads of it.
+
+    Recorded in ``identity.json`` beside the SHA-256 of the certificate file's bytes, and used
+    only while the file still has those bytes, so reading it never needs ``cryptography``.
+    """
+
+    not_before: datetime
+    not_after: datetime
+
+    @classmethod
+    def of(cls, certificate: x509.Certificate) -> Validity:
+        return cls(
+            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc
+        )
+
+    @classmethod
+    def recorded(cls, record: object, certificate_pem: bytes) -> Validity | None:
+        """The validity ``record`` holds for exactly ``certificate_pem``; None if it holds none."""
+        if not isinstance(record, dict) or record.get("sha256") != _digest(certificate_pem):
+            return None  # not recorded (an older release), or the file changed since
+        try:
+            validity = cls(
+                not_before=datetime.fromisoformat(record["not_before"]),
+                not_after=datetime.fromisoformat(record["not_after"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        if validity.not_before.tzinfo is None or validity.not_after.tzinfo is None:
+            return None
+        return validity
+
+    def record(self, certificate_pem: bytes) -> dict[str, str]:
+        """What ``identity.json`` holds under :data:`VALIDITY_KEY`."""
+        return {
+            "sha256": _digest(certificate_pem),
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class Identity:
     data_dir: Path
     server: str
@@ -136,11 +192,36 @@ class Identity:
     ca_path: Path
     certificate_pem: bytes
     """The client certificate as read by :meth:`load` (a renewal may delete its file since)."""
+    recorded_validity: Validity | None = None
+    """The certificate's validity as ``identity.json`` records it for these bytes, if it does."""
 
     @functools.cached_property
     def certificate(self) -> x509.Certificate:
-        """The client certificate, parsed on first use (the only reason to load cryptography)."""
+        """The client certificate, parsed on first use (this loads cryptography)."""
         return _load_certificate(self.certificate_pem)
+
+    @functools.cached_property
+    def validity(self) -> Validity:
+        """As recorded; else parsed (ValueError for a damaged file), then recorded for next time."""
+        if self.recorded_validity is not None:
+            return self.recorded_validity
+        validity = Validity.of(self.certificate)
+        self._record(validity)
+        return validity
+
+    def _record(self, validity: Validity) -> None:
+        """Add ``validity`` to ``identity.json`` while it still names this certificate."""
+        path = self.data_dir / IDENTITY_FILE
+        try:
+            with _locked(self.data_dir):  # not over a re-join's identity.json written meanwhile
+                meta = json.loads(path.read_text())
+                if meta.get("cert_file") != self.cert_path.name:
+                    return  # renewed or joined again since this identity was read
+                meta[VALIDITY_KEY] = validity.record(self.certificate_pem)
+                write_atomic(path, _meta_json(meta))
+        except (OSError, ValueError) as error:
+            # The agent runs on; it parses the certificate again at the next read.
+            log.warning("could not record the certificate's validity in %s: %s", path, error)
 
     @classmethod
     def load(cls, data_dir: Path) -> Identity:
@@ -152,6 +233,7 @@ class Identity:
                 f"{data_dir} holds no identity: run `edge-agent join --data-dir {data_dir} ...`"
             ) from None
         cert_path = data_dir / meta["cert_file"]
+        certificate_pem = cert_path.read_bytes()
         return cls(
             data_dir=data_dir,
             server=meta["server"],
@@ -161,22 +243,27 @@ class Identity:
             key_path=data_dir / meta["key_file"],
             cert_path=cert_path,
             ca_path=data_dir / CA_FILE,
-            certificate_pem=cert_path.read_bytes(),
+            certificate_pem=certificate_pem,
+            recorded_validity=Validity.recorded(meta.get(VALIDITY_KEY), certificate_pem),
         )
 
     @property
+    def not_before(self) -> datetime:
+        return self.validity.not_before
+
+    @property
     def not_after(self) -> datetime:
-        return self.certificate.not_valid_after_utc
+        return self.validity.not_after
 
     def lifetime(self) -> timedelta:
-        return self.certificate.not_valid_after_utc - self.certificate.not_valid_before_utc
+        return self.not_after - self.not_before
 
     def expires_in(self, *, now: datetime | None = None) -> timedelta:
         return self.not_after - (now or datetime.now(UTC))
 
     def needs_renewal(self, *, fraction: float = 2 / 3, now: datetime | None = None) -> bool:
         """True once ``fraction`` of the certificate's lifetime has passed."""
-        elapsed = (now or datetime.now(UTC)) - self.certificate.not_valid_before_utc
+        elapsed = (now or datetime.now(UTC)) - self.not_before
         return elapsed >= self.lifetime() * fraction
 
     def ca_pem(self) -> bytes:
@@ -233,8 +320,10 @@ def save_identity(
         "ca_hash": ca_hash,
         "key_file": key_file,
         "cert_file": cert_file,
+        VALIDITY_KEY: Validity.of(certificate).record(certificate_pem),
     }
-    write_atomic(data_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode() + b"\n")
+    with _locked(data_dir):
+        write_atomic(data_dir / IDENTITY_FILE, _meta_json(meta))
     for old in [*data_dir.glob("node-*.key"), *data_dir.glob("node-*.crt")]:
         if old.name not in (key_file, cert_file):
             old.unlink(missing_ok=True)
@@ -242,6 +331,25 @@ def save_identity(
     if next_ca.exists() and spki_hash(_load_certificate(next_ca.read_bytes())) == ca_hash:
         next_ca.unlink()  # the next CA is the pinned one now: the rotation is over here
     return Identity.load(data_dir)
+
+
+def _meta_json(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, indent=2).encode() + b"\n"
+
+
+def _digest(certificate_pem: bytes) -> str:
+    return hashlib.sha256(certificate_pem).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """The data dir's lock (flock on the folder): who rewrites ``identity.json`` holds it."""
+    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def _load_certificate(pem: bytes) -> x509.Certificate:

@@ -169,7 +169,7 @@ class TunnelClient:
         self.connected_since: float | None = None
         self.last_error: str | None = None
         self.attempts = 0
-        self._ssl: tuple[tuple[int, bytes | None], ssl.SSLContext] | None = None
+        self._ssl: tuple[tuple[bytes, bytes | None], ssl.SSLContext] | None = None
         self._stopping = asyncio.Event()
         self.up = asyncio.Event()
         """Set while a session is established; parts that need the cloud can wait on it."""
@@ -334,8 +334,9 @@ class TunnelClient:
     def _ssl_context(self, identity: Identity) -> ssl.SSLContext:
         """The same context while the certificate is the same: pooled connections key on it."""
         # Keyed on the certificate and the announced next CA: a new one of either needs a new
-        # context (trusting the next CA is what lets us reach a server that promoted it).
-        key = (identity.certificate.serial_number, identity.next_ca_pem())
+        # context (trusting the next CA is what lets us reach a server that promoted it). Their
+        # bytes, not parsed: a running agent does not load cryptography (issue 18).
+        key = (identity.certificate_pem, identity.next_ca_pem())
         # Every attempt loads the identity from disk: the one a renewal or re-join wrote.
         self.metrics.certificate_expiry.set(identity.not_after.timestamp())
         if self._ssl is None or self._ssl[0] != key:

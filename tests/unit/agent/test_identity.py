@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import stat
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from edge_agent.identity import (
     Identity,
     NotJoinedError,
+    Validity,
     generate_key,
     make_csr,
     pinned_ssl_context,
@@ -64,8 +67,8 @@ def _issue(csr_pem: bytes, *, days: int = 30) -> tuple[bytes, bytes]:
     return certificate.public_bytes(pem), ca.public_bytes(pem)
 
 
-def _save(data_dir: Path, key: ec.EllipticCurvePrivateKey) -> Identity:
-    certificate_pem, ca_pem = _issue(make_csr(key, "edge-1"))
+def _save(data_dir: Path, key: ec.EllipticCurvePrivateKey, *, days: int = 30) -> Identity:
+    certificate_pem, ca_pem = _issue(make_csr(key, "edge-1"), days=days)
     ca_hash = spki_hash(x509.load_pem_x509_certificate(ca_pem))
     return save_identity(
         data_dir,
@@ -134,3 +137,104 @@ def test_validation() -> None:
     assert validate_name("edge-1") == "edge-1"
     with pytest.raises(ValueError, match="--name"):
         validate_name("Not_Valid")
+
+
+def _meta(data_dir: Path) -> dict[str, object]:
+    meta: dict[str, object] = json.loads((data_dir / "identity.json").read_text())
+    return meta
+
+
+def _forget_validity(data_dir: Path) -> None:
+    """identity.json as a release before the recorded validity wrote it."""
+    meta = _meta(data_dir)
+    del meta["certificate"]
+    (data_dir / "identity.json").write_text(json.dumps(meta))
+
+
+def test_the_validity_is_recorded_for_the_bytes_of_the_certificate_file(tmp_path: Path) -> None:
+    identity = _save(tmp_path, generate_key())
+    parsed = x509.load_pem_x509_certificate(identity.cert_path.read_bytes())
+    assert identity.recorded_validity == Validity.of(parsed)
+    assert identity.not_before == NOW
+    assert identity.not_after == NOW + timedelta(days=30)
+    assert "certificate" not in identity.__dict__  # read from the record, not parsed
+    record = _meta(tmp_path)["certificate"]
+    assert isinstance(record, dict)
+    assert record["not_after"] == "2030-01-31T00:00:00+00:00"
+
+
+def test_a_changed_certificate_file_is_parsed_not_read_from_the_record(tmp_path: Path) -> None:
+    identity = _save(tmp_path, generate_key())
+    other, _ = _issue(make_csr(generate_key(), "edge-1"), days=90)
+    identity.cert_path.write_bytes(other)  # replaced by hand: the record is not its
+    assert Identity.load(tmp_path).expires_in(now=NOW) == timedelta(days=90)
+    assert Identity.load(tmp_path).recorded_validity is not None  # recorded now
+    identity.cert_path.write_bytes(other[:200])  # damaged: refused, as without a record
+    with pytest.raises(ValueError, match="PEM"):
+        _ = Identity.load(tmp_path).not_after
+
+
+_DAY = {"not_before": "2030-01-01T00:00:00+00:00", "not_after": "2030-01-02T00:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("record", "hashed"),
+    [
+        ("2030-01-31", False),
+        (_DAY, False),  # whose certificate?
+        ({**_DAY, "sha256": "0" * 64}, False),  # another one's
+        ({"not_before": _DAY["not_before"]}, True),
+        ({"not_before": "2030-01-01T00:00:00", "not_after": "2030-01-02T00:00:00"}, True),
+        ({"not_before": 1, "not_after": 2}, True),
+        ({"not_before": "yesterday", "not_after": "tomorrow"}, True),
+    ],
+)
+def test_a_record_that_is_not_usable_is_ignored(
+    tmp_path: Path, record: object, *, hashed: bool
+) -> None:
+    identity = _save(tmp_path, generate_key())
+    meta = _meta(tmp_path)
+    if hashed and isinstance(record, dict):
+        record = {**record, "sha256": hashlib.sha256(identity.certificate_pem).hexdigest()}
+    meta["certificate"] = record
+    (tmp_path / "identity.json").write_text(json.dumps(meta))
+    loaded = Identity.load(tmp_path)
+    assert loaded.recorded_validity is None
+    assert loaded.not_after == NOW + timedelta(days=30)  # parsed
+    assert Identity.load(tmp_path) == identity  # and recorded again
+
+
+def test_an_identity_saved_without_a_record_gets_one_at_first_use(tmp_path: Path) -> None:
+    identity = _save(tmp_path, generate_key())
+    _forget_validity(tmp_path)
+    legacy = Identity.load(tmp_path)
+    assert legacy.recorded_validity is None
+    assert legacy.needs_renewal(now=NOW + timedelta(days=20))
+    assert Identity.load(tmp_path) == identity
+
+
+def test_the_record_never_replaces_a_newer_identity(tmp_path: Path) -> None:
+    """A renewal or re-join between reading an identity and its first use wins."""
+    _save(tmp_path, generate_key())
+    _forget_validity(tmp_path)
+    old = Identity.load(tmp_path)
+    renewed = _save(tmp_path, generate_key(), days=60)
+    assert old.not_after == NOW + timedelta(days=30)  # parsed from what load read
+    assert Identity.load(tmp_path) == renewed
+    assert renewed.not_after == NOW + timedelta(days=60)
+
+
+def test_a_record_that_cannot_be_written_leaves_the_agent_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _save(tmp_path, generate_key())
+    _forget_validity(tmp_path)
+    legacy = Identity.load(tmp_path)
+    meta = (tmp_path / "identity.json").read_bytes()
+    (tmp_path / "identity.json").unlink()
+    (tmp_path / "identity.json").mkdir()  # the fault: identity.json cannot be read back
+    assert legacy.not_after == NOW + timedelta(days=30)
+    assert "could not record the certificate's validity" in caplog.text
+    (tmp_path / "identity.json").rmdir()
+    (tmp_path / "identity.json").write_bytes(meta)
+    assert Identity.load(tmp_path).recorded_validity is None
