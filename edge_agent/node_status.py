@@ -192,7 +192,8 @@ class NodeStatusCollector:
     def _certificate(self) -> Metrics:
         try:
             identity = Identity.load(self._data_dir)
-            not_after = identity.not_after.timestamp()  # parsed here: a bad file is ValueError
+            # From identity.json's record, or parsed when the file changed: a bad file is ValueError.
+            not_after = identity.not_after.timestamp()
         except (NotJoinedError, OSError, ValueError):
             return {}
         return {"cert.not_after": not_after, "node.name": identity.name}

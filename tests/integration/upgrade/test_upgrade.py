@@ -286,6 +286,8 @@ class Before:
     edge_origin: str
     cloud_origin: str
     identity: dict[str, str]
+    identity_meta: dict[str, Any]
+    """identity.json as the previous release wrote it."""
     user_token: str
     credential: DeviceCredential
     archive: Path
@@ -376,6 +378,7 @@ def _run_previous_release(folders: Folders, old: Release) -> Before:
         edge_origin=str(edge["origin"]),
         cloud_origin=f"cloud.{cloud_boot}",
         identity=_digests(folders.agent_dir, _identity_files(folders.agent_dir)),
+        identity_meta=json.loads((folders.agent_dir / "identity.json").read_text()),
         user_token=user_token,
         credential=credential,
         archive=archive,
@@ -404,7 +407,6 @@ def test_the_node_resumes_its_session_without_a_join(upgraded: Upgraded) -> None
     folders = upgraded.folders
     agent_dir = folders.agent_dir
     assert len(upgraded.before.identity) >= 3, "identity.json, the key and the certificate"
-    assert _digests(agent_dir, _identity_files(agent_dir)) == upgraded.before.identity
     nodes = json.loads(folders.remote(upgraded.current, "nodes", "list", "-o", "json"))
     by_name = {n["name"]: n for n in nodes["items"]}
     eventually(
@@ -413,6 +415,18 @@ def test_the_node_resumes_its_session_without_a_join(upgraded: Upgraded) -> None
         what="the node online on the upgraded server",
         within=TIMEOUT,
     )
+    # The same key and certificate. identity.json names them as before and, since the first
+    # session, records the certificate's validity for its bytes, which the previous release
+    # did not (edge_agent/identity.py: a running agent reads it instead of parsing the file).
+    after = _digests(agent_dir, _identity_files(agent_dir))
+    before = upgraded.before.identity
+    assert {n: after[n] for n in before if n != "identity.json"} == {
+        n: d for n, d in before.items() if n != "identity.json"
+    }
+    meta = json.loads((agent_dir / "identity.json").read_text())
+    record = meta.pop("certificate")
+    assert meta == upgraded.before.identity_meta
+    assert record["sha256"] == after[meta["cert_file"]]
     assert by_name[NODE]["kind"] == "node"
     tokens = json.loads(folders.remote(upgraded.current, "token", "list", "-o", "json"))
     assert "spare-node" in {t["name"] for t in tokens["items"]}
