@@ -192,7 +192,7 @@ class NodeStatusCollector:
     def _certificate(self) -> Metrics:
         try:
             identity = Identity.load(self._data_dir)
-            # From identity.json's record, or parsed when the file changed: a bad file is ValueError.
+            # identity.json's record, or parsed when the file changed: a bad file is ValueError.
             not_after = identity.not_after.timestamp()
         except (NotJoinedError, OSError, ValueError):
             return {}
