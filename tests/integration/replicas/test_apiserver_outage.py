@@ -198,8 +198,11 @@ def assert_unavailable(answer: Answer, what: str) -> None:
     assert answer.seconds < RESPONSIVE_S, (what, answer.seconds)
 
 
-def outage_round(replicas: list[Replica], holders: dict[str, str | None], index: int) -> None:
-    """One round of requests while the API server is down: each answered quickly."""
+def outage_round(
+    replicas: list[Replica], holders: dict[str, str | None], index: int
+) -> dict[str, float]:
+    """One round of requests while the API server is down, each answered quickly; the slowest."""
+    slowest: dict[str, float] = {}
     for replica in replicas:
         ready = call(replica, "GET", "/readyz")
         assert ready.seconds < RESPONSIVE_S, (replica.pod_name, "readyz", ready.seconds)
@@ -210,10 +213,11 @@ def outage_round(replicas: list[Replica], holders: dict[str, str | None], index:
         token = call(replica, "POST", "/api/v1/tokens", {"name": f"during-{index}"})
         assert_unavailable(token, f"{replica.pod_name} POST /api/v1/tokens")
         path = f"/api/v1/fleet/managedclusters/during-{index}"
-        assert_unavailable(
-            call(replica, "PUT", path, cluster(f"during-{index}")),
-            f"{replica.pod_name} PUT {path}",
-        )
+        fleet_put = call(replica, "PUT", path, cluster(f"during-{index}"))
+        assert_unavailable(fleet_put, f"{replica.pod_name} PUT {path}")
+        for what, answer in (("read", ready), ("read", listed), ("write", token)):
+            slowest[what] = max(slowest.get(what, 0.0), answer.seconds)
+        slowest["write"] = max(slowest["write"], fleet_put.seconds)
     by_name = {r.pod_name: r for r in replicas}
     for node in sorted(n for n in holders if n.startswith("out-")):
         # Through its holder; and through the other, which still sees the holder alive
@@ -227,6 +231,8 @@ def outage_round(replicas: list[Replica], holders: dict[str, str | None], index:
                 answer.body[:300],
             )
             assert answer.seconds < RESPONSIVE_S, (node, answer.seconds)
+            slowest["proxy"] = max(slowest.get("proxy", 0.0), answer.seconds)
+    return slowest
 
 
 def test_apiserver_stopped_for_30_s_agents_stay_writes_fail_clearly_nothing_lost(
@@ -267,10 +273,11 @@ def test_apiserver_stopped_for_30_s_agents_stay_writes_fail_clearly_nothing_lost
 
     plane.stop_apiserver()
     started = time.monotonic()
-    rounds, gone_stopped = 0, False
+    rounds, gone_stopped, slowest = 0, False, dict[str, float]()
     while time.monotonic() - started < OUTAGE_S:
         rounds += 1
-        outage_round(replicas, holders, rounds)
+        for what, seconds in outage_round(replicas, holders, rounds).items():
+            slowest[what] = max(slowest.get(what, 0.0), seconds)
         now = status_of(swarm)
         assert (now["connected"], int(now["sessions_opened"])) == (AGENTS, opened), now
         if not gone_stopped and time.monotonic() - started > OUTAGE_S / 3:
@@ -331,5 +338,12 @@ def test_apiserver_stopped_for_30_s_agents_stay_writes_fail_clearly_nothing_lost
             answer = call(replica, "GET", f"/api/v1/nodes/{node}/proxy/web/")
             assert (answer.code, answer.body) == (200, f"hello {node}".encode()), node
     print(  # noqa: T201 - figures for the report
-        json.dumps({"rounds": rounds, "retried_write_s": round(retried_s, 2), "leader": leader[1]})
+        json.dumps(
+            {
+                "rounds": rounds,
+                "slowest_s": {k: round(v, 3) for k, v in slowest.items()},
+                "retried_write_s": round(retried_s, 2),
+                "leader": leader[1],
+            }
+        )
     )
