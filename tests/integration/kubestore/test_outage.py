@@ -192,7 +192,7 @@ def test_a_black_hole_costs_one_timeout_then_nothing(
             assert error is None, error
             assert took < FAST_S, (index, took)
         put = partial(fleet.put, "ManagedCluster", "during", labels={}, annotations={})
-        first = {
+        first: dict[str, Callable[[], object]] = {
             "store": partial(store.add_token, _token("during", "edge-2")),
             "fleet": partial(put, spec=spec, now=NOW),
         }
