@@ -980,6 +980,6 @@ class _Watcher(WatchThread):
                 log.debug("watch of %s renewed: listing again", kind.plural)
             except Exception as error:  # noqa: BLE001 - a watch must outlive any one failure
                 # 410 Gone, the API server restarting, a broken line: list again, then watch.
-                self._watch_failed(error)
-                log.warning("watch of %s failed (%s): listing again", kind.plural, error)
+                level = self._watch_failed(error)
+                log.log(level, "watch of %s failed (%s): listing again", kind.plural, error)
                 await asyncio.sleep(self._settings.watch_retry)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -76,10 +77,14 @@ class WatchThread:
     def _listed_ok(self) -> None:
         self.reach.answered()
 
-    def _watch_failed(self, error: BaseException) -> None:
+    def _watch_failed(self, error: BaseException) -> int:
+        """Note a failed list or watch; the level to log it at (debug: the API is known down)."""
         self._failure = error
-        if is_unreachable(error):
-            self.reach.failed(error)
+        if not is_unreachable(error):
+            return logging.WARNING
+        known = self.reach.down
+        self.reach.failed(error)
+        return logging.DEBUG if known else logging.WARNING
 
     async def _probe_while_down(self, client: AsyncClient) -> None:
         while True:
