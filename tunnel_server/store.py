@@ -38,6 +38,19 @@ class StoreError(Exception):
     """Base of the store's own errors."""
 
 
+class ApiUnreachableError(Exception):
+    """The Kubernetes API cannot be reached now; try again after ``retry_after`` seconds.
+
+    With ``--store kubernetes``: a mixin of each store's own error type (``StoreUnavailableError``,
+    the fleet's ``FleetStoreUnavailableError``), so callers that catch the store's errors still
+    do, and the REST API answers any of them 503 ``store_unavailable``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFoundError(StoreError, LookupError):
     """The named node, token or request does not exist."""
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import urllib.error
@@ -180,6 +181,20 @@ class ControlPlane:
         if kill:
             self._apiserver.kill()
         self._apiserver.stop()
+
+    def pause_apiserver(self) -> None:
+        """SIGSTOP kube-apiserver: its port and connections stay open, nothing is answered.
+
+        A black hole, as a partitioned or hung API server looks to a client: connections are
+        still accepted by the kernel (up to the backlog) and requests wait for their timeout.
+        ``resume_apiserver`` lets it go on where it stopped.
+        """
+        if self._apiserver is not None and self._apiserver.popen.poll() is None:
+            self._apiserver.popen.send_signal(signal.SIGSTOP)
+
+    def resume_apiserver(self) -> None:
+        if self._apiserver is not None and self._apiserver.popen.poll() is None:
+            self._apiserver.popen.send_signal(signal.SIGCONT)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         def readyz() -> tuple[int, str]:

@@ -17,6 +17,7 @@ from tunnel_server.api.hub import EventHub
 from tunnel_server.api.settings import ApiSettings
 from tunnel_server.api.signer import SessionSigner
 from tunnel_server.api.table import NodeTable
+from tunnel_server.api.unavailable import store_unavailable
 from tunnel_server.app_keys import (
     API_SETTINGS_KEY,
     HISTORY_KEY,
@@ -44,6 +45,7 @@ def setup(
     app[API_SETTINGS_KEY] = settings
     app[SIGNER_KEY] = SessionSigner.load_or_create(app[SETTINGS_KEY].data_dir)
     app.middlewares.append(api_errors)
+    app.middlewares.append(store_unavailable)  # inside api_errors, which renders its 503
     access.setup(app)
     routes.add_routes(app)
     node_proxy.setup(app, settings=app[SETTINGS_KEY].node_proxy)

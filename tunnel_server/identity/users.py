@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tunnel_server.identity.tokens import hash_secret, same_hash
 from tunnel_server.store import (
+    ApiUnreachableError,
     DuplicateIdError,
     NotFoundError,
     StoreError,
@@ -231,6 +232,8 @@ def issue_user_token(store: Store, name: str, *, ttl: float, now: float) -> str:
             continue
         except NotFoundError:
             raise UserError(f"user {name!r} was revoked just now") from None
+        except ApiUnreachableError:
+            raise  # the store is down: 503 store_unavailable, not a refusal of this user
         except StoreError as exc:
             raise UserError(f"user {name!r}: {exc}") from None
     else:

@@ -17,6 +17,20 @@ class KubeStoreSettings:
     request_timeout: float = 10.0
     """Seconds for one API call; a write that cannot reach the API fails with StoreError then."""
 
+    connect_timeout: float = 2.0
+    """Seconds to open a connection to the API (within ``request_timeout``): an API server
+    that is down or unroutable fails a call after this, not after the whole request timeout.
+    A connection on a working network takes milliseconds, even to a loaded API server."""
+
+    probe_interval: float = 1.0
+    """Seconds between probes of an API marked unreachable (``kubestore.reach``). Writes fail
+    at once meanwhile (the REST API answers 503); the first probe or list that gets an answer
+    lets them through again, so this bounds how long writes keep failing after the return."""
+
+    retry_after: float = 5.0
+    """Seconds a caller is told to wait (``Retry-After``) when a write failed because the API
+    is unreachable."""
+
     conflict_retries: int = 8
     """Read-modify-write attempts on 409 Conflict before giving up with StoreError: more
     writers than that on one object at once is not a load this store is meant for."""

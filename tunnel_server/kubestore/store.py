@@ -20,7 +20,15 @@ Rules:
   transaction in the Kubernetes API; this is the smallest window it allows).
 - Heartbeats (``touch_node``) write the ``status`` subresource only, at most every
   ``touch_interval`` per node unless the agent version changes: high-rate data stays out of
-  etcd (issue 17), and a status write never moves ``revision()``.
+  etcd (issue 17), and a status write never moves ``revision()``. They are not written on
+  the caller's thread: ``touch_node`` queues the patch (one per node, the latest wins) and the
+  watch thread writes it, so a heartbeat never waits for the API; while the API is
+  unreachable the patches wait and are written when it answers again.
+- An API server that is down never stalls the caller (the event loop) for long: a call that
+  does not reach it (refused, reset, timed out; ``connect_timeout`` 2 s to connect) marks it
+  unreachable (``reach.Reach``), and every write then fails at once with
+  ``StoreUnavailableError`` (a ``StoreError``; the REST API answers 503) until the watch
+  thread's probe or list gets an answer again.
 - Secrets are never stored: tokens arrive hashed (SHA-256, as for ``SqliteStore``).
 - ``import_object``, ``import_meta`` and ``import_ca`` are for ``tunnel-server migrate``
   only (``kubestore.migrate``): they write objects made elsewhere as they are, never over
@@ -36,6 +44,7 @@ import copy
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -50,8 +59,9 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from tunnel_server.kubestore import _model as m
+from tunnel_server.kubestore.reach import Reach
 from tunnel_server.kubestore.settings import KubeStoreSettings
-from tunnel_server.kubestore.watch_thread import WatchThread
+from tunnel_server.kubestore.watch_thread import WatchThread, client_timeout, is_unreachable
 from tunnel_server.store import (
     CertificateRecord,
     DuplicateIdError,
@@ -135,11 +145,19 @@ class KubeStore:
         self._client = Client(
             config,
             namespace=self._ns,
-            timeout=httpx2.Timeout(settings.request_timeout),
+            timeout=client_timeout(settings),
             field_manager=FIELD_MANAGER,
         )
         self._mirror = m.Mirror()
-        self._watcher = _Watcher(config=config, settings=settings, mirror=self._mirror)
+        self.reach = Reach(retry_after=settings.retry_after)
+        self._status = _StatusWrites()
+        self._watcher = _Watcher(
+            config=config,
+            settings=settings,
+            mirror=self._mirror,
+            reach=self.reach,
+            status=self._status,
+        )
 
     @classmethod
     def open(cls, settings: KubeStoreSettings) -> KubeStore:
@@ -155,17 +173,27 @@ class KubeStore:
     # ------------------------------------------------------------------ API calls
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
+        self.reach.check(what)  # known to be down: fail now, not after a timeout on the loop
         try:
-            return call()
+            answer = call()
         except ApiError as error:
+            if is_unreachable(error):  # 503, 504: the API server cannot serve now
+                self.reach.failed(error)
+                raise self.reach.error(what) from error
+            self.reach.answered()
             code = error.status.code
             if code == 409:  # HTTP Conflict
                 raise _ConflictError(what) from error
             if code == 404:  # HTTP Not Found
                 raise NotFoundError(what) from error
             raise StoreError(f"kubernetes API refused to {what}: {error.status.message}") from error
+        except httpx2.TransportError as error:
+            self.reach.failed(error)
+            raise self.reach.error(what) from error
         except httpx2.HTTPError as error:
-            raise StoreError(f"kubernetes API unreachable to {what}: {error}") from error
+            raise StoreError(f"kubernetes API failed to {what}: {error}") from error
+        self.reach.answered()
+        return answer
 
     def _read(self, kind: m.Kind, name: str) -> m.Obj | None:
         try:
@@ -388,7 +416,7 @@ class KubeStore:
         obj = self._mirror.get(m.NODE, name)
         if obj is None:
             return  # as SQLite's UPDATE of no row: a node deleted meanwhile is no error
-        status = obj.get("status") or {}
+        status = self._status.merged(name, obj.get("status") or {})
         seen = status.get("lastSeen")
         if (
             seen is not None
@@ -399,8 +427,9 @@ class KubeStore:
         patch: m.Obj = {"lastSeen": now}
         if agent_version is not None:
             patch["agentVersion"] = agent_version
-        with contextlib.suppress(NotFoundError):
-            self._patch_status(m.NODE, name, patch)
+        # Written by the watch thread, never here: a heartbeat must not wait for the API.
+        self._status.add(name, patch)
+        self._watcher.wake_status()
 
     def touch_nodes(self, names: list[str], *, now: float) -> None:
         # One call per node whose lastSeen is older than touch_interval: not one transaction
@@ -760,7 +789,21 @@ class KubeStore:
         self._call(f"replace {what}", lambda: self._client.replace(current))
         return "replaced"
 
+    def pending_status(self) -> int:
+        """Node status patches not written yet (waiting for the API, or being written)."""
+        return len(self._status)
+
     def close(self) -> None:
+        # The last heartbeats (sessions ended by the shutdown) are written first, bounded.
+        deadline = time.monotonic() + self.settings.request_timeout
+        while (
+            len(self._status)
+            and not self.reach.down
+            and self._watcher.running
+            and time.monotonic() < deadline
+        ):
+            self._watcher.wake_status()
+            time.sleep(0.02)
         self._watcher.stop()
         self._client.close()
 
@@ -791,15 +834,72 @@ def _write_private(path: Path, content: bytes) -> None:
     partial.replace(path)
 
 
+class _StatusWrites:
+    """Node status patches waiting to be written, one per node (the latest wins); thread-safe.
+
+    ``touch_node`` adds on the event loop; the watch thread takes and writes them, and gives
+    back what the API did not take (unreachable) unless a newer patch came meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, m.Obj] = {}
+        self._busy = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending) + self._busy
+
+    def merged(self, name: str, status: m.Obj) -> m.Obj:
+        """``status`` as it will be once the node's waiting patch is written."""
+        with self._lock:
+            return {**status, **self._pending.get(name, {})}
+
+    def add(self, name: str, patch: m.Obj) -> None:
+        with self._lock:
+            self._pending[name] = {**self._pending.get(name, {}), **patch}
+
+    def take(self) -> tuple[str, m.Obj] | None:
+        """The oldest waiting patch (then ``done`` or ``give_back``), None if none waits."""
+        with self._lock:
+            if not self._pending:
+                return None
+            name = next(iter(self._pending))
+            self._busy += 1
+            return name, self._pending.pop(name)
+
+    def done(self) -> None:
+        with self._lock:
+            self._busy -= 1
+
+    def give_back(self, name: str, patch: m.Obj) -> None:
+        """Not written: wait again, under any newer patch of the node that came meanwhile."""
+        with self._lock:
+            self._busy -= 1
+            self._pending[name] = {**patch, **self._pending.get(name, {})}
+
+
 class _Watcher(WatchThread):
-    """The watches of every kind, on a thread of their own with their own event loop."""
+    """The watches of every kind, on a thread of their own with their own event loop.
+
+    Also the writer of the nodes' status (heartbeats, ``_StatusWrites``) and the probe of an
+    unreachable API (``WatchThread``).
+    """
 
     def __init__(
-        self, *, config: KubeConfig, settings: KubeStoreSettings, mirror: m.Mirror
+        self,
+        *,
+        config: KubeConfig,
+        settings: KubeStoreSettings,
+        mirror: m.Mirror,
+        reach: Reach,
+        status: _StatusWrites,
     ) -> None:
-        super().__init__(config=config, settings=settings, name="kubestore-watch")
+        super().__init__(config=config, settings=settings, name="kubestore-watch", reach=reach)
         self._mirror = mirror
         self._listed = {kind.name: threading.Event() for kind in m.KINDS}
+        self._status = status
+        self._status_wanted = asyncio.Event()
 
     def start_and_wait(self) -> None:
         self._start(
@@ -807,9 +907,49 @@ class _Watcher(WatchThread):
             StoreError,
         )
 
+    def wake_status(self) -> None:
+        """A status patch waits (from any thread)."""
+        self.call_soon(self._status_wanted.set)
+
     def _watches(self, client: AsyncClient) -> Iterator[tuple[str, Coroutine[Any, Any, None]]]:
         for kind in m.KINDS:
             yield f"kubestore-{kind.plural}", self._watch(client, kind)
+        yield "kubestore-status", self._write_status(client)
+
+    async def _probe(self, client: AsyncClient) -> None:
+        await client.get(_res(m.STORE_META), m.META_NAME, namespace=self._settings.namespace)
+
+    async def _write_status(self, client: AsyncClient) -> None:
+        """Write the waiting status patches while the API answers; wait for more (or a probe)."""
+        res = _res(m.NODE).Status
+        while True:
+            # Woken by touch_node; the timeout also retries once a probe found the API back.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.probe_interval):
+                    await self._status_wanted.wait()
+            self._status_wanted.clear()
+            while not self.reach.down and (taken := self._status.take()) is not None:
+                name, patch = taken
+                try:
+                    answer = await client.patch(
+                        res,
+                        name,
+                        {"status": patch},
+                        namespace=self._settings.namespace,
+                        patch_type=PatchType.MERGE,
+                    )
+                except Exception as error:  # noqa: BLE001 - the writer must outlive any failure
+                    if is_unreachable(error):
+                        self.reach.failed(error)
+                        self._status.give_back(name, patch)  # written once the API answers
+                        continue
+                    self._status.done()
+                    if not (isinstance(error, ApiError) and error.status.code == 404):
+                        log.warning("status of node %s not written (%s)", name, error)
+                    continue  # 404: the node was deleted meanwhile, nothing to keep
+                self._status.done()
+                self.reach.answered()
+                self._mirror.put(m.NODE, _as_obj(answer))
 
     async def _watch(self, client: AsyncClient, kind: m.Kind) -> None:
         res = _res(kind)
@@ -819,6 +959,7 @@ class _Watcher(WatchThread):
                 listed = client.list(res, namespace=ns)
                 objects = [_as_obj(o) async for o in listed]
                 self._mirror.reset(kind, objects)
+                self._listed_ok()
                 self._listed[kind.name].set()
                 version: str | None = listed.resourceVersion
                 # The server ends the watch after watch_timeout; a connection that died without
@@ -839,6 +980,6 @@ class _Watcher(WatchThread):
                 log.debug("watch of %s renewed: listing again", kind.plural)
             except Exception as error:  # noqa: BLE001 - a watch must outlive any one failure
                 # 410 Gone, the API server restarting, a broken line: list again, then watch.
-                self._failure = error
-                log.warning("watch of %s failed (%s): listing again", kind.plural, error)
+                level = self._watch_failed(error)
+                log.log(level, "watch of %s failed (%s): listing again", kind.plural, error)
                 await asyncio.sleep(self._settings.watch_retry)

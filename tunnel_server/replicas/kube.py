@@ -13,6 +13,17 @@ Rules:
   shared by ``HOLDER_WORKERS`` writers so one slow write does not stall the others.
 - Each write carries the resourceVersion it was decided on; on 409 the Lease is read from
   the API and decided again, ``CONFLICT_RETRIES`` times at most.
+- An outage of the API (docs/ha.md "When the Kubernetes API is down"): every call here is
+  async, so nothing waits on the loop. While this replica cannot see the API (its Lease watch
+  failed, or its own Lease's renewal failed) it judges which replicas are alive at the last
+  moment it could see (``judged_now``), not at the wall clock: every replica's Lease would
+  otherwise run out in its eyes after ``lease_duration``, its own included, and requests for
+  the agents the others hold would find no holder. Its sessions are never dropped for a
+  missed renewal. Once the watch lists again after a failure, every session whose agent
+  Lease does not name this replica is claimed again (``reassert``). The leader stops leading
+  ``renew_deadline`` after its last renewal, before any other may take the Lease
+  (``lease_duration``); on the API's return every candidate writes under the Lease's
+  resourceVersion, so exactly one wins.
 - ``close()`` (clean shutdown) releases the leader Lease if held and deletes this replica's
   Lease: every agent it held counts as held by nobody at once, instead of after
   ``lease_duration``. Agent Leases stay (one small object per node, rewritten by the next
@@ -33,6 +44,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.resources.coordination_v1 import Lease
 
 from tunnel_server.kubestore.store import client_config
+from tunnel_server.kubestore.watch_thread import client_timeout
 from tunnel_server.replicas import rules
 from tunnel_server.replicas.mirror import LeaseMirror
 
@@ -142,6 +154,8 @@ class Replicas:
         self._following.set()
         self.listed = asyncio.Event()
         self.registered = asyncio.Event()
+        self._watch_blind_since: float | None = None
+        self._renew_blind_since: float | None = None
         self.metrics = None if registry is None else ReplicaMetrics(registry, self)
 
     # ------------------------------------------------------------------ what others ask
@@ -150,9 +164,23 @@ class Replicas:
     def leading(self) -> bool:
         return self._leading.is_set()
 
+    def judged_now(self) -> float:
+        """The time at which Leases are judged alive: now, or when the API was last seen.
+
+        While this replica cannot see the API, every Lease would run out in its eyes (its own
+        too) though their holders may well be renewing them: judge at the last moment seen.
+        """
+        blind = [t for t in (self._watch_blind_since, self._renew_blind_since) if t is not None]
+        return min([time.time(), *blind])
+
+    @property
+    def blind(self) -> bool:
+        """Whether the API cannot be seen now (the Lease watch or this replica's renewal fails)."""
+        return self._watch_blind_since is not None or self._renew_blind_since is not None
+
     def holder_of(self, node: str) -> str | None:
         """The replica holding ``node``'s session (by the watch), None if none that is alive."""
-        return self.mirror.holder_of(node, time.time())
+        return self.mirror.holder_of(node, self.judged_now())
 
     def holder_address(self, node: str) -> tuple[str, str] | None:
         """The live replica holding ``node`` and the peer address its Lease advertises."""
@@ -165,11 +193,11 @@ class Replicas:
         return holder, record.peer
 
     def alive(self) -> list[str]:
-        return sorted(self.mirror.alive(time.time()))
+        return sorted(self.mirror.alive(self.judged_now()))
 
     def held_nodes(self) -> set[str]:
         """Nodes some live replica holds (this one included), by the Lease watch."""
-        return self.mirror.held_nodes(time.time())
+        return self.mirror.held_nodes(self.judged_now())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -178,6 +206,7 @@ class Replicas:
             "leader": self.leading,
             "replicas_alive": self.alive(),
             "agents_held": len(self._recorded),
+            "api_reachable": not self.blind,
         }
 
     async def while_leader(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -200,7 +229,7 @@ class Replicas:
             self._client = AsyncClient(
                 client_config(self._kube),
                 namespace=self._ns,
-                timeout=httpx2.Timeout(self._kube.request_timeout),
+                timeout=client_timeout(self._kube),
                 field_manager="tunnel-server",
             )
         return self._client
@@ -262,6 +291,10 @@ class Replicas:
                 records = [rules.from_object(lease.to_dict()) async for lease in listed]
                 self.mirror.reset(records)
                 self.listed.set()
+                if self._watch_blind_since is not None:
+                    self._watch_blind_since = None
+                    log.info("leases listed again after a failure: checking this replica's")
+                    self.reassert()
                 async for event, lease in api.watch(
                     Lease,
                     namespace=self._ns,
@@ -274,6 +307,8 @@ class Replicas:
                     elif event in ("ADDED", "MODIFIED"):
                         self.mirror.put(record)
             except Exception as error:  # noqa: BLE001 - the watch must outlive any one failure
+                if self._watch_blind_since is None:
+                    self._watch_blind_since = time.time()
                 log.warning("watch of leases failed (%s): listing again", error)
                 await asyncio.sleep(self.settings.write_retry)
 
@@ -289,43 +324,61 @@ class Replicas:
 
     async def _keep_own_lease(self) -> None:
         name = rules.replica_lease(self.name)
+        # One renewal (a read and a write) is bounded by a renew interval: a write proposed as
+        # etcd's leader dies hangs until etcd's request timeout (7-10 s) and the client's, so
+        # an unbounded one, then a renew interval's wait, then a read and a write, could leave
+        # the Lease unrenewed past its duration (15 s) and every peer would count this live
+        # replica and its agents as gone. A timed-out attempt is tried again at once, after a
+        # fresh read (it may have been written meanwhile), so the renewal comes as soon as
+        # etcd has a leader again.
+        attempt_timeout = self.settings.renew_interval
         while True:
             now = time.time()
             try:
-                current = self._own or await self.read(name)
-                if self._clash(current, now):
-                    assert current is not None  # noqa: S101 - _clash checked it
-                    # Two replicas of one name would both hold and both lead: this one waits
-                    # (not ready) until that Lease runs out, and says why.
-                    log.error(
-                        "another replica named %s is alive at %s: give each replica its own"
-                        " --replica-name; not ready until its lease runs out",
-                        self.name,
-                        current.peer,
-                    )
-                    await asyncio.sleep(self.settings.renew_interval)
-                    continue
-                base = current or rules.LeaseRecord(name=name, kind="replica", acquire_time=now)
-                self._own = await self.write(
-                    rules.LeaseRecord(
-                        name=name,
-                        kind="replica",
-                        holder=self.name,
-                        acquire_time=base.acquire_time if base.holder == self.name else now,
-                        renew_time=now,
-                        duration=self.settings.lease_duration,
-                        transitions=base.transitions,
-                        version=base.version,
-                        peer=self.peer_address,
-                    )
-                )
-                self.registered.set()
-            except (ConflictError, LeaseApiError) as error:
+                async with asyncio.timeout(attempt_timeout):
+                    await self._renew_own(name, now)
+                self._renew_blind_since = None
+            except (ConflictError, LeaseApiError, TimeoutError) as error:
                 self._own = None  # read it again next time
-                log.warning("could not renew this replica's lease (%s)", error)
+                if not isinstance(error, ConflictError) and self._renew_blind_since is None:
+                    # Its sessions stay: a missed renewal is no reason to drop an agent.
+                    self._renew_blind_since = now
+                log.warning("could not renew this replica's lease (%s)", str(error) or "timed out")
                 if self.metrics is not None:
                     self.metrics.renew_failures.labels("replica").inc()
+                if isinstance(error, TimeoutError):
+                    continue  # the timeout was the wait: try again at once
             await asyncio.sleep(self.settings.renew_interval)
+
+    async def _renew_own(self, name: str, now: float) -> None:
+        """One renewal of this replica's Lease (a read first when its version is not known)."""
+        current = self._own or await self.read(name)
+        if self._clash(current, now):
+            assert current is not None  # noqa: S101 - _clash checked it
+            # Two replicas of one name would both hold and both lead: this one waits
+            # (not ready) until that Lease runs out, and says why.
+            log.error(
+                "another replica named %s is alive at %s: give each replica its own"
+                " --replica-name; not ready until its lease runs out",
+                self.name,
+                current.peer,
+            )
+            return
+        base = current or rules.LeaseRecord(name=name, kind="replica", acquire_time=now)
+        self._own = await self.write(
+            rules.LeaseRecord(
+                name=name,
+                kind="replica",
+                holder=self.name,
+                acquire_time=base.acquire_time if base.holder == self.name else now,
+                renew_time=now,
+                duration=self.settings.lease_duration,
+                transitions=base.transitions,
+                version=base.version,
+                peer=self.peer_address,
+            )
+        )
+        self.registered.set()
 
     def _set_leading(self, *, leading: bool) -> None:
         if leading == self.leading:
@@ -345,8 +398,11 @@ class Replicas:
         await self.registered.wait()  # a replica whose name clashes never leads
         # One read and one write must end before the renew deadline can pass unnoticed: a
         # request hanging for the client's whole timeout (10 s) would keep a cut-off leader
-        # leading past it, closer to the moment another may take over.
-        step_timeout = max(1.0, self.settings.renew_deadline - self.settings.renew_interval)
+        # leading past it, closer to the moment another may take over. A renew interval, not
+        # the deadline: a write hanging until etcd's request timeout (its leader died, 7-10 s)
+        # is dropped and tried again at once, so the leader renews as soon as etcd has a
+        # leader again instead of missing its own renew deadline.
+        step_timeout = self.settings.renew_interval
         while True:
             now = time.time()
             try:
@@ -366,15 +422,32 @@ class Replicas:
                         until = action.until
             except (LeaseApiError, TimeoutError) as error:
                 self.election.failed(time.time(), conflict=False)
-                log.warning("leader election: the API failed (%s)", error)
+                log.warning("leader election: the API failed (%s)", str(error) or "timed out")
                 if self.metrics is not None:
                     self.metrics.renew_failures.labels("leader").inc()
-                until = time.time() + self.settings.renew_interval
+                timed_out = isinstance(error, TimeoutError)  # that was the wait: again at once
+                until = time.time() + (0.0 if timed_out else self.settings.renew_interval)
             self.election.next(time.time())  # applies the renew deadline even while waiting
             self._set_leading(leading=self.election.leading)
             await asyncio.sleep(max(0.0, min(until - time.time(), self.settings.renew_interval)))
 
     # ------------------------------------------------------------------ agent holders
+
+    def reassert(self) -> None:
+        """Claim again every session of ours whose agent Lease names another or no session.
+
+        After an outage: a write lost on the way, or a record decided while this replica could
+        not see, is put right; ``claim_wins`` still lets a newer session elsewhere keep it.
+        """
+        for node, since in self._recorded.items():
+            record = self.mirror.agent(node)
+            if (
+                record is None
+                or record.holder != self.name
+                or record.acquire_time is None
+                or abs(record.acquire_time - since) > rules.TIME_SLACK
+            ):
+                self.note(node, ("claim", since))
 
     def note(self, node: str, op: Op) -> None:
         """Want ``op`` written for ``node``: it replaces any change of the node still waiting."""

@@ -39,8 +39,9 @@ from lightkube import ApiError, AsyncClient, Client
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 
 from device_models import DeviceModel, DeviceModelsError, version_key
+from tunnel_server.kubestore.reach import ApiUnreachableError, Reach
 from tunnel_server.kubestore.store import WATCH_GRACE, client_config
-from tunnel_server.kubestore.watch_thread import WatchThread
+from tunnel_server.kubestore.watch_thread import WatchThread, client_timeout, is_unreachable
 from tunnel_server.twins.model_store import Change, ModelStoreError, ModelVersion
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ _RESOURCE: type[GenericNamespacedResource] = create_namespaced_resource(
 )
 
 Obj = dict[str, Any]
+
+
+class ModelStoreUnavailableError(ModelStoreError, ApiUnreachableError):
+    """An upload could not reach the Kubernetes API: 503 ``store_unavailable`` with Retry-After."""
 
 
 def _as_obj(resource: Any) -> Obj:  # noqa: ANN401 - lightkube's generic objects are dicts
@@ -202,9 +207,10 @@ class KubeModelStore:
         self._client = Client(
             config,
             namespace=self._ns,
-            timeout=httpx2.Timeout(settings.request_timeout),
+            timeout=client_timeout(settings),
             field_manager=FIELD_MANAGER,
         )
+        self.reach = Reach(retry_after=settings.retry_after)
         self._mirror = _Mirror()
         self.on_change: Callable[[str], None] | None = None
         self._watcher = _Watcher(config=config, settings=settings, store=self)
@@ -224,9 +230,15 @@ class KubeModelStore:
         return self._mirror.uploads
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
+        # Known to be down: fail now, not after a timeout on the loop (kubestore.reach).
+        self.reach.check(what, ModelStoreUnavailableError)
         try:
-            return call()
+            answer = call()
         except ApiError as error:
+            if is_unreachable(error):  # 503, 504: the API server cannot serve now
+                self.reach.failed(error)
+                raise self.reach.error(what, ModelStoreUnavailableError) from error
+            self.reach.answered()
             code = error.status.code
             if code == 409:  # HTTP Conflict
                 raise _ConflictError(what) from error
@@ -235,10 +247,13 @@ class KubeModelStore:
             raise ModelStoreError(
                 f"the Kubernetes API refused to {what}: {error.status.message}"
             ) from error
+        except httpx2.TransportError as error:
+            self.reach.failed(error)
+            raise self.reach.error(what, ModelStoreUnavailableError) from error
         except httpx2.HTTPError as error:
-            raise ModelStoreError(
-                f"the Kubernetes API is unreachable to {what}: {error}"
-            ) from error
+            raise ModelStoreError(f"the Kubernetes API failed to {what}: {error}") from error
+        self.reach.answered()
+        return answer
 
     def _read(self, name: str) -> tuple[int | None, list[ModelVersion]]:
         """The object as the API has it now (into the mirror too): resourceVersion, versions."""
@@ -341,7 +356,9 @@ class _Watcher(WatchThread):
     def __init__(
         self, *, config: KubeConfig, settings: KubeStoreSettings, store: KubeModelStore
     ) -> None:
-        super().__init__(config=config, settings=settings, name="models-kube-watch")
+        super().__init__(
+            config=config, settings=settings, name="models-kube-watch", reach=store.reach
+        )
         self._store = store
         self._listed = threading.Event()
 

@@ -34,6 +34,7 @@ from tunnel_server.api.preconditions import check_if_match, etag
 from tunnel_server.api.views import iso
 from tunnel_server.app_keys import AGENT_SERVICES_KEY, SETTINGS_KEY, STORE_KEY, TWINS_KEY
 from tunnel_server.kubestore.settings import KubeStoreSettings
+from tunnel_server.store import ApiUnreachableError
 from tunnel_server.twins.model_push import ModelPush
 from tunnel_server.twins.model_store import (
     MODELS_FILE,
@@ -151,6 +152,8 @@ async def upload_model(request: web.Request) -> web.Response:
         ) from None
     except LimitError as refused:
         raise ApiError(409, refused.reason, f"{refused}; ask the project to raise it") from None
+    except ApiUnreachableError:
+        raise  # the store is down: api.unavailable answers 503 with Retry-After
     except ModelStoreError as error:
         raise ApiError(
             503, "store_unavailable", f"the upload was not stored: {error}; try again"

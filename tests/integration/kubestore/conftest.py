@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,26 @@ def revoked_rows(
         return sorted(rows)
 
     return read
+
+
+@dataclass(frozen=True)
+class PrivatePlane:
+    """A control plane of the test's own (the CRDs applied) and a namespace on it."""
+
+    plane: kube.ControlPlane
+    namespace: str
+
+
+@pytest.fixture
+def private_plane(kube_factory: Callable[[int], list[kube.ControlPlane]]) -> PrivatePlane:
+    """A kube-apiserver (over kine) this test alone uses: for tests that stop it.
+
+    The store's and the fleet's CRDs are applied and established, and one namespace made.
+    """
+    plane = kube_factory(1)[0]
+    plane.kubectl("apply", "-k", str(CRDS))
+    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    name = f"ks-{secrets.token_hex(4)}"
+    status, answer = plane.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    assert status == 201, answer
+    return PrivatePlane(plane=plane, namespace=name)

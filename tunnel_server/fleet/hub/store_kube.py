@@ -28,6 +28,11 @@ Rules:
   asynchronous store would change them all for no gain in a write rate of a handful per second.
   Each write's answer goes into the mirror and the log at once (read your writes); the watch's
   copy of it is then older-or-equal and dropped, so a change is logged once per replica.
+- An API server that is down never stalls the loop for long: a call that does not reach it
+  (refused, reset, timed out) marks it unreachable (``kubestore.reach.Reach``), and every
+  write then fails at once with ``FleetStoreUnavailableError`` (a ``FleetStoreError``; the
+  REST API answers 503 with ``Retry-After``) until the watch thread's probe or a list gets
+  an answer again. Reads keep answering from the mirror.
 - A change made by another replica reaches ``on_change`` (set by ``setup``: it wakes
   ``FleetEvents`` on the loop's thread), so watchers and the controller react at once.
 - ``delete`` with ``expected_version`` checks the version by a fresh read, then deletes:
@@ -63,8 +68,9 @@ from tunnel_server.fleet.hub.store import (
     StoredObject,
     check_kind,
 )
+from tunnel_server.kubestore.reach import ApiUnreachableError, Reach
 from tunnel_server.kubestore.store import WATCH_GRACE, client_config, same_content
-from tunnel_server.kubestore.watch_thread import WatchThread
+from tunnel_server.kubestore.watch_thread import WatchThread, client_timeout, is_unreachable
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -74,13 +80,15 @@ if TYPE_CHECKING:
     from fleet_model.labels import LabelSelector
     from tunnel_server.kubestore.settings import KubeStoreSettings
 
-__all__ = ["GROUP", "VERSION", "KubeFleetStore"]
+__all__ = ["GROUP", "VERSION", "FleetStoreUnavailableError", "KubeFleetStore"]
 
 log = logging.getLogger("tunnel_server.fleet.hub.store")
 
 GROUP: Final = "fleet.edgefleet.io"
 VERSION: Final = "v1alpha1"
 FIELD_MANAGER: Final = "tunnel-server"
+PROBE_NAME: Final = "edgefleet-probe"
+"""An object name the probe of an unreachable API asks for: a 404 is an answer too."""
 
 _RESOURCES: dict[str, type[GenericNamespacedResource]] = {
     kind: create_namespaced_resource(GROUP, VERSION, kind, info.plural)
@@ -88,6 +96,10 @@ _RESOURCES: dict[str, type[GenericNamespacedResource]] = {
 }
 
 Obj = dict[str, Any]
+
+
+class FleetStoreUnavailableError(FleetStoreError, ApiUnreachableError):
+    """A write of a fleet object could not reach the Kubernetes API (it is down)."""
 
 
 class _ConflictError(Exception):
@@ -235,10 +247,11 @@ class KubeFleetStore:
         self._client = Client(
             config,
             namespace=self._ns,
-            timeout=httpx2.Timeout(settings.request_timeout),
+            timeout=client_timeout(settings),
             field_manager=FIELD_MANAGER,
         )
         self._mirror = _Mirror(changes_kept)
+        self.reach = Reach(retry_after=settings.retry_after)
         self.on_change: Callable[[], None] | None = None
         """Called from the watch thread when another replica's change reached the mirror."""
         self._watcher = _Watcher(config=config, settings=settings, store=self)
@@ -258,9 +271,15 @@ class KubeFleetStore:
     # ------------------------------------------------------------------ API calls
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
+        # Known to be down: fail now, not after a timeout on the loop.
+        self.reach.check(what, FleetStoreUnavailableError)
         try:
-            return call()
+            answer = call()
         except ApiError as error:
+            if is_unreachable(error):  # 503, 504: the API server cannot serve now
+                self.reach.failed(error)
+                raise self.reach.error(what, FleetStoreUnavailableError) from error
+            self.reach.answered()
             code = error.status.code
             if code == 409:  # HTTP Conflict
                 raise _ConflictError(what) from error
@@ -269,8 +288,13 @@ class KubeFleetStore:
             raise FleetStoreError(
                 f"kubernetes API refused to {what}: {error.status.message}"
             ) from error
+        except httpx2.TransportError as error:
+            self.reach.failed(error)
+            raise self.reach.error(what, FleetStoreUnavailableError) from error
         except httpx2.HTTPError as error:
-            raise FleetStoreError(f"kubernetes API unreachable to {what}: {error}") from error
+            raise FleetStoreError(f"kubernetes API failed to {what}: {error}") from error
+        self.reach.answered()
+        return answer
 
     def _read(self, kind: str, name: str) -> StoredObject | None:
         """The object as the API has it now (into the mirror too), None if there is none."""
@@ -507,7 +531,9 @@ class _Watcher(WatchThread):
     def __init__(
         self, *, config: KubeConfig, settings: KubeStoreSettings, store: KubeFleetStore
     ) -> None:
-        super().__init__(config=config, settings=settings, name="fleet-kube-watch")
+        super().__init__(
+            config=config, settings=settings, name="fleet-kube-watch", reach=store.reach
+        )
         self._store = store
         self._listed = {kind: threading.Event() for kind in KINDS}
         self._first_versions: dict[str, int] = {}
@@ -524,6 +550,10 @@ class _Watcher(WatchThread):
         for kind, info in KINDS.items():
             yield f"fleet-kube-{info.plural}", self._watch(client, kind)
 
+    async def _probe(self, client: AsyncClient) -> None:
+        kind = next(iter(KINDS))
+        await client.get(_RESOURCES[kind], PROBE_NAME, namespace=self._settings.namespace)
+
     async def _watch(self, client: AsyncClient, kind: str) -> None:
         res = _RESOURCES[kind]
         ns = self._settings.namespace
@@ -535,6 +565,7 @@ class _Watcher(WatchThread):
                     objects = [_stored(kind, _as_obj(o)) async for o in listed]
                     version = listed.resourceVersion
                     self._store.relisted(kind, objects, int(version or 0))
+                    self._listed_ok()
                     self._first_versions.setdefault(kind, int(version or 0))
                     self._listed[kind].set()
                 # The server ends the watch after watch_timeout; a connection that died without
@@ -557,6 +588,6 @@ class _Watcher(WatchThread):
             except Exception as error:  # noqa: BLE001 - a watch must outlive any one failure
                 # 410 Gone, the API server restarting, a broken line: list again, then watch.
                 version = None
-                self._failure = error
-                log.warning("watch of %s failed (%s): listing again", KINDS[kind].plural, error)
+                level = self._watch_failed(error)
+                log.log(level, "watch of %s failed (%s): listing again", KINDS[kind].plural, error)
                 await asyncio.sleep(self._settings.watch_retry)
