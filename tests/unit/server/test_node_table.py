@@ -61,6 +61,7 @@ def _join(store: SqliteStore, name: str) -> None:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[CountingStore]:
     opened = CountingStore.open(tmp_path)
+    assert isinstance(opened, CountingStore)
     for i in range(NODES):
         _join(opened, f"edge-{i:02d}")
     yield opened
