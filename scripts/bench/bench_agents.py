@@ -119,8 +119,10 @@ def make_agents_plan(
         )  # fmt: skip
     return AgentsPlan(
         counts=counts if counts is not None else (5000, 10000), settle_s=5.0, idle_s=35.0,
-        reconnect_timeout_s=180.0, backoff_base=1.0, backoff_cap=60.0, join_timeout_s=600.0,
-        admission=admission, builds=builds, restarts=restarts, profile_dir=profile,
+        reconnect_timeout_s=180.0, backoff_base=1.0, backoff_cap=60.0,
+        # 10,000 joins took over 600 s on a busy machine (load average 17): allow 0.12 s each.
+        join_timeout_s=max(600.0, 0.12 * max(counts or (0,))), admission=admission,
+        builds=builds, restarts=restarts, profile_dir=profile,
     )  # fmt: skip
 
 
