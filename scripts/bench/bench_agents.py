@@ -17,8 +17,14 @@ One round per agent count, each with a fresh ``tunnel-server run`` (own data dir
 
 ``AgentsPlan.admission`` restarts the same fleet once per mode of the server's admission
 control: as shipped (``on``), switched off (``off``), or only one of its two limits
-(``setups``: the 503 cap, ``handshakes``: the TLS handshake cap); see ``ADMISSION``. Steps 2-4
-run once per agent count, step 5 once per mode, ``idle_s`` apart.
+(``setups``: the 503 cap, ``handshakes``: the TLS handshake cap); see ``ADMISSION``.
+``AgentsPlan.builds`` restarts it once per server build as well (each a ``PYTHONPATH``, e.g. a
+worktree of the old code and one of the new), and ``restarts`` repeats the whole cycle: so one
+fleet and one load process serve an A/B of the server's code, alternating in the same period.
+Steps 2-4 run once per agent count, step 5 once per (build, mode), ``idle_s`` apart (with
+builds, step 4 is repeated after each restart: the idle cost of each build). With
+``profile_dir`` each restarted server is sampled by ``py-spy record`` (raw collapsed stacks)
+from its start until every agent is back; its CPU figures are then not comparable.
 
 Every process is stopped at the end of the round, also on error (``bench_procs.running``).
 """
@@ -30,10 +36,12 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import ssl
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,22 +82,87 @@ class AgentsPlan:
     join_timeout_s: float
     bringup_timeout_s: float = 900.0
     admission: tuple[str, ...] = ("on",)
+    builds: tuple[tuple[str, str], ...] = ()
+    """(label, PYTHONPATH) of the server per restart, alternated; empty: the bench's own."""
+    restarts: int = 1
+    """How many times the whole (build, admission) cycle is run on the same fleet."""
+    profile_dir: str | None = None
+    """Where ``py-spy record`` writes each restarted server's samples; None: no profile."""
+
+    def schedule(self) -> list[tuple[str, tuple[str, str] | None]]:
+        """(admission mode, build) of each restart, in order."""
+        builds: tuple[tuple[str, str] | None, ...] = self.builds or (None,)
+        return [
+            (mode, build)
+            for _ in range(self.restarts)
+            for build in builds
+            for mode in self.admission
+        ]
 
 
 def make_agents_plan(
-    *, quick: bool, counts: tuple[int, ...] | None = None, admission: tuple[str, ...] = ("on",)
+    *,
+    quick: bool,
+    counts: tuple[int, ...] | None = None,
+    admission: tuple[str, ...] = ("on",),
+    builds: tuple[tuple[str, str], ...] = (),
+    restarts: int = 1,
+    profile_dir: Path | None = None,
 ) -> AgentsPlan:
+    profile = None if profile_dir is None else str(profile_dir)
     if quick:
         return AgentsPlan(
             counts=counts if counts is not None else (500,), settle_s=1.0, idle_s=3.0,
             reconnect_timeout_s=30.0, backoff_base=1.0, backoff_cap=10.0, join_timeout_s=60.0,
-            bringup_timeout_s=60.0, admission=admission,
+            bringup_timeout_s=60.0, admission=admission, builds=builds, restarts=restarts,
+            profile_dir=profile,
         )  # fmt: skip
     return AgentsPlan(
         counts=counts if counts is not None else (5000, 10000), settle_s=5.0, idle_s=35.0,
-        reconnect_timeout_s=180.0, backoff_base=1.0, backoff_cap=60.0, join_timeout_s=600.0,
-        admission=admission,
+        reconnect_timeout_s=180.0, backoff_base=1.0, backoff_cap=60.0,
+        # 10,000 joins took over 600 s on a busy machine (load average 17): allow 0.12 s each.
+        join_timeout_s=max(600.0, 0.12 * max(counts or (0,))), admission=admission,
+        builds=builds, restarts=restarts, profile_dir=profile,
     )  # fmt: skip
+
+
+def server_env(build: tuple[str, str] | None) -> dict[str, str] | None:
+    """The environment of a server of ``build``: its code first on the path."""
+    return None if build is None else {"PYTHONPATH": build[1]}
+
+
+def py_spy() -> str:
+    """The ``py-spy`` next to this Python, else the one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.is_file() else shutil.which("py-spy")
+    if found is None:
+        raise BenchError(
+            "--storm-profile needs py-spy (pip install py-spy) next to python or on PATH"
+        )
+    return found
+
+
+@contextlib.asynccontextmanager
+async def profiled(pid: int, out: Path | None) -> AsyncIterator[None]:
+    """``py-spy record`` of ``pid`` for the block (raw collapsed stacks to ``out``)."""
+    if out is None:
+        yield
+        return
+    argv = [py_spy(), "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
+            "--format", "raw", "--output", str(out)]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def raise_fd_limit() -> int:
@@ -304,6 +377,7 @@ async def _restart(
     argv: list[str],
     workdir: Path,
     tag: str = "",
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """SIGKILL the server, start it again with ``argv``, time until every session is back.
 
@@ -318,14 +392,18 @@ async def _restart(
     killed = time.monotonic()
     load.mark, load.status_at_mark = killed, load.last_status
     await _kill(server)
-    again = await stack.enter_async_context(
-        running(f"agents-{count}-server-{tag or 'restarted'}", argv, workdir)
+    name = f"agents-{count}-server-{tag or 'restarted'}"
+    again = await stack.enter_async_context(running(name, argv, workdir, env=env))
+    profile = (
+        None if plan.profile_dir is None else Path(plan.profile_dir) / f"{name}.{again.pid}.txt"
     )
-    # Every node is knocking while it starts: allow more than a quiet start needs.
-    await wait_server_ready(port, ca_file, max(READY_TIMEOUT_S, 60.0), again)
-    ready = time.monotonic()
-    load_cpu0, server_cpu0 = cpu_seconds(load.proc.pid), cpu_seconds(again.pid)
-    all_at, reached = await _wait_all(load, count, plan.reconnect_timeout_s, after=killed)
+    async with profiled(again.pid, profile):
+        # Every node is knocking while it starts: allow more than a quiet start needs.
+        await wait_server_ready(port, ca_file, max(READY_TIMEOUT_S, 60.0), again)
+        ready = time.monotonic()
+        load_cpu0, server_cpu0 = cpu_seconds(load.proc.pid), cpu_seconds(again.pid)
+        all_at, reached = await _wait_all(load, count, plan.reconnect_timeout_s, after=killed)
+        server_cpu = cpu_seconds(again.pid) - server_cpu0
     # Whatever the server and the load process did not use of the machine's CPU meanwhile was
     # other work (this script's own share is negligible): it competes with both.
     window = time.monotonic() - killed
@@ -343,7 +421,8 @@ async def _restart(
         "reconnect_s": None if all_at is None else round(all_at - killed, 2),
         "reconnect_after_ready_s": None if all_at is None else round(all_at - ready, 2),
         "reconnect_timeout_s": plan.reconnect_timeout_s,
-        "reconnect_server_cpu_s": round(cpu_seconds(again.pid) - server_cpu0, 1),
+        "reconnect_server_cpu_s": round(server_cpu, 1),
+        "reconnect_server_cpu_ms_per_agent": round(1000 * server_cpu / count, 2),
         "reconnect_load_cpu_s": round(cpu_seconds(load.proc.pid) - load_cpu0, 1),
         "server_rss_after_reconnect_MiB": round(rss(again.pid) / MIB, 1),
         "connect_failures": {  # during the reconnect only, not the first bring-up
@@ -357,6 +436,7 @@ async def _restart(
         "server_counters": counters,
         "other_cpu_pct": round(100 * others / (window * (os.cpu_count() or 1)), 1),
         "load_avg": [round(load_avg_before[0], 2), round(os.getloadavg()[0], 2)],
+        "profile": None if profile is None else str(profile),
         "_server": again,
     }
 
@@ -381,9 +461,12 @@ async def agents_round(count: int, plan: AgentsPlan, workdir: Path) -> list[dict
         "bring_up_admission": plan.admission[0],
     }
     rounds: list[dict[str, Any]] = []
+    schedule = plan.schedule()
     async with contextlib.AsyncExitStack() as stack:
         argv = [*base, *ADMISSION[plan.admission[0]]]
-        server = await stack.enter_async_context(running(f"agents-{count}-server", argv, workdir))
+        server = await stack.enter_async_context(
+            running(f"agents-{count}-server", argv, workdir, env=server_env(schedule[0][1]))
+        )
         await wait_server_ready(port, data_dir / "ca.crt", READY_TIMEOUT_S, server)
         load_argv = [
             sys.executable, str(HERE / "agents_load.py"), "--server", f"https://127.0.0.1:{port}",
@@ -399,23 +482,31 @@ async def agents_round(count: int, plan: AgentsPlan, workdir: Path) -> list[dict
         )
         _log(f"agents {count}: {shared['sessions_held']} sessions held; idle {plan.idle_s:.0f} s")
         shared |= await _idle(load, server, plan)
-        for i, admission in enumerate(plan.admission):
-            if i:
+        for i, (admission, build) in enumerate(schedule):
+            if i and not plan.builds:
                 await asyncio.sleep(plan.idle_s)
             argv = [*base, *ADMISSION[admission]]
             figures = shared | {"admission": admission, "server_args": list(ADMISSION[admission])}
-            _log(f"agents {count}: restart with admission control {admission}")
+            tag = admission
+            if build is not None:
+                figures |= {"build": build[0], "build_pythonpath": build[1]}
+                tag = f"{build[0]}-{admission}-{i}"
+            _log(f"agents {count}: restart {i + 1}/{len(schedule)}: {tag}")
             figures |= await _restart(
-                stack, load, server, plan, count=count, argv=argv, workdir=workdir, tag=admission
-            )
+                stack, load, server, plan, count=count, argv=argv, workdir=workdir, tag=tag,
+                env=server_env(build),
+            )  # fmt: skip
             figures["status"] = "measured"
             rounds.append(figures)
             server = figures.pop("_server")
-            if figures["reconnect_s"] is None and i + 1 < len(plan.admission):
+            if figures["reconnect_s"] is None and i + 1 < len(schedule):
                 # The next mode must start from a whole fleet: wait for the stragglers.
                 back, _ = await _wait_all(load, count, plan.reconnect_timeout_s, after=0.0)
                 if back is None:
                     break
+            if plan.builds:
+                # The quiet before the next restart, measured: what each build's idle sessions cost.
+                figures["idle_after"] = await _idle(load, server, plan)
         await load.send("stop")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.process.wait(), 10)

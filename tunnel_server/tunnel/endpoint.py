@@ -57,7 +57,12 @@ from tunnel_server.identity.rotation import (
 )
 from tunnel_server.tunnel import agent_services
 from tunnel_server.tunnel.admission import Admission
-from tunnel_server.tunnel.sessions import AgentSession, SessionMetrics, SessionRegistry
+from tunnel_server.tunnel.sessions import (
+    AgentSession,
+    SeenWriter,
+    SessionMetrics,
+    SessionRegistry,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -68,6 +73,8 @@ log = logging.getLogger("tunnel_server.tunnel")
 
 AGENT_VERSION_HEADER = "X-EdgeFleet-Agent-Version"
 """Informational only (shown in `nodes`); identity never comes from a header."""
+
+SEEN_KEY: web.AppKey[SeenWriter] = web.AppKey("tunnel_seen", SeenWriter)
 
 
 def _refuse(request: web.Request, status: int, reason: str, message: str) -> web.Response:
@@ -144,7 +151,6 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
         max_msg_size=settings.max_frame_payload + 4096, heartbeat=None, compress=False
     )
     await ws.prepare(request)
-    store = request.app[STORE_KEY]
     holder: list[AgentSession] = []
 
     async def on_stream(stream: TunnelStream) -> None:
@@ -175,7 +181,8 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
     if registry.add(session):
         metrics.reconnects.inc()
     metrics.connects.inc()
-    store.touch_node(identity.name, now=time.time(), agent_version=version)
+    seen = request.app[SEEN_KEY]
+    seen.connected(identity.name, agent_version=version, now=time.time())
     log.info("agent connected", extra={"kv": {"node": identity.name, "remote": session.remote}})
     try:
         async with asyncio.TaskGroup() as group:
@@ -189,7 +196,7 @@ async def _session(request: web.Request, setup: _SetUp) -> web.StreamResponse:
     finally:
         session.tasks = None
         registry.remove(session)
-        store.touch_node(identity.name, now=time.time())
+        seen.seen(identity.name)
         metrics.bytes.labels("in").inc(connection.bytes_received)
         metrics.bytes.labels("out").inc(connection.bytes_sent)
         ended = connection.termination
@@ -312,15 +319,30 @@ LAST_SEEN_INTERVAL = 30.0
 """Seconds between ``last_seen`` refreshes of connected nodes: fine for a fleet view, and
 cheap for SQLite even with thousands of sessions."""
 
+SEEN_FLUSH_INTERVAL = 1.0
+"""Seconds between writes of the connects' and disconnects' ``last_seen`` (``SeenWriter``)."""
+
 
 async def _last_seen(app: web.Application) -> None:
-    """Connected nodes count as seen: refresh ``last_seen`` while their session lives."""
-    store: Store = app[STORE_KEY]
-    while True:
-        await asyncio.sleep(LAST_SEEN_INTERVAL)
-        names = [session.name for session in app[SESSIONS_KEY].all()]
-        if names:
-            store.touch_nodes(names, now=time.time())  # one transaction for all of them
+    """Connected nodes count as seen: refresh ``last_seen`` while their session lives.
+
+    Every ``SEEN_FLUSH_INTERVAL`` the connects and disconnects since the last write, every
+    ``LAST_SEEN_INTERVAL`` every connected node too; one transaction each time.
+    """
+    seen = app[SEEN_KEY]
+    every = round(LAST_SEEN_INTERVAL / SEEN_FLUSH_INTERVAL)
+    ticks = 0
+    try:
+        while True:
+            await asyncio.sleep(SEEN_FLUSH_INTERVAL)
+            ticks += 1
+            connected = [s.name for s in app[SESSIONS_KEY].all()] if ticks % every == 0 else []
+            seen.flush(now=time.time(), also=connected)
+    finally:  # the server stops: what is queued is written, if the store still can
+        try:
+            seen.flush(now=time.time())
+        except Exception as error:  # noqa: BLE001 - shutting down: say so, do not mask the stop
+            log.warning("last_seen not written at stop", extra={"kv": {"error": str(error)}})
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -350,6 +372,7 @@ def setup(app: web.Application, *, tunnel_settings: TunnelSettings | None = None
     """Mount ``/tunnel``; needs the store, authority, settings and registry keys set."""
     registry = SessionRegistry()
     app[SESSIONS_KEY] = registry
+    app[SEEN_KEY] = SeenWriter(app[STORE_KEY])
     app[TUNNEL_SETTINGS_KEY] = tunnel_settings or TunnelSettings()
     app[METRICS_KEY] = SessionMetrics(app[REGISTRY_KEY], registry)
     server_settings = app[SETTINGS_KEY]

@@ -18,8 +18,11 @@ import prometheus_client
 from tunnel_protocol import ErrorCode
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from tunnel_aio import TunnelConnection
     from tunnel_server.identity.peer import PeerIdentity
+    from tunnel_server.store import Store
 
 log = logging.getLogger("tunnel_server.sessions")
 
@@ -154,3 +157,42 @@ class SessionRegistry:
     def remove(self, session: AgentSession) -> None:
         if self._by_name.get(session.name) is session:
             del self._by_name[session.name]
+
+
+class SeenWriter:
+    """``last_seen`` of connects and disconnects, written for many nodes in one transaction.
+
+    A connect or disconnect is queued here and ``flush`` (once a second, from the endpoint's
+    background task) writes all queued names with one ``touch_nodes``: in a reconnect storm
+    that is one write a second instead of one per agent (a transaction each, ~2 % of the
+    server's CPU at 3,000 agents). The stored time is the flush's, at most a second late. A
+    connect with an agent version the record does not have yet is written at once, version
+    included (``nodes`` shows it as soon as the agent is connected); the check is a read.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: set[str] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def connected(self, name: str, *, agent_version: str | None, now: float) -> None:
+        if agent_version is not None:
+            record = self._store.get_node(name)
+            if record is not None and record.agent_version != agent_version:
+                self._store.touch_node(name, now=now, agent_version=agent_version)
+                self._pending.discard(name)
+                return
+        self._pending.add(name)
+
+    def seen(self, name: str) -> None:
+        self._pending.add(name)
+
+    def flush(self, *, now: float, also: Iterable[str] = ()) -> int:
+        """Write the queued names and ``also`` as seen ``now``, in one transaction; how many."""
+        names, self._pending = self._pending.union(also), set()
+        if names:
+            self._store.touch_nodes(sorted(names), now=now)
+        return len(names)
