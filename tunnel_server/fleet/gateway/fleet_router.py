@@ -19,14 +19,19 @@ Rules:
   where it matters: for the backends of the matched rule on every request (a dict lookup
   each, so a dead agent's share moves at the first request after its session closes) and
   for all clusters every ``refresh_seconds`` (for the status). A cluster with no session is
-  ``Reachability(False)``, and so is one whose lease (``FleetHub.leases``) ran out: not
-  renewed for ``LEASE_GRACE_FACTOR`` times its ManagedCluster's ``leaseDurationSeconds``,
-  the moment its conditions say Unknown too (a hung agent, or a cut network whose tunnel
-  keepalive has not fired yet, still holds a session). A cluster without any lease (no
-  fleet stream) is judged by its session alone.
+  ``Reachability(False)``, and so is one whose session is here but whose lease
+  (``FleetHub.leases``) ran out: not renewed for ``LEASE_GRACE_FACTOR`` times its
+  ManagedCluster's ``leaseDurationSeconds``, the moment its conditions say Unknown too (a
+  hung agent, or a cut network whose tunnel keepalive has not fired yet, still holds a
+  session). A cluster without any lease (no fleet stream) is judged by its session alone.
+  A cluster another replica holds is judged as the leader judges it
+  (``remote_leases.judged_here``): by that replica's holder Lease alone, never by a lease
+  in this replica's memory (only the holder's stream renews it; one left here by a stream
+  that ended, the agent having moved, is stale).
 * Ready endpoints: the cluster's agent reports, with its lease and at once when they change
   (``Lease.ready_endpoints``, ``namespace/name:port`` -> count), the ready endpoints of the
-  Service ports it serves. Looked at where the session is (every request, for the matched
+  Service ports it serves; only the replica holding its session has them (elsewhere they
+  are unknown, as below). Looked at where the session is (every request, for the matched
   rule's clusters; every pass, for all): a count of 0 is ``ReadyEndpoints(0)`` (the backend's
   weight moves away at once, before a request fails), a count > 0 ``ReadyEndpoints(count)``
   (back, with slow start). No report for the backend (an older agent, a Service port it does
@@ -43,7 +48,8 @@ Rules:
   backends follow by effective weight, for the data path's retries, at most
   ``retry.attempts`` of them. No available backend: 503 ``no_healthy_backend`` naming each
   backend's health.
-* Status (written on change only, through the hub): ``Accepted`` (the spec parsed) and
+* Status (written on change only, through the hub; with several replicas by the leader
+  only, ``lead``, as it sees the backends): ``Accepted`` (the spec parsed) and
   ``ResolvedRefs`` (every backend's cluster is registered; an unknown one is named and the
   route serves its other backends), plus ``backends``: each backend's health and, with the
   listener's metrics, its recent ``requests``, ``errors``, ``latencyP50Ms`` and
@@ -124,12 +130,14 @@ from tunnel_server.fleet.gateway.router import (
     RequestInfo,
     Timeouts,
 )
+from tunnel_server.fleet.hub import remote_leases
 from tunnel_server.fleet.hub.store import ChangesExpiredError, FleetStoreError, rfc3339
 
 if TYPE_CHECKING:
     from tunnel_server.fleet.gateway.backends import Forward
     from tunnel_server.fleet.gateway.server import GatewayMetrics
     from tunnel_server.fleet.hub.hub import FleetHub
+    from tunnel_server.fleet.hub.leases import Lease
     from tunnel_server.fleet.hub.store import StoredObject
     from tunnel_server.store import Store
     from tunnel_server.tunnel.sessions import SessionRegistry
@@ -291,6 +299,7 @@ class FleetRouter:
         wall_clock: Callable[[], float] = time.time,
         connected: Callable[[str], bool] | None = None,
         forward: Forward | None = None,
+        writes_status: bool = True,
     ) -> None:
         """``checker``: runs one active check (default: ``checks.probe`` through the tunnel).
 
@@ -299,7 +308,9 @@ class FleetRouter:
         since the epoch, ``Lease.renewed_at``). ``connected``: whether some replica holds a
         cluster's session (asked only when this process holds none); ``forward``: how the
         checks reach such a cluster (``backends.open_backend``). None: this process only.
+        ``writes_status``: False until ``lead`` runs (replicas: the leader writes the status).
         """
+        self._writes_status = writes_status
         self._connected = connected
         self._forward = forward
         self._hub = hub
@@ -433,12 +444,13 @@ class FleetRouter:
     def _look_at(self, cluster: str, now: float) -> None:
         """Tell the board whether ``cluster`` has a session here, if that changed."""
         session = self._sessions.get(cluster)
+        here = session is not None
+        lease = remote_leases.judged_here(self._hub, cluster, here=here)
         if session is not None:
-            up = session.identity.kind == "cluster"
-        else:  # another replica may hold it (peer forwarding)
+            up = session.identity.kind == "cluster" and not self._lease_expired(cluster, lease)
+        else:  # another replica may hold it (peer forwarding): its holder Lease says
             up = self._connected is not None and self._connected(cluster)
-        up = up and not self._lease_expired(cluster)
-        self._look_at_ready(cluster, now)
+        self._look_at_ready(cluster, lease, now)
         if self._reachable.get(cluster) is up:
             return
         self._reachable[cluster] = up
@@ -450,9 +462,12 @@ class FleetRouter:
         )
         self._status_due = True
 
-    def _look_at_ready(self, cluster: str, now: float) -> None:
-        """Tell the board the ready counts ``cluster``'s agent reported, if they changed."""
-        lease = self._hub.leases.get(cluster)
+    def _look_at_ready(self, cluster: str, lease: Lease | None, now: float) -> None:
+        """Tell the board the ready counts ``cluster``'s agent reported, if they changed.
+
+        ``lease``: the one this replica judges the cluster by (none while another replica
+        holds its session: the counts are unknown here).
+        """
         counts = lease.ready_endpoints if lease is not None else None
         if counts is self._ready_seen.get(cluster, _UNSEEN):
             return
@@ -478,14 +493,13 @@ class FleetRouter:
                     extra={"kv": {"backend": key, "health": changed.describe(), "ready": count}},
                 )
 
-    def _lease_expired(self, cluster: str) -> bool:
+    def _lease_expired(self, cluster: str, lease: Lease | None) -> bool:
         """Whether the cluster's lease ran out (as its ManagedCluster's conditions count it).
 
-        A session whose agent stopped renewing (a hung agent, a cut network whose tunnel
+        A session here whose agent stopped renewing (a hung agent, a cut network whose tunnel
         keepalive has not fired yet) is no way to the cluster. No lease at all (an agent that
         does not speak the fleet stream, or this server restarted): the session decides.
         """
-        lease = self._hub.leases.get(cluster)
         if lease is None:
             return False
         seconds = self._lease_seconds.get(cluster, DEFAULT_LEASE_SECONDS)
@@ -497,6 +511,18 @@ class FleetRouter:
             self._status_due = True
 
     # ------------------------------------------------------------------ the loop's side
+
+    async def lead(self) -> None:
+        """Write the routes' status while this runs (as the leader's singleton), from now on.
+
+        With several replicas each one routes by its own view (its sessions, its requests'
+        figures); one status, the leader's, keeps them from overwriting each other's.
+        """
+        self._writes_status = self._status_due = True
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._writes_status = False
 
     async def run(self) -> None:
         """Follow the store and the sessions, and run the active checks, until cancelled."""
@@ -640,7 +666,7 @@ class FleetRouter:
         self._tick(now)
         if now - self._figures_at >= self._settings.figures_seconds:
             self._refresh_figures(now)
-        if self._status_due:
+        if self._status_due and self._writes_status:
             self._status_due = False
             self._write_status()
 
