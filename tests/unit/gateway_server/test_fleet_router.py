@@ -7,7 +7,6 @@ one is there); the node store is a stand-in answering ``revision`` and ``get_nod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -660,13 +659,12 @@ async def test_with_replicas_only_the_leader_writes_the_status(world: World) -> 
     router.sync()
     assert isinstance(router.route(request()), Decision)  # it routes all the same
     assert world.status("shop") == {}
-    leading = asyncio.create_task(router.lead())
-    await asyncio.sleep(0)  # lead() starts
-    router.sync()
-    assert conditions_of(world.status("shop"))["Accepted"] == "True"
-    leading.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await leading
+    async with asyncio.TaskGroup() as group:
+        leading = group.create_task(router.lead(), name="test.lead")
+        await asyncio.sleep(0)  # lead() starts
+        router.sync()
+        assert conditions_of(world.status("shop"))["Accepted"] == "True"
+        leading.cancel()
     session = world.sessions.get("zone-a")
     assert session is not None
     world.sessions.remove(session)
@@ -677,3 +675,33 @@ async def test_with_replicas_only_the_leader_writes_the_status(world: World) -> 
 
 def conditions_of(status: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+
+def test_matches_are_remembered_for_plain_hosts_only_and_forgotten_on_a_route_change(
+    world: World,
+) -> None:
+    """A host no route matches by header: one parse per (method, host, path, query)."""
+    world.put(
+        "plain", {"hostnames": ["plain.test"], "rules": [{"backendRefs": [ref("zone-a", 1)]}]}
+    )
+    world.put("shop", SHOP)
+    world.router.sync()
+    assert [b.cluster for b in world.decide(request("plain.test")).backends] == ["zone-a"]
+    remembered = dict(world.router._matches)
+    assert list(remembered) == [("GET", "plain.test", "/", "")]
+    # shop.test has a header match: never remembered, so the header still decides.
+    for _ in range(3):
+        assert {b.cluster for b in world.decide(request()).backends} <= {"zone-a", "zone-b"}
+        pinned = world.decide(request(**{"X-Canary": "1"}))
+        assert [b.cluster for b in pinned.backends] == ["zone-b"]
+    assert list(world.router._matches) == [("GET", "plain.test", "/", "")]
+    # A new spec: a new table, nothing remembered from the old one.
+    world.put(
+        "plain", {"hostnames": ["plain.test"], "rules": [{"backendRefs": [ref("zone-b", 1)]}]}
+    )
+    world.router.sync()
+    assert [b.cluster for b in world.decide(request("plain.test")).backends] == ["zone-b"]
+    gone = world.router.route(request("other.test"))
+    assert isinstance(gone, NoRoute)
+    assert gone.status == 404
+    assert world.router.route(request("other.test")) == gone  # a remembered miss: still 404

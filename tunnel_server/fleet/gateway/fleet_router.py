@@ -42,7 +42,8 @@ Rules:
   error, a refused or broken stream a connection error (outlier ejection, see
   ``fleet_model.gateway.health``); a refusal because the cluster is offline or unknown only
   makes the session be looked at again.
-* ``route``: Gateway API precedence (``RouteTable.match``; None: 404 ``no_route``), then the
+* ``route``: Gateway API precedence (``RouteTable.match``, remembered per method, host, path
+  and query for a host no route matches by header; None: 404 ``no_route``), then the
   rule's balancer picks the first backend among the available ones (session affinity: the
   rule's header or cookie value, when the client sent one), then the rule's other available
   backends follow by effective weight, for the data path's retries, at most
@@ -111,6 +112,7 @@ from fleet_model.gateway.route import (
     MAX_DURATION_SECONDS,
     BackendRef,
     HealthCheck,
+    RouteHit,
     SessionType,
 )
 from fleet_model.gateway.route import (
@@ -150,6 +152,10 @@ MAX_MESSAGE = 1024
 """Characters of one condition message: a route's problems can be many."""
 MAX_AFFINITY_KEY = 256
 """Characters of a session cookie or header value hashed for affinity (the rest is ignored)."""
+MAX_CACHED_MATCHES = 4096
+"""Requests' matches remembered (``FleetRouter._matches``); all are forgotten when full."""
+MAX_CACHED_TARGET = 512
+"""Characters of path and query at most for a request's match to be remembered."""
 _OFFLINE = frozenset({"cluster_offline", "cluster_not_found"})
 _UNSEEN: Mapping[str, int] = {}
 """``_ready_seen``'s default: no lease's counts are ever this very object."""
@@ -229,6 +235,13 @@ class _Fixed:
             timeouts=_timeouts(rule.timeouts),
             retry_codes=frozenset(rule.retry.codes),
         )
+
+
+def _parse(request: RequestInfo) -> Request:
+    target = f"{request.path}?{request.query}" if request.query else request.path
+    return Request.of(
+        method=request.method, authority=request.host, target=target, headers=request.headers
+    )
 
 
 def _cookie(header: str | None, name: str) -> str | None:
@@ -324,6 +337,11 @@ class FleetRouter:
         self._problems: dict[str, str] = {}
         """Route name -> why it does not parse (it is left out of the table)."""
         self._table = RouteTable(())
+        self._matches: dict[tuple[str, str, str, str], RouteHit | None] = {}
+        """(method, host, path, query) -> the table's match, for hosts no route matches by
+        header (``_plain``): what such a request matches depends on these alone. Emptied with
+        every new table, and when full."""
+        self._plain_hosts: dict[str, bool] = {}
         self._balancers: dict[tuple[str, int], Balancer] = {}
         self._fixed: dict[tuple[str, int], _Fixed] = {}
         """What a rule's decisions share, built with the table (not once per request)."""
@@ -363,11 +381,18 @@ class FleetRouter:
 
     def route(self, request: RequestInfo) -> Decision | NoRoute:
         now = self._clock()
-        target = f"{request.path}?{request.query}" if request.query else request.path
-        parsed = Request.of(
-            method=request.method, authority=request.host, target=target, headers=request.headers
-        )
-        hit = self._table.match(parsed)
+        parsed: Request | None = None
+        key = (request.method, request.host, request.path, request.query)
+        if key in self._matches:
+            hit = self._matches[key]
+        else:
+            parsed = _parse(request)
+            hit = self._table.match(parsed)
+            short = len(request.path) + len(request.query) <= MAX_CACHED_TARGET
+            if short and self._plain(parsed.host):
+                if len(self._matches) >= MAX_CACHED_MATCHES:
+                    self._matches.clear()
+                self._matches[key] = hit
         if hit is None:
             return NoRoute(
                 reason="no_route",
@@ -380,8 +405,8 @@ class FleetRouter:
         self._tick(now)
         balancer = self._balancers[hit.rule_key]
         available = self._board.available()
-        affinity, cookie = _affinity(rule, parsed), None
-        session = rule.session
+        session, cookie = rule.session, None
+        affinity = _affinity(rule, parsed or _parse(request)) if session is not None else None
         if affinity is None and session is not None and session.type is SessionType.COOKIE:
             # A new session: key it by a fresh token and hand the token out as the cookie.
             affinity = secrets.token_urlsafe(16)
@@ -395,18 +420,22 @@ class FleetRouter:
                 + "; ".join(self._describe(ref) for ref in rule.backends),
             )
         fixed = self._fixed[hit.rule_key]
-        if rule.retry.attempts > 0:
+        if rule.retry.attempts > 0 and len(fixed.backends) > 1:
             weights = balancer.effective_weights(now=now, available=available, exclude=(first,))
             others = sorted(weights, key=lambda key: -weights[key])[: rule.retry.attempts]
             backends = tuple(fixed.backends[key] for key in (first, *others))
         else:
             backends = (fixed.backends[first],)
-        mirrors = tuple(
-            fixed.backends_of_mirrors[index]
-            for index, (mirror, share) in enumerate(
-                zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+        mirrors = (
+            tuple(
+                fixed.backends_of_mirrors[index]
+                for index, (mirror, share) in enumerate(
+                    zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+                )
+                if share.take() and mirror.backend.key in available
             )
-            if share.take() and mirror.backend.key in available
+            if rule.mirrors
+            else ()
         )
         return Decision(
             route=hit.route.name,
@@ -419,6 +448,16 @@ class FleetRouter:
             backoff=rule.retry.backoff,
             mirrors=mirrors,
         )
+
+    def _plain(self, host: str) -> bool:
+        """Whether no route that may take ``host`` (normalized) has a header match."""
+        plain = self._plain_hosts.get(host)
+        if plain is None:
+            if len(self._plain_hosts) >= MAX_CACHED_MATCHES:
+                self._plain_hosts.clear()
+            plain = not any(entry[1].headers for entry in self._table.candidates(host))
+            self._plain_hosts[host] = plain
+        return plain
 
     def report(self, backend: Backend, outcome: Outcome) -> None:
         now = self._clock()
@@ -731,6 +770,7 @@ class FleetRouter:
                 problems[name] = str(error)
         self._routes, self._problems = routes, problems
         self._table = RouteTable(routes.values())
+        self._matches, self._plain_hosts = {}, {}
         self._balancers = {
             (route.name, index): Balancer(rule.weights, settings=self._settings.balancer)
             for route in routes.values()
