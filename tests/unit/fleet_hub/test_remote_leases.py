@@ -61,3 +61,29 @@ def test_held_elsewhere_counts_as_renewed_with_the_stored_claims(hub: FleetHub) 
     hub.leases["far"] = ours["far"]
     assert not remote_leases.refresh(hub, lambda _name: None, ours, 130.0)
     assert hub.leases["far"].renewed_at == 110.0
+
+
+def test_with_here_a_lease_left_by_a_stream_that_ended_is_replaced(hub: FleetHub) -> None:
+    """The agent moved from this replica to another: its last lease here is stale."""
+    _cluster(hub, "moved", {"clusterClaims": [{"name": "region", "value": "eu"}]})
+    stale = Lease(renewed_at=5.0, apiserver_healthy=True, ready_endpoints={"demo/web:80": 0})
+    hub.leases["moved"] = stale
+    holders = {"moved": ("replica-two", "10.0.0.2:8443")}
+    ours: dict[str, Lease] = {}
+    sessions_here = {"moved"}
+
+    # Still here (its record not released yet): the agent's own word stays.
+    assert not remote_leases.refresh(hub, holders.get, ours, 100.0, here=sessions_here.__contains__)
+    assert hub.leases["moved"] is stale
+    assert remote_leases.judged_here(hub, "moved", here=True) is stale
+
+    sessions_here.clear()
+    assert remote_leases.judged_here(hub, "moved", here=False) is None
+    assert remote_leases.refresh(hub, holders.get, ours, 100.0, here=sessions_here.__contains__)
+    moved = hub.leases["moved"]
+    assert (moved.renewed_at, dict(moved.claims)) == (100.0, {"region": "eu"})
+    assert moved.ready_endpoints is None  # the stale count is not kept
+    # Without ``here`` (as before): the lease of a stream that ended here is never replaced.
+    hub.leases["moved"] = stale
+    assert not remote_leases.refresh(hub, holders.get, {}, 110.0)
+    assert hub.leases["moved"] is stale

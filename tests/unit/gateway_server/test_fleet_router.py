@@ -595,3 +595,113 @@ def test_a_cluster_another_replica_holds_is_reachable_through_it(world: World) -
     assert set(first_clusters(world.router, 20)) == {"zone-b"}
     elsewhere.clear()  # no replica holds it any more
     assert set(first_clusters(router, 20)) == {"zone-b"}
+
+
+def test_a_cluster_another_replica_holds_is_judged_by_its_holder_not_a_stale_lease(
+    world: World,
+) -> None:
+    """The agent moved to another replica: a lease left here is no word on it.
+
+    The last one its stream renewed here (ready count 0 then); the holder's Lease is, as the
+    leader counts it (``remote_leases``). Fails if the router reads this replica's own leases
+    for it.
+    """
+    elsewhere: set[str] = set()
+    router = FleetRouter(
+        hub=world.hub,
+        sessions=world.sessions,
+        nodes=cast("Store", world.nodes),
+        settings=FleetRouterSettings(balancer=BalancerSettings(slow_start_seconds=0)),
+        clock=world.clock,
+        connected=lambda cluster: cluster in elsewhere,
+    )
+    world.put("shop", SHOP)
+    router.sync()
+    long_ago = time.time() - 3600  # far past 5 x the default 10 s lease
+    world.hub.leases["zone-a"] = Lease(
+        renewed_at=long_ago, apiserver_healthy=True, ready_endpoints={"demo/web:80": 0}
+    )
+    # While the session is here, this lease is the agent's word: out (ran out, and 0 ready).
+    assert set(first_clusters(router, 20)) == {"zone-b"}
+    router.sync()
+    status = {b["name"]: b for b in world.status("shop")["backends"]}
+    assert status["zone-a/demo/web:80"]["readyEndpoints"] == 0
+
+    # The agent moves: its session here closes, another live replica holds it now.
+    session = world.sessions.get("zone-a")
+    assert session is not None
+    world.sessions.remove(session)
+    elsewhere.add("zone-a")
+    seen = first_clusters(router, 200)
+    assert 160 <= seen["zone-a"] <= 195, seen  # its whole 90 %, through the holder
+    router.sync()
+    status = {b["name"]: b for b in world.status("shop")["backends"]}
+    assert status["zone-a/demo/web:80"]["state"] == "Healthy", status
+    assert "readyEndpoints" not in status["zone-a/demo/web:80"]  # unknown here
+
+    # Back on this replica: its own stream's lease speaks again (the stale one, here).
+    connect(world.sessions, "zone-a")
+    assert set(first_clusters(router, 20)) == {"zone-b"}
+    world.hub.leases["zone-a"] = Lease(renewed_at=time.time(), apiserver_healthy=True)
+    assert "zone-a" in set(first_clusters(router, 50))
+
+
+async def test_with_replicas_only_the_leader_writes_the_status(world: World) -> None:
+    """``writes_status=False`` (a replica): no status until ``lead`` runs, none after it ends."""
+    router = FleetRouter(
+        hub=world.hub,
+        sessions=world.sessions,
+        nodes=cast("Store", world.nodes),
+        clock=world.clock,
+        writes_status=False,
+    )
+    world.put("shop", SHOP)
+    router.sync()
+    assert isinstance(router.route(request()), Decision)  # it routes all the same
+    assert world.status("shop") == {}
+    async with asyncio.TaskGroup() as group:
+        leading = group.create_task(router.lead(), name="test.lead")
+        await asyncio.sleep(0)  # lead() starts
+        router.sync()
+        assert conditions_of(world.status("shop"))["Accepted"] == "True"
+        leading.cancel()
+    session = world.sessions.get("zone-a")
+    assert session is not None
+    world.sessions.remove(session)
+    router.sync()  # a change it would write as the leader
+    backends = {b["name"]: b for b in world.status("shop")["backends"]}
+    assert backends["zone-a/demo/web:80"]["state"] == "Healthy"
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+
+def test_matches_are_remembered_for_plain_hosts_only_and_forgotten_on_a_route_change(
+    world: World,
+) -> None:
+    """A host no route matches by header: one parse per (method, host, path, query)."""
+    world.put(
+        "plain", {"hostnames": ["plain.test"], "rules": [{"backendRefs": [ref("zone-a", 1)]}]}
+    )
+    world.put("shop", SHOP)
+    world.router.sync()
+    assert [b.cluster for b in world.decide(request("plain.test")).backends] == ["zone-a"]
+    remembered = dict(world.router._matches)
+    assert list(remembered) == [("GET", "plain.test", "/", "")]
+    # shop.test has a header match: never remembered, so the header still decides.
+    for _ in range(3):
+        assert {b.cluster for b in world.decide(request()).backends} <= {"zone-a", "zone-b"}
+        pinned = world.decide(request(**{"X-Canary": "1"}))
+        assert [b.cluster for b in pinned.backends] == ["zone-b"]
+    assert list(world.router._matches) == [("GET", "plain.test", "/", "")]
+    # A new spec: a new table, nothing remembered from the old one.
+    world.put(
+        "plain", {"hostnames": ["plain.test"], "rules": [{"backendRefs": [ref("zone-b", 1)]}]}
+    )
+    world.router.sync()
+    assert [b.cluster for b in world.decide(request("plain.test")).backends] == ["zone-b"]
+    gone = world.router.route(request("other.test"))
+    assert isinstance(gone, NoRoute)
+    assert gone.status == 404
+    assert world.router.route(request("other.test")) == gone  # a remembered miss: still 404

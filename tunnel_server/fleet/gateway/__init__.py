@@ -3,7 +3,8 @@
 ``setup(app, settings=..., router=...)`` starts the listener with the application and stops
 it with it; without a ``router`` it routes by the fleet's MultiClusterRoute objects
 (``FleetRouter``, whose loop runs as the task ``gateway.routes`` while the app runs; the
-mirror copies go out from the task ``gateway.mirrors``).
+mirror copies go out from the task ``gateway.mirrors``; with replicas, the leader writes the
+routes' status: the singleton ``gateway.route-status``).
 Modules: ``headers`` (the forwarded head, pure), ``router`` (the seam between the data path
 and whatever picks backends), ``fleet_router`` (the router on the route core,
 ``fleet_model.gateway``), ``checks`` (active health checks through the tunnel),
@@ -37,6 +38,7 @@ from tunnel_server.fleet.gateway.server import (
     tls_context,
 )
 from tunnel_server.replicas import opener
+from tunnel_server.replicas.keys import LEADER_KEY, singleton
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable
@@ -84,6 +86,7 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
             async with _listening(app, router):
                 yield
             return
+        replicas = LEADER_KEY in app  # then the leader writes the routes' status
         routes = FleetRouter(
             hub=app[FLEET_HUB_KEY],
             sessions=app[SESSIONS_KEY],
@@ -91,12 +94,21 @@ def setup(app: web.Application, *, settings: GatewaySettings, router: Router | N
             metrics=metrics,
             connected=connected,
             forward=forward,
+            writes_status=not replicas,
         )
         routes.sync()  # the stored routes serve from the first request on
         async with _listening(app, routes), asyncio.TaskGroup() as group:
-            task = group.create_task(routes.run(), name="gateway.routes")
+            tasks = [group.create_task(routes.run(), name="gateway.routes")]
+            if replicas:
+                tasks.append(
+                    group.create_task(
+                        singleton(app, "gateway.route-status", routes.lead),
+                        name="gateway.route-status",
+                    )
+                )
             yield
-            task.cancel()
+            for task in tasks:
+                task.cancel()
 
     @contextlib.asynccontextmanager
     async def _listening(app: web.Application, router: Router) -> AsyncIterator[None]:

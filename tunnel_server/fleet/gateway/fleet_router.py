@@ -19,14 +19,19 @@ Rules:
   where it matters: for the backends of the matched rule on every request (a dict lookup
   each, so a dead agent's share moves at the first request after its session closes) and
   for all clusters every ``refresh_seconds`` (for the status). A cluster with no session is
-  ``Reachability(False)``, and so is one whose lease (``FleetHub.leases``) ran out: not
-  renewed for ``LEASE_GRACE_FACTOR`` times its ManagedCluster's ``leaseDurationSeconds``,
-  the moment its conditions say Unknown too (a hung agent, or a cut network whose tunnel
-  keepalive has not fired yet, still holds a session). A cluster without any lease (no
-  fleet stream) is judged by its session alone.
+  ``Reachability(False)``, and so is one whose session is here but whose lease
+  (``FleetHub.leases``) ran out: not renewed for ``LEASE_GRACE_FACTOR`` times its
+  ManagedCluster's ``leaseDurationSeconds``, the moment its conditions say Unknown too (a
+  hung agent, or a cut network whose tunnel keepalive has not fired yet, still holds a
+  session). A cluster without any lease (no fleet stream) is judged by its session alone.
+  A cluster another replica holds is judged as the leader judges it
+  (``remote_leases.judged_here``): by that replica's holder Lease alone, never by a lease
+  in this replica's memory (only the holder's stream renews it; one left here by a stream
+  that ended, the agent having moved, is stale).
 * Ready endpoints: the cluster's agent reports, with its lease and at once when they change
   (``Lease.ready_endpoints``, ``namespace/name:port`` -> count), the ready endpoints of the
-  Service ports it serves. Looked at where the session is (every request, for the matched
+  Service ports it serves; only the replica holding its session has them (elsewhere they
+  are unknown, as below). Looked at where the session is (every request, for the matched
   rule's clusters; every pass, for all): a count of 0 is ``ReadyEndpoints(0)`` (the backend's
   weight moves away at once, before a request fails), a count > 0 ``ReadyEndpoints(count)``
   (back, with slow start). No report for the backend (an older agent, a Service port it does
@@ -37,13 +42,15 @@ Rules:
   error, a refused or broken stream a connection error (outlier ejection, see
   ``fleet_model.gateway.health``); a refusal because the cluster is offline or unknown only
   makes the session be looked at again.
-* ``route``: Gateway API precedence (``RouteTable.match``; None: 404 ``no_route``), then the
+* ``route``: Gateway API precedence (``RouteTable.match``, remembered per method, host, path
+  and query for a host no route matches by header; None: 404 ``no_route``), then the
   rule's balancer picks the first backend among the available ones (session affinity: the
   rule's header or cookie value, when the client sent one), then the rule's other available
   backends follow by effective weight, for the data path's retries, at most
   ``retry.attempts`` of them. No available backend: 503 ``no_healthy_backend`` naming each
   backend's health.
-* Status (written on change only, through the hub): ``Accepted`` (the spec parsed) and
+* Status (written on change only, through the hub; with several replicas by the leader
+  only, ``lead``, as it sees the backends): ``Accepted`` (the spec parsed) and
   ``ResolvedRefs`` (every backend's cluster is registered; an unknown one is named and the
   route serves its other backends), plus ``backends``: each backend's health and, with the
   listener's metrics, its recent ``requests``, ``errors``, ``latencyP50Ms`` and
@@ -105,6 +112,7 @@ from fleet_model.gateway.route import (
     MAX_DURATION_SECONDS,
     BackendRef,
     HealthCheck,
+    RouteHit,
     SessionType,
 )
 from fleet_model.gateway.route import (
@@ -124,12 +132,14 @@ from tunnel_server.fleet.gateway.router import (
     RequestInfo,
     Timeouts,
 )
+from tunnel_server.fleet.hub import remote_leases
 from tunnel_server.fleet.hub.store import ChangesExpiredError, FleetStoreError, rfc3339
 
 if TYPE_CHECKING:
     from tunnel_server.fleet.gateway.backends import Forward
     from tunnel_server.fleet.gateway.server import GatewayMetrics
     from tunnel_server.fleet.hub.hub import FleetHub
+    from tunnel_server.fleet.hub.leases import Lease
     from tunnel_server.fleet.hub.store import StoredObject
     from tunnel_server.store import Store
     from tunnel_server.tunnel.sessions import SessionRegistry
@@ -142,6 +152,10 @@ MAX_MESSAGE = 1024
 """Characters of one condition message: a route's problems can be many."""
 MAX_AFFINITY_KEY = 256
 """Characters of a session cookie or header value hashed for affinity (the rest is ignored)."""
+MAX_CACHED_MATCHES = 4096
+"""Requests' matches remembered (``FleetRouter._matches``); all are forgotten when full."""
+MAX_CACHED_TARGET = 512
+"""Characters of path and query at most for a request's match to be remembered."""
 _OFFLINE = frozenset({"cluster_offline", "cluster_not_found"})
 _UNSEEN: Mapping[str, int] = {}
 """``_ready_seen``'s default: no lease's counts are ever this very object."""
@@ -223,6 +237,13 @@ class _Fixed:
         )
 
 
+def _parse(request: RequestInfo) -> Request:
+    target = f"{request.path}?{request.query}" if request.query else request.path
+    return Request.of(
+        method=request.method, authority=request.host, target=target, headers=request.headers
+    )
+
+
 def _cookie(header: str | None, name: str) -> str | None:
     if header is None:
         return None
@@ -291,6 +312,7 @@ class FleetRouter:
         wall_clock: Callable[[], float] = time.time,
         connected: Callable[[str], bool] | None = None,
         forward: Forward | None = None,
+        writes_status: bool = True,
     ) -> None:
         """``checker``: runs one active check (default: ``checks.probe`` through the tunnel).
 
@@ -299,7 +321,9 @@ class FleetRouter:
         since the epoch, ``Lease.renewed_at``). ``connected``: whether some replica holds a
         cluster's session (asked only when this process holds none); ``forward``: how the
         checks reach such a cluster (``backends.open_backend``). None: this process only.
+        ``writes_status``: False until ``lead`` runs (replicas: the leader writes the status).
         """
+        self._writes_status = writes_status
         self._connected = connected
         self._forward = forward
         self._hub = hub
@@ -313,6 +337,11 @@ class FleetRouter:
         self._problems: dict[str, str] = {}
         """Route name -> why it does not parse (it is left out of the table)."""
         self._table = RouteTable(())
+        self._matches: dict[tuple[str, str, str, str], RouteHit | None] = {}
+        """(method, host, path, query) -> the table's match, for hosts no route matches by
+        header (``_plain``): what such a request matches depends on these alone. Emptied with
+        every new table, and when full."""
+        self._plain_hosts: dict[str, bool] = {}
         self._balancers: dict[tuple[str, int], Balancer] = {}
         self._fixed: dict[tuple[str, int], _Fixed] = {}
         """What a rule's decisions share, built with the table (not once per request)."""
@@ -352,11 +381,18 @@ class FleetRouter:
 
     def route(self, request: RequestInfo) -> Decision | NoRoute:
         now = self._clock()
-        target = f"{request.path}?{request.query}" if request.query else request.path
-        parsed = Request.of(
-            method=request.method, authority=request.host, target=target, headers=request.headers
-        )
-        hit = self._table.match(parsed)
+        parsed: Request | None = None
+        key = (request.method, request.host, request.path, request.query)
+        if key in self._matches:
+            hit = self._matches[key]
+        else:
+            parsed = _parse(request)
+            hit = self._table.match(parsed)
+            short = len(request.path) + len(request.query) <= MAX_CACHED_TARGET
+            if short and self._plain(parsed.host):
+                if len(self._matches) >= MAX_CACHED_MATCHES:
+                    self._matches.clear()
+                self._matches[key] = hit
         if hit is None:
             return NoRoute(
                 reason="no_route",
@@ -369,8 +405,8 @@ class FleetRouter:
         self._tick(now)
         balancer = self._balancers[hit.rule_key]
         available = self._board.available()
-        affinity, cookie = _affinity(rule, parsed), None
-        session = rule.session
+        session, cookie = rule.session, None
+        affinity = _affinity(rule, parsed or _parse(request)) if session is not None else None
         if affinity is None and session is not None and session.type is SessionType.COOKIE:
             # A new session: key it by a fresh token and hand the token out as the cookie.
             affinity = secrets.token_urlsafe(16)
@@ -384,18 +420,22 @@ class FleetRouter:
                 + "; ".join(self._describe(ref) for ref in rule.backends),
             )
         fixed = self._fixed[hit.rule_key]
-        if rule.retry.attempts > 0:
+        if rule.retry.attempts > 0 and len(fixed.backends) > 1:
             weights = balancer.effective_weights(now=now, available=available, exclude=(first,))
             others = sorted(weights, key=lambda key: -weights[key])[: rule.retry.attempts]
             backends = tuple(fixed.backends[key] for key in (first, *others))
         else:
             backends = (fixed.backends[first],)
-        mirrors = tuple(
-            fixed.backends_of_mirrors[index]
-            for index, (mirror, share) in enumerate(
-                zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+        mirrors = (
+            tuple(
+                fixed.backends_of_mirrors[index]
+                for index, (mirror, share) in enumerate(
+                    zip(rule.mirrors, self._mirrors[hit.rule_key], strict=True)
+                )
+                if share.take() and mirror.backend.key in available
             )
-            if share.take() and mirror.backend.key in available
+            if rule.mirrors
+            else ()
         )
         return Decision(
             route=hit.route.name,
@@ -408,6 +448,16 @@ class FleetRouter:
             backoff=rule.retry.backoff,
             mirrors=mirrors,
         )
+
+    def _plain(self, host: str) -> bool:
+        """Whether no route that may take ``host`` (normalized) has a header match."""
+        plain = self._plain_hosts.get(host)
+        if plain is None:
+            if len(self._plain_hosts) >= MAX_CACHED_MATCHES:
+                self._plain_hosts.clear()
+            plain = not any(entry[1].headers for entry in self._table.candidates(host))
+            self._plain_hosts[host] = plain
+        return plain
 
     def report(self, backend: Backend, outcome: Outcome) -> None:
         now = self._clock()
@@ -433,12 +483,13 @@ class FleetRouter:
     def _look_at(self, cluster: str, now: float) -> None:
         """Tell the board whether ``cluster`` has a session here, if that changed."""
         session = self._sessions.get(cluster)
+        here = session is not None
+        lease = remote_leases.judged_here(self._hub, cluster, here=here)
         if session is not None:
-            up = session.identity.kind == "cluster"
-        else:  # another replica may hold it (peer forwarding)
+            up = session.identity.kind == "cluster" and not self._lease_expired(cluster, lease)
+        else:  # another replica may hold it (peer forwarding): its holder Lease says
             up = self._connected is not None and self._connected(cluster)
-        up = up and not self._lease_expired(cluster)
-        self._look_at_ready(cluster, now)
+        self._look_at_ready(cluster, lease, now)
         if self._reachable.get(cluster) is up:
             return
         self._reachable[cluster] = up
@@ -450,9 +501,12 @@ class FleetRouter:
         )
         self._status_due = True
 
-    def _look_at_ready(self, cluster: str, now: float) -> None:
-        """Tell the board the ready counts ``cluster``'s agent reported, if they changed."""
-        lease = self._hub.leases.get(cluster)
+    def _look_at_ready(self, cluster: str, lease: Lease | None, now: float) -> None:
+        """Tell the board the ready counts ``cluster``'s agent reported, if they changed.
+
+        ``lease``: the one this replica judges the cluster by (none while another replica
+        holds its session: the counts are unknown here).
+        """
         counts = lease.ready_endpoints if lease is not None else None
         if counts is self._ready_seen.get(cluster, _UNSEEN):
             return
@@ -478,14 +532,13 @@ class FleetRouter:
                     extra={"kv": {"backend": key, "health": changed.describe(), "ready": count}},
                 )
 
-    def _lease_expired(self, cluster: str) -> bool:
+    def _lease_expired(self, cluster: str, lease: Lease | None) -> bool:
         """Whether the cluster's lease ran out (as its ManagedCluster's conditions count it).
 
-        A session whose agent stopped renewing (a hung agent, a cut network whose tunnel
+        A session here whose agent stopped renewing (a hung agent, a cut network whose tunnel
         keepalive has not fired yet) is no way to the cluster. No lease at all (an agent that
         does not speak the fleet stream, or this server restarted): the session decides.
         """
-        lease = self._hub.leases.get(cluster)
         if lease is None:
             return False
         seconds = self._lease_seconds.get(cluster, DEFAULT_LEASE_SECONDS)
@@ -497,6 +550,18 @@ class FleetRouter:
             self._status_due = True
 
     # ------------------------------------------------------------------ the loop's side
+
+    async def lead(self) -> None:
+        """Write the routes' status while this runs (as the leader's singleton), from now on.
+
+        With several replicas each one routes by its own view (its sessions, its requests'
+        figures); one status, the leader's, keeps them from overwriting each other's.
+        """
+        self._writes_status = self._status_due = True
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._writes_status = False
 
     async def run(self) -> None:
         """Follow the store and the sessions, and run the active checks, until cancelled."""
@@ -640,7 +705,7 @@ class FleetRouter:
         self._tick(now)
         if now - self._figures_at >= self._settings.figures_seconds:
             self._refresh_figures(now)
-        if self._status_due:
+        if self._status_due and self._writes_status:
             self._status_due = False
             self._write_status()
 
@@ -705,6 +770,7 @@ class FleetRouter:
                 problems[name] = str(error)
         self._routes, self._problems = routes, problems
         self._table = RouteTable(routes.values())
+        self._matches, self._plain_hosts = {}, {}
         self._balancers = {
             (route.name, index): Balancer(rule.weights, settings=self._settings.balancer)
             for route in routes.values()
