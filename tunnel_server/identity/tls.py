@@ -54,6 +54,11 @@ def server_ssl_context(authority: CertificateAuthority) -> ssl.SSLContext:
     # previous one (docs/security.md "Rotating the CA").
     context.load_verify_locations(cadata=authority.trusted_pem().decode())
     context.verify_mode = ssl.CERT_OPTIONAL
+    # No TLS 1.3 session tickets: nobody could use them (their keys die with the process, and
+    # asyncio clients such as the agent cannot offer a saved session), yet OpenSSL makes two
+    # after every handshake, each holding the client's certificate: ~0.7 of ~2.3 ms of server
+    # CPU and 1.5 KB per handshake with a client certificate (docs/benchmarks.md, issue 18).
+    context.num_tickets = 0
     return context
 
 

@@ -51,7 +51,7 @@ from fleet_model.cluster import (
     parse_spec as parse_cluster_spec,
 )
 from fleet_model.problems import SpecError
-from tunnel_server.app_keys import FLEET_HUB_KEY, STORE_KEY
+from tunnel_server.app_keys import FLEET_HUB_KEY, SESSIONS_KEY, STORE_KEY
 from tunnel_server.fleet.clusters_api import cut_off
 from tunnel_server.fleet.hub import health, registration, remote_leases, scheduling, worksets
 from tunnel_server.fleet.hub.mirror import Mirror
@@ -626,7 +626,12 @@ async def run_leading(app: web.Application, controller: HubController) -> None:
     hub = controller.hub
     async with asyncio.TaskGroup() as group:
         group.create_task(
-            remote_leases.follow(hub, holder, interval=float(hub.settings.default_lease_seconds)),
+            remote_leases.follow(
+                hub,
+                holder,
+                interval=float(hub.settings.default_lease_seconds),
+                here=lambda name: app[SESSIONS_KEY].get(name) is not None,
+            ),
             name="fleet.remote-leases",
         )
         group.create_task(controller.run(), name="fleet.hub-controller-run")
