@@ -69,11 +69,17 @@ async def open_agent_stream(
     target: str,
     *,
     timeout: float,  # noqa: ASYNC109 - the agent's dial time is part of the protocol
+    early_data: bytes = b"",
 ) -> TunnelStream:
-    """A stream to ``target`` on ``node``'s agent, local or through its replica (see above)."""
+    """A stream to ``target`` on ``node``'s agent, local or through its replica (see above).
+
+    ``early_data`` (a request head, say) is sent on it: with the OPEN on a local session
+    (``TunnelConnection.open_stream``, which says what an error means for those bytes),
+    once the stream is accepted through a replica.
+    """
     session = app[SESSIONS_KEY].get(node)
     if session is not None:
-        return await session.connection.open_stream(target, timeout=timeout)
+        return await session.connection.open_stream(target, timeout=timeout, early_data=early_data)
     found = holder(app, node)
     peers = app.get(PEERS_KEY)
     if found is None or peers is None:
@@ -81,6 +87,13 @@ async def open_agent_stream(
     replica, address = found
     if replica == peers.name:
         raise AgentNotConnectedError(node)  # our own record, not yet released: never dial us
-    return await peers.open(
+    stream = await peers.open(
         replica=replica, address=address, node=node, target=target, timeout=timeout
     )
+    if early_data:
+        try:
+            await stream.write(early_data)
+        except BaseException:
+            stream.reset(ErrorCode.CANCEL, "the request could not be sent")
+            raise
+    return stream
