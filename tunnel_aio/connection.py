@@ -206,8 +206,29 @@ class TunnelConnection:
 
     # ------------------------------------------------------------------ streams we open
 
-    async def open_stream(self, target: str, *, timeout: float = 10.0) -> TunnelStream:  # noqa: ASYNC109 - the peer's dial time is part of the protocol
-        """A stream to ``target`` on the peer, once it accepted; raises StreamRejectedError."""
+    async def open_stream(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the peer's dial time is part of the protocol
+        early_data: bytes | bytearray | memoryview = b"",
+        end: bool = False,
+    ) -> TunnelStream:
+        """A stream to ``target`` on the peer, once it accepted; raises StreamRejectedError.
+
+        ``early_data`` is sent on the stream, and ``end`` ends our side after it (FIN). When
+        the peer speaks the early-data extension they leave with the OPEN, in the same
+        WebSocket message, up to the stream's initial credit, so the peer can pass them on
+        as soon as it has dialled instead of a round trip later; the rest (and everything,
+        with an older peer) is written once the stream is accepted, waiting for credit like
+        any ``write`` beyond the peer's initial window (a request head fits many times over).
+
+        What a failure means for those bytes: ``StreamRejectedError`` says none of them
+        reached the target (the peer refused the stream and dropped them unread, or it was
+        refused here), so any request is safe to send again elsewhere. Any other error
+        (``StreamResetError`` when no answer came within ``timeout`` after early data was
+        sent, ``TunnelClosedError``...) leaves that unknown, as a failure after the accept.
+        """
         await self.wait_ready()
         if self.terminated:
             raise self._closed_error()
@@ -217,15 +238,32 @@ class TunnelConnection:
             raise StreamRejectedError(f"{target}: {error}", code=error.code) from error
         stream = TunnelStream(self, stream_id, target)
         self._streams[stream_id] = stream
+        rest = memoryview(early_data)
+        if rest and self.session.early_data:
+            rest = rest[stream.send_now(rest) :]
+            if end and not rest:
+                self.session.end_stream(stream_id)
+                end = False
+        sent_early = len(rest) < len(early_data)
         self._process()
         try:
             async with asyncio.timeout(timeout):
                 await stream.wait_accepted()
         except TimeoutError:
             stream.reset(ErrorCode.CANCEL, "open timed out")
+            if sent_early:
+                raise StreamResetError(
+                    f"{target}: no answer within {timeout} s (the early data may have reached"
+                    " the target)",
+                    code=ErrorCode.CANCEL,
+                ) from None
             raise StreamRejectedError(
                 f"{target}: no answer within {timeout} s", code=ErrorCode.CANCEL
             ) from None
+        if rest:
+            await stream.write(rest)
+        if end:
+            stream.end()
         return stream
 
     # ------------------------------------------------------------------ calls from streams

@@ -39,7 +39,10 @@ class StreamError(ConnectionError):
 
 
 class StreamRejectedError(StreamError):
-    """The peer refused to open the stream (target not allowed, dial failed, draining...)."""
+    """The peer refused to open the stream (target not allowed, dial failed, draining...).
+
+    Nothing sent on the stream reached the target, early data included: safe to retry.
+    """
 
 
 class StreamResetError(StreamError):
@@ -153,7 +156,12 @@ class TunnelStream:
             self._accepted.set_result(None)
 
     def reject(self, code: ErrorCode, text: str) -> None:
-        """Answer a peer's OPEN with a refusal the peer can show a person."""
+        """Answer a peer's OPEN with a refusal the peer can show a person.
+
+        Early data that came with the OPEN is dropped unread: the peer is told none of it was
+        passed on, so a handler must not pass early data on before it accepts.
+        """
+        self._chunks.clear()
         self._connection.reject_stream(self.stream_id, code, text)
 
     @property

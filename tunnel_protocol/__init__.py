@@ -27,6 +27,7 @@ from tunnel_protocol.events import (
     StreamReset,
 )
 from tunnel_protocol.frames import (
+    EXTENSION_EARLY_DATA,
     HEADER_SIZE,
     MAX_FRAME_PAYLOAD_HARD_CAP,
     MAX_TARGET_LENGTH,
@@ -55,6 +56,7 @@ from tunnel_protocol.settings import SUPPORTED_VERSIONS, TunnelSettings
 from tunnel_protocol.stream_state import StreamState
 
 __all__ = [
+    "EXTENSION_EARLY_DATA",
     "HEADER_SIZE",
     "MAX_FRAME_PAYLOAD_HARD_CAP",
     "MAX_TARGET_LENGTH",

@@ -43,6 +43,8 @@ class PeerSettings:
     """Bytes: credit each new stream starts with towards the peer."""
     max_concurrent_streams: int
     """Streams we may have open towards the peer at once."""
+    extensions: frozenset[int] = frozenset()
+    """HELLO extensions the peer offered (``EXTENSION_*`` of ``frames``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,8 @@ class HandshakeComplete:
 
     version: int
     peer_settings: PeerSettings
+    early_data: bool = False
+    """Both ends offered early data: DATA and FIN may follow an OPEN before its ACCEPT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +67,18 @@ class StreamOpened:
 
 @dataclass(frozen=True, slots=True)
 class StreamAccepted:
-    """The peer accepted a stream we opened; we may send DATA now."""
+    """The peer accepted a stream we opened; we may send DATA now (early data went before)."""
 
     stream_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class StreamRejected:
-    """The peer refused a stream we opened (a ``StreamClosed`` follows)."""
+    """The peer refused a stream we opened (a ``StreamClosed`` follows).
+
+    Nothing we sent on it reached the peer's application: early data is dropped unread, so
+    a request sent as early data is safe to send again elsewhere, whatever it was.
+    """
 
     stream_id: int
     code: ErrorCode

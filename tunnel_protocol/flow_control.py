@@ -62,10 +62,12 @@ class ReceiveWindow:
         self.remaining -= amount
         self.unacknowledged += amount
 
-    def acknowledge(self, amount: int) -> int:
+    def acknowledge(self, amount: int, *, defer: bool = False) -> int:
         """Record that the application consumed ``amount`` bytes.
 
-        Returns a WINDOW_UPDATE increment to send now, or 0 to keep batching.
+        Returns a WINDOW_UPDATE increment to send now, or 0 to keep batching (always 0 with
+        ``defer``: early data read before the stream is accepted, when no update may go yet;
+        a later call, ``acknowledge(0)`` say, returns what is due then).
 
         Credit goes back once half the window is consumed (one update per half window, not per
         read), or as soon as the returned credit would at least match what the peer still
@@ -78,7 +80,7 @@ class ReceiveWindow:
             )
         self.unacknowledged -= amount
         self.pending_update += amount
-        if self.pending_update == 0:
+        if self.pending_update == 0 or defer:
             return 0
         if self.pending_update >= self.size // 2 or self.pending_update >= self.remaining:
             increment, self.pending_update = self.pending_update, 0

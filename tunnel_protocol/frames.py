@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "EXTENSION_EARLY_DATA",
     "FLAG_FINAL",
     "HEADER_SIZE",
     "MAX_FRAME_PAYLOAD_HARD_CAP",
@@ -89,6 +90,12 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U32_U16 = struct.Struct("!IH")
 _HELLO_SETTINGS = struct.Struct("!III")
+_HELLO_EXTENSION = struct.Struct("!HH")
+
+EXTENSION_EARLY_DATA = 0x0001
+"""HELLO extension: the sender takes DATA and FIN on a stream it has not accepted yet (an
+opener's *early data*, sent with its OPEN), and may send them itself when the peer offers
+it too. No value bytes. Rules in ``docs/tunnel-protocol.md`` section 3 and ``stream_state``."""
 
 
 class FrameType(enum.IntEnum):
@@ -147,6 +154,10 @@ class Hello:
     max_frame_payload: int
     initial_window: int
     max_concurrent_streams: int
+    extensions: frozenset[int] = frozenset()
+    """Extension ids the sender offers (``EXTENSION_*``); a peer uses one only when both offer
+    it. Each is sent as ``u16 id, u16 length`` and ``length`` value bytes (none so far), after
+    the fixed fields, where a peer that predates extensions ignores them."""
 
     frame_type: ClassVar[FrameType] = FrameType.HELLO
     stream_id: ClassVar[int] = 0
@@ -164,11 +175,19 @@ class Hello:
             0 <= self.max_concurrent_streams <= MAX_WINDOW,
             "max concurrent streams must be 0..2**31-1",
         )
+        _check(all(0 < e <= 0xFFFF for e in self.extensions), "HELLO extensions must be 1..65535")
+        size = 1 + 2 * len(self.versions) + _HELLO_SETTINGS.size
+        _check(
+            size + _HELLO_EXTENSION.size * len(self.extensions) <= MAX_HELLO_PAYLOAD,
+            f"HELLO larger than {MAX_HELLO_PAYLOAD} bytes",
+            ErrorCode.FRAME_SIZE_ERROR,
+        )
 
     def payload(self) -> bytes:
         versions = struct.pack(f"!B{len(self.versions)}H", len(self.versions), *self.versions)
         limits = (self.max_frame_payload, self.initial_window, self.max_concurrent_streams)
-        return versions + _HELLO_SETTINGS.pack(*limits)
+        extensions = b"".join(_HELLO_EXTENSION.pack(e, 0) for e in sorted(self.extensions))
+        return versions + _HELLO_SETTINGS.pack(*limits) + extensions
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +398,27 @@ def _parse_hello(_stream_id: int, payload: bytes) -> Hello:
     _check(count > 0 and len(payload) >= end, "HELLO truncated", ErrorCode.FRAME_SIZE_ERROR)
     versions = struct.unpack_from(f"!{count}H", payload, 1)
     limits = _HELLO_SETTINGS.unpack_from(payload, 1 + 2 * count)
-    # Bytes after ``end`` are extensions of later versions; version 1 ignores them.
-    return Hello(tuple(versions), *limits)
+    # Extensions follow (a peer that predates them sent none, and ignored ours): each one an
+    # id, a length and that many value bytes, which no extension defined so far uses. Ids we
+    # do not know are kept but unused. Version 1 promised to ignore whatever follows the
+    # fixed fields, so bytes that do not parse as entries end the list quietly, not the session.
+    extensions: set[int] = set()
+    offset = end
+    while len(payload) - offset >= _HELLO_EXTENSION.size:
+        extension, length = _HELLO_EXTENSION.unpack_from(payload, offset)
+        offset += _HELLO_EXTENSION.size + length
+        if offset > len(payload):
+            break
+        if extension:
+            extensions.add(extension)
+    max_frame_payload, initial_window, max_concurrent_streams = limits
+    return Hello(
+        tuple(versions),
+        max_frame_payload,
+        initial_window,
+        max_concurrent_streams,
+        frozenset(extensions),
+    )
 
 
 def _parse_open(stream_id: int, payload: bytes) -> Open:

@@ -56,6 +56,7 @@ from tunnel_protocol.events import (
 )
 from tunnel_protocol.flow_control import ReceiveWindow, SendCredit
 from tunnel_protocol.frames import (
+    EXTENSION_EARLY_DATA,
     MAX_STREAM_ID,
     PING_PAYLOAD_SIZE,
     UNNEGOTIATED_VERSION,
@@ -79,7 +80,12 @@ from tunnel_protocol.frames import (
 )
 from tunnel_protocol.settings import TunnelSettings
 from tunnel_protocol.stream_budget import StreamBudget
-from tunnel_protocol.stream_state import StreamInput, StreamState, StreamStateMachine
+from tunnel_protocol.stream_state import (
+    UNANSWERED,
+    StreamInput,
+    StreamState,
+    StreamStateMachine,
+)
 
 __all__ = ["MAX_OUTSTANDING_PINGS", "MAX_QUEUED_REPLIES", "Role", "SessionState", "TunnelSession"]
 
@@ -92,6 +98,9 @@ The glue takes them whenever its writer is free, so only a peer that keeps sendi
 does not read our answers (the writer is stuck behind a full socket) piles them up; without a
 cap each of its 17-byte PINGs would cost us memory for ever. 10,000 is Go's HTTP/2 limit on
 queued control frames: far above any legitimate burst, ~170 KiB of answers at most."""
+
+
+_OPENING_LOCAL = frozenset({StreamState.OPENING_LOCAL, StreamState.OPENING_LOCAL_ENDED})
 
 
 class Role(enum.Enum):
@@ -121,13 +130,16 @@ class SessionState(enum.Enum):
 class _Stream:
     __slots__ = ("credit", "machine", "productive", "stream_id", "window")
 
-    def __init__(self, stream_id: int, send_credit: int, receive_window: int) -> None:
+    def __init__(
+        self, stream_id: int, send_credit: int, receive_window: int, *, early_data: bool
+    ) -> None:
         self.stream_id = stream_id
-        self.machine = StreamStateMachine()
+        self.machine = StreamStateMachine(early_data=early_data)
         self.credit = SendCredit(send_credit)
         self.window = ReceiveWindow(receive_window)
         self.productive = False
-        """DATA crossed the stream either way, or both ends closed it with FIN."""
+        """DATA crossed the stream either way after ACCEPT (early data counts once the
+        stream is accepted, never on a refused one), or both ends closed it with FIN."""
 
 
 class TunnelSession:
@@ -139,6 +151,7 @@ class TunnelSession:
         self._state = SessionState.HANDSHAKING
         self._version: int | None = None
         self._peer: PeerSettings | None = None
+        self._early_data = False
         self._error: RemoteProtocolError | None = None
         self._streams: dict[int, _Stream] = {}
         self._local_count = 0
@@ -186,6 +199,15 @@ class TunnelSession:
     @property
     def peer_settings(self) -> PeerSettings | None:
         return self._peer
+
+    @property
+    def early_data(self) -> bool:
+        """Whether both HELLOs offered early data.
+
+        Then ``send_data`` and ``end_stream`` may follow ``open_stream`` before the peer
+        accepts, and the peer may do the same to us.
+        """
+        return self._early_data
 
     @property
     def error(self) -> RemoteProtocolError | None:
@@ -317,7 +339,9 @@ class TunnelSession:
     def open_stream(self, target: str) -> int:
         """Ask the peer for a stream to ``target``; return its id.
 
-        Wait for ``StreamAccepted`` (or ``StreamRejected``) before sending data.
+        Wait for ``StreamAccepted`` (or ``StreamRejected``) before sending data, unless
+        ``early_data``: then ``send_data`` (within the initial credit) and ``end_stream`` may
+        follow at once; a ``StreamRejected`` then means the peer dropped those bytes unread.
         """
         self._require_running()
         if self._state is SessionState.DRAINING:
@@ -340,6 +364,14 @@ class TunnelSession:
         stream = self._local_stream(stream_id)
         stream.machine.process(StreamInput.SEND_ACCEPT)
         self._send(Accept(stream_id))
+        window = stream.window
+        if window.remaining < window.size:
+            # Early data came with the OPEN: it crosses an accepted stream now, so it counts
+            # as productive; credit for what the application already read goes back now.
+            stream.productive = True
+            increment = window.acknowledge(0)
+            if increment and stream.machine.can_receive:
+                self._send(WindowUpdate(stream_id, increment))
 
     def reject(self, stream_id: int, code: ErrorCode, text: str = "") -> None:
         """Refuse a stream the peer opened. A no-op if the stream is already gone."""
@@ -381,6 +413,11 @@ class TunnelSession:
         """
         stream = self._streams.get(stream_id)
         if stream is None:
+            return
+        if stream.machine.state in UNANSWERED:
+            # Early data read before we answered: no WINDOW_UPDATE may precede the ACCEPT,
+            # so the credit waits (``accept`` sends it; a REJECT drops it with the stream).
+            stream.window.acknowledge(n, defer=True)
             return
         increment = stream.window.acknowledge(n)
         if increment and stream.machine.can_receive:
@@ -478,10 +515,12 @@ class TunnelSession:
             max_frame_payload=frame.max_frame_payload,
             initial_window=frame.initial_window,
             max_concurrent_streams=frame.max_concurrent_streams,
+            extensions=frame.extensions,
         )
+        self._early_data = self._settings.early_data and EXTENSION_EARLY_DATA in frame.extensions
         self._state = SessionState.OPEN
         self._last_ping_sent = self._clock
-        self._events.append(HandshakeComplete(self._version, self._peer))
+        self._events.append(HandshakeComplete(self._version, self._peer, self._early_data))
 
     def _on_pong(self, frame: Pong) -> None:
         sent_at = self._pings.pop(frame.opaque, None)
@@ -506,7 +545,7 @@ class TunnelSession:
             for stream in self._streams.values()
             if stream.stream_id > last_stream_id
             and self._is_local_id(stream.stream_id)
-            and stream.machine.state is StreamState.OPENING_LOCAL
+            and stream.machine.state in _OPENING_LOCAL
         ]
         for stream in refused:
             text = "the peer is going away"
@@ -585,9 +624,10 @@ class TunnelSession:
                 self._forget(stream)
 
     def _on_data(self, stream: _Stream, frame: Data) -> None:
-        stream.machine.process(StreamInput.RECV_DATA)
+        state = stream.machine.process(StreamInput.RECV_DATA)
         stream.window.receive(len(frame.data))
-        stream.productive = True
+        if state is not StreamState.OPENING_REMOTE:  # early data counts once accepted
+            stream.productive = True
         self._events.append(DataReceived(stream.stream_id, frame.data))
 
     def _on_window_update(self, stream: _Stream, frame: WindowUpdate) -> None:
@@ -605,6 +645,9 @@ class TunnelSession:
             max_frame_payload=self._settings.max_frame_payload,
             initial_window=self._settings.initial_window,
             max_concurrent_streams=self._settings.max_concurrent_streams,
+            extensions=frozenset({EXTENSION_EARLY_DATA})
+            if self._settings.early_data
+            else frozenset(),
         )
 
     def _send(self, frame: Frame) -> None:
@@ -653,7 +696,12 @@ class TunnelSession:
     def _new_stream(self, stream_id: int) -> _Stream:
         if self._peer is None:  # pragma: no cover - guarded by the callers' state checks
             raise LocalProtocolError("handshake not complete")
-        stream = _Stream(stream_id, self._peer.initial_window, self._settings.initial_window)
+        stream = _Stream(
+            stream_id,
+            self._peer.initial_window,
+            self._settings.initial_window,
+            early_data=self._early_data,
+        )
         self._streams[stream_id] = stream
         return stream
 

@@ -44,6 +44,13 @@ class TunnelSettings:
     1024 is far above kubectl's needs (a port-forward takes a few) and matches the order of
     kube-apiserver's 1000 HTTP/2 streams per connection."""
 
+    early_data: bool = True
+    """Offer the early-data extension in HELLO: when the peer offers it too, an opener may
+    send DATA (and FIN) right after OPEN, within the initial window, instead of waiting a
+    round trip for ACCEPT, and we take the same from the peer (buffered until we accept, as
+    any DATA is, under the window). False behaves exactly as a peer that predates the
+    extension (the interop tests play one with it)."""
+
     ping_interval: float = 15.0
     """Seconds between keepalive PINGs. 15 s is under the 30-60 s idle timeouts of common NATs
     and cloud load balancers, so an idle tunnel stays mapped."""

@@ -11,7 +11,8 @@ RESET. The same holds for a peer that keeps opening streams we refuse, and for o
 the session keeps a budget of such streams, a token bucket:
 
 * A stream the peer opened is **unproductive** when it ends by REJECT or RESET (sent by
-  either end) before any DATA crossed it either way, or when we reset it because the peer
+  either end) before any DATA crossed it either way (early data, sent with the OPEN before
+  our ACCEPT, counts only once we accepted), or when we reset it because the peer
   broke a stream rule (whatever crossed it before). An OPEN beyond our stream cap, refused by
   the session itself, is unproductive too. Each costs one unit of the budget.
 * A stream the peer opened that carried DATA, or that both ends closed with FIN, is
@@ -25,7 +26,7 @@ the session keeps a budget of such streams, a token bucket:
   refused while the session drains (the peer's opens crossed our GO_AWAY; no work is done).
 
 Why this bounds the work: an unproductive stream needs no round trip, so only the budget
-limits it, to ``burst + rate * t``. A productive one needs our ACCEPT first (no DATA may flow
+limits it, to ``burst + rate * t``. A productive one needs our ACCEPT first (no DATA counts
 before it), so the units it gives back arrive no faster than the stream cap allows streams to
 complete, which is the load legitimate traffic may place anyway. Legitimate clients rarely
 end a stream without sending a byte (a request is DATA; a cancelled watch has sent its

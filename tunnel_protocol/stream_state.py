@@ -32,6 +32,21 @@ HALF_CLOSED_REMOTE     SEND_DATA, RECV_WINDOW_UPDATE → HALF_CLOSED_REMOTE;  SE
 CLOSED                 nothing: the session forgets the stream, so late frames never get here
 =====================  ==================================================================
 
+With the early-data extension (both HELLOs offered it; ``early_data=True``) four cells are
+added, and two states that only they lead to:
+
+=====================  ==================================================================
+OPENING_LOCAL          SEND_DATA → OPENING_LOCAL;  SEND_FIN → OPENING_LOCAL_ENDED
+OPENING_REMOTE         RECV_DATA → OPENING_REMOTE;  RECV_FIN → OPENING_REMOTE_ENDED
+OPENING_LOCAL_ENDED    RECV_ACCEPT → HALF_CLOSED_LOCAL;  RECV_REJECT → CLOSED;  *_RESET → CLOSED
+  (we sent OPEN, FIN)  (we may not send DATA or FIN again)
+OPENING_REMOTE_ENDED   SEND_ACCEPT → HALF_CLOSED_REMOTE;  SEND_REJECT → CLOSED;  *_RESET → CLOSED
+  (peer sent OPEN, FIN)  (peer DATA or FIN now is STREAM_CLOSED)
+=====================  ==================================================================
+
+WINDOW_UPDATE still waits for ACCEPT either way: the receiver holds early data unread until it
+accepts (the window bounds it), then gives back what its application consumed.
+
 ``*_X`` means both ``SEND_X`` and ``RECV_X``. WINDOW_UPDATE stays legal towards a half-closed
 direction because one may be in flight when the FIN is sent; it is simply useless there.
 Flow control (how much DATA) is the session's concern; this machine only says whether DATA is
@@ -44,13 +59,24 @@ import enum
 
 from tunnel_protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
-__all__ = ["StreamInput", "StreamState", "StreamStateMachine"]
+__all__ = [
+    "EARLY_TRANSITIONS",
+    "TRANSITIONS",
+    "UNANSWERED",
+    "StreamInput",
+    "StreamState",
+    "StreamStateMachine",
+]
 
 
 class StreamState(enum.Enum):
     IDLE = "IDLE"
     OPENING_LOCAL = "OPENING_LOCAL"
     OPENING_REMOTE = "OPENING_REMOTE"
+    OPENING_LOCAL_ENDED = "OPENING_LOCAL_ENDED"
+    """Early data: we sent OPEN and FIN, no answer yet."""
+    OPENING_REMOTE_ENDED = "OPENING_REMOTE_ENDED"
+    """Early data: the peer sent OPEN and FIN, we have not answered yet."""
     OPEN = "OPEN"
     HALF_CLOSED_LOCAL = "HALF_CLOSED_LOCAL"
     HALF_CLOSED_REMOTE = "HALF_CLOSED_REMOTE"
@@ -94,6 +120,17 @@ TRANSITIONS: dict[StreamState, dict[StreamInput, StreamState]] = {
     S.IDLE: {I.SEND_OPEN: S.OPENING_LOCAL, I.RECV_OPEN: S.OPENING_REMOTE},
     S.OPENING_LOCAL: {I.RECV_ACCEPT: S.OPEN, I.RECV_REJECT: S.CLOSED, **_RESETS},
     S.OPENING_REMOTE: {I.SEND_ACCEPT: S.OPEN, I.SEND_REJECT: S.CLOSED, **_RESETS},
+    # Reached only with early data (below), left the same way in both tables.
+    S.OPENING_LOCAL_ENDED: {
+        I.RECV_ACCEPT: S.HALF_CLOSED_LOCAL,
+        I.RECV_REJECT: S.CLOSED,
+        **_RESETS,
+    },
+    S.OPENING_REMOTE_ENDED: {
+        I.SEND_ACCEPT: S.HALF_CLOSED_REMOTE,
+        I.SEND_REJECT: S.CLOSED,
+        **_RESETS,
+    },
     S.OPEN: {
         I.SEND_DATA: S.OPEN,
         I.RECV_DATA: S.OPEN,
@@ -120,28 +157,64 @@ TRANSITIONS: dict[StreamState, dict[StreamInput, StreamState]] = {
 }
 """The table of the module docstring, as data."""
 
-_CAN_SEND = frozenset({S.OPEN, S.HALF_CLOSED_REMOTE})
-_CAN_RECEIVE = frozenset({S.OPEN, S.HALF_CLOSED_LOCAL})
-_PEER_DIRECTION_CLOSED = frozenset({S.HALF_CLOSED_REMOTE, S.CLOSED})
+EARLY_TRANSITIONS: dict[StreamState, dict[StreamInput, StreamState]] = {
+    **TRANSITIONS,
+    S.OPENING_LOCAL: {
+        **TRANSITIONS[S.OPENING_LOCAL],
+        I.SEND_DATA: S.OPENING_LOCAL,
+        I.SEND_FIN: S.OPENING_LOCAL_ENDED,
+    },
+    S.OPENING_REMOTE: {
+        **TRANSITIONS[S.OPENING_REMOTE],
+        I.RECV_DATA: S.OPENING_REMOTE,
+        I.RECV_FIN: S.OPENING_REMOTE_ENDED,
+    },
+}
+"""The table with the early-data cells of the module docstring: a stream of a session where
+both ends offered the extension uses this one."""
+
+UNANSWERED = frozenset({S.OPENING_REMOTE, S.OPENING_REMOTE_ENDED})
+"""The peer opened the stream and we have not answered: early data waits, no credit goes back."""
+
+
+def _states_allowing(event: StreamInput) -> dict[bool, frozenset[StreamState]]:
+    """Per table (keyed by ``early_data``), the states where ``event`` is allowed."""
+    tables = {False: TRANSITIONS, True: EARLY_TRANSITIONS}
+    return {
+        early: frozenset(state for state, row in table.items() if event in row)
+        for early, table in tables.items()
+    }
+
+
+_CAN_SEND = _states_allowing(I.SEND_DATA)
+_CAN_RECEIVE = _states_allowing(I.RECV_DATA)
+_PEER_DIRECTION_CLOSED = frozenset({S.HALF_CLOSED_REMOTE, S.OPENING_REMOTE_ENDED, S.CLOSED})
 
 
 class StreamStateMachine:
     """Current state of one stream; ``process`` applies an input or raises without changing."""
 
-    __slots__ = ("state",)
+    __slots__ = ("_can_receive", "_can_send", "_table", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, *, early_data: bool = False) -> None:
         self.state = StreamState.IDLE
+        self._table = EARLY_TRANSITIONS if early_data else TRANSITIONS
+        self._can_send = _CAN_SEND[early_data]
+        self._can_receive = _CAN_RECEIVE[early_data]
+
+    @property
+    def early_data(self) -> bool:
+        return self._table is EARLY_TRANSITIONS
 
     @property
     def can_send(self) -> bool:
-        """Whether we may send DATA (the stream is accepted and our direction is open)."""
-        return self.state in _CAN_SEND
+        """Whether we may send DATA (accepted, or opened by us with early data; not ended)."""
+        return self.state in self._can_send
 
     @property
     def can_receive(self) -> bool:
         """Whether the peer may still send DATA to us."""
-        return self.state in _CAN_RECEIVE
+        return self.state in self._can_receive
 
     def process(self, event: StreamInput) -> StreamState:
         """Apply ``event`` and return the new state.
@@ -149,7 +222,7 @@ class StreamStateMachine:
         Raises ``LocalProtocolError`` for a ``SEND_*`` input and ``RemoteProtocolError`` for a
         ``RECV_*`` input that the table does not allow; the state is then unchanged.
         """
-        new_state = TRANSITIONS[self.state].get(event)
+        new_state = self._table[self.state].get(event)
         if new_state is None:
             raise self._violation(event)
         self.state = new_state

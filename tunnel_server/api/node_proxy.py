@@ -32,6 +32,7 @@ from tunnel_server.settings import NodeProxySettings
 from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
     UpstreamError,
+    encode_request,
     forward,
     origin_form,
     request_head,
@@ -94,11 +95,15 @@ def _not_a_node(name: str) -> ProxyError:
     )
 
 
-async def _open(request: web.Request, name: str, target: str) -> TunnelStream:
+async def _open(request: web.Request, name: str, target: str, early_data: bytes) -> TunnelStream:
     metrics = request.app[METRICS_KEY]
     try:
         stream = await opener.open_agent_stream(
-            request.app, name, target, timeout=request.app[NODE_PROXY_SETTINGS_KEY].open_timeout
+            request.app,
+            name,
+            target,
+            timeout=request.app[NODE_PROXY_SETTINGS_KEY].open_timeout,
+            early_data=early_data,
         )
     except opener.AgentReconnectingError as moving:
         metrics.streams_opened.labels("failed").inc()
@@ -181,13 +186,16 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             request, path=path, host=target, drop=frozenset({"authorization"})
         )
         _check_node(request, name)
-        stream = await _open(request, name, target)
+        # The request head goes with the OPEN (early data): the agent writes it to the
+        # target as soon as it has dialled, a round trip sooner than after the ACCEPT.
+        sent, early_data = encode_request(request, head, upgrade=upgrade)
+        stream = await _open(request, name, target, early_data)
     except ProxyError as refused:
         return refused.response()
     except UnsendableRequestError as bad:
         return ProxyError(400, "bad_request", str(bad)).response()
     try:
-        return await forward(request, stream, head, upgrade=upgrade)
+        return await forward(request, stream, head, upgrade=upgrade, sent=sent)
     except UpstreamError as bad:
         return ProxyError(502, "bad_upstream", f"{target} on node {name!r}: {bad}").response()
     except StreamError as failed:

@@ -46,6 +46,7 @@ from tunnel_server.settings import ClusterProxySettings
 from tunnel_server.tunnel.http_over_stream import (
     UnsendableRequestError,
     UpstreamError,
+    encode_request,
     forward,
     origin_form,
     request_head,
@@ -202,10 +203,14 @@ def _head(request: web.Request, path: str, caller: access.Caller) -> tuple[h11.R
     return with_ours, upgrade
 
 
-async def _open(request: web.Request, name: str) -> TunnelStream:
+async def _open(request: web.Request, name: str, early_data: bytes) -> TunnelStream:
     try:
         return await opener.open_agent_stream(
-            request.app, name, TARGET, timeout=request.app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout
+            request.app,
+            name,
+            TARGET,
+            timeout=request.app[CLUSTER_PROXY_SETTINGS_KEY].open_timeout,
+            early_data=early_data,
         )
     except opener.AgentReconnectingError as moving:
         raise ClusterProxyError(503, str(moving), retry_after=moving.retry_after) from None
@@ -233,7 +238,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         path = _forwarded_target(request, name)
         head, upgrade = _head(request, path, caller)
         _check_cluster(request, name)
-        stream = await _open(request, name)
+        sent, early_data = encode_request(request, head, upgrade=upgrade)  # with the OPEN
+        stream = await _open(request, name, early_data)
     except ApiError as refused:
         requests.labels(str(refused.status)).inc()
         return status_response(refused.status, refused.message)
@@ -242,7 +248,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return refused.response()
     requests.labels("forwarded").inc()
     try:
-        return await forward(request, stream, head, upgrade=upgrade)
+        return await forward(request, stream, head, upgrade=upgrade, sent=sent)
     except UpstreamError as bad:
         return status_response(502, f"cluster {name}: the API server's answer is invalid: {bad}")
     except StreamError as failed:

@@ -115,23 +115,43 @@ async def open_agent_stream(
     target: str,
     *,
     timeout: float,  # noqa: ASYNC109 - the agent's dial time is part of the protocol
+    early_data: bytes = b"",
 ) -> TunnelStream:
-    """A stream to ``target`` on ``node``'s agent, local or through its replica (see above)."""
+    """A stream to ``target`` on ``node``'s agent, local or through its replica (see above).
+
+    ``early_data`` (a request head, say) is sent on it: with the OPEN on a local session
+    (``TunnelConnection.open_stream``, which says what an error means for those bytes),
+    once the stream is accepted through a replica.
+    """
     session = app[SESSIONS_KEY].get(node)
     if session is not None:
-        return await session.connection.open_stream(target, timeout=timeout)
+        return await session.connection.open_stream(target, timeout=timeout, early_data=early_data)
     peers = app.get(PEERS_KEY)
     if peers is not None and peers.view is not None:
-        return await _open_routed(app, peers, peers.view, node=node, target=target, timeout=timeout)
+        return await _open_routed(
+            app, peers, peers.view, node=node, target=target, timeout=timeout, early_data=early_data
+        )
     found = holder(app, node)
     if found is None or peers is None:
         raise AgentNotConnectedError(node)
     replica, address = found
     if replica == peers.name:
         raise AgentNotConnectedError(node)  # our own record, not yet released: never dial us
-    return await peers.open(
+    stream = await peers.open(
         replica=replica, address=address, node=node, target=target, timeout=timeout
     )
+    return await _send_early(stream, early_data)
+
+
+async def _send_early(stream: TunnelStream, early_data: bytes) -> TunnelStream:
+    """Write ``early_data`` on a stream a peer replica opened (its OPEN carried none)."""
+    if early_data:
+        try:
+            await stream.write(early_data)
+        except BaseException:
+            stream.reset(ErrorCode.CANCEL, "the request could not be sent")
+            raise
+    return stream
 
 
 async def _open_routed(
@@ -142,6 +162,7 @@ async def _open_routed(
     node: str,
     target: str,
     timeout: float,  # noqa: ASYNC109 - the agent's dial time is part of the protocol
+    early_data: bytes,
 ) -> TunnelStream:
     """Steps 1-4 of the module's doc with the holder view: wait, retry once, or say why."""
     loop = asyncio.get_running_loop()
@@ -153,7 +174,7 @@ async def _open_routed(
         session = app[SESSIONS_KEY].get(node)
         if session is not None:
             left = max(0.1, deadline - loop.time())
-            return await session.connection.open_stream(target, timeout=left)
+            return await session.connection.open_stream(target, timeout=left, early_data=early_data)
         route = view.route(node, time.time())
         if isinstance(route, Forward) and route.replica != stale and tries < 2:
             tries += 1
@@ -174,7 +195,7 @@ async def _open_routed(
                 continue  # marked dead: the view says "reconnecting" now
             if tries > 1:
                 peers.metrics.streams.labels("out", "retried").inc()
-            return stream
+            return await _send_early(stream, early_data)
         if isinstance(route, Forward | Reconnecting) and loop.time() < wait_until:
             await peers.changed(wait_until)
             continue

@@ -143,6 +143,22 @@ def request_head(
         raise UnsendableRequestError(f"this request cannot be sent on: {error}") from None
 
 
+def encode_request(
+    request: web.Request, head: h11.Request, *, upgrade: bool
+) -> tuple[h11.Connection, bytes]:
+    """An h11 connection that has written ``head``, and the bytes it wrote.
+
+    A request without a body (most proxied requests are GETs; an upgrade request has none in
+    practice) is written whole, its end included, so it fits one DATA frame: the early data
+    a caller sends with the stream's OPEN, before handing both to ``forward(..., sent=)``.
+    """
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+    data = conn.send(head) or b""
+    if upgrade or not request.body_exists:
+        data += conn.send(h11.EndOfMessage()) or b""
+    return conn, data
+
+
 async def forward(
     request: web.Request,
     stream: TunnelStream,
@@ -150,23 +166,25 @@ async def forward(
     *,
     upgrade: bool,
     respond: ResponseHook | None = None,
+    sent: h11.Connection | None = None,
 ) -> web.StreamResponse:
     """Send ``head`` and the body over ``stream``; relay the target's response to the client.
+
+    ``sent``: the connection of ``encode_request`` whose bytes already went on the stream
+    (as early data with its OPEN); ``head`` is not written again.
 
     Raises UpstreamError or StreamError only while nothing was answered yet (the caller then
     answers 502), and ResponseDeclined when ``respond`` raised it. Later the answer is already
     on its way: a failure then cuts the client's connection (it sees a truncated answer), and
     a client that went away resets the stream.
     """
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     began = time.monotonic()
-    bodiless = upgrade or not request.body_exists
-    if bodiless:
-        # The whole request in one DATA frame, and no task to send a body (an upgrade request
-        # has none in practice): most proxied requests are GETs.
-        await stream.write(conn.send(head) + (conn.send(h11.EndOfMessage()) or b""))
+    if sent is None:
+        conn, data = encode_request(request, head, upgrade=upgrade)
+        await stream.write(data)
     else:
-        await stream.write(conn.send(head))
+        conn = sent
+    bodiless = upgrade or not request.body_exists
     failed: UpstreamError | StreamError | ResponseDeclined | None = None
     # The group's own body must not raise: Python 3.11 would wrap it in an ExceptionGroup.
     async with asyncio.TaskGroup() as group:
@@ -447,6 +465,7 @@ __all__ = [
     "UnsendableRequestError",
     "UpstreamError",
     "client_gone",
+    "encode_request",
     "forward",
     "relay_answer",
     "request_fields",

@@ -42,7 +42,14 @@ class Connection:
     def __init__(self) -> None:
         self.opened: list[tuple[str, float]] = []
 
-    async def open_stream(self, target: str, *, timeout: float) -> TunnelStream:  # noqa: ASYNC109
+    async def open_stream(
+        self,
+        target: str,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        early_data: bytes = b"",
+    ) -> TunnelStream:
+        assert not early_data  # these tests open without a request head
         self.opened.append((target, timeout))
         return LOCAL
 

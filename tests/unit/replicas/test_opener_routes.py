@@ -299,8 +299,9 @@ class LocalConnection:
         target: str,
         *,
         timeout: float,  # noqa: ASYNC109 - TunnelConnection.open_stream's signature
+        early_data: bytes = b"",
     ) -> TunnelStream:
-        del timeout
+        del timeout, early_data
         return cast("TunnelStream", FakeStream(f"local {target}"))
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from tests.unit.tunnel_protocol.helpers import SessionPair, assert_no_leaks
 from tunnel_protocol import (
+    EXTENSION_EARLY_DATA,
     MAX_FRAME_PAYLOAD_HARD_CAP,
     Accept,
     Data,
@@ -57,10 +58,10 @@ def test_handshake_exchanges_settings_and_agrees_version_1() -> None:
     client_events, server_events = pair.exchange()
     expected = PeerSettings(
         versions=(1,), max_frame_payload=256 * KIB, initial_window=512 * KIB,
-        max_concurrent_streams=1024,
+        max_concurrent_streams=1024, extensions=frozenset({EXTENSION_EARLY_DATA}),
     )  # fmt: skip
-    assert client_events == [HandshakeComplete(1, expected)]
-    assert server_events == [HandshakeComplete(1, expected)]
+    assert client_events == [HandshakeComplete(1, expected, early_data=True)]
+    assert server_events == [HandshakeComplete(1, expected, early_data=True)]
     assert pair.client.state is pair.server.state is SessionState.OPEN
     assert pair.client.version == pair.server.version == 1
 
@@ -265,7 +266,8 @@ def test_api_on_unknown_streams() -> None:
 
 
 def test_cannot_accept_own_stream_or_send_before_accept() -> None:
-    pair = SessionPair()
+    """Without early data (a peer that predates it): no DATA before the ACCEPT."""
+    pair = SessionPair(server_settings=TunnelSettings(early_data=False))
     sid = pair.client.open_stream("kubelet")
     with pytest.raises(LocalProtocolError):
         pair.client.accept(sid)

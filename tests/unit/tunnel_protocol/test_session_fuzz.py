@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from tests.unit.tunnel_protocol.helpers import SessionPair, assert_no_leaks
 from tests.unit.tunnel_protocol.strategies import messages
 from tunnel_protocol import (
-    Data,
     DataReceived,
     ErrorCode,
     Event,
@@ -19,11 +18,14 @@ from tunnel_protocol import (
     SessionTerminated,
     StreamClosed,
     StreamOpened,
+    StreamRejected,
     StreamReset,
     StreamState,
     TunnelSession,
     TunnelSettings,
+    WindowUpdate,
 )
+from tunnel_protocol.stream_state import UNANSWERED
 
 WINDOW = 4096
 CAP = 4
@@ -98,7 +100,8 @@ def record(ledger: Ledger, receiver: TunnelSession, events: list[Event]) -> None
         elif isinstance(event, StreamOpened):
             ledger.pending[receiver.role].append(event.stream_id)
             ledger.known[receiver.role].add(event.stream_id)
-        elif isinstance(event, StreamReset):
+        elif isinstance(event, StreamReset | StreamRejected):
+            # A refused stream's early data may be cut short too (the rest was in flight).
             ledger.reset.add(event.stream_id)
         elif isinstance(event, StreamClosed):
             assert event.stream_id not in ledger.closed[receiver.role], "closed twice"
@@ -116,10 +119,14 @@ STEPS = st.tuples(
 
 
 class Driver:
-    """Plays random but legal application moves on both ends of a pair."""
+    """Plays random but legal application moves on both ends of a pair.
 
-    def __init__(self) -> None:
-        self.pair = SessionPair(client_settings=SMALL, server_settings=SMALL)
+    With early data (the default) an opener also sends DATA and FIN before the ACCEPT.
+    """
+
+    def __init__(self, *, early_data: bool = True) -> None:
+        settings = SMALL if early_data else replace(SMALL, early_data=False)
+        self.pair = SessionPair(client_settings=settings, server_settings=settings)
         self.ledger = Ledger()
 
     def side(self, role: Role) -> TunnelSession:
@@ -149,7 +156,7 @@ class Driver:
         pending = self.ledger.pending[session.role]
         while pending:
             stream_id = pending.pop()
-            if session.stream_state(stream_id) is StreamState.OPENING_REMOTE:
+            if session.stream_state(stream_id) in UNANSWERED:
                 if accept:
                     session.accept(stream_id)
                 else:
@@ -157,7 +164,9 @@ class Driver:
 
     def stream_step(self, op: str, session: TunnelSession, stream_id: int, size: int) -> None:
         state = session.stream_state(stream_id)
-        can_send = state in {StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE}
+        can_send = state in {StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE} or (
+            session.early_data and state is StreamState.OPENING_LOCAL
+        )
         if op == "send" and can_send:
             key = (session.role, stream_id)
             start = self.ledger.sent.get(key, 0)
@@ -208,11 +217,11 @@ class Driver:
 
 
 @settings(deadline=None, max_examples=100)
-@given(steps=st.lists(STEPS, max_size=60))
+@given(steps=st.lists(STEPS, max_size=60), early_data=st.booleans())
 def test_random_interleavings_conserve_data_and_leak_nothing(
-    steps: list[tuple[str, Role, int, int]],
+    steps: list[tuple[str, Role, int, int]], *, early_data: bool
 ) -> None:
-    driver = Driver()
+    driver = Driver(early_data=early_data)
     for step in steps:
         driver.step(*step)
         for session in (driver.pair.client, driver.pair.server):
@@ -245,9 +254,22 @@ def test_close_at_any_point_leaves_nothing_behind(steps: list[tuple[str, Role, i
 # ---------------------------------------------------------------------------- stream floods
 
 STREAM_ENDINGS = st.sampled_from(
-    ["reset", "reject", "accept_reset", "violate", "data_reset", "complete"]
+    [
+        "reset",
+        "reject",
+        "accept_reset",
+        "violate",
+        "early_reject",
+        "early_reset",
+        "early_violate",
+        "data_reset",
+        "complete",
+        "early_complete",
+    ]
 )
-"""How a peer-opened stream ends: the first four are unproductive, the last two productive."""
+"""How a peer-opened stream ends: the first seven are unproductive, the last three productive.
+``early_*``: the client sent DATA (and FIN) with its OPEN, before any ACCEPT."""
+PRODUCTIVE = frozenset({"data_reset", "complete", "early_complete"})
 PACES = st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.5, 2.0])
 
 
@@ -255,15 +277,21 @@ def play_stream(pair: SessionPair, ending: str) -> list[Event]:
     """The client opens one stream and it ends as ``ending`` says; returns the server's events."""
     client, server = pair.client, pair.server
     sid = client.open_stream("kubelet")
+    if ending.startswith("early_"):
+        client.send_data(sid, b"GET / HTTP/1.1\r\n\r\n")
+        client.end_stream(sid)
     events = pair.to_server()
     if server.state is SessionState.TERMINATED:
         return events
-    if ending == "reset":
+    if ending in {"reset", "early_reset"}:
         client.reset_stream(sid)
-    elif ending == "reject":
+    elif ending in {"reject", "early_reject"}:
         server.reject(sid, ErrorCode.TARGET_UNREACHABLE, "connection refused")
-    elif ending == "violate":
-        events += pair.inject(server, Data(sid, b"before ACCEPT"))
+    elif ending in {"violate", "early_violate"}:
+        events += pair.inject(server, WindowUpdate(sid, 1))  # before ACCEPT: a stream error
+    elif ending == "early_complete":
+        server.accept(sid)
+        server.end_stream(sid)
     else:
         server.accept(sid)
         pair.to_client()
@@ -311,7 +339,7 @@ def test_the_stream_budget_never_cuts_a_burst_and_always_cuts_a_flood(
             assert not any(isinstance(event, StreamOpened) for event in events)
             assert_no_leaks(pair.server)
             return
-        if ending in {"data_reset", "complete"}:
+        if ending in PRODUCTIVE:
             productive += 1
         else:
             wasted += 1

@@ -164,9 +164,10 @@ def test_making_us_reset_streams_is_a_flood_too() -> None:
     """The MadeYouReset variant: a stream error of the peer's costs budget even after DATA."""
     pair = tight_pair()
     sid = 1
-    for _ in range(BURST // 2):  # DATA before ACCEPT: the server resets
+    for _ in range(BURST // 2):  # early DATA, then a WINDOW_UPDATE before ACCEPT: reset
         pair.inject(pair.server, Open(sid, "kubelet"))
-        assert isinstance(pair.inject(pair.server, Data(sid, b"x"))[0], StreamReset)
+        assert pair.inject(pair.server, Data(sid, b"x")) == [DataReceived(sid, b"x")]
+        assert isinstance(pair.inject(pair.server, WindowUpdate(sid, 1))[0], StreamReset)
         sid += 2
     for _ in range(BURST // 2 + 1):  # accepted, some DATA, then a window overflow
         pair.inject(pair.server, Open(sid, "kubelet"))

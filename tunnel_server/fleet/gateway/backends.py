@@ -11,6 +11,10 @@ Rules:
   accepts, so a rejected OPEN means nothing reached the backend: ``Refused`` says why, with
   the problem status and reason word the listener answers if no other backend serves.
 * A stream not accepted within ``within`` seconds is reset and counts as refused too.
+* ``early_data`` (the request head) leaves with the OPEN, so the agent writes it to the
+  endpoint as soon as it has dialled. A rejected OPEN still means nothing reached the
+  backend (the agent drops early data unread); a timeout or a tunnel failure then may have
+  let it through, so callers send early data only for requests they may retry anyway.
 """
 
 from __future__ import annotations
@@ -87,6 +91,17 @@ def _rejected(backend: Backend, error: StreamRejectedError) -> Refused:
     return Refused(503, "tunnel_failed", f"{where}: the tunnel failed: {error}")
 
 
+async def _written(stream: TunnelStream, data: bytes) -> TunnelStream:
+    """``stream`` once ``data`` is written on it (a forwarded stream takes no early data)."""
+    if data:
+        try:
+            await stream.write(data)
+        except BaseException:
+            stream.reset(ErrorCode.CANCEL, "the request could not be sent")
+            raise
+    return stream
+
+
 async def open_backend(
     backend: Backend,
     *,
@@ -94,6 +109,7 @@ async def open_backend(
     store: Store,
     within: float,
     forward: Forward | None = None,
+    early_data: bytes = b"",
 ) -> TunnelStream:
     """An accepted stream to ``backend``; Refused when nothing could be sent to it.
 
@@ -105,15 +121,22 @@ async def open_backend(
         raise _missing(store, backend.cluster)
     try:
         if session is not None:
-            return await session.connection.open_stream(backend.target, timeout=within)
+            return await session.connection.open_stream(
+                backend.target, timeout=within, early_data=early_data
+            )
         if forward is None:
             raise _missing(store, backend.cluster)
-        return await forward(backend.cluster, backend.target, within)
+        stream = await forward(backend.cluster, backend.target, within)
+        return await _written(stream, early_data)
     except opener.AgentNotConnectedError:
         raise _missing(store, backend.cluster) from None
     except StreamRejectedError as rejected:
         raise _rejected(backend, rejected) from None
     except StreamError as failed:
+        if failed.code is ErrorCode.CANCEL and early_data:  # no answer in time (after early data)
+            raise Refused(
+                503, "cluster_timeout", f"{backend}: the agent did not answer: {failed}"
+            ) from None
         raise Refused(
             503,
             "tunnel_failed",

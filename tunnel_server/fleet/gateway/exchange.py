@@ -64,9 +64,14 @@ async def forward_plain(
     head: bytes,
     *,
     respond: ResponseHook | None = None,
+    head_sent: bool = False,
 ) -> web.StreamResponse:
-    """Send ``head`` and the client's body over ``stream``; relay the answer (module rules)."""
-    await stream.write(head)
+    """Send ``head`` and the client's body over ``stream``; relay the answer (module rules).
+
+    ``head_sent``: the head already went with the stream's OPEN (early data).
+    """
+    if not head_sent:
+        await stream.write(head)
     if not request.body_exists:
         return await _answer(request, stream, respond)
     chunked = request.content_length is None

@@ -830,6 +830,9 @@ class GatewayServer:
             left = deadline - began
             if left <= 0:
                 break
+            # The head goes with the OPEN (early data) when the request may be sent again
+            # anyway: a timeout or a tunnel failure while opening may have let it through.
+            early = head if replayable and isinstance(head, bytes) else b""
             try:
                 stream = await open_backend(
                     backend,
@@ -837,6 +840,7 @@ class GatewayServer:
                     store=self._store,
                     within=min(s.open_timeout, left),
                     forward=self._forward,
+                    early_data=early,
                 )
             except Refused as refused:
                 log.debug("backend %s refused: %s", backend, refused.detail)
@@ -856,6 +860,7 @@ class GatewayServer:
                     deadline=deadline,
                     answer=answer,
                     respond=respond,
+                    head_sent=bool(early),
                 )
             finally:
                 stream.reset(ErrorCode.CANCEL, "exchange over")  # a no-op once both ends closed
@@ -923,6 +928,7 @@ class GatewayServer:
         deadline: float,
         answer: float,
         respond: ResponseHook | None = None,
+        head_sent: bool = False,
     ) -> _Result:
         watchdog = _Watchdog(
             stream, answer=answer, idle=self.settings.stream_idle_timeout, deadline=deadline
@@ -933,7 +939,9 @@ class GatewayServer:
                 watchdog.start(scope)
                 try:
                     if isinstance(head, bytes):
-                        reply = await forward_plain(request, stream, head, respond=respond)
+                        reply = await forward_plain(
+                            request, stream, head, respond=respond, head_sent=head_sent
+                        )
                     else:
                         reply = await forward(
                             request, stream, head, upgrade=upgrade, respond=respond
