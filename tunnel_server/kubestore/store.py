@@ -48,7 +48,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-import httpx2
 from lightkube import ApiError, AsyncClient, Client, ConfigError, KubeConfig
 from lightkube.generic_resource import (
     GenericNamespacedResource,
@@ -59,9 +58,14 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from tunnel_server.kubestore import _model as m
-from tunnel_server.kubestore.reach import Reach
+from tunnel_server.kubestore.reach import Reach, StoreUnavailableError
 from tunnel_server.kubestore.settings import KubeStoreSettings
-from tunnel_server.kubestore.watch_thread import WatchThread, client_timeout, is_unreachable
+from tunnel_server.kubestore.watch_thread import (
+    WatchThread,
+    call_api,
+    client_timeout,
+    is_unreachable,
+)
 from tunnel_server.store import (
     CertificateRecord,
     DuplicateIdError,
@@ -173,27 +177,15 @@ class KubeStore:
     # ------------------------------------------------------------------ API calls
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
-        self.reach.check(what)  # known to be down: fail now, not after a timeout on the loop
-        try:
-            answer = call()
-        except ApiError as error:
-            if is_unreachable(error):  # 503, 504: the API server cannot serve now
-                self.reach.failed(error)
-                raise self.reach.error(what) from error
-            self.reach.answered()
-            code = error.status.code
-            if code == 409:  # HTTP Conflict
-                raise _ConflictError(what) from error
-            if code == 404:  # HTTP Not Found
-                raise NotFoundError(what) from error
-            raise StoreError(f"kubernetes API refused to {what}: {error.status.message}") from error
-        except httpx2.TransportError as error:
-            self.reach.failed(error)
-            raise self.reach.error(what) from error
-        except httpx2.HTTPError as error:
-            raise StoreError(f"kubernetes API failed to {what}: {error}") from error
-        self.reach.answered()
-        return answer
+        return call_api(
+            self.reach,
+            what,
+            call,
+            unavailable=StoreUnavailableError,
+            failed=StoreError,
+            conflict=_ConflictError,
+            gone=NotFoundError,
+        )
 
     def _read(self, kind: m.Kind, name: str) -> m.Obj | None:
         try:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 from lightkube import ApiError, AsyncClient
@@ -31,8 +31,17 @@ if TYPE_CHECKING:
 
     from tunnel_server.kubestore.reach import Reach
     from tunnel_server.kubestore.settings import KubeStoreSettings
+    from tunnel_server.store import ApiUnreachableError
 
-__all__ = ["UNREACHABLE_STATUSES", "WatchThread", "client_timeout", "is_unreachable"]
+__all__ = [
+    "UNREACHABLE_STATUSES",
+    "WatchThread",
+    "call_api",
+    "client_timeout",
+    "is_unreachable",
+]
+
+_T = TypeVar("_T")
 
 UNREACHABLE_STATUSES = frozenset({503, 504})
 """HTTP statuses with which the API server says it cannot serve now (its storage is down)."""
@@ -43,6 +52,45 @@ def is_unreachable(error: BaseException) -> bool:
     if isinstance(error, ApiError):
         return error.status.code in UNREACHABLE_STATUSES
     return isinstance(error, httpx2.TransportError)
+
+
+def call_api(
+    reach: Reach,
+    what: str,
+    call: Callable[[], _T],
+    *,
+    unavailable: type[ApiUnreachableError],
+    failed: Callable[[str], Exception],
+    conflict: Callable[[str], Exception],
+    gone: Callable[[str], Exception],
+) -> _T:
+    """One synchronous API call of a store, its errors in the store's own types.
+
+    While ``reach`` says the API is down it fails at once (``unavailable``), not after a
+    timeout on the event loop; an unanswered call marks it down, any answer marks it up. 409 is
+    ``conflict(what)``, 404 ``gone(what)``, any other refusal or failure ``failed(message)``.
+    """
+    reach.check(what, unavailable)
+    try:
+        answer = call()
+    except ApiError as error:
+        if is_unreachable(error):  # 503, 504: the API server cannot serve now
+            reach.failed(error)
+            raise reach.error(what, unavailable) from error
+        reach.answered()
+        code = error.status.code
+        if code == 409:  # HTTP Conflict
+            raise conflict(what) from error
+        if code == 404:  # HTTP Not Found
+            raise gone(what) from error
+        raise failed(f"the Kubernetes API refused to {what}: {error.status.message}") from error
+    except httpx2.TransportError as error:
+        reach.failed(error)
+        raise reach.error(what, unavailable) from error
+    except httpx2.HTTPError as error:
+        raise failed(f"the Kubernetes API failed to {what}: {error}") from error
+    reach.answered()
+    return answer
 
 
 def client_timeout(settings: KubeStoreSettings) -> httpx2.Timeout:

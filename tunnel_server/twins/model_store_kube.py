@@ -34,14 +34,13 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-import httpx2
-from lightkube import ApiError, AsyncClient, Client
+from lightkube import AsyncClient, Client
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 
 from device_models import DeviceModel, DeviceModelsError, version_key
 from tunnel_server.kubestore.reach import ApiUnreachableError, Reach
 from tunnel_server.kubestore.store import WATCH_GRACE, client_config
-from tunnel_server.kubestore.watch_thread import WatchThread, client_timeout, is_unreachable
+from tunnel_server.kubestore.watch_thread import WatchThread, call_api, client_timeout
 from tunnel_server.twins.model_store import Change, ModelStoreError, ModelVersion
 
 if TYPE_CHECKING:
@@ -230,30 +229,15 @@ class KubeModelStore:
         return self._mirror.uploads
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
-        # Known to be down: fail now, not after a timeout on the loop (kubestore.reach).
-        self.reach.check(what, ModelStoreUnavailableError)
-        try:
-            answer = call()
-        except ApiError as error:
-            if is_unreachable(error):  # 503, 504: the API server cannot serve now
-                self.reach.failed(error)
-                raise self.reach.error(what, ModelStoreUnavailableError) from error
-            self.reach.answered()
-            code = error.status.code
-            if code == 409:  # HTTP Conflict
-                raise _ConflictError(what) from error
-            if code == 404:  # HTTP Not Found
-                raise _GoneError(what) from error
-            raise ModelStoreError(
-                f"the Kubernetes API refused to {what}: {error.status.message}"
-            ) from error
-        except httpx2.TransportError as error:
-            self.reach.failed(error)
-            raise self.reach.error(what, ModelStoreUnavailableError) from error
-        except httpx2.HTTPError as error:
-            raise ModelStoreError(f"the Kubernetes API failed to {what}: {error}") from error
-        self.reach.answered()
-        return answer
+        return call_api(
+            self.reach,
+            what,
+            call,
+            unavailable=ModelStoreUnavailableError,
+            failed=ModelStoreError,
+            conflict=_ConflictError,
+            gone=_GoneError,
+        )
 
     def _read(self, name: str) -> tuple[int | None, list[ModelVersion]]:
         """The object as the API has it now (into the mirror too): resourceVersion, versions."""

@@ -54,8 +54,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-import httpx2
-from lightkube import ApiError, AsyncClient, Client
+from lightkube import AsyncClient, Client
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 
 from fleet_model.documents import KINDS
@@ -70,7 +69,11 @@ from tunnel_server.fleet.hub.store import (
 )
 from tunnel_server.kubestore.reach import ApiUnreachableError, Reach
 from tunnel_server.kubestore.store import WATCH_GRACE, client_config, same_content
-from tunnel_server.kubestore.watch_thread import WatchThread, client_timeout, is_unreachable
+from tunnel_server.kubestore.watch_thread import (
+    WatchThread,
+    call_api,
+    client_timeout,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -271,30 +274,15 @@ class KubeFleetStore:
     # ------------------------------------------------------------------ API calls
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:  # noqa: ANN401 - lightkube's
-        # Known to be down: fail now, not after a timeout on the loop.
-        self.reach.check(what, FleetStoreUnavailableError)
-        try:
-            answer = call()
-        except ApiError as error:
-            if is_unreachable(error):  # 503, 504: the API server cannot serve now
-                self.reach.failed(error)
-                raise self.reach.error(what, FleetStoreUnavailableError) from error
-            self.reach.answered()
-            code = error.status.code
-            if code == 409:  # HTTP Conflict
-                raise _ConflictError(what) from error
-            if code == 404:  # HTTP Not Found
-                raise _GoneError(what) from error
-            raise FleetStoreError(
-                f"kubernetes API refused to {what}: {error.status.message}"
-            ) from error
-        except httpx2.TransportError as error:
-            self.reach.failed(error)
-            raise self.reach.error(what, FleetStoreUnavailableError) from error
-        except httpx2.HTTPError as error:
-            raise FleetStoreError(f"kubernetes API failed to {what}: {error}") from error
-        self.reach.answered()
-        return answer
+        return call_api(
+            self.reach,
+            what,
+            call,
+            unavailable=FleetStoreUnavailableError,
+            failed=FleetStoreError,
+            conflict=_ConflictError,
+            gone=_GoneError,
+        )
 
     def _read(self, kind: str, name: str) -> StoredObject | None:
         """The object as the API has it now (into the mirror too), None if there is none."""
