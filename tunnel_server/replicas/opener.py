@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from tunnel_aio import StreamRejectedError
@@ -96,10 +95,9 @@ def connected(app: web.Application, node: str) -> bool:
 def reconnecting(app: web.Application, node: str) -> bool:
     """Whether ``node``'s holder died lately and its agent is not back yet (see above)."""
     links = app.get(PEERS_KEY)
-    view = None if links is None else links.view
-    if view is None or app[SESSIONS_KEY].get(node) is not None:
+    if links is None or links.view is None or app[SESSIONS_KEY].get(node) is not None:
         return False
-    return isinstance(view.route(node, time.time()), Reconnecting)
+    return isinstance(links.view.route(node, links.clock()), Reconnecting)
 
 
 def connected_nodes(app: web.Application) -> set[str]:
@@ -175,7 +173,7 @@ async def _open_routed(
         if session is not None:
             left = max(0.1, deadline - loop.time())
             return await session.connection.open_stream(target, timeout=left, early_data=early_data)
-        route = view.route(node, time.time())
+        route = view.route(node, peers.clock())
         if isinstance(route, Forward) and route.replica != stale and tries < 2:
             tries += 1
             try:

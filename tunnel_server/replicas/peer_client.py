@@ -210,8 +210,12 @@ class PeerLinks:
         settings: PeerSettings,
         registry: prometheus_client.CollectorRegistry,
         mirror: LeaseMirror | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        self.clock = clock
+        """The time at which Leases are judged (``Replicas.judged_now``: frozen at the last
+        moment the API was seen, so an API outage does not make every holder look dead)."""
         self.settings = settings
         self.tunnel = tunnel_settings(settings)
         self.metrics = PeerMetrics(registry)
@@ -259,7 +263,7 @@ class PeerLinks:
             self._waiting.discard(event)
 
     def _mark_dead(self, replica: str, error: str) -> None:
-        if self.view is not None and self.view.unreachable(replica, time.time()):
+        if self.view is not None and self.view.unreachable(replica, self.clock()):
             log.warning(
                 "peer marked dead: its agents are answered 'reconnecting' until its Lease is"
                 " renewed or a dial succeeds",

@@ -93,6 +93,7 @@ def setup(
         settings=peer_settings,
         registry=app[REGISTRY_KEY],
         mirror=replicas.mirror,
+        clock=replicas.judged_now,
     )
     app[PEERS_KEY] = links
     app[HOLDER_KEY] = replicas.holder_address
