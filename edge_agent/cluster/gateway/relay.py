@@ -15,11 +15,8 @@ Rules:
   beyond its answer. A 101 (switching protocols) turns the rest into a raw pipe of the
   endpoint's bytes until it closes; never reused.
 * The stream is watched while the exchange runs: the gateway closing it (its timeout fired, its
-  client went away) ends the exchange (StreamResetError) and the connection is closed, since
-  the endpoint may still be working on the request. A request with a body is watched from the
-  start (a task beside the body's); one without is watched once it has run ``WATCH_AFTER``
-  seconds (most answers come sooner, and a task per request was a tenth of the agent's CPU
-  per request): a close is noticed that much later at most.
+  client went away) ends the exchange at once (StreamResetError) and the connection is closed,
+  since the endpoint may still be working on the request.
 * ``NoAnswerError``: the endpoint closed or reset the connection before a byte of an answer,
   and nothing of the request body was taken from the stream beyond what the caller held: the
   caller may send the request again on a new connection (it does so only for a kept
@@ -46,10 +43,6 @@ CHUNK = 64 * 1024
 """Bytes per read from the endpoint: one full DATA frame at the tunnel's default frame size."""
 
 
-WATCH_AFTER = 0.05
-"""Seconds an exchange without a request body runs before the stream is watched (see above)."""
-
-
 class NoAnswerError(ConnectionError):
     """The endpoint closed the connection before answering (see the module's rules)."""
 
@@ -65,62 +58,25 @@ async def relay(
     taken = request.feed(body)
     clean = taken == len(body)  # anything past the request's end: nothing we should send on
     connection.writer.write(head.for_backend + body[:taken])
-    if request.done:
-        return await _watched_late(stream, connection, head.method) and clean
     overflow: list[bool] = []
+    sending = None
     try:
         async with asyncio.TaskGroup() as group:
             watching = group.create_task(_watch(stream), name="gateway.watch")
-            sending = group.create_task(
-                _send_body(stream, connection, request, overflow), name="gateway.request-body"
-            )
+            if not request.done:
+                sending = group.create_task(
+                    _send_body(stream, connection, request, overflow), name="gateway.request-body"
+                )
             reusable = await _answer(stream, connection, head.method)
             watching.cancel()
-            # An answer before the whole body (an early 413, 401): the rest is not sent on,
-            # and this connection, in the middle of a request, is not reused.
-            sending.cancel()
+            if sending is not None:
+                # An answer before the whole body (an early 413, 401): the rest is not sent
+                # on, and this connection, in the middle of a request, is not reused.
+                sending.cancel()
     except BaseExceptionGroup as errors:
         raise errors.exceptions[0] from None  # the first failure says what went wrong
-    cut = sending.cancelled()
+    cut = sending is not None and sending.cancelled()
     return reusable and clean and request.done and not overflow and not cut
-
-
-async def _watched_late(stream: TunnelStream, connection: Connection, method: bytes) -> bool:
-    """``_answer`` in this task; after ``WATCH_AFTER`` s, the stream's close cancels it."""
-    task = asyncio.current_task()
-    assert task is not None  # noqa: S101 - called from a task
-    loop = asyncio.get_running_loop()
-    running, cut = True, False
-    watcher: asyncio.Task[None] | None = None
-
-    async def watch() -> None:
-        nonlocal cut
-        await stream.wait_closed()
-        if running:  # not past the answer's end (nothing runs between it and ``running``)
-            cut = True
-            task.cancel()
-
-    def start() -> None:
-        nonlocal watcher
-        watcher = loop.create_task(watch(), name="gateway.watch")
-
-    timer = loop.call_later(WATCH_AFTER, start)
-    try:
-        reusable = await _answer(stream, connection, method)
-        running = False
-    except asyncio.CancelledError:
-        running = False
-        if cut and task.uncancel() == 0:  # our cancel, and no other: the gateway closed it
-            raise StreamResetError(
-                f"{stream.target}: closed by the gateway", code=ErrorCode.CANCEL
-            ) from None
-        raise
-    finally:
-        running = False
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
-    return reusable
 
 
 async def _watch(stream: TunnelStream) -> None:
@@ -205,4 +161,4 @@ async def _answer(  # noqa: C901 - heads, then a body: one read loop each
     )
 
 
-__all__ = ["CHUNK", "WATCH_AFTER", "NoAnswerError", "relay"]
+__all__ = ["CHUNK", "NoAnswerError", "relay"]
